@@ -1,0 +1,109 @@
+# lmp -- multiprocessing for Lua.
+#
+#   make            build/lmp, build/lmp.so, build/liblmp.a, build/liblmp.so
+#   make test       C tests, layer check and busted specs; one summary line
+#   make deps       install what is missing on Debian 12 (apt-get, as root)
+#   make demo       the parallel demo from README
+#   make ASAN=1     the same with AddressSanitizer and UBSan (into build-asan/)
+#   make install    PREFIX=/usr/local
+
+PREFIX  ?= /usr/local
+CC      ?= gcc
+LUA     ?= lua5.4
+PKG     ?= pkg-config
+
+# pkg-config names differ between distributions and versions.
+LUA_PC     := $(firstword $(foreach p,lua5.4 lua-5.4 lua54,$(shell $(PKG) --exists $(p) 2>/dev/null && echo $(p))))
+MSGPACK_PC := $(firstword $(foreach p,msgpack-c msgpack,$(shell $(PKG) --exists $(p) 2>/dev/null && echo $(p))))
+LUA_CFLAGS     := $(if $(LUA_PC),$(shell $(PKG) --cflags $(LUA_PC)),-I/usr/include/lua5.4)
+LUA_LIBS       := $(if $(LUA_PC),$(shell $(PKG) --libs $(LUA_PC)),-llua5.4)
+MSGPACK_CFLAGS := $(if $(MSGPACK_PC),$(shell $(PKG) --cflags $(MSGPACK_PC)),)
+MSGPACK_LIBS   := $(if $(MSGPACK_PC),$(shell $(PKG) --libs $(MSGPACK_PC)),-lmsgpackc)
+
+ifeq ($(ASAN),1)
+B        ?= build-asan
+OPT      ?= -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+LDSAN    := -fsanitize=address,undefined
+else
+B        ?= build
+OPT      ?= -O2
+endif
+
+CFLAGS  ?= $(OPT) -g
+WARN    := -Wall -Wextra -Werror
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) -fPIC -pthread -Iinclude $(CFLAGS)
+ifdef LMP_USE_APICHECK
+ALL_CFLAGS += -DLUA_USE_APICHECK -DLMP_USE_APICHECK
+endif
+LDFLAGS += $(LDSAN) -pthread
+
+RT_SRC  := $(sort $(wildcard runtime/*.c))
+RT_OBJ  := $(RT_SRC:%.c=$(B)/%.o)
+LB_SRC  := $(sort $(filter-out bindings/main.c,$(wildcard bindings/*.c)))
+LB_OBJ  := $(LB_SRC:%.c=$(B)/%.o) $(B)/gen/scripts.o
+LUA_SCRIPTS := $(sort $(wildcard scripts/lmp/*.lua))
+CT_SRC  := $(sort $(wildcard tests/c/test_*.c))
+CT_BIN  := $(CT_SRC:tests/c/%.c=$(B)/tests/%)
+
+.PHONY: all test test-all test-c test-lua check-layers deps demo bench clean install examples
+all: $(B)/lmp $(B)/lmp.so $(B)/liblmp.a $(B)/liblmp.so
+
+$(B)/runtime/%.o: runtime/%.c $(wildcard include/lmp/*.h runtime/*.h) | $(B)/runtime
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+$(B)/bindings/%.o: bindings/%.c $(wildcard include/*.h include/lmp/*.h bindings/*.h) | $(B)/bindings
+	$(CC) $(ALL_CFLAGS) $(LUA_CFLAGS) $(MSGPACK_CFLAGS) -c $< -o $@
+$(B)/gen/scripts.c: bindings/embed.lua $(LUA_SCRIPTS) | $(B)/gen
+	$(LUA) bindings/embed.lua $@ $(LUA_SCRIPTS)
+$(B)/gen/scripts.o: $(B)/gen/scripts.c
+	$(CC) $(ALL_CFLAGS) $(LUA_CFLAGS) -c $< -o $@
+
+$(B)/liblmp.a: $(RT_OBJ)
+	rm -f $@ && ar rcs $@ $^
+$(B)/liblmp.so: $(RT_OBJ)
+	$(CC) -shared $(LDFLAGS) -o $@ $^
+# The module carries the runtime inside it and takes Lua from the host.
+$(B)/lmp.so: $(LB_OBJ) $(RT_OBJ)
+	$(CC) -shared $(LDFLAGS) -o $@ $^ $(MSGPACK_LIBS)
+$(B)/lmp: $(B)/bindings/main.o $(LB_OBJ) $(RT_OBJ)
+	$(CC) $(LDFLAGS) -Wl,-E -o $@ $^ $(LUA_LIBS) $(MSGPACK_LIBS) -lm -ldl
+
+$(B)/tests/%: tests/c/%.c tests/c/runner.c tests/c/runner.h $(B)/liblmp.a | $(B)/tests
+	$(CC) $(ALL_CFLAGS) -Itests/c $< tests/c/runner.c -o $@ $(LDFLAGS) $(B)/liblmp.a
+
+$(B)/runtime $(B)/bindings $(B)/gen $(B)/tests:
+	mkdir -p $@
+
+# test and demo install missing packages first, then re-read this Makefile so
+# the pkg-config lookups see them.
+test: deps
+	@$(MAKE) --no-print-directory test-all
+test-all: all $(CT_BIN)
+	@sh tests/run.sh $(B)
+test-c: $(CT_BIN)
+	@sh tests/run.sh $(B) c
+test-lua: all
+	@sh tests/run.sh $(B) lua
+check-layers:
+	@sh tests/run.sh $(B) layers
+
+deps:
+	sh scripts/setup-debian.sh
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	$(B)/lmp examples/primes.lua
+
+bench: all
+	@sh bench/run.sh $(B)
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/lmp \
+	  $(DESTDIR)$(PREFIX)/lib/lua/5.4
+	install -m 755 $(B)/lmp $(DESTDIR)$(PREFIX)/bin/lmp
+	install -m 644 $(B)/liblmp.a $(B)/liblmp.so $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(B)/lmp.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/lmp.so
+	install -m 644 include/lmp.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 include/lmp/*.h $(DESTDIR)$(PREFIX)/include/lmp/
+
+clean:
+	rm -rf build build-asan

@@ -1,0 +1,1554 @@
+/*
+ * codec.c -- Lua values <-> msgpack: the bytes of every lmp message.
+ *
+ * Everything that crosses a process boundary (task arguments and results,
+ * queue items, pipe messages, entries of shared containers) is encoded here,
+ * so this is a hot path: a queue put of a small table is one encode, and a
+ * steady stream of messages allocates nothing once the buffers have grown.
+ *
+ * Format.  Plain msgpack for plain values: nil, booleans, integers in their
+ * smallest width, floats always as float64 (3 stays an integer, 3.0 a float;
+ * inf, nan and -0.0 survive; float32 is read too), strings as str (bin is
+ * read as a string).  A table whose keys are exactly 1..n (n >= 1) is an
+ * array, any other table a map, the empty table an empty array.  lmp's own
+ * kinds are ext types whose payload is a short sequence of msgpack values:
+ *
+ *   type  name       payload
+ *   1     REF        uint id: the table, Lua function or handle numbered id
+ *   2     FUNCTION   bin bytecode (lua_dump, not stripped, so tracebacks keep
+ *                    their lines), array of upvalues
+ *   3     CFUNCTION  str module, str field: package.loaded[module][field]
+ *   4     GLOBALS    empty: the receiver's global table
+ *   5     UPVALUE    uint id, uint n: this upvalue is upvalue n of function
+ *                    id (only as an element of a FUNCTION's upvalues)
+ *   6     HANDLE     str type name, bin identity from the type's encode hook
+ *   7     CLASS      str class name, array or map: the table's content
+ *
+ * Identity.  Tables, Lua functions and handles are numbered from 1 in the
+ * order the encoder first meets them, and meeting one again writes REF(id).
+ * The decoder creates each object before decoding what it contains and
+ * numbers it the same way, so shared references and cycles (a table holding
+ * itself, a local recursive function that is its own upvalue) arrive as they
+ * left.  Upvalues shared by closures of one message stay shared
+ * (lua_upvalueid on the way out, lua_upvaluejoin on the way in).  An upvalue
+ * named _ENV, and the global table wherever it appears, are sent as GLOBALS
+ * and bound to the receiver's globals.  A C function crosses as the name under which
+ * package.loaded reaches it; a table with a metatable registered through
+ * lmp.register as CLASS; a userdata whose metatable __name belongs to a
+ * registered handle type as HANDLE.  Anything else is refused with a
+ * "serialize" lmp.Error naming where the value sits (args[2].handler); the
+ * encoder keeps the steps of that path as stack indexes and only spells them
+ * out when it fails.
+ *
+ * Why our own decoder.  Packing uses msgpack-c (msgpack_pack_* through a
+ * callback into a buffer the state owns).  Its unpacker is not used: it caps
+ * nesting at 32 levels (MSGPACK_EMBED_STACK_SIZE, compiled into libmsgpackc)
+ * and builds an object tree that would then be copied onto the Lua stack.
+ * The reader below decodes straight onto the stack and trusts nothing: each
+ * length is checked against the bytes left before anything is read or
+ * allocated, an array or map cannot announce more elements than bytes remain,
+ * nesting stops at 200 levels (as on encode), trailing bytes are refused, and
+ * every defect raises the Lua error "corrupt message (<reason> at byte N)",
+ * N counted from 0.  tests/codec_fuzz_spec.lua and tests/c/fuzz_decode.c
+ * feed it mutated messages.
+ *
+ * Trust.  Lua does not verify bytecode and forged bytecode can crash the
+ * interpreter, so FUNCTION is loaded (lua_load, mode "b") only when the
+ * caller vouches for the bytes (lmp's own channels, HMAC-checked broker
+ * messages); so are CFUNCTION and GLOBALS, which hand out code and the
+ * receiver's environment.  Untrusted input may carry data, classes and
+ * handles.
+ *
+ * Reentrancy.  A finalizer can run at any allocation and may itself send or
+ * receive a message.  The buffers of a state are marked busy while a call
+ * uses them; a nested call takes a second set (codec_acquire).
+ */
+#include <limits.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <msgpack.h>
+
+#include "lmpb.h"
+
+#define CODEC_MAXDEPTH 200
+#define CODEC_MT "lmp.codec"
+
+enum {
+  EXT_REF = 1,
+  EXT_FUNCTION = 2,
+  EXT_CFUNCTION = 3,
+  EXT_GLOBALS = 4,
+  EXT_UPVALUE = 5,
+  EXT_HANDLE = 6,
+  EXT_CLASS = 7,
+};
+
+/* Registry keys: their addresses. */
+static const char K_CODEC;   /* the main codec userdata */
+static const char K_BYNAME;  /* class name -> metatable */
+static const char K_BYMT;    /* metatable -> class name */
+static const char K_HANDLES; /* handle type name -> lightuserdata lmpb_handle_type */
+static const char K_CFUNCS;  /* C function -> "module\0field" (weak keys, a cache) */
+static const char K_DUMPS;   /* Lua function -> its bytecode (weak keys, a cache) */
+
+/* Push the registry table at `key`, creating it when missing. */
+static void registry_table(lua_State *L, const void *key, const char *mode) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, key) == LUA_TTABLE)
+    return;
+  lua_pop(L, 1);
+  lua_newtable(L);
+  if (mode) {
+    lua_createtable(L, 0, 1);
+    lua_pushstring(L, mode);
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+  }
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, key);
+}
+
+/* === object maps === */
+
+/*
+ * Open addressing from an object's address to a number.  Emptied in O(1)
+ * between messages by bumping the generation stamp: a slot is live only when
+ * it carries the current one.  Objects stay alive during an encode (they are
+ * reachable from the value being encoded), so their addresses are stable.
+ */
+typedef struct idslot {
+  const void *key;
+  uint64_t val;
+  uint32_t gen;
+} idslot;
+
+typedef struct idmap {
+  idslot *slot;
+  size_t cap; /* a power of two, or 0 */
+  size_t count;
+  uint32_t gen;
+} idmap;
+
+static size_t idmap_hash(const void *p) {
+  uint64_t x = (uint64_t)(uintptr_t)p;
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdULL;
+  x ^= x >> 33;
+  return (size_t)x;
+}
+
+static void idmap_free(idmap *m) {
+  free(m->slot);
+  m->slot = NULL;
+  m->cap = m->count = 0;
+}
+
+/* Forget every entry; a map grown by one huge message is given back. */
+static void idmap_clear(idmap *m) {
+  if (m->cap > 65536)
+    idmap_free(m);
+  m->count = 0;
+  if (++m->gen == 0) { /* the stamps wrapped around: wipe them */
+    if (m->slot)
+      memset(m->slot, 0, m->cap * sizeof(idslot));
+    m->gen = 1;
+  }
+}
+
+static int idmap_get(const idmap *m, const void *key, uint64_t *val) {
+  if (m->count == 0)
+    return 0;
+  for (size_t i = idmap_hash(key) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
+    const idslot *s = &m->slot[i];
+    if (s->gen != m->gen)
+      return 0;
+    if (s->key == key) {
+      *val = s->val;
+      return 1;
+    }
+  }
+}
+
+static void idmap_insert(idmap *m, const void *key, uint64_t val) {
+  size_t i = idmap_hash(key) & (m->cap - 1);
+  while (m->slot[i].gen == m->gen)
+    i = (i + 1) & (m->cap - 1);
+  m->slot[i].key = key;
+  m->slot[i].val = val;
+  m->slot[i].gen = m->gen;
+  m->count++;
+}
+
+static int idmap_grow(idmap *m) {
+  idmap old = *m;
+  size_t cap = old.cap ? old.cap * 2 : 64;
+  idslot *s = calloc(cap, sizeof *s);
+  if (s == NULL)
+    return -1;
+  m->slot = s;
+  m->cap = cap;
+  m->count = 0;
+  m->gen = 1;
+  for (size_t i = 0; i < old.cap; i++)
+    if (old.slot[i].gen == old.gen)
+      idmap_insert(m, old.slot[i].key, old.slot[i].val);
+  free(old.slot);
+  return 0;
+}
+
+/* Add an entry the caller knows is absent; 0 or -1 when out of memory. */
+static int idmap_put(idmap *m, const void *key, uint64_t val) {
+  if ((m->count + 1) * 2 > m->cap && idmap_grow(m) < 0)
+    return -1;
+  idmap_insert(m, key, val);
+  return 0;
+}
+
+/* === codec state === */
+
+/* Who holds one side of a codec: lets a mark left behind by a call that a
+ * Lua error cut short be told apart from a call still under way. */
+typedef struct holder {
+  lua_State *L;
+  const void *ci;
+  int busy;
+} holder;
+
+typedef struct codec {
+  lmp_buf_t buf;      /* the message being encoded; lmpb_encode returns it */
+  lmp_buf_t scratch;  /* a handle's identity, as its hook writes it */
+  idmap objs;         /* table, function or userdata address -> id */
+  idmap upvals;       /* lua_upvalueid -> function id << 8 | upvalue number */
+  holder enc, dec;
+  lua_Integer nrefs;  /* decode: refs[1..nrefs] may hold objects */
+} codec;              /* uservalue 1: the decoder's refs table */
+
+static int codec_gc(lua_State *L) {
+  codec *c = luaL_checkudata(L, 1, CODEC_MT);
+  lmp_buf_free(&c->buf);
+  lmp_buf_free(&c->scratch);
+  idmap_free(&c->objs);
+  idmap_free(&c->upvals);
+  return 0;
+}
+
+/* Push the codec anchored at registry[key], creating it when missing. */
+static codec *codec_push(lua_State *L, const void *key) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, key) == LUA_TUSERDATA)
+    return lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  codec *c = lua_newuserdatauv(L, sizeof *c, 1);
+  memset(c, 0, sizeof *c);
+  if (luaL_newmetatable(L, CODEC_MT)) {
+    lua_pushcfunction(L, codec_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  lua_createtable(L, 16, 0);
+  lua_setiuservalue(L, -2, 1);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, key);
+  return c;
+}
+
+/*
+ * Push a codec whose encode (dec = 0) or decode side is free and mark that
+ * side busy.  A side is busy while a call uses it, and stays marked after a
+ * Lua error the codec did not raise itself (out of memory) cut a call short.
+ * A mark left by the same thread at the same call site is such a leftover
+ * (a genuinely nested call, from a finalizer or a hook, always runs in a
+ * frame of its own); any other busy side is in use, and the call moves on to
+ * the next codec of a chain, each anchored in the registry under the address
+ * of the one before.
+ */
+static codec *codec_acquire(lua_State *L, int dec) {
+  lua_Debug ar;
+  const void *ci = lua_getstack(L, 0, &ar) ? (const void *)ar.i_ci : NULL;
+  codec *c = codec_push(L, &K_CODEC);
+  for (;;) {
+    holder *h = dec ? &c->dec : &c->enc;
+    if (!h->busy || (h->L == L && h->ci == ci)) {
+      h->L = L;
+      h->ci = ci;
+      h->busy = 1;
+      return c;
+    }
+    lua_pop(L, 1);
+    c = codec_push(L, c);
+  }
+}
+
+/* === encoder === */
+
+/* One step of the path from the root to the value being encoded. */
+enum { STEP_INDEX, STEP_KEY, STEP_KEYOF, STEP_UPVALUE };
+
+typedef struct step {
+  int kind;
+  int idx;       /* STEP_KEY, STEP_KEYOF: the key; STEP_UPVALUE: the function */
+  lua_Integer n; /* STEP_INDEX: the index; STEP_UPVALUE: the upvalue number */
+} step;
+
+typedef struct enc {
+  lua_State *L;
+  codec *c;
+  msgpack_packer pk;
+  const char *what;    /* the root's name in error messages */
+  const void *globals; /* the global table */
+  uint64_t nextid;
+  step path[CODEC_MAXDEPTH + 1];
+} enc;
+
+static const char *const reserved[] = {
+  "and",  "break", "do",     "else", "elseif", "end",   "false", "for",   "function",
+  "goto", "if",    "in",     "local", "nil",   "not",   "or",    "repeat", "return",
+  "then", "true",  "until",  "while", NULL,
+};
+
+static int is_name(const char *s, size_t n) {
+  if (n == 0 || (s[0] >= '0' && s[0] <= '9'))
+    return 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    if (!(ch == '_' || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+          (ch >= '0' && ch <= '9')))
+      return 0;
+  }
+  for (int i = 0; reserved[i]; i++)
+    if (strcmp(s, reserved[i]) == 0)
+      return 0;
+  return 1;
+}
+
+/* ["..."] with the escapes of %q; long keys are cut short. */
+static void path_add_quoted(luaL_Buffer *b, const char *s, size_t n) {
+  size_t shown = n > 40 ? 37 : n;
+  luaL_addstring(b, "[\"");
+  for (size_t i = 0; i < shown; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    char esc[8];
+    if (ch == '"' || ch == '\\') {
+      luaL_addchar(b, '\\');
+      luaL_addchar(b, (char)ch);
+    } else if (ch == '\n') {
+      luaL_addstring(b, "\\n");
+    } else if (ch == '\r') {
+      luaL_addstring(b, "\\r");
+    } else if (ch == '\t') {
+      luaL_addstring(b, "\\t");
+    } else if (ch < 0x20 || ch == 0x7f) {
+      int len = 0;
+      esc[len++] = '\\';
+      if (ch >= 100)
+        esc[len++] = (char)('0' + ch / 100);
+      if (ch >= 10)
+        esc[len++] = (char)('0' + ch / 10 % 10);
+      esc[len++] = (char)('0' + ch % 10);
+      luaL_addlstring(b, esc, (size_t)len);
+    } else {
+      luaL_addchar(b, (char)ch);
+    }
+  }
+  luaL_addstring(b, shown < n ? "...\"]" : "\"]");
+}
+
+/* The rendering of the key at `idx`: [3], .name, ["a key"], [<table>]. */
+static void path_add_key(luaL_Buffer *b, lua_State *L, int idx) {
+  size_t n;
+  const char *s;
+  switch (lua_type(L, idx)) {
+  case LUA_TNUMBER:
+    if (lua_isinteger(L, idx))
+      lua_pushfstring(L, "[%I]", (LUAI_UACINT)lua_tointeger(L, idx));
+    else
+      lua_pushfstring(L, "[%f]", (LUAI_UACNUMBER)lua_tonumber(L, idx));
+    luaL_addvalue(b);
+    break;
+  case LUA_TBOOLEAN:
+    luaL_addstring(b, lua_toboolean(L, idx) ? "[true]" : "[false]");
+    break;
+  case LUA_TSTRING:
+    s = lua_tolstring(L, idx, &n);
+    if (is_name(s, n)) {
+      luaL_addchar(b, '.');
+      luaL_addlstring(b, s, n);
+    } else {
+      path_add_quoted(b, s, n);
+    }
+    break;
+  default:
+    lua_pushfstring(L, "[<%s>]", luaL_typename(L, idx));
+    luaL_addvalue(b);
+  }
+}
+
+static void path_add_upvalue(luaL_Buffer *b, lua_State *L, int fidx, int n) {
+  const char *name = lua_getupvalue(L, fidx, n); /* a name of the prototype */
+  lua_pop(L, name != NULL);
+  if (name && *name && strcmp(name, "?") != 0) {
+    luaL_addstring(b, "<upvalue ");
+    luaL_addstring(b, name);
+    luaL_addchar(b, '>');
+  } else {
+    lua_pushfstring(L, "<upvalue %d>", n);
+    luaL_addvalue(b);
+  }
+}
+
+/* Push the path of a value at `depth`: what, then one rendering per step. */
+static void path_push(enc *e, int depth) {
+  luaL_Buffer b;
+  luaL_buffinit(e->L, &b);
+  luaL_addstring(&b, e->what);
+  for (int i = 0; i < depth; i++) {
+    const step *s = &e->path[i];
+    if (s->kind == STEP_INDEX) {
+      lua_pushfstring(e->L, "[%I]", (LUAI_UACINT)s->n);
+      luaL_addvalue(&b);
+    } else if (s->kind == STEP_UPVALUE) {
+      path_add_upvalue(&b, e->L, s->idx, (int)s->n);
+    } else {
+      path_add_key(&b, e->L, s->idx);
+    }
+  }
+  luaL_pushresult(&b);
+}
+
+/* Raise "cannot send <path>: <desc>" for the value at `depth`. */
+_Noreturn static void enc_fail(enc *e, int depth, const char *desc) {
+  e->c->enc.busy = 0;
+  path_push(e, depth);
+  lmpb_error_raise(e->L, "serialize", "cannot send %s: %s", lua_tostring(e->L, -1), desc);
+  abort(); /* not reached: lmpb_error_raise does not return */
+}
+
+_Noreturn static void enc_nomem(enc *e) {
+  e->c->enc.busy = 0;
+  luaL_error(e->L, "not enough memory to encode a message");
+  abort(); /* not reached */
+}
+
+/* Append without raising; lua_dump's writer must not longjmp. */
+static int enc_append(enc *e, const void *p, size_t n) {
+  lmp_buf_t *b = &e->c->buf;
+  if (b->cap - b->len < n && (b->len + n < b->len || lmp_buf_reserve(b, b->len + n) < 0))
+    return -1;
+  memcpy(b->data + b->len, p, n);
+  b->len += n;
+  return 0;
+}
+
+/* msgpack_packer's write callback. */
+static int enc_write(void *data, const char *p, size_t n) {
+  enc *e = data;
+  if (enc_append(e, p, n) < 0)
+    enc_nomem(e);
+  return 0;
+}
+
+static int enc_dump_writer(lua_State *L, const void *p, size_t n, void *data) {
+  (void)L;
+  return enc_append(data, p, n) < 0;
+}
+
+static void put_be32(char *p, uint32_t v) {
+  p[0] = (char)(v >> 24);
+  p[1] = (char)(v >> 16);
+  p[2] = (char)(v >> 8);
+  p[3] = (char)v;
+}
+
+/* Open an ext (or bin) whose length is patched in by enc_close: the 32-bit
+ * form, whatever the size, so nothing has to move. */
+static size_t enc_open(enc *e, unsigned char tag, int type) {
+  size_t at = e->c->buf.len;
+  char h[6] = {(char)tag, 0, 0, 0, 0, (char)type};
+  enc_write(e, h, tag == 0xc9 ? 6 : 5);
+  return at;
+}
+
+static void enc_close(enc *e, size_t at, int depth) {
+  size_t hlen = (unsigned char)e->c->buf.data[at] == 0xc9 ? 6 : 5;
+  size_t n = e->c->buf.len - at - hlen;
+  if (n > UINT32_MAX)
+    enc_fail(e, depth, "larger than 4 GiB");
+  put_be32(e->c->buf.data + at + 1, (uint32_t)n);
+}
+
+static size_t uint_size(uint64_t v) {
+  return v < 128 ? 1 : v < 256 ? 2 : v < 65536 ? 3 : v <= UINT32_MAX ? 5 : 9;
+}
+
+static void enc_ref(enc *e, uint64_t id) {
+  msgpack_pack_ext(&e->pk, uint_size(id), EXT_REF);
+  msgpack_pack_uint64(&e->pk, id);
+}
+
+static void enc_newid(enc *e, const void *p, int depth) {
+  (void)depth;
+  if (idmap_put(&e->c->objs, p, ++e->nextid) < 0)
+    enc_nomem(e);
+}
+
+/* Entering a container at `depth`: its children sit one level deeper. */
+static void enc_enter(enc *e, int depth) {
+  if (depth >= CODEC_MAXDEPTH)
+    enc_fail(e, depth, "nested deeper than 200 levels");
+  if (!lua_checkstack(e->L, 8))
+    enc_fail(e, depth, "the Lua stack is exhausted");
+}
+
+static void enc_value(enc *e, int idx, int depth);
+
+static void enc_str(enc *e, const char *s, size_t n, int depth) {
+  if (n > UINT32_MAX)
+    enc_fail(e, depth, "string longer than 4 GiB");
+  msgpack_pack_str(&e->pk, n);
+  msgpack_pack_str_body(&e->pk, s, n);
+}
+
+/* nil, booleans, numbers and strings: the values that cannot fail. */
+static int enc_scalar(enc *e, int idx, int depth) {
+  lua_State *L = e->L;
+  size_t n;
+  const char *s;
+  switch (lua_type(L, idx)) {
+  case LUA_TNIL:
+    msgpack_pack_nil(&e->pk);
+    return 1;
+  case LUA_TBOOLEAN:
+    if (lua_toboolean(L, idx))
+      msgpack_pack_true(&e->pk);
+    else
+      msgpack_pack_false(&e->pk);
+    return 1;
+  case LUA_TNUMBER:
+    if (lua_isinteger(L, idx))
+      msgpack_pack_int64(&e->pk, (int64_t)lua_tointeger(L, idx));
+    else
+      msgpack_pack_double(&e->pk, (double)lua_tonumber(L, idx));
+    return 1;
+  case LUA_TSTRING:
+    s = lua_tolstring(L, idx, &n);
+    enc_str(e, s, n, depth);
+    return 1;
+  default:
+    return 0;
+  }
+}
+
+/* === encoder: tables === */
+
+/* Elements from..n of a sequence. */
+static void enc_items(enc *e, int idx, lua_Integer from, lua_Integer n, int depth) {
+  lua_State *L = e->L;
+  for (lua_Integer i = from; i <= n; i++) {
+    lua_rawgeti(L, idx, i);
+    e->path[depth].kind = STEP_INDEX;
+    e->path[depth].n = i;
+    enc_value(e, lua_gettop(L), depth + 1);
+    lua_pop(L, 1);
+  }
+}
+
+/*
+ * The common case in one traversal: lua_next yields 1..n in order (the array
+ * part), and leading scalars are written as they come.  Returns 0, with the
+ * buffer as it was, when the keys are not 1..n in that order; nothing that
+ * takes an id has been written by then.
+ */
+static int enc_array(enc *e, int idx, lua_Integer n, int depth) {
+  lua_State *L = e->L;
+  size_t mark = e->c->buf.len;
+  lua_Integer i = 0, rest = 0;
+  msgpack_pack_array(&e->pk, (size_t)n);
+  e->path[depth].kind = STEP_INDEX;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    if (++i > n || !lua_isinteger(L, -2) || lua_tointeger(L, -2) != i) {
+      lua_pop(L, 2);
+      e->c->buf.len = mark;
+      return 0;
+    }
+    e->path[depth].n = i;
+    if (rest == 0 && !enc_scalar(e, lua_gettop(L), depth + 1))
+      rest = i;
+    lua_pop(L, 1);
+  }
+  if (i != n) {
+    e->c->buf.len = mark;
+    return 0;
+  }
+  if (rest)
+    enc_items(e, idx, rest, n, depth);
+  return 1;
+}
+
+static void enc_pairs(enc *e, int idx, lua_Integer count, int depth) {
+  lua_State *L = e->L;
+  msgpack_pack_map(&e->pk, (size_t)count);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    int top = lua_gettop(L);
+    e->path[depth].kind = STEP_KEYOF;
+    e->path[depth].idx = top - 1;
+    enc_value(e, top - 1, depth + 1);
+    e->path[depth].kind = STEP_KEY;
+    enc_value(e, top, depth + 1);
+    lua_pop(L, 1);
+  }
+}
+
+/* A table's content: an array when its keys are exactly 1..n, else a map. */
+static void enc_content(enc *e, int idx, int depth) {
+  lua_State *L = e->L;
+  lua_Integer n = (lua_Integer)lua_rawlen(L, idx), count = 0;
+  int seq = 1;
+  if (n > 0 && enc_array(e, idx, n, depth))
+    return;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    count++;
+    if (seq) {
+      lua_Integer k = lua_isinteger(L, -2) ? lua_tointeger(L, -2) : 0;
+      seq = k >= 1 && k <= n;
+    }
+    lua_pop(L, 1);
+  }
+  if (seq && count == n) {
+    msgpack_pack_array(&e->pk, (size_t)n);
+    enc_items(e, idx, 1, n, depth);
+  } else {
+    enc_pairs(e, idx, count, depth);
+  }
+}
+
+/* A table with a metatable (on top of the stack): a registered class. */
+static void enc_class(enc *e, int idx, int depth) {
+  lua_State *L = e->L;
+  registry_table(L, &K_BYMT, NULL);
+  lua_insert(L, -2);
+  if (lua_rawget(L, -2) != LUA_TSTRING)
+    enc_fail(e, depth, "table with unregistered metatable");
+  enc_newid(e, lua_topointer(L, idx), depth);
+  size_t at = enc_open(e, 0xc9, EXT_CLASS);
+  size_t n;
+  const char *name = lua_tolstring(L, -1, &n);
+  enc_str(e, name, n, depth);
+  lua_pop(L, 2);
+  enc_content(e, idx, depth);
+  enc_close(e, at, depth);
+}
+
+static void enc_table(enc *e, int idx, int depth) {
+  const void *p = lua_topointer(e->L, idx);
+  uint64_t id;
+  if (p == e->globals) {
+    msgpack_pack_ext(&e->pk, 0, EXT_GLOBALS);
+    return;
+  }
+  if (idmap_get(&e->c->objs, p, &id)) {
+    enc_ref(e, id);
+    return;
+  }
+  enc_enter(e, depth);
+  if (lua_getmetatable(e->L, idx)) {
+    enc_class(e, idx, depth);
+    return;
+  }
+  enc_newid(e, p, depth);
+  enc_content(e, idx, depth);
+}
+
+/* === encoder: functions === */
+
+/* Push the package.loaded[module][field] named by "module\0field" at
+ * `name`, or nil. */
+static void cfunc_get(lua_State *L, int name) {
+  size_t n;
+  const char *s = lua_tolstring(L, name, &n);
+  size_t ml = strlen(s);
+  int top = lua_gettop(L);
+  if (ml < n && lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE) == LUA_TTABLE) {
+    lua_pushlstring(L, s, ml);
+    if (lua_rawget(L, -2) == LUA_TTABLE) {
+      lua_pushlstring(L, s + ml + 1, n - ml - 1);
+      lua_rawget(L, -2);
+      lua_replace(L, top + 1);
+    }
+  }
+  lua_settop(L, top + 1);
+  if (lua_type(L, -1) != LUA_TFUNCTION) {
+    lua_pop(L, 1);
+    lua_pushnil(L);
+  }
+}
+
+/* Is the name at `a` a better choice than the one at `b`?  Names outside
+ * _G first, then the shorter, then the smaller: any fixed rule will do, so
+ * that both ends agree. */
+static int cfunc_better(lua_State *L, int a, int b) {
+  size_t la, lb;
+  const char *sa = lua_tolstring(L, a, &la), *sb = lua_tolstring(L, b, &lb);
+  int ga = strcmp(sa, "_G") == 0, gb = strcmp(sb, "_G") == 0;
+  if (ga != gb)
+    return gb;
+  if (la != lb)
+    return la < lb;
+  return memcmp(sa, sb, la) < 0;
+}
+
+/* Add the C functions of the module table on top to the cache at `cache`,
+ * under the module name at `mod`. */
+static void cfunc_scan(lua_State *L, int cache, int mod) {
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    if (lua_type(L, -2) == LUA_TSTRING && lua_iscfunction(L, -1)) {
+      lua_pushvalue(L, mod);
+      lua_pushlstring(L, "", 1);
+      lua_pushvalue(L, -4);
+      lua_concat(L, 3); /* module \0 field */
+      lua_pushvalue(L, -2);
+      if (lua_rawget(L, cache) != LUA_TSTRING || cfunc_better(L, -2, -1)) {
+        lua_pop(L, 1);
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, cache); /* cache[f] = name */
+      } else {
+        lua_pop(L, 2);
+      }
+    }
+    lua_pop(L, 1);
+  }
+}
+
+/* Rebuild the cache of C function names from package.loaded. */
+static void cfunc_rebuild(lua_State *L) {
+  int top = lua_gettop(L);
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  if (lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE) == LUA_TTABLE) {
+    lua_pushnil(L);
+    while (lua_next(L, top + 2)) {
+      if (lua_type(L, -2) == LUA_TSTRING && lua_istable(L, -1))
+        cfunc_scan(L, top + 1, lua_gettop(L) - 1);
+      lua_pop(L, 1);
+    }
+  }
+  lua_settop(L, top + 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &K_CFUNCS);
+}
+
+/* Push the cached name of the C function at `idx` if the cache has one that
+ * still reaches it; else push nothing and return 0. */
+static int cfunc_cached(lua_State *L, int idx) {
+  int top = lua_gettop(L);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &K_CFUNCS) == LUA_TTABLE) {
+    lua_pushvalue(L, idx);
+    if (lua_rawget(L, -2) == LUA_TSTRING) {
+      cfunc_get(L, -1);
+      if (lua_rawequal(L, -1, idx)) {
+        lua_pop(L, 1);
+        lua_replace(L, top + 1);
+        return 1;
+      }
+    }
+  }
+  lua_settop(L, top);
+  return 0;
+}
+
+static void enc_cfunction(enc *e, int idx, int depth) {
+  lua_State *L = e->L;
+  if (!cfunc_cached(L, idx)) {
+    cfunc_rebuild(L);
+    if (!cfunc_cached(L, idx))
+      enc_fail(e, depth, "C function (not reachable from package.loaded)");
+  }
+  size_t n;
+  const char *s = lua_tolstring(L, -1, &n);
+  size_t ml = strlen(s);
+  size_t at = enc_open(e, 0xc9, EXT_CFUNCTION);
+  enc_str(e, s, ml, depth);
+  enc_str(e, s + ml + 1, n - ml - 1, depth);
+  enc_close(e, at, depth);
+  lua_pop(L, 1);
+}
+
+/* The bytecode of the Lua function at `idx` as bin, from the cache when the
+ * function was sent before. */
+static void enc_bytecode(enc *e, int idx, int depth) {
+  lua_State *L = e->L;
+  registry_table(L, &K_DUMPS, "k");
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, -2) == LUA_TSTRING) {
+    size_t n;
+    const char *s = lua_tolstring(L, -1, &n);
+    msgpack_pack_bin(&e->pk, n);
+    msgpack_pack_bin_body(&e->pk, s, n);
+    lua_pop(L, 2);
+    return;
+  }
+  lua_pop(L, 1);
+  size_t at = enc_open(e, 0xc6, 0);
+  lua_pushvalue(L, idx);
+  int rc = lua_dump(L, enc_dump_writer, e, 0);
+  lua_pop(L, 1);
+  if (rc != 0)
+    enc_nomem(e);
+  enc_close(e, at, depth);
+  lua_pushvalue(L, idx);
+  lua_pushlstring(L, e->c->buf.data + at + 5, e->c->buf.len - at - 5);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
+/* Upvalue n of the function at `idx` (numbered fid): shared with a function
+ * sent earlier in this message, or its value.  An upvalue named _ENV binds
+ * to the receiver's globals whatever it holds here: a sandbox (busted runs
+ * each spec file in one) is the sender's, and the receiver has its own. */
+static void enc_upvalue(enc *e, int idx, uint64_t fid, int n, int depth) {
+  lua_State *L = e->L;
+  const void *uid = lua_upvalueid(L, idx, n);
+  uint64_t v;
+  if (uid && idmap_get(&e->c->upvals, uid, &v)) {
+    msgpack_pack_ext(&e->pk, uint_size(v >> 8) + uint_size(v & 0xff), EXT_UPVALUE);
+    msgpack_pack_uint64(&e->pk, v >> 8);
+    msgpack_pack_uint64(&e->pk, v & 0xff);
+    return;
+  }
+  if (uid && idmap_put(&e->c->upvals, uid, fid << 8 | (uint64_t)n) < 0)
+    enc_nomem(e);
+  const char *name = lua_getupvalue(L, idx, n);
+  if (strcmp(name, "_ENV") == 0) { /* whatever the sender's environment */
+    msgpack_pack_ext(&e->pk, 0, EXT_GLOBALS);
+    lua_pop(L, 1);
+    return;
+  }
+  e->path[depth].kind = STEP_UPVALUE;
+  e->path[depth].idx = idx;
+  e->path[depth].n = n;
+  enc_value(e, lua_gettop(L), depth + 1);
+  lua_pop(L, 1);
+}
+
+static void enc_function(enc *e, int idx, int depth) {
+  lua_State *L = e->L;
+  const void *p = lua_topointer(L, idx);
+  uint64_t id;
+  lua_Debug ar;
+  if (lua_iscfunction(L, idx)) {
+    enc_cfunction(e, idx, depth);
+    return;
+  }
+  if (idmap_get(&e->c->objs, p, &id)) {
+    enc_ref(e, id);
+    return;
+  }
+  enc_enter(e, depth);
+  enc_newid(e, p, depth);
+  id = e->nextid;
+  size_t at = enc_open(e, 0xc9, EXT_FUNCTION);
+  enc_bytecode(e, idx, depth);
+  lua_pushvalue(L, idx);
+  lua_getinfo(L, ">u", &ar);
+  msgpack_pack_array(&e->pk, ar.nups);
+  for (int i = 1; i <= ar.nups; i++)
+    enc_upvalue(e, idx, id, i, depth);
+  enc_close(e, at, depth);
+}
+
+/* === encoder: userdata === */
+
+static int handle_encode_call(lua_State *L) {
+  const lmpb_handle_type *t = lua_touserdata(L, 1);
+  lmp_buf_t *out = lua_touserdata(L, 2);
+  lua_pushinteger(L, t->encode(L, 3, out));
+  return 1;
+}
+
+/* A userdata whose metatable's __name is a registered handle type; the
+ * type's hook runs protected, so a hook that raises cannot leave the codec
+ * marked busy. */
+static void enc_userdata(enc *e, int idx, int depth) {
+  lua_State *L = e->L;
+  const void *p = lua_topointer(L, idx);
+  const lmpb_handle_type *t = NULL;
+  const char *tname = NULL;
+  uint64_t id;
+  if (idmap_get(&e->c->objs, p, &id)) {
+    enc_ref(e, id);
+    return;
+  }
+  if (lua_getmetatable(L, idx)) {
+    lua_pushliteral(L, "__name");
+    if (lua_rawget(L, -2) == LUA_TSTRING) {
+      tname = lua_tostring(L, -1);
+      registry_table(L, &K_HANDLES, NULL);
+      lua_pushvalue(L, -2);
+      lua_rawget(L, -2);
+      t = lua_touserdata(L, -1);
+    }
+  }
+  if (t == NULL)
+    enc_fail(e, depth, tname ? lua_pushfstring(L, "userdata (%s)", tname) : "userdata");
+  enc_newid(e, p, depth);
+  e->c->scratch.len = 0;
+  lua_pushcfunction(L, handle_encode_call);
+  lua_pushlightuserdata(L, (void *)t);
+  lua_pushlightuserdata(L, &e->c->scratch);
+  lua_pushvalue(L, idx);
+  if (lua_pcall(L, 3, 1, 0) != LUA_OK)
+    enc_fail(e, depth, lua_pushfstring(L, "%s (%s)", tname, luaL_tolstring(L, -1, NULL)));
+  int rc = (int)lua_tointeger(L, -1);
+  if (rc < 0)
+    enc_fail(e, depth, lua_pushfstring(L, "%s (%s)", tname, lmp_strerror(rc)));
+  size_t at = enc_open(e, 0xc9, EXT_HANDLE);
+  enc_str(e, tname, strlen(tname), depth);
+  msgpack_pack_bin(&e->pk, e->c->scratch.len);
+  msgpack_pack_bin_body(&e->pk, e->c->scratch.data, e->c->scratch.len);
+  enc_close(e, at, depth);
+  lua_pop(L, 5); /* metatable, __name, handles, type, result */
+}
+
+static void enc_value(enc *e, int idx, int depth) {
+  switch (lua_type(e->L, idx)) {
+  case LUA_TTABLE:
+    enc_table(e, idx, depth);
+    break;
+  case LUA_TFUNCTION:
+    enc_function(e, idx, depth);
+    break;
+  case LUA_TUSERDATA:
+    enc_userdata(e, idx, depth);
+    break;
+  case LUA_TLIGHTUSERDATA:
+    enc_fail(e, depth, "light userdata");
+    break;
+  case LUA_TTHREAD:
+    enc_fail(e, depth, "thread");
+    break;
+  default:
+    enc_scalar(e, idx, depth);
+  }
+}
+
+const lmp_buf_t *lmpb_encode(lua_State *L, int idx, const char *what) {
+  enc e;
+  idx = lua_absindex(L, idx);
+  e.L = L;
+  e.what = what ? what : "value";
+  e.c = codec_acquire(L, 0);
+  lua_pop(L, 1); /* it stays anchored in the registry */
+  e.c->buf.len = 0;
+  idmap_clear(&e.c->objs);
+  idmap_clear(&e.c->upvals);
+  e.nextid = 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  e.globals = lua_topointer(L, -1);
+  lua_pop(L, 1);
+  msgpack_packer_init(&e.pk, &e, enc_write);
+  if (!lua_checkstack(L, 8))
+    enc_fail(&e, 0, "the Lua stack is exhausted");
+  enc_value(&e, idx, 0);
+  e.c->enc.busy = 0;
+  return &e.c->buf;
+}
+
+/* === decoder === */
+
+typedef struct dec {
+  lua_State *L;
+  const unsigned char *base, *p, *end; /* end: of the message or of an ext */
+  codec *c;  /* NULL while decoding a message that is one plain value */
+  int refs;  /* stack index of the table of numbered objects */
+  int depth;
+  int trusted;
+} dec;
+
+static void dec_release(dec *d) {
+  if (d->c)
+    d->c->dec.busy = 0;
+}
+
+_Noreturn static void dec_fail(dec *d, const unsigned char *at, const char *reason) {
+  dec_release(d);
+  lua_pushfstring(d->L, "corrupt message (%s at byte %I)", reason,
+                  (LUAI_UACINT)(at - d->base));
+  lua_error(d->L);
+  abort(); /* not reached: lua_error does not return */
+}
+
+/* A well-formed message the receiver will not (or cannot) accept. */
+_Noreturn static void dec_refuse(dec *d, const char *msg) {
+  dec_release(d);
+  lmpb_error_raise(d->L, "serialize", "%s", msg);
+  abort(); /* not reached */
+}
+
+static void dec_need(dec *d, size_t n) {
+  if ((size_t)(d->end - d->p) < n)
+    dec_fail(d, d->p, "truncated");
+}
+
+/* An n-byte big-endian number. */
+static uint64_t dec_be(dec *d, int n) {
+  uint64_t v = 0;
+  dec_need(d, (size_t)n);
+  for (int i = 0; i < n; i++)
+    v = v << 8 | d->p[i];
+  d->p += n;
+  return v;
+}
+
+static void dec_enter(dec *d, const unsigned char *at) {
+  if (++d->depth > CODEC_MAXDEPTH)
+    dec_fail(d, at, "nested deeper than 200 levels");
+  if (!lua_checkstack(d->L, 8))
+    dec_fail(d, at, "Lua stack exhausted");
+}
+
+/* Number the object on top of the stack. */
+static void dec_newref(dec *d) {
+  lua_pushvalue(d->L, -1);
+  lua_rawseti(d->L, d->refs, ++d->c->nrefs);
+}
+
+static void dec_getref(dec *d, const unsigned char *at, uint64_t id) {
+  if (id < 1 || id > (uint64_t)d->c->nrefs)
+    dec_fail(d, at, "reference to an unknown object");
+  lua_rawgeti(d->L, d->refs, (lua_Integer)id);
+}
+
+static uint64_t dec_uint(dec *d) {
+  const unsigned char *at = d->p;
+  dec_need(d, 1);
+  unsigned c = *d->p++;
+  if (c <= 0x7f)
+    return c;
+  if (c >= 0xcc && c <= 0xcf)
+    return dec_be(d, 1 << (c - 0xcc));
+  dec_fail(d, at, "unsigned integer expected");
+}
+
+/* A str or bin, in place. */
+static const char *dec_bytes(dec *d, size_t *n) {
+  const unsigned char *at = d->p, *s;
+  dec_need(d, 1);
+  unsigned c = *d->p++;
+  if (c >= 0xa0 && c <= 0xbf)
+    *n = c & 0x1f;
+  else if (c == 0xd9 || c == 0xc4)
+    *n = (size_t)dec_be(d, 1);
+  else if (c == 0xda || c == 0xc5)
+    *n = (size_t)dec_be(d, 2);
+  else if (c == 0xdb || c == 0xc6)
+    *n = (size_t)dec_be(d, 4);
+  else
+    dec_fail(d, at, "string expected");
+  dec_need(d, *n);
+  s = d->p;
+  d->p += *n;
+  return (const char *)s;
+}
+
+static void dec_string(dec *d, size_t n) {
+  dec_need(d, n);
+  lua_pushlstring(d->L, (const char *)d->p, n);
+  d->p += n;
+}
+
+/* The header of an array or map: its count; *ismap says which. */
+static uint64_t dec_count(dec *d, int *ismap) {
+  const unsigned char *at = d->p;
+  dec_need(d, 1);
+  unsigned c = *d->p++;
+  *ismap = (c >= 0x80 && c <= 0x8f) || c == 0xde || c == 0xdf;
+  if (c >= 0x80 && c <= 0x9f)
+    return c & 0x0f;
+  if (c == 0xdc || c == 0xde)
+    return dec_be(d, 2);
+  if (c == 0xdd || c == 0xdf)
+    return dec_be(d, 4);
+  dec_fail(d, at, "array or map expected");
+}
+
+static void dec_value(dec *d);
+
+/* Push a new table for `n` elements, numbered; the count is checked against
+ * the bytes left (each element takes at least one). */
+static int dec_newtable(dec *d, const unsigned char *at, uint64_t n, int ismap) {
+  uint64_t left = (uint64_t)(d->end - d->p);
+  if (n > (ismap ? left / 2 : left) || n > INT_MAX)
+    dec_fail(d, at, ismap ? "map longer than the message" : "array longer than the message");
+  lua_createtable(d->L, ismap ? 0 : (int)n, ismap ? (int)n : 0);
+  dec_newref(d);
+  return lua_gettop(d->L);
+}
+
+static void dec_fill(dec *d, int t, uint64_t n, int ismap) {
+  lua_State *L = d->L;
+  for (uint64_t i = 1; i <= n; i++) {
+    if (!ismap) {
+      dec_value(d);
+      lua_rawseti(L, t, (lua_Integer)i);
+      continue;
+    }
+    const unsigned char *at = d->p;
+    dec_value(d);
+    if (lua_isnil(L, -1))
+      dec_fail(d, at, "nil map key");
+    if (lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) != lua_tonumber(L, -1))
+      dec_fail(d, at, "NaN map key");
+    dec_value(d);
+    lua_rawset(L, t);
+  }
+}
+
+static void dec_table(dec *d, const unsigned char *at, uint64_t n, int ismap) {
+  dec_enter(d, at);
+  int t = dec_newtable(d, at, n, ismap);
+  dec_fill(d, t, n, ismap);
+  d->depth--;
+}
+
+/* === decoder: ext types === */
+
+typedef struct chunk {
+  const char *p;
+  size_t n;
+} chunk;
+
+static const char *chunk_read(lua_State *L, void *data, size_t *n) {
+  chunk *ck = data;
+  (void)L;
+  *n = ck->n;
+  ck->n = 0;
+  return *n ? ck->p : NULL;
+}
+
+/* When the next value is an ext of `type`, step over its header and return
+ * its length in *n; else leave the position alone and return 0. */
+static int dec_peek_ext(dec *d, int type, size_t *n) {
+  const unsigned char *p = d->p;
+  size_t left = (size_t)(d->end - p), lenbytes, len;
+  if (left < 2)
+    return 0;
+  if (*p >= 0xd4 && *p <= 0xd8) {
+    lenbytes = 0;
+    len = (size_t)1 << (*p - 0xd4);
+  } else if (*p >= 0xc7 && *p <= 0xc9) {
+    lenbytes = (size_t)1 << (*p - 0xc7);
+    if (left < 2 + lenbytes)
+      return 0;
+    len = 0;
+    for (size_t i = 0; i < lenbytes; i++)
+      len = len << 8 | p[1 + i];
+  } else {
+    return 0;
+  }
+  if ((signed char)p[1 + lenbytes] != type)
+    return 0;
+  d->p = p + 2 + lenbytes;
+  *n = len;
+  return 1;
+}
+
+/* Upvalue i of the function at f: joined to one decoded earlier, or set. */
+static void dec_upvalue(dec *d, int f, int i) {
+  lua_State *L = d->L;
+  const unsigned char *at = d->p, *end = d->end;
+  lua_Debug ar;
+  size_t n;
+  if (!dec_peek_ext(d, EXT_UPVALUE, &n)) {
+    dec_value(d);
+    lua_setupvalue(L, f, i);
+    return;
+  }
+  dec_need(d, n);
+  d->end = d->p + n;
+  uint64_t id = dec_uint(d), up = dec_uint(d);
+  if (d->p != d->end)
+    dec_fail(d, at, "malformed upvalue reference");
+  d->end = end;
+  dec_getref(d, at, id);
+  if (lua_type(L, -1) != LUA_TFUNCTION || lua_iscfunction(L, -1))
+    dec_fail(d, at, "upvalue reference to a non-function");
+  lua_pushvalue(L, -1);
+  lua_getinfo(L, ">u", &ar);
+  if (up < 1 || up > ar.nups)
+    dec_fail(d, at, "reference to an unknown upvalue");
+  lua_upvaluejoin(L, f, i, lua_gettop(L), (int)up);
+  lua_pop(L, 1);
+}
+
+static void dec_function(dec *d, const unsigned char *at) {
+  lua_State *L = d->L;
+  lua_Debug ar;
+  int ismap;
+  size_t n;
+  if (!d->trusted)
+    dec_refuse(d, "refusing to load code from an untrusted message "
+                  "(deserialize with {trusted = true})");
+  dec_enter(d, at);
+  chunk ck;
+  ck.p = dec_bytes(d, &n);
+  ck.n = n;
+  if (lua_load(L, chunk_read, &ck, "=(message)", "b") != LUA_OK)
+    dec_fail(d, at, lua_pushfstring(L, "bad function: %s", lua_tostring(L, -1)));
+  int f = lua_gettop(L);
+  dec_newref(d);
+  lua_pushvalue(L, f);
+  lua_getinfo(L, ">u", &ar);
+  uint64_t nups = dec_count(d, &ismap);
+  if (ismap || nups != ar.nups)
+    dec_fail(d, at, "wrong number of upvalues");
+  for (int i = 1; i <= ar.nups; i++)
+    dec_upvalue(d, f, i);
+  d->depth--;
+}
+
+static void dec_cfunction(dec *d) {
+  lua_State *L = d->L;
+  size_t ml, fl;
+  if (!d->trusted)
+    dec_refuse(d, "refusing to accept a C function from an untrusted message "
+                  "(deserialize with {trusted = true})");
+  const char *mod = dec_bytes(d, &ml);
+  const char *field = dec_bytes(d, &fl);
+  lua_pushlstring(L, mod, ml);
+  lua_pushlstring(L, "", 1);
+  lua_pushlstring(L, field, fl);
+  lua_concat(L, 3);
+  cfunc_get(L, -1);
+  if (lua_isnil(L, -1))
+    dec_refuse(d, lua_pushfstring(L, "cannot receive C function '%s.%s': not in package.loaded",
+                                  lua_pushlstring(L, mod, ml), lua_pushlstring(L, field, fl)));
+  lua_remove(L, -2);
+}
+
+static void dec_globals(dec *d) {
+  if (!d->trusted)
+    dec_refuse(d, "refusing to bind the receiver's globals from an untrusted message "
+                  "(deserialize with {trusted = true})");
+  lua_rawgeti(d->L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+}
+
+static int handle_decode_call(lua_State *L) {
+  const lmpb_handle_type *t = lua_touserdata(L, 1);
+  const char *data = lua_touserdata(L, 2);
+  size_t n = (size_t)lua_tointeger(L, 3);
+  t->decode(L, data, n);
+  return 1;
+}
+
+static void dec_handle(dec *d) {
+  lua_State *L = d->L;
+  size_t tl, n;
+  const char *tname = dec_bytes(d, &tl);
+  const char *data = dec_bytes(d, &n);
+  registry_table(L, &K_HANDLES, NULL);
+  lua_pushlstring(L, tname, tl);
+  lua_rawget(L, -2);
+  const lmpb_handle_type *t = lua_touserdata(L, -1);
+  if (t == NULL)
+    dec_refuse(d, lua_pushfstring(L, "cannot receive a handle of unknown type '%s'",
+                                  lua_pushlstring(L, tname, tl)));
+  lua_pop(L, 2);
+  lua_pushcfunction(L, handle_decode_call);
+  lua_pushlightuserdata(L, (void *)t);
+  lua_pushlightuserdata(L, (void *)data);
+  lua_pushinteger(L, (lua_Integer)n);
+  if (lua_pcall(L, 3, 1, 0) != LUA_OK) { /* an lmp.Error as it is, else made one */
+    if (lua_type(L, -1) != LUA_TSTRING) {
+      dec_release(d);
+      lua_error(L);
+    }
+    dec_refuse(d, lua_tostring(L, -1));
+  }
+  dec_newref(d);
+}
+
+static void dec_class(dec *d, const unsigned char *at) {
+  lua_State *L = d->L;
+  size_t n;
+  int ismap;
+  const char *name = dec_bytes(d, &n);
+  registry_table(L, &K_BYNAME, NULL);
+  lua_pushlstring(L, name, n);
+  if (lua_rawget(L, -2) != LUA_TTABLE)
+    dec_refuse(d, lua_pushfstring(L,
+                                  "cannot receive a '%s': no metatable registered under "
+                                  "that name (lmp.register)",
+                                  lua_pushlstring(L, name, n)));
+  lua_remove(L, -2);
+  dec_enter(d, at);
+  uint64_t count = dec_count(d, &ismap);
+  int t = dec_newtable(d, at, count, ismap);
+  dec_fill(d, t, count, ismap);
+  lua_pushvalue(L, t - 1);
+  lua_setmetatable(L, t);
+  lua_remove(L, t - 1);
+  d->depth--;
+}
+
+/* An ext of `n` bytes: its type, then a payload that must be used exactly. */
+static void dec_ext(dec *d, const unsigned char *at, size_t n) {
+  const unsigned char *end = d->end;
+  int type = (signed char)dec_be(d, 1);
+  dec_need(d, n);
+  d->end = d->p + n;
+  switch (type) {
+  case EXT_REF:
+    dec_getref(d, at, dec_uint(d));
+    break;
+  case EXT_FUNCTION:
+    dec_function(d, at);
+    break;
+  case EXT_CFUNCTION:
+    dec_cfunction(d);
+    break;
+  case EXT_GLOBALS:
+    dec_globals(d);
+    break;
+  case EXT_HANDLE:
+    dec_handle(d);
+    break;
+  case EXT_CLASS:
+    dec_class(d, at);
+    break;
+  default:
+    dec_fail(d, at, lua_pushfstring(d->L, "unknown ext type %d", type));
+  }
+  if (d->p != d->end)
+    dec_fail(d, d->p, "ext payload longer than its content");
+  d->end = end;
+}
+
+/* === decoder: values === */
+
+static void dec_number(dec *d, unsigned c) {
+  lua_State *L = d->L;
+  uint64_t v;
+  if (c == 0xca) {
+    uint32_t u = (uint32_t)dec_be(d, 4);
+    float f;
+    memcpy(&f, &u, sizeof f);
+    lua_pushnumber(L, (lua_Number)f);
+  } else if (c == 0xcb) {
+    v = dec_be(d, 8);
+    double x;
+    memcpy(&x, &v, sizeof x);
+    lua_pushnumber(L, (lua_Number)x);
+  } else if (c <= 0xcf) { /* uint 8..64; past the integers, a float */
+    v = dec_be(d, 1 << (c - 0xcc));
+    if (v > (uint64_t)LUA_MAXINTEGER)
+      lua_pushnumber(L, (lua_Number)v);
+    else
+      lua_pushinteger(L, (lua_Integer)v);
+  } else { /* int 8..64 */
+    int n = 1 << (c - 0xd0);
+    v = dec_be(d, n);
+    if (n < 8 && (v >> (8 * n - 1)))
+      v |= ~(uint64_t)0 << (8 * n); /* sign-extend */
+    lua_pushinteger(L, (lua_Integer)(int64_t)v);
+  }
+}
+
+static void dec_tagged(dec *d, const unsigned char *at, unsigned c) {
+  lua_State *L = d->L;
+  switch (c) {
+  case 0xc0:
+    lua_pushnil(L);
+    break;
+  case 0xc2:
+  case 0xc3:
+    lua_pushboolean(L, c == 0xc3);
+    break;
+  case 0xc4: case 0xd9:
+    dec_string(d, (size_t)dec_be(d, 1));
+    break;
+  case 0xc5: case 0xda:
+    dec_string(d, (size_t)dec_be(d, 2));
+    break;
+  case 0xc6: case 0xdb:
+    dec_string(d, (size_t)dec_be(d, 4));
+    break;
+  case 0xc7: case 0xc8: case 0xc9:
+    dec_ext(d, at, (size_t)dec_be(d, 1 << (c - 0xc7)));
+    break;
+  case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8:
+    dec_ext(d, at, (size_t)1 << (c - 0xd4));
+    break;
+  case 0xdc: case 0xdd:
+    dec_table(d, at, dec_be(d, c == 0xdc ? 2 : 4), 0);
+    break;
+  case 0xde: case 0xdf:
+    dec_table(d, at, dec_be(d, c == 0xde ? 2 : 4), 1);
+    break;
+  case 0xc1:
+    dec_fail(d, at, "invalid type byte 0xc1");
+  default: /* 0xca..0xd3 */
+    dec_number(d, c);
+  }
+}
+
+static void dec_value(dec *d) {
+  const unsigned char *at = d->p;
+  dec_need(d, 1);
+  unsigned c = *d->p++;
+  if (c <= 0x7f)
+    lua_pushinteger(d->L, (lua_Integer)c);
+  else if (c >= 0xe0)
+    lua_pushinteger(d->L, (lua_Integer)c - 256);
+  else if (c <= 0x8f)
+    dec_table(d, at, c & 0x0f, 1);
+  else if (c <= 0x9f)
+    dec_table(d, at, c & 0x0f, 0);
+  else if (c <= 0xbf)
+    dec_string(d, c & 0x1f);
+  else
+    dec_tagged(d, at, c);
+}
+
+/* Does a message starting with byte c hold objects that may be numbered? */
+static int holds_objects(unsigned c) {
+  return (c >= 0x80 && c <= 0x9f) || (c >= 0xc7 && c <= 0xc9) || (c >= 0xd4 && c <= 0xd8) ||
+         (c >= 0xdc && c <= 0xdf);
+}
+
+/* Empty the refs table (at `refs`, of the codec at `ud`): cleared in place
+ * while small, replaced once a big message has grown it. */
+static void refs_clear(lua_State *L, codec *c, int ud, int refs) {
+  if (c->nrefs > 4096) {
+    lua_createtable(L, 16, 0);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, ud, 1);
+    lua_replace(L, refs);
+  } else {
+    for (lua_Integer i = 1; i <= c->nrefs; i++) {
+      lua_pushnil(L);
+      lua_rawseti(L, refs, i);
+    }
+  }
+  c->nrefs = 0;
+}
+
+void lmpb_decode(lua_State *L, const char *data, size_t len, int trusted) {
+  dec d;
+  d.L = L;
+  d.base = d.p = (const unsigned char *)data;
+  d.end = d.base + len;
+  d.c = NULL;
+  d.refs = d.depth = 0;
+  d.trusted = trusted;
+  if (!lua_checkstack(L, 8))
+    luaL_error(L, "stack overflow (cannot decode a message)");
+  if (len == 0 || !holds_objects(*d.p)) {
+    dec_value(&d);
+    if (d.p != d.end)
+      dec_fail(&d, d.p, "trailing bytes");
+    return;
+  }
+  d.c = codec_acquire(L, 1);
+  int ud = lua_gettop(L);
+  lua_getiuservalue(L, ud, 1);
+  d.refs = ud + 1;
+  refs_clear(L, d.c, ud, d.refs); /* what a failed decode left behind */
+  dec_value(&d);
+  if (d.p != d.end)
+    dec_fail(&d, d.p, "trailing bytes");
+  refs_clear(L, d.c, ud, d.refs);
+  d.c->dec.busy = 0;
+  lua_replace(L, ud);
+  lua_settop(L, ud);
+}
+
+/* === registration === */
+
+void lmpb_register_handle(lua_State *L, const lmpb_handle_type *t) {
+  registry_table(L, &K_HANDLES, NULL);
+  lua_pushlightuserdata(L, (void *)t);
+  lua_setfield(L, -2, t->tname);
+  lua_pop(L, 1);
+}
+
+void lmpb_register_class(lua_State *L, const char *name, int mt_idx) {
+  mt_idx = lua_absindex(L, mt_idx);
+  registry_table(L, &K_BYNAME, NULL);
+  registry_table(L, &K_BYMT, NULL);
+  int byname = lua_gettop(L) - 1, bymt = byname + 1;
+  lua_pushstring(L, name); /* unbind what the name was bound to */
+  if (lua_rawget(L, byname) != LUA_TNIL) {
+    lua_pushnil(L);
+    lua_rawset(L, bymt);
+  } else {
+    lua_pop(L, 1);
+  }
+  lua_pushvalue(L, mt_idx); /* and the name the metatable had */
+  if (lua_rawget(L, bymt) != LUA_TNIL) {
+    lua_pushnil(L);
+    lua_rawset(L, byname);
+  } else {
+    lua_pop(L, 1);
+  }
+  lua_pushstring(L, name);
+  lua_pushvalue(L, mt_idx);
+  lua_rawset(L, byname);
+  lua_pushvalue(L, mt_idx);
+  lua_pushstring(L, name);
+  lua_rawset(L, bymt);
+  lua_pop(L, 2);
+}
+
+/* === Lua functions === */
+
+/* lmp.serialize(v) -> string */
+static int l_serialize(lua_State *L) {
+  luaL_checkany(L, 1);
+  const lmp_buf_t *b = lmpb_encode(L, 1, "value");
+  lua_pushlstring(L, b->data, b->len);
+  return 1;
+}
+
+/* lmp.deserialize(s [, {trusted = bool}]) -> v */
+static int l_deserialize(lua_State *L) {
+  static const char *const options[] = {"trusted", NULL};
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  int trusted = 0;
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lmpb_checkoptions(L, 2, options);
+    lua_getfield(L, 2, "trusted");
+    trusted = lua_toboolean(L, -1);
+  }
+  lmpb_decode(L, s, len, trusted);
+  return 1;
+}
+
+/* lmp.register(name, mt) -> mt */
+static int l_register(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lmpb_register_class(L, name, 2);
+  lua_settop(L, 2);
+  return 1;
+}
+
+int lmpb_codec_open(lua_State *L) {
+  static const luaL_Reg funcs[] = {
+    {"serialize", l_serialize},
+    {"deserialize", l_deserialize},
+    {"register", l_register},
+    {NULL, NULL},
+  };
+  codec_push(L, &K_CODEC);
+  lua_pop(L, 1);
+  luaL_setfuncs(L, funcs, 0);
+  return 0;
+}

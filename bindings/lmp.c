@@ -1,0 +1,142 @@
+/*
+ * lmp.c -- luaopen_lmp: the module table, the process-wide helpers (sleep,
+ * time, cpu_count) and the shared argument helpers of the bindings.
+ *
+ * Opening the module initializes the runtime (this process becomes the root
+ * unless it was started by another lmp process) and then each family of
+ * objects adds its constructors, as LuaSocket's luaopen calls each *_open.
+ * A sentinel userdata in the registry shuts the children down when the Lua
+ * state closes: daemon children are terminated, the others joined.  An atexit
+ * hook does the same for a script that ends with os.exit() without closing
+ * its state.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "lmp.h"
+#include "lmp/proc.h"
+#include "lmp/shm.h"
+#include "lmpb.h"
+
+/* === shared helpers === */
+
+int64_t lmpb_optdeadline(lua_State *L, int arg) {
+  if (lua_isnoneornil(L, arg))
+    return LMP_FOREVER;
+  lua_Number t = luaL_checknumber(L, arg);
+  luaL_argcheck(L, t >= 0, arg, "timeout must be a non-negative number");
+  return lmp_deadline(t);
+}
+
+void lmpb_checkoptions(lua_State *L, int idx, const char *const known[]) {
+  idx = lua_absindex(L, idx);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);
+    int ok = 0;
+    if (lua_type(L, -1) == LUA_TSTRING)
+      for (int i = 0; known[i] && !ok; i++)
+        ok = strcmp(lua_tostring(L, -1), known[i]) == 0;
+    if (!ok) {
+      const char *key = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
+                                                        : luaL_typename(L, -1);
+      luaL_argerror(L, idx, lua_pushfstring(L, "unknown option '%s'", key));
+    }
+  }
+}
+
+int lmpb_fail(lua_State *L, const char *reason) {
+  lua_pushnil(L);
+  lua_pushstring(L, reason);
+  return 2;
+}
+
+int lmpb_rterror(lua_State *L, const char *what, int code) {
+  return luaL_error(L, "%s: %s", what, lmp_strerror(code));
+}
+
+/* === module functions === */
+
+/* lmp.sleep(seconds): sleeps the whole time even if signals arrive. */
+static int l_sleep(lua_State *L) {
+  lua_Number s = luaL_checknumber(L, 1);
+  luaL_argcheck(L, s >= 0 && !isnan(s), 1, "seconds must be a non-negative number");
+  int64_t deadline = lmp_deadline(s);
+  struct timespec ts = {deadline / 1000000000, deadline % 1000000000};
+  while (deadline != LMP_FOREVER &&
+         clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+    ;
+  return 0;
+}
+
+static int l_time(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)lmp_now_ns() / 1e9);
+  return 1;
+}
+
+static int l_cpu_count(lua_State *L) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  lua_pushinteger(L, n > 0 ? n : 1);
+  return 1;
+}
+
+/* === shutdown when the state closes === */
+
+static pid_t owner_pid; /* the process whose state registered the hooks */
+
+static void at_exit(void) {
+  if (getpid() == owner_pid)
+    lmp_proc_shutdown();
+}
+
+static int state_gc(lua_State *L) {
+  (void)L;
+  if (getpid() == owner_pid)
+    lmp_proc_shutdown();
+  return 0;
+}
+
+static void sentinel_open(lua_State *L) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "lmp.sentinel") != LUA_TNIL) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pop(L, 1);
+  lua_newuserdatauv(L, 0, 0);
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, state_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  lua_setfield(L, LUA_REGISTRYINDEX, "lmp.sentinel");
+  if (owner_pid == 0)
+    atexit(at_exit);
+  owner_pid = getpid();
+}
+
+static const luaL_Reg funcs[] = {
+  {"sleep", l_sleep},
+  {"time", l_time},
+  {"cpu_count", l_cpu_count},
+  {NULL, NULL},
+};
+
+LMP_API int luaopen_lmp(lua_State *L) {
+  int rc = lmp_runtime_init();
+  if (rc < 0)
+    return luaL_error(L, "lmp: cannot initialize the runtime: %s", lmp_strerror(rc));
+  sentinel_open(L);
+  luaL_newlib(L, funcs);
+  lua_pushliteral(L, "lmp " LMP_VERSION_STRING);
+  lua_setfield(L, -2, "_VERSION");
+  lmpb_error_open(L);
+  lmpb_codec_open(L);
+  lmpb_process_open(L);
+  lmpb_pipe_open(L);
+  lmpb_queue_open(L);
+  lmpb_scripts_open(L);
+  return 1;
+}

@@ -1,0 +1,224 @@
+/*
+ * main.c -- the lmp command: a Lua 5.4 interpreter with lmp built in.
+ *
+ *   lmp script.lua [args]   run a script; arg and ... as with lua
+ *   lmp -e 'code'           run code (several -e run in order)
+ *   lmp -l name             require a module into a global of that name
+ *   lmp -i                  enter the REPL after the script
+ *   lmp                     REPL
+ *   lmp --version | --help
+ *
+ * The module is linked in and registered as package.loaded.lmp (and the
+ * global `lmp`), so `require "lmp"` needs no LUA_CPATH and never loads a
+ * second copy of the runtime.  The Lua-side code that would run here (the
+ * REPL) lives in scripts/lmp/repl.lua.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#include "lmp.h"
+
+static const char usage[] =
+  "usage: lmp [options] [script [args]]\n"
+  "  -e code    run code\n"
+  "  -l name    require module 'name' into global 'name'\n"
+  "  -i         enter the interactive mode after running the script\n"
+  "  -v, --version  show the version\n"
+  "  -h, --help     show this help\n"
+  "  --         stop handling options\n"
+  "  -          run stdin\n"
+  "With no script and no -e, lmp starts its REPL.\n";
+
+static const char *progname = "lmp";
+
+/* === error reporting === */
+
+static int msghandler(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (msg == NULL) {
+    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+      msg = lua_tostring(L, -1);
+    else
+      msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+  }
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+static int report(lua_State *L, int status) {
+  if (status != LUA_OK) {
+    fprintf(stderr, "%s: %s\n", progname, lua_tostring(L, -1));
+    fflush(stderr);
+    lua_pop(L, 1);
+  }
+  return status;
+}
+
+static int docall(lua_State *L, int narg, int nres) {
+  int base = lua_gettop(L) - narg;
+  lua_pushcfunction(L, msghandler);
+  lua_insert(L, base);
+  int status = lua_pcall(L, narg, nres, base);
+  lua_remove(L, base);
+  return status;
+}
+
+/* === running things === */
+
+static int dostring(lua_State *L, const char *code, const char *name) {
+  int status = luaL_loadbuffer(L, code, strlen(code), name);
+  if (status == LUA_OK)
+    status = docall(L, 0, 0);
+  return report(L, status);
+}
+
+static int dorequire(lua_State *L, const char *name) {
+  lua_getglobal(L, "require");
+  lua_pushstring(L, name);
+  int status = docall(L, 1, 1);
+  if (status == LUA_OK)
+    lua_setglobal(L, name);
+  return report(L, status);
+}
+
+/* arg table as lua.c builds it: script at 0, options below, arguments above. */
+static void createargtable(lua_State *L, char **argv, int argc, int script) {
+  lua_createtable(L, argc - script - 1, script + 1);
+  for (int i = 0; i < argc; i++) {
+    lua_pushstring(L, argv[i]);
+    lua_rawseti(L, -2, i - script);
+  }
+  lua_setglobal(L, "arg");
+}
+
+static int runscript(lua_State *L, char **argv, int argc, int script) {
+  const char *fname = argv[script];
+  if (strcmp(fname, "-") == 0 && strcmp(argv[script - 1], "--") != 0)
+    fname = NULL; /* stdin */
+  int status = luaL_loadfile(L, fname);
+  if (status == LUA_OK) {
+    int n = argc - script - 1;
+    luaL_checkstack(L, n + 3, "too many arguments to script");
+    for (int i = script + 1; i < argc; i++)
+      lua_pushstring(L, argv[i]);
+    status = docall(L, n, 0);
+  }
+  return report(L, status);
+}
+
+static int repl(lua_State *L) {
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "lmp.repl");
+  int status = docall(L, 1, 1);
+  if (status == LUA_OK)
+    status = docall(L, 0, 0);
+  return report(L, status);
+}
+
+/* === options === */
+
+struct opts {
+  int script; /* index of the script in argv, 0 if none */
+  int interactive;
+  int has_e;
+  int version;
+};
+
+/* Returns 0, or -1 after printing usage for a bad option. */
+static int scanargs(char **argv, int argc, struct opts *o) {
+  memset(o, 0, sizeof *o);
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (a[0] != '-' || strcmp(a, "-") == 0) {
+      o->script = i;
+      return 0;
+    }
+    if (strcmp(a, "--") == 0) {
+      o->script = i + 1 < argc ? i + 1 : 0;
+      return 0;
+    }
+    if (strcmp(a, "-i") == 0) {
+      o->interactive = 1;
+    } else if (strcmp(a, "-v") == 0 || strcmp(a, "--version") == 0) {
+      o->version = 1;
+    } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+      fputs(usage, stdout);
+      exit(EXIT_SUCCESS);
+    } else if ((strcmp(a, "-e") == 0 || strcmp(a, "-l") == 0) && i + 1 < argc) {
+      o->has_e |= a[1] == 'e';
+      i++;
+    } else {
+      fprintf(stderr, "%s: unrecognized option '%s'\n%s", progname, a, usage);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* Runs -e and -l in order. */
+static int runoptions(lua_State *L, char **argv, int last) {
+  for (int i = 1; i < last; i++) {
+    int status = LUA_OK;
+    if (strcmp(argv[i], "-e") == 0)
+      status = dostring(L, argv[++i], "=(command line)");
+    else if (strcmp(argv[i], "-l") == 0)
+      status = dorequire(L, argv[++i]);
+    if (status != LUA_OK)
+      return status;
+  }
+  return LUA_OK;
+}
+
+/* === main === */
+
+static int pmain(lua_State *L) {
+  int argc = (int)lua_tointeger(L, 1);
+  char **argv = lua_touserdata(L, 2);
+  struct opts o;
+  if (scanargs(argv, argc, &o) < 0)
+    return 0;
+  if (o.version) {
+    printf("lmp %s (%s)\n", LMP_VERSION_STRING, LUA_RELEASE);
+    if (!o.script && !o.has_e && !o.interactive)
+      goto ok;
+  }
+  luaL_checkversion(L);
+  luaL_openlibs(L);
+  luaL_requiref(L, "lmp", luaopen_lmp, 1);
+  lua_pop(L, 1);
+  createargtable(L, argv, argc, o.script);
+  int last = o.script ? o.script : argc;
+  if (runoptions(L, argv, last) != LUA_OK)
+    return 0;
+  if (o.script && runscript(L, argv, argc, o.script) != LUA_OK)
+    return 0;
+  if (o.interactive || (!o.script && !o.has_e && !o.version)) {
+    if (repl(L) != LUA_OK)
+      return 0;
+  }
+ok:
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+int main(int argc, char **argv) {
+  lua_State *L = luaL_newstate();
+  if (L == NULL) {
+    fprintf(stderr, "%s: cannot create state: not enough memory\n", progname);
+    return EXIT_FAILURE;
+  }
+  lua_pushcfunction(L, pmain);
+  lua_pushinteger(L, argc);
+  lua_pushlightuserdata(L, argv);
+  int status = lua_pcall(L, 2, 1, 0);
+  int ok = status == LUA_OK && lua_toboolean(L, -1);
+  report(L, status);
+  lua_close(L);
+  return ok ? EXIT_SUCCESS : EXIT_FAILURE;
+}

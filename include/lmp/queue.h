@@ -1,0 +1,50 @@
+/*
+ * lmp/queue.h -- a multi-producer, multi-consumer message queue in shared
+ * memory.
+ *
+ * A queue is one segment: a header (robust mutex, two condition variables,
+ * counters) followed by a byte ring of length-prefixed records.  A record too
+ * large for the ring, or one that finds an unbounded queue's ring full, is
+ * written once into a segment of its own and the ring carries that segment's
+ * name.  A record becomes visible only once it is completely written, so a
+ * producer killed half-way leaves nothing torn behind.
+ *
+ * `maxsize` bounds the number of messages (0: unbounded).  Closing a queue
+ * makes every later put fail with -EPIPE; gets drain what is left and then
+ * fail with -EPIPE.  The queue also counts unfinished tasks for
+ * JoinableQueue: each put adds one, lmp_queue_task_done removes one.
+ */
+#ifndef LMP_QUEUE_H
+#define LMP_QUEUE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lmp/common.h"
+#include "lmp/shm.h"
+
+#define LMP_QUEUE_DEFAULT_CAPACITY (4u << 20) /* ring bytes */
+
+typedef struct lmp_queue lmp_queue_t;
+
+/* capacity 0 picks LMP_QUEUE_DEFAULT_CAPACITY. */
+int lmp_queue_create(size_t maxsize, size_t capacity, lmp_queue_t **out);
+/* Open a queue on a segment the caller attached; takes its own reference. */
+int lmp_queue_open(lmp_seg_t *seg, lmp_queue_t **out);
+void lmp_queue_free(lmp_queue_t *q); /* the local handle; the queue lives on */
+lmp_seg_t *lmp_queue_seg(lmp_queue_t *q);
+
+/* 0, -ETIMEDOUT (full until the deadline), -EPIPE (closed), -ENOMEM */
+int lmp_queue_put(lmp_queue_t *q, const void *data, size_t len, int64_t deadline);
+/* Fills buf (len = payload size).  0, -ETIMEDOUT, -EPIPE (closed and drained) */
+int lmp_queue_get(lmp_queue_t *q, lmp_buf_t *buf, int64_t deadline);
+
+size_t lmp_queue_qsize(lmp_queue_t *q);
+size_t lmp_queue_maxsize(lmp_queue_t *q);
+void lmp_queue_close(lmp_queue_t *q);
+int lmp_queue_closed(lmp_queue_t *q);
+
+int lmp_queue_task_done(lmp_queue_t *q); /* 0, -EINVAL if called more times than put */
+int lmp_queue_join(lmp_queue_t *q, int64_t deadline); /* 0 when no task is unfinished, -ETIMEDOUT */
+
+#endif

@@ -1,0 +1,90 @@
+/*
+ * lmp/shm.h -- named shared-memory segments, the runtime's root, and the
+ * watchdog that cleans up after it.
+ *
+ * Every shared object lmp makes lives in a POSIX shared-memory segment whose
+ * name starts with one prefix per root process ("/lmp.<rootpid>.<random>").
+ * A handle is a segment name: sending a handle sends the name and the receiver
+ * maps it, which is what lets handles reach any process at any time.
+ *
+ * Lifetime.  The segment header holds a count of processes that hold it
+ * (`refs`) plus the handles serialized but not yet received (`inflight`).  A
+ * process's first attach takes a reference, its last release drops it, and the
+ * segment is unlinked when no reference is left.  Whatever a crash leaves
+ * behind is unlinked by the root when it exits and, if the root itself is
+ * killed, by the watchdog: a small process forked by the root that waits for
+ * the root's end (on a pidfd) and then unlinks everything under the prefix.
+ *
+ * The watchdog also keeps descriptors in transit: a process that sends a Pipe
+ * end hands a duplicate to the watchdog (lmp_fd_stash), and the receiver takes
+ * it back exactly once (lmp_fd_fetch).  A descriptor cannot cross shared
+ * memory, and the sender may be gone by the time the message is read.
+ */
+#ifndef LMP_SHM_H
+#define LMP_SHM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define LMP_SEG_NAME_MAX 64
+
+typedef struct lmp_seg lmp_seg_t;
+
+/* Set up this process's runtime: the first call in a process that inherited
+ * no prefix (environment variable LMP_PREFIX) makes it the root.  Idempotent.
+ * The root forks its watchdog here (about 150 us) and registers
+ * lmp_runtime_cleanup with atexit.  Segment and stash calls, and
+ * lmp_runtime_prefork, call it first if nobody did. */
+int lmp_runtime_init(void);
+const char *lmp_runtime_prefix(void);
+int lmp_runtime_is_root(void);
+pid_t lmp_runtime_root_pid(void);
+
+/* Put LMP_PREFIX and LMP_ROOT_PID in the environment, so a child about to
+ * exec a fresh lmp process (start method "spawn") joins this family.  Call it
+ * in the child between fork and exec.  0, or -EINVAL before init. */
+int lmp_runtime_setenv(void);
+
+/* The root's own cleanup: unlink every segment under the prefix.  Called at
+ * exit of the root; a no-op in any other process. */
+void lmp_runtime_cleanup(void);
+
+/* Create a zero-filled segment of at least `size` usable bytes.  The caller
+ * holds one local reference. */
+int lmp_seg_create(size_t size, lmp_seg_t **out);
+
+/* Map a segment by name.  If this process already maps it, the same
+ * descriptor is returned with one more local reference.  `adopt` = 1 when the
+ * name came out of a message: the in-flight reference taken by lmp_seg_pin is
+ * taken over instead of adding a new one.  -ENOENT if it no longer exists. */
+int lmp_seg_attach(const char *name, int adopt, lmp_seg_t **out);
+
+void lmp_seg_retain(lmp_seg_t *s);  /* one more local reference */
+void lmp_seg_release(lmp_seg_t *s); /* drop one; the last unmaps, and unlinks if no process holds it */
+
+/* Keep the segment alive while its name travels in a message. */
+void lmp_seg_pin(lmp_seg_t *s);
+
+void *lmp_seg_data(const lmp_seg_t *s);
+size_t lmp_seg_size(const lmp_seg_t *s);
+const char *lmp_seg_name(const lmp_seg_t *s);
+uint32_t lmp_seg_refs(const lmp_seg_t *s); /* processes holding it, for tests */
+
+/* Fork support, called by lmp_proc_fork: before fork every mapped segment
+ * gains a reference for the child, which a failed fork gives back. */
+void lmp_runtime_prefork(void);
+void lmp_runtime_postfork_parent(int failed);
+void lmp_runtime_postfork_child(void);
+
+/* Drop every reference this process holds (the exit path of a child). */
+void lmp_runtime_release_all(void);
+
+/* Descriptor hand-off through the watchdog. */
+int lmp_fd_stash(int fd, uint64_t *token); /* keeps a duplicate; fd stays open */
+int lmp_fd_fetch(uint64_t token, int *fd); /* once; -ENOENT if unknown or taken */
+
+/* Pid of the watchdog, 0 if not started (for tests). */
+pid_t lmp_watchdog_pid(void);
+
+#endif

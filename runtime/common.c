@@ -1,0 +1,146 @@
+/*
+ * common.c -- time, error messages and byte buffers: the conventions every
+ * other part of the runtime leans on.
+ *
+ * Time is CLOCK_MONOTONIC in nanoseconds, so wall-clock jumps never shorten
+ * or stretch a wait.  A user's timeout in seconds becomes an absolute
+ * deadline once, at the edge; everything below passes the deadline along, so
+ * a wait that is interrupted or woken early resumes with what is left of the
+ * budget instead of starting over.  Conversions saturate: a timeout too large
+ * to represent is simply "forever", never a wrapped value in the past.
+ *
+ * Error codes are negative errnos (as in libuv).  lmp_strerror words the ones
+ * that mean an expected outcome the way the Lua side reports them ("timed
+ * out", "closed", "owner died") and defers to the C library for the rest.
+ */
+#include "lmp/common.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+/* === time === */
+
+int64_t lmp_now_ns(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t lmp_deadline(double timeout_s)
+{
+  int64_t now, ns, d;
+
+  if (isnan(timeout_s) || timeout_s < 0)
+    return LMP_FOREVER;
+  now = lmp_now_ns();
+  if (timeout_s == 0)
+    return now;
+  /* 9e9 s is about 285 years: anything longer is forever, and below it the
+   * product fits an int64_t comfortably (infinity lands here too). */
+  if (timeout_s >= 9e9)
+    return LMP_FOREVER;
+  ns = (int64_t)(timeout_s * 1e9);
+  if (ns == 0)
+    ns = 1; /* a positive timeout is never "already expired" */
+  if (__builtin_add_overflow(now, ns, &d) || d == LMP_FOREVER)
+    return LMP_FOREVER;
+  return d;
+}
+
+int lmp__deadline_ms(int64_t deadline)
+{
+  int64_t left;
+
+  if (deadline == LMP_FOREVER)
+    return -1;
+  left = deadline - lmp_now_ns();
+  if (left <= 0)
+    return 0;
+  if (left >= (int64_t)INT_MAX * 1000000)
+    return INT_MAX;
+  return (int)((left + 999999) / 1000000);
+}
+
+/* === errors === */
+
+/* The codes with an lmp-specific wording; the rest read as strerror says. */
+#define LMP__ERRNO_MAP(X)                                   \
+  X(ETIMEDOUT, "timed out")                                 \
+  X(EAGAIN, "would block")                                  \
+  X(EPIPE, "closed")                                        \
+  X(EOWNERDEAD, "owner died")                               \
+  X(ENOTRECOVERABLE, "lock not recoverable")                \
+  X(ENOENT, "no such object")                               \
+  X(EEXIST, "already exists")                               \
+  X(ENOMEM, "out of memory")                                \
+  X(EINVAL, "invalid argument")                             \
+  X(EBUSY, "busy")                                          \
+  X(EMSGSIZE, "message too large")                          \
+  X(EBADMSG, "corrupt message")                             \
+  X(EMFILE, "too many open files")                          \
+  X(ENOSPC, "no space left for shared memory")              \
+  X(ECONNREFUSED, "watchdog unreachable")                   \
+  X(EPROTO, "protocol error")                               \
+  X(ECHILD, "no such child process")                        \
+  X(ESRCH, "no such process")                               \
+  X(EDEADLK, "lock already held by this thread")            \
+  X(EPERM, "operation not permitted")
+
+const char *lmp_strerror(int code)
+{
+  if (code >= 0)
+    return "success";
+  switch (-code) {
+#define LMP__ERRNO_CASE(e, msg) \
+  case e:                       \
+    return msg;
+    LMP__ERRNO_MAP(LMP__ERRNO_CASE)
+#undef LMP__ERRNO_CASE
+  default:
+    /* glibc returns a static string for every known code and a
+     * thread-local "Unknown error N" for the rest. */
+    return strerror(-code);
+  }
+}
+
+/* === byte buffers === */
+
+int lmp_buf_reserve(lmp_buf_t *b, size_t cap)
+{
+  size_t n;
+  char *p;
+
+  if (cap <= b->cap)
+    return 0;
+  if (cap > PTRDIFF_MAX) /* no allocator gives more; do not even ask */
+    return -ENOMEM;
+  /* Grow geometrically so a stream of slowly growing messages reallocates
+   * O(log n) times; fall back to the exact size when doubling overflows. */
+  n = b->cap ? b->cap : 64;
+  while (n < cap && n <= SIZE_MAX / 2)
+    n *= 2;
+  if (n < cap)
+    n = cap;
+  p = realloc(b->data, n);
+  if (p == NULL)
+    return -ENOMEM;
+  b->data = p;
+  b->cap = n;
+  return 0;
+}
+
+void lmp_buf_free(lmp_buf_t *b)
+{
+  free(b->data);
+  b->data = NULL;
+  b->len = 0;
+  b->cap = 0;
+}

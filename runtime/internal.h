@@ -1,0 +1,83 @@
+/*
+ * runtime/internal.h -- helpers shared by the runtime's own files, not part
+ * of the public headers.
+ *
+ * Deadlines are absolute CLOCK_MONOTONIC nanoseconds everywhere (common.h);
+ * the kernel wants them as a timespec (futex, pthread clocklock) or as a
+ * relative millisecond count (poll), so the conversions live here once.
+ * The watchdog's entry points are here too: shm.c starts it and names its
+ * socket, watchdog.c runs it.
+ */
+#ifndef LMP_INTERNAL_H
+#define LMP_INTERNAL_H
+
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/un.h>
+#include <time.h>
+
+#include "lmp/common.h"
+
+/* A hint to the CPU that this is a spin loop (frees the sibling hyperthread,
+ * saves power); a no-op where the architecture has no such instruction. */
+static inline void lmp__cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield" ::: "memory");
+#else
+  __asm__ __volatile__("" ::: "memory");
+#endif
+}
+
+/* The absolute deadline as a timespec (for CLOCK_MONOTONIC waits). */
+static inline struct timespec lmp__deadline_ts(int64_t deadline)
+{
+  struct timespec ts;
+  if (deadline < 0)
+    deadline = 0;
+  ts.tv_sec = (time_t)(deadline / 1000000000);
+  ts.tv_nsec = (long)(deadline % 1000000000);
+  return ts;
+}
+
+/* Milliseconds left until the deadline, rounded up, for poll(2): -1 for
+ * LMP_FOREVER, 0 once expired, capped so it never overflows an int. */
+int lmp__deadline_ms(int64_t deadline);
+
+/* === watchdog (watchdog.c) === */
+
+/* Unlink every /dev/shm entry whose name begins with `prefix` (given with
+ * its leading '/').  Uses only system calls, no allocation, so it is safe in
+ * the watchdog and at exit.  Returns the number of entries unlinked. */
+int lmp__unlink_prefix(const char *prefix);
+
+/* Fill `addr` with the abstract socket address of the fd stash for `prefix`;
+ * returns the address length to pass to bind/connect. */
+socklen_t lmp__stash_addr(const char *prefix, struct sockaddr_un *addr);
+
+/* Fork the watchdog of the root whose prefix is given.  Called once, by the
+ * root, from lmp_runtime_init.  0 and *pid set, or -errno. */
+int lmp__watchdog_start(const char *prefix, pid_t *pid);
+
+/* A fresh fd-stash token (shm.c): random high half per process, counter
+ * low half. */
+uint64_t lmp__stash_token(void);
+
+/* The stash protocol: one request per connection, one reply. */
+enum { LMP__WD_STASH = 1, LMP__WD_FETCH = 2 };
+
+typedef struct lmp__wd_req {
+  uint32_t op;
+  uint32_t pad;
+  uint64_t token;
+} lmp__wd_req_t;
+
+typedef struct lmp__wd_rep {
+  int32_t status; /* 0 or -errno */
+  uint32_t pad;
+} lmp__wd_rep_t;
+
+#endif

@@ -1,0 +1,572 @@
+/*
+ * shm.c -- named shared-memory segments and the runtime's root.
+ *
+ * Every shared object lives in a POSIX shared-memory segment named
+ * "<prefix>.<pid>.<n>", where the prefix "/lmp.<rootpid>.<random>" belongs to
+ * one root process and everything it starts.  A handle is a name, so it can
+ * travel in any message to any process of the family, at any time.
+ *
+ * Lifetime is two-level.  In the segment header, `refs` counts processes that
+ * hold the segment and `inflight` counts names pinned while they travel in
+ * messages (each pin is also a reference).  In each process, a small
+ * registry maps names to descriptors with a local count, so a process that
+ * sees the same name twice maps it once and holds one reference.  The last
+ * local release drops the process's reference; whoever drops the last one
+ * unlinks the name.  A reference is only ever taken from a non-zero count, so
+ * a segment on its way out cannot be revived, and the unlink happens exactly
+ * once (ENOENT from a racing cleanup is harmless anyway).
+ *
+ * Crashes break counting, so counting is not the last line: the root unlinks
+ * everything under its prefix when it exits, and the watchdog (watchdog.c)
+ * does the same when the root dies without exiting cleanly.
+ *
+ * The registry is guarded by a process-local mutex, so threads of a C host
+ * may share the runtime.  lmp_runtime_prefork holds that mutex across fork(2)
+ * so the child's copy of the registry and its references agree exactly.
+ */
+#include "lmp/shm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "lmp/common.h"
+
+#define LMP__SEG_MAGIC 0x31306765732d706dULL /* "mp-seg01" */
+#define LMP__SEG_HDR 64                      /* header size = data alignment */
+#define LMP__BUCKETS 64
+#define LMP__CREATE_TRIES 64
+
+/* The header at the start of every segment; the data follows at offset 64.
+ * refs and inflight are only ever touched with atomic builtins. */
+typedef struct lmp__seg_hdr {
+  uint64_t magic;
+  uint64_t size; /* usable bytes after the header */
+  uint32_t refs;
+  uint32_t inflight;
+} lmp__seg_hdr_t;
+
+struct lmp_seg {
+  struct lmp_seg *next; /* registry bucket chain */
+  lmp__seg_hdr_t *hdr;  /* the mapping starts here */
+  size_t maplen;
+  uint32_t local; /* references held inside this process */
+  char name[LMP_SEG_NAME_MAX];
+};
+
+static struct {
+  pthread_mutex_t lock;
+  int inited;
+  int root; /* this process started the runtime (see is_root) */
+  int atexit_done;
+  pid_t root_pid;
+  pid_t watchdog;
+  pid_t token_pid; /* the process token_hi was drawn in */
+  uint32_t token_hi;
+  uint32_t token_lo;
+  uint32_t counter; /* segment names; a wrap only meets EEXIST and moves on */
+  char prefix[32];  /* "/lmp.<pid>.<8 hex>" */
+  lmp_seg_t *buckets[LMP__BUCKETS];
+} rt = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+/* === small helpers === */
+
+static void rt_lock(void)
+{
+  if (pthread_mutex_lock(&rt.lock) != 0)
+    abort();
+}
+
+static void rt_unlock(void)
+{
+  if (pthread_mutex_unlock(&rt.lock) != 0)
+    abort();
+}
+
+static uint32_t random32(void)
+{
+  uint32_t r;
+  struct timespec ts;
+
+  if (getrandom(&r, sizeof r, 0) == (ssize_t)sizeof r)
+    return r;
+  /* No getrandom (old kernel, seccomp): still unique enough per process. */
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint32_t)ts.tv_nsec ^ ((uint32_t)getpid() << 16) ^ (uint32_t)ts.tv_sec;
+}
+
+static unsigned name_hash(const char *name)
+{
+  uint32_t h = 2166136261u; /* FNV-1a */
+  for (; *name; name++)
+    h = (h ^ (unsigned char)*name) * 16777619u;
+  return h % LMP__BUCKETS;
+}
+
+/* Take a reference only while the count is non-zero: a segment whose count
+ * reached zero is being unlinked and must not come back. */
+static int inc_if_nonzero(uint32_t *n)
+{
+  uint32_t v = __atomic_load_n(n, __ATOMIC_RELAXED);
+  do {
+    if (v == 0)
+      return 0;
+  } while (!__atomic_compare_exchange_n(n, &v, v + 1, 1, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED));
+  return 1;
+}
+
+static int dec_if_positive(uint32_t *n)
+{
+  uint32_t v = __atomic_load_n(n, __ATOMIC_RELAXED);
+  do {
+    if (v == 0)
+      return 0;
+  } while (!__atomic_compare_exchange_n(n, &v, v - 1, 1, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED));
+  return 1;
+}
+
+/* === the registry (callers hold rt.lock) === */
+
+static lmp_seg_t *reg_find(const char *name)
+{
+  lmp_seg_t *s;
+  for (s = rt.buckets[name_hash(name)]; s; s = s->next)
+    if (strcmp(s->name, name) == 0)
+      return s;
+  return NULL;
+}
+
+static void reg_insert(lmp_seg_t *s)
+{
+  unsigned h = name_hash(s->name);
+  s->next = rt.buckets[h];
+  rt.buckets[h] = s;
+}
+
+static void reg_remove(lmp_seg_t *s)
+{
+  lmp_seg_t **p = &rt.buckets[name_hash(s->name)];
+  while (*p && *p != s)
+    p = &(*p)->next;
+  if (*p)
+    *p = s->next;
+}
+
+/* Drop this process's reference: unmap, unlink if it was the last one
+ * anywhere, free the descriptor. */
+static void seg_drop(lmp_seg_t *s)
+{
+  int last = __atomic_sub_fetch(&s->hdr->refs, 1, __ATOMIC_ACQ_REL) == 0;
+  munmap(s->hdr, s->maplen);
+  if (last)
+    shm_unlink(s->name); /* ENOENT: the root or watchdog got there first */
+  free(s);
+}
+
+/* === the runtime === */
+
+/* "/lmp.<pid>.<8 hex>", nothing else: the prefix ends up in file names and
+ * in a socket address, so a malformed one is refused rather than used. */
+static int parse_prefix(const char *prefix, pid_t *pid)
+{
+  const char *p = prefix;
+  long v = 0;
+  int i;
+
+  if (strncmp(p, "/lmp.", 5) != 0)
+    return -EINVAL;
+  for (p += 5; *p >= '0' && *p <= '9' && v < 100000000; p++)
+    v = v * 10 + (*p - '0');
+  if (v <= 0 || *p++ != '.')
+    return -EINVAL;
+  for (i = 0; i < 8; i++, p++)
+    if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+      return -EINVAL;
+  if (*p != '\0')
+    return -EINVAL;
+  *pid = (pid_t)v;
+  return 0;
+}
+
+/* A process exec'd by the family (start method "spawn") inherits the
+ * prefix through the environment and joins it instead of founding one. */
+static int adopt_prefix(const char *prefix, const char *root_env)
+{
+  pid_t pid;
+  int rc = parse_prefix(prefix, &pid);
+
+  if (rc < 0)
+    return rc;
+  if (root_env != NULL && atol(root_env) != (long)pid)
+    return -EINVAL;
+  snprintf(rt.prefix, sizeof rt.prefix, "%s", prefix);
+  rt.root_pid = pid;
+  rt.root = 0;
+  return 0;
+}
+
+static int become_root(void)
+{
+  pid_t pid = getpid();
+  int rc;
+
+  snprintf(rt.prefix, sizeof rt.prefix, "/lmp.%ld.%08x", (long)pid, random32());
+  rc = lmp__watchdog_start(rt.prefix, &rt.watchdog);
+  if (rc < 0)
+    return rc;
+  rt.root = 1;
+  rt.root_pid = pid;
+  if (!rt.atexit_done && atexit(lmp_runtime_cleanup) == 0)
+    rt.atexit_done = 1;
+  return 0;
+}
+
+int lmp_runtime_init(void)
+{
+  const char *env;
+  int rc = 0;
+
+  rt_lock();
+  if (rt.inited)
+    goto out;
+  env = getenv("LMP_PREFIX");
+  rc = env != NULL && *env != '\0' ? adopt_prefix(env, getenv("LMP_ROOT_PID")) : become_root();
+  if (rc == 0)
+    rt.inited = 1;
+  else
+    rt.prefix[0] = '\0';
+out:
+  rt_unlock();
+  return rc;
+}
+
+const char *lmp_runtime_prefix(void)
+{
+  return rt.prefix; /* "" before lmp_runtime_init */
+}
+
+int lmp_runtime_is_root(void)
+{
+  /* The pid check keeps a process forked behind lmp's back from acting as
+   * the root it was copied from. */
+  return rt.inited && rt.root && getpid() == rt.root_pid;
+}
+
+pid_t lmp_runtime_root_pid(void)
+{
+  return rt.root_pid;
+}
+
+pid_t lmp_watchdog_pid(void)
+{
+  return rt.watchdog;
+}
+
+int lmp_runtime_setenv(void)
+{
+  char pid[24];
+
+  if (!rt.inited)
+    return -EINVAL;
+  snprintf(pid, sizeof pid, "%ld", (long)rt.root_pid);
+  if (setenv("LMP_PREFIX", rt.prefix, 1) < 0 || setenv("LMP_ROOT_PID", pid, 1) < 0)
+    return -errno;
+  return 0;
+}
+
+void lmp_runtime_cleanup(void)
+{
+  if (lmp_runtime_is_root())
+    lmp__unlink_prefix(rt.prefix);
+}
+
+/* Tokens for the fd stash: random high half per process, counter low half,
+ * so two processes never draw the same token even right after a fork. */
+uint64_t lmp__stash_token(void)
+{
+  uint64_t t;
+
+  rt_lock();
+  if (rt.token_pid != getpid() || rt.token_lo == UINT32_MAX) {
+    rt.token_pid = getpid();
+    rt.token_hi = random32();
+    rt.token_lo = 0;
+  }
+  t = (uint64_t)rt.token_hi << 32 | ++rt.token_lo;
+  rt_unlock();
+  return t;
+}
+
+/* === segments === */
+
+static int seg_open_new(lmp_seg_t *s)
+{
+  int fd, tries;
+
+  /* A name can already exist when an exec'd process reuses the pid of the
+   * process it replaced, or a recycled pid meets a dead process's leftovers:
+   * move on to the next counter value. */
+  for (tries = 0; tries < LMP__CREATE_TRIES; tries++) {
+    rt_lock();
+    snprintf(s->name, sizeof s->name, "%s.%ld.%u", rt.prefix, (long)getpid(), rt.counter++);
+    rt_unlock();
+    fd = shm_open(s->name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+    if (fd >= 0 || errno != EEXIST)
+      return fd >= 0 ? fd : -errno;
+  }
+  return -EEXIST;
+}
+
+int lmp_seg_create(size_t size, lmp_seg_t **out)
+{
+  size_t page = (size_t)sysconf(_SC_PAGESIZE);
+  lmp_seg_t *s = NULL;
+  void *p = MAP_FAILED;
+  int fd = -1, rc;
+
+  *out = NULL;
+  if ((rc = lmp_runtime_init()) < 0)
+    return rc;
+  if (size > SIZE_MAX - LMP__SEG_HDR - page)
+    return -ENOMEM;
+  if ((s = calloc(1, sizeof *s)) == NULL)
+    return -ENOMEM;
+  s->maplen = (LMP__SEG_HDR + size + page - 1) / page * page;
+  if ((fd = rc = seg_open_new(s)) < 0)
+    goto err;
+  if (ftruncate(fd, (off_t)s->maplen) < 0) {
+    rc = -errno;
+    goto err;
+  }
+  p = mmap(NULL, s->maplen, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) {
+    rc = -errno;
+    goto err;
+  }
+  close(fd);
+  s->hdr = p;
+  s->hdr->magic = LMP__SEG_MAGIC;
+  s->hdr->size = s->maplen - LMP__SEG_HDR;
+  __atomic_store_n(&s->hdr->refs, 1, __ATOMIC_RELEASE);
+  s->local = 1;
+  rt_lock();
+  reg_insert(s);
+  rt_unlock();
+  *out = s;
+  return 0;
+
+err:
+  if (fd >= 0) {
+    close(fd);
+    shm_unlink(s->name);
+  }
+  free(s);
+  return rc;
+}
+
+static int valid_name(const char *name)
+{
+  size_t n = name ? strnlen(name, LMP_SEG_NAME_MAX) : 0;
+  return n >= 2 && n < LMP_SEG_NAME_MAX && name[0] == '/' && strchr(name + 1, '/') == NULL;
+}
+
+/* Map an existing segment and check it is one of ours. */
+static int seg_map(const char *name, lmp_seg_t **out)
+{
+  lmp_seg_t *s = NULL;
+  struct stat st;
+  void *p;
+  int fd, rc;
+
+  fd = shm_open(name, O_RDWR | O_CLOEXEC, 0);
+  if (fd < 0)
+    return -errno;
+  if (fstat(fd, &st) < 0) {
+    rc = -errno;
+    goto err;
+  }
+  rc = -EINVAL; /* too small to be one of ours */
+  if (st.st_size < LMP__SEG_HDR * 2)
+    goto err;
+  rc = -ENOMEM;
+  if ((s = calloc(1, sizeof *s)) == NULL)
+    goto err;
+  p = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) {
+    rc = -errno;
+    goto err;
+  }
+  s->hdr = p;
+  s->maplen = (size_t)st.st_size;
+  if (s->hdr->magic != LMP__SEG_MAGIC || s->hdr->size != s->maplen - LMP__SEG_HDR) {
+    munmap(p, s->maplen);
+    rc = -EINVAL;
+    goto err;
+  }
+  snprintf(s->name, sizeof s->name, "%s", name);
+  close(fd);
+  *out = s;
+  return 0;
+
+err:
+  close(fd);
+  free(s);
+  return rc;
+}
+
+/* The name came in a message that pinned it, but this process already holds
+ * a reference of its own: the pin is not needed. */
+static void drop_pin(lmp_seg_t *s)
+{
+  if (dec_if_positive(&s->hdr->inflight))
+    __atomic_sub_fetch(&s->hdr->refs, 1, __ATOMIC_ACQ_REL);
+}
+
+int lmp_seg_attach(const char *name, int adopt, lmp_seg_t **out)
+{
+  lmp_seg_t *s;
+  int rc;
+
+  *out = NULL;
+  if (!valid_name(name))
+    return -EINVAL;
+  if ((rc = lmp_runtime_init()) < 0)
+    return rc;
+  /* Held across the map so two threads attaching one name map it once. */
+  rt_lock();
+  if ((s = reg_find(name)) != NULL) {
+    s->local++;
+    if (adopt)
+      drop_pin(s);
+    goto out;
+  }
+  if ((rc = seg_map(name, &s)) < 0)
+    goto out;
+  /* First attach here: adopt the message's pin, or take a new reference. */
+  if (!(adopt && dec_if_positive(&s->hdr->inflight)) && !inc_if_nonzero(&s->hdr->refs)) {
+    munmap(s->hdr, s->maplen);
+    free(s);
+    s = NULL;
+    rc = -ENOENT; /* its last holder is unlinking it */
+    goto out;
+  }
+  s->local = 1;
+  reg_insert(s);
+out:
+  rt_unlock();
+  *out = s;
+  return rc;
+}
+
+void lmp_seg_retain(lmp_seg_t *s)
+{
+  rt_lock();
+  s->local++;
+  rt_unlock();
+}
+
+void lmp_seg_release(lmp_seg_t *s)
+{
+  int last;
+
+  if (s == NULL)
+    return;
+  rt_lock();
+  if (s->local == 0)
+    abort(); /* released more often than retained: a use after free */
+  last = --s->local == 0;
+  if (last)
+    reg_remove(s);
+  rt_unlock();
+  if (last)
+    seg_drop(s);
+}
+
+void lmp_seg_pin(lmp_seg_t *s)
+{
+  __atomic_add_fetch(&s->hdr->refs, 1, __ATOMIC_ACQ_REL);
+  __atomic_add_fetch(&s->hdr->inflight, 1, __ATOMIC_ACQ_REL);
+}
+
+void *lmp_seg_data(const lmp_seg_t *s)
+{
+  return (char *)s->hdr + LMP__SEG_HDR;
+}
+
+size_t lmp_seg_size(const lmp_seg_t *s)
+{
+  return s->maplen - LMP__SEG_HDR;
+}
+
+const char *lmp_seg_name(const lmp_seg_t *s)
+{
+  return s->name;
+}
+
+uint32_t lmp_seg_refs(const lmp_seg_t *s)
+{
+  return __atomic_load_n(&s->hdr->refs, __ATOMIC_ACQUIRE);
+}
+
+/* === fork === */
+
+static void add_refs_all(int delta)
+{
+  lmp_seg_t *s;
+  int i;
+
+  for (i = 0; i < LMP__BUCKETS; i++)
+    for (s = rt.buckets[i]; s; s = s->next)
+      __atomic_add_fetch(&s->hdr->refs, (uint32_t)delta, __ATOMIC_ACQ_REL);
+}
+
+/* The registry stays locked from here to the postfork call on each side, so
+ * no thread can map or drop a segment the child would miscount.  The runtime
+ * is started first if it was not: a child must join its parent's family, not
+ * found one of its own the first time it makes a segment. */
+void lmp_runtime_prefork(void)
+{
+  lmp_runtime_init();
+  rt_lock();
+  add_refs_all(1);
+}
+
+void lmp_runtime_postfork_parent(int failed)
+{
+  if (failed)
+    add_refs_all(-1);
+  rt_unlock();
+}
+
+void lmp_runtime_postfork_child(void)
+{
+  /* The child's only thread is not the one that locked: start afresh. */
+  pthread_mutex_init(&rt.lock, NULL);
+  rt.root = 0;
+  rt.token_pid = 0;
+}
+
+void lmp_runtime_release_all(void)
+{
+  lmp_seg_t *s, *next;
+  int i;
+
+  rt_lock();
+  for (i = 0; i < LMP__BUCKETS; i++) {
+    for (s = rt.buckets[i]; s; s = next) {
+      next = s->next;
+      seg_drop(s);
+    }
+    rt.buckets[i] = NULL;
+  }
+  rt_unlock();
+}

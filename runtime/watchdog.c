@@ -1,0 +1,554 @@
+/*
+ * watchdog.c -- the process that cleans up after the root, and keeps
+ * descriptors in transit.
+ *
+ * Reference counts in segment headers cannot survive every crash, and the
+ * root's atexit handler does not run when the root is SIGKILLed.  So the
+ * root forks, once, at lmp_runtime_init, a tiny watchdog.  It leaves the
+ * root's session (terminal signals never reach it), ignores the polite
+ * signals, closes every descriptor it inherited (a pipe end it kept would
+ * hide end-of-file from a reader) and waits on a pidfd of the root.  When
+ * the root is gone, it unlinks everything under the prefix and _exits,
+ * without running atexit handlers or anything else of the root's.
+ *
+ * Its second job is the fd stash.  A descriptor cannot cross shared memory,
+ * and the sender of a Pipe end may be gone before the receiver reads the
+ * message, so the sender hands a duplicate to the watchdog over an
+ * abstract-namespace SOCK_SEQPACKET socket (SCM_RIGHTS) under a 64-bit
+ * token, and the receiver fetches it back exactly once.  The listening socket
+ * is bound by the root before the fork, so a stash right after init never
+ * races the watchdog's start.  The loop is single-threaded and serves one
+ * request per connection, synchronously, with socket timeouts so a stuck
+ * client costs at most a second.  Only peers with the watchdog's own uid are
+ * served.  The stash is capped; past the cap the oldest entry is dropped.
+ *
+ * Everything the watchdog runs is plain system calls on static memory: it is
+ * a fork of a process that may have had threads, so it never allocates.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "lmp/shm.h"
+
+#define LMP__STASH_MAX 4096
+#define LMP__WD_POLL_MS 200     /* root check period without a pidfd */
+#define LMP__WD_IO_TIMEOUT_S 1  /* the watchdog's patience with a client */
+#define LMP__CLIENT_TIMEOUT_S 5 /* a client's patience with the watchdog */
+#define LMP__MAX_FDS_PER_MSG 4
+
+/* === shared by both sides === */
+
+socklen_t lmp__stash_addr(const char *prefix, struct sockaddr_un *addr)
+{
+  int n;
+
+  memset(addr, 0, sizeof *addr);
+  addr->sun_family = AF_UNIX;
+  /* Abstract namespace (leading NUL): nothing on disk to clean up. */
+  n = snprintf(addr->sun_path + 1, sizeof addr->sun_path - 1, "%s.wd", prefix + 1);
+  return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
+}
+
+int lmp__unlink_prefix(const char *prefix)
+{
+  char buf[4096] __attribute__((aligned(8)));
+  const char *name = prefix + 1; /* /dev/shm entries have no leading '/' */
+  size_t len = strlen(name);
+  int dfd, pass, total = 0, removed;
+  ssize_t n, off;
+
+  dfd = open("/dev/shm", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0)
+    return 0;
+  /* Rescan until a pass removes nothing: unlinking while reading a
+   * directory may hide entries from the same pass. */
+  for (pass = 0; pass < 8; pass++) {
+    removed = 0;
+    lseek(dfd, 0, SEEK_SET);
+    while ((n = getdents64(dfd, buf, sizeof buf)) > 0) {
+      for (off = 0; off < n;) {
+        struct dirent64 *d = (struct dirent64 *)(buf + off);
+        off += d->d_reclen;
+        if (strncmp(d->d_name, name, len) == 0 && d->d_name[len] == '.' &&
+            unlinkat(dfd, d->d_name, 0) == 0)
+          removed++;
+      }
+    }
+    total += removed;
+    if (removed == 0)
+      break;
+  }
+  close(dfd);
+  return total;
+}
+
+/* === the watchdog: detaching from the root === */
+
+static void wd_signals(void)
+{
+  sigset_t none;
+  int sig;
+
+  /* The root's handlers (SIGCHLD bookkeeping and the like) mean nothing
+   * here; the polite signals are ignored so only SIGKILL ends it early. */
+  for (sig = 1; sig < NSIG; sig++)
+    signal(sig, SIG_DFL);
+  signal(SIGINT, SIG_IGN);
+  signal(SIGTERM, SIG_IGN);
+  signal(SIGHUP, SIG_IGN);
+  signal(SIGQUIT, SIG_IGN);
+  signal(SIGPIPE, SIG_IGN);
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, NULL); /* blocked since before the fork */
+}
+
+static void close_between(unsigned lo, unsigned hi)
+{
+  unsigned fd;
+
+  if (lo > hi)
+    return;
+  if (close_range(lo, hi, 0) == 0)
+    return;
+  /* No close_range (kernel < 5.9): walk the descriptor table. */
+  if (hi > 65536)
+    hi = 65536;
+  for (fd = lo; fd <= hi; fd++)
+    close((int)fd);
+}
+
+static int move_above_stdio(int fd)
+{
+  int t;
+
+  if (fd < 0 || fd > 2)
+    return fd;
+  t = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  close(fd);
+  return t;
+}
+
+/* Keep the listening socket and the pidfd (moved above 2 if need be), close
+ * every other descriptor, put /dev/null on 0, 1 and 2. */
+static void wd_fds(int *lfd, int *pidfd)
+{
+  int a, b, null;
+
+  *lfd = move_above_stdio(*lfd);
+  *pidfd = move_above_stdio(*pidfd);
+  a = *pidfd >= 0 && *pidfd < *lfd ? *pidfd : *lfd;
+  b = *pidfd > *lfd ? *pidfd : *lfd;
+  close_between(3, (unsigned)a - 1);
+  if (a != b)
+    close_between((unsigned)a + 1, (unsigned)b - 1);
+  close_between((unsigned)b + 1, ~0U);
+  null = open("/dev/null", O_RDWR);
+  if (null < 0)
+    return;
+  dup2(null, 0);
+  dup2(null, 1);
+  dup2(null, 2);
+  if (null > 2)
+    close(null);
+}
+
+static size_t wd_limits(void)
+{
+  struct rlimit rl;
+
+  /* Room for a full stash: the soft limit is often 1024. */
+  if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+    return 256;
+  if (rl.rlim_cur < LMP__STASH_MAX + 64) {
+    rl.rlim_cur = rl.rlim_max < LMP__STASH_MAX + 64 ? rl.rlim_max : LMP__STASH_MAX + 64;
+    setrlimit(RLIMIT_NOFILE, &rl);
+    getrlimit(RLIMIT_NOFILE, &rl);
+  }
+  if (rl.rlim_cur < 128)
+    return 16;
+  return rl.rlim_cur - 64 < LMP__STASH_MAX ? rl.rlim_cur - 64 : LMP__STASH_MAX;
+}
+
+/* === the watchdog: the stash === */
+
+static struct {
+  struct {
+    uint64_t token;
+    uint64_t seq; /* insertion order, for eviction */
+    int fd;
+    int used;
+  } e[LMP__STASH_MAX];
+  size_t cap, n;
+  uint64_t seq;
+} stash;
+
+static int stash_find(uint64_t token)
+{
+  size_t i;
+  for (i = 0; i < stash.cap; i++)
+    if (stash.e[i].used && stash.e[i].token == token)
+      return (int)i;
+  return -1;
+}
+
+/* Store *fd under token; on success the stash owns it and *fd is -1. */
+static int stash_put(uint64_t token, int *fd)
+{
+  size_t i, slot = 0;
+
+  if (*fd < 0)
+    return -EINVAL;
+  if (stash_find(token) >= 0)
+    return -EEXIST;
+  for (i = 0; i < stash.cap; i++) {
+    if (!stash.e[i].used) {
+      slot = i;
+      break;
+    }
+    if (stash.e[i].seq < stash.e[slot].seq)
+      slot = i;
+  }
+  if (stash.e[slot].used) { /* full: the oldest goes */
+    close(stash.e[slot].fd);
+    stash.n--;
+  }
+  stash.e[slot].token = token;
+  stash.e[slot].seq = ++stash.seq;
+  stash.e[slot].fd = *fd;
+  stash.e[slot].used = 1;
+  stash.n++;
+  *fd = -1;
+  return 0;
+}
+
+static int stash_take(uint64_t token, int *fd)
+{
+  int i = stash_find(token);
+
+  if (i < 0)
+    return -ENOENT;
+  *fd = stash.e[i].fd;
+  stash.e[i].used = 0;
+  stash.n--;
+  return 0;
+}
+
+/* === the watchdog: serving === */
+
+/* Receive one request and at most one descriptor (extra ones are closed). */
+static int wd_recv(int c, lmp__wd_req_t *req, int *fd)
+{
+  union {
+    char buf[CMSG_SPACE(LMP__MAX_FDS_PER_MSG * sizeof(int))];
+    struct cmsghdr align;
+  } cb;
+  struct iovec iov = {req, sizeof *req};
+  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+  struct cmsghdr *cm;
+  ssize_t n;
+  int i, nfd, got;
+
+  mh.msg_control = cb.buf;
+  mh.msg_controllen = sizeof cb.buf;
+  n = recvmsg(c, &mh, MSG_CMSG_CLOEXEC);
+  if (n < 0)
+    return -errno;
+  for (cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+    if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+      continue;
+    nfd = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+    for (i = 0; i < nfd; i++) {
+      memcpy(&got, CMSG_DATA(cm) + i * sizeof(int), sizeof got);
+      if (*fd < 0)
+        *fd = got;
+      else
+        close(got);
+    }
+  }
+  if (n != (ssize_t)sizeof *req || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)))
+    return -EINVAL;
+  return 0;
+}
+
+static void wd_reply(int c, int status, int fd)
+{
+  union {
+    char buf[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+  } cb;
+  lmp__wd_rep_t rep = {.status = status};
+  struct iovec iov = {&rep, sizeof rep};
+  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+  struct cmsghdr *cm;
+
+  if (fd >= 0) {
+    memset(&cb, 0, sizeof cb);
+    mh.msg_control = cb.buf;
+    mh.msg_controllen = sizeof cb.buf;
+    cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+  }
+  /* A client that went away loses its descriptor: it asked for it once. */
+  sendmsg(c, &mh, MSG_NOSIGNAL);
+}
+
+static int peer_allowed(int c)
+{
+  struct ucred cr;
+  socklen_t len = sizeof cr;
+
+  return getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cr, &len) == 0 && cr.uid == geteuid();
+}
+
+static void wd_handle(int c)
+{
+  struct timeval tv = {LMP__WD_IO_TIMEOUT_S, 0};
+  lmp__wd_req_t req;
+  int fd = -1, rc;
+
+  setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  rc = wd_recv(c, &req, &fd);
+  if (rc == -EAGAIN)
+    goto out; /* the client never spoke within the timeout */
+  if (rc == 0 && req.op == LMP__WD_STASH)
+    rc = stash_put(req.token, &fd);
+  else if (rc == 0 && req.op == LMP__WD_FETCH && fd < 0)
+    rc = stash_take(req.token, &fd);
+  else if (rc == 0)
+    rc = -EINVAL;
+  wd_reply(c, rc, rc == 0 ? fd : -1);
+out:
+  if (fd >= 0)
+    close(fd);
+}
+
+static void wd_accept(int lfd)
+{
+  int i, c;
+
+  /* Drain what is queued, but bounded, so the root check runs often. */
+  for (i = 0; i < 64; i++) {
+    c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+    if (c < 0)
+      return;
+    if (peer_allowed(c))
+      wd_handle(c);
+    close(c);
+  }
+}
+
+static void wd_main(const char *prefix, int lfd, int pidfd, pid_t root) __attribute__((noreturn));
+
+static void wd_main(const char *prefix, int lfd, int pidfd, pid_t root)
+{
+  struct pollfd p[2];
+  int n, gone;
+
+  setsid();
+  wd_signals();
+  wd_fds(&lfd, &pidfd);
+  if (chdir("/") < 0) { /* hold no mount busy; staying put is harmless */
+  }
+  prctl(PR_SET_NAME, "lmp-watchdog");
+  stash.cap = wd_limits();
+  for (;;) {
+    p[0] = (struct pollfd){.fd = pidfd, .events = POLLIN};
+    p[1] = (struct pollfd){.fd = lfd, .events = POLLIN};
+    /* A negative fd is skipped by poll; with neither, this is a sleep. */
+    n = poll(p, 2, pidfd >= 0 ? -1 : LMP__WD_POLL_MS);
+    if (n < 0 && errno != EINTR)
+      poll(NULL, 0, LMP__WD_POLL_MS); /* never spin, never give up */
+    /* Once the root is gone our parent is someone else: a second test that
+     * costs one system call and needs no pidfd. */
+    gone = (n > 0 && (p[0].revents & (POLLIN | POLLHUP))) || getppid() != root;
+    if (gone)
+      break;
+    if (p[0].revents & POLLNVAL)
+      pidfd = -1;
+    if (n > 0 && (p[1].revents & POLLIN))
+      wd_accept(lfd);
+    else if (n > 0 && (p[1].revents & (POLLERR | POLLHUP | POLLNVAL))) {
+      close(lfd); /* the stash is lost, the cleanup duty is not */
+      lfd = -1;
+    }
+  }
+  lmp__unlink_prefix(prefix);
+  _exit(0);
+}
+
+int lmp__watchdog_start(const char *prefix, pid_t *pid)
+{
+  struct sockaddr_un addr;
+  socklen_t len = lmp__stash_addr(prefix, &addr);
+  pid_t root = getpid(), child;
+  int lfd, pidfd, rc = 0;
+  sigset_t all, old;
+
+  lfd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (lfd < 0)
+    return -errno;
+  if (bind(lfd, (struct sockaddr *)&addr, len) < 0 || listen(lfd, 128) < 0) {
+    rc = -errno;
+    close(lfd);
+    return rc;
+  }
+  /* A pidfd of the root taken by the root itself refers to exactly this
+   * process, with no window where the pid could be recycled.  Without
+   * pidfds the watchdog polls getppid(). */
+  pidfd = (int)syscall(SYS_pidfd_open, root, 0);
+  /* Signals stay blocked until the watchdog has left the session and set
+   * its dispositions: a ^C at the terminal right now must not kill it. */
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  child = fork();
+  if (child == 0)
+    wd_main(prefix, lfd, pidfd, root);
+  if (child < 0)
+    rc = -errno;
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  close(lfd);
+  if (pidfd >= 0)
+    close(pidfd);
+  *pid = child > 0 ? child : 0;
+  return rc;
+}
+
+/* === the client side === */
+
+static int wd_connect(void)
+{
+  struct timeval tv = {LMP__CLIENT_TIMEOUT_S, 0};
+  struct sockaddr_un addr;
+  socklen_t len;
+  int s, rc;
+
+  if ((rc = lmp_runtime_init()) < 0)
+    return rc;
+  len = lmp__stash_addr(lmp_runtime_prefix(), &addr);
+  s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  if (s < 0)
+    return -errno;
+  setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  while (connect(s, (struct sockaddr *)&addr, len) < 0) {
+    if (errno == EINTR)
+      continue;
+    if (errno == EISCONN)
+      break;
+    rc = errno == EAGAIN ? -ETIMEDOUT : -errno;
+    close(s);
+    return rc;
+  }
+  return s;
+}
+
+/* One round trip: send req (with sendfd if >= 0), return the reply's status;
+ * a descriptor in the reply lands in *recvfd (close-on-exec). */
+static int wd_call(const lmp__wd_req_t *req, int sendfd, int *recvfd)
+{
+  union {
+    char buf[CMSG_SPACE(LMP__MAX_FDS_PER_MSG * sizeof(int))];
+    struct cmsghdr align;
+  } cb;
+  lmp__wd_rep_t rep;
+  struct iovec iov = {(void *)req, sizeof *req};
+  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+  struct cmsghdr *cm;
+  ssize_t n;
+  int s, rc, fd = -1, got, i, nfd;
+
+  if ((s = wd_connect()) < 0)
+    return s;
+  memset(&cb, 0, sizeof cb);
+  if (sendfd >= 0) {
+    mh.msg_control = cb.buf;
+    mh.msg_controllen = CMSG_SPACE(sizeof(int));
+    cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &sendfd, sizeof sendfd);
+  }
+  while ((n = sendmsg(s, &mh, MSG_NOSIGNAL)) < 0 && errno == EINTR) {
+  }
+  if (n < 0) {
+    rc = errno == EAGAIN ? -ETIMEDOUT : -errno;
+    goto out;
+  }
+  iov = (struct iovec){&rep, sizeof rep};
+  mh = (struct msghdr){.msg_iov = &iov, .msg_iovlen = 1};
+  mh.msg_control = cb.buf;
+  mh.msg_controllen = sizeof cb.buf;
+  while ((n = recvmsg(s, &mh, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR) {
+  }
+  if (n < 0) {
+    rc = errno == EAGAIN ? -ETIMEDOUT : -errno;
+    goto out;
+  }
+  for (cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+    if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+      continue;
+    nfd = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+    for (i = 0; i < nfd; i++) {
+      memcpy(&got, CMSG_DATA(cm) + i * sizeof(int), sizeof got);
+      if (fd < 0)
+        fd = got;
+      else
+        close(got);
+    }
+  }
+  rc = n == (ssize_t)sizeof rep ? rep.status : -EPROTO;
+  if (rc == 0 && recvfd != NULL && fd < 0)
+    rc = -EPROTO;
+  if (rc == 0 && recvfd != NULL) {
+    *recvfd = fd;
+    fd = -1;
+  }
+out:
+  if (fd >= 0)
+    close(fd);
+  close(s);
+  return rc;
+}
+
+int lmp_fd_stash(int fd, uint64_t *token)
+{
+  lmp__wd_req_t req = {.op = LMP__WD_STASH};
+  int tries, rc = -EEXIST;
+
+  if (fd < 0)
+    return -EBADF;
+  for (tries = 0; tries < 4 && rc == -EEXIST; tries++) {
+    req.token = lmp__stash_token();
+    rc = wd_call(&req, fd, NULL);
+  }
+  if (rc == 0)
+    *token = req.token;
+  return rc;
+}
+
+int lmp_fd_fetch(uint64_t token, int *fd)
+{
+  lmp__wd_req_t req = {.op = LMP__WD_FETCH, .token = token};
+
+  *fd = -1;
+  return wd_call(&req, -1, fd);
+}

@@ -1,0 +1,25 @@
+#!/bin/sh
+# Installs what lmp needs on Debian 12 and is not there yet.  Quiet and quick
+# when everything is present, so `make test` and `make demo` run it each time.
+#   sh scripts/setup-debian.sh [extra packages...]
+set -e
+PKGS="gcc make pkg-config lua5.4 liblua5.4-dev libmsgpack-dev lua-busted $*"
+
+missing=""
+for p in $PKGS; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+
+echo "lmp setup: installing$missing"
+if [ "$(id -u)" -eq 0 ]; then
+  SUDO=
+elif command -v sudo >/dev/null 2>&1; then
+  SUDO=sudo
+else
+  echo "lmp setup: run as root: apt-get install -y$missing" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null

@@ -1,0 +1,90 @@
+/*
+ * runner.h -- the C test framework of lmp's runtime.
+ *
+ * Every test runs in a forked child of its own, in its own process group,
+ * under a timeout, as libuv's runner does: a crash, a hang or a leaked
+ * process fails one test, never the run.  A test file is a list of TEST()s
+ * and one table:
+ *
+ *   #include "runner.h"
+ *
+ *   TEST(seg_create) { CHECK(x == 1); CHECK_EQ(lmp_seg_refs(s), 1); }
+ *
+ *   TEST_LIST = {
+ *     TEST_ENTRY(seg_create),
+ *     TEST_ENTRY_T(slow_one, 30),   (timeout in seconds; default 10)
+ *     TEST_END
+ *   };
+ *
+ * A failing CHECK prints file:line and the expression to stderr and ends the
+ * process with _exit(1), so in a child forked by a test it fails that child;
+ * the test checks the child's exit code (lmp_test_wait).  The runner prints
+ * TAP and a last line "# P passed, F failed"; argv[1], if given, runs only
+ * the tests whose name contains it.  LMP_TEST_TIMEOUT_MULT=N stretches
+ * every timeout (for valgrind or sanitizer runs).
+ */
+#ifndef LMP_TEST_RUNNER_H
+#define LMP_TEST_RUNNER_H
+
+#include <string.h>
+#include <sys/types.h>
+
+typedef struct lmp_test {
+  const char *name;
+  void (*fn)(void);
+  int timeout_s; /* 0: the default */
+  const char *file;
+} lmp_test_t;
+
+/* The table a test file defines with TEST_LIST. */
+extern const lmp_test_t lmp_tests[];
+
+#define TEST(name) static void test_##name(void)
+#define TEST_ENTRY(name) {#name, test_##name, 0, __FILE__}
+#define TEST_ENTRY_T(name, secs) {#name, test_##name, (secs), __FILE__}
+#define TEST_END {0, 0, 0, 0}
+#define TEST_LIST const lmp_test_t lmp_tests[]
+
+void lmp_test_fail(const char *file, int line, const char *fmt, ...)
+    __attribute__((noreturn, format(printf, 3, 4)));
+
+#define CHECK(e)                                          \
+  do {                                                    \
+    if (!(e))                                             \
+      lmp_test_fail(__FILE__, __LINE__, "CHECK(%s)", #e); \
+  } while (0)
+
+/* Integers (and enums, sizes, pids): both sides print on failure. */
+#define CHECK_EQ(a, b)                                                          \
+  do {                                                                          \
+    long long a_ = (long long)(a), b_ = (long long)(b);                         \
+    if (a_ != b_)                                                               \
+      lmp_test_fail(__FILE__, __LINE__, "CHECK_EQ(%s, %s): %lld != %lld", #a, #b, \
+                    a_, b_);                                                    \
+  } while (0)
+
+#define CHECK_STREQ(a, b)                                                          \
+  do {                                                                             \
+    const char *a_ = (a), *b_ = (b);                                               \
+    if (a_ == 0 || b_ == 0 || strcmp(a_, b_) != 0)                                 \
+      lmp_test_fail(__FILE__, __LINE__, "CHECK_STREQ(%s, %s): \"%s\" != \"%s\"", #a, \
+                    #b, a_ ? a_ : "(null)", b_ ? b_ : "(null)");                   \
+  } while (0)
+
+/* === helpers for tests === */
+
+#define LMP_TEST_TIMEDOUT (-1000)
+
+/* Wait for a child: its exit code, -N if killed by signal N, or
+ * LMP_TEST_TIMEDOUT (after killing it) if it outlives timeout_ms. */
+int lmp_test_wait(pid_t pid, int timeout_ms);
+/* Entries of /dev/shm whose name is `prefix` (with or without its leading
+ * '/') followed by '.'. */
+int lmp_test_shm_count(const char *prefix);
+/* Descriptors open in this process. */
+int lmp_test_fd_count(void);
+/* 1 while pid exists and is not a zombie. */
+int lmp_test_alive(pid_t pid);
+void lmp_test_sleep_ms(int ms);
+
+#endif

@@ -1,0 +1,49 @@
+local support = dofile("tests/support.lua")
+local bin = support.lmp_bin
+
+describe("the lmp command", function()
+  it("runs a script with arguments in arg and ...", function()
+    local out, code = support.run([[
+      local lmp = require "lmp"
+      print(select("#", ...), ..., arg[1], arg[2], type(arg[0]), type(lmp.Queue))
+    ]], "one", "two")
+    assert.are.equal(0, code)
+    assert.are.equal("2\tone\tone\ttwo\tstring\tfunction\n", out) -- ... mid-list gives one value
+  end)
+
+  it("runs -e code with lmp available", function()
+    local out = support.shell(bin .. [[ -e 'print(lmp.cpu_count() >= 1, require("lmp") == lmp)']])
+    assert.are.equal("true\ttrue\n", out)
+  end)
+
+  it("prints its version and help", function()
+    assert.matches("^lmp %d+%.%d+%.%d+ %(Lua 5%.4", support.shell(bin .. " --version"))
+    assert.matches("usage: lmp", support.shell(bin .. " --help"))
+  end)
+
+  it("reports a script error with a traceback and exit status 1", function()
+    local out, code = support.run("local function f() error('bad thing') end f()")
+    assert.are.equal(1, code)
+    assert.matches("bad thing", out)
+    assert.matches("stack traceback", out)
+  end)
+
+  it("rejects an unknown option", function()
+    local out = support.shell(bin .. " --bogus; echo status $?")
+    assert.matches("unrecognized option '%-%-bogus'", out)
+    assert.matches("status 1", out)
+  end)
+
+  it("has a REPL that evaluates expressions", function()
+    local out = support.shell("printf 'return 1 + 1\\nlmp.cpu_count() > 0\\nfor i = 1, 2 do\\nprint(i)\\nend\\n' | " .. bin)
+    assert.matches("lmp> 2\n", out)
+    assert.matches("lmp> true\n", out)
+    assert.matches("1\n2\n", out)
+  end)
+
+  it("loads as a module in plain lua5.4 from the build tree", function()
+    local out = support.shell([[lua5.4 -e 'package.cpath="]] .. support.build ..
+      [[/?.so;"..package.cpath; local lmp = require "lmp"; print(lmp._VERSION)']])
+    assert.matches("^lmp %d", out)
+  end)
+end)
