@@ -50,7 +50,7 @@
 #define SHUTDOWN_GRACE_NS 1000000000LL /* SIGTERM to SIGKILL for daemons */
 #define BACKOFF_MIN_NS 50000LL         /* waitpid polling without a pidfd */
 #define BACKOFF_MAX_NS 10000000LL
-#define STATUS_LOST 255                /* someone else reaped our child */
+#define STATUS_LOST 255 /* someone else reaped our child */
 
 enum { RUNNING, EXITED, FOREIGN };
 

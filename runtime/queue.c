@@ -113,8 +113,8 @@ _Static_assert(sizeof(lmp_mutex_t) + 24 <= 64, "the hot words share the lock's l
 struct lmp_queue {
   struct qhdr *h;
   lmp_seg_t *seg;
-  char *ring;         /* the ring of generation `gen`, as mapped here */
-  uint64_t mask;      /* its capacity - 1 */
+  char *ring;    /* the ring of generation `gen`, as mapped here */
+  uint64_t mask; /* its capacity - 1 */
   uint32_t gen;
   lmp_seg_t *ring_seg; /* NULL while the ring is the one inside seg */
 };
