@@ -5,6 +5,7 @@
 #   make deps       install what is missing on Debian 12 (apt-get, as root)
 #   make demo       the parallel demo from README
 #   make ASAN=1     the same with AddressSanitizer and UBSan (into build-asan/)
+#   make test-asan  every suite on that build
 #   make install    PREFIX=/usr/local
 
 PREFIX  ?= /usr/local
@@ -45,7 +46,7 @@ LUA_SCRIPTS := $(sort $(wildcard scripts/lmp/*.lua))
 CT_SRC  := $(sort $(wildcard tests/c/test_*.c))
 CT_BIN  := $(CT_SRC:tests/c/%.c=$(B)/tests/%)
 
-.PHONY: all test test-all test-c test-lua check-layers deps demo bench clean install examples
+.PHONY: all test test-all test-asan test-c test-lua check-layers deps demo bench clean install examples
 all: $(B)/lmp $(B)/lmp.so $(B)/liblmp.a $(B)/liblmp.so
 
 $(B)/runtime/%.o: runtime/%.c $(wildcard include/lmp/*.h runtime/*.h) | $(B)/runtime
@@ -83,6 +84,12 @@ test-c: $(CT_BIN)
 	@sh tests/run.sh $(B) c
 test-lua: all
 	@sh tests/run.sh $(B) lua
+# The same suites on the AddressSanitizer/UBSan build.  lua5.4 itself is not
+# instrumented, so the sanitizer runtime is preloaded into it.
+test-asan:
+	@$(MAKE) --no-print-directory ASAN=1 all $(CT_SRC:tests/c/%.c=build-asan/tests/%)
+	@LD_PRELOAD=$$($(CC) -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
+	  LMP_TEST_TIMEOUT_MULT=3 SPEC_TIMEOUT=900 sh tests/run.sh build-asan
 check-layers:
 	@sh tests/run.sh $(B) layers
 

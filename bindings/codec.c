@@ -439,9 +439,24 @@ static int enc_append(enc *e, const void *p, size_t n) {
   return 0;
 }
 
-/* msgpack_packer's write callback. */
+/* msgpack_packer's write callback.  Most writes are a few bytes: copied
+ * inline, not through a call to memcpy. */
 static int enc_write(void *data, const char *p, size_t n) {
   enc *e = data;
+  lmp_buf_t *b = &e->c->buf;
+  if (n <= 9 && b->cap - b->len >= 9) {
+    char *d = b->data + b->len;
+    switch (n) {
+    case 9: memcpy(d, p, 9); break;
+    case 5: memcpy(d, p, 5); break;
+    case 3: memcpy(d, p, 3); break;
+    case 2: memcpy(d, p, 2); break;
+    case 1: *d = *p; break;
+    default: memcpy(d, p, n);
+    }
+    b->len += n;
+    return 0;
+  }
   if (enc_append(e, p, n) < 0)
     enc_nomem(e);
   return 0;
@@ -513,6 +528,10 @@ static int enc_scalar(enc *e, int idx, int depth) {
   lua_State *L = e->L;
   size_t n;
   const char *s;
+  if (lua_isinteger(L, idx)) { /* the commonest case first */
+    msgpack_pack_int64(&e->pk, (int64_t)lua_tointeger(L, idx));
+    return 1;
+  }
   switch (lua_type(L, idx)) {
   case LUA_TNIL:
     msgpack_pack_nil(&e->pk);
@@ -524,10 +543,7 @@ static int enc_scalar(enc *e, int idx, int depth) {
       msgpack_pack_false(&e->pk);
     return 1;
   case LUA_TNUMBER:
-    if (lua_isinteger(L, idx))
-      msgpack_pack_int64(&e->pk, (int64_t)lua_tointeger(L, idx));
-    else
-      msgpack_pack_double(&e->pk, (double)lua_tonumber(L, idx));
+    msgpack_pack_double(&e->pk, (double)lua_tonumber(L, idx));
     return 1;
   case LUA_TSTRING:
     s = lua_tolstring(L, idx, &n);
@@ -566,13 +582,14 @@ static int enc_array(enc *e, int idx, lua_Integer n, int depth) {
   e->path[depth].kind = STEP_INDEX;
   lua_pushnil(L);
   while (lua_next(L, idx)) {
-    if (++i > n || !lua_isinteger(L, -2) || lua_tointeger(L, -2) != i) {
+    int isint; /* a float key is never integral: Lua normalizes those */
+    if (++i > n || lua_tointegerx(L, -2, &isint) != i || !isint) {
       lua_pop(L, 2);
       e->c->buf.len = mark;
       return 0;
     }
     e->path[depth].n = i;
-    if (rest == 0 && !enc_scalar(e, lua_gettop(L), depth + 1))
+    if (rest == 0 && !enc_scalar(e, -1, depth + 1))
       rest = i;
     lua_pop(L, 1);
   }
@@ -611,8 +628,8 @@ static void enc_content(enc *e, int idx, int depth) {
   while (lua_next(L, idx)) {
     count++;
     if (seq) {
-      lua_Integer k = lua_isinteger(L, -2) ? lua_tointeger(L, -2) : 0;
-      seq = k >= 1 && k <= n;
+      lua_Integer k = lua_tointegerx(L, -2, &seq);
+      seq = seq && k >= 1 && k <= n;
     }
     lua_pop(L, 1);
   }
