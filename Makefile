@@ -6,6 +6,7 @@
 #   make demo       the parallel demo from README
 #   make ASAN=1     the same with AddressSanitizer and UBSan (into build-asan/)
 #   make test-asan  every suite on that build
+#   make fuzz       mutation-fuzz the decoder under ASan/UBSan
 #   make install    PREFIX=/usr/local
 
 PREFIX  ?= /usr/local
@@ -46,7 +47,7 @@ LUA_SCRIPTS := $(sort $(wildcard scripts/lmp/*.lua))
 CT_SRC  := $(sort $(wildcard tests/c/test_*.c))
 CT_BIN  := $(CT_SRC:tests/c/%.c=$(B)/tests/%)
 
-.PHONY: all test test-all test-asan test-c test-lua check-layers deps demo bench clean install examples
+.PHONY: all test test-all test-asan fuzz test-c test-lua check-layers deps demo bench clean install examples
 all: $(B)/lmp $(B)/lmp.so $(B)/liblmp.a $(B)/liblmp.so
 
 $(B)/runtime/%.o: runtime/%.c $(wildcard include/lmp/*.h runtime/*.h) | $(B)/runtime
@@ -71,7 +72,7 @@ $(B)/lmp: $(B)/bindings/main.o $(LB_OBJ) $(RT_OBJ)
 $(B)/tests/%: tests/c/%.c tests/c/runner.c tests/c/runner.h $(B)/liblmp.a | $(B)/tests
 	$(CC) $(ALL_CFLAGS) -Itests/c $< tests/c/runner.c -o $@ $(LDFLAGS) $(B)/liblmp.a
 
-$(B)/runtime $(B)/bindings $(B)/gen $(B)/tests:
+build $(B)/runtime $(B)/bindings $(B)/gen $(B)/tests:
 	mkdir -p $@
 
 # test and demo install missing packages first, then re-read this Makefile so
@@ -90,6 +91,13 @@ test-asan:
 	@$(MAKE) --no-print-directory ASAN=1 all $(CT_SRC:tests/c/%.c=build-asan/tests/%)
 	@LD_PRELOAD=$$($(CC) -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
 	  LMP_TEST_TIMEOUT_MULT=3 SPEC_TIMEOUT=900 sh tests/run.sh build-asan
+# Mutation fuzzing of the decoder under ASan/UBSan (FUZZ_N mutants).
+FUZZ_N ?= 200000
+fuzz: | build
+	$(CC) -std=c11 -D_GNU_SOURCE -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+	  -Iinclude -Ibindings $(LUA_CFLAGS) $(MSGPACK_CFLAGS) tests/c/fuzz_decode.c bindings/codec.c \
+	  bindings/lerror.c runtime/common.c $(LUA_LIBS) $(MSGPACK_LIBS) -lm -o build/fuzz_decode
+	build/fuzz_decode $(FUZZ_N)
 check-layers:
 	@sh tests/run.sh $(B) layers
 

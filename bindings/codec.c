@@ -8,8 +8,9 @@
  *
  * Format.  Plain msgpack for plain values: nil, booleans, integers in their
  * smallest width, floats always as float64 (3 stays an integer, 3.0 a float;
- * inf, nan and -0.0 survive; float32 is read too), strings as str (bin is
- * read as a string).  A table whose keys are exactly 1..n (n >= 1) is an
+ * inf, nan and -0.0 survive; float32 is read too, and a uint64 past
+ * math.maxinteger from another writer becomes a float), strings as str (bin
+ * is read as a string).  A table whose keys are exactly 1..n (n >= 1) is an
  * array, any other table a map, the empty table an empty array.  lmp's own
  * kinds are ext types whose payload is a short sequence of msgpack values:
  *
@@ -30,15 +31,19 @@
  * numbers it the same way, so shared references and cycles (a table holding
  * itself, a local recursive function that is its own upvalue) arrive as they
  * left.  Upvalues shared by closures of one message stay shared
- * (lua_upvalueid on the way out, lua_upvaluejoin on the way in).  An upvalue
- * named _ENV, and the global table wherever it appears, are sent as GLOBALS
- * and bound to the receiver's globals.  A C function crosses as the name under which
- * package.loaded reaches it; a table with a metatable registered through
- * lmp.register as CLASS; a userdata whose metatable __name belongs to a
- * registered handle type as HANDLE.  Anything else is refused with a
- * "serialize" lmp.Error naming where the value sits (args[2].handler); the
- * encoder keeps the steps of that path as stack indexes and only spells them
- * out when it fails.
+ * (lua_upvalueid on the way out, lua_upvaluejoin on the way in).
+ *
+ * Kinds.  An upvalue named _ENV, and the global table wherever it appears,
+ * travel as GLOBALS and bind to the receiver's globals.  A C function travels
+ * as a name under which package.loaded reaches it (found by a reverse lookup
+ * cached in the registry, rebuilt on a miss); a table whose metatable was
+ * given to lmp.register as CLASS; a userdata whose metatable __name is a
+ * registered handle type as HANDLE, its identity written and read back by
+ * the type's hooks (run protected; an error there becomes a "serialize"
+ * lmp.Error).  Anything else is refused with a "serialize" lmp.Error naming
+ * where the value sits: "cannot send args[2].handler: userdata (FILE*)".
+ * The encoder keeps the steps of that path as stack indexes and spells them
+ * out only when it fails.
  *
  * Why our own decoder.  Packing uses msgpack-c (msgpack_pack_* through a
  * callback into a buffer the state owns).  Its unpacker is not used: it caps
@@ -94,7 +99,8 @@ static const char K_CFUNCS;  /* C function -> "module\0field" (weak keys, a cach
 static const char K_DUMPS;   /* Lua function -> its bytecode (weak keys, a cache) */
 
 /* Push the registry table at `key`, creating it when missing. */
-static void registry_table(lua_State *L, const void *key, const char *mode) {
+static void registry_table(lua_State *L, const void *key, const char *mode)
+{
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, key) == LUA_TTABLE)
     return;
   lua_pop(L, 1);
@@ -130,7 +136,8 @@ typedef struct idmap {
   uint32_t gen;
 } idmap;
 
-static size_t idmap_hash(const void *p) {
+static size_t idmap_hash(const void *p)
+{
   uint64_t x = (uint64_t)(uintptr_t)p;
   x ^= x >> 33;
   x *= 0xff51afd7ed558ccdULL;
@@ -138,14 +145,16 @@ static size_t idmap_hash(const void *p) {
   return (size_t)x;
 }
 
-static void idmap_free(idmap *m) {
+static void idmap_free(idmap *m)
+{
   free(m->slot);
   m->slot = NULL;
   m->cap = m->count = 0;
 }
 
 /* Forget every entry; a map grown by one huge message is given back. */
-static void idmap_clear(idmap *m) {
+static void idmap_clear(idmap *m)
+{
   if (m->cap > 65536)
     idmap_free(m);
   m->count = 0;
@@ -156,7 +165,8 @@ static void idmap_clear(idmap *m) {
   }
 }
 
-static int idmap_get(const idmap *m, const void *key, uint64_t *val) {
+static int idmap_get(const idmap *m, const void *key, uint64_t *val)
+{
   if (m->count == 0)
     return 0;
   for (size_t i = idmap_hash(key) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
@@ -170,7 +180,8 @@ static int idmap_get(const idmap *m, const void *key, uint64_t *val) {
   }
 }
 
-static void idmap_insert(idmap *m, const void *key, uint64_t val) {
+static void idmap_insert(idmap *m, const void *key, uint64_t val)
+{
   size_t i = idmap_hash(key) & (m->cap - 1);
   while (m->slot[i].gen == m->gen)
     i = (i + 1) & (m->cap - 1);
@@ -180,7 +191,8 @@ static void idmap_insert(idmap *m, const void *key, uint64_t val) {
   m->count++;
 }
 
-static int idmap_grow(idmap *m) {
+static int idmap_grow(idmap *m)
+{
   idmap old = *m;
   size_t cap = old.cap ? old.cap * 2 : 64;
   idslot *s = calloc(cap, sizeof *s);
@@ -198,7 +210,8 @@ static int idmap_grow(idmap *m) {
 }
 
 /* Add an entry the caller knows is absent; 0 or -1 when out of memory. */
-static int idmap_put(idmap *m, const void *key, uint64_t val) {
+static int idmap_put(idmap *m, const void *key, uint64_t val)
+{
   if ((m->count + 1) * 2 > m->cap && idmap_grow(m) < 0)
     return -1;
   idmap_insert(m, key, val);
@@ -216,15 +229,16 @@ typedef struct holder {
 } holder;
 
 typedef struct codec {
-  lmp_buf_t buf;      /* the message being encoded; lmpb_encode returns it */
-  lmp_buf_t scratch;  /* a handle's identity, as its hook writes it */
-  idmap objs;         /* table, function or userdata address -> id */
-  idmap upvals;       /* lua_upvalueid -> function id << 8 | upvalue number */
+  lmp_buf_t buf;     /* the message being encoded; lmpb_encode returns it */
+  lmp_buf_t scratch; /* a handle's identity, as its hook writes it */
+  idmap objs;        /* table, function or userdata address -> id */
+  idmap upvals;      /* lua_upvalueid -> function id << 8 | upvalue number */
   holder enc, dec;
-  lua_Integer nrefs;  /* decode: refs[1..nrefs] may hold objects */
-} codec;              /* uservalue 1: the decoder's refs table */
+  lua_Integer nrefs; /* decode: refs[1..nrefs] may hold objects */
+} codec;             /* uservalue 1: the decoder's refs table */
 
-static int codec_gc(lua_State *L) {
+static int codec_gc(lua_State *L)
+{
   codec *c = luaL_checkudata(L, 1, CODEC_MT);
   lmp_buf_free(&c->buf);
   lmp_buf_free(&c->scratch);
@@ -234,7 +248,8 @@ static int codec_gc(lua_State *L) {
 }
 
 /* Push the codec anchored at registry[key], creating it when missing. */
-static codec *codec_push(lua_State *L, const void *key) {
+static codec *codec_push(lua_State *L, const void *key)
+{
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, key) == LUA_TUSERDATA)
     return lua_touserdata(L, -1);
   lua_pop(L, 1);
@@ -262,7 +277,8 @@ static codec *codec_push(lua_State *L, const void *key) {
  * the next codec of a chain, each anchored in the registry under the address
  * of the one before.
  */
-static codec *codec_acquire(lua_State *L, int dec) {
+static codec *codec_acquire(lua_State *L, int dec)
+{
   lua_Debug ar;
   const void *ci = lua_getstack(L, 0, &ar) ? (const void *)ar.i_ci : NULL;
   codec *c = codec_push(L, &K_CODEC);
@@ -282,11 +298,12 @@ static codec *codec_acquire(lua_State *L, int dec) {
 /* === encoder === */
 
 /* One step of the path from the root to the value being encoded. */
-enum { STEP_INDEX, STEP_KEY, STEP_KEYOF, STEP_UPVALUE };
+enum { STEP_INDEX, STEP_KEY, STEP_UPVALUE };
 
 typedef struct step {
   int kind;
-  int idx;       /* STEP_KEY, STEP_KEYOF: the key; STEP_UPVALUE: the function */
+  int idx;       /* STEP_KEY: the key (also while the key itself is encoded);
+                    STEP_UPVALUE: the function */
   lua_Integer n; /* STEP_INDEX: the index; STEP_UPVALUE: the upvalue number */
 } step;
 
@@ -301,12 +318,13 @@ typedef struct enc {
 } enc;
 
 static const char *const reserved[] = {
-  "and",  "break", "do",     "else", "elseif", "end",   "false", "for",   "function",
-  "goto", "if",    "in",     "local", "nil",   "not",   "or",    "repeat", "return",
-  "then", "true",  "until",  "while", NULL,
+    "and",      "break",  "do",   "else", "elseif", "end",   "false", "for",
+    "function", "goto",   "if",   "in",   "local",  "nil",   "not",   "or",
+    "repeat",   "return", "then", "true", "until",  "while", NULL,
 };
 
-static int is_name(const char *s, size_t n) {
+static int is_name(const char *s, size_t n)
+{
   if (n == 0 || (s[0] >= '0' && s[0] <= '9'))
     return 0;
   for (size_t i = 0; i < n; i++) {
@@ -322,7 +340,8 @@ static int is_name(const char *s, size_t n) {
 }
 
 /* ["..."] with the escapes of %q; long keys are cut short. */
-static void path_add_quoted(luaL_Buffer *b, const char *s, size_t n) {
+static void path_add_quoted(luaL_Buffer *b, const char *s, size_t n)
+{
   size_t shown = n > 40 ? 37 : n;
   luaL_addstring(b, "[\"");
   for (size_t i = 0; i < shown; i++) {
@@ -354,7 +373,8 @@ static void path_add_quoted(luaL_Buffer *b, const char *s, size_t n) {
 }
 
 /* The rendering of the key at `idx`: [3], .name, ["a key"], [<table>]. */
-static void path_add_key(luaL_Buffer *b, lua_State *L, int idx) {
+static void path_add_key(luaL_Buffer *b, lua_State *L, int idx)
+{
   size_t n;
   const char *s;
   switch (lua_type(L, idx)) {
@@ -383,10 +403,11 @@ static void path_add_key(luaL_Buffer *b, lua_State *L, int idx) {
   }
 }
 
-static void path_add_upvalue(luaL_Buffer *b, lua_State *L, int fidx, int n) {
+static void path_add_upvalue(luaL_Buffer *b, lua_State *L, int fidx, int n)
+{
   const char *name = lua_getupvalue(L, fidx, n); /* a name of the prototype */
   lua_pop(L, name != NULL);
-  if (name && *name && strcmp(name, "?") != 0) {
+  if (name && *name && strcmp(name, "(no name)") != 0) { /* named unless stripped */
     luaL_addstring(b, "<upvalue ");
     luaL_addstring(b, name);
     luaL_addchar(b, '>');
@@ -397,7 +418,8 @@ static void path_add_upvalue(luaL_Buffer *b, lua_State *L, int fidx, int n) {
 }
 
 /* Push the path of a value at `depth`: what, then one rendering per step. */
-static void path_push(enc *e, int depth) {
+static void path_push(enc *e, int depth)
+{
   luaL_Buffer b;
   luaL_buffinit(e->L, &b);
   luaL_addstring(&b, e->what);
@@ -416,21 +438,24 @@ static void path_push(enc *e, int depth) {
 }
 
 /* Raise "cannot send <path>: <desc>" for the value at `depth`. */
-_Noreturn static void enc_fail(enc *e, int depth, const char *desc) {
+_Noreturn static void enc_fail(enc *e, int depth, const char *desc)
+{
   e->c->enc.busy = 0;
   path_push(e, depth);
   lmpb_error_raise(e->L, "serialize", "cannot send %s: %s", lua_tostring(e->L, -1), desc);
   abort(); /* not reached: lmpb_error_raise does not return */
 }
 
-_Noreturn static void enc_nomem(enc *e) {
+_Noreturn static void enc_nomem(enc *e)
+{
   e->c->enc.busy = 0;
   luaL_error(e->L, "not enough memory to encode a message");
   abort(); /* not reached */
 }
 
 /* Append without raising; lua_dump's writer must not longjmp. */
-static int enc_append(enc *e, const void *p, size_t n) {
+static int enc_append(enc *e, const void *p, size_t n)
+{
   lmp_buf_t *b = &e->c->buf;
   if (b->cap - b->len < n && (b->len + n < b->len || lmp_buf_reserve(b, b->len + n) < 0))
     return -1;
@@ -441,18 +466,30 @@ static int enc_append(enc *e, const void *p, size_t n) {
 
 /* msgpack_packer's write callback.  Most writes are a few bytes: copied
  * inline, not through a call to memcpy. */
-static int enc_write(void *data, const char *p, size_t n) {
+static int enc_write(void *data, const char *p, size_t n)
+{
   enc *e = data;
   lmp_buf_t *b = &e->c->buf;
   if (n <= 9 && b->cap - b->len >= 9) {
     char *d = b->data + b->len;
     switch (n) {
-    case 9: memcpy(d, p, 9); break;
-    case 5: memcpy(d, p, 5); break;
-    case 3: memcpy(d, p, 3); break;
-    case 2: memcpy(d, p, 2); break;
-    case 1: *d = *p; break;
-    default: memcpy(d, p, n);
+    case 9:
+      memcpy(d, p, 9);
+      break;
+    case 5:
+      memcpy(d, p, 5);
+      break;
+    case 3:
+      memcpy(d, p, 3);
+      break;
+    case 2:
+      memcpy(d, p, 2);
+      break;
+    case 1:
+      *d = *p;
+      break;
+    default:
+      memcpy(d, p, n);
     }
     b->len += n;
     return 0;
@@ -462,12 +499,14 @@ static int enc_write(void *data, const char *p, size_t n) {
   return 0;
 }
 
-static int enc_dump_writer(lua_State *L, const void *p, size_t n, void *data) {
+static int enc_dump_writer(lua_State *L, const void *p, size_t n, void *data)
+{
   (void)L;
   return enc_append(data, p, n) < 0;
 }
 
-static void put_be32(char *p, uint32_t v) {
+static void put_be32(char *p, uint32_t v)
+{
   p[0] = (char)(v >> 24);
   p[1] = (char)(v >> 16);
   p[2] = (char)(v >> 8);
@@ -476,14 +515,16 @@ static void put_be32(char *p, uint32_t v) {
 
 /* Open an ext (or bin) whose length is patched in by enc_close: the 32-bit
  * form, whatever the size, so nothing has to move. */
-static size_t enc_open(enc *e, unsigned char tag, int type) {
+static size_t enc_open(enc *e, unsigned char tag, int type)
+{
   size_t at = e->c->buf.len;
   char h[6] = {(char)tag, 0, 0, 0, 0, (char)type};
   enc_write(e, h, tag == 0xc9 ? 6 : 5);
   return at;
 }
 
-static void enc_close(enc *e, size_t at, int depth) {
+static void enc_close(enc *e, size_t at, int depth)
+{
   size_t hlen = (unsigned char)e->c->buf.data[at] == 0xc9 ? 6 : 5;
   size_t n = e->c->buf.len - at - hlen;
   if (n > UINT32_MAX)
@@ -491,23 +532,26 @@ static void enc_close(enc *e, size_t at, int depth) {
   put_be32(e->c->buf.data + at + 1, (uint32_t)n);
 }
 
-static size_t uint_size(uint64_t v) {
+static size_t uint_size(uint64_t v)
+{
   return v < 128 ? 1 : v < 256 ? 2 : v < 65536 ? 3 : v <= UINT32_MAX ? 5 : 9;
 }
 
-static void enc_ref(enc *e, uint64_t id) {
+static void enc_ref(enc *e, uint64_t id)
+{
   msgpack_pack_ext(&e->pk, uint_size(id), EXT_REF);
   msgpack_pack_uint64(&e->pk, id);
 }
 
-static void enc_newid(enc *e, const void *p, int depth) {
-  (void)depth;
+static void enc_newid(enc *e, const void *p)
+{
   if (idmap_put(&e->c->objs, p, ++e->nextid) < 0)
     enc_nomem(e);
 }
 
 /* Entering a container at `depth`: its children sit one level deeper. */
-static void enc_enter(enc *e, int depth) {
+static void enc_enter(enc *e, int depth)
+{
   if (depth >= CODEC_MAXDEPTH)
     enc_fail(e, depth, "nested deeper than 200 levels");
   if (!lua_checkstack(e->L, 8))
@@ -516,7 +560,8 @@ static void enc_enter(enc *e, int depth) {
 
 static void enc_value(enc *e, int idx, int depth);
 
-static void enc_str(enc *e, const char *s, size_t n, int depth) {
+static void enc_str(enc *e, const char *s, size_t n, int depth)
+{
   if (n > UINT32_MAX)
     enc_fail(e, depth, "string longer than 4 GiB");
   msgpack_pack_str(&e->pk, n);
@@ -524,7 +569,8 @@ static void enc_str(enc *e, const char *s, size_t n, int depth) {
 }
 
 /* nil, booleans, numbers and strings: the values that cannot fail. */
-static int enc_scalar(enc *e, int idx, int depth) {
+static int enc_scalar(enc *e, int idx, int depth)
+{
   lua_State *L = e->L;
   size_t n;
   const char *s;
@@ -557,7 +603,8 @@ static int enc_scalar(enc *e, int idx, int depth) {
 /* === encoder: tables === */
 
 /* Elements from..n of a sequence. */
-static void enc_items(enc *e, int idx, lua_Integer from, lua_Integer n, int depth) {
+static void enc_items(enc *e, int idx, lua_Integer from, lua_Integer n, int depth)
+{
   lua_State *L = e->L;
   for (lua_Integer i = from; i <= n; i++) {
     lua_rawgeti(L, idx, i);
@@ -574,7 +621,8 @@ static void enc_items(enc *e, int idx, lua_Integer from, lua_Integer n, int dept
  * buffer as it was, when the keys are not 1..n in that order; nothing that
  * takes an id has been written by then.
  */
-static int enc_array(enc *e, int idx, lua_Integer n, int depth) {
+static int enc_array(enc *e, int idx, lua_Integer n, int depth)
+{
   lua_State *L = e->L;
   size_t mark = e->c->buf.len;
   lua_Integer i = 0, rest = 0;
@@ -602,23 +650,24 @@ static int enc_array(enc *e, int idx, lua_Integer n, int depth) {
   return 1;
 }
 
-static void enc_pairs(enc *e, int idx, lua_Integer count, int depth) {
+static void enc_pairs(enc *e, int idx, lua_Integer count, int depth)
+{
   lua_State *L = e->L;
   msgpack_pack_map(&e->pk, (size_t)count);
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     int top = lua_gettop(L);
-    e->path[depth].kind = STEP_KEYOF;
+    e->path[depth].kind = STEP_KEY;
     e->path[depth].idx = top - 1;
     enc_value(e, top - 1, depth + 1);
-    e->path[depth].kind = STEP_KEY;
     enc_value(e, top, depth + 1);
     lua_pop(L, 1);
   }
 }
 
 /* A table's content: an array when its keys are exactly 1..n, else a map. */
-static void enc_content(enc *e, int idx, int depth) {
+static void enc_content(enc *e, int idx, int depth)
+{
   lua_State *L = e->L;
   lua_Integer n = (lua_Integer)lua_rawlen(L, idx), count = 0;
   int seq = 1;
@@ -642,13 +691,14 @@ static void enc_content(enc *e, int idx, int depth) {
 }
 
 /* A table with a metatable (on top of the stack): a registered class. */
-static void enc_class(enc *e, int idx, int depth) {
+static void enc_class(enc *e, int idx, int depth)
+{
   lua_State *L = e->L;
   registry_table(L, &K_BYMT, NULL);
   lua_insert(L, -2);
   if (lua_rawget(L, -2) != LUA_TSTRING)
     enc_fail(e, depth, "table with unregistered metatable");
-  enc_newid(e, lua_topointer(L, idx), depth);
+  enc_newid(e, lua_topointer(L, idx));
   size_t at = enc_open(e, 0xc9, EXT_CLASS);
   size_t n;
   const char *name = lua_tolstring(L, -1, &n);
@@ -658,7 +708,8 @@ static void enc_class(enc *e, int idx, int depth) {
   enc_close(e, at, depth);
 }
 
-static void enc_table(enc *e, int idx, int depth) {
+static void enc_table(enc *e, int idx, int depth)
+{
   const void *p = lua_topointer(e->L, idx);
   uint64_t id;
   if (p == e->globals) {
@@ -674,7 +725,7 @@ static void enc_table(enc *e, int idx, int depth) {
     enc_class(e, idx, depth);
     return;
   }
-  enc_newid(e, p, depth);
+  enc_newid(e, p);
   enc_content(e, idx, depth);
 }
 
@@ -682,7 +733,8 @@ static void enc_table(enc *e, int idx, int depth) {
 
 /* Push the package.loaded[module][field] named by "module\0field" at
  * `name`, or nil. */
-static void cfunc_get(lua_State *L, int name) {
+static void cfunc_get(lua_State *L, int name)
+{
   size_t n;
   const char *s = lua_tolstring(L, name, &n);
   size_t ml = strlen(s);
@@ -705,7 +757,8 @@ static void cfunc_get(lua_State *L, int name) {
 /* Is the name at `a` a better choice than the one at `b`?  Names outside
  * _G first, then the shorter, then the smaller: any fixed rule will do, so
  * that both ends agree. */
-static int cfunc_better(lua_State *L, int a, int b) {
+static int cfunc_better(lua_State *L, int a, int b)
+{
   size_t la, lb;
   const char *sa = lua_tolstring(L, a, &la), *sb = lua_tolstring(L, b, &lb);
   int ga = strcmp(sa, "_G") == 0, gb = strcmp(sb, "_G") == 0;
@@ -718,7 +771,8 @@ static int cfunc_better(lua_State *L, int a, int b) {
 
 /* Add the C functions of the module table on top to the cache at `cache`,
  * under the module name at `mod`. */
-static void cfunc_scan(lua_State *L, int cache, int mod) {
+static void cfunc_scan(lua_State *L, int cache, int mod)
+{
   lua_pushnil(L);
   while (lua_next(L, -2)) {
     if (lua_type(L, -2) == LUA_TSTRING && lua_iscfunction(L, -1)) {
@@ -741,7 +795,8 @@ static void cfunc_scan(lua_State *L, int cache, int mod) {
 }
 
 /* Rebuild the cache of C function names from package.loaded. */
-static void cfunc_rebuild(lua_State *L) {
+static void cfunc_rebuild(lua_State *L)
+{
   int top = lua_gettop(L);
   lua_newtable(L);
   lua_createtable(L, 0, 1);
@@ -762,7 +817,8 @@ static void cfunc_rebuild(lua_State *L) {
 
 /* Push the cached name of the C function at `idx` if the cache has one that
  * still reaches it; else push nothing and return 0. */
-static int cfunc_cached(lua_State *L, int idx) {
+static int cfunc_cached(lua_State *L, int idx)
+{
   int top = lua_gettop(L);
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &K_CFUNCS) == LUA_TTABLE) {
     lua_pushvalue(L, idx);
@@ -779,7 +835,8 @@ static int cfunc_cached(lua_State *L, int idx) {
   return 0;
 }
 
-static void enc_cfunction(enc *e, int idx, int depth) {
+static void enc_cfunction(enc *e, int idx, int depth)
+{
   lua_State *L = e->L;
   if (!cfunc_cached(L, idx)) {
     cfunc_rebuild(L);
@@ -798,7 +855,8 @@ static void enc_cfunction(enc *e, int idx, int depth) {
 
 /* The bytecode of the Lua function at `idx` as bin, from the cache when the
  * function was sent before. */
-static void enc_bytecode(enc *e, int idx, int depth) {
+static void enc_bytecode(enc *e, int idx, int depth)
+{
   lua_State *L = e->L;
   registry_table(L, &K_DUMPS, "k");
   lua_pushvalue(L, idx);
@@ -828,7 +886,8 @@ static void enc_bytecode(enc *e, int idx, int depth) {
  * sent earlier in this message, or its value.  An upvalue named _ENV binds
  * to the receiver's globals whatever it holds here: a sandbox (busted runs
  * each spec file in one) is the sender's, and the receiver has its own. */
-static void enc_upvalue(enc *e, int idx, uint64_t fid, int n, int depth) {
+static void enc_upvalue(enc *e, int idx, uint64_t fid, int n, int depth)
+{
   lua_State *L = e->L;
   const void *uid = lua_upvalueid(L, idx, n);
   uint64_t v;
@@ -853,7 +912,8 @@ static void enc_upvalue(enc *e, int idx, uint64_t fid, int n, int depth) {
   lua_pop(L, 1);
 }
 
-static void enc_function(enc *e, int idx, int depth) {
+static void enc_function(enc *e, int idx, int depth)
+{
   lua_State *L = e->L;
   const void *p = lua_topointer(L, idx);
   uint64_t id;
@@ -867,7 +927,7 @@ static void enc_function(enc *e, int idx, int depth) {
     return;
   }
   enc_enter(e, depth);
-  enc_newid(e, p, depth);
+  enc_newid(e, p);
   id = e->nextid;
   size_t at = enc_open(e, 0xc9, EXT_FUNCTION);
   enc_bytecode(e, idx, depth);
@@ -881,7 +941,8 @@ static void enc_function(enc *e, int idx, int depth) {
 
 /* === encoder: userdata === */
 
-static int handle_encode_call(lua_State *L) {
+static int handle_encode_call(lua_State *L)
+{
   const lmpb_handle_type *t = lua_touserdata(L, 1);
   lmp_buf_t *out = lua_touserdata(L, 2);
   lua_pushinteger(L, t->encode(L, 3, out));
@@ -891,7 +952,8 @@ static int handle_encode_call(lua_State *L) {
 /* A userdata whose metatable's __name is a registered handle type; the
  * type's hook runs protected, so a hook that raises cannot leave the codec
  * marked busy. */
-static void enc_userdata(enc *e, int idx, int depth) {
+static void enc_userdata(enc *e, int idx, int depth)
+{
   lua_State *L = e->L;
   const void *p = lua_topointer(L, idx);
   const lmpb_handle_type *t = NULL;
@@ -913,7 +975,7 @@ static void enc_userdata(enc *e, int idx, int depth) {
   }
   if (t == NULL)
     enc_fail(e, depth, tname ? lua_pushfstring(L, "userdata (%s)", tname) : "userdata");
-  enc_newid(e, p, depth);
+  enc_newid(e, p);
   e->c->scratch.len = 0;
   lua_pushcfunction(L, handle_encode_call);
   lua_pushlightuserdata(L, (void *)t);
@@ -932,7 +994,8 @@ static void enc_userdata(enc *e, int idx, int depth) {
   lua_pop(L, 5); /* metatable, __name, handles, type, result */
 }
 
-static void enc_value(enc *e, int idx, int depth) {
+static void enc_value(enc *e, int idx, int depth)
+{
   switch (lua_type(e->L, idx)) {
   case LUA_TTABLE:
     enc_table(e, idx, depth);
@@ -954,7 +1017,8 @@ static void enc_value(enc *e, int idx, int depth) {
   }
 }
 
-const lmp_buf_t *lmpb_encode(lua_State *L, int idx, const char *what) {
+const lmp_buf_t *lmpb_encode(lua_State *L, int idx, const char *what)
+{
   enc e;
   idx = lua_absindex(L, idx);
   e.L = L;
@@ -981,39 +1045,43 @@ const lmp_buf_t *lmpb_encode(lua_State *L, int idx, const char *what) {
 typedef struct dec {
   lua_State *L;
   const unsigned char *base, *p, *end; /* end: of the message or of an ext */
-  codec *c;  /* NULL while decoding a message that is one plain value */
-  int refs;  /* stack index of the table of numbered objects */
+  codec *c;                            /* NULL while decoding a message that is one plain value */
+  int refs;                            /* stack index of the table of numbered objects */
   int depth;
   int trusted;
 } dec;
 
-static void dec_release(dec *d) {
+static void dec_release(dec *d)
+{
   if (d->c)
     d->c->dec.busy = 0;
 }
 
-_Noreturn static void dec_fail(dec *d, const unsigned char *at, const char *reason) {
+_Noreturn static void dec_fail(dec *d, const unsigned char *at, const char *reason)
+{
   dec_release(d);
-  lua_pushfstring(d->L, "corrupt message (%s at byte %I)", reason,
-                  (LUAI_UACINT)(at - d->base));
+  lua_pushfstring(d->L, "corrupt message (%s at byte %I)", reason, (LUAI_UACINT)(at - d->base));
   lua_error(d->L);
   abort(); /* not reached: lua_error does not return */
 }
 
 /* A well-formed message the receiver will not (or cannot) accept. */
-_Noreturn static void dec_refuse(dec *d, const char *msg) {
+_Noreturn static void dec_refuse(dec *d, const char *msg)
+{
   dec_release(d);
   lmpb_error_raise(d->L, "serialize", "%s", msg);
   abort(); /* not reached */
 }
 
-static void dec_need(dec *d, size_t n) {
+static void dec_need(dec *d, size_t n)
+{
   if ((size_t)(d->end - d->p) < n)
     dec_fail(d, d->p, "truncated");
 }
 
 /* An n-byte big-endian number. */
-static uint64_t dec_be(dec *d, int n) {
+static uint64_t dec_be(dec *d, int n)
+{
   uint64_t v = 0;
   dec_need(d, (size_t)n);
   for (int i = 0; i < n; i++)
@@ -1022,7 +1090,8 @@ static uint64_t dec_be(dec *d, int n) {
   return v;
 }
 
-static void dec_enter(dec *d, const unsigned char *at) {
+static void dec_enter(dec *d, const unsigned char *at)
+{
   if (++d->depth > CODEC_MAXDEPTH)
     dec_fail(d, at, "nested deeper than 200 levels");
   if (!lua_checkstack(d->L, 8))
@@ -1030,18 +1099,21 @@ static void dec_enter(dec *d, const unsigned char *at) {
 }
 
 /* Number the object on top of the stack. */
-static void dec_newref(dec *d) {
+static void dec_newref(dec *d)
+{
   lua_pushvalue(d->L, -1);
   lua_rawseti(d->L, d->refs, ++d->c->nrefs);
 }
 
-static void dec_getref(dec *d, const unsigned char *at, uint64_t id) {
+static void dec_getref(dec *d, const unsigned char *at, uint64_t id)
+{
   if (id < 1 || id > (uint64_t)d->c->nrefs)
     dec_fail(d, at, "reference to an unknown object");
   lua_rawgeti(d->L, d->refs, (lua_Integer)id);
 }
 
-static uint64_t dec_uint(dec *d) {
+static uint64_t dec_uint(dec *d)
+{
   const unsigned char *at = d->p;
   dec_need(d, 1);
   unsigned c = *d->p++;
@@ -1053,7 +1125,8 @@ static uint64_t dec_uint(dec *d) {
 }
 
 /* A str or bin, in place. */
-static const char *dec_bytes(dec *d, size_t *n) {
+static const char *dec_bytes(dec *d, size_t *n)
+{
   const unsigned char *at = d->p, *s;
   dec_need(d, 1);
   unsigned c = *d->p++;
@@ -1073,14 +1146,16 @@ static const char *dec_bytes(dec *d, size_t *n) {
   return (const char *)s;
 }
 
-static void dec_string(dec *d, size_t n) {
+static void dec_string(dec *d, size_t n)
+{
   dec_need(d, n);
   lua_pushlstring(d->L, (const char *)d->p, n);
   d->p += n;
 }
 
 /* The header of an array or map: its count; *ismap says which. */
-static uint64_t dec_count(dec *d, int *ismap) {
+static uint64_t dec_count(dec *d, int *ismap)
+{
   const unsigned char *at = d->p;
   dec_need(d, 1);
   unsigned c = *d->p++;
@@ -1098,7 +1173,8 @@ static void dec_value(dec *d);
 
 /* Push a new table for `n` elements, numbered; the count is checked against
  * the bytes left (each element takes at least one). */
-static int dec_newtable(dec *d, const unsigned char *at, uint64_t n, int ismap) {
+static int dec_newtable(dec *d, const unsigned char *at, uint64_t n, int ismap)
+{
   uint64_t left = (uint64_t)(d->end - d->p);
   if (n > (ismap ? left / 2 : left) || n > INT_MAX)
     dec_fail(d, at, ismap ? "map longer than the message" : "array longer than the message");
@@ -1107,7 +1183,8 @@ static int dec_newtable(dec *d, const unsigned char *at, uint64_t n, int ismap) 
   return lua_gettop(d->L);
 }
 
-static void dec_fill(dec *d, int t, uint64_t n, int ismap) {
+static void dec_fill(dec *d, int t, uint64_t n, int ismap)
+{
   lua_State *L = d->L;
   for (uint64_t i = 1; i <= n; i++) {
     if (!ismap) {
@@ -1126,7 +1203,8 @@ static void dec_fill(dec *d, int t, uint64_t n, int ismap) {
   }
 }
 
-static void dec_table(dec *d, const unsigned char *at, uint64_t n, int ismap) {
+static void dec_table(dec *d, const unsigned char *at, uint64_t n, int ismap)
+{
   dec_enter(d, at);
   int t = dec_newtable(d, at, n, ismap);
   dec_fill(d, t, n, ismap);
@@ -1140,7 +1218,8 @@ typedef struct chunk {
   size_t n;
 } chunk;
 
-static const char *chunk_read(lua_State *L, void *data, size_t *n) {
+static const char *chunk_read(lua_State *L, void *data, size_t *n)
+{
   chunk *ck = data;
   (void)L;
   *n = ck->n;
@@ -1150,7 +1229,8 @@ static const char *chunk_read(lua_State *L, void *data, size_t *n) {
 
 /* When the next value is an ext of `type`, step over its header and return
  * its length in *n; else leave the position alone and return 0. */
-static int dec_peek_ext(dec *d, int type, size_t *n) {
+static int dec_peek_ext(dec *d, int type, size_t *n)
+{
   const unsigned char *p = d->p;
   size_t left = (size_t)(d->end - p), lenbytes, len;
   if (left < 2)
@@ -1176,7 +1256,8 @@ static int dec_peek_ext(dec *d, int type, size_t *n) {
 }
 
 /* Upvalue i of the function at f: joined to one decoded earlier, or set. */
-static void dec_upvalue(dec *d, int f, int i) {
+static void dec_upvalue(dec *d, int f, int i)
+{
   lua_State *L = d->L;
   const unsigned char *at = d->p, *end = d->end;
   lua_Debug ar;
@@ -1203,7 +1284,8 @@ static void dec_upvalue(dec *d, int f, int i) {
   lua_pop(L, 1);
 }
 
-static void dec_function(dec *d, const unsigned char *at) {
+static void dec_function(dec *d, const unsigned char *at)
+{
   lua_State *L = d->L;
   lua_Debug ar;
   int ismap;
@@ -1229,7 +1311,8 @@ static void dec_function(dec *d, const unsigned char *at) {
   d->depth--;
 }
 
-static void dec_cfunction(dec *d) {
+static void dec_cfunction(dec *d)
+{
   lua_State *L = d->L;
   size_t ml, fl;
   if (!d->trusted)
@@ -1248,14 +1331,16 @@ static void dec_cfunction(dec *d) {
   lua_remove(L, -2);
 }
 
-static void dec_globals(dec *d) {
+static void dec_globals(dec *d)
+{
   if (!d->trusted)
     dec_refuse(d, "refusing to bind the receiver's globals from an untrusted message "
                   "(deserialize with {trusted = true})");
   lua_rawgeti(d->L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
 }
 
-static int handle_decode_call(lua_State *L) {
+static int handle_decode_call(lua_State *L)
+{
   const lmpb_handle_type *t = lua_touserdata(L, 1);
   const char *data = lua_touserdata(L, 2);
   size_t n = (size_t)lua_tointeger(L, 3);
@@ -1263,7 +1348,8 @@ static int handle_decode_call(lua_State *L) {
   return 1;
 }
 
-static void dec_handle(dec *d) {
+static void dec_handle(dec *d)
+{
   lua_State *L = d->L;
   size_t tl, n;
   const char *tname = dec_bytes(d, &tl);
@@ -1290,7 +1376,8 @@ static void dec_handle(dec *d) {
   dec_newref(d);
 }
 
-static void dec_class(dec *d, const unsigned char *at) {
+static void dec_class(dec *d, const unsigned char *at)
+{
   lua_State *L = d->L;
   size_t n;
   int ismap;
@@ -1314,7 +1401,8 @@ static void dec_class(dec *d, const unsigned char *at) {
 }
 
 /* An ext of `n` bytes: its type, then a payload that must be used exactly. */
-static void dec_ext(dec *d, const unsigned char *at, size_t n) {
+static void dec_ext(dec *d, const unsigned char *at, size_t n)
+{
   const unsigned char *end = d->end;
   int type = (signed char)dec_be(d, 1);
   dec_need(d, n);
@@ -1348,7 +1436,8 @@ static void dec_ext(dec *d, const unsigned char *at, size_t n) {
 
 /* === decoder: values === */
 
-static void dec_number(dec *d, unsigned c) {
+static void dec_number(dec *d, unsigned c)
+{
   lua_State *L = d->L;
   uint64_t v;
   if (c == 0xca) {
@@ -1376,7 +1465,8 @@ static void dec_number(dec *d, unsigned c) {
   }
 }
 
-static void dec_tagged(dec *d, const unsigned char *at, unsigned c) {
+static void dec_tagged(dec *d, const unsigned char *at, unsigned c)
+{
   lua_State *L = d->L;
   switch (c) {
   case 0xc0:
@@ -1386,25 +1476,36 @@ static void dec_tagged(dec *d, const unsigned char *at, unsigned c) {
   case 0xc3:
     lua_pushboolean(L, c == 0xc3);
     break;
-  case 0xc4: case 0xd9:
+  case 0xc4:
+  case 0xd9:
     dec_string(d, (size_t)dec_be(d, 1));
     break;
-  case 0xc5: case 0xda:
+  case 0xc5:
+  case 0xda:
     dec_string(d, (size_t)dec_be(d, 2));
     break;
-  case 0xc6: case 0xdb:
+  case 0xc6:
+  case 0xdb:
     dec_string(d, (size_t)dec_be(d, 4));
     break;
-  case 0xc7: case 0xc8: case 0xc9:
+  case 0xc7:
+  case 0xc8:
+  case 0xc9:
     dec_ext(d, at, (size_t)dec_be(d, 1 << (c - 0xc7)));
     break;
-  case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8:
+  case 0xd4:
+  case 0xd5:
+  case 0xd6:
+  case 0xd7:
+  case 0xd8:
     dec_ext(d, at, (size_t)1 << (c - 0xd4));
     break;
-  case 0xdc: case 0xdd:
+  case 0xdc:
+  case 0xdd:
     dec_table(d, at, dec_be(d, c == 0xdc ? 2 : 4), 0);
     break;
-  case 0xde: case 0xdf:
+  case 0xde:
+  case 0xdf:
     dec_table(d, at, dec_be(d, c == 0xde ? 2 : 4), 1);
     break;
   case 0xc1:
@@ -1414,7 +1515,8 @@ static void dec_tagged(dec *d, const unsigned char *at, unsigned c) {
   }
 }
 
-static void dec_value(dec *d) {
+static void dec_value(dec *d)
+{
   const unsigned char *at = d->p;
   dec_need(d, 1);
   unsigned c = *d->p++;
@@ -1433,14 +1535,16 @@ static void dec_value(dec *d) {
 }
 
 /* Does a message starting with byte c hold objects that may be numbered? */
-static int holds_objects(unsigned c) {
+static int holds_objects(unsigned c)
+{
   return (c >= 0x80 && c <= 0x9f) || (c >= 0xc7 && c <= 0xc9) || (c >= 0xd4 && c <= 0xd8) ||
          (c >= 0xdc && c <= 0xdf);
 }
 
 /* Empty the refs table (at `refs`, of the codec at `ud`): cleared in place
  * while small, replaced once a big message has grown it. */
-static void refs_clear(lua_State *L, codec *c, int ud, int refs) {
+static void refs_clear(lua_State *L, codec *c, int ud, int refs)
+{
   if (c->nrefs > 4096) {
     lua_createtable(L, 16, 0);
     lua_pushvalue(L, -1);
@@ -1455,7 +1559,8 @@ static void refs_clear(lua_State *L, codec *c, int ud, int refs) {
   c->nrefs = 0;
 }
 
-void lmpb_decode(lua_State *L, const char *data, size_t len, int trusted) {
+void lmpb_decode(lua_State *L, const char *data, size_t len, int trusted)
+{
   dec d;
   d.L = L;
   d.base = d.p = (const unsigned char *)data;
@@ -1487,14 +1592,16 @@ void lmpb_decode(lua_State *L, const char *data, size_t len, int trusted) {
 
 /* === registration === */
 
-void lmpb_register_handle(lua_State *L, const lmpb_handle_type *t) {
+void lmpb_register_handle(lua_State *L, const lmpb_handle_type *t)
+{
   registry_table(L, &K_HANDLES, NULL);
   lua_pushlightuserdata(L, (void *)t);
   lua_setfield(L, -2, t->tname);
   lua_pop(L, 1);
 }
 
-void lmpb_register_class(lua_State *L, const char *name, int mt_idx) {
+void lmpb_register_class(lua_State *L, const char *name, int mt_idx)
+{
   mt_idx = lua_absindex(L, mt_idx);
   registry_table(L, &K_BYNAME, NULL);
   registry_table(L, &K_BYMT, NULL);
@@ -1525,7 +1632,8 @@ void lmpb_register_class(lua_State *L, const char *name, int mt_idx) {
 /* === Lua functions === */
 
 /* lmp.serialize(v) -> string */
-static int l_serialize(lua_State *L) {
+static int l_serialize(lua_State *L)
+{
   luaL_checkany(L, 1);
   const lmp_buf_t *b = lmpb_encode(L, 1, "value");
   lua_pushlstring(L, b->data, b->len);
@@ -1533,7 +1641,8 @@ static int l_serialize(lua_State *L) {
 }
 
 /* lmp.deserialize(s [, {trusted = bool}]) -> v */
-static int l_deserialize(lua_State *L) {
+static int l_deserialize(lua_State *L)
+{
   static const char *const options[] = {"trusted", NULL};
   size_t len;
   const char *s = luaL_checklstring(L, 1, &len);
@@ -1549,7 +1658,8 @@ static int l_deserialize(lua_State *L) {
 }
 
 /* lmp.register(name, mt) -> mt */
-static int l_register(lua_State *L) {
+static int l_register(lua_State *L)
+{
   const char *name = luaL_checkstring(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
   lmpb_register_class(L, name, 2);
@@ -1557,12 +1667,13 @@ static int l_register(lua_State *L) {
   return 1;
 }
 
-int lmpb_codec_open(lua_State *L) {
+int lmpb_codec_open(lua_State *L)
+{
   static const luaL_Reg funcs[] = {
-    {"serialize", l_serialize},
-    {"deserialize", l_deserialize},
-    {"register", l_register},
-    {NULL, NULL},
+      {"serialize", l_serialize},
+      {"deserialize", l_deserialize},
+      {"register", l_register},
+      {NULL, NULL},
   };
   codec_push(L, &K_CODEC);
   lua_pop(L, 1);

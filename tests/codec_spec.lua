@@ -419,6 +419,67 @@ describe("lmp codec: registered classes", function()
   end)
 end)
 
+describe("lmp codec: handles", function()
+  it("sends lmp handles as handles to the same object", function()
+    local q = lmp.Queue()
+    local r = rt({q, q, {inner = q}})
+    assert.are.equal(r[1], r[2])
+    assert.are.equal(r[1], r[3].inner)
+    assert.are.equal("lmp.Queue", getmetatable(r[1]).__name)
+    r[1]:put("through the copy")
+    assert.are.equal("through the copy", q:get(1))
+    q:close()
+  end)
+
+  it("refuses a handle of a type the receiver does not know", function()
+    local msg, err = errmsg(des, "\xc9\x00\x00\x00\x07\x06\xa4nope\xc4\x00")
+    assert.are.equal("cannot receive a handle of unknown type 'nope'", msg)
+    assert.are.equal("serialize", err.kind)
+    local _, err2 = errmsg(des, "\xc9\x00\x00\x00\x0e\x06\xa9lmp.Queue\xc4\x02ab")
+    assert.is_true(lmp.is_error(err2))
+    assert.are.equal("serialize", err2.kind)
+  end)
+end)
+
+describe("lmp codec: wire format", function()
+  it("numbers objects in the order it meets them", function()
+    local list = {}
+    for i = 1, 300 do list[i] = {i} end
+    for i = 1, 300 do list[300 + i] = list[i] end
+    local m = ser(list)
+    assert.truthy(m:find("\xd4\x01\x02", 1, true))         -- REF 2: fixext1
+    assert.truthy(m:find("\xd5\x01\xcc\xc8", 1, true))     -- REF 200: fixext2
+    assert.truthy(m:find("\xc7\x03\x01\xcd\x01\x2d", 1, true)) -- REF 301: ext8
+    local r = des(m)
+    for i = 1, 300 do assert.are.equal(r[i], r[300 + i]) end
+    assert.are.equal(300, r[600][1])
+  end)
+
+  it("tags lmp's kinds with ext types 2 to 7", function()
+    local n = 0
+    local function inc() n = n + 1 end
+    local function get() return n end
+    assert.are.equal("\xc9\x02", ser(inc):sub(1, 1) .. ser(inc):sub(6, 6))
+    assert.are.equal(3, ser(math.sqrt):byte(6))
+    assert.are.equal("\xc7\x00\x04", ser(_G))
+    assert.truthy(ser({inc, get}):find("\xd5\x05\x02\x01", 1, true)) -- get joins inc's n
+    assert.are.equal(6, ser(lmp.Queue()):byte(6))
+    local C = lmp.register("codec_spec.Wire", {})
+    assert.are.equal("\xc9\x00\x00\x00\x12\x07\xafcodec_spec.Wire\x91\x01",
+      ser(setmetatable({1}, C)))
+  end)
+
+  it("frees the objects of a big message for the next one", function()
+    local big = {}
+    for i = 1, 6000 do big[i] = {i} end
+    big[6001] = big[1]
+    local r = des(ser(big))
+    assert.are.equal(r[1], r[6001])
+    local small = des(ser({{1}, {2}}))
+    assert.are.same({{1}, {2}}, small)
+  end)
+end)
+
 describe("lmp codec: what cannot be sent", function()
   local co = coroutine.create(function() end)
 

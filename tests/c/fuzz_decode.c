@@ -35,38 +35,40 @@
 #include "lmpb.h"
 
 /* lmp.c's helper, which this program does not link. */
-__attribute__((weak)) void lmpb_checkoptions(lua_State *L, int idx, const char *const known[]) {
+__attribute__((weak)) void lmpb_checkoptions(lua_State *L, int idx, const char *const known[])
+{
   (void)L, (void)idx, (void)known;
 }
 
 /* === the Lua side === */
 
 static const char corpus_src[] =
-  "local lmp = ...\n"
-  "local P = lmp.register('fuzz.P', {})\n"
-  "local shared, cyc = {1, 2}, {}\n"
-  "cyc.self = cyc\n"
-  "local n = 0\n"
-  "local function inc() n = n + 1 return n end\n"
-  "local function fact(k) if k < 2 then return 1 end return k * fact(k - 1) end\n"
-  "local big = {}\n"
-  "for i = 1, 100 do big[i] = i % 3 == 0 and {i, tostring(i)} or i * 1000 end\n"
-  "local data = {\n"
-  "  true, 0, -1, 300, -70000, math.maxinteger, math.mininteger, 0.5, -0.0, 1/0,\n"
-  "  '', 'short', ('long '):rep(60), '\\0\\1\\255',\n"
-  "  {}, {1, 2, 3}, {a = 1, b = {c = {d = 'e'}}}, big,\n"
-  "  {1, 'two', 3.0, {4, {5}}, x = true, [10] = false, [0.5] = 'half'},\n"
-  "  {shared, shared, {shared}}, cyc,\n"
-  "  {setmetatable({x = 1}, P), setmetatable({1, 2}, P)},\n"
-  "  lmp.Error('task', 'failed', {pid = 1}),\n"
-  "}\n"
-  "local code = {\n"
-  "  function() return 1 end, {inc = inc, get = function() return n end},\n"
-  "  {fact, math.sqrt, print, _G},\n"
-  "}\n"
-  "return data, code\n";
+    "local lmp = ...\n"
+    "local P = lmp.register('fuzz.P', {})\n"
+    "local shared, cyc = {1, 2}, {}\n"
+    "cyc.self = cyc\n"
+    "local n = 0\n"
+    "local function inc() n = n + 1 return n end\n"
+    "local function fact(k) if k < 2 then return 1 end return k * fact(k - 1) end\n"
+    "local big = {}\n"
+    "for i = 1, 100 do big[i] = i % 3 == 0 and {i, tostring(i)} or i * 1000 end\n"
+    "local data = {\n"
+    "  true, 0, -1, 300, -70000, math.maxinteger, math.mininteger, 0.5, -0.0, 1/0,\n"
+    "  '', 'short', ('long '):rep(60), '\\0\\1\\255',\n"
+    "  {}, {1, 2, 3}, {a = 1, b = {c = {d = 'e'}}}, big,\n"
+    "  {1, 'two', 3.0, {4, {5}}, x = true, [10] = false, [0.5] = 'half'},\n"
+    "  {shared, shared, {shared}}, cyc,\n"
+    "  {setmetatable({x = 1}, P), setmetatable({1, 2}, P)},\n"
+    "  lmp.Error('task', 'failed', {pid = 1}),\n"
+    "}\n"
+    "local code = {\n"
+    "  function() return 1 end, {inc = inc, get = function() return n end},\n"
+    "  {fact, math.sqrt, print, _G},\n"
+    "}\n"
+    "return data, code\n";
 
-static lua_State *open_state(void) {
+static lua_State *open_state(void)
+{
   lua_State *L = luaL_newstate();
   if (L == NULL)
     abort();
@@ -79,7 +81,8 @@ static lua_State *open_state(void) {
 }
 
 /* lmpb_decode under pcall: (string, trusted) -> nothing */
-static int decode_call(lua_State *L) {
+static int decode_call(lua_State *L)
+{
   size_t len;
   const char *s = lua_tolstring(L, 1, &len);
   lmpb_decode(L, s, len, lua_toboolean(L, 2));
@@ -88,7 +91,8 @@ static int decode_call(lua_State *L) {
 
 /* Decode; 1 when a value came out, 0 for a Lua error.  Aborts on an error
  * that is neither "corrupt message" nor an lmp.Error. */
-static int decode(lua_State *L, const char *data, size_t len, int trusted) {
+static int decode(lua_State *L, const char *data, size_t len, int trusted)
+{
   int top = lua_gettop(L);
   lua_pushcfunction(L, decode_call);
   lua_pushlstring(L, data, len);
@@ -105,7 +109,8 @@ static int decode(lua_State *L, const char *data, size_t len, int trusted) {
 
 #ifdef LMP_LIBFUZZER
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
   static lua_State *L;
   if (L == NULL)
     L = open_state();
@@ -125,27 +130,36 @@ typedef struct msg {
 
 static uint64_t rng_state = 88172645463325252ULL;
 
-static uint32_t rnd(uint32_t n) {
+static uint32_t rnd(uint32_t n)
+{
   rng_state ^= rng_state << 13;
   rng_state ^= rng_state >> 7;
   rng_state ^= rng_state << 17;
   return n ? (uint32_t)(rng_state % n) : 0;
 }
 
-static const unsigned char boundary[] = {0x00, 0x01, 0x7f, 0x80, 0x8f, 0x90, 0x9f, 0xa0, 0xbf,
-                                         0xc0, 0xc1, 0xc4, 0xc6, 0xc7, 0xc9, 0xca, 0xcb, 0xcc,
-                                         0xcf, 0xd0, 0xd3, 0xd4, 0xd8, 0xd9, 0xdb, 0xdc, 0xdd,
-                                         0xde, 0xdf, 0xe0, 0xff};
+static const unsigned char boundary[] = {
+    0x00, 0x01, 0x7f, 0x80, 0x8f, 0x90, 0x9f, 0xa0, 0xbf, 0xc0, 0xc1, 0xc4, 0xc6, 0xc7, 0xc9, 0xca,
+    0xcb, 0xcc, 0xcf, 0xd0, 0xd3, 0xd4, 0xd8, 0xd9, 0xdb, 0xdc, 0xdd, 0xde, 0xdf, 0xe0, 0xff};
 
 static const char *const forged[] = {
-  "\xdd\xff\xff\xff\xff", "\xdf\xff\xff\xff\xff", "\xdb\xff\xff\xff\xff",
-  "\xc6\x7f\xff\xff\xff", "\xc9\xff\xff\xff\xff\x07", "\xc9\x00\x00\x00\x05\x02",
-  "\xd4\x01\x7f",         "\xd5\x01\xcd\xff",     "\xc7\x00\x04",
-  "\xc8\xff\xff\x06",     "\x9f",                 "\x8f",
+    "\xdd\xff\xff\xff\xff",
+    "\xdf\xff\xff\xff\xff",
+    "\xdb\xff\xff\xff\xff",
+    "\xc6\x7f\xff\xff\xff",
+    "\xc9\xff\xff\xff\xff\x07",
+    "\xc9\x00\x00\x00\x05\x02",
+    "\xd4\x01\x7f",
+    "\xd5\x01\xcd\xff",
+    "\xc7\x00\x04",
+    "\xc8\xff\xff\x06",
+    "\x9f",
+    "\x8f",
 };
 
 /* Write a mutant of m into out (room for m->len + 16 bytes); its length. */
-static size_t mutate(const msg *m, char *out) {
+static size_t mutate(const msg *m, char *out)
+{
   size_t n = m->len, pos = rnd((uint32_t)n + 1);
   const char *f;
   memcpy(out, m->data, n);
@@ -181,7 +195,8 @@ static size_t mutate(const msg *m, char *out) {
 }
 
 /* Encode each value of the list at `list` into corpus[], from *count on. */
-static void add_corpus(lua_State *L, int list, msg *corpus, int *count, int trusted) {
+static void add_corpus(lua_State *L, int list, msg *corpus, int *count, int trusted)
+{
   for (lua_Integer i = 1; lua_rawgeti(L, list, i) != LUA_TNIL; i++) {
     const lmp_buf_t *b = lmpb_encode(L, -1, "value");
     msg *m = &corpus[(*count)++];
@@ -196,7 +211,8 @@ static void add_corpus(lua_State *L, int list, msg *corpus, int *count, int trus
   lua_pop(L, 1);
 }
 
-static int fuzz(long iterations) {
+static int fuzz(long iterations)
+{
   lua_State *L = open_state();
   msg corpus[64];
   int count = 0;
@@ -234,7 +250,8 @@ static int fuzz(long iterations) {
   return 0;
 }
 
-static int replay(int argc, char **argv) {
+static int replay(int argc, char **argv)
+{
   lua_State *L = open_state();
   for (int i = 1; i < argc; i++) {
     FILE *f = fopen(argv[i], "rb");
@@ -251,7 +268,8 @@ static int replay(int argc, char **argv) {
   return 0;
 }
 
-int main(int argc, char **argv) {
+int main(int argc, char **argv)
+{
   if (argc > 1 && strtol(argv[1], NULL, 10) <= 0)
     return replay(argc, argv);
   if (argc > 2)
