@@ -16,7 +16,8 @@
 
 /* === construction === */
 
-void lmpb_error_push(lua_State *L, const char *kind, const char *msg) {
+void lmpb_error_push(lua_State *L, const char *kind, const char *msg)
+{
   lua_createtable(L, 0, 4);
   lua_pushstring(L, kind);
   lua_setfield(L, -2, "kind");
@@ -25,7 +26,8 @@ void lmpb_error_push(lua_State *L, const char *kind, const char *msg) {
   luaL_setmetatable(L, ERROR_MT);
 }
 
-int lmpb_error_raise(lua_State *L, const char *kind, const char *fmt, ...) {
+int lmpb_error_raise(lua_State *L, const char *kind, const char *fmt, ...)
+{
   va_list ap;
   va_start(ap, fmt);
   lua_pushvfstring(L, fmt, ap);
@@ -35,7 +37,8 @@ int lmpb_error_raise(lua_State *L, const char *kind, const char *fmt, ...) {
 }
 
 /* lmp.Error(kind, message [, fields]) or lmp.Error{kind =, message =, ...} */
-static int error_new(lua_State *L) {
+static int error_new(lua_State *L)
+{
   if (lua_istable(L, 1)) {
     lua_settop(L, 1);
     lua_getfield(L, 1, "kind");
@@ -67,7 +70,8 @@ static int error_new(lua_State *L) {
 
 /* === methods === */
 
-static int error_tostring(lua_State *L) {
+static int error_tostring(lua_State *L)
+{
   luaL_Buffer b;
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_buffinit(L, &b);
@@ -92,7 +96,8 @@ static int error_tostring(lua_State *L) {
   return 1;
 }
 
-static int error_is(lua_State *L) {
+static int error_is(lua_State *L)
+{
   int is = 0;
   if (lua_type(L, 1) == LUA_TTABLE && lua_getmetatable(L, 1)) {
     luaL_getmetatable(L, ERROR_MT);
@@ -102,7 +107,8 @@ static int error_is(lua_State *L) {
   return 1;
 }
 
-int lmpb_error_open(lua_State *L) {
+int lmpb_error_open(lua_State *L)
+{
   if (luaL_newmetatable(L, ERROR_MT)) {
     lua_pushcfunction(L, error_tostring);
     lua_setfield(L, -2, "__tostring");

@@ -24,7 +24,8 @@
 
 /* === shared helpers === */
 
-int64_t lmpb_optdeadline(lua_State *L, int arg) {
+int64_t lmpb_optdeadline(lua_State *L, int arg)
+{
   if (lua_isnoneornil(L, arg))
     return LMP_FOREVER;
   lua_Number t = luaL_checknumber(L, arg);
@@ -32,7 +33,8 @@ int64_t lmpb_optdeadline(lua_State *L, int arg) {
   return lmp_deadline(t);
 }
 
-void lmpb_checkoptions(lua_State *L, int idx, const char *const known[]) {
+void lmpb_checkoptions(lua_State *L, int idx, const char *const known[])
+{
   idx = lua_absindex(L, idx);
   lua_pushnil(L);
   while (lua_next(L, idx)) {
@@ -42,27 +44,29 @@ void lmpb_checkoptions(lua_State *L, int idx, const char *const known[]) {
       for (int i = 0; known[i] && !ok; i++)
         ok = strcmp(lua_tostring(L, -1), known[i]) == 0;
     if (!ok) {
-      const char *key = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
-                                                        : luaL_typename(L, -1);
+      const char *key = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1);
       luaL_argerror(L, idx, lua_pushfstring(L, "unknown option '%s'", key));
     }
   }
 }
 
-int lmpb_fail(lua_State *L, const char *reason) {
+int lmpb_fail(lua_State *L, const char *reason)
+{
   lua_pushnil(L);
   lua_pushstring(L, reason);
   return 2;
 }
 
-int lmpb_rterror(lua_State *L, const char *what, int code) {
+int lmpb_rterror(lua_State *L, const char *what, int code)
+{
   return luaL_error(L, "%s: %s", what, lmp_strerror(code));
 }
 
 /* === module functions === */
 
 /* lmp.sleep(seconds): sleeps the whole time even if signals arrive. */
-static int l_sleep(lua_State *L) {
+static int l_sleep(lua_State *L)
+{
   lua_Number s = luaL_checknumber(L, 1);
   luaL_argcheck(L, s >= 0 && !isnan(s), 1, "seconds must be a non-negative number");
   int64_t deadline = lmp_deadline(s);
@@ -73,12 +77,14 @@ static int l_sleep(lua_State *L) {
   return 0;
 }
 
-static int l_time(lua_State *L) {
+static int l_time(lua_State *L)
+{
   lua_pushnumber(L, (lua_Number)lmp_now_ns() / 1e9);
   return 1;
 }
 
-static int l_cpu_count(lua_State *L) {
+static int l_cpu_count(lua_State *L)
+{
   long n = sysconf(_SC_NPROCESSORS_ONLN);
   lua_pushinteger(L, n > 0 ? n : 1);
   return 1;
@@ -88,19 +94,22 @@ static int l_cpu_count(lua_State *L) {
 
 static pid_t owner_pid; /* the process whose state registered the hooks */
 
-static void at_exit(void) {
+static void at_exit(void)
+{
   if (getpid() == owner_pid)
     lmp_proc_shutdown();
 }
 
-static int state_gc(lua_State *L) {
+static int state_gc(lua_State *L)
+{
   (void)L;
   if (getpid() == owner_pid)
     lmp_proc_shutdown();
   return 0;
 }
 
-static void sentinel_open(lua_State *L) {
+static void sentinel_open(lua_State *L)
+{
   if (lua_getfield(L, LUA_REGISTRYINDEX, "lmp.sentinel") != LUA_TNIL) {
     lua_pop(L, 1);
     return;
@@ -118,13 +127,14 @@ static void sentinel_open(lua_State *L) {
 }
 
 static const luaL_Reg funcs[] = {
-  {"sleep", l_sleep},
-  {"time", l_time},
-  {"cpu_count", l_cpu_count},
-  {NULL, NULL},
+    {"sleep", l_sleep},
+    {"time", l_time},
+    {"cpu_count", l_cpu_count},
+    {NULL, NULL},
 };
 
-LMP_API int luaopen_lmp(lua_State *L) {
+LMP_API int luaopen_lmp(lua_State *L)
+{
   int rc = lmp_runtime_init();
   if (rc < 0)
     return luaL_error(L, "lmp: cannot initialize the runtime: %s", lmp_strerror(rc));

@@ -26,7 +26,8 @@ typedef struct lpipe {
 
 /* === helpers === */
 
-static lpipe *newend(lua_State *L, int fd, int readable, int writable) {
+static lpipe *newend(lua_State *L, int fd, int readable, int writable)
+{
   lpipe *p = lua_newuserdatauv(L, sizeof *p, 0);
   memset(p, 0, sizeof *p);
   p->fd = -1;
@@ -37,25 +38,29 @@ static lpipe *newend(lua_State *L, int fd, int readable, int writable) {
   return p;
 }
 
-static lpipe *checkopen(lua_State *L) {
+static lpipe *checkopen(lua_State *L)
+{
   lpipe *p = luaL_checkudata(L, 1, PIPE_MT);
   luaL_argcheck(L, p->fd >= 0, 1, "connection is closed");
   return p;
 }
 
-static lpipe *checkreadable(lua_State *L) {
+static lpipe *checkreadable(lua_State *L)
+{
   lpipe *p = checkopen(L);
   luaL_argcheck(L, p->readable, 1, "connection is write-only");
   return p;
 }
 
-static lpipe *checkwritable(lua_State *L) {
+static lpipe *checkwritable(lua_State *L)
+{
   lpipe *p = checkopen(L);
   luaL_argcheck(L, p->writable, 1, "connection is read-only");
   return p;
 }
 
-static int sendresult(lua_State *L, int rc) {
+static int sendresult(lua_State *L, int rc)
+{
   if (rc == -EPIPE || rc == -ECONNRESET)
     return lmpb_fail(L, "closed");
   if (rc < 0)
@@ -65,7 +70,8 @@ static int sendresult(lua_State *L, int rc) {
 }
 
 /* Receives one message into the end's buffer; returns 0 or pushes nil, reason. */
-static int recv_into(lua_State *L, lpipe *p, int64_t deadline) {
+static int recv_into(lua_State *L, lpipe *p, int64_t deadline)
+{
   int rc = lmp_pipe_recv(p->fd, &p->buf, deadline);
   if (rc == -ETIMEDOUT)
     return lmpb_fail(L, "timeout");
@@ -79,7 +85,8 @@ static int recv_into(lua_State *L, lpipe *p, int64_t deadline) {
 /* === constructor === */
 
 /* lmp.Pipe([duplex = true]) -> a, b.  One-way: a receives, b sends. */
-static int pipe_new(lua_State *L) {
+static int pipe_new(lua_State *L)
+{
   int duplex = 1;
   if (lua_istable(L, 1)) {
     static const char *const known[] = {"duplex", NULL};
@@ -103,14 +110,16 @@ static int pipe_new(lua_State *L) {
 
 /* === methods === */
 
-static int pipe_send(lua_State *L) {
+static int pipe_send(lua_State *L)
+{
   lpipe *p = checkwritable(L);
   luaL_checkany(L, 2);
   const lmp_buf_t *msg = lmpb_encode(L, 2, "value");
   return sendresult(L, lmp_pipe_send(p->fd, msg->data, msg->len));
 }
 
-static int pipe_recv(lua_State *L) {
+static int pipe_recv(lua_State *L)
+{
   lpipe *p = checkreadable(L);
   if (recv_into(L, p, lmpb_optdeadline(L, 2)))
     return 2;
@@ -119,7 +128,8 @@ static int pipe_recv(lua_State *L) {
 }
 
 /* send_bytes(s [, offset [, size]]) as Python's, with a 1-based offset. */
-static int pipe_send_bytes(lua_State *L) {
+static int pipe_send_bytes(lua_State *L)
+{
   lpipe *p = checkwritable(L);
   size_t len;
   const char *s = luaL_checklstring(L, 2, &len);
@@ -130,7 +140,8 @@ static int pipe_send_bytes(lua_State *L) {
   return sendresult(L, lmp_pipe_send(p->fd, s + off - 1, (size_t)size));
 }
 
-static int pipe_recv_bytes(lua_State *L) {
+static int pipe_recv_bytes(lua_State *L)
+{
   lpipe *p = checkreadable(L);
   if (recv_into(L, p, lmpb_optdeadline(L, 2)))
     return 2;
@@ -138,7 +149,8 @@ static int pipe_recv_bytes(lua_State *L) {
   return 1;
 }
 
-static int pipe_poll(lua_State *L) {
+static int pipe_poll(lua_State *L)
+{
   lpipe *p = checkreadable(L);
   int64_t deadline = lua_isnoneornil(L, 2) ? lmp_deadline(0) : lmpb_optdeadline(L, 2);
   int rc = lmp_pipe_poll(p->fd, deadline);
@@ -148,12 +160,14 @@ static int pipe_poll(lua_State *L) {
   return 1;
 }
 
-static int pipe_fileno(lua_State *L) {
+static int pipe_fileno(lua_State *L)
+{
   lua_pushinteger(L, checkopen(L)->fd);
   return 1;
 }
 
-static int pipe_close(lua_State *L) {
+static int pipe_close(lua_State *L)
+{
   lpipe *p = luaL_checkudata(L, 1, PIPE_MT);
   if (p->fd >= 0)
     close(p->fd);
@@ -162,7 +176,8 @@ static int pipe_close(lua_State *L) {
   return 0;
 }
 
-static int pipe_index(lua_State *L) {
+static int pipe_index(lua_State *L)
+{
   lpipe *p = luaL_checkudata(L, 1, PIPE_MT);
   const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "";
   if (strcmp(k, "closed") == 0)
@@ -179,13 +194,16 @@ static int pipe_index(lua_State *L) {
   return 1;
 }
 
-static int pipe_tostring(lua_State *L) {
+static int pipe_tostring(lua_State *L)
+{
   lpipe *p = luaL_checkudata(L, 1, PIPE_MT);
   if (p->fd < 0)
     lua_pushliteral(L, "lmp.Connection(closed)");
   else
     lua_pushfstring(L, "lmp.Connection(fd %d, %s)", p->fd,
-                    p->readable && p->writable ? "duplex" : p->readable ? "read" : "write");
+                    p->readable && p->writable ? "duplex"
+                    : p->readable              ? "read"
+                                               : "write");
   return 1;
 }
 
@@ -196,7 +214,8 @@ struct wire {
   uint8_t readable, writable;
 };
 
-static int pipe_encode(lua_State *L, int idx, lmp_buf_t *out) {
+static int pipe_encode(lua_State *L, int idx, lmp_buf_t *out)
+{
   lpipe *p = lua_touserdata(L, idx);
   if (p->fd < 0)
     return -EBADF;
@@ -211,7 +230,8 @@ static int pipe_encode(lua_State *L, int idx, lmp_buf_t *out) {
   return 0;
 }
 
-static void pipe_decode(lua_State *L, const char *data, size_t len) {
+static void pipe_decode(lua_State *L, const char *data, size_t len)
+{
   struct wire w;
   if (len != sizeof w)
     luaL_error(L, "corrupt message (bad connection handle)");
@@ -223,25 +243,23 @@ static void pipe_decode(lua_State *L, const char *data, size_t len) {
 }
 
 static const luaL_Reg methods[] = {
-  {"send", pipe_send},
-  {"recv", pipe_recv},
-  {"send_bytes", pipe_send_bytes},
-  {"recv_bytes", pipe_recv_bytes},
-  {"poll", pipe_poll},
-  {"fileno", pipe_fileno},
-  {"close", pipe_close},
-  {NULL, NULL},
+    {"send", pipe_send},
+    {"recv", pipe_recv},
+    {"send_bytes", pipe_send_bytes},
+    {"recv_bytes", pipe_recv_bytes},
+    {"poll", pipe_poll},
+    {"fileno", pipe_fileno},
+    {"close", pipe_close},
+    {NULL, NULL},
 };
 
 static const luaL_Reg metamethods[] = {
-  {"__index", pipe_index},
-  {"__gc", pipe_close},
-  {"__close", pipe_close},
-  {"__tostring", pipe_tostring},
-  {NULL, NULL},
+    {"__index", pipe_index},       {"__gc", pipe_close}, {"__close", pipe_close},
+    {"__tostring", pipe_tostring}, {NULL, NULL},
 };
 
-int lmpb_pipe_open(lua_State *L) {
+int lmpb_pipe_open(lua_State *L)
+{
   static const lmpb_handle_type handle = {PIPE_MT, pipe_encode, pipe_decode};
   if (luaL_newmetatable(L, PIPE_MT)) {
     luaL_setfuncs(L, metamethods, 0);

@@ -39,14 +39,16 @@ static int counter; /* default names Process-1, Process-2, ... */
 
 /* === helpers === */
 
-static lprocess *checkproc(lua_State *L) {
+static lprocess *checkproc(lua_State *L)
+{
   lprocess *p = luaL_checkudata(L, 1, PROCESS_MT);
   if (p->owner != getpid())
     luaL_argerror(L, 1, "process object belongs to another process");
   return p;
 }
 
-static lprocess *checkstarted(lua_State *L) {
+static lprocess *checkstarted(lua_State *L)
+{
   lprocess *p = checkproc(L);
   if (p->state == CLOSED)
     luaL_argerror(L, 1, "process is closed");
@@ -56,14 +58,16 @@ static lprocess *checkstarted(lua_State *L) {
 }
 
 /* Field `k` of the process's uservalue table. */
-static int getfield(lua_State *L, int idx, const char *k) {
+static int getfield(lua_State *L, int idx, const char *k)
+{
   lua_getiuservalue(L, idx, 1);
   int t = lua_getfield(L, -1, k);
   lua_remove(L, -2);
   return t;
 }
 
-static void setfield(lua_State *L, int idx, const char *k) {
+static void setfield(lua_State *L, int idx, const char *k)
+{
   idx = lua_absindex(L, idx);
   lua_getiuservalue(L, idx, 1);
   lua_insert(L, -2);
@@ -71,7 +75,8 @@ static void setfield(lua_State *L, int idx, const char *k) {
   lua_pop(L, 1);
 }
 
-static void forget_child(lua_State *L, int idx) {
+static void forget_child(lua_State *L, int idx)
+{
   idx = lua_absindex(L, idx);
   lua_getfield(L, LUA_REGISTRYINDEX, CHILDREN_KEY);
   lua_pushvalue(L, idx);
@@ -80,7 +85,8 @@ static void forget_child(lua_State *L, int idx) {
   lua_pop(L, 1);
 }
 
-static int iscallable(lua_State *L, int idx) {
+static int iscallable(lua_State *L, int idx)
+{
   if (lua_isfunction(L, idx))
     return 1;
   int ok = luaL_getmetafield(L, idx, "__call") != LUA_TNIL;
@@ -94,7 +100,8 @@ static int iscallable(lua_State *L, int idx) {
 static const char *const process_options[] = {"target", "args", "name", "daemon", NULL};
 
 /* Collect the options into the uservalue table at `ut`. */
-static void read_options(lua_State *L, int ut, lprocess *p) {
+static void read_options(lua_State *L, int ut, lprocess *p)
+{
   lmpb_checkoptions(L, 1, process_options);
   lua_getfield(L, 1, "target");
   luaL_argcheck(L, iscallable(L, -1), 1, "field 'target' must be callable");
@@ -125,7 +132,8 @@ static void read_options(lua_State *L, int ut, lprocess *p) {
 }
 
 /* lmp.Process(fn, ...) or lmp.Process{target =, args =, name =, daemon =} */
-static int process_new(lua_State *L) {
+static int process_new(lua_State *L)
+{
   int n = lua_gettop(L);
   int table_form = lua_istable(L, 1) && !iscallable(L, 1);
   luaL_argcheck(L, table_form || iscallable(L, 1), 1, "function or options table expected");
@@ -161,7 +169,8 @@ static int process_new(lua_State *L) {
 
 /* === the child's side === */
 
-static int traceback(lua_State *L) {
+static int traceback(lua_State *L)
+{
   const char *msg = lua_tostring(L, 1);
   if (msg == NULL && !lua_isnoneornil(L, 1)) {
     if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
@@ -174,7 +183,8 @@ static int traceback(lua_State *L) {
 }
 
 /* Runs in the child: call the target, report an uncaught error, exit. */
-static void run_child(lua_State *L, int idx) {
+static void run_child(lua_State *L, int idx)
+{
   snprintf(parent_name, sizeof parent_name, "%s", self_name);
   getfield(L, idx, "name");
   snprintf(self_name, sizeof self_name, "%s", lua_tostring(L, -1));
@@ -197,8 +207,7 @@ static void run_child(lua_State *L, int idx) {
   int code = 0;
   if (lua_pcall(L, nargs, 0, base) != LUA_OK) {
     fflush(stdout);
-    fprintf(stderr, "Process %s (pid %d):\n%s\n", self_name, (int)getpid(),
-            lua_tostring(L, -1));
+    fprintf(stderr, "Process %s (pid %d):\n%s\n", self_name, (int)getpid(), lua_tostring(L, -1));
     code = 1;
   }
   lmp_proc_exit(code);
@@ -206,7 +215,8 @@ static void run_child(lua_State *L, int idx) {
 
 /* === methods === */
 
-static int process_start(lua_State *L) {
+static int process_start(lua_State *L)
+{
   lprocess *p = checkproc(L);
   luaL_argcheck(L, p->state != CLOSED, 1, "process is closed");
   luaL_argcheck(L, p->state == CREATED, 1, "process already started");
@@ -227,7 +237,8 @@ static int process_start(lua_State *L) {
   return 0;
 }
 
-static int process_join(lua_State *L) {
+static int process_join(lua_State *L)
+{
   lprocess *p = checkstarted(L);
   int rc = lmp_proc_wait(p->proc, lmpb_optdeadline(L, 2));
   if (rc == 0)
@@ -238,13 +249,15 @@ static int process_join(lua_State *L) {
   return 1;
 }
 
-static int process_is_alive(lua_State *L) {
+static int process_is_alive(lua_State *L)
+{
   lprocess *p = checkproc(L);
   lua_pushboolean(L, p->state == STARTED && lmp_proc_alive(p->proc));
   return 1;
 }
 
-static int signal_process(lua_State *L, int sig) {
+static int signal_process(lua_State *L, int sig)
+{
   lprocess *p = checkstarted(L);
   int rc = lmp_proc_signal(p->proc, sig);
   if (rc < 0)
@@ -252,10 +265,17 @@ static int signal_process(lua_State *L, int sig) {
   return 0;
 }
 
-static int process_terminate(lua_State *L) { return signal_process(L, SIGTERM); }
-static int process_kill(lua_State *L) { return signal_process(L, SIGKILL); }
+static int process_terminate(lua_State *L)
+{
+  return signal_process(L, SIGTERM);
+}
+static int process_kill(lua_State *L)
+{
+  return signal_process(L, SIGKILL);
+}
 
-static int process_close(lua_State *L) {
+static int process_close(lua_State *L)
+{
   lprocess *p = checkproc(L);
   if (p->state == STARTED) {
     if (lmp_proc_alive(p->proc))
@@ -270,7 +290,8 @@ static int process_close(lua_State *L) {
 }
 
 /* <close>: a process still running at the end of its scope is terminated. */
-static int process_toclose(lua_State *L) {
+static int process_toclose(lua_State *L)
+{
   lprocess *p = luaL_checkudata(L, 1, PROCESS_MT);
   if (p->owner != getpid())
     return 0;
@@ -284,7 +305,8 @@ static int process_toclose(lua_State *L) {
   return process_close(L);
 }
 
-static int process_gc(lua_State *L) {
+static int process_gc(lua_State *L)
+{
   lprocess *p = luaL_checkudata(L, 1, PROCESS_MT);
   if (p->owner == getpid() && p->proc)
     lmp_proc_free(p->proc);
@@ -293,7 +315,8 @@ static int process_gc(lua_State *L) {
   return 0;
 }
 
-static int process_tostring(lua_State *L) {
+static int process_tostring(lua_State *L)
+{
   lprocess *p = luaL_checkudata(L, 1, PROCESS_MT);
   getfield(L, 1, "name");
   const char *state = p->state == CREATED ? "initial" : p->state == CLOSED ? "closed" : NULL;
@@ -309,7 +332,8 @@ static int process_tostring(lua_State *L) {
 }
 
 /* Fields: pid, name, daemon, exitcode (nil while running), sentinel. */
-static int process_index(lua_State *L) {
+static int process_index(lua_State *L)
+{
   lprocess *p = luaL_checkudata(L, 1, PROCESS_MT);
   const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "";
   int ours = p->owner == getpid() && p->proc;
@@ -341,7 +365,8 @@ static int process_index(lua_State *L) {
   return 1;
 }
 
-static int process_newindex(lua_State *L) {
+static int process_newindex(lua_State *L)
+{
   lprocess *p = luaL_checkudata(L, 1, PROCESS_MT);
   const char *k = luaL_checkstring(L, 2);
   if (strcmp(k, "name") == 0) {
@@ -359,7 +384,8 @@ static int process_newindex(lua_State *L) {
 
 /* === module functions === */
 
-static int l_current_process(lua_State *L) {
+static int l_current_process(lua_State *L)
+{
   lua_createtable(L, 0, 2);
   lua_pushstring(L, self_name);
   lua_setfield(L, -2, "name");
@@ -368,7 +394,8 @@ static int l_current_process(lua_State *L) {
   return 1;
 }
 
-static int l_parent_process(lua_State *L) {
+static int l_parent_process(lua_State *L)
+{
   pid_t ppid = lmp_proc_parent_pid();
   if (ppid == 0)
     return 0;
@@ -381,7 +408,8 @@ static int l_parent_process(lua_State *L) {
 }
 
 /* Started processes still alive, in no particular order; reaps the others. */
-static int l_active_children(lua_State *L) {
+static int l_active_children(lua_State *L)
+{
   lmp_proc_reap();
   lua_newtable(L);
   lua_getfield(L, LUA_REGISTRYINDEX, CHILDREN_KEY);
@@ -400,33 +428,30 @@ static int l_active_children(lua_State *L) {
 }
 
 static const luaL_Reg methods[] = {
-  {"start", process_start},
-  {"join", process_join},
-  {"is_alive", process_is_alive},
-  {"terminate", process_terminate},
-  {"kill", process_kill},
-  {"close", process_close},
-  {NULL, NULL},
+    {"start", process_start},
+    {"join", process_join},
+    {"is_alive", process_is_alive},
+    {"terminate", process_terminate},
+    {"kill", process_kill},
+    {"close", process_close},
+    {NULL, NULL},
 };
 
 static const luaL_Reg metamethods[] = {
-  {"__index", process_index},
-  {"__newindex", process_newindex},
-  {"__gc", process_gc},
-  {"__close", process_toclose},
-  {"__tostring", process_tostring},
-  {NULL, NULL},
+    {"__index", process_index},   {"__newindex", process_newindex}, {"__gc", process_gc},
+    {"__close", process_toclose}, {"__tostring", process_tostring}, {NULL, NULL},
 };
 
 static const luaL_Reg funcs[] = {
-  {"Process", process_new},
-  {"current_process", l_current_process},
-  {"parent_process", l_parent_process},
-  {"active_children", l_active_children},
-  {NULL, NULL},
+    {"Process", process_new},
+    {"current_process", l_current_process},
+    {"parent_process", l_parent_process},
+    {"active_children", l_active_children},
+    {NULL, NULL},
 };
 
-int lmpb_process_open(lua_State *L) {
+int lmpb_process_open(lua_State *L)
+{
   if (luaL_newmetatable(L, PROCESS_MT)) {
     luaL_setfuncs(L, metamethods, 0);
     luaL_newlib(L, methods);

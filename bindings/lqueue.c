@@ -25,7 +25,8 @@ typedef struct lqueue {
 
 /* === helpers === */
 
-static lqueue *toqueue(lua_State *L, int idx) {
+static lqueue *toqueue(lua_State *L, int idx)
+{
   for (int k = PLAIN; k <= SIMPLE; k++) {
     lqueue *q = luaL_testudata(L, idx, mtnames[k]);
     if (q)
@@ -34,14 +35,16 @@ static lqueue *toqueue(lua_State *L, int idx) {
   return NULL;
 }
 
-static lqueue *checkqueue(lua_State *L) {
+static lqueue *checkqueue(lua_State *L)
+{
   lqueue *q = toqueue(L, 1);
   if (q == NULL)
     luaL_typeerror(L, 1, "lmp.Queue");
   return q;
 }
 
-static lqueue *newqueue(lua_State *L, int kind) {
+static lqueue *newqueue(lua_State *L, int kind)
+{
   lqueue *q = lua_newuserdatauv(L, sizeof *q, 0);
   memset(q, 0, sizeof *q);
   q->kind = kind;
@@ -53,14 +56,16 @@ static lqueue *newqueue(lua_State *L, int kind) {
 
 static const char *const queue_options[] = {"maxsize", "capacity", NULL};
 
-static lua_Integer checksize(lua_State *L, int arg, lua_Integer v, const char *what) {
+static lua_Integer checksize(lua_State *L, int arg, lua_Integer v, const char *what)
+{
   if (v < 0)
     luaL_argerror(L, arg, lua_pushfstring(L, "%s must not be negative", what));
   return v;
 }
 
 /* Queue([maxsize]) / Queue{maxsize =, capacity =}; capacity = ring bytes. */
-static int queue_create(lua_State *L, int kind) {
+static int queue_create(lua_State *L, int kind)
+{
   lua_Integer maxsize = 0, capacity = 0;
   if (lua_istable(L, 1)) {
     lmpb_checkoptions(L, 1, queue_options);
@@ -84,13 +89,23 @@ static int queue_create(lua_State *L, int kind) {
   return 1;
 }
 
-static int queue_new(lua_State *L) { return queue_create(L, PLAIN); }
-static int joinable_new(lua_State *L) { return queue_create(L, JOINABLE); }
-static int simple_new(lua_State *L) { return queue_create(L, SIMPLE); }
+static int queue_new(lua_State *L)
+{
+  return queue_create(L, PLAIN);
+}
+static int joinable_new(lua_State *L)
+{
+  return queue_create(L, JOINABLE);
+}
+static int simple_new(lua_State *L)
+{
+  return queue_create(L, SIMPLE);
+}
 
 /* === put and get === */
 
-static int put(lua_State *L, lqueue *q, int64_t deadline, const char *full) {
+static int put(lua_State *L, lqueue *q, int64_t deadline, const char *full)
+{
   luaL_checkany(L, 2);
   const lmp_buf_t *msg = lmpb_encode(L, 2, "value");
   int rc = lmp_queue_put(q->q, msg->data, msg->len, deadline);
@@ -104,7 +119,8 @@ static int put(lua_State *L, lqueue *q, int64_t deadline, const char *full) {
   return 1;
 }
 
-static int get(lua_State *L, lqueue *q, int64_t deadline, const char *empty) {
+static int get(lua_State *L, lqueue *q, int64_t deadline, const char *empty)
+{
   int rc = lmp_queue_get(q->q, &q->buf, deadline);
   if (rc == -ETIMEDOUT)
     return lmpb_fail(L, empty);
@@ -116,49 +132,58 @@ static int get(lua_State *L, lqueue *q, int64_t deadline, const char *empty) {
   return 1;
 }
 
-static int queue_put(lua_State *L) {
+static int queue_put(lua_State *L)
+{
   lqueue *q = checkqueue(L);
   return put(L, q, lmpb_optdeadline(L, 3), "full");
 }
 
-static int queue_put_nowait(lua_State *L) {
+static int queue_put_nowait(lua_State *L)
+{
   return put(L, checkqueue(L), lmp_deadline(0), "full");
 }
 
-static int queue_get(lua_State *L) {
+static int queue_get(lua_State *L)
+{
   lqueue *q = checkqueue(L);
   return get(L, q, lmpb_optdeadline(L, 2), "timeout");
 }
 
-static int queue_get_nowait(lua_State *L) {
+static int queue_get_nowait(lua_State *L)
+{
   return get(L, checkqueue(L), lmp_deadline(0), "empty");
 }
 
 /* === state === */
 
-static int queue_qsize(lua_State *L) {
+static int queue_qsize(lua_State *L)
+{
   lua_pushinteger(L, (lua_Integer)lmp_queue_qsize(checkqueue(L)->q));
   return 1;
 }
 
-static int queue_empty(lua_State *L) {
+static int queue_empty(lua_State *L)
+{
   lua_pushboolean(L, lmp_queue_qsize(checkqueue(L)->q) == 0);
   return 1;
 }
 
-static int queue_full(lua_State *L) {
+static int queue_full(lua_State *L)
+{
   lmp_queue_t *q = checkqueue(L)->q;
   size_t max = lmp_queue_maxsize(q);
   lua_pushboolean(L, max > 0 && lmp_queue_qsize(q) >= max);
   return 1;
 }
 
-static int queue_close(lua_State *L) {
+static int queue_close(lua_State *L)
+{
   lmp_queue_close(checkqueue(L)->q);
   return 0;
 }
 
-static int queue_index(lua_State *L) {
+static int queue_index(lua_State *L)
+{
   lqueue *q = checkqueue(L);
   const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "";
   if (strcmp(k, "closed") == 0) {
@@ -173,7 +198,8 @@ static int queue_index(lua_State *L) {
   return 1;
 }
 
-static int queue_gc(lua_State *L) {
+static int queue_gc(lua_State *L)
+{
   lqueue *q = checkqueue(L);
   if (q->q)
     lmp_queue_free(q->q);
@@ -182,7 +208,8 @@ static int queue_gc(lua_State *L) {
   return 0;
 }
 
-static int queue_tostring(lua_State *L) {
+static int queue_tostring(lua_State *L)
+{
   lqueue *q = checkqueue(L);
   lua_pushfstring(L, "%s(%s)", mtnames[q->kind], lmp_seg_name(lmp_queue_seg(q->q)));
   return 1;
@@ -190,14 +217,16 @@ static int queue_tostring(lua_State *L) {
 
 /* === JoinableQueue === */
 
-static int queue_task_done(lua_State *L) {
+static int queue_task_done(lua_State *L)
+{
   int rc = lmp_queue_task_done(checkqueue(L)->q);
   if (rc == -EINVAL)
     return luaL_error(L, "task_done() called more times than there were items put");
   return 0;
 }
 
-static int queue_join(lua_State *L) {
+static int queue_join(lua_State *L)
+{
   lqueue *q = checkqueue(L);
   int rc = lmp_queue_join(q->q, lmpb_optdeadline(L, 2));
   if (rc < 0 && rc != -ETIMEDOUT)
@@ -208,7 +237,8 @@ static int queue_join(lua_State *L) {
 
 /* === crossing processes === */
 
-static int queue_encode(lua_State *L, int idx, lmp_buf_t *out) {
+static int queue_encode(lua_State *L, int idx, lmp_buf_t *out)
+{
   lqueue *q = lua_touserdata(L, idx);
   lmp_seg_t *seg = lmp_queue_seg(q->q);
   const char *name = lmp_seg_name(seg);
@@ -221,7 +251,8 @@ static int queue_encode(lua_State *L, int idx, lmp_buf_t *out) {
   return 0;
 }
 
-static void decode_kind(lua_State *L, const char *data, size_t len, int kind) {
+static void decode_kind(lua_State *L, const char *data, size_t len, int kind)
+{
   char name[LMP_SEG_NAME_MAX];
   if (len == 0 || len >= sizeof name)
     luaL_error(L, "corrupt message (bad queue handle)");
@@ -238,43 +269,47 @@ static void decode_kind(lua_State *L, const char *data, size_t len, int kind) {
     luaL_error(L, "cannot receive a %s: %s", mtnames[kind], lmp_strerror(rc));
 }
 
-static void plain_decode(lua_State *L, const char *d, size_t n) { decode_kind(L, d, n, PLAIN); }
-static void joinable_decode(lua_State *L, const char *d, size_t n) { decode_kind(L, d, n, JOINABLE); }
-static void simple_decode(lua_State *L, const char *d, size_t n) { decode_kind(L, d, n, SIMPLE); }
+static void plain_decode(lua_State *L, const char *d, size_t n)
+{
+  decode_kind(L, d, n, PLAIN);
+}
+static void joinable_decode(lua_State *L, const char *d, size_t n)
+{
+  decode_kind(L, d, n, JOINABLE);
+}
+static void simple_decode(lua_State *L, const char *d, size_t n)
+{
+  decode_kind(L, d, n, SIMPLE);
+}
 
 /* === registration === */
 
 static const luaL_Reg simple_methods[] = {
-  {"put", queue_put},
-  {"get", queue_get},
-  {"empty", queue_empty},
-  {"close", queue_close},
-  {NULL, NULL},
+    {"put", queue_put},     {"get", queue_get}, {"empty", queue_empty},
+    {"close", queue_close}, {NULL, NULL},
 };
 
 static const luaL_Reg queue_methods[] = {
-  {"put_nowait", queue_put_nowait},
-  {"get_nowait", queue_get_nowait},
-  {"qsize", queue_qsize},
-  {"full", queue_full},
-  {NULL, NULL},
+    {"put_nowait", queue_put_nowait},
+    {"get_nowait", queue_get_nowait},
+    {"qsize", queue_qsize},
+    {"full", queue_full},
+    {NULL, NULL},
 };
 
 static const luaL_Reg joinable_methods[] = {
-  {"task_done", queue_task_done},
-  {"join", queue_join},
-  {NULL, NULL},
+    {"task_done", queue_task_done},
+    {"join", queue_join},
+    {NULL, NULL},
 };
 
 static const luaL_Reg metamethods[] = {
-  {"__index", queue_index},
-  {"__gc", queue_gc},
-  {"__close", queue_close},
-  {"__tostring", queue_tostring},
-  {NULL, NULL},
+    {"__index", queue_index},       {"__gc", queue_gc}, {"__close", queue_close},
+    {"__tostring", queue_tostring}, {NULL, NULL},
 };
 
-static void newclass(lua_State *L, int kind) {
+static void newclass(lua_State *L, int kind)
+{
   luaL_newmetatable(L, mtnames[kind]);
   luaL_setfuncs(L, metamethods, 0);
   lua_newtable(L);
@@ -287,17 +322,18 @@ static void newclass(lua_State *L, int kind) {
   lua_pop(L, 1);
 }
 
-int lmpb_queue_open(lua_State *L) {
+int lmpb_queue_open(lua_State *L)
+{
   static const lmpb_handle_type handles[] = {
-    {"lmp.Queue", queue_encode, plain_decode},
-    {"lmp.JoinableQueue", queue_encode, joinable_decode},
-    {"lmp.SimpleQueue", queue_encode, simple_decode},
+      {"lmp.Queue", queue_encode, plain_decode},
+      {"lmp.JoinableQueue", queue_encode, joinable_decode},
+      {"lmp.SimpleQueue", queue_encode, simple_decode},
   };
   static const luaL_Reg ctors[] = {
-    {"Queue", queue_new},
-    {"JoinableQueue", joinable_new},
-    {"SimpleQueue", simple_new},
-    {NULL, NULL},
+      {"Queue", queue_new},
+      {"JoinableQueue", joinable_new},
+      {"SimpleQueue", simple_new},
+      {NULL, NULL},
   };
   for (int k = PLAIN; k <= SIMPLE; k++) {
     newclass(L, k);

@@ -24,22 +24,22 @@
 
 #include "lmp.h"
 
-static const char usage[] =
-  "usage: lmp [options] [script [args]]\n"
-  "  -e code    run code\n"
-  "  -l name    require module 'name' into global 'name'\n"
-  "  -i         enter the interactive mode after running the script\n"
-  "  -v, --version  show the version\n"
-  "  -h, --help     show this help\n"
-  "  --         stop handling options\n"
-  "  -          run stdin\n"
-  "With no script and no -e, lmp starts its REPL.\n";
+static const char usage[] = "usage: lmp [options] [script [args]]\n"
+                            "  -e code    run code\n"
+                            "  -l name    require module 'name' into global 'name'\n"
+                            "  -i         enter the interactive mode after running the script\n"
+                            "  -v, --version  show the version\n"
+                            "  -h, --help     show this help\n"
+                            "  --         stop handling options\n"
+                            "  -          run stdin\n"
+                            "With no script and no -e, lmp starts its REPL.\n";
 
 static const char *progname = "lmp";
 
 /* === error reporting === */
 
-static int msghandler(lua_State *L) {
+static int msghandler(lua_State *L)
+{
   const char *msg = lua_tostring(L, 1);
   if (msg == NULL) {
     if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
@@ -51,7 +51,8 @@ static int msghandler(lua_State *L) {
   return 1;
 }
 
-static int report(lua_State *L, int status) {
+static int report(lua_State *L, int status)
+{
   if (status != LUA_OK) {
     fprintf(stderr, "%s: %s\n", progname, lua_tostring(L, -1));
     fflush(stderr);
@@ -60,7 +61,8 @@ static int report(lua_State *L, int status) {
   return status;
 }
 
-static int docall(lua_State *L, int narg, int nres) {
+static int docall(lua_State *L, int narg, int nres)
+{
   int base = lua_gettop(L) - narg;
   lua_pushcfunction(L, msghandler);
   lua_insert(L, base);
@@ -71,14 +73,16 @@ static int docall(lua_State *L, int narg, int nres) {
 
 /* === running things === */
 
-static int dostring(lua_State *L, const char *code, const char *name) {
+static int dostring(lua_State *L, const char *code, const char *name)
+{
   int status = luaL_loadbuffer(L, code, strlen(code), name);
   if (status == LUA_OK)
     status = docall(L, 0, 0);
   return report(L, status);
 }
 
-static int dorequire(lua_State *L, const char *name) {
+static int dorequire(lua_State *L, const char *name)
+{
   lua_getglobal(L, "require");
   lua_pushstring(L, name);
   int status = docall(L, 1, 1);
@@ -88,7 +92,8 @@ static int dorequire(lua_State *L, const char *name) {
 }
 
 /* arg table as lua.c builds it: script at 0, options below, arguments above. */
-static void createargtable(lua_State *L, char **argv, int argc, int script) {
+static void createargtable(lua_State *L, char **argv, int argc, int script)
+{
   lua_createtable(L, argc - script - 1, script + 1);
   for (int i = 0; i < argc; i++) {
     lua_pushstring(L, argv[i]);
@@ -97,7 +102,8 @@ static void createargtable(lua_State *L, char **argv, int argc, int script) {
   lua_setglobal(L, "arg");
 }
 
-static int runscript(lua_State *L, char **argv, int argc, int script) {
+static int runscript(lua_State *L, char **argv, int argc, int script)
+{
   const char *fname = argv[script];
   if (strcmp(fname, "-") == 0 && strcmp(argv[script - 1], "--") != 0)
     fname = NULL; /* stdin */
@@ -112,7 +118,8 @@ static int runscript(lua_State *L, char **argv, int argc, int script) {
   return report(L, status);
 }
 
-static int repl(lua_State *L) {
+static int repl(lua_State *L)
+{
   lua_getglobal(L, "require");
   lua_pushliteral(L, "lmp.repl");
   int status = docall(L, 1, 1);
@@ -131,7 +138,8 @@ struct opts {
 };
 
 /* Returns 0, or -1 after printing usage for a bad option. */
-static int scanargs(char **argv, int argc, struct opts *o) {
+static int scanargs(char **argv, int argc, struct opts *o)
+{
   memset(o, 0, sizeof *o);
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -162,7 +170,8 @@ static int scanargs(char **argv, int argc, struct opts *o) {
 }
 
 /* Runs -e and -l in order. */
-static int runoptions(lua_State *L, char **argv, int last) {
+static int runoptions(lua_State *L, char **argv, int last)
+{
   for (int i = 1; i < last; i++) {
     int status = LUA_OK;
     if (strcmp(argv[i], "-e") == 0)
@@ -177,7 +186,8 @@ static int runoptions(lua_State *L, char **argv, int last) {
 
 /* === main === */
 
-static int pmain(lua_State *L) {
+static int pmain(lua_State *L)
+{
   int argc = (int)lua_tointeger(L, 1);
   char **argv = lua_touserdata(L, 2);
   struct opts o;
@@ -207,7 +217,8 @@ ok:
   return 1;
 }
 
-int main(int argc, char **argv) {
+int main(int argc, char **argv)
+{
   lua_State *L = luaL_newstate();
   if (L == NULL) {
     fprintf(stderr, "%s: cannot create state: not enough memory\n", progname);

@@ -44,7 +44,7 @@ size_t lmp_queue_maxsize(lmp_queue_t *q);
 void lmp_queue_close(lmp_queue_t *q);
 int lmp_queue_closed(lmp_queue_t *q);
 
-int lmp_queue_task_done(lmp_queue_t *q); /* 0, -EINVAL if called more times than put */
+int lmp_queue_task_done(lmp_queue_t *q);              /* 0, -EINVAL if called more times than put */
 int lmp_queue_join(lmp_queue_t *q, int64_t deadline); /* 0 when no task is unfinished, -ETIMEDOUT */
 
 #endif
