@@ -60,9 +60,10 @@ int lmp_seg_create(size_t size, lmp_seg_t **out);
  * taken over instead of adding a new one.  -ENOENT if it no longer exists. */
 int lmp_seg_attach(const char *name, int adopt, lmp_seg_t **out);
 
-void lmp_seg_retain(lmp_seg_t *s); /* one more local reference */
-void lmp_seg_release(
-    lmp_seg_t *s); /* drop one; the last unmaps, and unlinks if no process holds it */
+/* One more local reference; release drops one, the last unmaps the segment
+ * and unlinks it if no process holds it any more. */
+void lmp_seg_retain(lmp_seg_t *s);
+void lmp_seg_release(lmp_seg_t *s);
 
 /* Keep the segment alive while its name travels in a message. */
 void lmp_seg_pin(lmp_seg_t *s);
