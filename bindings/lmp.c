@@ -62,6 +62,28 @@ int lmpb_rterror(lua_State *L, const char *what, int code)
   return luaL_error(L, "%s: %s", what, lmp_strerror(code));
 }
 
+int lmpb_traceback(lua_State *L)
+{
+  const char *msg = lua_tostring(L, 1);
+  if (msg == NULL) {
+    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+      msg = lua_tostring(L, -1);
+    else
+      msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+  }
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+int lmpb_method(lua_State *L, const char *tname)
+{
+  luaL_getmetatable(L, tname);
+  lua_getfield(L, -1, "methods");
+  lua_pushvalue(L, 2);
+  lua_rawget(L, -2);
+  return 1;
+}
+
 /* === module functions === */
 
 /* lmp.sleep(seconds): sleeps the whole time even if signals arrive. */

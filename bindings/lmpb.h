@@ -74,6 +74,13 @@ int lmpb_queue_open(lua_State *L);
 
 /* === helpers (lmp.c) === */
 
+/* Message handler for lua_pcall: the error as a string (through __tostring
+ * for an lmp.Error) followed by a stack traceback. */
+int lmpb_traceback(lua_State *L);
+/* __index fallback: push the method named by the key at index 2 from the
+ * "methods" table of metatable `tname` (nil if there is none); returns 1. */
+int lmpb_method(lua_State *L, const char *tname);
+
 /* Timeout argument: nil blocks forever, a number of seconds otherwise. */
 int64_t lmpb_optdeadline(lua_State *L, int arg);
 /* Raise `bad argument #1 to 'fname' (unknown option 'key')` for a key of the

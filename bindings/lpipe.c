@@ -187,9 +187,7 @@ static int pipe_index(lua_State *L)
   else if (strcmp(k, "writable") == 0)
     lua_pushboolean(L, p->writable);
   else {
-    luaL_getmetatable(L, PIPE_MT);
-    lua_getfield(L, -1, "methods");
-    lua_getfield(L, -1, k);
+    lmpb_method(L, PIPE_MT);
   }
   return 1;
 }

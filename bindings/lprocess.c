@@ -169,19 +169,6 @@ static int process_new(lua_State *L)
 
 /* === the child's side === */
 
-static int traceback(lua_State *L)
-{
-  const char *msg = lua_tostring(L, 1);
-  if (msg == NULL && !lua_isnoneornil(L, 1)) {
-    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
-      msg = lua_tostring(L, -1);
-    else
-      msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-  }
-  luaL_traceback(L, L, msg, 1);
-  return 1;
-}
-
 /* Runs in the child: call the target, report an uncaught error, exit. */
 static void run_child(lua_State *L, int idx)
 {
@@ -193,7 +180,7 @@ static void run_child(lua_State *L, int idx)
   lua_newtable(L);
   lua_setfield(L, LUA_REGISTRYINDEX, CHILDREN_KEY);
 
-  lua_pushcfunction(L, traceback);
+  lua_pushcfunction(L, lmpb_traceback);
   int base = lua_gettop(L);
   getfield(L, idx, "target");
   getfield(L, idx, "args");
@@ -358,9 +345,7 @@ static int process_index(lua_State *L)
     else
       lua_pushnil(L);
   } else {
-    luaL_getmetatable(L, PROCESS_MT);
-    lua_getfield(L, -1, "methods");
-    lua_getfield(L, -1, k);
+    lmpb_method(L, PROCESS_MT);
   }
   return 1;
 }

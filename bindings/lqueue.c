@@ -191,9 +191,7 @@ static int queue_index(lua_State *L)
   } else if (strcmp(k, "maxsize") == 0) {
     lua_pushinteger(L, (lua_Integer)lmp_queue_maxsize(q->q));
   } else {
-    luaL_getmetatable(L, mtnames[q->kind]);
-    lua_getfield(L, -1, "methods");
-    lua_getfield(L, -1, k);
+    lmpb_method(L, mtnames[q->kind]);
   }
   return 1;
 }

@@ -23,6 +23,7 @@
 #include <lualib.h>
 
 #include "lmp.h"
+#include "lmpb.h"
 
 static const char usage[] = "usage: lmp [options] [script [args]]\n"
                             "  -e code    run code\n"
@@ -38,19 +39,6 @@ static const char *progname = "lmp";
 
 /* === error reporting === */
 
-static int msghandler(lua_State *L)
-{
-  const char *msg = lua_tostring(L, 1);
-  if (msg == NULL) {
-    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
-      msg = lua_tostring(L, -1);
-    else
-      msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-  }
-  luaL_traceback(L, L, msg, 1);
-  return 1;
-}
-
 static int report(lua_State *L, int status)
 {
   if (status != LUA_OK) {
@@ -64,7 +52,7 @@ static int report(lua_State *L, int status)
 static int docall(lua_State *L, int narg, int nres)
 {
   int base = lua_gettop(L) - narg;
-  lua_pushcfunction(L, msghandler);
+  lua_pushcfunction(L, lmpb_traceback);
   lua_insert(L, base);
   int status = lua_pcall(L, narg, nres, base);
   lua_remove(L, base);

@@ -16,6 +16,7 @@
 #include "lmp/common.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
@@ -143,4 +144,23 @@ void lmp_buf_free(lmp_buf_t *b)
   b->data = NULL;
   b->len = 0;
   b->cap = 0;
+}
+
+int lmp__poll_fd(int fd, short events, int64_t deadline)
+{
+  struct pollfd pfd = {.fd = fd, .events = events};
+  for (;;) {
+    struct timespec ts, *tsp = NULL;
+    if (deadline != LMP_FOREVER) {
+      ts = lmp__deadline_ts(deadline - lmp_now_ns());
+      tsp = &ts;
+    }
+    int n = ppoll(&pfd, 1, tsp, NULL);
+    if (n > 0)
+      return pfd.revents & POLLNVAL ? -EBADF : pfd.revents;
+    if (n == 0)
+      return 0;
+    if (errno != EINTR)
+      return -errno;
+  }
 }

@@ -47,6 +47,11 @@ static inline struct timespec lmp__deadline_ts(int64_t deadline)
  * LMP_FOREVER, 0 once expired, capped so it never overflows an int. */
 int lmp__deadline_ms(int64_t deadline);
 
+/* ppoll() on one descriptor until an absolute deadline.  Returns its revents
+ * (> 0), 0 at the deadline, -EBADF for a bad descriptor, or -errno.  EINTR
+ * resumes with what is left. */
+int lmp__poll_fd(int fd, short events, int64_t deadline);
+
 /* === watchdog (watchdog.c) === */
 
 /* Unlink every /dev/shm entry whose name begins with `prefix` (given with

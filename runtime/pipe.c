@@ -30,41 +30,13 @@
 
 #include "lmp/pipe.h"
 
+#include "internal.h"
+
 #define HEADER_SIZE 8
 /* Larger socket buffers let a sender run ahead of its reader; the kernel caps
  * the request at net.core.wmem_max / rmem_max, which is fine. */
 #define SOCKET_BUFFER (4 << 20)
 #define DISCARD_CHUNK 65536
-
-/* === time === */
-
-/* ppoll() on one descriptor until an absolute deadline.  Returns the revents
- * (> 0), 0 at the deadline, or -errno.  EINTR resumes with what is left. */
-static int poll_until(int fd, short events, int64_t deadline)
-{
-  struct pollfd pfd = {.fd = fd, .events = events};
-  for (;;) {
-    struct timespec ts, *tsp = NULL;
-    if (deadline != LMP_FOREVER) {
-      int64_t left = deadline - lmp_now_ns();
-      if (left < 0)
-        left = 0;
-      ts.tv_sec = left / 1000000000;
-      ts.tv_nsec = left % 1000000000;
-      tsp = &ts;
-    }
-    int n = ppoll(&pfd, 1, tsp, NULL);
-    if (n > 0) {
-      if (pfd.revents & POLLNVAL)
-        return -EBADF;
-      return pfd.revents;
-    }
-    if (n == 0)
-      return 0;
-    if (errno != EINTR)
-      return -errno;
-  }
-}
 
 /* === pairs === */
 
@@ -149,7 +121,7 @@ int lmp_pipe_send(int fd, const void *data, size_t len)
     if (errno == EINTR)
       continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      int rc = poll_until(fd, POLLOUT, LMP_FOREVER);
+      int rc = lmp__poll_fd(fd, POLLOUT, LMP_FOREVER);
       if (rc < 0)
         return rc;
       continue;
@@ -181,7 +153,7 @@ static int read_full(int fd, char *p, size_t len)
     if (errno == EINTR)
       continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      int rc = poll_until(fd, POLLIN, LMP_FOREVER);
+      int rc = lmp__poll_fd(fd, POLLIN, LMP_FOREVER);
       if (rc < 0)
         return rc;
       continue;
@@ -227,7 +199,7 @@ static int frame_start(int fd, unsigned char *hdr, int64_t deadline)
       continue;
     if (errno != EAGAIN && errno != EWOULDBLOCK)
       return errno == ECONNRESET ? -EPIPE : -errno;
-    int rc = poll_until(fd, POLLIN, deadline);
+    int rc = lmp__poll_fd(fd, POLLIN, deadline);
     if (rc < 0)
       return rc;
     if (rc == 0)
@@ -259,7 +231,7 @@ int lmp_pipe_recv(int fd, lmp_buf_t *buf, int64_t deadline)
 
 int lmp_pipe_poll(int fd, int64_t deadline)
 {
-  int rc = poll_until(fd, POLLIN, deadline);
+  int rc = lmp__poll_fd(fd, POLLIN, deadline);
   if (rc <= 0)
     return rc;
   /* POLLHUP / POLLERR count as readable: the next recv reports the end. */

@@ -47,6 +47,8 @@
 #include "lmp/proc.h"
 #include "lmp/shm.h"
 
+#include "internal.h"
+
 #define SHUTDOWN_GRACE_NS 1000000000LL /* SIGTERM to SIGKILL for daemons */
 #define BACKOFF_MIN_NS 50000LL         /* waitpid polling without a pidfd */
 #define BACKOFF_MAX_NS 10000000LL
@@ -317,31 +319,6 @@ int lmp_proc_fd(const lmp_proc_t *p)
   return p->pidfd;
 }
 
-/* Sleep in poll(2) on the pidfd until the child ends or the deadline.
- * 1 readable, 0 deadline, -errno. */
-static int pidfd_wait(int fd, int64_t deadline)
-{
-  struct pollfd pfd = {.fd = fd, .events = POLLIN};
-  for (;;) {
-    struct timespec ts, *tsp = NULL;
-    if (deadline != LMP_FOREVER) {
-      int64_t left = deadline - lmp_now_ns();
-      if (left < 0)
-        left = 0;
-      ts.tv_sec = left / 1000000000;
-      ts.tv_nsec = left % 1000000000;
-      tsp = &ts;
-    }
-    int n = ppoll(&pfd, 1, tsp, NULL);
-    if (n > 0)
-      return pfd.revents & POLLNVAL ? -EBADF : 1;
-    if (n == 0)
-      return 0;
-    if (errno != EINTR)
-      return -errno;
-  }
-}
-
 static void sleep_ns(int64_t ns)
 {
   struct timespec ts = {.tv_sec = ns / 1000000000, .tv_nsec = ns % 1000000000};
@@ -377,7 +354,7 @@ int lmp_proc_wait(lmp_proc_t *p, int64_t deadline)
   int rc = try_reap(p, WNOHANG);
   if (rc != 0)
     return rc < 0 ? rc : 0;
-  rc = pidfd_wait(p->pidfd, deadline);
+  rc = lmp__poll_fd(p->pidfd, POLLIN, deadline);
   if (rc < 0)
     return backoff_wait(p, deadline); /* someone closed our pidfd */
   if (rc == 0)
