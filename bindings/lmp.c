@@ -62,16 +62,19 @@ int lmpb_rterror(lua_State *L, const char *what, int code)
   return luaL_error(L, "%s: %s", what, lmp_strerror(code));
 }
 
+const char *lmpb_tomessage(lua_State *L, int idx)
+{
+  const char *msg = lua_tostring(L, idx);
+  if (msg != NULL)
+    return lua_pushstring(L, msg);
+  if (luaL_callmeta(L, idx, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+    return lua_tostring(L, -1);
+  return lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, idx));
+}
+
 int lmpb_traceback(lua_State *L)
 {
-  const char *msg = lua_tostring(L, 1);
-  if (msg == NULL) {
-    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
-      msg = lua_tostring(L, -1);
-    else
-      msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-  }
-  luaL_traceback(L, L, msg, 1);
+  luaL_traceback(L, L, lmpb_tomessage(L, 1), 1);
   return 1;
 }
 

@@ -74,6 +74,9 @@ int lmpb_queue_open(lua_State *L);
 
 /* === helpers (lmp.c) === */
 
+/* Push the error value at idx as a message: a string as it is, anything
+ * else through __tostring (an lmp.Error) or as "(error object is a T value)". */
+const char *lmpb_tomessage(lua_State *L, int idx);
 /* Message handler for lua_pcall: the error as a string (through __tostring
  * for an lmp.Error) followed by a stack traceback. */
 int lmpb_traceback(lua_State *L);

@@ -180,19 +180,27 @@ static void run_child(lua_State *L, int idx)
   lua_newtable(L);
   lua_setfield(L, LUA_REGISTRYINDEX, CHILDREN_KEY);
 
-  lua_pushcfunction(L, lmpb_traceback);
-  int base = lua_gettop(L);
+  /* The target runs in a coroutine of its own so that a traceback shows its
+   * frames only, not the parent's frames the fork inherited. */
+  lua_State *co = lua_newthread(L);
   getfield(L, idx, "target");
   getfield(L, idx, "args");
   lua_getfield(L, -1, "n");
   int nargs = (int)lua_tointeger(L, -1);
   lua_pop(L, 1);
-  luaL_checkstack(L, nargs, "too many arguments");
+  luaL_checkstack(co, nargs + 1, "too many arguments");
   for (int i = 1; i <= nargs; i++)
-    lua_rawgeti(L, base + 2, i);
-  lua_remove(L, base + 2);
+    lua_rawgeti(L, -i, i);
+  lua_remove(L, -nargs - 1);
+  lua_xmove(L, co, nargs + 1);
+  int nres, status = lua_resume(co, L, nargs, &nres);
   int code = 0;
-  if (lua_pcall(L, nargs, 0, base) != LUA_OK) {
+  if (status != LUA_OK) {
+    if (status == LUA_YIELD)
+      lua_pushliteral(L, "attempt to yield from the target of a process");
+    else
+      lmpb_tomessage(co, -1), lua_xmove(co, L, 1);
+    luaL_traceback(L, co, lua_tostring(L, -1), 0);
     fflush(stdout);
     fprintf(stderr, "Process %s (pid %d):\n%s\n", self_name, (int)getpid(), lua_tostring(L, -1));
     code = 1;

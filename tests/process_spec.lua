@@ -83,6 +83,8 @@ describe("lmp.Process", function()
     assert.matches("kaboom", out)
     assert.matches("stack traceback:", out)
     assert.matches("in %a* ?%a* ?'?inner'?", out)
+    -- only the child's own frames: not the parent's, which the fork copied
+    assert.is_nil(out:find("in method 'start'", 1, true))
     assert.matches("exitcode\t1", out)
   end)
 
