@@ -4,6 +4,8 @@
 #   make test       C tests, layer check and busted specs; one summary line
 #   make deps       install what is missing on Debian 12 (apt-get, as root)
 #   make demo       the parallel demo from README
+#   make bench      the benchmark suite, lmp against Python (bench/README.md);
+#                   BENCH_ARGS="--rounds 3 queue_small" picks rounds and workloads
 #   make ASAN=1     the same with AddressSanitizer and UBSan (into build-asan/)
 #   make test-asan  every suite on that build
 #   make fuzz       mutation-fuzz the decoder under ASan/UBSan
@@ -108,8 +110,10 @@ demo: deps
 	@$(MAKE) --no-print-directory all
 	$(B)/lmp examples/primes.lua
 
+# Installs python3 when missing (bench/run.sh) and builds the C reference.
+BENCH_ARGS ?=
 bench: all
-	@sh bench/run.sh $(B)
+	@sh bench/run.sh $(B) $(BENCH_ARGS)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/lmp \

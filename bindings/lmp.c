@@ -172,6 +172,11 @@ LMP_API int luaopen_lmp(lua_State *L)
   lmpb_process_open(L);
   lmpb_pipe_open(L);
   lmpb_queue_open(L);
+  lmpb_pool_open(L);
+  lmpb_start_open(L);
+  lmpb_log_open(L);
+  lmpb_sync_open(L);
+  lmpb_shared_open(L);
   lmpb_scripts_open(L);
   return 1;
 }

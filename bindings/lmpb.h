@@ -14,6 +14,7 @@
 #include <lua.h>
 
 #include "lmp/common.h"
+#include "lmp/proc.h"
 
 /* === lmp.Error (lerror.c) === */
 
@@ -71,6 +72,75 @@ void lmpb_scripts_open(lua_State *L); /* registers lmp.* in package.preload */
 int lmpb_process_open(lua_State *L);
 int lmpb_pipe_open(lua_State *L);
 int lmpb_queue_open(lua_State *L);
+int lmpb_pool_open(lua_State *L);
+int lmpb_start_open(lua_State *L); /* start methods (lspawn.c) */
+int lmpb_log_open(lua_State *L);   /* logging's C half (llog.c) */
+int lmpb_sync_open(lua_State *L);
+int lmpb_shared_open(lua_State *L);
+
+/* === processes (lprocess.c) === */
+
+/*
+ * The child's side of every start method.  become: take the identity that
+ * current_process() and parent_process() report (`pname` NULL: this
+ * process's own name until now, and the parent is the process that forked
+ * it; otherwise the parent is `pname`, pid `ppid`) and forget the parent's
+ * Process objects.  run: call the function at `fn_idx` with the `nargs`
+ * values above it; an uncaught error prints "Process <name> (pid N):" and
+ * the traceback on stderr; the process ends through lmp_proc_exit with 0,
+ * the code given to os.exit, or 1 after an error.
+ */
+void lmpb_process_become(lua_State *L, const char *name, const char *pname, pid_t ppid);
+void lmpb_process_run(lua_State *L, int fn_idx, int nargs) __attribute__((noreturn));
+
+/* === start methods (lspawn.c) === */
+
+typedef struct lmpb_start {
+  const char *method; /* "fork", "spawn", "forkserver"; NULL: lmp.get_start_method() */
+  const char *name;   /* the child's current_process().name; NULL: "Process" */
+  int daemon;         /* terminated, not joined, when the parent's lmp state closes */
+} lmpb_start_t;
+
+/*
+ * Start a child process that calls the function at `fn_idx` with the `nargs`
+ * values above it, by the start method `how->method`:
+ *   fork        the child is a copy of this process and calls the function
+ *               in the state it inherits (nothing is serialized);
+ *   spawn       the lmp executable is exec'd with a fresh Lua state, and the
+ *               function (bytecode plus upvalues) and its arguments travel
+ *               through the codec, with package.path/cpath, the main
+ *               script's directory, the C modules loaded here, arg, the
+ *               current directory, the start method and the logging set-up;
+ *   forkserver  the same payload goes to this process's fork server, which
+ *               forks the child from its clean state; the child is then the
+ *               server's, but *out works the same (pidfd and exit status).
+ * In the child, the function runs as lmpb_process_run describes.
+ * Returns 0 with *out set (the caller owns it: lmp_proc_free), or -errno
+ * when the system refused (fork, exec, memfd, the server).  Raises for a bad
+ * method name (luaL_error), an unsendable function or argument (an lmp.Error
+ * of kind "serialize": "cannot send args[2]: userdata (FILE*)"), and when
+ * spawn or forkserver cannot find the lmp executable.  The values at fn_idx
+ * and above are left on the stack.
+ */
+int lmpb_spawn(lua_State *L, int fn_idx, int nargs, const lmpb_start_t *how, lmp_proc_t **out);
+
+/* The start method named by the value at `idx`: NULL for nil, else one of
+ * "fork", "spawn", "forkserver" (a static string); anything else raises
+ * bad argument #arg (unknown start method 'x'). */
+const char *lmpb_checkmethod(lua_State *L, int idx, int arg);
+
+/* The lmp executable that spawn and forkserver exec (main.c sets its own). */
+void lmpb_set_executable(const char *path);
+
+/* The hidden entry points of the lmp executable: `lmp --lmp-child FD` runs
+ * the payload in descriptor FD and never returns; `lmp --lmp-forkserver FD
+ * [module...]` serves fork requests on the socket FD until it closes. */
+void lmpb_spawn_main(lua_State *L, int fd) __attribute__((noreturn));
+void lmpb_forkserver_main(lua_State *L, int fd, int nmods, char **mods) __attribute__((noreturn));
+
+/* Push a function that, when called, does require(module)[field](...): for
+ * module functions implemented in scripts/ (lmp.get_context, lmp.get_logger). */
+void lmpb_pushlazy(lua_State *L, const char *module, const char *field);
 
 /* === helpers (lmp.c) === */
 

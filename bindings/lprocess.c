@@ -9,6 +9,10 @@
  * and Lua finalizers.  A Process userdata remembers the pid that created it:
  * the copy a child inherits is inert (its methods raise, its __gc does
  * nothing), because the child must not wait for or signal its siblings.
+ *
+ * The other start methods (lspawn.c) send the target and its arguments to
+ * a fresh state instead; start() hands every method to lmpb_spawn, and the
+ * child side of all of them ends in lmpb_process_run below.
  */
 #include <errno.h>
 #include <signal.h>
@@ -26,10 +30,11 @@
 enum { CREATED, STARTED, CLOSED };
 
 typedef struct lprocess {
-  lmp_proc_t *proc; /* set while started and not closed */
-  pid_t owner;      /* pid of the process that made this object */
+  lmp_proc_t *proc;   /* set while started and not closed */
+  pid_t owner;        /* pid of the process that made this object */
   int state;
   int daemon;
+  const char *method; /* start method given (a static string); NULL: the default */
 } lprocess;
 
 /* Identity of the running process, for current_process()/parent_process(). */
@@ -97,7 +102,8 @@ static int iscallable(lua_State *L, int idx)
 
 /* === construction === */
 
-static const char *const process_options[] = {"target", "args", "name", "daemon", NULL};
+static const char *const process_options[] = {"target", "args", "name", "daemon", "start_method",
+                                               NULL};
 
 /* Collect the options into the uservalue table at `ut`. */
 static void read_options(lua_State *L, int ut, lprocess *p)
@@ -128,7 +134,9 @@ static void read_options(lua_State *L, int ut, lprocess *p)
   }
   lua_getfield(L, 1, "daemon");
   p->daemon = lua_toboolean(L, -1);
-  lua_pop(L, 1);
+  lua_getfield(L, 1, "start_method");
+  p->method = lmpb_checkmethod(L, -1, 1);
+  lua_pop(L, 2);
 }
 
 /* lmp.Process(fn, ...) or lmp.Process{target =, args =, name =, daemon =} */
@@ -169,29 +177,26 @@ static int process_new(lua_State *L)
 
 /* === the child's side === */
 
-/* Runs in the child: call the target, report an uncaught error, exit. */
-static void run_child(lua_State *L, int idx)
+void lmpb_process_become(lua_State *L, const char *name, const char *pname, pid_t ppid)
 {
-  snprintf(parent_name, sizeof parent_name, "%s", self_name);
-  getfield(L, idx, "name");
-  snprintf(self_name, sizeof self_name, "%s", lua_tostring(L, -1));
-  lua_pop(L, 1);
+  snprintf(parent_name, sizeof parent_name, "%s", pname ? pname : self_name);
+  snprintf(self_name, sizeof self_name, "%s", name);
+  if (ppid > 0)
+    lmp_proc_set_parent(ppid);
   counter = 0;
   lua_newtable(L);
   lua_setfield(L, LUA_REGISTRYINDEX, CHILDREN_KEY);
+}
 
+void lmpb_process_run(lua_State *L, int fn_idx, int nargs)
+{
+  fn_idx = lua_absindex(L, fn_idx);
+  lua_settop(L, fn_idx + nargs);
   /* The target runs in a coroutine of its own so that a traceback shows its
    * frames only, not the parent's frames the fork inherited. */
   lua_State *co = lua_newthread(L);
-  getfield(L, idx, "target");
-  getfield(L, idx, "args");
-  lua_getfield(L, -1, "n");
-  int nargs = (int)lua_tointeger(L, -1);
-  lua_pop(L, 1);
+  lua_insert(L, fn_idx);
   luaL_checkstack(co, nargs + 1, "too many arguments");
-  for (int i = 1; i <= nargs; i++)
-    lua_rawgeti(L, -i, i);
-  lua_remove(L, -nargs - 1);
   lua_xmove(L, co, nargs + 1);
   int nres, status = lua_resume(co, L, nargs, &nres);
   int code = 0;
@@ -216,13 +221,23 @@ static int process_start(lua_State *L)
   luaL_argcheck(L, p->state != CLOSED, 1, "process is closed");
   luaL_argcheck(L, p->state == CREATED, 1, "process already started");
   lmp_proc_reap();
-  fflush(NULL); /* or the child would write the parent's buffered output again */
+  lua_settop(L, 1);
+  getfield(L, 1, "name");
+  lmpb_start_t how = {p->method, lua_tostring(L, 2), p->daemon};
+  getfield(L, 1, "target");
+  getfield(L, 1, "args");
+  lua_getfield(L, -1, "n");
+  int nargs = (int)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  luaL_checkstack(L, nargs, "too many arguments");
+  for (int i = 1; i <= nargs; i++)
+    lua_rawgeti(L, 4, i);
+  lua_remove(L, 4);
   lmp_proc_t *proc;
-  int rc = lmp_proc_fork(p->daemon, &proc);
+  int rc = lmpb_spawn(L, 3, nargs, &how, &proc);
   if (rc < 0)
     return lmpb_rterror(L, "start", rc);
-  if (rc == 0)
-    run_child(L, 1);
+  lua_settop(L, 1);
   p->proc = proc;
   p->state = STARTED;
   lua_getfield(L, LUA_REGISTRYINDEX, CHILDREN_KEY);
@@ -347,6 +362,8 @@ static int process_index(lua_State *L)
       lua_pushinteger(L, code);
     else
       lua_pushnil(L);
+  } else if (strcmp(k, "start_method") == 0) {
+    lua_pushstring(L, p->method); /* nil: the default when it starts */
   } else if (strcmp(k, "sentinel") == 0) {
     if (ours && lmp_proc_fd(p->proc) >= 0)
       lua_pushinteger(L, lmp_proc_fd(p->proc));
@@ -369,6 +386,9 @@ static int process_newindex(lua_State *L)
   } else if (strcmp(k, "daemon") == 0) {
     luaL_argcheck(L, p->state == CREATED, 1, "process already started");
     p->daemon = lua_toboolean(L, 3);
+  } else if (strcmp(k, "start_method") == 0) {
+    luaL_argcheck(L, p->state == CREATED, 1, "process already started");
+    p->method = lmpb_checkmethod(L, 3, 3);
   } else {
     return luaL_error(L, "cannot set field '%s' of a process", k);
   }

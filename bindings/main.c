@@ -12,11 +12,17 @@
  * global `lmp`), so `require "lmp"` needs no LUA_CPATH and never loads a
  * second copy of the runtime.  The Lua-side code that would run here (the
  * REPL) lives in scripts/lmp/repl.lua.
+ *
+ * Two more entries are not for people: `--lmp-child FD` is how the spawn
+ * start method starts a child (the payload is in descriptor FD) and
+ * `--lmp-forkserver FD` runs the fork server (lspawn.c).  They are the
+ * first argument or nothing, and --help does not list them.
  */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -174,10 +180,38 @@ static int runoptions(lua_State *L, char **argv, int last)
 
 /* === main === */
 
+static void openlmp(lua_State *L)
+{
+  luaL_checkversion(L);
+  luaL_openlibs(L);
+  luaL_requiref(L, "lmp", luaopen_lmp, 1);
+  lua_pop(L, 1);
+}
+
+/* The hidden entries; returns only if argv is not one of them. */
+static void hidden(lua_State *L, int argc, char **argv)
+{
+  if (argc < 3)
+    return;
+  char *end;
+  long fd = strtol(argv[2], &end, 10);
+  if (*end || fd < 0 || fd > 65535)
+    return;
+  if (strcmp(argv[1], "--lmp-child") == 0 && argc == 3) {
+    openlmp(L);
+    lmpb_spawn_main(L, (int)fd);
+  }
+  if (strcmp(argv[1], "--lmp-forkserver") == 0) {
+    openlmp(L);
+    lmpb_forkserver_main(L, (int)fd, argc - 3, argv + 3);
+  }
+}
+
 static int pmain(lua_State *L)
 {
   int argc = (int)lua_tointeger(L, 1);
   char **argv = lua_touserdata(L, 2);
+  hidden(L, argc, argv);
   struct opts o;
   if (scanargs(argv, argc, &o) < 0)
     return 0;
@@ -186,10 +220,7 @@ static int pmain(lua_State *L)
     if (!o.script && !o.has_e && !o.interactive)
       goto ok;
   }
-  luaL_checkversion(L);
-  luaL_openlibs(L);
-  luaL_requiref(L, "lmp", luaopen_lmp, 1);
-  lua_pop(L, 1);
+  openlmp(L);
   createargtable(L, argv, argc, o.script);
   int last = o.script ? o.script : argc;
   if (runoptions(L, argv, last) != LUA_OK)
@@ -207,6 +238,7 @@ ok:
 
 int main(int argc, char **argv)
 {
+  lmpb_set_executable("/proc/self/exe");
   lua_State *L = luaL_newstate();
   if (L == NULL) {
     fprintf(stderr, "%s: cannot create state: not enough memory\n", progname);

@@ -19,9 +19,20 @@
  *
  * Descriptors are expected to be blocking; if a user made one non-blocking
  * the loops below wait in poll(2) instead of failing with EAGAIN.
+ *
+ * Waiting.  A receiver first polls the socket without sleeping for a few
+ * microseconds (SPIN_NS), yielding the CPU between tries, and only then
+ * sleeps in the kernel.  Waking a sleeping process on another CPU costs
+ * tens of microseconds on a virtual machine (an idle vCPU has to be woken),
+ * far more than the message itself: bench/ measured a ping-pong round trip
+ * of 35-58 us sleeping and 6-9 us polling first, against 36-45 us for a raw
+ * C socketpair ping-pong that sleeps.  The yield keeps the poll from
+ * stealing the CPU from a peer that shares it (then it is 10.5 us, against
+ * 12.8 us sleeping).  A receiver that waits longer loses SPIN_NS of CPU.
  */
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -37,6 +48,7 @@
  * the request at net.core.wmem_max / rmem_max, which is fine. */
 #define SOCKET_BUFFER (4 << 20)
 #define DISCARD_CHUNK 65536
+#define SPIN_NS 20000 /* see "Waiting" above */
 
 /* === pairs === */
 
@@ -178,6 +190,32 @@ static int discard(int fd, uint64_t len)
 }
 
 /*
+ * Poll for the first bytes of a header for SPIN_NS at most (see "Waiting"
+ * above): the count of header bytes read (> 0), -EPIPE, or 0 when nothing
+ * came (or an error that the caller's own recv will report again).
+ */
+static int spin_start(int fd, unsigned char *hdr, int64_t deadline)
+{
+  int64_t now = lmp_now_ns(), until = now + SPIN_NS;
+  if (deadline != LMP_FOREVER && deadline < until)
+    until = deadline;
+  if (until <= now)
+    return 0; /* a zero timeout: the caller's one recv decides */
+  for (;;) {
+    ssize_t n = recv(fd, hdr, HEADER_SIZE, MSG_DONTWAIT);
+    if (n > 0)
+      return (int)n;
+    if (n == 0)
+      return -EPIPE;
+    if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+      return 0;
+    if (lmp_now_ns() >= until)
+      return 0;
+    sched_yield();
+  }
+}
+
+/*
  * Wait for the first byte of a header and take whatever part of the header
  * is there.  Returns the number of header bytes read (> 0), or -ETIMEDOUT /
  * -EPIPE / -errno.  With a deadline the read never blocks (MSG_DONTWAIT) and
@@ -189,6 +227,9 @@ static int discard(int fd, uint64_t len)
 static int frame_start(int fd, unsigned char *hdr, int64_t deadline)
 {
   int flags = deadline == LMP_FOREVER ? 0 : MSG_DONTWAIT;
+  int rc = spin_start(fd, hdr, deadline);
+  if (rc != 0)
+    return rc;
   for (;;) {
     ssize_t n = recv(fd, hdr, HEADER_SIZE, flags);
     if (n > 0)
@@ -199,7 +240,7 @@ static int frame_start(int fd, unsigned char *hdr, int64_t deadline)
       continue;
     if (errno != EAGAIN && errno != EWOULDBLOCK)
       return errno == ECONNRESET ? -EPIPE : -errno;
-    int rc = lmp__poll_fd(fd, POLLIN, deadline);
+    rc = lmp__poll_fd(fd, POLLIN, deadline);
     if (rc < 0)
       return rc;
     if (rc == 0)

@@ -23,6 +23,17 @@
  * *thread* that forked: a host that forks from a short-lived thread should
  * not use lmp_proc_fork from it.
  *
+ * Other kinds.  lmp_proc_spawn is lmp_proc_fork followed by execve, with
+ * the environment that makes the new program join this family built before
+ * the fork (setenv after a fork is unsafe in a threaded host) and a
+ * close-on-exec pipe that brings back the exec's error, if any.  An adopted
+ * record (lmp_proc_adopt) stands for a process some other process forked
+ * for us (the forkserver): waitpid cannot see it, so its "reap" reads the
+ * exit code its real parent writes on the status descriptor, and signals go
+ * through its pidfd, which stays bound to that process even once its pid is
+ * recycled.  Services (the forkserver itself) are ended last at shutdown,
+ * after the children they serve.
+ *
  * The registry is process-local and not thread-safe: lmp calls it from the
  * thread that runs the Lua state.  A forked child inherits copies of its
  * parent's records; it closes their pidfds and forgets them, except that
@@ -31,6 +42,7 @@
  * records answer -ECHILD: they are the parent's children, not ours.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -60,14 +72,16 @@ struct lmp_proc {
   struct lmp_proc *next; /* registry link; unused once FOREIGN */
   pid_t pid;
   int pidfd; /* -1 without pidfd_open */
+  int status_fd; /* adopted: the exit code arrives here; -1 for our own children */
   int state;
   int code; /* Python-style exit code once EXITED */
-  int daemon;
+  int flags; /* 0, LMP_PROC_DAEMON or LMP_PROC_SERVICE */
   int handle; /* the caller still holds this record */
 };
 
 static struct lmp_proc *registry;
-static pid_t parent_pid; /* 0 in a process not forked by lmp */
+static pid_t parent_pid; /* 0 in a process not started by lmp */
+static int adopted_running; /* adopted records still RUNNING: reap polls them */
 
 static volatile sig_atomic_t sigchld_seen;
 static int sigchld_installed;
@@ -118,11 +132,27 @@ static void unlink_record(struct lmp_proc *p)
   }
 }
 
-static void free_record(struct lmp_proc *p)
+static void close_fds(struct lmp_proc *p)
 {
   if (p->pidfd >= 0)
     close(p->pidfd);
+  if (p->status_fd >= 0)
+    close(p->status_fd);
+  p->pidfd = p->status_fd = -1;
+}
+
+static void free_record(struct lmp_proc *p)
+{
+  close_fds(p);
   free(p);
+}
+
+/* One flag out of what callers pass: a service, a daemon, or neither. */
+static int norm_flags(int flags)
+{
+  if (flags & LMP_PROC_SERVICE)
+    return LMP_PROC_SERVICE;
+  return flags ? LMP_PROC_DAEMON : 0;
 }
 
 static int decode_status(int status)
@@ -137,12 +167,33 @@ static int decode_status(int status)
 /* Record an exit.  A reaped child nobody refers to is forgotten at once. */
 static void mark_exited(struct lmp_proc *p, int code)
 {
+  if (p->status_fd >= 0 && p->state == RUNNING)
+    adopted_running--;
   p->state = EXITED;
   p->code = code;
   if (!p->handle) {
     unlink_record(p);
     free_record(p);
   }
+}
+
+/* The "reap" of an adopted process: its exit code, once its real parent
+ * has written it.  Same returns as try_reap. */
+static int read_status(struct lmp_proc *p, int flags)
+{
+  if (flags & WNOHANG) {
+    int rc = lmp__poll_fd(p->status_fd, POLLIN, lmp_deadline(0));
+    if (rc == 0)
+      return 0;
+  }
+  int32_t code;
+  ssize_t n;
+  while ((n = read(p->status_fd, &code, sizeof code)) < 0 && errno == EINTR) {
+  }
+  /* End of file: the parent died before reporting; the child died with it
+   * (it asked for SIGKILL when its parent dies). */
+  mark_exited(p, n == (ssize_t)sizeof code ? (int)code : STATUS_LOST);
+  return 1;
 }
 
 /*
@@ -153,6 +204,8 @@ static void mark_exited(struct lmp_proc *p, int code)
 static int try_reap(struct lmp_proc *p, int flags)
 {
   int status;
+  if (p->status_fd >= 0)
+    return read_status(p, flags);
   for (;;) {
     pid_t r = waitpid(p->pid, &status, flags);
     if (r == p->pid) {
@@ -185,7 +238,8 @@ static void reap_all(void)
 
 void lmp_proc_reap(void)
 {
-  if (!sigchld_seen)
+  /* Adopted processes are not ours: no SIGCHLD tells of their end. */
+  if (!sigchld_seen && adopted_running == 0)
     return;
   /* Cleared first, so an exit during the scan sets it again. */
   sigchld_seen = 0;
@@ -199,7 +253,7 @@ int lmp_proc_children(pid_t *pids, int max)
   reap_all();
   int n = 0;
   for (struct lmp_proc *p = registry; p; p = p->next) {
-    if (p->state != RUNNING)
+    if (p->state != RUNNING || p->flags == LMP_PROC_SERVICE)
       continue;
     if (n < max && pids)
       pids[n] = p->pid;
@@ -228,12 +282,11 @@ static void forget_parent_registry(void)
 {
   struct lmp_proc *p = registry, *next;
   registry = NULL;
+  adopted_running = 0;
   for (; p; p = next) {
     next = p->next;
     if (p->handle) {
-      if (p->pidfd >= 0)
-        close(p->pidfd);
-      p->pidfd = -1;
+      close_fds(p);
       p->next = NULL;
       if (p->state == RUNNING)
         p->state = FOREIGN;
@@ -257,7 +310,7 @@ static void child_setup(pid_t forker)
   parent_pid = forker;
 }
 
-int lmp_proc_fork(int daemon, lmp_proc_t **out)
+int lmp_proc_fork(int flags, lmp_proc_t **out)
 {
   *out = NULL;
   /* The child must belong to our family (prefix, watchdog), not found one. */
@@ -286,13 +339,141 @@ int lmp_proc_fork(int daemon, lmp_proc_t **out)
   lmp_runtime_postfork_parent(0);
   p->pid = pid;
   p->pidfd = open_pidfd(pid);
+  p->status_fd = -1;
   p->state = RUNNING;
-  p->daemon = daemon != 0;
+  p->flags = norm_flags(flags);
   p->handle = 1;
   p->next = registry;
   registry = p;
   *out = p;
   return 1;
+}
+
+/* === spawn: fork and exec === */
+
+/* environ without LMP_PREFIX and LMP_ROOT_PID, plus this family's values.
+ * The strings live in `vars` (two of 64 bytes); free() the array only. */
+static char **family_env(char vars[2][64])
+{
+  extern char **environ;
+  size_t n = 0;
+  while (environ[n])
+    n++;
+  char **env = malloc((n + 3) * sizeof *env);
+  if (!env)
+    return NULL;
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (strncmp(environ[i], "LMP_PREFIX=", 11) != 0 && strncmp(environ[i], "LMP_ROOT_PID=", 13) != 0)
+      env[k++] = environ[i];
+  }
+  snprintf(vars[0], 64, "LMP_PREFIX=%s", lmp_runtime_prefix());
+  snprintf(vars[1], 64, "LMP_ROOT_PID=%ld", (long)lmp_runtime_root_pid());
+  env[k++] = vars[0];
+  env[k++] = vars[1];
+  env[k] = NULL;
+  return env;
+}
+
+/* Mark every descriptor above stderr close-on-exec, except `keep`. */
+static void cloexec_all_but(int keep)
+{
+#ifdef SYS_close_range
+  if (syscall(SYS_close_range, 3u, ~0u, 4u /* CLOSE_RANGE_CLOEXEC */) < 0)
+#endif
+  {
+    long max = sysconf(_SC_OPEN_MAX);
+    if (max < 0 || max > 65536)
+      max = 65536;
+    for (int fd = 3; fd < max; fd++)
+      fcntl(fd, F_SETFD, FD_CLOEXEC);
+  }
+  if (keep >= 0)
+    fcntl(keep, F_SETFD, 0);
+}
+
+/* In the new child: drop what the fork gave us, exec, report a failure. */
+static void exec_child(const char *path, char *const argv[], char **env, int keep, int errfd)
+    __attribute__((noreturn));
+
+static void exec_child(const char *path, char *const argv[], char **env, int keep, int errfd)
+{
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, NULL);
+  lmp_runtime_release_all();
+  cloexec_all_but(keep);
+  execve(path, argv, env);
+  int32_t err = errno;
+  if (write(errfd, &err, sizeof err) < 0) {
+  }
+  _exit(127);
+}
+
+int lmp_proc_spawn(const char *path, char *const argv[], int keep_fd, int flags,
+                   lmp_proc_t **out)
+{
+  char vars[2][64];
+  int errpipe[2], rc;
+  *out = NULL;
+  if ((rc = lmp_runtime_init()) < 0)
+    return rc;
+  char **env = family_env(vars);
+  if (!env)
+    return -ENOMEM;
+  if (pipe2(errpipe, O_CLOEXEC) < 0) {
+    rc = -errno;
+    free(env);
+    return rc;
+  }
+  lmp_proc_t *p;
+  rc = lmp_proc_fork(flags, &p);
+  if (rc == 0)
+    exec_child(path, argv, env, keep_fd, errpipe[1]);
+  free(env);
+  close(errpipe[1]);
+  if (rc < 0) {
+    close(errpipe[0]);
+    return rc;
+  }
+  /* End of file: the exec closed the pipe, so it succeeded. */
+  int32_t err = 0;
+  ssize_t n;
+  while ((n = read(errpipe[0], &err, sizeof err)) < 0 && errno == EINTR) {
+  }
+  close(errpipe[0]);
+  if (n == (ssize_t)sizeof err) {
+    lmp_proc_wait(p, LMP_FOREVER);
+    lmp_proc_free(p);
+    return err > 0 ? -err : -ENOEXEC;
+  }
+  *out = p;
+  return 0;
+}
+
+/* === adopted processes === */
+
+int lmp_proc_adopt(pid_t pid, int pidfd, int status_fd, int flags, lmp_proc_t **out)
+{
+  *out = NULL;
+  struct lmp_proc *p = calloc(1, sizeof *p);
+  if (!p) {
+    if (pidfd >= 0)
+      close(pidfd);
+    close(status_fd);
+    return -ENOMEM;
+  }
+  p->pid = pid;
+  p->pidfd = pidfd;
+  p->status_fd = status_fd;
+  p->state = RUNNING;
+  p->flags = norm_flags(flags);
+  p->handle = 1;
+  p->next = registry;
+  registry = p;
+  adopted_running++;
+  *out = p;
+  return 0;
 }
 
 void lmp_proc_free(lmp_proc_t *p)
@@ -316,7 +497,7 @@ pid_t lmp_proc_pid(const lmp_proc_t *p)
 
 int lmp_proc_fd(const lmp_proc_t *p)
 {
-  return p->pidfd;
+  return p->status_fd >= 0 ? p->status_fd : p->pidfd;
 }
 
 static void sleep_ns(int64_t ns)
@@ -349,12 +530,12 @@ int lmp_proc_wait(lmp_proc_t *p, int64_t deadline)
     return 0;
   if (p->state == FOREIGN)
     return -ECHILD;
-  if (p->pidfd < 0)
+  if (p->pidfd < 0 && p->status_fd < 0)
     return backoff_wait(p, deadline);
   int rc = try_reap(p, WNOHANG);
   if (rc != 0)
     return rc < 0 ? rc : 0;
-  rc = lmp__poll_fd(p->pidfd, POLLIN, deadline);
+  rc = lmp__poll_fd(lmp_proc_fd(p), POLLIN, deadline);
   if (rc < 0)
     return backoff_wait(p, deadline); /* someone closed our pidfd */
   if (rc == 0)
@@ -402,6 +583,15 @@ int lmp_proc_signal(lmp_proc_t *p, int sig)
     return 0;
   if (p->state == FOREIGN)
     return -ECHILD;
+#ifdef SYS_pidfd_send_signal
+  /* An adopted process is reaped by someone else: only its pidfd is sure
+   * to name it rather than a process that took over its pid. */
+  if (p->status_fd >= 0 && p->pidfd >= 0) {
+    if (syscall(SYS_pidfd_send_signal, p->pidfd, sig, NULL, 0) < 0)
+      return errno == ESRCH ? 0 : -errno;
+    return 0;
+  }
+#endif
   if (kill(p->pid, sig) < 0)
     return errno == ESRCH ? 0 : -errno;
   return 0;
@@ -409,22 +599,22 @@ int lmp_proc_signal(lmp_proc_t *p, int sig)
 
 /* === shutdown and exit === */
 
-static void signal_daemons(int sig)
+static void signal_kind(int flags, int sig)
 {
   for (struct lmp_proc *p = registry; p; p = p->next) {
-    if (p->daemon && p->state == RUNNING)
+    if (p->flags == flags && p->state == RUNNING)
       (void)lmp_proc_signal(p, sig);
   }
 }
 
-/* Wait for every running child matching `daemon` (-1: any) until the
- * deadline.  The list changes under us (records are freed when reaped), so
- * the scan restarts after each reap. */
-static void wait_children(int daemon, int64_t deadline)
+/* Wait for every running child of the kind `flags` until the deadline.  The
+ * list changes under us (records are freed when reaped), so the scan
+ * restarts after each reap. */
+static void wait_children(int flags, int64_t deadline)
 {
   for (;;) {
     struct lmp_proc *p = registry;
-    while (p && (p->state != RUNNING || (daemon >= 0 && p->daemon != daemon)))
+    while (p && (p->state != RUNNING || p->flags != flags))
       p = p->next;
     if (!p)
       return;
@@ -436,14 +626,22 @@ static void wait_children(int daemon, int64_t deadline)
   }
 }
 
+/* SIGTERM, a grace period, SIGKILL. */
+static void end_kind(int flags)
+{
+  signal_kind(flags, SIGTERM);
+  wait_children(flags, lmp_now_ns() + SHUTDOWN_GRACE_NS);
+  signal_kind(flags, SIGKILL);
+  wait_children(flags, LMP_FOREVER);
+}
+
 void lmp_proc_shutdown(void)
 {
-  /* As Python does: terminate the daemons first, then join the others. */
-  signal_daemons(SIGTERM);
-  wait_children(1, lmp_now_ns() + SHUTDOWN_GRACE_NS);
-  signal_daemons(SIGKILL);
-  wait_children(1, LMP_FOREVER);
+  /* As Python does: terminate the daemons first, then join the others;
+   * the services they used (the forkserver) go last. */
+  end_kind(LMP_PROC_DAEMON);
   wait_children(0, LMP_FOREVER);
+  end_kind(LMP_PROC_SERVICE);
 }
 
 void lmp_proc_exit(int code)
@@ -457,4 +655,9 @@ void lmp_proc_exit(int code)
 pid_t lmp_proc_parent_pid(void)
 {
   return parent_pid;
+}
+
+void lmp_proc_set_parent(pid_t pid)
+{
+  parent_pid = pid;
 }

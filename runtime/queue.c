@@ -42,6 +42,13 @@
  * all.  (What a killed process had created and not yet published -- a spill,
  * a ring -- stays in /dev/shm until the root's cleanup.)
  *
+ * Consumers that must not lose a message.  lmp_queue_get_hook runs a
+ * caller's hook under the lock just before the commit, with the record's
+ * sequence number (records taken before it).  A pool worker publishes there
+ * which task it took, so the task is at every instant either in the ring or
+ * in the worker's slot: a worker killed between the two stores leaves its
+ * slot naming a task that is still queued, which errs on the safe side.
+ *
  * Speed.  Both sides spin briefly on the words (without the lock) before
  * going to sleep, because a cross-process futex wake costs tens of
  * microseconds and a spinning hand-off well under one.  The steady state
@@ -56,6 +63,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "lmp/queue.h"
@@ -539,12 +547,30 @@ lmp_seg_t *lmp_queue_seg(lmp_queue_t *q)
 
 /* === spilled payloads === */
 
-static int spill_make(struct spill *sp, const void *data, size_t len)
+/* The payload of a put: the parts of an iovec, one after the other. */
+struct parts {
+  const struct iovec *iov;
+  int n;
+  size_t len;
+};
+
+static void parts_copy(const struct parts *ps, char *dst)
 {
+  for (int i = 0; i < ps->n; i++) {
+    if (ps->iov[i].iov_len == 0)
+      continue; /* iov_base may be NULL */
+    memcpy(dst, ps->iov[i].iov_base, ps->iov[i].iov_len);
+    dst += ps->iov[i].iov_len;
+  }
+}
+
+static int spill_make(struct spill *sp, const struct parts *ps)
+{
+  size_t len = ps->len;
   int rc = lmp_seg_create(len ? len : 1, &sp->seg);
   if (rc < 0)
     return rc;
-  memcpy(lmp_seg_data(sp->seg), data, len);
+  parts_copy(ps, lmp_seg_data(sp->seg));
   const char *name = lmp_seg_name(sp->seg);
   size_t n = strnlen(name, LMP_SEG_NAME_MAX);
   uint64_t len64 = len;
@@ -579,14 +605,17 @@ static int spill_take(const char *body, size_t body_len, lmp_buf_t *buf)
 
 /* === put === */
 
-static void write_record(lmp_queue_t *q, const void *data, size_t len, uint32_t flags)
+static void write_record(lmp_queue_t *q, const struct parts *ps, uint32_t flags)
 {
   struct qhdr *h = q->h;
-  uint64_t tw = LOAD(h->tailw), off = w_off(tw);
-  struct rec r = {(uint32_t)len, flags};
+  uint64_t tw = LOAD(h->tailw), off = w_off(tw), at = off + REC_HEADER;
+  struct rec r = {(uint32_t)ps->len, flags};
   memcpy(q->ring + (off & q->mask), &r, sizeof r);
-  ring_write(q, off + REC_HEADER, data, len);
-  STORE(h->tailw, w_make(off + rec_size(len), w_cnt(tw) + 1)); /* the commit */
+  for (int i = 0; i < ps->n; i++) {
+    ring_write(q, at, ps->iov[i].iov_base, ps->iov[i].iov_len);
+    at += ps->iov[i].iov_len;
+  }
+  STORE(h->tailw, w_make(off + rec_size(ps->len), w_cnt(tw) + 1)); /* the commit */
 }
 
 /* Wait (lock held) until the record may go in and the ring has room for
@@ -615,25 +644,39 @@ static int wait_room(lmp_queue_t *q, uint64_t need, int64_t deadline)
 
 int lmp_queue_put(lmp_queue_t *q, const void *data, size_t len, int64_t deadline)
 {
+  struct iovec iov = {(void *)data, len};
+  return lmp_queue_putv(q, &iov, 1, deadline);
+}
+
+int lmp_queue_putv(lmp_queue_t *q, const struct iovec *iov, int iovcnt, int64_t deadline)
+{
   struct qhdr *h = q->h;
+  struct parts ps = {iov, iovcnt, 0};
   struct spill sp;
   int rc;
+  for (int i = 0; i < iovcnt; i++) {
+    if (iov[i].iov_len > SIZE_MAX - ps.len)
+      return -ENOMEM;
+    ps.len += iov[i].iov_len;
+  }
   sp.seg = NULL;
-  if (len > h->inline_max && (rc = spill_make(&sp, data, len)) < 0)
+  if (ps.len > h->inline_max && (rc = spill_make(&sp, &ps)) < 0)
     return rc;
   if (h->maxsize && !ready(h, 1))
     spin(h, 1, deadline);
   if ((rc = qlock(h)) < 0)
     goto err;
-  if ((rc = wait_room(q, rec_size(sp.seg ? sp.body_len : len), deadline)) < 0) {
+  if ((rc = wait_room(q, rec_size(sp.seg ? sp.body_len : ps.len), deadline)) < 0) {
     lmp_mutex_unlock(&h->lock);
     goto err;
   }
   if (sp.seg) {
+    struct iovec body = {sp.body, sp.body_len};
+    struct parts bp = {&body, 1, sp.body_len};
     lmp_seg_pin(sp.seg);
-    write_record(q, sp.body, sp.body_len, REC_SPILL);
+    write_record(q, &bp, REC_SPILL);
   } else {
-    write_record(q, data, len, 0);
+    write_record(q, &ps, 0);
   }
   int wake = has_waiters(&h->not_empty);
   lmp_mutex_unlock(&h->lock);
@@ -671,7 +714,8 @@ static int wait_message(struct qhdr *h, int64_t deadline)
  * unlock.  The space the payload needs is reserved before the record is
  * consumed, so -ENOMEM leaves the message in the queue.
  */
-static int take_record(lmp_queue_t *q, lmp_buf_t *buf, char *body, size_t *body_len)
+static int take_record(lmp_queue_t *q, lmp_buf_t *buf, char *body, size_t *body_len,
+                       lmp_queue_hook_fn taken, void *arg)
 {
   struct qhdr *h = q->h;
   int rc = ring_sync(q);
@@ -700,11 +744,19 @@ static int take_record(lmp_queue_t *q, lmp_buf_t *buf, char *body, size_t *body_
     ring_read(q, head + REC_HEADER, buf->data, r.len);
     buf->len = r.len;
   }
+  if (taken)
+    taken(arg, (uint32_t)w_cnt(hw));
   STORE(h->headw, w_make(head + rec_size(r.len), w_cnt(hw) + 1)); /* the commit */
   return 0;
 }
 
 int lmp_queue_get(lmp_queue_t *q, lmp_buf_t *buf, int64_t deadline)
+{
+  return lmp_queue_get_hook(q, buf, deadline, NULL, NULL);
+}
+
+int lmp_queue_get_hook(lmp_queue_t *q, lmp_buf_t *buf, int64_t deadline, lmp_queue_hook_fn taken,
+                       void *arg)
 {
   struct qhdr *h = q->h;
   char body[8 + LMP_SEG_NAME_MAX];
@@ -715,7 +767,8 @@ int lmp_queue_get(lmp_queue_t *q, lmp_buf_t *buf, int64_t deadline)
   int rc = qlock(h);
   if (rc < 0)
     return rc;
-  if ((rc = wait_message(h, deadline)) < 0 || (rc = take_record(q, buf, body, &body_len)) < 0) {
+  if ((rc = wait_message(h, deadline)) < 0 ||
+      (rc = take_record(q, buf, body, &body_len, taken, arg)) < 0) {
     lmp_mutex_unlock(&h->lock);
     if (rc == -ENOMEM)
       lmp_cond_signal(&h->not_empty, 1); /* we may have taken another's wake-up */

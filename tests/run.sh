@@ -1,5 +1,5 @@
 #!/bin/sh
-# tests/run.sh BUILD_DIR [layers|c|lua ...]
+# tests/run.sh BUILD_DIR [layers|c|lua|bench ...]
 #
 # Runs the suites and ends with one line summing them all:
 #   N passed, N failed[, N skipped]
@@ -8,7 +8,7 @@
 # interpreter under a timeout, so a crash or hang fails that file, not the run.
 B=${1:-build}
 shift
-[ $# -eq 0 ] && set -- layers c lua
+[ $# -eq 0 ] && set -- layers c lua bench
 LUA=${LUA:-lua5.4}
 BUSTED=${BUSTED:-$(command -v busted || echo /usr/bin/busted)}
 SPEC_TIMEOUT=${SPEC_TIMEOUT:-300}
@@ -59,6 +59,16 @@ for suite in "$@"; do
       fi
       count "$spec"
     done ;;
+  bench)
+    # Every benchmark workload once at tiny size (bench/run.sh --smoke): each
+    # must run and print its result line.  No timing is ever checked here.
+    sh bench/run.sh "$B" --smoke > "$log" 2>&1
+    rc=$?
+    if [ $rc -ne 0 ] && ! grep -q '^not ok ' "$log"; then
+      tail -20 "$log"
+      echo "not ok - bench/run.sh --smoke exited with status $rc" >> "$log"
+    fi
+    count bench ;;
   *) echo "unknown suite $suite"; exit 2 ;;
   esac
 done

@@ -12,6 +12,15 @@
  *
  * Exit codes follow Python: 0, the code given to exit(), or -N when killed by
  * signal N.
+ *
+ * Besides forked children the registry holds two other kinds, for the start
+ * methods that do not fork the caller's image: children that exec a program
+ * (lmp_proc_spawn, start method "spawn"), which are ordinary children in
+ * every other respect, and processes another process forked on our behalf
+ * (lmp_proc_adopt, start method "forkserver").  An adopted process is not
+ * our child: it is watched through a pidfd, signalled through it (no pid
+ * reuse race), and its exit code arrives on a descriptor from its real
+ * parent.  Every call below works on all three kinds.
  */
 #ifndef LMP_PROC_H
 #define LMP_PROC_H
@@ -21,8 +30,36 @@
 
 typedef struct lmp_proc lmp_proc_t;
 
-/* 1 in the parent (*out set), 0 in the child (*out NULL), <0 on error. */
-int lmp_proc_fork(int daemon, lmp_proc_t **out);
+/* Flags of a child.  A daemon is terminated, not joined, by
+ * lmp_proc_shutdown.  A service (the forkserver) serves the other children:
+ * shutdown ends it last, and lmp_proc_children does not count it. */
+#define LMP_PROC_DAEMON 1
+#define LMP_PROC_SERVICE 2
+
+/* 1 in the parent (*out set), 0 in the child (*out NULL), <0 on error.
+ * `flags`: 0 or LMP_PROC_* (any other non-zero value means a daemon). */
+int lmp_proc_fork(int flags, lmp_proc_t **out);
+
+/*
+ * Fork and execve(path, argv) with this process's environment plus
+ * LMP_PREFIX and LMP_ROOT_PID, so the program (an lmp executable) joins this
+ * family: same segments, same watchdog.  The child drops the segment
+ * references the fork gave it, and every descriptor above stderr is closed
+ * at exec except `keep_fd` (-1: none), which stays at its number.  Returns 0
+ * once the exec has succeeded, or -errno: the exec's own error (-ENOENT,
+ * -EACCES...) is reported here, after the failed child has been reaped.
+ */
+int lmp_proc_spawn(const char *path, char *const argv[], int keep_fd, int flags,
+                   lmp_proc_t **out);
+
+/*
+ * Register a process that another one forked for us.  `pidfd` (-1 if the
+ * kernel has none) refers to it; `status_fd` turns readable when its real
+ * parent has reaped it and written its exit code there as one int32 (the
+ * Python-style code); end of file without a code gives 255.  Takes
+ * ownership of both descriptors.  0 or -ENOMEM (descriptors closed).
+ */
+int lmp_proc_adopt(pid_t pid, int pidfd, int status_fd, int flags, lmp_proc_t **out);
 void lmp_proc_free(lmp_proc_t *p); /* the handle; a running child stays registered until reaped */
 
 pid_t lmp_proc_pid(const lmp_proc_t *p);
@@ -31,15 +68,18 @@ int lmp_proc_wait(lmp_proc_t *p, int64_t deadline);
 int lmp_proc_alive(lmp_proc_t *p);               /* reaps if it has exited */
 int lmp_proc_exitcode(lmp_proc_t *p, int *code); /* 0 and code once exited, -EAGAIN while running */
 int lmp_proc_signal(lmp_proc_t *p, int sig);     /* no-op once exited */
-int lmp_proc_fd(const lmp_proc_t *p);            /* pidfd, readable once it exits; -1 if none */
+/* A descriptor that turns readable once the exit code is known: the pidfd,
+ * or the status descriptor of an adopted process; -1 if none. */
+int lmp_proc_fd(const lmp_proc_t *p);
 
 /* Reap every registered child that has exited (cheap when none has). */
 void lmp_proc_reap(void);
-/* Number of live registered children, and their pids. */
+/* Number of live registered children, services not counted, and their pids. */
 int lmp_proc_children(pid_t *pids, int max);
 
 /* Shutdown of this process's children: signal daemon children (SIGTERM, then
- * SIGKILL after a grace period) and wait for the others. */
+ * SIGKILL after a grace period), wait for the others, then end the services
+ * the same way as daemons. */
 void lmp_proc_shutdown(void);
 
 /* The end of a child: shut down its own children, release its references to
@@ -47,7 +87,10 @@ void lmp_proc_shutdown(void);
  * handlers. */
 void lmp_proc_exit(int code) __attribute__((noreturn));
 
-/* pid of the process that forked this one through lmp (0 in the root). */
+/* pid of the process that started this one through lmp (0 in the root). */
 pid_t lmp_proc_parent_pid(void);
+/* For a process started on another's behalf (an exec'd child, or one forked
+ * by the forkserver): the pid lmp_proc_parent_pid reports from now on. */
+void lmp_proc_set_parent(pid_t pid);
 
 #endif

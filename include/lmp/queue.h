@@ -19,6 +19,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include "lmp/common.h"
 #include "lmp/shm.h"
@@ -36,8 +37,19 @@ lmp_seg_t *lmp_queue_seg(lmp_queue_t *q);
 
 /* 0, -ETIMEDOUT (full until the deadline), -EPIPE (closed), -ENOMEM */
 int lmp_queue_put(lmp_queue_t *q, const void *data, size_t len, int64_t deadline);
+/* The same with the payload gathered from iov[0..iovcnt). */
+int lmp_queue_putv(lmp_queue_t *q, const struct iovec *iov, int iovcnt, int64_t deadline);
 /* Fills buf (len = payload size).  0, -ETIMEDOUT, -EPIPE (closed and drained) */
 int lmp_queue_get(lmp_queue_t *q, lmp_buf_t *buf, int64_t deadline);
+
+/* Called with the queue locked once a get is certain to take its record,
+ * with the record's sequence number: how many records were taken before it,
+ * modulo 2^30.  It must be quick and must not call the queue. */
+typedef void (*lmp_queue_hook_fn)(void *arg, uint32_t seq);
+/* lmp_queue_get that runs `taken` (if not NULL) as it takes the record, so
+ * a consumer can publish what it took atomically with taking it. */
+int lmp_queue_get_hook(lmp_queue_t *q, lmp_buf_t *buf, int64_t deadline, lmp_queue_hook_fn taken,
+                       void *arg);
 
 size_t lmp_queue_qsize(lmp_queue_t *q);
 size_t lmp_queue_maxsize(lmp_queue_t *q);

@@ -1,21 +1,27 @@
 /*
  * test_proc.c -- child processes: exit codes, waits with deadlines, signals,
  * reaping (no zombie is left), shutdown of daemon and non-daemon children,
- * orphans killed through PR_SET_PDEATHSIG, and descriptor hygiene.
+ * orphans killed through PR_SET_PDEATHSIG, and descriptor hygiene; then the
+ * other kinds of children: exec'd ones (lmp_proc_spawn) and processes
+ * adopted from another parent (lmp_proc_adopt), and the ordering of
+ * services at shutdown.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "lmp/common.h"
 #include "lmp/proc.h"
+#include "lmp/shm.h"
 #include "runner.h"
 
 #define MS 1000000LL
@@ -315,6 +321,199 @@ TEST(fd_hygiene)
   CHECK_EQ(lmp_proc_children(NULL, 0), 0);
 }
 
+
+/* === spawn: fork and exec === */
+
+/* Run `script` with /bin/sh through lmp_proc_spawn; its exit code. */
+static int sh(const char *script, int keep_fd)
+{
+  char *argv[] = {"sh", "-c", (char *)script, "sh", NULL};
+  lmp_proc_t *p;
+  CHECK_EQ(lmp_proc_spawn("/bin/sh", argv, keep_fd, 0, &p), 0);
+  CHECK_EQ(lmp_proc_wait(p, lmp_deadline(10)), 0);
+  int code = exitcode(p);
+  lmp_proc_free(p);
+  return code;
+}
+
+TEST(spawn_exit_code)
+{
+  CHECK_EQ(sh("exit 3", -1), 3);
+  CHECK_EQ(sh("kill -TERM $$", -1), -SIGTERM);
+}
+
+/* The exec'd program is told the family's prefix and root. */
+TEST(spawn_environment)
+{
+  CHECK_EQ(lmp_runtime_init(), 0);
+  char script[256];
+  snprintf(script, sizeof script, "test \"$LMP_PREFIX\" = '%s' && test \"$LMP_ROOT_PID\" = %ld",
+           lmp_runtime_prefix(), (long)getpid());
+  CHECK_EQ(sh(script, -1), 0);
+  /* A stale value in our own environment is replaced, not duplicated. */
+  setenv("LMP_PREFIX", "/lmp.1.00000000", 1);
+  CHECK_EQ(sh(script, -1), 0);
+  CHECK_EQ(sh("test $(env | grep -c '^LMP_PREFIX=') = 1", -1), 0);
+  unsetenv("LMP_PREFIX");
+}
+
+/* Only stdio and the kept descriptor cross the exec. */
+TEST(spawn_descriptors)
+{
+  int a[2], b[2];
+  CHECK_EQ(pipe(a), 0); /* not close-on-exec */
+  CHECK_EQ(pipe(b), 0);
+  char script[128];
+  snprintf(script, sizeof script, "test -e /proc/self/fd/%d && ! test -e /proc/self/fd/%d", b[1],
+           a[1]);
+  CHECK_EQ(sh(script, b[1]), 0);
+  close(a[0]);
+  close(a[1]);
+  close(b[0]);
+  close(b[1]);
+}
+
+/* An exec that fails is an error of the call, and leaves no child. */
+TEST(spawn_enoent)
+{
+  char *argv[] = {"nothing", NULL};
+  lmp_proc_t *p = (lmp_proc_t *)1;
+  CHECK_EQ(lmp_proc_spawn("/nonexistent/lmp", argv, -1, 0, &p), -ENOENT);
+  CHECK(p == NULL);
+  CHECK_EQ(lmp_proc_children(NULL, 0), 0);
+}
+
+/* The segment references a fork hands the child are dropped before the
+ * exec, so the new program does not leak them. */
+TEST(spawn_drops_references)
+{
+  lmp_seg_t *s;
+  CHECK_EQ(lmp_seg_create(64, &s), 0);
+  CHECK_EQ(lmp_seg_refs(s), 1);
+  CHECK_EQ(sh("exit 0", -1), 0);
+  CHECK_EQ(lmp_seg_refs(s), 1);
+  lmp_seg_release(s);
+}
+
+/* === adopted processes === */
+
+/* A process forked with plain fork(): this test plays its real parent, and
+ * adopts it as another process would. */
+static lmp_proc_t *adopt_sleeper(pid_t *pid, int *status_w)
+{
+  int st[2];
+  CHECK_EQ(pipe2(st, O_CLOEXEC), 0);
+  *pid = fork();
+  CHECK(*pid >= 0);
+  if (*pid == 0) {
+    for (;;)
+      pause();
+  }
+  int pidfd = (int)syscall(SYS_pidfd_open, *pid, 0);
+  CHECK(pidfd >= 0);
+  lmp_proc_t *p;
+  CHECK_EQ(lmp_proc_adopt(*pid, pidfd, st[0], 0, &p), 0);
+  *status_w = st[1];
+  return p;
+}
+
+/* Reap `pid` as its real parent does and report its code. */
+static void report(pid_t pid, int status_w)
+{
+  int st;
+  CHECK_EQ(waitpid(pid, &st, 0), pid);
+  int32_t code = WIFSIGNALED(st) ? -WTERMSIG(st) : WEXITSTATUS(st);
+  CHECK_EQ(write(status_w, &code, sizeof code), sizeof code);
+  close(status_w);
+}
+
+TEST(adopt_wait_and_signal)
+{
+  pid_t pid;
+  int w;
+  lmp_proc_t *p = adopt_sleeper(&pid, &w);
+  CHECK_EQ(lmp_proc_pid(p), pid);
+  CHECK_EQ(lmp_proc_alive(p), 1);
+  CHECK_EQ(lmp_proc_wait(p, lmp_deadline(0.02)), -ETIMEDOUT);
+  int code;
+  CHECK_EQ(lmp_proc_exitcode(p, &code), -EAGAIN);
+  CHECK_EQ(lmp_proc_children(NULL, 0), 1);
+  CHECK_EQ(lmp_proc_signal(p, SIGTERM), 0);
+  report(pid, w);
+  CHECK_EQ(lmp_proc_wait(p, lmp_deadline(5)), 0);
+  CHECK_EQ(exitcode(p), -SIGTERM);
+  CHECK_EQ(lmp_proc_alive(p), 0);
+  CHECK_EQ(lmp_proc_signal(p, SIGKILL), 0); /* reaped: a no-op */
+  CHECK_EQ(lmp_proc_children(NULL, 0), 0);
+  lmp_proc_free(p);
+}
+
+/* Its real parent gone without a word: the code is 255, and nothing hangs. */
+TEST(adopt_parent_lost)
+{
+  pid_t pid;
+  int w;
+  lmp_proc_t *p = adopt_sleeper(&pid, &w);
+  kill(pid, SIGKILL);
+  waitpid(pid, NULL, 0);
+  close(w);
+  CHECK_EQ(lmp_proc_wait(p, lmp_deadline(5)), 0);
+  CHECK_EQ(exitcode(p), 255);
+  lmp_proc_free(p);
+}
+
+/* A freed handle of a running adopted process is still collected. */
+TEST(adopt_reaped_without_handle)
+{
+  int before = lmp_test_fd_count();
+  pid_t pid;
+  int w;
+  lmp_proc_t *p = adopt_sleeper(&pid, &w);
+  lmp_proc_free(p);
+  kill(pid, SIGKILL);
+  report(pid, w);
+  lmp_proc_reap();
+  CHECK_EQ(lmp_test_fd_count(), before);
+}
+
+/* Shutdown ends a service after the children it serves, and does not
+ * count it as a child.  The service exits 0 on SIGTERM only if the worker
+ * has ended by then: the worker holds the write end of a pipe whose read
+ * end the service checks for end of file. */
+static int service_rfd;
+
+static void on_term(int sig)
+{
+  char c;
+  (void)sig;
+  _exit(read(service_rfd, &c, 1) == 0 ? 0 : 1);
+}
+
+TEST(shutdown_service_last)
+{
+  int fds[2];
+  CHECK_EQ(pipe2(fds, O_NONBLOCK), 0);
+  lmp_proc_t *svc, *worker;
+  int rc = lmp_proc_fork(LMP_PROC_SERVICE, &svc);
+  CHECK(rc >= 0);
+  if (rc == 0) {
+    close(fds[1]);
+    service_rfd = fds[0];
+    signal(SIGTERM, on_term);
+    for (;;)
+      pause();
+  }
+  worker = spawn(0, 200, 0);
+  close(fds[0]);
+  close(fds[1]); /* the worker holds the write end until it exits */
+  CHECK_EQ(lmp_proc_children(NULL, 0), 1);
+  lmp_proc_shutdown();
+  CHECK_EQ(exitcode(worker), 0);
+  CHECK_EQ(exitcode(svc), 0);
+  lmp_proc_free(svc);
+  lmp_proc_free(worker);
+}
+
 TEST_LIST = {
   TEST_ENTRY(exit_codes),
   TEST_ENTRY(wait_timeout),
@@ -328,5 +527,14 @@ TEST_LIST = {
   TEST_ENTRY(shutdown_stubborn),
   TEST_ENTRY(pdeathsig),
   TEST_ENTRY_T(fd_hygiene, 60),
+  TEST_ENTRY(spawn_exit_code),
+  TEST_ENTRY(spawn_environment),
+  TEST_ENTRY(spawn_descriptors),
+  TEST_ENTRY(spawn_enoent),
+  TEST_ENTRY(spawn_drops_references),
+  TEST_ENTRY(adopt_wait_and_signal),
+  TEST_ENTRY(adopt_parent_lost),
+  TEST_ENTRY(adopt_reaped_without_handle),
+  TEST_ENTRY(shutdown_service_last),
   TEST_END
 };

@@ -2,7 +2,8 @@
  * test_queue.c -- the shared-memory queue: order, bounds and deadlines,
  * records across the wrap point, spilled payloads, close and task
  * semantics, opening by name, many producers and consumers in separate
- * processes, and producers killed in the middle of a put.
+ * processes, producers killed in the middle of a put, gathered puts and
+ * gets that report what they took.
  */
 #include <errno.h>
 #include <signal.h>
@@ -229,6 +230,83 @@ TEST(spill_16mib)
   CHECK_EQ(count_segments(), segs);
   lmp_buf_free(&b);
   lmp_queue_free(q);
+}
+
+/* putv gathers its parts into one record: inline (across the wrap point of
+ * a small ring), spilled, and with empty parts. */
+TEST(putv_gather)
+{
+  lmp_queue_t *q;
+  lmp_buf_t b = {0};
+  char m[4096];
+  CHECK_EQ(lmp_queue_create(0, 1024, &q), 0);
+  for (uint32_t i = 0; i < 2000; i++) {
+    size_t len = wrap_len(i), cut = len / 3;
+    make_msg(m, len, i);
+    struct iovec iov[3] = {{m, cut}, {NULL, 0}, {m + cut, len - cut}};
+    CHECK_EQ(lmp_queue_putv(q, iov, 3, LMP_FOREVER), 0);
+    get_msg(q, &b, len, i);
+  }
+  size_t big = 3000; /* more than capacity/8: spilled */
+  make_msg(m, big, 77);
+  struct iovec iov[2] = {{m, 1000}, {m + 1000, big - 1000}};
+  CHECK_EQ(lmp_queue_putv(q, iov, 2, LMP_FOREVER), 0);
+  get_msg(q, &b, big, 77);
+  CHECK_EQ(lmp_queue_putv(q, iov, 0, LMP_FOREVER), 0);
+  CHECK_EQ(lmp_queue_get(q, &b, LMP_FOREVER), 0);
+  CHECK_EQ(b.len, 0);
+  lmp_buf_free(&b);
+  lmp_queue_free(q);
+}
+
+struct hook_log {
+  uint32_t seqs[64];
+  int n;
+};
+
+static void log_seq(void *arg, uint32_t seq)
+{
+  struct hook_log *log = arg;
+  log->seqs[log->n++] = seq;
+}
+
+/* The hook of get_hook sees each record's sequence number, spilled records
+ * included, and is not called when nothing is taken. */
+TEST(get_hook_seq)
+{
+  lmp_queue_t *q;
+  lmp_buf_t b = {0};
+  struct hook_log log = {{0}, 0};
+  CHECK_EQ(lmp_queue_create(0, 1024, &q), 0);
+  for (uint32_t i = 0; i < 20; i++)
+    put_msg(q, i == 7 ? 5000 : 16, i);
+  for (uint32_t i = 0; i < 10; i++)
+    CHECK_EQ(lmp_queue_get(q, &b, LMP_FOREVER), 0);
+  for (uint32_t i = 10; i < 20; i++) {
+    CHECK_EQ(lmp_queue_get_hook(q, &b, LMP_FOREVER, log_seq, &log), 0);
+    CHECK_EQ(check_msg(b.data, b.len), i);
+  }
+  CHECK_EQ(log.n, 10);
+  for (int i = 0; i < 10; i++)
+    CHECK_EQ(log.seqs[i], 10 + i);
+  CHECK_EQ(lmp_queue_get_hook(q, &b, lmp_deadline(0), log_seq, &log), -ETIMEDOUT);
+  lmp_queue_close(q);
+  CHECK_EQ(lmp_queue_get_hook(q, &b, LMP_FOREVER, log_seq, &log), -EPIPE);
+  CHECK_EQ(log.n, 10);
+  /* A spilled record reports its number too. */
+  lmp_queue_t *q2;
+  CHECK_EQ(lmp_queue_create(0, 1024, &q2), 0);
+  put_msg(q2, 16, 0);
+  put_msg(q2, 5000, 1);
+  log.n = 0;
+  CHECK_EQ(lmp_queue_get_hook(q2, &b, LMP_FOREVER, log_seq, &log), 0);
+  CHECK_EQ(lmp_queue_get_hook(q2, &b, LMP_FOREVER, log_seq, &log), 0);
+  CHECK_EQ(check_msg(b.data, b.len), 1);
+  CHECK_EQ(log.n, 2);
+  CHECK_EQ(log.seqs[1], 1);
+  lmp_buf_free(&b);
+  lmp_queue_free(q);
+  lmp_queue_free(q2);
 }
 
 /* maxsize bounds messages, not bytes: a ring too small for what is queued
@@ -628,6 +706,8 @@ TEST_LIST = {
   TEST_ENTRY(nonblocking),
   TEST_ENTRY(wraparound),
   TEST_ENTRY(spill_16mib),
+  TEST_ENTRY(putv_gather),
+  TEST_ENTRY(get_hook_seq),
   TEST_ENTRY(ring_grows),
   TEST_ENTRY_T(ring_grows_shared, 30),
   TEST_ENTRY(close_semantics),

@@ -1,0 +1,104 @@
+-- bench/lua/common.lua -- what every lmp workload shares: the clock, medians,
+-- the size switch and the one JSON line a workload prints.
+--
+-- A workload is `lmp bench/lua/<group>.lua <name>`; it prints exactly one
+-- line {"name":..,"impl":"lmp","value":..,"unit":..,...} on stdout, the
+-- median of its repeats with every sample beside it, or "value":null with a
+-- note when the lmp API it needs is not there yet.  BENCH_SMOKE=1 shrinks
+-- every size to a single quick pass (tests use it; its numbers mean nothing).
+local lmp = require "lmp"
+
+local M = {}
+
+M.smoke = (os.getenv("BENCH_SMOKE") or "") ~= "" and os.getenv("BENCH_SMOKE") ~= "0"
+M.now = lmp.time
+M.ncpu = lmp.cpu_count()
+
+-- full size, or the smoke size
+function M.size(full, tiny)
+  return M.smoke and tiny or full
+end
+
+function M.median(xs)
+  local s = {}
+  for i = 1, #xs do s[i] = xs[i] end
+  table.sort(s)
+  local n = #s
+  if n == 0 then return nil end
+  if n % 2 == 1 then return s[(n + 1) // 2] end
+  return (s[n // 2] + s[n // 2 + 1]) / 2
+end
+
+-- run fn() `reps` times (once in smoke mode); fn returns one figure
+function M.repeat_(reps, fn)
+  local out = {}
+  for i = 1, M.smoke and 1 or reps do out[i] = fn(i) end
+  return out
+end
+
+local function num(x)
+  if x ~= x or x == math.huge or x == -math.huge then return "null" end
+  if math.type(x) == "integer" then return tostring(x) end
+  return string.format("%.6g", x)
+end
+
+local function str(s)
+  return '"' .. s:gsub('[%c"\\]', function(c)
+    return string.format("\\u%04x", c:byte())
+  end) .. '"'
+end
+
+local function json(v)
+  local t = type(v)
+  if t == "number" then return num(v) end
+  if t == "string" then return str(v) end
+  if t == "boolean" then return tostring(v) end
+  if t == "table" then
+    local parts = {}
+    for i = 1, #v do parts[i] = json(v[i]) end
+    return "[" .. table.concat(parts, ",") .. "]"
+  end
+  return "null"
+end
+
+-- Print the workload's line.  extra: more fields (numbers, strings, arrays).
+function M.emit(name, unit, samples, extra)
+  local fields = {
+    '"name":' .. str(name), '"impl":"lmp"',
+    '"value":' .. json(M.median(samples)), '"unit":' .. str(unit),
+    '"samples":' .. json(samples),
+  }
+  local keys = {}
+  for k in pairs(extra or {}) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for _, k in ipairs(keys) do fields[#fields + 1] = str(k) .. ":" .. json(extra[k]) end
+  io.write("{", table.concat(fields, ","), "}\n")
+  io.flush()
+end
+
+-- The workload cannot run here (API not there yet): value null and why.
+function M.na(name, unit, why)
+  io.write(string.format('{"name":%s,"impl":"lmp","value":null,"unit":%s,"note":%s}\n',
+    str(name), str(unit), str(why)))
+  io.flush()
+end
+
+-- lmp.Pool(n), or nil after printing the n/a line when this build has no
+-- Pool yet (absent, or a placeholder that says it is missing).  Any other
+-- error is a real failure and is raised.
+function M.pool(name, unit, n)
+  if not lmp.Pool then
+    M.na(name, unit, "lmp.Pool not available yet")
+    return nil
+  end
+  local ok, pool = pcall(lmp.Pool, n)
+  if ok then return pool end
+  local msg = tostring(pool)
+  if msg:find("missing") or msg:find("not available") or msg:find("not implemented") then
+    M.na(name, unit, "lmp.Pool not available yet (" .. msg:gsub("^.-:%d+: ", "") .. ")")
+    return nil
+  end
+  error(pool, 0)
+end
+
+return M

@@ -1,0 +1,61 @@
+# bench/py/common.py -- what every Python workload shares: the clock, medians,
+# the size switch and the one JSON line a workload prints.
+#
+# A workload is `python3 bench/py/bench_<group>.py <name>`; it prints
+# exactly one line {"name":..,"impl":"python","value":..,"unit":..,...} on
+# stdout, the # median of its repeats with every sample beside it.  Every workload uses the
+# fork start method unless it measures start methods.  BENCH_SMOKE=1 shrinks
+# every size to a single quick pass (tests use it; its numbers mean nothing).
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+smoke = os.environ.get("BENCH_SMOKE", "") not in ("", "0")
+now = time.perf_counter
+ncpu = os.cpu_count() or 1
+
+
+def size(full, tiny):
+    return tiny if smoke else full
+
+
+def median(xs):
+    return statistics.median(xs) if xs else None
+
+
+def repeat(reps, fn):
+    return [fn(i) for i in range(1 if smoke else reps)]
+
+
+def _clean(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, list):
+        return [_clean(v) for v in x]
+    return x
+
+
+def emit(name, unit, samples, **extra):
+    line = {"name": name, "impl": "python", "value": median(samples),
+            "unit": unit, "samples": samples}
+    line.update(sorted(extra.items()))
+    print(json.dumps(_clean_dict(line), separators=(",", ":")), flush=True)
+
+
+def _clean_dict(d):
+    return {k: _clean(v) for k, v in d.items()}
+
+
+def na(name, unit, why):
+    print(json.dumps({"name": name, "impl": "python", "value": None,
+                      "unit": unit, "note": why}, separators=(",", ":")),
+          flush=True)
+
+
+def variant():
+    if len(sys.argv) < 2:
+        sys.exit("usage: %s NAME" % sys.argv[0])
+    return sys.argv[1]

@@ -1,0 +1,172 @@
+#!/bin/sh
+# bench/run.sh BUILD_DIR [--smoke] [--rounds N] [WORKLOAD ...]
+#
+# Runs each workload in lmp (bench/lua/GROUP.lua NAME under BUILD_DIR/lmp)
+# and in Python 3 multiprocessing with fork (bench/py/bench_GROUP.py NAME),
+# plus the raw C socketpair ping-pong (bench/c/pingpong.c) beside the Pipe
+# one, all in this one run.  GROUP is NAME up to its first underscore.  Each
+# run prints one JSON line; bench/report.lua assembles them into the table
+# and bench/results.json.
+#
+#   --smoke (or BENCH_SMOKE=1)  every workload once at tiny size; prints one
+#       TAP line per run (ok / not ok / ok # SKIP) and checks only that each
+#       printed a well-formed line.  Timings mean nothing there and are not
+#       kept: results.json is left alone.  Without python3 the Python runs
+#       are skipped.  tests/run.sh runs this as its `bench` suite.
+#   --rounds N  run each workload N times, alternating implementations, and
+#       report the median (the Pipe trio always runs at least 3 rounds,
+#       since its target compares two figures of the same run).
+#
+# PYTHON (default python3) and CC (default cc) may be overridden.  A full run
+# installs python3 through scripts/setup-debian.sh when it is missing.
+set -e
+
+B=${1:-build}
+[ $# -gt 0 ] && shift
+root=$(cd "$(dirname "$0")/.." && pwd)
+B=$(cd "$B" 2>/dev/null && pwd) || { echo "bench: no build directory $1 (run make)" >&2; exit 2; }
+cd "$root"
+
+ALL="apply_rt apply_async queue_small queue_1k queue_1m pipe_rt map cpu_proc cpu_pool
+start_fork start_spawn start_forkserver lock_uncontended lock_contended array_1m array_64m codec"
+smoke=0
+case ${BENCH_SMOKE:-0} in 0 | '') ;; *) smoke=1 ;; esac
+rounds=1
+names=
+while [ $# -gt 0 ]; do
+  case $1 in
+  --smoke) smoke=1 ;;
+  --rounds) rounds=$2; shift ;;
+  -*) echo "bench: unknown option $1" >&2; exit 2 ;;
+  *) names="$names $1" ;;
+  esac
+  shift
+done
+[ -n "$names" ] || names=$ALL
+for n in $names; do
+  case " $(echo $ALL) " in *" $n "*) ;; *) echo "bench: unknown workload $n" >&2; exit 2 ;; esac
+done
+
+PYTHON=${PYTHON:-python3}
+CC=${CC:-cc}
+LMP="$B/lmp"
+# The sanitizer build's lmp carries its own runtime; a preload meant for
+# lua5.4 (make test-asan) would only get into Python's and the compiler's way.
+unset LD_PRELOAD
+[ -x "$LMP" ] || { echo "bench: $LMP is missing (run make)" >&2; exit 2; }
+
+mult=${LMP_TEST_TIMEOUT_MULT:-1}
+if [ $smoke = 1 ]; then
+  export BENCH_SMOKE=1
+  limit=$((60 * mult))
+else
+  unset BENCH_SMOKE
+  limit=$((600 * mult))
+  if ! command -v "$PYTHON" >/dev/null 2>&1; then
+    sh scripts/setup-debian.sh python3
+  fi
+fi
+have_python=1
+command -v "$PYTHON" >/dev/null 2>&1 || have_python=0
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+lines=$tmp/lines
+: > "$lines"
+
+# The raw C reference, rebuilt when its source is newer.
+pingpong=$B/bench/pingpong
+cc_error=
+if [ ! -x "$pingpong" ] || [ bench/c/pingpong.c -nt "$pingpong" ]; then
+  mkdir -p "$B/bench"
+  if ! "$CC" -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Werror bench/c/pingpong.c \
+    -o "$pingpong" 2> "$tmp/cc.err"; then
+    cc_error="cannot compile bench/c/pingpong.c: $(head -1 "$tmp/cc.err")"
+  fi
+fi
+
+tap=0
+ok() { tap=$((tap + 1)); [ $smoke = 1 ] && echo "ok $tap - $1" || true; }
+skip() { tap=$((tap + 1)); [ $smoke = 1 ] && echo "ok $tap - $1 # SKIP $2" || true; }
+notok() {
+  tap=$((tap + 1))
+  if [ $smoke = 1 ]; then
+    echo "not ok $tap - $1: $2"
+    [ -s "$tmp/err" ] && tail -15 "$tmp/err" | sed 's/^/#   /'
+  else
+    echo "bench: $1 failed: $2" >&2
+    [ -s "$tmp/err" ] && tail -15 "$tmp/err" | sed 's/^/  /' >&2
+  fi
+  return 0
+}
+
+# Something JSON can carry in a string.
+clean() { tr -d '"\\' | tr '\t\n\r' '   ' | cut -c1-300; }
+
+# run NAME IMPL COMMAND...: one workload, one implementation
+run() {
+  name=$1 impl=$2
+  shift 2
+  what="$name ($impl)"
+  [ $smoke = 1 ] || printf 'bench: %-18s %-7s\n' "$name" "$impl" >&2
+  : > "$tmp/err"
+  rc=0
+  timeout -k 5 "$limit" "$@" > "$tmp/out" 2> "$tmp/err" < /dev/null || rc=$?
+  line=$(grep '^{"name":' "$tmp/out" | tail -1)
+  if [ $rc -ne 0 ] || ! echo "$line" | grep -Eq \
+    "^\{\"name\":\"$name\",\"impl\":\"$impl\",\"value\":(null|-?[0-9][0-9.e+-]*),\"unit\":\"[^\"]+\".*\}\$"; then
+    why="exit status $rc"
+    [ $rc -eq 124 ] && why="timed out after ${limit}s"
+    [ $rc -eq 0 ] && why="no well-formed result line"
+    notok "$what" "$why"
+    echo "{\"name\":\"$name\",\"impl\":\"$impl\",\"value\":null,\"unit\":\"\",\"error\":\"$why: $(tail -1 "$tmp/err" | clean)\"}" >> "$lines"
+    return 0
+  fi
+  echo "$line" >> "$lines"
+  case $line in
+  *'"value":null'*) skip "$what" "n/a: $(echo "$line" | sed -n 's/.*"note":"\([^"]*\)".*/\1/p')" ;;
+  *) ok "$what" ;;
+  esac
+}
+
+[ $smoke = 1 ] && echo "TAP version 13"
+for name in $names; do
+  group=${name%%_*}
+  n=$rounds
+  [ "$name" = pipe_rt ] && [ $smoke = 0 ] && [ "$n" -lt 3 ] && n=3
+  i=0
+  while [ $i -lt "$n" ]; do
+    i=$((i + 1))
+    run "$name" lmp "$LMP" "bench/lua/$group.lua" "$name"
+    if [ $have_python = 1 ]; then
+      run "$name" python "$PYTHON" "bench/py/bench_$group.py" "$name"
+    else
+      skip "$name (python)" "$PYTHON not found"
+    fi
+    if [ "$name" = pipe_rt ]; then
+      if [ -n "$cc_error" ]; then
+        echo "$cc_error" > "$tmp/err"
+        notok "$name (c)" "$cc_error"
+      else
+        run "$name" c "$pingpong" "$name" $([ $smoke = 1 ] && echo "20 1")
+      fi
+    fi
+  done
+done
+
+pyver=$([ $have_python = 1 ] && "$PYTHON" -c 'import platform; print(platform.python_version())' || echo none)
+set -- date="$(date -u +%Y-%m-%dT%H:%M:%SZ)" python="$pyver" kernel="$(uname -r)" \
+  cpus="$(getconf _NPROCESSORS_ONLN)" lmp="$("$LMP" -v | head -1)" rounds="$rounds"
+if [ $smoke = 1 ]; then
+  # The report must keep working too; its output is thrown away.
+  if "$LMP" bench/report.lua "$lines" "$tmp/results.json" "$@" > "$tmp/err" 2>&1; then
+    ok "report"
+  else
+    notok "report" "bench/report.lua failed"
+  fi
+  echo "1..$tap"
+else
+  echo
+  "$LMP" bench/report.lua "$lines" bench/results.json "$@"
+  echo "(written to bench/results.json)"
+fi

@@ -1,0 +1,947 @@
+/*
+ * lpool.c -- the C half of lmp.Pool: the pool core object, the worker loop,
+ * and the encoding of functions once per call.  The Pool and AsyncResult
+ * objects users see are written in Lua (scripts/lmp/pool.lua), loaded the
+ * first time lmp.Pool is called and handed the functions below.
+ *
+ * A task is [function record][u32 count][msgpack value].  The function
+ * record is [u64 hash][u32 length][the function as the codec encodes it,
+ * upvalues included]; it is built once per map call (and once per function
+ * object for functions whose only upvalue is _ENV, which cannot change), so
+ * a 10k-item map encodes its function once.  Workers keep the functions
+ * they loaded by hash (a small LRU), comparing the bytes on a hit, so a
+ * function is decoded once per worker however many chunks carry it.
+ *
+ * The worker loop is C, in the child that inherited the parent's Lua state
+ * through fork.  It runs in a coroutine of its own, so tracebacks show the
+ * task's frames and not the parent's, which the fork left on the stack.
+ * Items of a chunk run under one lua_pcall; an error at item k is recorded
+ * and the chunk goes on from k + 1.  Replies: status OK (the value, or the
+ * array of values), ERROR (an lmp.Error, which crosses as a registered
+ * class) or PARTIAL ({values, errors}).  A reply that cannot be encoded
+ * fails only the items that hold the culprit, with kind "serialize".
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lmp/pool.h"
+#include "lmp/proc.h"
+#include "lmpb.h"
+
+#define CORE_MT "lmp.PoolCore"
+#define FN_CACHE_MAX 64
+
+enum { TAG_APPLY = 1, TAG_MAP = 2, TAG_STARMAP = 3 };
+enum { ST_OK = 0, ST_ERROR = 1, ST_PARTIAL = 2 };
+
+static const char K_FNRECS; /* registry: function -> record (weak keys), for functions safe to reuse */
+static const char K_CTOR;   /* registry: the Lua constructor, once loaded */
+
+/* Counters for tests: function records built here, functions loaded by a
+ * worker here. */
+static lua_Integer fn_encodes, fn_loads;
+
+typedef struct lpool {
+  lmp_pool_t *pool; /* NULL until created, and after free */
+  pid_t owner;
+  lua_State *L; /* the thread of the current call: a worker forked now runs on it */
+  int init_ref; /* registry: {fn, args, n}, or LUA_NOREF */
+} lpool;
+
+/* === helpers === */
+
+static lpool *checkcore(lua_State *L)
+{
+  lpool *lp = luaL_checkudata(L, 1, CORE_MT);
+  if (lp->owner != getpid())
+    luaL_argerror(L, 1, "pool belongs to another process");
+  if (!lp->pool)
+    luaL_argerror(L, 1, "pool is released");
+  lp->L = L;
+  return lp;
+}
+
+/* A 64-bit hash of the bytes, 8 at a time: for the workers' cache, which
+ * compares the bytes anyway, so quality matters only for speed. */
+static uint64_t hash64(const char *p, size_t n)
+{
+  uint64_t h = 0x9e3779b97f4a7c15ull ^ n;
+  while (n >= 8) {
+    uint64_t k;
+    memcpy(&k, p, 8);
+    h = (h ^ (k * 0xff51afd7ed558ccdull)) * 0xc4ceb9fe1a85ec53ull;
+    h ^= h >> 29;
+    p += 8;
+    n -= 8;
+  }
+  uint64_t k = 0;
+  memcpy(&k, p, n);
+  h = (h ^ (k * 0xff51afd7ed558ccdull)) * 0xc4ceb9fe1a85ec53ull;
+  return h ^ (h >> 32);
+}
+
+static int iscallable(lua_State *L, int idx)
+{
+  if (lua_isfunction(L, idx))
+    return 1;
+  int ok = luaL_getmetafield(L, idx, "__call") != LUA_TNIL;
+  if (ok)
+    lua_pop(L, 1);
+  return ok;
+}
+
+/* A C function, or a Lua function whose only upvalue is _ENV: its encoding
+ * never changes, so it can be kept. */
+static int reusable(lua_State *L, int idx)
+{
+  if (lua_iscfunction(L, idx))
+    return 1;
+  if (!lua_isfunction(L, idx))
+    return 0;
+  for (int i = 1;; i++) {
+    const char *name = lua_getupvalue(L, idx, i);
+    if (!name)
+      return 1;
+    lua_pop(L, 1);
+    if (strcmp(name, "_ENV") != 0)
+      return 0;
+  }
+}
+
+/* === the parent === */
+
+/* Push the record of the function at idx: from the cache, or built (and
+ * cached when it can be reused). */
+static void push_fnrec(lua_State *L, int idx)
+{
+  idx = lua_absindex(L, idx);
+  int keep = reusable(L, idx);
+  if (keep) {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &K_FNRECS);
+    lua_pushvalue(L, idx);
+    if (lua_rawget(L, -2) == LUA_TSTRING) {
+      lua_remove(L, -2);
+      return;
+    }
+    lua_pop(L, 2);
+  }
+  const lmp_buf_t *b = lmpb_encode(L, idx, "function");
+  if (b->len > UINT32_MAX)
+    luaL_error(L, "function too large");
+  uint64_t h = hash64(b->data, b->len);
+  uint32_t n = (uint32_t)b->len;
+  luaL_Buffer lb;
+  char *out = luaL_buffinitsize(L, &lb, 12 + b->len);
+  memcpy(out, &h, 8);
+  memcpy(out + 8, &n, 4);
+  memcpy(out + 12, b->data, b->len);
+  luaL_pushresultsize(&lb, 12 + b->len);
+  fn_encodes++;
+  if (keep) {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &K_FNRECS);
+    lua_pushvalue(L, idx);
+    lua_pushvalue(L, -3);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+  }
+}
+
+/* core.encode_fn(fn) -> function record (a string) */
+static int l_encode_fn(lua_State *L)
+{
+  luaL_argcheck(L, iscallable(L, 1), 1, "function expected");
+  lua_settop(L, 1);
+  push_fnrec(L, 1);
+  return 1;
+}
+
+/* Encode value[first .. first+count-1] as an array.  When an item cannot
+ * be sent, the error names it by its index in the caller's list. */
+static const lmp_buf_t *encode_slice(lua_State *L, int list, lua_Integer first, lua_Integer count)
+{
+  lua_createtable(L, (int)count, 0);
+  for (lua_Integer k = 0; k < count; k++) {
+    lua_geti(L, list, first + k);
+    lua_rawseti(L, -2, k + 1);
+  }
+  return lmpb_encode(L, -1, "list");
+}
+
+/* c:submit(tag, fn, value, count [, first]) -> id.  fn is a function or
+ * its record (encode_fn).  With first, the items are value[first ..
+ * first+count-1]. */
+static int core_submit(lua_State *L)
+{
+  lpool *lp = checkcore(L);
+  lua_Integer tag = luaL_checkinteger(L, 2);
+  size_t fnlen;
+  if (lua_type(L, 3) != LUA_TSTRING) {
+    luaL_argcheck(L, iscallable(L, 3), 3, "function expected");
+    push_fnrec(L, 3);
+    lua_replace(L, 3);
+  }
+  const char *fr = lua_tolstring(L, 3, &fnlen);
+  luaL_checkany(L, 4);
+  lua_Integer count = luaL_checkinteger(L, 5);
+  luaL_argcheck(L, count >= 0 && count <= UINT32_MAX, 5, "bad count");
+  const lmp_buf_t *b;
+  if (lua_isnoneornil(L, 6)) {
+    b = lmpb_encode(L, 4, tag == TAG_APPLY ? "args" : "list");
+  } else {
+    lua_Integer first = luaL_checkinteger(L, 6);
+    lua_settop(L, 6);
+    b = encode_slice(L, 4, first, count);
+  }
+  uint32_t n = (uint32_t)count;
+  struct iovec iov[3] = {{(void *)fr, fnlen}, {&n, 4}, {b->data, b->len}};
+  uint64_t id;
+  int rc = lmp_pool_submit(lp->pool, (uint32_t)tag, iov, 3, &id);
+  if (rc < 0)
+    return lmpb_rterror(L, "submit", rc);
+  lua_pushinteger(L, (lua_Integer)id);
+  return 1;
+}
+
+static void exit_text(char *buf, size_t n, int code)
+{
+  if (code < 0)
+    snprintf(buf, n, "killed by signal %d", -code);
+  else
+    snprintf(buf, n, "exit code %d", code);
+}
+
+/* Push the lmp.Error for a task that has no reply. */
+static void push_failure(lua_State *L, lpool *lp, const lmp_pool_event_t *ev)
+{
+  char how[48];
+  exit_text(how, sizeof how, ev->exitcode);
+  if (ev->type == LMP_POOL_TIMEOUT) {
+    lua_pushfstring(L, "task ran past task_timeout; worker %d was killed", (int)ev->pid);
+    lmpb_error_push(L, "timeout", lua_tostring(L, -1));
+  } else if (ev->type == LMP_POOL_LOST) {
+    lua_pushfstring(L, "worker %d died while running the task (%s)", (int)ev->pid, how);
+    lmpb_error_push(L, "worker_lost", lua_tostring(L, -1));
+  } else {
+    lua_pushfstring(L, "worker %d died while starting (%s)", (int)ev->pid, how);
+    lmpb_error_push(L, "initializer", lua_tostring(L, -1));
+  }
+  lua_remove(L, -2);
+  lua_pushinteger(L, ev->pid);
+  lua_setfield(L, -2, "pid");
+  lua_pushinteger(L, ev->exitcode);
+  lua_setfield(L, -2, "exitcode");
+  (void)lp;
+}
+
+/* c:wait([deadline]) -> id, how, value | nil, "timeout" | nil, "closed".
+ * deadline is absolute, in lmp.time() seconds; nil waits forever.
+ * how: "ok", "error" (value is an lmp.Error), "partial" ({values,
+ * errors}), or "broken" (id 0, value the initializer's lmp.Error). */
+static int core_wait(lua_State *L)
+{
+  lpool *lp = checkcore(L);
+  int64_t deadline = LMP_FOREVER;
+  if (!lua_isnoneornil(L, 2)) {
+    lua_Number d = luaL_checknumber(L, 2) * 1e9;
+    deadline = d <= 0 ? 0 : d >= 9e18 ? LMP_FOREVER : (int64_t)d;
+  }
+  lmp_pool_event_t ev;
+  int rc = lmp_pool_wait(lp->pool, &ev, deadline);
+  if (rc == -ETIMEDOUT)
+    return lmpb_fail(L, "timeout");
+  if (rc == -EPIPE)
+    return lmpb_fail(L, "closed");
+  if (rc < 0)
+    return lmpb_rterror(L, "wait", rc);
+  lua_pushinteger(L, (lua_Integer)ev.id);
+  switch (ev.type) {
+  case LMP_POOL_DONE:
+    lua_pushstring(L, ev.status == ST_OK ? "ok" : ev.status == ST_PARTIAL ? "partial" : "error");
+    lmpb_decode(L, ev.data, ev.len, 1);
+    break;
+  case LMP_POOL_BROKEN:
+    lua_pushliteral(L, "broken");
+    if (ev.len)
+      lmpb_decode(L, ev.data, ev.len, 1);
+    else
+      push_failure(L, lp, &ev);
+    break;
+  default:
+    lua_pushliteral(L, "error");
+    push_failure(L, lp, &ev);
+  }
+  return 3;
+}
+
+static int core_cancel(lua_State *L)
+{
+  lpool *lp = checkcore(L);
+  lua_pushboolean(L, lmp_pool_cancel(lp->pool, (uint64_t)luaL_checkinteger(L, 2)));
+  return 1;
+}
+
+static int core_state(lua_State *L)
+{
+  static const char *const names[] = {NULL, "queued", "sent", "running"};
+  lpool *lp = checkcore(L);
+  int st = lmp_pool_task_state(lp->pool, (uint64_t)luaL_checkinteger(L, 2));
+  if (st > 0 && st <= LMP_POOL_TASK_RUNNING)
+    lua_pushstring(L, names[st]);
+  else
+    lua_pushnil(L);
+  return 1;
+}
+
+static int core_close(lua_State *L)
+{
+  lmp_pool_close(checkcore(L)->pool);
+  return 0;
+}
+
+static int core_terminate(lua_State *L)
+{
+  lmp_pool_terminate(checkcore(L)->pool);
+  return 0;
+}
+
+static int core_fileno(lua_State *L)
+{
+  lua_pushinteger(L, lmp_pool_fd(checkcore(L)->pool));
+  return 1;
+}
+
+/* c:workers() -> {{pid =, state =, task =, item =, running_for =, done =, failed =}, ...} */
+static int core_workers(lua_State *L)
+{
+  static const char *const states[] = {"none", "starting", "idle", "busy", "exiting"};
+  lpool *lp = checkcore(L);
+  int n = lmp_pool_processes(lp->pool);
+  int64_t now = lmp_now_ns();
+  lua_createtable(L, n, 0);
+  for (int i = 0; i < n; i++) {
+    lmp_pool_slot_info_t s;
+    lmp_pool_slot(lp->pool, i, &s);
+    lua_createtable(L, 0, 7);
+    if (s.pid) {
+      lua_pushinteger(L, s.pid);
+      lua_setfield(L, -2, "pid");
+    }
+    lua_pushstring(L, states[s.state >= 0 && s.state <= LMP_POOL_EXITING ? s.state : 0]);
+    lua_setfield(L, -2, "state");
+    if (s.state == LMP_POOL_BUSY) {
+      lua_pushinteger(L, (lua_Integer)s.task);
+      lua_setfield(L, -2, "task");
+      lua_pushinteger(L, (lua_Integer)s.item + 1);
+      lua_setfield(L, -2, "item");
+      lua_pushnumber(L, (lua_Number)(now - s.started_ns) / 1e9);
+      lua_setfield(L, -2, "running_for");
+    }
+    lua_pushinteger(L, (lua_Integer)s.done);
+    lua_setfield(L, -2, "done");
+    lua_pushinteger(L, (lua_Integer)s.failed);
+    lua_setfield(L, -2, "failed");
+    lua_rawseti(L, -2, i + 1);
+  }
+  return 1;
+}
+
+/* c:stats() -> {queued =, running =, done =, failed =, restarts =} */
+static int core_stats(lua_State *L)
+{
+  lpool *lp = checkcore(L);
+  lmp_pool_stats_t st;
+  lmp_pool_stats(lp->pool, &st);
+  lua_createtable(L, 0, 5);
+  lua_pushinteger(L, (lua_Integer)st.queued);
+  lua_setfield(L, -2, "queued");
+  lua_pushinteger(L, (lua_Integer)st.running);
+  lua_setfield(L, -2, "running");
+  lua_pushinteger(L, (lua_Integer)st.done);
+  lua_setfield(L, -2, "done");
+  lua_pushinteger(L, (lua_Integer)st.failed);
+  lua_setfield(L, -2, "failed");
+  lua_pushinteger(L, (lua_Integer)st.restarts);
+  lua_setfield(L, -2, "restarts");
+  return 1;
+}
+
+/* Never blocks: workers still running are killed and reaped later.  In a
+ * worker (a forked copy of the parent's state) it does nothing: the worker
+ * runs on that very memory. */
+static int core_gc(lua_State *L)
+{
+  lpool *lp = luaL_checkudata(L, 1, CORE_MT);
+  if (lp->owner != getpid())
+    return 0;
+  if (lp->pool) {
+    lmp_pool_free(lp->pool);
+    lp->pool = NULL;
+  }
+  if (lp->init_ref != LUA_NOREF) {
+    luaL_unref(L, LUA_REGISTRYINDEX, lp->init_ref);
+    lp->init_ref = LUA_NOREF;
+  }
+  lmp_proc_reap();
+  return 0;
+}
+
+/* === the worker === */
+
+/* Message handler: the error as an lmp.Error of kind "task", with the
+ * traceback where it was raised and the original value. */
+static int msgh(lua_State *L)
+{
+  int err = lua_gettop(L) >= 1 ? 1 : 0;
+  if (!err) {
+    lua_pushnil(L);
+    err = 1;
+  }
+  const char *msg = lmpb_tomessage(L, err);
+  lmpb_error_push(L, "task", msg);
+  int e = lua_gettop(L);
+  luaL_traceback(L, L, NULL, 1);
+  /* The frames below the task (the worker loop, all anonymous C functions)
+   * tell the user nothing. */
+  size_t len;
+  const char *tb = lua_tolstring(L, -1, &len), *nl;
+  size_t end = len;
+  static const char cframe[] = "\n\t[C]: in ?";
+  while ((nl = memrchr(tb, '\n', end)) != NULL && end - (size_t)(nl - tb) == sizeof cframe - 1 &&
+         memcmp(nl, cframe, sizeof cframe - 1) == 0)
+    end = (size_t)(nl - tb);
+  if (end < len) {
+    lua_pushlstring(L, tb, end);
+    lua_replace(L, -2);
+  }
+  lua_setfield(L, e, "traceback");
+  lua_pushvalue(L, err);
+  lua_setfield(L, e, "value");
+  lua_pushinteger(L, getpid());
+  lua_setfield(L, e, "pid");
+  return 1;
+}
+
+static int encode_call(lua_State *L)
+{
+  lua_pushlightuserdata(L, (void *)lmpb_encode(L, 1, lua_tostring(L, 2)));
+  return 1;
+}
+
+/* Encode the value at idx without raising: the buffer, or NULL with the
+ * codec's lmp.Error pushed. */
+static const lmp_buf_t *try_encode(lua_State *L, int idx, const char *what)
+{
+  idx = lua_absindex(L, idx);
+  lua_pushcfunction(L, encode_call);
+  lua_pushvalue(L, idx);
+  lua_pushstring(L, what);
+  if (lua_pcall(L, 2, 1, 0) != LUA_OK)
+    return NULL;
+  const lmp_buf_t *b = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return b;
+}
+
+/* An error about to be sent must be sendable: drop a value that is not. */
+static void sanitize_error(lua_State *L, int idx)
+{
+  idx = lua_absindex(L, idx);
+  if (lua_type(L, idx) != LUA_TTABLE)
+    return;
+  if (lua_getfield(L, idx, "value") != LUA_TNIL && !try_encode(L, -1, "value")) {
+    lua_pop(L, 1); /* the codec's error */
+    lua_pushnil(L);
+    lua_setfield(L, idx, "value");
+  }
+  lua_pop(L, 1);
+}
+
+static void reply(lmp_pool_worker_t *w, uint32_t status, const lmp_buf_t *b)
+{
+  struct iovec v = {b->data, b->len};
+  int rc = lmp_pool_worker_reply(w, status, &v, 1);
+  if (rc < 0) {
+    fprintf(stderr, "lmp pool worker %d: cannot reply: %s\n", (int)getpid(), lmp_strerror(rc));
+    lmp_proc_exit(1);
+  }
+}
+
+/* Reply with the lmp.Error at the top of the stack. */
+static void reply_error(lua_State *L, lmp_pool_worker_t *w)
+{
+  sanitize_error(L, -1);
+  const lmp_buf_t *b = try_encode(L, -1, "error");
+  if (!b) {
+    lua_pop(L, 1);
+    lmpb_error_push(L, "task", "the task's error could not be sent");
+    b = try_encode(L, -1, "error");
+  }
+  if (b)
+    reply(w, ST_ERROR, b);
+}
+
+/* Push the function of a task record: from the worker's cache (at index
+ * `cache`) when the same bytes were loaded before, else decoded. */
+static void push_function(lua_State *L, int cache, uint64_t h, const char *bytes, size_t len)
+{
+  lua_Integer key = (lua_Integer)h;
+  if (lua_rawgeti(L, cache, key) == LUA_TTABLE) {
+    size_t n;
+    lua_rawgeti(L, -1, 1);
+    const char *s = lua_tolstring(L, -1, &n);
+    if (n == len && memcmp(s, bytes, len) == 0) {
+      lua_pop(L, 1);
+      lua_rawgeti(L, cache, 0); /* the clock */
+      lua_Integer tick = lua_tointeger(L, -1) + 1;
+      lua_pop(L, 1);
+      lua_pushinteger(L, tick);
+      lua_pushvalue(L, -1);
+      lua_rawseti(L, cache, 0);
+      lua_rawseti(L, -2, 3);
+      lua_rawgeti(L, -1, 2);
+      lua_remove(L, -2);
+      return;
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  lmpb_decode(L, bytes, len, 1);
+  fn_loads++;
+  /* Make room: drop the least recently used entry. */
+  lua_Integer count = 0, oldest = 0, oldtick = LUA_MAXINTEGER;
+  lua_pushnil(L);
+  while (lua_next(L, cache)) {
+    if (lua_istable(L, -1)) {
+      count++;
+      lua_rawgeti(L, -1, 3);
+      if (lua_tointeger(L, -1) < oldtick) {
+        oldtick = lua_tointeger(L, -1);
+        oldest = lua_tointeger(L, -3);
+      }
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+  }
+  if (count >= FN_CACHE_MAX) {
+    lua_pushnil(L);
+    lua_rawseti(L, cache, oldest);
+  }
+  lua_createtable(L, 3, 0);
+  lua_pushlstring(L, bytes, len);
+  lua_rawseti(L, -2, 1);
+  lua_pushvalue(L, -2);
+  lua_rawseti(L, -2, 2);
+  lua_rawgeti(L, cache, 0);
+  lua_rawseti(L, -2, 3);
+  lua_rawseti(L, cache, key);
+}
+
+typedef struct task {
+  lmp_pool_worker_t *w;
+  uint32_t tag;
+  uint64_t hash;
+  const char *fn, *val;
+  size_t fnlen, vallen;
+  uint32_t count;
+  lua_Integer cur, next; /* items: the one running, the first still to run */
+} task;
+
+static int parse_task(task *t, const lmp_pool_task_t *pt)
+{
+  const char *p = pt->data;
+  uint32_t n;
+  if (pt->len < 16)
+    return -1;
+  memcpy(&t->hash, p, 8);
+  memcpy(&n, p + 8, 4);
+  if (n > pt->len - 16)
+    return -1;
+  t->tag = pt->tag;
+  t->fn = p + 12;
+  t->fnlen = n;
+  memcpy(&t->count, p + 12 + n, 4);
+  t->val = p + 16 + n;
+  t->vallen = pt->len - 16 - n;
+  return 0;
+}
+
+/* Protected: function, value -> [cache] fn value */
+static int load_task(lua_State *L)
+{
+  task *t = lua_touserdata(L, 1);
+  push_function(L, 2, t->hash, t->fn, t->fnlen);
+  lmpb_decode(L, t->val, t->vallen, 1);
+  return 2;
+}
+
+/* Push the arguments of one call from the table at idx: its first n items. */
+static int push_args(lua_State *L, int idx, lua_Integer n)
+{
+  luaL_checkstack(L, (int)n + 2, "too many arguments");
+  for (lua_Integer i = 1; i <= n; i++)
+    lua_rawgeti(L, idx, i);
+  return (int)n;
+}
+
+/* Protected: fn, args -> result (apply). */
+static int call_apply(lua_State *L)
+{
+  task *t = lua_touserdata(L, 3);
+  lua_pushvalue(L, 1);
+  int n = push_args(L, 2, t->count);
+  lua_call(L, n, 1);
+  return 1;
+}
+
+/* The number of arguments in a starmap item: its n field, or its length. */
+static lua_Integer arity(lua_State *L, int idx)
+{
+  lua_Integer n;
+  if (lua_getfield(L, idx, "n") == LUA_TNUMBER && lua_isinteger(L, -1))
+    n = lua_tointeger(L, -1);
+  else
+    n = (lua_Integer)lua_rawlen(L, idx);
+  lua_pop(L, 1);
+  return n;
+}
+
+/* Protected: fn, items, out, task -> runs items t->next .. count into out. */
+static int call_items(lua_State *L)
+{
+  task *t = lua_touserdata(L, 4);
+  int star = t->tag == TAG_STARMAP;
+  for (lua_Integer i = t->next; i <= (lua_Integer)t->count; i++) {
+    t->cur = i;
+    lmp_pool_worker_progress(t->w, (uint32_t)(i - 1));
+    lua_pushvalue(L, 1);
+    int n = 1;
+    if (star) {
+      if (lua_rawgeti(L, 2, i) != LUA_TTABLE)
+        luaL_error(L, "starmap item %d is not a table of arguments", (int)i);
+      int item = lua_gettop(L);
+      n = push_args(L, item, arity(L, item));
+      lua_remove(L, item);
+    } else {
+      lua_rawgeti(L, 2, i);
+    }
+    lua_call(L, n, 1);
+    lua_rawseti(L, 3, i);
+  }
+  return 0;
+}
+
+/* Runs one apply task; leaves the stack as it found it. */
+static void run_apply(lua_State *L, lmp_pool_worker_t *w, task *t, int fn)
+{
+  lua_pushcfunction(L, call_apply);
+  lua_pushvalue(L, fn);
+  lua_pushvalue(L, fn + 1);
+  lua_pushlightuserdata(L, t);
+  if (lua_pcall(L, 3, 1, 1) != LUA_OK) {
+    reply_error(L, w);
+    return;
+  }
+  const lmp_buf_t *b = try_encode(L, -1, "result");
+  if (!b) {
+    reply_error(L, w);
+    return;
+  }
+  reply(w, ST_OK, b);
+}
+
+/* The items whose result cannot be sent become errors. */
+static void find_unsendable(lua_State *L, int out, int errs, lua_Integer n)
+{
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_rawgeti(L, out, i);
+    if (!try_encode(L, -1, "result")) {
+      lua_rawseti(L, errs, i);
+      lua_pushnil(L);
+      lua_rawseti(L, out, i);
+    }
+    lua_pop(L, 1);
+  }
+}
+
+static void run_items(lua_State *L, lmp_pool_worker_t *w, task *t, int fn)
+{
+  lua_Integer n = t->count;
+  lua_createtable(L, (int)n, 0);
+  int out = lua_gettop(L), errs = 0;
+  t->w = w;
+  t->next = 1;
+  while (t->next <= n) {
+    lua_pushcfunction(L, call_items);
+    lua_pushvalue(L, fn);
+    lua_pushvalue(L, fn + 1);
+    lua_pushvalue(L, out);
+    lua_pushlightuserdata(L, t);
+    if (lua_pcall(L, 4, 0, 1) == LUA_OK)
+      break;
+    if (!errs) {
+      lua_newtable(L);
+      lua_insert(L, -2);
+      errs = out + 1;
+    }
+    sanitize_error(L, -1);
+    lua_rawseti(L, errs, t->cur);
+    t->next = t->cur + 1;
+  }
+  const lmp_buf_t *b = errs ? NULL : try_encode(L, out, "result");
+  if (b) {
+    reply(w, ST_OK, b);
+    return;
+  }
+  if (!errs) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    errs = out + 1;
+  } else {
+    lua_settop(L, errs);
+  }
+  find_unsendable(L, out, errs, n);
+  lua_createtable(L, 2, 0);
+  lua_pushvalue(L, out);
+  lua_rawseti(L, -2, 1);
+  lua_pushvalue(L, errs);
+  lua_rawseti(L, -2, 2);
+  b = try_encode(L, -1, "result");
+  if (b)
+    reply(w, ST_PARTIAL, b);
+  else
+    reply_error(L, w);
+}
+
+static void run_task(lua_State *L, lmp_pool_worker_t *w, const lmp_pool_task_t *pt)
+{
+  task t;
+  memset(&t, 0, sizeof t);
+  if (parse_task(&t, pt) < 0) {
+    lmpb_error_push(L, "task", "corrupt task record");
+    reply_error(L, w);
+    return;
+  }
+  lua_pushcfunction(L, load_task);
+  lua_pushlightuserdata(L, &t);
+  lua_pushvalue(L, 2); /* the cache */
+  if (lua_pcall(L, 2, 2, 1) != LUA_OK) {
+    reply_error(L, w);
+    return;
+  }
+  int fn = lua_gettop(L) - 1;
+  if (t.tag == TAG_APPLY)
+    run_apply(L, w, &t, fn);
+  else
+    run_items(L, w, &t, fn);
+}
+
+/* The initializer, if any; 0, or -1 after reporting its failure. */
+static int run_initializer(lua_State *L, lmp_pool_worker_t *w, lpool *lp)
+{
+  if (lp->init_ref == LUA_NOREF)
+    return 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lp->init_ref);
+  int cfg = lua_gettop(L);
+  lua_rawgeti(L, cfg, 1);
+  lua_rawgeti(L, cfg, 2);
+  lua_rawgeti(L, cfg, 3);
+  lua_Integer n = lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  int args = lua_gettop(L);
+  int nargs = push_args(L, args, n);
+  lua_remove(L, args);
+  int rc = lua_pcall(L, nargs, 0, 1);
+  if (rc == LUA_OK) {
+    lua_settop(L, cfg - 1);
+    return 0;
+  }
+  lua_pushliteral(L, "initializer");
+  lua_setfield(L, -2, "kind");
+  sanitize_error(L, -1);
+  const lmp_buf_t *b = try_encode(L, -1, "error");
+  if (b)
+    lmp_pool_worker_fail_init(w, b->data, b->len);
+  else
+    lmp_pool_worker_fail_init(w, NULL, 0);
+  return -1;
+}
+
+/* The worker's main, in a coroutine: w, lp. */
+static int worker_loop(lua_State *L)
+{
+  lmp_pool_worker_t *w = lua_touserdata(L, 1);
+  lpool *lp = lua_touserdata(L, 2);
+  lua_settop(L, 0);
+  lua_pushcfunction(L, msgh); /* 1 */
+  lua_createtable(L, 0, 8);   /* 2: loaded functions by hash; [0] the LRU clock */
+  lua_pushinteger(L, 0);
+  lua_rawseti(L, 2, 0);
+  if (run_initializer(L, w, lp) < 0)
+    return 0;
+  lmp_pool_task_t pt;
+  int rc;
+  while ((rc = lmp_pool_worker_next(w, &pt)) == 0) {
+    run_task(L, w, &pt);
+    lua_settop(L, 2);
+  }
+  if (rc != -EPIPE)
+    return luaL_error(L, "cannot take a task: %s", lmp_strerror(rc));
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int worker_body(lmp_pool_worker_t *w, void *ctx)
+{
+  lpool *lp = ctx;
+  lua_State *L = lp->L;
+  lua_State *co = lua_newthread(L);
+  lua_pushcfunction(co, worker_loop);
+  lua_pushlightuserdata(co, w);
+  lua_pushlightuserdata(co, lp);
+  int nres, rc = lua_resume(co, L, 2, &nres);
+  if (rc == LUA_OK)
+    return nres > 0 && lua_toboolean(co, -1) ? 0 : 1;
+  fflush(stdout);
+  fprintf(stderr, "lmp pool worker %d: %s\n", (int)getpid(),
+          rc == LUA_YIELD ? "attempt to yield from a task" : lmpb_tomessage(co, -1));
+  return 1;
+}
+
+/* core.new(processes, maxtasksperchild, task_timeout, initializer, initargs) */
+static int l_new(lua_State *L)
+{
+  lua_Integer n = luaL_checkinteger(L, 1);
+  lua_Integer max = luaL_optinteger(L, 2, 0);
+  lua_Number timeout = luaL_optnumber(L, 3, 0);
+  luaL_argcheck(L, n >= 1 && n <= 4096, 1, "processes must be between 1 and 4096");
+  luaL_argcheck(L, max >= 0 && max <= UINT32_MAX, 2, "bad maxtasksperchild");
+  luaL_argcheck(L, timeout >= 0 && timeout < 9e9, 3, "bad task_timeout");
+  lpool *lp = lua_newuserdatauv(L, sizeof *lp, 0);
+  memset(lp, 0, sizeof *lp);
+  lp->owner = getpid();
+  lp->init_ref = LUA_NOREF;
+  lp->L = L;
+  luaL_setmetatable(L, CORE_MT);
+  int ud = lua_gettop(L);
+  if (!lua_isnoneornil(L, 4)) {
+    lua_createtable(L, 3, 0);
+    lua_pushvalue(L, 4);
+    lua_rawseti(L, -2, 1);
+    if (lua_istable(L, 5)) {
+      lua_pushvalue(L, 5);
+      lua_rawseti(L, -2, 2);
+      lua_getfield(L, 5, "n");
+      if (!lua_isinteger(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushinteger(L, (lua_Integer)lua_rawlen(L, 5));
+      }
+    } else {
+      lua_newtable(L);
+      lua_rawseti(L, -2, 2);
+      lua_pushinteger(L, 0);
+    }
+    lua_rawseti(L, -2, 3);
+    lp->init_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  lmp_pool_config_t cfg;
+  memset(&cfg, 0, sizeof cfg);
+  cfg.processes = (int)n;
+  cfg.maxtasksperchild = (uint32_t)max;
+  cfg.task_timeout_ns = (int64_t)(timeout * 1e9);
+  cfg.body = worker_body;
+  cfg.ctx = lp;
+  lmp_proc_reap();
+  fflush(NULL); /* or each worker would write the parent's buffered output again */
+  int rc = lmp_pool_create(&cfg, &lp->pool);
+  if (rc < 0)
+    return lmpb_rterror(L, "Pool", rc);
+  lua_settop(L, ud);
+  return 1;
+}
+
+/* core.isatty(fd) */
+static int l_isatty(lua_State *L)
+{
+  lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
+  return 1;
+}
+
+/* lmp._pool_counters() -> {fn_encodes =, fn_loads =}: for tests. */
+static int l_counters(lua_State *L)
+{
+  lua_createtable(L, 0, 2);
+  lua_pushinteger(L, fn_encodes);
+  lua_setfield(L, -2, "fn_encodes");
+  lua_pushinteger(L, fn_loads);
+  lua_setfield(L, -2, "fn_loads");
+  return 1;
+}
+
+/* === lmp.Pool === */
+
+static const luaL_Reg core_methods[] = {
+    {"submit", core_submit},   {"wait", core_wait},       {"cancel", core_cancel},
+    {"state", core_state},     {"close", core_close},     {"terminate", core_terminate},
+    {"fileno", core_fileno},   {"workers", core_workers}, {"stats", core_stats},
+    {NULL, NULL},
+};
+
+static const luaL_Reg core_funcs[] = {
+    {"new", l_new},
+    {"encode_fn", l_encode_fn},
+    {"isatty", l_isatty},
+    {"counters", l_counters},
+    {NULL, NULL},
+};
+
+/* lmp.Pool(...): loads scripts/lmp/pool.lua on first use (installing it
+ * with the module table and the core functions), then constructs. */
+static int l_pool(lua_State *L)
+{
+  int nargs = lua_gettop(L);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &K_CTOR) != LUA_TFUNCTION) {
+    lua_pop(L, 1);
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    if (lua_getfield(L, -1, "lmp.pool") != LUA_TFUNCTION)
+      return luaL_error(L, "lmp.pool is missing from this build");
+    lua_pushliteral(L, "lmp.pool");
+    lua_call(L, 1, 1); /* the installer */
+    lua_pushvalue(L, lua_upvalueindex(1));
+    luaL_newlib(L, core_funcs);
+    lua_call(L, 2, 1); /* the constructor */
+    lua_remove(L, -2);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &K_CTOR);
+  }
+  lua_insert(L, 1);
+  lua_call(L, nargs, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+int lmpb_pool_open(lua_State *L)
+{
+  if (luaL_newmetatable(L, CORE_MT)) {
+    luaL_newlib(L, core_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, core_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &K_FNRECS) != LUA_TTABLE) {
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &K_FNRECS);
+  }
+  lua_pop(L, 1);
+  lua_pushvalue(L, -1); /* the module table, for the installer */
+  lua_pushcclosure(L, l_pool, 1);
+  lua_setfield(L, -2, "Pool");
+  lua_pushcfunction(L, l_counters);
+  lua_setfield(L, -2, "_pool_counters");
+  return 0;
+}

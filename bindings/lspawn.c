@@ -1,0 +1,991 @@
+/*
+ * lspawn.c -- start methods: fork, spawn and forkserver, and the module
+ * functions that choose between them.
+ *
+ * fork is lmp_proc_fork: the child is a copy and calls the target in the
+ * state it inherited.  The other two start the child from a clean state, so
+ * the target and its arguments travel as a payload: three framed codec
+ * messages (the target, the arguments, and a "meta" table with what the
+ * child needs to resemble its parent: package.path and cpath, the main
+ * script's directory, the C modules loaded here, arg, the current
+ * directory, the default start method, the logging set-up, the names).  The
+ * payload is written to a memfd before anything is started, so no writer
+ * ever blocks on a slow reader and the descriptor is the whole channel:
+ *
+ *   spawn       lmp_proc_spawn execs `lmp --lmp-child FD` with the memfd
+ *               kept at FD; the new process joins this program's family
+ *               through LMP_PREFIX / LMP_ROOT_PID, so handles in the payload
+ *               attach as anywhere else.  The channel is trusted: only this
+ *               process could have written that descriptor.
+ *   forkserver  on first use this process spawns `lmp --lmp-forkserver FD`,
+ *               a server with nothing but lmp loaded, holding one end of a
+ *               SOCK_SEQPACKET socketpair.  A request is one message carrying
+ *               the memfd and the requester's stdin, stdout and stderr; the
+ *               server forks (lmp_proc_fork), the child takes those stdio
+ *               descriptors and runs the payload, and the reply carries the
+ *               pid, a pidfd and the read end of a pipe on which the server
+ *               writes the exit code once it has reaped the child.  The
+ *               requester adopts the child (lmp_proc_adopt): join, exitcode,
+ *               is_alive, terminate and kill work as for its own children.
+ *
+ * Lifetimes.  The server is a service child of the process that started it
+ * (shutdown ends it after the children it forked were joined or
+ * terminated); it dies with that process (PR_SET_PDEATHSIG, which survives
+ * the exec) and exits when the socket closes.  Its children ask for SIGKILL
+ * when the server dies, so nothing outlives the requester.  A process
+ * forked from the requester does not share the server: its first forkserver
+ * start makes its own.
+ *
+ * Finding the executable: LMP_EXECUTABLE; the running lmp binary (main.c
+ * says so); `lmp` next to the loaded lmp.so, or in the bin/ of the prefix it
+ * was installed under; then PATH.  spawn raises if none is found.
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "lmp.h"
+#include "lmp/proc.h"
+#include "lmp/shm.h"
+#include "lmpb.h"
+
+#define FS_MAGIC 0x6c6d7066u /* "lmpf" */
+#define FS_TIMEOUT_S 30      /* the server answers at once; this is for a wedged one */
+#define PRELOAD_KEY "lmp.forkserver_preload"
+
+enum { FORK, SPAWN, FORKSERVER };
+static const char *const methods[] = {"fork", "spawn", "forkserver", NULL};
+
+static int default_method = FORK;
+static int method_set; /* set_start_method was called */
+static char executable[PATH_MAX];
+
+/* === helpers === */
+
+static int method_index(const char *name)
+{
+  for (int i = 0; methods[i]; i++)
+    if (strcmp(methods[i], name) == 0)
+      return i;
+  return -1;
+}
+
+const char *lmpb_checkmethod(lua_State *L, int idx, int arg)
+{
+  if (lua_isnoneornil(L, idx))
+    return NULL;
+  const char *name = lua_tostring(L, idx);
+  int i = name && lua_type(L, idx) == LUA_TSTRING ? method_index(name) : -1;
+  if (i < 0)
+    luaL_argerror(L, arg, lua_pushfstring(L, "unknown start method '%s'", luaL_tolstring(L, idx, NULL)));
+  return methods[i];
+}
+
+static int lazy_call(lua_State *L)
+{
+  int n = lua_gettop(L);
+  lua_getglobal(L, "require");
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, lua_tostring(L, lua_upvalueindex(2)));
+  lua_insert(L, 1);
+  lua_pop(L, 1);
+  lua_call(L, n, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+void lmpb_pushlazy(lua_State *L, const char *module, const char *field)
+{
+  lua_pushstring(L, module);
+  lua_pushstring(L, field);
+  lua_pushcclosure(L, lazy_call, 2);
+}
+
+/* write(2) all of it, or -errno. */
+static int write_all(int fd, const void *p, size_t n)
+{
+  const char *s = p;
+  while (n > 0) {
+    ssize_t w = write(fd, s, n);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      return w < 0 ? -errno : -EIO;
+    s += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+/* === the executable === */
+
+void lmpb_set_executable(const char *path)
+{
+  if (!realpath(path, executable))
+    snprintf(executable, sizeof executable, "%s", path);
+}
+
+static int is_exec(const char *path)
+{
+  struct stat st;
+  return stat(path, &st) == 0 && S_ISREG(st.st_mode) && access(path, X_OK) == 0;
+}
+
+/* `lmp` beside the loaded module, or in the bin/ of its install prefix
+ * (<prefix>/lib/lua/5.4/lmp.so -> <prefix>/bin/lmp). */
+static void find_beside_module(void)
+{
+  Dl_info info;
+  char dir[PATH_MAX], path[PATH_MAX + 32];
+  if (!dladdr((void *)luaopen_lmp, &info) || !info.dli_fname || !realpath(info.dli_fname, dir))
+    return;
+  char *slash = strrchr(dir, '/');
+  if (!slash)
+    return;
+  *slash = '\0';
+  const char *rel[] = {"/lmp", "/../../../bin/lmp", NULL};
+  for (int i = 0; rel[i]; i++) {
+    snprintf(path, sizeof path, "%s%s", dir, rel[i]);
+    if (is_exec(path) && realpath(path, executable))
+      return;
+  }
+}
+
+/* The lmp executable to exec, or NULL. */
+static const char *find_executable(void)
+{
+  const char *env = getenv("LMP_EXECUTABLE");
+  if (env && *env)
+    return env;
+  if (executable[0])
+    return executable;
+  const char *path = getenv("PATH");
+  static char found[PATH_MAX + 8];
+  while (path && *path) {
+    size_t n = strcspn(path, ":");
+    snprintf(found, sizeof found, "%.*s/lmp", (int)n, n ? path : ".");
+    if (n < PATH_MAX && is_exec(found))
+      return found;
+    path += n + (path[n] == ':');
+  }
+  return NULL;
+}
+
+static const char *checkexecutable(lua_State *L)
+{
+  const char *exe = find_executable();
+  if (!exe)
+    luaL_error(L, "cannot find the lmp executable for the spawn and forkserver start methods "
+                  "(set LMP_EXECUTABLE)");
+  return exe;
+}
+
+/* === the payload === */
+
+/* Directory of the main script (arg[0]), for the child's package.path. */
+static void push_script_dir(lua_State *L)
+{
+  char path[PATH_MAX];
+  int top = lua_gettop(L), ok = 0;
+  if (lua_getglobal(L, "arg") == LUA_TTABLE && lua_geti(L, -1, 0) == LUA_TSTRING)
+    ok = realpath(lua_tostring(L, -1), path) != NULL && strrchr(path, '/') != NULL;
+  lua_settop(L, top);
+  if (ok) {
+    char *slash = strrchr(path, '/');
+    *slash = '\0';
+    lua_pushstring(L, path[0] ? path : "/");
+  } else {
+    lua_pushnil(L);
+  }
+}
+
+/* Names of the modules in package.loaded that hold a C function: a C
+ * function crosses by its name there, so the child must load them first.
+ * The standard libraries and lmp's own are there anyway. */
+static void push_modules(lua_State *L)
+{
+  static const char *const std[] = {"_G",   "package", "coroutine", "table", "io", "os",
+                                    "string", "math", "utf8",      "debug", NULL};
+  lua_newtable(L);
+  int out = lua_gettop(L), n = 0;
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+    int skip = !name || !lua_istable(L, -1) || strcmp(name, "lmp") == 0 ||
+               strncmp(name, "lmp.", 4) == 0;
+    for (int i = 0; !skip && std[i]; i++)
+      skip = strcmp(name, std[i]) == 0;
+    int hasc = 0;
+    if (!skip) {
+      lua_pushnil(L);
+      while (!hasc && lua_next(L, -2)) {
+        hasc = lua_iscfunction(L, -1);
+        lua_pop(L, 1);
+      }
+      if (hasc)
+        lua_pop(L, 1); /* the key lua_next left */
+    }
+    if (hasc) {
+      lua_pushvalue(L, -2);
+      lua_rawseti(L, out, ++n);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+/* Push the meta table of a payload. */
+static void push_meta(lua_State *L, const lmpb_start_t *how)
+{
+  char cwd[PATH_MAX];
+  lua_createtable(L, 0, 12);
+  int t = lua_gettop(L);
+  lua_pushstring(L, how->name ? how->name : "Process");
+  lua_setfield(L, t, "name");
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_getfield(L, -1, "lmp");
+  lua_remove(L, -2);
+  if (lua_istable(L, -1) && lua_getfield(L, -1, "current_process") == LUA_TFUNCTION) {
+    lua_call(L, 0, 1);
+    lua_getfield(L, -1, "name");
+    lua_setfield(L, t, "pname");
+  }
+  lua_settop(L, t);
+  lua_pushinteger(L, getpid());
+  lua_setfield(L, t, "ppid");
+  lua_pushstring(L, methods[default_method]);
+  lua_setfield(L, t, "method");
+  lua_getglobal(L, "package");
+  if (lua_istable(L, -1)) {
+    lua_getfield(L, -1, "path");
+    lua_setfield(L, t, "path");
+    lua_getfield(L, -1, "cpath");
+    lua_setfield(L, t, "cpath");
+  }
+  lua_settop(L, t);
+  push_script_dir(L);
+  lua_setfield(L, t, "dir");
+  if (lua_getglobal(L, "arg") == LUA_TTABLE)
+    lua_setfield(L, t, "arg");
+  else
+    lua_pop(L, 1);
+  if (getcwd(cwd, sizeof cwd)) {
+    lua_pushstring(L, cwd);
+    lua_setfield(L, t, "cwd");
+  }
+  push_modules(L);
+  lua_setfield(L, t, "modules");
+  /* The logging set-up, if logging is in use here. */
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  if (lua_getfield(L, -1, "lmp.log") == LUA_TTABLE &&
+      lua_getfield(L, -1, "_export") == LUA_TFUNCTION) {
+    lua_call(L, 0, 1);
+    lua_setfield(L, t, "log");
+  }
+  lua_settop(L, t);
+}
+
+/* Encode the value on top as one frame (a 4-byte length, then the bytes)
+ * and replace it with the frame as a string. */
+static void frame(lua_State *L, const char *what)
+{
+  const lmp_buf_t *b = lmpb_encode(L, -1, what);
+  if (b->len > UINT32_MAX)
+    luaL_error(L, "start: %s too large to send", what);
+  uint32_t n = (uint32_t)b->len;
+  /* Copied before anything else allocates: a finalizer run by the
+   * allocator could encode and reuse the buffer. */
+  lua_pushlstring(L, b->data, b->len);
+  lua_pushlstring(L, (const char *)&n, sizeof n);
+  lua_insert(L, -2);
+  lua_concat(L, 2);
+  lua_replace(L, -2);
+}
+
+/*
+ * The payload of the function at fn_idx and its nargs arguments, in a new
+ * memfd positioned nowhere in particular (the child preads).  Returns the
+ * descriptor or -errno; serialization errors raise before any descriptor
+ * exists.
+ */
+static int payload(lua_State *L, int fn_idx, int nargs, const lmpb_start_t *how)
+{
+  int top = lua_gettop(L);
+  lua_pushvalue(L, fn_idx);
+  frame(L, "target");
+  lua_createtable(L, nargs, 1);
+  for (int i = 1; i <= nargs; i++) {
+    lua_pushvalue(L, fn_idx + i);
+    lua_rawseti(L, -2, i);
+  }
+  lua_pushinteger(L, nargs);
+  lua_setfield(L, -2, "n");
+  frame(L, "args");
+  push_meta(L, how);
+  frame(L, "meta");
+  int fd = memfd_create("lmp-payload", MFD_CLOEXEC);
+  int rc = fd < 0 ? -errno : 0;
+  for (int i = top + 1; rc == 0 && i <= top + 3; i++) {
+    size_t n;
+    const char *s = lua_tolstring(L, i, &n);
+    rc = write_all(fd, s, n);
+  }
+  lua_settop(L, top);
+  if (rc < 0 && fd >= 0)
+    close(fd);
+  return rc < 0 ? rc : fd;
+}
+
+/* === the forkserver: requester side === */
+
+struct fs_req {
+  uint32_t magic;
+  uint32_t daemon;
+};
+
+struct fs_rep {
+  int32_t status; /* 0 or -errno */
+  int32_t pid;
+};
+
+static struct {
+  pid_t owner;      /* the process that started the server */
+  int sock;         /* our end of the socketpair; -1 if none */
+  lmp_proc_t *proc; /* the server */
+} fs = {0, -1, NULL};
+
+static void fs_forget(void)
+{
+  if (fs.sock >= 0)
+    close(fs.sock);
+  if (fs.proc && fs.owner == getpid()) {
+    lmp_proc_signal(fs.proc, SIGKILL);
+    lmp_proc_wait(fs.proc, LMP_FOREVER);
+  }
+  if (fs.proc)
+    lmp_proc_free(fs.proc);
+  fs.sock = -1;
+  fs.proc = NULL;
+  fs.owner = 0;
+}
+
+/* Start this process's server if it has none (a server inherited from the
+ * parent is not ours to use).  0 or -errno. */
+static int fs_ensure(lua_State *L, const char *exe)
+{
+  if (fs.owner == getpid() && fs.sock >= 0 && lmp_proc_alive(fs.proc) == 1)
+    return 0;
+  fs_forget();
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+    return -errno;
+  char fdarg[16];
+  snprintf(fdarg, sizeof fdarg, "%d", sv[1]);
+  /* argv: exe --lmp-forkserver FD [preload modules...] */
+  int npre = 0;
+  if (lua_getfield(L, LUA_REGISTRYINDEX, PRELOAD_KEY) == LUA_TTABLE)
+    npre = (int)lua_rawlen(L, -1);
+  const char **argv = lua_newuserdatauv(L, (size_t)(npre + 4) * sizeof *argv, 0);
+  argv[0] = exe;
+  argv[1] = "--lmp-forkserver";
+  argv[2] = fdarg;
+  for (int i = 1; i <= npre; i++) {
+    lua_rawgeti(L, -2, i);
+    argv[2 + i] = lua_tostring(L, -1); /* anchored by the preload table */
+    lua_pop(L, 1);
+  }
+  argv[3 + npre] = NULL;
+  int rc = lmp_proc_spawn(exe, (char *const *)argv, sv[1], LMP_PROC_SERVICE, &fs.proc);
+  lua_pop(L, 2);
+  close(sv[1]);
+  if (rc < 0) {
+    close(sv[0]);
+    return rc;
+  }
+  struct timeval tv = {FS_TIMEOUT_S, 0};
+  setsockopt(sv[0], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  fs.sock = sv[0];
+  fs.owner = getpid();
+  return 0;
+}
+
+/* One request: the payload and our stdio go, pid, pidfd and status come. */
+static int fs_request(int memfd, int daemon, lmp_proc_t **out)
+{
+  struct fs_req req = {FS_MAGIC, (uint32_t)(daemon != 0)};
+  int fds[4] = {memfd, 0, 1, 2};
+  union {
+    char buf[CMSG_SPACE(sizeof fds)];
+    struct cmsghdr align;
+  } cb;
+  struct iovec iov = {&req, sizeof req};
+  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+  memset(&cb, 0, sizeof cb);
+  mh.msg_control = cb.buf;
+  mh.msg_controllen = sizeof cb.buf;
+  struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+  cm->cmsg_level = SOL_SOCKET;
+  cm->cmsg_type = SCM_RIGHTS;
+  cm->cmsg_len = CMSG_LEN(sizeof fds);
+  memcpy(CMSG_DATA(cm), fds, sizeof fds);
+  ssize_t n;
+  while ((n = sendmsg(fs.sock, &mh, MSG_NOSIGNAL)) < 0 && errno == EINTR) {
+  }
+  if (n < 0)
+    return -errno;
+
+  struct fs_rep rep;
+  int got[2] = {-1, -1};
+  union {
+    char buf[CMSG_SPACE(sizeof got)];
+    struct cmsghdr align;
+  } rb;
+  iov = (struct iovec){&rep, sizeof rep};
+  mh = (struct msghdr){.msg_iov = &iov, .msg_iovlen = 1};
+  mh.msg_control = rb.buf;
+  mh.msg_controllen = sizeof rb.buf;
+  while ((n = recvmsg(fs.sock, &mh, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR) {
+  }
+  if (n < 0)
+    return errno == EAGAIN ? -ETIMEDOUT : -errno;
+  for (cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+    if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+      size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      memcpy(got, CMSG_DATA(cm), (k > 2 ? 2 : k) * sizeof(int));
+    }
+  }
+  if (n != (ssize_t)sizeof rep || rep.status < 0 || got[0] < 0) {
+    for (int i = 0; i < 2; i++)
+      if (got[i] >= 0)
+        close(got[i]);
+    if (n == 0)
+      return -EPIPE; /* the server is gone */
+    return n == (ssize_t)sizeof rep && rep.status < 0 ? rep.status : -EPROTO;
+  }
+  return lmp_proc_adopt(rep.pid, got[1], got[0], daemon, out);
+}
+
+static int start_forkserver(lua_State *L, int memfd, int daemon, lmp_proc_t **out)
+{
+  const char *exe = checkexecutable(L);
+  int rc = fs_ensure(L, exe);
+  if (rc == 0)
+    rc = fs_request(memfd, daemon, out);
+  if (rc == -EPIPE || rc == -ECONNRESET) {
+    /* The server died since its last use: one more, once. */
+    fs_forget();
+    rc = fs_ensure(L, exe);
+    if (rc == 0)
+      rc = fs_request(memfd, daemon, out);
+  }
+  return rc;
+}
+
+/* === starting a child === */
+
+int lmpb_spawn(lua_State *L, int fn_idx, int nargs, const lmpb_start_t *how, lmp_proc_t **out)
+{
+  fn_idx = lua_absindex(L, fn_idx);
+  int method = how->method ? method_index(how->method) : default_method;
+  *out = NULL;
+  if (method < 0)
+    return luaL_error(L, "unknown start method '%s'", how->method);
+  if (method == FORK) {
+    int rc = lmp_proc_fork(how->daemon ? LMP_PROC_DAEMON : 0, out);
+    if (rc == 0) {
+      lmpb_process_become(L, how->name ? how->name : "Process", NULL, 0);
+      lmpb_process_run(L, fn_idx, nargs);
+    }
+    return rc < 0 ? rc : 0;
+  }
+  const char *exe = checkexecutable(L);
+  int fd = payload(L, fn_idx, nargs, how);
+  if (fd < 0)
+    return fd;
+  int rc;
+  if (method == SPAWN) {
+    char fdarg[16];
+    snprintf(fdarg, sizeof fdarg, "%d", fd);
+    char *argv[] = {(char *)exe, "--lmp-child", fdarg, NULL};
+    rc = lmp_proc_spawn(exe, argv, fd, how->daemon ? LMP_PROC_DAEMON : 0, out);
+  } else {
+    rc = start_forkserver(L, fd, how->daemon, out);
+  }
+  close(fd);
+  return rc;
+}
+
+/* === the child's side === */
+
+/* The three frames of the payload userdata at `ud`, as pointers and sizes. */
+static int frames(lua_State *L, int ud, const char *p[3], size_t n[3])
+{
+  size_t len = lua_rawlen(L, ud);
+  const char *s = lua_touserdata(L, ud);
+  for (int i = 0; i < 3; i++) {
+    uint32_t k;
+    if (len < sizeof k)
+      return -1;
+    memcpy(&k, s, sizeof k);
+    s += sizeof k;
+    len -= sizeof k;
+    if (k > len)
+      return -1;
+    p[i] = s;
+    n[i] = k;
+    s += k;
+    len -= k;
+  }
+  return len == 0 ? 0 : -1;
+}
+
+/* package.path and cpath as the parent had them, then the main script's
+ * directory, so the child finds the same modules and the script's own. */
+static void apply_paths(lua_State *L, int meta)
+{
+  lua_getglobal(L, "package");
+  int pkg = lua_gettop(L);
+  if (lua_getfield(L, meta, "cpath") == LUA_TSTRING)
+    lua_setfield(L, pkg, "cpath");
+  else
+    lua_pop(L, 1);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  if (lua_getfield(L, meta, "path") == LUA_TSTRING)
+    luaL_addvalue(&b);
+  else {
+    lua_pop(L, 1);
+    lua_getfield(L, pkg, "path");
+    luaL_addvalue(&b);
+  }
+  if (lua_getfield(L, meta, "dir") == LUA_TSTRING) {
+    const char *dir = lua_tostring(L, -1);
+    lua_pushfstring(L, ";%s/?.lua;%s/?/init.lua", dir, dir);
+    lua_remove(L, -2);
+    luaL_addvalue(&b);
+  } else {
+    lua_pop(L, 1);
+  }
+  luaL_pushresult(&b);
+  lua_setfield(L, pkg, "path");
+  lua_pop(L, 1);
+}
+
+/* In the child, protected: resemble the parent, then decode the target and
+ * its arguments and return them.  Arguments: the payload userdata and the
+ * decoded meta table. */
+static int child_setup(lua_State *L)
+{
+  int meta = 2;
+  const char *p[3];
+  size_t n[3];
+  frames(L, 1, p, n);
+  apply_paths(L, meta);
+  if (lua_getfield(L, meta, "arg") == LUA_TTABLE)
+    lua_setglobal(L, "arg");
+  else
+    lua_pop(L, 1);
+  if (lua_getfield(L, meta, "cwd") == LUA_TSTRING && chdir(lua_tostring(L, -1)) < 0) {
+    /* a directory removed since: stay where we are, as a fork would */
+  }
+  lua_pop(L, 1);
+  if (lua_getfield(L, meta, "modules") == LUA_TTABLE) {
+    lua_Integer k = luaL_len(L, -1);
+    for (lua_Integer i = 1; i <= k; i++) {
+      lua_getglobal(L, "require");
+      lua_geti(L, -2, i);
+      if (lua_pcall(L, 1, 0, 0) != LUA_OK)
+        lua_pop(L, 1); /* decoding will say so if it needed the module */
+    }
+  }
+  lua_pop(L, 1);
+  if (lua_getfield(L, meta, "log") == LUA_TTABLE) {
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "lmp.log");
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, "_import");
+    lua_pushvalue(L, -3);
+    lua_call(L, 1, 0);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  int base = lua_gettop(L);
+  lmpb_decode(L, p[0], n[0], 1);
+  lmpb_decode(L, p[1], n[1], 1);
+  lua_getfield(L, base + 2, "n");
+  int nargs = (int)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  luaL_checkstack(L, nargs, "too many arguments");
+  for (int i = 1; i <= nargs; i++)
+    lua_rawgeti(L, base + 2, i);
+  lua_remove(L, base + 2);
+  return nargs + 1;
+}
+
+/* Stands in for the target when the set-up failed, so the failure is
+ * reported (and the exit code set) as the target's own error would be. */
+static int rethrow(lua_State *L)
+{
+  return lua_error(L);
+}
+
+static int decode_meta(lua_State *L)
+{
+  const char *p[3];
+  size_t n[3];
+  if (frames(L, 1, p, n) < 0)
+    return luaL_error(L, "malformed start payload");
+  lmpb_decode(L, p[2], n[2], 1);
+  return 1;
+}
+
+/* The child of spawn (after exec) and of the forkserver (after fork):
+ * read the payload in `fd`, take the identity it names, run. */
+static void run_payload(lua_State *L, int fd) __attribute__((noreturn));
+
+static void run_payload(lua_State *L, int fd)
+{
+  struct stat st;
+  if (fstat(fd, &st) < 0 || st.st_size < 12) {
+    fprintf(stderr, "lmp: bad start payload descriptor %d\n", fd);
+    lmp_proc_exit(1);
+  }
+  char *buf = lua_newuserdatauv(L, (size_t)st.st_size, 0);
+  int ud = lua_gettop(L);
+  size_t got = 0;
+  while (got < (size_t)st.st_size) {
+    ssize_t r = pread(fd, buf + got, (size_t)st.st_size - got, (off_t)got);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0) {
+      fprintf(stderr, "lmp: cannot read the start payload: %s\n", strerror(r < 0 ? errno : EIO));
+      lmp_proc_exit(1);
+    }
+    got += (size_t)r;
+  }
+  close(fd);
+  lua_pushcfunction(L, decode_meta);
+  lua_pushvalue(L, ud);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    fprintf(stderr, "lmp: %s\n", lua_tostring(L, -1));
+    lmp_proc_exit(1);
+  }
+  int meta = lua_gettop(L);
+  lua_getfield(L, meta, "name");
+  lua_getfield(L, meta, "pname");
+  lua_getfield(L, meta, "ppid");
+  lmpb_process_become(L, lua_tostring(L, -3) ? lua_tostring(L, -3) : "Process",
+                      lua_tostring(L, -2) ? lua_tostring(L, -2) : "MainProcess",
+                      (pid_t)lua_tointeger(L, -1));
+  lua_pop(L, 3);
+  if (lua_getfield(L, meta, "method") == LUA_TSTRING && method_index(lua_tostring(L, -1)) >= 0)
+    default_method = method_index(lua_tostring(L, -1));
+  lua_pop(L, 1);
+  int base = lua_gettop(L);
+  lua_pushcfunction(L, child_setup);
+  lua_pushvalue(L, ud);
+  lua_pushvalue(L, meta);
+  if (lua_pcall(L, 2, LUA_MULTRET, 0) != LUA_OK) {
+    lua_pushcfunction(L, rethrow);
+    lua_insert(L, -2);
+    lmpb_process_run(L, base + 1, 1);
+  }
+  lmpb_process_run(L, base + 1, lua_gettop(L) - base - 1);
+}
+
+void lmpb_spawn_main(lua_State *L, int fd)
+{
+  /* The family is joined (luaopen_lmp did): the variables are spent, and
+   * a program this one runs with os.execute must not join by accident. */
+  unsetenv("LMP_PREFIX");
+  unsetenv("LMP_ROOT_PID");
+  run_payload(L, fd);
+}
+
+/* === the forkserver: server side === */
+
+typedef struct fs_child {
+  lmp_proc_t *proc;
+  int status_w;
+} fs_child;
+
+static fs_child *kids;
+static size_t nkids, capkids;
+
+/* Write the exit code of every child that has ended to its requester. */
+static void fs_report(void)
+{
+  for (size_t i = 0; i < nkids;) {
+    int code;
+    if (lmp_proc_alive(kids[i].proc) == 0 && lmp_proc_exitcode(kids[i].proc, &code) == 0) {
+      int32_t c = code;
+      if (write(kids[i].status_w, &c, sizeof c) < 0) {
+        /* the requester is gone; nobody to tell */
+      }
+      close(kids[i].status_w);
+      lmp_proc_free(kids[i].proc);
+      kids[i] = kids[--nkids];
+    } else {
+      i++;
+    }
+  }
+}
+
+static void fs_reply(int conn, int status, pid_t pid, int status_r, int pidfd)
+{
+  struct fs_rep rep = {status, (int32_t)pid};
+  int fds[2] = {status_r, pidfd};
+  int nfds = status_r < 0 ? 0 : pidfd < 0 ? 1 : 2;
+  union {
+    char buf[CMSG_SPACE(sizeof fds)];
+    struct cmsghdr align;
+  } cb;
+  struct iovec iov = {&rep, sizeof rep};
+  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+  if (nfds > 0) {
+    memset(&cb, 0, sizeof cb);
+    mh.msg_control = cb.buf;
+    mh.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+    memcpy(CMSG_DATA(cm), fds, nfds * sizeof(int));
+  }
+  while (sendmsg(conn, &mh, MSG_NOSIGNAL) < 0 && errno == EINTR) {
+  }
+}
+
+/* In the new child: nothing of the server's bookkeeping is ours. */
+static void fs_child_setup(int conn, int sfd, int status_r, int status_w, const int stdio[3])
+{
+  for (size_t i = 0; i < nkids; i++)
+    close(kids[i].status_w);
+  close(conn);
+  close(sfd);
+  close(status_r);
+  close(status_w);
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, NULL);
+  signal(SIGINT, SIG_DFL);
+  prctl(PR_SET_NAME, "lmp");
+  for (int i = 0; i < 3; i++)
+    dup2(stdio[i], i);
+  for (int i = 0; i < 3; i++)
+    if (stdio[i] > 2)
+      close(stdio[i]);
+}
+
+/* Receive one request: 1 and the four descriptors, 0 at end of file, -1
+ * for a malformed message (its descriptors closed). */
+static int fs_recv(int conn, struct fs_req *req, int fds[4])
+{
+  union {
+    char buf[CMSG_SPACE(4 * sizeof(int))];
+    struct cmsghdr align;
+  } cb;
+  struct iovec iov = {req, sizeof *req};
+  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+  mh.msg_control = cb.buf;
+  mh.msg_controllen = sizeof cb.buf;
+  ssize_t n;
+  while ((n = recvmsg(conn, &mh, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR) {
+  }
+  if (n <= 0)
+    return 0;
+  int nfds = 0;
+  for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+    if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+      nfds = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+      memcpy(fds, CMSG_DATA(cm), (nfds > 4 ? 4 : nfds) * sizeof(int));
+    }
+  }
+  if (n != (ssize_t)sizeof *req || req->magic != FS_MAGIC || nfds != 4 ||
+      (mh.msg_flags & MSG_CTRUNC)) {
+    for (int i = 0; i < nfds && i < 4; i++)
+      close(fds[i]);
+    return -1;
+  }
+  return 1;
+}
+
+static int grow_kids(void)
+{
+  if (nkids < capkids)
+    return 0;
+  size_t cap = capkids ? capkids * 2 : 16;
+  fs_child *k = realloc(kids, cap * sizeof *k);
+  if (!k)
+    return -ENOMEM;
+  kids = k;
+  capkids = cap;
+  return 0;
+}
+
+static void fs_serve_one(lua_State *L, int conn, int sfd)
+{
+  struct fs_req req;
+  int fds[4];
+  int r = fs_recv(conn, &req, fds);
+  if (r == 0) {
+    /* The requester closed its end (or died): our children die with us. */
+    lmp_runtime_release_all();
+    _exit(0);
+  }
+  if (r < 0)
+    return;
+  int st[2] = {-1, -1};
+  lmp_proc_t *proc = NULL;
+  int rc = pipe2(st, O_CLOEXEC) < 0 ? -errno : grow_kids();
+  if (rc == 0)
+    rc = lmp_proc_fork(0, &proc); /* 1 here, 0 in the child */
+  if (rc == 0) {
+    fs_child_setup(conn, sfd, st[0], st[1], fds + 1);
+    run_payload(L, fds[0]);
+  }
+  if (rc > 0) {
+    int pidfd = lmp_proc_fd(proc) >= 0 ? fcntl(lmp_proc_fd(proc), F_DUPFD_CLOEXEC, 3) : -1;
+    fs_reply(conn, 0, lmp_proc_pid(proc), st[0], pidfd);
+    if (pidfd >= 0)
+      close(pidfd);
+    close(st[0]);
+    kids[nkids++] = (fs_child){proc, st[1]};
+  } else {
+    fs_reply(conn, rc, 0, -1, -1);
+    for (int i = 0; i < 2; i++)
+      if (st[i] >= 0)
+        close(st[i]);
+  }
+  for (int i = 0; i < 4; i++)
+    close(fds[i]);
+}
+
+void lmpb_forkserver_main(lua_State *L, int conn, int nmods, char **mods)
+{
+  unsetenv("LMP_PREFIX");
+  unsetenv("LMP_ROOT_PID");
+  prctl(PR_SET_NAME, "lmp-forkserver");
+  signal(SIGINT, SIG_IGN); /* a ^C at the terminal is for the program, not us */
+  for (int i = 0; i < nmods; i++) {
+    lua_getglobal(L, "require");
+    lua_pushstring(L, mods[i]);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+      fprintf(stderr, "lmp forkserver: preload of '%s' failed: %s\n", mods[i], lua_tostring(L, -1));
+      lua_pop(L, 1);
+    }
+  }
+  sigset_t chld;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &chld, NULL);
+  int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+  fcntl(conn, F_SETFD, FD_CLOEXEC);
+  for (;;) {
+    struct pollfd p[2] = {{conn, POLLIN, 0}, {sfd, POLLIN, 0}};
+    /* Without a signalfd, look for ended children every 50 ms. */
+    int n = poll(p, 2, sfd < 0 ? 50 : -1);
+    if (n < 0 && errno != EINTR)
+      _exit(1);
+    if (sfd >= 0 && (p[1].revents & POLLIN)) {
+      struct signalfd_siginfo si;
+      while (read(sfd, &si, sizeof si) > 0) {
+      }
+    }
+    fs_report();
+    if (p[0].revents & (POLLIN | POLLHUP | POLLERR))
+      fs_serve_one(L, conn, sfd);
+  }
+}
+
+/* === module functions === */
+
+/* lmp.set_start_method(method [, force]): once per program, as in Python,
+ * unless force is true; set_start_method(nil, true) goes back to "fork". */
+static int l_set_start_method(lua_State *L)
+{
+  const char *m = lmpb_checkmethod(L, 1, 1);
+  int force = lua_toboolean(L, 2);
+  if (method_set && !force)
+    return luaL_error(L, "context has already been set");
+  luaL_argcheck(L, m || force, 1, "start method expected");
+  default_method = m ? method_index(m) : FORK;
+  method_set = m != NULL;
+  return 0;
+}
+
+static int l_get_start_method(lua_State *L)
+{
+  lua_pushstring(L, methods[default_method]);
+  return 1;
+}
+
+static int l_get_all_start_methods(lua_State *L)
+{
+  lua_createtable(L, 3, 0);
+  for (int i = 0; methods[i]; i++) {
+    lua_pushstring(L, methods[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  return 1;
+}
+
+/* lmp.get_context([method]): checks the name here, builds in lmp.context. */
+static int l_get_context(lua_State *L)
+{
+  lmpb_checkmethod(L, 1, 1);
+  lua_settop(L, 1);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "lmp.context");
+  lua_call(L, 1, 1);
+  lua_insert(L, 1);
+  lua_call(L, 1, 1);
+  return 1;
+}
+
+/* lmp.set_forkserver_preload({module, ...}): modules the server requires
+ * when it starts, so its children find them loaded. */
+static int l_set_forkserver_preload(lua_State *L)
+{
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_Integer n = luaL_len(L, 1);
+  lua_createtable(L, (int)n, 0);
+  for (lua_Integer i = 1; i <= n; i++) {
+    if (lua_geti(L, 1, i) != LUA_TSTRING)
+      return luaL_argerror(L, 1, "module names expected");
+    lua_rawseti(L, -2, i);
+  }
+  lua_setfield(L, LUA_REGISTRYINDEX, PRELOAD_KEY);
+  return 0;
+}
+
+static const luaL_Reg funcs[] = {
+    {"set_start_method", l_set_start_method},
+    {"get_start_method", l_get_start_method},
+    {"get_all_start_methods", l_get_all_start_methods},
+    {"get_context", l_get_context},
+    {"set_forkserver_preload", l_set_forkserver_preload},
+    {NULL, NULL},
+};
+
+int lmpb_start_open(lua_State *L)
+{
+  if (!executable[0] && !getenv("LMP_EXECUTABLE"))
+    find_beside_module();
+  luaL_setfuncs(L, funcs, 0);
+  return 0;
+}

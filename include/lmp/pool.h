@@ -1,0 +1,173 @@
+/*
+ * lmp/pool.h -- a pool of worker processes over byte payloads.
+ *
+ * The parent submits tasks (a caller-defined tag and payload bytes) and
+ * collects events: a task's reply, or its failure because the worker running
+ * it died (LOST) or ran past the task timeout and was killed (TIMEOUT), or the
+ * pool's breakage when a worker could not start (BROKEN).  Workers are forked
+ * by the pool and run a caller-supplied body, which loops on
+ * lmp_pool_worker_next / lmp_pool_worker_reply; the pool replaces workers that
+ * die or retire, so a submitted task always ends in exactly one event.
+ *
+ * Tasks wait in a local backlog and are handed to a shared ring only a few at
+ * a time (high_water), so a task still in the backlog can be cancelled.  By
+ * default the pool keeps about half a millisecond of work per worker in the
+ * ring (from 2 to 256 tasks each, by the time tasks have been taking).
+ * Workers pull from the ring; each publishes, in a slot of shared memory,
+ * which task it runs and since when (lmp_pool_slot reads them).
+ *
+ * Every call on the parent side belongs to the thread that created the pool;
+ * none blocks except lmp_pool_wait (until its deadline) and
+ * lmp_pool_terminate (until the killed workers are reaped).
+ */
+#ifndef LMP_POOL_H
+#define LMP_POOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include "lmp/common.h"
+
+typedef struct lmp_pool lmp_pool_t;
+typedef struct lmp_pool_worker lmp_pool_worker_t;
+
+/* The body of a worker process: take tasks and reply until next says stop,
+ * then return the exit code.  It runs in the forked child, never returns to
+ * the caller of create/wait that forked it (the child ends in lmp_proc_exit). */
+typedef int (*lmp_pool_body_fn)(lmp_pool_worker_t *w, void *ctx);
+
+typedef struct lmp_pool_config {
+  int processes;             /* workers, >= 1 */
+  uint32_t maxtasksperchild; /* a worker retires after this many tasks; 0: never */
+  int64_t task_timeout_ns;   /* a task (or item, see progress) running longer is killed; 0: none */
+  uint32_t high_water;       /* tasks kept in the shared ring; 0: adapt to how long tasks take */
+  lmp_pool_body_fn body;
+  void *ctx;
+} lmp_pool_config_t;
+
+/* Forks the workers.  0 or -errno. */
+int lmp_pool_create(const lmp_pool_config_t *cfg, lmp_pool_t **out);
+
+/* === the parent === */
+
+/* Queue a task; the payload is gathered from iov[0..iovcnt) (at most 7 parts)
+ * and copied.  *id (> 0, increasing) names it in events.  -EPIPE once the pool
+ * is closed, terminated or broken. */
+int lmp_pool_submit(lmp_pool_t *p, uint32_t tag, const struct iovec *iov, int iovcnt,
+                    uint64_t *id);
+
+/* Remove a task no worker has seen yet: 1 if removed (it will have no event),
+ * 0 if it was handed out already, finished, or is unknown. */
+int lmp_pool_cancel(lmp_pool_t *p, uint64_t id);
+
+enum {
+  LMP_POOL_TASK_UNKNOWN = 0, /* finished (its event is out or on its way), cancelled, or never was */
+  LMP_POOL_TASK_QUEUED,      /* in the local backlog: cancellable */
+  LMP_POOL_TASK_SENT,        /* in the shared ring */
+  LMP_POOL_TASK_RUNNING,     /* taken by a worker */
+};
+int lmp_pool_task_state(lmp_pool_t *p, uint64_t id);
+
+enum {
+  LMP_POOL_DONE = 1, /* the worker replied */
+  LMP_POOL_LOST,     /* the worker died while running the task */
+  LMP_POOL_TIMEOUT,  /* the task ran past task_timeout; its worker was killed */
+  LMP_POOL_BROKEN,   /* a worker failed to start: nothing more will run */
+};
+
+typedef struct lmp_pool_event {
+  int type;
+  uint64_t id;     /* the task; 0 for BROKEN */
+  uint32_t status; /* DONE: as the worker replied */
+  uint32_t item;   /* LOST, TIMEOUT: the item the worker last reported */
+  pid_t pid;       /* the worker */
+  int exitcode;    /* LOST, and BROKEN without payload: 0.., or -N when killed by signal N */
+  const void *data; /* DONE, BROKEN: the payload, valid until the next call on the pool */
+  size_t len;
+} lmp_pool_event_t;
+
+/*
+ * Wait for the next event until the deadline (0: do not wait).  Meanwhile it
+ * hands backlogged tasks to the workers, notices deaths (and replaces the
+ * dead), kills tasks past their timeout and resets the descriptor of
+ * lmp_pool_fd once nothing is waiting.  0 with *ev set; -ETIMEDOUT; -EPIPE
+ * when nothing more can come: terminated, broken (after the BROKEN event), or
+ * closed with every worker gone.  After BROKEN the caller fails whatever it
+ * still waits for: those tasks will have no event.
+ */
+int lmp_pool_wait(lmp_pool_t *p, lmp_pool_event_t *ev, int64_t deadline);
+
+/* No more submissions; workers exit once every queued task is taken.
+ * lmp_pool_wait returns -EPIPE when they all have. */
+void lmp_pool_close(lmp_pool_t *p);
+/* SIGKILL every worker and reap it; queued tasks are dropped (no events). */
+void lmp_pool_terminate(lmp_pool_t *p);
+/* Release everything without blocking: workers still running are sent
+ * SIGKILL and reaped later (lmp_proc_reap).  In a process other than the
+ * one that created the pool (a forked copy) it only frees memory. */
+void lmp_pool_free(lmp_pool_t *p);
+
+/* A descriptor that turns readable when an event may be waiting (a reply, a
+ * death, a timeout due), for event loops; lmp_pool_wait(p, ev, 0) consumes it. */
+int lmp_pool_fd(const lmp_pool_t *p);
+int lmp_pool_processes(const lmp_pool_t *p);
+/* 1 while the pool takes submissions. */
+int lmp_pool_running(const lmp_pool_t *p);
+
+enum {
+  LMP_POOL_STARTING = 1, /* forked, initializing */
+  LMP_POOL_IDLE,         /* waiting for a task */
+  LMP_POOL_BUSY,         /* running one */
+  LMP_POOL_EXITING,      /* retiring (maxtasksperchild, close) */
+};
+
+typedef struct lmp_pool_slot_info {
+  pid_t pid;           /* 0 while no worker holds the slot */
+  int state;           /* LMP_POOL_STARTING..EXITING, 0 for none */
+  uint64_t task;       /* BUSY: the id of the task */
+  uint32_t item;       /* BUSY: the item it last reported (lmp_pool_worker_progress) */
+  int64_t started_ns;  /* BUSY: when that task (or item) started, monotonic */
+  uint64_t done;       /* tasks this worker replied to ... */
+  uint64_t failed;     /* ... with a status other than 0 */
+} lmp_pool_slot_info_t;
+
+/* Worker i's slot, read from shared memory.  0, or -EINVAL for a bad i. */
+int lmp_pool_slot(lmp_pool_t *p, int i, lmp_pool_slot_info_t *out);
+
+typedef struct lmp_pool_stats {
+  uint64_t queued;   /* in the backlog and the ring */
+  uint64_t running;  /* taken by workers, no event yet */
+  uint64_t done;     /* DONE events */
+  uint64_t failed;   /* LOST and TIMEOUT events */
+  uint64_t restarts; /* workers forked to replace others */
+} lmp_pool_stats_t;
+
+void lmp_pool_stats(lmp_pool_t *p, lmp_pool_stats_t *out);
+
+/* === a worker === */
+
+typedef struct lmp_pool_task {
+  uint32_t tag;
+  const void *data; /* valid until the next call on the worker */
+  size_t len;
+} lmp_pool_task_t;
+
+/* Take the next task (blocks).  0; -EPIPE when the worker should return from
+ * its body (the pool is closing, or maxtasksperchild is reached). */
+int lmp_pool_worker_next(lmp_pool_worker_t *w, lmp_pool_task_t *t);
+/* Reply to the task taken last: status (0 counts as success in the slot's
+ * counters) and payload gathered from iov[0..iovcnt) (at most 7 parts). */
+int lmp_pool_worker_reply(lmp_pool_worker_t *w, uint32_t status, const struct iovec *iov,
+                          int iovcnt);
+/* Report that item `item` of the current task starts now: task_timeout then
+ * applies to each item rather than to the whole task. */
+void lmp_pool_worker_progress(lmp_pool_worker_t *w, uint32_t item);
+/* Report that the worker cannot start (before the first next): the pool
+ * breaks and lmp_pool_wait gives the payload in a BROKEN event.  The body
+ * should then return. */
+int lmp_pool_worker_fail_init(lmp_pool_worker_t *w, const void *data, size_t len);
+int lmp_pool_worker_index(const lmp_pool_worker_t *w);
+
+#endif

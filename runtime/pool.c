@@ -1,0 +1,1231 @@
+/*
+ * pool.c -- a pool of worker processes over byte payloads (lmp.Pool's core).
+ *
+ * Shape.  Three shared segments: a ring of tasks (parent -> workers), a ring
+ * of replies (workers -> parent), both lmp_queue, and a header with one slot
+ * per worker.  Workers pull, so a free worker takes the next task and the
+ * load balances itself.  The parent keeps a local backlog and hands tasks to
+ * the task ring only while fewer than high_water wait there: a task still in
+ * the backlog can be cancelled, and a slow worker never sits on a pile.
+ *
+ * Nothing is ever lost.  A worker takes a task with lmp_queue_get_hook and
+ * writes "busy with record seq" into its slot under the ring's lock, just
+ * before the record leaves the ring; it writes its reply to the reply ring
+ * before it marks itself idle.  So a task is always in the ring, in a slot,
+ * or answered.  The parent numbers the records it pushes (seq) and keeps the
+ * task id of each record not yet answered (the `sent` window).  When a
+ * worker dies, its slot names its task; the task fails once the parent has
+ * read every reply that was in the ring at the death (`verdict_at`, counted in
+ * replies read), because the worker may have answered just before dying.
+ *
+ * Deaths, timeouts, wake-ups.  The parent never uses threads or signal
+ * handlers.  It learns of deaths from the workers' pidfds, checked at most
+ * every CHECK_NS while it is busy and always before it sleeps.  A task past
+ * task_timeout (counted from the start time in its slot, which a worker may
+ * renew per item) is killed with SIGKILL and fails as TIMEOUT when its worker
+ * is reaped.  To sleep, the parent polls one epoll descriptor (lmp_pool_fd)
+ * holding an eventfd, the pidfds and, with a task timeout, a timerfd set to
+ * the earliest deadline.  A worker writes the eventfd after a reply only if
+ * the parent has cleared the shared `signalled` flag since the last write,
+ * which it does only on its way to sleep (or to report "nothing yet"): in
+ * steady state a reply costs no system call at all.  Before sleeping the
+ * parent spins briefly on the reply ring, since a kernel wake-up costs tens
+ * of microseconds and a spinning hand-off well under one.
+ *
+ * Start-up failures.  A worker that fails its initializer reports it
+ * (lmp_pool_worker_fail_init); one that dies before it took its first task
+ * is treated the same way.  Either breaks the pool: the workers are killed
+ * and never replaced, so a bad initializer cannot fork forever.
+ */
+#include "lmp/pool.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include "lmp/proc.h"
+#include "lmp/queue.h"
+#include "lmp/shm.h"
+
+#include "internal.h"
+
+#define POOL_MAGIC 0x4c4f4f50u /* "POOL" */
+#define CHECK_NS 1000000       /* deaths and timeouts, while busy */
+#define SPIN_NS 20000          /* before sleeping */
+#define SPIN_PAUSE_NS 5000     /* then sched_yield */
+#define SEQ_MASK ((UINT64_C(1) << 30) - 1) /* the ring numbers records modulo 2^30 */
+#define MAX_PARTS 7
+#define QUEUED_NS 500000 /* work kept queued per worker when high_water is 0 */
+#define QUEUED_MIN 2     /* tasks per worker in the ring, at least ... */
+#define QUEUED_MAX 256   /* ... and at most */
+
+enum { R_DONE = 1, R_INIT_FAILED = 2 };
+
+/* === shared memory === */
+
+/* A worker's slot.  `word` packs the state with the 30-bit number of the
+ * record being run, so one store publishes both. */
+struct slot {
+  _Atomic uint64_t word; /* state << 32 | seq */
+  _Atomic int64_t start_ns;
+  _Atomic int32_t pid;
+  _Atomic uint32_t item;
+  _Atomic uint64_t done, failed;
+  char pad[64 - 40];
+};
+_Static_assert(sizeof(struct slot) == 64, "one line per slot");
+
+struct phdr {
+  uint32_t magic;
+  uint32_t nslots;
+  _Alignas(64) _Atomic uint32_t signalled; /* the eventfd was written since the parent cleared it */
+  _Alignas(64) struct slot slots[];
+};
+
+/* Record headers: what a task or a reply carries before its payload. */
+struct thdr {
+  uint32_t tag;
+  uint32_t pad;
+};
+
+struct rhdr {
+  uint32_t seq;
+  uint32_t kind;
+  uint32_t status;
+  int32_t pid;
+  int64_t took_ns; /* from taking the task to replying */
+};
+
+static uint64_t slot_word(int state, uint64_t seq)
+{
+  return (uint64_t)state << 32 | (seq & SEQ_MASK);
+}
+
+/* === parent-side state === */
+
+struct pend { /* a task in the backlog */
+  uint64_t id;
+  uint32_t tag;
+  int cancelled;
+  size_t len;
+  char *data;
+};
+
+struct sent { /* a task handed to the ring, by record number */
+  uint64_t id;
+  int final; /* answered or failed: no more events for it */
+};
+
+struct worker {
+  lmp_proc_t *proc; /* NULL while the slot has no worker */
+  pid_t pid;
+  int64_t kill_seq; /* the record it was killed for (timeout), -1 if none */
+};
+
+struct verdict { /* a death whose task fails once the replies before it are read */
+  uint64_t at;    /* when `consumed` reaches this */
+  uint64_t seq;   /* the record it was running */
+  pid_t pid;
+  int exitcode;
+  int timed_out;
+  int starting; /* died before its first task: breaks the pool */
+  uint32_t item;
+};
+
+struct lmp_pool {
+  lmp_pool_config_t cfg;
+  pid_t owner;
+  struct lmp_pool *next; /* the pools of this process */
+  lmp_seg_t *seg;
+  struct phdr *h;
+  lmp_queue_t *tasks, *replies;
+  char names[3][LMP_SEG_NAME_MAX];
+  int efd, epfd, tfd;
+  int64_t timer_at; /* what tfd is set to, 0 when disarmed */
+  struct worker *w;
+  int closing, ring_closed, terminated, broken;
+  /* ids and the backlog */
+  uint64_t next_id;
+  struct pend *bl;
+  size_t bl_head, bl_n, bl_cap, bl_live;
+  /* records handed to the ring: seq in [sent_lo, pushed) */
+  struct sent *sent;
+  uint64_t sent_lo, pushed, sent_cap;
+  /* replies */
+  lmp_buf_t rbuf;
+  uint64_t consumed;
+  struct verdict *vd;
+  size_t nvd, vd_cap;
+  lmp_pool_event_t *evq;
+  size_t evq_head, evq_n, evq_cap;
+  int64_t last_check;
+  int64_t avg_ns; /* a moving average of the time tasks take */
+  uint32_t high;  /* tasks kept in the ring */
+  int spawn_error;
+  lmp_pool_stats_t stats;
+};
+
+struct lmp_pool_worker {
+  lmp_pool_t *p;
+  int index;
+  struct slot *slot;
+  lmp_buf_t buf;
+  uint32_t seq; /* of the task taken last */
+  int64_t t0;   /* when it was taken */
+  uint64_t count;
+  int started;
+};
+
+static lmp_pool_t *pools; /* of this process, so a new worker can close their descriptors */
+
+/* === small helpers === */
+
+#define LOAD(x) atomic_load_explicit(&(x), memory_order_acquire)
+#define STORE(x, v) atomic_store_explicit(&(x), (v), memory_order_release)
+
+static int grow_array(void **arr, size_t *cap, size_t need, size_t elem)
+{
+  if (need <= *cap)
+    return 0;
+  size_t n = *cap ? *cap : 16;
+  while (n < need)
+    n *= 2;
+  void *a = realloc(*arr, n * elem);
+  if (!a)
+    return -ENOMEM;
+  *arr = a;
+  *cap = n;
+  return 0;
+}
+
+static struct pend *bl_at(lmp_pool_t *p, size_t i)
+{
+  return &p->bl[(p->bl_head + i) & (p->bl_cap - 1)];
+}
+
+static struct sent *sent_at(lmp_pool_t *p, uint64_t seq)
+{
+  return &p->sent[seq & (p->sent_cap - 1)];
+}
+
+/* The full record number of a 30-bit one a worker published: the one in
+ * the window [sent_lo, pushed), or UINT64_MAX. */
+static uint64_t full_seq(lmp_pool_t *p, uint32_t seq30)
+{
+  uint64_t s = p->sent_lo + ((seq30 - p->sent_lo) & SEQ_MASK);
+  return s < p->pushed ? s : UINT64_MAX;
+}
+
+/* Read a slot's word and start time as one consistent pair. */
+static void slot_read(struct slot *s, uint64_t *word, int64_t *start)
+{
+  uint64_t w1, w2;
+  do {
+    w1 = LOAD(s->word);
+    *start = LOAD(s->start_ns);
+    w2 = LOAD(s->word);
+  } while (w1 != w2);
+  *word = w1;
+}
+
+static int slot_state(uint64_t word)
+{
+  return (int)(word >> 32);
+}
+
+/* Wake a sleeping parent, at most once per time it cleared the flag. */
+static void notify(lmp_pool_t *p)
+{
+  atomic_thread_fence(memory_order_seq_cst);
+  if (atomic_load_explicit(&p->h->signalled, memory_order_relaxed))
+    return;
+  if (atomic_exchange(&p->h->signalled, 1) == 0) {
+    uint64_t one = 1;
+    ssize_t r = write(p->efd, &one, sizeof one);
+    (void)r; /* EAGAIN: the counter is saturated, so it is readable anyway */
+  }
+}
+
+/* Clear the flag and the eventfd; afterwards the caller must look at the
+ * reply ring once more before it sleeps. */
+static void unsignal(lmp_pool_t *p)
+{
+  uint64_t v;
+  atomic_store(&p->h->signalled, 0);
+  while (read(p->efd, &v, sizeof v) < 0 && errno == EINTR) {
+  }
+  atomic_thread_fence(memory_order_seq_cst);
+}
+
+/* === events === */
+
+static int push_event(lmp_pool_t *p, const lmp_pool_event_t *ev)
+{
+  if (p->evq_n == p->evq_cap) {
+    size_t cap = p->evq_cap ? p->evq_cap * 2 : 16;
+    lmp_pool_event_t *q = malloc(cap * sizeof *q);
+    if (!q)
+      return -ENOMEM;
+    for (size_t i = 0; i < p->evq_n; i++)
+      q[i] = p->evq[(p->evq_head + i) & (p->evq_cap - 1)];
+    free(p->evq);
+    p->evq = q;
+    p->evq_cap = cap;
+    p->evq_head = 0;
+  }
+  p->evq[(p->evq_head + p->evq_n++) & (p->evq_cap - 1)] = *ev;
+  return 0;
+}
+
+static int pop_event(lmp_pool_t *p, lmp_pool_event_t *ev)
+{
+  if (p->evq_n == 0)
+    return 0;
+  *ev = p->evq[p->evq_head];
+  p->evq_head = (p->evq_head + 1) & (p->evq_cap - 1);
+  p->evq_n--;
+  return 1;
+}
+
+/* A record's task is settled: no other event will name it. */
+static void settle(lmp_pool_t *p, uint64_t seq)
+{
+  sent_at(p, seq)->final = 1;
+  while (p->sent_lo < p->pushed && sent_at(p, p->sent_lo)->final)
+    p->sent_lo++;
+}
+
+/* === the backlog and the ring === */
+
+static int sent_append(lmp_pool_t *p, uint64_t id)
+{
+  uint64_t n = p->pushed - p->sent_lo;
+  if (n + 1 > p->sent_cap) {
+    uint64_t cap = p->sent_cap ? p->sent_cap * 2 : 64;
+    struct sent *s = malloc(cap * sizeof *s);
+    if (!s)
+      return -ENOMEM;
+    for (uint64_t q = p->sent_lo; q < p->pushed; q++)
+      s[q & (cap - 1)] = *sent_at(p, q);
+    free(p->sent);
+    p->sent = s;
+    p->sent_cap = cap;
+  }
+  struct sent *e = sent_at(p, p->pushed);
+  e->id = id;
+  e->final = 0;
+  return 0;
+}
+
+/* Hand one task to the ring. */
+static int push_task(lmp_pool_t *p, uint64_t id, uint32_t tag, const struct iovec *iov, int n)
+{
+  struct thdr hd = {tag, 0};
+  struct iovec v[MAX_PARTS + 1];
+  v[0].iov_base = &hd;
+  v[0].iov_len = sizeof hd;
+  memcpy(v + 1, iov, (size_t)n * sizeof *iov);
+  int rc = sent_append(p, id);
+  if (rc == 0)
+    rc = lmp_queue_putv(p->tasks, v, n + 1, LMP_FOREVER);
+  if (rc < 0)
+    return rc;
+  p->pushed++;
+  return 0;
+}
+
+static int ring_has_room(lmp_pool_t *p)
+{
+  return lmp_queue_qsize(p->tasks) < p->high;
+}
+
+/* Without a fixed high_water, keep about QUEUED_NS of work per worker in
+ * the ring: tiny tasks then flow in bursts that keep the workers busy, long
+ * ones stay in the backlog where they can still be cancelled. */
+static void learn(lmp_pool_t *p, int64_t took)
+{
+  if (p->cfg.high_water)
+    return;
+  if (took < 1000)
+    took = 1000;
+  p->avg_ns = p->avg_ns ? p->avg_ns + (took - p->avg_ns) / 8 : took;
+  int64_t per = QUEUED_NS / p->avg_ns;
+  per = per < QUEUED_MIN ? QUEUED_MIN : per > QUEUED_MAX ? QUEUED_MAX : per;
+  p->high = (uint32_t)per * (uint32_t)p->cfg.processes;
+}
+
+/* Move backlog to the ring while it has room; close the ring once a closing
+ * pool has handed everything out. */
+static void feed(lmp_pool_t *p)
+{
+  while (p->bl_n && (p->bl_live == 0 || ring_has_room(p))) {
+    struct pend *e = bl_at(p, 0);
+    if (!e->cancelled) {
+      struct iovec v = {e->data, e->len};
+      if (push_task(p, e->id, e->tag, &v, 1) < 0)
+        break; /* out of memory: retried on the next call */
+      free(e->data);
+      p->bl_live--;
+    }
+    p->bl_head = (p->bl_head + 1) & (p->bl_cap - 1);
+    p->bl_n--;
+  }
+  if (p->closing && p->bl_n == 0 && !p->ring_closed) {
+    lmp_queue_close(p->tasks);
+    p->ring_closed = 1;
+  }
+}
+
+/* Room for one more entry; the ring is copied out in order when it grows. */
+static int backlog_reserve(lmp_pool_t *p)
+{
+  if (p->bl_n < p->bl_cap)
+    return 0;
+  size_t cap = p->bl_cap ? p->bl_cap * 2 : 64;
+  struct pend *b = malloc(cap * sizeof *b);
+  if (!b)
+    return -ENOMEM;
+  for (size_t i = 0; i < p->bl_n; i++)
+    b[i] = *bl_at(p, i);
+  free(p->bl);
+  p->bl = b;
+  p->bl_cap = cap;
+  p->bl_head = 0;
+  return 0;
+}
+
+static void backlog_clear(lmp_pool_t *p)
+{
+  for (size_t i = 0; i < p->bl_n; i++)
+    free(bl_at(p, i)->data);
+  p->bl_n = p->bl_live = 0;
+}
+
+/* Index of task id in the backlog, or -1.  Ids increase along it. */
+static long backlog_find(lmp_pool_t *p, uint64_t id)
+{
+  size_t lo = 0, hi = p->bl_n;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    uint64_t m = bl_at(p, mid)->id;
+    if (m == id)
+      return (long)mid;
+    if (m < id)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return -1;
+}
+
+/* Record number of task id in the sent window, or UINT64_MAX. */
+static uint64_t sent_find(lmp_pool_t *p, uint64_t id)
+{
+  uint64_t lo = p->sent_lo, hi = p->pushed;
+  while (lo < hi) {
+    uint64_t mid = lo + (hi - lo) / 2;
+    uint64_t m = sent_at(p, mid)->id;
+    if (m == id)
+      return mid;
+    if (m < id)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return UINT64_MAX;
+}
+
+/* === workers === */
+
+static int work_left(lmp_pool_t *p)
+{
+  return p->bl_live > 0 || lmp_queue_qsize(p->tasks) > 0;
+}
+
+static int wants_workers(lmp_pool_t *p)
+{
+  return !p->terminated && !p->broken && (!p->closing || work_left(p));
+}
+
+static void worker_exit(lmp_pool_t *p, int i) __attribute__((noreturn));
+
+/* In a new worker: descriptors of the parent side of every pool (and other
+ * pools' eventfds) are not ours; then run the body. */
+static void worker_exit(lmp_pool_t *p, int i)
+{
+  for (lmp_pool_t *q = pools; q; q = q->next) {
+    close(q->epfd);
+    if (q->tfd >= 0)
+      close(q->tfd);
+    if (q != p)
+      close(q->efd);
+  }
+  lmp_pool_worker_t w;
+  memset(&w, 0, sizeof w);
+  w.p = p;
+  w.index = i;
+  w.slot = &p->h->slots[i];
+  STORE(w.slot->pid, (int32_t)getpid());
+  int code = p->cfg.body(&w, p->cfg.ctx);
+  lmp_buf_free(&w.buf);
+  lmp_proc_exit(code);
+}
+
+static int spawn(lmp_pool_t *p, int i)
+{
+  struct slot *s = &p->h->slots[i];
+  STORE(s->word, slot_word(LMP_POOL_STARTING, 0));
+  STORE(s->pid, 0);
+  STORE(s->done, 0);
+  STORE(s->failed, 0);
+  lmp_proc_t *proc;
+  int rc = lmp_proc_fork(1, &proc);
+  if (rc < 0)
+    return rc;
+  if (rc == 0)
+    worker_exit(p, i);
+  struct worker *w = &p->w[i];
+  w->proc = proc;
+  w->pid = lmp_proc_pid(proc);
+  w->kill_seq = -1;
+  STORE(s->pid, (int32_t)w->pid);
+  int fd = lmp_proc_fd(proc);
+  if (fd >= 0) {
+    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
+    epoll_ctl(p->epfd, EPOLL_CTL_ADD, fd, &ev);
+  }
+  return 0;
+}
+
+static void add_verdict(lmp_pool_t *p, const struct verdict *v)
+{
+  if (grow_array((void **)&p->vd, &p->vd_cap, p->nvd + 1, sizeof *v) == 0)
+    p->vd[p->nvd++] = *v;
+}
+
+/* Worker i has exited (and is reaped): take note of what it was doing,
+ * free its slot for a replacement. */
+static void on_death(lmp_pool_t *p, int i)
+{
+  struct worker *w = &p->w[i];
+  struct slot *s = &p->h->slots[i];
+  int code = 0;
+  lmp_proc_exitcode(w->proc, &code);
+  uint64_t word;
+  int64_t start;
+  slot_read(s, &word, &start);
+  struct verdict v = {0};
+  v.at = p->consumed + lmp_queue_qsize(p->replies);
+  v.pid = w->pid;
+  v.exitcode = code;
+  v.item = LOAD(s->item);
+  if (slot_state(word) == LMP_POOL_BUSY) {
+    v.seq = full_seq(p, (uint32_t)(word & SEQ_MASK));
+    if (v.seq != UINT64_MAX && !sent_at(p, v.seq)->final) {
+      v.timed_out = w->kill_seq == (int64_t)v.seq;
+      add_verdict(p, &v);
+    }
+  } else if (slot_state(word) == LMP_POOL_STARTING && !p->terminated) {
+    v.starting = 1;
+    add_verdict(p, &v);
+  }
+  lmp_proc_free(w->proc); /* closes the pidfd, which leaves the epoll set */
+  w->proc = NULL;
+  w->pid = 0;
+  STORE(s->word, 0);
+  STORE(s->pid, 0);
+}
+
+/* Reap workers that exited.  Polls their pidfds without waiting. */
+static void check_deaths(lmp_pool_t *p)
+{
+  int n = p->cfg.processes;
+  struct pollfd pfd[n];
+  for (int i = 0; i < n; i++) {
+    pfd[i].fd = p->w[i].proc ? lmp_proc_fd(p->w[i].proc) : -1;
+    pfd[i].events = POLLIN;
+    pfd[i].revents = 0;
+  }
+  if (poll(pfd, (nfds_t)n, 0) < 0)
+    return;
+  for (int i = 0; i < n; i++) {
+    struct worker *w = &p->w[i];
+    if (!w->proc)
+      continue;
+    /* Without a pidfd, ask (and reap) directly. */
+    if (pfd[i].fd >= 0 ? !(pfd[i].revents & (POLLIN | POLLHUP | POLLNVAL)) : lmp_proc_alive(w->proc))
+      continue;
+    if (lmp_proc_wait(w->proc, 0) == 0)
+      on_death(p, i);
+  }
+}
+
+/* Kill tasks past their deadline; returns the earliest deadline still to
+ * come (LMP_FOREVER if none). */
+static int64_t check_timeouts(lmp_pool_t *p, int64_t now)
+{
+  int64_t next = LMP_FOREVER, limit = p->cfg.task_timeout_ns;
+  if (limit <= 0)
+    return next;
+  for (int i = 0; i < p->cfg.processes; i++) {
+    struct worker *w = &p->w[i];
+    uint64_t word;
+    int64_t start;
+    if (!w->proc)
+      continue;
+    slot_read(&p->h->slots[i], &word, &start);
+    if (slot_state(word) != LMP_POOL_BUSY)
+      continue;
+    uint64_t seq = full_seq(p, (uint32_t)(word & SEQ_MASK));
+    if (seq == UINT64_MAX || w->kill_seq == (int64_t)seq)
+      continue;
+    if (start + limit <= now) {
+      w->kill_seq = (int64_t)seq;
+      lmp_proc_signal(w->proc, SIGKILL);
+    } else if (start + limit < next) {
+      next = start + limit;
+    }
+  }
+  /* A task taken after this look is due no sooner than now + limit: look
+   * again then, so an event loop that sleeps on the descriptor wakes for it. */
+  if (p->pushed > p->sent_lo && next > now + limit)
+    next = now + limit;
+  return next;
+}
+
+/* Arm the timerfd (so lmp_pool_fd wakes an event loop) for the earliest
+ * task deadline. */
+static void set_timer(lmp_pool_t *p, int64_t at)
+{
+  if (p->tfd < 0 || at == p->timer_at || (at == LMP_FOREVER && p->timer_at == 0))
+    return;
+  struct itimerspec its;
+  memset(&its, 0, sizeof its);
+  if (at != LMP_FOREVER)
+    its.it_value = lmp__deadline_ts(at);
+  timerfd_settime(p->tfd, TFD_TIMER_ABSTIME, &its, NULL);
+  p->timer_at = at == LMP_FOREVER ? 0 : at;
+}
+
+static void break_pool(lmp_pool_t *p);
+
+/* Deaths whose replies have all been read: fail their tasks. */
+static void check_verdicts(lmp_pool_t *p)
+{
+  size_t keep = 0;
+  for (size_t k = 0; k < p->nvd; k++) {
+    struct verdict v = p->vd[k];
+    if (p->broken || p->terminated) {
+      p->nvd = 0;
+      return;
+    }
+    if (p->consumed < v.at) {
+      p->vd[keep++] = v;
+      continue;
+    }
+    lmp_pool_event_t ev;
+    memset(&ev, 0, sizeof ev);
+    ev.pid = v.pid;
+    ev.exitcode = v.exitcode;
+    ev.item = v.item;
+    if (v.starting) {
+      ev.type = LMP_POOL_BROKEN;
+      push_event(p, &ev);
+      break_pool(p);
+      return;
+    }
+    if (sent_at(p, v.seq)->final || v.seq < p->sent_lo)
+      continue;
+    ev.type = v.timed_out ? LMP_POOL_TIMEOUT : LMP_POOL_LOST;
+    ev.id = sent_at(p, v.seq)->id;
+    settle(p, v.seq);
+    p->stats.failed++;
+    push_event(p, &ev);
+  }
+  p->nvd = keep;
+}
+
+static void respawn(lmp_pool_t *p)
+{
+  if (!wants_workers(p))
+    return;
+  p->spawn_error = 0;
+  for (int i = 0; i < p->cfg.processes; i++) {
+    if (p->w[i].proc)
+      continue;
+    int rc = spawn(p, i);
+    if (rc < 0) {
+      p->spawn_error = rc; /* retried on the next check */
+      return;
+    }
+    p->stats.restarts++;
+  }
+}
+
+static int live_workers(lmp_pool_t *p)
+{
+  int n = 0;
+  for (int i = 0; i < p->cfg.processes; i++)
+    n += p->w[i].proc != NULL;
+  return n;
+}
+
+static void maintain(lmp_pool_t *p, int64_t now)
+{
+  p->last_check = now;
+  if (p->timer_at && p->timer_at <= now) {
+    uint64_t n;
+    ssize_t r = read(p->tfd, &n, sizeof n); /* the expiry that woke us */
+    (void)r;
+    p->timer_at = 0;
+  }
+  check_deaths(p);
+  set_timer(p, check_timeouts(p, now));
+  check_verdicts(p);
+  respawn(p);
+}
+
+/* Kill every worker and wait for each: they die at once. */
+static void kill_all(lmp_pool_t *p)
+{
+  for (int i = 0; i < p->cfg.processes; i++)
+    if (p->w[i].proc)
+      lmp_proc_signal(p->w[i].proc, SIGKILL);
+  for (int i = 0; i < p->cfg.processes; i++) {
+    struct worker *w = &p->w[i];
+    if (!w->proc)
+      continue;
+    lmp_proc_wait(w->proc, LMP_FOREVER);
+    lmp_proc_free(w->proc);
+    w->proc = NULL;
+    STORE(p->h->slots[i].word, 0);
+    STORE(p->h->slots[i].pid, 0);
+  }
+}
+
+/* Nothing more runs: drop what is queued, forget what is pending. */
+static void shut_down(lmp_pool_t *p)
+{
+  kill_all(p);
+  backlog_clear(p);
+  while (p->sent_lo < p->pushed)
+    settle(p, p->sent_lo);
+  p->nvd = 0;
+  if (!p->ring_closed) {
+    lmp_queue_close(p->tasks);
+    p->ring_closed = 1;
+  }
+  set_timer(p, LMP_FOREVER);
+}
+
+static void break_pool(lmp_pool_t *p)
+{
+  p->broken = 1;
+  shut_down(p);
+}
+
+/* === replies === */
+
+/* Read one reply if there is one: 1 and *ev set when it makes an event, 0
+ * when the ring was empty or the reply was for a settled task. */
+static int take_reply(lmp_pool_t *p, lmp_pool_event_t *ev)
+{
+  if (lmp_queue_qsize(p->replies) == 0)
+    return 0;
+  int rc = lmp_queue_get(p->replies, &p->rbuf, 0);
+  if (rc == -ETIMEDOUT)
+    return 0;
+  if (rc < 0)
+    return rc;
+  p->consumed++;
+  struct rhdr hd;
+  if (p->rbuf.len < sizeof hd)
+    return 0;
+  memcpy(&hd, p->rbuf.data, sizeof hd);
+  memset(ev, 0, sizeof *ev);
+  ev->pid = hd.pid;
+  ev->data = p->rbuf.data + sizeof hd;
+  ev->len = p->rbuf.len - sizeof hd;
+  if (hd.kind == R_INIT_FAILED) {
+    if (p->broken || p->terminated)
+      return 0;
+    ev->type = LMP_POOL_BROKEN;
+    break_pool(p);
+    return 1;
+  }
+  uint64_t seq = full_seq(p, hd.seq);
+  if (seq == UINT64_MAX || seq < p->sent_lo || sent_at(p, seq)->final)
+    return 0; /* late: the task timed out or was dropped */
+  ev->type = LMP_POOL_DONE;
+  ev->id = sent_at(p, seq)->id;
+  ev->status = hd.status;
+  settle(p, seq);
+  learn(p, hd.took_ns);
+  p->stats.done++;
+  return 1;
+}
+
+/* Spin on the reply ring for a moment: 1 if something arrived. */
+static int spin(lmp_pool_t *p, int64_t deadline)
+{
+  int64_t start = lmp_now_ns(), now = start, until = start + SPIN_NS;
+  if (until > deadline)
+    until = deadline;
+  for (int i = 1;; i++) {
+    if (lmp_queue_qsize(p->replies) > 0)
+      return 1;
+    if (now - start < SPIN_PAUSE_NS)
+      lmp__cpu_relax();
+    else
+      sched_yield();
+    if (i % 16 == 0 && (now = lmp_now_ns()) >= until)
+      return 0;
+  }
+}
+
+/* Sleep on the epoll descriptor until something may have happened, the
+ * deadline, or the earliest task deadline. */
+static void sleep_until(lmp_pool_t *p, int64_t deadline)
+{
+  int64_t wake = deadline;
+  if (p->timer_at && p->timer_at < wake)
+    wake = p->timer_at;
+  if (p->spawn_error && wake - lmp_now_ns() > 100 * 1000000LL)
+    wake = lmp_now_ns() + 100 * 1000000LL; /* retry the fork */
+  for (int i = 0; i < p->cfg.processes; i++)
+    if (p->w[i].proc && lmp_proc_fd(p->w[i].proc) < 0 && wake - lmp_now_ns() > 50 * 1000000LL)
+      wake = lmp_now_ns() + 50 * 1000000LL; /* no pidfd: look now and then */
+  lmp__poll_fd(p->epfd, POLLIN, wake);
+}
+
+/* Work is under way: a reply may come without any death or timeout. */
+static int expecting(lmp_pool_t *p)
+{
+  return p->pushed > p->sent_lo;
+}
+
+/* Nothing more can come: -EPIPE (or the error that keeps the pool from
+ * forking any worker); 0 while something can. */
+static int ended(lmp_pool_t *p)
+{
+  if (p->terminated || p->broken)
+    return -EPIPE;
+  if (live_workers(p) > 0 || p->nvd)
+    return 0;
+  if (p->closing && !wants_workers(p))
+    return -EPIPE;
+  return p->spawn_error;
+}
+
+int lmp_pool_wait(lmp_pool_t *p, lmp_pool_event_t *ev, int64_t deadline)
+{
+  int slept = 0, rc;
+  for (;;) {
+    if (pop_event(p, ev))
+      return 0;
+    if (p->terminated || p->broken)
+      return -EPIPE;
+    feed(p);
+    if ((rc = take_reply(p, ev)) != 0) {
+      if (p->nvd)
+        check_verdicts(p);
+      return rc < 0 ? rc : 0;
+    }
+    int64_t now = lmp_now_ns();
+    if (slept || p->nvd || now - p->last_check >= CHECK_NS) {
+      slept = 0;
+      maintain(p, now);
+      if (p->evq_n || lmp_queue_qsize(p->replies))
+        continue;
+    }
+    if ((rc = ended(p)) != 0)
+      return rc;
+    if (now < deadline && expecting(p) && spin(p, deadline))
+      continue;
+    /* Nothing yet: reset the descriptor, look once more, and bring deaths
+     * and the timer up to date before sleeping on them. */
+    unsignal(p);
+    if (lmp_queue_qsize(p->replies))
+      continue;
+    maintain(p, lmp_now_ns());
+    if (p->evq_n || lmp_queue_qsize(p->replies))
+      continue;
+    if ((rc = ended(p)) != 0)
+      return rc;
+    if (lmp_now_ns() >= deadline)
+      return -ETIMEDOUT;
+    sleep_until(p, deadline);
+    slept = 1;
+  }
+}
+
+/* === the parent's API === */
+
+int lmp_pool_submit(lmp_pool_t *p, uint32_t tag, const struct iovec *iov, int iovcnt,
+                    uint64_t *id)
+{
+  if (iovcnt < 0 || iovcnt > MAX_PARTS)
+    return -EINVAL;
+  if (p->closing || p->terminated || p->broken)
+    return -EPIPE;
+  if (p->bl_n)
+    feed(p);
+  uint64_t next = p->next_id + 1;
+  if (p->bl_n == 0 && ring_has_room(p)) {
+    int rc = push_task(p, next, tag, iov, iovcnt);
+    if (rc < 0)
+      return rc;
+  } else {
+    size_t len = 0;
+    for (int i = 0; i < iovcnt; i++)
+      len += iov[i].iov_len;
+    char *data = malloc(len ? len : 1);
+    if (!data || backlog_reserve(p) < 0) {
+      free(data);
+      return -ENOMEM;
+    }
+    char *at = data;
+    for (int i = 0; i < iovcnt; i++) {
+      if (iov[i].iov_len)
+        memcpy(at, iov[i].iov_base, iov[i].iov_len);
+      at += iov[i].iov_len;
+    }
+    struct pend *e = bl_at(p, p->bl_n);
+    e->id = next;
+    e->tag = tag;
+    e->cancelled = 0;
+    e->len = len;
+    e->data = data;
+    p->bl_n++;
+    p->bl_live++;
+  }
+  p->next_id = next;
+  *id = next;
+  return 0;
+}
+
+int lmp_pool_cancel(lmp_pool_t *p, uint64_t id)
+{
+  long i = backlog_find(p, id);
+  if (i < 0 || bl_at(p, (size_t)i)->cancelled)
+    return 0;
+  struct pend *e = bl_at(p, (size_t)i);
+  e->cancelled = 1;
+  free(e->data);
+  e->data = NULL;
+  p->bl_live--;
+  while (p->bl_n && bl_at(p, 0)->cancelled) {
+    p->bl_head = (p->bl_head + 1) & (p->bl_cap - 1);
+    p->bl_n--;
+  }
+  return 1;
+}
+
+int lmp_pool_task_state(lmp_pool_t *p, uint64_t id)
+{
+  long i = backlog_find(p, id);
+  if (i >= 0)
+    return bl_at(p, (size_t)i)->cancelled ? LMP_POOL_TASK_UNKNOWN : LMP_POOL_TASK_QUEUED;
+  uint64_t seq = sent_find(p, id);
+  if (seq == UINT64_MAX || sent_at(p, seq)->final)
+    return LMP_POOL_TASK_UNKNOWN;
+  /* Records before the ring's head have been taken. */
+  uint64_t head = p->pushed - lmp_queue_qsize(p->tasks);
+  return seq < head ? LMP_POOL_TASK_RUNNING : LMP_POOL_TASK_SENT;
+}
+
+void lmp_pool_close(lmp_pool_t *p)
+{
+  p->closing = 1;
+  feed(p);
+}
+
+void lmp_pool_terminate(lmp_pool_t *p)
+{
+  if (p->terminated || p->owner != getpid())
+    return;
+  p->terminated = 1;
+  p->closing = 1;
+  shut_down(p);
+  p->evq_n = 0;
+}
+
+int lmp_pool_fd(const lmp_pool_t *p)
+{
+  return p->epfd;
+}
+
+int lmp_pool_processes(const lmp_pool_t *p)
+{
+  return p->cfg.processes;
+}
+
+int lmp_pool_running(const lmp_pool_t *p)
+{
+  return !p->closing && !p->terminated && !p->broken;
+}
+
+int lmp_pool_slot(lmp_pool_t *p, int i, lmp_pool_slot_info_t *out)
+{
+  if (i < 0 || i >= p->cfg.processes)
+    return -EINVAL;
+  struct slot *s = &p->h->slots[i];
+  uint64_t word;
+  int64_t start;
+  slot_read(s, &word, &start);
+  memset(out, 0, sizeof *out);
+  out->pid = LOAD(s->pid);
+  out->state = slot_state(word);
+  out->done = LOAD(s->done);
+  out->failed = LOAD(s->failed);
+  if (out->state == LMP_POOL_BUSY) {
+    uint64_t seq = full_seq(p, (uint32_t)(word & SEQ_MASK));
+    out->task = seq == UINT64_MAX ? 0 : sent_at(p, seq)->id;
+    out->item = LOAD(s->item);
+    out->started_ns = start;
+  }
+  return 0;
+}
+
+void lmp_pool_stats(lmp_pool_t *p, lmp_pool_stats_t *out)
+{
+  *out = p->stats;
+  uint64_t inring = lmp_queue_qsize(p->tasks);
+  out->queued = p->bl_live + inring;
+  out->running = 0;
+  for (uint64_t s = p->sent_lo; s < p->pushed - inring; s++)
+    out->running += !sent_at(p, s)->final;
+}
+
+/* === create and free === */
+
+static void unlist(lmp_pool_t *p)
+{
+  for (lmp_pool_t **pp = &pools; *pp; pp = &(*pp)->next) {
+    if (*pp == p) {
+      *pp = p->next;
+      return;
+    }
+  }
+}
+
+static void free_memory(lmp_pool_t *p)
+{
+  backlog_clear(p);
+  free(p->bl);
+  free(p->sent);
+  free(p->vd);
+  free(p->evq);
+  free(p->w);
+  lmp_buf_free(&p->rbuf);
+  free(p);
+}
+
+void lmp_pool_free(lmp_pool_t *p)
+{
+  if (!p)
+    return;
+  unlist(p);
+  if (p->owner != getpid()) {
+    free_memory(p); /* a forked copy: the resources are the owner's */
+    return;
+  }
+  for (int i = 0; i < p->cfg.processes; i++) {
+    if (p->w && p->w[i].proc) {
+      lmp_proc_signal(p->w[i].proc, SIGKILL);
+      lmp_proc_free(p->w[i].proc); /* reaped later by lmp_proc_reap */
+    }
+  }
+  if (p->tasks)
+    lmp_queue_free(p->tasks);
+  if (p->replies)
+    lmp_queue_free(p->replies);
+  if (p->seg)
+    lmp_seg_release(p->seg);
+  /* Killed workers never drop their references: the segments are private
+   * to this pool, so their names can go now. */
+  for (int i = 0; i < 3; i++)
+    if (p->names[i][0])
+      shm_unlink(p->names[i]);
+  if (p->efd >= 0)
+    close(p->efd);
+  if (p->epfd >= 0)
+    close(p->epfd);
+  if (p->tfd >= 0)
+    close(p->tfd);
+  free_memory(p);
+}
+
+static int open_fds(lmp_pool_t *p)
+{
+  p->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  p->epfd = epoll_create1(EPOLL_CLOEXEC);
+  if (p->efd < 0 || p->epfd < 0)
+    return -errno;
+  struct epoll_event ev = {.events = EPOLLIN, .data.u32 = UINT32_MAX};
+  if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, p->efd, &ev) < 0)
+    return -errno;
+  if (p->cfg.task_timeout_ns > 0) {
+    p->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+    if (p->tfd < 0)
+      return -errno;
+    ev.data.u32 = UINT32_MAX - 1;
+    if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, p->tfd, &ev) < 0)
+      return -errno;
+  }
+  return 0;
+}
+
+static int open_shared(lmp_pool_t *p)
+{
+  int n = p->cfg.processes, rc;
+  size_t size = sizeof(struct phdr) + (size_t)n * sizeof(struct slot);
+  if ((rc = lmp_seg_create(size, &p->seg)) < 0)
+    return rc;
+  p->h = lmp_seg_data(p->seg);
+  p->h->magic = POOL_MAGIC;
+  p->h->nslots = (uint32_t)n;
+  if ((rc = lmp_queue_create(0, 0, &p->tasks)) < 0 || (rc = lmp_queue_create(0, 0, &p->replies)) < 0)
+    return rc;
+  strncpy(p->names[0], lmp_seg_name(p->seg), LMP_SEG_NAME_MAX - 1);
+  strncpy(p->names[1], lmp_seg_name(lmp_queue_seg(p->tasks)), LMP_SEG_NAME_MAX - 1);
+  strncpy(p->names[2], lmp_seg_name(lmp_queue_seg(p->replies)), LMP_SEG_NAME_MAX - 1);
+  return 0;
+}
+
+int lmp_pool_create(const lmp_pool_config_t *cfg, lmp_pool_t **out)
+{
+  *out = NULL;
+  if (cfg->processes < 1 || cfg->processes > 4096 || !cfg->body || cfg->task_timeout_ns < 0)
+    return -EINVAL;
+  lmp_pool_t *p = calloc(1, sizeof *p);
+  if (!p)
+    return -ENOMEM;
+  p->cfg = *cfg;
+  p->high = cfg->high_water ? cfg->high_water : QUEUED_MIN * (uint32_t)cfg->processes;
+  p->owner = getpid();
+  p->efd = p->epfd = p->tfd = -1;
+  p->w = calloc((size_t)cfg->processes, sizeof *p->w);
+  int rc = p->w ? 0 : -ENOMEM;
+  if (rc == 0)
+    rc = open_fds(p);
+  if (rc == 0)
+    rc = open_shared(p);
+  if (rc < 0) {
+    lmp_pool_free(p);
+    return rc;
+  }
+  p->next = pools;
+  pools = p;
+  for (int i = 0; i < cfg->processes; i++) {
+    if ((rc = spawn(p, i)) < 0) {
+      kill_all(p);
+      lmp_pool_free(p);
+      return rc;
+    }
+  }
+  p->last_check = lmp_now_ns();
+  *out = p;
+  return 0;
+}
+
+/* === a worker === */
+
+/* Under the task ring's lock, as the record leaves it: publish it. */
+static void taken(void *arg, uint32_t seq)
+{
+  lmp_pool_worker_t *w = arg;
+  w->seq = seq;
+  w->t0 = lmp_now_ns();
+  atomic_store_explicit(&w->slot->item, 0, memory_order_relaxed);
+  atomic_store_explicit(&w->slot->start_ns, w->t0, memory_order_relaxed);
+  STORE(w->slot->word, slot_word(LMP_POOL_BUSY, seq));
+}
+
+int lmp_pool_worker_next(lmp_pool_worker_t *w, lmp_pool_task_t *t)
+{
+  lmp_pool_t *p = w->p;
+  uint32_t max = p->cfg.maxtasksperchild;
+  if (max && w->count >= max) {
+    STORE(w->slot->word, slot_word(LMP_POOL_EXITING, 0));
+    return -EPIPE;
+  }
+  if (!w->started) {
+    w->started = 1;
+    STORE(w->slot->word, slot_word(LMP_POOL_IDLE, 0));
+  }
+  int rc;
+  do {
+    rc = lmp_queue_get_hook(p->tasks, &w->buf, LMP_FOREVER, taken, w);
+  } while (rc == 0 && w->buf.len < sizeof(struct thdr)); /* cannot happen; skip it */
+  if (rc < 0) {
+    STORE(w->slot->word, slot_word(LMP_POOL_EXITING, 0));
+    return rc;
+  }
+  struct thdr hd;
+  memcpy(&hd, w->buf.data, sizeof hd);
+  t->tag = hd.tag;
+  t->data = w->buf.data + sizeof hd;
+  t->len = w->buf.len - sizeof hd;
+  return 0;
+}
+
+static int push_reply(lmp_pool_worker_t *w, uint32_t kind, uint32_t status, const struct iovec *iov,
+                      int n)
+{
+  if (n < 0 || n > MAX_PARTS)
+    return -EINVAL;
+  struct rhdr hd = {w->seq, kind, status, (int32_t)getpid(), lmp_now_ns() - w->t0};
+  struct iovec v[MAX_PARTS + 1];
+  v[0].iov_base = &hd;
+  v[0].iov_len = sizeof hd;
+  if (n)
+    memcpy(v + 1, iov, (size_t)n * sizeof *iov);
+  int rc = lmp_queue_putv(w->p->replies, v, n + 1, LMP_FOREVER);
+  if (rc == 0)
+    notify(w->p);
+  return rc;
+}
+
+int lmp_pool_worker_reply(lmp_pool_worker_t *w, uint32_t status, const struct iovec *iov,
+                          int iovcnt)
+{
+  int rc = push_reply(w, R_DONE, status, iov, iovcnt);
+  if (rc < 0)
+    return rc;
+  /* Only now idle: a death before this line finds the reply in the ring. */
+  if (status == 0)
+    atomic_fetch_add(&w->slot->done, 1);
+  else
+    atomic_fetch_add(&w->slot->failed, 1);
+  STORE(w->slot->word, slot_word(LMP_POOL_IDLE, w->seq));
+  w->count++;
+  return 0;
+}
+
+void lmp_pool_worker_progress(lmp_pool_worker_t *w, uint32_t item)
+{
+  atomic_store_explicit(&w->slot->item, item, memory_order_relaxed);
+  if (w->p->cfg.task_timeout_ns > 0)
+    atomic_store_explicit(&w->slot->start_ns, lmp_now_ns(), memory_order_release);
+}
+
+int lmp_pool_worker_fail_init(lmp_pool_worker_t *w, const void *data, size_t len)
+{
+  struct iovec v = {(void *)data, len};
+  return push_reply(w, R_INIT_FAILED, 0, &v, 1);
+}
+
+int lmp_pool_worker_index(const lmp_pool_worker_t *w)
+{
+  return w->index;
+}
