@@ -8,17 +8,12 @@
  * sent through a Queue, or passed to a Process, is the same lock on the
  * other side; a Condition travels as its own name and its lock's.
  *
- * The object's memory is mapped a second time, by this file, and that view
- * is what the methods use.  The reason is the robust mutex: the kernel finds
- * a dead holder's locks by walking a list of addresses in the holder's own
- * memory, and a child on its way out unmaps every segment it holds
- * (lmp_runtime_release_all) before it exits.  A lock reached only through
- * those mappings would be unreachable by then, and a child ending with a
- * Lock held (an uncaught error in a critical section) would leave it locked
- * for good.  The view stays mapped until the last handle of the object in
- * this process is collected -- and a Lock this process still holds at that
- * point is abandoned first, which the next acquirer hears of as
- * "owner_died", as it would from a holder that died.
+ * A Lock this process still holds when its last handle here is collected
+ * is abandoned first, as a dying holder's would be, so the next acquirer
+ * hears "owner_died" instead of waiting forever on a mutex nobody can
+ * release.  (A process that ends while holding one needs nothing of the
+ * kind: its segments stay mapped until it exits, and the kernel hands the
+ * robust mutex on.)
  *
  * Lua-side choices.  A Lock held by this process and acquired again without
  * a timeout raises ("would deadlock") rather than hang forever; with a
@@ -30,13 +25,9 @@
  * an Event or a Barrier drops this handle, as garbage collection would.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "lmp/shm.h"
@@ -72,99 +63,10 @@ struct shared {
   char action[];
 };
 
-/* === views === */
-
-/* This process's second mapping of a segment, shared by all its handles of
- * that object.  Keyed by the segment descriptor, which is unique per name
- * in a process while any handle holds it. */
-struct view {
-  struct view *next;
-  lmp_seg_t *seg;
-  char *base;
-  size_t len;
-  int users;
-};
-
-static struct view *views;
-static pthread_mutex_t views_lock = PTHREAD_MUTEX_INITIALIZER;
-
-static int view_open(lmp_seg_t *seg, struct view **out)
-{
-  struct view *v;
-  struct stat st;
-  void *p = MAP_FAILED;
-  int fd, rc = 0;
-
-  pthread_mutex_lock(&views_lock);
-  for (v = views; v && v->seg != seg; v = v->next) {
-  }
-  if (v) {
-    v->users++;
-    goto out;
-  }
-  if ((fd = shm_open(lmp_seg_name(seg), O_RDWR | O_CLOEXEC, 0)) < 0) {
-    rc = -errno;
-    goto out;
-  }
-  if (fstat(fd, &st) < 0 || (size_t)st.st_size < lmp_seg_size(seg))
-    rc = -EINVAL;
-  else if ((p = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) ==
-           MAP_FAILED)
-    rc = -errno;
-  close(fd);
-  if (rc == 0 && (v = calloc(1, sizeof *v)) == NULL)
-    rc = -ENOMEM;
-  if (rc < 0) {
-    if (p != MAP_FAILED)
-      munmap(p, (size_t)st.st_size);
-    goto out;
-  }
-  v->seg = seg;
-  v->base = p;
-  v->len = (size_t)st.st_size;
-  v->users = 1;
-  v->next = views;
-  views = v;
-out:
-  pthread_mutex_unlock(&views_lock);
-  *out = v;
-  return rc;
-}
-
-/* The segment's data, which sits at the end of its file. */
-static struct shared *view_data(struct view *v)
-{
-  return (struct shared *)(v->base + v->len - lmp_seg_size(v->seg));
-}
-
-static int view_last(struct view *v)
-{
-  pthread_mutex_lock(&views_lock);
-  int last = v->users == 1;
-  pthread_mutex_unlock(&views_lock);
-  return last;
-}
-
-static void view_close(struct view *v)
-{
-  struct view **pp;
-
-  pthread_mutex_lock(&views_lock);
-  if (--v->users == 0) {
-    for (pp = &views; *pp != v; pp = &(*pp)->next) {
-    }
-    *pp = v->next;
-    munmap(v->base, v->len);
-    free(v);
-  }
-  pthread_mutex_unlock(&views_lock);
-}
-
 /* === handles === */
 
 typedef struct lsync {
   lmp_seg_t *seg; /* NULL before it is made and after close */
-  struct view *view;
   struct shared *sh;
   int kind;
   lua_Integer units; /* Semaphore: units this handle took and did not give back */
@@ -181,16 +83,11 @@ static lsync *newsync(lua_State *L, int kind)
   return s;
 }
 
-/* Give s the segment (its reference included) and a view of it. */
+/* Give s the segment, its reference included. */
 static int sync_open(lsync *s, lmp_seg_t *seg)
 {
-  int rc = view_open(seg, &s->view);
-  if (rc < 0) {
-    lmp_seg_release(seg);
-    return rc;
-  }
   s->seg = seg;
-  s->sh = view_data(s->view);
+  s->sh = lmp_seg_data(seg);
   return 0;
 }
 
@@ -200,13 +97,11 @@ static void sync_close(lsync *s)
     return;
   /* A Lock is about to become unreachable here while this process holds
    * it: hand it on as a dying holder would. */
-  if ((s->kind == LOCK || s->kind == RLOCK) && view_last(s->view))
+  if ((s->kind == LOCK || s->kind == RLOCK) && lmp_seg_local(s->seg) == 1)
     lmp_lock_abandon(&s->sh->u.lock);
-  view_close(s->view);
   lmp_seg_release(s->seg);
   s->seg = NULL;
   s->sh = NULL;
-  s->view = NULL;
 }
 
 /* A new object of `kind` with `extra` bytes after it; raises on failure. */
@@ -840,11 +735,9 @@ static int attach(lsync *s, const char *data, size_t len, int mask)
       __atomic_load_n(&sh->magic, __ATOMIC_ACQUIRE) != SYNC_MAGIC || sh->kind >= NKINDS ||
       !(mask & K(sh->kind)) ||
       (sh->kind == BARRIER && lmp_seg_size(seg) - sizeof *sh < sh->action_len)) {
-    view_close(s->view); /* not ours to touch */
-    lmp_seg_release(seg);
+    lmp_seg_release(seg); /* not ours to touch */
     s->seg = NULL;
     s->sh = NULL;
-    s->view = NULL;
     return -EINVAL;
   }
   return 0;

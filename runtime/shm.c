@@ -161,12 +161,16 @@ static void reg_remove(lmp_seg_t *s)
     *p = s->next;
 }
 
-/* Drop this process's reference: unmap, unlink if it was the last one
- * anywhere, free the descriptor. */
-static void seg_drop(lmp_seg_t *s)
+/* Drop this process's reference: unlink if it was the last one anywhere,
+ * free the descriptor, and unmap unless `keep_mapped`.  A process on its way
+ * to _exit or exec keeps its mappings: the kernel walks the robust mutexes a
+ * dying process holds through addresses in its own memory, so a lock held in
+ * an unmapped segment would never be handed on with EOWNERDEAD. */
+static void seg_drop(lmp_seg_t *s, int keep_mapped)
 {
   int last = __atomic_sub_fetch(&s->hdr->refs, 1, __ATOMIC_ACQ_REL) == 0;
-  munmap(s->hdr, s->maplen);
+  if (!keep_mapped)
+    munmap(s->hdr, s->maplen);
   if (last)
     shm_unlink(s->name); /* ENOENT: the root or watchdog got there first */
   free(s);
@@ -488,7 +492,7 @@ void lmp_seg_release(lmp_seg_t *s)
     reg_remove(s);
   rt_unlock();
   if (last)
-    seg_drop(s);
+    seg_drop(s, 0);
 }
 
 void lmp_seg_pin(lmp_seg_t *s)
@@ -515,6 +519,11 @@ const char *lmp_seg_name(const lmp_seg_t *s)
 uint32_t lmp_seg_refs(const lmp_seg_t *s)
 {
   return __atomic_load_n(&s->hdr->refs, __ATOMIC_ACQUIRE);
+}
+
+uint32_t lmp_seg_local(const lmp_seg_t *s)
+{
+  return s->local;
 }
 
 /* === fork === */
@@ -564,7 +573,7 @@ void lmp_runtime_release_all(void)
   for (i = 0; i < LMP__BUCKETS; i++) {
     for (s = rt.buckets[i]; s; s = next) {
       next = s->next;
-      seg_drop(s);
+      seg_drop(s, 1);
     }
     rt.buckets[i] = NULL;
   }

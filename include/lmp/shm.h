@@ -71,7 +71,8 @@ void lmp_seg_pin(lmp_seg_t *s);
 void *lmp_seg_data(const lmp_seg_t *s);
 size_t lmp_seg_size(const lmp_seg_t *s);
 const char *lmp_seg_name(const lmp_seg_t *s);
-uint32_t lmp_seg_refs(const lmp_seg_t *s); /* processes holding it, for tests */
+uint32_t lmp_seg_refs(const lmp_seg_t *s);  /* processes holding it, for tests */
+uint32_t lmp_seg_local(const lmp_seg_t *s); /* references this process holds */
 
 /* Fork support, called by lmp_proc_fork: before fork every mapped segment
  * gains a reference for the child, which a failed fork gives back. */
@@ -79,7 +80,9 @@ void lmp_runtime_prefork(void);
 void lmp_runtime_postfork_parent(int failed);
 void lmp_runtime_postfork_child(void);
 
-/* Drop every reference this process holds (the exit path of a child). */
+/* Drop every reference this process holds, right before _exit or exec.  The
+ * segments stay mapped until then, so that a robust mutex this process still
+ * holds in one of them is handed on (EOWNERDEAD) when it ends. */
 void lmp_runtime_release_all(void);
 
 /* Descriptor hand-off through the watchdog. */
