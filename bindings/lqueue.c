@@ -25,22 +25,23 @@ typedef struct lqueue {
 
 /* === helpers === */
 
-static lqueue *toqueue(lua_State *L, int idx)
-{
-  for (int k = PLAIN; k <= SIMPLE; k++) {
-    lqueue *q = luaL_testudata(L, idx, mtnames[k]);
-    if (q)
-      return q;
-  }
-  return NULL;
-}
-
+/* Every function of this file that takes a queue has the three metatables
+ * as upvalues 1..3: comparing the argument's metatable with them costs no
+ * registry lookup, which matters on the put/get path. */
 static lqueue *checkqueue(lua_State *L)
 {
-  lqueue *q = toqueue(L, 1);
-  if (q == NULL)
-    luaL_typeerror(L, 1, "lmp.Queue");
-  return q;
+  lqueue *q = lua_touserdata(L, 1);
+  if (q != NULL && lua_getmetatable(L, 1)) {
+    for (int k = PLAIN; k <= SIMPLE; k++) {
+      if (lua_rawequal(L, -1, lua_upvalueindex(k + 1))) {
+        lua_pop(L, 1);
+        return q;
+      }
+    }
+    lua_pop(L, 1);
+  }
+  luaL_typeerror(L, 1, "lmp.Queue");
+  return NULL;
 }
 
 static lqueue *newqueue(lua_State *L, int kind)
@@ -182,17 +183,20 @@ static int queue_close(lua_State *L)
   return 0;
 }
 
+/* __index: the methods table (upvalue 1) first, then the fields. */
 static int queue_index(lua_State *L)
 {
-  lqueue *q = checkqueue(L);
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL)
+    return 1;
+  lqueue *q = lua_touserdata(L, 1);
   const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "";
-  if (strcmp(k, "closed") == 0) {
+  if (strcmp(k, "closed") == 0)
     lua_pushboolean(L, lmp_queue_closed(q->q));
-  } else if (strcmp(k, "maxsize") == 0) {
+  else if (strcmp(k, "maxsize") == 0)
     lua_pushinteger(L, (lua_Integer)lmp_queue_maxsize(q->q));
-  } else {
-    lmpb_method(L, mtnames[q->kind]);
-  }
+  else
+    lua_pushnil(L);
   return 1;
 }
 
@@ -306,17 +310,32 @@ static const luaL_Reg metamethods[] = {
     {"__tostring", queue_tostring}, {NULL, NULL},
 };
 
-static void newclass(lua_State *L, int kind)
+static void pushclasses(lua_State *L)
 {
-  luaL_newmetatable(L, mtnames[kind]);
-  luaL_setfuncs(L, metamethods, 0);
+  for (int k = PLAIN; k <= SIMPLE; k++)
+    luaL_getmetatable(L, mtnames[k]);
+}
+
+/* Fill the metatable of `kind`: methods and metamethods close over the
+ * three metatables (see checkqueue), __index over the methods table. */
+static void fillclass(lua_State *L, int kind)
+{
+  luaL_getmetatable(L, mtnames[kind]);
+  pushclasses(L);
+  luaL_setfuncs(L, metamethods, 3);
   lua_newtable(L);
-  luaL_setfuncs(L, simple_methods, 0);
-  if (kind != SIMPLE)
-    luaL_setfuncs(L, queue_methods, 0);
-  if (kind == JOINABLE)
-    luaL_setfuncs(L, joinable_methods, 0);
-  lua_setfield(L, -2, "methods");
+  pushclasses(L);
+  luaL_setfuncs(L, simple_methods, 3);
+  if (kind != SIMPLE) {
+    pushclasses(L);
+    luaL_setfuncs(L, queue_methods, 3);
+  }
+  if (kind == JOINABLE) {
+    pushclasses(L);
+    luaL_setfuncs(L, joinable_methods, 3);
+  }
+  lua_pushcclosure(L, queue_index, 1);
+  lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
 }
 
@@ -334,7 +353,11 @@ int lmpb_queue_open(lua_State *L)
       {NULL, NULL},
   };
   for (int k = PLAIN; k <= SIMPLE; k++) {
-    newclass(L, k);
+    luaL_newmetatable(L, mtnames[k]);
+    lua_pop(L, 1);
+  }
+  for (int k = PLAIN; k <= SIMPLE; k++) {
+    fillclass(L, k);
     lmpb_register_handle(L, &handles[k]);
   }
   luaL_setfuncs(L, ctors, 0);
