@@ -9,9 +9,17 @@
 #   make ASAN=1     the same with AddressSanitizer and UBSan (into build-asan/)
 #   make test-asan  every suite on that build
 #   make fuzz       mutation-fuzz the decoder under ASan/UBSan
-#   make install    PREFIX=/usr/local
+#   make examples   the example C hosts (examples/host/) into build/examples/
+#   make install    PREFIX=/usr/local (DESTDIR too; LUA_CMOD, LUA_LMOD, BINDIR
+#                   move the Lua module, its scripts and the command)
 
 PREFIX  ?= /usr/local
+BINDIR  ?= $(PREFIX)/bin
+LIBDIR  ?= $(PREFIX)/lib
+INCDIR  ?= $(PREFIX)/include
+MANDIR  ?= $(PREFIX)/share/man
+LUA_CMOD ?= $(PREFIX)/lib/lua/5.4
+LUA_LMOD ?= $(PREFIX)/share/lua/5.4
 CC      ?= gcc
 LUA     ?= lua5.4
 PKG     ?= pkg-config
@@ -23,6 +31,7 @@ LUA_CFLAGS     := $(if $(LUA_PC),$(shell $(PKG) --cflags $(LUA_PC)),-I/usr/inclu
 LUA_LIBS       := $(if $(LUA_PC),$(shell $(PKG) --libs $(LUA_PC)),-llua5.4)
 MSGPACK_CFLAGS := $(if $(MSGPACK_PC),$(shell $(PKG) --cflags $(MSGPACK_PC)),)
 MSGPACK_LIBS   := $(if $(MSGPACK_PC),$(shell $(PKG) --libs $(MSGPACK_PC)),-lmsgpackc)
+READLINE_LIBS  := $(shell $(PKG) --libs readline 2>/dev/null || echo -lreadline)
 
 ifeq ($(ASAN),1)
 B        ?= build-asan
@@ -43,14 +52,15 @@ LDFLAGS += $(LDSAN) -pthread
 
 RT_SRC  := $(sort $(wildcard runtime/*.c))
 RT_OBJ  := $(RT_SRC:%.c=$(B)/%.o)
-LB_SRC  := $(sort $(filter-out bindings/main.c,$(wildcard bindings/*.c)))
+# main.c and the REPL's readline binding go into the lmp executable only.
+LB_SRC  := $(sort $(filter-out bindings/main.c bindings/lreadline.c,$(wildcard bindings/*.c)))
 LB_OBJ  := $(LB_SRC:%.c=$(B)/%.o) $(B)/gen/scripts.o
 LUA_SCRIPTS := $(sort $(wildcard scripts/lmp/*.lua))
 CT_SRC  := $(sort $(wildcard tests/c/test_*.c))
 CT_BIN  := $(CT_SRC:tests/c/%.c=$(B)/tests/%)
 
 .PHONY: all test test-all test-asan fuzz test-c test-lua check-layers deps demo bench clean install examples
-all: $(B)/lmp $(B)/lmp.so $(B)/liblmp.a $(B)/liblmp.so
+all: $(B)/lmp $(B)/lmp.so $(B)/liblmp.a $(B)/liblmp.so $(B)/liblmp-lua.a
 
 $(B)/runtime/%.o: runtime/%.c $(wildcard include/lmp/*.h runtime/*.h) | $(B)/runtime
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
@@ -65,11 +75,14 @@ $(B)/liblmp.a: $(RT_OBJ)
 	rm -f $@ && ar rcs $@ $^
 $(B)/liblmp.so: $(RT_OBJ)
 	$(CC) -shared $(LDFLAGS) -o $@ $^
+# The bindings alone, for C programs that embed Lua: link with liblmp.
+$(B)/liblmp-lua.a: $(LB_OBJ)
+	rm -f $@ && ar rcs $@ $^
 # The module carries the runtime inside it and takes Lua from the host.
 $(B)/lmp.so: $(LB_OBJ) $(RT_OBJ)
 	$(CC) -shared $(LDFLAGS) -o $@ $^ $(MSGPACK_LIBS)
-$(B)/lmp: $(B)/bindings/main.o $(LB_OBJ) $(RT_OBJ)
-	$(CC) $(LDFLAGS) -Wl,-E -o $@ $^ $(LUA_LIBS) $(MSGPACK_LIBS) -lm -ldl
+$(B)/lmp: $(B)/bindings/main.o $(B)/bindings/lreadline.o $(LB_OBJ) $(RT_OBJ)
+	$(CC) $(LDFLAGS) -Wl,-E -o $@ $^ $(LUA_LIBS) $(MSGPACK_LIBS) $(READLINE_LIBS) -lm -ldl
 
 $(B)/tests/%: tests/c/%.c tests/c/runner.c tests/c/runner.h $(B)/liblmp.a | $(B)/tests
 	$(CC) $(ALL_CFLAGS) -Itests/c $< tests/c/runner.c -o $@ $(LDFLAGS) $(B)/liblmp.a
@@ -115,14 +128,62 @@ BENCH_ARGS ?=
 bench: all
 	@sh bench/run.sh $(B) $(BENCH_ARGS)
 
-install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/lmp \
-	  $(DESTDIR)$(PREFIX)/lib/lua/5.4
-	install -m 755 $(B)/lmp $(DESTDIR)$(PREFIX)/bin/lmp
-	install -m 644 $(B)/liblmp.a $(B)/liblmp.so $(DESTDIR)$(PREFIX)/lib/
-	install -m 755 $(B)/lmp.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/lmp.so
-	install -m 644 include/lmp.h $(DESTDIR)$(PREFIX)/include/
-	install -m 644 include/lmp/*.h $(DESTDIR)$(PREFIX)/include/lmp/
+# Example hosts: one embeds Lua and lmp, one uses the C runtime alone.
+examples: $(B)/examples/host_lua $(B)/examples/host_c
+$(B)/examples/host_lua: examples/host/host_lua.c $(B)/liblmp-lua.a $(B)/liblmp.a | $(B)/examples
+	$(CC) $(ALL_CFLAGS) $(LUA_CFLAGS) $< -o $@ $(LDFLAGS) -Wl,-E $(B)/liblmp-lua.a $(B)/liblmp.a \
+	  $(LUA_LIBS) $(MSGPACK_LIBS) -lm -ldl
+$(B)/examples/host_c: examples/host/host_c.c $(B)/liblmp.a | $(B)/examples
+	$(CC) $(ALL_CFLAGS) $< -o $@ $(LDFLAGS) $(B)/liblmp.a
+$(B)/examples:
+	mkdir -p $@
+
+# pkg-config: lmp is the C runtime; lmp-lua adds the bindings for Lua hosts.
+define LMP_PC
+prefix=$(PREFIX)
+libdir=$(LIBDIR)
+includedir=$(INCDIR)
+
+Name: lmp
+Description: multiprocessing runtime: queues, sync objects, shared memory, processes, pools
+Version: $(VERSION)
+Libs: -L$${libdir} -llmp
+Libs.private: -pthread
+Cflags: -I$${includedir}
+endef
+define LMP_LUA_PC
+prefix=$(PREFIX)
+libdir=$(LIBDIR)
+includedir=$(INCDIR)
+
+Name: lmp-lua
+Description: lmp for C programs that embed Lua 5.4 (luaopen_lmp)
+Version: $(VERSION)
+Requires: lmp $(LUA_PC)
+Libs: -L$${libdir} -llmp-lua -llmp $(MSGPACK_LIBS) -lm -ldl -pthread
+Cflags: -I$${includedir} $(if $(LUA_PC),,$(LUA_CFLAGS))
+endef
+export LMP_PC LMP_LUA_PC
+VERSION := $(shell sed -n 's/^\#define LMP_VERSION_STRING "\(.*\)"/\1/p' include/lmp/common.h)
+
+.PHONY: install-lua install-c
+install: install-lua install-c
+# What a Lua installation needs (the rockspec installs only this).
+install-lua: all
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LUA_CMOD) $(DESTDIR)$(LUA_LMOD)/lmp
+	install -m 755 $(B)/lmp $(DESTDIR)$(BINDIR)/lmp
+	install -m 755 $(B)/lmp.so $(DESTDIR)$(LUA_CMOD)/lmp.so
+	install -m 644 $(LUA_SCRIPTS) $(DESTDIR)$(LUA_LMOD)/lmp/
+# What C programs need: headers, libraries, pkg-config files, the man page.
+install-c: all
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR)/lmp $(DESTDIR)$(MANDIR)/man1
+	install -m 644 $(B)/liblmp.a $(B)/liblmp-lua.a $(DESTDIR)$(LIBDIR)/
+	install -m 755 $(B)/liblmp.so $(DESTDIR)$(LIBDIR)/
+	install -m 644 include/lmp.h $(DESTDIR)$(INCDIR)/
+	install -m 644 include/lmp/*.h $(DESTDIR)$(INCDIR)/lmp/
+	install -m 644 docs/lmp.1 $(DESTDIR)$(MANDIR)/man1/lmp.1
+	printf '%s\n' "$$LMP_PC" > $(DESTDIR)$(LIBDIR)/pkgconfig/lmp.pc
+	printf '%s\n' "$$LMP_LUA_PC" > $(DESTDIR)$(LIBDIR)/pkgconfig/lmp-lua.pc
 
 clean:
 	rm -rf build build-asan

@@ -27,6 +27,8 @@ local rows = {
   {"start_forkserver", "7 start+join, forkserver", "lower"},
   {"lock_uncontended", "8 Lock pairs, uncontended", "higher"},
   {"lock_contended", "8 Lock pairs, 2 processes", "higher"},
+  {"value_add", "8 Value:add, 1 process", "higher"},
+  {"value_add_contended", "8 Value:add, 2 processes", "higher"},
   {"array", "9 Array hand-off, 1 MiB", "lower", show = "median_1m"},
   {"array", "9 Array hand-off, 64 MiB", "lower", {flat = "vs_1m", max = 2}},
   {"codec", "10 codec encode+decode", "higher", by = "per_s"},

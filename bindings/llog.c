@@ -24,7 +24,7 @@
 #include "lmpb.h"
 
 #define CLOSER_MT "lmp.log.closer"
-#define CLOSER_KEY "lmp.log.closer"
+#define CLOSER_KEY "lmp.log.closer_instance"
 
 /* core.write(fd, s): one write(2) of the whole string (more only if the
  * kernel takes less, which a blocking pipe does not below PIPE_BUF). */

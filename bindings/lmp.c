@@ -177,6 +177,7 @@ LMP_API int luaopen_lmp(lua_State *L)
   lmpb_log_open(L);
   lmpb_sync_open(L);
   lmpb_shared_open(L);
+  lmpb_dict_open(L);
   lmpb_scripts_open(L);
   return 1;
 }

@@ -77,6 +77,7 @@ int lmpb_start_open(lua_State *L); /* start methods (lspawn.c) */
 int lmpb_log_open(lua_State *L);   /* logging's C half (llog.c) */
 int lmpb_sync_open(lua_State *L);
 int lmpb_shared_open(lua_State *L);
+int lmpb_dict_open(lua_State *L);
 
 /* === processes (lprocess.c) === */
 

@@ -20,10 +20,22 @@
  * array of values), ERROR (an lmp.Error, which crosses as a registered
  * class) or PARTIAL ({values, errors}).  A reply that cannot be encoded
  * fails only the items that hold the culprit, with kind "serialize".
+ *
+ * Lists of plain values.  Most maps move numbers and strings, for which the
+ * codec's generality (identity maps, paths for error messages) costs more
+ * than the values themselves.  A list whose items are all nil, booleans,
+ * numbers or strings is packed here directly from the caller's table, as
+ * the plain msgpack array the codec would have written, and such an array
+ * is unpacked directly into its destination: the parent writes a map
+ * chunk's results straight into the result table, a worker reads a chunk's
+ * items one by one as it runs them and packs each result as it comes.
+ * Anything else goes through the codec.
  */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "lmp/pool.h"
@@ -43,19 +55,51 @@ static const char K_CTOR;   /* registry: the Lua constructor, once loaded */
  * worker here. */
 static lua_Integer fn_encodes, fn_loads;
 
+/* A worker's buffer for replies of plain values. */
+static lmp_buf_t worker_buf;
+
 typedef struct lpool {
   lmp_pool_t *pool; /* NULL until created, and after free */
   pid_t owner;
   lua_State *L; /* the thread of the current call: a worker forked now runs on it */
   int init_ref; /* registry: {fn, args, n}, or LUA_NOREF */
+  lmp_buf_t buf; /* lists of plain values, packed */
 } lpool;
 
 /* === helpers === */
 
+/*
+ * This process's pid, without a system call each time (getpid is one, and
+ * every call on a pool checks it): kept in a page that fork wipes
+ * (MADV_WIPEONFORK), so a forked child finds zero there and asks again.
+ */
+static pid_t *pid_page;
+static int pid_page_failed;
+
+static pid_t self_pid(void)
+{
+  if (!pid_page && !pid_page_failed) {
+    long size = sysconf(_SC_PAGESIZE);
+    void *m = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m != MAP_FAILED && madvise(m, (size_t)size, MADV_WIPEONFORK) == 0) {
+      pid_page = m;
+    } else {
+      if (m != MAP_FAILED)
+        munmap(m, (size_t)size);
+      pid_page_failed = 1;
+    }
+  }
+  if (!pid_page)
+    return getpid();
+  if (*pid_page == 0)
+    *pid_page = getpid();
+  return *pid_page;
+}
+
 static lpool *checkcore(lua_State *L)
 {
   lpool *lp = luaL_checkudata(L, 1, CORE_MT);
-  if (lp->owner != getpid())
+  if (lp->owner != self_pid())
     luaL_argerror(L, 1, "pool belongs to another process");
   if (!lp->pool)
     luaL_argerror(L, 1, "pool is released");
@@ -110,6 +154,324 @@ static int reusable(lua_State *L, int idx)
   }
 }
 
+/* === lists of plain values === */
+
+/*
+ * Plain values are written straight into the buffer, in the same msgpack
+ * the codec writes (integers in their smallest width, other numbers as
+ * float64, strings as str).  msgpack-c's packer calls its writer once per
+ * value, which for a list of small numbers costs more than the numbers: this
+ * writer makes room once per value and stores the bytes itself.
+ */
+static unsigned char *room(lmp_buf_t *b, size_t n)
+{
+  if (b->cap - b->len < n && lmp_buf_reserve(b, b->len + n) < 0)
+    return NULL;
+  return (unsigned char *)b->data + b->len;
+}
+
+static void put_be(unsigned char *p, uint64_t v, int n)
+{
+  for (int i = n - 1; i >= 0; i--, v >>= 8)
+    p[i] = (unsigned char)v;
+}
+
+/* A tag byte and an n-byte big-endian value. */
+static int put_tagged(lmp_buf_t *b, unsigned tag, uint64_t v, int n)
+{
+  unsigned char *p = room(b, 1 + (size_t)n);
+  if (!p)
+    return 0;
+  p[0] = (unsigned char)tag;
+  put_be(p + 1, v, n);
+  b->len += 1 + (size_t)n;
+  return 1;
+}
+
+static int put_int(lmp_buf_t *b, int64_t v)
+{
+  if (v >= -32 && v <= 127) {
+    unsigned char *p = room(b, 1);
+    if (!p)
+      return 0;
+    *p = (unsigned char)(int8_t)v;
+    b->len++;
+    return 1;
+  }
+  if (v >= 0) {
+    uint64_t u = (uint64_t)v;
+    return u <= 0xff ? put_tagged(b, 0xcc, u, 1) : u <= 0xffff ? put_tagged(b, 0xcd, u, 2)
+           : u <= 0xffffffffu ? put_tagged(b, 0xce, u, 4) : put_tagged(b, 0xcf, u, 8);
+  }
+  return v >= INT8_MIN ? put_tagged(b, 0xd0, (uint64_t)v & 0xff, 1)
+         : v >= INT16_MIN ? put_tagged(b, 0xd1, (uint64_t)v & 0xffff, 2)
+         : v >= INT32_MIN ? put_tagged(b, 0xd2, (uint64_t)v & 0xffffffffu, 4)
+                          : put_tagged(b, 0xd3, (uint64_t)v, 8);
+}
+
+static int put_str(lmp_buf_t *b, const char *s, size_t n)
+{
+  int ok = n <= 31 ? put_tagged(b, 0xa0 | (unsigned)n, 0, 0)
+           : n <= 0xff ? put_tagged(b, 0xd9, n, 1)
+           : n <= 0xffff ? put_tagged(b, 0xda, n, 2)
+           : n <= 0xffffffffu ? put_tagged(b, 0xdb, n, 4) : 0;
+  unsigned char *p = ok ? room(b, n) : NULL;
+  if (!p)
+    return 0;
+  if (n)
+    memcpy(p, s, n);
+  b->len += n;
+  return 1;
+}
+
+/* Pack the value at idx, of Lua type `type`, as the codec would; 0 if it
+ * is not a plain value (or memory ran out). */
+static int pack_typed(lua_State *L, int idx, int type, lmp_buf_t *b)
+{
+  size_t n;
+  const char *s;
+  switch (type) {
+  case LUA_TNUMBER:
+    if (lua_isinteger(L, idx))
+      return put_int(b, (int64_t)lua_tointeger(L, idx));
+    double d = (double)lua_tonumber(L, idx);
+    uint64_t bits;
+    memcpy(&bits, &d, 8);
+    return put_tagged(b, 0xcb, bits, 8);
+  case LUA_TNIL:
+    return put_tagged(b, 0xc0, 0, 0);
+  case LUA_TBOOLEAN:
+    return put_tagged(b, lua_toboolean(L, idx) ? 0xc3 : 0xc2, 0, 0);
+  case LUA_TSTRING:
+    s = lua_tolstring(L, idx, &n);
+    return put_str(b, s, n);
+  default:
+    return 0;
+  }
+}
+
+static int pack_scalar(lua_State *L, int idx, lmp_buf_t *b)
+{
+  return pack_typed(L, idx, lua_type(L, idx), b);
+}
+
+static int put_array(lmp_buf_t *b, size_t n)
+{
+  return n <= 15 ? put_tagged(b, 0x90 | (unsigned)n, 0, 0)
+         : n <= 0xffff ? put_tagged(b, 0xdc, n, 2)
+         : n <= 0xffffffffu ? put_tagged(b, 0xdd, n, 4) : 0;
+}
+
+#define PACK_BATCH 64 /* values on the stack at a time */
+
+/* Pack t[first .. first+count-1] into out as an array: 0, or -1 when an
+ * item is not a plain value or t has a metatable (then use the codec). */
+static int pack_list(lua_State *L, int t, lua_Integer first, lua_Integer count, lmp_buf_t *out)
+{
+  if (lua_getmetatable(L, t)) {
+    lua_pop(L, 1);
+    return -1;
+  }
+  out->len = 0;
+  if (!put_array(out, (size_t)count))
+    return -1;
+  luaL_checkstack(L, PACK_BATCH, NULL);
+  for (lua_Integer i = first, end = first + count; i < end;) {
+    int k = end - i < PACK_BATCH ? (int)(end - i) : PACK_BATCH, base = lua_gettop(L);
+    int types[PACK_BATCH];
+    for (int j = 0; j < k; j++)
+      types[j] = lua_rawgeti(L, t, i + j);
+    for (int j = 1; j <= k; j++) {
+      if (!pack_typed(L, base + j, types[j - 1], out)) {
+        lua_settop(L, base);
+        return -1;
+      }
+    }
+    lua_settop(L, base);
+    i += k;
+  }
+  return 0;
+}
+
+/* Pack the single value at idx: 0, or -1 if it is not a plain value. */
+static int pack_value(lua_State *L, int idx, lmp_buf_t *out)
+{
+  out->len = 0;
+  return pack_scalar(L, idx, out) ? 0 : -1;
+}
+
+static uint64_t be(const unsigned char *p, int n)
+{
+  uint64_t v = 0;
+  for (int i = 0; i < n; i++)
+    v = v << 8 | p[i];
+  return v;
+}
+
+/* Push one plain msgpack value from [*pp, end); 0 if it is something else
+ * or truncated (nothing pushed). */
+static int unpack_scalar(lua_State *L, const unsigned char **pp, const unsigned char *end)
+{
+  const unsigned char *p = *pp;
+  size_t n, len = 0;
+  unsigned c = *p++;
+  if (c <= 0x7f) {
+    lua_pushinteger(L, c);
+  } else if (c >= 0xe0) {
+    lua_pushinteger(L, (int8_t)c);
+  } else if (c >= 0xa0 && c <= 0xbf) {
+    len = c & 0x1f;
+    goto str;
+  } else {
+    switch (c) {
+    case 0xc0:
+      lua_pushnil(L);
+      break;
+    case 0xc2:
+    case 0xc3:
+      lua_pushboolean(L, c == 0xc3);
+      break;
+    case 0xca:
+    case 0xcb: {
+      n = c == 0xca ? 4 : 8;
+      if ((size_t)(end - p) < n)
+        return 0;
+      uint64_t v = be(p, (int)n);
+      p += n;
+      if (n == 4) {
+        uint32_t u = (uint32_t)v;
+        float f;
+        memcpy(&f, &u, 4);
+        lua_pushnumber(L, (lua_Number)f);
+      } else {
+        double d;
+        memcpy(&d, &v, 8);
+        lua_pushnumber(L, (lua_Number)d);
+      }
+      break;
+    }
+    case 0xcc: case 0xcd: case 0xce: case 0xcf: {
+      n = (size_t)1 << (c - 0xcc);
+      if ((size_t)(end - p) < n)
+        return 0;
+      uint64_t v = be(p, (int)n);
+      p += n;
+      if (v > (uint64_t)LUA_MAXINTEGER)
+        lua_pushnumber(L, (lua_Number)v);
+      else
+        lua_pushinteger(L, (lua_Integer)v);
+      break;
+    }
+    case 0xd0: case 0xd1: case 0xd2: case 0xd3: {
+      n = (size_t)1 << (c - 0xd0);
+      if ((size_t)(end - p) < n)
+        return 0;
+      uint64_t v = be(p, (int)n);
+      p += n;
+      if (n < 8 && (v >> (8 * n - 1)))
+        v |= ~(uint64_t)0 << (8 * n);
+      lua_pushinteger(L, (lua_Integer)(int64_t)v);
+      break;
+    }
+    case 0xd9: case 0xda: case 0xdb: /* str 8, 16, 32 */
+    case 0xc4: case 0xc5: case 0xc6: /* bin: read as a string */
+      n = (size_t)1 << (c >= 0xd9 ? c - 0xd9 : c - 0xc4);
+      if ((size_t)(end - p) < n)
+        return 0;
+      len = (size_t)be(p, (int)n);
+      p += n;
+      goto str;
+    default:
+      return 0;
+    }
+  }
+  *pp = p;
+  return 1;
+str:
+  if ((size_t)(end - p) < len)
+    return 0;
+  lua_pushlstring(L, (const char *)p, len);
+  *pp = p + len;
+  return 1;
+}
+
+/* Step over an array header: the pointer after it (and its count in *n),
+ * or NULL. */
+static const unsigned char *array_header(const unsigned char *p, const unsigned char *end,
+                                         uint64_t *n)
+{
+  if (p >= end)
+    return NULL;
+  if (*p >= 0x90 && *p <= 0x9f) {
+    *n = *p & 0x0f;
+    return p + 1;
+  }
+  int w = *p == 0xdc ? 2 : *p == 0xdd ? 4 : 0;
+  if (!w || end - p < 1 + w)
+    return NULL;
+  *n = be(p + 1, w);
+  return p + 1 + w;
+}
+
+/* Step over one plain value: the pointer after it, or NULL if it is
+ * something else or truncated. */
+static const unsigned char *skip_scalar(const unsigned char *p, const unsigned char *end)
+{
+  size_t n;
+  if (p >= end)
+    return NULL;
+  unsigned c = *p++;
+  if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3)
+    return p;
+  if (c >= 0xa0 && c <= 0xbf) {
+    n = c & 0x1f;
+  } else if (c == 0xca || c == 0xcb) {
+    n = c == 0xca ? 4 : 8;
+  } else if (c >= 0xcc && c <= 0xd3) {
+    n = (size_t)1 << ((c - 0xcc) & 3);
+  } else if ((c >= 0xd9 && c <= 0xdb) || (c >= 0xc4 && c <= 0xc6)) {
+    int w = 1 << (c >= 0xd9 ? c - 0xd9 : c - 0xc4);
+    if (end - p < w)
+      return NULL;
+    n = (size_t)be(p, w);
+    p += w;
+  } else {
+    return NULL;
+  }
+  return (size_t)(end - p) < n ? NULL : p + n;
+}
+
+/* Unpack `count` plain values from p into t[first...]: 0, or -1 at the
+ * first value that is not plain (the ones before it are written). */
+static int unpack_items(lua_State *L, const unsigned char *p, const unsigned char *end,
+                        uint64_t count, int t, lua_Integer first)
+{
+  for (uint64_t i = 0; i < count; i++) {
+    if (p >= end || !unpack_scalar(L, &p, end))
+      return -1;
+    lua_rawseti(L, t, first + (lua_Integer)i);
+  }
+  return 0;
+}
+
+/* Unpack a msgpack array of plain values into t[first...]: the number of
+ * items, or -1 when the message is something else (some items may have
+ * been written; the caller falls back to the codec, which rewrites them). */
+static lua_Integer unpack_list(lua_State *L, const char *data, size_t len, int t, lua_Integer first)
+{
+  const unsigned char *end = (const unsigned char *)data + len, *p, *q;
+  uint64_t n;
+  if (!(p = array_header((const unsigned char *)data, end, &n)) || n > (uint64_t)(end - p))
+    return -1;
+  /* Validate first, so that a list of something else costs no writes. */
+  q = p;
+  for (uint64_t i = 0; i < n && q; i++)
+    q = skip_scalar(q, end);
+  if (q != end || unpack_items(L, p, end, n, t, first) < 0)
+    return -1;
+  return (lua_Integer)n;
+}
+
 /* === the parent === */
 
 /* Push the record of the function at idx: from the cache, or built (and
@@ -157,6 +519,49 @@ static int l_encode_fn(lua_State *L)
   return 1;
 }
 
+/* lua_pcall with the message handler at index 1.  Lua skips the handler
+ * for out-of-memory errors: those arrive here as the bare message and are
+ * made an lmp.Error too. */
+static int tpcall(lua_State *L, int nargs, int nres)
+{
+  int rc = lua_pcall(L, nargs, nres, 1);
+  if (rc == LUA_OK)
+    return rc;
+  int is = 0;
+  if (lua_type(L, -1) == LUA_TTABLE && lua_getmetatable(L, -1)) {
+    luaL_getmetatable(L, "lmp.Error");
+    is = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+  }
+  if (!is) {
+    lmpb_error_push(L, "task", lmpb_tomessage(L, -1));
+    lua_insert(L, -3);
+    lua_pop(L, 2);
+  }
+  return rc;
+}
+
+static int encode_call(lua_State *L)
+{
+  lua_pushlightuserdata(L, (void *)lmpb_encode(L, 1, lua_tostring(L, 2)));
+  return 1;
+}
+
+/* Encode the value at idx without raising: the buffer, or NULL with the
+ * codec's lmp.Error pushed. */
+static const lmp_buf_t *try_encode(lua_State *L, int idx, const char *what)
+{
+  idx = lua_absindex(L, idx);
+  lua_pushcfunction(L, encode_call);
+  lua_pushvalue(L, idx);
+  lua_pushstring(L, what);
+  if (lua_pcall(L, 2, 1, 0) != LUA_OK)
+    return NULL;
+  const lmp_buf_t *b = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return b;
+}
+
 /* Encode value[first .. first+count-1] as an array.  When an item cannot
  * be sent, the error names it by its index in the caller's list. */
 static const lmp_buf_t *encode_slice(lua_State *L, int list, lua_Integer first, lua_Integer count)
@@ -166,12 +571,23 @@ static const lmp_buf_t *encode_slice(lua_State *L, int list, lua_Integer first, 
     lua_geti(L, list, first + k);
     lua_rawseti(L, -2, k + 1);
   }
+  const lmp_buf_t *b = try_encode(L, -1, "list");
+  if (b)
+    return b;
+  lua_pop(L, 1);
+  for (lua_Integer k = 0; k < count; k++) { /* raise naming the item in the caller's list */
+    const char *name = lua_pushfstring(L, "list[%I]", (LUAI_UACINT)(first + k));
+    lua_geti(L, list, first + k);
+    lmpb_encode(L, -1, name);
+    lua_pop(L, 2);
+  }
   return lmpb_encode(L, -1, "list");
 }
 
-/* c:submit(tag, fn, value, count [, first]) -> id.  fn is a function or
- * its record (encode_fn).  With first, the items are value[first ..
- * first+count-1]. */
+/* c:submit(tag, fn, value, count [, first [, dest]]) -> id.  fn is a
+ * function or its record (encode_fn).  With first, the items are
+ * value[first .. first+count-1]; with dest, a reply that is a list of plain
+ * values is written to dest[first...] and wait reports it as "stored". */
 static int core_submit(lua_State *L)
 {
   lpool *lp = checkcore(L);
@@ -186,13 +602,17 @@ static int core_submit(lua_State *L)
   luaL_checkany(L, 4);
   lua_Integer count = luaL_checkinteger(L, 5);
   luaL_argcheck(L, count >= 0 && count <= UINT32_MAX, 5, "bad count");
-  const lmp_buf_t *b;
-  if (lua_isnoneornil(L, 6)) {
-    b = lmpb_encode(L, 4, tag == TAG_APPLY ? "args" : "list");
-  } else {
-    lua_Integer first = luaL_checkinteger(L, 6);
-    lua_settop(L, 6);
-    b = encode_slice(L, 4, first, count);
+  lua_Integer first = luaL_optinteger(L, 6, 1);
+  int slice = !lua_isnoneornil(L, 6), sink = !lua_isnoneornil(L, 7);
+  if (sink)
+    luaL_checktype(L, 7, LUA_TTABLE);
+  lua_settop(L, 7);
+  const lmp_buf_t *b = &lp->buf;
+  if (!lua_istable(L, 4) || pack_list(L, 4, first, count, &lp->buf) < 0) {
+    if (slice)
+      b = encode_slice(L, 4, first, count);
+    else
+      b = lmpb_encode(L, 4, tag == TAG_APPLY ? "args" : "list");
   }
   uint32_t n = (uint32_t)count;
   struct iovec iov[3] = {{(void *)fr, fnlen}, {&n, 4}, {b->data, b->len}};
@@ -200,7 +620,35 @@ static int core_submit(lua_State *L)
   int rc = lmp_pool_submit(lp->pool, (uint32_t)tag, iov, 3, &id);
   if (rc < 0)
     return lmpb_rterror(L, "submit", rc);
+  if (sink) {
+    lua_getiuservalue(L, 1, 1);
+    lua_pushvalue(L, 7);
+    lua_rawseti(L, -2, (lua_Integer)id);
+    lua_pushinteger(L, first);
+    lua_rawseti(L, -2, -(lua_Integer)id);
+    lua_pop(L, 1);
+  }
   lua_pushinteger(L, (lua_Integer)id);
+  return 1;
+}
+
+/* Push the destination of task id's reply (and forget it): 1, or 0 if it
+ * has none. */
+static int take_sink(lua_State *L, lua_Integer id, lua_Integer *first)
+{
+  lua_getiuservalue(L, 1, 1);
+  if (lua_rawgeti(L, -1, id) != LUA_TTABLE) {
+    lua_pop(L, 2);
+    return 0;
+  }
+  lua_rawgeti(L, -2, -id);
+  *first = lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  lua_pushnil(L);
+  lua_rawseti(L, -3, id);
+  lua_pushnil(L);
+  lua_rawseti(L, -3, -id);
+  lua_remove(L, -2);
   return 1;
 }
 
@@ -255,9 +703,20 @@ static int core_wait(lua_State *L)
     return lmpb_fail(L, "closed");
   if (rc < 0)
     return lmpb_rterror(L, "wait", rc);
+  lua_Integer first;
+  int sink = ev.id && take_sink(L, (lua_Integer)ev.id, &first);
+  int top = lua_gettop(L);
   lua_pushinteger(L, (lua_Integer)ev.id);
   switch (ev.type) {
   case LMP_POOL_DONE:
+    if (sink && ev.status == ST_OK) {
+      lua_Integer n = unpack_list(L, ev.data, ev.len, top, first);
+      if (n >= 0) {
+        lua_pushliteral(L, "stored");
+        lua_pushinteger(L, n);
+        return 3;
+      }
+    }
     lua_pushstring(L, ev.status == ST_OK ? "ok" : ev.status == ST_PARTIAL ? "partial" : "error");
     lmpb_decode(L, ev.data, ev.len, 1);
     break;
@@ -278,7 +737,11 @@ static int core_wait(lua_State *L)
 static int core_cancel(lua_State *L)
 {
   lpool *lp = checkcore(L);
-  lua_pushboolean(L, lmp_pool_cancel(lp->pool, (uint64_t)luaL_checkinteger(L, 2)));
+  lua_Integer id = luaL_checkinteger(L, 2), first;
+  int done = lmp_pool_cancel(lp->pool, (uint64_t)id);
+  if (done && take_sink(L, id, &first))
+    lua_pop(L, 1);
+  lua_pushboolean(L, done);
   return 1;
 }
 
@@ -303,6 +766,8 @@ static int core_close(lua_State *L)
 static int core_terminate(lua_State *L)
 {
   lmp_pool_terminate(checkcore(L)->pool);
+  lua_newtable(L);
+  lua_setiuservalue(L, 1, 1); /* no reply will come: forget the destinations */
   return 0;
 }
 
@@ -373,7 +838,7 @@ static int core_stats(lua_State *L)
 static int core_gc(lua_State *L)
 {
   lpool *lp = luaL_checkudata(L, 1, CORE_MT);
-  if (lp->owner != getpid())
+  if (lp->owner != self_pid())
     return 0;
   if (lp->pool) {
     lmp_pool_free(lp->pool);
@@ -383,6 +848,7 @@ static int core_gc(lua_State *L)
     luaL_unref(L, LUA_REGISTRYINDEX, lp->init_ref);
     lp->init_ref = LUA_NOREF;
   }
+  lmp_buf_free(&lp->buf);
   lmp_proc_reap();
   return 0;
 }
@@ -421,27 +887,6 @@ static int msgh(lua_State *L)
   lua_pushinteger(L, getpid());
   lua_setfield(L, e, "pid");
   return 1;
-}
-
-static int encode_call(lua_State *L)
-{
-  lua_pushlightuserdata(L, (void *)lmpb_encode(L, 1, lua_tostring(L, 2)));
-  return 1;
-}
-
-/* Encode the value at idx without raising: the buffer, or NULL with the
- * codec's lmp.Error pushed. */
-static const lmp_buf_t *try_encode(lua_State *L, int idx, const char *what)
-{
-  idx = lua_absindex(L, idx);
-  lua_pushcfunction(L, encode_call);
-  lua_pushvalue(L, idx);
-  lua_pushstring(L, what);
-  if (lua_pcall(L, 2, 1, 0) != LUA_OK)
-    return NULL;
-  const lmp_buf_t *b = lua_touserdata(L, -1);
-  lua_pop(L, 1);
-  return b;
 }
 
 /* An error about to be sent must be sendable: drop a value that is not. */
@@ -545,7 +990,11 @@ typedef struct task {
   const char *fn, *val;
   size_t fnlen, vallen;
   uint32_t count;
-  lua_Integer cur, next; /* items: the one running, the first still to run */
+  lua_Integer cur, next;          /* items: the one running, the first still to run */
+  const unsigned char *ip, *iend; /* items still to read, when they are streamed */
+  int packing;                    /* results are packed into worker_buf as they come */
+  lua_Integer packed;             /* how many */
+  size_t hdr;                     /* the length of the array header in worker_buf */
 } task;
 
 static int parse_task(task *t, const lmp_pool_task_t *pt)
@@ -567,12 +1016,39 @@ static int parse_task(task *t, const lmp_pool_task_t *pt)
   return 0;
 }
 
-/* Protected: function, value -> [cache] fn value */
+/* A map's items that are all plain values are read one by one as they
+ * run, without a table: set t->ip to the first. */
+static int stream_items(task *t)
+{
+  const unsigned char *end = (const unsigned char *)t->val + t->vallen, *p, *q;
+  uint64_t n;
+  if (t->tag != TAG_MAP || !(p = array_header((const unsigned char *)t->val, end, &n)) ||
+      n != t->count)
+    return 0;
+  q = p;
+  for (uint64_t i = 0; i < n && q; i++)
+    q = skip_scalar(q, end);
+  if (q != end)
+    return 0;
+  t->ip = p;
+  t->iend = end;
+  return 1;
+}
+
+/* Protected: function, value -> [cache] fn value (nil when streamed) */
 static int load_task(lua_State *L)
 {
   task *t = lua_touserdata(L, 1);
   push_function(L, 2, t->hash, t->fn, t->fnlen);
-  lmpb_decode(L, t->val, t->vallen, 1);
+  if (stream_items(t)) {
+    lua_pushnil(L);
+    return 2;
+  }
+  lua_createtable(L, (int)t->count, 0);
+  if (unpack_list(L, t->val, t->vallen, lua_gettop(L), 1) < 0) {
+    lua_pop(L, 1);
+    lmpb_decode(L, t->val, t->vallen, 1);
+  }
   return 2;
 }
 
@@ -607,7 +1083,32 @@ static lua_Integer arity(lua_State *L, int idx)
   return n;
 }
 
-/* Protected: fn, items, out, task -> runs items t->next .. count into out. */
+/* The results packed so far become out[1 .. packed]. */
+static void unpack_packed(lua_State *L, task *t, int out)
+{
+  const unsigned char *p = (const unsigned char *)worker_buf.data + t->hdr;
+  unpack_items(L, p, (const unsigned char *)worker_buf.data + worker_buf.len, (uint64_t)t->packed,
+               out, 1);
+}
+
+/* Keep the result at the top for item i: packed while every result is a
+ * plain value, else in the table at out. */
+static void keep_result(lua_State *L, task *t, int out, lua_Integer i)
+{
+  if (t->packing) {
+    if (pack_scalar(L, -1, &worker_buf)) {
+      lua_pop(L, 1);
+      t->packed++;
+      return;
+    }
+    unpack_packed(L, t, out);
+    t->packing = 0;
+  }
+  lua_rawseti(L, out, i);
+}
+
+/* Protected: fn, items (nil when streamed), out, task -> runs items
+ * t->next .. count. */
 static int call_items(lua_State *L)
 {
   task *t = lua_touserdata(L, 4);
@@ -617,7 +1118,9 @@ static int call_items(lua_State *L)
     lmp_pool_worker_progress(t->w, (uint32_t)(i - 1));
     lua_pushvalue(L, 1);
     int n = 1;
-    if (star) {
+    if (t->ip) {
+      unpack_scalar(L, &t->ip, t->iend); /* checked by stream_items */
+    } else if (star) {
       if (lua_rawgeti(L, 2, i) != LUA_TTABLE)
         luaL_error(L, "starmap item %d is not a table of arguments", (int)i);
       int item = lua_gettop(L);
@@ -627,7 +1130,7 @@ static int call_items(lua_State *L)
       lua_rawgeti(L, 2, i);
     }
     lua_call(L, n, 1);
-    lua_rawseti(L, 3, i);
+    keep_result(L, t, 3, i);
   }
   return 0;
 }
@@ -639,8 +1142,12 @@ static void run_apply(lua_State *L, lmp_pool_worker_t *w, task *t, int fn)
   lua_pushvalue(L, fn);
   lua_pushvalue(L, fn + 1);
   lua_pushlightuserdata(L, t);
-  if (lua_pcall(L, 3, 1, 1) != LUA_OK) {
+  if (tpcall(L, 3, 1) != LUA_OK) {
     reply_error(L, w);
+    return;
+  }
+  if (pack_value(L, -1, &worker_buf) == 0) {
+    reply(w, ST_OK, &worker_buf);
     return;
   }
   const lmp_buf_t *b = try_encode(L, -1, "result");
@@ -668,17 +1175,21 @@ static void find_unsendable(lua_State *L, int out, int errs, lua_Integer n)
 static void run_items(lua_State *L, lmp_pool_worker_t *w, task *t, int fn)
 {
   lua_Integer n = t->count;
-  lua_createtable(L, (int)n, 0);
+  lua_newtable(L);
   int out = lua_gettop(L), errs = 0;
   t->w = w;
   t->next = 1;
+  worker_buf.len = 0;
+  t->packing = put_array(&worker_buf, (size_t)n);
+  t->hdr = worker_buf.len;
+  t->packed = 0;
   while (t->next <= n) {
     lua_pushcfunction(L, call_items);
     lua_pushvalue(L, fn);
     lua_pushvalue(L, fn + 1);
     lua_pushvalue(L, out);
     lua_pushlightuserdata(L, t);
-    if (lua_pcall(L, 4, 0, 1) == LUA_OK)
+    if (tpcall(L, 4, 0) == LUA_OK)
       break;
     if (!errs) {
       lua_newtable(L);
@@ -687,19 +1198,27 @@ static void run_items(lua_State *L, lmp_pool_worker_t *w, task *t, int fn)
     }
     sanitize_error(L, -1);
     lua_rawseti(L, errs, t->cur);
+    if (t->packing) { /* the failed item's place */
+      t->packing = put_tagged(&worker_buf, 0xc0, 0, 0);
+      t->packed++;
+    }
     t->next = t->cur + 1;
   }
-  const lmp_buf_t *b = errs ? NULL : try_encode(L, out, "result");
-  if (b) {
-    reply(w, ST_OK, b);
+  if (t->packing && !errs) {
+    reply(w, ST_OK, &worker_buf);
     return;
   }
+  if (t->packing)
+    unpack_packed(L, t, out);
   if (!errs) {
-    lua_pop(L, 1);
+    const lmp_buf_t *b = try_encode(L, out, "result");
+    if (b) {
+      reply(w, ST_OK, b);
+      return;
+    }
+    lua_pop(L, 1); /* the codec's error: find the culprits */
     lua_newtable(L);
     errs = out + 1;
-  } else {
-    lua_settop(L, errs);
   }
   find_unsendable(L, out, errs, n);
   lua_createtable(L, 2, 0);
@@ -707,7 +1226,7 @@ static void run_items(lua_State *L, lmp_pool_worker_t *w, task *t, int fn)
   lua_rawseti(L, -2, 1);
   lua_pushvalue(L, errs);
   lua_rawseti(L, -2, 2);
-  b = try_encode(L, -1, "result");
+  const lmp_buf_t *b = try_encode(L, -1, "result");
   if (b)
     reply(w, ST_PARTIAL, b);
   else
@@ -726,7 +1245,7 @@ static void run_task(lua_State *L, lmp_pool_worker_t *w, const lmp_pool_task_t *
   lua_pushcfunction(L, load_task);
   lua_pushlightuserdata(L, &t);
   lua_pushvalue(L, 2); /* the cache */
-  if (lua_pcall(L, 2, 2, 1) != LUA_OK) {
+  if (tpcall(L, 2, 2) != LUA_OK) {
     reply_error(L, w);
     return;
   }
@@ -752,7 +1271,7 @@ static int run_initializer(lua_State *L, lmp_pool_worker_t *w, lpool *lp)
   int args = lua_gettop(L);
   int nargs = push_args(L, args, n);
   lua_remove(L, args);
-  int rc = lua_pcall(L, nargs, 0, 1);
+  int rc = tpcall(L, nargs, 0);
   if (rc == LUA_OK) {
     lua_settop(L, cfg - 1);
     return 0;
@@ -796,6 +1315,9 @@ static int worker_body(lmp_pool_worker_t *w, void *ctx)
 {
   lpool *lp = ctx;
   lua_State *L = lp->L;
+  char name[32];
+  snprintf(name, sizeof name, "PoolWorker-%d", lmp_pool_worker_index(w) + 1);
+  lmpb_process_become(L, name, NULL, 0);
   lua_State *co = lua_newthread(L);
   lua_pushcfunction(co, worker_loop);
   lua_pushlightuserdata(co, w);
@@ -818,9 +1340,11 @@ static int l_new(lua_State *L)
   luaL_argcheck(L, n >= 1 && n <= 4096, 1, "processes must be between 1 and 4096");
   luaL_argcheck(L, max >= 0 && max <= UINT32_MAX, 2, "bad maxtasksperchild");
   luaL_argcheck(L, timeout >= 0 && timeout < 9e9, 3, "bad task_timeout");
-  lpool *lp = lua_newuserdatauv(L, sizeof *lp, 0);
+  lpool *lp = lua_newuserdatauv(L, sizeof *lp, 1);
   memset(lp, 0, sizeof *lp);
-  lp->owner = getpid();
+  lua_newtable(L);
+  lua_setiuservalue(L, -2, 1); /* destinations of replies, by task id */
+  lp->owner = self_pid();
   lp->init_ref = LUA_NOREF;
   lp->L = L;
   luaL_setmetatable(L, CORE_MT);
@@ -861,6 +1385,15 @@ static int l_new(lua_State *L)
   return 1;
 }
 
+/* core.table(n): an empty table with room for n items in its array part,
+ * so a map's results land without the table growing under them. */
+static int l_table(lua_State *L)
+{
+  lua_Integer n = luaL_checkinteger(L, 1);
+  lua_createtable(L, n > 0 && n < INT32_MAX ? (int)n : 0, 0);
+  return 1;
+}
+
 /* core.isatty(fd) */
 static int l_isatty(lua_State *L)
 {
@@ -892,6 +1425,7 @@ static const luaL_Reg core_funcs[] = {
     {"new", l_new},
     {"encode_fn", l_encode_fn},
     {"isatty", l_isatty},
+    {"table", l_table},
     {"counters", l_counters},
     {NULL, NULL},
 };

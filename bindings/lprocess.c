@@ -30,8 +30,8 @@
 enum { CREATED, STARTED, CLOSED };
 
 typedef struct lprocess {
-  lmp_proc_t *proc;   /* set while started and not closed */
-  pid_t owner;        /* pid of the process that made this object */
+  lmp_proc_t *proc; /* set while started and not closed */
+  pid_t owner;      /* pid of the process that made this object */
   int state;
   int daemon;
   const char *method; /* start method given (a static string); NULL: the default */
@@ -102,8 +102,8 @@ static int iscallable(lua_State *L, int idx)
 
 /* === construction === */
 
-static const char *const process_options[] = {"target", "args", "name", "daemon", "start_method",
-                                               NULL};
+static const char *const process_options[] = {"target", "args",         "name",
+                                              "daemon", "start_method", NULL};
 
 /* Collect the options into the uservalue table at `ut`. */
 static void read_options(lua_State *L, int ut, lprocess *p)

@@ -35,6 +35,7 @@ static lqueue *checkqueue(lua_State *L)
     for (int k = PLAIN; k <= SIMPLE; k++) {
       if (lua_rawequal(L, -1, lua_upvalueindex(k + 1))) {
         lua_pop(L, 1);
+        luaL_argcheck(L, q->q != NULL, 1, "queue handle was finalized");
         return q;
       }
     }
@@ -202,7 +203,7 @@ static int queue_index(lua_State *L)
 
 static int queue_gc(lua_State *L)
 {
-  lqueue *q = checkqueue(L);
+  lqueue *q = lua_touserdata(L, 1);
   if (q->q)
     lmp_queue_free(q->q);
   q->q = NULL;

@@ -25,9 +25,9 @@
  * header (runtime/value.c), with acquire, release, locked, with and <close>.
  * It is a handle of its own, so it can be sent anywhere like the array.  A
  * process that drops its last handle to an array while holding its lock
- * abandons it (the next acquirer gets "owner_died"), and a child that exits
- * holding it leaves it to the next acquirer the same way (runtime/value.c).
- * lmp.Condition wants an lmp.Lock or lmp.RLock, not this lock.
+ * abandons it (the next acquirer gets "owner_died"), and a child that ends
+ * holding it hands it on the same way.  It is not an lmp.RLock: lmp.Condition
+ * does not take it.
  *
  * Handles.  A Value, Array or lock crosses as its segment name; a view as
  * the block's segment name, a NUL, and "v:<offset>:<count>:<type>" in text.
@@ -56,13 +56,14 @@ typedef struct lshmem {
   lmp_shmem_t *m; /* NULL once closed */
 } lshmem;
 
-/* Push a new handle of metatable mt for a, which it now owns. */
-static void push_array(lua_State *L, lmp_array_t *a, const char *mt)
+/* Push a new handle of metatable mt in its closed state: __gc can free it
+ * whatever happens before the array is stored in it. */
+static larray *new_larray(lua_State *L, const char *mt)
 {
   larray *u = lua_newuserdatauv(L, sizeof *u, 0);
   u->a = NULL;
   luaL_setmetatable(L, mt);
-  u->a = a;
+  return u;
 }
 
 /* === argument helpers === */
@@ -201,6 +202,24 @@ static larray *toarray(lua_State *L, int idx)
   return u ? u : luaL_testudata(L, idx, VALUE_MT);
 }
 
+/* What a closed handle still answers: close (again) and closed; 0 if k is
+ * neither. */
+static int closed_index(lua_State *L, const char *mt, int open)
+{
+  const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "";
+  if (strcmp(k, "closed") == 0) {
+    lua_pushboolean(L, !open);
+    return 1;
+  }
+  if (!open && strcmp(k, "close") == 0) {
+    luaL_getmetatable(L, mt);
+    lua_getfield(L, -1, "methods");
+    lua_getfield(L, -1, "close");
+    return 1;
+  }
+  return 0;
+}
+
 static lmp_array_t *check_open(lua_State *L, int idx, const char *mt)
 {
   larray *u = luaL_checkudata(L, idx, mt);
@@ -260,12 +279,11 @@ static int value_create(lua_State *L, int raw, const char *fname)
     if (err)
       luaL_argerror(L, varg, targ == varg ? lua_pushfstring(L, "field 'value': %s", err) : err);
   }
-  lmp_array_t *a;
-  int rc = lmp_array_create(t, 1, (lock ? LMP_ARRAY_LOCK : 0) | LMP_ARRAY_VALUE, &a);
+  larray *u = new_larray(L, VALUE_MT);
+  int rc = lmp_array_create(t, 1, (lock ? LMP_ARRAY_LOCK : 0) | LMP_ARRAY_VALUE, &u->a);
   if (rc < 0)
     return lmpb_rterror(L, fname, rc);
-  lmp_array_store(a, 0, v);
-  push_array(L, a, VALUE_MT);
+  lmp_array_store(u->a, 0, v);
   return 1;
 }
 
@@ -309,11 +327,11 @@ static int array_create(lua_State *L, int raw, const char *fname)
                                                    luaL_typename(L, nidx)));
     luaL_argcheck(L, n >= 0, narg, "size must not be negative");
   }
-  lmp_array_t *a;
-  int rc = lmp_array_create(t, (size_t)n, lock ? LMP_ARRAY_LOCK : 0, &a);
+  larray *u = new_larray(L, ARRAY_MT);
+  int rc = lmp_array_create(t, (size_t)n, lock ? LMP_ARRAY_LOCK : 0, &u->a);
   if (rc < 0)
     return lmpb_rterror(L, fname, rc);
-  push_array(L, a, ARRAY_MT); /* owned by Lua before a check can raise */
+  lmp_array_t *a = u->a;
   for (lua_Integer i = 1; from_table && i <= n; i++) {
     lmp_scalar_t v;
     lua_geti(L, nidx, i);
@@ -341,6 +359,7 @@ static int obj_close(lua_State *L)
 }
 
 static int push_lock(lua_State *L, lmp_array_t *a);
+static int obj_get_lock(lua_State *L);
 static const char *kind_name(lmp_array_t *a, int value);
 
 static const char *kind_mt(lua_State *L, int idx)
@@ -361,19 +380,22 @@ static int obj_get_lock(lua_State *L)
 }
 
 /* Fields and methods common to both; 1 if k was one of them. */
-static int common_index(lua_State *L, lmp_array_t *a, const char *k, const char *mt)
+/* A method (from __index's upvalue) or a field common to Value and Array. */
+static int common_index(lua_State *L, lmp_array_t *a, const char *k)
 {
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) {
+    if (lua_tocfunction(L, -1) == obj_get_lock && !has_lock(a))
+      lua_pushnil(L); /* the Raw kinds have none, as in Python */
+    return 1;
+  }
   if (strcmp(k, "type") == 0) {
     lua_pushstring(L, lmp_ctype_name(lmp_array_type(a)));
   } else if (strcmp(k, "typecode") == 0) {
     char c = lmp_ctype_code(lmp_array_type(a));
     lua_pushlstring(L, &c, 1);
-  } else if (strcmp(k, "get_lock") == 0 && !has_lock(a)) {
-    lua_pushnil(L); /* the Raw kinds have none, as in Python */
   } else {
-    luaL_getmetatable(L, mt);
-    lua_getfield(L, -1, "methods");
-    lua_getfield(L, -1, k);
+    lua_pushnil(L);
   }
   return 1;
 }
@@ -407,13 +429,20 @@ static int obj_tostring(lua_State *L)
 
 static int value_index(lua_State *L)
 {
+  larray *u = luaL_checkudata(L, 1, VALUE_MT);
+  if (u->a == NULL && closed_index(L, VALUE_MT, 0))
+    return 1;
   lmp_array_t *a = checkvalue(L);
   const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "";
   if (strcmp(k, "value") == 0) {
     push_elem(L, lmp_array_type(a), lmp_array_load(a, 0));
     return 1;
   }
-  return common_index(L, a, k, VALUE_MT);
+  if (strcmp(k, "closed") == 0) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  return common_index(L, a, k);
 }
 
 static int value_newindex(lua_State *L)
@@ -441,10 +470,18 @@ static int value_add(lua_State *L)
 
 static int array_index(lua_State *L)
 {
+  larray *u = luaL_checkudata(L, 1, ARRAY_MT);
+  if (u->a == NULL && closed_index(L, ARRAY_MT, 0))
+    return 1;
   lmp_array_t *a = checkarray(L);
   lua_Integer i;
-  if (lua_type(L, 2) == LUA_TSTRING)
-    return common_index(L, a, lua_tostring(L, 2), ARRAY_MT);
+  if (lua_type(L, 2) == LUA_TSTRING) {
+    if (strcmp(lua_tostring(L, 2), "closed") == 0) {
+      lua_pushboolean(L, 0);
+      return 1;
+    }
+    return common_index(L, a, lua_tostring(L, 2));
+  }
   if (!index_arg(L, 2, "index", &i))
     return typeerr(L, 2, "index", 1, "number");
   size_t n = lmp_array_len(a);
@@ -548,11 +585,10 @@ static lmp_lock_t *checklock(lua_State *L)
 
 static int push_lock(lua_State *L, lmp_array_t *a)
 {
-  lmp_array_t *copy;
-  int rc = lmp_array_open(lmp_array_seg(a), &copy);
+  larray *u = new_larray(L, LOCK_MT);
+  int rc = lmp_array_open(lmp_array_seg(a), &u->a);
   if (rc < 0)
     return lmpb_rterror(L, "get_lock", rc);
-  push_array(L, copy, LOCK_MT);
   return 1;
 }
 
@@ -647,10 +683,8 @@ static int lock_tostring(lua_State *L)
 static int lock_index(lua_State *L)
 {
   check_open(L, 1, LOCK_MT);
-  luaL_getmetatable(L, LOCK_MT);
-  lua_getfield(L, -1, "methods");
   lua_pushvalue(L, 2);
-  lua_rawget(L, -2);
+  lua_rawget(L, lua_upvalueindex(1));
   return 1;
 }
 
@@ -664,32 +698,32 @@ static lmp_shmem_t *checkshmem(lua_State *L)
   return u->m;
 }
 
-static void push_shmem(lua_State *L, lmp_shmem_t *m)
+static lshmem *new_lshmem(lua_State *L)
 {
   lshmem *u = lua_newuserdatauv(L, sizeof *u, 0);
-  u->m = m;
+  u->m = NULL;
   luaL_setmetatable(L, SHMEM_MT);
+  return u;
 }
 
 static int shmem_attach(lua_State *L, const char *name)
 {
-  lmp_shmem_t *m;
-  int rc = lmp_shmem_attach(name, &m);
+  lshmem *u = new_lshmem(L);
+  int rc = lmp_shmem_attach(name, &u->m);
   if (rc == -ENOENT)
     return lmpb_fail(L, "not found");
   if (rc == -EINVAL)
     return luaL_argerror(L, 1, lua_pushfstring(L, "'%s' is not a SharedMemory block", name));
   if (rc < 0)
     return lmpb_rterror(L, "SharedMemory", rc);
-  push_shmem(L, m);
   return 1;
 }
 
 static int shmem_create(lua_State *L, lua_Integer size, const char *name)
 {
-  lmp_shmem_t *m;
   luaL_argcheck(L, size > 0, 1, "size must be positive");
-  int rc = lmp_shmem_create((size_t)size, name, &m);
+  lshmem *u = new_lshmem(L);
+  int rc = lmp_shmem_create((size_t)size, name, &u->m);
   if (rc == -EEXIST)
     return lmpb_fail(L, "exists");
   if (rc == -EINVAL)
@@ -698,7 +732,6 @@ static int shmem_create(lua_State *L, lua_Integer size, const char *name)
     return luaL_error(L, "SharedMemory: too many named blocks (%d)", LMP_SHMEM_DIR_MAX);
   if (rc < 0)
     return lmpb_rterror(L, "SharedMemory", rc);
-  push_shmem(L, m);
   return 1;
 }
 
@@ -781,11 +814,10 @@ static int shmem_array(lua_State *L)
     luaL_argerror(L, 4, lua_pushfstring(L, "%I elements of %s at offset %I do not fit in %I bytes",
                                         count, lmp_ctype_name(t), (lua_Integer)off + 1,
                                         (lua_Integer)size));
-  lmp_array_t *a;
-  int rc = lmp_shmem_view(m, off, t, (size_t)count, &a);
+  larray *u = new_larray(L, ARRAY_MT);
+  int rc = lmp_shmem_view(m, off, t, (size_t)count, &u->a);
   if (rc < 0)
     return lmpb_rterror(L, "array", rc);
-  push_array(L, a, ARRAY_MT);
   return 1;
 }
 
@@ -813,19 +845,16 @@ static int shmem_index(lua_State *L)
 {
   lshmem *u = luaL_checkudata(L, 1, SHMEM_MT);
   const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "";
-  if (strcmp(k, "closed") == 0) {
-    lua_pushboolean(L, u->m == NULL);
+  if (closed_index(L, SHMEM_MT, u->m != NULL))
     return 1;
-  }
   lmp_shmem_t *m = checkshmem(L);
   if (strcmp(k, "name") == 0) {
     lua_pushstring(L, lmp_shmem_name(m));
   } else if (strcmp(k, "size") == 0) {
     lua_pushinteger(L, (lua_Integer)lmp_shmem_size(m));
   } else {
-    luaL_getmetatable(L, SHMEM_MT);
-    lua_getfield(L, -1, "methods");
-    lua_getfield(L, -1, k);
+    lua_pushvalue(L, 2);
+    lua_rawget(L, lua_upvalueindex(1));
   }
   return 1;
 }
@@ -903,7 +932,7 @@ static void decode_array(lua_State *L, const char *data, size_t len, const char 
         (size_t)used != tl || type < 0 || type >= LMP_CTYPE_COUNT)
       luaL_error(L, "corrupt message (bad %s handle)", mt);
   }
-  lua_pushnil(L); /* a slot for the handle, so that nothing leaks if we raise */
+  larray *u = new_larray(L, mt);
   lmp_seg_t *seg = decode_seg(L, data, nlen, mt);
   lmp_array_t *a = NULL;
   int rc;
@@ -928,8 +957,7 @@ static void decode_array(lua_State *L, const char *data, size_t len, const char 
   lmp_seg_release(seg);
   if (rc < 0)
     luaL_error(L, "cannot receive a %s: %s", mt, lmp_strerror(rc));
-  lua_pop(L, 1);
-  push_array(L, a, mt);
+  u->a = a;
 }
 
 static void value_decode(lua_State *L, const char *d, size_t n) { decode_array(L, d, n, VALUE_MT); }
@@ -951,13 +979,12 @@ static int shmem_encode(lua_State *L, int idx, lmp_buf_t *out)
 
 static void shmem_decode(lua_State *L, const char *data, size_t len)
 {
+  lshmem *u = new_lshmem(L);
   lmp_seg_t *seg = decode_seg(L, data, len, SHMEM_MT);
-  lmp_shmem_t *m;
-  int rc = lmp_shmem_open(seg, &m);
+  int rc = lmp_shmem_open(seg, &u->m);
   lmp_seg_release(seg);
   if (rc < 0)
     luaL_error(L, "cannot receive a %s: %s", SHMEM_MT, lmp_strerror(rc));
-  push_shmem(L, m);
 }
 
 /* === registration === */
@@ -995,13 +1022,21 @@ static const luaL_Reg shmem_methods[] = {
   {NULL, NULL},
 };
 
+/* The metatable, with the methods table in its field "methods" and as the
+ * upvalue of its __index (one table lookup finds a method). */
 static void newclass(lua_State *L, const char *mt, const luaL_Reg *meta, const luaL_Reg *methods)
 {
   luaL_newmetatable(L, mt);
   luaL_setfuncs(L, meta, 0);
   lua_newtable(L);
   luaL_setfuncs(L, methods, 0);
-  lua_setfield(L, -2, "methods");
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -3, "methods");
+  lua_getfield(L, -2, "__index");
+  lua_CFunction index = lua_tocfunction(L, -1);
+  lua_pop(L, 1);
+  lua_pushcclosure(L, index, 1);
+  lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
 }
 

@@ -90,7 +90,8 @@ const char *lmpb_checkmethod(lua_State *L, int idx, int arg)
   const char *name = lua_tostring(L, idx);
   int i = name && lua_type(L, idx) == LUA_TSTRING ? method_index(name) : -1;
   if (i < 0)
-    luaL_argerror(L, arg, lua_pushfstring(L, "unknown start method '%s'", luaL_tolstring(L, idx, NULL)));
+    luaL_argerror(L, arg,
+                  lua_pushfstring(L, "unknown start method '%s'", luaL_tolstring(L, idx, NULL)));
   return methods[i];
 }
 
@@ -217,16 +218,16 @@ static void push_script_dir(lua_State *L)
  * The standard libraries and lmp's own are there anyway. */
 static void push_modules(lua_State *L)
 {
-  static const char *const std[] = {"_G",   "package", "coroutine", "table", "io", "os",
-                                    "string", "math", "utf8",      "debug", NULL};
+  static const char *const std[] = {"_G",     "package", "coroutine", "table", "io", "os",
+                                    "string", "math",    "utf8",      "debug", NULL};
   lua_newtable(L);
   int out = lua_gettop(L), n = 0;
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_pushnil(L);
   while (lua_next(L, -2)) {
     const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
-    int skip = !name || !lua_istable(L, -1) || strcmp(name, "lmp") == 0 ||
-               strncmp(name, "lmp.", 4) == 0;
+    int skip =
+        !name || !lua_istable(L, -1) || strcmp(name, "lmp") == 0 || strncmp(name, "lmp.", 4) == 0;
     for (int i = 0; !skip && std[i]; i++)
       skip = strcmp(name, std[i]) == 0;
     int hasc = 0;
@@ -428,6 +429,15 @@ static int fs_request(int memfd, int daemon, lmp_proc_t **out)
 {
   struct fs_req req = {FS_MAGIC, (uint32_t)(daemon != 0)};
   int fds[4] = {memfd, 0, 1, 2};
+  /* A closed stdio descriptor cannot be sent: the child gets /dev/null. */
+  int null = -1;
+  for (int i = 1; i < 4; i++) {
+    if (fcntl(fds[i], F_GETFD) < 0) {
+      if (null < 0)
+        null = open("/dev/null", O_RDWR | O_CLOEXEC);
+      fds[i] = null;
+    }
+  }
   union {
     char buf[CMSG_SPACE(sizeof fds)];
     struct cmsghdr align;
@@ -445,8 +455,11 @@ static int fs_request(int memfd, int daemon, lmp_proc_t **out)
   ssize_t n;
   while ((n = sendmsg(fs.sock, &mh, MSG_NOSIGNAL)) < 0 && errno == EINTR) {
   }
+  int err = errno;
+  if (null >= 0)
+    close(null);
   if (n < 0)
-    return -errno;
+    return -err;
 
   struct fs_rep rep;
   int got[2] = {-1, -1};

@@ -180,11 +180,18 @@ static int runoptions(lua_State *L, char **argv, int last)
 
 /* === main === */
 
+/* lreadline.c: the REPL's line editor, linked into this executable only. */
+int lmpb_readline_open(lua_State *L);
+
 static void openlmp(lua_State *L)
 {
   luaL_checkversion(L);
   luaL_openlibs(L);
   luaL_requiref(L, "lmp", luaopen_lmp, 1);
+  lua_pop(L, 1);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushcfunction(L, lmpb_readline_open);
+  lua_setfield(L, -2, "lmp.readline");
   lua_pop(L, 1);
 }
 

@@ -40,6 +40,7 @@
 #include "lmp/pool.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -55,13 +56,15 @@
 #include "lmp/proc.h"
 #include "lmp/queue.h"
 #include "lmp/shm.h"
+#include "lmp/sync.h"
 
 #include "internal.h"
 
 #define POOL_MAGIC 0x4c4f4f50u /* "POOL" */
 #define CHECK_NS 1000000       /* deaths and timeouts, while busy */
-#define SPIN_NS 20000          /* before sleeping */
-#define SPIN_PAUSE_NS 5000     /* then sched_yield */
+#define SPIN_MAX_NS 40000   /* the most a waiter spins before sleeping ... */
+#define SPIN_START_NS 10000 /* ... where it starts; see adapt_spin */
+#define SPIN_PAUSE_NS 4000  /* then sched_yield */
 #define SEQ_MASK ((UINT64_C(1) << 30) - 1) /* the ring numbers records modulo 2^30 */
 #define MAX_PARTS 7
 #define QUEUED_NS 500000 /* work kept queued per worker when high_water is 0 */
@@ -88,6 +91,9 @@ struct phdr {
   uint32_t magic;
   uint32_t nslots;
   _Alignas(64) _Atomic uint32_t signalled; /* the eventfd was written since the parent cleared it */
+  /* Idle workers: tasks pushed (the futex word), workers spinning, asleep. */
+  _Alignas(64) _Atomic uint32_t tseq;
+  _Atomic uint32_t spinners, sleepers;
   _Alignas(64) struct slot slots[];
 };
 
@@ -112,12 +118,11 @@ static uint64_t slot_word(int state, uint64_t seq)
 
 /* === parent-side state === */
 
-struct pend { /* a task in the backlog */
+struct pend { /* a task in the backlog; its payload is in the arena */
   uint64_t id;
   uint32_t tag;
   int cancelled;
-  size_t len;
-  char *data;
+  size_t off, len;
 };
 
 struct sent { /* a task handed to the ring, by record number */
@@ -157,6 +162,8 @@ struct lmp_pool {
   uint64_t next_id;
   struct pend *bl;
   size_t bl_head, bl_n, bl_cap, bl_live;
+  lmp_buf_t arena; /* the backlog's payloads, oldest first from arena_head */
+  size_t arena_head;
   /* records handed to the ring: seq in [sent_lo, pushed) */
   struct sent *sent;
   uint64_t sent_lo, pushed, sent_cap;
@@ -169,6 +176,8 @@ struct lmp_pool {
   size_t evq_head, evq_n, evq_cap;
   int64_t last_check;
   int64_t avg_ns; /* a moving average of the time tasks take */
+  int64_t spin_ns; /* how long to spin for a reply (adapt_spin) */
+  int need_check;  /* a pidfd or the timer fired while asleep */
   uint32_t high;  /* tasks kept in the ring */
   int spawn_error;
   lmp_pool_stats_t stats;
@@ -181,6 +190,8 @@ struct lmp_pool_worker {
   lmp_buf_t buf;
   uint32_t seq; /* of the task taken last */
   int64_t t0;   /* when it was taken */
+  int64_t spin_ns; /* how long to spin for a task */
+  pid_t pid;
   uint64_t count;
   int started;
 };
@@ -326,6 +337,22 @@ static int sent_append(lmp_pool_t *p, uint64_t id)
   return 0;
 }
 
+/* After a push (or with all = 1, the ring's close): wake a sleeping worker
+ * unless one that spins will take the task.  Pairs with wait_task: the
+ * counter goes up before the sleepers are read, a sleeper registers before
+ * it reads the counter, so a task never waits for a worker asleep. */
+static void wake_worker(lmp_pool_t *p, int all)
+{
+  struct phdr *h = p->h;
+  atomic_fetch_add(&h->tseq, 1);
+  if (atomic_load(&h->sleepers) == 0)
+    return;
+  if (all)
+    lmp_futex_wake((uint32_t *)&h->tseq, INT_MAX);
+  else if (atomic_load(&h->spinners) == 0 || lmp_queue_qsize(p->tasks) > 1)
+    lmp_futex_wake((uint32_t *)&h->tseq, 1);
+}
+
 /* Hand one task to the ring. */
 static int push_task(lmp_pool_t *p, uint64_t id, uint32_t tag, const struct iovec *iov, int n)
 {
@@ -340,6 +367,7 @@ static int push_task(lmp_pool_t *p, uint64_t id, uint32_t tag, const struct iove
   if (rc < 0)
     return rc;
   p->pushed++;
+  wake_worker(p, 0);
   return 0;
 }
 
@@ -363,6 +391,42 @@ static void learn(lmp_pool_t *p, int64_t took)
   p->high = (uint32_t)per * (uint32_t)p->cfg.processes;
 }
 
+/* Drop the oldest entry, and the arena bytes nothing refers to any more. */
+static void backlog_pop(lmp_pool_t *p)
+{
+  p->bl_head = (p->bl_head + 1) & (p->bl_cap - 1);
+  p->bl_n--;
+  if (p->bl_n == 0)
+    p->arena.len = p->arena_head = 0;
+  else
+    p->arena_head = bl_at(p, 0)->off;
+}
+
+/* Append a payload to the arena: its offset, or -ENOMEM.  The live part is
+ * moved to the front once the dead part in front of it is the larger, so a
+ * steady stream keeps the arena at about twice what waits. */
+static int64_t arena_add(lmp_pool_t *p, const struct iovec *iov, int n, size_t len)
+{
+  lmp_buf_t *a = &p->arena;
+  size_t dead = p->arena_head;
+  if (dead > 65536 && dead > a->len - dead) {
+    memmove(a->data, a->data + dead, a->len - dead);
+    a->len -= dead;
+    p->arena_head = 0;
+    for (size_t i = 0; i < p->bl_n; i++)
+      bl_at(p, i)->off -= dead;
+  }
+  if (lmp_buf_reserve(a, a->len + len) < 0)
+    return -ENOMEM;
+  size_t off = a->len;
+  for (int i = 0; i < n; i++) {
+    if (iov[i].iov_len)
+      memcpy(a->data + a->len, iov[i].iov_base, iov[i].iov_len);
+    a->len += iov[i].iov_len;
+  }
+  return (int64_t)off;
+}
+
 /* Move backlog to the ring while it has room; close the ring once a closing
  * pool has handed everything out. */
 static void feed(lmp_pool_t *p)
@@ -370,17 +434,16 @@ static void feed(lmp_pool_t *p)
   while (p->bl_n && (p->bl_live == 0 || ring_has_room(p))) {
     struct pend *e = bl_at(p, 0);
     if (!e->cancelled) {
-      struct iovec v = {e->data, e->len};
+      struct iovec v = {p->arena.data + e->off, e->len};
       if (push_task(p, e->id, e->tag, &v, 1) < 0)
         break; /* out of memory: retried on the next call */
-      free(e->data);
       p->bl_live--;
     }
-    p->bl_head = (p->bl_head + 1) & (p->bl_cap - 1);
-    p->bl_n--;
+    backlog_pop(p);
   }
   if (p->closing && p->bl_n == 0 && !p->ring_closed) {
     lmp_queue_close(p->tasks);
+    wake_worker(p, 1);
     p->ring_closed = 1;
   }
 }
@@ -405,9 +468,8 @@ static int backlog_reserve(lmp_pool_t *p)
 
 static void backlog_clear(lmp_pool_t *p)
 {
-  for (size_t i = 0; i < p->bl_n; i++)
-    free(bl_at(p, i)->data);
   p->bl_n = p->bl_live = 0;
+  p->arena.len = p->arena_head = 0;
 }
 
 /* Index of task id in the backlog, or -1.  Ids increase along it. */
@@ -474,7 +536,9 @@ static void worker_exit(lmp_pool_t *p, int i)
   w.p = p;
   w.index = i;
   w.slot = &p->h->slots[i];
-  STORE(w.slot->pid, (int32_t)getpid());
+  w.spin_ns = SPIN_START_NS;
+  w.pid = getpid();
+  STORE(w.slot->pid, (int32_t)w.pid);
   int code = p->cfg.body(&w, p->cfg.ctx);
   lmp_buf_free(&w.buf);
   lmp_proc_exit(code);
@@ -722,6 +786,7 @@ static void shut_down(lmp_pool_t *p)
   p->nvd = 0;
   if (!p->ring_closed) {
     lmp_queue_close(p->tasks);
+    wake_worker(p, 1);
     p->ring_closed = 1;
   }
   set_timer(p, LMP_FOREVER);
@@ -774,37 +839,71 @@ static int take_reply(lmp_pool_t *p, lmp_pool_event_t *ev)
   return 1;
 }
 
-/* Spin on the reply ring for a moment: 1 if something arrived. */
-static int spin(lmp_pool_t *p, int64_t deadline)
+/*
+ * How long to spin before sleeping.  A spinning hand-off between two
+ * processes on CPUs of their own takes well under a microsecond, a kernel
+ * wake-up tens of them; but when the CPUs are all busy, a spinner only
+ * delays the process it waits for.  So the budget doubles (up to
+ * SPIN_MAX_NS) each time spinning paid and halves each time it did not: it
+ * settles near the wait that usually pays, or near zero on a loaded machine
+ * and for workers that sit idle.
+ */
+static int64_t adapt_spin(int64_t budget, int paid)
 {
-  int64_t start = lmp_now_ns(), now = start, until = start + SPIN_NS;
-  if (until > deadline)
-    until = deadline;
+  if (paid)
+    return budget * 2 + 1000 > SPIN_MAX_NS ? SPIN_MAX_NS : budget * 2 + 1000;
+  return budget / 2;
+}
+
+/* Spin for up to `budget` ns, pausing then yielding, until ready(arg). */
+static int spin_until(int64_t budget, int (*ready)(void *), void *arg)
+{
+  if (budget <= 0)
+    return ready(arg);
+  int64_t start = lmp_now_ns(), now = start;
   for (int i = 1;; i++) {
-    if (lmp_queue_qsize(p->replies) > 0)
+    if (ready(arg))
       return 1;
     if (now - start < SPIN_PAUSE_NS)
       lmp__cpu_relax();
     else
       sched_yield();
-    if (i % 16 == 0 && (now = lmp_now_ns()) >= until)
-      return 0;
+    if (i % 16 == 0 && (now = lmp_now_ns()) - start >= budget)
+      return ready(arg);
   }
 }
 
-/* Sleep on the epoll descriptor until something may have happened, the
- * deadline, or the earliest task deadline. */
+static int replies_waiting(void *arg)
+{
+  return lmp_queue_qsize(((lmp_pool_t *)arg)->replies) > 0;
+}
+
+/* Sleep on the epoll set until something may have happened, the deadline,
+ * or the earliest task deadline.  The eventfd is read when it fired (that
+ * resets lmp_pool_fd); a pidfd or the timer calls for a check. */
 static void sleep_until(lmp_pool_t *p, int64_t deadline)
 {
-  int64_t wake = deadline;
+  int64_t now = lmp_now_ns(), wake = deadline;
   if (p->timer_at && p->timer_at < wake)
     wake = p->timer_at;
-  if (p->spawn_error && wake - lmp_now_ns() > 100 * 1000000LL)
-    wake = lmp_now_ns() + 100 * 1000000LL; /* retry the fork */
+  if (p->spawn_error && wake - now > 100 * 1000000LL)
+    wake = now + 100 * 1000000LL; /* retry the fork */
   for (int i = 0; i < p->cfg.processes; i++)
-    if (p->w[i].proc && lmp_proc_fd(p->w[i].proc) < 0 && wake - lmp_now_ns() > 50 * 1000000LL)
-      wake = lmp_now_ns() + 50 * 1000000LL; /* no pidfd: look now and then */
-  lmp__poll_fd(p->epfd, POLLIN, wake);
+    if (p->w[i].proc && lmp_proc_fd(p->w[i].proc) < 0 && wake - now > 50 * 1000000LL)
+      wake = now + 50 * 1000000LL; /* no pidfd: look now and then */
+  struct epoll_event evs[8];
+  int n = epoll_wait(p->epfd, evs, 8, lmp__deadline_ms(wake));
+  if (n < 0 || p->spawn_error)
+    p->need_check = 1;
+  for (int i = 0; i < n; i++) {
+    if (evs[i].data.u32 == UINT32_MAX) {
+      uint64_t v;
+      ssize_t r = read(p->efd, &v, sizeof v);
+      (void)r;
+    } else {
+      p->need_check = 1;
+    }
+  }
 }
 
 /* Work is under way: a reply may come without any death or timeout. */
@@ -828,7 +927,7 @@ static int ended(lmp_pool_t *p)
 
 int lmp_pool_wait(lmp_pool_t *p, lmp_pool_event_t *ev, int64_t deadline)
 {
-  int slept = 0, rc;
+  int rc;
   for (;;) {
     if (pop_event(p, ev))
       return 0;
@@ -841,30 +940,38 @@ int lmp_pool_wait(lmp_pool_t *p, lmp_pool_event_t *ev, int64_t deadline)
       return rc < 0 ? rc : 0;
     }
     int64_t now = lmp_now_ns();
-    if (slept || p->nvd || now - p->last_check >= CHECK_NS) {
-      slept = 0;
+    if (p->need_check || p->nvd || now - p->last_check >= CHECK_NS) {
+      p->need_check = 0;
       maintain(p, now);
       if (p->evq_n || lmp_queue_qsize(p->replies))
         continue;
     }
     if ((rc = ended(p)) != 0)
       return rc;
-    if (now < deadline && expecting(p) && spin(p, deadline))
-      continue;
-    /* Nothing yet: reset the descriptor, look once more, and bring deaths
-     * and the timer up to date before sleeping on them. */
-    unsignal(p);
+    if (now < deadline && expecting(p)) {
+      int paid = spin_until(p->spin_ns, replies_waiting, p);
+      p->spin_ns = adapt_spin(p->spin_ns, paid);
+      if (paid)
+        continue;
+    }
+    if (lmp_now_ns() >= deadline) {
+      /* Nothing now: reset the descriptor, and look once more. */
+      unsignal(p);
+      if (lmp_queue_qsize(p->replies))
+        continue;
+      maintain(p, lmp_now_ns());
+      if (p->evq_n || lmp_queue_qsize(p->replies))
+        continue;
+      return -ETIMEDOUT;
+    }
+    /* Workers write the eventfd from now on; look once more, bring the
+     * timer up to date, and sleep. */
+    atomic_store(&p->h->signalled, 0);
     if (lmp_queue_qsize(p->replies))
       continue;
-    maintain(p, lmp_now_ns());
-    if (p->evq_n || lmp_queue_qsize(p->replies))
-      continue;
-    if ((rc = ended(p)) != 0)
-      return rc;
-    if (lmp_now_ns() >= deadline)
-      return -ETIMEDOUT;
+    if (p->tfd >= 0)
+      set_timer(p, check_timeouts(p, lmp_now_ns()));
     sleep_until(p, deadline);
-    slept = 1;
   }
 }
 
@@ -888,23 +995,15 @@ int lmp_pool_submit(lmp_pool_t *p, uint32_t tag, const struct iovec *iov, int io
     size_t len = 0;
     for (int i = 0; i < iovcnt; i++)
       len += iov[i].iov_len;
-    char *data = malloc(len ? len : 1);
-    if (!data || backlog_reserve(p) < 0) {
-      free(data);
+    int64_t off;
+    if (backlog_reserve(p) < 0 || (off = arena_add(p, iov, iovcnt, len)) < 0)
       return -ENOMEM;
-    }
-    char *at = data;
-    for (int i = 0; i < iovcnt; i++) {
-      if (iov[i].iov_len)
-        memcpy(at, iov[i].iov_base, iov[i].iov_len);
-      at += iov[i].iov_len;
-    }
     struct pend *e = bl_at(p, p->bl_n);
     e->id = next;
     e->tag = tag;
     e->cancelled = 0;
+    e->off = (size_t)off;
     e->len = len;
-    e->data = data;
     p->bl_n++;
     p->bl_live++;
   }
@@ -920,13 +1019,9 @@ int lmp_pool_cancel(lmp_pool_t *p, uint64_t id)
     return 0;
   struct pend *e = bl_at(p, (size_t)i);
   e->cancelled = 1;
-  free(e->data);
-  e->data = NULL;
   p->bl_live--;
-  while (p->bl_n && bl_at(p, 0)->cancelled) {
-    p->bl_head = (p->bl_head + 1) & (p->bl_cap - 1);
-    p->bl_n--;
-  }
+  while (p->bl_n && bl_at(p, 0)->cancelled)
+    backlog_pop(p);
   return 1;
 }
 
@@ -1022,6 +1117,7 @@ static void free_memory(lmp_pool_t *p)
 {
   backlog_clear(p);
   free(p->bl);
+  lmp_buf_free(&p->arena);
   free(p->sent);
   free(p->vd);
   free(p->evq);
@@ -1113,6 +1209,7 @@ int lmp_pool_create(const lmp_pool_config_t *cfg, lmp_pool_t **out)
   p->cfg = *cfg;
   p->high = cfg->high_water ? cfg->high_water : QUEUED_MIN * (uint32_t)cfg->processes;
   p->owner = getpid();
+  p->spin_ns = SPIN_START_NS;
   p->efd = p->epfd = p->tfd = -1;
   p->w = calloc((size_t)cfg->processes, sizeof *p->w);
   int rc = p->w ? 0 : -ENOMEM;
@@ -1151,6 +1248,50 @@ static void taken(void *arg, uint32_t seq)
   STORE(w->slot->word, slot_word(LMP_POOL_BUSY, seq));
 }
 
+struct task_wait {
+  lmp_pool_t *p;
+  uint32_t seq;
+};
+
+static int task_pushed(void *arg)
+{
+  struct task_wait *tw = arg;
+  return atomic_load_explicit(&tw->p->h->tseq, memory_order_acquire) != tw->seq ||
+         lmp_queue_closed(tw->p->tasks);
+}
+
+/*
+ * Take the next task, waiting as long as it takes.  The queue's own get
+ * would have every idle worker spin, then sleep on one condition variable;
+ * here only one idle worker spins at a time (the one that became idle last,
+ * likely still on a CPU) and the others sleep until the parent wakes one, so
+ * idle workers leave the CPUs to those that work.
+ */
+static int wait_task(lmp_pool_worker_t *w)
+{
+  lmp_pool_t *p = w->p;
+  struct phdr *h = p->h;
+  for (;;) {
+    struct task_wait tw = {p, atomic_load(&h->tseq)};
+    int rc = lmp_queue_get_hook(p->tasks, &w->buf, 0, taken, w);
+    if (rc != -ETIMEDOUT)
+      return rc;
+    if (atomic_fetch_add(&h->spinners, 1) == 0) {
+      int paid = spin_until(w->spin_ns, task_pushed, &tw);
+      w->spin_ns = adapt_spin(w->spin_ns, paid);
+      atomic_fetch_sub(&h->spinners, 1);
+      if (paid)
+        continue;
+    } else {
+      atomic_fetch_sub(&h->spinners, 1);
+    }
+    atomic_fetch_add(&h->sleepers, 1);
+    if (!task_pushed(&tw))
+      lmp_futex_wait((uint32_t *)&h->tseq, tw.seq, LMP_FOREVER);
+    atomic_fetch_sub(&h->sleepers, 1);
+  }
+}
+
 int lmp_pool_worker_next(lmp_pool_worker_t *w, lmp_pool_task_t *t)
 {
   lmp_pool_t *p = w->p;
@@ -1165,7 +1306,7 @@ int lmp_pool_worker_next(lmp_pool_worker_t *w, lmp_pool_task_t *t)
   }
   int rc;
   do {
-    rc = lmp_queue_get_hook(p->tasks, &w->buf, LMP_FOREVER, taken, w);
+    rc = wait_task(w);
   } while (rc == 0 && w->buf.len < sizeof(struct thdr)); /* cannot happen; skip it */
   if (rc < 0) {
     STORE(w->slot->word, slot_word(LMP_POOL_EXITING, 0));
@@ -1184,7 +1325,7 @@ static int push_reply(lmp_pool_worker_t *w, uint32_t kind, uint32_t status, cons
 {
   if (n < 0 || n > MAX_PARTS)
     return -EINVAL;
-  struct rhdr hd = {w->seq, kind, status, (int32_t)getpid(), lmp_now_ns() - w->t0};
+  struct rhdr hd = {w->seq, kind, status, (int32_t)w->pid, lmp_now_ns() - w->t0};
   struct iovec v[MAX_PARTS + 1];
   v[0].iov_base = &hd;
   v[0].iov_len = sizeof hd;

@@ -71,16 +71,16 @@ enum { RUNNING, EXITED, FOREIGN };
 struct lmp_proc {
   struct lmp_proc *next; /* registry link; unused once FOREIGN */
   pid_t pid;
-  int pidfd; /* -1 without pidfd_open */
+  int pidfd;     /* -1 without pidfd_open */
   int status_fd; /* adopted: the exit code arrives here; -1 for our own children */
   int state;
-  int code; /* Python-style exit code once EXITED */
-  int flags; /* 0, LMP_PROC_DAEMON or LMP_PROC_SERVICE */
+  int code;   /* Python-style exit code once EXITED */
+  int flags;  /* 0, LMP_PROC_DAEMON or LMP_PROC_SERVICE */
   int handle; /* the caller still holds this record */
 };
 
 static struct lmp_proc *registry;
-static pid_t parent_pid; /* 0 in a process not started by lmp */
+static pid_t parent_pid;    /* 0 in a process not started by lmp */
 static int adopted_running; /* adopted records still RUNNING: reap polls them */
 
 static volatile sig_atomic_t sigchld_seen;
@@ -236,14 +236,27 @@ static void reap_all(void)
   }
 }
 
+/* Adopted processes are not ours: no SIGCHLD tells of their end, so they
+ * are looked at each time (one poll each, while any runs). */
+static void reap_adopted(void)
+{
+  struct lmp_proc *p = registry, *next;
+  for (; p && adopted_running > 0; p = next) {
+    next = p->next;
+    if (p->state == RUNNING && p->status_fd >= 0)
+      (void)read_status(p, WNOHANG);
+  }
+}
+
 void lmp_proc_reap(void)
 {
-  /* Adopted processes are not ours: no SIGCHLD tells of their end. */
-  if (!sigchld_seen && adopted_running == 0)
-    return;
-  /* Cleared first, so an exit during the scan sets it again. */
-  sigchld_seen = 0;
-  reap_all();
+  if (sigchld_seen) {
+    /* Cleared first, so an exit during the scan sets it again. */
+    sigchld_seen = 0;
+    reap_all();
+  } else if (adopted_running > 0) {
+    reap_adopted();
+  }
 }
 
 int lmp_proc_children(pid_t *pids, int max)
@@ -364,7 +377,8 @@ static char **family_env(char vars[2][64])
     return NULL;
   size_t k = 0;
   for (size_t i = 0; i < n; i++) {
-    if (strncmp(environ[i], "LMP_PREFIX=", 11) != 0 && strncmp(environ[i], "LMP_ROOT_PID=", 13) != 0)
+    if (strncmp(environ[i], "LMP_PREFIX=", 11) != 0 &&
+        strncmp(environ[i], "LMP_ROOT_PID=", 13) != 0)
       env[k++] = environ[i];
   }
   snprintf(vars[0], 64, "LMP_PREFIX=%s", lmp_runtime_prefix());
@@ -410,8 +424,7 @@ static void exec_child(const char *path, char *const argv[], char **env, int kee
   _exit(127);
 }
 
-int lmp_proc_spawn(const char *path, char *const argv[], int keep_fd, int flags,
-                   lmp_proc_t **out)
+int lmp_proc_spawn(const char *path, char *const argv[], int keep_fd, int flags, lmp_proc_t **out)
 {
   char vars[2][64];
   int errpipe[2], rc;

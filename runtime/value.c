@@ -22,25 +22,17 @@
  * dies hands it to the next acquirer with -EOWNERDEAD.  Being the same
  * struct as lmp.RLock's, it behaves exactly like one.
  *
- * The kernel finds a dead holder's robust mutexes through addresses in the
- * holder's memory, and a child on its way out unmaps its segments
- * (lmp_runtime_release_all) before it exits.  So the lock is never used
- * through the segment's mapping but through a second mapping of the header
- * page (mremap of size 0 makes one of the same pages), one per segment per
- * process, shared by every handle and kept until the last of them is freed:
- * an exiting child still has it mapped when the kernel looks.  A process
- * that frees its last handle while holding the lock abandons it first (the
- * next acquirer hears "owner died").
+ * A process that frees its last handle to an array while holding the lock
+ * abandons it first (the next acquirer hears "owner died"): unmapped, a
+ * held robust mutex would be out of the kernel's reach when the holder
+ * dies.  (A process on its way out keeps its mappings; see shm.h.)
  */
 #include "lmp/value.h"
 
 #include <errno.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include "lmp/common.h"
 #include "lmp/syncobj.h"
@@ -62,7 +54,7 @@ struct ahdr {
 struct lmp_array {
   lmp_seg_t *seg;
   struct ahdr *h;   /* NULL for a view */
-  lmp_lock_t *lock; /* in the lock view; NULL without a lock */
+  lmp_lock_t *lock; /* NULL without a lock */
   char *data;
   size_t len;
   size_t offset; /* a view's offset in the segment's data */
@@ -139,71 +131,6 @@ int lmp_ctype_fits(lmp_ctype_t t, int64_t v)
   }
 }
 
-/* === lock views === */
-
-struct lockview {
-  struct lockview *next;
-  lmp_seg_t *seg;
-  char *base;
-  size_t len;
-  int users;
-};
-
-static struct lockview *views;
-static pthread_mutex_t views_lock = PTHREAD_MUTEX_INITIALIZER;
-
-/* The header's lock as seen through this process's lock view of seg. */
-static int lockview_get(lmp_seg_t *seg, struct ahdr *h, lmp_lock_t **out)
-{
-  uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-  uintptr_t start = (uintptr_t)h & ~(page - 1);
-  uintptr_t end = ((uintptr_t)h + sizeof *h + page - 1) & ~(page - 1);
-  struct lockview *v;
-  int rc = 0;
-
-  pthread_mutex_lock(&views_lock);
-  for (v = views; v && v->seg != seg; v = v->next) {
-  }
-  if (v == NULL) {
-    void *p = mremap((void *)start, 0, end - start, MREMAP_MAYMOVE);
-    if (p == MAP_FAILED) {
-      rc = -errno;
-      goto out;
-    }
-    if ((v = calloc(1, sizeof *v)) == NULL) {
-      munmap(p, end - start);
-      rc = -ENOMEM;
-      goto out;
-    }
-    v->seg = seg;
-    v->base = p;
-    v->len = end - start;
-    v->next = views;
-    views = v;
-  }
-  v->users++;
-  *out = (lmp_lock_t *)(v->base + ((uintptr_t)&h->lock - start));
-out:
-  pthread_mutex_unlock(&views_lock);
-  return rc;
-}
-
-static void lockview_put(lmp_seg_t *seg, lmp_lock_t *l)
-{
-  struct lockview **pp, *v;
-  pthread_mutex_lock(&views_lock);
-  for (pp = &views; (v = *pp) && v->seg != seg; pp = &v->next) {
-  }
-  if (v && --v->users == 0) {
-    if (lmp_lock_owned(l))
-      lmp_lock_abandon(l); /* never unmap a robust mutex we hold */
-    *pp = v->next;
-    munmap(v->base, v->len);
-    free(v);
-  }
-  pthread_mutex_unlock(&views_lock);
-}
-
 /* === create, open, free === */
 
 static int handle_new(lmp_seg_t *seg, lmp_array_t **out)
@@ -223,8 +150,7 @@ int lmp_array_create(lmp_ctype_t t, size_t n, unsigned flags, lmp_array_t **out)
   int rc;
 
   *out = NULL;
-  if ((unsigned)t >= LMP_CTYPE_COUNT || n == 0 || (flags & ~3u) != 0 ||
-      ((flags & LMP_ARRAY_VALUE) && n != 1))
+  if ((unsigned)t >= LMP_CTYPE_COUNT || (flags & ~3u) != 0 || ((flags & LMP_ARRAY_VALUE) && n != 1))
     return -EINVAL;
   if (n > (SIZE_MAX - DATA_OFFSET) / ctypes[t].size)
     return -ENOMEM;
@@ -240,12 +166,8 @@ int lmp_array_create(lmp_ctype_t t, size_t n, unsigned flags, lmp_array_t **out)
   atomic_store_explicit(&h->magic, ARRAY_MAGIC, memory_order_release);
   if ((rc = handle_new(seg, out)) < 0)
     goto err;
-  if ((flags & LMP_ARRAY_LOCK) && (rc = lockview_get(seg, h, &(*out)->lock)) < 0) {
-    free(*out);
-    *out = NULL;
-    goto err;
-  }
   (*out)->h = h;
+  (*out)->lock = (flags & LMP_ARRAY_LOCK) ? &h->lock : NULL;
   (*out)->data = (char *)h + DATA_OFFSET;
   (*out)->len = n;
   (*out)->type = t;
@@ -266,17 +188,14 @@ int lmp_array_open(lmp_seg_t *seg, lmp_array_t **out)
   if (size < DATA_OFFSET ||
       atomic_load_explicit(&h->magic, memory_order_acquire) != ARRAY_MAGIC ||
       h->version != ARRAY_VERSION || h->type >= LMP_CTYPE_COUNT || (h->flags & ~3u) != 0 ||
-      h->len == 0 || h->len > (size - DATA_OFFSET) / ctypes[h->type].size)
+      ((h->flags & LMP_ARRAY_VALUE) && h->len != 1) ||
+      h->len > (size - DATA_OFFSET) / ctypes[h->type].size)
     return -EINVAL;
   if ((rc = handle_new(seg, out)) < 0)
     return rc;
-  if ((h->flags & LMP_ARRAY_LOCK) && (rc = lockview_get(seg, h, &(*out)->lock)) < 0) {
-    free(*out);
-    *out = NULL;
-    return rc;
-  }
   lmp_seg_retain(seg);
   (*out)->h = h;
+  (*out)->lock = (h->flags & LMP_ARRAY_LOCK) ? &h->lock : NULL;
   (*out)->data = (char *)h + DATA_OFFSET;
   (*out)->len = (size_t)h->len;
   (*out)->type = (lmp_ctype_t)h->type;
@@ -310,8 +229,8 @@ void lmp_array_free(lmp_array_t *a)
 {
   if (a == NULL)
     return;
-  if (a->lock)
-    lockview_put(a->seg, a->lock);
+  if (a->lock && lmp_seg_local(a->seg) == 1 && lmp_lock_owned(a->lock))
+    lmp_lock_abandon(a->lock); /* never unmap a robust mutex we hold */
   lmp_seg_release(a->seg);
   free(a);
 }

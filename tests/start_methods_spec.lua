@@ -316,6 +316,13 @@ describe("spawn and forkserver", function()
     end)
   end
 
+  it("keeps the child entries of the lmp command out of --help", function()
+    local help = support.shell(support.lmp_bin .. " --help")
+    assert.matches("usage: lmp", help)
+    assert.is_nil(help:find("lmp-child", 1, true))
+    assert.is_nil(help:find("forkserver", 1, true))
+  end)
+
   it("spawn execs the lmp executable, which joins the program's shared memory", function()
     local q = lmp.Queue()
     local p = lmp.Process{target = function()
@@ -394,6 +401,14 @@ describe("the forkserver", function()
     p:start()
     assert.is_true(p:join(10))
     assert.are.same({1, 2}, {q:get(5), q:get(5)})
+  end)
+
+  it("starts children of a program whose stdin is closed", function()
+    local out = support.shell(support.lmp_bin .. [[ -e '
+      local q = lmp.Queue()
+      local p = lmp.get_context("forkserver").Process(function() q:put(io.read("l") == nil) end)
+      p:start(); print(q:get(5), p:join(5), p.exitcode)' <&- ]])
+    assert.are.equal("true\ttrue\t0\n", out)
   end)
 
   it("gives its children the requester's stdout", function()

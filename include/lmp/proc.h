@@ -49,8 +49,7 @@ int lmp_proc_fork(int flags, lmp_proc_t **out);
  * once the exec has succeeded, or -errno: the exec's own error (-ENOENT,
  * -EACCES...) is reported here, after the failed child has been reaped.
  */
-int lmp_proc_spawn(const char *path, char *const argv[], int keep_fd, int flags,
-                   lmp_proc_t **out);
+int lmp_proc_spawn(const char *path, char *const argv[], int keep_fd, int flags, lmp_proc_t **out);
 
 /*
  * Register a process that another one forked for us.  `pidfd` (-1 if the

@@ -18,10 +18,9 @@
  * The locked kinds carry an RLock (lmp_lock_t of lmp/syncobj.h) in their
  * header: the process that holds it may take it again, as Python's
  * get_lock() allows, only the holder may release it, and a holder that dies
- * leaves it to the next locker with -EOWNERDEAD -- also a child that exits
- * holding it, since the lock is used through a mapping that outlives the
- * segment's own.  Freeing a process's last handle while holding the lock
- * abandons it (the next locker gets -EOWNERDEAD).
+ * leaves it to the next locker with -EOWNERDEAD.  Freeing a process's last
+ * handle while holding the lock abandons it (the next locker gets
+ * -EOWNERDEAD too).
  */
 #ifndef LMP_VALUE_H
 #define LMP_VALUE_H
@@ -71,7 +70,8 @@ enum {
   LMP_ARRAY_VALUE = 2, /* a Value: one element */
 };
 
-/* A new zero-filled array of n elements (n >= 1) in a segment of its own. */
+/* A new zero-filled array of n elements in a segment of its own (a Value:
+ * exactly one). */
 int lmp_array_create(lmp_ctype_t t, size_t n, unsigned flags, lmp_array_t **out);
 /* Open the array in a segment the caller attached; takes its own reference.
  * -EINVAL if the segment holds no array. */

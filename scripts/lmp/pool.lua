@@ -183,11 +183,12 @@ return function(lmp, core)
 
   -- Dispatch until the result is done or the timeout passes; true if done.
   local function waitfor(res, timeout, fname)
+    if timeout ~= nil then checktimeout(timeout, 1, fname) end
     local pool = res._pool
     if pool._cbq.t > 0 then run_callbacks(pool) end
     if res._done then return true end
     local deadline
-    if timeout ~= nil then deadline = now() + checktimeout(timeout, 1, fname) end
+    if timeout ~= nil then deadline = now() + timeout end
     repeat
       if dispatch(pool, deadline) ~= nil then return res._done == true end
     until res._done
@@ -290,8 +291,8 @@ return function(lmp, core)
     local job = self.job
     if job._done then return end
     job._tickets[self.t] = nil
-    if how == "ok" then
-      table.move(v, 1, self.count, self.first, job._values)
+    if how == "stored" or how == "ok" then
+      if how == "ok" then table.move(v, 1, self.count, self.first, job._values) end
       job._left = job._left - 1
       job._count = job._count + self.count
       if job._bar then job._bar:update(job._count) end
@@ -342,7 +343,7 @@ return function(lmp, core)
     checkcallable(fn, 1, fname)
     if type(list) ~= "table" then typeerror(2, fname, "table", list) end
     local n = length(list)
-    local job = setmetatable({_pool = pool, _values = {}, _left = 0, _count = 0,
+    local job = setmetatable({_pool = pool, _values = core.table(n), _left = 0, _count = 0,
                               _cb = opts.callback, _eb = opts.error_callback, _tickets = {}},
                              AsyncResult)
     if n == 0 then
@@ -355,7 +356,7 @@ return function(lmp, core)
     local c, pending = pool._c, pool._pending
     for first = 1, n, size do
       local count = math.min(size, n - first + 1)
-      local t = c:submit(tag, fr, list, count, first)
+      local t = c:submit(tag, fr, list, count, first, job._values)
       pending[t] = setmetatable({job = job, t = t, first = first, count = count}, Chunk)
       job._tickets[t] = true
       job._left = job._left + 1
@@ -395,15 +396,15 @@ return function(lmp, core)
 
   --- pool:apply(fn, ...) -> the result; raises the task's lmp.Error.
   function Pool:apply(fn, ...)
-    check_running(self, "apply")
-    checkcallable(fn, 1, "apply")
+    if self._state ~= "run" then check_running(self, "apply") end
+    if type(fn) ~= "function" then checkcallable(fn, 1, "apply") end
     return submit_apply(self, fn, {...}, select("#", ...)):get()
   end
 
   --- pool:apply_async(fn [, args [, {callback =, error_callback =}]]) -> AsyncResult
   function Pool:apply_async(fn, args, opts)
-    check_running(self, "apply_async")
-    checkcallable(fn, 1, "apply_async")
+    if self._state ~= "run" then check_running(self, "apply_async") end
+    if type(fn) ~= "function" then checkcallable(fn, 1, "apply_async") end
     if args ~= nil and type(args) ~= "table" then typeerror(2, "apply_async", "table", args) end
     local cb, eb
     if opts ~= nil then
@@ -458,7 +459,7 @@ return function(lmp, core)
   end
 
   -- Submit one more chunk from the source, if it has items: false once it
-  -- is exhausted.  A source that raises leaves job.pulling set.
+  -- is exhausted.  An error of the source ends it.
   local function pull(job)
     local pool, size, first = job.pool, job.size, job.pos + 1
     local items, count
@@ -471,9 +472,13 @@ return function(lmp, core)
     else
       items, count = {}, 0
       local src = job.src
-      job.pulling = true
       while count < size do
-        local v = src()
+        local ok, v = pcall(src)
+        if not ok then
+          -- Raised in its place, once the items before it are yielded.
+          job.src_err, job.exhausted = v, true
+          break
+        end
         if v == nil then
           job.exhausted = true
           break
@@ -481,7 +486,6 @@ return function(lmp, core)
         count = count + 1
         items[count] = v
       end
-      job.pulling = false
       if count == 0 then return false end
     end
     local t
@@ -529,7 +533,6 @@ return function(lmp, core)
 
   local function step(job)
     local pool = job.pool
-    if job.pulling then job.dead = true end -- the source raised during the last call
     if job.dead then return nil end
     run_callbacks(pool)
     while true do
@@ -551,16 +554,11 @@ return function(lmp, core)
       end
       if job.exhausted and job.yielded >= job.pos then
         close_job(job)
+        if job.src_err ~= nil then error(job.src_err, 0) end
         return nil
       end
       feed(job)
-      if job.inflight == 0 then
-        -- Nothing in flight and nothing to yield: the source is done.
-        if job.exhausted then
-          close_job(job)
-          return nil
-        end
-      else
+      if job.inflight > 0 then
         local r = dispatch(pool, nil)
         if r == "closed" and job.inflight > 0 then
           close_job(job)
@@ -583,7 +581,7 @@ return function(lmp, core)
     local job = {pool = pool, fr = encode_fn(fn), tag = TAG_MAP,
                  size = tointeger(opts.chunksize) or 1, ordered = ordered, pos = 0,
                  yielded = 0, done = 0, inflight = 0, window = 4 * pool._n,
-                 exhausted = false, dead = false, pulling = false,
+                 exhausted = false, dead = false,
                  vals = {}, errs = {}, ready = {}, nextout = 1, q = {}, qh = 1, tickets = {}}
     if kind == "table" and not callable(src) then
       job.list, job.total = src, length(src)

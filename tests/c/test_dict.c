@@ -240,7 +240,7 @@ TEST(dict_growth_with_a_concurrent_reader)
   snprintf(name, sizeof name, "%s", lmp_seg_name(lmp_dict_seg(d)));
   CHECK_EQ(lmp_dict_lock(d), 0);
   for (int i = 0; i < 16; i++) {
-    char k[16];
+    char k[32];
     snprintf(k, sizeof k, "fixed%d", i);
     set_i(d, k, i * 7);
   }
@@ -252,7 +252,7 @@ TEST(dict_growth_with_a_concurrent_reader)
     for (int done = 0; !done;) {
       CHECK_EQ(lmp_dict_lock(c), 0);
       for (int i = 0; i < 16; i++) {
-        char k[16];
+        char k[32];
         snprintf(k, sizeof k, "fixed%d", i);
         CHECK_EQ(get_i(c, k), i * 7);
       }
@@ -266,7 +266,7 @@ TEST(dict_growth_with_a_concurrent_reader)
     lmp_proc_exit(0);
   }
   for (int i = 0; i < 30000; i++) {
-    char k[16];
+    char k[32];
     snprintf(k, sizeof k, "grow%d", i);
     CHECK_EQ(lmp_dict_lock(d), 0);
     set_i(d, k, i);
@@ -296,7 +296,7 @@ TEST(dict_holder_killed)
     lmp_dict_t *c = dict_in_child(name);
     CHECK_EQ(lmp_dict_lock(c), 0);
     for (int i = 0; i < 500; i++) {
-      char k[16];
+      char k[32];
       snprintf(k, sizeof k, "c%d", i);
       set_s(c, k, "child");
     }

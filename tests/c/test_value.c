@@ -108,8 +108,11 @@ TEST(ctype_ranges)
 TEST(array_create_rejects)
 {
   lmp_array_t *a;
-  CHECK_EQ(lmp_array_create(LMP_INT32, 0, 0, &a), -EINVAL);
+  CHECK_EQ(lmp_array_create(LMP_INT32, 0, LMP_ARRAY_VALUE, &a), -EINVAL);
   CHECK(a == NULL);
+  CHECK_EQ(lmp_array_create(LMP_INT32, 0, 0, &a), 0); /* empty, as Python allows */
+  CHECK_EQ(lmp_array_len(a), 0);
+  lmp_array_free(a);
   CHECK_EQ(lmp_array_create(LMP_CTYPE_COUNT, 1, 0, &a), -EINVAL);
   CHECK_EQ(lmp_array_create(LMP_INT32, 2, LMP_ARRAY_VALUE, &a), -EINVAL);
   CHECK_EQ(lmp_array_create(LMP_INT32, 1, 8, &a), -EINVAL);
@@ -307,6 +310,48 @@ TEST(lock_holder_killed)
   CHECK_EQ(lmp_array_lock(a, lmp_deadline(5)), 0);
   CHECK_EQ(lmp_array_unlock(a), 0);
   lmp_array_free(a);
+}
+
+/* A child that ends normally while holding the lock hands it on. */
+TEST(lock_holder_exits)
+{
+  lmp_array_t *a;
+  lmp_proc_t *p;
+  CHECK_EQ(lmp_array_create(LMP_INT32, 1, LMP_ARRAY_LOCK, &a), 0);
+  if ((p = start()) == NULL) {
+    CHECK_EQ(lmp_array_lock(a, LMP_FOREVER), 0);
+    lmp_proc_exit(0);
+  }
+  CHECK_EQ(finish(p), 0);
+  CHECK_EQ(lmp_array_lock(a, lmp_deadline(5)), -EOWNERDEAD);
+  CHECK_EQ(lmp_array_unlock(a), 0);
+  lmp_array_free(a);
+}
+
+/* Freeing the last handle while holding the lock abandons it; freeing one
+ * of several does not. */
+TEST(lock_abandoned_with_the_last_handle)
+{
+  lmp_array_t *a, *b, *c;
+  char name[LMP_SEG_NAME_MAX];
+  lmp_seg_t *seg;
+  CHECK_EQ(lmp_array_create(LMP_INT32, 1, LMP_ARRAY_LOCK, &a), 0);
+  CHECK_EQ(lmp_array_open(lmp_array_seg(a), &b), 0);
+  snprintf(name, sizeof name, "%s", lmp_seg_name(lmp_array_seg(a)));
+  lmp_seg_pin(lmp_array_seg(a)); /* keep it alive with no handle here */
+  CHECK_EQ(lmp_array_lock(a, LMP_FOREVER), 0);
+  lmp_array_free(a);
+  CHECK_EQ(lmp_array_locked(b), 1); /* still held through b */
+  CHECK_EQ(lmp_array_unlock(b), 0);
+  CHECK_EQ(lmp_array_lock(b, LMP_FOREVER), 0);
+  lmp_array_free(b);
+  CHECK_EQ(lmp_seg_attach(name, 1, &seg), 0);
+  CHECK_EQ(lmp_array_open(seg, &c), 0);
+  lmp_seg_release(seg);
+  CHECK_EQ(lmp_array_lock(c, lmp_deadline(5)), -EOWNERDEAD);
+  CHECK_EQ(lmp_array_unlock(c), 0);
+  lmp_array_free(c);
+  CHECK_EQ(count_segments(), 0);
 }
 
 TEST(array_open_by_name_in_another_process)
@@ -509,6 +554,8 @@ TEST_LIST = {
   TEST_ENTRY_T(lock_serializes_four_processes, 60),
   TEST_ENTRY(lock_is_recursive_and_owned),
   TEST_ENTRY(lock_holder_killed),
+  TEST_ENTRY(lock_holder_exits),
+  TEST_ENTRY(lock_abandoned_with_the_last_handle),
   TEST_ENTRY(array_open_by_name_in_another_process),
   TEST_ENTRY(array_open_rejects_other_segments),
   TEST_ENTRY(views_check_alignment_and_bounds),

@@ -1,0 +1,128 @@
+-- C embedding: the example hosts (examples/host/) build and run, and an
+-- installation into a temporary prefix serves a C program through
+-- pkg-config, a plain lua5.4 through its cpath, and the lmp command.
+local support = dofile("tests/support.lua")
+
+local build = support.build
+local asan = build:find("asan", 1, true) ~= nil -- build-asan (make test-asan) and the like
+local make = "make --no-print-directory B=" .. build .. (asan and " ASAN=1" or "")
+-- The sanitizer build's libraries need the sanitizer runtime in the host.
+local san = asan and " -fsanitize=address,undefined" or ""
+
+local function sh(cmd)
+  local out = support.shell(cmd .. "; echo \"::exit $?\"")
+  local code = tonumber(out:match("::exit (%d+)%s*$"))
+  return out:gsub("::exit %d+%s*$", ""), code
+end
+
+describe("the example hosts", function()
+  it("build with make examples", function()
+    local out, code = sh(make .. " examples")
+    assert.are.equal(0, code, out)
+  end)
+
+  it("host_c shares a queue between forked C processes", function()
+    local out, code = sh(build .. "/examples/host_c")
+    assert.are.equal(0, code, out)
+    assert.are.equal("2 workers: sum of squares 1..100 = 338350\n", out)
+  end)
+
+  it("host_lua embeds Lua with lmp and reads the results back in C", function()
+    local out, code = sh(build .. "/examples/host_lua")
+    assert.are.equal(0, code, out)
+    assert.matches("^processes: 100 squares, sum 338350\n", out)
+    if require("lmp").Pool then
+      assert.matches("\npool: 100 squares, sum 338350\n", out)
+    end
+  end)
+end)
+
+describe("make install", function()
+  local prefix
+
+  setup(function()
+    prefix = os.tmpname()
+    os.remove(prefix)
+    local out, code = sh(make .. " install PREFIX=" .. prefix)
+    assert.are.equal(0, code, out)
+  end)
+
+  teardown(function()
+    if prefix then os.execute("rm -rf " .. prefix) end
+  end)
+
+  local function pc(name)
+    local out, code = sh("PKG_CONFIG_PATH=" .. prefix .. "/lib/pkgconfig pkg-config --cflags --libs " .. name)
+    assert.are.equal(0, code, out)
+    return (out:gsub("\n", " "))
+  end
+
+  it("puts everything in its place", function()
+    for _, f in ipairs({"bin/lmp", "include/lmp.h", "include/lmp/queue.h", "include/lmp/proc.h",
+                        "lib/liblmp.a", "lib/liblmp.so", "lib/liblmp-lua.a", "lib/lua/5.4/lmp.so",
+                        "share/lua/5.4/lmp/repl.lua", "share/lua/5.4/lmp/log.lua",
+                        "share/man/man1/lmp.1", "lib/pkgconfig/lmp.pc", "lib/pkgconfig/lmp-lua.pc"}) do
+      local h = io.open(prefix .. "/" .. f)
+      assert.is_not_nil(h, f)
+      h:close()
+    end
+    local out = sh(prefix .. "/bin/lmp --version")
+    assert.matches("^lmp %d+%.%d+%.%d+", out)
+  end)
+
+  it("builds a C runtime host with pkg-config lmp", function()
+    local flags = pc("lmp")
+    assert.matches("-llmp", flags, 1, true)
+    local exe = prefix .. "/host_c"
+    local out, code = sh(string.format("cc -std=c11 -D_GNU_SOURCE%s examples/host/host_c.c -o %s %s -Wl,-rpath,%s/lib",
+      san, exe, flags, prefix))
+    assert.are.equal(0, code, out)
+    out, code = sh(exe)
+    assert.are.equal(0, code, out)
+    assert.matches("sum of squares 1..100 = 338350", out, 1, true)
+  end)
+
+  it("builds a Lua host with pkg-config lmp-lua", function()
+    local flags = pc("lmp-lua")
+    local exe = prefix .. "/host_lua"
+    local out, code = sh(string.format("cc -std=c11%s examples/host/host_lua.c -o %s %s -Wl,-rpath,%s/lib",
+      san, exe, flags, prefix))
+    assert.are.equal(0, code, out)
+    out, code = sh(exe)
+    assert.are.equal(0, code, out)
+    assert.matches("processes: 100 squares, sum 338350", out, 1, true)
+  end)
+
+  it("serves lua5.4 from the installed module, spawn finding the installed lmp", function()
+    local out, code = sh("cd / && lua5.4 -e 'package.cpath = \"" .. prefix .. [[/lib/lua/5.4/?.so;" .. package.cpath
+      local lmp = require "lmp"
+      local q = lmp.Queue()
+      local p = lmp.Process{target = function() q:put(arg and "spawned") end, start_method = "spawn"}
+      p:start(); print(q:get(10)); p:join()']])
+    assert.are.equal(0, code, out)
+    assert.are.equal("spawned\n", out)
+  end)
+end)
+
+describe("the rockspec", function()
+  it("builds and installs with luarocks make", function()
+    if not support.shell("command -v luarocks"):match("luarocks") then
+      return pending("luarocks is not installed")
+    end
+    local tree = os.tmpname()
+    os.remove(tree)
+    local out, code = sh("luarocks --lua-version 5.4 --tree " .. tree ..
+      " make rockspec/lmp-0.1.0-1.rockspec > " .. tree .. ".log 2>&1")
+    if code ~= 0 then out = support.shell("tail -20 " .. tree .. ".log") end
+    os.remove(tree .. ".log")
+    assert.are.equal(0, code, out)
+    out, code = sh("cd / && lua5.4 -e 'package.cpath = \"" .. tree .. [[/lib/lua/5.4/?.so;" .. package.cpath
+      local lmp = require "lmp"
+      local q = lmp.Queue()
+      local p = lmp.Process{target = function() q:put("rock") end, start_method = "spawn"}
+      p:start(); print(q:get(10)); p:join()' && ]] .. tree .. "/bin/lmp -e 'print(lmp._VERSION)'")
+    os.execute("rm -rf " .. tree)
+    assert.are.equal(0, code, out)
+    assert.matches("^rock\nlmp %d", out)
+  end)
+end)

@@ -1,0 +1,758 @@
+local support = dofile("tests/support.lua")
+local lmp = require "lmp"
+
+-- Worker pids of a pool, from its slots.
+local function pids(pool)
+  local out = {}
+  for _, w in ipairs(pool:stats().workers) do
+    if w.pid then out[#out + 1] = w.pid end
+  end
+  return out
+end
+
+-- Wait (up to `secs`) until pred() holds; its last value.
+local function eventually(pred, secs)
+  local t0 = lmp.time()
+  local v = pred()
+  while not v and lmp.time() - t0 < (secs or 5) do
+    lmp.sleep(0.02)
+    v = pred()
+  end
+  return v
+end
+
+local function all_dead(list)
+  return eventually(function()
+    for _, pid in ipairs(list) do
+      if support.alive(pid) then return false end
+    end
+    return true
+  end)
+end
+
+-- The error a call raises.
+local function raised(f, ...)
+  local ok, err = pcall(f, ...)
+  assert.is_false(ok, "expected an error")
+  return err
+end
+
+local function range(n)
+  local t = {}
+  for i = 1, n do t[i] = i end
+  return t
+end
+
+describe("lmp.Pool", function()
+  local pool
+  before_each(function() pool = lmp.Pool(2) end)
+  after_each(function() pool:terminate() end)
+
+  it("applies a function in a worker and returns its first result", function()
+    assert.are.equal(5, pool:apply(function(a, b) return a + b end, 2, 3))
+    assert.are.equal("x", pool:apply(function() return "x", "y" end))
+    assert.is_nil(pool:apply(function() end))
+    local n = pool:apply(function(a, b, c) return select("#", a, b, c) .. tostring(b) end, 1, nil, 3)
+    assert.are.equal("3nil", n)
+    local me = lmp.current_process().pid
+    local pid = pool:apply(function() return require("lmp").current_process().pid end)
+    assert.are_not.equal(me, pid)
+    local who = pool:apply(function()
+      local l = require "lmp"
+      return {l.current_process().name, l.parent_process().pid}
+    end)
+    assert.matches("^PoolWorker%-%d$", who[1])
+    assert.are.equal(me, who[2])
+    local t = pool:apply(function(x) return {x, {y = x * 2}} end, 21)
+    assert.are.same({21, {y = 42}}, t)
+  end)
+
+  it("runs closures with their upvalues", function()
+    local base, tbl = 100, {k = 5}
+    local function helper(x) return x + tbl.k end
+    assert.are.equal(106, pool:apply(function(x) return base + helper(x) end, 1))
+  end)
+
+  it("defaults to one worker per cpu and takes the table form", function()
+    local p <close> = lmp.Pool()
+    assert.are.equal(lmp.cpu_count(), #p:stats().workers)
+    local q <close> = lmp.Pool{processes = 1, maxtasksperchild = 5, task_timeout = 10,
+                               start_method = "fork"}
+    assert.are.equal(1, #q:stats().workers)
+    assert.matches("^lmp.Pool%(1 processes, running%)$", tostring(q))
+    q:close()
+    assert.matches("closed", tostring(q))
+  end)
+
+  it("apply_async returns an AsyncResult", function()
+    local r = pool:apply_async(function(x) require("lmp").sleep(0.2) return x * 2 end, {21})
+    assert.is_false(r:ready())
+    assert.has_error(function() r:successful() end)
+    assert.are.same({nil, "timeout"}, {r:get(0)})
+    assert.is_false(r:wait(0.01))
+    assert.are.equal(42, r:get(10))
+    assert.is_true(r:ready())
+    assert.is_true(r:successful())
+    assert.is_true(r:wait())
+    assert.matches("done", tostring(r))
+    local nilres = pool:apply_async(function() return nil end)
+    assert.are.same({nil}, {nilres:get()}) -- exactly one value: nil
+    assert.are.equal(1, select("#", nilres:get()))
+    assert.are.equal(7, pool:apply_async(function() return 7 end):get())
+  end)
+
+  it("runs callbacks only inside lmp calls, in the parent", function()
+    local got, errs = {}, {}
+    local me = lmp.current_process().pid
+    for i = 1, 4 do
+      pool:apply_async(function(x)
+        if x == 3 then error("three") end
+        return x
+      end, {i}, {callback = function(v) got[#got + 1] = {v, lmp.current_process().pid} end,
+                 error_callback = function(e) errs[#errs + 1] = e end})
+    end
+    lmp.sleep(0.5) -- every task is done by now, but nobody called into the pool
+    assert.are.equal(0, #got)
+    assert.are.equal(0, #errs)
+    while #got + #errs < 4 do pool:poll() lmp.sleep(0.01) end
+    assert.are.equal(3, #got)
+    for _, g in ipairs(got) do assert.are.equal(me, g[2]) end
+    assert.are.equal(1, #errs)
+    assert.are.equal("task", errs[1].kind)
+    assert.matches("three", errs[1].message)
+  end)
+
+  it("runs callbacks from get, wait and join too", function()
+    local seen = {}
+    local a = pool:apply_async(function() return 1 end, nil, {callback = function(v) seen[#seen + 1] = v end})
+    local b = pool:apply_async(function() return 2 end, nil, {callback = function(v) seen[#seen + 1] = v end})
+    a:get()
+    b:wait()
+    table.sort(seen)
+    assert.are.same({1, 2}, seen)
+    local c = pool:map_async(function(x) return x end, {1, 2, 3},
+                             {callback = function(v) seen.map = v end})
+    pool:close()
+    pool:join()
+    assert.is_true(c:ready())
+    assert.are.same({1, 2, 3}, seen.map)
+  end)
+
+  it("a callback that raises propagates from the call, and the others still run", function()
+    local ran = 0
+    pool:apply_async(function() return 1 end, nil, {callback = function() error("cb failed") end})
+    local r = pool:apply_async(function() return 2 end, nil, {callback = function() ran = ran + 1 end})
+    local err
+    for _ = 1, 100 do
+      local ok, e = pcall(pool.poll, pool)
+      if not ok then err = e break end
+      lmp.sleep(0.01)
+    end
+    assert.matches("cb failed", tostring(err))
+    assert.is_true(eventually(function() pool:poll() return ran == 1 end))
+    assert.are.equal(2, r:get())
+  end)
+
+  it("maps in order, with any chunksize", function()
+    local sq = function(x) return x * x end
+    assert.are.same({1, 4, 9, 16, 25}, pool:map(sq, {1, 2, 3, 4, 5}))
+    assert.are.same({}, pool:map(sq, {}))
+    local xs = range(1000)
+    local want = {}
+    for i = 1, 1000 do want[i] = i * i end
+    for _, cs in ipairs({1, 7, 100, 1000, 5000}) do
+      assert.are.same(want, pool:map(sq, xs, cs))
+      assert.are.same(want, pool:map(sq, xs, {chunksize = cs}))
+    end
+    -- plain values of every kind, and values the codec carries
+    local mixed = {1, 2.5, "s", true, false, 2^63, -7, math.huge}
+    assert.are.same(mixed, pool:map(function(x) return x end, mixed))
+    local t = pool:map(function(x) return {x} end, {1, 2})
+    assert.are.same({{1}, {2}}, t)
+    local holes = pool:map(function(x) if x % 2 == 0 then return x end end, range(6))
+    assert.are.same({nil, 2, nil, 4, nil, 6}, holes)
+    assert.are.equal(3.0, pool:map(function(x) return x end, {3.0})[1])
+    assert.are.equal("float", math.type(pool:map(function(x) return x end, {3.0})[1]))
+    assert.are.same({1, 2}, pool:map(function(x) return x end, table.pack(1, 2)))
+  end)
+
+  it("map_async and starmap", function()
+    local r = pool:map_async(function(x) return x + 1 end, {1, 2, 3})
+    assert.are.same({2, 3, 4}, r:get(10))
+    assert.is_true(r:successful())
+    assert.are.same({3, 12, 30}, pool:starmap(function(a, b) return a * b end, {{1, 3}, {3, 4}, {5, 6}}))
+    local s = pool:starmap_async(function(a, b, c) return tostring(a) .. tostring(b) .. tostring(c) end,
+                                 {{1, nil, 3, n = 3}, {"a", "b"}}, {chunksize = 1})
+    assert.are.same({"1nil3", "abnil"}, s:get())
+    local cb
+    pool:starmap_async(function(a) return a end, {{1}, {2}}, {callback = function(v) cb = v end}):wait()
+    assert.are.same({1, 2}, cb)
+  end)
+
+  it("serializes the function once per map, and loads it once per worker", function()
+    local k = 3
+    local f = function(x) return x * k + require("lmp")._pool_counters().fn_loads * 0 end
+    local before = lmp._pool_counters().fn_encodes
+    local xs = range(10000)
+    local out = pool:map(f, xs, 10)
+    assert.are.equal(30000, out[10000])
+    assert.are.equal(1, lmp._pool_counters().fn_encodes - before)
+    -- 1000 chunks went out; each worker decoded the function once
+    local loads = pool:map(function() return require("lmp")._pool_counters().fn_loads end, range(200), 1)
+    local seen = {}
+    for _, n in ipairs(loads) do seen[n] = true end
+    for n in pairs(seen) do assert.is_true(n <= 3, "a worker loaded " .. n .. " functions") end
+    -- a function whose only upvalue is _ENV is encoded once, however often applied
+    local g = function(x) return tostring(x) end
+    before = lmp._pool_counters().fn_encodes
+    for i = 1, 50 do pool:apply_async(g, {i}) end
+    assert.are.equal(1, lmp._pool_counters().fn_encodes - before)
+    assert.are.equal("3", pool:apply(g, 3))
+  end)
+
+  it("imap yields in order and takes a table or an iterator function", function()
+    local got = {}
+    for i, v in pool:imap(function(x) return x * 10 end, {1, 2, 3, 4}) do got[i] = v end
+    assert.are.same({10, 20, 30, 40}, got)
+    local n = 0
+    local function iter()
+      n = n + 1
+      if n <= 50 then return n end
+    end
+    local seq = {}
+    for i, v in pool:imap(function(x) return -x end, iter, 4) do
+      seq[#seq + 1] = i
+      assert.are.equal(-i, v)
+    end
+    assert.are.same(range(50), seq)
+    for _ in pool:imap(function(x) return x end, {}) do error("nothing to yield") end
+  end)
+
+  it("imap consumes its iterator lazily", function()
+    local pulled = 0
+    local function forever()
+      pulled = pulled + 1
+      return pulled
+    end
+    local got = 0
+    for i, v in pool:imap(function(x) return x end, forever) do
+      assert.are.equal(i, v)
+      got = got + 1
+      if got == 20 then break end
+    end
+    assert.is_true(pulled < 200, "pulled " .. pulled)
+    assert.are.equal(4, pool:apply(function() return 4 end))
+  end)
+
+  it("imap_unordered yields every index with its value", function()
+    local seen = {}
+    for i, v in pool:imap_unordered(function(x)
+      if x == 1 then require("lmp").sleep(0.2) end
+      return x * 2
+    end, range(10)) do
+      assert.is_nil(seen[i])
+      seen[i] = v
+    end
+    for i = 1, 10 do assert.are.equal(2 * i, seen[i]) end
+  end)
+
+  it("imap raises a failed item in its place and goes on", function()
+    local it = pool:imap(function(x)
+      if x == 2 then error({code = x}) end
+      return x
+    end, {1, 2, 3}, 3)
+    assert.are.same({1, 1}, {it()})
+    local err = raised(it)
+    assert.are.equal("task", err.kind)
+    assert.are.same({code = 2}, err.value)
+    assert.are.equal(2, err.index)
+    assert.are.same({3, 3}, {it()})
+    assert.is_nil(it())
+  end)
+
+  it("shows a remote traceback and the original error value", function()
+    local function inner() error("deep trouble") end
+    local err = raised(pool.apply, pool, function() inner() end)
+    assert.is_true(lmp.is_error(err))
+    assert.are.equal("task", err.kind)
+    assert.matches("deep trouble", err.message)
+    assert.matches("deep trouble", err.value)
+    assert.matches("stack traceback", err.traceback)
+    assert.matches("inner", err.traceback)
+    assert.is_number(err.pid)
+    assert.are_not.equal(lmp.current_process().pid, err.pid)
+    assert.matches("remote stack traceback", tostring(err))
+    -- tables too
+    err = raised(pool.apply, pool, function() error({code = 42, msg = "custom"}) end)
+    assert.are.same({code = 42, msg = "custom"}, err.value)
+    -- a value that cannot cross leaves the message
+    err = raised(pool.apply, pool, function() error(setmetatable({}, {__tostring = function() return "odd" end})) end)
+    assert.are.equal("odd", err.message)
+    err = raised(pool.apply, pool, function() error(coroutine.create(print)) end)
+    assert.are.equal("task", err.kind)
+    assert.is_nil(err.value)
+  end)
+
+  it("map raises the error of the first failing item", function()
+    local err = raised(pool.map, pool, function(x)
+      if x >= 5 then error("bad " .. x) end
+      return x
+    end, range(8), 8)
+    assert.are.equal("task", err.kind)
+    assert.matches("bad 5", err.message)
+    assert.are.equal(5, err.index)
+    local r = pool:map_async(function(x) error("always") end, {1, 2}, {error_callback = function() end})
+    assert.is_false(r:wait(10) and r:successful())
+  end)
+
+  it("fails only the task whose result cannot be serialized", function()
+    local err = raised(pool.apply, pool, function() return coroutine.create(print) end)
+    assert.are.equal("serialize", err.kind)
+    assert.matches("cannot send result", err.message)
+    local got = {}
+    local it = pool:imap(function(x)
+      if x == 2 then return io.stdout end
+      return x
+    end, {1, 2, 3}, 3)
+    got[1] = select(2, it())
+    err = raised(it)
+    got[3] = select(2, it())
+    assert.are.same({1, nil, 3}, got)
+    assert.are.equal("serialize", err.kind)
+    err = raised(pool.map, pool, function(x) return x == 3 and io.stdout or x end, range(4))
+    assert.are.equal("serialize", err.kind)
+    assert.are.equal(5, pool:apply(function() return 5 end))
+    -- an argument that cannot be sent raises right away, naming it
+    err = raised(pool.apply_async, pool, function() end, {1, coroutine.create(print)})
+    assert.are.equal("serialize", err.kind)
+    assert.matches("args%[2%]", err.message)
+    err = raised(pool.map, pool, function() end, {1, 2, io.stdout}, 2)
+    assert.matches("list%[3%]", err.message)
+  end)
+
+  it("an iterator that raises: the error reaches the caller, the pool goes on", function()
+    local n = 0
+    local function iter()
+      n = n + 1
+      if n == 5 then error("source broke") end
+      return n
+    end
+    local got = {}
+    local ok, err = pcall(function()
+      for i, v in pool:imap(function(x) return x end, iter) do got[i] = v end
+    end)
+    assert.is_false(ok)
+    assert.matches("source broke", err)
+    assert.are.same({1, 2, 3, 4}, got)
+    local ok2, err2 = pcall(function()
+      for _ in pool:imap_unordered(function(x) return x end, function() error({tag = "t"}) end) do end
+    end)
+    assert.is_false(ok2)
+    assert.are.same({tag = "t"}, err2)
+    assert.are.same({1, 4}, pool:map(function(x) return x * x end, {1, 2}))
+  end)
+
+  it("a worker killed mid-task fails that task with worker_lost; the rest complete", function()
+    local q = lmp.Queue()
+    local slow = pool:apply_async(function(queue)
+      local l = require "lmp"
+      queue:put(l.current_process().pid)
+      l.sleep(30)
+    end, {q})
+    local others = {}
+    for i = 1, 10 do others[i] = pool:apply_async(function(x) return x end, {i}) end
+    local pid = q:get(10)
+    os.execute("kill -9 " .. pid)
+    local err = raised(slow.get, slow, 10)
+    assert.are.equal("worker_lost", err.kind)
+    assert.are.equal(pid, err.pid)
+    assert.are.equal(-9, err.exitcode)
+    assert.matches(tostring(pid), err.message)
+    for i = 1, 10 do assert.are.equal(i, others[i]:get(10)) end
+    -- replaced: the pool still has two workers, none of them the dead one
+    assert.is_true(eventually(function() return #pids(pool) == 2 end))
+    for _, p in ipairs(pids(pool)) do assert.are_not.equal(pid, p) end
+    assert.are.same({1, 4, 9}, pool:map(function(x) return x * x end, {1, 2, 3}))
+    assert.is_true(pool:stats().restarts >= 1)
+  end)
+
+  it("map raises worker_lost when a worker dies under it, and nothing hangs", function()
+    local err = raised(pool.map, pool, function(x)
+      if x == 3 then os.exit(3) end
+      return x
+    end, range(6), 1)
+    assert.are.equal("worker_lost", err.kind)
+    assert.are.equal(3, err.exitcode)
+    assert.are.same({1, 2}, pool:map(function(x) return x end, {1, 2}))
+  end)
+
+  it("os.exit inside a task is worker_lost", function()
+    local err = raised(pool.apply, pool, function() os.exit(7) end)
+    assert.are.equal("worker_lost", err.kind)
+    assert.are.equal(7, err.exitcode)
+    err = raised(pool.apply, pool, function() os.exit(true, true) end)
+    assert.are.equal("worker_lost", err.kind)
+    assert.are.equal(0, err.exitcode)
+    assert.are.equal(1, pool:apply(function() return 1 end))
+  end)
+
+  it("a segfault in a worker is worker_lost", function()
+    local err = raised(pool.apply, pool, function()
+      os.execute("kill -SEGV " .. require("lmp").current_process().pid)
+      require("lmp").sleep(10)
+    end)
+    assert.are.equal("worker_lost", err.kind)
+    assert.are.equal(-11, err.exitcode)
+    assert.matches("signal 11", err.message)
+    assert.are.equal(2, pool:apply(function() return 2 end))
+  end)
+
+  it("running out of memory fails the task (or loses the worker), never the pool", function()
+    -- Lua has no setrlimit: the task lowers its own address-space limit
+    -- with prlimit(1), then allocates until the allocator fails.
+    local err = raised(pool.apply, pool, function()
+      local pid = require("lmp").current_process().pid
+      local f = io.open("/proc/self/status")
+      local vm = tonumber(f:read("a"):match("VmSize:%s*(%d+)"))
+      f:close()
+      assert(os.execute(string.format("prlimit --pid %d --as=%d", pid, (vm + 64 * 1024) * 1024)))
+      local t, s = {}, string.rep("x", 1024 * 1024)
+      for i = 1, 1e6 do t[i] = s .. i end
+    end)
+    assert.is_true(err.kind == "task" or err.kind == "worker_lost", err.kind)
+    if err.kind == "task" then assert.matches("not enough memory", err.message) end
+    assert.are.equal(3, pool:apply(function() return 3 end))
+  end)
+
+  it("leaks no globals", function()
+    assert.are.same({}, support.new_globals())
+  end)
+end)
+
+describe("lmp.Pool task_timeout", function()
+  it("kills a task running too long: kind timeout, the worker is replaced", function()
+    local pool <close> = lmp.Pool{processes = 1, task_timeout = 0.3}
+    local before = pids(pool)[1]
+    local t0 = lmp.time()
+    local err = raised(pool.apply, pool, function() require("lmp").sleep(30) end)
+    assert.are.equal("timeout", err.kind)
+    assert.is_true(lmp.time() - t0 < 10)
+    assert.are.equal(before, err.pid)
+    assert.is_true(all_dead({before}))
+    assert.are.equal(1, pool:apply(function() return 1 end))
+    -- the timeout applies to each item of a chunk, not to the chunk
+    local out = pool:map(function(x) require("lmp").sleep(0.1) return x end, range(5), 5)
+    assert.are.same(range(5), out)
+  end)
+
+  it("fails a map whose item runs too long", function()
+    local pool <close> = lmp.Pool{processes = 2, task_timeout = 0.2}
+    local err = raised(pool.map, pool, function(x)
+      if x == 2 then require("lmp").sleep(30) end
+      return x
+    end, range(4), 1)
+    assert.are.equal("timeout", err.kind)
+    assert.are.same({1}, pool:map(function(x) return x end, {1}))
+  end)
+end)
+
+describe("lmp.Pool initializer", function()
+  it("runs in each worker before its tasks", function()
+    local pool <close> = lmp.Pool{processes = 2, initializer = function(a, b) _G.INIT_VALUE = a + b end,
+                                  initargs = {1, 2}}
+    assert.are.same({3, 3, 3}, pool:map(function() return _G.INIT_VALUE end, {1, 2, 3}, 1))
+    assert.is_nil(rawget(_G, "INIT_VALUE"))
+  end)
+
+  it("a failing initializer raises once, with its error and traceback, and forks no more", function()
+    local q = lmp.Queue()
+    local pool <close> = lmp.Pool{processes = 2, initargs = {q}, initializer = function(queue)
+      queue:put(require("lmp").current_process().pid)
+      error("cannot initialize")
+    end}
+    local err = raised(pool.apply, pool, function() return 1 end)
+    assert.are.equal("initializer", err.kind)
+    assert.matches("cannot initialize", err.message)
+    assert.matches("stack traceback", err.traceback)
+    assert.is_number(err.pid)
+    lmp.sleep(0.5)
+    local forks = 0
+    while q:get(0) do forks = forks + 1 end
+    assert.is_true(forks >= 1 and forks <= 2, forks .. " workers started")
+    -- every later call raises the same error
+    local again = raised(pool.map, pool, function(x) return x end, {1})
+    assert.are.equal(err, again)
+    assert.are.equal(err, raised(pool.apply_async, pool, function() end))
+    assert.matches("broken", tostring(pool))
+    pool:close()
+    pool:join()
+  end)
+
+  it("an initializer that kills its worker breaks the pool the same way", function()
+    local pool <close> = lmp.Pool{processes = 1, initializer = function() os.exit(4) end}
+    local err = raised(pool.apply, pool, function() return 1 end)
+    assert.are.equal("initializer", err.kind)
+    assert.are.equal(4, err.exitcode)
+  end)
+end)
+
+describe("lmp.Pool lifecycle", function()
+  it("maxtasksperchild recycles workers", function()
+    local pool <close> = lmp.Pool{processes = 1, maxtasksperchild = 2}
+    local got = pool:map(function() return require("lmp").current_process().pid end, range(6), 1)
+    local distinct = {}
+    for _, p in ipairs(got) do distinct[p] = true end
+    local n = 0
+    for _ in pairs(distinct) do n = n + 1 end
+    assert.are.equal(3, n)
+    assert.are.equal(got[1], got[2])
+    assert.are_not.equal(got[2], got[3])
+  end)
+
+  it("close stops submissions, join waits for the work", function()
+    local pool = lmp.Pool(2)
+    local r = pool:map_async(function(x) require("lmp").sleep(0.05) return x end, range(8), {chunksize = 1})
+    local err = raised(pool.join, pool)
+    assert.matches("still running", err)
+    pool:close()
+    assert.matches("pool is closed", raised(pool.apply, pool, print))
+    assert.matches("pool is closed", raised(pool.map, pool, print, {}))
+    local workers = pids(pool)
+    pool:join()
+    assert.is_true(r:ready())
+    assert.are.same(range(8), r:get())
+    assert.is_true(all_dead(workers))
+    pool:join() -- again: nothing to wait for
+    pool:terminate()
+  end)
+
+  it("terminate during a running map returns promptly and leaves no process", function()
+    local pool = lmp.Pool(2)
+    local r = pool:map_async(function(x) require("lmp").sleep(30) return x end, range(20), {chunksize = 1})
+    assert.is_true(eventually(function()
+      for _, w in ipairs(pool:stats().workers) do
+        if w.state ~= "busy" then return false end
+      end
+      return true
+    end))
+    local workers = pids(pool)
+    local t0 = lmp.time()
+    pool:terminate()
+    assert.is_true(lmp.time() - t0 < 2)
+    for _, pid in ipairs(workers) do assert.is_false(support.alive(pid)) end
+    local err = raised(r.get, r)
+    assert.are.equal("cancelled", err.kind)
+    pool:join()
+    assert.matches("terminated", raised(pool.apply, pool, print))
+  end)
+
+  it("terminates at the end of a <close> scope", function()
+    local workers
+    do
+      local pool <close> = lmp.Pool(2)
+      pool:apply_async(function() require("lmp").sleep(30) end)
+      workers = pids(pool)
+    end
+    for _, pid in ipairs(workers) do assert.is_false(support.alive(pid)) end
+  end)
+
+  it("garbage collection of an unclosed pool kills its workers without blocking", function()
+    local workers
+    do
+      local pool = lmp.Pool(2)
+      pool:apply_async(function() require("lmp").sleep(30) end)
+      workers = pids(pool)
+      assert.are.equal(2, #workers)
+    end
+    local t0 = lmp.time()
+    collectgarbage()
+    collectgarbage()
+    assert.is_true(lmp.time() - t0 < 1)
+    assert.is_true(all_dead(workers))
+  end)
+
+  it("cancel removes a task no worker has seen; running tells what runs", function()
+    local pool <close> = lmp.Pool(1)
+    local long = pool:apply_async(function() require("lmp").sleep(0.5) return "long" end)
+    local queued = {}
+    for i = 1, 6 do queued[i] = pool:apply_async(function(x) return x end, {i}) end
+    assert.is_true(eventually(function() return long:running() end))
+    assert.is_false(long:cancel())
+    local last = queued[6]
+    assert.is_false(last:running())
+    assert.is_true(last:cancel())
+    assert.is_true(last:cancel()) -- still cancelled
+    assert.is_true(last:cancelled())
+    assert.is_true(last:ready())
+    local err = raised(last.get, last)
+    assert.are.equal("cancelled", err.kind)
+    assert.are.equal("long", long:get())
+    for i = 1, 5 do assert.are.equal(i, queued[i]:get()) end
+    assert.is_false(long:cancelled())
+  end)
+
+  it("fileno is a descriptor, poll delivers what arrived", function()
+    local pool <close> = lmp.Pool(1)
+    local fd = pool:fileno()
+    assert.are.equal("integer", math.type(fd))
+    assert.is_true(fd >= 0)
+    assert.are.equal(0, pool:poll())
+    local r = pool:apply_async(function() return 9 end)
+    assert.is_true(eventually(function() return pool:poll() == 1 end))
+    assert.is_true(r:ready())
+    assert.are.equal(9, r:get())
+  end)
+
+  it("stats shows the workers and the counters", function()
+    local pool <close> = lmp.Pool(2)
+    pool:map(function(x) return x end, range(10), 1)
+    local s = pool:stats()
+    assert.are.equal(2, #s.workers)
+    assert.are.equal(10, s.done)
+    assert.are.equal(0, s.failed)
+    assert.are.equal(0, s.queued)
+    for _, w in ipairs(s.workers) do
+      assert.is_number(w.pid)
+      assert.is_true(w.state == "idle" or w.state == "starting")
+    end
+  end)
+
+  it("leaves nothing in /dev/shm", function()
+    local prefix = tostring(lmp.Queue()):match("/(lmp%.%d+%.%x+%.)")
+    local before = #support.shm_entries(prefix)
+    do
+      local pool = lmp.Pool(2)
+      pool:map(function(x) return x end, range(100))
+      pool:close()
+      pool:join()
+      local p2 <close> = lmp.Pool(1)
+      p2:apply(function() return 1 end)
+    end
+    collectgarbage()
+    collectgarbage()
+    assert.is_true(eventually(function() return #support.shm_entries(prefix) <= before end))
+    local out, code = support.run([[
+      local lmp = require "lmp"
+      local pool = lmp.Pool(2)
+      print(tostring(lmp.Queue()))
+      pool:map(function(x) return x end, {1, 2, 3})
+      pcall(pool.apply, pool, function() os.exit(1) end)
+      pool:apply_async(function() require("lmp").sleep(30) end)
+    ]])
+    assert.are.equal(0, code, out)
+    local p = out:match("/(lmp%.%d+%.%x+%.)")
+    assert.is_not_nil(p, out)
+    assert.are.same({}, support.shm_entries(p))
+  end)
+end)
+
+describe("lmp.Pool progress", function()
+  it("draws nothing when stderr is not a terminal", function()
+    local out, code = support.run([[
+      local lmp = require "lmp"
+      local pool <close> = lmp.Pool(2)
+      local r = pool:map(function(x) return x end, {1, 2, 3, 4}, {progress = true, chunksize = 1})
+      for _ in pool:imap(function(x) return x end, {1, 2}, {progress = true}) do end
+      io.write("done ", #r, "\n")
+    ]])
+    assert.are.equal(0, code)
+    assert.are.equal("done 4\n", out)
+  end)
+
+  it("draws done/total, rate and ETA on a terminal", function()
+    local path = os.tmpname()
+    local f = assert(io.open(path, "w"))
+    f:write([[
+      local lmp = require "lmp"
+      local pool <close> = lmp.Pool(2)
+      pool:map(function(x) return x end, {1, 2, 3, 4}, {progress = true, chunksize = 1})
+    ]])
+    f:close()
+    local out = support.shell(string.format("script -qec '%s %s' /dev/null", support.lmp_bin, path))
+    os.remove(path)
+    assert.matches("4/4 100%%", out)
+    assert.matches("ETA", out)
+  end)
+
+  it("formats the bar", function()
+    local progress = require "lmp.progress"
+    local line = progress.format(50, 200, 2)
+    assert.matches("^%[#+%.+%] 50/200  25%% 25%.0/s ETA 0:06$", line)
+    assert.matches("^7 done", progress.format(7, nil, 1))
+    local buf = {}
+    local stream = {write = function(_, ...) for _, s in ipairs({...}) do buf[#buf + 1] = s end end,
+                    flush = function() end}
+    local clock = 0
+    local bar = progress.new(10, {stream = stream, clock = function() return clock end})
+    bar:update(5)
+    clock = 1
+    bar:update(10)
+    bar:finish()
+    bar:finish()
+    local text = table.concat(buf)
+    assert.matches("10/10 100%%", text)
+    assert.are.equal("\n", text:sub(-1))
+  end)
+end)
+
+describe("lmp.Pool arguments", function()
+  local pool
+  before_each(function() pool = lmp.Pool(1) end)
+  after_each(function() pool:terminate() end)
+
+  it("rejects bad constructor arguments", function()
+    assert.has_error(function() lmp.Pool(0) end,
+      "bad argument #1 to 'Pool' (processes must be a positive integer)")
+    assert.has_error(function() lmp.Pool("two") end,
+      "bad argument #1 to 'Pool' (number expected, got string)")
+    assert.has_error(function() lmp.Pool{proccesses = 2} end,
+      "bad argument #1 to 'Pool' (unknown option 'proccesses')")
+    assert.has_error(function() lmp.Pool{processes = 1.5} end,
+      "bad argument #1 to 'Pool' (field 'processes' must be a positive integer)")
+    assert.has_error(function() lmp.Pool{initializer = 3} end,
+      "bad argument #1 to 'Pool' (field 'initializer' must be callable)")
+    assert.has_error(function() lmp.Pool{task_timeout = -1} end,
+      "bad argument #1 to 'Pool' (field 'task_timeout' must be a positive number)")
+    assert.has_error(function() lmp.Pool{start_method = "spawn"} end,
+      "bad argument #1 to 'Pool' (start method 'spawn' is not available for pools yet; use 'fork')")
+    assert.has_error(function() lmp.Pool{start_method = "forkserver"} end)
+    assert.has_error(function() lmp.Pool{start_method = "thread"} end,
+      "bad argument #1 to 'Pool' (unknown start method 'thread')")
+    assert.has_error(function() lmp.Pool({}, 2) end,
+      "bad argument #2 to 'Pool' (no arguments expected after the options table)")
+    assert.has_error(function() lmp.Pool(1, 5) end,
+      "bad argument #2 to 'Pool' (function expected, got number)")
+  end)
+
+  it("rejects bad method arguments, numbered after self", function()
+    assert.has_error(function() pool:apply(42) end,
+      "bad argument #1 to 'apply' (function expected, got number)")
+    assert.has_error(function() pool:apply_async(print, 5) end,
+      "bad argument #2 to 'apply_async' (table expected, got number)")
+    assert.has_error(function() pool:apply_async(print, {}, {callbak = print}) end,
+      "bad argument #3 to 'apply_async' (unknown option 'callbak')")
+    assert.has_error(function() pool:apply_async(print, {}, {callback = 1}) end,
+      "bad argument #3 to 'apply_async' (option 'callback' must be callable)")
+    assert.has_error(function() pool:map(print, 5) end,
+      "bad argument #2 to 'map' (table expected, got number)")
+    assert.has_error(function() pool:map(print, {}, 0) end,
+      "bad argument #3 to 'map' (chunksize must be a positive integer)")
+    assert.has_error(function() pool:map(print, {}, {chunksize = 0}) end,
+      "bad argument #3 to 'map' (option 'chunksize' must be a positive integer)")
+    assert.has_error(function() pool:map(print, {}, {callback = print}) end,
+      "bad argument #3 to 'map' (unknown option 'callback')")
+    assert.has_error(function() pool:starmap("f", {}) end,
+      "bad argument #1 to 'starmap' (function expected, got string)")
+    assert.has_error(function() pool:imap(print, 5) end,
+      "bad argument #2 to 'imap' (table or function expected, got number)")
+    local r = pool:apply_async(function() return 1 end)
+    assert.has_error(function() r:get(-1) end,
+      "bad argument #1 to 'get' (timeout must be a non-negative number)")
+    assert.has_error(function() r:wait("soon") end,
+      "bad argument #1 to 'wait' (number expected, got string)")
+    r:get()
+    local slow = pool:apply_async(function() require("lmp").sleep(1) end)
+    assert.has_error(function() slow:successful() end,
+      "calling 'successful' on bad self (result is not ready)")
+  end)
+end)
