@@ -213,40 +213,61 @@ static void push_script_dir(lua_State *L)
   }
 }
 
-/* Names of the modules in package.loaded that hold a C function: a C
- * function crosses by its name there, so the child must load them first.
- * The standard libraries and lmp's own are there anyway. */
+/* Names of the modules in package.loaded that hold a C function of their
+ * own: a C function crosses by its name there, so the child must load them
+ * first.  The standard libraries and lmp are there anyway, and a Lua module
+ * that only re-exports standard functions needs no loading. */
 static void push_modules(lua_State *L)
 {
   static const char *const std[] = {"_G",     "package", "coroutine", "table", "io", "os",
                                     "string", "math",    "utf8",      "debug", NULL};
-  lua_newtable(L);
-  int out = lua_gettop(L), n = 0;
-  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  int top = lua_gettop(L);
+  lua_newtable(L);                                      /* top + 1: the names */
+  lua_newtable(L);                                      /* top + 2: the standard C functions */
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE); /* top + 3 */
+  for (int i = 0; std[i]; i++) {
+    if (lua_getfield(L, top + 3, std[i]) == LUA_TTABLE) {
+      lua_pushnil(L);
+      while (lua_next(L, -2)) {
+        if (lua_iscfunction(L, -1)) {
+          lua_pushboolean(L, 1);
+          lua_rawset(L, top + 2);
+        } else {
+          lua_pop(L, 1);
+        }
+      }
+    }
+    lua_pop(L, 1);
+  }
+  int n = 0;
   lua_pushnil(L);
-  while (lua_next(L, -2)) {
+  while (lua_next(L, top + 3)) {
     const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
     int skip =
         !name || !lua_istable(L, -1) || strcmp(name, "lmp") == 0 || strncmp(name, "lmp.", 4) == 0;
     for (int i = 0; !skip && std[i]; i++)
       skip = strcmp(name, std[i]) == 0;
-    int hasc = 0;
+    int own = 0;
     if (!skip) {
       lua_pushnil(L);
-      while (!hasc && lua_next(L, -2)) {
-        hasc = lua_iscfunction(L, -1);
+      while (!own && lua_next(L, -2)) {
+        if (lua_iscfunction(L, -1)) {
+          lua_pushvalue(L, -1);
+          own = lua_rawget(L, top + 2) == LUA_TNIL;
+          lua_pop(L, 1);
+        }
         lua_pop(L, 1);
       }
-      if (hasc)
+      if (own)
         lua_pop(L, 1); /* the key lua_next left */
     }
-    if (hasc) {
+    if (own) {
       lua_pushvalue(L, -2);
-      lua_rawseti(L, out, ++n);
+      lua_rawseti(L, top + 1, ++n);
     }
     lua_pop(L, 1);
   }
-  lua_pop(L, 1);
+  lua_settop(L, top + 1);
 }
 
 /* Push the meta table of a payload. */
