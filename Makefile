@@ -32,6 +32,10 @@ LUA_LIBS       := $(if $(LUA_PC),$(shell $(PKG) --libs $(LUA_PC)),-llua5.4)
 MSGPACK_CFLAGS := $(if $(MSGPACK_PC),$(shell $(PKG) --cflags $(MSGPACK_PC)),)
 MSGPACK_LIBS   := $(if $(MSGPACK_PC),$(shell $(PKG) --libs $(MSGPACK_PC)),-lmsgpackc)
 READLINE_LIBS  := $(shell $(PKG) --libs readline 2>/dev/null || echo -lreadline)
+# The broker (runtime/broker*.c): hiredis for Redis, libcrypto for HMAC.
+HIREDIS_CFLAGS := $(shell $(PKG) --cflags hiredis 2>/dev/null)
+BROKER_LIBS    := $(shell $(PKG) --libs hiredis 2>/dev/null || echo -lhiredis) \
+                  $(shell $(PKG) --libs libcrypto 2>/dev/null || echo -lcrypto)
 
 ifeq ($(ASAN),1)
 B        ?= build-asan
@@ -63,7 +67,7 @@ CT_BIN  := $(CT_SRC:tests/c/%.c=$(B)/tests/%)
 all: $(B)/lmp $(B)/lmp.so $(B)/liblmp.a $(B)/liblmp.so $(B)/liblmp-lua.a
 
 $(B)/runtime/%.o: runtime/%.c $(wildcard include/lmp/*.h runtime/*.h) | $(B)/runtime
-	$(CC) $(ALL_CFLAGS) -c $< -o $@
+	$(CC) $(ALL_CFLAGS) $(HIREDIS_CFLAGS) -c $< -o $@
 $(B)/bindings/%.o: bindings/%.c $(wildcard include/*.h include/lmp/*.h bindings/*.h) | $(B)/bindings
 	$(CC) $(ALL_CFLAGS) $(LUA_CFLAGS) $(MSGPACK_CFLAGS) -c $< -o $@
 $(B)/gen/scripts.c: bindings/embed.lua $(LUA_SCRIPTS) | $(B)/gen
@@ -74,18 +78,18 @@ $(B)/gen/scripts.o: $(B)/gen/scripts.c
 $(B)/liblmp.a: $(RT_OBJ)
 	rm -f $@ && ar rcs $@ $^
 $(B)/liblmp.so: $(RT_OBJ)
-	$(CC) -shared $(LDFLAGS) -o $@ $^
+	$(CC) -shared $(LDFLAGS) -o $@ $^ $(BROKER_LIBS)
 # The bindings alone, for C programs that embed Lua: link with liblmp.
 $(B)/liblmp-lua.a: $(LB_OBJ)
 	rm -f $@ && ar rcs $@ $^
 # The module carries the runtime inside it and takes Lua from the host.
 $(B)/lmp.so: $(LB_OBJ) $(RT_OBJ)
-	$(CC) -shared $(LDFLAGS) -o $@ $^ $(MSGPACK_LIBS)
+	$(CC) -shared $(LDFLAGS) -o $@ $^ $(MSGPACK_LIBS) $(BROKER_LIBS)
 $(B)/lmp: $(B)/bindings/main.o $(B)/bindings/lreadline.o $(LB_OBJ) $(RT_OBJ)
-	$(CC) $(LDFLAGS) -Wl,-E -o $@ $^ $(LUA_LIBS) $(MSGPACK_LIBS) $(READLINE_LIBS) -lm -ldl
+	$(CC) $(LDFLAGS) -Wl,-E -o $@ $^ $(LUA_LIBS) $(MSGPACK_LIBS) $(READLINE_LIBS) $(BROKER_LIBS) -lm -ldl
 
 $(B)/tests/%: tests/c/%.c tests/c/runner.c tests/c/runner.h $(B)/liblmp.a | $(B)/tests
-	$(CC) $(ALL_CFLAGS) -Itests/c $< tests/c/runner.c -o $@ $(LDFLAGS) $(B)/liblmp.a
+	$(CC) $(ALL_CFLAGS) -Itests/c $< tests/c/runner.c -o $@ $(LDFLAGS) $(B)/liblmp.a $(BROKER_LIBS)
 
 build $(B)/runtime $(B)/bindings $(B)/gen $(B)/tests:
 	mkdir -p $@
@@ -132,9 +136,9 @@ bench: all
 examples: $(B)/examples/host_lua $(B)/examples/host_c
 $(B)/examples/host_lua: examples/host/host_lua.c $(B)/liblmp-lua.a $(B)/liblmp.a | $(B)/examples
 	$(CC) $(ALL_CFLAGS) $(LUA_CFLAGS) $< -o $@ $(LDFLAGS) -Wl,-E $(B)/liblmp-lua.a $(B)/liblmp.a \
-	  $(LUA_LIBS) $(MSGPACK_LIBS) -lm -ldl
+	  $(LUA_LIBS) $(MSGPACK_LIBS) $(BROKER_LIBS) -lm -ldl
 $(B)/examples/host_c: examples/host/host_c.c $(B)/liblmp.a | $(B)/examples
-	$(CC) $(ALL_CFLAGS) $< -o $@ $(LDFLAGS) $(B)/liblmp.a
+	$(CC) $(ALL_CFLAGS) $< -o $@ $(LDFLAGS) $(B)/liblmp.a $(BROKER_LIBS)
 $(B)/examples:
 	mkdir -p $@
 
@@ -148,7 +152,7 @@ Name: lmp
 Description: multiprocessing runtime: queues, sync objects, shared memory, processes, pools
 Version: $(VERSION)
 Libs: -L$${libdir} -llmp
-Libs.private: -pthread
+Libs.private: -pthread $(BROKER_LIBS)
 Cflags: -I$${includedir}
 endef
 define LMP_LUA_PC
@@ -160,7 +164,7 @@ Name: lmp-lua
 Description: lmp for C programs that embed Lua 5.4 (luaopen_lmp)
 Version: $(VERSION)
 Requires: lmp $(LUA_PC)
-Libs: -L$${libdir} -llmp-lua -llmp $(MSGPACK_LIBS) -lm -ldl -pthread
+Libs: -L$${libdir} -llmp-lua -llmp $(MSGPACK_LIBS) $(BROKER_LIBS) -lm -ldl -pthread
 Cflags: -I$${includedir} $(if $(LUA_PC),,$(LUA_CFLAGS))
 endef
 export LMP_PC LMP_LUA_PC

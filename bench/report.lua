@@ -32,6 +32,10 @@ local rows = {
   {"array", "9 Array hand-off, 1 MiB", "lower", show = "median_1m"},
   {"array", "9 Array hand-off, 64 MiB", "lower", {flat = "vs_1m", max = 2}},
   {"codec", "10 codec encode+decode", "higher", by = "per_s"},
+  -- the broker's "Python" side is RQ on the same redis-server
+  {"broker_tput", "11 broker tasks, 2 workers (vs RQ)", "higher",
+   {lmp_min = 10040, text = "lmp >=10,040/s"}},
+  {"broker_rt", "11 broker round trip (vs RQ)", "lower", {lmp_max = 1000, text = "lmp <=1 ms"}},
 }
 
 -- === a small JSON reader (objects, arrays, strings, numbers, literals) ===

@@ -29,7 +29,7 @@ cd "$root"
 
 ALL="apply_rt apply_async queue_small queue_1k queue_1m pipe_rt map cpu_proc cpu_pool \
 start_fork start_spawn start_forkserver lock_uncontended lock_contended value_add value_add_contended \
-array codec"
+array codec broker_tput broker_rt"
 smoke=0
 case ${BENCH_SMOKE:-0} in 0 | '') ;; *) smoke=1 ;; esac
 rounds=1
@@ -74,7 +74,26 @@ have_python=1
 command -v "$PYTHON" >/dev/null 2>&1 || have_python=0
 
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+trap '[ -n "${BENCH_REDIS_PORT:-}" ] && redis-cli -p "$BENCH_REDIS_PORT" shutdown nosave >/dev/null 2>&1; rm -rf "$tmp"' EXIT
+
+# The broker workloads (lmp's and RQ's) share one loopback redis-server,
+# started here on a free port when redis-server is installed.
+case " $names " in
+*" broker_"*)
+  if command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1; then
+    mkdir -p "$tmp/redis"
+    for try in 1 2 3 4 5; do
+      port=$(( $(od -An -N2 -tu2 /dev/urandom | tr -d ' ') % 40000 + 20000 ))
+      redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$tmp/redis" \
+        --daemonize yes --pidfile "$tmp/redis/r.pid" --logfile "$tmp/redis/r.log" >/dev/null 2>&1 || true
+      sleep 0.2
+      if redis-cli -p "$port" ping 2>/dev/null | grep -q PONG; then
+        export BENCH_REDIS_PORT=$port
+        break
+      fi
+    done
+  fi ;;
+esac
 lines=$tmp/lines
 : > "$lines"
 

@@ -1049,6 +1049,7 @@ typedef struct dec {
   int refs;                            /* stack index of the table of numbered objects */
   int depth;
   int trusted;
+  uint64_t presize; /* table slots still to preallocate (see dec_newtable) */
 } dec;
 
 static void dec_release(dec *d)
@@ -1172,13 +1173,19 @@ static uint64_t dec_count(dec *d, int *ismap)
 static void dec_value(dec *d);
 
 /* Push a new table for `n` elements, numbered; the count is checked against
- * the bytes left (each element takes at least one). */
+ * the bytes left (each element takes at least one).  The table is sized
+ * for its elements in advance from a budget of one slot per byte of the
+ * message: a well-formed message never needs more (every element has a
+ * byte of its own), while nested headers that each claim the bytes left
+ * would otherwise make a 1 MiB message allocate gigabytes before failing. */
 static int dec_newtable(dec *d, const unsigned char *at, uint64_t n, int ismap)
 {
   uint64_t left = (uint64_t)(d->end - d->p);
   if (n > (ismap ? left / 2 : left) || n > INT_MAX)
     dec_fail(d, at, ismap ? "map longer than the message" : "array longer than the message");
-  lua_createtable(d->L, ismap ? 0 : (int)n, ismap ? (int)n : 0);
+  uint64_t size = n < d->presize ? n : d->presize;
+  d->presize -= size;
+  lua_createtable(d->L, ismap ? 0 : (int)size, ismap ? (int)size : 0);
   dec_newref(d);
   return lua_gettop(d->L);
 }
@@ -1568,6 +1575,7 @@ void lmpb_decode(lua_State *L, const char *data, size_t len, int trusted)
   d.c = NULL;
   d.refs = d.depth = 0;
   d.trusted = trusted;
+  d.presize = len;
   if (!lua_checkstack(L, 8))
     luaL_error(L, "stack overflow (cannot decode a message)");
   if (len == 0 || !holds_objects(*d.p)) {

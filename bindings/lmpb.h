@@ -73,6 +73,8 @@ int lmpb_process_open(lua_State *L);
 int lmpb_pipe_open(lua_State *L);
 int lmpb_queue_open(lua_State *L);
 int lmpb_pool_open(lua_State *L);
+int lmpb_broker_open(lua_State *L); /* lmp.Pool{broker = url} (lbroker.c) */
+int lmpb_executor_open(lua_State *L); /* Executor, as_completed, wait (lexecutor.c) */
 int lmpb_start_open(lua_State *L); /* start methods (lspawn.c) */
 int lmpb_log_open(lua_State *L);   /* logging's C half (llog.c) */
 int lmpb_sync_open(lua_State *L);

@@ -52,6 +52,11 @@ int lmp__deadline_ms(int64_t deadline);
  * resumes with what is left. */
 int lmp__poll_fd(int fd, short events, int64_t deadline);
 
+/* 1 if a shared-memory object is this user's and owner-only, as every one
+ * lmp creates is (shm.c); attaching refuses the others. */
+struct stat;
+int lmp__owner_only(const struct stat *st);
+
 /* === watchdog (watchdog.c) === */
 
 /* Unlink every /dev/shm entry whose name begins with `prefix` (given with

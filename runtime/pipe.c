@@ -48,6 +48,7 @@
  * the request at net.core.wmem_max / rmem_max, which is fine. */
 #define SOCKET_BUFFER (4 << 20)
 #define DISCARD_CHUNK 65536
+#define READ_AHEAD (1u << 20) /* see read_payload */
 #define SPIN_NS 20000 /* see "Waiting" above */
 
 /* === pairs === */
@@ -248,6 +249,31 @@ static int frame_start(int fd, unsigned char *hdr, int64_t deadline)
   }
 }
 
+/*
+ * Read a payload of `len` bytes into buf.  The buffer grows with the bytes
+ * that have arrived (at most twice as many, or READ_AHEAD), not with the
+ * length the header announced: a forged header costs memory only as far as
+ * its bytes really come.  Payloads up to READ_AHEAD are read in one go.
+ */
+static int read_payload(int fd, lmp_buf_t *buf, uint64_t len)
+{
+  uint64_t got = 0;
+  while (got < len) {
+    uint64_t upto = got + (got > READ_AHEAD ? got : READ_AHEAD);
+    if (upto > len)
+      upto = len;
+    if (upto > SIZE_MAX || lmp_buf_reserve(buf, (size_t)upto) < 0) {
+      int rc = discard(fd, len - got);
+      return rc < 0 ? rc : -ENOMEM;
+    }
+    int rc = read_full(fd, buf->data + got, (size_t)(upto - got));
+    if (rc < 0)
+      return rc;
+    got = upto;
+  }
+  return 0;
+}
+
 int lmp_pipe_recv(int fd, lmp_buf_t *buf, int64_t deadline)
 {
   unsigned char hdr[HEADER_SIZE];
@@ -260,11 +286,7 @@ int lmp_pipe_recv(int fd, lmp_buf_t *buf, int64_t deadline)
   uint64_t len = get_le64(hdr);
   if (len > LMP_PIPE_MAX_MESSAGE)
     return -EBADMSG; /* not a frame of ours: the stream cannot be trusted */
-  if (len > SIZE_MAX || lmp_buf_reserve(buf, (size_t)len) < 0) {
-    rc = discard(fd, len);
-    return rc < 0 ? rc : -ENOMEM;
-  }
-  if ((rc = read_full(fd, buf->data, (size_t)len)) < 0)
+  if ((rc = read_payload(fd, buf, len)) < 0)
     return rc;
   buf->len = (size_t)len;
   return 0;

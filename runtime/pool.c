@@ -4,9 +4,12 @@
  * Shape.  Three shared segments: a ring of tasks (parent -> workers), a ring
  * of replies (workers -> parent), both lmp_queue, and a header with one slot
  * per worker.  Workers pull, so a free worker takes the next task and the
- * load balances itself.  The parent keeps a local backlog and hands tasks to
- * the task ring only while fewer than high_water wait there: a task still in
- * the backlog can be cancelled, and a slow worker never sits on a pile.
+ * load balances itself.  The parent keeps a local backlog (payloads in one
+ * arena, no allocation per task) and hands tasks to the task ring only while
+ * fewer than `high` wait there: a task still in the backlog can be
+ * cancelled.  `high` is high_water, or adapts to keep about QUEUED_NS of
+ * work per worker in the ring, judged by how long tasks took (workers report
+ * it with each reply): tiny tasks flow in bursts, long ones stay cancellable.
  *
  * Nothing is ever lost.  A worker takes a task with lmp_queue_get_hook and
  * writes "busy with record seq" into its slot under the ring's lock, just
@@ -20,7 +23,7 @@
  *
  * Deaths, timeouts, wake-ups.  The parent never uses threads or signal
  * handlers.  It learns of deaths from the workers' pidfds, checked at most
- * every CHECK_NS while it is busy and always before it sleeps.  A task past
+ * every CHECK_NS while it is busy and whenever its sleep ends on one.  A task past
  * task_timeout (counted from the start time in its slot, which a worker may
  * renew per item) is killed with SIGKILL and fails as TIMEOUT when its worker
  * is reaped.  To sleep, the parent polls one epoll descriptor (lmp_pool_fd)
@@ -28,9 +31,12 @@
  * the earliest deadline.  A worker writes the eventfd after a reply only if
  * the parent has cleared the shared `signalled` flag since the last write,
  * which it does only on its way to sleep (or to report "nothing yet"): in
- * steady state a reply costs no system call at all.  Before sleeping the
- * parent spins briefly on the reply ring, since a kernel wake-up costs tens
- * of microseconds and a spinning hand-off well under one.
+ * steady state a reply costs no system call at all.  Idle workers do not
+ * all spin on the task ring: one spins, the others sleep on a futex word the
+ * parent bumps per task and wakes only when no spinner will take the task.
+ * Both sides spin for a budget that adapts to how often spinning paid
+ * (adapt_spin), so hand-offs take a microsecond on idle CPUs and nobody
+ * burns a CPU another process needs when they are busy.
  *
  * Start-up failures.  A worker that fails its initializer reports it
  * (lmp_pool_worker_fail_init); one that dies before it took its first task
@@ -518,19 +524,43 @@ static int wants_workers(lmp_pool_t *p)
   return !p->terminated && !p->broken && (!p->closing || work_left(p));
 }
 
+/*
+ * A forked process holds copies of its parent's pools, descriptors
+ * included.  When it makes pools of its own, or becomes a worker of `keep`,
+ * it closes them (all but keep's eventfd, which a worker writes) and drops
+ * the copies from its list: otherwise it would later close numbers that its
+ * own new descriptors reuse.
+ */
+static void forget_inherited(lmp_pool_t *keep)
+{
+  pid_t me = getpid();
+  for (lmp_pool_t **pp = &pools; *pp;) {
+    lmp_pool_t *q = *pp;
+    if (q->owner == me) {
+      pp = &q->next;
+      continue;
+    }
+    *pp = q->next;
+    q->next = NULL;
+    if (q->epfd >= 0)
+      close(q->epfd);
+    if (q->tfd >= 0)
+      close(q->tfd);
+    if (q != keep && q->efd >= 0)
+      close(q->efd);
+    q->epfd = q->tfd = -1;
+    if (q != keep)
+      q->efd = -1;
+  }
+}
+
 static void worker_exit(lmp_pool_t *p, int i) __attribute__((noreturn));
 
 /* In a new worker: descriptors of the parent side of every pool (and other
  * pools' eventfds) are not ours; then run the body. */
 static void worker_exit(lmp_pool_t *p, int i)
 {
-  for (lmp_pool_t *q = pools; q; q = q->next) {
-    close(q->epfd);
-    if (q->tfd >= 0)
-      close(q->tfd);
-    if (q != p)
-      close(q->efd);
-  }
+  forget_inherited(p);
   lmp_pool_worker_t w;
   memset(&w, 0, sizeof w);
   w.p = p;
@@ -1132,7 +1162,12 @@ void lmp_pool_free(lmp_pool_t *p)
     return;
   unlist(p);
   if (p->owner != getpid()) {
-    free_memory(p); /* a forked copy: the resources are the owner's */
+    /* A forked copy: the workers and segments are the owner's, only the
+     * inherited descriptors are ours. */
+    for (int *fd = &p->efd; fd; fd = fd == &p->efd ? &p->epfd : fd == &p->epfd ? &p->tfd : NULL)
+      if (*fd >= 0)
+        close(*fd);
+    free_memory(p);
     return;
   }
   for (int i = 0; i < p->cfg.processes; i++) {
@@ -1208,6 +1243,7 @@ int lmp_pool_create(const lmp_pool_config_t *cfg, lmp_pool_t **out)
     return -ENOMEM;
   p->cfg = *cfg;
   p->high = cfg->high_water ? cfg->high_water : QUEUED_MIN * (uint32_t)cfg->processes;
+  forget_inherited(NULL);
   p->owner = getpid();
   p->spin_ns = SPIN_START_NS;
   p->efd = p->epfd = p->tfd = -1;

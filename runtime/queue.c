@@ -725,6 +725,14 @@ static int take_record(lmp_queue_t *q, lmp_buf_t *buf, char *body, size_t *body_
   struct rec r;
   uint64_t len;
   memcpy(&r, q->ring + (head & q->mask), sizeof r);
+  uint64_t used = used_of(h);
+  if (rec_size(r.len) > used || (count_of(h) == 1 && rec_size(r.len) != used)) {
+    /* A header that does not fit what was written: only a stray write into
+     * the ring does that.  Nothing queued can be found any more; drop it
+     * all, which also puts the ring back in step for the next put. */
+    STORE(h->headw, LOAD(h->tailw));
+    return -EBADMSG;
+  }
   if (r.flags & REC_SPILL) {
     if (r.len < 8 || r.len > 8 + LMP_SEG_NAME_MAX) {
       /* Cannot happen short of memory corruption; drop the record rather

@@ -383,6 +383,14 @@ static int valid_name(const char *name)
   return n >= 2 && n < LMP_SEG_NAME_MAX && name[0] == '/' && strchr(name + 1, '/') == NULL;
 }
 
+/* Segments are created owner-only by this user.  Anything else under the
+ * prefix was planted (the names in /dev/shm are visible to every user), and
+ * mapping it would hand its maker our locks and our messages. */
+int lmp__owner_only(const struct stat *st)
+{
+  return st->st_uid == geteuid() && (st->st_mode & 077) == 0;
+}
+
 /* Map an existing segment and check it is one of ours. */
 static int seg_map(const char *name, lmp_seg_t **out)
 {
@@ -398,6 +406,9 @@ static int seg_map(const char *name, lmp_seg_t **out)
     rc = -errno;
     goto err;
   }
+  rc = -EACCES; /* not made by this user, owner-only: not one of ours */
+  if (!lmp__owner_only(&st))
+    goto err;
   rc = -EINVAL; /* too small to be one of ours */
   if (st.st_size < LMP__SEG_HDR * 2)
     goto err;

@@ -39,6 +39,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "internal.h"
 #include "lmp/common.h"
 #include "lmp/sync.h"
 
@@ -111,8 +112,16 @@ static int dir_map(struct dir **out)
   fd = shm_open(name, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0)
     return -errno;
-  if (fstat(fd, &st) < 0 || (st.st_size < (off_t)sizeof(struct dir) &&
-                             ftruncate(fd, (off_t)sizeof(struct dir)) < 0)) {
+  if (fstat(fd, &st) < 0) {
+    rc = -errno;
+    close(fd);
+    return rc;
+  }
+  if (!lmp__owner_only(&st)) { /* planted by someone else (see shm.c) */
+    close(fd);
+    return -EACCES;
+  }
+  if (st.st_size < (off_t)sizeof(struct dir) && ftruncate(fd, (off_t)sizeof(struct dir)) < 0) {
     rc = -errno;
     close(fd);
     return rc;

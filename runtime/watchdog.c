@@ -20,7 +20,9 @@
  * races the watchdog's start.  The loop is single-threaded and serves one
  * request per connection, synchronously, with socket timeouts so a stuck
  * client costs at most a second.  Only peers with the watchdog's own uid are
- * served.  The stash is capped; past the cap the oldest entry is dropped.
+ * served, and clients talk only to a server with their own uid (the
+ * abstract namespace has no file modes, so after a watchdog's death another
+ * user could bind its address).  The stash is capped; past the cap the oldest entry is dropped.
  *
  * Everything the watchdog runs is plain system calls on static memory: it is
  * a fork of a process that may have had threads, so it never allocates.
@@ -456,6 +458,12 @@ static int wd_connect(void)
     rc = errno == EAGAIN ? -ETIMEDOUT : -errno;
     close(s);
     return rc;
+  }
+  /* An abstract address has no file mode: had the watchdog died, anyone
+   * could have bound it since.  Only our own user gets a descriptor. */
+  if (!peer_allowed(s)) {
+    close(s);
+    return -EACCES;
   }
   return s;
 }

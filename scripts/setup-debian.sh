@@ -3,7 +3,8 @@
 # when everything is present, so `make test` and `make demo` run it each time.
 #   sh scripts/setup-debian.sh [extra packages...]
 set -e
-PKGS="gcc make pkg-config lua5.4 liblua5.4-dev libmsgpack-dev libreadline-dev lua-busted $*"
+PKGS="gcc make pkg-config lua5.4 liblua5.4-dev libmsgpack-dev libreadline-dev lua-busted \
+  libhiredis-dev libssl-dev redis-server $*"
 
 missing=""
 for p in $PKGS; do

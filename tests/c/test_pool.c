@@ -34,6 +34,7 @@ enum {
   T_KILL,     /* SIGKILL itself */
   T_PID,      /* reply with the pid */
   T_FAIL,     /* reply with status 7 */
+  T_NESTED,   /* make a pool of its own, echo through it, reply */
 };
 
 enum { INIT_OK, INIT_FAIL, INIT_CRASH };
@@ -48,6 +49,29 @@ static void reply_pid(lmp_pool_worker_t *w)
   int pid = getpid();
   struct iovec v = {&pid, sizeof pid};
   CHECK_EQ(lmp_pool_worker_reply(w, 0, &v, 1), 0);
+}
+
+static int body(lmp_pool_worker_t *w, void *arg);
+
+/* In a worker: a pool of its own, one echo through it, the echo as reply. */
+static void nested(lmp_pool_worker_t *w, const struct iovec *v)
+{
+  lmp_pool_config_t cfg = {0};
+  cfg.processes = 1;
+  cfg.body = body;
+  lmp_pool_t *inner;
+  CHECK_EQ(lmp_pool_create(&cfg, &inner), 0);
+  uint64_t id;
+  CHECK_EQ(lmp_pool_submit(inner, T_ECHO, v, 1, &id), 0);
+  lmp_pool_event_t ev;
+  CHECK_EQ(lmp_pool_wait(inner, &ev, lmp_deadline(10)), 0);
+  CHECK_EQ(ev.id, id);
+  struct iovec r = {(void *)ev.data, ev.len};
+  CHECK_EQ(lmp_pool_worker_reply(w, 0, &r, 1), 0);
+  lmp_pool_close(inner);
+  while (lmp_pool_wait(inner, &ev, lmp_deadline(10)) == 0) {
+  }
+  lmp_pool_free(inner);
 }
 
 static int body(lmp_pool_worker_t *w, void *arg)
@@ -92,6 +116,9 @@ static int body(lmp_pool_worker_t *w, void *arg)
       break;
     case T_FAIL:
       CHECK_EQ(lmp_pool_worker_reply(w, 7, &v, 1), 0);
+      break;
+    case T_NESTED:
+      nested(w, &v);
       break;
     }
   }
@@ -540,6 +567,24 @@ TEST(no_leaks)
   CHECK_EQ(lmp_test_shm_count(lmp_runtime_prefix()), segs);
 }
 
+/* Workers make pools of their own: the descriptors they inherited from this
+ * pool must not be mistaken for those of the new one. */
+TEST(nested_pools)
+{
+  lmp_pool_t *p = make(2, 0, 0, NULL);
+  for (int i = 0; i < 6; i++) {
+    char msg[16];
+    int len = snprintf(msg, sizeof msg, "nested %d", i);
+    uint64_t id = submit(p, T_NESTED, msg, (size_t)len);
+    lmp_pool_event_t ev = next(p);
+    CHECK_EQ(ev.type, LMP_POOL_DONE);
+    CHECK_EQ(ev.id, id);
+    CHECK_EQ(ev.len, (size_t)len);
+    CHECK(memcmp(ev.data, msg, (size_t)len) == 0);
+  }
+  lmp_pool_free(p);
+}
+
 TEST(bad_config)
 {
   lmp_pool_config_t cfg = {0};
@@ -567,6 +612,7 @@ TEST_LIST = {
     TEST_ENTRY(free_does_not_block),
     TEST_ENTRY(fd_readable_while_replies_wait),
     TEST_ENTRY_T(no_leaks, 30),
+    TEST_ENTRY_T(nested_pools, 30),
     TEST_ENTRY(bad_config),
     TEST_END,
 };

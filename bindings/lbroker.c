@@ -1,0 +1,557 @@
+/*
+ * lbroker.c -- the C half of the broker pool and of `lmp worker`: a
+ * connection object over lmp/broker.h, sealing (encode + sign) and opening
+ * (verify + decode) of messages, and the one dispatch point of lmp.Pool.
+ *
+ * The Pool, its AsyncResult and the worker loop are Lua (scripts/lmp/
+ * broker.lua, scripts/lmp/worker.lua); they reach this file through the
+ * preloaded module "lmp.broker_core".  Nothing here decodes a byte of a
+ * message before its HMAC has been checked: open() verifies first, and only
+ * an authentic message is decoded, trusted (bytecode allowed), since the
+ * secret's holders are the only ones who could have written it.
+ *
+ * lmp.Pool dispatch: lmpb_broker_open replaces lmp.Pool with a closure that
+ * sends a table carrying `broker` to require("lmp.broker").Pool and
+ * everything else, untouched, to the local Pool constructor it wraps.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lmp/broker.h"
+#include "lmpb.h"
+
+#define CONN_MT "lmp.BrokerConn"
+
+typedef struct lconn {
+  lmp_broker_t *b;
+  pid_t owner;
+  lmp_broker_batch_t batch;
+} lconn;
+
+static lconn *checkconn(lua_State *L)
+{
+  lconn *c = luaL_checkudata(L, 1, CONN_MT);
+  if (c->b == NULL)
+    luaL_error(L, "broker connection is closed");
+  return c;
+}
+
+/* nil, message, code: an outside failure, as luaL_fileresult words it. */
+static int fail(lua_State *L, lconn *c, int rc)
+{
+  lua_pushnil(L);
+  const char *m = c && c->b ? lmp_broker_errmsg(c->b) : "";
+  lua_pushstring(L, m && *m ? m : lmp_strerror(rc));
+  lua_pushinteger(L, -rc);
+  return 3;
+}
+
+/* === the connection === */
+
+/* core.open(url, queue, connect_timeout_s, result_ttl_s) -> conn | nil, msg */
+static int l_open(lua_State *L)
+{
+  lmp_broker_config_t cfg = {0};
+  char err[300];
+  cfg.url = luaL_checkstring(L, 1);
+  cfg.queue = luaL_optstring(L, 2, "default");
+  cfg.connect_timeout = (int64_t)(luaL_optnumber(L, 3, 5) * 1000);
+  cfg.result_ttl = (int64_t)(luaL_optnumber(L, 4, 3600) * 1000);
+  lconn *c = lua_newuserdatauv(L, sizeof *c, 0);
+  memset(c, 0, sizeof *c);
+  luaL_setmetatable(L, CONN_MT);
+  int rc = lmp_broker_open(&cfg, &c->b, err, sizeof err);
+  if (rc < 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    lua_pushinteger(L, -rc);
+    return 3;
+  }
+  c->owner = getpid();
+  return 1;
+}
+
+static int conn_close(lua_State *L)
+{
+  lconn *c = luaL_checkudata(L, 1, CONN_MT);
+  if (c->b && c->owner == getpid())
+    lmp_broker_close(c->b);
+  c->b = NULL;
+  lmp_broker_batch_free(&c->batch);
+  return 0;
+}
+
+static int conn_consumer(lua_State *L)
+{
+  lua_pushstring(L, lmp_broker_consumer(checkconn(L)->b));
+  return 1;
+}
+
+static int conn_put(lua_State *L)
+{
+  lconn *c = checkconn(L);
+  size_t n;
+  const char *s = luaL_checklstring(L, 2, &n);
+  int rc = lmp_broker_put(c->b, s, n);
+  if (rc < 0)
+    return fail(L, c, rc);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int conn_flush(lua_State *L)
+{
+  lconn *c = checkconn(L);
+  int rc = lmp_broker_flush(c->b);
+  if (rc < 0)
+    return fail(L, c, rc);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* Push the batch as a list: strings only, or {id, data, deliveries, history}. */
+static void push_batch(lua_State *L, lmp_broker_batch_t *bt, int full)
+{
+  lua_createtable(L, bt->n, 0);
+  for (int i = 0; i < bt->n; i++) {
+    lmp_broker_msg_t *m = &bt->msg[i];
+    if (full) {
+      lua_createtable(L, 0, 4);
+      lua_pushstring(L, m->id);
+      lua_setfield(L, -2, "id");
+      lua_pushlstring(L, m->data, m->len);
+      lua_setfield(L, -2, "data");
+      lua_pushinteger(L, m->deliveries);
+      lua_setfield(L, -2, "deliveries");
+      lua_pushstring(L, m->history ? m->history : "");
+      lua_setfield(L, -2, "history");
+    } else {
+      lua_pushlstring(L, m->data, m->len);
+    }
+    lua_rawseti(L, -2, i + 1);
+  }
+  lmp_broker_batch_clear(bt);
+}
+
+/* conn:results(caller, max, timeout_s|nil) -> {msg...} */
+static int conn_results(lua_State *L)
+{
+  lconn *c = checkconn(L);
+  const char *caller = luaL_checkstring(L, 2);
+  int max = (int)luaL_optinteger(L, 3, 256);
+  int64_t deadline = lmpb_optdeadline(L, 4);
+  int rc = lmp_broker_results(c->b, caller, max, deadline, &c->batch);
+  if (rc < 0) {
+    lmp_broker_batch_clear(&c->batch);
+    return fail(L, c, rc);
+  }
+  push_batch(L, &c->batch, 0);
+  return 1;
+}
+
+/* conn:take(max, block_s) -> {{id =, data =, deliveries =, history =}...} */
+static int conn_take(lua_State *L)
+{
+  lconn *c = checkconn(L);
+  int max = (int)luaL_optinteger(L, 2, 64);
+  int64_t block = (int64_t)(luaL_optnumber(L, 3, 1) * 1000);
+  int rc = lmp_broker_take(c->b, max, block, &c->batch);
+  if (rc < 0) {
+    lmp_broker_batch_clear(&c->batch);
+    return fail(L, c, rc);
+  }
+  push_batch(L, &c->batch, 1);
+  return 1;
+}
+
+/* conn:reclaim(idle_s, max) -> msgs */
+static int conn_reclaim(lua_State *L)
+{
+  lconn *c = checkconn(L);
+  int64_t idle = (int64_t)(luaL_checknumber(L, 2) * 1000);
+  int max = (int)luaL_optinteger(L, 3, 64);
+  int rc = lmp_broker_reclaim(c->b, idle, max, &c->batch);
+  if (rc < 0) {
+    lmp_broker_batch_clear(&c->batch);
+    return fail(L, c, rc);
+  }
+  push_batch(L, &c->batch, 1);
+  return 1;
+}
+
+/* A message table at idx back into a lmp_broker_msg_t (borrowing strings). */
+static void tomsg(lua_State *L, int idx, lmp_broker_msg_t *m)
+{
+  luaL_checktype(L, idx, LUA_TTABLE);
+  memset(m, 0, sizeof *m);
+  lua_getfield(L, idx, "id");
+  snprintf(m->id, sizeof m->id, "%s", luaL_checkstring(L, -1));
+  lua_getfield(L, idx, "data");
+  m->data = (char *)luaL_checklstring(L, -1, &m->len);
+  lua_getfield(L, idx, "deliveries");
+  m->deliveries = (uint32_t)luaL_checkinteger(L, -1);
+  lua_getfield(L, idx, "history");
+  m->history = (char *)luaL_optstring(L, -1, "");
+  lua_pop(L, 4); /* the strings stay alive in the table */
+}
+
+/* conn:complete({{msg_id, task_id, caller, data}...}) */
+static int conn_complete(lua_State *L)
+{
+  lconn *c = checkconn(L);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  int n = (int)lua_rawlen(L, 2);
+  if (n == 0) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lmp_broker_done_t *d = lua_newuserdatauv(L, sizeof *d * (size_t)n, 0);
+  for (int i = 0; i < n; i++) {
+    lua_rawgeti(L, 2, i + 1);
+    int t = lua_gettop(L);
+    lua_rawgeti(L, t, 1);
+    d[i].msg_id = luaL_checkstring(L, -1);
+    lua_rawgeti(L, t, 2);
+    d[i].task_id = luaL_checkstring(L, -1);
+    lua_rawgeti(L, t, 3);
+    d[i].caller = luaL_checkstring(L, -1);
+    lua_rawgeti(L, t, 4);
+    d[i].data = luaL_checklstring(L, -1, &d[i].len);
+    lua_settop(L, t - 1); /* the list keeps the strings */
+  }
+  int rc = lmp_broker_complete(c->b, d, n);
+  if (rc < 0)
+    return fail(L, c, rc);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* conn:release(msg, reason) */
+static int conn_release(lua_State *L)
+{
+  lconn *c = checkconn(L);
+  lmp_broker_msg_t m;
+  tomsg(L, 2, &m);
+  int rc = lmp_broker_release(c->b, &m, luaL_checkstring(L, 3));
+  if (rc < 0)
+    return fail(L, c, rc);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* conn:bury(msg, reason [, task_id, caller, result]) */
+static int conn_bury(lua_State *L)
+{
+  lconn *c = checkconn(L);
+  lmp_broker_msg_t m;
+  lmp_broker_done_t d, *dp = NULL;
+  tomsg(L, 2, &m);
+  const char *reason = luaL_checkstring(L, 3);
+  if (!lua_isnoneornil(L, 4)) {
+    d.msg_id = m.id;
+    d.task_id = luaL_checkstring(L, 4);
+    d.caller = luaL_checkstring(L, 5);
+    d.data = luaL_checklstring(L, 6, &d.len);
+    dp = &d;
+  }
+  int rc = lmp_broker_bury(c->b, &m, reason, dp);
+  if (rc < 0)
+    return fail(L, c, rc);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* conn:visibility([seconds]) -> the queue's visibility timeout (0: unset),
+ * after lowering it to `seconds` when given */
+static int conn_visibility(lua_State *L)
+{
+  lconn *c = checkconn(L);
+  int64_t ms = 0;
+  int rc = 0;
+  if (!lua_isnoneornil(L, 2))
+    rc = lmp_broker_set_visibility(c->b, (int64_t)(luaL_checknumber(L, 2) * 1000));
+  if (rc == 0)
+    rc = lmp_broker_get_visibility(c->b, &ms);
+  if (rc < 0)
+    return fail(L, c, rc);
+  lua_pushnumber(L, (lua_Number)ms / 1000);
+  return 1;
+}
+
+static int conn_counts(lua_State *L)
+{
+  lconn *c = checkconn(L);
+  int64_t w = 0, d = 0;
+  int rc = lmp_broker_counts(c->b, &w, &d);
+  if (rc < 0)
+    return fail(L, c, rc);
+  lua_pushinteger(L, w);
+  lua_pushinteger(L, d);
+  return 2;
+}
+
+/* conn:workers() -> {{name =, info =, running =}...} */
+static int conn_workers(lua_State *L)
+{
+  lconn *c = checkconn(L);
+  int rc = lmp_broker_workers(c->b, &c->batch);
+  if (rc < 0) {
+    lmp_broker_batch_clear(&c->batch);
+    return fail(L, c, rc);
+  }
+  lua_createtable(L, c->batch.n, 0);
+  for (int i = 0; i < c->batch.n; i++) {
+    lmp_broker_msg_t *m = &c->batch.msg[i];
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, m->id);
+    lua_setfield(L, -2, "name");
+    lua_pushlstring(L, m->data, m->len);
+    lua_setfield(L, -2, "info");
+    lua_pushstring(L, m->history ? m->history : "");
+    lua_setfield(L, -2, "running");
+    lua_rawseti(L, -2, i + 1);
+  }
+  lmp_broker_batch_clear(&c->batch);
+  return 1;
+}
+
+static int conn_lease_start(lua_State *L)
+{
+  lconn *c = checkconn(L);
+  int rc = lmp_broker_lease_start(c->b, (int64_t)(luaL_checknumber(L, 2) * 1000),
+                                  (int64_t)(luaL_checknumber(L, 3) * 1000));
+  if (rc < 0)
+    return fail(L, c, rc);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int conn_lease_add(lua_State *L)
+{
+  lconn *c = checkconn(L);
+  lmp_broker_lease_add(c->b, luaL_checkstring(L, 2));
+  return 0;
+}
+
+static int conn_lease_del(lua_State *L)
+{
+  lconn *c = checkconn(L);
+  lmp_broker_lease_del(c->b, luaL_checkstring(L, 2));
+  return 0;
+}
+
+static int conn_lease_info(lua_State *L)
+{
+  lconn *c = checkconn(L);
+  lmp_broker_lease_info(c->b, luaL_checkstring(L, 2));
+  return 0;
+}
+
+static int conn_lease_stop(lua_State *L)
+{
+  lconn *c = checkconn(L);
+  if (c->owner == getpid())
+    lmp_broker_lease_stop(c->b);
+  return 0;
+}
+
+/* === sealing === */
+
+/* core.seal(secret, kind, id, value [, what]) -> signed message */
+static int l_seal(lua_State *L)
+{
+  size_t klen;
+  const char *key = luaL_checklstring(L, 1, &klen);
+  const char *kind = luaL_checkstring(L, 2);
+  const char *id = luaL_checkstring(L, 3);
+  luaL_checkany(L, 4);
+  const char *what = luaL_optstring(L, 5, "value");
+  const lmp_buf_t *p = lmpb_encode(L, 4, what);
+  lmp_buf_t out = {0};
+  int rc = lmp_broker_sign(&out, key, klen, kind[0], id, p->data, p->len);
+  if (rc < 0) {
+    lmp_buf_free(&out);
+    return luaL_error(L, "cannot sign a message: %s", lmp_strerror(rc));
+  }
+  lua_pushlstring(L, out.data, out.len);
+  lmp_buf_free(&out);
+  return 1;
+}
+
+/* core.unseal(secret, msg, max_age_s) -> kind, id, value | nil, reason */
+static int l_unseal(lua_State *L)
+{
+  size_t klen, len;
+  const char *key = luaL_checklstring(L, 1, &klen);
+  const char *msg = luaL_checklstring(L, 2, &len);
+  int64_t age = (int64_t)(luaL_optnumber(L, 3, 0) * 1000);
+  lmp_broker_view_t v;
+  int rc = lmp_broker_verify(msg, len, key, klen, age, &v);
+  if (rc == -EBADMSG)
+    return lmpb_fail(L, "bad signature");
+  if (rc == -ESTALE)
+    return lmpb_fail(L, "stale timestamp");
+  if (rc < 0)
+    return lmpb_fail(L, lmp_strerror(rc));
+  char k[2] = {(char)v.kind, 0};
+  lua_pushstring(L, k);
+  lua_pushlstring(L, v.id, v.idlen);
+  lmpb_decode(L, v.payload, v.len, 1);
+  return 3;
+}
+
+/* core.encode(value, what) -> string */
+static int l_encode(lua_State *L)
+{
+  luaL_checkany(L, 1);
+  const lmp_buf_t *p = lmpb_encode(L, 1, luaL_optstring(L, 2, "value"));
+  lua_pushlstring(L, p->data, p->len);
+  return 1;
+}
+
+/* core.decode(string) -> value: only for bytes that came out of unseal. */
+static int l_decode(lua_State *L)
+{
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  lmpb_decode(L, s, n, 1);
+  return 1;
+}
+
+/* === signals of `lmp worker` === */
+
+/* The handlers only count (STYLE: signals set flags); the worker's loop
+ * reads the counts.  A child forked later (a replacement pool worker)
+ * inherits the handler but not the role: there it acts as the default. */
+static volatile sig_atomic_t sig_term, sig_int;
+static pid_t sig_owner;
+
+static void on_signal(int sig)
+{
+  if (getpid() != sig_owner) {
+    signal(sig, SIG_DFL);
+    raise(sig);
+    return;
+  }
+  if (sig == SIGINT)
+    sig_int++;
+  else
+    sig_term++;
+}
+
+/* core.catch_signals(): SIGTERM and SIGINT are counted from now on. */
+static int l_catch_signals(lua_State *L)
+{
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_signal;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  sig_owner = getpid();
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
+  (void)L;
+  return 0;
+}
+
+/* core.signals() -> SIGTERMs, SIGINTs received so far */
+static int l_signals(lua_State *L)
+{
+  lua_pushinteger(L, sig_term);
+  lua_pushinteger(L, sig_int);
+  return 2;
+}
+
+static int l_isatty(lua_State *L)
+{
+  lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
+  return 1;
+}
+
+static const luaL_Reg conn_methods[] = {
+    {"close", conn_close},
+    {"consumer", conn_consumer},
+    {"put", conn_put},
+    {"flush", conn_flush},
+    {"results", conn_results},
+    {"take", conn_take},
+    {"reclaim", conn_reclaim},
+    {"complete", conn_complete},
+    {"release", conn_release},
+    {"bury", conn_bury},
+    {"counts", conn_counts},
+    {"visibility", conn_visibility},
+    {"workers", conn_workers},
+    {"lease_start", conn_lease_start},
+    {"lease_add", conn_lease_add},
+    {"lease_del", conn_lease_del},
+    {"lease_info", conn_lease_info},
+    {"lease_stop", conn_lease_stop},
+    {NULL, NULL},
+};
+
+static const luaL_Reg core_funcs[] = {
+    {"open", l_open},       {"seal", l_seal},     {"unseal", l_unseal},
+    {"encode", l_encode},   {"decode", l_decode}, {"catch_signals", l_catch_signals},
+    {"signals", l_signals}, {"isatty", l_isatty}, {NULL, NULL},
+};
+
+static int open_core(lua_State *L)
+{
+  if (luaL_newmetatable(L, CONN_MT)) {
+    luaL_newlib(L, conn_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, conn_close);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
+  luaL_newlib(L, core_funcs);
+  lua_pushinteger(L, LUA_VERSION_NUM);
+  lua_setfield(L, -2, "lua_version");
+  return 1;
+}
+
+/* === the dispatch point of lmp.Pool === */
+
+/* lmp.Pool(...): a first argument that is a table with a `broker` field
+ * makes a broker pool (scripts/lmp/broker.lua); anything else goes to the
+ * local Pool constructor (upvalue 1) exactly as it came. */
+static int l_pool(lua_State *L)
+{
+  int nargs = lua_gettop(L);
+  if (lua_type(L, 1) == LUA_TTABLE && lua_getmetatable(L, 1) == 0) {
+    int broker = lua_getfield(L, 1, "broker") != LUA_TNIL;
+    lua_pop(L, 1);
+    if (broker) {
+      lua_getglobal(L, "require");
+      lua_pushliteral(L, "lmp.broker");
+      lua_call(L, 1, 1);
+      lua_getfield(L, -1, "Pool");
+      lua_remove(L, -2);
+      lua_insert(L, 1);
+      lua_call(L, nargs, LUA_MULTRET);
+      return lua_gettop(L);
+    }
+  } else if (lua_type(L, 1) == LUA_TTABLE) {
+    lua_pop(L, 1);
+  }
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, nargs, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+int lmpb_broker_open(lua_State *L)
+{
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushcfunction(L, open_core);
+  lua_setfield(L, -2, "lmp.broker_core");
+  lua_pop(L, 1);
+  lua_getfield(L, -1, "Pool");
+  lua_pushcclosure(L, l_pool, 1);
+  lua_setfield(L, -2, "Pool");
+  return 0;
+}

@@ -1,0 +1,161 @@
+/*
+ * lmp/broker.h -- the transport under lmp.Pool{broker = url}: a durable task
+ * queue shared by processes on many machines.
+ *
+ * The runtime moves opaque signed messages; what they mean (functions,
+ * arguments, results) is the bindings' business.  Every engine (Redis
+ * Streams today; the operations were chosen so NATS JetStream could follow)
+ * provides the same few operations, selected by the URL's scheme:
+ *
+ *   producer   put a task (buffered; flush sends the batch), wait for the
+ *              results addressed to this caller
+ *   consumer   take tasks (at-least-once: a taken task stays leased to this
+ *              consumer until it is completed, released or its lease lapses),
+ *              complete them (result stored first-write-wins, task removed, in
+ *              one atomic step), release them for redelivery, bury them in
+ *              the dead-letter queue, renew leases, reclaim the tasks of
+ *              consumers whose leases lapsed
+ *   registry   heartbeats of live workers, for `lmp worker --status`
+ *
+ * Messages are signed with HMAC-SHA256 (OpenSSL) over version, kind, task
+ * id, timestamp and payload; lmp_broker_verify checks the tag in constant
+ * time before anything else looks at the bytes.
+ *
+ * Functions return 0 (or a count) or a negative errno: -ECONNREFUSED and
+ * -ETIMEDOUT when the engine cannot be reached (lmp_broker_errmsg says more),
+ * -EPROTO for an unexpected reply, -EINVAL for a bad URL.  A broker object is
+ * used by one thread at a time; the lease keeper has its own connection.
+ */
+#ifndef LMP_BROKER_H
+#define LMP_BROKER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lmp/common.h"
+
+typedef struct lmp_broker lmp_broker_t;
+
+typedef struct lmp_broker_config {
+  const char *url;         /* redis://[user:pass@]host[:port][/db] */
+  const char *queue;       /* queue name; NULL: "default" */
+  const char *consumer;    /* this client's name; NULL: host:pid:random */
+  int64_t connect_timeout; /* ms to reach the engine at open; <= 0: 5000 */
+  int64_t result_ttl;      /* ms a stored result lives; <= 0: 1 hour */
+} lmp_broker_config_t;
+
+/* One delivered message.  The batch owns the bytes. */
+typedef struct lmp_broker_msg {
+  char id[64]; /* the engine's id of this delivery (stream entry id) */
+  char *data;  /* the message as it was put */
+  size_t len;
+  uint32_t deliveries; /* deliveries so far, this one included */
+  char *history;       /* earlier failed deliveries, "consumer: reason\n"... */
+} lmp_broker_msg_t;
+
+typedef struct lmp_broker_batch {
+  lmp_broker_msg_t *msg;
+  int n, cap;
+} lmp_broker_batch_t;
+
+void lmp_broker_batch_clear(lmp_broker_batch_t *b); /* frees the messages, keeps the array */
+void lmp_broker_batch_free(lmp_broker_batch_t *b);
+
+/* A finished task: its delivery, its id, the caller to tell and the signed
+ * result. */
+typedef struct lmp_broker_done {
+  const char *msg_id;
+  const char *task_id;
+  const char *caller;
+  const char *data;
+  size_t len;
+} lmp_broker_done_t;
+
+/* Open a connection; on failure *out is NULL and, when errmsg is given, a
+ * description is written there (at most errlen bytes). */
+int lmp_broker_open(const lmp_broker_config_t *cfg, lmp_broker_t **out, char *errmsg,
+                    size_t errlen);
+void lmp_broker_close(lmp_broker_t *b);
+/* The last failure, as text ("" if none). */
+const char *lmp_broker_errmsg(const lmp_broker_t *b);
+/* This client's consumer name. */
+const char *lmp_broker_consumer(const lmp_broker_t *b);
+
+/* === producer === */
+
+int lmp_broker_put(lmp_broker_t *b, const void *msg, size_t len);
+int lmp_broker_flush(lmp_broker_t *b);
+/* Results addressed to `caller`: up to max, waiting until the deadline
+ * (absolute, monotonic ns) for the first.  The count, 0 at the deadline. */
+int lmp_broker_results(lmp_broker_t *b, const char *caller, int max, int64_t deadline,
+                       lmp_broker_batch_t *out);
+
+/* === consumer === */
+
+/* Take up to max tasks, waiting up to block_ms for the first.  After a
+ * reconnection the consumer's own unfinished deliveries come back first. */
+int lmp_broker_take(lmp_broker_t *b, int max, int64_t block_ms, lmp_broker_batch_t *out);
+int lmp_broker_complete(lmp_broker_t *b, const lmp_broker_done_t *done, int n);
+/* Put a delivered task back at once for any consumer; it keeps its count. */
+int lmp_broker_release(lmp_broker_t *b, const lmp_broker_msg_t *m, const char *reason);
+/* Move a task to the dead-letter queue with its history; `result`, when
+ * given, is published to its caller in the same step. */
+int lmp_broker_bury(lmp_broker_t *b, const lmp_broker_msg_t *m, const char *reason,
+                    const lmp_broker_done_t *result);
+int lmp_broker_renew(lmp_broker_t *b, const char *const *ids, int n);
+/* Claim up to max tasks whose lease lapsed more than idle_ms ago. */
+int lmp_broker_reclaim(lmp_broker_t *b, int64_t idle_ms, int max, lmp_broker_batch_t *out);
+/* The queue's visibility timeout: the smallest any producer asked for in
+ * the last day (set by producers, read by consumers before reclaiming);
+ * get gives 0 when none was set. */
+int lmp_broker_set_visibility(lmp_broker_t *b, int64_t ms);
+int lmp_broker_get_visibility(lmp_broker_t *b, int64_t *ms);
+/* Tasks waiting and dead-lettered: for status. */
+int lmp_broker_counts(lmp_broker_t *b, int64_t *waiting, int64_t *dead);
+
+/* === registry === */
+
+int lmp_broker_heartbeat(lmp_broker_t *b, const char *info, int64_t ttl_ms);
+/* Live workers: id is the consumer name, data its last info. */
+int lmp_broker_workers(lmp_broker_t *b, lmp_broker_batch_t *out);
+int lmp_broker_unregister(lmp_broker_t *b);
+
+/* === the lease keeper === */
+
+/*
+ * A thread with its own connection that renews the leases of the ids added
+ * here every interval_ms and sends the heartbeat with the info last set, so
+ * a worker busy in Lua (or stuck) never loses a task it is still running.
+ */
+int lmp_broker_lease_start(lmp_broker_t *b, int64_t interval_ms, int64_t ttl_ms);
+int lmp_broker_lease_add(lmp_broker_t *b, const char *id);
+void lmp_broker_lease_del(lmp_broker_t *b, const char *id);
+int lmp_broker_lease_info(lmp_broker_t *b, const char *info);
+void lmp_broker_lease_stop(lmp_broker_t *b);
+
+/* === signing === */
+
+enum { LMP_BROKER_TASK = 'T', LMP_BROKER_RESULT = 'R' };
+#define LMP_BROKER_MAC_LEN 32
+
+/* Append to out: the signed message of `kind` for task `id` stamped now
+ * (wall clock, ms). */
+int lmp_broker_sign(lmp_buf_t *out, const void *key, size_t keylen, int kind, const char *id,
+                    const void *payload, size_t len);
+
+typedef struct lmp_broker_view {
+  int kind;
+  const char *id; /* not terminated */
+  size_t idlen;
+  int64_t stamp; /* ms since the epoch */
+  const char *payload;
+  size_t len;
+} lmp_broker_view_t;
+
+/* Check a signed message: -EBADMSG if malformed or the tag does not match
+ * (compared in constant time), -ESTALE if stamped more than max_age_ms ago
+ * or more than five minutes ahead.  Fills *v only on success. */
+int lmp_broker_verify(const void *msg, size_t len, const void *key, size_t keylen,
+                      int64_t max_age_ms, lmp_broker_view_t *v);
+
+#endif

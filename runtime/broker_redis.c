@@ -1,0 +1,1021 @@
+/*
+ * broker_redis.c -- the broker on Redis Streams, through hiredis 0.14.
+ *
+ * Keys (all under "lmp:", so an ACL user can be limited to ~lmp:*):
+ *   lmp:q:<queue>         the task stream, read through consumer group "lmp"
+ *   lmp:q:<queue>:dead    dead-lettered tasks with their history
+ *   lmp:q:<queue>:vt      the queue's visibility timeout in ms (the smallest asked)
+ *   lmp:r:<task id>       a task's result (SET NX: the first write wins)
+ *   lmp:c:<caller>        the results a caller has yet to collect (a list)
+ *   lmp:w:<consumer>      a live worker's heartbeat (a hash that expires)
+ *   lmp:workers:<queue>   who has sent heartbeats, scored by expiry time
+ *
+ * A stream entry carries the signed message (m), the deliveries of earlier
+ * entries of the same task (d) and their history (h): a task released by a
+ * worker goes back as a new entry so any worker can take it at once, and
+ * keeps its count.  Entries are never trimmed by length (MAXLEN would drop
+ * tasks nobody has run); a completed task's entry is acknowledged and
+ * deleted in the same MULTI/EXEC that stores and publishes its result.
+ *
+ * Connections.  hiredis 0.14 leaves a context unusable after any I/O error
+ * and its redisReconnect forgets the timeouts, so a broken context is freed
+ * and a new one made, its socket timeout set again (always longer than the
+ * longest BLOCK we send, or a reply the server has already committed to,
+ * such as entries moved to our pending list, would be lost on our side),
+ * then AUTH, SELECT and the group.  Reconnection backs off from 50 ms to 2 s
+ * and gives up after RECONNECT_MS; the first connection gives up after the
+ * configured connect timeout with the server's or the system's words.  After
+ * a reconnection, take() first reads this consumer's own pending entries
+ * (id 0): deliveries whose replies the broken connection swallowed.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+
+#include <hiredis/hiredis.h>
+
+#include "broker_engine.h"
+#include "internal.h"
+
+#define GROUP "lmp"
+#define SOCKET_TIMEOUT_MS 15000
+#define MAX_BLOCK_MS 2000 /* well under SOCKET_TIMEOUT_MS */
+#define RECONNECT_MS 60000
+#define PUT_BATCH 512
+
+typedef struct rconn {
+  redisContext *c;
+  char host[256];
+  int port, db;
+  char *user, *pass;
+  int fresh; /* a new connection: own pending entries first */
+  char kstream[300], kdead[310], kworkers[320], kself[200];
+  /* puts not yet acknowledged, sent again after a reconnection */
+  char **puts;
+  size_t *putlen;
+  int nput, capput;
+} rconn;
+
+/* === connection === */
+
+static void sleep_ms(int64_t ms)
+{
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000};
+  while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+    ;
+}
+
+static struct timeval tv_ms(int64_t ms)
+{
+  struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+  return tv;
+}
+
+static int url_decode(char *s)
+{
+  char *o = s;
+  for (; *s; s++) {
+    if (*s == '%' && s[1] && s[2]) {
+      char hex[3] = {s[1], s[2], 0};
+      *o++ = (char)strtol(hex, NULL, 16);
+      s += 2;
+    } else {
+      *o++ = *s;
+    }
+  }
+  *o = 0;
+  return 0;
+}
+
+/* redis://[[user]:pass@]host[:port][/db] */
+static int parse_url(lmp_broker_t *b, rconn *r)
+{
+  const char *p = b->url + strlen("redis://"), *at, *slash;
+  char hostport[250];
+  r->port = 6379;
+  r->db = 0;
+  slash = strchr(p, '/');
+  at = strrchr(p, '@');
+  if (at && slash && at > slash)
+    at = NULL;
+  if (at) {
+    char *cred = strndup(p, (size_t)(at - p)), *colon = strchr(cred, ':');
+    if (colon) {
+      *colon = 0;
+      r->pass = strdup(colon + 1);
+      url_decode(r->pass);
+      if (*cred)
+        r->user = cred;
+      else
+        free(cred);
+    } else {
+      r->pass = cred; /* redis://password@host */
+    }
+    if (r->user)
+      url_decode(r->user);
+    p = at + 1;
+  }
+  size_t n = slash ? (size_t)(slash - p) : strlen(p);
+  if (n == 0 || n >= sizeof hostport)
+    return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (no host)", b->url);
+  memcpy(hostport, p, n);
+  hostport[n] = 0;
+  char *colon = strrchr(hostport, ':');
+  if (colon) {
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || port <= 0 || port > 65535)
+      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (bad port)", b->url);
+    r->port = (int)port;
+    *colon = 0;
+  }
+  snprintf(r->host, sizeof r->host, "%s", hostport);
+  if (slash && slash[1]) {
+    char *end;
+    long db = strtol(slash + 1, &end, 10);
+    if (*end || db < 0 || db > 100000)
+      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (bad database number)", b->url);
+    r->db = (int)db;
+  }
+  return 0;
+}
+
+static void drop(rconn *r)
+{
+  if (r->c)
+    redisFree(r->c);
+  r->c = NULL;
+}
+
+/* A reply that is an error: its text into b->err, -EPROTO.  Frees it. */
+static int reply_error(lmp_broker_t *b, redisReply *rep, const char *what)
+{
+  int rc = lmp__broker_fail(b, -EPROTO, "%s: %s", what,
+                            rep && rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
+  if (rep && rep->str && strncmp(rep->str, "NOAUTH", 6) == 0)
+    rc = -EACCES;
+  if (rep && rep->str &&
+      (strncmp(rep->str, "WRONGPASS", 9) == 0 || strncmp(rep->str, "NOPERM", 6) == 0))
+    rc = -EACCES;
+  freeReplyObject(rep);
+  return rc;
+}
+
+/* A server that is starting (loading its data) or failing over answers
+ * with these: worth another try on a new connection, not an error. */
+static int transient(const redisReply *rep)
+{
+  return rep && rep->type == REDIS_REPLY_ERROR &&
+         (strncmp(rep->str, "LOADING", 7) == 0 || strncmp(rep->str, "MASTERDOWN", 10) == 0 ||
+          strncmp(rep->str, "TRYAGAIN", 8) == 0);
+}
+
+/* An I/O failure of the context: its text into b->err, the context gone. */
+static int io_error(lmp_broker_t *b, rconn *r, const char *what)
+{
+  int rc = lmp__broker_fail(b, -ECONNRESET, "%s: %s (redis at %s:%d)", what,
+                            r->c && r->c->errstr[0] ? r->c->errstr : "connection lost", r->host,
+                            r->port);
+  drop(r);
+  return rc;
+}
+
+static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
+{
+  redisReply *rep;
+  r->c = redisConnectWithTimeout(r->host, r->port, tv_ms(timeout_ms));
+  if (r->c == NULL)
+    return lmp__broker_fail(b, -ENOMEM, "cannot allocate a redis context");
+  if (r->c->err)
+    return io_error(b, r, "cannot reach the broker");
+  redisSetTimeout(r->c, tv_ms(SOCKET_TIMEOUT_MS));
+  redisEnableKeepAlive(r->c);
+  if (r->pass) {
+    if (r->user)
+      rep = redisCommand(r->c, "AUTH %s %s", r->user, r->pass);
+    else
+      rep = redisCommand(r->c, "AUTH %s", r->pass);
+    if (rep == NULL)
+      return io_error(b, r, "AUTH");
+    if (rep->type == REDIS_REPLY_ERROR) {
+      int rc = reply_error(b, rep, "broker refused AUTH");
+      drop(r);
+      return rc < 0 ? -EACCES : rc;
+    }
+    freeReplyObject(rep);
+  }
+  if (r->db) {
+    rep = redisCommand(r->c, "SELECT %d", r->db);
+    if (rep == NULL)
+      return io_error(b, r, "SELECT");
+    if (rep->type == REDIS_REPLY_ERROR) {
+      int rc = reply_error(b, rep, "SELECT");
+      drop(r);
+      return rc;
+    }
+    freeReplyObject(rep);
+  }
+  rep = redisCommand(r->c, "XGROUP CREATE %s " GROUP " 0 MKSTREAM", r->kstream);
+  if (rep == NULL)
+    return io_error(b, r, "XGROUP CREATE");
+  if (transient(rep)) {
+    lmp__broker_fail(b, -EAGAIN, "broker not ready: %s", rep->str);
+    freeReplyObject(rep);
+    drop(r);
+    return -EAGAIN;
+  }
+  if (rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "BUSYGROUP", 9) != 0) {
+    int rc = reply_error(b, rep, "XGROUP CREATE");
+    drop(r);
+    return rc;
+  }
+  freeReplyObject(rep);
+  r->fresh = 1;
+  return 0;
+}
+
+/* A usable connection, reconnecting with backoff for up to window_ms. */
+static int ensure(lmp_broker_t *b, rconn *r, int64_t window_ms)
+{
+  if (r->c && !r->c->err)
+    return 0;
+  drop(r);
+  int64_t end = lmp_now_ns() + window_ms * 1000000, backoff = 50;
+  for (;;) {
+    int64_t left = (end - lmp_now_ns()) / 1000000;
+    int rc = connect_once(b, r, left < 1000 ? (left > 100 ? left : 100) : 1000);
+    if (rc == 0 || rc == -EACCES || rc == -EPROTO || rc == -ENOMEM)
+      return rc;
+    if (lmp_now_ns() + backoff * 1000000 >= end)
+      return rc;
+    sleep_ms(backoff);
+    backoff = backoff * 2 > 2000 ? 2000 : backoff * 2;
+  }
+}
+
+/* Send the commands appended so far and read n replies into reps (each
+ * freed by the caller); on an I/O failure all are freed and the connection
+ * dropped. */
+static int read_replies(lmp_broker_t *b, rconn *r, redisReply **reps, int n, const char *what)
+{
+  for (int i = 0; i < n; i++) {
+    void *rep = NULL;
+    if (redisGetReply(r->c, &rep) != REDIS_OK || rep == NULL) {
+      for (int k = 0; k < i; k++)
+        freeReplyObject(reps[k]);
+      return io_error(b, r, what);
+    }
+    reps[i] = rep;
+  }
+  return 0;
+}
+
+static int open_redis(lmp_broker_t *b)
+{
+  rconn *r = calloc(1, sizeof *r);
+  if (r == NULL)
+    return -ENOMEM;
+  b->conn = r;
+  int rc = parse_url(b, r);
+  if (rc < 0)
+    goto err;
+  snprintf(r->kstream, sizeof r->kstream, "lmp:q:%s", b->cfg.queue);
+  snprintf(r->kdead, sizeof r->kdead, "lmp:q:%s:dead", b->cfg.queue);
+  snprintf(r->kworkers, sizeof r->kworkers, "lmp:workers:%s", b->cfg.queue);
+  snprintf(r->kself, sizeof r->kself, "lmp:w:%s", b->consumer);
+  rc = ensure(b, r, b->cfg.connect_timeout);
+  if (rc < 0)
+    goto err;
+  return 0;
+err:
+  free(r->user);
+  free(r->pass);
+  free(r);
+  b->conn = NULL;
+  return rc;
+}
+
+static void close_redis(lmp_broker_t *b)
+{
+  rconn *r = b->conn;
+  if (r == NULL)
+    return;
+  drop(r);
+  for (int i = 0; i < r->nput; i++)
+    free(r->puts[i]);
+  free(r->puts);
+  free(r->putlen);
+  free(r->user);
+  free(r->pass);
+  free(r);
+  b->conn = NULL;
+}
+
+/* === entries === */
+
+static uint32_t num(const char *s, size_t n)
+{
+  uint32_t v = 0;
+  for (size_t i = 0; i < n && s[i] >= '0' && s[i] <= '9'; i++)
+    v = v * 10 + (uint32_t)(s[i] - '0');
+  return v;
+}
+
+/* [id, [field, value, ...]] into a new message of out; 0, 1 if the entry
+ * was deleted (no fields), or -errno. */
+static int add_entry(lmp_broker_batch_t *out, redisReply *e, uint32_t extra)
+{
+  if (e->type != REDIS_REPLY_ARRAY || e->elements < 2 || e->element[0]->type != REDIS_REPLY_STRING)
+    return -EPROTO;
+  redisReply *f = e->element[1];
+  if (f->type != REDIS_REPLY_ARRAY)
+    return 1;
+  lmp_broker_msg_t *m = lmp__broker_push(out);
+  if (m == NULL)
+    return -ENOMEM;
+  snprintf(m->id, sizeof m->id, "%s", e->element[0]->str);
+  uint32_t d = 0;
+  for (size_t i = 0; i + 1 < f->elements; i += 2) {
+    redisReply *k = f->element[i], *v = f->element[i + 1];
+    if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING || k->len != 1)
+      continue;
+    if (k->str[0] == 'm' && m->data == NULL) {
+      m->data = malloc(v->len ? v->len : 1);
+      if (m->data == NULL)
+        return -ENOMEM;
+      memcpy(m->data, v->str, v->len);
+      m->len = v->len;
+    } else if (k->str[0] == 'd') {
+      d = num(v->str, v->len);
+    } else if (k->str[0] == 'h' && m->history == NULL) {
+      m->history = strndup(v->str, v->len);
+    }
+  }
+  if (m->data == NULL)
+    m->data = calloc(1, 1);
+  if (m->history == NULL)
+    m->history = strdup("");
+  m->deliveries = d + extra;
+  return 0;
+}
+
+/* The entries of an XREADGROUP / XCLAIM reply. */
+static int add_entries(lmp_broker_t *b, redisReply *list, lmp_broker_batch_t *out, uint32_t extra)
+{
+  int n = 0;
+  for (size_t i = 0; i < list->elements; i++) {
+    int rc = add_entry(out, list->element[i], extra);
+    if (rc < 0)
+      return lmp__broker_fail(b, rc, "unexpected stream entry in the reply");
+    n += rc == 0;
+  }
+  return n;
+}
+
+/* === producer === */
+
+static int put_redis(lmp_broker_t *b, const void *msg, size_t len)
+{
+  rconn *r = b->conn;
+  if (r->nput == r->capput) {
+    int cap = r->capput ? r->capput * 2 : 64;
+    char **p = realloc(r->puts, sizeof *p * (size_t)cap);
+    if (p == NULL)
+      return -ENOMEM;
+    r->puts = p;
+    size_t *l = realloc(r->putlen, sizeof *l * (size_t)cap);
+    if (l == NULL)
+      return -ENOMEM;
+    r->putlen = l;
+    r->capput = cap;
+  }
+  char *copy = malloc(len ? len : 1);
+  if (copy == NULL)
+    return -ENOMEM;
+  memcpy(copy, msg, len);
+  r->puts[r->nput] = copy;
+  r->putlen[r->nput++] = len;
+  if (r->nput >= PUT_BATCH)
+    return b->e->flush(b);
+  return 0;
+}
+
+static int flush_redis(lmp_broker_t *b)
+{
+  rconn *r = b->conn;
+  if (r->nput == 0)
+    return 0;
+  for (int attempt = 0;; attempt++) {
+    int rc = ensure(b, r, attempt ? RECONNECT_MS : b->cfg.connect_timeout);
+    if (rc < 0)
+      return rc;
+    for (int i = 0; i < r->nput; i++) {
+      const char *argv[7] = {"XADD", r->kstream, "*", "m", r->puts[i], "d", "0"};
+      size_t lens[7] = {4, strlen(r->kstream), 1, 1, r->putlen[i], 1, 1};
+      redisAppendCommandArgv(r->c, 7, argv, lens);
+    }
+    int bad = 0;
+    for (int i = 0; i < r->nput; i++) {
+      void *rep = NULL;
+      if (redisGetReply(r->c, &rep) != REDIS_OK || rep == NULL) {
+        bad = -1;
+        break;
+      }
+      redisReply *x = rep;
+      if (x->type == REDIS_REPLY_ERROR && !bad) {
+        bad = 1;
+        lmp__broker_fail(b, -EPROTO, "XADD: %s", x->str);
+      }
+      freeReplyObject(rep);
+    }
+    if (bad < 0) {
+      io_error(b, r, "XADD");
+      if (attempt < 3)
+        continue; /* the server may hold some of them twice: results are deduplicated */
+      return -ECONNRESET;
+    }
+    for (int i = 0; i < r->nput; i++)
+      free(r->puts[i]);
+    r->nput = 0;
+    return bad ? -EPROTO : 0;
+  }
+}
+
+static int results_redis(lmp_broker_t *b, const char *caller, int max, int64_t deadline,
+                         lmp_broker_batch_t *out)
+{
+  rconn *r = b->conn;
+  char key[300], count[16];
+  snprintf(key, sizeof key, "lmp:c:%s", caller);
+  snprintf(count, sizeof count, "%d", max > 0 ? max : 1);
+  int rc = b->e->flush(b);
+  if (rc < 0)
+    return rc;
+  for (;;) {
+    rc = ensure(b, r, RECONNECT_MS);
+    if (rc < 0)
+      return rc;
+    redisReply *rep = redisCommand(r->c, "LPOP %s %s", key, count);
+    if (rep == NULL) {
+      io_error(b, r, "LPOP");
+      continue;
+    }
+    if (rep->type == REDIS_REPLY_ERROR)
+      return reply_error(b, rep, "LPOP");
+    int n = 0;
+    if (rep->type == REDIS_REPLY_ARRAY) {
+      for (size_t i = 0; i < rep->elements; i++) {
+        redisReply *v = rep->element[i];
+        lmp_broker_msg_t *m = lmp__broker_push(out);
+        if (m == NULL || (m->data = malloc(v->len ? v->len : 1)) == NULL) {
+          freeReplyObject(rep);
+          return -ENOMEM;
+        }
+        memcpy(m->data, v->str, v->len);
+        m->len = v->len;
+        n++;
+      }
+    }
+    freeReplyObject(rep);
+    if (n > 0)
+      return n;
+    int64_t left = deadline == LMP_FOREVER ? MAX_BLOCK_MS : (deadline - lmp_now_ns()) / 1000000;
+    if (left <= 0)
+      return 0;
+    if (left > MAX_BLOCK_MS)
+      left = MAX_BLOCK_MS;
+    char secs[32];
+    snprintf(secs, sizeof secs, "%.3f", (double)left / 1000.0);
+    rep = redisCommand(r->c, "BLPOP %s %s", key, secs);
+    if (rep == NULL) {
+      io_error(b, r, "BLPOP");
+      continue;
+    }
+    if (rep->type == REDIS_REPLY_ERROR)
+      return reply_error(b, rep, "BLPOP");
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 2) {
+      redisReply *v = rep->element[1];
+      lmp_broker_msg_t *m = lmp__broker_push(out);
+      if (m == NULL || (m->data = malloc(v->len ? v->len : 1)) == NULL) {
+        freeReplyObject(rep);
+        return -ENOMEM;
+      }
+      memcpy(m->data, v->str, v->len);
+      m->len = v->len;
+      freeReplyObject(rep);
+      return 1;
+    }
+    freeReplyObject(rep);
+  }
+}
+
+/* === consumer === */
+
+/* Counts of this consumer's pending entries, into the messages of out from
+ * index `from` on (their deliveries gain the stream's count). */
+static int own_counts(lmp_broker_t *b, rconn *r, lmp_broker_batch_t *out, int from)
+{
+  redisReply *rep = redisCommand(r->c, "XPENDING %s " GROUP " - + %d %s", r->kstream,
+                                 out->n - from + 16, b->consumer);
+  if (rep == NULL)
+    return io_error(b, r, "XPENDING");
+  if (rep->type != REDIS_REPLY_ARRAY)
+    return reply_error(b, rep, "XPENDING");
+  for (size_t i = 0; i < rep->elements; i++) {
+    redisReply *e = rep->element[i];
+    if (e->type != REDIS_REPLY_ARRAY || e->elements < 4)
+      continue;
+    for (int k = from; k < out->n; k++)
+      if (strcmp(out->msg[k].id, e->element[0]->str) == 0)
+        out->msg[k].deliveries += (uint32_t)e->element[3]->integer - 1;
+  }
+  freeReplyObject(rep);
+  return 0;
+}
+
+static int take_redis(lmp_broker_t *b, int max, int64_t block_ms, lmp_broker_batch_t *out)
+{
+  rconn *r = b->conn;
+  char count[16], block[24];
+  int rc = ensure(b, r, RECONNECT_MS);
+  if (rc < 0)
+    return rc;
+  snprintf(count, sizeof count, "%d", max > 0 ? max : 1);
+  if (r->fresh) {
+    redisReply *rep = redisCommand(r->c, "XREADGROUP GROUP " GROUP " %s COUNT %s STREAMS %s 0",
+                                   b->consumer, count, r->kstream);
+    if (rep == NULL)
+      return io_error(b, r, "XREADGROUP");
+    if (rep->type == REDIS_REPLY_ERROR)
+      return reply_error(b, rep, "XREADGROUP");
+    int from = out->n, n = 0;
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 1 && rep->element[0]->elements == 2)
+      n = add_entries(b, rep->element[0]->element[1], out, 1);
+    freeReplyObject(rep);
+    if (n < 0)
+      return n;
+    /* Once: what is still pending later is running here (its lease is
+     * renewed) or will lapse and be reclaimed. */
+    r->fresh = 0;
+    if (n > 0) {
+      rc = own_counts(b, r, out, from);
+      return rc < 0 ? rc : n;
+    }
+  }
+  if (block_ms > MAX_BLOCK_MS)
+    block_ms = MAX_BLOCK_MS;
+  snprintf(block, sizeof block, "%lld", (long long)(block_ms > 0 ? block_ms : 1));
+  redisReply *rep;
+  if (block_ms > 0)
+    rep = redisCommand(r->c, "XREADGROUP GROUP " GROUP " %s COUNT %s BLOCK %s STREAMS %s >",
+                       b->consumer, count, block, r->kstream);
+  else
+    rep = redisCommand(r->c, "XREADGROUP GROUP " GROUP " %s COUNT %s STREAMS %s >", b->consumer,
+                       count, r->kstream);
+  if (rep == NULL)
+    return io_error(b, r, "XREADGROUP");
+  if (rep->type == REDIS_REPLY_ERROR) {
+    if (strncmp(rep->str, "NOGROUP", 7) == 0) { /* the stream was deleted: make it again */
+      freeReplyObject(rep);
+      drop(r);
+      return 0;
+    }
+    return reply_error(b, rep, "XREADGROUP");
+  }
+  int n = 0;
+  if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 1 && rep->element[0]->elements == 2)
+    n = add_entries(b, rep->element[0]->element[1], out, 1);
+  freeReplyObject(rep);
+  return n;
+}
+
+/* Append SET NX + RPUSH + PEXPIRE of one result; the number of commands. */
+static int append_result(lmp_broker_t *b, rconn *r, const lmp_broker_done_t *d)
+{
+  char rkey[320], ckey[300], ttl[24];
+  snprintf(rkey, sizeof rkey, "lmp:r:%s", d->task_id);
+  snprintf(ckey, sizeof ckey, "lmp:c:%s", d->caller);
+  snprintf(ttl, sizeof ttl, "%lld", (long long)b->cfg.result_ttl);
+  const char *set[6] = {"SET", rkey, d->data, "NX", "PX", ttl};
+  size_t setl[6] = {3, strlen(rkey), d->len, 2, 2, strlen(ttl)};
+  redisAppendCommandArgv(r->c, 6, set, setl);
+  const char *push[3] = {"RPUSH", ckey, d->data};
+  size_t pushl[3] = {5, strlen(ckey), d->len};
+  redisAppendCommandArgv(r->c, 3, push, pushl);
+  const char *exp[3] = {"PEXPIRE", ckey, ttl};
+  size_t expl[3] = {7, strlen(ckey), strlen(ttl)};
+  redisAppendCommandArgv(r->c, 3, exp, expl);
+  return 3;
+}
+
+/* XACK and XDEL of ids; the number of commands (2). */
+static int append_ackdel(rconn *r, const char *const *ids, int n)
+{
+  const char **argv = malloc(sizeof *argv * (size_t)(n + 3));
+  size_t *lens = malloc(sizeof *lens * (size_t)(n + 3));
+  if (argv == NULL || lens == NULL) {
+    free(argv);
+    free(lens);
+    return -ENOMEM;
+  }
+  argv[0] = "XACK";
+  argv[1] = r->kstream;
+  argv[2] = GROUP;
+  for (int i = 0; i < n; i++)
+    argv[3 + i] = ids[i];
+  for (int i = 0; i < n + 3; i++)
+    lens[i] = strlen(argv[i]);
+  redisAppendCommandArgv(r->c, n + 3, argv, lens);
+  argv[1] = "XDEL";
+  argv[2] = r->kstream;
+  lens[1] = 4;
+  lens[2] = strlen(r->kstream);
+  redisAppendCommandArgv(r->c, n + 2, argv + 1, lens + 1);
+  free(argv);
+  free(lens);
+  return 2;
+}
+
+/* Run MULTI, the `build` appends, EXEC: one atomic step.  Retried after a
+ * reconnection (every part of it may be applied twice harmlessly). */
+typedef int (*builder)(lmp_broker_t *b, rconn *r, const void *arg);
+
+static int transact(lmp_broker_t *b, builder build, const void *arg, const char *what)
+{
+  rconn *r = b->conn;
+  for (int attempt = 0;; attempt++) {
+    int rc = ensure(b, r, RECONNECT_MS);
+    if (rc < 0)
+      return rc;
+    redisAppendCommand(r->c, "MULTI");
+    int n = build(b, r, arg);
+    if (n < 0)
+      return n;
+    redisAppendCommand(r->c, "EXEC");
+    int total = n + 2, bad = 0;
+    for (int i = 0; i < total; i++) {
+      void *rep = NULL;
+      if (redisGetReply(r->c, &rep) != REDIS_OK || rep == NULL) {
+        bad = -1;
+        break;
+      }
+      redisReply *x = rep;
+      if (i == total - 1 && x->type != REDIS_REPLY_ARRAY && !bad) {
+        bad = 1;
+        lmp__broker_fail(b, -EPROTO, "%s: %s", what,
+                         x->type == REDIS_REPLY_ERROR ? x->str : "transaction aborted");
+      } else if (x->type == REDIS_REPLY_ERROR && !bad) {
+        bad = 1;
+        lmp__broker_fail(b, -EPROTO, "%s: %s", what, x->str);
+      }
+      freeReplyObject(rep);
+    }
+    if (bad < 0) {
+      io_error(b, r, what);
+      if (attempt < 5)
+        continue;
+      return -ECONNRESET;
+    }
+    return bad ? -EPROTO : 0;
+  }
+}
+
+typedef struct done_arg {
+  const lmp_broker_done_t *done;
+  int n;
+} done_arg;
+
+static int build_complete(lmp_broker_t *b, rconn *r, const void *arg)
+{
+  const done_arg *a = arg;
+  int cmds = 0;
+  const char **ids = malloc(sizeof *ids * (size_t)a->n);
+  if (ids == NULL)
+    return -ENOMEM;
+  for (int i = 0; i < a->n; i++) {
+    cmds += append_result(b, r, &a->done[i]);
+    ids[i] = a->done[i].msg_id;
+  }
+  int rc = append_ackdel(r, ids, a->n);
+  free(ids);
+  return rc < 0 ? rc : cmds + rc;
+}
+
+static int complete_redis(lmp_broker_t *b, const lmp_broker_done_t *done, int n)
+{
+  done_arg a = {done, n};
+  return transact(b, build_complete, &a, "completing tasks");
+}
+
+typedef struct move_arg {
+  const lmp_broker_msg_t *m;
+  const char *reason;
+  const char *dest;
+  const lmp_broker_done_t *result;
+  uint32_t count;
+} move_arg;
+
+/* XADD the task to dest with its count and history, then ack and delete. */
+static int build_move(lmp_broker_t *b, rconn *r, const void *arg)
+{
+  const move_arg *a = arg;
+  char d[16];
+  int cmds = 0;
+  snprintf(d, sizeof d, "%u", a->count);
+  size_t hl = strlen(a->m->history ? a->m->history : "");
+  char *h = malloc(hl + strlen(b->consumer) + strlen(a->reason) + 8);
+  if (h == NULL)
+    return -ENOMEM;
+  sprintf(h, "%s%s: %s\n", a->m->history ? a->m->history : "", b->consumer, a->reason);
+  const char *argv[9] = {"XADD", a->dest, "*", "m", a->m->data, "d", d, "h", h};
+  size_t lens[9] = {4, strlen(a->dest), 1, 1, a->m->len, 1, strlen(d), 1, strlen(h)};
+  redisAppendCommandArgv(r->c, 9, argv, lens);
+  free(h);
+  cmds++;
+  if (a->result)
+    cmds += append_result(b, r, a->result);
+  const char *ids[1] = {a->m->id};
+  return cmds + append_ackdel(r, ids, 1);
+}
+
+static int release_redis(lmp_broker_t *b, const lmp_broker_msg_t *m, const char *reason)
+{
+  rconn *r = b->conn;
+  move_arg a = {m, reason, r->kstream, NULL, m->deliveries};
+  return transact(b, build_move, &a, "releasing a task");
+}
+
+static int bury_redis(lmp_broker_t *b, const lmp_broker_msg_t *m, const char *reason,
+                      const lmp_broker_done_t *result)
+{
+  rconn *r = b->conn;
+  move_arg a = {m, reason, r->kdead, result, m->deliveries};
+  return transact(b, build_move, &a, "dead-lettering a task");
+}
+
+static int renew_redis(lmp_broker_t *b, const char *const *ids, int n)
+{
+  rconn *r = b->conn;
+  int rc = ensure(b, r, 5000);
+  if (rc < 0)
+    return rc;
+  const char **argv = malloc(sizeof *argv * (size_t)(n + 6));
+  size_t *lens = malloc(sizeof *lens * (size_t)(n + 6));
+  if (argv == NULL || lens == NULL) {
+    free(argv);
+    free(lens);
+    return -ENOMEM;
+  }
+  argv[0] = "XCLAIM";
+  argv[1] = r->kstream;
+  argv[2] = GROUP;
+  argv[3] = b->consumer;
+  argv[4] = "0";
+  for (int i = 0; i < n; i++)
+    argv[5 + i] = ids[i];
+  argv[5 + n] = "JUSTID";
+  for (int i = 0; i < n + 6; i++)
+    lens[i] = strlen(argv[i]);
+  redisReply *rep = redisCommandArgv(r->c, n + 6, argv, lens);
+  free(argv);
+  free(lens);
+  if (rep == NULL)
+    return io_error(b, r, "XCLAIM");
+  if (rep->type == REDIS_REPLY_ERROR)
+    return reply_error(b, rep, "XCLAIM");
+  freeReplyObject(rep);
+  return 0;
+}
+
+static int reclaim_redis(lmp_broker_t *b, int64_t idle_ms, int max, lmp_broker_batch_t *out)
+{
+  rconn *r = b->conn;
+  int rc = ensure(b, r, RECONNECT_MS);
+  if (rc < 0)
+    return rc;
+  redisReply *rep = redisCommand(r->c, "XPENDING %s " GROUP " IDLE %lld - + %d", r->kstream,
+                                 (long long)idle_ms, max > 0 ? max : 1);
+  if (rep == NULL)
+    return io_error(b, r, "XPENDING");
+  if (rep->type != REDIS_REPLY_ARRAY)
+    return reply_error(b, rep, "XPENDING");
+  int n = (int)rep->elements;
+  if (n == 0) {
+    freeReplyObject(rep);
+    return 0;
+  }
+  char idle[24];
+  snprintf(idle, sizeof idle, "%lld", (long long)idle_ms);
+  const char **argv = malloc(sizeof *argv * (size_t)(n + 5));
+  size_t *lens = malloc(sizeof *lens * (size_t)(n + 5));
+  uint32_t *counts = malloc(sizeof *counts * (size_t)n);
+  if (argv == NULL || lens == NULL || counts == NULL) {
+    free(argv);
+    free(lens);
+    free(counts);
+    freeReplyObject(rep);
+    return -ENOMEM;
+  }
+  argv[0] = "XCLAIM";
+  argv[1] = r->kstream;
+  argv[2] = GROUP;
+  argv[3] = b->consumer;
+  argv[4] = idle;
+  int k = 0;
+  for (int i = 0; i < n; i++) {
+    redisReply *e = rep->element[i];
+    if (e->type != REDIS_REPLY_ARRAY || e->elements < 4)
+      continue;
+    argv[5 + k] = e->element[0]->str;
+    counts[k++] = (uint32_t)e->element[3]->integer;
+  }
+  for (int i = 0; i < k + 5; i++)
+    lens[i] = strlen(argv[i]);
+  redisReply *cl = k ? redisCommandArgv(r->c, k + 5, argv, lens) : NULL;
+  int got = 0;
+  if (k && cl == NULL) {
+    got = io_error(b, r, "XCLAIM");
+  } else if (cl && cl->type != REDIS_REPLY_ARRAY) {
+    got = reply_error(b, cl, "XCLAIM");
+    cl = NULL;
+  } else if (cl) {
+    int from = out->n;
+    got = add_entries(b, cl, out, 1);
+    /* The stream's count before this claim, matched by id. */
+    for (int m = from; got > 0 && m < out->n; m++)
+      for (int i = 0; i < k; i++)
+        if (strcmp(out->msg[m].id, argv[5 + i]) == 0)
+          out->msg[m].deliveries += counts[i];
+  }
+  if (cl)
+    freeReplyObject(cl);
+  free(argv);
+  free(lens);
+  free(counts);
+  freeReplyObject(rep);
+  return got;
+}
+
+/* lmp:q:<queue>:vt holds the smallest visibility timeout asked for; it
+ * expires a day after the last producer that asked for it opened. */
+static int set_visibility_redis(lmp_broker_t *b, int64_t ms)
+{
+  rconn *r = b->conn;
+  int64_t cur = 0;
+  int rc = b->e->get_visibility(b, &cur);
+  if (rc < 0)
+    return rc;
+  if (cur > 0 && cur < ms)
+    ms = cur;
+  redisReply *rep = redisCommand(r->c, "SET %s:vt %lld PX 86400000", r->kstream, (long long)ms);
+  if (rep == NULL)
+    return io_error(b, r, "SET");
+  if (rep->type == REDIS_REPLY_ERROR)
+    return reply_error(b, rep, "SET");
+  freeReplyObject(rep);
+  return 0;
+}
+
+static int get_visibility_redis(lmp_broker_t *b, int64_t *ms)
+{
+  rconn *r = b->conn;
+  int rc = ensure(b, r, RECONNECT_MS);
+  if (rc < 0)
+    return rc;
+  redisReply *rep = redisCommand(r->c, "GET %s:vt", r->kstream);
+  if (rep == NULL)
+    return io_error(b, r, "GET");
+  if (rep->type == REDIS_REPLY_ERROR)
+    return reply_error(b, rep, "GET");
+  *ms = rep->type == REDIS_REPLY_STRING ? strtoll(rep->str, NULL, 10) : 0;
+  freeReplyObject(rep);
+  return 0;
+}
+
+static int counts_redis(lmp_broker_t *b, int64_t *waiting, int64_t *dead)
+{
+  rconn *r = b->conn;
+  redisReply *reps[2] = {NULL, NULL};
+  int rc = ensure(b, r, b->cfg.connect_timeout);
+  if (rc < 0)
+    return rc;
+  redisAppendCommand(r->c, "XLEN %s", r->kstream);
+  redisAppendCommand(r->c, "XLEN %s", r->kdead);
+  rc = read_replies(b, r, reps, 2, "XLEN");
+  if (rc < 0)
+    return rc;
+  *waiting = reps[0]->type == REDIS_REPLY_INTEGER ? reps[0]->integer : -1;
+  *dead = reps[1]->type == REDIS_REPLY_INTEGER ? reps[1]->integer : -1;
+  freeReplyObject(reps[0]);
+  freeReplyObject(reps[1]);
+  return 0;
+}
+
+/* === registry === */
+
+static int heartbeat_redis(lmp_broker_t *b, const char *info, const char *running, int64_t ttl_ms)
+{
+  rconn *r = b->conn;
+  redisReply *reps[3] = {NULL, NULL, NULL};
+  int rc = ensure(b, r, 2000);
+  if (rc < 0)
+    return rc;
+  long long exp = (long long)(lmp__wall_ms() + ttl_ms);
+  redisAppendCommand(r->c, "HSET %s info %s running %s queue %s", r->kself, info, running,
+                     b->cfg.queue);
+  redisAppendCommand(r->c, "PEXPIRE %s %lld", r->kself, (long long)ttl_ms);
+  redisAppendCommand(r->c, "ZADD %s %lld %s", r->kworkers, exp, b->consumer);
+  rc = read_replies(b, r, reps, 3, "heartbeat");
+  if (rc < 0)
+    return rc;
+  for (int i = 0; i < 3; i++)
+    freeReplyObject(reps[i]);
+  return 0;
+}
+
+static int workers_redis(lmp_broker_t *b, lmp_broker_batch_t *out)
+{
+  rconn *r = b->conn;
+  int rc = ensure(b, r, b->cfg.connect_timeout);
+  if (rc < 0)
+    return rc;
+  redisReply *rep =
+      redisCommand(r->c, "ZREMRANGEBYSCORE %s -inf %lld", r->kworkers, (long long)lmp__wall_ms());
+  if (rep == NULL)
+    return io_error(b, r, "ZREMRANGEBYSCORE");
+  freeReplyObject(rep);
+  rep = redisCommand(r->c, "ZRANGE %s 0 -1", r->kworkers);
+  if (rep == NULL)
+    return io_error(b, r, "ZRANGE");
+  if (rep->type != REDIS_REPLY_ARRAY)
+    return reply_error(b, rep, "ZRANGE");
+  int n = 0;
+  for (size_t i = 0; i < rep->elements; i++) {
+    const char *name = rep->element[i]->str;
+    redisReply *h = redisCommand(r->c, "HMGET lmp:w:%s info running", name);
+    if (h == NULL) {
+      freeReplyObject(rep);
+      return io_error(b, r, "HMGET");
+    }
+    if (h->type == REDIS_REPLY_ARRAY && h->elements == 2 &&
+        h->element[0]->type == REDIS_REPLY_STRING) {
+      lmp_broker_msg_t *m = lmp__broker_push(out);
+      if (m == NULL) {
+        freeReplyObject(h);
+        freeReplyObject(rep);
+        return -ENOMEM;
+      }
+      snprintf(m->id, sizeof m->id, "%s", name);
+      m->data = strndup(h->element[0]->str, h->element[0]->len);
+      m->len = h->element[0]->len;
+      m->history = h->element[1]->type == REDIS_REPLY_STRING
+                       ? strndup(h->element[1]->str, h->element[1]->len)
+                       : strdup("");
+      n++;
+    }
+    freeReplyObject(h);
+  }
+  freeReplyObject(rep);
+  return n;
+}
+
+static int unregister_redis(lmp_broker_t *b)
+{
+  rconn *r = b->conn;
+  redisReply *reps[2] = {NULL, NULL};
+  int rc = ensure(b, r, 1000);
+  if (rc < 0)
+    return rc;
+  redisAppendCommand(r->c, "DEL %s", r->kself);
+  redisAppendCommand(r->c, "ZREM %s %s", r->kworkers, b->consumer);
+  rc = read_replies(b, r, reps, 2, "unregister");
+  if (rc < 0)
+    return rc;
+  freeReplyObject(reps[0]);
+  freeReplyObject(reps[1]);
+  return 0;
+}
+
+const lmp__broker_engine_t lmp__broker_redis = {
+    .scheme = "redis",
+    .open = open_redis,
+    .close = close_redis,
+    .put = put_redis,
+    .flush = flush_redis,
+    .results = results_redis,
+    .take = take_redis,
+    .complete = complete_redis,
+    .release = release_redis,
+    .bury = bury_redis,
+    .renew = renew_redis,
+    .reclaim = reclaim_redis,
+    .set_visibility = set_visibility_redis,
+    .get_visibility = get_visibility_redis,
+    .counts = counts_redis,
+    .heartbeat = heartbeat_redis,
+    .workers = workers_redis,
+    .unregister = unregister_redis,
+};

@@ -1,0 +1,422 @@
+-- lmp.worker: `lmp worker URL [--queue q] [--processes n]`, the process
+-- that serves a broker queue, and `lmp worker --status URL`.
+--
+--   require("lmp.worker").main({"redis://127.0.0.1:6379/0", "--queue", "q"})
+--
+-- returns the exit status.  The worker takes tasks in batches, checks each
+-- signature before decoding a byte of it, runs the tasks in a local
+-- lmp.Pool of n processes and publishes signed results in batches.  The
+-- loop itself never runs a task, and the leases of the running ones are
+-- renewed by a thread of their own (lmp/broker.h's lease keeper), so a
+-- long task keeps its lease however busy the loop is.
+--
+-- A delivery that fails (a refused signature, a pool process that died
+-- under the task) puts the task back at once for any worker, counting the
+-- delivery; past the task's max_deliveries it is dead-lettered and its
+-- caller gets an lmp.Error of kind "dead_letter".  The tasks of workers that
+-- vanished are reclaimed once idle for the visibility timeout.
+--
+-- Signals: SIGTERM or a first SIGINT drains (running tasks finish, no new
+-- ones are taken, then the worker exits 0); a second SIGINT stops at once,
+-- putting the running tasks back for other workers (exit 130).
+local lmp = require "lmp"
+local core = require "lmp.broker_core"
+
+local M = {}
+
+local now = lmp.time
+local tointeger = math.tointeger
+local TAG_APPLY, TAG_MAP, TAG_STARMAP = 1, 2, 3
+
+local usage = [[
+usage: lmp worker URL [--queue NAME] [--processes N] [options]
+       lmp worker --status URL [--queue NAME]
+  URL                    redis://[user:password@]host:port/db
+  --queue NAME           queue to serve (default "default")
+  --processes N          local pool size (default: number of CPUs)
+  --prefetch N           tasks held per process (default 8)
+  --visibility-timeout S reclaim tasks idle this long (default 30; a lower
+                         visibility_timeout of the queue's pools wins)
+  --max-deliveries N     for tasks whose signature fails (default 5)
+  --max-age S            refuse tasks signed longer ago (default 86400)
+  --task-timeout S       kill a task running longer (kind "timeout")
+  --secret-file PATH     the shared secret (default: LMP_SECRET)
+]]
+
+local function say(fmt, ...)
+  io.stderr:write(string.format("lmp worker[%d]: " .. fmt .. "\n", lmp.current_process().pid, ...))
+  io.stderr:flush()
+end
+
+-- === arguments ===
+
+local flags = {["--queue"] = "queue", ["--processes"] = "processes", ["--prefetch"] = "prefetch",
+               ["--visibility-timeout"] = "vt", ["--max-deliveries"] = "md", ["--max-age"] = "max_age",
+               ["--task-timeout"] = "task_timeout", ["--secret-file"] = "secret_file"}
+local numeric = {processes = "int", prefetch = "int", vt = "num", md = "int", max_age = "num",
+                 task_timeout = "num"}
+
+local function parse(argv)
+  local o = {queue = "default"}
+  local i = 1
+  while i <= #argv do
+    local a = argv[i]
+    local name, val = a:match("^(%-%-[%w-]+)=(.*)$")
+    name = name or a
+    if a == "--status" then
+      o.status = true
+    elseif a == "-h" or a == "--help" then
+      o.help = true
+    elseif flags[name] then
+      if val == nil then
+        i = i + 1
+        val = argv[i]
+      end
+      if val == nil then return nil, "option " .. name .. " needs a value" end
+      local key = flags[name]
+      if numeric[key] then
+        local n = tonumber(val)
+        if not n or n <= 0 or (numeric[key] == "int" and not tointeger(n)) then
+          return nil, "option " .. name .. " needs a positive " .. (numeric[key] == "int" and "integer" or "number")
+        end
+        val = numeric[key] == "int" and tointeger(n) or n
+      end
+      o[key] = val
+    elseif a:sub(1, 1) == "-" then
+      return nil, "unknown option " .. a
+    elseif o.url == nil then
+      o.url = a
+    else
+      return nil, "unexpected argument " .. a
+    end
+    i = i + 1
+  end
+  if not o.help and not o.url then return nil, "a broker URL is needed" end
+  return o
+end
+
+local function read_secret(o)
+  if o.secret_file then
+    local f, err = io.open(o.secret_file)
+    if not f then return nil, err end
+    local s = f:read("l")
+    f:close()
+    return s
+  end
+  return os.getenv("LMP_SECRET")
+end
+
+-- === --status ===
+
+local function status(o)
+  local conn, err = core.open(o.url, o.queue, 5)
+  if not conn then
+    say("%s", err)
+    return 1
+  end
+  local ws, werr = conn:workers()
+  if not ws then
+    say("%s", werr)
+    return 1
+  end
+  local waiting, dead = conn:counts()
+  print(string.format("queue %s: %d waiting, %d dead-lettered, %d live workers", o.queue,
+                      waiting or -1, dead or -1, #ws))
+  table.sort(ws, function(a, b) return a.name < b.name end)
+  for _, w in ipairs(ws) do
+    local leases = 0
+    for _ in w.running:gmatch("[^\n]+") do leases = leases + 1 end
+    print(string.format("%s  %s  leases=%d", w.name, w.info, leases))
+  end
+  conn:close()
+  return 0
+end
+
+-- === serving ===
+
+local Worker = {}
+Worker.__index = Worker
+
+-- The heartbeat's text: counters and the ids of up to 8 running tasks.
+function Worker:info()
+  local ids = {}
+  for _, t in pairs(self.running) do
+    if #ids == 8 then ids[#ids + 1] = "..." break end
+    ids[#ids + 1] = t.id
+  end
+  return string.format("pid=%d processes=%d running=%d done=%d refused=%d%s%s",
+                       lmp.current_process().pid, self.n, self.nrunning, self.ndone, self.nrefused,
+                       self.draining and " draining" or "",
+                       #ids > 0 and " tasks=" .. table.concat(ids, ",") or "")
+end
+
+-- A function from its encoding, kept by its bytes (a map sends it once per
+-- chunk; an apply loop sends the same bytes every time).
+function Worker:load_fn(bytes)
+  local f = self.fns[bytes]
+  if f then return f end
+  f = core.decode(bytes)
+  self.nfns = self.nfns + 1
+  if self.nfns > 256 then
+    self.fns, self.nfns = {}, 1
+  end
+  self.fns[bytes] = f
+  return f
+end
+
+-- Queue a signed result for the next batch of completions.
+function Worker:publish(t, status, value)
+  local ok, sealed = pcall(core.seal, self.secret, "R", t.id, {s = status, v = value}, "result")
+  if not ok then
+    sealed = core.seal(self.secret, "R", t.id, {s = "error", v = lmp.is_error(sealed) and sealed
+                                                or lmp.Error("serialize", tostring(sealed))}, "result")
+  end
+  local b = self.batch
+  b[#b + 1] = {t.msg.id, t.id, t.caller, sealed}
+  self:forget(t)
+end
+
+function Worker:forget(t)
+  if self.running[t.msg.id] then
+    self.running[t.msg.id] = nil
+    self.nrunning = self.nrunning - 1
+    self.conn:lease_del(t.msg.id)
+  end
+end
+
+function Worker:flush()
+  if #self.batch == 0 then return end
+  local b = self.batch
+  self.batch = {}
+  local ok, err = self.conn:complete(b)
+  if not ok then
+    say("cannot publish %d results: %s (their tasks will be delivered again)", #b, err)
+    return
+  end
+  self.ndone = self.ndone + #b
+end
+
+-- A delivery that failed through no fault of the task's result: the task
+-- goes back for any worker, or to the dead letters once out of deliveries.
+-- `ran` is how many deliveries ran the task (the current one may not have).
+function Worker:redeliver(msg, reason, t, md, ran)
+  if t then self:forget(t) end
+  ran = ran or msg.deliveries
+  local ok, err
+  if ran >= md then
+    local result
+    if t then
+      local e = lmp.Error("dead_letter", string.format("task %s failed %d deliveries (last: %s)", t.id,
+                                                       ran, reason),
+                          {deliveries = ran, history = msg.history .. reason})
+      result = core.seal(self.secret, "R", t.id, {s = "dead", v = e}, "result")
+    end
+    ok, err = self.conn:bury(msg, reason, t and t.id, t and t.caller, result)
+  else
+    ok, err = self.conn:release(msg, reason)
+  end
+  if not ok then say("cannot put entry %s back: %s", msg.id, err) end
+end
+
+function Worker:run(t, body)
+  local ok, fn, args = pcall(function()
+    if body.v ~= core.lua_version then
+      error(string.format("the task was sent by Lua %d.%d; this worker runs Lua %d.%d",
+                          body.v // 100, body.v % 100, core.lua_version // 100, core.lua_version % 100), 0)
+    end
+    return self:load_fn(body.f), core.decode(body.a)
+  end)
+  if not ok then
+    self:publish(t, "error", lmp.is_error(fn) and fn or lmp.Error("serialize", tostring(fn)))
+    return
+  end
+  -- A task given back (stop now) or already settled has no say any more.
+  local function done(v)
+    if self.running[t.msg.id] == t then self:publish(t, "ok", v) end
+  end
+  local function failed(e)
+    if self.running[t.msg.id] ~= t then return end
+    if lmp.is_error(e) and e.kind == "worker_lost" then
+      self:redeliver(t.msg, "worker_lost: " .. tostring(e.message), t, t.md)
+    else
+      self:publish(t, "error", e)
+    end
+  end
+  local pool, opts = self.pool, {callback = done, error_callback = failed}
+  local tag = body.t
+  if tag == TAG_APPLY then
+    args.n = tointeger(body.n) or #args
+    pool:apply_async(fn, args, opts)
+  elseif tag == TAG_MAP then
+    pool:map_async(fn, args, opts)
+  elseif tag == TAG_STARMAP then
+    pool:starmap_async(fn, args, opts)
+  else
+    self:publish(t, "error", lmp.Error("task", "unknown task type " .. tostring(tag)))
+  end
+end
+
+-- One delivered entry: checked, then run, redelivered or dead-lettered.
+function Worker:handle(msg)
+  if self.running[msg.id] then return end -- our own, read again after a reconnection
+  local kind, id, body = core.unseal(self.secret, msg.data, self.max_age)
+  if kind ~= "T" or type(body) ~= "table" or type(body.c) ~= "string" then
+    local why = kind == nil and id or "not a task"
+    self.nrefused = self.nrefused + 1
+    self.refusing = math.min(2, (self.refusing or 0.05) * 2)
+    say("refusing entry %s: %s (delivery %d)", msg.id, why, msg.deliveries)
+    self:redeliver(msg, "refused: " .. why, nil, self.md)
+    return
+  end
+  self.refusing = nil
+  local md = tointeger(body.md) or self.md
+  local t = {msg = msg, id = id, caller = body.c, md = md}
+  if msg.deliveries > md then
+    -- the last delivery never came back (its worker vanished)
+    self:redeliver(msg, "out of deliveries, the last one lost with its worker", t, md, msg.deliveries - 1)
+    return
+  end
+  self.running[msg.id] = t
+  self.nrunning = self.nrunning + 1
+  self.conn:lease_add(msg.id)
+  self:run(t, body)
+end
+
+function Worker:take(block)
+  local room = self.capacity - self.nrunning
+  if self.refusing then room = 1 end
+  if room <= 0 then return 0 end
+  local msgs, err = self.conn:take(room, block)
+  if not msgs then
+    say("%s", err)
+    lmp.sleep(0.5)
+    return 0
+  end
+  for i = 1, #msgs do self:handle(msgs[i]) end
+  return #msgs
+end
+
+function Worker:reclaim()
+  local t = now()
+  if t < self.next_reclaim then return end
+  -- the queue's visibility timeout, as its producers asked, bounds ours
+  local qvt = self.conn:visibility()
+  local vt = self.vt
+  if qvt and qvt > 0 and qvt < vt then vt = math.max(0.5, qvt) end
+  self.next_reclaim = t + math.max(0.25, vt / 4)
+  local room = self.capacity - self.nrunning
+  if room <= 0 then return end
+  local msgs, err = self.conn:reclaim(vt, room)
+  if not msgs then
+    say("reclaim: %s", err)
+    return
+  end
+  for i = 1, #msgs do
+    if not self.running[msgs[i].id] then
+      say("reclaimed entry %s (delivery %d)", msgs[i].id, msgs[i].deliveries)
+    end
+    self:handle(msgs[i])
+  end
+end
+
+function Worker:stop_now()
+  for _, t in pairs(self.running) do
+    self:redeliver(t.msg, "worker stopped", t, math.huge)
+  end
+  self.pool:terminate()
+end
+
+function Worker:serve()
+  local last_info = 0
+  while true do
+    local nterm, nint = core.signals()
+    if nint >= 2 then
+      say("stopping now; %d running tasks go back to the queue", self.nrunning)
+      self:flush()
+      self:stop_now()
+      return 130
+    end
+    if (nterm > 0 or nint > 0) and not self.draining then
+      self.draining = true
+      say("draining: finishing %d running tasks, taking no new ones", self.nrunning)
+      self.conn:lease_info(self:info())
+    end
+    self.pool:poll()
+    self:flush()
+    if self.draining then
+      if self.nrunning == 0 then return 0 end
+      lmp._poll_fds({self.pool:fileno()}, 0.05)
+    else
+      self:reclaim()
+      if self.refusing then lmp.sleep(self.refusing) end
+      local got
+      if self.nrunning == 0 then
+        got = self:take(1)
+      else
+        got = self:take(0)
+        if got == 0 then lmp._poll_fds({self.pool:fileno()}, 0.002) end
+      end
+    end
+    local t = now()
+    if t - last_info > 0.5 then
+      last_info = t
+      self.conn:lease_info(self:info())
+    end
+  end
+end
+
+local function serve(o)
+  local secret, serr = read_secret(o)
+  if not secret or secret == "" then
+    say("no shared secret: set LMP_SECRET or give --secret-file (%s)", serr or "empty")
+    return 2
+  end
+  local conn, err = core.open(o.url, o.queue, 5)
+  if not conn then
+    say("%s", err)
+    return 1
+  end
+  local n = o.processes or lmp.cpu_count()
+  local pool = lmp.Pool{processes = n, task_timeout = o.task_timeout}
+  core.catch_signals()
+  local w = setmetatable({conn = conn, pool = pool, secret = secret, n = n,
+                          capacity = n * (o.prefetch or 8), vt = o.vt or 30, md = o.md or 5,
+                          max_age = o.max_age or 86400, running = {}, nrunning = 0, ndone = 0,
+                          nrefused = 0, batch = {}, fns = {}, nfns = 0, next_reclaim = 0},
+                         Worker)
+  local ok, lerr = conn:lease_start(0.25, 5)
+  if not ok then
+    say("cannot start the lease keeper: %s", lerr)
+    return 1
+  end
+  conn:lease_info(w:info())
+  say("serving queue %s at %s as %s with %d processes", o.queue, o.url:gsub("//[^@/]*@", "//"),
+      conn:consumer(), n)
+  local rc = w:serve()
+  w:flush()
+  conn:lease_stop()
+  if rc ~= 130 then pool:close() pool:join() end
+  conn:close()
+  say("stopped")
+  return rc
+end
+
+--- main(argv) -> exit status
+function M.main(argv)
+  if type(argv) ~= "table" then
+    error(string.format("bad argument #1 to 'main' (table expected, got %s)", type(argv)), 2)
+  end
+  local o, err = parse(argv)
+  if not o then
+    io.stderr:write("lmp worker: ", err, "\n", usage)
+    return 2
+  end
+  if o.help then
+    io.stdout:write(usage)
+    return 0
+  end
+  if o.status then return status(o) end
+  return serve(o)
+end
+
+return M

@@ -1,0 +1,483 @@
+-- lmp.Pool{broker = ...} and `lmp worker` against a real redis-server,
+-- started here on a free loopback port with a temporary directory and
+-- stopped at the end.  Skipped, with the reason, when redis-server is
+-- missing.
+local support = dofile("tests/support.lua")
+local lmp = require "lmp"
+
+local SECRET = "spec-secret"
+
+local function sh(cmd)
+  local p = io.popen("{ " .. cmd .. "\n} 2>&1")
+  local out = p:read("a")
+  p:close()
+  return out
+end
+
+local have_redis = sh("command -v redis-server"):match("%S") ~= nil
+
+local redis = {}
+
+local function redis_start()
+  local cmd = string.format("redis-server --port %d --bind 127.0.0.1 --save '' --appendonly yes "
+                            .. "--appendfsync always --dir %s --daemonize yes --pidfile %s/redis.pid "
+                            .. "--logfile %s/redis.log", redis.port, redis.dir, redis.dir, redis.dir)
+  sh(cmd)
+  for _ = 1, 100 do
+    if sh("redis-cli -p " .. redis.port .. " ping"):match("PONG") then return true end
+    lmp.sleep(0.05)
+  end
+  return false
+end
+
+local function redis_stop()
+  sh("redis-cli -p " .. redis.port .. " shutdown")
+  for _ = 1, 100 do
+    if not sh("redis-cli -p " .. redis.port .. " ping"):match("PONG") then return end
+    lmp.sleep(0.05)
+  end
+end
+
+local function cli(args)
+  return sh("redis-cli -p " .. redis.port .. " " .. args)
+end
+
+-- A port nobody listens on, from a random start.
+local function free_port()
+  math.randomseed(os.time() + lmp.current_process().pid)
+  for _ = 1, 50 do
+    local p = math.random(20000, 60000)
+    if not sh("redis-cli -p " .. p .. " ping"):match("PONG")
+       and not sh("ss -ltn 2>/dev/null | grep -c ':" .. p .. " '"):match("^[1-9]") then
+      return p
+    end
+  end
+  error("no free port")
+end
+
+local function url() return "redis://127.0.0.1:" .. redis.port .. "/0" end
+
+local nqueue = 0
+local function new_queue()
+  nqueue = nqueue + 1
+  return "spec" .. nqueue
+end
+
+-- Start `lmp worker` in the background: its pid and its log file.
+local workers = {}
+local function start_worker(queue, opts)
+  opts = opts or {}
+  local log = os.tmpname()
+  local args = {string.format("%q", opts.url or url()), string.format("%q", "--queue"), string.format("%q", queue),
+                string.format("%q", "--processes"), string.format("%q", tostring(opts.processes or 2))}
+  for _, a in ipairs(opts.args or {}) do args[#args + 1] = string.format("%q", a) end
+  local code = "os.exit(require('lmp.worker').main({" .. table.concat(args, ", ") .. "}))"
+  local cmd = string.format("env LMP_SECRET=%s %s -e %q > %s 2>&1 & echo $!", opts.secret or SECRET,
+                            support.lmp_bin, code, log)
+  local pid = tonumber(sh(cmd):match("%d+"))
+  workers[#workers + 1] = pid
+  -- ready once it says so
+  for _ = 1, 100 do
+    local f = io.open(log)
+    local s = f and f:read("a") or ""
+    if f then f:close() end
+    if s:match("serving queue") then break end
+    lmp.sleep(0.05)
+  end
+  return pid, log
+end
+
+local function exited(pid, secs)
+  local t0 = lmp.time()
+  while support.alive(pid) do
+    if lmp.time() - t0 > (secs or 10) then return false end
+    lmp.sleep(0.05)
+  end
+  return true
+end
+
+local function kill(pid, sig)
+  os.execute(string.format("kill -%s %d 2>/dev/null", sig or "TERM", pid))
+end
+
+local function readfile(path)
+  local f = io.open(path)
+  if not f then return "" end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function lines(path)
+  local t = {}
+  for l in readfile(path):gmatch("[^\n]+") do t[#t + 1] = l end
+  return t
+end
+
+local function range(n)
+  local t = {}
+  for i = 1, n do t[i] = i end
+  return t
+end
+
+local function pool(queue, extra)
+  local o = {broker = url(), queue = queue, secret = SECRET}
+  for k, v in pairs(extra or {}) do o[k] = v end
+  return lmp.Pool(o)
+end
+
+local describe_redis = have_redis and describe or function(name)
+  describe(name, function()
+    pending("redis-server is not installed (apt-get install redis-server)")
+  end)
+end
+
+describe_redis("lmp.Pool on a Redis broker", function()
+  setup(function()
+    redis.dir = sh("mktemp -d"):match("%S+")
+    redis.port = free_port()
+    assert(redis_start(), "redis-server did not start")
+  end)
+
+  teardown(function()
+    for _, pid in ipairs(workers) do kill(pid, "KILL") end
+    redis_stop()
+    sh("rm -rf " .. redis.dir)
+  end)
+
+  it("maps over 1k items with 2 workers, with the local Pool's API", function()
+    local q = new_queue()
+    local w1 = start_worker(q)
+    local w2 = start_worker(q)
+    local p = pool(q)
+    local r = p:map(function(x) return x * x end, range(1000))
+    assert.are.equal(1000, #r)
+    for i = 1, 1000 do assert.are.equal(i * i, r[i]) end
+    -- small chunks spread over both workers
+    local who = p:map(function() return require("lmp").parent_process().pid end, range(200), 1)
+    local seen = {}
+    for _, pid in ipairs(who) do seen[pid] = true end
+    assert.is_true(seen[w1] and seen[w2])
+    assert.are.equal(5, p:apply(function(a, b) return a + b end, 2, 3))
+    local base = 100
+    assert.are.equal(107, p:apply(function(x) return base + x end, 7))
+    assert.are.same({6, 20}, p:starmap(function(a, b) return a * b end, {{2, 3}, {4, 5}}))
+    local got = {}
+    for i, v in p:imap(function(x) return x + 1 end, range(20), 3) do got[#got + 1] = i .. "=" .. v end
+    assert.are.equal("1=2", got[1])
+    assert.are.equal(20, #got)
+    local sum = 0
+    for _, v in p:imap_unordered(function(x) return x end, range(10)) do sum = sum + v end
+    assert.are.equal(55, sum)
+    -- callbacks run inside the pool's calls, in order
+    local cbs = {}
+    local rs = {}
+    for i = 1, 50 do
+      rs[i] = p:apply_async(function(x) return x * 2 end, {i}, {callback = function(v) cbs[#cbs + 1] = v end})
+    end
+    for i = 1, 50 do assert.are.equal(i * 2, rs[i]:get(10)) end
+    assert.are.equal(50, #cbs)
+    local ar = p:map_async(function(x) return -x end, range(10), {callback = function(v) cbs.map = v end})
+    assert.is_true(ar:wait(10))
+    p:poll()
+    assert.are.same(-10, cbs.map[10])
+    -- the same error kinds as a local pool
+    local ok, e = pcall(p.apply, p, function() error("boom") end)
+    assert.is_false(ok)
+    assert.are.equal("task", e.kind)
+    assert.matches("boom", e.message)
+    ok, e = pcall(p.map, p, function(x) if x == 37 then error("bad item") end return x end, range(100), 10)
+    assert.is_false(ok)
+    assert.are.equal("task", e.kind)
+    assert.are.equal(37, e.index)
+    ok, e = pcall(p.apply, p, function() end, io.stdout)
+    assert.is_false(ok)
+    assert.are.equal("serialize", e.kind)
+    local eb
+    p:apply_async(function() error("x") end, nil, {error_callback = function(err) eb = err end}):wait(10)
+    p:poll()
+    assert.are.equal("task", eb.kind)
+    assert.is_nil(select(1, p:apply_async(function() require("lmp").sleep(5) end):get(0.1)))
+    p:terminate()
+    kill(w1)
+    kill(w2)
+    assert.is_true(exited(w1) and exited(w2))
+  end)
+
+  it("checks its options", function()
+    local ok, e = pcall(lmp.Pool, {broker = url(), secret = "x", proccesses = 2})
+    assert.is_false(ok)
+    assert.matches("bad argument #1 to 'Pool' %(unknown option 'proccesses'%)", e)
+    ok, e = pcall(lmp.Pool, {broker = url(), secret = "x", max_deliveries = 0})
+    assert.matches("field 'max_deliveries' must be a positive integer", e)
+    local saved = os.getenv("LMP_SECRET")
+    if not saved then
+      ok, e = pcall(lmp.Pool, {broker = url()})
+      assert.matches("shared secret", e)
+    end
+    ok, e = pcall(lmp.Pool, {broker = "http://x", secret = "x"})
+    assert.matches("unsupported broker URL", tostring(e))
+    -- anything without `broker` is still a local pool
+    local lp <close> = lmp.Pool{processes = 1}
+    assert.are.equal(4, lp:apply(function() return 4 end))
+  end)
+
+  it("fails clearly and in time when the broker is unreachable", function()
+    local t0 = lmp.time()
+    local ok, e = pcall(lmp.Pool, {broker = "redis://127.0.0.1:" .. free_port() .. "/0", secret = "x",
+                                   connect_timeout = 1})
+    assert.is_false(ok)
+    assert.are.equal("broker", e.kind)
+    assert.matches("cannot reach the broker", e.message)
+    assert.is_true(lmp.time() - t0 < 3)
+    local out = sh("env LMP_SECRET=x " .. support.lmp_bin .. " -e \"os.exit(require('lmp.worker').main({'redis://127.0.0.1:"
+                   .. free_port() .. "/0'}))\"; echo rc=$?")
+    assert.matches("cannot reach the broker", out)
+    assert.matches("rc=1", out)
+  end)
+
+  it("completes every task, each result once, when a worker is killed", function()
+    local q = new_queue()
+    local w1 = start_worker(q)
+    local w2 = start_worker(q)
+    local p = pool(q, {visibility_timeout = 1})
+    local counts, rs = {}, {}
+    for i = 1, 300 do
+      rs[i] = p:apply_async(function(x) require("lmp").sleep(0.01) return x end, {i},
+                            {callback = function(v) counts[v] = (counts[v] or 0) + 1 end})
+    end
+    assert.are.equal(1, rs[1]:get(10))
+    kill(w1, "KILL")
+    for i = 1, 300 do assert.are.equal(i, rs[i]:get(30)) end
+    p:poll()
+    for i = 1, 300 do assert.are.equal(1, counts[i]) end
+    p:terminate()
+    kill(w2)
+    assert.is_true(exited(w2))
+  end)
+
+  it("runs a task longer than visibility_timeout once (its lease is renewed)", function()
+    local q = new_queue()
+    local runs = os.tmpname()
+    local w1 = start_worker(q)
+    local w2 = start_worker(q)
+    local p = pool(q, {visibility_timeout = 1})
+    local r = p:apply(function(path)
+      local f = io.open(path, "a")
+      f:write(require("lmp").current_process().pid, "\n")
+      f:close()
+      require("lmp").sleep(3.5)
+      return "long"
+    end, runs)
+    assert.are.equal("long", r)
+    lmp.sleep(1.5) -- a second run would have started by now
+    assert.are.equal(1, #lines(runs))
+    os.remove(runs)
+    p:terminate()
+    kill(w1)
+    kill(w2)
+    assert.is_true(exited(w1) and exited(w2))
+  end)
+
+  it("dead-letters a poison task after max_deliveries", function()
+    local q = new_queue()
+    local w = start_worker(q, {processes = 1})
+    local p = pool(q, {max_deliveries = 3})
+    local ok, e = pcall(p.apply, p, function() os.exit(9) end)
+    assert.is_false(ok)
+    assert.are.equal("dead_letter", e.kind)
+    assert.are.equal(3, e.deliveries)
+    assert.matches("3 deliveries", e.message)
+    assert.matches("1", cli("XLEN lmp:q:" .. q .. ":dead"))
+    -- the worker goes on
+    assert.are.equal(1, p:apply(function() return 1 end))
+    p:terminate()
+    kill(w)
+    assert.is_true(exited(w))
+  end)
+
+  it("dead-letters a task that kills its whole worker, once leases lapse", function()
+    local q = new_queue()
+    local p = pool(q, {max_deliveries = 2, visibility_timeout = 1})
+    local r = p:apply_async(function()
+      os.execute("kill -9 " .. require("lmp").parent_process().pid)
+      require("lmp").sleep(5)
+    end)
+    p:poll()
+    for _ = 1, 2 do
+      local w = start_worker(q, {processes = 1})
+      assert.is_true(exited(w, 10)) -- killed by the task
+    end
+    local w = start_worker(q, {processes = 1})
+    local ok, e = pcall(r.get, r, 10)
+    assert.is_false(ok)
+    assert.are.equal("dead_letter", e.kind)
+    assert.are.equal(2, e.deliveries)
+    assert.matches("lost with its worker", e.history)
+    p:terminate()
+    kill(w)
+    assert.is_true(exited(w))
+  end)
+
+  it("runs nothing on a worker with the wrong secret; the others finish", function()
+    local q = new_queue()
+    local bad, badlog = start_worker(q, {secret = "wrong"})
+    local p = pool(q)
+    local r = p:apply_async(function() return require("lmp").parent_process().pid end)
+    lmp.sleep(0.3)
+    local good = start_worker(q)
+    local who = p:map(function() return require("lmp").parent_process().pid end, range(100), 1)
+    assert.are.equal(100, #who)
+    for _, pid in ipairs(who) do assert.are.equal(good, pid) end
+    assert.are.equal(good, r:get(20))
+    assert.matches("refusing entry", readfile(badlog))
+    p:terminate()
+    kill(bad)
+    kill(good)
+    assert.is_true(exited(bad) and exited(good))
+  end)
+
+  it("never runs a forged task injected into the stream", function()
+    local q = new_queue()
+    local mark = os.tmpname()
+    os.remove(mark)
+    local w, log = start_worker(q, {args = {"--max-deliveries", "2"}})
+    -- a well-formed message signed with another key, and plain garbage
+    local forged = require("lmp.broker_core").seal("not-the-secret", "T", "x.1",
+      {v = 504, c = "x", t = 1, f = require("lmp.broker_core").encode(function()
+        io.open(mark, "w"):close()
+      end), a = require("lmp.broker_core").encode({}), n = 0})
+    local hex = forged:gsub(".", function(c) return string.format("\\x%02x", c:byte()) end)
+    sh(string.format("printf '%s' | redis-cli -p %d -x XADD lmp:q:%s '*' d 0 m", hex, redis.port, q))
+    cli("XADD lmp:q:" .. q .. " '*' m garbage d 0")
+    local t0 = lmp.time()
+    while not cli("XLEN lmp:q:" .. q .. ":dead"):match("^2") and lmp.time() - t0 < 10 do lmp.sleep(0.1) end
+    assert.matches("^2", cli("XLEN lmp:q:" .. q .. ":dead"))
+    assert.is_nil(io.open(mark))
+    assert.matches("bad signature", readfile(log))
+    -- and genuine work still runs
+    local p = pool(q)
+    assert.are.equal(2, p:apply(function() return 2 end))
+    p:terminate()
+    kill(w)
+    assert.is_true(exited(w))
+  end)
+
+  it("completes a run across a redis-server restart", function()
+    local q = new_queue()
+    local w1 = start_worker(q)
+    local w2 = start_worker(q)
+    local p = pool(q)
+    local restarter = lmp.Process(function()
+      lmp.sleep(0.4)
+      redis_stop()
+      lmp.sleep(0.3)
+      redis_start()
+    end)
+    restarter:start()
+    local r = p:map(function(x) require("lmp").sleep(0.004) return x + 1 end, range(400), 2)
+    restarter:join()
+    assert.are.equal(400, #r)
+    for i = 1, 400 do assert.are.equal(i + 1, r[i]) end
+    p:terminate()
+    kill(w1)
+    kill(w2)
+    assert.is_true(exited(w1, 15) and exited(w2, 15))
+  end)
+
+  it("drains on SIGTERM and lists live workers with --status", function()
+    local q = new_queue()
+    local w, log = start_worker(q, {processes = 1, args = {"--prefetch", "1"}})
+    local function status()
+      return sh(string.format("%s -e \"os.exit(require('lmp.worker').main({'--status', '%s', '--queue', '%s'}))\"",
+                              support.lmp_bin, url(), q))
+    end
+    local st = status()
+    local t1 = lmp.time()
+    while not st:match("1 live workers") and lmp.time() - t1 < 3 do
+      lmp.sleep(0.1)
+      st = status()
+    end
+    assert.matches("1 live workers", st)
+    assert.matches(":" .. w .. ":", st)
+    local p = pool(q)
+    local rs = {}
+    for i = 1, 3 do
+      rs[i] = p:apply_async(function(x) require("lmp").sleep(1.5) return x end, {i})
+    end
+    p:poll() -- sends them
+    local t0 = lmp.time()
+    repeat st = status() until st:match("tasks=") or lmp.time() - t0 > 1
+    assert.matches("running=1 .*tasks=" .. p._caller:gsub("%p", "%%%0") .. "%.1", st)
+    kill(w, "TERM")
+    assert.are.equal(1, rs[1]:get(10))
+    assert.is_true(exited(w, 10))
+    assert.matches("draining", readfile(log))
+    assert.is_nil((rs[2]:get(0.3)))
+    local w2 = start_worker(q)
+    assert.are.equal(2, rs[2]:get(10))
+    assert.are.equal(3, rs[3]:get(10))
+    p:terminate()
+    kill(w2)
+    assert.is_true(exited(w2))
+  end)
+
+  it("stops at once on a second SIGINT, putting its running tasks back", function()
+    local q = new_queue()
+    local w, log = start_worker(q, {processes = 1, args = {"--prefetch", "1"}})
+    local p = pool(q)
+    local r = p:apply_async(function() require("lmp").sleep(2) return require("lmp").parent_process().pid end)
+    p:poll()
+    lmp.sleep(0.6)
+    kill(w, "INT")
+    lmp.sleep(0.1)
+    kill(w, "INT")
+    assert.is_true(exited(w, 5))
+    assert.matches("stopping now; 1 running", readfile(log))
+    local w2 = start_worker(q)
+    assert.are.equal(w2, r:get(10))
+    p:terminate()
+    kill(w2)
+    assert.is_true(exited(w2))
+  end)
+
+  it("logs in as an ACL user limited to lmp's keys and commands", function()
+    local acl = "ACL SETUSER lmpuser on '>pwA' resetkeys '~lmp:*' resetchannels -@all "
+                .. "+auth +select +ping +multi +exec +xadd +xreadgroup +xack +xdel +xclaim +xpending "
+                .. "'+xgroup|create' +xlen +set +get +rpush +lpop +blpop +pexpire +hset +hmget +del +zadd "
+                .. "+zrange +zrem +zremrangebyscore"
+    assert.matches("OK", cli(acl))
+    local q = new_queue()
+    local good = "redis://lmpuser:pw%41@127.0.0.1:" .. redis.port .. "/0" -- %41 is A
+    local w = start_worker(q, {url = good})
+    local p = lmp.Pool{broker = good, queue = q, secret = SECRET}
+    assert.are.same({2, 4, 6}, p:map(function(x) return 2 * x end, {1, 2, 3}))
+    local st = p:stats()
+    assert.are.equal(1, #st.workers)
+    p:terminate()
+    local ok, e = pcall(lmp.Pool, {broker = "redis://lmpuser:nope@127.0.0.1:" .. redis.port .. "/0",
+                                   queue = q, secret = SECRET})
+    assert.is_false(ok)
+    assert.are.equal("broker", e.kind)
+    assert.matches("AUTH", e.message)
+    -- the user cannot touch other keys
+    assert.matches("NOPERM", sh("redis-cli -p " .. redis.port .. " --user lmpuser --pass pwA "
+                                .. "--no-auth-warning SET other 1"))
+    kill(w)
+    assert.is_true(exited(w))
+  end)
+
+  it("rejects bad command lines", function()
+    local out = sh("env LMP_SECRET=x " .. support.lmp_bin .. " -e \"os.exit(require('lmp.worker').main({'--bogus'}))\"; echo rc=$?")
+    assert.matches("unknown option %-%-bogus", out)
+    assert.matches("rc=2", out)
+    out = sh("env -u LMP_SECRET " .. support.lmp_bin .. " -e \"os.exit(require('lmp.worker').main({'" .. url()
+             .. "'}))\"; echo rc=$?")
+    assert.matches("no shared secret", out)
+    assert.matches("rc=2", out)
+  end)
+
+  it("leaks no globals", function()
+    assert.are.same({}, support.new_globals())
+  end)
+end)

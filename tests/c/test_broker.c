@@ -1,0 +1,98 @@
+/*
+ * test_broker.c -- the engine-independent half of lmp/broker.h: signed
+ * messages (round trip, every flipped byte and a wrong key refused, stale
+ * and future stamps refused) and URL checks that need no server.  The
+ * Redis engine itself is tested against a real redis-server by
+ * tests/broker_spec.lua.
+ */
+#include <errno.h>
+#include <string.h>
+#include <time.h>
+
+#include "lmp/broker.h"
+#include "lmp/common.h"
+#include "runner.h"
+
+static const char key[] = "k3y";
+
+TEST(sign_round_trip)
+{
+  lmp_buf_t b = {0};
+  lmp_broker_view_t v;
+  CHECK_EQ(lmp_broker_sign(&b, key, 3, LMP_BROKER_TASK, "caller.1", "payload", 7), 0);
+  CHECK_EQ(b.len, 12 + 8 + 7 + LMP_BROKER_MAC_LEN);
+  CHECK_EQ(lmp_broker_verify(b.data, b.len, key, 3, 60000, &v), 0);
+  CHECK_EQ(v.kind, LMP_BROKER_TASK);
+  CHECK_EQ(v.idlen, 8);
+  CHECK(memcmp(v.id, "caller.1", 8) == 0);
+  CHECK_EQ(v.len, 7);
+  CHECK(memcmp(v.payload, "payload", 7) == 0);
+  lmp_buf_free(&b);
+}
+
+TEST(sign_refuses_tampering)
+{
+  lmp_buf_t b = {0};
+  lmp_broker_view_t v;
+  CHECK_EQ(lmp_broker_sign(&b, key, 3, LMP_BROKER_RESULT, "t.9", "some result bytes", 17), 0);
+  for (size_t i = 0; i < b.len; i++) {
+    b.data[i] ^= 0x01;
+    CHECK_EQ(lmp_broker_verify(b.data, b.len, key, 3, 0, &v), -EBADMSG);
+    b.data[i] ^= 0x01;
+  }
+  CHECK_EQ(lmp_broker_verify(b.data, b.len, "k3z", 3, 0, &v), -EBADMSG);
+  CHECK_EQ(lmp_broker_verify(b.data, b.len - 1, key, 3, 0, &v), -EBADMSG);
+  CHECK_EQ(lmp_broker_verify(b.data, 10, key, 3, 0, &v), -EBADMSG);
+  CHECK_EQ(lmp_broker_verify("", 0, key, 3, 0, &v), -EBADMSG);
+  CHECK_EQ(lmp_broker_verify(b.data, b.len, key, 3, 0, &v), 0);
+  lmp_buf_free(&b);
+}
+
+TEST(sign_refuses_stale)
+{
+  lmp_buf_t b = {0};
+  lmp_broker_view_t v;
+  CHECK_EQ(lmp_broker_sign(&b, key, 3, LMP_BROKER_TASK, "x", "p", 1), 0);
+  struct timespec ts = {0, 30 * 1000000};
+  nanosleep(&ts, NULL);
+  CHECK_EQ(lmp_broker_verify(b.data, b.len, key, 3, 10, &v), -ESTALE);
+  CHECK_EQ(lmp_broker_verify(b.data, b.len, key, 3, 60000, &v), 0);
+  lmp_buf_free(&b);
+}
+
+TEST(open_rejects_bad_urls)
+{
+  lmp_broker_t *b = (lmp_broker_t *)1;
+  char err[200];
+  lmp_broker_config_t cfg = {.url = "http://127.0.0.1:1/0"};
+  CHECK_EQ(lmp_broker_open(&cfg, &b, err, sizeof err), -EINVAL);
+  CHECK(b == NULL);
+  CHECK(strstr(err, "unsupported broker URL") != NULL);
+  cfg.url = "redis://127.0.0.1:99999/0";
+  CHECK_EQ(lmp_broker_open(&cfg, &b, err, sizeof err), -EINVAL);
+  CHECK(strstr(err, "bad port") != NULL);
+  cfg.url = "redis://127.0.0.1:6379/x";
+  CHECK_EQ(lmp_broker_open(&cfg, &b, err, sizeof err), -EINVAL);
+  cfg.url = "nonsense";
+  CHECK_EQ(lmp_broker_open(&cfg, &b, err, sizeof err), -EINVAL);
+}
+
+TEST(open_unreachable_in_time)
+{
+  lmp_broker_t *b;
+  char err[200];
+  /* port 1 on loopback: nobody listens there */
+  lmp_broker_config_t cfg = {.url = "redis://127.0.0.1:1/0", .connect_timeout = 500};
+  int64_t t0 = lmp_now_ns();
+  int rc = lmp_broker_open(&cfg, &b, err, sizeof err);
+  CHECK(rc < 0);
+  CHECK(b == NULL);
+  CHECK(strstr(err, "cannot reach the broker") != NULL);
+  CHECK(lmp_now_ns() - t0 < 3000000000LL);
+}
+
+TEST_LIST = {
+    TEST_ENTRY(sign_round_trip),          TEST_ENTRY(sign_refuses_tampering),
+    TEST_ENTRY(sign_refuses_stale),       TEST_ENTRY(open_rejects_bad_urls),
+    TEST_ENTRY(open_unreachable_in_time), TEST_END,
+};

@@ -1,0 +1,628 @@
+-- The fault matrix: what lmp promises when processes die, run out of memory,
+-- get signals, or leave without cleaning up.  Each case asserts the promised
+-- outcome; the C side (tests/c/test_faults.c) covers EINTR in every
+-- blocking call, garbage on pipes and planted segments.
+--
+-- LMP_STRESS=1 (make stress) raises the counts: 100 pool workers killed in
+-- a row, 10k process cycles, and so on.  No timing is asserted except
+-- generous "within N s" bounds on things that must end.
+local support = dofile("tests/support.lua")
+local lmp = require "lmp"
+
+local STRESS = (os.getenv("LMP_STRESS") or "0") ~= "0"
+-- ASan reserves terabytes of address space, so an address-space limit
+-- cannot be tested under it; nor can memory growth be measured there.
+local SANITIZER = (os.getenv("LMP_TEST_SANITIZER") or "") ~= ""
+
+local function scale(normal, heavy) return STRESS and heavy or normal end
+
+-- Wait (up to `secs`) until pred() holds; its last value.
+local function eventually(pred, secs)
+  local t0 = lmp.time()
+  local v = pred()
+  while not v and lmp.time() - t0 < (secs or 10) do
+    lmp.sleep(0.02)
+    v = pred()
+  end
+  return v
+end
+
+local function kill(pid, sig)
+  os.execute(string.format("kill -%s %d 2>/dev/null", sig or "KILL", pid))
+end
+
+-- The error a call raises.
+local function raised(f, ...)
+  local ok, err = pcall(f, ...)
+  assert.is_false(ok, "expected an error")
+  return err
+end
+
+local function spawn(fn, ...)
+  local p = lmp.Process(fn, ...)
+  p:start()
+  return p
+end
+
+-- Live processes whose command line contains `token` (a script's path: a
+-- forked child keeps its parent's command line, the watchdog included).
+local function family(token)
+  local out = {}
+  local p = io.popen("ls /proc")
+  for pid in p:lines() do
+    if pid:match("^%d+$") then
+      local f = io.open("/proc/" .. pid .. "/cmdline", "rb")
+      local cmd = f and f:read("a") or ""
+      if f then f:close() end
+      if cmd:find(token, 1, true) and support.alive(tonumber(pid)) then
+        out[#out + 1] = tonumber(pid)
+      end
+    end
+  end
+  p:close()
+  return out
+end
+
+-- Run `code` with the lmp executable as a script file, optionally under
+-- `wrap` (a shell prefix such as "ulimit -v N;"); returns output, exit
+-- status, and the script path (the token of its processes).
+local function run_script(code, wrap)
+  local path, out = os.tmpname(), os.tmpname()
+  local f = assert(io.open(path, "w"))
+  f:write(code)
+  f:close()
+  local cmd = string.format("%s %s %s > %s 2>&1", wrap or "", support.lmp_bin, path, out)
+  local _, _, status = os.execute("{ " .. cmd .. "\n}")
+  f = assert(io.open(out))
+  local text = f:read("a")
+  f:close()
+  os.remove(out)
+  return text, status, path
+end
+
+-- "lmp.<root>.<hex>." from a tostring(handle) in some output.
+local function prefix_of(out)
+  local root, rnd = out:match("/lmp%.(%d+)%.(%x+)%.")
+  assert.is_not_nil(root, out)
+  return "lmp." .. root .. "." .. rnd .. "."
+end
+
+-- After a program ended: within 2 s nothing of it runs and nothing of it
+-- is left in /dev/shm.
+local function assert_gone(path, prefix)
+  local ok = eventually(function()
+    return #family(path) == 0 and #support.shm_entries(prefix) == 0
+  end, 2)
+  assert.are.same({}, family(path))
+  assert.are.same({}, support.shm_entries(prefix))
+  assert.is_true(ok)
+  os.remove(path)
+end
+
+-- Workers' pids from the pool's slots.
+local function pids(pool)
+  local out = {}
+  for _, w in ipairs(pool:stats().workers) do
+    if w.pid then out[#out + 1] = w.pid end
+  end
+  return out
+end
+
+describe("a pool worker killed mid-task", function()
+  it(scale(10, 100) .. " times in a row: those tasks fail worker_lost, all others succeed", function()
+    local n = scale(10, 100)
+    local pool <close> = lmp.Pool(2)
+    local q = lmp.Queue()
+    local victims = {}
+    for round = 1, n do
+      local victim = pool:apply_async(function(queue)
+        local l = require "lmp"
+        queue:put(l.current_process().pid)
+        l.sleep(60)
+      end, {q})
+      local others = {}
+      for i = 1, 4 do others[i] = pool:apply_async(function(x) return x * 2 end, {round * 10 + i}) end
+      local pid = q:get(30)
+      assert.is_number(pid)
+      kill(pid)
+      local err = raised(victim.get, victim, 30)
+      assert.are.equal("worker_lost", err.kind)
+      assert.are.equal(pid, err.pid)
+      assert.are.equal(-9, err.exitcode)
+      for i = 1, 4 do assert.are.equal((round * 10 + i) * 2, others[i]:get(30)) end
+      victims[#victims + 1] = pid
+    end
+    -- Usable, at full strength, and none of the dead came back.
+    assert.are.same({1, 4, 9}, pool:map(function(x) return x * x end, {1, 2, 3}))
+    assert.is_true(eventually(function() return #pids(pool) == 2 end))
+    local s = pool:stats()
+    assert.are.equal(n, s.failed)
+    assert.is_true(s.restarts >= n)
+    for _, pid in ipairs(victims) do assert.is_false(support.alive(pid)) end
+  end)
+
+  it("at random moments in a stream of tasks: each task succeeds or is worker_lost", function()
+    local pool <close> = lmp.Pool(2)
+    local total, kills = scale(200, 2000), 0
+    local res = {}
+    for i = 1, total do
+      res[i] = pool:apply_async(function(x) require("lmp").sleep(0.002) return x + 1 end, {i})
+    end
+    local done = 0
+    for i = 1, total do
+      if i % 20 == 0 then
+        local ws = pids(pool)
+        if #ws > 0 then
+          kill(ws[i // 20 % #ws + 1])
+          kills = kills + 1
+        end
+      end
+      local ok, v = pcall(res[i].get, res[i], 60)
+      if ok then
+        assert.are.equal(i + 1, v)
+        done = done + 1
+      else
+        assert.are.equal("worker_lost", v.kind)
+      end
+    end
+    assert.is_true(total - done <= kills, (total - done) .. " lost, " .. kills .. " kills")
+    assert.are.same({2, 3}, pool:map(function(x) return x + 1 end, {1, 2}))
+  end)
+end)
+
+describe("the root killed with SIGKILL", function()
+  it("leaves no process and nothing in /dev/shm within 2 s (pool, queues, shared memory)", function()
+    for _ = 1, scale(2, 20) do
+      local out, _, path = run_script([[
+        local lmp = require "lmp"
+        local q, jq = lmp.Queue(), lmp.JoinableQueue(3)
+        q:put(string.rep("y", 8 * 1024 * 1024)) -- spilled to a segment of its own
+        jq:put(1)
+        local v, a = lmp.Value("int64", 7), lmp.Array("double", 100000)
+        local m = lmp.SharedMemory{size = 1 << 20, name = "faults-root"}
+        local d, l = lmp.Dict(), lmp.List()
+        d.k = "v"; l:append(1)
+        local lock, ev = lmp.Lock(), lmp.Event()
+        local pool = lmp.Pool(2)
+        pool:map(function(x) return x end, {1, 2, 3})
+        pool:apply_async(function() require("lmp").sleep(60) end)
+        local p = lmp.Process(function()
+          -- a grandchild, and a lock held at the time of death
+          local g = lmp.Process(function() lmp.sleep(60) end)
+          g:start()
+          lock:acquire()
+          q:put(g.pid)
+          lmp.sleep(60)
+        end)
+        p:start()
+        q:get() -- the big one
+        q:get(10)
+        io.write(tostring(q), "\n")
+        io.flush()
+        os.execute("kill -9 " .. lmp.current_process().pid)
+      ]])
+      assert_gone(path, prefix_of(out))
+    end
+  end)
+end)
+
+describe("a program that ends without closing anything", function()
+  local setup = [[
+    local lmp = require "lmp"
+    local q = lmp.Queue()
+    q:put(string.rep("z", 8 * 1024 * 1024))
+    q:put({1, 2, 3})
+    local r, w = lmp.Pipe()
+    w:send("unread")
+    local v, m = lmp.Value("int32", 1), lmp.SharedMemory{size = 4096, name = "faults-exit"}
+    local d = lmp.Dict(); d.x = 1
+    local lock = lmp.Lock(); lock:acquire()
+    local pool = lmp.Pool(2)
+    pool:apply_async(function() require("lmp").sleep(60) end)
+    pool:apply_async(function() return 1 end)
+    local daemon = lmp.Process{target = function() lmp.sleep(60) end, daemon = true}
+    daemon:start()
+    local done = lmp.Process(function() end)
+    done:start()
+    io.write(tostring(q), "\n")
+    io.flush()
+  ]]
+
+  for _, case in ipairs({
+    {"reaches its end", "", 0},
+    {"calls os.exit(3)", "os.exit(3)", 3},
+    {"calls os.exit(true, true) (closing the state)", "os.exit(true, true)", 0},
+    {"raises an uncaught error", "error('boom')", 1},
+  }) do
+    it(case[1] .. ": its children end and nothing leaks", function()
+      local t0 = lmp.time()
+      local out, status, path = run_script(setup .. case[2])
+      assert.are.equal(case[3], status, out)
+      assert.is_true(lmp.time() - t0 < 60, "exit took " .. (lmp.time() - t0) .. " s")
+      assert_gone(path, prefix_of(out))
+    end)
+  end
+end)
+
+describe("sync objects whose holder or waiter is killed", function()
+  it("a Lock holder killed " .. scale(5, 100) .. " times in a row: owner_died each time", function()
+    -- sync_spec.lua covers one kill of a Lock and an RLock holder, with
+    -- and without a waiter; here the lock survives many in a row.
+    local l, r, q = lmp.Lock(), lmp.RLock(), lmp.Queue()
+    for _ = 1, scale(5, 100) do
+      local p = spawn(function()
+        l:acquire()
+        r:acquire(); r:acquire()
+        q:put("held")
+        lmp.sleep(60)
+      end)
+      assert.are.equal("held", q:get(10))
+      local waiter = spawn(function() q:put({l:acquire(30)}) l:release() end)
+      p:kill()
+      assert.is_true(p:join(10))
+      assert.are.same({true, "owner_died"}, q:get(10))
+      assert.is_true(waiter:join(10))
+      assert.are.same({true, "owner_died"}, {r:acquire(5)})
+      r:release()
+      assert.is_false(r:locked())
+    end
+    assert.is_true(l:acquire(5))
+    l:release()
+  end)
+
+  it("a Lock waiter killed in its wait does not disturb the lock", function()
+    local l, q = lmp.Lock(), lmp.Queue()
+    l:acquire()
+    local dead = spawn(function() l:acquire() end)
+    local live = spawn(function() q:put({l:acquire(30)}) l:release() end)
+    lmp.sleep(0.1)
+    dead:kill()
+    dead:join(10)
+    l:release()
+    assert.are.same({true}, q:get(10))
+    assert.is_true(live:join(10))
+    assert.is_true(l:acquire(5))
+    l:release()
+  end)
+
+  it("a Barrier waiter killed in its wait counts as arrived; the others go on", function()
+    local b, q = lmp.Barrier(3), lmp.Queue()
+    local dead = spawn(function() b:wait() end)
+    assert.is_true(eventually(function() return b.n_waiting == 1 end))
+    dead:kill()
+    dead:join(10)
+    local live = spawn(function() q:put(b:wait(30)) end)
+    assert.is_true(eventually(function() return b.n_waiting >= 1 end))
+    local mine = b:wait(30)
+    local theirs = q:get(10)
+    assert.are.same({1, 2}, {math.min(mine, theirs), math.max(mine, theirs)})
+    assert.is_false(b.broken)
+    assert.is_true(live:join(10))
+    -- the next generation works with three live parties
+    local ps = {}
+    for i = 1, 2 do ps[i] = spawn(function() q:put(b:wait(30)) end) end
+    local got = {b:wait(30), q:get(10), q:get(10)}
+    table.sort(got)
+    assert.are.same({0, 1, 2}, got)
+    for _, p in ipairs(ps) do assert.is_true(p:join(10)) end
+  end)
+
+  it("an Event waiter killed in its wait leaves the others woken by set", function()
+    local e, q = lmp.Event(), lmp.Queue()
+    local dead = spawn(function() e:wait() end)
+    local live = spawn(function() q:put(e:wait(30)) end)
+    lmp.sleep(0.1)
+    dead:kill()
+    dead:join(10)
+    e:set()
+    assert.is_true(q:get(10))
+    assert.is_true(live:join(10))
+  end)
+
+  -- Semaphore and Condition dead waiters: sync_spec.lua ("a waiter killed
+  -- in its wait does not take a unit from the others", "... does not
+  -- swallow a notify").
+end)
+
+-- Messages that say what they should contain: seq, a length and a filler
+-- character derived from both.
+local function message(seq, len)
+  return {seq = seq, len = len, body = string.rep(string.char(65 + (seq * 7 + len) % 26), len)}
+end
+
+local function intact(m)
+  return type(m) == "table" and #m.body == m.len
+    and m.body == string.rep(string.char(65 + (m.seq * 7 + m.len) % 26), m.len)
+end
+
+local SIZES = {0, 10, 1000, 60000, 600 * 1024, 5 * 1024 * 1024}
+
+describe("a writer killed in the middle of a message", function()
+  it("Queue: readers get whole messages in order, never block, and the queue goes on", function()
+    local q = lmp.Queue()
+    local expect = 1
+    for round = 1, scale(10, 100) do
+      local p = spawn(function()
+        for seq = expect, math.huge do q:put(message(seq, SIZES[seq % #SIZES + 1])) end
+      end)
+      lmp.sleep(0.005 * (round % 7))
+      p:kill()
+      assert.is_true(p:join(10))
+      while true do
+        local m, err = q:get(0.5)
+        if m == nil then
+          assert.are.equal("timeout", err)
+          break
+        end
+        assert.is_true(intact(m))
+        assert.are.equal(expect, m.seq)
+        expect = expect + 1
+      end
+    end
+    q:put(message(1, 100))
+    assert.is_true(intact(q:get(5)))
+  end)
+
+  it("Pipe, its only writer: whole messages, then closed; never a hang", function()
+    for round = 1, scale(10, 100) do
+      local r, w = lmp.Pipe(false)
+      local p = spawn(function()
+        r:close()
+        for seq = 1, math.huge do w:send(message(seq, SIZES[seq % #SIZES + 1])) end
+      end)
+      w:close()
+      lmp.sleep(0.005 * (round % 7))
+      p:kill()
+      assert.is_true(p:join(10))
+      local expect = 1
+      while true do
+        local m, err = r:recv(10)
+        if m == nil then
+          assert.are.equal("closed", err)
+          break
+        end
+        assert.is_true(intact(m))
+        assert.are.equal(expect, m.seq)
+        expect = expect + 1
+      end
+      r:close()
+    end
+  end)
+end)
+
+describe("memory limits", function()
+  local limited = [[
+    local lmp = require "lmp"
+    local pool = lmp.Pool(2)
+    for round = 1, ROUNDS do
+      local ok, err = pcall(pool.apply, pool, function()
+        local t, s = {}, string.rep("x", 1 << 20)
+        for i = 1, math.huge do t[i] = s .. i end
+      end)
+      assert(not ok and (err.kind == "task" or err.kind == "worker_lost"), tostring(err))
+      if err.kind == "task" then assert(err.message:find("not enough memory"), err.message) end
+      local r = pool:map(function(x) return x * 2 end, {1, 2, 3})
+      assert(r[1] == 2 and r[2] == 4 and r[3] == 6)
+    end
+    -- and a plain Process
+    local p = lmp.Process(function()
+      local t = {}
+      for i = 1, math.huge do t[i] = string.rep("y", 1 << 20) .. i end
+    end)
+    p:start()
+    p:join()
+    assert(p.exitcode ~= 0)
+    pool:close()
+    pool:join()
+    print("survived", tostring(lmp.Queue()))
+  ]]
+
+  it("a task that allocates without bound (RLIMIT_AS) fails; the pool goes on", function()
+    if SANITIZER then return end
+    local code = limited:gsub("ROUNDS", tostring(scale(2, 20)))
+    -- 1 GiB of address space for the program and each of its processes.
+    local out, status, path = run_script(code, "ulimit -v 1048576;")
+    assert.are.equal(0, status, out)
+    assert.matches("survived", out)
+    assert_gone(path, prefix_of(out))
+  end)
+end)
+
+describe("EINTR from SIGCHLD", function()
+  -- lmp catches SIGCHLD, so a signal spray of it interrupts whatever this
+  -- process is blocked in: poll and futex waits are never restarted.
+  local function spray()
+    local me = lmp.current_process().pid
+    return spawn(function()
+      -- the loop ends with this process ($PPID to the shell)
+      os.execute(string.format(
+        "while kill -0 $PPID 2>/dev/null && kill -CHLD %d 2>/dev/null; do sleep 0.002; done", me))
+    end)
+  end
+
+  it("every blocking call returns its value, or its timeout no earlier than due", function()
+    local s = spray()
+    local q, r, w = lmp.Queue(), lmp.Pipe()
+    local l, sem, ev, c, b = lmp.Lock(), lmp.Semaphore(0), lmp.Event(), lmp.Condition(), lmp.Barrier(2)
+    local flag = lmp.Value("int32", 0)
+    for _ = 1, scale(3, 30) do
+      l:acquire()
+      flag.value = 0
+      local p = spawn(function()
+        for i = 1, 20 do lmp.sleep(0.005); q:put(i) end
+        lmp.sleep(0.05); w:send("pipe")
+        lmp.sleep(0.05); l:acquire(); l:release()
+        lmp.sleep(0.05); sem:release()
+        lmp.sleep(0.05); ev:set()
+        lmp.sleep(0.05); c:acquire(); flag.value = 1; c:notify(); c:release()
+        lmp.sleep(0.05); b:wait(10)
+        lmp.sleep(0.05)
+      end)
+      for i = 1, 20 do assert.are.equal(i, q:get()) end
+      assert.are.equal("pipe", r:recv())
+      l:release()
+      lmp.sleep(0.02)
+      assert.is_true(l:acquire())
+      l:release()
+      assert.is_true(sem:acquire())
+      assert.is_true(ev:wait())
+      ev:clear()
+      c:acquire()
+      assert.is_true(c:wait_for(function() return flag.value == 1 end, 30))
+      c:release()
+      assert.is_number(b:wait())
+      assert.is_true(p:join())
+      assert.are.equal(0, p.exitcode)
+      -- timeouts: not early, not errors
+      for _, call in ipairs({
+        function() return q:get(0.1) end,
+        function() return r:recv(0.1) end,
+        function() return r:poll(0.1) end,
+        function() return sem:acquire(0.1) end,
+        function() return ev:wait(0.1) end,
+        function() c:acquire() local v = c:wait(0.1) c:release() return v end,
+      }) do
+        local t0 = lmp.time()
+        local v = call()
+        assert.is_true(lmp.time() - t0 >= 0.099)
+        assert.is_true(v == nil or v == false)
+      end
+    end
+    s:kill()
+    s:join()
+  end)
+end)
+
+describe("descriptors", function()
+  it("no leak across " .. scale(1000, 10000) .. " Process start/join cycles", function()
+    local p = spawn(function() end)
+    p:join()
+    collectgarbage(); collectgarbage() -- what earlier tests left
+    local before = support.fd_count()
+    for i = 1, scale(1000, 10000) do
+      p = lmp.Process(function(x) os.exit(x % 3) end, i)
+      p:start()
+      assert.is_true(p:join(10))
+      assert.are.equal(i % 3, p.exitcode)
+      p:close()
+    end
+    collectgarbage()
+    assert.are.equal(before, support.fd_count())
+  end)
+
+  it("no leak across pools, pipes and queues made and closed", function()
+    local function cycle()
+      local pool = lmp.Pool(1)
+      pool:apply(function() return 1 end)
+      pool:close(); pool:join()
+      local a, b = lmp.Pipe()
+      a:send(1); b:recv()
+      a:close(); b:close()
+      local q = lmp.Queue()
+      q:put(1); q:get()
+      q:close()
+    end
+    cycle()
+    collectgarbage(); collectgarbage()
+    local before = support.fd_count()
+    for _ = 1, scale(50, 500) do cycle() end
+    collectgarbage(); collectgarbage()
+    assert.are.equal(before, support.fd_count())
+  end)
+
+  -- Descriptors a program exec'd from here would get: a shell lists its own.
+  local function exec_fds()
+    local p = io.popen("sh -c 'ls /proc/$$/fd; true'")
+    local out = {}
+    for fd in p:lines() do out[#out + 1] = fd end
+    p:close()
+    table.sort(out)
+    return table.concat(out, " ")
+  end
+
+  it("none of lmp's reach a program exec'd by the root, a Process or a worker", function()
+    local base = exec_fds()
+    local q, r, w = lmp.Queue(), lmp.Pipe()
+    local m = lmp.SharedMemory{size = 4096, name = "faults-fds"}
+    local l, v = lmp.Lock(), lmp.Value("int64", 1)
+    local pool <close> = lmp.Pool(1)
+    local sleeper = spawn(function() lmp.sleep(60) end)
+    assert.are.equal(base, exec_fds())
+    local p = spawn(function() q:put(exec_fds()) end)
+    assert.are.equal(base, q:get(10))
+    p:join()
+    assert.are.equal(base, pool:apply(exec_fds))
+    sleeper:kill()
+    sleeper:join()
+  end)
+end)
+
+describe("resource ceilings", function()
+  it("a Queue with maxsize blocks its producer instead of growing", function()
+    local q = lmp.Queue(5)
+    local n = scale(200, 2000)
+    local p = spawn(function()
+      for i = 1, n do q:put(string.rep("x", 1000) .. i) end
+    end)
+    assert.is_true(eventually(function() return q:full() end))
+    lmp.sleep(0.2)
+    assert.are.equal(5, q:qsize())
+    assert.is_true(p:is_alive())
+    local v, err = q:put("one more", 0.05)
+    assert.is_nil(v)
+    assert.are.equal("full", err)
+    for i = 1, n do
+      assert.are.equal(string.rep("x", 1000) .. i, q:get(10))
+      assert.is_true(q:qsize() <= 5)
+    end
+    assert.is_true(p:join(10))
+    assert.is_true(q:empty())
+  end)
+
+  local HUGE = 256 * 1024 * 1024
+
+  it("a 256 MiB message passes a Queue and a Pipe whole, or fails with a clear error", function()
+    local q, r, w = lmp.Queue(), lmp.Pipe()
+    local p = spawn(function()
+      local s = string.rep("h", HUGE - 1) .. "!"
+      local ok, err = pcall(q.put, q, s)
+      if not ok then q:put(tostring(err)) end
+      ok, err = pcall(w.send_bytes, w, s)
+      if not ok then w:send_bytes(tostring(err)) end
+    end)
+    for _, got in ipairs({q:get(120), r:recv_bytes(120)}) do
+      if #got == HUGE then
+        assert.are.equal(HUGE, got:find("[^h]")) -- the "!" at the end, nothing else
+      else
+        assert.matches("memory", got) -- the only acceptable way to fail
+      end
+    end
+    assert.is_true(p:join(60))
+    assert.are.equal(0, p.exitcode)
+  end)
+
+  it("a message whose tables claim the bytes left costs memory in proportion to its size", function()
+    -- 190 nested array headers, each claiming every byte after it, over
+    -- 1 MiB of nils: preallocating what each claims would take gigabytes.
+    local parts, left = {}, 1 << 20
+    for _ = 1, 190 do
+      left = left - 5
+      parts[#parts + 1] = string.pack(">Bi4", 0xdd, left)
+    end
+    local head = table.concat(parts)
+    local msg = head .. string.rep("\xc0", (1 << 20) - #head)
+    collectgarbage()
+    collectgarbage("stop")
+    local before = collectgarbage("count")
+    local ok, err = pcall(lmp.deserialize, msg)
+    local grew = collectgarbage("count") - before
+    collectgarbage("restart")
+    assert.is_false(ok)
+    assert.matches("^corrupt message", err)
+    assert.is_true(grew < 64 * 1024, string.format("%.0f MiB for a 1 MiB message", grew / 1024))
+  end)
+end)
+
+describe("leaked globals", function()
+  it("none", function() assert.are.same({}, support.new_globals()) end)
+end)
