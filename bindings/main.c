@@ -39,7 +39,11 @@ static const char usage[] = "usage: lmp [options] [script [args]]\n"
                             "  -h, --help     show this help\n"
                             "  --         stop handling options\n"
                             "  -          run stdin\n"
-                            "With no script and no -e, lmp starts its REPL.\n";
+                            "With no script and no -e, lmp starts its REPL.\n"
+                            "\n"
+                            "       lmp worker BROKER_URL [--queue q] [--processes n]\n"
+                            "       lmp worker --status BROKER_URL\n"
+                            "  serve (or list the workers of) a broker queue; see docs/lua-api.md\n";
 
 static const char *progname = "lmp";
 
@@ -195,6 +199,42 @@ static void openlmp(lua_State *L)
   lua_pop(L, 1);
 }
 
+/* === subcommands === */
+
+/* `lmp NAME args...` for each NAME here runs lmp.NAME's main(argv), which
+ * returns the exit status.  (A script file of that name runs as `lmp ./NAME`.) */
+static const char *const subcommands[] = {"worker", NULL};
+
+static int issubcommand(int argc, char **argv)
+{
+  for (int i = 0; argc > 1 && subcommands[i]; i++)
+    if (strcmp(argv[1], subcommands[i]) == 0)
+      return 1;
+  return 0;
+}
+
+/* Pushes the exit status. */
+static void runsubcommand(lua_State *L, int argc, char **argv)
+{
+  openlmp(L);
+  lua_getglobal(L, "require");
+  lua_pushfstring(L, "lmp.%s", argv[1]);
+  int status = docall(L, 1, 1);
+  if (status == LUA_OK) {
+    lua_getfield(L, -1, "main");
+    lua_createtable(L, argc - 2, 0);
+    for (int i = 2; i < argc; i++) {
+      lua_pushstring(L, argv[i]);
+      lua_rawseti(L, -2, i - 1);
+    }
+    status = docall(L, 1, 1);
+  }
+  if (report(L, status) != LUA_OK)
+    lua_pushinteger(L, EXIT_FAILURE);
+  else if (!lua_isinteger(L, -1))
+    lua_pushinteger(L, lua_toboolean(L, -1) ? EXIT_SUCCESS : EXIT_FAILURE);
+}
+
 /* The hidden entries; returns only if argv is not one of them. */
 static void hidden(lua_State *L, int argc, char **argv)
 {
@@ -219,6 +259,10 @@ static int pmain(lua_State *L)
   int argc = (int)lua_tointeger(L, 1);
   char **argv = lua_touserdata(L, 2);
   hidden(L, argc, argv);
+  if (issubcommand(argc, argv)) {
+    runsubcommand(L, argc, argv);
+    return 1;
+  }
   struct opts o;
   if (scanargs(argv, argc, &o) < 0)
     return 0;
@@ -239,7 +283,7 @@ static int pmain(lua_State *L)
       return 0;
   }
 ok:
-  lua_pushboolean(L, 1);
+  lua_pushinteger(L, EXIT_SUCCESS);
   return 1;
 }
 
@@ -255,8 +299,8 @@ int main(int argc, char **argv)
   lua_pushinteger(L, argc);
   lua_pushlightuserdata(L, argv);
   int status = lua_pcall(L, 2, 1, 0);
-  int ok = status == LUA_OK && lua_toboolean(L, -1);
+  int code = status == LUA_OK && lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1) : EXIT_FAILURE;
   report(L, status);
   lua_close(L);
-  return ok ? EXIT_SUCCESS : EXIT_FAILURE;
+  return code;
 }

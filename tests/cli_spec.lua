@@ -28,6 +28,18 @@ describe("the lmp command", function()
     assert.matches("stack traceback", out)
   end)
 
+  it("runs the worker subcommand, with its own usage and exit status", function()
+    local out = support.shell(bin .. " worker; echo status $?")
+    assert.matches("a broker URL is needed", out)
+    assert.matches("usage: lmp worker URL", out)
+    assert.matches("status 2", out)
+    assert.matches("lmp worker BROKER_URL", support.shell(bin .. " --help"))
+  end)
+
+  it("exits with the status os.exit gives", function()
+    assert.matches("status 3", support.shell(bin .. " -e 'os.exit(3)'; echo status $?"))
+  end)
+
   it("rejects an unknown option", function()
     local out = support.shell(bin .. " --bogus; echo status $?")
     assert.matches("unrecognized option '%-%-bogus'", out)
