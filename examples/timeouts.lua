@@ -42,11 +42,13 @@ end
 local q = lmp.Queue()
 print("queue get(0.1):", q:get(0.1))          --> nil timeout
 
+-- Two processes taking two locks in opposite orders would wait for each
+-- other forever; with timeouts one of them gives up, and the other goes on.
 local a, b = lmp.Lock(), lmp.Lock()
-local function take_b_then_a(go)              -- the opposite order: a deadlock
+local function take_b_then_a(go)              -- the opposite order
   b:acquire()
   go:set()
-  local got = a:acquire(0.3)                  -- gives up instead of hanging
+  local got = a:acquire(2)                    -- gives up after 2 s at most
   if got then a:release() end
   b:release()
 end
@@ -56,9 +58,9 @@ a:acquire()
 p:start()
 go:wait()
 print("lock acquire(0.1) while the other holds it:", b:acquire(0.1))   --> false
-a:release()
+a:release()                                   -- back off: the other can finish
 p:join()
-print("after it gave up and released:", b:acquire(1))                 --> true
+print("after the other finished:", b:acquire(1))                      --> true
 b:release()
 
 local sleeper = lmp.Process(lmp.sleep, 60)

@@ -25,12 +25,28 @@ local function lines(cmd)
 end
 
 -- Patterns (string.match) the output of an example must contain, in any
--- order, for the examples this spec is the only one to run.
+-- order, for the examples this spec is the only one to run.  An example
+-- that cannot run here (no redis-server, say) prints "skipped: why" first
+-- and exits 0; its patterns are then not checked.
 local checks = {
   ["batching.lua"] = {
     "apply_async, one task per item +[%d.]+ ms",
     "map, default chunksize +[%d.]+ ms",
     "map over slices of a shared Array +[%d.]+ ms +%d+ items/s +%(sum 41667916675000%)",
+  },
+  ["broker.lua"] = {
+    "map over the broker: 1 4 9 16 25 36 49 64\n",
+    "processes that ran tasks: more than one\n",
+    "a failing task: false, kind task\n",
+    "apply: 2 %+ 3 = 5\n",
+    "a task that kills its worker: false, kind dead_letter\n",
+    "the workers go on: yes\n",
+    "workers stopped with exit codes 0 and 0\n",
+  },
+  ["condition.lua"] = {
+    "^consumer woke with the predicate true and count >= 10: true\n",
+    "items produced:\t12\n",
+    "wait%(0.1%) with nobody notifying:\tfalse\n$",
   },
   ["cpu_speedup.lua"] = {
     "8 tasks of 10000000 iterations\n",
@@ -40,7 +56,7 @@ local checks = {
     "^3 workers ready, start is set: false\n",
     "worker 1 worked %d+ steps of 10 ms until stop was set\n",
     "worker 3 worked %d+ steps of 10 ms until stop was set\n",
-    "wait%(0.1%) on an event nobody sets: false after 0.1 s\n",
+    "wait%(0.1%) on an event nobody sets: false after [%d.]+ s\n",
     "wait%(%) on the start event now: true\n$",
   },
   ["exception_propagation.lua"] = {
@@ -83,7 +99,7 @@ local checks = {
     "future:result%(0.05%):\tfalse\ttimeout\nfuture:result%(%):\t0.3\n",
     "queue get%(0.1%):\tnil\ttimeout\n",
     "lock acquire%(0.1%) while the other holds it:\tfalse\n",
-    "after it gave up and released:\ttrue\n",
+    "after the other finished:\ttrue\n",
     "join%(0.1%) of a process still running:\tfalse\n",
     "join%(%) after terminate:\ttrue\t%-15\n$",
   },
@@ -118,6 +134,7 @@ describe("every example", function()
     it(name .. " runs and exits 0", function()
       local out, code = run("examples/" .. name)
       assert.are.equal(0, code, out)
+      if out:match("^skipped: ") then return end
       for _, pattern in ipairs(checks[name] or {}) do
         assert.matches(pattern, out)
       end
