@@ -90,6 +90,12 @@ static int conn_consumer(lua_State *L)
   return 1;
 }
 
+static int conn_fileno(lua_State *L)
+{
+  lua_pushinteger(L, lmp_broker_fileno(checkconn(L)->b));
+  return 1;
+}
+
 static int conn_put(lua_State *L)
 {
   lconn *c = checkconn(L);
@@ -474,6 +480,7 @@ static int l_isatty(lua_State *L)
 static const luaL_Reg conn_methods[] = {
     {"close", conn_close},
     {"consumer", conn_consumer},
+    {"fileno", conn_fileno},
     {"put", conn_put},
     {"flush", conn_flush},
     {"results", conn_results},

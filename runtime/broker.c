@@ -23,6 +23,8 @@
  * allocator-hungry code but the engine's client.
  */
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -94,6 +96,57 @@ void lmp_broker_batch_free(lmp_broker_batch_t *b)
   b->cap = 0;
 }
 
+/* === SIGPIPE === */
+
+/*
+ * A write to a connection the server has closed raises SIGPIPE, whose
+ * default action ends the process, and hiredis writes with plain write(2).
+ * So every engine call runs with SIGPIPE blocked in the calling thread; a
+ * SIGPIPE it caused is taken off the pending set before the old mask comes
+ * back (the failed write reports EPIPE anyway).  The program's own
+ * disposition of SIGPIPE is left alone.
+ */
+typedef struct pipe_guard {
+  sigset_t old;
+  int blocked;
+} pipe_guard;
+
+static void guard_on(pipe_guard *g)
+{
+  sigset_t s;
+  sigemptyset(&s);
+  sigaddset(&s, SIGPIPE);
+  g->blocked = pthread_sigmask(SIG_BLOCK, &s, &g->old) == 0 && !sigismember(&g->old, SIGPIPE);
+}
+
+static void guard_off(pipe_guard *g)
+{
+  sigset_t s, pending;
+  struct timespec zero = {0, 0};
+  if (!g->blocked)
+    return;
+  sigemptyset(&s);
+  sigaddset(&s, SIGPIPE);
+  if (sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE))
+    while (sigtimedwait(&s, NULL, &zero) < 0 && errno == EINTR)
+      ;
+  pthread_sigmask(SIG_SETMASK, &g->old, NULL);
+}
+
+#define GUARDED(call)                                                                              \
+  do {                                                                                             \
+    pipe_guard g_;                                                                                 \
+    guard_on(&g_);                                                                                 \
+    int rc_ = (call);                                                                              \
+    guard_off(&g_);                                                                                \
+    return rc_;                                                                                    \
+  } while (0)
+
+static int guarded_open(lmp_broker_t *b)
+{
+  GUARDED(b->e->open(b));
+}
+
 /* === the object === */
 
 static void make_consumer(char *out, size_t n)
@@ -156,7 +209,7 @@ int lmp_broker_open(const lmp_broker_config_t *cfg, lmp_broker_t **out, char *er
   else
     make_consumer(b->consumer, sizeof b->consumer);
   b->cfg.consumer = b->consumer;
-  rc = e->open(b);
+  rc = guarded_open(b);
   if (rc < 0)
     goto err;
   *out = b;
@@ -186,6 +239,11 @@ const char *lmp_broker_errmsg(const lmp_broker_t *b)
   return b->err;
 }
 
+int lmp_broker_fileno(const lmp_broker_t *b)
+{
+  return b->e->fileno(b);
+}
+
 const char *lmp_broker_consumer(const lmp_broker_t *b)
 {
   return b->consumer;
@@ -195,79 +253,89 @@ const char *lmp_broker_consumer(const lmp_broker_t *b)
 
 int lmp_broker_put(lmp_broker_t *b, const void *msg, size_t len)
 {
-  return b->e->put(b, msg, len);
+  GUARDED(b->e->put(b, msg, len));
 }
 
 int lmp_broker_flush(lmp_broker_t *b)
 {
-  return b->e->flush(b);
+  GUARDED(b->e->flush(b));
 }
 
 int lmp_broker_results(lmp_broker_t *b, const char *caller, int max, int64_t deadline,
                        lmp_broker_batch_t *out)
 {
-  return b->e->results(b, caller, max, deadline, out);
+  GUARDED(b->e->results(b, caller, max, deadline, out));
 }
 
 int lmp_broker_take(lmp_broker_t *b, int max, int64_t block_ms, lmp_broker_batch_t *out)
 {
-  return b->e->take(b, max, block_ms, out);
+  GUARDED(b->e->take(b, max, block_ms, out));
 }
 
 int lmp_broker_complete(lmp_broker_t *b, const lmp_broker_done_t *done, int n)
 {
-  return n > 0 ? b->e->complete(b, done, n) : 0;
+  if (n <= 0)
+    return 0;
+  GUARDED(b->e->complete(b, done, n));
 }
 
 int lmp_broker_release(lmp_broker_t *b, const lmp_broker_msg_t *m, const char *reason)
 {
-  return b->e->release(b, m, reason);
+  GUARDED(b->e->release(b, m, reason));
 }
 
 int lmp_broker_bury(lmp_broker_t *b, const lmp_broker_msg_t *m, const char *reason,
                     const lmp_broker_done_t *result)
 {
-  return b->e->bury(b, m, reason, result);
+  GUARDED(b->e->bury(b, m, reason, result));
 }
 
 int lmp_broker_renew(lmp_broker_t *b, const char *const *ids, int n)
 {
-  return n > 0 ? b->e->renew(b, ids, n) : 0;
+  if (n <= 0)
+    return 0;
+  GUARDED(b->e->renew(b, ids, n));
 }
 
 int lmp_broker_reclaim(lmp_broker_t *b, int64_t idle_ms, int max, lmp_broker_batch_t *out)
 {
-  return b->e->reclaim(b, idle_ms, max, out);
+  GUARDED(b->e->reclaim(b, idle_ms, max, out));
 }
 
 int lmp_broker_set_visibility(lmp_broker_t *b, int64_t ms)
 {
-  return b->e->set_visibility(b, ms);
+  GUARDED(b->e->set_visibility(b, ms));
 }
 
 int lmp_broker_get_visibility(lmp_broker_t *b, int64_t *ms)
 {
-  return b->e->get_visibility(b, ms);
+  GUARDED(b->e->get_visibility(b, ms));
 }
 
 int lmp_broker_counts(lmp_broker_t *b, int64_t *waiting, int64_t *dead)
 {
-  return b->e->counts(b, waiting, dead);
+  GUARDED(b->e->counts(b, waiting, dead));
+}
+
+static int lmp__broker_heartbeat(lmp_broker_t *b, const char *info, const char *running,
+                                 int64_t ttl_ms)
+{
+  GUARDED(b->e->heartbeat(b, info, running, ttl_ms));
 }
 
 int lmp_broker_heartbeat(lmp_broker_t *b, const char *info, int64_t ttl_ms)
 {
-  return b->e->heartbeat(b, info, "", ttl_ms);
+  GUARDED(b->e->heartbeat(b, info, "", ttl_ms));
 }
 
 int lmp_broker_workers(lmp_broker_t *b, lmp_broker_batch_t *out)
 {
-  return b->e->workers(b, out);
+  GUARDED(b->e->workers(b, out));
 }
 
 int lmp_broker_unregister(lmp_broker_t *b)
 {
-  return b->e->unregister(b);
+  GUARDED(b->e->unregister(b));
 }
 
 /* === signing === */
@@ -389,7 +457,7 @@ static void *lease_main(void *arg)
       for (int i = 0; i + 1 < n; i++)
         ((char *)ids[i])[strlen(ids[i])] = '\n';
       if (info)
-        l->conn->e->heartbeat(l->conn, info, n ? ids[0] : "", l->ttl_ms);
+        lmp__broker_heartbeat(l->conn, info, n ? ids[0] : "", l->ttl_ms);
     }
     free(buf);
     free(ids);

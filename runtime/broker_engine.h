@@ -18,6 +18,7 @@ typedef struct lmp__broker_engine {
   const char *scheme; /* "redis" */
   int (*open)(lmp_broker_t *b);
   void (*close)(lmp_broker_t *b);
+  int (*fileno)(const lmp_broker_t *b);
   int (*put)(lmp_broker_t *b, const void *msg, size_t len);
   int (*flush)(lmp_broker_t *b);
   int (*results)(lmp_broker_t *b, const char *caller, int max, int64_t deadline,

@@ -314,6 +314,12 @@ static void close_redis(lmp_broker_t *b)
   b->conn = NULL;
 }
 
+static int fileno_redis(const lmp_broker_t *b)
+{
+  const rconn *r = b->conn;
+  return r && r->c && !r->c->err ? r->c->fd : -1;
+}
+
 /* === entries === */
 
 static uint32_t num(const char *s, size_t n)
@@ -1003,6 +1009,7 @@ const lmp__broker_engine_t lmp__broker_redis = {
     .scheme = "redis",
     .open = open_redis,
     .close = close_redis,
+    .fileno = fileno_redis,
     .put = put_redis,
     .flush = flush_redis,
     .results = results_redis,

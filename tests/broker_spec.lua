@@ -14,6 +14,14 @@ local function sh(cmd)
   return out
 end
 
+local function readfile(path)
+  local f = io.open(path)
+  if not f then return "" end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
 local have_redis = sh("command -v redis-server"):match("%S") ~= nil
 
 local redis = {}
@@ -23,7 +31,7 @@ local function redis_start()
                             .. "--appendfsync always --dir %s --daemonize yes --pidfile %s/redis.pid "
                             .. "--logfile %s/redis.log", redis.port, redis.dir, redis.dir, redis.dir)
   sh(cmd)
-  for _ = 1, 100 do
+  for _ = 1, 200 do
     if sh("redis-cli -p " .. redis.port .. " ping"):match("PONG") then return true end
     lmp.sleep(0.05)
   end
@@ -64,10 +72,11 @@ local function new_queue()
 end
 
 -- Start `lmp worker` in the background: its pid and its log file.
-local workers = {}
+local workers, logs = {}, {}
 local function start_worker(queue, opts)
   opts = opts or {}
   local log = os.tmpname()
+  logs[#logs + 1] = log
   local args = {string.format("%q", opts.url or url()), string.format("%q", "--queue"), string.format("%q", queue),
                 string.format("%q", "--processes"), string.format("%q", tostring(opts.processes or 2))}
   for _, a in ipairs(opts.args or {}) do args[#args + 1] = string.format("%q", a) end
@@ -100,14 +109,6 @@ local function kill(pid, sig)
   os.execute(string.format("kill -%s %d 2>/dev/null", sig or "TERM", pid))
 end
 
-local function readfile(path)
-  local f = io.open(path)
-  if not f then return "" end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
 local function lines(path)
   local t = {}
   for l in readfile(path):gmatch("[^\n]+") do t[#t + 1] = l end
@@ -135,12 +136,18 @@ end
 describe_redis("lmp.Pool on a Redis broker", function()
   setup(function()
     redis.dir = sh("mktemp -d"):match("%S+")
-    redis.port = free_port()
-    assert(redis_start(), "redis-server did not start")
+    local started
+    for _ = 1, 3 do -- another program may take the port first
+      redis.port = free_port()
+      started = redis_start()
+      if started then break end
+    end
+    assert(started, "redis-server did not start: " .. readfile(redis.dir .. "/redis.log"))
   end)
 
   teardown(function()
     for _, pid in ipairs(workers) do kill(pid, "KILL") end
+    for _, log in ipairs(logs) do os.remove(log) end
     redis_stop()
     sh("rm -rf " .. redis.dir)
   end)
@@ -202,6 +209,20 @@ describe_redis("lmp.Pool on a Redis broker", function()
     kill(w1)
     kill(w2)
     assert.is_true(exited(w1) and exited(w2))
+  end)
+
+  it("gives futures over the broker through lmp.Executor{broker = ...}", function()
+    local q = new_queue()
+    start_worker(q)
+    local ex = lmp.Executor{broker = url(), queue = q, secret = SECRET}
+    local futs = {}
+    for i = 1, 20 do futs[i] = ex:submit(function(x) return x * 3 end, i) end
+    local sum = 0
+    for f in lmp.as_completed(futs, 30) do sum = sum + f:result() end
+    assert.are.equal(630, sum)
+    local bad = ex:submit(function() error("remote") end)
+    assert.are.equal("task", bad:exception(30).kind)
+    ex:shutdown()
   end)
 
   it("checks its options", function()
@@ -383,6 +404,24 @@ describe_redis("lmp.Pool on a Redis broker", function()
     kill(w1)
     kill(w2)
     assert.is_true(exited(w1, 15) and exited(w2, 15))
+  end)
+
+  it("goes on when the server drops every connection", function()
+    local q = new_queue()
+    local w = start_worker(q)
+    local p = pool(q)
+    assert.are.equal(1, p:apply(function() return 1 end))
+    for round = 1, 3 do
+      cli("CLIENT KILL TYPE normal")
+      local big = {}
+      for i = 1, 3000 do big[i] = string.rep("x", 100) .. i end
+      local r = p:map(function(s) return #s end, big, 10)
+      assert.are.equal(3000, #r)
+      assert.are.equal(104, r[3000])
+    end
+    p:terminate()
+    kill(w)
+    assert.is_true(exited(w))
   end)
 
   it("drains on SIGTERM and lists live workers with --status", function()

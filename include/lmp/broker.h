@@ -78,6 +78,8 @@ int lmp_broker_open(const lmp_broker_config_t *cfg, lmp_broker_t **out, char *er
 void lmp_broker_close(lmp_broker_t *b);
 /* The last failure, as text ("" if none). */
 const char *lmp_broker_errmsg(const lmp_broker_t *b);
+/* The descriptor of the connection (readable when a reply is due), or -1. */
+int lmp_broker_fileno(const lmp_broker_t *b);
 /* This client's consumer name. */
 const char *lmp_broker_consumer(const lmp_broker_t *b);
 

@@ -544,6 +544,13 @@ function Pool:poll()
   return before - self._inflight
 end
 
+--- The broker connection's descriptor, for event loops: it turns readable
+--- only while the pool waits for a reply, so poll() on a short tick too.
+function Pool:fileno()
+  if self._state == "terminate" then return -1 end
+  return self._conn:fileno()
+end
+
 function Pool:stats()
   local waiting, dead = self._conn:counts()
   return {broker = self._url, queue = self._queue, inflight = self._inflight,

@@ -433,7 +433,13 @@ function Executor:__tostring()
 end
 
 local executor_keys = {max_workers = true, initializer = true, initargs = true,
-                       max_tasks_per_child = true, task_timeout = true, start_method = true}
+                       max_tasks_per_child = true, task_timeout = true, start_method = true,
+                       -- a broker pool (lmp.Pool{broker = ...}) instead of local processes
+                       broker = true, queue = true, visibility_timeout = true,
+                       max_deliveries = true, secret = true, connect_timeout = true,
+                       result_ttl = true}
+local broker_keys = {"broker", "queue", "visibility_timeout", "max_deliveries", "secret",
+                     "connect_timeout", "result_ttl"}
 
 local function options(...)
   local a = ...
@@ -459,14 +465,25 @@ local function options(...)
   return {max_workers = a}
 end
 
+-- The Pool options for the Executor options o.
+local function pool_options(o, n)
+  if o.broker == nil then
+    return {processes = n, initializer = o.initializer, initargs = o.initargs,
+            maxtasksperchild = o.max_tasks_per_child, task_timeout = o.task_timeout,
+            start_method = o.start_method}
+  end
+  local po = {}
+  for _, k in ipairs(broker_keys) do po[k] = o[k] end
+  return po
+end
+
 --- lmp.Executor([max_workers]) or lmp.Executor{max_workers =, initializer =,
---- initargs =, max_tasks_per_child =, task_timeout =, start_method =}
+--- initargs =, max_tasks_per_child =, task_timeout =, start_method =}, or
+--- lmp.Executor{broker = url, queue =, secret =, ...} on a broker's workers
 local function new(...)
   local o = options(...)
   local n = tointeger(o.max_workers) or lmp.cpu_count()
-  local ok, pool = pcall(lmp.Pool, {processes = n, initializer = o.initializer, initargs = o.initargs,
-                                    maxtasksperchild = o.max_tasks_per_child,
-                                    task_timeout = o.task_timeout, start_method = o.start_method})
+  local ok, pool = pcall(lmp.Pool, pool_options(o, n))
   if not ok then
     if type(pool) == "string" then
       pool = pool:gsub("^bad argument #1 to 'Pool'", "bad argument #1 to 'Executor'")
