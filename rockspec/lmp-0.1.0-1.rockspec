@@ -26,6 +26,8 @@ dependencies = {
 external_dependencies = {
    MSGPACK = { header = "msgpack.h" },
    READLINE = { header = "readline/readline.h" },
+   HIREDIS = { header = "hiredis/hiredis.h" },
+   OPENSSL = { header = "openssl/hmac.h" },
 }
 build = {
    type = "make",
