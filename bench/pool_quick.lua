@@ -5,7 +5,10 @@
 --   apply round trip      sequential pool:apply of a tiny function (us)
 --   apply_async 20k       20k tiny tasks submitted, then every result (tasks/s)
 --   map x*x 200k          pool:map over 200k integers (items/s)
---   cpu speedup           a CPU-bound map on all workers vs one process
+--   cpu speedup           a CPU-bound map on all workers vs one process (its
+--                         own figure is the one that counts: >= 1.9 on 2 cpus)
+--
+-- Figures on a shared machine move with its load: run it a few times.
 local lmp = require "lmp"
 
 local procs = tonumber(arg and arg[1]) or lmp.cpu_count()
@@ -107,14 +110,17 @@ end
 
 local l = measure()
 local p = python()
-local function row(name, key, unit, lower_is_better)
+-- One row: lmp's figure, Python's, their ratio (how many times better lmp
+-- is), and the ratio DESIGN.md asks for.
+local function row(name, key, unit, target, lower_is_better)
   local lv, pv = l[key], p and p[key]
   local ratio = pv and (lower_is_better and pv / lv or lv / pv)
-  print(string.format("%-22s lmp %12.1f %-8s python %12s   x%s", name, lv, unit,
-                      pv and string.format("%.1f", pv) or "-", ratio and string.format("%.2f", ratio) or "-"))
+  print(string.format("%-20s lmp %12.1f %-8s python %12s   x%-7s (target x%s)", name, lv, unit,
+                      pv and string.format("%.1f", pv) or "-",
+                      ratio and string.format("%.2f", ratio) or "-", target))
 end
 print(string.format("Pool(%d) on %d cpus", procs, lmp.cpu_count()))
-row("apply round trip", "apply_us", "us", true)
-row("apply_async 20k", "async_per_s", "tasks/s")
-row("map x*x 200k", "map_per_s", "items/s")
-row("cpu-bound speedup", "speedup", "x")
+row("apply round trip", "apply_us", "us", "10", true)
+row("apply_async 20k", "async_per_s", "tasks/s", "10")
+row("map x*x 200k", "map_per_s", "items/s", "3")
+row("cpu-bound speedup", "speedup", "x", "1.9/1.83")

@@ -48,7 +48,7 @@
 enum { TAG_APPLY = 1, TAG_MAP = 2, TAG_STARMAP = 3 };
 enum { ST_OK = 0, ST_ERROR = 1, ST_PARTIAL = 2 };
 
-static const char K_FNRECS; /* registry: function -> record (weak keys), for functions safe to reuse */
+static const char K_FNRECS; /* registry: reusable function -> its record (weak keys) */
 static const char K_CTOR;   /* registry: the Lua constructor, once loaded */
 
 /* Counters for tests: function records built here, functions loaded by a
@@ -61,8 +61,8 @@ static lmp_buf_t worker_buf;
 typedef struct lpool {
   lmp_pool_t *pool; /* NULL until created, and after free */
   pid_t owner;
-  lua_State *L; /* the thread of the current call: a worker forked now runs on it */
-  int init_ref; /* registry: {fn, args, n}, or LUA_NOREF */
+  lua_State *L;  /* the thread of the current call: a worker forked now runs on it */
+  int init_ref;  /* registry: {fn, args, n}, or LUA_NOREF */
   lmp_buf_t buf; /* lists of plain values, packed */
 } lpool;
 
@@ -163,21 +163,21 @@ static int reusable(lua_State *L, int idx)
  * value, which for a list of small numbers costs more than the numbers: this
  * writer makes room once per value and stores the bytes itself.
  */
-static unsigned char *room(lmp_buf_t *b, size_t n)
+static inline unsigned char *room(lmp_buf_t *b, size_t n)
 {
   if (b->cap - b->len < n && lmp_buf_reserve(b, b->len + n) < 0)
     return NULL;
   return (unsigned char *)b->data + b->len;
 }
 
-static void put_be(unsigned char *p, uint64_t v, int n)
+static inline void put_be(unsigned char *p, uint64_t v, int n)
 {
   for (int i = n - 1; i >= 0; i--, v >>= 8)
     p[i] = (unsigned char)v;
 }
 
 /* A tag byte and an n-byte big-endian value. */
-static int put_tagged(lmp_buf_t *b, unsigned tag, uint64_t v, int n)
+static inline int put_tagged(lmp_buf_t *b, unsigned tag, uint64_t v, int n)
 {
   unsigned char *p = room(b, 1 + (size_t)n);
   if (!p)
@@ -188,7 +188,7 @@ static int put_tagged(lmp_buf_t *b, unsigned tag, uint64_t v, int n)
   return 1;
 }
 
-static int put_int(lmp_buf_t *b, int64_t v)
+static inline int put_int(lmp_buf_t *b, int64_t v)
 {
   if (v >= -32 && v <= 127) {
     unsigned char *p = room(b, 1);
@@ -200,10 +200,12 @@ static int put_int(lmp_buf_t *b, int64_t v)
   }
   if (v >= 0) {
     uint64_t u = (uint64_t)v;
-    return u <= 0xff ? put_tagged(b, 0xcc, u, 1) : u <= 0xffff ? put_tagged(b, 0xcd, u, 2)
-           : u <= 0xffffffffu ? put_tagged(b, 0xce, u, 4) : put_tagged(b, 0xcf, u, 8);
+    return u <= 0xff          ? put_tagged(b, 0xcc, u, 1)
+           : u <= 0xffff      ? put_tagged(b, 0xcd, u, 2)
+           : u <= 0xffffffffu ? put_tagged(b, 0xce, u, 4)
+                              : put_tagged(b, 0xcf, u, 8);
   }
-  return v >= INT8_MIN ? put_tagged(b, 0xd0, (uint64_t)v & 0xff, 1)
+  return v >= INT8_MIN    ? put_tagged(b, 0xd0, (uint64_t)v & 0xff, 1)
          : v >= INT16_MIN ? put_tagged(b, 0xd1, (uint64_t)v & 0xffff, 2)
          : v >= INT32_MIN ? put_tagged(b, 0xd2, (uint64_t)v & 0xffffffffu, 4)
                           : put_tagged(b, 0xd3, (uint64_t)v, 8);
@@ -211,10 +213,11 @@ static int put_int(lmp_buf_t *b, int64_t v)
 
 static int put_str(lmp_buf_t *b, const char *s, size_t n)
 {
-  int ok = n <= 31 ? put_tagged(b, 0xa0 | (unsigned)n, 0, 0)
-           : n <= 0xff ? put_tagged(b, 0xd9, n, 1)
-           : n <= 0xffff ? put_tagged(b, 0xda, n, 2)
-           : n <= 0xffffffffu ? put_tagged(b, 0xdb, n, 4) : 0;
+  int ok = n <= 31            ? put_tagged(b, 0xa0 | (unsigned)n, 0, 0)
+           : n <= 0xff        ? put_tagged(b, 0xd9, n, 1)
+           : n <= 0xffff      ? put_tagged(b, 0xda, n, 2)
+           : n <= 0xffffffffu ? put_tagged(b, 0xdb, n, 4)
+                              : 0;
   unsigned char *p = ok ? room(b, n) : NULL;
   if (!p)
     return 0;
@@ -226,7 +229,7 @@ static int put_str(lmp_buf_t *b, const char *s, size_t n)
 
 /* Pack the value at idx, of Lua type `type`, as the codec would; 0 if it
  * is not a plain value (or memory ran out). */
-static int pack_typed(lua_State *L, int idx, int type, lmp_buf_t *b)
+static inline int pack_typed(lua_State *L, int idx, int type, lmp_buf_t *b)
 {
   size_t n;
   const char *s;
@@ -257,9 +260,10 @@ static int pack_scalar(lua_State *L, int idx, lmp_buf_t *b)
 
 static int put_array(lmp_buf_t *b, size_t n)
 {
-  return n <= 15 ? put_tagged(b, 0x90 | (unsigned)n, 0, 0)
-         : n <= 0xffff ? put_tagged(b, 0xdc, n, 2)
-         : n <= 0xffffffffu ? put_tagged(b, 0xdd, n, 4) : 0;
+  return n <= 15            ? put_tagged(b, 0x90 | (unsigned)n, 0, 0)
+         : n <= 0xffff      ? put_tagged(b, 0xdc, n, 2)
+         : n <= 0xffffffffu ? put_tagged(b, 0xdd, n, 4)
+                            : 0;
 }
 
 #define PACK_BATCH 64 /* values on the stack at a time */
@@ -310,7 +314,7 @@ static uint64_t be(const unsigned char *p, int n)
 
 /* Push one plain msgpack value from [*pp, end); 0 if it is something else
  * or truncated (nothing pushed). */
-static int unpack_scalar(lua_State *L, const unsigned char **pp, const unsigned char *end)
+static inline int unpack_scalar(lua_State *L, const unsigned char **pp, const unsigned char *end)
 {
   const unsigned char *p = *pp;
   size_t n, len = 0;
@@ -350,7 +354,10 @@ static int unpack_scalar(lua_State *L, const unsigned char **pp, const unsigned 
       }
       break;
     }
-    case 0xcc: case 0xcd: case 0xce: case 0xcf: {
+    case 0xcc:
+    case 0xcd:
+    case 0xce:
+    case 0xcf: {
       n = (size_t)1 << (c - 0xcc);
       if ((size_t)(end - p) < n)
         return 0;
@@ -362,7 +369,10 @@ static int unpack_scalar(lua_State *L, const unsigned char **pp, const unsigned 
         lua_pushinteger(L, (lua_Integer)v);
       break;
     }
-    case 0xd0: case 0xd1: case 0xd2: case 0xd3: {
+    case 0xd0:
+    case 0xd1:
+    case 0xd2:
+    case 0xd3: {
       n = (size_t)1 << (c - 0xd0);
       if ((size_t)(end - p) < n)
         return 0;
@@ -373,8 +383,12 @@ static int unpack_scalar(lua_State *L, const unsigned char **pp, const unsigned 
       lua_pushinteger(L, (lua_Integer)(int64_t)v);
       break;
     }
-    case 0xd9: case 0xda: case 0xdb: /* str 8, 16, 32 */
-    case 0xc4: case 0xc5: case 0xc6: /* bin: read as a string */
+    case 0xd9:
+    case 0xda:
+    case 0xdb: /* str 8, 16, 32 */
+    case 0xc4:
+    case 0xc5:
+    case 0xc6: /* bin: read as a string */
       n = (size_t)1 << (c >= 0xd9 ? c - 0xd9 : c - 0xc4);
       if ((size_t)(end - p) < n)
         return 0;
@@ -661,7 +675,7 @@ static void exit_text(char *buf, size_t n, int code)
 }
 
 /* Push the lmp.Error for a task that has no reply. */
-static void push_failure(lua_State *L, lpool *lp, const lmp_pool_event_t *ev)
+static void push_failure(lua_State *L, const lmp_pool_event_t *ev)
 {
   char how[48];
   exit_text(how, sizeof how, ev->exitcode);
@@ -680,7 +694,6 @@ static void push_failure(lua_State *L, lpool *lp, const lmp_pool_event_t *ev)
   lua_setfield(L, -2, "pid");
   lua_pushinteger(L, ev->exitcode);
   lua_setfield(L, -2, "exitcode");
-  (void)lp;
 }
 
 /* c:wait([deadline]) -> id, how, value | nil, "timeout" | nil, "closed".
@@ -725,11 +738,11 @@ static int core_wait(lua_State *L)
     if (ev.len)
       lmpb_decode(L, ev.data, ev.len, 1);
     else
-      push_failure(L, lp, &ev);
+      push_failure(L, &ev);
     break;
   default:
     lua_pushliteral(L, "error");
-    push_failure(L, lp, &ev);
+    push_failure(L, &ev);
   }
   return 3;
 }
@@ -995,6 +1008,7 @@ typedef struct task {
   int packing;                    /* results are packed into worker_buf as they come */
   lua_Integer packed;             /* how many */
   size_t hdr;                     /* the length of the array header in worker_buf */
+  int timed;                      /* items report their start (task_timeout applies) */
 } task;
 
 static int parse_task(task *t, const lmp_pool_task_t *pt)
@@ -1115,7 +1129,8 @@ static int call_items(lua_State *L)
   int star = t->tag == TAG_STARMAP;
   for (lua_Integer i = t->next; i <= (lua_Integer)t->count; i++) {
     t->cur = i;
-    lmp_pool_worker_progress(t->w, (uint32_t)(i - 1));
+    if (t->timed)
+      lmp_pool_worker_progress(t->w, (uint32_t)(i - 1));
     lua_pushvalue(L, 1);
     int n = 1;
     if (t->ip) {
@@ -1178,6 +1193,7 @@ static void run_items(lua_State *L, lmp_pool_worker_t *w, task *t, int fn)
   lua_newtable(L);
   int out = lua_gettop(L), errs = 0;
   t->w = w;
+  t->timed = lmp_pool_worker_timed(w);
   t->next = 1;
   worker_buf.len = 0;
   t->packing = put_array(&worker_buf, (size_t)n);
@@ -1415,19 +1431,16 @@ static int l_counters(lua_State *L)
 /* === lmp.Pool === */
 
 static const luaL_Reg core_methods[] = {
-    {"submit", core_submit},   {"wait", core_wait},       {"cancel", core_cancel},
-    {"state", core_state},     {"close", core_close},     {"terminate", core_terminate},
-    {"fileno", core_fileno},   {"workers", core_workers}, {"stats", core_stats},
-    {NULL, NULL},
+    {"submit", core_submit}, {"wait", core_wait},
+    {"cancel", core_cancel}, {"state", core_state},
+    {"close", core_close},   {"terminate", core_terminate},
+    {"fileno", core_fileno}, {"workers", core_workers},
+    {"stats", core_stats},   {NULL, NULL},
 };
 
 static const luaL_Reg core_funcs[] = {
-    {"new", l_new},
-    {"encode_fn", l_encode_fn},
-    {"isatty", l_isatty},
-    {"table", l_table},
-    {"counters", l_counters},
-    {NULL, NULL},
+    {"new", l_new},     {"encode_fn", l_encode_fn}, {"isatty", l_isatty},
+    {"table", l_table}, {"counters", l_counters},   {NULL, NULL},
 };
 
 /* lmp.Pool(...): loads scripts/lmp/pool.lua on first use (installing it

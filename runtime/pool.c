@@ -39,9 +39,10 @@
  * burns a CPU another process needs when they are busy.
  *
  * Start-up failures.  A worker that fails its initializer reports it
- * (lmp_pool_worker_fail_init); one that dies before it took its first task
- * is treated the same way.  Either breaks the pool: the workers are killed
- * and never replaced, so a bad initializer cannot fork forever.
+ * (lmp_pool_worker_fail_init); one that exits before it took its first task
+ * is treated the same way, and so is the third in a row killed by a signal
+ * while starting.  Either breaks the pool: the workers are killed and never
+ * replaced, so a bad initializer cannot fork forever.
  */
 #include "lmp/pool.h"
 
@@ -55,7 +56,9 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <linux/futex.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
 
@@ -66,16 +69,17 @@
 
 #include "internal.h"
 
-#define POOL_MAGIC 0x4c4f4f50u /* "POOL" */
-#define CHECK_NS 1000000       /* deaths and timeouts, while busy */
-#define SPIN_MAX_NS 40000   /* the most a waiter spins before sleeping ... */
-#define SPIN_START_NS 10000 /* ... where it starts; see adapt_spin */
-#define SPIN_PAUSE_NS 4000  /* then sched_yield */
+#define POOL_MAGIC 0x4c4f4f50u             /* "POOL" */
+#define CHECK_NS 1000000                   /* deaths and timeouts, while busy */
+#define SPIN_MAX_NS 40000                  /* the most a waiter spins before sleeping ... */
+#define SPIN_START_NS 10000                /* ... where it starts; see adapt_spin */
+#define SPIN_PAUSE_NS 4000                 /* then sched_yield */
 #define SEQ_MASK ((UINT64_C(1) << 30) - 1) /* the ring numbers records modulo 2^30 */
 #define MAX_PARTS 7
-#define QUEUED_NS 500000 /* work kept queued per worker when high_water is 0 */
-#define QUEUED_MIN 2     /* tasks per worker in the ring, at least ... */
-#define QUEUED_MAX 256   /* ... and at most */
+#define START_DEATHS_MAX 3 /* workers killed while starting, in a row, that break the pool */
+#define QUEUED_NS 500000   /* work kept queued per worker when high_water is 0 */
+#define QUEUED_MIN 2       /* tasks per worker in the ring, at least ... */
+#define QUEUED_MAX 256     /* ... and at most */
 
 enum { R_DONE = 1, R_INIT_FAILED = 2 };
 
@@ -100,6 +104,7 @@ struct phdr {
   /* Idle workers: tasks pushed (the futex word), workers spinning, asleep. */
   _Alignas(64) _Atomic uint32_t tseq;
   _Atomic uint32_t spinners, sleepers;
+  _Atomic uint32_t waking; /* a woken worker has not come up yet */
   _Alignas(64) struct slot slots[];
 };
 
@@ -143,8 +148,8 @@ struct worker {
 };
 
 struct verdict { /* a death whose task fails once the replies before it are read */
-  uint64_t at;    /* when `consumed` reaches this */
-  uint64_t seq;   /* the record it was running */
+  uint64_t at;   /* when `consumed` reaches this */
+  uint64_t seq;  /* the record it was running */
   pid_t pid;
   int exitcode;
   int timed_out;
@@ -181,10 +186,11 @@ struct lmp_pool {
   lmp_pool_event_t *evq;
   size_t evq_head, evq_n, evq_cap;
   int64_t last_check;
-  int64_t avg_ns; /* a moving average of the time tasks take */
-  int64_t spin_ns; /* how long to spin for a reply (adapt_spin) */
-  int need_check;  /* a pidfd or the timer fired while asleep */
-  uint32_t high;  /* tasks kept in the ring */
+  int64_t avg_ns;   /* a moving average of the time tasks take */
+  int64_t spin_ns;  /* how long to spin for a reply (adapt_spin) */
+  int start_deaths; /* workers killed while starting since the last reply */
+  int need_check;   /* a pidfd or the timer fired while asleep */
+  uint32_t high;    /* tasks kept in the ring */
   int spawn_error;
   lmp_pool_stats_t stats;
 };
@@ -194,8 +200,8 @@ struct lmp_pool_worker {
   int index;
   struct slot *slot;
   lmp_buf_t buf;
-  uint32_t seq; /* of the task taken last */
-  int64_t t0;   /* when it was taken */
+  uint32_t seq;    /* of the task taken last */
+  int64_t t0;      /* when it was taken */
   int64_t spin_ns; /* how long to spin for a task */
   pid_t pid;
   uint64_t count;
@@ -343,6 +349,28 @@ static int sent_append(lmp_pool_t *p, uint64_t id)
   return 0;
 }
 
+/* FUTEX_WAKE that tells how many it woke. */
+static long futex_wake_count(_Atomic uint32_t *word, int n)
+{
+  return syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, n, NULL, NULL, 0);
+}
+
+/*
+ * Wake one sleeping worker, with at most one wake-up in flight: while a
+ * woken worker has not come up yet (`waking`), pushes do not make more
+ * system calls; the worker, once up, wakes the next one itself if tasks are
+ * still waiting (lmp_pool_worker_next).  A wake that found nobody asleep
+ * clears the flag at once, and the parent clears it when a worker dies.
+ */
+static void wake_one(struct phdr *h)
+{
+  uint32_t idle = 0;
+  if (!atomic_compare_exchange_strong(&h->waking, &idle, 1))
+    return;
+  if (futex_wake_count(&h->tseq, 1) <= 0)
+    atomic_store(&h->waking, 0);
+}
+
 /* After a push (or with all = 1, the ring's close): wake a sleeping worker
  * unless one that spins will take the task.  Pairs with wait_task: the
  * counter goes up before the sleepers are read, a sleeper registers before
@@ -354,9 +382,9 @@ static void wake_worker(lmp_pool_t *p, int all)
   if (atomic_load(&h->sleepers) == 0)
     return;
   if (all)
-    lmp_futex_wake((uint32_t *)&h->tseq, INT_MAX);
+    futex_wake_count(&h->tseq, INT_MAX);
   else if (atomic_load(&h->spinners) == 0 || lmp_queue_qsize(p->tasks) > 1)
-    lmp_futex_wake((uint32_t *)&h->tseq, 1);
+    wake_one(h);
 }
 
 /* Hand one task to the ring. */
@@ -629,10 +657,16 @@ static void on_death(lmp_pool_t *p, int i)
       add_verdict(p, &v);
     }
   } else if (slot_state(word) == LMP_POOL_STARTING && !p->terminated) {
-    v.starting = 1;
-    add_verdict(p, &v);
+    /* It ended on its own before its first task: its start-up failed, and
+     * the next would fail the same way.  Killed by a signal, it may have
+     * been someone's kill: replace it, unless that keeps happening. */
+    if (code >= 0 || ++p->start_deaths >= START_DEATHS_MAX) {
+      v.starting = 1;
+      add_verdict(p, &v);
+    }
   }
-  lmp_proc_free(w->proc); /* closes the pidfd, which leaves the epoll set */
+  atomic_store(&p->h->waking, 0); /* it may have been the one woken */
+  lmp_proc_free(w->proc);         /* closes the pidfd, which leaves the epoll set */
   w->proc = NULL;
   w->pid = 0;
   STORE(s->word, 0);
@@ -656,7 +690,8 @@ static void check_deaths(lmp_pool_t *p)
     if (!w->proc)
       continue;
     /* Without a pidfd, ask (and reap) directly. */
-    if (pfd[i].fd >= 0 ? !(pfd[i].revents & (POLLIN | POLLHUP | POLLNVAL)) : lmp_proc_alive(w->proc))
+    if (pfd[i].fd >= 0 ? !(pfd[i].revents & (POLLIN | POLLHUP | POLLNVAL))
+                       : lmp_proc_alive(w->proc))
       continue;
     if (lmp_proc_wait(w->proc, 0) == 0)
       on_death(p, i);
@@ -866,23 +901,31 @@ static int take_reply(lmp_pool_t *p, lmp_pool_event_t *ev)
   settle(p, seq);
   learn(p, hd.took_ns);
   p->stats.done++;
+  p->start_deaths = 0;
   return 1;
 }
 
 /*
- * How long to spin before sleeping.  A spinning hand-off between two
- * processes on CPUs of their own takes well under a microsecond, a kernel
- * wake-up tens of them; but when the CPUs are all busy, a spinner only
- * delays the process it waits for.  So the budget doubles (up to
- * SPIN_MAX_NS) each time spinning paid and halves each time it did not: it
- * settles near the wait that usually pays, or near zero on a loaded machine
- * and for workers that sit idle.
+ * How long to spin before sleeping, learned from how long waits last.  A
+ * spinning hand-off between two processes on CPUs of their own takes well
+ * under a microsecond, a kernel wake-up tens of them; but when the CPUs are
+ * all busy a spinner only delays the process it waits for, and the waits
+ * grow long.  After each wait: one the budget covered doubles it, one a
+ * budget up to SPIN_MAX_NS would have covered sets it to twice the wait,
+ * and a longer one halves it.  Hand-offs between running processes so stay
+ * spinning, while on a loaded machine, for long tasks and for workers that
+ * sit idle, the budget falls towards zero.
  */
-static int64_t adapt_spin(int64_t budget, int paid)
+static int64_t adapt_spin(int64_t budget, int64_t waited)
 {
-  if (paid)
-    return budget * 2 + 1000 > SPIN_MAX_NS ? SPIN_MAX_NS : budget * 2 + 1000;
-  return budget / 2;
+  int64_t b;
+  if (waited <= budget)
+    b = budget * 2 + 1000;
+  else if (waited <= SPIN_MAX_NS)
+    b = waited * 2;
+  else
+    return budget / 2;
+  return b > SPIN_MAX_NS ? SPIN_MAX_NS : b;
 }
 
 /* Spin for up to `budget` ns, pausing then yielding, until ready(arg). */
@@ -958,6 +1001,7 @@ static int ended(lmp_pool_t *p)
 int lmp_pool_wait(lmp_pool_t *p, lmp_pool_event_t *ev, int64_t deadline)
 {
   int rc;
+  int64_t waiting = 0; /* since when this call waits for a reply */
   for (;;) {
     if (pop_event(p, ev))
       return 0;
@@ -967,6 +1011,8 @@ int lmp_pool_wait(lmp_pool_t *p, lmp_pool_event_t *ev, int64_t deadline)
     if ((rc = take_reply(p, ev)) != 0) {
       if (p->nvd)
         check_verdicts(p);
+      if (waiting && rc > 0)
+        p->spin_ns = adapt_spin(p->spin_ns, lmp_now_ns() - waiting);
       return rc < 0 ? rc : 0;
     }
     int64_t now = lmp_now_ns();
@@ -979,9 +1025,9 @@ int lmp_pool_wait(lmp_pool_t *p, lmp_pool_event_t *ev, int64_t deadline)
     if ((rc = ended(p)) != 0)
       return rc;
     if (now < deadline && expecting(p)) {
-      int paid = spin_until(p->spin_ns, replies_waiting, p);
-      p->spin_ns = adapt_spin(p->spin_ns, paid);
-      if (paid)
+      if (!waiting)
+        waiting = now;
+      if (spin_until(p->spin_ns, replies_waiting, p))
         continue;
     }
     if (lmp_now_ns() >= deadline) {
@@ -1007,8 +1053,7 @@ int lmp_pool_wait(lmp_pool_t *p, lmp_pool_event_t *ev, int64_t deadline)
 
 /* === the parent's API === */
 
-int lmp_pool_submit(lmp_pool_t *p, uint32_t tag, const struct iovec *iov, int iovcnt,
-                    uint64_t *id)
+int lmp_pool_submit(lmp_pool_t *p, uint32_t tag, const struct iovec *iov, int iovcnt, uint64_t *id)
 {
   if (iovcnt < 0 || iovcnt > MAX_PARTS)
     return -EINVAL;
@@ -1225,7 +1270,8 @@ static int open_shared(lmp_pool_t *p)
   p->h = lmp_seg_data(p->seg);
   p->h->magic = POOL_MAGIC;
   p->h->nslots = (uint32_t)n;
-  if ((rc = lmp_queue_create(0, 0, &p->tasks)) < 0 || (rc = lmp_queue_create(0, 0, &p->replies)) < 0)
+  if ((rc = lmp_queue_create(0, 0, &p->tasks)) < 0 ||
+      (rc = lmp_queue_create(0, 0, &p->replies)) < 0)
     return rc;
   strncpy(p->names[0], lmp_seg_name(p->seg), LMP_SEG_NAME_MAX - 1);
   strncpy(p->names[1], lmp_seg_name(lmp_queue_seg(p->tasks)), LMP_SEG_NAME_MAX - 1);
@@ -1307,14 +1353,19 @@ static int wait_task(lmp_pool_worker_t *w)
 {
   lmp_pool_t *p = w->p;
   struct phdr *h = p->h;
+  int64_t waiting = 0;
   for (;;) {
     struct task_wait tw = {p, atomic_load(&h->tseq)};
     int rc = lmp_queue_get_hook(p->tasks, &w->buf, 0, taken, w);
-    if (rc != -ETIMEDOUT)
+    if (rc != -ETIMEDOUT) {
+      if (rc == 0 && waiting)
+        w->spin_ns = adapt_spin(w->spin_ns, lmp_now_ns() - waiting);
       return rc;
+    }
+    if (!waiting)
+      waiting = lmp_now_ns();
     if (atomic_fetch_add(&h->spinners, 1) == 0) {
       int paid = spin_until(w->spin_ns, task_pushed, &tw);
-      w->spin_ns = adapt_spin(w->spin_ns, paid);
       atomic_fetch_sub(&h->spinners, 1);
       if (paid)
         continue;
@@ -1322,8 +1373,10 @@ static int wait_task(lmp_pool_worker_t *w)
       atomic_fetch_sub(&h->spinners, 1);
     }
     atomic_fetch_add(&h->sleepers, 1);
-    if (!task_pushed(&tw))
+    if (!task_pushed(&tw)) {
       lmp_futex_wait((uint32_t *)&h->tseq, tw.seq, LMP_FOREVER);
+      atomic_store(&h->waking, 0);
+    }
     atomic_fetch_sub(&h->sleepers, 1);
   }
 }
@@ -1348,6 +1401,11 @@ int lmp_pool_worker_next(lmp_pool_worker_t *w, lmp_pool_task_t *t)
     STORE(w->slot->word, slot_word(LMP_POOL_EXITING, 0));
     return rc;
   }
+  /* More waiting and nobody about to take it: wake a sibling. */
+  struct phdr *h = p->h;
+  if (atomic_load_explicit(&h->sleepers, memory_order_relaxed) && lmp_queue_qsize(p->tasks) &&
+      !atomic_load_explicit(&h->spinners, memory_order_relaxed))
+    wake_one(h);
   struct thdr hd;
   memcpy(&hd, w->buf.data, sizeof hd);
   t->tag = hd.tag;
@@ -1405,4 +1463,9 @@ int lmp_pool_worker_fail_init(lmp_pool_worker_t *w, const void *data, size_t len
 int lmp_pool_worker_index(const lmp_pool_worker_t *w)
 {
   return w->index;
+}
+
+int lmp_pool_worker_timed(const lmp_pool_worker_t *w)
+{
+  return w->p->cfg.task_timeout_ns > 0;
 }

@@ -55,15 +55,14 @@ int lmp_pool_create(const lmp_pool_config_t *cfg, lmp_pool_t **out);
 /* Queue a task; the payload is gathered from iov[0..iovcnt) (at most 7 parts)
  * and copied.  *id (> 0, increasing) names it in events.  -EPIPE once the pool
  * is closed, terminated or broken. */
-int lmp_pool_submit(lmp_pool_t *p, uint32_t tag, const struct iovec *iov, int iovcnt,
-                    uint64_t *id);
+int lmp_pool_submit(lmp_pool_t *p, uint32_t tag, const struct iovec *iov, int iovcnt, uint64_t *id);
 
 /* Remove a task no worker has seen yet: 1 if removed (it will have no event),
  * 0 if it was handed out already, finished, or is unknown. */
 int lmp_pool_cancel(lmp_pool_t *p, uint64_t id);
 
 enum {
-  LMP_POOL_TASK_UNKNOWN = 0, /* finished (its event is out or on its way), cancelled, or never was */
+  LMP_POOL_TASK_UNKNOWN = 0, /* finished (event out or coming), cancelled, or never was */
   LMP_POOL_TASK_QUEUED,      /* in the local backlog: cancellable */
   LMP_POOL_TASK_SENT,        /* in the shared ring */
   LMP_POOL_TASK_RUNNING,     /* taken by a worker */
@@ -79,11 +78,11 @@ enum {
 
 typedef struct lmp_pool_event {
   int type;
-  uint64_t id;     /* the task; 0 for BROKEN */
-  uint32_t status; /* DONE: as the worker replied */
-  uint32_t item;   /* LOST, TIMEOUT: the item the worker last reported */
-  pid_t pid;       /* the worker */
-  int exitcode;    /* LOST, and BROKEN without payload: 0.., or -N when killed by signal N */
+  uint64_t id;      /* the task; 0 for BROKEN */
+  uint32_t status;  /* DONE: as the worker replied */
+  uint32_t item;    /* LOST, TIMEOUT: the item the worker last reported */
+  pid_t pid;        /* the worker */
+  int exitcode;     /* LOST, and BROKEN without payload: 0.., or -N when killed by signal N */
   const void *data; /* DONE, BROKEN: the payload, valid until the next call on the pool */
   size_t len;
 } lmp_pool_event_t;
@@ -124,13 +123,13 @@ enum {
 };
 
 typedef struct lmp_pool_slot_info {
-  pid_t pid;           /* 0 while no worker holds the slot */
-  int state;           /* LMP_POOL_STARTING..EXITING, 0 for none */
-  uint64_t task;       /* BUSY: the id of the task */
-  uint32_t item;       /* BUSY: the item it last reported (lmp_pool_worker_progress) */
-  int64_t started_ns;  /* BUSY: when that task (or item) started, monotonic */
-  uint64_t done;       /* tasks this worker replied to ... */
-  uint64_t failed;     /* ... with a status other than 0 */
+  pid_t pid;          /* 0 while no worker holds the slot */
+  int state;          /* LMP_POOL_STARTING..EXITING, 0 for none */
+  uint64_t task;      /* BUSY: the id of the task */
+  uint32_t item;      /* BUSY: the item it last reported (lmp_pool_worker_progress) */
+  int64_t started_ns; /* BUSY: when that task (or item) started, monotonic */
+  uint64_t done;      /* tasks this worker replied to ... */
+  uint64_t failed;    /* ... with a status other than 0 */
 } lmp_pool_slot_info_t;
 
 /* Worker i's slot, read from shared memory.  0, or -EINVAL for a bad i. */
@@ -169,5 +168,7 @@ void lmp_pool_worker_progress(lmp_pool_worker_t *w, uint32_t item);
  * should then return. */
 int lmp_pool_worker_fail_init(lmp_pool_worker_t *w, const void *data, size_t len);
 int lmp_pool_worker_index(const lmp_pool_worker_t *w);
+/* 1 when the pool has a task_timeout (progress reports then matter). */
+int lmp_pool_worker_timed(const lmp_pool_worker_t *w);
 
 #endif
