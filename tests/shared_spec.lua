@@ -194,7 +194,7 @@ describe("the lock of get_lock()", function()
     assert.is_false(ok)
     assert.are.equal(7, err.code)
     assert.is_false(l:locked())
-    assert.has_error(function() l:with() end, "bad argument #1 to 'with' (value expected)")
+    assert.has_error(function() l:with() end, "bad argument #1 to 'with' (function expected, got no value)")
   end)
 
   it("as a <close> variable gives back the scope's hold", function()
