@@ -38,33 +38,9 @@ local TICK = 0.1 -- seconds: the longest a wait sleeps without looking
 
 -- === argument checks, worded as lauxlib words them ===
 
-local function typename(v)
-  local mt = getmetatable(v)
-  if type(mt) == "table" and type(rawget(mt, "__name")) == "string" then return mt.__name end
-  return type(v)
-end
-
-local function argerror(i, fname, msg)
-  error(string.format("bad argument #%d to '%s' (%s)", i, fname, msg), 0)
-end
-
-local function typeerror(i, fname, expected, v)
-  argerror(i, fname, expected .. " expected, got " .. typename(v))
-end
-
-local function badself(fname, msg)
-  error(string.format("calling '%s' on bad self (%s)", fname, msg), 0)
-end
-
-local function callable(v)
-  if type(v) == "function" then return true end
-  local mt = getmetatable(v)
-  return type(mt) == "table" and mt.__call ~= nil
-end
-
-local function checkcallable(v, i, fname)
-  if not callable(v) then typeerror(i, fname, "function", v) end
-end
+local check = require "lmp.check"
+local typename, argerror, typeerror, badself = check.typename, check.argerror, check.typeerror, check.badself
+local callable, checkcallable, checkoptions = check.callable, check.checkcallable, check.checkoptions
 
 -- A timeout argument (what names it in messages: "option 'timeout'").
 local function checktimeout(t, i, fname, what)
@@ -75,13 +51,6 @@ local function checktimeout(t, i, fname, what)
   end
   if not (t >= 0) then argerror(i, fname, (what or "timeout") .. " must be a non-negative number") end
   return t
-end
-
-local function checkoptions(opts, i, fname, known)
-  if type(opts) ~= "table" then typeerror(i, fname, "table", opts) end
-  for k in pairs(opts) do
-    if not known[k] then argerror(i, fname, "unknown option '" .. tostring(k) .. "'") end
-  end
 end
 
 local function positive_int(v)
