@@ -616,19 +616,24 @@ static int fail(lua_State *L, ldict *d, bufs *b, const char *what, int rc)
 
 static int obj_close(lua_State *L)
 {
-  ldict *d = lua_touserdata(L, 1);
-  if (d && d->c) {
+  /* close is also reachable as d.close(x): x must be one of ours. */
+  ldict *d = luaL_testudata(L, 1, DICT_MT);
+  if (d == NULL)
+    d = luaL_testudata(L, 1, LIST_MT);
+  if (d == NULL)
+    d = luaL_testudata(L, 1, NS_MT);
+  if (d == NULL)
+    return luaL_typeerror(L, 1, "lmp.Dict, lmp.List or lmp.Namespace");
+  if (d->c) {
     if (d->kind == LIST)
       lmp_list_free(d->c, visit_unpin, NULL);
     else
       lmp_dict_free(d->c, visit_unpin, NULL);
   }
-  if (d) {
-    d->c = NULL;
-    lmp_buf_free(&d->b.k);
-    lmp_buf_free(&d->b.v);
-    lmp_buf_free(&d->b.o);
-  }
+  d->c = NULL;
+  lmp_buf_free(&d->b.k);
+  lmp_buf_free(&d->b.v);
+  lmp_buf_free(&d->b.o);
   return 0;
 }
 

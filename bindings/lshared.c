@@ -642,7 +642,11 @@ static int lock_locked(lua_State *L)
 static int lock_with(lua_State *L)
 {
   lmp_lock_t *l = checklock(L);
-  luaL_checkany(L, 2);
+  if (!lua_isfunction(L, 2)) {
+    if (luaL_getmetafield(L, 2, "__call") == LUA_TNIL)
+      luaL_typeerror(L, 2, "function");
+    lua_pop(L, 1);
+  }
   int rc = lmp_lock_acquire(l, LMP_FOREVER);
   if (rc < 0 && rc != -EOWNERDEAD)
     return lmpb_rterror(L, "with", rc);

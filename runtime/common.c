@@ -128,7 +128,7 @@ int lmp_buf_reserve(lmp_buf_t *b, size_t cap)
   n = b->cap ? b->cap : 64;
   while (n < cap && n <= SIZE_MAX / 2)
     n *= 2;
-  if (n < cap)
+  if (n < cap || n > PTRDIFF_MAX) /* doubling overflowed, or passed what can be asked */
     n = cap;
   p = realloc(b->data, n);
   if (p == NULL)

@@ -90,6 +90,7 @@ local function judge(ok, err)
   if lmp.is_error(err) then return "standard" end
   if type(err) ~= "string" then return "unclean" end
   local msg = err:gsub("^[^\n]-:%d+: ", "", 1)
+  if msg:match("^attempt to use a closed lmp%.") then return "state" end
   if msg:match("^attempt to ") or msg:match("^table index is ") or msg:match("^invalid key")
       or msg:match("stack overflow") or msg:match("^bad argument #%d+ to '%?'") then
     return "unclean"
@@ -134,10 +135,18 @@ local function label_of(what, args, n)
 end
 
 -- Call holder[key] with n arguments (labels in names, values in vals).
--- The call goes through the field, as user code does, so that an error
--- names the function as the user would see it.
+-- The call is compiled with the key spelled out, `holder.key(...)`, as user
+-- code has it, so that an error names the function as the user sees it.
+local invokers = {}
+
 local function invoke(holder, key, ...)
-  return holder[key](...)
+  local f = invokers[key]
+  if not f then
+    assert(key:match("^[%a_][%w_]*$"), key)
+    f = assert(load("local h = ... return function(...) return h." .. key .. "(...) end", "=walk"))
+    invokers[key] = f
+  end
+  return f(holder)(...)
 end
 
 local function try(what, holder, key, names, vals, n)
@@ -221,7 +230,7 @@ local families = {
   Barrier = function() return lmp.Barrier(1) end,
   Value = function() return lmp.Value("int64", 1) end,
   RawValue = function() return lmp.RawValue("double", 1) end,
-  ["Value's lock"] = function() return lmp.Value("int64", 1):get_lock() end,
+  ValueLock = function() return lmp.Value("int64", 1):get_lock() end,
   Array = function() return lmp.Array("int32", {1, 2, 3}) end,
   RawArray = function() return lmp.RawArray("uint8", 4) end,
   SharedMemory = function() return lmp.SharedMemory{size = 64} end,
@@ -278,9 +287,10 @@ local function walk_module()
   end
 end
 
--- Something of another kind to pass as self.
+-- Something of another kind to pass as self (not a queue to a queue's
+-- method: the queues share methods, and an empty one would block a get).
 local function stranger(family)
-  return family == "Queue" and lmp.Lock() or lmp.Queue()
+  return family:match("Queue") and lmp.Lock() or lmp.Queue()
 end
 
 local function walk_object(family)

@@ -507,7 +507,8 @@ describe("descriptors", function()
       p:close()
     end
     collectgarbage()
-    assert.are.equal(before, support.fd_count())
+    -- fewer is fine: something of an earlier test may have been collected
+    assert.is_true(support.fd_count() <= before, support.fd_count() .. " > " .. before)
   end)
 
   it("no leak across pools, pipes and queues made and closed", function()
@@ -527,7 +528,7 @@ describe("descriptors", function()
     local before = support.fd_count()
     for _ = 1, scale(50, 500) do cycle() end
     collectgarbage(); collectgarbage()
-    assert.are.equal(before, support.fd_count())
+    assert.is_true(support.fd_count() <= before, support.fd_count() .. " > " .. before)
   end)
 
   -- Descriptors a program exec'd from here would get: a shell lists its own.

@@ -1,14 +1,24 @@
 #!/bin/sh
-# tests/run.sh BUILD_DIR [layers|c|lua|bench ...]
+# tests/run.sh BUILD_DIR [layers|c|lua|fuzz|bench ...]
 #
 # Runs the suites and ends with one line summing them all:
 #   N passed, N failed[, N skipped]
 # Exit status is non-zero when anything failed.  Each C test binary forks per
 # test with a timeout (tests/c/runner.c); each busted spec file runs in its own
 # interpreter under a timeout, so a crash or hang fails that file, not the run.
+#
+# The environment narrows or wraps a run (make stress, test-asan and
+# test-valgrind use it):
+#   C_TESTS="build/tests/test_faults ..."   C test binaries (default: all)
+#   SPECS="tests/queue_spec.lua ..."        spec files (default: all)
+#   LMP_WRAP="valgrind ..."                 a command the C tests and the
+#                                           specs' interpreter run under
+#   LMP_REPORTS=DIR                         sanitizer reports land here; each
+#                                           file in it at the end is a failure
+#   FUZZ_SHORT=N                            inputs per fuzz target (30000)
 B=${1:-build}
 shift
-[ $# -eq 0 ] && set -- layers c lua bench
+[ $# -eq 0 ] && set -- layers c lua fuzz bench
 LUA=${LUA:-lua5.4}
 BUSTED=${BUSTED:-$(command -v busted || echo /usr/bin/busted)}
 SPEC_TIMEOUT=${SPEC_TIMEOUT:-300}
@@ -39,9 +49,9 @@ for suite in "$@"; do
     fi
     count layers ;;
   c)
-    for t in "$B"/tests/test_*; do
+    for t in ${C_TESTS:-"$B"/tests/test_*}; do
       [ -x "$t" ] || continue
-      "$t" > "$log" 2>&1
+      $LMP_WRAP "$t" > "$log" 2>&1
       rc=$?
       if [ $rc -ne 0 ] && ! grep -q '^not ok ' "$log"; then
         echo "not ok - $(basename "$t") exited with status $rc" >> "$log"
@@ -49,8 +59,8 @@ for suite in "$@"; do
       count "$(basename "$t")"
     done ;;
   lua)
-    for spec in tests/*_spec.lua; do
-      timeout -k 5 "$SPEC_TIMEOUT" "$LUA" -e "package.cpath='$B/?.so;'..package.cpath" \
+    for spec in ${SPECS:-tests/*_spec.lua}; do
+      timeout -k 5 "$SPEC_TIMEOUT" $LMP_WRAP "$LUA" -e "package.cpath='$B/?.so;'..package.cpath" \
         "$BUSTED" -o TAP "$spec" > "$log" 2>&1
       rc=$?
       if [ $rc -ne 0 ] && ! grep -q '^not ok ' "$log"; then
@@ -59,6 +69,21 @@ for suite in "$@"; do
       fi
       count "$spec"
     done ;;
+  fuzz)
+    # A short run of each fuzz target (make fuzz runs the long one): the
+    # decoder, and the pipe frame and queue record readers, under ASan.
+    : > "$log"
+    for f in "$B"/fuzz/fuzz_decode "$B"/fuzz/fuzz_frame; do
+      if [ ! -x "$f" ]; then
+        echo "not ok - $(basename "$f"): not built (make test builds it)" >> "$log"
+      elif out=$("$f" "${FUZZ_SHORT:-30000}" 2>&1); then
+        echo "ok - $(basename "$f"): $(echo "$out" | tail -1)" >> "$log"
+      else
+        echo "not ok - $(basename "$f") failed:" >> "$log"
+        echo "$out" | tail -30 >> "$log"
+      fi
+    done
+    count fuzz ;;
   bench)
     # Every benchmark workload once at tiny size (bench/run.sh --smoke): each
     # must run and print its result line.  No timing is ever checked here.
@@ -72,6 +97,23 @@ for suite in "$@"; do
   *) echo "unknown suite $suite"; exit 2 ;;
   esac
 done
+
+# Sanitizer reports written to files (test-asan's log_path) fail the run
+# even when the process that wrote one was a child whose exit status the
+# tests accepted (a pool worker lost, a killed process).
+if [ -n "$LMP_REPORTS" ] && [ -d "$LMP_REPORTS" ]; then
+  : > "$log"
+  for r in "$LMP_REPORTS"/*; do
+    [ -f "$r" ] || continue
+    # An allocation refused on purpose (allocator_may_return_null: the
+    # caller gets NULL, as from malloc) is a warning, not a report.
+    grep -qv 'WARNING: AddressSanitizer failed to allocate' "$r" || continue
+    echo "not ok - sanitizer report $r" >> "$log"
+    head -40 "$r" >> "$log"
+  done
+  [ -s "$log" ] || echo "ok - no sanitizer report" > "$log"
+  count reports
+fi
 
 line="$passed passed, $failed failed"
 [ "$skipped" -gt 0 ] && line="$line, $skipped skipped"

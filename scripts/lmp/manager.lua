@@ -19,8 +19,17 @@ local Manager = {}
 Manager.__index = Manager
 Manager.__name = "lmp.Manager"
 
+-- m.dict(x) instead of m:dict(): the standard message, not an index error.
+local function checkself(self, method)
+  if getmetatable(self) ~= Manager then
+    error("calling '" .. method .. "' on bad self (lmp.Manager expected, got "
+      .. (type(self) == "table" and (getmetatable(self) or {}).__name or type(self)) .. ")", 3)
+  end
+end
+
 local function maker(method, ctor)
   return function(self, ...)
+    checkself(self, method)
     if self._closed then
       error("bad argument #1 to '" .. method .. "' (manager is shut down)", 2)
     end
@@ -49,6 +58,7 @@ for method, ctor in pairs(names) do Manager[method] = maker(method, ctor) end
 
 -- Close everything made here that can be closed; later calls raise.
 function Manager:shutdown()
+  checkself(self, "shutdown")
   if self._closed then return end
   self._closed = true
   for _, obj in pairs(self._made) do
@@ -64,7 +74,10 @@ function Manager:shutdown()
 end
 
 -- Python's start() and join() have nothing to do here.
-function Manager:start() return self end
+function Manager:start()
+  checkself(self, "start")
+  return self
+end
 
 Manager.__close = Manager.shutdown
 

@@ -9,6 +9,13 @@
  *                                     boundary bytes, truncations, forged
  *                                     lengths, splices) and decode each mutant
  *   fuzz_decode FILE...               decode each file (a crash reproducer)
+ *   fuzz_decode --corpus DIR          write the corpus there (libFuzzer seeds)
+ *
+ * Memory is bounded as well as checked: the Lua state's allocator refuses to
+ * let one decode grow the heap by more than 64 KiB plus 256 bytes per input
+ * byte, so a message whose headers announce more than it holds (a 4 GiB
+ * array in 20 bytes, or nested tables that each claim every byte left) fails
+ * the run with "not enough memory" instead of passing while it allocates.
  *
  * Built with -DLMP_LIBFUZZER it is a libFuzzer target instead.  Build lines:
  *
@@ -42,6 +49,34 @@ __attribute__((weak)) void lmpb_checkoptions(lua_State *L, int idx, const char *
 
 /* === the Lua side === */
 
+/* The allocator of the fuzzed state: it counts, and refuses growth past
+ * mem_limit (set around each decode). */
+static size_t mem_used, mem_limit = SIZE_MAX;
+
+static void *limited_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+  (void)ud;
+  if (ptr == NULL)
+    osize = 0; /* then osize is a type tag, not a size */
+  if (nsize == 0) {
+    free(ptr);
+    mem_used -= osize;
+    return NULL;
+  }
+  if (nsize > osize && mem_used - osize + nsize > mem_limit)
+    return NULL; /* Lua collects and retries, then raises "not enough memory" */
+  void *p = realloc(ptr, nsize);
+  if (p != NULL)
+    mem_used = mem_used - osize + nsize;
+  return p;
+}
+
+static int panic(lua_State *L)
+{
+  fprintf(stderr, "lua panic: %s\n", lua_tostring(L, -1));
+  abort();
+}
+
 static const char corpus_src[] =
     "local lmp = ...\n"
     "local P = lmp.register('fuzz.P', {})\n"
@@ -69,9 +104,10 @@ static const char corpus_src[] =
 
 static lua_State *open_state(void)
 {
-  lua_State *L = luaL_newstate();
+  lua_State *L = lua_newstate(limited_alloc, NULL);
   if (L == NULL)
     abort();
+  lua_atpanic(L, panic);
   luaL_openlibs(L);
   lua_newtable(L);
   lmpb_error_open(L);
@@ -97,7 +133,9 @@ static int decode(lua_State *L, const char *data, size_t len, int trusted)
   lua_pushcfunction(L, decode_call);
   lua_pushlstring(L, data, len);
   lua_pushboolean(L, trusted);
+  mem_limit = mem_used + (64u << 10) + 256 * len;
   int rc = lua_pcall(L, 2, 0, 0);
+  mem_limit = SIZE_MAX;
   if (rc != LUA_OK && lua_type(L, -1) == LUA_TSTRING &&
       strncmp(lua_tostring(L, -1), "corrupt message (", 17) != 0) {
     fprintf(stderr, "unexpected error: %s\n", lua_tostring(L, -1));
@@ -211,23 +249,50 @@ static void add_corpus(lua_State *L, int list, msg *corpus, int *count, int trus
   lua_pop(L, 1);
 }
 
-static int fuzz(long iterations)
+/* The corpus: encoded messages, data first (decoded trusted too). */
+static int build_corpus(lua_State *L, msg *corpus)
 {
-  lua_State *L = open_state();
-  msg corpus[64];
   int count = 0;
-  long decoded = 0, rejected = 0;
-  char *buf;
-  size_t room = 0;
   if (luaL_loadstring(L, corpus_src) != LUA_OK)
     abort();
   lua_getglobal(L, "lmp");
   if (lua_pcall(L, 1, 2, 0) != LUA_OK) {
     fprintf(stderr, "corpus: %s\n", lua_tostring(L, -1));
-    return 1;
+    exit(1);
   }
   add_corpus(L, lua_gettop(L) - 1, corpus, &count, 1); /* data: decoded trusted */
   add_corpus(L, lua_gettop(L), corpus, &count, 0);     /* code: untrusted only */
+  return count;
+}
+
+static int write_corpus(const char *dir)
+{
+  lua_State *L = open_state();
+  msg corpus[64];
+  int count = build_corpus(L, corpus);
+  for (int i = 0; i < count; i++) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/seed-%02d", dir, i);
+    FILE *f = fopen(path, "wb");
+    if (f == NULL || fwrite(corpus[i].data, 1, corpus[i].len, f) != corpus[i].len) {
+      perror(path);
+      return 1;
+    }
+    fclose(f);
+    free(corpus[i].data);
+  }
+  lua_close(L);
+  return 0;
+}
+
+static int fuzz(long iterations)
+{
+  lua_State *L = open_state();
+  msg corpus[64];
+  long decoded = 0, rejected = 0;
+  char *buf;
+  size_t room = 0;
+  int count = build_corpus(L, corpus);
   for (int i = 0; i < count; i++)
     room = corpus[i].len + 16 > room ? corpus[i].len + 16 : room;
   buf = malloc(room);
@@ -270,6 +335,8 @@ static int replay(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+  if (argc == 3 && strcmp(argv[1], "--corpus") == 0)
+    return write_corpus(argv[2]);
   if (argc > 1 && strtol(argv[1], NULL, 10) <= 0)
     return replay(argc, argv);
   if (argc > 2)

@@ -21,7 +21,8 @@
  * the test checks the child's exit code (lmp_test_wait).  The runner prints
  * TAP and a last line "# P passed, F failed"; argv[1], if given, runs only
  * the tests whose name contains it.  LMP_TEST_TIMEOUT_MULT=N stretches
- * every timeout (for valgrind or sanitizer runs).
+ * every timeout (for valgrind or sanitizer runs); LMP_TEST_SKIP lists tests
+ * (comma-separated names) to report as skipped.
  */
 #ifndef LMP_TEST_RUNNER_H
 #define LMP_TEST_RUNNER_H

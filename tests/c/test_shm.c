@@ -116,7 +116,7 @@ TEST(runtime_init_makes_root)
  * must still join its parent's family rather than found its own. */
 TEST(prefork_starts_the_runtime)
 {
-  char prefix[32];
+  char prefix[32] = ""; /* all of it is sent, not only the string */
   int ch[2];
   pid_t pid;
 
