@@ -148,15 +148,12 @@ test-asan:
 # in every process they start: a report fails its test (--error-exitcode).
 # Leaks are not checked here: children end in _exit by design, owning what
 # their parent allocated; the fuzz runs check leaks under LeakSanitizer.
-# Valgrind 3.19 has no pidfd_open, which the skipped process tests need; the
-# two pool tests poll without retrying on EINTR, which valgrind's slower
-# signal delivery turns up.
+# Valgrind 3.19 has no pidfd_open, which the skipped process tests need.
 VALGRIND_SPECS ?= tests/core_spec.lua tests/codec_spec.lua tests/process_spec.lua tests/queue_spec.lua \
   tests/pipe_spec.lua tests/sync_spec.lua tests/shared_spec.lua tests/dict_spec.lua
 VALGRIND := valgrind -q --vgdb=no --error-exitcode=99 --leak-check=no --suppressions=$(CURDIR)/tests/valgrind.supp \
   --trace-children=yes --trace-children-skip=/bin/*,/usr/bin/*,/usr/sbin/*
-VALGRIND_SKIP := alive,adopt_wait_and_signal,adopt_parent_lost,adopt_reaped_without_handle,$\
-  timeout_wakes_fd,fd_readable_while_replies_wait
+VALGRIND_SKIP := alive,adopt_wait_and_signal,adopt_parent_lost,adopt_reaped_without_handle
 test-valgrind: all $(CT_BIN)
 	@sh scripts/setup-debian.sh valgrind
 	@LMP_WRAP="$(VALGRIND)" SPECS="$(VALGRIND_SPECS)" LMP_TEST_SKIP="$(VALGRIND_SKIP)" \

@@ -2,6 +2,8 @@
 # Installs what lmp needs on Debian 12 and is not there yet.  Quiet and quick
 # when everything is present, so `make test` and `make demo` run it each time.
 #   sh scripts/setup-debian.sh [extra packages...]
+# Targets that need more name it: make fuzz adds clang and libclang-rt-14-dev
+# (clang's libFuzzer runtime), make test-valgrind adds valgrind.
 set -e
 PKGS="gcc make pkg-config lua5.4 liblua5.4-dev libmsgpack-dev libreadline-dev lua-busted \
   libhiredis-dev libssl-dev redis-server $*"

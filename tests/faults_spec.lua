@@ -602,6 +602,22 @@ describe("resource ceilings", function()
     assert.are.equal(0, p.exitcode)
   end)
 
+  it("a 4 GiB length field in 20 bytes allocates nothing near 4 GiB", function()
+    for _, head in ipairs({"\xdd\xff\xff\xff\xff", "\xdf\xff\xff\xff\xff", "\xdb\xff\xff\xff\xff",
+        "\xc6\xff\xff\xff\xff", "\xc9\xff\xff\xff\xff\x02", "\x91\xdd\xff\xff\xff\xff"}) do
+      local msg = head .. string.rep("\xc0", 20 - #head)
+      collectgarbage()
+      collectgarbage("stop")
+      local before = collectgarbage("count")
+      local ok, err = pcall(lmp.deserialize, msg)
+      local grew = collectgarbage("count") - before
+      collectgarbage("restart")
+      assert.is_false(ok)
+      assert.matches("^corrupt message", err)
+      assert.is_true(grew < 1024, string.format("%.0f KiB for 20 bytes", grew))
+    end
+  end)
+
   it("a message whose tables claim the bytes left costs memory in proportion to its size", function()
     -- 190 nested array headers, each claiming every byte after it, over
     -- 1 MiB of nils: preallocating what each claims would take gigabytes.
