@@ -394,7 +394,8 @@ static int push_task(lmp_pool_t *p, uint64_t id, uint32_t tag, const struct iove
   struct iovec v[MAX_PARTS + 1];
   v[0].iov_base = &hd;
   v[0].iov_len = sizeof hd;
-  memcpy(v + 1, iov, (size_t)n * sizeof *iov);
+  if (n)
+    memcpy(v + 1, iov, (size_t)n * sizeof *iov);
   int rc = sent_append(p, id);
   if (rc == 0)
     rc = lmp_queue_putv(p->tasks, v, n + 1, LMP_FOREVER);
