@@ -131,6 +131,8 @@ int lmpb_spawn(lua_State *L, int fn_idx, int nargs, const lmpb_start_t *how, lmp
  * "fork", "spawn", "forkserver" (a static string); anything else raises
  * bad argument #arg (unknown start method 'x'). */
 const char *lmpb_checkmethod(lua_State *L, int idx, int arg);
+/* lmp.get_start_method(): the method for children started without one. */
+const char *lmpb_default_method(void);
 
 /* The lmp executable that spawn and forkserver exec (main.c sets its own). */
 void lmpb_set_executable(const char *path);

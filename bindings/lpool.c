@@ -64,6 +64,8 @@ typedef struct lpool {
   lua_State *L;  /* the thread of the current call: a worker forked now runs on it */
   int init_ref;  /* registry: {fn, args, n}, or LUA_NOREF */
   lmp_buf_t buf; /* lists of plain values, packed */
+  const char *method; /* the start method: "fork", "spawn", "forkserver" */
+  int start_err;      /* registry: why the last hooked start failed, or LUA_NOREF */
 } lpool;
 
 /* === helpers === */
@@ -857,10 +859,9 @@ static int core_gc(lua_State *L)
     lmp_pool_free(lp->pool);
     lp->pool = NULL;
   }
-  if (lp->init_ref != LUA_NOREF) {
-    luaL_unref(L, LUA_REGISTRYINDEX, lp->init_ref);
-    lp->init_ref = LUA_NOREF;
-  }
+  luaL_unref(L, LUA_REGISTRYINDEX, lp->init_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, lp->start_err);
+  lp->init_ref = lp->start_err = LUA_NOREF;
   lmp_buf_free(&lp->buf);
   lmp_proc_reap();
   return 0;
@@ -1327,13 +1328,10 @@ static int worker_loop(lua_State *L)
   return 1;
 }
 
-static int worker_body(lmp_pool_worker_t *w, void *ctx)
+/* Run the worker loop on a thread of its own; the process's exit code. */
+static int run_worker(lmp_pool_worker_t *w, lpool *lp)
 {
-  lpool *lp = ctx;
   lua_State *L = lp->L;
-  char name[32];
-  snprintf(name, sizeof name, "PoolWorker-%d", lmp_pool_worker_index(w) + 1);
-  lmpb_process_become(L, name, NULL, 0);
   lua_State *co = lua_newthread(L);
   lua_pushcfunction(co, worker_loop);
   lua_pushlightuserdata(co, w);
@@ -1347,12 +1345,96 @@ static int worker_body(lmp_pool_worker_t *w, void *ctx)
   return 1;
 }
 
-/* core.new(processes, maxtasksperchild, task_timeout, initializer, initargs) */
+/* A forked worker: it has the parent's state, and takes a worker's name. */
+static int worker_body(lmp_pool_worker_t *w, void *ctx)
+{
+  lpool *lp = ctx;
+  char name[32];
+  snprintf(name, sizeof name, "PoolWorker-%d", lmp_pool_worker_index(w) + 1);
+  lmpb_process_become(lp->L, name, NULL, 0);
+  return run_worker(w, lp);
+}
+
+/*
+ * Workers started by spawn or forkserver.  The parent starts a child that
+ * calls lmp._pool_worker(ticket, init) -- a C function, so it travels by
+ * name -- with the initializer record {fn, args, n} as its argument; the
+ * child attaches to the pool as the worker the ticket names and runs the
+ * same loop as a forked worker.  The start runs under lua_pcall, since the
+ * pool's core calls it: an initializer that cannot be sent is kept in
+ * start_err for l_new to raise.
+ */
+struct start_args {
+  lpool *lp;
+  const char *ticket;
+  int index;
+  lmp_proc_t **out;
+  int rc;
+};
+
+static int l_pool_worker(lua_State *L);
+
+static int start_call(lua_State *L)
+{
+  struct start_args *a = lua_touserdata(L, 1);
+  lua_pushcfunction(L, l_pool_worker);
+  lua_pushstring(L, a->ticket);
+  if (a->lp->init_ref != LUA_NOREF)
+    lua_rawgeti(L, LUA_REGISTRYINDEX, a->lp->init_ref);
+  else
+    lua_pushnil(L);
+  char name[32];
+  snprintf(name, sizeof name, "PoolWorker-%d", a->index + 1);
+  lmpb_start_t how = {a->lp->method, name, 1};
+  a->rc = lmpb_spawn(L, 2, 2, &how, a->out);
+  return 0;
+}
+
+static int start_worker(void *ctx, const char *ticket, int index, lmp_proc_t **out)
+{
+  lpool *lp = ctx;
+  lua_State *L = lp->L;
+  struct start_args a = {lp, ticket, index, out, 0};
+  lua_pushcfunction(L, start_call);
+  lua_pushlightuserdata(L, &a);
+  if (lua_pcall(L, 1, 0, 0) == LUA_OK)
+    return a.rc;
+  luaL_unref(L, LUA_REGISTRYINDEX, lp->start_err);
+  lp->start_err = luaL_ref(L, LUA_REGISTRYINDEX);
+  return -EINVAL;
+}
+
+/* lmp._pool_worker(ticket, init): the body of a started worker; never returns. */
+static int l_pool_worker(lua_State *L)
+{
+  const char *ticket = luaL_checkstring(L, 1);
+  lmp_pool_worker_t *w;
+  int rc = lmp_pool_worker_attach(ticket, &w);
+  if (rc < 0)
+    return lmpb_rterror(L, "_pool_worker", rc);
+  lpool lp;
+  memset(&lp, 0, sizeof lp);
+  lp.owner = self_pid();
+  lp.L = L;
+  lp.init_ref = LUA_NOREF;
+  lp.start_err = LUA_NOREF;
+  if (lua_istable(L, 2)) {
+    lua_pushvalue(L, 2);
+    lp.init_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  int code = run_worker(w, &lp);
+  lmp_pool_worker_release(w);
+  lmp_proc_exit(code);
+}
+
+/* core.new(processes, maxtasksperchild, task_timeout, initializer, initargs,
+ * start_method) */
 static int l_new(lua_State *L)
 {
   lua_Integer n = luaL_checkinteger(L, 1);
   lua_Integer max = luaL_optinteger(L, 2, 0);
   lua_Number timeout = luaL_optnumber(L, 3, 0);
+  const char *method = lmpb_checkmethod(L, 6, 6);
   luaL_argcheck(L, n >= 1 && n <= 4096, 1, "processes must be between 1 and 4096");
   luaL_argcheck(L, max >= 0 && max <= UINT32_MAX, 2, "bad maxtasksperchild");
   luaL_argcheck(L, timeout >= 0 && timeout < 9e9, 3, "bad task_timeout");
@@ -1362,6 +1444,8 @@ static int l_new(lua_State *L)
   lua_setiuservalue(L, -2, 1); /* destinations of replies, by task id */
   lp->owner = self_pid();
   lp->init_ref = LUA_NOREF;
+  lp->start_err = LUA_NOREF;
+  lp->method = method ? method : lmpb_default_method();
   lp->L = L;
   luaL_setmetatable(L, CORE_MT);
   int ud = lua_gettop(L);
@@ -1391,10 +1475,16 @@ static int l_new(lua_State *L)
   cfg.maxtasksperchild = (uint32_t)max;
   cfg.task_timeout_ns = (int64_t)(timeout * 1e9);
   cfg.body = worker_body;
+  if (strcmp(lp->method, "fork") != 0)
+    cfg.start = start_worker;
   cfg.ctx = lp;
   lmp_proc_reap();
   fflush(NULL); /* or each worker would write the parent's buffered output again */
   int rc = lmp_pool_create(&cfg, &lp->pool);
+  if (rc < 0 && lp->start_err != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lp->start_err);
+    return lua_error(L);
+  }
   if (rc < 0)
     return lmpb_rterror(L, "Pool", rc);
   lua_settop(L, ud);
@@ -1490,5 +1580,7 @@ int lmpb_pool_open(lua_State *L)
   lua_setfield(L, -2, "Pool");
   lua_pushcfunction(L, l_counters);
   lua_setfield(L, -2, "_pool_counters");
+  lua_pushcfunction(L, l_pool_worker);
+  lua_setfield(L, -2, "_pool_worker");
   return 0;
 }

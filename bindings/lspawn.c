@@ -950,6 +950,11 @@ void lmpb_forkserver_main(lua_State *L, int conn, int nmods, char **mods)
 
 /* lmp.set_start_method(method [, force]): once per program, as in Python,
  * unless force is true; set_start_method(nil, true) goes back to "fork". */
+const char *lmpb_default_method(void)
+{
+  return methods[default_method];
+}
+
 static int l_set_start_method(lua_State *L)
 {
   const char *m = lmpb_checkmethod(L, 1, 1);

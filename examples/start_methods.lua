@@ -31,6 +31,10 @@ for _, method in ipairs(lmp.get_all_start_methods()) do
   print(q:get())
 end
 
+-- Pools take the method too: here every worker is a fresh lmp process.
+local pool <close> = lmp.get_context("spawn").Pool(2)
+print("spawned pool:", table.concat(pool:map(function(x) return x * limit end, {1, 2, 3}), " "))
+
 -- What cannot be sent fails at start() with spawn, naming the culprit.
 local p = lmp.Process{target = probe, args = {io.stdout, "spawn"}, start_method = "spawn"}
 local ok, err = pcall(p.start, p)

@@ -47,11 +47,13 @@
 #include "lmp/pool.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -100,6 +102,8 @@ _Static_assert(sizeof(struct slot) == 64, "one line per slot");
 struct phdr {
   uint32_t magic;
   uint32_t nslots;
+  uint32_t maxtasks; /* the config, for workers that attach (lmp_pool_worker_attach) */
+  uint32_t timed;
   _Alignas(64) _Atomic uint32_t signalled; /* the eventfd was written since the parent cleared it */
   /* Idle workers: tasks pushed (the futex word), workers spinning, asleep. */
   _Alignas(64) _Atomic uint32_t tseq;
@@ -196,7 +200,7 @@ struct lmp_pool {
 };
 
 struct lmp_pool_worker {
-  lmp_pool_t *p;
+  lmp_pool_t *p; /* the owner's, or a minimal one made by lmp_pool_worker_attach */
   int index;
   struct slot *slot;
   lmp_buf_t buf;
@@ -583,6 +587,17 @@ static void forget_inherited(lmp_pool_t *keep)
   }
 }
 
+static void worker_init(lmp_pool_worker_t *w, lmp_pool_t *p, int i)
+{
+  memset(w, 0, sizeof *w);
+  w->p = p;
+  w->index = i;
+  w->slot = &p->h->slots[i];
+  w->spin_ns = SPIN_START_NS;
+  w->pid = getpid();
+  STORE(w->slot->pid, (int32_t)w->pid);
+}
+
 static void worker_exit(lmp_pool_t *p, int i) __attribute__((noreturn));
 
 /* In a new worker: descriptors of the parent side of every pool (and other
@@ -591,16 +606,35 @@ static void worker_exit(lmp_pool_t *p, int i)
 {
   forget_inherited(p);
   lmp_pool_worker_t w;
-  memset(&w, 0, sizeof w);
-  w.p = p;
-  w.index = i;
-  w.slot = &p->h->slots[i];
-  w.spin_ns = SPIN_START_NS;
-  w.pid = getpid();
-  STORE(w.slot->pid, (int32_t)w.pid);
+  worker_init(&w, p, i);
   int code = p->cfg.body(&w, p->cfg.ctx);
   lmp_buf_free(&w.buf);
   lmp_proc_exit(code);
+}
+
+/*
+ * Start worker i through the start hook.  The new process does not inherit
+ * the eventfd it must write, so a duplicate waits for it at the watchdog;
+ * the ticket carries the token along with the segments' names.  Returns 1
+ * like the parent's side of lmp_proc_fork.
+ */
+static int start_hooked(lmp_pool_t *p, int i, lmp_proc_t **out)
+{
+  uint64_t token;
+  int rc = lmp_fd_stash(p->efd, &token);
+  if (rc < 0)
+    return rc;
+  char ticket[LMP_POOL_TICKET_MAX];
+  snprintf(ticket, sizeof ticket, "%s %s %s %d %" PRIu64, p->names[0], p->names[1], p->names[2], i,
+           token);
+  rc = p->cfg.start(p->cfg.ctx, ticket, i, out);
+  if (rc < 0) {
+    int fd;
+    if (lmp_fd_fetch(token, &fd) == 0) /* nobody took it: do not leave it there */
+      close(fd);
+    return rc;
+  }
+  return 1;
 }
 
 static int spawn(lmp_pool_t *p, int i)
@@ -611,7 +645,7 @@ static int spawn(lmp_pool_t *p, int i)
   STORE(s->done, 0);
   STORE(s->failed, 0);
   lmp_proc_t *proc;
-  int rc = lmp_proc_fork(1, &proc);
+  int rc = p->cfg.start ? start_hooked(p, i, &proc) : lmp_proc_fork(1, &proc);
   if (rc < 0)
     return rc;
   if (rc == 0)
@@ -1271,6 +1305,8 @@ static int open_shared(lmp_pool_t *p)
   p->h = lmp_seg_data(p->seg);
   p->h->magic = POOL_MAGIC;
   p->h->nslots = (uint32_t)n;
+  p->h->maxtasks = p->cfg.maxtasksperchild;
+  p->h->timed = p->cfg.task_timeout_ns > 0;
   if ((rc = lmp_queue_create(0, 0, &p->tasks)) < 0 ||
       (rc = lmp_queue_create(0, 0, &p->replies)) < 0)
     return rc;
@@ -1283,7 +1319,8 @@ static int open_shared(lmp_pool_t *p)
 int lmp_pool_create(const lmp_pool_config_t *cfg, lmp_pool_t **out)
 {
   *out = NULL;
-  if (cfg->processes < 1 || cfg->processes > 4096 || !cfg->body || cfg->task_timeout_ns < 0)
+  if (cfg->processes < 1 || cfg->processes > 4096 || !(cfg->body || cfg->start) ||
+      cfg->task_timeout_ns < 0)
     return -EINVAL;
   lmp_pool_t *p = calloc(1, sizeof *p);
   if (!p)
@@ -1319,6 +1356,70 @@ int lmp_pool_create(const lmp_pool_config_t *cfg, lmp_pool_t **out)
 }
 
 /* === a worker === */
+
+/* The minimal pool of an attached worker. */
+static void free_attached(lmp_pool_t *p)
+{
+  if (p->tasks)
+    lmp_queue_free(p->tasks);
+  if (p->replies)
+    lmp_queue_free(p->replies);
+  if (p->seg)
+    lmp_seg_release(p->seg);
+  if (p->efd >= 0)
+    close(p->efd);
+  free(p);
+}
+
+int lmp_pool_worker_attach(const char *ticket, lmp_pool_worker_t **out)
+{
+  *out = NULL;
+  char names[3][LMP_SEG_NAME_MAX];
+  int index;
+  uint64_t token;
+  if (sscanf(ticket, "%63s %63s %63s %d %" SCNu64, names[0], names[1], names[2], &index, &token) !=
+      5)
+    return -EINVAL;
+  lmp_pool_t *p = calloc(1, sizeof *p);
+  lmp_pool_worker_t *w = calloc(1, sizeof *w);
+  if (!p || !w) {
+    free(p);
+    free(w);
+    return -ENOMEM;
+  }
+  p->efd = p->epfd = p->tfd = -1;
+  lmp_seg_t *seg[3] = {NULL, NULL, NULL};
+  int rc = 0;
+  for (int k = 0; k < 3 && rc == 0; k++)
+    rc = lmp_seg_attach(names[k], 0, &seg[k]);
+  if (rc == 0) {
+    p->seg = seg[0];
+    p->h = lmp_seg_data(p->seg);
+    if (lmp_seg_size(p->seg) < sizeof *p->h || p->h->magic != POOL_MAGIC || index < 0 ||
+        (uint32_t)index >= p->h->nslots ||
+        lmp_seg_size(p->seg) < sizeof *p->h + (size_t)p->h->nslots * sizeof(struct slot))
+      rc = -EINVAL;
+  }
+  if (rc == 0 && (rc = lmp_queue_open(seg[1], &p->tasks)) == 0)
+    rc = lmp_queue_open(seg[2], &p->replies);
+  if (rc == 0)
+    rc = lmp_fd_fetch(token, &p->efd);
+  for (int k = 1; k < 3; k++) /* the queues hold their own references */
+    if (seg[k])
+      lmp_seg_release(seg[k]);
+  if (rc < 0) {
+    free(w);
+    p->seg = seg[0];
+    free_attached(p);
+    return rc;
+  }
+  p->cfg.processes = (int)p->h->nslots;
+  p->cfg.maxtasksperchild = p->h->maxtasks;
+  p->cfg.task_timeout_ns = p->h->timed;
+  worker_init(w, p, index);
+  *out = w;
+  return 0;
+}
 
 /* Under the task ring's lock, as the record leaves it: publish it. */
 static void taken(void *arg, uint32_t seq)
@@ -1459,6 +1560,15 @@ int lmp_pool_worker_fail_init(lmp_pool_worker_t *w, const void *data, size_t len
 {
   struct iovec v = {(void *)data, len};
   return push_reply(w, R_INIT_FAILED, 0, &v, 1);
+}
+
+void lmp_pool_worker_release(lmp_pool_worker_t *w)
+{
+  if (!w)
+    return;
+  lmp_buf_free(&w->buf);
+  free_attached(w->p);
+  free(w);
 }
 
 int lmp_pool_worker_index(const lmp_pool_worker_t *w)

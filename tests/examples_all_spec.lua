@@ -91,6 +91,7 @@ local checks = {
     "fork +global: a global set by the parent +upvalue: 3  started by: MainProcess\n",
     "spawn +global: nil +upvalue: 3  started by: MainProcess\n",
     "forkserver global: nil +upvalue: 3  started by: MainProcess\n",
+    "spawned pool:\t3 6 9\n",
     "spawn with a file argument:\tfalse\tserialize\tcannot send args%[1%]: userdata %(FILE%*%)\n",
   },
   ["timeouts.lua"] = {

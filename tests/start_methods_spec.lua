@@ -234,20 +234,97 @@ for _, method in ipairs(METHODS) do
     end)
 
     it("runs a pool with this start method", function()
-      if not lmp.Pool then return pending("lmp.Pool not built") end
-      local ok, pool = pcall(ctx.Pool, 2)
-      local msg = tostring(pool)
-      if not ok and (msg:find("start.method") or msg:find("missing from this build", 1, true)) then
-        return pending("lmp.Pool is not ready for start methods: " .. msg)
-      end
-      assert(ok, pool)
+      local pool = ctx.Pool(2)
       local offset = 10
       assert.are.same({11, 12, 13}, pool:map(function(x) return x + offset end, {1, 2, 3}))
+      local who = pool:apply(function()
+        return {lmp.current_process().name, lmp.parent_process().pid}
+      end)
+      assert.matches("^PoolWorker%-%d$", who[1])
+      assert.are.equal(lmp.current_process().pid, who[2])
       pool:close()
       pool:join()
     end)
+
+    it("runs a pool's initializer, and the pool's workers join its shared memory", function()
+      local v = lmp.Value("int64", 0)
+      local pool = ctx.Pool{processes = 2, initializer = function(value, step)
+        value:add(step)
+        _G.ready = step
+      end, initargs = {v, 5}, start_method = method}
+      assert.are.same({5, 5, 5, 5}, pool:map(function() return _G.ready end, {1, 2, 3, 4}))
+      pool:close()
+      pool:join()
+      assert.are.equal(10, v.value)
+    end)
+
+    it("replaces a pool worker killed mid-task, and one retired by maxtasksperchild", function()
+      local pool = lmp.Pool{processes = 1, maxtasksperchild = 2, start_method = method}
+      local pids = {}
+      for i = 1, 4 do pids[i] = pool:apply(function() return lmp.current_process().pid end) end
+      assert.are.equal(pids[1], pids[2])
+      assert.are_not.equal(pids[2], pids[3])
+      local r = pool:apply_async(function() os.execute("kill -9 " .. lmp.current_process().pid) end)
+      local ok, err = pcall(r.get, r, 30)
+      assert.is_false(ok)
+      assert.are.equal("worker_lost", err.kind)
+      assert.are.equal(7, pool:apply(function(x) return x + 1 end, 6))
+      pool:terminate()
+    end)
+
+    it("kills a task past its task_timeout and goes on", function()
+      local pool = lmp.Pool{processes = 1, task_timeout = 0.3, start_method = method}
+      local ok, err = pcall(pool.apply, pool, function() lmp.sleep(30) end)
+      assert.is_false(ok)
+      assert.are.equal("timeout", err.kind)
+      assert.are.equal(3, pool:apply(function() return 3 end))
+      pool:terminate()
+    end)
+
+    it("runs an executor with this start method", function()
+      local ex = lmp.Executor{max_workers = 2, start_method = method}
+      local futs = {}
+      for i = 1, 4 do futs[i] = ex:submit(function(x) return x * x end, i) end
+      for i = 1, 4 do assert.are.equal(i * i, futs[i]:result(30)) end
+      ex:shutdown()
+    end)
   end)
 end
+
+describe("pools under spawn and forkserver", function()
+  it("lmp.Pool follows set_start_method", function()
+    local out, code = run([[
+      lmp.set_start_method("spawn")
+      local pool = lmp.Pool(1)
+      local cmd = pool:apply(function()
+        local f = io.open("/proc/self/cmdline"); local s = f:read("a"); f:close(); return s
+      end)
+      print(cmd:find("--lmp-child", 1, true) and "spawned" or "forked")
+      pool:close(); pool:join()
+    ]])
+    assert.are.equal(0, code, out)
+    assert.are.equal("spawned\n", out)
+  end)
+
+  it("an initializer that cannot travel fails the constructor, naming it", function()
+    local f = io.tmpfile()
+    local ok, err = pcall(lmp.Pool, {processes = 1, initializer = function() return f end,
+                                     start_method = "spawn"})
+    f:close()
+    assert.is_false(ok)
+    assert.are.equal("serialize", err.kind)
+    assert.matches("userdata", tostring(err))
+  end)
+
+  it("a failing initializer breaks the pool instead of respawning forever", function()
+    local pool = lmp.Pool{processes = 2, initializer = function() error("no luck") end,
+                          start_method = "spawn"}
+    local ok, err = pcall(pool.apply, pool, function() return 1 end)
+    assert.is_false(ok)
+    assert.matches("no luck", tostring(err))
+    pool:terminate()
+  end)
+end)
 
 describe("spawn and forkserver", function()
   for _, method in ipairs({"spawn", "forkserver"}) do

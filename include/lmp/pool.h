@@ -5,7 +5,8 @@
  * collects events: a task's reply, or its failure because the worker running
  * it died (LOST) or ran past the task timeout and was killed (TIMEOUT), or the
  * pool's breakage when a worker could not start (BROKEN).  Workers are forked
- * by the pool and run a caller-supplied body, which loops on
+ * by the pool (or started by a caller-supplied hook, for programs that must
+ * not fork their own image) and run a caller-supplied body, which loops on
  * lmp_pool_worker_next / lmp_pool_worker_reply; the pool replaces workers that
  * die or retire, so a submitted task always ends in exactly one event.
  *
@@ -29,6 +30,8 @@
 #include <sys/uio.h>
 
 #include "lmp/common.h"
+#include "lmp/proc.h"
+#include "lmp/shm.h"
 
 typedef struct lmp_pool lmp_pool_t;
 typedef struct lmp_pool_worker lmp_pool_worker_t;
@@ -38,16 +41,28 @@ typedef struct lmp_pool_worker lmp_pool_worker_t;
  * the caller of create/wait that forked it (the child ends in lmp_proc_exit). */
 typedef int (*lmp_pool_body_fn)(lmp_pool_worker_t *w, void *ctx);
 
+/* A ticket names a worker's place in a pool (its shared segments, its index,
+ * and the parent's wake-up descriptor, deposited with the watchdog): a
+ * process that did not fork from the pool's owner becomes that worker with
+ * lmp_pool_worker_attach.  A short string of printable characters. */
+#define LMP_POOL_TICKET_MAX (3 * LMP_SEG_NAME_MAX + 48)
+
+/* Start worker `index` some other way than by forking the caller: start a
+ * process that calls lmp_pool_worker_attach(ticket) and runs the body, and
+ * set *out to it (as lmp_proc_spawn or lmp_proc_adopt do).  0 or -errno. */
+typedef int (*lmp_pool_start_fn)(void *ctx, const char *ticket, int index, lmp_proc_t **out);
+
 typedef struct lmp_pool_config {
   int processes;             /* workers, >= 1 */
   uint32_t maxtasksperchild; /* a worker retires after this many tasks; 0: never */
   int64_t task_timeout_ns;   /* a task (or item, see progress) running longer is killed; 0: none */
   uint32_t high_water;       /* tasks kept in the shared ring; 0: adapt to how long tasks take */
-  lmp_pool_body_fn body;
-  void *ctx;
+  lmp_pool_body_fn body;  /* run by forked workers */
+  lmp_pool_start_fn start; /* NULL: fork the workers (they run body) */
+  void *ctx;               /* for body and start */
 } lmp_pool_config_t;
 
-/* Forks the workers.  0 or -errno. */
+/* Starts the workers (forks them, or calls cfg->start).  0 or -errno. */
 int lmp_pool_create(const lmp_pool_config_t *cfg, lmp_pool_t **out);
 
 /* === the parent === */
@@ -168,6 +183,12 @@ void lmp_pool_worker_progress(lmp_pool_worker_t *w, uint32_t item);
  * should then return. */
 int lmp_pool_worker_fail_init(lmp_pool_worker_t *w, const void *data, size_t len);
 int lmp_pool_worker_index(const lmp_pool_worker_t *w);
+
+/* In a process started by a start hook: become the worker a ticket names.
+ * 0 with *out set, -EINVAL for a malformed ticket or segment, -ENOENT if
+ * the pool is gone.  The caller runs its body on *out, then releases it. */
+int lmp_pool_worker_attach(const char *ticket, lmp_pool_worker_t **out);
+void lmp_pool_worker_release(lmp_pool_worker_t *w);
 /* 1 when the pool has a task_timeout (progress reports then matter). */
 int lmp_pool_worker_timed(const lmp_pool_worker_t *w);
 

@@ -637,17 +637,17 @@ return function(lmp, core)
   local pool_keys = {processes = true, initializer = true, initargs = true,
                      maxtasksperchild = true, task_timeout = true, start_method = true}
 
+  local methods = {fork = true, spawn = true, forkserver = true}
+
   local function check_start_method(m)
-    if m == nil or m == "fork" then return end
-    if m == "spawn" or m == "forkserver" then
-      argerror(1, "Pool", "start method '" .. m .. "' is not available for pools yet; use 'fork'")
+    if m ~= nil and not methods[m] then
+      argerror(1, "Pool", "unknown start method '" .. tostring(m) .. "'")
     end
-    argerror(1, "Pool", "unknown start method '" .. tostring(m) .. "'")
   end
 
   --- lmp.Pool([processes [, initializer [, initargs [, maxtasksperchild]]]])
   --- lmp.Pool{processes =, initializer =, initargs =, maxtasksperchild =,
-  ---          task_timeout =, start_method = "fork"}
+  ---          task_timeout =, start_method =}  (start_method: lmp.get_start_method())
   return function(...)
     local a = ...
     local o
@@ -682,7 +682,7 @@ return function(lmp, core)
     end
     local n = tointeger(o.processes) or lmp.cpu_count()
     local c = core.new(n, tointeger(o.maxtasksperchild) or 0, o.task_timeout or 0,
-                       o.initializer, o.initargs)
+                       o.initializer, o.initargs, o.start_method)
     return setmetatable({_c = c, _n = n, _pending = {}, _cbq = {h = 1, t = 0}, _state = "run"}, Pool)
   end
 end

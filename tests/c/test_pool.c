@@ -4,6 +4,7 @@
  * fails, the others complete, the worker is replaced), task timeouts (per task
  * and per item), maxtasksperchild, a failing or crashing start-up (the pool
  * breaks once, no fork loop), cancel and task states, close and terminate,
+ * workers started by a hook instead of fork (attached through a ticket),
  * the event descriptor, and no leaked descriptor, segment or process.
  */
 #include <errno.h>
@@ -640,6 +641,69 @@ TEST(nested_pools)
   lmp_pool_free(p);
 }
 
+/* A start hook instead of fork: the new process becomes its worker through
+ * the ticket alone, and gets the pool's limits from the shared header. */
+static _Atomic int *hooked;
+
+static int start_hook(void *ctx, const char *ticket, int index, lmp_proc_t **out)
+{
+  CHECK(ctx == &hooked);
+  CHECK(index >= 0 && index < 2);
+  CHECK(strlen(ticket) < LMP_POOL_TICKET_MAX);
+  atomic_fetch_add(hooked, 1);
+  int rc = lmp_proc_fork(1, out);
+  if (rc != 0)
+    return rc < 0 ? rc : 0;
+  lmp_pool_worker_t *w;
+  CHECK_EQ(lmp_pool_worker_attach(ticket, &w), 0);
+  CHECK_EQ(lmp_pool_worker_index(w), index);
+  CHECK_EQ(lmp_pool_worker_timed(w), 1);
+  int code = body(w, NULL);
+  lmp_pool_worker_release(w);
+  lmp_proc_exit(code);
+}
+
+TEST(start_hook)
+{
+  hooked = shared_counter();
+  lmp_pool_config_t cfg = {0};
+  cfg.processes = 2;
+  cfg.maxtasksperchild = 2;
+  cfg.task_timeout_ns = 300 * MS;
+  cfg.start = start_hook;
+  cfg.ctx = &hooked;
+  lmp_pool_t *p;
+  CHECK_EQ(lmp_pool_create(&cfg, &p), 0);
+  CHECK_EQ(atomic_load(hooked), 2);
+  for (int i = 0; i < 20; i++) {
+    char msg[16];
+    int len = snprintf(msg, sizeof msg, "echo %d", i);
+    uint64_t id = submit(p, T_ECHO, msg, (size_t)len);
+    lmp_pool_event_t ev = next(p);
+    CHECK_EQ(ev.type, LMP_POOL_DONE);
+    CHECK_EQ(ev.id, id);
+    CHECK(ev.len == (size_t)len && memcmp(ev.data, msg, (size_t)len) == 0);
+  }
+  CHECK(atomic_load(hooked) >= 11); /* retired after 2 tasks each, replaced by the hook */
+  uint64_t slow = submit_ms(p, 10000);
+  lmp_pool_event_t ev = next(p);
+  CHECK_EQ(ev.type, LMP_POOL_TIMEOUT);
+  CHECK_EQ(ev.id, slow);
+  /* Bad tickets, and a ticket of a pool that is gone. */
+  lmp_pool_worker_t *w;
+  CHECK_EQ(lmp_pool_worker_attach("", &w), -EINVAL);
+  CHECK_EQ(lmp_pool_worker_attach("a b c 1", &w), -EINVAL);
+  CHECK(w == NULL);
+  lmp_pool_close(p);
+  while (lmp_pool_wait(p, &ev, lmp_deadline(10)) == 0) {
+  }
+  lmp_pool_free(p);
+  char gone[LMP_POOL_TICKET_MAX];
+  snprintf(gone, sizeof gone, "%s-none %s-none %s-none 0 1", lmp_runtime_prefix(),
+           lmp_runtime_prefix(), lmp_runtime_prefix());
+  CHECK_EQ(lmp_pool_worker_attach(gone, &w), -ENOENT);
+}
+
 TEST(bad_config)
 {
   lmp_pool_config_t cfg = {0};
@@ -669,6 +733,7 @@ TEST_LIST = {
     TEST_ENTRY(fd_readable_while_replies_wait),
     TEST_ENTRY_T(no_leaks, 30),
     TEST_ENTRY_T(nested_pools, 30),
+    TEST_ENTRY_T(start_hook, 30),
     TEST_ENTRY(bad_config),
     TEST_END,
 };
