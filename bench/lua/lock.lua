@@ -23,33 +23,10 @@ end
 local samples, n
 if name == "lock_uncontended" then
   n = b.size(1000000, 1000)
-  local lock = lmp.Lock()
-  pairs_(lock, 1000)
-  samples = b.repeat_(5, function()
-    local t0 = b.now()
-    pairs_(lock, n)
-    return n / (b.now() - t0)
-  end)
+  samples = b.solo(lmp.Lock(), pairs_, n)
 elseif name == "lock_contended" then
   n = b.size(200000, 1000)
-  samples = b.repeat_(5, function()
-    local lock, go, done = lmp.Lock(), lmp.Queue(), lmp.Queue()
-    local procs = {}
-    for k = 1, 2 do
-      procs[k] = lmp.Process(function()
-        go:get()
-        pairs_(lock, n)
-        done:put(true)
-      end)
-      procs[k]:start()
-    end
-    local t0 = b.now()
-    go:put(true); go:put(true)
-    done:get(); done:get()
-    local rate = 2 * n / (b.now() - t0)
-    for _, p in ipairs(procs) do p:join() end
-    return rate
-  end)
+  samples = b.contended(lmp.Lock, pairs_, n)
 else
   error("unknown workload " .. tostring(name))
 end

@@ -19,37 +19,15 @@ local function adds(v, n)
   for _ = 1, n do v:add(1) end
 end
 
+local function int64() return lmp.Value("int64", 0) end
+
 local samples, n
 if name == "value_add" then
   n = b.size(1000000, 1000)
-  local v = lmp.Value("int64", 0)
-  adds(v, 1000)
-  samples = b.repeat_(5, function()
-    local t0 = b.now()
-    adds(v, n)
-    return n / (b.now() - t0)
-  end)
+  samples = b.solo(int64(), adds, n)
 elseif name == "value_add_contended" then
   n = b.size(200000, 1000)
-  samples = b.repeat_(5, function()
-    local v, go, done = lmp.Value("int64", 0), lmp.Queue(), lmp.Queue()
-    local procs = {}
-    for k = 1, 2 do
-      procs[k] = lmp.Process(function()
-        go:get()
-        adds(v, n)
-        done:put(true)
-      end)
-      procs[k]:start()
-    end
-    local t0 = b.now()
-    go:put(true); go:put(true)
-    done:get(); done:get()
-    local rate = 2 * n / (b.now() - t0)
-    for _, p in ipairs(procs) do p:join() end
-    assert(v.value == 2 * n)
-    return rate
-  end)
+  samples = b.contended(int64, adds, n, function(v, total) assert(v.value == total) end)
 else
   error("unknown workload " .. tostring(name))
 end

@@ -16,45 +16,18 @@ def pairs(lock, n):
         lock.release()
 
 
-def contender(lock, go, done, n):
-    go.get()
-    pairs(lock, n)
-    done.put(True)
-
-
 def main():
     name = b.variant()
     ctx = mp.get_context("fork")
     if name == "lock_uncontended":
         n = b.size(1000000, 1000)
-        lock = ctx.Lock()
-        pairs(lock, 1000)
-
-        def run(_):
-            t0 = b.now()
-            pairs(lock, n)
-            return n / (b.now() - t0)
+        samples = b.solo(ctx.Lock(), pairs, n)
     elif name == "lock_contended":
         n = b.size(200000, 1000)
-
-        def run(_):
-            lock, go, done = ctx.Lock(), ctx.Queue(), ctx.Queue()
-            procs = [ctx.Process(target=contender, args=(lock, go, done, n))
-                     for _ in range(2)]
-            for p in procs:
-                p.start()
-            t0 = b.now()
-            go.put(True)
-            go.put(True)
-            done.get()
-            done.get()
-            rate = 2 * n / (b.now() - t0)
-            for p in procs:
-                p.join()
-            return rate
+        samples = b.contended(lambda c: c.Lock(), pairs, n)
     else:
         raise SystemExit("unknown workload " + name)
-    b.emit(name, "pairs/s", b.repeat(5, run), pairs=n)
+    b.emit(name, "pairs/s", samples, pairs=n)
 
 
 if __name__ == "__main__":

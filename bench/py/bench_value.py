@@ -18,10 +18,8 @@ def adds(v, n):
             v.value += 1
 
 
-def contender(v, go, done, n):
-    go.get()
-    adds(v, n)
-    done.put(True)
+def check(v, total):
+    assert v.value == total
 
 
 def main():
@@ -29,35 +27,13 @@ def main():
     ctx = mp.get_context("fork")
     if name == "value_add":
         n = b.size(1000000, 1000)
-        v = ctx.Value("q", 0)
-        adds(v, 1000)
-
-        def run(_):
-            t0 = b.now()
-            adds(v, n)
-            return n / (b.now() - t0)
+        samples = b.solo(ctx.Value("q", 0), adds, n)
     elif name == "value_add_contended":
         n = b.size(200000, 1000)
-
-        def run(_):
-            v, go, done = ctx.Value("q", 0), ctx.Queue(), ctx.Queue()
-            procs = [ctx.Process(target=contender, args=(v, go, done, n))
-                     for _ in range(2)]
-            for p in procs:
-                p.start()
-            t0 = b.now()
-            go.put(True)
-            go.put(True)
-            done.get()
-            done.get()
-            rate = 2 * n / (b.now() - t0)
-            for p in procs:
-                p.join()
-            assert v.value == 2 * n
-            return rate
+        samples = b.contended(lambda c: c.Value("q", 0), adds, n, check)
     else:
         raise SystemExit("unknown workload " + name)
-    b.emit(name, "adds/s", b.repeat(5, run), adds=n)
+    b.emit(name, "adds/s", samples, adds=n)
 
 
 if __name__ == "__main__":

@@ -59,3 +59,47 @@ def variant():
     if len(sys.argv) < 2:
         sys.exit("usage: %s NAME" % sys.argv[0])
     return sys.argv[1]
+
+
+# Operations per second, median of 5: op(obj, n) does n operations on obj.
+# solo: this process, n in a row after a warm-up.  contended: two child
+# processes (fork) doing n each on one object made by make(), timed from the
+# go to the last finish, total per second; check(obj, total) runs after.
+def solo(obj, op, n):
+    op(obj, 1000)
+
+    def run(_):
+        t0 = now()
+        op(obj, n)
+        return n / (now() - t0)
+    return repeat(5, run)
+
+
+def _contender(op, obj, go, done, n):
+    go.get()
+    op(obj, n)
+    done.put(True)
+
+
+def contended(make, op, n, check=None):
+    import multiprocessing as mp
+    ctx = mp.get_context("fork")
+
+    def run(_):
+        obj, go, done = make(ctx), ctx.Queue(), ctx.Queue()
+        procs = [ctx.Process(target=_contender, args=(op, obj, go, done, n))
+                 for _ in range(2)]
+        for p in procs:
+            p.start()
+        t0 = now()
+        go.put(True)
+        go.put(True)
+        done.get()
+        done.get()
+        rate = 2 * n / (now() - t0)
+        for p in procs:
+            p.join()
+        if check:
+            check(obj, 2 * n)
+        return rate
+    return repeat(5, run)

@@ -17,6 +17,8 @@
  */
 #include "runner.h"
 
+#include "lmp/common.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -27,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -56,6 +59,42 @@ void lmp_test_sleep_ms(int ms)
   struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
   while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
   }
+}
+
+pid_t lmp_test_fork(void)
+{
+  pid_t pid = fork();
+  CHECK(pid >= 0);
+  return pid;
+}
+
+void *lmp_test_shared(size_t size)
+{
+  void *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  CHECK(m != MAP_FAILED);
+  return m;
+}
+
+void lmp_test_add(volatile int *p, int n)
+{
+  __atomic_add_fetch(p, n, __ATOMIC_ACQ_REL);
+}
+
+int lmp_test_get(volatile int *p)
+{
+  return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+
+void lmp_test_await(volatile int *p, int n)
+{
+  for (int i = 0; i < 5000 && lmp_test_get(p) < n; i++)
+    lmp_test_sleep_ms(1);
+  CHECK(lmp_test_get(p) >= n);
+}
+
+int64_t lmp_test_ms(int n)
+{
+  return lmp_now_ns() + (int64_t)n * 1000000;
 }
 
 static long long now_ms(void)

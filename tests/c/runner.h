@@ -28,6 +28,8 @@
 #define LMP_TEST_RUNNER_H
 
 #include <string.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 typedef struct lmp_test {
@@ -87,5 +89,16 @@ int lmp_test_fd_count(void);
 /* 1 while pid exists and is not a zombie. */
 int lmp_test_alive(pid_t pid);
 void lmp_test_sleep_ms(int ms);
+/* fork(2), checked. */
+pid_t lmp_test_fork(void);
+/* Zero-filled shared memory that forked children see (MAP_SHARED), checked. */
+void *lmp_test_shared(size_t size);
+/* Counters in shared memory, atomically; await waits (5 s at most, checked)
+ * until *p >= n. */
+void lmp_test_add(volatile int *p, int n);
+int lmp_test_get(volatile int *p);
+void lmp_test_await(volatile int *p, int n);
+/* The deadline n milliseconds from now (lmp_now_ns clock). */
+int64_t lmp_test_ms(int n);
 
 #endif

@@ -25,36 +25,24 @@ typedef struct shared {
 
 static shared_t *shared_new(void)
 {
-  shared_t *s = mmap(NULL, sizeof *s, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  CHECK(s != MAP_FAILED);
+  shared_t *s = lmp_test_shared(sizeof *s);
   CHECK_EQ(lmp_mutex_init(&s->m), 0);
   lmp_cond_init(&s->c);
   return s;
 }
 
-static void wait_ready(shared_t *s, int n)
+/* A child that takes the mutex and keeps it until killed. */
+static pid_t start_holder(shared_t *s)
 {
-  int i;
-  for (i = 0; i < 5000 && __atomic_load_n(&s->ready, __ATOMIC_ACQUIRE) < n; i++)
-    lmp_test_sleep_ms(1);
-  CHECK(__atomic_load_n(&s->ready, __ATOMIC_ACQUIRE) >= n);
-}
-
-static void mark_ready(shared_t *s)
-{
-  __atomic_add_fetch(&s->ready, 1, __ATOMIC_ACQ_REL);
-}
-
-static pid_t fork_ok(void)
-{
-  pid_t pid = fork();
-  CHECK(pid >= 0);
+  pid_t pid = lmp_test_fork();
+  if (pid == 0) {
+    CHECK_EQ(lmp_mutex_lock(&s->m, LMP_FOREVER), 0);
+    lmp_test_add(&s->ready, 1);
+    for (;;)
+      pause();
+  }
+  lmp_test_await(&s->ready, 1);
   return pid;
-}
-
-static int64_t ms(int n)
-{
-  return lmp_now_ns() + (int64_t)n * 1000000;
 }
 
 /* === mutex === */
@@ -65,7 +53,7 @@ TEST(mutex_basics)
   pid_t pid;
 
   CHECK_EQ(lmp_mutex_lock(&s->m, LMP_FOREVER), 0);
-  pid = fork_ok();
+  pid = lmp_test_fork();
   if (pid == 0) {
     CHECK_EQ(lmp_mutex_trylock(&s->m), -EBUSY);
     CHECK_EQ(lmp_mutex_lock(&s->m, lmp_deadline(0)), -ETIMEDOUT);
@@ -87,7 +75,7 @@ TEST(mutex_excludes_across_processes)
   int i, k;
 
   for (k = 0; k < 2; k++) {
-    pid[k] = fork_ok();
+    pid[k] = lmp_test_fork();
     if (pid[k] == 0) {
       for (i = 0; i < 100000; i++) {
         CHECK_EQ(lmp_mutex_lock(&s->m, LMP_FOREVER), 0);
@@ -108,16 +96,9 @@ TEST(mutex_lock_times_out)
   int64_t t0, dt;
   pid_t pid;
 
-  pid = fork_ok();
-  if (pid == 0) {
-    CHECK_EQ(lmp_mutex_lock(&s->m, LMP_FOREVER), 0);
-    mark_ready(s);
-    for (;;)
-      pause();
-  }
-  wait_ready(s, 1);
+  pid = start_holder(s);
   t0 = lmp_now_ns();
-  CHECK_EQ(lmp_mutex_lock(&s->m, ms(100)), -ETIMEDOUT);
+  CHECK_EQ(lmp_mutex_lock(&s->m, lmp_test_ms(100)), -ETIMEDOUT);
   dt = lmp_now_ns() - t0;
   CHECK(dt >= 99000000 && dt < 1000000000);
   t0 = lmp_now_ns();
@@ -134,7 +115,7 @@ TEST(mutex_unlock_misuse_aborts)
   shared_t *s = shared_new();
   pid_t pid;
 
-  pid = fork_ok();
+  pid = lmp_test_fork();
   if (pid == 0) {
     lmp_mutex_unlock(&s->m);
     _exit(0);
@@ -149,22 +130,15 @@ TEST(mutex_owner_died)
   shared_t *s = shared_new();
   pid_t holder, other;
 
-  holder = fork_ok();
-  if (holder == 0) {
-    CHECK_EQ(lmp_mutex_lock(&s->m, LMP_FOREVER), 0);
-    mark_ready(s);
-    for (;;)
-      pause();
-  }
-  wait_ready(s, 1);
+  holder = start_holder(s);
   kill(holder, SIGKILL);
   CHECK_EQ(lmp_test_wait(holder, 5000), -SIGKILL);
-  CHECK_EQ(lmp_mutex_lock(&s->m, ms(1000)), -EOWNERDEAD);
+  CHECK_EQ(lmp_mutex_lock(&s->m, lmp_test_ms(1000)), -EOWNERDEAD);
   lmp_mutex_unlock(&s->m);
-  CHECK_EQ(lmp_mutex_lock(&s->m, ms(1000)), 0); /* consistent again */
-  other = fork_ok();
+  CHECK_EQ(lmp_mutex_lock(&s->m, lmp_test_ms(1000)), 0); /* consistent again */
+  other = lmp_test_fork();
   if (other == 0) {
-    CHECK_EQ(lmp_mutex_lock(&s->m, ms(5000)), 0);
+    CHECK_EQ(lmp_mutex_lock(&s->m, lmp_test_ms(5000)), 0);
     lmp_mutex_unlock(&s->m);
     _exit(0);
   }
@@ -182,22 +156,15 @@ TEST(mutex_owner_died_wakes_sleeper)
   shared_t *s = shared_new();
   pid_t holder, waiter;
 
-  holder = fork_ok();
-  if (holder == 0) {
-    CHECK_EQ(lmp_mutex_lock(&s->m, LMP_FOREVER), 0);
-    mark_ready(s);
-    for (;;)
-      pause();
-  }
-  wait_ready(s, 1);
-  waiter = fork_ok();
+  holder = start_holder(s);
+  waiter = lmp_test_fork();
   if (waiter == 0) {
-    mark_ready(s);
-    CHECK_EQ(lmp_mutex_lock(&s->m, ms(5000)), -EOWNERDEAD);
+    lmp_test_add(&s->ready, 1);
+    CHECK_EQ(lmp_mutex_lock(&s->m, lmp_test_ms(5000)), -EOWNERDEAD);
     s->flag = 1;
     _exit(0); /* dies holding it in turn */
   }
-  wait_ready(s, 2);
+  lmp_test_await(&s->ready, 2);
   lmp_test_sleep_ms(50); /* asleep in the kernel by now */
   kill(holder, SIGKILL);
   CHECK_EQ(lmp_test_wait(holder, 5000), -SIGKILL);
@@ -217,11 +184,11 @@ TEST(cond_wait_times_out_holding_the_lock)
 
   CHECK_EQ(lmp_mutex_lock(&s->m, LMP_FOREVER), 0);
   t0 = lmp_now_ns();
-  CHECK_EQ(lmp_cond_wait(&s->c, &s->m, ms(100)), -ETIMEDOUT);
+  CHECK_EQ(lmp_cond_wait(&s->c, &s->m, lmp_test_ms(100)), -ETIMEDOUT);
   dt = lmp_now_ns() - t0;
   CHECK(dt >= 99000000 && dt < 1000000000);
   CHECK_EQ(lmp_cond_wait(&s->c, &s->m, lmp_deadline(0)), -ETIMEDOUT);
-  pid = fork_ok();
+  pid = lmp_test_fork();
   if (pid == 0) {
     CHECK_EQ(lmp_mutex_trylock(&s->m), -EBUSY); /* still ours */
     _exit(0);
@@ -236,7 +203,7 @@ static void cond_waiter(shared_t *s, int64_t deadline)
   int rc = 0;
 
   CHECK_EQ(lmp_mutex_lock(&s->m, LMP_FOREVER), 0);
-  mark_ready(s);
+  lmp_test_add(&s->ready, 1);
   while (!s->flag && rc == 0)
     rc = lmp_cond_wait(&s->c, &s->m, deadline);
   CHECK_EQ(rc, 0);
@@ -250,10 +217,10 @@ TEST(cond_signal_wakes_other_process)
   shared_t *s = shared_new();
   pid_t pid;
 
-  pid = fork_ok();
+  pid = lmp_test_fork();
   if (pid == 0)
-    cond_waiter(s, ms(5000));
-  wait_ready(s, 1);
+    cond_waiter(s, lmp_test_ms(5000));
+  lmp_test_await(&s->ready, 1);
   lmp_test_sleep_ms(30); /* let it reach the kernel, past the spin */
   CHECK_EQ(lmp_mutex_lock(&s->m, LMP_FOREVER), 0);
   s->flag = 1;
@@ -270,11 +237,11 @@ TEST(cond_broadcast_wakes_all)
   int i;
 
   for (i = 0; i < 5; i++) {
-    pid[i] = fork_ok();
+    pid[i] = lmp_test_fork();
     if (pid[i] == 0)
-      cond_waiter(s, ms(5000));
+      cond_waiter(s, lmp_test_ms(5000));
   }
-  wait_ready(s, 5);
+  lmp_test_await(&s->ready, 5);
   lmp_test_sleep_ms(30);
   CHECK_EQ(lmp_mutex_lock(&s->m, LMP_FOREVER), 0);
   s->flag = 1;
@@ -293,17 +260,17 @@ TEST(cond_signal_n_wakes_n)
   int i, woken = 0;
 
   for (i = 0; i < 3; i++) {
-    pid[i] = fork_ok();
+    pid[i] = lmp_test_fork();
     if (pid[i] == 0) {
       CHECK_EQ(lmp_mutex_lock(&s->m, LMP_FOREVER), 0);
-      mark_ready(s);
-      CHECK_EQ(lmp_cond_wait(&s->c, &s->m, ms(5000)), 0);
+      lmp_test_add(&s->ready, 1);
+      CHECK_EQ(lmp_cond_wait(&s->c, &s->m, lmp_test_ms(5000)), 0);
       s->counter++;
       lmp_mutex_unlock(&s->m);
       _exit(0);
     }
   }
-  wait_ready(s, 3);
+  lmp_test_await(&s->ready, 3);
   lmp_test_sleep_ms(30);
   lmp_cond_signal(&s->c, 2); /* no lock held: allowed too */
   lmp_test_sleep_ms(200);
@@ -323,18 +290,18 @@ TEST(cond_dead_waiter_does_not_block_others)
   shared_t *s = shared_new();
   pid_t dead, live;
 
-  dead = fork_ok();
+  dead = lmp_test_fork();
   if (dead == 0)
     cond_waiter(s, LMP_FOREVER);
-  wait_ready(s, 1);
-  live = fork_ok();
+  lmp_test_await(&s->ready, 1);
+  live = lmp_test_fork();
   if (live == 0)
-    cond_waiter(s, ms(5000));
-  wait_ready(s, 2);
+    cond_waiter(s, lmp_test_ms(5000));
+  lmp_test_await(&s->ready, 2);
   lmp_test_sleep_ms(30);
   kill(dead, SIGKILL);
   CHECK_EQ(lmp_test_wait(dead, 5000), -SIGKILL);
-  CHECK_EQ(lmp_mutex_lock(&s->m, ms(1000)), 0); /* the dead one held no lock */
+  CHECK_EQ(lmp_mutex_lock(&s->m, lmp_test_ms(1000)), 0); /* the dead one held no lock */
   s->flag = 1;
   lmp_cond_signal(&s->c, 1);
   lmp_mutex_unlock(&s->m);
@@ -349,25 +316,25 @@ TEST(cond_wait_reports_owner_died)
   shared_t *s = shared_new();
   pid_t waiter, killer;
 
-  waiter = fork_ok();
+  waiter = lmp_test_fork();
   if (waiter == 0) {
     CHECK_EQ(lmp_mutex_lock(&s->m, LMP_FOREVER), 0);
-    mark_ready(s);
-    CHECK_EQ(lmp_cond_wait(&s->c, &s->m, ms(5000)), -EOWNERDEAD);
+    lmp_test_add(&s->ready, 1);
+    CHECK_EQ(lmp_cond_wait(&s->c, &s->m, lmp_test_ms(5000)), -EOWNERDEAD);
     lmp_mutex_unlock(&s->m);
     _exit(0);
   }
-  wait_ready(s, 1);
+  lmp_test_await(&s->ready, 1);
   lmp_test_sleep_ms(30);
-  killer = fork_ok();
+  killer = lmp_test_fork();
   if (killer == 0) {
     CHECK_EQ(lmp_mutex_lock(&s->m, LMP_FOREVER), 0);
     lmp_cond_signal(&s->c, 1);
-    mark_ready(s);
+    lmp_test_add(&s->ready, 1);
     for (;;)
       pause(); /* dies holding the lock */
   }
-  wait_ready(s, 2);
+  lmp_test_await(&s->ready, 2);
   lmp_test_sleep_ms(30);
   kill(killer, SIGKILL);
   CHECK_EQ(lmp_test_wait(killer, 5000), -SIGKILL);
@@ -390,7 +357,7 @@ TEST(waits_absorb_eintr)
   int i;
 
   CHECK_EQ(sigaction(SIGUSR1, &sa, NULL), 0);
-  pid = fork_ok();
+  pid = lmp_test_fork();
   if (pid == 0) {
     for (i = 0; i < 40; i++) {
       kill(me, SIGUSR1);
@@ -399,11 +366,11 @@ TEST(waits_absorb_eintr)
     _exit(0);
   }
   t0 = lmp_now_ns();
-  CHECK_EQ(lmp_futex_wait(&s->word, 0, ms(150)), -ETIMEDOUT);
+  CHECK_EQ(lmp_futex_wait(&s->word, 0, lmp_test_ms(150)), -ETIMEDOUT);
   CHECK(lmp_now_ns() - t0 >= 149000000);
   CHECK_EQ(lmp_mutex_lock(&s->m, LMP_FOREVER), 0);
   t0 = lmp_now_ns();
-  CHECK_EQ(lmp_cond_wait(&s->c, &s->m, ms(150)), -ETIMEDOUT);
+  CHECK_EQ(lmp_cond_wait(&s->c, &s->m, lmp_test_ms(150)), -ETIMEDOUT);
   CHECK(lmp_now_ns() - t0 >= 149000000);
   lmp_mutex_unlock(&s->m);
   CHECK_EQ(lmp_test_wait(pid, 5000), 0);
@@ -417,16 +384,16 @@ TEST(futex_wait_and_wake)
   pid_t pid;
 
   CHECK_EQ(lmp_futex_wait(&s->word, 1, LMP_FOREVER), 0); /* not the value: no sleep */
-  CHECK_EQ(lmp_futex_wait(&s->word, 0, ms(20)), -ETIMEDOUT);
+  CHECK_EQ(lmp_futex_wait(&s->word, 0, lmp_test_ms(20)), -ETIMEDOUT);
   CHECK_EQ(lmp_futex_wait(&s->word, 0, lmp_deadline(0)), -ETIMEDOUT);
-  pid = fork_ok();
+  pid = lmp_test_fork();
   if (pid == 0) {
-    mark_ready(s);
+    lmp_test_add(&s->ready, 1);
     while (__atomic_load_n(&s->word, __ATOMIC_ACQUIRE) == 0)
-      CHECK_EQ(lmp_futex_wait(&s->word, 0, ms(5000)), 0);
+      CHECK_EQ(lmp_futex_wait(&s->word, 0, lmp_test_ms(5000)), 0);
     _exit(0);
   }
-  wait_ready(s, 1);
+  lmp_test_await(&s->ready, 1);
   lmp_test_sleep_ms(30);
   __atomic_store_n(&s->word, 1, __ATOMIC_RELEASE);
   lmp_futex_wake(&s->word, 1);

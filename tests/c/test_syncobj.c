@@ -29,48 +29,12 @@ typedef struct shared {
 
 static shared_t *shared_new(void)
 {
-  shared_t *s = mmap(NULL, sizeof *s, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  CHECK(s != MAP_FAILED);
+  shared_t *s = lmp_test_shared(sizeof *s);
   CHECK_EQ(lmp_lock_init(&s->lock, 0), 0);
   CHECK_EQ(lmp_lock_init(&s->rlock, 1), 0);
   lmp_event_init(&s->ev);
   lmp_condition_init(&s->cond);
   return s;
-}
-
-static void mark_ready(shared_t *s)
-{
-  __atomic_add_fetch(&s->ready, 1, __ATOMIC_ACQ_REL);
-}
-
-static void wait_ready(shared_t *s, int n)
-{
-  int i;
-  for (i = 0; i < 5000 && __atomic_load_n(&s->ready, __ATOMIC_ACQUIRE) < n; i++)
-    lmp_test_sleep_ms(1);
-  CHECK(__atomic_load_n(&s->ready, __ATOMIC_ACQUIRE) >= n);
-}
-
-static void add(volatile int *p, int n)
-{
-  __atomic_add_fetch(p, n, __ATOMIC_ACQ_REL);
-}
-
-static int get(volatile int *p)
-{
-  return __atomic_load_n(p, __ATOMIC_ACQUIRE);
-}
-
-static pid_t fork_ok(void)
-{
-  pid_t pid = fork();
-  CHECK(pid >= 0);
-  return pid;
-}
-
-static int64_t ms(int n)
-{
-  return lmp_now_ns() + (int64_t)n * 1000000;
 }
 
 /* Children still running among pid[0..n-1]. */
@@ -108,10 +72,10 @@ TEST(lock_basics)
    * waited out, as Python's Lock does. */
   CHECK_EQ(lmp_lock_acquire(&s->lock, LMP_FOREVER), -EDEADLK);
   t0 = lmp_now_ns();
-  CHECK_EQ(lmp_lock_acquire(&s->lock, ms(50)), -ETIMEDOUT);
+  CHECK_EQ(lmp_lock_acquire(&s->lock, lmp_test_ms(50)), -ETIMEDOUT);
   CHECK(lmp_now_ns() - t0 >= 49000000);
   CHECK_EQ(lmp_lock_acquire(&s->lock, lmp_deadline(0)), -ETIMEDOUT);
-  pid = fork_ok();
+  pid = lmp_test_fork();
   if (pid == 0) {
     /* A forked child holds nothing of its parent's. */
     CHECK_EQ(lmp_lock_owned(&s->lock), 0);
@@ -119,7 +83,7 @@ TEST(lock_basics)
     CHECK_EQ(lmp_lock_release(&s->lock), -EPERM);
     CHECK_EQ(lmp_lock_abandon(&s->lock), -EPERM);
     CHECK_EQ(lmp_lock_acquire(&s->lock, lmp_deadline(0)), -ETIMEDOUT);
-    CHECK_EQ(lmp_lock_acquire(&s->lock, ms(20)), -ETIMEDOUT);
+    CHECK_EQ(lmp_lock_acquire(&s->lock, lmp_test_ms(20)), -ETIMEDOUT);
     _exit(0);
   }
   CHECK_EQ(lmp_test_wait(pid, 5000), 0);
@@ -137,7 +101,7 @@ TEST(lock_excludes_across_processes)
   int i, k;
 
   for (k = 0; k < 4; k++) {
-    pid[k] = fork_ok();
+    pid[k] = lmp_test_fork();
     if (pid[k] == 0) {
       for (i = 0; i < 20000; i++) {
         CHECK_EQ(lmp_lock_acquire(&s->lock, LMP_FOREVER), 0);
@@ -157,7 +121,7 @@ static void hold_and_pause(shared_t *s, lmp_lock_t *l, int times)
   int i;
   for (i = 0; i < times; i++)
     CHECK_EQ(lmp_lock_acquire(l, LMP_FOREVER), 0);
-  mark_ready(s);
+  lmp_test_add(&s->ready, 1);
   for (;;)
     pause();
 }
@@ -165,18 +129,18 @@ static void hold_and_pause(shared_t *s, lmp_lock_t *l, int times)
 TEST(lock_owner_killed)
 {
   shared_t *s = shared_new();
-  pid_t holder = fork_ok();
+  pid_t holder = lmp_test_fork();
 
   if (holder == 0)
     hold_and_pause(s, &s->lock, 1);
-  wait_ready(s, 1);
+  lmp_test_await(&s->ready, 1);
   CHECK_EQ(lmp_lock_owner(&s->lock), holder);
   kill(holder, SIGKILL);
   CHECK_EQ(lmp_test_wait(holder, 5000), -SIGKILL);
-  CHECK_EQ(lmp_lock_acquire(&s->lock, ms(1000)), -EOWNERDEAD);
+  CHECK_EQ(lmp_lock_acquire(&s->lock, lmp_test_ms(1000)), -EOWNERDEAD);
   CHECK_EQ(lmp_lock_owner(&s->lock), getpid());
   CHECK_EQ(lmp_lock_release(&s->lock), 0);
-  CHECK_EQ(lmp_lock_acquire(&s->lock, ms(1000)), 0); /* told once */
+  CHECK_EQ(lmp_lock_acquire(&s->lock, lmp_test_ms(1000)), 0); /* told once */
   CHECK_EQ(lmp_lock_release(&s->lock), 0);
 }
 
@@ -184,14 +148,14 @@ TEST(lock_owner_killed)
 TEST(lock_owner_exited)
 {
   shared_t *s = shared_new();
-  pid_t holder = fork_ok();
+  pid_t holder = lmp_test_fork();
 
   if (holder == 0) {
     CHECK_EQ(lmp_lock_acquire(&s->lock, LMP_FOREVER), 0);
     _exit(0);
   }
   CHECK_EQ(lmp_test_wait(holder, 5000), 0);
-  CHECK_EQ(lmp_lock_acquire(&s->lock, ms(1000)), -EOWNERDEAD);
+  CHECK_EQ(lmp_lock_acquire(&s->lock, lmp_test_ms(1000)), -EOWNERDEAD);
   CHECK_EQ(lmp_lock_release(&s->lock), 0);
 }
 
@@ -200,18 +164,18 @@ TEST(lock_owner_killed_wakes_sleeper)
   shared_t *s = shared_new();
   pid_t holder, waiter;
 
-  holder = fork_ok();
+  holder = lmp_test_fork();
   if (holder == 0)
     hold_and_pause(s, &s->lock, 1);
-  wait_ready(s, 1);
-  waiter = fork_ok();
+  lmp_test_await(&s->ready, 1);
+  waiter = lmp_test_fork();
   if (waiter == 0) {
-    mark_ready(s);
-    CHECK_EQ(lmp_lock_acquire(&s->lock, ms(5000)), -EOWNERDEAD);
+    lmp_test_add(&s->ready, 1);
+    CHECK_EQ(lmp_lock_acquire(&s->lock, lmp_test_ms(5000)), -EOWNERDEAD);
     CHECK_EQ(lmp_lock_release(&s->lock), 0);
     _exit(0);
   }
-  wait_ready(s, 2);
+  lmp_test_await(&s->ready, 2);
   lmp_test_sleep_ms(50); /* asleep in the kernel by now */
   kill(holder, SIGKILL);
   CHECK_EQ(lmp_test_wait(holder, 5000), -SIGKILL);
@@ -224,11 +188,11 @@ TEST(lock_owner_killed_wakes_sleeper)
 TEST(lock_locked_keeps_owner_death_for_acquirer)
 {
   shared_t *s = shared_new();
-  pid_t holder = fork_ok();
+  pid_t holder = lmp_test_fork();
 
   if (holder == 0)
     hold_and_pause(s, &s->lock, 1);
-  wait_ready(s, 1);
+  lmp_test_await(&s->ready, 1);
   CHECK_EQ(lmp_lock_locked(&s->lock), 1);
   kill(holder, SIGKILL);
   CHECK_EQ(lmp_test_wait(holder, 5000), -SIGKILL);
@@ -247,9 +211,9 @@ TEST(lock_abandon)
   CHECK_EQ(lmp_lock_acquire(&s->lock, LMP_FOREVER), 0);
   CHECK_EQ(lmp_lock_abandon(&s->lock), 0);
   CHECK_EQ(lmp_lock_locked(&s->lock), 0);
-  pid = fork_ok();
+  pid = lmp_test_fork();
   if (pid == 0) {
-    CHECK_EQ(lmp_lock_acquire(&s->lock, ms(1000)), -EOWNERDEAD);
+    CHECK_EQ(lmp_lock_acquire(&s->lock, lmp_test_ms(1000)), -EOWNERDEAD);
     CHECK_EQ(lmp_lock_release(&s->lock), 0);
     _exit(0);
   }
@@ -267,18 +231,18 @@ TEST(rlock_recursion)
 
   for (i = 0; i < 3; i++)
     CHECK_EQ(lmp_lock_acquire(&s->rlock, lmp_deadline(0)), 0);
-  pid = fork_ok();
+  pid = lmp_test_fork();
   if (pid == 0) {
     CHECK_EQ(lmp_lock_release(&s->rlock), -EPERM); /* not the owner */
-    CHECK_EQ(lmp_lock_acquire(&s->rlock, ms(20)), -ETIMEDOUT);
-    mark_ready(s);
-    CHECK_EQ(lmp_lock_acquire(&s->rlock, ms(5000)), 0);
-    CHECK_EQ(lmp_lock_acquire(&s->rlock, ms(5000)), 0);
+    CHECK_EQ(lmp_lock_acquire(&s->rlock, lmp_test_ms(20)), -ETIMEDOUT);
+    lmp_test_add(&s->ready, 1);
+    CHECK_EQ(lmp_lock_acquire(&s->rlock, lmp_test_ms(5000)), 0);
+    CHECK_EQ(lmp_lock_acquire(&s->rlock, lmp_test_ms(5000)), 0);
     CHECK_EQ(lmp_lock_release(&s->rlock), 0);
     CHECK_EQ(lmp_lock_release(&s->rlock), 0);
     _exit(0);
   }
-  wait_ready(s, 1);
+  lmp_test_await(&s->ready, 1);
   CHECK_EQ(lmp_lock_release(&s->rlock), 0);
   CHECK_EQ(lmp_lock_release(&s->rlock), 0);
   CHECK_EQ(lmp_lock_locked(&s->rlock), 1);
@@ -294,14 +258,14 @@ TEST(rlock_recursion)
 TEST(rlock_owner_killed)
 {
   shared_t *s = shared_new();
-  pid_t holder = fork_ok();
+  pid_t holder = lmp_test_fork();
 
   if (holder == 0)
     hold_and_pause(s, &s->rlock, 3);
-  wait_ready(s, 1);
+  lmp_test_await(&s->ready, 1);
   kill(holder, SIGKILL);
   CHECK_EQ(lmp_test_wait(holder, 5000), -SIGKILL);
-  CHECK_EQ(lmp_lock_acquire(&s->rlock, ms(1000)), -EOWNERDEAD);
+  CHECK_EQ(lmp_lock_acquire(&s->rlock, lmp_test_ms(1000)), -EOWNERDEAD);
   CHECK_EQ(lmp_lock_release(&s->rlock), 0);
   CHECK_EQ(lmp_lock_locked(&s->rlock), 0);
 }
@@ -336,7 +300,7 @@ TEST(sem_basics)
   CHECK_EQ(lmp_sem_acquire(&s->sem, LMP_FOREVER), 0);
   CHECK_EQ(lmp_sem_value(&s->sem), 0);
   CHECK_EQ(lmp_sem_acquire(&s->sem, lmp_deadline(0)), -ETIMEDOUT);
-  CHECK_EQ(lmp_sem_acquire(&s->sem, ms(20)), -ETIMEDOUT);
+  CHECK_EQ(lmp_sem_acquire(&s->sem, lmp_test_ms(20)), -ETIMEDOUT);
   CHECK_EQ(lmp_sem_release(&s->sem, 5), 0); /* a plain Semaphore has no bound */
   CHECK_EQ(lmp_sem_value(&s->sem), 5);
   CHECK_EQ(lmp_sem_release(&s->sem, LMP_SEM_VALUE_MAX), -EOVERFLOW);
@@ -366,17 +330,17 @@ TEST(sem_limits_concurrency)
 
   CHECK_EQ(lmp_sem_init(&s->sem, 2, 2), 0);
   for (k = 0; k < 6; k++) {
-    pid[k] = fork_ok();
+    pid[k] = lmp_test_fork();
     if (pid[k] == 0) {
       for (i = 0; i < 20; i++) {
-        CHECK_EQ(lmp_sem_acquire(&s->sem, ms(10000)), 0);
+        CHECK_EQ(lmp_sem_acquire(&s->sem, lmp_test_ms(10000)), 0);
         now = __atomic_add_fetch(&s->active, 1, __ATOMIC_ACQ_REL);
-        peak = get(&s->peak);
+        peak = lmp_test_get(&s->peak);
         while (now > peak && !__atomic_compare_exchange_n(&s->peak, &peak, now, 0, __ATOMIC_ACQ_REL,
                                                           __ATOMIC_ACQUIRE)) {
         }
         lmp_test_sleep_ms(1);
-        add(&s->active, -1);
+        lmp_test_add(&s->active, -1);
         CHECK_EQ(lmp_sem_release(&s->sem, 1), 0);
       }
       _exit(0);
@@ -384,15 +348,15 @@ TEST(sem_limits_concurrency)
   }
   for (k = 0; k < 6; k++)
     CHECK_EQ(lmp_test_wait(pid[k], 20000), 0);
-  CHECK(get(&s->peak) >= 1 && get(&s->peak) <= 2);
+  CHECK(lmp_test_get(&s->peak) >= 1 && lmp_test_get(&s->peak) <= 2);
   CHECK_EQ(lmp_sem_value(&s->sem), 2);
 }
 
 static void sem_waiter(shared_t *s, int64_t deadline)
 {
-  mark_ready(s);
+  lmp_test_add(&s->ready, 1);
   CHECK_EQ(lmp_sem_acquire(&s->sem, deadline), 0);
-  add(&s->counter, 1);
+  lmp_test_add(&s->counter, 1);
   _exit(0);
 }
 
@@ -404,17 +368,17 @@ TEST(sem_release_wakes_that_many)
 
   CHECK_EQ(lmp_sem_init(&s->sem, 0, LMP_SEM_VALUE_MAX), 0);
   for (k = 0; k < 3; k++) {
-    pid[k] = fork_ok();
+    pid[k] = lmp_test_fork();
     if (pid[k] == 0)
-      sem_waiter(s, ms(8000));
+      sem_waiter(s, lmp_test_ms(8000));
   }
-  wait_ready(s, 3);
+  lmp_test_await(&s->ready, 3);
   lmp_test_sleep_ms(50);
   CHECK_EQ(lmp_sem_release(&s->sem, 2), 0);
   settle(pid, 3, 1);
   lmp_test_sleep_ms(50);
   CHECK_EQ(running(pid, 3), 1);
-  CHECK_EQ(get(&s->counter), 2);
+  CHECK_EQ(lmp_test_get(&s->counter), 2);
   CHECK_EQ(lmp_sem_release(&s->sem, 1), 0);
   for (k = 0; k < 3; k++)
     CHECK_EQ(lmp_test_wait(pid[k], 5000), 0);
@@ -427,13 +391,13 @@ TEST(sem_dead_waiter_does_not_block_others)
   pid_t dead, live;
 
   CHECK_EQ(lmp_sem_init(&s->sem, 0, 1), 0);
-  dead = fork_ok();
+  dead = lmp_test_fork();
   if (dead == 0)
     sem_waiter(s, LMP_FOREVER);
-  live = fork_ok();
+  live = lmp_test_fork();
   if (live == 0)
-    sem_waiter(s, ms(8000));
-  wait_ready(s, 2);
+    sem_waiter(s, lmp_test_ms(8000));
+  lmp_test_await(&s->ready, 2);
   lmp_test_sleep_ms(50);
   kill(dead, SIGKILL);
   CHECK_EQ(lmp_test_wait(dead, 5000), -SIGKILL);
@@ -454,7 +418,7 @@ TEST(event_basics)
   CHECK_EQ(lmp_event_is_set(&s->ev), 0);
   CHECK_EQ(lmp_event_wait(&s->ev, lmp_deadline(0)), -ETIMEDOUT);
   t0 = lmp_now_ns();
-  CHECK_EQ(lmp_event_wait(&s->ev, ms(50)), -ETIMEDOUT);
+  CHECK_EQ(lmp_event_wait(&s->ev, lmp_test_ms(50)), -ETIMEDOUT);
   CHECK(lmp_now_ns() - t0 >= 49000000);
   lmp_event_set(&s->ev);
   lmp_event_set(&s->ev);
@@ -469,9 +433,9 @@ TEST(event_basics)
 
 static void event_waiter(shared_t *s, int64_t deadline)
 {
-  mark_ready(s);
+  lmp_test_add(&s->ready, 1);
   CHECK_EQ(lmp_event_wait(&s->ev, deadline), 0);
-  add(&s->counter, 1);
+  lmp_test_add(&s->counter, 1);
   _exit(0);
 }
 
@@ -482,16 +446,16 @@ TEST(event_set_wakes_every_waiter)
   int k;
 
   for (k = 0; k < 4; k++) {
-    pid[k] = fork_ok();
+    pid[k] = lmp_test_fork();
     if (pid[k] == 0)
-      event_waiter(s, ms(8000));
+      event_waiter(s, lmp_test_ms(8000));
   }
-  wait_ready(s, 4);
+  lmp_test_await(&s->ready, 4);
   lmp_test_sleep_ms(50);
   lmp_event_set(&s->ev);
   for (k = 0; k < 4; k++)
     CHECK_EQ(lmp_test_wait(pid[k], 5000), 0);
-  CHECK_EQ(get(&s->counter), 4);
+  CHECK_EQ(lmp_test_get(&s->counter), 4);
   CHECK_EQ(s->ev.waiters, 0);
 }
 
@@ -499,11 +463,11 @@ TEST(event_set_wakes_every_waiter)
 TEST(event_set_then_clear_still_wakes)
 {
   shared_t *s = shared_new();
-  pid_t pid = fork_ok();
+  pid_t pid = lmp_test_fork();
 
   if (pid == 0)
-    event_waiter(s, ms(8000));
-  wait_ready(s, 1);
+    event_waiter(s, lmp_test_ms(8000));
+  lmp_test_await(&s->ready, 1);
   lmp_test_sleep_ms(50);
   lmp_event_set(&s->ev);
   lmp_event_clear(&s->ev);
@@ -516,13 +480,13 @@ TEST(event_dead_waiter_does_not_block_others)
   shared_t *s = shared_new();
   pid_t dead, live;
 
-  dead = fork_ok();
+  dead = lmp_test_fork();
   if (dead == 0)
     event_waiter(s, LMP_FOREVER);
-  live = fork_ok();
+  live = lmp_test_fork();
   if (live == 0)
-    event_waiter(s, ms(8000));
-  wait_ready(s, 2);
+    event_waiter(s, lmp_test_ms(8000));
+  lmp_test_await(&s->ready, 2);
   lmp_test_sleep_ms(50);
   kill(dead, SIGKILL);
   CHECK_EQ(lmp_test_wait(dead, 5000), -SIGKILL);
@@ -538,13 +502,13 @@ TEST(condition_needs_the_lock)
   pid_t pid;
   int died = 7;
 
-  CHECK_EQ(lmp_condition_wait(&s->cond, &s->lock, ms(10), &died), -EPERM);
+  CHECK_EQ(lmp_condition_wait(&s->cond, &s->lock, lmp_test_ms(10), &died), -EPERM);
   CHECK_EQ(died, 0);
   CHECK_EQ(lmp_condition_notify(&s->cond, &s->lock, 1), -EPERM);
   CHECK_EQ(lmp_lock_acquire(&s->lock, LMP_FOREVER), 0);
-  pid = fork_ok();
+  pid = lmp_test_fork();
   if (pid == 0) { /* held, but by the parent */
-    CHECK_EQ(lmp_condition_wait(&s->cond, &s->lock, ms(10), NULL), -EPERM);
+    CHECK_EQ(lmp_condition_wait(&s->cond, &s->lock, lmp_test_ms(10), NULL), -EPERM);
     CHECK_EQ(lmp_condition_notify(&s->cond, &s->lock, 1), -EPERM);
     _exit(0);
   }
@@ -562,7 +526,7 @@ TEST(condition_wait_times_out_holding_the_lock)
   CHECK_EQ(lmp_lock_acquire(&s->lock, LMP_FOREVER), 0);
   CHECK_EQ(lmp_condition_notify(&s->cond, &s->lock, 1), 0); /* lost: nobody waits */
   t0 = lmp_now_ns();
-  CHECK_EQ(lmp_condition_wait(&s->cond, &s->lock, ms(50), &died), -ETIMEDOUT);
+  CHECK_EQ(lmp_condition_wait(&s->cond, &s->lock, lmp_test_ms(50), &died), -ETIMEDOUT);
   CHECK(lmp_now_ns() - t0 >= 49000000);
   CHECK_EQ(died, 0);
   CHECK_EQ(lmp_lock_owned(&s->lock), 1);
@@ -574,10 +538,10 @@ TEST(condition_wait_times_out_holding_the_lock)
 static void cond_waiter(shared_t *s, lmp_lock_t *l, int64_t deadline)
 {
   CHECK_EQ(lmp_lock_acquire(l, LMP_FOREVER), 0);
-  mark_ready(s);
+  lmp_test_add(&s->ready, 1);
   CHECK_EQ(lmp_condition_wait(&s->cond, l, deadline, NULL), 0);
   CHECK_EQ(lmp_lock_owned(l), 1);
-  add(&s->counter, 1);
+  lmp_test_add(&s->counter, 1);
   CHECK_EQ(lmp_lock_release(l), 0);
   _exit(0);
 }
@@ -596,11 +560,11 @@ TEST(condition_notify_n_wakes_at_most_n)
   int k;
 
   for (k = 0; k < 5; k++) {
-    pid[k] = fork_ok();
+    pid[k] = lmp_test_fork();
     if (pid[k] == 0)
-      cond_waiter(s, &s->lock, ms(9000));
+      cond_waiter(s, &s->lock, lmp_test_ms(9000));
   }
-  wait_ready(s, 5);
+  lmp_test_await(&s->ready, 5);
   lmp_test_sleep_ms(50);
   notify(s, 2, 2);
   settle(pid, 5, 3);
@@ -613,7 +577,7 @@ TEST(condition_notify_n_wakes_at_most_n)
   notify(s, UINT32_MAX, 2);
   for (k = 0; k < 5; k++)
     CHECK_EQ(lmp_test_wait(pid[k], 5000), 0);
-  CHECK_EQ(get(&s->counter), 5);
+  CHECK_EQ(lmp_test_get(&s->counter), 5);
   CHECK_EQ(s->cond.tally, 0);
 }
 
@@ -625,14 +589,14 @@ TEST(condition_on_rlock_restores_depth)
 
   CHECK_EQ(lmp_lock_acquire(&s->rlock, LMP_FOREVER), 0);
   CHECK_EQ(lmp_lock_acquire(&s->rlock, LMP_FOREVER), 0);
-  pid = fork_ok();
+  pid = lmp_test_fork();
   if (pid == 0) {
-    CHECK_EQ(lmp_lock_acquire(&s->rlock, ms(5000)), 0); /* free during the wait */
+    CHECK_EQ(lmp_lock_acquire(&s->rlock, lmp_test_ms(5000)), 0); /* free during the wait */
     CHECK_EQ(lmp_condition_notify(&s->cond, &s->rlock, 1), 1);
     CHECK_EQ(lmp_lock_release(&s->rlock), 0);
     _exit(0);
   }
-  CHECK_EQ(lmp_condition_wait(&s->cond, &s->rlock, ms(5000), NULL), 0);
+  CHECK_EQ(lmp_condition_wait(&s->cond, &s->rlock, lmp_test_ms(5000), NULL), 0);
   CHECK_EQ(lmp_test_wait(pid, 5000), 0);
   CHECK_EQ(lmp_lock_release(&s->rlock), 0);
   CHECK_EQ(lmp_lock_locked(&s->rlock), 1);
@@ -645,20 +609,20 @@ TEST(condition_dead_waiter_does_not_block_others)
   shared_t *s = shared_new();
   pid_t dead, live;
 
-  dead = fork_ok();
+  dead = lmp_test_fork();
   if (dead == 0)
     cond_waiter(s, &s->lock, LMP_FOREVER);
-  wait_ready(s, 1);
-  live = fork_ok();
+  lmp_test_await(&s->ready, 1);
+  live = lmp_test_fork();
   if (live == 0)
-    cond_waiter(s, &s->lock, ms(8000));
-  wait_ready(s, 2);
+    cond_waiter(s, &s->lock, lmp_test_ms(8000));
+  lmp_test_await(&s->ready, 2);
   lmp_test_sleep_ms(50);
   kill(dead, SIGKILL);
   CHECK_EQ(lmp_test_wait(dead, 5000), -SIGKILL);
   notify(s, 1, 1); /* the dead one cannot collect it; the live one is woken */
   CHECK_EQ(lmp_test_wait(live, 5000), 0);
-  CHECK_EQ(get(&s->counter), 1);
+  CHECK_EQ(lmp_test_get(&s->counter), 1);
 }
 
 /* The waiter takes the lock back from a notifier that died holding it. */
@@ -667,26 +631,26 @@ TEST(condition_wait_reports_owner_died)
   shared_t *s = shared_new();
   pid_t waiter, killer;
 
-  waiter = fork_ok();
+  waiter = lmp_test_fork();
   if (waiter == 0) {
     int died = 0;
     CHECK_EQ(lmp_lock_acquire(&s->lock, LMP_FOREVER), 0);
-    mark_ready(s);
-    CHECK_EQ(lmp_condition_wait(&s->cond, &s->lock, ms(8000), &died), 0);
+    lmp_test_add(&s->ready, 1);
+    CHECK_EQ(lmp_condition_wait(&s->cond, &s->lock, lmp_test_ms(8000), &died), 0);
     CHECK_EQ(died, 1);
     CHECK_EQ(lmp_lock_release(&s->lock), 0);
     _exit(0);
   }
-  wait_ready(s, 1);
-  killer = fork_ok();
+  lmp_test_await(&s->ready, 1);
+  killer = lmp_test_fork();
   if (killer == 0) {
     CHECK_EQ(lmp_lock_acquire(&s->lock, LMP_FOREVER), 0);
     CHECK_EQ(lmp_condition_notify(&s->cond, &s->lock, 1), 1);
-    mark_ready(s);
+    lmp_test_add(&s->ready, 1);
     for (;;)
       pause();
   }
-  wait_ready(s, 2);
+  lmp_test_await(&s->ready, 2);
   lmp_test_sleep_ms(30);
   kill(killer, SIGKILL);
   CHECK_EQ(lmp_test_wait(killer, 5000), -SIGKILL);
@@ -698,7 +662,7 @@ TEST(condition_wait_reports_owner_died)
 static int count_action(void *arg)
 {
   shared_t *s = arg;
-  add(&s->counter, 1);
+  lmp_test_add(&s->counter, 1);
   return 0;
 }
 
@@ -711,14 +675,14 @@ TEST(barrier_indexes_and_action_per_generation)
   CHECK_EQ(lmp_barrier_init(&s->bar, 0), -EINVAL);
   CHECK_EQ(lmp_barrier_init(&s->bar, 4), 0);
   for (k = 0; k < 4; k++) {
-    pid[k] = fork_ok();
+    pid[k] = lmp_test_fork();
     if (pid[k] == 0) {
       for (g = 0; g < 5; g++) {
-        idx = lmp_barrier_wait(&s->bar, ms(8000), count_action, s);
+        idx = lmp_barrier_wait(&s->bar, lmp_test_ms(8000), count_action, s);
         CHECK(idx >= 0 && idx < 4);
-        add(&s->slot[g], 1 << idx);
+        lmp_test_add(&s->slot[g], 1 << idx);
         /* the action ran before anyone left */
-        CHECK_EQ(get(&s->counter), g + 1);
+        CHECK_EQ(lmp_test_get(&s->counter), g + 1);
       }
       _exit(0);
     }
@@ -726,10 +690,10 @@ TEST(barrier_indexes_and_action_per_generation)
   for (k = 0; k < 4; k++)
     CHECK_EQ(lmp_test_wait(pid[k], 10000), 0);
   for (g = 0; g < 5; g++) {
-    seen = get(&s->slot[g]);
+    seen = lmp_test_get(&s->slot[g]);
     CHECK_EQ(seen, 15); /* 0, 1, 2, 3 once each */
   }
-  CHECK_EQ(get(&s->counter), 5);
+  CHECK_EQ(lmp_test_get(&s->counter), 5);
   CHECK_EQ(lmp_barrier_broken(&s->bar), 0);
   CHECK_EQ(lmp_barrier_n_waiting(&s->bar), 0);
 }
@@ -747,22 +711,22 @@ TEST(barrier_action_runs_in_last_arrival)
   pid_t pid;
 
   CHECK_EQ(lmp_barrier_init(&s->bar, 2), 0);
-  pid = fork_ok();
+  pid = lmp_test_fork();
   if (pid == 0) {
-    CHECK_EQ(lmp_barrier_wait(&s->bar, ms(8000), record_runner, s), 0);
+    CHECK_EQ(lmp_barrier_wait(&s->bar, lmp_test_ms(8000), record_runner, s), 0);
     _exit(0);
   }
   for (int i = 0; i < 500 && lmp_barrier_n_waiting(&s->bar) < 1; i++)
     lmp_test_sleep_ms(2);
   CHECK_EQ(lmp_barrier_n_waiting(&s->bar), 1);
-  CHECK_EQ(lmp_barrier_wait(&s->bar, ms(8000), record_runner, s), 1);
+  CHECK_EQ(lmp_barrier_wait(&s->bar, lmp_test_ms(8000), record_runner, s), 1);
   CHECK_EQ(s->flag, getpid());
   CHECK_EQ(lmp_test_wait(pid, 5000), 0);
 }
 
 static void bar_waiter(shared_t *s, int64_t deadline, int expect)
 {
-  mark_ready(s);
+  lmp_test_add(&s->ready, 1);
   CHECK_EQ(lmp_barrier_wait(&s->bar, deadline, NULL, NULL), expect);
   _exit(0);
 }
@@ -783,33 +747,33 @@ TEST(barrier_timeout_breaks_it)
   int64_t t0;
 
   CHECK_EQ(lmp_barrier_init(&s->bar, 3), 0);
-  other = fork_ok();
+  other = lmp_test_fork();
   if (other == 0)
-    bar_waiter(s, ms(8000), -EPIPE);
+    bar_waiter(s, lmp_test_ms(8000), -EPIPE);
   wait_waiting(s, 1);
   t0 = lmp_now_ns();
-  CHECK_EQ(lmp_barrier_wait(&s->bar, ms(50), NULL, NULL), -ETIMEDOUT);
+  CHECK_EQ(lmp_barrier_wait(&s->bar, lmp_test_ms(50), NULL, NULL), -ETIMEDOUT);
   CHECK(lmp_now_ns() - t0 >= 49000000);
   CHECK_EQ(lmp_test_wait(other, 5000), 0);
   CHECK_EQ(lmp_barrier_broken(&s->bar), 1);
   CHECK_EQ(lmp_barrier_n_waiting(&s->bar), 0);
-  CHECK_EQ(lmp_barrier_wait(&s->bar, ms(8000), NULL, NULL), -EPIPE);
+  CHECK_EQ(lmp_barrier_wait(&s->bar, lmp_test_ms(8000), NULL, NULL), -EPIPE);
   lmp_barrier_reset(&s->bar);
   CHECK_EQ(lmp_barrier_broken(&s->bar), 0);
   /* usable again: a full round with parties 3 */
-  pid_t a = fork_ok();
+  pid_t a = lmp_test_fork();
   if (a == 0) {
-    int i = lmp_barrier_wait(&s->bar, ms(8000), NULL, NULL);
+    int i = lmp_barrier_wait(&s->bar, lmp_test_ms(8000), NULL, NULL);
     CHECK(i >= 0 && i < 3);
     _exit(0);
   }
-  pid_t b = fork_ok();
+  pid_t b = lmp_test_fork();
   if (b == 0) {
-    int i = lmp_barrier_wait(&s->bar, ms(8000), NULL, NULL);
+    int i = lmp_barrier_wait(&s->bar, lmp_test_ms(8000), NULL, NULL);
     CHECK(i >= 0 && i < 3);
     _exit(0);
   }
-  int i = lmp_barrier_wait(&s->bar, ms(8000), NULL, NULL);
+  int i = lmp_barrier_wait(&s->bar, lmp_test_ms(8000), NULL, NULL);
   CHECK(i >= 0 && i < 3);
   CHECK_EQ(lmp_test_wait(a, 5000), 0);
   CHECK_EQ(lmp_test_wait(b, 5000), 0);
@@ -823,7 +787,7 @@ TEST(barrier_abort_breaks_every_waiter)
 
   CHECK_EQ(lmp_barrier_init(&s->bar, 3), 0);
   for (k = 0; k < 2; k++) {
-    pid[k] = fork_ok();
+    pid[k] = lmp_test_fork();
     if (pid[k] == 0)
       bar_waiter(s, LMP_FOREVER, -EPIPE);
   }
@@ -842,18 +806,18 @@ TEST(barrier_reset_breaks_current_waiters_only)
   pid_t w, a;
 
   CHECK_EQ(lmp_barrier_init(&s->bar, 2), 0);
-  w = fork_ok();
+  w = lmp_test_fork();
   if (w == 0)
-    bar_waiter(s, ms(8000), -EPIPE);
+    bar_waiter(s, lmp_test_ms(8000), -EPIPE);
   wait_waiting(s, 1);
   lmp_barrier_reset(&s->bar);
   CHECK_EQ(lmp_test_wait(w, 5000), 0);
   CHECK_EQ(lmp_barrier_broken(&s->bar), 0);
-  a = fork_ok();
+  a = lmp_test_fork();
   if (a == 0)
-    bar_waiter(s, ms(8000), 0);
+    bar_waiter(s, lmp_test_ms(8000), 0);
   wait_waiting(s, 1);
-  CHECK_EQ(lmp_barrier_wait(&s->bar, ms(8000), NULL, NULL), 1);
+  CHECK_EQ(lmp_barrier_wait(&s->bar, lmp_test_ms(8000), NULL, NULL), 1);
   CHECK_EQ(lmp_test_wait(a, 5000), 0);
 }
 
@@ -869,11 +833,11 @@ TEST(barrier_failed_action_breaks_it)
   pid_t w;
 
   CHECK_EQ(lmp_barrier_init(&s->bar, 2), 0);
-  w = fork_ok();
+  w = lmp_test_fork();
   if (w == 0)
-    bar_waiter(s, ms(8000), -EPIPE);
+    bar_waiter(s, lmp_test_ms(8000), -EPIPE);
   wait_waiting(s, 1);
-  CHECK_EQ(lmp_barrier_wait(&s->bar, ms(8000), failing_action, NULL), -ECANCELED);
+  CHECK_EQ(lmp_barrier_wait(&s->bar, lmp_test_ms(8000), failing_action, NULL), -ECANCELED);
   CHECK_EQ(lmp_test_wait(w, 5000), 0);
   CHECK_EQ(lmp_barrier_broken(&s->bar), 1);
 }
@@ -886,17 +850,17 @@ TEST(barrier_dead_waiter_counts_as_arrived)
   int i;
 
   CHECK_EQ(lmp_barrier_init(&s->bar, 3), 0);
-  dead = fork_ok();
+  dead = lmp_test_fork();
   if (dead == 0)
     bar_waiter(s, LMP_FOREVER, 0);
   wait_waiting(s, 1);
   kill(dead, SIGKILL);
   CHECK_EQ(lmp_test_wait(dead, 5000), -SIGKILL);
-  live = fork_ok();
+  live = lmp_test_fork();
   if (live == 0)
-    bar_waiter(s, ms(8000), 1);
+    bar_waiter(s, lmp_test_ms(8000), 1);
   wait_waiting(s, 2);
-  i = lmp_barrier_wait(&s->bar, ms(8000), NULL, NULL);
+  i = lmp_barrier_wait(&s->bar, lmp_test_ms(8000), NULL, NULL);
   CHECK_EQ(i, 2);
   CHECK_EQ(lmp_test_wait(live, 5000), 0);
   CHECK_EQ(lmp_barrier_broken(&s->bar), 0);
@@ -904,7 +868,7 @@ TEST(barrier_dead_waiter_counts_as_arrived)
 
 static int hang_action(void *arg)
 {
-  mark_ready(arg);
+  lmp_test_add(&((shared_t *)arg)->ready, 1);
   for (;;)
     pause();
   return 0;
@@ -918,18 +882,18 @@ TEST(barrier_runner_killed_in_action)
   pid_t w, runner;
 
   CHECK_EQ(lmp_barrier_init(&s->bar, 2), 0);
-  w = fork_ok();
+  w = lmp_test_fork();
   if (w == 0) {
     CHECK_EQ(lmp_barrier_wait(&s->bar, LMP_FOREVER, NULL, NULL), -EPIPE);
     _exit(0);
   }
   wait_waiting(s, 1);
-  runner = fork_ok();
+  runner = lmp_test_fork();
   if (runner == 0) {
     lmp_barrier_wait(&s->bar, LMP_FOREVER, hang_action, s);
     _exit(0);
   }
-  wait_ready(s, 1);
+  lmp_test_await(&s->ready, 1);
   kill(runner, SIGKILL);
   CHECK_EQ(lmp_test_wait(runner, 5000), -SIGKILL);
   CHECK_EQ(lmp_test_wait(w, 5000), 0);
