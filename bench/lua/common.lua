@@ -16,42 +16,7 @@ M.ncpu = lmp.cpu_count()
 
 -- full size, or the smoke size
 function M.size(full, tiny)
-  -- Operations per second, median of 5: op(obj, n) does n operations on obj.
--- solo: this process, n in a row after a warm-up.  contended: two child
--- processes doing n each on one object made by make(), timed from the go
--- to the last finish, total per second; check(obj, total) runs after.
-function M.solo(obj, op, n)
-  op(obj, 1000)
-  return M.repeat_(5, function()
-    local t0 = M.now()
-    op(obj, n)
-    return n / (M.now() - t0)
-  end)
-end
-
-function M.contended(make, op, n, check)
-  return M.repeat_(5, function()
-    local obj, go, done = make(), lmp.Queue(), lmp.Queue()
-    local procs = {}
-    for k = 1, 2 do
-      procs[k] = lmp.Process(function()
-        go:get()
-        op(obj, n)
-        done:put(true)
-      end)
-      procs[k]:start()
-    end
-    local t0 = M.now()
-    go:put(true); go:put(true)
-    done:get(); done:get()
-    local rate = 2 * n / (M.now() - t0)
-    for _, p in ipairs(procs) do p:join() end
-    if check then check(obj, 2 * n) end
-    return rate
-  end)
-end
-
-return M.smoke and tiny or full
+  return M.smoke and tiny or full
 end
 
 function M.median(xs)
