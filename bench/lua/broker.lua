@@ -56,30 +56,9 @@ local function task(x) return x end
 for i = 1, 50 do pool:apply(task, i) end -- workers up and warm
 
 if name == "broker_rt" then
-  local n = b.size(2000, 20)
-  local times = {}
-  for i = 1, n do
-    local t0 = b.now()
-    pool:apply(task, i)
-    times[i] = (b.now() - t0) * 1e6
-  end
-  local slices = {}
-  for s = 1, 5 do
-    local part = {}
-    for i = (s - 1) * n // 5 + 1, s * n // 5 do part[#part + 1] = times[i] end
-    slices[s] = b.median(part)
-  end
-  b.emit(name, unit, b.smoke and {b.median(times)} or slices, {calls = n, median_all = b.median(times)})
+  b.round_trips(name, pool, b.size(2000, 20))
 else
-  local n = b.size(20000, 100)
-  local samples = b.repeat_(3, function()
-    local res = {}
-    local t0 = b.now()
-    for i = 1, n do res[i] = pool:apply_async(task, {i}) end
-    for i = 1, n do assert(res[i]:get() == i) end
-    return n / (b.now() - t0)
-  end)
-  b.emit(name, unit, samples, {tasks = n, workers = 2})
+  b.throughput(name, pool, b.size(20000, 100), 3, {workers = 2})
 end
 pool:terminate()
 for _, pid in ipairs(pids) do os.execute("kill -TERM " .. pid) end

@@ -136,4 +136,42 @@ function M.contended(make, op, n, check)
   end)
 end
 
+-- The two pool workloads, on any pool.  round_trips: n pool:apply calls of
+-- a trivial task one after another; the figure is the median call time in
+-- microseconds, the samples the medians of five slices of the calls, to
+-- show the spread.  throughput: n apply_async submissions, then every
+-- result collected; tasks per second, median of `reps` runs.
+local function task(x) return x end
+
+function M.round_trips(name, pool, n, extra)
+  local times = {}
+  for i = 1, n do
+    local t0 = M.now()
+    assert(pool:apply(task, i) == i)
+    times[i] = (M.now() - t0) * 1e6
+  end
+  local slices = {}
+  for s = 1, 5 do
+    local part = {}
+    for i = (s - 1) * n // 5 + 1, s * n // 5 do part[#part + 1] = times[i] end
+    slices[s] = M.median(part)
+  end
+  extra = extra or {}
+  extra.calls, extra.median_all = n, M.median(times)
+  M.emit(name, "us", M.smoke and {M.median(times)} or slices, extra)
+end
+
+function M.throughput(name, pool, n, reps, extra)
+  local samples = M.repeat_(reps, function()
+    local res = {}
+    local t0 = M.now()
+    for i = 1, n do res[i] = pool:apply_async(task, {i}) end
+    for i = 1, n do assert(res[i]:get() == i) end
+    return n / (M.now() - t0)
+  end)
+  extra = extra or {}
+  extra.tasks = n
+  M.emit(name, "tasks/s", samples, extra)
+end
+
 return M
