@@ -617,31 +617,57 @@ static int append_result(lmp_broker_t *b, rconn *r, const lmp_broker_done_t *d)
   return 3;
 }
 
+/* The words of one command, built up for redisCommandArgv. */
+typedef struct {
+  const char **v;
+  size_t *len;
+  int n;
+} argvec;
+
+/* Room for `cap` words; 0 or -ENOMEM. */
+static int argv_init(argvec *a, int cap)
+{
+  a->n = 0;
+  a->v = malloc(sizeof *a->v * (size_t)cap);
+  a->len = malloc(sizeof *a->len * (size_t)cap);
+  if (a->v && a->len)
+    return 0;
+  free(a->v);
+  free(a->len);
+  return -ENOMEM;
+}
+
+static void argv_push(argvec *a, const char *word)
+{
+  a->v[a->n] = word;
+  a->len[a->n++] = strlen(word);
+}
+
+static void argv_free(argvec *a)
+{
+  free(a->v);
+  free(a->len);
+}
+
 /* XACK and XDEL of ids; the number of commands (2). */
 static int append_ackdel(rconn *r, const char *const *ids, int n)
 {
-  const char **argv = malloc(sizeof *argv * (size_t)(n + 3));
-  size_t *lens = malloc(sizeof *lens * (size_t)(n + 3));
-  if (argv == NULL || lens == NULL) {
-    free(argv);
-    free(lens);
+  argvec a;
+  if (argv_init(&a, n + 3) < 0)
     return -ENOMEM;
-  }
-  argv[0] = "XACK";
-  argv[1] = r->kstream;
-  argv[2] = GROUP;
+  argv_push(&a, "XACK");
+  argv_push(&a, r->kstream);
+  argv_push(&a, GROUP);
   for (int i = 0; i < n; i++)
-    argv[3 + i] = ids[i];
-  for (int i = 0; i < n + 3; i++)
-    lens[i] = strlen(argv[i]);
-  redisAppendCommandArgv(r->c, n + 3, argv, lens);
-  argv[1] = "XDEL";
-  argv[2] = r->kstream;
-  lens[1] = 4;
-  lens[2] = strlen(r->kstream);
-  redisAppendCommandArgv(r->c, n + 2, argv + 1, lens + 1);
-  free(argv);
-  free(lens);
+    argv_push(&a, ids[i]);
+  redisAppendCommandArgv(r->c, a.n, a.v, a.len);
+  /* XDEL stream id...: the same ids behind two other words. */
+  a.v[1] = "XDEL";
+  a.len[1] = 4;
+  a.v[2] = r->kstream;
+  a.len[2] = strlen(r->kstream);
+  redisAppendCommandArgv(r->c, a.n - 1, a.v + 1, a.len + 1);
+  argv_free(&a);
   return 2;
 }
 
@@ -768,26 +794,17 @@ static int renew_redis(lmp_broker_t *b, const char *const *ids, int n)
   int rc = ensure(b, r, 5000);
   if (rc < 0)
     return rc;
-  const char **argv = malloc(sizeof *argv * (size_t)(n + 6));
-  size_t *lens = malloc(sizeof *lens * (size_t)(n + 6));
-  if (argv == NULL || lens == NULL) {
-    free(argv);
-    free(lens);
+  argvec a;
+  if (argv_init(&a, n + 6) < 0)
     return -ENOMEM;
-  }
-  argv[0] = "XCLAIM";
-  argv[1] = r->kstream;
-  argv[2] = GROUP;
-  argv[3] = b->consumer;
-  argv[4] = "0";
+  const char *head[] = {"XCLAIM", r->kstream, GROUP, b->consumer, "0"};
+  for (int i = 0; i < 5; i++)
+    argv_push(&a, head[i]);
   for (int i = 0; i < n; i++)
-    argv[5 + i] = ids[i];
-  argv[5 + n] = "JUSTID";
-  for (int i = 0; i < n + 6; i++)
-    lens[i] = strlen(argv[i]);
-  redisReply *rep = redisCommandArgv(r->c, n + 6, argv, lens);
-  free(argv);
-  free(lens);
+    argv_push(&a, ids[i]);
+  argv_push(&a, "JUSTID");
+  redisReply *rep = redisCommandArgv(r->c, a.n, a.v, a.len);
+  argv_free(&a);
   if (rep == NULL)
     return io_error(b, r, "XCLAIM");
   if (rep->type == REDIS_REPLY_ERROR)
@@ -815,32 +832,25 @@ static int reclaim_redis(lmp_broker_t *b, int64_t idle_ms, int max, lmp_broker_b
   }
   char idle[24];
   snprintf(idle, sizeof idle, "%lld", (long long)idle_ms);
-  const char **argv = malloc(sizeof *argv * (size_t)(n + 5));
-  size_t *lens = malloc(sizeof *lens * (size_t)(n + 5));
+  argvec a;
   uint32_t *counts = malloc(sizeof *counts * (size_t)n);
-  if (argv == NULL || lens == NULL || counts == NULL) {
-    free(argv);
-    free(lens);
+  if (counts == NULL || argv_init(&a, n + 5) < 0) {
     free(counts);
     freeReplyObject(rep);
     return -ENOMEM;
   }
-  argv[0] = "XCLAIM";
-  argv[1] = r->kstream;
-  argv[2] = GROUP;
-  argv[3] = b->consumer;
-  argv[4] = idle;
+  const char *head[] = {"XCLAIM", r->kstream, GROUP, b->consumer, idle};
+  for (int i = 0; i < 5; i++)
+    argv_push(&a, head[i]);
   int k = 0;
   for (int i = 0; i < n; i++) {
     redisReply *e = rep->element[i];
     if (e->type != REDIS_REPLY_ARRAY || e->elements < 4)
       continue;
-    argv[5 + k] = e->element[0]->str;
+    argv_push(&a, e->element[0]->str);
     counts[k++] = (uint32_t)e->element[3]->integer;
   }
-  for (int i = 0; i < k + 5; i++)
-    lens[i] = strlen(argv[i]);
-  redisReply *cl = k ? redisCommandArgv(r->c, k + 5, argv, lens) : NULL;
+  redisReply *cl = k ? redisCommandArgv(r->c, a.n, a.v, a.len) : NULL;
   int got = 0;
   if (k && cl == NULL) {
     got = io_error(b, r, "XCLAIM");
@@ -853,13 +863,12 @@ static int reclaim_redis(lmp_broker_t *b, int64_t idle_ms, int max, lmp_broker_b
     /* The stream's count before this claim, matched by id. */
     for (int m = from; got > 0 && m < out->n; m++)
       for (int i = 0; i < k; i++)
-        if (strcmp(out->msg[m].id, argv[5 + i]) == 0)
+        if (strcmp(out->msg[m].id, a.v[5 + i]) == 0)
           out->msg[m].deliveries += counts[i];
   }
   if (cl)
     freeReplyObject(cl);
-  free(argv);
-  free(lens);
+  argv_free(&a);
   free(counts);
   freeReplyObject(rep);
   return got;
