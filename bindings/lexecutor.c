@@ -1,8 +1,8 @@
 /*
  * lexecutor.c -- the C half of lmp.Executor: the module entries and one
- * helper.  The Executor, its Futures, as_completed and wait are written in
- * Lua (scripts/lmp/executor.lua) over lmp.Pool's public surface, and loaded
- * the first time one of them is called.
+ * helper.  The Executor, its Futures, as_completed, wait and await are
+ * written in Lua (scripts/lmp/executor.lua) over lmp.Pool's public surface,
+ * and loaded the first time one of them is called.
  *
  * The helper waits on several descriptors at once.  Futures may come from
  * several executors, each with its own pool and its own pool:fileno(); to
@@ -62,7 +62,7 @@ static int l_poll_fds(lua_State *L)
 
 int lmpb_executor_open(lua_State *L)
 {
-  static const char *const lazy[] = {"Executor", "as_completed", "wait", NULL};
+  static const char *const lazy[] = {"Executor", "as_completed", "wait", "await", NULL};
   static const char *const consts[] = {"FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED", NULL};
   for (int i = 0; lazy[i]; i++) {
     lmpb_pushlazy(L, "lmp.executor", lazy[i]);

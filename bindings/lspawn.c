@@ -95,6 +95,15 @@ const char *lmpb_checkmethod(lua_State *L, int idx, int arg)
   return methods[i];
 }
 
+/* After the call, or after a yield inside it (lmp.await yields): every
+ * value on the stack is a result. */
+static int lazy_done(lua_State *L, int status, lua_KContext ctx)
+{
+  (void)status;
+  (void)ctx;
+  return lua_gettop(L);
+}
+
 static int lazy_call(lua_State *L)
 {
   int n = lua_gettop(L);
@@ -104,8 +113,8 @@ static int lazy_call(lua_State *L)
   lua_getfield(L, -1, lua_tostring(L, lua_upvalueindex(2)));
   lua_insert(L, 1);
   lua_pop(L, 1);
-  lua_call(L, n, LUA_MULTRET);
-  return lua_gettop(L);
+  lua_callk(L, n, LUA_MULTRET, 0, lazy_done);
+  return lazy_done(L, LUA_OK, 0);
 }
 
 void lmpb_pushlazy(lua_State *L, const char *module, const char *field)

@@ -780,6 +780,19 @@ static void set_timer(lmp_pool_t *p, int64_t at)
   p->timer_at = at == LMP_FOREVER ? 0 : at;
 }
 
+/* Nothing more can come (terminated, broken, or closed with every worker
+ * gone): leave lmp_pool_fd unreadable, the eventfd read and the timer
+ * disarmed, or an event loop watching it would wake for ever. */
+static void quiet(lmp_pool_t *p)
+{
+  uint64_t v;
+  if (p->efd >= 0) {
+    ssize_t r = read(p->efd, &v, sizeof v);
+    (void)r; /* EAGAIN: it was not readable */
+  }
+  set_timer(p, LMP_FOREVER);
+}
+
 static void break_pool(lmp_pool_t *p);
 
 /* Deaths whose replies have all been read: fail their tasks. */
@@ -1040,8 +1053,10 @@ int lmp_pool_wait(lmp_pool_t *p, lmp_pool_event_t *ev, int64_t deadline)
   for (;;) {
     if (pop_event(p, ev))
       return 0;
-    if (p->terminated || p->broken)
+    if (p->terminated || p->broken) {
+      quiet(p);
       return -EPIPE;
+    }
     feed(p);
     if ((rc = take_reply(p, ev)) != 0) {
       if (p->nvd)
@@ -1057,8 +1072,11 @@ int lmp_pool_wait(lmp_pool_t *p, lmp_pool_event_t *ev, int64_t deadline)
       if (p->evq_n || lmp_queue_qsize(p->replies))
         continue;
     }
-    if ((rc = ended(p)) != 0)
+    if ((rc = ended(p)) != 0) {
+      if (rc == -EPIPE)
+        quiet(p);
       return rc;
+    }
     if (now < deadline && expecting(p)) {
       if (!waiting)
         waiting = now;
@@ -1162,6 +1180,7 @@ void lmp_pool_terminate(lmp_pool_t *p)
   p->closing = 1;
   shut_down(p);
   p->evq_n = 0;
+  quiet(p);
 }
 
 int lmp_pool_fd(const lmp_pool_t *p)

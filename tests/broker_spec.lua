@@ -225,6 +225,38 @@ describe_redis("lmp.Pool on a Redis broker", function()
     ex:shutdown()
   end)
 
+  it("awaits its results from luv and cqueues coroutines, and with lmp.await", function()
+    local uv, cqueues = require "luv", require "cqueues"
+    local lu, lc = require "lmp.luv", require "lmp.cqueues"
+    local q = new_queue()
+    start_worker(q)
+    local p = pool(q)
+    local ex = lmp.Executor{broker = url(), queue = q, secret = SECRET}
+    local got = {}
+    lu.attach(p)
+    coroutine.wrap(function()
+      got.luv = lu.await(p:apply_async(function(x) return x + 1 end, {1}))
+      got.gather = lu.gather{ex:submit(function() return "a" end), p:apply_async(function() return "b" end)}
+      got.err = select(2, pcall(lu.await, ex:submit(function() error("remote") end))).kind
+      lu.detach(ex) -- await attached it; it goes on below
+      p:close() -- the loop ends once the pool has delivered everything
+    end)()
+    uv.run()
+    local cq = cqueues.new()
+    cq:wrap(function() got.cq = lc.await(ex:submit(function() return 3 end)) end)
+    assert(cq:loop(30))
+    local r = ex:submit(function() return 4 end)
+    local co = coroutine.wrap(function() return lmp.await(r) end)
+    local v = co()
+    while v == r do
+      lmp.sleep(0.01)
+      v = co()
+    end
+    got.await = v
+    assert.are.same({luv = 2, gather = {n = 2, "a", "b"}, err = "task", cq = 3, await = 4}, got)
+    ex:shutdown()
+  end)
+
   it("checks its options", function()
     local ok, e = pcall(lmp.Pool, {broker = url(), secret = "x", proccesses = 2})
     assert.is_false(ok)

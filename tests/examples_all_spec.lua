@@ -52,6 +52,17 @@ local checks = {
     "8 tasks of 10000000 iterations\n",
     "speedup [%d.]+x on %d+ cores; same results: true\n",
   },
+  ["event_loop_cqueues.lua"] = {
+    "^first result: 333332833333500000\n",
+    "last result: 333332833333500007 %(8 results%)\n",
+    "a failing task: false, kind task: no luck\n",
+    "echo round trips while the workers computed: %d+\n$",
+  },
+  ["event_loop_luv.lua"] = {
+    "^results: 333332833333500000, 333332833333500001, 333332833333500002, 333332833333500003\n",
+    "heartbeats while the workers computed: %d+\n",
+    "loop ended, executor shut down\n$",
+  },
   ["event.lua"] = {
     "^3 workers ready, start is set: false\n",
     "worker 1 worked %d+ steps of 10 ms until stop was set\n",

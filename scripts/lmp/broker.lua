@@ -24,6 +24,7 @@ local tointeger, mtype = math.tointeger, math.type
 local TAG_APPLY, TAG_MAP, TAG_STARMAP = 1, 2, 3
 local RESULT_BATCH = 512
 local MAX_AGE = 86400 -- seconds a signed result may have travelled
+local TICK = 0.05 -- seconds between looks of an event loop (lmp.luv, lmp.cqueues)
 
 -- === argument checks, worded as lauxlib words them ===
 
@@ -89,6 +90,13 @@ local AsyncResult = {}
 AsyncResult.__index = AsyncResult
 AsyncResult.__name = "lmp.AsyncResult"
 
+-- Call the functions an event-loop module left on a settled result.
+local function wake(res)
+  local ws = res._wake
+  res._wake = nil
+  for i = 1, #ws do ws[i](res) end
+end
+
 local function finish(res, ok, value)
   if res._done then return end
   res._done, res._ok, res._value = true, ok, value
@@ -96,6 +104,7 @@ local function finish(res, ok, value)
   local f
   if ok then f = res._cb else f = res._eb end
   if f then queue_callback(res._pool, f, value) end
+  if res._wake then queue_callback(res._pool, wake, res) end
   if res._tickets and not ok then
     for id in pairs(res._tickets) do res._pool._pending[id] = nil end
   end
@@ -105,6 +114,35 @@ end
 -- An apply task's handler is its result.
 function AsyncResult:_settle(status, v)
   if status == "ok" then finish(self, true, v) else finish(self, false, v) end
+end
+
+-- As a local pool's result: fn(res) once settled (lmp.await, lmp.luv,
+-- lmp.cqueues); false if it already is.
+function AsyncResult:_on_done(fn)
+  if self._done then return false end
+  local ws = self._wake
+  if not ws then
+    ws = {}
+    self._wake = ws
+  end
+  ws[#ws + 1] = fn
+  return true
+end
+
+-- The cqueues pollable protocol.  The connection's descriptor does not
+-- announce results reliably (see Pool:fileno), so no descriptor: a
+-- controller looks again every TICK seconds, at once when done.
+function AsyncResult:pollfd()
+  return nil
+end
+
+function AsyncResult:events()
+  return "r"
+end
+
+function AsyncResult:timeout()
+  if self._done then return 0 end
+  return TICK
 end
 
 -- The error a worker reports for a dead-lettered task.
@@ -518,6 +556,22 @@ end
 function Pool:fileno()
   if self._state == "terminate" then return -1 end
   return self._conn:fileno()
+end
+
+-- Event loops poll a broker pool every _tick seconds instead of watching
+-- its descriptor; the cqueues pollable protocol says the same.
+Pool._tick = TICK
+
+function Pool:pollfd()
+  return nil
+end
+
+function Pool:events()
+  return "r"
+end
+
+function Pool:timeout()
+  return TICK
 end
 
 function Pool:stats()

@@ -199,6 +199,23 @@ function Future:add_done_callback(fn)
   cbs[#cbs + 1] = fn
 end
 
+-- The cqueues pollable protocol (cqueues.poll(fut) in a controller): the
+-- pool's descriptor, read events, and a zero timeout once done.
+function Future:pollfd()
+  checkfuture(self, "pollfd")
+  return self._pool:pollfd()
+end
+
+function Future:events()
+  return "r"
+end
+
+function Future:timeout()
+  checkfuture(self, "timeout")
+  if self._res:ready() then return 0 end
+  return self._pool:timeout()
+end
+
 function Future:__tostring()
   local res, state = self._res, nil
   if not res:ready() then
@@ -379,6 +396,21 @@ end
 function Executor:poll()
   checkexecutor(self, "poll")
   return self._pool:poll()
+end
+
+-- The cqueues pollable protocol, as the pool's.
+function Executor:pollfd()
+  checkexecutor(self, "pollfd")
+  return self._pool:pollfd()
+end
+
+function Executor:events()
+  return "r"
+end
+
+function Executor:timeout()
+  checkexecutor(self, "timeout")
+  return self._pool:timeout()
 end
 
 --- The pool's counters and workers (see Pool:stats()).
@@ -637,7 +669,60 @@ local function wait(fs, opts)
   return done, not_done
 end
 
+-- === coroutines ===
+
+-- What lmp.await and the event-loop modules wait on: an AsyncResult (of a
+-- local or a broker pool) or a Future.  Returns the AsyncResult behind it
+-- and its pool; raises a bad argument otherwise.
+local function target(x, i, fname, where)
+  local mt = getmetatable(x)
+  if mt == Future and x._res then return x._res, x._pool end
+  if type(mt) == "table" and rawget(mt, "__name") == "lmp.AsyncResult" and x._pool then
+    return x, x._pool
+  end
+  argerror(i, fname, "lmp.AsyncResult or lmp.Future expected" .. (where or "") .. ", got " .. typename(x))
+end
+
+-- The value of a done (or, blocking, of any) AsyncResult or Future; raises
+-- its lmp.Error.
+local function value(x)
+  if getmetatable(x) == Future then return x:result() end
+  return x:get()
+end
+
+-- The pool of a Pool or an Executor; raises a bad argument otherwise.
+local function pool_of(x, i, fname)
+  local mt = getmetatable(x)
+  if mt == Executor then return x._pool end
+  if type(mt) == "table" and rawget(mt, "__name") == "lmp.Pool" and x._pending then return x end
+  typeerror(i, fname, "lmp.Pool or lmp.Executor", x)
+end
+
+--- lmp.await(x) -> x's value (raises its lmp.Error); x an AsyncResult or a
+--- Future.  In a coroutine other than the main one, each time it runs it
+--- delivers what x's pool has (pool:poll(), which never blocks), returns if
+--- x is done, and otherwise yields x, alone, to whoever resumed the
+--- coroutine; resume it with no values, once x:pollfd() is readable or
+--- whenever you like (an early resume only yields x again).  In the main
+--- coroutine, or one that cannot yield, it blocks as x:get() does.
+local function await(x)
+  local res, pool = target(x, 1, "await")
+  local _, main = coroutine.running()
+  if not main and coroutine.isyieldable() then
+    while not res:ready() do
+      pool:poll()
+      if res:ready() then break end
+      coroutine.yield(x)
+    end
+  end
+  return value(x)
+end
+
 return {
+  await = await,
+  _target = target,
+  _value = value,
+  _pool_of = pool_of,
   Executor = new,
   as_completed = as_completed,
   wait = wait,

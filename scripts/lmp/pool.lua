@@ -83,7 +83,15 @@ return function(lmp, core)
   AsyncResult.__index = AsyncResult
   AsyncResult.__name = "lmp.AsyncResult"
 
-  -- Settle a result once: queue its callback or error callback.
+  -- Call the functions an event-loop module left on a settled result.
+  local function wake(res)
+    local ws = res._wake
+    res._wake = nil
+    for i = 1, #ws do ws[i](res) end
+  end
+
+  -- Settle a result once: queue its callback or error callback, then its
+  -- wake-ups.
   local function finish(res, ok, value)
     if res._done then return end
     res._done, res._ok, res._value = true, ok, value
@@ -94,6 +102,7 @@ return function(lmp, core)
     elseif not ok and res._eb then
       queue_callback(pool, res._eb, value)
     end
+    if res._wake then queue_callback(pool, wake, res) end
     local tickets = res._tickets
     if tickets and not ok then
       -- A failed map: chunks no worker has seen are not run at all.
@@ -113,6 +122,21 @@ return function(lmp, core)
     local f
     if ok then f = self._cb else f = self._eb end
     if f then queue_callback(self._pool, f, v) end
+    if self._wake then queue_callback(self._pool, wake, self) end
+  end
+
+  -- For lmp.await, lmp.luv and lmp.cqueues: fn(res) once the result is
+  -- settled, from the pool's callback queue (so after its own callback),
+  -- whichever lmp call delivers it.  False, and no call, if it already is.
+  function AsyncResult:_on_done(fn)
+    if self._done then return false end
+    local ws = self._wake
+    if not ws then
+      ws = {}
+      self._wake = ws
+    end
+    ws[#ws + 1] = fn
+    return true
   end
 
   -- Take one event and settle its handler; nil, or "timeout" / "closed".
@@ -225,6 +249,21 @@ return function(lmp, core)
 
   function AsyncResult:cancelled()
     return self._cancelled == true
+  end
+
+  -- The cqueues pollable protocol (cqueues.poll(res) in a controller): the
+  -- pool's descriptor, read events, and a zero timeout once done.
+  function AsyncResult:pollfd()
+    return self._pool._c:fileno()
+  end
+
+  function AsyncResult:events()
+    return "r"
+  end
+
+  function AsyncResult:timeout()
+    if self._done then return 0 end
+    return nil
   end
 
   function AsyncResult:__tostring()
@@ -611,8 +650,22 @@ return function(lmp, core)
     return n
   end
 
+  --- A descriptor that turns readable when results may be waiting; poll()
+  --- resets it.
   function Pool:fileno()
     return self._c:fileno()
+  end
+
+  -- The cqueues pollable protocol: cqueues.poll(pool) returns once results
+  -- may be waiting (then pool:poll() delivers them).
+  Pool.pollfd = Pool.fileno
+
+  function Pool:events()
+    return "r"
+  end
+
+  function Pool:timeout()
+    return nil
   end
 
   --- Observability: counters and one entry per worker slot.
