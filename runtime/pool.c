@@ -927,7 +927,7 @@ static int take_reply(lmp_pool_t *p, lmp_pool_event_t *ev)
   settle(p, seq);
   learn(p, hd.took_ns);
   p->stats.done++;
-  p->stats.errors += hd.status != 0;
+  p->stats.errors += LMP_POOL_STATUS_FAILED(hd.status);
   p->start_deaths = 0;
   return 1;
 }
@@ -1187,7 +1187,11 @@ int lmp_pool_slot(lmp_pool_t *p, int i, lmp_pool_slot_info_t *out)
   out->failed = LOAD(s->failed);
   if (out->state == LMP_POOL_BUSY) {
     uint64_t seq = full_seq(p, (uint32_t)(word & SEQ_MASK));
-    out->task = seq == UINT64_MAX ? 0 : sent_at(p, seq)->id;
+    if (seq == UINT64_MAX || sent_at(p, seq)->final) {
+      out->state = LMP_POOL_IDLE; /* answered; about to say so */
+      return 0;
+    }
+    out->task = sent_at(p, seq)->id;
     out->item = LOAD(s->item);
     out->started_ns = start;
   }
@@ -1534,14 +1538,15 @@ static int push_reply(lmp_pool_worker_t *w, uint32_t kind, uint32_t status, cons
 int lmp_pool_worker_reply(lmp_pool_worker_t *w, uint32_t status, const struct iovec *iov,
                           int iovcnt)
 {
+  /* Counted first, so whoever reads the reply finds it counted. */
+  if (!LMP_POOL_STATUS_FAILED(status))
+    atomic_fetch_add(&w->slot->done, 1);
+  else
+    atomic_fetch_add(&w->slot->failed, 1);
   int rc = push_reply(w, R_DONE, status, iov, iovcnt);
   if (rc < 0)
     return rc;
   /* Only now idle: a death before this line finds the reply in the ring. */
-  if (status == 0)
-    atomic_fetch_add(&w->slot->done, 1);
-  else
-    atomic_fetch_add(&w->slot->failed, 1);
   STORE(w->slot->word, slot_word(LMP_POOL_IDLE, w->seq));
   w->count++;
   return 0;

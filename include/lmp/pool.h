@@ -131,8 +131,10 @@ typedef struct lmp_pool_slot_info {
   uint32_t item;      /* BUSY: the item it last reported (lmp_pool_worker_progress) */
   int64_t started_ns; /* BUSY: when that task (or item) started, monotonic */
   uint64_t done;      /* tasks this worker replied to ... */
-  uint64_t failed;    /* ... with a status other than 0 */
+  uint64_t failed;    /* ... with a failed status (see lmp_pool_worker_reply) */
 } lmp_pool_slot_info_t;
+
+#define LMP_POOL_STATUS_FAILED(status) (((status)&0xffffu) != 0)
 
 /* Worker i's slot, read from shared memory.  0, or -EINVAL for a bad i. */
 int lmp_pool_slot(lmp_pool_t *p, int i, lmp_pool_slot_info_t *out);
@@ -143,7 +145,7 @@ typedef struct lmp_pool_stats {
   uint64_t done;     /* DONE events */
   uint64_t failed;   /* LOST and TIMEOUT events */
   uint64_t restarts; /* workers forked to replace others */
-  uint64_t errors;   /* DONE events whose status was not 0 (counted in done too) */
+  uint64_t errors;   /* DONE events with a failed status (counted in done too) */
   uint64_t recycled; /* workers retired for max_memory (counted in restarts when replaced) */
   double rate;       /* events per second over the last few seconds */
 } lmp_pool_stats_t;
@@ -193,8 +195,9 @@ typedef struct lmp_pool_task {
 /* Take the next task (blocks).  0; -EPIPE when the worker should return from
  * its body (the pool is closing, or maxtasksperchild is reached). */
 int lmp_pool_worker_next(lmp_pool_worker_t *w, lmp_pool_task_t *t);
-/* Reply to the task taken last: status (0 counts as success in the slot's
- * counters) and payload gathered from iov[0..iovcnt) (at most 7 parts). */
+/* Reply to the task taken last: status (0 in its low 16 bits counts as
+ * success in the counters; the high bits are the caller's flags) and payload
+ * gathered from iov[0..iovcnt) (at most 7 parts). */
 int lmp_pool_worker_reply(lmp_pool_worker_t *w, uint32_t status, const struct iovec *iov,
                           int iovcnt);
 /* Report that item `item` of the current task starts now: task_timeout then
