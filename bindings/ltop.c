@@ -188,10 +188,17 @@ static int l_size(lua_State *L)
   return 2;
 }
 
+/* isatty(fd) -> boolean */
+static int l_isatty(lua_State *L)
+{
+  lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
+  return 1;
+}
+
 static const luaL_Reg funcs[] = {
-    {"programs", l_programs}, {"pools", l_pools}, {"peek", l_peek},
-    {"usage", l_usage},       {"raw", l_raw},     {"restore", l_restore},
-    {"key", l_key},           {"size", l_size},   {NULL, NULL},
+    {"programs", l_programs}, {"pools", l_pools},     {"peek", l_peek}, {"usage", l_usage},
+    {"raw", l_raw},           {"restore", l_restore}, {"key", l_key},   {"size", l_size},
+    {"isatty", l_isatty},     {NULL, NULL},
 };
 
 static int loader(lua_State *L)

@@ -832,6 +832,7 @@ static int live_workers(lmp_pool_t *p)
 }
 
 static void publish(lmp_pool_t *p, int64_t now);
+static void publish_counts(lmp_pool_t *p);
 
 static void maintain(lmp_pool_t *p, int64_t now)
 {
@@ -928,6 +929,7 @@ static int take_reply(lmp_pool_t *p, lmp_pool_event_t *ev)
   learn(p, hd.took_ns);
   p->stats.done++;
   p->stats.errors += LMP_POOL_STATUS_FAILED(hd.status);
+  publish_counts(p);
   p->start_deaths = 0;
   return 1;
 }
@@ -1233,15 +1235,22 @@ static double rate(lmp_pool_t *p, int64_t now)
   return dt > 0 ? (double)(events(p) - p->rs[i].n) * 1e9 / (double)dt : 0;
 }
 
-/* Publish the counters in the shared header, for observers. */
-static void publish(lmp_pool_t *p, int64_t now)
+/* Publish the counters in the shared header, for observers: the counts
+ * with each reply (a few plain stores), the rest now and then. */
+static void publish_counts(lmp_pool_t *p)
 {
   struct phdr *h = p->h;
   atomic_store_explicit(&h->pub_queued, p->bl_live + lmp_queue_qsize(p->tasks),
                         memory_order_relaxed);
   atomic_store_explicit(&h->pub_done, p->stats.done, memory_order_relaxed);
-  atomic_store_explicit(&h->pub_failed, p->stats.failed, memory_order_relaxed);
   atomic_store_explicit(&h->pub_errors, p->stats.errors, memory_order_relaxed);
+}
+
+static void publish(lmp_pool_t *p, int64_t now)
+{
+  struct phdr *h = p->h;
+  publish_counts(p);
+  atomic_store_explicit(&h->pub_failed, p->stats.failed, memory_order_relaxed);
   atomic_store_explicit(&h->pub_restarts, p->stats.restarts, memory_order_relaxed);
   atomic_store_explicit(&h->pub_rate, (uint64_t)(rate(p, now) * 1000), memory_order_relaxed);
 }
