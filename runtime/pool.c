@@ -38,6 +38,11 @@
  * (adapt_spin), so hand-offs take a microsecond on idle CPUs and nobody
  * burns a CPU another process needs when they are busy.
  *
+ * Observers.  The header also carries counters the parent publishes as it
+ * goes, and each slot the id of its task, so a process outside the family
+ * (lmp top) can read a pool without asking its owner; the pool is listed
+ * in a registry of the family's pools (see the end of this file).
+ *
  * Start-up failures.  A worker that fails its initializer reports it
  * (lmp_pool_worker_fail_init); one that exits before it took its first task
  * is treated the same way, and so is the third in a row killed by a signal
