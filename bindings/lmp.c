@@ -173,6 +173,8 @@ LMP_API int luaopen_lmp(lua_State *L)
   lmpb_pipe_open(L);
   lmpb_queue_open(L);
   lmpb_pool_open(L);
+  lmpb_profile_open(L);
+  lmpb_top_open(L);
   lmpb_broker_open(L);
   lmpb_executor_open(L);
   lmpb_start_open(L);

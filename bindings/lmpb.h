@@ -73,6 +73,8 @@ int lmpb_process_open(lua_State *L);
 int lmpb_pipe_open(lua_State *L);
 int lmpb_queue_open(lua_State *L);
 int lmpb_pool_open(lua_State *L);
+int lmpb_profile_open(lua_State *L); /* lmp._profile_start, _profile_stop (lprofile.c) */
+int lmpb_top_open(lua_State *L);     /* require "lmp._top", for lmp top (ltop.c) */
 int lmpb_broker_open(lua_State *L); /* lmp.Pool{broker = url} (lbroker.c) */
 int lmpb_executor_open(lua_State *L); /* Executor, as_completed, wait (lexecutor.c) */
 int lmpb_start_open(lua_State *L); /* start methods (lspawn.c) */
@@ -166,6 +168,19 @@ int64_t lmpb_optdeadline(lua_State *L, int arg);
 void lmpb_checkoptions(lua_State *L, int idx, const char *const known[]);
 /* Push nil and the reason for an expected outcome; returns 2. */
 int lmpb_fail(lua_State *L, const char *reason);
+
+/* The sampling profiler (lprofile.c): start on thread L (0, or -1 if one
+ * runs already), stop and append the samples as text to out, and forget a
+ * profile inherited through fork. */
+int lmpb_profile_start(lua_State *L);
+void lmpb_profile_stop(lmp_buf_t *out);
+void lmpb_profile_reset(lua_State *L);
+
+/* A pool's counters and one worker slot as pool:stats() shows them (lpool.c). */
+struct lmp_pool_stats;
+struct lmp_pool_slot_info;
+void lmpb_push_stats(lua_State *L, const struct lmp_pool_stats *st);
+void lmpb_push_slot(lua_State *L, const struct lmp_pool_slot_info *s, int64_t now);
 /* Map an unexpected runtime code to a Lua error. */
 int lmpb_rterror(lua_State *L, const char *what, int code);
 

@@ -47,6 +47,9 @@
 
 enum { TAG_APPLY = 1, TAG_MAP = 2, TAG_STARMAP = 3 };
 enum { ST_OK = 0, ST_ERROR = 1, ST_PARTIAL = 2 };
+/* A task tag with TAG_PROFILE runs under the sampler (lprofile.c); its reply
+ * then has ST_PROFILED in its status and ends in [samples][u32 length]. */
+enum { TAG_PROFILE = 0x100, ST_PROFILED = 0x10000 };
 
 static const char K_FNRECS; /* registry: reusable function -> its record (weak keys) */
 static const char K_CTOR;   /* registry: the Lua constructor, once loaded */
@@ -57,6 +60,9 @@ static lua_Integer fn_encodes, fn_loads;
 
 /* A worker's buffer for replies of plain values. */
 static lmp_buf_t worker_buf;
+/* A worker's samples of the task it runs, when it is profiled. */
+static lmp_buf_t prof_buf;
+static int profiling;
 
 typedef struct lpool {
   lmp_pool_t *pool; /* NULL until created, and after free */
@@ -720,7 +726,19 @@ static int core_wait(lua_State *L)
     return lmpb_rterror(L, "wait", rc);
   lua_Integer first;
   int sink = ev.id && take_sink(L, (lua_Integer)ev.id, &first);
-  int top = lua_gettop(L);
+  int top = lua_gettop(L), nres = 3, prof = 0;
+  if (ev.type == LMP_POOL_DONE && (ev.status & ST_PROFILED)) { /* the samples go fourth */
+    uint32_t plen = 0;
+    if (ev.len >= 4)
+      memcpy(&plen, (const char *)ev.data + ev.len - 4, 4);
+    if (ev.len < 4 || plen > ev.len - 4)
+      plen = 0;
+    ev.len -= ev.len >= 4 ? 4 + (size_t)plen : ev.len;
+    ev.status &= ~(uint32_t)ST_PROFILED;
+    lua_pushlstring(L, (const char *)ev.data + ev.len, plen);
+    prof = lua_gettop(L);
+    nres = 4;
+  }
   lua_pushinteger(L, (lua_Integer)ev.id);
   switch (ev.type) {
   case LMP_POOL_DONE:
@@ -729,12 +747,16 @@ static int core_wait(lua_State *L)
       if (n >= 0) {
         lua_pushliteral(L, "stored");
         lua_pushinteger(L, n);
-        return 3;
+        if (prof)
+          lua_pushvalue(L, prof);
+        return nres;
       }
     }
     lua_pushstring(L, ev.status == ST_OK ? "ok" : ev.status == ST_PARTIAL ? "partial" : "error");
     lmpb_decode(L, ev.data, ev.len, 1);
-    break;
+    if (prof)
+      lua_pushvalue(L, prof);
+    return nres;
   case LMP_POOL_BROKEN:
     lua_pushliteral(L, "broken");
     if (ev.len)
@@ -792,10 +814,55 @@ static int core_fileno(lua_State *L)
   return 1;
 }
 
-/* c:workers() -> {{pid =, state =, task =, item =, running_for =, done =, failed =}, ...} */
-static int core_workers(lua_State *L)
+static void setint(lua_State *L, const char *k, lua_Integer v)
+{
+  lua_pushinteger(L, v);
+  lua_setfield(L, -2, k);
+}
+
+void lmpb_push_slot(lua_State *L, const lmp_pool_slot_info_t *s, int64_t now)
 {
   static const char *const states[] = {"none", "starting", "idle", "busy", "exiting"};
+  lua_createtable(L, 0, 9);
+  if (s->pid) {
+    setint(L, "pid", s->pid);
+    lmp_proc_usage_t u;
+    if (lmp_proc_usage(s->pid, &u) == 0) {
+      lua_pushnumber(L, (lua_Number)u.cpu_ns / 1e9);
+      lua_setfield(L, -2, "cpu");
+      setint(L, "rss", (lua_Integer)u.rss);
+    }
+  }
+  lua_pushstring(L, states[s->state >= 0 && s->state <= LMP_POOL_EXITING ? s->state : 0]);
+  lua_setfield(L, -2, "state");
+  if (s->state == LMP_POOL_BUSY) {
+    setint(L, "task", (lua_Integer)s->task);
+    setint(L, "item", (lua_Integer)s->item + 1);
+    lua_pushnumber(L, (lua_Number)(now - s->started_ns) / 1e9);
+    lua_setfield(L, -2, "running_for");
+  }
+  setint(L, "done", (lua_Integer)s->done);
+  setint(L, "failed", (lua_Integer)s->failed);
+}
+
+void lmpb_push_stats(lua_State *L, const lmp_pool_stats_t *st)
+{
+  lua_createtable(L, 0, 8);
+  setint(L, "queued", (lua_Integer)st->queued);
+  setint(L, "running", (lua_Integer)st->running);
+  /* As the workers' counters do: a task that raised failed. */
+  setint(L, "done", (lua_Integer)(st->done - st->errors));
+  setint(L, "failed", (lua_Integer)(st->failed + st->errors));
+  setint(L, "restarts", (lua_Integer)st->restarts);
+  setint(L, "recycled", (lua_Integer)st->recycled);
+  lua_pushnumber(L, st->rate);
+  lua_setfield(L, -2, "rate");
+}
+
+/* c:workers() -> {{pid =, state =, task =, item =, running_for =, done =, failed =,
+ * cpu =, rss =}, ...} */
+static int core_workers(lua_State *L)
+{
   lpool *lp = checkcore(L);
   int n = lmp_pool_processes(lp->pool);
   int64_t now = lmp_now_ns();
@@ -803,47 +870,19 @@ static int core_workers(lua_State *L)
   for (int i = 0; i < n; i++) {
     lmp_pool_slot_info_t s;
     lmp_pool_slot(lp->pool, i, &s);
-    lua_createtable(L, 0, 7);
-    if (s.pid) {
-      lua_pushinteger(L, s.pid);
-      lua_setfield(L, -2, "pid");
-    }
-    lua_pushstring(L, states[s.state >= 0 && s.state <= LMP_POOL_EXITING ? s.state : 0]);
-    lua_setfield(L, -2, "state");
-    if (s.state == LMP_POOL_BUSY) {
-      lua_pushinteger(L, (lua_Integer)s.task);
-      lua_setfield(L, -2, "task");
-      lua_pushinteger(L, (lua_Integer)s.item + 1);
-      lua_setfield(L, -2, "item");
-      lua_pushnumber(L, (lua_Number)(now - s.started_ns) / 1e9);
-      lua_setfield(L, -2, "running_for");
-    }
-    lua_pushinteger(L, (lua_Integer)s.done);
-    lua_setfield(L, -2, "done");
-    lua_pushinteger(L, (lua_Integer)s.failed);
-    lua_setfield(L, -2, "failed");
+    lmpb_push_slot(L, &s, now);
     lua_rawseti(L, -2, i + 1);
   }
   return 1;
 }
 
-/* c:stats() -> {queued =, running =, done =, failed =, restarts =} */
+/* c:stats() -> {queued =, running =, done =, failed =, restarts =, recycled =, rate =} */
 static int core_stats(lua_State *L)
 {
   lpool *lp = checkcore(L);
   lmp_pool_stats_t st;
   lmp_pool_stats(lp->pool, &st);
-  lua_createtable(L, 0, 5);
-  lua_pushinteger(L, (lua_Integer)st.queued);
-  lua_setfield(L, -2, "queued");
-  lua_pushinteger(L, (lua_Integer)st.running);
-  lua_setfield(L, -2, "running");
-  lua_pushinteger(L, (lua_Integer)st.done);
-  lua_setfield(L, -2, "done");
-  lua_pushinteger(L, (lua_Integer)st.failed);
-  lua_setfield(L, -2, "failed");
-  lua_pushinteger(L, (lua_Integer)st.restarts);
-  lua_setfield(L, -2, "restarts");
+  lmpb_push_stats(L, &st);
   return 1;
 }
 
@@ -919,8 +958,22 @@ static void sanitize_error(lua_State *L, int idx)
 
 static void reply(lmp_pool_worker_t *w, uint32_t status, const lmp_buf_t *b)
 {
-  struct iovec v = {b->data, b->len};
-  int rc = lmp_pool_worker_reply(w, status, &v, 1);
+  struct iovec v[3] = {{b->data, b->len}};
+  int n = 1;
+  uint32_t plen;
+  if (profiling) {
+    profiling = 0;
+    prof_buf.len = 0;
+    lmpb_profile_stop(&prof_buf);
+    plen = (uint32_t)prof_buf.len;
+    v[1].iov_base = prof_buf.data;
+    v[1].iov_len = prof_buf.len;
+    v[2].iov_base = &plen;
+    v[2].iov_len = 4;
+    n = 3;
+    status |= ST_PROFILED;
+  }
+  int rc = lmp_pool_worker_reply(w, status, v, n);
   if (rc < 0) {
     fprintf(stderr, "lmp pool worker %d: cannot reply: %s\n", (int)getpid(), lmp_strerror(rc));
     lmp_proc_exit(1);
@@ -1022,7 +1075,7 @@ static int parse_task(task *t, const lmp_pool_task_t *pt)
   memcpy(&n, p + 8, 4);
   if (n > pt->len - 16)
     return -1;
-  t->tag = pt->tag;
+  t->tag = pt->tag & ~(uint32_t)TAG_PROFILE;
   t->fn = p + 12;
   t->fnlen = n;
   memcpy(&t->count, p + 12 + n, 4);
@@ -1267,6 +1320,8 @@ static void run_task(lua_State *L, lmp_pool_worker_t *w, const lmp_pool_task_t *
     return;
   }
   int fn = lua_gettop(L) - 1;
+  if (pt->tag & TAG_PROFILE)
+    profiling = lmpb_profile_start(L) == 0;
   if (t.tag == TAG_APPLY)
     run_apply(L, w, &t, fn);
   else
@@ -1332,6 +1387,7 @@ static int worker_loop(lua_State *L)
 static int run_worker(lmp_pool_worker_t *w, lpool *lp)
 {
   lua_State *L = lp->L;
+  lmpb_profile_reset(L); /* a new thread inherits the hook */
   lua_State *co = lua_newthread(L);
   lua_pushcfunction(co, worker_loop);
   lua_pushlightuserdata(co, w);
@@ -1428,13 +1484,15 @@ static int l_pool_worker(lua_State *L)
 }
 
 /* core.new(processes, maxtasksperchild, task_timeout, initializer, initargs,
- * start_method) */
+ * max_memory, start_method) */
 static int l_new(lua_State *L)
 {
   lua_Integer n = luaL_checkinteger(L, 1);
   lua_Integer max = luaL_optinteger(L, 2, 0);
   lua_Number timeout = luaL_optnumber(L, 3, 0);
-  const char *method = lmpb_checkmethod(L, 6, 6);
+  lua_Integer maxmem = luaL_optinteger(L, 6, 0);
+  luaL_argcheck(L, maxmem >= 0, 6, "bad max_memory");
+  const char *method = lmpb_checkmethod(L, 7, 7);
   luaL_argcheck(L, n >= 1 && n <= 4096, 1, "processes must be between 1 and 4096");
   luaL_argcheck(L, max >= 0 && max <= UINT32_MAX, 2, "bad maxtasksperchild");
   luaL_argcheck(L, timeout >= 0 && timeout < 9e9, 3, "bad task_timeout");
@@ -1474,6 +1532,7 @@ static int l_new(lua_State *L)
   cfg.processes = (int)n;
   cfg.maxtasksperchild = (uint32_t)max;
   cfg.task_timeout_ns = (int64_t)(timeout * 1e9);
+  cfg.max_memory = (uint64_t)maxmem;
   cfg.body = worker_body;
   if (strcmp(lp->method, "fork") != 0)
     cfg.start = start_worker;

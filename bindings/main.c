@@ -6,6 +6,7 @@
  *   lmp -l name             require a module into a global of that name
  *   lmp -i                  enter the REPL after the script
  *   lmp                     REPL
+ *   lmp worker ... | lmp top ...   subcommands (scripts/lmp/<name>.lua)
  *   lmp --version | --help
  *
  * The module is linked in and registered as package.loaded.lmp (and the
@@ -43,7 +44,12 @@ static const char usage[] = "usage: lmp [options] [script [args]]\n"
                             "\n"
                             "       lmp worker BROKER_URL [--queue q] [--processes n]\n"
                             "       lmp worker --status BROKER_URL\n"
-                            "  serve (or list the workers of) a broker queue; see docs/lua-api.md\n";
+                            "  serve (or list the workers of) a broker queue; see docs/lua-api.md\n"
+                            "\n"
+                            "       lmp top [PID] [--once] [--interval S]\n"
+                            "  list this user's running lmp programs, or show PID's pools live\n"
+                            "  (workers, state, task age, CPU%, RSS, throughput, queue; q quits);\n"
+                            "  --once prints one plain-text snapshot\n";
 
 static const char *progname = "lmp";
 
@@ -203,7 +209,7 @@ static void openlmp(lua_State *L)
 
 /* `lmp NAME args...` for each NAME here runs lmp.NAME's main(argv), which
  * returns the exit status.  (A script file of that name runs as `lmp ./NAME`.) */
-static const char *const subcommands[] = {"worker", NULL};
+static const char *const subcommands[] = {"worker", "top", NULL};
 
 static int issubcommand(int argc, char **argv)
 {

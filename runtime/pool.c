@@ -38,6 +38,11 @@
  * (adapt_spin), so hand-offs take a microsecond on idle CPUs and nobody
  * burns a CPU another process needs when they are busy.
  *
+ * Observers.  The header also carries counters the parent publishes as it
+ * goes, and each slot the id of its task, so a process outside the family
+ * (lmp top) can read a pool without asking its owner; the pool is listed
+ * in a registry of the family's pools (see the end of this file).
+ *
  * Start-up failures.  A worker that fails its initializer reports it
  * (lmp_pool_worker_fail_init); one that exits before it took its first task
  * is treated the same way, and so is the third in a row killed by a signal
@@ -46,7 +51,9 @@
  */
 #include "lmp/pool.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
@@ -60,6 +67,7 @@
 #include <sys/eventfd.h>
 #include <linux/futex.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
@@ -83,6 +91,10 @@
 #define QUEUED_MIN 2       /* tasks per worker in the ring, at least ... */
 #define QUEUED_MAX 256     /* ... and at most */
 
+#define RATE_SAMPLES 16           /* the rate is taken over samples of the event count ... */
+#define RATE_EVERY_NS 500000000LL /* ... this far apart ... */
+#define RATE_SPAN_NS 5000000000LL /* ... reaching this far back */
+
 enum { R_DONE = 1, R_INIT_FAILED = 2 };
 
 /* === shared memory === */
@@ -95,7 +107,8 @@ struct slot {
   _Atomic int32_t pid;
   _Atomic uint32_t item;
   _Atomic uint64_t done, failed;
-  char pad[64 - 40];
+  _Atomic uint64_t task; /* the id of the task taken last, for observers */
+  char pad[64 - 48];
 };
 _Static_assert(sizeof(struct slot) == 64, "one line per slot");
 
@@ -104,11 +117,17 @@ struct phdr {
   uint32_t nslots;
   uint32_t maxtasks; /* the config, for workers that attach (lmp_pool_worker_attach) */
   uint32_t timed;
+  uint64_t max_memory;
   _Alignas(64) _Atomic uint32_t signalled; /* the eventfd was written since the parent cleared it */
   /* Idle workers: tasks pushed (the futex word), workers spinning, asleep. */
   _Alignas(64) _Atomic uint32_t tseq;
   _Atomic uint32_t spinners, sleepers;
   _Atomic uint32_t waking; /* a woken worker has not come up yet */
+
+  _Atomic uint64_t recycled; /* workers that retired for max_memory */
+  /* The parent's counters, published for observers (lmp_pool_peek). */
+  _Alignas(64) _Atomic uint64_t pub_queued, pub_done, pub_failed, pub_errors, pub_restarts;
+  _Atomic uint64_t pub_rate; /* events per second, times 1000 */
   _Alignas(64) struct slot slots[];
 };
 
@@ -116,6 +135,7 @@ struct phdr {
 struct thdr {
   uint32_t tag;
   uint32_t pad;
+  uint64_t id;
 };
 
 struct rhdr {
@@ -197,6 +217,13 @@ struct lmp_pool {
   uint32_t high;    /* tasks kept in the ring */
   int spawn_error;
   lmp_pool_stats_t stats;
+  /* events counted now and then, for the rate (rate_sample) */
+  struct {
+    int64_t t;
+    uint64_t n;
+  } rs[RATE_SAMPLES];
+  unsigned rs_head, rs_n;
+  int listed; /* in the registry of pools */
 };
 
 struct lmp_pool_worker {
@@ -394,7 +421,7 @@ static void wake_worker(lmp_pool_t *p, int all)
 /* Hand one task to the ring. */
 static int push_task(lmp_pool_t *p, uint64_t id, uint32_t tag, const struct iovec *iov, int n)
 {
-  struct thdr hd = {tag, 0};
+  struct thdr hd = {tag, 0, id};
   struct iovec v[MAX_PARTS + 1];
   v[0].iov_base = &hd;
   v[0].iov_len = sizeof hd;
@@ -856,9 +883,13 @@ static int live_workers(lmp_pool_t *p)
   return n;
 }
 
+static void publish(lmp_pool_t *p, int64_t now);
+static void publish_counts(lmp_pool_t *p);
+
 static void maintain(lmp_pool_t *p, int64_t now)
 {
   p->last_check = now;
+  publish(p, now);
   if (p->timer_at && p->timer_at <= now) {
     uint64_t n;
     ssize_t r = read(p->tfd, &n, sizeof n); /* the expiry that woke us */
@@ -949,6 +980,8 @@ static int take_reply(lmp_pool_t *p, lmp_pool_event_t *ev)
   settle(p, seq);
   learn(p, hd.took_ns);
   p->stats.done++;
+  p->stats.errors += LMP_POOL_STATUS_FAILED(hd.status);
+  publish_counts(p);
   p->start_deaths = 0;
   return 1;
 }
@@ -1098,6 +1131,7 @@ int lmp_pool_wait(lmp_pool_t *p, lmp_pool_event_t *ev, int64_t deadline)
     atomic_store(&p->h->signalled, 0);
     if (lmp_queue_qsize(p->replies))
       continue;
+    publish(p, lmp_now_ns());
     if (p->tfd >= 0)
       set_timer(p, check_timeouts(p, lmp_now_ns()));
     sleep_until(p, deadline);
@@ -1213,11 +1247,70 @@ int lmp_pool_slot(lmp_pool_t *p, int i, lmp_pool_slot_info_t *out)
   out->failed = LOAD(s->failed);
   if (out->state == LMP_POOL_BUSY) {
     uint64_t seq = full_seq(p, (uint32_t)(word & SEQ_MASK));
-    out->task = seq == UINT64_MAX ? 0 : sent_at(p, seq)->id;
+    if (seq == UINT64_MAX || sent_at(p, seq)->final) {
+      out->state = LMP_POOL_IDLE; /* answered; about to say so */
+      return 0;
+    }
+    out->task = sent_at(p, seq)->id;
     out->item = LOAD(s->item);
     out->started_ns = start;
   }
   return 0;
+}
+
+/* === counters, and their rate === */
+
+static uint64_t events(const lmp_pool_t *p)
+{
+  return p->stats.done + p->stats.failed;
+}
+
+/* Keep a sample of the event count every RATE_EVERY_NS or more. */
+static void rate_sample(lmp_pool_t *p, int64_t now)
+{
+  unsigned last = (p->rs_head + p->rs_n - 1) % RATE_SAMPLES;
+  if (p->rs_n && now - p->rs[last].t < RATE_EVERY_NS)
+    return;
+  if (p->rs_n == RATE_SAMPLES) {
+    p->rs_head = (p->rs_head + 1) % RATE_SAMPLES;
+    p->rs_n--;
+  }
+  unsigned i = (p->rs_head + p->rs_n++) % RATE_SAMPLES;
+  p->rs[i].t = now;
+  p->rs[i].n = events(p);
+}
+
+/* Events per second since the oldest sample at most RATE_SPAN_NS old (or,
+ * when there is none, the newest one). */
+static double rate(lmp_pool_t *p, int64_t now)
+{
+  rate_sample(p, now);
+  unsigned k = 0;
+  while (k + 1 < p->rs_n && now - p->rs[(p->rs_head + k) % RATE_SAMPLES].t > RATE_SPAN_NS)
+    k++;
+  const unsigned i = (p->rs_head + k) % RATE_SAMPLES;
+  int64_t dt = now - p->rs[i].t;
+  return dt > 0 ? (double)(events(p) - p->rs[i].n) * 1e9 / (double)dt : 0;
+}
+
+/* Publish the counters in the shared header, for observers: the counts
+ * with each reply (a few plain stores), the rest now and then. */
+static void publish_counts(lmp_pool_t *p)
+{
+  struct phdr *h = p->h;
+  atomic_store_explicit(&h->pub_queued, p->bl_live + lmp_queue_qsize(p->tasks),
+                        memory_order_relaxed);
+  atomic_store_explicit(&h->pub_done, p->stats.done, memory_order_relaxed);
+  atomic_store_explicit(&h->pub_errors, p->stats.errors, memory_order_relaxed);
+}
+
+static void publish(lmp_pool_t *p, int64_t now)
+{
+  struct phdr *h = p->h;
+  publish_counts(p);
+  atomic_store_explicit(&h->pub_failed, p->stats.failed, memory_order_relaxed);
+  atomic_store_explicit(&h->pub_restarts, p->stats.restarts, memory_order_relaxed);
+  atomic_store_explicit(&h->pub_rate, (uint64_t)(rate(p, now) * 1000), memory_order_relaxed);
 }
 
 void lmp_pool_stats(lmp_pool_t *p, lmp_pool_stats_t *out)
@@ -1228,6 +1321,10 @@ void lmp_pool_stats(lmp_pool_t *p, lmp_pool_stats_t *out)
   out->running = 0;
   for (uint64_t s = p->sent_lo; s < p->pushed - inring; s++)
     out->running += !sent_at(p, s)->final;
+  out->recycled = LOAD(p->h->recycled);
+  int64_t now = lmp_now_ns();
+  out->rate = rate(p, now);
+  publish(p, now);
 }
 
 /* === create and free === */
@@ -1255,11 +1352,14 @@ static void free_memory(lmp_pool_t *p)
   free(p);
 }
 
+static void registry_remove(lmp_pool_t *p);
+
 void lmp_pool_free(lmp_pool_t *p)
 {
   if (!p)
     return;
   unlist(p);
+  registry_remove(p);
   if (p->owner != getpid()) {
     /* A forked copy: the workers and segments are the owner's, only the
      * inherited descriptors are ours. */
@@ -1326,6 +1426,7 @@ static int open_shared(lmp_pool_t *p)
   p->h->nslots = (uint32_t)n;
   p->h->maxtasks = p->cfg.maxtasksperchild;
   p->h->timed = p->cfg.task_timeout_ns > 0;
+  p->h->max_memory = p->cfg.max_memory;
   if ((rc = lmp_queue_create(0, 0, &p->tasks)) < 0 ||
       (rc = lmp_queue_create(0, 0, &p->replies)) < 0)
     return rc;
@@ -1334,6 +1435,8 @@ static int open_shared(lmp_pool_t *p)
   strncpy(p->names[2], lmp_seg_name(lmp_queue_seg(p->replies)), LMP_SEG_NAME_MAX - 1);
   return 0;
 }
+
+static void registry_add(lmp_pool_t *p);
 
 int lmp_pool_create(const lmp_pool_config_t *cfg, lmp_pool_t **out)
 {
@@ -1370,6 +1473,8 @@ int lmp_pool_create(const lmp_pool_config_t *cfg, lmp_pool_t **out)
     }
   }
   p->last_check = lmp_now_ns();
+  rate_sample(p, p->last_check);
+  registry_add(p);
   *out = p;
   return 0;
 }
@@ -1435,6 +1540,7 @@ int lmp_pool_worker_attach(const char *ticket, lmp_pool_worker_t **out)
   p->cfg.processes = (int)p->h->nslots;
   p->cfg.maxtasksperchild = p->h->maxtasks;
   p->cfg.task_timeout_ns = p->h->timed;
+  p->cfg.max_memory = p->h->max_memory;
   worker_init(w, p, index);
   *out = w;
   return 0;
@@ -1502,11 +1608,23 @@ static int wait_task(lmp_pool_worker_t *w)
   }
 }
 
+/* After a task: has this worker grown past max_memory?  It then retires
+ * (its reply is out already) and the pool forks a fresh one. */
+static int grown(lmp_pool_worker_t *w)
+{
+  uint64_t max = w->p->cfg.max_memory;
+  lmp_proc_usage_t u;
+  if (!max || !w->count || lmp_proc_usage(0, &u) < 0 || u.rss <= max)
+    return 0;
+  atomic_fetch_add(&w->p->h->recycled, 1);
+  return 1;
+}
+
 int lmp_pool_worker_next(lmp_pool_worker_t *w, lmp_pool_task_t *t)
 {
   lmp_pool_t *p = w->p;
   uint32_t max = p->cfg.maxtasksperchild;
-  if (max && w->count >= max) {
+  if ((max && w->count >= max) || grown(w)) {
     STORE(w->slot->word, slot_word(LMP_POOL_EXITING, 0));
     return -EPIPE;
   }
@@ -1529,6 +1647,7 @@ int lmp_pool_worker_next(lmp_pool_worker_t *w, lmp_pool_task_t *t)
     wake_one(h);
   struct thdr hd;
   memcpy(&hd, w->buf.data, sizeof hd);
+  atomic_store_explicit(&w->slot->task, hd.id, memory_order_relaxed);
   t->tag = hd.tag;
   t->data = w->buf.data + sizeof hd;
   t->len = w->buf.len - sizeof hd;
@@ -1555,14 +1674,15 @@ static int push_reply(lmp_pool_worker_t *w, uint32_t kind, uint32_t status, cons
 int lmp_pool_worker_reply(lmp_pool_worker_t *w, uint32_t status, const struct iovec *iov,
                           int iovcnt)
 {
+  /* Counted first, so whoever reads the reply finds it counted. */
+  if (!LMP_POOL_STATUS_FAILED(status))
+    atomic_fetch_add(&w->slot->done, 1);
+  else
+    atomic_fetch_add(&w->slot->failed, 1);
   int rc = push_reply(w, R_DONE, status, iov, iovcnt);
   if (rc < 0)
     return rc;
   /* Only now idle: a death before this line finds the reply in the ring. */
-  if (status == 0)
-    atomic_fetch_add(&w->slot->done, 1);
-  else
-    atomic_fetch_add(&w->slot->failed, 1);
   STORE(w->slot->word, slot_word(LMP_POOL_IDLE, w->seq));
   w->count++;
   return 0;
@@ -1598,4 +1718,255 @@ int lmp_pool_worker_index(const lmp_pool_worker_t *w)
 int lmp_pool_worker_timed(const lmp_pool_worker_t *w)
 {
   return w->p->cfg.task_timeout_ns > 0;
+}
+
+/* === the registry of pools, and observers ===
+ *
+ * The registry is one segment per runtime root, "<prefix>.pools": a fixed
+ * table of entries that processes of the family claim with a compare-and-
+ * swap (0 free, 1 being written, 2 live).  All zeroes is an empty table, so
+ * whoever comes first creates it and everyone truncates it to the same size:
+ * nobody has to initialize it.  The root's cleanup (and the watchdog) unlink
+ * it with the rest of the prefix.  Observers map it, and the pool headers it
+ * names, read-only; the pools never wait for them.
+ */
+
+#define REG_ENTRIES 256
+#define REG_SUFFIX ".pools"
+
+struct reg_entry {
+  _Atomic uint32_t state;
+  _Atomic int32_t owner;
+  char name[LMP_SEG_NAME_MAX - 8];
+};
+_Static_assert(sizeof(struct reg_entry) == 64, "one line per entry");
+
+static struct reg_entry *registry; /* this family's, mapped once per process */
+
+static struct reg_entry *registry_map(void)
+{
+  if (registry)
+    return registry;
+  char name[LMP_SEG_NAME_MAX];
+  size_t size = REG_ENTRIES * sizeof(struct reg_entry);
+  if (snprintf(name, sizeof name, "%s%s", lmp_runtime_prefix(), REG_SUFFIX) >= (int)sizeof name)
+    return NULL;
+  int fd = shm_open(name, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return NULL;
+  struct stat st;
+  void *m = MAP_FAILED;
+  /* Planted by someone else, or left open to others: not ours to write. */
+  if (fstat(fd, &st) == 0 && lmp__owner_only(&st) &&
+      ((size_t)st.st_size >= size || ftruncate(fd, (off_t)size) == 0))
+    m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  close(fd);
+  if (m != MAP_FAILED)
+    registry = m;
+  return registry;
+}
+
+static void registry_add(lmp_pool_t *p)
+{
+  struct reg_entry *r = registry_map();
+  const char *name = p->names[0];
+  if (!r || strlen(name) >= sizeof r->name)
+    return;
+  for (int i = 0; i < REG_ENTRIES; i++) {
+    uint32_t free = 0;
+    if (atomic_compare_exchange_strong(&r[i].state, &free, 1)) {
+      atomic_store(&r[i].owner, (int32_t)p->owner);
+      memset(r[i].name, 0, sizeof r[i].name);
+      strcpy(r[i].name, name);
+      STORE(r[i].state, 2);
+      p->listed = 1;
+      return;
+    }
+  }
+}
+
+static void registry_remove(lmp_pool_t *p)
+{
+  if (!p->listed || !registry || p->owner != getpid())
+    return;
+  for (int i = 0; i < REG_ENTRIES; i++) {
+    struct reg_entry *e = &registry[i];
+    if (LOAD(e->state) == 2 && LOAD(e->owner) == (int32_t)p->owner &&
+        strncmp(e->name, p->names[0], sizeof e->name) == 0) {
+      STORE(e->state, 0);
+      break;
+    }
+  }
+  p->listed = 0;
+}
+
+static int alive(pid_t pid)
+{
+  return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
+}
+
+/* The root of a /dev/shm entry "lmp.<root>.<8 hex>..." and the length of
+ * its prefix part, or 0. */
+static pid_t entry_root(const char *d, size_t *plen)
+{
+  if (strncmp(d, "lmp.", 4) != 0)
+    return 0;
+  char *end;
+  long root = strtol(d + 4, &end, 10);
+  if (end == d + 4 || *end != '.' || root <= 0 || root > INT_MAX)
+    return 0;
+  size_t k = (size_t)(end - d) + 1, n = 0;
+  while (n < 8 && ((d[k + n] >= '0' && d[k + n] <= '9') || (d[k + n] >= 'a' && d[k + n] <= 'f')))
+    n++;
+  if (n != 8 || (d[k + n] != '.' && d[k + n] != '\0'))
+    return 0;
+  *plen = k + n;
+  return (pid_t)root;
+}
+
+/* Call fn for each live, owner-only entry of this user in /dev/shm whose
+ * name is an lmp prefix followed by `suffix` (any suffix with NULL). */
+static int scan_shm(const char *suffix, int (*fn)(const char *name, pid_t root, void *arg),
+                    void *arg)
+{
+  DIR *dir = opendir("/dev/shm");
+  if (!dir)
+    return -errno;
+  int fd = dirfd(dir), rc = 0;
+  struct dirent *d;
+  while (rc == 0 && (d = readdir(dir)) != NULL) {
+    size_t plen;
+    pid_t root = entry_root(d->d_name, &plen);
+    struct stat st;
+    if (!root || (suffix && strcmp(d->d_name + plen, suffix) != 0))
+      continue;
+    if (fstatat(fd, d->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !lmp__owner_only(&st) ||
+        !alive(root))
+      continue;
+    rc = fn(d->d_name, root, arg);
+  }
+  closedir(dir);
+  return rc;
+}
+
+struct programs {
+  pid_t *out;
+  int max, n;
+};
+
+static int add_program(const char *name, pid_t root, void *arg)
+{
+  (void)name;
+  struct programs *pr = arg;
+  int seen = 0;
+  for (int i = 0; i < pr->n && i < pr->max && !seen; i++)
+    seen = pr->out[i] == root;
+  if (!seen) {
+    if (pr->n < pr->max)
+      pr->out[pr->n] = root;
+    pr->n++;
+  }
+  return 0;
+}
+
+int lmp_pool_programs(pid_t *out, int max)
+{
+  struct programs pr = {out, max, 0};
+  int rc = scan_shm(NULL, add_program, &pr);
+  return rc < 0 ? rc : pr.n;
+}
+
+struct listing {
+  pid_t pid;
+  lmp_pool_entry_t *out;
+  int max, n;
+};
+
+static int add_pools(const char *name, pid_t root, void *arg)
+{
+  struct listing *ls = arg;
+  char path[LMP_SEG_NAME_MAX + 1];
+  snprintf(path, sizeof path, "/%s", name);
+  int fd = shm_open(path, O_RDONLY | O_CLOEXEC, 0);
+  if (fd < 0)
+    return 0;
+  size_t size = REG_ENTRIES * sizeof(struct reg_entry);
+  struct stat st;
+  void *m = MAP_FAILED;
+  if (fstat(fd, &st) == 0 && lmp__owner_only(&st) && (size_t)st.st_size >= size)
+    m = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+  close(fd);
+  if (m == MAP_FAILED)
+    return 0;
+  const struct reg_entry *r = m;
+  for (int i = 0; i < REG_ENTRIES; i++) {
+    if (LOAD(((struct reg_entry *)r)[i].state) != 2)
+      continue;
+    pid_t owner = atomic_load_explicit(&((struct reg_entry *)r)[i].owner, memory_order_relaxed);
+    if ((ls->pid && ls->pid != root && ls->pid != owner) || !alive(owner))
+      continue;
+    if (ls->n < ls->max) {
+      lmp_pool_entry_t *e = &ls->out[ls->n];
+      e->root = root;
+      e->owner = owner;
+      memcpy(e->name, r[i].name, sizeof r[i].name);
+      e->name[sizeof r[i].name - 1] = '\0';
+    }
+    ls->n++;
+  }
+  munmap(m, size);
+  return 0;
+}
+
+int lmp_pool_list(pid_t pid, lmp_pool_entry_t *out, int max)
+{
+  struct listing ls = {pid, out, max, 0};
+  int rc = scan_shm(REG_SUFFIX, add_pools, &ls);
+  return rc < 0 ? rc : ls.n;
+}
+
+int lmp_pool_peek(const char *name, lmp_pool_stats_t *st, lmp_pool_slot_info_t *slots, int max)
+{
+  const void *data;
+  size_t size;
+  int rc = lmp_seg_peek(name, &data, &size);
+  if (rc < 0)
+    return rc;
+  struct phdr *h = (struct phdr *)data;
+  uint32_t n = h->magic == POOL_MAGIC ? h->nslots : 0;
+  if (n == 0 || n > (size - sizeof *h) / sizeof(struct slot)) {
+    lmp_seg_unpeek(data, size);
+    return -EINVAL;
+  }
+  memset(st, 0, sizeof *st);
+  st->queued = LOAD(h->pub_queued);
+  st->done = LOAD(h->pub_done);
+  st->failed = LOAD(h->pub_failed);
+  st->errors = LOAD(h->pub_errors);
+  st->restarts = LOAD(h->pub_restarts);
+  st->recycled = LOAD(h->recycled);
+  st->rate = (double)LOAD(h->pub_rate) / 1000;
+  for (uint32_t i = 0; i < n; i++) {
+    struct slot *s = &h->slots[i];
+    uint64_t word;
+    int64_t start;
+    slot_read(s, &word, &start);
+    int state = slot_state(word);
+    st->running += state == LMP_POOL_BUSY;
+    if ((int)i >= max)
+      continue;
+    lmp_pool_slot_info_t *o = &slots[i];
+    memset(o, 0, sizeof *o);
+    o->pid = LOAD(s->pid);
+    o->state = state;
+    o->done = LOAD(s->done);
+    o->failed = LOAD(s->failed);
+    if (state == LMP_POOL_BUSY) {
+      o->task = LOAD(s->task);
+      o->item = LOAD(s->item);
+      o->started_ns = start;
+    }
+  }
+  lmp_seg_unpeek(data, size);
+  return (int)n;
 }

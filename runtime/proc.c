@@ -674,3 +674,52 @@ void lmp_proc_set_parent(pid_t pid)
 {
   parent_pid = pid;
 }
+
+/* === usage === */
+
+/* Read a small /proc file into buf (NUL-terminated): its length or -errno. */
+static ssize_t read_small(const char *path, char *buf, size_t n)
+{
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return -errno;
+  ssize_t len;
+  do {
+    len = read(fd, buf, n - 1);
+  } while (len < 0 && errno == EINTR);
+  int err = errno;
+  close(fd);
+  if (len < 0)
+    return -err;
+  buf[len] = '\0';
+  return len;
+}
+
+int lmp_proc_usage(pid_t pid, lmp_proc_usage_t *out)
+{
+  char path[64], buf[1024];
+  memset(out, 0, sizeof *out);
+  if (pid == 0)
+    snprintf(path, sizeof path, "/proc/self/statm");
+  else
+    snprintf(path, sizeof path, "/proc/%ld/statm", (long)pid);
+  ssize_t n = read_small(path, buf, sizeof buf);
+  if (n < 0)
+    return (int)n;
+  unsigned long long size, resident;
+  if (sscanf(buf, "%llu %llu", &size, &resident) != 2)
+    return -EINVAL;
+  out->rss = (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
+  snprintf(path + strlen(path) - 5, 6, "stat");
+  if ((n = read_small(path, buf, sizeof buf)) < 0)
+    return (int)n;
+  /* "pid (comm) state ppid ...": comm may hold anything, so count the
+   * fields from its last ')'.  utime and stime are fields 14 and 15. */
+  const char *p = strrchr(buf, ')');
+  unsigned long long ut, st;
+  if (!p || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+    return -EINVAL;
+  long hz = sysconf(_SC_CLK_TCK);
+  out->cpu_ns = (int64_t)((ut + st) * (1000000000ULL / (unsigned long long)(hz > 0 ? hz : 100)));
+  return 0;
+}

@@ -590,3 +590,50 @@ void lmp_runtime_release_all(void)
   }
   rt_unlock();
 }
+
+/* === observers === */
+
+int lmp_seg_peek(const char *name, const void **data, size_t *size)
+{
+  struct stat st;
+  void *p;
+  int fd, rc;
+
+  if (!valid_name(name))
+    return -EINVAL;
+  fd = shm_open(name, O_RDONLY | O_CLOEXEC, 0);
+  if (fd < 0)
+    return -errno;
+  if (fstat(fd, &st) < 0) {
+    rc = -errno;
+    close(fd);
+    return rc;
+  }
+  if (!lmp__owner_only(&st)) {
+    close(fd);
+    return -EACCES;
+  }
+  if (st.st_size < LMP__SEG_HDR * 2) {
+    close(fd);
+    return -EINVAL;
+  }
+  p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+  rc = p == MAP_FAILED ? -errno : 0;
+  close(fd);
+  if (rc < 0)
+    return rc;
+  const lmp__seg_hdr_t *h = p;
+  if (h->magic != LMP__SEG_MAGIC || h->size != (uint64_t)st.st_size - LMP__SEG_HDR) {
+    munmap(p, (size_t)st.st_size);
+    return -EINVAL;
+  }
+  *data = (const char *)p + LMP__SEG_HDR;
+  *size = (size_t)h->size;
+  return 0;
+}
+
+void lmp_seg_unpeek(const void *data, size_t size)
+{
+  if (data)
+    munmap((char *)data - LMP__SEG_HDR, size + LMP__SEG_HDR);
+}

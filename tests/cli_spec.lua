@@ -36,6 +36,12 @@ describe("the lmp command", function()
     assert.matches("lmp worker BROKER_URL", support.shell(bin .. " --help"))
   end)
 
+  it("runs the top subcommand, which --help mentions", function()
+    assert.matches("lmp top %[PID%] %[%-%-once%]", support.shell(bin .. " --help"))
+    assert.matches("PID%s+POOLS%s+WORKERS%s+COMMAND", support.shell(bin .. " top"))
+    assert.matches("status 2", support.shell(bin .. " top --nope; echo status $?"))
+  end)
+
   it("exits with the status os.exit gives", function()
     assert.matches("status 3", support.shell(bin .. " -e 'os.exit(3)'; echo status $?"))
   end)

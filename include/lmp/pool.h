@@ -57,9 +57,10 @@ typedef struct lmp_pool_config {
   uint32_t maxtasksperchild; /* a worker retires after this many tasks; 0: never */
   int64_t task_timeout_ns;   /* a task (or item, see progress) running longer is killed; 0: none */
   uint32_t high_water;       /* tasks kept in the shared ring; 0: adapt to how long tasks take */
-  lmp_pool_body_fn body;  /* run by forked workers */
-  lmp_pool_start_fn start; /* NULL: fork the workers (they run body) */
-  void *ctx;               /* for body and start */
+  uint64_t max_memory;       /* a worker whose RSS is past this after a task retires; 0: never */
+  lmp_pool_body_fn body;     /* run by forked workers */
+  lmp_pool_start_fn start;   /* NULL: fork the workers (they run body) */
+  void *ctx;                 /* for body and start */
 } lmp_pool_config_t;
 
 /* Starts the workers (forks them, or calls cfg->start).  0 or -errno. */
@@ -144,8 +145,10 @@ typedef struct lmp_pool_slot_info {
   uint32_t item;      /* BUSY: the item it last reported (lmp_pool_worker_progress) */
   int64_t started_ns; /* BUSY: when that task (or item) started, monotonic */
   uint64_t done;      /* tasks this worker replied to ... */
-  uint64_t failed;    /* ... with a status other than 0 */
+  uint64_t failed;    /* ... with a failed status (see lmp_pool_worker_reply) */
 } lmp_pool_slot_info_t;
+
+#define LMP_POOL_STATUS_FAILED(status) (((status)&0xffffu) != 0)
 
 /* Worker i's slot, read from shared memory.  0, or -EINVAL for a bad i. */
 int lmp_pool_slot(lmp_pool_t *p, int i, lmp_pool_slot_info_t *out);
@@ -156,9 +159,44 @@ typedef struct lmp_pool_stats {
   uint64_t done;     /* DONE events */
   uint64_t failed;   /* LOST and TIMEOUT events */
   uint64_t restarts; /* workers forked to replace others */
+  uint64_t errors;   /* DONE events with a failed status (counted in done too) */
+  uint64_t recycled; /* workers retired for max_memory (counted in restarts when replaced) */
+  double rate;       /* events per second over the last few seconds */
 } lmp_pool_stats_t;
 
 void lmp_pool_stats(lmp_pool_t *p, lmp_pool_stats_t *out);
+
+/*
+ * === observers ===
+ *
+ * A pool's header segment (its slots and the counters the parent publishes)
+ * is listed in a registry of its runtime's root, the segment
+ * "<prefix>.pools", so another process of the same user (lmp top) can find
+ * and read it without taking part: the owner's side never waits for a
+ * reader.  Segments not owned by this user, or readable by others, are
+ * refused (-EACCES).
+ */
+
+typedef struct lmp_pool_entry {
+  pid_t root;                  /* the program: its runtime's root process */
+  pid_t owner;                 /* the process that created the pool */
+  char name[LMP_SEG_NAME_MAX]; /* the pool's header segment, for lmp_pool_peek */
+} lmp_pool_entry_t;
+
+/* The live pools of this user's lmp programs: those of root or owner `pid`,
+ * or all of them with pid 0.  Up to max into out; returns how many there
+ * are (possibly more than max), or -errno. */
+int lmp_pool_list(pid_t pid, lmp_pool_entry_t *out, int max);
+
+/* The roots of this user's running lmp programs (those with a segment in
+ * /dev/shm).  Up to max into out; returns how many there are, or -errno. */
+int lmp_pool_programs(pid_t *out, int max);
+
+/* Read a pool of any process of this user by its header segment's name:
+ * the counters its parent last published (`running` counts busy slots) and
+ * up to max slots (slot task ids are those of lmp_pool_submit).  The number
+ * of slots, or -errno (-EACCES: not this user's; -EINVAL: not a pool). */
+int lmp_pool_peek(const char *name, lmp_pool_stats_t *st, lmp_pool_slot_info_t *slots, int max);
 
 /* === a worker === */
 
@@ -171,8 +209,9 @@ typedef struct lmp_pool_task {
 /* Take the next task (blocks).  0; -EPIPE when the worker should return from
  * its body (the pool is closing, or maxtasksperchild is reached). */
 int lmp_pool_worker_next(lmp_pool_worker_t *w, lmp_pool_task_t *t);
-/* Reply to the task taken last: status (0 counts as success in the slot's
- * counters) and payload gathered from iov[0..iovcnt) (at most 7 parts). */
+/* Reply to the task taken last: status (0 in its low 16 bits counts as
+ * success in the counters; the high bits are the caller's flags) and payload
+ * gathered from iov[0..iovcnt) (at most 7 parts). */
 int lmp_pool_worker_reply(lmp_pool_worker_t *w, uint32_t status, const struct iovec *iov,
                           int iovcnt);
 /* Report that item `item` of the current task starts now: task_timeout then

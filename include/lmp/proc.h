@@ -92,4 +92,13 @@ pid_t lmp_proc_parent_pid(void);
  * by the forkserver): the pid lmp_proc_parent_pid reports from now on. */
 void lmp_proc_set_parent(pid_t pid);
 
+/* What a process (of any family) has used so far, from /proc. */
+typedef struct lmp_proc_usage {
+  int64_t cpu_ns; /* user and system time */
+  uint64_t rss;   /* resident set size, bytes */
+} lmp_proc_usage_t;
+
+/* 0, or -errno (-ENOENT once it is gone).  pid 0 is this process. */
+int lmp_proc_usage(pid_t pid, lmp_proc_usage_t *out);
+
 #endif

@@ -89,6 +89,14 @@ void lmp_runtime_release_all(void);
 int lmp_fd_stash(int fd, uint64_t *token); /* keeps a duplicate; fd stays open */
 int lmp_fd_fetch(uint64_t token, int *fd); /* once; -ENOENT if unknown or taken */
 
+/* Map a segment of this user read-only, without taking a reference and
+ * without touching it, for observers in other process families (lmp top):
+ * *data and *size are its usable bytes.  -EACCES when it is not owner-only
+ * and this user's, -EINVAL when it is not an lmp segment.  Unmap with
+ * lmp_seg_unpeek. */
+int lmp_seg_peek(const char *name, const void **data, size_t *size);
+void lmp_seg_unpeek(const void *data, size_t size);
+
 /* Pid of the watchdog, 0 if not started (for tests). */
 pid_t lmp_watchdog_pid(void);
 

@@ -435,6 +435,7 @@ end
 
 local executor_keys = {max_workers = true, initializer = true, initargs = true,
                        max_tasks_per_child = true, task_timeout = true, start_method = true,
+                       max_memory_per_child = true,
                        -- a broker pool (lmp.Pool{broker = ...}) instead of local processes
                        broker = true, queue = true, visibility_timeout = true,
                        max_deliveries = true, secret = true, connect_timeout = true,
@@ -455,6 +456,7 @@ local function options(...)
     field("initargs", function(v) return type(v) == "table" end, "must be a table")
     field("max_tasks_per_child", positive_int, "must be a positive integer")
     field("task_timeout", function(v) return type(v) == "number" and v > 0 end, "must be a positive number")
+    field("max_memory_per_child", positive_int, "must be a positive integer (bytes)")
     field("start_method", function(v) return type(v) == "string" end, "must be a string")
     return a
   end
@@ -471,7 +473,7 @@ local function pool_options(o, n)
   if o.broker == nil then
     return {processes = n, initializer = o.initializer, initargs = o.initargs,
             maxtasksperchild = o.max_tasks_per_child, task_timeout = o.task_timeout,
-            start_method = o.start_method}
+            max_memory_per_child = o.max_memory_per_child, start_method = o.start_method}
   end
   local po = {}
   for _, k in ipairs(broker_keys) do po[k] = o[k] end
@@ -479,7 +481,8 @@ local function pool_options(o, n)
 end
 
 --- lmp.Executor([max_workers]) or lmp.Executor{max_workers =, initializer =,
---- initargs =, max_tasks_per_child =, task_timeout =, start_method =}, or
+--- initargs =, max_tasks_per_child =, task_timeout =, max_memory_per_child =,
+--- start_method =}, or
 --- lmp.Executor{broker = url, queue =, secret =, ...} on a broker's workers
 local function new(...)
   local o = options(...)

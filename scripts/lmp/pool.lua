@@ -13,6 +13,7 @@
 -- cancel, terminate) run, so a callback that raises leaves every result in a
 -- consistent state and the callbacks after it still run at the next call.
 local TAG_APPLY, TAG_MAP, TAG_STARMAP = 1, 2, 3
+local TAG_PROFILE = 0x100 -- the task runs under the sampler; its reply brings the samples
 
 return function(lmp, core)
   local now = lmp.time
@@ -22,6 +23,8 @@ return function(lmp, core)
   -- === argument checks, worded as lauxlib words them ===
 
   local check = require "lmp.check"
+  local profile = require "lmp.profile"
+  local profiling = profile.active
   local typename, argerror, typeerror, badself = check.typename, check.argerror, check.typeerror, check.badself
   local callable, checkcallable, checkoptions = check.callable, check.checkcallable, check.checkoptions
 
@@ -139,12 +142,24 @@ return function(lmp, core)
     return true
   end
 
+  -- The samples of a profiled task go to the profile of the call it
+  -- belongs to, and to those of the lmp.profile calls under way.
+  local function take_samples(h, text)
+    local job = h and (h.job or h)
+    local own = job and rawget(job, "profile")
+    if own then own:add(text) end
+    for i = 1, #profiling do
+      if profiling[i] ~= own then profiling[i]:add(text) end
+    end
+  end
+
   -- Take one event and settle its handler; nil, or "timeout" / "closed".
   local function dispatch(pool, deadline)
-    local t, how, v = pool._c:wait(deadline)
+    local t, how, v, samples = pool._c:wait(deadline)
     if t ~= nil and how ~= "broken" then
       local pending = pool._pending
       local h = pending[t]
+      if samples then take_samples(h, samples) end
       if h ~= nil then
         pending[t] = nil
         h:_settle(how, v)
@@ -327,8 +342,9 @@ return function(lmp, core)
     return math.max(1, (n + 4 * pool._n - 1) // (4 * pool._n))
   end
 
-  local map_keys = {chunksize = true, callback = true, error_callback = true, progress = true}
-  local sync_keys = {chunksize = true, progress = true}
+  local map_keys = {chunksize = true, callback = true, error_callback = true, progress = true,
+                    profile = true}
+  local sync_keys = {chunksize = true, progress = true, profile = true}
 
   -- The third argument of map and friends: a chunksize or an options table.
   local function map_options(arg, fname, async)
@@ -346,6 +362,19 @@ return function(lmp, core)
     return {chunksize = checkchunksize(arg, 3, fname)}
   end
 
+  -- The tag of a call's tasks: profiled when the call asks for it (it then
+  -- gets a profile of its own, which pool:profile_report shows) or when an
+  -- lmp.profile call is under way.
+  local function profiled(pool, job, opts, tag)
+    if opts.profile then
+      job.profile = profile.new()
+      pool._profile = job.profile
+      return tag | TAG_PROFILE
+    end
+    if #profiling > 0 then return tag | TAG_PROFILE end
+    return tag
+  end
+
   local function start_map(pool, fname, tag, fn, list, opts)
     check_running(pool, fname)
     checkcallable(fn, 1, fname)
@@ -360,6 +389,7 @@ return function(lmp, core)
     end
     local size = tointeger(opts.chunksize) or default_chunksize(pool, n)
     if opts.progress then job._bar = new_bar(pool, n) end
+    tag = profiled(pool, job, opts, tag)
     local fr = encode_fn(fn)
     local c, pending = pool._c, pool._pending
     for first = 1, n, size do
@@ -396,7 +426,7 @@ return function(lmp, core)
   local no_args = {}
 
   local function submit_apply(pool, fn, args, n, cb, eb)
-    local t = pool._c:submit(TAG_APPLY, fn, args, n)
+    local t = pool._c:submit(#profiling > 0 and TAG_APPLY | TAG_PROFILE or TAG_APPLY, fn, args, n)
     local res = setmetatable({_pool = pool, _t = t, _cb = cb, _eb = eb}, AsyncResult)
     pool._pending[t] = res
     return res
@@ -597,6 +627,7 @@ return function(lmp, core)
       job.src = src
     end
     if opts.progress then job.bar = new_bar(pool, job.total) end
+    job.tag = profiled(pool, job, opts, job.tag)
     return function() return step(job) end, nil, nil, setmetatable({job = job}, closer_mt)
   end
 
@@ -675,6 +706,16 @@ return function(lmp, core)
     return s
   end
 
+  --- The merged worker profile of the last call made with {profile = true}
+  --- (see lmp.profile): the top n functions (20 by default) as text.
+  function Pool:profile_report(n)
+    if n ~= nil and (not tointeger(n) or tointeger(n) < 1) then
+      if type(n) ~= "number" then typeerror(1, "profile_report", "number", n) end
+      argerror(1, "profile_report", "count must be a positive integer")
+    end
+    return (self._profile or profile.new()):report(n)
+  end
+
   function Pool:__close()
     self:terminate()
   end
@@ -688,7 +729,8 @@ return function(lmp, core)
   -- === the constructor ===
 
   local pool_keys = {processes = true, initializer = true, initargs = true,
-                     maxtasksperchild = true, task_timeout = true, start_method = true}
+                     maxtasksperchild = true, task_timeout = true, start_method = true,
+                     max_memory_per_child = true}
 
   local methods = {fork = true, spawn = true, forkserver = true}
 
@@ -700,7 +742,8 @@ return function(lmp, core)
 
   --- lmp.Pool([processes [, initializer [, initargs [, maxtasksperchild]]]])
   --- lmp.Pool{processes =, initializer =, initargs =, maxtasksperchild =,
-  ---          task_timeout =, start_method =}  (start_method: lmp.get_start_method())
+  ---          task_timeout =, max_memory_per_child =, start_method =}
+  ---          (start_method: lmp.get_start_method())
   return function(...)
     local a = ...
     local o
@@ -719,6 +762,8 @@ return function(lmp, core)
             "must be a positive integer")
       field("task_timeout", function(v) return type(v) == "number" and v > 0 end,
             "must be a positive number")
+      field("max_memory_per_child", function(v) local n = tointeger(v) return n and n >= 1 end,
+            "must be a positive integer (bytes)")
       check_start_method(a.start_method)
     else
       local n, init, initargs, max = ...
@@ -735,7 +780,8 @@ return function(lmp, core)
     end
     local n = tointeger(o.processes) or lmp.cpu_count()
     local c = core.new(n, tointeger(o.maxtasksperchild) or 0, o.task_timeout or 0,
-                       o.initializer, o.initargs, o.start_method)
+                       o.initializer, o.initargs, tointeger(o.max_memory_per_child) or 0,
+                       o.start_method)
     return setmetatable({_c = c, _n = n, _pending = {}, _cbq = {h = 1, t = 0}, _state = "run"}, Pool)
   end
 end

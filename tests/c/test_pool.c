@@ -597,6 +597,9 @@ TEST(fd_readable_while_replies_wait)
 TEST(no_leaks)
 {
   lmp_runtime_init();
+  lmp_pool_free(make(1, 0, 0, NULL)); /* the family's registry of pools stays */
+  for (int i = 0; i < 100 && lmp_proc_children(NULL, 0) > 0; i++)
+    lmp_test_sleep_ms(10);
   int fds = lmp_test_fd_count();
   int segs = lmp_test_shm_count(lmp_runtime_prefix());
   for (int round = 0; round < 3; round++) {
@@ -704,6 +707,61 @@ TEST(start_hook)
   CHECK_EQ(lmp_pool_worker_attach(gone, &w), -ENOENT);
 }
 
+/* An observer finds the pool through the registry and reads its slots,
+ * the busy one with its task. */
+TEST(observers)
+{
+  lmp_pool_t *p = make(2, 0, 0, NULL);
+  uint64_t slow = submit_ms(p, 10000);
+  pid_t pid = busy_pid(p, 0);
+  lmp_pool_entry_t e[8];
+  int n = lmp_pool_list(getpid(), e, 8);
+  CHECK_EQ(n, 1);
+  CHECK_EQ(e[0].owner, getpid());
+  CHECK_EQ(e[0].root, lmp_runtime_root_pid());
+  pid_t roots[16];
+  int nr = lmp_pool_programs(roots, 16), found = 0;
+  for (int i = 0; i < nr && i < 16; i++)
+    found |= roots[i] == lmp_runtime_root_pid();
+  CHECK(found);
+  lmp_pool_stats_t st;
+  lmp_pool_slot_info_t s[4];
+  CHECK_EQ(lmp_pool_peek(e[0].name, &st, s, 4), 2);
+  CHECK_EQ(st.running, 1);
+  CHECK_EQ(s[0].pid, pid);
+  CHECK_EQ(s[0].state, LMP_POOL_BUSY);
+  CHECK_EQ(s[0].task, slow);
+  CHECK(s[1].pid > 0);
+  CHECK_EQ(lmp_pool_peek("/lmp.no.such", &st, s, 4), -ENOENT);
+  lmp_pool_free(p);
+  CHECK_EQ(lmp_pool_list(getpid(), e, 8), 0);
+}
+
+/* A worker grown past max_memory retires after its task, which completes. */
+TEST(max_memory)
+{
+  lmp_pool_config_t cfg = {0};
+  cfg.processes = 1;
+  cfg.max_memory = 1; /* every worker is past it */
+  cfg.body = body;
+  lmp_pool_t *p;
+  CHECK_EQ(lmp_pool_create(&cfg, &p), 0);
+  pid_t pids[3];
+  for (int i = 0; i < 3; i++) {
+    submit(p, T_PID, NULL, 0);
+    lmp_pool_event_t ev = next(p);
+    CHECK_EQ(ev.type, LMP_POOL_DONE);
+    pids[i] = event_pid(&ev);
+  }
+  CHECK(pids[0] != pids[1] && pids[1] != pids[2]);
+  lmp_pool_stats_t st;
+  lmp_pool_stats(p, &st);
+  CHECK_EQ(st.done, 3);
+  CHECK(st.recycled >= 2);
+  CHECK(st.restarts >= 2);
+  lmp_pool_free(p);
+}
+
 TEST(bad_config)
 {
   lmp_pool_config_t cfg = {0};
@@ -734,6 +792,8 @@ TEST_LIST = {
     TEST_ENTRY_T(no_leaks, 30),
     TEST_ENTRY_T(nested_pools, 30),
     TEST_ENTRY_T(start_hook, 30),
+    TEST_ENTRY(observers),
+    TEST_ENTRY(max_memory),
     TEST_ENTRY(bad_config),
     TEST_END,
 };
