@@ -35,6 +35,13 @@ function M.checkcallable(v, i, fname)
   if not M.callable(v) then M.typeerror(i, fname, "function", v) end
 end
 
+-- The length of a list: its n field when it has one (table.pack), else #.
+function M.length(t)
+  local n = rawget(t, "n")
+  if math.type(n) == "integer" and n >= 0 then return n end
+  return #t
+end
+
 -- An options table whose keys must all be in the set `known`.
 function M.checkoptions(opts, i, fname, known)
   if type(opts) ~= "table" then M.typeerror(i, fname, "table", opts) end

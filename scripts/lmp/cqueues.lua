@@ -15,11 +15,9 @@
 local cqueues = require "cqueues"
 local condition = require "cqueues.condition"
 local executor = require "lmp.executor"
-local check = require "lmp.check"
 
 local target, value = executor._target, executor._value
-local typeerror = check.typeerror
-local mtype = math.type
+local targets, pending, values = executor._targets, executor._pending, executor._values
 
 local M = {}
 
@@ -52,50 +50,26 @@ function M.await(x)
   return value(x)
 end
 
-local function length(t)
-  local n = rawget(t, "n")
-  if mtype(n) == "integer" and n >= 0 then return n end
-  return #t
-end
-
 --- lc.gather(list) -> {n =, v1, v2, ...}: awaits every AsyncResult or
 --- Future of the list, the values in list order.  Raises as soon as one has
 --- failed (the first in list order if several have).
 function M.gather(list)
-  if type(list) ~= "table" then typeerror(1, "gather", "table", list) end
-  local n = length(list)
-  local rs, pools = {}, {}
-  for i = 1, n do
-    local res, pool = target(list[i], 1, "gather", " at index " .. i)
-    rs[i] = res
-    pools[pool] = true
-  end
+  local rs, pools, n = targets(list, "gather")
   if in_controller() then
     local conds = {}
     while true do
-      for pool in pairs(pools) do pool:poll() end
-      local left = 0
-      for i = 1, n do
-        local res = rs[i]
-        if res:ready() then
-          if not res:successful() then value(list[i]) end
-        else
-          left = left + 1
-          conds[res] = conds[res] or signal_on_done(res)
-        end
-      end
-      if left == 0 then break end
+      local left = pending(list, rs, pools, n)
+      if #left == 0 then break end
       local waits = {}
       for pool in pairs(pools) do waits[#waits + 1] = pool end
-      for res, cond in pairs(conds) do
-        if not res:ready() then waits[#waits + 1] = cond end
+      for _, res in ipairs(left) do
+        conds[res] = conds[res] or signal_on_done(res)
+        waits[#waits + 1] = conds[res]
       end
       cqueues.poll(table.unpack(waits))
     end
   end
-  local out = {n = n}
-  for i = 1, n do out[i] = value(list[i]) end
-  return out
+  return values(list, n)
 end
 
 return M

@@ -39,6 +39,7 @@ local TICK = 0.1 -- seconds: the longest a wait sleeps without looking
 -- === argument checks, worded as lauxlib words them ===
 
 local check = require "lmp.check"
+local length = check.length
 local typename, argerror, typeerror, badself = check.typename, check.argerror, check.typeerror, check.badself
 local callable, checkcallable, checkoptions = check.callable, check.checkcallable, check.checkoptions
 
@@ -56,13 +57,6 @@ end
 local function positive_int(v)
   local n = tointeger(v)
   return n ~= nil and n >= 1
-end
-
--- The length of a list: its n field when it has one (table.pack), else #.
-local function length(t)
-  local n = rawget(t, "n")
-  if mtype(n) == "integer" and n >= 0 then return n end
-  return #t
 end
 
 -- === Future ===
@@ -693,6 +687,42 @@ local function value(x)
   return x:get()
 end
 
+-- For gather: the AsyncResults and pools behind a list of AsyncResults and
+-- Futures, and its length; raises a bad argument naming the bad item.
+local function targets(list, fname)
+  if type(list) ~= "table" then typeerror(1, fname, "table", list) end
+  local n = length(list)
+  local rs, pools = {}, {}
+  for i = 1, n do
+    local res, pool = target(list[i], 1, fname, " at index " .. i)
+    rs[i], pools[pool] = res, true
+  end
+  return rs, pools, n
+end
+
+-- One look for gather: deliver what the pools have, raise the first
+-- failure in list order, and return the results still pending (empty once
+-- all are settled).
+local function pending(list, rs, pools, n)
+  for pool in pairs(pools) do pool:poll() end
+  local left = {}
+  for i = 1, n do
+    if not rs[i]:ready() then
+      left[#left + 1] = rs[i]
+    elseif not rs[i]:successful() then
+      value(list[i])
+    end
+  end
+  return left
+end
+
+-- gather's result: {n =, v1, v2, ...}.
+local function values(list, n)
+  local out = {n = n}
+  for i = 1, n do out[i] = value(list[i]) end
+  return out
+end
+
 -- The pool of a Pool or an Executor; raises a bad argument otherwise.
 local function pool_of(x, i, fname)
   local mt = getmetatable(x)
@@ -726,6 +756,9 @@ return {
   _target = target,
   _value = value,
   _pool_of = pool_of,
+  _targets = targets,
+  _pending = pending,
+  _values = values,
   Executor = new,
   as_completed = as_completed,
   wait = wait,

@@ -21,8 +21,8 @@ local executor = require "lmp.executor"
 local check = require "lmp.check"
 
 local target, value, pool_of = executor._target, executor._value, executor._pool_of
+local targets, pending, values = executor._targets, executor._pending, executor._values
 local typeerror, argerror = check.typeerror, check.argerror
-local mtype = math.type
 
 local M = {}
 
@@ -206,43 +206,20 @@ function M.await(x)
   return value(x)
 end
 
-local function length(t)
-  local n = rawget(t, "n")
-  if mtype(n) == "integer" and n >= 0 then return n end
-  return #t
-end
-
 --- lu.gather(list) -> {n =, v1, v2, ...}: awaits every AsyncResult or
 --- Future of the list, the values in list order.  Raises as soon as one has
 --- failed (the first in list order if several have).  Blocks in the main
 --- coroutine, as await does.
 function M.gather(list)
-  if type(list) ~= "table" then typeerror(1, "gather", "table", list) end
-  local n = length(list)
-  local rs, pools = {}, {}
-  for i = 1, n do
-    local res, pool = target(list[i], 1, "gather", " at index " .. i)
-    rs[i] = res
-    pools[pool] = true
-  end
+  local rs, pools, n = targets(list, "gather")
   local co = parkable()
   if co then
     local asked = {}
     while true do
-      for pool in pairs(pools) do pool:poll() end
-      local left = 0
-      for i = 1, n do
-        local res = rs[i]
-        if res:ready() then
-          if not res:successful() then value(list[i]) end
-        else
-          left = left + 1
-        end
-      end
-      if left == 0 then break end
-      for i = 1, n do
-        local res = rs[i]
-        if not res:ready() and not asked[res] then
+      local left = pending(list, rs, pools, n)
+      if #left == 0 then break end
+      for _, res in ipairs(left) do
+        if not asked[res] then
           asked[res] = true
           local w = watches[res._pool] or watch(res._pool, uv)
           local u = w.uv
@@ -252,9 +229,7 @@ function M.gather(list)
       coroutine.yield()
     end
   end
-  local out = {n = n}
-  for i = 1, n do out[i] = value(list[i]) end
-  return out
+  return values(list, n)
 end
 
 return M
