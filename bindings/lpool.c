@@ -1347,13 +1347,15 @@ static int worker_body(lmp_pool_worker_t *w, void *ctx)
   return 1;
 }
 
+#define MAX_PROCESSES 4096
+
 /* core.new(processes, maxtasksperchild, task_timeout, initializer, initargs) */
 static int l_new(lua_State *L)
 {
   lua_Integer n = luaL_checkinteger(L, 1);
   lua_Integer max = luaL_optinteger(L, 2, 0);
   lua_Number timeout = luaL_optnumber(L, 3, 0);
-  luaL_argcheck(L, n >= 1 && n <= 4096, 1, "processes must be between 1 and 4096");
+  luaL_argcheck(L, n >= 1 && n <= MAX_PROCESSES, 1, "processes must be between 1 and 4096");
   luaL_argcheck(L, max >= 0 && max <= UINT32_MAX, 2, "bad maxtasksperchild");
   luaL_argcheck(L, timeout >= 0 && timeout < 9e9, 3, "bad task_timeout");
   lpool *lp = lua_newuserdatauv(L, sizeof *lp, 1);
@@ -1457,6 +1459,8 @@ static int l_pool(lua_State *L)
     lua_call(L, 1, 1); /* the installer */
     lua_pushvalue(L, lua_upvalueindex(1));
     luaL_newlib(L, core_funcs);
+    lua_pushinteger(L, MAX_PROCESSES);
+    lua_setfield(L, -2, "max_processes"); /* so Pool's own checks name 'Pool' */
     lua_call(L, 2, 1); /* the constructor */
     lua_remove(L, -2);
     lua_pushvalue(L, -1);

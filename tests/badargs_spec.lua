@@ -8,15 +8,6 @@
 -- crash or a hang fails that family and names the call.
 local support = dofile("tests/support.lua")
 
--- Reported, and in files this walk does not own: Lua-written methods that
--- index `self` before checking it (pool.p(x) instead of pool:p(x) gives
--- "attempt to index a number value").  Listed so that the rest of each
--- family stays checked; remove an entry once its file checks self.
-local KNOWN = {
-  Pool = "^Pool:[%w_]+%([^s].*scripts/lmp/pool%.lua:%d+: attempt to index",
-  AsyncResult = "^AsyncResult:[%w_]+%([^s].*scripts/lmp/pool%.lua:%d+: attempt to index",
-}
-
 local function families()
   local p = io.popen(support.lmp_bin .. " tests/badargs_walk.lua list")
   local out = {}
@@ -50,9 +41,7 @@ describe("bad arguments", function()
       assert.matches("WALKED %d+", out)
       assert.matches("\nALIVE", out)
       local unclean = {}
-      for line in out:gmatch("UNCLEAN ([^\n]*)") do
-        if not (KNOWN[family] and line:match(KNOWN[family])) then unclean[#unclean + 1] = line end
-      end
+      for line in out:gmatch("UNCLEAN ([^\n]*)") do unclean[#unclean + 1] = line end
       assert.are.same({}, unclean)
     end)
   end
