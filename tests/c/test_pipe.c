@@ -238,6 +238,7 @@ TEST(recv_eintr)
   CHECK_EQ(lmp_pipe_recv(&b, fds[1], lmp_deadline(0.3)), -ETIMEDOUT);
   CHECK(lmp_now_ns() - t0 >= 300 * MS);
   CHECK_EQ(lmp_test_wait(pid, 10000), 0);
+  lmp_pipe_reader_free(&b);
   close(fds[0]);
   close(fds[1]);
 }
