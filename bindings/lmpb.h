@@ -166,5 +166,9 @@ void lmpb_checkoptions(lua_State *L, int idx, const char *const known[]);
 int lmpb_fail(lua_State *L, const char *reason);
 /* Map an unexpected runtime code to a Lua error. */
 int lmpb_rterror(lua_State *L, const char *what, int code);
+/* Raise `attempt to use a closed lmp.Queue` (tname: the metatable's name),
+ * the one wording for every object used after close(), as liolib words a
+ * closed file. */
+int lmpb_closed(lua_State *L, const char *tname);
 
 #endif

@@ -41,7 +41,8 @@ static lpipe *newend(lua_State *L, int fd, int readable, int writable)
 static lpipe *checkopen(lua_State *L)
 {
   lpipe *p = luaL_checkudata(L, 1, PIPE_MT);
-  luaL_argcheck(L, p->fd >= 0, 1, "connection is closed");
+  if (p->fd < 0)
+    lmpb_closed(L, PIPE_MT);
   return p;
 }
 
