@@ -561,7 +561,7 @@ static ldict *checkkind(lua_State *L, int idx, int kind)
 {
   ldict *d = luaL_checkudata(L, idx, mtnames[kind]);
   if (d->c == NULL)
-    luaL_error(L, "attempt to use a closed %s", mtnames[kind]);
+    lmpb_closed(L, mtnames[kind]);
   return d;
 }
 
@@ -574,7 +574,7 @@ static ldict *checkmap(lua_State *L, int idx)
   if (d == NULL)
     luaL_typeerror(L, idx, DICT_MT);
   if (d->c == NULL)
-    luaL_error(L, "attempt to use a closed %s", mtnames[d->kind]);
+    lmpb_closed(L, mtnames[d->kind]);
   return d;
 }
 

@@ -62,6 +62,11 @@ int lmpb_rterror(lua_State *L, const char *what, int code)
   return luaL_error(L, "%s: %s", what, lmp_strerror(code));
 }
 
+int lmpb_closed(lua_State *L, const char *tname)
+{
+  return luaL_error(L, "attempt to use a closed %s", tname);
+}
+
 const char *lmpb_tomessage(lua_State *L, int idx)
 {
   const char *msg = lua_tostring(L, idx);

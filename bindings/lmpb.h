@@ -183,5 +183,9 @@ void lmpb_push_stats(lua_State *L, const struct lmp_pool_stats *st);
 void lmpb_push_slot(lua_State *L, const struct lmp_pool_slot_info *s, int64_t now);
 /* Map an unexpected runtime code to a Lua error. */
 int lmpb_rterror(lua_State *L, const char *what, int code);
+/* Raise `attempt to use a closed lmp.Queue` (tname: the metatable's name),
+ * the one wording for every object used after close(), as liolib words a
+ * closed file. */
+int lmpb_closed(lua_State *L, const char *tname);
 
 #endif

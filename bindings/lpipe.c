@@ -21,7 +21,7 @@
 typedef struct lpipe {
   int fd; /* -1 once closed */
   int readable, writable;
-  lmp_buf_t buf; /* receive buffer, reused */
+  lmp_pipe_reader_t rd; /* the last message, and messages still arriving */
 } lpipe;
 
 /* === helpers === */
@@ -41,7 +41,8 @@ static lpipe *newend(lua_State *L, int fd, int readable, int writable)
 static lpipe *checkopen(lua_State *L)
 {
   lpipe *p = luaL_checkudata(L, 1, PIPE_MT);
-  luaL_argcheck(L, p->fd >= 0, 1, "connection is closed");
+  if (p->fd < 0)
+    lmpb_closed(L, PIPE_MT);
   return p;
 }
 
@@ -72,7 +73,7 @@ static int sendresult(lua_State *L, int rc)
 /* Receives one message into the end's buffer; returns 0 or pushes nil, reason. */
 static int recv_into(lua_State *L, lpipe *p, int64_t deadline)
 {
-  int rc = lmp_pipe_recv(p->fd, &p->buf, deadline);
+  int rc = lmp_pipe_recv(&p->rd, p->fd, deadline);
   if (rc == -ETIMEDOUT)
     return lmpb_fail(L, "timeout");
   if (rc == -EPIPE || rc == -ECONNRESET)
@@ -123,7 +124,7 @@ static int pipe_recv(lua_State *L)
   lpipe *p = checkreadable(L);
   if (recv_into(L, p, lmpb_optdeadline(L, 2)))
     return 2;
-  lmpb_decode(L, p->buf.data, p->buf.len, 1);
+  lmpb_decode(L, p->rd.msg.data, p->rd.msg.len, 1);
   return 1;
 }
 
@@ -145,7 +146,7 @@ static int pipe_recv_bytes(lua_State *L)
   lpipe *p = checkreadable(L);
   if (recv_into(L, p, lmpb_optdeadline(L, 2)))
     return 2;
-  lua_pushlstring(L, p->buf.data, p->buf.len);
+  lua_pushlstring(L, p->rd.msg.data, p->rd.msg.len);
   return 1;
 }
 
@@ -153,7 +154,7 @@ static int pipe_poll(lua_State *L)
 {
   lpipe *p = checkreadable(L);
   int64_t deadline = lua_isnoneornil(L, 2) ? lmp_deadline(0) : lmpb_optdeadline(L, 2);
-  int rc = lmp_pipe_poll(p->fd, deadline);
+  int rc = lmp_pipe_poll(&p->rd, p->fd, deadline);
   if (rc < 0)
     return lmpb_rterror(L, "poll", rc);
   lua_pushboolean(L, rc > 0);
@@ -172,7 +173,7 @@ static int pipe_close(lua_State *L)
   if (p->fd >= 0)
     close(p->fd);
   p->fd = -1;
-  lmp_buf_free(&p->buf);
+  lmp_pipe_reader_free(&p->rd);
   return 0;
 }
 

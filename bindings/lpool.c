@@ -1483,6 +1483,8 @@ static int l_pool_worker(lua_State *L)
   lmp_proc_exit(code);
 }
 
+#define MAX_PROCESSES 4096
+
 /* core.new(processes, maxtasksperchild, task_timeout, initializer, initargs,
  * max_memory, start_method) */
 static int l_new(lua_State *L)
@@ -1493,7 +1495,7 @@ static int l_new(lua_State *L)
   lua_Integer maxmem = luaL_optinteger(L, 6, 0);
   luaL_argcheck(L, maxmem >= 0, 6, "bad max_memory");
   const char *method = lmpb_checkmethod(L, 7, 7);
-  luaL_argcheck(L, n >= 1 && n <= 4096, 1, "processes must be between 1 and 4096");
+  luaL_argcheck(L, n >= 1 && n <= MAX_PROCESSES, 1, "processes must be between 1 and 4096");
   luaL_argcheck(L, max >= 0 && max <= UINT32_MAX, 2, "bad maxtasksperchild");
   luaL_argcheck(L, timeout >= 0 && timeout < 9e9, 3, "bad task_timeout");
   lpool *lp = lua_newuserdatauv(L, sizeof *lp, 1);
@@ -1606,6 +1608,8 @@ static int l_pool(lua_State *L)
     lua_call(L, 1, 1); /* the installer */
     lua_pushvalue(L, lua_upvalueindex(1));
     luaL_newlib(L, core_funcs);
+    lua_pushinteger(L, MAX_PROCESSES);
+    lua_setfield(L, -2, "max_processes"); /* so Pool's own checks name 'Pool' */
     lua_call(L, 2, 1); /* the constructor */
     lua_remove(L, -2);
     lua_pushvalue(L, -1);

@@ -56,7 +56,7 @@ static lprocess *checkstarted(lua_State *L)
 {
   lprocess *p = checkproc(L);
   if (p->state == CLOSED)
-    luaL_argerror(L, 1, "process is closed");
+    lmpb_closed(L, PROCESS_MT);
   if (p->state != STARTED)
     luaL_argerror(L, 1, "process not started");
   return p;
@@ -218,7 +218,8 @@ void lmpb_process_run(lua_State *L, int fn_idx, int nargs)
 static int process_start(lua_State *L)
 {
   lprocess *p = checkproc(L);
-  luaL_argcheck(L, p->state != CLOSED, 1, "process is closed");
+  if (p->state == CLOSED)
+    lmpb_closed(L, PROCESS_MT);
   luaL_argcheck(L, p->state == CREATED, 1, "process already started");
   lmp_proc_reap();
   lua_settop(L, 1);

@@ -224,7 +224,7 @@ static lmp_array_t *check_open(lua_State *L, int idx, const char *mt)
 {
   larray *u = luaL_checkudata(L, idx, mt);
   if (u->a == NULL)
-    luaL_error(L, "attempt to use a closed %s", mt);
+    lmpb_closed(L, mt);
   return u->a;
 }
 
@@ -373,7 +373,7 @@ static int obj_get_lock(lua_State *L)
   if (u == NULL)
     return luaL_typeerror(L, 1, "lmp.Array or lmp.Value");
   if (u->a == NULL)
-    return luaL_error(L, "attempt to use a closed %s", kind_mt(L, 1));
+    return lmpb_closed(L, kind_mt(L, 1));
   if (!has_lock(u->a))
     return luaL_error(L, "%s has no lock", kind_name(u->a, luaL_testudata(L, 1, VALUE_MT) != NULL));
   return push_lock(L, u->a);
@@ -698,7 +698,7 @@ static lmp_shmem_t *checkshmem(lua_State *L)
 {
   lshmem *u = luaL_checkudata(L, 1, SHMEM_MT);
   if (u->m == NULL)
-    luaL_error(L, "attempt to use a closed %s", SHMEM_MT);
+    lmpb_closed(L, SHMEM_MT);
   return u->m;
 }
 

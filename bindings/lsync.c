@@ -153,7 +153,7 @@ static lsync *checksync(lua_State *L, int mask, const char *expected)
     luaL_typeerror(L, 1, expected);
   lsync *s = lua_touserdata(L, 1);
   if (s->sh == NULL)
-    luaL_error(L, "attempt to use a closed %s", mtnames[k]);
+    lmpb_closed(L, mtnames[k]);
   return s;
 }
 

@@ -38,7 +38,6 @@
 #include "lmp/dict.h"
 
 #include <errno.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -462,55 +461,12 @@ static void repair(struct core *c)
 
 /* === create, open, lock, free === */
 
-/*
- * Handles per root segment in this process, so that the last one to go can
- * tell it is the last (see core_free).  A short list: a process holds few
- * containers.  Copied by fork along with the handles it counts.
- */
-struct holder {
-  struct holder *next;
-  lmp_seg_t *seg;
-  int handles;
-};
-
-static struct holder *holders;
-static pthread_mutex_t holders_lock = PTHREAD_MUTEX_INITIALIZER;
-
-/* Count one handle more (+1) or less (-1); returns how many are left. */
-static int holders_add(lmp_seg_t *seg, int delta)
-{
-  struct holder **pp, *hd;
-  int left = -1;
-  pthread_mutex_lock(&holders_lock);
-  for (pp = &holders; (hd = *pp) && hd->seg != seg; pp = &hd->next) {
-  }
-  if (!hd && delta > 0 && (hd = calloc(1, sizeof *hd))) {
-    hd->seg = seg;
-    hd->next = holders;
-    holders = hd;
-    pp = &holders;
-  }
-  if (hd) {
-    left = hd->handles += delta;
-    if (left <= 0) {
-      *pp = hd->next;
-      free(hd);
-    }
-  }
-  pthread_mutex_unlock(&holders_lock);
-  return left;
-}
-
 static int core_new(lmp_seg_t *seg, uint32_t kind, struct core **out)
 {
   /* struct lmp_dict and struct lmp_list are both a struct core. */
   struct core *c = calloc(1, sizeof *c);
   if (c == NULL)
     return -ENOMEM;
-  if (holders_add(seg, 1) < 0) {
-    free(c);
-    return -ENOMEM;
-  }
   c->seg = seg;
   c->r = lmp_seg_data(seg);
   c->kind = kind;
@@ -602,16 +558,16 @@ static void visit_all(struct core *c, lmp_store_visit_fn visit, void *ctx)
  * The last holder of a container also lets go of what the container holds:
  * the values (through `visit`) and the root's pin on a grown store, or they
  * would outlive it until the root exits.  "Last" is this process's last
- * handle while no other process (and no handle in flight) holds the root;
- * two last holders leaving at the same instant may both miss it, which the
- * root's cleanup then covers.
+ * reference to the root's segment (each handle holds one; a grown store is
+ * a segment of its own) while no other process (and no handle in flight)
+ * holds the root; two last holders leaving at the same instant may both
+ * miss it, which the root's cleanup then covers.
  */
 static void core_free(struct core *c, lmp_store_visit_fn visit, void *ctx)
 {
   if (c == NULL)
     return;
-  int mine = holders_add(c->seg, -1);
-  if (mine == 0 && lmp_seg_refs(c->seg) == 1 && core_lock(c) == 0) {
+  if (lmp_seg_local(c->seg) == 1 && lmp_seg_refs(c->seg) == 1 && core_lock(c) == 0) {
     if (visit)
       visit_all(c, visit, ctx);
     if (c->store_seg)

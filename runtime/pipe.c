@@ -1,21 +1,46 @@
 /*
- * pipe.c -- framed messages over Unix stream socketpairs (lmp.Pipe).
+ * pipe.c -- messages over Unix seqpacket socketpairs (lmp.Pipe).
  *
- * A pipe is a socketpair(AF_UNIX, SOCK_STREAM).  A stream socket, unlike a
- * datagram or seqpacket one, carries a message of any size (the kernel would
- * cap a datagram at the socket buffer), and unlike pipe(2) it can be made
- * duplex, have its descriptor passed, and it reports a dead peer as end of
- * stream.  A simplex pair shuts down the directions it does not use, so a
- * misuse fails loudly instead of leaving bytes nobody reads.
+ * A pipe is a socketpair(AF_UNIX, SOCK_SEQPACKET).  Unlike pipe(2) it can
+ * be made duplex, have its descriptor passed, and it reports a dead peer as
+ * end of stream; a simplex pair shuts down the directions it does not use,
+ * so a misuse fails loudly instead of leaving bytes nobody reads.
  *
- * Framing.  Each message is an 8-byte little-endian length followed by the
- * payload.  The sender writes both with one sendmsg(2) of two iovecs, so a
- * small message costs one system call and arrives in one piece.  The receiver
- * honours its deadline only until a frame starts: once one byte of a header
- * has been read the rest of the frame is read regardless of the deadline,
- * because stopping half-way would leave the stream out of step.  A writer
- * killed mid-message shows up as end of stream inside a frame, which is
- * reported as -EPIPE: a torn message is never returned.
+ * Records, not a byte stream.  The kernel queues a seqpacket record whole
+ * or not at all and a receive takes exactly one record, so a writer killed
+ * in the middle of a send leaves nothing half-written.  A byte stream
+ * cannot give that: a writer killed after part of a frame leaves the frame's
+ * start in the stream, and when another process still holds a writing end
+ * (often the parent, which kept its copy) the reader either waits forever
+ * for the rest or reads the next writer's bytes as that rest.
+ *
+ * Framing.  A record is a 16-byte little-endian header -- the message's
+ * length (8 bytes), its writer (4) and the record's index in it (4) --
+ * followed by payload.  A message that fits in one record (up to
+ * LMP_PIPE_RECORD, 256 KiB, header included) is one record with writer 0:
+ * one sendmsg(2), one recvmsg(2), nothing kept between calls.  A larger one
+ * is cut into records that carry the writer's thread id and count up from
+ * 0.  Records of several writers may interleave, so the reader keeps one
+ * part per writer (lmp_pipe_reader_t) and returns a message once all of its
+ * bytes are there.  What a dead writer left is never returned: its part
+ * waits for records that never come, and is dropped when that writer id
+ * starts a new message, when a waiting reader finds the thread gone
+ * (kill(tid, 0) says ESRCH), or at end of stream.  A record that fits no
+ * part (a forged header, a continuation whose start this reader never saw)
+ * is refused with -EBADMSG; the records after it are read as usual.
+ *
+ * The first record of a writer is read into the reader's message buffer;
+ * the next records are read straight behind the bytes of the message that
+ * received the last record, with the remainder of the 256 KiB landing in
+ * the message buffer, so a big message from one writer is copied once (by
+ * the kernel) and a record of another writer costs one copy of itself.
+ * Buffers grow with the bytes that arrived, never with a length a header
+ * announces.  A sender whose kernel refuses records this large (EMSGSIZE:
+ * a small net.core.wmem_max) halves its record size, down to 4 KiB.
+ *
+ * Several processes may read one end: each record goes to one of them, so
+ * a message of one record goes to one reader whole.  The records of a
+ * larger message may be split between readers, which then refuse them.
  *
  * Descriptors are expected to be blocking; if a user made one non-blocking
  * the loops below wait in poll(2) instead of failing with EAGAIN.
@@ -33,8 +58,12 @@
 #include <errno.h>
 #include <poll.h>
 #include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -43,13 +72,21 @@
 
 #include "internal.h"
 
-#define HEADER_SIZE 8
+#define HEADER_SIZE 16
+#define ROOM (LMP_PIPE_RECORD - HEADER_SIZE) /* payload of the largest record */
+#define MIN_RECORD 4096
 /* Larger socket buffers let a sender run ahead of its reader; the kernel caps
  * the request at net.core.wmem_max / rmem_max, which is fine. */
 #define SOCKET_BUFFER (4 << 20)
-#define DISCARD_CHUNK 65536
-#define READ_AHEAD (1u << 20) /* see read_payload */
 #define SPIN_NS 20000 /* see "Waiting" above */
+
+struct lmp_pipe_part {
+  lmp_pipe_part_t *next;
+  uint32_t writer, index; /* index: of the record expected next */
+  uint64_t len, got;      /* the message's length; bytes arrived */
+  lmp_buf_t buf;          /* those bytes, unless lost */
+  int lost;               /* no memory for it: counted, not kept */
+};
 
 /* === pairs === */
 
@@ -64,7 +101,7 @@ static void enlarge_buffers(int fd)
 int lmp_pipe_pair(int duplex, int fds[2])
 {
   int sv[2];
-  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
     return -errno;
   enlarge_buffers(sv[0]);
   enlarge_buffers(sv[1]);
@@ -79,58 +116,42 @@ int lmp_pipe_pair(int duplex, int fds[2])
   return 0;
 }
 
-/* === send === */
+/* === headers === */
 
-static void put_le64(unsigned char *p, uint64_t v)
+static void put_le(unsigned char *p, uint64_t v, int n)
 {
-  for (int i = 0; i < 8; i++)
+  for (int i = 0; i < n; i++)
     p[i] = (unsigned char)(v >> (8 * i));
 }
 
-static uint64_t get_le64(const unsigned char *p)
+static uint64_t get_le(const unsigned char *p, int n)
 {
   uint64_t v = 0;
-  for (int i = 0; i < 8; i++)
+  for (int i = 0; i < n; i++)
     v |= (uint64_t)p[i] << (8 * i);
   return v;
 }
 
-/* Drop `n` bytes from the front of an iovec array. */
-static void iov_advance(struct iovec **iov, int *cnt, size_t n)
+static void put_header(unsigned char *hdr, uint64_t len, uint32_t writer, uint32_t index)
 {
-  while (*cnt > 0 && n >= (*iov)->iov_len) {
-    n -= (*iov)->iov_len;
-    (*iov)++;
-    (*cnt)--;
-  }
-  if (*cnt > 0) {
-    (*iov)->iov_base = (char *)(*iov)->iov_base + n;
-    (*iov)->iov_len -= n;
-  }
+  put_le(hdr, len, 8);
+  put_le(hdr + 8, writer, 4);
+  put_le(hdr + 12, index, 4);
 }
 
-/*
- * Write the whole frame.  sendmsg() on a stream socket may write part of it
- * (a signal, a full buffer on a non-blocking descriptor); the loop carries on
- * from where it stopped.  Skipping empty iovecs keeps a 0-byte payload from
- * turning into an extra call.
- */
-int lmp_pipe_send(int fd, const void *data, size_t len)
+/* === send === */
+
+/* The record size this process sends, lowered when the kernel refuses it. */
+static atomic_size_t record_size = LMP_PIPE_RECORD;
+
+/* One record: sent whole, or not at all (-errno). */
+static int send_record(int fd, const unsigned char *hdr, const char *p, size_t n)
 {
-  if ((uint64_t)len > LMP_PIPE_MAX_MESSAGE)
-    return -EMSGSIZE;
-  unsigned char hdr[HEADER_SIZE];
-  put_le64(hdr, len);
-  struct iovec vec[2] = {{hdr, HEADER_SIZE}, {(void *)data, len}};
-  struct iovec *iov = vec;
-  int cnt = len ? 2 : 1;
-  while (cnt > 0) {
-    struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)cnt};
-    ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
-    if (n >= 0) {
-      iov_advance(&iov, &cnt, (size_t)n);
-      continue;
-    }
+  struct iovec vec[2] = {{(void *)hdr, HEADER_SIZE}, {(void *)p, n}};
+  struct msghdr msg = {.msg_iov = vec, .msg_iovlen = n ? 2 : 1};
+  for (;;) {
+    if (sendmsg(fd, &msg, MSG_NOSIGNAL) >= 0)
+      return 0;
     if (errno == EINTR)
       continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -139,108 +160,295 @@ int lmp_pipe_send(int fd, const void *data, size_t len)
         return rc;
       continue;
     }
-    if (errno == ECONNRESET || errno == ENOTCONN)
+    if (errno == ECONNRESET || errno == ENOTCONN || errno == ECONNREFUSED)
       return -EPIPE;
     return -errno;
   }
+}
+
+/* A message of several records of `room` payload bytes each. */
+static int send_records(int fd, const char *p, size_t len, size_t room)
+{
+  unsigned char hdr[HEADER_SIZE];
+  uint32_t writer = (uint32_t)syscall(SYS_gettid), index = 0;
+  for (size_t off = 0; off < len; off += room, index++) {
+    size_t n = len - off < room ? len - off : room;
+    put_header(hdr, len, writer, index);
+    int rc = send_record(fd, hdr, p + off, n);
+    if (rc < 0)
+      return rc;
+  }
   return 0;
+}
+
+int lmp_pipe_send(int fd, const void *data, size_t len)
+{
+  if ((uint64_t)len > LMP_PIPE_MAX_MESSAGE)
+    return -EMSGSIZE;
+  for (;;) {
+    size_t size = atomic_load_explicit(&record_size, memory_order_relaxed);
+    int rc;
+    if (len <= size - HEADER_SIZE) {
+      unsigned char hdr[HEADER_SIZE];
+      put_header(hdr, len, 0, 0);
+      rc = send_record(fd, hdr, data, len);
+    } else {
+      rc = send_records(fd, data, len, size - HEADER_SIZE);
+    }
+    /* Refused as too large before anything of it was queued (the first
+     * record is the largest): try again with smaller records.  Had some
+     * gone, the new first record would replace them at the reader. */
+    if (rc != -EMSGSIZE || size <= MIN_RECORD)
+      return rc;
+    atomic_compare_exchange_strong(&record_size, &size, size / 2);
+  }
+}
+
+/* === the reader's parts === */
+
+static lmp_pipe_part_t *find(lmp_pipe_reader_t *r, uint32_t writer)
+{
+  lmp_pipe_part_t *p = r->parts;
+  while (p != NULL && p->writer != writer)
+    p = p->next;
+  return p;
+}
+
+static void unlink_part(lmp_pipe_reader_t *r, lmp_pipe_part_t *p)
+{
+  lmp_pipe_part_t **at = &r->parts;
+  while (*at != p)
+    at = &(*at)->next;
+  *at = p->next;
+}
+
+static void drop(lmp_pipe_reader_t *r, lmp_pipe_part_t *p)
+{
+  unlink_part(r, p);
+  lmp_buf_free(&p->buf);
+  free(p);
+}
+
+static void drop_all(lmp_pipe_reader_t *r)
+{
+  while (r->parts != NULL)
+    drop(r, r->parts);
+}
+
+/* The part that took a record goes first: the next record is read behind it. */
+static void to_front(lmp_pipe_reader_t *r, lmp_pipe_part_t *p)
+{
+  unlink_part(r, p);
+  p->next = r->parts;
+  r->parts = p;
+}
+
+static void lose(lmp_pipe_part_t *p)
+{
+  lmp_buf_free(&p->buf);
+  p->lost = 1;
+}
+
+/* Parts whose writer is gone can never complete. */
+static void reap(lmp_pipe_reader_t *r)
+{
+  lmp_pipe_part_t *p = r->parts, *next;
+  for (; p != NULL; p = next) {
+    next = p->next;
+    if (kill((pid_t)p->writer, 0) < 0 && errno == ESRCH)
+      drop(r, p);
+  }
+}
+
+void lmp_pipe_reader_free(lmp_pipe_reader_t *r)
+{
+  drop_all(r);
+  lmp_buf_free(&r->msg);
+  r->ready = 0;
 }
 
 /* === receive === */
 
+struct record {
+  uint64_t len;
+  uint32_t writer, index;
+  size_t got;           /* payload bytes */
+  lmp_pipe_part_t *cur; /* the part the record was read behind, or NULL */
+  size_t room;          /* payload bytes that went there */
+};
+
 /*
- * Read exactly `len` bytes of a frame that has started.  End of stream here
- * means the writer died or closed mid-message: -EPIPE.
+ * Receive one record: its payload goes behind the bytes of the first part
+ * (room bytes at most: what that message still lacks) and the rest into
+ * r->msg.  0, or -EAGAIN / -EINTR / -EPIPE (end of stream) / -EBADMSG
+ * (not a record of ours; it is consumed) / -errno.
  */
-static int read_full(int fd, char *p, size_t len)
+static int read_record(lmp_pipe_reader_t *r, int fd, int flags, struct record *rec)
 {
-  while (len > 0) {
-    ssize_t n = recv(fd, p, len, MSG_WAITALL);
-    if (n > 0) {
-      p += n;
-      len -= (size_t)n;
-      continue;
+  lmp_pipe_part_t *cur = r->parts != NULL && !r->parts->lost ? r->parts : NULL;
+  size_t room = 0;
+  if (lmp_buf_reserve(&r->msg, ROOM) < 0)
+    return -ENOMEM;
+  if (cur != NULL) {
+    uint64_t left = cur->len - cur->got;
+    room = left < ROOM ? (size_t)left : ROOM;
+    if (lmp_buf_reserve(&cur->buf, (size_t)cur->got + room) < 0) {
+      lose(cur);
+      cur = NULL;
+      room = 0;
     }
-    if (n == 0)
-      return -EPIPE;
-    if (errno == EINTR)
-      continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      int rc = lmp__poll_fd(fd, POLLIN, LMP_FOREVER);
-      if (rc < 0)
-        return rc;
-      continue;
-    }
-    return errno == ECONNRESET ? -EPIPE : -errno;
   }
+  unsigned char hdr[HEADER_SIZE];
+  struct iovec vec[3] = {{hdr, HEADER_SIZE},
+                         {cur != NULL ? cur->buf.data + cur->got : NULL, room},
+                         {r->msg.data, ROOM - room}};
+  struct msghdr msg = {.msg_iov = vec, .msg_iovlen = 3};
+  ssize_t n = recvmsg(fd, &msg, flags);
+  if (n < 0) /* ECONNRESET: a closed duplex peer left data unread; said once */
+    return errno == ECONNRESET ? -EINTR : errno == EWOULDBLOCK ? -EAGAIN : -errno;
+  if (n == 0)
+    return -EPIPE;
+  if (n < HEADER_SIZE || (msg.msg_flags & MSG_TRUNC))
+    return -EBADMSG;
+  rec->len = get_le(hdr, 8);
+  rec->writer = (uint32_t)get_le(hdr + 8, 4);
+  rec->index = (uint32_t)get_le(hdr + 12, 4);
+  rec->got = (size_t)n - HEADER_SIZE;
+  rec->cur = cur;
+  rec->room = room;
   return 0;
 }
 
-/* Consume a payload we cannot keep, so the next frame still starts in step. */
-static int discard(int fd, uint64_t len)
+/* Move a record read behind a part it does not belong to into r->msg. */
+static void gather(lmp_pipe_reader_t *r, const struct record *rec)
 {
-  char scratch[DISCARD_CHUNK];
-  while (len > 0) {
-    size_t n = len < sizeof scratch ? (size_t)len : sizeof scratch;
-    int rc = read_full(fd, scratch, n);
-    if (rc < 0)
-      return rc;
-    len -= n;
+  if (rec->cur == NULL || rec->room == 0)
+    return;
+  size_t head = rec->got < rec->room ? rec->got : rec->room;
+  memmove(r->msg.data + head, r->msg.data, rec->got - head);
+  memcpy(r->msg.data, rec->cur->buf.data + rec->cur->got, head);
+}
+
+/* A part has all its bytes: its buffer becomes the message. */
+static int complete(lmp_pipe_reader_t *r, lmp_pipe_part_t *p)
+{
+  int lost = p->lost;
+  unlink_part(r, p);
+  if (!lost) {
+    lmp_buf_free(&r->msg);
+    r->msg = p->buf;
+    r->msg.len = (size_t)p->len;
   }
+  free(p);
+  return lost ? -ENOMEM : 1;
+}
+
+/* A record that starts a message of several. */
+static int start_part(lmp_pipe_reader_t *r, const struct record *rec, lmp_pipe_part_t *old)
+{
+  if (rec->len <= rec->got || rec->len > LMP_PIPE_MAX_MESSAGE)
+    return -EBADMSG;
+  if (old != NULL)
+    drop(r, old); /* that writer id began again: what it sent before died with it */
+  lmp_pipe_part_t *p = calloc(1, sizeof *p);
+  if (p == NULL)
+    return -ENOMEM;
+  p->writer = rec->writer;
+  p->index = 1;
+  p->len = rec->len;
+  p->got = rec->got;
+  p->buf = r->msg; /* the payload is there: take the buffer */
+  p->buf.len = rec->got;
+  memset(&r->msg, 0, sizeof r->msg);
+  p->next = r->parts;
+  r->parts = p;
   return 0;
 }
 
-/*
- * Poll for the first bytes of a header for SPIN_NS at most (see "Waiting"
- * above): the count of header bytes read (> 0), -EPIPE, or 0 when nothing
- * came (or an error that the caller's own recv will report again).
- */
-static int spin_start(int fd, unsigned char *hdr, int64_t deadline)
+/* Settle a record: 1 when r->msg holds a whole message, 0 when the record
+ * went into a part, -EBADMSG / -ENOMEM. */
+static int absorb(lmp_pipe_reader_t *r, const struct record *rec)
 {
+  lmp_pipe_part_t *p = rec->writer != 0 ? find(r, rec->writer) : NULL;
+  int fits = p != NULL && rec->index != 0 && rec->index == p->index && rec->len == p->len &&
+             rec->got <= p->len - p->got;
+  if (fits && p == rec->cur) { /* read in place */
+    p->got += rec->got;
+    p->buf.len = (size_t)p->got;
+    p->index++;
+    return p->got == p->len ? complete(r, p) : 0;
+  }
+  gather(r, rec);
+  if (rec->writer == 0) {
+    if (rec->index != 0 || rec->len != rec->got)
+      return -EBADMSG;
+    r->msg.len = rec->got;
+    return 1;
+  }
+  if (rec->index == 0)
+    return start_part(r, rec, p);
+  if (!fits) {
+    if (p != NULL)
+      drop(r, p);
+    return -EBADMSG;
+  }
+  if (!p->lost && lmp_buf_reserve(&p->buf, (size_t)(p->got + rec->got)) < 0)
+    lose(p);
+  if (!p->lost) {
+    memcpy(p->buf.data + p->got, r->msg.data, rec->got);
+    p->buf.len = (size_t)(p->got + rec->got);
+  }
+  p->got += rec->got;
+  p->index++;
+  to_front(r, p);
+  return p->got == p->len ? complete(r, p) : 0;
+}
+
+/* Read and settle one record: 1 (a whole message), 0 (part of one), <0. */
+static int step(lmp_pipe_reader_t *r, int fd, int flags)
+{
+  struct record rec = {0};
+  int rc = read_record(r, fd, flags, &rec);
+  if (rc == -EPIPE)
+    drop_all(r); /* nothing more can come */
+  if (rc < 0)
+    return rc;
+  return absorb(r, &rec);
+}
+
+int lmp_pipe_recv(lmp_pipe_reader_t *r, int fd, int64_t deadline)
+{
+  if (r->ready) {
+    int rc = r->ready;
+    r->ready = 0;
+    return rc > 0 ? 0 : rc;
+  }
+  r->msg.len = 0;
   int64_t now = lmp_now_ns(), until = now + SPIN_NS;
   if (deadline != LMP_FOREVER && deadline < until)
     until = deadline;
-  if (until <= now)
-    return 0; /* a zero timeout: the caller's one recv decides */
-  for (;;) {
-    ssize_t n = recv(fd, hdr, HEADER_SIZE, MSG_DONTWAIT);
-    if (n > 0)
-      return (int)n;
-    if (n == 0)
-      return -EPIPE;
-    if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-      return 0;
-    if (lmp_now_ns() >= until)
-      return 0;
-    sched_yield();
-  }
-}
-
-/*
- * Wait for the first byte of a header and take whatever part of the header
- * is there.  Returns the number of header bytes read (> 0), or -ETIMEDOUT /
- * -EPIPE / -errno.  With a deadline the read never blocks (MSG_DONTWAIT) and
- * the waiting happens in poll(): when several processes read one end, poll()
- * may report data that another reader takes first, and a blocking read
- * would then overrun the deadline.  Without one, recv() itself sleeps: one
- * system call instead of three, which halves a ping-pong's round trip.
- */
-static int frame_start(int fd, unsigned char *hdr, int64_t deadline)
-{
+  int spinning = until > now, reaped = 0; /* a zero timeout: one try, then poll says */
   int flags = deadline == LMP_FOREVER ? 0 : MSG_DONTWAIT;
-  int rc = spin_start(fd, hdr, deadline);
-  if (rc != 0)
-    return rc;
   for (;;) {
-    ssize_t n = recv(fd, hdr, HEADER_SIZE, flags);
-    if (n > 0)
-      return (int)n;
-    if (n == 0)
-      return -EPIPE;
-    if (errno == EINTR)
+    int rc = step(r, fd, spinning ? MSG_DONTWAIT : flags);
+    if (rc == 1)
+      return 0;
+    if (rc == 0 || rc == -EINTR)
       continue;
-    if (errno != EAGAIN && errno != EWOULDBLOCK)
-      return errno == ECONNRESET ? -EPIPE : -errno;
+    if (rc != -EAGAIN)
+      return rc;
+    if (!reaped && r->parts != NULL) {
+      reap(r);
+      reaped = 1;
+    }
+    if (spinning) {
+      spinning = lmp_now_ns() < until;
+      if (spinning)
+        sched_yield();
+      continue;
+    }
+    /* With a deadline the read never blocks and the waiting happens here:
+     * another reader of the same end may take what poll() reported. */
     rc = lmp__poll_fd(fd, POLLIN, deadline);
     if (rc < 0)
       return rc;
@@ -249,54 +457,27 @@ static int frame_start(int fd, unsigned char *hdr, int64_t deadline)
   }
 }
 
-/*
- * Read a payload of `len` bytes into buf.  The buffer grows with the bytes
- * that have arrived (at most twice as many, or READ_AHEAD), not with the
- * length the header announced: a forged header costs memory only as far as
- * its bytes really come.  Payloads up to READ_AHEAD are read in one go.
- */
-static int read_payload(int fd, lmp_buf_t *buf, uint64_t len)
+int lmp_pipe_poll(lmp_pipe_reader_t *r, int fd, int64_t deadline)
 {
-  uint64_t got = 0;
-  while (got < len) {
-    uint64_t upto = got + (got > READ_AHEAD ? got : READ_AHEAD);
-    if (upto > len)
-      upto = len;
-    if (upto > SIZE_MAX || lmp_buf_reserve(buf, (size_t)upto) < 0) {
-      int rc = discard(fd, len - got);
-      return rc < 0 ? rc : -ENOMEM;
-    }
-    int rc = read_full(fd, buf->data + got, (size_t)(upto - got));
-    if (rc < 0)
+  int reaped = 0;
+  while (!r->ready) {
+    int rc = step(r, fd, MSG_DONTWAIT);
+    if (rc == 1)
+      r->ready = 1;
+    else if (rc == -EBADMSG || rc == -ENOMEM)
+      r->ready = rc; /* the next recv reports it */
+    else if (rc == -EPIPE)
+      return 1; /* end of stream: the next recv reads it again */
+    else if (rc == -EAGAIN) {
+      if (!reaped && r->parts != NULL) {
+        reap(r);
+        reaped = 1;
+      }
+      rc = lmp__poll_fd(fd, POLLIN, deadline);
+      if (rc <= 0)
+        return rc;
+    } else if (rc != 0 && rc != -EINTR)
       return rc;
-    got = upto;
   }
-  return 0;
-}
-
-int lmp_pipe_recv(int fd, lmp_buf_t *buf, int64_t deadline)
-{
-  unsigned char hdr[HEADER_SIZE];
-  buf->len = 0;
-  int rc = frame_start(fd, hdr, deadline);
-  if (rc < 0)
-    return rc;
-  if (rc < HEADER_SIZE && (rc = read_full(fd, (char *)hdr + rc, HEADER_SIZE - rc)) < 0)
-    return rc;
-  uint64_t len = get_le64(hdr);
-  if (len > LMP_PIPE_MAX_MESSAGE)
-    return -EBADMSG; /* not a frame of ours: the stream cannot be trusted */
-  if ((rc = read_payload(fd, buf, len)) < 0)
-    return rc;
-  buf->len = (size_t)len;
-  return 0;
-}
-
-int lmp_pipe_poll(int fd, int64_t deadline)
-{
-  int rc = lmp__poll_fd(fd, POLLIN, deadline);
-  if (rc <= 0)
-    return rc;
-  /* POLLHUP / POLLERR count as readable: the next recv reports the end. */
   return 1;
 }

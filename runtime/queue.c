@@ -57,7 +57,6 @@
  * call and no extra atomic operation per message.
  */
 #include <errno.h>
-#include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -388,45 +387,6 @@ static int grow(lmp_queue_t *q, uint64_t need)
 
 /* === create, open, free === */
 
-/*
- * Handles per queue segment in this process, so that the last one to go can
- * tell it is the last (see lmp_queue_free).  A short list: a process holds
- * few queues.  Copied by fork along with the handles it counts.
- */
-struct holder {
-  struct holder *next;
-  lmp_seg_t *seg;
-  int handles;
-};
-
-static struct holder *holders;
-static pthread_mutex_t holders_lock = PTHREAD_MUTEX_INITIALIZER;
-
-/* Count one handle more (+1) or less (-1); returns how many are left. */
-static int holders_add(lmp_seg_t *seg, int delta)
-{
-  struct holder **pp, *hd;
-  int left = -1;
-  pthread_mutex_lock(&holders_lock);
-  for (pp = &holders; (hd = *pp) && hd->seg != seg; pp = &hd->next) {
-  }
-  if (!hd && delta > 0 && (hd = calloc(1, sizeof *hd))) {
-    hd->seg = seg;
-    hd->next = holders;
-    holders = hd;
-    pp = &holders;
-  }
-  if (hd) {
-    left = hd->handles += delta;
-    if (left <= 0) {
-      *pp = hd->next;
-      free(hd);
-    }
-  }
-  pthread_mutex_unlock(&holders_lock);
-  return left;
-}
-
 static size_t round_capacity(size_t cap)
 {
   size_t c = MIN_CAPACITY;
@@ -440,10 +400,6 @@ static int handle_new(lmp_seg_t *seg, lmp_queue_t **out)
   lmp_queue_t *q = calloc(1, sizeof *q);
   if (!q)
     return -ENOMEM;
-  if (holders_add(seg, 1) < 0) {
-    free(q);
-    return -ENOMEM;
-  }
   q->seg = seg;
   q->h = lmp_seg_data(seg);
   *out = q;
@@ -520,16 +476,16 @@ int lmp_queue_open(lmp_seg_t *seg, lmp_queue_t **out)
 /*
  * The last holder of a queue also gives up the header's pin on a grown
  * ring, or the ring would outlive the queue until the root exits.  "Last" is
- * this process's last handle while no other process (and no handle in
- * flight) holds the segment; two last holders leaving at the same instant
+ * this process's last reference to the header's segment (each handle holds
+ * one; a grown ring is a segment of its own) while no other process (and no
+ * handle in flight) holds it; two last holders leaving at the same instant
  * may both miss it, which the root's cleanup then covers.
  */
 void lmp_queue_free(lmp_queue_t *q)
 {
   if (!q)
     return;
-  int mine = holders_add(q->seg, -1);
-  if (mine == 0 && lmp_seg_refs(q->seg) == 1 && qlock(q->h) == 0) {
+  if (lmp_seg_local(q->seg) == 1 && lmp_seg_refs(q->seg) == 1 && qlock(q->h) == 0) {
     if (ring_sync(q) == 0 && q->ring_seg)
       unpin_ring(q->ring_seg);
     lmp_mutex_unlock(&q->h->lock);

@@ -534,7 +534,10 @@ uint32_t lmp_seg_refs(const lmp_seg_t *s)
 
 uint32_t lmp_seg_local(const lmp_seg_t *s)
 {
-  return s->local;
+  rt_lock();
+  uint32_t n = s->local;
+  rt_unlock();
+  return n;
 }
 
 /* === fork === */

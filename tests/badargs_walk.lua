@@ -81,11 +81,18 @@ local function describe(err)
   return (tostring(err):gsub("\n.*", ""):sub(1, 160))
 end
 
+-- The function a standard message names: "bad argument #1 to 'Pool' (...)"
+-- names Pool (C functions called through a field may say "lmp.Pool").
+local function named(msg)
+  local name = msg:match("^bad argument #%d+ to '([^']+)'") or msg:match("^calling '([^']+)' on bad self")
+  return name and name:gsub("^lmp%.", "")
+end
+
 -- "standard": bad argument, bad self, lmp.Error, a corrupt message or no
--- memory.  "state": another error lmp raised on purpose (release of an
+-- memory, naming the function called (`fname`).  "state": another error lmp raised on purpose (release of an
 -- unheld lock, join before start...).  "unclean": an error Lua itself
 -- raised inside lmp, which means an argument was never checked.
-local function judge(ok, err)
+local function judge(ok, err, fname)
   if ok then return "ok" end
   if lmp.is_error(err) then return "standard" end
   if type(err) ~= "string" then return "unclean" end
@@ -95,6 +102,8 @@ local function judge(ok, err)
       or msg:match("stack overflow") or msg:match("^bad argument #%d+ to '%?'") then
     return "unclean"
   end
+  local name = named(msg)
+  if name and name ~= fname then return "unclean" end -- names a function the user never called
   if msg:match("^bad argument #%d+ to '[^']+' %(") or msg:match("^calling '[^']+' on bad self")
       or msg:match("^corrupt message %(") or msg:match("not enough memory")
       or msg:match("out of memory") then
@@ -160,7 +169,7 @@ local function try(what, holder, key, names, vals, n)
     if type(res[i]) == "table" or type(res[i]) == "userdata" then made[#made + 1] = res[i] end
   end
   tidy()
-  local verdict = judge(ok, err)
+  local verdict = judge(ok, err, key)
   if verdict == "unclean" then unclean[#unclean + 1] = label .. " -> " .. describe(err) end
   if verdict == "state" then odd[describe(err)] = label end
 end

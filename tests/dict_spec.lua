@@ -464,6 +464,10 @@ describe("lmp.Manager", function()
       "bad argument #1 to 'Manager' (unknown option 'address')")
     assert.has_error(function() lmp.Manager(1) end,
       "bad argument #1 to 'Manager' (table expected, got number)")
+    local m <close> = lmp.Manager()
+    assert.has_error(function() m:Array(5) end, "bad argument #1 to 'Array' (string expected, got number)")
+    assert.has_error(function() m:dict(5) end,
+      "bad argument #1 to 'dict' (table or lmp.Dict expected, got number)")
   end)
 
   it("its objects pass to processes like any other", function()

@@ -388,6 +388,48 @@ describe("a writer killed in the middle of a message", function()
       r:close()
     end
   end)
+
+  it("Pipe, another process still holding the writing end: whole messages, never a hang", function()
+    local BIG = 5 * 1024 * 1024
+    for round = 1, scale(6, 60) do
+      local r, w = lmp.Pipe(false)
+      local started = lmp.Queue()
+      local p = spawn(function()
+        r:close()
+        started:put(true)
+        for seq = 1, math.huge do w:send(message(seq, seq % 2 == 0 and BIG or 100)) end
+      end)
+      -- This process keeps w open: the killed writer is not the only one.
+      assert.is_true(started:get(10))
+      lmp.sleep(0.002 * (round % 5))
+      p:kill() -- most likely in the middle of a 5 MiB send
+      assert.is_true(p:join(10))
+      local expect = 1
+      while true do
+        local m, err = r:recv(1)
+        if m == nil then
+          assert.are.equal("timeout", err) -- not a hang, and not a torn message
+          break
+        end
+        assert.is_true(intact(m))
+        assert.are.equal(expect, m.seq)
+        expect = expect + 1
+      end
+      -- Nothing whole is left: poll says so instead of sending recv to wait.
+      assert.is_false(r:poll(0.1))
+      -- The other writer's messages come through whole, after what the dead one left.
+      w:send(message(1, BIG))
+      assert.is_true(r:poll(10))
+      assert.is_true(intact(r:recv(0)))
+      w:send(message(2, 100))
+      assert.is_true(intact(r:recv(10)))
+      w:close()
+      local m, err = r:recv(10)
+      assert.is_nil(m)
+      assert.are.equal("closed", err)
+      r:close()
+    end
+  end)
 end)
 
 describe("memory limits", function()

@@ -88,7 +88,7 @@ describe("lmp.Pipe", function()
     local ok, err2 = b:send("x")
     assert.is_nil(ok); assert.are.equal("closed", err2)
     assert.is_true(a.closed)
-    assert.has_error(function() a:recv() end, "calling 'recv' on bad self (connection is closed)")
+    assert.has_error(function() a:recv() end, "attempt to use a closed lmp.Connection")
   end)
 
   it("a writer killed mid-message never yields a torn message", function()

@@ -782,6 +782,30 @@ describe("lmp.Pool arguments", function()
       "bad argument #2 to 'Pool' (no arguments expected after the options table)")
     assert.has_error(function() lmp.Pool(1, 5) end,
       "bad argument #2 to 'Pool' (function expected, got number)")
+    -- Limits the core enforces are reported under the name the user called.
+    assert.has_error(function() lmp.Pool(5000) end,
+      "bad argument #1 to 'Pool' (processes must be at most 4096)")
+    assert.has_error(function() lmp.Pool{processes = 5000} end,
+      "bad argument #1 to 'Pool' (field 'processes' must be at most 4096)")
+    assert.has_error(function() lmp.Pool(1, nil, nil, 2 ^ 40) end,
+      "bad argument #4 to 'Pool' (maxtasksperchild must be a positive integer)")
+    assert.has_error(function() lmp.Pool{task_timeout = 1e12} end,
+      "bad argument #1 to 'Pool' (field 'task_timeout' must be less than 9e9 seconds)")
+  end)
+
+  it("checks self in every method of a Pool and an AsyncResult", function()
+    local r = pool:apply_async(function() return 1 end)
+    assert.are.equal(1, r:get(30))
+    for _, m in ipairs({"apply", "apply_async", "map", "map_async", "starmap", "starmap_async",
+                        "imap", "imap_unordered", "close", "terminate", "join", "poll", "fileno",
+                        "stats"}) do
+      assert.has_error(function() pool[m](print, {1}) end,
+        "calling '" .. m .. "' on bad self (lmp.Pool expected, got function)")
+    end
+    for _, m in ipairs({"wait", "get", "ready", "successful", "running", "cancel", "cancelled"}) do
+      assert.has_error(function() r[m](pool) end,
+        "calling '" .. m .. "' on bad self (lmp.AsyncResult expected, got lmp.Pool)")
+    end
   end)
 
   it("rejects bad method arguments, numbered after self", function()

@@ -122,7 +122,7 @@ describe("lmp.Process", function()
     assert.has_error(function() p:close() end)
     p:join()
     p:close()
-    assert.has_error(function() p:join() end, "calling 'join' on bad self (process is closed)")
+    assert.has_error(function() p:join() end, "attempt to use a closed lmp.Process")
   end)
 
   it("terminates a running process at the end of a <close> scope", function()

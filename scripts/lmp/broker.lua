@@ -31,6 +31,7 @@ local TICK = 0.05 -- seconds between looks of an event loop (lmp.luv, lmp.cqueue
 local check = require "lmp.check"
 local typename, argerror, typeerror, badself = check.typename, check.argerror, check.typeerror, check.badself
 local callable, checkcallable, checkoptions = check.callable, check.checkcallable, check.checkoptions
+local checkself = check.checkself
 
 local function length(t)
   local n = rawget(t, "n")
@@ -186,6 +187,7 @@ local function dispatch(pool, deadline)
 end
 
 local function waitfor(res, timeout, fname)
+  checkself(res, AsyncResult, fname)
   if timeout ~= nil then
     if type(timeout) ~= "number" then typeerror(1, fname, "number", timeout) end
     if not (timeout >= 0) then argerror(1, fname, "timeout must be a non-negative number") end
@@ -214,10 +216,12 @@ function AsyncResult:get(timeout)
 end
 
 function AsyncResult:ready()
+  checkself(self, AsyncResult, "ready")
   return self._done == true
 end
 
 function AsyncResult:successful()
+  checkself(self, AsyncResult, "successful")
   if not self._done then badself("successful", "result is not ready") end
   return self._ok
 end
@@ -225,15 +229,18 @@ end
 --- A task on a broker cannot be taken back once sent: false unless done
 --- and cancelled already.
 function AsyncResult:cancel()
+  checkself(self, AsyncResult, "cancel")
   return self._cancelled == true
 end
 
 function AsyncResult:cancelled()
+  checkself(self, AsyncResult, "cancelled")
   return self._cancelled == true
 end
 
 --- Unknown on a broker (the worker does not say when it starts): false.
 function AsyncResult:running()
+  checkself(self, AsyncResult, "running")
   return false
 end
 
@@ -249,6 +256,7 @@ Pool.__index = Pool
 Pool.__name = "lmp.Pool"
 
 local function check_running(pool, fname)
+  checkself(pool, Pool, fname)
   if pool._state == "run" then return end
   badself(fname, pool._state == "close" and "pool is closed" or "pool is terminated")
 end
@@ -510,6 +518,7 @@ end
 -- === lifecycle ===
 
 function Pool:close()
+  checkself(self, Pool, "close")
   if self._state == "run" then
     self._state = "close"
     self._conn:flush()
@@ -519,6 +528,7 @@ end
 --- Stop waiting: what has no result fails with kind "cancelled" (the
 --- tasks already sent may still run on a worker; their results are dropped).
 function Pool:terminate()
+  checkself(self, Pool, "terminate")
   if self._state == "terminate" then return end
   self._state = "terminate"
   local err = lmp.Error("cancelled", "the pool was terminated")
@@ -533,6 +543,7 @@ end
 
 --- Wait until every task sent has its result, after close().
 function Pool:join()
+  checkself(self, Pool, "join")
   if self._state == "run" then
     badself("join", "pool is still running; call close() or terminate() first")
   end
@@ -544,6 +555,7 @@ end
 --- Deliver what has arrived and run due callbacks, without blocking: the
 --- number of results delivered.
 function Pool:poll()
+  checkself(self, Pool, "poll")
   run_callbacks(self)
   if self._state == "terminate" then return 0 end
   local before = self._inflight
@@ -554,6 +566,7 @@ end
 --- The broker connection's descriptor, for event loops: it turns readable
 --- only while the pool waits for a reply, so poll() on a short tick too.
 function Pool:fileno()
+  checkself(self, Pool, "fileno")
   if self._state == "terminate" then return -1 end
   return self._conn:fileno()
 end
@@ -575,6 +588,7 @@ function Pool:timeout()
 end
 
 function Pool:stats()
+  checkself(self, Pool, "stats")
   local waiting, dead = self._conn:counts()
   return {broker = self._url, queue = self._queue, inflight = self._inflight,
           submitted = self._seq, refused = self._refused, waiting = waiting, dead = dead,

@@ -25,6 +25,11 @@ function M.badself(fname, msg)
   error(string.format("calling '%s' on bad self (%s)", fname, msg), 0)
 end
 
+-- self must be an object of the class `mt` (a metatable with a __name).
+function M.checkself(self, mt, fname)
+  if getmetatable(self) ~= mt then M.badself(fname, mt.__name .. " expected, got " .. M.typename(self)) end
+end
+
 function M.callable(v)
   if type(v) == "function" then return true end
   local mt = getmetatable(v)

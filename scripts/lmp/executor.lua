@@ -485,6 +485,8 @@ local function new(...)
   if not ok then
     if type(pool) == "string" then
       pool = pool:gsub("^bad argument #1 to 'Pool'", "bad argument #1 to 'Executor'")
+                 :gsub("field 'processes'", "field 'max_workers'")
+                 :gsub("field 'maxtasksperchild'", "field 'max_tasks_per_child'")
     end
     error(pool, 0)
   end

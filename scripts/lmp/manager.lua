@@ -37,7 +37,15 @@ local function maker(method, ctor)
     if make == nil then
       error("lmp." .. ctor .. " is not available", 2)
     end
-    local obj = make(...)
+    -- An argument error names the method called (m:dict), not the
+    -- constructor behind it; the arguments are numbered the same.
+    local ok, obj = pcall(make, ...)
+    if not ok then
+      if type(obj) == "string" then
+        obj = obj:gsub("^(bad argument #%d+ to )'[^']*'", "%1'" .. method .. "'")
+      end
+      error(obj, 0)
+    end
     self._n = self._n + 1
     self._made[self._n] = obj
     return obj

@@ -27,6 +27,7 @@ return function(lmp, core)
   local profiling = profile.active
   local typename, argerror, typeerror, badself = check.typename, check.argerror, check.typeerror, check.badself
   local callable, checkcallable, checkoptions = check.callable, check.checkcallable, check.checkoptions
+  local checkself = check.checkself
 
   local function checktimeout(t, i, fname)
     if t == nil then return nil end
@@ -191,6 +192,7 @@ return function(lmp, core)
 
   -- Dispatch until the result is done or the timeout passes; true if done.
   local function waitfor(res, timeout, fname)
+    checkself(res, AsyncResult, fname)
     if timeout ~= nil then checktimeout(timeout, 1, fname) end
     local pool = res._pool
     if pool._cbq.t > 0 then run_callbacks(pool) end
@@ -216,10 +218,12 @@ return function(lmp, core)
   end
 
   function AsyncResult:ready()
+    checkself(self, AsyncResult, "ready")
     return self._done == true
   end
 
   function AsyncResult:successful()
+    checkself(self, AsyncResult, "successful")
     if not self._done then badself("successful", "result is not ready") end
     return self._ok
   end
@@ -233,6 +237,7 @@ return function(lmp, core)
 
   --- True while a worker runs (part of) the task.
   function AsyncResult:running()
+    checkself(self, AsyncResult, "running")
     if self._done then return false end
     local c = self._pool._c
     for t in pairs(units(self)) do
@@ -244,6 +249,7 @@ return function(lmp, core)
   --- Cancel a task no worker has been handed yet: true if cancelled (it
   --- then fails with kind "cancelled" and never runs), false otherwise.
   function AsyncResult:cancel()
+    checkself(self, AsyncResult, "cancel")
     if self._done then return self._cancelled == true end
     local pool = self._pool
     local c = pool._c
@@ -263,6 +269,7 @@ return function(lmp, core)
   end
 
   function AsyncResult:cancelled()
+    checkself(self, AsyncResult, "cancelled")
     return self._cancelled == true
   end
 
@@ -332,6 +339,7 @@ return function(lmp, core)
   Pool.__name = "lmp.Pool"
 
   local function check_running(pool, fname)
+    checkself(pool, Pool, fname)
     local st = pool._state
     if st == "run" then return end
     if st == "broken" then error(pool._broken, 0) end
@@ -434,14 +442,14 @@ return function(lmp, core)
 
   --- pool:apply(fn, ...) -> the result; raises the task's lmp.Error.
   function Pool:apply(fn, ...)
-    if self._state ~= "run" then check_running(self, "apply") end
+    if getmetatable(self) ~= Pool or self._state ~= "run" then check_running(self, "apply") end
     if type(fn) ~= "function" then checkcallable(fn, 1, "apply") end
     return submit_apply(self, fn, {...}, select("#", ...)):get()
   end
 
   --- pool:apply_async(fn [, args [, {callback =, error_callback =}]]) -> AsyncResult
   function Pool:apply_async(fn, args, opts)
-    if self._state ~= "run" then check_running(self, "apply_async") end
+    if getmetatable(self) ~= Pool or self._state ~= "run" then check_running(self, "apply_async") end
     if type(fn) ~= "function" then checkcallable(fn, 1, "apply_async") end
     if args ~= nil and type(args) ~= "table" then typeerror(2, "apply_async", "table", args) end
     local cb, eb
@@ -644,6 +652,7 @@ return function(lmp, core)
   -- === lifecycle ===
 
   function Pool:close()
+    checkself(self, Pool, "close")
     if self._state == "run" then
       self._state = "close"
       self._c:close()
@@ -652,6 +661,7 @@ return function(lmp, core)
 
   --- Kill the workers now; whatever has no result fails with kind "cancelled".
   function Pool:terminate()
+    checkself(self, Pool, "terminate")
     if self._state == "terminate" then return end
     self._state = "terminate"
     self._c:terminate()
@@ -665,6 +675,7 @@ return function(lmp, core)
 
   --- Wait for the workers to exit, after close() or terminate().
   function Pool:join()
+    checkself(self, Pool, "join")
     if self._state == "run" then
       badself("join", "pool is still running; call close() or terminate() first")
     end
@@ -675,6 +686,7 @@ return function(lmp, core)
   --- Deliver what has arrived and run due callbacks, without blocking: the
   --- number of results delivered.
   function Pool:poll()
+    checkself(self, Pool, "poll")
     run_callbacks(self)
     local n = 0
     while dispatch(self, 0) == nil do n = n + 1 end
@@ -684,6 +696,7 @@ return function(lmp, core)
   --- A descriptor that turns readable when results may be waiting; poll()
   --- resets it.
   function Pool:fileno()
+    checkself(self, Pool, "fileno")
     return self._c:fileno()
   end
 
@@ -701,6 +714,7 @@ return function(lmp, core)
 
   --- Observability: counters and one entry per worker slot.
   function Pool:stats()
+    checkself(self, Pool, "stats")
     local s = self._c:stats()
     s.workers = self._c:workers()
     return s
@@ -740,6 +754,18 @@ return function(lmp, core)
     end
   end
 
+  -- processes: why a count is refused, or nil.
+  local function processes_bad(v)
+    local n = tointeger(v)
+    if not n or n < 1 then return "must be a positive integer" end
+    if n > core.max_processes then return "must be at most " .. core.max_processes end
+  end
+
+  local function maxtasks_ok(v)
+    local n = tointeger(v)
+    return n and n >= 1 and n <= 0xffffffff
+  end
+
   --- lmp.Pool([processes [, initializer [, initargs [, maxtasksperchild]]]])
   --- lmp.Pool{processes =, initializer =, initargs =, maxtasksperchild =,
   ---          task_timeout =, max_memory_per_child =, start_method =}
@@ -754,26 +780,27 @@ return function(lmp, core)
       local function field(name, ok, msg)
         if a[name] ~= nil and not ok(a[name]) then argerror(1, "Pool", "field '" .. name .. "' " .. msg) end
       end
-      field("processes", function(v) local n = tointeger(v) return n and n >= 1 end,
-            "must be a positive integer")
+      if a.processes ~= nil and processes_bad(a.processes) then
+        argerror(1, "Pool", "field 'processes' " .. processes_bad(a.processes))
+      end
       field("initializer", callable, "must be callable")
       field("initargs", function(v) return type(v) == "table" end, "must be a table")
-      field("maxtasksperchild", function(v) local n = tointeger(v) return n and n >= 1 end,
-            "must be a positive integer")
+      field("maxtasksperchild", maxtasks_ok, "must be a positive integer")
       field("task_timeout", function(v) return type(v) == "number" and v > 0 end,
             "must be a positive number")
+      field("task_timeout", function(v) return v < 9e9 end, "must be less than 9e9 seconds")
       field("max_memory_per_child", function(v) local n = tointeger(v) return n and n >= 1 end,
             "must be a positive integer (bytes)")
       check_start_method(a.start_method)
     else
       local n, init, initargs, max = ...
-      if n ~= nil and (not tointeger(n) or tointeger(n) < 1) then
+      if n ~= nil and processes_bad(n) then
         if type(n) ~= "number" then typeerror(1, "Pool", "number", n) end
-        argerror(1, "Pool", "processes must be a positive integer")
+        argerror(1, "Pool", "processes " .. processes_bad(n))
       end
       if init ~= nil then checkcallable(init, 2, "Pool") end
       if initargs ~= nil and type(initargs) ~= "table" then typeerror(3, "Pool", "table", initargs) end
-      if max ~= nil and (not tointeger(max) or tointeger(max) < 1) then
+      if max ~= nil and not maxtasks_ok(max) then
         argerror(4, "Pool", "maxtasksperchild must be a positive integer")
       end
       o = {processes = n, initializer = init, initargs = initargs, maxtasksperchild = max}

@@ -1,11 +1,12 @@
 /*
  * fuzz_frame.c -- throws arbitrary bytes at the readers of lmp's two
- * transports: the pipe frame reader (lmp_pipe_recv) and the queue record
+ * transports: the pipe record reader (lmp_pipe_recv) and the queue record
  * reader (lmp_queue_get).
  *
- * The first input byte picks the reader.  Pipe: the rest is written into a
- * socketpair whose writer then closes, and frames are read until the stream
- * ends; every receive must return a message, -EBADMSG, -ENOMEM or -EPIPE,
+ * The first input byte picks the reader.  Pipe: the rest is cut into
+ * records (a length byte, then that many bytes) written into a socketpair
+ * whose writer then closes, and messages are read until the stream ends;
+ * every receive must return a message, -EBADMSG or -ENOMEM until -EPIPE,
  * never hang, and the buffer may grow with the bytes that came, never with
  * a length a header merely announces.  Queue: a few real records are put
  * into a small ring, then overwritten with the input (a stray write into
@@ -44,26 +45,33 @@ static void fail(const char *what, int rc)
 
 static void pipe_input(const uint8_t *data, size_t size)
 {
-  static lmp_buf_t b;
-  int fds[2], rc, calls = 0;
+  static lmp_pipe_reader_t b;
+  int fds[2], rc, calls = 0, records = 0;
 
   if (size > MAX_INPUT)
     size = MAX_INPUT;
   if (lmp_pipe_pair(1, fds) < 0)
     fail("socketpair", -errno);
-  if (size > 0 && write(fds[0], data, size) != (ssize_t)size)
-    fail("write", -errno);
-  close(fds[0]);
-  while ((rc = lmp_pipe_recv(fds[1], &b, lmp_deadline(10))) == 0) {
-    if (b.len > size || ++calls > (int)size / 8 + 1)
-      fail("a message from nowhere", (int)b.len);
+  /* An empty record reads as end of stream: the input's last one. */
+  for (size_t at = 0; at < size; records++) {
+    size_t n = data[at++];
+    if (n > size - at)
+      n = size - at;
+    if (write(fds[0], data + at, n) != (ssize_t)n)
+      fail("write", -errno);
+    at += n;
   }
-  if (rc != -EPIPE && rc != -EBADMSG && rc != -ENOMEM)
-    fail("receive", rc);
-  if (b.cap > 2 * size + (2u << 20))
-    fail("buffer larger than what arrived", (int)(b.cap >> 20));
+  close(fds[0]);
+  while ((rc = lmp_pipe_recv(&b, fds[1], lmp_deadline(10))) != -EPIPE) {
+    if (rc != 0 && rc != -EBADMSG && rc != -ENOMEM)
+      fail("receive", rc);
+    if ((rc == 0 && b.msg.len > size) || ++calls > records)
+      fail("a message from nowhere", (int)b.msg.len);
+  }
+  if (b.msg.cap > 2 * size + LMP_PIPE_RECORD)
+    fail("buffer larger than what arrived", (int)(b.msg.cap >> 20));
   close(fds[1]);
-  lmp_buf_free(&b);
+  lmp_pipe_reader_free(&b);
 }
 
 /* === the queue === */
@@ -215,9 +223,13 @@ static size_t make_input(uint8_t *p, size_t room)
       put_le(p + n, len, 4);
       put_le(p + n + 4, rnd(4) == 0 ? rnd(0) : rnd(2), 4);
       n += 8;
-    } else {
+    } else { /* record length; u64 length, u32 writer, u32 index */
+      uint32_t writer = rnd(2) ? 0 : rnd(3) ? 1 + rnd(2) : rnd(0);
+      p[n++] = (uint8_t)(rnd(8) ? 16 + body : rnd(256));
       put_le(p + n, len, 8);
-      n += 8;
+      put_le(p + n + 8, writer, 4);
+      put_le(p + n + 12, rnd(2) ? rnd(3) : rnd(0), 4);
+      n += 16;
     }
     for (; body > 0; body--)
       p[n++] = (uint8_t)rnd(256);

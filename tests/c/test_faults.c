@@ -286,16 +286,16 @@ static void send_seq(int fd, uint32_t i)
   free(p);
 }
 
-static int recv_seq(int fd, lmp_buf_t *b, uint32_t i, int64_t deadline)
+static int recv_seq(int fd, lmp_pipe_reader_t *r, uint32_t i, int64_t deadline)
 {
-  return lmp_pipe_recv(fd, b, deadline) == 0 && b->len == msg_len(i) &&
-         matches(b->data, b->len, i);
+  return lmp_pipe_recv(r, fd, deadline) == 0 && r->msg.len == msg_len(i) &&
+         matches(r->msg.data, r->msg.len, i);
 }
 
 TEST(eintr_pipe)
 {
   uint32_t n = (uint32_t)stress(40, 400);
-  lmp_buf_t b = {0};
+  lmp_pipe_reader_t b = {0};
   for (int restart = 0; restart < 2; restart++) {
     int fds[2];
     CHECK_EQ(lmp_pipe_pair(1, fds), 0);
@@ -326,15 +326,15 @@ TEST(eintr_pipe)
       send_seq(fds[1], i);
     CHECK_EQ(finish(p, LMP_FOREVER), 0);
     int64_t dl = lmp_deadline(0.1);
-    CHECK_TIMED_OUT(lmp_pipe_recv(fds[1], &b, dl), dl);
+    CHECK_TIMED_OUT(lmp_pipe_recv(&b, fds[1], dl), dl);
     dl = lmp_deadline(0.1);
-    CHECK_EQ(lmp_pipe_poll(fds[1], dl), 0);
+    CHECK_EQ(lmp_pipe_poll(&b, fds[1], dl), 0);
     CHECK(lmp_now_ns() >= dl);
     storm_stop(st);
     close(fds[0]);
     close(fds[1]);
   }
-  lmp_buf_free(&b);
+  lmp_pipe_reader_free(&b);
 }
 
 /* === EINTR: processes === */
@@ -622,65 +622,86 @@ TEST(eintr_pool)
  * whatever came), -EBADMSG, -ENOMEM or -EPIPE, never hangs, and memory
  * follows the bytes that arrived, not the lengths they announce.
  */
-static size_t garbage(unsigned char *p, size_t room)
+/* One record for the pipe reader: a header (length, writer, index) that is
+ * well formed, or consistent with the records before it, or not at all,
+ * and a body; or noise shorter than a header. */
+static size_t garbage_record(unsigned char *p, uint32_t *next_index)
 {
-  static const uint64_t lengths[] = {0, 1, 7, 8, 4096, 1u << 20, UINT32_MAX, (uint64_t)1 << 32,
+  static const uint64_t lengths[] = {0, 1, 7, 8, 100, 4096, 1u << 20, UINT32_MAX, (uint64_t)1 << 32,
                                      ((uint64_t)1 << 40) - 1, (uint64_t)1 << 40,
                                      ((uint64_t)1 << 40) + 1, UINT64_MAX};
-  size_t n = 0;
-  while (n + 64 < room && rnd(8) != 0) {
-    uint64_t len;
-    size_t body;
-    switch (rnd(4)) {
-    case 0: /* a well-formed frame */
-      body = rnd(48);
-      len = body;
-      break;
-    case 1: /* a frame announcing more than follows */
-      len = lengths[rnd(sizeof lengths / sizeof *lengths)];
-      body = rnd(48);
-      break;
-    case 2: /* a random length */
-      len = (uint64_t)rnd(0) << 32 | rnd(0);
-      body = rnd(48);
-      break;
-    default: /* noise, no header at all */
-      for (body = rnd(48); body > 0; body--)
-        p[n++] = (unsigned char)rnd(256);
-      continue;
-    }
-    for (int i = 0; i < 8; i++)
-      p[n++] = (unsigned char)(len >> (8 * i));
-    for (; body > 0; body--)
+  size_t body = rnd(48), n = 0;
+  uint64_t len;
+  uint32_t writer = 0, index = 0;
+  switch (rnd(5)) {
+  case 0: /* a whole message */
+    len = body;
+    break;
+  case 1: /* one of several records of a writer, in order or not */
+    writer = 1 + rnd(3);
+    index = rnd(3) ? next_index[writer]++ : rnd(4);
+    len = rnd(2) ? 100 : lengths[rnd(sizeof lengths / sizeof *lengths)];
+    break;
+  case 2: /* a forged length, writer, index */
+    len = lengths[rnd(sizeof lengths / sizeof *lengths)];
+    writer = rnd(2) ? 0 : rnd(0);
+    index = rnd(2) ? 0 : rnd(0);
+    break;
+  case 3: /* random */
+    len = (uint64_t)rnd(0) << 32 | rnd(0);
+    writer = rnd(0);
+    index = rnd(0);
+    break;
+  default: /* noise (never empty: an empty record reads as end of stream) */
+    for (body = 1 + rnd(15); body > 0; body--)
       p[n++] = (unsigned char)rnd(256);
+    return n;
   }
-  return n - (n > 0 && rnd(4) == 0 ? rnd((uint32_t)n) : 0); /* maybe cut short */
+  for (int i = 0; i < 8; i++)
+    p[n++] = (unsigned char)(len >> (8 * i));
+  for (int i = 0; i < 4; i++)
+    p[n++] = (unsigned char)(writer >> (8 * i));
+  for (int i = 0; i < 4; i++)
+    p[n++] = (unsigned char)(index >> (8 * i));
+  for (; body > 0; body--)
+    p[n++] = (unsigned char)rnd(256);
+  return n;
 }
 
+/* Records of every kind: each is a message, refused alone (-EBADMSG) or
+ * part of a message; the pipe goes on to the end of stream, and memory
+ * follows what arrived. */
 TEST(pipe_reader_garbage)
 {
-  unsigned char buf[4096];
-  lmp_buf_t b = {0};
+  unsigned char rec[64];
+  lmp_pipe_reader_t b = {0};
   long msgs = 0, bad = 0;
   for (int round = 0; round < stress(3000, 100000); round++) {
-    int fds[2], rc, calls = 0;
-    size_t n = garbage(buf, sizeof buf);
+    int fds[2], rc, calls = 0, records = 0;
+    uint32_t next_index[4] = {0};
+    size_t total = 0;
     CHECK_EQ(lmp_pipe_pair(1, fds), 0);
-    CHECK_EQ(write(fds[0], buf, n), (ssize_t)n);
-    close(fds[0]);
-    while ((rc = lmp_pipe_recv(fds[1], &b, lmp_deadline(10))) == 0) {
-      CHECK(b.len <= n);
-      CHECK(++calls <= (int)n / 8 + 1);
-      msgs++;
+    while (records < 60 && rnd(8) != 0) {
+      size_t n = garbage_record(rec, next_index);
+      CHECK_EQ(write(fds[0], rec, n), (ssize_t)n);
+      total += n;
+      records++;
     }
-    CHECK(rc == -EPIPE || rc == -EBADMSG || rc == -ENOMEM);
-    bad += rc != -EPIPE;
-    /* At most twice what arrived, or the first step of a big frame. */
-    CHECK(b.cap <= 2 * n + (2u << 20));
+    close(fds[0]);
+    while ((rc = lmp_pipe_recv(&b, fds[1], lmp_deadline(10))) != -EPIPE) {
+      CHECK(rc == 0 || rc == -EBADMSG || rc == -ENOMEM);
+      CHECK(rc != 0 || b.msg.len <= total);
+      CHECK(++calls <= records);
+      msgs += rc == 0;
+      bad += rc != 0;
+    }
+    CHECK(b.parts == NULL);
+    /* A record's worth, or at most twice what arrived. */
+    CHECK(b.msg.cap <= 2 * total + LMP_PIPE_RECORD);
     close(fds[1]);
-    lmp_buf_free(&b);
+    lmp_pipe_reader_free(&b);
   }
-  fprintf(stderr, "# %ld messages, %ld streams refused\n", msgs, bad);
+  fprintf(stderr, "# %ld messages, %ld records refused\n", msgs, bad);
 }
 
 /* === a damaged queue ring === */
