@@ -142,6 +142,7 @@ function AsyncResult:events()
 end
 
 function AsyncResult:timeout()
+  checkself(self, AsyncResult, "timeout")
   if self._done then return 0 end
   return TICK
 end

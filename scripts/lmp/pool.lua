@@ -276,6 +276,7 @@ return function(lmp, core)
   -- The cqueues pollable protocol (cqueues.poll(res) in a controller): the
   -- pool's descriptor, read events, and a zero timeout once done.
   function AsyncResult:pollfd()
+    checkself(self, AsyncResult, "pollfd")
     return self._pool._c:fileno()
   end
 
@@ -284,6 +285,7 @@ return function(lmp, core)
   end
 
   function AsyncResult:timeout()
+    checkself(self, AsyncResult, "timeout")
     if self._done then return 0 end
     return nil
   end
@@ -702,7 +704,10 @@ return function(lmp, core)
 
   -- The cqueues pollable protocol: cqueues.poll(pool) returns once results
   -- may be waiting (then pool:poll() delivers them).
-  Pool.pollfd = Pool.fileno
+  function Pool:pollfd()
+    checkself(self, Pool, "pollfd")
+    return self._c:fileno()
+  end
 
   function Pool:events()
     return "r"
@@ -723,6 +728,7 @@ return function(lmp, core)
   --- The merged worker profile of the last call made with {profile = true}
   --- (see lmp.profile): the top n functions (20 by default) as text.
   function Pool:profile_report(n)
+    checkself(self, Pool, "profile_report")
     if n ~= nil and (not tointeger(n) or tointeger(n) < 1) then
       if type(n) ~= "number" then typeerror(1, "profile_report", "number", n) end
       argerror(1, "profile_report", "count must be a positive integer")
