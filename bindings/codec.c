@@ -218,6 +218,27 @@ static int idmap_put(idmap *m, const void *key, uint64_t val)
   return 0;
 }
 
+/* One probe for the commonest question of the encoder, "seen before?": 1
+ * and its number in *val if key is there, else 0 after adding it with
+ * number `val_new`; -1 when out of memory. */
+static int idmap_get_or_put(idmap *m, const void *key, uint64_t val_new, uint64_t *val)
+{
+  if ((m->count + 1) * 2 > m->cap && idmap_grow(m) < 0)
+    return -1;
+  size_t i = idmap_hash(key) & (m->cap - 1);
+  for (; m->slot[i].gen == m->gen; i = (i + 1) & (m->cap - 1)) {
+    if (m->slot[i].key == key) {
+      *val = m->slot[i].val;
+      return 1;
+    }
+  }
+  m->slot[i].key = key;
+  m->slot[i].val = val_new;
+  m->slot[i].gen = m->gen;
+  m->count++;
+  return 0;
+}
+
 /* === codec state === */
 
 /* Who holds one side of a codec: lets a mark left behind by a call that a
@@ -464,38 +485,12 @@ static int enc_append(enc *e, const void *p, size_t n)
   return 0;
 }
 
-/* msgpack_packer's write callback.  Most writes are a few bytes: copied
- * inline, not through a call to memcpy. */
+/* msgpack_packer's write callback (the ext and bin parts of the rarer
+ * kinds: functions, handles, classes). */
 static int enc_write(void *data, const char *p, size_t n)
 {
-  enc *e = data;
-  lmp_buf_t *b = &e->c->buf;
-  if (n <= 9 && b->cap - b->len >= 9) {
-    char *d = b->data + b->len;
-    switch (n) {
-    case 9:
-      memcpy(d, p, 9);
-      break;
-    case 5:
-      memcpy(d, p, 5);
-      break;
-    case 3:
-      memcpy(d, p, 3);
-      break;
-    case 2:
-      memcpy(d, p, 2);
-      break;
-    case 1:
-      *d = *p;
-      break;
-    default:
-      memcpy(d, p, n);
-    }
-    b->len += n;
-    return 0;
-  }
-  if (enc_append(e, p, n) < 0)
-    enc_nomem(e);
+  if (enc_append(data, p, n) < 0)
+    enc_nomem(data);
   return 0;
 }
 
@@ -505,12 +500,97 @@ static int enc_dump_writer(lua_State *L, const void *p, size_t n, void *data)
   return enc_append(data, p, n) < 0;
 }
 
-static void put_be32(char *p, uint32_t v)
+/* === encoder: the hot writers === */
+
+/*
+ * Plain values and container headers are written straight into the buffer
+ * rather than through msgpack_pack_*: the packer hands every value, even a
+ * one-byte integer, to a write callback, which for tables of small values
+ * cost more than the values.  The bytes are the ones msgpack-c writes
+ * (integers in their smallest width, floats as float64, str 8/16/32).
+ */
+
+/* Room for n more bytes at the end of the buffer. */
+static unsigned char *enc_room(enc *e, size_t n)
 {
-  p[0] = (char)(v >> 24);
-  p[1] = (char)(v >> 16);
-  p[2] = (char)(v >> 8);
-  p[3] = (char)v;
+  lmp_buf_t *b = &e->c->buf;
+  if (b->cap - b->len < n && (b->len + n < b->len || lmp_buf_reserve(b, b->len + n) < 0))
+    enc_nomem(e);
+  return (unsigned char *)b->data + b->len;
+}
+
+static inline void put_be(unsigned char *p, uint64_t v, int n)
+{
+  for (int i = n - 1; i >= 0; i--, v >>= 8)
+    p[i] = (unsigned char)v;
+}
+
+/* A tag byte and an n-byte big-endian value (n = 0: the tag alone). */
+static inline void enc_tagged(enc *e, unsigned tag, uint64_t v, int n)
+{
+  unsigned char *p = enc_room(e, 9);
+  p[0] = (unsigned char)tag;
+  put_be(p + 1, v, n);
+  e->c->buf.len += 1 + (size_t)n;
+}
+
+static void enc_int(enc *e, int64_t v)
+{
+  if (v >= -32 && v <= 127) {
+    enc_tagged(e, (unsigned char)(int8_t)v, 0, 0);
+  } else if (v >= 0) {
+    uint64_t u = (uint64_t)v;
+    if (u <= 0xff)
+      enc_tagged(e, 0xcc, u, 1);
+    else if (u <= 0xffff)
+      enc_tagged(e, 0xcd, u, 2);
+    else if (u <= 0xffffffffu)
+      enc_tagged(e, 0xce, u, 4);
+    else
+      enc_tagged(e, 0xcf, u, 8);
+  } else if (v >= INT8_MIN) {
+    enc_tagged(e, 0xd0, (uint64_t)v & 0xff, 1);
+  } else if (v >= INT16_MIN) {
+    enc_tagged(e, 0xd1, (uint64_t)v & 0xffff, 2);
+  } else if (v >= INT32_MIN) {
+    enc_tagged(e, 0xd2, (uint64_t)v & 0xffffffffu, 4);
+  } else {
+    enc_tagged(e, 0xd3, (uint64_t)v, 8);
+  }
+}
+
+static void enc_double(enc *e, double d)
+{
+  uint64_t bits;
+  memcpy(&bits, &d, sizeof bits);
+  enc_tagged(e, 0xcb, bits, 8);
+}
+
+static void enc_str(enc *e, const char *s, size_t n, int depth)
+{
+  if (n <= 31)
+    enc_tagged(e, 0xa0 | (unsigned)n, 0, 0);
+  else if (n <= 0xff)
+    enc_tagged(e, 0xd9, n, 1);
+  else if (n <= 0xffff)
+    enc_tagged(e, 0xda, n, 2);
+  else if (n <= UINT32_MAX)
+    enc_tagged(e, 0xdb, n, 4);
+  else
+    enc_fail(e, depth, "string longer than 4 GiB");
+  memcpy(enc_room(e, n), s, n);
+  e->c->buf.len += n;
+}
+
+/* An array or map header for n elements (or pairs). */
+static void enc_count(enc *e, size_t n, int ismap)
+{
+  if (n <= 15)
+    enc_tagged(e, (ismap ? 0x80 : 0x90) | (unsigned)n, 0, 0);
+  else if (n <= 0xffff)
+    enc_tagged(e, ismap ? 0xde : 0xdc, n, 2);
+  else
+    enc_tagged(e, ismap ? 0xdf : 0xdd, n, 4);
 }
 
 /* Open an ext (or bin) whose length is patched in by enc_close: the 32-bit
@@ -518,8 +598,9 @@ static void put_be32(char *p, uint32_t v)
 static size_t enc_open(enc *e, unsigned char tag, int type)
 {
   size_t at = e->c->buf.len;
-  char h[6] = {(char)tag, 0, 0, 0, 0, (char)type};
-  enc_write(e, h, tag == 0xc9 ? 6 : 5);
+  enc_tagged(e, tag, 0, 4);
+  if (tag == 0xc9)
+    enc_tagged(e, (unsigned char)type, 0, 0);
   return at;
 }
 
@@ -529,7 +610,7 @@ static void enc_close(enc *e, size_t at, int depth)
   size_t n = e->c->buf.len - at - hlen;
   if (n > UINT32_MAX)
     enc_fail(e, depth, "larger than 4 GiB");
-  put_be32(e->c->buf.data + at + 1, (uint32_t)n);
+  put_be((unsigned char *)e->c->buf.data + at + 1, n, 4);
 }
 
 static size_t uint_size(uint64_t v)
@@ -537,10 +618,17 @@ static size_t uint_size(uint64_t v)
   return v < 128 ? 1 : v < 256 ? 2 : v < 65536 ? 3 : v <= UINT32_MAX ? 5 : 9;
 }
 
+/* REF(id): fixext 1, 2 or ext 8, as msgpack_pack_ext writes them. */
 static void enc_ref(enc *e, uint64_t id)
 {
-  msgpack_pack_ext(&e->pk, uint_size(id), EXT_REF);
-  msgpack_pack_uint64(&e->pk, id);
+  size_t n = uint_size(id);
+  if (n <= 2) {
+    enc_tagged(e, n == 1 ? 0xd4 : 0xd5, EXT_REF, 1);
+  } else {
+    enc_tagged(e, 0xc7, n, 1);
+    enc_tagged(e, EXT_REF, 0, 0);
+  }
+  enc_int(e, (int64_t)id); /* ids are positive: written as uint */
 }
 
 static void enc_newid(enc *e, const void *p)
@@ -560,40 +648,29 @@ static void enc_enter(enc *e, int depth)
 
 static void enc_value(enc *e, int idx, int depth);
 
-static void enc_str(enc *e, const char *s, size_t n, int depth)
-{
-  if (n > UINT32_MAX)
-    enc_fail(e, depth, "string longer than 4 GiB");
-  msgpack_pack_str(&e->pk, n);
-  msgpack_pack_str_body(&e->pk, s, n);
-}
-
-/* nil, booleans, numbers and strings: the values that cannot fail. */
-static int enc_scalar(enc *e, int idx, int depth)
+/* nil, booleans, numbers and strings (the value at idx, of Lua type
+ * `type`): the values that cannot fail.  0 for anything else. */
+static int enc_scalar(enc *e, int idx, int type, int depth)
 {
   lua_State *L = e->L;
   size_t n;
   const char *s;
-  if (lua_isinteger(L, idx)) { /* the commonest case first */
-    msgpack_pack_int64(&e->pk, (int64_t)lua_tointeger(L, idx));
-    return 1;
-  }
-  switch (lua_type(L, idx)) {
-  case LUA_TNIL:
-    msgpack_pack_nil(&e->pk);
-    return 1;
-  case LUA_TBOOLEAN:
-    if (lua_toboolean(L, idx))
-      msgpack_pack_true(&e->pk);
-    else
-      msgpack_pack_false(&e->pk);
-    return 1;
+  switch (type) {
   case LUA_TNUMBER:
-    msgpack_pack_double(&e->pk, (double)lua_tonumber(L, idx));
+    if (lua_isinteger(L, idx))
+      enc_int(e, (int64_t)lua_tointeger(L, idx));
+    else
+      enc_double(e, (double)lua_tonumber(L, idx));
     return 1;
   case LUA_TSTRING:
     s = lua_tolstring(L, idx, &n);
     enc_str(e, s, n, depth);
+    return 1;
+  case LUA_TBOOLEAN:
+    enc_tagged(e, lua_toboolean(L, idx) ? 0xc3 : 0xc2, 0, 0);
+    return 1;
+  case LUA_TNIL:
+    enc_tagged(e, 0xc0, 0, 0);
     return 1;
   default:
     return 0;
@@ -626,7 +703,7 @@ static int enc_array(enc *e, int idx, lua_Integer n, int depth)
   lua_State *L = e->L;
   size_t mark = e->c->buf.len;
   lua_Integer i = 0, rest = 0;
-  msgpack_pack_array(&e->pk, (size_t)n);
+  enc_count(e, (size_t)n, 0);
   e->path[depth].kind = STEP_INDEX;
   lua_pushnil(L);
   while (lua_next(L, idx)) {
@@ -637,7 +714,7 @@ static int enc_array(enc *e, int idx, lua_Integer n, int depth)
       return 0;
     }
     e->path[depth].n = i;
-    if (rest == 0 && !enc_scalar(e, -1, depth + 1))
+    if (rest == 0 && !enc_scalar(e, -1, lua_type(L, -1), depth + 1))
       rest = i;
     lua_pop(L, 1);
   }
@@ -650,44 +727,74 @@ static int enc_array(enc *e, int idx, lua_Integer n, int depth)
   return 1;
 }
 
-static void enc_pairs(enc *e, int idx, lua_Integer count, int depth)
+/* Are the keys of the table at idx exactly 1..n, in whatever order? */
+static int enc_is_seq(enc *e, int idx, lua_Integer n)
 {
   lua_State *L = e->L;
-  msgpack_pack_map(&e->pk, (size_t)count);
+  lua_Integer count = 0;
+  int seq = 1;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_Integer k = lua_tointegerx(L, -2, &seq);
+    lua_pop(L, 1);
+    if (!seq || k < 1 || k > n || ++count > n) {
+      lua_pop(L, 1);
+      return 0;
+    }
+  }
+  return count == n;
+}
+
+/*
+ * A map in one traversal.  Its size is known only at the end, so the header
+ * is written as a fixmap and widened once the table turns out to have more
+ * than 15 pairs, moving what follows it up: a memmove of the map's bytes is
+ * cheaper than a second traversal to count them.  No pairs: the empty table
+ * goes as an empty array.
+ */
+static void enc_pairs(enc *e, int idx, int depth)
+{
+  lua_State *L = e->L;
+  size_t at = e->c->buf.len;
+  uint64_t count = 0;
+  enc_tagged(e, 0x80, 0, 0);
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     int top = lua_gettop(L);
+    count++;
     e->path[depth].kind = STEP_KEY;
     e->path[depth].idx = top - 1;
     enc_value(e, top - 1, depth + 1);
     enc_value(e, top, depth + 1);
     lua_pop(L, 1);
   }
+  unsigned char *h = (unsigned char *)e->c->buf.data + at;
+  if (count <= 15) {
+    *h = (unsigned char)((count ? 0x80 : 0x90) | count);
+    return;
+  }
+  size_t body = e->c->buf.len - at - 1, extra = count <= 0xffff ? 2 : 4;
+  h = enc_room(e, extra) - body - 1;
+  memmove(h + 1 + extra, h + 1, body);
+  *h = count <= 0xffff ? 0xde : 0xdf;
+  put_be(h + 1, count, (int)extra);
+  e->c->buf.len += extra;
 }
 
 /* A table's content: an array when its keys are exactly 1..n, else a map. */
 static void enc_content(enc *e, int idx, int depth)
 {
-  lua_State *L = e->L;
-  lua_Integer n = (lua_Integer)lua_rawlen(L, idx), count = 0;
-  int seq = 1;
-  if (n > 0 && enc_array(e, idx, n, depth))
-    return;
-  lua_pushnil(L);
-  while (lua_next(L, idx)) {
-    count++;
-    if (seq) {
-      lua_Integer k = lua_tointegerx(L, -2, &seq);
-      seq = seq && k >= 1 && k <= n;
+  lua_Integer n = (lua_Integer)lua_rawlen(e->L, idx);
+  if (n > 0) {
+    if (enc_array(e, idx, n, depth))
+      return;
+    if (enc_is_seq(e, idx, n)) { /* 1..n, but not in the order lua_next goes */
+      enc_count(e, (size_t)n, 0);
+      enc_items(e, idx, 1, n, depth);
+      return;
     }
-    lua_pop(L, 1);
   }
-  if (seq && count == n) {
-    msgpack_pack_array(&e->pk, (size_t)n);
-    enc_items(e, idx, 1, n, depth);
-  } else {
-    enc_pairs(e, idx, count, depth);
-  }
+  enc_pairs(e, idx, depth);
 }
 
 /* A table with a metatable (on top of the stack): a registered class. */
@@ -698,7 +805,6 @@ static void enc_class(enc *e, int idx, int depth)
   lua_insert(L, -2);
   if (lua_rawget(L, -2) != LUA_TSTRING)
     enc_fail(e, depth, "table with unregistered metatable");
-  enc_newid(e, lua_topointer(L, idx));
   size_t at = enc_open(e, 0xc9, EXT_CLASS);
   size_t n;
   const char *name = lua_tolstring(L, -1, &n);
@@ -716,16 +822,20 @@ static void enc_table(enc *e, int idx, int depth)
     msgpack_pack_ext(&e->pk, 0, EXT_GLOBALS);
     return;
   }
-  if (idmap_get(&e->c->objs, p, &id)) {
+  /* Numbered as it is met, class or not (a failure ends the message). */
+  int seen = idmap_get_or_put(&e->c->objs, p, e->nextid + 1, &id);
+  if (seen < 0)
+    enc_nomem(e);
+  if (seen) {
     enc_ref(e, id);
     return;
   }
+  e->nextid++;
   enc_enter(e, depth);
   if (lua_getmetatable(e->L, idx)) {
     enc_class(e, idx, depth);
     return;
   }
-  enc_newid(e, p);
   enc_content(e, idx, depth);
 }
 
@@ -996,7 +1106,10 @@ static void enc_userdata(enc *e, int idx, int depth)
 
 static void enc_value(enc *e, int idx, int depth)
 {
-  switch (lua_type(e->L, idx)) {
+  int type = lua_type(e->L, idx);
+  if (enc_scalar(e, idx, type, depth))
+    return;
+  switch (type) {
   case LUA_TTABLE:
     enc_table(e, idx, depth);
     break;
@@ -1009,11 +1122,8 @@ static void enc_value(enc *e, int idx, int depth)
   case LUA_TLIGHTUSERDATA:
     enc_fail(e, depth, "light userdata");
     break;
-  case LUA_TTHREAD:
-    enc_fail(e, depth, "thread");
-    break;
   default:
-    enc_scalar(e, idx, depth);
+    enc_fail(e, depth, "thread");
   }
 }
 
