@@ -510,19 +510,42 @@ static int enc_dump_writer(lua_State *L, const void *p, size_t n, void *data)
  * (integers in their smallest width, floats as float64, str 8/16/32).
  */
 
-/* Room for n more bytes at the end of the buffer. */
-static unsigned char *enc_room(enc *e, size_t n)
+static void enc_grow(enc *e, size_t n)
 {
   lmp_buf_t *b = &e->c->buf;
-  if (b->cap - b->len < n && (b->len + n < b->len || lmp_buf_reserve(b, b->len + n) < 0))
+  if (b->len + n < b->len || lmp_buf_reserve(b, b->len + n) < 0)
     enc_nomem(e);
+}
+
+/* Room for n more bytes at the end of the buffer. */
+static inline unsigned char *enc_room(enc *e, size_t n)
+{
+  lmp_buf_t *b = &e->c->buf;
+  if (b->cap - b->len < n)
+    enc_grow(e, n);
   return (unsigned char *)b->data + b->len;
 }
 
+/* v as n bytes (0, 1, 2, 4 or 8), big-endian. */
 static inline void put_be(unsigned char *p, uint64_t v, int n)
 {
-  for (int i = n - 1; i >= 0; i--, v >>= 8)
-    p[i] = (unsigned char)v;
+  uint16_t v2 = __builtin_bswap16((uint16_t)v);
+  uint32_t v4 = __builtin_bswap32((uint32_t)v);
+  uint64_t v8 = __builtin_bswap64(v);
+  switch (n) {
+  case 1:
+    *p = (unsigned char)v;
+    break;
+  case 2:
+    memcpy(p, &v2, 2);
+    break;
+  case 4:
+    memcpy(p, &v4, 4);
+    break;
+  case 8:
+    memcpy(p, &v8, 8);
+    break;
+  }
 }
 
 /* A tag byte and an n-byte big-endian value (n = 0: the tag alone). */
@@ -568,9 +591,14 @@ static void enc_double(enc *e, double d)
 
 static void enc_str(enc *e, const char *s, size_t n, int depth)
 {
-  if (n <= 31)
-    enc_tagged(e, 0xa0 | (unsigned)n, 0, 0);
-  else if (n <= 0xff)
+  if (n <= 31) { /* most strings: one check for room */
+    unsigned char *p = enc_room(e, n + 1);
+    *p = (unsigned char)(0xa0 | n);
+    memcpy(p + 1, s, n);
+    e->c->buf.len += n + 1;
+    return;
+  }
+  if (n <= 0xff)
     enc_tagged(e, 0xd9, n, 1);
   else if (n <= 0xffff)
     enc_tagged(e, 0xda, n, 2);
@@ -650,7 +678,7 @@ static void enc_value(enc *e, int idx, int depth);
 
 /* nil, booleans, numbers and strings (the value at idx, of Lua type
  * `type`): the values that cannot fail.  0 for anything else. */
-static int enc_scalar(enc *e, int idx, int type, int depth)
+static inline int enc_scalar(enc *e, int idx, int type, int depth)
 {
   lua_State *L = e->L;
   size_t n;
@@ -1104,11 +1132,10 @@ static void enc_userdata(enc *e, int idx, int depth)
   lua_pop(L, 5); /* metatable, __name, handles, type, result */
 }
 
-static void enc_value(enc *e, int idx, int depth)
+/* Tables, functions, userdata, and what cannot be sent: kept out of
+ * enc_value, which runs for every value and stays small. */
+static void enc_object(enc *e, int idx, int type, int depth)
 {
-  int type = lua_type(e->L, idx);
-  if (enc_scalar(e, idx, type, depth))
-    return;
   switch (type) {
   case LUA_TTABLE:
     enc_table(e, idx, depth);
@@ -1125,6 +1152,13 @@ static void enc_value(enc *e, int idx, int depth)
   default:
     enc_fail(e, depth, "thread");
   }
+}
+
+static void enc_value(enc *e, int idx, int depth)
+{
+  int type = lua_type(e->L, idx);
+  if (!enc_scalar(e, idx, type, depth))
+    enc_object(e, idx, type, depth);
 }
 
 const lmp_buf_t *lmpb_encode(lua_State *L, int idx, const char *what)
@@ -1257,11 +1291,12 @@ static const char *dec_bytes(dec *d, size_t *n)
   return (const char *)s;
 }
 
-static void dec_string(dec *d, size_t n)
+static int dec_string(dec *d, size_t n)
 {
   dec_need(d, n);
   lua_pushlstring(d->L, (const char *)d->p, n);
   d->p += n;
+  return LUA_TSTRING;
 }
 
 /* The header of an array or map: its count; *ismap says which. */
@@ -1280,7 +1315,11 @@ static uint64_t dec_count(dec *d, int *ismap)
   dec_fail(d, at, "array or map expected");
 }
 
-static void dec_value(dec *d);
+/* What dec_value pushed, as far as a map key needs to know: the Lua type,
+ * or DEC_OTHER for a float or an ext (the stack has to be asked). */
+#define DEC_OTHER (-1)
+
+static int dec_value(dec *d);
 
 /* Push a new table for `n` elements, numbered; the count is checked against
  * the bytes left (each element takes at least one).  The table is sized
@@ -1310,10 +1349,14 @@ static void dec_fill(dec *d, int t, uint64_t n, int ismap)
       continue;
     }
     const unsigned char *at = d->p;
-    dec_value(d);
-    if (lua_isnil(L, -1))
+    int k = dec_value(d);
+    if (k == DEC_OTHER)
+      k = lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) != lua_tonumber(L, -1)
+              ? DEC_OTHER
+              : lua_type(L, -1);
+    if (k == LUA_TNIL)
       dec_fail(d, at, "nil map key");
-    if (lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) != lua_tonumber(L, -1))
+    if (k == DEC_OTHER)
       dec_fail(d, at, "NaN map key");
     dec_value(d);
     lua_rawset(L, t);
@@ -1582,73 +1625,75 @@ static void dec_number(dec *d, unsigned c)
   }
 }
 
-static void dec_tagged(dec *d, const unsigned char *at, unsigned c)
+static int dec_tagged(dec *d, const unsigned char *at, unsigned c)
 {
   lua_State *L = d->L;
   switch (c) {
   case 0xc0:
     lua_pushnil(L);
-    break;
+    return LUA_TNIL;
   case 0xc2:
   case 0xc3:
     lua_pushboolean(L, c == 0xc3);
-    break;
+    return LUA_TBOOLEAN;
   case 0xc4:
   case 0xd9:
-    dec_string(d, (size_t)dec_be(d, 1));
-    break;
+    return dec_string(d, (size_t)dec_be(d, 1));
   case 0xc5:
   case 0xda:
-    dec_string(d, (size_t)dec_be(d, 2));
-    break;
+    return dec_string(d, (size_t)dec_be(d, 2));
   case 0xc6:
   case 0xdb:
-    dec_string(d, (size_t)dec_be(d, 4));
-    break;
+    return dec_string(d, (size_t)dec_be(d, 4));
   case 0xc7:
   case 0xc8:
   case 0xc9:
     dec_ext(d, at, (size_t)dec_be(d, 1 << (c - 0xc7)));
-    break;
+    return DEC_OTHER;
   case 0xd4:
   case 0xd5:
   case 0xd6:
   case 0xd7:
   case 0xd8:
     dec_ext(d, at, (size_t)1 << (c - 0xd4));
-    break;
+    return DEC_OTHER;
   case 0xdc:
   case 0xdd:
     dec_table(d, at, dec_be(d, c == 0xdc ? 2 : 4), 0);
-    break;
+    return LUA_TTABLE;
   case 0xde:
   case 0xdf:
     dec_table(d, at, dec_be(d, c == 0xde ? 2 : 4), 1);
-    break;
+    return LUA_TTABLE;
   case 0xc1:
     dec_fail(d, at, "invalid type byte 0xc1");
   default: /* 0xca..0xd3 */
     dec_number(d, c);
+    return DEC_OTHER; /* a float may be NaN */
   }
 }
 
-static void dec_value(dec *d)
+/* Push the next value; returns what it is (see DEC_OTHER). */
+static int dec_value(dec *d)
 {
   const unsigned char *at = d->p;
   dec_need(d, 1);
   unsigned c = *d->p++;
-  if (c <= 0x7f)
+  if (c <= 0x7f) {
     lua_pushinteger(d->L, (lua_Integer)c);
-  else if (c >= 0xe0)
+    return LUA_TNUMBER;
+  }
+  if (c >= 0xe0) {
     lua_pushinteger(d->L, (lua_Integer)c - 256);
-  else if (c <= 0x8f)
-    dec_table(d, at, c & 0x0f, 1);
-  else if (c <= 0x9f)
-    dec_table(d, at, c & 0x0f, 0);
-  else if (c <= 0xbf)
-    dec_string(d, c & 0x1f);
-  else
-    dec_tagged(d, at, c);
+    return LUA_TNUMBER;
+  }
+  if (c <= 0x9f) {
+    dec_table(d, at, c & 0x0f, c <= 0x8f);
+    return LUA_TTABLE;
+  }
+  if (c <= 0xbf)
+    return dec_string(d, c & 0x1f);
+  return dec_tagged(d, at, c);
 }
 
 /* Does a message starting with byte c hold objects that may be numbered? */
