@@ -1704,11 +1704,13 @@ static int holds_objects(unsigned c)
 }
 
 /* Empty the refs table (at `refs`, of the codec at `ud`): cleared in place
- * while small, replaced once a big message has grown it. */
+ * while small, else replaced by a new one sized for as many objects (a
+ * stream of messages tends to repeat its shape), which costs less than
+ * clearing each entry. */
 static void refs_clear(lua_State *L, codec *c, int ud, int refs)
 {
-  if (c->nrefs > 4096) {
-    lua_createtable(L, 16, 0);
+  if (c->nrefs > 64) {
+    lua_createtable(L, c->nrefs > 4096 ? 16 : (int)c->nrefs, 0);
     lua_pushvalue(L, -1);
     lua_setiuservalue(L, ud, 1);
     lua_replace(L, refs);
