@@ -45,16 +45,22 @@
  * The encoder keeps the steps of that path as stack indexes and spells them
  * out only when it fails.
  *
- * Why our own decoder.  Packing uses msgpack-c (msgpack_pack_* through a
- * callback into a buffer the state owns).  Its unpacker is not used: it caps
- * nesting at 32 levels (MSGPACK_EMBED_STACK_SIZE, compiled into libmsgpackc)
- * and builds an object tree that would then be copied onto the Lua stack.
- * The reader below decodes straight onto the stack and trusts nothing: each
- * length is checked against the bytes left before anything is read or
- * allocated, an array or map cannot announce more elements than bytes remain,
- * nesting stops at 200 levels (as on encode), trailing bytes are refused, and
- * every defect raises the Lua error "corrupt message (<reason> at byte N)",
- * N counted from 0.  tests/codec_fuzz_spec.lua and tests/c/fuzz_decode.c
+ * Why our own writers and decoder.  msgpack-c's packer (msgpack_pack_*
+ * through a callback into a buffer the state owns) writes the ext and bin
+ * parts of functions, handles and classes; plain values, strings and
+ * container headers, which are most of any message, are written straight
+ * into the buffer with the same bytes, because a callback per value cost
+ * more than the values.  A map is written in one traversal and its header
+ * widened afterwards when it has more than 15 pairs (enc_pairs).
+ * msgpack-c's unpacker is not used: it caps nesting at 32 levels
+ * (MSGPACK_EMBED_STACK_SIZE, compiled into libmsgpackc) and builds an
+ * object tree that would then be copied onto the Lua stack.  The reader
+ * below decodes straight onto the stack and trusts nothing: each length is
+ * checked against the bytes left before anything is read or allocated, an
+ * array or map cannot announce more elements than bytes remain, nesting
+ * stops at 200 levels (as on encode), trailing bytes are refused, and every
+ * defect raises the Lua error "corrupt message (<reason> at byte N)", N
+ * counted from 0.  tests/codec_fuzz_spec.lua and tests/c/fuzz_decode.c
  * feed it mutated messages.
  *
  * Trust.  Lua does not verify bytecode and forged bytecode can crash the
