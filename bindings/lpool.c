@@ -485,7 +485,7 @@ static const unsigned char *array_header(const unsigned char *p, const unsigned 
 
 /* Step over one plain value: the pointer after it, or NULL if it is
  * something else or truncated. */
-static const unsigned char *skip_scalar(const unsigned char *p, const unsigned char *end)
+static const unsigned char *skip_scalar_any(const unsigned char *p, const unsigned char *end)
 {
   size_t n;
   if (p >= end)
@@ -509,6 +509,18 @@ static const unsigned char *skip_scalar(const unsigned char *p, const unsigned c
     return NULL;
   }
   return (size_t)(end - p) < n ? NULL : p + n;
+}
+
+/* The same, with integers (most lists of numbers) handled inline. */
+static inline const unsigned char *skip_scalar(const unsigned char *p, const unsigned char *end)
+{
+  if (p < end && *p <= 0x7f)
+    return p + 1;
+  if (p < end && *p >= 0xcc && *p <= 0xd3) { /* uint, int 8..64 */
+    size_t n = 1 + ((size_t)1 << ((*p - 0xcc) & 3));
+    return (size_t)(end - p) < n ? NULL : p + n;
+  }
+  return skip_scalar_any(p, end);
 }
 
 /* Unpack `count` plain values from p into t[first...]: the position after
