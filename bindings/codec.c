@@ -791,15 +791,15 @@ static void enc_pairs(enc *e, int idx, int depth)
   lua_State *L = e->L;
   size_t at = e->c->buf.len;
   uint64_t count = 0;
+  int key = lua_gettop(L) + 1; /* where lua_next leaves the key, the value above it */
   enc_tagged(e, 0x80, 0, 0);
+  e->path[depth].kind = STEP_KEY;
+  e->path[depth].idx = key;
   lua_pushnil(L);
   while (lua_next(L, idx)) {
-    int top = lua_gettop(L);
     count++;
-    e->path[depth].kind = STEP_KEY;
-    e->path[depth].idx = top - 1;
-    enc_value(e, top - 1, depth + 1);
-    enc_value(e, top, depth + 1);
+    enc_value(e, key, depth + 1);
+    enc_value(e, key + 1, depth + 1);
     lua_pop(L, 1);
   }
   unsigned char *h = (unsigned char *)e->c->buf.data + at;
