@@ -45,16 +45,22 @@
  * The encoder keeps the steps of that path as stack indexes and spells them
  * out only when it fails.
  *
- * Why our own decoder.  Packing uses msgpack-c (msgpack_pack_* through a
- * callback into a buffer the state owns).  Its unpacker is not used: it caps
- * nesting at 32 levels (MSGPACK_EMBED_STACK_SIZE, compiled into libmsgpackc)
- * and builds an object tree that would then be copied onto the Lua stack.
- * The reader below decodes straight onto the stack and trusts nothing: each
- * length is checked against the bytes left before anything is read or
- * allocated, an array or map cannot announce more elements than bytes remain,
- * nesting stops at 200 levels (as on encode), trailing bytes are refused, and
- * every defect raises the Lua error "corrupt message (<reason> at byte N)",
- * N counted from 0.  tests/codec_fuzz_spec.lua and tests/c/fuzz_decode.c
+ * Why our own writers and decoder.  msgpack-c's packer (msgpack_pack_*
+ * through a callback into a buffer the state owns) writes the ext and bin
+ * parts of functions, handles and classes; plain values, strings and
+ * container headers, which are most of any message, are written straight
+ * into the buffer with the same bytes, because a callback per value cost
+ * more than the values.  A map is written in one traversal and its header
+ * widened afterwards when it has more than 15 pairs (enc_pairs).
+ * msgpack-c's unpacker is not used: it caps nesting at 32 levels
+ * (MSGPACK_EMBED_STACK_SIZE, compiled into libmsgpackc) and builds an
+ * object tree that would then be copied onto the Lua stack.  The reader
+ * below decodes straight onto the stack and trusts nothing: each length is
+ * checked against the bytes left before anything is read or allocated, an
+ * array or map cannot announce more elements than bytes remain, nesting
+ * stops at 200 levels (as on encode), trailing bytes are refused, and every
+ * defect raises the Lua error "corrupt message (<reason> at byte N)", N
+ * counted from 0.  tests/codec_fuzz_spec.lua and tests/c/fuzz_decode.c
  * feed it mutated messages.
  *
  * Trust.  Lua does not verify bytecode and forged bytecode can crash the
@@ -215,6 +221,27 @@ static int idmap_put(idmap *m, const void *key, uint64_t val)
   if ((m->count + 1) * 2 > m->cap && idmap_grow(m) < 0)
     return -1;
   idmap_insert(m, key, val);
+  return 0;
+}
+
+/* One probe for the commonest question of the encoder, "seen before?": 1
+ * and its number in *val if key is there, else 0 after adding it with
+ * number `val_new`; -1 when out of memory. */
+static int idmap_get_or_put(idmap *m, const void *key, uint64_t val_new, uint64_t *val)
+{
+  if ((m->count + 1) * 2 > m->cap && idmap_grow(m) < 0)
+    return -1;
+  size_t i = idmap_hash(key) & (m->cap - 1);
+  for (; m->slot[i].gen == m->gen; i = (i + 1) & (m->cap - 1)) {
+    if (m->slot[i].key == key) {
+      *val = m->slot[i].val;
+      return 1;
+    }
+  }
+  m->slot[i].key = key;
+  m->slot[i].val = val_new;
+  m->slot[i].gen = m->gen;
+  m->count++;
   return 0;
 }
 
@@ -464,38 +491,12 @@ static int enc_append(enc *e, const void *p, size_t n)
   return 0;
 }
 
-/* msgpack_packer's write callback.  Most writes are a few bytes: copied
- * inline, not through a call to memcpy. */
+/* msgpack_packer's write callback (the ext and bin parts of the rarer
+ * kinds: functions, handles, classes). */
 static int enc_write(void *data, const char *p, size_t n)
 {
-  enc *e = data;
-  lmp_buf_t *b = &e->c->buf;
-  if (n <= 9 && b->cap - b->len >= 9) {
-    char *d = b->data + b->len;
-    switch (n) {
-    case 9:
-      memcpy(d, p, 9);
-      break;
-    case 5:
-      memcpy(d, p, 5);
-      break;
-    case 3:
-      memcpy(d, p, 3);
-      break;
-    case 2:
-      memcpy(d, p, 2);
-      break;
-    case 1:
-      *d = *p;
-      break;
-    default:
-      memcpy(d, p, n);
-    }
-    b->len += n;
-    return 0;
-  }
-  if (enc_append(e, p, n) < 0)
-    enc_nomem(e);
+  if (enc_append(data, p, n) < 0)
+    enc_nomem(data);
   return 0;
 }
 
@@ -505,12 +506,125 @@ static int enc_dump_writer(lua_State *L, const void *p, size_t n, void *data)
   return enc_append(data, p, n) < 0;
 }
 
-static void put_be32(char *p, uint32_t v)
+/* === encoder: the hot writers === */
+
+/*
+ * Plain values and container headers are written straight into the buffer
+ * rather than through msgpack_pack_*: the packer hands every value, even a
+ * one-byte integer, to a write callback, which for tables of small values
+ * cost more than the values.  The bytes are the ones msgpack-c writes
+ * (integers in their smallest width, floats as float64, str 8/16/32).
+ */
+
+static void enc_grow(enc *e, size_t n)
 {
-  p[0] = (char)(v >> 24);
-  p[1] = (char)(v >> 16);
-  p[2] = (char)(v >> 8);
-  p[3] = (char)v;
+  lmp_buf_t *b = &e->c->buf;
+  if (b->len + n < b->len || lmp_buf_reserve(b, b->len + n) < 0)
+    enc_nomem(e);
+}
+
+/* Room for n more bytes at the end of the buffer. */
+static inline unsigned char *enc_room(enc *e, size_t n)
+{
+  lmp_buf_t *b = &e->c->buf;
+  if (b->cap - b->len < n)
+    enc_grow(e, n);
+  return (unsigned char *)b->data + b->len;
+}
+
+/* v as n bytes (0, 1, 2, 4 or 8), big-endian. */
+static inline void put_be(unsigned char *p, uint64_t v, int n)
+{
+  uint16_t v2 = __builtin_bswap16((uint16_t)v);
+  uint32_t v4 = __builtin_bswap32((uint32_t)v);
+  uint64_t v8 = __builtin_bswap64(v);
+  switch (n) {
+  case 1:
+    *p = (unsigned char)v;
+    break;
+  case 2:
+    memcpy(p, &v2, 2);
+    break;
+  case 4:
+    memcpy(p, &v4, 4);
+    break;
+  case 8:
+    memcpy(p, &v8, 8);
+    break;
+  }
+}
+
+/* A tag byte and an n-byte big-endian value (n = 0: the tag alone). */
+static inline void enc_tagged(enc *e, unsigned tag, uint64_t v, int n)
+{
+  unsigned char *p = enc_room(e, 9);
+  p[0] = (unsigned char)tag;
+  put_be(p + 1, v, n);
+  e->c->buf.len += 1 + (size_t)n;
+}
+
+static void enc_int(enc *e, int64_t v)
+{
+  if (v >= -32 && v <= 127) {
+    enc_tagged(e, (unsigned char)(int8_t)v, 0, 0);
+  } else if (v >= 0) {
+    uint64_t u = (uint64_t)v;
+    if (u <= 0xff)
+      enc_tagged(e, 0xcc, u, 1);
+    else if (u <= 0xffff)
+      enc_tagged(e, 0xcd, u, 2);
+    else if (u <= 0xffffffffu)
+      enc_tagged(e, 0xce, u, 4);
+    else
+      enc_tagged(e, 0xcf, u, 8);
+  } else if (v >= INT8_MIN) {
+    enc_tagged(e, 0xd0, (uint64_t)v & 0xff, 1);
+  } else if (v >= INT16_MIN) {
+    enc_tagged(e, 0xd1, (uint64_t)v & 0xffff, 2);
+  } else if (v >= INT32_MIN) {
+    enc_tagged(e, 0xd2, (uint64_t)v & 0xffffffffu, 4);
+  } else {
+    enc_tagged(e, 0xd3, (uint64_t)v, 8);
+  }
+}
+
+static void enc_double(enc *e, double d)
+{
+  uint64_t bits;
+  memcpy(&bits, &d, sizeof bits);
+  enc_tagged(e, 0xcb, bits, 8);
+}
+
+static void enc_str(enc *e, const char *s, size_t n, int depth)
+{
+  if (n <= 31) { /* most strings: one check for room */
+    unsigned char *p = enc_room(e, n + 1);
+    *p = (unsigned char)(0xa0 | n);
+    memcpy(p + 1, s, n);
+    e->c->buf.len += n + 1;
+    return;
+  }
+  if (n <= 0xff)
+    enc_tagged(e, 0xd9, n, 1);
+  else if (n <= 0xffff)
+    enc_tagged(e, 0xda, n, 2);
+  else if (n <= UINT32_MAX)
+    enc_tagged(e, 0xdb, n, 4);
+  else
+    enc_fail(e, depth, "string longer than 4 GiB");
+  memcpy(enc_room(e, n), s, n);
+  e->c->buf.len += n;
+}
+
+/* An array or map header for n elements (or pairs). */
+static void enc_count(enc *e, size_t n, int ismap)
+{
+  if (n <= 15)
+    enc_tagged(e, (ismap ? 0x80 : 0x90) | (unsigned)n, 0, 0);
+  else if (n <= 0xffff)
+    enc_tagged(e, ismap ? 0xde : 0xdc, n, 2);
+  else
+    enc_tagged(e, ismap ? 0xdf : 0xdd, n, 4);
 }
 
 /* Open an ext (or bin) whose length is patched in by enc_close: the 32-bit
@@ -518,8 +632,9 @@ static void put_be32(char *p, uint32_t v)
 static size_t enc_open(enc *e, unsigned char tag, int type)
 {
   size_t at = e->c->buf.len;
-  char h[6] = {(char)tag, 0, 0, 0, 0, (char)type};
-  enc_write(e, h, tag == 0xc9 ? 6 : 5);
+  enc_tagged(e, tag, 0, 4);
+  if (tag == 0xc9)
+    enc_tagged(e, (unsigned char)type, 0, 0);
   return at;
 }
 
@@ -529,7 +644,7 @@ static void enc_close(enc *e, size_t at, int depth)
   size_t n = e->c->buf.len - at - hlen;
   if (n > UINT32_MAX)
     enc_fail(e, depth, "larger than 4 GiB");
-  put_be32(e->c->buf.data + at + 1, (uint32_t)n);
+  put_be((unsigned char *)e->c->buf.data + at + 1, n, 4);
 }
 
 static size_t uint_size(uint64_t v)
@@ -537,10 +652,17 @@ static size_t uint_size(uint64_t v)
   return v < 128 ? 1 : v < 256 ? 2 : v < 65536 ? 3 : v <= UINT32_MAX ? 5 : 9;
 }
 
+/* REF(id): fixext 1, 2 or ext 8, as msgpack_pack_ext writes them. */
 static void enc_ref(enc *e, uint64_t id)
 {
-  msgpack_pack_ext(&e->pk, uint_size(id), EXT_REF);
-  msgpack_pack_uint64(&e->pk, id);
+  size_t n = uint_size(id);
+  if (n <= 2) {
+    enc_tagged(e, n == 1 ? 0xd4 : 0xd5, EXT_REF, 1);
+  } else {
+    enc_tagged(e, 0xc7, n, 1);
+    enc_tagged(e, EXT_REF, 0, 0);
+  }
+  enc_int(e, (int64_t)id); /* ids are positive: written as uint */
 }
 
 static void enc_newid(enc *e, const void *p)
@@ -560,40 +682,29 @@ static void enc_enter(enc *e, int depth)
 
 static void enc_value(enc *e, int idx, int depth);
 
-static void enc_str(enc *e, const char *s, size_t n, int depth)
-{
-  if (n > UINT32_MAX)
-    enc_fail(e, depth, "string longer than 4 GiB");
-  msgpack_pack_str(&e->pk, n);
-  msgpack_pack_str_body(&e->pk, s, n);
-}
-
-/* nil, booleans, numbers and strings: the values that cannot fail. */
-static int enc_scalar(enc *e, int idx, int depth)
+/* nil, booleans, numbers and strings (the value at idx, of Lua type
+ * `type`): the values that cannot fail.  0 for anything else. */
+static inline int enc_scalar(enc *e, int idx, int type, int depth)
 {
   lua_State *L = e->L;
   size_t n;
   const char *s;
-  if (lua_isinteger(L, idx)) { /* the commonest case first */
-    msgpack_pack_int64(&e->pk, (int64_t)lua_tointeger(L, idx));
-    return 1;
-  }
-  switch (lua_type(L, idx)) {
-  case LUA_TNIL:
-    msgpack_pack_nil(&e->pk);
-    return 1;
-  case LUA_TBOOLEAN:
-    if (lua_toboolean(L, idx))
-      msgpack_pack_true(&e->pk);
-    else
-      msgpack_pack_false(&e->pk);
-    return 1;
+  switch (type) {
   case LUA_TNUMBER:
-    msgpack_pack_double(&e->pk, (double)lua_tonumber(L, idx));
+    if (lua_isinteger(L, idx))
+      enc_int(e, (int64_t)lua_tointeger(L, idx));
+    else
+      enc_double(e, (double)lua_tonumber(L, idx));
     return 1;
   case LUA_TSTRING:
     s = lua_tolstring(L, idx, &n);
     enc_str(e, s, n, depth);
+    return 1;
+  case LUA_TBOOLEAN:
+    enc_tagged(e, lua_toboolean(L, idx) ? 0xc3 : 0xc2, 0, 0);
+    return 1;
+  case LUA_TNIL:
+    enc_tagged(e, 0xc0, 0, 0);
     return 1;
   default:
     return 0;
@@ -626,7 +737,7 @@ static int enc_array(enc *e, int idx, lua_Integer n, int depth)
   lua_State *L = e->L;
   size_t mark = e->c->buf.len;
   lua_Integer i = 0, rest = 0;
-  msgpack_pack_array(&e->pk, (size_t)n);
+  enc_count(e, (size_t)n, 0);
   e->path[depth].kind = STEP_INDEX;
   lua_pushnil(L);
   while (lua_next(L, idx)) {
@@ -637,7 +748,7 @@ static int enc_array(enc *e, int idx, lua_Integer n, int depth)
       return 0;
     }
     e->path[depth].n = i;
-    if (rest == 0 && !enc_scalar(e, -1, depth + 1))
+    if (rest == 0 && !enc_scalar(e, -1, lua_type(L, -1), depth + 1))
       rest = i;
     lua_pop(L, 1);
   }
@@ -650,44 +761,74 @@ static int enc_array(enc *e, int idx, lua_Integer n, int depth)
   return 1;
 }
 
-static void enc_pairs(enc *e, int idx, lua_Integer count, int depth)
+/* Are the keys of the table at idx exactly 1..n, in whatever order? */
+static int enc_is_seq(enc *e, int idx, lua_Integer n)
 {
   lua_State *L = e->L;
-  msgpack_pack_map(&e->pk, (size_t)count);
+  lua_Integer count = 0;
+  int seq = 1;
   lua_pushnil(L);
   while (lua_next(L, idx)) {
-    int top = lua_gettop(L);
-    e->path[depth].kind = STEP_KEY;
-    e->path[depth].idx = top - 1;
-    enc_value(e, top - 1, depth + 1);
-    enc_value(e, top, depth + 1);
+    lua_Integer k = lua_tointegerx(L, -2, &seq);
+    lua_pop(L, 1);
+    if (!seq || k < 1 || k > n || ++count > n) {
+      lua_pop(L, 1);
+      return 0;
+    }
+  }
+  return count == n;
+}
+
+/*
+ * A map in one traversal.  Its size is known only at the end, so the header
+ * is written as a fixmap and widened once the table turns out to have more
+ * than 15 pairs, moving what follows it up: a memmove of the map's bytes is
+ * cheaper than a second traversal to count them.  No pairs: the empty table
+ * goes as an empty array.
+ */
+static void enc_pairs(enc *e, int idx, int depth)
+{
+  lua_State *L = e->L;
+  size_t at = e->c->buf.len;
+  uint64_t count = 0;
+  int key = lua_gettop(L) + 1; /* where lua_next leaves the key, the value above it */
+  enc_tagged(e, 0x80, 0, 0);
+  e->path[depth].kind = STEP_KEY;
+  e->path[depth].idx = key;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    count++;
+    enc_value(e, key, depth + 1);
+    enc_value(e, key + 1, depth + 1);
     lua_pop(L, 1);
   }
+  unsigned char *h = (unsigned char *)e->c->buf.data + at;
+  if (count <= 15) {
+    *h = (unsigned char)((count ? 0x80 : 0x90) | count);
+    return;
+  }
+  size_t body = e->c->buf.len - at - 1, extra = count <= 0xffff ? 2 : 4;
+  h = enc_room(e, extra) - body - 1;
+  memmove(h + 1 + extra, h + 1, body);
+  *h = count <= 0xffff ? 0xde : 0xdf;
+  put_be(h + 1, count, (int)extra);
+  e->c->buf.len += extra;
 }
 
 /* A table's content: an array when its keys are exactly 1..n, else a map. */
 static void enc_content(enc *e, int idx, int depth)
 {
-  lua_State *L = e->L;
-  lua_Integer n = (lua_Integer)lua_rawlen(L, idx), count = 0;
-  int seq = 1;
-  if (n > 0 && enc_array(e, idx, n, depth))
-    return;
-  lua_pushnil(L);
-  while (lua_next(L, idx)) {
-    count++;
-    if (seq) {
-      lua_Integer k = lua_tointegerx(L, -2, &seq);
-      seq = seq && k >= 1 && k <= n;
+  lua_Integer n = (lua_Integer)lua_rawlen(e->L, idx);
+  if (n > 0) {
+    if (enc_array(e, idx, n, depth))
+      return;
+    if (enc_is_seq(e, idx, n)) { /* 1..n, but not in the order lua_next goes */
+      enc_count(e, (size_t)n, 0);
+      enc_items(e, idx, 1, n, depth);
+      return;
     }
-    lua_pop(L, 1);
   }
-  if (seq && count == n) {
-    msgpack_pack_array(&e->pk, (size_t)n);
-    enc_items(e, idx, 1, n, depth);
-  } else {
-    enc_pairs(e, idx, count, depth);
-  }
+  enc_pairs(e, idx, depth);
 }
 
 /* A table with a metatable (on top of the stack): a registered class. */
@@ -698,7 +839,6 @@ static void enc_class(enc *e, int idx, int depth)
   lua_insert(L, -2);
   if (lua_rawget(L, -2) != LUA_TSTRING)
     enc_fail(e, depth, "table with unregistered metatable");
-  enc_newid(e, lua_topointer(L, idx));
   size_t at = enc_open(e, 0xc9, EXT_CLASS);
   size_t n;
   const char *name = lua_tolstring(L, -1, &n);
@@ -716,16 +856,20 @@ static void enc_table(enc *e, int idx, int depth)
     msgpack_pack_ext(&e->pk, 0, EXT_GLOBALS);
     return;
   }
-  if (idmap_get(&e->c->objs, p, &id)) {
+  /* Numbered as it is met, class or not (a failure ends the message). */
+  int seen = idmap_get_or_put(&e->c->objs, p, e->nextid + 1, &id);
+  if (seen < 0)
+    enc_nomem(e);
+  if (seen) {
     enc_ref(e, id);
     return;
   }
+  e->nextid++;
   enc_enter(e, depth);
   if (lua_getmetatable(e->L, idx)) {
     enc_class(e, idx, depth);
     return;
   }
-  enc_newid(e, p);
   enc_content(e, idx, depth);
 }
 
@@ -994,9 +1138,11 @@ static void enc_userdata(enc *e, int idx, int depth)
   lua_pop(L, 5); /* metatable, __name, handles, type, result */
 }
 
-static void enc_value(enc *e, int idx, int depth)
+/* Tables, functions, userdata, and what cannot be sent: kept out of
+ * enc_value, which runs for every value and stays small. */
+static void enc_object(enc *e, int idx, int type, int depth)
 {
-  switch (lua_type(e->L, idx)) {
+  switch (type) {
   case LUA_TTABLE:
     enc_table(e, idx, depth);
     break;
@@ -1009,12 +1155,16 @@ static void enc_value(enc *e, int idx, int depth)
   case LUA_TLIGHTUSERDATA:
     enc_fail(e, depth, "light userdata");
     break;
-  case LUA_TTHREAD:
-    enc_fail(e, depth, "thread");
-    break;
   default:
-    enc_scalar(e, idx, depth);
+    enc_fail(e, depth, "thread");
   }
+}
+
+static void enc_value(enc *e, int idx, int depth)
+{
+  int type = lua_type(e->L, idx);
+  if (!enc_scalar(e, idx, type, depth))
+    enc_object(e, idx, type, depth);
 }
 
 const lmp_buf_t *lmpb_encode(lua_State *L, int idx, const char *what)
@@ -1147,11 +1297,12 @@ static const char *dec_bytes(dec *d, size_t *n)
   return (const char *)s;
 }
 
-static void dec_string(dec *d, size_t n)
+static int dec_string(dec *d, size_t n)
 {
   dec_need(d, n);
   lua_pushlstring(d->L, (const char *)d->p, n);
   d->p += n;
+  return LUA_TSTRING;
 }
 
 /* The header of an array or map: its count; *ismap says which. */
@@ -1170,7 +1321,11 @@ static uint64_t dec_count(dec *d, int *ismap)
   dec_fail(d, at, "array or map expected");
 }
 
-static void dec_value(dec *d);
+/* What dec_value pushed, as far as a map key needs to know: the Lua type,
+ * or DEC_OTHER for a float or an ext (the stack has to be asked). */
+#define DEC_OTHER (-1)
+
+static int dec_value(dec *d);
 
 /* Push a new table for `n` elements, numbered; the count is checked against
  * the bytes left (each element takes at least one).  The table is sized
@@ -1200,10 +1355,14 @@ static void dec_fill(dec *d, int t, uint64_t n, int ismap)
       continue;
     }
     const unsigned char *at = d->p;
-    dec_value(d);
-    if (lua_isnil(L, -1))
+    int k = dec_value(d);
+    if (k == DEC_OTHER)
+      k = lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) != lua_tonumber(L, -1)
+              ? DEC_OTHER
+              : lua_type(L, -1);
+    if (k == LUA_TNIL)
       dec_fail(d, at, "nil map key");
-    if (lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) != lua_tonumber(L, -1))
+    if (k == DEC_OTHER)
       dec_fail(d, at, "NaN map key");
     dec_value(d);
     lua_rawset(L, t);
@@ -1472,73 +1631,75 @@ static void dec_number(dec *d, unsigned c)
   }
 }
 
-static void dec_tagged(dec *d, const unsigned char *at, unsigned c)
+static int dec_tagged(dec *d, const unsigned char *at, unsigned c)
 {
   lua_State *L = d->L;
   switch (c) {
   case 0xc0:
     lua_pushnil(L);
-    break;
+    return LUA_TNIL;
   case 0xc2:
   case 0xc3:
     lua_pushboolean(L, c == 0xc3);
-    break;
+    return LUA_TBOOLEAN;
   case 0xc4:
   case 0xd9:
-    dec_string(d, (size_t)dec_be(d, 1));
-    break;
+    return dec_string(d, (size_t)dec_be(d, 1));
   case 0xc5:
   case 0xda:
-    dec_string(d, (size_t)dec_be(d, 2));
-    break;
+    return dec_string(d, (size_t)dec_be(d, 2));
   case 0xc6:
   case 0xdb:
-    dec_string(d, (size_t)dec_be(d, 4));
-    break;
+    return dec_string(d, (size_t)dec_be(d, 4));
   case 0xc7:
   case 0xc8:
   case 0xc9:
     dec_ext(d, at, (size_t)dec_be(d, 1 << (c - 0xc7)));
-    break;
+    return DEC_OTHER;
   case 0xd4:
   case 0xd5:
   case 0xd6:
   case 0xd7:
   case 0xd8:
     dec_ext(d, at, (size_t)1 << (c - 0xd4));
-    break;
+    return DEC_OTHER;
   case 0xdc:
   case 0xdd:
     dec_table(d, at, dec_be(d, c == 0xdc ? 2 : 4), 0);
-    break;
+    return LUA_TTABLE;
   case 0xde:
   case 0xdf:
     dec_table(d, at, dec_be(d, c == 0xde ? 2 : 4), 1);
-    break;
+    return LUA_TTABLE;
   case 0xc1:
     dec_fail(d, at, "invalid type byte 0xc1");
   default: /* 0xca..0xd3 */
     dec_number(d, c);
+    return DEC_OTHER; /* a float may be NaN */
   }
 }
 
-static void dec_value(dec *d)
+/* Push the next value; returns what it is (see DEC_OTHER). */
+static int dec_value(dec *d)
 {
   const unsigned char *at = d->p;
   dec_need(d, 1);
   unsigned c = *d->p++;
-  if (c <= 0x7f)
+  if (c <= 0x7f) {
     lua_pushinteger(d->L, (lua_Integer)c);
-  else if (c >= 0xe0)
+    return LUA_TNUMBER;
+  }
+  if (c >= 0xe0) {
     lua_pushinteger(d->L, (lua_Integer)c - 256);
-  else if (c <= 0x8f)
-    dec_table(d, at, c & 0x0f, 1);
-  else if (c <= 0x9f)
-    dec_table(d, at, c & 0x0f, 0);
-  else if (c <= 0xbf)
-    dec_string(d, c & 0x1f);
-  else
-    dec_tagged(d, at, c);
+    return LUA_TNUMBER;
+  }
+  if (c <= 0x9f) {
+    dec_table(d, at, c & 0x0f, c <= 0x8f);
+    return LUA_TTABLE;
+  }
+  if (c <= 0xbf)
+    return dec_string(d, c & 0x1f);
+  return dec_tagged(d, at, c);
 }
 
 /* Does a message starting with byte c hold objects that may be numbered? */
@@ -1549,11 +1710,13 @@ static int holds_objects(unsigned c)
 }
 
 /* Empty the refs table (at `refs`, of the codec at `ud`): cleared in place
- * while small, replaced once a big message has grown it. */
+ * while small, else replaced by a new one sized for as many objects (a
+ * stream of messages tends to repeat its shape), which costs less than
+ * clearing each entry. */
 static void refs_clear(lua_State *L, codec *c, int ud, int refs)
 {
-  if (c->nrefs > 4096) {
-    lua_createtable(L, 16, 0);
+  if (c->nrefs > 64) {
+    lua_createtable(L, c->nrefs > 4096 ? 16 : (int)c->nrefs, 0);
     lua_pushvalue(L, -1);
     lua_setiuservalue(L, ud, 1);
     lua_replace(L, refs);

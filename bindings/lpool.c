@@ -178,10 +178,26 @@ static inline unsigned char *room(lmp_buf_t *b, size_t n)
   return (unsigned char *)b->data + b->len;
 }
 
+/* v as n bytes (0, 1, 2, 4 or 8), big-endian. */
 static inline void put_be(unsigned char *p, uint64_t v, int n)
 {
-  for (int i = n - 1; i >= 0; i--, v >>= 8)
-    p[i] = (unsigned char)v;
+  uint16_t v2 = __builtin_bswap16((uint16_t)v);
+  uint32_t v4 = __builtin_bswap32((uint32_t)v);
+  uint64_t v8 = __builtin_bswap64(v);
+  switch (n) {
+  case 1:
+    *p = (unsigned char)v;
+    break;
+  case 2:
+    memcpy(p, &v2, 2);
+    break;
+  case 4:
+    memcpy(p, &v4, 4);
+    break;
+  case 8:
+    memcpy(p, &v8, 8);
+    break;
+  }
 }
 
 /* A tag byte and an n-byte big-endian value. */
@@ -198,25 +214,26 @@ static inline int put_tagged(lmp_buf_t *b, unsigned tag, uint64_t v, int n)
 
 static inline int put_int(lmp_buf_t *b, int64_t v)
 {
+  unsigned char *p = room(b, 9);
+  uint64_t u = (uint64_t)v;
+  int n;
+  if (!p)
+    return 0;
   if (v >= -32 && v <= 127) {
-    unsigned char *p = room(b, 1);
-    if (!p)
-      return 0;
     *p = (unsigned char)(int8_t)v;
     b->len++;
     return 1;
   }
   if (v >= 0) {
-    uint64_t u = (uint64_t)v;
-    return u <= 0xff          ? put_tagged(b, 0xcc, u, 1)
-           : u <= 0xffff      ? put_tagged(b, 0xcd, u, 2)
-           : u <= 0xffffffffu ? put_tagged(b, 0xce, u, 4)
-                              : put_tagged(b, 0xcf, u, 8);
+    n = u <= 0xff ? 1 : u <= 0xffff ? 2 : u <= 0xffffffffu ? 4 : 8;
+    *p = (unsigned char)(n == 1 ? 0xcc : n == 2 ? 0xcd : n == 4 ? 0xce : 0xcf);
+  } else {
+    n = v >= INT8_MIN ? 1 : v >= INT16_MIN ? 2 : v >= INT32_MIN ? 4 : 8;
+    *p = (unsigned char)(n == 1 ? 0xd0 : n == 2 ? 0xd1 : n == 4 ? 0xd2 : 0xd3);
   }
-  return v >= INT8_MIN    ? put_tagged(b, 0xd0, (uint64_t)v & 0xff, 1)
-         : v >= INT16_MIN ? put_tagged(b, 0xd1, (uint64_t)v & 0xffff, 2)
-         : v >= INT32_MIN ? put_tagged(b, 0xd2, (uint64_t)v & 0xffffffffu, 4)
-                          : put_tagged(b, 0xd3, (uint64_t)v, 8);
+  put_be(p + 1, u, n);
+  b->len += 1 + (size_t)n;
+  return 1;
 }
 
 static int put_str(lmp_buf_t *b, const char *s, size_t n)
@@ -263,6 +280,8 @@ static inline int pack_typed(lua_State *L, int idx, int type, lmp_buf_t *b)
 
 static int pack_scalar(lua_State *L, int idx, lmp_buf_t *b)
 {
+  if (lua_isinteger(L, idx)) /* the commonest result: one question fewer */
+    return put_int(b, (int64_t)lua_tointeger(L, idx));
   return pack_typed(L, idx, lua_type(L, idx), b);
 }
 
@@ -312,17 +331,54 @@ static int pack_value(lua_State *L, int idx, lmp_buf_t *out)
   return pack_scalar(L, idx, out) ? 0 : -1;
 }
 
-static uint64_t be(const unsigned char *p, int n)
+/* The n-byte (1, 2, 4 or 8) big-endian number at p. */
+static inline uint64_t be(const unsigned char *p, int n)
 {
-  uint64_t v = 0;
-  for (int i = 0; i < n; i++)
-    v = v << 8 | p[i];
-  return v;
+  uint16_t v2;
+  uint32_t v4;
+  uint64_t v8;
+  switch (n) {
+  case 1:
+    return *p;
+  case 2:
+    memcpy(&v2, p, 2);
+    return __builtin_bswap16(v2);
+  case 4:
+    memcpy(&v4, p, 4);
+    return __builtin_bswap32(v4);
+  default:
+    memcpy(&v8, p, 8);
+    return __builtin_bswap64(v8);
+  }
 }
 
 /* Push one plain msgpack value from [*pp, end); 0 if it is something else
  * or truncated (nothing pushed). */
+static int unpack_scalar_any(lua_State *L, const unsigned char **pp, const unsigned char *end);
+
+/* The same, with unsigned integers (most lists of numbers) handled inline. */
 static inline int unpack_scalar(lua_State *L, const unsigned char **pp, const unsigned char *end)
+{
+  const unsigned char *p = *pp;
+  unsigned c = *p;
+  if (c <= 0x7f) {
+    lua_pushinteger(L, c);
+    *pp = p + 1;
+    return 1;
+  }
+  if (c >= 0xcc && c <= 0xcf) { /* uint 8..64 */
+    int n = 1 << (c - 0xcc);
+    uint64_t v;
+    if (end - p > n && (v = be(p + 1, n)) <= (uint64_t)LUA_MAXINTEGER) {
+      lua_pushinteger(L, (lua_Integer)v);
+      *pp = p + 1 + n;
+      return 1;
+    }
+  }
+  return unpack_scalar_any(L, pp, end);
+}
+
+static int unpack_scalar_any(lua_State *L, const unsigned char **pp, const unsigned char *end)
 {
   const unsigned char *p = *pp;
   size_t n, len = 0;
@@ -437,7 +493,7 @@ static const unsigned char *array_header(const unsigned char *p, const unsigned 
 
 /* Step over one plain value: the pointer after it, or NULL if it is
  * something else or truncated. */
-static const unsigned char *skip_scalar(const unsigned char *p, const unsigned char *end)
+static const unsigned char *skip_scalar_any(const unsigned char *p, const unsigned char *end)
 {
   size_t n;
   if (p >= end)
@@ -463,33 +519,44 @@ static const unsigned char *skip_scalar(const unsigned char *p, const unsigned c
   return (size_t)(end - p) < n ? NULL : p + n;
 }
 
-/* Unpack `count` plain values from p into t[first...]: 0, or -1 at the
- * first value that is not plain (the ones before it are written). */
-static int unpack_items(lua_State *L, const unsigned char *p, const unsigned char *end,
-                        uint64_t count, int t, lua_Integer first)
+/* The same, with integers (most lists of numbers) handled inline. */
+static inline const unsigned char *skip_scalar(const unsigned char *p, const unsigned char *end)
+{
+  if (p < end && *p <= 0x7f)
+    return p + 1;
+  if (p < end && *p >= 0xcc && *p <= 0xd3) { /* uint, int 8..64 */
+    size_t n = 1 + ((size_t)1 << ((*p - 0xcc) & 3));
+    return (size_t)(end - p) < n ? NULL : p + n;
+  }
+  return skip_scalar_any(p, end);
+}
+
+/* Unpack `count` plain values from p into t[first...]: the position after
+ * them, or NULL at the first value that is not plain (the ones before it
+ * are written). */
+static const unsigned char *unpack_items(lua_State *L, const unsigned char *p,
+                                         const unsigned char *end, uint64_t count, int t,
+                                         lua_Integer first)
 {
   for (uint64_t i = 0; i < count; i++) {
     if (p >= end || !unpack_scalar(L, &p, end))
-      return -1;
+      return NULL;
     lua_rawseti(L, t, first + (lua_Integer)i);
   }
-  return 0;
+  return p;
 }
 
 /* Unpack a msgpack array of plain values into t[first...]: the number of
- * items, or -1 when the message is something else (some items may have
- * been written; the caller falls back to the codec, which rewrites them). */
+ * items, or -1 when the message is something else.  Some items may have
+ * been written by then: the caller falls back to the codec, whose result
+ * replaces them all (a list of plain values is the case worth one pass). */
 static lua_Integer unpack_list(lua_State *L, const char *data, size_t len, int t, lua_Integer first)
 {
-  const unsigned char *end = (const unsigned char *)data + len, *p, *q;
+  const unsigned char *end = (const unsigned char *)data + len, *p;
   uint64_t n;
   if (!(p = array_header((const unsigned char *)data, end, &n)) || n > (uint64_t)(end - p))
     return -1;
-  /* Validate first, so that a list of something else costs no writes. */
-  q = p;
-  for (uint64_t i = 0; i < n && q; i++)
-    q = skip_scalar(q, end);
-  if (q != end || unpack_items(L, p, end, n, t, first) < 0)
+  if (unpack_items(L, p, end, n, t, first) != end)
     return -1;
   return (lua_Integer)n;
 }
@@ -1155,8 +1222,8 @@ static lua_Integer arity(lua_State *L, int idx)
 static void unpack_packed(lua_State *L, task *t, int out)
 {
   const unsigned char *p = (const unsigned char *)worker_buf.data + t->hdr;
-  unpack_items(L, p, (const unsigned char *)worker_buf.data + worker_buf.len, (uint64_t)t->packed,
-               out, 1);
+  (void)unpack_items(L, p, (const unsigned char *)worker_buf.data + worker_buf.len,
+                     (uint64_t)t->packed, out, 1);
 }
 
 /* Keep the result at the top for item i: packed while every result is a

@@ -164,6 +164,25 @@ describe("lmp codec: tables", function()
     assert.are.equal(0x81, ser({[2] = 1}):byte())
   end)
 
+  it("gives maps of every size the smallest header", function()
+    local function map(n)
+      local t = {}
+      for i = 1, n do t[-i] = {i} end -- tables inside: content after the header moves
+      return t
+    end
+    for _, case in ipairs{{15, "\x8f"}, {16, "\xde\x00\x10"}, {65535, "\xde\xff\xff"},
+                          {65536, "\xdf\x00\x01\x00\x00"}} do
+      local n, header = case[1], case[2]
+      local t = map(n)
+      local m = ser({t, {t}})
+      assert.are.equal("\x92" .. header, m:sub(1, 1 + #header))
+      local r = des(m)
+      assert.are.equal(n, count(r[1]))
+      assert.are.equal(r[1], r[2][1])
+      assert.are.same({n}, r[1][-n])
+    end
+  end)
+
   it("round-trips nested, mixed and sparse tables", function()
     local values = {
       {},
