@@ -1,0 +1,628 @@
+-- lmp.result: lmp.AsyncResult and the apply/map/imap machinery of lmp.Pool,
+-- one implementation for the pool on local workers (scripts/lmp/pool.lua,
+-- over bindings/lpool.c) and the pool on a broker (scripts/lmp/broker.lua).
+--
+-- Every submitted unit (an apply task, a chunk of a map) has a ticket and a
+-- handler in pool._pending; the backend's dispatch takes what has arrived
+-- and calls handler:_settle(how, value) (how: "ok", "stored", "partial" or
+-- "error").  Callbacks are never called from inside a settle: they go to
+-- pool._cbq, a queue that the lmp calls (get, wait, join, imap's iterator,
+-- poll, cancel, terminate) run, so a callback that raises leaves every
+-- result in a consistent state and the callbacks after it still run at the
+-- next call.
+--
+-- M.new(B) builds the class and installs apply, apply_async, map,
+-- map_async, starmap, starmap_async, imap and imap_unordered on B.Pool.  The
+-- backend B says what differs between the two kinds of pool:
+--   lmp, Pool, check_running(pool, fname)
+--   dispatch(pool, deadline)   settle what arrives, waiting until deadline
+--                              (nil: for ever) for something: nil, or
+--                              "timeout" once the deadline has passed, or
+--                              "closed" once nothing more can come
+--   submit_apply(pool, fn, args, n) -> ticket
+--   submit(pool, tag, fr, list, count [, first [, values]]) -> ticket: one
+--                              chunk, items first.. of list (all of it
+--                              without first), its values stored in values
+--                              when the backend can
+--   encode_fn(fn) -> fr        the function of a map or imap
+--   cancel(pool, t)            true once the unit t will not be run
+--   state(pool, t)             "queued", "running"...; nil: the backend cannot
+--                              tell (then nothing can be cancelled)
+--   pollfd(pool), tick         AsyncResult:pollfd() and, while pending,
+--                              AsyncResult:timeout()
+--   default_chunksize(pool, n), window(pool), new_values(n), isatty(fd)
+--   flush(pool)                optional: after the chunks of a map are sent
+--   profile, tag(pool, job, opts, tag)   optional: the option 'profile'
+--   map_error(e, first), item_error(e, k, i)   optional: the error of a
+--                              failed chunk for the map, for its k-th item i
+local check = require "lmp.check"
+
+local M = {}
+
+M.TAG_APPLY, M.TAG_MAP, M.TAG_STARMAP = 1, 2, 3
+
+local tointeger = math.tointeger
+local argerror, typeerror, badself = check.argerror, check.typeerror, check.badself
+local callable, checkcallable, checkoptions = check.callable, check.checkcallable, check.checkoptions
+local checkself, length = check.checkself, check.length
+
+-- === argument checks, worded as lauxlib words them ===
+
+local function checktimeout(t, i, fname)
+  if t == nil then return nil end
+  if type(t) ~= "number" then typeerror(i, fname, "number", t) end
+  if not (t >= 0) then argerror(i, fname, "timeout must be a non-negative number") end
+  return t
+end
+
+local function optcallable(opts, key, i, fname)
+  local f = opts[key]
+  if f ~= nil and not callable(f) then argerror(i, fname, "option '" .. key .. "' must be callable") end
+  return f
+end
+
+local function checkchunksize(c, i, fname, what)
+  if c == nil then return nil end
+  local n = tointeger(c)
+  if not n or n < 1 then argerror(i, fname, (what or "chunksize") .. " must be a positive integer") end
+  return n
+end
+
+-- === callbacks ===
+
+--- A pool's callback queue: a FIFO of (function, argument) pairs; q.h is
+--- the next pair, q.t the last one.
+function M.new_queue()
+  return {h = 1, t = 0}
+end
+
+local function queue_callback(pool, f, arg)
+  local q = pool._cbq
+  local t = q.t + 1
+  q.t = t
+  q[2 * t - 1], q[2 * t] = f, arg
+end
+
+-- Run queued callbacks in order.  One that raises propagates its error;
+-- the ones after it stay queued for the next call.
+local function run_callbacks(pool)
+  local q = pool._cbq
+  while q.h <= q.t do
+    local h = q.h
+    local f, arg = q[2 * h - 1], q[2 * h]
+    q[2 * h - 1], q[2 * h] = nil, nil
+    q.h = h + 1
+    if q.h > q.t then q.h, q.t = 1, 0 end
+    f(arg)
+  end
+end
+M.run_callbacks = run_callbacks
+
+--- Settle every pending unit of a pool with the error err (the callbacks
+--- are queued, not run).
+function M.settle_all(pool, err)
+  local pending = pool._pending
+  for t, h in pairs(pending) do
+    pending[t] = nil
+    h:_settle("error", err)
+  end
+end
+
+-- Call the functions an event-loop module left on a settled result.
+local function wake(res)
+  local ws = res._wake
+  res._wake = nil
+  for i = 1, #ws do ws[i](res) end
+end
+
+local function same(e) return e end
+
+function M.new(B)
+  local lmp, Pool, check_running = B.lmp, B.Pool, B.check_running
+  local dispatch, cancel_unit, unit_state = B.dispatch, B.cancel, B.state
+  local now = lmp.time
+  local map_error, item_error = B.map_error or same, B.item_error or same
+  local R = {}
+
+  -- === AsyncResult ===
+
+  local AsyncResult = {}
+  AsyncResult.__index = AsyncResult
+  AsyncResult.__name = "lmp.AsyncResult"
+  R.AsyncResult = AsyncResult
+
+  -- Settle a result once: queue its callback or error callback, then its
+  -- wake-ups.
+  local function finish(res, ok, value)
+    if res._done then return end
+    res._done, res._ok, res._value = true, ok, value
+    if res._bar then res._bar:finish() end
+    local pool = res._pool
+    if ok and res._cb then
+      queue_callback(pool, res._cb, value)
+    elseif not ok and res._eb then
+      queue_callback(pool, res._eb, value)
+    end
+    if res._wake then queue_callback(pool, wake, res) end
+    local tickets = res._tickets
+    if tickets and not ok then
+      -- A failed map: chunks no worker has seen are not run at all.
+      for t in pairs(tickets) do
+        if cancel_unit(pool, t) then pool._pending[t] = nil end
+      end
+    end
+    res._tickets = nil
+  end
+
+  -- The handler of an apply task is its result (finish, made short: this
+  -- runs once per task).
+  function AsyncResult:_settle(how, v)
+    if self._done then return end
+    local ok = how == "ok"
+    self._done, self._ok, self._value = true, ok, v
+    local f
+    if ok then f = self._cb else f = self._eb end
+    if f then queue_callback(self._pool, f, v) end
+    if self._wake then queue_callback(self._pool, wake, self) end
+  end
+
+  -- For lmp.await, lmp.luv and lmp.cqueues: fn(res) once the result is
+  -- settled, from the pool's callback queue (so after its own callback),
+  -- whichever lmp call delivers it.  False, and no call, if it already is.
+  function AsyncResult:_on_done(fn)
+    if self._done then return false end
+    local ws = self._wake
+    if not ws then
+      ws = {}
+      self._wake = ws
+    end
+    ws[#ws + 1] = fn
+    return true
+  end
+
+  -- Dispatch until the result is done or the timeout passes; true if done.
+  local function waitfor(res, timeout, fname)
+    checkself(res, AsyncResult, fname)
+    if timeout ~= nil then checktimeout(timeout, 1, fname) end
+    local pool = res._pool
+    if pool._cbq.t > 0 then run_callbacks(pool) end
+    if res._done then return true end
+    local deadline
+    if timeout ~= nil then deadline = now() + timeout end
+    repeat
+      if dispatch(pool, deadline) ~= nil then return res._done == true end
+    until res._done
+    return true
+  end
+
+  --- Wait until the result is ready or the timeout passes: true once ready.
+  function AsyncResult:wait(timeout)
+    return waitfor(self, timeout, "wait") == true
+  end
+
+  --- The value, nil and "timeout", or raises the task's lmp.Error.
+  function AsyncResult:get(timeout)
+    if not waitfor(self, timeout, "get") then return nil, "timeout" end
+    if self._ok then return self._value end
+    error(self._value, 0)
+  end
+
+  function AsyncResult:ready()
+    checkself(self, AsyncResult, "ready")
+    return self._done == true
+  end
+
+  function AsyncResult:successful()
+    checkself(self, AsyncResult, "successful")
+    if not self._done then badself("successful", "result is not ready") end
+    return self._ok
+  end
+
+  -- The tickets of the units behind this result that have no answer yet.
+  local function units(res)
+    if res._tickets then return res._tickets end
+    if not res._done and res._t then return {[res._t] = true} end
+    return {}
+  end
+
+  --- True while a worker runs (part of) the task (never known on a broker).
+  function AsyncResult:running()
+    checkself(self, AsyncResult, "running")
+    if self._done or not unit_state then return false end
+    local pool = self._pool
+    for t in pairs(units(self)) do
+      if unit_state(pool, t) == "running" then return true end
+    end
+    return false
+  end
+
+  --- Cancel a task no worker has been handed yet: true if cancelled (it
+  --- then fails with kind "cancelled" and never runs), false otherwise (a
+  --- task on a broker cannot be taken back once sent).
+  function AsyncResult:cancel()
+    checkself(self, AsyncResult, "cancel")
+    if self._done or not unit_state then return self._cancelled == true end
+    local pool = self._pool
+    local ts = units(self)
+    for t in pairs(ts) do
+      if unit_state(pool, t) ~= "queued" then return false end
+    end
+    for t in pairs(ts) do
+      cancel_unit(pool, t)
+      pool._pending[t] = nil
+    end
+    self._tickets = nil
+    self._cancelled = true
+    finish(self, false, lmp.Error("cancelled", "the task was cancelled"))
+    run_callbacks(pool)
+    return true
+  end
+
+  function AsyncResult:cancelled()
+    checkself(self, AsyncResult, "cancelled")
+    return self._cancelled == true
+  end
+
+  -- The cqueues pollable protocol (cqueues.poll(res) in a controller): the
+  -- pool's descriptor (if any), read events, and a zero timeout once done.
+  function AsyncResult:pollfd()
+    checkself(self, AsyncResult, "pollfd")
+    return B.pollfd(self._pool)
+  end
+
+  function AsyncResult:events()
+    return "r"
+  end
+
+  function AsyncResult:timeout()
+    checkself(self, AsyncResult, "timeout")
+    if self._done then return 0 end
+    return B.tick
+  end
+
+  function AsyncResult:__tostring()
+    local state = not self._done and "pending" or self._cancelled and "cancelled"
+                  or self._ok and "done" or "failed"
+    return "lmp.AsyncResult(" .. state .. ")"
+  end
+
+  -- === progress ===
+
+  local function new_bar(total)
+    if not B.isatty(2) then return nil end
+    return require("lmp.progress").new(total, {clock = now, stream = io.stderr})
+  end
+
+  -- === options ===
+
+  local map_keys = {chunksize = true, callback = true, error_callback = true, progress = true,
+                    profile = B.profile or nil}
+  local sync_keys = {chunksize = true, progress = true, profile = B.profile or nil}
+
+  -- The third argument of map and friends: a chunksize or an options table.
+  local function map_options(arg, fname, async)
+    if arg == nil then return {} end
+    if type(arg) == "table" then
+      checkoptions(arg, 3, fname, async and map_keys or sync_keys)
+      checkchunksize(arg.chunksize, 3, fname, "option 'chunksize'")
+      if async then
+        optcallable(arg, "callback", 3, fname)
+        optcallable(arg, "error_callback", 3, fname)
+      end
+      return arg
+    end
+    if type(arg) ~= "number" then typeerror(3, fname, async and "table" or "number", arg) end
+    return {chunksize = checkchunksize(arg, 3, fname)}
+  end
+
+  local function tagged(pool, job, opts, tag)
+    if B.tag then return B.tag(pool, job, opts, tag) end
+    return tag
+  end
+
+  -- === map ===
+
+  local Chunk = {}
+  Chunk.__index = Chunk
+
+  -- The first error of a partial chunk: the failing item of lowest index.
+  local function first_error(errs, first)
+    local k
+    for i in pairs(errs) do
+      if not k or i < k then k = i end
+    end
+    local e = errs[k]
+    if type(e) == "table" and e.index == nil then e.index = first + k - 1 end
+    return e
+  end
+
+  function Chunk:_settle(how, v)
+    local job = self.job
+    if job._done then return end
+    job._tickets[self.t] = nil
+    if how == "stored" or how == "ok" then
+      if how == "ok" then table.move(v, 1, self.count, self.first, job._values) end
+      job._left = job._left - 1
+      job._count = job._count + self.count
+      if job._bar then job._bar:update(job._count) end
+      if job._left == 0 then finish(job, true, job._values) end
+    elseif how == "partial" then
+      finish(job, false, first_error(v[2], self.first))
+    else
+      finish(job, false, map_error(v, self.first))
+    end
+  end
+
+  local function start_map(pool, fname, tag, fn, list, opts)
+    check_running(pool, fname)
+    checkcallable(fn, 1, fname)
+    if type(list) ~= "table" then typeerror(2, fname, "table", list) end
+    local n = length(list)
+    local job = setmetatable({_pool = pool, _values = B.new_values(n), _left = 0, _count = 0,
+                              _cb = opts.callback, _eb = opts.error_callback, _tickets = {}},
+                             AsyncResult)
+    if n == 0 then
+      finish(job, true, job._values)
+      return job
+    end
+    local size = tointeger(opts.chunksize) or B.default_chunksize(pool, n)
+    if opts.progress then job._bar = new_bar(n) end
+    tag = tagged(pool, job, opts, tag)
+    local fr = B.encode_fn(fn)
+    local submit, pending = B.submit, pool._pending
+    for first = 1, n, size do
+      local count = math.min(size, n - first + 1)
+      local t = submit(pool, tag, fr, list, count, first, job._values)
+      pending[t] = setmetatable({job = job, t = t, first = first, count = count}, Chunk)
+      job._tickets[t] = true
+      job._left = job._left + 1
+    end
+    if B.flush then B.flush(pool) end
+    return job
+  end
+
+  --- pool:map(fn, list [, chunksize | {chunksize =, progress =}]) -> results
+  function Pool:map(fn, list, opts)
+    return start_map(self, "map", M.TAG_MAP, fn, list, map_options(opts, "map", false)):get()
+  end
+
+  function Pool:map_async(fn, list, opts)
+    return start_map(self, "map_async", M.TAG_MAP, fn, list, map_options(opts, "map_async", true))
+  end
+
+  function Pool:starmap(fn, list, opts)
+    return start_map(self, "starmap", M.TAG_STARMAP, fn, list, map_options(opts, "starmap", false)):get()
+  end
+
+  function Pool:starmap_async(fn, list, opts)
+    return start_map(self, "starmap_async", M.TAG_STARMAP, fn, list,
+                     map_options(opts, "starmap_async", true))
+  end
+
+  -- === apply ===
+
+  local apply_keys = {callback = true, error_callback = true}
+  local no_args = {}
+
+  local function submit_apply(pool, fn, args, n, cb, eb)
+    local t = B.submit_apply(pool, fn, args, n)
+    local res = setmetatable({_pool = pool, _t = t, _cb = cb, _eb = eb}, AsyncResult)
+    pool._pending[t] = res
+    return res
+  end
+
+  --- pool:apply(fn, ...) -> the result; raises the task's lmp.Error.
+  function Pool:apply(fn, ...)
+    if getmetatable(self) ~= Pool or self._state ~= "run" then check_running(self, "apply") end
+    if type(fn) ~= "function" then checkcallable(fn, 1, "apply") end
+    return submit_apply(self, fn, {...}, select("#", ...)):get()
+  end
+
+  --- pool:apply_async(fn [, args [, {callback =, error_callback =}]]) -> AsyncResult
+  function Pool:apply_async(fn, args, opts)
+    if getmetatable(self) ~= Pool or self._state ~= "run" then check_running(self, "apply_async") end
+    if type(fn) ~= "function" then checkcallable(fn, 1, "apply_async") end
+    if args ~= nil and type(args) ~= "table" then typeerror(2, "apply_async", "table", args) end
+    local cb, eb
+    if opts ~= nil then
+      checkoptions(opts, 3, "apply_async", apply_keys)
+      cb = optcallable(opts, "callback", 3, "apply_async")
+      eb = optcallable(opts, "error_callback", 3, "apply_async")
+    end
+    args = args or no_args
+    return submit_apply(self, fn, args, length(args), cb, eb)
+  end
+
+  -- === imap ===
+
+  -- Chunks go out as the consumer pulls, within a window; items come back
+  -- in order (imap) or as they complete (imap_unordered).
+  local IChunk = {}
+  IChunk.__index = IChunk
+
+  local function deliver(job, i, ok, v)
+    if job.ordered then
+      job.ready[i] = true
+      if ok then job.vals[i] = v else job.errs[i] = v end
+    else
+      local q = job.q
+      q[#q + 1] = i
+      if ok then job.vals[i] = v else job.errs[i] = v end
+    end
+  end
+
+  function IChunk:_settle(how, v)
+    local job = self.job
+    job.tickets[self.t] = nil
+    job.inflight = job.inflight - 1
+    if job.dead then return end
+    local first = self.first
+    for k = 1, self.count do
+      local i = first + k - 1
+      if how == "ok" then
+        deliver(job, i, true, v[k])
+      elseif how == "partial" then
+        local e = v[2][k]
+        if e ~= nil then
+          if type(e) == "table" and e.index == nil then e.index = i end
+          deliver(job, i, false, e)
+        else
+          deliver(job, i, true, v[1][k])
+        end
+      else
+        deliver(job, i, false, item_error(v, k, i))
+      end
+    end
+    job.done = job.done + self.count
+    if job.bar then job.bar:update(job.done) end
+  end
+
+  -- Submit one more chunk from the source, if it has items: false once it
+  -- is exhausted.  An error of the source ends it.
+  local function pull(job)
+    local pool, size, first = job.pool, job.size, job.pos + 1
+    local items, count
+    if job.list then
+      count = math.min(size, job.total - job.pos)
+      if count <= 0 then
+        job.exhausted = true
+        return false
+      end
+    else
+      items, count = {}, 0
+      local src = job.src
+      while count < size do
+        local ok, v = pcall(src)
+        if not ok then
+          -- Raised in its place, once the items before it are yielded.
+          job.src_err, job.exhausted = v, true
+          break
+        end
+        if v == nil then
+          job.exhausted = true
+          break
+        end
+        count = count + 1
+        items[count] = v
+      end
+      if count == 0 then return false end
+    end
+    local t
+    if items then
+      t = B.submit(pool, job.tag, job.fr, items, count)
+    else
+      t = B.submit(pool, job.tag, job.fr, job.list, count, first)
+    end
+    pool._pending[t] = setmetatable({job = job, t = t, first = first, count = count}, IChunk)
+    job.tickets[t] = true
+    job.inflight = job.inflight + 1
+    job.pos = job.pos + count
+    return true
+  end
+
+  -- Keep the pipeline full, within the window: chunks in flight and items
+  -- waiting to be yielded are both bounded.
+  local function feed(job)
+    local limit = job.window * job.size
+    while not job.exhausted and job.inflight < job.window and job.pos - job.yielded < limit do
+      if not pull(job) then break end
+    end
+  end
+
+  local function close_job(job)
+    if job.dead then return end
+    job.dead = true
+    local pool = job.pool
+    for t in pairs(job.tickets) do
+      if cancel_unit(pool, t) then
+        pool._pending[t] = nil
+        job.tickets[t] = nil
+      end
+    end
+    if job.bar then job.bar:finish() end
+  end
+
+  local function take(job, i)
+    local v, e = job.vals[i], job.errs[i]
+    job.vals[i], job.errs[i] = nil, nil
+    job.yielded = job.yielded + 1
+    if e ~= nil then error(e, 0) end
+    return i, v
+  end
+
+  local function step(job)
+    local pool = job.pool
+    if job.dead then return nil end
+    run_callbacks(pool)
+    while true do
+      if job.ordered then
+        local i = job.nextout
+        if job.ready[i] then
+          job.ready[i] = nil
+          job.nextout = i + 1
+          feed(job)
+          return take(job, i)
+        end
+      elseif job.qh <= #job.q then
+        local i = job.q[job.qh]
+        job.q[job.qh] = nil
+        job.qh = job.qh + 1
+        if job.qh > #job.q then job.q, job.qh = {}, 1 end
+        feed(job)
+        return take(job, i)
+      end
+      if job.exhausted and job.yielded >= job.pos then
+        close_job(job)
+        if job.src_err ~= nil then error(job.src_err, 0) end
+        return nil
+      end
+      feed(job)
+      if job.inflight > 0 then
+        local r = dispatch(pool, nil)
+        if r == "closed" and job.inflight > 0 then
+          close_job(job)
+          error(pool._broken or lmp.Error("cancelled", "the pool ended during imap"), 0)
+        end
+      end
+    end
+  end
+
+  local closer_mt = {__close = function(self) close_job(self.job) end}
+
+  local function start_imap(pool, fname, ordered, fn, src, opts)
+    check_running(pool, fname)
+    checkcallable(fn, 1, fname)
+    local kind = type(src)
+    if kind ~= "table" and not (kind == "function" or callable(src)) then
+      typeerror(2, fname, "table or function", src)
+    end
+    opts = map_options(opts, fname, false)
+    local job = {pool = pool, fr = B.encode_fn(fn), tag = M.TAG_MAP,
+                 size = tointeger(opts.chunksize) or 1, ordered = ordered, pos = 0,
+                 yielded = 0, done = 0, inflight = 0, window = B.window(pool),
+                 exhausted = false, dead = false,
+                 vals = {}, errs = {}, ready = {}, nextout = 1, q = {}, qh = 1, tickets = {}}
+    if kind == "table" and not callable(src) then
+      job.list, job.total = src, length(src)
+    else
+      job.src = src
+    end
+    if opts.progress then job.bar = new_bar(job.total) end
+    job.tag = tagged(pool, job, opts, job.tag)
+    return function() return step(job) end, nil, nil, setmetatable({job = job}, closer_mt)
+  end
+
+  --- for i, v in pool:imap(fn, list_or_iterator [, chunksize | {chunksize =, progress =}])
+  function Pool:imap(fn, src, opts)
+    return start_imap(self, "imap", true, fn, src, opts)
+  end
+
+  --- for i, v in pool:imap_unordered(...) -- as they complete; i is the input index
+  function Pool:imap_unordered(fn, src, opts)
+    return start_imap(self, "imap_unordered", false, fn, src, opts)
+  end
+
+  return R
+end
+
+return M
