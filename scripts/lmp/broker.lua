@@ -21,23 +21,16 @@ local M = {}
 
 local now = lmp.time
 local tointeger, mtype = math.tointeger, math.type
-local TAG_APPLY, TAG_MAP, TAG_STARMAP = 1, 2, 3
 local RESULT_BATCH = 512
 local MAX_AGE = 86400 -- seconds a signed result may have travelled
 local TICK = 0.05 -- seconds between looks of an event loop (lmp.luv, lmp.cqueues)
 
--- === argument checks, worded as lauxlib words them ===
-
 local check = require "lmp.check"
-local typename, argerror, typeerror, badself = check.typename, check.argerror, check.typeerror, check.badself
-local callable, checkcallable, checkoptions = check.callable, check.checkcallable, check.checkoptions
-local checkself = check.checkself
-
-local function length(t)
-  local n = rawget(t, "n")
-  if mtype(n) == "integer" and n >= 0 then return n end
-  return #t
-end
+local result = require "lmp.result"
+local argerror, badself = check.argerror, check.badself
+local checkoptions, checkself = check.checkoptions, check.checkself
+local run_callbacks, settle_all = result.run_callbacks, result.settle_all
+local TAG_APPLY = result.TAG_APPLY
 
 -- === encoding functions ===
 
@@ -62,91 +55,6 @@ local function encode_fn(fn)
   return s
 end
 
--- === callbacks ===
-
-local function queue_callback(pool, f, arg)
-  local q = pool._cbq
-  q[#q + 1] = f
-  q[#q + 1] = arg
-end
-
-local function run_callbacks(pool)
-  local q = pool._cbq
-  while q.h <= #q do
-    local h = q.h
-    local f, arg = q[h], q[h + 1]
-    q[h], q[h + 1] = false, false
-    q.h = h + 2
-    if q.h > #q then
-      pool._cbq = {h = 1}
-      q = pool._cbq
-    end
-    f(arg)
-  end
-end
-
--- === AsyncResult ===
-
-local AsyncResult = {}
-AsyncResult.__index = AsyncResult
-AsyncResult.__name = "lmp.AsyncResult"
-
--- Call the functions an event-loop module left on a settled result.
-local function wake(res)
-  local ws = res._wake
-  res._wake = nil
-  for i = 1, #ws do ws[i](res) end
-end
-
-local function finish(res, ok, value)
-  if res._done then return end
-  res._done, res._ok, res._value = true, ok, value
-  if res._bar then res._bar:finish() end
-  local f
-  if ok then f = res._cb else f = res._eb end
-  if f then queue_callback(res._pool, f, value) end
-  if res._wake then queue_callback(res._pool, wake, res) end
-  if res._tickets and not ok then
-    for id in pairs(res._tickets) do res._pool._pending[id] = nil end
-  end
-  res._tickets = nil
-end
-
--- An apply task's handler is its result.
-function AsyncResult:_settle(status, v)
-  if status == "ok" then finish(self, true, v) else finish(self, false, v) end
-end
-
--- As a local pool's result: fn(res) once settled (lmp.await, lmp.luv,
--- lmp.cqueues); false if it already is.
-function AsyncResult:_on_done(fn)
-  if self._done then return false end
-  local ws = self._wake
-  if not ws then
-    ws = {}
-    self._wake = ws
-  end
-  ws[#ws + 1] = fn
-  return true
-end
-
--- The cqueues pollable protocol.  The connection's descriptor does not
--- announce results reliably (see Pool:fileno), so no descriptor: a
--- controller looks again every TICK seconds, at once when done.
-function AsyncResult:pollfd()
-  return nil
-end
-
-function AsyncResult:events()
-  return "r"
-end
-
-function AsyncResult:timeout()
-  checkself(self, AsyncResult, "timeout")
-  if self._done then return 0 end
-  return TICK
-end
-
 -- The error a worker reports for a dead-lettered task.
 local function dead_error(v)
   if lmp.is_error(v) then return v end
@@ -154,7 +62,7 @@ local function dead_error(v)
 end
 
 -- Take what has arrived (waiting until the deadline for the first) and
--- settle it; "timeout" when nothing came.
+-- settle it; "timeout" when nothing came and the deadline has passed.
 local function dispatch(pool, deadline)
   local conn = pool._conn
   local timeout
@@ -182,72 +90,9 @@ local function dispatch(pool, deadline)
       pool._refused = pool._refused + 1
     end
   end
-  if pool._cbq.h <= #pool._cbq then run_callbacks(pool) end
-  if #msgs == 0 then return "timeout" end
+  if pool._cbq.t > 0 then run_callbacks(pool) end
+  if #msgs == 0 and deadline and now() >= deadline then return "timeout" end
   return nil
-end
-
-local function waitfor(res, timeout, fname)
-  checkself(res, AsyncResult, fname)
-  if timeout ~= nil then
-    if type(timeout) ~= "number" then typeerror(1, fname, "number", timeout) end
-    if not (timeout >= 0) then argerror(1, fname, "timeout must be a non-negative number") end
-  end
-  local pool = res._pool
-  run_callbacks(pool)
-  if res._done then return true end
-  local deadline
-  if timeout ~= nil then deadline = now() + timeout end
-  repeat
-    if dispatch(pool, deadline) == "timeout" and deadline and now() >= deadline then
-      return res._done == true
-    end
-  until res._done
-  return true
-end
-
-function AsyncResult:wait(timeout)
-  return waitfor(self, timeout, "wait") == true
-end
-
-function AsyncResult:get(timeout)
-  if not waitfor(self, timeout, "get") then return nil, "timeout" end
-  if self._ok then return self._value end
-  error(self._value, 0)
-end
-
-function AsyncResult:ready()
-  checkself(self, AsyncResult, "ready")
-  return self._done == true
-end
-
-function AsyncResult:successful()
-  checkself(self, AsyncResult, "successful")
-  if not self._done then badself("successful", "result is not ready") end
-  return self._ok
-end
-
---- A task on a broker cannot be taken back once sent: false unless done
---- and cancelled already.
-function AsyncResult:cancel()
-  checkself(self, AsyncResult, "cancel")
-  return self._cancelled == true
-end
-
-function AsyncResult:cancelled()
-  checkself(self, AsyncResult, "cancelled")
-  return self._cancelled == true
-end
-
---- Unknown on a broker (the worker does not say when it starts): false.
-function AsyncResult:running()
-  checkself(self, AsyncResult, "running")
-  return false
-end
-
-function AsyncResult:__tostring()
-  local state = not self._done and "pending" or self._ok and "done" or "failed"
-  return "lmp.AsyncResult(" .. state .. ")"
 end
 
 -- === the pool ===
@@ -275,246 +120,52 @@ local function submit(pool, tag, fr, args, n)
   return id
 end
 
-local no_args = {}
-local apply_keys = {callback = true, error_callback = true}
-
-local function apply_async(pool, fname, fn, args, n, cb, eb)
-  local id = submit(pool, TAG_APPLY, encode_fn(fn), args, n)
-  local res = setmetatable({_pool = pool, _cb = cb, _eb = eb}, AsyncResult)
-  pool._pending[id] = res
-  return res
-end
-
-function Pool:apply(fn, ...)
-  check_running(self, "apply")
-  checkcallable(fn, 1, "apply")
-  return apply_async(self, "apply", fn, {...}, select("#", ...)):get()
-end
-
-function Pool:apply_async(fn, args, opts)
-  check_running(self, "apply_async")
-  checkcallable(fn, 1, "apply_async")
-  if args ~= nil and type(args) ~= "table" then typeerror(2, "apply_async", "table", args) end
-  local cb, eb
-  if opts ~= nil then
-    checkoptions(opts, 3, "apply_async", apply_keys)
-    cb, eb = opts.callback, opts.error_callback
-    if cb ~= nil and not callable(cb) then argerror(3, "apply_async", "option 'callback' must be callable") end
-    if eb ~= nil and not callable(eb) then argerror(3, "apply_async", "option 'error_callback' must be callable") end
-  end
-  args = args or no_args
-  return apply_async(self, "apply_async", fn, args, length(args), cb, eb)
-end
-
--- === map ===
-
-local map_keys = {chunksize = true, callback = true, error_callback = true, progress = true}
-local sync_keys = {chunksize = true, progress = true}
-
-local function map_options(arg, fname, async)
-  if arg == nil then return {} end
-  if type(arg) == "table" then
-    checkoptions(arg, 3, fname, async and map_keys or sync_keys)
-    if arg.chunksize ~= nil then
-      local c = tointeger(arg.chunksize)
-      if not c or c < 1 then argerror(3, fname, "option 'chunksize' must be a positive integer") end
-    end
-    return arg
-  end
-  if type(arg) ~= "number" then typeerror(3, fname, async and "table" or "number", arg) end
-  local c = tointeger(arg)
-  if not c or c < 1 then argerror(3, fname, "chunksize must be a positive integer") end
-  return {chunksize = c}
-end
-
 -- A broker pool does not know how many workers serve it: chunks of about
 -- n/32 items, at most 1000, keep many workers busy and messages small.
-local function default_chunksize(n)
+local function default_chunksize(pool, n)
   return math.max(1, math.min(1000, (n + 31) // 32))
 end
 
-local Chunk = {}
-Chunk.__index = Chunk
-
-function Chunk:_settle(status, v)
-  local job = self.job
-  if job._done then return end
-  job._tickets[self.id] = nil
-  if status == "ok" then
-    table.move(v, 1, self.count, self.first, job._values)
-    job._left = job._left - 1
-    job._count = job._count + self.count
-    if job._bar then job._bar:update(job._count) end
-    if job._left == 0 then finish(job, true, job._values) end
-  else
-    if type(v) == "table" and mtype(v.index) == "integer" then v.index = self.first + v.index - 1 end
-    finish(job, false, v)
-  end
-end
-
-local function new_bar(total)
-  if not core.isatty(2) then return nil end
-  return require("lmp.progress").new(total, {clock = now, stream = io.stderr})
-end
-
-local function start_map(pool, fname, tag, fn, list, opts)
-  check_running(pool, fname)
-  checkcallable(fn, 1, fname)
-  if type(list) ~= "table" then typeerror(2, fname, "table", list) end
-  local n = length(list)
-  local job = setmetatable({_pool = pool, _values = {}, _left = 0, _count = 0,
-                            _cb = opts.callback, _eb = opts.error_callback, _tickets = {}},
-                           AsyncResult)
-  if n == 0 then
-    finish(job, true, job._values)
-    return job
-  end
-  if opts.progress then job._bar = new_bar(n) end
-  local size = tointeger(opts.chunksize) or default_chunksize(n)
-  local fr = encode_fn(fn)
-  for first = 1, n, size do
-    local count = math.min(size, n - first + 1)
-    local id = submit(pool, tag, fr, table.move(list, first, first + count - 1, 1, {}), count)
-    pool._pending[id] = setmetatable({job = job, id = id, first = first, count = count}, Chunk)
-    job._tickets[id] = true
-    job._left = job._left + 1
-  end
-  pool._conn:flush()
-  return job
-end
-
-function Pool:map(fn, list, opts)
-  return start_map(self, "map", TAG_MAP, fn, list, map_options(opts, "map", false)):get()
-end
-
-function Pool:map_async(fn, list, opts)
-  return start_map(self, "map_async", TAG_MAP, fn, list, map_options(opts, "map_async", true))
-end
-
-function Pool:starmap(fn, list, opts)
-  return start_map(self, "starmap", TAG_STARMAP, fn, list, map_options(opts, "starmap", false)):get()
-end
-
-function Pool:starmap_async(fn, list, opts)
-  return start_map(self, "starmap_async", TAG_STARMAP, fn, list, map_options(opts, "starmap_async", true))
-end
-
--- === imap ===
-
--- Chunks go out as the consumer pulls, at most `window` in flight; items
--- come back in order (imap) or as they complete (imap_unordered).
-local IChunk = {}
-IChunk.__index = IChunk
-
-function IChunk:_settle(status, v)
-  local job = self.job
-  job.inflight = job.inflight - 1
-  for k = 1, self.count do
-    local i = self.first + k - 1
-    if status == "ok" then
-      job.vals[i] = v[k]
-    else
-      local e = v
-      if type(e) == "table" and mtype(e.index) == "integer" then
-        if e.index ~= k then e = nil else e.index = i end
-      end
-      if e == nil then
-        -- an item before the failing one of this chunk: it ran, but its
-        -- value is not reported by a failed chunk; fail it too
-        e = lmp.Error("task", "an earlier item of its chunk failed", {index = i})
-      end
-      job.errs[i] = e
+-- AsyncResult, apply, map and imap: lmp.result's, over the broker.
+result.new{
+  lmp = lmp, Pool = Pool, check_running = check_running, dispatch = dispatch,
+  submit_apply = function(pool, fn, args, n) return submit(pool, TAG_APPLY, encode_fn(fn), args, n) end,
+  -- A chunk travels as its own list of items.
+  submit = function(pool, tag, fr, list, count, first)
+    if first then list = table.move(list, first, first + count - 1, 1, {}) end
+    return submit(pool, tag, fr, list, count)
+  end,
+  encode_fn = encode_fn,
+  -- A task sent cannot be taken back: its result is still awaited (so
+  -- stats, poll and join count it), and dropped when it comes.
+  cancel = function() return false end,
+  -- The connection's descriptor does not announce results reliably (see
+  -- Pool:fileno), so no descriptor: a cqueues controller looks again every
+  -- TICK seconds, at once when done.
+  pollfd = function() return nil end,
+  tick = TICK,
+  default_chunksize = default_chunksize,
+  window = function() return 64 end,
+  new_values = function() return {} end,
+  isatty = core.isatty,
+  flush = function(pool) pool._conn:flush() end,
+  -- A worker reports the index of a failed item within its chunk.
+  map_error = function(e, first)
+    if type(e) == "table" and mtype(e.index) == "integer" then e.index = first + e.index - 1 end
+    return e
+  end,
+  item_error = function(e, k, i)
+    if type(e) == "table" and mtype(e.index) == "integer" then
+      if e.index ~= k then e = nil else e.index = i end
     end
-    job.ready[i] = true
-    job.q[#job.q + 1] = i
-  end
-  job.done = job.done + self.count
-  if job.bar then job.bar:update(job.done) end
-end
-
-local function pull(job)
-  local items, count = {}, 0
-  if job.list then
-    count = math.min(job.size, job.total - job.pos)
-    if count <= 0 then job.exhausted = true return false end
-    table.move(job.list, job.pos + 1, job.pos + count, 1, items)
-  else
-    while count < job.size do
-      local ok, v = pcall(job.src)
-      if not ok then job.src_err, job.exhausted = v, true break end
-      if v == nil then job.exhausted = true break end
-      count = count + 1
-      items[count] = v
+    if e == nil then
+      -- an item before the failing one of its chunk: it ran, but its value
+      -- is not reported by a failed chunk; fail it too
+      e = lmp.Error("task", "an earlier item of its chunk failed", {index = i})
     end
-    if count == 0 then return false end
-  end
-  local pool = job.pool
-  local id = submit(pool, job.tag, job.fr, items, count)
-  pool._pending[id] = setmetatable({job = job, first = job.pos + 1, count = count}, IChunk)
-  job.inflight = job.inflight + 1
-  job.pos = job.pos + count
-  return true
-end
-
-local function step(job)
-  local pool = job.pool
-  run_callbacks(pool)
-  while true do
-    local i
-    if job.ordered then
-      if job.ready[job.nextout] then
-        i = job.nextout
-        job.nextout = i + 1
-      end
-    elseif job.qh <= #job.q then
-      i = job.q[job.qh]
-      job.qh = job.qh + 1
-    end
-    if i then
-      job.ready[i] = nil
-      local v, e = job.vals[i], job.errs[i]
-      job.vals[i], job.errs[i] = nil, nil
-      job.yielded = job.yielded + 1
-      if e ~= nil then error(e, 0) end
-      return i, v
-    end
-    if job.exhausted and job.yielded >= job.pos then
-      if job.bar then job.bar:finish() end
-      if job.src_err ~= nil then error(job.src_err, 0) end
-      return nil
-    end
-    while not job.exhausted and job.inflight < job.window do
-      if not pull(job) then break end
-    end
-    if job.inflight > 0 then dispatch(pool, nil) end
-  end
-end
-
-local function start_imap(pool, fname, ordered, fn, src, opts)
-  check_running(pool, fname)
-  checkcallable(fn, 1, fname)
-  local kind = type(src)
-  if kind ~= "table" and not callable(src) then typeerror(2, fname, "table or function", src) end
-  opts = map_options(opts, fname, false)
-  local job = {pool = pool, fr = encode_fn(fn), tag = TAG_MAP, size = tointeger(opts.chunksize) or 1,
-               ordered = ordered, pos = 0, yielded = 0, done = 0, inflight = 0, window = 64,
-               exhausted = false, vals = {}, errs = {}, ready = {}, nextout = 1, q = {}, qh = 1}
-  if kind == "table" and not callable(src) then
-    job.list, job.total = src, length(src)
-  else
-    job.src = src
-  end
-  if opts.progress and job.total then job.bar = new_bar(job.total) end
-  return function() return step(job) end
-end
-
-function Pool:imap(fn, src, opts)
-  return start_imap(self, "imap", true, fn, src, opts)
-end
-
-function Pool:imap_unordered(fn, src, opts)
-  return start_imap(self, "imap_unordered", false, fn, src, opts)
-end
+    return e
+  end,
+}
 
 -- === lifecycle ===
 
@@ -532,11 +183,7 @@ function Pool:terminate()
   checkself(self, Pool, "terminate")
   if self._state == "terminate" then return end
   self._state = "terminate"
-  local err = lmp.Error("cancelled", "the pool was terminated")
-  for id, h in pairs(self._pending) do
-    self._pending[id] = nil
-    h:_settle("error", err)
-  end
+  settle_all(self, lmp.Error("cancelled", "the pool was terminated"))
   self._inflight = 0
   run_callbacks(self)
   self._conn:close()
@@ -650,7 +297,7 @@ function M.Pool(o, ...)
   if not ok then error(lmp.Error("broker", "Pool: " .. tostring(verr)), 0) end
   return setmetatable({_conn = conn, _url = o.broker, _queue = queue, _secret = secret,
                        _caller = conn:consumer(), _seq = 0, _pending = {}, _inflight = 0,
-                       _refused = 0, _cbq = {h = 1}, _state = "run",
+                       _refused = 0, _cbq = result.new_queue(), _state = "run",
                        _vt = vt, _md = tointeger(o.max_deliveries) or 5},
                       Pool)
 end
