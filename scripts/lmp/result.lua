@@ -25,9 +25,12 @@
 --                              without first), its values stored in values
 --                              when the backend can
 --   encode_fn(fn) -> fr        the function of a map or imap
---   cancel(pool, t)            true once the unit t will not be run
---   state(pool, t)             "queued", "running"...; nil: the backend cannot
---                              tell (then nothing can be cancelled)
+--   cancel(pool, t)            true if the unit t will now never run (its
+--                              handler is dropped), false if its result
+--                              will still come (it is then ignored)
+--   state(pool, t)             "queued", "running"...; absent when the
+--                              backend cannot tell (then no result can be
+--                              cancelled and none is said to be running)
 --   pollfd(pool), tick         AsyncResult:pollfd() and, while pending,
 --                              AsyncResult:timeout()
 --   default_chunksize(pool, n), window(pool), new_values(n), isatty(fd)
