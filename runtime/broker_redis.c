@@ -6,7 +6,8 @@
  *   lmp:q:<queue>:dead    dead-lettered tasks with their history
  *   lmp:q:<queue>:vt      the queue's visibility timeout in ms (the smallest asked)
  *   lmp:r:<task id>       a task's result (SET NX: the first write wins)
- *   lmp:c:<caller>        the results a caller has yet to collect (a list)
+ *   lmp:c:<caller>        the results a caller has yet to collect (a list;
+ *                         see results_redis for how it is read)
  *   lmp:w:<consumer>      a live worker's heartbeat (a hash that expires)
  *   lmp:workers:<queue>   who has sent heartbeats, scored by expiry time
  *
@@ -52,6 +53,8 @@ typedef struct rconn {
   int port, db;
   char *user, *pass;
   int fresh; /* a new connection: own pending entries first */
+  int trim;  /* results read from the head of ckey, to trim with the next read */
+  char ckey[300];
   char kstream[300], kdead[310], kworkers[320], kself[200];
   /* puts not yet acknowledged, sent again after a reconnection */
   char **puts;
@@ -450,13 +453,39 @@ static int flush_redis(lmp_broker_t *b)
   }
 }
 
+/* Copy the strings of an array reply into out; the number, or -ENOMEM. */
+static int copy_results(redisReply *rep, lmp_broker_batch_t *out)
+{
+  int n = 0;
+  for (size_t i = 0; rep->type == REDIS_REPLY_ARRAY && i < rep->elements; i++) {
+    redisReply *v = rep->element[i];
+    lmp_broker_msg_t *m = lmp__broker_push(out);
+    if (m == NULL || (m->data = malloc(v->len ? v->len : 1)) == NULL)
+      return -ENOMEM;
+    memcpy(m->data, v->str, v->len);
+    m->len = v->len;
+    n++;
+  }
+  return n;
+}
+
+/*
+ * A caller's results are read without popping them: LRANGE from the head,
+ * and what was read is trimmed away (LTRIM) in the same round trip as the
+ * next read.  So a reply that a broken connection swallows -- the server
+ * restarting, say -- loses no result: the read is simply made again.  A
+ * trim whose reply was lost is not sent again (it may or may not have been
+ * done), so a result may be read twice; callers ignore what they have
+ * already settled.  Waiting is BRPOPLPUSH of the list onto itself, which
+ * moves nothing anyone needs: it returns once the list is not empty.
+ */
 static int results_redis(lmp_broker_t *b, const char *caller, int max, int64_t deadline,
                          lmp_broker_batch_t *out)
 {
   rconn *r = b->conn;
-  char key[300], count[16];
+  char key[300], last[16];
   snprintf(key, sizeof key, "lmp:c:%s", caller);
-  snprintf(count, sizeof count, "%d", max > 0 ? max : 1);
+  snprintf(last, sizeof last, "%d", (max > 0 ? max : 1) - 1);
   int rc = b->e->flush(b);
   if (rc < 0)
     return rc;
@@ -464,30 +493,32 @@ static int results_redis(lmp_broker_t *b, const char *caller, int max, int64_t d
     rc = ensure(b, r, RECONNECT_MS);
     if (rc < 0)
       return rc;
-    redisReply *rep = redisCommand(r->c, "LPOP %s %s", key, count);
-    if (rep == NULL) {
-      io_error(b, r, "LPOP");
+    int trim = r->trim > 0 && strcmp(r->ckey, key) == 0;
+    if (trim)
+      redisAppendCommand(r->c, "LTRIM %s %d -1", key, r->trim);
+    r->trim = 0;
+    redisAppendCommand(r->c, "LRANGE %s 0 %s", key, last);
+    redisReply *reps[2];
+    if (read_replies(b, r, reps, trim + 1, "LRANGE") < 0)
       continue;
+    if (trim && reps[0]->type == REDIS_REPLY_ERROR) {
+      freeReplyObject(reps[1]);
+      return reply_error(b, reps[0], "LTRIM");
     }
+    if (trim)
+      freeReplyObject(reps[0]);
+    redisReply *rep = reps[trim];
     if (rep->type == REDIS_REPLY_ERROR)
-      return reply_error(b, rep, "LPOP");
-    int n = 0;
-    if (rep->type == REDIS_REPLY_ARRAY) {
-      for (size_t i = 0; i < rep->elements; i++) {
-        redisReply *v = rep->element[i];
-        lmp_broker_msg_t *m = lmp__broker_push(out);
-        if (m == NULL || (m->data = malloc(v->len ? v->len : 1)) == NULL) {
-          freeReplyObject(rep);
-          return -ENOMEM;
-        }
-        memcpy(m->data, v->str, v->len);
-        m->len = v->len;
-        n++;
-      }
-    }
+      return reply_error(b, rep, "LRANGE");
+    int n = copy_results(rep, out);
     freeReplyObject(rep);
-    if (n > 0)
+    if (n != 0) {
+      if (n > 0) {
+        r->trim = n;
+        snprintf(r->ckey, sizeof r->ckey, "%s", key);
+      }
       return n;
+    }
     int64_t left = deadline == LMP_FOREVER ? MAX_BLOCK_MS : (deadline - lmp_now_ns()) / 1000000;
     if (left <= 0)
       return 0;
@@ -495,25 +526,13 @@ static int results_redis(lmp_broker_t *b, const char *caller, int max, int64_t d
       left = MAX_BLOCK_MS;
     char secs[32];
     snprintf(secs, sizeof secs, "%.3f", (double)left / 1000.0);
-    rep = redisCommand(r->c, "BLPOP %s %s", key, secs);
+    rep = redisCommand(r->c, "BRPOPLPUSH %s %s %s", key, key, secs);
     if (rep == NULL) {
-      io_error(b, r, "BLPOP");
+      io_error(b, r, "BRPOPLPUSH");
       continue;
     }
     if (rep->type == REDIS_REPLY_ERROR)
-      return reply_error(b, rep, "BLPOP");
-    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 2) {
-      redisReply *v = rep->element[1];
-      lmp_broker_msg_t *m = lmp__broker_push(out);
-      if (m == NULL || (m->data = malloc(v->len ? v->len : 1)) == NULL) {
-        freeReplyObject(rep);
-        return -ENOMEM;
-      }
-      memcpy(m->data, v->str, v->len);
-      m->len = v->len;
-      freeReplyObject(rep);
-      return 1;
-    }
+      return reply_error(b, rep, "BRPOPLPUSH");
     freeReplyObject(rep);
   }
 }

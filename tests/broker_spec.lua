@@ -515,7 +515,7 @@ describe_redis("lmp.Pool on a Redis broker", function()
   it("logs in as an ACL user limited to lmp's keys and commands", function()
     local acl = "ACL SETUSER lmpuser on '>pwA' resetkeys '~lmp:*' resetchannels -@all "
                 .. "+auth +select +ping +multi +exec +xadd +xreadgroup +xack +xdel +xclaim +xpending "
-                .. "'+xgroup|create' +xlen +set +get +rpush +lpop +blpop +pexpire +hset +hmget +del +zadd "
+                .. "'+xgroup|create' +xlen +set +get +rpush +lrange +ltrim +brpoplpush +pexpire +hset +hmget +del +zadd "
                 .. "+zrange +zrem +zremrangebyscore"
     assert.matches("OK", cli(acl))
     local q = new_queue()
