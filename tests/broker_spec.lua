@@ -7,12 +7,7 @@ local lmp = require "lmp"
 
 local SECRET = "spec-secret"
 
-local function sh(cmd)
-  local p = io.popen("{ " .. cmd .. "\n} 2>&1")
-  local out = p:read("a")
-  p:close()
-  return out
-end
+local sh, kill, range = support.shell, support.kill, support.range
 
 local function readfile(path)
   local f = io.open(path)
@@ -96,30 +91,11 @@ local function start_worker(queue, opts)
   return pid, log
 end
 
-local function exited(pid, secs)
-  local t0 = lmp.time()
-  while support.alive(pid) do
-    if lmp.time() - t0 > (secs or 10) then return false end
-    lmp.sleep(0.05)
-  end
-  return true
-end
+-- Waits (up to `secs`, default 10) until process `pid` has ended; whether it has.
+local function exited(pid, secs) return support.all_dead({pid}, secs) end
 
-local function kill(pid, sig)
-  os.execute(string.format("kill -%s %d 2>/dev/null", sig or "TERM", pid))
-end
-
-local function lines(path)
-  local t = {}
-  for l in readfile(path):gmatch("[^\n]+") do t[#t + 1] = l end
-  return t
-end
-
-local function range(n)
-  local t = {}
-  for i = 1, n do t[i] = i end
-  return t
-end
+-- The non-empty lines of a file.
+local function lines(path) return support.lines(readfile(path)) end
 
 local function pool(queue, extra)
   local o = {broker = url(), queue = queue, secret = SECRET}

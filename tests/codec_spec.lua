@@ -9,8 +9,7 @@ local function rtt(v) return des(ser(v), trusted) end
 
 -- The message of an error, whether a string or an lmp.Error.
 local function errmsg(f, ...)
-  local ok, err = pcall(f, ...)
-  assert.is_false(ok, "expected an error")
+  local err = support.raised(f, ...)
   if type(err) == "table" then return err.message, err end
   return (err:gsub("^[^:]*:%d+: ", ""))
 end
@@ -37,38 +36,16 @@ local function depth_of(t)
   return d
 end
 
--- A deterministic generator (xorshift32), so failures can be replayed.
-local function rng(seed)
-  local x = seed
-  return function(n)
-    x = x ~ (x << 13) & 0xffffffff
-    x = x ~ (x >> 17)
-    x = x ~ (x << 5) & 0xffffffff
-    return x % n
-  end
-end
-
 -- Runs Lua code in a fresh interpreter that finds the same lmp module;
 -- returns its output.
 local function run_lua(code)
-  local path = os.tmpname()
-  local f = assert(io.open(path, "w"))
-  f:write(code)
-  f:close()
+  local path = support.tmpfile(code)
   local p = io.popen(string.format("lua5.4 -e %q %s 2>&1",
     "package.cpath = " .. string.format("%q", package.cpath), path))
   local out = p:read("a")
   p:close()
   os.remove(path)
   return out
-end
-
-local function tofile(s)
-  local path = os.tmpname()
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-  return path
 end
 
 describe("lmp codec: plain values", function()
@@ -332,7 +309,7 @@ describe("lmp codec: functions", function()
 
   it("reads the receiver's globals in another process", function()
     local function f(x) return codec_remote_greeting .. " " .. x, math.sqrt(16) end -- luacheck: ignore
-    local path = tofile(ser({f = f, sqrt = math.sqrt, pr = print}))
+    local path = support.tmpfile(ser({f = f, sqrt = math.sqrt, pr = print}))
     local out = run_lua(string.format([[
       local lmp = require "lmp"
       local f = io.open(%q, "rb")
@@ -617,7 +594,7 @@ describe("lmp codec: corrupt input", function()
   end)
 
   it("never crashes on random bytes", function()
-    local r = rng(12345)
+    local r = support.rng(12345)
     local pieces = {"\xdd\xff\xff\xff\xff", "\xc9\xff\xff\xff\xff\x07", "\xd4\x01\x01", "\x9f",
       "\x8f", "\xc1", "\xdb\x00\x00\x00\x05", "\xc7\x00\x04"}
     local decoded, failed = 0, 0

@@ -1,13 +1,7 @@
 local support = dofile("tests/support.lua")
 local lmp = require "lmp"
 
-local function segment(obj)
-  return tostring(obj):match("(/lmp[^,)]+)"):sub(2)
-end
-
-local function exists(name)
-  return #support.shm_entries(name) > 0
-end
+local segment, exists, in_processes = support.segment, support.shm_exists, support.in_processes
 
 -- Segments of this program (the root's prefix), to show nothing is left.
 local function program_segments()
@@ -18,18 +12,6 @@ local function program_segments()
     if not name:match("%.names$") then n = n + 1 end
   end
   return n
-end
-
-local function in_processes(n, fn)
-  local procs = {}
-  for i = 1, n do
-    procs[i] = lmp.Process(fn, i)
-    procs[i]:start()
-  end
-  for i = 1, n do
-    assert.is_true(procs[i]:join(120))
-    assert.are.equal(0, procs[i].exitcode)
-  end
 end
 
 describe("lmp.Dict", function()

@@ -2,14 +2,10 @@
 -- table and every method of every object type is documented, and every
 -- lmp.NAME the reference mentions exists.  A name added to the code without
 -- documentation, or documentation left behind by a removed name, fails here.
+local support = dofile("tests/support.lua")
 local lmp = require "lmp"
 
-local function read(path)
-  local f = assert(io.open(path))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local read = support.read
 
 local doc = read("docs/lua-api.md")
 
@@ -185,7 +181,6 @@ end)
 -- values alike).  A sample that needs something outside the machine says so
 -- on its first line, "-- with ...", and is only checked to compile.
 describe("docs/guide.md", function()
-  local support = dofile("tests/support.lua")
   local guide = read("docs/guide.md")
   local blocks = {}
   for block in guide:gmatch("```lua\n(.-)```") do blocks[#blocks + 1] = block end

@@ -4,17 +4,11 @@
 -- must exit 0, and those in `checks` must also print what is listed.
 local support = dofile("tests/support.lua")
 
-local function run(script)
-  local out = support.shell(string.format("timeout -k 5 120 %s %s; echo \"::exit $?\"", support.lmp_bin, script))
-  return out:gsub("::exit (%d+)%s*$", ""), tonumber(out:match("::exit (%d+)%s*$"))
-end
+-- Runs an example with the lmp executable, for 120 s at the most; output
+-- and exit code.
+local function run(script) return support.run_file(script, nil, "timeout -k 5 120") end
 
-local function read(path)
-  local f = assert(io.open(path))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local read = support.read
 
 local function lines(cmd)
   local p = io.popen(cmd)

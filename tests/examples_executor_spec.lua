@@ -1,16 +1,12 @@
 local support = dofile("tests/support.lua")
 
-local function run(script, args)
-  local out = support.shell(string.format("%s %s %s; echo \"::exit $?\"", support.lmp_bin, script, args or ""))
-  return out:gsub("::exit (%d+)%s*$", ""), tonumber(out:match("::exit (%d+)%s*$"))
-end
+-- Runs an example with the lmp executable and asserts it exits 0; its output.
+local run_example = support.run_example
 
 describe("executor examples", function()
   it("executor_as_completed.lua: every input once, the failure as its future's error", function()
-    local out, code = run("examples/executor_as_completed.lua")
-    assert.are.equal(0, code, out)
-    local lines = {}
-    for line in out:gmatch("[^\n]+") do lines[#lines + 1] = line end
+    local out = run_example("examples/executor_as_completed.lua")
+    local lines = support.lines(out)
     assert.are.equal(24, #lines, out)
     -- the first twenty come as the tasks complete: any order
     local streamed = {table.unpack(lines, 1, 20)}

@@ -1,14 +1,11 @@
 local support = dofile("tests/support.lua")
 
-local function run(script, args)
-  local out = support.shell(string.format("%s %s %s; echo \"::exit $?\"", support.lmp_bin, script, args or ""))
-  return out:gsub("::exit (%d+)%s*$", ""), tonumber(out:match("::exit (%d+)%s*$"))
-end
+-- Runs an example with the lmp executable and asserts it exits 0; its output.
+local run_example = support.run_example
 
 describe("shared-memory examples", function()
   it("shared_counter.lua ends at 200 with a lock and with add", function()
-    local out, code = run("examples/shared_counter.lua")
-    assert.are.equal(0, code, out)
+    local out = run_example("examples/shared_counter.lua")
     -- without a lock the count depends on scheduling: only its form is sure
     assert.matches("without a lock: %-?%d+ %(may differ from 200", out)
     assert.matches("with get_lock%(%): 200\n", out)
@@ -16,8 +13,7 @@ describe("shared-memory examples", function()
   end)
 
   it("bank_account.lua keeps the money in the bank", function()
-    local out, code = run("examples/bank_account.lua")
-    assert.are.equal(0, code, out)
+    local out = run_example("examples/bank_account.lua")
     assert.are.equal(table.concat({
       "accounts: 10, money in the bank: 10000.00",
       "transfers tried: 8000",
@@ -27,8 +23,7 @@ describe("shared-memory examples", function()
   end)
 
   it("manager_dict.lua fills a shared dict and list", function()
-    local out, code = run("examples/manager_dict.lua")
-    assert.are.equal(0, code, out)
+    local out = run_example("examples/manager_dict.lua")
     assert.are.equal(table.concat({
       "list: Hello, worker 1, worker 2, worker 3, worker 4",
       "squares: 1=1 2=4 3=9 4=16 5=25 6=36 7=49 8=64 9=81 10=100 11=121 12=144",

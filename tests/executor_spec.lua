@@ -1,47 +1,8 @@
 local support = dofile("tests/support.lua")
 local lmp = require "lmp"
 
--- Worker pids of an executor, from its pool's slots.
-local function pids(ex)
-  local out = {}
-  for _, w in ipairs(ex:stats().workers) do
-    if w.pid then out[#out + 1] = w.pid end
-  end
-  return out
-end
-
--- Wait (up to `secs`) until pred() holds; its last value.
-local function eventually(pred, secs)
-  local t0 = lmp.time()
-  local v = pred()
-  while not v and lmp.time() - t0 < (secs or 10) do
-    lmp.sleep(0.02)
-    v = pred()
-  end
-  return v
-end
-
-local function all_dead(list)
-  return eventually(function()
-    for _, pid in ipairs(list) do
-      if support.alive(pid) then return false end
-    end
-    return true
-  end)
-end
-
--- The error a call raises.
-local function raised(f, ...)
-  local ok, err = pcall(f, ...)
-  assert.is_false(ok, "expected an error")
-  return err
-end
-
-local function range(n)
-  local t = {}
-  for i = 1, n do t[i] = i end
-  return t
-end
+local pids, eventually, all_dead = support.pids, support.eventually, support.all_dead
+local raised, range = support.raised, support.range
 
 -- A task that reports its pid on `q`, waits for `e`, and returns `v`.
 local function held(e, q, v)

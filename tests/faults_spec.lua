@@ -16,33 +16,7 @@ local SANITIZER = (os.getenv("LMP_TEST_SANITIZER") or "") ~= ""
 
 local function scale(normal, heavy) return STRESS and heavy or normal end
 
--- Wait (up to `secs`) until pred() holds; its last value.
-local function eventually(pred, secs)
-  local t0 = lmp.time()
-  local v = pred()
-  while not v and lmp.time() - t0 < (secs or 10) do
-    lmp.sleep(0.02)
-    v = pred()
-  end
-  return v
-end
-
-local function kill(pid, sig)
-  os.execute(string.format("kill -%s %d 2>/dev/null", sig or "KILL", pid))
-end
-
--- The error a call raises.
-local function raised(f, ...)
-  local ok, err = pcall(f, ...)
-  assert.is_false(ok, "expected an error")
-  return err
-end
-
-local function spawn(fn, ...)
-  local p = lmp.Process(fn, ...)
-  p:start()
-  return p
-end
+local eventually, raised, spawn, pids = support.eventually, support.raised, support.spawn, support.pids
 
 -- Live processes whose command line contains `token` (a script's path: a
 -- forked child keeps its parent's command line, the watchdog included).
@@ -67,15 +41,10 @@ end
 -- `wrap` (a shell prefix such as "ulimit -v N;"); returns output, exit
 -- status, and the script path (the token of its processes).
 local function run_script(code, wrap)
-  local path, out = os.tmpname(), os.tmpname()
-  local f = assert(io.open(path, "w"))
-  f:write(code)
-  f:close()
+  local path, out = support.tmpfile(code), os.tmpname()
   local cmd = string.format("%s %s %s > %s 2>&1", wrap or "", support.lmp_bin, path, out)
   local _, _, status = os.execute("{ " .. cmd .. "\n}")
-  f = assert(io.open(out))
-  local text = f:read("a")
-  f:close()
+  local text = support.read(out)
   os.remove(out)
   return text, status, path
 end
@@ -99,15 +68,6 @@ local function assert_gone(path, prefix)
   os.remove(path)
 end
 
--- Workers' pids from the pool's slots.
-local function pids(pool)
-  local out = {}
-  for _, w in ipairs(pool:stats().workers) do
-    if w.pid then out[#out + 1] = w.pid end
-  end
-  return out
-end
-
 describe("a pool worker killed mid-task", function()
   it(scale(10, 100) .. " times in a row: those tasks fail worker_lost, all others succeed", function()
     local n = scale(10, 100)
@@ -124,7 +84,7 @@ describe("a pool worker killed mid-task", function()
       for i = 1, 4 do others[i] = pool:apply_async(function(x) return x * 2 end, {round * 10 + i}) end
       local pid = q:get(30)
       assert.is_number(pid)
-      kill(pid)
+      support.kill(pid, "KILL")
       local err = raised(victim.get, victim, 30)
       assert.are.equal("worker_lost", err.kind)
       assert.are.equal(pid, err.pid)
@@ -153,7 +113,7 @@ describe("a pool worker killed mid-task", function()
       if i % 20 == 0 then
         local ws = pids(pool)
         if #ws > 0 then
-          kill(ws[i // 20 % #ws + 1])
+          support.kill(ws[i // 20 % #ws + 1], "KILL")
           kills = kills + 1
         end
       end

@@ -9,11 +9,8 @@ local make = "make --no-print-directory B=" .. build .. (asan and " ASAN=1" or "
 -- The sanitizer build's libraries need the sanitizer runtime in the host.
 local san = asan and " -fsanitize=address,undefined" or ""
 
-local function sh(cmd)
-  local out = support.shell(cmd .. "; echo \"::exit $?\"")
-  local code = tonumber(out:match("::exit (%d+)%s*$"))
-  return out:gsub("::exit %d+%s*$", ""), code
-end
+-- Runs a shell command; output and exit code.
+local sh = support.shell_code
 
 describe("the example hosts", function()
   it("build with make examples", function()

@@ -4,11 +4,7 @@ local lmp = require "lmp"
 
 local LINE = "^%d%d%d%d%-%d%d%-%d%d %d%d:%d%d:%d%d%.%d%d%d %[(%u+)/([%w%-]+) (%d+)%] (.*)$"
 
-local function lines(s)
-  local out = {}
-  for l in s:gmatch("[^\n]+") do out[#out + 1] = l end
-  return out
-end
+local lines = support.lines
 
 describe("lmp.get_logger", function()
   local log = lmp.get_logger()

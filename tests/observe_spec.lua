@@ -5,27 +5,10 @@ local lmp = require "lmp"
 
 local bin = support.lmp_bin
 
-local function eventually(pred, secs)
-  local t0 = lmp.time()
-  local v = pred()
-  while not v and lmp.time() - t0 < (secs or 10) do
-    lmp.sleep(0.02)
-    v = pred()
-  end
-  return v
-end
+local eventually, range = support.eventually, support.range
 
-local function range(n)
-  local t = {}
-  for i = 1, n do t[i] = i end
-  return t
-end
-
-local function raised(f, ...)
-  local ok, err = pcall(f, ...)
-  assert.is_false(ok, "expected an error")
-  return tostring(err)
-end
+-- The error a call raises, as a string.
+local function raised(f, ...) return tostring(support.raised(f, ...)) end
 
 local function sum(workers, field)
   local n = 0

@@ -1,32 +1,12 @@
 local support = dofile("tests/support.lua")
 local lmp = require "lmp"
 
--- The segment name a handle shows in tostring, without its slash.
-local function segment(obj)
-  return tostring(obj):match("(/lmp[^,)]+)"):sub(2)
-end
-
-local function exists(name)
-  return #support.shm_entries(name) > 0
-end
+local segment, exists, in_processes = support.segment, support.shm_exists, support.in_processes
 
 local types = {
   int8 = "b", uint8 = "B", int16 = "h", uint16 = "H", int32 = "i", uint32 = "I",
   int64 = "q", uint64 = "Q", float = "f", double = "d",
 }
-
--- Run fn in `n` processes at once and wait for them all.
-local function in_processes(n, fn)
-  local procs = {}
-  for i = 1, n do
-    procs[i] = lmp.Process(fn, i)
-    procs[i]:start()
-  end
-  for i = 1, n do
-    assert.is_true(procs[i]:join(120))
-    assert.are.equal(0, procs[i].exitcode)
-  end
-end
 
 describe("lmp.Value", function()
   it("has every type name and Python typecode", function()

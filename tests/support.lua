@@ -1,30 +1,58 @@
 -- Helpers shared by the specs.
 local M = {}
 
+-- busted's assert, which a spec sees as `assert` (here that is Lua's).
+local function luassert() return require "luassert" end
+
 M.build = os.getenv("LMP_BUILD") or "build"
 M.lmp_bin = M.build .. "/lmp"
 
--- Runs a Lua snippet with the lmp executable; returns output (stdout and
--- stderr together) and exit code.
-function M.run(code, ...)
+-- Writes s to a new temporary file; returns its path.
+function M.tmpfile(s)
   local path = os.tmpname()
-  local f = assert(io.open(path, "w"))
-  f:write(code)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
   f:close()
-  local args = table.concat({...}, " ")
-  local p = io.popen(string.format("%s %s %s 2>&1; echo \"::exit $?\"", M.lmp_bin, path, args))
-  local out = p:read("a")
-  p:close()
-  os.remove(path)
-  local code_ = tonumber(out:match("::exit (%d+)%s*$"))
-  return out:gsub("::exit %d+%s*$", ""), code_
+  return path
 end
 
+-- Runs a shell command; returns its output (stdout and stderr together).
 function M.shell(cmd)
   local p = io.popen("{ " .. cmd .. "\n} 2>&1")
   local out = p:read("a")
   p:close()
   return out
+end
+
+-- Runs a shell command; returns its output (stdout and stderr together) and
+-- exit code.
+function M.shell_code(cmd)
+  local out = M.shell(cmd .. "; echo \"::exit $?\"")
+  return out:gsub("::exit %d+%s*$", ""), tonumber(out:match("::exit (%d+)%s*$"))
+end
+
+-- Runs the script file `path` with the lmp executable, `args` (one string of
+-- shell words) after it and `prefix` (such as "timeout 120") before it;
+-- returns output (stdout and stderr together) and exit code.
+function M.run_file(path, args, prefix)
+  return M.shell_code(string.format("%s %s %s %s", prefix or "", M.lmp_bin, path, args or ""))
+end
+
+-- Runs the example script `path` (with `args`) with the lmp executable and
+-- asserts that it exits 0; its output.
+function M.run_example(path, args)
+  local out, code = M.run_file(path, args)
+  luassert().are.equal(0, code, out)
+  return out
+end
+
+-- Runs a Lua snippet with the lmp executable; returns output (stdout and
+-- stderr together) and exit code.
+function M.run(code, ...)
+  local path = M.tmpfile(code)
+  local out, code_ = M.run_file(path, table.concat({...}, " "))
+  os.remove(path)
+  return out, code_
 end
 
 -- Names in /dev/shm that start with prefix (without the leading slash).
@@ -38,6 +66,16 @@ function M.shm_entries(prefix)
   return out
 end
 
+-- Whether some name in /dev/shm starts with prefix.
+function M.shm_exists(prefix)
+  return #M.shm_entries(prefix) > 0
+end
+
+-- The shm segment name a handle shows in tostring, without its slash.
+function M.segment(obj)
+  return tostring(obj):match("(/lmp[^,)]+)"):sub(2)
+end
+
 -- Open descriptors of this process.
 function M.fd_count()
   local pid = require("lmp").current_process().pid
@@ -48,12 +86,110 @@ function M.fd_count()
   return n
 end
 
+-- Whether process `pid` exists and is not a zombie.
 function M.alive(pid)
   local f = io.open("/proc/" .. pid .. "/stat")
   if not f then return false end
   local stat = f:read("a")
   f:close()
   return not stat:match("^%d+ %b() Z")
+end
+
+-- Waits (up to `secs`, default 10) until pred() holds; its last value.
+function M.eventually(pred, secs)
+  local lmp = require "lmp"
+  local t0 = lmp.time()
+  local v = pred()
+  while not v and lmp.time() - t0 < (secs or 10) do
+    lmp.sleep(0.02)
+    v = pred()
+  end
+  return v
+end
+
+-- Waits (up to `secs`, default 10) until every pid in the list is dead;
+-- whether they all are.
+function M.all_dead(pids, secs)
+  return M.eventually(function()
+    for _, pid in ipairs(pids) do
+      if M.alive(pid) then return false end
+    end
+    return true
+  end, secs)
+end
+
+-- Worker pids of a Pool or an Executor, from its stats' slots.
+function M.pids(pool)
+  local out = {}
+  for _, w in ipairs(pool:stats().workers) do
+    if w.pid then out[#out + 1] = w.pid end
+  end
+  return out
+end
+
+-- Sends signal `sig` (a name, default TERM) to process `pid`, ignoring failure.
+function M.kill(pid, sig)
+  os.execute(string.format("kill -%s %d 2>/dev/null", sig or "TERM", pid))
+end
+
+-- Starts fn(...) in a new process; returns the Process.
+function M.spawn(fn, ...)
+  local p = require("lmp").Process(fn, ...)
+  p:start()
+  return p
+end
+
+-- Runs fn(i) in `n` processes at once (i = 1..n) and asserts that each
+-- exits 0 within 120 s.
+function M.in_processes(n, fn)
+  local procs = {}
+  for i = 1, n do procs[i] = M.spawn(fn, i) end
+  local assert = luassert()
+  for i = 1, n do
+    assert.is_true(procs[i]:join(120))
+    assert.are.equal(0, procs[i].exitcode)
+  end
+end
+
+-- The error a call raises (asserting that it raises one).
+function M.raised(f, ...)
+  local ok, err = pcall(f, ...)
+  luassert().is_false(ok, "expected an error")
+  return err
+end
+
+-- The list {1, ..., n}.
+function M.range(n)
+  local t = {}
+  for i = 1, n do t[i] = i end
+  return t
+end
+
+-- The contents of a file that must exist.
+function M.read(path)
+  local f = assert(io.open(path))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+-- The non-empty lines of s.
+function M.lines(s)
+  local out = {}
+  for l in s:gmatch("[^\n]+") do out[#out + 1] = l end
+  return out
+end
+
+-- A deterministic generator (xorshift32), so failures can be replayed:
+-- rand(n) is in 0 .. n-1.
+function M.rng(seed)
+  local x = seed
+  return function(n)
+    x = x ~ (x << 13) & 0xffffffff
+    x = x ~ (x >> 17)
+    x = x ~ (x << 5) & 0xffffffff
+    return x % n
+  end
 end
 
 -- Globals other than the ones present when this module loaded.

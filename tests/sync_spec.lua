@@ -1,18 +1,34 @@
 local support = dofile("tests/support.lua")
 local lmp = require "lmp"
 
--- Starts fn(...) in a new process; returns the Process.
-local function spawn(fn, ...)
-  local p = lmp.Process(fn, ...)
-  p:start()
+local spawn, raised = support.spawn, support.raised
+
+-- Starts a process that acquires `lock` `times` times (default once), says
+-- so and sleeps 30 s; returns the Process once the lock is held.
+local function holder(lock, times)
+  local q = lmp.Queue()
+  local p = spawn(function()
+    for _ = 1, times or 1 do lock:acquire() end
+    q:put("held")
+    lmp.sleep(30)
+  end)
+  assert.are.equal("held", q:get(10))
   return p
 end
 
--- The error a call raises.
-local function raised(f, ...)
-  local ok, err = pcall(f, ...)
-  assert.is_false(ok, "expected an error")
-  return err
+-- Starts a process that waits on barrier `b` (with `timeout`) and puts
+-- {ok, error kind or error} on `out`; returns the Process once it waits
+-- (or after 2 s).
+local function barrier_waiter(b, out, timeout)
+  local p = spawn(function()
+    local ok, err = pcall(b.wait, b, timeout)
+    out:put({ok, lmp.is_error(err) and err.kind or err})
+  end)
+  for _ = 1, 200 do
+    if b.n_waiting == 1 then break end
+    lmp.sleep(0.01)
+  end
+  return p
 end
 
 -- Gets n values from q (each within 10 s), sorted when they are numbers.
@@ -51,13 +67,8 @@ describe("lmp.Lock", function()
   end)
 
   it("times out with false while another process holds it", function()
-    local l, q = lmp.Lock(), lmp.Queue()
-    local p = spawn(function()
-      l:acquire()
-      q:put("held")
-      lmp.sleep(30)
-    end)
-    assert.are.equal("held", q:get(10))
+    local l = lmp.Lock()
+    local p = holder(l)
     assert.is_true(l:locked())
     assert.is_false(l:acquire(0))
     local t0 = lmp.time()
@@ -163,13 +174,8 @@ describe("lmp.Lock", function()
   end)
 
   it("is taken over with owner_died when its holder is killed", function()
-    local l, q = lmp.Lock(), lmp.Queue()
-    local p = spawn(function()
-      l:acquire()
-      q:put("held")
-      lmp.sleep(30)
-    end)
-    assert.are.equal("held", q:get(10))
+    local l = lmp.Lock()
+    local p = holder(l)
     p:kill()
     assert.is_true(p:join(10))
     local ok, why = l:acquire(5)
@@ -183,16 +189,11 @@ describe("lmp.Lock", function()
   end)
 
   it("wakes a process already waiting when the holder is killed", function()
-    local l, q, out = lmp.Lock(), lmp.Queue(), lmp.Queue()
-    local holder = spawn(function()
-      l:acquire()
-      q:put("held")
-      lmp.sleep(30)
-    end)
-    assert.are.equal("held", q:get(10))
+    local l, out = lmp.Lock(), lmp.Queue()
+    local h = holder(l)
     local waiter = spawn(function() out:put({l:acquire(20)}) end)
     lmp.sleep(0.1)
-    holder:kill()
+    h:kill()
     assert.are.same({true, "owner_died"}, out:get(10))
     assert.is_true(waiter:join(10))
   end)
@@ -268,13 +269,8 @@ describe("lmp.RLock", function()
   end)
 
   it("is taken over with owner_died, held once, when its owner is killed", function()
-    local r, q = lmp.RLock(), lmp.Queue()
-    local p = spawn(function()
-      r:acquire(); r:acquire()
-      q:put("held")
-      lmp.sleep(30)
-    end)
-    assert.are.equal("held", q:get(10))
+    local r = lmp.RLock()
+    local p = holder(r, 2)
     p:kill()
     p:join(10)
     assert.are.same({true, "owner_died"}, {r:acquire(5)})
@@ -576,14 +572,7 @@ describe("lmp.Barrier", function()
 
   it("a timeout breaks it for every waiter", function()
     local b, out = lmp.Barrier(3), lmp.Queue()
-    local p = spawn(function()
-      local ok, err = pcall(b.wait, b)
-      out:put({ok, lmp.is_error(err) and err.kind or err})
-    end)
-    for _ = 1, 200 do
-      if b.n_waiting == 1 then break end
-      lmp.sleep(0.01)
-    end
+    local p = barrier_waiter(b, out)
     local err = raised(b.wait, b, 0.05)
     assert.are.equal("broken_barrier", err.kind)
     assert.are.same({false, "broken_barrier"}, out:get(10))
@@ -597,14 +586,7 @@ describe("lmp.Barrier", function()
 
   it("reset breaks the current waiters only", function()
     local b, out = lmp.Barrier(2), lmp.Queue()
-    local p = spawn(function()
-      local ok, err = pcall(b.wait, b, 20)
-      out:put({ok, lmp.is_error(err) and err.kind or err})
-    end)
-    for _ = 1, 200 do
-      if b.n_waiting == 1 then break end
-      lmp.sleep(0.01)
-    end
+    local p = barrier_waiter(b, out, 20)
     b:reset()
     assert.are.same({false, "broken_barrier"}, out:get(10))
     assert.is_false(b.broken)
@@ -619,14 +601,7 @@ describe("lmp.Barrier", function()
   it("an action that fails raises its error in the last process and breaks the barrier", function()
     local boom = {"boom"}
     local b, out = lmp.Barrier(2, function() error(boom) end), lmp.Queue()
-    local p = spawn(function()
-      local ok, err = pcall(b.wait, b, 20)
-      out:put({ok, lmp.is_error(err) and err.kind or err})
-    end)
-    for _ = 1, 200 do
-      if b.n_waiting == 1 then break end
-      lmp.sleep(0.01)
-    end
+    local p = barrier_waiter(b, out, 20)
     assert.are.equal(boom, raised(b.wait, b, 20))
     assert.are.same({false, "broken_barrier"}, out:get(10))
     assert.is_true(b.broken)
