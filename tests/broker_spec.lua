@@ -401,11 +401,14 @@ describe_redis("lmp.Pool on a Redis broker", function()
       lmp.sleep(0.4)
       redis_stop()
       lmp.sleep(0.3)
-      redis_start()
+      os.exit(redis_start() and 0 or 1)
     end)
     restarter:start()
-    local r = p:map(function(x) require("lmp").sleep(0.004) return x + 1 end, range(400), 2)
-    restarter:join()
+    -- Bounded, so that a result lost across the restart fails the test
+    -- instead of hanging it.
+    local r = p:map_async(function(x) require("lmp").sleep(0.004) return x + 1 end, range(400), 2):get(120)
+    assert.is_true(restarter:join(30))
+    assert.are.equal(0, restarter.exitcode)
     assert.are.equal(400, #r)
     for i = 1, 400 do assert.are.equal(i + 1, r[i]) end
     p:terminate()
