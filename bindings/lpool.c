@@ -905,7 +905,9 @@ void lmpb_push_slot(lua_State *L, const lmp_pool_slot_info_t *s, int64_t now)
   if (s->state == LMP_POOL_BUSY) {
     setint(L, "task", (lua_Integer)s->task);
     setint(L, "item", (lua_Integer)s->item + 1);
-    lua_pushnumber(L, (lua_Number)(now - s->started_ns) / 1e9);
+    /* `now` may have been read before the task started: never negative */
+    int64_t age = now > s->started_ns ? now - s->started_ns : 0;
+    lua_pushnumber(L, (lua_Number)age / 1e9);
     lua_setfield(L, -2, "running_for");
   }
   setint(L, "done", (lua_Integer)s->done);
