@@ -711,7 +711,7 @@ TEST(start_hook)
  * the busy one with its task. */
 TEST(observers)
 {
-  lmp_pool_t *p = make(2, 0, 0, NULL);
+  lmp_pool_t *p = make(1, 0, 0, NULL); /* one worker: the one busy with `slow` */
   uint64_t slow = submit_ms(p, 10000);
   pid_t pid = busy_pid(p, 0);
   lmp_pool_entry_t e[8];
@@ -726,12 +726,11 @@ TEST(observers)
   CHECK(found);
   lmp_pool_stats_t st;
   lmp_pool_slot_info_t s[4];
-  CHECK_EQ(lmp_pool_peek(e[0].name, &st, s, 4), 2);
+  CHECK_EQ(lmp_pool_peek(e[0].name, &st, s, 4), 1);
   CHECK_EQ(st.running, 1);
   CHECK_EQ(s[0].pid, pid);
   CHECK_EQ(s[0].state, LMP_POOL_BUSY);
   CHECK_EQ(s[0].task, slow);
-  CHECK(s[1].pid > 0);
   CHECK_EQ(lmp_pool_peek("/lmp.no.such", &st, s, 4), -ENOENT);
   lmp_pool_free(p);
   CHECK_EQ(lmp_pool_list(getpid(), e, 8), 0);
