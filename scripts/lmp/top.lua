@@ -60,26 +60,34 @@ local function snapshot(pid)
   return pools
 end
 
--- CPU% of each worker between two snapshots: by pid.
-local function cpu_percent(prev, now, dt)
-  local before, pct = {}, {}
+-- What changed between two snapshots dt seconds apart: each worker's CPU%
+-- (by pid), and each pool's tasks per second (by segment name) from its
+-- workers' own counters, which stay current while the program is busy
+-- elsewhere (the pool's published rate only moves when its owner calls it).
+-- A replaced worker starts its counters again: only pids in both count.
+local function changes(prev, now, dt)
+  local before, cpu, rate = {}, {}, {}
   for _, p in ipairs(prev or {}) do
     for _, w in ipairs(p.stats.workers) do
-      if w.pid and w.cpu then before[w.pid] = w.cpu end
+      if w.pid then before[w.pid] = w end
     end
   end
   for _, p in ipairs(now) do
+    local tasks, seen = 0, false
     for _, w in ipairs(p.stats.workers) do
-      if w.pid and w.cpu and before[w.pid] and dt > 0 then
-        pct[w.pid] = 100 * (w.cpu - before[w.pid]) / dt
+      local b = w.pid and before[w.pid]
+      if b and dt > 0 then
+        if w.cpu and b.cpu then cpu[w.pid] = 100 * (w.cpu - b.cpu) / dt end
+        tasks, seen = tasks + (w.done + w.failed) - (b.done + b.failed), true
       end
     end
+    if seen then rate[p.entry.name] = tasks / dt end
   end
-  return pct
+  return {cpu = cpu, rate = rate}
 end
 
 -- The text of one snapshot: a list of lines.
-local function render(pid, pools, pct)
+local function render(pid, pools, ch)
   local lines = {}
   local nworkers = 0
   for _, p in ipairs(pools) do nworkers = nworkers + #p.stats.workers end
@@ -90,13 +98,14 @@ local function render(pid, pools, pct)
     local s = p.stats
     lines[#lines + 1] = ""
     lines[#lines + 1] = string.format("pool %d (process %d): %d queued, %d running, %.1f tasks/s",
-                                      i, p.entry.owner, s.queued, s.running, s.rate)
+                                      i, p.entry.owner, s.queued, s.running,
+                                      ch.rate[p.entry.name] or s.rate)
     lines[#lines + 1] = string.format("  done %d, failed %d, worker restarts %d (recycled for memory %d)",
                                       s.done, s.failed, s.restarts, s.recycled)
     lines[#lines + 1] = string.format("  %3s %7s %-8s %7s %7s %6s %7s %7s %7s %6s", "#", "PID", "STATE",
                                       "TASK", "AGE", "CPU%", "CPU", "RSS", "DONE", "FAILED")
     for k, w in ipairs(s.workers) do
-      local c = w.pid and pct[w.pid]
+      local c = w.pid and ch.cpu[w.pid]
       lines[#lines + 1] = string.format("  %3d %7s %-8s %7s %7s %6s %7s %7s %7d %6d", k,
         w.pid or "-", w.state, w.task or "-", seconds(w.running_for),
         c and string.format("%.1f", c) or "-", seconds(w.cpu), bytes(w.rss), w.done, w.failed)
@@ -130,7 +139,7 @@ local function once(pid)
   lmp.sleep(0.2)
   local now = snapshot(pid)
   if #now == 0 then now = first end
-  io.write(table.concat(render(pid, now, cpu_percent(first, now, lmp.time() - t0)), "\n"), "\n")
+  io.write(table.concat(render(pid, now, changes(first, now, lmp.time() - t0)), "\n"), "\n")
   return 0
 end
 
@@ -155,7 +164,7 @@ local function live(pid, interval)
   end
   local run = function()
     io.stdout:write("\27[?25l")
-    draw(render(pid, prev, {}))
+    draw(render(pid, prev, changes(nil, prev, 0)))
     while true do
       local key, why = top.key(interval)
       if key == "q" or key == "Q" or why == "signal" or why == "closed" then return 0 end
@@ -165,7 +174,7 @@ local function live(pid, interval)
         print(string.format("lmp top: pid %d has no pools any more", pid))
         return 0
       end
-      draw(render(pid, now, cpu_percent(prev, now, t - t_prev)))
+      draw(render(pid, now, changes(prev, now, t - t_prev)))
       prev, t_prev = now, t
     end
   end
