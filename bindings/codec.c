@@ -532,34 +532,12 @@ static inline unsigned char *enc_room(enc *e, size_t n)
   return (unsigned char *)b->data + b->len;
 }
 
-/* v as n bytes (0, 1, 2, 4 or 8), big-endian. */
-static inline void put_be(unsigned char *p, uint64_t v, int n)
-{
-  uint16_t v2 = __builtin_bswap16((uint16_t)v);
-  uint32_t v4 = __builtin_bswap32((uint32_t)v);
-  uint64_t v8 = __builtin_bswap64(v);
-  switch (n) {
-  case 1:
-    *p = (unsigned char)v;
-    break;
-  case 2:
-    memcpy(p, &v2, 2);
-    break;
-  case 4:
-    memcpy(p, &v4, 4);
-    break;
-  case 8:
-    memcpy(p, &v8, 8);
-    break;
-  }
-}
-
 /* A tag byte and an n-byte big-endian value (n = 0: the tag alone). */
 static inline void enc_tagged(enc *e, unsigned tag, uint64_t v, int n)
 {
   unsigned char *p = enc_room(e, 9);
   p[0] = (unsigned char)tag;
-  put_be(p + 1, v, n);
+  lmpb_put_be(p + 1, v, n);
   e->c->buf.len += 1 + (size_t)n;
 }
 
@@ -644,7 +622,7 @@ static void enc_close(enc *e, size_t at, int depth)
   size_t n = e->c->buf.len - at - hlen;
   if (n > UINT32_MAX)
     enc_fail(e, depth, "larger than 4 GiB");
-  put_be((unsigned char *)e->c->buf.data + at + 1, n, 4);
+  lmpb_put_be((unsigned char *)e->c->buf.data + at + 1, n, 4);
 }
 
 static size_t uint_size(uint64_t v)
@@ -811,7 +789,7 @@ static void enc_pairs(enc *e, int idx, int depth)
   h = enc_room(e, extra) - body - 1;
   memmove(h + 1 + extra, h + 1, body);
   *h = count <= 0xffff ? 0xde : 0xdf;
-  put_be(h + 1, count, (int)extra);
+  lmpb_put_be(h + 1, count, (int)extra);
   e->c->buf.len += extra;
 }
 

@@ -12,6 +12,8 @@
 
 #include <lauxlib.h>
 #include <lua.h>
+#include <stdint.h>
+#include <string.h>
 
 #include "lmp/common.h"
 #include "lmp/proc.h"
@@ -25,6 +27,29 @@ int lmpb_error_raise(lua_State *L, const char *kind, const char *fmt, ...);
 int lmpb_error_open(lua_State *L); /* adds Error, is_error to the table on top */
 
 /* === the codec (codec.c) === */
+
+/* Write v as n bytes (0, 1, 2, 4 or 8), big-endian: msgpack's fields, for
+ * the codec and for the pool's packer of plain values. */
+static inline void lmpb_put_be(unsigned char *p, uint64_t v, int n)
+{
+  uint16_t v2 = __builtin_bswap16((uint16_t)v);
+  uint32_t v4 = __builtin_bswap32((uint32_t)v);
+  uint64_t v8 = __builtin_bswap64(v);
+  switch (n) {
+  case 1:
+    *p = (unsigned char)v;
+    break;
+  case 2:
+    memcpy(p, &v2, 2);
+    break;
+  case 4:
+    memcpy(p, &v4, 4);
+    break;
+  case 8:
+    memcpy(p, &v8, 8);
+    break;
+  }
+}
 
 /*
  * Encode the value at `idx` (msgpack with lmp's ext types).  `what` names the

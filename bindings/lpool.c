@@ -178,28 +178,6 @@ static inline unsigned char *room(lmp_buf_t *b, size_t n)
   return (unsigned char *)b->data + b->len;
 }
 
-/* v as n bytes (0, 1, 2, 4 or 8), big-endian. */
-static inline void put_be(unsigned char *p, uint64_t v, int n)
-{
-  uint16_t v2 = __builtin_bswap16((uint16_t)v);
-  uint32_t v4 = __builtin_bswap32((uint32_t)v);
-  uint64_t v8 = __builtin_bswap64(v);
-  switch (n) {
-  case 1:
-    *p = (unsigned char)v;
-    break;
-  case 2:
-    memcpy(p, &v2, 2);
-    break;
-  case 4:
-    memcpy(p, &v4, 4);
-    break;
-  case 8:
-    memcpy(p, &v8, 8);
-    break;
-  }
-}
-
 /* A tag byte and an n-byte big-endian value. */
 static inline int put_tagged(lmp_buf_t *b, unsigned tag, uint64_t v, int n)
 {
@@ -207,7 +185,7 @@ static inline int put_tagged(lmp_buf_t *b, unsigned tag, uint64_t v, int n)
   if (!p)
     return 0;
   p[0] = (unsigned char)tag;
-  put_be(p + 1, v, n);
+  lmpb_put_be(p + 1, v, n);
   b->len += 1 + (size_t)n;
   return 1;
 }
@@ -231,7 +209,7 @@ static inline int put_int(lmp_buf_t *b, int64_t v)
     n = v >= INT8_MIN ? 1 : v >= INT16_MIN ? 2 : v >= INT32_MIN ? 4 : 8;
     *p = (unsigned char)(n == 1 ? 0xd0 : n == 2 ? 0xd1 : n == 4 ? 0xd2 : 0xd3);
   }
-  put_be(p + 1, u, n);
+  lmpb_put_be(p + 1, u, n);
   b->len += 1 + (size_t)n;
   return 1;
 }
