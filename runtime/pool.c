@@ -6,10 +6,12 @@
  * per worker.  Workers pull, so a free worker takes the next task and the
  * load balances itself.  The parent keeps a local backlog (payloads in one
  * arena, no allocation per task) and hands tasks to the task ring only while
- * fewer than `high` wait there: a task still in the backlog can be
- * cancelled.  `high` is high_water, or adapts to keep about QUEUED_NS of
- * work per worker in the ring, judged by how long tasks took (workers report
- * it with each reply): tiny tasks flow in bursts, long ones stay cancellable.
+ * fewer than `high` wait there.  `high` is high_water, or adapts to keep
+ * about QUEUED_NS of work per worker in the ring (at least QUEUED_MIN tasks
+ * each, so workers stay busy while the parent is away from the pool),
+ * judged by how long tasks took (workers report it with each reply).  A
+ * task can be cancelled in the backlog, or in the ring until a worker takes
+ * it: the two race on the record's claim word, and one wins.
  *
  * Nothing is ever lost.  A worker takes a task with lmp_queue_get_hook and
  * writes "busy with record seq" into its slot under the ring's lock, just
@@ -88,8 +90,9 @@
 #define MAX_PARTS 7
 #define START_DEATHS_MAX 3 /* workers killed while starting, in a row, that break the pool */
 #define QUEUED_NS 500000   /* work kept queued per worker when high_water is 0 */
-#define QUEUED_MIN 2       /* tasks per worker in the ring, at least ... */
+#define QUEUED_MIN 16      /* tasks per worker in the ring, at least ... */
 #define QUEUED_MAX 256     /* ... and at most */
+#define CLAIMS 4096        /* records in the task ring at most (see claim) */
 
 #define RATE_SAMPLES 16           /* the rate is taken over samples of the event count ... */
 #define RATE_EVERY_NS 500000000LL /* ... this far apart ... */
@@ -128,6 +131,12 @@ struct phdr {
   /* The parent's counters, published for observers (lmp_pool_peek). */
   _Alignas(64) _Atomic uint64_t pub_queued, pub_done, pub_failed, pub_errors, pub_restarts;
   _Atomic uint64_t pub_rate; /* events per second, times 1000 */
+  /* claim[seq % CLAIMS]: who has record seq while it is in the ring or has
+   * just left it.  A worker taking it swaps in TAKEN, the parent cancelling
+   * it swaps in CANCELLED only if no worker did: exactly one of them wins.
+   * The ring never holds more than CLAIMS records, so a record's entry is
+   * not reused while it is there. */
+  _Atomic uint64_t claim[CLAIMS];
   _Alignas(64) struct slot slots[];
 };
 
@@ -145,6 +154,13 @@ struct rhdr {
   int32_t pid;
   int64_t took_ns; /* from taking the task to replying */
 };
+
+enum { TAKEN = 1, CANCELLED = 2 };
+
+static uint64_t claim_mark(uint32_t seq30, int who)
+{
+  return ((uint64_t)seq30 + 1) << 2 | (uint64_t)who;
+}
 
 static uint64_t slot_word(int state, uint64_t seq)
 {
@@ -237,6 +253,7 @@ struct lmp_pool_worker {
   pid_t pid;
   uint64_t count;
   int started;
+  int skip; /* the record taken last was cancelled: take the next */
 };
 
 static lmp_pool_t *pools; /* of this process, so a new worker can close their descriptors */
@@ -454,7 +471,8 @@ static void learn(lmp_pool_t *p, int64_t took)
   p->avg_ns = p->avg_ns ? p->avg_ns + (took - p->avg_ns) / 8 : took;
   int64_t per = QUEUED_NS / p->avg_ns;
   per = per < QUEUED_MIN ? QUEUED_MIN : per > QUEUED_MAX ? QUEUED_MAX : per;
-  p->high = (uint32_t)per * (uint32_t)p->cfg.processes;
+  per *= p->cfg.processes;
+  p->high = per > CLAIMS ? CLAIMS : (uint32_t)per;
 }
 
 /* Drop the oldest entry, and the arena bytes nothing refers to any more. */
@@ -1174,10 +1192,32 @@ int lmp_pool_submit(lmp_pool_t *p, uint32_t tag, const struct iovec *iov, int io
   return 0;
 }
 
+/* Record seq, known to be in the ring a moment ago: cancel it unless a
+ * worker has taken it since (see claim). */
+static int cancel_sent(lmp_pool_t *p, uint64_t seq)
+{
+  uint32_t s30 = (uint32_t)(seq & SEQ_MASK);
+  _Atomic uint64_t *c = &p->h->claim[s30 % CLAIMS];
+  uint64_t was = atomic_load(c);
+  if (was == claim_mark(s30, TAKEN) || !atomic_compare_exchange_strong(c, &was, claim_mark(s30, CANCELLED)))
+    return 0;
+  settle(p, seq);
+  return 1;
+}
+
 int lmp_pool_cancel(lmp_pool_t *p, uint64_t id)
 {
   long i = backlog_find(p, id);
-  if (i < 0 || bl_at(p, (size_t)i)->cancelled)
+  if (i < 0) {
+    uint64_t seq = sent_find(p, id);
+    if (seq == UINT64_MAX || sent_at(p, seq)->final)
+      return 0;
+    /* Records before the ring's head have been taken.  While seq is in the
+     * ring, at most CLAIMS records came after it: its claim is its own. */
+    uint64_t head = p->pushed - lmp_queue_qsize(p->tasks);
+    return seq >= head ? cancel_sent(p, seq) : 0;
+  }
+  if (bl_at(p, (size_t)i)->cancelled)
     return 0;
   struct pend *e = bl_at(p, (size_t)i);
   e->cancelled = 1;
@@ -1448,7 +1488,8 @@ int lmp_pool_create(const lmp_pool_config_t *cfg, lmp_pool_t **out)
   if (!p)
     return -ENOMEM;
   p->cfg = *cfg;
-  p->high = cfg->high_water ? cfg->high_water : QUEUED_MIN * (uint32_t)cfg->processes;
+  uint64_t high = cfg->high_water ? cfg->high_water : QUEUED_MIN * (uint64_t)cfg->processes;
+  p->high = high > CLAIMS ? CLAIMS : (uint32_t)high;
   forget_inherited(NULL);
   p->owner = getpid();
   p->spin_ns = SPIN_START_NS;
@@ -1550,6 +1591,10 @@ int lmp_pool_worker_attach(const char *ticket, lmp_pool_worker_t **out)
 static void taken(void *arg, uint32_t seq)
 {
   lmp_pool_worker_t *w = arg;
+  uint64_t was = atomic_exchange(&w->p->h->claim[seq % CLAIMS], claim_mark(seq, TAKEN));
+  w->skip = was == claim_mark(seq, CANCELLED);
+  if (w->skip)
+    return; /* cancelled while in the ring: the parent expects nothing of it */
   w->seq = seq;
   w->t0 = lmp_now_ns();
   atomic_store_explicit(&w->slot->item, 0, memory_order_relaxed);
@@ -1635,7 +1680,7 @@ int lmp_pool_worker_next(lmp_pool_worker_t *w, lmp_pool_task_t *t)
   int rc;
   do {
     rc = wait_task(w);
-  } while (rc == 0 && w->buf.len < sizeof(struct thdr)); /* cannot happen; skip it */
+  } while (rc == 0 && (w->skip || w->buf.len < sizeof(struct thdr))); /* short: cannot happen */
   if (rc < 0) {
     STORE(w->slot->word, slot_word(LMP_POOL_EXITING, 0));
     return rc;

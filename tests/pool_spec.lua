@@ -613,6 +613,41 @@ describe("lmp.Pool lifecycle", function()
     assert.is_false(long:cancelled())
   end)
 
+  it("cancel takes back a task waiting in the ring; workers skip it", function()
+    local pool <close> = lmp.Pool(1)
+    local gate = lmp.Event()
+    local long = pool:apply_async(function(e) e:wait(30) return "long" end, {gate})
+    local ran = lmp.Queue()
+    local rs = {}
+    for i = 1, 6 do rs[i] = pool:apply_async(function(x, q) q:put(x) return x end, {i, ran}) end
+    assert.is_true(eventually(function() return long:running() end))
+    assert.is_true(rs[3]:cancel())
+    assert.is_true(rs[3]:cancelled())
+    gate:set()
+    assert.are.equal("long", long:get())
+    for _, i in ipairs({1, 2, 4, 5, 6}) do assert.are.equal(i, rs[i]:get()) end
+    local seen = {}
+    while true do
+      local v = ran:get(0.2)
+      if v == nil then break end
+      seen[#seen + 1] = v
+    end
+    assert.are.same({1, 2, 4, 5, 6}, seen) -- the cancelled task never ran
+  end)
+
+  it("workers keep busy while the parent computes without calling lmp", function()
+    local pool <close> = lmp.Pool(2)
+    local count = lmp.Value("int64", 0)
+    local rs = {}
+    for i = 1, 20 do
+      rs[i] = pool:apply_async(function(c) require("lmp").sleep(0.02) c:add(1) end, {count})
+    end
+    local t0 = os.clock()
+    while os.clock() - t0 < 1.5 do end -- no lmp call: nothing is handed out meanwhile
+    assert.are.equal(20, count.value) -- all were in the ring already
+    for i = 1, 20 do rs[i]:get() end
+  end)
+
   it("fileno is a descriptor, poll delivers what arrived", function()
     local pool <close> = lmp.Pool(1)
     local fd = pool:fileno()

@@ -10,10 +10,11 @@
  * lmp_pool_worker_next / lmp_pool_worker_reply; the pool replaces workers that
  * die or retire, so a submitted task always ends in exactly one event.
  *
- * Tasks wait in a local backlog and are handed to a shared ring only a few at
- * a time (high_water), so a task still in the backlog can be cancelled.  By
- * default the pool keeps about half a millisecond of work per worker in the
- * ring (from 2 to 256 tasks each, by the time tasks have been taking).
+ * Tasks go to a shared ring, up to high_water of them (at most 4096); the
+ * rest wait in a local backlog and go out as the ring empties, during calls
+ * on the pool.  By default the ring holds about half a millisecond of work
+ * per worker (from 16 to 256 tasks each, by the time tasks have been
+ * taking).  A task no worker has taken can be cancelled, in either place.
  * Workers pull from the ring; each publishes, in a slot of shared memory,
  * which task it runs and since when (lmp_pool_slot reads them).
  *
@@ -73,8 +74,9 @@ int lmp_pool_create(const lmp_pool_config_t *cfg, lmp_pool_t **out);
  * is closed, terminated or broken. */
 int lmp_pool_submit(lmp_pool_t *p, uint32_t tag, const struct iovec *iov, int iovcnt, uint64_t *id);
 
-/* Remove a task no worker has seen yet: 1 if removed (it will have no event),
- * 0 if it was handed out already, finished, or is unknown. */
+/* Remove a task no worker has taken yet: 1 if removed (it will have no
+ * event; a worker that meets it in the ring skips it), 0 if a worker has it,
+ * or it finished, or is unknown. */
 int lmp_pool_cancel(lmp_pool_t *p, uint64_t id);
 
 enum {

@@ -247,12 +247,24 @@ function M.new(B)
     if self._done or not unit_state then return self._cancelled == true end
     local pool = self._pool
     local ts = units(self)
-    for t in pairs(ts) do
-      if unit_state(pool, t) ~= "queued" then return false end
-    end
-    for t in pairs(ts) do
-      cancel_unit(pool, t)
-      pool._pending[t] = nil
+    local one = next(ts)
+    if one == nil then return false end
+    if next(ts, one) == nil then
+      -- One task: cancelled if no worker has taken it, in the parent's
+      -- backlog or in the ring (the core decides, atomically).
+      local st = unit_state(pool, one)
+      if (st ~= "queued" and st ~= "sent") or not cancel_unit(pool, one) then return false end
+      pool._pending[one] = nil
+    else
+      -- Several (a map's chunks): all or none, so only while every one is
+      -- still in the backlog, where nothing can take it meanwhile.
+      for t in pairs(ts) do
+        if unit_state(pool, t) ~= "queued" then return false end
+      end
+      for t in pairs(ts) do
+        cancel_unit(pool, t)
+        pool._pending[t] = nil
+      end
     end
     self._tickets = nil
     self._cancelled = true

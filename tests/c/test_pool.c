@@ -479,8 +479,8 @@ TEST(killed_while_starting)
   lmp_pool_free(p);
 }
 
-/* With one worker and a ring of one: running, sent, queued; only the queued
- * task can be cancelled, and it never runs. */
+/* With one worker and a ring of one: running, sent, queued; the sent and
+ * the queued task can be cancelled, and they never run. */
 TEST(cancel_and_states)
 {
   lmp_pool_config_t cfg = {0};
@@ -498,21 +498,58 @@ TEST(cancel_and_states)
   CHECK_EQ(lmp_pool_task_state(p, b), LMP_POOL_TASK_SENT);
   CHECK_EQ(lmp_pool_task_state(p, c), LMP_POOL_TASK_QUEUED);
   CHECK_EQ(lmp_pool_task_state(p, d), LMP_POOL_TASK_QUEUED);
+  CHECK_EQ(lmp_pool_cancel(p, a), 0); /* running */
+  CHECK_EQ(lmp_pool_cancel(p, b), 1); /* in the ring: the worker will skip it */
   CHECK_EQ(lmp_pool_cancel(p, b), 0);
-  CHECK_EQ(lmp_pool_cancel(p, c), 1);
+  CHECK_EQ(lmp_pool_task_state(p, b), LMP_POOL_TASK_UNKNOWN);
+  CHECK_EQ(lmp_pool_cancel(p, c), 1); /* in the backlog */
   CHECK_EQ(lmp_pool_cancel(p, c), 0);
   CHECK_EQ(lmp_pool_task_state(p, c), LMP_POOL_TASK_UNKNOWN);
   lmp_pool_slot_info_t s;
   CHECK_EQ(lmp_pool_slot(p, 0, &s), 0);
   CHECK_EQ(s.task, a);
-  uint64_t order[3] = {a, b, d};
-  for (int i = 0; i < 3; i++) {
+  uint64_t order[2] = {a, d};
+  for (int i = 0; i < 2; i++) {
     lmp_pool_event_t ev = next(p);
     CHECK_EQ(ev.type, LMP_POOL_DONE);
     CHECK_EQ(ev.id, order[i]);
   }
   CHECK_EQ(lmp_pool_task_state(p, a), LMP_POOL_TASK_UNKNOWN);
   CHECK_EQ(lmp_pool_wait(p, &ev, lmp_deadline(0.1)), -ETIMEDOUT);
+  lmp_pool_free(p);
+}
+
+/* Cancelling tasks in the ring while workers take them: each task ends in
+ * exactly one event, or in a successful cancel and none. */
+TEST(cancel_races_workers)
+{
+  lmp_pool_config_t cfg = {0};
+  cfg.processes = 2;
+  cfg.high_water = 4000;
+  cfg.body = body;
+  lmp_pool_t *p;
+  CHECK_EQ(lmp_pool_create(&cfg, &p), 0);
+  enum { N = 4000 };
+  static uint64_t ids[N];
+  static char state[N]; /* 0 pending, 1 cancelled, 2 done */
+  int cancelled = 0;
+  for (int i = 0; i < N; i++) {
+    ids[i] = submit(p, T_ECHO, &i, sizeof i);
+    if (i >= 8 && i % 2 == 0 && lmp_pool_cancel(p, ids[i - 8]) == 1) {
+      state[i - 8] = 1;
+      cancelled++;
+    }
+  }
+  for (int done = 0; done < N - cancelled; done++) {
+    lmp_pool_event_t ev = next(p);
+    CHECK_EQ(ev.type, LMP_POOL_DONE);
+    int k = (int)(ev.id - ids[0]);
+    CHECK(k >= 0 && k < N && state[k] == 0);
+    state[k] = 2;
+  }
+  lmp_pool_event_t ev;
+  CHECK_EQ(lmp_pool_wait(p, &ev, lmp_deadline(0.2)), -ETIMEDOUT);
+  CHECK(cancelled > 0);
   lmp_pool_free(p);
 }
 
@@ -784,6 +821,7 @@ TEST_LIST = {
     TEST_ENTRY(init_crash_breaks),
     TEST_ENTRY(killed_while_starting),
     TEST_ENTRY(cancel_and_states),
+    TEST_ENTRY_T(cancel_races_workers, 30),
     TEST_ENTRY(close_drains_then_ends),
     TEST_ENTRY(terminate_is_prompt),
     TEST_ENTRY(free_does_not_block),
