@@ -297,6 +297,21 @@ end
 
 local SIZES = {0, 10, 1000, 60000, 600 * 1024, 5 * 1024 * 1024}
 
+-- Read with get() until it gives nothing: every message whole and numbered
+-- from `expect` on, then nil with the reason `ending`.  The next number.
+local function drain(get, expect, ending)
+  while true do
+    local m, err = get()
+    if m == nil then
+      assert.are.equal(ending, err)
+      return expect
+    end
+    assert.is_true(intact(m))
+    assert.are.equal(expect, m.seq)
+    expect = expect + 1
+  end
+end
+
 describe("a writer killed in the middle of a message", function()
   it("Queue: readers get whole messages in order, never block, and the queue goes on", function()
     local q = lmp.Queue()
@@ -308,16 +323,7 @@ describe("a writer killed in the middle of a message", function()
       lmp.sleep(0.005 * (round % 7))
       p:kill()
       assert.is_true(p:join(10))
-      while true do
-        local m, err = q:get(0.5)
-        if m == nil then
-          assert.are.equal("timeout", err)
-          break
-        end
-        assert.is_true(intact(m))
-        assert.are.equal(expect, m.seq)
-        expect = expect + 1
-      end
+      expect = drain(function() return q:get(0.5) end, expect, "timeout")
     end
     q:put(message(1, 100))
     assert.is_true(intact(q:get(5)))
@@ -334,17 +340,7 @@ describe("a writer killed in the middle of a message", function()
       lmp.sleep(0.005 * (round % 7))
       p:kill()
       assert.is_true(p:join(10))
-      local expect = 1
-      while true do
-        local m, err = r:recv(10)
-        if m == nil then
-          assert.are.equal("closed", err)
-          break
-        end
-        assert.is_true(intact(m))
-        assert.are.equal(expect, m.seq)
-        expect = expect + 1
-      end
+      drain(function() return r:recv(10) end, 1, "closed")
       r:close()
     end
   end)
@@ -364,17 +360,7 @@ describe("a writer killed in the middle of a message", function()
       lmp.sleep(0.002 * (round % 5))
       p:kill() -- most likely in the middle of a 5 MiB send
       assert.is_true(p:join(10))
-      local expect = 1
-      while true do
-        local m, err = r:recv(1)
-        if m == nil then
-          assert.are.equal("timeout", err) -- not a hang, and not a torn message
-          break
-        end
-        assert.is_true(intact(m))
-        assert.are.equal(expect, m.seq)
-        expect = expect + 1
-      end
+      drain(function() return r:recv(1) end, 1, "timeout") -- not a hang, not a torn message
       -- Nothing whole is left: poll says so instead of sending recv to wait.
       assert.is_false(r:poll(0.1))
       -- The other writer's messages come through whole, after what the dead one left.
