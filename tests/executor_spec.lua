@@ -705,11 +705,7 @@ describe("Executor failures", function()
     for i, pid in ex:map(function() return require("lmp").current_process().pid end, range(6), {chunksize = 1}) do
       got[i] = pid
     end
-    local distinct = {}
-    for _, p in ipairs(got) do distinct[p] = true end
-    local n = 0
-    for _ in pairs(distinct) do n = n + 1 end
-    assert.are.equal(3, n)
+    assert.are.equal(3, support.distinct(got))
     assert.are.equal(got[1], got[2])
     assert.are_not.equal(got[2], got[3])
   end)

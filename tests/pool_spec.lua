@@ -522,11 +522,7 @@ describe("lmp.Pool lifecycle", function()
   it("maxtasksperchild recycles workers", function()
     local pool <close> = lmp.Pool{processes = 1, maxtasksperchild = 2}
     local got = pool:map(function() return require("lmp").current_process().pid end, range(6), 1)
-    local distinct = {}
-    for _, p in ipairs(got) do distinct[p] = true end
-    local n = 0
-    for _ in pairs(distinct) do n = n + 1 end
-    assert.are.equal(3, n)
+    assert.are.equal(3, support.distinct(got))
     assert.are.equal(got[1], got[2])
     assert.are_not.equal(got[2], got[3])
   end)

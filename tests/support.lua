@@ -165,6 +165,15 @@ function M.range(n)
   return t
 end
 
+-- How many different values a list holds.
+function M.distinct(list)
+  local seen, n = {}, 0
+  for _, v in ipairs(list) do
+    if not seen[v] then seen[v], n = true, n + 1 end
+  end
+  return n
+end
+
 -- The contents of a file that must exist.
 function M.read(path)
   local f = assert(io.open(path))
