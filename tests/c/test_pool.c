@@ -143,6 +143,18 @@ static lmp_pool_t *make(int n, uint32_t max, double timeout, struct ctx *c)
   return p;
 }
 
+/* A pool of n workers that keeps at most `high` tasks in its ring. */
+static lmp_pool_t *make_ring(int n, uint32_t high)
+{
+  lmp_pool_config_t cfg = {0};
+  cfg.processes = n;
+  cfg.high_water = high;
+  cfg.body = body;
+  lmp_pool_t *p;
+  CHECK_EQ(lmp_pool_create(&cfg, &p), 0);
+  return p;
+}
+
 static uint64_t submit(lmp_pool_t *p, uint32_t tag, const void *data, size_t len)
 {
   struct iovec v = {(void *)data, len};
@@ -483,12 +495,7 @@ TEST(killed_while_starting)
  * the queued task can be cancelled, and they never run. */
 TEST(cancel_and_states)
 {
-  lmp_pool_config_t cfg = {0};
-  cfg.processes = 1;
-  cfg.high_water = 1;
-  cfg.body = body;
-  lmp_pool_t *p;
-  CHECK_EQ(lmp_pool_create(&cfg, &p), 0);
+  lmp_pool_t *p = make_ring(1, 1);
   uint64_t a = submit_ms(p, 300), b = submit(p, T_PID, NULL, 0);
   uint64_t c = submit(p, T_PID, NULL, 0), d = submit(p, T_PID, NULL, 0);
   busy_pid(p, 0);
@@ -523,12 +530,7 @@ TEST(cancel_and_states)
  * exactly one event, or in a successful cancel and none. */
 TEST(cancel_races_workers)
 {
-  lmp_pool_config_t cfg = {0};
-  cfg.processes = 2;
-  cfg.high_water = 4000;
-  cfg.body = body;
-  lmp_pool_t *p;
-  CHECK_EQ(lmp_pool_create(&cfg, &p), 0);
+  lmp_pool_t *p = make_ring(2, 4000);
   enum { N = 4000 };
   static uint64_t ids[N];
   static char state[N]; /* 0 pending, 1 cancelled, 2 done */
