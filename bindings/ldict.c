@@ -1517,31 +1517,6 @@ static int dict_new(lua_State *L) { return make(L, DICT, "Dict"); }
 static int list_new(lua_State *L) { return make(L, LIST, "List"); }
 static int ns_new(lua_State *L) { return make(L, NS, "Namespace"); }
 
-/* lmp.Manager(...): the factory lives in Lua (scripts/lmp/manager.lua),
- * loaded on first use. */
-static int manager_new(lua_State *L)
-{
-  int n = lua_gettop(L);
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  if (lua_getfield(L, -1, "lmp.manager") == LUA_TNIL) {
-    lua_pop(L, 1);
-    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-    if (lua_getfield(L, -1, "lmp.manager") != LUA_TFUNCTION)
-      return luaL_error(L, "module 'lmp.manager' is missing");
-    lua_pushliteral(L, "lmp.manager");
-    lua_call(L, 1, 1);
-    lua_remove(L, -2); /* preload */
-    lua_pushvalue(L, -1);
-    lua_setfield(L, -3, "lmp.manager");
-  }
-  lua_getfield(L, -1, "new");
-  lua_replace(L, n + 1); /* over the loaded table */
-  lua_settop(L, n + 1);
-  lua_insert(L, 1);
-  lua_call(L, n, LUA_MULTRET);
-  return lua_gettop(L);
-}
-
 /* === crossing processes === */
 
 static int obj_encode(lua_State *L, int idx, lmp_buf_t *out)
@@ -1636,7 +1611,6 @@ int lmpb_dict_open(lua_State *L)
     {"Dict", dict_new},
     {"List", list_new},
     {"Namespace", ns_new},
-    {"Manager", manager_new},
     {NULL, NULL},
   };
   newclass(L, DICT_MT, dict_meta, dict_methods);
@@ -1649,5 +1623,7 @@ int lmpb_dict_open(lua_State *L)
   for (size_t i = 0; i < sizeof handles / sizeof handles[0]; i++)
     lmpb_register_handle(L, &handles[i]);
   luaL_setfuncs(L, ctors, 0);
+  lmpb_pushlazy(L, "lmp.manager", "new"); /* lmp.Manager(...), in scripts/lmp/manager.lua */
+  lua_setfield(L, -2, "Manager");
   return 0;
 }

@@ -209,33 +209,9 @@ static int l_stop(lua_State *L)
   return 1;
 }
 
-/* lmp.profile(fn, ...): scripts/lmp/profile.lua's run, loaded on first use. */
-static int l_profile(lua_State *L)
-{
-  int nargs = lua_gettop(L);
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  if (lua_getfield(L, -1, "lmp.profile") != LUA_TTABLE) {
-    lua_pop(L, 1);
-    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-    if (lua_getfield(L, -1, "lmp.profile") != LUA_TFUNCTION)
-      return luaL_error(L, "lmp.profile is missing from this build");
-    lua_pushliteral(L, "lmp.profile");
-    lua_call(L, 1, 1);
-    lua_remove(L, -2);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, -3, "lmp.profile");
-  }
-  lua_getfield(L, -1, "run");
-  lua_replace(L, -3);
-  lua_pop(L, 1);
-  lua_insert(L, 1);
-  lua_call(L, nargs, LUA_MULTRET);
-  return lua_gettop(L);
-}
-
 int lmpb_profile_open(lua_State *L)
 {
-  lua_pushcfunction(L, l_profile);
+  lmpb_pushlazy(L, "lmp.profile", "run"); /* lmp.profile(fn, ...), in scripts/lmp/profile.lua */
   lua_setfield(L, -2, "profile");
   lua_pushcfunction(L, l_start);
   lua_setfield(L, -2, "_profile_start");
