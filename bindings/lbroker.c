@@ -553,10 +553,7 @@ static int l_pool(lua_State *L)
 
 int lmpb_broker_open(lua_State *L)
 {
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  lua_pushcfunction(L, open_core);
-  lua_setfield(L, -2, "lmp.broker_core");
-  lua_pop(L, 1);
+  lmpb_preload(L, "lmp.broker_core", open_core);
   lua_getfield(L, -1, "Pool");
   lua_pushcclosure(L, l_pool, 1);
   lua_setfield(L, -2, "Pool");

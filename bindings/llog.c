@@ -127,10 +127,7 @@ static int open_core(lua_State *L)
 
 int lmpb_log_open(lua_State *L)
 {
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  lua_pushcfunction(L, open_core);
-  lua_setfield(L, -2, "lmp.logcore");
-  lua_pop(L, 1);
+  lmpb_preload(L, "lmp.logcore", open_core);
   lmpb_pushlazy(L, "lmp.log", "log_to_stderr");
   lua_setfield(L, -2, "log_to_stderr");
   lmpb_pushlazy(L, "lmp.log", "get_logger");

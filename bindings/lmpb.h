@@ -173,6 +173,8 @@ void lmpb_forkserver_main(lua_State *L, int fd, int nmods, char **mods) __attrib
 /* Push a function that, when called, does require(module)[field](...): for
  * module functions implemented in scripts/ (lmp.get_context, lmp.get_logger). */
 void lmpb_pushlazy(lua_State *L, const char *module, const char *field);
+/* package.preload[name] = open: a module of C functions, loaded by require. */
+void lmpb_preload(lua_State *L, const char *name, lua_CFunction open);
 
 /* === helpers (lmp.c) === */
 

@@ -124,6 +124,14 @@ void lmpb_pushlazy(lua_State *L, const char *module, const char *field)
   lua_pushcclosure(L, lazy_call, 2);
 }
 
+void lmpb_preload(lua_State *L, const char *name, lua_CFunction open)
+{
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushcfunction(L, open);
+  lua_setfield(L, -2, name);
+  lua_pop(L, 1);
+}
+
 /* write(2) all of it, or -errno. */
 static int write_all(int fd, const void *p, size_t n)
 {

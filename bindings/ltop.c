@@ -211,9 +211,6 @@ static int loader(lua_State *L)
  * the lmp table, so a function whose upvalue is lmp can still be sent. */
 int lmpb_top_open(lua_State *L)
 {
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  lua_pushcfunction(L, loader);
-  lua_setfield(L, -2, "lmp._top");
-  lua_pop(L, 1);
+  lmpb_preload(L, "lmp._top", loader);
   return 0;
 }

@@ -199,10 +199,7 @@ static void openlmp(lua_State *L)
   luaL_openlibs(L);
   luaL_requiref(L, "lmp", luaopen_lmp, 1);
   lua_pop(L, 1);
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  lua_pushcfunction(L, lmpb_readline_open);
-  lua_setfield(L, -2, "lmp.readline");
-  lua_pop(L, 1);
+  lmpb_preload(L, "lmp.readline", lmpb_readline_open);
 }
 
 /* === subcommands === */
