@@ -1192,6 +1192,13 @@ int lmp_pool_submit(lmp_pool_t *p, uint32_t tag, const struct iovec *iov, int io
   return 0;
 }
 
+/* The number of the oldest record still in the ring: those before it have
+ * been taken by workers. */
+static uint64_t ring_head(lmp_pool_t *p)
+{
+  return p->pushed - lmp_queue_qsize(p->tasks);
+}
+
 /* Record seq, known to be in the ring a moment ago: cancel it unless a
  * worker has taken it since (see claim). */
 static int cancel_sent(lmp_pool_t *p, uint64_t seq)
@@ -1212,10 +1219,9 @@ int lmp_pool_cancel(lmp_pool_t *p, uint64_t id)
     uint64_t seq = sent_find(p, id);
     if (seq == UINT64_MAX || sent_at(p, seq)->final)
       return 0;
-    /* Records before the ring's head have been taken.  While seq is in the
-     * ring, at most CLAIMS records came after it: its claim is its own. */
-    uint64_t head = p->pushed - lmp_queue_qsize(p->tasks);
-    return seq >= head ? cancel_sent(p, seq) : 0;
+    /* While seq is in the ring, at most CLAIMS records came after it: its
+     * claim is its own. */
+    return seq >= ring_head(p) ? cancel_sent(p, seq) : 0;
   }
   if (bl_at(p, (size_t)i)->cancelled)
     return 0;
@@ -1235,9 +1241,7 @@ int lmp_pool_task_state(lmp_pool_t *p, uint64_t id)
   uint64_t seq = sent_find(p, id);
   if (seq == UINT64_MAX || sent_at(p, seq)->final)
     return LMP_POOL_TASK_UNKNOWN;
-  /* Records before the ring's head have been taken. */
-  uint64_t head = p->pushed - lmp_queue_qsize(p->tasks);
-  return seq < head ? LMP_POOL_TASK_RUNNING : LMP_POOL_TASK_SENT;
+  return seq < ring_head(p) ? LMP_POOL_TASK_RUNNING : LMP_POOL_TASK_SENT;
 }
 
 void lmp_pool_close(lmp_pool_t *p)
