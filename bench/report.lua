@@ -8,8 +8,11 @@
 -- lines of the same name and impl (repeated rounds) are merged: their values'
 -- median is the figure and their samples are kept together.  key=value
 -- arguments (date, python, kernel, ...) go into the JSON's "run" object.
--- Each row below names a workload, which way is better, and its target.
--- The ratio column is oriented so that > 1 means lmp is better.
+-- Each row below names a workload, which way is better, and its target;
+-- ref names the reference (Python unless said: "c", the raw C ping-pong;
+-- "plain", plain interpreter processes) and refname its workload when that
+-- is another one.  The ratio column is oriented so that > 1 means lmp is
+-- better.
 
 local rows = {
   {"apply_rt", "1 apply round trip", "lower", {ratio = 10}},
@@ -22,6 +25,9 @@ local rows = {
   {"map", "5 Pool.map x*x, 200k ints", "higher", {ratio = 3}},
   {"cpu_proc", "6 CPU speedup, Processes", "higher", {lmp_min = 1.9}},
   {"cpu_pool", "6 CPU speedup, Pool", "higher", {lmp_min = 1.9}},
+  -- the ceiling: the same loop in plain processes of the same interpreter
+  {"cpu_proc", "6 CPU speedup, Processes vs plain", "higher", ref = "plain"},
+  {"cpu_pool", "6 CPU speedup, Pool vs plain", "higher", ref = "plain", refname = "cpu_proc"},
   {"start_fork", "7 start+join, fork", "lower", {lmp_max = 0.5}},
   {"start_spawn", "7 start+join, spawn", "lower"},
   {"start_forkserver", "7 start+join, forkserver", "lower"},
@@ -252,12 +258,13 @@ for i = 3, #arg do
 end
 
 local by = load_lines(lines_path)
+local ref_tags = {c = " (C)", plain = " (plain)"}
 local out_rows, table_rows = {}, {}
 local n_met, n_targets = 0, 0
 for _, row in ipairs(rows) do
   local name, label, better, tg = row[1], row[2], row[3], row[4]
   local refimpl = row.ref or "python"
-  local lmp, ref = by[name .. "/lmp"], by[name .. "/" .. refimpl]
+  local lmp, ref = by[name .. "/lmp"], by[(row.refname or name) .. "/" .. refimpl]
   if lmp or ref then -- rows of workloads this run left out are not shown
     local r = ratio(lmp, ref, better, row.by or row.show)
     local m = met(tg, lmp, r)
@@ -272,7 +279,7 @@ for _, row in ipairs(rows) do
       return fmt(row.show and e.fields[row.show] or e.value) .. (tag or "")
     end
     table_rows[#table_rows + 1] = {
-      label .. " [" .. unit .. "]", cell(lmp), cell(ref, refimpl == "c" and " (C)" or nil),
+      label .. " [" .. unit .. "]", cell(lmp), cell(ref, ref_tags[refimpl]),
       r and string.format("%.2fx", r) or "-", target_text(tg),
       (m == nil and (tg and "n/a" or "-") or (m and "met" or "NOT MET"))
         .. (tg and tg.flat and lmp and lmp.fields[tg.flat] and string.format(" (%.2fx)", lmp.fields[tg.flat]) or ""),

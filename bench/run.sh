@@ -4,7 +4,8 @@
 # Runs each workload in lmp (bench/lua/GROUP.lua NAME under BUILD_DIR/lmp)
 # and in Python 3 multiprocessing with fork (bench/py/bench_GROUP.py NAME),
 # plus the raw C socketpair ping-pong (bench/c/pingpong.c) beside the Pipe
-# one, all in this one run.  GROUP is NAME up to its first underscore.  Each
+# one and the CPU loop in plain interpreter processes beside the CPU
+# speedups, all in this one run.  GROUP is NAME up to its first underscore.  Each
 # run prints one JSON line; bench/report.lua assembles them into the table
 # and bench/results.json.
 #
@@ -172,6 +173,8 @@ for name in $names; do
     else
       skip "$name (python)" "$PYTHON not found"
     fi
+    # the CPU ceiling: the same loop in plain processes of the interpreter
+    [ "$name" = cpu_proc ] && run "$name" plain "$LMP" bench/lua/cpu.lua cpu_plain
     if [ "$name" = pipe_rt ]; then
       if [ -n "$cc_error" ]; then
         echo "$cc_error" > "$tmp/err"

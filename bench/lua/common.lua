@@ -61,10 +61,11 @@ local function json(v)
   return "null"
 end
 
--- Print the workload's line.  extra: more fields (numbers, strings, arrays).
-function M.emit(name, unit, samples, extra)
+-- Print the workload's line.  extra: more fields (numbers, strings, arrays);
+-- impl: "lmp" unless the line is a reference measured by an lmp script.
+function M.emit(name, unit, samples, extra, impl)
   local fields = {
-    '"name":' .. str(name), '"impl":"lmp"',
+    '"name":' .. str(name), '"impl":' .. str(impl or "lmp"),
     '"value":' .. json(M.median(samples)), '"unit":' .. str(unit),
     '"samples":' .. json(samples),
   }

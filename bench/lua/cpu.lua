@@ -1,12 +1,17 @@
 -- bench/lua/cpu.lua -- CPU-bound speedup on all cores.
 -- The same pure-Lua loop (W iterations in all, split into equal parts) runs
 -- once on one worker and once on cpu_count workers; the figure is the
--- speedup t(1 worker) / t(cpu_count workers), median of 3 runs.  The Python
+-- speedup t(1 worker) / t(cpu_count workers), median of 5 runs.  The Python
 -- side runs the same loop with the same W.
 --   cpu_proc  workers are lmp.Process children, results back on a Queue
 --   cpu_pool  workers are lmp.Pool(1) and lmp.Pool(cpu_count), pool:map
 --             over 4 parts per worker
--- Usage: lmp bench/lua/cpu.lua cpu_proc|cpu_pool
+--   cpu_plain the ceiling: the same loop in plain processes of this same
+--             interpreter, started together, sharing nothing and loading no
+--             lmp (printed as cpu_proc, impl "plain").  What it falls short
+--             of cpu_count is the machine's; what lmp falls short of it is
+--             lmp's.
+-- Usage: lmp bench/lua/cpu.lua cpu_proc|cpu_pool|cpu_plain
 local lmp = require "lmp"
 local b = dofile((arg[0]:match("^(.*/)") or "./") .. "common.lua")
 
@@ -39,10 +44,36 @@ local function run_procs(nproc, parts)
   return t
 end
 
+-- seconds to run `parts` parts of W / parts on `nproc` plain processes
+local function run_plain(nproc, parts)
+  local t0 = b.now()
+  local procs = {}
+  for k = 1, nproc do
+    local mine = parts // nproc + (k <= parts % nproc and 1 or 0)
+    local code = string.format("local s = 0 for _ = 1, %d do for i = 1, %d do s = (s + i * i) %% 1000003 end end "
+                               .. "io.write(s)", mine, W // parts)
+    procs[k] = assert(io.popen(string.format("exec '%s' -e '%s'", arg[-1], code)))
+  end
+  for k = 1, nproc do
+    assert(procs[k]:read("a"):match("^%d+$"), "a plain process failed")
+    procs[k]:close()
+  end
+  return b.now() - t0
+end
+
 local samples, t1s, tns
-if name == "cpu_proc" then
+if name == "cpu_plain" then
   t1s, tns = {}, {}
-  samples = b.repeat_(3, function(i)
+  samples = b.repeat_(5, function(i)
+    t1s[i] = run_plain(1, b.ncpu)
+    tns[i] = run_plain(b.ncpu, b.ncpu)
+    return t1s[i] / tns[i]
+  end)
+  b.emit("cpu_proc", "x", samples, {workers = b.ncpu, iterations = W, t1_s = t1s, tn_s = tns}, "plain")
+  return
+elseif name == "cpu_proc" then
+  t1s, tns = {}, {}
+  samples = b.repeat_(5, function(i)
     t1s[i] = run_procs(1, b.ncpu)
     tns[i] = run_procs(b.ncpu, b.ncpu)
     return t1s[i] / tns[i]
@@ -56,7 +87,7 @@ elseif name == "cpu_pool" then
   one:map(work, {1})
   all:map(work, {1, 1})
   t1s, tns = {}, {}
-  samples = b.repeat_(3, function(i)
+  samples = b.repeat_(5, function(i)
     local t0 = b.now()
     one:map(work, parts, 1)
     t1s[i] = b.now() - t0

@@ -1,7 +1,7 @@
 # bench/py/bench_cpu.py -- CPU-bound speedup on all cores (fork).
 # The same pure-Python loop as bench/lua/cpu.lua (W iterations in all, split
 # into equal parts) runs once on one worker and once on cpu_count workers;
-# the figure is the speedup t(1 worker) / t(cpu_count workers), median of 3.
+# the figure is the speedup t(1 worker) / t(cpu_count workers), median of 5.
 #   cpu_proc  workers are Process children, results back on a Queue
 #   cpu_pool  workers are Pool(1) and Pool(cpu_count), pool.map over 4 parts
 #             per worker, chunksize 1
@@ -53,7 +53,7 @@ def main():
             t1s.append(run_procs(ctx, 1, b.ncpu))
             tns.append(run_procs(ctx, b.ncpu, b.ncpu))
             return t1s[-1] / tns[-1]
-        samples = b.repeat(3, run)
+        samples = b.repeat(5, run)
     elif name == "cpu_pool":
         parts = [W // (4 * b.ncpu)] * (4 * b.ncpu)
         with ctx.Pool(1) as one, ctx.Pool(b.ncpu) as every:
@@ -68,7 +68,7 @@ def main():
                 every.map(work, parts, 1)
                 tns.append(b.now() - t0)
                 return t1s[-1] / tns[-1]
-            samples = b.repeat(3, run)
+            samples = b.repeat(5, run)
     else:
         raise SystemExit("unknown workload " + name)
     b.emit(name, "x", samples, workers=b.ncpu, iterations=W, t1_s=t1s,
