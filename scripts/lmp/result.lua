@@ -421,7 +421,8 @@ function M.new(B)
 
   local function submit_apply(pool, fn, args, n, cb, eb)
     local t = B.submit_apply(pool, fn, args, n)
-    local res = setmetatable({_pool = pool, _t = t, _cb = cb, _eb = eb}, AsyncResult)
+    local res = setmetatable({_pool = pool, _t = t, _cb = cb, _eb = eb, _done = false, _ok = false, _value = false},
+                             AsyncResult)
     pool._pending[t] = res
     return res
   end
