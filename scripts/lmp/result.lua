@@ -185,7 +185,7 @@ function M.new(B)
 
   -- Dispatch until the result is done or the timeout passes; true if done.
   local function waitfor(res, timeout, fname)
-    checkself(res, AsyncResult, fname)
+    if getmetatable(res) ~= AsyncResult then checkself(res, AsyncResult, fname) end
     if timeout ~= nil then checktimeout(timeout, 1, fname) end
     local pool = res._pool
     if pool._cbq.t > 0 then run_callbacks(pool) end
@@ -419,8 +419,10 @@ function M.new(B)
   local apply_keys = {callback = true, error_callback = true}
   local no_args = {}
 
+  local backend_submit_apply = B.submit_apply
+
   local function submit_apply(pool, fn, args, n, cb, eb)
-    local t = B.submit_apply(pool, fn, args, n)
+    local t = backend_submit_apply(pool, fn, args, n)
     local res = setmetatable({_pool = pool, _t = t, _cb = cb, _eb = eb, _done = false, _ok = false, _value = false},
                              AsyncResult)
     pool._pending[t] = res
@@ -445,8 +447,9 @@ function M.new(B)
       cb = optcallable(opts, "callback", 3, "apply_async")
       eb = optcallable(opts, "error_callback", 3, "apply_async")
     end
-    args = args or no_args
-    return submit_apply(self, fn, args, length(args), cb, eb)
+    if args == nil then return submit_apply(self, fn, no_args, 0, cb, eb) end
+    local n = rawget(args, "n") -- most lists have no n: the length without a call
+    return submit_apply(self, fn, args, n == nil and #args or length(args), cb, eb)
   end
 
   -- === imap ===
