@@ -93,7 +93,7 @@ static int url_decode(char *s)
   return 0;
 }
 
-/* redis://[[user]:pass@]host[:port][/db] */
+/* redis://[[user]:pass@]host[:port][/db]; host may be an IPv6 address in [] */
 static int parse_url(lmp_broker_t *b, rconn *r)
 {
   const char *p = b->url + strlen("redis://"), *at, *slash;
@@ -126,7 +126,15 @@ static int parse_url(lmp_broker_t *b, rconn *r)
     return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (no host)", b->url);
   memcpy(hostport, p, n);
   hostport[n] = 0;
-  char *colon = strrchr(hostport, ':');
+  char *host = hostport, *colon = strrchr(hostport, ':');
+  if (*host == '[') { /* an IPv6 address: [::1] or [::1]:port */
+    char *close = strchr(host, ']');
+    if (close == NULL || close == host + 1 || (close[1] && close[1] != ':'))
+      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (bad IPv6 address)", b->url);
+    *close = 0;
+    colon = close[1] ? close + 1 : NULL;
+    host++;
+  }
   if (colon) {
     char *end;
     long port = strtol(colon + 1, &end, 10);
@@ -135,7 +143,7 @@ static int parse_url(lmp_broker_t *b, rconn *r)
     r->port = (int)port;
     *colon = 0;
   }
-  snprintf(r->host, sizeof r->host, "%s", hostport);
+  snprintf(r->host, sizeof r->host, "%s", host);
   if (slash && slash[1]) {
     char *end;
     long db = strtol(slash + 1, &end, 10);

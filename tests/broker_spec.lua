@@ -22,7 +22,8 @@ local have_redis = sh("command -v redis-server"):match("%S") ~= nil
 local redis = {}
 
 local function redis_start()
-  local cmd = string.format("redis-server --port %d --bind 127.0.0.1 --save '' --appendonly yes "
+  -- "-::1": the IPv6 loopback too, where the machine has one
+  local cmd = string.format("redis-server --port %d --bind '127.0.0.1 -::1' --save '' --appendonly yes "
                             .. "--appendfsync always --dir %s --daemonize yes --pidfile %s/redis.pid "
                             .. "--logfile %s/redis.log", redis.port, redis.dir, redis.dir, redis.dir)
   sh(cmd)
@@ -513,6 +514,25 @@ describe_redis("lmp.Pool on a Redis broker", function()
     -- the user cannot touch other keys
     assert.matches("NOPERM", sh("redis-cli -p " .. redis.port .. " --user lmpuser --pass pwA "
                                 .. "--no-auth-warning SET other 1"))
+    kill(w)
+    assert.is_true(exited(w))
+  end)
+
+  -- The IPv6 loopback, where the machine has one (/proc/net/if_inet6 lists
+  -- ::1 on lo).
+  local has_ipv6 = readfile("/proc/net/if_inet6"):match(string.rep("0", 31) .. "1 [^\n]* lo\n") ~= nil
+  local it6 = has_ipv6 and it or function(name) pending(name .. ": this machine has no IPv6 loopback") end
+  it6("reaches the broker at an IPv6 address in brackets", function()
+    local q = new_queue()
+    local url6 = "redis://[::1]:" .. redis.port .. "/0"
+    local w = start_worker(q, {url = url6})
+    local p = lmp.Pool{broker = url6, queue = q, secret = SECRET}
+    assert.are.same({1, 4, 9}, p:map(function(x) return x * x end, {1, 2, 3}))
+    assert.are.equal(1, #p:stats().workers)
+    p:terminate()
+    local ok, e = pcall(lmp.Pool, {broker = "redis://[::1:" .. redis.port .. "/0", queue = q, secret = SECRET})
+    assert.is_false(ok)
+    assert.matches("bad IPv6 address", e.message)
     kill(w)
     assert.is_true(exited(w))
   end)

@@ -75,6 +75,13 @@ TEST(open_rejects_bad_urls)
   CHECK_EQ(lmp_broker_open(&cfg, &b, err, sizeof err), -EINVAL);
   cfg.url = "nonsense";
   CHECK_EQ(lmp_broker_open(&cfg, &b, err, sizeof err), -EINVAL);
+  static const char *const bad6[] = {"redis://[::1/0", "redis://[]:6379/0", "redis://[::1]x/0",
+                                     "redis://[::1]:/0", "redis://[::1]:70000/0"};
+  for (size_t i = 0; i < sizeof bad6 / sizeof *bad6; i++) {
+    cfg.url = bad6[i];
+    CHECK_EQ(lmp_broker_open(&cfg, &b, err, sizeof err), -EINVAL);
+    CHECK(strstr(err, "bad broker URL") != NULL);
+  }
 }
 
 TEST(open_unreachable_in_time)
@@ -89,6 +96,10 @@ TEST(open_unreachable_in_time)
   CHECK(b == NULL);
   CHECK(strstr(err, "cannot reach the broker") != NULL);
   CHECK(lmp_now_ns() - t0 < 3000000000LL);
+  /* an IPv6 address parses, and is tried */
+  cfg.url = "redis://[::1]:1/0";
+  CHECK(lmp_broker_open(&cfg, &b, err, sizeof err) < 0);
+  CHECK(strstr(err, "cannot reach the broker") != NULL);
 }
 
 TEST_LIST = {
