@@ -81,6 +81,13 @@ typedef struct lmpb_handle_type {
  * call lmpb_encode / lmpb_decode themselves. */
 void lmpb_register_handle(lua_State *L, const lmpb_handle_type *t);
 
+/* The lmp.ValueLock of get_lock() (lshared.c), for an lmp.Condition built
+ * on one (lsync.c): its RLock, or NULL when idx holds something else (raises
+ * when the handle is closed); and the handle's encode and decode. */
+struct lmp_lock *lmpb_valuelock(lua_State *L, int idx);
+int lmpb_valuelock_encode(lua_State *L, int idx, lmp_buf_t *out);
+void lmpb_valuelock_decode(lua_State *L, const char *data, size_t len);
+
 /* What lmp.register(name, mt) does: tables whose metatable is the one at
  * `mt_idx` cross as their content and arrive with the metatable the receiver
  * registered under `name`.  Registering a name again replaces it. */

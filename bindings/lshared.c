@@ -26,8 +26,8 @@
  * It is a handle of its own, so it can be sent anywhere like the array.  A
  * process that drops its last handle to an array while holding its lock
  * abandons it (the next acquirer gets "owner_died"), and a child that ends
- * holding it hands it on the same way.  It is not an lmp.RLock: lmp.Condition
- * does not take it.
+ * holding it hands it on the same way.  lmp.Condition takes it as its lock
+ * (lmpb_valuelock and friends, for lsync.c).
  *
  * Handles.  A Value, Array or lock crosses as its segment name; a view as
  * the block's segment name, a NUL, and "v:<offset>:<count>:<type>" in text.
@@ -967,6 +967,27 @@ static void decode_array(lua_State *L, const char *data, size_t len, const char 
 static void value_decode(lua_State *L, const char *d, size_t n) { decode_array(L, d, n, VALUE_MT); }
 static void array_decode(lua_State *L, const char *d, size_t n) { decode_array(L, d, n, ARRAY_MT); }
 static void lock_decode(lua_State *L, const char *d, size_t n) { decode_array(L, d, n, LOCK_MT); }
+
+/* For an lmp.Condition built on a ValueLock (lsync.c). */
+lmp_lock_t *lmpb_valuelock(lua_State *L, int idx)
+{
+  larray *u = luaL_testudata(L, idx, LOCK_MT);
+  if (u == NULL)
+    return NULL;
+  if (u->a == NULL)
+    lmpb_closed(L, LOCK_MT);
+  return lmp_array_lockp(u->a);
+}
+
+int lmpb_valuelock_encode(lua_State *L, int idx, lmp_buf_t *out)
+{
+  return array_encode(L, idx, out);
+}
+
+void lmpb_valuelock_decode(lua_State *L, const char *data, size_t len)
+{
+  lock_decode(L, data, len);
+}
 
 static int shmem_encode(lua_State *L, int idx, lmp_buf_t *out)
 {

@@ -158,15 +158,17 @@ static lsync *checksync(lua_State *L, int mask, const char *expected)
 }
 
 /* The lock of a Lock, RLock or Condition whose handle is at `idx`; a
- * Condition keeps its lock's handle alive in its user value. */
+ * Condition keeps its lock's handle alive in its user value: a Lock, an
+ * RLock or the ValueLock of a Value or Array. */
 static lmp_lock_t *lockof(lua_State *L, int idx, lsync *s)
 {
   if (s->kind != COND)
     return &s->sh->u.lock;
   lua_getiuservalue(L, idx, 1);
-  lsync *l = lua_touserdata(L, -1);
+  lmp_lock_t *l = kindof(L, -1) >= 0 ? &((lsync *)lua_touserdata(L, -1))->sh->u.lock
+                                     : lmpb_valuelock(L, -1);
   lua_pop(L, 1);
-  return &l->sh->u.lock;
+  return l;
 }
 
 static void checkcallable(lua_State *L, int arg)
@@ -615,12 +617,14 @@ static int cond_new(lua_State *L)
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
     new_lock(L, RLOCK, "Condition");
-  } else if (!luaL_testudata(L, -1, mtnames[LOCK]) && !luaL_testudata(L, -1, mtnames[RLOCK])) {
-    if (intable)
-      luaL_argerror(L, 1, "field 'lock' must be an lmp.Lock or lmp.RLock");
-    luaL_typeerror(L, 1, "lmp.Lock or lmp.RLock");
-  } else if (((lsync *)lua_touserdata(L, -1))->sh == NULL) {
-    luaL_argerror(L, 1, "the lock is closed");
+  } else if (lmpb_valuelock(L, -1) == NULL) {
+    if (!luaL_testudata(L, -1, mtnames[LOCK]) && !luaL_testudata(L, -1, mtnames[RLOCK])) {
+      if (intable)
+        luaL_argerror(L, 1, "field 'lock' must be an lmp.Lock, lmp.RLock or lmp.ValueLock");
+      luaL_typeerror(L, 1, "lmp.Lock, lmp.RLock or lmp.ValueLock");
+    }
+    if (((lsync *)lua_touserdata(L, -1))->sh == NULL)
+      luaL_argerror(L, 1, "the lock is closed");
   }
   int lock = lua_gettop(L);
   lsync *s = sync_create(L, COND, 0, "Condition");
@@ -697,19 +701,34 @@ static int put_name(lmp_buf_t *out, lmp_seg_t *seg, int sep)
   return 0;
 }
 
-/* The segment name; a Condition adds a NUL and its lock's. */
+#define VALUELOCK_TAG 'V' /* a Condition's lock that is a ValueLock: NUL, 'V', its handle */
+
+/* The segment name; a Condition adds a NUL and its lock's (a ValueLock's
+ * after the tag; segment names begin with '/'). */
 static int sync_encode(lua_State *L, int idx, lmp_buf_t *out)
 {
   lsync *s = lua_touserdata(L, idx), *l = NULL;
   if (s->seg == NULL)
     return -EPIPE;
+  if (put_name(out, s->seg, 0) < 0)
+    return -ENOMEM;
   if (s->kind == COND) {
     lua_getiuservalue(L, idx, 1);
-    l = lua_touserdata(L, -1);
+    int rc = 0;
+    if (luaL_testudata(L, -1, mtnames[LOCK]) || luaL_testudata(L, -1, mtnames[RLOCK])) {
+      l = lua_touserdata(L, -1);
+      rc = put_name(out, l->seg, 1);
+    } else if (lmp_buf_reserve(out, out->len + 2) < 0) {
+      rc = -ENOMEM;
+    } else {
+      out->data[out->len++] = '\0';
+      out->data[out->len++] = VALUELOCK_TAG;
+      rc = lmpb_valuelock_encode(L, lua_gettop(L), out); /* pins its segment */
+    }
     lua_pop(L, 1);
+    if (rc < 0)
+      return rc;
   }
-  if (put_name(out, s->seg, 0) < 0 || (l && put_name(out, l->seg, 1) < 0))
-    return -ENOMEM;
   lmp_seg_pin(s->seg);
   if (l)
     lmp_seg_pin(l->seg);
@@ -749,7 +768,10 @@ static void decode_kind(lua_State *L, const char *data, size_t len, int kind)
   size_t n = kind == COND && sep ? (size_t)(sep - data) : len;
   lsync *s = newsync(L, kind);
   int rc = attach(s, data, n, K(kind));
-  if (kind == COND) {
+  if (kind == COND && sep && (size_t)(sep - data) + 1 < len && sep[1] == VALUELOCK_TAG) {
+    lmpb_valuelock_decode(L, sep + 2, len - n - 2);
+    lua_setiuservalue(L, -2, 1);
+  } else if (kind == COND) {
     /* The lock's handle, of whichever kind its segment says. */
     int lrc = -EBADMSG;
     if (sep) {

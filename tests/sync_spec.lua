@@ -501,6 +501,39 @@ describe("lmp.Condition", function()
     assert.is_true(woke:get(10))
     assert.is_true(live:join(10))
   end)
+
+  it("takes the lock of a shared Value or Array, and crosses with it", function()
+    local v = lmp.Value("int64", 0)
+    local c, q = lmp.Condition(v:get_lock()), lmp.Queue()
+    local p = spawn(function()
+      local c2, v2 = table.unpack(q:get(10)) -- a running process receives them
+      for _ = 1, 5 do
+        c2:with(function()
+          v2.value = v2.value + 1
+          c2:notify_all()
+        end)
+      end
+    end)
+    q:put({c, v})
+    c:acquire()
+    assert.are.equal(5, c:wait_for(function() return v.value == 5 and v.value end, 20))
+    assert.is_true(v:get_lock():locked()) -- the Condition's lock is the value's
+    c:release()
+    assert.is_false(v:get_lock():locked())
+    assert.is_true(p:join(10))
+
+    local a = lmp.Array("int32", 3)
+    local ca = lmp.Condition{lock = a:get_lock()}
+    assert.are.equal("cannot wait on un-acquired lock", raised(ca.wait, ca, 0))
+    ca:with(function()
+      assert.is_true(a:get_lock():locked())
+      assert.is_false(ca:wait(0.01))
+    end)
+    assert.is_false(a:get_lock():locked())
+    assert.is_true(lmp.deserialize(lmp.serialize(ca)):acquire(0))
+    assert.is_true(a:get_lock():locked())
+    ca:release()
+  end)
 end)
 
 describe("lmp.Barrier", function()
@@ -740,11 +773,11 @@ describe("sync handles", function()
       {function() s:release(0) end,
         "bad argument #1 to 'release' (n must be between 1 and 2147483647)"},
       {function() lmp.Condition(5) end,
-        "bad argument #1 to 'Condition' (lmp.Lock or lmp.RLock expected, got number)"},
+        "bad argument #1 to 'Condition' (lmp.Lock, lmp.RLock or lmp.ValueLock expected, got number)"},
       {function() lmp.Condition(s) end,
-        "bad argument #1 to 'Condition' (lmp.Lock or lmp.RLock expected, got lmp.Semaphore)"},
+        "bad argument #1 to 'Condition' (lmp.Lock, lmp.RLock or lmp.ValueLock expected, got lmp.Semaphore)"},
       {function() lmp.Condition{lock = 5} end,
-        "bad argument #1 to 'Condition' (field 'lock' must be an lmp.Lock or lmp.RLock)"},
+        "bad argument #1 to 'Condition' (field 'lock' must be an lmp.Lock, lmp.RLock or lmp.ValueLock)"},
       {function() lmp.Condition{lok = l} end, "bad argument #1 to 'Condition' (unknown option 'lok')"},
       {function() c:notify(-1) end, "bad argument #1 to 'notify' (n must not be negative)"},
       {function() c:wait("x") end, "bad argument #1 to 'wait' (number expected, got string)"},
