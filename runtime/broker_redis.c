@@ -28,6 +28,15 @@
  * configured connect timeout with the server's or the system's words.  After
  * a reconnection, take() first reads this consumer's own pending entries
  * (id 0): deliveries whose replies the broken connection swallowed.
+ *
+ * Consumers.  Each worker process reads as a consumer of its own name, and
+ * the group would keep every name it ever saw.  A worker that stops deletes
+ * its own consumer once it has no pending entries; one that vanished is
+ * deleted by a live worker's reclaim (drop_vanished) once its entries have
+ * been claimed and it has not read for SWEEP_IDLE_MS and four visibility
+ * timeouts.  Deleting a consumer with no pending entries loses nothing: one
+ * that reads again is simply made anew.  Both are best-effort: a user whose
+ * ACL lacks XINFO or XGROUP DELCONSUMER keeps the names.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -46,6 +55,8 @@
 #define MAX_BLOCK_MS 2000 /* well under SOCKET_TIMEOUT_MS */
 #define RECONNECT_MS 60000
 #define PUT_BATCH 512
+#define SWEEP_IDLE_MS 5000   /* a consumer idle this long (and 4 visibility timeouts) ... */
+#define SWEEP_EVERY_MS 10000 /* ... is looked for this often */
 
 typedef struct rconn {
   redisContext *c;
@@ -54,6 +65,7 @@ typedef struct rconn {
   char *user, *pass;
   int fresh; /* a new connection: own pending entries first */
   int trim;  /* results read from the head of ckey, to trim with the next read */
+  int64_t next_sweep; /* wall ms of the next sweep of vanished consumers; -1: not allowed */
   char ckey[300];
   char kstream[300], kdead[310], kworkers[320], kself[200];
   /* puts not yet acknowledged, sent again after a reconnection */
@@ -840,12 +852,78 @@ static int renew_redis(lmp_broker_t *b, const char *const *ids, int n)
   return 0;
 }
 
+/* XGROUP DELCONSUMER name, if it has no pending entries: 1 deleted, 0 not,
+ * -1 refused (an ACL without the command: stop trying). */
+static int drop_consumer(rconn *r, const char *name)
+{
+  redisReply *rep = redisCommand(r->c, "XPENDING %s " GROUP " - + 1 %s", r->kstream, name);
+  int empty = rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 0;
+  int refused = rep && rep->type == REDIS_REPLY_ERROR;
+  if (rep)
+    freeReplyObject(rep);
+  if (!empty)
+    return refused ? -1 : 0;
+  rep = redisCommand(r->c, "XGROUP DELCONSUMER %s " GROUP " %s", r->kstream, name);
+  int rc = rep == NULL ? 0 : rep->type == REDIS_REPLY_ERROR ? -1 : 1;
+  if (rep)
+    freeReplyObject(rep);
+  return rc;
+}
+
+/* A field of an XINFO CONSUMERS entry (name, value, name, value...). */
+static redisReply *info_field(const redisReply *e, const char *key)
+{
+  for (size_t i = 0; i + 1 < e->elements; i += 2)
+    if (e->element[i]->type == REDIS_REPLY_STRING && strcmp(e->element[i]->str, key) == 0)
+      return e->element[i + 1];
+  return NULL;
+}
+
+/* Delete the consumers of vanished workers: no pending entries, idle past
+ * the longer of SWEEP_IDLE_MS and 4 visibility timeouts.  Best-effort, at
+ * most every SWEEP_EVERY_MS; errors only stop it. */
+static void drop_vanished(lmp_broker_t *b, rconn *r, int64_t vt_ms)
+{
+  int64_t now = lmp__wall_ms();
+  if (r->next_sweep < 0 || now < r->next_sweep)
+    return;
+  r->next_sweep = now + SWEEP_EVERY_MS;
+  int64_t idle_min = 4 * vt_ms > SWEEP_IDLE_MS ? 4 * vt_ms : SWEEP_IDLE_MS;
+  redisReply *rep = redisCommand(r->c, "XINFO CONSUMERS %s " GROUP, r->kstream);
+  if (rep == NULL || rep->type != REDIS_REPLY_ARRAY) {
+    if (rep && rep->type == REDIS_REPLY_ERROR)
+      r->next_sweep = -1;
+    if (rep)
+      freeReplyObject(rep);
+    return;
+  }
+  for (size_t i = 0; i < rep->elements && r->c && !r->c->err; i++) {
+    redisReply *e = rep->element[i];
+    if (e->type != REDIS_REPLY_ARRAY)
+      continue;
+    redisReply *name = info_field(e, "name"), *pending = info_field(e, "pending"),
+               *idle = info_field(e, "idle");
+    if (name == NULL || name->type != REDIS_REPLY_STRING || strcmp(name->str, b->consumer) == 0 ||
+        pending == NULL || pending->type != REDIS_REPLY_INTEGER || pending->integer != 0 ||
+        idle == NULL || idle->type != REDIS_REPLY_INTEGER || idle->integer < idle_min)
+      continue;
+    if (drop_consumer(r, name->str) < 0) {
+      r->next_sweep = -1;
+      break;
+    }
+  }
+  freeReplyObject(rep);
+}
+
 static int reclaim_redis(lmp_broker_t *b, int64_t idle_ms, int max, lmp_broker_batch_t *out)
 {
   rconn *r = b->conn;
   int rc = ensure(b, r, RECONNECT_MS);
   if (rc < 0)
     return rc;
+  drop_vanished(b, r, idle_ms);
+  if (r->c == NULL || r->c->err)
+    return io_error(b, r, "XINFO");
   redisReply *rep = redisCommand(r->c, "XPENDING %s " GROUP " IDLE %lld - + %d", r->kstream,
                                  (long long)idle_ms, max > 0 ? max : 1);
   if (rep == NULL)
@@ -1038,6 +1116,7 @@ static int unregister_redis(lmp_broker_t *b)
     return rc;
   freeReplyObject(reps[0]);
   freeReplyObject(reps[1]);
+  drop_consumer(r, b->consumer); /* kept while it has entries: a reclaim takes those */
   return 0;
 }
 
