@@ -6,12 +6,13 @@
  * per worker.  Workers pull, so a free worker takes the next task and the
  * load balances itself.  The parent keeps a local backlog (payloads in one
  * arena, no allocation per task) and hands tasks to the task ring only while
- * fewer than `high` wait there.  `high` is high_water, or adapts to keep
- * about QUEUED_NS of work per worker in the ring (at least QUEUED_MIN tasks
- * each, so workers stay busy while the parent is away from the pool),
- * judged by how long tasks took (workers report it with each reply).  A
- * task can be cancelled in the backlog, or in the ring until a worker takes
- * it: the two race on the record's claim word, and one wins.
+ * fewer than `high` wait there.  `high` is high_water, or as many as the
+ * claim words allow (CLAIMS) within about RING_BUDGET bytes of payloads
+ * (judged by their average size, and at least QUEUED_MIN per worker): what
+ * is in the ring runs while the parent is away from the pool, so a program
+ * that submits and then computes keeps its workers busy.  A task can be
+ * cancelled in the backlog, or in the ring until a worker takes it: the two
+ * race on the record's claim word, and one wins.
  *
  * Nothing is ever lost.  A worker takes a task with lmp_queue_get_hook and
  * writes "busy with record seq" into its slot under the ring's lock, just
@@ -89,10 +90,9 @@
 #define SEQ_MASK ((UINT64_C(1) << 30) - 1) /* the ring numbers records modulo 2^30 */
 #define MAX_PARTS 7
 #define START_DEATHS_MAX 3 /* workers killed while starting, in a row, that break the pool */
-#define QUEUED_NS 500000   /* work kept queued per worker when high_water is 0 */
-#define QUEUED_MIN 16      /* tasks per worker in the ring, at least ... */
-#define QUEUED_MAX 256     /* ... and at most */
-#define CLAIMS 4096        /* records in the task ring at most (see claim) */
+#define RING_BUDGET (16u << 20) /* payload bytes the ring holds, about, when high_water is 0 */
+#define QUEUED_MIN 16           /* tasks per worker the ring may hold, at least */
+#define CLAIMS 4096             /* records in the task ring at most (see claim) */
 
 #define RATE_SAMPLES 16           /* the rate is taken over samples of the event count ... */
 #define RATE_EVERY_NS 500000000LL /* ... this far apart ... */
@@ -152,7 +152,6 @@ struct rhdr {
   uint32_t kind;
   uint32_t status;
   int32_t pid;
-  int64_t took_ns; /* from taking the task to replying */
 };
 
 enum { TAKEN = 1, CANCELLED = 2 };
@@ -226,7 +225,7 @@ struct lmp_pool {
   lmp_pool_event_t *evq;
   size_t evq_head, evq_n, evq_cap;
   int64_t last_check;
-  int64_t avg_ns;   /* a moving average of the time tasks take */
+  int64_t avg_len;  /* a moving average of the payloads' sizes */
   int64_t spin_ns;  /* how long to spin for a reply (adapt_spin) */
   int start_deaths; /* workers killed while starting since the last reply */
   int need_check;   /* a pidfd or the timer fired while asleep */
@@ -248,7 +247,6 @@ struct lmp_pool_worker {
   struct slot *slot;
   lmp_buf_t buf;
   uint32_t seq;    /* of the task taken last */
-  int64_t t0;      /* when it was taken */
   int64_t spin_ns; /* how long to spin for a task */
   pid_t pid;
   uint64_t count;
@@ -459,20 +457,19 @@ static int ring_has_room(lmp_pool_t *p)
   return lmp_queue_qsize(p->tasks) < p->high;
 }
 
-/* Without a fixed high_water, keep about QUEUED_NS of work per worker in
- * the ring: tiny tasks then flow in bursts that keep the workers busy, long
- * ones stay in the backlog where they can still be cancelled. */
-static void learn(lmp_pool_t *p, int64_t took)
+/* Without a fixed high_water, let the ring hold CLAIMS records or about
+ * RING_BUDGET bytes of payloads of the average size so far, whichever is
+ * less, but QUEUED_MIN per worker at least: big payloads wait in the
+ * backlog rather than in shared memory. */
+static void learn(lmp_pool_t *p, size_t len)
 {
   if (p->cfg.high_water)
     return;
-  if (took < 1000)
-    took = 1000;
-  p->avg_ns = p->avg_ns ? p->avg_ns + (took - p->avg_ns) / 8 : took;
-  int64_t per = QUEUED_NS / p->avg_ns;
-  per = per < QUEUED_MIN ? QUEUED_MIN : per > QUEUED_MAX ? QUEUED_MAX : per;
-  per *= p->cfg.processes;
-  p->high = per > CLAIMS ? CLAIMS : (uint32_t)per;
+  int64_t l = len < 64 ? 64 : len > RING_BUDGET ? RING_BUDGET : (int64_t)len;
+  p->avg_len = p->avg_len ? p->avg_len + (l - p->avg_len) / 8 : l;
+  int64_t n = RING_BUDGET / p->avg_len, least = QUEUED_MIN * (int64_t)p->cfg.processes;
+  n = n < least ? least : n;
+  p->high = n > CLAIMS ? CLAIMS : (uint32_t)n;
 }
 
 /* Drop the oldest entry, and the arena bytes nothing refers to any more. */
@@ -996,7 +993,6 @@ static int take_reply(lmp_pool_t *p, lmp_pool_event_t *ev)
   ev->id = sent_at(p, seq)->id;
   ev->status = hd.status;
   settle(p, seq);
-  learn(p, hd.took_ns);
   p->stats.done++;
   p->stats.errors += LMP_POOL_STATUS_FAILED(hd.status);
   publish_counts(p);
@@ -1164,6 +1160,10 @@ int lmp_pool_submit(lmp_pool_t *p, uint32_t tag, const struct iovec *iov, int io
     return -EINVAL;
   if (p->closing || p->terminated || p->broken)
     return -EPIPE;
+  size_t len = 0;
+  for (int i = 0; i < iovcnt; i++)
+    len += iov[i].iov_len;
+  learn(p, len);
   if (p->bl_n)
     feed(p);
   uint64_t next = p->next_id + 1;
@@ -1172,9 +1172,6 @@ int lmp_pool_submit(lmp_pool_t *p, uint32_t tag, const struct iovec *iov, int io
     if (rc < 0)
       return rc;
   } else {
-    size_t len = 0;
-    for (int i = 0; i < iovcnt; i++)
-      len += iov[i].iov_len;
     int64_t off;
     if (backlog_reserve(p) < 0 || (off = arena_add(p, iov, iovcnt, len)) < 0)
       return -ENOMEM;
@@ -1492,7 +1489,7 @@ int lmp_pool_create(const lmp_pool_config_t *cfg, lmp_pool_t **out)
   if (!p)
     return -ENOMEM;
   p->cfg = *cfg;
-  uint64_t high = cfg->high_water ? cfg->high_water : QUEUED_MIN * (uint64_t)cfg->processes;
+  uint64_t high = cfg->high_water ? cfg->high_water : CLAIMS;
   p->high = high > CLAIMS ? CLAIMS : (uint32_t)high;
   forget_inherited(NULL);
   p->owner = getpid();
@@ -1600,9 +1597,8 @@ static void taken(void *arg, uint32_t seq)
   if (w->skip)
     return; /* cancelled while in the ring: the parent expects nothing of it */
   w->seq = seq;
-  w->t0 = lmp_now_ns();
   atomic_store_explicit(&w->slot->item, 0, memory_order_relaxed);
-  atomic_store_explicit(&w->slot->start_ns, w->t0, memory_order_relaxed);
+  atomic_store_explicit(&w->slot->start_ns, lmp_now_ns(), memory_order_relaxed);
   STORE(w->slot->word, slot_word(LMP_POOL_BUSY, seq));
 }
 
@@ -1708,7 +1704,7 @@ static int push_reply(lmp_pool_worker_t *w, uint32_t kind, uint32_t status, cons
 {
   if (n < 0 || n > MAX_PARTS)
     return -EINVAL;
-  struct rhdr hd = {w->seq, kind, status, (int32_t)w->pid, lmp_now_ns() - w->t0};
+  struct rhdr hd = {w->seq, kind, status, (int32_t)w->pid};
   struct iovec v[MAX_PARTS + 1];
   v[0].iov_base = &hd;
   v[0].iov_len = sizeof hd;

@@ -631,17 +631,42 @@ describe("lmp.Pool lifecycle", function()
     assert.are.same({1, 2, 4, 5, 6}, seen) -- the cancelled task never ran
   end)
 
+  it("cancels a map_async whose chunks wait in the ring, not once one has started", function()
+    local pool <close> = lmp.Pool(1)
+    local gate = lmp.Event()
+    local long = pool:apply_async(function(e) e:wait(30) return "long" end, {gate})
+    local ran = lmp.Queue()
+    local m = pool:map_async(function(x) ran:put(x) return x end, range(5), {chunksize = 1})
+    assert.is_true(eventually(function() return long:running() end))
+    assert.is_true(m:cancel())
+    assert.is_true(m:cancelled())
+    assert.are.equal("cancelled", select(2, pcall(m.get, m)).kind)
+    local m2 = pool:map_async(function(x, e) return x end, range(3), {chunksize = 1})
+    gate:set()
+    assert.are.equal("long", long:get())
+    assert.are.same({1, 2, 3}, m2:get())
+    assert.is_false(m2:cancel()) -- done
+    assert.is_nil(ran:get(0.2)) -- no chunk of the cancelled map ran
+    local gate2 = lmp.Event()
+    local m3 = pool:map_async(function(x) gate2:wait(30) return x end, range(2), {chunksize = 1})
+    assert.is_true(eventually(function() return m3:running() end))
+    assert.is_false(m3:cancel()) -- a chunk has started
+    gate2:set()
+    assert.are.same({1, 2}, m3:get())
+  end)
+
   it("workers keep busy while the parent computes without calling lmp", function()
     local pool <close> = lmp.Pool(2)
     local count = lmp.Value("int64", 0)
     local rs = {}
-    for i = 1, 20 do
-      rs[i] = pool:apply_async(function(c) require("lmp").sleep(0.02) c:add(1) end, {count})
+    for i = 1, 300 do
+      rs[i] = pool:apply_async(function(c) require("lmp").sleep(0.002) c:add(1) end, {count})
     end
+    -- no lmp call on the pool: only what is in the ring can run meanwhile
     local t0 = os.clock()
-    while os.clock() - t0 < 1.5 do end -- no lmp call: nothing is handed out meanwhile
-    assert.are.equal(20, count.value) -- all were in the ring already
-    for i = 1, 20 do rs[i]:get() end
+    while count.value < 300 and os.clock() - t0 < 20 do end
+    assert.are.equal(300, count.value) -- all were in the ring already
+    for i = 1, 300 do rs[i]:get() end
   end)
 
   it("fileno is a descriptor, poll delivers what arrived", function()

@@ -12,9 +12,9 @@
  *
  * Tasks go to a shared ring, up to high_water of them (at most 4096); the
  * rest wait in a local backlog and go out as the ring empties, during calls
- * on the pool.  By default the ring holds about half a millisecond of work
- * per worker (from 16 to 256 tasks each, by the time tasks have been
- * taking).  A task no worker has taken can be cancelled, in either place.
+ * on the pool.  By default the ring holds 4096 tasks, or about 16 MiB of
+ * payloads by their average size (but at least 16 tasks per worker).  A task
+ * no worker has taken can be cancelled, in either place.
  * Workers pull from the ring; each publishes, in a slot of shared memory,
  * which task it runs and since when (lmp_pool_slot reads them).
  *
@@ -57,7 +57,7 @@ typedef struct lmp_pool_config {
   int processes;             /* workers, >= 1 */
   uint32_t maxtasksperchild; /* a worker retires after this many tasks; 0: never */
   int64_t task_timeout_ns;   /* a task (or item, see progress) running longer is killed; 0: none */
-  uint32_t high_water;       /* tasks kept in the shared ring; 0: adapt to how long tasks take */
+  uint32_t high_water;       /* tasks kept in the shared ring; 0: the default above */
   uint64_t max_memory;       /* a worker whose RSS is past this after a task retires; 0: never */
   lmp_pool_body_fn body;     /* run by forked workers */
   lmp_pool_start_fn start;   /* NULL: fork the workers (they run body) */

@@ -256,10 +256,12 @@ function M.new(B)
       if (st ~= "queued" and st ~= "sent") or not cancel_unit(pool, one) then return false end
       pool._pending[one] = nil
     else
-      -- Several (a map's chunks): all or none, so only while every one is
-      -- still in the backlog, where nothing can take it meanwhile.
+      -- Several (a map's chunks): only while no worker has taken any.  A
+      -- chunk a worker takes in the same instant still runs; its result is
+      -- dropped with the others.
       for t in pairs(ts) do
-        if unit_state(pool, t) ~= "queued" then return false end
+        local st = unit_state(pool, t)
+        if st ~= "queued" and st ~= "sent" then return false end
       end
       for t in pairs(ts) do
         cancel_unit(pool, t)
