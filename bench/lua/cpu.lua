@@ -61,23 +61,24 @@ local function run_plain(nproc, parts)
   return b.now() - t0
 end
 
-local samples, t1s, tns
-if name == "cpu_plain" then
-  t1s, tns = {}, {}
-  samples = b.repeat_(5, function(i)
-    t1s[i] = run_plain(1, b.ncpu)
-    tns[i] = run_plain(b.ncpu, b.ncpu)
+-- t(1) / t(cpu_count) with `run`, 5 times: the speedups and the times
+local function speedups(run)
+  local t1s, tns = {}, {}
+  local samples = b.repeat_(5, function(i)
+    t1s[i] = run(1, b.ncpu)
+    tns[i] = run(b.ncpu, b.ncpu)
     return t1s[i] / tns[i]
   end)
+  return samples, t1s, tns
+end
+
+local samples, t1s, tns
+if name == "cpu_plain" then
+  samples, t1s, tns = speedups(run_plain)
   b.emit("cpu_proc", "x", samples, {workers = b.ncpu, iterations = W, t1_s = t1s, tn_s = tns}, "plain")
   return
 elseif name == "cpu_proc" then
-  t1s, tns = {}, {}
-  samples = b.repeat_(5, function(i)
-    t1s[i] = run_procs(1, b.ncpu)
-    tns[i] = run_procs(b.ncpu, b.ncpu)
-    return t1s[i] / tns[i]
-  end)
+  samples, t1s, tns = speedups(run_procs)
 elseif name == "cpu_pool" then
   local parts = {}
   for k = 1, 4 * b.ncpu do parts[k] = W // (4 * b.ncpu) end
