@@ -15,6 +15,7 @@
  * everything else, untouched, to the local Pool constructor it wraps.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -29,6 +30,7 @@ typedef struct lconn {
   lmp_broker_t *b;
   pid_t owner;
   lmp_broker_batch_t batch;
+  int wakefd; /* a copy of the notifier's descriptor, kept until __gc (see conn_notify_fd) */
 } lconn;
 
 static lconn *checkconn(lua_State *L)
@@ -62,6 +64,7 @@ static int l_open(lua_State *L)
   cfg.result_ttl = (int64_t)(luaL_optnumber(L, 4, 3600) * 1000);
   lconn *c = lua_newuserdatauv(L, sizeof *c, 0);
   memset(c, 0, sizeof *c);
+  c->wakefd = -1;
   luaL_setmetatable(L, CONN_MT);
   int rc = lmp_broker_open(&cfg, &c->b, err, sizeof err);
   if (rc < 0) {
@@ -84,6 +87,16 @@ static int conn_close(lua_State *L)
   return 0;
 }
 
+static int conn_gc(lua_State *L)
+{
+  lconn *c = luaL_checkudata(L, 1, CONN_MT);
+  conn_close(L);
+  if (c->wakefd >= 0)
+    close(c->wakefd);
+  c->wakefd = -1;
+  return 0;
+}
+
 static int conn_consumer(lua_State *L)
 {
   lua_pushstring(L, lmp_broker_consumer(checkconn(L)->b));
@@ -93,6 +106,35 @@ static int conn_consumer(lua_State *L)
 static int conn_fileno(lua_State *L)
 {
   lua_pushinteger(L, lmp_broker_fileno(checkconn(L)->b));
+  return 1;
+}
+
+/* conn:notify_fd(caller) -> a descriptor for event loops (see
+ * lmp_broker_notify_fd), or nil and why.  It is a copy that stays open after
+ * close() (an event loop may still be watching it) until the connection is
+ * collected; closed, the copy is an empty epoll set: never readable. */
+static int conn_notify_fd(lua_State *L)
+{
+  lconn *c = checkconn(L);
+  if (c->wakefd < 0) {
+    int fd = lmp_broker_notify_fd(c->b, luaL_checkstring(L, 2));
+    if (fd < 0)
+      return fail(L, c, fd);
+    if ((c->wakefd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0)
+      return fail(L, c, -errno);
+  }
+  lua_pushinteger(L, c->wakefd);
+  return 1;
+}
+
+/* conn:notify_reset() -> true, or nil and why */
+static int conn_notify_reset(lua_State *L)
+{
+  lconn *c = checkconn(L);
+  int rc = lmp_broker_notify_reset(c->b);
+  if (rc < 0)
+    return fail(L, c, rc);
+  lua_pushboolean(L, 1);
   return 1;
 }
 
@@ -481,6 +523,8 @@ static const luaL_Reg conn_methods[] = {
     {"close", conn_close},
     {"consumer", conn_consumer},
     {"fileno", conn_fileno},
+    {"notify_fd", conn_notify_fd},
+    {"notify_reset", conn_notify_reset},
     {"put", conn_put},
     {"flush", conn_flush},
     {"results", conn_results},
@@ -511,7 +555,7 @@ static int open_core(lua_State *L)
   if (luaL_newmetatable(L, CONN_MT)) {
     luaL_newlib(L, conn_methods);
     lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, conn_close);
+    lua_pushcfunction(L, conn_gc);
     lua_setfield(L, -2, "__gc");
   }
   lua_pop(L, 1);

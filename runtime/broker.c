@@ -338,6 +338,16 @@ int lmp_broker_unregister(lmp_broker_t *b)
   GUARDED(b->e->unregister(b));
 }
 
+int lmp_broker_notify_fd(lmp_broker_t *b, const char *caller)
+{
+  GUARDED(b->e->notify_fd(b, caller));
+}
+
+int lmp_broker_notify_reset(lmp_broker_t *b)
+{
+  GUARDED(b->e->notify_reset(b));
+}
+
 /* === signing === */
 
 static void put_be64(unsigned char *p, uint64_t v)

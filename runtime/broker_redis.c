@@ -8,6 +8,8 @@
  *   lmp:r:<task id>       a task's result (SET NX: the first write wins)
  *   lmp:c:<caller>        the results a caller has yet to collect (a list;
  *                         see results_redis for how it is read)
+ *   lmp:c:<caller>:w      a wake-up token, pushed with every result (at
+ *                         most one kept): see the notifier
  *   lmp:w:<consumer>      a live worker's heartbeat (a hash that expires)
  *   lmp:workers:<queue>   who has sent heartbeats, scored by expiry time
  *
@@ -39,11 +41,15 @@
  * ACL lacks XINFO or XGROUP DELCONSUMER keeps the names.
  */
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/time.h>
+#include <sys/timerfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <hiredis/hiredis.h>
 
@@ -57,6 +63,7 @@
 #define PUT_BATCH 512
 #define SWEEP_IDLE_MS 5000   /* a consumer idle this long (and 4 visibility timeouts) ... */
 #define SWEEP_EVERY_MS 10000 /* ... is looked for this often */
+#define WAKE_RETRY_MS 50     /* the notifier's tick while it has no armed BLPOP */
 
 typedef struct rconn {
   redisContext *c;
@@ -72,7 +79,17 @@ typedef struct rconn {
   char **puts;
   size_t *putlen;
   int nput, capput;
+  struct notifier *wake; /* a producer's, once an event loop asked for it */
 } rconn;
+
+/* A producer's descriptor for event loops (see notify_fd_redis). */
+typedef struct notifier {
+  int epfd, tfd;
+  struct rconn w; /* its own connection, parked in BLPOP on the token list */
+  int armed, refused;
+  int64_t next_try; /* no connection attempt before this (monotonic ns) */
+  char key[310];
+} notifier;
 
 /* === connection === */
 
@@ -321,11 +338,14 @@ err:
   return rc;
 }
 
+static void notifier_free(notifier *n);
+
 static void close_redis(lmp_broker_t *b)
 {
   rconn *r = b->conn;
   if (r == NULL)
     return;
+  notifier_free(r->wake);
   drop(r);
   for (int i = 0; i < r->nput; i++)
     free(r->puts[i]);
@@ -638,7 +658,10 @@ static int take_redis(lmp_broker_t *b, int max, int64_t block_ms, lmp_broker_bat
 }
 
 /* Append SET NX + RPUSH + PEXPIRE of one result; the number of commands. */
-static int append_result(lmp_broker_t *b, rconn *r, const lmp_broker_done_t *d)
+/* Store a result and push it to its caller's list; with `token`, the
+ * caller's wake-up token too (the last result of a batch for that caller
+ * is enough).  The number of commands appended. */
+static int append_result(lmp_broker_t *b, rconn *r, const lmp_broker_done_t *d, int token)
 {
   char rkey[320], ckey[300], ttl[24];
   snprintf(rkey, sizeof rkey, "lmp:r:%s", d->task_id);
@@ -653,7 +676,13 @@ static int append_result(lmp_broker_t *b, rconn *r, const lmp_broker_done_t *d)
   const char *exp[3] = {"PEXPIRE", ckey, ttl};
   size_t expl[3] = {7, strlen(ckey), strlen(ttl)};
   redisAppendCommandArgv(r->c, 3, exp, expl);
-  return 3;
+  if (!token)
+    return 3;
+  /* one token at most, gone with the results */
+  redisAppendCommand(r->c, "RPUSH %s:w 1", ckey);
+  redisAppendCommand(r->c, "LTRIM %s:w -1 -1", ckey);
+  redisAppendCommand(r->c, "PEXPIRE %s:w %s", ckey, ttl);
+  return 6;
 }
 
 /* The words of one command, built up for redisCommandArgv. */
@@ -767,8 +796,9 @@ static int build_complete(lmp_broker_t *b, rconn *r, const void *arg)
   if (ids == NULL)
     return -ENOMEM;
   for (int i = 0; i < a->n; i++) {
-    cmds += append_result(b, r, &a->done[i]);
-    ids[i] = a->done[i].msg_id;
+    const lmp_broker_done_t *d = a->done + i;
+    cmds += append_result(b, r, d, i + 1 == a->n || strcmp(d->caller, d[1].caller) != 0);
+    ids[i] = d->msg_id;
   }
   int rc = append_ackdel(r, ids, a->n);
   free(ids);
@@ -807,7 +837,7 @@ static int build_move(lmp_broker_t *b, rconn *r, const void *arg)
   free(h);
   cmds++;
   if (a->result)
-    cmds += append_result(b, r, a->result);
+    cmds += append_result(b, r, a->result, 1);
   const char *ids[1] = {a->m->id};
   return cmds + append_ackdel(r, ids, 1);
 }
@@ -1120,6 +1150,133 @@ static int unregister_redis(lmp_broker_t *b)
   return 0;
 }
 
+/* === the notifier ===
+ *
+ * An event loop wants a descriptor that turns readable when results come.
+ * The results connection cannot be it (it is busy with whatever the pool
+ * does next), and a second connection parked on the results list could not
+ * use BRPOPLPUSH there without racing the reader's LRANGE and LTRIM.  So
+ * every result also pushes a token to lmp:c:<caller>:w (kept to one), and
+ * the notifier's own connection is parked in BLPOP on that list: its reply
+ * is the wake-up.  The descriptor handed out is an epoll set holding that
+ * socket and a timerfd, so it stays the same across reconnections; while no
+ * BLPOP is parked (the server is away, or the ACL refuses BLPOP) the timer
+ * ticks every WAKE_RETRY_MS instead, as a plain poll would.  The pool calls
+ * notify_reset_redis before reading results: a token taken after that read
+ * only makes one wake-up too many.
+ */
+
+static void notifier_free(notifier *n)
+{
+  if (n == NULL)
+    return;
+  drop(&n->w);
+  if (n->epfd >= 0)
+    close(n->epfd);
+  if (n->tfd >= 0)
+    close(n->tfd);
+  free(n);
+}
+
+static void notifier_tick(notifier *n, int on)
+{
+  struct itimerspec its = {{0, 0}, {0, 0}};
+  if (on)
+    its.it_value.tv_nsec = its.it_interval.tv_nsec = WAKE_RETRY_MS * 1000000L;
+  timerfd_settime(n->tfd, 0, &its, NULL);
+}
+
+/* Park a BLPOP on the token list, connecting first if need be; on failure
+ * the timer ticks instead. */
+static void notifier_arm(lmp_broker_t *b, notifier *n)
+{
+  char err[sizeof b->err];
+  memcpy(err, b->err, sizeof err); /* the notifier's troubles are not the pool's */
+  n->armed = 0;
+  if (!n->refused && (n->w.c == NULL || n->w.c->err) && lmp_now_ns() >= n->next_try) {
+    drop(&n->w);
+    n->next_try = lmp_now_ns() + 1000 * (int64_t)1000000; /* once a second while it fails */
+    if (connect_once(b, &n->w, 200) == 0) {
+      struct epoll_event ev = {.events = EPOLLIN};
+      if (epoll_ctl(n->epfd, EPOLL_CTL_ADD, n->w.c->fd, &ev) < 0)
+        drop(&n->w);
+    }
+  }
+  if (!n->refused && n->w.c && !n->w.c->err) {
+    int done = 0;
+    redisAppendCommand(n->w.c, "BLPOP %s 0", n->key);
+    while (!done && redisBufferWrite(n->w.c, &done) == REDIS_OK)
+      ;
+    if (done)
+      n->armed = 1;
+    else
+      drop(&n->w);
+  }
+  notifier_tick(n, !n->armed);
+  memcpy(b->err, err, sizeof err);
+}
+
+static int notify_fd_redis(lmp_broker_t *b, const char *caller)
+{
+  rconn *r = b->conn;
+  if (r->wake)
+    return r->wake->epfd;
+  notifier *n = calloc(1, sizeof *n);
+  if (n == NULL)
+    return -ENOMEM;
+  n->epfd = epoll_create1(EPOLL_CLOEXEC);
+  n->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+  struct epoll_event ev = {.events = EPOLLIN};
+  if (n->epfd < 0 || n->tfd < 0 || epoll_ctl(n->epfd, EPOLL_CTL_ADD, n->tfd, &ev) < 0) {
+    int rc = -errno;
+    n->w.c = NULL;
+    notifier_free(n);
+    return rc;
+  }
+  /* the same server, database and credentials (owned by r) */
+  snprintf(n->w.host, sizeof n->w.host, "%s", r->host);
+  n->w.port = r->port;
+  n->w.db = r->db;
+  n->w.user = r->user;
+  n->w.pass = r->pass;
+  snprintf(n->w.kstream, sizeof n->w.kstream, "%s", r->kstream);
+  snprintf(n->key, sizeof n->key, "lmp:c:%s:w", caller);
+  r->wake = n;
+  notifier_arm(b, n);
+  return n->epfd;
+}
+
+static int notify_reset_redis(lmp_broker_t *b)
+{
+  rconn *r = b->conn;
+  notifier *n = r->wake;
+  if (n == NULL)
+    return 0;
+  uint64_t ticks;
+  if (read(n->tfd, &ticks, sizeof ticks) < 0 && errno != EAGAIN)
+    return -errno;
+  if (n->armed) {
+    struct pollfd pfd = {n->w.c->fd, POLLIN, 0};
+    if (poll(&pfd, 1, 0) <= 0)
+      return 0; /* still parked: nothing came */
+    void *rep = NULL;
+    if (redisBufferRead(n->w.c) != REDIS_OK || redisGetReplyFromReader(n->w.c, &rep) != REDIS_OK) {
+      drop(&n->w); /* closing the socket takes it out of the epoll set */
+    } else if (rep == NULL) {
+      return 0; /* part of the reply */
+    } else {
+      redisReply *x = rep;
+      if (x->type == REDIS_REPLY_ERROR) {
+        n->refused = strncmp(x->str, "NOPERM", 6) == 0; /* no BLPOP for this user: tick */
+        drop(&n->w);
+      }
+      freeReplyObject(rep);
+    }
+  }
+  notifier_arm(b, n);
+  return 0;
+}
+
 const lmp__broker_engine_t lmp__broker_redis = {
     .scheme = "redis",
     .open = open_redis,
@@ -1140,4 +1297,6 @@ const lmp__broker_engine_t lmp__broker_redis = {
     .heartbeat = heartbeat_redis,
     .workers = workers_redis,
     .unregister = unregister_redis,
+    .notify_fd = notify_fd_redis,
+    .notify_reset = notify_reset_redis,
 };

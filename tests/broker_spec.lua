@@ -234,6 +234,30 @@ describe_redis("lmp.Pool on a Redis broker", function()
     ex:shutdown()
   end)
 
+  it("wakes event loops through its descriptor, quiet when nothing comes", function()
+    local function readable(fd, secs) return lmp._poll_fds({fd}, secs) > 0 end
+    local q = new_queue()
+    local w = start_worker(q)
+    local p = pool(q)
+    local fd = p:fileno()
+    assert.is_nil(p:_tick()) -- event loops watch the descriptor: no tick
+    assert.is_nil(p:timeout())
+    assert.are.equal(fd, p:pollfd())
+    assert.are.equal(0, p:poll())
+    assert.is_false(readable(fd, 0.3))
+    local r = p:apply_async(function(x) return x * 2 end, {21})
+    p:poll() -- sends it
+    assert.is_true(readable(fd, 10))
+    assert.are.equal(1, p:poll())
+    assert.are.equal(42, r:get(0))
+    assert.is_false(readable(fd, 0.3))
+    p:terminate()
+    assert.are.equal(-1, p:fileno())
+    assert.is_false(readable(fd, 0.1)) -- still open for a loop that watches it, and quiet
+    kill(w)
+    assert.is_true(exited(w))
+  end)
+
   it("checks its options", function()
     local ok, e = pcall(lmp.Pool, {broker = url(), secret = "x", proccesses = 2})
     assert.is_false(ok)
@@ -531,6 +555,12 @@ describe_redis("lmp.Pool on a Redis broker", function()
     local w = start_worker(q, {url = good})
     local p = lmp.Pool{broker = good, queue = q, secret = SECRET}
     assert.are.same({2, 4, 6}, p:map(function(x) return 2 * x end, {1, 2, 3}))
+    -- no BLPOP for this user: the descriptor ticks instead of announcing
+    local fd = p:fileno()
+    for _ = 1, 3 do
+      assert.is_true(lmp._poll_fds({fd}, 5) > 0)
+      p:poll()
+    end
     local st = p:stats()
     assert.are.equal(1, #st.workers)
     p:terminate()

@@ -82,6 +82,12 @@ const char *lmp_broker_errmsg(const lmp_broker_t *b);
 int lmp_broker_fileno(const lmp_broker_t *b);
 /* This client's consumer name. */
 const char *lmp_broker_consumer(const lmp_broker_t *b);
+/* For event loops: a descriptor that turns readable when results for
+ * `caller` may have come, the same for the life of b (-errno if none can be
+ * made).  Call lmp_broker_notify_reset, then read the results, each time it
+ * turns readable. */
+int lmp_broker_notify_fd(lmp_broker_t *b, const char *caller);
+int lmp_broker_notify_reset(lmp_broker_t *b);
 
 /* === producer === */
 

@@ -23,7 +23,7 @@ local now = lmp.time
 local tointeger, mtype = math.tointeger, math.type
 local RESULT_BATCH = 512
 local MAX_AGE = 86400 -- seconds a signed result may have travelled
-local TICK = 0.05 -- seconds between looks of an event loop (lmp.luv, lmp.cqueues)
+local TICK = 0.05 -- seconds between looks of an event loop without a notifier
 
 local check = require "lmp.check"
 local result = require "lmp.result"
@@ -127,6 +127,14 @@ local function default_chunksize(pool, n)
 end
 
 -- AsyncResult, apply, map and imap: lmp.result's, over the broker.
+-- The notifier's descriptor, made on first use; nil if it cannot be (or
+-- the pool is terminated).
+local function notifier(pool)
+  if pool._state == "terminate" then return nil end
+  if pool._wakefd == nil then pool._wakefd = pool._conn:notify_fd(pool._caller) or false end
+  return pool._wakefd or nil
+end
+
 result.new{
   lmp = lmp, Pool = Pool, check_running = check_running, dispatch = dispatch,
   submit_apply = function(pool, fn, args, n) return submit(pool, TAG_APPLY, encode_fn(fn), args, n) end,
@@ -139,11 +147,10 @@ result.new{
   -- A task sent cannot be taken back: its result is still awaited (so
   -- stats, poll and join count it), and dropped when it comes.
   cancel = function() return false end,
-  -- The connection's descriptor does not announce results reliably (see
-  -- Pool:fileno), so no descriptor: a cqueues controller looks again every
-  -- TICK seconds, at once when done.
-  pollfd = function() return nil end,
-  tick = TICK,
+  -- The notifier's descriptor (see Pool:fileno); without one a cqueues
+  -- controller looks again every TICK seconds.
+  pollfd = function(pool) return notifier(pool) end,
+  tick = function(pool) return notifier(pool) == nil and TICK or nil end,
   default_chunksize = default_chunksize,
   window = function() return 64 end,
   new_values = function() return {} end,
@@ -206,25 +213,32 @@ function Pool:poll()
   checkself(self, Pool, "poll")
   run_callbacks(self)
   if self._state == "terminate" then return 0 end
+  if self._wakefd then self._conn:notify_reset() end -- before reading: no wake-up lost
   local before = self._inflight
   dispatch(self, now())
   return before - self._inflight
 end
 
---- The broker connection's descriptor, for event loops: it turns readable
---- only while the pool waits for a reply, so poll() on a short tick too.
+--- A descriptor for event loops that turns readable when results may have
+--- come (then poll() delivers them): the notifier, a second connection
+--- parked on the pool's wake-up token (runtime/broker_redis.c).  Without it
+--- (it could not be made), the connection's own descriptor, readable only
+--- while the pool waits for a reply, so loops then poll on a short tick.
 function Pool:fileno()
   checkself(self, Pool, "fileno")
   if self._state == "terminate" then return -1 end
-  return self._conn:fileno()
+  return notifier(self) or self._conn:fileno()
 end
 
--- Event loops poll a broker pool every _tick seconds instead of watching
--- its descriptor; the cqueues pollable protocol says the same.
-Pool._tick = TICK
+-- For lmp.luv: seconds between looks when the descriptor cannot be watched,
+-- nil when it can.
+function Pool:_tick()
+  return notifier(self) == nil and TICK or nil
+end
 
 function Pool:pollfd()
-  return nil
+  checkself(self, Pool, "pollfd")
+  return notifier(self)
 end
 
 function Pool:events()
@@ -232,7 +246,7 @@ function Pool:events()
 end
 
 function Pool:timeout()
-  return TICK
+  return notifier(self) == nil and TICK or nil
 end
 
 function Pool:stats()

@@ -4,8 +4,8 @@
 -- attach() watches the pool's descriptor (pool:fileno()) with a uv_poll
 -- handle; when it turns readable the handle's callback runs pool:poll(),
 -- which delivers results and runs callbacks on the loop and resets the
--- descriptor.  A broker pool's descriptor does not announce results, so it
--- is polled on a uv timer every few tens of milliseconds instead.
+-- descriptor.  A broker pool whose descriptor cannot announce results (see
+-- its fileno) says so with _tick, and is polled on a uv timer instead.
 --
 -- await() parks the calling coroutine: it asks the result to call back once
 -- settled (AsyncResult:_on_done, from the pool's callback queue, whichever
@@ -132,7 +132,7 @@ end
 
 local function watch(pool, u)
   local w = {uv = u, pool = pool}
-  local tick = pool._tick
+  local tick = pool._tick and pool:_tick()
   local h, err
   if tick then
     h, err = u.new_timer()

@@ -31,8 +31,8 @@
 --   state(pool, t)             "queued", "running"...; absent when the
 --                              backend cannot tell (then no result can be
 --                              cancelled and none is said to be running)
---   pollfd(pool), tick         AsyncResult:pollfd() and, while pending,
---                              AsyncResult:timeout()
+--   pollfd(pool), tick(pool)   AsyncResult:pollfd() and, while pending,
+--                              AsyncResult:timeout() (tick optional)
 --   default_chunksize(pool, n), window(pool), new_values(n), isatty(fd)
 --   flush(pool)                optional: after the chunks of a map are sent
 --   profile, tag(pool, job, opts, tag)   optional: the option 'profile'
@@ -294,7 +294,7 @@ function M.new(B)
   function AsyncResult:timeout()
     checkself(self, AsyncResult, "timeout")
     if self._done then return 0 end
-    return B.tick
+    return B.tick and B.tick(self._pool)
   end
 
   function AsyncResult:__tostring()
