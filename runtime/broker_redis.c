@@ -41,6 +41,7 @@
  * ACL lacks XINFO or XGROUP DELCONSUMER keeps the names.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -231,6 +232,7 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
     return lmp__broker_fail(b, -ENOMEM, "cannot allocate a redis context");
   if (r->c->err)
     return io_error(b, r, "cannot reach the broker");
+  fcntl(r->c->fd, F_SETFD, FD_CLOEXEC); /* hiredis leaves it to children that exec */
   redisSetTimeout(r->c, tv_ms(SOCKET_TIMEOUT_MS));
   redisEnableKeepAlive(r->c);
   if (r->pass) {

@@ -243,6 +243,8 @@ describe_redis("lmp.Pool on a Redis broker", function()
     assert.is_nil(p:_tick()) -- event loops watch the descriptor: no tick
     assert.is_nil(p:timeout())
     assert.are.equal(fd, p:pollfd())
+    -- its sockets (and the results connection's) stay out of programs it starts
+    assert.is_nil(sh("ls -l /proc/self/fd"):match("socket:"))
     assert.are.equal(0, p:poll())
     assert.is_false(readable(fd, 0.3))
     local r = p:apply_async(function(x) return x * 2 end, {21})
