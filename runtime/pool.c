@@ -128,6 +128,9 @@ struct phdr {
   _Atomic uint32_t waking; /* a woken worker has not come up yet */
 
   _Atomic uint64_t recycled; /* workers that retired for max_memory */
+  /* The slot counters of workers replaced, so observers can add up what
+   * workers did while the parent was away (lmp_pool_peek). */
+  _Atomic uint64_t retired_done, retired_failed;
   /* The parent's counters, published for observers (lmp_pool_peek). */
   _Alignas(64) _Atomic uint64_t pub_queued, pub_done, pub_failed, pub_errors, pub_restarts;
   _Atomic uint64_t pub_rate; /* events per second, times 1000 */
@@ -684,8 +687,8 @@ static int spawn(lmp_pool_t *p, int i)
   struct slot *s = &p->h->slots[i];
   STORE(s->word, slot_word(LMP_POOL_STARTING, 0));
   STORE(s->pid, 0);
-  STORE(s->done, 0);
-  STORE(s->failed, 0);
+  atomic_fetch_add(&p->h->retired_done, atomic_exchange(&s->done, 0));
+  atomic_fetch_add(&p->h->retired_failed, atomic_exchange(&s->failed, 0));
   lmp_proc_t *proc;
   int rc = p->cfg.start ? start_hooked(p, i, &proc) : lmp_proc_fork(1, &proc);
   if (rc < 0)
@@ -1985,9 +1988,10 @@ int lmp_pool_peek(const char *name, lmp_pool_stats_t *st, lmp_pool_slot_info_t *
   }
   memset(st, 0, sizeof *st);
   st->queued = LOAD(h->pub_queued);
-  st->done = LOAD(h->pub_done);
   st->failed = LOAD(h->pub_failed);
-  st->errors = LOAD(h->pub_errors);
+  /* Replies as the workers count them (the owner publishes its own count
+   * only when it attends to the pool); the greater of the two. */
+  uint64_t ok = LOAD(h->retired_done), bad = LOAD(h->retired_failed);
   st->restarts = LOAD(h->pub_restarts);
   st->recycled = LOAD(h->recycled);
   st->rate = (double)LOAD(h->pub_rate) / 1000;
@@ -1998,6 +2002,8 @@ int lmp_pool_peek(const char *name, lmp_pool_stats_t *st, lmp_pool_slot_info_t *
     slot_read(s, &word, &start);
     int state = slot_state(word);
     st->running += state == LMP_POOL_BUSY;
+    ok += LOAD(s->done);
+    bad += LOAD(s->failed);
     if ((int)i >= max)
       continue;
     lmp_pool_slot_info_t *o = &slots[i];
@@ -2012,6 +2018,9 @@ int lmp_pool_peek(const char *name, lmp_pool_stats_t *st, lmp_pool_slot_info_t *
       o->started_ns = start;
     }
   }
+  uint64_t done = LOAD(h->pub_done), errors = LOAD(h->pub_errors);
+  st->done = ok + bad > done ? ok + bad : done;
+  st->errors = bad > errors ? bad : errors;
   lmp_seg_unpeek(data, size);
   return (int)n;
 }

@@ -221,8 +221,9 @@ describe("the profiler", function()
   end)
 end)
 
--- A program with a pool: one worker busy, the other idle after a map.  It
--- writes its pid and its workers' pids to `path`, then waits.
+-- A program with a pool: one worker busy, the other idle after a map and
+-- 50 more tasks that run while the program sleeps (so it never counts them
+-- itself).  It writes its pid and its workers' pids to `path`, then waits.
 local function start_program(path)
   local script = os.tmpname()
   local f = assert(io.open(script, "w"))
@@ -231,6 +232,7 @@ local function start_program(path)
     local pool <close> = lmp.Pool(2)
     local r = pool:apply_async(function() lmp.sleep(60) end)
     pool:map(function(x) return x end, {1, 2, 3, 4})
+    for i = 1, 50 do pool:apply_async(function(x) return x end, {i}) end
     local pids = {}
     for _, w in ipairs(pool:stats().workers) do pids[#pids + 1] = w.pid end
     local out = io.open(arg[1], "w")
@@ -274,6 +276,11 @@ describe("lmp top", function()
     end
     assert.matches("busy", out)
     assert.matches("idle", out)
+    -- the workers' counts, though the program has not looked at its pool
+    assert.is_truthy(eventually(function()
+      out = support.shell(string.format("%s top --once %d", bin, prog.pid))
+      return out:find("done 54, failed 0", 1, true)
+    end), out)
   end)
 
   it("with no PID lists the running programs", function()

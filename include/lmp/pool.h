@@ -195,7 +195,8 @@ int lmp_pool_list(pid_t pid, lmp_pool_entry_t *out, int max);
 int lmp_pool_programs(pid_t *out, int max);
 
 /* Read a pool of any process of this user by its header segment's name:
- * the counters its parent last published (`running` counts busy slots) and
+ * the counters its parent last published, with done and errors as the
+ * workers count them when that is more (`running` counts busy slots), and
  * up to max slots (slot task ids are those of lmp_pool_submit).  The number
  * of slots, or -errno (-EACCES: not this user's; -EINVAL: not a pool). */
 int lmp_pool_peek(const char *name, lmp_pool_stats_t *st, lmp_pool_slot_info_t *slots, int max);
