@@ -209,6 +209,22 @@ static int l_stop(lua_State *L)
   return 1;
 }
 
+static const char K_ACTIVE; /* the lmp.profile calls under way (scripts/lmp/profile.lua) */
+
+/* lmp._profiles_active() -> one table per Lua state, whatever reloads
+ * lmp.profile: the pool's code and lmp.profile must see the same list even
+ * when package.loaded is reset between them (busted's insulation does). */
+static int l_active(lua_State *L)
+{
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &K_ACTIVE) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &K_ACTIVE);
+  }
+  return 1;
+}
+
 int lmpb_profile_open(lua_State *L)
 {
   lmpb_pushlazy(L, "lmp.profile", "run"); /* lmp.profile(fn, ...), in scripts/lmp/profile.lua */
@@ -217,5 +233,7 @@ int lmpb_profile_open(lua_State *L)
   lua_setfield(L, -2, "_profile_start");
   lua_pushcfunction(L, l_stop);
   lua_setfield(L, -2, "_profile_stop");
+  lua_pushcfunction(L, l_active);
+  lua_setfield(L, -2, "_profiles_active");
   return 0;
 }

@@ -205,6 +205,16 @@ describe("the profiler", function()
     assert.is_nil(pool:apply(function() return debug.gethook() end))
   end)
 
+  it("sees pool tasks after package.loaded is reset, as busted's insulation does", function()
+    local pool <close> = lmp.Pool(1)
+    pool:map(work, {1}) -- the pool's code is loaded, with the lmp.profile it found
+    local saved = package.loaded["lmp.profile"]
+    package.loaded["lmp.profile"] = nil -- lmp.profile loads the module again
+    local prof = lmp.profile(function() return pool:map(work, {100000, 100000}, 1) end)
+    package.loaded["lmp.profile"] = saved
+    assert.are.equal(3, prof.tasks) -- the caller and both chunks
+  end)
+
   it("raises the profiled code's error, and stops", function()
     local ok, err = pcall(lmp.profile, function() error("boom") end)
     assert.is_false(ok)

@@ -13,8 +13,9 @@ local check = require "lmp.check"
 local M = {}
 
 -- Profiles of the lmp.profile calls under way, innermost last: every
--- profiled reply that arrives meanwhile is merged into each.
-M.active = {}
+-- profiled reply that arrives meanwhile is merged into each.  One list per
+-- Lua state, kept by the C side, so a second load of this module shares it.
+M.active = lmp._profiles_active()
 
 local Profile = {}
 Profile.__index = Profile
