@@ -51,6 +51,15 @@ static int fail(lua_State *L, lconn *c, int rc)
   return 3;
 }
 
+/* true, or fail()'s three values when rc is a failure. */
+static int ok_or_fail(lua_State *L, lconn *c, int rc)
+{
+  if (rc < 0)
+    return fail(L, c, rc);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* === the connection === */
 
 /* core.open(url, queue, connect_timeout_s, result_ttl_s) -> conn | nil, msg */
@@ -131,11 +140,7 @@ static int conn_notify_fd(lua_State *L)
 static int conn_notify_reset(lua_State *L)
 {
   lconn *c = checkconn(L);
-  int rc = lmp_broker_notify_reset(c->b);
-  if (rc < 0)
-    return fail(L, c, rc);
-  lua_pushboolean(L, 1);
-  return 1;
+  return ok_or_fail(L, c, lmp_broker_notify_reset(c->b));
 }
 
 static int conn_put(lua_State *L)
@@ -143,21 +148,13 @@ static int conn_put(lua_State *L)
   lconn *c = checkconn(L);
   size_t n;
   const char *s = luaL_checklstring(L, 2, &n);
-  int rc = lmp_broker_put(c->b, s, n);
-  if (rc < 0)
-    return fail(L, c, rc);
-  lua_pushboolean(L, 1);
-  return 1;
+  return ok_or_fail(L, c, lmp_broker_put(c->b, s, n));
 }
 
 static int conn_flush(lua_State *L)
 {
   lconn *c = checkconn(L);
-  int rc = lmp_broker_flush(c->b);
-  if (rc < 0)
-    return fail(L, c, rc);
-  lua_pushboolean(L, 1);
-  return 1;
+  return ok_or_fail(L, c, lmp_broker_flush(c->b));
 }
 
 /* Push the batch as a list: strings only, or {id, data, deliveries, history}. */
@@ -270,11 +267,7 @@ static int conn_complete(lua_State *L)
     d[i].data = luaL_checklstring(L, -1, &d[i].len);
     lua_settop(L, t - 1); /* the list keeps the strings */
   }
-  int rc = lmp_broker_complete(c->b, d, n);
-  if (rc < 0)
-    return fail(L, c, rc);
-  lua_pushboolean(L, 1);
-  return 1;
+  return ok_or_fail(L, c, lmp_broker_complete(c->b, d, n));
 }
 
 /* conn:release(msg, reason) */
@@ -283,11 +276,7 @@ static int conn_release(lua_State *L)
   lconn *c = checkconn(L);
   lmp_broker_msg_t m;
   tomsg(L, 2, &m);
-  int rc = lmp_broker_release(c->b, &m, luaL_checkstring(L, 3));
-  if (rc < 0)
-    return fail(L, c, rc);
-  lua_pushboolean(L, 1);
-  return 1;
+  return ok_or_fail(L, c, lmp_broker_release(c->b, &m, luaL_checkstring(L, 3)));
 }
 
 /* conn:bury(msg, reason [, task_id, caller, result]) */
@@ -305,11 +294,7 @@ static int conn_bury(lua_State *L)
     d.data = luaL_checklstring(L, 6, &d.len);
     dp = &d;
   }
-  int rc = lmp_broker_bury(c->b, &m, reason, dp);
-  if (rc < 0)
-    return fail(L, c, rc);
-  lua_pushboolean(L, 1);
-  return 1;
+  return ok_or_fail(L, c, lmp_broker_bury(c->b, &m, reason, dp));
 }
 
 /* conn:visibility([seconds]) -> the queue's visibility timeout (0: unset),
@@ -369,12 +354,9 @@ static int conn_workers(lua_State *L)
 static int conn_lease_start(lua_State *L)
 {
   lconn *c = checkconn(L);
-  int rc = lmp_broker_lease_start(c->b, (int64_t)(luaL_checknumber(L, 2) * 1000),
-                                  (int64_t)(luaL_checknumber(L, 3) * 1000));
-  if (rc < 0)
-    return fail(L, c, rc);
-  lua_pushboolean(L, 1);
-  return 1;
+  return ok_or_fail(L, c,
+                    lmp_broker_lease_start(c->b, (int64_t)(luaL_checknumber(L, 2) * 1000),
+                                           (int64_t)(luaL_checknumber(L, 3) * 1000)));
 }
 
 static int conn_lease_add(lua_State *L)

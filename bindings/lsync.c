@@ -165,8 +165,8 @@ static lmp_lock_t *lockof(lua_State *L, int idx, lsync *s)
   if (s->kind != COND)
     return &s->sh->u.lock;
   lua_getiuservalue(L, idx, 1);
-  lmp_lock_t *l = kindof(L, -1) >= 0 ? &((lsync *)lua_touserdata(L, -1))->sh->u.lock
-                                     : lmpb_valuelock(L, -1);
+  lmp_lock_t *l =
+      kindof(L, -1) >= 0 ? &((lsync *)lua_touserdata(L, -1))->sh->u.lock : lmpb_valuelock(L, -1);
   lua_pop(L, 1);
   return l;
 }

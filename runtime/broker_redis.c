@@ -71,8 +71,8 @@ typedef struct rconn {
   char host[256];
   int port, db;
   char *user, *pass;
-  int fresh; /* a new connection: own pending entries first */
-  int trim;  /* results read from the head of ckey, to trim with the next read */
+  int fresh;          /* a new connection: own pending entries first */
+  int trim;           /* results read from the head of ckey, to trim with the next read */
   int64_t next_sweep; /* wall ms of the next sweep of vanished consumers; -1: not allowed */
   char ckey[300];
   char kstream[300], kdead[310], kworkers[320], kself[200];

@@ -89,7 +89,7 @@
 #define SPIN_PAUSE_NS 4000                 /* then sched_yield */
 #define SEQ_MASK ((UINT64_C(1) << 30) - 1) /* the ring numbers records modulo 2^30 */
 #define MAX_PARTS 7
-#define START_DEATHS_MAX 3 /* workers killed while starting, in a row, that break the pool */
+#define START_DEATHS_MAX 3      /* workers killed while starting, in a row, that break the pool */
 #define RING_BUDGET (16u << 20) /* payload bytes the ring holds, about, when high_water is 0 */
 #define QUEUED_MIN 16           /* tasks per worker the ring may hold, at least */
 #define CLAIMS 4096             /* records in the task ring at most (see claim) */
@@ -1206,7 +1206,8 @@ static int cancel_sent(lmp_pool_t *p, uint64_t seq)
   uint32_t s30 = (uint32_t)(seq & SEQ_MASK);
   _Atomic uint64_t *c = &p->h->claim[s30 % CLAIMS];
   uint64_t was = atomic_load(c);
-  if (was == claim_mark(s30, TAKEN) || !atomic_compare_exchange_strong(c, &was, claim_mark(s30, CANCELLED)))
+  if (was == claim_mark(s30, TAKEN) ||
+      !atomic_compare_exchange_strong(c, &was, claim_mark(s30, CANCELLED)))
     return 0;
   settle(p, seq);
   return 1;
