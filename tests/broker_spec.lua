@@ -95,6 +95,9 @@ end
 -- Waits (up to `secs`, default 10) until process `pid` has ended; whether it has.
 local function exited(pid, secs) return support.all_dead({pid}, secs) end
 
+-- Whether descriptor fd turns readable within secs.
+local function readable(fd, secs) return lmp._poll_fds({fd}, secs) > 0 end
+
 -- The non-empty lines of a file.
 local function lines(path) return support.lines(readfile(path)) end
 
@@ -235,7 +238,6 @@ describe_redis("lmp.Pool on a Redis broker", function()
   end)
 
   it("wakes event loops through its descriptor, quiet when nothing comes", function()
-    local function readable(fd, secs) return lmp._poll_fds({fd}, secs) > 0 end
     local q = new_queue()
     local w = start_worker(q)
     local p = pool(q)
@@ -503,23 +505,18 @@ describe_redis("lmp.Pool on a Redis broker", function()
   it("removes the consumers of workers that stopped or vanished", function()
     local q = new_queue()
     local function consumers() return cli("XINFO CONSUMERS lmp:q:" .. q .. " lmp") end
-    local function until_(pred, secs)
-      local t0 = lmp.time()
-      while not pred() and lmp.time() - t0 < secs do lmp.sleep(0.2) end
-      return pred() and true or false
-    end
     local w1 = start_worker(q, {processes = 1})
     local w2 = start_worker(q, {processes = 1})
     local p = pool(q, {visibility_timeout = 1})
     assert.are.same({1, 2, 3, 4}, p:map(function(x) return x end, {1, 2, 3, 4}, 1))
-    assert.is_true(until_(function()
+    assert.is_truthy(support.eventually(function()
       local c = consumers()
       return c:find(":" .. w1 .. ":", 1, true) and c:find(":" .. w2 .. ":", 1, true)
     end, 10))
     kill(w1, "KILL")
     assert.is_true(exited(w1))
     -- w2 removes it once it has been idle for 5 s (4 visibility timeouts are less)
-    assert.is_true(until_(function() return not consumers():find(":" .. w1 .. ":", 1, true) end, 30))
+    assert.is_true(support.eventually(function() return not consumers():find(":" .. w1 .. ":", 1, true) end, 30))
     assert.matches(":" .. w2 .. ":", consumers(), 1, true)
     assert.are.same({5, 6}, p:map(function(x) return x end, {5, 6}))
     kill(w2, "TERM")
@@ -561,7 +558,7 @@ describe_redis("lmp.Pool on a Redis broker", function()
     -- no BLPOP for this user: the descriptor ticks instead of announcing
     local fd = p:fileno()
     for _ = 1, 3 do
-      assert.is_true(lmp._poll_fds({fd}, 5) > 0)
+      assert.is_true(readable(fd, 5))
       p:poll()
     end
     local st = p:stats()

@@ -196,12 +196,7 @@ describe("lmp.Executor", function()
     assert.are.equal("first", first:result(30))
     for i = 1, 7 do assert.are.equal(i, rest[i]:result(30)) end
     one:shutdown()
-    local seen = {}
-    while true do
-      local x = ran:get(0)
-      if x == nil then break end
-      seen[#seen + 1] = x
-    end
+    local seen = support.drained(ran, 0)
     table.sort(seen)
     assert.are.same(range(7), seen) -- the cancelled task never ran
   end)

@@ -609,35 +609,33 @@ describe("lmp.Pool lifecycle", function()
     assert.is_false(long:cancelled())
   end)
 
-  it("cancel takes back a task waiting in the ring; workers skip it", function()
-    local pool <close> = lmp.Pool(1)
+  -- A Pool(1) whose worker runs "long" until gate is set: what is submitted
+  -- meanwhile waits in the ring.
+  local function held_pool()
+    local pool = lmp.Pool(1)
     local gate = lmp.Event()
     local long = pool:apply_async(function(e) e:wait(30) return "long" end, {gate})
+    assert.is_true(eventually(function() return long:running() end))
+    return pool, gate, long
+  end
+
+  it("cancel takes back a task waiting in the ring; workers skip it", function()
+    local pool <close>, gate, long = held_pool()
     local ran = lmp.Queue()
     local rs = {}
     for i = 1, 6 do rs[i] = pool:apply_async(function(x, q) q:put(x) return x end, {i, ran}) end
-    assert.is_true(eventually(function() return long:running() end))
     assert.is_true(rs[3]:cancel())
     assert.is_true(rs[3]:cancelled())
     gate:set()
     assert.are.equal("long", long:get())
     for _, i in ipairs({1, 2, 4, 5, 6}) do assert.are.equal(i, rs[i]:get()) end
-    local seen = {}
-    while true do
-      local v = ran:get(0.2)
-      if v == nil then break end
-      seen[#seen + 1] = v
-    end
-    assert.are.same({1, 2, 4, 5, 6}, seen) -- the cancelled task never ran
+    assert.are.same({1, 2, 4, 5, 6}, support.drained(ran, 0.2)) -- the cancelled task never ran
   end)
 
   it("cancels a map_async whose chunks wait in the ring, not once one has started", function()
-    local pool <close> = lmp.Pool(1)
-    local gate = lmp.Event()
-    local long = pool:apply_async(function(e) e:wait(30) return "long" end, {gate})
+    local pool <close>, gate, long = held_pool()
     local ran = lmp.Queue()
     local m = pool:map_async(function(x) ran:put(x) return x end, range(5), {chunksize = 1})
-    assert.is_true(eventually(function() return long:running() end))
     assert.is_true(m:cancel())
     assert.is_true(m:cancelled())
     assert.are.equal("cancelled", select(2, pcall(m.get, m)).kind)

@@ -165,6 +165,16 @@ function M.range(n)
   return t
 end
 
+-- What a queue holds: get(secs) until it gives nothing, in order.
+function M.drained(q, secs)
+  local got = {}
+  while true do
+    local v = q:get(secs)
+    if v == nil then return got end
+    got[#got + 1] = v
+  end
+end
+
 -- How many different values a list holds.
 function M.distinct(list)
   local seen, n = {}, 0
