@@ -65,6 +65,7 @@ end
 -- settle it; "timeout" when nothing came and the deadline has passed.
 local function dispatch(pool, deadline)
   local conn = pool._conn
+  if pool._wakefd then conn:notify_reset() end -- before reading: no wake-up lost
   local timeout
   if deadline then timeout = math.max(0, deadline - now()) end
   local msgs, err = conn:results(pool._caller, RESULT_BATCH, timeout)
@@ -126,7 +127,6 @@ local function default_chunksize(pool, n)
   return math.max(1, math.min(1000, (n + 31) // 32))
 end
 
--- AsyncResult, apply, map and imap: lmp.result's, over the broker.
 -- The notifier's descriptor, made on first use; nil if it cannot be (or
 -- the pool is terminated).
 local function notifier(pool)
@@ -135,6 +135,13 @@ local function notifier(pool)
   return pool._wakefd or nil
 end
 
+-- Seconds between an event loop's looks at a pool without a notifier; nil
+-- with one.
+local function tick(pool)
+  return notifier(pool) == nil and TICK or nil
+end
+
+-- AsyncResult, apply, map and imap: lmp.result's, over the broker.
 result.new{
   lmp = lmp, Pool = Pool, check_running = check_running, dispatch = dispatch,
   submit_apply = function(pool, fn, args, n) return submit(pool, TAG_APPLY, encode_fn(fn), args, n) end,
@@ -149,8 +156,8 @@ result.new{
   cancel = function() return false end,
   -- The notifier's descriptor (see Pool:fileno); without one a cqueues
   -- controller looks again every TICK seconds.
-  pollfd = function(pool) return notifier(pool) end,
-  tick = function(pool) return notifier(pool) == nil and TICK or nil end,
+  pollfd = notifier,
+  tick = tick,
   default_chunksize = default_chunksize,
   window = function() return 64 end,
   new_values = function() return {} end,
@@ -213,7 +220,6 @@ function Pool:poll()
   checkself(self, Pool, "poll")
   run_callbacks(self)
   if self._state == "terminate" then return 0 end
-  if self._wakefd then self._conn:notify_reset() end -- before reading: no wake-up lost
   local before = self._inflight
   dispatch(self, now())
   return before - self._inflight
@@ -232,9 +238,7 @@ end
 
 -- For lmp.luv: seconds between looks when the descriptor cannot be watched,
 -- nil when it can.
-function Pool:_tick()
-  return notifier(self) == nil and TICK or nil
-end
+Pool._tick = tick
 
 function Pool:pollfd()
   checkself(self, Pool, "pollfd")
@@ -246,7 +250,7 @@ function Pool:events()
 end
 
 function Pool:timeout()
-  return notifier(self) == nil and TICK or nil
+  return tick(self)
 end
 
 function Pool:stats()
