@@ -157,6 +157,14 @@ static lsync *checksync(lua_State *L, int mask, const char *expected)
   return s;
 }
 
+/* The Lock or RLock handle at idx, or NULL (for functions without the
+ * metatables as upvalues: kindof cannot serve there). */
+static lsync *tolock(lua_State *L, int idx)
+{
+  lsync *s = luaL_testudata(L, idx, mtnames[LOCK]);
+  return s ? s : luaL_testudata(L, idx, mtnames[RLOCK]);
+}
+
 /* The lock of a Lock, RLock or Condition whose handle is at `idx`; a
  * Condition keeps its lock's handle alive in its user value: a Lock, an
  * RLock or the ValueLock of a Value or Array. */
@@ -618,12 +626,13 @@ static int cond_new(lua_State *L)
     lua_pop(L, 1);
     new_lock(L, RLOCK, "Condition");
   } else if (lmpb_valuelock(L, -1) == NULL) {
-    if (!luaL_testudata(L, -1, mtnames[LOCK]) && !luaL_testudata(L, -1, mtnames[RLOCK])) {
+    lsync *l = tolock(L, -1);
+    if (l == NULL) {
       if (intable)
         luaL_argerror(L, 1, "field 'lock' must be an lmp.Lock, lmp.RLock or lmp.ValueLock");
       luaL_typeerror(L, 1, "lmp.Lock, lmp.RLock or lmp.ValueLock");
     }
-    if (((lsync *)lua_touserdata(L, -1))->sh == NULL)
+    if (l->sh == NULL)
       luaL_argerror(L, 1, "the lock is closed");
   }
   int lock = lua_gettop(L);
@@ -715,8 +724,7 @@ static int sync_encode(lua_State *L, int idx, lmp_buf_t *out)
   if (s->kind == COND) {
     lua_getiuservalue(L, idx, 1);
     int rc = 0;
-    if (luaL_testudata(L, -1, mtnames[LOCK]) || luaL_testudata(L, -1, mtnames[RLOCK])) {
-      l = lua_touserdata(L, -1);
+    if ((l = tolock(L, -1)) != NULL) {
       rc = put_name(out, l->seg, 1);
     } else if (lmp_buf_reserve(out, out->len + 2) < 0) {
       rc = -ENOMEM;

@@ -554,13 +554,12 @@ static int results_redis(lmp_broker_t *b, const char *caller, int max, int64_t d
       return reply_error(b, rep, "LRANGE");
     int n = copy_results(rep, out);
     freeReplyObject(rep);
-    if (n != 0) {
-      if (n > 0) {
-        r->trim = n;
-        snprintf(r->ckey, sizeof r->ckey, "%s", key);
-      }
-      return n;
+    if (n > 0) { /* trimmed with the next read */
+      r->trim = n;
+      snprintf(r->ckey, sizeof r->ckey, "%s", key);
     }
+    if (n != 0)
+      return n;
     int64_t left = deadline == LMP_FOREVER ? MAX_BLOCK_MS : (deadline - lmp_now_ns()) / 1000000;
     if (left <= 0)
       return 0;
@@ -1231,7 +1230,6 @@ static int notify_fd_redis(lmp_broker_t *b, const char *caller)
   struct epoll_event ev = {.events = EPOLLIN};
   if (n->epfd < 0 || n->tfd < 0 || epoll_ctl(n->epfd, EPOLL_CTL_ADD, n->tfd, &ev) < 0) {
     int rc = -errno;
-    n->w.c = NULL;
     notifier_free(n);
     return rc;
   }
