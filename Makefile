@@ -86,14 +86,20 @@ $(B)/liblmp.so: $(RT_OBJ)
 # The bindings alone, for C programs that embed Lua: link with liblmp.
 $(B)/liblmp-lua.a: $(LB_OBJ)
 	rm -f $@ && ar rcs $@ $^
-# The module carries the runtime inside it and takes Lua from the host.
+# The module carries the runtime inside it and takes Lua from the host.  It
+# is never unloaded (-z nodelete): a host that closes its Lua states goes on
+# running, and its children (or one more state) may still reach lmp's code
+# and state, the family of processes included.
 $(B)/lmp.so: $(LB_OBJ) $(RT_OBJ)
-	$(CC) -shared $(LDFLAGS) -o $@ $^ $(MSGPACK_LIBS) $(BROKER_LIBS)
+	$(CC) -shared $(LDFLAGS) -Wl,-z,nodelete -o $@ $^ $(MSGPACK_LIBS) $(BROKER_LIBS)
 $(B)/lmp: $(B)/bindings/main.o $(B)/bindings/lreadline.o $(LB_OBJ) $(RT_OBJ)
 	$(CC) $(LDFLAGS) -Wl,-E -o $@ $^ $(LUA_LIBS) $(MSGPACK_LIBS) $(READLINE_LIBS) $(BROKER_LIBS) -lm -ldl
 
 $(B)/tests/%: tests/c/%.c tests/c/runner.c tests/c/runner.h $(B)/liblmp.a | $(B)/tests
 	$(CC) $(ALL_CFLAGS) -Itests/c $< tests/c/runner.c -o $@ $(LDFLAGS) $(B)/liblmp.a $(BROKER_LIBS)
+# The embedding test is a Lua host: it loads $(B)/lmp.so through require.
+$(B)/tests/test_embed: tests/c/test_embed.c tests/c/runner.c tests/c/runner.h $(B)/lmp.so $(B)/liblmp.a | $(B)/tests
+	$(CC) $(ALL_CFLAGS) $(LUA_CFLAGS) -Itests/c $< tests/c/runner.c -o $@ $(LDFLAGS) $(B)/liblmp.a $(LUA_LIBS) -lm -ldl
 
 build $(B)/runtime $(B)/bindings $(B)/gen $(B)/tests $(B)/fuzz:
 	mkdir -p $@

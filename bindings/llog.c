@@ -8,7 +8,7 @@
  * that.  Records need wall-clock time with milliseconds.  And the process
  * that owns a function handler must run it for the records still queued
  * when its state closes, after its children have ended: a finalizer does
- * that (lmp_proc_shutdown first, then the drain), created after the channel
+ * that (the state's children ended first, then the drain), created after the channel
  * so that it runs before the channel's own finalizer.
  *
  * These are the module "lmp.logcore" (package.preload); lmp.log_to_stderr
@@ -85,7 +85,7 @@ static int closer_gc(lua_State *L)
   pid_t *owner = luaL_checkudata(L, 1, CLOSER_MT);
   if (*owner != getpid())
     return 0;
-  lmp_proc_shutdown();
+  lmp_proc_shutdown_owner(lmpb_owner(L));
   lua_getiuservalue(L, 1, 1);
   if (lua_pcall(L, 0, 0, 0) != LUA_OK)
     lua_pop(L, 1); /* nothing to report to at this point */

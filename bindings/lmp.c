@@ -5,10 +5,10 @@
  * Opening the module initializes the runtime (this process becomes the root
  * unless it was started by another lmp process) and then each family of
  * objects adds its constructors, as LuaSocket's luaopen calls each *_open.
- * A sentinel userdata in the registry shuts the children down when the Lua
- * state closes: daemon children are terminated, the others joined.  An atexit
- * hook does the same for a script that ends with os.exit() without closing
- * its state.
+ * A sentinel userdata in the registry shuts the state's children down when
+ * the state closes: daemon children are terminated, the others joined.  An
+ * atexit hook does the same for a script that ends with os.exit() without
+ * closing its state.
  */
 #include <errno.h>
 #include <math.h>
@@ -120,40 +120,83 @@ static int l_cpu_count(lua_State *L)
   return 1;
 }
 
-/* === shutdown when the state closes === */
+/* === the state's lifetime === */
 
-static pid_t owner_pid; /* the process whose state registered the hooks */
+/*
+ * Each Lua state that opens lmp gets a sentinel in its registry, made
+ * before anything else of lmp so that it is finalized after everything
+ * else when the state closes.  It carries the state's owner tag: the
+ * children the state started are tagged with it, and its close ends those
+ * only (a host may run other states that keep working).  When the last
+ * state of the process closes, the process-wide parts go too: the
+ * forkserver, and the SIGCHLD handler, which must not outlive a module the
+ * host may unload.  An atexit hook ends everything for a program that
+ * exits without closing its state.
+ */
+typedef struct sentinel {
+  pid_t pid;      /* the process that opened the state */
+  uint64_t owner; /* tag of the children it starts */
+} sentinel_t;
+
+#define SENTINEL_KEY "lmp.sentinel"
+
+static pid_t exit_pid;   /* the process whose atexit hook is registered */
+static pid_t states_pid; /* the process open_states counts for */
+static int open_states;  /* states of that process with lmp open */
+static uint64_t last_owner;
 
 static void at_exit(void)
 {
-  if (getpid() == owner_pid)
+  if (getpid() == exit_pid)
     lmp_proc_shutdown();
 }
 
 static int state_gc(lua_State *L)
 {
-  (void)L;
-  if (getpid() == owner_pid)
+  sentinel_t *s = lua_touserdata(L, 1);
+  if (s->pid != getpid())
+    return 0; /* a forked copy: the children are the parent's */
+  lmp_proc_shutdown_owner(s->owner);
+  if (states_pid == s->pid && --open_states == 0) {
     lmp_proc_shutdown();
+    lmp_proc_release_signals();
+  }
   return 0;
+}
+
+uint64_t lmpb_owner(lua_State *L)
+{
+  uint64_t owner = 0;
+  if (lua_getfield(L, LUA_REGISTRYINDEX, SENTINEL_KEY) == LUA_TUSERDATA)
+    owner = ((sentinel_t *)lua_touserdata(L, -1))->owner;
+  lua_pop(L, 1);
+  return owner;
 }
 
 static void sentinel_open(lua_State *L)
 {
-  if (lua_getfield(L, LUA_REGISTRYINDEX, "lmp.sentinel") != LUA_TNIL) {
+  pid_t pid = getpid();
+  if (lua_getfield(L, LUA_REGISTRYINDEX, SENTINEL_KEY) != LUA_TNIL) {
     lua_pop(L, 1);
     return;
   }
   lua_pop(L, 1);
-  lua_newuserdatauv(L, 0, 0);
+  sentinel_t *s = lua_newuserdatauv(L, sizeof *s, 0);
+  s->pid = pid;
+  s->owner = ++last_owner;
   lua_createtable(L, 0, 1);
   lua_pushcfunction(L, state_gc);
   lua_setfield(L, -2, "__gc");
   lua_setmetatable(L, -2);
-  lua_setfield(L, LUA_REGISTRYINDEX, "lmp.sentinel");
-  if (owner_pid == 0)
+  lua_setfield(L, LUA_REGISTRYINDEX, SENTINEL_KEY);
+  if (states_pid != pid) { /* the first state here, or a fork's */
+    states_pid = pid;
+    open_states = 0;
+  }
+  open_states++;
+  if (exit_pid == 0)
     atexit(at_exit);
-  owner_pid = getpid();
+  exit_pid = pid;
 }
 
 static const luaL_Reg funcs[] = {

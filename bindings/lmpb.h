@@ -202,6 +202,9 @@ int64_t lmpb_optdeadline(lua_State *L, int arg);
 void lmpb_checkoptions(lua_State *L, int idx, const char *const known[]);
 /* Push nil and the reason for an expected outcome; returns 2. */
 int lmpb_fail(lua_State *L, const char *reason);
+/* The owner tag of the children this state starts (lmp_proc_set_owner):
+ * closing the state ends those, and only those. */
+uint64_t lmpb_owner(lua_State *L);
 
 /* The sampling profiler (lprofile.c): start on thread L (0, or -1 if one
  * runs already), stop and append the samples as text to out, and forget a

@@ -1586,6 +1586,7 @@ static int l_new(lua_State *L)
   if (strcmp(lp->method, "fork") != 0)
     cfg.start = start_worker;
   cfg.ctx = lp;
+  cfg.owner = lmpb_owner(L);
   lmp_proc_reap();
   fflush(NULL); /* or each worker would write the parent's buffered output again */
   int rc = lmp_pool_create(&cfg, &lp->pool);

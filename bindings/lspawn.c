@@ -561,6 +561,8 @@ int lmpb_spawn(lua_State *L, int fn_idx, int nargs, const lmpb_start_t *how, lmp
       lmpb_process_become(L, how->name ? how->name : "Process", NULL, 0);
       lmpb_process_run(L, fn_idx, nargs);
     }
+    if (rc > 0)
+      lmp_proc_set_owner(*out, lmpb_owner(L));
     return rc < 0 ? rc : 0;
   }
   const char *exe = checkexecutable(L);
@@ -577,6 +579,8 @@ int lmpb_spawn(lua_State *L, int fn_idx, int nargs, const lmpb_start_t *how, lmp
     rc = start_forkserver(L, fd, how->daemon, out);
   }
   close(fd);
+  if (rc == 0)
+    lmp_proc_set_owner(*out, lmpb_owner(L));
   return rc;
 }
 
@@ -834,7 +838,7 @@ static void fs_child_setup(int conn, int sfd, int status_r, int status_w, const 
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, NULL);
   signal(SIGINT, SIG_DFL);
-  prctl(PR_SET_NAME, "lmp");
+  prctl(PR_SET_NAME, "lmp-process");
   for (int i = 0; i < 3; i++)
     dup2(stdio[i], i);
   for (int i = 0; i < 3; i++)

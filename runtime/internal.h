@@ -68,16 +68,23 @@ int lmp__unlink_prefix(const char *prefix);
  * returns the address length to pass to bind/connect. */
 socklen_t lmp__stash_addr(const char *prefix, struct sockaddr_un *addr);
 
-/* Fork the watchdog of the root whose prefix is given.  Called once, by the
- * root, from lmp_runtime_init.  0 and *pid set, or -errno. */
-int lmp__watchdog_start(const char *prefix, pid_t *pid);
+/* Start the watchdog of the root whose prefix is given (not as a child of
+ * the root: it is forked twice).  Called once, by the root, from
+ * lmp_runtime_init.  0, *pid set and *live_w the write end of the liveness
+ * pipe (close-on-exec) that only the root may hold; or -errno. */
+int lmp__watchdog_start(const char *prefix, pid_t *pid, int *live_w);
+
+/* Tell the watchdog about a child of the root (its pidfd is duplicated
+ * into the watchdog), so it ends with the root even when the root execs.
+ * Best effort: no reply is awaited. */
+void lmp__watchdog_enroll(int pidfd);
 
 /* A fresh fd-stash token (shm.c): random high half per process, counter
  * low half. */
 uint64_t lmp__stash_token(void);
 
 /* The stash protocol: one request per connection, one reply. */
-enum { LMP__WD_STASH = 1, LMP__WD_FETCH = 2 };
+enum { LMP__WD_STASH = 1, LMP__WD_FETCH = 2, LMP__WD_ENROLL = 3 };
 
 typedef struct lmp__wd_req {
   uint32_t op;

@@ -70,6 +70,7 @@
 #include <sys/eventfd.h>
 #include <linux/futex.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/timerfd.h>
@@ -641,6 +642,8 @@ static void worker_init(lmp_pool_worker_t *w, lmp_pool_t *p, int i)
   w->spin_ns = SPIN_START_NS;
   w->pid = getpid();
   STORE(w->slot->pid, (int32_t)w->pid);
+  /* ps and top say what it is, and a host's pkill by name spares it. */
+  prctl(PR_SET_NAME, "lmp-worker");
 }
 
 static void worker_exit(lmp_pool_t *p, int i) __attribute__((noreturn));
@@ -695,6 +698,7 @@ static int spawn(lmp_pool_t *p, int i)
     return rc;
   if (rc == 0)
     worker_exit(p, i);
+  lmp_proc_set_owner(proc, p->cfg.owner);
   struct worker *w = &p->w[i];
   w->proc = proc;
   w->pid = lmp_proc_pid(proc);

@@ -10,11 +10,25 @@
  *
  * Reaping.  A SIGCHLD handler, installed once and chained to whatever
  * handler was there before, only sets a flag.  lmp_proc_reap() runs in
- * normal context and calls waitpid(pid, WNOHANG) for registered pids only:
- * waitpid(-1) would steal the children of other libraries in the same
- * process.  Waiting with a deadline sleeps in poll(2) on the pidfd, so a join
- * with a timeout wakes exactly when the child ends; without pidfds it falls
- * back to waitpid(WNOHANG) with a growing sleep.
+ * normal context and reaps registered children only: waitpid(-1) would steal
+ * the children of other libraries in the same process.  Waiting with a
+ * deadline sleeps in poll(2) on the pidfd, so a join with a timeout wakes
+ * exactly when the child ends; without pidfds it falls back to
+ * waitpid(WNOHANG) with a growing sleep.  lmp_proc_release_signals puts the
+ * host's handler back, for a host that unloads lmp.
+ *
+ * Hosts reap what they did not start: a server's own SIGCHLD loop calls
+ * waitpid(-1) on everything, lmp's children included, and the kernel may
+ * then give the pid to anyone.  So a child is reaped and signalled through
+ * its pidfd (waitid(P_PIDFD), pidfd_send_signal), which names that process
+ * and no other, and a child whose pidfd says it is gone but that waitid
+ * cannot find was reaped by someone else: it is recorded as exited (code
+ * 255), never signalled again.  Only without pidfds (kernels before 5.4)
+ * does a pid stand for a child, and then only while it is unreaped.
+ *
+ * Owners.  Several independent users can share one process (two Lua states
+ * in one server); each tags its children with an owner, and ending one
+ * owner's children (lmp_proc_shutdown_owner) leaves the others running.
  *
  * Orphans.  A child asks for SIGKILL when its parent dies
  * (PR_SET_PDEATHSIG) and then checks that its parent is still the process
@@ -61,6 +75,10 @@
 
 #include "internal.h"
 
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
 #define SHUTDOWN_GRACE_NS 1000000000LL /* SIGTERM to SIGKILL for daemons */
 #define BACKOFF_MIN_NS 50000LL         /* waitpid polling without a pidfd */
 #define BACKOFF_MAX_NS 10000000LL
@@ -77,17 +95,27 @@ struct lmp_proc {
   int code;   /* Python-style exit code once EXITED */
   int flags;  /* 0, LMP_PROC_DAEMON or LMP_PROC_SERVICE */
   int handle; /* the caller still holds this record */
+  uint64_t owner;
 };
 
 static struct lmp_proc *registry;
 static pid_t parent_pid;    /* 0 in a process not started by lmp */
 static int adopted_running; /* adopted records still RUNNING: reap polls them */
 
+static int have_waitid_pidfd = 1;
+
 static volatile sig_atomic_t sigchld_seen;
 static int sigchld_installed;
 static struct sigaction sigchld_prev;
 
 /* === SIGCHLD === */
+
+static void on_sigchld(int sig, siginfo_t *info, void *ctx);
+
+static int is_ours(const struct sigaction *sa)
+{
+  return (sa->sa_flags & SA_SIGINFO) && sa->sa_sigaction == on_sigchld;
+}
 
 static void on_sigchld(int sig, siginfo_t *info, void *ctx)
 {
@@ -116,8 +144,23 @@ static int install_sigchld(void)
   sigemptyset(&sa.sa_mask);
   if (sigaction(SIGCHLD, &sa, &sigchld_prev) < 0)
     return -errno;
+  if (is_ours(&sigchld_prev)) { /* never chain to ourselves */
+    memset(&sigchld_prev, 0, sizeof sigchld_prev);
+    sigchld_prev.sa_handler = SIG_DFL;
+  }
   sigchld_installed = 1;
   return 0;
+}
+
+void lmp_proc_release_signals(void)
+{
+  struct sigaction now;
+  if (!sigchld_installed)
+    return;
+  /* A handler the host installed since is the host's business. */
+  if (sigaction(SIGCHLD, NULL, &now) == 0 && is_ours(&now))
+    sigaction(SIGCHLD, &sigchld_prev, NULL);
+  sigchld_installed = 0;
 }
 
 /* === the registry === */
@@ -196,16 +239,56 @@ static int read_status(struct lmp_proc *p, int flags)
   return 1;
 }
 
+static int decode_siginfo(const siginfo_t *si)
+{
+  if (si->si_code == CLD_EXITED)
+    return si->si_status;
+  if (si->si_code == CLD_KILLED || si->si_code == CLD_DUMPED)
+    return -si->si_status;
+  return STATUS_LOST;
+}
+
+/* waitid() on the pidfd: exactly this process, whatever its pid has become
+ * since.  Same returns as try_reap. */
+static int reap_pidfd(struct lmp_proc *p, int flags)
+{
+  for (;;) {
+    siginfo_t si;
+    si.si_pid = 0;
+    if (waitid((idtype_t)P_PIDFD, (id_t)p->pidfd, &si, WEXITED | flags) == 0) {
+      if (si.si_pid == 0)
+        return 0; /* WNOHANG, still running */
+      mark_exited(p, decode_siginfo(&si));
+      return 1;
+    }
+    if (errno == EINTR)
+      continue;
+    if (errno == ECHILD) {
+      /* Reaped behind our back (a host's waitpid(-1)): the status is gone,
+       * but the child certainly is too. */
+      mark_exited(p, STATUS_LOST);
+      return 1;
+    }
+    return -errno;
+  }
+}
+
 /*
- * waitpid() one running child.  `flags` is 0 or WNOHANG.  Returns 1 if the
- * child is (now) reaped, 0 if it still runs, -errno on failure.  The record
- * may be freed on return 1 when no handle holds it.
+ * Reap one running child.  `flags` is 0 or WNOHANG.  Returns 1 if the child
+ * is (now) reaped, 0 if it still runs, -errno on failure.  The record may be
+ * freed on return 1 when no handle holds it.
  */
 static int try_reap(struct lmp_proc *p, int flags)
 {
   int status;
   if (p->status_fd >= 0)
     return read_status(p, flags);
+  if (p->pidfd >= 0 && have_waitid_pidfd) {
+    int rc = reap_pidfd(p, flags);
+    if (rc != -EINVAL)
+      return rc;
+    have_waitid_pidfd = 0; /* a kernel with pidfd_open but no P_PIDFD (5.3) */
+  }
   for (;;) {
     pid_t r = waitpid(p->pid, &status, flags);
     if (r == p->pid) {
@@ -314,6 +397,8 @@ static void child_setup(pid_t forker)
   lmp_runtime_postfork_child();
   forget_parent_registry();
   sigchld_seen = 0;
+  /* Not the host's name: ps says what it is, and pkill <host> spares it. */
+  prctl(PR_SET_NAME, "lmp-process");
   /* Ask first, then check: if the parent died before the request, the
    * kernel will never send the signal, but getppid() has changed. */
   if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != forker) {
@@ -352,6 +437,8 @@ int lmp_proc_fork(int flags, lmp_proc_t **out)
   lmp_runtime_postfork_parent(0);
   p->pid = pid;
   p->pidfd = open_pidfd(pid);
+  if (lmp_runtime_is_root())
+    lmp__watchdog_enroll(p->pidfd); /* so it ends with us, even if we exec */
   p->status_fd = -1;
   p->state = RUNNING;
   p->flags = norm_flags(flags);
@@ -586,9 +673,11 @@ int lmp_proc_exitcode(lmp_proc_t *p, int *code)
 }
 
 /*
- * Signal a child only while it is unreaped: until waitpid() collects it the
- * pid cannot be reused, even if it has already exited (a zombie takes a
- * signal harmlessly).  After the reap the pid may belong to anyone.
+ * Signal a child through its pidfd, which names that process even once a
+ * host has reaped it and its pid went to someone else.  Without a pidfd, the
+ * pid is used only while the child is provably unreaped (waitid with
+ * WNOWAIT sees it): until then the pid cannot be reused, and a zombie takes
+ * a signal harmlessly.
  */
 int lmp_proc_signal(lmp_proc_t *p, int sig)
 {
@@ -597,14 +686,23 @@ int lmp_proc_signal(lmp_proc_t *p, int sig)
   if (p->state == FOREIGN)
     return -ECHILD;
 #ifdef SYS_pidfd_send_signal
-  /* An adopted process is reaped by someone else: only its pidfd is sure
-   * to name it rather than a process that took over its pid. */
-  if (p->status_fd >= 0 && p->pidfd >= 0) {
-    if (syscall(SYS_pidfd_send_signal, p->pidfd, sig, NULL, 0) < 0)
-      return errno == ESRCH ? 0 : -errno;
-    return 0;
+  if (p->pidfd >= 0) {
+    if (syscall(SYS_pidfd_send_signal, p->pidfd, sig, NULL, 0) == 0)
+      return 0;
+    if (errno == ESRCH)
+      return 0; /* it has exited; the reap records it */
+    if (errno != ENOSYS)
+      return -errno;
   }
 #endif
+  if (p->status_fd >= 0)
+    return -ESRCH; /* not our child: its pid proves nothing */
+  siginfo_t si;
+  si.si_pid = 0;
+  if (waitid(P_PID, (id_t)p->pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0 && errno == ECHILD) {
+    mark_exited(p, STATUS_LOST); /* reaped by someone else: the pid is not ours */
+    return 0;
+  }
   if (kill(p->pid, sig) < 0)
     return errno == ESRCH ? 0 : -errno;
   return 0;
@@ -612,10 +710,17 @@ int lmp_proc_signal(lmp_proc_t *p, int sig)
 
 /* === shutdown and exit === */
 
-static void signal_kind(int flags, int sig)
+#define ANY_OWNER UINT64_MAX
+
+static int selected(const struct lmp_proc *p, int flags, uint64_t owner)
+{
+  return p->state == RUNNING && p->flags == flags && (owner == ANY_OWNER || p->owner == owner);
+}
+
+static void signal_kind(int flags, uint64_t owner, int sig)
 {
   for (struct lmp_proc *p = registry; p; p = p->next) {
-    if (p->flags == flags && p->state == RUNNING)
+    if (selected(p, flags, owner))
       (void)lmp_proc_signal(p, sig);
   }
 }
@@ -623,11 +728,11 @@ static void signal_kind(int flags, int sig)
 /* Wait for every running child of the kind `flags` until the deadline.  The
  * list changes under us (records are freed when reaped), so the scan
  * restarts after each reap. */
-static void wait_children(int flags, int64_t deadline)
+static void wait_children(int flags, uint64_t owner, int64_t deadline)
 {
   for (;;) {
     struct lmp_proc *p = registry;
-    while (p && (p->state != RUNNING || p->flags != flags))
+    while (p && !selected(p, flags, owner))
       p = p->next;
     if (!p)
       return;
@@ -640,21 +745,32 @@ static void wait_children(int flags, int64_t deadline)
 }
 
 /* SIGTERM, a grace period, SIGKILL. */
-static void end_kind(int flags)
+static void end_kind(int flags, uint64_t owner)
 {
-  signal_kind(flags, SIGTERM);
-  wait_children(flags, lmp_now_ns() + SHUTDOWN_GRACE_NS);
-  signal_kind(flags, SIGKILL);
-  wait_children(flags, LMP_FOREVER);
+  signal_kind(flags, owner, SIGTERM);
+  wait_children(flags, owner, lmp_now_ns() + SHUTDOWN_GRACE_NS);
+  signal_kind(flags, owner, SIGKILL);
+  wait_children(flags, owner, LMP_FOREVER);
+}
+
+void lmp_proc_set_owner(lmp_proc_t *p, uint64_t owner)
+{
+  p->owner = owner;
+}
+
+void lmp_proc_shutdown_owner(uint64_t owner)
+{
+  /* As Python does: terminate the daemons first, then join the others. */
+  end_kind(LMP_PROC_DAEMON, owner);
+  wait_children(0, owner, LMP_FOREVER);
 }
 
 void lmp_proc_shutdown(void)
 {
-  /* As Python does: terminate the daemons first, then join the others;
-   * the services they used (the forkserver) go last. */
-  end_kind(LMP_PROC_DAEMON);
-  wait_children(0, LMP_FOREVER);
-  end_kind(LMP_PROC_SERVICE);
+  /* Every owner's children; the services they used (the forkserver) go
+   * last. */
+  lmp_proc_shutdown_owner(ANY_OWNER);
+  end_kind(LMP_PROC_SERVICE, ANY_OWNER);
 }
 
 void lmp_proc_exit(int code)

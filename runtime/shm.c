@@ -70,13 +70,14 @@ static struct {
   int atexit_done;
   pid_t root_pid;
   pid_t watchdog;
+  int live_w;      /* the root's end of the watchdog's liveness pipe; -1 elsewhere */
   pid_t token_pid; /* the process token_hi was drawn in */
   uint32_t token_hi;
   uint32_t token_lo;
   uint32_t counter; /* segment names; a wrap only meets EEXIST and moves on */
   char prefix[32];  /* "/lmp.<pid>.<8 hex>" */
   lmp_seg_t *buckets[LMP__BUCKETS];
-} rt = {.lock = PTHREAD_MUTEX_INITIALIZER};
+} rt = {.lock = PTHREAD_MUTEX_INITIALIZER, .live_w = -1};
 
 /* === small helpers === */
 
@@ -224,7 +225,7 @@ static int become_root(void)
   int rc;
 
   snprintf(rt.prefix, sizeof rt.prefix, "/lmp.%ld.%08x", (long)pid, random32());
-  rc = lmp__watchdog_start(rt.prefix, &rt.watchdog);
+  rc = lmp__watchdog_start(rt.prefix, &rt.watchdog, &rt.live_w);
   if (rc < 0)
     return rc;
   rt.root = 1;
@@ -576,6 +577,10 @@ void lmp_runtime_postfork_child(void)
   pthread_mutex_init(&rt.lock, NULL);
   rt.root = 0;
   rt.token_pid = 0;
+  /* Only the root holds the liveness pipe, or its exec would go unseen. */
+  if (rt.live_w >= 0)
+    close(rt.live_w);
+  rt.live_w = -1;
 }
 
 void lmp_runtime_release_all(void)

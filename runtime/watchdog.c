@@ -4,12 +4,26 @@
  *
  * Reference counts in segment headers cannot survive every crash, and the
  * root's atexit handler does not run when the root is SIGKILLed.  So the
- * root forks, once, at lmp_runtime_init, a tiny watchdog.  It leaves the
+ * root starts, once, at lmp_runtime_init, a tiny watchdog.  It is forked
+ * twice (the middle process exits at once), so it is never a child of the
+ * root: a host that embeds lmp and waits for all its children, as a server
+ * does before a restart, does not wait for the watchdog.  It leaves the
  * root's session (terminal signals never reach it), ignores the polite
  * signals, closes every descriptor it inherited (a pipe end it kept would
- * hide end-of-file from a reader) and waits on a pidfd of the root.  When
- * the root is gone, it unlinks everything under the prefix and _exits,
- * without running atexit handlers or anything else of the root's.
+ * hide end-of-file from a reader) and watches the root two ways: a pidfd,
+ * readable once the root has died, and the read end of a liveness pipe
+ * whose write end only the root holds, close-on-exec, so end-of-file comes
+ * when the root dies *or execs* (a server that re-execs itself keeps its
+ * pid, and nothing of its old family means anything to the new image).
+ * When the root is gone, it kills the root's children, unlinks everything
+ * under the prefix and _exits, without running atexit handlers or anything
+ * else of the root's.
+ *
+ * The root's children are known to it by enrolment: the root sends each
+ * child's pidfd as it forks it (one message, no reply).  Children end with
+ * their parent anyway (PR_SET_PDEATHSIG), which covers death but not exec;
+ * the pidfds cover both, and name exactly those processes, whatever pids
+ * get reused.  Grandchildren die with their parents.
  *
  * Its second job is the fd stash.  A descriptor cannot cross shared memory,
  * and the sender of a Pipe end may be gone before the receiver reads the
@@ -41,13 +55,15 @@
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "internal.h"
 #include "lmp/shm.h"
 
 #define LMP__STASH_MAX 4096
-#define LMP__WD_POLL_MS 200     /* root check period without a pidfd */
+#define LMP__KIDS_MAX 1024      /* enrolled children of the root */
+#define LMP__WD_POLL_MS 200     /* back-off after a failed poll */
 #define LMP__WD_IO_TIMEOUT_S 1  /* the watchdog's patience with a client */
 #define LMP__CLIENT_TIMEOUT_S 5 /* a client's patience with the watchdog */
 #define LMP__MAX_FDS_PER_MSG 4
@@ -144,20 +160,29 @@ static int move_above_stdio(int fd)
   return t;
 }
 
-/* Keep the listening socket and the pidfd (moved above 2 if need be), close
- * every other descriptor, put /dev/null on 0, 1 and 2. */
-static void wd_fds(int *lfd, int *pidfd)
+/* Keep the n descriptors of keep[] (moved above 2 if need be; -1 entries
+ * are skipped), close every other one, put /dev/null on 0, 1 and 2. */
+static void wd_fds(int *keep[], int n)
 {
-  int a, b, null;
+  int sorted[8], m = 0, i, j, t, lo = 3, null;
 
-  *lfd = move_above_stdio(*lfd);
-  *pidfd = move_above_stdio(*pidfd);
-  a = *pidfd >= 0 && *pidfd < *lfd ? *pidfd : *lfd;
-  b = *pidfd > *lfd ? *pidfd : *lfd;
-  close_between(3, (unsigned)a - 1);
-  if (a != b)
-    close_between((unsigned)a + 1, (unsigned)b - 1);
-  close_between((unsigned)b + 1, ~0U);
+  for (i = 0; i < n; i++) {
+    *keep[i] = move_above_stdio(*keep[i]);
+    if (*keep[i] >= 0 && m < 8)
+      sorted[m++] = *keep[i];
+  }
+  for (i = 1; i < m; i++) /* insertion sort: a handful of numbers */
+    for (j = i; j > 0 && sorted[j - 1] > sorted[j]; j--) {
+      t = sorted[j];
+      sorted[j] = sorted[j - 1];
+      sorted[j - 1] = t;
+    }
+  for (i = 0; i < m; i++) {
+    if (sorted[i] > lo)
+      close_between((unsigned)lo, (unsigned)sorted[i] - 1);
+    lo = sorted[i] + 1;
+  }
+  close_between((unsigned)lo, ~0U);
   null = open("/dev/null", O_RDWR);
   if (null < 0)
     return;
@@ -168,21 +193,26 @@ static void wd_fds(int *lfd, int *pidfd)
     close(null);
 }
 
+/* The stash's share of the descriptor limit, raised first to room for a
+ * full stash and the enrolled children (the soft limit is often 1024). */
 static size_t wd_limits(void)
 {
   struct rlimit rl;
+  const rlim_t want = LMP__STASH_MAX + LMP__KIDS_MAX + 64;
+  size_t room;
 
-  /* Room for a full stash: the soft limit is often 1024. */
   if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
     return 256;
-  if (rl.rlim_cur < LMP__STASH_MAX + 64) {
-    rl.rlim_cur = rl.rlim_max < LMP__STASH_MAX + 64 ? rl.rlim_max : LMP__STASH_MAX + 64;
+  if (rl.rlim_cur < want) {
+    rl.rlim_cur = rl.rlim_max < want ? rl.rlim_max : want;
     setrlimit(RLIMIT_NOFILE, &rl);
     getrlimit(RLIMIT_NOFILE, &rl);
   }
   if (rl.rlim_cur < 128)
     return 16;
-  return rl.rlim_cur - 64 < LMP__STASH_MAX ? rl.rlim_cur - 64 : LMP__STASH_MAX;
+  room = (size_t)rl.rlim_cur - 64; /* beside the few the watchdog itself uses */
+  room = room > 2 * LMP__KIDS_MAX ? room - LMP__KIDS_MAX : room / 2; /* the children's share */
+  return room < LMP__STASH_MAX ? room : LMP__STASH_MAX;
 }
 
 /* === the watchdog: the stash === */
@@ -247,6 +277,58 @@ static int stash_take(uint64_t token, int *fd)
   stash.e[i].used = 0;
   stash.n--;
   return 0;
+}
+
+/* === the watchdog: the root's children === */
+
+static struct {
+  int fd[LMP__KIDS_MAX]; /* pidfds */
+  size_t n;
+} kids;
+
+/* Forget the children that have ended. */
+static void kids_prune(void)
+{
+  size_t i = 0;
+  struct pollfd p;
+
+  while (i < kids.n) {
+    p = (struct pollfd){.fd = kids.fd[i], .events = POLLIN};
+    if (poll(&p, 1, 0) == 1) {
+      close(kids.fd[i]);
+      kids.fd[i] = kids.fd[--kids.n];
+    } else {
+      i++;
+    }
+  }
+}
+
+static int kids_add(int *fd)
+{
+  if (kids.n == LMP__KIDS_MAX)
+    kids_prune();
+  if (kids.n == LMP__KIDS_MAX)
+    return -ENOSPC; /* it still dies with the root, by its death signal */
+  kids.fd[kids.n++] = *fd;
+  *fd = -1;
+  return 0;
+}
+
+/* SIGKILL every child still there, then give them a moment to be gone, so
+ * none creates a segment after the sweep. */
+static void kids_kill(void)
+{
+  struct pollfd p;
+  size_t i;
+
+  for (i = 0; i < kids.n; i++)
+    syscall(SYS_pidfd_send_signal, kids.fd[i], SIGKILL, NULL, 0);
+  for (i = 0; i < kids.n; i++) {
+    p = (struct pollfd){.fd = kids.fd[i], .events = POLLIN};
+    poll(&p, 1, 1000);
+    close(kids.fd[i]);
+  }
+  kids.n = 0;
 }
 
 /* === the watchdog: serving === */
@@ -330,6 +412,10 @@ static void wd_handle(int c)
   rc = wd_recv(c, &req, &fd);
   if (rc == -EAGAIN)
     goto out; /* the client never spoke within the timeout */
+  if (rc == 0 && req.op == LMP__WD_ENROLL) {
+    kids_add(&fd); /* no reply: the root did not wait */
+    goto out;
+  }
   if (rc == 0 && req.op == LMP__WD_STASH)
     rc = stash_put(req.token, &fd);
   else if (rc == 0 && req.op == LMP__WD_FETCH && fd < 0)
@@ -357,79 +443,134 @@ static void wd_accept(int lfd)
   }
 }
 
-static void wd_main(const char *prefix, int lfd, int pidfd, pid_t root) __attribute__((noreturn));
+static void wd_main(const char *prefix, int lfd, int pidfd, int live) __attribute__((noreturn));
 
-static void wd_main(const char *prefix, int lfd, int pidfd, pid_t root)
+static void wd_main(const char *prefix, int lfd, int pidfd, int live)
 {
-  struct pollfd p[2];
+  struct pollfd p[3];
   int n, gone;
+  int *keep[] = {&lfd, &pidfd, &live};
 
   setsid();
   wd_signals();
-  wd_fds(&lfd, &pidfd);
+  wd_fds(keep, 3);
   if (chdir("/") < 0) { /* hold no mount busy; staying put is harmless */
   }
   prctl(PR_SET_NAME, "lmp-watchdog");
   stash.cap = wd_limits();
   for (;;) {
     p[0] = (struct pollfd){.fd = pidfd, .events = POLLIN};
-    p[1] = (struct pollfd){.fd = lfd, .events = POLLIN};
-    /* A negative fd is skipped by poll; with neither, this is a sleep. */
-    n = poll(p, 2, pidfd >= 0 ? -1 : LMP__WD_POLL_MS);
+    p[1] = (struct pollfd){.fd = live, .events = POLLIN};
+    p[2] = (struct pollfd){.fd = lfd, .events = POLLIN};
+    /* A negative fd is skipped by poll. */
+    n = poll(p, 3, -1);
     if (n < 0 && errno != EINTR)
       poll(NULL, 0, LMP__WD_POLL_MS); /* never spin, never give up */
-    /* Once the root is gone our parent is someone else: a second test that
-     * costs one system call and needs no pidfd. */
-    gone = (n > 0 && (p[0].revents & (POLLIN | POLLHUP))) || getppid() != root;
+    /* The root died (pidfd), or died or exec'd (end of file on the pipe). */
+    gone = n > 0 && ((p[0].revents & (POLLIN | POLLHUP)) || (p[1].revents & (POLLIN | POLLHUP)));
     if (gone)
       break;
     if (p[0].revents & POLLNVAL)
       pidfd = -1;
-    if (n > 0 && (p[1].revents & POLLIN))
+    if (n > 0 && (p[2].revents & POLLIN))
       wd_accept(lfd);
-    else if (n > 0 && (p[1].revents & (POLLERR | POLLHUP | POLLNVAL))) {
+    else if (n > 0 && (p[2].revents & (POLLERR | POLLHUP | POLLNVAL))) {
       close(lfd); /* the stash is lost, the cleanup duty is not */
       lfd = -1;
     }
   }
+  /* Enrolments sent just before the end are still queued: take them. */
+  if (lfd >= 0)
+    wd_accept(lfd);
+  kids_kill();
   lmp__unlink_prefix(prefix);
   _exit(0);
 }
 
-int lmp__watchdog_start(const char *prefix, pid_t *pid)
+/* The middle process of the double fork: start the watchdog, tell the root
+ * its pid, and go. */
+static void wd_launch(const char *prefix, int lfd, int pidfd, int live, int report)
+    __attribute__((noreturn));
+
+static void wd_launch(const char *prefix, int lfd, int pidfd, int live, int report)
+{
+  pid_t wd = fork();
+
+  if (wd == 0) {
+    close(report);
+    wd_main(prefix, lfd, pidfd, live);
+  }
+  if (write(report, &wd, sizeof wd) < 0) { /* the root then sees no pid */
+  }
+  _exit(0);
+}
+
+int lmp__watchdog_start(const char *prefix, pid_t *pid, int *live_w)
 {
   struct sockaddr_un addr;
   socklen_t len = lmp__stash_addr(prefix, &addr);
-  pid_t root = getpid(), child;
-  int lfd, pidfd, rc = 0;
+  pid_t root = getpid(), mid, wd = -1;
+  int lfd, pidfd, rc = 0, live[2], report[2];
   sigset_t all, old;
+  ssize_t n;
 
+  *pid = 0;
+  *live_w = -1;
   lfd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (lfd < 0)
     return -errno;
-  if (bind(lfd, (struct sockaddr *)&addr, len) < 0 || listen(lfd, 128) < 0) {
+  if (bind(lfd, (struct sockaddr *)&addr, len) < 0 || listen(lfd, 128) < 0)
+    goto err;
+  if (pipe2(live, O_CLOEXEC) < 0)
+    goto err;
+  if (pipe2(report, O_CLOEXEC) < 0) {
     rc = -errno;
+    close(live[0]);
+    close(live[1]);
     close(lfd);
     return rc;
   }
   /* A pidfd of the root taken by the root itself refers to exactly this
-   * process, with no window where the pid could be recycled.  Without
-   * pidfds the watchdog polls getppid(). */
+   * process, with no window where the pid could be recycled. */
   pidfd = (int)syscall(SYS_pidfd_open, root, 0);
   /* Signals stay blocked until the watchdog has left the session and set
    * its dispositions: a ^C at the terminal right now must not kill it. */
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
-  child = fork();
-  if (child == 0)
-    wd_main(prefix, lfd, pidfd, root);
-  if (child < 0)
+  mid = fork();
+  if (mid == 0) {
+    close(live[1]);
+    close(report[0]);
+    wd_launch(prefix, lfd, pidfd, live[0], report[1]);
+  }
+  if (mid < 0)
     rc = -errno;
   pthread_sigmask(SIG_SETMASK, &old, NULL);
+  close(report[1]);
+  close(live[0]);
   close(lfd);
   if (pidfd >= 0)
     close(pidfd);
-  *pid = child > 0 ? child : 0;
+  if (mid > 0) {
+    while ((n = read(report[0], &wd, sizeof wd)) < 0 && errno == EINTR) {
+    }
+    /* Reap the middle process; a host's SIGCHLD loop may have done it. */
+    while (waitpid(mid, NULL, 0) < 0 && errno == EINTR) {
+    }
+    if (n != (ssize_t)sizeof wd || wd <= 0)
+      rc = -EAGAIN;
+  }
+  close(report[0]);
+  if (rc < 0) {
+    close(live[1]);
+    return rc;
+  }
+  *pid = wd;
+  *live_w = live[1];
+  return 0;
+err:
+  rc = -errno;
+  close(lfd);
   return rc;
 }
 
@@ -551,6 +692,43 @@ int lmp_fd_stash(int fd, uint64_t *token)
   if (rc == 0)
     *token = req.token;
   return rc;
+}
+
+void lmp__watchdog_enroll(int pidfd)
+{
+  union {
+    char buf[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+  } cb;
+  lmp__wd_req_t req = {.op = LMP__WD_ENROLL};
+  struct iovec iov = {&req, sizeof req};
+  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+  struct sockaddr_un addr;
+  socklen_t len;
+  struct cmsghdr *cm;
+  int s;
+
+  if (pidfd < 0)
+    return;
+  len = lmp__stash_addr(lmp_runtime_prefix(), &addr);
+  s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (s < 0)
+    return;
+  /* One message and no reply: the watchdog reads it when it can (a closed
+   * peer's queued message stays readable).  A full backlog loses the
+   * enrolment, not the child: it still dies with the root. */
+  if (connect(s, (struct sockaddr *)&addr, len) == 0 && peer_allowed(s)) {
+    memset(&cb, 0, sizeof cb);
+    mh.msg_control = cb.buf;
+    mh.msg_controllen = sizeof cb.buf;
+    cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &pidfd, sizeof pidfd);
+    sendmsg(s, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+  }
+  close(s);
 }
 
 int lmp_fd_fetch(uint64_t token, int *fd)

@@ -62,6 +62,7 @@ typedef struct lmp_pool_config {
   lmp_pool_body_fn body;     /* run by forked workers */
   lmp_pool_start_fn start;   /* NULL: fork the workers (they run body) */
   void *ctx;                 /* for body and start */
+  uint64_t owner;            /* the workers' owner tag (lmp_proc_set_owner) */
 } lmp_pool_config_t;
 
 /* Starts the workers (forks them, or calls cfg->start).  0 or -errno. */

@@ -5,7 +5,9 @@
  * the kernel for SIGKILL when its parent dies (PR_SET_PDEATHSIG), then checks
  * the parent is still the one it was forked from, so no child outlives a
  * parent that died.  Each child gets a pidfd, so a join with a timeout sleeps
- * in poll(2) instead of polling waitpid.  A SIGCHLD handler only records that
+ * in poll(2) instead of polling waitpid, and it is reaped and signalled
+ * through that pidfd: a child that a host reaped behind lmp's back is seen
+ * gone, and its recycled pid is never signalled.  A SIGCHLD handler only records that
  * something exited; lmp_proc_reap reaps registered children in normal
  * context, so none is left a zombie and other libraries' children are never
  * reaped behind their back.
@@ -80,6 +82,18 @@ int lmp_proc_children(pid_t *pids, int max);
  * SIGKILL after a grace period), wait for the others, then end the services
  * the same way as daemons. */
 void lmp_proc_shutdown(void);
+
+/* Owners, for hosts where several independent users of lmp share a process
+ * (two Lua states in one server).  A child's owner is 0 until set; ending
+ * one owner's children (daemons terminated, the others joined, services
+ * left alone) leaves every other owner's running. */
+void lmp_proc_set_owner(lmp_proc_t *p, uint64_t owner);
+void lmp_proc_shutdown_owner(uint64_t owner);
+
+/* Put back the SIGCHLD disposition lmp replaced, unless the host has
+ * installed another since; the next fork installs lmp's again.  For a host
+ * that unloads lmp, once nothing of it runs. */
+void lmp_proc_release_signals(void);
 
 /* The end of a child: shut down its own children, release its references to
  * shared segments, flush stdio and _exit(code).  Never runs inherited atexit

@@ -1,0 +1,88 @@
+#!/bin/sh
+# tests/lighttpd/run.sh BUILD_DIR WORK_DIR PORT MODE
+#
+# lighttpd with mod_magnet serving through an lmp Pool (handler.lua), run
+# inside a pid namespace of its own (unshare -pf --mount-proc), so that
+# whatever it leaves behind can be counted.  MODE "inplace" reloads with
+# SIGUSR1 as Debian's unit does (the states are closed and reopened in the
+# same process); "bg" sets server.graceful-restart-bg, where lighttpd
+# re-execs itself under the same pid.  Requests run from four clients while
+# it reloads twice; then it is stopped.  Prints one "key value" line per
+# finding, for tests/lighttpd_spec.lua to check.
+B=$(cd "$1" && pwd) W=$2 PORT=$3 MODE=$4
+HERE=$(cd "$(dirname "$0")" && pwd)
+URL="http://127.0.0.1:$PORT/square"
+
+cat > "$W/lighttpd.conf" <<CONF
+server.document-root = "$W"
+server.port = $PORT
+server.bind = "127.0.0.1"
+server.modules = ("mod_magnet")
+server.errorlog = "$W/error.log"
+server.feature-flags = ("server.graceful-restart-bg" => "$([ "$MODE" = bg ] && echo enable || echo disable)",
+                        "server.graceful-shutdown-timeout" => 5)
+magnet.attract-raw-url-to = ("$HERE/handler.lua")
+CONF
+
+# One request: its status code (000 when none came).
+req() { curl -s -o /dev/null -m 10 -w '%{http_code}\n' "$URL?$1"; }
+# Seconds (tenths) until the server answers 200, at most 10 s.
+until_served() {
+  t=0
+  while [ "$(req 3)" != 200 ] && [ $t -lt 100 ]; do sleep 0.1; t=$((t + 1)); done
+  echo "$t"
+}
+# Processes of this namespace but ourselves and our pipeline: their names.
+others() {
+  for d in /proc/[0-9]*; do
+    p=${d#/proc/}
+    [ "$p" = 1 ] || [ "$p" = "$$" ] && continue
+    c=$(cat "$d/comm" 2>/dev/null) || continue
+    case $c in sh|cat|sleep|curl|ls|grep|wc|tr|sed|sort) continue ;; esac
+    echo "$c"
+  done | sort | tr '\n' ' '
+}
+count() { others | tr ' ' '\n' | grep -c "^$1\$"; }
+
+cd "$W" || exit 1
+LUA_CPATH="$B/?.so;;" lighttpd -D -f "$W/lighttpd.conf" &
+LPID=$!
+echo "start_tenths $(until_served)"
+echo "watchdogs_at_start $(count lmp-watchdog)"
+echo "workers_at_start $(count lmp-worker)"
+
+# Four clients, 50 requests each, while the server reloads twice.
+for c in 1 2 3 4; do
+  (for i in $(seq 50); do req "$i"; done > "$W/client$c") &
+done
+sleep 0.3
+for r in 1 2; do
+  kill -USR1 $LPID
+  echo "reload${r}_tenths $(until_served)"
+  sleep 1
+done
+# The clients end: each request gives up after 10 s.
+for i in $(seq 600); do [ "$(cat "$W"/client* | wc -l)" -ge 200 ] && break; sleep 0.2; done
+echo "during_ok $(cat "$W"/client* | grep -c '^200$')"
+echo "during_all $(cat "$W"/client* | wc -l)"
+ok=0
+for i in $(seq 50); do [ "$(req "$i")" = 200 ] && ok=$((ok + 1)); done
+echo "after_ok $ok"
+echo "watchdogs_after_reload $(count lmp-watchdog)"
+echo "workers_after_reload $(count lmp-worker)"
+
+kill -INT $LPID
+for i in $(seq 150); do kill -0 $LPID 2>/dev/null || break; sleep 0.1; done
+if kill -0 $LPID 2>/dev/null; then
+  echo "stopped hung"
+  kill -KILL $LPID
+  wait $LPID
+else
+  wait $LPID
+  echo "stopped $?"
+fi
+# What is left once it has stopped (the watchdog cleans up at once).
+for i in $(seq 30); do [ -z "$(others)" ] && break; sleep 0.1; done
+echo "left_processes [$(others)]"
+echo "left_segments $(ls /dev/shm | grep -c "^lmp\.$LPID\.")"
+echo "starts $(grep -c 'server started' "$W/error.log")"
