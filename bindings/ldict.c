@@ -401,11 +401,12 @@ static int key_bytes(lua_State *L, int idx, lmp_buf_t *b)
     tag = 's';
     p = lua_tolstring(L, idx, &n);
     break;
-  case LUA_TNUMBER:
-    /* 2.0 is the key 2, as in a Lua table */
-    if (lua_isinteger(L, idx)) {
-      u.i = lua_tointeger(L, idx);
-    } else if (!lua_numbertointeger(lua_tonumber(L, idx), &u.i)) {
+  case LUA_TNUMBER: {
+    /* A float with an exact integer value (2.0, -0.0) is that integer key,
+     * as in a Lua table; 2.5 stays a float key. */
+    int exact;
+    u.i = lua_tointegerx(L, idx, &exact);
+    if (!exact) {
       u.d = (double)lua_tonumber(L, idx);
       tag = 'f';
       n = sizeof u.d;
@@ -414,6 +415,7 @@ static int key_bytes(lua_State *L, int idx, lmp_buf_t *b)
     tag = 'i';
     n = sizeof u.i;
     break;
+  }
   default:
     tag = 'b';
     u.c = (char)lua_toboolean(L, idx);
