@@ -185,8 +185,9 @@ void lmpb_preload(lua_State *L, const char *name, lua_CFunction open);
 
 /* === helpers (lmp.c) === */
 
-/* Push the error value at idx as a message: a string as it is, anything
- * else through __tostring (an lmp.Error) or as "(error object is a T value)". */
+/* Push the error value at idx as a message: a string as it is, a number as
+ * its text (the value at idx stays a number), anything else through
+ * __tostring (an lmp.Error) or as "(error object is a T value)". */
 const char *lmpb_tomessage(lua_State *L, int idx);
 /* Message handler for lua_pcall: the error as a string (through __tostring
  * for an lmp.Error) followed by a stack traceback. */

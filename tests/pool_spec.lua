@@ -254,6 +254,18 @@ describe("lmp.Pool", function()
     assert.is_nil(err.value)
   end)
 
+  it("a number raised by a task arrives as that number", function()
+    for _, v in ipairs{123, 2.5, -0.0} do
+      local err = raised(pool.apply, pool, function() error(v) end)
+      assert.are.equal("task", err.kind)
+      assert.are.equal(math.type(v), math.type(err.value))
+      assert.are.equal(v, err.value)
+      assert.are.equal(tostring(v), err.message)
+    end
+    local err = raised(pool.map, pool, function(x) error(x * 10) end, {1})
+    assert.are.equal(10, err.value)
+  end)
+
   it("prints a long message and a deep remote traceback whole", function()
     local msg = ("m"):rep(3000)
     local err = raised(pool.apply, pool, function()
