@@ -543,8 +543,10 @@ static ldict *newdict(lua_State *L, int kind)
 
 static int obj_close(lua_State *L);
 
-/* What a closed handle still answers to: close (again) and closed; 0 for
- * any other key. */
+/* What a closed handle still answers to: closed, close (again) and the
+ * other methods, which raise "attempt to use a closed ..." when called, so
+ * that pcall(d.method, d) catches it; 0 for any other key (data, which
+ * raises). */
 static int closed_index(lua_State *L, ldict *d)
 {
   const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "";
@@ -555,6 +557,14 @@ static int closed_index(lua_State *L, ldict *d)
   if (d->c == NULL && strcmp(k, "close") == 0) {
     lua_pushcfunction(L, obj_close);
     return 1;
+  }
+  if (d->c == NULL && d->kind != NS && lua_type(L, 2) == LUA_TSTRING) {
+    luaL_getmetatable(L, mtnames[d->kind]);
+    lua_getfield(L, -1, "methods");
+    lua_pushvalue(L, 2);
+    if (lua_rawget(L, -2) != LUA_TNIL)
+      return 1;
+    lua_settop(L, 2);
   }
   return 0;
 }

@@ -67,6 +67,15 @@ int lmpb_closed(lua_State *L, const char *tname)
   return luaL_error(L, "attempt to use a closed %s", tname);
 }
 
+const char *lmpb_checkcstring(lua_State *L, int idx, int arg, const char *what)
+{
+  size_t n;
+  const char *s = lua_tolstring(L, idx, &n);
+  if (s != NULL && strlen(s) != n)
+    luaL_argerror(L, arg, lua_pushfstring(L, "%s contains a NUL byte", what));
+  return s;
+}
+
 const char *lmpb_tomessage(lua_State *L, int idx)
 {
   int t = lua_type(L, idx);

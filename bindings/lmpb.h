@@ -185,6 +185,11 @@ void lmpb_preload(lua_State *L, const char *name, lua_CFunction open);
 
 /* === helpers (lmp.c) === */
 
+/* The string at idx, for C: one with a NUL byte inside would be cut short
+ * there (and name another object), so it is a bad argument `arg`, "<what>
+ * contains a NUL byte".  NULL if the value is not a string or a number. */
+const char *lmpb_checkcstring(lua_State *L, int idx, int arg, const char *what);
+
 /* Push the error value at idx as a message: a string as it is, a number as
  * its text (the value at idx stays a number), anything else through
  * __tostring (an lmp.Error) or as "(error object is a T value)". */

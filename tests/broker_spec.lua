@@ -274,6 +274,11 @@ describe_redis("lmp.Pool on a Redis broker", function()
       ok, e = pcall(lmp.Pool, {broker = url()})
       assert.matches("shared secret", e)
     end
+    -- C reads them up to a NUL byte: "q\0x" would be the queue "q"
+    ok, e = pcall(lmp.Pool, {broker = url(), secret = "x", queue = "q\0x"})
+    assert.are.equal("bad argument #1 to 'Pool' (field 'queue' contains a NUL byte)", e)
+    ok, e = pcall(lmp.Pool, {broker = url() .. "\0junk", secret = "x"})
+    assert.are.equal("bad argument #1 to 'Pool' (field 'broker' contains a NUL byte)", e)
     ok, e = pcall(lmp.Pool, {broker = "http://x", secret = "x"})
     assert.matches("unsupported broker URL", tostring(e))
     -- anything without `broker` is still a local pool

@@ -191,6 +191,17 @@ describe("lmp.Dict", function()
     assert.has_error(function() e:len() end, "attempt to use a closed lmp.Dict")
   end)
 
+  it("a closed Dict or List still gives its methods, which raise when called", function()
+    for _, c in ipairs{{lmp.Dict{a = 1}, "lmp.Dict", "keys"}, {lmp.List{1}, "lmp.List", "append"}} do
+      local obj, name, method = c[1], c[2], c[3]
+      obj:close()
+      assert.are.equal("function", type(obj[method]))
+      assert.are.same({false, "attempt to use a closed " .. name}, {pcall(obj[method], obj, 1)})
+      assert.are.same({false, "attempt to use a closed " .. name}, {pcall(obj.len, obj)})
+      assert.is_true(obj.closed)
+    end
+  end)
+
   it("grows past its first store and holds large values", function()
     local d = lmp.Dict()
     for i = 1, 20000 do d["key" .. i] = i end
