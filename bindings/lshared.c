@@ -53,7 +53,7 @@ typedef struct larray {
 } larray;
 
 typedef struct lshmem {
-  lmp_shmem_t *m;              /* NULL once closed */
+  lmp_shmem_t *m;             /* NULL once closed */
   char seg[LMP_SEG_NAME_MAX]; /* its segment name once closed, for unlink */
 } lshmem;
 

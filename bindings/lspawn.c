@@ -87,7 +87,8 @@ const char *lmpb_checkmethod(lua_State *L, int idx, int arg)
 {
   if (lua_isnoneornil(L, idx))
     return NULL;
-  const char *name = lua_type(L, idx) == LUA_TSTRING ? lmpb_checkcstring(L, idx, arg, "start method") : NULL;
+  const char *name =
+      lua_type(L, idx) == LUA_TSTRING ? lmpb_checkcstring(L, idx, arg, "start method") : NULL;
   int i = name ? method_index(name) : -1;
   if (i < 0)
     luaL_argerror(L, arg,
