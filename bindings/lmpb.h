@@ -59,6 +59,10 @@ static inline void lmpb_put_be(unsigned char *p, uint64_t v, int n)
  * "serialize": "cannot send args[2].handler: userdata (FILE*)".
  */
 const lmp_buf_t *lmpb_encode(lua_State *L, int idx, const char *what);
+/* The same for a message that may reach another machine (a broker's): lmp
+ * handles, which name this machine's shared memory and descriptors, raise a
+ * "serialize" lmp.Error that says so. */
+const lmp_buf_t *lmpb_encode_remote(lua_State *L, int idx, const char *what);
 
 /* Decode one message and push its value.  `trusted` allows Lua bytecode.
  * Malformed input raises a Lua error "corrupt message (...)", never crashes. */
