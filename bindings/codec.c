@@ -24,6 +24,7 @@
  *                    id (only as an element of a FUNCTION's upvalues)
  *   6     HANDLE     str type name, bin identity from the type's encode hook
  *   7     CLASS      str class name, array or map: the table's content
+ *   8     METATABLE  str class name: the metatable registered under it
  *
  * Identity.  Tables, Lua functions and handles are numbered from 1 in the
  * order the encoder first meets them, and meeting one again writes REF(id).
@@ -37,7 +38,9 @@
  * travel as GLOBALS and bind to the receiver's globals.  A C function travels
  * as a name under which package.loaded reaches it (found by a reverse lookup
  * cached in the registry, rebuilt on a miss); a table whose metatable was
- * given to lmp.register as CLASS; a userdata whose metatable __name is a
+ * given to lmp.register as CLASS, and that metatable itself, met as a value
+(an upvalue of a constructor, a field), as METATABLE, so that it arrives as
+the receiver's registered one and not as a copy; a userdata whose metatable __name is a
  * registered handle type as HANDLE, its identity written and read back by
  * the type's hooks (run protected; an error there becomes a "serialize"
  * lmp.Error).  Anything else is refused with a "serialize" lmp.Error naming
@@ -94,6 +97,7 @@ enum {
   EXT_UPVALUE = 5,
   EXT_HANDLE = 6,
   EXT_CLASS = 7,
+  EXT_METATABLE = 8,
 };
 
 /* Registry keys: their addresses. */
@@ -340,6 +344,8 @@ typedef struct enc {
   msgpack_packer pk;
   const char *what;    /* the root's name in error messages */
   const void *globals; /* the global table */
+  int bymt;            /* stack index of the registry's metatable -> class name */
+  int remote;          /* for another machine: handles are refused */
   uint64_t nextid;
   step path[CODEC_MAXDEPTH + 1];
 } enc;
@@ -813,17 +819,34 @@ static void enc_content(enc *e, int idx, int depth)
 static void enc_class(enc *e, int idx, int depth)
 {
   lua_State *L = e->L;
-  registry_table(L, &K_BYMT, NULL);
-  lua_insert(L, -2);
-  if (lua_rawget(L, -2) != LUA_TSTRING)
+  if (lua_rawget(L, e->bymt) != LUA_TSTRING)
     enc_fail(e, depth, "table with unregistered metatable");
   size_t at = enc_open(e, 0xc9, EXT_CLASS);
   size_t n;
   const char *name = lua_tolstring(L, -1, &n);
   enc_str(e, name, n, depth);
-  lua_pop(L, 2);
+  lua_pop(L, 1);
   enc_content(e, idx, depth);
   enc_close(e, at, depth);
+}
+
+/* The table at idx if it is a registered metatable: its name as METATABLE;
+ * 0 if it is not one. */
+static int enc_metatable(enc *e, int idx, int depth)
+{
+  lua_State *L = e->L;
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, e->bymt) != LUA_TSTRING) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  size_t at = enc_open(e, 0xc9, EXT_METATABLE);
+  size_t n;
+  const char *name = lua_tolstring(L, -1, &n);
+  enc_str(e, name, n, depth);
+  enc_close(e, at, depth);
+  lua_pop(L, 1);
+  return 1;
 }
 
 static void enc_table(enc *e, int idx, int depth)
@@ -844,6 +867,8 @@ static void enc_table(enc *e, int idx, int depth)
   }
   e->nextid++;
   enc_enter(e, depth);
+  if (enc_metatable(e, idx, depth))
+    return;
   if (lua_getmetatable(e->L, idx)) {
     enc_class(e, idx, depth);
     return;
@@ -1097,6 +1122,9 @@ static void enc_userdata(enc *e, int idx, int depth)
   }
   if (t == NULL)
     enc_fail(e, depth, tname ? lua_pushfstring(L, "userdata (%s)", tname) : "userdata");
+  if (e->remote) /* a segment name or a descriptor means nothing elsewhere */
+    enc_fail(e, depth,
+             lua_pushfstring(L, "%s (a local object: it cannot reach another machine)", tname));
   enc_newid(e, p);
   e->c->scratch.len = 0;
   lua_pushcfunction(L, handle_encode_call);
@@ -1145,12 +1173,13 @@ static void enc_value(enc *e, int idx, int depth)
     enc_object(e, idx, type, depth);
 }
 
-const lmp_buf_t *lmpb_encode(lua_State *L, int idx, const char *what)
+static const lmp_buf_t *encode(lua_State *L, int idx, const char *what, int remote)
 {
   enc e;
   idx = lua_absindex(L, idx);
   e.L = L;
   e.what = what ? what : "value";
+  e.remote = remote;
   e.c = codec_acquire(L, 0);
   lua_pop(L, 1); /* it stays anchored in the registry */
   e.c->buf.len = 0;
@@ -1163,9 +1192,22 @@ const lmp_buf_t *lmpb_encode(lua_State *L, int idx, const char *what)
   msgpack_packer_init(&e.pk, &e, enc_write);
   if (!lua_checkstack(L, 8))
     enc_fail(&e, 0, "the Lua stack is exhausted");
+  registry_table(L, &K_BYMT, NULL);
+  e.bymt = lua_gettop(L);
   enc_value(&e, idx, 0);
+  lua_pop(L, 1);
   e.c->enc.busy = 0;
   return &e.c->buf;
+}
+
+const lmp_buf_t *lmpb_encode(lua_State *L, int idx, const char *what)
+{
+  return encode(L, idx, what, 0);
+}
+
+const lmp_buf_t *lmpb_encode_remote(lua_State *L, int idx, const char *what)
+{
+  return encode(L, idx, what, 1);
 }
 
 /* === decoder === */
@@ -1520,11 +1562,11 @@ static void dec_handle(dec *d)
   dec_newref(d);
 }
 
-static void dec_class(dec *d, const unsigned char *at)
+/* Push the metatable registered under the name that comes next. */
+static void dec_registered(dec *d)
 {
   lua_State *L = d->L;
   size_t n;
-  int ismap;
   const char *name = dec_bytes(d, &n);
   registry_table(L, &K_BYNAME, NULL);
   lua_pushlstring(L, name, n);
@@ -1534,6 +1576,13 @@ static void dec_class(dec *d, const unsigned char *at)
                                   "that name (lmp.register)",
                                   lua_pushlstring(L, name, n)));
   lua_remove(L, -2);
+}
+
+static void dec_class(dec *d, const unsigned char *at)
+{
+  lua_State *L = d->L;
+  int ismap;
+  dec_registered(d);
   dec_enter(d, at);
   uint64_t count = dec_count(d, &ismap);
   int t = dec_newtable(d, at, count, ismap);
@@ -1569,6 +1618,10 @@ static void dec_ext(dec *d, const unsigned char *at, size_t n)
     break;
   case EXT_CLASS:
     dec_class(d, at);
+    break;
+  case EXT_METATABLE:
+    dec_registered(d);
+    dec_newref(d);
     break;
   default:
     dec_fail(d, at, lua_pushfstring(d->L, "unknown ext type %d", type));
@@ -1809,7 +1862,8 @@ static int l_deserialize(lua_State *L)
 /* lmp.register(name, mt) -> mt */
 static int l_register(lua_State *L)
 {
-  const char *name = luaL_checkstring(L, 1);
+  luaL_checkstring(L, 1);
+  const char *name = lmpb_checkcstring(L, 1, 1, "name");
   luaL_checktype(L, 2, LUA_TTABLE);
   lmpb_register_class(L, name, 2);
   lua_settop(L, 2);

@@ -399,7 +399,7 @@ static int l_seal(lua_State *L)
   const char *id = luaL_checkstring(L, 3);
   luaL_checkany(L, 4);
   const char *what = luaL_optstring(L, 5, "value");
-  const lmp_buf_t *p = lmpb_encode(L, 4, what);
+  const lmp_buf_t *p = lmpb_encode_remote(L, 4, what);
   lmp_buf_t out = {0};
   int rc = lmp_broker_sign(&out, key, klen, kind[0], id, p->data, p->len);
   if (rc < 0) {
@@ -437,7 +437,7 @@ static int l_unseal(lua_State *L)
 static int l_encode(lua_State *L)
 {
   luaL_checkany(L, 1);
-  const lmp_buf_t *p = lmpb_encode(L, 1, luaL_optstring(L, 2, "value"));
+  const lmp_buf_t *p = lmpb_encode_remote(L, 1, luaL_optstring(L, 2, "value"));
   lua_pushlstring(L, p->data, p->len);
   return 1;
 }

@@ -401,11 +401,12 @@ static int key_bytes(lua_State *L, int idx, lmp_buf_t *b)
     tag = 's';
     p = lua_tolstring(L, idx, &n);
     break;
-  case LUA_TNUMBER:
-    /* 2.0 is the key 2, as in a Lua table */
-    if (lua_isinteger(L, idx)) {
-      u.i = lua_tointeger(L, idx);
-    } else if (!lua_numbertointeger(lua_tonumber(L, idx), &u.i)) {
+  case LUA_TNUMBER: {
+    /* A float with an exact integer value (2.0, -0.0) is that integer key,
+     * as in a Lua table; 2.5 stays a float key. */
+    int exact;
+    u.i = lua_tointegerx(L, idx, &exact);
+    if (!exact) {
       u.d = (double)lua_tonumber(L, idx);
       tag = 'f';
       n = sizeof u.d;
@@ -414,6 +415,7 @@ static int key_bytes(lua_State *L, int idx, lmp_buf_t *b)
     tag = 'i';
     n = sizeof u.i;
     break;
+  }
   default:
     tag = 'b';
     u.c = (char)lua_toboolean(L, idx);
@@ -541,8 +543,10 @@ static ldict *newdict(lua_State *L, int kind)
 
 static int obj_close(lua_State *L);
 
-/* What a closed handle still answers to: close (again) and closed; 0 for
- * any other key. */
+/* What a closed handle still answers to: closed, close (again) and the
+ * other methods, which raise "attempt to use a closed ..." when called, so
+ * that pcall(d.method, d) catches it; 0 for any other key (data, which
+ * raises). */
 static int closed_index(lua_State *L, ldict *d)
 {
   const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "";
@@ -553,6 +557,14 @@ static int closed_index(lua_State *L, ldict *d)
   if (d->c == NULL && strcmp(k, "close") == 0) {
     lua_pushcfunction(L, obj_close);
     return 1;
+  }
+  if (d->c == NULL && d->kind != NS && lua_type(L, 2) == LUA_TSTRING) {
+    luaL_getmetatable(L, mtnames[d->kind]);
+    lua_getfield(L, -1, "methods");
+    lua_pushvalue(L, 2);
+    if (lua_rawget(L, -2) != LUA_TNIL)
+      return 1;
+    lua_settop(L, 2);
   }
   return 0;
 }

@@ -74,24 +74,30 @@ static int error_tostring(lua_State *L)
 {
   luaL_Buffer b;
   luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  /* the fields first: nothing but luaL_addvalue's value may be pushed
+   * while the buffer is open */
+  lua_getfield(L, 1, "kind");      /* 2 */
+  lua_getfield(L, 1, "message");   /* 3 */
+  lua_getfield(L, 1, "traceback"); /* 4 */
+  lua_getfield(L, 1, "pid");       /* 5 */
   luaL_buffinit(L, &b);
-  lua_getfield(L, 1, "kind");
-  lua_getfield(L, 1, "message");
-  lua_getfield(L, 1, "traceback");
-  lua_getfield(L, 1, "pid");
   luaL_addstring(&b, "lmp.Error(");
-  luaL_addstring(&b, lua_isstring(L, -4) ? lua_tostring(L, -4) : "?");
-  if (lua_isinteger(L, -1)) {
-    lua_pushfstring(L, ", pid %d", (int)lua_tointeger(L, -1));
+  luaL_addstring(&b, lua_isstring(L, 2) ? lua_tostring(L, 2) : "?");
+  if (lua_isinteger(L, 5)) {
+    lua_pushfstring(L, ", pid %d", (int)lua_tointeger(L, 5));
     luaL_addvalue(&b);
   }
   luaL_addstring(&b, "): ");
-  luaL_addstring(&b, lua_isstring(L, -3) ? lua_tostring(L, -3) : "");
-  if (lua_isstring(L, -2) && lua_rawlen(L, -2) > 0) {
-    luaL_addstring(&b, "\nremote ");
-    luaL_addstring(&b, lua_tostring(L, -2));
+  if (lua_isstring(L, 3)) {
+    lua_pushvalue(L, 3);
+    luaL_addvalue(&b);
   }
-  lua_pop(L, 4);
+  if (lua_isstring(L, 4) && lua_rawlen(L, 4) > 0) {
+    luaL_addstring(&b, "\nremote ");
+    lua_pushvalue(L, 4);
+    luaL_addvalue(&b);
+  }
   luaL_pushresult(&b);
   return 1;
 }

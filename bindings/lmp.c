@@ -67,13 +67,27 @@ int lmpb_closed(lua_State *L, const char *tname)
   return luaL_error(L, "attempt to use a closed %s", tname);
 }
 
+const char *lmpb_checkcstring(lua_State *L, int idx, int arg, const char *what)
+{
+  size_t n;
+  const char *s = lua_tolstring(L, idx, &n);
+  if (s != NULL && strlen(s) != n)
+    luaL_argerror(L, arg, lua_pushfstring(L, "%s contains a NUL byte", what));
+  return s;
+}
+
 const char *lmpb_tomessage(lua_State *L, int idx)
 {
-  const char *msg = lua_tostring(L, idx);
-  if (msg != NULL)
-    return lua_pushstring(L, msg);
-  if (luaL_callmeta(L, idx, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
-    return lua_tostring(L, -1);
+  int t = lua_type(L, idx);
+  if (t == LUA_TSTRING || t == LUA_TNUMBER) {
+    lua_pushvalue(L, idx);
+    return lua_tostring(L, -1); /* converts the copy: the value stays a number */
+  }
+  if (luaL_callmeta(L, idx, "__tostring")) {
+    if (lua_type(L, -1) == LUA_TSTRING)
+      return lua_tostring(L, -1);
+    lua_pop(L, 1);
+  }
   return lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, idx));
 }
 

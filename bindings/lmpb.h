@@ -59,6 +59,10 @@ static inline void lmpb_put_be(unsigned char *p, uint64_t v, int n)
  * "serialize": "cannot send args[2].handler: userdata (FILE*)".
  */
 const lmp_buf_t *lmpb_encode(lua_State *L, int idx, const char *what);
+/* The same for a message that may reach another machine (a broker's): lmp
+ * handles, which name this machine's shared memory and descriptors, raise a
+ * "serialize" lmp.Error that says so. */
+const lmp_buf_t *lmpb_encode_remote(lua_State *L, int idx, const char *what);
 
 /* Decode one message and push its value.  `trusted` allows Lua bytecode.
  * Malformed input raises a Lua error "corrupt message (...)", never crashes. */
@@ -185,8 +189,14 @@ void lmpb_preload(lua_State *L, const char *name, lua_CFunction open);
 
 /* === helpers (lmp.c) === */
 
-/* Push the error value at idx as a message: a string as it is, anything
- * else through __tostring (an lmp.Error) or as "(error object is a T value)". */
+/* The string at idx, for C: one with a NUL byte inside would be cut short
+ * there (and name another object), so it is a bad argument `arg`, "<what>
+ * contains a NUL byte".  NULL if the value is not a string or a number. */
+const char *lmpb_checkcstring(lua_State *L, int idx, int arg, const char *what);
+
+/* Push the error value at idx as a message: a string as it is, a number as
+ * its text (the value at idx stays a number), anything else through
+ * __tostring (an lmp.Error) or as "(error object is a T value)". */
 const char *lmpb_tomessage(lua_State *L, int idx);
 /* Message handler for lua_pcall: the error as a string (through __tostring
  * for an lmp.Error) followed by a stack traceback. */

@@ -128,6 +128,7 @@ static void read_options(lua_State *L, int ut, lprocess *p)
   lua_setfield(L, ut, "args");
   if (lua_getfield(L, 1, "name") != LUA_TNIL) {
     luaL_argcheck(L, lua_type(L, -1) == LUA_TSTRING, 1, "field 'name' must be a string");
+    lmpb_checkcstring(L, -1, 1, "field 'name'");
     lua_setfield(L, ut, "name");
   } else {
     lua_pop(L, 1);
@@ -382,6 +383,7 @@ static int process_newindex(lua_State *L)
   const char *k = luaL_checkstring(L, 2);
   if (strcmp(k, "name") == 0) {
     luaL_checkstring(L, 3);
+    lmpb_checkcstring(L, 3, 3, "name");
     lua_settop(L, 3);
     setfield(L, 1, "name");
   } else if (strcmp(k, "daemon") == 0) {

@@ -53,7 +53,8 @@ typedef struct larray {
 } larray;
 
 typedef struct lshmem {
-  lmp_shmem_t *m; /* NULL once closed */
+  lmp_shmem_t *m;             /* NULL once closed */
+  char seg[LMP_SEG_NAME_MAX]; /* its segment name once closed, for unlink */
 } lshmem;
 
 /* Push a new handle of metatable mt in its closed state: __gc can free it
@@ -202,21 +203,20 @@ static larray *toarray(lua_State *L, int idx)
   return u ? u : luaL_testudata(L, idx, VALUE_MT);
 }
 
-/* What a closed handle still answers: close (again) and closed; 0 if k is
- * neither. */
-static int closed_index(lua_State *L, const char *mt, int open)
+/* What a closed handle still answers: `closed`, and its methods (from
+ * __index's upvalue), which raise "attempt to use a closed ..." when called
+ * -- close and unlink excepted -- so that pcall(obj.method, obj) catches it;
+ * 0 for anything else (a field, which raises). */
+static int closed_index(lua_State *L)
 {
-  const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "";
-  if (strcmp(k, "closed") == 0) {
-    lua_pushboolean(L, !open);
+  if (lua_type(L, 2) == LUA_TSTRING && strcmp(lua_tostring(L, 2), "closed") == 0) {
+    lua_pushboolean(L, 1);
     return 1;
   }
-  if (!open && strcmp(k, "close") == 0) {
-    luaL_getmetatable(L, mt);
-    lua_getfield(L, -1, "methods");
-    lua_getfield(L, -1, "close");
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL)
     return 1;
-  }
+  lua_pop(L, 1);
   return 0;
 }
 
@@ -430,7 +430,7 @@ static int obj_tostring(lua_State *L)
 static int value_index(lua_State *L)
 {
   larray *u = luaL_checkudata(L, 1, VALUE_MT);
-  if (u->a == NULL && closed_index(L, VALUE_MT, 0))
+  if (u->a == NULL && closed_index(L))
     return 1;
   lmp_array_t *a = checkvalue(L);
   const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "";
@@ -471,7 +471,7 @@ static int value_add(lua_State *L)
 static int array_index(lua_State *L)
 {
   larray *u = luaL_checkudata(L, 1, ARRAY_MT);
-  if (u->a == NULL && closed_index(L, ARRAY_MT, 0))
+  if (u->a == NULL && closed_index(L))
     return 1;
   lmp_array_t *a = checkarray(L);
   lua_Integer i;
@@ -686,9 +686,9 @@ static int lock_tostring(lua_State *L)
 
 static int lock_index(lua_State *L)
 {
-  check_open(L, 1, LOCK_MT);
   lua_pushvalue(L, 2);
-  lua_rawget(L, lua_upvalueindex(1));
+  if (lua_rawget(L, lua_upvalueindex(1)) == LUA_TNIL)
+    check_open(L, 1, LOCK_MT); /* a method is found closed or not: it checks */
   return 1;
 }
 
@@ -706,6 +706,7 @@ static lshmem *new_lshmem(lua_State *L)
 {
   lshmem *u = lua_newuserdatauv(L, sizeof *u, 0);
   u->m = NULL;
+  u->seg[0] = '\0';
   luaL_setmetatable(L, SHMEM_MT);
   return u;
 }
@@ -745,7 +746,7 @@ static int shmem_new(lua_State *L)
 {
   static const char *const options[] = {"size", "name", NULL};
   if (lua_type(L, 1) == LUA_TSTRING)
-    return shmem_attach(L, lua_tostring(L, 1));
+    return shmem_attach(L, lmpb_checkcstring(L, 1, 1, "name"));
   if (lua_type(L, 1) == LUA_TNUMBER)
     return shmem_create(L, luaL_checkinteger(L, 1), NULL);
   if (!lua_istable(L, 1))
@@ -755,7 +756,7 @@ static int shmem_new(lua_State *L)
   lua_getfield(L, 1, "name");
   if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING)
     luaL_argerror(L, 1, "field 'name' must be a string");
-  const char *name = lua_tostring(L, -1);
+  const char *name = lmpb_checkcstring(L, -1, 1, "field 'name'");
   if (lua_isnil(L, -2)) {
     if (name == NULL)
       return luaL_argerror(L, 1, "give a size to create, or a name to attach");
@@ -828,15 +829,26 @@ static int shmem_array(lua_State *L)
 static int shmem_close(lua_State *L)
 {
   lshmem *u = luaL_checkudata(L, 1, SHMEM_MT);
+  if (u->m == NULL)
+    return 0;
+  snprintf(u->seg, sizeof u->seg, "%s", lmp_seg_name(lmp_shmem_seg(u->m)));
   lmp_shmem_free(u->m);
   u->m = NULL;
   return 0;
 }
 
-/* m:unlink() -> true, or nil, "not found" if it was already */
+/* m:unlink() -> true, or nil, "not found" if it was already.  After close
+ * too, as Python's shm.close(); shm.unlink(): the block is attached again by
+ * its segment name, unless it went with its last handle. */
 static int shmem_unlink(lua_State *L)
 {
-  int rc = lmp_shmem_unlink(checkshmem(L));
+  lshmem *u = luaL_checkudata(L, 1, SHMEM_MT);
+  lmp_shmem_t *m = u->m;
+  int rc = m != NULL ? 0 : u->seg[0] != '\0' ? lmp_shmem_attach(u->seg, &m) : -ENOENT;
+  if (rc == 0)
+    rc = lmp_shmem_unlink(m);
+  if (m != u->m)
+    lmp_shmem_free(m);
   if (rc == -ENOENT)
     return lmpb_fail(L, "not found");
   if (rc < 0)
@@ -849,10 +861,12 @@ static int shmem_index(lua_State *L)
 {
   lshmem *u = luaL_checkudata(L, 1, SHMEM_MT);
   const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "";
-  if (closed_index(L, SHMEM_MT, u->m != NULL))
+  if (u->m == NULL && closed_index(L))
     return 1;
   lmp_shmem_t *m = checkshmem(L);
-  if (strcmp(k, "name") == 0) {
+  if (strcmp(k, "closed") == 0) {
+    lua_pushboolean(L, 0);
+  } else if (strcmp(k, "name") == 0) {
     lua_pushstring(L, lmp_shmem_name(m));
   } else if (strcmp(k, "size") == 0) {
     lua_pushinteger(L, (lua_Integer)lmp_shmem_size(m));

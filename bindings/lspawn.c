@@ -87,8 +87,9 @@ const char *lmpb_checkmethod(lua_State *L, int idx, int arg)
 {
   if (lua_isnoneornil(L, idx))
     return NULL;
-  const char *name = lua_tostring(L, idx);
-  int i = name && lua_type(L, idx) == LUA_TSTRING ? method_index(name) : -1;
+  const char *name =
+      lua_type(L, idx) == LUA_TSTRING ? lmpb_checkcstring(L, idx, arg, "start method") : NULL;
+  int i = name ? method_index(name) : -1;
   if (i < 0)
     luaL_argerror(L, arg,
                   lua_pushfstring(L, "unknown start method '%s'", luaL_tolstring(L, idx, NULL)));
@@ -1027,6 +1028,7 @@ static int l_set_forkserver_preload(lua_State *L)
   for (lua_Integer i = 1; i <= n; i++) {
     if (lua_geti(L, 1, i) != LUA_TSTRING)
       return luaL_argerror(L, 1, "module names expected");
+    lmpb_checkcstring(L, -1, 1, "module name");
     lua_rawseti(L, -2, i);
   }
   lua_setfield(L, LUA_REGISTRYINDEX, PRELOAD_KEY);

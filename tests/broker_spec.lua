@@ -274,11 +274,43 @@ describe_redis("lmp.Pool on a Redis broker", function()
       ok, e = pcall(lmp.Pool, {broker = url()})
       assert.matches("shared secret", e)
     end
+    -- C reads them up to a NUL byte: "q\0x" would be the queue "q"
+    ok, e = pcall(lmp.Pool, {broker = url(), secret = "x", queue = "q\0x"})
+    assert.are.equal("bad argument #1 to 'Pool' (field 'queue' contains a NUL byte)", e)
+    ok, e = pcall(lmp.Pool, {broker = url() .. "\0junk", secret = "x"})
+    assert.are.equal("bad argument #1 to 'Pool' (field 'broker' contains a NUL byte)", e)
     ok, e = pcall(lmp.Pool, {broker = "http://x", secret = "x"})
     assert.matches("unsupported broker URL", tostring(e))
     -- anything without `broker` is still a local pool
     local lp <close> = lmp.Pool{processes = 1}
     assert.are.equal(4, lp:apply(function() return 4 end))
+  end)
+
+  it("refuses a local lmp object in a task at submit: it cannot reach another machine", function()
+    local q = new_queue()
+    local p = pool(q)
+    local lq, v, d = lmp.Queue(), lmp.Value("i"), lmp.Dict()
+    local why = " %(a local object: it cannot reach another machine%)$"
+    local function refused(pattern, f, ...)
+      local ok, e = pcall(f, ...)
+      assert.is_false(ok)
+      assert.are.equal("serialize", e.kind)
+      assert.matches(pattern .. why, e.message)
+    end
+    refused("cannot send args%[1%]: lmp.Queue", p.apply, p, function(x) return x end, lq)
+    refused("cannot send function<upvalue v>: lmp.Value", p.apply, p, function() return v.value end)
+    refused("cannot send args%[1%].t%[1%]: lmp.Dict", p.apply_async, p, print, {{t = {d}}})
+    refused("cannot send args%[%d%]: lmp.SharedMemory", p.map, p, print, {1, lmp.SharedMemory(8)})
+    local ex = lmp.Executor{broker = url(), queue = q, secret = SECRET}
+    refused("cannot send args%[1%]: lmp.Lock", ex.submit, ex, print, lmp.Lock())
+    ex:shutdown{wait = false}
+    -- nothing was queued; a result holding one is refused by the worker
+    local w = start_worker(q)
+    assert.are.equal(3, p:apply(function(x) return x end, 3))
+    refused("cannot send result%S*: lmp.Queue", p.apply, p, function() return require("lmp").Queue() end)
+    p:terminate()
+    kill(w)
+    assert.is_true(exited(w))
   end)
 
   it("fails clearly and in time when the broker is unreachable", function()

@@ -373,6 +373,8 @@ describe("lmp codec: registered classes", function()
       errmsg(function() lmp.register() end))
     assert.are.equal("bad argument #2 to 'register' (table expected, got number)",
       errmsg(function() lmp.register("x", 1) end))
+    assert.are.equal("bad argument #1 to 'register' (name contains a NUL byte)",
+      errmsg(function() lmp.register("codec_spec.Point\0x", {}) end))
   end)
 
   it("sends instances with their content and the receiver's metatable", function()
@@ -394,6 +396,45 @@ describe("lmp codec: registered classes", function()
     lmp.register("codec_spec.Swap", New)
     assert.are.equal(New, getmetatable(rt(setmetatable({}, New))))
     assert.matches("table with unregistered metatable$", (errmsg(ser, setmetatable({}, Old))))
+  end)
+
+  it("sends a registered metatable itself by name, wherever it sits", function()
+    lmp.register("codec_spec.Point", Point)
+    local function new(x, y) return setmetatable({x = x, y = y}, Point) end
+    -- as an upvalue: the constructor's instances get the receiver's metatable
+    local made = rtt(new)(1, 2)
+    assert.are.equal(Point, getmetatable(made))
+    assert.are.equal(Point, getmetatable(rt(made)))
+    -- as a value, a field, a key, nested, and next to its instances
+    assert.are.equal(Point, rt(Point))
+    local r = rt({mt = Point, list = {{Point}}, [Point] = true, p = new(3, 4)})
+    assert.are.equal(Point, r.mt)
+    assert.are.equal(Point, r.list[1][1])
+    assert.is_true(r[Point])
+    assert.are.equal(r.mt, getmetatable(r.p))
+    -- a class whose metatable has a metatable of its own (a __call constructor)
+    local Callable = setmetatable({}, {__call = function(c, v) return setmetatable({v = v}, c) end})
+    Callable.__index = Callable
+    lmp.register("codec_spec.Callable", Callable)
+    assert.are.equal(Callable, rt(Callable))
+    assert.are.equal(Callable, getmetatable(rtt(function(v) return Callable(v) end)(5)))
+    -- the receiver must know the name
+    local msg, err = errmsg(des, "\xc7\x06\x08\xa5nope!")
+    assert.are.equal(
+      "cannot receive a 'nope!': no metatable registered under that name (lmp.register)", msg)
+    assert.are.equal("serialize", err.kind)
+  end)
+
+  it("crosses processes with a registered metatable as an upvalue or argument", function()
+    lmp.register("codec_spec.Point", Point)
+    local function new(x, y) return setmetatable({x = x, y = y}, Point) end
+    local pool <close> = lmp.Pool(1)
+    local p = pool:apply(function() return new(3, 4) end)
+    assert.are.equal(Point, getmetatable(p))
+    assert.are.equal(25, p:norm2())
+    p = pool:apply(function(mt) return setmetatable({x = 1, y = 1}, mt) end, Point)
+    assert.are.equal(2, p:norm2())
+    assert.is_true(pool:apply(function(t) return getmetatable(t[1]) == t.mt end, {new(0, 0), mt = Point}))
   end)
 
   it("refuses a class the receiver has not registered", function()
@@ -451,7 +492,7 @@ describe("lmp codec: wire format", function()
     assert.are.equal(300, r[600][1])
   end)
 
-  it("tags lmp's kinds with ext types 2 to 7", function()
+  it("tags lmp's kinds with ext types 2 to 8", function()
     local n = 0
     local function inc() n = n + 1 end
     local function get() return n end
@@ -463,6 +504,7 @@ describe("lmp codec: wire format", function()
     local C = lmp.register("codec_spec.Wire", {})
     assert.are.equal("\xc9\x00\x00\x00\x12\x07\xafcodec_spec.Wire\x91\x01",
       ser(setmetatable({1}, C)))
+    assert.are.equal("\xc9\x00\x00\x00\x10\x08\xafcodec_spec.Wire", ser(C))
   end)
 
   it("frees the objects of a big message for the next one", function()

@@ -52,6 +52,36 @@ describe("lmp.Dict", function()
     assert.are.equal(3, lmp.Dict{a = 1, b = 2, c = 3}:len())
   end)
 
+  it("keeps fractional keys apart from integer ones, as a Lua table does", function()
+    local function check(d)
+      d[2] = "two"
+      d[2.5] = "twohalf"
+      d[0.5] = "half"
+      d[-0.0] = "zero"
+      d[2 ^ 63] = "big"
+      assert.are.equal("two", d[2])
+      assert.are.equal("twohalf", d[2.5])
+      assert.are.equal("half", d[0.5])
+      assert.are.equal("zero", d[0]) -- -0.0 is the key 0, as in a table
+      assert.are.equal("big", d[2 ^ 63])
+      assert.is_nil(d[math.mininteger])
+      local t = {}
+      for k, v in pairs(d) do t[#t + 1] = math.type(k) .. " " .. k .. "=" .. v end
+      assert.are.same({"integer 2=two", "float 2.5=twohalf", "float 0.5=half",
+        "integer 0=zero", "float 9.2233720368548e+18=big"}, t)
+      assert.are.equal("twohalf", d:pop(2.5))
+      assert.are.equal("two", d[2])
+      assert.are.equal(1.5, d:incr(0.25, 1.5))
+      assert.are.equal(1.5, d[0.25])
+      d[0] = nil
+      assert.are.equal(4, #d)
+      assert.are.equal("half", lmp.Dict(d:totable())[0.5])
+    end
+    check(lmp.Dict())
+    local m <close> = lmp.Manager()
+    check(m:dict())
+  end)
+
   it("rejects keys it cannot store", function()
     local d = lmp.Dict()
     assert.has_error(function() d[{}] = 1 end,
@@ -159,6 +189,17 @@ describe("lmp.Dict", function()
       e = d2
     end
     assert.has_error(function() e:len() end, "attempt to use a closed lmp.Dict")
+  end)
+
+  it("a closed Dict or List still gives its methods, which raise when called", function()
+    for _, c in ipairs{{lmp.Dict{a = 1}, "lmp.Dict", "keys"}, {lmp.List{1}, "lmp.List", "append"}} do
+      local obj, name, method = c[1], c[2], c[3]
+      obj:close()
+      assert.are.equal("function", type(obj[method]))
+      assert.are.same({false, "attempt to use a closed " .. name}, {pcall(obj[method], obj, 1)})
+      assert.are.same({false, "attempt to use a closed " .. name}, {pcall(obj.len, obj)})
+      assert.is_true(obj.closed)
+    end
   end)
 
   it("grows past its first store and holds large values", function()

@@ -121,6 +121,16 @@ describe("lmp.Executor", function()
     assert.are.equal(9, ex:submit(square, 3):result())
   end)
 
+  it("a number raised by a task arrives as that number", function()
+    for _, v in ipairs{123, 2.5, math.mininteger} do
+      local err = raised(function() return ex:submit(function() error(v) end):result() end)
+      assert.are.equal("task", err.kind)
+      assert.are.equal(math.type(v), math.type(err.value))
+      assert.are.equal(v, err.value)
+      assert.are.equal(tostring(v), err.message)
+    end
+  end)
+
   it("a task error is raised by result and returned by exception", function()
     local f = ex:submit(function(x) error({code = x}) end, 7)
     local err = raised(f.result, f)

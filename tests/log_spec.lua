@@ -90,6 +90,9 @@ describe("lmp.get_logger", function()
     assert.has_error(function() log:add_handler(42) end)
     assert.has_error(function() lmp.get_logger(42) end,
       "bad argument #1 to 'get_logger' (string expected, got number)")
+    -- open(2) would cut the path short at the NUL byte and write elsewhere
+    assert.has_error(function() log:add_handler(os.tmpname() .. "\0.log") end,
+      "bad argument #1 to 'add_handler' (file path contains a NUL byte)")
   end)
 
   for _, method in ipairs(lmp.get_all_start_methods()) do

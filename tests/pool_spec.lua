@@ -254,6 +254,33 @@ describe("lmp.Pool", function()
     assert.is_nil(err.value)
   end)
 
+  it("a number raised by a task arrives as that number", function()
+    for _, v in ipairs{123, 2.5, -0.0} do
+      local err = raised(pool.apply, pool, function() error(v) end)
+      assert.are.equal("task", err.kind)
+      assert.are.equal(math.type(v), math.type(err.value))
+      assert.are.equal(v, err.value)
+      assert.are.equal(tostring(v), err.message)
+    end
+    local err = raised(pool.map, pool, function(x) error(x * 10) end, {1})
+    assert.are.equal(10, err.value)
+  end)
+
+  it("prints a long message and a deep remote traceback whole", function()
+    local msg = ("m"):rep(3000)
+    local err = raised(pool.apply, pool, function()
+      local function a_function_whose_long_name_makes_each_traceback_line_long(n)
+        if n == 0 then error(msg, 0) end
+        return 1 + a_function_whose_long_name_makes_each_traceback_line_long(n - 1)
+      end
+      return a_function_whose_long_name_makes_each_traceback_line_long(50)
+    end)
+    assert.are.equal(msg, err.message)
+    assert.is_true(#err.traceback > 1024)
+    assert.are.equal("lmp.Error(task, pid " .. err.pid .. "): " .. msg .. "\nremote " .. err.traceback,
+      tostring(err))
+  end)
+
   it("map raises the error of the first failing item", function()
     local err = raised(pool.map, pool, function(x)
       if x >= 5 then error("bad " .. x) end

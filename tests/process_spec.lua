@@ -114,6 +114,11 @@ describe("lmp.Process", function()
       "bad argument #1 to 'Process' (field 'target' must be callable)")
     assert.has_error(function() p:join(-1) end,
       "bad argument #1 to 'join' (timeout must be a non-negative number)")
+    -- the child keeps its name in C: a NUL byte would cut it short
+    assert.has_error(function() lmp.Process{target = print, name = "a\0b"} end,
+      "bad argument #1 to 'Process' (field 'name' contains a NUL byte)")
+    assert.has_error(function() p.name = "a\0b" end,
+      "bad argument #3 to 'newindex' (name contains a NUL byte)")
   end)
 
   it("close refuses a running process and makes the object unusable", function()

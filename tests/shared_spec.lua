@@ -140,6 +140,16 @@ describe("lmp.Value", function()
     end
     assert.has_error(function() w:add(1) end, "attempt to use a closed lmp.Value")
   end)
+
+  it("a closed Value or Array still gives its methods, which raise when called", function()
+    for _, c in ipairs{{lmp.Value("i"), "lmp.Value"}, {lmp.Array("i", 2), "lmp.Array"}} do
+      local obj, name = c[1], c[2]
+      obj:close()
+      assert.are.equal("function", type(obj.get_lock))
+      assert.are.same({false, "attempt to use a closed " .. name}, {pcall(obj.get_lock, obj)})
+      assert.has_error(function() return obj.type end, "attempt to use a closed " .. name)
+    end
+  end)
 end)
 
 describe("the lock of get_lock()", function()
@@ -588,6 +598,22 @@ describe("lmp.SharedMemory", function()
     assert.are.same({nil, "not found"}, {lmp.SharedMemory(name)})
   end)
 
+  it("unlink works after close, in Python's order", function()
+    local m = lmp.SharedMemory{size = 8, name = "closed-then-unlinked"}
+    local other = lmp.SharedMemory("closed-then-unlinked")
+    m:close()
+    assert.is_true(m:unlink())
+    assert.are.same({nil, "not found"}, {lmp.SharedMemory("closed-then-unlinked")})
+    assert.are.same({nil, "not found"}, {m:unlink()})
+    other:write(1, "kept") -- a holder keeps the memory
+    assert.are.equal("kept", other:read(1, 4))
+    -- closing the last handle freed the block, and its names with it
+    local lone = lmp.SharedMemory{size = 8, name = "lone"}
+    lone:close()
+    assert.are.same({nil, "not found"}, {lone:unlink()})
+    assert.are.same({nil, "not found"}, {lmp.SharedMemory("lone")})
+  end)
+
   it("close releases the handle", function()
     local m = lmp.SharedMemory(4)
     assert.is_false(m.closed)
@@ -596,6 +622,9 @@ describe("lmp.SharedMemory", function()
     m:close()
     assert.has_error(function() m:read() end, "attempt to use a closed lmp.SharedMemory")
     assert.has_error(function() return m.size end, "attempt to use a closed lmp.SharedMemory")
+    -- a method is found; calling it raises, which pcall catches
+    assert.are.same({false, "attempt to use a closed lmp.SharedMemory"}, {pcall(m.read, m)})
+    assert.are.same({false, "attempt to use a closed lmp.SharedMemory"}, {pcall(m.array, m, "int8")})
     do
       local n <close> = lmp.SharedMemory(4)
       m = n
@@ -667,6 +696,16 @@ describe("lmp.SharedMemory", function()
       "bad argument #1 to 'SharedMemory' (name must be 1 to 47 bytes, not starting with '/')")
     assert.has_error(function() lmp.SharedMemory{size = 1, name = string.rep("x", 48)} end,
       "bad argument #1 to 'SharedMemory' (name must be 1 to 47 bytes, not starting with '/')")
+    -- a name is a C string: a NUL byte would cut it short and attach another block
+    local x = lmp.SharedMemory{size = 1, name = "x"}
+    assert.has_error(function() lmp.SharedMemory("x\0anything") end,
+      "bad argument #1 to 'SharedMemory' (name contains a NUL byte)")
+    assert.has_error(function() lmp.SharedMemory{name = "x\0anything"} end,
+      "bad argument #1 to 'SharedMemory' (field 'name' contains a NUL byte)")
+    assert.has_error(function() lmp.SharedMemory{size = 1, name = "y\0"} end,
+      "bad argument #1 to 'SharedMemory' (field 'name' contains a NUL byte)")
+    assert.are.same({nil, "not found"}, {lmp.SharedMemory("y")})
+    x:close()
     assert.has_error(function() lmp.SharedMemory(true) end,
       "bad argument #1 to 'SharedMemory' (table, string or number expected, got boolean)")
     local v = lmp.Value("i")

@@ -527,6 +527,11 @@ describe("choosing a start method", function()
       "bad argument #1 to 'Process' (unknown start method '1')")
     local p = lmp.Process(print)
     assert.has_error(function() p.start_method = "x" end)
+    -- names with a NUL byte would be read by C up to it ("fork")
+    assert.has_error(function() lmp.get_context("fork\0x") end,
+      "bad argument #1 to 'get_context' (start method contains a NUL byte)")
+    assert.has_error(function() lmp.set_forkserver_preload{"string\0junk"} end,
+      "bad argument #1 to 'set_forkserver_preload' (module name contains a NUL byte)")
   end)
 
   it("gives contexts: one per method, constructors looked up in lmp", function()

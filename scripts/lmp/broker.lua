@@ -28,7 +28,7 @@ local TICK = 0.05 -- seconds between looks of an event loop without a notifier
 local check = require "lmp.check"
 local result = require "lmp.result"
 local argerror, badself = check.argerror, check.badself
-local checkoptions, checkself = check.checkoptions, check.checkself
+local checkoptions, checkself, checkcstring = check.checkoptions, check.checkself, check.checkcstring
 local run_callbacks, settle_all = result.run_callbacks, result.settle_all
 local TAG_APPLY = result.TAG_APPLY
 
@@ -306,6 +306,8 @@ function M.Pool(o, ...)
   field(o, "secret", str, "must be a non-empty string")
   field(o, "connect_timeout", positive, "must be a positive number")
   field(o, "result_ttl", positive, "must be a positive number")
+  if o.broker then checkcstring(o.broker, 1, "Pool", "field 'broker'") end
+  if o.queue then checkcstring(o.queue, 1, "Pool", "field 'queue'") end
   local secret = M.secret(o.secret, "Pool")
   local queue = o.queue or "default"
   local conn, err = core.open(o.broker, queue, o.connect_timeout or 5, o.result_ttl or 3600)

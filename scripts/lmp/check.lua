@@ -47,6 +47,12 @@ function M.length(t)
   return #t
 end
 
+-- A string C will read as a C string: a NUL byte inside would cut it short
+-- there (and name something else), as lmpb_checkcstring refuses in C.
+function M.checkcstring(s, i, fname, what)
+  if s:find("\0", 1, true) then M.argerror(i, fname, what .. " contains a NUL byte") end
+end
+
 -- An options table whose keys must all be in the set `known`.
 function M.checkoptions(opts, i, fname, known)
   if type(opts) ~= "table" then M.typeerror(i, fname, "table", opts) end

@@ -68,6 +68,9 @@ local function newhandler(target, level, fname)
     if not fd then error(string.format("bad argument #1 to '%s' (io.stderr or io.stdout expected)", fname), 3) end
     h.kind, h.fd = "stream", fd
   elseif type(target) == "string" then
+    if target:find("\0", 1, true) then -- open(2) would cut it short and write elsewhere
+      error(string.format("bad argument #1 to '%s' (file path contains a NUL byte)", fname), 3)
+    end
     h.kind, h.path = "file", target
   else
     error(string.format("bad argument #1 to '%s' (function, file path or io.stderr expected, got %s)",

@@ -41,10 +41,17 @@
 
 #include "lmpb.h"
 
-/* lmp.c's helper, which this program does not link. */
+/* lmp.c's helpers, which this program does not link. */
 __attribute__((weak)) void lmpb_checkoptions(lua_State *L, int idx, const char *const known[])
 {
   (void)L, (void)idx, (void)known;
+}
+
+__attribute__((weak)) const char *lmpb_checkcstring(lua_State *L, int idx, int arg,
+                                                    const char *what)
+{
+  (void)arg, (void)what;
+  return lua_tostring(L, idx);
 }
 
 /* === the Lua side === */
@@ -93,7 +100,7 @@ static const char corpus_src[] =
     "  {}, {1, 2, 3}, {a = 1, b = {c = {d = 'e'}}}, big,\n"
     "  {1, 'two', 3.0, {4, {5}}, x = true, [10] = false, [0.5] = 'half'},\n"
     "  {shared, shared, {shared}}, cyc,\n"
-    "  {setmetatable({x = 1}, P), setmetatable({1, 2}, P)},\n"
+    "  {setmetatable({x = 1}, P), setmetatable({1, 2}, P)}, {P, {mt = P}, setmetatable({}, P)},\n"
     "  lmp.Error('task', 'failed', {pid = 1}),\n"
     "}\n"
     "local code = {\n"
