@@ -281,6 +281,23 @@ for _, method in ipairs(METHODS) do
       pool:terminate()
     end)
 
+    it("ctx.Pool and ctx.Executor take the module's arguments, positional ones included", function()
+      -- how the calling process started, from its command line
+      local function started_by()
+        local f = io.open("/proc/self/cmdline")
+        local s = f:read("a")
+        f:close()
+        return s:find("--lmp-child", 1, true) and "spawn"
+               or s:find("--lmp-forkserver", 1, true) and "forkserver" or "fork"
+      end
+      local pool <close> = ctx.Pool(1, function(a, b) _G.init = a + b end, {2, 3}, 10)
+      assert.are.same({5, method}, pool:apply(function() return {_G.init, started_by()} end))
+      local ex <close> = ctx.Executor(1)
+      assert.are.equal(method, ex:submit(started_by):result(30))
+      assert.are.equal(support.raised(lmp.Pool, 1, 5), support.raised(ctx.Pool, 1, 5))
+      assert.are.equal(support.raised(lmp.Executor, 1, 2), support.raised(ctx.Executor, 1, 2))
+    end)
+
     it("runs an executor with this start method", function()
       local ex = lmp.Executor{max_workers = 2, start_method = method}
       local futs = {}

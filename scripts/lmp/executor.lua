@@ -462,12 +462,12 @@ local function options(...)
   return {max_workers = a}
 end
 
--- The Pool options for the Executor options o.
-local function pool_options(o, n)
+-- The Pool options for the Executor options o (method: a context's).
+local function pool_options(o, n, method)
   if o.broker == nil then
     return {processes = n, initializer = o.initializer, initargs = o.initargs,
             maxtasksperchild = o.max_tasks_per_child, task_timeout = o.task_timeout,
-            max_memory_per_child = o.max_memory_per_child, start_method = o.start_method}
+            max_memory_per_child = o.max_memory_per_child, start_method = o.start_method or method}
   end
   local po = {}
   for _, k in ipairs(broker_keys) do po[k] = o[k] end
@@ -478,10 +478,12 @@ end
 --- initargs =, max_tasks_per_child =, task_timeout =, max_memory_per_child =,
 --- start_method =}, or
 --- lmp.Executor{broker = url, queue =, secret =, ...} on a broker's workers
-local function new(...)
+-- Called as new(method, ...): `method` is a context's start method, used
+-- unless the options name one.
+local function new(method, ...)
   local o = options(...)
   local n = tointeger(o.max_workers) or lmp.cpu_count()
-  local ok, pool = pcall(lmp.Pool, pool_options(o, n))
+  local ok, pool = pcall(lmp.Pool, pool_options(o, n, method))
   if not ok then
     if type(pool) == "string" then
       pool = pool:gsub("^bad argument #1 to 'Pool'", "bad argument #1 to 'Executor'")
@@ -761,7 +763,8 @@ return {
   _targets = targets,
   _pending = pending,
   _values = values,
-  Executor = new,
+  Executor = function(...) return new(nil, ...) end,
+  _new = new,
   as_completed = as_completed,
   wait = wait,
   FIRST_COMPLETED = FIRST_COMPLETED,
