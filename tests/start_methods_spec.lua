@@ -453,6 +453,30 @@ describe("the forkserver", function()
     assert.matches("active\t1", out)
   end)
 
+  it("loads its preloads with the program's package.path", function()
+    local dir = support.shell("mktemp -d"):gsub("%s+$", "")
+    local f = assert(io.open(dir .. "/preloaded_mod.lua", "w"))
+    f:write("return {pid = require('lmp').current_process().pid}\n")
+    f:close()
+    local out, code = run(string.format([[
+      local lmp = require "lmp"
+      package.path = %q .. "/?.lua;" .. package.path
+      lmp.set_forkserver_preload{"preloaded_mod"}
+      local q, root = lmp.Queue(), lmp.current_process().pid
+      local p = lmp.get_context("forkserver").Process(function()
+        local m = package.loaded.preloaded_mod -- loaded by the server: neither here nor in root
+        q:put(m ~= nil and m.pid ~= lmp.current_process().pid and m.pid ~= root)
+      end)
+      p:start()
+      print("preloaded", q:get(10))
+      p:join()
+    ]], dir))
+    os.remove(dir .. "/preloaded_mod.lua")
+    os.remove(dir)
+    assert.are.equal(0, code, out)
+    assert.are.equal("preloaded\ttrue\n", out)
+  end)
+
   it("exits with the program, and when the program is killed", function()
     for _, how in ipairs({"exit", "kill"}) do
       local out = support.shell(support.lmp_bin .. [[ -e '
