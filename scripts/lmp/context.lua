@@ -12,7 +12,13 @@ local lmp = require "lmp"
 -- method and the constructor's own arguments (the method applies unless
 -- the options name one).
 local constructors = {
-  Pool = function(method, ...) return lmp._pool_new(method, ...) end,
+  Pool = function(method, first, ...)
+    -- a broker pool starts no process here: lmp.Pool's own dispatch
+    if type(first) == "table" and getmetatable(first) == nil and first.broker ~= nil then
+      return lmp.Pool(first, ...)
+    end
+    return lmp._pool_new(method, first, ...)
+  end,
   Executor = function(method, ...) return require("lmp.executor")._new(method, ...) end,
 }
 

@@ -230,6 +230,7 @@ Executor.__name = "lmp.Executor"
 
 local function checkexecutor(self, fname)
   if getmetatable(self) ~= Executor then badself(fname, "lmp.Executor expected, got " .. typename(self)) end
+  if self._closed then check.closed("lmp.Executor") end
 end
 
 local function checkopen(self, fname)
@@ -413,9 +414,16 @@ function Executor:stats()
   return self._pool:stats()
 end
 
-function Executor:__close()
+--- ex:close(): shutdown{wait = true}, as Python's with-block does; the
+--- executor is then closed: every use raises.  Again does nothing.
+function Executor:close()
+  if getmetatable(self) ~= Executor then checkexecutor(self, "close") end
+  if self._closed then return end
   self:shutdown(true)
+  self._closed = true
 end
+
+Executor.__close = Executor.close
 
 -- Never blocks: the workers exit once the submitted work is done (and are
 -- killed when the pool itself is collected).
@@ -424,7 +432,8 @@ function Executor:__gc()
 end
 
 function Executor:__tostring()
-  return string.format("lmp.Executor(%d workers, %s)", self._n, self._shutdown and "shut down" or "running")
+  return string.format("lmp.Executor(%d workers, %s)", self._n,
+                       self._closed and "closed" or self._shutdown and "shut down" or "running")
 end
 
 local executor_keys = {max_workers = true, initializer = true, initargs = true,
@@ -485,14 +494,13 @@ local function new(method, ...)
   local n = tointeger(o.max_workers) or lmp.cpu_count()
   local ok, pool = pcall(lmp.Pool, pool_options(o, n, method))
   if not ok then
-    if type(pool) == "string" then
-      pool = pool:gsub("^bad argument #1 to 'Pool'", "bad argument #1 to 'Executor'")
+    check.reraise(pool, function(msg)
+      return (msg:gsub("^bad argument #1 to 'Pool'", "bad argument #1 to 'Executor'")
                  :gsub("field 'processes'", "field 'max_workers'")
-                 :gsub("field 'maxtasksperchild'", "field 'max_tasks_per_child'")
-    end
-    error(pool, 0)
+                 :gsub("field 'maxtasksperchild'", "field 'max_tasks_per_child'"))
+    end)
   end
-  return setmetatable({_pool = pool, _n = n, _live = {}, _shutdown = false}, Executor)
+  return setmetatable({_pool = pool, _n = n, _live = {}, _shutdown = false, _closed = false}, Executor)
 end
 
 -- === waiting on many futures ===
