@@ -36,7 +36,7 @@
  * Indexing follows lmp.Array: L[i] is 1-based, L[#L + 1] reads as nil (so
  * ipairs works), other positions outside 1..#L are bad arguments.  On a Dict,
  * method names win over keys for d.name; d:get(name) reads such a key.  A
- * Namespace has no methods: every field is data (ns.x = 1).
+ * Namespace has one method, close; every other field is data (ns.x = 1).
  */
 #include <errno.h>
 #include <math.h>
@@ -1163,10 +1163,15 @@ static int dict_newindex(lua_State *L)
   return dict_set(L, checkmap(L, 1), 3);
 }
 
+/* Every field is data, except close, the one method. */
 static int ns_index(lua_State *L)
 {
   if (closed_index(L, luaL_checkudata(L, 1, mtnames[NS])))
     return 1;
+  if (lua_type(L, 2) == LUA_TSTRING && strcmp(lua_tostring(L, 2), "close") == 0) {
+    lua_pushcfunction(L, obj_close);
+    return 1;
+  }
   ldict *d = checkkind(L, 1, NS);
   check_key(L, 2, "index");
   bufs *b = take(L, d);

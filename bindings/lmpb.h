@@ -177,9 +177,12 @@ void lmpb_set_executable(const char *path);
 
 /* The hidden entry points of the lmp executable: `lmp --lmp-child FD` runs
  * the payload in descriptor FD and never returns; `lmp --lmp-forkserver FD
- * [module...]` serves fork requests on the socket FD until it closes. */
+ * PATH CPATH DIR [module...]` (args: the `nargs` strings after FD) takes
+ * the requester's package.path, package.cpath and script directory (""
+ * for none), requires the modules, then serves fork requests on the socket
+ * FD until it closes. */
 void lmpb_spawn_main(lua_State *L, int fd) __attribute__((noreturn));
-void lmpb_forkserver_main(lua_State *L, int fd, int nmods, char **mods) __attribute__((noreturn));
+void lmpb_forkserver_main(lua_State *L, int fd, int nargs, char **args) __attribute__((noreturn));
 
 /* Push a function that, when called, does require(module)[field](...): for
  * module functions implemented in scripts/ (lmp.get_context, lmp.get_logger). */

@@ -1642,9 +1642,11 @@ static const luaL_Reg core_funcs[] = {
     {"table", l_table}, {"counters", l_counters},   {NULL, NULL},
 };
 
-/* lmp.Pool(...): loads scripts/lmp/pool.lua on first use (installing it
- * with the module table and the core functions), then constructs. */
-static int l_pool(lua_State *L)
+/* lmp.Pool(...), and lmp._pool_new(method, ...) for contexts: loads
+ * scripts/lmp/pool.lua on first use (installing it with the module table
+ * and the core functions), then constructs; the constructor's first
+ * argument is the start method to use unless the options name one. */
+static int construct(lua_State *L)
 {
   int nargs = lua_gettop(L);
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &K_CTOR) != LUA_TFUNCTION) {
@@ -1668,6 +1670,19 @@ static int l_pool(lua_State *L)
   return lua_gettop(L);
 }
 
+static int l_pool(lua_State *L)
+{
+  lua_pushnil(L);
+  lua_insert(L, 1);
+  return construct(L);
+}
+
+static int l_pool_new(lua_State *L)
+{
+  lmpb_checkmethod(L, 1, 1);
+  return construct(L);
+}
+
 int lmpb_pool_open(lua_State *L)
 {
   if (luaL_newmetatable(L, CORE_MT)) {
@@ -1689,6 +1704,9 @@ int lmpb_pool_open(lua_State *L)
   lua_pushvalue(L, -1); /* the module table, for the installer */
   lua_pushcclosure(L, l_pool, 1);
   lua_setfield(L, -2, "Pool");
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, l_pool_new, 1);
+  lua_setfield(L, -2, "_pool_new");
   lua_pushcfunction(L, l_counters);
   lua_setfield(L, -2, "_pool_counters");
   lua_pushcfunction(L, l_pool_worker);

@@ -264,6 +264,8 @@ static int process_join(lua_State *L)
 static int process_is_alive(lua_State *L)
 {
   lprocess *p = checkproc(L);
+  if (p->state == CLOSED)
+    lmpb_closed(L, PROCESS_MT);
   lua_pushboolean(L, p->state == STARTED && lmp_proc_alive(p->proc));
   return 1;
 }
@@ -343,12 +345,20 @@ static int process_tostring(lua_State *L)
   return 1;
 }
 
-/* Fields: pid, name, daemon, exitcode (nil while running), sentinel. */
+/* Fields: pid, name, daemon, exitcode (nil while running), sentinel.  After
+ * close every field raises, as every method does; methods are still found
+ * (the call raises), so pcall(p.join, p) catches the error. */
 static int process_index(lua_State *L)
 {
   lprocess *p = luaL_checkudata(L, 1, PROCESS_MT);
   const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "";
   int ours = p->owner == getpid() && p->proc;
+  lmpb_method(L, PROCESS_MT);
+  if (!lua_isnil(L, -1))
+    return 1;
+  lua_pop(L, 1);
+  if (p->state == CLOSED)
+    return lmpb_closed(L, PROCESS_MT);
   if (strcmp(k, "name") == 0) {
     getfield(L, 1, "name");
   } else if (strcmp(k, "daemon") == 0) {
@@ -372,7 +382,7 @@ static int process_index(lua_State *L)
     else
       lua_pushnil(L);
   } else {
-    lmpb_method(L, PROCESS_MT);
+    lua_pushnil(L);
   }
   return 1;
 }
@@ -381,6 +391,8 @@ static int process_newindex(lua_State *L)
 {
   lprocess *p = luaL_checkudata(L, 1, PROCESS_MT);
   const char *k = luaL_checkstring(L, 2);
+  if (p->state == CLOSED)
+    return lmpb_closed(L, PROCESS_MT);
   if (strcmp(k, "name") == 0) {
     luaL_checkstring(L, 3);
     lmpb_checkcstring(L, 3, 3, "name");

@@ -22,8 +22,9 @@
  * the object: in a[k] = v, k is #1 and v is #2.
  *
  * The lock.  get_lock() returns an lmp.ValueLock: the RLock in the array's
- * header (runtime/value.c), with acquire, release, locked, with and <close>.
- * It is a handle of its own, so it can be sent anywhere like the array.  A
+ * header (runtime/value.c), with acquire, release, locked, with, <close>
+ * (releases a hold, as a Lock's does) and close (drops the handle).  It is
+ * a handle of its own, so it can be sent anywhere like the array.  A
  * process that drops its last handle to an array while holding its lock
  * abandons it (the next acquirer gets "owner_died"), and a child that ends
  * holding it hands it on the same way.  lmp.Condition takes it as its lock
@@ -658,16 +659,18 @@ static int lock_with(lua_State *L)
   return lua_gettop(L) - base;
 }
 
-/* <close>: give back the hold of the scope, if the caller has one. */
+/* <close>: give back the hold of the scope, if the caller has one (as a
+ * Lock's <close> does); nothing for a closed handle. */
 static int lock_close(lua_State *L)
 {
-  lmp_lock_t *l = checklock(L);
-  if (lmp_lock_owned(l))
-    lmp_lock_release(l);
+  larray *u = luaL_checkudata(L, 1, LOCK_MT);
+  if (u->a && lmp_lock_owned(lmp_array_lockp(u->a)))
+    lmp_lock_release(lmp_array_lockp(u->a));
   return 0;
 }
 
-static int lock_gc(lua_State *L)
+/* close(), and __gc: drop this handle; again does nothing. */
+static int lock_free(lua_State *L)
 {
   larray *u = luaL_checkudata(L, 1, LOCK_MT);
   if (u->a)
@@ -678,12 +681,17 @@ static int lock_gc(lua_State *L)
 
 static int lock_tostring(lua_State *L)
 {
-  lmp_array_t *a = check_open(L, 1, LOCK_MT);
-  lua_pushfstring(L, "%s(%s, %s)", LOCK_MT, lmp_lock_locked(lmp_array_lockp(a)) ? "locked" : "unlocked",
-                  lmp_seg_name(lmp_array_seg(a)));
+  larray *u = luaL_checkudata(L, 1, LOCK_MT);
+  if (u->a == NULL) {
+    lua_pushfstring(L, "%s(closed)", LOCK_MT);
+    return 1;
+  }
+  lua_pushfstring(L, "%s(%s, %s)", LOCK_MT, lmp_lock_locked(lmp_array_lockp(u->a)) ? "locked" : "unlocked",
+                  lmp_seg_name(lmp_array_seg(u->a)));
   return 1;
 }
 
+/* Methods only, found open or closed: calling one on a closed handle raises. */
 static int lock_index(lua_State *L)
 {
   lua_pushvalue(L, 2);
@@ -1049,6 +1057,7 @@ static const luaL_Reg lock_methods[] = {
   {"release", lock_release},
   {"locked", lock_locked},
   {"with", lock_with},
+  {"close", lock_free},
   {NULL, NULL},
 };
 
@@ -1091,7 +1100,7 @@ int lmpb_shared_open(lua_State *L)
     {NULL, NULL},
   };
   static const luaL_Reg lock_meta[] = {
-    {"__index", lock_index},       {"__gc", lock_gc}, {"__close", lock_close},
+    {"__index", lock_index},       {"__gc", lock_free}, {"__close", lock_close},
     {"__tostring", lock_tostring}, {NULL, NULL},
   };
   static const luaL_Reg shmem_meta[] = {

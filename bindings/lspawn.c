@@ -18,7 +18,8 @@
  *               attach as anywhere else.  The channel is trusted: only this
  *               process could have written that descriptor.
  *   forkserver  on first use this process spawns `lmp --lmp-forkserver FD`,
- *               a server with nothing but lmp loaded, holding one end of a
+ *               a server with nothing but lmp (and the preloads, required
+ *               with this process's paths) loaded, holding one end of a
  *               SOCK_SEQPACKET socketpair.  A request is one message carrying
  *               the memfd and the requester's stdin, stdout and stderr; the
  *               server forks (lmp_proc_fork), the child takes those stdio
@@ -423,6 +424,29 @@ static void fs_forget(void)
   fs.owner = 0;
 }
 
+/* Push package.path, package.cpath and the main script's directory as
+ * three strings for the server's command line ("" for one that is not
+ * there). */
+static void push_server_paths(lua_State *L)
+{
+  lua_getglobal(L, "package");
+  int pkg = lua_gettop(L);
+  int istable = lua_istable(L, pkg);
+  const char *const keys[] = {"path", "cpath"};
+  for (int i = 0; i < 2; i++) {
+    if (!istable || lua_getfield(L, pkg, keys[i]) != LUA_TSTRING) {
+      lua_settop(L, pkg + i);
+      lua_pushliteral(L, "");
+    }
+  }
+  push_script_dir(L);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_pushliteral(L, "");
+  }
+  lua_remove(L, pkg);
+}
+
 /* Start this process's server if it has none (a server inherited from the
  * parent is not ours to use).  0 or -errno. */
 static int fs_ensure(lua_State *L, const char *exe)
@@ -435,22 +459,26 @@ static int fs_ensure(lua_State *L, const char *exe)
     return -errno;
   char fdarg[16];
   snprintf(fdarg, sizeof fdarg, "%d", sv[1]);
-  /* argv: exe --lmp-forkserver FD [preload modules...] */
-  int npre = 0;
+  /* argv: exe --lmp-forkserver FD PATH CPATH DIR [preload modules...]: the
+   * preloads are required with this process's paths as they are now. */
+  int top = lua_gettop(L), npre = 0;
+  push_server_paths(L);
   if (lua_getfield(L, LUA_REGISTRYINDEX, PRELOAD_KEY) == LUA_TTABLE)
     npre = (int)lua_rawlen(L, -1);
-  const char **argv = lua_newuserdatauv(L, (size_t)(npre + 4) * sizeof *argv, 0);
+  const char **argv = lua_newuserdatauv(L, (size_t)(npre + 7) * sizeof *argv, 0);
   argv[0] = exe;
   argv[1] = "--lmp-forkserver";
   argv[2] = fdarg;
+  for (int i = 0; i < 3; i++)
+    argv[3 + i] = lua_tostring(L, top + 1 + i); /* anchored on the stack */
   for (int i = 1; i <= npre; i++) {
     lua_rawgeti(L, -2, i);
-    argv[2 + i] = lua_tostring(L, -1); /* anchored by the preload table */
+    argv[5 + i] = lua_tostring(L, -1); /* anchored by the preload table */
     lua_pop(L, 1);
   }
-  argv[3 + npre] = NULL;
+  argv[6 + npre] = NULL;
   int rc = lmp_proc_spawn(exe, (char *const *)argv, sv[1], LMP_PROC_SERVICE, &fs.proc);
-  lua_pop(L, 2);
+  lua_settop(L, top);
   close(sv[1]);
   if (rc < 0) {
     close(sv[0]);
@@ -931,12 +959,33 @@ static void fs_serve_one(lua_State *L, int conn, int sfd)
     close(fds[i]);
 }
 
-void lmpb_forkserver_main(lua_State *L, int conn, int nmods, char **mods)
+/* The requester's paths, from the server's command line, as a child's
+ * apply_paths takes them from its payload. */
+static void server_paths(lua_State *L, char **args)
+{
+  const char *const keys[] = {"path", "cpath", "dir"};
+  lua_createtable(L, 0, 3);
+  for (int i = 0; i < 3; i++) {
+    if (args[i][0] != '\0') {
+      lua_pushstring(L, args[i]);
+      lua_setfield(L, -2, keys[i]);
+    }
+  }
+  apply_paths(L, lua_gettop(L));
+  lua_pop(L, 1);
+}
+
+void lmpb_forkserver_main(lua_State *L, int conn, int nargs, char **args)
 {
   unsetenv("LMP_PREFIX");
   unsetenv("LMP_ROOT_PID");
   prctl(PR_SET_NAME, "lmp-forkserver");
   signal(SIGINT, SIG_IGN); /* a ^C at the terminal is for the program, not us */
+  if (nargs < 3)
+    _exit(2); /* not started by fs_ensure */
+  server_paths(L, args);
+  int nmods = nargs - 3;
+  char **mods = args + 3;
   for (int i = 0; i < nmods; i++) {
     lua_getglobal(L, "require");
     lua_pushstring(L, mods[i]);
@@ -1019,7 +1068,9 @@ static int l_get_context(lua_State *L)
 }
 
 /* lmp.set_forkserver_preload({module, ...}): modules the server requires
- * when it starts, so its children find them loaded. */
+ * when it starts, with package.path and cpath as they are then (and the
+ * main script's directory, as a child has), so its children find them
+ * loaded. */
 static int l_set_forkserver_preload(lua_State *L)
 {
   luaL_checktype(L, 1, LUA_TTABLE);

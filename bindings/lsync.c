@@ -21,8 +21,10 @@
  * lock this process does not hold raises (a pthread mutex cannot be
  * released by another process, unlike Python's semaphore-based Lock).  As a
  * to-be-closed variable a Lock, RLock, Condition or Semaphore releases one
- * hold this process has on it, if any (`l:acquire(); local _ <close> = l`);
- * an Event or a Barrier drops this handle, as garbage collection would.
+ * hold this process has on it, if any (`l:acquire(); local _ <close> = l`),
+ * as a with-block would; an Event or a Barrier drops this handle.  close()
+ * drops the handle for every kind, as garbage collection does: one
+ * idempotent sync_close behind both, after which every use raises.
  */
 #include <errno.h>
 #include <math.h>
@@ -173,10 +175,13 @@ static lmp_lock_t *lockof(lua_State *L, int idx, lsync *s)
   if (s->kind != COND)
     return &s->sh->u.lock;
   lua_getiuservalue(L, idx, 1);
-  lmp_lock_t *l =
-      kindof(L, -1) >= 0 ? &((lsync *)lua_touserdata(L, -1))->sh->u.lock : lmpb_valuelock(L, -1);
+  int k = kindof(L, -1);
+  lsync *l = k >= 0 ? lua_touserdata(L, -1) : NULL;
+  if (l && l->sh == NULL)
+    lmpb_closed(L, mtnames[k]); /* its lock was closed */
+  lmp_lock_t *lk = l ? &l->sh->u.lock : lmpb_valuelock(L, -1);
   lua_pop(L, 1);
-  return l;
+  return lk;
 }
 
 static void checkcallable(lua_State *L, int arg)
@@ -347,7 +352,8 @@ static int sync_close_meta(lua_State *L)
   return 0;
 }
 
-static int sync_gc(lua_State *L)
+/* close(), and __gc: drop this handle; again does nothing. */
+static int sync_closel(lua_State *L)
 {
   sync_close(tosync(L));
   return 0;
@@ -521,8 +527,15 @@ static int barrier_abort(lua_State *L)
   return 0;
 }
 
+/* Methods are found open or closed (calling one on a closed handle
+ * raises); the fields raise once it is closed. */
 static int barrier_index(lua_State *L)
 {
+  lua_getfield(L, lua_upvalueindex(BARRIER + 1), "methods");
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, -2) != LUA_TNIL)
+    return 1;
+  lua_settop(L, 2);
   lsync *s = checksync(L, K(BARRIER), "lmp.Barrier");
   const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "";
   lmp_barrier_t *b = &s->sh->u.barrier;
@@ -533,8 +546,7 @@ static int barrier_index(lua_State *L)
   } else if (strcmp(k, "broken") == 0) {
     lua_pushboolean(L, lmp_barrier_broken(b));
   } else {
-    lua_getfield(L, lua_upvalueindex(BARRIER + 1), "methods");
-    lua_getfield(L, -1, k);
+    lua_pushnil(L);
   }
   return 1;
 }
@@ -725,7 +737,7 @@ static int sync_encode(lua_State *L, int idx, lmp_buf_t *out)
     lua_getiuservalue(L, idx, 1);
     int rc = 0;
     if ((l = tolock(L, -1)) != NULL) {
-      rc = put_name(out, l->seg, 1);
+      rc = l->seg ? put_name(out, l->seg, 1) : -EPIPE;
     } else if (lmp_buf_reserve(out, out->len + 2) < 0) {
       rc = -ENOMEM;
     } else {
@@ -818,6 +830,7 @@ static const luaL_Reg lock_methods[] = {
     {"release", lock_release},
     {"locked", lock_locked},
     {"with", sync_with},
+    {"close", sync_closel},
     {NULL, NULL},
 };
 
@@ -826,30 +839,33 @@ static const luaL_Reg sem_methods[] = {
     {"release", sem_release},
     {"get_value", sem_get_value},
     {"with", sync_with},
+    {"close", sync_closel},
     {NULL, NULL},
 };
 
 static const luaL_Reg event_methods[] = {
     {"set", event_set},   {"clear", event_clear}, {"is_set", event_is_set},
-    {"wait", event_wait}, {NULL, NULL},
+    {"wait", event_wait}, {"close", sync_closel}, {NULL, NULL},
 };
 
 static const luaL_Reg cond_methods[] = {
     {"acquire", lock_acquire}, {"release", lock_release},
     {"wait", cond_wait},       {"wait_for", cond_wait_for},
     {"notify", cond_notify},   {"notify_all", cond_notify_all},
-    {"with", sync_with},       {NULL, NULL},
+    {"with", sync_with},       {"close", sync_closel},
+    {NULL, NULL},
 };
 
 static const luaL_Reg barrier_methods[] = {
     {"wait", barrier_wait},
     {"reset", barrier_reset},
     {"abort", barrier_abort},
+    {"close", sync_closel},
     {NULL, NULL},
 };
 
 static const luaL_Reg metamethods[] = {
-    {"__gc", sync_gc},
+    {"__gc", sync_closel},
     {"__close", sync_close_meta},
     {"__tostring", sync_tostring},
     {NULL, NULL},

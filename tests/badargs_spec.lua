@@ -5,7 +5,9 @@
 -- deliberate message), never an error Lua raised inside lmp, never a crash
 -- or a hang; the program must still work afterwards.  The walk itself is
 -- tests/badargs_walk.lua, one family per process, under a timeout, so a
--- crash or a hang fails that family and names the call.
+-- crash or a hang fails that family and names the call.  An argument error
+-- must carry the position of the call, as lauxlib's do, from functions
+-- written in Lua too.
 local support = dofile("tests/support.lua")
 
 local function families()
@@ -43,6 +45,11 @@ describe("bad arguments", function()
       local unclean = {}
       for line in out:gmatch("UNCLEAN ([^\n]*)") do unclean[#unclean + 1] = line end
       assert.are.same({}, unclean)
+      -- Argument errors carry the caller's file:line, whether the function
+      -- is written in C or in Lua.
+      local unplaced = {}
+      for line in out:gmatch("UNPLACED ([^\n]*)") do unplaced[#unplaced + 1] = line end
+      assert.are.same({}, {table.unpack(unplaced, 1, 5)})
     end)
   end
 end)
@@ -85,9 +92,59 @@ describe("a closed object", function()
       assert.are.equal("attempt to use a closed " .. name, tostring(err):gsub("^[^\n]-:%d+: ", ""))
     end)
   end
+  -- close() itself, for the kinds whose <close> does something else or
+  -- that are written in Lua.
+  local by_close = {
+    {"Lock", lmp.Lock, "acquire"}, {"RLock", lmp.RLock, "acquire"},
+    {"Semaphore", lmp.Semaphore, "acquire"}, {"BoundedSemaphore", lmp.BoundedSemaphore, "acquire"},
+    {"Condition", lmp.Condition, "acquire"},
+    {"ValueLock", function() return lmp.Value("int64", 1):get_lock() end, "acquire"},
+    {"Executor", function() return lmp.Executor(1) end, "stats", "lmp.Executor"},
+    {"Manager", lmp.Manager, "dict", "lmp.Manager"},
+  }
+  for _, case in ipairs(by_close) do
+    it(case[1] .. ": close(), then attempt to use a closed <type>", function()
+      local o = case[2]()
+      local name = case[4] or getmetatable(o).__name
+      o:close()
+      o:close()
+      local ok, err = pcall(function() return o[case[3]](o) end)
+      assert.is_false(ok)
+      assert.are.equal("attempt to use a closed " .. name, tostring(err):gsub("^[^\n]-:%d+: ", ""))
+    end)
+  end
   it("Namespace: attempt to use a closed lmp.Namespace", function()
     local ns = closed(lmp.Namespace())
     assert.has_error(function() return ns.x end, "attempt to use a closed lmp.Namespace")
+  end)
+end)
+
+-- An argument error names the caller's file and line, whether the
+-- function is written in C (lauxlib's luaL_where) or in Lua.
+describe("the position of an argument error", function()
+  local lmp = require "lmp"
+  local calls = {
+    {"Queue", function() lmp.Queue("x") end}, -- written in C
+    {"Pool", function() lmp.Pool("x") end},
+    {"Pool", function() lmp.get_context("spawn").Pool(1, 5) end},
+    {"Executor", function() lmp.Executor("x") end},
+    {"Manager", function() lmp.Manager(1) end},
+    {"dict", function() lmp.Manager():dict(5) end},
+    {"get_logger", function() lmp.get_logger(5) end},
+    {"log_to_stderr", function() lmp.log_to_stderr("loud") end},
+    {"as_completed", function() lmp.as_completed(5) end},
+  }
+  for _, case in ipairs(calls) do
+    it("is the caller's, for " .. case[1], function()
+      local line = debug.getinfo(case[2], "S").linedefined
+      local ok, err = pcall(case[2])
+      assert.is_false(ok)
+      assert.matches("^tests/badargs_spec%.lua:" .. line .. ": bad argument #%d+ to '" .. case[1] .. "'", err)
+    end)
+  end
+  it("is none when the caller is pcall itself, as for a C function", function()
+    assert.matches("^bad argument #1 to '[%w.]*Queue'", select(2, pcall(lmp.Queue, "x")))
+    assert.matches("^bad argument #1 to 'Pool'", select(2, pcall(lmp.Pool, "x")))
   end)
 end)
 

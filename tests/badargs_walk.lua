@@ -11,6 +11,8 @@
 --
 --   CALL <label>        before each call (the last one names a crash)
 --   UNCLEAN <label> -> <error>   an error Lua raised for lmp, not lmp itself
+--   UNPLACED <label> -> <error>  an argument error without the position of
+--                                the call ("walk:1:"), which lauxlib's have
 --   ODD <label> -> <error>       a deliberate error in a non-standard form
 --   WALKED <n calls>, then ALIVE once the program still works
 --
@@ -112,7 +114,7 @@ local function judge(ok, err, fname)
   return "state"
 end
 
-local calls, unclean, odd = 0, {}, {}
+local calls, unclean, unplaced, odd = 0, {}, {}, {}
 
 -- Objects made for the calls, ended after each one so that pools and
 -- processes do not pile up waiting for the collector.
@@ -145,14 +147,16 @@ end
 
 -- Call holder[key] with n arguments (labels in names, values in vals).
 -- The call is compiled with the key spelled out, `holder.key(...)`, as user
--- code has it, so that an error names the function as the user sees it.
+-- code has it, so that an error names the function as the user sees it,
+-- and not as a tail call, so that an error has its position: "walk:1:".
 local invokers = {}
 
 local function invoke(holder, key, ...)
   local f = invokers[key]
   if not f then
     assert(key:match("^[%a_][%w_]*$"), key)
-    f = assert(load("local h = ... return function(...) return h." .. key .. "(...) end", "=walk"))
+    f = assert(load("local h = ... return function(...) local r = table.pack(h." .. key
+                    .. "(...)) return table.unpack(r, 1, r.n) end", "=walk"))
     invokers[key] = f
   end
   return f(holder)(...)
@@ -171,6 +175,10 @@ local function try(what, holder, key, names, vals, n)
   tidy()
   local verdict = judge(ok, err, key)
   if verdict == "unclean" then unclean[#unclean + 1] = label .. " -> " .. describe(err) end
+  if verdict == "standard" and type(err) == "string" and not err:match("^walk:1: ")
+      and (err:match("bad argument #%d+ to '") or err:match("calling '[^']+' on bad self")) then
+    unplaced[#unplaced + 1] = label .. " -> " .. describe(err)
+  end
   if verdict == "state" then odd[describe(err)] = label end
 end
 
@@ -337,6 +345,7 @@ collectgarbage()
 collectgarbage()
 print("WALKED " .. calls)
 for _, u in ipairs(unclean) do print("UNCLEAN " .. u) end
+for _, u in ipairs(unplaced) do print("UNPLACED " .. u) end
 for msg, label in pairs(odd) do print("ODD " .. label .. " -> " .. msg) end
 
 -- Still working: a process, a queue, a pool.

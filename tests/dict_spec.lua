@@ -435,6 +435,21 @@ describe("lmp.Namespace", function()
     assert.is_true(p:join(30))
     assert.are.equal(2, ns.y)
   end)
+
+  it("has close(): every use afterwards raises, close again does nothing", function()
+    local ns = lmp.Namespace()
+    ns.x = 1
+    ns:close()
+    ns:close()
+    assert.has_error(function() return ns.x end, "attempt to use a closed lmp.Namespace")
+    assert.has_error(function() ns.x = 2 end, "attempt to use a closed lmp.Namespace")
+    local kept
+    do
+      local n2 <close> = lmp.Namespace()
+      kept = n2
+    end
+    assert.has_error(function() return kept.y end, "attempt to use a closed lmp.Namespace")
+  end)
 end)
 
 describe("lmp.Manager", function()
@@ -473,7 +488,22 @@ describe("lmp.Manager", function()
     assert.has_error(function() return d.x end, "attempt to use a closed lmp.Dict")
     assert.has_error(function() return ns.x end, "attempt to use a closed lmp.Namespace")
     assert.is_true(q.closed)
-    assert.has_error(function() m:dict() end, "bad argument #1 to 'dict' (manager is shut down)")
+    assert.has_error(function() m:dict() end, "attempt to use a closed lmp.Manager")
+  end)
+
+  it("close() is shutdown: it closes what it made, sync objects too; every use raises", function()
+    local m = lmp.Manager()
+    local l, e, ns = m:Lock(), m:Event(), m:Namespace()
+    m:close()
+    m:close()
+    for _, o in ipairs{l, e} do
+      assert.matches("closed", tostring(o))
+    end
+    assert.has_error(function() return ns.x end, "attempt to use a closed lmp.Namespace")
+    for _, name in ipairs{"dict", "Lock", "start"} do
+      assert.are.equal("attempt to use a closed lmp.Manager", support.raised(m[name], m))
+    end
+    assert.has_no_error(function() m:shutdown() end)
   end)
 
   it("works as a <close> variable and checks its options", function()

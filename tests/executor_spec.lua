@@ -452,6 +452,26 @@ describe("Executor:shutdown", function()
     end
   end)
 
+  it("close() shuts down and waits, then every use raises; close again does nothing", function()
+    local ex = lmp.Executor(2)
+    local futs = {}
+    for i = 1, 4 do futs[i] = ex:submit(function(x) require("lmp").sleep(0.05) return x end, i) end
+    local workers = pids(ex)
+    ex:close()
+    for i = 1, 4 do
+      assert.is_true(futs[i]:done())
+      assert.are.equal(i, futs[i]:result(0))
+    end
+    assert.is_true(all_dead(workers))
+    ex:close()
+    assert.matches("closed", tostring(ex))
+    for _, m in ipairs{"submit", "map", "shutdown", "stats", "poll", "fileno"} do
+      assert.are.equal("attempt to use a closed lmp.Executor", raised(ex[m], ex, square, {1}), m)
+    end
+    local line, err = debug.getinfo(1, "l").currentline, raised(function() ex:stats() end)
+    assert.are.equal("tests/executor_spec.lua:" .. line .. ": attempt to use a closed lmp.Executor", err)
+  end)
+
   it("garbage collection of an executor never blocks", function()
     local workers, e
     do

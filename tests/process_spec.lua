@@ -130,6 +130,23 @@ describe("lmp.Process", function()
     assert.has_error(function() p:join() end, "attempt to use a closed lmp.Process")
   end)
 
+  it("after close raises on every method and field, and close again does nothing", function()
+    local p = lmp.Process{target = function() end, name = "w"}
+    p:start()
+    p:join()
+    p:close()
+    p:close()
+    local closed = "attempt to use a closed lmp.Process"
+    for _, m in ipairs{"is_alive", "join", "start", "terminate", "kill"} do
+      assert.are.equal(closed, support.raised(p[m], p), m)
+    end
+    for _, k in ipairs{"exitcode", "pid", "ident", "sentinel", "name", "daemon", "start_method"} do
+      assert.matches(":%d+: " .. closed .. "$", support.raised(function() return p[k] end), k)
+    end
+    assert.matches(":%d+: " .. closed .. "$", support.raised(function() p.name = "x" end))
+    assert.matches("closed", tostring(p))
+  end)
+
   it("terminates a running process at the end of a <close> scope", function()
     local pid
     do

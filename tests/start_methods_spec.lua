@@ -281,6 +281,23 @@ for _, method in ipairs(METHODS) do
       pool:terminate()
     end)
 
+    it("ctx.Pool and ctx.Executor take the module's arguments, positional ones included", function()
+      -- how the calling process started, from its command line
+      local function started_by()
+        local f = io.open("/proc/self/cmdline")
+        local s = f:read("a")
+        f:close()
+        return s:find("--lmp-child", 1, true) and "spawn"
+               or s:find("--lmp-forkserver", 1, true) and "forkserver" or "fork"
+      end
+      local pool <close> = ctx.Pool(1, function(a, b) _G.init = a + b end, {2, 3}, 10)
+      assert.are.same({5, method}, pool:apply(function() return {_G.init, started_by()} end))
+      local ex <close> = ctx.Executor(1)
+      assert.are.equal(method, ex:submit(started_by):result(30))
+      assert.are.equal(support.raised(lmp.Pool, 1, 5), support.raised(ctx.Pool, 1, 5))
+      assert.are.equal(support.raised(lmp.Executor, 1, 2), support.raised(ctx.Executor, 1, 2))
+    end)
+
     it("runs an executor with this start method", function()
       local ex = lmp.Executor{max_workers = 2, start_method = method}
       local futs = {}
@@ -434,6 +451,30 @@ describe("the forkserver", function()
     assert.are.equal(0, code, out)
     assert.matches("parents\ttrue", out)
     assert.matches("active\t1", out)
+  end)
+
+  it("loads its preloads with the program's package.path", function()
+    local dir = support.shell("mktemp -d"):gsub("%s+$", "")
+    local f = assert(io.open(dir .. "/preloaded_mod.lua", "w"))
+    f:write("return {pid = require('lmp').current_process().pid}\n")
+    f:close()
+    local out, code = run(string.format([[
+      local lmp = require "lmp"
+      package.path = %q .. "/?.lua;" .. package.path
+      lmp.set_forkserver_preload{"preloaded_mod"}
+      local q, root = lmp.Queue(), lmp.current_process().pid
+      local p = lmp.get_context("forkserver").Process(function()
+        local m = package.loaded.preloaded_mod -- loaded by the server: neither here nor in root
+        q:put(m ~= nil and m.pid ~= lmp.current_process().pid and m.pid ~= root)
+      end)
+      p:start()
+      print("preloaded", q:get(10))
+      p:join()
+    ]], dir))
+    os.remove(dir .. "/preloaded_mod.lua")
+    os.remove(dir)
+    assert.are.equal(0, code, out)
+    assert.are.equal("preloaded\ttrue\n", out)
   end)
 
   it("exits with the program, and when the program is killed", function()

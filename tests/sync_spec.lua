@@ -747,6 +747,65 @@ describe("sync handles", function()
     assert.are.equal("serialize", err.kind)
   end)
 
+  it("close() drops the handle of every kind: every use raises, close again does nothing", function()
+    local makers = {
+      Lock = lmp.Lock, RLock = lmp.RLock, Semaphore = lmp.Semaphore,
+      BoundedSemaphore = lmp.BoundedSemaphore, Event = lmp.Event, Condition = lmp.Condition,
+      Barrier = function() return lmp.Barrier(1) end,
+      ValueLock = function() return lmp.Value("int64", 0):get_lock() end,
+    }
+    local probe = {Lock = "acquire", RLock = "acquire", Semaphore = "acquire",
+                   BoundedSemaphore = "get_value", Event = "is_set", Condition = "notify",
+                   Barrier = "wait", ValueLock = "locked"}
+    for kind, make in pairs(makers) do
+      local o = make()
+      local seg = kind ~= "ValueLock" and segname(o)
+      o:close()
+      o:close()
+      if seg then assert.is_false(shm_exists(seg), kind) end
+      assert.matches("closed", tostring(o), kind)
+      -- methods are still found, so pcall(o.method, o) catches the error
+      assert.are.equal("attempt to use a closed lmp." .. kind, raised(o[probe[kind]], o), kind)
+      local ok, err = pcall(lmp.serialize, o)
+      assert.is_false(ok)
+      assert.are.equal("serialize", err.kind, kind)
+    end
+    local b = lmp.Barrier(2)
+    b:close()
+    assert.has_error(function() return b.parties end, "attempt to use a closed lmp.Barrier")
+  end)
+
+  it("a Condition whose lock was closed raises instead of using it", function()
+    for _, lock in ipairs{lmp.Lock(), lmp.RLock(), lmp.Value("int64", 0):get_lock()} do
+      local c = lmp.Condition(lock)
+      local name = getmetatable(lock).__name
+      lock:close()
+      assert.are.equal("attempt to use a closed " .. name, raised(c.acquire, c))
+      local ok, err = pcall(lmp.serialize, c)
+      assert.is_false(ok)
+      assert.is_truthy(lmp.is_error(err) or tostring(err):match("closed"), tostring(err))
+    end
+  end)
+
+  it("every kind works as a <close> variable", function()
+    local l2, e2
+    do
+      local l <close> = lmp.Lock()
+      local r <close> = lmp.RLock()
+      local s <close> = lmp.Semaphore(1)
+      local bs <close> = lmp.BoundedSemaphore(1)
+      local e <close> = lmp.Event()
+      local c <close> = lmp.Condition()
+      local b <close> = lmp.Barrier(1)
+      local v <close> = lmp.Value("int64", 0):get_lock()
+      assert.is_true(l:acquire() and r:acquire() and s:acquire() and c:acquire() and v:acquire())
+      l2, e2 = l, e
+    end
+    -- the lock-like kinds released their hold, the others dropped the handle
+    assert.is_true(l2:acquire(0))
+    assert.are.equal("attempt to use a closed lmp.Event", raised(e2.is_set, e2))
+  end)
+
   it("reject bad arguments", function()
     local l, s, c, b = lmp.Lock(), lmp.Semaphore(), lmp.Condition(), lmp.Barrier(2)
     local cases = {

@@ -1,10 +1,51 @@
 -- lmp.check: argument checks for the Lua-side modules, worded as lauxlib
 -- words them, so a bad argument to a function written in Lua reads exactly
 -- like one to a function written in C:
---   bad argument #2 to 'map' (number expected, got string)
---   calling 'submit' on bad self (executor is shut down)
--- Errors are raised at level 0: the message already names the function.
+--   file.lua:12: bad argument #2 to 'map' (number expected, got string)
+--   file.lua:12: calling 'submit' on bad self (executor is shut down)
+-- The position is the caller's, as luaL_where(L, 1) gives it for a C
+-- function: the frame that called the outermost of lmp's own frames (these
+-- modules, and the module's functions that run them, such as lmp's lazy
+-- constructors).  As for a C function, a caller that is itself a C
+-- function (pcall(f, ...)) gives no position.
 local M = {}
+
+-- lmp's own chunks share this file's directory ("@scripts/lmp/" when
+-- embedded).
+local OWN = debug.getinfo(1, "S").source:match("^(.*[/\\])") or "@lmp."
+
+local function own(info)
+  if info.what ~= "C" then return info.source:sub(1, #OWN) == OWN end
+  for _, v in pairs(package.loaded.lmp or {}) do
+    if v == info.func then return true end
+  end
+  return false
+end
+
+-- Raise msg (a string) at the caller's position, as luaL_error does: the
+-- frames up to the first one of Lua code outside lmp are lmp's own or C
+-- functions (lmp's inner ones, or a pcall of the program).  (No tail calls
+-- here: error's level counts this function's frame.)
+function M.raise(msg)
+  local level, outer = 2, 1
+  local info = debug.getinfo(level, "Sf")
+  while info and (info.what == "C" or own(info)) do
+    if own(info) then outer = level end
+    level = level + 1
+    info = debug.getinfo(level, "Sf")
+  end
+  error(msg, debug.getinfo(outer + 1, "l") and outer + 1 or 0)
+end
+
+-- Raise again, at the caller's position, an error raised by a function
+-- this one passed its arguments to: a message loses the position it had
+-- and may be reworded (`reword(msg)`, e.g. to name this function); any
+-- other error value goes on unchanged.
+function M.reraise(err, reword)
+  if type(err) ~= "string" then error(err, 0) end
+  local msg = err:gsub("^[^\n]-:%d+: ", "", 1)
+  M.raise(reword and reword(msg) or msg)
+end
 
 -- The type name lauxlib reports: a metatable's __name, else type().
 function M.typename(v)
@@ -14,7 +55,7 @@ function M.typename(v)
 end
 
 function M.argerror(i, fname, msg)
-  error(string.format("bad argument #%d to '%s' (%s)", i, fname, msg), 0)
+  M.raise(string.format("bad argument #%d to '%s' (%s)", i, fname, msg))
 end
 
 function M.typeerror(i, fname, expected, v)
@@ -22,7 +63,12 @@ function M.typeerror(i, fname, expected, v)
 end
 
 function M.badself(fname, msg)
-  error(string.format("calling '%s' on bad self (%s)", fname, msg), 0)
+  M.raise(string.format("calling '%s' on bad self (%s)", fname, msg))
+end
+
+-- The one wording for an object used after close(), as C's lmpb_closed.
+function M.closed(tname)
+  M.raise("attempt to use a closed " .. tname)
 end
 
 -- self must be an object of the class `mt` (a metatable with a __name).

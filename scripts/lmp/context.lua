@@ -8,20 +8,24 @@
 -- default context (get_context() with no method) follows set_start_method.
 local lmp = require "lmp"
 
--- Constructors that take a start_method option, and the option their first
--- positional argument stands for.
-local positional = { Pool = "processes", Executor = "max_workers" }
+-- The constructors that start processes, as functions of the context's
+-- method and the constructor's own arguments (the method applies unless
+-- the options name one).
+local constructors = {
+  Pool = function(method, first, ...)
+    -- a broker pool starts no process here: lmp.Pool's own dispatch
+    if type(first) == "table" and getmetatable(first) == nil and first.broker ~= nil then
+      return lmp.Pool(first, ...)
+    end
+    return lmp._pool_new(method, first, ...)
+  end,
+  Executor = function(method, ...) return require("lmp.executor")._new(method, ...) end,
+}
 
 local function is_options(v)
   if type(v) ~= "table" then return false end
   local mt = getmetatable(v)
   return not (type(mt) == "table" and mt.__call)
-end
-
-local function copy(t)
-  local c = {}
-  for k, v in pairs(t) do c[k] = v end
-  return c
 end
 
 -- ctx.Process(...): lmp.Process(...) with the context's method, unless the
@@ -36,21 +40,11 @@ local function process(method)
   end
 end
 
--- ctx.Pool / ctx.Executor: the options table gains start_method.
+-- ctx.Pool / ctx.Executor: the same arguments as lmp.Pool / lmp.Executor.
 local function with_method(name, method)
-  return function(first, ...)
-    local ctor = lmp[name]
-    local opts
-    if is_options(first) then
-      opts = copy(first)
-    else
-      if select("#", ...) > 0 then
-        error(string.format("bad argument #2 to '%s' (use an options table with a context)", name), 2)
-      end
-      opts = { [positional[name]] = first }
-    end
-    if opts.start_method == nil then opts.start_method = method or lmp.get_start_method() end
-    return ctor(opts)
+  local make = constructors[name]
+  return function(...)
+    return make(method or lmp.get_start_method(), ...)
   end
 end
 
@@ -66,7 +60,7 @@ local function new(method)
     __index = function(_, k)
       if own[k] then return own[k] end
       local v = lmp[k]
-      if v ~= nil and positional[k] then return with_method(k, method) end
+      if v ~= nil and constructors[k] then return with_method(k, method) end
       return v
     end,
     __newindex = function(_, k) error("cannot set field '" .. tostring(k) .. "' of a context", 2) end,

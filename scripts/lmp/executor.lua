@@ -230,6 +230,7 @@ Executor.__name = "lmp.Executor"
 
 local function checkexecutor(self, fname)
   if getmetatable(self) ~= Executor then badself(fname, "lmp.Executor expected, got " .. typename(self)) end
+  if self._closed then check.closed("lmp.Executor") end
 end
 
 local function checkopen(self, fname)
@@ -413,9 +414,16 @@ function Executor:stats()
   return self._pool:stats()
 end
 
-function Executor:__close()
+--- ex:close(): shutdown{wait = true}, as Python's with-block does; the
+--- executor is then closed: every use raises.  Again does nothing.
+function Executor:close()
+  if getmetatable(self) ~= Executor then checkexecutor(self, "close") end
+  if self._closed then return end
   self:shutdown(true)
+  self._closed = true
 end
+
+Executor.__close = Executor.close
 
 -- Never blocks: the workers exit once the submitted work is done (and are
 -- killed when the pool itself is collected).
@@ -424,7 +432,8 @@ function Executor:__gc()
 end
 
 function Executor:__tostring()
-  return string.format("lmp.Executor(%d workers, %s)", self._n, self._shutdown and "shut down" or "running")
+  return string.format("lmp.Executor(%d workers, %s)", self._n,
+                       self._closed and "closed" or self._shutdown and "shut down" or "running")
 end
 
 local executor_keys = {max_workers = true, initializer = true, initargs = true,
@@ -462,12 +471,12 @@ local function options(...)
   return {max_workers = a}
 end
 
--- The Pool options for the Executor options o.
-local function pool_options(o, n)
+-- The Pool options for the Executor options o (method: a context's).
+local function pool_options(o, n, method)
   if o.broker == nil then
     return {processes = n, initializer = o.initializer, initargs = o.initargs,
             maxtasksperchild = o.max_tasks_per_child, task_timeout = o.task_timeout,
-            max_memory_per_child = o.max_memory_per_child, start_method = o.start_method}
+            max_memory_per_child = o.max_memory_per_child, start_method = o.start_method or method}
   end
   local po = {}
   for _, k in ipairs(broker_keys) do po[k] = o[k] end
@@ -478,19 +487,20 @@ end
 --- initargs =, max_tasks_per_child =, task_timeout =, max_memory_per_child =,
 --- start_method =}, or
 --- lmp.Executor{broker = url, queue =, secret =, ...} on a broker's workers
-local function new(...)
+-- Called as new(method, ...): `method` is a context's start method, used
+-- unless the options name one.
+local function new(method, ...)
   local o = options(...)
   local n = tointeger(o.max_workers) or lmp.cpu_count()
-  local ok, pool = pcall(lmp.Pool, pool_options(o, n))
+  local ok, pool = pcall(lmp.Pool, pool_options(o, n, method))
   if not ok then
-    if type(pool) == "string" then
-      pool = pool:gsub("^bad argument #1 to 'Pool'", "bad argument #1 to 'Executor'")
+    check.reraise(pool, function(msg)
+      return (msg:gsub("^bad argument #1 to 'Pool'", "bad argument #1 to 'Executor'")
                  :gsub("field 'processes'", "field 'max_workers'")
-                 :gsub("field 'maxtasksperchild'", "field 'max_tasks_per_child'")
-    end
-    error(pool, 0)
+                 :gsub("field 'maxtasksperchild'", "field 'max_tasks_per_child'"))
+    end)
   end
-  return setmetatable({_pool = pool, _n = n, _live = {}, _shutdown = false}, Executor)
+  return setmetatable({_pool = pool, _n = n, _live = {}, _shutdown = false, _closed = false}, Executor)
 end
 
 -- === waiting on many futures ===
@@ -761,7 +771,8 @@ return {
   _targets = targets,
   _pending = pending,
   _values = values,
-  Executor = new,
+  Executor = function(...) return new(nil, ...) end,
+  _new = new,
   as_completed = as_completed,
   wait = wait,
   FIRST_COMPLETED = FIRST_COMPLETED,

@@ -22,6 +22,7 @@
 -- travelling as "forward to the owner's channel".
 local lmp = require "lmp"
 local core = require "lmp.logcore"
+local check = require "lmp.check"
 
 local M = {}
 
@@ -43,7 +44,7 @@ local function checklevel(level, fname, arg)
   if math.type(level) == "integer" then return level end
   local n = type(level) == "string" and LEVELS[level:lower()]
   if not n then
-    error(string.format("bad argument #%d to '%s' (unknown level '%s')", arg, fname, tostring(level)), 3)
+    check.argerror(arg, fname, "unknown level '" .. tostring(level) .. "'")
   end
   return n
 end
@@ -65,7 +66,7 @@ local function newhandler(target, level, fname)
     h.channel = channel
   elseif io.type(target) == "file" then
     local fd = target == io.stderr and 2 or target == io.stdout and 1 or nil
-    if not fd then error(string.format("bad argument #1 to '%s' (io.stderr or io.stdout expected)", fname), 3) end
+    if not fd then check.argerror(1, fname, "io.stderr or io.stdout expected") end
     h.kind, h.fd = "stream", fd
   elseif type(target) == "string" then
     if target:find("\0", 1, true) then -- open(2) would cut it short and write elsewhere
@@ -73,8 +74,7 @@ local function newhandler(target, level, fname)
     end
     h.kind, h.path = "file", target
   else
-    error(string.format("bad argument #1 to '%s' (function, file path or io.stderr expected, got %s)",
-      fname, type(target)), 3)
+    check.argerror(1, fname, "function, file path or io.stderr expected, got " .. type(target))
   end
   return h
 end
@@ -231,7 +231,7 @@ end
 -- lmp.get_logger([name]): the root logger, or the one named (made once).
 function M.get_logger(name)
   if name ~= nil and type(name) ~= "string" then
-    error("bad argument #1 to 'get_logger' (string expected, got " .. type(name) .. ")", 2)
+    check.typeerror(1, "get_logger", "string", name)
   end
   if not loggers.lmp then loggers.lmp = newlogger("lmp") end
   if name == nil or name == "lmp" then return loggers.lmp end

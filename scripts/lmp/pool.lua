@@ -3,7 +3,7 @@
 --
 -- Loaded the first time lmp.Pool is called; the chunk returns an installer
 -- that lpool.c calls with the module table and the core functions, and that
--- returns the constructor.
+-- returns the constructor (its first argument is a context's start method).
 --
 -- AsyncResult, apply, map and imap are lmp.result's, over this backend:
 -- every submitted unit has a ticket of the core, and dispatch() takes one
@@ -231,7 +231,9 @@ return function(lmp, core)
   --- lmp.Pool{processes =, initializer =, initargs =, maxtasksperchild =,
   ---          task_timeout =, max_memory_per_child =, start_method =}
   ---          (start_method: lmp.get_start_method())
-  return function(...)
+  -- Called as new(method, ...): `method` is a context's start method, used
+  -- unless the options name one (nil for lmp.Pool itself).
+  return function(method, ...)
     local a = ...
     local o
     if type(a) == "table" and not callable(a) then
@@ -269,7 +271,7 @@ return function(lmp, core)
     local n = tointeger(o.processes) or lmp.cpu_count()
     local c = core.new(n, tointeger(o.maxtasksperchild) or 0, o.task_timeout or 0,
                        o.initializer, o.initargs, tointeger(o.max_memory_per_child) or 0,
-                       o.start_method)
+                       o.start_method or method)
     return setmetatable({_c = c, _n = n, _pending = {}, _cbq = result.new_queue(), _state = "run"}, Pool)
   end
 end
