@@ -21,6 +21,14 @@ describe("the lmp command", function()
     assert.matches("usage: lmp", support.shell(bin .. " --help"))
   end)
 
+  it("points --help at documentation that is there", function()
+    local dir = support.shell(bin .. " --help"):match("\nDocumentation: (%S+)/ ")
+    assert.is_not_nil(dir)
+    for _, f in ipairs({"lua-api.md", "guide.md"}) do
+      assert.is_true(support.shell("test -r " .. dir .. "/" .. f .. " && echo yes") == "yes\n", dir .. "/" .. f)
+    end
+  end)
+
   it("reports a script error with a traceback and exit status 1", function()
     local out, code = support.run("local function f() error('bad thing') end f()")
     assert.are.equal(1, code)
