@@ -4,10 +4,11 @@
 #   sh scripts/setup-debian.sh [extra packages...]
 # Targets that need more name it: make fuzz adds clang and libclang-rt-14-dev
 # (clang's libFuzzer runtime), make test-valgrind adds valgrind.  lua-luv and
-# lua-cqueues serve lmp.luv and lmp.cqueues (and their tests) only.
+# lua-cqueues serve lmp.luv and lmp.cqueues (and their tests) only; luarocks
+# serves the test that builds the rockspec.
 set -e
 PKGS="gcc make pkg-config lua5.4 liblua5.4-dev libmsgpack-dev libreadline-dev lua-busted \
-  libhiredis-dev libssl-dev redis-server lua-luv lua-cqueues $*"
+  libhiredis-dev libssl-dev redis-server lua-luv lua-cqueues luarocks $*"
 
 missing=""
 for p in $PKGS; do
