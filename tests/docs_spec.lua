@@ -175,6 +175,38 @@ describe("docs/lua-api.md", function()
   end)
 end)
 
+-- docs/lmp.1 names every environment variable lmp reads (a getenv in the C
+-- code, an os.getenv in the Lua-side modules), the internal ones as such: a
+-- variable read without being documented fails here.
+describe("docs/lmp.1", function()
+  local man = read("docs/lmp.1")
+
+  it("documents every environment variable the code reads", function()
+    local env = man:match("\n%.SH ENVIRONMENT\n(.-)\n%.SH ")
+    assert.is_not_nil(env)
+    local names, missing = {}, {}
+    local p = io.popen("grep -rhoE 'getenv\\(\"[A-Za-z_0-9]+\"\\)' runtime bindings scripts")
+    for name in p:read("a"):gmatch('getenv%("([%w_]+)"%)') do names[name] = true end
+    p:close()
+    for _, name in ipairs({"LMP_SECRET", "LMP_EXECUTABLE", "LMP_HISTORY", "LMP_PREFIX"}) do
+      assert.is_true(names[name], name .. " not found in the code: the search above is broken")
+    end
+    for name in pairs(names) do
+      if not env:find("%f[%w_]" .. name .. "%f[^%w_]") then missing[#missing + 1] = name end
+    end
+    table.sort(missing)
+    assert.are.same({}, missing)
+  end)
+
+  it("describes the worker and top subcommands", function()
+    assert.matches("\n.SH LMP WORKER\n", man, 1, true)
+    assert.matches("\n.SH LMP TOP\n", man, 1, true)
+    for flag in support.shell(support.lmp_bin .. " worker --help"):gmatch("\n  (%-%-[%w-]+)") do
+      assert.matches(flag:gsub("%-", "\\-"), man, 1, true)
+    end
+  end)
+end)
+
 -- The guide's Lua samples are meant to be run as they are: each ```lua block
 -- of docs/guide.md runs under the lmp command and must exit 0, and print, in
 -- order, the lines its "--> " comments show (tabs or runs of spaces between
