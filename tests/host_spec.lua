@@ -60,7 +60,7 @@ describe("make install", function()
                         "share/lua/5.4/lmp/repl.lua", "share/lua/5.4/lmp/log.lua",
                         "share/man/man1/lmp.1", "lib/pkgconfig/lmp.pc", "lib/pkgconfig/lmp-lua.pc",
                         "share/doc/lmp/lua-api.md", "share/doc/lmp/guide.md", "share/doc/lmp/c-api.md",
-                        "share/doc/lmp/README.md", "share/doc/lmp/LICENSE"}) do
+                        "share/doc/lmp/from-python.md", "share/doc/lmp/README.md", "share/doc/lmp/LICENSE"}) do
       local h = io.open(prefix .. "/" .. f)
       assert.is_not_nil(h, f)
       h:close()
