@@ -1,6 +1,7 @@
 # lmp -- multiprocessing for Lua.
 #
 #   make            build/lmp, build/lmp.so, build/liblmp.a, build/liblmp.so
+#                   (liblmp.so -> liblmp.so.0 -> liblmp.so.0.x.y, SONAME liblmp.so.0)
 #   make test       C tests, layer check and busted specs; one summary line
 #   make deps       install what is missing on Debian 12 (apt-get, as root)
 #   make demo       the parallel demo from README
@@ -15,18 +16,26 @@
 #                   fuzzer runtime if missing)
 #   make examples   the example C hosts (examples/host/) into build/examples/
 #   make install    PREFIX=/usr/local (DESTDIR too; LUA_CMOD, LUA_LMOD, BINDIR
-#                   move the Lua module, its scripts and the command)
+#                   move the Lua module, its scripts and the command; DOCDIR
+#                   the docs, which lmp --help finds at BINDIR/../share/doc/lmp)
 
 PREFIX  ?= /usr/local
 BINDIR  ?= $(PREFIX)/bin
 LIBDIR  ?= $(PREFIX)/lib
 INCDIR  ?= $(PREFIX)/include
 MANDIR  ?= $(PREFIX)/share/man
+DOCDIR  ?= $(PREFIX)/share/doc/lmp
 LUA_CMOD ?= $(PREFIX)/lib/lua/5.4
 LUA_LMOD ?= $(PREFIX)/share/lua/5.4
 CC      ?= gcc
 LUA     ?= lua5.4
 PKG     ?= pkg-config
+
+VERSION := $(shell sed -n 's/^\#define LMP_VERSION_STRING "\(.*\)"/\1/p' include/lmp/common.h)
+# liblmp.so's SONAME carries the major version: programs linked against it
+# ask for liblmp.so.0, which a later 0.x.y satisfies.
+SOMAJOR := $(firstword $(subst ., ,$(VERSION)))
+SONAME  := liblmp.so.$(SOMAJOR)
 
 # pkg-config names differ between distributions and versions.
 LUA_PC     := $(firstword $(foreach p,lua5.4 lua-5.4 lua54,$(shell $(PKG) --exists $(p) 2>/dev/null && echo $(p))))
@@ -81,8 +90,11 @@ $(B)/gen/scripts.o: $(B)/gen/scripts.c
 
 $(B)/liblmp.a: $(RT_OBJ)
 	rm -f $@ && ar rcs $@ $^
-$(B)/liblmp.so: $(RT_OBJ)
-	$(CC) -shared $(LDFLAGS) -o $@ $^ $(BROKER_LIBS)
+$(B)/liblmp.so.$(VERSION): $(RT_OBJ)
+	$(CC) -shared $(LDFLAGS) -Wl,-soname,$(SONAME) -o $@ $^ $(BROKER_LIBS)
+$(B)/liblmp.so: $(B)/liblmp.so.$(VERSION)
+	ln -sf liblmp.so.$(VERSION) $(B)/$(SONAME)
+	ln -sf $(SONAME) $@
 # The bindings alone, for C programs that embed Lua: link with liblmp.
 $(B)/liblmp-lua.a: $(LB_OBJ)
 	rm -f $@ && ar rcs $@ $^
@@ -233,10 +245,9 @@ Libs: -L$${libdir} -llmp-lua -llmp $(MSGPACK_LIBS) $(BROKER_LIBS) -lm -ldl -pthr
 Cflags: -I$${includedir} $(if $(LUA_PC),,$(LUA_CFLAGS))
 endef
 export LMP_PC LMP_LUA_PC
-VERSION := $(shell sed -n 's/^\#define LMP_VERSION_STRING "\(.*\)"/\1/p' include/lmp/common.h)
 
-.PHONY: install-lua install-c
-install: install-lua install-c
+.PHONY: install-lua install-c install-doc
+install: install-lua install-c install-doc
 # What a Lua installation needs (the rockspec installs only this).
 install-lua: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LUA_CMOD) $(DESTDIR)$(LUA_LMOD)/lmp
@@ -247,12 +258,18 @@ install-lua: all
 install-c: all
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR)/lmp $(DESTDIR)$(MANDIR)/man1
 	install -m 644 $(B)/liblmp.a $(B)/liblmp-lua.a $(DESTDIR)$(LIBDIR)/
-	install -m 755 $(B)/liblmp.so $(DESTDIR)$(LIBDIR)/
+	install -m 755 $(B)/liblmp.so.$(VERSION) $(DESTDIR)$(LIBDIR)/
+	ln -sf liblmp.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/liblmp.so
 	install -m 644 include/lmp.h $(DESTDIR)$(INCDIR)/
 	install -m 644 include/lmp/*.h $(DESTDIR)$(INCDIR)/lmp/
 	install -m 644 docs/lmp.1 $(DESTDIR)$(MANDIR)/man1/lmp.1
 	printf '%s\n' "$$LMP_PC" > $(DESTDIR)$(LIBDIR)/pkgconfig/lmp.pc
 	printf '%s\n' "$$LMP_LUA_PC" > $(DESTDIR)$(LIBDIR)/pkgconfig/lmp-lua.pc
+# The documentation, where `lmp --help` finds it (beside bin/lmp: ../share/doc/lmp).
+install-doc:
+	install -d $(DESTDIR)$(DOCDIR)
+	install -m 644 README.md LICENSE docs/*.md $(DESTDIR)$(DOCDIR)/
 
 clean:
 	rm -rf build build-asan

@@ -165,6 +165,12 @@ typedef struct lmpb_start {
  */
 int lmpb_spawn(lua_State *L, int fn_idx, int nargs, const lmpb_start_t *how, lmp_proc_t **out);
 
+/* Raise for a start the system refused (code: lmpb_spawn's or the pool's
+ * -errno), as `what: ...`.  fork's EAGAIN is the process limit (ulimit -u),
+ * and says so: "Pool: cannot start a worker: process limit reached
+ * (ulimit -u)"; `whom` names the child ("a worker", "a process"). */
+int lmpb_start_error(lua_State *L, const char *what, const char *whom, int code);
+
 /* The start method named by the value at `idx`: NULL for nil, else one of
  * "fork", "spawn", "forkserver" (a static string); anything else raises
  * bad argument #arg (unknown start method 'x'). */

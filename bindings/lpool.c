@@ -1595,7 +1595,7 @@ static int l_new(lua_State *L)
     return lua_error(L);
   }
   if (rc < 0)
-    return lmpb_rterror(L, "Pool", rc);
+    return lmpb_start_error(L, "Pool", "a worker", rc);
   lua_settop(L, ud);
   return 1;
 }

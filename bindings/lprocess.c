@@ -238,7 +238,7 @@ static int process_start(lua_State *L)
   lmp_proc_t *proc;
   int rc = lmpb_spawn(L, 3, nargs, &how, &proc);
   if (rc < 0)
-    return lmpb_rterror(L, "start", rc);
+    return lmpb_start_error(L, "start", "a process", rc);
   lua_settop(L, 1);
   p->proc = proc;
   p->state = STARTED;

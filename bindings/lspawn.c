@@ -577,6 +577,13 @@ static int start_forkserver(lua_State *L, int memfd, int daemon, lmp_proc_t **ou
 
 /* === starting a child === */
 
+int lmpb_start_error(lua_State *L, const char *what, const char *whom, int code)
+{
+  if (code == -EAGAIN)
+    return luaL_error(L, "%s: cannot start %s: process limit reached (ulimit -u)", what, whom);
+  return lmpb_rterror(L, what, code);
+}
+
 int lmpb_spawn(lua_State *L, int fn_idx, int nargs, const lmpb_start_t *how, lmp_proc_t **out)
 {
   fn_idx = lua_absindex(L, fn_idx);

@@ -19,6 +19,7 @@
  * `--lmp-forkserver FD` runs the fork server (lspawn.c).  They are the
  * first argument or nothing, and --help does not list them.
  */
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,7 +45,7 @@ static const char usage[] = "usage: lmp [options] [script [args]]\n"
                             "\n"
                             "       lmp worker BROKER_URL [--queue q] [--processes n]\n"
                             "       lmp worker --status BROKER_URL\n"
-                            "  serve (or list the workers of) a broker queue; see docs/lua-api.md\n"
+                            "  serve (or list the workers of) a broker queue; see lua-api.md\n"
                             "\n"
                             "       lmp top [PID] [--once] [--interval S]\n"
                             "  list this user's running lmp programs, or show PID's pools live\n"
@@ -141,6 +142,41 @@ struct opts {
   int version;
 };
 
+/* Where lua-api.md and guide.md are: <prefix>/share/doc/lmp/ beside the
+ * installed <prefix>/bin/lmp, or docs/ of the source tree beside build/lmp. */
+static const char *docdir(void)
+{
+  static char dir[PATH_MAX];
+  char exe[PATH_MAX], path[PATH_MAX + 64];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n <= 0)
+    return NULL;
+  exe[n] = '\0';
+  char *slash = strrchr(exe, '/');
+  if (slash == NULL)
+    return NULL;
+  *slash = '\0';
+  const char *rel[] = {"/../share/doc/lmp", "/../docs", NULL};
+  for (int i = 0; rel[i]; i++) {
+    snprintf(path, sizeof path, "%s%s/lua-api.md", exe, rel[i]);
+    if (access(path, R_OK) == 0 && realpath(path, dir)) {
+      *strrchr(dir, '/') = '\0';
+      return dir;
+    }
+  }
+  return NULL;
+}
+
+static void printusage(FILE *f)
+{
+  const char *dir = docdir();
+  fputs(usage, f);
+  if (dir)
+    fprintf(f, "\nDocumentation: %s/ (lua-api.md, guide.md), and man lmp\n", dir);
+  else
+    fputs("\nDocumentation: docs/ of the lmp source (lua-api.md, guide.md), and man lmp\n", f);
+}
+
 /* Returns 0, or -1 after printing usage for a bad option. */
 static int scanargs(char **argv, int argc, struct opts *o)
 {
@@ -160,13 +196,14 @@ static int scanargs(char **argv, int argc, struct opts *o)
     } else if (strcmp(a, "-v") == 0 || strcmp(a, "--version") == 0) {
       o->version = 1;
     } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-      fputs(usage, stdout);
+      printusage(stdout);
       exit(EXIT_SUCCESS);
     } else if ((strcmp(a, "-e") == 0 || strcmp(a, "-l") == 0) && i + 1 < argc) {
       o->has_e |= a[1] == 'e';
       i++;
     } else {
-      fprintf(stderr, "%s: unrecognized option '%s'\n%s", progname, a, usage);
+      fprintf(stderr, "%s: unrecognized option '%s'\n", progname, a);
+      printusage(stderr);
       return -1;
     }
   }

@@ -1,6 +1,8 @@
 -- Count the primes below N, first in this process, then fanned out over one
 -- Process per core that each take ranges from a task Queue and put their
--- counts on a result Queue.  Prints both timings and the speedup.
+-- counts on a result Queue.  Prints both timings and the speedup, and says
+-- when the machine was busy (a 1-minute load average above its core count):
+-- then other programs had part of the cores, and the speedup reads low.
 --
 --   lmp examples/primes.lua [N] [workers]
 local lmp = require "lmp"
@@ -35,6 +37,17 @@ local function worker(tasks, results)
   end
 end
 
+-- The 1-minute load average, before this program adds to it (nil where
+-- /proc/loadavg cannot be read).
+local function loadavg()
+  local f = io.open("/proc/loadavg")
+  if not f then return nil end
+  local load = tonumber(f:read("a"):match("^%S+"))
+  f:close()
+  return load
+end
+local load = loadavg()
+
 print(string.format("counting primes below %d", N))
 
 local t0 = lmp.time()
@@ -63,4 +76,8 @@ local parallel = lmp.time() - t0
 print(string.format("  %d processes: %d primes in %.2f s (%d ranges over a Queue)",
   workers, total, parallel, nranges))
 print(string.format("  speedup %.2fx on %d cores", serial / parallel, lmp.cpu_count()))
+if load and load > lmp.cpu_count() then
+  print(string.format("  the machine was busy (load average %.2f on %d cores): other programs"
+    .. " had part of the cores, so the speedup reads low", load, lmp.cpu_count()))
+end
 assert(total == expected, "parallel count differs from the serial one")

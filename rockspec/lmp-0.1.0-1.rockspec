@@ -1,6 +1,6 @@
 -- LuaRocks build of lmp: the module (lmp.so), its Lua-side scripts and the
 -- lmp command, built by the project's Makefile.
---   luarocks make rockspec/lmp-0.1.0-1.rockspec
+--   luarocks --lua-version 5.4 make rockspec/lmp-0.1.0-1.rockspec
 rockspec_format = "3.0"
 package = "lmp"
 version = "0.1.0-1"

@@ -4,11 +4,13 @@
 #   sh scripts/setup-debian.sh [extra packages...]
 # Targets that need more name it: make fuzz adds clang and libclang-rt-14-dev
 # (clang's libFuzzer runtime), make test-valgrind adds valgrind.  lua-luv and
-# lua-cqueues serve lmp.luv and lmp.cqueues (and their tests) only; lighttpd
-# and its Lua module are the real server the embedding tests run lmp in.
+# lua-cqueues serve lmp.luv and lmp.cqueues (and their tests) only; luarocks
+# serves the test that builds the rockspec; lighttpd and its Lua module are
+# the real server the embedding tests run lmp in.
 set -e
 PKGS="gcc make pkg-config lua5.4 liblua5.4-dev libmsgpack-dev libreadline-dev lua-busted \
-  libhiredis-dev libssl-dev redis-server lua-luv lua-cqueues lighttpd lighttpd-modules-lua $*"
+  libhiredis-dev libssl-dev redis-server lua-luv lua-cqueues luarocks lighttpd \
+  lighttpd-modules-lua $*"
 
 missing=""
 for p in $PKGS; do

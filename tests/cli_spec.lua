@@ -21,6 +21,14 @@ describe("the lmp command", function()
     assert.matches("usage: lmp", support.shell(bin .. " --help"))
   end)
 
+  it("points --help at documentation that is there", function()
+    local dir = support.shell(bin .. " --help"):match("\nDocumentation: (%S+)/ ")
+    assert.is_not_nil(dir)
+    for _, f in ipairs({"lua-api.md", "guide.md"}) do
+      assert.is_true(support.shell("test -r " .. dir .. "/" .. f .. " && echo yes") == "yes\n", dir .. "/" .. f)
+    end
+  end)
+
   it("reports a script error with a traceback and exit status 1", function()
     local out, code = support.run("local function f() error('bad thing') end f()")
     assert.are.equal(1, code)
@@ -34,6 +42,27 @@ describe("the lmp command", function()
     assert.matches("usage: lmp worker URL", out)
     assert.matches("status 2", out)
     assert.matches("lmp worker BROKER_URL", support.shell(bin .. " --help"))
+  end)
+
+  it("says in the worker's help what --max-deliveries bounds", function()
+    local help = support.shell(bin .. " worker --help")
+    -- the entries the worker refuses; a task's own limit is its pool's
+    assert.matches("--max-deliveries N     deliveries of an entry this worker refuses", help, 1, true)
+    assert.matches("pool's max_deliveries instead", help, 1, true)
+  end)
+
+  it("says why a worker has no shared secret", function()
+    local url = " redis://127.0.0.1:1/0"
+    local out = support.shell("LMP_SECRET= " .. bin .. " worker" .. url .. "; echo status $?")
+    assert.matches("no shared secret: set LMP_SECRET or give --secret-file\nstatus 2", out, 1, true)
+    local missing = os.tmpname()
+    os.remove(missing)
+    out = support.shell(bin .. " worker" .. url .. " --secret-file " .. missing .. "; echo status $?")
+    assert.matches("cannot read the secret file: " .. missing .. ": No such file or directory\nstatus 2", out, 1, true)
+    local empty = support.tmpfile("")
+    out = support.shell(bin .. " worker" .. url .. " --secret-file " .. empty .. "; echo status $?")
+    os.remove(empty)
+    assert.matches("no shared secret: the secret file " .. empty .. " is empty\nstatus 2", out, 1, true)
   end)
 
   it("runs the top subcommand, which --help mentions", function()

@@ -175,38 +175,80 @@ describe("docs/lua-api.md", function()
   end)
 end)
 
--- The guide's Lua samples are meant to be run as they are: each ```lua block
--- of docs/guide.md runs under the lmp command and must exit 0, and print, in
--- order, the lines its "--> " comments show (tabs or runs of spaces between
--- values alike).  A sample that needs something outside the machine says so
--- on its first line, "-- with ...", and is only checked to compile.
-describe("docs/guide.md", function()
-  local guide = read("docs/guide.md")
-  local blocks = {}
-  for block in guide:gmatch("```lua\n(.-)```") do blocks[#blocks + 1] = block end
+-- docs/lmp.1 names every environment variable lmp reads (a getenv in the C
+-- code, an os.getenv in the Lua-side modules), the internal ones as such: a
+-- variable read without being documented fails here.
+describe("docs/lmp.1", function()
+  local man = read("docs/lmp.1")
 
-  it("has Lua samples", function()
-    assert.is_true(#blocks >= 10)
+  it("documents every environment variable the code reads", function()
+    local env = man:match("\n%.SH ENVIRONMENT\n(.-)\n%.SH ")
+    assert.is_not_nil(env)
+    local names, missing = {}, {}
+    local p = io.popen("grep -rhoE 'getenv\\(\"[A-Za-z_0-9]+\"\\)' runtime bindings scripts")
+    for name in p:read("a"):gmatch('getenv%("([%w_]+)"%)') do names[name] = true end
+    p:close()
+    for _, name in ipairs({"LMP_SECRET", "LMP_EXECUTABLE", "LMP_HISTORY", "LMP_PREFIX"}) do
+      assert.is_true(names[name], name .. " not found in the code: the search above is broken")
+    end
+    for name in pairs(names) do
+      if not env:find("%f[%w_]" .. name .. "%f[^%w_]") then missing[#missing + 1] = name end
+    end
+    table.sort(missing)
+    assert.are.same({}, missing)
   end)
 
-  for i, block in ipairs(blocks) do
-    it("sample " .. i .. " runs: " .. block:match("[^\n]*"), function()
-      if block:match("^%-%- with ") then
-        assert(load(block, "=sample " .. i))
-        return
-      end
-      local out, code = support.run(block)
-      assert.are.equal(0, code, out)
-      local expected = {}
-      for value in block:gmatch("%-%-> ([^\n]*)") do
-        expected[#expected + 1] = (value:gsub("%s+", " "):gsub(" $", ""))
-      end
-      -- in order, among the lines printed (some prints have no comment)
-      local n = 1
-      for line in out:gmatch("[^\n]+") do
-        if (line:gsub("%s+", " "):gsub(" $", "")) == expected[n] then n = n + 1 end
-      end
-      assert(n > #expected, "sample " .. i .. " did not print: " .. tostring(expected[n]) .. "\n" .. out)
-    end)
-  end
+  it("describes the worker and top subcommands", function()
+    assert.matches("\n.SH LMP WORKER\n", man, 1, true)
+    assert.matches("\n.SH LMP TOP\n", man, 1, true)
+    for flag in support.shell(support.lmp_bin .. " worker --help"):gmatch("\n  (%-%-[%w-]+)") do
+      assert.matches(flag:gsub("%-", "\\-"), man, 1, true)
+    end
+  end)
 end)
+
+-- The Lua samples of the guides are meant to be run as they are: each
+-- ```lua block of docs/guide.md and docs/from-python.md runs under the lmp
+-- command and must exit 0, and print, in order, the lines its "--> "
+-- comments show (tabs or runs of spaces between values alike).  A sample
+-- that needs something outside the machine says so on its first line,
+-- "-- with ...", and is only checked to compile.
+for _, page in ipairs({{"docs/guide.md", 10}, {"docs/from-python.md", 10}}) do
+  local path, least = page[1], page[2]
+  describe(path, function()
+    local text = read(path)
+    -- each sample with the heading of its section, which names its test
+    local blocks, titles = {}, {}
+    for pos, block in text:gmatch("()```lua\n(.-)```") do
+      blocks[#blocks + 1] = block
+      local title
+      for t in text:sub(1, pos):gmatch("\n#+ ([^\n]+)") do title = t end
+      titles[#blocks] = title or block:match("[^\n]*")
+    end
+
+    it("has Lua samples", function()
+      assert.is_true(#blocks >= least)
+    end)
+
+    for i, block in ipairs(blocks) do
+      it("sample " .. i .. " runs (" .. titles[i] .. ")", function()
+        if block:match("^%-%- with ") then
+          assert(load(block, "=sample " .. i))
+          return
+        end
+        local out, code = support.run(block)
+        assert.are.equal(0, code, out)
+        local expected = {}
+        for value in block:gmatch("%-%-> ([^\n]*)") do
+          expected[#expected + 1] = (value:gsub("%s+", " "):gsub(" $", ""))
+        end
+        -- in order, among the lines printed (some prints have no comment)
+        local n = 1
+        for line in out:gmatch("[^\n]+") do
+          if (line:gsub("%s+", " "):gsub(" $", "")) == expected[n] then n = n + 1 end
+        end
+        assert(n > #expected, "sample " .. i .. " did not print: " .. tostring(expected[n]) .. "\n" .. out)
+      end)
+    end
+  end)
+end

@@ -25,6 +25,24 @@ describe("examples", function()
     assert.matches("speedup [%d.]+x", out)
   end)
 
+  it("primes.lua says when the machine is busy, from /proc/loadavg", function()
+    -- /proc/loadavg replaced by a file that says what the test needs
+    local function run_with_load(load)
+      local fake = support.tmpfile(load .. " 0.50 0.50 1/100 4242\n")
+      local out, code = support.shell_code(string.format(
+        "%s -e 'local o = io.open; io.open = function(p, ...) return o(p == \"/proc/loadavg\" and %q or p, ...) end'"
+        .. " examples/primes.lua 200000 2", support.lmp_bin, fake))
+      os.remove(fake)
+      assert.are.equal(0, code, out)
+      return out
+    end
+    local cores = require("lmp").cpu_count()
+    local busy = run_with_load(string.format("%.2f", cores + 1.5))
+    assert.matches(string.format("the machine was busy (load average %.2f on %d cores)", cores + 1.5, cores),
+                   busy, 1, true)
+    assert.not_matches("busy", run_with_load(string.format("%.2f", cores)))
+  end)
+
   it("process_basics.lua starts four processes and joins them", function()
     local out = run_example("examples/process_basics.lua")
     for _, c in ipairs({"Asia", "America", "Europe", "Africa"}) do

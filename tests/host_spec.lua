@@ -58,13 +58,73 @@ describe("make install", function()
     for _, f in ipairs({"bin/lmp", "include/lmp.h", "include/lmp/queue.h", "include/lmp/proc.h",
                         "lib/liblmp.a", "lib/liblmp.so", "lib/liblmp-lua.a", "lib/lua/5.4/lmp.so",
                         "share/lua/5.4/lmp/repl.lua", "share/lua/5.4/lmp/log.lua",
-                        "share/man/man1/lmp.1", "lib/pkgconfig/lmp.pc", "lib/pkgconfig/lmp-lua.pc"}) do
+                        "share/man/man1/lmp.1", "lib/pkgconfig/lmp.pc", "lib/pkgconfig/lmp-lua.pc",
+                        "share/doc/lmp/lua-api.md", "share/doc/lmp/guide.md", "share/doc/lmp/c-api.md",
+                        "share/doc/lmp/from-python.md", "share/doc/lmp/README.md", "share/doc/lmp/LICENSE"}) do
       local h = io.open(prefix .. "/" .. f)
       assert.is_not_nil(h, f)
       h:close()
     end
     local out = sh(prefix .. "/bin/lmp --version")
     assert.matches("^lmp %d+%.%d+%.%d+", out)
+  end)
+
+  it("has lmp --help point at the installed documentation", function()
+    local dir = sh("cd " .. prefix .. " && pwd -P"):match("[^\n]+") .. "/share/doc/lmp/"
+    local out = sh(prefix .. "/bin/lmp --help")
+    assert.matches("Documentation: " .. dir, out, 1, true)
+  end)
+
+  it("gives liblmp.so the SONAME liblmp.so.0, with its links, here and in build/", function()
+    local version = require("lmp")._VERSION:match("%d+%.%d+%.%d+")
+    for _, dir in ipairs({prefix .. "/lib", build}) do
+      local out = sh("readelf -d " .. dir .. "/liblmp.so")
+      assert.matches("%(SONAME%)%s+Library soname: %[liblmp%.so%.0%]", out)
+      assert.are.equal("liblmp.so.0\n", sh("readlink " .. dir .. "/liblmp.so"))
+      assert.are.equal("liblmp.so." .. version .. "\n", sh("readlink " .. dir .. "/liblmp.so.0"))
+      assert.are.equal("f", sh("test -f " .. dir .. "/liblmp.so." .. version .. " && echo f"):match("%S+"))
+    end
+  end)
+
+  -- The ways docs/c-api.md gives to build against a prefix the loader does
+  -- not search: each program starts, with no LD_LIBRARY_PATH; the plain
+  -- line's program does not, as the page says.
+  describe("the link lines of docs/c-api.md", function()
+    local page = support.read("docs/c-api.md")
+    local lines = {}
+    for block in page:gmatch("```sh\n(.-)```") do
+      for line in block:gmatch("[^\n]+") do
+        if line:match("^cc host%.c") then lines[#lines + 1] = line:gsub("%s+#.*", "") end
+      end
+    end
+
+    local function build_with(line)
+      local lua = line:find("lmp-lua", 1, true)
+      local exe = prefix .. "/" .. (lua and "doc_lua" or "doc_c")
+      local cmd = line:gsub("^cc host%.c", "cc" .. san .. (lua and " examples/host/host_lua.c" or " examples/host/host_c.c"))
+      local out, code = sh("export PKG_CONFIG_PATH=" .. prefix .. "/lib/pkgconfig; " .. cmd .. " -o " .. exe)
+      assert.are.equal(0, code, cmd .. "\n" .. out)
+      return exe, lua
+    end
+
+    it("are there", function()
+      assert.is_true(#lines >= 5, #lines .. " lines")
+    end)
+
+    for _, line in ipairs(lines) do
+      local plain = not line:find("rpath", 1, true) and not line:find("--static", 1, true)
+      it((plain and "without a search path, fails to start: " or "starts: ") .. line, function()
+        local exe, lua = build_with(line)
+        local out, code = sh("env -u LD_LIBRARY_PATH " .. exe)
+        if plain then
+          assert.are_not.equal(0, code)
+          assert.matches("liblmp.so.0: cannot open shared object file", out, 1, true)
+        else
+          assert.are.equal(0, code, out)
+          assert.matches(lua and "processes: 100 squares" or "sum of squares 1..100 = 338350", out, 1, true)
+        end
+      end)
+    end
   end)
 
   it("builds a C runtime host with pkg-config lmp", function()
@@ -104,7 +164,7 @@ end)
 describe("the rockspec", function()
   it("builds and installs with luarocks make", function()
     if not support.shell("command -v luarocks"):match("luarocks") then
-      return pending("luarocks is not installed")
+      return pending("luarocks is not installed (make deps installs it)")
     end
     local tree = os.tmpname()
     os.remove(tree)

@@ -546,6 +546,16 @@ describe("lmp.Pool initializer", function()
 end)
 
 describe("lmp.Pool lifecycle", function()
+  it("says the process limit was reached when it cannot start a worker", function()
+    local out, code = support.run_at_process_limit([[
+      local pool = lmp.Pool(8)
+      print(pool:apply(function() return "started" end))
+    ]])
+    if not out then return pending("cannot run under a process limit: " .. code) end
+    assert.are.equal(1, code, out)
+    assert.matches("Pool: cannot start a worker: process limit reached (ulimit -u)", out, 1, true)
+  end)
+
   it("maxtasksperchild recycles workers", function()
     local pool <close> = lmp.Pool{processes = 1, maxtasksperchild = 2}
     local got = pool:map(function() return require("lmp").current_process().pid end, range(6), 1)

@@ -231,6 +231,16 @@ describe("lmp.Process", function()
     assert.is_nil(lmp.parent_process())
   end)
 
+  it("says the process limit was reached when start cannot fork", function()
+    local out, code = support.run_at_process_limit([[
+      for _ = 1, 64 do lmp.Process(function() lmp.sleep(30) end):start() end
+      print("started them all")
+    ]], 2)
+    if not out then return pending("cannot run under a process limit: " .. code) end
+    assert.are.equal(1, code, out)
+    assert.matches("start: cannot start a process: process limit reached (ulimit -u)", out, 1, true)
+  end)
+
   it("leaks no globals", function()
     assert.are.same({}, support.new_globals())
   end)

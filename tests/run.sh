@@ -3,6 +3,8 @@
 #
 # Runs the suites and ends with one line summing them all:
 #   N passed, N failed[, N skipped]
+# preceded, when anything was skipped, by the list of what and why (each
+# skip's TAP line carries its reason: "ok 3 - name # SKIP reason").
 # Exit status is non-zero when anything failed.  Each C test binary forks per
 # test with a timeout (tests/c/runner.c); each busted spec file runs in its own
 # interpreter under a timeout, so a crash or hang fails that file, not the run.
@@ -27,13 +29,15 @@ unset LMP_PREFIX LMP_ROOT_PID
 
 passed=0 failed=0 skipped=0
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+skips=$(mktemp)
+trap 'rm -f "$log" "$skips"' EXIT
 
 count() { # count TAP lines of $log into the totals; print failures
   p=$(grep -c '^ok ' "$log" | tr -d ' ')
   s=$(grep '^ok ' "$log" | grep -c '# *SKIP' | tr -d ' ')
   f=$(grep -c '^not ok ' "$log" | tr -d ' ')
   passed=$((passed + p - s)) skipped=$((skipped + s)) failed=$((failed + f))
+  grep '^ok ' "$log" | grep '# *SKIP' | sed "s|^ok [0-9]* - *# *SKIP *||; s|^ok [0-9]* - \(.*\) # *SKIP *|\1: |; s|^|  $1: |" >> "$skips"
   echo "$1: $((p - s)) passed, $f failed${s:+, $s skipped}" | sed 's/, 0 skipped//'
   [ "$f" -gt 0 ] && grep -A 30 '^not ok ' "$log" | head -120
 }
@@ -61,7 +65,7 @@ for suite in "$@"; do
   lua)
     for spec in ${SPECS:-tests/*_spec.lua}; do
       timeout -k 5 "$SPEC_TIMEOUT" $LMP_WRAP "$LUA" -e "package.cpath='$B/?.so;'..package.cpath" \
-        "$BUSTED" -o TAP "$spec" > "$log" 2>&1
+        "$BUSTED" -o tests/tap.lua "$spec" > "$log" 2>&1
       rc=$?
       if [ $rc -ne 0 ] && ! grep -q '^not ok ' "$log"; then
         tail -20 "$log"
@@ -115,6 +119,10 @@ if [ -n "$LMP_REPORTS" ] && [ -d "$LMP_REPORTS" ]; then
   count reports
 fi
 
+if [ -s "$skips" ]; then
+  echo "skipped:"
+  cat "$skips"
+fi
 line="$passed passed, $failed failed"
 [ "$skipped" -gt 0 ] && line="$line, $skipped skipped"
 echo "$line"

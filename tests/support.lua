@@ -55,6 +55,46 @@ function M.run(code, ...)
   return out, code_
 end
 
+-- How many processes run with real user id `uid`.
+local function processes_of(uid)
+  local n = 0
+  local p = io.popen("ls /proc")
+  for pid in p:lines() do
+    local f = pid:match("^%d+$") and io.open("/proc/" .. pid .. "/status")
+    if f then
+      local status = f:read("a") or ""
+      f:close()
+      if tonumber(status:match("\nUid:%s+(%d+)")) == uid then n = n + 1 end
+    end
+  end
+  p:close()
+  return n
+end
+
+-- Runs the Lua snippet `code` with the lmp executable under a process limit
+-- (ulimit -u) that leaves room for the program, its watchdog and `room`
+-- more processes; returns output and exit code, or nil and why it cannot
+-- run here.  Root ignores the limit, so as root the program runs as the
+-- unprivileged user 65534 (setpriv).
+function M.run_at_process_limit(code, room)
+  local root = M.shell("id -u") == "0\n"
+  for _, tool in ipairs({"bash", root and "setpriv" or nil}) do
+    if not M.shell("command -v " .. tool):match("%S") then
+      return nil, tool .. " is not installed" .. (root and ": root ignores ulimit -u" or "")
+    end
+  end
+  local uid = root and 65534 or tonumber(M.shell("id -u"))
+  -- Besides those already running: the program and its watchdog (and,
+  -- when not root, the shell that starts it).
+  local limit = processes_of(uid) + 2 + (root and 0 or 1) + (room or 0)
+  local path = M.tmpfile(code)
+  os.execute("chmod 644 " .. path)
+  local out, rc = M.shell_code(string.format("%sbash -c 'ulimit -u %d && exec %s %s'",
+    root and "setpriv --reuid=65534 --regid=65534 --clear-groups " or "", limit, M.lmp_bin, path))
+  os.remove(path)
+  return out, rc
+end
+
 -- Names in /dev/shm that start with prefix (without the leading slash).
 function M.shm_entries(prefix)
   local out = {}

@@ -37,7 +37,10 @@ usage: lmp worker URL [--queue NAME] [--processes N] [options]
   --prefetch N           tasks held per process (default 8)
   --visibility-timeout S reclaim tasks idle this long (default 30; a lower
                          visibility_timeout of the queue's pools wins)
-  --max-deliveries N     for tasks whose signature fails (default 5)
+  --max-deliveries N     deliveries of an entry this worker refuses (bad
+                         signature, not a task) before it is dead-lettered
+                         (default 5); a task that passes the check has its
+                         pool's max_deliveries instead
   --max-age S            refuse tasks signed longer ago (default 86400)
   --task-timeout S       kill a task running longer (kind "timeout")
   --secret-file PATH     the shared secret (default: LMP_SECRET)
@@ -367,8 +370,12 @@ end
 
 local function serve(o)
   local secret, serr = read_secret(o)
-  if not secret or secret == "" then
-    say("no shared secret: set LMP_SECRET or give --secret-file (%s)", serr or "empty")
+  if serr then
+    say("cannot read the secret file: %s", serr)
+    return 2
+  elseif not secret or secret == "" then
+    say("no shared secret: %s", o.secret_file and "the secret file " .. o.secret_file .. " is empty"
+                                or "set LMP_SECRET or give --secret-file")
     return 2
   end
   local conn, err = core.open(o.url, o.queue, 5)
