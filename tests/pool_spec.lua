@@ -693,6 +693,40 @@ describe("lmp.Pool lifecycle", function()
     end
   end)
 
+  it("stats and lmp top read the same counters, current while the owner is away", function()
+    local top = require "lmp._top" -- what lmp top reads
+    local me = lmp.current_process().pid
+    local known = {}
+    for _, e in ipairs(top.pools(me)) do known[e.name] = true end
+    local pool <close> = lmp.Pool(2)
+    local name
+    for _, e in ipairs(top.pools(me)) do
+      if not known[e.name] then name = e.name end
+    end
+    assert.is_not_nil(name)
+    local function counts(s)
+      return {queued = s.queued, running = s.running, done = s.done, failed = s.failed}
+    end
+    local r = pool:map_async(function(x) return x end, range(8), 1)
+    -- Away from the pool: only the observer's view is read until all is done.
+    assert.is_truthy(eventually(function() return top.peek(name).done == 8 end))
+    assert.are.same({queued = 0, running = 0, done = 8, failed = 0}, counts(pool:stats()))
+    assert.are.same(counts(pool:stats()), counts(top.peek(name)))
+    r:get()
+    -- Both tasks of a failed map run (the barrier holds each until the
+    -- other has started); once the workers are idle nothing is running,
+    -- and both failures are counted though only the first was delivered.
+    local b = lmp.Barrier(2)
+    assert.is_not_nil(raised(pool.map, pool, function() b:wait() error("no") end, range(2), 1))
+    assert.is_truthy(eventually(function()
+      local ws = top.peek(name).workers
+      return ws[1].state == "idle" and ws[2].state == "idle"
+    end))
+    local s = pool:stats()
+    assert.are.same({queued = 0, running = 0, done = 8, failed = 2}, counts(s))
+    assert.are.same(counts(s), counts(top.peek(name)))
+  end)
+
   it("leaves nothing in /dev/shm", function()
     local prefix = tostring(lmp.Queue()):match("/(lmp%.%d+%.%x+%.)")
     local before = #support.shm_entries(prefix)
