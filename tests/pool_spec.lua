@@ -784,10 +784,58 @@ describe("lmp.Pool progress", function()
     assert.matches("ETA", out)
   end)
 
+  it("fits the terminal, follows a resize, starts at 0/N and redraws its clock", function()
+    -- One worker: item 1 takes 2 s; item 2 narrows the terminal to 30
+    -- columns (the workers share it) and says so.
+    local path = support.tmpfile([[
+      local lmp = require "lmp"
+      local pool <close> = lmp.Pool(1)
+      pool:map(function(x)
+        if x == 2 then
+          os.execute("stty cols 30")
+          io.stderr:write("\nRESIZED\n")
+        end
+        lmp.sleep(x == 1 and 2 or 0.6)
+        return x
+      end, {1, 2, 3}, {progress = true, chunksize = 1})
+      io.stderr:write("IMAP\n")
+      for _ in pool:imap(function(x) lmp.sleep(1.5) return x end, {1}, {progress = true}) do end
+    ]])
+    local out = support.shell(string.format("TERM=dumb script -qfec 'stty cols 40 rows 20; %s %s' /dev/null",
+                                            support.lmp_bin, path))
+    os.remove(path)
+    local before, after = out:match("^(.-)RESIZED(.*)$")
+    assert.is_not_nil(before, out)
+    local function drawings(s)
+      local t = {}
+      for piece in s:gmatch("[^\r\n]+") do t[#t + 1] = piece end
+      return t
+    end
+    local first = drawings(before)
+    assert.matches("^%[%.+%] 0/3 ", first[1]) -- at once, before anything completes
+    local clock
+    for _, d in ipairs(first) do
+      assert.is_true(#d < 40, d)
+      if d:match(" 0/3 ") and d:match(" 0:0[1-9] ETA") then clock = d end
+    end
+    assert.is_not_nil(clock, before) -- the elapsed time moved while item 1 ran
+    local imap
+    after, imap = after:match("^(.-)IMAP(.*)$")
+    for _, d in ipairs(drawings(after)) do assert.is_true(#d < 30, d) end
+    assert.matches("3/3 100%%", after)
+    -- imap's bar too
+    assert.matches("^%s*0/1 ", drawings(imap)[1])
+    assert.matches("0/1 [^\r]* 0:01 ETA", imap)
+  end)
+
   it("formats the bar", function()
     local progress = require "lmp.progress"
     local line = progress.format(50, 200, 2)
-    assert.matches("^%[#+%.+%] 50/200  25%% 25%.0/s ETA 0:06$", line)
+    assert.matches("^%[#+%.+%] 50/200  25%% 25%.0/s 0:02 ETA 0:06$", line)
+    -- narrower terminals: the bar, then the rate and the clock give way
+    assert.are.equal("50/200  25% 25.0/s 0:02 ETA 0:06", progress.format(50, 200, 2, 40))
+    assert.are.equal("50/200  25% ETA 0:06", progress.format(50, 200, 2, 22))
+    assert.are.equal("50/20", progress.format(50, 200, 2, 6))
     assert.matches("^7 done", progress.format(7, nil, 1))
     local buf = {}
     local stream = {write = function(_, ...) for _, s in ipairs({...}) do buf[#buf + 1] = s end end,

@@ -183,6 +183,8 @@ function M.new(B)
     return true
   end
 
+  local bar_tick = require("lmp.progress").TICK -- waits with a progress bar wake this often
+
   -- Dispatch until the result is done or the timeout passes; true if done.
   local function waitfor(res, timeout, fname)
     if getmetatable(res) ~= AsyncResult then checkself(res, AsyncResult, fname) end
@@ -193,7 +195,19 @@ function M.new(B)
     local deadline
     if timeout ~= nil then deadline = now() + timeout end
     repeat
-      if dispatch(pool, deadline) ~= nil then return res._done == true end
+      local bar = res._bar
+      if bar then
+        -- Wake on the bar's tick to redraw its clock.
+        local tick = now() + bar_tick
+        local r = dispatch(pool, deadline and math.min(deadline, tick) or tick)
+        if r == "timeout" and not res._done and (not deadline or now() < deadline) then
+          bar:refresh()
+        elseif r ~= nil then
+          return res._done == true
+        end
+      elseif dispatch(pool, deadline) ~= nil then
+        return res._done == true
+      end
     until res._done
     return true
   end
@@ -599,7 +613,9 @@ function M.new(B)
       end
       feed(job)
       if job.inflight > 0 then
-        local r = dispatch(pool, nil)
+        local bar = job.bar
+        local r = dispatch(pool, bar and now() + bar_tick or nil)
+        if r == "timeout" and bar then bar:refresh() end
         if r == "closed" and job.inflight > 0 then
           close_job(job)
           error(pool._broken or lmp.Error("cancelled", "the pool ended during imap"), 0)
