@@ -28,6 +28,21 @@ describe("lmp.Pool", function()
     assert.are.same({21, {y = 42}}, t)
   end)
 
+  it("hints at a global defined after the workers started", function()
+    local g = "lmp_spec_late_helper"
+    rawset(_G, g, function(x) return x end)
+    local call = load("return function() return " .. g .. "(1) end")()
+    local e = raised(pool.apply, pool, call)
+    assert.matches("attempt to call a nil value %(global '" .. g .. "'%) %(hint: .*started before it was "
+                   .. "defined.*upvalue", e.message)
+    e = raised(pool.map, pool, function(x) return call(x) end, {1, 2})
+    assert.matches("hint: ", e.message)
+    rawset(_G, g, nil)
+    -- a global this process lacks too: no hint
+    e = raised(pool.apply, pool, call)
+    assert.matches("global '" .. g .. "'%)$", e.message)
+  end)
+
   it("runs closures with their upvalues", function()
     local base, tbl = 100, {k = 5}
     local function helper(x) return x + tbl.k end

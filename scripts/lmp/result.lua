@@ -101,6 +101,31 @@ local function run_callbacks(pool)
 end
 M.run_callbacks = run_callbacks
 
+-- === errors ===
+
+-- A task's error about a global the workers lack though this process has
+-- it: the global was most likely defined after the workers started (they
+-- have the globals of the moment they were made), so say so.
+local function hint(e)
+  if type(e) ~= "table" or e.kind ~= "task" or type(e.message) ~= "string" then return end
+  local name = e.message:match("a nil value %(global '([%a_][%w_]*)'%)")
+  if name and rawget(_G, name) ~= nil then
+    e.message = string.format("%s (hint: this process has a global '%s', but the pool's workers "
+      .. "started before it was defined: define it before creating the pool, or capture it as "
+      .. "an upvalue by making it a local)", e.message, name)
+  end
+end
+
+--- A backend's failed event (how: "error", or "partial" with the errors
+--- of a map's items in v[2]), with hints added to its errors.
+function M.hint(how, v)
+  if how == "error" then
+    hint(v)
+  elseif how == "partial" then
+    for _, e in pairs(v[2]) do hint(e) end
+  end
+end
+
 --- Settle every pending unit of a pool with the error err (the callbacks
 --- are queued, not run).
 function M.settle_all(pool, err)
