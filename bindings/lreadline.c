@@ -17,7 +17,8 @@
  * session.
  *
  *   rl.readline(prompt)     -> line | false (^C) | nil (end of input)
- *   rl.add_history(line); rl.read_history(path); rl.append_history(path, max)
+ *   rl.add_history(chunk); rl.read_history(path); rl.append_history(path, max)
+ *                           (a chunk of several lines is one entry)
  *   rl.set_completer(fn)    fn(word, line_before_word) -> {candidates}
  *   rl.isatty(fd)           -> boolean
  *   rl.icall(msgh, fn, ...) -> like xpcall; ^C raises "interrupted!"
@@ -247,6 +248,10 @@ int lmpb_readline_open(lua_State *L)
   rl_readline_name = "lmp";
   rl_attempted_completion_function = complete;
   rl_basic_word_break_characters = " \t\n\"\\'`@$><=;|&{(+-*/%^~#,)[]}";
+  /* A multi-line chunk is one entry, in the file too: entries there are
+   * separated by their timestamps, so its lines stay together. */
+  history_write_timestamps = 1;
+  history_multiline_entries = 1;
   using_history();
   luaL_newlib(L, funcs);
   return 1;

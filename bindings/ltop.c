@@ -1,7 +1,8 @@
 /*
  * ltop.c -- what `lmp top` (scripts/lmp/top.lua) needs from C: the pools of
  * this user's running lmp programs, read from their shared segments without
- * taking part (lmp_pool_list / lmp_pool_peek), and a terminal in cbreak mode.
+ * taking part (lmp_pool_list / lmp_pool_peek), a terminal in cbreak mode, and
+ * a terminal's size (for lmp top's screen and scripts/lmp/progress.lua).
  *
  * They are the internal module "lmp._top".  The terminal is put in cbreak
  * mode (no echo, keys one at a time, ^C still a signal) and restored by
@@ -178,13 +179,24 @@ static int l_key(lua_State *L)
   }
 }
 
-/* size() -> rows, columns (24, 80 when unknown) */
+/* A positive count from the environment variable name, or dflt. */
+static lua_Integer env_count(const char *name, lua_Integer dflt)
+{
+  const char *s = getenv(name);
+  char *end;
+  long n = s ? strtol(s, &end, 10) : 0;
+  return s && *s && !*end && n > 0 && n < 100000 ? n : dflt;
+}
+
+/* size([fd]) -> rows, columns of the terminal on fd (1): its window size
+ * now (so a resize shows), else LINES and COLUMNS, else 24 and 80 */
 static int l_size(lua_State *L)
 {
   struct winsize ws;
-  int ok = ioctl(1, TIOCGWINSZ, &ws) == 0 && ws.ws_row > 0 && ws.ws_col > 0;
-  lua_pushinteger(L, ok ? ws.ws_row : 24);
-  lua_pushinteger(L, ok ? ws.ws_col : 80);
+  int fd = (int)luaL_optinteger(L, 1, 1);
+  int ok = ioctl(fd, TIOCGWINSZ, &ws) == 0 && ws.ws_row > 0 && ws.ws_col > 0;
+  lua_pushinteger(L, ok ? ws.ws_row : env_count("LINES", 24));
+  lua_pushinteger(L, ok ? ws.ws_col : env_count("COLUMNS", 80));
   return 2;
 }
 

@@ -41,10 +41,14 @@
  * (adapt_spin), so hand-offs take a microsecond on idle CPUs and nobody
  * burns a CPU another process needs when they are busy.
  *
- * Observers.  The header also carries counters the parent publishes as it
- * goes, and each slot the id of its task, so a process outside the family
- * (lmp top) can read a pool without asking its owner; the pool is listed
- * in a registry of the family's pools (see the end of this file).
+ * Counters and observers.  The header carries all the counters: the
+ * workers count their replies in their slots, and the parent publishes
+ * what only it knows (its backlog, deaths, restarts) as it changes.  Its
+ * own stats and a process outside the family (lmp top) read them the same
+ * way (read_counts), so the two agree, and both are current while the
+ * parent is away from the pool.  Each slot has the id of its task; the
+ * pool is listed in a registry of the family's pools (see the end of this
+ * file).
  *
  * Start-up failures.  A worker that fails its initializer reports it
  * (lmp_pool_worker_fail_init); one that exits before it took its first task
@@ -129,11 +133,14 @@ struct phdr {
   _Atomic uint32_t waking; /* a woken worker has not come up yet */
 
   _Atomic uint64_t recycled; /* workers that retired for max_memory */
-  /* The slot counters of workers replaced, so observers can add up what
-   * workers did while the parent was away (lmp_pool_peek). */
+  _Atomic uint64_t taken;    /* records workers took off the task ring */
+  /* The slot counters of workers replaced: with the slots', every reply
+   * any worker of the pool sent (read_counts). */
   _Atomic uint64_t retired_done, retired_failed;
-  /* The parent's counters, published for observers (lmp_pool_peek). */
-  _Alignas(64) _Atomic uint64_t pub_queued, pub_done, pub_failed, pub_errors, pub_restarts;
+  /* What only the parent knows, published as it changes: tasks in its
+   * backlog, records it pushed to the ring, tasks lost or timed out,
+   * workers forked to replace others. */
+  _Alignas(64) _Atomic uint64_t pub_backlog, pub_pushed, pub_failed, pub_restarts;
   _Atomic uint64_t pub_rate; /* events per second, times 1000 */
   /* claim[seq % CLAIMS]: who has record seq while it is in the ring or has
    * just left it.  A worker taking it swaps in TAKEN, the parent cancelling
@@ -235,7 +242,6 @@ struct lmp_pool {
   int need_check;   /* a pidfd or the timer fired while asleep */
   uint32_t high;    /* tasks kept in the ring */
   int spawn_error;
-  lmp_pool_stats_t stats;
   /* events counted now and then, for the rate (rate_sample) */
   struct {
     int64_t t;
@@ -447,10 +453,16 @@ static int push_task(lmp_pool_t *p, uint64_t id, uint32_t tag, const struct iove
   if (n)
     memcpy(v + 1, iov, (size_t)n * sizeof *iov);
   int rc = sent_append(p, id);
-  if (rc == 0)
-    rc = lmp_queue_putv(p->tasks, v, n + 1, LMP_FOREVER);
   if (rc < 0)
     return rc;
+  /* Counted before a worker can take it, so pushed - taken never dips
+   * below zero for an observer. */
+  STORE(p->h->pub_pushed, p->pushed + 1);
+  rc = lmp_queue_putv(p->tasks, v, n + 1, LMP_FOREVER);
+  if (rc < 0) {
+    STORE(p->h->pub_pushed, p->pushed);
+    return rc;
+  }
   p->pushed++;
   wake_worker(p, 0);
   return 0;
@@ -459,6 +471,12 @@ static int push_task(lmp_pool_t *p, uint64_t id, uint32_t tag, const struct iove
 static int ring_has_room(lmp_pool_t *p)
 {
   return lmp_queue_qsize(p->tasks) < p->high;
+}
+
+/* The backlog's count changed: publish it (see read_counts). */
+static void backlog_publish(lmp_pool_t *p)
+{
+  atomic_store_explicit(&p->h->pub_backlog, p->bl_live, memory_order_relaxed);
 }
 
 /* Without a fixed high_water, let the ring hold CLAIMS records or about
@@ -526,6 +544,7 @@ static void feed(lmp_pool_t *p)
     }
     backlog_pop(p);
   }
+  backlog_publish(p);
   if (p->closing && p->bl_n == 0 && !p->ring_closed) {
     lmp_queue_close(p->tasks);
     wake_worker(p, 1);
@@ -874,7 +893,7 @@ static void check_verdicts(lmp_pool_t *p)
     ev.type = v.timed_out ? LMP_POOL_TIMEOUT : LMP_POOL_LOST;
     ev.id = sent_at(p, v.seq)->id;
     settle(p, v.seq);
-    p->stats.failed++;
+    atomic_fetch_add(&p->h->pub_failed, 1);
     push_event(p, &ev);
   }
   p->nvd = keep;
@@ -893,7 +912,7 @@ static void respawn(lmp_pool_t *p)
       p->spawn_error = rc; /* retried on the next check */
       return;
     }
-    p->stats.restarts++;
+    atomic_fetch_add(&p->h->pub_restarts, 1);
   }
 }
 
@@ -906,7 +925,6 @@ static int live_workers(lmp_pool_t *p)
 }
 
 static void publish(lmp_pool_t *p, int64_t now);
-static void publish_counts(lmp_pool_t *p);
 
 static void maintain(lmp_pool_t *p, int64_t now)
 {
@@ -947,6 +965,7 @@ static void shut_down(lmp_pool_t *p)
 {
   kill_all(p);
   backlog_clear(p);
+  backlog_publish(p);
   while (p->sent_lo < p->pushed)
     settle(p, p->sent_lo);
   p->nvd = 0;
@@ -1000,9 +1019,6 @@ static int take_reply(lmp_pool_t *p, lmp_pool_event_t *ev)
   ev->id = sent_at(p, seq)->id;
   ev->status = hd.status;
   settle(p, seq);
-  p->stats.done++;
-  p->stats.errors += LMP_POOL_STATUS_FAILED(hd.status);
-  publish_counts(p);
   p->start_deaths = 0;
   return 1;
 }
@@ -1190,6 +1206,7 @@ int lmp_pool_submit(lmp_pool_t *p, uint32_t tag, const struct iovec *iov, int io
     e->len = len;
     p->bl_n++;
     p->bl_live++;
+    backlog_publish(p);
   }
   p->next_id = next;
   *id = next;
@@ -1233,6 +1250,7 @@ int lmp_pool_cancel(lmp_pool_t *p, uint64_t id)
   struct pend *e = bl_at(p, (size_t)i);
   e->cancelled = 1;
   p->bl_live--;
+  backlog_publish(p);
   while (p->bl_n && bl_at(p, 0)->cancelled)
     backlog_pop(p);
   return 1;
@@ -1309,13 +1327,63 @@ int lmp_pool_slot(lmp_pool_t *p, int i, lmp_pool_slot_info_t *out)
 
 /* === counters, and their rate === */
 
-static uint64_t events(const lmp_pool_t *p)
+/*
+ * One source for the parent's stats and for every observer (lmp top), so
+ * the two agree at any moment: the header.  Replies are the workers' own
+ * counts and `running` their busy slots, current while the parent is away
+ * from the pool; the ring holds what the parent pushed and the workers have
+ * not taken; lost and timed-out tasks, restarts and the backlog are what
+ * the parent alone knows, published as they change.  Up to max slots go
+ * to slots.
+ */
+static void read_counts(struct phdr *h, lmp_pool_stats_t *st, lmp_pool_slot_info_t *slots, int max)
 {
-  return p->stats.done + p->stats.failed;
+  memset(st, 0, sizeof *st);
+  uint64_t ok = LOAD(h->retired_done), bad = LOAD(h->retired_failed);
+  for (uint32_t i = 0; i < h->nslots; i++) {
+    struct slot *s = &h->slots[i];
+    uint64_t word;
+    int64_t start;
+    slot_read(s, &word, &start);
+    int state = slot_state(word);
+    uint64_t done = LOAD(s->done), failed = LOAD(s->failed);
+    st->running += state == LMP_POOL_BUSY;
+    ok += done;
+    bad += failed;
+    if ((int)i >= max)
+      continue;
+    lmp_pool_slot_info_t *o = &slots[i];
+    memset(o, 0, sizeof *o);
+    o->pid = LOAD(s->pid);
+    o->state = state;
+    o->done = done;
+    o->failed = failed;
+    if (state == LMP_POOL_BUSY) {
+      o->task = LOAD(s->task);
+      o->item = LOAD(s->item);
+      o->started_ns = start;
+    }
+  }
+  uint64_t pushed = LOAD(h->pub_pushed), taken = LOAD(h->taken);
+  st->queued = LOAD(h->pub_backlog) + (pushed > taken ? pushed - taken : 0);
+  st->done = ok + bad;
+  st->errors = bad;
+  st->failed = LOAD(h->pub_failed);
+  st->restarts = LOAD(h->pub_restarts);
+  st->recycled = LOAD(h->recycled);
+  st->rate = (double)LOAD(h->pub_rate) / 1000;
+}
+
+/* Tasks that ended, replied or not. */
+static uint64_t events(lmp_pool_t *p)
+{
+  lmp_pool_stats_t st;
+  read_counts(p->h, &st, NULL, 0);
+  return st.done + st.failed;
 }
 
 /* Keep a sample of the event count every RATE_EVERY_NS or more. */
-static void rate_sample(lmp_pool_t *p, int64_t now)
+static void rate_sample(lmp_pool_t *p, int64_t now, uint64_t n)
 {
   unsigned last = (p->rs_head + p->rs_n - 1) % RATE_SAMPLES;
   if (p->rs_n && now - p->rs[last].t < RATE_EVERY_NS)
@@ -1326,54 +1394,33 @@ static void rate_sample(lmp_pool_t *p, int64_t now)
   }
   unsigned i = (p->rs_head + p->rs_n++) % RATE_SAMPLES;
   p->rs[i].t = now;
-  p->rs[i].n = events(p);
+  p->rs[i].n = n;
 }
 
 /* Events per second since the oldest sample at most RATE_SPAN_NS old (or,
  * when there is none, the newest one). */
 static double rate(lmp_pool_t *p, int64_t now)
 {
-  rate_sample(p, now);
+  uint64_t n = events(p);
+  rate_sample(p, now, n);
   unsigned k = 0;
   while (k + 1 < p->rs_n && now - p->rs[(p->rs_head + k) % RATE_SAMPLES].t > RATE_SPAN_NS)
     k++;
   const unsigned i = (p->rs_head + k) % RATE_SAMPLES;
   int64_t dt = now - p->rs[i].t;
-  return dt > 0 ? (double)(events(p) - p->rs[i].n) * 1e9 / (double)dt : 0;
+  return dt > 0 ? (double)(n - p->rs[i].n) * 1e9 / (double)dt : 0;
 }
 
-/* Publish the counters in the shared header, for observers: the counts
- * with each reply (a few plain stores), the rest now and then. */
-static void publish_counts(lmp_pool_t *p)
-{
-  struct phdr *h = p->h;
-  atomic_store_explicit(&h->pub_queued, p->bl_live + lmp_queue_qsize(p->tasks),
-                        memory_order_relaxed);
-  atomic_store_explicit(&h->pub_done, p->stats.done, memory_order_relaxed);
-  atomic_store_explicit(&h->pub_errors, p->stats.errors, memory_order_relaxed);
-}
-
+/* Publish the rate, which only the parent samples, for observers. */
 static void publish(lmp_pool_t *p, int64_t now)
 {
-  struct phdr *h = p->h;
-  publish_counts(p);
-  atomic_store_explicit(&h->pub_failed, p->stats.failed, memory_order_relaxed);
-  atomic_store_explicit(&h->pub_restarts, p->stats.restarts, memory_order_relaxed);
-  atomic_store_explicit(&h->pub_rate, (uint64_t)(rate(p, now) * 1000), memory_order_relaxed);
+  atomic_store_explicit(&p->h->pub_rate, (uint64_t)(rate(p, now) * 1000), memory_order_relaxed);
 }
 
 void lmp_pool_stats(lmp_pool_t *p, lmp_pool_stats_t *out)
 {
-  *out = p->stats;
-  uint64_t inring = lmp_queue_qsize(p->tasks);
-  out->queued = p->bl_live + inring;
-  out->running = 0;
-  for (uint64_t s = p->sent_lo; s < p->pushed - inring; s++)
-    out->running += !sent_at(p, s)->final;
-  out->recycled = LOAD(p->h->recycled);
-  int64_t now = lmp_now_ns();
-  out->rate = rate(p, now);
-  publish(p, now);
+  publish(p, lmp_now_ns());
+  read_counts(p->h, out, NULL, 0);
 }
 
 /* === create and free === */
@@ -1523,7 +1570,7 @@ int lmp_pool_create(const lmp_pool_config_t *cfg, lmp_pool_t **out)
     }
   }
   p->last_check = lmp_now_ns();
-  rate_sample(p, p->last_check);
+  rate_sample(p, p->last_check, 0);
   registry_add(p);
   *out = p;
   return 0;
@@ -1600,6 +1647,7 @@ int lmp_pool_worker_attach(const char *ticket, lmp_pool_worker_t **out)
 static void taken(void *arg, uint32_t seq)
 {
   lmp_pool_worker_t *w = arg;
+  atomic_fetch_add_explicit(&w->p->h->taken, 1, memory_order_relaxed);
   uint64_t was = atomic_exchange(&w->p->h->claim[seq % CLAIMS], claim_mark(seq, TAKEN));
   w->skip = was == claim_mark(seq, CANCELLED);
   if (w->skip)
@@ -1991,41 +2039,7 @@ int lmp_pool_peek(const char *name, lmp_pool_stats_t *st, lmp_pool_slot_info_t *
     lmp_seg_unpeek(data, size);
     return -EINVAL;
   }
-  memset(st, 0, sizeof *st);
-  st->queued = LOAD(h->pub_queued);
-  st->failed = LOAD(h->pub_failed);
-  /* Replies as the workers count them (the owner publishes its own count
-   * only when it attends to the pool); the greater of the two. */
-  uint64_t ok = LOAD(h->retired_done), bad = LOAD(h->retired_failed);
-  st->restarts = LOAD(h->pub_restarts);
-  st->recycled = LOAD(h->recycled);
-  st->rate = (double)LOAD(h->pub_rate) / 1000;
-  for (uint32_t i = 0; i < n; i++) {
-    struct slot *s = &h->slots[i];
-    uint64_t word;
-    int64_t start;
-    slot_read(s, &word, &start);
-    int state = slot_state(word);
-    st->running += state == LMP_POOL_BUSY;
-    ok += LOAD(s->done);
-    bad += LOAD(s->failed);
-    if ((int)i >= max)
-      continue;
-    lmp_pool_slot_info_t *o = &slots[i];
-    memset(o, 0, sizeof *o);
-    o->pid = LOAD(s->pid);
-    o->state = state;
-    o->done = LOAD(s->done);
-    o->failed = LOAD(s->failed);
-    if (state == LMP_POOL_BUSY) {
-      o->task = LOAD(s->task);
-      o->item = LOAD(s->item);
-      o->started_ns = start;
-    }
-  }
-  uint64_t done = LOAD(h->pub_done), errors = LOAD(h->pub_errors);
-  st->done = ok + bad > done ? ok + bad : done;
-  st->errors = bad > errors ? bad : errors;
+  read_counts(h, st, slots, max);
   lmp_seg_unpeek(data, size);
   return (int)n;
 }

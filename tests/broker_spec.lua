@@ -191,6 +191,51 @@ describe_redis("lmp.Pool on a Redis broker", function()
     assert.is_true(exited(w1) and exited(w2))
   end)
 
+  it("stats() has the local pool's fields, with the broker's added", function()
+    local q = new_queue()
+    local w = start_worker(q, {processes = 1})
+    local p = pool(q)
+    local rs = {}
+    for i = 1, 3 do rs[i] = p:apply_async(function(x) return x end, {i}) end
+    rs[4] = p:apply_async(function() error("no") end)
+    for i = 1, 3 do assert.are.equal(i, rs[i]:get(10)) end
+    assert.is_false(rs[4]:wait(10) and rs[4]:successful())
+    local s
+    -- the worker's counts, as its heartbeat reports them
+    assert.is_truthy(support.eventually(function()
+      s = p:stats()
+      local ws = s.workers[1]
+      return #s.workers == 1 and ws.done == 3 and ws.failed == 1 and ws.state == "idle"
+    end))
+    assert.are.equal(w, s.workers[1].pid)
+    assert.are.equal(1, s.workers[1].processes)
+    -- every field of a local pool's, of the same type
+    local l <close> = lmp.Pool(1)
+    local ls = l:stats()
+    for k, v in pairs(ls) do assert.are.equal(type(v), type(s[k]), k) end
+    for k, v in pairs(ls.workers[1]) do
+      if k ~= "task" and k ~= "item" and k ~= "running_for" and k ~= "cpu" and k ~= "rss" then
+        assert.are.equal(math.type(v) or type(v), math.type(s.workers[1][k]) or type(s.workers[1][k]), k)
+      end
+    end
+    assert.are.equal(0, s.running)
+    assert.are.equal(0, s.queued)
+    assert.are.equal(3, s.done)
+    assert.are.equal(1, s.failed)
+    assert.are.equal(0, s.restarts)
+    assert.are.equal(0, s.recycled)
+    assert.is_true(s.rate > 0)
+    -- and the broker's own
+    assert.are.equal(4, s.submitted)
+    assert.are.equal(0, s.inflight)
+    assert.are.equal(0, s.refused)
+    assert.are.equal(0, s.dead)
+    assert.are.equal(q, s.queue)
+    p:terminate()
+    kill(w)
+    assert.is_true(exited(w))
+  end)
+
   it("gives futures over the broker through lmp.Executor{broker = ...}", function()
     local q = new_queue()
     start_worker(q)

@@ -28,6 +28,21 @@ describe("lmp.Pool", function()
     assert.are.same({21, {y = 42}}, t)
   end)
 
+  it("hints at a global defined after the workers started", function()
+    local g = "lmp_spec_late_helper"
+    rawset(_G, g, function(x) return x end)
+    local call = load("return function() return " .. g .. "(1) end")()
+    local e = raised(pool.apply, pool, call)
+    assert.matches("attempt to call a nil value %(global '" .. g .. "'%) %(hint: .*started before it was "
+                   .. "defined.*upvalue", e.message)
+    e = raised(pool.map, pool, function(x) return call(x) end, {1, 2})
+    assert.matches("hint: ", e.message)
+    rawset(_G, g, nil)
+    -- a global this process lacks too: no hint
+    e = raised(pool.apply, pool, call)
+    assert.matches("global '" .. g .. "'%)$", e.message)
+  end)
+
   it("runs closures with their upvalues", function()
     local base, tbl = 100, {k = 5}
     local function helper(x) return x + tbl.k end
@@ -730,6 +745,40 @@ describe("lmp.Pool lifecycle", function()
     end
   end)
 
+  it("stats and lmp top read the same counters, current while the owner is away", function()
+    local top = require "lmp._top" -- what lmp top reads
+    local me = lmp.current_process().pid
+    local known = {}
+    for _, e in ipairs(top.pools(me)) do known[e.name] = true end
+    local pool <close> = lmp.Pool(2)
+    local name
+    for _, e in ipairs(top.pools(me)) do
+      if not known[e.name] then name = e.name end
+    end
+    assert.is_not_nil(name)
+    local function counts(s)
+      return {queued = s.queued, running = s.running, done = s.done, failed = s.failed}
+    end
+    local r = pool:map_async(function(x) return x end, range(8), 1)
+    -- Away from the pool: only the observer's view is read until all is done.
+    assert.is_truthy(eventually(function() return top.peek(name).done == 8 end))
+    assert.are.same({queued = 0, running = 0, done = 8, failed = 0}, counts(pool:stats()))
+    assert.are.same(counts(pool:stats()), counts(top.peek(name)))
+    r:get()
+    -- Both tasks of a failed map run (the barrier holds each until the
+    -- other has started); once the workers are idle nothing is running,
+    -- and both failures are counted though only the first was delivered.
+    local b = lmp.Barrier(2)
+    assert.is_not_nil(raised(pool.map, pool, function() b:wait() error("no") end, range(2), 1))
+    assert.is_truthy(eventually(function()
+      local ws = top.peek(name).workers
+      return ws[1].state == "idle" and ws[2].state == "idle"
+    end))
+    local s = pool:stats()
+    assert.are.same({queued = 0, running = 0, done = 8, failed = 2}, counts(s))
+    assert.are.same(counts(s), counts(top.peek(name)))
+  end)
+
   it("leaves nothing in /dev/shm", function()
     local prefix = tostring(lmp.Queue()):match("/(lmp%.%d+%.%x+%.)")
     local before = #support.shm_entries(prefix)
@@ -787,10 +836,58 @@ describe("lmp.Pool progress", function()
     assert.matches("ETA", out)
   end)
 
+  it("fits the terminal, follows a resize, starts at 0/N and redraws its clock", function()
+    -- One worker: item 1 takes 2 s; item 2 narrows the terminal to 30
+    -- columns (the workers share it) and says so.
+    local path = support.tmpfile([[
+      local lmp = require "lmp"
+      local pool <close> = lmp.Pool(1)
+      pool:map(function(x)
+        if x == 2 then
+          os.execute("stty cols 30")
+          io.stderr:write("\nRESIZED\n")
+        end
+        lmp.sleep(x == 1 and 2 or 0.6)
+        return x
+      end, {1, 2, 3}, {progress = true, chunksize = 1})
+      io.stderr:write("IMAP\n")
+      for _ in pool:imap(function(x) lmp.sleep(1.5) return x end, {1}, {progress = true}) do end
+    ]])
+    local out = support.shell(string.format("TERM=dumb script -qfec 'stty cols 40 rows 20; %s %s' /dev/null",
+                                            support.lmp_bin, path))
+    os.remove(path)
+    local before, after = out:match("^(.-)RESIZED(.*)$")
+    assert.is_not_nil(before, out)
+    local function drawings(s)
+      local t = {}
+      for piece in s:gmatch("[^\r\n]+") do t[#t + 1] = piece end
+      return t
+    end
+    local first = drawings(before)
+    assert.matches("^%[%.+%] 0/3 ", first[1]) -- at once, before anything completes
+    local clock
+    for _, d in ipairs(first) do
+      assert.is_true(#d < 40, d)
+      if d:match(" 0/3 ") and d:match(" 0:0[1-9] ETA") then clock = d end
+    end
+    assert.is_not_nil(clock, before) -- the elapsed time moved while item 1 ran
+    local imap
+    after, imap = after:match("^(.-)IMAP(.*)$")
+    for _, d in ipairs(drawings(after)) do assert.is_true(#d < 30, d) end
+    assert.matches("3/3 100%%", after)
+    -- imap's bar too
+    assert.matches("^%s*0/1 ", drawings(imap)[1])
+    assert.matches("0/1 [^\r]* 0:01 ETA", imap)
+  end)
+
   it("formats the bar", function()
     local progress = require "lmp.progress"
     local line = progress.format(50, 200, 2)
-    assert.matches("^%[#+%.+%] 50/200  25%% 25%.0/s ETA 0:06$", line)
+    assert.matches("^%[#+%.+%] 50/200  25%% 25%.0/s 0:02 ETA 0:06$", line)
+    -- narrower terminals: the bar, then the rate and the clock give way
+    assert.are.equal("50/200  25% 25.0/s 0:02 ETA 0:06", progress.format(50, 200, 2, 40))
+    assert.are.equal("50/200  25% ETA 0:06", progress.format(50, 200, 2, 22))
+    assert.are.equal("50/20", progress.format(50, 200, 2, 6))
     assert.matches("^7 done", progress.format(7, nil, 1))
     local buf = {}
     local stream = {write = function(_, ...) for _, s in ipairs({...}) do buf[#buf + 1] = s end end,

@@ -68,6 +68,7 @@ function Session:close()
   if self.fifo then self.fifo:close() end
   self.fifo = nil
   self:expect("::exit")
+  self.transcript = self:output()
   os.execute("rm -rf " .. self.dir)
 end
 
@@ -177,6 +178,49 @@ describe("the REPL on a terminal", function()
     s:close()
   end)
 
+  it("recalls a multi-line chunk as one history entry, in the session and the next", function()
+    local s = session("LMP_HISTORY=" .. hist)
+    s:expect("lmp> ")
+    s:send("do\n")
+    s:expect("...> ")
+    s:send("n = (n or 0) + 1\n")
+    s:expect("...> ")
+    s:send("print('n=' .. n)\n")
+    s:expect("...> ")
+    s:send("end\n")
+    s:expect("n=1")
+    s:expect("lmp> ")
+    s:send("\27[A\n") -- the whole chunk again
+    s:expect("n=2")
+    s:expect("lmp> ")
+    s:send("\4")
+    s:close()
+    s = session("LMP_HISTORY=" .. hist)
+    s:expect("lmp> ")
+    s:send("\27[A\n")
+    s:expect("n=1")
+    s:expect("lmp> ")
+    s:send("\4")
+    s:close()
+  end)
+
+  it("prints a table raised by a task, without lmp's own frames", function()
+    local s = session("LMP_HISTORY=" .. hist)
+    s:expect("lmp> ")
+    s:send("pool = lmp.Pool(1)\n")
+    s:expect("lmp> ")
+    s:send("pool:apply(function() error({code = 7}) end)\n")
+    s:expect("remote stack traceback")
+    s:expect("lmp> ")
+    s:send("\4")
+    s:close()
+    local out = s.transcript
+    assert.matches("lmp%.Error%(task, pid %d+%): {code = 7}\n", out)
+    assert.is_nil(out:find("error object is a table", 1, true), out)
+    assert.is_nil(out:find("scripts/lmp", 1, true), out)
+    assert.is_nil(out:find("lmp/result.lua", 1, true), out)
+  end)
+
   it("terminates running children on ^D", function()
     local s = session("LMP_HISTORY=" .. hist)
     s:expect("lmp> ")
@@ -254,6 +298,16 @@ describe("the REPL's completer", function()
     local names = {}
     for _, v in ipairs(s) do names[v] = true end
     assert.is_true(names["lmp.Process"] and names["lmp.Queue"] and names["lmp.get_context"])
+  end)
+
+  it("hides names starting with '_' until the word does", function()
+    rawset(_G, "lmp", lmp)
+    finally(function() rawset(_G, "lmp", nil) end)
+    for _, c in ipairs(complete("lmp.")) do assert.is_nil(c:match("^lmp%._"), c) end
+    assert.are.same({"lmp._pool_worker"}, complete("lmp._pool_w"))
+    for _, c in ipairs(complete("")) do assert.is_nil(c:match("^_"), c) end
+    local g = complete("_")
+    assert.is_true(#g > 0)
   end)
 
   it("leaks no globals", function()

@@ -158,11 +158,11 @@ int lmp_pool_slot(lmp_pool_t *p, int i, lmp_pool_slot_info_t *out);
 
 typedef struct lmp_pool_stats {
   uint64_t queued;   /* in the backlog and the ring */
-  uint64_t running;  /* taken by workers, no event yet */
-  uint64_t done;     /* DONE events */
+  uint64_t running;  /* busy workers */
+  uint64_t done;     /* replies the workers sent (DONE events, read or not) */
   uint64_t failed;   /* LOST and TIMEOUT events */
   uint64_t restarts; /* workers forked to replace others */
-  uint64_t errors;   /* DONE events with a failed status (counted in done too) */
+  uint64_t errors;   /* replies with a failed status (counted in done too) */
   uint64_t recycled; /* workers retired for max_memory (counted in restarts when replaced) */
   double rate;       /* events per second over the last few seconds */
 } lmp_pool_stats_t;
@@ -196,8 +196,7 @@ int lmp_pool_list(pid_t pid, lmp_pool_entry_t *out, int max);
 int lmp_pool_programs(pid_t *out, int max);
 
 /* Read a pool of any process of this user by its header segment's name:
- * the counters its parent last published, with done and errors as the
- * workers count them when that is more (`running` counts busy slots), and
+ * the same counters as lmp_pool_stats gives its owner, and
  * up to max slots (slot task ids are those of lmp_pool_submit).  The number
  * of slots, or -errno (-EACCES: not this user's; -EINVAL: not a pool). */
 int lmp_pool_peek(const char *name, lmp_pool_stats_t *st, lmp_pool_slot_info_t *slots, int max);

@@ -24,6 +24,7 @@ local tointeger, mtype = math.tointeger, math.type
 local RESULT_BATCH = 512
 local MAX_AGE = 86400 -- seconds a signed result may have travelled
 local TICK = 0.05 -- seconds between looks of an event loop without a notifier
+local RATE_EVERY, RATE_SPAN = 0.5, 5 -- the rate's samples: how far apart, how far back
 
 local check = require "lmp.check"
 local result = require "lmp.result"
@@ -61,6 +62,36 @@ local function dead_error(v)
   return lmp.Error("dead_letter", tostring(v))
 end
 
+-- === counters ===
+
+-- Keep a sample of the results counted every RATE_EVERY seconds or more,
+-- reaching RATE_SPAN back (as the local pool does).
+local function rate_sample(pool, t)
+  local s = pool._rs
+  if #s > 0 and t - s[#s][1] < RATE_EVERY then return end
+  s[#s + 1] = {t, pool._done + pool._failed}
+  while #s > 1 and t - s[1][1] > RATE_SPAN do table.remove(s, 1) end
+end
+
+-- Results per second since the oldest sample.
+local function rate(pool)
+  local t = now()
+  rate_sample(pool, t)
+  local first = pool._rs[1]
+  local dt = t - first[1]
+  return dt > 0 and (pool._done + pool._failed - first[2]) / dt or 0
+end
+
+-- A worker of the queue as its heartbeat (Worker:info) describes it.
+local function worker_entry(w)
+  local info = w.info
+  local function count(key) return tointeger(tonumber(info:match("%f[%w]" .. key .. "=(%d+)"))) end
+  local running = count("running") or 0
+  return {pid = count("pid"), done = count("done") or 0, failed = count("failed") or 0,
+          state = info:match(" draining") and "exiting" or running > 0 and "busy" or "idle",
+          name = w.name, processes = count("processes"), running = running, info = info}
+end
+
 -- Take what has arrived (waiting until the deadline for the first) and
 -- settle it; "timeout" when nothing came and the deadline has passed.
 local function dispatch(pool, deadline)
@@ -81,6 +112,7 @@ local function dispatch(pool, deadline)
         pending[id] = nil
         pool._inflight = pool._inflight - 1
         local s = body.s
+        if s == "ok" then pool._done = pool._done + 1 else pool._failed = pool._failed + 1 end
         if s == "dead" then
           h:_settle("error", dead_error(body.v))
         else
@@ -91,6 +123,7 @@ local function dispatch(pool, deadline)
       pool._refused = pool._refused + 1
     end
   end
+  if #msgs > 0 then rate_sample(pool, now()) end
   if pool._cbq.t > 0 then run_callbacks(pool) end
   if #msgs == 0 and deadline and now() >= deadline then return "timeout" end
   return nil
@@ -253,12 +286,21 @@ function Pool:timeout()
   return tick(self)
 end
 
+--- The local pool's counters (docs/lua-api.md), with what only a broker
+--- knows.  queued and running are the queue's, every caller's: the
+--- broker does not tell one caller's tasks from another's.
 function Pool:stats()
   checkself(self, Pool, "stats")
   local waiting, dead = self._conn:counts()
-  return {broker = self._url, queue = self._queue, inflight = self._inflight,
-          submitted = self._seq, refused = self._refused, waiting = waiting, dead = dead,
-          workers = self._conn:workers()}
+  local workers, running = {}, 0
+  for i, w in ipairs(self._conn:workers() or {}) do
+    workers[i] = worker_entry(w)
+    running = running + workers[i].running
+  end
+  return {queued = math.max(0, (waiting or 0) - running), running = running, done = self._done,
+          failed = self._failed, restarts = 0, recycled = 0, rate = rate(self), workers = workers,
+          broker = self._url, queue = self._queue, inflight = self._inflight, submitted = self._seq,
+          refused = self._refused, waiting = waiting, dead = dead}
 end
 
 function Pool:__close()
@@ -317,7 +359,7 @@ function M.Pool(o, ...)
   if not ok then error(lmp.Error("broker", "Pool: " .. tostring(verr)), 0) end
   return setmetatable({_conn = conn, _url = o.broker, _queue = queue, _secret = secret,
                        _caller = conn:consumer(), _seq = 0, _pending = {}, _inflight = 0,
-                       _refused = 0, _cbq = result.new_queue(), _state = "run",
+                       _refused = 0, _done = 0, _failed = 0, _rs = {{now(), 0}}, _cbq = result.new_queue(), _state = "run",
                        _vt = vt, _md = tointeger(o.max_deliveries) or 5},
                       Pool)
 end

@@ -20,7 +20,7 @@ return function(lmp, core)
   local argerror, typeerror, badself = check.argerror, check.typeerror, check.badself
   local callable, checkcallable, checkoptions = check.callable, check.checkcallable, check.checkoptions
   local checkself = check.checkself
-  local run_callbacks, settle_all = result.run_callbacks, result.settle_all
+  local run_callbacks, settle_all, hint = result.run_callbacks, result.settle_all, result.hint
   local TAG_APPLY = result.TAG_APPLY
 
   local Pool = {}
@@ -55,6 +55,7 @@ return function(lmp, core)
       if samples then take_samples(h, samples) end
       if h ~= nil then
         pending[t] = nil
+        if how ~= "ok" and how ~= "stored" then hint(how, v) end
         h:_settle(how, v)
       end
       if pool._cbq.t > 0 then run_callbacks(pool) end

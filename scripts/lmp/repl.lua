@@ -134,6 +134,13 @@ local function resolve(path)
   return v
 end
 
+-- Whether name completes partial: names starting with "_" (internals,
+-- such as lmp._pool_worker) only once the partial does.
+local function offered(name, partial)
+  return name:sub(1, #partial) == partial and is_ident(name)
+         and (name:sub(1, 1) ~= "_" or partial:sub(1, 1) == "_")
+end
+
 -- Candidates completing `word` ("lmp.Qu", "pri", "q:ge").
 function M.complete(word)
   local found, out = {}, {}
@@ -143,13 +150,13 @@ function M.complete(word)
     if v == nil then return out end
     names_of(v, found)
     for k in pairs(found) do
-      if k:sub(1, #partial) == partial and is_ident(k) then out[#out + 1] = head .. sep .. k end
+      if offered(k, partial) then out[#out + 1] = head .. sep .. k end
     end
   else
     names_of(_G, found)
     for _, k in ipairs(KEYWORDS) do found[k] = true end
     for k in pairs(found) do
-      if k:sub(1, #word) == word and is_ident(k) then out[#out + 1] = k end
+      if offered(k, word) then out[#out + 1] = k end
     end
   end
   table.sort(out)
@@ -169,14 +176,52 @@ local function compile(src)
   return load(src, "=stdin")
 end
 
-local function traceback(msg)
-  if lmp.is_error(msg) then msg = tostring(msg) end
-  if type(msg) ~= "string" then
-    msg = string.format("(error object is a %s value)", type(msg))
+-- An error value as text: an lmp.Error as it prints, with a table the
+-- task raised shown as the REPL shows tables; other tables likewise.
+local function error_text(e)
+  if lmp.is_error(e) then
+    local text = tostring(e)
+    if type(e.value) == "table" and not has_tostring(e.value) then
+      text = text:gsub("%(error object is a table value%)", function() return M.show(e.value) end, 1)
+    end
+    return text
   end
+  if type(e) == "string" then return e end
+  if type(e) == "table" and not has_tostring(e) then return M.show(e) end
+  if has_tostring(e) then return tostring(e) end
+  return string.format("(error object is a %s value)", type(e))
+end
+
+-- Frames of lmp's own modules (chunk names "lmp/x.lua"), and the C
+-- function (error) they raised with, tell the user nothing.
+local function lmp_frame(line)
+  return line:match("^\t[^\n]-lmp/[%w_]+%.lua:") ~= nil
+end
+
+local function strip_lmp_frames(tb)
+  local lines = {}
+  for l in (tb .. "\n"):gmatch("([^\n]*)\n") do lines[#lines + 1] = l end
+  local head = 1
+  while lines[head] and lines[head] ~= "stack traceback:" do head = head + 1 end
+  if not lines[head] then return tb end
+  local kept, lost = {}, false
+  for i = head + 1, #lines do
+    local l = lines[i]
+    local dropped = lmp_frame(l)
+      or (l:match("^\t%[C%]: in ") and lines[i + 1] and lmp_frame(lines[i + 1]))
+      or (l == "\t(...tail calls...)" and lost)
+    if dropped then lost = true else kept[#kept + 1] = l; lost = false end
+  end
+  local out = table.concat(lines, "\n", 1, head - 1)
+  if #kept == 0 then return out end
+  return out .. "\n" .. lines[head] .. "\n" .. table.concat(kept, "\n")
+end
+
+local function traceback(msg)
   -- the REPL's own frames below the chunk are noise
-  local tb = debug.traceback(msg, 2)
-  return (tb:gsub("\n[^\n]*'xpcall'.*$", ""):gsub("\n[^\n]*icall'.*$", ""))
+  local tb = debug.traceback(error_text(msg), 2)
+  tb = tb:gsub("\n[^\n]*'xpcall'.*$", ""):gsub("\n[^\n]*icall'.*$", "")
+  return strip_lmp_frames(tb)
 end
 
 local function report(ok, ...)

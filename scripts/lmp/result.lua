@@ -101,6 +101,31 @@ local function run_callbacks(pool)
 end
 M.run_callbacks = run_callbacks
 
+-- === errors ===
+
+-- A task's error about a global the workers lack though this process has
+-- it: the global was most likely defined after the workers started (they
+-- have the globals of the moment they were made), so say so.
+local function hint(e)
+  if type(e) ~= "table" or e.kind ~= "task" or type(e.message) ~= "string" then return end
+  local name = e.message:match("a nil value %(global '([%a_][%w_]*)'%)")
+  if name and rawget(_G, name) ~= nil then
+    e.message = string.format("%s (hint: this process has a global '%s', but the pool's workers "
+      .. "started before it was defined: define it before creating the pool, or capture it as "
+      .. "an upvalue by making it a local)", e.message, name)
+  end
+end
+
+--- A backend's failed event (how: "error", or "partial" with the errors
+--- of a map's items in v[2]), with hints added to its errors.
+function M.hint(how, v)
+  if how == "error" then
+    hint(v)
+  elseif how == "partial" then
+    for _, e in pairs(v[2]) do hint(e) end
+  end
+end
+
 --- Settle every pending unit of a pool with the error err (the callbacks
 --- are queued, not run).
 function M.settle_all(pool, err)
@@ -183,6 +208,8 @@ function M.new(B)
     return true
   end
 
+  local bar_tick = require("lmp.progress").TICK -- waits with a progress bar wake this often
+
   -- Dispatch until the result is done or the timeout passes; true if done.
   local function waitfor(res, timeout, fname)
     if getmetatable(res) ~= AsyncResult then checkself(res, AsyncResult, fname) end
@@ -193,7 +220,19 @@ function M.new(B)
     local deadline
     if timeout ~= nil then deadline = now() + timeout end
     repeat
-      if dispatch(pool, deadline) ~= nil then return res._done == true end
+      local bar = res._bar
+      if bar then
+        -- Wake on the bar's tick to redraw its clock.
+        local tick = now() + bar_tick
+        local r = dispatch(pool, deadline and math.min(deadline, tick) or tick)
+        if r == "timeout" and not res._done and (not deadline or now() < deadline) then
+          bar:refresh()
+        elseif r ~= nil then
+          return res._done == true
+        end
+      elseif dispatch(pool, deadline) ~= nil then
+        return res._done == true
+      end
     until res._done
     return true
   end
@@ -599,7 +638,9 @@ function M.new(B)
       end
       feed(job)
       if job.inflight > 0 then
-        local r = dispatch(pool, nil)
+        local bar = job.bar
+        local r = dispatch(pool, bar and now() + bar_tick or nil)
+        if r == "timeout" and bar then bar:refresh() end
         if r == "closed" and job.inflight > 0 then
           close_job(job)
           error(pool._broken or lmp.Error("cancelled", "the pool ended during imap"), 0)

@@ -147,8 +147,9 @@ function Worker:info()
     if #ids == 8 then ids[#ids + 1] = "..." break end
     ids[#ids + 1] = t.id
   end
-  return string.format("pid=%d processes=%d running=%d done=%d refused=%d%s%s",
-                       lmp.current_process().pid, self.n, self.nrunning, self.ndone, self.nrefused,
+  return string.format("pid=%d processes=%d running=%d done=%d failed=%d refused=%d%s%s",
+                       lmp.current_process().pid, self.n, self.nrunning, self.ndone, self.nfailed,
+                       self.nrefused,
                        self.draining and " draining" or "",
                        #ids > 0 and " tasks=" .. table.concat(ids, ",") or "")
 end
@@ -175,7 +176,7 @@ function Worker:publish(t, status, value)
                                                 or lmp.Error("serialize", tostring(sealed))}, "result")
   end
   local b = self.batch
-  b[#b + 1] = {t.msg.id, t.id, t.caller, sealed}
+  b[#b + 1] = {t.msg.id, t.id, t.caller, sealed, ok and status == "ok"}
   self:forget(t)
 end
 
@@ -196,7 +197,9 @@ function Worker:flush()
     say("cannot publish %d results: %s (their tasks will be delivered again)", #b, err)
     return
   end
-  self.ndone = self.ndone + #b
+  for i = 1, #b do
+    if b[i][5] then self.ndone = self.ndone + 1 else self.nfailed = self.nfailed + 1 end
+  end
 end
 
 -- A delivery that failed through no fault of the task's result: the task
@@ -389,7 +392,7 @@ local function serve(o)
   local w = setmetatable({conn = conn, pool = pool, secret = secret, n = n,
                           capacity = n * (o.prefetch or 8), vt = o.vt or 30, md = o.md or 5,
                           max_age = o.max_age or 86400, running = {}, nrunning = 0, ndone = 0,
-                          nrefused = 0, batch = {}, fns = {}, nfns = 0, next_reclaim = 0},
+                          nfailed = 0, nrefused = 0, batch = {}, fns = {}, nfns = 0, next_reclaim = 0},
                          Worker)
   local ok, lerr = conn:lease_start(0.25, 5)
   if not ok then
