@@ -172,18 +172,24 @@ function M.kill(pid, sig)
   os.execute(string.format("kill -%s %d 2>/dev/null", sig or "TERM", pid))
 end
 
--- Starts fn(...) in a new process; returns the Process.
-function M.spawn(fn, ...)
-  local p = require("lmp").Process(fn, ...)
+-- Starts fn(...) in a new process made by `ctx` (a context from
+-- lmp.get_context, or lmp itself); returns the Process.
+function M.spawn_in(ctx, fn, ...)
+  local p = ctx.Process(fn, ...)
   p:start()
   return p
 end
 
--- Runs fn(i) in `n` processes at once (i = 1..n) and asserts that each
--- exits 0 within 120 s.
-function M.in_processes(n, fn)
+-- Starts fn(...) in a new process; returns the Process.
+function M.spawn(fn, ...)
+  return M.spawn_in(require("lmp"), fn, ...)
+end
+
+-- Runs fn(i) in `n` processes at once (i = 1..n), made by `ctx` (default
+-- lmp), and asserts that each exits 0 within 120 s.
+function M.in_processes(n, fn, ctx)
   local procs = {}
-  for i = 1, n do procs[i] = M.spawn(fn, i) end
+  for i = 1, n do procs[i] = M.spawn_in(ctx or require("lmp"), fn, i) end
   local assert = luassert()
   for i = 1, n do
     assert.is_true(procs[i]:join(120))
