@@ -98,6 +98,7 @@
 #define RING_BUDGET (16u << 20) /* payload bytes the ring holds, about, when high_water is 0 */
 #define QUEUED_MIN 16           /* tasks per worker the ring may hold, at least */
 #define CLAIMS 4096             /* records in the task ring at most (see claim) */
+#define REAP_GRACE_NS 100000000LL /* how long freeing a pool waits for its killed workers */
 
 #define RATE_SAMPLES 16           /* the rate is taken over samples of the event count ... */
 #define RATE_EVERY_NS 500000000LL /* ... this far apart ... */
@@ -1465,10 +1466,18 @@ void lmp_pool_free(lmp_pool_t *p)
     free_memory(p);
     return;
   }
+  /* Kill every worker, then reap them: a killed process is gone within
+   * moments, so this does not block, and no zombie is left.  One that is
+   * not gone by the deadline (stuck in the kernel) is reaped later by
+   * lmp_proc_reap. */
+  for (int i = 0; i < p->cfg.processes; i++)
+    if (p->w && p->w[i].proc)
+      lmp_proc_signal(p->w[i].proc, SIGKILL);
+  int64_t reap_by = lmp_now_ns() + REAP_GRACE_NS;
   for (int i = 0; i < p->cfg.processes; i++) {
     if (p->w && p->w[i].proc) {
-      lmp_proc_signal(p->w[i].proc, SIGKILL);
-      lmp_proc_free(p->w[i].proc); /* reaped later by lmp_proc_reap */
+      lmp_proc_wait(p->w[i].proc, reap_by);
+      lmp_proc_free(p->w[i].proc);
     }
   }
   if (p->tasks)

@@ -271,6 +271,48 @@ describe("lmp.Executor", function()
     assert.matches("^lmp.Executor%(2 workers, running%)$", tostring(ex))
   end)
 
+  -- Python's interpreter finishes an executor's work at exit.
+  local unfinished = [[
+    local lmp = require "lmp"
+    local ex = lmp.Executor(2)
+    for i = 1, 3 do
+      ex:submit(function() lmp.sleep(0.2); io.write("apple ", i, "\n"); io.flush() end)
+    end
+  ]]
+
+  it("finishes the work of an executor never shut down when the program ends", function()
+    local out, code = support.run(unfinished)
+    assert.are.equal(0, code, out)
+    local seen = {}
+    for i in out:gmatch("apple (%d)") do seen[#seen + 1] = tonumber(i) end
+    table.sort(seen)
+    assert.are.same({1, 2, 3}, seen, out)
+  end)
+
+  it("finishes it too when lua5.4 closes the state of a script that requires lmp", function()
+    local path = support.tmpfile(unfinished)
+    local out, code = support.shell_code(string.format(
+      "lua5.4 -e \"package.cpath='%s/?.so;'..package.cpath\" %s", support.build, path))
+    os.remove(path)
+    assert.are.equal(0, code, out)
+    assert.are.equal(3, select(2, out:gsub("apple %d", "")), out)
+  end)
+
+  it("does not wait when an executor is collected while the program runs", function()
+    local out, code = support.run([[
+      local lmp = require "lmp"
+      local flag = lmp.Value("i", 0)
+      do
+        local ex = lmp.Executor(1)
+        ex:submit(function() lmp.sleep(1); flag.value = 1 end)
+      end
+      collectgarbage(); collectgarbage()
+      print("after collect", flag.value)
+    ]])
+    assert.are.equal(0, code, out)
+    assert.matches("after collect\t0", out)
+  end)
+
   it("leaks no globals", function()
     assert.are.same({}, support.new_globals())
   end)
@@ -760,6 +802,48 @@ describe("Executor cleanup", function()
     for pid in out:match("\t[^\t]*\t([%d ]+)"):gmatch("%d+") do workers[#workers + 1] = tonumber(pid) end
     assert.are.equal(2, #workers)
     assert.is_true(all_dead(workers))
+  end)
+
+  -- Python's interpreter finishes an executor's work at exit.
+  local unfinished = [[
+    local lmp = require "lmp"
+    local ex = lmp.Executor(2)
+    for i = 1, 3 do
+      ex:submit(function() lmp.sleep(0.2); io.write("apple ", i, "\n"); io.flush() end)
+    end
+  ]]
+
+  it("finishes the work of an executor never shut down when the program ends", function()
+    local out, code = support.run(unfinished)
+    assert.are.equal(0, code, out)
+    local seen = {}
+    for i in out:gmatch("apple (%d)") do seen[#seen + 1] = tonumber(i) end
+    table.sort(seen)
+    assert.are.same({1, 2, 3}, seen, out)
+  end)
+
+  it("finishes it too when lua5.4 closes the state of a script that requires lmp", function()
+    local path = support.tmpfile(unfinished)
+    local out, code = support.shell_code(string.format(
+      "lua5.4 -e \"package.cpath='%s/?.so;'..package.cpath\" %s", support.build, path))
+    os.remove(path)
+    assert.are.equal(0, code, out)
+    assert.are.equal(3, select(2, out:gsub("apple %d", "")), out)
+  end)
+
+  it("does not wait when an executor is collected while the program runs", function()
+    local out, code = support.run([[
+      local lmp = require "lmp"
+      local flag = lmp.Value("i", 0)
+      do
+        local ex = lmp.Executor(1)
+        ex:submit(function() lmp.sleep(1); flag.value = 1 end)
+      end
+      collectgarbage(); collectgarbage()
+      print("after collect", flag.value)
+    ]])
+    assert.are.equal(0, code, out)
+    assert.matches("after collect\t0", out)
   end)
 
   it("leaks no globals", function()

@@ -641,6 +641,24 @@ describe("lmp.Pool lifecycle", function()
     assert.is_true(all_dead(workers))
   end)
 
+  it("garbage collection of an unclosed pool leaves no zombie, with no later lmp call", function()
+    local workers
+    do
+      local pool = lmp.Pool(2)
+      pool:apply_async(function() require("lmp").sleep(30) end)
+      workers = pids(pool)
+    end
+    collectgarbage()
+    collectgarbage()
+    for _, pid in ipairs(workers) do
+      -- reaped: no /proc entry at all (a zombie's stat says "Z")
+      local f = io.open("/proc/" .. pid .. "/stat")
+      local stat = f and f:read("a")
+      if f then f:close() end
+      assert.is_nil(stat, stat)
+    end
+  end)
+
   it("cancel removes a task no worker has seen; running tells what runs", function()
     local pool <close> = lmp.Pool(1)
     local long = pool:apply_async(function() require("lmp").sleep(0.5) return "long" end)

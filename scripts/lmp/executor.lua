@@ -431,6 +431,35 @@ function Executor:__gc()
   if not self._shutdown then pcall(self._pool.close, self._pool) end
 end
 
+-- === the program's end ===
+--
+-- Work submitted to an executor that was never shut down is finished when
+-- the program ends, as Python's interpreter does at exit, while a
+-- collection in the middle of a program never waits.  A finalizer cannot
+-- tell the two apart by itself, so a "closer" is made after each executor:
+-- Lua finalizes in the reverse order of creation, so when the state closes
+-- the newest closer runs before every executor is collected, and it is the
+-- current one only then (an older closer collected in a normal cycle finds
+-- a newer one current and does nothing).  It shuts down, waiting, each
+-- executor of this process still running.
+
+local open = setmetatable({}, {__mode = "k"}) -- executor -> pid that made it
+local closer
+
+local function at_close(c)
+  if c ~= closer then return end
+  local pid = lmp.current_process().pid
+  for ex, owner in pairs(open) do
+    if owner == pid and not ex._shutdown then pcall(ex.shutdown, ex, true) end
+  end
+end
+
+local function track(ex)
+  open[ex] = lmp.current_process().pid
+  closer = setmetatable({}, {__gc = at_close})
+  return ex
+end
+
 function Executor:__tostring()
   return string.format("lmp.Executor(%d workers, %s)", self._n,
                        self._closed and "closed" or self._shutdown and "shut down" or "running")
@@ -500,7 +529,8 @@ local function new(method, ...)
                  :gsub("field 'maxtasksperchild'", "field 'max_tasks_per_child'"))
     end)
   end
-  return setmetatable({_pool = pool, _n = n, _live = {}, _shutdown = false, _closed = false}, Executor)
+  return track(setmetatable({_pool = pool, _n = n, _live = {}, _shutdown = false, _closed = false},
+                            Executor))
 end
 
 -- === waiting on many futures ===

@@ -160,6 +160,19 @@ int lmp_test_wait(pid_t pid, int timeout_ms)
   return decode_status(st);
 }
 
+int lmp_test_gone(pid_t pid, int timeout_ms)
+{
+  int pfd = (int)syscall(SYS_pidfd_open, pid, 0), n;
+
+  if (pfd < 0)
+    return errno == ESRCH;
+  do
+    n = poll(&(struct pollfd){.fd = pfd, .events = POLLIN}, 1, timeout_ms);
+  while (n < 0 && errno == EINTR);
+  close(pfd);
+  return n == 1;
+}
+
 int lmp_test_shm_count(const char *prefix)
 {
   size_t len;

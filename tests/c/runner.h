@@ -81,6 +81,9 @@ void lmp_test_fail(const char *file, int line, const char *fmt, ...)
 /* Wait for a child: its exit code, -N if killed by signal N, or
  * LMP_TEST_TIMEDOUT (after killing it) if it outlives timeout_ms. */
 int lmp_test_wait(pid_t pid, int timeout_ms);
+/* For a process that is not our child (an lmp watchdog is nobody's): 1 once
+ * it has exited, 0 if it still runs after timeout_ms. */
+int lmp_test_gone(pid_t pid, int timeout_ms);
 /* Entries of /dev/shm whose name is `prefix` (with or without its leading
  * '/') followed by '.'. */
 int lmp_test_shm_count(const char *prefix);

@@ -24,12 +24,17 @@ server.feature-flags = ("server.graceful-restart-bg" => "$([ "$MODE" = bg ] && e
 magnet.attract-raw-url-to = ("$HERE/handler.lua")
 CONF
 
-# One request: its status code (000 when none came).
-req() { curl -s -o /dev/null -m 10 -w '%{http_code}\n' "$URL?$1"; }
-# Seconds (tenths) until the server answers 200, at most 10 s.
+# One request: its status code (000 when none came within 5 s).
+req() { curl -s -o /dev/null -m 5 -w '%{http_code}\n' "$URL?$1"; }
+# Tenths of a second until the server answers 200; 100 when it did not
+# within 10 s.
 until_served() {
-  t=0
-  while [ "$(req 3)" != 200 ] && [ $t -lt 100 ]; do sleep 0.1; t=$((t + 1)); done
+  t=0 end=$(($(date +%s) + 10))
+  while [ "$(req 3)" != 200 ]; do
+    [ "$(date +%s)" -ge $end ] && { echo 100; return; }
+    sleep 0.1
+    t=$((t + 1))
+  done
   echo "$t"
 }
 # Processes of this namespace but ourselves and our pipeline: their names.
@@ -51,9 +56,14 @@ echo "start_tenths $(until_served)"
 echo "watchdogs_at_start $(count lmp-watchdog)"
 echo "workers_at_start $(count lmp-worker)"
 
-# Four clients, 50 requests each, while the server reloads twice.
+# Four clients, 50 requests each, while the server reloads twice; a client
+# that has been at it for a minute stops (a hung server answers nothing).
 for c in 1 2 3 4; do
-  (for i in $(seq 50); do req "$i"; done > "$W/client$c") &
+  (end=$(($(date +%s) + 60))
+   for i in $(seq 50); do
+     [ "$(date +%s)" -ge $end ] && break
+     req "$i"
+   done > "$W/client$c"; echo done > "$W/finished$c") &
 done
 sleep 0.3
 for r in 1 2; do
@@ -61,12 +71,14 @@ for r in 1 2; do
   echo "reload${r}_tenths $(until_served)"
   sleep 1
 done
-# The clients end: each request gives up after 10 s.
-for i in $(seq 600); do [ "$(cat "$W"/client* | wc -l)" -ge 200 ] && break; sleep 0.2; done
+while [ "$(cat "$W"/finished* 2>/dev/null | wc -l)" -lt 4 ]; do sleep 0.2; done
 echo "during_ok $(cat "$W"/client* | grep -c '^200$')"
 echo "during_all $(cat "$W"/client* | wc -l)"
-ok=0
-for i in $(seq 50); do [ "$(req "$i")" = 200 ] && ok=$((ok + 1)); done
+ok=0 end=$(($(date +%s) + 60))
+for i in $(seq 50); do
+  [ "$(date +%s)" -ge $end ] && break
+  [ "$(req "$i")" = 200 ] && ok=$((ok + 1))
+done
 echo "after_ok $ok"
 echo "watchdogs_after_reload $(count lmp-watchdog)"
 echo "workers_after_reload $(count lmp-worker)"
