@@ -94,10 +94,10 @@
 #define SPIN_PAUSE_NS 4000                 /* then sched_yield */
 #define SEQ_MASK ((UINT64_C(1) << 30) - 1) /* the ring numbers records modulo 2^30 */
 #define MAX_PARTS 7
-#define START_DEATHS_MAX 3      /* workers killed while starting, in a row, that break the pool */
-#define RING_BUDGET (16u << 20) /* payload bytes the ring holds, about, when high_water is 0 */
-#define QUEUED_MIN 16           /* tasks per worker the ring may hold, at least */
-#define CLAIMS 4096             /* records in the task ring at most (see claim) */
+#define START_DEATHS_MAX 3        /* workers killed while starting, in a row, that break the pool */
+#define RING_BUDGET (16u << 20)   /* payload bytes the ring holds, about, when high_water is 0 */
+#define QUEUED_MIN 16             /* tasks per worker the ring may hold, at least */
+#define CLAIMS 4096               /* records in the task ring at most (see claim) */
 #define REAP_GRACE_NS 100000000LL /* how long freeing a pool waits for its killed workers */
 
 #define RATE_SAMPLES 16           /* the rate is taken over samples of the event count ... */
