@@ -176,7 +176,7 @@ int lmpb_start_error(lua_State *L, const char *what, const char *whom, int code)
  * bad argument #arg (unknown start method 'x'). */
 const char *lmpb_checkmethod(lua_State *L, int idx, int arg);
 /* lmp.get_start_method(): the method for children started without one. */
-const char *lmpb_default_method(void);
+const char *lmpb_default_method(lua_State *L);
 
 /* The lmp executable that spawn and forkserver exec (main.c sets its own). */
 void lmpb_set_executable(const char *path);

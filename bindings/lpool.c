@@ -1552,7 +1552,7 @@ static int l_new(lua_State *L)
   lp->owner = self_pid();
   lp->init_ref = LUA_NOREF;
   lp->start_err = LUA_NOREF;
-  lp->method = method ? method : lmpb_default_method();
+  lp->method = method ? method : lmpb_default_method(L);
   lp->L = L;
   luaL_setmetatable(L, CORE_MT);
   int ud = lua_gettop(L);

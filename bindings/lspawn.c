@@ -70,11 +70,35 @@
 enum { FORK, SPAWN, FORKSERVER };
 static const char *const methods[] = {"fork", "spawn", "forkserver", NULL};
 
-static int default_method = FORK;
-static int method_set; /* set_start_method was called */
 static char executable[PATH_MAX];
 
 /* === helpers === */
+
+/* The default start method is each Lua state's own, kept in its registry:
+ * a host that runs several states lets each choose (the executable and the
+ * forkserver are the process's). */
+#define METHOD_KEY "lmp.start_method"
+
+typedef struct method_choice {
+  int method;
+  int set; /* set_start_method was called */
+} method_choice;
+
+static method_choice *choice(lua_State *L)
+{
+  method_choice *c;
+  if (lua_getfield(L, LUA_REGISTRYINDEX, METHOD_KEY) == LUA_TUSERDATA) {
+    c = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    return c;
+  }
+  lua_pop(L, 1);
+  c = lua_newuserdatauv(L, sizeof *c, 0);
+  c->method = FORK;
+  c->set = 0;
+  lua_setfield(L, LUA_REGISTRYINDEX, METHOD_KEY);
+  return c;
+}
 
 static int method_index(const char *name)
 {
@@ -308,7 +332,7 @@ static void push_meta(lua_State *L, const lmpb_start_t *how)
   lua_settop(L, t);
   lua_pushinteger(L, getpid());
   lua_setfield(L, t, "ppid");
-  lua_pushstring(L, methods[default_method]);
+  lua_pushstring(L, methods[choice(L)->method]);
   lua_setfield(L, t, "method");
   lua_getglobal(L, "package");
   if (lua_istable(L, -1)) {
@@ -587,7 +611,7 @@ int lmpb_start_error(lua_State *L, const char *what, const char *whom, int code)
 int lmpb_spawn(lua_State *L, int fn_idx, int nargs, const lmpb_start_t *how, lmp_proc_t **out)
 {
   fn_idx = lua_absindex(L, fn_idx);
-  int method = how->method ? method_index(how->method) : default_method;
+  int method = how->method ? method_index(how->method) : choice(L)->method;
   *out = NULL;
   if (method < 0)
     return luaL_error(L, "unknown start method '%s'", how->method);
@@ -784,7 +808,7 @@ static void run_payload(lua_State *L, int fd)
                       (pid_t)lua_tointeger(L, -1));
   lua_pop(L, 3);
   if (lua_getfield(L, meta, "method") == LUA_TSTRING && method_index(lua_tostring(L, -1)) >= 0)
-    default_method = method_index(lua_tostring(L, -1));
+    choice(L)->method = method_index(lua_tostring(L, -1));
   lua_pop(L, 1);
   int base = lua_gettop(L);
   lua_pushcfunction(L, child_setup);
@@ -1026,28 +1050,30 @@ void lmpb_forkserver_main(lua_State *L, int conn, int nargs, char **args)
 
 /* === module functions === */
 
-/* lmp.set_start_method(method [, force]): once per program, as in Python,
- * unless force is true; set_start_method(nil, true) goes back to "fork". */
-const char *lmpb_default_method(void)
+const char *lmpb_default_method(lua_State *L)
 {
-  return methods[default_method];
+  return methods[choice(L)->method];
 }
 
+/* lmp.set_start_method(method [, force]): once per program (per Lua state),
+ * as in Python, unless force is true; set_start_method(nil, true) goes back
+ * to "fork". */
 static int l_set_start_method(lua_State *L)
 {
   const char *m = lmpb_checkmethod(L, 1, 1);
   int force = lua_toboolean(L, 2);
-  if (method_set && !force)
+  method_choice *c = choice(L);
+  if (c->set && !force)
     return luaL_error(L, "context has already been set");
   luaL_argcheck(L, m || force, 1, "start method expected");
-  default_method = m ? method_index(m) : FORK;
-  method_set = m != NULL;
+  c->method = m ? method_index(m) : FORK;
+  c->set = m != NULL;
   return 0;
 }
 
 static int l_get_start_method(lua_State *L)
 {
-  lua_pushstring(L, methods[default_method]);
+  lua_pushstring(L, lmpb_default_method(L));
   return 1;
 }
 

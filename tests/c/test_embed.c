@@ -181,6 +181,27 @@ TEST(two_states_one_closed)
   CHECK(reap_everything(5000) >= 0);
 }
 
+/* The default start method is each state's own choice. */
+TEST(start_method_per_state)
+{
+  lua_State *a = host_open(), *b = host_open();
+  host_run(a, "lmp = require 'lmp'; lmp.set_start_method('spawn')");
+  host_run(b, "lmp = require 'lmp'\n"
+              "assert(lmp.get_start_method() == 'fork', lmp.get_start_method())\n"
+              "lmp.set_start_method('forkserver')");
+  CHECK_EQ(host_run(a, "assert(lmp.get_start_method() == 'spawn')\n"
+                       "local p = lmp.Process(function() end); p:start(); p:join()\n"
+                       "return p.exitcode"),
+           0);
+  lua_close(a);
+  CHECK_EQ(host_run(b, "assert(lmp.get_start_method() == 'forkserver')\n"
+                       "local p = lmp.Process(function() os.exit(4) end); p:start(); p:join()\n"
+                       "return p.exitcode"),
+           4);
+  lua_close(b);
+  CHECK(reap_everything(5000) >= 0);
+}
+
 /* Force the next pid the kernel hands out (root only). */
 static int next_pid_is(pid_t pid)
 {
@@ -301,6 +322,7 @@ TEST_LIST = {
     TEST_ENTRY(close_then_a_host_child_exits),
     TEST_ENTRY_T(three_open_close_cycles, 20),
     TEST_ENTRY(two_states_one_closed),
+    TEST_ENTRY(start_method_per_state),
     TEST_ENTRY(no_signal_to_a_reused_pid),
     TEST_ENTRY(worker_reaped_by_the_host),
     TEST_ENTRY(exec_ends_the_family),
