@@ -660,6 +660,17 @@ for _, method in ipairs(lmp.get_all_start_methods()) do
       assert.are.same({5, 4, 3, 2, 1, 0, 1, 2, 3, 4}, values(res))
     end)
 
+    it("test_interpreter_shutdown (ExecutorShutdownTest)", function()
+      -- The program ends right after submitting: the work still runs.
+      local out, code = support.run(string.format([[
+        local lmp = require "lmp"
+        local e = lmp.get_context(%q).Executor(2)
+        e:submit(function() lmp.sleep(0.2); print("apple") end)
+      ]], method))
+      assert.are.equal(0, code, out)
+      assert.matches("apple", out)
+    end)
+
     it("test_shutdown_no_wait (ExecutorShutdownTest)", function()
       local e = ctx.Executor(5)
       local pids = support.pids(e)

@@ -219,8 +219,12 @@ for _, method in ipairs(lmp.get_all_start_methods()) do
       joined(p)
       assert.is_false(p:is_alive())
       p:close()
-      raised(p.join, p)
-      raised(p.terminate, p)
+      for _, m in ipairs({"join", "terminate", "is_alive"}) do
+        assert.matches("closed lmp.Process", raised(p[m], p))
+      end
+      for _, field in ipairs({"exitcode", "pid", "sentinel"}) do
+        assert.matches("closed lmp.Process", raised(function() return p[field] end))
+      end
       p:close() -- again is harmless
     end)
 
@@ -1171,6 +1175,10 @@ for _, method in ipairs(lmp.get_all_start_methods()) do
         assert.matches("RuntimeError 123", err.message)
         assert.matches("cpython_mp_spec.lua:" .. line, err.traceback)
         assert.matches("cpython_mp_spec.lua:" .. line, tostring(err))
+        -- The value raised arrives as it was raised, a number included.
+        local num = raised(pool.apply, pool, function() error(123) end)
+        assert.are.equal(123, num.value)
+        assert.are.equal("integer", math.type(num.value))
         -- An error of the input iterator is the caller's own, not a task's.
         local ok, e2 = pcall(function() for _ in pool:imap(sqr, say_when(1, -1), 1) do end end)
         assert.is_false(ok)
@@ -1266,7 +1274,7 @@ for _, method in ipairs(lmp.get_all_start_methods()) do
     -- _TestPoolWorkerLifetime ----------------------------------------------
 
     it("test_pool_worker_lifetime (_TestPoolWorkerLifetime)", function()
-      local p = ctx.Pool{processes = 3, maxtasksperchild = 10}
+      local p = ctx.Pool(3, nil, nil, 10) -- processes, initializer, initargs, maxtasksperchild
       assert.are.equal(3, #p:stats().workers)
       local orig = support.pids(p)
       local results = {}
@@ -1492,6 +1500,12 @@ for _, method in ipairs(lmp.get_all_start_methods()) do
       raised(ctx.SharedMemory, {size = -1})
       raised(ctx.SharedMemory, {size = 0})
       raised(ctx.SharedMemory, {})
+    end)
+
+    it("test_shared_memory_name_with_embedded_null (_TestSharedMemory)", function()
+      local block <close> = ctx.SharedMemory{size = 16}
+      -- Python raises ValueError; lmp: a bad argument, never another block.
+      assert.matches("NUL", raised(ctx.SharedMemory, block.name .. "\0x"))
     end)
 
     it("test_shared_memory_pickle_unpickle (_TestSharedMemory)", function()
