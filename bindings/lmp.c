@@ -223,6 +223,8 @@ static const luaL_Reg funcs[] = {
 LMP_API int luaopen_lmp(lua_State *L)
 {
   int rc = lmp_runtime_init();
+  if (rc == -EAGAIN) /* fork refused: the watchdog could not start */
+    return lmpb_start_error(L, "lmp", "the runtime's watchdog", rc);
   if (rc < 0)
     return luaL_error(L, "lmp: cannot initialize the runtime: %s", lmp_strerror(rc));
   sentinel_open(L);

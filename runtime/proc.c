@@ -437,8 +437,15 @@ int lmp_proc_fork(int flags, lmp_proc_t **out)
   lmp_runtime_postfork_parent(0);
   p->pid = pid;
   p->pidfd = open_pidfd(pid);
-  if (lmp_runtime_is_root())
-    lmp__watchdog_enroll(p->pidfd); /* so it ends with us, even if we exec */
+  if (lmp_runtime_is_root()) {
+    /* So it ends with us, even if we exec.  The watchdog gets a pidfd of
+     * its own, not a duplicate of ours: an epoll set that holds ours (a
+     * pool's) forgets it only once every duplicate of it is closed. */
+    int wfd = open_pidfd(pid);
+    lmp__watchdog_enroll(wfd);
+    if (wfd >= 0)
+      close(wfd);
+  }
   p->status_fd = -1;
   p->state = RUNNING;
   p->flags = norm_flags(flags);

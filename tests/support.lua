@@ -84,9 +84,10 @@ function M.run_at_process_limit(code, room)
     end
   end
   local uid = root and 65534 or tonumber(M.shell("id -u"))
-  -- Besides those already running: the program and its watchdog (and,
-  -- when not root, the shell that starts it).
-  local limit = processes_of(uid) + 2 + (root and 0 or 1) + (room or 0)
+  -- Besides those already running: the program, its watchdog and, while
+  -- the watchdog starts, the process between them (it is forked twice);
+  -- when not root, the shell that starts it too.
+  local limit = processes_of(uid) + 3 + (root and 0 or 1) + (room or 0)
   local path = M.tmpfile(code)
   os.execute("chmod 644 " .. path)
   local out, rc = M.shell_code(string.format("%sbash -c 'ulimit -u %d && exec %s %s'",
