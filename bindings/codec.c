@@ -1562,6 +1562,28 @@ static void dec_handle(dec *d)
   dec_newref(d);
 }
 
+/* Classes of lmp's own, registered by the module of the same name when it
+ * loads: a process that never used one has not loaded it, so the decoder
+ * loads it (from package.preload: lmp's embedded scripts, nothing from
+ * disk) when a message names it, and looks again. */
+static const char *const own_classes[] = {"lmp.context", NULL};
+
+static int load_own_class(lua_State *L, const char *name, size_t n)
+{
+  int i = 0;
+  while (own_classes[i] && !(strlen(own_classes[i]) == n && memcmp(own_classes[i], name, n) == 0))
+    i++;
+  if (!own_classes[i])
+    return 0;
+  lua_getglobal(L, "require");
+  lua_pushstring(L, own_classes[i]);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  return 1;
+}
+
 /* Push the metatable registered under the name that comes next. */
 static void dec_registered(dec *d)
 {
@@ -1570,7 +1592,12 @@ static void dec_registered(dec *d)
   const char *name = dec_bytes(d, &n);
   registry_table(L, &K_BYNAME, NULL);
   lua_pushlstring(L, name, n);
-  if (lua_rawget(L, -2) != LUA_TTABLE)
+  if (lua_rawget(L, -2) != LUA_TTABLE && load_own_class(L, name, n)) {
+    lua_pop(L, 1);
+    lua_pushlstring(L, name, n);
+    lua_rawget(L, -2);
+  }
+  if (lua_type(L, -1) != LUA_TTABLE)
     dec_refuse(d, lua_pushfstring(L,
                                   "cannot receive a '%s': no metatable registered under "
                                   "that name (lmp.register)",

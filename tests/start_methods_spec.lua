@@ -298,6 +298,23 @@ for _, method in ipairs(METHODS) do
       assert.are.equal(support.raised(lmp.Executor, 1, 2), support.raised(ctx.Executor, 1, 2))
     end)
 
+    it("a context travels to a child, which starts its own process with it", function()
+      local q = lmp.Queue()
+      local p = ctx.Process(function()
+        assert(tostring(ctx) == "lmp.context(" .. method .. ")", tostring(ctx))
+        local inner = ctx.Process(function() q:put(ctx.get_start_method()) end)
+        inner:start()
+        inner:join()
+      end)
+      p:start()
+      assert.is_true(p:join(30))
+      assert.are.equal(0, p.exitcode)
+      assert.are.equal(method, q:get(10))
+      -- and through a message, to a process that never loaded lmp.context
+      local back = lmp.deserialize(lmp.serialize(ctx))
+      assert.are.equal(ctx.get_start_method(), back.get_start_method())
+    end)
+
     it("runs an executor with this start method", function()
       local ex = lmp.Executor{max_workers = 2, start_method = method}
       local futs = {}

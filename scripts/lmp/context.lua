@@ -48,28 +48,39 @@ local function with_method(name, method)
   end
 end
 
-local contexts = {}
+-- A context is a table {method = m} (false for the default context) with
+-- one shared metatable, registered as class "lmp.context": a context sent
+-- to another process (an upvalue of a target, say) arrives as the same
+-- context there.
+local Context = {}
 
-local function new(method)
-  local ctx = {}
-  local own = {
-    get_start_method = function() return method or lmp.get_start_method() end,
-    Process = process(method),
-  }
-  return setmetatable(ctx, {
-    __index = function(_, k)
-      if own[k] then return own[k] end
-      local v = lmp[k]
-      if v ~= nil and constructors[k] then return with_method(k, method) end
-      return v
-    end,
-    __newindex = function(_, k) error("cannot set field '" .. tostring(k) .. "' of a context", 2) end,
-    __tostring = function() return "lmp.context(" .. (method or "default") .. ")" end,
-  })
+local own = {
+  get_start_method = function(method) return function() return method or lmp.get_start_method() end end,
+  Process = process,
+}
+
+function Context.__index(ctx, k)
+  local method = rawget(ctx, "method")
+  if own[k] then return own[k](method) end
+  local v = lmp[k]
+  if v ~= nil and constructors[k] then return with_method(k, method) end
+  return v
 end
+
+function Context.__newindex(_, k)
+  error("cannot set field '" .. tostring(k) .. "' of a context", 2)
+end
+
+function Context.__tostring(ctx)
+  return "lmp.context(" .. (rawget(ctx, "method") or "default") .. ")"
+end
+
+lmp.register("lmp.context", Context)
+
+local contexts = {}
 
 return function(method)
   local key = method or "default"
-  contexts[key] = contexts[key] or new(method)
+  contexts[key] = contexts[key] or setmetatable({method = method or false}, Context)
   return contexts[key]
 end
