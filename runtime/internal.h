@@ -78,6 +78,8 @@ int lmp__watchdog_start(const char *prefix, pid_t *pid, int *live_w);
  * into the watchdog), so it ends with the root even when the root execs.
  * Best effort: no reply is awaited. */
 void lmp__watchdog_enroll(int pidfd);
+/* In a new child: the root's enrolment connection is not its own. */
+void lmp__watchdog_postfork_child(void);
 
 /* A fresh fd-stash token (shm.c): random high half per process, counter
  * low half. */

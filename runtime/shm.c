@@ -581,6 +581,7 @@ void lmp_runtime_postfork_child(void)
   if (rt.live_w >= 0)
     close(rt.live_w);
   rt.live_w = -1;
+  lmp__watchdog_postfork_child();
 }
 
 void lmp_runtime_release_all(void)

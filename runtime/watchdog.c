@@ -20,10 +20,13 @@
  * else of the root's.
  *
  * The root's children are known to it by enrolment: the root sends each
- * child's pidfd as it forks it (one message, no reply).  Children end with
- * their parent anyway (PR_SET_PDEATHSIG), which covers death but not exec;
- * the pidfds cover both, and name exactly those processes, whatever pids
- * get reused.  Grandchildren die with their parents.
+ * child's pidfd as it forks it, one message on a connection it keeps, with
+ * no reply.  The watchdog does not wake for these: it reads them once a
+ * second, and once more before it acts, so a fork costs the root one
+ * sendmsg and nobody a context switch.  Children end with their parent
+ * anyway (PR_SET_PDEATHSIG), which covers death but not exec; the pidfds
+ * cover both, and name exactly those processes, whatever pids get reused.
+ * Grandchildren die with their parents.
  *
  * Its second job is the fd stash.  A descriptor cannot cross shared memory,
  * and the sender of a Pipe end may be gone before the receiver reads the
@@ -63,6 +66,8 @@
 
 #define LMP__STASH_MAX 4096
 #define LMP__KIDS_MAX 1024      /* enrolled children of the root */
+#define LMP__ENROL_CONNS 4      /* connections enrolments arrive on */
+#define LMP__ENROL_READ_MS 1000 /* how often they are read */
 #define LMP__WD_POLL_MS 200     /* back-off after a failed poll */
 #define LMP__WD_IO_TIMEOUT_S 1  /* the watchdog's patience with a client */
 #define LMP__CLIENT_TIMEOUT_S 5 /* a client's patience with the watchdog */
@@ -314,6 +319,48 @@ static int kids_add(int *fd)
   return 0;
 }
 
+/* The connections enrolments arrive on, read now and then. */
+static int enrol_conns[LMP__ENROL_CONNS] = {-1, -1, -1, -1};
+
+static int enrol_keep(int c)
+{
+  int i;
+
+  for (i = 0; i < LMP__ENROL_CONNS; i++) {
+    if (enrol_conns[i] < 0) {
+      enrol_conns[i] = c;
+      return 1;
+    }
+  }
+  return 0;
+}
+
+static int wd_recv(int c, lmp__wd_req_t *req, int *fd);
+
+/* Take every enrolment queued on the kept connections. */
+static void enrol_read(void)
+{
+  lmp__wd_req_t req;
+  int i, fd, rc;
+
+  for (i = 0; i < LMP__ENROL_CONNS; i++) {
+    while (enrol_conns[i] >= 0) {
+      fd = -1;
+      rc = wd_recv(enrol_conns[i], &req, &fd);
+      if (rc == 0 && req.op == LMP__WD_ENROLL && fd >= 0)
+        kids_add(&fd);
+      if (fd >= 0)
+        close(fd);
+      if (rc == -EAGAIN)
+        break;
+      if (rc < 0 || req.op != LMP__WD_ENROLL) { /* closed, or not ours to read */
+        close(enrol_conns[i]);
+        enrol_conns[i] = -1;
+      }
+    }
+  }
+}
+
 /* SIGKILL every child still there, then give them a moment to be gone, so
  * none creates a segment after the sweep. */
 static void kids_kill(void)
@@ -348,7 +395,16 @@ static int wd_recv(int c, lmp__wd_req_t *req, int *fd)
 
   mh.msg_control = cb.buf;
   mh.msg_controllen = sizeof cb.buf;
-  n = recvmsg(c, &mh, MSG_CMSG_CLOEXEC);
+  n = recvmsg(c, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+  if (n < 0 && errno == EAGAIN && !(fcntl(c, F_GETFL) & O_NONBLOCK)) {
+    struct pollfd p = {.fd = c, .events = POLLIN};
+    if (poll(&p, 1, LMP__WD_IO_TIMEOUT_S * 1000) == 1)
+      n = recvmsg(c, &mh, MSG_CMSG_CLOEXEC);
+    else
+      errno = EAGAIN;
+  }
+  if (n == 0)
+    return -EPIPE;
   if (n < 0)
     return -errno;
   for (cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
@@ -401,11 +457,12 @@ static int peer_allowed(int c)
   return getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cr, &len) == 0 && cr.uid == geteuid();
 }
 
-static void wd_handle(int c)
+/* Serve one connection; 1 if it is kept (an enrolment connection). */
+static int wd_handle(int c)
 {
   struct timeval tv = {LMP__WD_IO_TIMEOUT_S, 0};
   lmp__wd_req_t req;
-  int fd = -1, rc;
+  int fd = -1, rc, kept = 0;
 
   setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
@@ -413,7 +470,10 @@ static void wd_handle(int c)
   if (rc == -EAGAIN)
     goto out; /* the client never spoke within the timeout */
   if (rc == 0 && req.op == LMP__WD_ENROLL) {
-    kids_add(&fd); /* no reply: the root did not wait */
+    kids_add(&fd); /* no reply: the root does not wait */
+    kept = enrol_keep(c);
+    if (kept)
+      fcntl(c, F_SETFL, fcntl(c, F_GETFL) | O_NONBLOCK);
     goto out;
   }
   if (rc == 0 && req.op == LMP__WD_STASH)
@@ -426,6 +486,7 @@ static void wd_handle(int c)
 out:
   if (fd >= 0)
     close(fd);
+  return kept;
 }
 
 static void wd_accept(int lfd)
@@ -437,9 +498,8 @@ static void wd_accept(int lfd)
     c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
     if (c < 0)
       return;
-    if (peer_allowed(c))
-      wd_handle(c);
-    close(c);
+    if (!(peer_allowed(c) && wd_handle(c)))
+      close(c);
   }
 }
 
@@ -463,7 +523,8 @@ static void wd_main(const char *prefix, int lfd, int pidfd, int live)
     p[1] = (struct pollfd){.fd = live, .events = POLLIN};
     p[2] = (struct pollfd){.fd = lfd, .events = POLLIN};
     /* A negative fd is skipped by poll. */
-    n = poll(p, 3, -1);
+    n = poll(p, 3, enrol_conns[0] >= 0 ? LMP__ENROL_READ_MS : -1);
+    enrol_read();
     if (n < 0 && errno != EINTR)
       poll(NULL, 0, LMP__WD_POLL_MS); /* never spin, never give up */
     /* The root died (pidfd), or died or exec'd (end of file on the pipe). */
@@ -482,6 +543,7 @@ static void wd_main(const char *prefix, int lfd, int pidfd, int live)
   /* Enrolments sent just before the end are still queued: take them. */
   if (lfd >= 0)
     wd_accept(lfd);
+  enrol_read();
   kids_kill();
   lmp__unlink_prefix(prefix);
   _exit(0);
@@ -694,7 +756,10 @@ int lmp_fd_stash(int fd, uint64_t *token)
   return rc;
 }
 
-void lmp__watchdog_enroll(int pidfd)
+/* The root's connection for enrolments, kept from one fork to the next. */
+static int enrol_sock = -1;
+
+static int enrol_send(int pidfd)
 {
   union {
     char buf[CMSG_SPACE(sizeof(int))];
@@ -703,32 +768,54 @@ void lmp__watchdog_enroll(int pidfd)
   lmp__wd_req_t req = {.op = LMP__WD_ENROLL};
   struct iovec iov = {&req, sizeof req};
   struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+  struct cmsghdr *cm;
+
+  memset(&cb, 0, sizeof cb);
+  mh.msg_control = cb.buf;
+  mh.msg_controllen = sizeof cb.buf;
+  cm = CMSG_FIRSTHDR(&mh);
+  cm->cmsg_level = SOL_SOCKET;
+  cm->cmsg_type = SCM_RIGHTS;
+  cm->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(cm), &pidfd, sizeof pidfd);
+  return sendmsg(enrol_sock, &mh, MSG_NOSIGNAL | MSG_DONTWAIT) < 0 ? -errno : 0;
+}
+
+void lmp__watchdog_enroll(int pidfd)
+{
   struct sockaddr_un addr;
   socklen_t len;
-  struct cmsghdr *cm;
-  int s;
+  int tries;
 
   if (pidfd < 0)
     return;
-  len = lmp__stash_addr(lmp_runtime_prefix(), &addr);
-  s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (s < 0)
-    return;
-  /* One message and no reply: the watchdog reads it when it can (a closed
-   * peer's queued message stays readable).  A full backlog loses the
-   * enrolment, not the child: it still dies with the root. */
-  if (connect(s, (struct sockaddr *)&addr, len) == 0 && peer_allowed(s)) {
-    memset(&cb, 0, sizeof cb);
-    mh.msg_control = cb.buf;
-    mh.msg_controllen = sizeof cb.buf;
-    cm = CMSG_FIRSTHDR(&mh);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(cm), &pidfd, sizeof pidfd);
-    sendmsg(s, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+  /* Best effort: a full queue (the watchdog reads it once a second) loses
+   * the enrolment, not the child, which still dies with the root. */
+  for (tries = 0; tries < 2; tries++) {
+    if (enrol_sock < 0) {
+      len = lmp__stash_addr(lmp_runtime_prefix(), &addr);
+      enrol_sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+      if (enrol_sock < 0)
+        return;
+      if (connect(enrol_sock, (struct sockaddr *)&addr, len) < 0 || !peer_allowed(enrol_sock)) {
+        close(enrol_sock);
+        enrol_sock = -1;
+        return;
+      }
+    }
+    int rc = enrol_send(pidfd);
+    if (rc == 0 || rc == -EAGAIN)
+      return;
+    close(enrol_sock); /* the watchdog dropped it: once more, afresh */
+    enrol_sock = -1;
   }
-  close(s);
+}
+
+void lmp__watchdog_postfork_child(void)
+{
+  if (enrol_sock >= 0)
+    close(enrol_sock);
+  enrol_sock = -1;
 }
 
 int lmp_fd_fetch(uint64_t token, int *fd)
