@@ -1,5 +1,7 @@
 #!/bin/sh
 # tests/lighttpd/run.sh BUILD_DIR WORK_DIR PORT MODE
+# (CLIENTS and REQUESTS in the environment change the load: 4 clients of 50
+# requests by default)
 #
 # lighttpd with mod_magnet serving through an lmp Pool (handler.lua), run
 # inside a pid namespace of its own (unshare -pf --mount-proc), so that
@@ -56,11 +58,12 @@ echo "start_tenths $(until_served)"
 echo "watchdogs_at_start $(count lmp-watchdog)"
 echo "workers_at_start $(count lmp-worker)"
 
-# Four clients, 50 requests each, while the server reloads twice; a client
-# that has been at it for a minute stops (a hung server answers nothing).
-for c in 1 2 3 4; do
+# The clients, while the server reloads twice; a client that has been at it
+# for a minute stops (a hung server answers nothing).
+CLIENTS=${CLIENTS:-4} REQUESTS=${REQUESTS:-50}
+for c in $(seq "$CLIENTS"); do
   (end=$(($(date +%s) + 60))
-   for i in $(seq 50); do
+   for i in $(seq "$REQUESTS"); do
      [ "$(date +%s)" -ge $end ] && break
      req "$i"
    done > "$W/client$c"; echo done > "$W/finished$c") &
@@ -78,7 +81,7 @@ for r in 1 2; do
   echo "reload${r}_tenths $(until_served)"
   sleep 0.5
 done
-while [ "$(cat "$W"/finished* 2>/dev/null | wc -l)" -lt 4 ]; do sleep 0.2; done
+while [ "$(cat "$W"/finished* 2>/dev/null | wc -l)" -lt "$CLIENTS" ]; do sleep 0.2; done
 echo "during_ok $(cat "$W"/client* | grep -c '^200$')"
 echo "during_all $(cat "$W"/client* | wc -l)"
 ok=0 end=$(($(date +%s) + 60))
