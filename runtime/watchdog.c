@@ -304,11 +304,11 @@ static struct {
 } segs;
 
 /* Their budget: raise the soft limit (toward the hard one) for them, and
- * take what the stash and the children leave. */
+ * take what the children leave beside the stash; when the limit cannot hold
+ * both in full, the stash and the segments get half each. */
 static size_t wd_seg_budget(void)
 {
   const rlim_t want = LMP__STASH_MAX + LMP__KIDS_MAX + LMP__SEGS_MAX + 64;
-  const size_t used = 64 + LMP__KIDS_MAX + stash.cap;
   struct rlimit rl;
   size_t room;
 
@@ -319,8 +319,14 @@ static size_t wd_seg_budget(void)
     setrlimit(RLIMIT_NOFILE, &rl);
     getrlimit(RLIMIT_NOFILE, &rl);
   }
-  room = (size_t)rl.rlim_cur > used ? (size_t)rl.rlim_cur - used : 0;
-  return room < LMP__SEGS_MAX ? room : LMP__SEGS_MAX;
+  room = (size_t)rl.rlim_cur > 64 + LMP__KIDS_MAX ? (size_t)rl.rlim_cur - 64 - LMP__KIDS_MAX : 0;
+  if (room >= stash.cap + LMP__SEGS_MAX)
+    return LMP__SEGS_MAX;
+  if (room < 32) /* no room for either: the stash keeps what it had */
+    return 0;
+  if (stash.cap > room - room / 2)
+    stash.cap = room - room / 2;
+  return room - stash.cap < LMP__SEGS_MAX ? room - stash.cap : LMP__SEGS_MAX;
 }
 
 static int seg_find(uint64_t token)
