@@ -1013,7 +1013,7 @@ describe("lmp.Pool on a small /dev/shm", function()
     it("carries large results past a full /dev/shm, no worker lost (" .. method .. ")", function()
       local why = support.small_shm_unavailable()
       if why then return pending(why) end
-      local out, code = support.run_small_shm("8m", string.format([[
+      local out, code = support.run_small_shm("2m", string.format([[
         local lmp = require "lmp"
         local pool = lmp.Pool{processes = 2, start_method = %q}
         local r = pool:map(function(i) return string.rep("p", 1 << 20) .. i end,
