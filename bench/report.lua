@@ -42,6 +42,11 @@ local rows = {
   {"broker_tput", "11 broker tasks, 2 workers (vs RQ)", "higher",
    {lmp_min = 10040, text = "lmp >=10,040/s"}},
   {"broker_rt", "11 broker round trip (vs RQ)", "lower", {lmp_max = 1000, text = "lmp <=1 ms"}},
+  -- lmp against itself: the same program on a small /dev/shm and on this one
+  {"shm_64m", "12 1 GiB Queue + 256 MiB Array, 64 MiB /dev/shm (vs normal)", "higher",
+   ref = "normal", refname = "shm_normal"},
+  {"shm_8m", "12 1 GiB Queue + 256 MiB Array, 8 MiB /dev/shm (vs normal)", "higher",
+   ref = "normal", refname = "shm_normal"},
 }
 
 -- === a small JSON reader (objects, arrays, strings, numbers, literals) ===
@@ -258,7 +263,7 @@ for i = 3, #arg do
 end
 
 local by = load_lines(lines_path)
-local ref_tags = {c = " (C)", plain = " (plain)"}
+local ref_tags = {c = " (C)", plain = " (plain)", normal = " (normal)"}
 local out_rows, table_rows = {}, {}
 local n_met, n_targets = 0, 0
 for _, row in ipairs(rows) do

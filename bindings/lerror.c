@@ -6,10 +6,17 @@
  * handler can read its fields without accessors.  `kind` says what failed
  * ("task", "worker_lost", "timeout", "serialize", ...), `traceback` is the
  * remote one, `value` the original error value when it could be sent.
+ *
+ * Unexpected runtime codes become errors here, in one place: most as a plain
+ * "what: reason" string, and the ones a program may want to handle as an
+ * lmp.Error of their own kind ("no_space": shared memory ran out, the
+ * message saying how much was asked for and what was left where).
  */
+#include <errno.h>
 #include <stdarg.h>
 #include <string.h>
 
+#include "lmp/shm.h"
 #include "lmpb.h"
 
 #define ERROR_MT "lmp.Error"
@@ -34,6 +41,17 @@ int lmpb_error_raise(lua_State *L, const char *kind, const char *fmt, ...)
   va_end(ap);
   lmpb_error_push(L, kind, lua_tostring(L, -1));
   return lua_error(L);
+}
+
+int lmpb_rterror(lua_State *L, const char *what, int code)
+{
+  const char *why;
+
+  if (code == -ENOSPC) {
+    why = lmp_seg_space_error();
+    return lmpb_error_raise(L, "no_space", "%s: %s", what, *why ? why : lmp_strerror(code));
+  }
+  return luaL_error(L, "%s: %s", what, lmp_strerror(code));
 }
 
 /* lmp.Error(kind, message [, fields]) or lmp.Error{kind =, message =, ...} */

@@ -57,11 +57,6 @@ int lmpb_fail(lua_State *L, const char *reason)
   return 2;
 }
 
-int lmpb_rterror(lua_State *L, const char *what, int code)
-{
-  return luaL_error(L, "%s: %s", what, lmp_strerror(code));
-}
-
 int lmpb_closed(lua_State *L, const char *tname)
 {
   return luaL_error(L, "attempt to use a closed %s", tname);

@@ -741,7 +741,7 @@ static int shmem_create(lua_State *L, lua_Integer size, const char *name)
     return lmpb_fail(L, "exists");
   if (rc == -EINVAL)
     return luaL_argerror(L, 1, "name must be 1 to 47 bytes, not starting with '/'");
-  if (rc == -ENOSPC)
+  if (rc == -EDQUOT)
     return luaL_error(L, "SharedMemory: too many named blocks (%d)", LMP_SHMEM_DIR_MAX);
   if (rc < 0)
     return lmpb_rterror(L, "SharedMemory", rc);

@@ -85,8 +85,23 @@ void lmp__watchdog_postfork_child(void);
  * low half. */
 uint64_t lmp__stash_token(void);
 
+/* Memfd segments (shm.c): the watchdog of the family whose prefix is given
+ * keeps a descriptor of each under the 64 random bits of its name.  put:
+ * 0, -EEXIST (token taken), -EMFILE (the watchdog's budget for them is
+ * spent); get: a new descriptor in *fd, or -ENOENT; drop: best effort. */
+int lmp__wd_seg_put(const char *prefix, uint64_t token, int fd);
+int lmp__wd_seg_get(const char *prefix, uint64_t token, int *fd);
+void lmp__wd_seg_drop(const char *prefix, uint64_t token);
+
 /* The stash protocol: one request per connection, one reply. */
-enum { LMP__WD_STASH = 1, LMP__WD_FETCH = 2, LMP__WD_ENROLL = 3 };
+enum {
+  LMP__WD_STASH = 1,
+  LMP__WD_FETCH = 2,
+  LMP__WD_ENROLL = 3,
+  LMP__WD_SEG_PUT = 4,
+  LMP__WD_SEG_GET = 5,
+  LMP__WD_SEG_DROP = 6
+};
 
 typedef struct lmp__wd_req {
   uint32_t op;

@@ -1,10 +1,34 @@
 /*
  * shm.c -- named shared-memory segments and the runtime's root.
  *
- * Every shared object lives in a POSIX shared-memory segment named
- * "<prefix>.<pid>.<n>", where the prefix "/lmp.<rootpid>.<random>" belongs to
+ * Every shared object lives in a shared-memory segment named
+ * "<prefix>.<16 hex>", where the prefix "/lmp.<rootpid>.<8 hex>" belongs to
  * one root process and everything it starts.  A handle is a name, so it can
  * travel in any message to any process of the family, at any time.
+ *
+ * Names.  /dev/shm is listed by every user, so the prefix is no secret; the
+ * 64 bits after it are drawn from getrandom for each name, so another user
+ * cannot create the next name first.  A name that exists anyway (planted, or
+ * a recycled one) is skipped: creation retries with a fresh name on EEXIST
+ * and EACCES, and attaching refuses anything not owner-only and ours.
+ *
+ * Backing store.  A segment is sized with posix_fallocate, never with
+ * ftruncate alone: tmpfs hands out pages at first touch, and a touch that
+ * finds the filesystem full is a SIGBUS, so the store is reserved when the
+ * segment is made (as PostgreSQL's dsm_impl_posix_resize does) and a
+ * shortage is -ENOSPC from the call that asked.  When /dev/shm cannot hold a
+ * segment (too small, as a container's 64 MiB, or full), the segment is a
+ * memfd instead, bounded only by memory and the cgroup.  Its name carries
+ * 'm' after the prefix ("<prefix>.m<16 hex>") and a descriptor for it is
+ * kept by the family's watchdog under those 64 bits, so a name still
+ * resolves in every process: attach asks the watchdog for a duplicate where
+ * a /dev/shm name is opened with shm_open.  The last reference tells the
+ * watchdog to let it go (where a /dev/shm one is unlinked); the watchdog's
+ * end closes whatever is left.  Each memfd segment costs the watchdog one
+ * descriptor, within a budget (watchdog.c); past it creation fails with
+ * -ENOSPC and says why.  lmp_seg_space_error() words the last shortage of
+ * the calling thread: how much was asked, and what /dev/shm and memory had.
+ * LMP_TEST_NO_MEMFD=1 in the environment turns the fallback off (tests).
  *
  * Lifetime is two-level.  In the segment header, `refs` counts processes that
  * hold the segment and `inflight` counts names pinned while they travel in
@@ -35,6 +59,7 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -45,6 +70,7 @@
 #define LMP__SEG_HDR 64                      /* header size = data alignment */
 #define LMP__BUCKETS 64
 #define LMP__CREATE_TRIES 64
+#define LMP__MEMFD_MARK 'm' /* after the prefix's '.': a memfd segment */
 
 /* The header at the start of every segment; the data follows at offset 64.
  * refs and inflight are only ever touched with atomic builtins. */
@@ -74,8 +100,7 @@ static struct {
   pid_t token_pid; /* the process token_hi was drawn in */
   uint32_t token_hi;
   uint32_t token_lo;
-  uint32_t counter; /* segment names; a wrap only meets EEXIST and moves on */
-  char prefix[32];  /* "/lmp.<pid>.<8 hex>" */
+  char prefix[32]; /* "/lmp.<pid>.<8 hex>" */
   lmp_seg_t *buckets[LMP__BUCKETS];
 } rt = {.lock = PTHREAD_MUTEX_INITIALIZER, .live_w = -1};
 
@@ -103,6 +128,15 @@ static uint32_t random32(void)
   /* No getrandom (old kernel, seccomp): still unique enough per process. */
   clock_gettime(CLOCK_REALTIME, &ts);
   return (uint32_t)ts.tv_nsec ^ ((uint32_t)getpid() << 16) ^ (uint32_t)ts.tv_sec;
+}
+
+static uint64_t random64(void)
+{
+  uint64_t r;
+
+  if (getrandom(&r, sizeof r, 0) == (ssize_t)sizeof r)
+    return r;
+  return (uint64_t)random32() << 32 | random32();
 }
 
 static unsigned name_hash(const char *name)
@@ -162,6 +196,21 @@ static void reg_remove(lmp_seg_t *s)
     *p = s->next;
 }
 
+static int name_token(const char *name, uint64_t *token);
+
+/* Make a name resolve no more: unlink it from /dev/shm, or have the watchdog
+ * let go of a memfd's descriptor.  ENOENT is harmless: the root or the
+ * watchdog got there first. */
+static void name_unlink(const char *name)
+{
+  uint64_t token;
+
+  if (name_token(name, &token) == 2)
+    lmp__wd_seg_drop(rt.prefix, token);
+  else
+    shm_unlink(name);
+}
+
 /* Drop this process's reference: unlink if it was the last one anywhere,
  * free the descriptor, and unmap unless `keep_mapped`.  A process on its way
  * to _exit or exec keeps its mappings: the kernel walks the robust mutexes a
@@ -173,7 +222,7 @@ static void seg_drop(lmp_seg_t *s, int keep_mapped)
   if (!keep_mapped)
     munmap(s->hdr, s->maplen);
   if (last)
-    shm_unlink(s->name); /* ENOENT: the root or watchdog got there first */
+    name_unlink(s->name);
   free(s);
 }
 
@@ -311,24 +360,257 @@ uint64_t lmp__stash_token(void)
   return t;
 }
 
-/* === segments === */
+/* === segments: names === */
 
-static int seg_open_new(lmp_seg_t *s)
+/* The 64 random bits of a name, and whether it is a memfd segment's:
+ * "<prefix>.<16 hex>" or "<prefix>.m<16 hex>".  0 if it is neither. */
+static int name_token(const char *name, uint64_t *token)
 {
-  int fd, tries;
+  const char *p = strrchr(name, '.');
+  int memfd, i;
+  uint64_t v = 0;
 
-  /* A name can already exist when an exec'd process reuses the pid of the
-   * process it replaced, or a recycled pid meets a dead process's leftovers:
-   * move on to the next counter value. */
-  for (tries = 0; tries < LMP__CREATE_TRIES; tries++) {
-    rt_lock();
-    snprintf(s->name, sizeof s->name, "%s.%ld.%u", rt.prefix, (long)getpid(), rt.counter++);
-    rt_unlock();
-    fd = shm_open(s->name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
-    if (fd >= 0 || errno != EEXIST)
-      return fd >= 0 ? fd : -errno;
+  if (p == NULL)
+    return 0;
+  memfd = p[1] == LMP__MEMFD_MARK;
+  p += 1 + memfd;
+  for (i = 0; i < 16; i++, p++) {
+    if (*p >= '0' && *p <= '9')
+      v = v << 4 | (uint64_t)(*p - '0');
+    else if (*p >= 'a' && *p <= 'f')
+      v = v << 4 | (uint64_t)(*p - 'a' + 10);
+    else
+      return 0;
   }
-  return -EEXIST;
+  if (*p != '\0')
+    return 0;
+  *token = v;
+  return memfd ? 2 : 1;
+}
+
+static void new_name(lmp_seg_t *s, int memfd)
+{
+  snprintf(s->name, sizeof s->name, "%s.%s%016llx", rt.prefix, memfd ? "m" : "",
+           (unsigned long long)random64());
+}
+
+/* === segments: backing store === */
+
+static __thread char space_msg[256];
+
+const char *lmp_seg_space_error(void)
+{
+  return space_msg;
+}
+
+/* "3.0 MiB" */
+static const char *human(char *b, size_t n, uint64_t v)
+{
+  static const char *const units[] = {"bytes", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  double d = (double)v;
+  int u = 0;
+
+  if (v < 1024) {
+    snprintf(b, n, "%llu bytes", (unsigned long long)v);
+    return b;
+  }
+  while (d >= 1024 && u < 5) {
+    d /= 1024;
+    u++;
+  }
+  snprintf(b, n, "%.1f %s", d, units[u]);
+  return b;
+}
+
+/* Size and free space of /dev/shm; 0 when unknown or unbounded. */
+static void shm_space(uint64_t *size, uint64_t *avail)
+{
+  struct statvfs v;
+
+  *size = *avail = 0;
+  if (statvfs("/dev/shm", &v) == 0 && v.f_blocks > 0) {
+    *size = (uint64_t)v.f_blocks * v.f_frsize;
+    *avail = (uint64_t)v.f_bavail * v.f_frsize;
+  }
+}
+
+static uint64_t read_u64(const char *path, const char *key)
+{
+  char buf[4096], *p;
+  ssize_t n;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+  if (fd < 0)
+    return UINT64_MAX;
+  n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0)
+    return UINT64_MAX;
+  buf[n] = '\0';
+  p = key ? strstr(buf, key) : buf;
+  if (p == NULL)
+    return UINT64_MAX;
+  p += key ? strlen(key) : 0;
+  while (*p == ' ')
+    p++;
+  if (*p < '0' || *p > '9') /* "max" */
+    return UINT64_MAX;
+  return strtoull(p, NULL, 10);
+}
+
+/* What memory can still give a memfd: MemAvailable, and what is left under
+ * a cgroup v2 memory.max.  Anonymous shared memory is not bounded by any
+ * filesystem, so without this check a huge request would be filled page by
+ * page until the OOM killer stepped in. */
+static uint64_t memory_available(void)
+{
+  char path[512], line[400], *nl;
+  uint64_t avail = read_u64("/proc/meminfo", "MemAvailable:"), max, cur;
+  ssize_t n;
+  int fd;
+
+  if (avail != UINT64_MAX)
+    avail *= 1024;
+  fd = open("/proc/self/cgroup", O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return avail;
+  n = read(fd, line, sizeof line - 1);
+  close(fd);
+  line[n > 0 ? n : 0] = '\0';
+  if (strncmp(line, "0::/", 4) != 0) /* cgroup v2 only */
+    return avail;
+  if ((nl = strchr(line, '\n')) != NULL)
+    *nl = '\0';
+  snprintf(path, sizeof path, "/sys/fs/cgroup%s/memory.max", line + 3);
+  max = read_u64(path, NULL);
+  snprintf(path, sizeof path, "/sys/fs/cgroup%s/memory.current", line + 3);
+  cur = read_u64(path, NULL);
+  if (max != UINT64_MAX && cur != UINT64_MAX)
+    avail = avail < (max > cur ? max - cur : 0) ? avail : (max > cur ? max - cur : 0);
+  return avail;
+}
+
+/* Give fd `len` bytes that are really there: 0, or the error of
+ * posix_fallocate (ENOSPC, EFBIG, ENOMEM...) as -errno. */
+static int reserve(int fd, size_t len)
+{
+  int rc;
+
+  if (len > (size_t)INT64_MAX)
+    return -EFBIG;
+  while ((rc = posix_fallocate(fd, 0, (off_t)len)) == EINTR) {
+  }
+  return -rc;
+}
+
+static int no_space(int rc)
+{
+  return rc == -ENOSPC || rc == -EFBIG || rc == -ENOMEM;
+}
+
+/* A new /dev/shm segment of len bytes: its descriptor, or -errno. */
+static int shm_new(lmp_seg_t *s, size_t len)
+{
+  int fd, rc, tries;
+
+  /* A name can exist already: planted by someone who read the prefix in
+   * /dev/shm (EEXIST, or EACCES where the sticky directory protects it), or
+   * left by a dead process.  Another random name does not. */
+  for (tries = 0; tries < LMP__CREATE_TRIES; tries++) {
+    new_name(s, 0);
+    fd = shm_open(s->name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+    if (fd >= 0 || (errno != EEXIST && errno != EACCES))
+      break;
+  }
+  if (fd < 0)
+    return -errno;
+  if ((rc = reserve(fd, len)) < 0) {
+    close(fd);
+    shm_unlink(s->name);
+    return rc;
+  }
+  return fd;
+}
+
+/* A new memfd segment of len bytes, kept by the watchdog under its name. */
+static int memfd_new(lmp_seg_t *s, size_t len)
+{
+  int fd, rc, tries;
+  uint64_t token;
+
+  fd = memfd_create(rt.prefix + 1, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0)
+    return -errno;
+  if ((rc = reserve(fd, len)) < 0)
+    goto err;
+  /* Nobody may shrink it under a mapping (a SIGBUS elsewhere) or grow it. */
+  fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+  fchmod(fd, 0600);
+  for (tries = 0, rc = -EEXIST; tries < 4 && rc == -EEXIST; tries++) {
+    new_name(s, 1);
+    name_token(s->name, &token);
+    rc = lmp__wd_seg_put(rt.prefix, token, fd);
+  }
+  if (rc < 0)
+    goto err;
+  return fd;
+err:
+  close(fd);
+  return rc;
+}
+
+/* Word the shortage for lmp_seg_space_error. */
+static void space_fail(size_t len, int fallback, int wd_full)
+{
+  char a[32], b[32], c[32], d[32];
+  uint64_t size, avail;
+  int n;
+
+  shm_space(&size, &avail);
+  n = snprintf(space_msg, sizeof space_msg, "cannot reserve %s of shared memory in /dev/shm",
+               human(a, sizeof a, len));
+  if (size > 0 && n > 0 && (size_t)n < sizeof space_msg)
+    n += snprintf(space_msg + n, sizeof space_msg - (size_t)n, " (%s filesystem, %s free)",
+                  human(b, sizeof b, size), human(c, sizeof c, avail));
+  if (n <= 0 || (size_t)n >= sizeof space_msg)
+    return;
+  if (wd_full)
+    snprintf(space_msg + n, sizeof space_msg - (size_t)n,
+             " and the watchdog holds as many memory segments as it may");
+  else if (fallback)
+    snprintf(space_msg + n, sizeof space_msg - (size_t)n, " nor in memory (%s available)",
+             human(d, sizeof d, memory_available()));
+}
+
+/* The descriptor of a new segment of len bytes with its store reserved:
+ * in /dev/shm when it fits there, else a memfd; or -errno (-ENOSPC with
+ * space_msg set when neither has room). */
+static int backing_new(lmp_seg_t *s, size_t len)
+{
+  const char *off = getenv("LMP_TEST_NO_MEMFD");
+  int fallback = !(off && *off && strcmp(off, "0") != 0);
+  uint64_t size, avail;
+  int fd;
+
+  space_msg[0] = '\0';
+  shm_space(&size, &avail);
+  /* When statvfs already says it cannot fit, do not fill the filesystem
+   * page by page only to have the kernel take every page back. */
+  fd = size > 0 && avail < len ? -ENOSPC : shm_new(s, len);
+  if (fd >= 0 || !no_space(fd))
+    return fd;
+  if (!fallback) {
+    space_fail(len, 0, 0);
+    return -ENOSPC;
+  }
+  if (len > memory_available()) {
+    space_fail(len, 1, 0);
+    return -ENOSPC;
+  }
+  fd = memfd_new(s, len);
+  if (no_space(fd) || fd == -EMFILE)
+    space_fail(len, 1, fd == -EMFILE);
+  return no_space(fd) || fd == -EMFILE ? -ENOSPC : fd;
 }
 
 int lmp_seg_create(size_t size, lmp_seg_t **out)
@@ -346,12 +628,8 @@ int lmp_seg_create(size_t size, lmp_seg_t **out)
   if ((s = calloc(1, sizeof *s)) == NULL)
     return -ENOMEM;
   s->maplen = (LMP__SEG_HDR + size + page - 1) / page * page;
-  if ((fd = rc = seg_open_new(s)) < 0)
+  if ((fd = rc = backing_new(s, s->maplen)) < 0)
     goto err;
-  if (ftruncate(fd, (off_t)s->maplen) < 0) {
-    rc = -errno;
-    goto err;
-  }
   p = mmap(NULL, s->maplen, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (p == MAP_FAILED) {
     rc = -errno;
@@ -372,7 +650,7 @@ int lmp_seg_create(size_t size, lmp_seg_t **out)
 err:
   if (fd >= 0) {
     close(fd);
-    shm_unlink(s->name);
+    name_unlink(s->name);
   }
   free(s);
   return rc;
@@ -392,6 +670,26 @@ int lmp__owner_only(const struct stat *st)
   return st->st_uid == geteuid() && (st->st_mode & 077) == 0;
 }
 
+/* A descriptor for an existing segment: shm_open, or a duplicate of the
+ * watchdog's for a memfd.  -errno (-ENOENT when it is gone). */
+static int name_open(const char *name, int flags)
+{
+  uint64_t token;
+  int fd;
+
+  if (name_token(name, &token) == 2) {
+    /* Only this family's watchdog knows it: a name of another prefix is
+     * looked up at that family's watchdog, which serves only our uid. */
+    char prefix[LMP_SEG_NAME_MAX];
+    size_t n = (size_t)(strrchr(name, '.') - name);
+    memcpy(prefix, name, n);
+    prefix[n] = '\0';
+    return lmp__wd_seg_get(prefix, token, &fd) < 0 ? -ENOENT : fd;
+  }
+  fd = shm_open(name, flags | O_CLOEXEC, 0);
+  return fd < 0 ? -errno : fd;
+}
+
 /* Map an existing segment and check it is one of ours. */
 static int seg_map(const char *name, lmp_seg_t **out)
 {
@@ -400,9 +698,8 @@ static int seg_map(const char *name, lmp_seg_t **out)
   void *p;
   int fd, rc;
 
-  fd = shm_open(name, O_RDWR | O_CLOEXEC, 0);
-  if (fd < 0)
-    return -errno;
+  if ((fd = name_open(name, O_RDWR)) < 0)
+    return fd;
   if (fstat(fd, &st) < 0) {
     rc = -errno;
     goto err;
@@ -610,9 +907,8 @@ int lmp_seg_peek(const char *name, const void **data, size_t *size)
 
   if (!valid_name(name))
     return -EINVAL;
-  fd = shm_open(name, O_RDONLY | O_CLOEXEC, 0);
-  if (fd < 0)
-    return -errno;
+  if ((fd = name_open(name, O_RDONLY)) < 0)
+    return fd;
   if (fstat(fd, &st) < 0) {
     rc = -errno;
     close(fd);

@@ -121,10 +121,14 @@ static int dir_map(struct dir **out)
     close(fd);
     return -EACCES;
   }
-  if (st.st_size < (off_t)sizeof(struct dir) && ftruncate(fd, (off_t)sizeof(struct dir)) < 0) {
-    rc = -errno;
-    close(fd);
-    return rc;
+  /* Reserved, not only sized: a directory on a full /dev/shm must fail
+   * here, not fault when it is first written. */
+  while (st.st_size < (off_t)sizeof(struct dir) &&
+         (rc = posix_fallocate(fd, 0, (off_t)sizeof(struct dir))) != 0) {
+    if (rc != EINTR) {
+      close(fd);
+      return -rc;
+    }
   }
   p = mmap(NULL, sizeof(struct dir), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   rc = -errno;
@@ -275,7 +279,7 @@ int lmp_shmem_create(size_t size, const char *name, lmp_shmem_t **out)
     if (rc != -ENOENT)
       goto out; /* cannot tell: refuse rather than shadow a live block */
   } else if ((e = dir_free_slot(d)) == NULL) {
-    rc = -ENOSPC;
+    rc = -EDQUOT;
     goto out;
   }
   if ((rc = block_new(size, name, out)) < 0) {

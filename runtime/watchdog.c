@@ -41,6 +41,17 @@
  * abstract namespace has no file modes, so after a watchdog's death another
  * user could bind its address).  The stash is capped; past the cap the oldest entry is dropped.
  *
+ * Its third job is to keep the memfd segments (shm.c) that stand in for
+ * /dev/shm when /dev/shm is too small: the creator hands it a descriptor
+ * under the 64 random bits of the segment's name, any process of the family
+ * (or an observer of this uid) asks for a duplicate to map it, and the last
+ * reference's holder tells it to close it.  What is left is closed when the
+ * watchdog ends with the family.  Each costs one descriptor: the budget is
+ * what RLIMIT_NOFILE leaves beside the stash and the children (raised to
+ * the hard limit if need be), at most LMP__SEGS_MAX; past it a new one is
+ * refused with -EMFILE, which the creator reports as no_space.  Nothing
+ * kept is ever dropped to make room.
+ *
  * Everything the watchdog runs is plain system calls on static memory: it is
  * a fork of a process that may have had threads, so it never allocates.
  */
@@ -72,6 +83,7 @@
 #define LMP__WD_IO_TIMEOUT_S 1  /* the watchdog's patience with a client */
 #define LMP__CLIENT_TIMEOUT_S 5 /* a client's patience with the watchdog */
 #define LMP__MAX_FDS_PER_MSG 4
+#define LMP__SEGS_MAX 65536 /* memfd segments kept at once, at most */
 
 /* === shared by both sides === */
 
@@ -284,6 +296,83 @@ static int stash_take(uint64_t token, int *fd)
   return 0;
 }
 
+/* === the watchdog: memfd segments === */
+
+static void wd_reply(int c, int status, int fd);
+
+static struct {
+  struct {
+    uint64_t token;
+    int fd;
+  } e[LMP__SEGS_MAX];
+  size_t n, cap;
+} segs;
+
+/* Their budget: raise the soft limit (toward the hard one) for them, and
+ * take what the children leave beside the stash; when the limit cannot hold
+ * both in full, the stash and the segments get half each. */
+static size_t wd_seg_budget(void)
+{
+  const rlim_t want = LMP__STASH_MAX + LMP__KIDS_MAX + LMP__SEGS_MAX + 64;
+  struct rlimit rl;
+  size_t room;
+
+  if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+    return 0;
+  if (rl.rlim_cur < want) {
+    rl.rlim_cur = rl.rlim_max < want ? rl.rlim_max : want;
+    setrlimit(RLIMIT_NOFILE, &rl);
+    getrlimit(RLIMIT_NOFILE, &rl);
+  }
+  room = (size_t)rl.rlim_cur > 64 + LMP__KIDS_MAX ? (size_t)rl.rlim_cur - 64 - LMP__KIDS_MAX : 0;
+  if (room >= stash.cap + LMP__SEGS_MAX)
+    return LMP__SEGS_MAX;
+  if (room < 32) /* no room for either: the stash keeps what it had */
+    return 0;
+  if (stash.cap > room - room / 2)
+    stash.cap = room - room / 2;
+  return room - stash.cap < LMP__SEGS_MAX ? room - stash.cap : LMP__SEGS_MAX;
+}
+
+static int seg_find(uint64_t token)
+{
+  size_t i;
+  for (i = 0; i < segs.n; i++)
+    if (segs.e[i].token == token)
+      return (int)i;
+  return -1;
+}
+
+/* Serve a memfd-segment request: 1 if req was one (and is answered). */
+static int wd_seg(int c, const lmp__wd_req_t *req, int *fd)
+{
+  int i = req->op >= LMP__WD_SEG_PUT ? seg_find(req->token) : -1, rc;
+
+  switch (req->op) {
+  case LMP__WD_SEG_PUT:
+    rc = *fd < 0 ? -EINVAL : i >= 0 ? -EEXIST : segs.n >= segs.cap ? -EMFILE : 0;
+    if (rc == 0) {
+      segs.e[segs.n].token = req->token;
+      segs.e[segs.n++].fd = *fd;
+      *fd = -1;
+    }
+    wd_reply(c, rc, -1);
+    return 1;
+  case LMP__WD_SEG_GET:
+    wd_reply(c, i < 0 ? -ENOENT : 0, i < 0 ? -1 : segs.e[i].fd); /* a duplicate */
+    return 1;
+  case LMP__WD_SEG_DROP:
+    if (i >= 0) {
+      close(segs.e[i].fd);
+      segs.e[i] = segs.e[--segs.n];
+    }
+    wd_reply(c, i < 0 ? -ENOENT : 0, -1);
+    return 1;
+  default:
+    return 0;
+  }
+}
+
 /* === the watchdog: the root's children === */
 
 static struct {
@@ -469,6 +558,8 @@ static int wd_handle(int c)
   rc = wd_recv(c, &req, &fd);
   if (rc == -EAGAIN)
     goto out; /* the client never spoke within the timeout */
+  if (rc == 0 && wd_seg(c, &req, &fd))
+    goto out;
   if (rc == 0 && req.op == LMP__WD_ENROLL) {
     kids_add(&fd); /* no reply: the root does not wait */
     kept = enrol_keep(c);
@@ -518,6 +609,7 @@ static void wd_main(const char *prefix, int lfd, int pidfd, int live)
   }
   prctl(PR_SET_NAME, "lmp-watchdog");
   stash.cap = wd_limits();
+  segs.cap = wd_seg_budget();
   for (;;) {
     p[0] = (struct pollfd){.fd = pidfd, .events = POLLIN};
     p[1] = (struct pollfd){.fd = live, .events = POLLIN};
@@ -638,16 +730,13 @@ err:
 
 /* === the client side === */
 
-static int wd_connect(void)
+static int wd_connect(const char *prefix)
 {
   struct timeval tv = {LMP__CLIENT_TIMEOUT_S, 0};
   struct sockaddr_un addr;
-  socklen_t len;
+  socklen_t len = lmp__stash_addr(prefix, &addr);
   int s, rc;
 
-  if ((rc = lmp_runtime_init()) < 0)
-    return rc;
-  len = lmp__stash_addr(lmp_runtime_prefix(), &addr);
   s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
   if (s < 0)
     return -errno;
@@ -671,9 +760,11 @@ static int wd_connect(void)
   return s;
 }
 
-/* One round trip: send req (with sendfd if >= 0), return the reply's status;
- * a descriptor in the reply lands in *recvfd (close-on-exec). */
-static int wd_call(const lmp__wd_req_t *req, int sendfd, int *recvfd)
+/* One round trip with the watchdog of `prefix`: send req (with sendfd if
+ * >= 0), return the reply's status; a descriptor in the reply lands in
+ * *recvfd (close-on-exec).  It does not start the runtime, so it may run
+ * with the runtime's registry locked. */
+static int wd_call_at(const char *prefix, const lmp__wd_req_t *req, int sendfd, int *recvfd)
 {
   union {
     char buf[CMSG_SPACE(LMP__MAX_FDS_PER_MSG * sizeof(int))];
@@ -686,7 +777,7 @@ static int wd_call(const lmp__wd_req_t *req, int sendfd, int *recvfd)
   ssize_t n;
   int s, rc, fd = -1, got, i, nfd;
 
-  if ((s = wd_connect()) < 0)
+  if ((s = wd_connect(prefix)) < 0)
     return s;
   memset(&cb, 0, sizeof cb);
   if (sendfd >= 0) {
@@ -738,6 +829,32 @@ out:
     close(fd);
   close(s);
   return rc;
+}
+
+/* The same with this process's family, starting the runtime if need be. */
+static int wd_call(const lmp__wd_req_t *req, int sendfd, int *recvfd)
+{
+  int rc = lmp_runtime_init();
+  return rc < 0 ? rc : wd_call_at(lmp_runtime_prefix(), req, sendfd, recvfd);
+}
+
+int lmp__wd_seg_put(const char *prefix, uint64_t token, int fd)
+{
+  lmp__wd_req_t req = {.op = LMP__WD_SEG_PUT, .token = token};
+  return wd_call_at(prefix, &req, fd, NULL);
+}
+
+int lmp__wd_seg_get(const char *prefix, uint64_t token, int *fd)
+{
+  lmp__wd_req_t req = {.op = LMP__WD_SEG_GET, .token = token};
+  *fd = -1;
+  return wd_call_at(prefix, &req, -1, fd);
+}
+
+void lmp__wd_seg_drop(const char *prefix, uint64_t token)
+{
+  lmp__wd_req_t req = {.op = LMP__WD_SEG_DROP, .token = token};
+  wd_call_at(prefix, &req, -1, NULL);
 }
 
 int lmp_fd_stash(int fd, uint64_t *token)

@@ -536,6 +536,29 @@ describe("lmp.Manager", function()
   end)
 end)
 
+describe("lmp.Dict on a small /dev/shm", function()
+  for _, method in ipairs({"fork", "spawn", "forkserver"}) do
+    it("grows past a full /dev/shm (" .. method .. ")", function()
+      local why = support.small_shm_unavailable()
+      if why then return pending(why) end
+      local out, code = support.run_small_shm("4m", string.format([[
+        local lmp = require "lmp"
+        lmp.set_start_method(%q)
+        local d = lmp.Dict()
+        local p = lmp.Process(function()
+          for i = 1, 3000 do d[i] = string.rep("d", 4000) .. i end
+        end)
+        p:start(); assert(p:join(60))
+        local ok = 0
+        for i = 1, 3000 do if d[i] == string.rep("d", 4000) .. i then ok = ok + 1 end end
+        print("exitcode", p.exitcode, "ok", ok)
+      ]], method))
+      assert.are.equal(0, code, out)
+      assert.matches("exitcode\t0\tok\t3000", out)
+    end)
+  end
+end)
+
 describe("leaked globals", function()
   it("none", function() assert.are.same({}, support.new_globals()) end)
 end)

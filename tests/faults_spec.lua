@@ -628,6 +628,63 @@ describe("resource ceilings", function()
   end)
 end)
 
+-- Another account on the same host sees every name in /dev/shm, and can
+-- fill /dev/shm.  It cannot predict the next name (64 random bits each),
+-- a name it plants first is skipped, and a full /dev/shm is met with memory.
+describe("another local user", function()
+  local function other_user()
+    if support.small_shm_unavailable() then return nil, support.small_shm_unavailable() end
+    local _, code = support.shell_code("id -u lmpother >/dev/null 2>&1 || useradd -M -r lmpother")
+    if code ~= 0 then return nil, "cannot add a second user (useradd lmpother failed)" end
+    return "lmpother"
+  end
+
+  for _, method in ipairs({"fork", "spawn", "forkserver"}) do
+    it("cannot break a program by planting names and filling /dev/shm (" .. method .. ")", function()
+      local user, why = other_user()
+      if not user then return pending(why) end
+      local out, code = support.run_small_shm("16m", string.format([[
+        local lmp = require "lmp"
+        lmp.set_start_method(%q)
+        local first = lmp.Queue(0, 4096) -- its name shows the prefix in /dev/shm
+        local prefix
+        for name in io.popen("ls /dev/shm"):lines() do
+          prefix = prefix or name:match("^(lmp%%.%%d+%%.%%x+)%%.")
+        end
+        assert(prefix, "no lmp entry in /dev/shm")
+        -- As the other user: plant what a pid and a counter would name next,
+        -- and some more, then fill the filesystem.
+        local plant = {}
+        for _, pid in ipairs({lmp.current_process().pid, lmp.current_process().pid + 1}) do
+          for n = 0, 199 do plant[#plant + 1] = string.format("%%s.%%d.%%d", prefix, pid, n) end
+        end
+        for i = 1, 100 do plant[#plant + 1] = string.format("%%s.%%016x", prefix, i) end
+        local f = assert(io.open("/tmp/lmp-plant.sh", "w"))
+        f:write("cd /dev/shm && touch " .. table.concat(plant, " ") .. "\n")
+        f:write("dd if=/dev/zero of=/dev/shm/fill bs=1M count=32 2>/dev/null; exit 0\n")
+        f:close()
+        assert(os.execute("setpriv --reuid=%s --regid=%s --clear-groups sh /tmp/lmp-plant.sh"))
+        os.remove("/tmp/lmp-plant.sh")
+        -- The program goes on making objects and moving data.
+        local q, d, a = lmp.Queue(), lmp.Dict(), lmp.Array("double", 1000)
+        local locks = {}
+        for i = 1, 50 do locks[i] = lmp.Lock() end
+        local p = lmp.Process(function()
+          for i = 1, 10 do q:put(string.rep("x", 1 << 20)) end
+          d.done = true
+          a[1] = 7
+        end)
+        p:start(); assert(p:join(60))
+        local n = 0
+        while q:get(0) do n = n + 1 end
+        print("exitcode", p.exitcode, "got", n, d.done, a[1])
+      ]], method, user, user))
+      assert.are.equal(0, code, out)
+      assert.matches("exitcode\t0\tgot\t10\ttrue\t7%.0", out)
+    end)
+  end
+end)
+
 describe("leaked globals", function()
   it("none", function() assert.are.same({}, support.new_globals()) end)
 end)

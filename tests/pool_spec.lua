@@ -1007,3 +1007,25 @@ describe("lmp.Pool arguments", function()
       "calling 'successful' on bad self (result is not ready)")
   end)
 end)
+
+describe("lmp.Pool on a small /dev/shm", function()
+  for _, method in ipairs({"fork", "spawn", "forkserver"}) do
+    it("carries large results past a full /dev/shm, no worker lost (" .. method .. ")", function()
+      local why = support.small_shm_unavailable()
+      if why then return pending(why) end
+      local out, code = support.run_small_shm("2m", string.format([[
+        local lmp = require "lmp"
+        local pool = lmp.Pool{processes = 2, start_method = %q}
+        local r = pool:map(function(i) return string.rep("p", 1 << 20) .. i end,
+                           {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20})
+        local ok = 0
+        for i, v in ipairs(r) do if v == string.rep("p", 1 << 20) .. i then ok = ok + 1 end end
+        pool:close(); pool:join()
+        print("ok", ok)
+      ]], method))
+      assert.are.equal(0, code, out)
+      assert.matches("ok\t20", out)
+      assert.is_nil(out:find("signal", 1, true), out)
+    end)
+  end
+end)

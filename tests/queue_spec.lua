@@ -229,6 +229,75 @@ describe("lmp.SimpleQueue", function()
   end)
 end)
 
+-- A container's /dev/shm is small (Docker: 64 MiB).  Segments have their
+-- memory reserved when made, and what /dev/shm cannot hold goes to memory
+-- (memfd) instead, so nothing dies of SIGBUS and nothing is lost.
+describe("lmp.Queue on a small /dev/shm", function()
+  for _, method in ipairs({"fork", "spawn", "forkserver"}) do
+    local producer = string.format([[
+      local lmp = require "lmp"
+      lmp.set_start_method(%q)
+      local q, errs = lmp.Queue(), lmp.Queue(0, 1024)
+      local p = lmp.Process(function()
+        for i = 1, 10 do
+          local ok, e = pcall(q.put, q, string.rep("y", 3 << 20))
+          if not ok then errs:put({i, e.kind, e.message}); return end
+        end
+      end)
+      p:start(); assert(p:join(60))
+      local n = 0
+      while true do
+        local m = q:get(0)
+        if m == nil then break end
+        assert(#m == 3 << 20 and m == string.rep("y", 3 << 20))
+        n = n + 1
+      end
+      local e = errs:get(0)
+      print("exitcode", p.exitcode, "got", n)
+      if e then print("failed at", e[1], e[2], e[3]) end
+    ]], method)
+
+    it("delivers every large message past a full /dev/shm (" .. method .. ")", function()
+      local why = support.small_shm_unavailable()
+      if why then return pending(why) end
+      local out, code = support.run_small_shm("16m", producer)
+      assert.are.equal(0, code, out)
+      assert.matches("exitcode\t0\tgot\t10\n", out)
+      assert.is_nil(out:find("failed at", 1, true), out)
+    end)
+
+    it("fails a put with no_space when memory cannot be used, losing nothing (" .. method .. ")",
+       function()
+      local why = support.small_shm_unavailable()
+      if why then return pending(why) end
+      local out, code = support.run_small_shm("16m", producer, "LMP_TEST_NO_MEMFD=1")
+      assert.are.equal(0, code, out)
+      local got, at = out:match("exitcode\t0\tgot\t(%d+)\nfailed at\t(%d+)\tno_space\t")
+      assert.is_not_nil(got, out)
+      assert.are.equal(tonumber(at) - 1, tonumber(got)) -- every put accepted was delivered
+      assert.matches("put: cannot reserve 3%.0 MiB of shared memory in /dev/shm %(16%.0 MiB filesystem", out)
+    end)
+
+    it("grows its ring past a full /dev/shm (" .. method .. ")", function()
+      local why = support.small_shm_unavailable()
+      if why then return pending(why) end
+      local out, code = support.run_small_shm("8m", string.format([[
+        local lmp = require "lmp"
+        lmp.set_start_method(%q)
+        local q = lmp.Queue()
+        local p = lmp.Process(function()
+          for i = 1, 4000 do q:put(string.rep("r", 4000) .. i) end
+        end)
+        p:start(); assert(p:join(60))
+        for i = 1, 4000 do assert(q:get(0) == string.rep("r", 4000) .. i) end
+        print("exitcode", p.exitcode, "empty", q:empty())
+      ]], method))
+      assert.are.equal(0, code, out)
+      assert.matches("exitcode\t0\tempty\ttrue", out)
+    end)
+  end
+end)
+
 describe("leaked globals", function()
   it("none", function() assert.are.same({}, support.new_globals()) end)
 end)

@@ -755,6 +755,51 @@ describe("after the program", function()
   end)
 end)
 
+-- Shared memory is reserved when an object is made: what does not fit in
+-- /dev/shm goes to memory (memfd), and what fits nowhere fails in the
+-- constructor with no_space, never with SIGBUS at first touch.
+describe("lmp.Array on a small /dev/shm", function()
+  it("refuses an Array larger than memory in its constructor", function()
+    local ok, e = pcall(lmp.Array, "double", 2^40)
+    assert.is_false(ok)
+    assert.is_true(lmp.is_error(e))
+    assert.are.equal("no_space", e.kind)
+    assert.matches("^Array: cannot reserve 8%.0 TiB of shared memory in /dev/shm", e.message)
+  end)
+
+  for _, method in ipairs({"fork", "spawn", "forkserver"}) do
+    it("holds 1e6 doubles on a 2 MiB /dev/shm (" .. method .. ")", function()
+      local why = support.small_shm_unavailable()
+      if why then return pending(why) end
+      local out, code = support.run_small_shm("2m", string.format([[
+        local lmp = require "lmp"
+        lmp.set_start_method(%q)
+        local a = lmp.Array("double", 1e6)
+        a:fill(1)
+        local p = lmp.Process(function(b) for i = 1, #b, 1000 do b[i] = 2 end end, a)
+        p:start(); assert(p:join(60))
+        local s = 0
+        for i = 1, #a do s = s + a[i] end
+        print("exitcode", p.exitcode, "sum", s)
+      ]], method))
+      assert.are.equal(0, code, out)
+      assert.matches("exitcode\t0\tsum\t1001000", out)
+    end)
+  end
+
+  it("fails in its constructor with no_space when memory cannot be used", function()
+    local why = support.small_shm_unavailable()
+    if why then return pending(why) end
+    local out = support.run_small_shm("2m", [[
+      local lmp = require "lmp"
+      local ok, e = pcall(lmp.Array, "double", 1e6)
+      print(ok, e.kind, e.message)
+    ]], "LMP_TEST_NO_MEMFD=1")
+    assert.matches("false\tno_space\tArray: cannot reserve 7%.6 MiB of shared memory in /dev/shm "
+                   .. "%(2%.0 MiB filesystem, [%d.]+ [KM]i?B free%)", out)
+  end)
+end)
+
 describe("leaked globals", function()
   it("none", function() assert.are.same({}, support.new_globals()) end)
 end)

@@ -55,6 +55,34 @@ function M.run(code, ...)
   return out, code_
 end
 
+-- Why a private /dev/shm cannot be had here (nil when it can): the small
+-- /dev/shm runs need root and a mount namespace (unshare -m).
+local small_shm_reason
+function M.small_shm_unavailable()
+  if small_shm_reason == nil then
+    local out, code = M.shell_code("unshare -m sh -c 'mount -t tmpfs -o size=1m tmpfs /dev/shm'")
+    small_shm_reason = ""
+    if code ~= 0 then
+      small_shm_reason = "no private /dev/shm here (unshare -m and mount need root): "
+        .. out:gsub("%s+$", "")
+    end
+  end
+  return small_shm_reason ~= "" and small_shm_reason or nil
+end
+
+-- Runs the Lua snippet `code` with the lmp executable in a mount namespace
+-- of its own whose /dev/shm is a tmpfs of `size` ("16m"), with the shell
+-- assignments `env` ("" for none) in front; returns output and exit code.
+-- Check M.small_shm_unavailable() first.
+function M.run_small_shm(size, code, env)
+  local path = M.tmpfile(code)
+  local out, code_ = M.shell_code(string.format(
+    "unshare -m sh -c 'mount -t tmpfs -o size=%s tmpfs /dev/shm && %s timeout 120 %s %s'",
+    size, env or "", M.lmp_bin, path))
+  os.remove(path)
+  return out, code_
+end
+
 -- How many processes run with real user id `uid`.
 local function processes_of(uid)
   local n = 0

@@ -2,10 +2,14 @@
  * lmp/shm.h -- named shared-memory segments, the runtime's root, and the
  * watchdog that cleans up after it.
  *
- * Every shared object lmp makes lives in a POSIX shared-memory segment whose
- * name starts with one prefix per root process ("/lmp.<rootpid>.<random>").
- * A handle is a segment name: sending a handle sends the name and the receiver
- * maps it, which is what lets handles reach any process at any time.
+ * Every shared object lmp makes lives in a shared-memory segment whose name
+ * starts with one prefix per root process ("/lmp.<rootpid>.<random>") and
+ * ends in 64 random bits.  A handle is a segment name: sending a handle sends
+ * the name and the receiver maps it, which is what lets handles reach any
+ * process at any time.  A segment lives in /dev/shm when it fits there, and
+ * otherwise in a memfd that the watchdog keeps under the name (see shm.c);
+ * either way its memory is reserved when it is made, so touching it never
+ * faults.
  *
  * Lifetime.  The segment header holds a count of processes that hold it
  * (`refs`) plus the handles serialized but not yet received (`inflight`).  A
@@ -50,9 +54,15 @@ int lmp_runtime_setenv(void);
  * exit of the root; a no-op in any other process. */
 void lmp_runtime_cleanup(void);
 
-/* Create a zero-filled segment of at least `size` usable bytes.  The caller
- * holds one local reference. */
+/* Create a zero-filled segment of at least `size` usable bytes, its memory
+ * reserved.  The caller holds one local reference.  -ENOSPC when neither
+ * /dev/shm nor memory can hold it; lmp_seg_space_error() then says why. */
 int lmp_seg_create(size_t size, lmp_seg_t **out);
+
+/* The calling thread's last -ENOSPC from lmp_seg_create, in words: "cannot
+ * reserve 3.0 MiB of shared memory in /dev/shm (16.0 MiB filesystem, 2.1 MiB
+ * free) nor in memory (...)"; "" if the last creation did not fail so. */
+const char *lmp_seg_space_error(void);
 
 /* Map a segment by name.  If this process already maps it, the same
  * descriptor is returned with one more local reference.  `adopt` = 1 when the

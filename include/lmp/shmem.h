@@ -28,7 +28,8 @@ typedef struct lmp_shmem lmp_shmem_t;
 
 /* A new block of `size` > 0 bytes; `name` NULL for none.  -EINVAL (size 0,
  * a name that is empty, too long, or starts with '/'), -EEXIST (the name is
- * taken), -ENOSPC (the directory is full). */
+ * taken), -EDQUOT (the directory is full), -ENOSPC (no room for the block:
+ * lmp_seg_space_error says why). */
 int lmp_shmem_create(size_t size, const char *name, lmp_shmem_t **out);
 /* Attach by user name, or by segment name (one that starts with '/').
  * -ENOENT if no such block exists, -EINVAL if the segment is not a block. */

@@ -10,8 +10,11 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sched.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -781,6 +784,135 @@ TEST(fd_stash_evicts_oldest_past_cap)
   close(fd);
 }
 
+/* === a small /dev/shm === */
+
+/* Give this test process a private /dev/shm of `kib` KiB, before the
+ * runtime starts.  0, or -1 (with the reason on stderr) where a mount
+ * namespace cannot be made: not root, or no CLONE_NEWNS. */
+static int small_shm(int kib)
+{
+  char opt[32];
+
+  snprintf(opt, sizeof opt, "size=%dk", kib);
+  if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+      mount("tmpfs", "/dev/shm", "tmpfs", 0, opt) < 0) {
+    fprintf(stderr, "# no private /dev/shm here (%s): test not run\n", strerror(errno));
+    return -1;
+  }
+  return 0;
+}
+
+/* Without the memfd fallback, what /dev/shm cannot hold is -ENOSPC at
+ * creation, with a reason, and what it accepted can be written whole: a
+ * segment sized by ftruncate alone would SIGBUS when touched. */
+TEST(seg_store_is_reserved_at_creation)
+{
+  lmp_seg_t *s[64], *big;
+  int n = 0;
+
+  if (small_shm(1024) < 0)
+    return;
+  setenv("LMP_TEST_NO_MEMFD", "1", 1);
+  CHECK_EQ(lmp_seg_create(4 << 20, &big), -ENOSPC);
+  CHECK(big == NULL);
+  CHECK(strstr(lmp_seg_space_error(), "cannot reserve 4.0 MiB of shared memory in /dev/shm") != NULL);
+  CHECK(strstr(lmp_seg_space_error(), "1.0 MiB filesystem") != NULL);
+  while (n < 64 && lmp_seg_create(60 << 10, &s[n]) == 0)
+    n++;
+  CHECK(n > 0 && n < 64);
+  for (int i = 0; i < n; i++)
+    memset(lmp_seg_data(s[i]), 0xab, lmp_seg_size(s[i]));
+  for (int i = 0; i < n; i++)
+    lmp_seg_release(s[i]);
+  CHECK_EQ(lmp_test_shm_count(lmp_runtime_prefix()), 0);
+}
+
+/* A segment /dev/shm cannot hold is a memfd the watchdog keeps: its name
+ * still resolves in a process that never mapped it, and it goes when its
+ * last reference does. */
+TEST(seg_falls_back_to_memfd)
+{
+  char name[LMP_SEG_NAME_MAX] = {0};
+  lmp_seg_t *s;
+  int p[2];
+  pid_t pid;
+
+  if (small_shm(256) < 0)
+    return;
+  CHECK_EQ(lmp_runtime_init(), 0);
+  CHECK_EQ(pipe(p), 0);
+  pid = fork_lmp();
+  if (pid == 0) {
+    lmp_seg_t *c;
+    CHECK_EQ(lmp_seg_create(8 << 20, &c), 0);
+    memset(lmp_seg_data(c), 0x5a, lmp_seg_size(c));
+    lmp_seg_pin(c); /* the name travels */
+    write_all(p[1], lmp_seg_name(c), LMP_SEG_NAME_MAX);
+    child_exit(0);
+  }
+  read_all(p[0], name, LMP_SEG_NAME_MAX);
+  CHECK_EQ(lmp_test_wait(pid, 10000), 0);
+  CHECK(strncmp(name, lmp_runtime_prefix(), strlen(lmp_runtime_prefix())) == 0);
+  CHECK(name[strlen(lmp_runtime_prefix()) + 1] == 'm');
+  CHECK_EQ(lmp_test_shm_count(lmp_runtime_prefix()), 0); /* not in /dev/shm */
+  CHECK_EQ(lmp_seg_attach(name, 1, &s), 0);
+  CHECK(lmp_seg_size(s) >= (8 << 20));
+  CHECK_EQ(((unsigned char *)lmp_seg_data(s))[(8 << 20) - 1], 0x5a);
+  lmp_seg_release(s); /* the last reference: the watchdog lets it go */
+  CHECK_EQ(lmp_seg_attach(name, 0, &s), -ENOENT);
+}
+
+/* The watchdog keeps one descriptor per memfd segment, within a budget
+ * taken from RLIMIT_NOFILE; past it creation fails and says why, and
+ * nothing kept before is dropped. */
+TEST(memfd_budget_refuses_cleanly)
+{
+  struct rlimit rl = {1120, 1120}; /* 32 descriptors beyond the fixed ones */
+  lmp_seg_t *s[64], *x;
+  int n = 0;
+
+  if (small_shm(64) < 0)
+    return;
+  CHECK_EQ(setrlimit(RLIMIT_NOFILE, &rl), 0);
+  CHECK_EQ(lmp_runtime_init(), 0);
+  while (n < 64 && lmp_seg_create(128 << 10, &s[n]) == 0)
+    n++;
+  CHECK_EQ(n, 16);
+  CHECK_EQ(lmp_seg_create(128 << 10, &x), -ENOSPC);
+  CHECK(strstr(lmp_seg_space_error(), "watchdog") != NULL);
+  for (int i = 0; i < n; i++) {
+    CHECK_EQ(lmp_seg_attach(lmp_seg_name(s[i]), 0, &x), 0);
+    lmp_seg_release(x);
+  }
+  lmp_seg_release(s[0]);
+  CHECK_EQ(lmp_seg_create(128 << 10, &x), 0); /* its slot is free again */
+  lmp_seg_release(x);
+  for (int i = 1; i < n; i++)
+    lmp_seg_release(s[i]);
+}
+
+/* Names are "<prefix>.<16 hex>": 64 random bits each, nothing another user
+ * could count on (no pid, no counter). */
+TEST(seg_names_are_random)
+{
+  char seen[32][LMP_SEG_NAME_MAX];
+  lmp_seg_t *s;
+  size_t plen;
+
+  CHECK_EQ(lmp_runtime_init(), 0);
+  plen = strlen(lmp_runtime_prefix());
+  for (int i = 0; i < 32; i++) {
+    CHECK_EQ(lmp_seg_create(1, &s), 0);
+    snprintf(seen[i], sizeof seen[i], "%s", lmp_seg_name(s));
+    lmp_seg_release(s);
+    CHECK_EQ(strlen(seen[i]), plen + 17);
+    CHECK(seen[i][plen] == '.');
+    CHECK_EQ(strspn(seen[i] + plen + 1, "0123456789abcdef"), 16);
+    for (int j = 0; j < i; j++)
+      CHECK(strcmp(seen[i] + plen, seen[j] + plen) != 0);
+  }
+}
+
 TEST_LIST = {
   TEST_ENTRY(runtime_init_makes_root),
   TEST_ENTRY(prefork_starts_the_runtime),
@@ -805,5 +937,9 @@ TEST_LIST = {
   TEST_ENTRY(fd_stash_fetch_in_another_process),
   TEST_ENTRY(fd_stash_outlives_the_sender),
   TEST_ENTRY_T(fd_stash_evicts_oldest_past_cap, 60),
+  TEST_ENTRY(seg_store_is_reserved_at_creation),
+  TEST_ENTRY(seg_falls_back_to_memfd),
+  TEST_ENTRY(memfd_budget_refuses_cleanly),
+  TEST_ENTRY(seg_names_are_random),
   TEST_END
 };

@@ -532,7 +532,7 @@ TEST(shmem_directory_full)
       break;
   }
   CHECK_EQ(n, LMP_SHMEM_DIR_MAX);
-  CHECK_EQ(lmp_shmem_create(1, "one-more", &x), -ENOSPC);
+  CHECK_EQ(lmp_shmem_create(1, "one-more", &x), -EDQUOT);
   lmp_shmem_free(ms[7]);
   CHECK_EQ(lmp_shmem_create(1, "one-more", &x), 0);
   lmp_shmem_free(x);
