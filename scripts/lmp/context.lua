@@ -60,8 +60,9 @@ local own = {
 }
 
 function Context.__index(ctx, k)
+  local make = own[k] -- own is the first upvalue: docs_spec reads the methods from it
   local method = rawget(ctx, "method")
-  if own[k] then return own[k](method) end
+  if make then return make(method) end
   local v = lmp[k]
   if v ~= nil and constructors[k] then return with_method(k, method) end
   return v
