@@ -57,6 +57,17 @@ int lmp__poll_fd(int fd, short events, int64_t deadline);
 struct stat;
 int lmp__owner_only(const struct stat *st);
 
+/* === holdings (shm.c) === */
+
+/* A process of the family has ended and `pid` was reaped by this one: give
+ * back the references it still held (its holdings table).  Called by
+ * proc.c where it records a child's exit. */
+void lmp__holdings_reaped(pid_t pid);
+
+/* The start time of process `pid` (clock ticks since boot, /proc/<pid>/stat)
+ * and its state letter.  0, -ENOENT when there is no such process, -errno. */
+int lmp__proc_start(pid_t pid, uint64_t *start, char *state);
+
 /* === watchdog (watchdog.c) === */
 
 /* Unlink every /dev/shm entry whose name begins with `prefix` (given with

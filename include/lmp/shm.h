@@ -80,6 +80,13 @@ void lmp_runtime_prefork(void);
 void lmp_runtime_postfork_parent(int failed);
 void lmp_runtime_postfork_child(void);
 
+/* How a reference left by a process that died is given back: it is turned
+ * into a pin and `fn` releases that pin (attach adopting, then release).  A
+ * host that keeps handles inside segments (the Lua bindings: containers and
+ * queues whose values hold handles) sets a function that lets go through the
+ * object, so its last-holder cleanup runs too.  NULL: attach and release. */
+void lmp_runtime_set_unpin(void (*fn)(const char *name));
+
 /* Drop every reference this process holds, right before _exit or exec.  The
  * segments stay mapped until then, so that a robust mutex this process still
  * holds in one of them is handed on (EOWNERDEAD) when it ends. */
