@@ -880,6 +880,16 @@ void lmp_runtime_set_unpin(void (*fn)(const char *name))
   unpin_hook = fn;
 }
 
+void lmp_seg_unpin(const char *name)
+{
+  lmp_seg_t *s;
+
+  if (unpin_hook)
+    unpin_hook(name);
+  else if (lmp_seg_attach(name, 1, &s) == 0)
+    lmp_seg_release(s);
+}
+
 /* A segment a dead process was creating: nobody else can know its name, so
  * it goes if its header still counts no holder (the creator was killed
  * before writing it); one that does stays for the root's cleanup. */
@@ -915,11 +925,7 @@ static void give_back(const char *name)
     return;
   __atomic_add_fetch(&s->hdr->inflight, 1, __ATOMIC_ACQ_REL);
   lmp_seg_release(s);
-  if (unpin_hook) {
-    unpin_hook(name);
-  } else if (lmp_seg_attach(name, 1, &s) == 0) {
-    lmp_seg_release(s);
-  }
+  lmp_seg_unpin(name);
 }
 
 void lmp__holdings_reaped(pid_t pid)

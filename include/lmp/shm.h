@@ -87,6 +87,10 @@ void lmp_runtime_postfork_child(void);
  * object, so its last-holder cleanup runs too.  NULL: attach and release. */
 void lmp_runtime_set_unpin(void (*fn)(const char *name));
 
+/* Give back one pin of the segment `name` (a handle in a message that will
+ * never be read), through the function set above. */
+void lmp_seg_unpin(const char *name);
+
 /* Drop every reference this process holds, right before _exit or exec.  The
  * segments stay mapped until then, so that a robust mutex this process still
  * holds in one of them is handed on (EOWNERDEAD) when it ends. */
