@@ -714,16 +714,17 @@ int lmp__proc_start(pid_t pid, uint64_t *start, char *state)
   return 0;
 }
 
-/* 1 when the process that started at `start` as `pid` has ended for sure. */
-static int owner_gone(pid_t pid, uint64_t start)
+/* 1 when the process that started at `start` as `pid` has ended for sure
+ * (any = 1: when no process has that pid).  Without /proc, never. */
+static int owner_gone(pid_t pid, uint64_t start, int any)
 {
   uint64_t now;
   char state;
   int rc = lmp__proc_start(pid, &now, &state);
 
   if (rc == -ENOENT || rc == -ESRCH)
-    return 1;
-  return rc == 0 && now != start; /* the pid went to another process */
+    return access("/proc/self/stat", F_OK) == 0;
+  return rc == 0 && !any && now != start; /* the pid went to another process */
 }
 
 /* Make this process's table (lazily, at its first segment). */
@@ -949,9 +950,12 @@ void lmp__holdings_reaped(pid_t pid)
   }
   close(fd);
   /* Only a table whose owner is gone, and only the one noticer that
-   * unlinks it, gives anything back. */
-  if (h->magic == LMP__HOLD_MAGIC && h->pid == pid && owner_gone(pid, h->start) &&
-      shm_unlink(name) == 0) {
+   * unlinks it, gives anything back.  One without its magic was being made
+   * when its owner died: it lists nothing yet. */
+  if (__atomic_load_n(&h->magic, __ATOMIC_ACQUIRE) != LMP__HOLD_MAGIC) {
+    if (owner_gone(pid, 0, 1))
+      shm_unlink(name);
+  } else if (h->pid == pid && owner_gone(pid, h->start, 0) && shm_unlink(name) == 0) {
     slots = hold_slots(h);
     n = ((size_t)st.st_size - sizeof *h) / sizeof *slots;
     for (i = 0; i < n; i++) {
