@@ -75,6 +75,12 @@ int lmp__proc_start(pid_t pid, uint64_t *start, char *state);
  * the watchdog and at exit.  Returns the number of entries unlinked. */
 int lmp__unlink_prefix(const char *prefix);
 
+/* Unlink the /dev/shm entries of this user's families whose root and
+ * watchdog are both gone (killed together), except those of the family
+ * `own` (a prefix with its leading '/').  One pass over /dev/shm; returns
+ * the number of entries unlinked.  Called by a new root. */
+int lmp__sweep_families(const char *own);
+
 /* Fill `addr` with the abstract socket address of the fd stash for `prefix`;
  * returns the address length to pass to bind/connect. */
 socklen_t lmp__stash_addr(const char *prefix, struct sockaddr_un *addr);

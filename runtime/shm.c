@@ -238,6 +238,7 @@ static int become_root(void)
     return rc;
   rt.root = 1;
   rt.root_pid = pid;
+  lmp__sweep_families(rt.prefix); /* what families killed whole left */
   if (!rt.atexit_done && atexit(lmp_runtime_cleanup) == 0)
     rt.atexit_done = 1;
   return 0;
