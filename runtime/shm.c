@@ -16,9 +16,12 @@
  * a segment on its way out cannot be revived, and the unlink happens exactly
  * once (ENOENT from a racing cleanup is harmless anyway).
  *
- * Crashes break counting, so counting is not the last line: the root unlinks
- * everything under its prefix when it exits, and the watchdog (watchdog.c)
- * does the same when the root dies without exiting cleanly.
+ * Crashes break counting, so counting is not the last line.  A process that
+ * dies holding references has them given back when it is reaped (its
+ * holdings table, below); the root unlinks everything under its prefix when
+ * it exits, and the watchdog (watchdog.c) does the same when the root dies
+ * without exiting cleanly; a family whose root and watchdog were killed
+ * together is removed by the next root of the same user (watchdog.c).
  *
  * The registry is guarded by a process-local mutex, so threads of a C host
  * may share the runtime.  lmp_runtime_prefork holds that mutex across fork(2)

@@ -10,10 +10,14 @@
  * Lifetime.  The segment header holds a count of processes that hold it
  * (`refs`) plus the handles serialized but not yet received (`inflight`).  A
  * process's first attach takes a reference, its last release drops it, and the
- * segment is unlinked when no reference is left.  Whatever a crash leaves
+ * segment is unlinked when no reference is left.  A process that dies gives
+ * back its references when it is reaped (each process lists what it holds
+ * in a table of its own, "<prefix>.h.<pid>").  Whatever else a crash leaves
  * behind is unlinked by the root when it exits and, if the root itself is
  * killed, by the watchdog: a small process forked by the root that waits for
  * the root's end (on a pidfd) and then unlinks everything under the prefix.
+ * A family whose root and watchdog were killed together is removed by the
+ * next root of the same user, at its lmp_runtime_init.
  *
  * The watchdog also keeps descriptors in transit: a process that sends a Pipe
  * end hands a duplicate to the watchdog (lmp_fd_stash), and the receiver takes
