@@ -145,6 +145,8 @@ static void hold_add(lmp_seg_t *s);
 static void hold_del(lmp_seg_t *s);
 static void hold_after_fork(void);
 static void hold_close(void);
+static void hold_prefork(void);
+static int hold_postfork_parent(int failed);
 
 /* === the registry (callers hold rt.lock) === */
 
@@ -181,10 +183,12 @@ static void reg_remove(lmp_seg_t *s)
 static void seg_drop(lmp_seg_t *s, int keep_mapped)
 {
   int last = __atomic_sub_fetch(&s->hdr->refs, 1, __ATOMIC_ACQ_REL) == 0;
-  if (!keep_mapped)
-    munmap(s->hdr, s->maplen);
+  /* Unlinked before the unmap, which can take long for a large segment:
+   * a process killed in between would leave it with no holder. */
   if (last)
     shm_unlink(s->name); /* ENOENT: the root or watchdog got there first */
+  if (!keep_mapped)
+    munmap(s->hdr, s->maplen);
   free(s);
 }
 
@@ -582,11 +586,12 @@ void lmp_runtime_prefork(void)
   lmp_runtime_init();
   rt_lock();
   add_refs_all(1);
+  hold_prefork();
 }
 
 void lmp_runtime_postfork_parent(int failed)
 {
-  if (failed)
+  if (hold_postfork_parent(failed) || failed)
     add_refs_all(-1);
   rt_unlock();
 }
@@ -850,6 +855,85 @@ static void hold_del(lmp_seg_t *s)
   s->hslot = 0;
 }
 
+/*
+ * A child killed before it ever ran (right after a fork, on a busy machine)
+ * never lists the references it inherited.  So when it inherits any, the
+ * parent waits, right after the fork, for word from the child over a pipe:
+ * its pid before it makes its table, and one byte once every inherited
+ * reference is listed.  End of file instead means the child died: if it
+ * made no table, the parent gives those references back at once (the
+ * registry has not changed in between: it is locked).  Once the table
+ * exists, what it lists is the reaper's to give back.
+ */
+static int hold_sync[2] = {-1, -1};
+
+static int registry_empty(void)
+{
+  int i;
+
+  for (i = 0; i < LMP__BUCKETS; i++)
+    if (rt.buckets[i])
+      return 0;
+  return 1;
+}
+
+static void hold_prefork(void)
+{
+  if (!registry_empty() && pipe2(hold_sync, O_CLOEXEC) < 0)
+    hold_sync[0] = hold_sync[1] = -1;
+}
+
+/* In the child, around hold_after_fork. */
+static void hold_tell_parent(const void *what, size_t n)
+{
+  if (hold_sync[1] >= 0 && write(hold_sync[1], what, n) < 0) { /* the parent sees EOF */
+  }
+}
+
+static void hold_child_done(void)
+{
+  if (hold_sync[0] >= 0)
+    close(hold_sync[0]);
+  if (hold_sync[1] >= 0)
+    close(hold_sync[1]);
+  hold_sync[0] = hold_sync[1] = -1;
+}
+
+/* 1 when the child died holding inherited references nobody listed. */
+static int hold_postfork_parent(int failed)
+{
+  char name[LMP_SEG_NAME_MAX], done;
+  int32_t pid = 0;
+  ssize_t n;
+  int fd, listed = 1;
+
+  if (hold_sync[0] < 0)
+    return 0;
+  close(hold_sync[1]);
+  if (!failed) {
+    while ((n = read(hold_sync[0], &pid, sizeof pid)) < 0 && errno == EINTR) {
+    }
+    if (n != (ssize_t)sizeof pid) {
+      listed = 0; /* it died before it made its table */
+    } else {
+      while ((n = read(hold_sync[0], &done, 1)) < 0 && errno == EINTR) {
+      }
+      if (n != 1) { /* it died making its table: was it made? */
+        lmp__hold_hdr_t h;
+        snprintf(name, sizeof name, "%s.h.%ld", rt.prefix, (long)pid);
+        fd = shm_open(name, O_RDONLY | O_CLOEXEC, 0);
+        listed = fd >= 0 && pread(fd, &h, sizeof h, 0) == (ssize_t)sizeof h &&
+                 h.magic == LMP__HOLD_MAGIC;
+        if (fd >= 0)
+          close(fd);
+      }
+    }
+  }
+  close(hold_sync[0]);
+  hold_sync[0] = hold_sync[1] = -1;
+  return !failed && !listed;
+}
+
 /* In a new child: the table mapped here is the parent's.  The child holds
  * a reference to every segment of the registry (lmp_runtime_prefork), and
  * lists them in a table of its own. */
@@ -858,14 +942,19 @@ static void hold_after_fork(void)
   lmp_seg_t *s;
   int i;
 
+  int32_t pid = (int32_t)getpid();
+
   if (hold.h)
     munmap(hold.h, hold.maplen);
   memset(&hold, 0, sizeof hold);
+  hold_tell_parent(&pid, sizeof pid);
   for (i = 0; i < LMP__BUCKETS; i++)
     for (s = rt.buckets[i]; s; s = s->next) {
       s->hslot = 0;
       hold_add(s);
     }
+  hold_tell_parent("y", 1);
+  hold_child_done();
 }
 
 /* Before _exit or exec, when every reference is about to be dropped. */

@@ -341,7 +341,8 @@ describe("lmp.Dict", function()
       end
       d:clear()
     end
-    assert.is_true(support.eventually(function() return program_segments() == before end, 5))
+    assert.is_true(support.eventually(function() return program_segments() == before end, 5),
+      table.concat(support.shm_entries(segment(lmp.Dict()):match("^(lmp%.%d+%.%x+%.)")), " "))
   end)
 end)
 
