@@ -681,8 +681,8 @@ typedef struct lmp__hold_slot {
 } lmp__hold_slot_t;
 
 static struct {
-  pid_t pid;      /* the process the state below belongs to */
-  int off;        /* no table in this process: untracked */
+  pid_t pid; /* the process the state below belongs to */
+  int off;   /* no table in this process: untracked */
   lmp__hold_hdr_t *h;
   size_t maplen;
   uint32_t cap, hi; /* slots mapped; slots ever used */
@@ -716,7 +716,8 @@ int lmp__proc_start(pid_t pid, uint64_t *start, char *state)
   buf[n] = '\0';
   /* "pid (comm) state ...": comm may hold anything; starttime is field 22. */
   if ((p = strrchr(buf, ')')) == NULL ||
-      sscanf(p + 1, " %c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu",
+      sscanf(p + 1,
+             " %c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu",
              state, &st) != 2)
     return -EINVAL;
   *start = (uint64_t)st;
