@@ -147,7 +147,7 @@ static const char *next_rec(const lmp_buf_t *b, size_t *pos, size_t *len)
 
 /* === handles inside values === */
 
-typedef void (*name_fn)(const char *name);
+typedef lmpb_name_fn name_fn;
 
 static uint64_t be(const unsigned char *p, int n)
 {
@@ -155,153 +155,6 @@ static uint64_t be(const unsigned char *p, int n)
   for (int i = 0; i < n; i++)
     v = v << 8 | p[i];
   return v;
-}
-
-/* The segment names in a handle's identity. */
-static void identity_names(const unsigned char *p, size_t n, name_fn fn)
-{
-  while (n > 0) {
-    const unsigned char *nul = memchr(p, '\0', n);
-    size_t len = nul ? (size_t)(nul - p) : n;
-    char name[LMP_SEG_NAME_MAX];
-    if (len > 5 && len < sizeof name && memcmp(p, "/lmp.", 5) == 0) {
-      memcpy(name, p, len);
-      name[len] = '\0';
-      fn(name);
-    }
-    len += nul != NULL;
-    p += len;
-    n -= len;
-  }
-}
-
-/* A str or bin: its bytes.  0, or -1 if malformed. */
-static int read_raw(const unsigned char **pp, const unsigned char *end, const unsigned char **data,
-                    size_t *len)
-{
-  const unsigned char *p = *pp;
-  int w;
-  uint64_t n;
-  if (p >= end)
-    return -1;
-  unsigned c = *p++;
-  if ((c & 0xe0) == 0xa0) {
-    n = c & 0x1f;
-    w = 0;
-  } else if (c == 0xc4 || c == 0xd9) {
-    w = 1;
-  } else if (c == 0xc5 || c == 0xda) {
-    w = 2;
-  } else if (c == 0xc6 || c == 0xdb) {
-    w = 4;
-  } else {
-    return -1;
-  }
-  if (w) {
-    if (end - p < w)
-      return -1;
-    n = be(p, w);
-    p += w;
-  }
-  if (n > (uint64_t)(end - p))
-    return -1;
-  *data = p;
-  *len = (size_t)n;
-  *pp = p + n;
-  return 0;
-}
-
-/*
- * Skip one msgpack value, calling fn on the segment names of every HANDLE
- * (ext type 6: str type name, bin identity) inside it, extension payloads
- * included (a function's upvalues may hold handles).  Returns the number of
- * handles, or -1 if the bytes are malformed.
- */
-static int walk(const unsigned char **pp, const unsigned char *end, int depth, name_fn fn)
-{
-  enum { RAW, ARR, MAP, EXT } kind = RAW;
-  const unsigned char *p = *pp;
-  uint64_t n = 0;
-  int w = 0, found = 0;
-  if (p >= end || depth > 250)
-    return -1;
-  unsigned c = *p++;
-  if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3) {
-    *pp = p;
-    return 0;
-  }
-  if ((c & 0xf0) == 0x80) {
-    n = c & 0x0f, kind = MAP;
-  } else if ((c & 0xf0) == 0x90) {
-    n = c & 0x0f, kind = ARR;
-  } else if ((c & 0xe0) == 0xa0) {
-    n = c & 0x1f;
-  } else {
-    switch (c) {
-    case 0xc4: case 0xd9: w = 1; break;
-    case 0xc5: case 0xda: w = 2; break;
-    case 0xc6: case 0xdb: w = 4; break;
-    case 0xc7: w = 1, kind = EXT; break;
-    case 0xc8: w = 2, kind = EXT; break;
-    case 0xc9: w = 4, kind = EXT; break;
-    case 0xca: case 0xce: case 0xd2: n = 4; break;
-    case 0xcb: case 0xcf: case 0xd3: n = 8; break;
-    case 0xcc: case 0xd0: n = 1; break;
-    case 0xcd: case 0xd1: n = 2; break;
-    case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8:
-      n = 1u << (c - 0xd4), kind = EXT;
-      break;
-    case 0xdc: w = 2, kind = ARR; break;
-    case 0xdd: w = 4, kind = ARR; break;
-    case 0xde: w = 2, kind = MAP; break;
-    case 0xdf: w = 4, kind = MAP; break;
-    default: return -1;
-    }
-  }
-  if (w) {
-    if (end - p < w)
-      return -1;
-    n = be(p, w);
-    p += w;
-  }
-  if (kind == ARR || kind == MAP) {
-    for (uint64_t i = 0, count = kind == MAP ? 2 * n : n; i < count; i++) {
-      int r = walk(&p, end, depth + 1, fn);
-      if (r < 0)
-        return -1;
-      found += r;
-    }
-  } else if (kind == EXT) {
-    if (p >= end)
-      return -1;
-    unsigned type = *p++;
-    if (n > (uint64_t)(end - p))
-      return -1;
-    const unsigned char *q = p, *qend = p + n;
-    if (type == 6) {
-      const unsigned char *id;
-      size_t idlen;
-      if (read_raw(&q, qend, &id, &idlen) < 0 || read_raw(&q, qend, &id, &idlen) < 0)
-        return -1;
-      if (fn)
-        identity_names(id, idlen, fn);
-      found++;
-    } else {
-      while (q < qend) {
-        int r = walk(&q, qend, depth + 1, fn);
-        if (r < 0)
-          return -1;
-        found += r;
-      }
-    }
-    p = qend;
-  } else {
-    if (n > (uint64_t)(end - p))
-      return -1;
-    p += n;
-  }
-  *pp = p;
-  return found;
 }
 
 static void pin_name(const char *name)
@@ -314,6 +167,7 @@ static void pin_name(const char *name)
 }
 
 static void visit_unpin(void *ctx, const void *val, size_t len);
+static void unread_unpin(void *ctx, const void *msg, size_t len);
 
 /* Give back a pin.  If that lets go of the last reference to a container
  * or a queue, its own last-holder cleanup must run (what its values hold,
@@ -335,7 +189,7 @@ static void unpin_name(const char *name)
     lmp_list_free(l, visit_unpin, NULL);
   } else if (lmp_queue_open(s, &q) == 0) {
     lmp_seg_release(s);
-    lmp_queue_free(q);
+    lmp_queue_free_unread(q, unread_unpin, NULL);
   } else {
     lmp_seg_release(s);
   }
@@ -347,7 +201,7 @@ static void stored_handles(const void *val, size_t len, name_fn fn)
   const unsigned char *p = val;
   if (len > 1 && p[0] == HANDLES) {
     p++;
-    (void)walk(&p, p + len - 1, 0, fn);
+    (void)lmpb_handle_names(p, len - 1, fn);
   }
 }
 
@@ -355,6 +209,13 @@ static void visit_unpin(void *ctx, const void *val, size_t len)
 {
   (void)ctx;
   stored_handles(val, len, unpin_name);
+}
+
+/* A queue's message nobody will read gives back its pins. */
+static void unread_unpin(void *ctx, const void *msg, size_t len)
+{
+  (void)ctx;
+  (void)lmpb_handle_names(msg, len, unpin_name);
 }
 
 /* Every stored value in a batch of records gives back its pins. */
@@ -476,7 +337,7 @@ static const lmp_buf_t *encode_value(lua_State *L, int idx, int *handles)
 {
   const lmp_buf_t *m = lmpb_encode(L, idx, "value");
   const unsigned char *p = (const unsigned char *)m->data;
-  *handles = walk(&p, p + m->len, 0, NULL) > 0;
+  *handles = lmpb_handle_names(p, m->len, NULL) > 0;
   return m;
 }
 
@@ -490,8 +351,7 @@ static int put_value(lmp_buf_t *buf, const lmp_buf_t *m, int handles)
       append(buf, m->data, m->len) == 0)
     return 0;
   if (handles) {
-    const unsigned char *p = (const unsigned char *)m->data;
-    (void)walk(&p, p + m->len, 0, unpin_name);
+    (void)lmpb_handle_names(m->data, m->len, unpin_name);
   }
   return -ENOMEM;
 }
@@ -1640,6 +1500,9 @@ int lmpb_dict_open(lua_State *L)
   for (size_t i = 0; i < sizeof handles / sizeof handles[0]; i++)
     lmpb_register_handle(L, &handles[i]);
   luaL_setfuncs(L, ctors, 0);
+  /* References a dead process left, and pins in unread messages, are given
+   * back through their object, so its last-holder cleanup runs too. */
+  lmp_runtime_set_unpin(unpin_name);
   lmpb_pushlazy(L, "lmp.manager", "new"); /* lmp.Manager(...), in scripts/lmp/manager.lua */
   lua_setfield(L, -2, "Manager");
   return 0;

@@ -67,6 +67,11 @@ const lmp_buf_t *lmpb_encode_remote(lua_State *L, int idx, const char *what);
 /* Decode one message and push its value.  `trusted` allows Lua bytecode.
  * Malformed input raises a Lua error "corrupt message (...)", never crashes. */
 void lmpb_decode(lua_State *L, const char *data, size_t len, int trusted);
+/* Call fn (if not NULL) on the segment name of every handle in one encoded
+ * value, without decoding it.  The number of handles, or -1 if the bytes
+ * are malformed (fn may have been called on some before). */
+typedef void (*lmpb_name_fn)(const char *name);
+int lmpb_handle_names(const void *msg, size_t len, lmpb_name_fn fn);
 
 /*
  * Handles: a userdata type that crosses processes as a small byte string

@@ -201,11 +201,18 @@ static int queue_index(lua_State *L)
   return 1;
 }
 
+/* A message nobody will read gives back the pins of its handles. */
+static void unread_unpin(void *ctx, const void *msg, size_t len)
+{
+  (void)ctx;
+  (void)lmpb_handle_names(msg, len, lmp_seg_unpin);
+}
+
 static int queue_gc(lua_State *L)
 {
   lqueue *q = lua_touserdata(L, 1);
   if (q->q)
-    lmp_queue_free(q->q);
+    lmp_queue_free_unread(q->q, unread_unpin, NULL);
   q->q = NULL;
   lmp_buf_free(&q->buf);
   return 0;

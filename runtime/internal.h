@@ -57,12 +57,29 @@ int lmp__poll_fd(int fd, short events, int64_t deadline);
 struct stat;
 int lmp__owner_only(const struct stat *st);
 
+/* === holdings (shm.c) === */
+
+/* A process of the family has ended and `pid` was reaped by this one: give
+ * back the references it still held (its holdings table).  Called by
+ * proc.c where it records a child's exit. */
+void lmp__holdings_reaped(pid_t pid);
+
+/* The start time of process `pid` (clock ticks since boot, /proc/<pid>/stat)
+ * and its state letter.  0, -ENOENT when there is no such process, -errno. */
+int lmp__proc_start(pid_t pid, uint64_t *start, char *state);
+
 /* === watchdog (watchdog.c) === */
 
 /* Unlink every /dev/shm entry whose name begins with `prefix` (given with
  * its leading '/').  Uses only system calls, no allocation, so it is safe in
  * the watchdog and at exit.  Returns the number of entries unlinked. */
 int lmp__unlink_prefix(const char *prefix);
+
+/* Unlink the /dev/shm entries of this user's families whose root and
+ * watchdog are both gone (killed together), except those of the family
+ * `own` (a prefix with its leading '/').  One pass over /dev/shm; returns
+ * the number of entries unlinked.  Called by a new root. */
+int lmp__sweep_families(const char *own);
 
 /* Fill `addr` with the abstract socket address of the fd stash for `prefix`;
  * returns the address length to pass to bind/connect. */

@@ -214,6 +214,7 @@ static void mark_exited(struct lmp_proc *p, int code)
     adopted_running--;
   p->state = EXITED;
   p->code = code;
+  lmp__holdings_reaped(p->pid);
   if (!p->handle) {
     unlink_record(p);
     free_record(p);

@@ -40,7 +40,8 @@
  * leaves either the old state or the new one, never a mix, so a lock taken
  * over with -EOWNERDEAD needs no repair and a record exists whole or not at
  * all.  (What a killed process had created and not yet published -- a spill,
- * a ring -- stays in /dev/shm until the root's cleanup.)
+ * a ring -- is given back when it is reaped: see the holdings in shm.c.)
+ * The last holder of a queue gives back what its unread messages hold.
  *
  * Consumers that must not lose a message.  lmp_queue_get_hook runs a
  * caller's hook under the lock just before the commit, with the record's
@@ -473,27 +474,71 @@ int lmp_queue_open(lmp_seg_t *seg, lmp_queue_t **out)
   return 0;
 }
 
+/* The last holder lets go of the messages nobody will read: `fn` sees each
+ * payload (so the host can give back the pins of the handles it carries),
+ * and a spilled payload's own segment goes with its pin.  Lock held. */
+static void drop_unread(lmp_queue_t *q, lmp_queue_unread_fn fn, void *ctx)
+{
+  struct qhdr *h = q->h;
+  char body[8 + LMP_SEG_NAME_MAX + 1];
+  lmp_seg_t *s;
+  uint64_t len;
+  struct rec r;
+  void *tmp;
+
+  while (count_of(h) > 0) {
+    uint64_t hw = LOAD(h->headw), head = w_off(hw);
+    memcpy(&r, q->ring + (head & q->mask), sizeof r);
+    if (rec_size(r.len) > used_of(h))
+      break; /* a damaged ring: what is left stays for the root's cleanup */
+    if ((r.flags & REC_SPILL) && r.len >= 8 && r.len <= 8 + LMP_SEG_NAME_MAX) {
+      ring_read(q, head + REC_HEADER, body, r.len);
+      body[r.len] = '\0';
+      memcpy(&len, body, 8);
+      if (lmp_seg_attach(body + 8, 1, &s) == 0) {
+        if (fn && lmp_seg_size(s) >= len)
+          fn(ctx, lmp_seg_data(s), (size_t)len);
+        lmp_seg_release(s);
+      }
+    } else if (!(r.flags & REC_SPILL) && fn && (tmp = malloc(r.len ? r.len : 1)) != NULL) {
+      ring_read(q, head + REC_HEADER, tmp, r.len);
+      fn(ctx, tmp, r.len);
+      free(tmp);
+    }
+    STORE(h->headw, w_make(head + rec_size(r.len), w_cnt(hw) + 1));
+  }
+}
+
 /*
  * The last holder of a queue also gives up the header's pin on a grown
- * ring, or the ring would outlive the queue until the root exits.  "Last" is
- * this process's last reference to the header's segment (each handle holds
- * one; a grown ring is a segment of its own) while no other process (and no
- * handle in flight) holds it; two last holders leaving at the same instant
- * may both miss it, which the root's cleanup then covers.
+ * ring, or the ring would outlive the queue until the root exits, and what
+ * the unread messages hold.  "Last" is this process's last reference to the
+ * header's segment (each handle holds one; a grown ring is a segment of its
+ * own) while no other process (and no handle in flight) holds it; two last
+ * holders leaving at the same instant may both miss it, which the root's
+ * cleanup then covers.
  */
-void lmp_queue_free(lmp_queue_t *q)
+void lmp_queue_free_unread(lmp_queue_t *q, lmp_queue_unread_fn fn, void *ctx)
 {
   if (!q)
     return;
   if (lmp_seg_local(q->seg) == 1 && lmp_seg_refs(q->seg) == 1 && qlock(q->h) == 0) {
-    if (ring_sync(q) == 0 && q->ring_seg)
-      unpin_ring(q->ring_seg);
+    if (ring_sync(q) == 0) {
+      drop_unread(q, fn, ctx);
+      if (q->ring_seg)
+        unpin_ring(q->ring_seg);
+    }
     lmp_mutex_unlock(&q->h->lock);
   }
   if (q->ring_seg)
     lmp_seg_release(q->ring_seg);
   lmp_seg_release(q->seg);
   free(q);
+}
+
+void lmp_queue_free(lmp_queue_t *q)
+{
+  lmp_queue_free_unread(q, NULL, NULL);
 }
 
 lmp_seg_t *lmp_queue_seg(lmp_queue_t *q)

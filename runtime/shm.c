@@ -40,9 +40,12 @@
  * a segment on its way out cannot be revived, and the unlink happens exactly
  * once (ENOENT from a racing cleanup is harmless anyway).
  *
- * Crashes break counting, so counting is not the last line: the root unlinks
- * everything under its prefix when it exits, and the watchdog (watchdog.c)
- * does the same when the root dies without exiting cleanly.
+ * Crashes break counting, so counting is not the last line.  A process that
+ * dies holding references has them given back when it is reaped (its
+ * holdings table, below); the root unlinks everything under its prefix when
+ * it exits, and the watchdog (watchdog.c) does the same when the root dies
+ * without exiting cleanly; a family whose root and watchdog were killed
+ * together is removed by the next root of the same user (watchdog.c).
  *
  * The registry is guarded by a process-local mutex, so threads of a C host
  * may share the runtime.  lmp_runtime_prefork holds that mutex across fork(2)
@@ -86,6 +89,7 @@ struct lmp_seg {
   lmp__seg_hdr_t *hdr;  /* the mapping starts here */
   size_t maplen;
   uint32_t local; /* references held inside this process */
+  uint32_t hslot; /* its slot in this process's holdings table + 1; 0: none */
   char name[LMP_SEG_NAME_MAX];
 };
 
@@ -169,6 +173,15 @@ static int dec_if_positive(uint32_t *n)
   return 1;
 }
 
+/* The holdings table (see "holdings" below); callers hold rt.lock. */
+static void hold_creating(lmp_seg_t *s);
+static void hold_add(lmp_seg_t *s);
+static void hold_del(lmp_seg_t *s);
+static void hold_after_fork(void);
+static void hold_close(void);
+static void hold_prefork(void);
+static int hold_postfork_parent(int failed);
+
 /* === the registry (callers hold rt.lock) === */
 
 static lmp_seg_t *reg_find(const char *name)
@@ -219,10 +232,12 @@ static void name_unlink(const char *name)
 static void seg_drop(lmp_seg_t *s, int keep_mapped)
 {
   int last = __atomic_sub_fetch(&s->hdr->refs, 1, __ATOMIC_ACQ_REL) == 0;
+  /* Unlinked before the unmap, which can take long for a large segment:
+   * a process killed in between would leave it with no holder. */
+  if (last)
+    name_unlink(s->name); /* ENOENT: the root or watchdog got there first */
   if (!keep_mapped)
     munmap(s->hdr, s->maplen);
-  if (last)
-    name_unlink(s->name);
   free(s);
 }
 
@@ -279,6 +294,7 @@ static int become_root(void)
     return rc;
   rt.root = 1;
   rt.root_pid = pid;
+  lmp__sweep_families(rt.prefix); /* what families killed whole left */
   if (!rt.atexit_done && atexit(lmp_runtime_cleanup) == 0)
     rt.atexit_done = 1;
   return 0;
@@ -518,6 +534,9 @@ static int shm_new(lmp_seg_t *s, size_t len)
    * left by a dead process.  Another random name does not. */
   for (tries = 0; tries < LMP__CREATE_TRIES; tries++) {
     new_name(s, 0);
+    rt_lock();
+    hold_creating(s); /* listed before it exists: a death now leaks nothing */
+    rt_unlock();
     fd = shm_open(s->name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
     if (fd >= 0 || (errno != EEXIST && errno != EACCES))
       break;
@@ -549,6 +568,9 @@ static int memfd_new(lmp_seg_t *s, size_t len)
   for (tries = 0, rc = -EEXIST; tries < 4 && rc == -EEXIST; tries++) {
     new_name(s, 1);
     name_token(s->name, &token);
+    rt_lock();
+    hold_creating(s);
+    rt_unlock();
     rc = lmp__wd_seg_put(rt.prefix, token, fd);
   }
   if (rc < 0)
@@ -643,6 +665,7 @@ int lmp_seg_create(size_t size, lmp_seg_t **out)
   s->local = 1;
   rt_lock();
   reg_insert(s);
+  hold_add(s);
   rt_unlock();
   *out = s;
   return 0;
@@ -652,6 +675,9 @@ err:
     close(fd);
     name_unlink(s->name);
   }
+  rt_lock();
+  hold_del(s);
+  rt_unlock();
   free(s);
   return rc;
 }
@@ -774,6 +800,7 @@ int lmp_seg_attach(const char *name, int adopt, lmp_seg_t **out)
   }
   s->local = 1;
   reg_insert(s);
+  hold_add(s);
 out:
   rt_unlock();
   *out = s;
@@ -797,8 +824,10 @@ void lmp_seg_release(lmp_seg_t *s)
   if (s->local == 0)
     abort(); /* released more often than retained: a use after free */
   last = --s->local == 0;
-  if (last)
+  if (last) {
     reg_remove(s);
+    hold_del(s); /* before the reference goes: a death in between leaks, never frees twice */
+  }
   rt_unlock();
   if (last)
     seg_drop(s, 0);
@@ -859,11 +888,12 @@ void lmp_runtime_prefork(void)
   lmp_runtime_init();
   rt_lock();
   add_refs_all(1);
+  hold_prefork();
 }
 
 void lmp_runtime_postfork_parent(int failed)
 {
-  if (failed)
+  if (hold_postfork_parent(failed) || failed)
     add_refs_all(-1);
   rt_unlock();
 }
@@ -879,6 +909,7 @@ void lmp_runtime_postfork_child(void)
     close(rt.live_w);
   rt.live_w = -1;
   lmp__watchdog_postfork_child();
+  hold_after_fork();
 }
 
 void lmp_runtime_release_all(void)
@@ -887,6 +918,7 @@ void lmp_runtime_release_all(void)
   int i;
 
   rt_lock();
+  hold_close(); /* first: a death from here on leaks, never frees twice */
   for (i = 0; i < LMP__BUCKETS; i++) {
     for (s = rt.buckets[i]; s; s = next) {
       next = s->next;
@@ -895,6 +927,447 @@ void lmp_runtime_release_all(void)
     rt.buckets[i] = NULL;
   }
   rt_unlock();
+}
+
+/* === holdings: the references of a process that dies === */
+
+/*
+ * A process killed before it could release its segments (SIGKILL, a task
+ * timeout, the OOM killer) leaves its references in their headers, and the
+ * segments then stay until the root exits.  So each process lists what it
+ * holds in a holdings table of its own, a small segment named
+ * "<prefix>.h.<pid>" that only it writes: one slot per segment in its
+ * registry, filled after the reference is taken and emptied before it is
+ * dropped, under the registry's lock.  Whoever reaps a process
+ * (lmp__holdings_reaped, from proc.c) reads its table and gives back every
+ * reference listed there.
+ *
+ * Why a table per process, and not a scan of what live processes map: the
+ * owner writes it without any lock shared with other processes (one slot
+ * store on the first attach of a segment, one on its last release: nothing
+ * on the put/get paths), only a dead owner's table is ever read, and it is
+ * exact where a scan would race with attaches in progress.  The order of the
+ * stores makes every window err on the safe side: a process killed between
+ * taking a reference and listing it, or between unlisting and dropping it,
+ * leaks that one reference (the root's cleanup still gets it); a reference is
+ * never given back twice.  The reaper claims a table by unlinking its name,
+ * so two noticers never both give back, and checks that the table's owner
+ * (its pid and start time) is really gone, so a recycled pid is never taken
+ * for its predecessor.
+ *
+ * Giving back goes through the object: the dead process's reference is
+ * turned into a pin (it is counted already), and the pin is released by the
+ * unpin hook, which the Lua bindings set so that the last holder of a
+ * container or a queue also releases what its values hold.
+ *
+ * Bounded: 72 bytes per segment the process holds, grown by doubling; a
+ * process that cannot make its table (a full /dev/shm) goes untracked, as
+ * before.
+ */
+
+#define LMP__HOLD_MAGIC 0x31646c6f682d706dULL /* "mp-hold1" */
+#define LMP__HOLD_FIRST 64                    /* slots in a new table */
+
+typedef struct lmp__hold_hdr {
+  uint64_t magic;
+  int64_t pid;
+  uint64_t start; /* the owner's start time, in clock ticks since boot */
+  char pad[40];
+} lmp__hold_hdr_t;
+
+enum { HOLD_FREE = 0, HOLD_HELD = 1, HOLD_CREATING = 2 };
+
+typedef struct lmp__hold_slot {
+  uint32_t state;
+  uint32_t next; /* the free list, owner's use only: index + 1, 0 ends it */
+  char name[LMP_SEG_NAME_MAX];
+} lmp__hold_slot_t;
+
+static struct {
+  pid_t pid; /* the process the state below belongs to */
+  int off;   /* no table in this process: untracked */
+  lmp__hold_hdr_t *h;
+  size_t maplen;
+  uint32_t cap, hi; /* slots mapped; slots ever used */
+  uint32_t free;    /* head of the free list, index + 1 */
+  char name[LMP_SEG_NAME_MAX];
+} hold;
+
+static void (*unpin_hook)(const char *name);
+
+static lmp__hold_slot_t *hold_slots(lmp__hold_hdr_t *h)
+{
+  return (lmp__hold_slot_t *)(h + 1);
+}
+
+int lmp__proc_start(pid_t pid, uint64_t *start, char *state)
+{
+  char path[40], buf[1024];
+  unsigned long long st;
+  const char *p;
+  ssize_t n;
+  int fd;
+
+  snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+  if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+    return -errno;
+  while ((n = read(fd, buf, sizeof buf - 1)) < 0 && errno == EINTR) {
+  }
+  close(fd);
+  if (n <= 0)
+    return n < 0 ? -errno : -ESRCH; /* ESRCH: it ended while we read */
+  buf[n] = '\0';
+  /* "pid (comm) state ...": comm may hold anything; starttime is field 22. */
+  if ((p = strrchr(buf, ')')) == NULL ||
+      sscanf(p + 1,
+             " %c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu",
+             state, &st) != 2)
+    return -EINVAL;
+  *start = (uint64_t)st;
+  return 0;
+}
+
+/* 1 when the process that started at `start` as `pid` has ended for sure
+ * (any = 1: when no process has that pid).  Without /proc, never. */
+static int owner_gone(pid_t pid, uint64_t start, int any)
+{
+  uint64_t now;
+  char state;
+  int rc = lmp__proc_start(pid, &now, &state);
+
+  if (rc == -ENOENT || rc == -ESRCH)
+    return access("/proc/self/stat", F_OK) == 0;
+  return rc == 0 && !any && now != start; /* the pid went to another process */
+}
+
+/* Make this process's table (lazily, at its first segment). */
+static int hold_make(void)
+{
+  size_t len = sizeof(lmp__hold_hdr_t) + LMP__HOLD_FIRST * sizeof(lmp__hold_slot_t);
+  lmp__hold_hdr_t *h;
+  char state;
+  int fd, tries;
+
+  if (hold.h) /* a parent's that forked us behind lmp's back */
+    munmap(hold.h, hold.maplen);
+  hold.h = NULL;
+  hold.pid = getpid();
+  hold.off = 1;
+  snprintf(hold.name, sizeof hold.name, "%s.h.%ld", rt.prefix, (long)hold.pid);
+  /* A table under our own pid is a predecessor's that nobody reaped (an
+   * image before exec, a recycled pid): its owner is gone, the name is ours. */
+  for (tries = 0; (fd = shm_open(hold.name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600)) < 0;)
+    if (errno != EEXIST || tries++ > 0 || shm_unlink(hold.name) < 0)
+      return -errno;
+  if (ftruncate(fd, (off_t)len) < 0 ||
+      (h = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) == MAP_FAILED) {
+    close(fd);
+    shm_unlink(hold.name);
+    return -errno;
+  }
+  close(fd);
+  h->pid = hold.pid;
+  if (lmp__proc_start(hold.pid, &h->start, &state) < 0)
+    h->start = 0; /* no /proc: never found gone, so never given back */
+  __atomic_store_n(&h->magic, LMP__HOLD_MAGIC, __ATOMIC_RELEASE);
+  hold.h = h;
+  hold.maplen = len;
+  hold.cap = LMP__HOLD_FIRST;
+  hold.hi = hold.free = 0;
+  hold.off = 0;
+  return 0;
+}
+
+static int hold_grow(void)
+{
+  size_t len = sizeof(lmp__hold_hdr_t) + (size_t)hold.cap * 2 * sizeof(lmp__hold_slot_t);
+  void *p;
+  int fd = shm_open(hold.name, O_RDWR | O_CLOEXEC, 0);
+
+  if (fd < 0)
+    return -errno;
+  if (ftruncate(fd, (off_t)len) < 0) {
+    close(fd);
+    return -errno;
+  }
+  close(fd);
+  if ((p = mremap(hold.h, hold.maplen, len, MREMAP_MAYMOVE)) == MAP_FAILED)
+    return -errno;
+  hold.h = p;
+  hold.maplen = len;
+  hold.cap *= 2;
+  return 0;
+}
+
+/* A free slot (index + 1), or 0 when this process goes untracked. */
+static uint32_t hold_slot_new(void)
+{
+  uint32_t i;
+
+  if (hold.pid != getpid() && hold_make() < 0)
+    return 0;
+  if (hold.off)
+    return 0;
+  if (hold.free) {
+    i = hold.free - 1;
+    hold.free = hold_slots(hold.h)[i].next;
+  } else if (hold.hi < hold.cap || hold_grow() == 0) {
+    i = hold.hi++;
+  } else {
+    return 0; /* untracked: a leak at worst */
+  }
+  return i + 1;
+}
+
+static void hold_set(lmp_seg_t *s, uint32_t state)
+{
+  lmp__hold_slot_t *slot = &hold_slots(hold.h)[s->hslot - 1];
+
+  snprintf(slot->name, sizeof slot->name, "%s", s->name);
+  __atomic_store_n(&slot->state, state, __ATOMIC_RELEASE);
+}
+
+/* The name of a segment about to be created, listed before the file exists:
+ * a creator killed before its header is written leaves a segment that no
+ * count will ever bring to zero. */
+static void hold_creating(lmp_seg_t *s)
+{
+  if (s->hslot == 0 && (s->hslot = hold_slot_new()) == 0)
+    return;
+  hold_set(s, HOLD_CREATING);
+}
+
+static void hold_add(lmp_seg_t *s)
+{
+  if (s->hslot == 0 && (s->hslot = hold_slot_new()) == 0)
+    return;
+  hold_set(s, HOLD_HELD);
+}
+
+static void hold_del(lmp_seg_t *s)
+{
+  lmp__hold_slot_t *slot;
+
+  if (s->hslot == 0 || hold.pid != getpid() || hold.off)
+    return;
+  slot = &hold_slots(hold.h)[s->hslot - 1];
+  if (strcmp(slot->name, s->name) != 0)
+    return; /* a slot of the table of a parent that forked behind our back */
+  __atomic_store_n(&slot->state, HOLD_FREE, __ATOMIC_RELEASE);
+  slot->next = hold.free;
+  hold.free = s->hslot;
+  s->hslot = 0;
+}
+
+/*
+ * A child killed before it ever ran (right after a fork, on a busy machine)
+ * never lists the references it inherited.  So when it inherits any, the
+ * parent waits, right after the fork, for word from the child over a pipe:
+ * its pid before it makes its table, and one byte once every inherited
+ * reference is listed.  End of file instead means the child died: if it
+ * made no table, the parent gives those references back at once (the
+ * registry has not changed in between: it is locked).  Once the table
+ * exists, what it lists is the reaper's to give back.
+ */
+static int hold_sync[2] = {-1, -1};
+
+static int registry_empty(void)
+{
+  int i;
+
+  for (i = 0; i < LMP__BUCKETS; i++)
+    if (rt.buckets[i])
+      return 0;
+  return 1;
+}
+
+static void hold_prefork(void)
+{
+  if (!registry_empty() && pipe2(hold_sync, O_CLOEXEC) < 0)
+    hold_sync[0] = hold_sync[1] = -1;
+}
+
+/* In the child, around hold_after_fork. */
+static void hold_tell_parent(const void *what, size_t n)
+{
+  if (hold_sync[1] >= 0 && write(hold_sync[1], what, n) < 0) { /* the parent sees EOF */
+  }
+}
+
+static void hold_child_done(void)
+{
+  if (hold_sync[0] >= 0)
+    close(hold_sync[0]);
+  if (hold_sync[1] >= 0)
+    close(hold_sync[1]);
+  hold_sync[0] = hold_sync[1] = -1;
+}
+
+/* 1 when the child died holding inherited references nobody listed. */
+static int hold_postfork_parent(int failed)
+{
+  char name[LMP_SEG_NAME_MAX], done;
+  int32_t pid = 0;
+  ssize_t n;
+  int fd, listed = 1;
+
+  if (hold_sync[0] < 0)
+    return 0;
+  close(hold_sync[1]);
+  if (!failed) {
+    while ((n = read(hold_sync[0], &pid, sizeof pid)) < 0 && errno == EINTR) {
+    }
+    if (n != (ssize_t)sizeof pid) {
+      listed = 0; /* it died before it made its table */
+    } else {
+      while ((n = read(hold_sync[0], &done, 1)) < 0 && errno == EINTR) {
+      }
+      if (n != 1) { /* it died making its table: was it made? */
+        lmp__hold_hdr_t h;
+        snprintf(name, sizeof name, "%s.h.%ld", rt.prefix, (long)pid);
+        fd = shm_open(name, O_RDONLY | O_CLOEXEC, 0);
+        listed = fd >= 0 && pread(fd, &h, sizeof h, 0) == (ssize_t)sizeof h &&
+                 h.magic == LMP__HOLD_MAGIC;
+        if (fd >= 0)
+          close(fd);
+      }
+    }
+  }
+  close(hold_sync[0]);
+  hold_sync[0] = hold_sync[1] = -1;
+  return !failed && !listed;
+}
+
+/* In a new child: the table mapped here is the parent's.  The child holds
+ * a reference to every segment of the registry (lmp_runtime_prefork), and
+ * lists them in a table of its own. */
+static void hold_after_fork(void)
+{
+  lmp_seg_t *s;
+  int i;
+
+  int32_t pid = (int32_t)getpid();
+
+  if (hold.h)
+    munmap(hold.h, hold.maplen);
+  memset(&hold, 0, sizeof hold);
+  hold_tell_parent(&pid, sizeof pid);
+  for (i = 0; i < LMP__BUCKETS; i++)
+    for (s = rt.buckets[i]; s; s = s->next) {
+      s->hslot = 0;
+      hold_add(s);
+    }
+  hold_tell_parent("y", 1);
+  hold_child_done();
+}
+
+/* Before _exit or exec, when every reference is about to be dropped. */
+static void hold_close(void)
+{
+  if (hold.pid == getpid() && hold.h) {
+    shm_unlink(hold.name);
+    munmap(hold.h, hold.maplen);
+  }
+  memset(&hold, 0, sizeof hold);
+  hold.pid = getpid();
+  hold.off = 1;
+}
+
+void lmp_runtime_set_unpin(void (*fn)(const char *name))
+{
+  unpin_hook = fn;
+}
+
+void lmp_seg_unpin(const char *name)
+{
+  lmp_seg_t *s;
+
+  if (unpin_hook)
+    unpin_hook(name);
+  else if (lmp_seg_attach(name, 1, &s) == 0)
+    lmp_seg_release(s);
+}
+
+/* A segment a dead process was creating: nobody else can know its name, so
+ * it goes if its header still counts no holder (the creator was killed
+ * before writing it); one that does stays for the root's cleanup. */
+static void drop_unborn(const char *name)
+{
+  const lmp__seg_hdr_t *h;
+  struct stat st;
+  int fd = shm_open(name, O_RDONLY | O_CLOEXEC, 0), unborn = 0;
+
+  if (fd < 0)
+    return;
+  if (fstat(fd, &st) == 0 && lmp__owner_only(&st)) {
+    if ((size_t)st.st_size < sizeof *h) {
+      unborn = 1;
+    } else if ((h = mmap(NULL, sizeof *h, PROT_READ, MAP_SHARED, fd, 0)) != MAP_FAILED) {
+      unborn = __atomic_load_n(&h->refs, __ATOMIC_ACQUIRE) == 0 &&
+               __atomic_load_n(&h->inflight, __ATOMIC_ACQUIRE) == 0;
+      munmap((void *)h, sizeof *h);
+    }
+  }
+  close(fd);
+  if (unborn)
+    shm_unlink(name);
+}
+
+/* Give back one reference a dead process held: make it a pin (it is
+ * counted in refs already) and release the pin through the hook. */
+static void give_back(const char *name)
+{
+  lmp_seg_t *s;
+
+  if (lmp_seg_attach(name, 0, &s) < 0)
+    return;
+  __atomic_add_fetch(&s->hdr->inflight, 1, __ATOMIC_ACQ_REL);
+  lmp_seg_release(s);
+  lmp_seg_unpin(name);
+}
+
+void lmp__holdings_reaped(pid_t pid)
+{
+  char name[LMP_SEG_NAME_MAX], seg[LMP_SEG_NAME_MAX];
+  lmp__hold_hdr_t *h;
+  lmp__hold_slot_t *slots;
+  struct stat st;
+  size_t i, n;
+  int fd;
+
+  if (!rt.inited || pid <= 0)
+    return;
+  snprintf(name, sizeof name, "%s.h.%ld", rt.prefix, (long)pid);
+  if ((fd = shm_open(name, O_RDONLY | O_CLOEXEC, 0)) < 0)
+    return; /* never made one, or it exited cleanly */
+  if (fstat(fd, &st) < 0 || !lmp__owner_only(&st) || (size_t)st.st_size < sizeof *h ||
+      (h = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0)) == MAP_FAILED) {
+    close(fd);
+    return;
+  }
+  close(fd);
+  /* Only a table whose owner is gone, and only the one noticer that
+   * unlinks it, gives anything back.  One without its magic was being made
+   * when its owner died: it lists nothing yet. */
+  if (__atomic_load_n(&h->magic, __ATOMIC_ACQUIRE) != LMP__HOLD_MAGIC) {
+    if (owner_gone(pid, 0, 1))
+      shm_unlink(name);
+  } else if (h->pid == pid && owner_gone(pid, h->start, 0) && shm_unlink(name) == 0) {
+    slots = hold_slots(h);
+    n = ((size_t)st.st_size - sizeof *h) / sizeof *slots;
+    for (i = 0; i < n; i++) {
+      uint32_t state = __atomic_load_n(&slots[i].state, __ATOMIC_ACQUIRE);
+      if (state == HOLD_FREE)
+        continue;
+      memcpy(seg, slots[i].name, sizeof seg);
+      seg[sizeof seg - 1] = '\0';
+      if (state == HOLD_HELD)
+        give_back(seg);
+      else if (state == HOLD_CREATING && valid_name(seg))
+        drop_unborn(seg);
+    }
+  }
+  munmap(h, (size_t)st.st_size);
 }
 
 /* === observers === */

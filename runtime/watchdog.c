@@ -59,13 +59,16 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <time.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/un.h>
@@ -120,6 +123,157 @@ int lmp__unlink_prefix(const char *prefix)
         off += d->d_reclen;
         if (strncmp(d->d_name, name, len) == 0 && d->d_name[len] == '.' &&
             unlinkat(dfd, d->d_name, 0) == 0)
+          removed++;
+      }
+    }
+    total += removed;
+    if (removed == 0)
+      break;
+  }
+  close(dfd);
+  return total;
+}
+
+/* === families killed whole === */
+
+/*
+ * A cgroup kill, an OOM group kill or kill -9 -1 ends a root and its
+ * watchdog together, and nobody is left to unlink the family's segments.  So
+ * a new root, as it starts, looks once through /dev/shm for families of its
+ * own user that nobody runs any more and removes them.  A family is
+ * "lmp.<rootpid>.<8 hex>.*"; it is alive while its watchdog's abstract
+ * socket is bound (a connect is refused only when nobody listens) or while
+ * its root runs: a process with the root's pid that started no later than
+ * the family's segments (a later one is a recycled pid).  Either sign of
+ * life leaves the family alone; entries of other users are never touched.
+ */
+
+#define LMP__SWEEP_CACHE 16
+#define LMP__SWEEP_SLACK_S 2 /* btime and ctime have second granularity */
+
+/* "lmp.<pid>.<8 hex>" at the start of a /dev/shm entry, followed by '.':
+ * its length, or 0. */
+static size_t family_of(const char *name, pid_t *pid)
+{
+  const char *p = name;
+  long v = 0;
+  int i;
+
+  if (strncmp(p, "lmp.", 4) != 0)
+    return 0;
+  for (p += 4; *p >= '0' && *p <= '9' && v < 100000000; p++)
+    v = v * 10 + (*p - '0');
+  if (v <= 0 || *p++ != '.')
+    return 0;
+  for (i = 0; i < 8; i++, p++)
+    if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+      return 0;
+  if (*p != '.')
+    return 0;
+  *pid = (pid_t)v;
+  return (size_t)(p - name);
+}
+
+static int watchdog_listens(const char *family)
+{
+  char prefix[40];
+  struct sockaddr_un addr;
+  socklen_t len;
+  int s, rc;
+
+  snprintf(prefix, sizeof prefix, "/%s", family);
+  len = lmp__stash_addr(prefix, &addr);
+  s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (s < 0)
+    return 1;
+  rc = connect(s, (struct sockaddr *)&addr, len) == 0 || errno != ECONNREFUSED;
+  close(s);
+  return rc; /* a full backlog (EAGAIN) is a listener too */
+}
+
+/* Seconds since the epoch at which the system booted, or -1. */
+static long boot_time(void)
+{
+  char buf[4096], *p;
+  ssize_t n;
+  long bt = -1;
+  int fd = open("/proc/stat", O_RDONLY | O_CLOEXEC);
+
+  if (fd < 0)
+    return -1;
+  n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0)
+    return -1;
+  buf[n] = '\0';
+  if ((p = strstr(buf, "\nbtime ")) != NULL)
+    bt = atol(p + 7);
+  return bt;
+}
+
+/* Whether the root `pid` of a family whose entry last changed at `ctime`
+ * may still run. */
+static int root_may_run(pid_t pid, time_t ctime)
+{
+  uint64_t start;
+  long bt, hz = sysconf(_SC_CLK_TCK);
+  char state;
+  int rc = lmp__proc_start(pid, &start, &state);
+
+  if (rc == -ENOENT || rc == -ESRCH)
+    return access("/proc/self/stat", F_OK) != 0; /* without /proc, assume so */
+  if (rc < 0 || state == 'Z' || (bt = boot_time()) < 0 || hz <= 0)
+    return rc < 0 || state != 'Z';
+  /* A process that started after the family's segment was made is another
+   * one with the same pid. */
+  return bt + (long)(start / (uint64_t)hz) <= (long)ctime + LMP__SWEEP_SLACK_S;
+}
+
+int lmp__sweep_families(const char *own)
+{
+  char buf[4096] __attribute__((aligned(8)));
+  struct {
+    char family[32];
+    int dead;
+  } seen[LMP__SWEEP_CACHE];
+  size_t nseen = 0, flen, i;
+  struct stat st;
+  uid_t uid = geteuid();
+  int dfd, pass, removed, total = 0, dead;
+  ssize_t n, off;
+  pid_t pid;
+
+  dfd = open("/dev/shm", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0)
+    return 0;
+  for (pass = 0; pass < 8; pass++) {
+    removed = 0;
+    lseek(dfd, 0, SEEK_SET);
+    while ((n = getdents64(dfd, buf, sizeof buf)) > 0) {
+      for (off = 0; off < n;) {
+        struct dirent64 *d = (struct dirent64 *)(buf + off);
+        off += d->d_reclen;
+        if ((flen = family_of(d->d_name, &pid)) == 0 || flen >= sizeof seen[0].family ||
+            (strncmp(own + 1, d->d_name, flen) == 0 && own[flen + 1] == '\0'))
+          continue;
+        if (fstatat(dfd, d->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || st.st_uid != uid)
+          continue; /* only this user's own families */
+        for (i = 0; i < nseen; i++)
+          if (strncmp(seen[i].family, d->d_name, flen) == 0 && seen[i].family[flen] == '\0')
+            break;
+        if (i < nseen) {
+          dead = seen[i].dead;
+        } else {
+          char family[32];
+          memcpy(family, d->d_name, flen);
+          family[flen] = '\0';
+          dead = !watchdog_listens(family) && !root_may_run(pid, st.st_ctime);
+          if (nseen < LMP__SWEEP_CACHE) {
+            memcpy(seen[nseen].family, family, flen + 1);
+            seen[nseen++].dead = dead;
+          }
+        }
+        if (dead && unlinkat(dfd, d->d_name, 0) == 0)
           removed++;
       }
     }

@@ -324,6 +324,26 @@ describe("lmp.Dict", function()
     end
     assert.are.equal(before, program_segments())
   end)
+
+  it("leaves nothing behind writers killed while it grew", function()
+    local before = program_segments()
+    do
+      local d = lmp.Dict()
+      for _ = 1, (os.getenv("LMP_STRESS") or "0") ~= "0" and 150 or 10 do
+        local p = lmp.Process(function()
+          local j = 0
+          while true do j = j + 1; d[j] = string.rep("x", 1000) end
+        end)
+        p:start()
+        lmp.sleep(0.02)
+        p:kill()
+        p:join()
+      end
+      d:clear()
+    end
+    assert.is_true(support.eventually(function() return program_segments() == before end, 5),
+      table.concat(support.shm_entries(segment(lmp.Dict()):match("^(lmp%.%d+%.%x+%.)")), " "))
+  end)
 end)
 
 describe("lmp.List", function()

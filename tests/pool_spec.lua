@@ -518,6 +518,26 @@ describe("lmp.Pool task_timeout", function()
     assert.are.equal("timeout", err.kind)
     assert.are.same({1}, pool:map(function(x) return x end, {1}))
   end)
+
+  it("gives back what the tasks it killed had made", function()
+    local n = (os.getenv("LMP_STRESS") or "0") ~= "0" and 10 or 3
+    local pool <close> = lmp.Pool{processes = 2, task_timeout = 0.2}
+    pool:apply(function() return 1 end)
+    local prefix = tostring(lmp.Queue()):match("/(lmp%.%d+%.%x+%.)")
+    local function count() collectgarbage(); collectgarbage(); return #support.shm_entries(prefix) end
+    local before = count()
+    for _ = 1, n do
+      local err = raised(pool.apply, pool, function()
+        local lmp = require "lmp"
+        local a = lmp.Array("d", 1000)
+        lmp.sleep(30)
+        return a
+      end)
+      assert.are.equal("timeout", err.kind)
+    end
+    assert.is_true(eventually(function() return count() <= before end, 5),
+      table.concat(support.shm_entries(prefix), " "))
+  end)
 end)
 
 describe("lmp.Pool initializer", function()

@@ -1,6 +1,8 @@
 local support = dofile("tests/support.lua")
 local lmp = require "lmp"
 
+local STRESS = (os.getenv("LMP_STRESS") or "0") ~= "0"
+
 describe("lmp.Queue", function()
   it("is FIFO and keeps value types", function()
     local q = lmp.Queue()
@@ -180,6 +182,53 @@ describe("lmp.Queue", function()
     end
     collectgarbage(); collectgarbage()
     assert.are.equal(0, #support.shm_entries(prefix))
+  end)
+
+  it("gives back what a process killed in the middle of a put held", function()
+    -- 1 MiB messages spill to segments of their own: a producer killed
+    -- while making one, or before releasing it, must not leave it behind.
+    local q = lmp.Queue()
+    local prefix = tostring(q):match("/(lmp%.%d+%.%x+%.)")
+    local function count() collectgarbage(); collectgarbage(); return #support.shm_entries(prefix) end
+    local before = count()
+    for i = 1, STRESS and 300 or 25 do
+      local p = lmp.Process(function()
+        local s = string.rep("y", 1 << 20)
+        while true do q:put(s) end
+      end)
+      p:start()
+      lmp.sleep(0.005 * (i % 7))
+      p:kill()
+      p:join()
+      while q:get(0) ~= nil do end
+    end
+    assert.is_true(support.eventually(function() return count() == before end, 5),
+      table.concat(support.shm_entries(prefix), " "))
+  end)
+
+  it("gives back the handles inside messages nobody read when it goes", function()
+    local prefix = tostring(lmp.Queue()):match("/(lmp%.%d+%.%x+%.)")
+    local function count() collectgarbage(); collectgarbage(); return #support.shm_entries(prefix) end
+    local before = count()
+    for i = 1, STRESS and 1000 or 50 do
+      local q = lmp.Queue()
+      q:put(lmp.Value("i", i))
+      if i % 10 == 0 then q:put({string.rep("x", 1 << 20), lmp.Array("d", 4)}) end -- spilled
+    end
+    assert.are.equal(before, count())
+  end)
+
+  it("gives back a dropped queue's unread handles held in a Dict", function()
+    local prefix = tostring(lmp.Queue()):match("/(lmp%.%d+%.%x+%.)")
+    local function count() collectgarbage(); collectgarbage(); return #support.shm_entries(prefix) end
+    local before = count()
+    do
+      local d = lmp.Dict()
+      local q = lmp.Queue()
+      q:put(lmp.Value("i", 1))
+      d.q = q
+    end
+    assert.are.equal(before, count())
   end)
 
   it("works as a <close> variable", function()

@@ -33,6 +33,12 @@ int lmp_queue_create(size_t maxsize, size_t capacity, lmp_queue_t **out);
 /* Open a queue on a segment the caller attached; takes its own reference. */
 int lmp_queue_open(lmp_seg_t *seg, lmp_queue_t **out);
 void lmp_queue_free(lmp_queue_t *q); /* the local handle; the queue lives on */
+/* lmp_queue_free that, in the last holder of the queue, first calls fn on
+ * each message nobody read, so the caller can give back what the messages
+ * hold (the pins of handles inside them).  Spilled messages' segments go in
+ * either case. */
+typedef void (*lmp_queue_unread_fn)(void *ctx, const void *msg, size_t len);
+void lmp_queue_free_unread(lmp_queue_t *q, lmp_queue_unread_fn fn, void *ctx);
 lmp_seg_t *lmp_queue_seg(lmp_queue_t *q);
 
 /* 0, -ETIMEDOUT (full until the deadline), -EPIPE (closed), -ENOMEM */

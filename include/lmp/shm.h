@@ -14,10 +14,14 @@
  * Lifetime.  The segment header holds a count of processes that hold it
  * (`refs`) plus the handles serialized but not yet received (`inflight`).  A
  * process's first attach takes a reference, its last release drops it, and the
- * segment is unlinked when no reference is left.  Whatever a crash leaves
+ * segment is unlinked when no reference is left.  A process that dies gives
+ * back its references when it is reaped (each process lists what it holds
+ * in a table of its own, "<prefix>.h.<pid>").  Whatever else a crash leaves
  * behind is unlinked by the root when it exits and, if the root itself is
  * killed, by the watchdog: a small process forked by the root that waits for
  * the root's end (on a pidfd) and then unlinks everything under the prefix.
+ * A family whose root and watchdog were killed together is removed by the
+ * next root of the same user, at its lmp_runtime_init.
  *
  * The watchdog also keeps descriptors in transit: a process that sends a Pipe
  * end hands a duplicate to the watchdog (lmp_fd_stash), and the receiver takes
@@ -89,6 +93,17 @@ uint32_t lmp_seg_local(const lmp_seg_t *s); /* references this process holds */
 void lmp_runtime_prefork(void);
 void lmp_runtime_postfork_parent(int failed);
 void lmp_runtime_postfork_child(void);
+
+/* How a reference left by a process that died is given back: it is turned
+ * into a pin and `fn` releases that pin (attach adopting, then release).  A
+ * host that keeps handles inside segments (the Lua bindings: containers and
+ * queues whose values hold handles) sets a function that lets go through the
+ * object, so its last-holder cleanup runs too.  NULL: attach and release. */
+void lmp_runtime_set_unpin(void (*fn)(const char *name));
+
+/* Give back one pin of the segment `name` (a handle in a message that will
+ * never be read), through the function set above. */
+void lmp_seg_unpin(const char *name);
 
 /* Drop every reference this process holds, right before _exit or exec.  The
  * segments stay mapped until then, so that a robust mutex this process still

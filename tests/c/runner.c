@@ -185,8 +185,11 @@ int lmp_test_shm_count(const char *prefix)
   len = strlen(prefix);
   if ((dir = opendir("/dev/shm")) == NULL)
     return -1;
+  /* Segments only: a process's holdings table ("<prefix>.h.<pid>", shm.c)
+   * is bookkeeping that lives as long as the process holds anything. */
   while ((d = readdir(dir)) != NULL)
-    if (strncmp(d->d_name, prefix, len) == 0 && d->d_name[len] == '.')
+    if (strncmp(d->d_name, prefix, len) == 0 && d->d_name[len] == '.' &&
+        strncmp(d->d_name + len, ".h.", 3) != 0)
       n++;
   closedir(dir);
   return n;

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "lmp/common.h"
+#include "lmp/proc.h"
 #include "lmp/shm.h"
 #include "runner.h"
 
@@ -480,6 +481,36 @@ TEST(fork_gives_child_references)
   CHECK_EQ(lmp_test_shm_count(lmp_runtime_prefix()), 0);
 }
 
+/* A child killed while it holds segments (one inherited, one it made)
+ * gives them back when it is reaped. */
+TEST(killed_child_gives_back_when_reaped)
+{
+  lmp_seg_t *s, *t;
+  lmp_proc_t *p;
+  int ready[2], rc;
+  char name[LMP_SEG_NAME_MAX];
+
+  CHECK_EQ(pipe(ready), 0);
+  CHECK_EQ(lmp_seg_create(100, &s), 0);
+  rc = lmp_proc_fork(0, &p);
+  CHECK(rc >= 0);
+  if (rc == 0) {
+    if (lmp_seg_create(100, &t) == 0) /* held only by this process */
+      (void)!write(ready[1], lmp_seg_name(t), LMP_SEG_NAME_MAX);
+    for (;;)
+      pause();
+  }
+  CHECK_EQ(read(ready[0], name, sizeof name), (ssize_t)sizeof name);
+  lmp_seg_release(s); /* the child's inherited reference keeps it */
+  CHECK_EQ(lmp_test_shm_count(lmp_runtime_prefix()), 2);
+  CHECK_EQ(lmp_proc_signal(p, SIGKILL), 0);
+  CHECK_EQ(lmp_proc_wait(p, LMP_FOREVER), 0);
+  CHECK_EQ(lmp_test_shm_count(lmp_runtime_prefix()), 0);
+  lmp_proc_free(p);
+  close(ready[0]);
+  close(ready[1]);
+}
+
 TEST(release_all_drops_everything)
 {
   lmp_seg_t *s[5];
@@ -928,6 +959,7 @@ TEST_LIST = {
   TEST_ENTRY(pin_dropped_when_already_mapped),
   TEST_ENTRY(adopt_without_pin_takes_a_reference),
   TEST_ENTRY(fork_gives_child_references),
+  TEST_ENTRY(killed_child_gives_back_when_reaped),
   TEST_ENTRY(release_all_drops_everything),
   TEST_ENTRY(many_segments_leak_nothing),
   TEST_ENTRY(threads_share_the_registry),
