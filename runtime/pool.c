@@ -1866,9 +1866,14 @@ static struct reg_entry *registry_map(void)
     return NULL;
   struct stat st;
   void *m = MAP_FAILED;
-  /* Planted by someone else, or left open to others: not ours to write. */
-  if (fstat(fd, &st) == 0 && lmp__owner_only(&st) &&
-      ((size_t)st.st_size >= size || ftruncate(fd, (off_t)size) == 0))
+  int rc = -1;
+  /* Planted by someone else, or left open to others: not ours to write.
+   * The store is reserved (posix_fallocate, not ftruncate), so a full
+   * /dev/shm means no registry, never a SIGBUS at first touch. */
+  if (fstat(fd, &st) == 0 && lmp__owner_only(&st))
+    while ((rc = posix_fallocate(fd, 0, (off_t)size)) == EINTR) {
+    }
+  if (rc == 0)
     m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   close(fd);
   if (m != MAP_FAILED)

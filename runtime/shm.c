@@ -1059,11 +1059,14 @@ static int hold_make(void)
   for (tries = 0; (fd = shm_open(hold.name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600)) < 0;)
     if (errno != EEXIST || tries++ > 0 || shm_unlink(hold.name) < 0)
       return -errno;
-  if (ftruncate(fd, (off_t)len) < 0 ||
+  /* Reserved, as every segment is: a full /dev/shm must not SIGBUS us
+   * here; without a table this process goes untracked instead. */
+  if ((errno = -reserve(fd, len)) != 0 ||
       (h = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) == MAP_FAILED) {
+    int err = errno;
     close(fd);
     shm_unlink(hold.name);
-    return -errno;
+    return -err;
   }
   close(fd);
   h->pid = hold.pid;
@@ -1084,13 +1087,14 @@ static int hold_grow(void)
   void *p;
   int fd = shm_open(hold.name, O_RDWR | O_CLOEXEC, 0);
 
+  int rc;
+
   if (fd < 0)
     return -errno;
-  if (ftruncate(fd, (off_t)len) < 0) {
-    close(fd);
-    return -errno;
-  }
+  rc = reserve(fd, len);
   close(fd);
+  if (rc < 0)
+    return rc;
   if ((p = mremap(hold.h, hold.maplen, len, MREMAP_MAYMOVE)) == MAP_FAILED)
     return -errno;
   hold.h = p;
