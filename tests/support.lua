@@ -159,9 +159,9 @@ end
 function M.alive(pid)
   local f = io.open("/proc/" .. pid .. "/stat")
   if not f then return false end
-  local stat = f:read("a")
+  local stat = f:read("a") -- nil when it was reaped between open and read
   f:close()
-  return not stat:match("^%d+ %b() Z")
+  return stat ~= nil and not stat:match("^%d+ %b() Z")
 end
 
 -- Waits (up to `secs`, default 10) until pred() holds; its last value.
