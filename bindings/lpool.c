@@ -1650,6 +1650,8 @@ static int l_new(lua_State *L)
   lmp_proc_reap();
   fflush(NULL); /* or each worker would write the parent's buffered output again */
   int rc = lmp_pool_create(&cfg, &lp->pool);
+  if (lmpb_fds_retry(L, rc))
+    rc = lmp_pool_create(&cfg, &lp->pool);
   if (rc < 0 && lp->start_err != LUA_NOREF) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, lp->start_err);
     return lua_error(L);

@@ -55,17 +55,19 @@ function M.run(code, ...)
   return out, code_
 end
 
--- Runs a Lua snippet with the lmp executable under the shell limits
--- `limits` (ulimit options, such as "-v 200000" or "-n 256"); returns
+-- Runs a Lua snippet with the lmp executable (`args`, shell words, after
+-- it) under the shell limits `limits` (ulimit options, such as "-v 200000"
+-- or "-n 256"); returns
 -- output (stdout and stderr together) and exit code.  An address-space
 -- limit cannot hold a sanitizer build (its shadow memory alone is larger):
 -- there it returns nil and the reason.
-function M.run_limited(code, limits)
+function M.run_limited(code, limits, args)
   if limits:find("-v", 1, true) and (os.getenv("LMP_TEST_SANITIZER") or "") ~= "" then
     return nil, "ulimit -v cannot hold a " .. os.getenv("LMP_TEST_SANITIZER") .. " build"
   end
   local path = M.tmpfile(code)
-  local out, rc = M.shell_code(string.format("sh -c 'ulimit %s && exec %s %s'", limits, M.lmp_bin, path))
+  local out, rc = M.shell_code(string.format("sh -c 'ulimit %s && exec %s %s %s'", limits, M.lmp_bin, path,
+                                             args or ""))
   os.remove(path)
   return out, rc
 end
