@@ -796,6 +796,27 @@ describe("Executor failures", function()
 end)
 
 describe("Executor cleanup", function()
+  it("collected without shutdown, idle or busy, leaves no zombie", function()
+    local workers = {}
+    for _, busy in ipairs{false, true} do
+      local ex = lmp.Executor(2)
+      if busy then ex:submit(function() require("lmp").sleep(30) end) end
+      ex:submit(function() return 1 end):result(30)
+      for _, w in ipairs(ex:stats().workers) do workers[#workers + 1] = w.pid end
+      ex = nil
+    end
+    assert.are.equal(4, #workers)
+    collectgarbage()
+    collectgarbage()
+    for _, pid in ipairs(workers) do
+      -- reaped: no /proc entry at all (a zombie's stat says "Z")
+      local f = io.open("/proc/" .. pid .. "/stat")
+      local stat = f and f:read("a")
+      if f then f:close() end
+      assert.is_nil(stat, stat)
+    end
+  end)
+
   it("leaves nothing in /dev/shm and no worker behind", function()
     local out, code = support.run([[
       local lmp = require "lmp"
