@@ -223,8 +223,9 @@ static int pipe_encode(lua_State *L, int idx, lmp_buf_t *out)
   struct wire w = {0, (uint8_t)p->readable, (uint8_t)p->writable};
   int rc = lmp_fd_stash(p->fd, &w.token);
   if (rc == -ENOSPC)
-    return luaL_error(L, "too many connections in transit: the watchdog holds at most %d "
-                         "(fewer under a low ulimit -n) until their receivers take them",
+    return luaL_error(L,
+                      "too many connections in transit: the watchdog holds at most %d "
+                      "(fewer under a low ulimit -n) until their receivers take them",
                       LMP_FD_STASH_MAX);
   if (rc < 0)
     return rc;

@@ -625,8 +625,7 @@ static int encode_call(lua_State *L)
 /* Run the protected encoder fn on the value at idx; *out its buffer.  A
  * memory error is retried once after a full collection.  Leaves the
  * error on the stack when the status is not LUA_OK. */
-static int pencode(lua_State *L, lua_CFunction fn, int idx, const char *what,
-                   const lmp_buf_t **out)
+static int pencode(lua_State *L, lua_CFunction fn, int idx, const char *what, const lmp_buf_t **out)
 {
   idx = lua_absindex(L, idx);
   for (int pass = 0;; pass++) {
