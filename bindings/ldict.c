@@ -1378,6 +1378,8 @@ static int make(lua_State *L, int kind, const char *fname)
   lmp_list_t *l = NULL;
   lmp_dict_t *m = NULL;
   int rc = kind == LIST ? lmp_list_create(&l) : lmp_dict_create(&m);
+  if (lmpb_fds_retry(L, rc))
+    rc = kind == LIST ? lmp_list_create(&l) : lmp_dict_create(&m);
   d->c = kind == LIST ? (void *)l : (void *)m;
   if (rc < 0)
     return lmpb_rterror(L, fname, rc);
@@ -1419,6 +1421,8 @@ static void decode_kind(lua_State *L, const char *data, size_t len, int kind)
   name[len] = '\0';
   ldict *d = newdict(L, kind);
   int rc = lmp_seg_attach(name, 1, &seg);
+  if (lmpb_fds_retry(L, rc))
+    rc = lmp_seg_attach(name, 1, &seg);
   if (rc == 0) {
     lmp_list_t *l = NULL;
     lmp_dict_t *m = NULL;

@@ -57,6 +57,14 @@ int lmpb_fail(lua_State *L, const char *reason)
   return 2;
 }
 
+int lmpb_fds_retry(lua_State *L, int rc)
+{
+  if (rc != -EMFILE && rc != -ENFILE)
+    return 0;
+  lua_gc(L, LUA_GCCOLLECT);
+  return 1;
+}
+
 int lmpb_closed(lua_State *L, const char *tname)
 {
   return luaL_error(L, "attempt to use a closed %s", tname);

@@ -242,6 +242,15 @@ struct lmp_pool_stats;
 struct lmp_pool_slot_info;
 void lmpb_push_stats(lua_State *L, const struct lmp_pool_stats *st);
 void lmpb_push_slot(lua_State *L, const struct lmp_pool_slot_info *s, int64_t now);
+/* Descriptors of objects nobody can reach are closed only when the
+ * collector runs their __gc.  After a call that opens descriptors failed
+ * with `rc` (-errno): when descriptors ran out (EMFILE, ENFILE), run a full
+ * collection and return 1, and the caller makes the call once more; 0 for
+ * any other code.  Every binding that opens descriptors goes through it:
+ *   int rc = open_something(...);
+ *   if (lmpb_fds_retry(L, rc))
+ *     rc = open_something(...); */
+int lmpb_fds_retry(lua_State *L, int rc);
 /* Map an unexpected runtime code to a Lua error. */
 int lmpb_rterror(lua_State *L, const char *what, int code);
 /* Raise `attempt to use a closed lmp.Queue` (tname: the metatable's name),

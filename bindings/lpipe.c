@@ -102,6 +102,8 @@ static int pipe_new(lua_State *L)
   lpipe *a = newend(L, -1, 1, duplex);
   lpipe *b = newend(L, -1, duplex, 1);
   int rc = lmp_pipe_pair(duplex, fds);
+  if (lmpb_fds_retry(L, rc))
+    rc = lmp_pipe_pair(duplex, fds);
   if (rc < 0)
     return lmpb_rterror(L, "Pipe", rc);
   a->fd = fds[0];
@@ -220,6 +222,11 @@ static int pipe_encode(lua_State *L, int idx, lmp_buf_t *out)
     return -EBADF;
   struct wire w = {0, (uint8_t)p->readable, (uint8_t)p->writable};
   int rc = lmp_fd_stash(p->fd, &w.token);
+  if (rc == -ENOSPC)
+    return luaL_error(L,
+                      "too many connections in transit: the watchdog holds at most %d "
+                      "(fewer under a low ulimit -n) until their receivers take them",
+                      LMP_FD_STASH_MAX);
   if (rc < 0)
     return rc;
   if (lmp_buf_reserve(out, out->len + sizeof w) < 0)
@@ -237,6 +244,8 @@ static void pipe_decode(lua_State *L, const char *data, size_t len)
   memcpy(&w, data, sizeof w);
   lpipe *p = newend(L, -1, w.readable != 0, w.writable != 0);
   int rc = lmp_fd_fetch(w.token, &p->fd);
+  if (lmpb_fds_retry(L, rc))
+    rc = lmp_fd_fetch(w.token, &p->fd);
   if (rc < 0)
     luaL_error(L, "cannot receive a connection: %s", lmp_strerror(rc));
 }

@@ -20,6 +20,10 @@
  * array of values), ERROR (an lmp.Error, which crosses as a registered
  * class) or PARTIAL ({values, errors}).  A reply that cannot be encoded
  * fails only the items that hold the culprit, with kind "serialize".
+ * Every task gets a reply: a task that ran out of memory leaves garbage
+ * that a full collection frees before its error is encoded, and when even
+ * that fails, an error "not enough memory" encoded when the worker started
+ * goes instead.
  *
  * Lists of plain values.  Most maps move numbers and strings, for which the
  * codec's generality (identity maps, paths for error messages) costs more
@@ -588,12 +592,15 @@ static int l_encode_fn(lua_State *L)
 
 /* lua_pcall with the message handler at index 1.  Lua skips the handler
  * for out-of-memory errors: those arrive here as the bare message and are
- * made an lmp.Error too. */
+ * made an lmp.Error too, after a collection has freed what the task left
+ * behind (its frames are gone, so most of what filled memory is garbage). */
 static int tpcall(lua_State *L, int nargs, int nres)
 {
   int rc = lua_pcall(L, nargs, nres, 1);
   if (rc == LUA_OK)
     return rc;
+  if (rc == LUA_ERRMEM)
+    lua_gc(L, LUA_GCCOLLECT);
   int is = 0;
   if (lua_type(L, -1) == LUA_TTABLE && lua_getmetatable(L, -1)) {
     luaL_getmetatable(L, "lmp.Error");
@@ -608,25 +615,42 @@ static int tpcall(lua_State *L, int nargs, int nres)
   return rc;
 }
 
+/* Protected: value, what (a light userdata) -> its encoding (another). */
 static int encode_call(lua_State *L)
 {
-  lua_pushlightuserdata(L, (void *)lmpb_encode(L, 1, lua_tostring(L, 2)));
+  lua_pushlightuserdata(L, (void *)lmpb_encode(L, 1, lua_touserdata(L, 2)));
   return 1;
 }
 
-/* Encode the value at idx without raising: the buffer, or NULL with the
- * codec's lmp.Error pushed. */
-static const lmp_buf_t *try_encode(lua_State *L, int idx, const char *what)
+/* Run the protected encoder fn on the value at idx; *out its buffer.  A
+ * memory error is retried once after a full collection.  Leaves the
+ * error on the stack when the status is not LUA_OK. */
+static int pencode(lua_State *L, lua_CFunction fn, int idx, const char *what, const lmp_buf_t **out)
 {
   idx = lua_absindex(L, idx);
-  lua_pushcfunction(L, encode_call);
-  lua_pushvalue(L, idx);
-  lua_pushstring(L, what);
-  if (lua_pcall(L, 2, 1, 0) != LUA_OK)
-    return NULL;
-  const lmp_buf_t *b = lua_touserdata(L, -1);
-  lua_pop(L, 1);
-  return b;
+  for (int pass = 0;; pass++) {
+    lua_pushcfunction(L, fn);
+    lua_pushvalue(L, idx);
+    lua_pushlightuserdata(L, (void *)what);
+    int rc = lua_pcall(L, 2, 1, 0);
+    if (rc == LUA_OK) {
+      *out = lua_touserdata(L, -1);
+      lua_pop(L, 1);
+      return rc;
+    }
+    if (rc != LUA_ERRMEM || pass)
+      return rc;
+    lua_pop(L, 1);
+    lua_gc(L, LUA_GCCOLLECT);
+  }
+}
+
+/* Encode the value at idx without raising: the buffer, or NULL with the
+ * codec's error pushed. */
+static const lmp_buf_t *try_encode(lua_State *L, int idx, const char *what)
+{
+  const lmp_buf_t *b;
+  return pencode(L, encode_call, idx, what, &b) == LUA_OK ? b : NULL;
 }
 
 /* Encode value[first .. first+count-1] as an array.  When an item cannot
@@ -1003,6 +1027,39 @@ static void sanitize_error(lua_State *L, int idx)
   lua_pop(L, 1);
 }
 
+/* Protected: err, what -> the encoding of err (a light userdata), made an
+ * lmp.Error of kind "task" first when it is not one (the bare message of a
+ * memory error), its value dropped when that cannot be sent.  With what
+ * NULL, a plain "the task's error could not be sent" is encoded instead. */
+static int encode_error(lua_State *L)
+{
+  if (!lua_touserdata(L, 2)) {
+    lmpb_error_push(L, "task", "the task's error could not be sent");
+  } else if (!lua_istable(L, 1)) {
+    lmpb_error_push(L, "task", lmpb_tomessage(L, 1));
+  } else {
+    lua_settop(L, 1);
+    sanitize_error(L, 1);
+  }
+  lua_pushlightuserdata(L, (void *)lmpb_encode(L, -1, "error"));
+  return 1;
+}
+
+/* The reply of last resort, encoded when the worker starts: "not enough
+ * memory", for when even the task's error cannot be encoded. */
+static lmp_buf_t oom_error;
+
+static void keep_oom_error(lua_State *L)
+{
+  lmpb_error_push(L, "task", "not enough memory");
+  const lmp_buf_t *b = lmpb_encode(L, -1, "error");
+  if (lmp_buf_reserve(&oom_error, b->len) < 0)
+    luaL_error(L, "not enough memory");
+  memcpy(oom_error.data, b->data, b->len);
+  oom_error.len = b->len;
+  lua_pop(L, 1);
+}
+
 static void reply(lmp_pool_worker_t *w, uint32_t status, const lmp_buf_t *b)
 {
   struct iovec v[3] = {{b->data, b->len}};
@@ -1027,18 +1084,19 @@ static void reply(lmp_pool_worker_t *w, uint32_t status, const lmp_buf_t *b)
   }
 }
 
-/* Reply with the lmp.Error at the top of the stack. */
+/* Reply with the error at the top of the stack (an lmp.Error, or the
+ * message of a memory error).  A reply always goes: an error that cannot
+ * be sent becomes a plain one, and when memory is too short even for that,
+ * the one encoded in advance goes. */
 static void reply_error(lua_State *L, lmp_pool_worker_t *w)
 {
-  sanitize_error(L, -1);
-  const lmp_buf_t *b = try_encode(L, -1, "error");
-  if (!b) {
+  const lmp_buf_t *b;
+  int rc = pencode(L, encode_error, -1, "error", &b);
+  if (rc != LUA_OK && rc != LUA_ERRMEM) {
     lua_pop(L, 1);
-    lmpb_error_push(L, "task", "the task's error could not be sent");
-    b = try_encode(L, -1, "error");
+    rc = pencode(L, encode_error, -1, NULL, &b);
   }
-  if (b)
-    reply(w, ST_ERROR, b);
+  reply(w, ST_ERROR, rc == LUA_OK ? b : &oom_error);
 }
 
 /* Push the function of a task record: from the worker's cache (at index
@@ -1416,6 +1474,7 @@ static int worker_loop(lua_State *L)
   lua_createtable(L, 0, 8);   /* 2: loaded functions by hash; [0] the LRU clock */
   lua_pushinteger(L, 0);
   lua_rawseti(L, 2, 0);
+  keep_oom_error(L);
   if (run_initializer(L, w, lp) < 0)
     return 0;
   lmp_pool_task_t pt;
@@ -1590,6 +1649,8 @@ static int l_new(lua_State *L)
   lmp_proc_reap();
   fflush(NULL); /* or each worker would write the parent's buffered output again */
   int rc = lmp_pool_create(&cfg, &lp->pool);
+  if (lmpb_fds_retry(L, rc))
+    rc = lmp_pool_create(&cfg, &lp->pool);
   if (rc < 0 && lp->start_err != LUA_NOREF) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, lp->start_err);
     return lua_error(L);

@@ -90,6 +90,25 @@ static void forget_child(lua_State *L, int idx)
   lua_pop(L, 1);
 }
 
+/* Forget the started processes that have ended, as Python's
+ * active_children() and start() do: a Process nobody joins is then
+ * collected once the program drops it. */
+static void forget_ended(lua_State *L)
+{
+  lua_getfield(L, LUA_REGISTRYINDEX, CHILDREN_KEY);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    lua_pop(L, 1);
+    lprocess *p = lua_touserdata(L, -1);
+    if (!p->proc || !lmp_proc_alive(p->proc)) {
+      lua_pushvalue(L, -1);
+      lua_pushnil(L);
+      lua_rawset(L, -4); /* clearing a field during lua_next is allowed */
+    }
+  }
+  lua_pop(L, 1);
+}
+
 static int iscallable(lua_State *L, int idx)
 {
   if (lua_isfunction(L, idx))
@@ -223,6 +242,7 @@ static int process_start(lua_State *L)
     lmpb_closed(L, PROCESS_MT);
   luaL_argcheck(L, p->state == CREATED, 1, "process already started");
   lmp_proc_reap();
+  forget_ended(L);
   lua_settop(L, 1);
   getfield(L, 1, "name");
   lmpb_start_t how = {p->method, lua_tostring(L, 2), p->daemon};
@@ -237,6 +257,8 @@ static int process_start(lua_State *L)
   lua_remove(L, 4);
   lmp_proc_t *proc;
   int rc = lmpb_spawn(L, 3, nargs, &how, &proc);
+  if (lmpb_fds_retry(L, rc))
+    rc = lmpb_spawn(L, 3, nargs, &how, &proc);
   if (rc < 0)
     return lmpb_start_error(L, "start", "a process", rc);
   lua_settop(L, 1);
@@ -439,17 +461,15 @@ static int l_parent_process(lua_State *L)
 static int l_active_children(lua_State *L)
 {
   lmp_proc_reap();
+  forget_ended(L);
   lua_newtable(L);
   lua_getfield(L, LUA_REGISTRYINDEX, CHILDREN_KEY);
   int n = 0;
   lua_pushnil(L);
   while (lua_next(L, -2)) {
     lua_pop(L, 1);
-    lprocess *p = lua_touserdata(L, -1);
-    if (p->proc && lmp_proc_alive(p->proc)) {
-      lua_pushvalue(L, -1);
-      lua_rawseti(L, -4, ++n);
-    }
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, -4, ++n);
   }
   lua_pop(L, 1);
   return 1;

@@ -86,6 +86,8 @@ static int queue_create(lua_State *L, int kind)
   luaL_argcheck(L, kind != SIMPLE || maxsize == 0, 1, "a SimpleQueue has no maxsize");
   lqueue *q = newqueue(L, kind);
   int rc = lmp_queue_create((size_t)maxsize, (size_t)capacity, &q->q);
+  if (lmpb_fds_retry(L, rc))
+    rc = lmp_queue_create((size_t)maxsize, (size_t)capacity, &q->q);
   if (rc < 0)
     return lmpb_rterror(L, ctornames[kind], rc);
   return 1;
@@ -271,6 +273,8 @@ static void decode_kind(lua_State *L, const char *data, size_t len, int kind)
   lqueue *q = newqueue(L, kind);
   lmp_seg_t *seg;
   int rc = lmp_seg_attach(name, 1, &seg);
+  if (lmpb_fds_retry(L, rc))
+    rc = lmp_seg_attach(name, 1, &seg);
   if (rc == 0) {
     rc = lmp_queue_open(seg, &q->q);
     lmp_seg_release(seg);

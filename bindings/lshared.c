@@ -282,6 +282,8 @@ static int value_create(lua_State *L, int raw, const char *fname)
   }
   larray *u = new_larray(L, VALUE_MT);
   int rc = lmp_array_create(t, 1, (lock ? LMP_ARRAY_LOCK : 0) | LMP_ARRAY_VALUE, &u->a);
+  if (lmpb_fds_retry(L, rc))
+    rc = lmp_array_create(t, 1, (lock ? LMP_ARRAY_LOCK : 0) | LMP_ARRAY_VALUE, &u->a);
   if (rc < 0)
     return lmpb_rterror(L, fname, rc);
   lmp_array_store(u->a, 0, v);
@@ -330,6 +332,8 @@ static int array_create(lua_State *L, int raw, const char *fname)
   }
   larray *u = new_larray(L, ARRAY_MT);
   int rc = lmp_array_create(t, (size_t)n, lock ? LMP_ARRAY_LOCK : 0, &u->a);
+  if (lmpb_fds_retry(L, rc))
+    rc = lmp_array_create(t, (size_t)n, lock ? LMP_ARRAY_LOCK : 0, &u->a);
   if (rc < 0)
     return lmpb_rterror(L, fname, rc);
   lmp_array_t *a = u->a;
@@ -723,6 +727,8 @@ static int shmem_attach(lua_State *L, const char *name)
 {
   lshmem *u = new_lshmem(L);
   int rc = lmp_shmem_attach(name, &u->m);
+  if (lmpb_fds_retry(L, rc))
+    rc = lmp_shmem_attach(name, &u->m);
   if (rc == -ENOENT)
     return lmpb_fail(L, "not found");
   if (rc == -EINVAL)
@@ -737,6 +743,8 @@ static int shmem_create(lua_State *L, lua_Integer size, const char *name)
   luaL_argcheck(L, size > 0, 1, "size must be positive");
   lshmem *u = new_lshmem(L);
   int rc = lmp_shmem_create((size_t)size, name, &u->m);
+  if (lmpb_fds_retry(L, rc))
+    rc = lmp_shmem_create((size_t)size, name, &u->m);
   if (rc == -EEXIST)
     return lmpb_fail(L, "exists");
   if (rc == -EINVAL)
@@ -936,6 +944,8 @@ static lmp_seg_t *decode_seg(lua_State *L, const char *data, size_t len, const c
   memcpy(name, data, len);
   name[len] = '\0';
   int rc = lmp_seg_attach(name, 1, &seg);
+  if (lmpb_fds_retry(L, rc))
+    rc = lmp_seg_attach(name, 1, &seg);
   if (rc < 0)
     luaL_error(L, "cannot receive a %s: %s", mt, lmp_strerror(rc));
   return seg;

@@ -112,6 +112,8 @@ static lsync *sync_create(lua_State *L, int kind, size_t extra, const char *fnam
   lsync *s = newsync(L, kind);
   lmp_seg_t *seg;
   int rc = lmp_seg_create(sizeof(struct shared) + extra, &seg);
+  if (lmpb_fds_retry(L, rc))
+    rc = lmp_seg_create(sizeof(struct shared) + extra, &seg);
   if (rc == 0)
     rc = sync_open(s, seg);
   if (rc < 0)

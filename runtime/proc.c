@@ -26,6 +26,13 @@
  * 255), never signalled again.  Only without pidfds (kernels before 5.4)
  * does a pid stand for a child, and then only while it is unreaped.
  *
+ * Descriptors.  A record's pidfd (or status descriptor) is closed as soon
+ * as the child is reaped, unless lmp_proc_fd handed it out: a caller that
+ * polls it (a pool's epoll set, a Process's sentinel) keeps it until
+ * lmp_proc_free.  So children that are never joined cost no descriptor
+ * once they ended.  Asked for after that, lmp_proc_fd gives one
+ * descriptor shared by every ended child, which is readable for good.
+ *
  * Owners.  Several independent users can share one process (two Lua states
  * in one server); each tags its children with an owner, and ending one
  * owner's children (lmp_proc_shutdown_owner) leaves the others running.
@@ -63,6 +70,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -95,6 +103,7 @@ struct lmp_proc {
   int code;   /* Python-style exit code once EXITED */
   int flags;  /* 0, LMP_PROC_DAEMON or LMP_PROC_SERVICE */
   int handle; /* the caller still holds this record */
+  int lent;   /* lmp_proc_fd handed out the descriptor: kept until freed */
   uint64_t owner;
 };
 
@@ -207,7 +216,8 @@ static int decode_status(int status)
   return STATUS_LOST;
 }
 
-/* Record an exit.  A reaped child nobody refers to is forgotten at once. */
+/* Record an exit.  A reaped child nobody refers to is forgotten at once;
+ * one still referred to keeps its descriptors only if they were lent. */
 static void mark_exited(struct lmp_proc *p, int code)
 {
   if (p->status_fd >= 0 && p->state == RUNNING)
@@ -218,6 +228,8 @@ static void mark_exited(struct lmp_proc *p, int code)
   if (!p->handle) {
     unlink_record(p);
     free_record(p);
+  } else if (!p->lent) {
+    close_fds(p);
   }
 }
 
@@ -603,9 +615,34 @@ pid_t lmp_proc_pid(const lmp_proc_t *p)
   return p->pid;
 }
 
-int lmp_proc_fd(const lmp_proc_t *p)
+/* The descriptor that tells of the child's end; -1 if it has none. */
+static int live_fd(const struct lmp_proc *p)
 {
   return p->status_fd >= 0 ? p->status_fd : p->pidfd;
+}
+
+/* One descriptor, readable for good (a socket whose peer is closed), that
+ * stands for every ended child whose own descriptor is closed; -1 if it
+ * cannot be made. */
+static int ended_fd(void)
+{
+  static int fd = -1;
+  int sv[2];
+  if (fd < 0 && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0) {
+    close(sv[1]);
+    fd = sv[0];
+  }
+  return fd;
+}
+
+int lmp_proc_fd(lmp_proc_t *p)
+{
+  int fd = live_fd(p);
+  if (fd >= 0)
+    p->lent = 1;
+  else if (p->state == EXITED)
+    fd = ended_fd();
+  return fd;
 }
 
 static void sleep_ns(int64_t ns)
@@ -643,7 +680,7 @@ int lmp_proc_wait(lmp_proc_t *p, int64_t deadline)
   int rc = try_reap(p, WNOHANG);
   if (rc != 0)
     return rc < 0 ? rc : 0;
-  rc = lmp__poll_fd(lmp_proc_fd(p), POLLIN, deadline);
+  rc = lmp__poll_fd(live_fd(p), POLLIN, deadline);
   if (rc < 0)
     return backoff_wait(p, deadline); /* someone closed our pidfd */
   if (rc == 0)

@@ -39,7 +39,10 @@
  * client costs at most a second.  Only peers with the watchdog's own uid are
  * served, and clients talk only to a server with their own uid (the
  * abstract namespace has no file modes, so after a watchdog's death another
- * user could bind its address).  The stash is capped; past the cap the oldest entry is dropped.
+ * user could bind its address).  The stash is capped (LMP_FD_STASH_MAX, or
+ * less under a low descriptor limit): past the cap a stash is refused with
+ * -ENOSPC, so the sender learns it, instead of a receiver later finding
+ * its descriptor gone.
  *
  * Its third job is to keep the memfd segments (shm.c) that stand in for
  * /dev/shm when /dev/shm is too small: the creator hands it a descriptor
@@ -78,7 +81,7 @@
 #include "internal.h"
 #include "lmp/shm.h"
 
-#define LMP__STASH_MAX 4096
+#define LMP__STASH_MAX LMP_FD_STASH_MAX
 #define LMP__KIDS_MAX 1024      /* enrolled children of the root */
 #define LMP__ENROL_CONNS 4      /* connections enrolments arrive on */
 #define LMP__ENROL_READ_MS 1000 /* how often they are read */
@@ -391,12 +394,10 @@ static size_t wd_limits(void)
 static struct {
   struct {
     uint64_t token;
-    uint64_t seq; /* insertion order, for eviction */
     int fd;
     int used;
   } e[LMP__STASH_MAX];
   size_t cap, n;
-  uint64_t seq;
 } stash;
 
 static int stash_find(uint64_t token)
@@ -408,29 +409,22 @@ static int stash_find(uint64_t token)
   return -1;
 }
 
-/* Store *fd under token; on success the stash owns it and *fd is -1. */
+/* Store *fd under token; on success the stash owns it and *fd is -1.
+ * -ENOSPC when it is full: every entry is a message still on its way. */
 static int stash_put(uint64_t token, int *fd)
 {
-  size_t i, slot = 0;
+  size_t i, slot = stash.cap;
 
   if (*fd < 0)
     return -EINVAL;
   if (stash_find(token) >= 0)
     return -EEXIST;
-  for (i = 0; i < stash.cap; i++) {
-    if (!stash.e[i].used) {
+  for (i = 0; i < stash.cap && slot == stash.cap; i++)
+    if (!stash.e[i].used)
       slot = i;
-      break;
-    }
-    if (stash.e[i].seq < stash.e[slot].seq)
-      slot = i;
-  }
-  if (stash.e[slot].used) { /* full: the oldest goes */
-    close(stash.e[slot].fd);
-    stash.n--;
-  }
+  if (slot == stash.cap)
+    return -ENOSPC;
   stash.e[slot].token = token;
-  stash.e[slot].seq = ++stash.seq;
   stash.e[slot].fd = *fd;
   stash.e[slot].used = 1;
   stash.n++;

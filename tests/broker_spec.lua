@@ -77,7 +77,8 @@ local function start_worker(queue, opts)
                 string.format("%q", "--processes"), string.format("%q", tostring(opts.processes or 2))}
   for _, a in ipairs(opts.args or {}) do args[#args + 1] = string.format("%q", a) end
   local code = "os.exit(require('lmp.worker').main({" .. table.concat(args, ", ") .. "}))"
-  local cmd = string.format("env LMP_SECRET=%s %s -e %q > %s 2>&1 & echo $!", opts.secret or SECRET,
+  local cmd = string.format("%senv LMP_SECRET=%s %s -e %q > %s 2>&1 & echo $!",
+                            opts.limits and "ulimit " .. opts.limits .. "; " or "", opts.secret or SECRET,
                             support.lmp_bin, code, log)
   local pid = tonumber(sh(cmd):match("%d+"))
   workers[#workers + 1] = pid
@@ -426,6 +427,23 @@ describe_redis("lmp.Pool on a Redis broker", function()
     assert.matches("3 deliveries", e.message)
     assert.matches("1", cli("XLEN lmp:q:" .. q .. ":dead"))
     -- the worker goes on
+    assert.are.equal(1, p:apply(function() return 1 end))
+    p:terminate()
+    kill(w)
+    assert.is_true(exited(w))
+  end)
+
+  it("fails a task out of memory at once, and the worker goes on", function()
+    local sanitizer = os.getenv("LMP_TEST_SANITIZER") or ""
+    if sanitizer ~= "" then return pending("ulimit -v cannot hold a " .. sanitizer .. " build") end
+    local q = new_queue()
+    local w = start_worker(q, {processes = 1, limits = "-v 300000"})
+    local p = pool(q)
+    local r = p:apply_async(support.memory_hog)
+    local ok, e = pcall(r.get, r, 60)
+    assert.is_false(ok, tostring(e))
+    assert.are.equal("task", e.kind)
+    assert.are.equal("not enough memory", e.message)
     assert.are.equal(1, p:apply(function() return 1 end))
     p:terminate()
     kill(w)

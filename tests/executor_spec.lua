@@ -695,6 +695,23 @@ describe("lmp.wait", function()
 end)
 
 describe("Executor failures", function()
+  it("a task out of memory fails its future (never a hang); the executor goes on", function()
+    local out, code = support.run_limited([[
+      local lmp = require "lmp"
+      local ex <close> = lmp.Executor(1)
+      local f = ex:submit(dofile("tests/support.lua").memory_hog)
+      local ok, err = pcall(f.result, f, 60)
+      assert(not ok, "no error")
+      assert(err.kind == "worker_lost" or err.kind == "task" and err.message == "not enough memory",
+             tostring(err))
+      assert(ex:submit(function() return 42 end):result(60) == 42)
+      print("executor works")
+    ]], "-v 200000")
+    if not out then return pending(code) end
+    assert.are.equal(0, code, out)
+    assert.matches("executor works", out)
+  end)
+
   it("a worker killed mid-task fails that future with worker_lost; the executor goes on", function()
     local ex <close> = lmp.Executor(2)
     local q = lmp.Queue()
@@ -779,6 +796,27 @@ describe("Executor failures", function()
 end)
 
 describe("Executor cleanup", function()
+  it("collected without shutdown, idle or busy, leaves no zombie", function()
+    local workers = {}
+    for _, busy in ipairs{false, true} do
+      local ex = lmp.Executor(2)
+      if busy then ex:submit(function() require("lmp").sleep(30) end) end
+      ex:submit(function() return 1 end):result(30)
+      for _, w in ipairs(ex:stats().workers) do workers[#workers + 1] = w.pid end
+      ex = nil
+    end
+    assert.are.equal(4, #workers)
+    collectgarbage()
+    collectgarbage()
+    for _, pid in ipairs(workers) do
+      -- reaped: no /proc entry at all (a zombie's stat says "Z")
+      local f = io.open("/proc/" .. pid .. "/stat")
+      local stat = f and f:read("a")
+      if f then f:close() end
+      assert.is_nil(stat, stat)
+    end
+  end)
+
   it("leaves nothing in /dev/shm and no worker behind", function()
     local out, code = support.run([[
       local lmp = require "lmp"

@@ -140,6 +140,52 @@ describe("lmp.Pipe", function()
     assert.is_true(support.fd_count() < 100)
   end)
 
+  -- Python's idiom: nothing is closed, the collector reclaims the ends.
+  local idiom = [[
+    local lmp = require "lmp"
+    lmp.set_start_method(arg[1])
+    local function f(conn) conn:send("hi") end
+    for _ = 1, tonumber(arg[2]) do
+      local parent, child = lmp.Pipe()
+      local p = lmp.Process(f, child)
+      p:start()
+      assert(parent:recv() == "hi")
+      p:join()
+    end
+    print("done")
+  ]]
+
+  for _, case in ipairs{{"fork", 10000}, {"forkserver", 1000}} do
+    it("runs the unclosed Pipe-to-Process idiom " .. case[2] .. " times under ulimit -n 256 ("
+       .. case[1] .. ")", function()
+      local out, code = support.run_limited(idiom, "-n 256", case[1] .. " " .. case[2])
+      assert.are.equal(0, code, out)
+      assert.matches("done", out)
+    end)
+  end
+
+  it("refuses to send an end past the watchdog's limit, losing none already sent", function()
+    local q = lmp.Queue()
+    local a, b = lmp.Pipe()
+    local sent, err = 0, nil
+    while sent <= 4096 do
+      local ok, e = pcall(q.put, q, b)
+      if not ok then err = e break end
+      sent = sent + 1
+    end
+    assert.is_not_nil(err)
+    assert.are.equal("serialize", err.kind)
+    assert.matches("too many connections in transit: the watchdog holds at most 4096", err.message, 1, true)
+    -- every end sent before is there; taking one makes room
+    local first = q:get(5)
+    first:send("x")
+    assert.are.equal("x", a:recv(5))
+    first:close()
+    q:put(b)
+    for _ = 1, sent do q:get(5):close() end
+    assert.is_nil(q:get(0))
+  end)
+
   it("rejects bad arguments", function()
     assert.has_error(function() lmp.Pipe("yes") end,
       "bad argument #1 to 'Pipe' (boolean expected, got string)")

@@ -540,6 +540,37 @@ describe("lmp.Pool task_timeout", function()
   end)
 end)
 
+describe("lmp.Pool out of memory", function()
+  -- Each call fails (kind "task", "not enough memory", or "worker_lost"),
+  -- never waits forever; the pool goes on.  get(60) turns a lost reply into
+  -- a failure instead of a hang.
+  it("fails apply, map and imap of a task out of memory; the pool goes on", function()
+    local out, code = support.run_limited([[
+      local lmp = require "lmp"
+      local hog = dofile("tests/support.lua").memory_hog
+      local function failed(what, ok, err)
+        assert(not ok, what .. ": no error, " .. tostring(err))
+        assert(err.kind == "worker_lost" or err.kind == "task" and err.message == "not enough memory",
+               what .. ": " .. tostring(err))
+        print(what, "failed")
+      end
+      local pool = lmp.Pool(1)
+      local r = pool:apply_async(hog)
+      failed("apply", pcall(r.get, r, 60))
+      r = pool:map_async(function() hog() end, {1, 2})
+      failed("map", pcall(r.get, r, 60))
+      failed("imap", pcall(function()
+        for _ in pool:imap(function() hog() end, {1}) do end
+      end))
+      assert(pool:apply(function() return 42 end) == 42)
+      print("pool works")
+    ]], "-v 200000")
+    if not out then return pending(code) end
+    assert.are.equal(0, code, out)
+    assert.matches("apply\tfailed\nmap\tfailed\nimap\tfailed\npool works", out)
+  end)
+end)
+
 describe("lmp.Pool initializer", function()
   it("runs in each worker before its tasks", function()
     local pool <close> = lmp.Pool{processes = 2, initializer = function(a, b) _G.INIT_VALUE = a + b end,

@@ -180,6 +180,63 @@ describe("lmp.Process", function()
     assert.is_false(support.alive(pid))
   end)
 
+  it("releases the descriptor of a process that ended, joined or not", function()
+    local before = support.fd_count()
+    for _ = 1, 1000 do
+      local p = lmp.Process(function() end)
+      p:start()
+    end
+    assert.is_true(support.eventually(function() return #lmp.active_children() == 0 end, 60))
+    -- at most the one descriptor every ended process's sentinel shares
+    assert.is_true(support.fd_count() <= before + 1, support.fd_count() .. " open, " .. before .. " before")
+  end)
+
+  it("p.sentinel: its own while it runs, kept after; a shared readable one once reaped", function()
+    local e = lmp.Event()
+    local p = lmp.Process(function() e:wait(30) end)
+    p:start()
+    local s = p.sentinel
+    assert.are.equal(0, lmp._poll_fds({s}, 0))
+    e:set()
+    assert.is_true(p:join(30))
+    assert.are.equal(s, p.sentinel)
+    assert.are.equal(1, lmp._poll_fds({s}, 0))
+    local ended = {}
+    for i = 1, 2 do
+      local q = lmp.Process(function() end)
+      q:start()
+      assert.is_true(q:join(30))
+      ended[i] = q.sentinel
+      assert.are.equal(1, lmp._poll_fds({ended[i]}, 0))
+    end
+    assert.are.equal(ended[1], ended[2])
+    assert.are_not.equal(s, ended[1])
+  end)
+
+  it("leaves no zombie behind a <close> scope, running or ended", function()
+    local function stat(pid)
+      local f = io.open("/proc/" .. pid .. "/stat")
+      local text = f and f:read("a")
+      if f then f:close() end
+      return text
+    end
+    local running, ended
+    do
+      local p <close> = lmp.Process(function() lmp.sleep(30) end)
+      p:start()
+      running = p.pid
+    end
+    do
+      local p <close> = lmp.Process(function() end)
+      p:start()
+      ended = p.pid
+      assert.is_true(support.eventually(function() return not support.alive(ended) end))
+    end
+    -- reaped: no /proc entry at all (a zombie's stat says "Z")
+    assert.is_nil(stat(running))
+    assert.is_nil(stat(ended))
+  end)
+
   it("runs closures with upvalues, and children can start children", function()
     local q = lmp.Queue()
     local base = 100

@@ -83,6 +83,31 @@ function M.run_small_shm(size, code, env)
   return out, code_
 end
 
+-- Runs a Lua snippet with the lmp executable (`args`, shell words, after
+-- it) under the shell limits `limits` (ulimit options, such as "-v 200000"
+-- or "-n 256"); returns
+-- output (stdout and stderr together) and exit code.  An address-space
+-- limit cannot hold a sanitizer build (its shadow memory alone is larger):
+-- there it returns nil and the reason.
+function M.run_limited(code, limits, args)
+  if limits:find("-v", 1, true) and (os.getenv("LMP_TEST_SANITIZER") or "") ~= "" then
+    return nil, "ulimit -v cannot hold a " .. os.getenv("LMP_TEST_SANITIZER") .. " build"
+  end
+  local path = M.tmpfile(code)
+  local out, rc = M.shell_code(string.format("sh -c 'ulimit %s && exec %s %s %s'", limits, M.lmp_bin, path,
+                                             args or ""))
+  os.remove(path)
+  return out, rc
+end
+
+-- A task (no arguments) that fills memory with small strings until
+-- allocation fails, so that what is left then is garbage (scripts run by
+-- run_limited reach it as dofile("tests/support.lua").memory_hog).
+function M.memory_hog()
+  local t = {}
+  for i = 1, math.huge do t[i] = string.rep("x", 200) .. i end
+end
+
 -- How many processes run with real user id `uid`.
 local function processes_of(uid)
   local n = 0

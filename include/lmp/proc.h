@@ -70,8 +70,12 @@ int lmp_proc_alive(lmp_proc_t *p);               /* reaps if it has exited */
 int lmp_proc_exitcode(lmp_proc_t *p, int *code); /* 0 and code once exited, -EAGAIN while running */
 int lmp_proc_signal(lmp_proc_t *p, int sig);     /* no-op once exited */
 /* A descriptor that turns readable once the exit code is known: the pidfd,
- * or the status descriptor of an adopted process; -1 if none. */
-int lmp_proc_fd(const lmp_proc_t *p);
+ * or the status descriptor of an adopted process; -1 if none.  A child's
+ * descriptor is closed when it is reaped unless this handed it out (then
+ * it stays open until lmp_proc_free); once the child is reaped and its own
+ * is closed, one descriptor shared by all ended children, always readable.
+ * Never close what this returns. */
+int lmp_proc_fd(lmp_proc_t *p);
 
 /* Reap every registered child that has exited (cheap when none has). */
 void lmp_proc_reap(void);

@@ -110,7 +110,11 @@ void lmp_seg_unpin(const char *name);
  * holds in one of them is handed on (EOWNERDEAD) when it ends. */
 void lmp_runtime_release_all(void);
 
-/* Descriptor hand-off through the watchdog. */
+/* Descriptor hand-off through the watchdog.  It holds at most
+ * LMP_FD_STASH_MAX descriptors in transit (fewer when its descriptor limit
+ * is lower); past that lmp_fd_stash fails with -ENOSPC until receivers
+ * take some. */
+#define LMP_FD_STASH_MAX 4096
 int lmp_fd_stash(int fd, uint64_t *token); /* keeps a duplicate; fd stays open */
 int lmp_fd_fetch(uint64_t token, int *fd); /* once; -ENOENT if unknown or taken */
 
