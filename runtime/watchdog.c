@@ -367,28 +367,6 @@ static void wd_fds(int *keep[], int n)
     close(null);
 }
 
-/* The stash's share of the descriptor limit, raised first to room for a
- * full stash and the enrolled children (the soft limit is often 1024). */
-static size_t wd_limits(void)
-{
-  struct rlimit rl;
-  const rlim_t want = LMP__STASH_MAX + LMP__KIDS_MAX + 64;
-  size_t room;
-
-  if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
-    return 256;
-  if (rl.rlim_cur < want) {
-    rl.rlim_cur = rl.rlim_max < want ? rl.rlim_max : want;
-    setrlimit(RLIMIT_NOFILE, &rl);
-    getrlimit(RLIMIT_NOFILE, &rl);
-  }
-  if (rl.rlim_cur < 128)
-    return 16;
-  room = (size_t)rl.rlim_cur - 64; /* beside the few the watchdog itself uses */
-  room = room > 2 * LMP__KIDS_MAX ? room - LMP__KIDS_MAX : room / 2; /* the children's share */
-  return room < LMP__STASH_MAX ? room : LMP__STASH_MAX;
-}
-
 /* === the watchdog: the stash === */
 
 static struct {
@@ -456,32 +434,6 @@ static struct {
   size_t n, cap;
 } segs;
 
-/* Their budget: raise the soft limit (toward the hard one) for them, and
- * take what the children leave beside the stash; when the limit cannot hold
- * both in full, the stash and the segments get half each. */
-static size_t wd_seg_budget(void)
-{
-  const rlim_t want = LMP__STASH_MAX + LMP__KIDS_MAX + LMP__SEGS_MAX + 64;
-  struct rlimit rl;
-  size_t room;
-
-  if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
-    return 0;
-  if (rl.rlim_cur < want) {
-    rl.rlim_cur = rl.rlim_max < want ? rl.rlim_max : want;
-    setrlimit(RLIMIT_NOFILE, &rl);
-    getrlimit(RLIMIT_NOFILE, &rl);
-  }
-  room = (size_t)rl.rlim_cur > 64 + LMP__KIDS_MAX ? (size_t)rl.rlim_cur - 64 - LMP__KIDS_MAX : 0;
-  if (room >= stash.cap + LMP__SEGS_MAX)
-    return LMP__SEGS_MAX;
-  if (room < 32) /* no room for either: the stash keeps what it had */
-    return 0;
-  if (stash.cap > room - room / 2)
-    stash.cap = room - room / 2;
-  return room - stash.cap < LMP__SEGS_MAX ? room - stash.cap : LMP__SEGS_MAX;
-}
-
 static int seg_find(uint64_t token)
 {
   size_t i;
@@ -525,7 +477,7 @@ static int wd_seg(int c, const lmp__wd_req_t *req, int *fd)
 
 static struct {
   int fd[LMP__KIDS_MAX]; /* pidfds */
-  size_t n;
+  size_t n, cap;
 } kids;
 
 /* Forget the children that have ended. */
@@ -547,9 +499,9 @@ static void kids_prune(void)
 
 static int kids_add(int *fd)
 {
-  if (kids.n == LMP__KIDS_MAX)
+  if (kids.n >= kids.cap)
     kids_prune();
-  if (kids.n == LMP__KIDS_MAX)
+  if (kids.n >= kids.cap)
     return -ENOSPC; /* it still dies with the root, by its death signal */
   kids.fd[kids.n++] = *fd;
   *fd = -1;
@@ -613,6 +565,38 @@ static void kids_kill(void)
     close(kids.fd[i]);
   }
   kids.n = 0;
+}
+
+/* === the watchdog: its descriptor budget === */
+
+/*
+ * Everything the watchdog keeps is a descriptor: enrolled children, stashed
+ * descriptors, memory segments.  Their tables are capped by what the
+ * descriptor limit allows, so that a descriptor sent to the watchdog never
+ * arrives cut off (SCM_RIGHTS past the limit drops it): the soft limit is
+ * raised toward the hard one for full tables, the children take at most a
+ * quarter of what there is, and when the stash and the segments cannot
+ * both be full they get half each of the rest.  A full table refuses
+ * (-ENOSPC for the stash, -EMFILE for segments); a child not enrolled
+ * still dies with the root.
+ */
+static void wd_budget(void)
+{
+  const rlim_t want = LMP__STASH_MAX + LMP__KIDS_MAX + LMP__SEGS_MAX + 64;
+  struct rlimit rl;
+  size_t room = 0;
+
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < want) {
+    rl.rlim_cur = rl.rlim_max < want ? rl.rlim_max : want;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur > 64)
+    room = (size_t)rl.rlim_cur - 64; /* beside the few the watchdog itself uses */
+  kids.cap = room / 4 < LMP__KIDS_MAX ? room / 4 : LMP__KIDS_MAX;
+  room -= kids.cap;
+  stash.cap = room - room / 2 < LMP__STASH_MAX ? room - room / 2 : LMP__STASH_MAX;
+  room -= stash.cap;
+  segs.cap = room < LMP__SEGS_MAX ? room : LMP__SEGS_MAX;
 }
 
 /* === the watchdog: serving === */
@@ -756,8 +740,7 @@ static void wd_main(const char *prefix, int lfd, int pidfd, int live)
   if (chdir("/") < 0) { /* hold no mount busy; staying put is harmless */
   }
   prctl(PR_SET_NAME, "lmp-watchdog");
-  stash.cap = wd_limits();
-  segs.cap = wd_seg_budget();
+  wd_budget();
   for (;;) {
     p[0] = (struct pollfd){.fd = pidfd, .events = POLLIN};
     p[1] = (struct pollfd){.fd = live, .events = POLLIN};

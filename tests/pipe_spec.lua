@@ -155,7 +155,7 @@ describe("lmp.Pipe", function()
     print("done")
   ]]
 
-  for _, case in ipairs{{"fork", 10000}, {"forkserver", 1000}} do
+  for _, case in ipairs{{"fork", 10000}, {"spawn", 300}, {"forkserver", 1000}} do
     it("runs the unclosed Pipe-to-Process idiom " .. case[2] .. " times under ulimit -n 256 ("
        .. case[1] .. ")", function()
       local out, code = support.run_limited(idiom, "-n 256", case[1] .. " " .. case[2])
