@@ -261,29 +261,28 @@ static int decode_siginfo(const siginfo_t *si)
   return STATUS_LOST;
 }
 
-/* waitid() on the pidfd: exactly this process, whatever its pid has become
- * since.  Same returns as try_reap. */
-static int reap_pidfd(struct lmp_proc *p, int flags)
+/* One wait for p, without handling EINTR or ECHILD: the pid reaped (its
+ * exit code in *code), 0 while it runs (WNOHANG), or -1 with errno.  With
+ * a pidfd, waitid(P_PIDFD) names exactly this process, whatever its pid has
+ * become since. */
+static pid_t wait_once(struct lmp_proc *p, int flags, int *code)
 {
-  for (;;) {
+  if (p->pidfd >= 0 && have_waitid_pidfd) {
     siginfo_t si;
     si.si_pid = 0;
     if (waitid((idtype_t)P_PIDFD, (id_t)p->pidfd, &si, WEXITED | flags) == 0) {
-      if (si.si_pid == 0)
-        return 0; /* WNOHANG, still running */
-      mark_exited(p, decode_siginfo(&si));
-      return 1;
+      *code = decode_siginfo(&si);
+      return si.si_pid;
     }
-    if (errno == EINTR)
-      continue;
-    if (errno == ECHILD) {
-      /* Reaped behind our back (a host's waitpid(-1)): the status is gone,
-       * but the child certainly is too. */
-      mark_exited(p, STATUS_LOST);
-      return 1;
-    }
-    return -errno;
+    if (errno != EINVAL)
+      return -1;
+    have_waitid_pidfd = 0; /* a kernel with pidfd_open but no P_PIDFD (5.3) */
   }
+  int status;
+  pid_t r = waitpid(p->pid, &status, flags);
+  if (r > 0)
+    *code = decode_status(status);
+  return r;
 }
 
 /*
@@ -293,19 +292,13 @@ static int reap_pidfd(struct lmp_proc *p, int flags)
  */
 static int try_reap(struct lmp_proc *p, int flags)
 {
-  int status;
   if (p->status_fd >= 0)
     return read_status(p, flags);
-  if (p->pidfd >= 0 && have_waitid_pidfd) {
-    int rc = reap_pidfd(p, flags);
-    if (rc != -EINVAL)
-      return rc;
-    have_waitid_pidfd = 0; /* a kernel with pidfd_open but no P_PIDFD (5.3) */
-  }
   for (;;) {
-    pid_t r = waitpid(p->pid, &status, flags);
-    if (r == p->pid) {
-      mark_exited(p, decode_status(status));
+    int code;
+    pid_t r = wait_once(p, flags, &code);
+    if (r > 0) {
+      mark_exited(p, code);
       return 1;
     }
     if (r == 0)
@@ -313,8 +306,8 @@ static int try_reap(struct lmp_proc *p, int flags)
     if (errno == EINTR)
       continue;
     if (errno == ECHILD) {
-      /* Reaped behind our back (a waitpid(-1) elsewhere): the status is
-       * gone, but the child certainly is too. */
+      /* Reaped behind our back (a host's waitpid(-1)): the status is gone,
+       * but the child certainly is too. */
       mark_exited(p, STATUS_LOST);
       return 1;
     }

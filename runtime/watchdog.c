@@ -93,6 +93,27 @@
 
 /* === shared by both sides === */
 
+/* One descriptor's worth of control data for sendmsg. */
+typedef union lmp__fd_cmsg {
+  char buf[CMSG_SPACE(sizeof(int))];
+  struct cmsghdr align;
+} lmp__fd_cmsg_t;
+
+/* Attach fd to mh, in the control buffer cb (which must outlive the send). */
+static void attach_fd(struct msghdr *mh, lmp__fd_cmsg_t *cb, int fd)
+{
+  struct cmsghdr *cm;
+
+  memset(cb, 0, sizeof *cb);
+  mh->msg_control = cb->buf;
+  mh->msg_controllen = sizeof cb->buf;
+  cm = CMSG_FIRSTHDR(mh);
+  cm->cmsg_level = SOL_SOCKET;
+  cm->cmsg_type = SCM_RIGHTS;
+  cm->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+}
+
 socklen_t lmp__stash_addr(const char *prefix, struct sockaddr_un *addr)
 {
   int n;
@@ -104,19 +125,19 @@ socklen_t lmp__stash_addr(const char *prefix, struct sockaddr_un *addr)
   return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
 }
 
-int lmp__unlink_prefix(const char *prefix)
+/* Unlink every /dev/shm entry `doomed` says to (it may stat the entry
+ * through the directory descriptor it is given), rescanning until a pass
+ * removes nothing: unlinking while reading a directory may hide entries
+ * from the same pass.  System calls only, no allocation.  The count. */
+static int shm_sweep(int (*doomed)(int dfd, const char *name, void *ctx), void *ctx)
 {
   char buf[4096] __attribute__((aligned(8)));
-  const char *name = prefix + 1; /* /dev/shm entries have no leading '/' */
-  size_t len = strlen(name);
   int dfd, pass, total = 0, removed;
   ssize_t n, off;
 
   dfd = open("/dev/shm", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd < 0)
     return 0;
-  /* Rescan until a pass removes nothing: unlinking while reading a
-   * directory may hide entries from the same pass. */
   for (pass = 0; pass < 8; pass++) {
     removed = 0;
     lseek(dfd, 0, SEEK_SET);
@@ -124,8 +145,7 @@ int lmp__unlink_prefix(const char *prefix)
       for (off = 0; off < n;) {
         struct dirent64 *d = (struct dirent64 *)(buf + off);
         off += d->d_reclen;
-        if (strncmp(d->d_name, name, len) == 0 && d->d_name[len] == '.' &&
-            unlinkat(dfd, d->d_name, 0) == 0)
+        if (doomed(dfd, d->d_name, ctx) && unlinkat(dfd, d->d_name, 0) == 0)
           removed++;
       }
     }
@@ -135,6 +155,20 @@ int lmp__unlink_prefix(const char *prefix)
   }
   close(dfd);
   return total;
+}
+
+static int under_prefix(int dfd, const char *name, void *prefix)
+{
+  const char *p = (const char *)prefix + 1; /* /dev/shm entries have no leading '/' */
+  size_t len = strlen(p);
+
+  (void)dfd;
+  return strncmp(name, p, len) == 0 && name[len] == '.';
+}
+
+int lmp__unlink_prefix(const char *prefix)
+{
+  return shm_sweep(under_prefix, (void *)prefix);
 }
 
 /* === families killed whole === */
@@ -232,60 +266,50 @@ static int root_may_run(pid_t pid, time_t ctime)
   return bt + (long)(start / (uint64_t)hz) <= (long)ctime + LMP__SWEEP_SLACK_S;
 }
 
-int lmp__sweep_families(const char *own)
-{
-  char buf[4096] __attribute__((aligned(8)));
+/* What the sweep of stale families knows: our own family, and a verdict
+ * per family already looked at (most have many entries). */
+struct sweep {
+  const char *own;
+  uid_t uid;
+  size_t nseen;
   struct {
     char family[32];
     int dead;
   } seen[LMP__SWEEP_CACHE];
-  size_t nseen = 0, flen, i;
-  struct stat st;
-  uid_t uid = geteuid();
-  int dfd, pass, removed, total = 0, dead;
-  ssize_t n, off;
-  pid_t pid;
+};
 
-  dfd = open("/dev/shm", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0)
+static int of_dead_family(int dfd, const char *name, void *ctx)
+{
+  struct sweep *sw = ctx;
+  struct stat st;
+  size_t flen, i;
+  char family[32];
+  pid_t pid;
+  int dead;
+
+  if ((flen = family_of(name, &pid)) == 0 || flen >= sizeof family ||
+      (strncmp(sw->own + 1, name, flen) == 0 && sw->own[flen + 1] == '\0'))
     return 0;
-  for (pass = 0; pass < 8; pass++) {
-    removed = 0;
-    lseek(dfd, 0, SEEK_SET);
-    while ((n = getdents64(dfd, buf, sizeof buf)) > 0) {
-      for (off = 0; off < n;) {
-        struct dirent64 *d = (struct dirent64 *)(buf + off);
-        off += d->d_reclen;
-        if ((flen = family_of(d->d_name, &pid)) == 0 || flen >= sizeof seen[0].family ||
-            (strncmp(own + 1, d->d_name, flen) == 0 && own[flen + 1] == '\0'))
-          continue;
-        if (fstatat(dfd, d->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || st.st_uid != uid)
-          continue; /* only this user's own families */
-        for (i = 0; i < nseen; i++)
-          if (strncmp(seen[i].family, d->d_name, flen) == 0 && seen[i].family[flen] == '\0')
-            break;
-        if (i < nseen) {
-          dead = seen[i].dead;
-        } else {
-          char family[32];
-          memcpy(family, d->d_name, flen);
-          family[flen] = '\0';
-          dead = !watchdog_listens(family) && !root_may_run(pid, st.st_ctime);
-          if (nseen < LMP__SWEEP_CACHE) {
-            memcpy(seen[nseen].family, family, flen + 1);
-            seen[nseen++].dead = dead;
-          }
-        }
-        if (dead && unlinkat(dfd, d->d_name, 0) == 0)
-          removed++;
-      }
-    }
-    total += removed;
-    if (removed == 0)
-      break;
+  if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 || st.st_uid != sw->uid)
+    return 0; /* only this user's own families */
+  for (i = 0; i < sw->nseen; i++)
+    if (strncmp(sw->seen[i].family, name, flen) == 0 && sw->seen[i].family[flen] == '\0')
+      return sw->seen[i].dead;
+  memcpy(family, name, flen);
+  family[flen] = '\0';
+  dead = !watchdog_listens(family) && !root_may_run(pid, st.st_ctime);
+  if (sw->nseen < LMP__SWEEP_CACHE) {
+    memcpy(sw->seen[sw->nseen].family, family, flen + 1);
+    sw->seen[sw->nseen++].dead = dead;
   }
-  close(dfd);
-  return total;
+  return dead;
+}
+
+int lmp__sweep_families(const char *own)
+{
+  struct sweep sw = {.own = own, .uid = geteuid()};
+
+  return shm_sweep(of_dead_family, &sw);
 }
 
 /* === the watchdog: detaching from the root === */
@@ -647,25 +671,13 @@ static int wd_recv(int c, lmp__wd_req_t *req, int *fd)
 
 static void wd_reply(int c, int status, int fd)
 {
-  union {
-    char buf[CMSG_SPACE(sizeof(int))];
-    struct cmsghdr align;
-  } cb;
+  lmp__fd_cmsg_t cb;
   lmp__wd_rep_t rep = {.status = status};
   struct iovec iov = {&rep, sizeof rep};
   struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-  struct cmsghdr *cm;
 
-  if (fd >= 0) {
-    memset(&cb, 0, sizeof cb);
-    mh.msg_control = cb.buf;
-    mh.msg_controllen = sizeof cb.buf;
-    cm = CMSG_FIRSTHDR(&mh);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(cm), &fd, sizeof fd);
-  }
+  if (fd >= 0)
+    attach_fd(&mh, &cb, fd);
   /* A client that went away loses its descriptor: it asked for it once. */
   sendmsg(c, &mh, MSG_NOSIGNAL);
 }
@@ -901,6 +913,7 @@ static int wd_call_at(const char *prefix, const lmp__wd_req_t *req, int sendfd, 
     char buf[CMSG_SPACE(LMP__MAX_FDS_PER_MSG * sizeof(int))];
     struct cmsghdr align;
   } cb;
+  lmp__fd_cmsg_t sfd_cb;
   lmp__wd_rep_t rep;
   struct iovec iov = {(void *)req, sizeof *req};
   struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
@@ -910,16 +923,8 @@ static int wd_call_at(const char *prefix, const lmp__wd_req_t *req, int sendfd, 
 
   if ((s = wd_connect(prefix)) < 0)
     return s;
-  memset(&cb, 0, sizeof cb);
-  if (sendfd >= 0) {
-    mh.msg_control = cb.buf;
-    mh.msg_controllen = CMSG_SPACE(sizeof(int));
-    cm = CMSG_FIRSTHDR(&mh);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(cm), &sendfd, sizeof sendfd);
-  }
+  if (sendfd >= 0)
+    attach_fd(&mh, &sfd_cb, sendfd);
   while ((n = sendmsg(s, &mh, MSG_NOSIGNAL)) < 0 && errno == EINTR) {
   }
   if (n < 0) {
@@ -1009,23 +1014,12 @@ static int enrol_sock = -1;
 
 static int enrol_send(int pidfd)
 {
-  union {
-    char buf[CMSG_SPACE(sizeof(int))];
-    struct cmsghdr align;
-  } cb;
+  lmp__fd_cmsg_t cb;
   lmp__wd_req_t req = {.op = LMP__WD_ENROLL};
   struct iovec iov = {&req, sizeof req};
   struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-  struct cmsghdr *cm;
 
-  memset(&cb, 0, sizeof cb);
-  mh.msg_control = cb.buf;
-  mh.msg_controllen = sizeof cb.buf;
-  cm = CMSG_FIRSTHDR(&mh);
-  cm->cmsg_level = SOL_SOCKET;
-  cm->cmsg_type = SCM_RIGHTS;
-  cm->cmsg_len = CMSG_LEN(sizeof(int));
-  memcpy(CMSG_DATA(cm), &pidfd, sizeof pidfd);
+  attach_fd(&mh, &cb, pidfd);
   return sendmsg(enrol_sock, &mh, MSG_NOSIGNAL | MSG_DONTWAIT) < 0 ? -errno : 0;
 }
 

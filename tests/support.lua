@@ -180,6 +180,15 @@ function M.fd_count()
   return n
 end
 
+-- Whether process `pid` is gone and reaped: no /proc entry at all (a
+-- zombie still has one, whose stat says "Z").
+function M.reaped(pid)
+  local f = io.open("/proc/" .. pid .. "/stat")
+  local stat = f and f:read("a")
+  if f then f:close() end
+  return stat == nil
+end
+
 -- Whether process `pid` exists and is not a zombie.
 function M.alive(pid)
   local f = io.open("/proc/" .. pid .. "/stat")
