@@ -7,8 +7,17 @@
  * descriptor to the root's watchdog and the receiver takes it from there, so
  * an end can travel through a Queue or to an already running process.  The
  * end that was sent stays open in the sender until it closes it.
+ *
+ * Messages can carry handles, each pinned until its receiver adopts it.  A
+ * message nobody will read must give its pins back, or the objects it names
+ * live until the program ends.  When a reading end closes and this process
+ * is provably its only holder (made here, never sent, not received, and no
+ * fork since: a child would have a copy), what it has not read will never
+ * be read, so it is drained then and its handles released.  An end that may
+ * have a copy elsewhere leaves its messages to that copy.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -21,8 +30,18 @@
 typedef struct lpipe {
   int fd; /* -1 once closed */
   int readable, writable;
+  int shared;           /* sent or received: another process may hold it */
+  pid_t pid;            /* the process it was made in ... */
+  unsigned long forks;  /* ... and its forks until then */
   lmp_pipe_reader_t rd; /* the last message, and messages still arriving */
 } lpipe;
+
+static unsigned long forks; /* forks of this process (pthread_atfork) */
+
+static void count_fork(void)
+{
+  forks++;
+}
 
 /* === helpers === */
 
@@ -35,6 +54,8 @@ static lpipe *newend(lua_State *L, int fd, int readable, int writable)
   p->fd = fd;
   p->readable = readable;
   p->writable = writable;
+  p->pid = getpid();
+  p->forks = forks;
   return p;
 }
 
@@ -169,11 +190,23 @@ static int pipe_fileno(lua_State *L)
   return 1;
 }
 
+/* What an end that only this process holds has not read will never be read:
+ * give back the pins of the handles in it. */
+static void drain_unread(lpipe *p)
+{
+  if (!p->readable || p->shared || p->pid != getpid() || p->forks != forks)
+    return;
+  while (lmp_pipe_recv(&p->rd, p->fd, lmp_deadline(0)) == 0)
+    (void)lmpb_handle_names(p->rd.msg.data, p->rd.msg.len, lmp_seg_unpin);
+}
+
 static int pipe_close(lua_State *L)
 {
   lpipe *p = luaL_checkudata(L, 1, PIPE_MT);
-  if (p->fd >= 0)
+  if (p->fd >= 0) {
+    drain_unread(p);
     close(p->fd);
+  }
   p->fd = -1;
   lmp_pipe_reader_free(&p->rd);
   return 0;
@@ -222,6 +255,7 @@ static int pipe_encode(lua_State *L, int idx, lmp_buf_t *out)
     return -EBADF;
   struct wire w = {0, (uint8_t)p->readable, (uint8_t)p->writable};
   int rc = lmp_fd_stash(p->fd, &w.token);
+  p->shared = 1; /* its receiver reads what comes to it from now on */
   if (rc == -ENOSPC)
     return luaL_error(L,
                       "too many connections in transit: the watchdog holds at most %d "
@@ -243,6 +277,7 @@ static void pipe_decode(lua_State *L, const char *data, size_t len)
     luaL_error(L, "corrupt message (bad connection handle)");
   memcpy(&w, data, sizeof w);
   lpipe *p = newend(L, -1, w.readable != 0, w.writable != 0);
+  p->shared = 1; /* its sender may hold it still */
   int rc = lmp_fd_fetch(w.token, &p->fd);
   if (lmpb_fds_retry(L, rc))
     rc = lmp_fd_fetch(w.token, &p->fd);
@@ -269,6 +304,9 @@ static const luaL_Reg metamethods[] = {
 int lmpb_pipe_open(lua_State *L)
 {
   static const lmpb_handle_type handle = {PIPE_MT, pipe_encode, pipe_decode};
+  static int counting;
+  if (!counting) /* once per process: lmp.so is never unloaded */
+    counting = pthread_atfork(NULL, count_fork, NULL) == 0;
   if (luaL_newmetatable(L, PIPE_MT)) {
     luaL_setfuncs(L, metamethods, 0);
     luaL_newlib(L, methods);

@@ -1,5 +1,6 @@
 local support = dofile("tests/support.lua")
 local lmp = require "lmp"
+local STRESS = (os.getenv("LMP_STRESS") or "0") ~= "0"
 
 describe("lmp.Pipe", function()
   it("carries values both ways on a duplex pipe", function()
@@ -138,6 +139,30 @@ describe("lmp.Pipe", function()
     for _ = 1, 2000 do lmp.Pipe() end
     collectgarbage(); collectgarbage()
     assert.is_true(support.fd_count() < 100)
+  end)
+
+  it("gives back the handles inside messages nobody read when its ends go", function()
+    local prefix = tostring(lmp.Queue()):match("/(lmp%.%d+%.%x+%.)")
+    local function count() collectgarbage(); collectgarbage(); return #support.shm_entries(prefix) end
+    local before = count()
+    for i = 1, STRESS and 1000 or 100 do
+      local a, b = lmp.Pipe()
+      b:send(lmp.Value("i", i))
+      if i % 10 == 0 then a:send({string.rep("x", 300 << 10), lmp.Array("d", 4)}) end -- records
+    end
+    assert.are.equal(before, count())
+  end)
+
+  it("leaves unread messages to another holder of the end", function()
+    local a, b = lmp.Pipe()
+    local q = lmp.Queue()
+    q:put(a) -- a copy of the reading end travels: this one may not drain it
+    b:send(lmp.Value("i", 7))
+    a:close()
+    local other = q:get(5)
+    assert.are.equal(7, other:recv(5).value)
+    other:close()
+    b:close()
   end)
 
   -- Python's idiom: nothing is closed, the collector reclaims the ends.
