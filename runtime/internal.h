@@ -68,6 +68,12 @@ void lmp__holdings_reaped(pid_t pid);
  * and its state letter.  0, -ENOENT when there is no such process, -errno. */
 int lmp__proc_start(pid_t pid, uint64_t *start, char *state);
 
+/* The two names of a family derived from its prefix alone: the names
+ * directory of SharedMemory (shmem.c) and the pools' registry that lmp top
+ * reads (pool.c).  The root takes both when it starts (shm.c). */
+#define LMP__NAMES_SUFFIX ".names"
+#define LMP__POOLS_SUFFIX ".pools"
+
 /* === watchdog (watchdog.c) === */
 
 /* Unlink every /dev/shm entry whose name begins with `prefix` (given with

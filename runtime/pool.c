@@ -1842,7 +1842,6 @@ int lmp_pool_worker_timed(const lmp_pool_worker_t *w)
  */
 
 #define REG_ENTRIES 256
-#define REG_SUFFIX ".pools"
 
 struct reg_entry {
   _Atomic uint32_t state;
@@ -1859,7 +1858,8 @@ static struct reg_entry *registry_map(void)
     return registry;
   char name[LMP_SEG_NAME_MAX];
   size_t size = REG_ENTRIES * sizeof(struct reg_entry);
-  if (snprintf(name, sizeof name, "%s%s", lmp_runtime_prefix(), REG_SUFFIX) >= (int)sizeof name)
+  if (snprintf(name, sizeof name, "%s%s", lmp_runtime_prefix(), LMP__POOLS_SUFFIX) >=
+      (int)sizeof name)
     return NULL;
   int fd = shm_open(name, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
   if (fd < 0)
@@ -2036,7 +2036,7 @@ static int add_pools(const char *name, pid_t root, void *arg)
 int lmp_pool_list(pid_t pid, lmp_pool_entry_t *out, int max)
 {
   struct listing ls = {pid, out, max, 0};
-  int rc = scan_shm(REG_SUFFIX, add_pools, &ls);
+  int rc = scan_shm(LMP__POOLS_SUFFIX, add_pools, &ls);
   return rc < 0 ? rc : ls.n;
 }
 

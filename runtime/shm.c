@@ -283,12 +283,34 @@ static int adopt_prefix(const char *prefix, const char *root_env)
   return 0;
 }
 
+/* The names derived from the prefix alone (the names directory, the pools'
+ * registry) are taken now, empty, before anything under the prefix shows
+ * in /dev/shm or as the watchdog's socket: nobody can have planted them
+ * yet, and nobody else can take them later (the sticky /dev/shm lets only
+ * their owner unlink them).  Their users size them when they first need
+ * them. */
+static void claim_fixed_names(void)
+{
+  static const char *const suffixes[] = {LMP__NAMES_SUFFIX, LMP__POOLS_SUFFIX};
+  char name[LMP_SEG_NAME_MAX];
+  size_t i;
+  int fd;
+
+  for (i = 0; i < sizeof suffixes / sizeof *suffixes; i++) {
+    snprintf(name, sizeof name, "%s%s", rt.prefix, suffixes[i]);
+    fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+    if (fd >= 0)
+      close(fd);
+  }
+}
+
 static int become_root(void)
 {
   pid_t pid = getpid();
   int rc;
 
   snprintf(rt.prefix, sizeof rt.prefix, "/lmp.%ld.%08x", (long)pid, random32());
+  claim_fixed_names();
   rc = lmp__watchdog_start(rt.prefix, &rt.watchdog, &rt.live_w);
   if (rc < 0)
     return rc;

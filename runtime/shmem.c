@@ -45,13 +45,13 @@
 
 #define BLOCK_MAGIC 0x4b4c424cu /* "LBLK" */
 #define BLOCK_VERSION 1u
-#define DIR_MAGIC 0x5249444cu /* "LDIR" */
+#define DIR_MAGIC 0x5249444cu    /* "LDIR" */
 #define DIR_WAIT_NS 2000000000LL /* for another process to set the directory up */
 
 struct bhdr {
   _Atomic uint32_t magic; /* written last by create */
   uint32_t version;
-  uint64_t size; /* what the user asked for */
+  uint64_t size;             /* what the user asked for */
   _Atomic uint32_t unlinked; /* no more attaching, even where it is mapped */
   uint32_t pad;
   char name[LMP_SHMEM_NAME_MAX];
@@ -108,7 +108,7 @@ static int dir_map(struct dir **out)
 
   if ((rc = lmp_runtime_init()) < 0)
     return rc;
-  snprintf(name, sizeof name, "%s.names", lmp_runtime_prefix());
+  snprintf(name, sizeof name, "%s%s", lmp_runtime_prefix(), LMP__NAMES_SUFFIX);
   fd = shm_open(name, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0)
     return -errno;
@@ -299,8 +299,7 @@ int lmp_shmem_open(lmp_seg_t *seg, lmp_shmem_t **out)
   size_t size = lmp_seg_size(seg);
 
   *out = NULL;
-  if (size < BLOCK_OFFSET ||
-      atomic_load_explicit(&h->magic, memory_order_acquire) != BLOCK_MAGIC ||
+  if (size < BLOCK_OFFSET || atomic_load_explicit(&h->magic, memory_order_acquire) != BLOCK_MAGIC ||
       h->version != BLOCK_VERSION || h->size == 0 || h->size > size - BLOCK_OFFSET ||
       memchr(h->name, '\0', sizeof h->name) == NULL)
     return -EINVAL;

@@ -149,12 +149,16 @@ function M.run_at_process_limit(code, room)
   return out, rc
 end
 
--- Names in /dev/shm that start with prefix (without the leading slash).
+-- Names in /dev/shm that start with prefix (without the leading slash),
+-- but the names directory and the pools' registry, which a program takes
+-- when it starts.
 function M.shm_entries(prefix)
   local out = {}
   local p = io.popen("ls /dev/shm 2>/dev/null")
   for name in p:lines() do
-    if name:sub(1, #prefix) == prefix then out[#out + 1] = name end
+    if name:sub(1, #prefix) == prefix and not name:match("%.names$") and not name:match("%.pools$") then
+      out[#out + 1] = name
+    end
   end
   p:close()
   return out

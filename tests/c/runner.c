@@ -186,10 +186,13 @@ int lmp_test_shm_count(const char *prefix)
   if ((dir = opendir("/dev/shm")) == NULL)
     return -1;
   /* Segments only: a process's holdings table ("<prefix>.h.<pid>", shm.c)
-   * is bookkeeping that lives as long as the process holds anything. */
+   * is bookkeeping that lives as long as the process holds anything, and
+   * the names directory and the pools' registry are the family's, taken by
+   * the root when it starts. */
   while ((d = readdir(dir)) != NULL)
     if (strncmp(d->d_name, prefix, len) == 0 && d->d_name[len] == '.' &&
-        strncmp(d->d_name + len, ".h.", 3) != 0)
+        strncmp(d->d_name + len, ".h.", 3) != 0 && strcmp(d->d_name + len, ".names") != 0 &&
+        strcmp(d->d_name + len, ".pools") != 0)
       n++;
   closedir(dir);
   return n;

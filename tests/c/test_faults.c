@@ -1026,23 +1026,24 @@ static int plant_names(void *arg)
   return 0;
 }
 
-/* The user-names directory is found by a name anyone can compute once a
- * segment of the program shows in /dev/shm: a directory planted there by
- * another user is refused, not used. */
-TEST(names_directory_refuses_a_planted_one)
+/* The user-names directory and the pools' registry have names anyone can
+ * compute once a segment of the program shows in /dev/shm: the root takes
+ * both when it starts, so another user finds them taken, and named blocks
+ * work.  (Not root: the test plants them as the same user, who may.) */
+TEST(fixed_names_cannot_be_planted)
 {
   lmp_shmem_t *m;
-  char dir[96];
+  char dir[96], pools[96];
   CHECK_EQ(lmp_runtime_init(), 0);
   snprintf(dir, sizeof dir, "%s.names", lmp_runtime_prefix());
-  if (!is_root()) {
-    CHECK_EQ(plant_names(dir), 0); /* ours, but open to all */
-  } else {
-    CHECK_EQ(as_nobody(plant_names, dir), 0);
+  snprintf(pools, sizeof pools, "%s.pools", lmp_runtime_prefix());
+  if (is_root()) {
+    CHECK(as_nobody(plant_names, dir) != 0);
+    CHECK(as_nobody(plant_names, pools) != 0);
   }
-  CHECK_EQ(lmp_shmem_create(100, "planted", &m), -EACCES);
-  CHECK_EQ(lmp_shmem_attach("planted", &m), -EACCES);
-  shm_unlink(dir);
+  CHECK_EQ(lmp_shmem_create(100, "not planted", &m), 0);
+  CHECK_EQ(lmp_shmem_unlink(m), 0);
+  lmp_shmem_free(m);
 }
 
 struct impostor {
@@ -1127,7 +1128,7 @@ TEST_LIST = {
   TEST_ENTRY(segments_are_private),
   TEST_ENTRY(prefixes_are_random),
   TEST_ENTRY(attach_refuses_foreign_segments),
-  TEST_ENTRY(names_directory_refuses_a_planted_one),
+  TEST_ENTRY(fixed_names_cannot_be_planted),
   TEST_ENTRY(stash_refuses_an_impostor),
   TEST_END
 };
