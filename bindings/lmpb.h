@@ -237,8 +237,15 @@ struct lmp_pool_stats;
 struct lmp_pool_slot_info;
 void lmpb_push_stats(lua_State *L, const struct lmp_pool_stats *st);
 void lmpb_push_slot(lua_State *L, const struct lmp_pool_slot_info *s, int64_t now);
-/* Map an unexpected runtime code to a Lua error. */
+/* Map an unexpected runtime code to a Lua error; -EINTR (a wait
+ * interrupted by ^C) raises an lmp.Error of kind "interrupted". */
 int lmpb_rterror(lua_State *L, const char *what, int code);
+/* After a wait returned EINTR or -EINTR: if ^C asked to interrupt, consume
+ * the request and raise an lmp.Error of kind "interrupted"; else return. */
+void lmpb_interrupt_check(lua_State *L);
+/* Async-signal-safe: record a ^C, for a SIGINT handler of the lmp
+ * executable that stands in for lmp's own (the REPL's). */
+void lmpb_interrupt_request(void);
 /* Raise `attempt to use a closed lmp.Queue` (tname: the metatable's name),
  * the one wording for every object used after close(), as liolib words a
  * closed file. */
