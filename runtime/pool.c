@@ -740,6 +740,16 @@ static void add_verdict(lmp_pool_t *p, const struct verdict *v)
 
 /* Worker i has exited (and is reaped): take note of what it was doing,
  * free its slot for a replacement. */
+/* Take a worker's descriptor out of the epoll set.  Closing it is not
+ * enough: a copy held elsewhere (the watchdog's) keeps the entry, which
+ * would then report the death for ever. */
+static void unwatch(lmp_pool_t *p, struct worker *w)
+{
+  int fd = lmp_proc_fd(w->proc);
+  if (fd >= 0)
+    epoll_ctl(p->epfd, EPOLL_CTL_DEL, fd, NULL);
+}
+
 static void on_death(lmp_pool_t *p, int i)
 {
   struct worker *w = &p->w[i];
@@ -770,7 +780,8 @@ static void on_death(lmp_pool_t *p, int i)
     }
   }
   atomic_store(&p->h->waking, 0); /* it may have been the one woken */
-  lmp_proc_free(w->proc);         /* closes the pidfd, which leaves the epoll set */
+  unwatch(p, w);
+  lmp_proc_free(w->proc);
   w->proc = NULL;
   w->pid = 0;
   STORE(s->word, 0);
@@ -1270,8 +1281,9 @@ int lmp_pool_stop(lmp_pool_t *p, uint64_t id)
   if (seq == UINT64_MAX || sent_at(p, seq)->final || seq >= ring_head(p))
     return 0;
   /* Taken: kill the worker whose slot names the record, as check_timeouts
-   * kills one past its deadline.  It is replaced, and the task fails as
-   * LOST once its death is seen (unless it answered first). */
+   * kills one past its deadline, and reap it (it dies at once, as in
+   * kill_all) so that the next call replaces it.  The task fails as LOST
+   * once the replies before the death are read (unless it answered). */
   for (int i = 0; i < p->cfg.processes; i++) {
     struct worker *w = &p->w[i];
     uint64_t word;
@@ -1281,6 +1293,8 @@ int lmp_pool_stop(lmp_pool_t *p, uint64_t id)
     slot_read(&p->h->slots[i], &word, &start);
     if (slot_state(word) == LMP_POOL_BUSY && full_seq(p, (uint32_t)(word & SEQ_MASK)) == seq) {
       lmp_proc_signal(w->proc, SIGKILL);
+      lmp_proc_wait(w->proc, LMP_FOREVER);
+      on_death(p, i);
       p->need_check = 1;
       return 1;
     }
