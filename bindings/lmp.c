@@ -137,9 +137,9 @@ int lmpb_method(lua_State *L, const char *tname)
  */
 #define INTR_KEY "lmp.interrupt"
 
-static lua_State *intr_L; /* the root state's main thread; NULL if none */
-static pid_t intr_pid;    /* the root */
-static int intr_owned;    /* the handler is lmp's */
+static lua_State *intr_L;        /* the root state's main thread; NULL if none */
+static pid_t intr_pid;           /* the root */
+static int intr_owned;           /* the handler is lmp's */
 static struct sigaction intr_sa; /* the handler to arm again (intr_arm) */
 static volatile sig_atomic_t intr_flag;
 
@@ -174,8 +174,8 @@ static int intr_pending(void)
     return 0;
   if (intr_flag)
     return 1;
-  return !intr_owned && lua_gethook(intr_L) != NULL &&
-         (lua_gethookmask(intr_L) & LUA_MASKCOUNT) && lua_gethookcount(intr_L) == 1;
+  return !intr_owned && lua_gethook(intr_L) != NULL && (lua_gethookmask(intr_L) & LUA_MASKCOUNT) &&
+         lua_gethookcount(intr_L) == 1;
 }
 
 /* Consume the pending interruption: 1 if there was one. */

@@ -1647,10 +1647,10 @@ static int l_counters(lua_State *L)
 static const luaL_Reg core_methods[] = {
     {"submit", core_submit}, {"wait", core_wait},
     {"cancel", core_cancel}, {"stop", core_stop},
-    {"state", core_state},
-    {"close", core_close},   {"terminate", core_terminate},
-    {"fileno", core_fileno}, {"workers", core_workers},
-    {"stats", core_stats},   {NULL, NULL},
+    {"state", core_state},   {"close", core_close},
+    {"terminate", core_terminate}, {"fileno", core_fileno},
+    {"workers", core_workers}, {"stats", core_stats},
+    {NULL, NULL},
 };
 
 static const luaL_Reg core_funcs[] = {
