@@ -51,6 +51,8 @@ int lmpb_rterror(lua_State *L, const char *what, int code)
     why = lmp_seg_space_error();
     return lmpb_error_raise(L, "no_space", "%s: %s", what, *why ? why : lmp_strerror(code));
   }
+  if (code == -EINTR)
+    lmpb_interrupt_check(L);
   return luaL_error(L, "%s: %s", what, lmp_strerror(code));
 }
 

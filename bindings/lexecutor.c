@@ -20,7 +20,7 @@
 
 /* lmp._poll_fds({fd, ...} [, timeout]) -> how many are readable (or in
  * error, or hung up); 0 when the timeout passed first.  A signal does not
- * cut the wait short. */
+ * cut the wait short, but ^C raises "interrupted". */
 static int l_poll_fds(lua_State *L)
 {
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -53,6 +53,7 @@ static int l_poll_fds(lua_State *L)
     rc = ppoll(fds, (nfds_t)n, tsp, NULL);
     if (rc >= 0 || errno != EINTR)
       break;
+    lmpb_interrupt_check(L);
   }
   if (rc < 0)
     return lmpb_rterror(L, "poll", -errno);

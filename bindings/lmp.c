@@ -9,9 +9,13 @@
  * the state closes: daemon children are terminated, the others joined.  An
  * atexit hook does the same for a script that ends with os.exit() without
  * closing its state.
+ *
+ * ^C (SIGINT) interrupts the root, as Python's KeyboardInterrupt does: see
+ * "interruption" below.
  */
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -109,19 +113,163 @@ int lmpb_method(lua_State *L, const char *tname)
   return 1;
 }
 
+/* === interruption === */
+
+/*
+ * ^C in the root interrupts what runs, and the program decides what to do
+ * with it.  The SIGINT handler only records (lmp's signal rule) and, as
+ * lua.c's does, sets a hook on the root's state so that running Lua code
+ * raises "interrupted!" at its next instruction.  The handler has no
+ * SA_RESTART, so a blocking wait of the runtime is cut short; the runtime
+ * asks intr_pending whether to give up (lmp_set_interrupt_check), returns
+ * -EINTR, and the binding raises an lmp.Error of kind "interrupted" through
+ * lmpb_interrupt_check, which consumes the request (the hook goes too).
+ *
+ * SA_RESETHAND: a second ^C before the first is consumed (a wait that cannot
+ * be interrupted, such as a Lock's) ends the program, as it ends lua; the
+ * handler is armed again when a request is consumed.  In a forked child the
+ * handler restores the default action at once: children die of the
+ * terminal's ^C as Python's get KeyboardInterrupt (pool workers ignore it).
+ *
+ * lmp installs its handler only over the default action.  A host that has
+ * its own keeps it; one that interrupts Lua as lua.c does (a count hook set
+ * from its handler; the standalone lua interpreter is one) still
+ * interrupts lmp's waits, for such a hook counts as a request then.
+ */
+#define INTR_KEY "lmp.interrupt"
+
+static lua_State *intr_L;        /* the root state's main thread; NULL if none */
+static pid_t intr_pid;           /* the root */
+static int intr_owned;           /* the handler is lmp's */
+static struct sigaction intr_sa; /* the handler to arm again (intr_arm) */
+static volatile sig_atomic_t intr_flag;
+
+static void intr_hook(lua_State *L, lua_Debug *ar);
+
+static void on_sigint(int sig)
+{
+  if (getpid() != intr_pid) {
+    raise(sig); /* the action is the default again (SA_RESETHAND) */
+    return;
+  }
+  intr_flag = 1;
+  lua_sethook(intr_L, intr_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
+/* Arm the handler again once a request is consumed: the one armed when
+ * the state opened (lmp's, or a host's that resets itself as lua.c's does),
+ * if the action is the default now. */
+static void intr_arm(void)
+{
+  struct sigaction now;
+  if (intr_sa.sa_handler == SIG_DFL || intr_sa.sa_handler == SIG_IGN ||
+      sigaction(SIGINT, NULL, &now) < 0 || now.sa_handler != SIG_DFL)
+    return;
+  sigaction(SIGINT, &intr_sa, NULL);
+}
+
+/* Whether an interruption waits to be consumed (for the runtime's waits). */
+static int intr_pending(void)
+{
+  if (intr_L == NULL || getpid() != intr_pid)
+    return 0;
+  if (intr_flag)
+    return 1;
+  return !intr_owned && lua_gethook(intr_L) != NULL && (lua_gethookmask(intr_L) & LUA_MASKCOUNT) &&
+         lua_gethookcount(intr_L) == 1;
+}
+
+/* Consume the pending interruption: 1 if there was one. */
+static int intr_take(void)
+{
+  if (!intr_pending())
+    return 0;
+  intr_flag = 0;
+  lua_sethook(intr_L, NULL, 0, 0);
+  intr_arm();
+  return 1;
+}
+
+static void intr_hook(lua_State *L, lua_Debug *ar)
+{
+  (void)ar;
+  intr_take();
+  luaL_error(L, "interrupted!");
+}
+
+void lmpb_interrupt_request(void)
+{
+  intr_flag = 1;
+}
+
+void lmpb_interrupt_check(lua_State *L)
+{
+  if (intr_take())
+    lmpb_error_raise(L, "interrupted", "interrupted");
+}
+
+static int intr_gc(lua_State *L)
+{
+  struct sigaction sa;
+  (void)L;
+  if (intr_owned && sigaction(SIGINT, NULL, &sa) == 0 && sa.sa_handler == on_sigint)
+    signal(SIGINT, SIG_DFL);
+  intr_owned = 0;
+  intr_sa.sa_handler = SIG_IGN;
+  intr_L = NULL;
+  lmp_set_interrupt_check(NULL);
+  return 0;
+}
+
+/* The root's first state takes ^C; a userdata made after the sentinel
+ * gives it back before the state's children are ended. */
+static void intr_open(lua_State *L)
+{
+  if (intr_L != NULL || !lmp_runtime_is_root())
+    return;
+  lua_newuserdatauv(L, 1, 0);
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, intr_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  lua_setfield(L, LUA_REGISTRYINDEX, INTR_KEY);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  intr_L = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  intr_pid = getpid();
+  intr_flag = 0;
+  lmp_set_interrupt_check(intr_pending);
+  if (sigaction(SIGINT, NULL, &intr_sa) < 0)
+    intr_sa.sa_handler = SIG_IGN; /* never arm */
+  intr_owned = !(intr_sa.sa_flags & SA_SIGINFO) && intr_sa.sa_handler == SIG_DFL;
+  if (intr_owned) {
+    memset(&intr_sa, 0, sizeof intr_sa);
+    intr_sa.sa_handler = on_sigint;
+    intr_sa.sa_flags = SA_RESETHAND; /* and no SA_RESTART: waits see EINTR */
+    sigemptyset(&intr_sa.sa_mask);
+    intr_arm();
+  } else if (intr_sa.sa_flags & SA_SIGINFO) {
+    intr_sa.sa_handler = SIG_IGN; /* a host's three-argument handler: never armed by lmp */
+  }
+}
+
 /* === module functions === */
 
-/* lmp.sleep(seconds): sleeps the whole time even if signals arrive. */
+/* lmp.sleep(seconds): sleeps the whole time (for ever from 9e9 s, about 285
+ * years, on) through signals, but a ^C raises "interrupted". */
 static int l_sleep(lua_State *L)
 {
   lua_Number s = luaL_checknumber(L, 1);
   luaL_argcheck(L, s >= 0 && !isnan(s), 1, "seconds must be a non-negative number");
   int64_t deadline = lmp_deadline(s);
   struct timespec ts = {deadline / 1000000000, deadline % 1000000000};
-  while (deadline != LMP_FOREVER &&
-         clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
-    ;
-  return 0;
+  for (;;) {
+    if (deadline == LMP_FOREVER)
+      pause();
+    else if (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) != EINTR)
+      return 0;
+    lmpb_interrupt_check(L);
+  }
 }
 
 static int l_time(lua_State *L)
@@ -231,6 +379,7 @@ LMP_API int luaopen_lmp(lua_State *L)
   if (rc < 0)
     return luaL_error(L, "lmp: cannot initialize the runtime: %s", lmp_strerror(rc));
   sentinel_open(L);
+  intr_open(L);
   luaL_newlib(L, funcs);
   lua_pushliteral(L, "lmp " LMP_VERSION_STRING);
   lua_setfield(L, -2, "_VERSION");

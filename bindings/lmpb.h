@@ -251,8 +251,16 @@ void lmpb_push_slot(lua_State *L, const struct lmp_pool_slot_info *s, int64_t no
  *   if (lmpb_fds_retry(L, rc))
  *     rc = open_something(...); */
 int lmpb_fds_retry(lua_State *L, int rc);
-/* Map an unexpected runtime code to a Lua error. */
+/* Map an unexpected runtime code to a Lua error (lerror.c): -ENOSPC raises an
+ * lmp.Error of kind "no_space", -EINTR (a wait interrupted by ^C) one of
+ * kind "interrupted". */
 int lmpb_rterror(lua_State *L, const char *what, int code);
+/* After a wait returned EINTR or -EINTR: if ^C asked to interrupt, consume
+ * the request and raise an lmp.Error of kind "interrupted"; else return. */
+void lmpb_interrupt_check(lua_State *L);
+/* Async-signal-safe: record a ^C, for a SIGINT handler of the lmp
+ * executable that stands in for lmp's own (the REPL's). */
+void lmpb_interrupt_request(void);
 /* Raise `attempt to use a closed lmp.Queue` (tname: the metatable's name),
  * the one wording for every object used after close(), as liolib words a
  * closed file. */

@@ -36,6 +36,7 @@
  * Anything else goes through the codec.
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -851,6 +852,19 @@ static int core_cancel(lua_State *L)
   return 1;
 }
 
+/* core:stop(t): cancel the task, or kill (and replace) the worker running
+ * it; for a call that was given up (interrupted). */
+static int core_stop(lua_State *L)
+{
+  lpool *lp = checkcore(L);
+  lua_Integer id = luaL_checkinteger(L, 2), first;
+  int done = lmp_pool_stop(lp->pool, (uint64_t)id);
+  if (done && take_sink(L, id, &first))
+    lua_pop(L, 1);
+  lua_pushboolean(L, done);
+  return 1;
+}
+
 static int core_state(lua_State *L)
 {
   static const char *const names[] = {NULL, "queued", "sent", "running"};
@@ -1493,6 +1507,7 @@ static int worker_loop(lua_State *L)
 static int run_worker(lmp_pool_worker_t *w, lpool *lp)
 {
   lua_State *L = lp->L;
+  signal(SIGINT, SIG_IGN); /* the terminal's ^C is for the program: the root decides */
   lmpb_profile_reset(L); /* a new thread inherits the hook */
   lua_State *co = lua_newthread(L);
   lua_pushcfunction(co, worker_loop);
@@ -1692,10 +1707,11 @@ static int l_counters(lua_State *L)
 
 static const luaL_Reg core_methods[] = {
     {"submit", core_submit}, {"wait", core_wait},
-    {"cancel", core_cancel}, {"state", core_state},
-    {"close", core_close},   {"terminate", core_terminate},
-    {"fileno", core_fileno}, {"workers", core_workers},
-    {"stats", core_stats},   {NULL, NULL},
+    {"cancel", core_cancel}, {"stop", core_stop},
+    {"state", core_state},   {"close", core_close},
+    {"terminate", core_terminate}, {"fileno", core_fileno},
+    {"workers", core_workers}, {"stats", core_stats},
+    {NULL, NULL},
 };
 
 static const luaL_Reg core_funcs[] = {

@@ -14,7 +14,8 @@
  * line and returns false.  While the REPL evaluates a chunk, icall makes ^C
  * raise "interrupted!" inside the running Lua code instead (a hook set from
  * the handler, as the lua command does), so a runaway loop does not end the
- * session.
+ * session, and a blocking lmp call raise an lmp.Error of kind "interrupted"
+ * (a pool's map then stops its work).
  *
  *   rl.readline(prompt)     -> line | false (^C) | nil (end of input)
  *   rl.add_history(chunk); rl.read_history(path); rl.append_history(path, max)
@@ -62,6 +63,7 @@ static void stop_hook(lua_State *L, lua_Debug *ar)
 static void on_sigint_eval(int sig)
 {
   (void)sig;
+  lmpb_interrupt_request(); /* a blocking lmp call raises "interrupted" */
   if (current)
     lua_sethook(current, stop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
 }

@@ -66,10 +66,35 @@ static int report(lua_State *L, int status)
   return status;
 }
 
+/* An error that ends the program because of ^C ends it with status 130
+ * (128 + SIGINT), as the shell reports a program SIGINT killed, once the
+ * state is closed (children ended, segments released). */
+static int interrupted;
+
+/* The message handler: notes an interruption (lmp's lmp.Error of kind
+ * "interrupted", or Lua's "interrupted!" between calls), then adds the
+ * traceback. */
+static int msghandler(lua_State *L)
+{
+  interrupted = 0;
+  if (lua_type(L, 1) == LUA_TSTRING) {
+    size_t n;
+    const char *s = lua_tolstring(L, 1, &n);
+    interrupted = n >= 12 && strcmp(s + n - 12, "interrupted!") == 0;
+  } else if (lua_type(L, 1) == LUA_TTABLE && lua_getmetatable(L, 1)) {
+    luaL_getmetatable(L, "lmp.Error");
+    lua_getfield(L, 1, "kind");
+    interrupted = lua_rawequal(L, -2, -3) && lua_type(L, -1) == LUA_TSTRING &&
+                  strcmp(lua_tostring(L, -1), "interrupted") == 0;
+    lua_settop(L, 1);
+  }
+  return lmpb_traceback(L);
+}
+
 static int docall(lua_State *L, int narg, int nres)
 {
   int base = lua_gettop(L) - narg;
-  lua_pushcfunction(L, lmpb_traceback);
+  lua_pushcfunction(L, msghandler);
   lua_insert(L, base);
   int status = lua_pcall(L, narg, nres, base);
   lua_remove(L, base);
@@ -342,5 +367,5 @@ int main(int argc, char **argv)
   int code = status == LUA_OK && lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1) : EXIT_FAILURE;
   report(L, status);
   lua_close(L);
-  return code;
+  return interrupted && code == EXIT_FAILURE ? 128 + SIGINT : code;
 }

@@ -70,6 +70,20 @@ int lmp__deadline_ms(int64_t deadline)
   return (int)((left + 999999) / 1000000);
 }
 
+/* === interruption === */
+
+static int (*interrupt_check)(void);
+
+void lmp_set_interrupt_check(int (*pending)(void))
+{
+  interrupt_check = pending;
+}
+
+int lmp__interrupted(void)
+{
+  return interrupt_check && interrupt_check() ? -EINTR : 0;
+}
+
 /* === errors === */
 
 /* The codes with an lmp-specific wording; the rest read as strerror says. */
@@ -93,7 +107,8 @@ int lmp__deadline_ms(int64_t deadline)
   X(ECHILD, "no such child process")                        \
   X(ESRCH, "no such process")                               \
   X(EDEADLK, "lock already held by this thread")            \
-  X(EPERM, "operation not permitted")
+  X(EPERM, "operation not permitted")                       \
+  X(EINTR, "interrupted")
 
 const char *lmp_strerror(int code)
 {
@@ -162,5 +177,7 @@ int lmp__poll_fd(int fd, short events, int64_t deadline)
       return 0;
     if (errno != EINTR)
       return -errno;
+    if (lmp__interrupted())
+      return -EINTR;
   }
 }

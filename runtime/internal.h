@@ -47,9 +47,13 @@ static inline struct timespec lmp__deadline_ts(int64_t deadline)
  * LMP_FOREVER, 0 once expired, capped so it never overflows an int. */
 int lmp__deadline_ms(int64_t deadline);
 
+/* After a wait returned EINTR: -EINTR if the program asks waits to stop
+ * (lmp_set_interrupt_check), 0 to resume the wait. */
+int lmp__interrupted(void);
+
 /* ppoll() on one descriptor until an absolute deadline.  Returns its revents
  * (> 0), 0 at the deadline, -EBADF for a bad descriptor, or -errno.  EINTR
- * resumes with what is left. */
+ * resumes with what is left, or returns -EINTR (lmp__interrupted). */
 int lmp__poll_fd(int fd, short events, int64_t deadline);
 
 /* 1 if a shared-memory object is this user's and owner-only, as every one

@@ -433,6 +433,8 @@ int lmp_pipe_recv(lmp_pipe_reader_t *r, int fd, int64_t deadline)
     int rc = step(r, fd, spinning ? MSG_DONTWAIT : flags);
     if (rc == 1)
       return 0;
+    if (rc == -EINTR && (rc = lmp__interrupted()) < 0)
+      return rc;
     if (rc == 0 || rc == -EINTR)
       continue;
     if (rc != -EAGAIN)

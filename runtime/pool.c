@@ -740,6 +740,16 @@ static void add_verdict(lmp_pool_t *p, const struct verdict *v)
 
 /* Worker i has exited (and is reaped): take note of what it was doing,
  * free its slot for a replacement. */
+/* Take a worker's descriptor out of the epoll set.  Closing it is not
+ * enough: a copy held elsewhere (the watchdog's) keeps the entry, which
+ * would then report the death for ever. */
+static void unwatch(lmp_pool_t *p, struct worker *w)
+{
+  int fd = lmp_proc_fd(w->proc);
+  if (fd >= 0)
+    epoll_ctl(p->epfd, EPOLL_CTL_DEL, fd, NULL);
+}
+
 static void on_death(lmp_pool_t *p, int i)
 {
   struct worker *w = &p->w[i];
@@ -770,7 +780,8 @@ static void on_death(lmp_pool_t *p, int i)
     }
   }
   atomic_store(&p->h->waking, 0); /* it may have been the one woken */
-  lmp_proc_free(w->proc);         /* closes the pidfd, which leaves the epoll set */
+  unwatch(p, w);
+  lmp_proc_free(w->proc);
   w->proc = NULL;
   w->pid = 0;
   STORE(s->word, 0);
@@ -1072,8 +1083,9 @@ static int replies_waiting(void *arg)
 
 /* Sleep on the epoll set until something may have happened, the deadline,
  * or the earliest task deadline.  The eventfd is read when it fired (that
- * resets lmp_pool_fd); a pidfd or the timer calls for a check. */
-static void sleep_until(lmp_pool_t *p, int64_t deadline)
+ * resets lmp_pool_fd); a pidfd or the timer calls for a check.  -EINTR when
+ * a signal cut the sleep short and the program asks waits to stop, else 0. */
+static int sleep_until(lmp_pool_t *p, int64_t deadline)
 {
   int64_t now = lmp_now_ns(), wake = deadline;
   if (p->timer_at && p->timer_at < wake)
@@ -1087,6 +1099,8 @@ static void sleep_until(lmp_pool_t *p, int64_t deadline)
   int n = epoll_wait(p->epfd, evs, 8, lmp__deadline_ms(wake));
   if (n < 0 || p->spawn_error)
     p->need_check = 1;
+  if (n < 0 && errno == EINTR && lmp__interrupted())
+    return -EINTR;
   for (int i = 0; i < n; i++) {
     if (evs[i].data.u32 == UINT32_MAX) {
       uint64_t v;
@@ -1096,6 +1110,7 @@ static void sleep_until(lmp_pool_t *p, int64_t deadline)
       p->need_check = 1;
     }
   }
+  return 0;
 }
 
 /* Work is under way: a reply may come without any death or timeout. */
@@ -1172,7 +1187,8 @@ int lmp_pool_wait(lmp_pool_t *p, lmp_pool_event_t *ev, int64_t deadline)
     publish(p, lmp_now_ns());
     if (p->tfd >= 0)
       set_timer(p, check_timeouts(p, lmp_now_ns()));
-    sleep_until(p, deadline);
+    if ((rc = sleep_until(p, deadline)) < 0)
+      return rc;
   }
 }
 
@@ -1255,6 +1271,35 @@ int lmp_pool_cancel(lmp_pool_t *p, uint64_t id)
   while (p->bl_n && bl_at(p, 0)->cancelled)
     backlog_pop(p);
   return 1;
+}
+
+int lmp_pool_stop(lmp_pool_t *p, uint64_t id)
+{
+  if (lmp_pool_cancel(p, id))
+    return 1;
+  uint64_t seq = sent_find(p, id);
+  if (seq == UINT64_MAX || sent_at(p, seq)->final || seq >= ring_head(p))
+    return 0;
+  /* Taken: kill the worker whose slot names the record, as check_timeouts
+   * kills one past its deadline, and reap it (it dies at once, as in
+   * kill_all) so that the next call replaces it.  The task fails as LOST
+   * once the replies before the death are read (unless it answered). */
+  for (int i = 0; i < p->cfg.processes; i++) {
+    struct worker *w = &p->w[i];
+    uint64_t word;
+    int64_t start;
+    if (!w->proc)
+      continue;
+    slot_read(&p->h->slots[i], &word, &start);
+    if (slot_state(word) == LMP_POOL_BUSY && full_seq(p, (uint32_t)(word & SEQ_MASK)) == seq) {
+      lmp_proc_signal(w->proc, SIGKILL);
+      lmp_proc_wait(w->proc, LMP_FOREVER);
+      on_death(p, i);
+      p->need_check = 1;
+      return 1;
+    }
+  }
+  return 0;
 }
 
 int lmp_pool_task_state(lmp_pool_t *p, uint64_t id)

@@ -176,11 +176,12 @@ static int qlock(struct qhdr *h)
   return rc == -EOWNERDEAD ? 0 : rc;
 }
 
-/* 0 (woken; recheck), -ETIMEDOUT; the lock is held on return either way. */
+/* 0 (woken; recheck), -ETIMEDOUT, -EINTR (interrupted: the caller gives
+ * up as for a timeout); the lock is held on return either way. */
 static int qwait(struct qhdr *h, lmp_cond_t *c, int64_t deadline)
 {
   int rc = lmp_cond_wait(c, &h->lock, deadline);
-  return rc == -ETIMEDOUT ? rc : 0;
+  return rc == -ETIMEDOUT || rc == -EINTR ? rc : 0;
 }
 
 /*
@@ -620,7 +621,7 @@ static void write_record(lmp_queue_t *q, const struct parts *ps, uint32_t flags)
 }
 
 /* Wait (lock held) until the record may go in and the ring has room for
- * it, growing the ring if need be.  0, -EPIPE, -ETIMEDOUT, -ENOMEM. */
+ * it, growing the ring if need be.  0, -EPIPE, -ETIMEDOUT, -EINTR, -ENOMEM. */
 static int wait_room(lmp_queue_t *q, uint64_t need, int64_t deadline)
 {
   struct qhdr *h = q->h;
@@ -639,7 +640,9 @@ static int wait_room(lmp_queue_t *q, uint64_t need, int64_t deadline)
     }
     if (timed_out || expired(deadline))
       return -ETIMEDOUT;
-    timed_out = qwait(h, &h->not_full, deadline) == -ETIMEDOUT;
+    if ((rc = qwait(h, &h->not_full, deadline)) == -EINTR)
+      return rc;
+    timed_out = rc == -ETIMEDOUT;
   }
 }
 
@@ -694,10 +697,11 @@ err:
 
 /* === get === */
 
-/* Wait (lock held) for a message: 0, -EPIPE (closed and drained), -ETIMEDOUT. */
+/* Wait (lock held) for a message: 0, -EPIPE (closed and drained), -ETIMEDOUT,
+ * -EINTR. */
 static int wait_message(struct qhdr *h, int64_t deadline)
 {
-  int timed_out = 0;
+  int timed_out = 0, rc;
   for (;;) {
     if (count_of(h))
       return 0;
@@ -705,7 +709,9 @@ static int wait_message(struct qhdr *h, int64_t deadline)
       return -EPIPE;
     if (timed_out || expired(deadline))
       return -ETIMEDOUT;
-    timed_out = qwait(h, &h->not_empty, deadline) == -ETIMEDOUT;
+    if ((rc = qwait(h, &h->not_empty, deadline)) == -EINTR)
+      return rc;
+    timed_out = rc == -ETIMEDOUT;
   }
 }
 
@@ -779,7 +785,7 @@ int lmp_queue_get_hook(lmp_queue_t *q, lmp_buf_t *buf, int64_t deadline, lmp_que
   if ((rc = wait_message(h, deadline)) < 0 ||
       (rc = take_record(q, buf, body, &body_len, taken, arg)) < 0) {
     lmp_mutex_unlock(&h->lock);
-    if (rc == -ENOMEM)
+    if (rc == -ENOMEM || rc == -EINTR)
       lmp_cond_signal(&h->not_empty, 1); /* we may have taken another's wake-up */
     return rc;
   }
@@ -850,7 +856,10 @@ int lmp_queue_join(lmp_queue_t *q, int64_t deadline)
       rc = -ETIMEDOUT;
       break;
     }
-    timed_out = qwait(h, &h->all_done, deadline) == -ETIMEDOUT;
+    if ((rc = qwait(h, &h->all_done, deadline)) == -EINTR)
+      break;
+    timed_out = rc == -ETIMEDOUT;
+    rc = 0;
   }
   lmp_mutex_unlock(&h->lock);
   return rc;

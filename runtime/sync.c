@@ -19,7 +19,8 @@
  * Waits spin briefly before sleeping, because a cross-process futex wake-up
  * costs tens of microseconds while a hand-off between two running processes
  * takes well under one.  Deadlines are absolute CLOCK_MONOTONIC nanoseconds;
- * EINTR is absorbed here and never reaches the caller.
+ * EINTR is absorbed here unless the program asks for its waits to stop
+ * (lmp__interrupted): then the futex wait returns -EINTR.
  */
 #include "lmp/sync.h"
 
@@ -131,6 +132,8 @@ int lmp_futex_wait(uint32_t *word, uint32_t expected, int64_t deadline)
     /* Interrupted: a change we slept through counts as a wake-up. */
     if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != expected)
       return 0;
+    if (lmp__interrupted())
+      return -EINTR;
   }
 }
 

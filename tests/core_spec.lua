@@ -19,6 +19,21 @@ describe("lmp module", function()
       "bad argument #1 to 'sleep' (number expected, got string)")
   end)
 
+  it("sleeps for ever from 9e9 seconds on, math.huge included", function()
+    for _, secs in ipairs({math.huge, 9e9}) do
+      local p = lmp.Process(function() lmp.sleep(secs) end)
+      p:start()
+      -- still asleep once its siblings of the same start have long ended
+      local q = lmp.Process(function() end)
+      q:start()
+      q:join()
+      assert.is_false(p:join(0.5), tostring(secs))
+      assert.is_true(p:is_alive())
+      p:kill()
+      p:join()
+    end
+  end)
+
   it("cpu_count is a positive integer", function()
     assert.are.equal("integer", math.type(lmp.cpu_count()))
     assert.is_true(lmp.cpu_count() >= 1)

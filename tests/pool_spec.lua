@@ -1074,3 +1074,106 @@ describe("lmp.Pool on a small /dev/shm", function()
     end)
   end
 end)
+
+-- ^C at a terminal reaches the root and its workers alike (the pty's
+-- process group): the workers ignore it, the root's call raises and stops
+-- its work.
+local interrupted_pool = [[
+local lmp = require "lmp"
+local pool = lmp.get_context(arg[1]).Pool(2)
+local function pids()
+  local t = {}
+  for _, w in ipairs(pool:stats().workers) do t[#t + 1] = w.pid end
+  table.sort(t)
+  return table.concat(t, " ")
+end
+local function report(tag, ok, e)
+  print(tag, ok, lmp.is_error(e) and "lmp.Error " .. e.kind or tostring(e))
+end
+local function long(x)
+  print("running")
+  io.stdout:flush()
+  require("lmp").sleep(x)
+  return x
+end
+assert(#pool:map(function(x) return x end, {1, 2}) == 2)
+print("pid", lmp.current_process().pid)
+print("workers", pids())
+print("step map")
+report("map", pcall(pool.map, pool, long, {3600}, 1))
+print("doubled", table.concat(pool:map(function(x) return 2 * x end, {1, 2, 3}), ","))
+print("workers", pids())
+print("step apply")
+report("apply", pcall(pool.apply, pool, long, 3600))
+print("tripled", pool:apply(function(x) return 3 * x end, 7))
+print("workers", pids())
+print("step imap")
+report("imap", pcall(function()
+  for _, v in pool:imap(long, {3600, 3600, 3600}) do print(v) end
+end))
+print("sum", pool:apply(function(a, b) return a + b end, 1, 2))
+print("workers", pids())
+local q = lmp.Queue()
+print("segment", tostring(q))
+print("step uncaught")
+pool:map(long, {3600, 3600}, 1)
+print("not reached")
+]]
+
+describe("lmp.Pool and ^C", function()
+  local function words(s)
+    local t = {}
+    for w in s:gmatch("%d+") do t[#t + 1] = tonumber(w) end
+    return t
+  end
+
+  -- How many of `before` are still in `after`.
+  local function kept(before, after)
+    local n = 0
+    for _, a in ipairs(after) do
+      for _, b in ipairs(before) do n = n + (a == b and 1 or 0) end
+    end
+    return n
+  end
+
+  for _, method in ipairs({"fork", "spawn", "forkserver"}) do
+    it("stops the interrupted call's tasks and replaces their workers, the others ignore ^C (" .. method .. ")", function()
+      local path = support.tmpfile(interrupted_pool)
+      local s = support.pty(support.lmp_bin .. " " .. path .. " " .. method)
+      s:expect("pid\t")
+      local pid = tonumber(s:match("\n", "^(%d+)"))
+      s:expect("workers\t")
+      local w = words(s:match("\n", "^([%d ]+)"))
+      for _, step in ipairs({{"map", "doubled\t2,4,6"}, {"apply", "tripled\t21"}, {"imap", "sum\t3"}}) do
+        s:expect("step " .. step[1])
+        -- the tasks have started (imap's, on both workers) and the root waits
+        s:expect("running")
+        if step[1] == "imap" then s:expect("running") end
+        assert.is_truthy(support.blocked(pid))
+        s:send("\3")
+        s:expect(step[1] .. "\tfalse\tlmp.Error interrupted")
+        s:expect(step[2])
+        s:expect("workers\t")
+        local now = words(s:match("\n", "^([%d ]+)"))
+        assert.are.equal(2, #now)
+        -- The worker that ran the interrupted task was replaced; the idle
+        -- one (imap: the chunks took both) ignored ^C and is still there.
+        assert.are.equal(step[1] == "imap" and 0 or 1, kept(w, now), step[1])
+        w = now
+      end
+      s:expect("segment\t")
+      local seg = s:output():match("(/lmp[^,)]+)", s.seen):sub(2)
+      s:expect("step uncaught")
+      s:expect("running")
+      s:expect("running")
+      assert.is_truthy(support.blocked(pid))
+      s:send("\3")
+      assert.are.equal(130, s:close(), s.transcript)
+      assert.matches("lmp%.Error%(interrupted%): interrupted", s.transcript)
+      assert.is_nil(s.transcript:find("not reached", 1, true))
+      assert.is_truthy(all_dead(w))
+      assert.is_false(support.shm_exists(seg))
+      os.remove(path)
+    end)
+  end
+end)

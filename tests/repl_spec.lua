@@ -16,60 +16,8 @@ local function piped(input)
   return out
 end
 
--- A REPL session on a pseudo-terminal.  Input goes through a FIFO into
--- `script`, which runs lmp on a pty; output is collected in a file and each
--- step waits for what it expects (no fixed delays).
-local Session = {}
-Session.__index = Session
-
 local function session(env)
-  local dir = os.tmpname()
-  os.remove(dir)
-  assert(os.execute("mkdir -p " .. dir .. " && mkfifo " .. dir .. "/in"))
-  local s = setmetatable({dir = dir, seen = 0}, Session)
-  local cmd = string.format("cd %s && %s TERM=dumb script -qfec %q /dev/null < %s/in > %s/out 2>&1; echo \"::exit $?\" >> %s/out",
-    os.getenv("PWD"), env or "", bin, dir, dir, dir)
-  os.execute("(" .. cmd .. ") &")
-  s.fifo = assert(io.open(dir .. "/in", "w"))
-  return s
-end
-
-function Session:output()
-  local f = io.open(self.dir .. "/out")
-  local text = f and f:read("a") or ""
-  if f then f:close() end
-  return (text:gsub("\r", ""):gsub("\27%[[%d;?]*%a", ""))
-end
-
-function Session:send(s)
-  self.fifo:write(s)
-  self.fifo:flush()
-end
-
--- Waits until `plain` appears in the output after what earlier expects
--- consumed; fails after 10 s with the transcript.
-function Session:expect(plain)
-  local t0 = lmp.time()
-  while true do
-    local out = self:output()
-    local i, j = out:find(plain, self.seen + 1, true)
-    if i then
-      self.seen = j
-      return out:sub(i, j)
-    end
-    if lmp.time() - t0 > 10 then
-      error(string.format("expected %q in:\n%s", plain, out), 2)
-    end
-    lmp.sleep(0.02)
-  end
-end
-
-function Session:close()
-  if self.fifo then self.fifo:close() end
-  self.fifo = nil
-  self:expect("::exit")
-  self.transcript = self:output()
-  os.execute("rm -rf " .. self.dir)
+  return support.pty(bin, env)
 end
 
 describe("the REPL through a pipe", function()
@@ -219,6 +167,30 @@ describe("the REPL on a terminal", function()
     assert.is_nil(out:find("error object is a table", 1, true), out)
     assert.is_nil(out:find("scripts/lmp", 1, true), out)
     assert.is_nil(out:find("lmp/result.lua", 1, true), out)
+  end)
+
+  it("interrupts a long pool:map on ^C and stops its work: the next map runs at once", function()
+    local s = session("LMP_HISTORY=" .. hist)
+    s:expect("lmp> ")
+    s:send("pool = lmp.Pool(1) pool:map(function(x) return x end, {1}) print('pid', lmp.current_process().pid, pool:stats().workers[1].pid)\n")
+    s:expect("pid\t")
+    local pid, worker = s:match("\n", "^(%d+)\t(%d+)")
+    s:expect("lmp> ")
+    s:send("pool:map(function(x) print('run' .. 'ning') io.stdout:flush() lmp.sleep(x) end, {3600, 3600, 3600}, 1)\n")
+    s:expect("running")
+    assert.is_truthy(support.blocked(pid))
+    s:send("\3")
+    s:expect("lmp.Error(interrupted): interrupted")
+    s:expect("lmp> ")
+    -- The worker running the map was replaced; the chunks left were dropped.
+    s:send("print('next', pool:map(function(x) return x * 2 end, {21})[1], pool:stats().workers[1].pid)\n")
+    s:expect("next\t42\t")
+    local now = s:match("\n", "^(%d+)")
+    assert.are_not.equal(worker, now)
+    s:expect("lmp> ")
+    s:send("\4")
+    s:close()
+    assert.is_nil(s.transcript:find("running\nrunning", 1, true))
   end)
 
   it("terminates running children on ^D", function()

@@ -336,4 +336,90 @@ function M.new_globals()
   return extra
 end
 
+-- === a pseudo-terminal ===
+
+-- A command on a pseudo-terminal, as a user at a terminal runs it: input
+-- goes through a FIFO into `script`, which runs the command on a pty (its
+-- own session, so "\3" sends SIGINT to its whole process group, as ^C does);
+-- output is collected in a file and each step waits for what it expects (no
+-- fixed delays).  SIGINT starts at its default action, which a background
+-- job's ignored one would otherwise stay.
+local Pty = {}
+Pty.__index = Pty
+
+function M.pty(cmd, env)
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(os.execute("mkdir -p " .. dir .. " && mkfifo " .. dir .. "/in"))
+  local s = setmetatable({dir = dir, seen = 0}, Pty)
+  local sh = string.format("cd %s && %s TERM=dumb script -qfec %q /dev/null < %s/in > %s/out 2>&1; echo \"::exit $?\" >> %s/out",
+    os.getenv("PWD"), env or "", "env --default-signal=INT " .. cmd, dir, dir, dir)
+  os.execute("(" .. sh .. ") &")
+  s.fifo = assert(io.open(dir .. "/in", "w"))
+  return s
+end
+
+function Pty:output()
+  local f = io.open(self.dir .. "/out")
+  local text = f and f:read("a") or ""
+  if f then f:close() end
+  return (text:gsub("\r", ""):gsub("\27%[[%d;?]*%a", ""))
+end
+
+function Pty:send(s)
+  self.fifo:write(s)
+  self.fifo:flush()
+end
+
+-- Waits until `plain` appears in the output after what earlier expects
+-- consumed; fails after 10 s with the transcript.
+function Pty:expect(plain)
+  local lmp = require "lmp"
+  local t0 = lmp.time()
+  while true do
+    local out = self:output()
+    local i, j = out:find(plain, self.seen + 1, true)
+    if i then
+      self.seen = j
+      return out:sub(i, j)
+    end
+    if lmp.time() - t0 > 10 then
+      error(string.format("expected %q in:\n%s", plain, out), 2)
+    end
+    lmp.sleep(0.02)
+  end
+end
+
+-- The first capture of `pattern` in what the next expect(plain) consumed
+-- and the output before it.
+function Pty:match(plain, pattern)
+  local from = self.seen + 1
+  self:expect(plain)
+  return self:output():sub(from, self.seen):match(pattern)
+end
+
+-- Ends the input and waits for the command's exit; its status.
+function Pty:close()
+  if self.fifo then self.fifo:close() end
+  self.fifo = nil
+  self:expect("::exit")
+  self.transcript = self:output()
+  os.execute("rm -rf " .. self.dir)
+  return tonumber(self.transcript:match("::exit (%d+)"))
+end
+
+-- Waits until process `pid` sleeps in a system call (so a signal now
+-- interrupts that call); whether it does within 10 s.
+function M.blocked(pid)
+  return M.eventually(function()
+    local f = io.open("/proc/" .. pid .. "/syscall")
+    local sc = f and f:read("l")
+    if f then f:close() end
+    local st = io.open("/proc/" .. pid .. "/stat")
+    local state = st and st:read("a"):match("^%d+ %b() (%a)")
+    if st then st:close() end
+    return sc ~= nil and sc:match("^%d") ~= nil and state == "S"
+  end)
+end
+
 return M

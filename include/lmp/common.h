@@ -9,6 +9,7 @@
  *   -EAGAIN      a non-blocking call would block (Lua: nil, "empty"/"full")
  *   -EPIPE       the object was closed         (Lua: nil, "closed")
  *   -EOWNERDEAD  a lock was taken over from a dead holder; the caller holds it
+ *   -EINTR       the wait was interrupted (see lmp_set_interrupt_check)
  *
  * Deadlines are absolute CLOCK_MONOTONIC nanoseconds.  LMP_FOREVER never
  * expires; lmp_deadline(0) has already expired, so a call given it never
@@ -33,6 +34,15 @@ int64_t lmp_now_ns(void);
 
 /* Deadline for a timeout in seconds; a negative timeout (or NaN) means forever. */
 int64_t lmp_deadline(double timeout_s);
+
+/* Interruption.  A blocking wait that a signal cuts short asks `pending`
+ * whether the program wants the wait abandoned (a ^C, say): if it returns
+ * non-zero the wait returns -EINTR, otherwise it resumes with what is left
+ * of its deadline.  NULL (the default) resumes always.  Waits that return
+ * -EINTR: futex-based ones (queue put/get/join, Semaphore, Event,
+ * Condition), descriptor waits (pipe recv and poll) and lmp_pool_wait.
+ * Mutexes (Lock, RLock) are not interruptible. */
+void lmp_set_interrupt_check(int (*pending)(void));
 
 /* Message for a runtime return code (a negative errno). */
 const char *lmp_strerror(int code);

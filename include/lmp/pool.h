@@ -80,6 +80,12 @@ int lmp_pool_submit(lmp_pool_t *p, uint32_t tag, const struct iovec *iov, int io
  * or it finished, or is unknown. */
 int lmp_pool_cancel(lmp_pool_t *p, uint64_t id);
 
+/* Stop task `id` whatever its state: cancelled if no worker has taken it,
+ * else its worker is killed (and replaced), the task then failing as LOST
+ * unless its reply came first.  1 if cancelled or killed, 0 if the task has
+ * finished or is unknown. */
+int lmp_pool_stop(lmp_pool_t *p, uint64_t id);
+
 enum {
   LMP_POOL_TASK_UNKNOWN = 0, /* finished (event out or coming), cancelled, or never was */
   LMP_POOL_TASK_QUEUED,      /* in the local backlog: cancellable */
@@ -107,7 +113,8 @@ typedef struct lmp_pool_event {
 } lmp_pool_event_t;
 
 /*
- * Wait for the next event until the deadline (0: do not wait).  Meanwhile it
+ * Wait for the next event until the deadline (0: do not wait), or -EINTR
+ * when interrupted (lmp_set_interrupt_check).  Meanwhile it
  * hands backlogged tasks to the workers, notices deaths (and replaces the
  * dead), kills tasks past their timeout and resets the descriptor of
  * lmp_pool_fd once nothing is waiting.  0 with *ev set; -ETIMEDOUT; -EPIPE

@@ -100,6 +100,7 @@ return function(lmp, core)
     end,
     encode_fn = core.encode_fn,
     cancel = function(pool, t) return pool._c:cancel(t) end,
+    stop = function(pool, t) return pool._c:stop(t) end,
     state = function(pool, t) return pool._c:state(t) end,
     pollfd = function(pool) return pool._c:fileno() end,
     default_chunksize = function(pool, n)

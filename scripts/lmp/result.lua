@@ -148,6 +148,7 @@ local function same(e) return e end
 function M.new(B)
   local lmp, Pool, check_running = B.lmp, B.Pool, B.check_running
   local dispatch, cancel_unit, unit_state = B.dispatch, B.cancel, B.state
+  local stop_unit = B.stop or B.cancel
   local now = lmp.time
   local map_error, item_error = B.map_error or same, B.item_error or same
   local R = {}
@@ -265,6 +266,26 @@ function M.new(B)
     if res._tickets then return res._tickets end
     if not res._done and res._t then return {[res._t] = true} end
     return {}
+  end
+
+  -- The result of a call that waits for it (map, starmap, apply).  A wait
+  -- given up (^C raises an lmp.Error of kind "interrupted" from it) gives up
+  -- the call: what no worker has started is dropped, the workers running
+  -- the rest are stopped and replaced, and the pool is free at once.
+  local function sync_get(res)
+    local ok, e = pcall(waitfor, res, nil, "get")
+    if not ok then
+      local pool = res._pool
+      for t in pairs(units(res)) do
+        stop_unit(pool, t)
+        pool._pending[t] = nil
+      end
+      res._tickets = nil
+      finish(res, false, e)
+      error(e, 0)
+    end
+    if res._ok then return res._value end
+    error(res._value, 0)
   end
 
   --- True while a worker runs (part of) the task (never known on a broker).
@@ -439,7 +460,7 @@ function M.new(B)
 
   --- pool:map(fn, list [, chunksize | {chunksize =, progress =}]) -> results
   function Pool:map(fn, list, opts)
-    return start_map(self, "map", M.TAG_MAP, fn, list, map_options(opts, "map", false)):get()
+    return sync_get(start_map(self, "map", M.TAG_MAP, fn, list, map_options(opts, "map", false)))
   end
 
   function Pool:map_async(fn, list, opts)
@@ -447,7 +468,7 @@ function M.new(B)
   end
 
   function Pool:starmap(fn, list, opts)
-    return start_map(self, "starmap", M.TAG_STARMAP, fn, list, map_options(opts, "starmap", false)):get()
+    return sync_get(start_map(self, "starmap", M.TAG_STARMAP, fn, list, map_options(opts, "starmap", false)))
   end
 
   function Pool:starmap_async(fn, list, opts)
@@ -474,7 +495,7 @@ function M.new(B)
   function Pool:apply(fn, ...)
     if getmetatable(self) ~= Pool or self._state ~= "run" then check_running(self, "apply") end
     if type(fn) ~= "function" then checkcallable(fn, 1, "apply") end
-    return submit_apply(self, fn, {...}, select("#", ...)):get()
+    return sync_get(submit_apply(self, fn, {...}, select("#", ...)))
   end
 
   --- pool:apply_async(fn [, args [, {callback =, error_callback =}]]) -> AsyncResult
@@ -589,12 +610,15 @@ function M.new(B)
     end
   end
 
-  local function close_job(job)
+  -- End an imap: chunks no worker has taken are dropped; with `stop` (the
+  -- loop ended by an error, ^C's included) the running ones are stopped too.
+  local function close_job(job, stop)
     if job.dead then return end
     job.dead = true
     local pool = job.pool
+    local drop = stop and stop_unit or cancel_unit
     for t in pairs(job.tickets) do
-      if cancel_unit(pool, t) then
+      if drop(pool, t) then
         pool._pending[t] = nil
         job.tickets[t] = nil
       end
@@ -649,7 +673,7 @@ function M.new(B)
     end
   end
 
-  local closer_mt = {__close = function(self) close_job(self.job) end}
+  local closer_mt = {__close = function(self, err) close_job(self.job, err ~= nil) end}
 
   local function start_imap(pool, fname, ordered, fn, src, opts)
     check_running(pool, fname)

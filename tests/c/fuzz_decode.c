@@ -62,6 +62,13 @@ __attribute__((weak)) const char *lmp_seg_space_error(void)
   return "";
 }
 
+/* lmp.c's ^C check, which lerror.c's error mapping names: no wait here is
+ * ever interrupted. */
+__attribute__((weak)) void lmpb_interrupt_check(lua_State *L)
+{
+  (void)L;
+}
+
 /* === the Lua side === */
 
 /* The allocator of the fuzzed state: it counts, and refuses growth past

@@ -376,6 +376,48 @@ TEST(waits_absorb_eintr)
   CHECK_EQ(lmp_test_wait(pid, 5000), 0);
 }
 
+static volatile sig_atomic_t usr1_pending;
+
+static void on_usr1_request(int sig)
+{
+  (void)sig;
+  usr1_pending = 1;
+}
+
+static int usr1_requested(void)
+{
+  return usr1_pending;
+}
+
+/* A wait that a signal cuts short returns -EINTR when the interrupt check
+ * says so (as ^C asks through the bindings), and only then. */
+TEST(waits_return_eintr_when_asked)
+{
+  shared_t *s = shared_new();
+  struct sigaction sa = {.sa_handler = on_usr1_request}; /* no SA_RESTART */
+  pid_t pid, me = getpid();
+
+  CHECK_EQ(sigaction(SIGUSR1, &sa, NULL), 0);
+  lmp_set_interrupt_check(usr1_requested);
+  pid = lmp_test_fork();
+  if (pid == 0) {
+    for (;;) { /* until the parent stops waiting and kills us */
+      kill(me, SIGUSR1);
+      lmp_test_sleep_ms(20);
+    }
+  }
+  CHECK_EQ(lmp_futex_wait(&s->word, 0, LMP_FOREVER), -EINTR);
+  usr1_pending = 0;
+  CHECK_EQ(lmp_mutex_lock(&s->m, LMP_FOREVER), 0);
+  CHECK_EQ(lmp_cond_wait(&s->c, &s->m, LMP_FOREVER), -EINTR);
+  lmp_mutex_unlock(&s->m);
+  usr1_pending = 0;
+  lmp_set_interrupt_check(NULL);
+  CHECK_EQ(lmp_futex_wait(&s->word, 0, lmp_test_ms(100)), -ETIMEDOUT);
+  kill(pid, SIGKILL);
+  CHECK_EQ(lmp_test_wait(pid, 5000), -SIGKILL);
+}
+
 /* === futex === */
 
 TEST(futex_wait_and_wake)
@@ -415,6 +457,7 @@ TEST_LIST = {
   TEST_ENTRY(cond_dead_waiter_does_not_block_others),
   TEST_ENTRY(cond_wait_reports_owner_died),
   TEST_ENTRY(waits_absorb_eintr),
+  TEST_ENTRY(waits_return_eintr_when_asked),
   TEST_ENTRY(futex_wait_and_wake),
   TEST_END
 };
