@@ -15,7 +15,6 @@
  * child side of all of them ends in lmpb_process_run below.
  */
 #include <errno.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -272,36 +271,11 @@ static int process_start(lua_State *L)
   return 0;
 }
 
-/* Sleep until the child's descriptor turns readable (it ended) or the
- * deadline, raising "interrupted" on ^C; lmp_proc_wait then reaps it
- * without waiting again.  Without a descriptor, lmp_proc_wait waits. */
-static void await_exit(lua_State *L, lprocess *p, int64_t deadline)
-{
-  struct pollfd pfd = {.fd = -1, .events = POLLIN};
-  if (lmp_proc_alive(p->proc) <= 0 || (pfd.fd = lmp_proc_fd(p->proc)) < 0)
-    return;
-  for (;;) {
-    struct timespec ts, *tsp = NULL;
-    if (deadline != LMP_FOREVER) {
-      int64_t left = deadline - lmp_now_ns();
-      if (left < 0)
-        left = 0;
-      ts.tv_sec = left / 1000000000;
-      ts.tv_nsec = left % 1000000000;
-      tsp = &ts;
-    }
-    if (ppoll(&pfd, 1, tsp, NULL) >= 0 || errno != EINTR)
-      return;
-    lmpb_interrupt_check(L);
-  }
-}
-
 static int process_join(lua_State *L)
 {
   lprocess *p = checkstarted(L);
   int64_t deadline = lmpb_optdeadline(L, 2);
-  await_exit(L, p, deadline);
-  int rc = lmp_proc_wait(p->proc, deadline);
+  int rc = lmp_proc_wait_intr(p->proc, deadline);
   if (rc == 0)
     forget_child(L, 1);
   else if (rc != -ETIMEDOUT)

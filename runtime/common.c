@@ -84,30 +84,35 @@ int lmp__interrupted(void)
   return interrupt_check && interrupt_check() ? -EINTR : 0;
 }
 
+int lmp__interruptible(void)
+{
+  return interrupt_check != NULL;
+}
+
 /* === errors === */
 
 /* The codes with an lmp-specific wording; the rest read as strerror says. */
-#define LMP__ERRNO_MAP(X)                                   \
-  X(ETIMEDOUT, "timed out")                                 \
-  X(EAGAIN, "would block")                                  \
-  X(EPIPE, "closed")                                        \
-  X(EOWNERDEAD, "owner died")                               \
-  X(ENOTRECOVERABLE, "lock not recoverable")                \
-  X(ENOENT, "no such object")                               \
-  X(EEXIST, "already exists")                               \
-  X(ENOMEM, "out of memory")                                \
-  X(EINVAL, "invalid argument")                             \
-  X(EBUSY, "busy")                                          \
-  X(EMSGSIZE, "message too large")                          \
-  X(EBADMSG, "corrupt message")                             \
-  X(EMFILE, "too many open files")                          \
-  X(ENOSPC, "no space left for shared memory")              \
-  X(ECONNREFUSED, "watchdog unreachable")                   \
-  X(EPROTO, "protocol error")                               \
-  X(ECHILD, "no such child process")                        \
-  X(ESRCH, "no such process")                               \
-  X(EDEADLK, "lock already held by this thread")            \
-  X(EPERM, "operation not permitted")                       \
+#define LMP__ERRNO_MAP(X)                                                                          \
+  X(ETIMEDOUT, "timed out")                                                                        \
+  X(EAGAIN, "would block")                                                                         \
+  X(EPIPE, "closed")                                                                               \
+  X(EOWNERDEAD, "owner died")                                                                      \
+  X(ENOTRECOVERABLE, "lock not recoverable")                                                       \
+  X(ENOENT, "no such object")                                                                      \
+  X(EEXIST, "already exists")                                                                      \
+  X(ENOMEM, "out of memory")                                                                       \
+  X(EINVAL, "invalid argument")                                                                    \
+  X(EBUSY, "busy")                                                                                 \
+  X(EMSGSIZE, "message too large")                                                                 \
+  X(EBADMSG, "corrupt message")                                                                    \
+  X(EMFILE, "too many open files")                                                                 \
+  X(ENOSPC, "no space left for shared memory")                                                     \
+  X(ECONNREFUSED, "watchdog unreachable")                                                          \
+  X(EPROTO, "protocol error")                                                                      \
+  X(ECHILD, "no such child process")                                                               \
+  X(ESRCH, "no such process")                                                                      \
+  X(EDEADLK, "lock already held by this thread")                                                   \
+  X(EPERM, "operation not permitted")                                                              \
   X(EINTR, "interrupted")
 
 const char *lmp_strerror(int code)
@@ -115,8 +120,8 @@ const char *lmp_strerror(int code)
   if (code >= 0)
     return "success";
   switch (-code) {
-#define LMP__ERRNO_CASE(e, msg) \
-  case e:                       \
+#define LMP__ERRNO_CASE(e, msg)                                                                    \
+  case e:                                                                                          \
     return msg;
     LMP__ERRNO_MAP(LMP__ERRNO_CASE)
 #undef LMP__ERRNO_CASE

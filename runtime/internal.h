@@ -50,6 +50,10 @@ int lmp__deadline_ms(int64_t deadline);
 /* After a wait returned EINTR: -EINTR if the program asks waits to stop
  * (lmp_set_interrupt_check), 0 to resume the wait. */
 int lmp__interrupted(void);
+/* 1 when the program may ask waits to stop (a check is installed): waits
+ * the kernel resumes by themselves (a robust mutex's) then sleep in slices
+ * and ask between them. */
+int lmp__interruptible(void);
 
 /* ppoll() on one descriptor until an absolute deadline.  Returns its revents
  * (> 0), 0 at the deadline, -EBADF for a bad descriptor, or -errno.  EINTR

@@ -662,7 +662,8 @@ static int backoff_wait(struct lmp_proc *p, int64_t deadline)
   }
 }
 
-int lmp_proc_wait(lmp_proc_t *p, int64_t deadline)
+/* lmp_proc_wait, and with `intr` lmp_proc_wait_intr. */
+static int proc_wait(struct lmp_proc *p, int64_t deadline, int intr)
 {
   if (p->state == EXITED)
     return 0;
@@ -673,7 +674,10 @@ int lmp_proc_wait(lmp_proc_t *p, int64_t deadline)
   int rc = try_reap(p, WNOHANG);
   if (rc != 0)
     return rc < 0 ? rc : 0;
-  rc = lmp__poll_fd(live_fd(p), POLLIN, deadline);
+  while ((rc = lmp__poll_fd(live_fd(p), POLLIN, deadline)) == -EINTR && !intr) {
+  }
+  if (rc == -EINTR)
+    return rc;
   if (rc < 0)
     return backoff_wait(p, deadline); /* someone closed our pidfd */
   if (rc == 0)
@@ -681,6 +685,16 @@ int lmp_proc_wait(lmp_proc_t *p, int64_t deadline)
   /* Readable means it has exited: this waitpid does not block. */
   rc = try_reap(p, 0);
   return rc < 0 ? rc : 0;
+}
+
+int lmp_proc_wait(lmp_proc_t *p, int64_t deadline)
+{
+  return proc_wait(p, deadline, 0);
+}
+
+int lmp_proc_wait_intr(lmp_proc_t *p, int64_t deadline)
+{
+  return proc_wait(p, deadline, 1);
 }
 
 int lmp_proc_alive(lmp_proc_t *p)

@@ -40,6 +40,7 @@
 #ifndef LMP__MUTEX_SPIN
 #define LMP__MUTEX_SPIN 100 /* trylock attempts before sleeping */
 #endif
+#define LMP__MUTEX_SLICE_NS 100000000LL /* an interruptible lock wait asks this often */
 #ifndef LMP__COND_SPIN_NS
 #define LMP__COND_SPIN_NS 20000 /* how long a waiter watches the counter */
 #endif
@@ -83,9 +84,8 @@ int lmp_mutex_trylock(lmp_mutex_t *m)
   return mutex_result(m, pthread_mutex_trylock(&m->m));
 }
 
-int lmp_mutex_lock(lmp_mutex_t *m, int64_t deadline)
+static int mutex_spin(lmp_mutex_t *m)
 {
-  struct timespec ts;
   int i, rc;
 
   for (i = 0; i < LMP__MUTEX_SPIN; i++) {
@@ -94,10 +94,42 @@ int lmp_mutex_lock(lmp_mutex_t *m, int64_t deadline)
       return mutex_result(m, rc);
     lmp__cpu_relax();
   }
+  return -EBUSY;
+}
+
+static int mutex_sleep(lmp_mutex_t *m, int64_t deadline)
+{
+  struct timespec ts;
+
   if (deadline == LMP_FOREVER)
     return mutex_result(m, pthread_mutex_lock(&m->m));
   ts = lmp__deadline_ts(deadline);
   return mutex_result(m, pthread_mutex_clocklock(&m->m, CLOCK_MONOTONIC, &ts));
+}
+
+int lmp_mutex_lock(lmp_mutex_t *m, int64_t deadline)
+{
+  int rc = mutex_spin(m);
+  return rc != -EBUSY ? rc : mutex_sleep(m, deadline);
+}
+
+int lmp_mutex_lock_intr(lmp_mutex_t *m, int64_t deadline)
+{
+  int rc = mutex_spin(m);
+
+  if (rc != -EBUSY || !lmp__interruptible())
+    return rc != -EBUSY ? rc : mutex_sleep(m, deadline);
+  /* glibc's robust mutexes retry on EINTR: sleep in slices and ask
+   * between them whether ^C wants the wait to stop. */
+  for (;;) {
+    int64_t slice = lmp_now_ns() + LMP__MUTEX_SLICE_NS;
+    int64_t until = slice < deadline ? slice : deadline;
+    rc = mutex_sleep(m, until);
+    if (rc != -ETIMEDOUT || until == deadline)
+      return rc;
+    if (lmp__interrupted())
+      return -EINTR;
+  }
 }
 
 void lmp_mutex_unlock(lmp_mutex_t *m)

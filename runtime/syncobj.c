@@ -221,7 +221,7 @@ int lmp_lock_acquire(lmp_lock_t *l, int64_t deadline)
     sleep_until(deadline);
     return -ETIMEDOUT;
   }
-  rc = lmp_mutex_lock(&l->m, deadline);
+  rc = lmp_mutex_lock_intr(&l->m, deadline);
   return rc == 0 || rc == -EOWNERDEAD ? took(l, rc) : rc;
 }
 
@@ -561,11 +561,14 @@ static void bar_lock(lmp_barrier_t *b)
   }
 }
 
-static void bar_sleep(lmp_barrier_t *b, int64_t deadline)
+/* 0, or -EINTR when ^C asks the wait to stop. */
+static int bar_sleep(lmp_barrier_t *b, int64_t deadline)
 {
-  if (lmp_cond_wait(&b->cv, &b->m, slice_end(deadline)) == -EOWNERDEAD)
+  int rc = lmp_cond_wait(&b->cv, &b->m, slice_end(deadline));
+  if (rc == -EOWNERDEAD)
     bar_break(b);
   bar_check_runner(b);
+  return rc == -EINTR ? rc : 0;
 }
 
 /* The last arrival: run the action, end the generation. */
@@ -607,7 +610,10 @@ int lmp_barrier_wait(lmp_barrier_t *b, int64_t deadline, lmp_barrier_action_fn a
       rc = -ETIMEDOUT;
       goto out;
     }
-    bar_sleep(b, deadline);
+    if (bar_sleep(b, deadline) == -EINTR) {
+      rc = -EINTR; /* not counted in yet: the barrier is as it was */
+      goto out;
+    }
   }
   if (b->broken) {
     rc = -EPIPE;
@@ -629,7 +635,11 @@ int lmp_barrier_wait(lmp_barrier_t *b, int64_t deadline, lmp_barrier_action_fn a
       rc = -ETIMEDOUT;
       break;
     }
-    bar_sleep(b, deadline);
+    if (bar_sleep(b, deadline) == -EINTR) {
+      bar_break(b); /* it leaves, as a timeout does: the others must not wait for it */
+      rc = -EINTR;
+      break;
+    }
   }
 out:
   lmp_mutex_unlock(&b->m);

@@ -66,6 +66,9 @@ void lmp_proc_free(lmp_proc_t *p); /* the handle; a running child stays register
 pid_t lmp_proc_pid(const lmp_proc_t *p);
 /* 0 once exited (code stored), -ETIMEDOUT if still running at the deadline. */
 int lmp_proc_wait(lmp_proc_t *p, int64_t deadline);
+/* The same, but -EINTR when the program asks the wait to stop (^C:
+ * lmp_set_interrupt_check); for waits a user chose (join). */
+int lmp_proc_wait_intr(lmp_proc_t *p, int64_t deadline);
 int lmp_proc_alive(lmp_proc_t *p);               /* reaps if it has exited */
 int lmp_proc_exitcode(lmp_proc_t *p, int *code); /* 0 and code once exited, -EAGAIN while running */
 int lmp_proc_signal(lmp_proc_t *p, int sig);     /* no-op once exited */

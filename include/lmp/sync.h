@@ -28,6 +28,10 @@ int lmp_mutex_init(lmp_mutex_t *m);
 void lmp_mutex_destroy(lmp_mutex_t *m);
 /* 0, -EOWNERDEAD (acquired from a dead holder), -ETIMEDOUT */
 int lmp_mutex_lock(lmp_mutex_t *m, int64_t deadline);
+/* The same, but a wait the program asks to stop (^C: lmp_set_interrupt_check)
+ * returns -EINTR without the lock; for waits a user chose, never for the
+ * short internal ones whose callers need the lock. */
+int lmp_mutex_lock_intr(lmp_mutex_t *m, int64_t deadline);
 int lmp_mutex_trylock(lmp_mutex_t *m); /* 0, -EOWNERDEAD, -EBUSY */
 void lmp_mutex_unlock(lmp_mutex_t *m);
 
