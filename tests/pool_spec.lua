@@ -1082,8 +1082,13 @@ local interrupted_pool = [[
 local lmp = require "lmp"
 local pool = lmp.get_context(arg[1]).Pool(2)
 local function pids()
-  local t = {}
-  for _, w in ipairs(pool:stats().workers) do t[#t + 1] = w.pid end
+  local t
+  for _ = 1, 1000 do -- a replacement may still be starting (spawn, forkserver)
+    t = {}
+    for _, w in ipairs(pool:stats().workers) do t[#t + 1] = w.pid end
+    if #t == 2 then break end
+    lmp.sleep(0.01)
+  end
   table.sort(t)
   return table.concat(t, " ")
 end
