@@ -841,28 +841,28 @@ static int core_wait(lua_State *L)
   return 3;
 }
 
-static int core_cancel(lua_State *L)
+/* Withdraw task t by `how` (cancel or stop); its sink goes with it. */
+static int withdraw(lua_State *L, int (*how)(lmp_pool_t *, uint64_t))
 {
   lpool *lp = checkcore(L);
   lua_Integer id = luaL_checkinteger(L, 2), first;
-  int done = lmp_pool_cancel(lp->pool, (uint64_t)id);
+  int done = how(lp->pool, (uint64_t)id);
   if (done && take_sink(L, id, &first))
     lua_pop(L, 1);
   lua_pushboolean(L, done);
   return 1;
 }
 
+static int core_cancel(lua_State *L)
+{
+  return withdraw(L, lmp_pool_cancel);
+}
+
 /* core:stop(t): cancel the task, or kill (and replace) the worker running
  * it; for a call that was given up (interrupted). */
 static int core_stop(lua_State *L)
 {
-  lpool *lp = checkcore(L);
-  lua_Integer id = luaL_checkinteger(L, 2), first;
-  int done = lmp_pool_stop(lp->pool, (uint64_t)id);
-  if (done && take_sink(L, id, &first))
-    lua_pop(L, 1);
-  lua_pushboolean(L, done);
-  return 1;
+  return withdraw(L, lmp_pool_stop);
 }
 
 static int core_state(lua_State *L)

@@ -813,6 +813,19 @@ static void check_deaths(lmp_pool_t *p)
   }
 }
 
+/* The record worker i runs (and since when), or UINT64_MAX when it runs
+ * none: no process, idle, or a record no longer known. */
+static uint64_t running_seq(lmp_pool_t *p, int i, int64_t *start)
+{
+  uint64_t word;
+  if (!p->w[i].proc)
+    return UINT64_MAX;
+  slot_read(&p->h->slots[i], &word, start);
+  if (slot_state(word) != LMP_POOL_BUSY)
+    return UINT64_MAX;
+  return full_seq(p, (uint32_t)(word & SEQ_MASK));
+}
+
 /* Kill tasks past their deadline; returns the earliest deadline still to
  * come (LMP_FOREVER if none). */
 static int64_t check_timeouts(lmp_pool_t *p, int64_t now)
@@ -822,14 +835,8 @@ static int64_t check_timeouts(lmp_pool_t *p, int64_t now)
     return next;
   for (int i = 0; i < p->cfg.processes; i++) {
     struct worker *w = &p->w[i];
-    uint64_t word;
     int64_t start;
-    if (!w->proc)
-      continue;
-    slot_read(&p->h->slots[i], &word, &start);
-    if (slot_state(word) != LMP_POOL_BUSY)
-      continue;
-    uint64_t seq = full_seq(p, (uint32_t)(word & SEQ_MASK));
+    uint64_t seq = running_seq(p, i, &start);
     if (seq == UINT64_MAX || w->kill_seq == (int64_t)seq)
       continue;
     if (start + limit <= now) {
@@ -1286,12 +1293,8 @@ int lmp_pool_stop(lmp_pool_t *p, uint64_t id)
    * once the replies before the death are read (unless it answered). */
   for (int i = 0; i < p->cfg.processes; i++) {
     struct worker *w = &p->w[i];
-    uint64_t word;
     int64_t start;
-    if (!w->proc)
-      continue;
-    slot_read(&p->h->slots[i], &word, &start);
-    if (slot_state(word) == LMP_POOL_BUSY && full_seq(p, (uint32_t)(word & SEQ_MASK)) == seq) {
+    if (running_seq(p, i, &start) == seq) {
       lmp_proc_signal(w->proc, SIGKILL);
       lmp_proc_wait(w->proc, LMP_FOREVER);
       on_death(p, i);

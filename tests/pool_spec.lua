@@ -524,7 +524,7 @@ describe("lmp.Pool task_timeout", function()
     local pool <close> = lmp.Pool{processes = 2, task_timeout = 0.2}
     pool:apply(function() return 1 end)
     local prefix = tostring(lmp.Queue()):match("/(lmp%.%d+%.%x+%.)")
-    local function count() collectgarbage(); collectgarbage(); return #support.shm_entries(prefix) end
+    local function count() return support.live_segments(prefix) end
     local before = count()
     for _ = 1, n do
       local err = raised(pool.apply, pool, function()

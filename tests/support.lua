@@ -164,6 +164,14 @@ function M.shm_entries(prefix)
   return out
 end
 
+-- How many segments under prefix are left once garbage is collected: what
+-- the program still holds, for comparing with a baseline.
+function M.live_segments(prefix)
+  collectgarbage()
+  collectgarbage()
+  return #M.shm_entries(prefix)
+end
+
 -- Whether some name in /dev/shm starts with prefix.
 function M.shm_exists(prefix)
   return #M.shm_entries(prefix) > 0
