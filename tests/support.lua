@@ -143,9 +143,15 @@ function M.run_at_process_limit(code, room)
   local limit = processes_of(uid) + 3 + (root and 0 or 1) + (room or 0)
   local path = M.tmpfile(code)
   os.execute("chmod 644 " .. path)
+  -- The other user may not reach the build tree (a checkout in a 0700
+  -- directory): it runs a copy of the executable, which carries everything.
+  local dir = M.shell("mktemp -d"):gsub("%s+$", "")
+  local bin = dir .. "/lmp"
+  os.execute(string.format("cp %s %s && chmod 755 %s %s", M.lmp_bin, bin, dir, bin))
   local out, rc = M.shell_code(string.format("%sbash -c 'ulimit -u %d && exec %s %s'",
-    root and "setpriv --reuid=65534 --regid=65534 --clear-groups " or "", limit, M.lmp_bin, path))
+    root and "setpriv --reuid=65534 --regid=65534 --clear-groups " or "", limit, bin, path))
   os.remove(path)
+  os.execute("rm -rf " .. dir)
   return out, rc
 end
 
