@@ -1468,7 +1468,16 @@ static void publish(lmp_pool_t *p, int64_t now)
 
 void lmp_pool_stats(lmp_pool_t *p, lmp_pool_stats_t *out)
 {
-  publish(p, lmp_now_ns());
+  /* The owner looks at its workers as a call would: deaths noticed and
+   * replacements started (one that failed to start is tried again), so
+   * the figures and the slots read next are those of now. */
+  int64_t now = lmp_now_ns();
+  if (p->owner == getpid() && !p->terminated && !p->broken &&
+      (p->need_check || p->spawn_error || now - p->last_check >= CHECK_NS)) {
+    p->need_check = 0;
+    maintain(p, now);
+  }
+  publish(p, now);
   read_counts(p->h, out, NULL, 0);
 }
 

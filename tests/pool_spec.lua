@@ -379,6 +379,20 @@ describe("lmp.Pool", function()
     assert.is_true(pool:stats().restarts >= 1)
   end)
 
+  it("an idle worker killed is replaced while the program only reads stats()", function()
+    assert.is_true(eventually(function() return #pids(pool) == 2 end))
+    local victim = pids(pool)[1]
+    local before = pool:stats().restarts
+    os.execute("kill -9 " .. victim)
+    -- no call that waits on the pool: stats() itself notices the death
+    assert.is_true(eventually(function()
+      local now = pids(pool)
+      return #now == 2 and now[1] ~= victim and now[2] ~= victim
+    end))
+    assert.are.equal(before + 1, pool:stats().restarts)
+    assert.are.same({2, 4}, pool:map(function(x) return 2 * x end, {1, 2}))
+  end)
+
   it("workers killed at random under load: every result is its value or worker_lost", function()
     local rs = {}
     for i = 1, 1000 do rs[i] = pool:apply_async(function(x) require("lmp").sleep(0.0005) return x end, {i}) end

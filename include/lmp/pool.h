@@ -174,6 +174,8 @@ typedef struct lmp_pool_stats {
   double rate;       /* events per second over the last few seconds */
 } lmp_pool_stats_t;
 
+/* The counters.  Called by the owner, it first reaps dead workers and
+ * starts their replacements, as a wait does. */
 void lmp_pool_stats(lmp_pool_t *p, lmp_pool_stats_t *out);
 
 /*
