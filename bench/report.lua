@@ -263,6 +263,56 @@ for i = 3, #arg do
 end
 
 local by = load_lines(lines_path)
+
+-- Two builds of lmp (run.sh --against): one row per workload, the new
+-- build's figure against the old one's, and whether it kept 0.95 of it.
+local function against_table()
+  local seen, trs, worse = {}, {}, {}
+  local keep = 0.95
+  for _, row in ipairs(rows) do
+    local name, label, better = row[1], row[2], row[3]
+    local new, old = by[name .. "/lmp"], by[name .. "/old"]
+    if not seen[name] and (new or old) then
+      seen[name] = true
+      local r = ratio(new, old, better, row.by or row.show)
+      local function cell(e)
+        if not e then return "-" end
+        if not e.value then return e.failed and "FAILED" or "n/a" end
+        return fmt(row.show and e.fields[row.show] or e.value)
+      end
+      local ok = r and r >= keep
+      if not ok then worse[#worse + 1] = name .. (r and "" or " (no figure)") end
+      trs[#trs + 1] = {(label:gsub(" %(vs [^)]*%)", "")) .. " [" .. ((new or old).unit or "") .. "]",
+        cell(new), cell(old), r and string.format("%.2fx", r) or "-", r == nil and "n/a" or ok and "yes" or "NO"}
+    end
+  end
+  return trs, worse, keep
+end
+
+if runinfo.against then
+  local trs, worse, keep = against_table()
+  local head = {"workload [unit]", "new", "old", "new/old", ">=" .. keep}
+  local widths = {}
+  for c = 1, #head do
+    widths[c] = #head[c]
+    for _, tr in ipairs(trs) do widths[c] = math.max(widths[c], #tr[c]) end
+  end
+  local function line(cells)
+    local parts = {}
+    for c = 1, #cells do
+      local pad = string.rep(" ", widths[c] - #cells[c])
+      parts[c] = c == 1 and cells[c] .. pad or pad .. cells[c]
+    end
+    return table.concat(parts, "  ")
+  end
+  print(line(head))
+  print((line(head):gsub(".", "-")))
+  for _, tr in ipairs(trs) do print(line(tr)) end
+  print(#worse == 0 and string.format("every ratio >= %g.  old: %s", keep, runinfo.against)
+    or string.format("below %g: %s.  old: %s", keep, table.concat(worse, ", "), runinfo.against))
+  os.exit(0)
+end
+
 local ref_tags = {c = " (C)", plain = " (plain)", normal = " (normal)"}
 local out_rows, table_rows = {}, {}
 local n_met, n_targets = 0, 0

@@ -1,5 +1,5 @@
 #!/bin/sh
-# bench/run.sh BUILD_DIR [--smoke] [--rounds N] [WORKLOAD ...]
+# bench/run.sh BUILD_DIR [--smoke] [--rounds N] [--against OLD_BUILD_DIR] [WORKLOAD ...]
 #
 # Runs each workload in lmp (bench/lua/GROUP.lua NAME under BUILD_DIR/lmp)
 # and in Python 3 multiprocessing with fork (bench/py/bench_GROUP.py NAME),
@@ -17,6 +17,11 @@
 #   --rounds N  run each workload N times, alternating implementations, and
 #       report the median (the Pipe trio always runs at least 3 rounds,
 #       since its target compares two figures of the same run).
+#   --against OLD_BUILD_DIR  lmp against another build of lmp instead of
+#       Python: each workload runs under BUILD_DIR/lmp and OLD_BUILD_DIR/lmp
+#       alternately (which goes first alternates by round), and the table
+#       shows new/old ratios (> 1: the new build is better) with a check
+#       that each is at least 0.95.  results.json is left alone.
 #
 # PYTHON (default python3) and CC (default cc) may be overridden.  A full run
 # installs python3 through scripts/setup-debian.sh when it is missing.
@@ -35,10 +40,15 @@ smoke=0
 case ${BENCH_SMOKE:-0} in 0 | '') ;; *) smoke=1 ;; esac
 rounds=1
 names=
+against=
 while [ $# -gt 0 ]; do
   case $1 in
   --smoke) smoke=1 ;;
   --rounds) rounds=$2; shift ;;
+  --against)
+    against=$(cd "$2" 2>/dev/null && pwd) || { echo "bench: no build directory $2" >&2; exit 2; }
+    [ -x "$against/lmp" ] || { echo "bench: $against/lmp is missing" >&2; exit 2; }
+    shift ;;
   -*) echo "bench: unknown option $1" >&2; exit 2 ;;
   *) names="$names $1" ;;
   esac
@@ -143,6 +153,8 @@ run() {
   rc=0
   timeout -k 5 "$limit" "$@" > "$tmp/out" 2> "$tmp/err" < /dev/null || rc=$?
   line=$(grep '^{"name":' "$tmp/out" | tail -1)
+  # the old build's lmp says "lmp" too
+  [ "$impl" = old ] && line=$(echo "$line" | sed 's/"impl":"lmp"/"impl":"old"/')
   if [ $rc -ne 0 ] || ! echo "$line" | grep -Eq \
     "^\{\"name\":\"$name\",\"impl\":\"$impl\",\"value\":(null|-?[0-9][0-9.e+-]*),\"unit\":\"[^\"]+\".*\}\$"; then
     why="exit status $rc"
@@ -167,6 +179,17 @@ for name in $names; do
   i=0
   while [ $i -lt "$n" ]; do
     i=$((i + 1))
+    if [ -n "$against" ]; then
+      # the two builds of lmp, in turn; the first to run alternates
+      if [ $((i % 2)) = 1 ]; then
+        run "$name" lmp "$LMP" "bench/lua/$group.lua" "$name"
+        run "$name" old "$against/lmp" "bench/lua/$group.lua" "$name"
+      else
+        run "$name" old "$against/lmp" "bench/lua/$group.lua" "$name"
+        run "$name" lmp "$LMP" "bench/lua/$group.lua" "$name"
+      fi
+      continue
+    fi
     if [ "$name" = shm_normal ]; then
       # the reference of shm_64m and shm_8m: lmp itself on this /dev/shm
       run "$name" normal "$LMP" "bench/lua/$group.lua" "$name"
@@ -206,6 +229,9 @@ if [ $smoke = 1 ]; then
     notok "report" "bench/report.lua failed"
   fi
   echo "1..$tap"
+elif [ -n "$against" ]; then
+  echo
+  "$LMP" bench/report.lua "$lines" "$tmp/against.json" "$@" against="$against"
 else
   echo
   "$LMP" bench/report.lua "$lines" bench/results.json "$@"
