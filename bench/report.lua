@@ -249,6 +249,27 @@ local function met(tg, lmp, r)
   end
 end
 
+-- Print the header and the rows as columns: the first left-aligned, the
+-- others right-aligned.
+local function print_table(head, trs)
+  local widths = {}
+  for c = 1, #head do
+    widths[c] = #head[c]
+    for _, tr in ipairs(trs) do widths[c] = math.max(widths[c], utf8.len(tr[c]) or #tr[c]) end
+  end
+  local function line(cells)
+    local parts = {}
+    for c = 1, #cells do
+      local pad = string.rep(" ", widths[c] - (utf8.len(cells[c]) or #cells[c]))
+      parts[c] = c == 1 and cells[c] .. pad or pad .. cells[c]
+    end
+    return table.concat(parts, "  ")
+  end
+  print(line(head))
+  print((line(head):gsub(".", "-")))
+  for _, tr in ipairs(trs) do print(line(tr)) end
+end
+
 -- === main ===
 
 local lines_path, out_path = arg[1], arg[2]
@@ -291,23 +312,7 @@ end
 
 if runinfo.against then
   local trs, worse, keep = against_table()
-  local head = {"workload [unit]", "new", "old", "new/old", ">=" .. keep}
-  local widths = {}
-  for c = 1, #head do
-    widths[c] = #head[c]
-    for _, tr in ipairs(trs) do widths[c] = math.max(widths[c], #tr[c]) end
-  end
-  local function line(cells)
-    local parts = {}
-    for c = 1, #cells do
-      local pad = string.rep(" ", widths[c] - #cells[c])
-      parts[c] = c == 1 and cells[c] .. pad or pad .. cells[c]
-    end
-    return table.concat(parts, "  ")
-  end
-  print(line(head))
-  print((line(head):gsub(".", "-")))
-  for _, tr in ipairs(trs) do print(line(tr)) end
+  print_table({"workload [unit]", "new", "old", "new/old", ">=" .. keep}, trs)
   print(#worse == 0 and string.format("every ratio >= %g.  old: %s", keep, runinfo.against)
     or string.format("below %g: %s.  old: %s", keep, table.concat(worse, ", "), runinfo.against))
   os.exit(0)
@@ -352,23 +357,7 @@ for _, row in ipairs(rows) do
   end
 end
 
-local head = {"workload [unit]", "lmp", "Python", "ratio", "target", "met"}
-local widths = {}
-for c = 1, #head do
-  widths[c] = #head[c]
-  for _, tr in ipairs(table_rows) do widths[c] = math.max(widths[c], utf8.len(tr[c]) or #tr[c]) end
-end
-local function line(cells)
-  local parts = {}
-  for c = 1, #cells do
-    local pad = widths[c] - (utf8.len(cells[c]) or #cells[c])
-    parts[c] = c == 1 and cells[c] .. string.rep(" ", pad) or string.rep(" ", pad) .. cells[c]
-  end
-  return table.concat(parts, "  ")
-end
-print(line(head))
-print((line(head):gsub(".", "-")))
-for _, tr in ipairs(table_rows) do print(line(tr)) end
+print_table({"workload [unit]", "lmp", "Python", "ratio", "target", "met"}, table_rows)
 print(string.format("targets met: %d of %d.  ratio > 1: lmp better; times are medians of repeats.", n_met, n_targets))
 if by["codec/lmp"] then
   print("codec ratio is on round trips/s (same table), not on MB/s of two encodings.")
