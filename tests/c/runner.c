@@ -18,6 +18,8 @@
 #include "runner.h"
 
 #include "lmp/common.h"
+#include "lmp/proc.h"
+#include "lmp/shm.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -143,6 +145,27 @@ static int wait_exit(pid_t pid, int timeout_ms)
   if (pfd >= 0)
     close(pfd);
   return 1;
+}
+
+lmp_proc_t *lmp_test_start(void)
+{
+  lmp_proc_t *p;
+  CHECK(lmp_proc_fork(0, &p) >= 0);
+  return p;
+}
+
+int lmp_test_finish(lmp_proc_t *p)
+{
+  int code = 999;
+  CHECK_EQ(lmp_proc_wait(p, lmp_deadline(60)), 0);
+  CHECK_EQ(lmp_proc_exitcode(p, &code), 0);
+  lmp_proc_free(p);
+  return code;
+}
+
+int lmp_test_segments(void)
+{
+  return lmp_test_shm_count(lmp_runtime_prefix());
 }
 
 int lmp_test_wait(pid_t pid, int timeout_ms)

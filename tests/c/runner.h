@@ -43,35 +43,43 @@ typedef struct lmp_test {
 extern const lmp_test_t lmp_tests[];
 
 #define TEST(name) static void test_##name(void)
-#define TEST_ENTRY(name) {#name, test_##name, 0, __FILE__}
-#define TEST_ENTRY_T(name, secs) {#name, test_##name, (secs), __FILE__}
-#define TEST_END {0, 0, 0, 0}
+#define TEST_ENTRY(name)                                                                           \
+  {                                                                                                \
+#name, test_##name, 0, __FILE__                                                                \
+  }
+#define TEST_ENTRY_T(name, secs)                                                                   \
+  {                                                                                                \
+#name, test_##name, (secs), __FILE__                                                           \
+  }
+#define TEST_END                                                                                   \
+  {                                                                                                \
+    0, 0, 0, 0                                                                                     \
+  }
 #define TEST_LIST const lmp_test_t lmp_tests[]
 
 void lmp_test_fail(const char *file, int line, const char *fmt, ...)
     __attribute__((noreturn, format(printf, 3, 4)));
 
-#define CHECK(e)                                          \
-  do {                                                    \
-    if (!(e))                                             \
-      lmp_test_fail(__FILE__, __LINE__, "CHECK(%s)", #e); \
+#define CHECK(e)                                                                                   \
+  do {                                                                                             \
+    if (!(e))                                                                                      \
+      lmp_test_fail(__FILE__, __LINE__, "CHECK(%s)", #e);                                          \
   } while (0)
 
 /* Integers (and enums, sizes, pids): both sides print on failure. */
-#define CHECK_EQ(a, b)                                                          \
-  do {                                                                          \
-    long long a_ = (long long)(a), b_ = (long long)(b);                         \
-    if (a_ != b_)                                                               \
-      lmp_test_fail(__FILE__, __LINE__, "CHECK_EQ(%s, %s): %lld != %lld", #a, #b, \
-                    a_, b_);                                                    \
+#define CHECK_EQ(a, b)                                                                             \
+  do {                                                                                             \
+    long long a_ = (long long)(a), b_ = (long long)(b);                                            \
+    if (a_ != b_)                                                                                  \
+      lmp_test_fail(__FILE__, __LINE__, "CHECK_EQ(%s, %s): %lld != %lld", #a, #b, a_, b_);         \
   } while (0)
 
-#define CHECK_STREQ(a, b)                                                          \
-  do {                                                                             \
-    const char *a_ = (a), *b_ = (b);                                               \
-    if (a_ == 0 || b_ == 0 || strcmp(a_, b_) != 0)                                 \
-      lmp_test_fail(__FILE__, __LINE__, "CHECK_STREQ(%s, %s): \"%s\" != \"%s\"", #a, \
-                    #b, a_ ? a_ : "(null)", b_ ? b_ : "(null)");                   \
+#define CHECK_STREQ(a, b)                                                                          \
+  do {                                                                                             \
+    const char *a_ = (a), *b_ = (b);                                                               \
+    if (a_ == 0 || b_ == 0 || strcmp(a_, b_) != 0)                                                 \
+      lmp_test_fail(__FILE__, __LINE__, "CHECK_STREQ(%s, %s): \"%s\" != \"%s\"", #a, #b,           \
+                    a_ ? a_ : "(null)", b_ ? b_ : "(null)");                                       \
   } while (0)
 
 /* === helpers for tests === */
@@ -94,6 +102,14 @@ int lmp_test_alive(pid_t pid);
 void lmp_test_sleep_ms(int ms);
 /* fork(2), checked. */
 pid_t lmp_test_fork(void);
+/* A child forked through lmp (lmp_proc_fork), so its segment references
+ * are right: the child gets NULL and ends with lmp_proc_exit. */
+struct lmp_proc *lmp_test_start(void);
+/* Wait for it (checked; 60 s at most, beyond any test's own timeout) and
+ * free it: its exit code, -N if killed by signal N. */
+int lmp_test_finish(struct lmp_proc *p);
+/* Segments of this process's family (lmp_test_shm_count of its prefix). */
+int lmp_test_segments(void);
 /* Zero-filled shared memory that forked children see (MAP_SHARED), checked. */
 void *lmp_test_shared(size_t size);
 /* Counters in shared memory, atomically; await waits (5 s at most, checked)

@@ -18,30 +18,6 @@
 #include "lmp/shm.h"
 #include "runner.h"
 
-/* === helpers === */
-
-static lmp_proc_t *start(void)
-{
-  lmp_proc_t *p;
-  int rc = lmp_proc_fork(0, &p);
-  CHECK(rc >= 0);
-  return p;
-}
-
-static int finish(lmp_proc_t *p)
-{
-  int code = 999;
-  CHECK_EQ(lmp_proc_wait(p, lmp_deadline(60)), 0);
-  CHECK_EQ(lmp_proc_exitcode(p, &code), 0);
-  lmp_proc_free(p);
-  return code;
-}
-
-static int count_segments(void)
-{
-  return lmp_test_shm_count(lmp_runtime_prefix());
-}
-
 static void set_s(lmp_dict_t *d, const char *k, const char *v)
 {
   CHECK_EQ(lmp_dict_set(d, k, strlen(k), v, strlen(v)), 0);
@@ -125,7 +101,7 @@ TEST(dict_basics)
   CHECK_STREQ(get_s(d, "after", buf, sizeof buf), "clear");
   lmp_dict_unlock(d);
   lmp_dict_free(d, NULL, NULL);
-  CHECK_EQ(count_segments(), 0);
+  CHECK_EQ(lmp_test_segments(), 0);
 }
 
 TEST(dict_keeps_insertion_order)
@@ -172,7 +148,7 @@ TEST(dict_grows_and_shrinks)
     CHECK_STREQ(get_s(d, k, buf, sizeof buf), v);
   }
   /* The store moved out of the root: two segments now. */
-  CHECK_EQ(count_segments(), 2);
+  CHECK_EQ(lmp_test_segments(), 2);
   for (int i = 0; i < 20000; i += 2) {
     snprintf(k, sizeof k, "key-%d", i);
     CHECK_EQ(lmp_dict_del(d, k, strlen(k)), 0);
@@ -188,10 +164,10 @@ TEST(dict_grows_and_shrinks)
   CHECK_STREQ(get_s(d, "key-199", buf, sizeof buf), "round-49");
   CHECK_STREQ(get_s(d, "key-201", buf, sizeof buf), "value-201-0");
   CHECK(get_s(d, "key-200", buf, sizeof buf) == NULL);
-  CHECK_EQ(count_segments(), 2);
+  CHECK_EQ(lmp_test_segments(), 2);
   lmp_dict_unlock(d);
   lmp_dict_free(d, NULL, NULL);
-  CHECK_EQ(count_segments(), 0);
+  CHECK_EQ(lmp_test_segments(), 0);
 }
 
 /* 4 processes x 10k read-modify-write increments of one key: 40000. */
@@ -203,7 +179,7 @@ TEST(dict_four_writers_lose_nothing)
   CHECK_EQ(lmp_dict_create(&d), 0);
   snprintf(name, sizeof name, "%s", lmp_seg_name(lmp_dict_seg(d)));
   for (int w = 0; w < 4; w++) {
-    if ((kids[w] = start()) == NULL) {
+    if ((kids[w] = lmp_test_start()) == NULL) {
       lmp_dict_t *c = dict_in_child(name);
       char k[32];
       for (int i = 0; i < 10000; i++) {
@@ -219,14 +195,14 @@ TEST(dict_four_writers_lose_nothing)
     }
   }
   for (int w = 0; w < 4; w++)
-    CHECK_EQ(finish(kids[w]), 0);
+    CHECK_EQ(lmp_test_finish(kids[w]), 0);
   CHECK_EQ(lmp_dict_lock(d), 0);
   CHECK_EQ(get_i(d, "n"), 40000);
   CHECK_EQ(lmp_dict_len(d), 40001);
   CHECK_EQ(get_i(d, "w3-9999"), 9999);
   lmp_dict_unlock(d);
   lmp_dict_free(d, NULL, NULL);
-  CHECK_EQ(count_segments(), 0);
+  CHECK_EQ(lmp_test_segments(), 0);
 }
 
 /* A reader in another process keeps checking while the store is rebuilt
@@ -246,7 +222,7 @@ TEST(dict_growth_with_a_concurrent_reader)
   }
   set_i(d, "done", 0);
   lmp_dict_unlock(d);
-  if ((reader = start()) == NULL) {
+  if ((reader = lmp_test_start()) == NULL) {
     lmp_dict_t *c = dict_in_child(name);
     int64_t seen = 0;
     for (int done = 0; !done;) {
@@ -275,9 +251,9 @@ TEST(dict_growth_with_a_concurrent_reader)
   CHECK_EQ(lmp_dict_lock(d), 0);
   set_i(d, "done", 1);
   lmp_dict_unlock(d);
-  CHECK_EQ(finish(reader), 0);
+  CHECK_EQ(lmp_test_finish(reader), 0);
   lmp_dict_free(d, NULL, NULL);
-  CHECK_EQ(count_segments(), 0);
+  CHECK_EQ(lmp_test_segments(), 0);
 }
 
 /* A holder killed in the middle of changes: the next locker repairs the
@@ -292,7 +268,7 @@ TEST(dict_holder_killed)
   CHECK_EQ(lmp_dict_lock(d), 0);
   set_s(d, "kept", "yes");
   lmp_dict_unlock(d);
-  if ((p = start()) == NULL) {
+  if ((p = lmp_test_start()) == NULL) {
     lmp_dict_t *c = dict_in_child(name);
     CHECK_EQ(lmp_dict_lock(c), 0);
     for (int i = 0; i < 500; i++) {
@@ -303,7 +279,7 @@ TEST(dict_holder_killed)
     CHECK_EQ(lmp_dict_del(c, "c7", 2), 0);
     raise(SIGKILL); /* with the lock held */
   }
-  CHECK_EQ(finish(p), -SIGKILL);
+  CHECK_EQ(lmp_test_finish(p), -SIGKILL);
   CHECK_EQ(lmp_dict_lock(d), 0);
   CHECK_EQ(lmp_dict_len(d), 500);
   CHECK_STREQ(get_s(d, "kept", buf, sizeof buf), "yes");
@@ -339,7 +315,7 @@ TEST(dict_last_holder_visits_values)
   CHECK_EQ(bytes, 0);
   lmp_dict_free(d, count_visit, &bytes);
   CHECK_EQ(bytes, 7);
-  CHECK_EQ(count_segments(), 0);
+  CHECK_EQ(lmp_test_segments(), 0);
 }
 
 TEST(dict_open_checks_the_kind)
@@ -353,7 +329,7 @@ TEST(dict_open_checks_the_kind)
   CHECK_EQ(lmp_dict_open(seg, &d2), -EINVAL);
   lmp_seg_release(seg);
   lmp_dict_free(d, NULL, NULL);
-  CHECK_EQ(count_segments(), 0);
+  CHECK_EQ(lmp_test_segments(), 0);
 }
 
 /* === List === */
@@ -413,7 +389,7 @@ TEST(list_basics)
   list_expect(l, "again,");
   lmp_list_unlock(l);
   lmp_list_free(l, NULL, NULL);
-  CHECK_EQ(count_segments(), 0);
+  CHECK_EQ(lmp_test_segments(), 0);
 }
 
 TEST(list_grows)
@@ -451,7 +427,7 @@ TEST(list_grows)
   list_expect(l, "same,same,same,");
   lmp_list_unlock(l);
   lmp_list_free(l, NULL, NULL);
-  CHECK_EQ(count_segments(), 0);
+  CHECK_EQ(lmp_test_segments(), 0);
 }
 
 TEST(list_four_appenders)
@@ -462,7 +438,7 @@ TEST(list_four_appenders)
   CHECK_EQ(lmp_list_create(&l), 0);
   snprintf(name, sizeof name, "%s", lmp_seg_name(lmp_list_seg(l)));
   for (int w = 0; w < 4; w++) {
-    if ((kids[w] = start()) == NULL) {
+    if ((kids[w] = lmp_test_start()) == NULL) {
       lmp_seg_t *seg;
       lmp_list_t *c;
       CHECK_EQ(lmp_seg_attach(name, 0, &seg), 0);
@@ -479,7 +455,7 @@ TEST(list_four_appenders)
     }
   }
   for (int w = 0; w < 4; w++)
-    CHECK_EQ(finish(kids[w]), 0);
+    CHECK_EQ(lmp_test_finish(kids[w]), 0);
   CHECK_EQ(lmp_list_lock(l), 0);
   CHECK_EQ(lmp_list_len(l), 20000);
   static char seen[4][5000];
@@ -496,7 +472,7 @@ TEST(list_four_appenders)
   }
   lmp_list_unlock(l);
   lmp_list_free(l, NULL, NULL);
-  CHECK_EQ(count_segments(), 0);
+  CHECK_EQ(lmp_test_segments(), 0);
 }
 
 TEST(list_holder_killed_mid_insert)
@@ -510,7 +486,7 @@ TEST(list_holder_killed_mid_insert)
   push(l, 0, "a");
   push(l, 1, "b");
   lmp_list_unlock(l);
-  if ((p = start()) == NULL) {
+  if ((p = lmp_test_start()) == NULL) {
     lmp_seg_t *seg;
     lmp_list_t *c;
     CHECK_EQ(lmp_seg_attach(name, 0, &seg), 0);
@@ -519,7 +495,7 @@ TEST(list_holder_killed_mid_insert)
     push(c, 1, "x");
     raise(SIGKILL);
   }
-  CHECK_EQ(finish(p), -SIGKILL);
+  CHECK_EQ(lmp_test_finish(p), -SIGKILL);
   CHECK_EQ(lmp_list_lock(l), 0);
   list_expect(l, "a,x,b,");
   push(l, 3, "c");
@@ -528,18 +504,16 @@ TEST(list_holder_killed_mid_insert)
   lmp_list_free(l, NULL, NULL);
 }
 
-TEST_LIST = {
-  TEST_ENTRY(dict_basics),
-  TEST_ENTRY(dict_keeps_insertion_order),
-  TEST_ENTRY_T(dict_grows_and_shrinks, 60),
-  TEST_ENTRY_T(dict_four_writers_lose_nothing, 120),
-  TEST_ENTRY_T(dict_growth_with_a_concurrent_reader, 120),
-  TEST_ENTRY(dict_holder_killed),
-  TEST_ENTRY(dict_last_holder_visits_values),
-  TEST_ENTRY(dict_open_checks_the_kind),
-  TEST_ENTRY(list_basics),
-  TEST_ENTRY_T(list_grows, 60),
-  TEST_ENTRY_T(list_four_appenders, 120),
-  TEST_ENTRY(list_holder_killed_mid_insert),
-  TEST_END
-};
+TEST_LIST = {TEST_ENTRY(dict_basics),
+             TEST_ENTRY(dict_keeps_insertion_order),
+             TEST_ENTRY_T(dict_grows_and_shrinks, 60),
+             TEST_ENTRY_T(dict_four_writers_lose_nothing, 120),
+             TEST_ENTRY_T(dict_growth_with_a_concurrent_reader, 120),
+             TEST_ENTRY(dict_holder_killed),
+             TEST_ENTRY(dict_last_holder_visits_values),
+             TEST_ENTRY(dict_open_checks_the_kind),
+             TEST_ENTRY(list_basics),
+             TEST_ENTRY_T(list_grows, 60),
+             TEST_ENTRY_T(list_four_appenders, 120),
+             TEST_ENTRY(list_holder_killed_mid_insert),
+             TEST_END};

@@ -118,27 +118,11 @@ static size_t msg_len(uint32_t i)
   }
 }
 
-static lmp_proc_t *start(void)
-{
-  lmp_proc_t *p;
-  CHECK(lmp_proc_fork(0, &p) >= 0);
-  return p;
-}
-
-static int finish(lmp_proc_t *p, int64_t deadline)
-{
-  int code = 999;
-  CHECK_EQ(lmp_proc_wait(p, deadline), 0);
-  CHECK_EQ(lmp_proc_exitcode(p, &code), 0);
-  lmp_proc_free(p);
-  return code;
-}
-
 /* -ETIMEDOUT, and not before the deadline. */
-#define CHECK_TIMED_OUT(call, deadline)     \
-  do {                                      \
-    CHECK_EQ((call), -ETIMEDOUT);           \
-    CHECK(lmp_now_ns() >= (deadline));      \
+#define CHECK_TIMED_OUT(call, deadline)                                                            \
+  do {                                                                                             \
+    CHECK_EQ((call), -ETIMEDOUT);                                                                  \
+    CHECK(lmp_now_ns() >= (deadline));                                                             \
   } while (0)
 
 /* === the signal storm === */
@@ -221,7 +205,7 @@ TEST(eintr_queue)
     lmp_queue_t *q;
     CHECK_EQ(lmp_queue_create(2, 1u << 16, &q), 0);
     /* This process blocks in get; a child produces with pauses. */
-    lmp_proc_t *p = start();
+    lmp_proc_t *p = lmp_test_start();
     if (!p) {
       for (uint32_t i = 0; i < n; i++) {
         if (i % 8 == 0)
@@ -233,9 +217,9 @@ TEST(eintr_queue)
     pid_t st = storm_start(restart);
     for (uint32_t i = 0; i < n; i++)
       CHECK(get_seq(q, &b, i));
-    CHECK_EQ(finish(p, LMP_FOREVER), 0);
+    CHECK_EQ(lmp_test_finish(p), 0);
     /* This process blocks in put on the full queue; a child consumes. */
-    p = start();
+    p = lmp_test_start();
     if (!p) {
       for (uint32_t i = 0; i < n; i++) {
         if (i % 8 == 0)
@@ -247,7 +231,7 @@ TEST(eintr_queue)
     }
     for (uint32_t i = 0; i < n; i++)
       put_seq(q, i);
-    CHECK_EQ(finish(p, LMP_FOREVER), 0);
+    CHECK_EQ(lmp_test_finish(p), 0);
     int64_t dl = lmp_deadline(0.1);
     CHECK_TIMED_OUT(lmp_queue_get(q, &b, dl), dl);
     put_seq(q, 1);
@@ -255,7 +239,7 @@ TEST(eintr_queue)
     dl = lmp_deadline(0.1);
     CHECK_TIMED_OUT(lmp_queue_put(q, "x", 1, dl), dl);
     /* JoinableQueue's join: the tasks are done by a child. */
-    p = start();
+    p = lmp_test_start();
     if (!p) {
       for (uint32_t i = 1; i <= 2; i++) {
         nap();
@@ -268,7 +252,7 @@ TEST(eintr_queue)
     for (uint32_t i = 0; i < 2 * n; i++)
       CHECK_EQ(lmp_queue_task_done(q), 0);
     CHECK_EQ(lmp_queue_join(q, LMP_FOREVER), 0);
-    CHECK_EQ(finish(p, LMP_FOREVER), 0);
+    CHECK_EQ(lmp_test_finish(p), 0);
     storm_stop(st);
     lmp_queue_free(q);
   }
@@ -300,7 +284,7 @@ TEST(eintr_pipe)
     int fds[2];
     CHECK_EQ(lmp_pipe_pair(1, fds), 0);
     /* This process receives (blocking, or with a deadline); a child sends. */
-    lmp_proc_t *p = start();
+    lmp_proc_t *p = lmp_test_start();
     if (!p) {
       for (uint32_t i = 0; i < n; i++) {
         nap();
@@ -311,9 +295,9 @@ TEST(eintr_pipe)
     pid_t st = storm_start(restart);
     for (uint32_t i = 0; i < n; i++)
       CHECK(recv_seq(fds[1], &b, i, i % 2 ? LMP_FOREVER : lmp_deadline(60)));
-    CHECK_EQ(finish(p, LMP_FOREVER), 0);
+    CHECK_EQ(lmp_test_finish(p), 0);
     /* This process sends into a full socket; a child reads slowly. */
-    p = start();
+    p = lmp_test_start();
     if (!p) {
       for (uint32_t i = 0; i < n; i++) {
         nap();
@@ -324,7 +308,7 @@ TEST(eintr_pipe)
     }
     for (uint32_t i = 0; i < n; i++)
       send_seq(fds[1], i);
-    CHECK_EQ(finish(p, LMP_FOREVER), 0);
+    CHECK_EQ(lmp_test_finish(p), 0);
     int64_t dl = lmp_deadline(0.1);
     CHECK_TIMED_OUT(lmp_pipe_recv(&b, fds[1], dl), dl);
     dl = lmp_deadline(0.1);
@@ -344,14 +328,14 @@ TEST(eintr_proc_wait)
   for (int restart = 0; restart < 2; restart++) {
     pid_t st = storm_start(restart);
     for (int i = 0; i < stress(5, 50); i++) {
-      lmp_proc_t *p = start();
+      lmp_proc_t *p = lmp_test_start();
       if (!p) {
         lmp_test_sleep_ms(50);
         lmp_proc_exit(7);
       }
-      CHECK_EQ(finish(p, LMP_FOREVER), 7);
+      CHECK_EQ(lmp_test_finish(p), 7);
     }
-    lmp_proc_t *p = start();
+    lmp_proc_t *p = lmp_test_start();
     if (!p) {
       lmp_test_sleep_ms(60000);
       lmp_proc_exit(0);
@@ -360,7 +344,7 @@ TEST(eintr_proc_wait)
     CHECK_TIMED_OUT(lmp_proc_wait(p, dl), dl);
     CHECK_EQ(lmp_proc_alive(p), 1);
     CHECK_EQ(lmp_proc_signal(p, SIGKILL), 0);
-    CHECK_EQ(finish(p, LMP_FOREVER), -SIGKILL);
+    CHECK_EQ(lmp_test_finish(p), -SIGKILL);
     storm_stop(st);
   }
 }
@@ -627,9 +611,19 @@ TEST(eintr_pool)
  * and a body; or noise shorter than a header. */
 static size_t garbage_record(unsigned char *p, uint32_t *next_index)
 {
-  static const uint64_t lengths[] = {0, 1, 7, 8, 100, 4096, 1u << 20, UINT32_MAX, (uint64_t)1 << 32,
-                                     ((uint64_t)1 << 40) - 1, (uint64_t)1 << 40,
-                                     ((uint64_t)1 << 40) + 1, UINT64_MAX};
+  static const uint64_t lengths[] = {0,
+                                     1,
+                                     7,
+                                     8,
+                                     100,
+                                     4096,
+                                     1u << 20,
+                                     UINT32_MAX,
+                                     (uint64_t)1 << 32,
+                                     ((uint64_t)1 << 40) - 1,
+                                     (uint64_t)1 << 40,
+                                     ((uint64_t)1 << 40) + 1,
+                                     UINT64_MAX};
   size_t body = rnd(48), n = 0;
   uint64_t len;
   uint32_t writer = 0, index = 0;
@@ -854,18 +848,18 @@ TEST(descriptors_are_cloexec)
   int in_worker;
   memcpy(&in_worker, ev.data, sizeof in_worker);
   CHECK_EQ(in_worker, base_fds);
-  lmp_proc_t *p = start();
+  lmp_proc_t *p = lmp_test_start();
   if (!p)
     lmp_proc_exit(inheritable_fds() == base_fds ? 0 : 1);
-  CHECK_EQ(finish(p, lmp_deadline(10)), 0);
-  p = start(); /* one still running: its pidfd is open here */
+  CHECK_EQ(lmp_test_finish(p), 0);
+  p = lmp_test_start(); /* one still running: its pidfd is open here */
   if (!p) {
     lmp_test_sleep_ms(60000);
     lmp_proc_exit(0);
   }
   CHECK_EQ(inheritable_fds(), base_fds);
   lmp_proc_signal(p, SIGKILL);
-  CHECK_EQ(finish(p, lmp_deadline(10)), -SIGKILL);
+  CHECK_EQ(lmp_test_finish(p), -SIGKILL);
   lmp_pool_close(pool);
   while (lmp_pool_wait(pool, &ev, lmp_deadline(10)) == 0) {
   }
@@ -1115,20 +1109,18 @@ TEST(stash_refuses_an_impostor)
   lmp_runtime_cleanup(); /* the watchdog is gone: clean up here */
 }
 
-TEST_LIST = {
-  TEST_ENTRY_T(eintr_queue, 120),
-  TEST_ENTRY_T(eintr_pipe, 120),
-  TEST_ENTRY_T(eintr_proc_wait, 60),
-  TEST_ENTRY_T(eintr_sync, 120),
-  TEST_ENTRY_T(eintr_stash, 60),
-  TEST_ENTRY_T(eintr_pool, 120),
-  TEST_ENTRY_T(pipe_reader_garbage, 120),
-  TEST_ENTRY_T(queue_ring_damage, 120),
-  TEST_ENTRY(descriptors_are_cloexec),
-  TEST_ENTRY(segments_are_private),
-  TEST_ENTRY(prefixes_are_random),
-  TEST_ENTRY(attach_refuses_foreign_segments),
-  TEST_ENTRY(fixed_names_cannot_be_planted),
-  TEST_ENTRY(stash_refuses_an_impostor),
-  TEST_END
-};
+TEST_LIST = {TEST_ENTRY_T(eintr_queue, 120),
+             TEST_ENTRY_T(eintr_pipe, 120),
+             TEST_ENTRY_T(eintr_proc_wait, 60),
+             TEST_ENTRY_T(eintr_sync, 120),
+             TEST_ENTRY_T(eintr_stash, 60),
+             TEST_ENTRY_T(eintr_pool, 120),
+             TEST_ENTRY_T(pipe_reader_garbage, 120),
+             TEST_ENTRY_T(queue_ring_damage, 120),
+             TEST_ENTRY(descriptors_are_cloexec),
+             TEST_ENTRY(segments_are_private),
+             TEST_ENTRY(prefixes_are_random),
+             TEST_ENTRY(attach_refuses_foreign_segments),
+             TEST_ENTRY(fixed_names_cannot_be_planted),
+             TEST_ENTRY(stash_refuses_an_impostor),
+             TEST_END};

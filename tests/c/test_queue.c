@@ -75,32 +75,6 @@ static void get_msg(lmp_queue_t *q, lmp_buf_t *b, size_t len, uint32_t seq)
   CHECK_EQ(check_msg(b->data, b->len), seq);
 }
 
-/* Children are forked through lmp so their segment references are right;
- * start() returns NULL in the child, which ends with lmp_proc_exit. */
-static lmp_proc_t *start(void)
-{
-  lmp_proc_t *p;
-  int rc = lmp_proc_fork(0, &p);
-  CHECK(rc >= 0);
-  return p;
-}
-
-/* Wait for a child and free it: its exit code, -N if killed by signal N. */
-static int finish(lmp_proc_t *p)
-{
-  int code = 999;
-  CHECK_EQ(lmp_proc_wait(p, lmp_deadline(30)), 0);
-  CHECK_EQ(lmp_proc_exitcode(p, &code), 0);
-  lmp_proc_free(p);
-  return code;
-}
-
-/* Segments under this process's prefix, to show spills are unlinked. */
-static int count_segments(void)
-{
-  return lmp_test_shm_count(lmp_runtime_prefix());
-}
-
 /* === tests === */
 
 TEST(fifo)
@@ -143,13 +117,13 @@ TEST(maxsize)
   CHECK(lmp_now_ns() - t0 < 20 * MS);
   CHECK_EQ(lmp_queue_qsize(q), 2);
   /* A put blocked on a full queue goes through once a consumer makes room. */
-  lmp_proc_t *p = start();
+  lmp_proc_t *p = lmp_test_start();
   if (!p)
     lmp_proc_exit(lmp_queue_put(q, m, 8, lmp_deadline(10)) == 0 ? 0 : 1);
   lmp_test_sleep_ms(50);
   CHECK_EQ(lmp_queue_qsize(q), 2);
   get_msg(q, &b, 8, 1);
-  CHECK_EQ(finish(p), 0);
+  CHECK_EQ(lmp_test_finish(p), 0);
   get_msg(q, &b, 8, 2);
   get_msg(q, &b, 8, 3);
   lmp_buf_free(&b);
@@ -209,25 +183,25 @@ TEST(spill_16mib)
   lmp_buf_t b = {0};
   size_t big = 16u << 20;
   CHECK_EQ(lmp_queue_create(0, 0, &q), 0);
-  int segs = count_segments();
+  int segs = lmp_test_segments();
   put_msg(q, 100, 1);
   put_msg(q, big, 2);
   put_msg(q, 100, 3);
-  CHECK_EQ(count_segments(), segs + 1); /* the spilled payload */
+  CHECK_EQ(lmp_test_segments(), segs + 1); /* the spilled payload */
   CHECK_EQ(lmp_queue_qsize(q), 3);
   get_msg(q, &b, 100, 1);
   get_msg(q, &b, big, 2);
   get_msg(q, &b, 100, 3);
-  CHECK_EQ(count_segments(), segs); /* unlinked once read */
+  CHECK_EQ(lmp_test_segments(), segs); /* unlinked once read */
   /* Across processes too. */
-  lmp_proc_t *p = start();
+  lmp_proc_t *p = lmp_test_start();
   if (!p) {
     put_msg(q, big, 4);
     lmp_proc_exit(0);
   }
   get_msg(q, &b, big, 4);
-  CHECK_EQ(finish(p), 0);
-  CHECK_EQ(count_segments(), segs);
+  CHECK_EQ(lmp_test_finish(p), 0);
+  CHECK_EQ(lmp_test_segments(), segs);
   lmp_buf_free(&b);
   lmp_queue_free(q);
 }
@@ -317,7 +291,7 @@ TEST(ring_grows)
   lmp_buf_t b = {0};
   char m[200];
   CHECK_EQ(lmp_runtime_init(), 0);
-  int segs = count_segments();
+  int segs = lmp_test_segments();
   CHECK_EQ(lmp_queue_create(0, 4096, &q), 0);
   for (uint32_t i = 0; i < 2000; i++) {
     size_t len = 8 + i % 120;
@@ -333,7 +307,7 @@ TEST(ring_grows)
     get_msg(q, &b, 8 + i % 120, i);
   CHECK_EQ(lmp_queue_get(q, &b, lmp_deadline(0)), -ETIMEDOUT);
   lmp_queue_free(q);
-  CHECK_EQ(count_segments(), segs); /* the grown ring went with the queue */
+  CHECK_EQ(lmp_test_segments(), segs); /* the grown ring went with the queue */
 
   CHECK_EQ(lmp_queue_create(50, 1024, &q), 0);
   for (uint32_t i = 0; i < 50; i++) {
@@ -344,7 +318,7 @@ TEST(ring_grows)
   for (uint32_t i = 0; i < 50; i++)
     get_msg(q, &b, 100, i);
   lmp_queue_free(q);
-  CHECK_EQ(count_segments(), segs);
+  CHECK_EQ(lmp_test_segments(), segs);
   lmp_buf_free(&b);
 }
 
@@ -355,9 +329,9 @@ TEST(ring_grows_shared)
   lmp_queue_t *q;
   lmp_buf_t b = {0};
   CHECK_EQ(lmp_runtime_init(), 0);
-  int segs = count_segments();
+  int segs = lmp_test_segments();
   CHECK_EQ(lmp_queue_create(0, 1024, &q), 0);
-  lmp_proc_t *p = start();
+  lmp_proc_t *p = lmp_test_start();
   if (!p) {
     char m[600];
     for (uint32_t i = 0; i < 30000; i++) {
@@ -375,9 +349,9 @@ TEST(ring_grows_shared)
     CHECK_EQ(lmp_queue_get(q, &b, lmp_deadline(10)), 0);
     CHECK_EQ(check_msg(b.data, b.len), i);
   }
-  CHECK_EQ(finish(p), 0);
+  CHECK_EQ(lmp_test_finish(p), 0);
   lmp_queue_free(q);
-  CHECK_EQ(count_segments(), segs);
+  CHECK_EQ(lmp_test_segments(), segs);
   lmp_buf_free(&b);
 }
 
@@ -403,26 +377,26 @@ TEST(close_semantics)
   CHECK_EQ(lmp_queue_create(0, 0, &q), 0);
   lmp_proc_t *getters[2];
   for (int i = 0; i < 2; i++) {
-    if (!(getters[i] = start()))
+    if (!(getters[i] = lmp_test_start()))
       lmp_proc_exit(lmp_queue_get(q, &b, lmp_deadline(10)) == -EPIPE ? 0 : 1);
   }
   lmp_test_sleep_ms(100);
   int64_t t0 = lmp_now_ns();
   lmp_queue_close(q);
-  CHECK_EQ(finish(getters[0]), 0);
-  CHECK_EQ(finish(getters[1]), 0);
+  CHECK_EQ(lmp_test_finish(getters[0]), 0);
+  CHECK_EQ(lmp_test_finish(getters[1]), 0);
   CHECK(lmp_now_ns() - t0 < 2000 * MS);
   lmp_queue_free(q);
 
   /* So is a put blocked on a full queue. */
   CHECK_EQ(lmp_queue_create(1, 0, &q), 0);
   put_msg(q, 8, 1);
-  lmp_proc_t *p = start();
+  lmp_proc_t *p = lmp_test_start();
   if (!p)
     lmp_proc_exit(lmp_queue_put(q, "x", 1, lmp_deadline(10)) == -EPIPE ? 0 : 1);
   lmp_test_sleep_ms(50);
   lmp_queue_close(q);
-  CHECK_EQ(finish(p), 0);
+  CHECK_EQ(lmp_test_finish(p), 0);
   lmp_buf_free(&b);
   lmp_queue_free(q);
 }
@@ -440,7 +414,7 @@ TEST(task_done_join)
   CHECK_EQ(lmp_queue_join(q, lmp_deadline(0.05)), -ETIMEDOUT);
   CHECK(lmp_now_ns() - t0 >= 50 * MS);
   /* A worker process takes the tasks; join returns once all are done. */
-  lmp_proc_t *p = start();
+  lmp_proc_t *p = lmp_test_start();
   if (!p) {
     int ok = 1;
     for (int i = 0; i < 3; i++) {
@@ -451,7 +425,7 @@ TEST(task_done_join)
     lmp_proc_exit(ok ? 0 : 1);
   }
   CHECK_EQ(lmp_queue_join(q, lmp_deadline(10)), 0);
-  CHECK_EQ(finish(p), 0);
+  CHECK_EQ(lmp_test_finish(p), 0);
   CHECK_EQ(lmp_queue_task_done(q), -EINVAL);
   CHECK_EQ(lmp_queue_join(q, LMP_FOREVER), 0);
   lmp_buf_free(&b);
@@ -466,12 +440,12 @@ TEST(open_by_name)
   lmp_seg_t *seg;
   lmp_buf_t b = {0};
   CHECK_EQ(lmp_runtime_init(), 0);
-  int segs = count_segments();
+  int segs = lmp_test_segments();
   CHECK_EQ(lmp_queue_create(5, 8192, &q), 0);
   char name[LMP_SEG_NAME_MAX];
   snprintf(name, sizeof name, "%s", lmp_seg_name(lmp_queue_seg(q)));
   lmp_seg_pin(lmp_queue_seg(q));
-  lmp_proc_t *p = start();
+  lmp_proc_t *p = lmp_test_start();
   if (!p) {
     int ok = lmp_seg_attach(name, 1, &seg) == 0 && lmp_queue_open(seg, &q2) == 0;
     if (!ok)
@@ -486,7 +460,7 @@ TEST(open_by_name)
     lmp_queue_free(q2);
     lmp_proc_exit(ok ? 0 : 1);
   }
-  CHECK_EQ(finish(p), 0);
+  CHECK_EQ(lmp_test_finish(p), 0);
   /* A second handle on the same queue in this process. */
   CHECK_EQ(lmp_seg_attach(name, 0, &seg), 0);
   CHECK_EQ(lmp_queue_open(seg, &q2), 0);
@@ -495,7 +469,7 @@ TEST(open_by_name)
     get_msg(q2, &b, 64, i);
   lmp_queue_free(q2);
   lmp_queue_free(q);
-  CHECK_EQ(count_segments(), segs); /* the last reference unlinked it */
+  CHECK_EQ(lmp_test_segments(), segs); /* the last reference unlinked it */
   /* A segment that is not a queue is refused. */
   CHECK_EQ(lmp_seg_create(4096, &seg), 0);
   CHECK_EQ(lmp_queue_open(seg, &q), -EINVAL);
@@ -539,11 +513,11 @@ TEST(mpmc_100k)
   CHECK_EQ(lmp_seg_create(MP_TOTAL, &seen_seg), 0);
   _Atomic uint8_t *seen = lmp_seg_data(seen_seg);
   for (int i = 0; i < MP_CONSUMERS; i++) {
-    if (!(cons[i] = start()))
+    if (!(cons[i] = lmp_test_start()))
       mp_consume(q, seen);
   }
   for (int i = 0; i < MP_PRODUCERS; i++) {
-    if (!(prod[i] = start())) {
+    if (!(prod[i] = lmp_test_start())) {
       char m[64];
       for (uint32_t seq = (uint32_t)i; seq < MP_TOTAL; seq += MP_PRODUCERS) {
         size_t len = 8 + seq % 57;
@@ -555,10 +529,10 @@ TEST(mpmc_100k)
     }
   }
   for (int i = 0; i < MP_PRODUCERS; i++)
-    CHECK_EQ(finish(prod[i]), 0);
+    CHECK_EQ(lmp_test_finish(prod[i]), 0);
   lmp_queue_close(q);
   for (int i = 0; i < MP_CONSUMERS; i++)
-    CHECK_EQ(finish(cons[i]), 0);
+    CHECK_EQ(lmp_test_finish(cons[i]), 0);
   for (int i = 0; i < MP_TOTAL; i++)
     CHECK_EQ(seen[i], 1);
   lmp_seg_release(seen_seg);
@@ -572,7 +546,7 @@ TEST(mpmc_100k)
  */
 static lmp_proc_t *killed_producer(lmp_queue_t *q, uint32_t base)
 {
-  lmp_proc_t *p = start();
+  lmp_proc_t *p = lmp_test_start();
   if (!p) {
     size_t maxlen = 1u << 20; /* sometimes past capacity/8: a spill */
     char *m = malloc(maxlen);
@@ -602,7 +576,7 @@ TEST(producer_killed)
       got++;
     }
     lmp_proc_signal(p, SIGKILL);
-    CHECK_EQ(finish(p), -SIGKILL);
+    CHECK_EQ(lmp_test_finish(p), -SIGKILL);
     int rc;
     while ((rc = lmp_queue_get(q, &b, lmp_deadline(0.01))) == 0) {
       CHECK(check_msg(b.data, b.len) >= 0);
@@ -634,7 +608,7 @@ TEST(lock_holder_killed)
   CHECK_EQ(pipe(fds), 0);
   CHECK_EQ(lmp_queue_create(0, 256u << 20, &q), 0);
   for (int round = 0; round < 3; round++) {
-    lmp_proc_t *p = start();
+    lmp_proc_t *p = lmp_test_start();
     if (!p) {
       char *m = malloc(len);
       for (uint32_t i = 0; i < 3; i++) {
@@ -652,7 +626,7 @@ TEST(lock_holder_killed)
     CHECK_EQ(read(fds[0], &c, 1), 1);
     lmp_test_sleep_ms(2);
     lmp_proc_signal(p, SIGKILL);
-    CHECK_EQ(finish(p), -SIGKILL);
+    CHECK_EQ(lmp_test_finish(p), -SIGKILL);
     size_t n = lmp_queue_qsize(q);
     CHECK(n == 3 || n == 4);
     for (uint32_t i = 0; i < n; i++)
@@ -677,7 +651,7 @@ TEST(consumer_killed)
   for (int round = 0; round < 20; round++) {
     for (uint32_t i = 0; i < 200; i++)
       put_msg(q, 8 + (i * 131) % 5000, i);
-    lmp_proc_t *p = start();
+    lmp_proc_t *p = lmp_test_start();
     if (!p) {
       for (;;)
         if (lmp_queue_get(q, &b, lmp_deadline(10)) < 0)
@@ -685,7 +659,7 @@ TEST(consumer_killed)
     }
     lmp_test_sleep_ms(round % 4);
     lmp_proc_signal(p, SIGKILL);
-    CHECK_EQ(finish(p), -SIGKILL);
+    CHECK_EQ(lmp_test_finish(p), -SIGKILL);
     int64_t last = -1;
     int rc;
     while ((rc = lmp_queue_get(q, &b, lmp_deadline(0))) == 0) {
@@ -700,22 +674,20 @@ TEST(consumer_killed)
   lmp_queue_free(q);
 }
 
-TEST_LIST = {
-  TEST_ENTRY(fifo),
-  TEST_ENTRY(maxsize),
-  TEST_ENTRY(nonblocking),
-  TEST_ENTRY(wraparound),
-  TEST_ENTRY(spill_16mib),
-  TEST_ENTRY(putv_gather),
-  TEST_ENTRY(get_hook_seq),
-  TEST_ENTRY(ring_grows),
-  TEST_ENTRY_T(ring_grows_shared, 30),
-  TEST_ENTRY(close_semantics),
-  TEST_ENTRY(task_done_join),
-  TEST_ENTRY(open_by_name),
-  TEST_ENTRY_T(mpmc_100k, 60),
-  TEST_ENTRY_T(producer_killed, 60),
-  TEST_ENTRY_T(lock_holder_killed, 60),
-  TEST_ENTRY_T(consumer_killed, 60),
-  TEST_END
-};
+TEST_LIST = {TEST_ENTRY(fifo),
+             TEST_ENTRY(maxsize),
+             TEST_ENTRY(nonblocking),
+             TEST_ENTRY(wraparound),
+             TEST_ENTRY(spill_16mib),
+             TEST_ENTRY(putv_gather),
+             TEST_ENTRY(get_hook_seq),
+             TEST_ENTRY(ring_grows),
+             TEST_ENTRY_T(ring_grows_shared, 30),
+             TEST_ENTRY(close_semantics),
+             TEST_ENTRY(task_done_join),
+             TEST_ENTRY(open_by_name),
+             TEST_ENTRY_T(mpmc_100k, 60),
+             TEST_ENTRY_T(producer_killed, 60),
+             TEST_ENTRY_T(lock_holder_killed, 60),
+             TEST_ENTRY_T(consumer_killed, 60),
+             TEST_END};

@@ -20,32 +20,6 @@
 #include "lmp/value.h"
 #include "runner.h"
 
-/* === helpers === */
-
-/* Children are forked through lmp so their segment references are right;
- * start() returns NULL in the child, which ends with lmp_proc_exit. */
-static lmp_proc_t *start(void)
-{
-  lmp_proc_t *p;
-  int rc = lmp_proc_fork(0, &p);
-  CHECK(rc >= 0);
-  return p;
-}
-
-static int finish(lmp_proc_t *p)
-{
-  int code = 999;
-  CHECK_EQ(lmp_proc_wait(p, lmp_deadline(30)), 0);
-  CHECK_EQ(lmp_proc_exitcode(p, &code), 0);
-  lmp_proc_free(p);
-  return code;
-}
-
-static int count_segments(void)
-{
-  return lmp_test_shm_count(lmp_runtime_prefix());
-}
-
 static lmp_scalar_t I(int64_t v)
 {
   lmp_scalar_t s;
@@ -64,8 +38,8 @@ static lmp_scalar_t D(double v)
 
 TEST(ctype_names_and_codes)
 {
-  static const char *names[] = {"int8",  "uint8",  "int16", "uint16", "int32",
-                                "uint32", "int64", "uint64", "float", "double"};
+  static const char *names[] = {"int8",   "uint8", "int16",  "uint16", "int32",
+                                "uint32", "int64", "uint64", "float",  "double"};
   static const char *codes = "bBhHiIqQfd";
   static const size_t sizes[] = {1, 1, 2, 2, 4, 4, 8, 8, 4, 8};
   lmp_ctype_t t;
@@ -144,7 +118,7 @@ TEST(array_load_store_every_type)
     }
     lmp_array_free(a);
   }
-  CHECK_EQ(count_segments(), 0);
+  CHECK_EQ(lmp_test_segments(), 0);
 }
 
 TEST(array_signed_and_unsigned_extension)
@@ -205,7 +179,7 @@ TEST(add_from_four_processes)
   lmp_proc_t *kids[4];
   CHECK_EQ(lmp_array_create(LMP_INT64, 3, LMP_ARRAY_LOCK, &a), 0);
   for (int k = 0; k < 4; k++) {
-    if ((kids[k] = start()) == NULL) {
+    if ((kids[k] = lmp_test_start()) == NULL) {
       for (int i = 0; i < 10000; i++) {
         lmp_array_add(a, 0, I(1));
         lmp_array_add(a, 2, I(-2));
@@ -214,7 +188,7 @@ TEST(add_from_four_processes)
     }
   }
   for (int k = 0; k < 4; k++)
-    CHECK_EQ(finish(kids[k]), 0);
+    CHECK_EQ(lmp_test_finish(kids[k]), 0);
   CHECK_EQ(lmp_array_load(a, 0).i, 40000);
   CHECK_EQ(lmp_array_load(a, 1).i, 0);
   CHECK_EQ(lmp_array_load(a, 2).i, -80000);
@@ -227,14 +201,14 @@ TEST(float_add_from_four_processes)
   lmp_proc_t *kids[4];
   CHECK_EQ(lmp_array_create(LMP_DOUBLE, 1, 0, &a), 0);
   for (int k = 0; k < 4; k++) {
-    if ((kids[k] = start()) == NULL) {
+    if ((kids[k] = lmp_test_start()) == NULL) {
       for (int i = 0; i < 10000; i++)
         lmp_array_add(a, 0, D(0.5));
       lmp_proc_exit(0);
     }
   }
   for (int k = 0; k < 4; k++)
-    CHECK_EQ(finish(kids[k]), 0);
+    CHECK_EQ(lmp_test_finish(kids[k]), 0);
   CHECK(lmp_array_load(a, 0).d == 20000.0);
   lmp_array_free(a);
 }
@@ -246,7 +220,7 @@ TEST(lock_serializes_four_processes)
   lmp_proc_t *kids[4];
   CHECK_EQ(lmp_array_create(LMP_INT32, 1, LMP_ARRAY_LOCK | LMP_ARRAY_VALUE, &a), 0);
   for (int k = 0; k < 4; k++) {
-    if ((kids[k] = start()) == NULL) {
+    if ((kids[k] = lmp_test_start()) == NULL) {
       for (int i = 0; i < 10000; i++) {
         CHECK_EQ(lmp_array_lock(a, LMP_FOREVER), 0);
         lmp_array_store(a, 0, I(lmp_array_load(a, 0).i + 1));
@@ -256,7 +230,7 @@ TEST(lock_serializes_four_processes)
     }
   }
   for (int k = 0; k < 4; k++)
-    CHECK_EQ(finish(kids[k]), 0);
+    CHECK_EQ(lmp_test_finish(kids[k]), 0);
   CHECK_EQ(lmp_array_load(a, 0).i, 40000);
   lmp_array_free(a);
 }
@@ -275,14 +249,14 @@ TEST(lock_is_recursive_and_owned)
   CHECK_EQ(lmp_array_lock(a, LMP_FOREVER), 0);
   CHECK_EQ(lmp_array_lock(a, lmp_deadline(0)), 0);
   CHECK_EQ(lmp_array_locked(a), 1);
-  if ((p = start()) == NULL) {
+  if ((p = lmp_test_start()) == NULL) {
     /* Another process: cannot take it, cannot release it. */
     CHECK_EQ(lmp_array_locked(a), 1);
     CHECK_EQ(lmp_array_lock(a, lmp_deadline(0.05)), -ETIMEDOUT);
     CHECK_EQ(lmp_array_unlock(a), -EPERM);
     lmp_proc_exit(0);
   }
-  CHECK_EQ(finish(p), 0);
+  CHECK_EQ(lmp_test_finish(p), 0);
   CHECK_EQ(lmp_array_unlock(a), 0);
   CHECK_EQ(lmp_array_locked(a), 1);
   CHECK_EQ(lmp_array_unlock(a), 0);
@@ -297,12 +271,12 @@ TEST(lock_holder_killed)
   lmp_array_t *a;
   lmp_proc_t *p;
   CHECK_EQ(lmp_array_create(LMP_INT32, 1, LMP_ARRAY_LOCK | LMP_ARRAY_VALUE, &a), 0);
-  if ((p = start()) == NULL) {
+  if ((p = lmp_test_start()) == NULL) {
     CHECK_EQ(lmp_array_lock(a, LMP_FOREVER), 0);
     CHECK_EQ(lmp_array_lock(a, LMP_FOREVER), 0);
     raise(SIGKILL);
   }
-  CHECK_EQ(finish(p), -SIGKILL);
+  CHECK_EQ(lmp_test_finish(p), -SIGKILL);
   CHECK_EQ(lmp_array_lock(a, lmp_deadline(5)), -EOWNERDEAD);
   /* Held once, whatever depth the dead holder had reached. */
   CHECK_EQ(lmp_array_unlock(a), 0);
@@ -318,11 +292,11 @@ TEST(lock_holder_exits)
   lmp_array_t *a;
   lmp_proc_t *p;
   CHECK_EQ(lmp_array_create(LMP_INT32, 1, LMP_ARRAY_LOCK, &a), 0);
-  if ((p = start()) == NULL) {
+  if ((p = lmp_test_start()) == NULL) {
     CHECK_EQ(lmp_array_lock(a, LMP_FOREVER), 0);
     lmp_proc_exit(0);
   }
-  CHECK_EQ(finish(p), 0);
+  CHECK_EQ(lmp_test_finish(p), 0);
   CHECK_EQ(lmp_array_lock(a, lmp_deadline(5)), -EOWNERDEAD);
   CHECK_EQ(lmp_array_unlock(a), 0);
   lmp_array_free(a);
@@ -351,7 +325,7 @@ TEST(lock_abandoned_with_the_last_handle)
   CHECK_EQ(lmp_array_lock(c, lmp_deadline(5)), -EOWNERDEAD);
   CHECK_EQ(lmp_array_unlock(c), 0);
   lmp_array_free(c);
-  CHECK_EQ(count_segments(), 0);
+  CHECK_EQ(lmp_test_segments(), 0);
 }
 
 TEST(array_open_by_name_in_another_process)
@@ -362,7 +336,7 @@ TEST(array_open_by_name_in_another_process)
   CHECK_EQ(lmp_array_create(LMP_UINT16, 10, 0, &a), 0);
   snprintf(name, sizeof name, "%s", lmp_seg_name(lmp_array_seg(a)));
   lmp_seg_pin(lmp_array_seg(a));
-  if ((p = start()) == NULL) {
+  if ((p = lmp_test_start()) == NULL) {
     lmp_seg_t *seg;
     lmp_array_t *b;
     CHECK_EQ(lmp_seg_attach(name, 1, &seg), 0);
@@ -374,11 +348,11 @@ TEST(array_open_by_name_in_another_process)
     lmp_array_free(b);
     lmp_proc_exit(0);
   }
-  CHECK_EQ(finish(p), 0);
+  CHECK_EQ(lmp_test_finish(p), 0);
   CHECK_EQ(lmp_array_load(a, 9).i, 65535);
   CHECK_EQ(lmp_seg_refs(lmp_array_seg(a)), 1);
   lmp_array_free(a);
-  CHECK_EQ(count_segments(), 0);
+  CHECK_EQ(lmp_test_segments(), 0);
 }
 
 TEST(array_open_rejects_other_segments)
@@ -411,7 +385,7 @@ TEST(views_check_alignment_and_bounds)
   lmp_seg_release(seg); /* the view keeps it mapped */
   CHECK_EQ(lmp_array_load(v, 1).i, -7);
   lmp_array_free(v);
-  CHECK_EQ(count_segments(), 0);
+  CHECK_EQ(lmp_test_segments(), 0);
 }
 
 /* === SharedMemory blocks === */
@@ -431,7 +405,7 @@ TEST(shmem_unnamed)
   CHECK_STREQ(lmp_shmem_name(m2), lmp_shmem_name(m));
   lmp_shmem_free(m2);
   lmp_shmem_free(m);
-  CHECK_EQ(count_segments(), 0);
+  CHECK_EQ(lmp_test_segments(), 0);
 }
 
 TEST(shmem_names_across_processes)
@@ -440,13 +414,12 @@ TEST(shmem_names_across_processes)
   lmp_proc_t *p;
   CHECK_EQ(lmp_shmem_create(10, "", &m), -EINVAL);
   CHECK_EQ(lmp_shmem_create(10, "/abs", &m), -EINVAL);
-  CHECK_EQ(lmp_shmem_create(10, "0123456789012345678901234567890123456789012345678", &m),
-           -EINVAL);
+  CHECK_EQ(lmp_shmem_create(10, "0123456789012345678901234567890123456789012345678", &m), -EINVAL);
   CHECK_EQ(lmp_shmem_attach("board", &x), -ENOENT);
   CHECK_EQ(lmp_shmem_create(64, "board", &m), 0);
   CHECK_STREQ(lmp_shmem_name(m), "board");
   CHECK_EQ(lmp_shmem_create(64, "board", &x), -EEXIST);
-  if ((p = start()) == NULL) {
+  if ((p = lmp_test_start()) == NULL) {
     lmp_shmem_t *c;
     CHECK_EQ(lmp_shmem_attach("board", &c), 0);
     CHECK_EQ(lmp_shmem_size(c), 64);
@@ -457,7 +430,7 @@ TEST(shmem_names_across_processes)
     lmp_shmem_free(c);
     lmp_proc_exit(0);
   }
-  CHECK_EQ(finish(p), 0);
+  CHECK_EQ(lmp_test_finish(p), 0);
   CHECK(memcmp(lmp_shmem_data(m), "from the child", 14) == 0);
   CHECK_EQ(lmp_shmem_attach("child-made", &x), -ENOENT);
   /* A stale name is taken again. */
@@ -517,7 +490,7 @@ TEST(shmem_views)
   lmp_shmem_free(m);
   CHECK_EQ(lmp_array_load(v, 3).i, 0x01020304);
   lmp_array_free(v);
-  CHECK_EQ(count_segments(), 0);
+  CHECK_EQ(lmp_test_segments(), 0);
 }
 
 TEST(shmem_directory_full)
@@ -541,29 +514,27 @@ TEST(shmem_directory_full)
       lmp_shmem_free(ms[i]);
 }
 
-TEST_LIST = {
-  TEST_ENTRY(ctype_names_and_codes),
-  TEST_ENTRY(ctype_ranges),
-  TEST_ENTRY(array_create_rejects),
-  TEST_ENTRY(array_load_store_every_type),
-  TEST_ENTRY(array_signed_and_unsigned_extension),
-  TEST_ENTRY(add_wraps_like_c),
-  TEST_ENTRY(add_floats),
-  TEST_ENTRY_T(add_from_four_processes, 60),
-  TEST_ENTRY_T(float_add_from_four_processes, 60),
-  TEST_ENTRY_T(lock_serializes_four_processes, 60),
-  TEST_ENTRY(lock_is_recursive_and_owned),
-  TEST_ENTRY(lock_holder_killed),
-  TEST_ENTRY(lock_holder_exits),
-  TEST_ENTRY(lock_abandoned_with_the_last_handle),
-  TEST_ENTRY(array_open_by_name_in_another_process),
-  TEST_ENTRY(array_open_rejects_other_segments),
-  TEST_ENTRY(views_check_alignment_and_bounds),
-  TEST_ENTRY(shmem_unnamed),
-  TEST_ENTRY(shmem_names_across_processes),
-  TEST_ENTRY(shmem_unlink),
-  TEST_ENTRY(shmem_attach_rejects_other_segments),
-  TEST_ENTRY(shmem_views),
-  TEST_ENTRY_T(shmem_directory_full, 60),
-  TEST_END
-};
+TEST_LIST = {TEST_ENTRY(ctype_names_and_codes),
+             TEST_ENTRY(ctype_ranges),
+             TEST_ENTRY(array_create_rejects),
+             TEST_ENTRY(array_load_store_every_type),
+             TEST_ENTRY(array_signed_and_unsigned_extension),
+             TEST_ENTRY(add_wraps_like_c),
+             TEST_ENTRY(add_floats),
+             TEST_ENTRY_T(add_from_four_processes, 60),
+             TEST_ENTRY_T(float_add_from_four_processes, 60),
+             TEST_ENTRY_T(lock_serializes_four_processes, 60),
+             TEST_ENTRY(lock_is_recursive_and_owned),
+             TEST_ENTRY(lock_holder_killed),
+             TEST_ENTRY(lock_holder_exits),
+             TEST_ENTRY(lock_abandoned_with_the_last_handle),
+             TEST_ENTRY(array_open_by_name_in_another_process),
+             TEST_ENTRY(array_open_rejects_other_segments),
+             TEST_ENTRY(views_check_alignment_and_bounds),
+             TEST_ENTRY(shmem_unnamed),
+             TEST_ENTRY(shmem_names_across_processes),
+             TEST_ENTRY(shmem_unlink),
+             TEST_ENTRY(shmem_attach_rejects_other_segments),
+             TEST_ENTRY(shmem_views),
+             TEST_ENTRY_T(shmem_directory_full, 60),
+             TEST_END};
