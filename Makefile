@@ -81,7 +81,7 @@ all: $(B)/lmp $(B)/lmp.so $(B)/liblmp.a $(B)/liblmp.so $(B)/liblmp-lua.a
 
 $(B)/runtime/%.o: runtime/%.c $(wildcard include/lmp/*.h runtime/*.h) | $(B)/runtime
 	$(CC) $(ALL_CFLAGS) $(HIREDIS_CFLAGS) -c $< -o $@
-$(B)/bindings/%.o: bindings/%.c $(wildcard include/*.h include/lmp/*.h bindings/*.h) | $(B)/bindings
+$(B)/bindings/%.o: bindings/%.c $(wildcard include/*.h include/lmp/*.h bindings/*.h runtime/*.h) | $(B)/bindings
 	$(CC) $(ALL_CFLAGS) $(LUA_CFLAGS) $(MSGPACK_CFLAGS) -c $< -o $@
 $(B)/gen/scripts.c: bindings/embed.lua $(LUA_SCRIPTS) | $(B)/gen
 	$(LUA) bindings/embed.lua $@ $(LUA_SCRIPTS)

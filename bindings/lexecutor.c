@@ -10,10 +10,9 @@
  * poll(2) on all those descriptors instead of spinning over pool:poll().
  * It is hidden (lmp._poll_fds): event loops have their own poll.
  */
-#include <errno.h>
 #include <poll.h>
-#include <time.h>
 
+#include "../runtime/internal.h"
 #include "lmpb.h"
 
 #define MAX_FDS 4096
@@ -39,24 +38,9 @@ static int l_poll_fds(lua_State *L)
     fds[i].events = POLLIN;
     fds[i].revents = 0;
   }
-  int rc;
-  for (;;) {
-    struct timespec ts, *tsp = NULL;
-    if (deadline != LMP_FOREVER) {
-      int64_t left = deadline - lmp_now_ns();
-      if (left < 0)
-        left = 0;
-      ts.tv_sec = left / 1000000000;
-      ts.tv_nsec = left % 1000000000;
-      tsp = &ts;
-    }
-    rc = ppoll(fds, (nfds_t)n, tsp, NULL);
-    if (rc >= 0 || errno != EINTR)
-      break;
-    lmpb_interrupt_check(L);
-  }
+  int rc = lmp__poll_fds(fds, (size_t)n, deadline);
   if (rc < 0)
-    return lmpb_rterror(L, "poll", -errno);
+    return lmpb_rterror(L, "poll", rc);
   lua_pushinteger(L, rc);
   return 1;
 }

@@ -17,25 +17,17 @@
  *               through LMP_PREFIX / LMP_ROOT_PID, so handles in the payload
  *               attach as anywhere else.  The channel is trusted: only this
  *               process could have written that descriptor.
- *   forkserver  on first use this process spawns `lmp --lmp-forkserver FD`,
- *               a server with nothing but lmp (and the preloads, required
- *               with this process's paths) loaded, holding one end of a
- *               SOCK_SEQPACKET socketpair.  A request is one message carrying
- *               the memfd and the requester's stdin, stdout and stderr; the
- *               server forks (lmp_proc_fork), the child takes those stdio
- *               descriptors and runs the payload, and the reply carries the
- *               pid, a pidfd and the read end of a pipe on which the server
- *               writes the exit code once it has reaped the child.  The
- *               requester adopts the child (lmp_proc_adopt): join, exitcode,
- *               is_alive, terminate and kill work as for its own children.
- *
- * Lifetimes.  The server is a service child of the process that started it
- * (shutdown ends it after the children it forked were joined or
- * terminated); it dies with that process (PR_SET_PDEATHSIG, which survives
- * the exec) and exits when the socket closes.  Its children ask for SIGKILL
- * when the server dies, so nothing outlives the requester.  A process
- * forked from the requester does not share the server: its first forkserver
- * start makes its own.
+ *   forkserver  runtime/forkserver.c: on first use this process starts
+ *               `lmp --lmp-forkserver FD PATH CPATH DIR [preloads...]`, a
+ *               server with nothing but lmp (and the preloads, required
+ *               with this process's paths) loaded; each start sends it the
+ *               memfd, the server forks, and its child runs the payload as
+ *               spawn's does.  The requester adopts the child
+ *               (lmp_proc_adopt): join, exitcode, is_alive, terminate and
+ *               kill work as for its own children.  This file builds the
+ *               server's command line and gives it the Lua side: the paths
+ *               and preloads before the first request, the payload in each
+ *               child.
  *
  * Finding the executable: LMP_EXECUTABLE; the running lmp binary (main.c
  * says so); `lmp` next to the loaded lmp.so, or in the bin/ of the prefix it
@@ -43,28 +35,20 @@
  */
 #include <dlfcn.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
-#include <sys/signalfd.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
 #include "lmp.h"
 #include "lmp/proc.h"
 #include "lmp/shm.h"
+#include "../runtime/forkserver.h"
 #include "lmpb.h"
 
-#define FS_MAGIC 0x6c6d7066u /* "lmpf" */
-#define FS_TIMEOUT_S 30      /* the server answers at once; this is for a wedged one */
 #define PRELOAD_KEY "lmp.forkserver_preload"
 
 enum { FORK, SPAWN, FORKSERVER };
@@ -417,37 +401,6 @@ static int payload(lua_State *L, int fn_idx, int nargs, const lmpb_start_t *how)
 
 /* === the forkserver: requester side === */
 
-struct fs_req {
-  uint32_t magic;
-  uint32_t daemon;
-};
-
-struct fs_rep {
-  int32_t status; /* 0 or -errno */
-  int32_t pid;
-};
-
-static struct {
-  pid_t owner;      /* the process that started the server */
-  int sock;         /* our end of the socketpair; -1 if none */
-  lmp_proc_t *proc; /* the server */
-} fs = {0, -1, NULL};
-
-static void fs_forget(void)
-{
-  if (fs.sock >= 0)
-    close(fs.sock);
-  if (fs.proc && fs.owner == getpid()) {
-    lmp_proc_signal(fs.proc, SIGKILL);
-    lmp_proc_wait(fs.proc, LMP_FOREVER);
-  }
-  if (fs.proc)
-    lmp_proc_free(fs.proc);
-  fs.sock = -1;
-  fs.proc = NULL;
-  fs.owner = 0;
-}
-
 /* Push package.path, package.cpath and the main script's directory as
  * three strings for the server's command line ("" for one that is not
  * there). */
@@ -471,28 +424,28 @@ static void push_server_paths(lua_State *L)
   lua_remove(L, pkg);
 }
 
-/* Start this process's server if it has none (a server inherited from the
- * parent is not ours to use).  0 or -errno. */
-static int fs_ensure(lua_State *L, const char *exe)
+/* The server's command line, on the stack (which anchors its strings
+ * until the request returns): exe --lmp-forkserver FD PATH CPATH DIR
+ * [preload modules...].  The preloads are required with this process's
+ * paths as they are now. */
+typedef struct fs_start {
+  lua_State *L;
+  const char *exe;
+} fs_start;
+
+static int fs_command(void *ctx, lmp__fs_cmd_t *cmd)
 {
-  if (fs.owner == getpid() && fs.sock >= 0 && lmp_proc_alive(fs.proc) == 1)
-    return 0;
-  fs_forget();
-  int sv[2];
-  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
-    return -errno;
-  char fdarg[16];
-  snprintf(fdarg, sizeof fdarg, "%d", sv[1]);
-  /* argv: exe --lmp-forkserver FD PATH CPATH DIR [preload modules...]: the
-   * preloads are required with this process's paths as they are now. */
+  fs_start *st = ctx;
+  lua_State *L = st->L;
   int top = lua_gettop(L), npre = 0;
+  luaL_checkstack(L, 8, "forkserver command line");
   push_server_paths(L);
   if (lua_getfield(L, LUA_REGISTRYINDEX, PRELOAD_KEY) == LUA_TTABLE)
     npre = (int)lua_rawlen(L, -1);
   const char **argv = lua_newuserdatauv(L, (size_t)(npre + 7) * sizeof *argv, 0);
-  argv[0] = exe;
+  argv[0] = st->exe;
   argv[1] = "--lmp-forkserver";
-  argv[2] = fdarg;
+  argv[2] = NULL; /* the socket's number */
   for (int i = 0; i < 3; i++)
     argv[3 + i] = lua_tostring(L, top + 1 + i); /* anchored on the stack */
   for (int i = 1; i <= npre; i++) {
@@ -501,101 +454,18 @@ static int fs_ensure(lua_State *L, const char *exe)
     lua_pop(L, 1);
   }
   argv[6 + npre] = NULL;
-  int rc = lmp_proc_spawn(exe, (char *const *)argv, sv[1], LMP_PROC_SERVICE, &fs.proc);
-  lua_settop(L, top);
-  close(sv[1]);
-  if (rc < 0) {
-    close(sv[0]);
-    return rc;
-  }
-  struct timeval tv = {FS_TIMEOUT_S, 0};
-  setsockopt(sv[0], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  fs.sock = sv[0];
-  fs.owner = getpid();
+  cmd->path = st->exe;
+  cmd->argv = (char **)argv;
+  cmd->fd_arg = 2;
   return 0;
-}
-
-/* One request: the payload and our stdio go, pid, pidfd and status come. */
-static int fs_request(int memfd, int daemon, lmp_proc_t **out)
-{
-  struct fs_req req = {FS_MAGIC, (uint32_t)(daemon != 0)};
-  int fds[4] = {memfd, 0, 1, 2};
-  /* A closed stdio descriptor cannot be sent: the child gets /dev/null. */
-  int null = -1;
-  for (int i = 1; i < 4; i++) {
-    if (fcntl(fds[i], F_GETFD) < 0) {
-      if (null < 0)
-        null = open("/dev/null", O_RDWR | O_CLOEXEC);
-      fds[i] = null;
-    }
-  }
-  union {
-    char buf[CMSG_SPACE(sizeof fds)];
-    struct cmsghdr align;
-  } cb;
-  struct iovec iov = {&req, sizeof req};
-  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-  memset(&cb, 0, sizeof cb);
-  mh.msg_control = cb.buf;
-  mh.msg_controllen = sizeof cb.buf;
-  struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-  cm->cmsg_level = SOL_SOCKET;
-  cm->cmsg_type = SCM_RIGHTS;
-  cm->cmsg_len = CMSG_LEN(sizeof fds);
-  memcpy(CMSG_DATA(cm), fds, sizeof fds);
-  ssize_t n;
-  while ((n = sendmsg(fs.sock, &mh, MSG_NOSIGNAL)) < 0 && errno == EINTR) {
-  }
-  int err = errno;
-  if (null >= 0)
-    close(null);
-  if (n < 0)
-    return -err;
-
-  struct fs_rep rep;
-  int got[2] = {-1, -1};
-  union {
-    char buf[CMSG_SPACE(sizeof got)];
-    struct cmsghdr align;
-  } rb;
-  iov = (struct iovec){&rep, sizeof rep};
-  mh = (struct msghdr){.msg_iov = &iov, .msg_iovlen = 1};
-  mh.msg_control = rb.buf;
-  mh.msg_controllen = sizeof rb.buf;
-  while ((n = recvmsg(fs.sock, &mh, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR) {
-  }
-  if (n < 0)
-    return errno == EAGAIN ? -ETIMEDOUT : -errno;
-  for (cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
-    if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
-      size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      memcpy(got, CMSG_DATA(cm), (k > 2 ? 2 : k) * sizeof(int));
-    }
-  }
-  if (n != (ssize_t)sizeof rep || rep.status < 0 || got[0] < 0) {
-    for (int i = 0; i < 2; i++)
-      if (got[i] >= 0)
-        close(got[i]);
-    if (n == 0)
-      return -EPIPE; /* the server is gone */
-    return n == (ssize_t)sizeof rep && rep.status < 0 ? rep.status : -EPROTO;
-  }
-  return lmp_proc_adopt(rep.pid, got[1], got[0], daemon, out);
 }
 
 static int start_forkserver(lua_State *L, int memfd, int daemon, lmp_proc_t **out)
 {
-  const char *exe = checkexecutable(L);
-  int rc = fs_ensure(L, exe);
-  if (rc == 0)
-    rc = fs_request(memfd, daemon, out);
-  if (rc == -EPIPE || rc == -ECONNRESET) {
-    /* The server died since its last use: one more, once. */
-    fs_forget();
-    rc = fs_ensure(L, exe);
-    if (rc == 0)
-      rc = fs_request(memfd, daemon, out);
-  }
+  fs_start st = {L, checkexecutable(L)};
+  int top = lua_gettop(L);
+  int rc = lmp__fs_request(fs_command, &st, memfd, daemon ? LMP_PROC_DAEMON : 0, out);
+  lua_settop(L, top);
   return rc;
 }
 
@@ -833,163 +703,6 @@ void lmpb_spawn_main(lua_State *L, int fd)
 
 /* === the forkserver: server side === */
 
-typedef struct fs_child {
-  lmp_proc_t *proc;
-  int status_w;
-} fs_child;
-
-static fs_child *kids;
-static size_t nkids, capkids;
-
-/* Write the exit code of every child that has ended to its requester. */
-static void fs_report(void)
-{
-  for (size_t i = 0; i < nkids;) {
-    int code;
-    if (lmp_proc_alive(kids[i].proc) == 0 && lmp_proc_exitcode(kids[i].proc, &code) == 0) {
-      int32_t c = code;
-      if (write(kids[i].status_w, &c, sizeof c) < 0) {
-        /* the requester is gone; nobody to tell */
-      }
-      close(kids[i].status_w);
-      lmp_proc_free(kids[i].proc);
-      kids[i] = kids[--nkids];
-    } else {
-      i++;
-    }
-  }
-}
-
-static void fs_reply(int conn, int status, pid_t pid, int status_r, int pidfd)
-{
-  struct fs_rep rep = {status, (int32_t)pid};
-  int fds[2] = {status_r, pidfd};
-  int nfds = status_r < 0 ? 0 : pidfd < 0 ? 1 : 2;
-  union {
-    char buf[CMSG_SPACE(sizeof fds)];
-    struct cmsghdr align;
-  } cb;
-  struct iovec iov = {&rep, sizeof rep};
-  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-  if (nfds > 0) {
-    memset(&cb, 0, sizeof cb);
-    mh.msg_control = cb.buf;
-    mh.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
-    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(nfds * sizeof(int));
-    memcpy(CMSG_DATA(cm), fds, nfds * sizeof(int));
-  }
-  while (sendmsg(conn, &mh, MSG_NOSIGNAL) < 0 && errno == EINTR) {
-  }
-}
-
-/* In the new child: nothing of the server's bookkeeping is ours. */
-static void fs_child_setup(int conn, int sfd, int status_r, int status_w, const int stdio[3])
-{
-  for (size_t i = 0; i < nkids; i++)
-    close(kids[i].status_w);
-  close(conn);
-  close(sfd);
-  close(status_r);
-  close(status_w);
-  sigset_t none;
-  sigemptyset(&none);
-  sigprocmask(SIG_SETMASK, &none, NULL);
-  signal(SIGINT, SIG_DFL);
-  prctl(PR_SET_NAME, "lmp-process");
-  for (int i = 0; i < 3; i++)
-    dup2(stdio[i], i);
-  for (int i = 0; i < 3; i++)
-    if (stdio[i] > 2)
-      close(stdio[i]);
-}
-
-/* Receive one request: 1 and the four descriptors, 0 at end of file, -1
- * for a malformed message (its descriptors closed). */
-static int fs_recv(int conn, struct fs_req *req, int fds[4])
-{
-  union {
-    char buf[CMSG_SPACE(4 * sizeof(int))];
-    struct cmsghdr align;
-  } cb;
-  struct iovec iov = {req, sizeof *req};
-  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-  mh.msg_control = cb.buf;
-  mh.msg_controllen = sizeof cb.buf;
-  ssize_t n;
-  while ((n = recvmsg(conn, &mh, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR) {
-  }
-  if (n <= 0)
-    return 0;
-  int nfds = 0;
-  for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
-    if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
-      nfds = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-      memcpy(fds, CMSG_DATA(cm), (nfds > 4 ? 4 : nfds) * sizeof(int));
-    }
-  }
-  if (n != (ssize_t)sizeof *req || req->magic != FS_MAGIC || nfds != 4 ||
-      (mh.msg_flags & MSG_CTRUNC)) {
-    for (int i = 0; i < nfds && i < 4; i++)
-      close(fds[i]);
-    return -1;
-  }
-  return 1;
-}
-
-static int grow_kids(void)
-{
-  if (nkids < capkids)
-    return 0;
-  size_t cap = capkids ? capkids * 2 : 16;
-  fs_child *k = realloc(kids, cap * sizeof *k);
-  if (!k)
-    return -ENOMEM;
-  kids = k;
-  capkids = cap;
-  return 0;
-}
-
-static void fs_serve_one(lua_State *L, int conn, int sfd)
-{
-  struct fs_req req;
-  int fds[4];
-  int r = fs_recv(conn, &req, fds);
-  if (r == 0) {
-    /* The requester closed its end (or died): our children die with us. */
-    lmp_runtime_release_all();
-    _exit(0);
-  }
-  if (r < 0)
-    return;
-  int st[2] = {-1, -1};
-  lmp_proc_t *proc = NULL;
-  int rc = pipe2(st, O_CLOEXEC) < 0 ? -errno : grow_kids();
-  if (rc == 0)
-    rc = lmp_proc_fork(0, &proc); /* 1 here, 0 in the child */
-  if (rc == 0) {
-    fs_child_setup(conn, sfd, st[0], st[1], fds + 1);
-    run_payload(L, fds[0]);
-  }
-  if (rc > 0) {
-    int pidfd = lmp_proc_fd(proc) >= 0 ? fcntl(lmp_proc_fd(proc), F_DUPFD_CLOEXEC, 3) : -1;
-    fs_reply(conn, 0, lmp_proc_pid(proc), st[0], pidfd);
-    if (pidfd >= 0)
-      close(pidfd);
-    close(st[0]);
-    kids[nkids++] = (fs_child){proc, st[1]};
-  } else {
-    fs_reply(conn, rc, 0, -1, -1);
-    for (int i = 0; i < 2; i++)
-      if (st[i] >= 0)
-        close(st[i]);
-  }
-  for (int i = 0; i < 4; i++)
-    close(fds[i]);
-}
-
 /* The requester's paths, from the server's command line, as a child's
  * apply_paths takes them from its payload. */
 static void server_paths(lua_State *L, char **args)
@@ -1006,46 +719,44 @@ static void server_paths(lua_State *L, char **args)
   lua_pop(L, 1);
 }
 
+typedef struct fs_server {
+  lua_State *L;
+  int nargs;
+  char **args; /* PATH CPATH DIR [preload modules...] */
+} fs_server;
+
+/* Before the first request: the requester's paths and its preloads. */
+static void fs_init(void *ctx)
+{
+  fs_server *fs = ctx;
+  lua_State *L = fs->L;
+  server_paths(L, fs->args);
+  for (int i = 3; i < fs->nargs; i++) {
+    lua_getglobal(L, "require");
+    lua_pushstring(L, fs->args[i]);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+      fprintf(stderr, "lmp forkserver: preload of '%s' failed: %s\n", fs->args[i],
+              lua_tostring(L, -1));
+      lua_pop(L, 1);
+    }
+  }
+}
+
+/* In each child: the payload the request carried. */
+static int fs_run(void *ctx, int payload)
+{
+  run_payload(((fs_server *)ctx)->L, payload);
+}
+
 void lmpb_forkserver_main(lua_State *L, int conn, int nargs, char **args)
 {
   unsetenv("LMP_PREFIX");
   unsetenv("LMP_ROOT_PID");
-  prctl(PR_SET_NAME, "lmp-forkserver");
-  signal(SIGINT, SIG_IGN); /* a ^C at the terminal is for the program, not us */
   if (nargs < 3)
-    _exit(2); /* not started by fs_ensure */
-  server_paths(L, args);
-  int nmods = nargs - 3;
-  char **mods = args + 3;
-  for (int i = 0; i < nmods; i++) {
-    lua_getglobal(L, "require");
-    lua_pushstring(L, mods[i]);
-    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
-      fprintf(stderr, "lmp forkserver: preload of '%s' failed: %s\n", mods[i], lua_tostring(L, -1));
-      lua_pop(L, 1);
-    }
-  }
-  sigset_t chld;
-  sigemptyset(&chld);
-  sigaddset(&chld, SIGCHLD);
-  sigprocmask(SIG_BLOCK, &chld, NULL);
-  int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
-  fcntl(conn, F_SETFD, FD_CLOEXEC);
-  for (;;) {
-    struct pollfd p[2] = {{conn, POLLIN, 0}, {sfd, POLLIN, 0}};
-    /* Without a signalfd, look for ended children every 50 ms. */
-    int n = poll(p, 2, sfd < 0 ? 50 : -1);
-    if (n < 0 && errno != EINTR)
-      _exit(1);
-    if (sfd >= 0 && (p[1].revents & POLLIN)) {
-      struct signalfd_siginfo si;
-      while (read(sfd, &si, sizeof si) > 0) {
-      }
-    }
-    fs_report();
-    if (p[0].revents & (POLLIN | POLLHUP | POLLERR))
-      fs_serve_one(L, conn, sfd);
-  }
+    _exit(2); /* not started by a requester */
+  fs_server fs = {L, nargs, args};
+  lmp__fs_server_t srv = {fs_init, fs_run, &fs};
+  lmp__fs_serve(conn, &srv);
 }
 
 /* === module functions === */

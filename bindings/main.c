@@ -16,8 +16,9 @@
  *
  * Two more entries are not for people: `--lmp-child FD` is how the spawn
  * start method starts a child (the payload is in descriptor FD) and
- * `--lmp-forkserver FD` runs the fork server (lspawn.c).  They are the
- * first argument or nothing, and --help does not list them.
+ * `--lmp-forkserver FD` runs the fork server (runtime/forkserver.c, its Lua
+ * side in lspawn.c).  They are the first argument or nothing, and --help
+ * does not list them.
  */
 #include <limits.h>
 #include <signal.h>

@@ -166,23 +166,29 @@ void lmp_buf_free(lmp_buf_t *b)
   b->cap = 0;
 }
 
-int lmp__poll_fd(int fd, short events, int64_t deadline)
+int lmp__poll_fds(struct pollfd *fds, size_t n, int64_t deadline)
 {
-  struct pollfd pfd = {.fd = fd, .events = events};
   for (;;) {
     struct timespec ts, *tsp = NULL;
     if (deadline != LMP_FOREVER) {
       ts = lmp__deadline_ts(deadline - lmp_now_ns());
       tsp = &ts;
     }
-    int n = ppoll(&pfd, 1, tsp, NULL);
-    if (n > 0)
-      return pfd.revents & POLLNVAL ? -EBADF : pfd.revents;
-    if (n == 0)
-      return 0;
+    int rc = ppoll(fds, (nfds_t)n, tsp, NULL);
+    if (rc >= 0)
+      return rc;
     if (errno != EINTR)
       return -errno;
     if (lmp__interrupted())
       return -EINTR;
   }
+}
+
+int lmp__poll_fd(int fd, short events, int64_t deadline)
+{
+  struct pollfd pfd = {.fd = fd, .events = events};
+  int n = lmp__poll_fds(&pfd, 1, deadline);
+  if (n > 0)
+    return pfd.revents & POLLNVAL ? -EBADF : pfd.revents;
+  return n;
 }

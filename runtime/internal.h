@@ -6,11 +6,15 @@
  * the kernel wants them as a timespec (futex, pthread clocklock) or as a
  * relative millisecond count (poll), so the conversions live here once.
  * The watchdog's entry points are here too: shm.c starts it and names its
- * socket, watchdog.c runs it.
+ * socket, watchdog.c runs it.  So is the Unix plumbing every part uses
+ * (polls until a deadline, descriptors over sockets); the bindings use it
+ * too, for it is not part of the public headers.
  */
 #ifndef LMP_INTERNAL_H
 #define LMP_INTERNAL_H
 
+#include <poll.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
 #include <sys/types.h>
@@ -59,6 +63,33 @@ int lmp__interruptible(void);
  * (> 0), 0 at the deadline, -EBADF for a bad descriptor, or -errno.  EINTR
  * resumes with what is left, or returns -EINTR (lmp__interrupted). */
 int lmp__poll_fd(int fd, short events, int64_t deadline);
+
+/* ppoll() on n descriptors until an absolute deadline.  Returns how many
+ * have revents set (> 0), 0 at the deadline, or -errno.  EINTR resumes with
+ * what is left, or returns -EINTR (lmp__interrupted). */
+int lmp__poll_fds(struct pollfd *fds, size_t n, int64_t deadline);
+
+/* === descriptor passing (fdpass.c) === */
+
+/* The most descriptors one message carries. */
+#define LMP__FDS_MAX 8
+
+/* Send `len` bytes from `data` as one message on the Unix socket `sock`
+ * with nfds (at most LMP__FDS_MAX) descriptors attached; the receiver gets
+ * duplicates, ours stay open.  `flags` go with MSG_NOSIGNAL (MSG_DONTWAIT,
+ * say).  Resumes after EINTR.  The bytes sent, or -errno (-EAGAIN when a
+ * send timeout or MSG_DONTWAIT ran out). */
+ssize_t lmp__send_fds(int sock, const void *data, size_t len, const int *fds, size_t nfds,
+                      int flags);
+
+/* Receive one message of at most `len` bytes into `data`, and the
+ * descriptors that came with it, close-on-exec, into fds: *nfds is the room
+ * there on entry (at most LMP__FDS_MAX) and the count on return.  Resumes
+ * after EINTR.  The bytes received (0 at end of file), or -errno (-EAGAIN
+ * as for send); -EMSGSIZE for a message cut off -- longer than len, more
+ * descriptors than the room, or some dropped by the kernel (MSG_CTRUNC) --
+ * whose descriptors are all closed. */
+ssize_t lmp__recv_fds(int sock, void *data, size_t len, int *fds, size_t *nfds, int flags);
 
 /* 1 if a shared-memory object is this user's and owner-only, as every one
  * lmp creates is (shm.c); attaching refuses the others. */

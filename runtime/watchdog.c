@@ -88,31 +88,9 @@
 #define LMP__WD_POLL_MS 200     /* back-off after a failed poll */
 #define LMP__WD_IO_TIMEOUT_S 1  /* the watchdog's patience with a client */
 #define LMP__CLIENT_TIMEOUT_S 5 /* a client's patience with the watchdog */
-#define LMP__MAX_FDS_PER_MSG 4
 #define LMP__SEGS_MAX 65536 /* memfd segments kept at once, at most */
 
 /* === shared by both sides === */
-
-/* One descriptor's worth of control data for sendmsg. */
-typedef union lmp__fd_cmsg {
-  char buf[CMSG_SPACE(sizeof(int))];
-  struct cmsghdr align;
-} lmp__fd_cmsg_t;
-
-/* Attach fd to mh, in the control buffer cb (which must outlive the send). */
-static void attach_fd(struct msghdr *mh, lmp__fd_cmsg_t *cb, int fd)
-{
-  struct cmsghdr *cm;
-
-  memset(cb, 0, sizeof *cb);
-  mh->msg_control = cb->buf;
-  mh->msg_controllen = sizeof cb->buf;
-  cm = CMSG_FIRSTHDR(mh);
-  cm->cmsg_level = SOL_SOCKET;
-  cm->cmsg_type = SCM_RIGHTS;
-  cm->cmsg_len = CMSG_LEN(sizeof(int));
-  memcpy(CMSG_DATA(cm), &fd, sizeof fd);
-}
 
 socklen_t lmp__stash_addr(const char *prefix, struct sockaddr_un *addr)
 {
@@ -625,61 +603,38 @@ static void wd_budget(void)
 
 /* === the watchdog: serving === */
 
-/* Receive one request and at most one descriptor (extra ones are closed). */
+/* Receive one request and at most one descriptor: 0, -EPIPE at end of
+ * file, -EAGAIN when the client said nothing in time, -EINVAL for a
+ * malformed request (*fd may be set then, for the caller to close). */
 static int wd_recv(int c, lmp__wd_req_t *req, int *fd)
 {
-  union {
-    char buf[CMSG_SPACE(LMP__MAX_FDS_PER_MSG * sizeof(int))];
-    struct cmsghdr align;
-  } cb;
-  struct iovec iov = {req, sizeof *req};
-  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-  struct cmsghdr *cm;
+  size_t nfd = 1;
   ssize_t n;
-  int i, nfd, got;
 
-  mh.msg_control = cb.buf;
-  mh.msg_controllen = sizeof cb.buf;
-  n = recvmsg(c, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
-  if (n < 0 && errno == EAGAIN && !(fcntl(c, F_GETFL) & O_NONBLOCK)) {
+  n = lmp__recv_fds(c, req, sizeof *req, fd, &nfd, MSG_DONTWAIT);
+  if (n == -EAGAIN && !(fcntl(c, F_GETFL) & O_NONBLOCK)) {
     struct pollfd p = {.fd = c, .events = POLLIN};
+    nfd = 1;
     if (poll(&p, 1, LMP__WD_IO_TIMEOUT_S * 1000) == 1)
-      n = recvmsg(c, &mh, MSG_CMSG_CLOEXEC);
-    else
-      errno = EAGAIN;
+      n = lmp__recv_fds(c, req, sizeof *req, fd, &nfd, 0);
   }
   if (n == 0)
     return -EPIPE;
-  if (n < 0)
-    return -errno;
-  for (cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
-    if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
-      continue;
-    nfd = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-    for (i = 0; i < nfd; i++) {
-      memcpy(&got, CMSG_DATA(cm) + i * sizeof(int), sizeof got);
-      if (*fd < 0)
-        *fd = got;
-      else
-        close(got);
-    }
-  }
-  if (n != (ssize_t)sizeof *req || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)))
+  if (n == -EMSGSIZE)
     return -EINVAL;
-  return 0;
+  if (n < 0)
+    return (int)n;
+  if (nfd == 0)
+    *fd = -1;
+  return n == (ssize_t)sizeof *req ? 0 : -EINVAL;
 }
 
 static void wd_reply(int c, int status, int fd)
 {
-  lmp__fd_cmsg_t cb;
   lmp__wd_rep_t rep = {.status = status};
-  struct iovec iov = {&rep, sizeof rep};
-  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
 
-  if (fd >= 0)
-    attach_fd(&mh, &cb, fd);
   /* A client that went away loses its descriptor: it asked for it once. */
-  sendmsg(c, &mh, MSG_NOSIGNAL);
+  lmp__send_fds(c, &rep, sizeof rep, &fd, fd >= 0, 0);
 }
 
 static int peer_allowed(int c)
@@ -909,58 +864,28 @@ static int wd_connect(const char *prefix)
  * with the runtime's registry locked. */
 static int wd_call_at(const char *prefix, const lmp__wd_req_t *req, int sendfd, int *recvfd)
 {
-  union {
-    char buf[CMSG_SPACE(LMP__MAX_FDS_PER_MSG * sizeof(int))];
-    struct cmsghdr align;
-  } cb;
-  lmp__fd_cmsg_t sfd_cb;
   lmp__wd_rep_t rep;
-  struct iovec iov = {(void *)req, sizeof *req};
-  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-  struct cmsghdr *cm;
+  size_t nfd = 1;
   ssize_t n;
-  int s, rc, fd = -1, got, i, nfd;
+  int s, rc, fd = -1;
 
   if ((s = wd_connect(prefix)) < 0)
     return s;
-  if (sendfd >= 0)
-    attach_fd(&mh, &sfd_cb, sendfd);
-  while ((n = sendmsg(s, &mh, MSG_NOSIGNAL)) < 0 && errno == EINTR) {
-  }
-  if (n < 0) {
-    rc = errno == EAGAIN ? -ETIMEDOUT : -errno;
-    goto out;
-  }
-  iov = (struct iovec){&rep, sizeof rep};
-  mh = (struct msghdr){.msg_iov = &iov, .msg_iovlen = 1};
-  mh.msg_control = cb.buf;
-  mh.msg_controllen = sizeof cb.buf;
-  while ((n = recvmsg(s, &mh, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR) {
-  }
-  if (n < 0) {
-    rc = errno == EAGAIN ? -ETIMEDOUT : -errno;
-    goto out;
-  }
-  for (cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
-    if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
-      continue;
-    nfd = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-    for (i = 0; i < nfd; i++) {
-      memcpy(&got, CMSG_DATA(cm) + i * sizeof(int), sizeof got);
-      if (fd < 0)
-        fd = got;
-      else
-        close(got);
-    }
-  }
-  rc = n == (ssize_t)sizeof rep ? rep.status : -EPROTO;
+  n = lmp__send_fds(s, req, sizeof *req, &sendfd, sendfd >= 0, 0);
+  if (n >= 0)
+    n = lmp__recv_fds(s, &rep, sizeof rep, &fd, &nfd, 0);
+  if (nfd == 0)
+    fd = -1;
+  if (n < 0 && n != -EMSGSIZE)
+    rc = n == -EAGAIN ? -ETIMEDOUT : (int)n;
+  else
+    rc = n == (ssize_t)sizeof rep ? rep.status : -EPROTO;
   if (rc == 0 && recvfd != NULL && fd < 0)
     rc = -EPROTO;
   if (rc == 0 && recvfd != NULL) {
     *recvfd = fd;
     fd = -1;
   }
-out:
   if (fd >= 0)
     close(fd);
   close(s);
@@ -1014,13 +939,10 @@ static int enrol_sock = -1;
 
 static int enrol_send(int pidfd)
 {
-  lmp__fd_cmsg_t cb;
   lmp__wd_req_t req = {.op = LMP__WD_ENROLL};
-  struct iovec iov = {&req, sizeof req};
-  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+  ssize_t n = lmp__send_fds(enrol_sock, &req, sizeof req, &pidfd, 1, MSG_DONTWAIT);
 
-  attach_fd(&mh, &cb, pidfd);
-  return sendmsg(enrol_sock, &mh, MSG_NOSIGNAL | MSG_DONTWAIT) < 0 ? -errno : 0;
+  return n < 0 ? (int)n : 0;
 }
 
 void lmp__watchdog_enroll(int pidfd)

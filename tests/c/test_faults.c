@@ -41,10 +41,8 @@
 #include "lmp/shmem.h"
 #include "lmp/sync.h"
 #include "lmp/syncobj.h"
+#include "../../runtime/internal.h"
 #include "runner.h"
-
-/* The fd stash's socket address (runtime/internal.h; not public). */
-socklen_t lmp__stash_addr(const char *prefix, struct sockaddr_un *addr);
 
 #define MS 1000000LL
 #define NOBODY 65534 /* a uid that owns nothing here */
@@ -1062,17 +1060,12 @@ static int impostor(void *arg)
   if ((c = accept(s, NULL, NULL)) < 0)
     return 0; /* nobody called */
   setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  union {
-    char buf[CMSG_SPACE(4 * sizeof(int))];
-    struct cmsghdr align;
-  } cb;
-  struct iovec iov = {byte, sizeof byte};
-  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-  mh.msg_control = cb.buf;
-  mh.msg_controllen = sizeof cb.buf;
-  if (recvmsg(c, &mh, 0) < 0)
-    return 0;
-  return CMSG_FIRSTHDR(&mh) != NULL ? 3 : 0; /* 3: it got a descriptor */
+  int got[LMP__FDS_MAX];
+  size_t nfds = LMP__FDS_MAX;
+  ssize_t n = lmp__recv_fds(c, byte, sizeof byte, got, &nfds, 0);
+  if (n == -EMSGSIZE) /* some came, cut off */
+    return 3;
+  return n >= 0 && nfds > 0 ? 3 : 0; /* 3: it got a descriptor */
 }
 
 /*
