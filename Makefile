@@ -123,8 +123,8 @@ build $(B)/runtime $(B)/bindings $(B)/gen $(B)/tests $(B)/fuzz:
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -fno-omit-frame-pointer \
   -fsanitize=address,undefined -fno-sanitize-recover=undefined -Iinclude -Ibindings
 FUZZ_DECODE_SRC := tests/c/fuzz_decode.c bindings/codec.c bindings/lerror.c runtime/common.c
-FUZZ_FRAME_SRC := tests/c/fuzz_frame.c runtime/pipe.c runtime/queue.c runtime/shm.c \
-  runtime/watchdog.c runtime/sync.c runtime/common.c
+FUZZ_FRAME_SRC := tests/c/fuzz_frame.c runtime/pipe.c runtime/queue.c runtime/segment.c \
+  runtime/watchdog.c runtime/mutex.c runtime/common.c
 FUZZ_BIN := $(B)/fuzz/fuzz_decode $(B)/fuzz/fuzz_frame
 CLANG ?= clang
 $(B)/fuzz/fuzz_decode: $(FUZZ_DECODE_SRC) $(wildcard bindings/*.h include/*.h include/lmp/*.h) | $(B)/fuzz

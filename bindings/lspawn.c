@@ -60,7 +60,7 @@
 
 #include "lmp.h"
 #include "lmp/proc.h"
-#include "lmp/shm.h"
+#include "lmp/runtime.h"
 #include "lmpb.h"
 
 #define FS_MAGIC 0x6c6d7066u /* "lmpf" */

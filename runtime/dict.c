@@ -45,7 +45,7 @@
 #include <unistd.h>
 
 #include "lmp/common.h"
-#include "lmp/sync.h"
+#include "lmp/mutex.h"
 
 #define ROOT_MAGIC 0x54434c4cu /* "LLCT" */
 #define ROOT_VERSION 1u

@@ -5,7 +5,7 @@
  * Deadlines are absolute CLOCK_MONOTONIC nanoseconds everywhere (common.h);
  * the kernel wants them as a timespec (futex, pthread clocklock) or as a
  * relative millisecond count (poll), so the conversions live here once.
- * The watchdog's entry points are here too: shm.c starts it and names its
+ * The watchdog's entry points are here too: segment.c starts it and names its
  * socket, watchdog.c runs it.
  */
 #ifndef LMP_INTERNAL_H
@@ -61,11 +61,11 @@ int lmp__interruptible(void);
 int lmp__poll_fd(int fd, short events, int64_t deadline);
 
 /* 1 if a shared-memory object is this user's and owner-only, as every one
- * lmp creates is (shm.c); attaching refuses the others. */
+ * lmp creates is (segment.c); attaching refuses the others. */
 struct stat;
 int lmp__owner_only(const struct stat *st);
 
-/* === holdings (shm.c) === */
+/* === holdings (segment.c) === */
 
 /* A process of the family has ended and `pid` was reaped by this one: give
  * back the references it still held (its holdings table).  Called by
@@ -78,7 +78,7 @@ int lmp__proc_start(pid_t pid, uint64_t *start, char *state);
 
 /* The two names of a family derived from its prefix alone: the names
  * directory of SharedMemory (shmem.c) and the pools' registry that lmp top
- * reads (pool.c).  The root takes both when it starts (shm.c). */
+ * reads (pool.c).  The root takes both when it starts (segment.c). */
 #define LMP__NAMES_SUFFIX ".names"
 #define LMP__POOLS_SUFFIX ".pools"
 
@@ -112,11 +112,11 @@ void lmp__watchdog_enroll(int pidfd);
 /* In a new child: the root's enrolment connection is not its own. */
 void lmp__watchdog_postfork_child(void);
 
-/* A fresh fd-stash token (shm.c): random high half per process, counter
+/* A fresh fd-stash token (segment.c): random high half per process, counter
  * low half. */
 uint64_t lmp__stash_token(void);
 
-/* Memfd segments (shm.c): the watchdog of the family whose prefix is given
+/* Memfd segments (segment.c): the watchdog of the family whose prefix is given
  * keeps a descriptor of each under the 64 random bits of its name.  put:
  * 0, -EEXIST (token taken), -EMFILE (the watchdog's budget for them is
  * spent); get: a new descriptor in *fd, or -ENOENT; drop: best effort. */

@@ -35,7 +35,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "lmp/shm.h"
+#include "lmp/segment.h"
 
 typedef struct lmp_dict lmp_dict_t;
 typedef struct lmp_list lmp_list_t;

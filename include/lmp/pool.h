@@ -32,7 +32,7 @@
 
 #include "lmp/common.h"
 #include "lmp/proc.h"
-#include "lmp/shm.h"
+#include "lmp/segment.h"
 
 typedef struct lmp_pool lmp_pool_t;
 typedef struct lmp_pool_worker lmp_pool_worker_t;

@@ -22,7 +22,7 @@
 #include <sys/uio.h>
 
 #include "lmp/common.h"
-#include "lmp/shm.h"
+#include "lmp/segment.h"
 
 #define LMP_QUEUE_DEFAULT_CAPACITY (4u << 20) /* ring bytes */
 

@@ -18,8 +18,8 @@
 
 #include <stddef.h>
 
-#include "lmp/shm.h"
-#include "lmp/value.h"
+#include "lmp/array.h"
+#include "lmp/segment.h"
 
 #define LMP_SHMEM_NAME_MAX 48 /* a user name's bytes, NUL included */
 #define LMP_SHMEM_DIR_MAX 1024 /* user names alive at once in a program */

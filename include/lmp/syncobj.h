@@ -26,7 +26,7 @@
 #include <sys/types.h>
 
 #include "lmp/common.h"
-#include "lmp/sync.h"
+#include "lmp/mutex.h"
 
 /* === Lock and RLock === */
 

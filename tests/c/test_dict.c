@@ -15,7 +15,8 @@
 #include "lmp/common.h"
 #include "lmp/dict.h"
 #include "lmp/proc.h"
-#include "lmp/shm.h"
+#include "lmp/runtime.h"
+#include "lmp/segment.h"
 #include "runner.h"
 
 /* === helpers === */

@@ -33,13 +33,14 @@
 #include <unistd.h>
 
 #include "lmp/common.h"
+#include "lmp/mutex.h"
 #include "lmp/pipe.h"
 #include "lmp/pool.h"
 #include "lmp/proc.h"
 #include "lmp/queue.h"
-#include "lmp/shm.h"
+#include "lmp/runtime.h"
+#include "lmp/segment.h"
 #include "lmp/shmem.h"
-#include "lmp/sync.h"
 #include "lmp/syncobj.h"
 #include "runner.h"
 

@@ -1,5 +1,5 @@
 /*
- * test_value.c -- typed cells and arrays (element types, loads and stores,
+ * test_array.c -- typed cells and arrays (element types, loads and stores,
  * atomic adds from several processes, the RLock in the header, views) and
  * SharedMemory blocks (user names, attach from another process, unlink,
  * stale names).
@@ -13,11 +13,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "lmp/array.h"
 #include "lmp/common.h"
 #include "lmp/proc.h"
-#include "lmp/shm.h"
+#include "lmp/runtime.h"
+#include "lmp/segment.h"
 #include "lmp/shmem.h"
-#include "lmp/value.h"
 #include "runner.h"
 
 /* === helpers === */

@@ -1,5 +1,5 @@
 /*
- * test_shm.c -- segments, reference counts across processes, the root's
+ * test_segment.c -- segments, reference counts across processes, the root's
  * cleanup, the watchdog and the fd stash.
  */
 #include <dirent.h>
@@ -20,7 +20,8 @@
 
 #include "lmp/common.h"
 #include "lmp/proc.h"
-#include "lmp/shm.h"
+#include "lmp/runtime.h"
+#include "lmp/segment.h"
 #include "runner.h"
 
 /* === helpers === */

@@ -1,5 +1,5 @@
 /*
- * shm.c -- named shared-memory segments and the runtime's root.
+ * segment.c -- named shared-memory segments and the runtime's root.
  *
  * Every shared object lives in a shared-memory segment named
  * "<prefix>.<16 hex>", where the prefix "/lmp.<rootpid>.<8 hex>" belongs to
@@ -51,7 +51,7 @@
  * may share the runtime.  lmp_runtime_prefork holds that mutex across fork(2)
  * so the child's copy of the registry and its references agree exactly.
  */
-#include "lmp/shm.h"
+#include "lmp/segment.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -68,6 +68,7 @@
 
 #include "internal.h"
 #include "lmp/common.h"
+#include "lmp/runtime.h"
 
 #define LMP__SEG_MAGIC 0x31306765732d706dULL /* "mp-seg01" */
 #define LMP__SEG_HDR 64                      /* header size = data alignment */
