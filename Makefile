@@ -108,7 +108,7 @@ $(B)/lmp: $(B)/bindings/main.o $(B)/bindings/lreadline.o $(LB_OBJ) $(RT_OBJ)
 	$(CC) $(LDFLAGS) -Wl,-E -o $@ $^ $(LUA_LIBS) $(MSGPACK_LIBS) $(READLINE_LIBS) $(BROKER_LIBS) -lm -ldl
 
 $(B)/tests/%: tests/c/%.c tests/c/runner.c tests/c/runner.h $(B)/liblmp.a | $(B)/tests
-	$(CC) $(ALL_CFLAGS) -Itests/c $< tests/c/runner.c -o $@ $(LDFLAGS) $(B)/liblmp.a $(BROKER_LIBS)
+	$(CC) $(ALL_CFLAGS) -Itests/c -Iruntime $< tests/c/runner.c -o $@ $(LDFLAGS) $(B)/liblmp.a $(BROKER_LIBS)
 # The embedding test is a Lua host: it loads $(B)/lmp.so through require.
 $(B)/tests/test_embed: tests/c/test_embed.c tests/c/runner.c tests/c/runner.h $(B)/lmp.so $(B)/liblmp.a | $(B)/tests
 	$(CC) $(ALL_CFLAGS) $(LUA_CFLAGS) -Itests/c $< tests/c/runner.c -o $@ $(LDFLAGS) $(B)/liblmp.a $(LUA_LIBS) -lm -ldl

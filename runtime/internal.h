@@ -65,6 +65,22 @@ int lmp__poll_fd(int fd, short events, int64_t deadline);
 struct stat;
 int lmp__owner_only(const struct stat *st);
 
+/* === segments and the root: fork and test hooks (segment.c) === */
+
+/* Fork support, called by lmp_proc_fork: before fork every mapped segment
+ * gains a reference for the child, which a failed fork gives back. */
+void lmp__runtime_prefork(void);
+void lmp__runtime_postfork_parent(int failed);
+void lmp__runtime_postfork_child(void);
+
+/* Processes holding the segment, a snapshot: 1 with the caller's own
+ * reference means no other process holds it (and for tests). */
+struct lmp_seg;
+uint32_t lmp__seg_refs(const struct lmp_seg *s);
+
+/* Pid of the watchdog, 0 if not started (for tests). */
+pid_t lmp__watchdog_pid(void);
+
 /* === holdings (segment.c) === */
 
 /* A process of the family has ended and `pid` was reaped by this one: give

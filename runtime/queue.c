@@ -523,7 +523,7 @@ void lmp_queue_free_unread(lmp_queue_t *q, lmp_queue_unread_fn fn, void *ctx)
 {
   if (!q)
     return;
-  if (lmp_seg_local(q->seg) == 1 && lmp_seg_refs(q->seg) == 1 && qlock(q->h) == 0) {
+  if (lmp_seg_local(q->seg) == 1 && lmp__seg_refs(q->seg) == 1 && qlock(q->h) == 0) {
     if (ring_sync(q) == 0) {
       drop_unread(q, fn, ctx);
       if (q->ring_seg)

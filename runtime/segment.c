@@ -48,7 +48,7 @@
  * together is removed by the next root of the same user (watchdog.c).
  *
  * The registry is guarded by a process-local mutex, so threads of a C host
- * may share the runtime.  lmp_runtime_prefork holds that mutex across fork(2)
+ * may share the runtime.  lmp__runtime_prefork holds that mutex across fork(2)
  * so the child's copy of the registry and its references agree exactly.
  */
 #include "lmp/segment.h"
@@ -359,7 +359,7 @@ pid_t lmp_runtime_root_pid(void)
   return rt.root_pid;
 }
 
-pid_t lmp_watchdog_pid(void)
+pid_t lmp__watchdog_pid(void)
 {
   return rt.watchdog;
 }
@@ -877,7 +877,7 @@ const char *lmp_seg_name(const lmp_seg_t *s)
   return s->name;
 }
 
-uint32_t lmp_seg_refs(const lmp_seg_t *s)
+uint32_t lmp__seg_refs(const lmp_seg_t *s)
 {
   return __atomic_load_n(&s->hdr->refs, __ATOMIC_ACQUIRE);
 }
@@ -906,7 +906,7 @@ static void add_refs_all(int delta)
  * no thread can map or drop a segment the child would miscount.  The runtime
  * is started first if it was not: a child must join its parent's family, not
  * found one of its own the first time it makes a segment. */
-void lmp_runtime_prefork(void)
+void lmp__runtime_prefork(void)
 {
   lmp_runtime_init();
   rt_lock();
@@ -914,14 +914,14 @@ void lmp_runtime_prefork(void)
   hold_prefork();
 }
 
-void lmp_runtime_postfork_parent(int failed)
+void lmp__runtime_postfork_parent(int failed)
 {
   if (hold_postfork_parent(failed) || failed)
     add_refs_all(-1);
   rt_unlock();
 }
 
-void lmp_runtime_postfork_child(void)
+void lmp__runtime_postfork_child(void)
 {
   /* The child's only thread is not the one that locked: start afresh. */
   pthread_mutex_init(&rt.lock, NULL);
@@ -1266,7 +1266,7 @@ static int hold_postfork_parent(int failed)
 }
 
 /* In a new child: the table mapped here is the parent's.  The child holds
- * a reference to every segment of the registry (lmp_runtime_prefork), and
+ * a reference to every segment of the registry (lmp__runtime_prefork), and
  * lists them in a table of its own. */
 static void hold_after_fork(void)
 {

@@ -26,7 +26,7 @@
  * no prefix (environment variable LMP_PREFIX) makes it the root.  Idempotent.
  * The root forks its watchdog here (about 150 us) and registers
  * lmp_runtime_cleanup with atexit.  Segment and stash calls, and
- * lmp_runtime_prefork, call it first if nobody did. */
+ * lmp_proc_fork, call it first if nobody did. */
 int lmp_runtime_init(void);
 const char *lmp_runtime_prefix(void);
 int lmp_runtime_is_root(void);

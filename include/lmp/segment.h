@@ -57,14 +57,7 @@ void lmp_seg_pin(lmp_seg_t *s);
 void *lmp_seg_data(const lmp_seg_t *s);
 size_t lmp_seg_size(const lmp_seg_t *s);
 const char *lmp_seg_name(const lmp_seg_t *s);
-uint32_t lmp_seg_refs(const lmp_seg_t *s);  /* processes holding it, for tests */
 uint32_t lmp_seg_local(const lmp_seg_t *s); /* references this process holds */
-
-/* Fork support, called by lmp_proc_fork: before fork every mapped segment
- * gains a reference for the child, which a failed fork gives back. */
-void lmp_runtime_prefork(void);
-void lmp_runtime_postfork_parent(int failed);
-void lmp_runtime_postfork_child(void);
 
 /* Give back one pin of the segment `name` (a handle in a message that will
  * never be read), through the function lmp_runtime_set_unpin set. */
@@ -77,8 +70,5 @@ void lmp_seg_unpin(const char *name);
  * lmp_seg_unpeek. */
 int lmp_seg_peek(const char *name, const void **data, size_t *size);
 void lmp_seg_unpeek(const void *data, size_t size);
-
-/* Pid of the watchdog, 0 if not started (for tests). */
-pid_t lmp_watchdog_pid(void);
 
 #endif

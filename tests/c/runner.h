@@ -8,7 +8,7 @@
  *
  *   #include "runner.h"
  *
- *   TEST(seg_create) { CHECK(x == 1); CHECK_EQ(lmp_seg_refs(s), 1); }
+ *   TEST(seg_create) { CHECK(x == 1); CHECK_EQ(lmp_seg_local(s), 1); }
  *
  *   TEST_LIST = {
  *     TEST_ENTRY(seg_create),

@@ -19,6 +19,7 @@
 #include "lmp/runtime.h"
 #include "lmp/segment.h"
 #include "lmp/shmem.h"
+#include "internal.h"
 #include "runner.h"
 
 /* === helpers === */
@@ -377,7 +378,7 @@ TEST(array_open_by_name_in_another_process)
   }
   CHECK_EQ(finish(p), 0);
   CHECK_EQ(lmp_array_load(a, 9).i, 65535);
-  CHECK_EQ(lmp_seg_refs(lmp_array_seg(a)), 1);
+  CHECK_EQ(lmp__seg_refs(lmp_array_seg(a)), 1);
   lmp_array_free(a);
   CHECK_EQ(count_segments(), 0);
 }

@@ -42,10 +42,8 @@
 #include "lmp/segment.h"
 #include "lmp/shmem.h"
 #include "lmp/syncobj.h"
+#include "internal.h"
 #include "runner.h"
-
-/* The fd stash's socket address (runtime/internal.h; not public). */
-socklen_t lmp__stash_addr(const char *prefix, struct sockaddr_un *addr);
 
 #define MS 1000000LL
 #define NOBODY 65534 /* a uid that owns nothing here */
@@ -1094,7 +1092,7 @@ TEST(stash_refuses_an_impostor)
   struct impostor im;
   CHECK_EQ(lmp_runtime_init(), 0);
   im.prefix = lmp_runtime_prefix();
-  pid_t wd = lmp_watchdog_pid();
+  pid_t wd = lmp__watchdog_pid();
   CHECK(wd > 0);
   kill(wd, SIGKILL);
   CHECK(lmp_test_gone(wd, 5000)); /* not our child: it was forked twice */
