@@ -61,7 +61,9 @@ endif
 
 CFLAGS  ?= $(OPT) -g
 WARN    := -Wall -Wextra -Werror
-ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) -fPIC -pthread -Iinclude $(CFLAGS)
+# Hidden by default: the libraries export what the public headers declare
+# with LMP_API (include/lmp/common.h), and nothing else.
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) -fPIC -fvisibility=hidden -pthread -Iinclude $(CFLAGS)
 ifdef LMP_USE_APICHECK
 ALL_CFLAGS += -DLUA_USE_APICHECK -DLMP_USE_APICHECK
 endif
@@ -101,11 +103,19 @@ $(B)/liblmp-lua.a: $(LB_OBJ)
 # The module carries the runtime inside it and takes Lua from the host.  It
 # is never unloaded (-z nodelete): a host that closes its Lua states goes on
 # running, and its children (or one more state) may still reach lmp's code
-# and state, the family of processes included.
-$(B)/lmp.so: $(LB_OBJ) $(RT_OBJ)
-	$(CC) -shared $(LDFLAGS) -Wl,-z,nodelete -o $@ $^ $(MSGPACK_LIBS) $(BROKER_LIBS)
-$(B)/lmp: $(B)/bindings/main.o $(B)/bindings/lreadline.o $(LB_OBJ) $(RT_OBJ)
-	$(CC) $(LDFLAGS) -Wl,-E -o $@ $^ $(LUA_LIBS) $(MSGPACK_LIBS) $(READLINE_LIBS) $(BROKER_LIBS) -lm -ldl
+# and state, the family of processes included.  It exports luaopen_lmp
+# alone: the runtime comes in from the archive with its symbols kept inside
+# (--exclude-libs), so a host that also links liblmp keeps the two apart.
+# The executable exports what C modules may need from it (-E: the Lua API,
+# when Lua is linked statically), and of lmp, luaopen_lmp alone too.
+RT_AR := $(B)/liblmp.a
+HIDE_RT := -Wl,--exclude-libs,liblmp.a
+$(B)/lmp.so: $(LB_OBJ) $(RT_AR)
+	$(CC) -shared $(LDFLAGS) -Wl,-z,nodelete $(HIDE_RT) -o $@ $(LB_OBJ) $(RT_AR) \
+	  $(MSGPACK_LIBS) $(BROKER_LIBS)
+$(B)/lmp: $(B)/bindings/main.o $(B)/bindings/lreadline.o $(LB_OBJ) $(RT_AR)
+	$(CC) $(LDFLAGS) -Wl,-E $(HIDE_RT) -o $@ $(B)/bindings/main.o $(B)/bindings/lreadline.o \
+	  $(LB_OBJ) $(RT_AR) $(LUA_LIBS) $(MSGPACK_LIBS) $(READLINE_LIBS) $(BROKER_LIBS) -lm -ldl
 
 $(B)/tests/%: tests/c/%.c tests/c/runner.c tests/c/runner.h $(B)/liblmp.a | $(B)/tests
 	$(CC) $(ALL_CFLAGS) -Itests/c -Iruntime $< tests/c/runner.c -o $@ $(LDFLAGS) $(B)/liblmp.a $(BROKER_LIBS)

@@ -28,6 +28,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lmp/common.h"
 #include "lmp/segment.h"
 #include "lmp/syncobj.h"
 
@@ -47,13 +48,13 @@ typedef enum lmp_ctype {
 
 /* A type name ("int32") or Python typecode ("i"); 0 or -EINVAL.  l and L are
  * 64-bit, as on Linux x86_64. */
-int lmp_ctype_parse(const char *name, lmp_ctype_t *out);
-const char *lmp_ctype_name(lmp_ctype_t t); /* "int32" */
-char lmp_ctype_code(lmp_ctype_t t);        /* 'i'; int64 is 'q', uint64 'Q' */
-size_t lmp_ctype_size(lmp_ctype_t t);
-int lmp_ctype_is_float(lmp_ctype_t t);
+LMP_API int lmp_ctype_parse(const char *name, lmp_ctype_t *out);
+LMP_API const char *lmp_ctype_name(lmp_ctype_t t); /* "int32" */
+LMP_API char lmp_ctype_code(lmp_ctype_t t);        /* 'i'; int64 is 'q', uint64 'Q' */
+LMP_API size_t lmp_ctype_size(lmp_ctype_t t);
+LMP_API int lmp_ctype_is_float(lmp_ctype_t t);
 /* Whether integer v fits type t (an integer type; uint64 takes v >= 0). */
-int lmp_ctype_fits(lmp_ctype_t t, int64_t v);
+LMP_API int lmp_ctype_fits(lmp_ctype_t t, int64_t v);
 
 /* One element: integer types use i (sign- or zero-extended), except uint64
  * whose full range needs u; float and double use d. */
@@ -72,38 +73,39 @@ enum {
 
 /* A new zero-filled array of n elements in a segment of its own (a Value:
  * exactly one). */
-int lmp_array_create(lmp_ctype_t t, size_t n, unsigned flags, lmp_array_t **out);
+LMP_API int lmp_array_create(lmp_ctype_t t, size_t n, unsigned flags, lmp_array_t **out);
 /* Open the array in a segment the caller attached; takes its own reference.
  * -EINVAL if the segment holds no array. */
-int lmp_array_open(lmp_seg_t *seg, lmp_array_t **out);
+LMP_API int lmp_array_open(lmp_seg_t *seg, lmp_array_t **out);
 /* n elements of type t at byte `offset` of a segment's data; the offset must
  * be a multiple of the element size and the elements must fit.  Takes its own
  * reference to the segment.  0, -ERANGE, -EINVAL (misaligned). */
-int lmp_array_view(lmp_seg_t *seg, size_t offset, lmp_ctype_t t, size_t n, lmp_array_t **out);
-void lmp_array_free(lmp_array_t *a); /* the local handle; the array lives on */
+LMP_API int lmp_array_view(lmp_seg_t *seg, size_t offset, lmp_ctype_t t, size_t n,
+                           lmp_array_t **out);
+LMP_API void lmp_array_free(lmp_array_t *a); /* the local handle; the array lives on */
 
-lmp_seg_t *lmp_array_seg(const lmp_array_t *a);
-lmp_ctype_t lmp_array_type(const lmp_array_t *a);
-size_t lmp_array_len(const lmp_array_t *a);
-unsigned lmp_array_flags(const lmp_array_t *a);
-int lmp_array_is_view(const lmp_array_t *a);
-size_t lmp_array_offset(const lmp_array_t *a); /* a view's byte offset; 0 otherwise */
-void *lmp_array_data(const lmp_array_t *a);
+LMP_API lmp_seg_t *lmp_array_seg(const lmp_array_t *a);
+LMP_API lmp_ctype_t lmp_array_type(const lmp_array_t *a);
+LMP_API size_t lmp_array_len(const lmp_array_t *a);
+LMP_API unsigned lmp_array_flags(const lmp_array_t *a);
+LMP_API int lmp_array_is_view(const lmp_array_t *a);
+LMP_API size_t lmp_array_offset(const lmp_array_t *a); /* a view's byte offset; 0 otherwise */
+LMP_API void *lmp_array_data(const lmp_array_t *a);
 
 /* Element i (0-based, the caller checks i < len). */
-lmp_scalar_t lmp_array_load(const lmp_array_t *a, size_t i);
-void lmp_array_store(lmp_array_t *a, size_t i, lmp_scalar_t v);
+LMP_API lmp_scalar_t lmp_array_load(const lmp_array_t *a, size_t i);
+LMP_API void lmp_array_store(lmp_array_t *a, size_t i, lmp_scalar_t v);
 /* Atomically add delta (d for float types, i otherwise) and return the new
  * value. */
-lmp_scalar_t lmp_array_add(lmp_array_t *a, size_t i, lmp_scalar_t delta);
+LMP_API lmp_scalar_t lmp_array_add(lmp_array_t *a, size_t i, lmp_scalar_t delta);
 
 /* The lock, for arrays made with LMP_ARRAY_LOCK (NULL / -ENOLCK otherwise):
  * an RLock, driven with the lmp_lock_* calls of lmp/syncobj.h.  The
  * shorthands return what those return: lock 0, -EOWNERDEAD (taken over from
  * a dead holder), -ETIMEDOUT; unlock 0 or -EPERM (not the holder). */
-lmp_lock_t *lmp_array_lockp(lmp_array_t *a);
-int lmp_array_lock(lmp_array_t *a, int64_t deadline);
-int lmp_array_unlock(lmp_array_t *a);
-int lmp_array_locked(lmp_array_t *a);
+LMP_API lmp_lock_t *lmp_array_lockp(lmp_array_t *a);
+LMP_API int lmp_array_lock(lmp_array_t *a, int64_t deadline);
+LMP_API int lmp_array_unlock(lmp_array_t *a);
+LMP_API int lmp_array_locked(lmp_array_t *a);
 
 #endif

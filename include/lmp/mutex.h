@@ -15,6 +15,8 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#include "lmp/common.h"
+
 typedef struct lmp_mutex {
   pthread_mutex_t m;
 } lmp_mutex_t;
@@ -24,27 +26,27 @@ typedef struct lmp_cond {
   uint32_t waiters; /* sleepers, so a signal with none skips the syscall */
 } lmp_cond_t;
 
-int lmp_mutex_init(lmp_mutex_t *m);
-void lmp_mutex_destroy(lmp_mutex_t *m);
+LMP_API int lmp_mutex_init(lmp_mutex_t *m);
+LMP_API void lmp_mutex_destroy(lmp_mutex_t *m);
 /* 0, -EOWNERDEAD (acquired from a dead holder), -ETIMEDOUT */
-int lmp_mutex_lock(lmp_mutex_t *m, int64_t deadline);
+LMP_API int lmp_mutex_lock(lmp_mutex_t *m, int64_t deadline);
 /* The same, but a wait the program asks to stop (^C: lmp_set_interrupt_check)
  * returns -EINTR without the lock; for waits a user chose, never for the
  * short internal ones whose callers need the lock. */
-int lmp_mutex_lock_intr(lmp_mutex_t *m, int64_t deadline);
-int lmp_mutex_trylock(lmp_mutex_t *m); /* 0, -EOWNERDEAD, -EBUSY */
-void lmp_mutex_unlock(lmp_mutex_t *m);
+LMP_API int lmp_mutex_lock_intr(lmp_mutex_t *m, int64_t deadline);
+LMP_API int lmp_mutex_trylock(lmp_mutex_t *m); /* 0, -EOWNERDEAD, -EBUSY */
+LMP_API void lmp_mutex_unlock(lmp_mutex_t *m);
 
-void lmp_cond_init(lmp_cond_t *c);
+LMP_API void lmp_cond_init(lmp_cond_t *c);
 /* Releases m, sleeps until signalled or the deadline, re-acquires m.
  * 0 (woken, maybe spuriously), -ETIMEDOUT, -EOWNERDEAD (re-acquired from a
  * dead holder).  The mutex is held on every return. */
-int lmp_cond_wait(lmp_cond_t *c, lmp_mutex_t *m, int64_t deadline);
-void lmp_cond_signal(lmp_cond_t *c, int n); /* wake up to n waiters */
-void lmp_cond_broadcast(lmp_cond_t *c);
+LMP_API int lmp_cond_wait(lmp_cond_t *c, lmp_mutex_t *m, int64_t deadline);
+LMP_API void lmp_cond_signal(lmp_cond_t *c, int n); /* wake up to n waiters */
+LMP_API void lmp_cond_broadcast(lmp_cond_t *c);
 
 /* Futex primitives, for objects that wait on a word of their own. */
-int lmp_futex_wait(uint32_t *word, uint32_t expected, int64_t deadline); /* 0, -ETIMEDOUT */
-void lmp_futex_wake(uint32_t *word, int n);
+LMP_API int lmp_futex_wait(uint32_t *word, uint32_t expected, int64_t deadline); /* 0, -ETIMEDOUT */
+LMP_API void lmp_futex_wake(uint32_t *word, int n);
 
 #endif

@@ -26,6 +26,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "lmp/common.h"
+
 #define LMP_SEG_NAME_MAX 64
 
 typedef struct lmp_seg lmp_seg_t;
@@ -33,42 +35,42 @@ typedef struct lmp_seg lmp_seg_t;
 /* Create a zero-filled segment of at least `size` usable bytes, its memory
  * reserved.  The caller holds one local reference.  -ENOSPC when neither
  * /dev/shm nor memory can hold it; lmp_seg_space_error() then says why. */
-int lmp_seg_create(size_t size, lmp_seg_t **out);
+LMP_API int lmp_seg_create(size_t size, lmp_seg_t **out);
 
 /* The calling thread's last -ENOSPC from lmp_seg_create, in words: "cannot
  * reserve 3.0 MiB of shared memory in /dev/shm (16.0 MiB filesystem, 2.1 MiB
  * free) nor in memory (...)"; "" if the last creation did not fail so. */
-const char *lmp_seg_space_error(void);
+LMP_API const char *lmp_seg_space_error(void);
 
 /* Map a segment by name.  If this process already maps it, the same
  * descriptor is returned with one more local reference.  `adopt` = 1 when the
  * name came out of a message: the in-flight reference taken by lmp_seg_pin is
  * taken over instead of adding a new one.  -ENOENT if it no longer exists. */
-int lmp_seg_attach(const char *name, int adopt, lmp_seg_t **out);
+LMP_API int lmp_seg_attach(const char *name, int adopt, lmp_seg_t **out);
 
 /* One more local reference; release drops one, the last unmaps the segment
  * and unlinks it if no process holds it any more. */
-void lmp_seg_retain(lmp_seg_t *s);
-void lmp_seg_release(lmp_seg_t *s);
+LMP_API void lmp_seg_retain(lmp_seg_t *s);
+LMP_API void lmp_seg_release(lmp_seg_t *s);
 
 /* Keep the segment alive while its name travels in a message. */
-void lmp_seg_pin(lmp_seg_t *s);
+LMP_API void lmp_seg_pin(lmp_seg_t *s);
 
-void *lmp_seg_data(const lmp_seg_t *s);
-size_t lmp_seg_size(const lmp_seg_t *s);
-const char *lmp_seg_name(const lmp_seg_t *s);
-uint32_t lmp_seg_local(const lmp_seg_t *s); /* references this process holds */
+LMP_API void *lmp_seg_data(const lmp_seg_t *s);
+LMP_API size_t lmp_seg_size(const lmp_seg_t *s);
+LMP_API const char *lmp_seg_name(const lmp_seg_t *s);
+LMP_API uint32_t lmp_seg_local(const lmp_seg_t *s); /* references this process holds */
 
 /* Give back one pin of the segment `name` (a handle in a message that will
  * never be read), through the function lmp_runtime_set_unpin set. */
-void lmp_seg_unpin(const char *name);
+LMP_API void lmp_seg_unpin(const char *name);
 
 /* Map a segment of this user read-only, without taking a reference and
  * without touching it, for observers in other process families (lmp top):
  * *data and *size are its usable bytes.  -EACCES when it is not owner-only
  * and this user's, -EINVAL when it is not an lmp segment.  Unmap with
  * lmp_seg_unpeek. */
-int lmp_seg_peek(const char *name, const void **data, size_t *size);
-void lmp_seg_unpeek(const void *data, size_t size);
+LMP_API int lmp_seg_peek(const char *name, const void **data, size_t *size);
+LMP_API void lmp_seg_unpeek(const void *data, size_t size);
 
 #endif
