@@ -116,7 +116,8 @@ $(B)/liblmp-broker.so.$(VERSION): $(BROKER_OBJ) $(B)/liblmp.so
 $(B)/liblmp-broker.so: $(B)/liblmp-broker.so.$(VERSION)
 	ln -sf liblmp-broker.so.$(VERSION) $(B)/$(BROKER_SONAME)
 	ln -sf $(BROKER_SONAME) $@
-# The bindings alone, for C programs that embed Lua: link with liblmp.
+# The bindings alone, for C programs that embed Lua: link with liblmp-broker
+# and liblmp.
 $(B)/liblmp-lua.a: $(LB_OBJ)
 	rm -f $@ && ar rcs $@ $^
 # The module carries the runtime inside it and takes Lua from the host.  It
