@@ -1,7 +1,13 @@
 # lmp -- multiprocessing for Lua.
 #
 #   make            build/lmp, build/lmp.so, build/liblmp.a, build/liblmp.so
-#                   (liblmp.so -> liblmp.so.0 -> liblmp.so.0.x.y, SONAME liblmp.so.0)
+#                   (liblmp.so -> liblmp.so.0 -> liblmp.so.0.x.y, SONAME liblmp.so.0),
+#                   build/liblmp-broker.a, build/liblmp-broker.so (the same
+#                   links, SONAME liblmp-broker.so.0; needs liblmp.so.0), and
+#                   build/liblmp-lua.a.  The broker (lmp/broker.h) is a library
+#                   of its own so that liblmp does not bring hiredis and
+#                   libcrypto into programs that do not use it; lmp.so and
+#                   the lmp executable carry both.
 #   make test       C tests, layer check and busted specs; one summary line
 #   make deps       install what is missing on Debian 12 (apt-get, as root)
 #   make demo       the parallel demo from README
@@ -36,6 +42,7 @@ VERSION := $(shell sed -n 's/^\#define LMP_VERSION_STRING "\(.*\)"/\1/p' include
 # ask for liblmp.so.0, which a later 0.x.y satisfies.
 SOMAJOR := $(firstword $(subst ., ,$(VERSION)))
 SONAME  := liblmp.so.$(SOMAJOR)
+BROKER_SONAME := liblmp-broker.so.$(SOMAJOR)
 
 # pkg-config names differ between distributions and versions.
 LUA_PC     := $(firstword $(foreach p,lua5.4 lua-5.4 lua54,$(shell $(PKG) --exists $(p) 2>/dev/null && echo $(p))))
@@ -61,13 +68,19 @@ endif
 
 CFLAGS  ?= $(OPT) -g
 WARN    := -Wall -Wextra -Werror
-ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) -fPIC -pthread -Iinclude $(CFLAGS)
+# Hidden by default: the libraries export what the public headers declare
+# with LMP_API (include/lmp/common.h), and nothing else.
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) -fPIC -fvisibility=hidden -pthread -Iinclude $(CFLAGS)
 ifdef LMP_USE_APICHECK
 ALL_CFLAGS += -DLUA_USE_APICHECK -DLMP_USE_APICHECK
 endif
 LDFLAGS += $(LDSAN) -pthread
 
-RT_SRC  := $(sort $(wildcard runtime/*.c))
+# The runtime, and its broker (runtime/broker*.c), which alone needs
+# hiredis and libcrypto.
+BROKER_SRC := $(sort $(wildcard runtime/broker*.c))
+BROKER_OBJ := $(BROKER_SRC:%.c=$(B)/%.o)
+RT_SRC  := $(sort $(filter-out $(BROKER_SRC),$(wildcard runtime/*.c)))
 RT_OBJ  := $(RT_SRC:%.c=$(B)/%.o)
 # main.c and the REPL's readline binding go into the lmp executable only.
 LB_SRC  := $(sort $(filter-out bindings/main.c bindings/lreadline.c,$(wildcard bindings/*.c)))
@@ -77,7 +90,8 @@ CT_SRC  := $(sort $(wildcard tests/c/test_*.c))
 CT_BIN  := $(CT_SRC:tests/c/%.c=$(B)/tests/%)
 
 .PHONY: all test test-all test-asan test-valgrind stress fuzz fuzz-deps test-c test-lua check-layers deps demo bench clean install examples
-all: $(B)/lmp $(B)/lmp.so $(B)/liblmp.a $(B)/liblmp.so $(B)/liblmp-lua.a
+all: $(B)/lmp $(B)/lmp.so $(B)/liblmp.a $(B)/liblmp.so $(B)/liblmp-broker.a $(B)/liblmp-broker.so \
+  $(B)/liblmp-lua.a
 
 $(B)/runtime/%.o: runtime/%.c $(wildcard include/lmp/*.h runtime/*.h) | $(B)/runtime
 	$(CC) $(ALL_CFLAGS) $(HIREDIS_CFLAGS) -c $< -o $@
@@ -91,24 +105,43 @@ $(B)/gen/scripts.o: $(B)/gen/scripts.c
 $(B)/liblmp.a: $(RT_OBJ)
 	rm -f $@ && ar rcs $@ $^
 $(B)/liblmp.so.$(VERSION): $(RT_OBJ)
-	$(CC) -shared $(LDFLAGS) -Wl,-soname,$(SONAME) -o $@ $^ $(BROKER_LIBS)
+	$(CC) -shared $(LDFLAGS) -Wl,-soname,$(SONAME) -o $@ $^
 $(B)/liblmp.so: $(B)/liblmp.so.$(VERSION)
 	ln -sf liblmp.so.$(VERSION) $(B)/$(SONAME)
 	ln -sf $(SONAME) $@
-# The bindings alone, for C programs that embed Lua: link with liblmp.
+$(B)/liblmp-broker.a: $(BROKER_OBJ)
+	rm -f $@ && ar rcs $@ $^
+$(B)/liblmp-broker.so.$(VERSION): $(BROKER_OBJ) $(B)/liblmp.so
+	$(CC) -shared $(LDFLAGS) -Wl,-soname,$(BROKER_SONAME) -o $@ $(BROKER_OBJ) -L$(B) -llmp $(BROKER_LIBS)
+$(B)/liblmp-broker.so: $(B)/liblmp-broker.so.$(VERSION)
+	ln -sf liblmp-broker.so.$(VERSION) $(B)/$(BROKER_SONAME)
+	ln -sf $(BROKER_SONAME) $@
+# The bindings alone, for C programs that embed Lua: link with liblmp-broker
+# and liblmp.
 $(B)/liblmp-lua.a: $(LB_OBJ)
 	rm -f $@ && ar rcs $@ $^
 # The module carries the runtime inside it and takes Lua from the host.  It
 # is never unloaded (-z nodelete): a host that closes its Lua states goes on
 # running, and its children (or one more state) may still reach lmp's code
-# and state, the family of processes included.
-$(B)/lmp.so: $(LB_OBJ) $(RT_OBJ)
-	$(CC) -shared $(LDFLAGS) -Wl,-z,nodelete -o $@ $^ $(MSGPACK_LIBS) $(BROKER_LIBS)
-$(B)/lmp: $(B)/bindings/main.o $(B)/bindings/lreadline.o $(LB_OBJ) $(RT_OBJ)
-	$(CC) $(LDFLAGS) -Wl,-E -o $@ $^ $(LUA_LIBS) $(MSGPACK_LIBS) $(READLINE_LIBS) $(BROKER_LIBS) -lm -ldl
+# and state, the family of processes included.  It exports luaopen_lmp
+# alone: the runtime and its broker come in from their archives with their
+# symbols kept inside (--exclude-libs), so a host that also links liblmp
+# keeps the two apart.
+# The executable exports what C modules may need from it (-E: the Lua API,
+# when Lua is linked statically), and of lmp, luaopen_lmp alone too.
+RT_AR := $(B)/liblmp-broker.a $(B)/liblmp.a
+HIDE_RT := -Wl,--exclude-libs,liblmp-broker.a:liblmp.a
+$(B)/lmp.so: $(LB_OBJ) $(RT_AR)
+	$(CC) -shared $(LDFLAGS) -Wl,-z,nodelete $(HIDE_RT) -o $@ $(LB_OBJ) $(RT_AR) \
+	  $(MSGPACK_LIBS) $(BROKER_LIBS)
+$(B)/lmp: $(B)/bindings/main.o $(B)/bindings/lreadline.o $(LB_OBJ) $(RT_AR)
+	$(CC) $(LDFLAGS) -Wl,-E $(HIDE_RT) -o $@ $(B)/bindings/main.o $(B)/bindings/lreadline.o \
+	  $(LB_OBJ) $(RT_AR) $(LUA_LIBS) $(MSGPACK_LIBS) $(READLINE_LIBS) $(BROKER_LIBS) -lm -ldl
 
 $(B)/tests/%: tests/c/%.c tests/c/runner.c tests/c/runner.h $(B)/liblmp.a | $(B)/tests
-	$(CC) $(ALL_CFLAGS) -Itests/c $< tests/c/runner.c -o $@ $(LDFLAGS) $(B)/liblmp.a $(BROKER_LIBS)
+	$(CC) $(ALL_CFLAGS) -Itests/c -Iruntime $< tests/c/runner.c -o $@ $(LDFLAGS) $(B)/liblmp.a
+$(B)/tests/test_broker: tests/c/test_broker.c tests/c/runner.c tests/c/runner.h $(RT_AR) | $(B)/tests
+	$(CC) $(ALL_CFLAGS) -Itests/c -Iruntime $< tests/c/runner.c -o $@ $(LDFLAGS) $(RT_AR) $(BROKER_LIBS)
 # The embedding test is a Lua host: it loads $(B)/lmp.so through require.
 $(B)/tests/test_embed: tests/c/test_embed.c tests/c/runner.c tests/c/runner.h $(B)/lmp.so $(B)/liblmp.a | $(B)/tests
 	$(CC) $(ALL_CFLAGS) $(LUA_CFLAGS) -Itests/c $< tests/c/runner.c -o $@ $(LDFLAGS) $(B)/liblmp.a $(LUA_LIBS) -lm -ldl
@@ -123,8 +156,8 @@ build $(B)/runtime $(B)/bindings $(B)/gen $(B)/tests $(B)/fuzz:
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -fno-omit-frame-pointer \
   -fsanitize=address,undefined -fno-sanitize-recover=undefined -Iinclude -Ibindings
 FUZZ_DECODE_SRC := tests/c/fuzz_decode.c bindings/codec.c bindings/lerror.c runtime/common.c
-FUZZ_FRAME_SRC := tests/c/fuzz_frame.c runtime/pipe.c runtime/queue.c runtime/shm.c \
-  runtime/watchdog.c runtime/fdpass.c runtime/sync.c runtime/common.c
+FUZZ_FRAME_SRC := tests/c/fuzz_frame.c runtime/pipe.c runtime/queue.c runtime/segment.c \
+  runtime/watchdog.c runtime/fdpass.c runtime/mutex.c runtime/common.c
 FUZZ_BIN := $(B)/fuzz/fuzz_decode $(B)/fuzz/fuzz_frame
 CLANG ?= clang
 $(B)/fuzz/fuzz_decode: $(FUZZ_DECODE_SRC) $(wildcard bindings/*.h include/*.h include/lmp/*.h) | $(B)/fuzz
@@ -211,15 +244,16 @@ bench: all
 
 # Example hosts: one embeds Lua and lmp, one uses the C runtime alone.
 examples: $(B)/examples/host_lua $(B)/examples/host_c
-$(B)/examples/host_lua: examples/host/host_lua.c $(B)/liblmp-lua.a $(B)/liblmp.a | $(B)/examples
-	$(CC) $(ALL_CFLAGS) $(LUA_CFLAGS) $< -o $@ $(LDFLAGS) -Wl,-E $(B)/liblmp-lua.a $(B)/liblmp.a \
+$(B)/examples/host_lua: examples/host/host_lua.c $(B)/liblmp-lua.a $(RT_AR) | $(B)/examples
+	$(CC) $(ALL_CFLAGS) $(LUA_CFLAGS) $< -o $@ $(LDFLAGS) -Wl,-E $(B)/liblmp-lua.a $(RT_AR) \
 	  $(LUA_LIBS) $(MSGPACK_LIBS) $(BROKER_LIBS) -lm -ldl
 $(B)/examples/host_c: examples/host/host_c.c $(B)/liblmp.a | $(B)/examples
-	$(CC) $(ALL_CFLAGS) $< -o $@ $(LDFLAGS) $(B)/liblmp.a $(BROKER_LIBS)
+	$(CC) $(ALL_CFLAGS) $< -o $@ $(LDFLAGS) $(B)/liblmp.a
 $(B)/examples:
 	mkdir -p $@
 
-# pkg-config: lmp is the C runtime; lmp-lua adds the bindings for Lua hosts.
+# pkg-config: lmp is the C runtime; lmp-broker adds the broker (hiredis,
+# libcrypto); lmp-lua adds the bindings for Lua hosts.
 define LMP_PC
 prefix=$(PREFIX)
 libdir=$(LIBDIR)
@@ -229,7 +263,20 @@ Name: lmp
 Description: multiprocessing runtime: queues, sync objects, shared memory, processes, pools
 Version: $(VERSION)
 Libs: -L$${libdir} -llmp
-Libs.private: -pthread $(BROKER_LIBS)
+Libs.private: -pthread
+Cflags: -I$${includedir}
+endef
+define LMP_BROKER_PC
+prefix=$(PREFIX)
+libdir=$(LIBDIR)
+includedir=$(INCDIR)
+
+Name: lmp-broker
+Description: lmp's tasks and results on a Redis server (lmp/broker.h)
+Version: $(VERSION)
+Requires: lmp
+Libs: -L$${libdir} -llmp-broker
+Libs.private: $(BROKER_LIBS)
 Cflags: -I$${includedir}
 endef
 define LMP_LUA_PC
@@ -241,10 +288,10 @@ Name: lmp-lua
 Description: lmp for C programs that embed Lua 5.4 (luaopen_lmp)
 Version: $(VERSION)
 Requires: lmp $(LUA_PC)
-Libs: -L$${libdir} -llmp-lua -llmp $(MSGPACK_LIBS) $(BROKER_LIBS) -lm -ldl -pthread
+Libs: -L$${libdir} -llmp-lua -llmp-broker -llmp $(MSGPACK_LIBS) $(BROKER_LIBS) -lm -ldl -pthread
 Cflags: -I$${includedir} $(if $(LUA_PC),,$(LUA_CFLAGS))
 endef
-export LMP_PC LMP_LUA_PC
+export LMP_PC LMP_BROKER_PC LMP_LUA_PC
 
 .PHONY: install-lua install-c install-doc
 install: install-lua install-c install-doc
@@ -257,14 +304,17 @@ install-lua: all
 # What C programs need: headers, libraries, pkg-config files, the man page.
 install-c: all
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR)/lmp $(DESTDIR)$(MANDIR)/man1
-	install -m 644 $(B)/liblmp.a $(B)/liblmp-lua.a $(DESTDIR)$(LIBDIR)/
-	install -m 755 $(B)/liblmp.so.$(VERSION) $(DESTDIR)$(LIBDIR)/
+	install -m 644 $(B)/liblmp.a $(B)/liblmp-broker.a $(B)/liblmp-lua.a $(DESTDIR)$(LIBDIR)/
+	install -m 755 $(B)/liblmp.so.$(VERSION) $(B)/liblmp-broker.so.$(VERSION) $(DESTDIR)$(LIBDIR)/
 	ln -sf liblmp.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/liblmp.so
+	ln -sf liblmp-broker.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(BROKER_SONAME)
+	ln -sf $(BROKER_SONAME) $(DESTDIR)$(LIBDIR)/liblmp-broker.so
 	install -m 644 include/lmp.h $(DESTDIR)$(INCDIR)/
 	install -m 644 include/lmp/*.h $(DESTDIR)$(INCDIR)/lmp/
 	install -m 644 docs/lmp.1 $(DESTDIR)$(MANDIR)/man1/lmp.1
 	printf '%s\n' "$$LMP_PC" > $(DESTDIR)$(LIBDIR)/pkgconfig/lmp.pc
+	printf '%s\n' "$$LMP_BROKER_PC" > $(DESTDIR)$(LIBDIR)/pkgconfig/lmp-broker.pc
 	printf '%s\n' "$$LMP_LUA_PC" > $(DESTDIR)$(LIBDIR)/pkgconfig/lmp-lua.pc
 # The documentation, where `lmp --help` finds it (beside bin/lmp: ../share/doc/lmp).
 install-doc:

@@ -12,7 +12,7 @@
  * says whether the value holds handles.
  *
  * Handles inside values.  Sending a handle pins its segment until the
- * receiver adopts the pin (shm.h).  A value in a container is a message that
+ * receiver adopts the pin (lmp/segment.h).  A value in a container is a message that
  * is never consumed, or consumed many times, so the container keeps the pins
  * of the values it stores: each read pins the handles again before the codec
  * adopts them (under the lock, so a concurrent delete cannot free them in
@@ -46,6 +46,7 @@
 
 #include "lmp/dict.h"
 #include "lmp/queue.h"
+#include "lmp/runtime.h"
 #include "lmpb.h"
 
 #define DICT_MT "lmp.Dict"

@@ -16,7 +16,7 @@
 #include <stdarg.h>
 #include <string.h>
 
-#include "lmp/shm.h"
+#include "lmp/segment.h"
 #include "lmpb.h"
 
 #define ERROR_MT "lmp.Error"

@@ -23,7 +23,7 @@
 
 #include "lmp.h"
 #include "lmp/proc.h"
-#include "lmp/shm.h"
+#include "lmp/runtime.h"
 #include "lmpb.h"
 
 /* === shared helpers === */
@@ -396,7 +396,8 @@ LMP_API int luaopen_lmp(lua_State *L)
   lmpb_start_open(L);
   lmpb_log_open(L);
   lmpb_sync_open(L);
-  lmpb_shared_open(L);
+  lmpb_array_open(L);
+  lmpb_shmem_open(L);
   lmpb_dict_open(L);
   lmpb_scripts_open(L);
   return 1;

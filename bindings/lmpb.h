@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "lmp/array.h"
 #include "lmp/common.h"
 #include "lmp/proc.h"
 
@@ -90,12 +91,27 @@ typedef struct lmpb_handle_type {
  * call lmpb_encode / lmpb_decode themselves. */
 void lmpb_register_handle(lua_State *L, const lmpb_handle_type *t);
 
-/* The lmp.ValueLock of get_lock() (lshared.c), for an lmp.Condition built
- * on one (lsync.c): its RLock, or NULL when idx holds something else (raises
+/* The lmp.ValueLock of get_lock() (larray.c), for an lmp.Condition built
+ * on one (lsyncobj.c): its RLock, or NULL when idx holds something else (raises
  * when the handle is closed); and the handle's encode and decode. */
 struct lmp_lock *lmpb_valuelock(lua_State *L, int idx);
 int lmpb_valuelock_encode(lua_State *L, int idx, lmp_buf_t *out);
 void lmpb_valuelock_decode(lua_State *L, const char *data, size_t len);
+
+/* For lmp.SharedMemory (lshmem.c), from larray.c: the element type named at
+ * idx (a bad argument otherwise); a new lmp.Array handle pushed closed, and
+ * where its array goes (a view of the block).  And what every handle type
+ * there shares: the metatable `mt` with `methods` as the upvalue of
+ * meta's __index; what a closed handle's __index still answers (`closed`
+ * and its methods: 1 pushed, or 0); append a handle's bytes to `out` (0 or
+ * -ENOMEM); attach the segment a received handle names, adopting its pin
+ * (raises on failure). */
+lmp_ctype_t lmpb_checkctype(lua_State *L, int idx);
+lmp_array_t **lmpb_newarray(lua_State *L);
+void lmpb_newclass(lua_State *L, const char *mt, const luaL_Reg *meta, const luaL_Reg *methods);
+int lmpb_closed_index(lua_State *L);
+int lmpb_handle_append(lmp_buf_t *out, const void *p, size_t n);
+lmp_seg_t *lmpb_handle_attach(lua_State *L, const char *data, size_t len, const char *mt);
 
 /* What lmp.register(name, mt) does: tables whose metatable is the one at
  * `mt_idx` cross as their content and arrive with the metatable the receiver
@@ -121,7 +137,8 @@ int lmpb_executor_open(lua_State *L); /* Executor, as_completed, wait (lexecutor
 int lmpb_start_open(lua_State *L); /* start methods (lspawn.c) */
 int lmpb_log_open(lua_State *L);   /* logging's C half (llog.c) */
 int lmpb_sync_open(lua_State *L);
-int lmpb_shared_open(lua_State *L);
+int lmpb_array_open(lua_State *L); /* Value, Array, RawValue, RawArray (larray.c) */
+int lmpb_shmem_open(lua_State *L); /* SharedMemory (lshmem.c) */
 int lmpb_dict_open(lua_State *L);
 
 /* === processes (lprocess.c) === */

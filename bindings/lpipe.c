@@ -22,7 +22,8 @@
 #include <unistd.h>
 
 #include "lmp/pipe.h"
-#include "lmp/shm.h"
+#include "lmp/runtime.h"
+#include "lmp/segment.h"
 #include "lmpb.h"
 
 #define PIPE_MT "lmp.Connection"

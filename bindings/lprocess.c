@@ -21,7 +21,7 @@
 #include <unistd.h>
 
 #include "lmp/proc.h"
-#include "lmp/shm.h"
+#include "lmp/segment.h"
 #include "lmpb.h"
 
 #define PROCESS_MT "lmp.Process"

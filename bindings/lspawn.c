@@ -45,7 +45,7 @@
 
 #include "lmp.h"
 #include "lmp/proc.h"
-#include "lmp/shm.h"
+#include "lmp/runtime.h"
 #include "../runtime/forkserver.h"
 #include "lmpb.h"
 

@@ -11,11 +11,7 @@
 #ifndef LMP_H
 #define LMP_H
 
-#include "lmp/common.h" /* LMP_VERSION_* */
-
-#ifndef LMP_API
-#define LMP_API __attribute__((visibility("default")))
-#endif
+#include "lmp/common.h" /* LMP_API, LMP_VERSION_* */
 
 struct lua_State;
 LMP_API int luaopen_lmp(struct lua_State *L);

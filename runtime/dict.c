@@ -44,8 +44,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "internal.h"
 #include "lmp/common.h"
-#include "lmp/sync.h"
+#include "lmp/mutex.h"
 
 #define ROOT_MAGIC 0x54434c4cu /* "LLCT" */
 #define ROOT_VERSION 1u
@@ -567,7 +568,7 @@ static void core_free(struct core *c, lmp_store_visit_fn visit, void *ctx)
 {
   if (c == NULL)
     return;
-  if (lmp_seg_local(c->seg) == 1 && lmp_seg_refs(c->seg) == 1 && core_lock(c) == 0) {
+  if (lmp_seg_local(c->seg) == 1 && lmp__seg_refs(c->seg) == 1 && core_lock(c) == 0) {
     if (visit)
       visit_all(c, visit, ctx);
     if (c->store_seg)

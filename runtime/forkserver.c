@@ -46,7 +46,7 @@
 #include <unistd.h>
 
 #include "internal.h"
-#include "lmp/shm.h"
+#include "lmp/runtime.h"
 
 #define FS_MAGIC 0x6c6d7066u /* "lmpf" */
 #define FS_SCAN_MS 50        /* without a signalfd, look for ended children this often */

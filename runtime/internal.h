@@ -5,8 +5,8 @@
  * Deadlines are absolute CLOCK_MONOTONIC nanoseconds everywhere (common.h);
  * the kernel wants them as a timespec (futex, pthread clocklock) or as a
  * relative millisecond count (poll), so the conversions live here once.
- * The watchdog's entry points are here too: shm.c starts it and names its
- * socket, watchdog.c runs it.  So is the Unix plumbing every part uses
+ * The watchdog's entry points are here too: segment.c starts it and names
+ * its socket, watchdog.c runs it.  So is the Unix plumbing every part uses
  * (polls until a deadline, descriptors over sockets); the bindings use it
  * too, for it is not part of the public headers.
  */
@@ -92,11 +92,27 @@ ssize_t lmp__send_fds(int sock, const void *data, size_t len, const int *fds, si
 ssize_t lmp__recv_fds(int sock, void *data, size_t len, int *fds, size_t *nfds, int flags);
 
 /* 1 if a shared-memory object is this user's and owner-only, as every one
- * lmp creates is (shm.c); attaching refuses the others. */
+ * lmp creates is (segment.c); attaching refuses the others. */
 struct stat;
 int lmp__owner_only(const struct stat *st);
 
-/* === holdings (shm.c) === */
+/* === segments and the root: fork and test hooks (segment.c) === */
+
+/* Fork support, called by lmp_proc_fork: before fork every mapped segment
+ * gains a reference for the child, which a failed fork gives back. */
+void lmp__runtime_prefork(void);
+void lmp__runtime_postfork_parent(int failed);
+void lmp__runtime_postfork_child(void);
+
+/* Processes holding the segment, a snapshot: 1 with the caller's own
+ * reference means no other process holds it (and for tests). */
+struct lmp_seg;
+uint32_t lmp__seg_refs(const struct lmp_seg *s);
+
+/* Pid of the watchdog, 0 if not started (for tests). */
+pid_t lmp__watchdog_pid(void);
+
+/* === holdings (segment.c) === */
 
 /* A process of the family has ended and `pid` was reaped by this one: give
  * back the references it still held (its holdings table).  Called by
@@ -109,7 +125,7 @@ int lmp__proc_start(pid_t pid, uint64_t *start, char *state);
 
 /* The two names of a family derived from its prefix alone: the names
  * directory of SharedMemory (shmem.c) and the pools' registry that lmp top
- * reads (pool.c).  The root takes both when it starts (shm.c). */
+ * reads (pool.c).  The root takes both when it starts (segment.c). */
 #define LMP__NAMES_SUFFIX ".names"
 #define LMP__POOLS_SUFFIX ".pools"
 
@@ -143,11 +159,11 @@ void lmp__watchdog_enroll(int pidfd);
 /* In a new child: the root's enrolment connection is not its own. */
 void lmp__watchdog_postfork_child(void);
 
-/* A fresh fd-stash token (shm.c): random high half per process, counter
+/* A fresh fd-stash token (segment.c): random high half per process, counter
  * low half. */
 uint64_t lmp__stash_token(void);
 
-/* Memfd segments (shm.c): the watchdog of the family whose prefix is given
+/* Memfd segments (segment.c): the watchdog of the family whose prefix is given
  * keeps a descriptor of each under the 64 random bits of its name.  put:
  * 0, -EEXIST (token taken), -EMFILE (the watchdog's budget for them is
  * spent); get: a new descriptor in *fd, or -ENOENT; drop: best effort. */

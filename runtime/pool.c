@@ -80,10 +80,11 @@
 #include <sys/timerfd.h>
 #include <unistd.h>
 
+#include "lmp/mutex.h"
 #include "lmp/proc.h"
 #include "lmp/queue.h"
-#include "lmp/shm.h"
-#include "lmp/sync.h"
+#include "lmp/runtime.h"
+#include "lmp/segment.h"
 
 #include "internal.h"
 

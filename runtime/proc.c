@@ -79,7 +79,7 @@
 
 #include "lmp/common.h"
 #include "lmp/proc.h"
-#include "lmp/shm.h"
+#include "lmp/runtime.h"
 
 #include "internal.h"
 
@@ -400,7 +400,7 @@ static void forget_parent_registry(void)
 
 static void child_setup(pid_t forker)
 {
-  lmp_runtime_postfork_child();
+  lmp__runtime_postfork_child();
   forget_parent_registry();
   sigchld_seen = 0;
   /* Not the host's name: ps says what it is, and pkill <host> spares it. */
@@ -427,11 +427,11 @@ int lmp_proc_fork(int flags, lmp_proc_t **out)
     return -ENOMEM;
   pid_t self = getpid();
   fflush(NULL); /* or buffered output would be written twice */
-  lmp_runtime_prefork();
+  lmp__runtime_prefork();
   pid_t pid = fork();
   if (pid < 0) {
     rc = -errno;
-    lmp_runtime_postfork_parent(1);
+    lmp__runtime_postfork_parent(1);
     free(p);
     return rc;
   }
@@ -440,7 +440,7 @@ int lmp_proc_fork(int flags, lmp_proc_t **out)
     child_setup(self);
     return 0;
   }
-  lmp_runtime_postfork_parent(0);
+  lmp__runtime_postfork_parent(0);
   p->pid = pid;
   p->pidfd = open_pidfd(pid);
   if (lmp_runtime_is_root()) {

@@ -40,7 +40,7 @@
  * leaves either the old state or the new one, never a mix, so a lock taken
  * over with -EOWNERDEAD needs no repair and a record exists whole or not at
  * all.  (What a killed process had created and not yet published -- a spill,
- * a ring -- is given back when it is reaped: see the holdings in shm.c.)
+ * a ring -- is given back when it is reaped: see the holdings in segment.c.)
  * The last holder of a queue gives back what its unread messages hold.
  *
  * Consumers that must not lose a message.  lmp_queue_get_hook runs a
@@ -66,8 +66,8 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "lmp/mutex.h"
 #include "lmp/queue.h"
-#include "lmp/sync.h"
 
 #include "internal.h"
 
@@ -523,7 +523,7 @@ void lmp_queue_free_unread(lmp_queue_t *q, lmp_queue_unread_fn fn, void *ctx)
 {
   if (!q)
     return;
-  if (lmp_seg_local(q->seg) == 1 && lmp_seg_refs(q->seg) == 1 && qlock(q->h) == 0) {
+  if (lmp_seg_local(q->seg) == 1 && lmp__seg_refs(q->seg) == 1 && qlock(q->h) == 0) {
     if (ring_sync(q) == 0) {
       drop_unread(q, fn, ctx);
       if (q->ring_seg)

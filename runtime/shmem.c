@@ -41,7 +41,8 @@
 
 #include "internal.h"
 #include "lmp/common.h"
-#include "lmp/sync.h"
+#include "lmp/mutex.h"
+#include "lmp/runtime.h"
 
 #define BLOCK_MAGIC 0x4b4c424cu /* "LBLK" */
 #define BLOCK_VERSION 1u
@@ -117,7 +118,7 @@ static int dir_map(struct dir **out)
     close(fd);
     return rc;
   }
-  if (!lmp__owner_only(&st)) { /* planted by someone else (see shm.c) */
+  if (!lmp__owner_only(&st)) { /* planted by someone else (see segment.c) */
     close(fd);
     return -EACCES;
   }

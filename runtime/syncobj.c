@@ -1,6 +1,6 @@
 /*
  * syncobj.c -- process-shared Lock, RLock, Semaphore, Event, Condition and
- * Barrier, on the robust mutex and the futex primitives of sync.c.
+ * Barrier, on the robust mutex and the futex primitives of mutex.c.
  *
  * Lock and RLock are one struct: a robust mutex plus the holder's thread id
  * and a hold count.  The mutex does the waiting and its robustness does the
@@ -50,7 +50,7 @@
  * second) and breaks the barrier instead of hanging it.
  *
  * Waits spin for about as long as a kernel wake-up costs before sleeping,
- * as sync.c explains.
+ * as mutex.c explains.
  */
 #include "lmp/syncobj.h"
 

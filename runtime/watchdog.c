@@ -44,7 +44,7 @@
  * -ENOSPC, so the sender learns it, instead of a receiver later finding
  * its descriptor gone.
  *
- * Its third job is to keep the memfd segments (shm.c) that stand in for
+ * Its third job is to keep the memfd segments (segment.c) that stand in for
  * /dev/shm when /dev/shm is too small: the creator hands it a descriptor
  * under the 64 random bits of the segment's name, any process of the family
  * (or an observer of this uid) asks for a duplicate to map it, and the last
@@ -79,7 +79,7 @@
 #include <unistd.h>
 
 #include "internal.h"
-#include "lmp/shm.h"
+#include "lmp/runtime.h"
 
 #define LMP__STASH_MAX LMP_FD_STASH_MAX
 #define LMP__KIDS_MAX 1024      /* enrolled children of the root */

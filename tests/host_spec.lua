@@ -57,6 +57,8 @@ describe("make install", function()
   it("puts everything in its place", function()
     for _, f in ipairs({"bin/lmp", "include/lmp.h", "include/lmp/queue.h", "include/lmp/proc.h",
                         "lib/liblmp.a", "lib/liblmp.so", "lib/liblmp-lua.a", "lib/lua/5.4/lmp.so",
+                        "lib/liblmp-broker.a", "lib/liblmp-broker.so", "lib/pkgconfig/lmp-broker.pc",
+                        "include/lmp/segment.h", "include/lmp/runtime.h", "include/lmp/shm.h",
                         "share/lua/5.4/lmp/repl.lua", "share/lua/5.4/lmp/log.lua",
                         "share/man/man1/lmp.1", "lib/pkgconfig/lmp.pc", "lib/pkgconfig/lmp-lua.pc",
                         "share/doc/lmp/lua-api.md", "share/doc/lmp/guide.md", "share/doc/lmp/c-api.md",
@@ -75,15 +77,28 @@ describe("make install", function()
     assert.matches("Documentation: " .. dir, out, 1, true)
   end)
 
-  it("gives liblmp.so the SONAME liblmp.so.0, with its links, here and in build/", function()
+  it("gives liblmp.so and liblmp-broker.so their SONAMEs (.so.0), with their links, here and in build/", function()
     local version = require("lmp")._VERSION:match("%d+%.%d+%.%d+")
     for _, dir in ipairs({prefix .. "/lib", build}) do
-      local out = sh("readelf -d " .. dir .. "/liblmp.so")
-      assert.matches("%(SONAME%)%s+Library soname: %[liblmp%.so%.0%]", out)
-      assert.are.equal("liblmp.so.0\n", sh("readlink " .. dir .. "/liblmp.so"))
-      assert.are.equal("liblmp.so." .. version .. "\n", sh("readlink " .. dir .. "/liblmp.so.0"))
-      assert.are.equal("f", sh("test -f " .. dir .. "/liblmp.so." .. version .. " && echo f"):match("%S+"))
+      for _, lib in ipairs({"liblmp", "liblmp-broker"}) do
+        local out = sh("readelf -d " .. dir .. "/" .. lib .. ".so")
+        assert.matches("%(SONAME%)%s+Library soname: %[" .. lib:gsub("%-", "%%-") .. "%.so%.0%]", out)
+        assert.are.equal(lib .. ".so.0\n", sh("readlink " .. dir .. "/" .. lib .. ".so"))
+        assert.are.equal(lib .. ".so." .. version .. "\n", sh("readlink " .. dir .. "/" .. lib .. ".so.0"))
+        assert.are.equal("f", sh("test -f " .. dir .. "/" .. lib .. ".so." .. version .. " && echo f"):match("%S+"))
+      end
     end
+  end)
+
+  -- The broker is a library of its own: liblmp needs neither hiredis nor
+  -- libcrypto, and liblmp-broker asks for liblmp.
+  it("links the broker's libraries into liblmp-broker.so only", function()
+    local runtime = sh("readelf -d " .. prefix .. "/lib/liblmp.so")
+    assert.is_nil(runtime:match("NEEDED[^\n]*hiredis"), runtime)
+    assert.is_nil(runtime:match("NEEDED[^\n]*libcrypto"), runtime)
+    local broker = sh("readelf -d " .. prefix .. "/lib/liblmp-broker.so")
+    assert.matches("NEEDED[^\n]*%[liblmp%.so%.0%]", broker)
+    assert.matches("NEEDED[^\n]*hiredis", broker)
   end)
 
   -- The ways docs/c-api.md gives to build against a prefix the loader does
@@ -118,7 +133,7 @@ describe("make install", function()
         local out, code = sh("env -u LD_LIBRARY_PATH " .. exe)
         if plain then
           assert.are_not.equal(0, code)
-          assert.matches("liblmp.so.0: cannot open shared object file", out, 1, true)
+          assert.matches("liblmp[%-a-z]*%.so%.0: cannot open shared object file", out)
         else
           assert.are.equal(0, code, out)
           assert.matches(lua and "processes: 100 squares" or "sum of squares 1..100 = 338350", out, 1, true)
@@ -137,6 +152,38 @@ describe("make install", function()
     out, code = sh(exe)
     assert.are.equal(0, code, out)
     assert.matches("sum of squares 1..100 = 338350", out, 1, true)
+    -- A program that does not use the broker loads neither hiredis nor libcrypto.
+    out = sh("ldd " .. exe)
+    assert.matches("liblmp%.so%.0 => " .. prefix, out)
+    assert.is_nil(out:match("hiredis"), out)
+    assert.is_nil(out:match("libcrypto"), out)
+  end)
+
+  it("builds a broker C program with pkg-config lmp-broker", function()
+    local src, exe = prefix .. "/sign.c", prefix .. "/sign"
+    local f = assert(io.open(src, "w"))
+    f:write([[
+#include <stdio.h>
+#include <lmp/broker.h>
+int main(void)
+{
+  lmp_buf_t b = {0};
+  lmp_broker_view_t v;
+  if (lmp_broker_sign(&b, "k", 1, LMP_BROKER_TASK, "t1", "hi", 2) < 0 ||
+      lmp_broker_verify(b.data, b.len, "k", 1, 60000, &v) < 0)
+    return 1;
+  printf("%.*s %.*s\n", (int)v.idlen, v.id, (int)v.len, v.payload);
+  lmp_buf_free(&b);
+  return 0;
+}
+]])
+    f:close()
+    local out, code = sh(string.format("cc -std=c11%s %s -o %s %s -Wl,-rpath,%s/lib", san, src, exe,
+      pc("lmp-broker"), prefix))
+    assert.are.equal(0, code, out)
+    out, code = sh(exe)
+    assert.are.equal(0, code, out)
+    assert.are.equal("t1 hi\n", out)
   end)
 
   it("builds a Lua host with pkg-config lmp-lua", function()

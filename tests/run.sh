@@ -51,6 +51,8 @@ for suite in "$@"; do
     else
       echo "ok 1 - check-layers: runtime/ and include/lmp/ include no Lua header" > "$log"
     fi
+    # What the libraries export and the public headers declare.
+    sh tests/surface.sh "$B" >> "$log"
     count layers ;;
   c)
     for t in ${C_TESTS:-"$B"/tests/test_*}; do

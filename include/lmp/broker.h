@@ -58,8 +58,9 @@ typedef struct lmp_broker_batch {
   int n, cap;
 } lmp_broker_batch_t;
 
-void lmp_broker_batch_clear(lmp_broker_batch_t *b); /* frees the messages, keeps the array */
-void lmp_broker_batch_free(lmp_broker_batch_t *b);
+/* clear frees the messages and keeps the array */
+LMP_API void lmp_broker_batch_clear(lmp_broker_batch_t *b);
+LMP_API void lmp_broker_batch_free(lmp_broker_batch_t *b);
 
 /* A finished task: its delivery, its id, the caller to tell and the signed
  * result. */
@@ -73,60 +74,60 @@ typedef struct lmp_broker_done {
 
 /* Open a connection; on failure *out is NULL and, when errmsg is given, a
  * description is written there (at most errlen bytes). */
-int lmp_broker_open(const lmp_broker_config_t *cfg, lmp_broker_t **out, char *errmsg,
-                    size_t errlen);
-void lmp_broker_close(lmp_broker_t *b);
+LMP_API int lmp_broker_open(const lmp_broker_config_t *cfg, lmp_broker_t **out, char *errmsg,
+                            size_t errlen);
+LMP_API void lmp_broker_close(lmp_broker_t *b);
 /* The last failure, as text ("" if none). */
-const char *lmp_broker_errmsg(const lmp_broker_t *b);
+LMP_API const char *lmp_broker_errmsg(const lmp_broker_t *b);
 /* The descriptor of the connection (readable when a reply is due), or -1. */
-int lmp_broker_fileno(const lmp_broker_t *b);
+LMP_API int lmp_broker_fileno(const lmp_broker_t *b);
 /* This client's consumer name. */
-const char *lmp_broker_consumer(const lmp_broker_t *b);
+LMP_API const char *lmp_broker_consumer(const lmp_broker_t *b);
 /* For event loops: a descriptor that turns readable when results for
  * `caller` may have come, the same for the life of b (-errno if none can be
  * made).  Call lmp_broker_notify_reset, then read the results, each time it
  * turns readable. */
-int lmp_broker_notify_fd(lmp_broker_t *b, const char *caller);
-int lmp_broker_notify_reset(lmp_broker_t *b);
+LMP_API int lmp_broker_notify_fd(lmp_broker_t *b, const char *caller);
+LMP_API int lmp_broker_notify_reset(lmp_broker_t *b);
 
 /* === producer === */
 
-int lmp_broker_put(lmp_broker_t *b, const void *msg, size_t len);
-int lmp_broker_flush(lmp_broker_t *b);
+LMP_API int lmp_broker_put(lmp_broker_t *b, const void *msg, size_t len);
+LMP_API int lmp_broker_flush(lmp_broker_t *b);
 /* Results addressed to `caller`: up to max, waiting until the deadline
  * (absolute, monotonic ns) for the first.  The count, 0 at the deadline. */
-int lmp_broker_results(lmp_broker_t *b, const char *caller, int max, int64_t deadline,
-                       lmp_broker_batch_t *out);
+LMP_API int lmp_broker_results(lmp_broker_t *b, const char *caller, int max, int64_t deadline,
+                               lmp_broker_batch_t *out);
 
 /* === consumer === */
 
 /* Take up to max tasks, waiting up to block_ms for the first.  After a
  * reconnection the consumer's own unfinished deliveries come back first. */
-int lmp_broker_take(lmp_broker_t *b, int max, int64_t block_ms, lmp_broker_batch_t *out);
-int lmp_broker_complete(lmp_broker_t *b, const lmp_broker_done_t *done, int n);
+LMP_API int lmp_broker_take(lmp_broker_t *b, int max, int64_t block_ms, lmp_broker_batch_t *out);
+LMP_API int lmp_broker_complete(lmp_broker_t *b, const lmp_broker_done_t *done, int n);
 /* Put a delivered task back at once for any consumer; it keeps its count. */
-int lmp_broker_release(lmp_broker_t *b, const lmp_broker_msg_t *m, const char *reason);
+LMP_API int lmp_broker_release(lmp_broker_t *b, const lmp_broker_msg_t *m, const char *reason);
 /* Move a task to the dead-letter queue with its history; `result`, when
  * given, is published to its caller in the same step. */
-int lmp_broker_bury(lmp_broker_t *b, const lmp_broker_msg_t *m, const char *reason,
-                    const lmp_broker_done_t *result);
-int lmp_broker_renew(lmp_broker_t *b, const char *const *ids, int n);
+LMP_API int lmp_broker_bury(lmp_broker_t *b, const lmp_broker_msg_t *m, const char *reason,
+                            const lmp_broker_done_t *result);
+LMP_API int lmp_broker_renew(lmp_broker_t *b, const char *const *ids, int n);
 /* Claim up to max tasks whose lease lapsed more than idle_ms ago. */
-int lmp_broker_reclaim(lmp_broker_t *b, int64_t idle_ms, int max, lmp_broker_batch_t *out);
+LMP_API int lmp_broker_reclaim(lmp_broker_t *b, int64_t idle_ms, int max, lmp_broker_batch_t *out);
 /* The queue's visibility timeout: the smallest any producer asked for in
  * the last day (set by producers, read by consumers before reclaiming);
  * get gives 0 when none was set. */
-int lmp_broker_set_visibility(lmp_broker_t *b, int64_t ms);
-int lmp_broker_get_visibility(lmp_broker_t *b, int64_t *ms);
+LMP_API int lmp_broker_set_visibility(lmp_broker_t *b, int64_t ms);
+LMP_API int lmp_broker_get_visibility(lmp_broker_t *b, int64_t *ms);
 /* Tasks waiting and dead-lettered: for status. */
-int lmp_broker_counts(lmp_broker_t *b, int64_t *waiting, int64_t *dead);
+LMP_API int lmp_broker_counts(lmp_broker_t *b, int64_t *waiting, int64_t *dead);
 
 /* === registry === */
 
-int lmp_broker_heartbeat(lmp_broker_t *b, const char *info, int64_t ttl_ms);
+LMP_API int lmp_broker_heartbeat(lmp_broker_t *b, const char *info, int64_t ttl_ms);
 /* Live workers: id is the consumer name, data its last info. */
-int lmp_broker_workers(lmp_broker_t *b, lmp_broker_batch_t *out);
-int lmp_broker_unregister(lmp_broker_t *b);
+LMP_API int lmp_broker_workers(lmp_broker_t *b, lmp_broker_batch_t *out);
+LMP_API int lmp_broker_unregister(lmp_broker_t *b);
 
 /* === the lease keeper === */
 
@@ -135,11 +136,11 @@ int lmp_broker_unregister(lmp_broker_t *b);
  * here every interval_ms and sends the heartbeat with the info last set, so
  * a worker busy in Lua (or stuck) never loses a task it is still running.
  */
-int lmp_broker_lease_start(lmp_broker_t *b, int64_t interval_ms, int64_t ttl_ms);
-int lmp_broker_lease_add(lmp_broker_t *b, const char *id);
-void lmp_broker_lease_del(lmp_broker_t *b, const char *id);
-int lmp_broker_lease_info(lmp_broker_t *b, const char *info);
-void lmp_broker_lease_stop(lmp_broker_t *b);
+LMP_API int lmp_broker_lease_start(lmp_broker_t *b, int64_t interval_ms, int64_t ttl_ms);
+LMP_API int lmp_broker_lease_add(lmp_broker_t *b, const char *id);
+LMP_API void lmp_broker_lease_del(lmp_broker_t *b, const char *id);
+LMP_API int lmp_broker_lease_info(lmp_broker_t *b, const char *info);
+LMP_API void lmp_broker_lease_stop(lmp_broker_t *b);
 
 /* === signing === */
 
@@ -148,8 +149,8 @@ enum { LMP_BROKER_TASK = 'T', LMP_BROKER_RESULT = 'R' };
 
 /* Append to out: the signed message of `kind` for task `id` stamped now
  * (wall clock, ms). */
-int lmp_broker_sign(lmp_buf_t *out, const void *key, size_t keylen, int kind, const char *id,
-                    const void *payload, size_t len);
+LMP_API int lmp_broker_sign(lmp_buf_t *out, const void *key, size_t keylen, int kind,
+                            const char *id, const void *payload, size_t len);
 
 typedef struct lmp_broker_view {
   int kind;
@@ -163,7 +164,7 @@ typedef struct lmp_broker_view {
 /* Check a signed message: -EBADMSG if malformed or the tag does not match
  * (compared in constant time), -ESTALE if stamped more than max_age_ms ago
  * or more than five minutes ahead.  Fills *v only on success. */
-int lmp_broker_verify(const void *msg, size_t len, const void *key, size_t keylen,
-                      int64_t max_age_ms, lmp_broker_view_t *v);
+LMP_API int lmp_broker_verify(const void *msg, size_t len, const void *key, size_t keylen,
+                              int64_t max_age_ms, lmp_broker_view_t *v);
 
 #endif

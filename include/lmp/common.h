@@ -29,11 +29,18 @@
 
 #define LMP_FOREVER INT64_MAX
 
+/* What lmp's libraries export.  They are built with -fvisibility=hidden, so
+ * only the functions the headers under lmp/ declare with LMP_API (and
+ * luaopen_lmp) are visible to programs; the runtime's own helpers are not. */
+#ifndef LMP_API
+#define LMP_API __attribute__((visibility("default")))
+#endif
+
 /* Monotonic time in nanoseconds. */
-int64_t lmp_now_ns(void);
+LMP_API int64_t lmp_now_ns(void);
 
 /* Deadline for a timeout in seconds; a negative timeout (or NaN) means forever. */
-int64_t lmp_deadline(double timeout_s);
+LMP_API int64_t lmp_deadline(double timeout_s);
 
 /* Interruption.  A blocking wait that a signal cuts short asks `pending`
  * whether the program wants the wait abandoned (a ^C, say): if it returns
@@ -42,10 +49,10 @@ int64_t lmp_deadline(double timeout_s);
  * -EINTR: futex-based ones (queue put/get/join, Semaphore, Event,
  * Condition), descriptor waits (pipe recv and poll) and lmp_pool_wait.
  * Mutexes (Lock, RLock) are not interruptible. */
-void lmp_set_interrupt_check(int (*pending)(void));
+LMP_API void lmp_set_interrupt_check(int (*pending)(void));
 
 /* Message for a runtime return code (a negative errno). */
-const char *lmp_strerror(int code);
+LMP_API const char *lmp_strerror(int code);
 
 /* A growable byte buffer owned by its user; payloads are read into it so a
  * steady stream of messages costs no allocation. */
@@ -55,7 +62,7 @@ typedef struct lmp_buf {
   size_t cap;
 } lmp_buf_t;
 
-int lmp_buf_reserve(lmp_buf_t *b, size_t cap); /* 0 or -ENOMEM */
-void lmp_buf_free(lmp_buf_t *b);
+LMP_API int lmp_buf_reserve(lmp_buf_t *b, size_t cap); /* 0 or -ENOMEM */
+LMP_API void lmp_buf_free(lmp_buf_t *b);
 
 #endif

@@ -35,7 +35,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "lmp/shm.h"
+#include "lmp/common.h"
+#include "lmp/segment.h"
 
 typedef struct lmp_dict lmp_dict_t;
 typedef struct lmp_list lmp_list_t;
@@ -46,48 +47,49 @@ typedef void (*lmp_store_visit_fn)(void *ctx, const void *val, size_t len);
 
 /* === Dict === */
 
-int lmp_dict_create(lmp_dict_t **out);
+LMP_API int lmp_dict_create(lmp_dict_t **out);
 /* Open the dict in a segment the caller attached; takes its own reference.
  * -EINVAL if the segment holds no dict. */
-int lmp_dict_open(lmp_seg_t *seg, lmp_dict_t **out);
+LMP_API int lmp_dict_open(lmp_seg_t *seg, lmp_dict_t **out);
 /* The local handle.  If it is the last one anywhere, `last` (may be NULL)
  * sees every value first and the store segment is let go. */
-void lmp_dict_free(lmp_dict_t *d, lmp_store_visit_fn last, void *ctx);
-lmp_seg_t *lmp_dict_seg(const lmp_dict_t *d);
+LMP_API void lmp_dict_free(lmp_dict_t *d, lmp_store_visit_fn last, void *ctx);
+LMP_API lmp_seg_t *lmp_dict_seg(const lmp_dict_t *d);
 
-int lmp_dict_lock(lmp_dict_t *d);
-void lmp_dict_unlock(lmp_dict_t *d);
+LMP_API int lmp_dict_lock(lmp_dict_t *d);
+LMP_API void lmp_dict_unlock(lmp_dict_t *d);
 
-size_t lmp_dict_len(lmp_dict_t *d);
+LMP_API size_t lmp_dict_len(lmp_dict_t *d);
 /* 0 and the value, or -ENOENT. */
-int lmp_dict_find(lmp_dict_t *d, const void *key, size_t klen, const void **val, size_t *vlen);
+LMP_API int lmp_dict_find(lmp_dict_t *d, const void *key, size_t klen, const void **val,
+                          size_t *vlen);
 /* Insert or replace.  0, -EFBIG (a key or value past 4 GiB), or the error of
  * growing the store (-ENOMEM, -ENOSPC...), which leaves the dict unchanged. */
-int lmp_dict_set(lmp_dict_t *d, const void *key, size_t klen, const void *val, size_t vlen);
-int lmp_dict_del(lmp_dict_t *d, const void *key, size_t klen); /* 0 or -ENOENT */
-void lmp_dict_clear(lmp_dict_t *d);
+LMP_API int lmp_dict_set(lmp_dict_t *d, const void *key, size_t klen, const void *val, size_t vlen);
+LMP_API int lmp_dict_del(lmp_dict_t *d, const void *key, size_t klen); /* 0 or -ENOENT */
+LMP_API void lmp_dict_clear(lmp_dict_t *d);
 /* Iterate in insertion order: *pos starts at 0; 1 and an entry while there
  * is one, 0 at the end. */
-int lmp_dict_next(lmp_dict_t *d, size_t *pos, const void **key, size_t *klen, const void **val,
-                  size_t *vlen);
+LMP_API int lmp_dict_next(lmp_dict_t *d, size_t *pos, const void **key, size_t *klen,
+                          const void **val, size_t *vlen);
 
 /* === List === */
 
-int lmp_list_create(lmp_list_t **out);
-int lmp_list_open(lmp_seg_t *seg, lmp_list_t **out);
-void lmp_list_free(lmp_list_t *l, lmp_store_visit_fn last, void *ctx);
-lmp_seg_t *lmp_list_seg(const lmp_list_t *l);
+LMP_API int lmp_list_create(lmp_list_t **out);
+LMP_API int lmp_list_open(lmp_seg_t *seg, lmp_list_t **out);
+LMP_API void lmp_list_free(lmp_list_t *l, lmp_store_visit_fn last, void *ctx);
+LMP_API lmp_seg_t *lmp_list_seg(const lmp_list_t *l);
 
-int lmp_list_lock(lmp_list_t *l);
-void lmp_list_unlock(lmp_list_t *l);
+LMP_API int lmp_list_lock(lmp_list_t *l);
+LMP_API void lmp_list_unlock(lmp_list_t *l);
 
 /* Positions are 0-based here; -ERANGE outside the list. */
-size_t lmp_list_len(lmp_list_t *l);
-int lmp_list_get(lmp_list_t *l, size_t i, const void **val, size_t *len);
-int lmp_list_set(lmp_list_t *l, size_t i, const void *val, size_t len);
+LMP_API size_t lmp_list_len(lmp_list_t *l);
+LMP_API int lmp_list_get(lmp_list_t *l, size_t i, const void **val, size_t *len);
+LMP_API int lmp_list_set(lmp_list_t *l, size_t i, const void *val, size_t len);
 /* Insert before position i; i == len appends. */
-int lmp_list_insert(lmp_list_t *l, size_t i, const void *val, size_t len);
-int lmp_list_del(lmp_list_t *l, size_t i);
-void lmp_list_clear(lmp_list_t *l);
+LMP_API int lmp_list_insert(lmp_list_t *l, size_t i, const void *val, size_t len);
+LMP_API int lmp_list_del(lmp_list_t *l, size_t i);
+LMP_API void lmp_list_clear(lmp_list_t *l);
 
 #endif

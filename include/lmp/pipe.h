@@ -34,17 +34,17 @@ typedef struct lmp_pipe_reader {
 
 /* fds[0], fds[1]; both close-on-exec.  With duplex 0, fds[0] only receives
  * and fds[1] only sends. */
-int lmp_pipe_pair(int duplex, int fds[2]);
+LMP_API int lmp_pipe_pair(int duplex, int fds[2]);
 /* 0, -EPIPE (peer closed), -EMSGSIZE */
-int lmp_pipe_send(int fd, const void *data, size_t len);
+LMP_API int lmp_pipe_send(int fd, const void *data, size_t len);
 /* 0 with the message in r->msg, -ETIMEDOUT (no whole message by the
  * deadline), -EPIPE (end of stream), -EBADMSG (a record that is not one of
  * ours; the next call goes on), -ENOMEM (a message too large to keep; it
  * is skipped) */
-int lmp_pipe_recv(lmp_pipe_reader_t *r, int fd, int64_t deadline);
+LMP_API int lmp_pipe_recv(lmp_pipe_reader_t *r, int fd, int64_t deadline);
 /* 1 when recv would not wait (a whole message, end of stream or an error is
  * there), 0 not by the deadline, <0 error of the descriptor */
-int lmp_pipe_poll(lmp_pipe_reader_t *r, int fd, int64_t deadline);
-void lmp_pipe_reader_free(lmp_pipe_reader_t *r);
+LMP_API int lmp_pipe_poll(lmp_pipe_reader_t *r, int fd, int64_t deadline);
+LMP_API void lmp_pipe_reader_free(lmp_pipe_reader_t *r);
 
 #endif

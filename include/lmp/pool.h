@@ -32,7 +32,7 @@
 
 #include "lmp/common.h"
 #include "lmp/proc.h"
-#include "lmp/shm.h"
+#include "lmp/segment.h"
 
 typedef struct lmp_pool lmp_pool_t;
 typedef struct lmp_pool_worker lmp_pool_worker_t;
@@ -66,25 +66,26 @@ typedef struct lmp_pool_config {
 } lmp_pool_config_t;
 
 /* Starts the workers (forks them, or calls cfg->start).  0 or -errno. */
-int lmp_pool_create(const lmp_pool_config_t *cfg, lmp_pool_t **out);
+LMP_API int lmp_pool_create(const lmp_pool_config_t *cfg, lmp_pool_t **out);
 
 /* === the parent === */
 
 /* Queue a task; the payload is gathered from iov[0..iovcnt) (at most 7 parts)
  * and copied.  *id (> 0, increasing) names it in events.  -EPIPE once the pool
  * is closed, terminated or broken. */
-int lmp_pool_submit(lmp_pool_t *p, uint32_t tag, const struct iovec *iov, int iovcnt, uint64_t *id);
+LMP_API int lmp_pool_submit(lmp_pool_t *p, uint32_t tag, const struct iovec *iov, int iovcnt,
+                            uint64_t *id);
 
 /* Remove a task no worker has taken yet: 1 if removed (it will have no
  * event; a worker that meets it in the ring skips it), 0 if a worker has it,
  * or it finished, or is unknown. */
-int lmp_pool_cancel(lmp_pool_t *p, uint64_t id);
+LMP_API int lmp_pool_cancel(lmp_pool_t *p, uint64_t id);
 
 /* Stop task `id` whatever its state: cancelled if no worker has taken it,
  * else its worker is killed (and replaced), the task then failing as LOST
  * unless its reply came first.  1 if cancelled or killed, 0 if the task has
  * finished or is unknown. */
-int lmp_pool_stop(lmp_pool_t *p, uint64_t id);
+LMP_API int lmp_pool_stop(lmp_pool_t *p, uint64_t id);
 
 enum {
   LMP_POOL_TASK_UNKNOWN = 0, /* finished (event out or coming), cancelled, or never was */
@@ -92,7 +93,7 @@ enum {
   LMP_POOL_TASK_SENT,        /* in the shared ring */
   LMP_POOL_TASK_RUNNING,     /* taken by a worker */
 };
-int lmp_pool_task_state(lmp_pool_t *p, uint64_t id);
+LMP_API int lmp_pool_task_state(lmp_pool_t *p, uint64_t id);
 
 enum {
   LMP_POOL_DONE = 1, /* the worker replied */
@@ -122,24 +123,24 @@ typedef struct lmp_pool_event {
  * closed with every worker gone.  After BROKEN the caller fails whatever it
  * still waits for: those tasks will have no event.
  */
-int lmp_pool_wait(lmp_pool_t *p, lmp_pool_event_t *ev, int64_t deadline);
+LMP_API int lmp_pool_wait(lmp_pool_t *p, lmp_pool_event_t *ev, int64_t deadline);
 
 /* No more submissions; workers exit once every queued task is taken.
  * lmp_pool_wait returns -EPIPE when they all have. */
-void lmp_pool_close(lmp_pool_t *p);
+LMP_API void lmp_pool_close(lmp_pool_t *p);
 /* SIGKILL every worker and reap it; queued tasks are dropped (no events). */
-void lmp_pool_terminate(lmp_pool_t *p);
+LMP_API void lmp_pool_terminate(lmp_pool_t *p);
 /* Release everything without blocking: workers still running are sent
  * SIGKILL and reaped later (lmp_proc_reap).  In a process other than the
  * one that created the pool (a forked copy) it only frees memory. */
-void lmp_pool_free(lmp_pool_t *p);
+LMP_API void lmp_pool_free(lmp_pool_t *p);
 
 /* A descriptor that turns readable when an event may be waiting (a reply, a
  * death, a timeout due), for event loops; lmp_pool_wait(p, ev, 0) consumes it. */
-int lmp_pool_fd(const lmp_pool_t *p);
-int lmp_pool_processes(const lmp_pool_t *p);
+LMP_API int lmp_pool_fd(const lmp_pool_t *p);
+LMP_API int lmp_pool_processes(const lmp_pool_t *p);
 /* 1 while the pool takes submissions. */
-int lmp_pool_running(const lmp_pool_t *p);
+LMP_API int lmp_pool_running(const lmp_pool_t *p);
 
 enum {
   LMP_POOL_STARTING = 1, /* forked, initializing */
@@ -161,7 +162,7 @@ typedef struct lmp_pool_slot_info {
 #define LMP_POOL_STATUS_FAILED(status) (((status)&0xffffu) != 0)
 
 /* Worker i's slot, read from shared memory.  0, or -EINVAL for a bad i. */
-int lmp_pool_slot(lmp_pool_t *p, int i, lmp_pool_slot_info_t *out);
+LMP_API int lmp_pool_slot(lmp_pool_t *p, int i, lmp_pool_slot_info_t *out);
 
 typedef struct lmp_pool_stats {
   uint64_t queued;   /* in the backlog and the ring */
@@ -176,7 +177,7 @@ typedef struct lmp_pool_stats {
 
 /* The counters.  Called by the owner, it first reaps dead workers and
  * starts their replacements, as a wait does. */
-void lmp_pool_stats(lmp_pool_t *p, lmp_pool_stats_t *out);
+LMP_API void lmp_pool_stats(lmp_pool_t *p, lmp_pool_stats_t *out);
 
 /*
  * === observers ===
@@ -198,17 +199,18 @@ typedef struct lmp_pool_entry {
 /* The live pools of this user's lmp programs: those of root or owner `pid`,
  * or all of them with pid 0.  Up to max into out; returns how many there
  * are (possibly more than max), or -errno. */
-int lmp_pool_list(pid_t pid, lmp_pool_entry_t *out, int max);
+LMP_API int lmp_pool_list(pid_t pid, lmp_pool_entry_t *out, int max);
 
 /* The roots of this user's running lmp programs (those with a segment in
  * /dev/shm).  Up to max into out; returns how many there are, or -errno. */
-int lmp_pool_programs(pid_t *out, int max);
+LMP_API int lmp_pool_programs(pid_t *out, int max);
 
 /* Read a pool of any process of this user by its header segment's name:
  * the same counters as lmp_pool_stats gives its owner, and
  * up to max slots (slot task ids are those of lmp_pool_submit).  The number
  * of slots, or -errno (-EACCES: not this user's; -EINVAL: not a pool). */
-int lmp_pool_peek(const char *name, lmp_pool_stats_t *st, lmp_pool_slot_info_t *slots, int max);
+LMP_API int lmp_pool_peek(const char *name, lmp_pool_stats_t *st, lmp_pool_slot_info_t *slots,
+                          int max);
 
 /* === a worker === */
 
@@ -220,27 +222,27 @@ typedef struct lmp_pool_task {
 
 /* Take the next task (blocks).  0; -EPIPE when the worker should return from
  * its body (the pool is closing, or maxtasksperchild is reached). */
-int lmp_pool_worker_next(lmp_pool_worker_t *w, lmp_pool_task_t *t);
+LMP_API int lmp_pool_worker_next(lmp_pool_worker_t *w, lmp_pool_task_t *t);
 /* Reply to the task taken last: status (0 in its low 16 bits counts as
  * success in the counters; the high bits are the caller's flags) and payload
  * gathered from iov[0..iovcnt) (at most 7 parts). */
-int lmp_pool_worker_reply(lmp_pool_worker_t *w, uint32_t status, const struct iovec *iov,
-                          int iovcnt);
+LMP_API int lmp_pool_worker_reply(lmp_pool_worker_t *w, uint32_t status, const struct iovec *iov,
+                                  int iovcnt);
 /* Report that item `item` of the current task starts now: task_timeout then
  * applies to each item rather than to the whole task. */
-void lmp_pool_worker_progress(lmp_pool_worker_t *w, uint32_t item);
+LMP_API void lmp_pool_worker_progress(lmp_pool_worker_t *w, uint32_t item);
 /* Report that the worker cannot start (before the first next): the pool
  * breaks and lmp_pool_wait gives the payload in a BROKEN event.  The body
  * should then return. */
-int lmp_pool_worker_fail_init(lmp_pool_worker_t *w, const void *data, size_t len);
-int lmp_pool_worker_index(const lmp_pool_worker_t *w);
+LMP_API int lmp_pool_worker_fail_init(lmp_pool_worker_t *w, const void *data, size_t len);
+LMP_API int lmp_pool_worker_index(const lmp_pool_worker_t *w);
 
 /* In a process started by a start hook: become the worker a ticket names.
  * 0 with *out set, -EINVAL for a malformed ticket or segment, -ENOENT if
  * the pool is gone.  The caller runs its body on *out, then releases it. */
-int lmp_pool_worker_attach(const char *ticket, lmp_pool_worker_t **out);
-void lmp_pool_worker_release(lmp_pool_worker_t *w);
+LMP_API int lmp_pool_worker_attach(const char *ticket, lmp_pool_worker_t **out);
+LMP_API void lmp_pool_worker_release(lmp_pool_worker_t *w);
 /* 1 when the pool has a task_timeout (progress reports then matter). */
-int lmp_pool_worker_timed(const lmp_pool_worker_t *w);
+LMP_API int lmp_pool_worker_timed(const lmp_pool_worker_t *w);
 
 #endif

@@ -30,6 +30,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "lmp/common.h"
+
 typedef struct lmp_proc lmp_proc_t;
 
 /* Flags of a child.  A daemon is terminated, not joined, by
@@ -40,7 +42,7 @@ typedef struct lmp_proc lmp_proc_t;
 
 /* 1 in the parent (*out set), 0 in the child (*out NULL), <0 on error.
  * `flags`: 0 or LMP_PROC_* (any other non-zero value means a daemon). */
-int lmp_proc_fork(int flags, lmp_proc_t **out);
+LMP_API int lmp_proc_fork(int flags, lmp_proc_t **out);
 
 /*
  * Fork and execve(path, argv) with this process's environment plus
@@ -51,7 +53,8 @@ int lmp_proc_fork(int flags, lmp_proc_t **out);
  * once the exec has succeeded, or -errno: the exec's own error (-ENOENT,
  * -EACCES...) is reported here, after the failed child has been reaped.
  */
-int lmp_proc_spawn(const char *path, char *const argv[], int keep_fd, int flags, lmp_proc_t **out);
+LMP_API int lmp_proc_spawn(const char *path, char *const argv[], int keep_fd, int flags,
+                           lmp_proc_t **out);
 
 /*
  * Register a process that another one forked for us.  `pidfd` (-1 if the
@@ -60,58 +63,60 @@ int lmp_proc_spawn(const char *path, char *const argv[], int keep_fd, int flags,
  * Python-style code); end of file without a code gives 255.  Takes
  * ownership of both descriptors.  0 or -ENOMEM (descriptors closed).
  */
-int lmp_proc_adopt(pid_t pid, int pidfd, int status_fd, int flags, lmp_proc_t **out);
-void lmp_proc_free(lmp_proc_t *p); /* the handle; a running child stays registered until reaped */
+LMP_API int lmp_proc_adopt(pid_t pid, int pidfd, int status_fd, int flags, lmp_proc_t **out);
+/* The handle; a running child stays registered until reaped. */
+LMP_API void lmp_proc_free(lmp_proc_t *p);
 
-pid_t lmp_proc_pid(const lmp_proc_t *p);
+LMP_API pid_t lmp_proc_pid(const lmp_proc_t *p);
 /* 0 once exited (code stored), -ETIMEDOUT if still running at the deadline. */
-int lmp_proc_wait(lmp_proc_t *p, int64_t deadline);
+LMP_API int lmp_proc_wait(lmp_proc_t *p, int64_t deadline);
 /* The same, but -EINTR when the program asks the wait to stop (^C:
  * lmp_set_interrupt_check); for waits a user chose (join). */
-int lmp_proc_wait_intr(lmp_proc_t *p, int64_t deadline);
-int lmp_proc_alive(lmp_proc_t *p);               /* reaps if it has exited */
-int lmp_proc_exitcode(lmp_proc_t *p, int *code); /* 0 and code once exited, -EAGAIN while running */
-int lmp_proc_signal(lmp_proc_t *p, int sig);     /* no-op once exited */
+LMP_API int lmp_proc_wait_intr(lmp_proc_t *p, int64_t deadline);
+LMP_API int lmp_proc_alive(lmp_proc_t *p); /* reaps if it has exited */
+LMP_API int lmp_proc_exitcode(lmp_proc_t *p,
+                              int *code); /* 0 and code once exited, -EAGAIN while running */
+LMP_API int lmp_proc_signal(lmp_proc_t *p, int sig); /* no-op once exited */
 /* A descriptor that turns readable once the exit code is known: the pidfd,
  * or the status descriptor of an adopted process; -1 if none.  A child's
  * descriptor is closed when it is reaped unless this handed it out (then
  * it stays open until lmp_proc_free); once the child is reaped and its own
  * is closed, one descriptor shared by all ended children, always readable.
  * Never close what this returns. */
-int lmp_proc_fd(lmp_proc_t *p);
+LMP_API int lmp_proc_fd(lmp_proc_t *p);
 
 /* Reap every registered child that has exited (cheap when none has). */
-void lmp_proc_reap(void);
+LMP_API void lmp_proc_reap(void);
 /* Number of live registered children, services not counted, and their pids. */
-int lmp_proc_children(pid_t *pids, int max);
+LMP_API int lmp_proc_children(pid_t *pids, int max);
 
 /* Shutdown of this process's children: signal daemon children (SIGTERM, then
  * SIGKILL after a grace period), wait for the others, then end the services
  * the same way as daemons. */
-void lmp_proc_shutdown(void);
+LMP_API void lmp_proc_shutdown(void);
 
 /* Owners, for hosts where several independent users of lmp share a process
  * (two Lua states in one server).  A child's owner is 0 until set; ending
  * one owner's children (daemons terminated, the others joined, services
  * left alone) leaves every other owner's running. */
-void lmp_proc_set_owner(lmp_proc_t *p, uint64_t owner);
-void lmp_proc_shutdown_owner(uint64_t owner);
+LMP_API void lmp_proc_set_owner(lmp_proc_t *p, uint64_t owner);
+LMP_API void lmp_proc_shutdown_owner(uint64_t owner);
 
 /* Put back the SIGCHLD disposition lmp replaced, unless the host has
  * installed another since; the next fork installs lmp's again.  For a host
  * that unloads lmp, once nothing of it runs. */
-void lmp_proc_release_signals(void);
+LMP_API void lmp_proc_release_signals(void);
 
 /* The end of a child: shut down its own children, release its references to
  * shared segments, flush stdio and _exit(code).  Never runs inherited atexit
  * handlers. */
-void lmp_proc_exit(int code) __attribute__((noreturn));
+LMP_API void lmp_proc_exit(int code) __attribute__((noreturn));
 
 /* pid of the process that started this one through lmp (0 in the root). */
-pid_t lmp_proc_parent_pid(void);
+LMP_API pid_t lmp_proc_parent_pid(void);
 /* For a process started on another's behalf (an exec'd child, or one forked
  * by the forkserver): the pid lmp_proc_parent_pid reports from now on. */
-void lmp_proc_set_parent(pid_t pid);
+LMP_API void lmp_proc_set_parent(pid_t pid);
 
 /* What a process (of any family) has used so far, from /proc. */
 typedef struct lmp_proc_usage {
@@ -120,6 +125,6 @@ typedef struct lmp_proc_usage {
 } lmp_proc_usage_t;
 
 /* 0, or -errno (-ENOENT once it is gone).  pid 0 is this process. */
-int lmp_proc_usage(pid_t pid, lmp_proc_usage_t *out);
+LMP_API int lmp_proc_usage(pid_t pid, lmp_proc_usage_t *out);
 
 #endif

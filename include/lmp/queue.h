@@ -22,31 +22,31 @@
 #include <sys/uio.h>
 
 #include "lmp/common.h"
-#include "lmp/shm.h"
+#include "lmp/segment.h"
 
 #define LMP_QUEUE_DEFAULT_CAPACITY (4u << 20) /* ring bytes */
 
 typedef struct lmp_queue lmp_queue_t;
 
 /* capacity 0 picks LMP_QUEUE_DEFAULT_CAPACITY. */
-int lmp_queue_create(size_t maxsize, size_t capacity, lmp_queue_t **out);
+LMP_API int lmp_queue_create(size_t maxsize, size_t capacity, lmp_queue_t **out);
 /* Open a queue on a segment the caller attached; takes its own reference. */
-int lmp_queue_open(lmp_seg_t *seg, lmp_queue_t **out);
-void lmp_queue_free(lmp_queue_t *q); /* the local handle; the queue lives on */
+LMP_API int lmp_queue_open(lmp_seg_t *seg, lmp_queue_t **out);
+LMP_API void lmp_queue_free(lmp_queue_t *q); /* the local handle; the queue lives on */
 /* lmp_queue_free that, in the last holder of the queue, first calls fn on
  * each message nobody read, so the caller can give back what the messages
  * hold (the pins of handles inside them).  Spilled messages' segments go in
  * either case. */
 typedef void (*lmp_queue_unread_fn)(void *ctx, const void *msg, size_t len);
-void lmp_queue_free_unread(lmp_queue_t *q, lmp_queue_unread_fn fn, void *ctx);
-lmp_seg_t *lmp_queue_seg(lmp_queue_t *q);
+LMP_API void lmp_queue_free_unread(lmp_queue_t *q, lmp_queue_unread_fn fn, void *ctx);
+LMP_API lmp_seg_t *lmp_queue_seg(lmp_queue_t *q);
 
 /* 0, -ETIMEDOUT (full until the deadline), -EPIPE (closed), -ENOMEM */
-int lmp_queue_put(lmp_queue_t *q, const void *data, size_t len, int64_t deadline);
+LMP_API int lmp_queue_put(lmp_queue_t *q, const void *data, size_t len, int64_t deadline);
 /* The same with the payload gathered from iov[0..iovcnt). */
-int lmp_queue_putv(lmp_queue_t *q, const struct iovec *iov, int iovcnt, int64_t deadline);
+LMP_API int lmp_queue_putv(lmp_queue_t *q, const struct iovec *iov, int iovcnt, int64_t deadline);
 /* Fills buf (len = payload size).  0, -ETIMEDOUT, -EPIPE (closed and drained) */
-int lmp_queue_get(lmp_queue_t *q, lmp_buf_t *buf, int64_t deadline);
+LMP_API int lmp_queue_get(lmp_queue_t *q, lmp_buf_t *buf, int64_t deadline);
 
 /* Called with the queue locked once a get is certain to take its record,
  * with the record's sequence number: how many records were taken before it,
@@ -54,15 +54,16 @@ int lmp_queue_get(lmp_queue_t *q, lmp_buf_t *buf, int64_t deadline);
 typedef void (*lmp_queue_hook_fn)(void *arg, uint32_t seq);
 /* lmp_queue_get that runs `taken` (if not NULL) as it takes the record, so
  * a consumer can publish what it took atomically with taking it. */
-int lmp_queue_get_hook(lmp_queue_t *q, lmp_buf_t *buf, int64_t deadline, lmp_queue_hook_fn taken,
-                       void *arg);
+LMP_API int lmp_queue_get_hook(lmp_queue_t *q, lmp_buf_t *buf, int64_t deadline,
+                               lmp_queue_hook_fn taken, void *arg);
 
-size_t lmp_queue_qsize(lmp_queue_t *q);
-size_t lmp_queue_maxsize(lmp_queue_t *q);
-void lmp_queue_close(lmp_queue_t *q);
-int lmp_queue_closed(lmp_queue_t *q);
+LMP_API size_t lmp_queue_qsize(lmp_queue_t *q);
+LMP_API size_t lmp_queue_maxsize(lmp_queue_t *q);
+LMP_API void lmp_queue_close(lmp_queue_t *q);
+LMP_API int lmp_queue_closed(lmp_queue_t *q);
 
-int lmp_queue_task_done(lmp_queue_t *q);              /* 0, -EINVAL if called more times than put */
-int lmp_queue_join(lmp_queue_t *q, int64_t deadline); /* 0 when no task is unfinished, -ETIMEDOUT */
+LMP_API int lmp_queue_task_done(lmp_queue_t *q); /* 0, -EINVAL if called more times than put */
+LMP_API int lmp_queue_join(lmp_queue_t *q,
+                           int64_t deadline); /* 0 when no task is unfinished, -ETIMEDOUT */
 
 #endif

@@ -18,8 +18,9 @@
 
 #include <stddef.h>
 
-#include "lmp/shm.h"
-#include "lmp/value.h"
+#include "lmp/common.h"
+#include "lmp/array.h"
+#include "lmp/segment.h"
 
 #define LMP_SHMEM_NAME_MAX 48 /* a user name's bytes, NUL included */
 #define LMP_SHMEM_DIR_MAX 1024 /* user names alive at once in a program */
@@ -30,28 +31,29 @@ typedef struct lmp_shmem lmp_shmem_t;
  * a name that is empty, too long, or starts with '/'), -EEXIST (the name is
  * taken), -EDQUOT (the directory is full), -ENOSPC (no room for the block:
  * lmp_seg_space_error says why). */
-int lmp_shmem_create(size_t size, const char *name, lmp_shmem_t **out);
+LMP_API int lmp_shmem_create(size_t size, const char *name, lmp_shmem_t **out);
 /* Attach by user name, or by segment name (one that starts with '/').
  * -ENOENT if no such block exists, -EINVAL if the segment is not a block. */
-int lmp_shmem_attach(const char *name, lmp_shmem_t **out);
+LMP_API int lmp_shmem_attach(const char *name, lmp_shmem_t **out);
 /* Open the block in a segment the caller attached (a received handle);
  * takes its own reference.  -ENOENT once the block was unlinked. */
-int lmp_shmem_open(lmp_seg_t *seg, lmp_shmem_t **out);
-void lmp_shmem_free(lmp_shmem_t *m); /* the local handle (close) */
+LMP_API int lmp_shmem_open(lmp_seg_t *seg, lmp_shmem_t **out);
+LMP_API void lmp_shmem_free(lmp_shmem_t *m); /* the local handle (close) */
 /* Remove the names; 0, or -ENOENT if they were already gone. */
-int lmp_shmem_unlink(lmp_shmem_t *m);
+LMP_API int lmp_shmem_unlink(lmp_shmem_t *m);
 
-void *lmp_shmem_data(const lmp_shmem_t *m);
-size_t lmp_shmem_size(const lmp_shmem_t *m);
+LMP_API void *lmp_shmem_data(const lmp_shmem_t *m);
+LMP_API size_t lmp_shmem_size(const lmp_shmem_t *m);
 /* The user name, or the segment name of an unnamed block. */
-const char *lmp_shmem_name(const lmp_shmem_t *m);
-lmp_seg_t *lmp_shmem_seg(const lmp_shmem_t *m);
+LMP_API const char *lmp_shmem_name(const lmp_shmem_t *m);
+LMP_API lmp_seg_t *lmp_shmem_seg(const lmp_shmem_t *m);
 
 /* A typed view of n elements at byte `offset` (0-based) of the block: an
  * lmp_array_t without a lock.  -EINVAL (offset not a multiple of the element
  * size), -ERANGE (past the end). */
-int lmp_shmem_view(lmp_shmem_t *m, size_t offset, lmp_ctype_t t, size_t n, lmp_array_t **out);
+LMP_API int lmp_shmem_view(lmp_shmem_t *m, size_t offset, lmp_ctype_t t, size_t n,
+                           lmp_array_t **out);
 /* The block-relative offset of a view made by lmp_shmem_view. */
-size_t lmp_shmem_view_offset(const lmp_array_t *view);
+LMP_API size_t lmp_shmem_view_offset(const lmp_array_t *view);
 
 #endif

@@ -26,7 +26,7 @@
 #include <sys/types.h>
 
 #include "lmp/common.h"
-#include "lmp/sync.h"
+#include "lmp/mutex.h"
 
 /* === Lock and RLock === */
 
@@ -41,8 +41,8 @@ typedef struct lmp_lock {
 } lmp_lock_t;
 
 /* recursive = 1 makes an RLock.  0 or -errno. */
-int lmp_lock_init(lmp_lock_t *l, int recursive);
-void lmp_lock_destroy(lmp_lock_t *l);
+LMP_API int lmp_lock_init(lmp_lock_t *l, int recursive);
+LMP_API void lmp_lock_destroy(lmp_lock_t *l);
 
 /*
  * 0; -EOWNERDEAD (the lock is held, taken over from a holder that died or
@@ -52,22 +52,22 @@ void lmp_lock_destroy(lmp_lock_t *l);
  * deadline the call sleeps until it and returns -ETIMEDOUT, as a plain wait
  * would.
  */
-int lmp_lock_acquire(lmp_lock_t *l, int64_t deadline);
+LMP_API int lmp_lock_acquire(lmp_lock_t *l, int64_t deadline);
 /* One hold fewer.  0, or -EPERM when the caller does not hold the lock. */
-int lmp_lock_release(lmp_lock_t *l);
+LMP_API int lmp_lock_release(lmp_lock_t *l);
 
-int lmp_lock_locked(lmp_lock_t *l);  /* 1 held by anyone, 0 free (a snapshot) */
-int lmp_lock_owned(lmp_lock_t *l);   /* 1 held by the caller */
-pid_t lmp_lock_owner(lmp_lock_t *l); /* process holding it, 0 if none */
+LMP_API int lmp_lock_locked(lmp_lock_t *l);  /* 1 held by anyone, 0 free (a snapshot) */
+LMP_API int lmp_lock_owned(lmp_lock_t *l);   /* 1 held by the caller */
+LMP_API pid_t lmp_lock_owner(lmp_lock_t *l); /* process holding it, 0 if none */
 
 /* Let go of every hold as a dying holder would: the next acquirer gets
  * -EOWNERDEAD.  For a caller about to unmap a lock it holds.  0 or -EPERM. */
-int lmp_lock_abandon(lmp_lock_t *l);
+LMP_API int lmp_lock_abandon(lmp_lock_t *l);
 
 /* Give up every hold and take them back, for condition waits.  release_save:
  * 0 or -EPERM.  acquire_restore: as lmp_lock_acquire. */
-int lmp_lock_release_save(lmp_lock_t *l, uint32_t *count);
-int lmp_lock_acquire_restore(lmp_lock_t *l, uint32_t count, int64_t deadline);
+LMP_API int lmp_lock_release_save(lmp_lock_t *l, uint32_t *count);
+LMP_API int lmp_lock_acquire_restore(lmp_lock_t *l, uint32_t count, int64_t deadline);
 
 /* === Semaphore and BoundedSemaphore === */
 
@@ -82,11 +82,11 @@ typedef struct lmp_sem {
 
 /* max: LMP_SEM_VALUE_MAX for a Semaphore, the initial value for a
  * BoundedSemaphore.  0, -EINVAL (value > max or max > LMP_SEM_VALUE_MAX). */
-int lmp_sem_init(lmp_sem_t *s, uint32_t value, uint32_t max);
-int lmp_sem_acquire(lmp_sem_t *s, int64_t deadline); /* 0, -ETIMEDOUT */
+LMP_API int lmp_sem_init(lmp_sem_t *s, uint32_t value, uint32_t max);
+LMP_API int lmp_sem_acquire(lmp_sem_t *s, int64_t deadline); /* 0, -ETIMEDOUT */
 /* Add n units.  0, or -EOVERFLOW (the value would pass max: nothing added). */
-int lmp_sem_release(lmp_sem_t *s, uint32_t n);
-uint32_t lmp_sem_value(lmp_sem_t *s);
+LMP_API int lmp_sem_release(lmp_sem_t *s, uint32_t n);
+LMP_API uint32_t lmp_sem_value(lmp_sem_t *s);
 
 /* === Event === */
 
@@ -95,13 +95,13 @@ typedef struct lmp_event {
   uint32_t waiters;
 } lmp_event_t;
 
-void lmp_event_init(lmp_event_t *e);
-void lmp_event_set(lmp_event_t *e);
-void lmp_event_clear(lmp_event_t *e);
-int lmp_event_is_set(lmp_event_t *e);
+LMP_API void lmp_event_init(lmp_event_t *e);
+LMP_API void lmp_event_set(lmp_event_t *e);
+LMP_API void lmp_event_clear(lmp_event_t *e);
+LMP_API int lmp_event_is_set(lmp_event_t *e);
 /* 0 once the flag is set (also when it was set and cleared again while the
  * caller slept, as Python's Event.wait), -ETIMEDOUT. */
-int lmp_event_wait(lmp_event_t *e, int64_t deadline);
+LMP_API int lmp_event_wait(lmp_event_t *e, int64_t deadline);
 
 /* === Condition === */
 
@@ -111,7 +111,7 @@ typedef struct lmp_condition {
   uint32_t pad;
 } lmp_condition_t;
 
-void lmp_condition_init(lmp_condition_t *c);
+LMP_API void lmp_condition_init(lmp_condition_t *c);
 
 /*
  * Release every hold the caller has on l, sleep until notified or the
@@ -120,11 +120,12 @@ void lmp_condition_init(lmp_condition_t *c);
  * lock is held again on 0 and -ETIMEDOUT; *owner_died (if not NULL) is set
  * when taking it back found its holder dead.
  */
-int lmp_condition_wait(lmp_condition_t *c, lmp_lock_t *l, int64_t deadline, int *owner_died);
+LMP_API int lmp_condition_wait(lmp_condition_t *c, lmp_lock_t *l, int64_t deadline,
+                               int *owner_died);
 
 /* Wake at most n waiters (UINT32_MAX: all).  The caller must hold l.  The
  * number of waiters notified, or -EPERM. */
-int lmp_condition_notify(lmp_condition_t *c, lmp_lock_t *l, uint32_t n);
+LMP_API int lmp_condition_notify(lmp_condition_t *c, lmp_lock_t *l, uint32_t n);
 
 /* === Barrier === */
 
@@ -145,8 +146,8 @@ typedef struct lmp_barrier {
  * barrier. */
 typedef int (*lmp_barrier_action_fn)(void *arg);
 
-int lmp_barrier_init(lmp_barrier_t *b, uint32_t parties); /* 0, -EINVAL (0 parties) */
-void lmp_barrier_destroy(lmp_barrier_t *b);
+LMP_API int lmp_barrier_init(lmp_barrier_t *b, uint32_t parties); /* 0, -EINVAL (0 parties) */
+LMP_API void lmp_barrier_destroy(lmp_barrier_t *b);
 
 /*
  * Arrive and wait for the others.  The arrival index, 0 .. parties-1 (the
@@ -156,12 +157,13 @@ void lmp_barrier_destroy(lmp_barrier_t *b);
  *   -ETIMEDOUT  this caller's deadline passed; it broke the barrier
  *   -ECANCELED  this caller ran the action, which failed; it broke the barrier
  */
-int lmp_barrier_wait(lmp_barrier_t *b, int64_t deadline, lmp_barrier_action_fn action, void *arg);
+LMP_API int lmp_barrier_wait(lmp_barrier_t *b, int64_t deadline, lmp_barrier_action_fn action,
+                             void *arg);
 /* Back to the empty state; waiters of the current generation get -EPIPE. */
-void lmp_barrier_reset(lmp_barrier_t *b);
+LMP_API void lmp_barrier_reset(lmp_barrier_t *b);
 /* Broken until reset: waiters and later arrivals get -EPIPE. */
-void lmp_barrier_abort(lmp_barrier_t *b);
-uint32_t lmp_barrier_n_waiting(lmp_barrier_t *b);
-int lmp_barrier_broken(lmp_barrier_t *b);
+LMP_API void lmp_barrier_abort(lmp_barrier_t *b);
+LMP_API uint32_t lmp_barrier_n_waiting(lmp_barrier_t *b);
+LMP_API int lmp_barrier_broken(lmp_barrier_t *b);
 
 #endif

@@ -39,7 +39,7 @@
 #include <lua.h>
 #include <lualib.h>
 
-#include "lmp/shm.h"
+#include "lmp/segment.h"
 #include "lmpb.h"
 
 /* lmp.c's helpers, which this program does not link. */
@@ -55,7 +55,7 @@ __attribute__((weak)) const char *lmpb_checkcstring(lua_State *L, int idx, int a
   return lua_tostring(L, idx);
 }
 
-/* shm.c's, which lerror.c's error mapping names and this program does not
+/* segment.c's, which lerror.c's error mapping names and this program does not
  * link: no segment is ever made here. */
 __attribute__((weak)) const char *lmp_seg_space_error(void)
 {

@@ -31,7 +31,7 @@
 #include "lmp/common.h"
 #include "lmp/pipe.h"
 #include "lmp/queue.h"
-#include "lmp/shm.h"
+#include "lmp/segment.h"
 
 #define MAX_INPUT 65536
 

@@ -19,7 +19,7 @@
 
 #include "lmp/common.h"
 #include "lmp/proc.h"
-#include "lmp/shm.h"
+#include "lmp/runtime.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -208,7 +208,7 @@ int lmp_test_shm_count(const char *prefix)
   len = strlen(prefix);
   if ((dir = opendir("/dev/shm")) == NULL)
     return -1;
-  /* Segments only: a process's holdings table ("<prefix>.h.<pid>", shm.c)
+  /* Segments only: a process's holdings table ("<prefix>.h.<pid>", segment.c)
    * is bookkeeping that lives as long as the process holds anything, and
    * the names directory and the pools' registry are the family's, taken by
    * the root when it starts. */

@@ -8,7 +8,7 @@
  *
  *   #include "runner.h"
  *
- *   TEST(seg_create) { CHECK(x == 1); CHECK_EQ(lmp_seg_refs(s), 1); }
+ *   TEST(seg_create) { CHECK(x == 1); CHECK_EQ(lmp_seg_local(s), 1); }
  *
  *   TEST_LIST = {
  *     TEST_ENTRY(seg_create),
@@ -93,7 +93,7 @@ int lmp_test_wait(pid_t pid, int timeout_ms);
  * it has exited, 0 if it still runs after timeout_ms. */
 int lmp_test_gone(pid_t pid, int timeout_ms);
 /* Segments in /dev/shm whose name is `prefix` (with or without its leading
- * '/') followed by '.', holdings tables (shm.c) not counted. */
+ * '/') followed by '.', holdings tables (segment.c) not counted. */
 int lmp_test_shm_count(const char *prefix);
 /* Descriptors open in this process. */
 int lmp_test_fd_count(void);

@@ -15,7 +15,8 @@
 #include "lmp/common.h"
 #include "lmp/dict.h"
 #include "lmp/proc.h"
-#include "lmp/shm.h"
+#include "lmp/runtime.h"
+#include "lmp/segment.h"
 #include "runner.h"
 
 static void set_s(lmp_dict_t *d, const char *k, const char *v)

@@ -17,7 +17,6 @@
  */
 #include "runner.h"
 
-#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -60,24 +59,20 @@ static long long host_run(lua_State *L, const char *chunk)
   return v;
 }
 
-/* A runtime symbol of the loaded module (it is loaded RTLD_LOCAL). */
-static void *module_sym(const char *name)
+/* The prefix of the family the state's lmp belongs to, into out: a
+ * segment's name without its last part (the module exports luaopen_lmp
+ * alone, so the host asks through Lua). */
+static const char *module_prefix(lua_State *L, char *out, size_t n)
 {
-  char path[4096];
-  const char *build = getenv("LMP_BUILD");
-  snprintf(path, sizeof path, "%s/lmp.so", build ? build : "build");
-  void *h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
-  CHECK(h != NULL);
-  void *sym = dlsym(h, name);
-  CHECK(sym != NULL);
-  dlclose(h);
-  return sym;
-}
-
-static const char *module_prefix(void)
-{
-  const char *(*prefix)(void) = (const char *(*)(void))module_sym("lmp_runtime_prefix");
-  return prefix();
+  if (luaL_dostring(L, "local m = require('lmp').SharedMemory(1)\n"
+                       "local name = m.name\n"
+                       "m:close()\n"
+                       "return (name:match('^(.*)%.'))") != LUA_OK ||
+      !lua_isstring(L, -1))
+    lmp_test_fail(__FILE__, __LINE__, "Lua: %s", luaL_tolstring(L, -1, NULL));
+  snprintf(out, n, "%s", lua_tostring(L, -1));
+  lua_pop(L, 1);
+  return out;
 }
 
 /* Wait for every child as a reloading server does; how many were reaped,
@@ -140,7 +135,7 @@ TEST(close_then_a_host_child_exits)
 /* Reloads: open, use, close, three times; one family throughout. */
 TEST(three_open_close_cycles)
 {
-  char first[64] = "";
+  char first[64] = "", prefix[64];
   for (int i = 0; i < 3; i++) {
     lua_State *L = host_open();
     CHECK_EQ(host_run(L, "local lmp = require 'lmp'\n"
@@ -148,9 +143,9 @@ TEST(three_open_close_cycles)
                          "return pool:apply(function() return 5 end)"),
              5);
     if (i == 0)
-      snprintf(first, sizeof first, "%s", module_prefix());
+      module_prefix(L, first, sizeof first);
     else
-      CHECK_STREQ(module_prefix(), first);
+      CHECK_STREQ(module_prefix(L, prefix, sizeof prefix), first);
     lua_close(L);
     pid_t pid = lmp_test_fork();
     if (pid == 0)
@@ -294,7 +289,7 @@ TEST(exec_ends_the_family)
               "v = lmp.Value('i', 1)\n"
               "return pool:apply(function() return 1 end)");
   char prefix[64];
-  snprintf(prefix, sizeof prefix, "%s", module_prefix());
+  module_prefix(L, prefix, sizeof prefix);
   CHECK(lmp_test_shm_count(prefix) > 0);
   /* No lua_close: the image is replaced, as a re-exec'ing server does. */
   char *argv[] = {self_exe, "--after-exec", prefix, NULL};

@@ -33,15 +33,16 @@
 #include <unistd.h>
 
 #include "lmp/common.h"
+#include "lmp/mutex.h"
 #include "lmp/pipe.h"
 #include "lmp/pool.h"
 #include "lmp/proc.h"
 #include "lmp/queue.h"
-#include "lmp/shm.h"
+#include "lmp/runtime.h"
+#include "lmp/segment.h"
 #include "lmp/shmem.h"
-#include "lmp/sync.h"
 #include "lmp/syncobj.h"
-#include "../../runtime/internal.h"
+#include "internal.h"
 #include "runner.h"
 
 #define MS 1000000LL
@@ -1080,7 +1081,7 @@ TEST(stash_refuses_an_impostor)
   struct impostor im;
   CHECK_EQ(lmp_runtime_init(), 0);
   im.prefix = lmp_runtime_prefix();
-  pid_t wd = lmp_watchdog_pid();
+  pid_t wd = lmp__watchdog_pid();
   CHECK(wd > 0);
   kill(wd, SIGKILL);
   CHECK(lmp_test_gone(wd, 5000)); /* not our child: it was forked twice */

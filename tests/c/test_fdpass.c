@@ -14,7 +14,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "../../runtime/internal.h"
+#include "internal.h"
 #include "lmp/common.h"
 #include "runner.h"
 

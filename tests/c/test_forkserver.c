@@ -21,7 +21,7 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
-#include "../../runtime/forkserver.h"
+#include "forkserver.h"
 #include "lmp/common.h"
 #include "lmp/proc.h"
 #include "runner.h"

@@ -21,7 +21,7 @@
 #include "lmp/common.h"
 #include "lmp/pool.h"
 #include "lmp/proc.h"
-#include "lmp/shm.h"
+#include "lmp/runtime.h"
 #include "runner.h"
 
 #define MS 1000000LL

@@ -21,7 +21,9 @@
 
 #include "lmp/common.h"
 #include "lmp/proc.h"
-#include "lmp/shm.h"
+#include "lmp/runtime.h"
+#include "lmp/segment.h"
+#include "internal.h"
 #include "runner.h"
 
 #define MS 1000000LL
@@ -389,9 +391,9 @@ TEST(spawn_drops_references)
 {
   lmp_seg_t *s;
   CHECK_EQ(lmp_seg_create(64, &s), 0);
-  CHECK_EQ(lmp_seg_refs(s), 1);
+  CHECK_EQ(lmp__seg_refs(s), 1);
   CHECK_EQ(sh("exit 0", -1), 0);
-  CHECK_EQ(lmp_seg_refs(s), 1);
+  CHECK_EQ(lmp__seg_refs(s), 1);
   lmp_seg_release(s);
 }
 

@@ -18,7 +18,8 @@
 #include "lmp/common.h"
 #include "lmp/proc.h"
 #include "lmp/queue.h"
-#include "lmp/shm.h"
+#include "lmp/runtime.h"
+#include "lmp/segment.h"
 #include "runner.h"
 
 #define MS 1000000LL

@@ -1,5 +1,5 @@
 /*
- * test_sync.c -- the robust mutex, the futex condition variable, and the
+ * test_mutex.c -- the robust mutex, the futex condition variable, and the
  * futex primitives, across processes and across a holder's death.
  */
 #include <errno.h>
@@ -10,7 +10,7 @@
 #include <unistd.h>
 
 #include "lmp/common.h"
-#include "lmp/sync.h"
+#include "lmp/mutex.h"
 #include "runner.h"
 
 /* Shared state for a test: anonymous shared memory, inherited by fork. */

@@ -1,5 +1,5 @@
 /*
- * value.c -- typed cells and arrays in shared memory (lmp.Value, lmp.Array,
+ * array.c -- typed cells and arrays in shared memory (lmp.Value, lmp.Array,
  * RawValue, RawArray, and typed views of SharedMemory blocks).
  *
  * Layout.  An array's segment starts with a header -- magic, element type,
@@ -25,9 +25,9 @@
  * A process that frees its last handle to an array while holding the lock
  * abandons it first (the next acquirer hears "owner died"): unmapped, a
  * held robust mutex would be out of the kernel's reach when the holder
- * dies.  (A process on its way out keeps its mappings; see shm.h.)
+ * dies.  (A process on its way out keeps its mappings; see lmp/segment.h.)
  */
-#include "lmp/value.h"
+#include "lmp/array.h"
 
 #include <errno.h>
 #include <stdatomic.h>

@@ -1,10 +1,10 @@
 /*
- * lshared.c -- lmp.Value, lmp.Array, lmp.RawValue, lmp.RawArray, the lock
- * their get_lock() returns, and lmp.SharedMemory with its typed views.
+ * larray.c -- lmp.Value, lmp.Array, lmp.RawValue, lmp.RawArray, and the
+ * lock their get_lock() returns.
  *
  * A Value is an Array of one element seen through another metatable; both
- * are an lmp_array_t (runtime/value.c), and so is a view of a SharedMemory
- * block (m:array()), which is an lmp.Array without a lock.  Every element
+ * are an lmp_array_t (runtime/array.c), and so is a view of a SharedMemory
+ * block (m:array(), lshmem.c), which is an lmp.Array without a lock.  Every element
  * access is one atomic load or store, so v.value never reads half a write;
  * add() is an atomic read-modify-write.  totable() and fill() hold the lock,
  * when there is one, for the whole copy, as Python's slice access does.
@@ -22,13 +22,13 @@
  * the object: in a[k] = v, k is #1 and v is #2.
  *
  * The lock.  get_lock() returns an lmp.ValueLock: the RLock in the array's
- * header (runtime/value.c), with acquire, release, locked, with, <close>
+ * header (runtime/array.c), with acquire, release, locked, with, <close>
  * (releases a hold, as a Lock's does) and close (drops the handle).  It is
  * a handle of its own, so it can be sent anywhere like the array.  A
  * process that drops its last handle to an array while holding its lock
  * abandons it (the next acquirer gets "owner_died"), and a child that ends
  * holding it hands it on the same way.  lmp.Condition takes it as its lock
- * (lmpb_valuelock and friends, for lsync.c).
+ * (lmpb_valuelock and friends, for lsyncobj.c).
  *
  * Handles.  A Value, Array or lock crosses as its segment name; a view as
  * the block's segment name, a NUL, and "v:<offset>:<count>:<type>" in text.
@@ -39,24 +39,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lmp/array.h"
 #include "lmp/shmem.h"
 #include "lmp/syncobj.h"
-#include "lmp/value.h"
 #include "lmpb.h"
 
 #define VALUE_MT "lmp.Value"
 #define ARRAY_MT "lmp.Array"
 #define LOCK_MT "lmp.ValueLock"
-#define SHMEM_MT "lmp.SharedMemory"
 
 typedef struct larray {
   lmp_array_t *a; /* NULL once closed */
 } larray;
-
-typedef struct lshmem {
-  lmp_shmem_t *m;             /* NULL once closed */
-  char seg[LMP_SEG_NAME_MAX]; /* its segment name once closed, for unlink */
-} lshmem;
 
 /* Push a new handle of metatable mt in its closed state: __gc can free it
  * whatever happens before the array is stored in it. */
@@ -66,6 +60,13 @@ static larray *new_larray(lua_State *L, const char *mt)
   u->a = NULL;
   luaL_setmetatable(L, mt);
   return u;
+}
+
+/* Push a new lmp.Array handle, closed, and return where its array goes:
+ * for the views of a SharedMemory block (lshmem.c). */
+lmp_array_t **lmpb_newarray(lua_State *L)
+{
+  return &new_larray(L, ARRAY_MT)->a;
 }
 
 /* === argument helpers === */
@@ -100,7 +101,7 @@ static lmp_ctype_t check_ctype_at(lua_State *L, int idx, int arg)
   return t;
 }
 
-static lmp_ctype_t check_ctype(lua_State *L, int idx)
+lmp_ctype_t lmpb_checkctype(lua_State *L, int idx)
 {
   return check_ctype_at(L, idx, idx);
 }
@@ -208,7 +209,7 @@ static larray *toarray(lua_State *L, int idx)
  * __index's upvalue), which raise "attempt to use a closed ..." when called
  * -- close and unlink excepted -- so that pcall(obj.method, obj) catches it;
  * 0 for anything else (a field, which raises). */
-static int closed_index(lua_State *L)
+int lmpb_closed_index(lua_State *L)
 {
   if (lua_type(L, 2) == LUA_TSTRING && strcmp(lua_tostring(L, 2), "closed") == 0) {
     lua_pushboolean(L, 1);
@@ -435,7 +436,7 @@ static int obj_tostring(lua_State *L)
 static int value_index(lua_State *L)
 {
   larray *u = luaL_checkudata(L, 1, VALUE_MT);
-  if (u->a == NULL && closed_index(L))
+  if (u->a == NULL && lmpb_closed_index(L))
     return 1;
   lmp_array_t *a = checkvalue(L);
   const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "";
@@ -476,7 +477,7 @@ static int value_add(lua_State *L)
 static int array_index(lua_State *L)
 {
   larray *u = luaL_checkudata(L, 1, ARRAY_MT);
-  if (u->a == NULL && closed_index(L))
+  if (u->a == NULL && lmpb_closed_index(L))
     return 1;
   lmp_array_t *a = checkarray(L);
   lua_Integer i;
@@ -704,209 +705,9 @@ static int lock_index(lua_State *L)
   return 1;
 }
 
-/* === SharedMemory === */
-
-static lmp_shmem_t *checkshmem(lua_State *L)
-{
-  lshmem *u = luaL_checkudata(L, 1, SHMEM_MT);
-  if (u->m == NULL)
-    lmpb_closed(L, SHMEM_MT);
-  return u->m;
-}
-
-static lshmem *new_lshmem(lua_State *L)
-{
-  lshmem *u = lua_newuserdatauv(L, sizeof *u, 0);
-  u->m = NULL;
-  u->seg[0] = '\0';
-  luaL_setmetatable(L, SHMEM_MT);
-  return u;
-}
-
-static int shmem_attach(lua_State *L, const char *name)
-{
-  lshmem *u = new_lshmem(L);
-  int rc = lmp_shmem_attach(name, &u->m);
-  if (lmpb_fds_retry(L, rc))
-    rc = lmp_shmem_attach(name, &u->m);
-  if (rc == -ENOENT)
-    return lmpb_fail(L, "not found");
-  if (rc == -EINVAL)
-    return luaL_argerror(L, 1, lua_pushfstring(L, "'%s' is not a SharedMemory block", name));
-  if (rc < 0)
-    return lmpb_rterror(L, "SharedMemory", rc);
-  return 1;
-}
-
-static int shmem_create(lua_State *L, lua_Integer size, const char *name)
-{
-  luaL_argcheck(L, size > 0, 1, "size must be positive");
-  lshmem *u = new_lshmem(L);
-  int rc = lmp_shmem_create((size_t)size, name, &u->m);
-  if (lmpb_fds_retry(L, rc))
-    rc = lmp_shmem_create((size_t)size, name, &u->m);
-  if (rc == -EEXIST)
-    return lmpb_fail(L, "exists");
-  if (rc == -EINVAL)
-    return luaL_argerror(L, 1, "name must be 1 to 47 bytes, not starting with '/'");
-  if (rc == -EDQUOT)
-    return luaL_error(L, "SharedMemory: too many named blocks (%d)", LMP_SHMEM_DIR_MAX);
-  if (rc < 0)
-    return lmpb_rterror(L, "SharedMemory", rc);
-  return 1;
-}
-
-/* SharedMemory{size = n [, name =]} creates, SharedMemory(name) and
- * SharedMemory{name =} attach, SharedMemory(n) creates an unnamed block. */
-static int shmem_new(lua_State *L)
-{
-  static const char *const options[] = {"size", "name", NULL};
-  if (lua_type(L, 1) == LUA_TSTRING)
-    return shmem_attach(L, lmpb_checkcstring(L, 1, 1, "name"));
-  if (lua_type(L, 1) == LUA_TNUMBER)
-    return shmem_create(L, luaL_checkinteger(L, 1), NULL);
-  if (!lua_istable(L, 1))
-    return luaL_typeerror(L, 1, "table, string or number");
-  lmpb_checkoptions(L, 1, options);
-  lua_getfield(L, 1, "size");
-  lua_getfield(L, 1, "name");
-  if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING)
-    luaL_argerror(L, 1, "field 'name' must be a string");
-  const char *name = lmpb_checkcstring(L, -1, 1, "field 'name'");
-  if (lua_isnil(L, -2)) {
-    if (name == NULL)
-      return luaL_argerror(L, 1, "give a size to create, or a name to attach");
-    return shmem_attach(L, name);
-  }
-  if (!lua_isinteger(L, -2))
-    luaL_argerror(L, 1, "field 'size' must be an integer");
-  return shmem_create(L, lua_tointeger(L, -2), name);
-}
-
-/* A 1-based offset of a block of `size` bytes: 1..size+1. */
-static size_t check_offset(lua_State *L, int arg, size_t size)
-{
-  lua_Integer o = luaL_optinteger(L, arg, 1);
-  if (o < 1 || (lua_Unsigned)o > size + 1)
-    luaL_argerror(L, arg, lua_pushfstring(L, "offset %I out of range 1..%I", o, (lua_Integer)size + 1));
-  return (size_t)(o - 1);
-}
-
-/* m:read([offset [, len]]) -> string */
-static int shmem_read(lua_State *L)
-{
-  lmp_shmem_t *m = checkshmem(L);
-  size_t size = lmp_shmem_size(m), off = check_offset(L, 2, size);
-  lua_Integer len = luaL_optinteger(L, 3, (lua_Integer)(size - off));
-  if (len < 0 || (lua_Unsigned)len > size - off)
-    luaL_argerror(L, 3, lua_pushfstring(L, "length %I past the end (%I bytes from offset %I)", len,
-                                        (lua_Integer)(size - off), (lua_Integer)off + 1));
-  lua_pushlstring(L, (const char *)lmp_shmem_data(m) + off, (size_t)len);
-  return 1;
-}
-
-/* m:write(offset, s) */
-static int shmem_write(lua_State *L)
-{
-  lmp_shmem_t *m = checkshmem(L);
-  size_t size = lmp_shmem_size(m), len;
-  luaL_checkinteger(L, 2);
-  size_t off = check_offset(L, 2, size);
-  const char *s = luaL_checklstring(L, 3, &len);
-  if (len > size - off)
-    luaL_argerror(L, 3, lua_pushfstring(L, "%I bytes at offset %I do not fit in %I", (lua_Integer)len,
-                                        (lua_Integer)off + 1, (lua_Integer)size));
-  memcpy((char *)lmp_shmem_data(m) + off, s, len);
-  return 0;
-}
-
-/* m:array(type [, offset [, count]]) -> an lmp.Array over the block */
-static int shmem_array(lua_State *L)
-{
-  lmp_shmem_t *m = checkshmem(L);
-  lmp_ctype_t t = check_ctype(L, 2);
-  size_t size = lmp_shmem_size(m), esize = lmp_ctype_size(t);
-  size_t off = check_offset(L, 3, size);
-  if (off % esize != 0)
-    luaL_argerror(L, 3, lua_pushfstring(L, "offset %I is not aligned for %s (1 + a multiple of %I)",
-                                        (lua_Integer)off + 1, lmp_ctype_name(t), (lua_Integer)esize));
-  lua_Integer count = luaL_optinteger(L, 4, (lua_Integer)((size - off) / esize));
-  if (count < 0 || (lua_Unsigned)count > (size - off) / esize)
-    luaL_argerror(L, 4, lua_pushfstring(L, "%I elements of %s at offset %I do not fit in %I bytes",
-                                        count, lmp_ctype_name(t), (lua_Integer)off + 1,
-                                        (lua_Integer)size));
-  larray *u = new_larray(L, ARRAY_MT);
-  int rc = lmp_shmem_view(m, off, t, (size_t)count, &u->a);
-  if (rc < 0)
-    return lmpb_rterror(L, "array", rc);
-  return 1;
-}
-
-static int shmem_close(lua_State *L)
-{
-  lshmem *u = luaL_checkudata(L, 1, SHMEM_MT);
-  if (u->m == NULL)
-    return 0;
-  snprintf(u->seg, sizeof u->seg, "%s", lmp_seg_name(lmp_shmem_seg(u->m)));
-  lmp_shmem_free(u->m);
-  u->m = NULL;
-  return 0;
-}
-
-/* m:unlink() -> true, or nil, "not found" if it was already.  After close
- * too, as Python's shm.close(); shm.unlink(): the block is attached again by
- * its segment name, unless it went with its last handle. */
-static int shmem_unlink(lua_State *L)
-{
-  lshmem *u = luaL_checkudata(L, 1, SHMEM_MT);
-  lmp_shmem_t *m = u->m;
-  int rc = m != NULL ? 0 : u->seg[0] != '\0' ? lmp_shmem_attach(u->seg, &m) : -ENOENT;
-  if (rc == 0)
-    rc = lmp_shmem_unlink(m);
-  if (m != u->m)
-    lmp_shmem_free(m);
-  if (rc == -ENOENT)
-    return lmpb_fail(L, "not found");
-  if (rc < 0)
-    return lmpb_rterror(L, "unlink", rc);
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-static int shmem_index(lua_State *L)
-{
-  lshmem *u = luaL_checkudata(L, 1, SHMEM_MT);
-  const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "";
-  if (u->m == NULL && closed_index(L))
-    return 1;
-  lmp_shmem_t *m = checkshmem(L);
-  if (strcmp(k, "closed") == 0) {
-    lua_pushboolean(L, 0);
-  } else if (strcmp(k, "name") == 0) {
-    lua_pushstring(L, lmp_shmem_name(m));
-  } else if (strcmp(k, "size") == 0) {
-    lua_pushinteger(L, (lua_Integer)lmp_shmem_size(m));
-  } else {
-    lua_pushvalue(L, 2);
-    lua_rawget(L, lua_upvalueindex(1));
-  }
-  return 1;
-}
-
-static int shmem_tostring(lua_State *L)
-{
-  lshmem *u = luaL_checkudata(L, 1, SHMEM_MT);
-  if (u->m == NULL)
-    lua_pushfstring(L, "%s (closed)", SHMEM_MT);
-  else
-    lua_pushfstring(L, "%s(%s, %I)", SHMEM_MT, lmp_shmem_name(u->m),
-                    (lua_Integer)lmp_shmem_size(u->m));
-  return 1;
-}
-
 /* === crossing processes === */
 
-static int put_bytes(lmp_buf_t *out, const void *p, size_t n)
+int lmpb_handle_append(lmp_buf_t *out, const void *p, size_t n)
 {
   if (lmp_buf_reserve(out, out->len + n) < 0)
     return -ENOMEM;
@@ -922,12 +723,12 @@ static int array_encode(lua_State *L, int idx, lmp_buf_t *out)
     return -EBADF;
   lmp_seg_t *seg = lmp_array_seg(u->a);
   const char *name = lmp_seg_name(seg);
-  int rc = put_bytes(out, name, strlen(name));
+  int rc = lmpb_handle_append(out, name, strlen(name));
   if (rc == 0 && lmp_array_is_view(u->a)) {
     char tail[64];
     int n = snprintf(tail, sizeof tail, "%cv:%zu:%zu:%d", 0, lmp_shmem_view_offset(u->a),
                      lmp_array_len(u->a), (int)lmp_array_type(u->a));
-    rc = put_bytes(out, tail, (size_t)n);
+    rc = lmpb_handle_append(out, tail, (size_t)n);
   }
   if (rc == 0)
     lmp_seg_pin(seg);
@@ -935,7 +736,7 @@ static int array_encode(lua_State *L, int idx, lmp_buf_t *out)
 }
 
 /* Attach the segment a handle names (adopting its pin). */
-static lmp_seg_t *decode_seg(lua_State *L, const char *data, size_t len, const char *mt)
+lmp_seg_t *lmpb_handle_attach(lua_State *L, const char *data, size_t len, const char *mt)
 {
   char name[LMP_SEG_NAME_MAX];
   lmp_seg_t *seg;
@@ -969,7 +770,7 @@ static void decode_array(lua_State *L, const char *data, size_t len, const char 
       luaL_error(L, "corrupt message (bad %s handle)", mt);
   }
   larray *u = new_larray(L, mt);
-  lmp_seg_t *seg = decode_seg(L, data, nlen, mt);
+  lmp_seg_t *seg = lmpb_handle_attach(L, data, nlen, mt);
   lmp_array_t *a = NULL;
   int rc;
   if (nul) {
@@ -1000,7 +801,7 @@ static void value_decode(lua_State *L, const char *d, size_t n) { decode_array(L
 static void array_decode(lua_State *L, const char *d, size_t n) { decode_array(L, d, n, ARRAY_MT); }
 static void lock_decode(lua_State *L, const char *d, size_t n) { decode_array(L, d, n, LOCK_MT); }
 
-/* For an lmp.Condition built on a ValueLock (lsync.c). */
+/* For an lmp.Condition built on a ValueLock (lsyncobj.c). */
 lmp_lock_t *lmpb_valuelock(lua_State *L, int idx)
 {
   larray *u = luaL_testudata(L, idx, LOCK_MT);
@@ -1019,29 +820,6 @@ int lmpb_valuelock_encode(lua_State *L, int idx, lmp_buf_t *out)
 void lmpb_valuelock_decode(lua_State *L, const char *data, size_t len)
 {
   lock_decode(L, data, len);
-}
-
-static int shmem_encode(lua_State *L, int idx, lmp_buf_t *out)
-{
-  lshmem *u = lua_touserdata(L, idx);
-  if (u->m == NULL)
-    return -EBADF;
-  lmp_seg_t *seg = lmp_shmem_seg(u->m);
-  const char *name = lmp_seg_name(seg);
-  int rc = put_bytes(out, name, strlen(name));
-  if (rc == 0)
-    lmp_seg_pin(seg);
-  return rc;
-}
-
-static void shmem_decode(lua_State *L, const char *data, size_t len)
-{
-  lshmem *u = new_lshmem(L);
-  lmp_seg_t *seg = decode_seg(L, data, len, SHMEM_MT);
-  int rc = lmp_shmem_open(seg, &u->m);
-  lmp_seg_release(seg);
-  if (rc < 0)
-    luaL_error(L, "cannot receive a %s: %s", SHMEM_MT, lmp_strerror(rc));
 }
 
 /* === registration === */
@@ -1071,18 +849,9 @@ static const luaL_Reg lock_methods[] = {
   {NULL, NULL},
 };
 
-static const luaL_Reg shmem_methods[] = {
-  {"read", shmem_read},
-  {"write", shmem_write},
-  {"array", shmem_array},
-  {"close", shmem_close},
-  {"unlink", shmem_unlink},
-  {NULL, NULL},
-};
-
 /* The metatable, with the methods table in its field "methods" and as the
  * upvalue of its __index (one table lookup finds a method). */
-static void newclass(lua_State *L, const char *mt, const luaL_Reg *meta, const luaL_Reg *methods)
+void lmpb_newclass(lua_State *L, const char *mt, const luaL_Reg *meta, const luaL_Reg *methods)
 {
   luaL_newmetatable(L, mt);
   luaL_setfuncs(L, meta, 0);
@@ -1098,7 +867,7 @@ static void newclass(lua_State *L, const char *mt, const luaL_Reg *meta, const l
   lua_pop(L, 1);
 }
 
-int lmpb_shared_open(lua_State *L)
+int lmpb_array_open(lua_State *L)
 {
   static const luaL_Reg value_meta[] = {
     {"__index", value_index}, {"__newindex", value_newindex}, {"__gc", obj_close},
@@ -1113,28 +882,21 @@ int lmpb_shared_open(lua_State *L)
     {"__index", lock_index},       {"__gc", lock_free}, {"__close", lock_close},
     {"__tostring", lock_tostring}, {NULL, NULL},
   };
-  static const luaL_Reg shmem_meta[] = {
-    {"__index", shmem_index}, {"__gc", shmem_close},         {"__close", shmem_close},
-    {"__tostring", shmem_tostring}, {NULL, NULL},
-  };
   static const lmpb_handle_type handles[] = {
     {VALUE_MT, array_encode, value_decode},
     {ARRAY_MT, array_encode, array_decode},
     {LOCK_MT, array_encode, lock_decode},
-    {SHMEM_MT, shmem_encode, shmem_decode},
   };
   static const luaL_Reg ctors[] = {
     {"Value", value_new},
     {"RawValue", rawvalue_new},
     {"Array", array_new},
     {"RawArray", rawarray_new},
-    {"SharedMemory", shmem_new},
     {NULL, NULL},
   };
-  newclass(L, VALUE_MT, value_meta, value_methods);
-  newclass(L, ARRAY_MT, array_meta, array_methods);
-  newclass(L, LOCK_MT, lock_meta, lock_methods);
-  newclass(L, SHMEM_MT, shmem_meta, shmem_methods);
+  lmpb_newclass(L, VALUE_MT, value_meta, value_methods);
+  lmpb_newclass(L, ARRAY_MT, array_meta, array_methods);
+  lmpb_newclass(L, LOCK_MT, lock_meta, lock_methods);
   for (size_t i = 0; i < sizeof handles / sizeof handles[0]; i++)
     lmpb_register_handle(L, &handles[i]);
   luaL_setfuncs(L, ctors, 0);

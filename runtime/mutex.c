@@ -1,5 +1,5 @@
 /*
- * sync.c -- robust process-shared mutex and condition variable.
+ * mutex.c -- robust process-shared mutex and condition variable.
  *
  * The mutex is a pthread mutex made PTHREAD_PROCESS_SHARED and
  * PTHREAD_MUTEX_ROBUST: glibc records held robust mutexes in a per-thread
@@ -22,7 +22,7 @@
  * EINTR is absorbed here unless the program asks for its waits to stop
  * (lmp__interrupted): then the futex wait returns -EINTR.
  */
-#include "lmp/sync.h"
+#include "lmp/mutex.h"
 
 #include <errno.h>
 #include <limits.h>

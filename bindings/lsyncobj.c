@@ -1,5 +1,5 @@
 /*
- * lsync.c -- lmp.Lock, RLock, Semaphore, BoundedSemaphore, Event,
+ * lsyncobj.c -- lmp.Lock, RLock, Semaphore, BoundedSemaphore, Event,
  * Condition and Barrier.
  *
  * Each object is a segment of its own holding a small header (magic, kind,
@@ -32,7 +32,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "lmp/shm.h"
+#include "lmp/segment.h"
 #include "lmp/syncobj.h"
 #include "lmpb.h"
 

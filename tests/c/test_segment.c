@@ -1,5 +1,5 @@
 /*
- * test_shm.c -- segments, reference counts across processes, the root's
+ * test_segment.c -- segments, reference counts across processes, the root's
  * cleanup, the watchdog and the fd stash.
  */
 #include <dirent.h>
@@ -20,7 +20,9 @@
 
 #include "lmp/common.h"
 #include "lmp/proc.h"
-#include "lmp/shm.h"
+#include "lmp/runtime.h"
+#include "lmp/segment.h"
+#include "internal.h"
 #include "runner.h"
 
 /* === helpers === */
@@ -30,13 +32,13 @@ static pid_t fork_lmp(void)
 {
   pid_t pid;
 
-  lmp_runtime_prefork();
+  lmp__runtime_prefork();
   pid = fork();
   if (pid == 0) {
-    lmp_runtime_postfork_child();
+    lmp__runtime_postfork_child();
     return 0;
   }
-  lmp_runtime_postfork_parent(pid < 0);
+  lmp__runtime_postfork_parent(pid < 0);
   CHECK(pid > 0);
   return pid;
 }
@@ -100,7 +102,7 @@ TEST(runtime_init_makes_root)
 
   CHECK_STREQ(lmp_runtime_prefix(), "");
   CHECK_EQ(lmp_runtime_is_root(), 0);
-  CHECK_EQ(lmp_watchdog_pid(), 0);
+  CHECK_EQ(lmp__watchdog_pid(), 0);
   CHECK_EQ(lmp_runtime_init(), 0);
   CHECK_EQ(lmp_runtime_init(), 0); /* idempotent */
   CHECK(lmp_runtime_is_root());
@@ -108,7 +110,7 @@ TEST(runtime_init_makes_root)
   snprintf(expect, sizeof expect, "/lmp.%ld.", (long)getpid());
   CHECK_EQ(strncmp(lmp_runtime_prefix(), expect, strlen(expect)), 0);
   CHECK_EQ(strlen(lmp_runtime_prefix()), strlen(expect) + 8);
-  wd = lmp_watchdog_pid();
+  wd = lmp__watchdog_pid();
   CHECK(wd > 0);
   CHECK(lmp_test_alive(wd));
   wait_watchdog_ready(wd);
@@ -179,7 +181,7 @@ TEST(adopt_prefix_from_env)
     CHECK_STREQ(lmp_runtime_prefix(), prefix);
     CHECK_EQ(lmp_runtime_is_root(), 0);
     CHECK_EQ(lmp_runtime_root_pid(), getppid());
-    CHECK_EQ(lmp_watchdog_pid(), 0);
+    CHECK_EQ(lmp__watchdog_pid(), 0);
     CHECK_EQ(lmp_seg_create(100, &s), 0);
     CHECK_EQ(strncmp(lmp_seg_name(s), prefix, strlen(prefix)), 0);
     memcpy(lmp_seg_data(s), "joined", 7);
@@ -200,7 +202,7 @@ TEST(adopt_prefix_from_env)
   CHECK_EQ(lmp_test_wait(pid, 5000), 0);
   CHECK_EQ(lmp_seg_attach(name, 1, &s), 0);
   CHECK_STREQ(lmp_seg_data(s), "joined");
-  CHECK_EQ(lmp_seg_refs(s), 1);
+  CHECK_EQ(lmp__seg_refs(s), 1);
   lmp_seg_release(s);
   CHECK(!shm_exists(name));
   CHECK_EQ(lmp_fd_fetch(token, &rd), 0);
@@ -228,7 +230,7 @@ TEST(seg_create_basics)
   CHECK_EQ(strncmp(lmp_seg_name(s), lmp_runtime_prefix(), strlen(lmp_runtime_prefix())), 0);
   CHECK(strlen(lmp_seg_name(s)) < LMP_SEG_NAME_MAX);
   CHECK(shm_exists(lmp_seg_name(s)));
-  CHECK_EQ(lmp_seg_refs(s), 1);
+  CHECK_EQ(lmp__seg_refs(s), 1);
   CHECK_EQ(lmp_test_shm_count(lmp_runtime_prefix()), 1);
   lmp_seg_release(s);
   CHECK_EQ(lmp_test_shm_count(lmp_runtime_prefix()), 0);
@@ -259,7 +261,7 @@ TEST(seg_attach_same_descriptor)
   snprintf(name, sizeof name, "%s", lmp_seg_name(s));
   CHECK_EQ(lmp_seg_attach(name, 0, &t), 0);
   CHECK(t == s);
-  CHECK_EQ(lmp_seg_refs(s), 1); /* one process, one reference */
+  CHECK_EQ(lmp__seg_refs(s), 1); /* one process, one reference */
   lmp_seg_retain(s);
   CHECK_EQ(lmp_seg_attach(name, 0, &u), 0);
   CHECK(u == s);
@@ -313,7 +315,7 @@ TEST(seg_shared_between_processes)
   if (pid == 0) {
     read_all(go[0], name, sizeof name);
     CHECK_EQ(lmp_seg_attach(name, 0, &t), 0);
-    CHECK_EQ(lmp_seg_refs(t), 2);
+    CHECK_EQ(lmp__seg_refs(t), 2);
     CHECK_STREQ(lmp_seg_data(t), "from parent");
     strcpy(lmp_seg_data(t), "from child");
     write_all(done[1], "x", 1);
@@ -327,7 +329,7 @@ TEST(seg_shared_between_processes)
   read_all(done[0], &c, 1);
   CHECK_EQ(lmp_test_wait(pid, 5000), 0);
   CHECK_STREQ(lmp_seg_data(s), "from child");
-  CHECK_EQ(lmp_seg_refs(s), 1); /* the child's reference went with it */
+  CHECK_EQ(lmp__seg_refs(s), 1); /* the child's reference went with it */
   lmp_seg_release(s);
   CHECK(!shm_exists(name));
 }
@@ -354,14 +356,14 @@ TEST(seg_unlinked_by_last_holder)
     lmp_seg_release(s);
     write_all(ready[1], "r", 1);
     read_all(go[0], &c, 1); /* the parent has released */
-    CHECK_EQ(lmp_seg_refs(t), 1);
+    CHECK_EQ(lmp__seg_refs(t), 1);
     CHECK(shm_exists(name));
     lmp_seg_release(t);
     CHECK(!shm_exists(name));
     _exit(0);
   }
   read_all(ready[0], &c, 1);
-  CHECK_EQ(lmp_seg_refs(s), 2);
+  CHECK_EQ(lmp__seg_refs(s), 2);
   lmp_seg_release(s);
   CHECK(shm_exists(name));
   write_all(go[1], "g", 1);
@@ -385,7 +387,7 @@ TEST(pin_adopted_by_receiver)
     CHECK_EQ(lmp_seg_create(100, &s), 0);
     strcpy(lmp_seg_data(s), "pinned");
     lmp_seg_pin(s);
-    CHECK_EQ(lmp_seg_refs(s), 2);
+    CHECK_EQ(lmp__seg_refs(s), 2);
     write_all(ch[1], lmp_seg_name(s), LMP_SEG_NAME_MAX);
     child_exit(0); /* the sender dies with the message in flight */
   }
@@ -394,7 +396,7 @@ TEST(pin_adopted_by_receiver)
   CHECK(shm_exists(name)); /* the pin kept it */
   CHECK_EQ(lmp_seg_attach(name, 1, &s), 0);
   CHECK_STREQ(lmp_seg_data(s), "pinned");
-  CHECK_EQ(lmp_seg_refs(s), 1); /* the pin became our reference */
+  CHECK_EQ(lmp__seg_refs(s), 1); /* the pin became our reference */
   lmp_seg_release(s);
   CHECK(!shm_exists(name));
 }
@@ -408,13 +410,13 @@ TEST(pin_dropped_when_already_mapped)
   snprintf(name, sizeof name, "%s", lmp_seg_name(s));
   lmp_seg_pin(s);
   lmp_seg_pin(s);
-  CHECK_EQ(lmp_seg_refs(s), 3);
+  CHECK_EQ(lmp__seg_refs(s), 3);
   CHECK_EQ(lmp_seg_attach(name, 1, &t), 0);
   CHECK(t == s);
-  CHECK_EQ(lmp_seg_refs(s), 2); /* one pin gone; we hold our own */
+  CHECK_EQ(lmp__seg_refs(s), 2); /* one pin gone; we hold our own */
   lmp_seg_release(t);
   CHECK_EQ(lmp_seg_attach(name, 1, &t), 0);
-  CHECK_EQ(lmp_seg_refs(s), 1);
+  CHECK_EQ(lmp__seg_refs(s), 1);
   /* No pin left: adopting falls back to an ordinary reference. */
   lmp_seg_release(t);
   lmp_seg_release(s);
@@ -436,7 +438,7 @@ TEST(adopt_without_pin_takes_a_reference)
   if (pid == 0) {
     read_all(ch[0], name, sizeof name);
     CHECK_EQ(lmp_seg_attach(name, 1, &t), 0);
-    CHECK_EQ(lmp_seg_refs(t), 2);
+    CHECK_EQ(lmp__seg_refs(t), 2);
     lmp_seg_release(t);
     write_all(done[1], "d", 1);
     child_exit(0);
@@ -445,7 +447,7 @@ TEST(adopt_without_pin_takes_a_reference)
   write_all(ch[1], lmp_seg_name(s), LMP_SEG_NAME_MAX);
   read_all(done[0], &c, 1);
   CHECK_EQ(lmp_test_wait(pid, 5000), 0);
-  CHECK_EQ(lmp_seg_refs(s), 1);
+  CHECK_EQ(lmp__seg_refs(s), 1);
   lmp_seg_release(s);
 }
 
@@ -459,24 +461,24 @@ TEST(fork_gives_child_references)
   lmp_seg_retain(b); /* several local references are still one process */
   pid = fork_lmp();
   if (pid == 0) {
-    CHECK_EQ(lmp_seg_refs(a), 2);
-    CHECK_EQ(lmp_seg_refs(b), 2);
+    CHECK_EQ(lmp__seg_refs(a), 2);
+    CHECK_EQ(lmp__seg_refs(b), 2);
     CHECK_EQ(lmp_runtime_is_root(), 0);
     lmp_runtime_cleanup(); /* a no-op outside the root */
     CHECK(shm_exists(lmp_seg_name(a)));
     child_exit(0);
   }
   CHECK_EQ(lmp_test_wait(pid, 5000), 0);
-  CHECK_EQ(lmp_seg_refs(a), 1);
-  CHECK_EQ(lmp_seg_refs(b), 1);
+  CHECK_EQ(lmp__seg_refs(a), 1);
+  CHECK_EQ(lmp__seg_refs(b), 1);
   /* A failed fork gives the child's references back. */
-  lmp_runtime_prefork();
-  CHECK_EQ(lmp_seg_refs(a), 2);
-  lmp_runtime_postfork_parent(1);
-  CHECK_EQ(lmp_seg_refs(a), 1);
+  lmp__runtime_prefork();
+  CHECK_EQ(lmp__seg_refs(a), 2);
+  lmp__runtime_postfork_parent(1);
+  CHECK_EQ(lmp__seg_refs(a), 1);
   lmp_seg_release(a);
   lmp_seg_release(b);
-  CHECK_EQ(lmp_seg_refs(b), 1);
+  CHECK_EQ(lmp__seg_refs(b), 1);
   lmp_seg_release(b);
   CHECK_EQ(lmp_test_shm_count(lmp_runtime_prefix()), 0);
 }
@@ -577,7 +579,7 @@ TEST(threads_share_the_registry)
     CHECK_EQ(pthread_join(th[i], &ret), 0);
     CHECK(ret == NULL);
   }
-  CHECK_EQ(lmp_seg_refs(s), 1);
+  CHECK_EQ(lmp__seg_refs(s), 1);
   lmp_seg_release(s);
   CHECK_EQ(lmp_test_shm_count(lmp_runtime_prefix()), 0);
 }
@@ -601,7 +603,7 @@ TEST(root_cleanup_at_exit)
       CHECK_EQ(lmp_seg_create(100, &s), 0); /* never released */
     lmp_seg_pin(s);
     /* Take the watchdog out, so only the atexit handler can clean up. */
-    wd = lmp_watchdog_pid();
+    wd = lmp__watchdog_pid();
     CHECK_EQ(kill(wd, SIGKILL), 0);
     CHECK(lmp_test_gone(wd, 5000)); /* not our child: it was forked twice */
     write_all(ch[1], lmp_runtime_prefix(), sizeof prefix);
@@ -680,7 +682,7 @@ TEST(watchdog_cleans_up_after_sigkill)
       CHECK_EQ(lmp_seg_create(4096, &s), 0);
     memset(&msg, 0, sizeof msg);
     snprintf(msg.prefix, sizeof msg.prefix, "%s", lmp_runtime_prefix());
-    msg.wd = lmp_watchdog_pid();
+    msg.wd = lmp__watchdog_pid();
     write_all(ch[1], &msg, sizeof msg);
     for (;;)
       pause();
@@ -722,7 +724,7 @@ TEST(watchdog_exits_with_clean_root)
   CHECK(root >= 0);
   if (root == 0) {
     CHECK_EQ(lmp_runtime_init(), 0);
-    wd = lmp_watchdog_pid();
+    wd = lmp__watchdog_pid();
     write_all(ch[1], &wd, sizeof wd);
     exit(0);
   }

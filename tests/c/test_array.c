@@ -1,5 +1,5 @@
 /*
- * test_value.c -- typed cells and arrays (element types, loads and stores,
+ * test_array.c -- typed cells and arrays (element types, loads and stores,
  * atomic adds from several processes, the RLock in the header, views) and
  * SharedMemory blocks (user names, attach from another process, unlink,
  * stale names).
@@ -13,11 +13,13 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "lmp/array.h"
 #include "lmp/common.h"
 #include "lmp/proc.h"
-#include "lmp/shm.h"
+#include "lmp/runtime.h"
+#include "lmp/segment.h"
 #include "lmp/shmem.h"
-#include "lmp/value.h"
+#include "internal.h"
 #include "runner.h"
 
 static lmp_scalar_t I(int64_t v)
@@ -350,7 +352,7 @@ TEST(array_open_by_name_in_another_process)
   }
   CHECK_EQ(lmp_test_finish(p), 0);
   CHECK_EQ(lmp_array_load(a, 9).i, 65535);
-  CHECK_EQ(lmp_seg_refs(lmp_array_seg(a)), 1);
+  CHECK_EQ(lmp__seg_refs(lmp_array_seg(a)), 1);
   lmp_array_free(a);
   CHECK_EQ(lmp_test_segments(), 0);
 }

@@ -1,5 +1,5 @@
 /*
- * shm.c -- named shared-memory segments and the runtime's root.
+ * segment.c -- named shared-memory segments and the runtime's root.
  *
  * Every shared object lives in a shared-memory segment named
  * "<prefix>.<16 hex>", where the prefix "/lmp.<rootpid>.<8 hex>" belongs to
@@ -48,10 +48,10 @@
  * together is removed by the next root of the same user (watchdog.c).
  *
  * The registry is guarded by a process-local mutex, so threads of a C host
- * may share the runtime.  lmp_runtime_prefork holds that mutex across fork(2)
+ * may share the runtime.  lmp__runtime_prefork holds that mutex across fork(2)
  * so the child's copy of the registry and its references agree exactly.
  */
-#include "lmp/shm.h"
+#include "lmp/segment.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -68,6 +68,7 @@
 
 #include "internal.h"
 #include "lmp/common.h"
+#include "lmp/runtime.h"
 
 #define LMP__SEG_MAGIC 0x31306765732d706dULL /* "mp-seg01" */
 #define LMP__SEG_HDR 64                      /* header size = data alignment */
@@ -358,7 +359,7 @@ pid_t lmp_runtime_root_pid(void)
   return rt.root_pid;
 }
 
-pid_t lmp_watchdog_pid(void)
+pid_t lmp__watchdog_pid(void)
 {
   return rt.watchdog;
 }
@@ -876,7 +877,7 @@ const char *lmp_seg_name(const lmp_seg_t *s)
   return s->name;
 }
 
-uint32_t lmp_seg_refs(const lmp_seg_t *s)
+uint32_t lmp__seg_refs(const lmp_seg_t *s)
 {
   return __atomic_load_n(&s->hdr->refs, __ATOMIC_ACQUIRE);
 }
@@ -905,7 +906,7 @@ static void add_refs_all(int delta)
  * no thread can map or drop a segment the child would miscount.  The runtime
  * is started first if it was not: a child must join its parent's family, not
  * found one of its own the first time it makes a segment. */
-void lmp_runtime_prefork(void)
+void lmp__runtime_prefork(void)
 {
   lmp_runtime_init();
   rt_lock();
@@ -913,14 +914,14 @@ void lmp_runtime_prefork(void)
   hold_prefork();
 }
 
-void lmp_runtime_postfork_parent(int failed)
+void lmp__runtime_postfork_parent(int failed)
 {
   if (hold_postfork_parent(failed) || failed)
     add_refs_all(-1);
   rt_unlock();
 }
 
-void lmp_runtime_postfork_child(void)
+void lmp__runtime_postfork_child(void)
 {
   /* The child's only thread is not the one that locked: start afresh. */
   pthread_mutex_init(&rt.lock, NULL);
@@ -1265,7 +1266,7 @@ static int hold_postfork_parent(int failed)
 }
 
 /* In a new child: the table mapped here is the parent's.  The child holds
- * a reference to every segment of the registry (lmp_runtime_prefork), and
+ * a reference to every segment of the registry (lmp__runtime_prefork), and
  * lists them in a table of its own. */
 static void hold_after_fork(void)
 {
