@@ -387,7 +387,8 @@ const unsigned char *lmpb_plain_unpack_items(lua_State *L, const unsigned char *
  * items, or -1 when the message is something else.  Some items may have
  * been written by then: the caller falls back to the codec, whose result
  * replaces them all (a list of plain values is the case worth one pass). */
-lua_Integer lmpb_plain_unpack_list(lua_State *L, const char *data, size_t len, int t, lua_Integer first)
+lua_Integer lmpb_plain_unpack_list(lua_State *L, const char *data, size_t len, int t,
+                                   lua_Integer first)
 {
   const unsigned char *end = (const unsigned char *)data + len, *p;
   uint64_t n;
@@ -397,7 +398,6 @@ lua_Integer lmpb_plain_unpack_list(lua_State *L, const char *data, size_t len, i
     return -1;
   return (lua_Integer)n;
 }
-
 
 const unsigned char *lmpb_plain_items(const char *data, size_t len, uint64_t *n)
 {

@@ -100,6 +100,8 @@ static int walk(const unsigned char **pp, const unsigned char *end, int depth, l
   } else if ((c & 0xe0) == 0xa0) {
     n = c & 0x1f;
   } else {
+    /* one line per msgpack type, as in the spec's table */
+    /* clang-format off */
     switch (c) {
     case 0xc4: case 0xd9: w = 1; break;
     case 0xc5: case 0xda: w = 2; break;
@@ -120,6 +122,7 @@ static int walk(const unsigned char **pp, const unsigned char *end, int depth, l
     case 0xdf: w = 4, kind = MAP; break;
     default: return -1;
     }
+    /* clang-format on */
   }
   if (w) {
     if (end - p < w)
