@@ -428,7 +428,13 @@ int lmpb_plain_number(const void *msg, size_t len, lua_Integer *i, double *f, in
   } else if (c >= 0xe0 && n == 0) {
     *i = (int8_t)c;
   } else if (c >= 0xcc && c <= 0xcf && n == (size_t)1 << (c - 0xcc)) {
-    *i = (lua_Integer)lmpb_get_be(q, (int)n);
+    uint64_t u = lmpb_get_be(q, (int)n);
+    if (u > (uint64_t)LUA_MAXINTEGER) { /* another writer's: a float, as the codec reads it */
+      *f = (double)u;
+      *isint = 0;
+    } else {
+      *i = (lua_Integer)u;
+    }
   } else if (c >= 0xd0 && c <= 0xd3 && n == (size_t)1 << (c - 0xd0)) {
     uint64_t u = lmpb_get_be(q, (int)n);
     int bits = 8 * (int)n;
