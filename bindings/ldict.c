@@ -46,6 +46,7 @@
 
 #include "lmp/dict.h"
 #include "lmp/queue.h"
+#include "codec/plain.h"
 #include "lmpb.h"
 
 #define DICT_MT "lmp.Dict"

@@ -73,50 +73,6 @@ static inline uint64_t lmpb_get_be(const unsigned char *p, int n)
 }
 
 /*
- * Plain values (codec/plain.c): nil, booleans, numbers and strings, in the
- * bytes the codec writes for them, without its machinery (identity maps,
- * paths for error messages), which for a list of numbers costs more than
- * the numbers.  The pool moves its items and results this way; anything
- * else goes through lmpb_encode / lmpb_decode.
- *
- * Writers.  put appends the value at idx, put_nil a nil, put_array the
- * header of an array of n values: 1, or 0 when the value is not plain (or
- * memory ran out).  pack_list empties out and packs t[first ..
- * first+count-1] as one array, pack_value the value at idx alone: 0, or -1
- * when a value is not plain or t has a metatable (use the codec then).
- */
-int lmpb_plain_put(lua_State *L, int idx, lmp_buf_t *b);
-int lmpb_plain_put_nil(lmp_buf_t *b);
-int lmpb_plain_put_array(lmp_buf_t *b, size_t n);
-int lmpb_plain_pack_list(lua_State *L, int t, lua_Integer first, lua_Integer count,
-                         lmp_buf_t *out);
-int lmpb_plain_pack_value(lua_State *L, int idx, lmp_buf_t *out);
-/*
- * Readers; none trusts its input.  unpack_list: a message that is an array
- * of plain values goes into t[first...]; the number of items, or -1 when
- * the message is something else (some items may have been written by then:
- * the caller decodes with the codec, whose result replaces them all).
- * unpack_items: `count` plain values from p into t[first...]; the position
- * after them, or NULL at the first that is not plain.  items: when the
- * message is an array of plain values and nothing else, its first item
- * (and the count in *n), else NULL; lmpb_plain_next then pushes the value
- * at *pp and steps over it (1), and cannot fail on an item items() passed
- * (0, nothing pushed, for something else or truncated).
- */
-lua_Integer lmpb_plain_unpack_list(lua_State *L, const char *data, size_t len, int t,
-                                   lua_Integer first);
-const unsigned char *lmpb_plain_unpack_items(lua_State *L, const unsigned char *p,
-                                             const unsigned char *end, uint64_t count, int t,
-                                             lua_Integer first);
-const unsigned char *lmpb_plain_items(const char *data, size_t len, uint64_t *n);
-int lmpb_plain_next(lua_State *L, const unsigned char **pp, const unsigned char *end);
-/* A message that is one number: 1 with the integer in *i (*isint = 1) or
- * the float in *f (*isint = 0), 0 if it is anything else.  put_number
- * writes one as int64 or float64 into out: 9 bytes, whatever the value. */
-int lmpb_plain_number(const void *msg, size_t len, lua_Integer *i, double *f, int *isint);
-size_t lmpb_plain_put_number(unsigned char out[9], int isint, lua_Integer i, double f);
-
-/*
  * Encode the value at `idx` (msgpack with lmp's ext types).  `what` names the
  * root of the value in error messages ("args", "value", "result").  Returns a
  * buffer owned by the lua_State and reused by the next encode: copy it or

@@ -41,6 +41,7 @@
 
 #include "lmp/pool.h"
 #include "lmp/proc.h"
+#include "codec/plain.h"
 #include "lmpb.h"
 
 #define CORE_MT "lmp.PoolCore"

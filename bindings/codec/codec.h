@@ -4,9 +4,11 @@
  *
  *   codec.c  Lua values <-> msgpack with lmp's ext types (the format)
  *   plain.c  lists of plain values, the pool's fast path to the same bytes
+ *            (plain.h: its interface, per-item halves inline)
  *   walk.c   the handles inside a message, found without decoding it
  *
- * The rest of bindings/ reaches the room through lmpb.h's codec section.
+ * The rest of bindings/ reaches the room through lmpb.h's codec section
+ * and plain.h.
  */
 #ifndef LMP_CODEC_H
 #define LMP_CODEC_H

@@ -10,7 +10,8 @@
  * directly into its destination: the parent writes a map chunk's results
  * straight into the result table, a worker reads a chunk's items one by one
  * as it runs them and packs each result as it comes.  Anything else goes
- * through the codec (codec.c), which reads these bytes as well.
+ * through the codec (codec.c), which reads these bytes as well.  The
+ * halves a worker runs once per item are inline in plain.h.
  *
  * The readers trust nothing: every length is checked against the bytes
  * left, and an array cannot announce more items than bytes remain.
@@ -20,69 +21,18 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "codec.h"
-#include "lmpb.h"
+#include "plain.h"
 
 /* === writers === */
 
-/*
- * Plain values are written straight into the buffer, in the same msgpack
- * the codec writes (integers in their smallest width, other numbers as
- * float64, strings as str).  msgpack-c's packer calls its writer once per
- * value, which for a list of small numbers costs more than the numbers: this
- * writer makes room once per value and stores the bytes itself.
- */
-static inline unsigned char *room(lmp_buf_t *b, size_t n)
-{
-  if (b->cap - b->len < n && lmp_buf_reserve(b, b->len + n) < 0)
-    return NULL;
-  return (unsigned char *)b->data + b->len;
-}
-
-/* A tag byte and an n-byte big-endian value. */
-static inline int put_tagged(lmp_buf_t *b, unsigned tag, uint64_t v, int n)
-{
-  unsigned char *p = room(b, 1 + (size_t)n);
-  if (!p)
-    return 0;
-  p[0] = (unsigned char)tag;
-  lmpb_put_be(p + 1, v, n);
-  b->len += 1 + (size_t)n;
-  return 1;
-}
-
-static inline int put_int(lmp_buf_t *b, int64_t v)
-{
-  unsigned char *p = room(b, 9);
-  uint64_t u = (uint64_t)v;
-  int n;
-  if (!p)
-    return 0;
-  if (v >= -32 && v <= 127) {
-    *p = (unsigned char)(int8_t)v;
-    b->len++;
-    return 1;
-  }
-  if (v >= 0) {
-    n = u <= 0xff ? 1 : u <= 0xffff ? 2 : u <= 0xffffffffu ? 4 : 8;
-    *p = (unsigned char)(n == 1 ? 0xcc : n == 2 ? 0xcd : n == 4 ? 0xce : 0xcf);
-  } else {
-    n = v >= INT8_MIN ? 1 : v >= INT16_MIN ? 2 : v >= INT32_MIN ? 4 : 8;
-    *p = (unsigned char)(n == 1 ? 0xd0 : n == 2 ? 0xd1 : n == 4 ? 0xd2 : 0xd3);
-  }
-  lmpb_put_be(p + 1, u, n);
-  b->len += 1 + (size_t)n;
-  return 1;
-}
-
 static int put_str(lmp_buf_t *b, const char *s, size_t n)
 {
-  int ok = n <= 31            ? put_tagged(b, 0xa0 | (unsigned)n, 0, 0)
-           : n <= 0xff        ? put_tagged(b, 0xd9, n, 1)
-           : n <= 0xffff      ? put_tagged(b, 0xda, n, 2)
-           : n <= 0xffffffffu ? put_tagged(b, 0xdb, n, 4)
+  int ok = n <= 31            ? plain_tagged(b, 0xa0 | (unsigned)n, 0, 0)
+           : n <= 0xff        ? plain_tagged(b, 0xd9, n, 1)
+           : n <= 0xffff      ? plain_tagged(b, 0xda, n, 2)
+           : n <= 0xffffffffu ? plain_tagged(b, 0xdb, n, 4)
                               : 0;
-  unsigned char *p = ok ? room(b, n) : NULL;
+  unsigned char *p = ok ? plain_room(b, n) : NULL;
   if (!p)
     return 0;
   if (n)
@@ -100,15 +50,15 @@ static inline int pack_typed(lua_State *L, int idx, int type, lmp_buf_t *b)
   switch (type) {
   case LUA_TNUMBER:
     if (lua_isinteger(L, idx))
-      return put_int(b, (int64_t)lua_tointeger(L, idx));
+      return plain_int(b, (int64_t)lua_tointeger(L, idx));
     double d = (double)lua_tonumber(L, idx);
     uint64_t bits;
     memcpy(&bits, &d, 8);
-    return put_tagged(b, 0xcb, bits, 8);
+    return plain_tagged(b, 0xcb, bits, 8);
   case LUA_TNIL:
-    return put_tagged(b, 0xc0, 0, 0);
+    return plain_tagged(b, 0xc0, 0, 0);
   case LUA_TBOOLEAN:
-    return put_tagged(b, lua_toboolean(L, idx) ? 0xc3 : 0xc2, 0, 0);
+    return plain_tagged(b, lua_toboolean(L, idx) ? 0xc3 : 0xc2, 0, 0);
   case LUA_TSTRING:
     s = lua_tolstring(L, idx, &n);
     return put_str(b, s, n);
@@ -117,24 +67,30 @@ static inline int pack_typed(lua_State *L, int idx, int type, lmp_buf_t *b)
   }
 }
 
-int lmpb_plain_put(lua_State *L, int idx, lmp_buf_t *b)
+int lmpb_plain_put_any(lua_State *L, int idx, lmp_buf_t *b)
 {
-  if (lua_isinteger(L, idx)) /* the commonest result: one question fewer */
-    return put_int(b, (int64_t)lua_tointeger(L, idx));
   return pack_typed(L, idx, lua_type(L, idx), b);
+}
+
+/* Static, and lmpb_plain_put_array below calls it: a call between two
+ * exported functions of a -fPIC object goes through the PLT and is not
+ * inlined. */
+static int put_array(lmp_buf_t *b, size_t n)
+{
+  return n <= 15            ? plain_tagged(b, 0x90 | (unsigned)n, 0, 0)
+         : n <= 0xffff      ? plain_tagged(b, 0xdc, n, 2)
+         : n <= 0xffffffffu ? plain_tagged(b, 0xdd, n, 4)
+                            : 0;
 }
 
 int lmpb_plain_put_array(lmp_buf_t *b, size_t n)
 {
-  return n <= 15            ? put_tagged(b, 0x90 | (unsigned)n, 0, 0)
-         : n <= 0xffff      ? put_tagged(b, 0xdc, n, 2)
-         : n <= 0xffffffffu ? put_tagged(b, 0xdd, n, 4)
-                            : 0;
+  return put_array(b, n);
 }
 
 int lmpb_plain_put_nil(lmp_buf_t *b)
 {
-  return put_tagged(b, 0xc0, 0, 0);
+  return plain_tagged(b, 0xc0, 0, 0);
 }
 
 #define PACK_BATCH 64 /* values on the stack at a time */
@@ -148,7 +104,7 @@ int lmpb_plain_pack_list(lua_State *L, int t, lua_Integer first, lua_Integer cou
     return -1;
   }
   out->len = 0;
-  if (!lmpb_plain_put_array(out, (size_t)count))
+  if (!put_array(out, (size_t)count))
     return -1;
   luaL_checkstack(L, PACK_BATCH, NULL);
   for (lua_Integer i = first, end = first + count; i < end;) {
@@ -189,33 +145,7 @@ size_t lmpb_plain_put_number(unsigned char out[9], int isint, lua_Integer i, dou
 
 /* === readers === */
 
-/* Push one plain msgpack value from [*pp, end); 0 if it is something else
- * or truncated (nothing pushed). */
-static int unpack_scalar_any(lua_State *L, const unsigned char **pp, const unsigned char *end);
-
-/* The same, with unsigned integers (most lists of numbers) handled inline. */
-static inline int unpack_scalar(lua_State *L, const unsigned char **pp, const unsigned char *end)
-{
-  const unsigned char *p = *pp;
-  unsigned c = *p;
-  if (c <= 0x7f) {
-    lua_pushinteger(L, c);
-    *pp = p + 1;
-    return 1;
-  }
-  if (c >= 0xcc && c <= 0xcf) { /* uint 8..64 */
-    int n = 1 << (c - 0xcc);
-    uint64_t v;
-    if (end - p > n && (v = lmpb_get_be(p + 1, n)) <= (uint64_t)LUA_MAXINTEGER) {
-      lua_pushinteger(L, (lua_Integer)v);
-      *pp = p + 1 + n;
-      return 1;
-    }
-  }
-  return unpack_scalar_any(L, pp, end);
-}
-
-static int unpack_scalar_any(lua_State *L, const unsigned char **pp, const unsigned char *end)
+int lmpb_plain_next_any(lua_State *L, const unsigned char **pp, const unsigned char *end)
 {
   const unsigned char *p = *pp;
   size_t n, len = 0;
@@ -371,12 +301,12 @@ static inline const unsigned char *skip_scalar(const unsigned char *p, const uns
 /* Unpack `count` plain values from p into t[first...]: the position after
  * them, or NULL at the first value that is not plain (the ones before it
  * are written). */
-const unsigned char *lmpb_plain_unpack_items(lua_State *L, const unsigned char *p,
-                                             const unsigned char *end, uint64_t count, int t,
-                                             lua_Integer first)
+static const unsigned char *unpack_items(lua_State *L, const unsigned char *p,
+                                         const unsigned char *end, uint64_t count, int t,
+                                         lua_Integer first)
 {
   for (uint64_t i = 0; i < count; i++) {
-    if (p >= end || !unpack_scalar(L, &p, end))
+    if (p >= end || !lmpb_plain_next(L, &p, end))
       return NULL;
     lua_rawseti(L, t, first + (lua_Integer)i);
   }
@@ -394,7 +324,7 @@ lua_Integer lmpb_plain_unpack_list(lua_State *L, const char *data, size_t len, i
   uint64_t n;
   if (!(p = array_header((const unsigned char *)data, end, &n)) || n > (uint64_t)(end - p))
     return -1;
-  if (lmpb_plain_unpack_items(L, p, end, n, t, first) != end)
+  if (unpack_items(L, p, end, n, t, first) != end)
     return -1;
   return (lua_Integer)n;
 }
@@ -408,11 +338,6 @@ const unsigned char *lmpb_plain_items(const char *data, size_t len, uint64_t *n)
   for (uint64_t i = 0; i < *n && q; i++)
     q = skip_scalar(q, end);
   return q == end ? p : NULL;
-}
-
-int lmpb_plain_next(lua_State *L, const unsigned char **pp, const unsigned char *end)
-{
-  return *pp < end && unpack_scalar(L, pp, end);
 }
 
 int lmpb_plain_number(const void *msg, size_t len, lua_Integer *i, double *f, int *isint)
@@ -455,4 +380,11 @@ int lmpb_plain_number(const void *msg, size_t len, lua_Integer *i, double *f, in
     return 0;
   }
   return 1;
+}
+
+const unsigned char *lmpb_plain_unpack_items(lua_State *L, const unsigned char *p,
+                                             const unsigned char *end, uint64_t count, int t,
+                                             lua_Integer first)
+{
+  return unpack_items(L, p, end, count, t, first);
 }

@@ -52,6 +52,7 @@
 #include <lua.h>
 #include <lualib.h>
 
+#include "codec/plain.h"
 #include "lmp/shm.h"
 #include "lmpb.h"
 
@@ -249,7 +250,7 @@ static int plain_call(lua_State *L)
   for (lua_Integer k = 1; k <= n; k++) {
     lua_rawgeti(L, 2, k);
     lua_rawgeti(L, 3, k);
-    if (!lmpb_plain_next(L, &p, end))
+    if (p >= end || !lmpb_plain_next(L, &p, end))
       return luaL_error(L, "lmpb_plain_next refused item %d", (int)k);
     if (!same(L, 4, 5) || !same(L, 4, 6))
       return luaL_error(L, "the readers read item %d differently", (int)k);
