@@ -17,7 +17,7 @@
 #   make test-asan  every suite on that build; any sanitizer report fails it
 #   make test-valgrind  memcheck on the C tests and a subset of the specs
 #   make stress     the fault matrix at full counts (LMP_STRESS=1)
-#   make fuzz       the decoder, pipe and queue readers: the mutation drivers,
+#   make fuzz       the codec's readers, pipe and queue readers: the mutation drivers,
 #                   then libFuzzer (FUZZ_RUNS inputs each; installs clang's
 #                   fuzzer runtime if missing)
 #   make examples   the example C hosts (examples/host/) into build/examples/
@@ -83,7 +83,9 @@ BROKER_OBJ := $(BROKER_SRC:%.c=$(B)/%.o)
 RT_SRC  := $(sort $(filter-out $(BROKER_SRC),$(wildcard runtime/*.c)))
 RT_OBJ  := $(RT_SRC:%.c=$(B)/%.o)
 # main.c and the REPL's readline binding go into the lmp executable only.
-LB_SRC  := $(sort $(filter-out bindings/main.c bindings/lreadline.c,$(wildcard bindings/*.c)))
+# bindings/codec/ is the wire room: every msgpack byte is written and read there.
+CODEC_SRC := $(sort $(wildcard bindings/codec/*.c))
+LB_SRC  := $(sort $(filter-out bindings/main.c bindings/lreadline.c,$(wildcard bindings/*.c)) $(CODEC_SRC))
 LB_OBJ  := $(LB_SRC:%.c=$(B)/%.o) $(B)/gen/scripts.o
 LUA_SCRIPTS := $(sort $(wildcard scripts/lmp/*.lua))
 CT_SRC  := $(sort $(wildcard tests/c/test_*.c))
@@ -95,8 +97,8 @@ all: $(B)/lmp $(B)/lmp.so $(B)/liblmp.a $(B)/liblmp.so $(B)/liblmp-broker.a $(B)
 
 $(B)/runtime/%.o: runtime/%.c $(wildcard include/lmp/*.h runtime/*.h) | $(B)/runtime
 	$(CC) $(ALL_CFLAGS) $(HIREDIS_CFLAGS) -c $< -o $@
-$(B)/bindings/%.o: bindings/%.c $(wildcard include/*.h include/lmp/*.h bindings/*.h runtime/*.h) | $(B)/bindings
-	$(CC) $(ALL_CFLAGS) $(LUA_CFLAGS) $(MSGPACK_CFLAGS) -c $< -o $@
+$(B)/bindings/%.o: bindings/%.c $(wildcard include/*.h include/lmp/*.h bindings/*.h bindings/codec/*.h runtime/*.h) | $(B)/bindings/codec
+	$(CC) $(ALL_CFLAGS) -Ibindings $(LUA_CFLAGS) $(MSGPACK_CFLAGS) -c $< -o $@
 $(B)/gen/scripts.c: bindings/embed.lua $(LUA_SCRIPTS) | $(B)/gen
 	$(LUA) bindings/embed.lua $@ $(LUA_SCRIPTS)
 $(B)/gen/scripts.o: $(B)/gen/scripts.c
@@ -146,25 +148,26 @@ $(B)/tests/test_broker: tests/c/test_broker.c tests/c/runner.c tests/c/runner.h 
 $(B)/tests/test_embed: tests/c/test_embed.c tests/c/runner.c tests/c/runner.h $(B)/lmp.so $(B)/liblmp.a | $(B)/tests
 	$(CC) $(ALL_CFLAGS) $(LUA_CFLAGS) -Itests/c $< tests/c/runner.c -o $@ $(LDFLAGS) $(B)/liblmp.a $(LUA_LIBS) -lm -ldl
 
-build $(B)/runtime $(B)/bindings $(B)/gen $(B)/tests $(B)/fuzz:
+build $(B)/runtime $(B)/bindings $(B)/bindings/codec $(B)/gen $(B)/tests $(B)/fuzz:
 	mkdir -p $@
 
-# Fuzz targets, always under ASan/UBSan whatever the build: the decoder, and
-# the pipe frame and queue record readers.  The plain ones carry their own
+# Fuzz targets, always under ASan/UBSan whatever the build: the wire room's
+# readers (the decoder, the plain-list reader, the handle walker), and the
+# pipe frame and queue record readers.  The plain ones carry their own
 # mutation driver (make test runs them briefly, make fuzz at length); the
 # *_lf ones are the same code as libFuzzer targets, built with clang.
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -fno-omit-frame-pointer \
   -fsanitize=address,undefined -fno-sanitize-recover=undefined -Iinclude -Ibindings
-FUZZ_DECODE_SRC := tests/c/fuzz_decode.c bindings/codec.c bindings/lerror.c runtime/common.c
+FUZZ_DECODE_SRC := tests/c/fuzz_decode.c $(CODEC_SRC) bindings/lerror.c runtime/common.c
 FUZZ_FRAME_SRC := tests/c/fuzz_frame.c runtime/pipe.c runtime/queue.c runtime/segment.c \
   runtime/watchdog.c runtime/fdpass.c runtime/mutex.c runtime/common.c
 FUZZ_BIN := $(B)/fuzz/fuzz_decode $(B)/fuzz/fuzz_frame
 CLANG ?= clang
-$(B)/fuzz/fuzz_decode: $(FUZZ_DECODE_SRC) $(wildcard bindings/*.h include/*.h include/lmp/*.h) | $(B)/fuzz
+$(B)/fuzz/fuzz_decode: $(FUZZ_DECODE_SRC) $(wildcard bindings/*.h bindings/codec/*.h include/*.h include/lmp/*.h) | $(B)/fuzz
 	$(CC) $(FUZZ_CFLAGS) $(LUA_CFLAGS) $(MSGPACK_CFLAGS) $(FUZZ_DECODE_SRC) $(LUA_LIBS) $(MSGPACK_LIBS) -lm -o $@
 $(B)/fuzz/fuzz_frame: $(FUZZ_FRAME_SRC) $(wildcard include/lmp/*.h runtime/*.h) | $(B)/fuzz
 	$(CC) $(FUZZ_CFLAGS) $(FUZZ_FRAME_SRC) -pthread -o $@
-$(B)/fuzz/fuzz_decode_lf: $(FUZZ_DECODE_SRC) $(wildcard bindings/*.h include/*.h include/lmp/*.h) | $(B)/fuzz
+$(B)/fuzz/fuzz_decode_lf: $(FUZZ_DECODE_SRC) $(wildcard bindings/*.h bindings/codec/*.h include/*.h include/lmp/*.h) | $(B)/fuzz
 	$(CLANG) -DLMP_LIBFUZZER $(FUZZ_CFLAGS) -fsanitize=fuzzer $(LUA_CFLAGS) $(MSGPACK_CFLAGS) \
 	  $(FUZZ_DECODE_SRC) $(LUA_LIBS) $(MSGPACK_LIBS) -lm -o $@
 $(B)/fuzz/fuzz_frame_lf: $(FUZZ_FRAME_SRC) $(wildcard include/lmp/*.h runtime/*.h) | $(B)/fuzz

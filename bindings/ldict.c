@@ -46,6 +46,7 @@
 
 #include "lmp/dict.h"
 #include "lmp/queue.h"
+#include "codec/plain.h"
 #include "lmp/runtime.h"
 #include "lmpb.h"
 
@@ -149,14 +150,6 @@ static const char *next_rec(const lmp_buf_t *b, size_t *pos, size_t *len)
 /* === handles inside values === */
 
 typedef lmpb_name_fn name_fn;
-
-static uint64_t be(const unsigned char *p, int n)
-{
-  uint64_t v = 0;
-  for (int i = 0; i < n; i++)
-    v = v << 8 | p[i];
-  return v;
-}
 
 static void pin_name(const char *name)
 {
@@ -850,53 +843,14 @@ static int dict_update(lua_State *L)
 static int stored_number(const void *val, size_t len, lua_Integer *i, double *f, int *isint)
 {
   const unsigned char *p = val;
-  if (len < 2 || p[0] != PLAIN)
-    return 0;
-  unsigned c = p[1];
-  size_t n = len - 2;
-  const unsigned char *q = p + 2;
-  *isint = 1;
-  if (c <= 0x7f && n == 0) {
-    *i = c;
-  } else if (c >= 0xe0 && n == 0) {
-    *i = (int8_t)c;
-  } else if (c >= 0xcc && c <= 0xcf && n == (size_t)1 << (c - 0xcc)) {
-    *i = (lua_Integer)be(q, (int)n);
-  } else if (c >= 0xd0 && c <= 0xd3 && n == (size_t)1 << (c - 0xd0)) {
-    uint64_t u = be(q, (int)n);
-    int bits = 8 * (int)n;
-    if (bits < 64 && (u >> (bits - 1)) & 1)
-      u |= ~(uint64_t)0 << bits; /* sign-extend */
-    *i = (lua_Integer)u;
-  } else if (c == 0xcb && n == 8) {
-    uint64_t u = be(q, 8);
-    memcpy(f, &u, sizeof *f);
-    *isint = 0;
-  } else if (c == 0xca && n == 4) {
-    uint32_t u = (uint32_t)be(q, 4);
-    float x;
-    memcpy(&x, &u, sizeof x);
-    *f = x;
-    *isint = 0;
-  } else {
-    return 0;
-  }
-  return 1;
+  return len >= 2 && p[0] == PLAIN && lmpb_plain_number(p + 1, len - 1, i, f, isint);
 }
 
-/* A stored number: flag, then int64 (0xd3) or float64 (0xcb), big-endian. */
+/* A stored number: flag, then the number. */
 static size_t number_bytes(unsigned char *out, int isint, lua_Integer i, double f)
 {
-  uint64_t u;
-  if (isint)
-    u = (uint64_t)i;
-  else
-    memcpy(&u, &f, sizeof u);
   out[0] = PLAIN;
-  out[1] = isint ? 0xd3 : 0xcb;
-  for (int k = 0; k < 8; k++)
-    out[2 + k] = (unsigned char)(u >> (56 - 8 * k));
-  return 10;
+  return 1 + lmpb_plain_put_number(out + 1, isint, i, f);
 }
 
 /* d:incr(k [, n = 1]) -> the new value, atomically; a missing key counts

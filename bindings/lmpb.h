@@ -27,10 +27,9 @@ void lmpb_error_push(lua_State *L, const char *kind, const char *msg);
 int lmpb_error_raise(lua_State *L, const char *kind, const char *fmt, ...);
 int lmpb_error_open(lua_State *L); /* adds Error, is_error to the table on top */
 
-/* === the codec (codec.c) === */
+/* === the codec (bindings/codec/) === */
 
-/* Write v as n bytes (0, 1, 2, 4 or 8), big-endian: msgpack's fields, for
- * the codec and for the pool's packer of plain values. */
+/* Write v as n bytes (0, 1, 2, 4 or 8), big-endian: msgpack's fields. */
 static inline void lmpb_put_be(unsigned char *p, uint64_t v, int n)
 {
   uint16_t v2 = __builtin_bswap16((uint16_t)v);
@@ -49,6 +48,28 @@ static inline void lmpb_put_be(unsigned char *p, uint64_t v, int n)
   case 8:
     memcpy(p, &v8, 8);
     break;
+  }
+}
+
+/* The n-byte (1, 2, 4 or 8) big-endian number at p: msgpack's fields, read
+ * (the caller has checked that the n bytes are there). */
+static inline uint64_t lmpb_get_be(const unsigned char *p, int n)
+{
+  uint16_t v2;
+  uint32_t v4;
+  uint64_t v8;
+  switch (n) {
+  case 1:
+    return *p;
+  case 2:
+    memcpy(&v2, p, 2);
+    return __builtin_bswap16(v2);
+  case 4:
+    memcpy(&v4, p, 4);
+    return __builtin_bswap32(v4);
+  default:
+    memcpy(&v8, p, 8);
+    return __builtin_bswap64(v8);
   }
 }
 

@@ -25,15 +25,11 @@
  * that fails, an error "not enough memory" encoded when the worker started
  * goes instead.
  *
- * Lists of plain values.  Most maps move numbers and strings, for which the
- * codec's generality (identity maps, paths for error messages) costs more
- * than the values themselves.  A list whose items are all nil, booleans,
- * numbers or strings is packed here directly from the caller's table, as
- * the plain msgpack array the codec would have written, and such an array
- * is unpacked directly into its destination: the parent writes a map
- * chunk's results straight into the result table, a worker reads a chunk's
- * items one by one as it runs them and packs each result as it comes.
- * Anything else goes through the codec.
+ * Lists of plain values (nil, booleans, numbers, strings) take the wire
+ * room's fast path (codec/plain.c): the parent packs a map's items straight
+ * from the caller's table and unpacks a chunk's results straight into the
+ * result table; a worker reads a chunk's items one by one as it runs them
+ * and packs each result as it comes.  Anything else goes through the codec.
  */
 #include <errno.h>
 #include <signal.h>
@@ -45,6 +41,7 @@
 
 #include "lmp/pool.h"
 #include "lmp/proc.h"
+#include "codec/plain.h"
 #include "lmpb.h"
 
 #define CORE_MT "lmp.PoolCore"
@@ -165,383 +162,6 @@ static int reusable(lua_State *L, int idx)
     if (strcmp(name, "_ENV") != 0)
       return 0;
   }
-}
-
-/* === lists of plain values === */
-
-/*
- * Plain values are written straight into the buffer, in the same msgpack
- * the codec writes (integers in their smallest width, other numbers as
- * float64, strings as str).  msgpack-c's packer calls its writer once per
- * value, which for a list of small numbers costs more than the numbers: this
- * writer makes room once per value and stores the bytes itself.
- */
-static inline unsigned char *room(lmp_buf_t *b, size_t n)
-{
-  if (b->cap - b->len < n && lmp_buf_reserve(b, b->len + n) < 0)
-    return NULL;
-  return (unsigned char *)b->data + b->len;
-}
-
-/* A tag byte and an n-byte big-endian value. */
-static inline int put_tagged(lmp_buf_t *b, unsigned tag, uint64_t v, int n)
-{
-  unsigned char *p = room(b, 1 + (size_t)n);
-  if (!p)
-    return 0;
-  p[0] = (unsigned char)tag;
-  lmpb_put_be(p + 1, v, n);
-  b->len += 1 + (size_t)n;
-  return 1;
-}
-
-static inline int put_int(lmp_buf_t *b, int64_t v)
-{
-  unsigned char *p = room(b, 9);
-  uint64_t u = (uint64_t)v;
-  int n;
-  if (!p)
-    return 0;
-  if (v >= -32 && v <= 127) {
-    *p = (unsigned char)(int8_t)v;
-    b->len++;
-    return 1;
-  }
-  if (v >= 0) {
-    n = u <= 0xff ? 1 : u <= 0xffff ? 2 : u <= 0xffffffffu ? 4 : 8;
-    *p = (unsigned char)(n == 1 ? 0xcc : n == 2 ? 0xcd : n == 4 ? 0xce : 0xcf);
-  } else {
-    n = v >= INT8_MIN ? 1 : v >= INT16_MIN ? 2 : v >= INT32_MIN ? 4 : 8;
-    *p = (unsigned char)(n == 1 ? 0xd0 : n == 2 ? 0xd1 : n == 4 ? 0xd2 : 0xd3);
-  }
-  lmpb_put_be(p + 1, u, n);
-  b->len += 1 + (size_t)n;
-  return 1;
-}
-
-static int put_str(lmp_buf_t *b, const char *s, size_t n)
-{
-  int ok = n <= 31            ? put_tagged(b, 0xa0 | (unsigned)n, 0, 0)
-           : n <= 0xff        ? put_tagged(b, 0xd9, n, 1)
-           : n <= 0xffff      ? put_tagged(b, 0xda, n, 2)
-           : n <= 0xffffffffu ? put_tagged(b, 0xdb, n, 4)
-                              : 0;
-  unsigned char *p = ok ? room(b, n) : NULL;
-  if (!p)
-    return 0;
-  if (n)
-    memcpy(p, s, n);
-  b->len += n;
-  return 1;
-}
-
-/* Pack the value at idx, of Lua type `type`, as the codec would; 0 if it
- * is not a plain value (or memory ran out). */
-static inline int pack_typed(lua_State *L, int idx, int type, lmp_buf_t *b)
-{
-  size_t n;
-  const char *s;
-  switch (type) {
-  case LUA_TNUMBER:
-    if (lua_isinteger(L, idx))
-      return put_int(b, (int64_t)lua_tointeger(L, idx));
-    double d = (double)lua_tonumber(L, idx);
-    uint64_t bits;
-    memcpy(&bits, &d, 8);
-    return put_tagged(b, 0xcb, bits, 8);
-  case LUA_TNIL:
-    return put_tagged(b, 0xc0, 0, 0);
-  case LUA_TBOOLEAN:
-    return put_tagged(b, lua_toboolean(L, idx) ? 0xc3 : 0xc2, 0, 0);
-  case LUA_TSTRING:
-    s = lua_tolstring(L, idx, &n);
-    return put_str(b, s, n);
-  default:
-    return 0;
-  }
-}
-
-static int pack_scalar(lua_State *L, int idx, lmp_buf_t *b)
-{
-  if (lua_isinteger(L, idx)) /* the commonest result: one question fewer */
-    return put_int(b, (int64_t)lua_tointeger(L, idx));
-  return pack_typed(L, idx, lua_type(L, idx), b);
-}
-
-static int put_array(lmp_buf_t *b, size_t n)
-{
-  return n <= 15            ? put_tagged(b, 0x90 | (unsigned)n, 0, 0)
-         : n <= 0xffff      ? put_tagged(b, 0xdc, n, 2)
-         : n <= 0xffffffffu ? put_tagged(b, 0xdd, n, 4)
-                            : 0;
-}
-
-#define PACK_BATCH 64 /* values on the stack at a time */
-
-/* Pack t[first .. first+count-1] into out as an array: 0, or -1 when an
- * item is not a plain value or t has a metatable (then use the codec). */
-static int pack_list(lua_State *L, int t, lua_Integer first, lua_Integer count, lmp_buf_t *out)
-{
-  if (lua_getmetatable(L, t)) {
-    lua_pop(L, 1);
-    return -1;
-  }
-  out->len = 0;
-  if (!put_array(out, (size_t)count))
-    return -1;
-  luaL_checkstack(L, PACK_BATCH, NULL);
-  for (lua_Integer i = first, end = first + count; i < end;) {
-    int k = end - i < PACK_BATCH ? (int)(end - i) : PACK_BATCH, base = lua_gettop(L);
-    int types[PACK_BATCH];
-    for (int j = 0; j < k; j++)
-      types[j] = lua_rawgeti(L, t, i + j);
-    for (int j = 1; j <= k; j++) {
-      if (!pack_typed(L, base + j, types[j - 1], out)) {
-        lua_settop(L, base);
-        return -1;
-      }
-    }
-    lua_settop(L, base);
-    i += k;
-  }
-  return 0;
-}
-
-/* Pack the single value at idx: 0, or -1 if it is not a plain value. */
-static int pack_value(lua_State *L, int idx, lmp_buf_t *out)
-{
-  out->len = 0;
-  return pack_scalar(L, idx, out) ? 0 : -1;
-}
-
-/* The n-byte (1, 2, 4 or 8) big-endian number at p. */
-static inline uint64_t be(const unsigned char *p, int n)
-{
-  uint16_t v2;
-  uint32_t v4;
-  uint64_t v8;
-  switch (n) {
-  case 1:
-    return *p;
-  case 2:
-    memcpy(&v2, p, 2);
-    return __builtin_bswap16(v2);
-  case 4:
-    memcpy(&v4, p, 4);
-    return __builtin_bswap32(v4);
-  default:
-    memcpy(&v8, p, 8);
-    return __builtin_bswap64(v8);
-  }
-}
-
-/* Push one plain msgpack value from [*pp, end); 0 if it is something else
- * or truncated (nothing pushed). */
-static int unpack_scalar_any(lua_State *L, const unsigned char **pp, const unsigned char *end);
-
-/* The same, with unsigned integers (most lists of numbers) handled inline. */
-static inline int unpack_scalar(lua_State *L, const unsigned char **pp, const unsigned char *end)
-{
-  const unsigned char *p = *pp;
-  unsigned c = *p;
-  if (c <= 0x7f) {
-    lua_pushinteger(L, c);
-    *pp = p + 1;
-    return 1;
-  }
-  if (c >= 0xcc && c <= 0xcf) { /* uint 8..64 */
-    int n = 1 << (c - 0xcc);
-    uint64_t v;
-    if (end - p > n && (v = be(p + 1, n)) <= (uint64_t)LUA_MAXINTEGER) {
-      lua_pushinteger(L, (lua_Integer)v);
-      *pp = p + 1 + n;
-      return 1;
-    }
-  }
-  return unpack_scalar_any(L, pp, end);
-}
-
-static int unpack_scalar_any(lua_State *L, const unsigned char **pp, const unsigned char *end)
-{
-  const unsigned char *p = *pp;
-  size_t n, len = 0;
-  unsigned c = *p++;
-  if (c <= 0x7f) {
-    lua_pushinteger(L, c);
-  } else if (c >= 0xe0) {
-    lua_pushinteger(L, (int8_t)c);
-  } else if (c >= 0xa0 && c <= 0xbf) {
-    len = c & 0x1f;
-    goto str;
-  } else {
-    switch (c) {
-    case 0xc0:
-      lua_pushnil(L);
-      break;
-    case 0xc2:
-    case 0xc3:
-      lua_pushboolean(L, c == 0xc3);
-      break;
-    case 0xca:
-    case 0xcb: {
-      n = c == 0xca ? 4 : 8;
-      if ((size_t)(end - p) < n)
-        return 0;
-      uint64_t v = be(p, (int)n);
-      p += n;
-      if (n == 4) {
-        uint32_t u = (uint32_t)v;
-        float f;
-        memcpy(&f, &u, 4);
-        lua_pushnumber(L, (lua_Number)f);
-      } else {
-        double d;
-        memcpy(&d, &v, 8);
-        lua_pushnumber(L, (lua_Number)d);
-      }
-      break;
-    }
-    case 0xcc:
-    case 0xcd:
-    case 0xce:
-    case 0xcf: {
-      n = (size_t)1 << (c - 0xcc);
-      if ((size_t)(end - p) < n)
-        return 0;
-      uint64_t v = be(p, (int)n);
-      p += n;
-      if (v > (uint64_t)LUA_MAXINTEGER)
-        lua_pushnumber(L, (lua_Number)v);
-      else
-        lua_pushinteger(L, (lua_Integer)v);
-      break;
-    }
-    case 0xd0:
-    case 0xd1:
-    case 0xd2:
-    case 0xd3: {
-      n = (size_t)1 << (c - 0xd0);
-      if ((size_t)(end - p) < n)
-        return 0;
-      uint64_t v = be(p, (int)n);
-      p += n;
-      if (n < 8 && (v >> (8 * n - 1)))
-        v |= ~(uint64_t)0 << (8 * n);
-      lua_pushinteger(L, (lua_Integer)(int64_t)v);
-      break;
-    }
-    case 0xd9:
-    case 0xda:
-    case 0xdb: /* str 8, 16, 32 */
-    case 0xc4:
-    case 0xc5:
-    case 0xc6: /* bin: read as a string */
-      n = (size_t)1 << (c >= 0xd9 ? c - 0xd9 : c - 0xc4);
-      if ((size_t)(end - p) < n)
-        return 0;
-      len = (size_t)be(p, (int)n);
-      p += n;
-      goto str;
-    default:
-      return 0;
-    }
-  }
-  *pp = p;
-  return 1;
-str:
-  if ((size_t)(end - p) < len)
-    return 0;
-  lua_pushlstring(L, (const char *)p, len);
-  *pp = p + len;
-  return 1;
-}
-
-/* Step over an array header: the pointer after it (and its count in *n),
- * or NULL. */
-static const unsigned char *array_header(const unsigned char *p, const unsigned char *end,
-                                         uint64_t *n)
-{
-  if (p >= end)
-    return NULL;
-  if (*p >= 0x90 && *p <= 0x9f) {
-    *n = *p & 0x0f;
-    return p + 1;
-  }
-  int w = *p == 0xdc ? 2 : *p == 0xdd ? 4 : 0;
-  if (!w || end - p < 1 + w)
-    return NULL;
-  *n = be(p + 1, w);
-  return p + 1 + w;
-}
-
-/* Step over one plain value: the pointer after it, or NULL if it is
- * something else or truncated. */
-static const unsigned char *skip_scalar_any(const unsigned char *p, const unsigned char *end)
-{
-  size_t n;
-  if (p >= end)
-    return NULL;
-  unsigned c = *p++;
-  if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3)
-    return p;
-  if (c >= 0xa0 && c <= 0xbf) {
-    n = c & 0x1f;
-  } else if (c == 0xca || c == 0xcb) {
-    n = c == 0xca ? 4 : 8;
-  } else if (c >= 0xcc && c <= 0xd3) {
-    n = (size_t)1 << ((c - 0xcc) & 3);
-  } else if ((c >= 0xd9 && c <= 0xdb) || (c >= 0xc4 && c <= 0xc6)) {
-    int w = 1 << (c >= 0xd9 ? c - 0xd9 : c - 0xc4);
-    if (end - p < w)
-      return NULL;
-    n = (size_t)be(p, w);
-    p += w;
-  } else {
-    return NULL;
-  }
-  return (size_t)(end - p) < n ? NULL : p + n;
-}
-
-/* The same, with integers (most lists of numbers) handled inline. */
-static inline const unsigned char *skip_scalar(const unsigned char *p, const unsigned char *end)
-{
-  if (p < end && *p <= 0x7f)
-    return p + 1;
-  if (p < end && *p >= 0xcc && *p <= 0xd3) { /* uint, int 8..64 */
-    size_t n = 1 + ((size_t)1 << ((*p - 0xcc) & 3));
-    return (size_t)(end - p) < n ? NULL : p + n;
-  }
-  return skip_scalar_any(p, end);
-}
-
-/* Unpack `count` plain values from p into t[first...]: the position after
- * them, or NULL at the first value that is not plain (the ones before it
- * are written). */
-static const unsigned char *unpack_items(lua_State *L, const unsigned char *p,
-                                         const unsigned char *end, uint64_t count, int t,
-                                         lua_Integer first)
-{
-  for (uint64_t i = 0; i < count; i++) {
-    if (p >= end || !unpack_scalar(L, &p, end))
-      return NULL;
-    lua_rawseti(L, t, first + (lua_Integer)i);
-  }
-  return p;
-}
-
-/* Unpack a msgpack array of plain values into t[first...]: the number of
- * items, or -1 when the message is something else.  Some items may have
- * been written by then: the caller falls back to the codec, whose result
- * replaces them all (a list of plain values is the case worth one pass). */
-static lua_Integer unpack_list(lua_State *L, const char *data, size_t len, int t, lua_Integer first)
-{
-  const unsigned char *end = (const unsigned char *)data + len, *p;
-  uint64_t n;
-  if (!(p = array_header((const unsigned char *)data, end, &n)) || n > (uint64_t)(end - p))
-    return -1;
-  if (unpack_items(L, p, end, n, t, first) != end)
-    return -1;
-  return (lua_Integer)n;
 }
 
 /* === the parent === */
@@ -700,7 +320,7 @@ static int core_submit(lua_State *L)
     luaL_checktype(L, 7, LUA_TTABLE);
   lua_settop(L, 7);
   const lmp_buf_t *b = &lp->buf;
-  if (!lua_istable(L, 4) || pack_list(L, 4, first, count, &lp->buf) < 0) {
+  if (!lua_istable(L, 4) || lmpb_plain_pack_list(L, 4, first, count, &lp->buf) < 0) {
     if (slice)
       b = encode_slice(L, 4, first, count);
     else
@@ -813,7 +433,7 @@ static int core_wait(lua_State *L)
   switch (ev.type) {
   case LMP_POOL_DONE:
     if (sink && ev.status == ST_OK) {
-      lua_Integer n = unpack_list(L, ev.data, ev.len, top, first);
+      lua_Integer n = lmpb_plain_unpack_list(L, ev.data, ev.len, top, first);
       if (n >= 0) {
         lua_pushliteral(L, "stored");
         lua_pushinteger(L, n);
@@ -1207,18 +827,12 @@ static int parse_task(task *t, const lmp_pool_task_t *pt)
  * run, without a table: set t->ip to the first. */
 static int stream_items(task *t)
 {
-  const unsigned char *end = (const unsigned char *)t->val + t->vallen, *p, *q;
+  const unsigned char *p;
   uint64_t n;
-  if (t->tag != TAG_MAP || !(p = array_header((const unsigned char *)t->val, end, &n)) ||
-      n != t->count)
-    return 0;
-  q = p;
-  for (uint64_t i = 0; i < n && q; i++)
-    q = skip_scalar(q, end);
-  if (q != end)
+  if (t->tag != TAG_MAP || !(p = lmpb_plain_items(t->val, t->vallen, &n)) || n != t->count)
     return 0;
   t->ip = p;
-  t->iend = end;
+  t->iend = (const unsigned char *)t->val + t->vallen;
   return 1;
 }
 
@@ -1232,7 +846,7 @@ static int load_task(lua_State *L)
     return 2;
   }
   lua_createtable(L, (int)t->count, 0);
-  if (unpack_list(L, t->val, t->vallen, lua_gettop(L), 1) < 0) {
+  if (lmpb_plain_unpack_list(L, t->val, t->vallen, lua_gettop(L), 1) < 0) {
     lua_pop(L, 1);
     lmpb_decode(L, t->val, t->vallen, 1);
   }
@@ -1274,8 +888,8 @@ static lua_Integer arity(lua_State *L, int idx)
 static void unpack_packed(lua_State *L, task *t, int out)
 {
   const unsigned char *p = (const unsigned char *)worker_buf.data + t->hdr;
-  (void)unpack_items(L, p, (const unsigned char *)worker_buf.data + worker_buf.len,
-                     (uint64_t)t->packed, out, 1);
+  (void)lmpb_plain_unpack_items(L, p, (const unsigned char *)worker_buf.data + worker_buf.len,
+                                (uint64_t)t->packed, out, 1);
 }
 
 /* Keep the result at the top for item i: packed while every result is a
@@ -1283,7 +897,7 @@ static void unpack_packed(lua_State *L, task *t, int out)
 static void keep_result(lua_State *L, task *t, int out, lua_Integer i)
 {
   if (t->packing) {
-    if (pack_scalar(L, -1, &worker_buf)) {
+    if (lmpb_plain_put(L, -1, &worker_buf)) {
       lua_pop(L, 1);
       t->packed++;
       return;
@@ -1307,7 +921,7 @@ static int call_items(lua_State *L)
     lua_pushvalue(L, 1);
     int n = 1;
     if (t->ip) {
-      unpack_scalar(L, &t->ip, t->iend); /* checked by stream_items */
+      lmpb_plain_next(L, &t->ip, t->iend); /* checked by stream_items */
     } else if (star) {
       if (lua_rawgeti(L, 2, i) != LUA_TTABLE)
         luaL_error(L, "starmap item %d is not a table of arguments", (int)i);
@@ -1334,7 +948,7 @@ static void run_apply(lua_State *L, lmp_pool_worker_t *w, task *t, int fn)
     reply_error(L, w);
     return;
   }
-  if (pack_value(L, -1, &worker_buf) == 0) {
+  if (lmpb_plain_pack_value(L, -1, &worker_buf) == 0) {
     reply(w, ST_OK, &worker_buf);
     return;
   }
@@ -1369,7 +983,7 @@ static void run_items(lua_State *L, lmp_pool_worker_t *w, task *t, int fn)
   t->timed = lmp_pool_worker_timed(w);
   t->next = 1;
   worker_buf.len = 0;
-  t->packing = put_array(&worker_buf, (size_t)n);
+  t->packing = lmpb_plain_put_array(&worker_buf, (size_t)n);
   t->hdr = worker_buf.len;
   t->packed = 0;
   while (t->next <= n) {
@@ -1388,7 +1002,7 @@ static void run_items(lua_State *L, lmp_pool_worker_t *w, task *t, int fn)
     sanitize_error(L, -1);
     lua_rawseti(L, errs, t->cur);
     if (t->packing) { /* the failed item's place */
-      t->packing = put_tagged(&worker_buf, 0xc0, 0, 0);
+      t->packing = lmpb_plain_put_nil(&worker_buf);
       t->packed++;
     }
     t->next = t->cur + 1;

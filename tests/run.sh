@@ -77,7 +77,8 @@ for suite in "$@"; do
     done ;;
   fuzz)
     # A short run of each fuzz target (make fuzz runs the long one): the
-    # decoder, and the pipe frame and queue record readers, under ASan.
+    # wire room's readers (decoder, plain lists, handle walker), and the pipe
+    # frame and queue record readers, under ASan.
     : > "$log"
     for f in "$B"/fuzz/fuzz_decode "$B"/fuzz/fuzz_frame; do
       if [ ! -x "$f" ]; then

@@ -1,19 +1,31 @@
 /*
- * fuzz_decode.c -- throws damaged messages at lmpb_decode.
+ * fuzz_decode.c -- throws damaged messages at every reader of lmp's bytes.
  *
- * The decoder reads bytes from other processes (and, through a broker, from
- * other machines), so it must turn any input into a value or a Lua error.
- * This program checks that under a sanitizer, in two ways:
+ * The readers of bindings/codec/ take bytes from other processes (and,
+ * through a broker, from other machines), so each must turn any input into
+ * a value or a refusal, never a crash.  Every input goes to all of them:
+ *
+ *   lmpb_decode             the codec: a value or a Lua error
+ *   lmpb_plain_unpack_list  the pool's plain lists: the items or -1, and
+ *   lmpb_plain_items/_next  its streaming twin, which must accept exactly
+ *                           the same messages and read the same values
+ *   lmpb_plain_number       a shared container's stored number
+ *   lmpb_handle_names       the handle walker: a count or -1
+ *
+ * and what a fast reader accepts the codec must decode to the same values
+ * (a message the codec decodes, the walker must walk).  This program checks
+ * that under a sanitizer, in two ways:
  *
  *   fuzz_decode [ITERATIONS [SEED]]   mutate a built-in corpus (bit flips,
  *                                     boundary bytes, truncations, forged
- *                                     lengths, splices) and decode each mutant
- *   fuzz_decode FILE...               decode each file (a crash reproducer)
+ *                                     lengths, splices) and read each mutant
+ *   fuzz_decode FILE...               read each file (a crash reproducer)
  *   fuzz_decode --corpus DIR          write the corpus there (libFuzzer seeds)
  *
  * Memory is bounded as well as checked: the Lua state's allocator refuses to
  * let one decode grow the heap by more than 64 KiB plus 256 bytes per input
- * byte, so a message whose headers announce more than it holds (a 4 GiB
+ * byte (512 for the plain readers, whose check holds their list and the
+ * codec's), so a message whose headers announce more than it holds (a 4 GiB
  * array in 20 bytes, or nested tables that each claim every byte left) fails
  * the run with "not enough memory" instead of passing while it allocates.
  *
@@ -21,7 +33,8 @@
  *
  *   cc -std=c11 -D_GNU_SOURCE -O1 -g -fsanitize=address,undefined \
  *      -Iinclude -Ibindings -I/usr/include/lua5.4 tests/c/fuzz_decode.c \
- *      bindings/codec.c bindings/lerror.c runtime/common.c \
+ *      bindings/codec/codec.c bindings/codec/plain.c bindings/codec/walk.c \
+ *      bindings/lerror.c runtime/common.c \
  *      -llua5.4 -lmsgpackc -lm -o build/fuzz_decode
  *   clang -DLMP_LIBFUZZER -std=c11 -D_GNU_SOURCE -O1 -g \
  *      -fsanitize=fuzzer,address,undefined ...same sources... -o build/fuzz_decode_lf
@@ -39,8 +52,18 @@
 #include <lua.h>
 #include <lualib.h>
 
+#include "codec/plain.h"
 #include "lmp/segment.h"
 #include "lmpb.h"
+
+_Noreturn static void fail(const char *what, const char *data, size_t len)
+{
+  fprintf(stderr, "%s; the input (%zu bytes):", what, len);
+  for (size_t i = 0; i < len && i < 64; i++)
+    fprintf(stderr, " %02x", (unsigned char)data[i]);
+  fprintf(stderr, "%s\n", len > 64 ? " ..." : "");
+  abort();
+}
 
 /* lmp.c's helpers, which this program does not link. */
 __attribute__((weak)) void lmpb_checkoptions(lua_State *L, int idx, const char *const known[])
@@ -122,7 +145,14 @@ static const char corpus_src[] =
     "  function() return 1 end, {inc = inc, get = function() return n end},\n"
     "  {fact, math.sqrt, print, _G},\n"
     "}\n"
-    "return data, code\n";
+    "local many = {}\n"
+    "for i = 1, 40 do many[i] = i * 7919 - 100000 end\n"
+    "local plain = {\n"
+    "  {1, 2, 3}, many, {n = 5, 1, nil, 'x', 2.5, true}, {n = 2}, {false, 0/0, -0.0, 1/0},\n"
+    "  {'', 'a', ('b'):rep(31), ('c'):rep(32), ('d'):rep(300)},\n"
+    "  {-1, -32, -33, -200, -70000, -2^40, math.mininteger, math.maxinteger, 255, 65536, 2^33},\n"
+    "}\n"
+    "return data, code, plain\n";
 
 static lua_State *open_state(void)
 {
@@ -167,20 +197,134 @@ static int decode(lua_State *L, const char *data, size_t len, int trusted)
   return rc == LUA_OK;
 }
 
+/* Two values that two readers read from the same bytes: the same value of
+ * the same subtype (floats compared by their bits, so NaN is itself). */
+static int same(lua_State *L, int a, int b)
+{
+  if (lua_type(L, a) != lua_type(L, b))
+    return 0;
+  if (lua_type(L, a) != LUA_TNUMBER)
+    return lua_rawequal(L, a, b);
+  if (lua_isinteger(L, a) != lua_isinteger(L, b))
+    return 0;
+  if (lua_isinteger(L, a))
+    return lua_tointeger(L, a) == lua_tointeger(L, b);
+  lua_Number x = lua_tonumber(L, a), y = lua_tonumber(L, b);
+  return memcmp(&x, &y, sizeof x) == 0;
+}
+
+/* The plain readers under pcall: (string) -> 1 when a list was read, else
+ * 0.  What they accept, the codec decodes to the same values; a message
+ * that is not one raises a string naming the disagreement. */
+static int plain_call(lua_State *L)
+{
+  size_t len;
+  const char *s = lua_tolstring(L, 1, &len);
+  const unsigned char *end = (const unsigned char *)s + len, *p;
+  lua_Integer i, n;
+  double f;
+  int isint;
+  uint64_t count;
+  if (lmpb_plain_number(s, len, &i, &f, &isint)) {
+    lmpb_decode(L, s, len, 0);
+    if (isint)
+      lua_pushinteger(L, i);
+    else
+      lua_pushnumber(L, (lua_Number)f);
+    if (!same(L, 2, 3))
+      return luaL_error(L, "lmpb_plain_number and lmpb_decode read different numbers");
+    lua_settop(L, 1);
+  }
+  lua_newtable(L); /* 2: the list reader's items */
+  n = lmpb_plain_unpack_list(L, s, len, 2, 1);
+  p = lmpb_plain_items(s, len, &count);
+  if ((n >= 0) != (p != NULL) || (p && count != (uint64_t)n))
+    return luaL_error(L, "lmpb_plain_unpack_list and lmpb_plain_items disagree");
+  if (n < 0) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  lmpb_decode(L, s, len, 0); /* 3: the codec's */
+  if (!lua_istable(L, 3))
+    return luaL_error(L, "lmpb_decode read a plain list as a %s", luaL_typename(L, 3));
+  for (lua_Integer k = 1; k <= n; k++) {
+    lua_rawgeti(L, 2, k);
+    lua_rawgeti(L, 3, k);
+    if (p >= end || !lmpb_plain_next(L, &p, end))
+      return luaL_error(L, "lmpb_plain_next refused item %d", (int)k);
+    if (!same(L, 4, 5) || !same(L, 4, 6))
+      return luaL_error(L, "the readers read item %d differently", (int)k);
+    lua_settop(L, 3);
+  }
+  if (p != end)
+    return luaL_error(L, "lmpb_plain_next stopped short of the end");
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* 1 when the plain readers read a list, 0 when they refused it; aborts when
+ * they disagree with each other or with the codec. */
+static int plain(lua_State *L, const char *data, size_t len)
+{
+  int top = lua_gettop(L);
+  lua_pushcfunction(L, plain_call);
+  lua_pushlstring(L, data, len);
+  mem_limit = mem_used + (64u << 10) + 512 * len;
+  int rc = lua_pcall(L, 1, 1, 0);
+  mem_limit = SIZE_MAX;
+  if (rc != LUA_OK)
+    fail(lua_tostring(L, -1) ? lua_tostring(L, -1) : "plain readers: an error object", data, len);
+  rc = lua_toboolean(L, -1);
+  lua_settop(L, top);
+  return rc;
+}
+
+static void walked_name(const char *name)
+{
+  if (strncmp(name, "/lmp.", 5) != 0 || strlen(name) >= LMP_SEG_NAME_MAX)
+    abort();
+}
+
+/* The handle walker: 1 when it walked the message, 0 when it refused it;
+ * aborts when it refuses one the codec decoded. */
+static int walk(const char *data, size_t len, int decoded)
+{
+  int r = lmpb_handle_names(data, len, walked_name);
+  if (r < 0 && decoded)
+    fail("the handle walker refused a message the codec decodes", data, len);
+  return r >= 0;
+}
+
+/* Every reader on one input. */
+typedef struct tally {
+  long decoded, rejected, lists, notlists, walked, unwalked;
+} tally;
+
+static void read_all(lua_State *L, const char *data, size_t len, int trusted, tally *t)
+{
+  int ok = decode(L, data, len, trusted);
+  ok ? t->decoded++ : t->rejected++;
+  plain(L, data, len) ? t->lists++ : t->notlists++;
+  walk(data, len, ok) ? t->walked++ : t->unwalked++;
+}
+
 #ifdef LMP_LIBFUZZER
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
   static lua_State *L;
+  static tally t;
   if (L == NULL)
     L = open_state();
-  decode(L, (const char *)data, size, 0);
+  read_all(L, (const char *)data, size, 0, &t);
   return 0;
 }
 
 #else
 
 /* === mutations === */
+
+#define CORPUS_MAX 64
 
 typedef struct msg {
   char *data;
@@ -271,26 +415,104 @@ static void add_corpus(lua_State *L, int list, msg *corpus, int *count, int trus
   lua_pop(L, 1);
 }
 
-/* The corpus: encoded messages, data first (decoded trusted too). */
+/* Pack each list of the table at `list` as the pool does (its n field, or
+ * its length, items) into corpus[], from *count on. */
+static void add_plain(lua_State *L, int list, msg *corpus, int *count)
+{
+  lmp_buf_t b = {0};
+  for (lua_Integer i = 1; lua_rawgeti(L, list, i) != LUA_TNIL; i++) {
+    lua_getfield(L, -1, "n");
+    lua_Integer n = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : (lua_Integer)lua_rawlen(L, -2);
+    lua_pop(L, 1);
+    if (lmpb_plain_pack_list(L, lua_gettop(L), 1, n, &b) < 0)
+      abort();
+    msg *m = &corpus[(*count)++];
+    m->data = malloc(b.len + 16);
+    if (m->data == NULL)
+      abort();
+    memcpy(m->data, b.data, b.len);
+    m->len = b.len;
+    m->trusted = 1;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  lmp_buf_free(&b);
+}
+
+/* Messages that hold handles, for the walker (no handle type is registered
+ * here, so the codec refuses them): [h, {h = h}, 7], h a Queue whose
+ * identity names two segments. */
+static void add_handles(msg *corpus, int *count)
+{
+  static const char id[] = "/lmp.q1\0/lmp.l2\0x";
+  char h[64], *p = h;
+  size_t idlen = sizeof id - 1, hlen = 1 + 9 + 2 + idlen;
+  *p++ = (char)0xc7, *p++ = (char)hlen, *p++ = 6; /* ext 8, HANDLE */
+  *p++ = (char)(0xa0 | 9), memcpy(p, "lmp.Queue", 9), p += 9;
+  *p++ = (char)0xc4, *p++ = (char)idlen, memcpy(p, id, idlen), p += idlen;
+  size_t n = (size_t)(p - h);
+  msg *m = &corpus[(*count)++];
+  m->data = malloc(3 * n + 32);
+  if (m->data == NULL)
+    abort();
+  p = m->data;
+  *p++ = (char)0x93, memcpy(p, h, n), p += n;
+  *p++ = (char)0x81, *p++ = (char)0xa1, *p++ = 'h', memcpy(p, h, n), p += n;
+  *p++ = 7;
+  m->len = (size_t)(p - m->data);
+  m->trusted = 1;
+}
+
+/* Inputs on which the readers once disagreed. */
+static const struct {
+  const char *data;
+  size_t len;
+} regressions[] = {
+    /* A uint64 past math.maxinteger (from another writer): the codec reads
+     * a float, and lmpb_plain_number read a negative integer. */
+    {"\xcf\x80\x00\x00\x00\x00\x00\x00\x00", 9},
+    {"\xcf\xff\xff\xff\xff\xff\xff\xff\xff", 9},
+};
+
+static void add_regressions(msg *corpus, int *count)
+{
+  for (size_t i = 0; i < sizeof regressions / sizeof *regressions; i++) {
+    msg *m = &corpus[(*count)++];
+    m->data = malloc(regressions[i].len + 16);
+    if (m->data == NULL)
+      abort();
+    memcpy(m->data, regressions[i].data, regressions[i].len);
+    m->len = regressions[i].len;
+    m->trusted = 1;
+  }
+}
+
+/* The corpus: encoded messages, data first (decoded trusted too), then
+ * plain lists, handles and the regressions. */
 static int build_corpus(lua_State *L, msg *corpus)
 {
   int count = 0;
   if (luaL_loadstring(L, corpus_src) != LUA_OK)
     abort();
   lua_getglobal(L, "lmp");
-  if (lua_pcall(L, 1, 2, 0) != LUA_OK) {
+  if (lua_pcall(L, 1, 3, 0) != LUA_OK) {
     fprintf(stderr, "corpus: %s\n", lua_tostring(L, -1));
     exit(1);
   }
-  add_corpus(L, lua_gettop(L) - 1, corpus, &count, 1); /* data: decoded trusted */
-  add_corpus(L, lua_gettop(L), corpus, &count, 0);     /* code: untrusted only */
+  int top = lua_gettop(L);
+  add_corpus(L, top - 2, corpus, &count, 1); /* data: decoded trusted */
+  add_corpus(L, top - 1, corpus, &count, 0); /* code: untrusted only */
+  add_plain(L, top, corpus, &count);
+  add_handles(corpus, &count);
+  add_regressions(corpus, &count);
+  lua_settop(L, top - 3);
   return count;
 }
 
 static int write_corpus(const char *dir)
 {
   lua_State *L = open_state();
-  msg corpus[64];
+  msg corpus[CORPUS_MAX];
   int count = build_corpus(L, corpus);
   for (int i = 0; i < count; i++) {
     char path[4096];
@@ -310,8 +532,8 @@ static int write_corpus(const char *dir)
 static int fuzz(long iterations)
 {
   lua_State *L = open_state();
-  msg corpus[64];
-  long decoded = 0, rejected = 0;
+  msg corpus[CORPUS_MAX];
+  tally t = {0};
   char *buf;
   size_t room = 0;
   int count = build_corpus(L, corpus);
@@ -320,16 +542,16 @@ static int fuzz(long iterations)
   buf = malloc(room);
   if (buf == NULL)
     abort();
+  for (int i = 0; i < count; i++) /* each message as it is, first */
+    read_all(L, corpus[i].data, corpus[i].len, corpus[i].trusted, &t);
   for (long i = 0; i < iterations; i++) {
     const msg *m = &corpus[rnd((uint32_t)count)];
     size_t len = mutate(m, buf);
-    if (decode(L, buf, len, m->trusted))
-      decoded++;
-    else
-      rejected++;
+    read_all(L, buf, len, m->trusted, &t);
   }
-  printf("%ld mutants of %d messages: %ld decoded, %ld rejected\n", iterations, count, decoded,
-         rejected);
+  printf("%d messages and %ld mutants, 0 crashes: codec %ld decoded, %ld rejected; plain "
+         "lists %ld read, %ld refused; handle walker %ld walked, %ld refused\n",
+         count, iterations, t.decoded, t.rejected, t.lists, t.notlists, t.walked, t.unwalked);
   free(buf);
   for (int i = 0; i < count; i++)
     free(corpus[i].data);
@@ -349,7 +571,10 @@ static int replay(int argc, char **argv)
     static char data[1 << 20];
     size_t len = fread(data, 1, sizeof data, f);
     fclose(f);
-    printf("%s: %s\n", argv[i], decode(L, data, len, 0) ? "decoded" : "rejected");
+    tally t = {0};
+    read_all(L, data, len, 0, &t);
+    printf("%s: codec %s, plain list %s, walker %s\n", argv[i], t.decoded ? "decoded" : "rejected",
+           t.lists ? "read" : "refused", t.walked ? "walked" : "refused");
   }
   lua_close(L);
   return 0;
