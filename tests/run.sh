@@ -51,6 +51,9 @@ for suite in "$@"; do
     else
       echo "ok 1 - check-layers: runtime/ and include/lmp/ include no Lua header" > "$log"
     fi
+    # The call graph of the built objects: no circle wider than 2 files in
+    # bindings/, nothing below reaching up into it.
+    "$LUA" tests/callgraph.lua "$B" | sed 's/^\(not \)\{0,1\}ok [0-9]* /\1ok /' >> "$log"
     count layers ;;
   c)
     for t in ${C_TESTS:-"$B"/tests/test_*}; do
