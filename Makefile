@@ -72,6 +72,9 @@ RT_OBJ  := $(RT_SRC:%.c=$(B)/%.o)
 # main.c and the REPL's readline binding go into the lmp executable only.
 LB_SRC  := $(sort $(filter-out bindings/main.c bindings/lreadline.c,$(wildcard bindings/*.c)))
 LB_OBJ  := $(LB_SRC:%.c=$(B)/%.o) $(B)/gen/scripts.o
+# Embedded in lmp.so and lmp.  init.lua is the module itself, which
+# luaopen_lmp runs; it is not installed beside the others, where require
+# would find it before lmp.so.
 LUA_SCRIPTS := $(sort $(wildcard scripts/lmp/*.lua))
 CT_SRC  := $(sort $(wildcard tests/c/test_*.c))
 CT_BIN  := $(CT_SRC:tests/c/%.c=$(B)/tests/%)
@@ -122,7 +125,8 @@ build $(B)/runtime $(B)/bindings $(B)/gen $(B)/tests $(B)/fuzz:
 # *_lf ones are the same code as libFuzzer targets, built with clang.
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -fno-omit-frame-pointer \
   -fsanitize=address,undefined -fno-sanitize-recover=undefined -Iinclude -Ibindings
-FUZZ_DECODE_SRC := tests/c/fuzz_decode.c bindings/codec.c bindings/lerror.c runtime/common.c
+FUZZ_DECODE_SRC := tests/c/fuzz_decode.c bindings/codec.c bindings/lerror.c bindings/lmpaux.c \
+  runtime/common.c
 FUZZ_FRAME_SRC := tests/c/fuzz_frame.c runtime/pipe.c runtime/queue.c runtime/shm.c \
   runtime/watchdog.c runtime/sync.c runtime/common.c
 FUZZ_BIN := $(B)/fuzz/fuzz_decode $(B)/fuzz/fuzz_frame
@@ -253,7 +257,7 @@ install-lua: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LUA_CMOD) $(DESTDIR)$(LUA_LMOD)/lmp
 	install -m 755 $(B)/lmp $(DESTDIR)$(BINDIR)/lmp
 	install -m 755 $(B)/lmp.so $(DESTDIR)$(LUA_CMOD)/lmp.so
-	install -m 644 $(LUA_SCRIPTS) $(DESTDIR)$(LUA_LMOD)/lmp/
+	install -m 644 $(filter-out scripts/lmp/init.lua,$(LUA_SCRIPTS)) $(DESTDIR)$(LUA_LMOD)/lmp/
 # What C programs need: headers, libraries, pkg-config files, the man page.
 install-c: all
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR)/lmp $(DESTDIR)$(MANDIR)/man1

@@ -85,6 +85,8 @@ the receiver's registered one and not as a copy; a userdata whose metatable __na
 #include <msgpack.h>
 
 #include "lmp/shm.h" /* LMP_SEG_NAME_MAX, a constant: the codec calls no runtime */
+#include "codec.h"
+#include "lmpaux.h"
 #include "lmpb.h"
 
 #define CODEC_MAXDEPTH 200

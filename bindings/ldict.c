@@ -46,6 +46,8 @@
 
 #include "lmp/dict.h"
 #include "lmp/queue.h"
+#include "codec.h"
+#include "lmpaux.h"
 #include "lmpb.h"
 
 #define DICT_MT "lmp.Dict"
@@ -1507,7 +1509,5 @@ int lmpb_dict_open(lua_State *L)
   /* References a dead process left, and pins in unread messages, are given
    * back through their object, so its last-holder cleanup runs too. */
   lmp_runtime_set_unpin(unpin_name);
-  lmpb_pushlazy(L, "lmp.manager", "new"); /* lmp.Manager(...), in scripts/lmp/manager.lua */
-  lua_setfield(L, -2, "Manager");
   return 0;
 }

@@ -24,6 +24,8 @@ end
 local function scan(dir, defs, uses, files)
   for _, o in ipairs(lines("ls " .. B .. "/" .. dir .. "/*.o 2>/dev/null")) do
     local file = dir .. "/" .. o:match("([^/]+)%.o$") .. ".c"
+    local src = io.open(file)
+    if src then src:close() else goto stale end -- left by a file since removed
     files[#files + 1] = file
     uses[file] = {}
     for _, l in ipairs(lines("nm " .. o)) do
@@ -34,6 +36,7 @@ local function scan(dir, defs, uses, files)
         defs[sym] = file
       end
     end
+    ::stale::
   end
 end
 
