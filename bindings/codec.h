@@ -79,5 +79,4 @@ void lmpb_register_handle(lua_State *L, const lmpb_handle_type *t);
  * registered under `name`.  Registering a name again replaces it. */
 void lmpb_register_class(lua_State *L, const char *name, int mt_idx);
 
-
 #endif

@@ -129,8 +129,9 @@ static void sentinel_open(lua_State *L)
   lua_setfield(L, -2, "__gc");
   lua_setmetatable(L, -2);
   lua_setfield(L, LUA_REGISTRYINDEX, SENTINEL_KEY);
+  /* the tag again, where lmpb_owner reads it */
   lua_pushinteger(L, (lua_Integer)s->owner);
-  lua_setfield(L, LUA_REGISTRYINDEX, LMPB_OWNER_KEY); /* for lmpb_owner */
+  lua_setfield(L, LUA_REGISTRYINDEX, LMPB_OWNER_KEY);
   if (states_pid != pid) { /* the first state here, or a fork's */
     states_pid = pid;
     open_states = 0;
@@ -152,10 +153,10 @@ static const luaL_Reg funcs[] = {
 
 /* The families, each adding its fields to the core table on top. */
 static const lua_CFunction families[] = {
-    lmpb_error_open,   lmpb_codec_open,  lmpb_process_open, lmpb_pipe_open,
-    lmpb_queue_open,   lmpb_pool_open,   lmpb_profile_open, lmpb_top_open,
-    lmpb_broker_open,  lmpb_executor_open, lmpb_start_open, lmpb_log_open,
-    lmpb_sync_open,    lmpb_shared_open, lmpb_dict_open,    NULL,
+    lmpb_error_open,  lmpb_codec_open,    lmpb_process_open, lmpb_pipe_open,
+    lmpb_queue_open,  lmpb_pool_open,     lmpb_profile_open, lmpb_top_open,
+    lmpb_broker_open, lmpb_executor_open, lmpb_start_open,   lmpb_log_open,
+    lmpb_sync_open,   lmpb_shared_open,   lmpb_dict_open,    NULL,
 };
 
 LMP_API int luaopen_lmp_core(lua_State *L)
