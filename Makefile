@@ -4,7 +4,8 @@
 #                   (liblmp.so -> liblmp.so.0 -> liblmp.so.0.x.y, SONAME liblmp.so.0),
 #                   build/liblmp-broker.a, build/liblmp-broker.so (the same
 #                   links, SONAME liblmp-broker.so.0; needs liblmp.so.0), and
-#                   build/liblmp-lua.a.  The broker (lmp/broker.h) is a library
+#                   build/liblmp-lua.a (bindings, runtime and broker in one
+#                   archive, for C programs that embed Lua).  The broker (lmp/broker.h) is a library
 #                   of its own so that liblmp does not bring hiredis and
 #                   libcrypto into programs that do not use it; lmp.so and
 #                   the lmp executable carry both.
@@ -87,6 +88,9 @@ RT_OBJ  := $(RT_SRC:%.c=$(B)/%.o)
 CODEC_SRC := $(sort $(wildcard bindings/codec/*.c))
 LB_SRC  := $(sort $(filter-out bindings/main.c bindings/lreadline.c,$(wildcard bindings/*.c)) $(CODEC_SRC))
 LB_OBJ  := $(LB_SRC:%.c=$(B)/%.o) $(B)/gen/scripts.o
+# Embedded in lmp.so and lmp.  init.lua is the module itself, which
+# luaopen_lmp runs; it is not installed beside the others, where require
+# would find it before lmp.so.
 LUA_SCRIPTS := $(sort $(wildcard scripts/lmp/*.lua))
 CT_SRC  := $(sort $(wildcard tests/c/test_*.c))
 CT_BIN  := $(CT_SRC:tests/c/%.c=$(B)/tests/%)
@@ -118,9 +122,10 @@ $(B)/liblmp-broker.so.$(VERSION): $(BROKER_OBJ) $(B)/liblmp.so
 $(B)/liblmp-broker.so: $(B)/liblmp-broker.so.$(VERSION)
 	ln -sf liblmp-broker.so.$(VERSION) $(B)/$(BROKER_SONAME)
 	ln -sf $(BROKER_SONAME) $@
-# The bindings alone, for C programs that embed Lua: link with liblmp-broker
-# and liblmp.
-$(B)/liblmp-lua.a: $(LB_OBJ)
+# For C programs that embed Lua: the bindings with the runtime and the
+# broker inside, as lmp.so has them (the bindings call runtime helpers that
+# the shared libraries keep to themselves).  Linked alone.
+$(B)/liblmp-lua.a: $(LB_OBJ) $(RT_OBJ) $(BROKER_OBJ)
 	rm -f $@ && ar rcs $@ $^
 # The module carries the runtime inside it and takes Lua from the host.  It
 # is never unloaded (-z nodelete): a host that closes its Lua states goes on
@@ -158,7 +163,8 @@ build $(B)/runtime $(B)/bindings $(B)/bindings/codec $(B)/gen $(B)/tests $(B)/fu
 # *_lf ones are the same code as libFuzzer targets, built with clang.
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -fno-omit-frame-pointer \
   -fsanitize=address,undefined -fno-sanitize-recover=undefined -Iinclude -Ibindings
-FUZZ_DECODE_SRC := tests/c/fuzz_decode.c $(CODEC_SRC) bindings/lerror.c runtime/common.c
+FUZZ_DECODE_SRC := tests/c/fuzz_decode.c $(CODEC_SRC) bindings/lerror.c bindings/lmpaux.c \
+  runtime/common.c
 FUZZ_FRAME_SRC := tests/c/fuzz_frame.c runtime/pipe.c runtime/queue.c runtime/segment.c \
   runtime/watchdog.c runtime/fdpass.c runtime/mutex.c runtime/common.c
 FUZZ_BIN := $(B)/fuzz/fuzz_decode $(B)/fuzz/fuzz_frame
@@ -247,8 +253,8 @@ bench: all
 
 # Example hosts: one embeds Lua and lmp, one uses the C runtime alone.
 examples: $(B)/examples/host_lua $(B)/examples/host_c
-$(B)/examples/host_lua: examples/host/host_lua.c $(B)/liblmp-lua.a $(RT_AR) | $(B)/examples
-	$(CC) $(ALL_CFLAGS) $(LUA_CFLAGS) $< -o $@ $(LDFLAGS) -Wl,-E $(B)/liblmp-lua.a $(RT_AR) \
+$(B)/examples/host_lua: examples/host/host_lua.c $(B)/liblmp-lua.a | $(B)/examples
+	$(CC) $(ALL_CFLAGS) $(LUA_CFLAGS) $< -o $@ $(LDFLAGS) -Wl,-E $(B)/liblmp-lua.a \
 	  $(LUA_LIBS) $(MSGPACK_LIBS) $(BROKER_LIBS) -lm -ldl
 $(B)/examples/host_c: examples/host/host_c.c $(B)/liblmp.a | $(B)/examples
 	$(CC) $(ALL_CFLAGS) $< -o $@ $(LDFLAGS) $(B)/liblmp.a
@@ -290,8 +296,8 @@ includedir=$(INCDIR)
 Name: lmp-lua
 Description: lmp for C programs that embed Lua 5.4 (luaopen_lmp)
 Version: $(VERSION)
-Requires: lmp $(LUA_PC)
-Libs: -L$${libdir} -llmp-lua -llmp-broker -llmp $(MSGPACK_LIBS) $(BROKER_LIBS) -lm -ldl -pthread
+Requires: $(LUA_PC)
+Libs: -L$${libdir} -llmp-lua $(MSGPACK_LIBS) $(BROKER_LIBS) -lm -ldl -pthread
 Cflags: -I$${includedir} $(if $(LUA_PC),,$(LUA_CFLAGS))
 endef
 export LMP_PC LMP_BROKER_PC LMP_LUA_PC
@@ -303,7 +309,7 @@ install-lua: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LUA_CMOD) $(DESTDIR)$(LUA_LMOD)/lmp
 	install -m 755 $(B)/lmp $(DESTDIR)$(BINDIR)/lmp
 	install -m 755 $(B)/lmp.so $(DESTDIR)$(LUA_CMOD)/lmp.so
-	install -m 644 $(LUA_SCRIPTS) $(DESTDIR)$(LUA_LMOD)/lmp/
+	install -m 644 $(filter-out scripts/lmp/init.lua,$(LUA_SCRIPTS)) $(DESTDIR)$(LUA_LMOD)/lmp/
 # What C programs need: headers, libraries, pkg-config files, the man page.
 install-c: all
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR)/lmp $(DESTDIR)$(MANDIR)/man1

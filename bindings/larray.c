@@ -42,6 +42,8 @@
 #include "lmp/array.h"
 #include "lmp/shmem.h"
 #include "lmp/syncobj.h"
+#include "codec.h"
+#include "lmpaux.h"
 #include "lmpb.h"
 
 #define VALUE_MT "lmp.Value"
@@ -608,11 +610,7 @@ static int acquired(lua_State *L, int rc, const char *fname)
     lua_pushliteral(L, "owner_died");
     return 2;
   }
-  if (rc == -ETIMEDOUT) {
-    lua_pushboolean(L, 0);
-    return 1;
-  }
-  return lmpb_rterror(L, fname, rc);
+  return lmpb_result(L, fname, rc, NULL);
 }
 
 /* l:acquire([timeout]) or l:acquire(blocking [, timeout]) as in Python */

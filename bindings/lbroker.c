@@ -1,18 +1,14 @@
 /*
  * lbroker.c -- the C half of the broker pool and of `lmp worker`: a
  * connection object over lmp/broker.h, sealing (encode + sign) and opening
- * (verify + decode) of messages, and the one dispatch point of lmp.Pool.
+ * (verify + decode) of messages.
  *
  * The Pool, its AsyncResult and the worker loop are Lua (scripts/lmp/
- * broker.lua, scripts/lmp/worker.lua); they reach this file through the
- * preloaded module "lmp.broker_core".  Nothing here decodes a byte of a
+ * broker.lua, scripts/lmp/worker.lua); they reach this file through
+ * lmp.core.broker.  Nothing here decodes a byte of a
  * message before its HMAC has been checked: open() verifies first, and only
  * an authentic message is decoded, trusted (bytecode allowed), since the
  * secret's holders are the only ones who could have written it.
- *
- * lmp.Pool dispatch: lmpb_broker_open replaces lmp.Pool with a closure that
- * sends a table carrying `broker` to require("lmp.broker").Pool and
- * everything else, untouched, to the local Pool constructor it wraps.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -22,6 +18,8 @@
 #include <unistd.h>
 
 #include "lmp/broker.h"
+#include "codec.h"
+#include "lmpaux.h"
 #include "lmpb.h"
 
 #define CONN_MT "lmp.BrokerConn"
@@ -532,7 +530,7 @@ static const luaL_Reg core_funcs[] = {
     {"signals", l_signals}, {"isatty", l_isatty}, {NULL, NULL},
 };
 
-static int open_core(lua_State *L)
+int lmpb_broker_open(lua_State *L)
 {
   if (luaL_newmetatable(L, CONN_MT)) {
     luaL_newlib(L, conn_methods);
@@ -544,44 +542,6 @@ static int open_core(lua_State *L)
   luaL_newlib(L, core_funcs);
   lua_pushinteger(L, LUA_VERSION_NUM);
   lua_setfield(L, -2, "lua_version");
-  return 1;
-}
-
-/* === the dispatch point of lmp.Pool === */
-
-/* lmp.Pool(...): a first argument that is a table with a `broker` field
- * makes a broker pool (scripts/lmp/broker.lua); anything else goes to the
- * local Pool constructor (upvalue 1) exactly as it came. */
-static int l_pool(lua_State *L)
-{
-  int nargs = lua_gettop(L);
-  if (lua_type(L, 1) == LUA_TTABLE && lua_getmetatable(L, 1) == 0) {
-    int broker = lua_getfield(L, 1, "broker") != LUA_TNIL;
-    lua_pop(L, 1);
-    if (broker) {
-      lua_getglobal(L, "require");
-      lua_pushliteral(L, "lmp.broker");
-      lua_call(L, 1, 1);
-      lua_getfield(L, -1, "Pool");
-      lua_remove(L, -2);
-      lua_insert(L, 1);
-      lua_call(L, nargs, LUA_MULTRET);
-      return lua_gettop(L);
-    }
-  } else if (lua_type(L, 1) == LUA_TTABLE) {
-    lua_pop(L, 1);
-  }
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_insert(L, 1);
-  lua_call(L, nargs, LUA_MULTRET);
-  return lua_gettop(L);
-}
-
-int lmpb_broker_open(lua_State *L)
-{
-  lmpb_preload(L, "lmp.broker_core", open_core);
-  lua_getfield(L, -1, "Pool");
-  lua_pushcclosure(L, l_pool, 1);
-  lua_setfield(L, -2, "Pool");
+  lua_setfield(L, -2, "broker");
   return 0;
 }

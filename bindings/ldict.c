@@ -46,8 +46,10 @@
 
 #include "lmp/dict.h"
 #include "lmp/queue.h"
+#include "codec.h"
 #include "codec/plain.h"
 #include "lmp/runtime.h"
+#include "lmpaux.h"
 #include "lmpb.h"
 
 #define DICT_MT "lmp.Dict"
@@ -1462,7 +1464,5 @@ int lmpb_dict_open(lua_State *L)
   /* References a dead process left, and pins in unread messages, are given
    * back through their object, so its last-holder cleanup runs too. */
   lmp_runtime_set_unpin(unpin_name);
-  lmpb_pushlazy(L, "lmp.manager", "new"); /* lmp.Manager(...), in scripts/lmp/manager.lua */
-  lua_setfield(L, -2, "Manager");
   return 0;
 }

@@ -7,54 +7,18 @@
  * ("task", "worker_lost", "timeout", "serialize", ...), `traceback` is the
  * remote one, `value` the original error value when it could be sent.
  *
- * Unexpected runtime codes become errors here, in one place: most as a plain
- * "what: reason" string, and the ones a program may want to handle as an
- * lmp.Error of their own kind ("no_space": shared memory ran out, the
- * message saying how much was asked for and what was left where).
+ * The value itself (its metatable, its __tostring, raising one from C) is
+ * the ground floor's (lmpaux.c), so that every binding can raise one; this
+ * file adds lmp.Error and lmp.is_error to the core and registers the class
+ * with the codec, so that an error crosses processes as an lmp.Error.
  */
-#include <errno.h>
-#include <stdarg.h>
-#include <string.h>
-
-#include "lmp/segment.h"
+#include "codec.h"
+#include "lmpaux.h"
 #include "lmpb.h"
 
-#define ERROR_MT "lmp.Error"
+#define ERROR_MT LMPB_ERROR_MT
 
 /* === construction === */
-
-void lmpb_error_push(lua_State *L, const char *kind, const char *msg)
-{
-  lua_createtable(L, 0, 4);
-  lua_pushstring(L, kind);
-  lua_setfield(L, -2, "kind");
-  lua_pushstring(L, msg);
-  lua_setfield(L, -2, "message");
-  luaL_setmetatable(L, ERROR_MT);
-}
-
-int lmpb_error_raise(lua_State *L, const char *kind, const char *fmt, ...)
-{
-  va_list ap;
-  va_start(ap, fmt);
-  lua_pushvfstring(L, fmt, ap);
-  va_end(ap);
-  lmpb_error_push(L, kind, lua_tostring(L, -1));
-  return lua_error(L);
-}
-
-int lmpb_rterror(lua_State *L, const char *what, int code)
-{
-  const char *why;
-
-  if (code == -ENOSPC) {
-    why = lmp_seg_space_error();
-    return lmpb_error_raise(L, "no_space", "%s: %s", what, *why ? why : lmp_strerror(code));
-  }
-  if (code == -EINTR)
-    lmpb_interrupt_check(L);
-  return luaL_error(L, "%s: %s", what, lmp_strerror(code));
-}
 
 /* lmp.Error(kind, message [, fields]) or lmp.Error{kind =, message =, ...} */
 static int error_new(lua_State *L)
@@ -88,40 +52,6 @@ static int error_new(lua_State *L)
   return 1;
 }
 
-/* === methods === */
-
-static int error_tostring(lua_State *L)
-{
-  luaL_Buffer b;
-  luaL_checktype(L, 1, LUA_TTABLE);
-  lua_settop(L, 1);
-  /* the fields first: nothing but luaL_addvalue's value may be pushed
-   * while the buffer is open */
-  lua_getfield(L, 1, "kind");      /* 2 */
-  lua_getfield(L, 1, "message");   /* 3 */
-  lua_getfield(L, 1, "traceback"); /* 4 */
-  lua_getfield(L, 1, "pid");       /* 5 */
-  luaL_buffinit(L, &b);
-  luaL_addstring(&b, "lmp.Error(");
-  luaL_addstring(&b, lua_isstring(L, 2) ? lua_tostring(L, 2) : "?");
-  if (lua_isinteger(L, 5)) {
-    lua_pushfstring(L, ", pid %d", (int)lua_tointeger(L, 5));
-    luaL_addvalue(&b);
-  }
-  luaL_addstring(&b, "): ");
-  if (lua_isstring(L, 3)) {
-    lua_pushvalue(L, 3);
-    luaL_addvalue(&b);
-  }
-  if (lua_isstring(L, 4) && lua_rawlen(L, 4) > 0) {
-    luaL_addstring(&b, "\nremote ");
-    lua_pushvalue(L, 4);
-    luaL_addvalue(&b);
-  }
-  luaL_pushresult(&b);
-  return 1;
-}
-
 static int error_is(lua_State *L)
 {
   int is = 0;
@@ -135,12 +65,7 @@ static int error_is(lua_State *L)
 
 int lmpb_error_open(lua_State *L)
 {
-  if (luaL_newmetatable(L, ERROR_MT)) {
-    lua_pushcfunction(L, error_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pushvalue(L, -1);
-    lua_setfield(L, -2, "__index");
-  }
+  lmpb_error_metatable(L);
   lmpb_register_class(L, ERROR_MT, lua_gettop(L));
   lua_pop(L, 1);
   lua_pushcfunction(L, error_new);

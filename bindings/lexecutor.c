@@ -2,7 +2,7 @@
  * lexecutor.c -- the C half of lmp.Executor: the module entries and one
  * helper.  The Executor, its Futures, as_completed, wait and await are
  * written in Lua (scripts/lmp/executor.lua) over lmp.Pool's public surface,
- * and loaded the first time one of them is called.
+ * and loaded the first time one of them is called (scripts/lmp/init.lua).
  *
  * The helper waits on several descriptors at once.  Futures may come from
  * several executors, each with its own pool and its own pool:fileno(); to
@@ -13,6 +13,7 @@
 #include <poll.h>
 
 #include "../runtime/internal.h"
+#include "lmpaux.h"
 #include "lmpb.h"
 
 #define MAX_FDS 4096
@@ -47,12 +48,7 @@ static int l_poll_fds(lua_State *L)
 
 int lmpb_executor_open(lua_State *L)
 {
-  static const char *const lazy[] = {"Executor", "as_completed", "wait", "await", NULL};
   static const char *const consts[] = {"FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED", NULL};
-  for (int i = 0; lazy[i]; i++) {
-    lmpb_pushlazy(L, "lmp.executor", lazy[i]);
-    lua_setfield(L, -2, lazy[i]);
-  }
   for (int i = 0; consts[i]; i++) {
     lua_pushstring(L, consts[i]);
     lua_setfield(L, -2, consts[i]);

@@ -11,8 +11,8 @@
  * that (the state's children ended first, then the drain), created after the channel
  * so that it runs before the channel's own finalizer.
  *
- * These are the module "lmp.logcore" (package.preload); lmp.log_to_stderr
- * and lmp.get_logger load lmp.log on first use.
+ * These are lmp.core.log; lmp.log_to_stderr and lmp.get_logger
+ * (scripts/lmp/init.lua) load lmp.log on first use.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "lmp/proc.h"
+#include "lmpaux.h"
 #include "lmpb.h"
 
 #define CLOSER_MT "lmp.log.closer"
@@ -119,18 +120,9 @@ static const luaL_Reg core[] = {
     {"pid", l_pid},     {"on_close", l_on_close}, {NULL, NULL},
 };
 
-static int open_core(lua_State *L)
-{
-  luaL_newlib(L, core);
-  return 1;
-}
-
 int lmpb_log_open(lua_State *L)
 {
-  lmpb_preload(L, "lmp.logcore", open_core);
-  lmpb_pushlazy(L, "lmp.log", "log_to_stderr");
-  lua_setfield(L, -2, "log_to_stderr");
-  lmpb_pushlazy(L, "lmp.log", "get_logger");
-  lua_setfield(L, -2, "get_logger");
+  luaL_newlib(L, core);
+  lua_setfield(L, -2, "log");
   return 0;
 }

@@ -24,6 +24,8 @@
 #include "lmp/pipe.h"
 #include "lmp/runtime.h"
 #include "lmp/segment.h"
+#include "codec.h"
+#include "lmpaux.h"
 #include "lmpb.h"
 
 #define PIPE_MT "lmp.Connection"
@@ -84,10 +86,8 @@ static lpipe *checkwritable(lua_State *L)
 
 static int sendresult(lua_State *L, int rc)
 {
-  if (rc == -EPIPE || rc == -ECONNRESET)
-    return lmpb_fail(L, "closed");
   if (rc < 0)
-    return lmpb_rterror(L, "send", rc);
+    return lmpb_result(L, "send", rc, "timeout");
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -96,13 +96,7 @@ static int sendresult(lua_State *L, int rc)
 static int recv_into(lua_State *L, lpipe *p, int64_t deadline)
 {
   int rc = lmp_pipe_recv(&p->rd, p->fd, deadline);
-  if (rc == -ETIMEDOUT)
-    return lmpb_fail(L, "timeout");
-  if (rc == -EPIPE || rc == -ECONNRESET)
-    return lmpb_fail(L, "closed");
-  if (rc < 0)
-    return lmpb_rterror(L, "recv", rc);
-  return 0;
+  return rc < 0 ? lmpb_result(L, "recv", rc, "timeout") : 0;
 }
 
 /* === constructor === */

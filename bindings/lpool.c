@@ -2,7 +2,7 @@
  * lpool.c -- the C half of lmp.Pool: the pool core object, the worker loop,
  * and the encoding of functions once per call.  The Pool and AsyncResult
  * objects users see are written in Lua (scripts/lmp/pool.lua), loaded the
- * first time lmp.Pool is called and handed the functions below.
+ * first time lmp.Pool is called, over the functions below (lmp.core.pool).
  *
  * A task is [function record][u32 count][msgpack value].  The function
  * record is [u64 hash][u32 length][the function as the codec encodes it,
@@ -41,7 +41,9 @@
 
 #include "lmp/pool.h"
 #include "lmp/proc.h"
+#include "codec.h"
 #include "codec/plain.h"
+#include "lmpaux.h"
 #include "lmpb.h"
 
 #define CORE_MT "lmp.PoolCore"
@@ -54,7 +56,6 @@ enum { ST_OK = 0, ST_ERROR = 1, ST_PARTIAL = 2 };
 enum { TAG_PROFILE = 0x100, ST_PROFILED = 0x10000 };
 
 static const char K_FNRECS; /* registry: reusable function -> its record (weak keys) */
-static const char K_CTOR;   /* registry: the Lua constructor, once loaded */
 
 /* Counters for tests: function records built here, functions loaded by a
  * worker here. */
@@ -408,12 +409,8 @@ static int core_wait(lua_State *L)
   }
   lmp_pool_event_t ev;
   int rc = lmp_pool_wait(lp->pool, &ev, deadline);
-  if (rc == -ETIMEDOUT)
-    return lmpb_fail(L, "timeout");
-  if (rc == -EPIPE)
-    return lmpb_fail(L, "closed");
   if (rc < 0)
-    return lmpb_rterror(L, "wait", rc);
+    return lmpb_result(L, "wait", rc, "timeout");
   lua_Integer first;
   int sink = ev.id && take_sink(L, (lua_Integer)ev.id, &first);
   int top = lua_gettop(L), nres = 3, prof = 0;
@@ -1333,47 +1330,6 @@ static const luaL_Reg core_funcs[] = {
     {"table", l_table}, {"counters", l_counters},   {NULL, NULL},
 };
 
-/* lmp.Pool(...), and lmp._pool_new(method, ...) for contexts: loads
- * scripts/lmp/pool.lua on first use (installing it with the module table
- * and the core functions), then constructs; the constructor's first
- * argument is the start method to use unless the options name one. */
-static int construct(lua_State *L)
-{
-  int nargs = lua_gettop(L);
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &K_CTOR) != LUA_TFUNCTION) {
-    lua_pop(L, 1);
-    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-    if (lua_getfield(L, -1, "lmp.pool") != LUA_TFUNCTION)
-      return luaL_error(L, "lmp.pool is missing from this build");
-    lua_pushliteral(L, "lmp.pool");
-    lua_call(L, 1, 1); /* the installer */
-    lua_pushvalue(L, lua_upvalueindex(1));
-    luaL_newlib(L, core_funcs);
-    lua_pushinteger(L, MAX_PROCESSES);
-    lua_setfield(L, -2, "max_processes"); /* so Pool's own checks name 'Pool' */
-    lua_call(L, 2, 1); /* the constructor */
-    lua_remove(L, -2);
-    lua_pushvalue(L, -1);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &K_CTOR);
-  }
-  lua_insert(L, 1);
-  lua_call(L, nargs, LUA_MULTRET);
-  return lua_gettop(L);
-}
-
-static int l_pool(lua_State *L)
-{
-  lua_pushnil(L);
-  lua_insert(L, 1);
-  return construct(L);
-}
-
-static int l_pool_new(lua_State *L)
-{
-  lmpb_checkmethod(L, 1, 1);
-  return construct(L);
-}
-
 int lmpb_pool_open(lua_State *L)
 {
   if (luaL_newmetatable(L, CORE_MT)) {
@@ -1392,12 +1348,10 @@ int lmpb_pool_open(lua_State *L)
     lua_rawsetp(L, LUA_REGISTRYINDEX, &K_FNRECS);
   }
   lua_pop(L, 1);
-  lua_pushvalue(L, -1); /* the module table, for the installer */
-  lua_pushcclosure(L, l_pool, 1);
-  lua_setfield(L, -2, "Pool");
-  lua_pushvalue(L, -1);
-  lua_pushcclosure(L, l_pool_new, 1);
-  lua_setfield(L, -2, "_pool_new");
+  luaL_newlib(L, core_funcs);
+  lua_pushinteger(L, MAX_PROCESSES);
+  lua_setfield(L, -2, "max_processes"); /* so Pool's own checks name 'Pool' */
+  lua_setfield(L, -2, "pool");          /* for scripts/lmp/pool.lua */
   lua_pushcfunction(L, l_counters);
   lua_setfield(L, -2, "_pool_counters");
   lua_pushcfunction(L, l_pool_worker);

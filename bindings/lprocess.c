@@ -12,7 +12,7 @@
  *
  * The other start methods (lspawn.c) send the target and its arguments to
  * a fresh state instead; start() hands every method to lmpb_spawn, and the
- * child side of all of them ends in lmpb_process_run below.
+ * child side of all of them ends in lmpb_process_run (lchild.c).
  */
 #include <errno.h>
 #include <signal.h>
@@ -22,10 +22,11 @@
 
 #include "lmp/proc.h"
 #include "lmp/segment.h"
+#include "lmpaux.h"
 #include "lmpb.h"
 
 #define PROCESS_MT "lmp.Process"
-#define CHILDREN_KEY "lmp.children" /* registry: started Process -> true */
+#define CHILDREN_KEY LMPB_CHILDREN_KEY /* registry: started Process -> true */
 
 enum { CREATED, STARTED, CLOSED };
 
@@ -36,11 +37,6 @@ typedef struct lprocess {
   int daemon;
   const char *method; /* start method given (a static string); NULL: the default */
 } lprocess;
-
-/* Identity of the running process, for current_process()/parent_process(). */
-static char self_name[128] = "MainProcess";
-static char parent_name[128];
-static int counter; /* default names Process-1, Process-2, ... */
 
 /* === helpers === */
 
@@ -187,50 +183,12 @@ static int process_new(lua_State *L)
     lua_setfield(L, ut, "args");
   }
   if (lua_getfield(L, ut, "name") == LUA_TNIL) {
-    lua_pushfstring(L, "Process-%d", ++counter);
+    lua_pushfstring(L, "Process-%d", lmpb_process_next());
     lua_setfield(L, ut, "name");
   }
   lua_pop(L, 1);
   lua_setiuservalue(L, -2, 1);
   return 1;
-}
-
-/* === the child's side === */
-
-void lmpb_process_become(lua_State *L, const char *name, const char *pname, pid_t ppid)
-{
-  snprintf(parent_name, sizeof parent_name, "%s", pname ? pname : self_name);
-  snprintf(self_name, sizeof self_name, "%s", name);
-  if (ppid > 0)
-    lmp_proc_set_parent(ppid);
-  counter = 0;
-  lua_newtable(L);
-  lua_setfield(L, LUA_REGISTRYINDEX, CHILDREN_KEY);
-}
-
-void lmpb_process_run(lua_State *L, int fn_idx, int nargs)
-{
-  fn_idx = lua_absindex(L, fn_idx);
-  lua_settop(L, fn_idx + nargs);
-  /* The target runs in a coroutine of its own so that a traceback shows its
-   * frames only, not the parent's frames the fork inherited. */
-  lua_State *co = lua_newthread(L);
-  lua_insert(L, fn_idx);
-  luaL_checkstack(co, nargs + 1, "too many arguments");
-  lua_xmove(L, co, nargs + 1);
-  int nres, status = lua_resume(co, L, nargs, &nres);
-  int code = 0;
-  if (status != LUA_OK) {
-    if (status == LUA_YIELD)
-      lua_pushliteral(L, "attempt to yield from the target of a process");
-    else
-      lmpb_tomessage(co, -1), lua_xmove(co, L, 1);
-    luaL_traceback(L, co, lua_tostring(L, -1), 0);
-    fflush(stdout);
-    fprintf(stderr, "Process %s (pid %d):\n%s\n", self_name, (int)getpid(), lua_tostring(L, -1));
-    code = 1;
-  }
-  lmp_proc_exit(code);
 }
 
 /* === methods === */
@@ -438,7 +396,7 @@ static int process_newindex(lua_State *L)
 static int l_current_process(lua_State *L)
 {
   lua_createtable(L, 0, 2);
-  lua_pushstring(L, self_name);
+  lua_pushstring(L, lmpb_process_name());
   lua_setfield(L, -2, "name");
   lua_pushinteger(L, getpid());
   lua_setfield(L, -2, "pid");
@@ -451,7 +409,7 @@ static int l_parent_process(lua_State *L)
   if (ppid == 0)
     return 0;
   lua_createtable(L, 0, 2);
-  lua_pushstring(L, parent_name);
+  lua_pushstring(L, lmpb_parent_name());
   lua_setfield(L, -2, "name");
   lua_pushinteger(L, ppid);
   lua_setfield(L, -2, "pid");

@@ -227,8 +227,6 @@ static int l_active(lua_State *L)
 
 int lmpb_profile_open(lua_State *L)
 {
-  lmpb_pushlazy(L, "lmp.profile", "run"); /* lmp.profile(fn, ...), in scripts/lmp/profile.lua */
-  lua_setfield(L, -2, "profile");
   lua_pushcfunction(L, l_start);
   lua_setfield(L, -2, "_profile_start");
   lua_pushcfunction(L, l_stop);

@@ -11,6 +11,8 @@
 #include <string.h>
 
 #include "lmp/queue.h"
+#include "codec.h"
+#include "lmpaux.h"
 #include "lmpb.h"
 
 enum { PLAIN, JOINABLE, SIMPLE };
@@ -113,12 +115,8 @@ static int put(lua_State *L, lqueue *q, int64_t deadline, const char *full)
   luaL_checkany(L, 2);
   const lmp_buf_t *msg = lmpb_encode(L, 2, "value");
   int rc = lmp_queue_put(q->q, msg->data, msg->len, deadline);
-  if (rc == -ETIMEDOUT)
-    return lmpb_fail(L, full);
-  if (rc == -EPIPE)
-    return lmpb_fail(L, "closed");
   if (rc < 0)
-    return lmpb_rterror(L, "put", rc);
+    return lmpb_result(L, "put", rc, full);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -126,12 +124,8 @@ static int put(lua_State *L, lqueue *q, int64_t deadline, const char *full)
 static int get(lua_State *L, lqueue *q, int64_t deadline, const char *empty)
 {
   int rc = lmp_queue_get(q->q, &q->buf, deadline);
-  if (rc == -ETIMEDOUT)
-    return lmpb_fail(L, empty);
-  if (rc == -EPIPE)
-    return lmpb_fail(L, "closed");
   if (rc < 0)
-    return lmpb_rterror(L, "get", rc);
+    return lmpb_result(L, "get", rc, empty);
   lmpb_decode(L, q->buf.data, q->buf.len, 1);
   return 1;
 }
@@ -241,9 +235,9 @@ static int queue_join(lua_State *L)
 {
   lqueue *q = checkqueue(L);
   int rc = lmp_queue_join(q->q, lmpb_optdeadline(L, 2));
-  if (rc < 0 && rc != -ETIMEDOUT)
-    return lmpb_rterror(L, "join", rc);
-  lua_pushboolean(L, rc == 0);
+  if (rc < 0)
+    return lmpb_result(L, "join", rc, NULL);
+  lua_pushboolean(L, 1);
   return 1;
 }
 

@@ -35,7 +35,7 @@
 #include <readline/history.h>
 #include <readline/readline.h>
 
-#include "lmpb.h"
+#include "lmpaux.h"
 
 #define COMPLETER_KEY "lmp.readline.completer"
 

@@ -15,6 +15,8 @@
 #include <string.h>
 
 #include "lmp/shmem.h"
+#include "codec.h"
+#include "lmpaux.h"
 #include "lmpb.h"
 
 #define SHMEM_MT "lmp.SharedMemory"

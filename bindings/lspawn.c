@@ -43,13 +43,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "lmp.h"
 #include "lmp/proc.h"
 #include "lmp/runtime.h"
 #include "../runtime/forkserver.h"
+#include "codec.h"
+#include "lmpaux.h"
 #include "lmpb.h"
 
 #define PRELOAD_KEY "lmp.forkserver_preload"
+
+static const char K_LOG_EXPORT, K_LOG_IMPORT; /* registry: the logging hooks (l_log_hooks) */
 
 enum { FORK, SPAWN, FORKSERVER };
 static const char *const methods[] = {"fork", "spawn", "forkserver", NULL};
@@ -105,43 +108,6 @@ const char *lmpb_checkmethod(lua_State *L, int idx, int arg)
   return methods[i];
 }
 
-/* After the call, or after a yield inside it (lmp.await yields): every
- * value on the stack is a result. */
-static int lazy_done(lua_State *L, int status, lua_KContext ctx)
-{
-  (void)status;
-  (void)ctx;
-  return lua_gettop(L);
-}
-
-static int lazy_call(lua_State *L)
-{
-  int n = lua_gettop(L);
-  lua_getglobal(L, "require");
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_call(L, 1, 1);
-  lua_getfield(L, -1, lua_tostring(L, lua_upvalueindex(2)));
-  lua_insert(L, 1);
-  lua_pop(L, 1);
-  lua_callk(L, n, LUA_MULTRET, 0, lazy_done);
-  return lazy_done(L, LUA_OK, 0);
-}
-
-void lmpb_pushlazy(lua_State *L, const char *module, const char *field)
-{
-  lua_pushstring(L, module);
-  lua_pushstring(L, field);
-  lua_pushcclosure(L, lazy_call, 2);
-}
-
-void lmpb_preload(lua_State *L, const char *name, lua_CFunction open)
-{
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  lua_pushcfunction(L, open);
-  lua_setfield(L, -2, name);
-  lua_pop(L, 1);
-}
-
 /* write(2) all of it, or -errno. */
 static int write_all(int fd, const void *p, size_t n)
 {
@@ -178,7 +144,9 @@ static void find_beside_module(void)
 {
   Dl_info info;
   char dir[PATH_MAX], path[PATH_MAX + 32];
-  if (!dladdr((void *)luaopen_lmp, &info) || !info.dli_fname || !realpath(info.dli_fname, dir))
+  /* this very function is in the module */
+  if (!dladdr((void *)find_beside_module, &info) || !info.dli_fname ||
+      !realpath(info.dli_fname, dir))
     return;
   char *slash = strrchr(dir, '/');
   if (!slash)
@@ -305,15 +273,8 @@ static void push_meta(lua_State *L, const lmpb_start_t *how)
   int t = lua_gettop(L);
   lua_pushstring(L, how->name ? how->name : "Process");
   lua_setfield(L, t, "name");
-  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  lua_getfield(L, -1, "lmp");
-  lua_remove(L, -2);
-  if (lua_istable(L, -1) && lua_getfield(L, -1, "current_process") == LUA_TFUNCTION) {
-    lua_call(L, 0, 1);
-    lua_getfield(L, -1, "name");
-    lua_setfield(L, t, "pname");
-  }
-  lua_settop(L, t);
+  lua_pushstring(L, lmpb_process_name());
+  lua_setfield(L, t, "pname");
   lua_pushinteger(L, getpid());
   lua_setfield(L, t, "ppid");
   lua_pushstring(L, methods[choice(L)->method]);
@@ -339,9 +300,7 @@ static void push_meta(lua_State *L, const lmpb_start_t *how)
   push_modules(L);
   lua_setfield(L, t, "modules");
   /* The logging set-up, if logging is in use here. */
-  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  if (lua_getfield(L, -1, "lmp.log") == LUA_TTABLE &&
-      lua_getfield(L, -1, "_export") == LUA_TFUNCTION) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &K_LOG_EXPORT) == LUA_TFUNCTION) {
     lua_call(L, 0, 1);
     lua_setfield(L, t, "log");
   }
@@ -598,16 +557,12 @@ static int child_setup(lua_State *L)
     }
   }
   lua_pop(L, 1);
-  if (lua_getfield(L, meta, "log") == LUA_TTABLE) {
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "lmp.log");
-    lua_call(L, 1, 1);
-    lua_getfield(L, -1, "_import");
-    lua_pushvalue(L, -3);
+  if (lua_getfield(L, meta, "log") == LUA_TTABLE &&
+      lua_rawgetp(L, LUA_REGISTRYINDEX, &K_LOG_IMPORT) == LUA_TFUNCTION) {
+    lua_pushvalue(L, -2);
     lua_call(L, 1, 0);
-    lua_pop(L, 1);
   }
-  lua_pop(L, 1);
+  lua_settop(L, meta);
   int base = lua_gettop(L);
   lmpb_decode(L, p[0], n[0], 1);
   lmpb_decode(L, p[1], n[1], 1);
@@ -798,17 +753,20 @@ static int l_get_all_start_methods(lua_State *L)
   return 1;
 }
 
-/* lmp.get_context([method]): checks the name here, builds in lmp.context. */
-static int l_get_context(lua_State *L)
+/*
+ * The logging set-up crosses to a child through two functions that lmp's
+ * Lua side gives here (lmp.core._log_hooks(export, import), from
+ * scripts/lmp/init.lua): export() returns this process's set-up, or nil when
+ * logging is not in use, for the payload; import(setup) applies one in the
+ * child.  A state that never gave them sends none.
+ */
+static int l_log_hooks(lua_State *L)
 {
-  lmpb_checkmethod(L, 1, 1);
-  lua_settop(L, 1);
-  lua_getglobal(L, "require");
-  lua_pushliteral(L, "lmp.context");
-  lua_call(L, 1, 1);
-  lua_insert(L, 1);
-  lua_call(L, 1, 1);
-  return 1;
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &K_LOG_IMPORT);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &K_LOG_EXPORT);
+  return 0;
 }
 
 /* lmp.set_forkserver_preload({module, ...}): modules the server requires
@@ -834,7 +792,7 @@ static const luaL_Reg funcs[] = {
     {"set_start_method", l_set_start_method},
     {"get_start_method", l_get_start_method},
     {"get_all_start_methods", l_get_all_start_methods},
-    {"get_context", l_get_context},
+    {"_log_hooks", l_log_hooks},
     {"set_forkserver_preload", l_set_forkserver_preload},
     {NULL, NULL},
 };

@@ -34,6 +34,8 @@
 
 #include "lmp/segment.h"
 #include "lmp/syncobj.h"
+#include "codec.h"
+#include "lmpaux.h"
 #include "lmpb.h"
 
 enum { LOCK, RLOCK, SEM, BSEM, EVENT, COND, BARRIER, NKINDS };
@@ -206,17 +208,13 @@ static int expired(int64_t deadline)
 
 static int push_acquired(lua_State *L, int rc)
 {
-  if (rc == -ETIMEDOUT) {
-    lua_pushboolean(L, 0);
-    return 1;
-  }
   if (rc == -EDEADLK)
     return luaL_error(L, "acquire would deadlock: this process already holds the lock "
                          "(give a timeout, or use an RLock)");
   if (rc == -EOVERFLOW)
     return luaL_error(L, "acquire: RLock held too many times");
   if (rc < 0 && rc != -EOWNERDEAD)
-    return lmpb_rterror(L, "acquire", rc);
+    return lmpb_result(L, "acquire", rc, NULL);
   lua_pushboolean(L, 1);
   if (rc == 0)
     return 1;
@@ -261,11 +259,10 @@ static int sem_acquire(lua_State *L)
   lsync *s = checksync(L, SEMS, "lmp.Semaphore");
   int64_t deadline = lmpb_optdeadline(L, 2);
   int rc = lmp_sem_acquire(&s->sh->u.sem, deadline);
-  if (rc < 0 && rc != -ETIMEDOUT)
-    return lmpb_rterror(L, "acquire", rc);
-  if (rc == 0)
-    s->units++;
-  lua_pushboolean(L, rc == 0);
+  if (rc < 0)
+    return lmpb_result(L, "acquire", rc, NULL);
+  s->units++;
+  lua_pushboolean(L, 1);
   return 1;
 }
 
@@ -393,9 +390,9 @@ static int event_wait(lua_State *L)
 {
   lsync *s = checksync(L, K(EVENT), "lmp.Event");
   int rc = lmp_event_wait(&s->sh->u.event, lmpb_optdeadline(L, 2));
-  if (rc < 0 && rc != -ETIMEDOUT)
-    return lmpb_rterror(L, "wait", rc);
-  lua_pushboolean(L, rc == 0);
+  if (rc < 0)
+    return lmpb_result(L, "wait", rc, NULL);
+  lua_pushboolean(L, 1);
   return 1;
 }
 

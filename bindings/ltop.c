@@ -4,7 +4,7 @@
  * taking part (lmp_pool_list / lmp_pool_peek), a terminal in cbreak mode, and
  * a terminal's size (for lmp top's screen and scripts/lmp/progress.lua).
  *
- * They are the internal module "lmp._top".  The terminal is put in cbreak
+ * They are lmp.core.top, for scripts/lmp/top.lua.  The terminal is put in cbreak
  * mode (no echo, keys one at a time, ^C still a signal) and restored by
  * restore(), which the Lua side calls on every way out; SIGINT, SIGTERM and
  * SIGHUP only set a flag here, which key() reports, so the restore happens
@@ -21,6 +21,7 @@
 
 #include "lmp/pool.h"
 #include "lmp/proc.h"
+#include "lmpaux.h"
 #include "lmpb.h"
 
 #define MAX_POOLS 256
@@ -213,16 +214,11 @@ static const luaL_Reg funcs[] = {
     {"isatty", l_isatty},     {NULL, NULL},
 };
 
-static int loader(lua_State *L)
-{
-  luaL_newlib(L, funcs);
-  return 1;
-}
-
-/* require "lmp._top" gives these functions: a module of their own, outside
- * the lmp table, so a function whose upvalue is lmp can still be sent. */
+/* lmp.core.top holds these functions: a table of its own, outside the lmp
+ * table, so a function whose upvalue is lmp can still be sent. */
 int lmpb_top_open(lua_State *L)
 {
-  lmpb_preload(L, "lmp._top", loader);
+  luaL_newlib(L, funcs);
+  lua_setfield(L, -2, "top");
   return 0;
 }

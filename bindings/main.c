@@ -32,6 +32,7 @@
 #include <lualib.h>
 
 #include "lmp.h"
+#include "lmpaux.h"
 #include "lmpb.h"
 
 static const char usage[] = "usage: lmp [options] [script [args]]\n"
@@ -262,7 +263,12 @@ static void openlmp(lua_State *L)
   luaL_openlibs(L);
   luaL_requiref(L, "lmp", luaopen_lmp, 1);
   lua_pop(L, 1);
-  lmpb_preload(L, "lmp.readline", lmpb_readline_open);
+  /* The executable provides the REPL's line editor as a module of its own,
+   * as lua.c's host provides the standard libraries. */
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushcfunction(L, lmpb_readline_open);
+  lua_setfield(L, -2, "lmp.readline");
+  lua_pop(L, 1);
 }
 
 /* === subcommands === */

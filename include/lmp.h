@@ -15,5 +15,8 @@
 
 struct lua_State;
 LMP_API int luaopen_lmp(struct lua_State *L);
+/* The C core alone, package.loaded["lmp.core"]: what luaopen_lmp opens
+ * first and the Lua module (scripts/lmp/init.lua) builds on. */
+LMP_API int luaopen_lmp_core(struct lua_State *L);
 
 #endif

@@ -497,10 +497,10 @@ describe_redis("lmp.Pool on a Redis broker", function()
     os.remove(mark)
     local w, log = start_worker(q, {args = {"--max-deliveries", "2"}})
     -- a well-formed message signed with another key, and plain garbage
-    local forged = require("lmp.broker_core").seal("not-the-secret", "T", "x.1",
-      {v = 504, c = "x", t = 1, f = require("lmp.broker_core").encode(function()
+    local forged = require("lmp.core").broker.seal("not-the-secret", "T", "x.1",
+      {v = 504, c = "x", t = 1, f = require("lmp.core").broker.encode(function()
         io.open(mark, "w"):close()
-      end), a = require("lmp.broker_core").encode({}), n = 0})
+      end), a = require("lmp.core").broker.encode({}), n = 0})
     local hex = forged:gsub(".", function(c) return string.format("\\x%02x", c:byte()) end)
     sh(string.format("printf '%s' | redis-cli -p %d -x XADD lmp:q:%s '*' d 0 m", hex, redis.port, q))
     cli("XADD lmp:q:" .. q .. " '*' m garbage d 0")

@@ -103,7 +103,8 @@ describe("make install", function()
 
   -- The ways docs/c-api.md gives to build against a prefix the loader does
   -- not search: each program starts, with no LD_LIBRARY_PATH; the plain
-  -- line's program does not, as the page says.
+  -- line of the runtime's shared library does not, as the page says (a Lua
+  -- host links one static archive, and starts).
   describe("the link lines of docs/c-api.md", function()
     local page = support.read("docs/c-api.md")
     local lines = {}
@@ -123,11 +124,12 @@ describe("make install", function()
     end
 
     it("are there", function()
-      assert.is_true(#lines >= 5, #lines .. " lines")
+      assert.is_true(#lines >= 4, #lines .. " lines")
     end)
 
     for _, line in ipairs(lines) do
       local plain = not line:find("rpath", 1, true) and not line:find("--static", 1, true)
+        and not line:find("lmp-lua", 1, true)
       it((plain and "without a search path, fails to start: " or "starts: ") .. line, function()
         local exe, lua = build_with(line)
         local out, code = sh("env -u LD_LIBRARY_PATH " .. exe)

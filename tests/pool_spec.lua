@@ -823,7 +823,7 @@ describe("lmp.Pool lifecycle", function()
   end)
 
   it("stats and lmp top read the same counters, current while the owner is away", function()
-    local top = require "lmp._top" -- what lmp top reads
+    local top = require("lmp.core").top -- what lmp top reads
     local me = lmp.current_process().pid
     local known = {}
     for _, e in ipairs(top.pools(me)) do known[e.name] = true end

@@ -2,7 +2,7 @@
 # tests/surface.sh BUILD_DIR -- what lmp shows the programs that use it, as
 # TAP lines (the layers suite of tests/run.sh runs it from the top of the
 # tree).  It fails when the surface grows:
-#   - lmp.so exports luaopen_lmp alone;
+#   - lmp.so exports its two Lua openers alone (luaopen_lmp, luaopen_lmp_core);
 #   - liblmp.so and liblmp-broker.so have a SONAME, export none of the
 #     runtime's lmp__ helpers, and only functions that include/lmp/*.h
 #     declare, every one of them marked LMP_API;
@@ -27,14 +27,15 @@ perl -0777 -pe 's{/\*.*?\*/}{}gs' include/lmp.h include/lmp/*.h > "$tmp/headers"
 # Every function they declare.
 grep -o 'lmp_[a-z0-9_]*[[:space:]]*(' "$tmp/headers" | sed 's/[[:space:]]*($//' | sort -u > "$tmp/declared"
 
+openers="luaopen_lmp luaopen_lmp_core"
 if [ ! -f "$B/lmp.so" ]; then
-  not_ok "lmp.so exports luaopen_lmp alone" "$B/lmp.so is not built"
+  not_ok "lmp.so exports its Lua openers alone" "$B/lmp.so is not built"
 else
   exports "$B/lmp.so" > "$tmp/module"
-  if [ "$(cat "$tmp/module")" = luaopen_lmp ]; then
-    ok "lmp.so exports luaopen_lmp alone"
+  if [ "$(tr '\n' ' ' < "$tmp/module")" = "$openers " ]; then
+    ok "lmp.so exports its Lua openers alone ($openers)"
   else
-    not_ok "lmp.so exports luaopen_lmp alone, not these $(wc -l < "$tmp/module") symbols" \
+    not_ok "lmp.so exports its Lua openers ($openers) alone, not these $(wc -l < "$tmp/module") symbols" \
       "$(cat "$tmp/module")"
   fi
 fi

@@ -75,6 +75,9 @@ the receiver's registered one and not as a copy; a userdata whose metatable __na
 #include <msgpack.h>
 
 #include "codec.h"
+#include "format.h"
+#include "lmp/segment.h" /* LMP_SEG_NAME_MAX, a constant: the codec calls no runtime */
+#include "lmpaux.h"
 #include "lmpb.h"
 
 #define CODEC_MAXDEPTH 200

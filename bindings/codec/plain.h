@@ -12,7 +12,9 @@
 #ifndef LMP_CODEC_PLAIN_H
 #define LMP_CODEC_PLAIN_H
 
-#include "lmpb.h"
+#include <lauxlib.h>
+
+#include "codec.h"
 
 /*
  * Plain values: nil, booleans, numbers and strings, in the bytes the codec

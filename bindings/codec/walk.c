@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "codec.h"
+#include "format.h"
 #include "lmp/segment.h" /* LMP_SEG_NAME_MAX, a constant: the walker calls no runtime */
 #include "lmpb.h"
 

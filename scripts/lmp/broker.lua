@@ -15,7 +15,7 @@
 -- imap's iterator), so a loop of apply_async costs one round trip per batch.
 -- Callbacks run, as on a local pool, inside those calls, in order.
 local lmp = require "lmp"
-local core = require "lmp.broker_core"
+local core = require("lmp.core").broker
 
 local M = {}
 

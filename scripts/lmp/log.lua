@@ -9,7 +9,7 @@
 --
 -- Handlers and the one channel.  A stream (io.stderr, io.stdout) or file
 -- path handler is written by every process itself with one write(2) per
--- line (lmp.logcore), so lines never interleave mid-line and appear at once.
+-- line (lmp.core.log), so lines never interleave mid-line and appear at once.
 -- A function handler runs only in the process that added it, its owner:
 -- other processes put their records on the owner's channel, an lmp.Queue,
 -- and the owner drains it into the function (Python's QueueHandler and
@@ -18,10 +18,11 @@
 -- logger:flush(), and when its Lua state closes, after its children ended.
 --
 -- Children inherit the set-up with fork; spawn and forkserver children get
--- it through _export / _import (lspawn.c calls them), function handlers
--- travelling as "forward to the owner's channel".
+-- it through _export / _import (lspawn.c calls them through the hooks
+-- lmp/init.lua gives it), function handlers travelling as "forward to the
+-- owner's channel".
 local lmp = require "lmp"
-local core = require "lmp.logcore"
+local core = require("lmp.core").log
 local check = require "lmp.check"
 
 local M = {}

@@ -1,16 +1,20 @@
 -- lmp.pool: lmp.Pool over the pool core of bindings/lpool.c (which forks
 -- the workers, moves the bytes and reports deaths and timeouts).
 --
--- Loaded the first time lmp.Pool is called; the chunk returns an installer
--- that lpool.c calls with the module table and the core functions, and that
--- returns the constructor (its first argument is a context's start method).
+-- Loaded the first time lmp.Pool is called (scripts/lmp/init.lua); the
+-- module is the constructor, whose first argument is a context's start
+-- method (nil: the default).  The code sits in one block, its locals the
+-- module's, over lmp and the pool core (lmp.core.pool).
 --
 -- AsyncResult, apply, map and imap are lmp.result's, over this backend:
 -- every submitted unit has a ticket of the core, and dispatch() takes one
 -- event from the core and settles its handler.
 local TAG_PROFILE = 0x100 -- the task runs under the sampler; its reply brings the samples
 
-return function(lmp, core)
+local lmp = require "lmp"
+local core = require("lmp.core").pool
+
+do
   local tointeger = math.tointeger
 
   local check = require "lmp.check"

@@ -104,7 +104,7 @@ end
 -- The width of the terminal on stderr now (so a resize is followed): its
 -- window size, else COLUMNS, else 80.
 local function stderr_columns()
-  local _, cols = require("lmp._top").size(2)
+  local _, cols = require("lmp.core").top.size(2)
   return cols
 end
 

@@ -9,7 +9,7 @@
 -- lmp_pool_peek in include/lmp/pool.h) and /proc: the program does nothing
 -- for it and never waits for it.  Only segments of this user are read.
 local lmp = require "lmp"
-local top = require "lmp._top"
+local top = require("lmp.core").top
 
 local M = {}
 

@@ -20,7 +20,7 @@
 -- ones are taken, then the worker exits 0); a second SIGINT stops at once,
 -- putting the running tasks back for other workers (exit 130).
 local lmp = require "lmp"
-local core = require "lmp.broker_core"
+local core = require("lmp.core").broker
 
 local M = {}
 

@@ -52,8 +52,10 @@
 #include <lua.h>
 #include <lualib.h>
 
+#include "codec.h"
 #include "codec/plain.h"
 #include "lmp/segment.h"
+#include "lmpaux.h"
 #include "lmpb.h"
 
 _Noreturn static void fail(const char *what, const char *data, size_t len)
@@ -65,31 +67,11 @@ _Noreturn static void fail(const char *what, const char *data, size_t len)
   abort();
 }
 
-/* lmp.c's helpers, which this program does not link. */
-__attribute__((weak)) void lmpb_checkoptions(lua_State *L, int idx, const char *const known[])
-{
-  (void)L, (void)idx, (void)known;
-}
-
-__attribute__((weak)) const char *lmpb_checkcstring(lua_State *L, int idx, int arg,
-                                                    const char *what)
-{
-  (void)arg, (void)what;
-  return lua_tostring(L, idx);
-}
-
-/* segment.c's, which lerror.c's error mapping names and this program does not
+/* segment.c's, which lmpaux.c's error table names and this program does not
  * link: no segment is ever made here. */
 __attribute__((weak)) const char *lmp_seg_space_error(void)
 {
   return "";
-}
-
-/* lmp.c's ^C check, which lerror.c's error mapping names: no wait here is
- * ever interrupted. */
-__attribute__((weak)) void lmpb_interrupt_check(lua_State *L)
-{
-  (void)L;
 }
 
 /* === the Lua side === */

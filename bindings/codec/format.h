@@ -1,5 +1,5 @@
 /*
- * codec.h -- what the files of the wire room share.  Every byte of msgpack
+ * format.h -- what the files of the wire room share: the format.  Every byte of msgpack
  * lmp writes or reads is written or read in bindings/codec/:
  *
  *   codec.c  Lua values <-> msgpack with lmp's ext types (the format)
@@ -7,11 +7,11 @@
  *            (plain.h: its interface, per-item halves inline)
  *   walk.c   the handles inside a message, found without decoding it
  *
- * The rest of bindings/ reaches the room through lmpb.h's codec section
- * and plain.h.
+ * The rest of bindings/ reaches the room through bindings/codec.h and
+ * plain.h.
  */
-#ifndef LMP_CODEC_H
-#define LMP_CODEC_H
+#ifndef LMP_CODEC_FORMAT_H
+#define LMP_CODEC_FORMAT_H
 
 /*
  * lmp's own kinds: ext types whose payload is a short sequence of msgpack

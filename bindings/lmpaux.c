@@ -1,32 +1,32 @@
 /*
- * lmp.c -- luaopen_lmp: the module table, the process-wide helpers (sleep,
- * time, cpu_count) and the shared argument helpers of the bindings.
+ * lmpaux.c -- the ground floor of the bindings (lauxlib's role): argument
+ * checks, lmp.Error, the one table from runtime codes to Lua results, ^C,
+ * and the state's owner tag.
  *
- * Opening the module initializes the runtime (this process becomes the root
- * unless it was started by another lmp process) and then each family of
- * objects adds its constructors, as LuaSocket's luaopen calls each *_open.
- * A sentinel userdata in the registry shuts the state's children down when
- * the state closes: daemon children are terminated, the others joined.  An
- * atexit hook does the same for a script that ends with os.exit() without
- * closing its state.
+ * Every binding file stands on this one, and it stands on nothing of
+ * bindings/: it includes its own header and the runtime's, so the layers
+ * above can call down into it and it never calls up.
  *
- * ^C (SIGINT) interrupts the root, as Python's KeyboardInterrupt does: see
- * "interruption" below.
+ * Runtime functions return 0 or -errno; lmpb_result turns a code into what
+ * the Lua caller sees, in one place, as luaL_fileresult does for liolib:
+ * the expected outcomes of a wait (a timeout, the other side gone) are
+ * results, and what a program may want to handle apart (shared memory ran
+ * out, a ^C) raises an lmp.Error of its own kind.
  */
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
-#include "lmp.h"
-#include "lmp/proc.h"
+#include "lmp/common.h"
 #include "lmp/runtime.h"
-#include "lmpb.h"
+#include "lmp/segment.h"
+#include "lmpaux.h"
 
-/* === shared helpers === */
+/* === arguments and messages === */
 
 int64_t lmpb_optdeadline(lua_State *L, int arg)
 {
@@ -52,21 +52,6 @@ void lmpb_checkoptions(lua_State *L, int idx, const char *const known[])
       luaL_argerror(L, idx, lua_pushfstring(L, "unknown option '%s'", key));
     }
   }
-}
-
-int lmpb_fail(lua_State *L, const char *reason)
-{
-  lua_pushnil(L);
-  lua_pushstring(L, reason);
-  return 2;
-}
-
-int lmpb_fds_retry(lua_State *L, int rc)
-{
-  if (rc != -EMFILE && rc != -ENFILE)
-    return 0;
-  lua_gc(L, LUA_GCCOLLECT);
-  return 1;
 }
 
 int lmpb_closed(lua_State *L, const char *tname)
@@ -110,6 +95,116 @@ int lmpb_method(lua_State *L, const char *tname)
   lua_getfield(L, -1, "methods");
   lua_pushvalue(L, 2);
   lua_rawget(L, -2);
+  return 1;
+}
+
+/* === lmp.Error === */
+
+static int error_tostring(lua_State *L)
+{
+  luaL_Buffer b;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  /* the fields first: nothing but luaL_addvalue's value may be pushed
+   * while the buffer is open */
+  lua_getfield(L, 1, "kind");      /* 2 */
+  lua_getfield(L, 1, "message");   /* 3 */
+  lua_getfield(L, 1, "traceback"); /* 4 */
+  lua_getfield(L, 1, "pid");       /* 5 */
+  luaL_buffinit(L, &b);
+  luaL_addstring(&b, "lmp.Error(");
+  luaL_addstring(&b, lua_isstring(L, 2) ? lua_tostring(L, 2) : "?");
+  if (lua_isinteger(L, 5)) {
+    lua_pushfstring(L, ", pid %d", (int)lua_tointeger(L, 5));
+    luaL_addvalue(&b);
+  }
+  luaL_addstring(&b, "): ");
+  if (lua_isstring(L, 3)) {
+    lua_pushvalue(L, 3);
+    luaL_addvalue(&b);
+  }
+  if (lua_isstring(L, 4) && lua_rawlen(L, 4) > 0) {
+    luaL_addstring(&b, "\nremote ");
+    lua_pushvalue(L, 4);
+    luaL_addvalue(&b);
+  }
+  luaL_pushresult(&b);
+  return 1;
+}
+
+void lmpb_error_metatable(lua_State *L)
+{
+  if (luaL_newmetatable(L, LMPB_ERROR_MT)) {
+    lua_pushcfunction(L, error_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -2, "__index");
+  }
+}
+
+void lmpb_error_push(lua_State *L, const char *kind, const char *msg)
+{
+  lua_createtable(L, 0, 4);
+  lua_pushstring(L, kind);
+  lua_setfield(L, -2, "kind");
+  lua_pushstring(L, msg);
+  lua_setfield(L, -2, "message");
+  lmpb_error_metatable(L);
+  lua_setmetatable(L, -2);
+}
+
+int lmpb_error_raise(lua_State *L, const char *kind, const char *fmt, ...)
+{
+  va_list ap;
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lmpb_error_push(L, kind, lua_tostring(L, -1));
+  return lua_error(L);
+}
+
+/* === results === */
+
+int lmpb_fail(lua_State *L, const char *reason)
+{
+  lua_pushnil(L);
+  lua_pushstring(L, reason);
+  return 2;
+}
+
+int lmpb_result(lua_State *L, const char *what, int rc, const char *timeout)
+{
+  if (rc >= 0)
+    return 0;
+  if (rc == -ETIMEDOUT && timeout == NULL) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  if (rc == -ETIMEDOUT)
+    return lmpb_fail(L, timeout);
+  if (rc == -EPIPE || rc == -ECONNRESET)
+    return lmpb_fail(L, "closed");
+  return lmpb_rterror(L, what, rc);
+}
+
+int lmpb_rterror(lua_State *L, const char *what, int code)
+{
+  const char *why;
+
+  if (code == -ENOSPC) {
+    why = lmp_seg_space_error();
+    return lmpb_error_raise(L, "no_space", "%s: %s", what, *why ? why : lmp_strerror(code));
+  }
+  if (code == -EINTR)
+    lmpb_interrupt_check(L);
+  return luaL_error(L, "%s: %s", what, lmp_strerror(code));
+}
+
+int lmpb_fds_retry(lua_State *L, int rc)
+{
+  if (rc != -EMFILE && rc != -ENFILE)
+    return 0;
+  lua_gc(L, LUA_GCCOLLECT);
   return 1;
 }
 
@@ -221,11 +316,11 @@ static int intr_gc(lua_State *L)
   return 0;
 }
 
-/* The root's first state takes ^C; a userdata made after the sentinel
- * gives it back before the state's children are ended. */
-static void intr_open(lua_State *L)
+/* A userdata made after the opener's sentinel gives ^C back before the
+ * state's children are ended. */
+void lmpb_interrupt_open(lua_State *L, int root)
 {
-  if (intr_L != NULL || !lmp_runtime_is_root())
+  if (intr_L != NULL || !root)
     return;
   lua_newuserdatauv(L, 1, 0);
   lua_createtable(L, 0, 1);
@@ -253,152 +348,13 @@ static void intr_open(lua_State *L)
   }
 }
 
-/* === module functions === */
-
-/* lmp.sleep(seconds): sleeps the whole time (for ever from 9e9 s, about 285
- * years, on) through signals, but a ^C raises "interrupted". */
-static int l_sleep(lua_State *L)
-{
-  lua_Number s = luaL_checknumber(L, 1);
-  luaL_argcheck(L, s >= 0 && !isnan(s), 1, "seconds must be a non-negative number");
-  int64_t deadline = lmp_deadline(s);
-  struct timespec ts = {deadline / 1000000000, deadline % 1000000000};
-  for (;;) {
-    if (deadline == LMP_FOREVER)
-      pause();
-    else if (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) != EINTR)
-      return 0;
-    lmpb_interrupt_check(L);
-  }
-}
-
-static int l_time(lua_State *L)
-{
-  lua_pushnumber(L, (lua_Number)lmp_now_ns() / 1e9);
-  return 1;
-}
-
-static int l_cpu_count(lua_State *L)
-{
-  long n = sysconf(_SC_NPROCESSORS_ONLN);
-  lua_pushinteger(L, n > 0 ? n : 1);
-  return 1;
-}
-
-/* === the state's lifetime === */
-
-/*
- * Each Lua state that opens lmp gets a sentinel in its registry, made
- * before anything else of lmp so that it is finalized after everything
- * else when the state closes.  It carries the state's owner tag: the
- * children the state started are tagged with it, and its close ends those
- * only (a host may run other states that keep working).  When the last
- * state of the process closes, the process-wide parts go too: the
- * forkserver, and the SIGCHLD handler, which must not outlive a module the
- * host may unload.  An atexit hook ends everything for a program that
- * exits without closing its state.
- */
-typedef struct sentinel {
-  pid_t pid;      /* the process that opened the state */
-  uint64_t owner; /* tag of the children it starts */
-} sentinel_t;
-
-#define SENTINEL_KEY "lmp.sentinel"
-
-static pid_t exit_pid;   /* the process whose atexit hook is registered */
-static pid_t states_pid; /* the process open_states counts for */
-static int open_states;  /* states of that process with lmp open */
-static uint64_t last_owner;
-
-static void at_exit(void)
-{
-  if (getpid() == exit_pid)
-    lmp_proc_shutdown();
-}
-
-static int state_gc(lua_State *L)
-{
-  sentinel_t *s = lua_touserdata(L, 1);
-  if (s->pid != getpid())
-    return 0; /* a forked copy: the children are the parent's */
-  lmp_proc_shutdown_owner(s->owner);
-  if (states_pid == s->pid && --open_states == 0) {
-    lmp_proc_shutdown();
-    lmp_proc_release_signals();
-  }
-  return 0;
-}
+/* === the state === */
 
 uint64_t lmpb_owner(lua_State *L)
 {
   uint64_t owner = 0;
-  if (lua_getfield(L, LUA_REGISTRYINDEX, SENTINEL_KEY) == LUA_TUSERDATA)
-    owner = ((sentinel_t *)lua_touserdata(L, -1))->owner;
+  if (lua_getfield(L, LUA_REGISTRYINDEX, LMPB_OWNER_KEY) == LUA_TNUMBER)
+    owner = (uint64_t)lua_tointeger(L, -1);
   lua_pop(L, 1);
   return owner;
-}
-
-static void sentinel_open(lua_State *L)
-{
-  pid_t pid = getpid();
-  if (lua_getfield(L, LUA_REGISTRYINDEX, SENTINEL_KEY) != LUA_TNIL) {
-    lua_pop(L, 1);
-    return;
-  }
-  lua_pop(L, 1);
-  sentinel_t *s = lua_newuserdatauv(L, sizeof *s, 0);
-  s->pid = pid;
-  s->owner = ++last_owner;
-  lua_createtable(L, 0, 1);
-  lua_pushcfunction(L, state_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_setmetatable(L, -2);
-  lua_setfield(L, LUA_REGISTRYINDEX, SENTINEL_KEY);
-  if (states_pid != pid) { /* the first state here, or a fork's */
-    states_pid = pid;
-    open_states = 0;
-  }
-  open_states++;
-  if (exit_pid == 0)
-    atexit(at_exit);
-  exit_pid = pid;
-}
-
-static const luaL_Reg funcs[] = {
-    {"sleep", l_sleep},
-    {"time", l_time},
-    {"cpu_count", l_cpu_count},
-    {NULL, NULL},
-};
-
-LMP_API int luaopen_lmp(lua_State *L)
-{
-  int rc = lmp_runtime_init();
-  if (rc == -EAGAIN) /* fork refused: the watchdog could not start */
-    return lmpb_start_error(L, "lmp", "the runtime's watchdog", rc);
-  if (rc < 0)
-    return luaL_error(L, "lmp: cannot initialize the runtime: %s", lmp_strerror(rc));
-  sentinel_open(L);
-  intr_open(L);
-  luaL_newlib(L, funcs);
-  lua_pushliteral(L, "lmp " LMP_VERSION_STRING);
-  lua_setfield(L, -2, "_VERSION");
-  lmpb_error_open(L);
-  lmpb_codec_open(L);
-  lmpb_process_open(L);
-  lmpb_pipe_open(L);
-  lmpb_queue_open(L);
-  lmpb_pool_open(L);
-  lmpb_profile_open(L);
-  lmpb_top_open(L);
-  lmpb_broker_open(L);
-  lmpb_executor_open(L);
-  lmpb_start_open(L);
-  lmpb_log_open(L);
-  lmpb_sync_open(L);
-  lmpb_array_open(L);
-  lmpb_shmem_open(L);
-  lmpb_dict_open(L);
-  lmpb_scripts_open(L);
-  return 1;
 }

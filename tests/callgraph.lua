@@ -1,0 +1,167 @@
+-- callgraph.lua BUILD_DIR: the file-level call graph of bindings/ and the
+-- layers below it, from the symbol tables of the built objects (nm).
+--
+-- A binding file calls another when it uses (nm "U") a symbol the other
+-- defines.  The bindings are layered as Lua's own library is: helpers at the
+-- bottom (lauxlib's role), the opener on top (linit's role), families in
+-- between; so no circle of calls may take in more than two files.  And the
+-- runtime and the public headers never reach up into bindings/: no object of
+-- runtime/ uses a symbol of bindings/ (or any lmpb_ name), and no file of
+-- runtime/ or include/ includes a header of bindings/.
+--
+-- Prints TAP, one line per rule; a failure lists the offending circle.
+local B = arg[1] or "build"
+
+local function lines(cmd)
+  local p = assert(io.popen(cmd))
+  local t = {}
+  for l in p:lines() do t[#t + 1] = l end
+  p:close()
+  return t
+end
+
+-- Every object of a directory: defs[sym] = file, uses[file] = {sym, ...}.
+local function scan(dir, defs, uses, files)
+  for _, o in ipairs(lines("ls " .. B .. "/" .. dir .. "/*.o 2>/dev/null")) do
+    local file = dir .. "/" .. o:match("([^/]+)%.o$") .. ".c"
+    local src = io.open(file)
+    if src then src:close() else goto stale end -- left by a file since removed
+    files[#files + 1] = file
+    uses[file] = {}
+    for _, l in ipairs(lines("nm " .. o)) do
+      local kind, sym = l:match("^%s*%x*%s+(%a)%s+(%S+)$")
+      if kind == "U" then
+        table.insert(uses[file], sym)
+      elseif kind and kind:match("%u") and defs then
+        defs[sym] = file
+      end
+    end
+    ::stale::
+  end
+end
+
+local defs, uses, files = {}, {}, {}
+scan("bindings", defs, uses, files)
+local results, n = {}, 0
+local function tap(ok, what, detail)
+  n = n + 1
+  results[#results + 1] = (ok and "ok " or "not ok ") .. n .. " - " .. what
+  if not ok then results[#results + 1] = detail end
+end
+
+if #files == 0 then
+  tap(false, "call graph: no objects in " .. B .. "/bindings", "#   build first")
+  print(table.concat(results, "\n"))
+  os.exit(1)
+end
+
+-- edges[a][b] = {sym, ...}: a uses what b defines.
+local edges = {}
+for _, f in ipairs(files) do
+  edges[f] = {}
+  for _, s in ipairs(uses[f]) do
+    local g = defs[s]
+    if g and g ~= f then
+      edges[f][g] = edges[f][g] or {}
+      table.insert(edges[f][g], s)
+    end
+  end
+end
+
+-- Tarjan's strongly connected components.
+local index, low, onstack, stack, sccs, counter = {}, {}, {}, {}, {}, 0
+local function connect(v)
+  counter = counter + 1
+  index[v], low[v] = counter, counter
+  stack[#stack + 1] = v
+  onstack[v] = true
+  local succ = {}
+  for w in pairs(edges[v]) do succ[#succ + 1] = w end
+  table.sort(succ)
+  for _, w in ipairs(succ) do
+    if not index[w] then
+      connect(w)
+      low[v] = math.min(low[v], low[w])
+    elseif onstack[w] then
+      low[v] = math.min(low[v], index[w])
+    end
+  end
+  if low[v] == index[v] then
+    local c = {}
+    repeat
+      local w = table.remove(stack)
+      onstack[w] = nil
+      c[#c + 1] = w
+    until w == v
+    table.sort(c)
+    sccs[#sccs + 1] = c
+  end
+end
+table.sort(files)
+for _, f in ipairs(files) do if not index[f] then connect(f) end end
+
+-- One shortest circle through `start` inside the component `member`.
+local function circle(start, member)
+  local prev, queue, head = {[start] = false}, {start}, 1
+  while queue[head] do
+    local v = queue[head]
+    head = head + 1
+    local succ = {}
+    for w in pairs(edges[v]) do succ[#succ + 1] = w end
+    table.sort(succ)
+    for _, w in ipairs(succ) do
+      if w == start then
+        local path, u = {start}, v
+        while u ~= start do table.insert(path, 2, u) u = prev[u] end
+        path[#path + 1] = start
+        local s = {}
+        for i = 1, #path - 1 do
+          s[#s + 1] = path[i] .. " -(" .. edges[path[i]][path[i + 1]][1] .. ")-> "
+        end
+        return table.concat(s) .. start
+      end
+      if member[w] and prev[w] == nil then
+        prev[w] = v
+        queue[#queue + 1] = w
+      end
+    end
+  end
+end
+
+local bad = {}
+for _, c in ipairs(sccs) do
+  if #c > 2 then
+    local member = {}
+    for _, f in ipairs(c) do member[f] = true end
+    bad[#bad + 1] = "#   a circle of " .. #c .. " files: " .. table.concat(c, " ")
+    for _, f in ipairs(c) do
+      local w = circle(f, member)
+      if w then bad[#bad + 1] = "#     " .. w end
+    end
+  end
+end
+tap(#bad == 0, "call graph: no circle of calls in bindings/ takes in more than 2 files",
+    table.concat(bad, "\n"))
+
+-- Nothing below reaches up.
+local rdefs, ruses, rfiles = nil, {}, {}
+scan("runtime", rdefs, ruses, rfiles)
+local up = {}
+for _, f in ipairs(rfiles) do
+  for _, s in ipairs(ruses[f]) do
+    if defs[s] or s:match("^lmpb_") then
+      up[#up + 1] = "#   " .. f .. " uses " .. s .. (defs[s] and " (" .. defs[s] .. ")" or "")
+    end
+  end
+end
+local headers = {}
+for _, h in ipairs(lines("ls bindings/*.h 2>/dev/null")) do headers[#headers + 1] = h:match("[^/]+$") end
+for _, h in ipairs(headers) do
+  for _, f in ipairs(lines("grep -rlE '#[[:space:]]*include[[:space:]]*[<\"]([^\">]*/)?" .. h:gsub("%.", "\\.")
+                           .. "[\">]' runtime include 2>/dev/null")) do
+    up[#up + 1] = "#   " .. f .. " includes " .. h
+  end
+end
+tap(#up == 0, "call graph: nothing in runtime/ or include/ reaches up into bindings/", table.concat(up, "\n"))
+
+print(table.concat(results, "\n"))
