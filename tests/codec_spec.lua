@@ -251,6 +251,20 @@ describe("lmp codec: functions", function()
     assert.are.equal(1, des(m, trusted)())
   end)
 
+  it("sends lmp itself by name: a function keeping lmp arrives bound to the receiver's lmp", function()
+    local core = require "lmp.core"
+    assert.are.equal(lmp, des(ser(lmp)))
+    assert.are.equal(core, des(ser(core)))
+    local function f() return lmp end
+    local m = ser(f)
+    assert.is_true(#m < 300, #m .. " bytes") -- a name, not lmp's functions
+    assert.are.equal(lmp, des(m, trusted)())
+    -- in another process, that process's own lmp
+    local pool = lmp.Pool(1)
+    finally(function() pool:terminate() end)
+    assert.is_true(pool:apply(function() return lmp == require("lmp") and lmp.Queue ~= nil end))
+  end)
+
   it("sends upvalues: numbers, tables, other functions", function()
     local n, t = 41, {k = "v"}
     local function helper(x) return x * 2 end

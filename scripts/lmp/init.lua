@@ -9,9 +9,8 @@
 -- go one way: this file calls C; C never looks a Lua module up by name.
 --
 -- The functions here keep no upvalue but the globals and lmp itself, and
--- look their module up in package.loaded on each call: a function whose
--- upvalue is lmp can then be sent to another process (lmp's functions
--- travel with it), and arrive working.
+-- look their module up in package.loaded on each call, so that each works
+-- wherever it is called from.
 local core = require "lmp.core"
 
 local M = {}
@@ -23,6 +22,12 @@ package.loaded.lmp = M
 for k, v in pairs(core) do
   if type(v) ~= "table" then M[k] = v end
 end
+
+-- lmp and its core cross processes by name, as a registered metatable
+-- does (lmp.register): a function that keeps lmp as an upvalue arrives
+-- bound to the receiver's lmp, not to a copy of it.
+core.register("lmp", M)
+core.register("lmp.core", core)
 
 -- lmp.Pool(...): a first argument that is a table with a `broker` field
 -- makes a broker pool (lmp.broker); anything else a local pool (lmp.pool),
