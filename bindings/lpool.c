@@ -1,29 +1,15 @@
 /*
- * lpool.c -- the C half of lmp.Pool: the pool core object, the worker loop,
- * and the encoding of functions once per call.  The Pool and AsyncResult
- * objects users see are written in Lua (scripts/lmp/pool.lua), loaded the
- * first time lmp.Pool is called and handed the functions below.
+ * lpool.c -- the C half of lmp.Pool: the pool core object and the encoding
+ * of functions once per call.  The Pool and AsyncResult objects users see
+ * are written in Lua (scripts/lmp/pool.lua), loaded the first time lmp.Pool
+ * is called and handed the functions below; the loop the workers run is in
+ * lworker.c, and what the two files share in lpool.h.
  *
  * A task is [function record][u32 count][msgpack value].  The function
  * record is [u64 hash][u32 length][the function as the codec encodes it,
  * upvalues included]; it is built once per map call (and once per function
  * object for functions whose only upvalue is _ENV, which cannot change), so
- * a 10k-item map encodes its function once.  Workers keep the functions
- * they loaded by hash (a small LRU), comparing the bytes on a hit, so a
- * function is decoded once per worker however many chunks carry it.
- *
- * The worker loop is C, in the child that inherited the parent's Lua state
- * through fork.  It runs in a coroutine of its own, so tracebacks show the
- * task's frames and not the parent's, which the fork left on the stack.
- * Items of a chunk run under one lua_pcall; an error at item k is recorded
- * and the chunk goes on from k + 1.  Replies: status OK (the value, or the
- * array of values), ERROR (an lmp.Error, which crosses as a registered
- * class) or PARTIAL ({values, errors}).  A reply that cannot be encoded
- * fails only the items that hold the culprit, with kind "serialize".
- * Every task gets a reply: a task that ran out of memory leaves garbage
- * that a full collection frees before its error is encoded, and when even
- * that fails, an error "not enough memory" encoded when the worker started
- * goes instead.
+ * a 10k-item map encodes its function once.
  *
  * Lists of plain values.  Most maps move numbers and strings, for which the
  * codec's generality (identity maps, paths for error messages) costs more
@@ -31,8 +17,9 @@
  * numbers or strings is packed here directly from the caller's table, as
  * the plain msgpack array the codec would have written, and such an array
  * is unpacked directly into its destination: the parent writes a map
- * chunk's results straight into the result table, a worker reads a chunk's
- * items one by one as it runs them and packs each result as it comes.
+ * chunk's results straight into the result table, a worker (lworker.c)
+ * reads a chunk's items one by one as it runs them and packs each result as
+ * it comes.
  * Anything else goes through the codec.
  */
 #include <errno.h>
@@ -45,29 +32,15 @@
 
 #include "lmp/pool.h"
 #include "lmp/proc.h"
-#include "lmpb.h"
+#include "lpool.h"
 
 #define CORE_MT "lmp.PoolCore"
-#define FN_CACHE_MAX 64
-
-enum { TAG_APPLY = 1, TAG_MAP = 2, TAG_STARMAP = 3 };
-enum { ST_OK = 0, ST_ERROR = 1, ST_PARTIAL = 2 };
-/* A task tag with TAG_PROFILE runs under the sampler (lprofile.c); its reply
- * then has ST_PROFILED in its status and ends in [samples][u32 length]. */
-enum { TAG_PROFILE = 0x100, ST_PROFILED = 0x10000 };
 
 static const char K_FNRECS; /* registry: reusable function -> its record (weak keys) */
 static const char K_CTOR;   /* registry: the Lua constructor, once loaded */
 
-/* Counters for tests: function records built here, functions loaded by a
- * worker here. */
-static lua_Integer fn_encodes, fn_loads;
-
-/* A worker's buffer for replies of plain values. */
-static lmp_buf_t worker_buf;
-/* A worker's samples of the task it runs, when it is profiled. */
-static lmp_buf_t prof_buf;
-static int profiling;
+/* Counter for tests: function records built here. */
+static lua_Integer fn_encodes;
 
 typedef struct lpool {
   lmp_pool_t *pool; /* NULL until created, and after free */
@@ -184,7 +157,7 @@ static inline unsigned char *room(lmp_buf_t *b, size_t n)
 }
 
 /* A tag byte and an n-byte big-endian value. */
-static inline int put_tagged(lmp_buf_t *b, unsigned tag, uint64_t v, int n)
+int put_tagged(lmp_buf_t *b, unsigned tag, uint64_t v, int n)
 {
   unsigned char *p = room(b, 1 + (size_t)n);
   if (!p)
@@ -261,14 +234,14 @@ static inline int pack_typed(lua_State *L, int idx, int type, lmp_buf_t *b)
   }
 }
 
-static int pack_scalar(lua_State *L, int idx, lmp_buf_t *b)
+int pack_scalar(lua_State *L, int idx, lmp_buf_t *b)
 {
   if (lua_isinteger(L, idx)) /* the commonest result: one question fewer */
     return put_int(b, (int64_t)lua_tointeger(L, idx));
   return pack_typed(L, idx, lua_type(L, idx), b);
 }
 
-static int put_array(lmp_buf_t *b, size_t n)
+int put_array(lmp_buf_t *b, size_t n)
 {
   return n <= 15            ? put_tagged(b, 0x90 | (unsigned)n, 0, 0)
          : n <= 0xffff      ? put_tagged(b, 0xdc, n, 2)
@@ -308,7 +281,7 @@ static int pack_list(lua_State *L, int t, lua_Integer first, lua_Integer count, 
 }
 
 /* Pack the single value at idx: 0, or -1 if it is not a plain value. */
-static int pack_value(lua_State *L, int idx, lmp_buf_t *out)
+int pack_value(lua_State *L, int idx, lmp_buf_t *out)
 {
   out->len = 0;
   return pack_scalar(L, idx, out) ? 0 : -1;
@@ -340,7 +313,7 @@ static inline uint64_t be(const unsigned char *p, int n)
 static int unpack_scalar_any(lua_State *L, const unsigned char **pp, const unsigned char *end);
 
 /* The same, with unsigned integers (most lists of numbers) handled inline. */
-static inline int unpack_scalar(lua_State *L, const unsigned char **pp, const unsigned char *end)
+int unpack_scalar(lua_State *L, const unsigned char **pp, const unsigned char *end)
 {
   const unsigned char *p = *pp;
   unsigned c = *p;
@@ -458,8 +431,7 @@ str:
 
 /* Step over an array header: the pointer after it (and its count in *n),
  * or NULL. */
-static const unsigned char *array_header(const unsigned char *p, const unsigned char *end,
-                                         uint64_t *n)
+const unsigned char *array_header(const unsigned char *p, const unsigned char *end, uint64_t *n)
 {
   if (p >= end)
     return NULL;
@@ -503,7 +475,7 @@ static const unsigned char *skip_scalar_any(const unsigned char *p, const unsign
 }
 
 /* The same, with integers (most lists of numbers) handled inline. */
-static inline const unsigned char *skip_scalar(const unsigned char *p, const unsigned char *end)
+const unsigned char *skip_scalar(const unsigned char *p, const unsigned char *end)
 {
   if (p < end && *p <= 0x7f)
     return p + 1;
@@ -517,9 +489,8 @@ static inline const unsigned char *skip_scalar(const unsigned char *p, const uns
 /* Unpack `count` plain values from p into t[first...]: the position after
  * them, or NULL at the first value that is not plain (the ones before it
  * are written). */
-static const unsigned char *unpack_items(lua_State *L, const unsigned char *p,
-                                         const unsigned char *end, uint64_t count, int t,
-                                         lua_Integer first)
+const unsigned char *unpack_items(lua_State *L, const unsigned char *p, const unsigned char *end,
+                                  uint64_t count, int t, lua_Integer first)
 {
   for (uint64_t i = 0; i < count; i++) {
     if (p >= end || !unpack_scalar(L, &p, end))
@@ -533,7 +504,7 @@ static const unsigned char *unpack_items(lua_State *L, const unsigned char *p,
  * items, or -1 when the message is something else.  Some items may have
  * been written by then: the caller falls back to the codec, whose result
  * replaces them all (a list of plain values is the case worth one pass). */
-static lua_Integer unpack_list(lua_State *L, const char *data, size_t len, int t, lua_Integer first)
+lua_Integer unpack_list(lua_State *L, const char *data, size_t len, int t, lua_Integer first)
 {
   const unsigned char *end = (const unsigned char *)data + len, *p;
   uint64_t n;
@@ -591,31 +562,6 @@ static int l_encode_fn(lua_State *L)
   return 1;
 }
 
-/* lua_pcall with the message handler at index 1.  Lua skips the handler
- * for out-of-memory errors: those arrive here as the bare message and are
- * made an lmp.Error too, after a collection has freed what the task left
- * behind (its frames are gone, so most of what filled memory is garbage). */
-static int tpcall(lua_State *L, int nargs, int nres)
-{
-  int rc = lua_pcall(L, nargs, nres, 1);
-  if (rc == LUA_OK)
-    return rc;
-  if (rc == LUA_ERRMEM)
-    lua_gc(L, LUA_GCCOLLECT);
-  int is = 0;
-  if (lua_type(L, -1) == LUA_TTABLE && lua_getmetatable(L, -1)) {
-    luaL_getmetatable(L, "lmp.Error");
-    is = lua_rawequal(L, -1, -2);
-    lua_pop(L, 2);
-  }
-  if (!is) {
-    lmpb_error_push(L, "task", lmpb_tomessage(L, -1));
-    lua_insert(L, -3);
-    lua_pop(L, 2);
-  }
-  return rc;
-}
-
 /* Protected: value, what (a light userdata) -> its encoding (another). */
 static int encode_call(lua_State *L)
 {
@@ -623,10 +569,8 @@ static int encode_call(lua_State *L)
   return 1;
 }
 
-/* Run the protected encoder fn on the value at idx; *out its buffer.  A
- * memory error is retried once after a full collection.  Leaves the
- * error on the stack when the status is not LUA_OK. */
-static int pencode(lua_State *L, lua_CFunction fn, int idx, const char *what, const lmp_buf_t **out)
+int lmpb_pool_pencode(lua_State *L, lua_CFunction fn, int idx, const char *what,
+                      const lmp_buf_t **out)
 {
   idx = lua_absindex(L, idx);
   for (int pass = 0;; pass++) {
@@ -646,12 +590,10 @@ static int pencode(lua_State *L, lua_CFunction fn, int idx, const char *what, co
   }
 }
 
-/* Encode the value at idx without raising: the buffer, or NULL with the
- * codec's error pushed. */
-static const lmp_buf_t *try_encode(lua_State *L, int idx, const char *what)
+const lmp_buf_t *lmpb_pool_try_encode(lua_State *L, int idx, const char *what)
 {
   const lmp_buf_t *b;
-  return pencode(L, encode_call, idx, what, &b) == LUA_OK ? b : NULL;
+  return lmpb_pool_pencode(L, encode_call, idx, what, &b) == LUA_OK ? b : NULL;
 }
 
 /* Encode value[first .. first+count-1] as an array.  When an item cannot
@@ -663,7 +605,7 @@ static const lmp_buf_t *encode_slice(lua_State *L, int list, lua_Integer first, 
     lua_geti(L, list, first + k);
     lua_rawseti(L, -2, k + 1);
   }
-  const lmp_buf_t *b = try_encode(L, -1, "list");
+  const lmp_buf_t *b = lmpb_pool_try_encode(L, -1, "list");
   if (b)
     return b;
   lua_pop(L, 1);
@@ -991,536 +933,8 @@ static int core_gc(lua_State *L)
   return 0;
 }
 
-/* === the worker === */
 
-/* Message handler: the error as an lmp.Error of kind "task", with the
- * traceback where it was raised and the original value. */
-static int msgh(lua_State *L)
-{
-  int err = lua_gettop(L) >= 1 ? 1 : 0;
-  if (!err) {
-    lua_pushnil(L);
-    err = 1;
-  }
-  const char *msg = lmpb_tomessage(L, err);
-  lmpb_error_push(L, "task", msg);
-  int e = lua_gettop(L);
-  luaL_traceback(L, L, NULL, 1);
-  /* The frames below the task (the worker loop, all anonymous C functions)
-   * tell the user nothing. */
-  size_t len;
-  const char *tb = lua_tolstring(L, -1, &len), *nl;
-  size_t end = len;
-  static const char cframe[] = "\n\t[C]: in ?";
-  while ((nl = memrchr(tb, '\n', end)) != NULL && end - (size_t)(nl - tb) == sizeof cframe - 1 &&
-         memcmp(nl, cframe, sizeof cframe - 1) == 0)
-    end = (size_t)(nl - tb);
-  if (end < len) {
-    lua_pushlstring(L, tb, end);
-    lua_replace(L, -2);
-  }
-  lua_setfield(L, e, "traceback");
-  lua_pushvalue(L, err);
-  lua_setfield(L, e, "value");
-  lua_pushinteger(L, getpid());
-  lua_setfield(L, e, "pid");
-  return 1;
-}
-
-/* An error about to be sent must be sendable: drop a value that is not. */
-static void sanitize_error(lua_State *L, int idx)
-{
-  idx = lua_absindex(L, idx);
-  if (lua_type(L, idx) != LUA_TTABLE)
-    return;
-  if (lua_getfield(L, idx, "value") != LUA_TNIL && !try_encode(L, -1, "value")) {
-    lua_pop(L, 1); /* the codec's error */
-    lua_pushnil(L);
-    lua_setfield(L, idx, "value");
-  }
-  lua_pop(L, 1);
-}
-
-/* Protected: err, what -> the encoding of err (a light userdata), made an
- * lmp.Error of kind "task" first when it is not one (the bare message of a
- * memory error), its value dropped when that cannot be sent.  With what
- * NULL, a plain "the task's error could not be sent" is encoded instead. */
-static int encode_error(lua_State *L)
-{
-  if (!lua_touserdata(L, 2)) {
-    lmpb_error_push(L, "task", "the task's error could not be sent");
-  } else if (!lua_istable(L, 1)) {
-    lmpb_error_push(L, "task", lmpb_tomessage(L, 1));
-  } else {
-    lua_settop(L, 1);
-    sanitize_error(L, 1);
-  }
-  lua_pushlightuserdata(L, (void *)lmpb_encode(L, -1, "error"));
-  return 1;
-}
-
-/* The reply of last resort, encoded when the worker starts: "not enough
- * memory", for when even the task's error cannot be encoded. */
-static lmp_buf_t oom_error;
-
-static void keep_oom_error(lua_State *L)
-{
-  lmpb_error_push(L, "task", "not enough memory");
-  const lmp_buf_t *b = lmpb_encode(L, -1, "error");
-  if (lmp_buf_reserve(&oom_error, b->len) < 0)
-    luaL_error(L, "not enough memory");
-  memcpy(oom_error.data, b->data, b->len);
-  oom_error.len = b->len;
-  lua_pop(L, 1);
-}
-
-static void reply(lmp_pool_worker_t *w, uint32_t status, const lmp_buf_t *b)
-{
-  struct iovec v[3] = {{b->data, b->len}};
-  int n = 1;
-  uint32_t plen;
-  if (profiling) {
-    profiling = 0;
-    prof_buf.len = 0;
-    lmpb_profile_stop(&prof_buf);
-    plen = (uint32_t)prof_buf.len;
-    v[1].iov_base = prof_buf.data;
-    v[1].iov_len = prof_buf.len;
-    v[2].iov_base = &plen;
-    v[2].iov_len = 4;
-    n = 3;
-    status |= ST_PROFILED;
-  }
-  int rc = lmp_pool_worker_reply(w, status, v, n);
-  if (rc < 0) {
-    fprintf(stderr, "lmp pool worker %d: cannot reply: %s\n", (int)getpid(), lmp_strerror(rc));
-    lmp_proc_exit(1);
-  }
-}
-
-/* Reply with the error at the top of the stack (an lmp.Error, or the
- * message of a memory error).  A reply always goes: an error that cannot
- * be sent becomes a plain one, and when memory is too short even for that,
- * the one encoded in advance goes. */
-static void reply_error(lua_State *L, lmp_pool_worker_t *w)
-{
-  const lmp_buf_t *b;
-  int rc = pencode(L, encode_error, -1, "error", &b);
-  if (rc != LUA_OK && rc != LUA_ERRMEM) {
-    lua_pop(L, 1);
-    rc = pencode(L, encode_error, -1, NULL, &b);
-  }
-  reply(w, ST_ERROR, rc == LUA_OK ? b : &oom_error);
-}
-
-/* Push the function of a task record: from the worker's cache (at index
- * `cache`) when the same bytes were loaded before, else decoded. */
-static void push_function(lua_State *L, int cache, uint64_t h, const char *bytes, size_t len)
-{
-  lua_Integer key = (lua_Integer)h;
-  if (lua_rawgeti(L, cache, key) == LUA_TTABLE) {
-    size_t n;
-    lua_rawgeti(L, -1, 1);
-    const char *s = lua_tolstring(L, -1, &n);
-    if (n == len && memcmp(s, bytes, len) == 0) {
-      lua_pop(L, 1);
-      lua_rawgeti(L, cache, 0); /* the clock */
-      lua_Integer tick = lua_tointeger(L, -1) + 1;
-      lua_pop(L, 1);
-      lua_pushinteger(L, tick);
-      lua_pushvalue(L, -1);
-      lua_rawseti(L, cache, 0);
-      lua_rawseti(L, -2, 3);
-      lua_rawgeti(L, -1, 2);
-      lua_remove(L, -2);
-      return;
-    }
-    lua_pop(L, 1);
-  }
-  lua_pop(L, 1);
-  lmpb_decode(L, bytes, len, 1);
-  fn_loads++;
-  /* Make room: drop the least recently used entry. */
-  lua_Integer count = 0, oldest = 0, oldtick = LUA_MAXINTEGER;
-  lua_pushnil(L);
-  while (lua_next(L, cache)) {
-    if (lua_istable(L, -1)) {
-      count++;
-      lua_rawgeti(L, -1, 3);
-      if (lua_tointeger(L, -1) < oldtick) {
-        oldtick = lua_tointeger(L, -1);
-        oldest = lua_tointeger(L, -3);
-      }
-      lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
-  }
-  if (count >= FN_CACHE_MAX) {
-    lua_pushnil(L);
-    lua_rawseti(L, cache, oldest);
-  }
-  lua_createtable(L, 3, 0);
-  lua_pushlstring(L, bytes, len);
-  lua_rawseti(L, -2, 1);
-  lua_pushvalue(L, -2);
-  lua_rawseti(L, -2, 2);
-  lua_rawgeti(L, cache, 0);
-  lua_rawseti(L, -2, 3);
-  lua_rawseti(L, cache, key);
-}
-
-typedef struct task {
-  lmp_pool_worker_t *w;
-  uint32_t tag;
-  uint64_t hash;
-  const char *fn, *val;
-  size_t fnlen, vallen;
-  uint32_t count;
-  lua_Integer cur, next;          /* items: the one running, the first still to run */
-  const unsigned char *ip, *iend; /* items still to read, when they are streamed */
-  int packing;                    /* results are packed into worker_buf as they come */
-  lua_Integer packed;             /* how many */
-  size_t hdr;                     /* the length of the array header in worker_buf */
-  int timed;                      /* items report their start (task_timeout applies) */
-} task;
-
-static int parse_task(task *t, const lmp_pool_task_t *pt)
-{
-  const char *p = pt->data;
-  uint32_t n;
-  if (pt->len < 16)
-    return -1;
-  memcpy(&t->hash, p, 8);
-  memcpy(&n, p + 8, 4);
-  if (n > pt->len - 16)
-    return -1;
-  t->tag = pt->tag & ~(uint32_t)TAG_PROFILE;
-  t->fn = p + 12;
-  t->fnlen = n;
-  memcpy(&t->count, p + 12 + n, 4);
-  t->val = p + 16 + n;
-  t->vallen = pt->len - 16 - n;
-  return 0;
-}
-
-/* A map's items that are all plain values are read one by one as they
- * run, without a table: set t->ip to the first. */
-static int stream_items(task *t)
-{
-  const unsigned char *end = (const unsigned char *)t->val + t->vallen, *p, *q;
-  uint64_t n;
-  if (t->tag != TAG_MAP || !(p = array_header((const unsigned char *)t->val, end, &n)) ||
-      n != t->count)
-    return 0;
-  q = p;
-  for (uint64_t i = 0; i < n && q; i++)
-    q = skip_scalar(q, end);
-  if (q != end)
-    return 0;
-  t->ip = p;
-  t->iend = end;
-  return 1;
-}
-
-/* Protected: function, value -> [cache] fn value (nil when streamed) */
-static int load_task(lua_State *L)
-{
-  task *t = lua_touserdata(L, 1);
-  push_function(L, 2, t->hash, t->fn, t->fnlen);
-  if (stream_items(t)) {
-    lua_pushnil(L);
-    return 2;
-  }
-  lua_createtable(L, (int)t->count, 0);
-  if (unpack_list(L, t->val, t->vallen, lua_gettop(L), 1) < 0) {
-    lua_pop(L, 1);
-    lmpb_decode(L, t->val, t->vallen, 1);
-  }
-  return 2;
-}
-
-/* Push the arguments of one call from the table at idx: its first n items. */
-static int push_args(lua_State *L, int idx, lua_Integer n)
-{
-  luaL_checkstack(L, (int)n + 2, "too many arguments");
-  for (lua_Integer i = 1; i <= n; i++)
-    lua_rawgeti(L, idx, i);
-  return (int)n;
-}
-
-/* Protected: fn, args -> result (apply). */
-static int call_apply(lua_State *L)
-{
-  task *t = lua_touserdata(L, 3);
-  lua_pushvalue(L, 1);
-  int n = push_args(L, 2, t->count);
-  lua_call(L, n, 1);
-  return 1;
-}
-
-/* The number of arguments in a starmap item: its n field, or its length. */
-static lua_Integer arity(lua_State *L, int idx)
-{
-  lua_Integer n;
-  if (lua_getfield(L, idx, "n") == LUA_TNUMBER && lua_isinteger(L, -1))
-    n = lua_tointeger(L, -1);
-  else
-    n = (lua_Integer)lua_rawlen(L, idx);
-  lua_pop(L, 1);
-  return n;
-}
-
-/* The results packed so far become out[1 .. packed]. */
-static void unpack_packed(lua_State *L, task *t, int out)
-{
-  const unsigned char *p = (const unsigned char *)worker_buf.data + t->hdr;
-  (void)unpack_items(L, p, (const unsigned char *)worker_buf.data + worker_buf.len,
-                     (uint64_t)t->packed, out, 1);
-}
-
-/* Keep the result at the top for item i: packed while every result is a
- * plain value, else in the table at out. */
-static void keep_result(lua_State *L, task *t, int out, lua_Integer i)
-{
-  if (t->packing) {
-    if (pack_scalar(L, -1, &worker_buf)) {
-      lua_pop(L, 1);
-      t->packed++;
-      return;
-    }
-    unpack_packed(L, t, out);
-    t->packing = 0;
-  }
-  lua_rawseti(L, out, i);
-}
-
-/* Protected: fn, items (nil when streamed), out, task -> runs items
- * t->next .. count. */
-static int call_items(lua_State *L)
-{
-  task *t = lua_touserdata(L, 4);
-  int star = t->tag == TAG_STARMAP;
-  for (lua_Integer i = t->next; i <= (lua_Integer)t->count; i++) {
-    t->cur = i;
-    if (t->timed)
-      lmp_pool_worker_progress(t->w, (uint32_t)(i - 1));
-    lua_pushvalue(L, 1);
-    int n = 1;
-    if (t->ip) {
-      unpack_scalar(L, &t->ip, t->iend); /* checked by stream_items */
-    } else if (star) {
-      if (lua_rawgeti(L, 2, i) != LUA_TTABLE)
-        luaL_error(L, "starmap item %d is not a table of arguments", (int)i);
-      int item = lua_gettop(L);
-      n = push_args(L, item, arity(L, item));
-      lua_remove(L, item);
-    } else {
-      lua_rawgeti(L, 2, i);
-    }
-    lua_call(L, n, 1);
-    keep_result(L, t, 3, i);
-  }
-  return 0;
-}
-
-/* Runs one apply task; leaves the stack as it found it. */
-static void run_apply(lua_State *L, lmp_pool_worker_t *w, task *t, int fn)
-{
-  lua_pushcfunction(L, call_apply);
-  lua_pushvalue(L, fn);
-  lua_pushvalue(L, fn + 1);
-  lua_pushlightuserdata(L, t);
-  if (tpcall(L, 3, 1) != LUA_OK) {
-    reply_error(L, w);
-    return;
-  }
-  if (pack_value(L, -1, &worker_buf) == 0) {
-    reply(w, ST_OK, &worker_buf);
-    return;
-  }
-  const lmp_buf_t *b = try_encode(L, -1, "result");
-  if (!b) {
-    reply_error(L, w);
-    return;
-  }
-  reply(w, ST_OK, b);
-}
-
-/* The items whose result cannot be sent become errors. */
-static void find_unsendable(lua_State *L, int out, int errs, lua_Integer n)
-{
-  for (lua_Integer i = 1; i <= n; i++) {
-    lua_rawgeti(L, out, i);
-    if (!try_encode(L, -1, "result")) {
-      lua_rawseti(L, errs, i);
-      lua_pushnil(L);
-      lua_rawseti(L, out, i);
-    }
-    lua_pop(L, 1);
-  }
-}
-
-static void run_items(lua_State *L, lmp_pool_worker_t *w, task *t, int fn)
-{
-  lua_Integer n = t->count;
-  lua_newtable(L);
-  int out = lua_gettop(L), errs = 0;
-  t->w = w;
-  t->timed = lmp_pool_worker_timed(w);
-  t->next = 1;
-  worker_buf.len = 0;
-  t->packing = put_array(&worker_buf, (size_t)n);
-  t->hdr = worker_buf.len;
-  t->packed = 0;
-  while (t->next <= n) {
-    lua_pushcfunction(L, call_items);
-    lua_pushvalue(L, fn);
-    lua_pushvalue(L, fn + 1);
-    lua_pushvalue(L, out);
-    lua_pushlightuserdata(L, t);
-    if (tpcall(L, 4, 0) == LUA_OK)
-      break;
-    if (!errs) {
-      lua_newtable(L);
-      lua_insert(L, -2);
-      errs = out + 1;
-    }
-    sanitize_error(L, -1);
-    lua_rawseti(L, errs, t->cur);
-    if (t->packing) { /* the failed item's place */
-      t->packing = put_tagged(&worker_buf, 0xc0, 0, 0);
-      t->packed++;
-    }
-    t->next = t->cur + 1;
-  }
-  if (t->packing && !errs) {
-    reply(w, ST_OK, &worker_buf);
-    return;
-  }
-  if (t->packing)
-    unpack_packed(L, t, out);
-  if (!errs) {
-    const lmp_buf_t *b = try_encode(L, out, "result");
-    if (b) {
-      reply(w, ST_OK, b);
-      return;
-    }
-    lua_pop(L, 1); /* the codec's error: find the culprits */
-    lua_newtable(L);
-    errs = out + 1;
-  }
-  find_unsendable(L, out, errs, n);
-  lua_createtable(L, 2, 0);
-  lua_pushvalue(L, out);
-  lua_rawseti(L, -2, 1);
-  lua_pushvalue(L, errs);
-  lua_rawseti(L, -2, 2);
-  const lmp_buf_t *b = try_encode(L, -1, "result");
-  if (b)
-    reply(w, ST_PARTIAL, b);
-  else
-    reply_error(L, w);
-}
-
-static void run_task(lua_State *L, lmp_pool_worker_t *w, const lmp_pool_task_t *pt)
-{
-  task t;
-  memset(&t, 0, sizeof t);
-  if (parse_task(&t, pt) < 0) {
-    lmpb_error_push(L, "task", "corrupt task record");
-    reply_error(L, w);
-    return;
-  }
-  lua_pushcfunction(L, load_task);
-  lua_pushlightuserdata(L, &t);
-  lua_pushvalue(L, 2); /* the cache */
-  if (tpcall(L, 2, 2) != LUA_OK) {
-    reply_error(L, w);
-    return;
-  }
-  int fn = lua_gettop(L) - 1;
-  if (pt->tag & TAG_PROFILE)
-    profiling = lmpb_profile_start(L) == 0;
-  if (t.tag == TAG_APPLY)
-    run_apply(L, w, &t, fn);
-  else
-    run_items(L, w, &t, fn);
-}
-
-/* The initializer, if any; 0, or -1 after reporting its failure. */
-static int run_initializer(lua_State *L, lmp_pool_worker_t *w, lpool *lp)
-{
-  if (lp->init_ref == LUA_NOREF)
-    return 0;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, lp->init_ref);
-  int cfg = lua_gettop(L);
-  lua_rawgeti(L, cfg, 1);
-  lua_rawgeti(L, cfg, 2);
-  lua_rawgeti(L, cfg, 3);
-  lua_Integer n = lua_tointeger(L, -1);
-  lua_pop(L, 1);
-  int args = lua_gettop(L);
-  int nargs = push_args(L, args, n);
-  lua_remove(L, args);
-  int rc = tpcall(L, nargs, 0);
-  if (rc == LUA_OK) {
-    lua_settop(L, cfg - 1);
-    return 0;
-  }
-  lua_pushliteral(L, "initializer");
-  lua_setfield(L, -2, "kind");
-  sanitize_error(L, -1);
-  const lmp_buf_t *b = try_encode(L, -1, "error");
-  if (b)
-    lmp_pool_worker_fail_init(w, b->data, b->len);
-  else
-    lmp_pool_worker_fail_init(w, NULL, 0);
-  return -1;
-}
-
-/* The worker's main, in a coroutine: w, lp. */
-static int worker_loop(lua_State *L)
-{
-  lmp_pool_worker_t *w = lua_touserdata(L, 1);
-  lpool *lp = lua_touserdata(L, 2);
-  lua_settop(L, 0);
-  lua_pushcfunction(L, msgh); /* 1 */
-  lua_createtable(L, 0, 8);   /* 2: loaded functions by hash; [0] the LRU clock */
-  lua_pushinteger(L, 0);
-  lua_rawseti(L, 2, 0);
-  keep_oom_error(L);
-  if (run_initializer(L, w, lp) < 0)
-    return 0;
-  lmp_pool_task_t pt;
-  int rc;
-  while ((rc = lmp_pool_worker_next(w, &pt)) == 0) {
-    run_task(L, w, &pt);
-    lua_settop(L, 2);
-  }
-  if (rc != -EPIPE)
-    return luaL_error(L, "cannot take a task: %s", lmp_strerror(rc));
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-/* Run the worker loop on a thread of its own; the process's exit code. */
-static int run_worker(lmp_pool_worker_t *w, lpool *lp)
-{
-  lua_State *L = lp->L;
-  signal(SIGINT, SIG_IGN); /* the terminal's ^C is for the program: the root decides */
-  lmpb_profile_reset(L); /* a new thread inherits the hook */
-  lua_State *co = lua_newthread(L);
-  lua_pushcfunction(co, worker_loop);
-  lua_pushlightuserdata(co, w);
-  lua_pushlightuserdata(co, lp);
-  int nres, rc = lua_resume(co, L, 2, &nres);
-  if (rc == LUA_OK)
-    return nres > 0 && lua_toboolean(co, -1) ? 0 : 1;
-  fflush(stdout);
-  fprintf(stderr, "lmp pool worker %d: %s\n", (int)getpid(),
-          rc == LUA_YIELD ? "attempt to yield from a task" : lmpb_tomessage(co, -1));
-  return 1;
-}
+/* === starting workers === */
 
 /* A forked worker: it has the parent's state, and takes a worker's name. */
 static int worker_body(lmp_pool_worker_t *w, void *ctx)
@@ -1529,7 +943,7 @@ static int worker_body(lmp_pool_worker_t *w, void *ctx)
   char name[32];
   snprintf(name, sizeof name, "PoolWorker-%d", lmp_pool_worker_index(w) + 1);
   lmpb_process_become(lp->L, name, NULL, 0);
-  return run_worker(w, lp);
+  return lmpb_worker_run(w, lp->L, lp->init_ref);
 }
 
 /*
@@ -1549,12 +963,10 @@ struct start_args {
   int rc;
 };
 
-static int l_pool_worker(lua_State *L);
-
 static int start_call(lua_State *L)
 {
   struct start_args *a = lua_touserdata(L, 1);
-  lua_pushcfunction(L, l_pool_worker);
+  lua_pushcfunction(L, lmpb_pool_worker);
   lua_pushstring(L, a->ticket);
   if (a->lp->init_ref != LUA_NOREF)
     lua_rawgeti(L, LUA_REGISTRYINDEX, a->lp->init_ref);
@@ -1579,29 +991,6 @@ static int start_worker(void *ctx, const char *ticket, int index, lmp_proc_t **o
   luaL_unref(L, LUA_REGISTRYINDEX, lp->start_err);
   lp->start_err = luaL_ref(L, LUA_REGISTRYINDEX);
   return -EINVAL;
-}
-
-/* lmp._pool_worker(ticket, init): the body of a started worker; never returns. */
-static int l_pool_worker(lua_State *L)
-{
-  const char *ticket = luaL_checkstring(L, 1);
-  lmp_pool_worker_t *w;
-  int rc = lmp_pool_worker_attach(ticket, &w);
-  if (rc < 0)
-    return lmpb_rterror(L, "_pool_worker", rc);
-  lpool lp;
-  memset(&lp, 0, sizeof lp);
-  lp.owner = self_pid();
-  lp.L = L;
-  lp.init_ref = LUA_NOREF;
-  lp.start_err = LUA_NOREF;
-  if (lua_istable(L, 2)) {
-    lua_pushvalue(L, 2);
-    lp.init_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  }
-  int code = run_worker(w, &lp);
-  lmp_pool_worker_release(w);
-  lmp_proc_exit(code);
 }
 
 #define MAX_PROCESSES 4096
@@ -1698,7 +1087,7 @@ static int l_counters(lua_State *L)
   lua_createtable(L, 0, 2);
   lua_pushinteger(L, fn_encodes);
   lua_setfield(L, -2, "fn_encodes");
-  lua_pushinteger(L, fn_loads);
+  lua_pushinteger(L, lmpb_worker_loads());
   lua_setfield(L, -2, "fn_loads");
   return 1;
 }
@@ -1786,7 +1175,7 @@ int lmpb_pool_open(lua_State *L)
   lua_setfield(L, -2, "_pool_new");
   lua_pushcfunction(L, l_counters);
   lua_setfield(L, -2, "_pool_counters");
-  lua_pushcfunction(L, l_pool_worker);
+  lua_pushcfunction(L, lmpb_pool_worker);
   lua_setfield(L, -2, "_pool_worker");
   return 0;
 }
