@@ -9,7 +9,9 @@
  * record is [u64 hash][u32 length][the function as the codec encodes it,
  * upvalues included]; it is built once per map call (and once per function
  * object for functions whose only upvalue is _ENV, which cannot change), so
- * a 10k-item map encodes its function once.
+ * a 10k-item map encodes its function once.  Which functions are kept is
+ * decided here for the broker's tasks too (core.encode_fn(fn, true)), whose
+ * function is the bare encoding without the record's header.
  *
  * Lists of plain values.  Most maps move numbers and strings, for which the
  * codec's generality (identity maps, paths for error messages) costs more
@@ -36,7 +38,8 @@
 
 #define CORE_MT "lmp.PoolCore"
 
-static const char K_FNRECS; /* registry: reusable function -> its record (weak keys) */
+static const char K_FNRECS;  /* registry: reusable function -> its record (weak keys) */
+static const char K_FNREMOTE; /* the same for broker tasks: its bare encoding */
 static const char K_CTOR;   /* registry: the Lua constructor, once loaded */
 
 /* Counter for tests: function records built here. */
@@ -517,14 +520,31 @@ lua_Integer unpack_list(lua_State *L, const char *data, size_t len, int t, lua_I
 
 /* === the parent === */
 
-/* Push the record of the function at idx: from the cache, or built (and
- * cached when it can be reused). */
-static void push_fnrec(lua_State *L, int idx)
+/* Push the weak table of kept records (remote: of broker encodings). */
+static void push_fnrecs(lua_State *L, int remote)
+{
+  const void *key = remote ? &K_FNREMOTE : &K_FNRECS;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, key) == LUA_TTABLE)
+    return;
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, key);
+}
+
+/* Push the record of the function at idx, or with remote its encoding for
+ * a broker task (handles refused): from the cache, or built (and cached
+ * when it can be reused). */
+static void push_fnrec(lua_State *L, int idx, int remote)
 {
   idx = lua_absindex(L, idx);
   int keep = reusable(L, idx);
   if (keep) {
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &K_FNRECS);
+    push_fnrecs(L, remote);
     lua_pushvalue(L, idx);
     if (lua_rawget(L, -2) == LUA_TSTRING) {
       lua_remove(L, -2);
@@ -532,20 +552,25 @@ static void push_fnrec(lua_State *L, int idx)
     }
     lua_pop(L, 2);
   }
-  const lmp_buf_t *b = lmpb_encode(L, idx, "function");
-  if (b->len > UINT32_MAX)
-    luaL_error(L, "function too large");
-  uint64_t h = hash64(b->data, b->len);
-  uint32_t n = (uint32_t)b->len;
-  luaL_Buffer lb;
-  char *out = luaL_buffinitsize(L, &lb, 12 + b->len);
-  memcpy(out, &h, 8);
-  memcpy(out + 8, &n, 4);
-  memcpy(out + 12, b->data, b->len);
-  luaL_pushresultsize(&lb, 12 + b->len);
+  if (remote) {
+    const lmp_buf_t *b = lmpb_encode_remote(L, idx, "function");
+    lua_pushlstring(L, b->data, b->len);
+  } else {
+    const lmp_buf_t *b = lmpb_encode(L, idx, "function");
+    if (b->len > UINT32_MAX)
+      luaL_error(L, "function too large");
+    uint64_t h = hash64(b->data, b->len);
+    uint32_t n = (uint32_t)b->len;
+    luaL_Buffer lb;
+    char *out = luaL_buffinitsize(L, &lb, 12 + b->len);
+    memcpy(out, &h, 8);
+    memcpy(out + 8, &n, 4);
+    memcpy(out + 12, b->data, b->len);
+    luaL_pushresultsize(&lb, 12 + b->len);
+  }
   fn_encodes++;
   if (keep) {
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &K_FNRECS);
+    push_fnrecs(L, remote);
     lua_pushvalue(L, idx);
     lua_pushvalue(L, -3);
     lua_rawset(L, -3);
@@ -553,12 +578,14 @@ static void push_fnrec(lua_State *L, int idx)
   }
 }
 
-/* core.encode_fn(fn) -> function record (a string) */
+/* core.encode_fn(fn [, remote]) -> function record (a string); with
+ * remote, the function's encoding as a broker task carries it. */
 static int l_encode_fn(lua_State *L)
 {
   luaL_argcheck(L, iscallable(L, 1), 1, "function expected");
+  int remote = lua_toboolean(L, 2);
   lua_settop(L, 1);
-  push_fnrec(L, 1);
+  push_fnrec(L, 1, remote);
   return 1;
 }
 
@@ -629,7 +656,7 @@ static int core_submit(lua_State *L)
   size_t fnlen;
   if (lua_type(L, 3) != LUA_TSTRING) {
     luaL_argcheck(L, iscallable(L, 3), 3, "function expected");
-    push_fnrec(L, 3);
+    push_fnrec(L, 3, 0);
     lua_replace(L, 3);
   }
   const char *fr = lua_tolstring(L, 3, &fnlen);
@@ -1108,6 +1135,22 @@ static const luaL_Reg core_funcs[] = {
     {"table", l_table}, {"counters", l_counters},   {NULL, NULL},
 };
 
+/* require "lmp.pool_core": the functions above, the task tags (which
+ * the Lua side of the pools reads from here) and the largest pool. */
+static int open_core(lua_State *L)
+{
+  luaL_newlib(L, core_funcs);
+  lua_pushinteger(L, MAX_PROCESSES);
+  lua_setfield(L, -2, "max_processes"); /* so Pool's own checks name 'Pool' */
+  lua_createtable(L, 0, 4);
+  setint(L, "apply", TAG_APPLY);
+  setint(L, "map", TAG_MAP);
+  setint(L, "starmap", TAG_STARMAP);
+  setint(L, "profile", TAG_PROFILE);
+  lua_setfield(L, -2, "tags");
+  return 1;
+}
+
 /* lmp.Pool(...), and lmp._pool_new(method, ...) for contexts: loads
  * scripts/lmp/pool.lua on first use (installing it with the module table
  * and the core functions), then constructs; the constructor's first
@@ -1123,9 +1166,7 @@ static int construct(lua_State *L)
     lua_pushliteral(L, "lmp.pool");
     lua_call(L, 1, 1); /* the installer */
     lua_pushvalue(L, lua_upvalueindex(1));
-    luaL_newlib(L, core_funcs);
-    lua_pushinteger(L, MAX_PROCESSES);
-    lua_setfield(L, -2, "max_processes"); /* so Pool's own checks name 'Pool' */
+    luaL_requiref(L, "lmp.pool_core", open_core, 0);
     lua_call(L, 2, 1); /* the constructor */
     lua_remove(L, -2);
     lua_pushvalue(L, -1);
@@ -1158,15 +1199,7 @@ int lmpb_pool_open(lua_State *L)
     lua_setfield(L, -2, "__gc");
   }
   lua_pop(L, 1);
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &K_FNRECS) != LUA_TTABLE) {
-    lua_newtable(L);
-    lua_createtable(L, 0, 1);
-    lua_pushliteral(L, "k");
-    lua_setfield(L, -2, "__mode");
-    lua_setmetatable(L, -2);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &K_FNRECS);
-  }
-  lua_pop(L, 1);
+  lmpb_preload(L, "lmp.pool_core", open_core);
   lua_pushvalue(L, -1); /* the module table, for the installer */
   lua_pushcclosure(L, l_pool, 1);
   lua_setfield(L, -2, "Pool");

@@ -26,7 +26,8 @@ local M = {}
 
 local now = lmp.time
 local tointeger = math.tointeger
-local TAG_APPLY, TAG_MAP, TAG_STARMAP = 1, 2, 3
+local tags = require("lmp.pool_core").tags -- as bindings/lpool.h defines them
+local TAG_APPLY, TAG_MAP, TAG_STARMAP = tags.apply, tags.map, tags.starmap
 
 local usage = [[
 usage: lmp worker URL [--queue NAME] [--processes N] [options]
