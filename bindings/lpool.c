@@ -693,6 +693,33 @@ static int core_submit(lua_State *L)
   return 1;
 }
 
+/* c:forward(tag, fn, count, value) -> id: a task whose parts came encoded
+ * (a broker's): fn a function's encoding (encode_fn(f, true)), value its
+ * encoded arguments or items.  They go to a worker as they are, unread;
+ * only the record's header is added. */
+static int core_forward(lua_State *L)
+{
+  lpool *lp = checkcore(L);
+  lua_Integer tag = luaL_checkinteger(L, 2);
+  size_t fnlen, vlen;
+  const char *fn = luaL_checklstring(L, 3, &fnlen);
+  lua_Integer count = luaL_checkinteger(L, 4);
+  const char *v = luaL_checklstring(L, 5, &vlen);
+  luaL_argcheck(L, tag == TAG_APPLY || tag == TAG_MAP || tag == TAG_STARMAP, 2,
+                "unknown task type");
+  luaL_argcheck(L, fnlen <= UINT32_MAX, 3, "function too large");
+  luaL_argcheck(L, count >= 0 && count <= UINT32_MAX, 4, "bad count");
+  uint64_t h = hash64(fn, fnlen);
+  uint32_t fl = (uint32_t)fnlen, n = (uint32_t)count;
+  struct iovec iov[5] = {{&h, 8}, {&fl, 4}, {(void *)fn, fnlen}, {&n, 4}, {(void *)v, vlen}};
+  uint64_t id;
+  int rc = lmp_pool_submit(lp->pool, (uint32_t)tag, iov, 5, &id);
+  if (rc < 0)
+    return lmpb_rterror(L, "submit", rc);
+  lua_pushinteger(L, (lua_Integer)id);
+  return 1;
+}
+
 /* Push the destination of task id's reply (and forget it): 1, or 0 if it
  * has none. */
 static int take_sink(lua_State *L, lua_Integer id, lua_Integer *first)
@@ -743,10 +770,12 @@ static void push_failure(lua_State *L, const lmp_pool_event_t *ev)
   lua_setfield(L, -2, "exitcode");
 }
 
-/* c:wait([deadline]) -> id, how, value | nil, "timeout" | nil, "closed".
+/* c:wait([deadline [, raw]]) -> id, how, value | nil, "timeout" | nil, "closed".
  * deadline is absolute, in lmp.time() seconds; nil waits forever.
  * how: "ok", "error" (value is an lmp.Error), "partial" ({values,
- * errors}), or "broken" (id 0, value the initializer's lmp.Error). */
+ * errors}), or "broken" (id 0, value the initializer's lmp.Error).  With
+ * raw, the value of a worker's reply is its bytes, undecoded (a string);
+ * an error no worker wrote (a timeout, a worker lost) is still an lmp.Error. */
 static int core_wait(lua_State *L)
 {
   lpool *lp = checkcore(L);
@@ -755,6 +784,7 @@ static int core_wait(lua_State *L)
     lua_Number d = luaL_checknumber(L, 2) * 1e9;
     deadline = d <= 0 ? 0 : d >= 9e18 ? LMP_FOREVER : (int64_t)d;
   }
+  int raw = lua_toboolean(L, 3);
   lmp_pool_event_t ev;
   int rc = lmp_pool_wait(lp->pool, &ev, deadline);
   if (rc == -ETIMEDOUT)
@@ -792,7 +822,10 @@ static int core_wait(lua_State *L)
       }
     }
     lua_pushstring(L, ev.status == ST_OK ? "ok" : ev.status == ST_PARTIAL ? "partial" : "error");
-    lmpb_decode(L, ev.data, ev.len, 1);
+    if (raw)
+      lua_pushlstring(L, ev.data, ev.len);
+    else
+      lmpb_decode(L, ev.data, ev.len, 1);
     if (prof)
       lua_pushvalue(L, prof);
     return nres;
@@ -1122,7 +1155,7 @@ static int l_counters(lua_State *L)
 /* === lmp.Pool === */
 
 static const luaL_Reg core_methods[] = {
-    {"submit", core_submit}, {"wait", core_wait},
+    {"submit", core_submit}, {"forward", core_forward}, {"wait", core_wait},
     {"cancel", core_cancel}, {"stop", core_stop},
     {"state", core_state},   {"close", core_close},
     {"terminate", core_terminate}, {"fileno", core_fileno},

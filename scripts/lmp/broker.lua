@@ -96,12 +96,14 @@ local function dispatch(pool, deadline)
       if h ~= nil then
         pending[id] = nil
         pool._inflight = pool._inflight - 1
-        local s = body.s
+        local s, v = body.s, body.v
+        -- r: the value as the worker's pool wrote it, which the worker passed on unread
+        if type(body.r) == "string" then v = core.decode(body.r) end
         if s == "ok" then pool._done = pool._done + 1 else pool._failed = pool._failed + 1 end
         if s == "dead" then
-          h:_settle("error", dead_error(body.v))
+          h:_settle("error", dead_error(v))
         else
-          h:_settle(s, body.v)
+          h:_settle(s, v)
         end
       end
     else
