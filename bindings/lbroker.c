@@ -449,6 +449,16 @@ static int l_decode(lua_State *L)
   return 1;
 }
 
+/* core.handles(bytes) -> how many lmp handles an encoded value holds
+ * (without decoding it), or -1 if the bytes are malformed. */
+static int l_handles(lua_State *L)
+{
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  lua_pushinteger(L, lmpb_handle_names(s, n, NULL));
+  return 1;
+}
+
 /* === signals of `lmp worker` === */
 
 /* The handlers only count (STYLE: signals set flags); the worker's loop
@@ -527,7 +537,8 @@ static const luaL_Reg conn_methods[] = {
 static const luaL_Reg core_funcs[] = {
     {"open", l_open},       {"seal", l_seal},     {"unseal", l_unseal},
     {"encode", l_encode},   {"decode", l_decode}, {"catch_signals", l_catch_signals},
-    {"signals", l_signals}, {"isatty", l_isatty}, {NULL, NULL},
+    {"signals", l_signals}, {"isatty", l_isatty}, {"handles", l_handles},
+    {NULL, NULL},
 };
 
 int lmpb_broker_open(lua_State *L)

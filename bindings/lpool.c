@@ -1,35 +1,24 @@
 /*
- * lpool.c -- the C half of lmp.Pool: the pool core object, the worker loop,
- * and the encoding of functions once per call.  The Pool and AsyncResult
- * objects users see are written in Lua (scripts/lmp/pool.lua), loaded the
- * first time lmp.Pool is called, over the functions below (lmp.core.pool).
+ * lpool.c -- the C half of lmp.Pool: the pool core object and the encoding
+ * of functions once per call.  The Pool and AsyncResult objects users see
+ * are written in Lua (scripts/lmp/pool.lua), loaded the first time lmp.Pool
+ * is called, over the functions below (lmp.core.pool); the loop the
+ * workers run is in lworker.c, and what the two files share in lpool.h.
  *
  * A task is [function record][u32 count][msgpack value].  The function
  * record is [u64 hash][u32 length][the function as the codec encodes it,
  * upvalues included]; it is built once per map call (and once per function
  * object for functions whose only upvalue is _ENV, which cannot change), so
- * a 10k-item map encodes its function once.  Workers keep the functions
- * they loaded by hash (a small LRU), comparing the bytes on a hit, so a
- * function is decoded once per worker however many chunks carry it.
- *
- * The worker loop is C, in the child that inherited the parent's Lua state
- * through fork.  It runs in a coroutine of its own, so tracebacks show the
- * task's frames and not the parent's, which the fork left on the stack.
- * Items of a chunk run under one lua_pcall; an error at item k is recorded
- * and the chunk goes on from k + 1.  Replies: status OK (the value, or the
- * array of values), ERROR (an lmp.Error, which crosses as a registered
- * class) or PARTIAL ({values, errors}).  A reply that cannot be encoded
- * fails only the items that hold the culprit, with kind "serialize".
- * Every task gets a reply: a task that ran out of memory leaves garbage
- * that a full collection frees before its error is encoded, and when even
- * that fails, an error "not enough memory" encoded when the worker started
- * goes instead.
+ * a 10k-item map encodes its function once.  Which functions are kept is
+ * decided here for the broker's tasks too (core.encode_fn(fn, true)), whose
+ * function is the bare encoding without the record's header.
  *
  * Lists of plain values (nil, booleans, numbers, strings) take the wire
  * room's fast path (codec/plain.c): the parent packs a map's items straight
  * from the caller's table and unpacks a chunk's results straight into the
- * result table; a worker reads a chunk's items one by one as it runs them
- * and packs each result as it comes.  Anything else goes through the codec.
+ * result table; a worker (lworker.c) reads a chunk's items one by one as it
+ * runs them and packs each result as it comes.  Anything else goes through
+ * the codec.
  */
 #include <errno.h>
 #include <signal.h>
@@ -44,28 +33,15 @@
 #include "codec.h"
 #include "codec/plain.h"
 #include "lmpaux.h"
-#include "lmpb.h"
+#include "lpool.h"
 
 #define CORE_MT "lmp.PoolCore"
-#define FN_CACHE_MAX 64
 
-enum { TAG_APPLY = 1, TAG_MAP = 2, TAG_STARMAP = 3 };
-enum { ST_OK = 0, ST_ERROR = 1, ST_PARTIAL = 2 };
-/* A task tag with TAG_PROFILE runs under the sampler (lprofile.c); its reply
- * then has ST_PROFILED in its status and ends in [samples][u32 length]. */
-enum { TAG_PROFILE = 0x100, ST_PROFILED = 0x10000 };
+static const char K_FNRECS;  /* registry: reusable function -> its record (weak keys) */
+static const char K_FNREMOTE; /* the same for broker tasks: its bare encoding */
 
-static const char K_FNRECS; /* registry: reusable function -> its record (weak keys) */
-
-/* Counters for tests: function records built here, functions loaded by a
- * worker here. */
-static lua_Integer fn_encodes, fn_loads;
-
-/* A worker's buffer for replies of plain values. */
-static lmp_buf_t worker_buf;
-/* A worker's samples of the task it runs, when it is profiled. */
-static lmp_buf_t prof_buf;
-static int profiling;
+/* Counter for tests: function records built here. */
+static lua_Integer fn_encodes;
 
 typedef struct lpool {
   lmp_pool_t *pool; /* NULL until created, and after free */
@@ -167,14 +143,31 @@ static int reusable(lua_State *L, int idx)
 
 /* === the parent === */
 
-/* Push the record of the function at idx: from the cache, or built (and
- * cached when it can be reused). */
-static void push_fnrec(lua_State *L, int idx)
+/* Push the weak table of kept records (remote: of broker encodings). */
+static void push_fnrecs(lua_State *L, int remote)
+{
+  const void *key = remote ? &K_FNREMOTE : &K_FNRECS;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, key) == LUA_TTABLE)
+    return;
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, key);
+}
+
+/* Push the record of the function at idx, or with remote its encoding for
+ * a broker task (handles refused): from the cache, or built (and cached
+ * when it can be reused). */
+static void push_fnrec(lua_State *L, int idx, int remote)
 {
   idx = lua_absindex(L, idx);
   int keep = reusable(L, idx);
   if (keep) {
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &K_FNRECS);
+    push_fnrecs(L, remote);
     lua_pushvalue(L, idx);
     if (lua_rawget(L, -2) == LUA_TSTRING) {
       lua_remove(L, -2);
@@ -182,20 +175,25 @@ static void push_fnrec(lua_State *L, int idx)
     }
     lua_pop(L, 2);
   }
-  const lmp_buf_t *b = lmpb_encode(L, idx, "function");
-  if (b->len > UINT32_MAX)
-    luaL_error(L, "function too large");
-  uint64_t h = hash64(b->data, b->len);
-  uint32_t n = (uint32_t)b->len;
-  luaL_Buffer lb;
-  char *out = luaL_buffinitsize(L, &lb, 12 + b->len);
-  memcpy(out, &h, 8);
-  memcpy(out + 8, &n, 4);
-  memcpy(out + 12, b->data, b->len);
-  luaL_pushresultsize(&lb, 12 + b->len);
+  if (remote) {
+    const lmp_buf_t *b = lmpb_encode_remote(L, idx, "function");
+    lua_pushlstring(L, b->data, b->len);
+  } else {
+    const lmp_buf_t *b = lmpb_encode(L, idx, "function");
+    if (b->len > UINT32_MAX)
+      luaL_error(L, "function too large");
+    uint64_t h = hash64(b->data, b->len);
+    uint32_t n = (uint32_t)b->len;
+    luaL_Buffer lb;
+    char *out = luaL_buffinitsize(L, &lb, 12 + b->len);
+    memcpy(out, &h, 8);
+    memcpy(out + 8, &n, 4);
+    memcpy(out + 12, b->data, b->len);
+    luaL_pushresultsize(&lb, 12 + b->len);
+  }
   fn_encodes++;
   if (keep) {
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &K_FNRECS);
+    push_fnrecs(L, remote);
     lua_pushvalue(L, idx);
     lua_pushvalue(L, -3);
     lua_rawset(L, -3);
@@ -203,38 +201,15 @@ static void push_fnrec(lua_State *L, int idx)
   }
 }
 
-/* core.encode_fn(fn) -> function record (a string) */
+/* core.encode_fn(fn [, remote]) -> function record (a string); with
+ * remote, the function's encoding as a broker task carries it. */
 static int l_encode_fn(lua_State *L)
 {
   luaL_argcheck(L, iscallable(L, 1), 1, "function expected");
+  int remote = lua_toboolean(L, 2);
   lua_settop(L, 1);
-  push_fnrec(L, 1);
+  push_fnrec(L, 1, remote);
   return 1;
-}
-
-/* lua_pcall with the message handler at index 1.  Lua skips the handler
- * for out-of-memory errors: those arrive here as the bare message and are
- * made an lmp.Error too, after a collection has freed what the task left
- * behind (its frames are gone, so most of what filled memory is garbage). */
-static int tpcall(lua_State *L, int nargs, int nres)
-{
-  int rc = lua_pcall(L, nargs, nres, 1);
-  if (rc == LUA_OK)
-    return rc;
-  if (rc == LUA_ERRMEM)
-    lua_gc(L, LUA_GCCOLLECT);
-  int is = 0;
-  if (lua_type(L, -1) == LUA_TTABLE && lua_getmetatable(L, -1)) {
-    luaL_getmetatable(L, "lmp.Error");
-    is = lua_rawequal(L, -1, -2);
-    lua_pop(L, 2);
-  }
-  if (!is) {
-    lmpb_error_push(L, "task", lmpb_tomessage(L, -1));
-    lua_insert(L, -3);
-    lua_pop(L, 2);
-  }
-  return rc;
 }
 
 /* Protected: value, what (a light userdata) -> its encoding (another). */
@@ -244,10 +219,8 @@ static int encode_call(lua_State *L)
   return 1;
 }
 
-/* Run the protected encoder fn on the value at idx; *out its buffer.  A
- * memory error is retried once after a full collection.  Leaves the
- * error on the stack when the status is not LUA_OK. */
-static int pencode(lua_State *L, lua_CFunction fn, int idx, const char *what, const lmp_buf_t **out)
+int lmpb_pool_pencode(lua_State *L, lua_CFunction fn, int idx, const char *what,
+                      const lmp_buf_t **out)
 {
   idx = lua_absindex(L, idx);
   for (int pass = 0;; pass++) {
@@ -267,12 +240,10 @@ static int pencode(lua_State *L, lua_CFunction fn, int idx, const char *what, co
   }
 }
 
-/* Encode the value at idx without raising: the buffer, or NULL with the
- * codec's error pushed. */
-static const lmp_buf_t *try_encode(lua_State *L, int idx, const char *what)
+const lmp_buf_t *lmpb_pool_try_encode(lua_State *L, int idx, const char *what)
 {
   const lmp_buf_t *b;
-  return pencode(L, encode_call, idx, what, &b) == LUA_OK ? b : NULL;
+  return lmpb_pool_pencode(L, encode_call, idx, what, &b) == LUA_OK ? b : NULL;
 }
 
 /* Encode value[first .. first+count-1] as an array.  When an item cannot
@@ -284,7 +255,7 @@ static const lmp_buf_t *encode_slice(lua_State *L, int list, lua_Integer first, 
     lua_geti(L, list, first + k);
     lua_rawseti(L, -2, k + 1);
   }
-  const lmp_buf_t *b = try_encode(L, -1, "list");
+  const lmp_buf_t *b = lmpb_pool_try_encode(L, -1, "list");
   if (b)
     return b;
   lua_pop(L, 1);
@@ -308,7 +279,7 @@ static int core_submit(lua_State *L)
   size_t fnlen;
   if (lua_type(L, 3) != LUA_TSTRING) {
     luaL_argcheck(L, iscallable(L, 3), 3, "function expected");
-    push_fnrec(L, 3);
+    push_fnrec(L, 3, 0);
     lua_replace(L, 3);
   }
   const char *fr = lua_tolstring(L, 3, &fnlen);
@@ -341,6 +312,33 @@ static int core_submit(lua_State *L)
     lua_rawseti(L, -2, -(lua_Integer)id);
     lua_pop(L, 1);
   }
+  lua_pushinteger(L, (lua_Integer)id);
+  return 1;
+}
+
+/* c:forward(tag, fn, count, value) -> id: a task whose parts came encoded
+ * (a broker's): fn a function's encoding (encode_fn(f, true)), value its
+ * encoded arguments or items.  They go to a worker as they are, unread;
+ * only the record's header is added. */
+static int core_forward(lua_State *L)
+{
+  lpool *lp = checkcore(L);
+  lua_Integer tag = luaL_checkinteger(L, 2);
+  size_t fnlen, vlen;
+  const char *fn = luaL_checklstring(L, 3, &fnlen);
+  lua_Integer count = luaL_checkinteger(L, 4);
+  const char *v = luaL_checklstring(L, 5, &vlen);
+  luaL_argcheck(L, tag == TAG_APPLY || tag == TAG_MAP || tag == TAG_STARMAP, 2,
+                "unknown task type");
+  luaL_argcheck(L, fnlen <= UINT32_MAX, 3, "function too large");
+  luaL_argcheck(L, count >= 0 && count <= UINT32_MAX, 4, "bad count");
+  uint64_t h = hash64(fn, fnlen);
+  uint32_t fl = (uint32_t)fnlen, n = (uint32_t)count;
+  struct iovec iov[5] = {{&h, 8}, {&fl, 4}, {(void *)fn, fnlen}, {&n, 4}, {(void *)v, vlen}};
+  uint64_t id;
+  int rc = lmp_pool_submit(lp->pool, (uint32_t)tag, iov, 5, &id);
+  if (rc < 0)
+    return lmpb_rterror(L, "submit", rc);
   lua_pushinteger(L, (lua_Integer)id);
   return 1;
 }
@@ -395,10 +393,12 @@ static void push_failure(lua_State *L, const lmp_pool_event_t *ev)
   lua_setfield(L, -2, "exitcode");
 }
 
-/* c:wait([deadline]) -> id, how, value | nil, "timeout" | nil, "closed".
+/* c:wait([deadline [, raw]]) -> id, how, value | nil, "timeout" | nil, "closed".
  * deadline is absolute, in lmp.time() seconds; nil waits forever.
  * how: "ok", "error" (value is an lmp.Error), "partial" ({values,
- * errors}), or "broken" (id 0, value the initializer's lmp.Error). */
+ * errors}), or "broken" (id 0, value the initializer's lmp.Error).  With
+ * raw, the value of a worker's reply is its bytes, undecoded (a string);
+ * an error no worker wrote (a timeout, a worker lost) is still an lmp.Error. */
 static int core_wait(lua_State *L)
 {
   lpool *lp = checkcore(L);
@@ -407,6 +407,7 @@ static int core_wait(lua_State *L)
     lua_Number d = luaL_checknumber(L, 2) * 1e9;
     deadline = d <= 0 ? 0 : d >= 9e18 ? LMP_FOREVER : (int64_t)d;
   }
+  int raw = lua_toboolean(L, 3);
   lmp_pool_event_t ev;
   int rc = lmp_pool_wait(lp->pool, &ev, deadline);
   if (rc < 0)
@@ -440,7 +441,10 @@ static int core_wait(lua_State *L)
       }
     }
     lua_pushstring(L, ev.status == ST_OK ? "ok" : ev.status == ST_PARTIAL ? "partial" : "error");
-    lmpb_decode(L, ev.data, ev.len, 1);
+    if (raw)
+      lua_pushlstring(L, ev.data, ev.len);
+    else
+      lmpb_decode(L, ev.data, ev.len, 1);
     if (prof)
       lua_pushvalue(L, prof);
     return nres;
@@ -608,530 +612,8 @@ static int core_gc(lua_State *L)
   return 0;
 }
 
-/* === the worker === */
 
-/* Message handler: the error as an lmp.Error of kind "task", with the
- * traceback where it was raised and the original value. */
-static int msgh(lua_State *L)
-{
-  int err = lua_gettop(L) >= 1 ? 1 : 0;
-  if (!err) {
-    lua_pushnil(L);
-    err = 1;
-  }
-  const char *msg = lmpb_tomessage(L, err);
-  lmpb_error_push(L, "task", msg);
-  int e = lua_gettop(L);
-  luaL_traceback(L, L, NULL, 1);
-  /* The frames below the task (the worker loop, all anonymous C functions)
-   * tell the user nothing. */
-  size_t len;
-  const char *tb = lua_tolstring(L, -1, &len), *nl;
-  size_t end = len;
-  static const char cframe[] = "\n\t[C]: in ?";
-  while ((nl = memrchr(tb, '\n', end)) != NULL && end - (size_t)(nl - tb) == sizeof cframe - 1 &&
-         memcmp(nl, cframe, sizeof cframe - 1) == 0)
-    end = (size_t)(nl - tb);
-  if (end < len) {
-    lua_pushlstring(L, tb, end);
-    lua_replace(L, -2);
-  }
-  lua_setfield(L, e, "traceback");
-  lua_pushvalue(L, err);
-  lua_setfield(L, e, "value");
-  lua_pushinteger(L, getpid());
-  lua_setfield(L, e, "pid");
-  return 1;
-}
-
-/* An error about to be sent must be sendable: drop a value that is not. */
-static void sanitize_error(lua_State *L, int idx)
-{
-  idx = lua_absindex(L, idx);
-  if (lua_type(L, idx) != LUA_TTABLE)
-    return;
-  if (lua_getfield(L, idx, "value") != LUA_TNIL && !try_encode(L, -1, "value")) {
-    lua_pop(L, 1); /* the codec's error */
-    lua_pushnil(L);
-    lua_setfield(L, idx, "value");
-  }
-  lua_pop(L, 1);
-}
-
-/* Protected: err, what -> the encoding of err (a light userdata), made an
- * lmp.Error of kind "task" first when it is not one (the bare message of a
- * memory error), its value dropped when that cannot be sent.  With what
- * NULL, a plain "the task's error could not be sent" is encoded instead. */
-static int encode_error(lua_State *L)
-{
-  if (!lua_touserdata(L, 2)) {
-    lmpb_error_push(L, "task", "the task's error could not be sent");
-  } else if (!lua_istable(L, 1)) {
-    lmpb_error_push(L, "task", lmpb_tomessage(L, 1));
-  } else {
-    lua_settop(L, 1);
-    sanitize_error(L, 1);
-  }
-  lua_pushlightuserdata(L, (void *)lmpb_encode(L, -1, "error"));
-  return 1;
-}
-
-/* The reply of last resort, encoded when the worker starts: "not enough
- * memory", for when even the task's error cannot be encoded. */
-static lmp_buf_t oom_error;
-
-static void keep_oom_error(lua_State *L)
-{
-  lmpb_error_push(L, "task", "not enough memory");
-  const lmp_buf_t *b = lmpb_encode(L, -1, "error");
-  if (lmp_buf_reserve(&oom_error, b->len) < 0)
-    luaL_error(L, "not enough memory");
-  memcpy(oom_error.data, b->data, b->len);
-  oom_error.len = b->len;
-  lua_pop(L, 1);
-}
-
-static void reply(lmp_pool_worker_t *w, uint32_t status, const lmp_buf_t *b)
-{
-  struct iovec v[3] = {{b->data, b->len}};
-  int n = 1;
-  uint32_t plen;
-  if (profiling) {
-    profiling = 0;
-    prof_buf.len = 0;
-    lmpb_profile_stop(&prof_buf);
-    plen = (uint32_t)prof_buf.len;
-    v[1].iov_base = prof_buf.data;
-    v[1].iov_len = prof_buf.len;
-    v[2].iov_base = &plen;
-    v[2].iov_len = 4;
-    n = 3;
-    status |= ST_PROFILED;
-  }
-  int rc = lmp_pool_worker_reply(w, status, v, n);
-  if (rc < 0) {
-    fprintf(stderr, "lmp pool worker %d: cannot reply: %s\n", (int)getpid(), lmp_strerror(rc));
-    lmp_proc_exit(1);
-  }
-}
-
-/* Reply with the error at the top of the stack (an lmp.Error, or the
- * message of a memory error).  A reply always goes: an error that cannot
- * be sent becomes a plain one, and when memory is too short even for that,
- * the one encoded in advance goes. */
-static void reply_error(lua_State *L, lmp_pool_worker_t *w)
-{
-  const lmp_buf_t *b;
-  int rc = pencode(L, encode_error, -1, "error", &b);
-  if (rc != LUA_OK && rc != LUA_ERRMEM) {
-    lua_pop(L, 1);
-    rc = pencode(L, encode_error, -1, NULL, &b);
-  }
-  reply(w, ST_ERROR, rc == LUA_OK ? b : &oom_error);
-}
-
-/* Push the function of a task record: from the worker's cache (at index
- * `cache`) when the same bytes were loaded before, else decoded. */
-static void push_function(lua_State *L, int cache, uint64_t h, const char *bytes, size_t len)
-{
-  lua_Integer key = (lua_Integer)h;
-  if (lua_rawgeti(L, cache, key) == LUA_TTABLE) {
-    size_t n;
-    lua_rawgeti(L, -1, 1);
-    const char *s = lua_tolstring(L, -1, &n);
-    if (n == len && memcmp(s, bytes, len) == 0) {
-      lua_pop(L, 1);
-      lua_rawgeti(L, cache, 0); /* the clock */
-      lua_Integer tick = lua_tointeger(L, -1) + 1;
-      lua_pop(L, 1);
-      lua_pushinteger(L, tick);
-      lua_pushvalue(L, -1);
-      lua_rawseti(L, cache, 0);
-      lua_rawseti(L, -2, 3);
-      lua_rawgeti(L, -1, 2);
-      lua_remove(L, -2);
-      return;
-    }
-    lua_pop(L, 1);
-  }
-  lua_pop(L, 1);
-  lmpb_decode(L, bytes, len, 1);
-  fn_loads++;
-  /* Make room: drop the least recently used entry. */
-  lua_Integer count = 0, oldest = 0, oldtick = LUA_MAXINTEGER;
-  lua_pushnil(L);
-  while (lua_next(L, cache)) {
-    if (lua_istable(L, -1)) {
-      count++;
-      lua_rawgeti(L, -1, 3);
-      if (lua_tointeger(L, -1) < oldtick) {
-        oldtick = lua_tointeger(L, -1);
-        oldest = lua_tointeger(L, -3);
-      }
-      lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
-  }
-  if (count >= FN_CACHE_MAX) {
-    lua_pushnil(L);
-    lua_rawseti(L, cache, oldest);
-  }
-  lua_createtable(L, 3, 0);
-  lua_pushlstring(L, bytes, len);
-  lua_rawseti(L, -2, 1);
-  lua_pushvalue(L, -2);
-  lua_rawseti(L, -2, 2);
-  lua_rawgeti(L, cache, 0);
-  lua_rawseti(L, -2, 3);
-  lua_rawseti(L, cache, key);
-}
-
-typedef struct task {
-  lmp_pool_worker_t *w;
-  uint32_t tag;
-  uint64_t hash;
-  const char *fn, *val;
-  size_t fnlen, vallen;
-  uint32_t count;
-  lua_Integer cur, next;          /* items: the one running, the first still to run */
-  const unsigned char *ip, *iend; /* items still to read, when they are streamed */
-  int packing;                    /* results are packed into worker_buf as they come */
-  lua_Integer packed;             /* how many */
-  size_t hdr;                     /* the length of the array header in worker_buf */
-  int timed;                      /* items report their start (task_timeout applies) */
-} task;
-
-static int parse_task(task *t, const lmp_pool_task_t *pt)
-{
-  const char *p = pt->data;
-  uint32_t n;
-  if (pt->len < 16)
-    return -1;
-  memcpy(&t->hash, p, 8);
-  memcpy(&n, p + 8, 4);
-  if (n > pt->len - 16)
-    return -1;
-  t->tag = pt->tag & ~(uint32_t)TAG_PROFILE;
-  t->fn = p + 12;
-  t->fnlen = n;
-  memcpy(&t->count, p + 12 + n, 4);
-  t->val = p + 16 + n;
-  t->vallen = pt->len - 16 - n;
-  return 0;
-}
-
-/* A map's items that are all plain values are read one by one as they
- * run, without a table: set t->ip to the first. */
-static int stream_items(task *t)
-{
-  const unsigned char *p;
-  uint64_t n;
-  if (t->tag != TAG_MAP || !(p = lmpb_plain_items(t->val, t->vallen, &n)) || n != t->count)
-    return 0;
-  t->ip = p;
-  t->iend = (const unsigned char *)t->val + t->vallen;
-  return 1;
-}
-
-/* Protected: function, value -> [cache] fn value (nil when streamed) */
-static int load_task(lua_State *L)
-{
-  task *t = lua_touserdata(L, 1);
-  push_function(L, 2, t->hash, t->fn, t->fnlen);
-  if (stream_items(t)) {
-    lua_pushnil(L);
-    return 2;
-  }
-  lua_createtable(L, (int)t->count, 0);
-  if (lmpb_plain_unpack_list(L, t->val, t->vallen, lua_gettop(L), 1) < 0) {
-    lua_pop(L, 1);
-    lmpb_decode(L, t->val, t->vallen, 1);
-  }
-  return 2;
-}
-
-/* Push the arguments of one call from the table at idx: its first n items. */
-static int push_args(lua_State *L, int idx, lua_Integer n)
-{
-  luaL_checkstack(L, (int)n + 2, "too many arguments");
-  for (lua_Integer i = 1; i <= n; i++)
-    lua_rawgeti(L, idx, i);
-  return (int)n;
-}
-
-/* Protected: fn, args -> result (apply). */
-static int call_apply(lua_State *L)
-{
-  task *t = lua_touserdata(L, 3);
-  lua_pushvalue(L, 1);
-  int n = push_args(L, 2, t->count);
-  lua_call(L, n, 1);
-  return 1;
-}
-
-/* The number of arguments in a starmap item: its n field, or its length. */
-static lua_Integer arity(lua_State *L, int idx)
-{
-  lua_Integer n;
-  if (lua_getfield(L, idx, "n") == LUA_TNUMBER && lua_isinteger(L, -1))
-    n = lua_tointeger(L, -1);
-  else
-    n = (lua_Integer)lua_rawlen(L, idx);
-  lua_pop(L, 1);
-  return n;
-}
-
-/* The results packed so far become out[1 .. packed]. */
-static void unpack_packed(lua_State *L, task *t, int out)
-{
-  const unsigned char *p = (const unsigned char *)worker_buf.data + t->hdr;
-  (void)lmpb_plain_unpack_items(L, p, (const unsigned char *)worker_buf.data + worker_buf.len,
-                                (uint64_t)t->packed, out, 1);
-}
-
-/* Keep the result at the top for item i: packed while every result is a
- * plain value, else in the table at out. */
-static void keep_result(lua_State *L, task *t, int out, lua_Integer i)
-{
-  if (t->packing) {
-    if (lmpb_plain_put(L, -1, &worker_buf)) {
-      lua_pop(L, 1);
-      t->packed++;
-      return;
-    }
-    unpack_packed(L, t, out);
-    t->packing = 0;
-  }
-  lua_rawseti(L, out, i);
-}
-
-/* Protected: fn, items (nil when streamed), out, task -> runs items
- * t->next .. count. */
-static int call_items(lua_State *L)
-{
-  task *t = lua_touserdata(L, 4);
-  int star = t->tag == TAG_STARMAP;
-  for (lua_Integer i = t->next; i <= (lua_Integer)t->count; i++) {
-    t->cur = i;
-    if (t->timed)
-      lmp_pool_worker_progress(t->w, (uint32_t)(i - 1));
-    lua_pushvalue(L, 1);
-    int n = 1;
-    if (t->ip) {
-      lmpb_plain_next(L, &t->ip, t->iend); /* checked by stream_items */
-    } else if (star) {
-      if (lua_rawgeti(L, 2, i) != LUA_TTABLE)
-        luaL_error(L, "starmap item %d is not a table of arguments", (int)i);
-      int item = lua_gettop(L);
-      n = push_args(L, item, arity(L, item));
-      lua_remove(L, item);
-    } else {
-      lua_rawgeti(L, 2, i);
-    }
-    lua_call(L, n, 1);
-    keep_result(L, t, 3, i);
-  }
-  return 0;
-}
-
-/* Runs one apply task; leaves the stack as it found it. */
-static void run_apply(lua_State *L, lmp_pool_worker_t *w, task *t, int fn)
-{
-  lua_pushcfunction(L, call_apply);
-  lua_pushvalue(L, fn);
-  lua_pushvalue(L, fn + 1);
-  lua_pushlightuserdata(L, t);
-  if (tpcall(L, 3, 1) != LUA_OK) {
-    reply_error(L, w);
-    return;
-  }
-  if (lmpb_plain_pack_value(L, -1, &worker_buf) == 0) {
-    reply(w, ST_OK, &worker_buf);
-    return;
-  }
-  const lmp_buf_t *b = try_encode(L, -1, "result");
-  if (!b) {
-    reply_error(L, w);
-    return;
-  }
-  reply(w, ST_OK, b);
-}
-
-/* The items whose result cannot be sent become errors. */
-static void find_unsendable(lua_State *L, int out, int errs, lua_Integer n)
-{
-  for (lua_Integer i = 1; i <= n; i++) {
-    lua_rawgeti(L, out, i);
-    if (!try_encode(L, -1, "result")) {
-      lua_rawseti(L, errs, i);
-      lua_pushnil(L);
-      lua_rawseti(L, out, i);
-    }
-    lua_pop(L, 1);
-  }
-}
-
-static void run_items(lua_State *L, lmp_pool_worker_t *w, task *t, int fn)
-{
-  lua_Integer n = t->count;
-  lua_newtable(L);
-  int out = lua_gettop(L), errs = 0;
-  t->w = w;
-  t->timed = lmp_pool_worker_timed(w);
-  t->next = 1;
-  worker_buf.len = 0;
-  t->packing = lmpb_plain_put_array(&worker_buf, (size_t)n);
-  t->hdr = worker_buf.len;
-  t->packed = 0;
-  while (t->next <= n) {
-    lua_pushcfunction(L, call_items);
-    lua_pushvalue(L, fn);
-    lua_pushvalue(L, fn + 1);
-    lua_pushvalue(L, out);
-    lua_pushlightuserdata(L, t);
-    if (tpcall(L, 4, 0) == LUA_OK)
-      break;
-    if (!errs) {
-      lua_newtable(L);
-      lua_insert(L, -2);
-      errs = out + 1;
-    }
-    sanitize_error(L, -1);
-    lua_rawseti(L, errs, t->cur);
-    if (t->packing) { /* the failed item's place */
-      t->packing = lmpb_plain_put_nil(&worker_buf);
-      t->packed++;
-    }
-    t->next = t->cur + 1;
-  }
-  if (t->packing && !errs) {
-    reply(w, ST_OK, &worker_buf);
-    return;
-  }
-  if (t->packing)
-    unpack_packed(L, t, out);
-  if (!errs) {
-    const lmp_buf_t *b = try_encode(L, out, "result");
-    if (b) {
-      reply(w, ST_OK, b);
-      return;
-    }
-    lua_pop(L, 1); /* the codec's error: find the culprits */
-    lua_newtable(L);
-    errs = out + 1;
-  }
-  find_unsendable(L, out, errs, n);
-  lua_createtable(L, 2, 0);
-  lua_pushvalue(L, out);
-  lua_rawseti(L, -2, 1);
-  lua_pushvalue(L, errs);
-  lua_rawseti(L, -2, 2);
-  const lmp_buf_t *b = try_encode(L, -1, "result");
-  if (b)
-    reply(w, ST_PARTIAL, b);
-  else
-    reply_error(L, w);
-}
-
-static void run_task(lua_State *L, lmp_pool_worker_t *w, const lmp_pool_task_t *pt)
-{
-  task t;
-  memset(&t, 0, sizeof t);
-  if (parse_task(&t, pt) < 0) {
-    lmpb_error_push(L, "task", "corrupt task record");
-    reply_error(L, w);
-    return;
-  }
-  lua_pushcfunction(L, load_task);
-  lua_pushlightuserdata(L, &t);
-  lua_pushvalue(L, 2); /* the cache */
-  if (tpcall(L, 2, 2) != LUA_OK) {
-    reply_error(L, w);
-    return;
-  }
-  int fn = lua_gettop(L) - 1;
-  if (pt->tag & TAG_PROFILE)
-    profiling = lmpb_profile_start(L) == 0;
-  if (t.tag == TAG_APPLY)
-    run_apply(L, w, &t, fn);
-  else
-    run_items(L, w, &t, fn);
-}
-
-/* The initializer, if any; 0, or -1 after reporting its failure. */
-static int run_initializer(lua_State *L, lmp_pool_worker_t *w, lpool *lp)
-{
-  if (lp->init_ref == LUA_NOREF)
-    return 0;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, lp->init_ref);
-  int cfg = lua_gettop(L);
-  lua_rawgeti(L, cfg, 1);
-  lua_rawgeti(L, cfg, 2);
-  lua_rawgeti(L, cfg, 3);
-  lua_Integer n = lua_tointeger(L, -1);
-  lua_pop(L, 1);
-  int args = lua_gettop(L);
-  int nargs = push_args(L, args, n);
-  lua_remove(L, args);
-  int rc = tpcall(L, nargs, 0);
-  if (rc == LUA_OK) {
-    lua_settop(L, cfg - 1);
-    return 0;
-  }
-  lua_pushliteral(L, "initializer");
-  lua_setfield(L, -2, "kind");
-  sanitize_error(L, -1);
-  const lmp_buf_t *b = try_encode(L, -1, "error");
-  if (b)
-    lmp_pool_worker_fail_init(w, b->data, b->len);
-  else
-    lmp_pool_worker_fail_init(w, NULL, 0);
-  return -1;
-}
-
-/* The worker's main, in a coroutine: w, lp. */
-static int worker_loop(lua_State *L)
-{
-  lmp_pool_worker_t *w = lua_touserdata(L, 1);
-  lpool *lp = lua_touserdata(L, 2);
-  lua_settop(L, 0);
-  lua_pushcfunction(L, msgh); /* 1 */
-  lua_createtable(L, 0, 8);   /* 2: loaded functions by hash; [0] the LRU clock */
-  lua_pushinteger(L, 0);
-  lua_rawseti(L, 2, 0);
-  keep_oom_error(L);
-  if (run_initializer(L, w, lp) < 0)
-    return 0;
-  lmp_pool_task_t pt;
-  int rc;
-  while ((rc = lmp_pool_worker_next(w, &pt)) == 0) {
-    run_task(L, w, &pt);
-    lua_settop(L, 2);
-  }
-  if (rc != -EPIPE)
-    return luaL_error(L, "cannot take a task: %s", lmp_strerror(rc));
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-/* Run the worker loop on a thread of its own; the process's exit code. */
-static int run_worker(lmp_pool_worker_t *w, lpool *lp)
-{
-  lua_State *L = lp->L;
-  signal(SIGINT, SIG_IGN); /* the terminal's ^C is for the program: the root decides */
-  lmpb_profile_reset(L); /* a new thread inherits the hook */
-  lua_State *co = lua_newthread(L);
-  lua_pushcfunction(co, worker_loop);
-  lua_pushlightuserdata(co, w);
-  lua_pushlightuserdata(co, lp);
-  int nres, rc = lua_resume(co, L, 2, &nres);
-  if (rc == LUA_OK)
-    return nres > 0 && lua_toboolean(co, -1) ? 0 : 1;
-  fflush(stdout);
-  fprintf(stderr, "lmp pool worker %d: %s\n", (int)getpid(),
-          rc == LUA_YIELD ? "attempt to yield from a task" : lmpb_tomessage(co, -1));
-  return 1;
-}
+/* === starting workers === */
 
 /* A forked worker: it has the parent's state, and takes a worker's name. */
 static int worker_body(lmp_pool_worker_t *w, void *ctx)
@@ -1140,7 +622,7 @@ static int worker_body(lmp_pool_worker_t *w, void *ctx)
   char name[32];
   snprintf(name, sizeof name, "PoolWorker-%d", lmp_pool_worker_index(w) + 1);
   lmpb_process_become(lp->L, name, NULL, 0);
-  return run_worker(w, lp);
+  return lmpb_worker_run(w, lp->L, lp->init_ref);
 }
 
 /*
@@ -1160,12 +642,10 @@ struct start_args {
   int rc;
 };
 
-static int l_pool_worker(lua_State *L);
-
 static int start_call(lua_State *L)
 {
   struct start_args *a = lua_touserdata(L, 1);
-  lua_pushcfunction(L, l_pool_worker);
+  lua_pushcfunction(L, lmpb_pool_worker);
   lua_pushstring(L, a->ticket);
   if (a->lp->init_ref != LUA_NOREF)
     lua_rawgeti(L, LUA_REGISTRYINDEX, a->lp->init_ref);
@@ -1190,29 +670,6 @@ static int start_worker(void *ctx, const char *ticket, int index, lmp_proc_t **o
   luaL_unref(L, LUA_REGISTRYINDEX, lp->start_err);
   lp->start_err = luaL_ref(L, LUA_REGISTRYINDEX);
   return -EINVAL;
-}
-
-/* lmp._pool_worker(ticket, init): the body of a started worker; never returns. */
-static int l_pool_worker(lua_State *L)
-{
-  const char *ticket = luaL_checkstring(L, 1);
-  lmp_pool_worker_t *w;
-  int rc = lmp_pool_worker_attach(ticket, &w);
-  if (rc < 0)
-    return lmpb_rterror(L, "_pool_worker", rc);
-  lpool lp;
-  memset(&lp, 0, sizeof lp);
-  lp.owner = self_pid();
-  lp.L = L;
-  lp.init_ref = LUA_NOREF;
-  lp.start_err = LUA_NOREF;
-  if (lua_istable(L, 2)) {
-    lua_pushvalue(L, 2);
-    lp.init_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  }
-  int code = run_worker(w, &lp);
-  lmp_pool_worker_release(w);
-  lmp_proc_exit(code);
 }
 
 #define MAX_PROCESSES 4096
@@ -1309,7 +766,7 @@ static int l_counters(lua_State *L)
   lua_createtable(L, 0, 2);
   lua_pushinteger(L, fn_encodes);
   lua_setfield(L, -2, "fn_encodes");
-  lua_pushinteger(L, fn_loads);
+  lua_pushinteger(L, lmpb_worker_loads());
   lua_setfield(L, -2, "fn_loads");
   return 1;
 }
@@ -1317,7 +774,7 @@ static int l_counters(lua_State *L)
 /* === lmp.Pool === */
 
 static const luaL_Reg core_methods[] = {
-    {"submit", core_submit}, {"wait", core_wait},
+    {"submit", core_submit}, {"forward", core_forward}, {"wait", core_wait},
     {"cancel", core_cancel}, {"stop", core_stop},
     {"state", core_state},   {"close", core_close},
     {"terminate", core_terminate}, {"fileno", core_fileno},
@@ -1330,6 +787,22 @@ static const luaL_Reg core_funcs[] = {
     {"table", l_table}, {"counters", l_counters},   {NULL, NULL},
 };
 
+/* lmp.core.pool: the functions above, the task tags (which the Lua side of
+ * the pools reads from here) and the largest pool. */
+static int open_core(lua_State *L)
+{
+  luaL_newlib(L, core_funcs);
+  lua_pushinteger(L, MAX_PROCESSES);
+  lua_setfield(L, -2, "max_processes"); /* so Pool's own checks name 'Pool' */
+  lua_createtable(L, 0, 4);
+  setint(L, "apply", TAG_APPLY);
+  setint(L, "map", TAG_MAP);
+  setint(L, "starmap", TAG_STARMAP);
+  setint(L, "profile", TAG_PROFILE);
+  lua_setfield(L, -2, "tags");
+  return 1;
+}
+
 int lmpb_pool_open(lua_State *L)
 {
   if (luaL_newmetatable(L, CORE_MT)) {
@@ -1339,22 +812,11 @@ int lmpb_pool_open(lua_State *L)
     lua_setfield(L, -2, "__gc");
   }
   lua_pop(L, 1);
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &K_FNRECS) != LUA_TTABLE) {
-    lua_newtable(L);
-    lua_createtable(L, 0, 1);
-    lua_pushliteral(L, "k");
-    lua_setfield(L, -2, "__mode");
-    lua_setmetatable(L, -2);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &K_FNRECS);
-  }
-  lua_pop(L, 1);
-  luaL_newlib(L, core_funcs);
-  lua_pushinteger(L, MAX_PROCESSES);
-  lua_setfield(L, -2, "max_processes"); /* so Pool's own checks name 'Pool' */
-  lua_setfield(L, -2, "pool");          /* for scripts/lmp/pool.lua */
+  open_core(L);
+  lua_setfield(L, -2, "pool"); /* for scripts/lmp/pool.lua and the broker */
   lua_pushcfunction(L, l_counters);
   lua_setfield(L, -2, "_pool_counters");
-  lua_pushcfunction(L, l_pool_worker);
+  lua_pushcfunction(L, lmpb_pool_worker);
   lua_setfield(L, -2, "_pool_worker");
   return 0;
 }

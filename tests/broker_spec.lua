@@ -332,6 +332,37 @@ describe_redis("lmp.Pool on a Redis broker", function()
     assert.are.equal(4, lp:apply(function() return 4 end))
   end)
 
+  it("passes results on unread: a class only the task and the caller know, a chunk's own items", function()
+    local q = new_queue()
+    local w = start_worker(q)
+    local p = pool(q)
+    -- the `lmp worker` process never registers spec.Point: it does not read the result
+    local Point = {}
+    lmp.register("spec.Point", Point)
+    local v = p:apply_async(function()
+      local mt = {}
+      require("lmp").register("spec.Point", mt)
+      return setmetatable({x = 7}, mt)
+    end):get(30)
+    assert.are.equal(Point, getmetatable(v))
+    assert.are.equal(7, v.x)
+    -- a chunk with a failing item: the others keep their results, as on a local pool
+    local got = {}
+    local ok, e = pcall(function()
+      for i, y in p:imap(function(x) if x == 2 then error("two") end return x * 10 end, {1, 2, 3}, 3) do
+        got[i] = y
+      end
+    end)
+    assert.is_false(ok)
+    assert.are.equal("task", e.kind)
+    assert.matches("two", e.message)
+    assert.are.equal(2, e.index)
+    assert.are.same({10}, got)
+    p:terminate()
+    kill(w)
+    assert.is_true(exited(w))
+  end)
+
   it("refuses a local lmp object in a task at submit: it cannot reach another machine", function()
     local q = new_queue()
     local p = pool(q)

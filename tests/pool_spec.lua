@@ -186,6 +186,21 @@ describe("lmp.Pool", function()
     assert.are.equal("3", pool:apply(g, 3))
   end)
 
+  it("keeps the 64 functions a worker used last loaded, dropping the least recently used", function()
+    local p <close> = lmp.Pool(1)
+    local fs = {}
+    for i = 1, 64 do fs[i] = load("return function() return " .. i .. " end")() end
+    local function loads() return require("lmp")._pool_counters().fn_loads end
+    for i = 1, 63 do assert.are.equal(i, p:apply(fs[i])) end
+    local base = p:apply(loads) -- 63 functions and this one: the cache is full
+    p:apply(fs[1])              -- used again: now the most recent
+    p:apply(fs[64])             -- a new one takes the slot of fs[2], the least recent
+    p:apply(fs[1])
+    assert.are.equal(base + 1, p:apply(loads))
+    p:apply(fs[2])
+    assert.are.equal(base + 2, p:apply(loads))
+  end)
+
   it("imap yields in order and takes a table or an iterator function", function()
     local got = {}
     for i, v in pool:imap(function(x) return x * 10 end, {1, 2, 3, 4}) do got[i] = v end

@@ -16,6 +16,7 @@
 -- Callbacks run, as on a local pool, inside those calls, in order.
 local lmp = require "lmp"
 local core = require("lmp.core").broker
+local pcore = require("lmp.core").pool
 
 local M = {}
 
@@ -31,30 +32,14 @@ local result = require "lmp.result"
 local argerror, badself = check.argerror, check.badself
 local checkoptions, checkself, checkcstring = check.checkoptions, check.checkself, check.checkcstring
 local run_callbacks, settle_all = result.run_callbacks, result.settle_all
-local TAG_APPLY = result.TAG_APPLY
+local TAG_APPLY = pcore.tags.apply
 
 -- === encoding functions ===
 
--- A function whose only upvalue is _ENV (or none) cannot change between
--- calls, so its encoding is kept; a closure is encoded once per call.
-local fn_cache = setmetatable({}, {__mode = "k"})
-
-local function encode_fn(fn)
-  local s = fn_cache[fn]
-  if s then return s end
-  s = core.encode(fn, "function")
-  if type(fn) == "function" then
-    local i, pure = 1, true
-    while true do
-      local name = debug.getupvalue(fn, i)
-      if name == nil then break end
-      if name ~= "_ENV" then pure = false break end
-      i = i + 1
-    end
-    if pure then fn_cache[fn] = s end
-  end
-  return s
-end
+-- A function's encoding as a task carries it: kept for a function that
+-- cannot change between calls, by the local pool's rule (lpool.c); a
+-- closure is encoded once per call.
+local function encode_fn(fn) return pcore.encode_fn(fn, true) end
 
 -- The error a worker reports for a dead-lettered task.
 local function dead_error(v)
@@ -111,12 +96,14 @@ local function dispatch(pool, deadline)
       if h ~= nil then
         pending[id] = nil
         pool._inflight = pool._inflight - 1
-        local s = body.s
+        local s, v = body.s, body.v
+        -- r: the value as the worker's pool wrote it, which the worker passed on unread
+        if type(body.r) == "string" then v = core.decode(body.r) end
         if s == "ok" then pool._done = pool._done + 1 else pool._failed = pool._failed + 1 end
         if s == "dead" then
-          h:_settle("error", dead_error(body.v))
+          h:_settle("error", dead_error(v))
         else
-          h:_settle(s, body.v)
+          h:_settle(s, v)
         end
       end
     else

@@ -9,8 +9,6 @@
 -- AsyncResult, apply, map and imap are lmp.result's, over this backend:
 -- every submitted unit has a ticket of the core, and dispatch() takes one
 -- event from the core and settles its handler.
-local TAG_PROFILE = 0x100 -- the task runs under the sampler; its reply brings the samples
-
 local lmp = require "lmp"
 local core = require("lmp.core").pool
 
@@ -25,7 +23,8 @@ do
   local callable, checkcallable, checkoptions = check.callable, check.checkcallable, check.checkoptions
   local checkself = check.checkself
   local run_callbacks, settle_all, hint = result.run_callbacks, result.settle_all, result.hint
-  local TAG_APPLY = result.TAG_APPLY
+  local TAG_APPLY = core.tags.apply
+  local TAG_PROFILE = core.tags.profile -- the task runs under the sampler; its reply brings the samples
 
   local Pool = {}
   Pool.__index = Pool

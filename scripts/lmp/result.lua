@@ -39,10 +39,9 @@
 --   map_error(e, first), item_error(e, k, i)   optional: the error of a
 --                              failed chunk for the map, for its k-th item i
 local check = require "lmp.check"
+local tags = require("lmp.core").pool.tags -- the task tags, as bindings/lpool.h defines them
 
 local M = {}
-
-M.TAG_APPLY, M.TAG_MAP, M.TAG_STARMAP = 1, 2, 3
 
 local tointeger = math.tointeger
 local argerror, typeerror, badself = check.argerror, check.typeerror, check.badself
@@ -460,19 +459,19 @@ function M.new(B)
 
   --- pool:map(fn, list [, chunksize | {chunksize =, progress =}]) -> results
   function Pool:map(fn, list, opts)
-    return sync_get(start_map(self, "map", M.TAG_MAP, fn, list, map_options(opts, "map", false)))
+    return sync_get(start_map(self, "map", tags.map, fn, list, map_options(opts, "map", false)))
   end
 
   function Pool:map_async(fn, list, opts)
-    return start_map(self, "map_async", M.TAG_MAP, fn, list, map_options(opts, "map_async", true))
+    return start_map(self, "map_async", tags.map, fn, list, map_options(opts, "map_async", true))
   end
 
   function Pool:starmap(fn, list, opts)
-    return sync_get(start_map(self, "starmap", M.TAG_STARMAP, fn, list, map_options(opts, "starmap", false)))
+    return sync_get(start_map(self, "starmap", tags.starmap, fn, list, map_options(opts, "starmap", false)))
   end
 
   function Pool:starmap_async(fn, list, opts)
-    return start_map(self, "starmap_async", M.TAG_STARMAP, fn, list,
+    return start_map(self, "starmap_async", tags.starmap, fn, list,
                      map_options(opts, "starmap_async", true))
   end
 
@@ -683,7 +682,7 @@ function M.new(B)
       typeerror(2, fname, "table or function", src)
     end
     opts = map_options(opts, fname, false)
-    local job = {pool = pool, fr = B.encode_fn(fn), tag = M.TAG_MAP,
+    local job = {pool = pool, fr = B.encode_fn(fn), tag = tags.map,
                  size = tointeger(opts.chunksize) or 1, ordered = ordered, pos = 0,
                  yielded = 0, done = 0, inflight = 0, window = B.window(pool),
                  exhausted = false, dead = false,

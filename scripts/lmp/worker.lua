@@ -4,11 +4,21 @@
 --   require("lmp.worker").main({"redis://127.0.0.1:6379/0", "--queue", "q"})
 --
 -- returns the exit status.  The worker takes tasks in batches, checks each
--- signature before decoding a byte of it, runs the tasks in a local
--- lmp.Pool of n processes and publishes signed results in batches.  The
--- loop itself never runs a task, and the leases of the running ones are
--- renewed by a thread of their own (lmp/broker.h's lease keeper), so a
--- long task keeps its lease however busy the loop is.
+-- signature before decoding a byte of it, runs the tasks on a local pool of
+-- n processes and publishes signed results in batches.  The loop itself
+-- never runs a task, and the leases of the running ones are renewed by a
+-- thread of their own (lmp/broker.h's lease keeper), so a long task keeps
+-- its lease however busy the loop is.
+--
+-- A task's function and arguments, and a result, are opaque bytes here:
+-- the task's parts go to the local pool's core (lmp.core.pool's forward)
+-- as they came, and a result goes back as the pool's worker wrote it,
+-- sealed inside the signed result ({s = status, r = bytes}).  Values are
+-- read only where they must be: a result that holds an lmp handle (decoded
+-- so that sealing it refuses it, as a local object cannot reach another
+-- machine), a task without its count (its arguments are counted), and the
+-- errors the pool itself makes (a timeout; a worker lost, which sends the
+-- task back to the queue).
 --
 -- A delivery that fails (a refused signature, a pool process that died
 -- under the task) puts the task back at once for any worker, counting the
@@ -21,12 +31,14 @@
 -- putting the running tasks back for other workers (exit 130).
 local lmp = require "lmp"
 local core = require("lmp.core").broker
+local pcore = require("lmp.core").pool
 
 local M = {}
 
 local now = lmp.time
 local tointeger = math.tointeger
-local TAG_APPLY, TAG_MAP, TAG_STARMAP = 1, 2, 3
+local tags = pcore.tags -- as bindings/lpool.h defines them
+local TAG_APPLY, TAG_MAP, TAG_STARMAP = tags.apply, tags.map, tags.starmap
 
 local usage = [[
 usage: lmp worker URL [--queue NAME] [--processes N] [options]
@@ -154,30 +166,26 @@ function Worker:info()
                        #ids > 0 and " tasks=" .. table.concat(ids, ",") or "")
 end
 
--- A function from its encoding, kept by its bytes (a map sends it once per
--- chunk; an apply loop sends the same bytes every time).
-function Worker:load_fn(bytes)
-  local f = self.fns[bytes]
-  if f then return f end
-  f = core.decode(bytes)
-  self.nfns = self.nfns + 1
-  if self.nfns > 256 then
-    self.fns, self.nfns = {}, 1
-  end
-  self.fns[bytes] = f
-  return f
+-- Queue a sealed result for the next batch of completions.
+function Worker:complete(t, sealed, ok)
+  local b = self.batch
+  b[#b + 1] = {t.msg.id, t.id, t.caller, sealed, ok}
+  self:forget(t)
 end
 
--- Queue a signed result for the next batch of completions.
+-- Queue a signed result made here (an error, or a value decoded here).
 function Worker:publish(t, status, value)
   local ok, sealed = pcall(core.seal, self.secret, "R", t.id, {s = status, v = value}, "result")
   if not ok then
     sealed = core.seal(self.secret, "R", t.id, {s = "error", v = lmp.is_error(sealed) and sealed
                                                 or lmp.Error("serialize", tostring(sealed))}, "result")
   end
-  local b = self.batch
-  b[#b + 1] = {t.msg.id, t.id, t.caller, sealed, ok and status == "ok"}
-  self:forget(t)
+  self:complete(t, sealed, ok and status == "ok")
+end
+
+-- Queue a signed result whose value is a pool worker's reply, unread.
+function Worker:forward(t, status, bytes)
+  self:complete(t, core.seal(self.secret, "R", t.id, {s = status, r = bytes}, "result"), status == "ok")
 end
 
 function Worker:forget(t)
@@ -224,41 +232,72 @@ function Worker:redeliver(msg, reason, t, md, ran)
   if not ok then say("cannot put entry %s back: %s", msg.id, err) end
 end
 
+-- Hand a task to the local pool, its parts unread.
 function Worker:run(t, body)
-  local ok, fn, args = pcall(function()
-    if body.v ~= core.lua_version then
-      error(string.format("the task was sent by Lua %d.%d; this worker runs Lua %d.%d",
-                          body.v // 100, body.v % 100, core.lua_version // 100, core.lua_version % 100), 0)
-    end
-    return self:load_fn(body.f), core.decode(body.a)
-  end)
-  if not ok then
-    self:publish(t, "error", lmp.is_error(fn) and fn or lmp.Error("serialize", tostring(fn)))
+  if body.v ~= core.lua_version then
+    self:publish(t, "error", lmp.Error("serialize", string.format(
+      "the task was sent by Lua %d.%d; this worker runs Lua %d.%d", body.v // 100, body.v % 100,
+      core.lua_version // 100, core.lua_version % 100)))
     return
   end
-  -- A task given back (stop now) or already settled has no say any more.
-  local function done(v)
-    if self.running[t.msg.id] == t then self:publish(t, "ok", v) end
+  local tag, f, a, n = body.t, body.f, body.a, tointeger(body.n)
+  if type(f) ~= "string" or type(a) ~= "string" then
+    self:publish(t, "error", lmp.Error("serialize", "the task has no function or no arguments"))
+    return
   end
-  local function failed(e)
-    if self.running[t.msg.id] ~= t then return end
-    if lmp.is_error(e) and e.kind == "worker_lost" then
-      self:redeliver(t.msg, "worker_lost: " .. tostring(e.message), t, t.md)
-    else
-      self:publish(t, "error", e)
-    end
-  end
-  local pool, opts = self.pool, {callback = done, error_callback = failed}
-  local tag = body.t
-  if tag == TAG_APPLY then
-    args.n = tointeger(body.n) or #args
-    pool:apply_async(fn, args, opts)
-  elseif tag == TAG_MAP then
-    pool:map_async(fn, args, opts)
-  elseif tag == TAG_STARMAP then
-    pool:starmap_async(fn, args, opts)
-  else
+  if tag ~= TAG_APPLY and tag ~= TAG_MAP and tag ~= TAG_STARMAP then
     self:publish(t, "error", lmp.Error("task", "unknown task type " .. tostring(tag)))
+    return
+  end
+  if self.broken then
+    self:publish(t, "error", self.broken)
+    return
+  end
+  if not n then -- lmp's pools always send it: count the arguments
+    local ok, args = pcall(core.decode, a)
+    if not ok or type(args) ~= "table" then
+      self:publish(t, "error", lmp.is_error(args) and args or lmp.Error("serialize", tostring(args)))
+      return
+    end
+    n = #args
+  end
+  self.tasks[self.pool:forward(tag, f, n, a)] = t
+end
+
+-- A reply of the local pool for task t (a task given back by stop_now or
+-- already settled has no say any more).
+function Worker:settle(t, how, v)
+  if self.running[t.msg.id] ~= t then return end
+  if type(v) == "string" then
+    if core.handles(v) == 0 then return self:forward(t, how, v) end
+    v = core.decode(v)
+  elseif lmp.is_error(v) and v.kind == "worker_lost" then
+    return self:redeliver(t.msg, "worker_lost: " .. tostring(v.message), t, t.md)
+  end
+  self:publish(t, how, v)
+end
+
+-- Publish what the local pool has finished, waiting until deadline (nil:
+-- for ever) for the first reply; "timeout", or "closed" once the pool has
+-- ended.
+function Worker:collect(deadline)
+  local pool, tasks = self.pool, self.tasks
+  while true do
+    local id, how, v = pool:wait(deadline, true)
+    if id == nil then return how end
+    deadline = 0
+    if how == "broken" then
+      -- no worker can start: every task fails as a local pool's would
+      self.broken = v
+      for k, t in pairs(tasks) do
+        tasks[k] = nil
+        if self.running[t.msg.id] == t then self:publish(t, "error", v) end
+      end
+    else
+      local t = tasks[id]
+      tasks[id] = nil
+      if t then self:settle(t, how, v) end
+    end
   end
 end
 
@@ -347,7 +386,7 @@ function Worker:serve()
       say("draining: finishing %d running tasks, taking no new ones", self.nrunning)
       self.conn:lease_info(self:info())
     end
-    self.pool:poll()
+    self:collect(0)
     self:flush()
     if self.draining then
       if self.nrunning == 0 then return 0 end
@@ -387,12 +426,12 @@ local function serve(o)
     return 1
   end
   local n = o.processes or lmp.cpu_count()
-  local pool = lmp.Pool{processes = n, task_timeout = o.task_timeout}
+  local pool = pcore.new(n, 0, o.task_timeout or 0, nil, nil, 0, nil)
   core.catch_signals()
   local w = setmetatable({conn = conn, pool = pool, secret = secret, n = n,
                           capacity = n * (o.prefetch or 8), vt = o.vt or 30, md = o.md or 5,
                           max_age = o.max_age or 86400, running = {}, nrunning = 0, ndone = 0,
-                          nfailed = 0, nrefused = 0, batch = {}, fns = {}, nfns = 0, next_reclaim = 0},
+                          nfailed = 0, nrefused = 0, batch = {}, tasks = {}, next_reclaim = 0},
                          Worker)
   local ok, lerr = conn:lease_start(0.25, 5)
   if not ok then
@@ -405,7 +444,10 @@ local function serve(o)
   local rc = w:serve()
   w:flush()
   conn:lease_stop()
-  if rc ~= 130 then pool:close() pool:join() end
+  if rc ~= 130 then
+    pool:close()
+    while w:collect(nil) ~= "closed" do end
+  end
   conn:close()
   say("stopped")
   return rc
