@@ -88,6 +88,7 @@ static const char K_CODEC;   /* the main codec userdata */
 static const char K_BYNAME;  /* class name -> metatable */
 static const char K_BYMT;    /* metatable -> class name */
 static const char K_HANDLES; /* handle type name -> lightuserdata lmpb_handle_type */
+static const char K_CLASSLOAD; /* the Lua side's loader of lmp's own classes */
 static const char K_CFUNCS;  /* C function -> "module\0field" (weak keys, a cache) */
 static const char K_DUMPS;   /* Lua function -> its bytecode (weak keys, a cache) */
 
@@ -1543,26 +1544,34 @@ static void dec_handle(dec *d)
   dec_newref(d);
 }
 
-/* Classes of lmp's own, registered by the module of the same name when it
- * loads: a process that never used one has not loaded it, so the decoder
- * loads it (from package.preload: lmp's embedded scripts, nothing from
- * disk) when a message names it, and looks again. */
-static const char *const own_classes[] = {"lmp.context", NULL};
-
+/* Classes of lmp's own are registered by their module when it loads: a
+ * process that never used one has not loaded it.  The Lua side gives a
+ * loader (lmp.core._class_loader(fn), from scripts/lmp/init.lua) that loads
+ * the module of a name it knows and answers true; the decoder asks it when
+ * a message names a class not registered here, and looks again. */
 static int load_own_class(lua_State *L, const char *name, size_t n)
 {
-  int i = 0;
-  while (own_classes[i] && !(strlen(own_classes[i]) == n && memcmp(own_classes[i], name, n) == 0))
-    i++;
-  if (!own_classes[i])
-    return 0;
-  lua_getglobal(L, "require");
-  lua_pushstring(L, own_classes[i]);
-  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &K_CLASSLOAD) != LUA_TFUNCTION) {
     lua_pop(L, 1);
     return 0;
   }
-  return 1;
+  lua_pushlstring(L, name, n);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  int loaded = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return loaded;
+}
+
+/* lmp.core._class_loader(fn): the loader above. */
+static int l_class_loader(lua_State *L)
+{
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &K_CLASSLOAD);
+  return 0;
 }
 
 /* Push the metatable registered under the name that comes next. */
@@ -1884,6 +1893,7 @@ int lmpb_codec_open(lua_State *L)
       {"serialize", l_serialize},
       {"deserialize", l_deserialize},
       {"register", l_register},
+      {"_class_loader", l_class_loader},
       {NULL, NULL},
   };
   codec_push(L, &K_CODEC);

@@ -29,6 +29,17 @@ end
 core.register("lmp", M)
 core.register("lmp.core", core)
 
+-- Classes of lmp's own are registered by their module when it loads; the
+-- codec asks here for one that a message names before this process has
+-- loaded its module.
+local own_classes = {["lmp.context"] = true}
+core._class_loader(function(name)
+  if own_classes[name] then
+    require(name)
+    return true
+  end
+end)
+
 -- lmp.Pool(...): a first argument that is a table with a `broker` field
 -- makes a broker pool (lmp.broker); anything else a local pool (lmp.pool),
 -- exactly as it came.
