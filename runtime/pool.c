@@ -1509,6 +1509,25 @@ static void free_memory(lmp_pool_t *p)
 
 static void registry_remove(lmp_pool_t *p);
 
+/* Let go of the two queues and the header segment (their names stay). */
+static void release_segments(lmp_pool_t *p)
+{
+  if (p->tasks)
+    lmp_queue_free(p->tasks);
+  if (p->replies)
+    lmp_queue_free(p->replies);
+  if (p->seg)
+    lmp_seg_release(p->seg);
+}
+
+/* Close the eventfd, the epoll set and the timerfd, those that are open. */
+static void close_fds(lmp_pool_t *p)
+{
+  for (int *fd = &p->efd; fd; fd = fd == &p->efd ? &p->epfd : fd == &p->epfd ? &p->tfd : NULL)
+    if (*fd >= 0)
+      close(*fd);
+}
+
 void lmp_pool_free(lmp_pool_t *p)
 {
   if (!p)
@@ -1518,9 +1537,7 @@ void lmp_pool_free(lmp_pool_t *p)
   if (p->owner != getpid()) {
     /* A forked copy: the workers and segments are the owner's, only the
      * inherited descriptors are ours. */
-    for (int *fd = &p->efd; fd; fd = fd == &p->efd ? &p->epfd : fd == &p->epfd ? &p->tfd : NULL)
-      if (*fd >= 0)
-        close(*fd);
+    close_fds(p);
     free_memory(p);
     return;
   }
@@ -1538,23 +1555,13 @@ void lmp_pool_free(lmp_pool_t *p)
       lmp_proc_free(p->w[i].proc);
     }
   }
-  if (p->tasks)
-    lmp_queue_free(p->tasks);
-  if (p->replies)
-    lmp_queue_free(p->replies);
-  if (p->seg)
-    lmp_seg_release(p->seg);
+  release_segments(p);
   /* Killed workers never drop their references: the segments are private
    * to this pool, so their names can go now. */
   for (int i = 0; i < 3; i++)
     if (p->names[i][0])
       shm_unlink(p->names[i]);
-  if (p->efd >= 0)
-    close(p->efd);
-  if (p->epfd >= 0)
-    close(p->epfd);
-  if (p->tfd >= 0)
-    close(p->tfd);
+  close_fds(p);
   free_memory(p);
 }
 
@@ -1648,12 +1655,7 @@ int lmp_pool_create(const lmp_pool_config_t *cfg, lmp_pool_t **out)
 /* The minimal pool of an attached worker. */
 static void free_attached(lmp_pool_t *p)
 {
-  if (p->tasks)
-    lmp_queue_free(p->tasks);
-  if (p->replies)
-    lmp_queue_free(p->replies);
-  if (p->seg)
-    lmp_seg_release(p->seg);
+  release_segments(p);
   if (p->efd >= 0)
     close(p->efd);
   free(p);
