@@ -153,8 +153,9 @@ run() {
   rc=0
   timeout -k 5 "$limit" "$@" > "$tmp/out" 2> "$tmp/err" < /dev/null || rc=$?
   line=$(grep '^{"name":' "$tmp/out" | tail -1)
-  # the old build's lmp says "lmp" too
-  [ "$impl" = old ] && line=$(echo "$line" | sed 's/"impl":"lmp"/"impl":"old"/')
+  # Against another build, both builds' lines say "lmp" (or "normal"):
+  # name them by the build that ran.
+  [ -n "$against" ] && line=$(echo "$line" | sed "s/\"impl\":\"[a-z]*\"/\"impl\":\"$impl\"/")
   if [ $rc -ne 0 ] || ! echo "$line" | grep -Eq \
     "^\{\"name\":\"$name\",\"impl\":\"$impl\",\"value\":(null|-?[0-9][0-9.e+-]*),\"unit\":\"[^\"]+\".*\}\$"; then
     why="exit status $rc"
