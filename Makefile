@@ -165,7 +165,7 @@ FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -fno-omit-frame-pointer \
   -fsanitize=address,undefined -fno-sanitize-recover=undefined -Iinclude -Ibindings
 FUZZ_DECODE_SRC := tests/c/fuzz_decode.c $(CODEC_SRC) bindings/lerror.c bindings/lmpaux.c \
   runtime/common.c
-FUZZ_FRAME_SRC := tests/c/fuzz_frame.c runtime/pipe.c runtime/queue.c runtime/segment.c \
+FUZZ_FRAME_SRC := tests/c/fuzz_frame.c runtime/pipe.c runtime/queue.c runtime/segment.c runtime/runtime.c \
   runtime/watchdog.c runtime/fdpass.c runtime/mutex.c runtime/common.c
 FUZZ_BIN := $(B)/fuzz/fuzz_decode $(B)/fuzz/fuzz_frame
 CLANG ?= clang

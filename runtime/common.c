@@ -12,17 +12,25 @@
  * Error codes are negative errnos (as in libuv).  lmp_strerror words the ones
  * that mean an expected outcome the way the Lua side reports them ("timed
  * out", "closed", "owner died") and defers to the C library for the rest.
+ *
+ * At the end, two facts every room may ask the system for: random bits (the
+ * names of segments and of families, stash tokens) and when a process
+ * started, which tells a live process from one that took a dead one's pid.
  */
 #include "lmp/common.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -191,4 +199,54 @@ int lmp__poll_fd(int fd, short events, int64_t deadline)
   if (n > 0)
     return pfd.revents & POLLNVAL ? -EBADF : pfd.revents;
   return n;
+}
+
+/* === randomness and processes === */
+
+uint32_t lmp__random32(void)
+{
+  uint32_t r;
+  struct timespec ts;
+
+  if (getrandom(&r, sizeof r, 0) == (ssize_t)sizeof r)
+    return r;
+  /* No getrandom (old kernel, seccomp): still unique enough per process. */
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint32_t)ts.tv_nsec ^ ((uint32_t)getpid() << 16) ^ (uint32_t)ts.tv_sec;
+}
+
+uint64_t lmp__random64(void)
+{
+  uint64_t r;
+
+  if (getrandom(&r, sizeof r, 0) == (ssize_t)sizeof r)
+    return r;
+  return (uint64_t)lmp__random32() << 32 | lmp__random32();
+}
+
+int lmp__proc_start(pid_t pid, uint64_t *start, char *state)
+{
+  char path[40], buf[1024];
+  unsigned long long st;
+  const char *p;
+  ssize_t n;
+  int fd;
+
+  snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+  if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+    return -errno;
+  while ((n = read(fd, buf, sizeof buf - 1)) < 0 && errno == EINTR) {
+  }
+  close(fd);
+  if (n <= 0)
+    return n < 0 ? -errno : -ESRCH; /* ESRCH: it ended while we read */
+  buf[n] = '\0';
+  /* "pid (comm) state ...": comm may hold anything; starttime is field 22. */
+  if ((p = strrchr(buf, ')')) == NULL ||
+      sscanf(p + 1,
+             " %c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu",
+             state, &st) != 2)
+    return -EINVAL;
+  *start = (uint64_t)st;
+  return 0;
 }

@@ -5,10 +5,14 @@
  * Deadlines are absolute CLOCK_MONOTONIC nanoseconds everywhere (common.h);
  * the kernel wants them as a timespec (futex, pthread clocklock) or as a
  * relative millisecond count (poll), so the conversions live here once.
- * The watchdog's entry points are here too: segment.c starts it and names
- * its socket, watchdog.c runs it.  So is the Unix plumbing every part uses
- * (polls until a deadline, descriptors over sockets); the bindings use it
- * too, for it is not part of the public headers.
+ * So is the Unix plumbing every part uses (polls until a deadline,
+ * descriptors over sockets, random bits, a process's start time); the
+ * bindings use it too, for it is not part of the public headers.
+ *
+ * Then each room's entries for the rooms above it, lowest first: the
+ * watchdog (watchdog.c), which segments ask to keep memfds; segments
+ * (segment.c), whose fork accounting the root drives; and the root
+ * (runtime.c), which starts both and which proc.c calls around a fork.
  */
 #ifndef LMP_INTERNAL_H
 #define LMP_INTERNAL_H
@@ -69,6 +73,14 @@ int lmp__poll_fd(int fd, short events, int64_t deadline);
  * what is left, or returns -EINTR (lmp__interrupted). */
 int lmp__poll_fds(struct pollfd *fds, size_t n, int64_t deadline);
 
+/* Random bits from getrandom, or from the clock and the pid without it. */
+uint32_t lmp__random32(void);
+uint64_t lmp__random64(void);
+
+/* The start time of process `pid` (clock ticks since boot, /proc/<pid>/stat)
+ * and its state letter.  0, -ENOENT when there is no such process, -errno. */
+int lmp__proc_start(pid_t pid, uint64_t *start, char *state);
+
 /* === descriptor passing (fdpass.c) === */
 
 /* The most descriptors one message carries. */
@@ -96,39 +108,6 @@ ssize_t lmp__recv_fds(int sock, void *data, size_t len, int *fds, size_t *nfds, 
 struct stat;
 int lmp__owner_only(const struct stat *st);
 
-/* === segments and the root: fork and test hooks (segment.c) === */
-
-/* Fork support, called by lmp_proc_fork: before fork every mapped segment
- * gains a reference for the child, which a failed fork gives back. */
-void lmp__runtime_prefork(void);
-void lmp__runtime_postfork_parent(int failed);
-void lmp__runtime_postfork_child(void);
-
-/* Processes holding the segment, a snapshot: 1 with the caller's own
- * reference means no other process holds it (and for tests). */
-struct lmp_seg;
-uint32_t lmp__seg_refs(const struct lmp_seg *s);
-
-/* Pid of the watchdog, 0 if not started (for tests). */
-pid_t lmp__watchdog_pid(void);
-
-/* === holdings (segment.c) === */
-
-/* A process of the family has ended and `pid` was reaped by this one: give
- * back the references it still held (its holdings table).  Called by
- * proc.c where it records a child's exit. */
-void lmp__holdings_reaped(pid_t pid);
-
-/* The start time of process `pid` (clock ticks since boot, /proc/<pid>/stat)
- * and its state letter.  0, -ENOENT when there is no such process, -errno. */
-int lmp__proc_start(pid_t pid, uint64_t *start, char *state);
-
-/* The two names of a family derived from its prefix alone: the names
- * directory of SharedMemory (shmem.c) and the pools' registry that lmp top
- * reads (pool.c).  The root takes both when it starts (segment.c). */
-#define LMP__NAMES_SUFFIX ".names"
-#define LMP__POOLS_SUFFIX ".pools"
-
 /* === watchdog (watchdog.c) === */
 
 /* Unlink every /dev/shm entry whose name begins with `prefix` (given with
@@ -152,16 +131,18 @@ socklen_t lmp__stash_addr(const char *prefix, struct sockaddr_un *addr);
  * pipe (close-on-exec) that only the root may hold; or -errno. */
 int lmp__watchdog_start(const char *prefix, pid_t *pid, int *live_w);
 
-/* Tell the watchdog about a child of the root (its pidfd is duplicated
- * into the watchdog), so it ends with the root even when the root execs.
- * Best effort: no reply is awaited. */
+/* Tell the watchdog the root started about a child of the root (its pidfd
+ * is duplicated into the watchdog), so it ends with the root even when the
+ * root execs.  Best effort: no reply is awaited. */
 void lmp__watchdog_enroll(int pidfd);
 /* In a new child: the root's enrolment connection is not its own. */
 void lmp__watchdog_postfork_child(void);
 
-/* A fresh fd-stash token (segment.c): random high half per process, counter
- * low half. */
-uint64_t lmp__stash_token(void);
+/* The fd stash of the family whose prefix is given: stash keeps a duplicate
+ * of fd under `token` (drawn by the caller: -EEXIST if taken, -ENOSPC when
+ * full); fetch hands it back once in *fd, or -ENOENT. */
+int lmp__wd_stash(const char *prefix, uint64_t token, int fd);
+int lmp__wd_fetch(const char *prefix, uint64_t token, int *fd);
 
 /* Memfd segments (segment.c): the watchdog of the family whose prefix is given
  * keeps a descriptor of each under the 64 random bits of its name.  put:
@@ -170,6 +151,50 @@ uint64_t lmp__stash_token(void);
 int lmp__wd_seg_put(const char *prefix, uint64_t token, int fd);
 int lmp__wd_seg_get(const char *prefix, uint64_t token, int *fd);
 void lmp__wd_seg_drop(const char *prefix, uint64_t token);
+
+/* === segments: the family, fork, holdings (segment.c) === */
+
+/* The root tells segments the family's prefix once it is known (at
+ * lmp_runtime_init); every name they make begins with it. */
+void lmp__seg_family(const char *prefix);
+
+/* Fork support, driven by the root's hooks below: before fork every mapped
+ * segment gains a reference for the child, which a failed fork gives back;
+ * the registry stays locked from prefork to the postfork call on each side. */
+void lmp__seg_prefork(void);
+void lmp__seg_postfork_parent(int failed);
+void lmp__seg_postfork_child(void);
+/* Drop every reference this process holds (lmp_runtime_release_all). */
+void lmp__seg_release_all(void);
+/* The unpin hook lmp_seg_unpin calls (lmp_runtime_set_unpin). */
+void lmp__seg_set_unpin(void (*fn)(const char *name));
+
+/* Processes holding the segment, a snapshot: 1 with the caller's own
+ * reference means no other process holds it (and for tests). */
+struct lmp_seg;
+uint32_t lmp__seg_refs(const struct lmp_seg *s);
+
+/* A process of the family has ended and `pid` was reaped by this one: give
+ * back the references it still held (its holdings table).  Called by
+ * proc.c where it records a child's exit. */
+void lmp__holdings_reaped(pid_t pid);
+
+/* The two names of a family derived from its prefix alone: the names
+ * directory of SharedMemory (shmem.c) and the pools' registry that lmp top
+ * reads (pool.c).  The root takes both when it starts (runtime.c). */
+#define LMP__NAMES_SUFFIX ".names"
+#define LMP__POOLS_SUFFIX ".pools"
+
+/* === the root: fork and test hooks (runtime.c) === */
+
+/* Fork support, called by lmp_proc_fork around fork(2): the root's state
+ * and the segments' registry (lmp__seg_prefork) across it. */
+void lmp__runtime_prefork(void);
+void lmp__runtime_postfork_parent(int failed);
+void lmp__runtime_postfork_child(void);
+
+/* Pid of the watchdog, 0 if not started (for tests). */
+pid_t lmp__watchdog_pid(void);
 
 /* The stash protocol: one request per connection, one reply. */
 enum {

@@ -60,7 +60,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
@@ -96,52 +95,22 @@ struct lmp_seg {
 
 static struct {
   pthread_mutex_t lock;
-  int inited;
-  int root; /* this process started the runtime (see is_root) */
-  int atexit_done;
-  pid_t root_pid;
-  pid_t watchdog;
-  int live_w;      /* the root's end of the watchdog's liveness pipe; -1 elsewhere */
-  pid_t token_pid; /* the process token_hi was drawn in */
-  uint32_t token_hi;
-  uint32_t token_lo;
-  char prefix[32]; /* "/lmp.<pid>.<8 hex>" */
+  char prefix[32]; /* the family's, given by the root; "" before */
   lmp_seg_t *buckets[LMP__BUCKETS];
-} rt = {.lock = PTHREAD_MUTEX_INITIALIZER, .live_w = -1};
+} reg = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 /* === small helpers === */
 
-static void rt_lock(void)
+static void reg_lock(void)
 {
-  if (pthread_mutex_lock(&rt.lock) != 0)
+  if (pthread_mutex_lock(&reg.lock) != 0)
     abort();
 }
 
-static void rt_unlock(void)
+static void reg_unlock(void)
 {
-  if (pthread_mutex_unlock(&rt.lock) != 0)
+  if (pthread_mutex_unlock(&reg.lock) != 0)
     abort();
-}
-
-static uint32_t random32(void)
-{
-  uint32_t r;
-  struct timespec ts;
-
-  if (getrandom(&r, sizeof r, 0) == (ssize_t)sizeof r)
-    return r;
-  /* No getrandom (old kernel, seccomp): still unique enough per process. */
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (uint32_t)ts.tv_nsec ^ ((uint32_t)getpid() << 16) ^ (uint32_t)ts.tv_sec;
-}
-
-static uint64_t random64(void)
-{
-  uint64_t r;
-
-  if (getrandom(&r, sizeof r, 0) == (ssize_t)sizeof r)
-    return r;
-  return (uint64_t)random32() << 32 | random32();
 }
 
 static unsigned name_hash(const char *name)
@@ -174,7 +143,7 @@ static int dec_if_positive(uint32_t *n)
   return 1;
 }
 
-/* The holdings table (see "holdings" below); callers hold rt.lock. */
+/* The holdings table (see "holdings" below); callers hold reg.lock. */
 static void hold_creating(lmp_seg_t *s);
 static void hold_add(lmp_seg_t *s);
 static void hold_del(lmp_seg_t *s);
@@ -183,12 +152,12 @@ static void hold_close(void);
 static void hold_prefork(void);
 static int hold_postfork_parent(int failed);
 
-/* === the registry (callers hold rt.lock) === */
+/* === the registry (callers hold reg.lock) === */
 
 static lmp_seg_t *reg_find(const char *name)
 {
   lmp_seg_t *s;
-  for (s = rt.buckets[name_hash(name)]; s; s = s->next)
+  for (s = reg.buckets[name_hash(name)]; s; s = s->next)
     if (strcmp(s->name, name) == 0)
       return s;
   return NULL;
@@ -197,13 +166,13 @@ static lmp_seg_t *reg_find(const char *name)
 static void reg_insert(lmp_seg_t *s)
 {
   unsigned h = name_hash(s->name);
-  s->next = rt.buckets[h];
-  rt.buckets[h] = s;
+  s->next = reg.buckets[h];
+  reg.buckets[h] = s;
 }
 
 static void reg_remove(lmp_seg_t *s)
 {
-  lmp_seg_t **p = &rt.buckets[name_hash(s->name)];
+  lmp_seg_t **p = &reg.buckets[name_hash(s->name)];
   while (*p && *p != s)
     p = &(*p)->next;
   if (*p)
@@ -220,7 +189,7 @@ static void name_unlink(const char *name)
   uint64_t token;
 
   if (name_token(name, &token) == 2)
-    lmp__wd_seg_drop(rt.prefix, token);
+    lmp__wd_seg_drop(reg.prefix, token);
   else
     shm_unlink(name);
 }
@@ -242,161 +211,11 @@ static void seg_drop(lmp_seg_t *s, int keep_mapped)
   free(s);
 }
 
-/* === the runtime === */
+/* === the family === */
 
-/* "/lmp.<pid>.<8 hex>", nothing else: the prefix ends up in file names and
- * in a socket address, so a malformed one is refused rather than used. */
-static int parse_prefix(const char *prefix, pid_t *pid)
+void lmp__seg_family(const char *prefix)
 {
-  const char *p = prefix;
-  long v = 0;
-  int i;
-
-  if (strncmp(p, "/lmp.", 5) != 0)
-    return -EINVAL;
-  for (p += 5; *p >= '0' && *p <= '9' && v < 100000000; p++)
-    v = v * 10 + (*p - '0');
-  if (v <= 0 || *p++ != '.')
-    return -EINVAL;
-  for (i = 0; i < 8; i++, p++)
-    if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
-      return -EINVAL;
-  if (*p != '\0')
-    return -EINVAL;
-  *pid = (pid_t)v;
-  return 0;
-}
-
-/* A process exec'd by the family (start method "spawn") inherits the
- * prefix through the environment and joins it instead of founding one. */
-static int adopt_prefix(const char *prefix, const char *root_env)
-{
-  pid_t pid;
-  int rc = parse_prefix(prefix, &pid);
-
-  if (rc < 0)
-    return rc;
-  if (root_env != NULL && atol(root_env) != (long)pid)
-    return -EINVAL;
-  snprintf(rt.prefix, sizeof rt.prefix, "%s", prefix);
-  rt.root_pid = pid;
-  rt.root = 0;
-  return 0;
-}
-
-/* The names derived from the prefix alone (the names directory, the pools'
- * registry) are taken now, empty, before anything under the prefix shows
- * in /dev/shm or as the watchdog's socket: nobody can have planted them
- * yet, and nobody else can take them later (the sticky /dev/shm lets only
- * their owner unlink them).  Their users size them when they first need
- * them. */
-static void claim_fixed_names(void)
-{
-  static const char *const suffixes[] = {LMP__NAMES_SUFFIX, LMP__POOLS_SUFFIX};
-  char name[LMP_SEG_NAME_MAX];
-  size_t i;
-  int fd;
-
-  for (i = 0; i < sizeof suffixes / sizeof *suffixes; i++) {
-    snprintf(name, sizeof name, "%s%s", rt.prefix, suffixes[i]);
-    fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
-    if (fd >= 0)
-      close(fd);
-  }
-}
-
-static int become_root(void)
-{
-  pid_t pid = getpid();
-  int rc;
-
-  snprintf(rt.prefix, sizeof rt.prefix, "/lmp.%ld.%08x", (long)pid, random32());
-  claim_fixed_names();
-  rc = lmp__watchdog_start(rt.prefix, &rt.watchdog, &rt.live_w);
-  if (rc < 0)
-    return rc;
-  rt.root = 1;
-  rt.root_pid = pid;
-  lmp__sweep_families(rt.prefix); /* what families killed whole left */
-  if (!rt.atexit_done && atexit(lmp_runtime_cleanup) == 0)
-    rt.atexit_done = 1;
-  return 0;
-}
-
-int lmp_runtime_init(void)
-{
-  const char *env;
-  int rc = 0;
-
-  rt_lock();
-  if (rt.inited)
-    goto out;
-  env = getenv("LMP_PREFIX");
-  rc = env != NULL && *env != '\0' ? adopt_prefix(env, getenv("LMP_ROOT_PID")) : become_root();
-  if (rc == 0)
-    rt.inited = 1;
-  else
-    rt.prefix[0] = '\0';
-out:
-  rt_unlock();
-  return rc;
-}
-
-const char *lmp_runtime_prefix(void)
-{
-  return rt.prefix; /* "" before lmp_runtime_init */
-}
-
-int lmp_runtime_is_root(void)
-{
-  /* The pid check keeps a process forked behind lmp's back from acting as
-   * the root it was copied from. */
-  return rt.inited && rt.root && getpid() == rt.root_pid;
-}
-
-pid_t lmp_runtime_root_pid(void)
-{
-  return rt.root_pid;
-}
-
-pid_t lmp__watchdog_pid(void)
-{
-  return rt.watchdog;
-}
-
-int lmp_runtime_setenv(void)
-{
-  char pid[24];
-
-  if (!rt.inited)
-    return -EINVAL;
-  snprintf(pid, sizeof pid, "%ld", (long)rt.root_pid);
-  if (setenv("LMP_PREFIX", rt.prefix, 1) < 0 || setenv("LMP_ROOT_PID", pid, 1) < 0)
-    return -errno;
-  return 0;
-}
-
-void lmp_runtime_cleanup(void)
-{
-  if (lmp_runtime_is_root())
-    lmp__unlink_prefix(rt.prefix);
-}
-
-/* Tokens for the fd stash: random high half per process, counter low half,
- * so two processes never draw the same token even right after a fork. */
-uint64_t lmp__stash_token(void)
-{
-  uint64_t t;
-
-  rt_lock();
-  if (rt.token_pid != getpid() || rt.token_lo == UINT32_MAX) {
-    rt.token_pid = getpid();
-    rt.token_hi = random32();
-    rt.token_lo = 0;
-  }
-  t = (uint64_t)rt.token_hi << 32 | ++rt.token_lo;
-  rt_unlock();
-  return t;
+  snprintf(reg.prefix, sizeof reg.prefix, "%s", prefix);
 }
 
 /* === segments: names === */
@@ -429,8 +248,8 @@ static int name_token(const char *name, uint64_t *token)
 
 static void new_name(lmp_seg_t *s, int memfd)
 {
-  snprintf(s->name, sizeof s->name, "%s.%s%016llx", rt.prefix, memfd ? "m" : "",
-           (unsigned long long)random64());
+  snprintf(s->name, sizeof s->name, "%s.%s%016llx", reg.prefix, memfd ? "m" : "",
+           (unsigned long long)lmp__random64());
 }
 
 /* === segments: backing store === */
@@ -557,9 +376,9 @@ static int shm_new(lmp_seg_t *s, size_t len)
    * left by a dead process.  Another random name does not. */
   for (tries = 0; tries < LMP__CREATE_TRIES; tries++) {
     new_name(s, 0);
-    rt_lock();
+    reg_lock();
     hold_creating(s); /* listed before it exists: a death now leaks nothing */
-    rt_unlock();
+    reg_unlock();
     fd = shm_open(s->name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
     if (fd >= 0 || (errno != EEXIST && errno != EACCES))
       break;
@@ -580,7 +399,7 @@ static int memfd_new(lmp_seg_t *s, size_t len)
   int fd, rc, tries;
   uint64_t token;
 
-  fd = memfd_create(rt.prefix + 1, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  fd = memfd_create(reg.prefix + 1, MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0)
     return -errno;
   if ((rc = reserve(fd, len)) < 0)
@@ -591,10 +410,10 @@ static int memfd_new(lmp_seg_t *s, size_t len)
   for (tries = 0, rc = -EEXIST; tries < 4 && rc == -EEXIST; tries++) {
     new_name(s, 1);
     name_token(s->name, &token);
-    rt_lock();
+    reg_lock();
     hold_creating(s);
-    rt_unlock();
-    rc = lmp__wd_seg_put(rt.prefix, token, fd);
+    reg_unlock();
+    rc = lmp__wd_seg_put(reg.prefix, token, fd);
   }
   if (rc < 0)
     goto err;
@@ -686,10 +505,10 @@ int lmp_seg_create(size_t size, lmp_seg_t **out)
   s->hdr->size = s->maplen - LMP__SEG_HDR;
   __atomic_store_n(&s->hdr->refs, 1, __ATOMIC_RELEASE);
   s->local = 1;
-  rt_lock();
+  reg_lock();
   reg_insert(s);
   hold_add(s);
-  rt_unlock();
+  reg_unlock();
   *out = s;
   return 0;
 
@@ -698,9 +517,9 @@ err:
     close(fd);
     name_unlink(s->name);
   }
-  rt_lock();
+  reg_lock();
   hold_del(s);
-  rt_unlock();
+  reg_unlock();
   free(s);
   return rc;
 }
@@ -804,7 +623,7 @@ int lmp_seg_attach(const char *name, int adopt, lmp_seg_t **out)
   if ((rc = lmp_runtime_init()) < 0)
     return rc;
   /* Held across the map so two threads attaching one name map it once. */
-  rt_lock();
+  reg_lock();
   if ((s = reg_find(name)) != NULL) {
     s->local++;
     if (adopt)
@@ -825,16 +644,16 @@ int lmp_seg_attach(const char *name, int adopt, lmp_seg_t **out)
   reg_insert(s);
   hold_add(s);
 out:
-  rt_unlock();
+  reg_unlock();
   *out = s;
   return rc;
 }
 
 void lmp_seg_retain(lmp_seg_t *s)
 {
-  rt_lock();
+  reg_lock();
   s->local++;
-  rt_unlock();
+  reg_unlock();
 }
 
 void lmp_seg_release(lmp_seg_t *s)
@@ -843,7 +662,7 @@ void lmp_seg_release(lmp_seg_t *s)
 
   if (s == NULL)
     return;
-  rt_lock();
+  reg_lock();
   if (s->local == 0)
     abort(); /* released more often than retained: a use after free */
   last = --s->local == 0;
@@ -851,7 +670,7 @@ void lmp_seg_release(lmp_seg_t *s)
     reg_remove(s);
     hold_del(s); /* before the reference goes: a death in between leaks, never frees twice */
   }
-  rt_unlock();
+  reg_unlock();
   if (last)
     seg_drop(s, 0);
 }
@@ -884,9 +703,9 @@ uint32_t lmp__seg_refs(const lmp_seg_t *s)
 
 uint32_t lmp_seg_local(const lmp_seg_t *s)
 {
-  rt_lock();
+  reg_lock();
   uint32_t n = s->local;
-  rt_unlock();
+  reg_unlock();
   return n;
 }
 
@@ -898,58 +717,48 @@ static void add_refs_all(int delta)
   int i;
 
   for (i = 0; i < LMP__BUCKETS; i++)
-    for (s = rt.buckets[i]; s; s = s->next)
+    for (s = reg.buckets[i]; s; s = s->next)
       __atomic_add_fetch(&s->hdr->refs, (uint32_t)delta, __ATOMIC_ACQ_REL);
 }
 
 /* The registry stays locked from here to the postfork call on each side, so
- * no thread can map or drop a segment the child would miscount.  The runtime
- * is started first if it was not: a child must join its parent's family, not
- * found one of its own the first time it makes a segment. */
-void lmp__runtime_prefork(void)
+ * no thread can map or drop a segment the child would miscount. */
+void lmp__seg_prefork(void)
 {
-  lmp_runtime_init();
-  rt_lock();
+  reg_lock();
   add_refs_all(1);
   hold_prefork();
 }
 
-void lmp__runtime_postfork_parent(int failed)
+void lmp__seg_postfork_parent(int failed)
 {
   if (hold_postfork_parent(failed) || failed)
     add_refs_all(-1);
-  rt_unlock();
+  reg_unlock();
 }
 
-void lmp__runtime_postfork_child(void)
+void lmp__seg_postfork_child(void)
 {
   /* The child's only thread is not the one that locked: start afresh. */
-  pthread_mutex_init(&rt.lock, NULL);
-  rt.root = 0;
-  rt.token_pid = 0;
-  /* Only the root holds the liveness pipe, or its exec would go unseen. */
-  if (rt.live_w >= 0)
-    close(rt.live_w);
-  rt.live_w = -1;
-  lmp__watchdog_postfork_child();
+  pthread_mutex_init(&reg.lock, NULL);
   hold_after_fork();
 }
 
-void lmp_runtime_release_all(void)
+void lmp__seg_release_all(void)
 {
   lmp_seg_t *s, *next;
   int i;
 
-  rt_lock();
+  reg_lock();
   hold_close(); /* first: a death from here on leaks, never frees twice */
   for (i = 0; i < LMP__BUCKETS; i++) {
-    for (s = rt.buckets[i]; s; s = next) {
+    for (s = reg.buckets[i]; s; s = next) {
       next = s->next;
       seg_drop(s, 1);
     }
-    rt.buckets[i] = NULL;
+    reg.buckets[i] = NULL;
   }
-  rt_unlock();
+  reg_unlock();
 }
 
 /* === holdings: the references of a process that dies === */
@@ -1023,33 +832,6 @@ static lmp__hold_slot_t *hold_slots(lmp__hold_hdr_t *h)
   return (lmp__hold_slot_t *)(h + 1);
 }
 
-int lmp__proc_start(pid_t pid, uint64_t *start, char *state)
-{
-  char path[40], buf[1024];
-  unsigned long long st;
-  const char *p;
-  ssize_t n;
-  int fd;
-
-  snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
-  if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-    return -errno;
-  while ((n = read(fd, buf, sizeof buf - 1)) < 0 && errno == EINTR) {
-  }
-  close(fd);
-  if (n <= 0)
-    return n < 0 ? -errno : -ESRCH; /* ESRCH: it ended while we read */
-  buf[n] = '\0';
-  /* "pid (comm) state ...": comm may hold anything; starttime is field 22. */
-  if ((p = strrchr(buf, ')')) == NULL ||
-      sscanf(p + 1,
-             " %c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu",
-             state, &st) != 2)
-    return -EINVAL;
-  *start = (uint64_t)st;
-  return 0;
-}
-
 /* 1 when the process that started at `start` as `pid` has ended for sure
  * (any = 1: when no process has that pid).  Without /proc, never. */
 static int owner_gone(pid_t pid, uint64_t start, int any)
@@ -1076,7 +858,7 @@ static int hold_make(void)
   hold.h = NULL;
   hold.pid = getpid();
   hold.off = 1;
-  snprintf(hold.name, sizeof hold.name, "%s.h.%ld", rt.prefix, (long)hold.pid);
+  snprintf(hold.name, sizeof hold.name, "%s.h.%ld", reg.prefix, (long)hold.pid);
   /* A table under our own pid is a predecessor's that nobody reaped (an
    * image before exec, a recycled pid): its owner is gone, the name is ours. */
   for (tries = 0; (fd = shm_open(hold.name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600)) < 0;)
@@ -1203,7 +985,7 @@ static int registry_empty(void)
   int i;
 
   for (i = 0; i < LMP__BUCKETS; i++)
-    if (rt.buckets[i])
+    if (reg.buckets[i])
       return 0;
   return 1;
 }
@@ -1251,7 +1033,7 @@ static int hold_postfork_parent(int failed)
       }
       if (n != 1) { /* it died making its table: was it made? */
         lmp__hold_hdr_t h;
-        snprintf(name, sizeof name, "%s.h.%ld", rt.prefix, (long)pid);
+        snprintf(name, sizeof name, "%s.h.%ld", reg.prefix, (long)pid);
         fd = shm_open(name, O_RDONLY | O_CLOEXEC, 0);
         listed = fd >= 0 && pread(fd, &h, sizeof h, 0) == (ssize_t)sizeof h &&
                  h.magic == LMP__HOLD_MAGIC;
@@ -1280,7 +1062,7 @@ static void hold_after_fork(void)
   memset(&hold, 0, sizeof hold);
   hold_tell_parent(&pid, sizeof pid);
   for (i = 0; i < LMP__BUCKETS; i++)
-    for (s = rt.buckets[i]; s; s = s->next) {
+    for (s = reg.buckets[i]; s; s = s->next) {
       s->hslot = 0;
       hold_add(s);
     }
@@ -1300,7 +1082,7 @@ static void hold_close(void)
   hold.off = 1;
 }
 
-void lmp_runtime_set_unpin(void (*fn)(const char *name))
+void lmp__seg_set_unpin(void (*fn)(const char *name))
 {
   unpin_hook = fn;
 }
@@ -1362,9 +1144,9 @@ void lmp__holdings_reaped(pid_t pid)
   size_t i, n;
   int fd;
 
-  if (!rt.inited || pid <= 0)
+  if (reg.prefix[0] == '\0' || pid <= 0)
     return;
-  snprintf(name, sizeof name, "%s.h.%ld", rt.prefix, (long)pid);
+  snprintf(name, sizeof name, "%s.h.%ld", reg.prefix, (long)pid);
   if ((fd = shm_open(name, O_RDONLY | O_CLOEXEC, 0)) < 0)
     return; /* never made one, or it exited cleanly */
   if (fstat(fd, &st) < 0 || !lmp__owner_only(&st) || (size_t)st.st_size < sizeof *h ||

@@ -757,6 +757,10 @@ static void wd_launch(const char *prefix, int lfd, int pidfd, int live, int repo
   _exit(0);
 }
 
+/* The root's enrolment address, its own watchdog's, kept when it starts it. */
+static struct sockaddr_un enrol_addr;
+static socklen_t enrol_len;
+
 int lmp__watchdog_start(const char *prefix, pid_t *pid, int *live_w)
 {
   struct sockaddr_un addr;
@@ -819,6 +823,8 @@ int lmp__watchdog_start(const char *prefix, pid_t *pid, int *live_w)
   }
   *pid = wd;
   *live_w = live[1];
+  enrol_addr = addr;
+  enrol_len = len;
   return 0;
 err:
   rc = -errno;
@@ -892,13 +898,6 @@ static int wd_call_at(const char *prefix, const lmp__wd_req_t *req, int sendfd, 
   return rc;
 }
 
-/* The same with this process's family, starting the runtime if need be. */
-static int wd_call(const lmp__wd_req_t *req, int sendfd, int *recvfd)
-{
-  int rc = lmp_runtime_init();
-  return rc < 0 ? rc : wd_call_at(lmp_runtime_prefix(), req, sendfd, recvfd);
-}
-
 int lmp__wd_seg_put(const char *prefix, uint64_t token, int fd)
 {
   lmp__wd_req_t req = {.op = LMP__WD_SEG_PUT, .token = token};
@@ -918,20 +917,17 @@ void lmp__wd_seg_drop(const char *prefix, uint64_t token)
   wd_call_at(prefix, &req, -1, NULL);
 }
 
-int lmp_fd_stash(int fd, uint64_t *token)
+int lmp__wd_stash(const char *prefix, uint64_t token, int fd)
 {
-  lmp__wd_req_t req = {.op = LMP__WD_STASH};
-  int tries, rc = -EEXIST;
+  lmp__wd_req_t req = {.op = LMP__WD_STASH, .token = token};
+  return wd_call_at(prefix, &req, fd, NULL);
+}
 
-  if (fd < 0)
-    return -EBADF;
-  for (tries = 0; tries < 4 && rc == -EEXIST; tries++) {
-    req.token = lmp__stash_token();
-    rc = wd_call(&req, fd, NULL);
-  }
-  if (rc == 0)
-    *token = req.token;
-  return rc;
+int lmp__wd_fetch(const char *prefix, uint64_t token, int *fd)
+{
+  lmp__wd_req_t req = {.op = LMP__WD_FETCH, .token = token};
+  *fd = -1;
+  return wd_call_at(prefix, &req, -1, fd);
 }
 
 /* The root's connection for enrolments, kept from one fork to the next. */
@@ -947,21 +943,19 @@ static int enrol_send(int pidfd)
 
 void lmp__watchdog_enroll(int pidfd)
 {
-  struct sockaddr_un addr;
-  socklen_t len;
   int tries;
 
-  if (pidfd < 0)
+  if (pidfd < 0 || enrol_len == 0)
     return;
   /* Best effort: a full queue (the watchdog reads it once a second) loses
    * the enrolment, not the child, which still dies with the root. */
   for (tries = 0; tries < 2; tries++) {
     if (enrol_sock < 0) {
-      len = lmp__stash_addr(lmp_runtime_prefix(), &addr);
       enrol_sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
       if (enrol_sock < 0)
         return;
-      if (connect(enrol_sock, (struct sockaddr *)&addr, len) < 0 || !peer_allowed(enrol_sock)) {
+      if (connect(enrol_sock, (struct sockaddr *)&enrol_addr, enrol_len) < 0 ||
+          !peer_allowed(enrol_sock)) {
         close(enrol_sock);
         enrol_sock = -1;
         return;
@@ -980,12 +974,4 @@ void lmp__watchdog_postfork_child(void)
   if (enrol_sock >= 0)
     close(enrol_sock);
   enrol_sock = -1;
-}
-
-int lmp_fd_fetch(uint64_t token, int *fd)
-{
-  lmp__wd_req_t req = {.op = LMP__WD_FETCH, .token = token};
-
-  *fd = -1;
-  return wd_call(&req, -1, fd);
 }
