@@ -1,9 +1,12 @@
 /*
- * segment.c -- named shared-memory segments and the runtime's root.
+ * segment.c -- named shared-memory segments.
  *
  * Every shared object lives in a shared-memory segment named
  * "<prefix>.<16 hex>", where the prefix "/lmp.<rootpid>.<8 hex>" belongs to
- * one root process and everything it starts.  A handle is a name, so it can
+ * one root process and everything it starts.  The root (runtime.c) hands
+ * the prefix down once it is known and drives the fork accounting below; a
+ * segment call made before anyone started the runtime starts it, the one
+ * call this file makes up into the root.  A handle is a name, so it can
  * travel in any message to any process of the family, at any time.
  *
  * Names.  /dev/shm is listed by every user, so the prefix is no secret; the
@@ -48,7 +51,7 @@
  * together is removed by the next root of the same user (watchdog.c).
  *
  * The registry is guarded by a process-local mutex, so threads of a C host
- * may share the runtime.  lmp__runtime_prefork holds that mutex across fork(2)
+ * may share the runtime.  lmp__seg_prefork holds that mutex across fork(2)
  * so the child's copy of the registry and its references agree exactly.
  */
 #include "lmp/segment.h"

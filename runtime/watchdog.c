@@ -57,6 +57,11 @@
  *
  * Everything the watchdog runs is plain system calls on static memory: it is
  * a fork of a process that may have had threads, so it never allocates.
+ *
+ * This file is a service below the root (runtime.c) and segments: every
+ * client call is given the family's prefix, and the stash's token, by its
+ * caller, and the root's enrolment address is kept when the root starts the
+ * watchdog, so nothing here calls back up.
  */
 #include <dirent.h>
 #include <errno.h>
