@@ -90,7 +90,8 @@ int lmpb_process_next(void);
 typedef struct lmpb_start {
   const char *method; /* "fork", "spawn", "forkserver"; NULL: lmp.get_start_method() */
   const char *name;   /* the child's current_process().name; NULL: "Process" */
-  int daemon;         /* terminated, not joined, when the parent's lmp state closes */
+  int flags;          /* LMP_PROC_DAEMON: terminated, not joined, when the parent's
+                       * lmp state closes; LMP_PROC_NOINT: ignores ^C from birth */
 } lmpb_start_t;
 
 /*

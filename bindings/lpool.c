@@ -653,7 +653,7 @@ static int start_call(lua_State *L)
     lua_pushnil(L);
   char name[32];
   snprintf(name, sizeof name, "PoolWorker-%d", a->index + 1);
-  lmpb_start_t how = {a->lp->method, name, 1};
+  lmpb_start_t how = {a->lp->method, name, LMP_PROC_DAEMON | LMP_PROC_NOINT};
   a->rc = lmpb_spawn(L, 2, 2, &how, a->out);
   return 0;
 }

@@ -203,7 +203,7 @@ static int process_start(lua_State *L)
   forget_ended(L);
   lua_settop(L, 1);
   getfield(L, 1, "name");
-  lmpb_start_t how = {p->method, lua_tostring(L, 2), p->daemon};
+  lmpb_start_t how = {p->method, lua_tostring(L, 2), p->daemon ? LMP_PROC_DAEMON : 0};
   getfield(L, 1, "target");
   getfield(L, 1, "args");
   lua_getfield(L, -1, "n");

@@ -419,11 +419,11 @@ static int fs_command(void *ctx, lmp__fs_cmd_t *cmd)
   return 0;
 }
 
-static int start_forkserver(lua_State *L, int memfd, int daemon, lmp_proc_t **out)
+static int start_forkserver(lua_State *L, int memfd, int flags, lmp_proc_t **out)
 {
   fs_start st = {L, checkexecutable(L)};
   int top = lua_gettop(L);
-  int rc = lmp__fs_request(fs_command, &st, memfd, daemon ? LMP_PROC_DAEMON : 0, out);
+  int rc = lmp__fs_request(fs_command, &st, memfd, flags, out);
   lua_settop(L, top);
   return rc;
 }
@@ -445,7 +445,7 @@ int lmpb_spawn(lua_State *L, int fn_idx, int nargs, const lmpb_start_t *how, lmp
   if (method < 0)
     return luaL_error(L, "unknown start method '%s'", how->method);
   if (method == FORK) {
-    int rc = lmp_proc_fork(how->daemon ? LMP_PROC_DAEMON : 0, out);
+    int rc = lmp_proc_fork(how->flags, out);
     if (rc == 0) {
       lmpb_process_become(L, how->name ? how->name : "Process", NULL, 0);
       lmpb_process_run(L, fn_idx, nargs);
@@ -463,9 +463,9 @@ int lmpb_spawn(lua_State *L, int fn_idx, int nargs, const lmpb_start_t *how, lmp
     char fdarg[16];
     snprintf(fdarg, sizeof fdarg, "%d", fd);
     char *argv[] = {(char *)exe, "--lmp-child", fdarg, NULL};
-    rc = lmp_proc_spawn(exe, argv, fd, how->daemon ? LMP_PROC_DAEMON : 0, out);
+    rc = lmp_proc_spawn(exe, argv, fd, how->flags, out);
   } else {
-    rc = start_forkserver(L, fd, how->daemon, out);
+    rc = start_forkserver(L, fd, how->flags, out);
   }
   close(fd);
   if (rc == 0)

@@ -8,7 +8,7 @@
  * line its caller names, holding one end of a SOCK_SEQPACKET socketpair),
  * which then forks one child per request from its own small, clean image.
  *
- * A request is one message: a magic word and the daemon flag, with four
+ * A request is one message: a magic word and the child's flags, with four
  * descriptors -- the payload (whatever the caller's run function reads) and
  * the requester's stdin, stdout and stderr (/dev/null for a closed one, which
  * cannot be sent).  The server forks (lmp_proc_fork); the child takes those
@@ -53,7 +53,7 @@
 
 struct fs_req {
   uint32_t magic;
-  uint32_t daemon;
+  uint32_t flags; /* LMP_PROC_DAEMON, LMP_PROC_NOINT */
 };
 
 struct fs_rep {
@@ -117,7 +117,7 @@ static int fs_ensure(lmp__fs_command_fn command, void *ctx)
 /* Send one request: the payload and our stdio. */
 static int fs_send(int payload, int flags)
 {
-  struct fs_req req = {FS_MAGIC, (uint32_t)((flags & LMP_PROC_DAEMON) != 0)};
+  struct fs_req req = {FS_MAGIC, (uint32_t)(flags & (LMP_PROC_DAEMON | LMP_PROC_NOINT))};
   int fds[4] = {payload, 0, 1, 2};
   int null = -1, i;
   ssize_t n;
@@ -259,7 +259,7 @@ static int fs_recv(int conn, struct fs_req *req, int fds[4])
 }
 
 /* In the new child: nothing of the server's bookkeeping is ours. */
-static void fs_child_setup(int conn, int sfd, const int st[2], const int stdio[3])
+static void fs_child_setup(int conn, int sfd, const int st[2], const int stdio[3], uint32_t flags)
 {
   sigset_t none;
   size_t i;
@@ -272,7 +272,10 @@ static void fs_child_setup(int conn, int sfd, const int st[2], const int stdio[3
   close(st[1]);
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, NULL);
-  signal(SIGINT, SIG_DFL);
+  /* The server ignores SIGINT, and so does a NOINT child (a pool worker)
+   * from its birth; any other child takes ^C as a program does. */
+  if (!(flags & LMP_PROC_NOINT))
+    signal(SIGINT, SIG_DFL);
   prctl(PR_SET_NAME, "lmp-process");
   for (i = 0; i < 3; i++)
     dup2(stdio[i], (int)i);
@@ -299,7 +302,7 @@ static void fs_serve_one(const lmp__fs_server_t *srv, int conn, int sfd)
   if (rc == 0)
     rc = lmp_proc_fork(0, &proc); /* 1 here, 0 in the child */
   if (rc == 0) {
-    fs_child_setup(conn, sfd, st, fds + 1);
+    fs_child_setup(conn, sfd, st, fds + 1, req.flags);
     lmp_proc_exit(srv->run(srv->ctx, fds[0]));
   }
   if (rc > 0) {

@@ -714,7 +714,9 @@ static int spawn(lmp_pool_t *p, int i)
   atomic_fetch_add(&p->h->retired_done, atomic_exchange(&s->done, 0));
   atomic_fetch_add(&p->h->retired_failed, atomic_exchange(&s->failed, 0));
   lmp_proc_t *proc;
-  int rc = p->cfg.start ? start_hooked(p, i, &proc) : lmp_proc_fork(1, &proc);
+  /* a worker ignores ^C from birth: the program decides what it stops */
+  int rc = p->cfg.start ? start_hooked(p, i, &proc)
+                        : lmp_proc_fork(LMP_PROC_DAEMON | LMP_PROC_NOINT, &proc);
   if (rc < 0)
     return rc;
   if (rc == 0)

@@ -202,6 +202,7 @@ static void free_record(struct lmp_proc *p)
 /* One flag out of what callers pass: a service, a daemon, or neither. */
 static int norm_flags(int flags)
 {
+  flags &= ~LMP_PROC_NOINT; /* how it starts, not what it is */
   if (flags & LMP_PROC_SERVICE)
     return LMP_PROC_SERVICE;
   return flags ? LMP_PROC_DAEMON : 0;
@@ -426,9 +427,20 @@ int lmp_proc_fork(int flags, lmp_proc_t **out)
   if (!p)
     return -ENOMEM;
   pid_t self = getpid();
+  /* NOINT: SIGINT is held across the fork, so that the child ignores it
+   * before one can reach it; the parent gets a pending one when it lets go. */
+  sigset_t intr, saved;
+  sigemptyset(&intr);
+  sigaddset(&intr, SIGINT);
+  if (flags & LMP_PROC_NOINT)
+    pthread_sigmask(SIG_BLOCK, &intr, &saved);
   fflush(NULL); /* or buffered output would be written twice */
   lmp__runtime_prefork();
   pid_t pid = fork();
+  if (pid == 0 && (flags & LMP_PROC_NOINT))
+    signal(SIGINT, SIG_IGN);
+  if (flags & LMP_PROC_NOINT)
+    pthread_sigmask(SIG_SETMASK, &saved, NULL);
   if (pid < 0) {
     rc = -errno;
     lmp__runtime_postfork_parent(1);

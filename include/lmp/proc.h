@@ -36,9 +36,13 @@ typedef struct lmp_proc lmp_proc_t;
 
 /* Flags of a child.  A daemon is terminated, not joined, by
  * lmp_proc_shutdown.  A service (the forkserver) serves the other children:
- * shutdown ends it last, and lmp_proc_children does not count it. */
+ * shutdown ends it last, and lmp_proc_children does not count it.  NOINT
+ * (with either or neither) makes the child ignore SIGINT from its first
+ * instruction, and across lmp_proc_spawn's exec: a ^C at the terminal is
+ * for the program, not for a worker that happens to be starting. */
 #define LMP_PROC_DAEMON 1
 #define LMP_PROC_SERVICE 2
+#define LMP_PROC_NOINT 4
 
 /* 1 in the parent (*out set), 0 in the child (*out NULL), <0 on error.
  * `flags`: 0 or LMP_PROC_* (any other non-zero value means a daemon). */

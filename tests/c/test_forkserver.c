@@ -34,6 +34,7 @@ enum {
   JOB_FDS,    /* exit with the number of descriptors open */
   JOB_HOLD,   /* read stdin to end of file, then exit 0 */
   JOB_INITED, /* exit with 1 if the server's init ran */
+  JOB_SIGINT, /* raise SIGINT, then exit 0 */
 };
 
 typedef struct job {
@@ -82,6 +83,9 @@ static int srv_run(void *ctx, int payload)
     return 0;
   case JOB_INITED:
     return inited;
+  case JOB_SIGINT:
+    raise(SIGINT);
+    return 0;
   default:
     return j.code;
   }
@@ -126,26 +130,36 @@ static int payload(int what, int code)
   return fd;
 }
 
-/* Start a child for one job; its handle. */
-static lmp_proc_t *start(int what, int code)
+/* Start a child for one job, with LMP_PROC_* flags; its handle. */
+static lmp_proc_t *start_flags(int what, int code, int flags)
 {
   lmp_proc_t *p = NULL;
   int fd = payload(what, code);
-  CHECK_EQ(lmp__fs_request(command, NULL, fd, 0, &p), 0);
+  CHECK_EQ(lmp__fs_request(command, NULL, fd, flags, &p), 0);
   CHECK(p != NULL);
   close(fd);
   return p;
 }
 
-/* Run one job to its end: its exit code. */
-static int run(int what, int code)
+static lmp_proc_t *start(int what, int code)
 {
-  lmp_proc_t *p = start(what, code);
+  return start_flags(what, code, 0);
+}
+
+/* Run one job to its end, with LMP_PROC_* flags: its exit code. */
+static int run_flags(int what, int code, int flags)
+{
+  lmp_proc_t *p = start_flags(what, code, flags);
   int ec;
   CHECK_EQ(lmp_proc_wait(p, lmp_test_ms(5000)), 0);
   CHECK_EQ(lmp_proc_exitcode(p, &ec), 0);
   lmp_proc_free(p);
   return ec;
+}
+
+static int run(int what, int code)
+{
+  return run_flags(what, code, 0);
 }
 
 /* Point stdout at a new pipe; its read end. */
@@ -281,6 +295,14 @@ TEST(daemon_flag_and_start_errors)
   CHECK(p == NULL);
 }
 
+/* A child asked for with LMP_PROC_NOINT ignores ^C from its birth (the
+ * server's SIGINT stays ignored); any other takes it as a program does. */
+TEST(noint_child_ignores_sigint)
+{
+  CHECK_EQ(run_flags(JOB_SIGINT, 0, 0), -SIGINT);
+  CHECK_EQ(run_flags(JOB_SIGINT, 0, LMP_PROC_NOINT), 0);
+}
+
 TEST_LIST = {
     TEST_ENTRY(children_run_and_report_exit_codes),
     TEST_ENTRY(a_killed_child_is_reported),
@@ -289,5 +311,6 @@ TEST_LIST = {
     TEST_ENTRY(closed_stdio_becomes_dev_null),
     TEST_ENTRY(no_descriptor_leaks),
     TEST_ENTRY(daemon_flag_and_start_errors),
+    TEST_ENTRY(noint_child_ignores_sigint),
     TEST_END,
 };

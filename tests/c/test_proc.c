@@ -208,8 +208,7 @@ TEST(inherited_handle)
     int code;
     int ok = lmp_proc_wait(sibling, lmp_deadline(0)) == -ECHILD &&
              lmp_proc_exitcode(sibling, &code) == -ECHILD &&
-             lmp_proc_signal(sibling, SIGKILL) == -ECHILD &&
-             lmp_proc_children(NULL, 0) == 0;
+             lmp_proc_signal(sibling, SIGKILL) == -ECHILD && lmp_proc_children(NULL, 0) == 0;
     lmp_proc_free(sibling);
     lmp_proc_exit(ok ? 0 : 1);
   }
@@ -323,25 +322,59 @@ TEST(fd_hygiene)
   CHECK_EQ(lmp_proc_children(NULL, 0), 0);
 }
 
-
 /* === spawn: fork and exec === */
 
 /* Run `script` with /bin/sh through lmp_proc_spawn; its exit code. */
-static int sh(const char *script, int keep_fd)
+static int sh_flags(const char *script, int keep_fd, int flags)
 {
   char *argv[] = {"sh", "-c", (char *)script, "sh", NULL};
   lmp_proc_t *p;
-  CHECK_EQ(lmp_proc_spawn("/bin/sh", argv, keep_fd, 0, &p), 0);
+  CHECK_EQ(lmp_proc_spawn("/bin/sh", argv, keep_fd, flags, &p), 0);
   CHECK_EQ(lmp_proc_wait(p, lmp_deadline(10)), 0);
   int code = exitcode(p);
   lmp_proc_free(p);
   return code;
 }
 
+static int sh(const char *script, int keep_fd)
+{
+  return sh_flags(script, keep_fd, 0);
+}
+
 TEST(spawn_exit_code)
 {
   CHECK_EQ(sh("exit 3", -1), 3);
   CHECK_EQ(sh("kill -TERM $$", -1), -SIGTERM);
+}
+
+/* NOINT: a ^C that reaches the child at any moment, even its first
+ * instruction or after its exec, leaves it running; without it, it ends. */
+TEST(noint_child_ignores_sigint)
+{
+  lmp_proc_t *p;
+  for (int flags = 0; flags <= LMP_PROC_NOINT; flags += LMP_PROC_NOINT) {
+    int rc = lmp_proc_fork(flags, &p);
+    CHECK(rc >= 0);
+    if (rc == 0) {
+      raise(SIGINT);
+      lmp_proc_exit(0);
+    }
+    CHECK_EQ(lmp_proc_wait(p, lmp_deadline(10)), 0);
+    CHECK_EQ(exitcode(p), flags ? 0 : -SIGINT);
+    lmp_proc_free(p);
+    CHECK_EQ(sh_flags("kill -INT $$; exit 0", -1, flags), flags ? 0 : -SIGINT);
+  }
+  /* The flag says how it starts: a NOINT child is joined at shutdown, as
+   * any other, not terminated as a daemon. */
+  int rc = lmp_proc_fork(LMP_PROC_NOINT, &p);
+  CHECK(rc >= 0);
+  if (rc == 0) {
+    lmp_test_sleep_ms(200);
+    lmp_proc_exit(7);
+  }
+  lmp_proc_shutdown();
+  CHECK_EQ(exitcode(p), 7);
+  lmp_proc_free(p);
 }
 
 /* The exec'd program is told the family's prefix and root. */
@@ -516,27 +549,26 @@ TEST(shutdown_service_last)
   lmp_proc_free(worker);
 }
 
-TEST_LIST = {
-  TEST_ENTRY(exit_codes),
-  TEST_ENTRY(wait_timeout),
-  TEST_ENTRY(alive),
-  TEST_ENTRY(signal_after_exit),
-  TEST_ENTRY(no_zombie),
-  TEST_ENTRY(children),
-  TEST_ENTRY(parent_pid),
-  TEST_ENTRY(inherited_handle),
-  TEST_ENTRY(shutdown),
-  TEST_ENTRY(shutdown_stubborn),
-  TEST_ENTRY(pdeathsig),
-  TEST_ENTRY_T(fd_hygiene, 60),
-  TEST_ENTRY(spawn_exit_code),
-  TEST_ENTRY(spawn_environment),
-  TEST_ENTRY(spawn_descriptors),
-  TEST_ENTRY(spawn_enoent),
-  TEST_ENTRY(spawn_drops_references),
-  TEST_ENTRY(adopt_wait_and_signal),
-  TEST_ENTRY(adopt_parent_lost),
-  TEST_ENTRY(adopt_reaped_without_handle),
-  TEST_ENTRY(shutdown_service_last),
-  TEST_END
-};
+TEST_LIST = {TEST_ENTRY(exit_codes),
+             TEST_ENTRY(wait_timeout),
+             TEST_ENTRY(alive),
+             TEST_ENTRY(signal_after_exit),
+             TEST_ENTRY(no_zombie),
+             TEST_ENTRY(children),
+             TEST_ENTRY(parent_pid),
+             TEST_ENTRY(inherited_handle),
+             TEST_ENTRY(shutdown),
+             TEST_ENTRY(shutdown_stubborn),
+             TEST_ENTRY(pdeathsig),
+             TEST_ENTRY_T(fd_hygiene, 60),
+             TEST_ENTRY(spawn_exit_code),
+             TEST_ENTRY(noint_child_ignores_sigint),
+             TEST_ENTRY(spawn_environment),
+             TEST_ENTRY(spawn_descriptors),
+             TEST_ENTRY(spawn_enoent),
+             TEST_ENTRY(spawn_drops_references),
+             TEST_ENTRY(adopt_wait_and_signal),
+             TEST_ENTRY(adopt_parent_lost),
+             TEST_ENTRY(adopt_reaped_without_handle),
+             TEST_ENTRY(shutdown_service_last),
+             TEST_END};
