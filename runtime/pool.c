@@ -964,6 +964,17 @@ static void maintain(lmp_pool_t *p, int64_t now)
   respawn(p);
 }
 
+/* Maintain when something calls for it (a death, a verdict, a start to
+ * try again) or CHECK_NS has passed since the last time; whether it did. */
+static int maintain_if_due(lmp_pool_t *p, int64_t now)
+{
+  if (!p->need_check && !p->nvd && !p->spawn_error && now - p->last_check < CHECK_NS)
+    return 0;
+  p->need_check = 0;
+  maintain(p, now);
+  return 1;
+}
+
 /* Kill every worker and wait for each: they die at once. */
 static void kill_all(lmp_pool_t *p)
 {
@@ -1162,12 +1173,8 @@ int lmp_pool_wait(lmp_pool_t *p, lmp_pool_event_t *ev, int64_t deadline)
       return rc < 0 ? rc : 0;
     }
     int64_t now = lmp_now_ns();
-    if (p->need_check || p->nvd || now - p->last_check >= CHECK_NS) {
-      p->need_check = 0;
-      maintain(p, now);
-      if (p->evq_n || lmp_queue_qsize(p->replies))
-        continue;
-    }
+    if (maintain_if_due(p, now) && (p->evq_n || lmp_queue_qsize(p->replies)))
+      continue;
     if ((rc = ended(p)) != 0) {
       if (rc == -EPIPE)
         quiet(p);
@@ -1475,11 +1482,8 @@ void lmp_pool_stats(lmp_pool_t *p, lmp_pool_stats_t *out)
    * replacements started (one that failed to start is tried again), so
    * the figures and the slots read next are those of now. */
   int64_t now = lmp_now_ns();
-  if (p->owner == getpid() && !p->terminated && !p->broken &&
-      (p->need_check || p->spawn_error || now - p->last_check >= CHECK_NS)) {
-    p->need_check = 0;
-    maintain(p, now);
-  }
+  if (p->owner == getpid() && !p->terminated && !p->broken)
+    maintain_if_due(p, now);
   publish(p, now);
   read_counts(p->h, out, NULL, 0);
 }
