@@ -25,7 +25,6 @@
  * chunk whose items are all plain is read item by item as it runs.
  */
 #include <errno.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -376,7 +375,7 @@ static void unpack_packed(lua_State *L, task *t, int out)
 {
   const unsigned char *p = (const unsigned char *)worker_buf.data + t->hdr;
   (void)lmpb_plain_unpack_items(L, p, (const unsigned char *)worker_buf.data + worker_buf.len,
-                     (uint64_t)t->packed, out, 1);
+                                (uint64_t)t->packed, out, 1);
 }
 
 /* Keep the result at the top for item i: packed while every result is a
@@ -605,8 +604,9 @@ static int worker_loop(lua_State *L)
 
 int lmpb_worker_run(lmp_pool_worker_t *w, lua_State *L, int init_ref)
 {
-  signal(SIGINT, SIG_IGN); /* the terminal's ^C is for the program: the root decides */
-  lmpb_profile_reset(L);   /* a new thread inherits the hook */
+  /* SIGINT is ignored since the worker's birth (LMP_PROC_NOINT): the
+   * terminal's ^C is for the program, which decides what stops. */
+  lmpb_profile_reset(L); /* a new thread inherits the hook */
   lua_State *co = lua_newthread(L);
   lua_pushcfunction(co, worker_loop);
   lua_pushlightuserdata(co, w);
