@@ -285,6 +285,15 @@ end
 
 local by = load_lines(lines_path)
 
+-- A table cell: the figure of one side of a row (its `show` field if the
+-- row names one), with a tag after it; "-" for no side, "n/a" or "FAILED"
+-- for a side without a figure.
+local function cell_of(e, row, tag)
+  if not e then return "-" end
+  if not e.value then return e.failed and "FAILED" or "n/a" end
+  return fmt(row.show and e.fields[row.show] or e.value) .. (tag or "")
+end
+
 -- Two builds of lmp (run.sh --against): one row per workload, the new
 -- build's figure against the old one's, and whether it kept 0.95 of it.
 local function against_table()
@@ -296,15 +305,10 @@ local function against_table()
     if not seen[name] and (new or old) then
       seen[name] = true
       local r = ratio(new, old, better, row.by or row.show)
-      local function cell(e)
-        if not e then return "-" end
-        if not e.value then return e.failed and "FAILED" or "n/a" end
-        return fmt(row.show and e.fields[row.show] or e.value)
-      end
       local ok = r and r >= keep
       if not ok then worse[#worse + 1] = name .. (r and "" or " (no figure)") end
       trs[#trs + 1] = {(label:gsub(" %(vs [^)]*%)", "")) .. " [" .. ((new or old).unit or "") .. "]",
-        cell(new), cell(old), r and string.format("%.2fx", r) or "-", r == nil and "n/a" or ok and "yes" or "NO"}
+        cell_of(new, row), cell_of(old, row), r and string.format("%.2fx", r) or "-", r == nil and "n/a" or ok and "yes" or "NO"}
     end
   end
   return trs, worse, keep
@@ -333,13 +337,8 @@ for _, row in ipairs(rows) do
       if m then n_met = n_met + 1 end
     end
     local unit = (lmp and lmp.unit) or (ref and ref.unit) or ""
-    local function cell(e, tag)
-      if not e then return "-" end
-      if not e.value then return e.failed and "FAILED" or "n/a" end
-      return fmt(row.show and e.fields[row.show] or e.value) .. (tag or "")
-    end
     table_rows[#table_rows + 1] = {
-      label .. " [" .. unit .. "]", cell(lmp), cell(ref, ref_tags[refimpl]),
+      label .. " [" .. unit .. "]", cell_of(lmp, row), cell_of(ref, row, ref_tags[refimpl]),
       r and string.format("%.2fx", r) or "-", target_text(tg),
       (m == nil and (tg and "n/a" or "-") or (m and "met" or "NOT MET"))
         .. (tg and tg.flat and lmp and lmp.fields[tg.flat] and string.format(" (%.2fx)", lmp.fields[tg.flat]) or ""),
