@@ -203,16 +203,24 @@ TEST(a_killed_child_is_reported)
   close(in[1]);
 }
 
+/* The pid of the server that runs a child now (the child writes its
+ * parent's to stdout, captured at `out`). */
+static pid_t server_pid(int out)
+{
+  pid_t pid;
+  CHECK_EQ(run(JOB_PPID, 0), 0);
+  CHECK_EQ(read(out, &pid, sizeof pid), sizeof pid);
+  return pid;
+}
+
 /* The server is killed between two requests: the second starts another. */
 TEST(server_restarts_after_sigkill)
 {
   int out = capture_stdout();
   pid_t first, second;
-  CHECK_EQ(run(JOB_PPID, 0), 0);
-  CHECK_EQ(read(out, &first, sizeof first), sizeof first);
+  first = server_pid(out);
   CHECK_EQ(kill(first, SIGKILL), 0);
-  CHECK_EQ(run(JOB_PPID, 0), 0);
-  CHECK_EQ(read(out, &second, sizeof second), sizeof second);
+  second = server_pid(out);
   CHECK(second != first);
   CHECK_EQ(commands, 2);
   CHECK_EQ(run(JOB_EXIT, 5), 5);
@@ -225,8 +233,7 @@ TEST(server_restarts_when_dead_at_request)
 {
   int out = capture_stdout();
   pid_t first, second;
-  CHECK_EQ(run(JOB_PPID, 0), 0);
-  CHECK_EQ(read(out, &first, sizeof first), sizeof first);
+  first = server_pid(out);
   CHECK_EQ(kill(first, SIGSTOP), 0);
   pid_t killer = lmp_test_fork();
   if (killer == 0) {
@@ -234,8 +241,7 @@ TEST(server_restarts_when_dead_at_request)
     kill(first, SIGKILL);
     _exit(0);
   }
-  CHECK_EQ(run(JOB_PPID, 0), 0);
-  CHECK_EQ(read(out, &second, sizeof second), sizeof second);
+  second = server_pid(out);
   CHECK(second != first);
   CHECK_EQ(commands, 2);
   CHECK_EQ(lmp_test_wait(killer, 5000), 0);
