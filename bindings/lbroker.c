@@ -60,7 +60,8 @@ static int ok_or_fail(lua_State *L, lconn *c, int rc)
 
 /* === the connection === */
 
-/* core.open(url, queue, connect_timeout_s, result_ttl_s) -> conn | nil, msg */
+/* core.open(url, queue, connect_timeout_s, result_ttl_s [, consumer]) ->
+ * conn | nil, msg (a second connection of one consumer names it) */
 static int l_open(lua_State *L)
 {
   lmp_broker_config_t cfg = {0};
@@ -69,6 +70,7 @@ static int l_open(lua_State *L)
   cfg.queue = luaL_optstring(L, 2, "default");
   cfg.connect_timeout = (int64_t)(luaL_optnumber(L, 3, 5) * 1000);
   cfg.result_ttl = (int64_t)(luaL_optnumber(L, 4, 3600) * 1000);
+  cfg.consumer = luaL_optstring(L, 5, NULL);
   lconn *c = lua_newuserdatauv(L, sizeof *c, 0);
   memset(c, 0, sizeof *c);
   c->wakefd = -1;
@@ -225,6 +227,76 @@ static int conn_reclaim(lua_State *L)
   return 1;
 }
 
+/* conn:take_send(max, block_s) -> true (the answer is there: take_recv),
+ * false (sent: wait for fileno) | nil, msg */
+static int conn_take_send(lua_State *L)
+{
+  lconn *c = checkconn(L);
+  int max = (int)luaL_optinteger(L, 2, 64);
+  int64_t block = (int64_t)(luaL_optnumber(L, 3, 1) * 1000);
+  int rc = lmp_broker_take_send(c->b, max, block);
+  if (rc < 0)
+    return fail(L, c, rc);
+  lua_pushboolean(L, rc > 0);
+  return 1;
+}
+
+/* conn:take_recv() -> msgs, or false while the answer has not come */
+static int conn_take_recv(lua_State *L)
+{
+  lconn *c = checkconn(L);
+  int rc = lmp_broker_take_recv(c->b, &c->batch);
+  if (rc == -EAGAIN) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  if (rc < 0) {
+    lmp_broker_batch_clear(&c->batch);
+    return fail(L, c, rc);
+  }
+  push_batch(L, &c->batch, 1);
+  return 1;
+}
+
+static int conn_take_cancel(lua_State *L)
+{
+  lmp_broker_take_cancel(checkconn(L)->b);
+  return 0;
+}
+
+/* conn:patience(seconds): how long an operation reconnects before failing */
+static int conn_patience(lua_State *L)
+{
+  lconn *c = checkconn(L);
+  lmp_broker_set_patience(c->b, (int64_t)(luaL_checknumber(L, 2) * 1000));
+  return 0;
+}
+
+/* conn:state() -> count, epoch (see lmp_broker_state) */
+static int conn_state(lua_State *L)
+{
+  lconn *c = checkconn(L);
+  int64_t count = 0;
+  char epoch[128];
+  int rc = lmp_broker_state(c->b, &count, epoch, sizeof epoch);
+  if (rc < 0)
+    return fail(L, c, rc);
+  lua_pushinteger(L, count);
+  lua_pushstring(L, epoch);
+  return 2;
+}
+
+/* conn:settle(caller, lo, final, expires_s) */
+static int conn_settle(lua_State *L)
+{
+  lconn *c = checkconn(L);
+  const char *caller = luaL_checkstring(L, 2);
+  lua_Integer lo = luaL_checkinteger(L, 3);
+  int final = lua_toboolean(L, 4);
+  int64_t expires = (int64_t)(luaL_optnumber(L, 5, 86400) * 1000);
+  return ok_or_fail(L, c, lmp_broker_settle(c->b, caller, lo > 0 ? (uint64_t)lo : 0, final, expires));
+}
+
 /* A message table at idx back into a lmp_broker_msg_t (borrowing strings). */
 static void tomsg(lua_State *L, int idx, lmp_broker_msg_t *m)
 {
@@ -241,7 +313,7 @@ static void tomsg(lua_State *L, int idx, lmp_broker_msg_t *m)
   lua_pop(L, 4); /* the strings stay alive in the table */
 }
 
-/* conn:complete({{msg_id, task_id, caller, data}...}) */
+/* conn:complete({{msg_id, task_id, caller, data, ok, ttl_s}...}) */
 static int conn_complete(lua_State *L)
 {
   lconn *c = checkconn(L);
@@ -263,21 +335,23 @@ static int conn_complete(lua_State *L)
     d[i].caller = luaL_checkstring(L, -1);
     lua_rawgeti(L, t, 4);
     d[i].data = luaL_checklstring(L, -1, &d[i].len);
+    lua_rawgeti(L, t, 6);
+    d[i].ttl_ms = (int64_t)(luaL_optnumber(L, -1, 0) * 1000);
     lua_settop(L, t - 1); /* the list keeps the strings */
   }
   return ok_or_fail(L, c, lmp_broker_complete(c->b, d, n));
 }
 
-/* conn:release(msg, reason) */
+/* conn:release(msg, reason|nil) */
 static int conn_release(lua_State *L)
 {
   lconn *c = checkconn(L);
   lmp_broker_msg_t m;
   tomsg(L, 2, &m);
-  return ok_or_fail(L, c, lmp_broker_release(c->b, &m, luaL_checkstring(L, 3)));
+  return ok_or_fail(L, c, lmp_broker_release(c->b, &m, luaL_optstring(L, 3, NULL)));
 }
 
-/* conn:bury(msg, reason [, task_id, caller, result]) */
+/* conn:bury(msg, reason [, task_id, caller, result, ttl_s]) */
 static int conn_bury(lua_State *L)
 {
   lconn *c = checkconn(L);
@@ -290,6 +364,7 @@ static int conn_bury(lua_State *L)
     d.task_id = luaL_checkstring(L, 4);
     d.caller = luaL_checkstring(L, 5);
     d.data = luaL_checklstring(L, 6, &d.len);
+    d.ttl_ms = (int64_t)(luaL_optnumber(L, 7, 0) * 1000);
     dp = &d;
   }
   return ok_or_fail(L, c, lmp_broker_bury(c->b, &m, reason, dp));
@@ -388,7 +463,8 @@ static int conn_lease_stop(lua_State *L)
 
 /* === sealing === */
 
-/* core.seal(secret, kind, id, value [, what]) -> signed message */
+/* core.seal(secret, kind, id, value, what, queue [, expires]) -> signed
+ * message (expires: wall-clock seconds after which it is refused) */
 static int l_seal(lua_State *L)
 {
   size_t klen;
@@ -397,9 +473,11 @@ static int l_seal(lua_State *L)
   const char *id = luaL_checkstring(L, 3);
   luaL_checkany(L, 4);
   const char *what = luaL_optstring(L, 5, "value");
+  const char *queue = luaL_checkstring(L, 6);
+  int64_t expires = (int64_t)(luaL_optnumber(L, 7, 0) * 1000);
   const lmp_buf_t *p = lmpb_encode_remote(L, 4, what);
   lmp_buf_t out = {0};
-  int rc = lmp_broker_sign(&out, key, klen, kind[0], id, p->data, p->len);
+  int rc = lmp_broker_sign(&out, key, klen, kind[0], id, queue, expires, p->data, p->len);
   if (rc < 0) {
     lmp_buf_free(&out);
     return luaL_error(L, "cannot sign a message: %s", lmp_strerror(rc));
@@ -409,7 +487,7 @@ static int l_seal(lua_State *L)
   return 1;
 }
 
-/* core.unseal(secret, msg, max_age_s) -> kind, id, value | nil, reason */
+/* core.unseal(secret, msg, max_age_s) -> kind, id, value, queue | nil, reason */
 static int l_unseal(lua_State *L)
 {
   size_t klen, len;
@@ -428,6 +506,23 @@ static int l_unseal(lua_State *L)
   lua_pushstring(L, k);
   lua_pushlstring(L, v.id, v.idlen);
   lmpb_decode(L, v.payload, v.len, 1);
+  lua_pushlstring(L, v.queue, v.qlen);
+  return 4;
+}
+
+/* core.peek(msg) -> id, kind, queue of a message NOT checked (to report on
+ * one that failed its check), or nil */
+static int l_peek(lua_State *L)
+{
+  size_t len;
+  const char *msg = luaL_checklstring(L, 1, &len);
+  lmp_broker_view_t v;
+  if (lmp_broker_peek(msg, len, &v) < 0)
+    return 0;
+  char k[2] = {(char)v.kind, 0};
+  lua_pushlstring(L, v.id, v.idlen);
+  lua_pushstring(L, k);
+  lua_pushlstring(L, v.queue, v.qlen);
   return 3;
 }
 
@@ -519,6 +614,12 @@ static const luaL_Reg conn_methods[] = {
     {"flush", conn_flush},
     {"results", conn_results},
     {"take", conn_take},
+    {"take_send", conn_take_send},
+    {"take_recv", conn_take_recv},
+    {"take_cancel", conn_take_cancel},
+    {"patience", conn_patience},
+    {"state", conn_state},
+    {"settle", conn_settle},
     {"reclaim", conn_reclaim},
     {"complete", conn_complete},
     {"release", conn_release},
@@ -538,6 +639,7 @@ static const luaL_Reg core_funcs[] = {
     {"open", l_open},       {"seal", l_seal},     {"unseal", l_unseal},
     {"encode", l_encode},   {"decode", l_decode}, {"catch_signals", l_catch_signals},
     {"signals", l_signals}, {"isatty", l_isatty}, {"handles", l_handles},
+    {"peek", l_peek},
     {NULL, NULL},
 };
 

@@ -8,11 +8,15 @@
  * the URL's scheme names (broker_redis.c).
  *
  * Signing.  A message is
- *     'L' version kind idlen id[idlen] stamp(u64 BE, wall ms) payload tag[32]
- * with tag = HMAC-SHA256(secret, everything before it), OpenSSL's HMAC.  The
- * verifier recomputes the tag over the bytes as received and compares with
- * CRYPTO_memcmp before reading any field, so nothing of a forged message
- * (not even its lengths) steers the reader.  The stamp bounds replays.
+ *     'L' version kind idlen id[idlen] stamp expires qlen queue[qlen]
+ *     payload tag[32]
+ * (stamp and expires u64 BE wall ms) with tag = HMAC-SHA256(secret,
+ * everything before it), OpenSSL's HMAC.  The verifier recomputes the tag
+ * over the bytes as received and compares with CRYPTO_memcmp before reading
+ * any field, so nothing of a forged message (not even its lengths) steers
+ * the reader.  The queue keeps an entry from being replayed into another
+ * queue, the expiry bounds how long one can be replayed at all, and the
+ * engine's replay records (broker_redis.c) cover the time in between.
  *
  * The lease keeper.  A worker runs tasks in child processes while its Lua
  * loop reads, dispatches and publishes; if that loop stalls (a huge result
@@ -40,8 +44,8 @@
 #include "broker_engine.h"
 #include "internal.h"
 
-#define SIGN_VERSION 1
-#define SIGN_HEAD 12 /* 'L', version, kind, idlen, stamp */
+#define SIGN_VERSION 2
+#define SIGN_HEAD 21 /* 'L', version, kind, idlen, stamp, expires, qlen */
 #define FUTURE_SKEW_MS (5 * 60 * 1000)
 
 static const lmp__broker_engine_t *const engines[] = {&lmp__broker_redis, NULL};
@@ -204,6 +208,7 @@ int lmp_broker_open(const lmp_broker_config_t *cfg, lmp_broker_t **out, char *er
     b->cfg.connect_timeout = 5000;
   if (b->cfg.result_ttl <= 0)
     b->cfg.result_ttl = 3600 * 1000;
+  b->patience_ms = 60000;
   if (cfg->consumer)
     snprintf(b->consumer, sizeof b->consumer, "%s", cfg->consumer);
   else
@@ -232,6 +237,11 @@ void lmp_broker_close(lmp_broker_t *b)
   free(b->url);
   free(b->queue);
   free(b);
+}
+
+void lmp_broker_set_patience(lmp_broker_t *b, int64_t ms)
+{
+  b->patience_ms = ms > 0 ? ms : 60000;
 }
 
 const char *lmp_broker_errmsg(const lmp_broker_t *b)
@@ -270,6 +280,32 @@ int lmp_broker_results(lmp_broker_t *b, const char *caller, int max, int64_t dea
 int lmp_broker_take(lmp_broker_t *b, int max, int64_t block_ms, lmp_broker_batch_t *out)
 {
   GUARDED(b->e->take(b, max, block_ms, out));
+}
+
+int lmp_broker_take_send(lmp_broker_t *b, int max, int64_t block_ms)
+{
+  GUARDED(b->e->take_send(b, max, block_ms));
+}
+
+int lmp_broker_take_recv(lmp_broker_t *b, lmp_broker_batch_t *out)
+{
+  GUARDED(b->e->take_recv(b, out));
+}
+
+void lmp_broker_take_cancel(lmp_broker_t *b)
+{
+  b->e->take_cancel(b);
+}
+
+int lmp_broker_state(lmp_broker_t *b, int64_t *count, char *epoch, size_t epochlen)
+{
+  GUARDED(b->e->state(b, count, epoch, epochlen));
+}
+
+int lmp_broker_settle(lmp_broker_t *b, const char *caller, uint64_t lo, int final,
+                      int64_t expires_ms)
+{
+  GUARDED(b->e->settle(b, caller, lo, final, expires_ms));
 }
 
 int lmp_broker_complete(lmp_broker_t *b, const lmp_broker_done_t *done, int n)
@@ -365,12 +401,12 @@ static uint64_t get_be64(const unsigned char *p)
 }
 
 int lmp_broker_sign(lmp_buf_t *out, const void *key, size_t keylen, int kind, const char *id,
-                    const void *payload, size_t len)
+                    const char *queue, int64_t expires, const void *payload, size_t len)
 {
-  size_t idlen = strlen(id), start = out->len;
-  size_t total = SIGN_HEAD + idlen + len + LMP_BROKER_MAC_LEN;
+  size_t idlen = strlen(id), qlen = strlen(queue), start = out->len;
+  size_t head = SIGN_HEAD + idlen + qlen, total = head + len + LMP_BROKER_MAC_LEN;
   unsigned int maclen = 0;
-  if (idlen > 255 || keylen > INT32_MAX)
+  if (idlen > 255 || qlen > 255 || keylen > INT32_MAX)
     return -EINVAL;
   int rc = lmp_buf_reserve(out, start + total);
   if (rc < 0)
@@ -382,13 +418,45 @@ int lmp_broker_sign(lmp_buf_t *out, const void *key, size_t keylen, int kind, co
   p[3] = (unsigned char)idlen;
   memcpy(p + 4, id, idlen);
   put_be64(p + 4 + idlen, (uint64_t)lmp__wall_ms());
-  memcpy(p + SIGN_HEAD + idlen, payload, len);
-  if (HMAC(EVP_sha256(), key, (int)keylen, p, SIGN_HEAD + idlen + len, p + SIGN_HEAD + idlen + len,
-           &maclen) == NULL ||
+  put_be64(p + 12 + idlen, (uint64_t)(expires > 0 ? expires : 0));
+  p[20 + idlen] = (unsigned char)qlen;
+  memcpy(p + SIGN_HEAD + idlen, queue, qlen);
+  memcpy(p + head, payload, len);
+  if (HMAC(EVP_sha256(), key, (int)keylen, p, head + len, p + head + len, &maclen) == NULL ||
       maclen != LMP_BROKER_MAC_LEN)
     return -EIO;
   out->len = start + total;
   return 0;
+}
+
+/* The fields of a message of `body` bytes (the tag left off), unchecked. */
+static int parse(const unsigned char *p, size_t body, lmp_broker_view_t *v)
+{
+  if (body < SIGN_HEAD || p[0] != 'L' || p[1] != SIGN_VERSION)
+    return -EBADMSG;
+  size_t idlen = p[3];
+  if (SIGN_HEAD + idlen > body)
+    return -EBADMSG;
+  size_t qlen = p[20 + idlen];
+  if (SIGN_HEAD + idlen + qlen > body)
+    return -EBADMSG;
+  v->kind = p[2];
+  v->id = (const char *)p + 4;
+  v->idlen = idlen;
+  v->stamp = (int64_t)(get_be64(p + 4 + idlen) & INT64_MAX);
+  v->expires = (int64_t)(get_be64(p + 12 + idlen) & INT64_MAX);
+  v->queue = (const char *)p + SIGN_HEAD + idlen;
+  v->qlen = qlen;
+  v->payload = v->queue + qlen;
+  v->len = body - SIGN_HEAD - idlen - qlen;
+  return 0;
+}
+
+int lmp_broker_peek(const void *msg, size_t len, lmp_broker_view_t *v)
+{
+  if (len < SIGN_HEAD + LMP_BROKER_MAC_LEN)
+    return -EBADMSG;
+  return parse(msg, len - LMP_BROKER_MAC_LEN, v);
 }
 
 int lmp_broker_verify(const void *msg, size_t len, const void *key, size_t keylen,
@@ -397,6 +465,7 @@ int lmp_broker_verify(const void *msg, size_t len, const void *key, size_t keyle
   const unsigned char *p = msg;
   unsigned char mac[EVP_MAX_MD_SIZE];
   unsigned int maclen = 0;
+  lmp_broker_view_t w;
   if (len < SIGN_HEAD + LMP_BROKER_MAC_LEN || keylen > INT32_MAX)
     return -EBADMSG;
   size_t body = len - LMP_BROKER_MAC_LEN;
@@ -406,18 +475,13 @@ int lmp_broker_verify(const void *msg, size_t len, const void *key, size_t keyle
   if (CRYPTO_memcmp(mac, p + body, LMP_BROKER_MAC_LEN) != 0)
     return -EBADMSG;
   /* Authentic from here on; still check the layout (a bug, not an attack). */
-  size_t idlen = p[3];
-  if (p[0] != 'L' || p[1] != SIGN_VERSION || SIGN_HEAD + idlen > body)
+  if (parse(p, body, &w) < 0)
     return -EBADMSG;
-  int64_t stamp = (int64_t)get_be64(p + 4 + idlen), now = lmp__wall_ms();
-  if (stamp > now + FUTURE_SKEW_MS || (max_age_ms > 0 && now - stamp > max_age_ms))
+  int64_t now = lmp__wall_ms();
+  if (w.stamp > now + FUTURE_SKEW_MS || (max_age_ms > 0 && now - w.stamp > max_age_ms) ||
+      (w.expires > 0 && now > w.expires))
     return -ESTALE;
-  v->kind = p[2];
-  v->id = (const char *)p + 4;
-  v->idlen = idlen;
-  v->stamp = stamp;
-  v->payload = (const char *)p + SIGN_HEAD + idlen;
-  v->len = body - SIGN_HEAD - idlen;
+  *v = w;
   return 0;
 }
 

@@ -24,6 +24,11 @@ typedef struct lmp__broker_engine {
   int (*results)(lmp_broker_t *b, const char *caller, int max, int64_t deadline,
                  lmp_broker_batch_t *out);
   int (*take)(lmp_broker_t *b, int max, int64_t block_ms, lmp_broker_batch_t *out);
+  int (*take_send)(lmp_broker_t *b, int max, int64_t block_ms);
+  int (*take_recv)(lmp_broker_t *b, lmp_broker_batch_t *out);
+  void (*take_cancel)(lmp_broker_t *b);
+  int (*state)(lmp_broker_t *b, int64_t *count, char *epoch, size_t epochlen);
+  int (*settle)(lmp_broker_t *b, const char *caller, uint64_t lo, int final, int64_t expires_ms);
   int (*complete)(lmp_broker_t *b, const lmp_broker_done_t *done, int n);
   int (*release)(lmp_broker_t *b, const lmp_broker_msg_t *m, const char *reason);
   int (*bury)(lmp_broker_t *b, const lmp_broker_msg_t *m, const char *reason,
@@ -60,6 +65,7 @@ struct lmp_broker {
   char *url, *queue;
   char consumer[160];
   char err[256];
+  int64_t patience_ms; /* reconnecting, before an operation fails */
   lmp__lease_t *lease;
 };
 

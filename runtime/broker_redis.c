@@ -5,20 +5,35 @@
  *   lmp:q:<queue>         the task stream, read through consumer group "lmp"
  *   lmp:q:<queue>:dead    dead-lettered tasks with their history
  *   lmp:q:<queue>:vt      the queue's visibility timeout in ms (the smallest asked)
- *   lmp:r:<task id>       a task's result (SET NX: the first write wins)
- *   lmp:c:<caller>        the results a caller has yet to collect (a list;
- *                         see results_redis for how it is read)
- *   lmp:c:<caller>:w      a wake-up token, pushed with every result (at
- *                         most one kept): see the notifier
+ *   lmp:q:<queue>:epoch   the queue's identity, made anew with its group
+ *   lmp:c:<caller>        the results a caller has yet to collect (a stream;
+ *                         see results_redis for how it is read), kept the
+ *                         result_ttl its tasks carry
+ *   lmp:c:<caller>:n      how many tasks the caller has put (see state_redis)
+ *   lmp:c:<caller>:t:<k>  replay records: bit i is set once the task of
+ *                         seq k*65536+i has been handed to a worker
+ *   lmp:c:<caller>:lo     every task of a seq below this is settled
  *   lmp:w:<consumer>      a live worker's heartbeat (a hash that expires)
  *   lmp:workers:<queue>   who has sent heartbeats, scored by expiry time
+ * A caller that ends (settle_redis, final) deletes its own keys but
+ * lmp:c:<caller>:lo, which lives as long as one of its tasks could be
+ * replayed (their expiry).
  *
  * A stream entry carries the signed message (m), the deliveries of earlier
  * entries of the same task (d) and their history (h): a task released by a
  * worker goes back as a new entry so any worker can take it at once, and
  * keeps its count.  Entries are never trimmed by length (MAXLEN would drop
  * tasks nobody has run); a completed task's entry is acknowledged and
- * deleted in the same MULTI/EXEC that stores and publishes its result.
+ * deleted in the same MULTI/EXEC that publishes its result.
+
+ * Takes run a script (TAKE_SCRIPT): it reads new entries for this consumer
+ * and sets each task's replay record in the same atomic step, so an entry
+ * whose task was already handed out is acknowledged and deleted there,
+ * never delivered.  A consumer that waits parks XREAD BLOCK after the
+ * group's last delivered id in front of the script on one connection:
+ * when an entry comes the server answers the XREAD and runs the script at
+ * once, so the entry reaches the worker half a round trip after it was
+ * added.
  *
  * Connections.  hiredis 0.14 leaves a context unusable after any I/O error
  * and its redisReconnect forgets the timeouts, so a broken context is freed
@@ -26,7 +41,7 @@
  * longest BLOCK we send, or a reply the server has already committed to,
  * such as entries moved to our pending list, would be lost on our side),
  * then AUTH, SELECT and the group.  Reconnection backs off from 50 ms to 2 s
- * and gives up after RECONNECT_MS; the first connection gives up after the
+ * and gives up after the broker's patience; the first connection gives up after the
  * configured connect timeout with the server's or the system's words.  After
  * a reconnection, take() first reads this consumer's own pending entries
  * (id 0): deliveries whose replies the broken connection swallowed.
@@ -60,7 +75,8 @@
 #define GROUP "lmp"
 #define SOCKET_TIMEOUT_MS 15000
 #define MAX_BLOCK_MS 2000 /* well under SOCKET_TIMEOUT_MS */
-#define RECONNECT_MS 60000
+#define CHUNK 65536            /* tasks per replay record */
+#define DAY_MS (86400 * 1000LL) /* a caller's counter, a record without an expiry */
 #define PUT_BATCH 512
 #define SWEEP_IDLE_MS 5000   /* a consumer idle this long (and 4 visibility timeouts) ... */
 #define SWEEP_EVERY_MS 10000 /* ... is looked for this often */
@@ -72,10 +88,16 @@ typedef struct rconn {
   int port, db;
   char *user, *pass;
   int fresh;          /* a new connection: own pending entries first */
-  int trim;           /* results read from the head of ckey, to trim with the next read */
   int64_t next_sweep; /* wall ms of the next sweep of vanished consumers; -1: not allowed */
-  char ckey[300];
-  char kstream[300], kdead[310], kworkers[320], kself[200];
+  char kstream[300], kdead[310], kworkers[320], kself[200], kcount[320];
+  /* results: the caller's stream, the last id read, whether to trim to it */
+  char rkey[300], rlast[48];
+  int rtrim;
+  uint64_t lo_chunk; /* replay records below this chunk are deleted */
+  /* a take in flight: replies due (XREAD, script), the group's last id */
+  int tdue, twake;
+  char tlast[48];
+  lmp_broker_batch_t stash; /* own entries read again after a reconnection */
   /* puts not yet acknowledged, sent again after a reconnection */
   char **puts;
   size_t *putlen;
@@ -86,7 +108,7 @@ typedef struct rconn {
 /* A producer's descriptor for event loops (see notify_fd_redis). */
 typedef struct notifier {
   int epfd, tfd;
-  struct rconn w; /* its own connection, parked in BLPOP on the token list */
+  struct rconn w; /* its own connection, parked in XREAD on the results */
   int armed, refused;
   int64_t next_try; /* no connection attempt before this (monotonic ns) */
   char key[310];
@@ -274,8 +296,19 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
     drop(r);
     return rc;
   }
+  int made = rep->type != REDIS_REPLY_ERROR;
   freeReplyObject(rep);
+  if (made) {
+    /* A new group: a new queue, whatever was there before (see state_redis). */
+    rep = redisCommand(r->c, "SET %s:epoch %llx.%x", r->kstream, (unsigned long long)lmp_now_ns(),
+                       (unsigned)getpid());
+    if (rep == NULL)
+      return io_error(b, r, "SET");
+    freeReplyObject(rep);
+  }
   r->fresh = 1;
+  r->tdue = 0;
+  r->tlast[0] = 0;
   return 0;
 }
 
@@ -328,6 +361,7 @@ static int open_redis(lmp_broker_t *b)
   snprintf(r->kdead, sizeof r->kdead, "lmp:q:%s:dead", b->cfg.queue);
   snprintf(r->kworkers, sizeof r->kworkers, "lmp:workers:%s", b->cfg.queue);
   snprintf(r->kself, sizeof r->kself, "lmp:w:%s", b->consumer);
+  snprintf(r->kcount, sizeof r->kcount, "lmp:c:%s:n", b->consumer);
   rc = ensure(b, r, b->cfg.connect_timeout);
   if (rc < 0)
     goto err;
@@ -349,6 +383,7 @@ static void close_redis(lmp_broker_t *b)
     return;
   notifier_free(r->wake);
   drop(r);
+  lmp_broker_batch_free(&r->stash);
   for (int i = 0; i < r->nput; i++)
     free(r->puts[i]);
   free(r->puts);
@@ -454,128 +489,248 @@ static int put_redis(lmp_broker_t *b, const void *msg, size_t len)
   return 0;
 }
 
+/* Append the puts not yet acknowledged, then the count of them to the
+ * producer's counter (after them: a snapshot taken in between shows too few,
+ * never too many); the number of commands appended. */
+static int append_puts(lmp_broker_t *b, rconn *r)
+{
+  (void)b;
+  if (r->nput == 0)
+    return 0;
+  for (int i = 0; i < r->nput; i++) {
+    const char *argv[7] = {"XADD", r->kstream, "*", "m", r->puts[i], "d", "0"};
+    size_t lens[7] = {4, strlen(r->kstream), 1, 1, r->putlen[i], 1, 1};
+    redisAppendCommandArgv(r->c, 7, argv, lens);
+  }
+  redisAppendCommand(r->c, "INCRBY %s %d", r->kcount, r->nput);
+  redisAppendCommand(r->c, "PEXPIRE %s %lld", r->kcount, DAY_MS);
+  return r->nput + 2;
+}
+
+/* Read the n replies of append_puts: 0 (the puts are done with), -EPROTO
+ * (refused; they are dropped, the text in b->err) or -ECONNRESET (the
+ * connection is gone; they are kept, to be sent again). */
+static int read_puts(lmp_broker_t *b, rconn *r, int n)
+{
+  int bad = 0;
+  for (int i = 0; i < n; i++) {
+    void *rep = NULL;
+    if (redisGetReply(r->c, &rep) != REDIS_OK || rep == NULL)
+      return io_error(b, r, "XADD");
+    redisReply *x = rep;
+    if (x->type == REDIS_REPLY_ERROR && !bad)
+      bad = lmp__broker_fail(b, -EPROTO, "XADD: %s", x->str);
+    freeReplyObject(rep);
+  }
+  for (int i = 0; i < r->nput; i++)
+    free(r->puts[i]);
+  r->nput = 0;
+  return bad;
+}
+
 static int flush_redis(lmp_broker_t *b)
 {
   rconn *r = b->conn;
   if (r->nput == 0)
     return 0;
   for (int attempt = 0;; attempt++) {
-    int rc = ensure(b, r, attempt ? RECONNECT_MS : b->cfg.connect_timeout);
+    int rc = ensure(b, r, attempt ? b->patience_ms : b->cfg.connect_timeout);
     if (rc < 0)
       return rc;
-    for (int i = 0; i < r->nput; i++) {
-      const char *argv[7] = {"XADD", r->kstream, "*", "m", r->puts[i], "d", "0"};
-      size_t lens[7] = {4, strlen(r->kstream), 1, 1, r->putlen[i], 1, 1};
-      redisAppendCommandArgv(r->c, 7, argv, lens);
-    }
-    int bad = 0;
-    for (int i = 0; i < r->nput; i++) {
-      void *rep = NULL;
-      if (redisGetReply(r->c, &rep) != REDIS_OK || rep == NULL) {
-        bad = -1;
-        break;
-      }
-      redisReply *x = rep;
-      if (x->type == REDIS_REPLY_ERROR && !bad) {
-        bad = 1;
-        lmp__broker_fail(b, -EPROTO, "XADD: %s", x->str);
-      }
-      freeReplyObject(rep);
-    }
-    if (bad < 0) {
-      io_error(b, r, "XADD");
-      if (attempt < 3)
-        continue; /* the server may hold some of them twice: results are deduplicated */
-      return -ECONNRESET;
-    }
-    for (int i = 0; i < r->nput; i++)
-      free(r->puts[i]);
-    r->nput = 0;
-    return bad ? -EPROTO : 0;
+    rc = read_puts(b, r, append_puts(b, r));
+    /* After a lost connection the server may hold some of them twice: the
+     * replay records drop the second copy at take. */
+    if (rc != -ECONNRESET || attempt >= 3)
+      return rc;
   }
 }
 
-/* Copy the strings of an array reply into out; the number, or -ENOMEM. */
-static int copy_results(redisReply *rep, lmp_broker_batch_t *out)
+/* The id after `id` ("ms-seq" -> "ms-seq+1"), for XTRIM MINID. */
+static void next_id(const char *id, char *out, size_t n)
 {
+  unsigned long long ms = 0, seq = 0;
+  if (sscanf(id, "%llu-%llu", &ms, &seq) != 2)
+    ms = seq = 0;
+  snprintf(out, n, "%llu-%llu", ms, seq + 1);
+}
+
+/* The `r` fields of the entries of an XREAD reply into out; the last id
+ * into last.  The count, or -errno. */
+static int copy_results(lmp_broker_t *b, redisReply *rep, lmp_broker_batch_t *out, char *last,
+                        size_t lastlen)
+{
+  if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 1 || rep->element[0]->elements != 2)
+    return 0; /* nil: nothing came */
+  redisReply *list = rep->element[0]->element[1];
   int n = 0;
-  for (size_t i = 0; rep->type == REDIS_REPLY_ARRAY && i < rep->elements; i++) {
-    redisReply *v = rep->element[i];
-    lmp_broker_msg_t *m = lmp__broker_push(out);
-    if (m == NULL || (m->data = malloc(v->len ? v->len : 1)) == NULL)
-      return -ENOMEM;
-    memcpy(m->data, v->str, v->len);
-    m->len = v->len;
-    n++;
+  for (size_t i = 0; list->type == REDIS_REPLY_ARRAY && i < list->elements; i++) {
+    redisReply *e = list->element[i];
+    if (e->type != REDIS_REPLY_ARRAY || e->elements < 2 || e->element[0]->type != REDIS_REPLY_STRING)
+      return lmp__broker_fail(b, -EPROTO, "unexpected entry in the results");
+    snprintf(last, lastlen, "%s", e->element[0]->str);
+    redisReply *f = e->element[1];
+    for (size_t k = 0; f->type == REDIS_REPLY_ARRAY && k + 1 < f->elements; k += 2) {
+      redisReply *v = f->element[k + 1];
+      if (f->element[k]->len != 1 || f->element[k]->str[0] != 'r' || v->type != REDIS_REPLY_STRING)
+        continue;
+      lmp_broker_msg_t *m = lmp__broker_push(out);
+      if (m == NULL || (m->data = malloc(v->len ? v->len : 1)) == NULL)
+        return -ENOMEM;
+      memcpy(m->data, v->str, v->len);
+      m->len = v->len;
+      n++;
+    }
   }
   return n;
 }
 
+/* Point the reader at a caller's stream (from its start when it is another). */
+static void results_key(rconn *r, const char *caller)
+{
+  char key[300];
+  snprintf(key, sizeof key, "lmp:c:%s", caller);
+  if (strcmp(r->rkey, key) != 0) {
+    snprintf(r->rkey, sizeof r->rkey, "%s", key);
+    snprintf(r->rlast, sizeof r->rlast, "0-0");
+    r->rtrim = 0;
+  }
+}
+
 /*
- * A caller's results are read without popping them: LRANGE from the head,
- * and what was read is trimmed away (LTRIM) in the same round trip as the
- * next read.  So a reply that a broken connection swallows -- the server
- * restarting, say -- loses no result: the read is simply made again.  A
- * trim whose reply was lost is not sent again (it may or may not have been
- * done), so a result may be read twice; callers ignore what they have
- * already settled.  Waiting is BRPOPLPUSH of the list onto itself, which
- * moves nothing anyone needs: it returns once the list is not empty.
+ * A caller's results are a stream that only it reads.  One round trip
+ * sends the puts not yet flushed, trims what the last read returned (XTRIM
+ * MINID: everything up to it) and reads on from there, blocking until the
+ * deadline (at most MAX_BLOCK_MS at a time) for the first result: the XREAD
+ * answers with the results themselves as soon as one is added.  A read
+ * whose reply a broken connection swallowed is simply made again from the
+ * same id, so no result is lost; a result may be read twice (a task run
+ * twice), and callers ignore what they have already settled.
  */
+static void notifier_arm(lmp_broker_t *b, struct notifier *n);
+
+static int read_results(lmp_broker_t *b, const char *caller, int max, int64_t deadline,
+                        lmp_broker_batch_t *out)
+{
+  rconn *r = b->conn;
+  char count[16];
+  snprintf(count, sizeof count, "%d", max > 0 ? max : 1);
+  results_key(r, caller);
+  for (int lost = 0;;) {
+    int rc = ensure(b, r, b->patience_ms);
+    if (rc < 0)
+      return rc;
+    int nput = append_puts(b, r), trim = r->rtrim;
+    if (trim) {
+      char from[48];
+      next_id(r->rlast, from, sizeof from);
+      redisAppendCommand(r->c, "XTRIM %s MINID %s", r->rkey, from);
+    }
+    int64_t left = deadline == LMP_FOREVER ? MAX_BLOCK_MS : (deadline - lmp_now_ns()) / 1000000;
+    if (left > MAX_BLOCK_MS)
+      left = MAX_BLOCK_MS;
+    if (left > 0)
+      redisAppendCommand(r->c, "XREAD COUNT %s BLOCK %lld STREAMS %s %s", count, (long long)left,
+                         r->rkey, r->rlast);
+    else
+      redisAppendCommand(r->c, "XREAD COUNT %s STREAMS %s %s", count, r->rkey, r->rlast);
+    rc = read_puts(b, r, nput);
+    if (rc == -ECONNRESET && ++lost <= 3)
+      continue;
+    if (rc < 0) {
+      drop(r); /* the replies behind are not read */
+      return rc;
+    }
+    redisReply *reps[2];
+    if (read_replies(b, r, reps, trim + 1, "XREAD") < 0) {
+      if (++lost <= 3)
+        continue;
+      return -ECONNRESET;
+    }
+    r->rtrim = 0;
+    if (trim)
+      freeReplyObject(reps[0]); /* an old server without MINID keeps them until the TTL */
+    redisReply *rep = reps[trim];
+    if (rep->type == REDIS_REPLY_ERROR)
+      return reply_error(b, rep, "XREAD");
+    int n = copy_results(b, rep, out, r->rlast, sizeof r->rlast);
+    freeReplyObject(rep);
+    if (n != 0) {
+      r->rtrim = n > 0;
+      return n;
+    }
+    if (left <= 0)
+      return 0;
+  }
+}
+
 static int results_redis(lmp_broker_t *b, const char *caller, int max, int64_t deadline,
                          lmp_broker_batch_t *out)
 {
   rconn *r = b->conn;
-  char key[300], last[16];
-  snprintf(key, sizeof key, "lmp:c:%s", caller);
-  snprintf(last, sizeof last, "%d", (max > 0 ? max : 1) - 1);
-  int rc = b->e->flush(b);
+  int rc = read_results(b, caller, max, deadline, out);
+  if (rc >= 0 && r->wake && !r->wake->armed)
+    notifier_arm(b, r->wake);
+  return rc;
+}
+
+/* The producer's count and the queue's epoch (see lmp_broker_state). */
+static int state_redis(lmp_broker_t *b, int64_t *count, char *epoch, size_t epochlen)
+{
+  rconn *r = b->conn;
+  redisReply *reps[2] = {NULL, NULL};
+  int rc = ensure(b, r, b->patience_ms);
   if (rc < 0)
     return rc;
-  for (;;) {
-    rc = ensure(b, r, RECONNECT_MS);
-    if (rc < 0)
-      return rc;
-    int trim = r->trim > 0 && strcmp(r->ckey, key) == 0;
-    if (trim)
-      redisAppendCommand(r->c, "LTRIM %s %d -1", key, r->trim);
-    r->trim = 0;
-    redisAppendCommand(r->c, "LRANGE %s 0 %s", key, last);
-    redisReply *reps[2];
-    if (read_replies(b, r, reps, trim + 1, "LRANGE") < 0)
-      continue;
-    if (trim && reps[0]->type == REDIS_REPLY_ERROR) {
-      freeReplyObject(reps[1]);
-      return reply_error(b, reps[0], "LTRIM");
-    }
-    if (trim)
-      freeReplyObject(reps[0]);
-    redisReply *rep = reps[trim];
-    if (rep->type == REDIS_REPLY_ERROR)
-      return reply_error(b, rep, "LRANGE");
-    int n = copy_results(rep, out);
-    freeReplyObject(rep);
-    if (n > 0) { /* trimmed with the next read */
-      r->trim = n;
-      snprintf(r->ckey, sizeof r->ckey, "%s", key);
-    }
-    if (n != 0)
-      return n;
-    int64_t left = deadline == LMP_FOREVER ? MAX_BLOCK_MS : (deadline - lmp_now_ns()) / 1000000;
-    if (left <= 0)
-      return 0;
-    if (left > MAX_BLOCK_MS)
-      left = MAX_BLOCK_MS;
-    char secs[32];
-    snprintf(secs, sizeof secs, "%.3f", (double)left / 1000.0);
-    rep = redisCommand(r->c, "BRPOPLPUSH %s %s %s", key, key, secs);
-    if (rep == NULL) {
-      io_error(b, r, "BRPOPLPUSH");
-      continue;
-    }
-    if (rep->type == REDIS_REPLY_ERROR)
-      return reply_error(b, rep, "BRPOPLPUSH");
+  rc = b->e->flush(b);
+  if (rc < 0)
+    return rc;
+  redisAppendCommand(r->c, "GET %s", r->kcount);
+  redisAppendCommand(r->c, "GET %s:epoch", r->kstream);
+  rc = read_replies(b, r, reps, 2, "GET");
+  if (rc < 0)
+    return rc;
+  *count = reps[0]->type == REDIS_REPLY_STRING ? strtoll(reps[0]->str, NULL, 10) : 0;
+  snprintf(epoch, epochlen, "%s", reps[1]->type == REDIS_REPLY_STRING ? reps[1]->str : "");
+  freeReplyObject(reps[0]);
+  freeReplyObject(reps[1]);
+  return 0;
+}
+
+/* See lmp_broker_settle. */
+static int settle_redis(lmp_broker_t *b, const char *caller, uint64_t lo, int final,
+                        int64_t expires_ms)
+{
+  rconn *r = b->conn;
+  int rc = ensure(b, r, b->patience_ms);
+  if (rc < 0)
+    return rc;
+  int n = 0;
+  uint64_t upto = final && lo > 0 ? (lo - 1) / CHUNK + 1 : lo / CHUNK;
+  if (expires_ms <= 0)
+    expires_ms = DAY_MS;
+  redisAppendCommand(r->c, "SET lmp:c:%s:lo %llu PX %lld", caller, (unsigned long long)lo,
+                     (long long)expires_ms);
+  n++;
+  for (uint64_t k = r->lo_chunk; k < upto; k++, n++)
+    redisAppendCommand(r->c, "UNLINK lmp:c:%s:t:%llu", caller, (unsigned long long)k);
+  if (final) {
+    redisAppendCommand(r->c, "UNLINK lmp:c:%s lmp:c:%s:n", caller, caller);
+    n++;
+  }
+  for (int i = 0; i < n; i++) {
+    void *rep = NULL;
+    if (redisGetReply(r->c, &rep) != REDIS_OK || rep == NULL)
+      return io_error(b, r, "settling");
+    redisReply *x = rep;
+    if (x->type == REDIS_REPLY_ERROR && rc == 0)
+      rc = lmp__broker_fail(b, -EPROTO, "settling: %s", x->str);
     freeReplyObject(rep);
   }
+  if (rc == 0 && upto > r->lo_chunk)
+    r->lo_chunk = upto;
+  if (final)
+    r->rkey[0] = 0;
+  return rc;
 }
 
 /* === consumer === */
@@ -602,88 +757,278 @@ static int own_counts(lmp_broker_t *b, rconn *r, lmp_broker_batch_t *out, int fr
   return 0;
 }
 
-static int take_redis(lmp_broker_t *b, int max, int64_t block_ms, lmp_broker_batch_t *out)
+/*
+ * The take: new entries for this consumer, each task's replay record set
+ * in the same step.  KEYS[1] the stream; ARGV: group, consumer, count, the
+ * expiry of a record whose task has none (wall ms).  A task id is read
+ * from the message's header (broker.c: 'L' 2 kind idlen id stamp expires
+ * ...), unchecked: a forged header can only get its own entry dropped or
+ * delivered, and a delivered one is verified by the worker.  Returns the
+ * group's last delivered id (where the next XREAD waits from), then the
+ * entries to deliver.
+ */
+static const char TAKE_SCRIPT[] =
+    "local s, g = KEYS[1], ARGV[1]\n"
+    "local r = redis.call('XREADGROUP', 'GROUP', g, ARGV[2], 'COUNT', ARGV[3], 'STREAMS', s, '>')\n"
+    "local out, los = {'0-0'}, {}\n"
+    "for _, e in ipairs(r and r[1][2] or {}) do\n"
+    "  local f, m, keep = e[2], nil, true\n"
+    "  for i = 1, #f, 2 do if f[i] == 'm' then m = f[i + 1] end end\n"
+    "  if m and #m >= 53 and string.byte(m, 1) == 76 and string.byte(m, 2) == 2 then\n"
+    "    local n = string.byte(m, 4)\n"
+    "    local caller, seq = string.match(string.sub(m, 5, 4 + n), '^(.+)%.(%d+)$')\n"
+    "    seq = tonumber(seq)\n"
+    "    if caller and seq then\n"
+    "      local lo = los[caller]\n"
+    "      if lo == nil then\n"
+    "        lo = tonumber(redis.call('GET', 'lmp:c:' .. caller .. ':lo')) or 0\n"
+    "        los[caller] = lo\n"
+    "      end\n"
+    "      local k = 'lmp:c:' .. caller .. ':t:' .. math.floor(seq / " "65536" ")\n"
+    "      if seq < lo or redis.call('SETBIT', k, seq % " "65536" ", 1) == 1 then\n"
+    "        keep = false\n"
+    "      else\n"
+    "        local x = 0\n"
+    "        for i = 13 + n, 20 + n do x = x * 256 + string.byte(m, i) end\n"
+    "        redis.call('PEXPIREAT', k, x > 0 and x or ARGV[4])\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "  if keep then\n"
+    "    out[#out + 1] = e\n"
+    "  else\n"
+    "    redis.call('XACK', s, g, e[1])\n"
+    "    redis.call('XDEL', s, e[1])\n"
+    "  end\n"
+    "end\n"
+    "for _, x in ipairs(redis.call('XINFO', 'GROUPS', s)) do\n"
+    "  local name, last\n"
+    "  for i = 1, #x, 2 do\n"
+    "    if x[i] == 'name' then name = x[i + 1] elseif x[i] == 'last-delivered-id' then last = x[i + 1] end\n"
+    "  end\n"
+    "  if name == g then out[1] = last end\n"
+    "end\n"
+    "return out\n";
+
+/* Drop the replay record of the task a message carries, so that the entry
+ * put back for it is delivered; the number of commands appended (0 for a
+ * message without a task id of the form caller.seq). */
+static int append_unmark(rconn *r, const char *data, size_t len)
 {
-  rconn *r = b->conn;
-  char count[16], block[24];
-  int rc = ensure(b, r, RECONNECT_MS);
-  if (rc < 0)
-    return rc;
-  snprintf(count, sizeof count, "%d", max > 0 ? max : 1);
-  if (r->fresh) {
-    redisReply *rep = redisCommand(r->c, "XREADGROUP GROUP " GROUP " %s COUNT %s STREAMS %s 0",
-                                   b->consumer, count, r->kstream);
-    if (rep == NULL)
+  lmp_broker_view_t v;
+  char id[256];
+  if (lmp_broker_peek(data, len, &v) < 0 || v.idlen >= sizeof id)
+    return 0;
+  memcpy(id, v.id, v.idlen);
+  id[v.idlen] = 0;
+  char *dot = strrchr(id, '.'), *end;
+  if (dot == NULL || dot == id || dot[1] == 0)
+    return 0;
+  unsigned long long seq = strtoull(dot + 1, &end, 10);
+  if (*end)
+    return 0;
+  *dot = 0;
+  redisAppendCommand(r->c, "SETBIT lmp:c:%s:t:%llu %llu 0", id, seq / CHUNK, seq % CHUNK);
+  return 1;
+}
+
+/* Write out what was appended, without waiting for replies. */
+static int send_all(lmp_broker_t *b, rconn *r)
+{
+  int done = 0;
+  while (!done)
+    if (redisBufferWrite(r->c, &done) != REDIS_OK)
       return io_error(b, r, "XREADGROUP");
-    if (rep->type == REDIS_REPLY_ERROR)
-      return reply_error(b, rep, "XREADGROUP");
-    int from = out->n, n = 0;
-    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 1 && rep->element[0]->elements == 2)
-      n = add_entries(b, rep->element[0]->element[1], out, 1);
-    freeReplyObject(rep);
-    if (n < 0)
-      return n;
-    /* Once: what is still pending later is running here (its lease is
-     * renewed) or will lapse and be reclaimed. */
-    r->fresh = 0;
-    if (n > 0) {
-      rc = own_counts(b, r, out, from);
-      return rc < 0 ? rc : n;
-    }
+  return 0;
+}
+
+/* A reply, waiting for it when `wait`, else 0 if it has not come yet. */
+static int next_reply(lmp_broker_t *b, rconn *r, int wait, redisReply **out)
+{
+  void *rep = NULL;
+  *out = NULL;
+  if (redisGetReplyFromReader(r->c, &rep) != REDIS_OK)
+    return io_error(b, r, "XREADGROUP");
+  if (rep == NULL && wait) {
+    if (redisGetReply(r->c, &rep) != REDIS_OK || rep == NULL)
+      return io_error(b, r, "XREADGROUP");
+  } else if (rep == NULL) {
+    struct pollfd pfd = {r->c->fd, POLLIN, 0};
+    if (poll(&pfd, 1, 0) <= 0)
+      return 0;
+    if (redisBufferRead(r->c) != REDIS_OK || redisGetReplyFromReader(r->c, &rep) != REDIS_OK)
+      return io_error(b, r, "XREADGROUP");
+    if (rep == NULL)
+      return 0;
   }
-  if (block_ms > MAX_BLOCK_MS)
-    block_ms = MAX_BLOCK_MS;
-  snprintf(block, sizeof block, "%lld", (long long)(block_ms > 0 ? block_ms : 1));
-  redisReply *rep;
-  if (block_ms > 0)
-    rep = redisCommand(r->c, "XREADGROUP GROUP " GROUP " %s COUNT %s BLOCK %s STREAMS %s >",
-                       b->consumer, count, block, r->kstream);
-  else
-    rep = redisCommand(r->c, "XREADGROUP GROUP " GROUP " %s COUNT %s STREAMS %s >", b->consumer,
-                       count, r->kstream);
+  *out = rep;
+  return 1;
+}
+
+/* After a reconnection: this consumer's own pending entries (deliveries
+ * whose replies the broken connection swallowed), into r->stash. */
+static int take_own(lmp_broker_t *b, rconn *r, int max)
+{
+  redisReply *rep = redisCommand(r->c, "XREADGROUP GROUP " GROUP " %s COUNT %d STREAMS %s 0",
+                                 b->consumer, max, r->kstream);
   if (rep == NULL)
     return io_error(b, r, "XREADGROUP");
-  if (rep->type == REDIS_REPLY_ERROR) {
-    if (strncmp(rep->str, "NOGROUP", 7) == 0) { /* the stream was deleted: make it again */
-      freeReplyObject(rep);
-      drop(r);
-      return 0;
-    }
+  if (rep->type == REDIS_REPLY_ERROR)
     return reply_error(b, rep, "XREADGROUP");
-  }
   int n = 0;
   if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 1 && rep->element[0]->elements == 2)
-    n = add_entries(b, rep->element[0]->element[1], out, 1);
+    n = add_entries(b, rep->element[0]->element[1], &r->stash, 1);
   freeReplyObject(rep);
+  if (n < 0)
+    return n;
+  /* Once: what is still pending later is running here (its lease is
+   * renewed) or will lapse and be reclaimed. */
+  r->fresh = 0;
+  if (n > 0) {
+    int rc = own_counts(b, r, &r->stash, 0);
+    if (rc < 0)
+      return rc;
+  }
   return n;
 }
 
-/* Append SET NX + RPUSH + PEXPIRE of one result; the number of commands. */
-/* Store a result and push it to its caller's list; with `token`, the
- * caller's wake-up token too (the last result of a batch for that caller
- * is enough).  The number of commands appended. */
-static int append_result(lmp_broker_t *b, rconn *r, const lmp_broker_done_t *d, int token)
+static int take_send_redis(lmp_broker_t *b, int max, int64_t block_ms)
 {
-  char rkey[320], ckey[300], ttl[24];
-  snprintf(rkey, sizeof rkey, "lmp:r:%s", d->task_id);
+  rconn *r = b->conn;
+  char count[16], expiry[24];
+  if (r->tdue)
+    return 0;
+  if (r->stash.n > 0)
+    return 1;
+  int rc = ensure(b, r, b->patience_ms);
+  if (rc < 0)
+    return rc;
+  if (max <= 0)
+    max = 1;
+  if (r->fresh && (rc = take_own(b, r, max)) != 0)
+    return rc < 0 ? rc : 1;
+  if (block_ms > MAX_BLOCK_MS)
+    block_ms = MAX_BLOCK_MS;
+  r->twake = block_ms > 0 && r->tlast[0];
+  if (r->twake)
+    redisAppendCommand(r->c, "XREAD COUNT 1 BLOCK %lld STREAMS %s %s", (long long)block_ms,
+                       r->kstream, r->tlast);
+  snprintf(count, sizeof count, "%d", max);
+  snprintf(expiry, sizeof expiry, "%lld", (long long)(lmp__wall_ms() + DAY_MS));
+  const char *argv[] = {"EVAL", TAKE_SCRIPT, "1", r->kstream, GROUP, b->consumer, count, expiry};
+  size_t lens[8];
+  for (int i = 0; i < 8; i++)
+    lens[i] = strlen(argv[i]);
+  redisAppendCommandArgv(r->c, 8, argv, lens);
+  r->tdue = r->twake + 1;
+  rc = send_all(b, r);
+  if (rc < 0)
+    r->tdue = 0;
+  return rc;
+}
+
+static int take_reply(lmp_broker_t *b, rconn *r, lmp_broker_batch_t *out, int wait)
+{
+  if (r->stash.n > 0) {
+    int n = r->stash.n;
+    for (int i = 0; i < n; i++) {
+      lmp_broker_msg_t *m = lmp__broker_push(out);
+      if (m == NULL)
+        return -ENOMEM;
+      *m = r->stash.msg[i];
+    }
+    r->stash.n = 0; /* the strings moved to out */
+    return n;
+  }
+  while (r->tdue > 0) {
+    redisReply *rep;
+    int rc = next_reply(b, r, wait, &rep);
+    if (rc <= 0) {
+      if (rc < 0)
+        r->tdue = 0;
+      return rc < 0 ? rc : -EAGAIN;
+    }
+    if (r->tdue-- == 2) { /* the XREAD: only a wake-up */
+      int refused = rep->type == REDIS_REPLY_ERROR;
+      if (refused) {
+        r->tdue = 0;
+        drop(r);
+        return reply_error(b, rep, "XREAD");
+      }
+      freeReplyObject(rep);
+      continue;
+    }
+    if (rep->type == REDIS_REPLY_ERROR) {
+      if (strstr(rep->str, "NOGROUP")) { /* the stream was deleted: make it again */
+        freeReplyObject(rep);
+        drop(r);
+        return 0;
+      }
+      return reply_error(b, rep, "taking tasks");
+    }
+    int n = 0;
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements >= 1) {
+      redisReply *last = rep->element[0];
+      if (last->type == REDIS_REPLY_STRING)
+        snprintf(r->tlast, sizeof r->tlast, "%s", last->str);
+      for (size_t i = 1; i < rep->elements && n >= 0; i++) {
+        int k = add_entry(out, rep->element[i], 1);
+        n = k < 0 ? lmp__broker_fail(b, k, "unexpected stream entry in the reply") : n + (k == 0);
+      }
+    }
+    freeReplyObject(rep);
+    return n;
+  }
+  return 0;
+}
+
+static int take_recv_redis(lmp_broker_t *b, lmp_broker_batch_t *out)
+{
+  rconn *r = b->conn;
+  if (r->c == NULL && r->stash.n == 0)
+    return 0; /* dropped: the next take_send connects again */
+  return take_reply(b, r, out, 0);
+}
+
+static void take_cancel_redis(lmp_broker_t *b)
+{
+  rconn *r = b->conn;
+  if (r->tdue)
+    drop(r); /* what the script may have taken comes back as our own pending */
+  r->tdue = 0;
+}
+
+static int take_redis(lmp_broker_t *b, int max, int64_t block_ms, lmp_broker_batch_t *out)
+{
+  rconn *r = b->conn;
+  int rc = take_send_redis(b, max, block_ms);
+  if (rc < 0)
+    return rc;
+  rc = take_reply(b, r, out, 1);
+  if (rc == 0 && !r->twake && block_ms > 0) {
+    /* the first take only learns where to wait from: wait now */
+    rc = take_send_redis(b, max, block_ms);
+    if (rc >= 0)
+      rc = take_reply(b, r, out, 1);
+  }
+  return rc;
+}
+
+/* Add a result to its caller's stream; with `expire`, set the stream's
+ * time to live too (the last result of a batch for that caller is
+ * enough).  The number of commands appended. */
+static int append_result(lmp_broker_t *b, rconn *r, const lmp_broker_done_t *d, int expire)
+{
+  char ckey[300], ttl[24];
   snprintf(ckey, sizeof ckey, "lmp:c:%s", d->caller);
-  snprintf(ttl, sizeof ttl, "%lld", (long long)b->cfg.result_ttl);
-  const char *set[6] = {"SET", rkey, d->data, "NX", "PX", ttl};
-  size_t setl[6] = {3, strlen(rkey), d->len, 2, 2, strlen(ttl)};
-  redisAppendCommandArgv(r->c, 6, set, setl);
-  const char *push[3] = {"RPUSH", ckey, d->data};
-  size_t pushl[3] = {5, strlen(ckey), d->len};
-  redisAppendCommandArgv(r->c, 3, push, pushl);
-  const char *exp[3] = {"PEXPIRE", ckey, ttl};
-  size_t expl[3] = {7, strlen(ckey), strlen(ttl)};
-  redisAppendCommandArgv(r->c, 3, exp, expl);
-  if (!token)
-    return 3;
-  /* one token at most, gone with the results */
-  redisAppendCommand(r->c, "RPUSH %s:w 1", ckey);
-  redisAppendCommand(r->c, "LTRIM %s:w -1 -1", ckey);
-  redisAppendCommand(r->c, "PEXPIRE %s:w %s", ckey, ttl);
-  return 6;
+  snprintf(ttl, sizeof ttl, "%lld", (long long)(d->ttl_ms > 0 ? d->ttl_ms : b->cfg.result_ttl));
+  const char *add[5] = {"XADD", ckey, "*", "r", d->data};
+  size_t addl[5] = {4, strlen(ckey), 1, 1, d->len};
+  redisAppendCommandArgv(r->c, 5, add, addl);
+  if (!expire)
+    return 1;
+  redisAppendCommand(r->c, "PEXPIRE %s %s", ckey, ttl);
+  return 2;
 }
 
 /* The words of one command, built up for redisCommandArgv. */
@@ -748,7 +1093,7 @@ static int transact(lmp_broker_t *b, builder build, const void *arg, const char 
 {
   rconn *r = b->conn;
   for (int attempt = 0;; attempt++) {
-    int rc = ensure(b, r, RECONNECT_MS);
+    int rc = ensure(b, r, b->patience_ms);
     if (rc < 0)
       return rc;
     redisAppendCommand(r->c, "MULTI");
@@ -828,10 +1173,13 @@ static int build_move(lmp_broker_t *b, rconn *r, const void *arg)
   int cmds = 0;
   snprintf(d, sizeof d, "%u", a->count);
   size_t hl = strlen(a->m->history ? a->m->history : "");
-  char *h = malloc(hl + strlen(b->consumer) + strlen(a->reason) + 8);
+  char *h = malloc(hl + strlen(b->consumer) + (a->reason ? strlen(a->reason) : 0) + 8);
   if (h == NULL)
     return -ENOMEM;
-  sprintf(h, "%s%s: %s\n", a->m->history ? a->m->history : "", b->consumer, a->reason);
+  if (a->reason)
+    sprintf(h, "%s%s: %s\n", a->m->history ? a->m->history : "", b->consumer, a->reason);
+  else
+    strcpy(h, a->m->history ? a->m->history : "");
   const char *argv[9] = {"XADD", a->dest, "*", "m", a->m->data, "d", d, "h", h};
   size_t lens[9] = {4, strlen(a->dest), 1, 1, a->m->len, 1, strlen(d), 1, strlen(h)};
   redisAppendCommandArgv(r->c, 9, argv, lens);
@@ -839,6 +1187,8 @@ static int build_move(lmp_broker_t *b, rconn *r, const void *arg)
   cmds++;
   if (a->result)
     cmds += append_result(b, r, a->result, 1);
+  if (strcmp(a->dest, r->kstream) == 0) /* a new delivery: lift the replay record */
+    cmds += append_unmark(r, a->m->data, a->m->len);
   const char *ids[1] = {a->m->id};
   return cmds + append_ackdel(r, ids, 1);
 }
@@ -949,7 +1299,7 @@ static void drop_vanished(lmp_broker_t *b, rconn *r, int64_t vt_ms)
 static int reclaim_redis(lmp_broker_t *b, int64_t idle_ms, int max, lmp_broker_batch_t *out)
 {
   rconn *r = b->conn;
-  int rc = ensure(b, r, RECONNECT_MS);
+  int rc = ensure(b, r, b->patience_ms);
   if (rc < 0)
     return rc;
   drop_vanished(b, r, idle_ms);
@@ -1033,7 +1383,7 @@ static int set_visibility_redis(lmp_broker_t *b, int64_t ms)
 static int get_visibility_redis(lmp_broker_t *b, int64_t *ms)
 {
   rconn *r = b->conn;
-  int rc = ensure(b, r, RECONNECT_MS);
+  int rc = ensure(b, r, b->patience_ms);
   if (rc < 0)
     return rc;
   redisReply *rep = redisCommand(r->c, "GET %s:vt", r->kstream);
@@ -1155,16 +1505,15 @@ static int unregister_redis(lmp_broker_t *b)
  *
  * An event loop wants a descriptor that turns readable when results come.
  * The results connection cannot be it (it is busy with whatever the pool
- * does next), and a second connection parked on the results list could not
- * use BRPOPLPUSH there without racing the reader's LRANGE and LTRIM.  So
- * every result also pushes a token to lmp:c:<caller>:w (kept to one), and
- * the notifier's own connection is parked in BLPOP on that list: its reply
- * is the wake-up.  The descriptor handed out is an epoll set holding that
+ * does next), so the notifier's own connection is parked in XREAD BLOCK on
+ * the caller's results stream after the last id the reader has read: its
+ * reply is the wake-up (a stream is read without being consumed, so the
+ * two never race).  The descriptor handed out is an epoll set holding that
  * socket and a timerfd, so it stays the same across reconnections; while no
- * BLPOP is parked (the server is away, or the ACL refuses BLPOP) the timer
+ * XREAD is parked (the server is away, or the ACL refuses it) the timer
  * ticks every WAKE_RETRY_MS instead, as a plain poll would.  The pool calls
- * notify_reset_redis before reading results: a token taken after that read
- * only makes one wake-up too many.
+ * notify_reset_redis before reading results: the XREAD parked then starts
+ * from before that read, which only makes one wake-up too many.
  */
 
 static void notifier_free(notifier *n)
@@ -1187,7 +1536,7 @@ static void notifier_tick(notifier *n, int on)
   timerfd_settime(n->tfd, 0, &its, NULL);
 }
 
-/* Park a BLPOP on the token list, connecting first if need be; on failure
+/* Park an XREAD on the results, connecting first if need be; on failure
  * the timer ticks instead. */
 static void notifier_arm(lmp_broker_t *b, notifier *n)
 {
@@ -1205,7 +1554,9 @@ static void notifier_arm(lmp_broker_t *b, notifier *n)
   }
   if (!n->refused && n->w.c && !n->w.c->err) {
     int done = 0;
-    redisAppendCommand(n->w.c, "BLPOP %s 0", n->key);
+    rconn *r = b->conn;
+    redisAppendCommand(n->w.c, "XREAD COUNT 1 BLOCK 0 STREAMS %s %s", n->key,
+                       strcmp(r->rkey, n->key) == 0 ? r->rlast : "0-0");
     while (!done && redisBufferWrite(n->w.c, &done) == REDIS_OK)
       ;
     if (done)
@@ -1240,7 +1591,7 @@ static int notify_fd_redis(lmp_broker_t *b, const char *caller)
   n->w.user = r->user;
   n->w.pass = r->pass;
   snprintf(n->w.kstream, sizeof n->w.kstream, "%s", r->kstream);
-  snprintf(n->key, sizeof n->key, "lmp:c:%s:w", caller);
+  snprintf(n->key, sizeof n->key, "lmp:c:%s", caller);
   r->wake = n;
   notifier_arm(b, n);
   return n->epfd;
@@ -1266,11 +1617,16 @@ static int notify_reset_redis(lmp_broker_t *b)
       return 0; /* part of the reply */
     } else {
       redisReply *x = rep;
-      if (x->type == REDIS_REPLY_ERROR) {
-        n->refused = strncmp(x->str, "NOPERM", 6) == 0; /* no BLPOP for this user: tick */
+      int refused = x->type == REDIS_REPLY_ERROR;
+      if (refused) {
+        n->refused = strncmp(x->str, "NOPERM", 6) == 0; /* no XREAD for this user: tick */
         drop(&n->w);
       }
       freeReplyObject(rep);
+      if (!refused) {
+        n->armed = 0; /* parked again by the read that follows, after what it reads */
+        return 0;
+      }
     }
   }
   notifier_arm(b, n);
@@ -1286,6 +1642,11 @@ const lmp__broker_engine_t lmp__broker_redis = {
     .flush = flush_redis,
     .results = results_redis,
     .take = take_redis,
+    .take_send = take_send_redis,
+    .take_recv = take_recv_redis,
+    .take_cancel = take_cancel_redis,
+    .state = state_redis,
+    .settle = settle_redis,
     .complete = complete_redis,
     .release = release_redis,
     .bury = bury_redis,

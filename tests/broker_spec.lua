@@ -531,7 +531,7 @@ describe_redis("lmp.Pool on a Redis broker", function()
     local forged = require("lmp.core").broker.seal("not-the-secret", "T", "x.1",
       {v = 504, c = "x", t = 1, f = require("lmp.core").broker.encode(function()
         io.open(mark, "w"):close()
-      end), a = require("lmp.core").broker.encode({}), n = 0})
+      end), a = require("lmp.core").broker.encode({}), n = 0}, "task", q)
     local hex = forged:gsub(".", function(c) return string.format("\\x%02x", c:byte()) end)
     sh(string.format("printf '%s' | redis-cli -p %d -x XADD lmp:q:%s '*' d 0 m", hex, redis.port, q))
     cli("XADD lmp:q:" .. q .. " '*' m garbage d 0")
@@ -672,21 +672,22 @@ describe_redis("lmp.Pool on a Redis broker", function()
 
   it("logs in as an ACL user limited to lmp's keys and commands", function()
     local acl = "ACL SETUSER lmpuser on '>pwA' resetkeys '~lmp:*' resetchannels -@all "
-                .. "+auth +select +ping +multi +exec +xadd +xreadgroup +xack +xdel +xclaim +xpending "
-                .. "'+xgroup|create' +xlen +set +get +rpush +lrange +ltrim +brpoplpush +pexpire +hset +hmget +del +zadd "
-                .. "+zrange +zrem +zremrangebyscore"
+                .. "+auth +select +ping +multi +exec +xadd +xreadgroup +xread +xack +xdel +xclaim +xpending "
+                .. "'+xgroup|create' '+xinfo|groups' +xlen +xtrim +eval +setbit +pexpireat +incrby +unlink "
+                .. "+set +get +pexpire +hset +hmget +del +zadd +zrange +zrem +zremrangebyscore"
     assert.matches("OK", cli(acl))
     local q = new_queue()
     local good = "redis://lmpuser:pw%41@127.0.0.1:" .. redis.port .. "/0" -- %41 is A
     local w = start_worker(q, {url = good})
     local p = lmp.Pool{broker = good, queue = q, secret = SECRET}
     assert.are.same({2, 4, 6}, p:map(function(x) return 2 * x end, {1, 2, 3}))
-    -- no BLPOP for this user: the descriptor ticks instead of announcing
+    -- the descriptor announces a result
     local fd = p:fileno()
-    for _ = 1, 3 do
-      assert.is_true(readable(fd, 5))
-      p:poll()
-    end
+    local r = p:apply_async(function() return 5 end)
+    p:poll()
+    assert.is_true(readable(fd, 5))
+    p:poll()
+    assert.are.equal(5, r:get(5))
     local st = p:stats()
     assert.are.equal(1, #st.workers)
     p:terminate()

@@ -18,8 +18,15 @@
  *   registry   heartbeats of live workers, for `lmp worker --status`
  *
  * Messages are signed with HMAC-SHA256 (OpenSSL) over version, kind, task
- * id, timestamp and payload; lmp_broker_verify checks the tag in constant
- * time before anything else looks at the bytes.
+ * id, timestamp, expiry, queue and payload; lmp_broker_verify checks the tag
+ * in constant time before anything else looks at the bytes.
+ *
+ * Task ids have the form "<caller>.<seq>" (seq a decimal counter of that
+ * caller's tasks): the broker records, per caller, which seqs have been
+ * handed to a worker, so an entry added again to the stream (a replay)
+ * is dropped at take instead of run twice; release() lifts the record for
+ * the new delivery it makes.  A task id of another form is delivered
+ * without that check.
  *
  * Functions return 0 (or a count) or a negative errno: -ECONNREFUSED and
  * -ETIMEDOUT when the engine cannot be reached (lmp_broker_errmsg says more),
@@ -70,6 +77,8 @@ typedef struct lmp_broker_done {
   const char *caller;
   const char *data;
   size_t len;
+  int64_t ttl_ms; /* how long the result waits to be collected; <= 0: the
+                     broker's result_ttl */
 } lmp_broker_done_t;
 
 /* Open a connection; on failure *out is NULL and, when errmsg is given, a
@@ -79,6 +88,10 @@ LMP_API int lmp_broker_open(const lmp_broker_config_t *cfg, lmp_broker_t **out, 
 LMP_API void lmp_broker_close(lmp_broker_t *b);
 /* The last failure, as text ("" if none). */
 LMP_API const char *lmp_broker_errmsg(const lmp_broker_t *b);
+/* How long an operation keeps reconnecting to a broker that went away
+ * before it fails with -ECONNRESET or -ETIMEDOUT (default 60000 ms); a
+ * loop that wants to say it is cut off sets it short. */
+LMP_API void lmp_broker_set_patience(lmp_broker_t *b, int64_t ms);
 /* The descriptor of the connection (readable when a reply is due), or -1. */
 LMP_API int lmp_broker_fileno(const lmp_broker_t *b);
 /* This client's consumer name. */
@@ -95,17 +108,44 @@ LMP_API int lmp_broker_notify_reset(lmp_broker_t *b);
 LMP_API int lmp_broker_put(lmp_broker_t *b, const void *msg, size_t len);
 LMP_API int lmp_broker_flush(lmp_broker_t *b);
 /* Results addressed to `caller`: up to max, waiting until the deadline
- * (absolute, monotonic ns) for the first.  The count, 0 at the deadline. */
+ * (absolute, monotonic ns) for the first.  The count, 0 at the deadline.
+ * Tasks put and not yet flushed are sent in the same round trip.  A result
+ * read is deleted from the broker with the next read (or settle), so one
+ * that a broken connection swallowed is read again, not lost. */
 LMP_API int lmp_broker_results(lmp_broker_t *b, const char *caller, int max, int64_t deadline,
                                lmp_broker_batch_t *out);
+/* What the broker holds of this producer: *count, how many tasks it has
+ * acknowledged from this producer (as counted by flush); epoch, the queue's
+ * identity (made anew whenever its stream and group are created).  A count
+ * below what was flushed, or a changed epoch, means the broker lost state
+ * (flushed, or restarted without persistence): tasks are gone. */
+LMP_API int lmp_broker_state(lmp_broker_t *b, int64_t *count, char *epoch, size_t epochlen);
+/* Every task of `caller` with a seq below `lo` is settled: their replay
+ * records shrink to one number.  With `final`, the caller is done: its
+ * results and counters are deleted, and only that number is left, for
+ * expires_ms (the longest a task of it could still be delivered). */
+LMP_API int lmp_broker_settle(lmp_broker_t *b, const char *caller, uint64_t lo, int final,
+                              int64_t expires_ms);
 
 /* === consumer === */
 
 /* Take up to max tasks, waiting up to block_ms for the first.  After a
- * reconnection the consumer's own unfinished deliveries come back first. */
+ * reconnection the consumer's own unfinished deliveries come back first.
+ * Entries whose task was already handed out (replays) are dropped. */
 LMP_API int lmp_broker_take(lmp_broker_t *b, int max, int64_t block_ms, lmp_broker_batch_t *out);
+/* The same in two halves, for a loop that waits on other descriptors too:
+ * take_send asks (1: the answer is already there, call take_recv; 0: sent,
+ * wait for lmp_broker_fileno to turn readable); take_recv reads it (the
+ * count, or -EAGAIN while it has not come).  Between the two, b serves
+ * nothing else; lmp_broker_take_cancel drops a take that never answers
+ * (its connection is made anew; what it took comes back with the next
+ * take, as after any reconnection). */
+LMP_API int lmp_broker_take_send(lmp_broker_t *b, int max, int64_t block_ms);
+LMP_API int lmp_broker_take_recv(lmp_broker_t *b, lmp_broker_batch_t *out);
+LMP_API void lmp_broker_take_cancel(lmp_broker_t *b);
 LMP_API int lmp_broker_complete(lmp_broker_t *b, const lmp_broker_done_t *done, int n);
-/* Put a delivered task back at once for any consumer; it keeps its count. */
+/* Put a delivered task back at once for any consumer; it keeps its count
+ * (m->deliveries).  A NULL reason adds no line to its history. */
 LMP_API int lmp_broker_release(lmp_broker_t *b, const lmp_broker_msg_t *m, const char *reason);
 /* Move a task to the dead-letter queue with its history; `result`, when
  * given, is published to its caller in the same step. */
@@ -147,24 +187,34 @@ LMP_API void lmp_broker_lease_stop(lmp_broker_t *b);
 enum { LMP_BROKER_TASK = 'T', LMP_BROKER_RESULT = 'R' };
 #define LMP_BROKER_MAC_LEN 32
 
-/* Append to out: the signed message of `kind` for task `id` stamped now
- * (wall clock, ms). */
+/* Append to out: the signed message of `kind` for task `id` of `queue`,
+ * stamped now (wall clock, ms), refused after `expires` (wall ms; 0:
+ * never). */
 LMP_API int lmp_broker_sign(lmp_buf_t *out, const void *key, size_t keylen, int kind,
-                            const char *id, const void *payload, size_t len);
+                            const char *id, const char *queue, int64_t expires,
+                            const void *payload, size_t len);
 
 typedef struct lmp_broker_view {
   int kind;
   const char *id; /* not terminated */
   size_t idlen;
-  int64_t stamp; /* ms since the epoch */
+  int64_t stamp;   /* ms since the epoch */
+  int64_t expires; /* ms since the epoch; 0: never */
+  const char *queue; /* not terminated */
+  size_t qlen;
   const char *payload;
   size_t len;
 } lmp_broker_view_t;
 
 /* Check a signed message: -EBADMSG if malformed or the tag does not match
- * (compared in constant time), -ESTALE if stamped more than max_age_ms ago
- * or more than five minutes ahead.  Fills *v only on success. */
+ * (compared in constant time), -ESTALE if stamped more than max_age_ms ago,
+ * more than five minutes ahead, or past its expiry.  Fills *v only on
+ * success. */
 LMP_API int lmp_broker_verify(const void *msg, size_t len, const void *key, size_t keylen,
                               int64_t max_age_ms, lmp_broker_view_t *v);
+/* The fields of a message, NOT checked (-EBADMSG if it is not laid out as
+ * one): for reporting on an entry that failed its check, never for
+ * trusting it. */
+LMP_API int lmp_broker_peek(const void *msg, size_t len, lmp_broker_view_t *v);
 
 #endif

@@ -5,10 +5,19 @@
 -- A task is one signed message: the function (encoded once per function
 -- object, or once per map call for closures with upvalues), its arguments
 -- or a chunk of a map's items, the caller's id and the delivery policy
--- (visibility_timeout, max_deliveries), sealed with HMAC-SHA256 under the
--- shared secret.  Results come back signed on a list that only this pool
--- reads; one that fails its check is dropped, and so is a second result for
--- a task already settled (delivery is at least once, results exactly once).
+-- (visibility_timeout, max_deliveries, result_ttl), sealed with HMAC-SHA256
+-- under the shared secret with its queue and expiry.  Results come back
+-- signed on a stream that only this pool reads; one that fails its check is
+-- dropped, and so is a second result for a task already settled (delivery
+-- is at least once, results exactly once).
+--
+-- Nothing is left waiting for ever: a task dead-lettered by the workers
+-- (even one they could not read: another secret, an altered entry) sends
+-- this pool a notice that fails it with kind "dead_letter"; and every
+-- visibility_timeout while tasks are out the pool asks the broker what it
+-- holds of it (runtime/broker_redis.c's state): a count below what was sent,
+-- or a queue made anew, means the broker lost them, and they fail with kind
+-- "broker".
 --
 -- Submissions are buffered and sent in one pipelined batch when 512 are
 -- waiting and whenever the pool waits for results (get, wait, join, poll,
@@ -26,6 +35,9 @@ local RESULT_BATCH = 512
 local MAX_AGE = 86400 -- seconds a signed result may have travelled
 local TICK = 0.05 -- seconds between looks of an event loop without a notifier
 local RATE_EVERY, RATE_SPAN = 0.5, 5 -- the rate's samples: how far apart, how far back
+local WORKERS_EVERY = 5 -- seconds a count of the queue's worker processes is kept
+local SETTLE_EVERY = 5 -- seconds between updates of the replay records' low mark
+local LOST_HINT = "run Redis with appendonly yes (docs/guide.md, 'Running Redis so that nothing is lost')"
 
 local check = require "lmp.check"
 local result = require "lmp.result"
@@ -77,36 +89,115 @@ local function worker_entry(w)
           name = w.name, processes = count("processes"), running = running, info = info}
 end
 
+local function broker_error(err)
+  error(lmp.Error("broker", "broker pool: " .. tostring(err)), 0)
+end
+
+-- Settle the pending task `id` (a result, or a failure made here).
+local function settle(pool, id, how, v)
+  local h = pool._pending[id]
+  if h == nil then return end
+  pool._pending[id] = nil
+  pool._inflight = pool._inflight - 1
+  if how == "ok" then pool._done = pool._done + 1 else pool._failed = pool._failed + 1 end
+  h:_settle(how, v)
+end
+
+-- A dead-letter notice: "D", the length of the task's message, the message
+-- as the caller sent it, and its history (unsigned: written by a worker
+-- that may not have been able to read the task).  The task is ours when
+-- its message passes our check; one that does not (altered in Redis) is
+-- named only by the id its header claims.
+local function dead_notice(pool, notice)
+  local ok, n = pcall(string.unpack, ">I4", notice, 2)
+  if not ok or #notice < 5 + n then return false end
+  local msg, history = notice:sub(6, 5 + n), notice:sub(6 + n)
+  local kind, id = core.unseal(pool._secret, msg)
+  local why
+  if kind == "T" then
+    why = "its entry was dead-lettered"
+  else
+    id = core.peek(msg)
+    why = "its entry failed the workers' signature check until it was dead-lettered "
+          .. "(the workers have another secret, or the entry was altered in Redis)"
+  end
+  if id == nil or pool._pending[id] == nil then return kind == "T" end
+  local deliveries = select(2, history:gsub("\n", "\n"))
+  settle(pool, id, "error", lmp.Error("dead_letter", string.format("task %s: %s after %d deliveries; last: %s",
+    id, why, deliveries, (history:match("([^\n]*)\n?$") or "")), {deliveries = deliveries, history = history}))
+  return true
+end
+
+-- Fail what the broker no longer holds: the tasks after the count it has of
+-- this pool (all of them when the queue was made anew).
+local function lost(pool, count, epoch)
+  local first = pool._base + count -- the last seq the broker still counts
+  local what
+  if epoch ~= pool._epoch then
+    first = 0
+    what = string.format("queue '%s' was made anew (its stream and group were gone)", pool._queue)
+  else
+    what = string.format("it holds %d of this pool's %d tasks", count, pool._seq - pool._base)
+  end
+  local ids = {}
+  for id in pairs(pool._pending) do
+    local seq = tointeger(tonumber(id:match("%.(%d+)$")))
+    if seq and seq > first then ids[#ids + 1] = id end
+  end
+  if #ids > 0 then
+    local e = lmp.Error("broker", string.format(
+      "broker pool: the broker lost %d tasks of this pool: %s (Redis was flushed, or restarted without "
+      .. "persistence); %s", #ids, what, LOST_HINT))
+    for i = 1, #ids do settle(pool, ids[i], "error", e) end
+  end
+  pool._epoch, pool._base = epoch, pool._seq - count
+end
+
+-- Every visibility timeout while tasks are out: does the broker still hold
+-- them?  And now and then: lower the replay records' mark.
+local function check_state(pool, t)
+  if t >= pool._next_check and next(pool._pending) ~= nil then
+    pool._next_check = t + pool._vt
+    local count, epoch = pool._conn:state()
+    if not count then broker_error(epoch) end
+    if epoch ~= pool._epoch or count < pool._seq - pool._base then lost(pool, count, epoch) end
+  end
+  if t >= pool._next_settle then
+    pool._next_settle = t + SETTLE_EVERY
+    local lo = pool._seq + 1
+    for id in pairs(pool._pending) do
+      local seq = tointeger(tonumber(id:match("%.(%d+)$")))
+      if seq and seq < lo then lo = seq end
+    end
+    if lo > pool._lo then
+      pool._lo = lo
+      pool._conn:settle(pool._caller, lo, false, pool._expires)
+    end
+  end
+end
+
 -- Take what has arrived (waiting until the deadline for the first) and
 -- settle it; "timeout" when nothing came and the deadline has passed.
 local function dispatch(pool, deadline)
   local conn = pool._conn
   if pool._wakefd then conn:notify_reset() end -- before reading: no wake-up lost
-  local timeout
-  if deadline then timeout = math.max(0, deadline - now()) end
+  local t = now()
+  check_state(pool, t)
+  -- wait no longer than the next check
+  local timeout = next(pool._pending) ~= nil and math.max(0, pool._next_check - t) or nil
+  if deadline then timeout = math.min(timeout or math.huge, math.max(0, deadline - t)) end
   local msgs, err = conn:results(pool._caller, RESULT_BATCH, timeout)
-  if not msgs then
-    error(lmp.Error("broker", "broker pool: " .. tostring(err)), 0)
-  end
-  local pending, key = pool._pending, pool._secret
+  if not msgs then broker_error(err) end
+  local key = pool._secret
   for i = 1, #msgs do
     local kind, id, body = core.unseal(key, msgs[i], MAX_AGE)
     if kind == "R" and type(body) == "table" then
-      local h = pending[id]
-      if h ~= nil then
-        pending[id] = nil
-        pool._inflight = pool._inflight - 1
-        local s, v = body.s, body.v
-        -- r: the value as the worker's pool wrote it, which the worker passed on unread
-        if type(body.r) == "string" then v = core.decode(body.r) end
-        if s == "ok" then pool._done = pool._done + 1 else pool._failed = pool._failed + 1 end
-        if s == "dead" then
-          h:_settle("error", dead_error(v))
-        else
-          h:_settle(s, v)
-        end
-      end
-    else
+      local s, v = body.s, body.v
+      -- r: the value as the worker's pool wrote it, which the worker passed on unread
+      if pool._pending[id] ~= nil and type(body.r) == "string" then v = core.decode(body.r) end
+      if s == "dead" then s, v = "error", dead_error(v) end
+      settle(pool, id, s, v)
+    elseif msgs[i]:sub(1, 1) ~= "D" or not dead_notice(pool, msgs[i]) then
       pool._refused = pool._refused + 1
     end
   end
@@ -134,17 +225,34 @@ local function submit(pool, tag, fr, args, n)
   pool._seq = seq
   local id = pool._caller .. "." .. seq
   local body = {v = core.lua_version, c = pool._caller, t = tag, f = fr,
-                a = core.encode(args, "args"), n = n, vt = pool._vt, md = pool._md}
-  local ok, err = pool._conn:put(core.seal(pool._secret, "T", id, body))
+                a = core.encode(args, "args"), n = n, vt = pool._vt, md = pool._md, rt = pool._rt}
+  local ok, err = pool._conn:put(core.seal(pool._secret, "T", id, body, "task", pool._queue,
+                                           os.time() + pool._expires))
   if not ok then error(lmp.Error("broker", "broker pool: " .. tostring(err)), 0) end
   pool._inflight = pool._inflight + 1
   return id
 end
 
--- A broker pool does not know how many workers serve it: chunks of about
--- n/32 items, at most 1000, keep many workers busy and messages small.
+-- How many processes serve the queue, as the workers' heartbeats say
+-- (looked up at most every WORKERS_EVERY seconds); nil if none is known.
+local function processes(pool)
+  local t = now()
+  if t >= pool._procs_at then
+    pool._procs_at = t + WORKERS_EVERY
+    local total = 0
+    for _, w in ipairs(pool._conn:workers() or {}) do total = total + (worker_entry(w).processes or 0) end
+    pool._procs = total > 0 and total or nil
+  end
+  return pool._procs
+end
+
+-- Eight chunks per process serving the queue (at most 1000 items each):
+-- fine enough that every worker, one that joins late too, gets a share and
+-- the last chunks end close together; coarse enough to keep messages few.
+-- Without a worker to count, chunks of about n/32 items.
 local function default_chunksize(pool, n)
-  return math.max(1, math.min(1000, (n + 31) // 32))
+  local p = processes(pool)
+  return math.max(1, math.min(1000, p and -(-n // (8 * p)) or (n + 31) // 32))
 end
 
 -- The notifier's descriptor, made on first use; nil if it cannot be (or
@@ -220,7 +328,18 @@ function Pool:terminate()
   settle_all(self, lmp.Error("cancelled", "the pool was terminated"))
   self._inflight = 0
   run_callbacks(self)
+  self:_forget()
   self._conn:close()
+end
+
+-- The pool is done with the broker: its results, counters and replay
+-- records go, but the mark that refuses a replay of any of its tasks
+-- (kept until they would have expired).  Best effort: the keys expire.
+function Pool:_forget()
+  if self._forgotten then return end
+  self._forgotten = true
+  self._conn:flush()
+  self._conn:settle(self._caller, self._seq + 1, true, self._expires)
 end
 
 --- Wait until every task sent has its result, after close().
@@ -232,6 +351,7 @@ function Pool:join()
   run_callbacks(self)
   if self._state == "terminate" then return end
   while next(self._pending) ~= nil do dispatch(self, nil) end
+  self:_forget()
 end
 
 --- Deliver what has arrived and run due callbacks, without blocking: the
@@ -279,8 +399,11 @@ end
 function Pool:stats()
   checkself(self, Pool, "stats")
   local waiting, dead = self._conn:counts()
+  if not waiting then broker_error(dead) end
+  local list, err = self._conn:workers()
+  if not list then broker_error(err) end
   local workers, running = {}, 0
-  for i, w in ipairs(self._conn:workers() or {}) do
+  for i, w in ipairs(list) do
     workers[i] = worker_entry(w)
     running = running + workers[i].running
   end
@@ -303,7 +426,7 @@ end
 -- === the constructor ===
 
 local pool_keys = {broker = true, queue = true, visibility_timeout = true, max_deliveries = true,
-                   secret = true, connect_timeout = true, result_ttl = true}
+                   secret = true, connect_timeout = true, result_ttl = true, expires = true}
 
 local function field(o, name, ok, msg)
   if o[name] ~= nil and not ok(o[name]) then argerror(1, "Pool", "field '" .. name .. "' " .. msg) end
@@ -324,7 +447,7 @@ end
 
 --- lmp.Pool{broker = "redis://[user:pass@]host:port/db", queue = "default",
 ---          visibility_timeout = 30, max_deliveries = 5, secret = "...",
----          connect_timeout = 5, result_ttl = 3600}
+---          connect_timeout = 5, result_ttl = 3600, expires = 86400}
 function M.Pool(o, ...)
   if select("#", ...) > 0 then argerror(2, "Pool", "no arguments expected after the options table") end
   checkoptions(o, 1, "Pool", pool_keys)
@@ -335,6 +458,7 @@ function M.Pool(o, ...)
   field(o, "secret", str, "must be a non-empty string")
   field(o, "connect_timeout", positive, "must be a positive number")
   field(o, "result_ttl", positive, "must be a positive number")
+  field(o, "expires", positive, "must be a positive number")
   if o.broker then checkcstring(o.broker, 1, "Pool", "field 'broker'") end
   if o.queue then checkcstring(o.queue, 1, "Pool", "field 'queue'") end
   local secret = M.secret(o.secret, "Pool")
@@ -344,10 +468,15 @@ function M.Pool(o, ...)
   local vt = o.visibility_timeout or 30
   local ok, verr = conn:visibility(vt)
   if not ok then error(lmp.Error("broker", "Pool: " .. tostring(verr)), 0) end
+  local count, epoch = conn:state()
+  if not count then error(lmp.Error("broker", "Pool: " .. tostring(epoch)), 0) end
+  local t = now()
   return setmetatable({_conn = conn, _url = o.broker, _queue = queue, _secret = secret,
                        _caller = conn:consumer(), _seq = 0, _pending = {}, _inflight = 0,
-                       _refused = 0, _done = 0, _failed = 0, _rs = {{now(), 0}}, _cbq = result.new_queue(), _state = "run",
-                       _vt = vt, _md = tointeger(o.max_deliveries) or 5},
+                       _refused = 0, _done = 0, _failed = 0, _rs = {{t, 0}}, _cbq = result.new_queue(), _state = "run",
+                       _vt = vt, _md = tointeger(o.max_deliveries) or 5, _rt = o.result_ttl or 3600,
+                       _expires = math.ceil(o.expires or 86400), _epoch = epoch, _base = -count,
+                       _next_check = t + vt, _next_settle = t + SETTLE_EVERY, _lo = 0, _procs_at = 0},
                       Pool)
 end
 

@@ -46,7 +46,7 @@ usage: lmp worker URL [--queue NAME] [--processes N] [options]
   URL                    redis://[user:password@]host:port/db
   --queue NAME           queue to serve (default "default")
   --processes N          local pool size (default: number of CPUs)
-  --prefetch N           tasks held per process (default 8)
+  --prefetch N           tasks held per process (default: adaptive, see below)
   --visibility-timeout S reclaim tasks idle this long (default 30; a lower
                          visibility_timeout of the queue's pools wins)
   --max-deliveries N     deliveries of an entry this worker refuses (bad
@@ -56,6 +56,12 @@ usage: lmp worker URL [--queue NAME] [--processes N] [options]
   --max-age S            refuse tasks signed longer ago (default 86400)
   --task-timeout S       kill a task running longer (kind "timeout")
   --secret-file PATH     the shared secret (default: LMP_SECRET)
+By default a worker holds, besides a task for each free process, about 20 ms
+of work at the rate its tasks finish (at most 256 per process): tiny tasks
+come in large batches, long ones one per process, and work it has not started
+within 0.2 s goes back to the queue for an idle worker.  --prefetch N holds
+N per process instead, always (faster for floods of tiny tasks, unfair when
+tasks are long).
 ]]
 
 local function say(fmt, ...)
@@ -149,6 +155,13 @@ end
 
 -- === serving ===
 
+local BUFFER = 0.02 -- seconds of work a worker reserves beyond its free processes
+local MAX_PREFETCH = 256 -- the most tasks reserved per process
+local HOLD = 0.2 -- seconds a reserved task may wait for a local process before it goes back
+local PATIENCE = 1 -- seconds a broker call reconnects before the loop hears of it
+local ANSWER = 3 -- seconds past its blocking time a take may take to answer
+local TICK = 0.1 -- the loop's timers: give-back, rate, heartbeat text
+
 local Worker = {}
 Worker.__index = Worker
 
@@ -166,48 +179,85 @@ function Worker:info()
                        #ids > 0 and " tasks=" .. table.concat(ids, ",") or "")
 end
 
--- Queue a sealed result for the next batch of completions.
+-- The broker could not be reached: said once, until it can again.
+function Worker:cut(err)
+  if not self.cut_since then
+    self.cut_since = now()
+    say("cut off from the broker: %s; retrying", err)
+  end
+end
+
+function Worker:back()
+  if self.cut_since then
+    say("back in touch with the broker after %.1f s", now() - self.cut_since)
+    self.cut_since = nil
+  end
+end
+
+-- How many tasks to hold: the fixed --prefetch per process, or by default
+-- the free processes plus BUFFER seconds of work at the rate tasks finish
+-- here, so that a worker keeps busy across a round trip to the broker but
+-- does not sit on work that another worker could start.
+function Worker:depth()
+  if self.prefetch then return self.n * self.prefetch end
+  return self.n + math.min(self.n * MAX_PREFETCH, math.floor(self.rate * BUFFER))
+end
+
+-- Queue a sealed result for the next batch of completions (its lease is
+-- kept until the batch is published).
 function Worker:complete(t, sealed, ok)
   local b = self.batch
-  b[#b + 1] = {t.msg.id, t.id, t.caller, sealed, ok}
-  self:forget(t)
+  b[#b + 1] = {t.msg.id, t.id, t.caller, sealed, ok, t.rt}
+  self:forget(t, true)
+  self.finished = self.finished + 1
 end
 
 -- Queue a signed result made here (an error, or a value decoded here).
 function Worker:publish(t, status, value)
-  local ok, sealed = pcall(core.seal, self.secret, "R", t.id, {s = status, v = value}, "result")
+  local ok, sealed = pcall(core.seal, self.secret, "R", t.id, {s = status, v = value}, "result", self.queue)
   if not ok then
     sealed = core.seal(self.secret, "R", t.id, {s = "error", v = lmp.is_error(sealed) and sealed
-                                                or lmp.Error("serialize", tostring(sealed))}, "result")
+                                                or lmp.Error("serialize", tostring(sealed))}, "result", self.queue)
   end
   self:complete(t, sealed, ok and status == "ok")
 end
 
 -- Queue a signed result whose value is a pool worker's reply, unread.
 function Worker:forward(t, status, bytes)
-  self:complete(t, core.seal(self.secret, "R", t.id, {s = status, r = bytes}, "result"), status == "ok")
+  self:complete(t, core.seal(self.secret, "R", t.id, {s = status, r = bytes}, "result", self.queue),
+                status == "ok")
 end
 
-function Worker:forget(t)
+function Worker:forget(t, keep_lease)
   if self.running[t.msg.id] then
     self.running[t.msg.id] = nil
     self.nrunning = self.nrunning - 1
-    self.conn:lease_del(t.msg.id)
+    if not keep_lease then self.conn:lease_del(t.msg.id) end
   end
 end
 
+-- Publish the finished tasks' results; kept for the next try when the
+-- broker cannot be reached (the tasks stay leased meanwhile).
 function Worker:flush()
   if #self.batch == 0 then return end
   local b = self.batch
-  self.batch = {}
   local ok, err = self.conn:complete(b)
   if not ok then
-    say("cannot publish %d results: %s (their tasks will be delivered again)", #b, err)
+    self:cut(err)
     return
   end
+  self:back()
+  self.batch = {}
   for i = 1, #b do
+    self.conn:lease_del(b[i][1])
     if b[i][5] then self.ndone = self.ndone + 1 else self.nfailed = self.nfailed + 1 end
   end
+end
+
+-- A dead-letter notice for the caller of an entry this worker could not
+-- read (see lmp.broker's dead_notice): the entry and its history, unsigned.
+local function notice(msg, history)
+  return "D" .. string.pack(">I4", #msg.data) .. msg.data .. history
 end
 
 -- A delivery that failed through no fault of the task's result: the task
@@ -218,14 +268,23 @@ function Worker:redeliver(msg, reason, t, md, ran)
   ran = ran or msg.deliveries
   local ok, err
   if ran >= md then
-    local result
+    local history = msg.history .. self.consumer .. ": " .. reason .. "\n"
     if t then
       local e = lmp.Error("dead_letter", string.format("task %s failed %d deliveries (last: %s)", t.id,
                                                        ran, reason),
-                          {deliveries = ran, history = msg.history .. reason})
-      result = core.seal(self.secret, "R", t.id, {s = "dead", v = e}, "result")
+                          {deliveries = ran, history = history})
+      ok, err = self.conn:bury(msg, reason, t.id, t.caller,
+                               core.seal(self.secret, "R", t.id, {s = "dead", v = e}, "result", self.queue), t.rt)
+    else
+      -- a task it could not read: its caller learns from the id it claims
+      local id = core.peek(msg.data)
+      local caller = id and id:match("^(.+)%.%d+$")
+      if caller then
+        ok, err = self.conn:bury(msg, reason, id, caller, notice(msg, history))
+      else
+        ok, err = self.conn:bury(msg, reason)
+      end
     end
-    ok, err = self.conn:bury(msg, reason, t and t.id, t and t.caller, result)
   else
     ok, err = self.conn:release(msg, reason)
   end
@@ -261,7 +320,9 @@ function Worker:run(t, body)
     end
     n = #args
   end
-  self.tasks[self.pool:forward(tag, f, n, a)] = t
+  t.local_id = self.pool:forward(tag, f, n, a)
+  t.at = now()
+  self.tasks[t.local_id] = t
 end
 
 -- A reply of the local pool for task t (a task given back by stop_now or
@@ -304,18 +365,23 @@ end
 -- One delivered entry: checked, then run, redelivered or dead-lettered.
 function Worker:handle(msg)
   if self.running[msg.id] then return end -- our own, read again after a reconnection
-  local kind, id, body = core.unseal(self.secret, msg.data, self.max_age)
-  if kind ~= "T" or type(body) ~= "table" or type(body.c) ~= "string" then
-    local why = kind == nil and id or "not a task"
+  if self.draining then -- taken as the drain began: back for another worker, uncounted
+    local ok, err = self.conn:release({id = msg.id, data = msg.data, deliveries = msg.deliveries - 1,
+                                       history = msg.history})
+    if not ok then say("cannot give entry %s back: %s", msg.id, err) end
+    return
+  end
+  local kind, id, body, queue = core.unseal(self.secret, msg.data, self.max_age)
+  if kind ~= "T" or type(body) ~= "table" or type(body.c) ~= "string" or queue ~= self.queue then
+    local why = kind == nil and id or kind == "T" and queue ~= self.queue
+                and string.format("signed for queue '%s'", queue) or "not a task"
     self.nrefused = self.nrefused + 1
-    self.refusing = math.min(2, (self.refusing or 0.05) * 2)
     say("refusing entry %s: %s (delivery %d)", msg.id, why, msg.deliveries)
     self:redeliver(msg, "refused: " .. why, nil, self.md)
     return
   end
-  self.refusing = nil
   local md = tointeger(body.md) or self.md
-  local t = {msg = msg, id = id, caller = body.c, md = md}
+  local t = {msg = msg, id = id, caller = body.c, md = md, rt = tonumber(body.rt)}
   if msg.deliveries > md then
     -- the last delivery never came back (its worker vanished)
     self:redeliver(msg, "out of deliveries, the last one lost with its worker", t, md, msg.deliveries - 1)
@@ -327,41 +393,87 @@ function Worker:handle(msg)
   self:run(t, body)
 end
 
-function Worker:take(block)
-  local room = self.capacity - self.nrunning
-  if self.refusing then room = 1 end
-  if room <= 0 then return 0 end
-  local msgs, err = self.conn:take(room, block)
-  if not msgs then
-    say("%s", err)
-    lmp.sleep(0.5)
-    return 0
-  end
-  for i = 1, #msgs do self:handle(msgs[i]) end
-  return #msgs
-end
-
-function Worker:reclaim()
-  local t = now()
-  if t < self.next_reclaim then return end
-  -- the queue's visibility timeout, as its producers asked, bounds ours
-  local qvt = self.conn:visibility()
-  local vt = self.vt
-  if qvt and qvt > 0 and qvt < vt then vt = math.max(0.5, qvt) end
-  self.next_reclaim = t + math.max(0.25, vt / 4)
-  local room = self.capacity - self.nrunning
+-- Ask for as many tasks as there is room for, unless a take is out.  The
+-- take waits at the broker (up to a second) and answers when work comes;
+-- the loop meanwhile serves the local pool.
+function Worker:ask()
+  if self.asking then return end
+  local room = self:depth() - self.nrunning
   if room <= 0 then return end
-  local msgs, err = self.conn:reclaim(vt, room)
-  if not msgs then
-    say("reclaim: %s", err)
+  local ready, err = self.tconn:take_send(room, 1)
+  if ready == nil then
+    self:cut(err)
     return
   end
+  self.asking, self.asked_at = true, now()
+  if ready then self:receive() end
+end
+
+-- The take's answer, if it has come.
+function Worker:receive()
+  local msgs, err = self.tconn:take_recv()
+  if msgs == false then
+    if now() - self.asked_at > 1 + ANSWER then -- the link is gone without a word
+      self.tconn:take_cancel()
+      self.asking = false
+      self:cut("no answer to a take in " .. (1 + ANSWER) .. " s")
+    end
+    return
+  end
+  self.asking = false
+  if not msgs then return self:cut(err) end
+  self:back()
+  for i = 1, #msgs do self:handle(msgs[i]) end
+end
+
+-- Tasks whose lease lapsed (their worker vanished) are claimed every
+-- quarter visibility timeout (at most a second apart), whatever room
+-- there is: they run next here, ahead of new work.
+function Worker:reclaim(t)
+  if t < self.next_reclaim then return end
+  if t >= self.vt_at then -- the queue's visibility timeout, as its producers asked, bounds ours
+    self.vt_at = t + 10
+    local qvt = self.conn:visibility()
+    self.qvt = qvt and qvt > 0 and qvt < self.vt and math.max(0.5, qvt) or self.vt
+  end
+  local vt = self.qvt
+  self.next_reclaim = t + math.min(1, math.max(0.25, vt / 4))
+  local msgs, err = self.conn:reclaim(vt, self.n)
+  if not msgs then return self:cut(err) end
   for i = 1, #msgs do
     if not self.running[msgs[i].id] then
       say("reclaimed entry %s (delivery %d)", msgs[i].id, msgs[i].deliveries)
     end
     self:handle(msgs[i])
   end
+end
+
+-- Tasks reserved here that no local process has started within HOLD go
+-- back to the queue for an idle worker, as new deliveries of the same
+-- count.  Reclaimed tasks stay: they are behind nothing here.
+function Worker:give_back(t)
+  if self.prefetch then return end
+  local pool, back = self.pool, 0
+  for _, task in pairs(self.running) do
+    if task.at and t - task.at > HOLD and task.msg.deliveries == 1 and pool:state(task.local_id) ~= "running"
+       and pool:cancel(task.local_id) then
+      self.tasks[task.local_id] = nil
+      self:forget(task)
+      local m = task.msg
+      local ok, err = self.conn:release({id = m.id, data = m.data, deliveries = m.deliveries - 1,
+                                         history = m.history})
+      if not ok then say("cannot give entry %s back: %s", m.id, err) end
+      back = back + 1
+    end
+  end
+  return back
+end
+
+-- The rate tasks finish here, smoothed over the loop's ticks.
+function Worker:measure(t)
+  local dt = t - self.rate_at
+  self.rate = 0.5 * self.rate + 0.5 * self.finished / dt
+  self.finished, self.rate_at = 0, t
 end
 
 function Worker:stop_now()
@@ -372,7 +484,7 @@ function Worker:stop_now()
 end
 
 function Worker:serve()
-  local last_info = 0
+  local last_tick = now()
   while true do
     local nterm, nint = core.signals()
     if nint >= 2 then
@@ -388,24 +500,30 @@ function Worker:serve()
     end
     self:collect(0)
     self:flush()
+    local t = now()
     if self.draining then
-      if self.nrunning == 0 then return 0 end
-      lmp._poll_fds({self.pool:fileno()}, 0.05)
+      if self.asking then self:receive() end -- what it brings goes back (see handle)
+      if self.nrunning == 0 and #self.batch == 0 and not self.asking then return 0 end
     else
-      self:reclaim()
-      if self.refusing then lmp.sleep(self.refusing) end
-      local got
-      if self.nrunning == 0 then
-        got = self:take(1)
-      else
-        got = self:take(0)
-        if got == 0 then lmp._poll_fds({self.pool:fileno()}, 0.002) end
+      self:reclaim(t)
+      if self.asking then self:receive() end
+      self:ask()
+    end
+    if t - last_tick >= TICK then
+      self:measure(t)
+      if not self.draining then self:give_back(t) end
+      last_tick = t
+      if t - (self.info_at or 0) > 0.5 then
+        self.info_at = t
+        self.conn:lease_info(self:info())
       end
     end
-    local t = now()
-    if t - last_info > 0.5 then
-      last_info = t
-      self.conn:lease_info(self:info())
+    local fds = {self.pool:fileno()}
+    if self.asking and self.tconn:fileno() >= 0 then fds[2] = self.tconn:fileno() end
+    if #self.batch == 0 or not self.cut_since then
+      lmp._poll_fds(fds, self.cut_since and 0.5 or TICK)
+    else
+      lmp.sleep(0.5)
     end
   end
 end
@@ -425,13 +543,25 @@ local function serve(o)
     say("%s", err)
     return 1
   end
+  -- takes have a connection of their own, parked at the broker while the
+  -- loop serves the local pool
+  local tconn, terr = core.open(o.url, o.queue, 5, nil, conn:consumer())
+  if not tconn then
+    say("%s", terr)
+    return 1
+  end
+  conn:patience(PATIENCE)
+  tconn:patience(PATIENCE)
   local n = o.processes or lmp.cpu_count()
   local pool = pcore.new(n, 0, o.task_timeout or 0, nil, nil, 0, nil)
   core.catch_signals()
-  local w = setmetatable({conn = conn, pool = pool, secret = secret, n = n,
-                          capacity = n * (o.prefetch or 8), vt = o.vt or 30, md = o.md or 5,
-                          max_age = o.max_age or 86400, running = {}, nrunning = 0, ndone = 0,
-                          nfailed = 0, nrefused = 0, batch = {}, tasks = {}, next_reclaim = 0},
+  local t = now()
+  local w = setmetatable({conn = conn, tconn = tconn, pool = pool, secret = secret, n = n,
+                          queue = o.queue, consumer = conn:consumer(), prefetch = o.prefetch,
+                          vt = o.vt or 30, md = o.md or 5, max_age = o.max_age or 86400,
+                          running = {}, nrunning = 0, ndone = 0, nfailed = 0, nrefused = 0,
+                          batch = {}, tasks = {}, next_reclaim = 0, vt_at = 0, rate = 0,
+                          rate_at = t, finished = 0},
                          Worker)
   local ok, lerr = conn:lease_start(0.25, 5)
   if not ok then
@@ -448,6 +578,7 @@ local function serve(o)
     pool:close()
     while w:collect(nil) ~= "closed" do end
   end
+  tconn:close()
   conn:close()
   say("stopped")
   return rc

@@ -19,14 +19,43 @@ TEST(sign_round_trip)
 {
   lmp_buf_t b = {0};
   lmp_broker_view_t v;
-  CHECK_EQ(lmp_broker_sign(&b, key, 3, LMP_BROKER_TASK, "caller.1", "payload", 7), 0);
-  CHECK_EQ(b.len, 12 + 8 + 7 + LMP_BROKER_MAC_LEN);
+  CHECK_EQ(lmp_broker_sign(&b, key, 3, LMP_BROKER_TASK, "caller.1", "q", 0, "payload", 7), 0);
+  CHECK_EQ(b.len, 21 + 8 + 1 + 7 + LMP_BROKER_MAC_LEN);
   CHECK_EQ(lmp_broker_verify(b.data, b.len, key, 3, 60000, &v), 0);
   CHECK_EQ(v.kind, LMP_BROKER_TASK);
   CHECK_EQ(v.idlen, 8);
   CHECK(memcmp(v.id, "caller.1", 8) == 0);
+  CHECK_EQ(v.qlen, 1);
+  CHECK_EQ(v.queue[0], 'q');
+  CHECK_EQ(v.expires, 0);
   CHECK_EQ(v.len, 7);
   CHECK(memcmp(v.payload, "payload", 7) == 0);
+  lmp_buf_free(&b);
+}
+
+/* The queue and the expiry are signed: an entry cannot be moved to another
+ * queue or kept alive past its expiry without the secret. */
+TEST(sign_carries_queue_and_expiry)
+{
+  lmp_buf_t b = {0};
+  lmp_broker_view_t v, p;
+  struct timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  int64_t ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+  CHECK_EQ(lmp_broker_sign(&b, key, 3, LMP_BROKER_TASK, "c.7", "jobs", ms + 60000, "x", 1), 0);
+  CHECK_EQ(lmp_broker_verify(b.data, b.len, key, 3, 0, &v), 0);
+  CHECK_EQ(v.qlen, 4);
+  CHECK(memcmp(v.queue, "jobs", 4) == 0);
+  CHECK_EQ(v.expires, ms + 60000);
+  /* peek reads the same fields without the key */
+  CHECK_EQ(lmp_broker_peek(b.data, b.len, &p), 0);
+  CHECK_EQ(p.idlen, 3);
+  CHECK(memcmp(p.id, "c.7", 3) == 0);
+  CHECK_EQ(p.qlen, 4);
+  CHECK_EQ(lmp_broker_peek(b.data, 20, &p), -EBADMSG);
+  lmp_buf_free(&b);
+  CHECK_EQ(lmp_broker_sign(&b, key, 3, LMP_BROKER_TASK, "c.8", "jobs", ms - 1, "x", 1), 0);
+  CHECK_EQ(lmp_broker_verify(b.data, b.len, key, 3, 0, &v), -ESTALE);
   lmp_buf_free(&b);
 }
 
@@ -34,7 +63,7 @@ TEST(sign_refuses_tampering)
 {
   lmp_buf_t b = {0};
   lmp_broker_view_t v;
-  CHECK_EQ(lmp_broker_sign(&b, key, 3, LMP_BROKER_RESULT, "t.9", "some result bytes", 17), 0);
+  CHECK_EQ(lmp_broker_sign(&b, key, 3, LMP_BROKER_RESULT, "t.9", "q", 0, "some result bytes", 17), 0);
   for (size_t i = 0; i < b.len; i++) {
     b.data[i] ^= 0x01;
     CHECK_EQ(lmp_broker_verify(b.data, b.len, key, 3, 0, &v), -EBADMSG);
@@ -52,7 +81,7 @@ TEST(sign_refuses_stale)
 {
   lmp_buf_t b = {0};
   lmp_broker_view_t v;
-  CHECK_EQ(lmp_broker_sign(&b, key, 3, LMP_BROKER_TASK, "x", "p", 1), 0);
+  CHECK_EQ(lmp_broker_sign(&b, key, 3, LMP_BROKER_TASK, "x", "q", 0, "p", 1), 0);
   struct timespec ts = {0, 30 * 1000000};
   nanosleep(&ts, NULL);
   CHECK_EQ(lmp_broker_verify(b.data, b.len, key, 3, 10, &v), -ESTALE);
@@ -103,6 +132,7 @@ TEST(open_unreachable_in_time)
 }
 
 TEST_LIST = {
+    TEST_ENTRY(sign_carries_queue_and_expiry),
     TEST_ENTRY(sign_round_trip),          TEST_ENTRY(sign_refuses_tampering),
     TEST_ENTRY(sign_refuses_stale),       TEST_ENTRY(open_rejects_bad_urls),
     TEST_ENTRY(open_unreachable_in_time), TEST_END,
