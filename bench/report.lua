@@ -42,6 +42,11 @@ local rows = {
   {"broker_tput", "11 broker tasks, 2 workers (vs RQ)", "higher",
    {lmp_min = 10040, text = "lmp >=10,040/s"}},
   {"broker_rt", "11 broker round trip (vs RQ)", "lower", {lmp_max = 1000, text = "lmp <=1 ms"}},
+  -- and Celery 5, measured in the same run
+  {"broker_tput", "11 broker tasks, 2 workers (vs Celery)", "higher", ref = "celery"},
+  {"broker_rt", "11 broker round trip (vs Celery)", "lower", ref = "celery"},
+  -- network round trips on a task's critical path (lmp only)
+  {"broker_rtt", "11 broker round trips per task, 2 ms each way", "lower", {lmp_max = 2, text = "lmp <=2"}},
   -- lmp against itself: the same program on a small /dev/shm and on this one
   {"shm_64m", "12 1 GiB Queue + 256 MiB Array, 64 MiB /dev/shm (vs normal)", "higher",
    ref = "normal", refname = "shm_normal"},
@@ -322,7 +327,7 @@ if runinfo.against then
   os.exit(0)
 end
 
-local ref_tags = {c = " (C)", plain = " (plain)", normal = " (normal)"}
+local ref_tags = {c = " (C)", plain = " (plain)", normal = " (normal)", celery = " (Celery)"}
 local out_rows, table_rows = {}, {}
 local n_met, n_targets = 0, 0
 for _, row in ipairs(rows) do

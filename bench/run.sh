@@ -23,8 +23,13 @@
 #       shows new/old ratios (> 1: the new build is better) with a check
 #       that each is at least 0.95.  results.json is left alone.
 #
+# The broker workloads run lmp's broker against RQ (impl "python") and
+# Celery (impl "celery") on one loopback redis-server; broker_rtt (lmp only)
+# puts bench/c/delayproxy between Redis and its clients.
+#
 # PYTHON (default python3) and CC (default cc) may be overridden.  A full run
-# installs python3 through scripts/setup-debian.sh when it is missing.
+# installs python3 through scripts/setup-debian.sh when it is missing, and
+# Celery and RQ (its bench-brokers group) when a broker workload is asked for.
 set -e
 
 B=${1:-build}
@@ -35,7 +40,7 @@ cd "$root"
 
 ALL="apply_rt apply_async queue_small queue_1k queue_1m pipe_rt map cpu_proc cpu_pool \
 start_fork start_spawn start_forkserver lock_uncontended lock_contended value_add value_add_contended \
-array codec broker_tput broker_rt shm_normal shm_64m shm_8m"
+array codec broker_tput broker_rt broker_rtt shm_normal shm_64m shm_8m"
 smoke=0
 case ${BENCH_SMOKE:-0} in 0 | '') ;; *) smoke=1 ;; esac
 rounds=1
@@ -83,6 +88,13 @@ else
 fi
 have_python=1
 command -v "$PYTHON" >/dev/null 2>&1 || have_python=0
+case " $names " in
+*" broker_"*)
+  if [ $smoke = 0 ] && ! /usr/bin/python3 -c 'import celery, rq, redis' >/dev/null 2>&1; then
+    sh scripts/setup-debian.sh bench-brokers ||
+      echo "bench: could not install Celery and RQ: their side is n/a" >&2
+  fi ;;
+esac
 
 tmp=$(mktemp -d)
 trap '[ -n "${BENCH_REDIS_PORT:-}" ] && redis-cli -p "$BENCH_REDIS_PORT" shutdown nosave >/dev/null 2>&1; rm -rf "$tmp"' EXIT
@@ -108,16 +120,23 @@ esac
 lines=$tmp/lines
 : > "$lines"
 
-# The raw C reference, rebuilt when its source is newer.
-pingpong=$B/bench/pingpong
+# The C helpers, rebuilt when their source is newer: the raw C reference
+# (pingpong) and broker_rtt's delay proxy (which finds it through
+# BENCH_DELAYPROXY, and says n/a without it).
 cc_error=
-if [ ! -x "$pingpong" ] || [ -n "$(find bench/c/pingpong.c -newer "$pingpong")" ]; then
-  mkdir -p "$B/bench"
-  if ! "$CC" -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Werror bench/c/pingpong.c \
-    -o "$pingpong" 2> "$tmp/cc.err"; then
-    cc_error="cannot compile bench/c/pingpong.c: $(head -1 "$tmp/cc.err")"
+for tool in pingpong delayproxy; do
+  bin=$B/bench/$tool
+  if [ ! -x "$bin" ] || [ -n "$(find "bench/c/$tool.c" -newer "$bin")" ]; then
+    mkdir -p "$B/bench"
+    if ! "$CC" -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Werror "bench/c/$tool.c" \
+      -o "$bin" 2> "$tmp/cc.err"; then
+      [ $tool = pingpong ] && cc_error="cannot compile bench/c/pingpong.c: $(head -1 "$tmp/cc.err")"
+      rm -f "$bin"
+    fi
   fi
-fi
+done
+pingpong=$B/bench/pingpong
+export BENCH_DELAYPROXY=$B/bench/delayproxy
 
 tap=0
 ok() {
@@ -197,13 +216,22 @@ for name in $names; do
     else
       run "$name" lmp "$LMP" "bench/lua/$group.lua" "$name"
     fi
-    if [ "$group" = shm ]; then
+    if [ "$group" = shm ] || [ "$name" = broker_rtt ]; then
       : # lmp only: no Python twin
     elif [ $have_python = 1 ]; then
       run "$name" python "$PYTHON" "bench/py/bench_$group.py" "$name"
     else
       skip "$name (python)" "$PYTHON not found"
     fi
+    # the broker's other reference: Celery on the same redis-server
+    case $name in
+    broker_tput | broker_rt)
+      if [ $have_python = 1 ]; then
+        run "$name" celery "$PYTHON" bench/py/bench_broker.py "$name" celery
+      else
+        skip "$name (celery)" "$PYTHON not found"
+      fi ;;
+    esac
     # the CPU ceiling: the same loop in plain processes of the interpreter
     [ "$name" = cpu_proc ] && run "$name" plain "$LMP" bench/lua/cpu.lua cpu_plain
     if [ "$name" = pipe_rt ]; then

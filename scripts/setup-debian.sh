@@ -7,10 +7,20 @@
 # lua-cqueues serve lmp.luv and lmp.cqueues (and their tests) only; luarocks
 # serves the test that builds the rockspec; lighttpd and its Lua module are
 # the real server the embedding tests run lmp in.
+# A named group stands for several packages: bench-brokers is the task
+# queues the broker benchmarks measure lmp against (Celery and RQ on
+# Redis), which a full bench/run.sh installs.
 set -e
+extra=""
+for a in "$@"; do
+  case $a in
+  bench-brokers) extra="$extra python3 python3-celery python3-rq python3-redis" ;;
+  *) extra="$extra $a" ;;
+  esac
+done
 PKGS="gcc make pkg-config lua5.4 liblua5.4-dev libmsgpack-dev libreadline-dev lua-busted \
   libhiredis-dev libssl-dev redis-server lua-luv lua-cqueues luarocks lighttpd \
-  lighttpd-modules-lua $*"
+  lighttpd-modules-lua $extra"
 
 missing=""
 for p in $PKGS; do

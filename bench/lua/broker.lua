@@ -1,18 +1,26 @@
 -- bench/lua/broker.lua -- lmp.Pool{broker = ...} on a loopback redis-server,
--- served by two `lmp worker` processes of one process each (RQ's side runs
--- two `rq worker`s on the same kind of server: bench/py/bench_broker.py).
+-- served by two `lmp worker` processes of one process each with their
+-- default settings (Celery's and RQ's sides run two workers of theirs on the
+-- same kind of server: bench/py/bench_broker.py).
 --   broker_tput  20k trivial tasks by apply_async, then every result:
 --                tasks per second, median of 3 runs.
 --   broker_rt    pool:apply of a trivial task, one after another: the
 --                median per call, in microseconds.
+--   broker_rtt   broker_rt with the caller and the workers reaching Redis
+--                through bench/c/delayproxy (2 ms each way): the network
+--                round trips a task costs on its critical path,
+--                (median through the proxy - median on loopback) / (2 x 2 ms).
+--                Caller -> Redis -> worker -> Redis -> caller is 2 at best.
 -- The redis-server is BENCH_REDIS_PORT's (bench/run.sh starts one for the
--- broker workloads) or, without it, one started here on a free port.
--- Usage: lmp bench/lua/broker.lua broker_tput|broker_rt
+-- broker workloads) or, without it, one started here on a free port.  The
+-- proxy is BENCH_DELAYPROXY (bench/run.sh builds it), else BUILD/bench/delayproxy.
+-- Usage: lmp bench/lua/broker.lua broker_tput|broker_rt|broker_rtt
 local b = dofile((arg[0]:match("^(.*/)") or "./") .. "common.lua")
 local lmp = require "lmp"
 
 local name = arg[1]
-local unit = name == "broker_rt" and "us" or "tasks/s"
+local unit = ({broker_rt = "us", broker_rtt = "round trips"})[name] or "tasks/s"
+local DELAY_MS = 2
 
 local function sh(cmd)
   local p = io.popen("{ " .. cmd .. "\n} 2>&1")
@@ -23,6 +31,13 @@ end
 
 if not sh("command -v redis-server"):match("%S") then
   b.na(name, unit, "redis-server is not installed")
+  return
+end
+
+local exe = sh("readlink /proc/" .. lmp.current_process().pid .. "/exe"):match("%S+")
+local proxy_bin = os.getenv("BENCH_DELAYPROXY") or exe:gsub("[^/]*$", "") .. "bench/delayproxy"
+if name == "broker_rtt" and not io.open(proxy_bin) then
+  b.na(name, unit, "no " .. proxy_bin .. " (bench/run.sh builds it from bench/c/delayproxy.c)")
   return
 end
 
@@ -38,25 +53,64 @@ if not port then
   end
   if not port then error("cannot start redis-server") end
 end
-local url = "redis://127.0.0.1:" .. port .. "/0"
-local queue = "bench" .. lmp.current_process().pid
 local secret = "bench-secret"
-local exe = sh("readlink /proc/" .. lmp.current_process().pid .. "/exe"):match("%S+")
+local pids, queues = {}, {}
 
-local pids = {}
-for i = 1, 2 do
-  local code = string.format("os.exit(require('lmp.worker').main({%q, '--queue', %q, '--processes', '1', "
-                             .. "'--prefetch', '256'}))", url, queue)
-  pids[i] = sh(string.format("env LMP_SECRET=%s %s -e %q > /dev/null 2>&1 & echo $!", secret, exe, code))
-              :match("%d+")
+local function url_of(p) return "redis://127.0.0.1:" .. p .. "/0" end
+
+-- Two one-process workers on a queue of their own, and a pool for it,
+-- warmed up; all reaching Redis at port p.
+local function setup(p)
+  local queue = "bench" .. lmp.current_process().pid .. "-" .. #queues
+  queues[#queues + 1] = queue
+  for _ = 1, 2 do
+    local code = string.format("os.exit(require('lmp.worker').main({%q, '--queue', %q, '--processes', '1'}))",
+                               url_of(p), queue)
+    pids[#pids + 1] = sh(string.format("env LMP_SECRET=%s %s -e %q > /dev/null 2>&1 & echo $!", secret, exe, code))
+                        :match("%d+")
+  end
+  local pool = lmp.Pool{broker = url_of(p), queue = queue, secret = secret}
+  for i = 1, 50 do pool:apply(function(x) return x end, i) end -- workers up and warm
+  return pool
 end
 
-local pool = lmp.Pool{broker = url, queue = queue, secret = secret}
-local function task(x) return x end
-for i = 1, 50 do pool:apply(task, i) end -- workers up and warm
+-- The median time of n pool:apply calls of a trivial task, in microseconds.
+local function median_apply(pool, n)
+  local times = {}
+  for i = 1, n do
+    local t0 = b.now()
+    assert(pool:apply(function(x) return x end, i) == i)
+    times[i] = (b.now() - t0) * 1e6
+  end
+  return b.median(times)
+end
 
+local pool = setup(port)
 if name == "broker_rt" then
   b.round_trips(name, pool, b.size(2000, 20))
+elseif name == "broker_rtt" then
+  local pport
+  for _ = 1, 20 do
+    pport = math.random(20000, 60000)
+    pids[#pids + 1] = sh(string.format("%s 127.0.0.1:%d 127.0.0.1:%d %d > /dev/null 2>&1 & echo $!", proxy_bin,
+                                       pport, port, DELAY_MS)):match("%d+")
+    lmp.sleep(0.1)
+    if sh("redis-cli -p " .. pport .. " ping"):match("PONG") then break end
+    pport = nil
+  end
+  if not pport then error("cannot start " .. proxy_bin) end
+  local far = setup(pport)
+  local n = b.size(300, 5)
+  local samples, near_us, far_us = {}, {}, {}
+  -- loopback and proxied measured in turn, so drift hits both
+  for s = 1, b.smoke and 1 or 3 do
+    near_us[s] = median_apply(pool, n)
+    far_us[s] = median_apply(far, n)
+    samples[s] = (far_us[s] - near_us[s]) / (2 * DELAY_MS * 1000)
+  end
+  far:terminate()
+  b.emit(name, unit, samples, {calls = n, delay_ms = DELAY_MS, loopback_us = b.median(near_us),
+                               latency_us = b.median(far_us)})
 else
   b.throughput(name, pool, b.size(20000, 100), 3, {workers = 2})
 end
