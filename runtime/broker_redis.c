@@ -25,7 +25,7 @@
  * and a new one made, its socket timeout set again (always longer than the
  * longest BLOCK we send, or a reply the server has already committed to,
  * such as entries moved to our pending list, would be lost on our side),
- * then AUTH, SELECT and the group.  Reconnection backs off from 50 ms to 2 s
+ * then AUTH, INFO, SELECT and the group.  Reconnection backs off from 50 ms to 2 s
  * and gives up after RECONNECT_MS; the first connection gives up after the
  * configured connect timeout with the server's or the system's words.  After
  * a reconnection, take() first reads this consumer's own pending entries
@@ -127,7 +127,8 @@ static int url_decode(char *s)
 static int parse_url(lmp_broker_t *b, rconn *r)
 {
   const char *p = b->url + strlen("redis://"), *at, *slash;
-  char hostport[250];
+  char hostport[250], shown[200];
+  lmp__broker_url_shown(b->url, shown, sizeof shown);
   r->port = 6379;
   r->db = 0;
   slash = strchr(p, '/');
@@ -153,14 +154,14 @@ static int parse_url(lmp_broker_t *b, rconn *r)
   }
   size_t n = slash ? (size_t)(slash - p) : strlen(p);
   if (n == 0 || n >= sizeof hostport)
-    return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (no host)", b->url);
+    return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (no host)", shown);
   memcpy(hostport, p, n);
   hostport[n] = 0;
   char *host = hostport, *colon = strrchr(hostport, ':');
   if (*host == '[') { /* an IPv6 address: [::1] or [::1]:port */
     char *close = strchr(host, ']');
     if (close == NULL || close == host + 1 || (close[1] && close[1] != ':'))
-      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (bad IPv6 address)", b->url);
+      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (bad IPv6 address)", shown);
     *close = 0;
     colon = close[1] ? close + 1 : NULL;
     host++;
@@ -169,7 +170,7 @@ static int parse_url(lmp_broker_t *b, rconn *r)
     char *end;
     long port = strtol(colon + 1, &end, 10);
     if (*end || port <= 0 || port > 65535)
-      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (bad port)", b->url);
+      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (bad port)", shown);
     r->port = (int)port;
     *colon = 0;
   }
@@ -178,7 +179,7 @@ static int parse_url(lmp_broker_t *b, rconn *r)
     char *end;
     long db = strtol(slash + 1, &end, 10);
     if (*end || db < 0 || db > 100000)
-      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (bad database number)", b->url);
+      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (bad database number)", shown);
     r->db = (int)db;
   }
   return 0;
@@ -249,6 +250,21 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
     }
     freeReplyObject(rep);
   }
+  /* A Redis Cluster node takes the connection, then refuses each MULTI
+   * across slots (CROSSSLOT): refuse it here.  A user whose ACL denies INFO
+   * gets an error reply, taken for a standalone server. */
+  rep = redisCommand(r->c, "INFO cluster");
+  if (rep == NULL)
+    return io_error(b, r, "INFO");
+  int cluster = rep->type == REDIS_REPLY_STRING && strstr(rep->str, "cluster_enabled:1");
+  freeReplyObject(rep);
+  if (cluster) {
+    drop(r);
+    return lmp__broker_fail(b, -EPROTONOSUPPORT,
+                            "the broker at %s:%d is a Redis Cluster node; lmp's broker needs a "
+                            "standalone Redis (or Sentinel-managed primary) for now",
+                            r->host, r->port);
+  }
   if (r->db) {
     rep = redisCommand(r->c, "SELECT %d", r->db);
     if (rep == NULL)
@@ -289,7 +305,7 @@ static int ensure(lmp_broker_t *b, rconn *r, int64_t window_ms)
   for (;;) {
     int64_t left = (end - lmp_now_ns()) / 1000000;
     int rc = connect_once(b, r, left < 1000 ? (left > 100 ? left : 100) : 1000);
-    if (rc == 0 || rc == -EACCES || rc == -EPROTO || rc == -ENOMEM)
+    if (rc == 0 || rc == -EACCES || rc == -EPROTO || rc == -EPROTONOSUPPORT || rc == -ENOMEM)
       return rc;
     if (lmp_now_ns() + backoff * 1000000 >= end)
       return rc;

@@ -296,7 +296,7 @@ end
 
 function Pool:__tostring()
   local st = self._state == "run" and "running" or self._state == "close" and "closed" or "terminated"
-  return string.format("lmp.Pool(broker %s, queue %s, %s)", self._url:gsub("//[^@/]*@", "//"),
+  return string.format("lmp.Pool(broker %s, queue %s, %s)", core.url_shown(self._url),
                        self._queue, st)
 end
 
