@@ -17,7 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "lmp/broker.h"
+#include "../runtime/broker_engine.h"
 #include "codec.h"
 #include "lmpaux.h"
 #include "lmpb.h"
@@ -635,12 +635,23 @@ static const luaL_Reg conn_methods[] = {
     {NULL, NULL},
 };
 
+/* core.url_shown(url) -> the URL as logs show it, its password as "***" */
+static int l_url_shown(lua_State *L)
+{
+  size_t len;
+  const char *url = luaL_checklstring(L, 1, &len);
+  luaL_Buffer buf;
+  char *out = luaL_buffinitsize(L, &buf, len + 4);
+  lmp__broker_url_shown(url, out, len + 4);
+  luaL_pushresultsize(&buf, strlen(out));
+  return 1;
+}
+
 static const luaL_Reg core_funcs[] = {
-    {"open", l_open},       {"seal", l_seal},     {"unseal", l_unseal},
-    {"encode", l_encode},   {"decode", l_decode}, {"catch_signals", l_catch_signals},
-    {"signals", l_signals}, {"isatty", l_isatty}, {"handles", l_handles},
-    {"peek", l_peek},
-    {NULL, NULL},
+    {"open", l_open},           {"seal", l_seal},     {"unseal", l_unseal},
+    {"encode", l_encode},       {"decode", l_decode}, {"catch_signals", l_catch_signals},
+    {"signals", l_signals},     {"isatty", l_isatty}, {"handles", l_handles},
+    {"url_shown", l_url_shown}, {"peek", l_peek},     {NULL, NULL},
 };
 
 int lmpb_broker_open(lua_State *L)

@@ -31,6 +31,7 @@
 #include <lua.h>
 #include <lualib.h>
 
+#include "../runtime/broker_engine.h"
 #include "lmp.h"
 #include "lmpaux.h"
 #include "lmpb.h"
@@ -45,9 +46,10 @@ static const char usage[] = "usage: lmp [options] [script [args]]\n"
                             "  -          run stdin\n"
                             "With no script and no -e, lmp starts its REPL.\n"
                             "\n"
-                            "       lmp worker BROKER_URL [--queue q] [--processes n]\n"
-                            "       lmp worker --status BROKER_URL\n"
-                            "  serve (or list the workers of) a broker queue; see lua-api.md\n"
+                            "       lmp worker [BROKER_URL] [--queue q] [--processes n]\n"
+                            "       lmp worker --status [BROKER_URL]\n"
+                            "  serve (or list the workers of) a broker queue; the URL may come\n"
+                            "  from --url-file PATH or LMP_BROKER_URL instead; see lua-api.md\n"
                             "\n"
                             "       lmp top [PID] [--once] [--interval S]\n"
                             "  list this user's running lmp programs, or show PID's pools live\n"
@@ -307,6 +309,27 @@ static void runsubcommand(lua_State *L, int argc, char **argv)
     lua_pushinteger(L, lua_toboolean(L, -1) ? EXIT_SUCCESS : EXIT_FAILURE);
 }
 
+/* `lmp worker redis://user:PASSWORD@host...`: other users read command
+ * lines (ps, /proc/PID/cmdline show the memory of argv, and of the children
+ * forked with it).  So each argument holding a password is copied for the
+ * program and the password's bytes in argv are overwritten, before anything
+ * else runs. */
+static void hide_passwords(int argc, char **argv)
+{
+  for (int i = 2; i < argc; i++) {
+    size_t off = 0, len = lmp__broker_url_password(argv[i], &off);
+    if (len == 0)
+      continue;
+    char *copy = strdup(argv[i]);
+    if (copy == NULL) {
+      fprintf(stderr, "%s: not enough memory\n", progname);
+      exit(EXIT_FAILURE);
+    }
+    memset(argv[i] + off, 'x', len);
+    argv[i] = copy;
+  }
+}
+
 /* The hidden entries; returns only if argv is not one of them. */
 static void hidden(lua_State *L, int argc, char **argv)
 {
@@ -361,6 +384,8 @@ ok:
 
 int main(int argc, char **argv)
 {
+  if (argc > 1 && strcmp(argv[1], "worker") == 0)
+    hide_passwords(argc, argv);
   lmpb_set_executable("/proc/self/exe");
   lua_State *L = luaL_newstate();
   if (L == NULL) {

@@ -61,6 +61,36 @@ int lmp__broker_fail(lmp_broker_t *b, int code, const char *fmt, ...)
   return code;
 }
 
+/* The password of a broker URL, scheme://[user]:PASSWORD@host... or
+ * scheme://PASSWORD@host...: its length (0 if none) and its offset in *off.
+ * It runs from the credentials' first ':' (or their start) to the URL's last
+ * '@', wider than the parser reads it when the URL is malformed (a '/' in the
+ * password), so that no part of a password is ever shown. */
+size_t lmp__broker_url_password(const char *url, size_t *off)
+{
+  const char *p = url ? strstr(url, "://") : NULL;
+  if (p == NULL)
+    return 0;
+  p += 3;
+  const char *at = strrchr(p, '@');
+  if (at == NULL)
+    return 0;
+  const char *colon = memchr(p, ':', (size_t)(at - p));
+  const char *pass = colon ? colon + 1 : p;
+  *off = (size_t)(pass - url);
+  return (size_t)(at - pass);
+}
+
+/* The URL as messages may show it: its password, if any, as "***". */
+void lmp__broker_url_shown(const char *url, char *out, size_t n)
+{
+  size_t off = 0, len = lmp__broker_url_password(url, &off);
+  if (len == 0)
+    snprintf(out, n, "%s", url ? url : "");
+  else
+    snprintf(out, n, "%.*s***%s", (int)off, url, url + off + len);
+}
+
 int64_t lmp__wall_ms(void)
 {
   struct timespec ts;
@@ -175,10 +205,11 @@ int lmp_broker_open(const lmp_broker_config_t *cfg, lmp_broker_t **out, char *er
   *out = NULL;
   if (errmsg && errlen)
     errmsg[0] = 0;
+  char shown[256];
+  lmp__broker_url_shown(cfg->url, shown, sizeof shown);
   if (cfg->url == NULL || (colon = strstr(cfg->url, "://")) == NULL) {
     if (errmsg)
-      snprintf(errmsg, errlen, "bad broker URL '%s' (expected redis://host:port/db)",
-               cfg->url ? cfg->url : "");
+      snprintf(errmsg, errlen, "bad broker URL '%s' (expected redis://host:port/db)", shown);
     return -EINVAL;
   }
   const lmp__broker_engine_t *e = NULL;
@@ -188,7 +219,7 @@ int lmp_broker_open(const lmp_broker_config_t *cfg, lmp_broker_t **out, char *er
       e = engines[i];
   if (e == NULL) {
     if (errmsg)
-      snprintf(errmsg, errlen, "unsupported broker URL '%s' (supported: redis://)", cfg->url);
+      snprintf(errmsg, errlen, "unsupported broker URL '%s' (supported: redis://)", shown);
     return -EINVAL;
   }
   b = calloc(1, sizeof *b);

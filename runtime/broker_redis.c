@@ -40,7 +40,7 @@
  * and a new one made, its socket timeout set again (always longer than the
  * longest BLOCK we send, or a reply the server has already committed to,
  * such as entries moved to our pending list, would be lost on our side),
- * then AUTH, SELECT and the group.  Reconnection backs off from 50 ms to 2 s
+ * then AUTH, INFO, SELECT and the group.  Reconnection backs off from 50 ms to 2 s
  * and gives up after the broker's patience; the first connection gives up after the
  * configured connect timeout with the server's or the system's words.  After
  * a reconnection, take() first reads this consumer's own pending entries
@@ -75,6 +75,7 @@
 #define GROUP "lmp"
 #define SOCKET_TIMEOUT_MS 15000
 #define MAX_BLOCK_MS 2000 /* well under SOCKET_TIMEOUT_MS */
+#define SHORT_TIMEOUT_MS (MAX_BLOCK_MS + 2000) /* for an impatient broker: a dead link shows soon */
 #define CHUNK 65536            /* tasks per replay record */
 #define DAY_MS (86400 * 1000LL) /* a caller's counter, a record without an expiry */
 #define PUT_BATCH 512
@@ -88,6 +89,7 @@ typedef struct rconn {
   int port, db;
   char *user, *pass;
   int fresh;          /* a new connection: own pending entries first */
+  int64_t sock_ms;    /* the socket timeout set */
   int64_t next_sweep; /* wall ms of the next sweep of vanished consumers; -1: not allowed */
   char kstream[300], kdead[310], kworkers[320], kself[200], kcount[320];
   /* results: the caller's stream, the last id read, whether to trim to it */
@@ -149,7 +151,8 @@ static int url_decode(char *s)
 static int parse_url(lmp_broker_t *b, rconn *r)
 {
   const char *p = b->url + strlen("redis://"), *at, *slash;
-  char hostport[250];
+  char hostport[250], shown[200];
+  lmp__broker_url_shown(b->url, shown, sizeof shown);
   r->port = 6379;
   r->db = 0;
   slash = strchr(p, '/');
@@ -175,14 +178,14 @@ static int parse_url(lmp_broker_t *b, rconn *r)
   }
   size_t n = slash ? (size_t)(slash - p) : strlen(p);
   if (n == 0 || n >= sizeof hostport)
-    return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (no host)", b->url);
+    return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (no host)", shown);
   memcpy(hostport, p, n);
   hostport[n] = 0;
   char *host = hostport, *colon = strrchr(hostport, ':');
   if (*host == '[') { /* an IPv6 address: [::1] or [::1]:port */
     char *close = strchr(host, ']');
     if (close == NULL || close == host + 1 || (close[1] && close[1] != ':'))
-      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (bad IPv6 address)", b->url);
+      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (bad IPv6 address)", shown);
     *close = 0;
     colon = close[1] ? close + 1 : NULL;
     host++;
@@ -191,7 +194,7 @@ static int parse_url(lmp_broker_t *b, rconn *r)
     char *end;
     long port = strtol(colon + 1, &end, 10);
     if (*end || port <= 0 || port > 65535)
-      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (bad port)", b->url);
+      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (bad port)", shown);
     r->port = (int)port;
     *colon = 0;
   }
@@ -200,7 +203,7 @@ static int parse_url(lmp_broker_t *b, rconn *r)
     char *end;
     long db = strtol(slash + 1, &end, 10);
     if (*end || db < 0 || db > 100000)
-      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (bad database number)", b->url);
+      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (bad database number)", shown);
     r->db = (int)db;
   }
   return 0;
@@ -246,6 +249,13 @@ static int io_error(lmp_broker_t *b, rconn *r, const char *what)
   return rc;
 }
 
+/* How long a reply may take: a broker that reconnects for less than the
+ * usual socket timeout wants to hear of a dead link sooner too. */
+static int64_t sock_timeout(const lmp_broker_t *b)
+{
+  return b->patience_ms < SOCKET_TIMEOUT_MS ? SHORT_TIMEOUT_MS : SOCKET_TIMEOUT_MS;
+}
+
 static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
 {
   redisReply *rep;
@@ -255,7 +265,8 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
   if (r->c->err)
     return io_error(b, r, "cannot reach the broker");
   fcntl(r->c->fd, F_SETFD, FD_CLOEXEC); /* hiredis leaves it to children that exec */
-  redisSetTimeout(r->c, tv_ms(SOCKET_TIMEOUT_MS));
+  r->sock_ms = sock_timeout(b);
+  redisSetTimeout(r->c, tv_ms(r->sock_ms));
   redisEnableKeepAlive(r->c);
   if (r->pass) {
     if (r->user)
@@ -270,6 +281,21 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
       return rc < 0 ? -EACCES : rc;
     }
     freeReplyObject(rep);
+  }
+  /* A Redis Cluster node takes the connection, then refuses each MULTI
+   * across slots (CROSSSLOT): refuse it here.  A user whose ACL denies INFO
+   * gets an error reply, taken for a standalone server. */
+  rep = redisCommand(r->c, "INFO cluster");
+  if (rep == NULL)
+    return io_error(b, r, "INFO");
+  int cluster = rep->type == REDIS_REPLY_STRING && strstr(rep->str, "cluster_enabled:1");
+  freeReplyObject(rep);
+  if (cluster) {
+    drop(r);
+    return lmp__broker_fail(b, -EPROTONOSUPPORT,
+                            "the broker at %s:%d is a Redis Cluster node; lmp's broker needs a "
+                            "standalone Redis (or Sentinel-managed primary) for now",
+                            r->host, r->port);
   }
   if (r->db) {
     rep = redisCommand(r->c, "SELECT %d", r->db);
@@ -315,14 +341,19 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
 /* A usable connection, reconnecting with backoff for up to window_ms. */
 static int ensure(lmp_broker_t *b, rconn *r, int64_t window_ms)
 {
-  if (r->c && !r->c->err)
+  if (r->c && !r->c->err) {
+    if (r->sock_ms != sock_timeout(b) && r->tdue == 0) {
+      r->sock_ms = sock_timeout(b);
+      redisSetTimeout(r->c, tv_ms(r->sock_ms));
+    }
     return 0;
+  }
   drop(r);
   int64_t end = lmp_now_ns() + window_ms * 1000000, backoff = 50;
   for (;;) {
     int64_t left = (end - lmp_now_ns()) / 1000000;
     int rc = connect_once(b, r, left < 1000 ? (left > 100 ? left : 100) : 1000);
-    if (rc == 0 || rc == -EACCES || rc == -EPROTO || rc == -ENOMEM)
+    if (rc == 0 || rc == -EACCES || rc == -EPROTO || rc == -EPROTONOSUPPORT || rc == -ENOMEM)
       return rc;
     if (lmp_now_ns() + backoff * 1000000 >= end)
       return rc;

@@ -67,19 +67,33 @@ local function new_queue()
   return "spec" .. nqueue
 end
 
--- Start `lmp worker` in the background: its pid and its log file.
+-- A word for sh.
+local function shq(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+-- Start `lmp worker` in the background: its pid and its log file.  It runs
+-- require('lmp.worker').main{...} through -e, or with opts.command the
+-- `lmp worker ...` command line; opts.url false gives it no URL argument,
+-- opts.env more variables (NAME=value words).
 local workers, logs = {}, {}
 local function start_worker(queue, opts)
   opts = opts or {}
   local log = os.tmpname()
   logs[#logs + 1] = log
-  local args = {string.format("%q", opts.url or url()), string.format("%q", "--queue"), string.format("%q", queue),
-                string.format("%q", "--processes"), string.format("%q", tostring(opts.processes or 2))}
-  for _, a in ipairs(opts.args or {}) do args[#args + 1] = string.format("%q", a) end
-  local code = "os.exit(require('lmp.worker').main({" .. table.concat(args, ", ") .. "}))"
-  local cmd = string.format("%senv LMP_SECRET=%s %s -e %q > %s 2>&1 & echo $!",
+  local argv = {"--queue", queue, "--processes", tostring(opts.processes or 2)}
+  if opts.url ~= false then table.insert(argv, 1, opts.url or url()) end
+  for _, a in ipairs(opts.args or {}) do argv[#argv + 1] = a end
+  local run
+  if opts.command then
+    for i = 1, #argv do argv[i] = shq(argv[i]) end
+    run = support.lmp_bin .. " worker " .. table.concat(argv, " ")
+  else
+    for i = 1, #argv do argv[i] = string.format("%q", argv[i]) end
+    run = string.format("%s -e %q", support.lmp_bin,
+                        "os.exit(require('lmp.worker').main({" .. table.concat(argv, ", ") .. "}))")
+  end
+  local cmd = string.format("%senv LMP_SECRET=%s %s %s > %s 2>&1 & echo $!",
                             opts.limits and "ulimit " .. opts.limits .. "; " or "", opts.secret or SECRET,
-                            support.lmp_bin, code, log)
+                            opts.env or "", run, log)
   local pid = tonumber(sh(cmd):match("%d+"))
   workers[#workers + 1] = pid
   -- ready once it says so
@@ -91,6 +105,19 @@ local function start_worker(queue, opts)
     lmp.sleep(0.05)
   end
   return pid, log
+end
+
+-- The processes under pid: its children, theirs, and so on.
+local function descendants(pid)
+  local out, todo = {}, {pid}
+  while #todo > 0 do
+    local p = table.remove(todo)
+    for c in sh("cat /proc/" .. p .. "/task/*/children 2>/dev/null"):gmatch("%d+") do
+      out[#out + 1] = tonumber(c)
+      todo[#todo + 1] = c
+    end
+  end
+  return out
 end
 
 -- Waits (up to `secs`, default 10) until process `pid` has ended; whether it has.
@@ -701,6 +728,80 @@ describe_redis("lmp.Pool on a Redis broker", function()
                                 .. "--no-auth-warning SET other 1"))
     kill(w)
     assert.is_true(exited(w))
+  end)
+
+  it("keeps the Redis password off command lines and out of its log", function()
+    local pw_url = "redis://:secretpw@127.0.0.1:" .. redis.port .. "/0"
+    local file = support.tmpfile(pw_url .. "\n")
+    assert.matches("OK", cli("CONFIG SET requirepass secretpw"))
+    finally(function() -- (busted keeps one finally per test)
+      sh("redis-cli -p " .. redis.port .. " --no-auth-warning -a secretpw CONFIG SET requirepass ''")
+      os.remove(file)
+    end)
+    -- on the command line: the worker and the processes forked from it show it masked
+    local q1, q2, q3 = new_queue(), new_queue(), new_queue()
+    local w1, log1 = start_worker(q1, {url = pw_url, command = true})
+    local p = lmp.Pool{broker = pw_url, queue = q1, secret = SECRET}
+    assert.are.same({1, 4, 9}, p:map(function(x) return x * x end, {1, 2, 3}))
+    p:terminate()
+    assert.matches("worker%zredis://:x+@127%.0%.0%.1:", readfile("/proc/" .. w1 .. "/cmdline"))
+    local under = descendants(w1)
+    assert.is_true(#under >= 2, "the worker's pool processes")
+    for _, pid in ipairs(under) do
+      assert.is_nil(readfile("/proc/" .. pid .. "/cmdline"):find("secretpw", 1, true))
+    end
+    assert.matches("serving queue " .. q1 .. " at redis://:%*%*%*@127", readfile(log1))
+    -- from LMP_BROKER_URL and from --url-file
+    local w2, log2 = start_worker(q2, {url = false, command = true, env = "LMP_BROKER_URL=" .. shq(pw_url)})
+    local w3, log3 = start_worker(q3, {url = false, command = true, args = {"--url-file", file}})
+    for _, q in ipairs({q2, q3}) do
+      local pq = lmp.Pool{broker = pw_url, queue = q, secret = SECRET}
+      assert.are.same({2, 3}, pq:map(function(x) return x + 1 end, {1, 2}))
+      pq:terminate()
+    end
+    -- errors about the URL show it masked
+    local bad = "redis://:secretpw@127.0.0.1:port/0"
+    local ok, e = pcall(lmp.Pool, {broker = bad, secret = SECRET})
+    assert.is_false(ok)
+    assert.matches("bad broker URL 'redis://:***@127.0.0.1:port/0' (bad port)", e.message, 1, true)
+    local out = sh("env LMP_SECRET=x " .. support.lmp_bin .. " worker " .. shq(bad) .. "; echo rc=$?")
+    assert.matches("bad broker URL 'redis://:***@127.0.0.1:port/0' (bad port)\nrc=1", out, 1, true)
+    for _, w in ipairs({w1, w2, w3}) do
+      kill(w)
+      assert.is_true(exited(w))
+    end
+    for _, log in ipairs({log1, log2, log3}) do
+      assert.matches("stopped", readfile(log))
+      assert.is_nil(readfile(log):find("secretpw", 1, true))
+    end
+  end)
+
+  it("refuses a Redis Cluster node at once, saying why", function()
+    local dir = sh("mktemp -d"):match("%S+")
+    local port = free_port()
+    sh(string.format("redis-server --port %d --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file %s/nodes.conf "
+                     .. "--save '' --dir %s --daemonize yes --pidfile %s/redis.pid --logfile %s/redis.log",
+                     port, dir, dir, dir, dir))
+    finally(function()
+      sh("redis-cli -p " .. port .. " shutdown nosave")
+      sh("rm -rf " .. dir)
+    end)
+    assert.is_truthy(support.eventually(function() return sh("redis-cli -p " .. port .. " ping"):match("PONG") end))
+    -- one node serving every slot: lmp's keys are all reachable there
+    assert.matches("OK", sh("redis-cli -p " .. port .. " CLUSTER ADDSLOTSRANGE 0 16383"))
+    assert.is_truthy(support.eventually(function()
+      return sh("redis-cli -p " .. port .. " CLUSTER INFO"):match("cluster_state:ok")
+    end))
+    local curl = "redis://127.0.0.1:" .. port .. "/0"
+    local why = "the broker at 127.0.0.1:" .. port .. " is a Redis Cluster node; lmp's broker needs a "
+                .. "standalone Redis (or Sentinel-managed primary) for now"
+    local ok, e = pcall(lmp.Pool, {broker = curl, secret = SECRET})
+    assert.is_false(ok)
+    assert.are.equal("broker", e.kind)
+    assert.matches(why, e.message, 1, true)
+    -- (timeout only ends a worker that would serve the node for ever)
+    local out = sh("timeout 60 env LMP_SECRET=x " .. support.lmp_bin .. " worker " .. curl .. "; echo rc=$?")
+    assert.matches(why .. "\nrc=1", out, 1, true)
   end)
 
   -- The IPv6 loopback, where the machine has one (/proc/net/if_inet6 lists

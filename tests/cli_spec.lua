@@ -38,10 +38,30 @@ describe("the lmp command", function()
 
   it("runs the worker subcommand, with its own usage and exit status", function()
     local out = support.shell(bin .. " worker; echo status $?")
-    assert.matches("a broker URL is needed", out)
-    assert.matches("usage: lmp worker URL", out)
+    assert.matches("a broker URL is needed (an argument, --url-file or LMP_BROKER_URL)", out, 1, true)
+    assert.matches("usage: lmp worker [URL]", out, 1, true)
     assert.matches("status 2", out)
-    assert.matches("lmp worker BROKER_URL", support.shell(bin .. " --help"))
+    assert.matches("lmp worker [BROKER_URL]", support.shell(bin .. " --help"), 1, true)
+  end)
+
+  it("takes the worker's URL from --url-file or LMP_BROKER_URL", function()
+    -- nothing listens on ports 1 and 2: the worker says where it tried
+    local function tried(port)
+      return "cannot reach the broker: Connection refused (redis at 127.0.0.1:" .. port .. ")\nstatus 1"
+    end
+    local env = "LMP_SECRET=s LMP_BROKER_URL=redis://127.0.0.1:2/0 "
+    assert.matches(tried(2), support.shell(env .. bin .. " worker; echo status $?"), 1, true)
+    -- the argument, then the file, come before the variable
+    assert.matches(tried(1), support.shell(env .. bin .. " worker redis://127.0.0.1:1/0; echo status $?"), 1, true)
+    local file = support.tmpfile("redis://127.0.0.1:1/0\nignored\n")
+    assert.matches(tried(1), support.shell(env .. bin .. " worker --url-file " .. file .. "; echo status $?"), 1, true)
+    local out = support.shell(env .. bin .. " worker redis://127.0.0.1:1/0 --url-file " .. file .. "; echo status $?")
+    assert.matches("give the URL or --url-file, not both", out, 1, true)
+    assert.matches("status 2", out)
+    os.remove(file)
+    out = support.shell(env .. bin .. " worker --url-file " .. file .. "; echo status $?")
+    assert.matches("cannot read the URL file: " .. file .. ": No such file or directory", out, 1, true)
+    assert.matches("status 2", out)
   end)
 
   it("says in the worker's help what --max-deliveries bounds", function()

@@ -30,7 +30,8 @@
  *
  * Functions return 0 (or a count) or a negative errno: -ECONNREFUSED and
  * -ETIMEDOUT when the engine cannot be reached (lmp_broker_errmsg says more),
- * -EPROTO for an unexpected reply, -EINVAL for a bad URL.  A broker object is
+ * -EPROTO for an unexpected reply, -EPROTONOSUPPORT for a server lmp cannot
+ * use (a Redis Cluster node), -EINVAL for a bad URL.  A broker object is
  * used by one thread at a time; the lease keeper has its own connection.
  */
 #ifndef LMP_BROKER_H

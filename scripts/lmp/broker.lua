@@ -146,8 +146,8 @@ local function lost(pool, count, epoch)
   end
   if #ids > 0 then
     local e = lmp.Error("broker", string.format(
-      "broker pool: the broker lost %d tasks of this pool: %s (Redis was flushed, or restarted without "
-      .. "persistence); %s", #ids, what, LOST_HINT))
+      "broker pool: the broker lost its state and %d tasks of this pool with it: %s (Redis was flushed, "
+      .. "or restarted without persistence); %s", #ids, what, LOST_HINT))
     for i = 1, #ids do settle(pool, ids[i], "error", e) end
   end
   pool._epoch, pool._base = epoch, pool._seq - count
@@ -419,7 +419,7 @@ end
 
 function Pool:__tostring()
   local st = self._state == "run" and "running" or self._state == "close" and "closed" or "terminated"
-  return string.format("lmp.Pool(broker %s, queue %s, %s)", self._url:gsub("//[^@/]*@", "//"),
+  return string.format("lmp.Pool(broker %s, queue %s, %s)", core.url_shown(self._url),
                        self._queue, st)
 end
 

@@ -3,7 +3,11 @@
 --
 --   require("lmp.worker").main({"redis://127.0.0.1:6379/0", "--queue", "q"})
 --
--- returns the exit status.  The worker takes tasks in batches, checks each
+-- returns the exit status.  The URL may come instead from --url-file or
+-- LMP_BROKER_URL, where other users cannot read its password (`lmp
+-- worker` overwrites a password given on its command line in the
+-- process's argv, bindings/main.c; a table given to main cannot be), and
+-- no message shows a password (core.url_shown).  The worker takes tasks in batches, checks each
 -- signature before decoding a byte of it, runs the tasks on a local pool of
 -- n processes and publishes signed results in batches.  The loop itself
 -- never runs a task, and the leases of the running ones are renewed by a
@@ -41,9 +45,12 @@ local tags = pcore.tags -- as bindings/lpool.h defines them
 local TAG_APPLY, TAG_MAP, TAG_STARMAP = tags.apply, tags.map, tags.starmap
 
 local usage = [[
-usage: lmp worker URL [--queue NAME] [--processes N] [options]
-       lmp worker --status URL [--queue NAME]
-  URL                    redis://[user:password@]host:port/db
+usage: lmp worker [URL] [--queue NAME] [--processes N] [options]
+       lmp worker --status [URL] [--queue NAME]
+  URL                    redis://[user:password@]host:port/db; without it,
+                         the first line of --url-file, or LMP_BROKER_URL
+                         (a password given here is hidden from ps)
+  --url-file PATH        read the URL from the first line of PATH
   --queue NAME           queue to serve (default "default")
   --processes N          local pool size (default: number of CPUs)
   --prefetch N           tasks held per process (default: adaptive, see below)
@@ -73,7 +80,8 @@ end
 
 local flags = {["--queue"] = "queue", ["--processes"] = "processes", ["--prefetch"] = "prefetch",
                ["--visibility-timeout"] = "vt", ["--max-deliveries"] = "md", ["--max-age"] = "max_age",
-               ["--task-timeout"] = "task_timeout", ["--secret-file"] = "secret_file"}
+               ["--task-timeout"] = "task_timeout", ["--secret-file"] = "secret_file",
+               ["--url-file"] = "url_file"}
 local numeric = {processes = "int", prefetch = "int", vt = "num", md = "int", max_age = "num",
                  task_timeout = "num"}
 
@@ -112,8 +120,25 @@ local function parse(argv)
     end
     i = i + 1
   end
-  if not o.help and not o.url then return nil, "a broker URL is needed" end
+  if o.url and o.url_file then return nil, "give the URL or --url-file, not both" end
   return o
+end
+
+-- The broker URL: the argument, the first line of --url-file, or
+-- LMP_BROKER_URL; nil and a message if none.
+local function broker_url(o)
+  if o.url then return o.url end
+  if o.url_file then
+    local f, err = io.open(o.url_file)
+    local s = f and f:read("l")
+    if f then f:close() end
+    if not f then return nil, "cannot read the URL file: " .. err end
+    if not s or not s:match("%S") then return nil, "the URL file " .. o.url_file .. " is empty" end
+    return (s:match("^%s*(.-)%s*$"))
+  end
+  local env = os.getenv("LMP_BROKER_URL")
+  if env and env:match("%S") then return (env:match("^%s*(.-)%s*$")) end
+  return nil, "a broker URL is needed (an argument, --url-file or LMP_BROKER_URL)"
 end
 
 local function read_secret(o)
@@ -569,7 +594,7 @@ local function serve(o)
     return 1
   end
   conn:lease_info(w:info())
-  say("serving queue %s at %s as %s with %d processes", o.queue, o.url:gsub("//[^@/]*@", "//"),
+  say("serving queue %s at %s as %s with %d processes", o.queue, core.url_shown(o.url),
       conn:consumer(), n)
   local rc = w:serve()
   w:flush()
@@ -597,6 +622,11 @@ function M.main(argv)
   if o.help then
     io.stdout:write(usage)
     return 0
+  end
+  o.url, err = broker_url(o)
+  if not o.url then
+    io.stderr:write("lmp worker: ", err, "\n", usage)
+    return 2
   end
   if o.status then return status(o) end
   return serve(o)
