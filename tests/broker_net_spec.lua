@@ -388,7 +388,7 @@ describe_net("lmp.Pool on a Redis broker across machines", function()
   it("raises an lmp.Error of kind 'broker' from stats() while Redis is unreachable", function()
     local q = new_queue()
     -- in a program of its own, bounded so that a hang fails the test
-    local out = support.run(string.format([[
+    local script = support.tmpfile(string.format([[
       local lmp = require "lmp"
       local p = lmp.Pool{broker = %q, queue = %q, secret = %q, connect_timeout = 2}
       assert(p:stats().queue == %q)
@@ -401,7 +401,9 @@ describe_net("lmp.Pool on a Redis broker across machines", function()
         print("raised kind=" .. tostring(lmp.is_error(e) and e.kind) .. ": " .. tostring(e))
       end
       os.exit(0)
-    ]], redis.url, q, SECRET, q, net[1].veth, net[1].veth), "", "timeout 40")
+    ]], redis.url, q, SECRET, q, net[1].veth, net[1].veth))
+    files[#files + 1] = script
+    local out = support.run_file(script, "", "timeout 40")
     assert.matches("raised kind=broker", out)
   end)
 
