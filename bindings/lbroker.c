@@ -294,7 +294,8 @@ static int conn_settle(lua_State *L)
   lua_Integer lo = luaL_checkinteger(L, 3);
   int final = lua_toboolean(L, 4);
   int64_t expires = (int64_t)(luaL_optnumber(L, 5, 86400) * 1000);
-  return ok_or_fail(L, c, lmp_broker_settle(c->b, caller, lo > 0 ? (uint64_t)lo : 0, final, expires));
+  return ok_or_fail(L, c,
+                    lmp_broker_settle(c->b, caller, lo > 0 ? (uint64_t)lo : 0, final, expires));
 }
 
 /* A message table at idx back into a lmp_broker_msg_t (borrowing strings). */

@@ -74,10 +74,11 @@
 
 #define GROUP "lmp"
 #define SOCKET_TIMEOUT_MS 15000
-#define MAX_BLOCK_MS 2000 /* well under SOCKET_TIMEOUT_MS */
-#define SHORT_TIMEOUT_MS (MAX_BLOCK_MS + 2000) /* for an impatient broker: a dead link shows soon */
-#define CHUNK 65536            /* tasks per replay record */
-#define DAY_MS (86400 * 1000LL) /* a caller's counter, a record without an expiry */
+#define MAX_BLOCK_MS 2000                      /* well under SOCKET_TIMEOUT_MS */
+#define SHORT_TIMEOUT_MS (MAX_BLOCK_MS + 2000) /* for an impatient broker: a dead link shows soon  \
+                                                */
+#define CHUNK 65536                            /* tasks per replay record */
+#define DAY_MS (86400 * 1000LL)                /* a caller's counter, a record without an expiry */
 #define PUT_BATCH 512
 #define SWEEP_IDLE_MS 5000   /* a consumer idle this long (and 4 visibility timeouts) ... */
 #define SWEEP_EVERY_MS 10000 /* ... is looked for this often */
@@ -596,7 +597,8 @@ static int copy_results(lmp_broker_t *b, redisReply *rep, lmp_broker_batch_t *ou
   int n = 0;
   for (size_t i = 0; list->type == REDIS_REPLY_ARRAY && i < list->elements; i++) {
     redisReply *e = list->element[i];
-    if (e->type != REDIS_REPLY_ARRAY || e->elements < 2 || e->element[0]->type != REDIS_REPLY_STRING)
+    if (e->type != REDIS_REPLY_ARRAY || e->elements < 2 ||
+        e->element[0]->type != REDIS_REPLY_STRING)
       return lmp__broker_fail(b, -EPROTO, "unexpected entry in the results");
     snprintf(last, lastlen, "%s", e->element[0]->str);
     redisReply *f = e->element[1];
@@ -815,8 +817,12 @@ static const char TAKE_SCRIPT[] =
     "        lo = tonumber(redis.call('GET', 'lmp:c:' .. caller .. ':lo')) or 0\n"
     "        los[caller] = lo\n"
     "      end\n"
-    "      local k = 'lmp:c:' .. caller .. ':t:' .. math.floor(seq / " "65536" ")\n"
-    "      if seq < lo or redis.call('SETBIT', k, seq % " "65536" ", 1) == 1 then\n"
+    "      local k = 'lmp:c:' .. caller .. ':t:' .. math.floor(seq / "
+    "65536"
+    ")\n"
+    "      if seq < lo or redis.call('SETBIT', k, seq % "
+    "65536"
+    ", 1) == 1 then\n"
     "        keep = false\n"
     "      elseif not ttl[k] then\n"
     "        local x = 0\n"
@@ -836,7 +842,8 @@ static const char TAKE_SCRIPT[] =
     "for _, x in ipairs(redis.call('XINFO', 'GROUPS', s)) do\n"
     "  local name, last\n"
     "  for i = 1, #x, 2 do\n"
-    "    if x[i] == 'name' then name = x[i + 1] elseif x[i] == 'last-delivered-id' then last = x[i + 1] end\n"
+    "    if x[i] == 'name' then name = x[i + 1] elseif x[i] == 'last-delivered-id' then last = x[i "
+    "+ 1] end\n"
     "  end\n"
     "  if name == g then out[1] = last end\n"
     "end\n"

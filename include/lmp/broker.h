@@ -192,15 +192,15 @@ enum { LMP_BROKER_TASK = 'T', LMP_BROKER_RESULT = 'R' };
  * stamped now (wall clock, ms), refused after `expires` (wall ms; 0:
  * never). */
 LMP_API int lmp_broker_sign(lmp_buf_t *out, const void *key, size_t keylen, int kind,
-                            const char *id, const char *queue, int64_t expires,
-                            const void *payload, size_t len);
+                            const char *id, const char *queue, int64_t expires, const void *payload,
+                            size_t len);
 
 typedef struct lmp_broker_view {
   int kind;
   const char *id; /* not terminated */
   size_t idlen;
-  int64_t stamp;   /* ms since the epoch */
-  int64_t expires; /* ms since the epoch; 0: never */
+  int64_t stamp;     /* ms since the epoch */
+  int64_t expires;   /* ms since the epoch; 0: never */
   const char *queue; /* not terminated */
   size_t qlen;
   const char *payload;

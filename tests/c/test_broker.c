@@ -63,7 +63,8 @@ TEST(sign_refuses_tampering)
 {
   lmp_buf_t b = {0};
   lmp_broker_view_t v;
-  CHECK_EQ(lmp_broker_sign(&b, key, 3, LMP_BROKER_RESULT, "t.9", "q", 0, "some result bytes", 17), 0);
+  CHECK_EQ(lmp_broker_sign(&b, key, 3, LMP_BROKER_RESULT, "t.9", "q", 0, "some result bytes", 17),
+           0);
   for (size_t i = 0; i < b.len; i++) {
     b.data[i] ^= 0x01;
     CHECK_EQ(lmp_broker_verify(b.data, b.len, key, 3, 0, &v), -EBADMSG);
@@ -133,7 +134,10 @@ TEST(open_unreachable_in_time)
 
 TEST_LIST = {
     TEST_ENTRY(sign_carries_queue_and_expiry),
-    TEST_ENTRY(sign_round_trip),          TEST_ENTRY(sign_refuses_tampering),
-    TEST_ENTRY(sign_refuses_stale),       TEST_ENTRY(open_rejects_bad_urls),
-    TEST_ENTRY(open_unreachable_in_time), TEST_END,
+    TEST_ENTRY(sign_round_trip),
+    TEST_ENTRY(sign_refuses_tampering),
+    TEST_ENTRY(sign_refuses_stale),
+    TEST_ENTRY(open_rejects_bad_urls),
+    TEST_ENTRY(open_unreachable_in_time),
+    TEST_END,
 };
