@@ -171,7 +171,7 @@ int main(void)
 {
   lmp_buf_t b = {0};
   lmp_broker_view_t v;
-  if (lmp_broker_sign(&b, "k", 1, LMP_BROKER_TASK, "t1", "hi", 2) < 0 ||
+  if (lmp_broker_sign(&b, "k", 1, LMP_BROKER_TASK, "t1", "q", 0, "hi", 2) < 0 ||
       lmp_broker_verify(b.data, b.len, "k", 1, 60000, &v) < 0)
     return 1;
   printf("%.*s %.*s\n", (int)v.idlen, v.id, (int)v.len, v.payload);

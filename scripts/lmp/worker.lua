@@ -430,7 +430,7 @@ function Worker:ask()
     self:cut(err)
     return
   end
-  self.asking, self.asked_at = true, now()
+  self.asking, self.asked_at, self.asked = true, now(), room
   if ready then self:receive() end
 end
 
@@ -448,12 +448,14 @@ function Worker:receive()
   self.asking = false
   if not msgs then return self:cut(err) end
   self:back()
+  -- a full answer: work is waiting, so every worker has some
+  self.backlog = #msgs >= self.asked
   for i = 1, #msgs do self:handle(msgs[i]) end
 end
 
 -- Tasks whose lease lapsed (their worker vanished) are claimed every
--- quarter visibility timeout (at most a second apart), whatever room
--- there is: they run next here, ahead of new work.
+-- quarter visibility timeout (at most a second apart), all at once and
+-- whatever room there is: they run next here, ahead of new work.
 function Worker:reclaim(t)
   if t < self.next_reclaim then return end
   if t >= self.vt_at then -- the queue's visibility timeout, as its producers asked, bounds ours
@@ -463,7 +465,7 @@ function Worker:reclaim(t)
   end
   local vt = self.qvt
   self.next_reclaim = t + math.min(1, math.max(0.25, vt / 4))
-  local msgs, err = self.conn:reclaim(vt, self.n)
+  local msgs, err = self.conn:reclaim(vt, self.n + MAX_PREFETCH)
   if not msgs then return self:cut(err) end
   for i = 1, #msgs do
     if not self.running[msgs[i].id] then
@@ -475,9 +477,11 @@ end
 
 -- Tasks reserved here that no local process has started within HOLD go
 -- back to the queue for an idle worker, as new deliveries of the same
--- count.  Reclaimed tasks stay: they are behind nothing here.
+-- count: only when the queue has run dry (with a backlog every worker has
+-- work, and a task given back would wait behind all of it).  Reclaimed
+-- tasks stay: they are behind nothing here.
 function Worker:give_back(t)
-  if self.prefetch then return end
+  if self.prefetch or self.backlog then return end
   local pool, back = self.pool, 0
   for _, task in pairs(self.running) do
     if task.at and t - task.at > HOLD and task.msg.deliveries == 1 and pool:state(task.local_id) ~= "running"
