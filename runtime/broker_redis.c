@@ -74,11 +74,12 @@
 
 #define GROUP "lmp"
 #define SOCKET_TIMEOUT_MS 15000
-#define MAX_BLOCK_MS 2000                      /* well under SOCKET_TIMEOUT_MS */
-#define SHORT_TIMEOUT_MS (MAX_BLOCK_MS + 2000) /* for an impatient broker: a dead link shows soon  \
-                                                */
-#define CHUNK 65536                            /* tasks per replay record */
-#define DAY_MS (86400 * 1000LL)                /* a caller's counter, a record without an expiry */
+#define MAX_BLOCK_MS 2000 /* well under SOCKET_TIMEOUT_MS */
+#define SHORT_TIMEOUT_MS                                                                           \
+  (MAX_BLOCK_MS + 2000)         /* for an impatient broker: a dead link shows soon                 \
+                                 */
+#define CHUNK 65536             /* tasks per replay record */
+#define DAY_MS (86400 * 1000LL) /* a caller's counter, a record without an expiry */
 #define PUT_BATCH 512
 #define SWEEP_IDLE_MS 5000   /* a consumer idle this long (and 4 visibility timeouts) ... */
 #define SWEEP_EVERY_MS 10000 /* ... is looked for this often */
@@ -378,6 +379,16 @@ static int read_replies(lmp_broker_t *b, rconn *r, redisReply **reps, int n, con
     reps[i] = rep;
   }
   return 0;
+}
+
+/* Two commands of one argument each in one round trip; their replies into
+ * reps (freed by the caller). */
+static int ask_pair(lmp_broker_t *b, rconn *r, redisReply **reps, const char *what, const char *f1,
+                    const char *a1, const char *f2, const char *a2)
+{
+  redisAppendCommand(r->c, f1, a1);
+  redisAppendCommand(r->c, f2, a2);
+  return read_replies(b, r, reps, 2, what);
 }
 
 static int open_redis(lmp_broker_t *b)
@@ -717,9 +728,7 @@ static int state_redis(lmp_broker_t *b, int64_t *count, char *epoch, size_t epoc
   rc = b->e->flush(b);
   if (rc < 0)
     return rc;
-  redisAppendCommand(r->c, "GET %s", r->kcount);
-  redisAppendCommand(r->c, "GET %s:epoch", r->kstream);
-  rc = read_replies(b, r, reps, 2, "GET");
+  rc = ask_pair(b, r, reps, "GET", "GET %s", r->kcount, "GET %s:epoch", r->kstream);
   if (rc < 0)
     return rc;
   *count = reps[0]->type == REDIS_REPLY_STRING ? strtoll(reps[0]->str, NULL, 10) : 0;
@@ -1442,9 +1451,7 @@ static int counts_redis(lmp_broker_t *b, int64_t *waiting, int64_t *dead)
   int rc = ensure(b, r, b->cfg.connect_timeout);
   if (rc < 0)
     return rc;
-  redisAppendCommand(r->c, "XLEN %s", r->kstream);
-  redisAppendCommand(r->c, "XLEN %s", r->kdead);
-  rc = read_replies(b, r, reps, 2, "XLEN");
+  rc = ask_pair(b, r, reps, "XLEN", "XLEN %s", r->kstream, "XLEN %s", r->kdead);
   if (rc < 0)
     return rc;
   *waiting = reps[0]->type == REDIS_REPLY_INTEGER ? reps[0]->integer : -1;

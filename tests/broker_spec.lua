@@ -743,6 +743,9 @@ describe_redis("lmp.Pool on a Redis broker", function()
     local w1, log1 = start_worker(q1, {url = pw_url, command = true})
     local p = lmp.Pool{broker = pw_url, queue = q1, secret = SECRET}
     assert.are.same({1, 4, 9}, p:map(function(x) return x * x end, {1, 2, 3}))
+    -- what a program may print of the pool shows no password either
+    assert.is_nil(p:stats().broker:find("secretpw", 1, true))
+    assert.is_nil(tostring(p):find("secretpw", 1, true))
     p:terminate()
     assert.matches("worker%zredis://:x+@127%.0%.0%.1:", readfile("/proc/" .. w1 .. "/cmdline"))
     local under = descendants(w1)

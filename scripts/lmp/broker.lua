@@ -409,7 +409,7 @@ function Pool:stats()
   end
   return {queued = math.max(0, (waiting or 0) - running), running = running, done = self._done,
           failed = self._failed, restarts = 0, recycled = 0, rate = rate(self), workers = workers,
-          broker = self._url, queue = self._queue, inflight = self._inflight, submitted = self._seq,
+          broker = core.url_shown(self._url), queue = self._queue, inflight = self._inflight, submitted = self._seq,
           refused = self._refused, waiting = waiting, dead = dead}
 end
 
