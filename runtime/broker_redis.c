@@ -1483,50 +1483,55 @@ static int heartbeat_redis(lmp_broker_t *b, const char *info, const char *runnin
   return 0;
 }
 
+/* The live workers: the expired ones dropped and the names read in one
+ * round trip, then every heartbeat in a second. */
 static int workers_redis(lmp_broker_t *b, lmp_broker_batch_t *out)
 {
   rconn *r = b->conn;
+  redisReply *reps[2] = {NULL, NULL};
+  char now[24];
   int rc = ensure(b, r, b->cfg.connect_timeout);
   if (rc < 0)
     return rc;
-  redisReply *rep =
-      redisCommand(r->c, "ZREMRANGEBYSCORE %s -inf %lld", r->kworkers, (long long)lmp__wall_ms());
-  if (rep == NULL)
-    return io_error(b, r, "ZREMRANGEBYSCORE");
-  freeReplyObject(rep);
-  rep = redisCommand(r->c, "ZRANGE %s 0 -1", r->kworkers);
-  if (rep == NULL)
-    return io_error(b, r, "ZRANGE");
-  if (rep->type != REDIS_REPLY_ARRAY)
-    return reply_error(b, rep, "ZRANGE");
+  snprintf(now, sizeof now, "%lld", (long long)lmp__wall_ms());
+  redisAppendCommand(r->c, "ZREMRANGEBYSCORE %s -inf %s", r->kworkers, now);
+  redisAppendCommand(r->c, "ZRANGE %s 0 -1", r->kworkers);
+  rc = read_replies(b, r, reps, 2, "ZRANGE");
+  if (rc < 0)
+    return rc;
+  freeReplyObject(reps[0]);
+  redisReply *names = reps[1];
+  if (names->type != REDIS_REPLY_ARRAY)
+    return reply_error(b, names, "ZRANGE");
+  for (size_t i = 0; i < names->elements; i++)
+    redisAppendCommand(r->c, "HMGET lmp:w:%s info running", names->element[i]->str);
   int n = 0;
-  for (size_t i = 0; i < rep->elements; i++) {
-    const char *name = rep->element[i]->str;
-    redisReply *h = redisCommand(r->c, "HMGET lmp:w:%s info running", name);
-    if (h == NULL) {
-      freeReplyObject(rep);
+  for (size_t i = 0; i < names->elements; i++) {
+    void *x = NULL;
+    if (redisGetReply(r->c, &x) != REDIS_OK || x == NULL) {
+      freeReplyObject(names);
       return io_error(b, r, "HMGET");
     }
+    redisReply *h = x;
+    lmp_broker_msg_t *m = NULL;
     if (h->type == REDIS_REPLY_ARRAY && h->elements == 2 &&
-        h->element[0]->type == REDIS_REPLY_STRING) {
-      lmp_broker_msg_t *m = lmp__broker_push(out);
-      if (m == NULL) {
-        freeReplyObject(h);
-        freeReplyObject(rep);
-        return -ENOMEM;
+        h->element[0]->type == REDIS_REPLY_STRING && rc == 0) {
+      if ((m = lmp__broker_push(out)) == NULL) {
+        rc = -ENOMEM; /* the other replies are still read */
+      } else {
+        snprintf(m->id, sizeof m->id, "%s", names->element[i]->str);
+        m->data = strndup(h->element[0]->str, h->element[0]->len);
+        m->len = h->element[0]->len;
+        m->history = h->element[1]->type == REDIS_REPLY_STRING
+                         ? strndup(h->element[1]->str, h->element[1]->len)
+                         : strdup("");
+        n++;
       }
-      snprintf(m->id, sizeof m->id, "%s", name);
-      m->data = strndup(h->element[0]->str, h->element[0]->len);
-      m->len = h->element[0]->len;
-      m->history = h->element[1]->type == REDIS_REPLY_STRING
-                       ? strndup(h->element[1]->str, h->element[1]->len)
-                       : strdup("");
-      n++;
     }
     freeReplyObject(h);
   }
-  freeReplyObject(rep);
-  return n;
+  freeReplyObject(names);
+  return rc < 0 ? rc : n;
 }
 
 static int unregister_redis(lmp_broker_t *b)

@@ -270,13 +270,22 @@ describe_net("lmp.Pool on a Redis broker across machines", function()
     assert.is_truthy(wait_done(p, counts, 200))
     a:kill("KILL")
     local t_kill = lmp.time()
-    p:poll()
-    -- every task taken before the kill (an index at or below the highest
-    -- done by then) is done by t_kill + vt + slack; 5 s of slack covers the
-    -- reclaim's period (vt / 4), a lease renewal and a loaded 2-core machine
-    local high = 0
+    -- A's tasks are those still undone once B has run past them: an index
+    -- at or below the highest done a second after the kill (B needs far
+    -- less than a second to pass what A held)
+    while lmp.time() < t_kill + 1 do
+      p:poll()
+      lmp.sleep(0.05)
+    end
+    local high, held = 0, 0
     for i in pairs(at) do if i > high then high = i end end
-    local deadline = t_kill + vt + 5
+    for i = 1, high do if not counts[i] then held = held + 1 end end
+    assert.is_true(held > 0, "the killed worker held no task: the test cannot tell")
+    -- each is done by t_kill + vt + slack; 3 s of slack covers the
+    -- reclaim's period (vt / 4), a lease renewal and a loaded 2-core machine
+    -- (the workers started before the pool: they must have learnt its
+    -- visibility_timeout since)
+    local deadline = t_kill + vt + 3
     while lmp.time() < deadline do
       p:poll()
       lmp.sleep(0.05)

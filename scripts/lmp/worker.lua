@@ -458,12 +458,9 @@ end
 -- whatever room there is: they run next here, ahead of new work.
 function Worker:reclaim(t)
   if t < self.next_reclaim then return end
-  if t >= self.vt_at then -- the queue's visibility timeout, as its producers asked, bounds ours
-    self.vt_at = t + 10
-    local qvt = self.conn:visibility()
-    self.qvt = qvt and qvt > 0 and qvt < self.vt and math.max(0.5, qvt) or self.vt
-  end
-  local vt = self.qvt
+  -- the queue's visibility timeout, as its producers asked, bounds ours
+  local qvt = self.conn:visibility()
+  local vt = qvt and qvt > 0 and qvt < self.vt and math.max(0.5, qvt) or self.vt
   self.next_reclaim = t + math.min(1, math.max(0.25, vt / 4))
   local msgs, err = self.conn:reclaim(vt, self.n + MAX_PREFETCH)
   if not msgs then return self:cut(err) end
@@ -589,7 +586,7 @@ local function serve(o)
                           queue = o.queue, consumer = conn:consumer(), prefetch = o.prefetch,
                           vt = o.vt or 30, md = o.md or 5, max_age = o.max_age or 86400,
                           running = {}, nrunning = 0, ndone = 0, nfailed = 0, nrefused = 0,
-                          batch = {}, tasks = {}, next_reclaim = 0, vt_at = 0, rate = 0,
+                          batch = {}, tasks = {}, next_reclaim = 0, rate = 0,
                           rate_at = t, finished = 0},
                          Worker)
   local ok, lerr = conn:lease_start(0.25, 5)
