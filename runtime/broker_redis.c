@@ -29,11 +29,11 @@
  * Takes run a script (TAKE_SCRIPT): it reads new entries for this consumer
  * and sets each task's replay record in the same atomic step, so an entry
  * whose task was already handed out is acknowledged and deleted there,
- * never delivered.  A consumer that waits parks XREAD BLOCK after the
- * group's last delivered id in front of the script on one connection:
- * when an entry comes the server answers the XREAD and runs the script at
- * once, so the entry reaches the worker half a round trip after it was
- * added.
+ * never delivered.  A consumer that waits parks XREADGROUP BLOCK COUNT 1
+ * in front of the script on one connection: when an entry comes the server
+ * hands it to one waiting consumer (the others sleep on) and runs that
+ * consumer's script at once, which checks the waiter's entry too; so the
+ * entry reaches the worker half a round trip after it was added.
  *
  * Connections.  hiredis 0.14 leaves a context unusable after any I/O error
  * and its redisReconnect forgets the timeouts, so a broken context is freed
@@ -101,7 +101,8 @@ typedef struct rconn {
   /* a take in flight: replies due (XREAD, script), the group's last id */
   int tdue, twake;
   char tlast[48];
-  lmp_broker_batch_t stash; /* own entries read again after a reconnection */
+  lmp_broker_batch_t stash;  /* own entries read again after a reconnection */
+  lmp_broker_batch_t waited; /* the waiter's entries, until the script has checked them */
   /* puts not yet acknowledged, sent again after a reconnection */
   char **puts;
   size_t *putlen;
@@ -427,6 +428,7 @@ static void close_redis(lmp_broker_t *b)
   notifier_free(r->wake);
   drop(r);
   lmp_broker_batch_free(&r->stash);
+  lmp_broker_batch_free(&r->waited);
   for (int i = 0; i < r->nput; i++)
     free(r->puts[i]);
   free(r->puts);
@@ -802,51 +804,61 @@ static int own_counts(lmp_broker_t *b, rconn *r, lmp_broker_batch_t *out, int fr
 /*
  * The take: new entries for this consumer, each task's replay record set
  * in the same step.  KEYS[1] the stream; ARGV: group, consumer, count, the
- * expiry of a record whose task has none (wall ms).  A task id is read
- * from the message's header (broker.c: 'L' 2 kind idlen id stamp expires
- * ...), unchecked: a forged header can only get its own entry dropped or
- * delivered, and a delivered one is verified by the worker.  Returns the
- * group's last delivered id (where the next XREAD waits from), then the
- * entries to deliver.
+ * expiry of a record whose task has none (wall ms), and the group's last
+ * delivered id before a waiting XREADGROUP that came just ahead of this
+ * script ("" without one): the entry that waiter handed this consumer is
+ * the one of its pending entries past that id still on its first delivery
+ * (reclaimed entries are past their first), and it is checked here as if
+ * the script had read it.  A task id is read from the message's header
+ * (broker.c: 'L' 2 kind idlen id stamp expires ...), unchecked: a forged
+ * header can only get its own entry dropped or delivered, and a delivered
+ * one is verified by the worker.  A replay is acknowledged and deleted.
+ * Returns the group's last delivered id, the ids of the waiter's entries
+ * dropped as replays, then the entries to deliver.
  */
 static const char TAKE_SCRIPT[] =
     "local s, g = KEYS[1], ARGV[1]\n"
-    "local r = redis.call('XREADGROUP', 'GROUP', g, ARGV[2], 'COUNT', ARGV[3], 'STREAMS', s, '>')\n"
-    "local out, los, ttl = {'0-0'}, {}, {}\n"
-    "for _, e in ipairs(r and r[1][2] or {}) do\n"
-    "  local f, m, keep = e[2], nil, true\n"
+    "local los, ttl = {}, {}\n"
+    "local function fresh(e)\n"
+    "  local f, m = e[2], nil\n"
     "  for i = 1, #f, 2 do if f[i] == 'm' then m = f[i + 1] end end\n"
-    "  if m and #m >= 53 and string.byte(m, 1) == 76 and string.byte(m, 2) == 2 then\n"
-    "    local n = string.byte(m, 4)\n"
-    "    local caller, seq = string.match(string.sub(m, 5, 4 + n), '^(.+)%.(%d+)$')\n"
-    "    seq = tonumber(seq)\n"
-    "    if caller and seq then\n"
-    "      local lo = los[caller]\n"
-    "      if lo == nil then\n"
-    "        lo = tonumber(redis.call('GET', 'lmp:c:' .. caller .. ':lo')) or 0\n"
-    "        los[caller] = lo\n"
-    "      end\n"
-    "      local k = 'lmp:c:' .. caller .. ':t:' .. math.floor(seq / "
-    "65536"
-    ")\n"
-    "      if seq < lo or redis.call('SETBIT', k, seq % "
-    "65536"
-    ", 1) == 1 then\n"
-    "        keep = false\n"
-    "      elseif not ttl[k] then\n"
-    "        local x = 0\n"
-    "        for i = 13 + n, 20 + n do x = x * 256 + string.byte(m, i) end\n"
-    "        ttl[k] = true\n"
-    "        redis.call('PEXPIREAT', k, x > 0 and x or ARGV[4])\n"
-    "      end\n"
-    "    end\n"
+    "  if not (m and #m >= 53 and string.byte(m, 1) == 76 and string.byte(m, 2) == 2) then return "
+    "true end\n"
+    "  local n = string.byte(m, 4)\n"
+    "  local caller, seq = string.match(string.sub(m, 5, 4 + n), '^(.+)%.(%d+)$')\n"
+    "  seq = tonumber(seq)\n"
+    "  if not (caller and seq) then return true end\n"
+    "  local lo = los[caller]\n"
+    "  if lo == nil then\n"
+    "    lo = tonumber(redis.call('GET', 'lmp:c:' .. caller .. ':lo')) or 0\n"
+    "    los[caller] = lo\n"
     "  end\n"
-    "  if keep then\n"
-    "    out[#out + 1] = e\n"
-    "  else\n"
+    "  local k = 'lmp:c:' .. caller .. ':t:' .. math.floor(seq / 65536)\n"
+    "  if seq < lo or redis.call('SETBIT', k, seq % 65536, 1) == 1 then\n"
     "    redis.call('XACK', s, g, e[1])\n"
     "    redis.call('XDEL', s, e[1])\n"
+    "    return false\n"
     "  end\n"
+    "  if not ttl[k] then\n"
+    "    local x = 0\n"
+    "    for i = 13 + n, 20 + n do x = x * 256 + string.byte(m, i) end\n"
+    "    ttl[k] = true\n"
+    "    redis.call('PEXPIREAT', k, x > 0 and x or ARGV[4])\n"
+    "  end\n"
+    "  return true\n"
+    "end\n"
+    "local dropped = {}\n"
+    "if ARGV[5] ~= '' then\n"
+    "  for _, p in ipairs(redis.call('XPENDING', s, g, '(' .. ARGV[5], '+', 16, ARGV[2])) do\n"
+    "    local e = p[4] == 1 and redis.call('XRANGE', s, p[1], p[1])[1]\n"
+    "    if e and not fresh(e) then dropped[#dropped + 1] = p[1] end\n"
+    "  end\n"
+    "end\n"
+    "local out = {'0-0', dropped}\n"
+    "local r = ARGV[3] ~= '0' and redis.call('XREADGROUP', 'GROUP', g, ARGV[2], 'COUNT', ARGV[3], "
+    "'STREAMS', s, '>')\n"
+    "for _, e in ipairs(r and r[1][2] or {}) do\n"
+    "  if fresh(e) then out[#out + 1] = e end\n"
     "end\n"
     "for _, x in ipairs(redis.call('XINFO', 'GROUPS', s)) do\n"
     "  local name, last\n"
@@ -948,6 +960,7 @@ static int take_send_redis(lmp_broker_t *b, int max, int64_t block_ms)
     return 0;
   if (r->stash.n > 0)
     return 1;
+  lmp_broker_batch_clear(&r->waited); /* a failed take's: back as our own pending */
   int rc = ensure(b, r, b->patience_ms);
   if (rc < 0)
     return rc;
@@ -957,22 +970,49 @@ static int take_send_redis(lmp_broker_t *b, int max, int64_t block_ms)
     return rc < 0 ? rc : 1;
   if (block_ms > MAX_BLOCK_MS)
     block_ms = MAX_BLOCK_MS;
+  /* The waiter: one entry, handed to this consumer alone (no other
+   * waiting worker wakes for it), checked by the script that follows. */
   r->twake = block_ms > 0 && r->tlast[0];
   if (r->twake)
-    redisAppendCommand(r->c, "XREAD COUNT 1 BLOCK %lld STREAMS %s %s", (long long)block_ms,
-                       r->kstream, r->tlast);
-  snprintf(count, sizeof count, "%d", max);
+    redisAppendCommand(r->c, "XREADGROUP GROUP " GROUP " %s COUNT 1 BLOCK %lld STREAMS %s >",
+                       b->consumer, (long long)block_ms, r->kstream);
+  snprintf(count, sizeof count, "%d", max - r->twake); /* the waiter's one counts */
   snprintf(expiry, sizeof expiry, "%lld", (long long)(lmp__wall_ms() + DAY_MS));
-  const char *argv[] = {"EVAL", TAKE_SCRIPT, "1", r->kstream, GROUP, b->consumer, count, expiry};
-  size_t lens[8];
-  for (int i = 0; i < 8; i++)
+  const char *argv[] = {"EVAL",     TAKE_SCRIPT, "1",
+                        r->kstream, GROUP,       b->consumer,
+                        count,      expiry,      r->twake ? r->tlast : ""};
+  size_t lens[9];
+  for (int i = 0; i < 9; i++)
     lens[i] = strlen(argv[i]);
-  redisAppendCommandArgv(r->c, 8, argv, lens);
+  redisAppendCommandArgv(r->c, 9, argv, lens);
   r->tdue = r->twake + 1;
   rc = send_all(b, r);
   if (rc < 0)
     r->tdue = 0;
   return rc;
+}
+
+/* Move the waiter's entries but those the script dropped (replays) to
+ * out; the number moved, or -ENOMEM. */
+static int keep_waited(rconn *r, const redisReply *dropped, lmp_broker_batch_t *out)
+{
+  int n = 0;
+  for (int i = 0; i < r->waited.n; i++) {
+    lmp_broker_msg_t *w = &r->waited.msg[i];
+    int gone = 0;
+    for (size_t k = 0; dropped->type == REDIS_REPLY_ARRAY && k < dropped->elements; k++)
+      gone |= dropped->element[k]->type == REDIS_REPLY_STRING &&
+              strcmp(dropped->element[k]->str, w->id) == 0;
+    if (gone)
+      continue;
+    lmp_broker_msg_t *m = lmp__broker_push(out);
+    if (m == NULL)
+      return -ENOMEM;
+    *m = *w; /* the strings move */
+    w->data = w->history = NULL;
+    n++;
+  }
+  return n;
 }
 
 static int take_reply(lmp_broker_t *b, rconn *r, lmp_broker_batch_t *out, int wait)
@@ -996,14 +1036,21 @@ static int take_reply(lmp_broker_t *b, rconn *r, lmp_broker_batch_t *out, int wa
         r->tdue = 0;
       return rc < 0 ? rc : -EAGAIN;
     }
-    if (r->tdue-- == 2) { /* the XREAD: only a wake-up */
-      int refused = rep->type == REDIS_REPLY_ERROR;
-      if (refused) {
+    if (r->tdue-- == 2) { /* the waiter: its entry waits for the script's word */
+      int n = 0;
+      if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 1 && rep->element[0]->elements == 2)
+        n = add_entries(b, rep->element[0]->element[1], &r->waited, 1);
+      if (rep->type == REDIS_REPLY_ERROR && strstr(rep->str, "NOGROUP") == NULL) {
         r->tdue = 0;
         drop(r);
-        return reply_error(b, rep, "XREAD");
+        return reply_error(b, rep, "XREADGROUP");
       }
       freeReplyObject(rep);
+      if (n < 0) {
+        r->tdue = 0;
+        drop(r);
+        return n;
+      }
       continue;
     }
     if (rep->type == REDIS_REPLY_ERROR) {
@@ -1015,15 +1062,17 @@ static int take_reply(lmp_broker_t *b, rconn *r, lmp_broker_batch_t *out, int wa
       return reply_error(b, rep, "taking tasks");
     }
     int n = 0;
-    if (rep->type == REDIS_REPLY_ARRAY && rep->elements >= 1) {
-      redisReply *last = rep->element[0];
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements >= 2) {
+      redisReply *last = rep->element[0], *dropped = rep->element[1];
       if (last->type == REDIS_REPLY_STRING)
         snprintf(r->tlast, sizeof r->tlast, "%s", last->str);
-      for (size_t i = 1; i < rep->elements && n >= 0; i++) {
+      n = keep_waited(r, dropped, out);
+      for (size_t i = 2; i < rep->elements && n >= 0; i++) {
         int k = add_entry(out, rep->element[i], 1);
         n = k < 0 ? lmp__broker_fail(b, k, "unexpected stream entry in the reply") : n + (k == 0);
       }
     }
+    lmp_broker_batch_clear(&r->waited);
     freeReplyObject(rep);
     return n;
   }
@@ -1044,6 +1093,7 @@ static void take_cancel_redis(lmp_broker_t *b)
   if (r->tdue)
     drop(r); /* what the script may have taken comes back as our own pending */
   r->tdue = 0;
+  lmp_broker_batch_clear(&r->waited); /* that too */
 }
 
 static int take_redis(lmp_broker_t *b, int max, int64_t block_ms, lmp_broker_batch_t *out)

@@ -431,6 +431,27 @@ describe_redis("lmp.Pool on a Redis broker", function()
     assert.matches("rc=1", out)
   end)
 
+  it("hands a task to one waiting worker: the others sleep on", function()
+    local q = new_queue()
+    local ws = {}
+    for i = 1, 4 do ws[i] = start_worker(q, {processes = 1}) end
+    local p = pool(q)
+    for i = 1, 5 do assert.are.equal(i, p:apply(function(x) return x end, i)) end -- all warm
+    local function takes() return tonumber(cli("INFO commandstats"):match("cmdstat_eval:calls=(%d+)")) or 0 end
+    local before, t0 = takes(), lmp.time()
+    local n = 60
+    for i = 1, n do assert.are.equal(i, p:apply(function(x) return x end, i)) end
+    local secs = lmp.time() - t0
+    -- a take per task, plus each idle worker's take that ends empty once a
+    -- second; woken all at once, four workers would make four per task
+    local bound = n + 4 * 2 * (math.ceil(secs) + 1)
+    local made = takes() - before
+    assert.is_true(made <= bound, string.format("%d takes for %d tasks in %.2f s (at most %d)", made, n, secs, bound))
+    p:terminate()
+    for i = 1, 4 do kill(ws[i]) end
+    for i = 1, 4 do assert.is_true(exited(ws[i])) end
+  end)
+
   it("completes every task, each result once, when a worker is killed", function()
     local q = new_queue()
     local w1 = start_worker(q)
@@ -699,7 +720,7 @@ describe_redis("lmp.Pool on a Redis broker", function()
 
   it("logs in as an ACL user limited to lmp's keys and commands", function()
     local acl = "ACL SETUSER lmpuser on '>pwA' resetkeys '~lmp:*' resetchannels -@all "
-                .. "+auth +select +ping +multi +exec +xadd +xreadgroup +xread +xack +xdel +xclaim +xpending "
+                .. "+auth +select +ping +multi +exec +xadd +xreadgroup +xread +xrange +xack +xdel +xclaim +xpending "
                 .. "'+xgroup|create' '+xinfo|groups' +xlen +xtrim +eval +setbit +pexpireat +incrby +unlink "
                 .. "+set +get +pexpire +hset +hmget +del +zadd +zrange +zrem +zremrangebyscore"
     assert.matches("OK", cli(acl))
@@ -782,6 +803,7 @@ describe_redis("lmp.Pool on a Redis broker", function()
   it("refuses a Redis Cluster node at once, saying why", function()
     local dir = sh("mktemp -d"):match("%S+")
     local port = free_port()
+    while port > 55000 do port = free_port() end -- its cluster bus listens at port + 10000
     sh(string.format("redis-server --port %d --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file %s/nodes.conf "
                      .. "--save '' --dir %s --daemonize yes --pidfile %s/redis.pid --logfile %s/redis.log",
                      port, dir, dir, dir, dir))

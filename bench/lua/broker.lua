@@ -9,7 +9,10 @@
 --   broker_rtt   broker_rt with the caller and the workers reaching Redis
 --                through bench/c/delayproxy (2 ms each way): the network
 --                round trips a task costs on its critical path,
---                (median through the proxy - median on loopback) / (2 x 2 ms).
+--                (median through the proxy - median on loopback) divided
+--                by what one Redis round trip costs through the proxy more
+--                than on loopback (measured the same way: a GET; a little
+--                over 2 x 2 ms, the proxy's own wake-ups included).
 --                Caller -> Redis -> worker -> Redis -> caller is 2 at best.
 -- The redis-server is BENCH_REDIS_PORT's (bench/run.sh starts one for the
 -- broker workloads) or, without it, one started here on a free port.  The
@@ -74,6 +77,20 @@ local function setup(p)
   return pool
 end
 
+-- The median time of n one-round-trip requests (a GET) to Redis at port p,
+-- in microseconds.
+local function median_get(p, n)
+  local conn = assert(require("lmp.core").broker.open(url_of(p), "bench-rtt", 5))
+  local times = {}
+  for i = 1, n do
+    local t0 = b.now()
+    assert(conn:visibility())
+    times[i] = (b.now() - t0) * 1e6
+  end
+  conn:close()
+  return b.median(times)
+end
+
 -- The median time of n pool:apply calls of a trivial task, in microseconds.
 local function median_apply(pool, n)
   local times = {}
@@ -101,16 +118,17 @@ elseif name == "broker_rtt" then
   if not pport then error("cannot start " .. proxy_bin) end
   local far = setup(pport)
   local n = b.size(300, 5)
-  local samples, near_us, far_us = {}, {}, {}
+  local samples, near_us, far_us, hop_us = {}, {}, {}, {}
   -- loopback and proxied measured in turn, so drift hits both
   for s = 1, b.smoke and 1 or 3 do
     near_us[s] = median_apply(pool, n)
     far_us[s] = median_apply(far, n)
-    samples[s] = (far_us[s] - near_us[s]) / (2 * DELAY_MS * 1000)
+    hop_us[s] = median_get(pport, n) - median_get(port, n)
+    samples[s] = (far_us[s] - near_us[s]) / hop_us[s]
   end
   far:terminate()
   b.emit(name, unit, samples, {calls = n, delay_ms = DELAY_MS, loopback_us = b.median(near_us),
-                               latency_us = b.median(far_us)})
+                               latency_us = b.median(far_us), round_trip_us = b.median(hop_us)})
 else
   b.throughput(name, pool, b.size(20000, 100), 3, {workers = 2})
 end
