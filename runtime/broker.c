@@ -649,11 +649,14 @@ void lmp_broker_lease_del(lmp_broker_t *b, const char *id)
   lmp__lease_t *l = b->lease;
   if (l == NULL)
     return;
+  /* Tasks mostly end in the order they came: look from the oldest, and keep
+   * the order (a move of pointers) so that the next one is found first too. */
   pthread_mutex_lock(&l->mu);
-  for (int i = l->n - 1; i >= 0; i--) {
+  for (int i = 0; i < l->n; i++) {
     if (strcmp(l->ids[i], id) == 0) {
       free(l->ids[i]);
-      l->ids[i] = l->ids[--l->n];
+      memmove(l->ids + i, l->ids + i + 1, sizeof *l->ids * (size_t)(l->n - i - 1));
+      l->n--;
       break;
     }
   }
