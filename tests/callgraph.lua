@@ -193,7 +193,8 @@ local allowed = {
   -- (runtime/broker_engine.h).
   {files = {"runtime/broker.c", "runtime/broker_redis.c"}, from = "runtime/broker_redis.c",
    to = "runtime/broker.c", calls = {"lmp__broker_fail", "lmp__broker_push", "lmp__wall_ms",
-                                      "lmp__broker_url_shown", "lmp_broker_batch_free", "lmp_broker_peek"}},
+                                      "lmp__broker_url_shown", "lmp_broker_batch_clear", "lmp_broker_batch_free",
+                                      "lmp_broker_peek"}},
   -- A segment call made before anyone started the runtime starts it
   -- (lmp/segment.h, lmp/runtime.h): the root is above segments and gives
   -- them their prefix, and this lazy start is the one call back up.
