@@ -14,6 +14,7 @@
 --                than on loopback (measured the same way: a GET; a little
 --                over 2 x 2 ms, the proxy's own wake-ups included).
 --                Caller -> Redis -> worker -> Redis -> caller is 2 at best.
+--                BENCH_DELAY_MS sets the proxy's delay (default 2).
 -- The redis-server is BENCH_REDIS_PORT's (bench/run.sh starts one for the
 -- broker workloads) or, without it, one started here on a free port.  The
 -- proxy is BENCH_DELAYPROXY (bench/run.sh builds it), else BUILD/bench/delayproxy.
@@ -23,7 +24,7 @@ local lmp = require "lmp"
 
 local name = arg[1]
 local unit = ({broker_rt = "us", broker_rtt = "round trips"})[name] or "tasks/s"
-local DELAY_MS = 2
+local DELAY_MS = tonumber(os.getenv("BENCH_DELAY_MS") or "") or 2
 
 local function sh(cmd)
   local p = io.popen("{ " .. cmd .. "\n} 2>&1")
