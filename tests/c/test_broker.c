@@ -9,6 +9,9 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
 #include "lmp/broker.h"
 #include "lmp/common.h"
 #include "runner.h"
@@ -31,6 +34,30 @@ TEST(sign_round_trip)
   CHECK_EQ(v.len, 7);
   CHECK(memcmp(v.payload, "payload", 7) == 0);
   lmp_buf_free(&b);
+}
+
+/* The tag is HMAC-SHA256 of everything before it, as OpenSSL's own HMAC
+ * computes it: for short and long keys (over the 64-byte block), and after
+ * the key changes between messages. */
+TEST(sign_tag_is_hmac_sha256)
+{
+  char longkey[100];
+  memset(longkey, 'k', sizeof longkey);
+  const char *keys[] = {key, longkey, key, "another"};
+  size_t lens[] = {3, sizeof longkey, 3, 7};
+  for (int i = 0; i < 4; i++) {
+    lmp_buf_t b = {0};
+    unsigned char want[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    CHECK_EQ(lmp_broker_sign(&b, keys[i], lens[i], LMP_BROKER_TASK, "c.1", "q", 0, "payload", 7),
+             0);
+    size_t body = b.len - LMP_BROKER_MAC_LEN;
+    CHECK(HMAC(EVP_sha256(), keys[i], (int)lens[i], (unsigned char *)b.data, body, want, &n) !=
+          NULL);
+    CHECK_EQ(n, LMP_BROKER_MAC_LEN);
+    CHECK(memcmp(want, b.data + body, LMP_BROKER_MAC_LEN) == 0);
+    lmp_buf_free(&b);
+  }
 }
 
 /* The queue and the expiry are signed: an entry cannot be moved to another
@@ -134,6 +161,7 @@ TEST(open_unreachable_in_time)
 
 TEST_LIST = {
     TEST_ENTRY(sign_carries_queue_and_expiry),
+    TEST_ENTRY(sign_tag_is_hmac_sha256),
     TEST_ENTRY(sign_round_trip),
     TEST_ENTRY(sign_refuses_tampering),
     TEST_ENTRY(sign_refuses_stale),
