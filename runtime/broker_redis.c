@@ -96,7 +96,7 @@ typedef struct rconn {
   char kstream[300], kdead[310], kworkers[320], kself[200], kcount[320];
   /* results: the caller's stream, the last id read, whether to trim to it */
   char rkey[300], rlast[48];
-  int rtrim;
+  int owed;          /* replies to commands sent without waiting (see read_results) */
   uint64_t lo_chunk; /* replay records below this chunk are deleted */
   /* a take in flight: replies due (XREAD, script), the group's last id */
   int tdue, twake;
@@ -217,6 +217,7 @@ static void drop(rconn *r)
   if (r->c)
     redisFree(r->c);
   r->c = NULL;
+  r->owed = 0;
 }
 
 /* A reply that is an error: its text into b->err, -EPROTO.  Frees it. */
@@ -344,6 +345,15 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
 /* A usable connection, reconnecting with backoff for up to window_ms. */
 static int ensure(lmp_broker_t *b, rconn *r, int64_t window_ms)
 {
+  while (r->owed > 0 && r->c && !r->c->err) {
+    void *rep = NULL;
+    if (redisGetReply(r->c, &rep) != REDIS_OK || rep == NULL) {
+      drop(r); /* reconnected below */
+      break;
+    }
+    freeReplyObject(rep);
+    r->owed--;
+  }
   if (r->c && !r->c->err) {
     if (r->sock_ms != sock_timeout(b) && r->tdue == 0) {
       r->sock_ms = sock_timeout(b);
@@ -638,19 +648,20 @@ static void results_key(rconn *r, const char *caller)
   if (strcmp(r->rkey, key) != 0) {
     snprintf(r->rkey, sizeof r->rkey, "%s", key);
     snprintf(r->rlast, sizeof r->rlast, "0-0");
-    r->rtrim = 0;
   }
 }
 
 /*
  * A caller's results are a stream that only it reads.  One round trip
- * sends the puts not yet flushed, trims what the last read returned (XTRIM
- * MINID: everything up to it) and reads on from there, blocking until the
- * deadline (at most MAX_BLOCK_MS at a time) for the first result: the XREAD
- * answers with the results themselves as soon as one is added.  A read
- * whose reply a broken connection swallowed is simply made again from the
- * same id, so no result is lost; a result may be read twice (a task run
- * twice), and callers ignore what they have already settled.
+ * sends the puts not yet flushed and reads on from the last id read,
+ * blocking until the deadline (at most MAX_BLOCK_MS at a time) for the
+ * first result: the XREAD answers with the results themselves as soon as
+ * one is added.  Results in hand are then trimmed away (XTRIM MINID, its
+ * reply read later), so the broker holds them only until they are
+ * collected.  A read whose reply a broken connection swallowed is simply
+ * made again from the same id, so no result is lost; a result may be read
+ * twice (a task run twice), and callers ignore what they have already
+ * settled.
  */
 static void notifier_arm(lmp_broker_t *b, struct notifier *n);
 
@@ -665,12 +676,7 @@ static int read_results(lmp_broker_t *b, const char *caller, int max, int64_t de
     int rc = ensure(b, r, b->patience_ms);
     if (rc < 0)
       return rc;
-    int nput = append_puts(b, r), trim = r->rtrim;
-    if (trim) {
-      char from[48];
-      next_id(r->rlast, from, sizeof from);
-      redisAppendCommand(r->c, "XTRIM %s MINID %s", r->rkey, from);
-    }
+    int nput = append_puts(b, r);
     int64_t left = deadline == LMP_FOREVER ? MAX_BLOCK_MS : (deadline - lmp_now_ns()) / 1000000;
     if (left > MAX_BLOCK_MS)
       left = MAX_BLOCK_MS;
@@ -686,24 +692,31 @@ static int read_results(lmp_broker_t *b, const char *caller, int max, int64_t de
       drop(r); /* the replies behind are not read */
       return rc;
     }
-    redisReply *reps[2];
-    if (read_replies(b, r, reps, trim + 1, "XREAD") < 0) {
+    redisReply *rep = NULL;
+    if (read_replies(b, r, &rep, 1, "XREAD") < 0) {
       if (++lost <= 3)
         continue;
       return -ECONNRESET;
     }
-    r->rtrim = 0;
-    if (trim)
-      freeReplyObject(reps[0]); /* an old server without MINID keeps them until the TTL */
-    redisReply *rep = reps[trim];
     if (rep->type == REDIS_REPLY_ERROR)
       return reply_error(b, rep, "XREAD");
     int n = copy_results(b, rep, out, r->rlast, sizeof r->rlast);
     freeReplyObject(rep);
-    if (n != 0) {
-      r->rtrim = n > 0;
-      return n;
+    if (n > 0) {
+      /* Read and in hand: delete them from the broker now, without waiting
+       * for the reply (ensure reads it before the next command).  If the
+       * connection breaks first, they stay until the caller ends or their
+       * TTL: the next read starts after them anyway. */
+      char from[48];
+      next_id(r->rlast, from, sizeof from);
+      redisAppendCommand(r->c, "XTRIM %s MINID %s", r->rkey, from);
+      r->owed++;
+      int done = 0;
+      while (!done && redisBufferWrite(r->c, &done) == REDIS_OK)
+        ;
     }
+    if (n != 0)
+      return n;
     if (left <= 0)
       return 0;
   }

@@ -431,6 +431,20 @@ describe_redis("lmp.Pool on a Redis broker", function()
     assert.matches("rc=1", out)
   end)
 
+  it("deletes a result from Redis once collected, while the pool lives on", function()
+    local q = new_queue()
+    local w = start_worker(q)
+    local p = pool(q)
+    assert.are.equal(100000, #p:apply(function() return string.rep("x", 100000) end))
+    local key = "lmp:c:" .. p._caller
+    assert.is_truthy(support.eventually(function() return cli("XLEN " .. key):match("^0") end, 5),
+                     "entries left: " .. cli("XLEN " .. key))
+    assert.are.equal(3, p:apply(function() return 3 end)) -- the connection still in step
+    p:terminate()
+    kill(w)
+    assert.is_true(exited(w))
+  end)
+
   it("hands a task to one waiting worker: the others sleep on", function()
     local q = new_queue()
     local ws = {}
