@@ -60,6 +60,38 @@ TEST(sign_tag_is_hmac_sha256)
   }
 }
 
+/* peek reads what anyone could have written into Redis: for any bytes it
+ * either refuses them or names fields that lie inside them. */
+TEST(peek_stays_inside_any_bytes)
+{
+  unsigned char buf[160];
+  uint32_t x = 2463534242u;
+  int read = 0;
+  for (int i = 0; i < 200000; i++) {
+    size_t len = 0;
+    x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+    len = x % sizeof buf;
+    for (size_t k = 0; k < len; k++) {
+      x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+      buf[k] = (unsigned char)x;
+    }
+    if (len > 4 && i % 2) { /* most of a header, so the length checks are reached */
+      buf[0] = 'L';
+      buf[1] = 2;
+      buf[3] = (unsigned char)(x % 48);
+    }
+    lmp_broker_view_t v;
+    if (lmp_broker_peek(buf, len, &v) == 0) {
+      const char *end = (const char *)buf + len;
+      CHECK(v.id >= (const char *)buf && v.id + v.idlen <= end);
+      CHECK(v.queue >= (const char *)buf && v.queue + v.qlen <= end);
+      CHECK(v.payload >= (const char *)buf && v.payload + v.len + LMP_BROKER_MAC_LEN <= end);
+      read++;
+    }
+  }
+  CHECK(read > 1000); /* the accepting side was reached too */
+}
+
 /* The queue and the expiry are signed: an entry cannot be moved to another
  * queue or kept alive past its expiry without the secret. */
 TEST(sign_carries_queue_and_expiry)
@@ -162,6 +194,7 @@ TEST(open_unreachable_in_time)
 TEST_LIST = {
     TEST_ENTRY(sign_carries_queue_and_expiry),
     TEST_ENTRY(sign_tag_is_hmac_sha256),
+    TEST_ENTRY(peek_stays_inside_any_bytes),
     TEST_ENTRY(sign_round_trip),
     TEST_ENTRY(sign_refuses_tampering),
     TEST_ENTRY(sign_refuses_stale),
