@@ -15,6 +15,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../runtime/broker_engine.h"
@@ -143,12 +144,34 @@ static int conn_notify_reset(lua_State *L)
   return ok_or_fail(L, c, lmp_broker_notify_reset(c->b));
 }
 
+/* conn:put(msg [, countdown [, eta]]): held countdown seconds from now, or
+ * until eta (seconds since the epoch), when either is given */
 static int conn_put(lua_State *L)
 {
   lconn *c = checkconn(L);
   size_t n;
   const char *s = luaL_checklstring(L, 2, &n);
+  if (!lua_isnoneornil(L, 4))
+    return ok_or_fail(L, c, lmp_broker_put_at(c->b, s, n, (int64_t)(luaL_checknumber(L, 4) * 1000)));
+  if (!lua_isnoneornil(L, 3)) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return ok_or_fail(L, c,
+                      lmp_broker_put_at(c->b, s, n, now + (int64_t)(luaL_checknumber(L, 3) * 1000)));
+  }
   return ok_or_fail(L, c, lmp_broker_put(c->b, s, n));
+}
+
+/* conn:promote(max) -> how many held tasks were due and are now queued */
+static int conn_promote(lua_State *L)
+{
+  lconn *c = checkconn(L);
+  int rc = lmp_broker_promote(c->b, (int)luaL_optinteger(L, 2, 256));
+  if (rc < 0)
+    return fail(L, c, rc);
+  lua_pushinteger(L, rc);
+  return 1;
 }
 
 static int conn_flush(lua_State *L)
@@ -615,6 +638,7 @@ static const luaL_Reg conn_methods[] = {
     {"flush", conn_flush},
     {"results", conn_results},
     {"take", conn_take},
+    {"promote", conn_promote},
     {"take_send", conn_take_send},
     {"take_recv", conn_take_recv},
     {"take_cancel", conn_take_cancel},

@@ -293,7 +293,17 @@ const char *lmp_broker_consumer(const lmp_broker_t *b)
 
 int lmp_broker_put(lmp_broker_t *b, const void *msg, size_t len)
 {
-  GUARDED(b->e->put(b, msg, len));
+  GUARDED(b->e->put(b, msg, len, 0));
+}
+
+int lmp_broker_put_at(lmp_broker_t *b, const void *msg, size_t len, int64_t due_ms)
+{
+  GUARDED(b->e->put(b, msg, len, due_ms > lmp__wall_ms() ? due_ms : 0));
+}
+
+int lmp_broker_promote(lmp_broker_t *b, int max)
+{
+  GUARDED(b->e->promote(b, max > 0 ? max : 1));
 }
 
 int lmp_broker_flush(lmp_broker_t *b)

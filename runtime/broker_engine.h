@@ -19,7 +19,8 @@ typedef struct lmp__broker_engine {
   int (*open)(lmp_broker_t *b);
   void (*close)(lmp_broker_t *b);
   int (*fileno)(const lmp_broker_t *b);
-  int (*put)(lmp_broker_t *b, const void *msg, size_t len);
+  int (*put)(lmp_broker_t *b, const void *msg, size_t len, int64_t due_ms);
+  int (*promote)(lmp_broker_t *b, int max);
   int (*flush)(lmp_broker_t *b);
   int (*results)(lmp_broker_t *b, const char *caller, int max, int64_t deadline,
                  lmp_broker_batch_t *out);

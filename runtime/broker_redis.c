@@ -6,6 +6,8 @@
  *   lmp:q:<queue>:dead    dead-lettered tasks with their history
  *   lmp:q:<queue>:vt      the queue's visibility timeout in ms (the smallest asked)
  *   lmp:q:<queue>:epoch   the queue's identity, made anew with its group
+ *   lmp:q:<queue>:delayed tasks held until they are due (a sorted set of the
+ *                         messages by due time, wall ms; see promote_redis)
  *   lmp:c:<caller>        the results a caller has yet to collect (a stream;
  *                         see results_redis for how it is read), kept the
  *                         result_ttl its tasks carry
@@ -93,7 +95,7 @@ typedef struct rconn {
   int fresh;          /* a new connection: own pending entries first */
   int64_t sock_ms;    /* the socket timeout set */
   int64_t next_sweep; /* wall ms of the next sweep of vanished consumers; -1: not allowed */
-  char kstream[300], kdead[310], kworkers[320], kself[200], kcount[320];
+  char kstream[300], kdead[310], kdelayed[320], kworkers[320], kself[200], kcount[320];
   /* results: the caller's stream, the last id read, whether to trim to it */
   char rkey[300], rlast[48];
   int owed;          /* replies to commands sent without waiting (see read_results) */
@@ -106,6 +108,7 @@ typedef struct rconn {
   /* puts not yet acknowledged, sent again after a reconnection */
   char **puts;
   size_t *putlen;
+  int64_t *putdue; /* 0, or when a held task is due (wall ms) */
   int nput, capput;
   struct notifier *wake; /* a producer's, once an event loop asked for it */
 } rconn;
@@ -413,6 +416,7 @@ static int open_redis(lmp_broker_t *b)
     goto err;
   snprintf(r->kstream, sizeof r->kstream, "lmp:q:%s", b->cfg.queue);
   snprintf(r->kdead, sizeof r->kdead, "lmp:q:%s:dead", b->cfg.queue);
+  snprintf(r->kdelayed, sizeof r->kdelayed, "lmp:q:%s:delayed", b->cfg.queue);
   snprintf(r->kworkers, sizeof r->kworkers, "lmp:workers:%s", b->cfg.queue);
   snprintf(r->kself, sizeof r->kself, "lmp:w:%s", b->consumer);
   snprintf(r->kcount, sizeof r->kcount, "lmp:c:%s:n", b->consumer);
@@ -443,6 +447,7 @@ static void close_redis(lmp_broker_t *b)
     free(r->puts[i]);
   free(r->puts);
   free(r->putlen);
+  free(r->putdue);
   free(r->user);
   free(r->pass);
   free(r);
@@ -518,7 +523,7 @@ static int add_entries(lmp_broker_t *b, redisReply *list, lmp_broker_batch_t *ou
 
 /* === producer === */
 
-static int put_redis(lmp_broker_t *b, const void *msg, size_t len)
+static int put_redis(lmp_broker_t *b, const void *msg, size_t len, int64_t due_ms)
 {
   rconn *r = b->conn;
   if (r->nput == r->capput) {
@@ -531,6 +536,10 @@ static int put_redis(lmp_broker_t *b, const void *msg, size_t len)
     if (l == NULL)
       return -ENOMEM;
     r->putlen = l;
+    int64_t *d = realloc(r->putdue, sizeof *d * (size_t)cap);
+    if (d == NULL)
+      return -ENOMEM;
+    r->putdue = d;
     r->capput = cap;
   }
   char *copy = malloc(len ? len : 1);
@@ -538,6 +547,7 @@ static int put_redis(lmp_broker_t *b, const void *msg, size_t len)
     return -ENOMEM;
   memcpy(copy, msg, len);
   r->puts[r->nput] = copy;
+  r->putdue[r->nput] = due_ms;
   r->putlen[r->nput++] = len;
   if (r->nput >= PUT_BATCH)
     return b->e->flush(b);
@@ -553,6 +563,14 @@ static int append_puts(lmp_broker_t *b, rconn *r)
   if (r->nput == 0)
     return 0;
   for (int i = 0; i < r->nput; i++) {
+    if (r->putdue[i] > 0) { /* held: the member is the message itself, unique */
+      char due[24];
+      snprintf(due, sizeof due, "%lld", (long long)r->putdue[i]);
+      const char *argv[4] = {"ZADD", r->kdelayed, due, r->puts[i]};
+      size_t lens[4] = {4, strlen(r->kdelayed), strlen(due), r->putlen[i]};
+      redisAppendCommandArgv(r->c, 4, argv, lens);
+      continue;
+    }
     const char *argv[7] = {"XADD", r->kstream, "*", "m", r->puts[i], "d", "0"};
     size_t lens[7] = {4, strlen(r->kstream), 1, 1, r->putlen[i], 1, 1};
     redisAppendCommandArgv(r->c, 7, argv, lens);
@@ -1344,6 +1362,38 @@ static int renew_redis(lmp_broker_t *b, const char *const *ids, int n)
   return 0;
 }
 
+/* Move the held tasks that are due into the stream: read, added and
+ * removed in one atomic step, so each enters once however many consumers
+ * promote at the same time.  Due by the server's clock. */
+static const char PROMOTE_SCRIPT[] =
+    "local t = redis.call('TIME')\n"
+    "local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
+    "local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, ARGV[1])\n"
+    "for _, m in ipairs(due) do\n"
+    "  redis.call('XADD', KEYS[1], '*', 'm', m, 'd', '0')\n"
+    "  redis.call('ZREM', KEYS[2], m)\n"
+    "end\n"
+    "return #due\n";
+
+static int promote_redis(lmp_broker_t *b, int max)
+{
+  rconn *r = b->conn;
+  char count[16];
+  int rc = ensure(b, r, b->patience_ms);
+  if (rc < 0)
+    return rc;
+  snprintf(count, sizeof count, "%d", max);
+  redisReply *rep =
+      redisCommand(r->c, "EVAL %s 2 %s %s %s", PROMOTE_SCRIPT, r->kstream, r->kdelayed, count);
+  if (rep == NULL)
+    return io_error(b, r, "promoting held tasks");
+  if (rep->type != REDIS_REPLY_INTEGER)
+    return reply_error(b, rep, "promoting held tasks");
+  int n = (int)rep->integer;
+  freeReplyObject(rep);
+  return n;
+}
+
 /* XGROUP DELCONSUMER name, if it has no pending entries: 1 deleted, 0 not,
  * -1 refused (an ACL without the command: stop trying). */
 static int drop_consumer(rconn *r, const char *name)
@@ -1756,6 +1806,7 @@ const lmp__broker_engine_t lmp__broker_redis = {
     .flush = flush_redis,
     .results = results_redis,
     .take = take_redis,
+    .promote = promote_redis,
     .take_send = take_send_redis,
     .take_recv = take_recv_redis,
     .take_cancel = take_cancel_redis,

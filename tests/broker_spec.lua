@@ -610,6 +610,94 @@ describe_redis("lmp.Pool on a Redis broker", function()
     assert.is_true(exited(w))
   end)
 
+  it("holds a task with countdown or eta until it is due", function()
+    local q = new_queue()
+    local w = start_worker(q)
+    local p = pool(q)
+    local function now() return require("lmp").time() end
+    local t0, wall = lmp.time(), os.time()
+    local soon = p:apply_async(now, nil, {countdown = 1})
+    local at = p:apply_async(now, nil, {eta = wall + 2})
+    local at_once = p:apply_async(now)
+    assert.is_true(at_once:get(10) - t0 < 1, "a task without a countdown waited")
+    assert.is_true(soon:get(10) - t0 >= 0.95, "ran before its countdown")
+    -- eta: two whole seconds of the wall clock on, so one to two from now
+    assert.is_true(at:get(10) - t0 >= 0.95, "ran before its eta")
+    -- a map's chunks are held alike
+    local t1 = lmp.time()
+    local r = p:map_async(function(x) return {x, require("lmp").time()} end, range(6), {countdown = 0.5, chunksize = 2})
+    for i, v in ipairs(r:get(10)) do
+      assert.are.equal(i, v[1])
+      assert.is_true(v[2] - t1 >= 0.45, "item " .. i .. " ran before its countdown")
+    end
+    p:terminate()
+    kill(w)
+    assert.is_true(exited(w))
+  end)
+
+  it("keeps a delayed task while no worker runs and across a restart of Redis", function()
+    local q = new_queue()
+    local p = pool(q)
+    local r = p:apply_async(function() return "late" end, nil, {countdown = 0.2})
+    p:poll() -- sent
+    lmp.sleep(1)
+    assert.matches("^1", cli("ZCARD lmp:q:" .. q .. ":delayed"))
+    assert.matches("^0", cli("XLEN lmp:q:" .. q))
+    redis_stop()
+    assert.is_true(redis_start())
+    assert.matches("^1", cli("ZCARD lmp:q:" .. q .. ":delayed"))
+    local w = start_worker(q)
+    assert.are.equal("late", r:get(20))
+    assert.matches("^0", cli("ZCARD lmp:q:" .. q .. ":delayed"))
+    p:terminate()
+    kill(w)
+    assert.is_true(exited(w))
+  end)
+
+  it("moves each due task into the queue once, whichever workers promote it", function()
+    local q = new_queue()
+    local ws = {}
+    for i = 1, 3 do ws[i] = start_worker(q) end
+    local p = pool(q)
+    local mark = os.tmpname()
+    local r = p:map_async(function(x)
+      local f = io.open(mark, "a")
+      f:write(x, "\n")
+      f:close()
+      return x
+    end, range(60), {countdown = 0.5, chunksize = 1})
+    assert.are.same(range(60), r:get(30))
+    local seen = {}
+    for _, l in ipairs(lines(mark)) do seen[#seen + 1] = tonumber(l) end
+    os.remove(mark)
+    table.sort(seen)
+    assert.are.same(range(60), seen)
+    p:terminate()
+    for _, w in ipairs(ws) do kill(w) end
+    for _, w in ipairs(ws) do assert.is_true(exited(w)) end
+  end)
+
+  it("checks countdown and eta", function()
+    local p = pool(new_queue())
+    local f = function() end
+    for _, o in ipairs{{countdown = -1}, {countdown = "1"}, {countdown = 0 / 0}, {eta = "soon"}, {eta = math.huge},
+                       {countdown = 1, eta = 2}} do
+      local ok, e = pcall(p.apply_async, p, f, nil, o)
+      assert.is_false(ok)
+      assert.matches("bad argument #3 to 'apply_async'", e)
+      ok, e = pcall(p.map_async, p, f, {1}, o)
+      assert.is_false(ok)
+      assert.matches("bad argument #3 to 'map_async'", e)
+    end
+    -- imap has no countdown; the local pool neither
+    assert.has_error(function() p:imap(f, {1}, {countdown = 1}) end)
+    p:terminate()
+    local lp <close> = lmp.Pool(1)
+    local ok, e = pcall(lp.apply_async, lp, f, nil, {countdown = 1})
+    assert.is_false(ok)
+    assert.matches("unknown option 'countdown'", e)
+  end)
+
   it("completes a run across a redis-server restart", function()
     local q = new_queue()
     local w1 = start_worker(q)
@@ -736,7 +824,7 @@ describe_redis("lmp.Pool on a Redis broker", function()
     local acl = "ACL SETUSER lmpuser on '>pwA' resetkeys '~lmp:*' resetchannels -@all "
                 .. "+auth +select +ping +multi +exec +xadd +xreadgroup +xread +xrange +xack +xdel +xclaim +xpending "
                 .. "'+xgroup|create' '+xinfo|groups' +xlen +xtrim +eval +setbit +pexpireat +incrby +unlink "
-                .. "+set +get +pexpire +hset +hmget +del +zadd +zrange +zrem +zremrangebyscore"
+                .. "+set +get +pexpire +hset +hmget +del +zadd +zrange +zrangebyscore +zrem +zremrangebyscore +time"
     assert.matches("OK", cli(acl))
     local q = new_queue()
     local good = "redis://lmpuser:pw%41@127.0.0.1:" .. redis.port .. "/0" -- %41 is A
@@ -816,8 +904,17 @@ describe_redis("lmp.Pool on a Redis broker", function()
 
   it("refuses a Redis Cluster node at once, saying why", function()
     local dir = sh("mktemp -d"):match("%S+")
-    local port = free_port()
-    while port > 55000 do port = free_port() end -- its cluster bus listens at port + 10000
+    -- below the ephemeral range (32768 on), where a connection of this run
+    -- may hold the port or its cluster bus port (port + 10000)
+    local port
+    for _ = 1, 50 do
+      local p = math.random(20000, 22700)
+      if not sh(string.format("ss -tan 2>/dev/null | grep -E ':(%d|%d) '", p, p + 10000)):match("%S") then
+        port = p
+        break
+      end
+    end
+    assert.is_truthy(port, "no free port pair")
     sh(string.format("redis-server --port %d --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file %s/nodes.conf "
                      .. "--save '' --dir %s --daemonize yes --pidfile %s/redis.pid --logfile %s/redis.log",
                      port, dir, dir, dir, dir))
@@ -825,7 +922,8 @@ describe_redis("lmp.Pool on a Redis broker", function()
       sh("redis-cli -p " .. port .. " shutdown nosave")
       sh("rm -rf " .. dir)
     end)
-    assert.is_truthy(support.eventually(function() return sh("redis-cli -p " .. port .. " ping"):match("PONG") end))
+    assert.is_truthy(support.eventually(function() return sh("redis-cli -p " .. port .. " ping"):match("PONG") end),
+                     "the cluster node did not start: " .. readfile(dir .. "/redis.log"))
     -- one node serving every slot: lmp's keys are all reachable there
     assert.matches("OK", sh("redis-cli -p " .. port .. " CLUSTER ADDSLOTSRANGE 0 16383"))
     assert.is_truthy(support.eventually(function()

@@ -107,6 +107,10 @@ LMP_API int lmp_broker_notify_reset(lmp_broker_t *b);
 /* === producer === */
 
 LMP_API int lmp_broker_put(lmp_broker_t *b, const void *msg, size_t len);
+/* The same, held by the broker until due_ms (wall clock, ms since the
+ * epoch) and then queued, exactly once, by whichever consumer promotes it
+ * first; a due_ms already past queues it at once. */
+LMP_API int lmp_broker_put_at(lmp_broker_t *b, const void *msg, size_t len, int64_t due_ms);
 LMP_API int lmp_broker_flush(lmp_broker_t *b);
 /* Results addressed to `caller`: up to max, waiting until the deadline
  * (absolute, monotonic ns) for the first.  The count, 0 at the deadline.
@@ -153,6 +157,9 @@ LMP_API int lmp_broker_release(lmp_broker_t *b, const lmp_broker_msg_t *m, const
 LMP_API int lmp_broker_bury(lmp_broker_t *b, const lmp_broker_msg_t *m, const char *reason,
                             const lmp_broker_done_t *result);
 LMP_API int lmp_broker_renew(lmp_broker_t *b, const char *const *ids, int n);
+/* Queue up to max held tasks that are due (by the broker's clock), each
+ * once whoever else promotes at the same time; the number queued. */
+LMP_API int lmp_broker_promote(lmp_broker_t *b, int max);
 /* Claim up to max tasks whose lease lapsed more than idle_ms ago. */
 LMP_API int lmp_broker_reclaim(lmp_broker_t *b, int64_t idle_ms, int max, lmp_broker_batch_t *out);
 /* The queue's visibility timeout: the smallest any producer asked for in

@@ -219,15 +219,18 @@ local function check_running(pool, fname)
   badself(fname, pool._state == "close" and "pool is closed" or "pool is terminated")
 end
 
--- Seal and queue one task; returns its id.
-local function submit(pool, tag, fr, args, n)
+-- Seal and queue one task (held until its countdown or eta, if opts has
+-- one); returns its id.
+local function submit(pool, tag, fr, args, n, opts)
   local seq = pool._seq + 1
   pool._seq = seq
   local id = pool._caller .. "." .. seq
   local body = {v = core.lua_version, c = pool._caller, t = tag, f = fr,
                 a = core.encode(args, "args"), n = n, vt = pool._vt, md = pool._md, rt = pool._rt}
+  local countdown, eta = opts and opts.countdown, opts and opts.eta
+  local start = eta or os.time() + (countdown or 0) -- the expiry runs from when it may start
   local ok, err = pool._conn:put(core.seal(pool._secret, "T", id, body, "task", pool._queue,
-                                           os.time() + pool._expires))
+                                           math.ceil(start) + pool._expires), countdown, eta)
   if not ok then error(lmp.Error("broker", "broker pool: " .. tostring(err)), 0) end
   pool._inflight = pool._inflight + 1
   return id
@@ -270,14 +273,30 @@ local function tick(pool)
 end
 
 -- AsyncResult, apply, map and imap: lmp.result's, over the broker.
+-- Delayed tasks: {countdown = seconds} or {eta = seconds since the epoch}.
+local function check_submit(opts, i, fname)
+  local countdown, eta = opts.countdown, opts.eta
+  if countdown ~= nil and (type(countdown) ~= "number" or countdown < 0 or countdown ~= countdown) then
+    argerror(i, fname, "option 'countdown' must be a non-negative number of seconds")
+  end
+  if eta ~= nil and (type(eta) ~= "number" or eta ~= eta or eta == math.huge or eta == -math.huge) then
+    argerror(i, fname, "option 'eta' must be a time in seconds since the epoch")
+  end
+  if countdown ~= nil and eta ~= nil then
+    argerror(i, fname, "options 'countdown' and 'eta' exclude each other")
+  end
+end
+
 result.new{
   lmp = lmp, Pool = Pool, check_running = check_running, dispatch = dispatch,
-  submit_apply = function(pool, fn, args, n) return submit(pool, TAG_APPLY, encode_fn(fn), args, n) end,
+  submit_apply = function(pool, fn, args, n, opts) return submit(pool, TAG_APPLY, encode_fn(fn), args, n, opts) end,
   -- A chunk travels as its own list of items.
-  submit = function(pool, tag, fr, list, count, first)
+  submit = function(pool, tag, fr, list, count, first, _, opts)
     if first then list = table.move(list, first, first + count - 1, 1, {}) end
-    return submit(pool, tag, fr, list, count)
+    return submit(pool, tag, fr, list, count, opts)
   end,
+  submit_keys = {countdown = true, eta = true},
+  check_submit = check_submit,
   encode_fn = encode_fn,
   -- A task sent cannot be taken back: its result is still awaited (so
   -- stats, poll and join count it), and dropped when it comes.

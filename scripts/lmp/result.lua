@@ -19,11 +19,13 @@
 --                              (nil: for ever) for something: nil, or
 --                              "timeout" once the deadline has passed, or
 --                              "closed" once nothing more can come
---   submit_apply(pool, fn, args, n) -> ticket
---   submit(pool, tag, fr, list, count [, first [, values]]) -> ticket: one
---                              chunk, items first.. of list (all of it
---                              without first), its values stored in values
---                              when the backend can
+--   submit_apply(pool, fn, args, n [, opts]) -> ticket
+--   submit(pool, tag, fr, list, count [, first [, values [, opts]]]) ->
+--                              ticket: one chunk, items first.. of list
+--                              (all of it without first), its values
+--                              stored in values when the backend can
+--   submit_keys, check_submit(opts, i, fname)   optional: options of the
+--                              backend's own that submissions take (opts)
 --   encode_fn(fn) -> fr        the function of a map or imap
 --   cancel(pool, t)            true if the unit t will now never run (its
 --                              handler is dropped), false if its result
@@ -371,15 +373,24 @@ function M.new(B)
 
   -- === options ===
 
-  local map_keys = {chunksize = true, callback = true, error_callback = true, progress = true,
-                    profile = B.profile or nil}
-  local sync_keys = {chunksize = true, progress = true, profile = B.profile or nil}
+  -- A backend's own submission options (submit_keys, checked by
+  -- check_submit) join those of apply_async, map and starmap.
+  local submit_keys = B.submit_keys or {}
+  local function with_submit(keys)
+    for k in pairs(submit_keys) do keys[k] = true end
+    return keys
+  end
+  local map_keys = with_submit{chunksize = true, callback = true, error_callback = true, progress = true,
+                               profile = B.profile or nil}
+  local sync_keys = with_submit{chunksize = true, progress = true, profile = B.profile or nil}
+  local imap_keys = {chunksize = true, progress = true, profile = B.profile or nil}
 
   -- The third argument of map and friends: a chunksize or an options table.
-  local function map_options(arg, fname, async)
+  local function map_options(arg, fname, async, keys)
     if arg == nil then return {} end
     if type(arg) == "table" then
-      checkoptions(arg, 3, fname, async and map_keys or sync_keys)
+      checkoptions(arg, 3, fname, keys or async and map_keys or sync_keys)
+      if B.check_submit and not keys then B.check_submit(arg, 3, fname) end
       checkchunksize(arg.chunksize, 3, fname, "option 'chunksize'")
       if async then
         optcallable(arg, "callback", 3, fname)
@@ -448,7 +459,7 @@ function M.new(B)
     local submit, pending = B.submit, pool._pending
     for first = 1, n, size do
       local count = math.min(size, n - first + 1)
-      local t = submit(pool, tag, fr, list, count, first, job._values)
+      local t = submit(pool, tag, fr, list, count, first, job._values, opts)
       pending[t] = setmetatable({job = job, t = t, first = first, count = count}, Chunk)
       job._tickets[t] = true
       job._left = job._left + 1
@@ -477,13 +488,13 @@ function M.new(B)
 
   -- === apply ===
 
-  local apply_keys = {callback = true, error_callback = true}
+  local apply_keys = with_submit{callback = true, error_callback = true}
   local no_args = {}
 
   local backend_submit_apply = B.submit_apply
 
-  local function submit_apply(pool, fn, args, n, cb, eb)
-    local t = backend_submit_apply(pool, fn, args, n)
+  local function submit_apply(pool, fn, args, n, cb, eb, opts)
+    local t = backend_submit_apply(pool, fn, args, n, opts)
     local res = setmetatable({_pool = pool, _t = t, _cb = cb, _eb = eb, _done = false, _ok = false, _value = false},
                              AsyncResult)
     pool._pending[t] = res
@@ -505,12 +516,13 @@ function M.new(B)
     local cb, eb
     if opts ~= nil then
       checkoptions(opts, 3, "apply_async", apply_keys)
+      if B.check_submit then B.check_submit(opts, 3, "apply_async") end
       cb = optcallable(opts, "callback", 3, "apply_async")
       eb = optcallable(opts, "error_callback", 3, "apply_async")
     end
-    if args == nil then return submit_apply(self, fn, no_args, 0, cb, eb) end
+    if args == nil then return submit_apply(self, fn, no_args, 0, cb, eb, opts) end
     local n = rawget(args, "n") -- most lists have no n: the length without a call
-    return submit_apply(self, fn, args, n == nil and #args or length(args), cb, eb)
+    return submit_apply(self, fn, args, n == nil and #args or length(args), cb, eb, opts)
   end
 
   -- === imap ===
@@ -681,7 +693,7 @@ function M.new(B)
     if kind ~= "table" and not (kind == "function" or callable(src)) then
       typeerror(2, fname, "table or function", src)
     end
-    opts = map_options(opts, fname, false)
+    opts = map_options(opts, fname, false, imap_keys)
     local job = {pool = pool, fr = B.encode_fn(fn), tag = tags.map,
                  size = tointeger(opts.chunksize) or 1, ordered = ordered, pos = 0,
                  yielded = 0, done = 0, inflight = 0, window = B.window(pool),

@@ -495,6 +495,13 @@ function Worker:give_back(t)
   return back
 end
 
+-- Held tasks (countdown, eta) that are due enter the queue: every worker
+-- looks each tick; the broker moves each once.
+function Worker:promote()
+  local n, err = self.conn:promote(256)
+  if not n then self:cut(err) end
+end
+
 -- The rate tasks finish here, smoothed over the loop's ticks.
 function Worker:measure(t)
   local dt = t - self.rate_at
@@ -537,7 +544,10 @@ function Worker:serve()
     end
     if t - last_tick >= TICK then
       self:measure(t)
-      if not self.draining then self:give_back(t) end
+      if not self.draining then
+        self:give_back(t)
+        self:promote()
+      end
       last_tick = t
       if t - (self.info_at or 0) > 0.5 then
         self.info_at = t
