@@ -152,13 +152,14 @@ static int conn_put(lua_State *L)
   size_t n;
   const char *s = luaL_checklstring(L, 2, &n);
   if (!lua_isnoneornil(L, 4))
-    return ok_or_fail(L, c, lmp_broker_put_at(c->b, s, n, (int64_t)(luaL_checknumber(L, 4) * 1000)));
+    return ok_or_fail(L, c,
+                      lmp_broker_put_at(c->b, s, n, (int64_t)(luaL_checknumber(L, 4) * 1000)));
   if (!lua_isnoneornil(L, 3)) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-    return ok_or_fail(L, c,
-                      lmp_broker_put_at(c->b, s, n, now + (int64_t)(luaL_checknumber(L, 3) * 1000)));
+    return ok_or_fail(
+        L, c, lmp_broker_put_at(c->b, s, n, now + (int64_t)(luaL_checknumber(L, 3) * 1000)));
   }
   return ok_or_fail(L, c, lmp_broker_put(c->b, s, n));
 }
@@ -366,13 +367,14 @@ static int conn_complete(lua_State *L)
   return ok_or_fail(L, c, lmp_broker_complete(c->b, d, n));
 }
 
-/* conn:release(msg, reason|nil) */
+/* conn:release(msg, reason|nil [, delay_s]) */
 static int conn_release(lua_State *L)
 {
   lconn *c = checkconn(L);
   lmp_broker_msg_t m;
   tomsg(L, 2, &m);
-  return ok_or_fail(L, c, lmp_broker_release(c->b, &m, luaL_optstring(L, 3, NULL)));
+  int64_t delay = (int64_t)(luaL_optnumber(L, 4, 0) * 1000);
+  return ok_or_fail(L, c, lmp_broker_release_later(c->b, &m, luaL_optstring(L, 3, NULL), delay));
 }
 
 /* conn:bury(msg, reason [, task_id, caller, result, ttl_s]) */
@@ -411,16 +413,19 @@ static int conn_visibility(lua_State *L)
   return 1;
 }
 
+/* conn:counts() -> waiting, dead, taken, delayed (see lmp_broker_counts) */
 static int conn_counts(lua_State *L)
 {
   lconn *c = checkconn(L);
-  int64_t w = 0, d = 0;
-  int rc = lmp_broker_counts(c->b, &w, &d);
+  lmp_broker_counts_t n;
+  int rc = lmp_broker_counts(c->b, &n);
   if (rc < 0)
     return fail(L, c, rc);
-  lua_pushinteger(L, w);
-  lua_pushinteger(L, d);
-  return 2;
+  lua_pushinteger(L, n.waiting);
+  lua_pushinteger(L, n.dead);
+  lua_pushinteger(L, n.taken);
+  lua_pushinteger(L, n.delayed);
+  return 4;
 }
 
 /* conn:workers() -> {{name =, info =, running =}...} */

@@ -357,7 +357,13 @@ int lmp_broker_complete(lmp_broker_t *b, const lmp_broker_done_t *done, int n)
 
 int lmp_broker_release(lmp_broker_t *b, const lmp_broker_msg_t *m, const char *reason)
 {
-  GUARDED(b->e->release(b, m, reason));
+  GUARDED(b->e->release(b, m, reason, 0));
+}
+
+int lmp_broker_release_later(lmp_broker_t *b, const lmp_broker_msg_t *m, const char *reason,
+                             int64_t delay_ms)
+{
+  GUARDED(b->e->release(b, m, reason, delay_ms > 0 ? delay_ms : 0));
 }
 
 int lmp_broker_bury(lmp_broker_t *b, const lmp_broker_msg_t *m, const char *reason,
@@ -388,9 +394,9 @@ int lmp_broker_get_visibility(lmp_broker_t *b, int64_t *ms)
   GUARDED(b->e->get_visibility(b, ms));
 }
 
-int lmp_broker_counts(lmp_broker_t *b, int64_t *waiting, int64_t *dead)
+int lmp_broker_counts(lmp_broker_t *b, lmp_broker_counts_t *c)
 {
-  GUARDED(b->e->counts(b, waiting, dead));
+  GUARDED(b->e->counts(b, c));
 }
 
 static int lmp__broker_heartbeat(lmp_broker_t *b, const char *info, const char *running,

@@ -31,14 +31,14 @@ typedef struct lmp__broker_engine {
   int (*state)(lmp_broker_t *b, int64_t *count, char *epoch, size_t epochlen);
   int (*settle)(lmp_broker_t *b, const char *caller, uint64_t lo, int final, int64_t expires_ms);
   int (*complete)(lmp_broker_t *b, const lmp_broker_done_t *done, int n);
-  int (*release)(lmp_broker_t *b, const lmp_broker_msg_t *m, const char *reason);
+  int (*release)(lmp_broker_t *b, const lmp_broker_msg_t *m, const char *reason, int64_t delay_ms);
   int (*bury)(lmp_broker_t *b, const lmp_broker_msg_t *m, const char *reason,
               const lmp_broker_done_t *r);
   int (*renew)(lmp_broker_t *b, const char *const *ids, int n);
   int (*reclaim)(lmp_broker_t *b, int64_t idle_ms, int max, lmp_broker_batch_t *out);
   int (*set_visibility)(lmp_broker_t *b, int64_t ms);
   int (*get_visibility)(lmp_broker_t *b, int64_t *ms);
-  int (*counts)(lmp_broker_t *b, int64_t *waiting, int64_t *dead);
+  int (*counts)(lmp_broker_t *b, lmp_broker_counts_t *c);
   int (*heartbeat)(lmp_broker_t *b, const char *info, const char *running, int64_t ttl_ms);
   int (*workers)(lmp_broker_t *b, lmp_broker_batch_t *out);
   int (*unregister)(lmp_broker_t *b);

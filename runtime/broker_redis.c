@@ -1292,7 +1292,29 @@ typedef struct move_arg {
   const char *dest;
   const lmp_broker_done_t *result;
   uint32_t count;
+  int64_t due; /* > 0: held in the delayed set until then (wall ms) */
 } move_arg;
+
+/* A held entry that keeps its count and history: "\377L", the count and
+ * the history's length (u32 BE each), the history, the message (the
+ * promote script reads it back). */
+static char *pack_held(const lmp_broker_msg_t *m, uint32_t count, const char *h, size_t *len)
+{
+  size_t hl = strlen(h);
+  char *p = malloc(10 + hl + m->len);
+  if (p == NULL)
+    return NULL;
+  p[0] = (char)0xff;
+  p[1] = 'L';
+  for (int i = 0; i < 4; i++) {
+    p[2 + i] = (char)(count >> (24 - 8 * i));
+    p[6 + i] = (char)((uint32_t)hl >> (24 - 8 * i));
+  }
+  memcpy(p + 10, h, hl);
+  memcpy(p + 10 + hl, m->data, m->len);
+  *len = 10 + hl + m->len;
+  return p;
+}
 
 /* XADD the task to dest with its count and history, then ack and delete. */
 static int build_move(lmp_broker_t *b, rconn *r, const void *arg)
@@ -1309,10 +1331,23 @@ static int build_move(lmp_broker_t *b, rconn *r, const void *arg)
     sprintf(h, "%s%s: %s\n", a->m->history ? a->m->history : "", b->consumer, a->reason);
   else
     strcpy(h, a->m->history ? a->m->history : "");
-  const char *argv[9] = {"XADD", a->dest, "*", "m", a->m->data, "d", d, "h", h};
-  size_t lens[9] = {4, strlen(a->dest), 1, 1, a->m->len, 1, strlen(d), 1, strlen(h)};
-  redisAppendCommandArgv(r->c, 9, argv, lens);
-  free(h);
+  if (a->due > 0) {
+    size_t pl;
+    char *packed = pack_held(a->m, a->count, h, &pl), due[24];
+    free(h);
+    if (packed == NULL)
+      return -ENOMEM;
+    snprintf(due, sizeof due, "%lld", (long long)a->due);
+    const char *argv[4] = {"ZADD", r->kdelayed, due, packed};
+    size_t lens[4] = {4, strlen(r->kdelayed), strlen(due), pl};
+    redisAppendCommandArgv(r->c, 4, argv, lens);
+    free(packed);
+  } else {
+    const char *argv[9] = {"XADD", a->dest, "*", "m", a->m->data, "d", d, "h", h};
+    size_t lens[9] = {4, strlen(a->dest), 1, 1, a->m->len, 1, strlen(d), 1, strlen(h)};
+    redisAppendCommandArgv(r->c, 9, argv, lens);
+    free(h);
+  }
   cmds++;
   if (a->result)
     cmds += append_result(b, r, a->result, 1);
@@ -1322,10 +1357,12 @@ static int build_move(lmp_broker_t *b, rconn *r, const void *arg)
   return cmds + append_ackdel(r, ids, 1);
 }
 
-static int release_redis(lmp_broker_t *b, const lmp_broker_msg_t *m, const char *reason)
+static int release_redis(lmp_broker_t *b, const lmp_broker_msg_t *m, const char *reason,
+                         int64_t delay_ms)
 {
   rconn *r = b->conn;
-  move_arg a = {m, reason, r->kstream, NULL, m->deliveries};
+  move_arg a = {m,    reason,        r->kstream,
+                NULL, m->deliveries, delay_ms > 0 ? lmp__wall_ms() + delay_ms : 0};
   return transact(b, build_move, &a, "releasing a task");
 }
 
@@ -1333,7 +1370,7 @@ static int bury_redis(lmp_broker_t *b, const lmp_broker_msg_t *m, const char *re
                       const lmp_broker_done_t *result)
 {
   rconn *r = b->conn;
-  move_arg a = {m, reason, r->kdead, result, m->deliveries};
+  move_arg a = {m, reason, r->kdead, result, m->deliveries, 0};
   return transact(b, build_move, &a, "dead-lettering a task");
 }
 
@@ -1369,9 +1406,17 @@ static const char PROMOTE_SCRIPT[] =
     "local t = redis.call('TIME')\n"
     "local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
     "local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, ARGV[1])\n"
-    "for _, m in ipairs(due) do\n"
-    "  redis.call('XADD', KEYS[1], '*', 'm', m, 'd', '0')\n"
-    "  redis.call('ZREM', KEYS[2], m)\n"
+    "for _, x in ipairs(due) do\n"
+    "  if string.byte(x, 1) == 255 and string.byte(x, 2) == 76 and #x >= 10 then\n"
+    "    local d, hl = 0, 0\n"
+    "    for i = 3, 6 do d = d * 256 + string.byte(x, i) end\n"
+    "    for i = 7, 10 do hl = hl * 256 + string.byte(x, i) end\n"
+    "    redis.call('XADD', KEYS[1], '*', 'm', string.sub(x, 11 + hl), 'd', d, 'h', string.sub(x, "
+    "11, 10 + hl))\n"
+    "  else\n"
+    "    redis.call('XADD', KEYS[1], '*', 'm', x, 'd', '0')\n"
+    "  end\n"
+    "  redis.call('ZREM', KEYS[2], x)\n"
     "end\n"
     "return #due\n";
 
@@ -1557,20 +1602,37 @@ static int get_visibility_redis(lmp_broker_t *b, int64_t *ms)
   return 0;
 }
 
-static int counts_redis(lmp_broker_t *b, int64_t *waiting, int64_t *dead)
+static int64_t integer_or(const redisReply *rep, int64_t dflt)
+{
+  return rep->type == REDIS_REPLY_INTEGER ? rep->integer : dflt;
+}
+
+/* The stream's entries less those taken (its group's pending count, from
+ * the summary form of XPENDING), the held and the dead, in one round trip. */
+static int counts_redis(lmp_broker_t *b, lmp_broker_counts_t *c)
 {
   rconn *r = b->conn;
-  redisReply *reps[2] = {NULL, NULL};
+  redisReply *reps[4] = {NULL, NULL, NULL, NULL};
   int rc = ensure(b, r, b->cfg.connect_timeout);
   if (rc < 0)
     return rc;
-  rc = ask_pair(b, r, reps, "XLEN", "XLEN %s", r->kstream, "XLEN %s", r->kdead);
+  redisAppendCommand(r->c, "XLEN %s", r->kstream);
+  redisAppendCommand(r->c, "XPENDING %s " GROUP, r->kstream);
+  redisAppendCommand(r->c, "ZCARD %s", r->kdelayed);
+  redisAppendCommand(r->c, "XLEN %s", r->kdead);
+  rc = read_replies(b, r, reps, 4, "counting");
   if (rc < 0)
     return rc;
-  *waiting = reps[0]->type == REDIS_REPLY_INTEGER ? reps[0]->integer : -1;
-  *dead = reps[1]->type == REDIS_REPLY_INTEGER ? reps[1]->integer : -1;
-  freeReplyObject(reps[0]);
-  freeReplyObject(reps[1]);
+  int64_t entries = integer_or(reps[0], -1);
+  /* no group (a queue never served): nothing taken */
+  c->taken = reps[1]->type == REDIS_REPLY_ARRAY && reps[1]->elements >= 1
+                 ? integer_or(reps[1]->element[0], 0)
+                 : 0;
+  c->waiting = entries < 0 ? -1 : entries > c->taken ? entries - c->taken : 0;
+  c->delayed = integer_or(reps[2], -1);
+  c->dead = integer_or(reps[3], -1);
+  for (int i = 0; i < 4; i++)
+    freeReplyObject(reps[i]);
   return 0;
 }
 

@@ -258,10 +258,42 @@ describe_redis("lmp.Pool on a Redis broker", function()
     assert.are.equal(0, s.inflight)
     assert.are.equal(0, s.refused)
     assert.are.equal(0, s.dead)
+    assert.are.equal(0, s.delayed)
     assert.are.equal(q, s.queue)
     p:terminate()
     kill(w)
     assert.is_true(exited(w))
+  end)
+
+  it("counts waiting, taken and delayed tasks apart, in stats() and --status", function()
+    local q = new_queue()
+    local p = pool(q)
+    -- no worker yet: three tasks waiting, two held
+    for _ = 1, 3 do p:apply_async(function() return 1 end) end
+    for _ = 1, 2 do p:apply_async(function() return 1 end, nil, {countdown = 60}) end
+    p:poll()
+    local s = p:stats()
+    assert.are.equal(3, s.waiting)
+    assert.are.equal(3, s.queued)
+    assert.are.equal(2, s.delayed)
+    -- a worker takes one long task: it is no longer waiting
+    local w = start_worker(q, {processes = 1, args = {"--prefetch", "1"}})
+    local long = p:apply_async(function() require("lmp").sleep(30) end)
+    p:poll() -- sent
+    assert.is_truthy(support.eventually(function()
+      s = p:stats()
+      return s.waiting == 0 and s.running == 1
+    end, 15), "stats: waiting " .. tostring(s.waiting) .. ", running " .. tostring(s.running))
+    local out = sh(string.format("%s -e \"os.exit(require('lmp.worker').main({'--status', '%s', '--queue', '%s'}))\"",
+                                 support.lmp_bin, url(), q))
+    assert.matches("0 waiting, 1 taken, 2 delayed, 0 dead%-lettered, 1 live workers", out)
+    p:terminate()
+    kill(w, "INT") -- drains (the long task would hold it 30 s) ...
+    lmp.sleep(0.3)
+    kill(w, "INT") -- ... and stops at once
+    assert.is_true(exited(w))
+    cli("DEL lmp:q:" .. q .. ":delayed")
+    assert.is_false(long:successful())
   end)
 
   it("gives futures over the broker through lmp.Executor{broker = ...}", function()
@@ -824,7 +856,7 @@ describe_redis("lmp.Pool on a Redis broker", function()
     local acl = "ACL SETUSER lmpuser on '>pwA' resetkeys '~lmp:*' resetchannels -@all "
                 .. "+auth +select +ping +multi +exec +xadd +xreadgroup +xread +xrange +xack +xdel +xclaim +xpending "
                 .. "'+xgroup|create' '+xinfo|groups' +xlen +xtrim +eval +setbit +pexpireat +incrby +unlink "
-                .. "+set +get +pexpire +hset +hmget +del +zadd +zrange +zrangebyscore +zrem +zremrangebyscore +time"
+                .. "+set +get +pexpire +hset +hmget +del +zadd +zcard +zrange +zrangebyscore +zrem +zremrangebyscore +time"
     assert.matches("OK", cli(acl))
     local q = new_queue()
     local good = "redis://lmpuser:pw%41@127.0.0.1:" .. redis.port .. "/0" -- %41 is A

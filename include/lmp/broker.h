@@ -152,6 +152,10 @@ LMP_API int lmp_broker_complete(lmp_broker_t *b, const lmp_broker_done_t *done, 
 /* Put a delivered task back at once for any consumer; it keeps its count
  * (m->deliveries).  A NULL reason adds no line to its history. */
 LMP_API int lmp_broker_release(lmp_broker_t *b, const lmp_broker_msg_t *m, const char *reason);
+/* The same, held delay_ms first (as a delayed put is, count and history
+ * kept): an entry this consumer refused backs off, not the consumer. */
+LMP_API int lmp_broker_release_later(lmp_broker_t *b, const lmp_broker_msg_t *m, const char *reason,
+                                     int64_t delay_ms);
 /* Move a task to the dead-letter queue with its history; `result`, when
  * given, is published to its caller in the same step. */
 LMP_API int lmp_broker_bury(lmp_broker_t *b, const lmp_broker_msg_t *m, const char *reason,
@@ -168,7 +172,13 @@ LMP_API int lmp_broker_reclaim(lmp_broker_t *b, int64_t idle_ms, int max, lmp_br
 LMP_API int lmp_broker_set_visibility(lmp_broker_t *b, int64_t ms);
 LMP_API int lmp_broker_get_visibility(lmp_broker_t *b, int64_t *ms);
 /* Tasks waiting and dead-lettered: for status. */
-LMP_API int lmp_broker_counts(lmp_broker_t *b, int64_t *waiting, int64_t *dead);
+typedef struct lmp_broker_counts {
+  int64_t waiting; /* in the queue, not yet taken by a worker */
+  int64_t taken;   /* taken by a worker and not yet finished */
+  int64_t delayed; /* held until their countdown or eta */
+  int64_t dead;    /* in the dead-letter queue */
+} lmp_broker_counts_t;
+LMP_API int lmp_broker_counts(lmp_broker_t *b, lmp_broker_counts_t *c);
 
 /* === registry === */
 

@@ -417,7 +417,7 @@ end
 --- broker does not tell one caller's tasks from another's.
 function Pool:stats()
   checkself(self, Pool, "stats")
-  local waiting, dead = self._conn:counts()
+  local waiting, dead, _, delayed = self._conn:counts()
   if not waiting then broker_error(dead) end
   local list, err = self._conn:workers()
   if not list then broker_error(err) end
@@ -426,10 +426,10 @@ function Pool:stats()
     workers[i] = worker_entry(w)
     running = running + workers[i].running
   end
-  return {queued = math.max(0, (waiting or 0) - running), running = running, done = self._done,
+  return {queued = waiting, running = running, done = self._done,
           failed = self._failed, restarts = 0, recycled = 0, rate = rate(self), workers = workers,
           broker = core.url_shown(self._url), queue = self._queue, inflight = self._inflight, submitted = self._seq,
-          refused = self._refused, waiting = waiting, dead = dead}
+          refused = self._refused, waiting = waiting, delayed = delayed, dead = dead}
 end
 
 function Pool:__close()

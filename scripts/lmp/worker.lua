@@ -165,9 +165,13 @@ local function status(o)
     say("%s", werr)
     return 1
   end
-  local waiting, dead = conn:counts()
-  print(string.format("queue %s: %d waiting, %d dead-lettered, %d live workers", o.queue,
-                      waiting or -1, dead or -1, #ws))
+  local waiting, dead, taken, delayed = conn:counts()
+  if not waiting then
+    say("%s", dead)
+    return 1
+  end
+  print(string.format("queue %s: %d waiting, %d taken, %d delayed, %d dead-lettered, %d live workers",
+                      o.queue, waiting, taken, delayed, dead, #ws))
   table.sort(ws, function(a, b) return a.name < b.name end)
   for _, w in ipairs(ws) do
     local leases = 0
@@ -185,7 +189,9 @@ local MAX_PREFETCH = 256 -- the most tasks reserved per process
 local HOLD = 0.2 -- seconds a reserved task may wait for a local process before it goes back
 local PATIENCE = 1 -- seconds a broker call reconnects before the loop hears of it
 local ANSWER = 3 -- seconds past its blocking time a take may take to answer
-local TICK = 0.1 -- the loop's timers: give-back, rate, heartbeat text
+local TICK = 0.1 -- the loop's timers: give-back, promotion, rate, heartbeat text
+local REFUSED_FIRST, REFUSED_MAX = 0.1, 5 -- seconds a refused entry waits before its next delivery
+local REFUSING_MAX = 0.25 -- the longest a worker that refuses entries waits to ask again
 
 local Worker = {}
 Worker.__index = Worker
@@ -286,9 +292,10 @@ local function notice(msg, history)
 end
 
 -- A delivery that failed through no fault of the task's result: the task
--- goes back for any worker, or to the dead letters once out of deliveries.
--- `ran` is how many deliveries ran the task (the current one may not have).
-function Worker:redeliver(msg, reason, t, md, ran)
+-- goes back for any worker (after `delay` seconds, if given), or to the
+-- dead letters once out of deliveries.  `ran` is how many deliveries ran
+-- the task (the current one may not have).
+function Worker:redeliver(msg, reason, t, md, ran, delay)
   if t then self:forget(t) end
   ran = ran or msg.deliveries
   local ok, err
@@ -311,7 +318,7 @@ function Worker:redeliver(msg, reason, t, md, ran)
       end
     end
   else
-    ok, err = self.conn:release(msg, reason)
+    ok, err = self.conn:release(msg, reason, delay)
   end
   if not ok then say("cannot put entry %s back: %s", msg.id, err) end
 end
@@ -402,9 +409,17 @@ function Worker:handle(msg)
                 and string.format("signed for queue '%s'", queue) or "not a task"
     self.nrefused = self.nrefused + 1
     say("refusing entry %s: %s (delivery %d)", msg.id, why, msg.deliveries)
-    self:redeliver(msg, "refused: " .. why, nil, self.md)
+    -- the entry backs off, not this worker: 0.1 s, doubling with each
+    -- refusal (a worker with the right secret may come meanwhile)
+    self:redeliver(msg, "refused: " .. why, nil, self.md, nil,
+                   math.min(REFUSED_MAX, REFUSED_FIRST * 2 ^ (msg.deliveries - 1)))
+    -- and this worker asks a little later: one that refuses everything
+    -- (another secret) leaves the entries to the workers that can run them
+    self.refusing = math.min(REFUSING_MAX, (self.refusing or REFUSING_MAX / 8) * 2)
+    self.ask_after = now() + self.refusing
     return
   end
+  self.refusing = nil
   local md = tointeger(body.md) or self.md
   local t = {msg = msg, id = id, caller = body.c, md = md, rt = tonumber(body.rt)}
   if msg.deliveries > md then
@@ -422,7 +437,7 @@ end
 -- take waits at the broker (up to a second) and answers when work comes;
 -- the loop meanwhile serves the local pool.
 function Worker:ask()
-  if self.asking then return end
+  if self.asking or (self.refusing and now() < self.ask_after) then return end
   local room = self:depth() - self.nrunning
   if room <= 0 then return end
   local ready, err = self.tconn:take_send(room, 1)
