@@ -203,6 +203,18 @@ int lmp__poll_fd(int fd, short events, int64_t deadline)
 
 /* === randomness and processes === */
 
+void lmp__lock(pthread_mutex_t *m)
+{
+  if (pthread_mutex_lock(m) != 0)
+    abort();
+}
+
+void lmp__unlock(pthread_mutex_t *m)
+{
+  if (pthread_mutex_unlock(m) != 0)
+    abort();
+}
+
 uint32_t lmp__random32(void)
 {
   uint32_t r;

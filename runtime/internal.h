@@ -18,6 +18,7 @@
 #define LMP_INTERNAL_H
 
 #include <poll.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -72,6 +73,11 @@ int lmp__poll_fd(int fd, short events, int64_t deadline);
  * have revents set (> 0), 0 at the deadline, or -errno.  EINTR resumes with
  * what is left, or returns -EINTR (lmp__interrupted). */
 int lmp__poll_fds(struct pollfd *fds, size_t n, int64_t deadline);
+
+/* Lock and unlock a process-private mutex that cannot fail but by a bug
+ * (then abort: going on would corrupt what it guards). */
+void lmp__lock(pthread_mutex_t *m);
+void lmp__unlock(pthread_mutex_t *m);
 
 /* Random bits from getrandom, or from the clock and the pid without it. */
 uint32_t lmp__random32(void);

@@ -51,18 +51,6 @@ static struct {
   char prefix[32]; /* "/lmp.<pid>.<8 hex>" */
 } rt = {.lock = PTHREAD_MUTEX_INITIALIZER, .live_w = -1};
 
-static void rt_lock(void)
-{
-  if (pthread_mutex_lock(&rt.lock) != 0)
-    abort();
-}
-
-static void rt_unlock(void)
-{
-  if (pthread_mutex_unlock(&rt.lock) != 0)
-    abort();
-}
-
 /* === the root === */
 
 /* "/lmp.<pid>.<8 hex>", nothing else: the prefix ends up in file names and
@@ -149,7 +137,7 @@ int lmp_runtime_init(void)
   const char *env;
   int rc = 0;
 
-  rt_lock();
+  lmp__lock(&rt.lock);
   if (rt.inited)
     goto out;
   env = getenv("LMP_PREFIX");
@@ -161,7 +149,7 @@ int lmp_runtime_init(void)
     rt.prefix[0] = '\0';
   }
 out:
-  rt_unlock();
+  lmp__unlock(&rt.lock);
   return rc;
 }
 
@@ -211,14 +199,14 @@ static uint64_t stash_token(void)
 {
   uint64_t t;
 
-  rt_lock();
+  lmp__lock(&rt.lock);
   if (rt.token_pid != getpid() || rt.token_lo == UINT32_MAX) {
     rt.token_pid = getpid();
     rt.token_hi = lmp__random32();
     rt.token_lo = 0;
   }
   t = (uint64_t)rt.token_hi << 32 | ++rt.token_lo;
-  rt_unlock();
+  lmp__unlock(&rt.lock);
   return t;
 }
 
@@ -233,14 +221,14 @@ static uint64_t stash_token(void)
 void lmp__runtime_prefork(void)
 {
   lmp_runtime_init();
-  rt_lock();
+  lmp__lock(&rt.lock);
   lmp__seg_prefork();
 }
 
 void lmp__runtime_postfork_parent(int failed)
 {
   lmp__seg_postfork_parent(failed);
-  rt_unlock();
+  lmp__unlock(&rt.lock);
 }
 
 void lmp__runtime_postfork_child(void)

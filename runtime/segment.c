@@ -104,18 +104,6 @@ static struct {
 
 /* === small helpers === */
 
-static void reg_lock(void)
-{
-  if (pthread_mutex_lock(&reg.lock) != 0)
-    abort();
-}
-
-static void reg_unlock(void)
-{
-  if (pthread_mutex_unlock(&reg.lock) != 0)
-    abort();
-}
-
 static unsigned name_hash(const char *name)
 {
   uint32_t h = 2166136261u; /* FNV-1a */
@@ -379,9 +367,9 @@ static int shm_new(lmp_seg_t *s, size_t len)
    * left by a dead process.  Another random name does not. */
   for (tries = 0; tries < LMP__CREATE_TRIES; tries++) {
     new_name(s, 0);
-    reg_lock();
+    lmp__lock(&reg.lock);
     hold_creating(s); /* listed before it exists: a death now leaks nothing */
-    reg_unlock();
+    lmp__unlock(&reg.lock);
     fd = shm_open(s->name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
     if (fd >= 0 || (errno != EEXIST && errno != EACCES))
       break;
@@ -413,9 +401,9 @@ static int memfd_new(lmp_seg_t *s, size_t len)
   for (tries = 0, rc = -EEXIST; tries < 4 && rc == -EEXIST; tries++) {
     new_name(s, 1);
     name_token(s->name, &token);
-    reg_lock();
+    lmp__lock(&reg.lock);
     hold_creating(s);
-    reg_unlock();
+    lmp__unlock(&reg.lock);
     rc = lmp__wd_seg_put(reg.prefix, token, fd);
   }
   if (rc < 0)
@@ -508,10 +496,10 @@ int lmp_seg_create(size_t size, lmp_seg_t **out)
   s->hdr->size = s->maplen - LMP__SEG_HDR;
   __atomic_store_n(&s->hdr->refs, 1, __ATOMIC_RELEASE);
   s->local = 1;
-  reg_lock();
+  lmp__lock(&reg.lock);
   reg_insert(s);
   hold_add(s);
-  reg_unlock();
+  lmp__unlock(&reg.lock);
   *out = s;
   return 0;
 
@@ -520,9 +508,9 @@ err:
     close(fd);
     name_unlink(s->name);
   }
-  reg_lock();
+  lmp__lock(&reg.lock);
   hold_del(s);
-  reg_unlock();
+  lmp__unlock(&reg.lock);
   free(s);
   return rc;
 }
@@ -626,7 +614,7 @@ int lmp_seg_attach(const char *name, int adopt, lmp_seg_t **out)
   if ((rc = lmp_runtime_init()) < 0)
     return rc;
   /* Held across the map so two threads attaching one name map it once. */
-  reg_lock();
+  lmp__lock(&reg.lock);
   if ((s = reg_find(name)) != NULL) {
     s->local++;
     if (adopt)
@@ -647,16 +635,16 @@ int lmp_seg_attach(const char *name, int adopt, lmp_seg_t **out)
   reg_insert(s);
   hold_add(s);
 out:
-  reg_unlock();
+  lmp__unlock(&reg.lock);
   *out = s;
   return rc;
 }
 
 void lmp_seg_retain(lmp_seg_t *s)
 {
-  reg_lock();
+  lmp__lock(&reg.lock);
   s->local++;
-  reg_unlock();
+  lmp__unlock(&reg.lock);
 }
 
 void lmp_seg_release(lmp_seg_t *s)
@@ -665,7 +653,7 @@ void lmp_seg_release(lmp_seg_t *s)
 
   if (s == NULL)
     return;
-  reg_lock();
+  lmp__lock(&reg.lock);
   if (s->local == 0)
     abort(); /* released more often than retained: a use after free */
   last = --s->local == 0;
@@ -673,7 +661,7 @@ void lmp_seg_release(lmp_seg_t *s)
     reg_remove(s);
     hold_del(s); /* before the reference goes: a death in between leaks, never frees twice */
   }
-  reg_unlock();
+  lmp__unlock(&reg.lock);
   if (last)
     seg_drop(s, 0);
 }
@@ -706,9 +694,9 @@ uint32_t lmp__seg_refs(const lmp_seg_t *s)
 
 uint32_t lmp_seg_local(const lmp_seg_t *s)
 {
-  reg_lock();
+  lmp__lock(&reg.lock);
   uint32_t n = s->local;
-  reg_unlock();
+  lmp__unlock(&reg.lock);
   return n;
 }
 
@@ -728,7 +716,7 @@ static void add_refs_all(int delta)
  * no thread can map or drop a segment the child would miscount. */
 void lmp__seg_prefork(void)
 {
-  reg_lock();
+  lmp__lock(&reg.lock);
   add_refs_all(1);
   hold_prefork();
 }
@@ -737,7 +725,7 @@ void lmp__seg_postfork_parent(int failed)
 {
   if (hold_postfork_parent(failed) || failed)
     add_refs_all(-1);
-  reg_unlock();
+  lmp__unlock(&reg.lock);
 }
 
 void lmp__seg_postfork_child(void)
@@ -752,7 +740,7 @@ void lmp__seg_release_all(void)
   lmp_seg_t *s, *next;
   int i;
 
-  reg_lock();
+  lmp__lock(&reg.lock);
   hold_close(); /* first: a death from here on leaks, never frees twice */
   for (i = 0; i < LMP__BUCKETS; i++) {
     for (s = reg.buckets[i]; s; s = next) {
@@ -761,7 +749,7 @@ void lmp__seg_release_all(void)
     }
     reg.buckets[i] = NULL;
   }
-  reg_unlock();
+  lmp__unlock(&reg.lock);
 }
 
 /* === holdings: the references of a process that dies === */
