@@ -15,7 +15,6 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "../runtime/broker_engine.h"
@@ -154,13 +153,10 @@ static int conn_put(lua_State *L)
   if (!lua_isnoneornil(L, 4))
     return ok_or_fail(L, c,
                       lmp_broker_put_at(c->b, s, n, (int64_t)(luaL_checknumber(L, 4) * 1000)));
-  if (!lua_isnoneornil(L, 3)) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  if (!lua_isnoneornil(L, 3))
     return ok_or_fail(
-        L, c, lmp_broker_put_at(c->b, s, n, now + (int64_t)(luaL_checknumber(L, 3) * 1000)));
-  }
+        L, c,
+        lmp_broker_put_at(c->b, s, n, lmp__wall_ms() + (int64_t)(luaL_checknumber(L, 3) * 1000)));
   return ok_or_fail(L, c, lmp_broker_put(c->b, s, n));
 }
 
@@ -181,9 +177,15 @@ static int conn_flush(lua_State *L)
   return ok_or_fail(L, c, lmp_broker_flush(c->b));
 }
 
-/* Push the batch as a list: strings only, or {id, data, deliveries, history}. */
-static void push_batch(lua_State *L, lmp_broker_batch_t *bt, int full)
+/* The messages an operation put in c->batch (rc, its result), as a list:
+ * strings only, or {id, data, deliveries, history}; or fail()'s values. */
+static int push_batch(lua_State *L, lconn *c, int rc, int full)
 {
+  lmp_broker_batch_t *bt = &c->batch;
+  if (rc < 0) {
+    lmp_broker_batch_clear(bt);
+    return fail(L, c, rc);
+  }
   lua_createtable(L, bt->n, 0);
   for (int i = 0; i < bt->n; i++) {
     lmp_broker_msg_t *m = &bt->msg[i];
@@ -203,6 +205,7 @@ static void push_batch(lua_State *L, lmp_broker_batch_t *bt, int full)
     lua_rawseti(L, -2, i + 1);
   }
   lmp_broker_batch_clear(bt);
+  return 1;
 }
 
 /* conn:results(caller, max, timeout_s|nil) -> {msg...} */
@@ -212,13 +215,7 @@ static int conn_results(lua_State *L)
   const char *caller = luaL_checkstring(L, 2);
   int max = (int)luaL_optinteger(L, 3, 256);
   int64_t deadline = lmpb_optdeadline(L, 4);
-  int rc = lmp_broker_results(c->b, caller, max, deadline, &c->batch);
-  if (rc < 0) {
-    lmp_broker_batch_clear(&c->batch);
-    return fail(L, c, rc);
-  }
-  push_batch(L, &c->batch, 0);
-  return 1;
+  return push_batch(L, c, lmp_broker_results(c->b, caller, max, deadline, &c->batch), 0);
 }
 
 /* conn:take(max, block_s) -> {{id =, data =, deliveries =, history =}...} */
@@ -227,13 +224,7 @@ static int conn_take(lua_State *L)
   lconn *c = checkconn(L);
   int max = (int)luaL_optinteger(L, 2, 64);
   int64_t block = (int64_t)(luaL_optnumber(L, 3, 1) * 1000);
-  int rc = lmp_broker_take(c->b, max, block, &c->batch);
-  if (rc < 0) {
-    lmp_broker_batch_clear(&c->batch);
-    return fail(L, c, rc);
-  }
-  push_batch(L, &c->batch, 1);
-  return 1;
+  return push_batch(L, c, lmp_broker_take(c->b, max, block, &c->batch), 1);
 }
 
 /* conn:reclaim(idle_s, max) -> msgs */
@@ -242,13 +233,7 @@ static int conn_reclaim(lua_State *L)
   lconn *c = checkconn(L);
   int64_t idle = (int64_t)(luaL_checknumber(L, 2) * 1000);
   int max = (int)luaL_optinteger(L, 3, 64);
-  int rc = lmp_broker_reclaim(c->b, idle, max, &c->batch);
-  if (rc < 0) {
-    lmp_broker_batch_clear(&c->batch);
-    return fail(L, c, rc);
-  }
-  push_batch(L, &c->batch, 1);
-  return 1;
+  return push_batch(L, c, lmp_broker_reclaim(c->b, idle, max, &c->batch), 1);
 }
 
 /* conn:take_send(max, block_s) -> true (the answer is there: take_recv),
@@ -274,12 +259,7 @@ static int conn_take_recv(lua_State *L)
     lua_pushboolean(L, 0);
     return 1;
   }
-  if (rc < 0) {
-    lmp_broker_batch_clear(&c->batch);
-    return fail(L, c, rc);
-  }
-  push_batch(L, &c->batch, 1);
-  return 1;
+  return push_batch(L, c, rc, 1);
 }
 
 static int conn_take_cancel(lua_State *L)

@@ -46,6 +46,7 @@
 #define SIGN_VERSION 2
 #define SIGN_HEAD 21 /* 'L', version, kind, idlen, stamp, expires, qlen */
 #define FUTURE_SKEW_MS (5 * 60 * 1000)
+#define PATIENCE_MS 60000 /* reconnecting, by default, before an operation fails */
 
 static const lmp__broker_engine_t *const engines[] = {&lmp__broker_redis, NULL};
 
@@ -238,7 +239,7 @@ int lmp_broker_open(const lmp_broker_config_t *cfg, lmp_broker_t **out, char *er
     b->cfg.connect_timeout = 5000;
   if (b->cfg.result_ttl <= 0)
     b->cfg.result_ttl = 3600 * 1000;
-  b->patience_ms = 60000;
+  b->patience_ms = PATIENCE_MS;
   if (cfg->consumer)
     snprintf(b->consumer, sizeof b->consumer, "%s", cfg->consumer);
   else
@@ -271,7 +272,7 @@ void lmp_broker_close(lmp_broker_t *b)
 
 void lmp_broker_set_patience(lmp_broker_t *b, int64_t ms)
 {
-  b->patience_ms = ms > 0 ? ms : 60000;
+  b->patience_ms = ms > 0 ? ms : PATIENCE_MS;
 }
 
 const char *lmp_broker_errmsg(const lmp_broker_t *b)
@@ -293,7 +294,7 @@ const char *lmp_broker_consumer(const lmp_broker_t *b)
 
 int lmp_broker_put(lmp_broker_t *b, const void *msg, size_t len)
 {
-  GUARDED(b->e->put(b, msg, len, 0));
+  return lmp_broker_put_at(b, msg, len, 0);
 }
 
 int lmp_broker_put_at(lmp_broker_t *b, const void *msg, size_t len, int64_t due_ms)
@@ -357,7 +358,7 @@ int lmp_broker_complete(lmp_broker_t *b, const lmp_broker_done_t *done, int n)
 
 int lmp_broker_release(lmp_broker_t *b, const lmp_broker_msg_t *m, const char *reason)
 {
-  GUARDED(b->e->release(b, m, reason, 0));
+  return lmp_broker_release_later(b, m, reason, 0);
 }
 
 int lmp_broker_release_later(lmp_broker_t *b, const lmp_broker_msg_t *m, const char *reason,

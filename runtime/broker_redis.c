@@ -77,11 +77,12 @@
 #define GROUP "lmp"
 #define SOCKET_TIMEOUT_MS 15000
 #define MAX_BLOCK_MS 2000 /* well under SOCKET_TIMEOUT_MS */
-#define SHORT_TIMEOUT_MS                                                                           \
-  (MAX_BLOCK_MS + 2000)         /* for an impatient broker: a dead link shows soon                 \
-                                 */
-#define CHUNK 65536             /* tasks per replay record */
+/* the socket timeout of an impatient broker: a dead link shows soon */
+#define SHORT_TIMEOUT_MS (MAX_BLOCK_MS + 2000)
+#define CHUNK 65536             /* tasks per replay record (the take script's too) */
 #define DAY_MS (86400 * 1000LL) /* a caller's counter, a record without an expiry */
+#define STR_(x) #x
+#define STR(x) STR_(x)
 #define PUT_BATCH 512
 #define SWEEP_IDLE_MS 5000   /* a consumer idle this long (and 4 visibility timeouts) ... */
 #define SWEEP_EVERY_MS 10000 /* ... is looked for this often */
@@ -96,11 +97,12 @@ typedef struct rconn {
   int64_t sock_ms;    /* the socket timeout set */
   int64_t next_sweep; /* wall ms of the next sweep of vanished consumers; -1: not allowed */
   char kstream[300], kdead[310], kdelayed[320], kworkers[320], kself[200], kcount[320];
-  /* results: the caller's stream, the last id read, whether to trim to it */
+  /* results: the caller's stream and the last id read from it */
   char rkey[300], rlast[48];
   int owed;          /* replies to commands sent without waiting (see read_results) */
   uint64_t lo_chunk; /* replay records below this chunk are deleted */
-  /* a take in flight: replies due (XREAD, script), the group's last id */
+  /* a take in flight: replies due (waiter, script), whether a waiter went
+   * first, the group's last delivered id */
   int tdue, twake;
   char tlast[48];
   lmp_broker_batch_t stash;  /* own entries read again after a reconnection */
@@ -333,8 +335,8 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
   freeReplyObject(rep);
   if (made) {
     /* A new group: a new queue, whatever was there before (see state_redis). */
-    rep = redisCommand(r->c, "SET %s:epoch %llx.%x", r->kstream, (unsigned long long)lmp_now_ns(),
-                       (unsigned)getpid());
+    rep =
+        redisCommand(r->c, "SET %s:epoch %016llx", r->kstream, (unsigned long long)lmp__random64());
     if (rep == NULL)
       return io_error(b, r, "SET");
     freeReplyObject(rep);
@@ -395,14 +397,14 @@ static int read_replies(lmp_broker_t *b, rconn *r, redisReply **reps, int n, con
   return 0;
 }
 
-/* Two commands of one argument each in one round trip; their replies into
- * reps (freed by the caller). */
-static int ask_pair(lmp_broker_t *b, rconn *r, redisReply **reps, const char *what, const char *f1,
-                    const char *a1, const char *f2, const char *a2)
+/* Write out what was appended, without waiting for its replies. */
+static int send_all(lmp_broker_t *b, rconn *r, const char *what)
 {
-  redisAppendCommand(r->c, f1, a1);
-  redisAppendCommand(r->c, f2, a2);
-  return read_replies(b, r, reps, 2, what);
+  int done = 0;
+  while (!done)
+    if (redisBufferWrite(r->c, &done) != REDIS_OK)
+      return io_error(b, r, what);
+  return 0;
 }
 
 static int open_redis(lmp_broker_t *b)
@@ -557,9 +559,8 @@ static int put_redis(lmp_broker_t *b, const void *msg, size_t len, int64_t due_m
 /* Append the puts not yet acknowledged, then the count of them to the
  * producer's counter (after them: a snapshot taken in between shows too few,
  * never too many); the number of commands appended. */
-static int append_puts(lmp_broker_t *b, rconn *r)
+static int append_puts(rconn *r)
 {
-  (void)b;
   if (r->nput == 0)
     return 0;
   for (int i = 0; i < r->nput; i++) {
@@ -610,7 +611,7 @@ static int flush_redis(lmp_broker_t *b)
     int rc = ensure(b, r, attempt ? b->patience_ms : b->cfg.connect_timeout);
     if (rc < 0)
       return rc;
-    rc = read_puts(b, r, append_puts(b, r));
+    rc = read_puts(b, r, append_puts(r));
     /* After a lost connection the server may hold some of them twice: the
      * replay records drop the second copy at take. */
     if (rc != -ECONNRESET || attempt >= 3)
@@ -694,7 +695,7 @@ static int read_results(lmp_broker_t *b, const char *caller, int max, int64_t de
     int rc = ensure(b, r, b->patience_ms);
     if (rc < 0)
       return rc;
-    int nput = append_puts(b, r);
+    int nput = append_puts(r);
     int64_t left = deadline == LMP_FOREVER ? MAX_BLOCK_MS : (deadline - lmp_now_ns()) / 1000000;
     if (left > MAX_BLOCK_MS)
       left = MAX_BLOCK_MS;
@@ -729,9 +730,7 @@ static int read_results(lmp_broker_t *b, const char *caller, int max, int64_t de
       next_id(r->rlast, from, sizeof from);
       redisAppendCommand(r->c, "XTRIM %s MINID %s", r->rkey, from);
       r->owed++;
-      int done = 0;
-      while (!done && redisBufferWrite(r->c, &done) == REDIS_OK)
-        ;
+      send_all(b, r, "XTRIM"); /* a failure shows at the next command */
     }
     if (n != 0)
       return n;
@@ -761,7 +760,9 @@ static int state_redis(lmp_broker_t *b, int64_t *count, char *epoch, size_t epoc
   rc = b->e->flush(b);
   if (rc < 0)
     return rc;
-  rc = ask_pair(b, r, reps, "GET", "GET %s", r->kcount, "GET %s:epoch", r->kstream);
+  redisAppendCommand(r->c, "GET %s", r->kcount);
+  redisAppendCommand(r->c, "GET %s:epoch", r->kstream);
+  rc = read_replies(b, r, reps, 2, "GET");
   if (rc < 0)
     return rc;
   *count = reps[0]->type == REDIS_REPLY_STRING ? strtoll(reps[0]->str, NULL, 10) : 0;
@@ -847,14 +848,16 @@ static int own_counts(lmp_broker_t *b, rconn *r, lmp_broker_batch_t *out, int fr
  * Returns the group's last delivered id, the ids of the waiter's entries
  * dropped as replays, then the entries to deliver.
  */
+/* clang-format off */
 static const char TAKE_SCRIPT[] =
     "local s, g = KEYS[1], ARGV[1]\n"
     "local los, ttl = {}, {}\n"
     "local function fresh(e)\n"
     "  local f, m = e[2], nil\n"
     "  for i = 1, #f, 2 do if f[i] == 'm' then m = f[i + 1] end end\n"
-    "  if not (m and #m >= 53 and string.byte(m, 1) == 76 and string.byte(m, 2) == 2) then return "
-    "true end\n"
+    "  if not (m and #m >= 53 and string.byte(m, 1) == 76 and string.byte(m, 2) == 2) then\n"
+    "    return true\n"
+    "  end\n"
     "  local n = string.byte(m, 4)\n"
     "  local caller, seq = string.match(string.sub(m, 5, 4 + n), '^(.+)%.(%d+)$')\n"
     "  seq = tonumber(seq)\n"
@@ -864,8 +867,8 @@ static const char TAKE_SCRIPT[] =
     "    lo = tonumber(redis.call('GET', 'lmp:c:' .. caller .. ':lo')) or 0\n"
     "    los[caller] = lo\n"
     "  end\n"
-    "  local k = 'lmp:c:' .. caller .. ':t:' .. math.floor(seq / 65536)\n"
-    "  if seq < lo or redis.call('SETBIT', k, seq % 65536, 1) == 1 then\n"
+    "  local k = 'lmp:c:' .. caller .. ':t:' .. math.floor(seq / " STR(CHUNK) ")\n"
+    "  if seq < lo or redis.call('SETBIT', k, seq % " STR(CHUNK) ", 1) == 1 then\n"
     "    redis.call('XACK', s, g, e[1])\n"
     "    redis.call('XDEL', s, e[1])\n"
     "    return false\n"
@@ -886,20 +889,21 @@ static const char TAKE_SCRIPT[] =
     "  end\n"
     "end\n"
     "local out = {'0-0', dropped}\n"
-    "local r = ARGV[3] ~= '0' and redis.call('XREADGROUP', 'GROUP', g, ARGV[2], 'COUNT', ARGV[3], "
-    "'STREAMS', s, '>')\n"
+    "local r = ARGV[3] ~= '0' and\n"
+    "  redis.call('XREADGROUP', 'GROUP', g, ARGV[2], 'COUNT', ARGV[3], 'STREAMS', s, '>')\n"
     "for _, e in ipairs(r and r[1][2] or {}) do\n"
     "  if fresh(e) then out[#out + 1] = e end\n"
     "end\n"
     "for _, x in ipairs(redis.call('XINFO', 'GROUPS', s)) do\n"
     "  local name, last\n"
     "  for i = 1, #x, 2 do\n"
-    "    if x[i] == 'name' then name = x[i + 1] elseif x[i] == 'last-delivered-id' then last = x[i "
-    "+ 1] end\n"
+    "    if x[i] == 'name' then name = x[i + 1] end\n"
+    "    if x[i] == 'last-delivered-id' then last = x[i + 1] end\n"
     "  end\n"
     "  if name == g then out[1] = last end\n"
     "end\n"
     "return out\n";
+/* clang-format on */
 
 /* Drop the replay record of the task a message carries, so that the entry
  * put back for it is delivered; the number of commands appended (0 for a
@@ -921,16 +925,6 @@ static int append_unmark(rconn *r, const char *data, size_t len)
   *dot = 0;
   redisAppendCommand(r->c, "SETBIT lmp:c:%s:t:%llu %llu 0", id, seq / CHUNK, seq % CHUNK);
   return 1;
-}
-
-/* Write out what was appended, without waiting for replies. */
-static int send_all(lmp_broker_t *b, rconn *r)
-{
-  int done = 0;
-  while (!done)
-    if (redisBufferWrite(r->c, &done) != REDIS_OK)
-      return io_error(b, r, "XREADGROUP");
-  return 0;
 }
 
 /* A reply, waiting for it when `wait`, else 0 if it has not come yet. */
@@ -1017,48 +1011,43 @@ static int take_send_redis(lmp_broker_t *b, int max, int64_t block_ms)
     lens[i] = strlen(argv[i]);
   redisAppendCommandArgv(r->c, 9, argv, lens);
   r->tdue = r->twake + 1;
-  rc = send_all(b, r);
+  rc = send_all(b, r, "XREADGROUP");
   if (rc < 0)
     r->tdue = 0;
   return rc;
 }
 
-/* Move the waiter's entries but those the script dropped (replays) to
- * out; the number moved, or -ENOMEM. */
-static int keep_waited(rconn *r, const redisReply *dropped, lmp_broker_batch_t *out)
+/* Move the entries of `from` to out, but those whose ids the array reply
+ * `skip` names (may be NULL), and empty `from`; the number moved, or
+ * -ENOMEM. */
+static int move_entries(lmp_broker_batch_t *from, const redisReply *skip, lmp_broker_batch_t *out)
 {
   int n = 0;
-  for (int i = 0; i < r->waited.n; i++) {
-    lmp_broker_msg_t *w = &r->waited.msg[i];
+  for (int i = 0; i < from->n && n >= 0; i++) {
+    lmp_broker_msg_t *w = &from->msg[i];
     int gone = 0;
-    for (size_t k = 0; dropped->type == REDIS_REPLY_ARRAY && k < dropped->elements; k++)
-      gone |= dropped->element[k]->type == REDIS_REPLY_STRING &&
-              strcmp(dropped->element[k]->str, w->id) == 0;
+    for (size_t k = 0; skip && skip->type == REDIS_REPLY_ARRAY && k < skip->elements; k++)
+      gone |=
+          skip->element[k]->type == REDIS_REPLY_STRING && strcmp(skip->element[k]->str, w->id) == 0;
     if (gone)
       continue;
     lmp_broker_msg_t *m = lmp__broker_push(out);
-    if (m == NULL)
-      return -ENOMEM;
+    if (m == NULL) {
+      n = -ENOMEM;
+      break;
+    }
     *m = *w; /* the strings move */
     w->data = w->history = NULL;
     n++;
   }
+  lmp_broker_batch_clear(from);
   return n;
 }
 
 static int take_reply(lmp_broker_t *b, rconn *r, lmp_broker_batch_t *out, int wait)
 {
-  if (r->stash.n > 0) {
-    int n = r->stash.n;
-    for (int i = 0; i < n; i++) {
-      lmp_broker_msg_t *m = lmp__broker_push(out);
-      if (m == NULL)
-        return -ENOMEM;
-      *m = r->stash.msg[i];
-    }
-    r->stash.n = 0; /* the strings moved to out */
-    return n;
-  }
+  if (r->stash.n > 0)
+    return move_entries(&r->stash, NULL, out);
   while (r->tdue > 0) {
     redisReply *rep;
     int rc = next_reply(b, r, wait, &rep);
@@ -1097,7 +1086,7 @@ static int take_reply(lmp_broker_t *b, rconn *r, lmp_broker_batch_t *out, int wa
       redisReply *last = rep->element[0], *dropped = rep->element[1];
       if (last->type == REDIS_REPLY_STRING)
         snprintf(r->tlast, sizeof r->tlast, "%s", last->str);
-      n = keep_waited(r, dropped, out);
+      n = move_entries(&r->waited, dropped, out);
       for (size_t i = 2; i < rep->elements && n >= 0; i++) {
         int k = add_entry(out, rep->element[i], 1);
         n = k < 0 ? lmp__broker_fail(b, k, "unexpected stream entry in the reply") : n + (k == 0);
@@ -1411,8 +1400,8 @@ static const char PROMOTE_SCRIPT[] =
     "    local d, hl = 0, 0\n"
     "    for i = 3, 6 do d = d * 256 + string.byte(x, i) end\n"
     "    for i = 7, 10 do hl = hl * 256 + string.byte(x, i) end\n"
-    "    redis.call('XADD', KEYS[1], '*', 'm', string.sub(x, 11 + hl), 'd', d, 'h', string.sub(x, "
-    "11, 10 + hl))\n"
+    "    local h, m = string.sub(x, 11, 10 + hl), string.sub(x, 11 + hl)\n"
+    "    redis.call('XADD', KEYS[1], '*', 'm', m, 'd', d, 'h', h)\n"
     "  else\n"
     "    redis.call('XADD', KEYS[1], '*', 'm', x, 'd', '0')\n"
     "  end\n"
@@ -1779,16 +1768,10 @@ static void notifier_arm(lmp_broker_t *b, notifier *n)
     }
   }
   if (!n->refused && n->w.c && !n->w.c->err) {
-    int done = 0;
     rconn *r = b->conn;
     redisAppendCommand(n->w.c, "XREAD COUNT 1 BLOCK 0 STREAMS %s %s", n->key,
                        strcmp(r->rkey, n->key) == 0 ? r->rlast : "0-0");
-    while (!done && redisBufferWrite(n->w.c, &done) == REDIS_OK)
-      ;
-    if (done)
-      n->armed = 1;
-    else
-      drop(&n->w);
+    n->armed = send_all(b, &n->w, "XREAD") == 0; /* on failure the connection is dropped */
   }
   notifier_tick(n, !n->armed);
   memcpy(b->err, err, sizeof err);
