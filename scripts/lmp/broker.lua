@@ -93,6 +93,11 @@ local function broker_error(err)
   error(lmp.Error("broker", "broker pool: " .. tostring(err)), 0)
 end
 
+-- The seq of a task id ("<caller>.<seq>"), or nil.
+local function seq_of(id)
+  return tointeger(tonumber(id:match("%.(%d+)$")))
+end
+
 -- Settle the pending task `id` (a result, or a failure made here).
 local function settle(pool, id, how, v)
   local h = pool._pending[id]
@@ -141,7 +146,7 @@ local function lost(pool, count, epoch)
   end
   local ids = {}
   for id in pairs(pool._pending) do
-    local seq = tointeger(tonumber(id:match("%.(%d+)$")))
+    local seq = seq_of(id)
     if seq and seq > first then ids[#ids + 1] = id end
   end
   if #ids > 0 then
@@ -166,7 +171,7 @@ local function check_state(pool, t)
     pool._next_settle = t + SETTLE_EVERY
     local lo = pool._seq + 1
     for id in pairs(pool._pending) do
-      local seq = tointeger(tonumber(id:match("%.(%d+)$")))
+      local seq = seq_of(id)
       if seq and seq < lo then lo = seq end
     end
     if lo > pool._lo then

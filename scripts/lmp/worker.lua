@@ -397,12 +397,7 @@ end
 -- One delivered entry: checked, then run, redelivered or dead-lettered.
 function Worker:handle(msg)
   if self.running[msg.id] then return end -- our own, read again after a reconnection
-  if self.draining then -- taken as the drain began: back for another worker, uncounted
-    local ok, err = self.conn:release({id = msg.id, data = msg.data, deliveries = msg.deliveries - 1,
-                                       history = msg.history})
-    if not ok then say("cannot give entry %s back: %s", msg.id, err) end
-    return
-  end
+  if self.draining then return self:give_back_entry(msg) end -- taken as the drain began
   local kind, id, body, queue = core.unseal(self.secret, msg.data, self.max_age)
   if kind ~= "T" or type(body) ~= "table" or type(body.c) ~= "string" or queue ~= self.queue then
     local why = kind == nil and id or kind == "T" and queue ~= self.queue
@@ -487,27 +482,29 @@ function Worker:reclaim(t)
   end
 end
 
+-- An entry this worker will not run after all goes back to the queue for
+-- any worker, its delivery uncounted.
+function Worker:give_back_entry(msg)
+  local ok, err = self.conn:release({id = msg.id, data = msg.data, deliveries = msg.deliveries - 1,
+                                     history = msg.history})
+  if not ok then say("cannot give entry %s back: %s", msg.id, err) end
+end
+
 -- Tasks reserved here that no local process has started within HOLD go
--- back to the queue for an idle worker, as new deliveries of the same
--- count: only when the queue has run dry (with a backlog every worker has
--- work, and a task given back would wait behind all of it).  Reclaimed
--- tasks stay: they are behind nothing here.
+-- back to the queue for an idle worker: only when the queue has run dry
+-- (with a backlog every worker has work, and a task given back would wait
+-- behind all of it).  Reclaimed tasks stay: they are behind nothing here.
 function Worker:give_back(t)
   if self.prefetch or self.backlog then return end
-  local pool, back = self.pool, 0
+  local pool = self.pool
   for _, task in pairs(self.running) do
     if task.at and t - task.at > HOLD and task.msg.deliveries == 1 and pool:state(task.local_id) ~= "running"
        and pool:cancel(task.local_id) then
       self.tasks[task.local_id] = nil
       self:forget(task)
-      local m = task.msg
-      local ok, err = self.conn:release({id = m.id, data = m.data, deliveries = m.deliveries - 1,
-                                         history = m.history})
-      if not ok then say("cannot give entry %s back: %s", m.id, err) end
-      back = back + 1
+      self:give_back_entry(task.msg)
     end
   end
-  return back
 end
 
 -- Held tasks (countdown, eta) that are due enter the queue: every worker
