@@ -546,12 +546,11 @@ function Worker:serve()
     self:collect(0)
     self:flush()
     local t = now()
+    if self.asking then self:receive() end -- draining, what it brings goes back (see handle)
     if self.draining then
-      if self.asking then self:receive() end -- what it brings goes back (see handle)
       if self.nrunning == 0 and #self.batch == 0 and not self.asking then return 0 end
     else
       self:reclaim(t)
-      if self.asking then self:receive() end
       self:ask()
     end
     if t - last_tick >= TICK then
