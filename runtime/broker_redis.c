@@ -335,8 +335,8 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
   freeReplyObject(rep);
   if (made) {
     /* A new group: a new queue, whatever was there before (see state_redis). */
-    rep =
-        redisCommand(r->c, "SET %s:epoch %016llx", r->kstream, (unsigned long long)lmp__random64());
+    rep = redisCommand(r->c, "SET %s:epoch %llx.%x", r->kstream, (unsigned long long)lmp_now_ns(),
+                       (unsigned)getpid());
     if (rep == NULL)
       return io_error(b, r, "SET");
     freeReplyObject(rep);
