@@ -17,49 +17,12 @@ local function readfile(path)
   return s
 end
 
-local have_redis = sh("command -v redis-server"):match("%S") ~= nil
+local harness = dofile("tests/redis.lua")
+local redis -- the server of this file's tests (setup)
 
-local redis = {}
-
-local function redis_start()
-  -- "-::1": the IPv6 loopback too, where the machine has one
-  local cmd = string.format("redis-server --port %d --bind '127.0.0.1 -::1' --save '' --appendonly yes "
-                            .. "--appendfsync always --dir %s --daemonize yes --pidfile %s/redis.pid "
-                            .. "--logfile %s/redis.log", redis.port, redis.dir, redis.dir, redis.dir)
-  sh(cmd)
-  for _ = 1, 200 do
-    if sh("redis-cli -p " .. redis.port .. " ping"):match("PONG") then return true end
-    lmp.sleep(0.05)
-  end
-  return false
-end
-
-local function redis_stop()
-  sh("redis-cli -p " .. redis.port .. " shutdown")
-  for _ = 1, 100 do
-    if not sh("redis-cli -p " .. redis.port .. " ping"):match("PONG") then return end
-    lmp.sleep(0.05)
-  end
-end
-
-local function cli(args)
-  return sh("redis-cli -p " .. redis.port .. " " .. args)
-end
-
--- A port nobody listens on, from a random start.
-local function free_port()
-  math.randomseed(os.time() + lmp.current_process().pid)
-  for _ = 1, 50 do
-    local p = math.random(20000, 60000)
-    if not sh("redis-cli -p " .. p .. " ping"):match("PONG")
-       and not sh("ss -ltn 2>/dev/null | grep -c ':" .. p .. " '"):match("^[1-9]") then
-      return p
-    end
-  end
-  error("no free port")
-end
-
-local function url() return "redis://127.0.0.1:" .. redis.port .. "/0" end
+local function cli(args) return redis:cli(args) end
+local function url() return redis:url(0) end
+local free_port = harness.free_port
 
 local nqueue = 0
 local function new_queue()
@@ -67,44 +30,15 @@ local function new_queue()
   return "spec" .. nqueue
 end
 
--- A word for sh.
-local function shq(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+local shq = harness.shq
 
--- Start `lmp worker` in the background: its pid and its log file.  It runs
--- require('lmp.worker').main{...} through -e, or with opts.command the
--- `lmp worker ...` command line; opts.url false gives it no URL argument,
--- opts.env more variables (NAME=value words).
-local workers, logs = {}, {}
+-- `lmp worker` serving queue on this file's server (opts as redis.worker's,
+-- with url and secret defaulted).
 local function start_worker(queue, opts)
-  opts = opts or {}
-  local log = os.tmpname()
-  logs[#logs + 1] = log
-  local argv = {"--queue", queue, "--processes", tostring(opts.processes or 2)}
-  if opts.url ~= false then table.insert(argv, 1, opts.url or url()) end
-  for _, a in ipairs(opts.args or {}) do argv[#argv + 1] = a end
-  local run
-  if opts.command then
-    for i = 1, #argv do argv[i] = shq(argv[i]) end
-    run = support.lmp_bin .. " worker " .. table.concat(argv, " ")
-  else
-    for i = 1, #argv do argv[i] = string.format("%q", argv[i]) end
-    run = string.format("%s -e %q", support.lmp_bin,
-                        "os.exit(require('lmp.worker').main({" .. table.concat(argv, ", ") .. "}))")
-  end
-  local cmd = string.format("%senv LMP_SECRET=%s %s %s > %s 2>&1 & echo $!",
-                            opts.limits and "ulimit " .. opts.limits .. "; " or "", opts.secret or SECRET,
-                            opts.env or "", run, log)
-  local pid = tonumber(sh(cmd):match("%d+"))
-  workers[#workers + 1] = pid
-  -- ready once it says so
-  for _ = 1, 100 do
-    local f = io.open(log)
-    local s = f and f:read("a") or ""
-    if f then f:close() end
-    if s:match("serving queue") then break end
-    lmp.sleep(0.05)
-  end
-  return pid, log
+  local o = {queue = queue, url = url(), secret = SECRET}
+  for k, v in pairs(opts or {}) do o[k] = v end
+  if o.url == false then o.url = nil end
+  return harness.worker(o)
 end
 
 -- The processes under pid: its children, theirs, and so on.
@@ -135,30 +69,13 @@ local function pool(queue, extra)
   return lmp.Pool(o)
 end
 
-local describe_redis = have_redis and describe or function(name)
-  describe(name, function()
-    pending("redis-server is not installed (apt-get install redis-server)")
-  end)
+local describe_redis = harness.available and describe or function(name)
+  describe(name, function() pending(harness.why) end)
 end
 
 describe_redis("lmp.Pool on a Redis broker", function()
-  setup(function()
-    redis.dir = sh("mktemp -d"):match("%S+")
-    local started
-    for _ = 1, 3 do -- another program may take the port first
-      redis.port = free_port()
-      started = redis_start()
-      if started then break end
-    end
-    assert(started, "redis-server did not start: " .. readfile(redis.dir .. "/redis.log"))
-  end)
-
-  teardown(function()
-    for _, pid in ipairs(workers) do kill(pid, "KILL") end
-    for _, log in ipairs(logs) do os.remove(log) end
-    redis_stop()
-    sh("rm -rf " .. redis.dir)
-  end)
+  setup(function() redis = harness.server() end)
+  teardown(harness.cleanup)
 
   it("maps over 1k items with 2 workers, with the local Pool's API", function()
     local q = new_queue()
@@ -675,8 +592,8 @@ describe_redis("lmp.Pool on a Redis broker", function()
     lmp.sleep(1)
     assert.matches("^1", cli("ZCARD lmp:q:" .. q .. ":delayed"))
     assert.matches("^0", cli("XLEN lmp:q:" .. q))
-    redis_stop()
-    assert.is_true(redis_start())
+    redis:stop()
+    assert.is_true(redis:start())
     assert.matches("^1", cli("ZCARD lmp:q:" .. q .. ":delayed"))
     local w = start_worker(q)
     assert.are.equal("late", r:get(20))
@@ -737,9 +654,9 @@ describe_redis("lmp.Pool on a Redis broker", function()
     local p = pool(q)
     local restarter = lmp.Process(function()
       lmp.sleep(0.4)
-      redis_stop()
+      redis:stop()
       lmp.sleep(0.3)
-      os.exit(redis_start() and 0 or 1)
+      os.exit(redis:start() and 0 or 1)
     end)
     restarter:start()
     -- Bounded, so that a result lost across the restart fails the test
@@ -1001,6 +918,31 @@ describe_redis("lmp.Pool on a Redis broker", function()
     assert.matches("no shared secret", out)
     assert.matches("rc=2", out)
   end)
+
+  -- The guide's broker samples run as they are, against this server: a
+  -- sample that begins "-- with workers serving redis-host" gets two
+  -- workers (with the `lmp worker` options after a colon on that line),
+  -- the secret "s3cret", and this server for redis-host:6379; it must exit
+  -- 0 and print what its "--> " comments show.
+  for i, sample in ipairs(support.samples("docs/guide.md")) do
+    local first = sample.code:match("^%-%- with workers serving redis%-host([^\n]*)")
+    if first then
+      it("runs the guide's sample " .. i .. " (" .. sample.title .. ")", function()
+        local args = {}
+        for word in (first:match("^:(.*)") or ""):gmatch("%S+") do args[#args + 1] = word end
+        local queue = "default"
+        for k = 1, #args - 1 do if args[k] == "--queue" then queue = args[k + 1] end end
+        local ws = {}
+        for k = 1, 2 do ws[k] = start_worker(queue, {secret = "s3cret", args = args}) end
+        local code = sample.code:gsub("redis://redis%-host:6379", "redis://127.0.0.1:" .. redis.port)
+        local out, rc = support.run(code)
+        for _, w in ipairs(ws) do kill(w, "KILL") end
+        assert.are.equal(0, rc, out)
+        local ok, missing = support.printed_as_shown(sample.code, out)
+        assert(ok, "sample " .. i .. " did not print: " .. tostring(missing) .. "\n" .. out)
+      end)
+    end
+  end
 
   it("leaks no globals", function()
     assert.are.same({}, support.new_globals())

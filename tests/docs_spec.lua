@@ -216,38 +216,22 @@ end)
 for _, page in ipairs({{"docs/guide.md", 10}, {"docs/from-python.md", 10}}) do
   local path, least = page[1], page[2]
   describe(path, function()
-    local text = read(path)
-    -- each sample with the heading of its section, which names its test
-    local blocks, titles = {}, {}
-    for pos, block in text:gmatch("()```lua\n(.-)```") do
-      blocks[#blocks + 1] = block
-      local title
-      for t in text:sub(1, pos):gmatch("\n#+ ([^\n]+)") do title = t end
-      titles[#blocks] = title or block:match("[^\n]*")
-    end
-
+    local samples = support.samples(path)
     it("has Lua samples", function()
-      assert.is_true(#blocks >= least)
+      assert.is_true(#samples >= least)
     end)
 
-    for i, block in ipairs(blocks) do
-      it("sample " .. i .. " runs (" .. titles[i] .. ")", function()
+    for i, sample in ipairs(samples) do
+      local block = sample.code
+      it("sample " .. i .. " runs (" .. sample.title .. ")", function()
         if block:match("^%-%- with ") then
           assert(load(block, "=sample " .. i))
           return
         end
         local out, code = support.run(block)
         assert.are.equal(0, code, out)
-        local expected = {}
-        for value in block:gmatch("%-%-> ([^\n]*)") do
-          expected[#expected + 1] = (value:gsub("%s+", " "):gsub(" $", ""))
-        end
-        -- in order, among the lines printed (some prints have no comment)
-        local n = 1
-        for line in out:gmatch("[^\n]+") do
-          if (line:gsub("%s+", " "):gsub(" $", "")) == expected[n] then n = n + 1 end
-        end
-        assert(n > #expected, "sample " .. i .. " did not print: " .. tostring(expected[n]) .. "\n" .. out)
+        local ok, missing = support.printed_as_shown(block, out)
+        assert(ok, "sample " .. i .. " did not print: " .. tostring(missing) .. "\n" .. out)
       end)
     end
   end)

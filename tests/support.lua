@@ -320,6 +320,32 @@ function M.read(path)
 end
 
 -- The non-empty lines of s.
+-- The ```lua samples of a page of docs, each {code =, title =} (title:
+-- the heading of its section), in order.
+function M.samples(path)
+  local text, out = M.read(path), {}
+  for pos, block in text:gmatch("()```lua\n(.-)```") do
+    local title
+    for t in text:sub(1, pos):gmatch("\n#+ ([^\n]+)") do title = t end
+    out[#out + 1] = {code = block, title = title or block:match("[^\n]*")}
+  end
+  return out
+end
+
+-- Whether out printed, in order, the values the "--> " comments of a
+-- sample show (runs of spaces alike; other lines may come between).
+function M.printed_as_shown(code, out)
+  local expected = {}
+  for value in code:gmatch("%-%-> ([^\n]*)") do
+    expected[#expected + 1] = (value:gsub("%s+", " "):gsub(" $", ""))
+  end
+  local n = 1
+  for line in out:gmatch("[^\n]+") do
+    if (line:gsub("%s+", " "):gsub(" $", "")) == expected[n] then n = n + 1 end
+  end
+  return n > #expected, expected[n]
+end
+
 function M.lines(s)
   local out = {}
   for l in s:gmatch("[^\n]+") do out[#out + 1] = l end

@@ -1,0 +1,142 @@
+-- Redis servers and `lmp worker`s for the broker specs: a redis-server
+-- started on a free loopback port with its own temporary directory, and
+-- workers started in the background against it; every spec stops what it
+-- started in its teardown (redis.cleanup()).  Without redis-server,
+-- redis.available is false and redis.why says so.
+--
+--   local redis = dofile("tests/redis.lua")
+--   local srv = redis.server()            -- started, or error with its log
+--   srv:url(db), srv:cli("PING"), srv:stop(), srv:start(), srv:close()
+--   local pid, log = redis.worker{url =, queue =, secret =, processes =,
+--                                 args = {...}, command =, env =, limits =}
+local support = dofile("tests/support.lua")
+local lmp = require "lmp"
+
+local sh = support.shell
+
+local M = {}
+
+M.available = sh("command -v redis-server"):match("%S") ~= nil and sh("command -v redis-cli"):match("%S") ~= nil
+M.why = "redis-server is not installed (apt-get install redis-server)"
+
+-- A word for sh.
+local function shq(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+M.shq = shq
+
+local function readfile(path)
+  local f = io.open(path)
+  if not f then return "" end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function ping(port) return sh("redis-cli -p " .. port .. " ping 2>&1"):match("PONG") ~= nil end
+
+-- A port nobody listens on, from a random start.
+function M.free_port()
+  math.randomseed(os.time() + lmp.current_process().pid + math.floor(lmp.time() * 1e6) % 100000)
+  for _ = 1, 50 do
+    local p = math.random(20000, 60000)
+    if not ping(p) and not sh("ss -ltn 2>/dev/null | grep -c ':" .. p .. " '"):match("^[1-9]") then
+      return p
+    end
+  end
+  error("no free port")
+end
+
+local Server = {}
+Server.__index = Server
+
+-- Start (again, on the same port and directory); whether it answers.
+function Server:start()
+  -- "-::1": the IPv6 loopback too, where the machine has one
+  local cmd = string.format("redis-server --port %d --bind '127.0.0.1 -::1' --save '' --appendonly yes "
+                            .. "--appendfsync always --dir %s --daemonize yes --pidfile %s/redis.pid "
+                            .. "--logfile %s/redis.log %s", self.port, self.dir, self.dir, self.dir,
+                            self.args or "")
+  sh(cmd)
+  for _ = 1, 200 do
+    if ping(self.port) then return true end
+    lmp.sleep(0.05)
+  end
+  return false
+end
+
+function Server:stop()
+  sh("redis-cli -p " .. self.port .. " shutdown 2>&1")
+  for _ = 1, 100 do
+    if not ping(self.port) then return end
+    lmp.sleep(0.05)
+  end
+end
+
+function Server:cli(args) return sh("redis-cli -p " .. self.port .. " " .. args) end
+
+function Server:url(db) return "redis://127.0.0.1:" .. self.port .. "/" .. (db or 0) end
+
+function Server:log() return readfile(self.dir .. "/redis.log") end
+
+function Server:close()
+  self:stop()
+  sh("rm -rf " .. shq(self.dir))
+end
+
+local servers, workers, logs = {}, {}, {}
+
+-- A started server (extra redis-server words in args), or an error.
+function M.server(args)
+  local s = setmetatable({dir = sh("mktemp -d"):match("%S+"), args = args}, Server)
+  for _ = 1, 3 do -- another program may take the port first
+    s.port = M.free_port()
+    if s:start() then
+      servers[#servers + 1] = s
+      return s
+    end
+  end
+  local log = s:log()
+  sh("rm -rf " .. shq(s.dir))
+  error("redis-server did not start: " .. log)
+end
+
+-- Start `lmp worker` in the background: its pid and its log file.  It runs
+-- require('lmp.worker').main{...} through -e, or with o.command the
+-- `lmp worker ...` command line; o.url false gives it no URL argument,
+-- o.env more variables (NAME=value words), o.limits ulimit's options.
+function M.worker(o)
+  local log = os.tmpname()
+  logs[#logs + 1] = log
+  local argv = {"--queue", o.queue, "--processes", tostring(o.processes or 2)}
+  if o.url then table.insert(argv, 1, o.url) end
+  for _, a in ipairs(o.args or {}) do argv[#argv + 1] = a end
+  local run
+  if o.command then
+    for i = 1, #argv do argv[i] = shq(argv[i]) end
+    run = support.lmp_bin .. " worker " .. table.concat(argv, " ")
+  else
+    for i = 1, #argv do argv[i] = string.format("%q", argv[i]) end
+    run = string.format("%s -e %q", support.lmp_bin,
+                        "os.exit(require('lmp.worker').main({" .. table.concat(argv, ", ") .. "}))")
+  end
+  local cmd = string.format("%senv LMP_SECRET=%s %s %s > %s 2>&1 & echo $!",
+                            o.limits and "ulimit " .. o.limits .. "; " or "", shq(o.secret), o.env or "",
+                            run, log)
+  local pid = tonumber(sh(cmd):match("%d+"))
+  workers[#workers + 1] = pid
+  -- ready once it says so
+  for _ = 1, 100 do
+    if readfile(log):match("serving queue") then break end
+    lmp.sleep(0.05)
+  end
+  return pid, log
+end
+
+-- Kill every worker started and stop every server started.
+function M.cleanup()
+  for _, pid in ipairs(workers) do support.kill(pid, "KILL") end
+  for _, log in ipairs(logs) do os.remove(log) end
+  for _, s in ipairs(servers) do s:close() end
+  workers, logs, servers = {}, {}, {}
+end
+
+return M
