@@ -302,6 +302,7 @@ result.new{
   end,
   submit_keys = {countdown = true, eta = true},
   check_submit = check_submit,
+  countdown = true, -- a retry is held by the broker until due
   encode_fn = encode_fn,
   -- A task sent cannot be taken back: its result is still awaited (so
   -- stats, poll and join count it), and dropped when it comes.
@@ -451,6 +452,7 @@ end
 
 local pool_keys = {broker = true, queue = true, visibility_timeout = true, max_deliveries = true,
                    secret = true, connect_timeout = true, result_ttl = true, expires = true}
+for k in pairs(result.retry_keys) do pool_keys[k] = true end
 
 local function field(o, name, ok, msg)
   if o[name] ~= nil and not ok(o[name]) then argerror(1, "Pool", "field '" .. name .. "' " .. msg) end
@@ -471,7 +473,8 @@ end
 
 --- lmp.Pool{broker = "redis://[user:pass@]host:port/db", queue = "default",
 ---          visibility_timeout = 30, max_deliveries = 5, secret = "...",
----          connect_timeout = 5, result_ttl = 3600, expires = 86400}
+---          connect_timeout = 5, result_ttl = 3600, expires = 86400,
+---          retries = 0, retry_backoff = 1, retry_backoff_max = 600}
 function M.Pool(o, ...)
   if select("#", ...) > 0 then argerror(2, "Pool", "no arguments expected after the options table") end
   checkoptions(o, 1, "Pool", pool_keys)
@@ -485,6 +488,7 @@ function M.Pool(o, ...)
   field(o, "expires", positive, "must be a positive number")
   if o.broker then checkcstring(o.broker, 1, "Pool", "field 'broker'") end
   if o.queue then checkcstring(o.queue, 1, "Pool", "field 'queue'") end
+  result.check_retry(o, 1, "Pool", "field")
   local secret = M.secret(o.secret, "Pool")
   local queue = o.queue or "default"
   local conn, err = core.open(o.broker, queue, o.connect_timeout or 5, o.result_ttl or 3600)
@@ -500,7 +504,8 @@ function M.Pool(o, ...)
                        _refused = 0, _done = 0, _failed = 0, _rs = {{t, 0}}, _cbq = result.new_queue(), _state = "run",
                        _vt = vt, _md = tointeger(o.max_deliveries) or 5, _rt = o.result_ttl or 3600,
                        _expires = math.ceil(o.expires or 86400), _epoch = epoch, _base = -count,
-                       _next_check = t + vt, _next_settle = t + SETTLE_EVERY, _lo = 0, _procs_at = 0},
+                       _next_check = t + vt, _next_settle = t + SETTLE_EVERY, _lo = 0, _procs_at = 0,
+                       _retry = result.retry_defaults(o)},
                       Pool)
 end
 

@@ -8,7 +8,9 @@
 --
 -- AsyncResult, apply, map and imap are lmp.result's, over this backend:
 -- every submitted unit has a ticket of the core, and dispatch() takes one
--- event from the core and settles its handler.
+-- event from the core and settles its handler.  A unit held for a retry
+-- (lmp.result's retries) is submitted by the dispatch that runs once it is
+-- due, and no dispatch waits past that time.
 local lmp = require "lmp"
 local core = require("lmp.core").pool
 
@@ -49,9 +51,23 @@ do
     end
   end
 
+  local R -- lmp.result's class, made below
+
   -- Take one event and settle its handler; nil, or "timeout" / "closed".
   local function dispatch(pool, deadline)
-    local t, how, v, samples = pool._c:wait(deadline)
+    local wake = R.release(pool)
+    if pool._close_due and next(pool._pending) == nil then
+      -- closed while retries could still come: the core closes once none can
+      pool._close_due = nil
+      pool._c:close()
+    end
+    if wake and deadline and wake >= deadline then wake = nil end
+    local t, how, v, samples = pool._c:wait(wake or deadline)
+    if wake and t == nil and how == "timeout" then
+      -- woken to submit a held unit
+      run_callbacks(pool)
+      return nil
+    end
     if t ~= nil and how ~= "broken" then
       local pending = pool._pending
       local h = pending[t]
@@ -92,7 +108,7 @@ do
     return tag
   end
 
-  result.new{
+  R = result.new{
     lmp = lmp, Pool = Pool, check_running = check_running, dispatch = dispatch,
     submit_apply = function(pool, fn, args, n)
       return pool._c:submit(#profiling > 0 and TAG_APPLY | TAG_PROFILE or TAG_APPLY, fn, args, n)
@@ -113,6 +129,7 @@ do
     new_values = core.table,
     isatty = core.isatty,
     profile = true, tag = profiled,
+    tick = function(pool) return R.held_wait(pool) end,
   }
 
   -- === lifecycle ===
@@ -121,7 +138,12 @@ do
     checkself(self, Pool, "close")
     if self._state == "run" then
       self._state = "close"
-      self._c:close()
+      -- a unit that may still be retried needs the core to take it
+      if self._retried and next(self._pending) ~= nil then
+        self._close_due = true
+      else
+        self._c:close()
+      end
     end
   end
 
@@ -173,8 +195,9 @@ do
     return "r"
   end
 
+  -- Seconds until a unit held for a retry is due (poll() submits it).
   function Pool:timeout()
-    return nil
+    return R.held_wait(self)
   end
 
   --- Observability: counters and one entry per worker slot.
@@ -211,6 +234,7 @@ do
   local pool_keys = {processes = true, initializer = true, initargs = true,
                      maxtasksperchild = true, task_timeout = true, start_method = true,
                      max_memory_per_child = true}
+  for k in pairs(result.retry_keys) do pool_keys[k] = true end
 
   local methods = {fork = true, spawn = true, forkserver = true}
 
@@ -234,7 +258,8 @@ do
 
   --- lmp.Pool([processes [, initializer [, initargs [, maxtasksperchild]]]])
   --- lmp.Pool{processes =, initializer =, initargs =, maxtasksperchild =,
-  ---          task_timeout =, max_memory_per_child =, start_method =}
+  ---          task_timeout =, max_memory_per_child =, start_method =,
+  ---          retries =, retry_backoff =, retry_backoff_max =}
   ---          (start_method: lmp.get_start_method())
   -- Called as new(method, ...): `method` is a context's start method, used
   -- unless the options name one (nil for lmp.Pool itself).
@@ -260,6 +285,7 @@ do
       field("max_memory_per_child", function(v) local n = tointeger(v) return n and n >= 1 end,
             "must be a positive integer (bytes)")
       check_start_method(a.start_method)
+      result.check_retry(a, 1, "Pool", "field")
     else
       local n, init, initargs, max = ...
       if n ~= nil and processes_bad(n) then
@@ -277,6 +303,7 @@ do
     local c = core.new(n, tointeger(o.maxtasksperchild) or 0, o.task_timeout or 0,
                        o.initializer, o.initargs, tointeger(o.max_memory_per_child) or 0,
                        o.start_method or method)
-    return setmetatable({_c = c, _n = n, _pending = {}, _cbq = result.new_queue(), _state = "run"}, Pool)
+    return setmetatable({_c = c, _n = n, _pending = {}, _cbq = result.new_queue(), _state = "run",
+                         _retry = result.retry_defaults(o)}, Pool)
   end
 end

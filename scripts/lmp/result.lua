@@ -40,6 +40,18 @@
 --   profile, tag(pool, job, opts, tag)   optional: the option 'profile'
 --   map_error(e, first), item_error(e, k, i)   optional: the error of a
 --                              failed chunk for the map, for its k-th item i
+--   countdown                  true if submissions take opts.countdown (the
+--                              broker then holds a retry until it is due)
+--
+-- Retries: a unit (an apply task, a map's chunk) that fails with an error of
+-- kind "task", "timeout" or "worker_lost" is sent again, up to `retries`
+-- more times, after retry_backoff * 2^(attempt-1) seconds (at most
+-- retry_backoff_max), jittered down to half of that.  The decision is made
+-- here, where the unit settles, so retry_if runs in the caller.  A broker
+-- holds the retry (countdown); a local pool's retry is held in pool._held
+-- and submitted by the backend's dispatch (R.release) once due, the wait of
+-- every call cut short to the next due time.  The final error carries
+-- `attempts`.
 local check = require "lmp.check"
 local tags = require("lmp.core").pool.tags -- the task tags, as bindings/lpool.h defines them
 
@@ -63,6 +75,69 @@ local function optcallable(opts, key, i, fname)
   local f = opts[key]
   if f ~= nil and not callable(f) then argerror(i, fname, "option '" .. key .. "' must be callable") end
   return f
+end
+
+-- === retries ===
+
+local RETRY_KINDS = {task = true, timeout = true, worker_lost = true}
+local BACKOFF, BACKOFF_MAX = 1, 600 -- seconds: the defaults of retry_backoff, retry_backoff_max
+local NO_RETRY = {retries = 0, backoff = BACKOFF, max = BACKOFF_MAX}
+
+local function seconds_ok(v) return type(v) == "number" and v >= 0 and v < 9e9 end
+
+--- Check the retry options of a call (what: "option") or a Pool (what:
+--- "field") in o, argument i of fname.
+function M.check_retry(o, i, fname, what)
+  local function bad(key, msg) argerror(i, fname, what .. " '" .. key .. "' " .. msg) end
+  local r = o.retries
+  if r ~= nil and not (tointeger(r) and tointeger(r) >= 0 and r <= 0x7fffffff) then
+    bad("retries", "must be a non-negative integer")
+  end
+  if o.retry_backoff ~= nil and not seconds_ok(o.retry_backoff) then
+    bad("retry_backoff", "must be a non-negative number of seconds")
+  end
+  if o.retry_backoff_max ~= nil and not seconds_ok(o.retry_backoff_max) then
+    bad("retry_backoff_max", "must be a non-negative number of seconds")
+  end
+  if o.retry_if ~= nil and not callable(o.retry_if) then bad("retry_if", "must be callable") end
+end
+
+M.retry_keys = {retries = true, retry_backoff = true, retry_backoff_max = true}
+
+--- A Pool's retry defaults from its (checked) options.
+function M.retry_defaults(o)
+  if o.retries == nil and o.retry_backoff == nil and o.retry_backoff_max == nil then return NO_RETRY end
+  return {retries = tointeger(o.retries) or 0, backoff = o.retry_backoff or BACKOFF,
+          max = o.retry_backoff_max or BACKOFF_MAX}
+end
+
+-- The retry plan of a call: its options over the pool's defaults; nil
+-- when the call makes no retry.
+local function plan_of(pool, opts)
+  local d = pool._retry or NO_RETRY
+  if opts == nil or (opts.retries == nil and opts.retry_backoff == nil and opts.retry_backoff_max == nil
+                     and opts.retry_if == nil) then
+    return d.retries > 0 and d or nil
+  end
+  local r = tointeger(opts.retries) or d.retries
+  if r == 0 then return nil end
+  return {retries = r, backoff = opts.retry_backoff or d.backoff, max = opts.retry_backoff_max or d.max,
+          retry_if = opts.retry_if}
+end
+
+-- A call's options for a retry the broker holds `delay` seconds.
+local function delayed(opts, delay)
+  local o = {}
+  for k, v in pairs(opts or {}) do o[k] = v end
+  o.eta, o.countdown = nil, delay
+  return o
+end
+
+-- Seconds before the attempt after `attempt`: the backoff doubled each
+-- time, capped, and jittered uniformly down to half.
+local function backoff(plan, attempt)
+  local d = math.min(plan.max, plan.backoff * 2 ^ (attempt - 1))
+  return d * (0.5 + 0.5 * math.random())
 end
 
 local function checkchunksize(c, i, fname, what)
@@ -148,11 +223,25 @@ local function same(e) return e end
 
 function M.new(B)
   local lmp, Pool, check_running = B.lmp, B.Pool, B.check_running
-  local dispatch, cancel_unit, unit_state = B.dispatch, B.cancel, B.state
-  local stop_unit = B.stop or B.cancel
+  local dispatch = B.dispatch
   local now = lmp.time
   local map_error, item_error = B.map_error or same, B.item_error or same
   local R = {}
+
+  -- A unit held for its retry has a table for a ticket: it is queued, and
+  -- taken back by dropping it (R.release then skips it).
+  local function cancel_unit(pool, t)
+    if type(t) == "table" then return true end
+    return B.cancel(pool, t)
+  end
+  local function stop_unit(pool, t)
+    if type(t) == "table" then return true end
+    return (B.stop or B.cancel)(pool, t)
+  end
+  local unit_state = B.state and function(pool, t)
+    if type(t) == "table" then return "queued" end
+    return B.state(pool, t)
+  end
 
   -- === AsyncResult ===
 
@@ -184,11 +273,95 @@ function M.new(B)
     res._tickets = nil
   end
 
+  -- === retries ===
+
+  -- Send unit h again after `delay` seconds: a broker holds it
+  -- (countdown); a local pool's unit waits in pool._held, its ticket a
+  -- table, until R.release submits it.  False (and the error) if it could
+  -- not be sent.
+  local function again(pool, h, delay)
+    if B.countdown then
+      local ok, t = pcall(h._resend, h, delay)
+      if not ok then return false, t end
+      pool._pending[t] = h
+      h:_ticket(t)
+      return true
+    end
+    local key, due = {}, now() + delay
+    pool._pending[key] = h
+    h:_ticket(key)
+    local held = pool._held
+    if not held then
+      held = {}
+      pool._held = held
+    end
+    held[#held + 1] = {due, key, h}
+    if not pool._held_due or due < pool._held_due then pool._held_due = due end
+    return true
+  end
+
+  -- Unit h (of pool, with plan) failed with e: e gets its count of
+  -- attempts; true if the unit goes again.
+  local function failed_again(pool, h, plan, e)
+    if type(e) ~= "table" or not RETRY_KINDS[e.kind] then return false end
+    local attempt = h._attempt or 1
+    e.attempts = attempt
+    if not plan or attempt > plan.retries then return false end
+    if plan.retry_if then
+      local ok, yes = pcall(plan.retry_if, e)
+      if not ok then e.retry_if_error = yes end
+      if not ok or not yes then return false end
+    end
+    h._attempt = attempt + 1
+    local ok, err = again(pool, h, backoff(plan, attempt))
+    if not ok then e.retry_error = err end
+    return ok
+  end
+
+  --- Submit a local pool's held units that are due (for its dispatch): the
+  --- time the next one is due, or nil.
+  function R.release(pool)
+    local due = pool._held_due
+    if not due then return nil end
+    local t = now()
+    if t < due then return due end
+    local held, pending = pool._held, pool._pending
+    local keep, next_due = {}, nil
+    for i = 1, #held do
+      local u = held[i]
+      local key, h = u[2], u[3]
+      if pending[key] == h then -- not dropped meanwhile (cancelled, terminated)
+        if u[1] > t then
+          keep[#keep + 1] = u
+          if not next_due or u[1] < next_due then next_due = u[1] end
+        else
+          pending[key] = nil
+          local ok, tk = pcall(h._resend, h)
+          if ok then
+            pending[tk] = h
+            h:_ticket(tk)
+          else
+            finish(rawget(h, "job") or h, false, tk)
+          end
+        end
+      end
+    end
+    pool._held, pool._held_due = keep, next_due
+    return next_due
+  end
+
+  --- Seconds until a local pool's next held unit is due, or nil.
+  function R.held_wait(pool)
+    local due = pool._held_due
+    return due and math.max(0, due - now()) or nil
+  end
+
   -- The handler of an apply task is its result (finish, made short: this
   -- runs once per task).
   function AsyncResult:_settle(how, v)
     if self._done then return end
     local ok = how == "ok"
+    if not ok and failed_again(self._pool, self, self._plan, v) then return end
     self._done, self._ok, self._value = true, ok, v
     local f
     if ok then f = self._cb else f = self._eb end
@@ -378,6 +551,8 @@ function M.new(B)
   local submit_keys = B.submit_keys or {}
   local function with_submit(keys)
     for k in pairs(submit_keys) do keys[k] = true end
+    for k in pairs(M.retry_keys) do keys[k] = true end
+    keys.retry_if = true
     return keys
   end
   local map_keys = with_submit{chunksize = true, callback = true, error_callback = true, progress = true,
@@ -391,6 +566,7 @@ function M.new(B)
     if type(arg) == "table" then
       checkoptions(arg, 3, fname, keys or async and map_keys or sync_keys)
       if B.check_submit and not keys then B.check_submit(arg, 3, fname) end
+      if not keys then M.check_retry(arg, 3, fname, "option") end
       checkchunksize(arg.chunksize, 3, fname, "option 'chunksize'")
       if async then
         optcallable(arg, "callback", 3, fname)
@@ -433,11 +609,23 @@ function M.new(B)
       job._count = job._count + self.count
       if job._bar then job._bar:update(job._count) end
       if job._left == 0 then finish(job, true, job._values) end
-    elseif how == "partial" then
-      finish(job, false, first_error(v[2], self.first))
     else
-      finish(job, false, map_error(v, self.first))
+      local e = how == "partial" and first_error(v[2], self.first) or map_error(v, self.first)
+      if not failed_again(job._pool, self, job._plan, e) then finish(job, false, e) end
     end
+  end
+
+  -- A retry: the chunk again, all its items (after `delay` on a broker).
+  function Chunk:_resend(delay)
+    local job = self.job
+    local opts = job._opts
+    if delay then opts = delayed(opts, delay) end
+    return B.submit(job._pool, job._tag, job._fr, job._list, self.count, self.first, job._values, opts)
+  end
+
+  function Chunk:_ticket(t)
+    self.t = t
+    self.job._tickets[t] = true
   end
 
   local function start_map(pool, fname, tag, fn, list, opts)
@@ -456,6 +644,11 @@ function M.new(B)
     if opts.progress then job._bar = new_bar(n) end
     tag = tagged(pool, job, opts, tag)
     local fr = B.encode_fn(fn)
+    local plan = plan_of(pool, opts)
+    if plan then
+      job._plan, job._tag, job._fr, job._list, job._opts = plan, tag, fr, list, opts
+      pool._retried = true
+    end
     local submit, pending = B.submit, pool._pending
     for first = 1, n, size do
       local count = math.min(size, n - first + 1)
@@ -498,7 +691,23 @@ function M.new(B)
     local res = setmetatable({_pool = pool, _t = t, _cb = cb, _eb = eb, _done = false, _ok = false, _value = false},
                              AsyncResult)
     pool._pending[t] = res
+    local plan = plan_of(pool, opts)
+    if plan then
+      res._plan, res._fn, res._args, res._n, res._opts = plan, fn, args, n, opts
+      pool._retried = true
+    end
     return res
+  end
+
+  -- A retry: the task again, with its arguments (after `delay` on a broker).
+  function AsyncResult:_resend(delay)
+    local opts = self._opts
+    if delay then opts = delayed(opts, delay) end
+    return backend_submit_apply(self._pool, self._fn, self._args, self._n, opts)
+  end
+
+  function AsyncResult:_ticket(t)
+    self._t = t
   end
 
   --- pool:apply(fn, ...) -> the result; raises the task's lmp.Error.
@@ -517,6 +726,7 @@ function M.new(B)
     if opts ~= nil then
       checkoptions(opts, 3, "apply_async", apply_keys)
       if B.check_submit then B.check_submit(opts, 3, "apply_async") end
+      M.check_retry(opts, 3, "apply_async", "option")
       cb = optcallable(opts, "callback", 3, "apply_async")
       eb = optcallable(opts, "error_callback", 3, "apply_async")
     end
