@@ -90,7 +90,7 @@ local function seconds_ok(v) return type(v) == "number" and v >= 0 and v < 9e9 e
 function M.check_retry(o, i, fname, what)
   local function bad(key, msg) argerror(i, fname, what .. " '" .. key .. "' " .. msg) end
   local r = o.retries
-  if r ~= nil and not (tointeger(r) and tointeger(r) >= 0 and r <= 0x7fffffff) then
+  if r ~= nil and not (type(r) == "number" and tointeger(r) and r >= 0 and r <= 0x7fffffff) then
     bad("retries", "must be a non-negative integer")
   end
   if o.retry_backoff ~= nil and not seconds_ok(o.retry_backoff) then
