@@ -197,6 +197,7 @@ do
 
   -- Seconds until a unit held for a retry is due (poll() submits it).
   function Pool:timeout()
+    checkself(self, Pool, "timeout")
     return R.held_wait(self)
   end
 
