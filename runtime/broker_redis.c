@@ -1,24 +1,26 @@
 /*
  * broker_redis.c -- the broker on Redis Streams, through hiredis 0.14.
  *
- * Keys (all under "lmp:", so an ACL user can be limited to ~lmp:*):
- *   lmp:q:<queue>         the task stream, read through consumer group "lmp"
- *   lmp:q:<queue>:dead    dead-lettered tasks with their history
- *   lmp:q:<queue>:vt      the queue's visibility timeout in ms (the smallest asked)
- *   lmp:q:<queue>:epoch   the queue's identity, made anew with its group
- *   lmp:q:<queue>:delayed tasks held until they are due (a sorted set of the
- *                         messages by due time, wall ms; see promote_redis)
- *   lmp:c:<caller>        the results a caller has yet to collect (a stream;
- *                         see results_redis for how it is read), kept the
- *                         result_ttl its tasks carry
- *   lmp:c:<caller>:n      how many tasks the caller has put (see state_redis)
- *   lmp:c:<caller>:t:<k>  replay records: bit i is set once the task of
- *                         seq k*65536+i has been handed to a worker
- *   lmp:c:<caller>:lo     every task of a seq below this is settled
- *   lmp:w:<consumer>      a live worker's heartbeat (a hash that expires)
- *   lmp:workers:<queue>   who has sent heartbeats, scored by expiry time
+ * Keys (all under "lmp:", so an ACL user can be limited to ~lmp:*; every key
+ * of a queue is tagged "{<queue>}" so that a Redis Cluster keeps them in one
+ * hash slot, where the scripts and transactions that span them can run):
+ *   lmp:{<queue>}           the task stream, read through consumer group "lmp"
+ *   lmp:{<queue>}:dead      dead-lettered tasks with their history
+ *   lmp:{<queue>}:vt        the queue's visibility timeout in ms (the smallest asked)
+ *   lmp:{<queue>}:epoch     the queue's identity, made anew with its group
+ *   lmp:{<queue>}:delayed   tasks held until they are due (a sorted set of the
+ *                           messages by due time, wall ms; see promote_redis)
+ *   lmp:{<queue>}:c:<caller>  the results a caller has yet to collect (a
+ *                           stream; see results_redis for how it is read),
+ *                           kept the result_ttl its tasks carry
+ *   ...:c:<caller>:n        how many tasks the caller has put (see state_redis)
+ *   ...:c:<caller>:t:<k>    replay records: bit i is set once the task of
+ *                           seq k*65536+i has been handed to a worker
+ *   ...:c:<caller>:lo       every task of a seq below this is settled
+ *   lmp:{<queue>}:w:<consumer>  a live worker's heartbeat (a hash that expires)
+ *   lmp:{<queue>}:workers   who has sent heartbeats, scored by expiry time
  * A caller that ends (settle_redis, final) deletes its own keys but
- * lmp:c:<caller>:lo, which lives as long as one of its tasks could be
+ * ...:c:<caller>:lo, which lives as long as one of its tasks could be
  * replayed (their expiry).
  *
  * A stream entry carries the signed message (m), the deliveries of earlier
@@ -96,9 +98,9 @@ typedef struct rconn {
   int fresh;          /* a new connection: own pending entries first */
   int64_t sock_ms;    /* the socket timeout set */
   int64_t next_sweep; /* wall ms of the next sweep of vanished consumers; -1: not allowed */
-  char kstream[300], kdead[310], kdelayed[320], kworkers[320], kself[200], kcount[320];
+  char kstream[300], kdead[310], kdelayed[320], kworkers[320], kself[480], kcount[480];
   /* results: the caller's stream and the last id read from it */
-  char rkey[300], rlast[48];
+  char rkey[480], rlast[48];
   int owed;          /* replies to commands sent without waiting (see read_results) */
   uint64_t lo_chunk; /* replay records below this chunk are deleted */
   /* a take in flight: replies due (waiter, script), whether a waiter went
@@ -121,7 +123,7 @@ typedef struct notifier {
   struct rconn w; /* its own connection, parked in XREAD on the results */
   int armed, refused;
   int64_t next_try; /* no connection attempt before this (monotonic ns) */
-  char key[310];
+  char key[480];
 } notifier;
 
 /* === connection === */
@@ -416,12 +418,13 @@ static int open_redis(lmp_broker_t *b)
   int rc = parse_url(b, r);
   if (rc < 0)
     goto err;
-  snprintf(r->kstream, sizeof r->kstream, "lmp:q:%s", b->cfg.queue);
-  snprintf(r->kdead, sizeof r->kdead, "lmp:q:%s:dead", b->cfg.queue);
-  snprintf(r->kdelayed, sizeof r->kdelayed, "lmp:q:%s:delayed", b->cfg.queue);
-  snprintf(r->kworkers, sizeof r->kworkers, "lmp:workers:%s", b->cfg.queue);
-  snprintf(r->kself, sizeof r->kself, "lmp:w:%s", b->consumer);
-  snprintf(r->kcount, sizeof r->kcount, "lmp:c:%s:n", b->consumer);
+  /* every key of the queue, its callers' and workers' too, in one hash slot */
+  snprintf(r->kstream, sizeof r->kstream, "lmp:{%s}", b->cfg.queue);
+  snprintf(r->kdead, sizeof r->kdead, "%s:dead", r->kstream);
+  snprintf(r->kdelayed, sizeof r->kdelayed, "%s:delayed", r->kstream);
+  snprintf(r->kworkers, sizeof r->kworkers, "%s:workers", r->kstream);
+  snprintf(r->kself, sizeof r->kself, "%s:w:%s", r->kstream, b->consumer);
+  snprintf(r->kcount, sizeof r->kcount, "%s:c:%s:n", r->kstream, b->consumer);
   rc = ensure(b, r, b->cfg.connect_timeout);
   if (rc < 0)
     goto err;
@@ -662,8 +665,8 @@ static int copy_results(lmp_broker_t *b, redisReply *rep, lmp_broker_batch_t *ou
 /* Point the reader at a caller's stream (from its start when it is another). */
 static void results_key(rconn *r, const char *caller)
 {
-  char key[300];
-  snprintf(key, sizeof key, "lmp:c:%s", caller);
+  char key[sizeof r->rkey];
+  snprintf(key, sizeof key, "%s:c:%s", r->kstream, caller);
   if (strcmp(r->rkey, key) != 0) {
     snprintf(r->rkey, sizeof r->rkey, "%s", key);
     snprintf(r->rlast, sizeof r->rlast, "0-0");
@@ -784,13 +787,13 @@ static int settle_redis(lmp_broker_t *b, const char *caller, uint64_t lo, int fi
   uint64_t upto = final && lo > 0 ? (lo - 1) / CHUNK + 1 : lo / CHUNK;
   if (expires_ms <= 0)
     expires_ms = DAY_MS;
-  redisAppendCommand(r->c, "SET lmp:c:%s:lo %llu PX %lld", caller, (unsigned long long)lo,
-                     (long long)expires_ms);
+  redisAppendCommand(r->c, "SET %s:c:%s:lo %llu PX %lld", r->kstream, caller,
+                     (unsigned long long)lo, (long long)expires_ms);
   n++;
   for (uint64_t k = r->lo_chunk; k < upto; k++, n++)
-    redisAppendCommand(r->c, "UNLINK lmp:c:%s:t:%llu", caller, (unsigned long long)k);
+    redisAppendCommand(r->c, "UNLINK %s:c:%s:t:%llu", r->kstream, caller, (unsigned long long)k);
   if (final) {
-    redisAppendCommand(r->c, "UNLINK lmp:c:%s lmp:c:%s:n", caller, caller);
+    redisAppendCommand(r->c, "UNLINK %s:c:%s %s:c:%s:n", r->kstream, caller, r->kstream, caller);
     n++;
   }
   for (int i = 0; i < n; i++) {
@@ -864,10 +867,10 @@ static const char TAKE_SCRIPT[] =
     "  if not (caller and seq) then return true end\n"
     "  local lo = los[caller]\n"
     "  if lo == nil then\n"
-    "    lo = tonumber(redis.call('GET', 'lmp:c:' .. caller .. ':lo')) or 0\n"
+    "    lo = tonumber(redis.call('GET', s .. ':c:' .. caller .. ':lo')) or 0\n"
     "    los[caller] = lo\n"
     "  end\n"
-    "  local k = 'lmp:c:' .. caller .. ':t:' .. math.floor(seq / " STR(CHUNK) ")\n"
+    "  local k = s .. ':c:' .. caller .. ':t:' .. math.floor(seq / " STR(CHUNK) ")\n"
     "  if seq < lo or redis.call('SETBIT', k, seq % " STR(CHUNK) ", 1) == 1 then\n"
     "    redis.call('XACK', s, g, e[1])\n"
     "    redis.call('XDEL', s, e[1])\n"
@@ -923,7 +926,8 @@ static int append_unmark(rconn *r, const char *data, size_t len)
   if (*end)
     return 0;
   *dot = 0;
-  redisAppendCommand(r->c, "SETBIT lmp:c:%s:t:%llu %llu 0", id, seq / CHUNK, seq % CHUNK);
+  redisAppendCommand(r->c, "SETBIT %s:c:%s:t:%llu %llu 0", r->kstream, id, seq / CHUNK,
+                     seq % CHUNK);
   return 1;
 }
 
@@ -1137,8 +1141,8 @@ static int take_redis(lmp_broker_t *b, int max, int64_t block_ms, lmp_broker_bat
  * enough).  The number of commands appended. */
 static int append_result(lmp_broker_t *b, rconn *r, const lmp_broker_done_t *d, int expire)
 {
-  char ckey[300], ttl[24];
-  snprintf(ckey, sizeof ckey, "lmp:c:%s", d->caller);
+  char ckey[480], ttl[24];
+  snprintf(ckey, sizeof ckey, "%s:c:%s", r->kstream, d->caller);
   snprintf(ttl, sizeof ttl, "%lld", (long long)(d->ttl_ms > 0 ? d->ttl_ms : b->cfg.result_ttl));
   const char *add[5] = {"XADD", ckey, "*", "r", d->data};
   size_t addl[5] = {4, strlen(ckey), 1, 1, d->len};
@@ -1555,7 +1559,7 @@ static int reclaim_redis(lmp_broker_t *b, int64_t idle_ms, int max, lmp_broker_b
   return got;
 }
 
-/* lmp:q:<queue>:vt holds the smallest visibility timeout asked for; it
+/* lmp:{<queue>}:vt holds the smallest visibility timeout asked for; it
  * expires a day after the last producer that asked for it opened. */
 static int set_visibility_redis(lmp_broker_t *b, int64_t ms)
 {
@@ -1668,7 +1672,7 @@ static int workers_redis(lmp_broker_t *b, lmp_broker_batch_t *out)
   if (names->type != REDIS_REPLY_ARRAY)
     return reply_error(b, names, "ZRANGE");
   for (size_t i = 0; i < names->elements; i++)
-    redisAppendCommand(r->c, "HMGET lmp:w:%s info running", names->element[i]->str);
+    redisAppendCommand(r->c, "HMGET %s:w:%s info running", r->kstream, names->element[i]->str);
   int n = 0;
   for (size_t i = 0; i < names->elements; i++) {
     void *x = NULL;
@@ -1800,7 +1804,7 @@ static int notify_fd_redis(lmp_broker_t *b, const char *caller)
   n->w.user = r->user;
   n->w.pass = r->pass;
   snprintf(n->w.kstream, sizeof n->w.kstream, "%s", r->kstream);
-  snprintf(n->key, sizeof n->key, "lmp:c:%s", caller);
+  snprintf(n->key, sizeof n->key, "%s:c:%s", r->kstream, caller);
   r->wake = n;
   notifier_arm(b, n);
   return n->epfd;

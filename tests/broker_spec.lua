@@ -209,7 +209,7 @@ describe_redis("lmp.Pool on a Redis broker", function()
     lmp.sleep(0.3)
     kill(w, "INT") -- ... and stops at once
     assert.is_true(exited(w))
-    cli("DEL lmp:q:" .. q .. ":delayed")
+    cli("DEL lmp:{" .. q .. "}:delayed")
     assert.is_false(long:successful())
   end)
 
@@ -385,7 +385,7 @@ describe_redis("lmp.Pool on a Redis broker", function()
     local w = start_worker(q)
     local p = pool(q)
     assert.are.equal(100000, #p:apply(function() return string.rep("x", 100000) end))
-    local key = "lmp:c:" .. p._caller
+    local key = "lmp:{" .. q .. "}:c:" .. p._caller
     assert.is_truthy(support.eventually(function() return cli("XLEN " .. key):match("^0") end, 5),
                      "entries left: " .. cli("XLEN " .. key))
     assert.are.equal(3, p:apply(function() return 3 end)) -- the connection still in step
@@ -467,7 +467,7 @@ describe_redis("lmp.Pool on a Redis broker", function()
     assert.are.equal("dead_letter", e.kind)
     assert.are.equal(3, e.deliveries)
     assert.matches("3 deliveries", e.message)
-    assert.matches("1", cli("XLEN lmp:q:" .. q .. ":dead"))
+    assert.matches("1", cli("XLEN lmp:{" .. q .. "}:dead"))
     -- the worker goes on
     assert.are.equal(1, p:apply(function() return 1 end))
     p:terminate()
@@ -544,11 +544,11 @@ describe_redis("lmp.Pool on a Redis broker", function()
         io.open(mark, "w"):close()
       end), a = require("lmp.core").broker.encode({}), n = 0}, "task", q)
     local hex = forged:gsub(".", function(c) return string.format("\\x%02x", c:byte()) end)
-    sh(string.format("printf '%s' | redis-cli -p %d -x XADD lmp:q:%s '*' d 0 m", hex, redis.port, q))
-    cli("XADD lmp:q:" .. q .. " '*' m garbage d 0")
+    sh(string.format("printf '%s' | redis-cli -p %d -x XADD lmp:{%s} '*' d 0 m", hex, redis.port, q))
+    cli("XADD lmp:{" .. q .. "} '*' m garbage d 0")
     local t0 = lmp.time()
-    while not cli("XLEN lmp:q:" .. q .. ":dead"):match("^2") and lmp.time() - t0 < 10 do lmp.sleep(0.1) end
-    assert.matches("^2", cli("XLEN lmp:q:" .. q .. ":dead"))
+    while not cli("XLEN lmp:{" .. q .. "}:dead"):match("^2") and lmp.time() - t0 < 10 do lmp.sleep(0.1) end
+    assert.matches("^2", cli("XLEN lmp:{" .. q .. "}:dead"))
     assert.is_nil(io.open(mark))
     assert.matches("bad signature", readfile(log))
     -- and genuine work still runs
@@ -590,14 +590,14 @@ describe_redis("lmp.Pool on a Redis broker", function()
     local r = p:apply_async(function() return "late" end, nil, {countdown = 0.2})
     p:poll() -- sent
     lmp.sleep(1)
-    assert.matches("^1", cli("ZCARD lmp:q:" .. q .. ":delayed"))
-    assert.matches("^0", cli("XLEN lmp:q:" .. q))
+    assert.matches("^1", cli("ZCARD lmp:{" .. q .. "}:delayed"))
+    assert.matches("^0", cli("XLEN lmp:{" .. q .. "}"))
     redis:stop()
     assert.is_true(redis:start())
-    assert.matches("^1", cli("ZCARD lmp:q:" .. q .. ":delayed"))
+    assert.matches("^1", cli("ZCARD lmp:{" .. q .. "}:delayed"))
     local w = start_worker(q)
     assert.are.equal("late", r:get(20))
-    assert.matches("^0", cli("ZCARD lmp:q:" .. q .. ":delayed"))
+    assert.matches("^0", cli("ZCARD lmp:{" .. q .. "}:delayed"))
     p:terminate()
     kill(w)
     assert.is_true(exited(w))
@@ -729,7 +729,7 @@ describe_redis("lmp.Pool on a Redis broker", function()
 
   it("removes the consumers of workers that stopped or vanished", function()
     local q = new_queue()
-    local function consumers() return cli("XINFO CONSUMERS lmp:q:" .. q .. " lmp") end
+    local function consumers() return cli("XINFO CONSUMERS lmp:{" .. q .. "} lmp") end
     local w1 = start_worker(q, {processes = 1})
     local w2 = start_worker(q, {processes = 1})
     local p = pool(q, {visibility_timeout = 1})
