@@ -62,6 +62,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,7 +96,15 @@ typedef struct rconn {
   char host[256];
   int port, db;
   char *user, *pass;
-  int fresh;          /* a new connection: own pending entries first */
+  int fresh; /* a new connection: own pending entries first */
+  /* Redis Cluster (redis+cluster://): the URL's nodes, "host:port,...",
+   * owned by the broker's main connection; the node tried when the one in
+   * use fails; and what the last redirection said (see cluster_string) */
+  const char *seeds;
+  char *own_seeds;
+  int cluster, nseeds, seed, redirect, redirects;
+  char to_host[256];
+  int to_port;
   int64_t sock_ms;    /* the socket timeout set */
   int64_t next_sweep; /* wall ms of the next sweep of vanished consumers; -1: not allowed */
   char kstream[300], kdead[310], kdelayed[320], kworkers[320], kself[480], kcount[480];
@@ -157,12 +166,60 @@ static int url_decode(char *s)
   return 0;
 }
 
-/* redis://[[user]:pass@]host[:port][/db]; host may be an IPv6 address in [] */
+/* host[:port] (n bytes of text; host may be an IPv6 address in []) into
+ * host and *port, which keeps its default when the text has none. */
+static int parse_hostport(lmp_broker_t *b, const char *shown, const char *text, size_t n,
+                          char *host, size_t hostlen, int *port)
+{
+  char buf[250];
+  if (n == 0 || n >= sizeof buf)
+    return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (no host)", shown);
+  memcpy(buf, text, n);
+  buf[n] = 0;
+  char *h = buf, *colon = strrchr(buf, ':');
+  if (*h == '[') { /* an IPv6 address: [::1] or [::1]:port */
+    char *close = strchr(h, ']');
+    if (close == NULL || close == h + 1 || (close[1] && close[1] != ':'))
+      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (bad IPv6 address)", shown);
+    *close = 0;
+    colon = close[1] ? close + 1 : NULL;
+    h++;
+  }
+  if (colon) {
+    char *end;
+    long v = strtol(colon + 1, &end, 10);
+    if (*end || v <= 0 || v > 65535)
+      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (bad port)", shown);
+    *port = (int)v;
+    *colon = 0;
+  }
+  if (*h == 0)
+    return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (no host)", shown);
+  snprintf(host, hostlen, "%s", h);
+  return 0;
+}
+
+/* The i-th node of a cluster URL's list into r->host and r->port. */
+static void use_seed(rconn *r, int i)
+{
+  const char *p = r->seeds;
+  for (int k = 0; k < i; k++)
+    p = strchr(p, ',') + 1;
+  size_t n = strcspn(p, ",");
+  r->port = 6379;
+  r->seed = i;
+  parse_hostport(NULL, "", p, n, r->host, sizeof r->host, &r->port);
+}
+
+/* redis://[[user]:pass@]host[:port][/db], or
+ * redis+cluster://[[user]:pass@]host[:port],host[:port].../ (a Redis
+ * Cluster, found through any of its nodes; database 0 only) */
 static int parse_url(lmp_broker_t *b, rconn *r)
 {
-  const char *p = b->url + strlen("redis://"), *at, *slash;
-  char hostport[250], shown[200];
+  const char *p = strstr(b->url, "://") + 3, *at, *slash;
+  char shown[200];
   lmp__broker_url_shown(b->url, shown, sizeof shown);
+  r->cluster = strncmp(b->url, "redis+cluster://", 16) == 0;
   r->port = 6379;
   r->db = 0;
   slash = strchr(p, '/');
@@ -187,42 +244,134 @@ static int parse_url(lmp_broker_t *b, rconn *r)
     p = at + 1;
   }
   size_t n = slash ? (size_t)(slash - p) : strlen(p);
-  if (n == 0 || n >= sizeof hostport)
-    return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (no host)", shown);
-  memcpy(hostport, p, n);
-  hostport[n] = 0;
-  char *host = hostport, *colon = strrchr(hostport, ':');
-  if (*host == '[') { /* an IPv6 address: [::1] or [::1]:port */
-    char *close = strchr(host, ']');
-    if (close == NULL || close == host + 1 || (close[1] && close[1] != ':'))
-      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (bad IPv6 address)", shown);
-    *close = 0;
-    colon = close[1] ? close + 1 : NULL;
-    host++;
+  if (r->cluster) {
+    char *seeds = strndup(p, n);
+    if (seeds == NULL)
+      return -ENOMEM;
+    r->seeds = r->own_seeds = seeds;
+    for (const char *q = seeds;; q++) { /* each node well formed */
+      size_t k = strcspn(q, ",");
+      char host[256];
+      int port = 6379;
+      int rc = parse_hostport(b, shown, q, k, host, sizeof host, &port);
+      if (rc < 0)
+        return rc;
+      r->nseeds++;
+      q += k;
+      if (*q == 0)
+        break;
+    }
+    use_seed(r, 0);
+  } else {
+    int rc = parse_hostport(b, shown, p, n, r->host, sizeof r->host, &r->port);
+    if (rc < 0)
+      return rc;
   }
-  if (colon) {
-    char *end;
-    long port = strtol(colon + 1, &end, 10);
-    if (*end || port <= 0 || port > 65535)
-      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (bad port)", shown);
-    r->port = (int)port;
-    *colon = 0;
-  }
-  snprintf(r->host, sizeof r->host, "%s", host);
   if (slash && slash[1]) {
     char *end;
     long db = strtol(slash + 1, &end, 10);
     if (*end || db < 0 || db > 100000)
       return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (bad database number)", shown);
+    if (db && r->cluster)
+      return lmp__broker_fail(b, -EINVAL,
+                              "bad broker URL '%s' (a Redis Cluster has database 0 only)", shown);
     r->db = (int)db;
   }
   return 0;
 }
 
+/* === Redis Cluster ===
+ *
+ * Every key of a queue carries its hash tag, so the queue lives in one
+ * slot and one node serves all of a connection's commands: the broker
+ * talks to that node alone, and a reply that says the slot is elsewhere
+ * (MOVED), or is moving (ASK, TRYAGAIN) or unserved (CLUSTERDOWN), is
+ * taken as a lost connection.  Every operation already survives one: it
+ * is made again on a new connection, and nothing it did is lost or done
+ * twice that a reconnection would not lose or do twice.  The new
+ * connection goes where MOVED said, or after a short wait to the same
+ * node; a node that cannot be reached gives way to the next of the URL's.
+ * The redirection is seen in the reply reader (cluster_string), before any
+ * call site: it fails the read, so each site takes its usual path.
+ */
+enum { REDIRECT_NONE, REDIRECT_MOVED, REDIRECT_WAIT };
+
+static redisReplyObjectFunctions cluster_fn;
+static void *(*plain_string)(const redisReadTask *, char *, size_t);
+static pthread_once_t cluster_once = PTHREAD_ONCE_INIT;
+static const redisReplyObjectFunctions *plain_fn;
+
+static int redirection(rconn *r, const char *s, size_t n)
+{
+  if (n > 6 && strncmp(s, "MOVED ", 6) == 0) {
+    const char *addr = strchr(s + 6, ' ');
+    if (addr == NULL)
+      return 0;
+    addr++;
+    r->to_port = 6379;
+    if (parse_hostport(NULL, "", addr, n - (size_t)(addr - s), r->to_host, sizeof r->to_host,
+                       &r->to_port) < 0)
+      return 0;
+    r->redirect = REDIRECT_MOVED;
+    return 1;
+  }
+  /* a script finds the caller's keys gone before the slot has moved */
+  if (strncmp(s, "ASK ", 4) == 0 || strncmp(s, "TRYAGAIN", 8) == 0 ||
+      strncmp(s, "CLUSTERDOWN", 11) == 0 || memmem(s, n, "non local key", 13)) {
+    r->redirect = REDIRECT_WAIT;
+    return 1;
+  }
+  return 0;
+}
+
+static void *cluster_string(const redisReadTask *t, char *s, size_t n)
+{
+  if (t->type == REDIS_REPLY_ERROR && t->parent == NULL && t->privdata &&
+      redirection(t->privdata, s, n))
+    return NULL; /* the reader fails; the connection is taken for lost */
+  return plain_string(t, s, n);
+}
+
+static void cluster_init(void)
+{
+  cluster_fn = *plain_fn;
+  plain_string = plain_fn->createString;
+  cluster_fn.createString = cluster_string;
+}
+
+/* A new connection of a cluster broker reads redirections. */
+static void cluster_reader(rconn *r)
+{
+  plain_fn = r->c->reader->fn;
+  pthread_once(&cluster_once, cluster_init);
+  r->c->reader->fn = &cluster_fn;
+  r->c->reader->privdata = r;
+}
+
+/* Where the next connection goes, and how long to wait first (ms). */
+static int64_t cluster_next(rconn *r, int failed)
+{
+  int64_t wait = 0;
+  if (r->redirect == REDIRECT_MOVED && r->redirects < 16) {
+    snprintf(r->host, sizeof r->host, "%s", r->to_host);
+    r->port = r->to_port;
+    r->redirects++;
+  } else if (r->redirect == REDIRECT_WAIT) {
+    wait = 20;
+  } else if (failed && r->nseeds > 0) {
+    use_seed(r, (r->seed + 1) % r->nseeds);
+  }
+  r->redirect = REDIRECT_NONE;
+  return wait;
+}
+
 static void drop(rconn *r)
 {
-  if (r->c)
+  if (r->c) {
+    if (r->c->reader->fn == &cluster_fn)
+      r->c->reader->fn = (redisReplyObjectFunctions *)plain_fn;
     redisFree(r->c);
+  }
   r->c = NULL;
   r->owed = 0;
 }
@@ -253,9 +402,17 @@ static int transient(const redisReply *rep)
 /* An I/O failure of the context: its text into b->err, the context gone. */
 static int io_error(lmp_broker_t *b, rconn *r, const char *what)
 {
-  int rc = lmp__broker_fail(b, -ECONNRESET, "%s: %s (redis at %s:%d)", what,
-                            r->c && r->c->errstr[0] ? r->c->errstr : "connection lost", r->host,
-                            r->port);
+  int rc;
+  if (r->redirect == REDIRECT_MOVED)
+    rc = lmp__broker_fail(b, -ECONNRESET, "%s: the queue's slot moved to %s:%d (redis at %s:%d)",
+                          what, r->to_host, r->to_port, r->host, r->port);
+  else if (r->redirect == REDIRECT_WAIT)
+    rc = lmp__broker_fail(b, -ECONNRESET, "%s: the queue's slot is moving (redis at %s:%d)", what,
+                          r->host, r->port);
+  else
+    rc = lmp__broker_fail(b, -ECONNRESET, "%s: %s (redis at %s:%d)", what,
+                          r->c && r->c->errstr[0] ? r->c->errstr : "connection lost", r->host,
+                          r->port);
   drop(r);
   return rc;
 }
@@ -276,6 +433,8 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
   if (r->c->err)
     return io_error(b, r, "cannot reach the broker");
   fcntl(r->c->fd, F_SETFD, FD_CLOEXEC); /* hiredis leaves it to children that exec */
+  if (r->cluster)
+    cluster_reader(r);
   r->sock_ms = sock_timeout(b);
   redisSetTimeout(r->c, tv_ms(r->sock_ms));
   redisEnableKeepAlive(r->c);
@@ -293,19 +452,22 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
     }
     freeReplyObject(rep);
   }
-  /* A Redis Cluster node takes the connection, then refuses each MULTI
-   * across slots (CROSSSLOT): refuse it here.  A user whose ACL denies INFO
-   * gets an error reply, taken for a standalone server. */
+  /* A cluster node where a standalone server was named (or the reverse)
+   * would answer the wrong way: say which URL to use.  A user whose ACL
+   * denies INFO gets an error reply, taken for what the URL says. */
   rep = redisCommand(r->c, "INFO cluster");
   if (rep == NULL)
     return io_error(b, r, "INFO");
-  int cluster = rep->type == REDIS_REPLY_STRING && strstr(rep->str, "cluster_enabled:1");
+  int cluster =
+      rep->type == REDIS_REPLY_STRING ? strstr(rep->str, "cluster_enabled:1") != NULL : r->cluster;
   freeReplyObject(rep);
-  if (cluster) {
+  if (cluster != r->cluster) {
     drop(r);
     return lmp__broker_fail(b, -EPROTONOSUPPORT,
-                            "the broker at %s:%d is a Redis Cluster node; lmp's broker needs a "
-                            "standalone Redis (or Sentinel-managed primary) for now",
+                            cluster ? "the broker at %s:%d is a Redis Cluster node: name its "
+                                      "nodes as redis+cluster://host:port,host:port/"
+                                    : "the broker at %s:%d is not a Redis Cluster node: name it "
+                                      "as redis://host:port/db",
                             r->host, r->port);
   }
   if (r->db) {
@@ -370,11 +532,25 @@ static int ensure(lmp_broker_t *b, rconn *r, int64_t window_ms)
   }
   drop(r);
   int64_t end = lmp_now_ns() + window_ms * 1000000, backoff = 50;
-  for (;;) {
+  for (int failed = 0;; failed = 1) {
+    if (r->cluster) {
+      int moved = r->redirect == REDIRECT_MOVED;
+      int64_t wait = cluster_next(r, failed);
+      if (wait)
+        sleep_ms(wait);
+      if (moved)
+        failed = 0; /* straight to where the slot went */
+    }
     int64_t left = (end - lmp_now_ns()) / 1000000;
     int rc = connect_once(b, r, left < 1000 ? (left > 100 ? left : 100) : 1000);
-    if (rc == 0 || rc == -EACCES || rc == -EPROTO || rc == -EPROTONOSUPPORT || rc == -ENOMEM)
+    if (rc == 0) {
+      r->redirects = 0;
       return rc;
+    }
+    if (rc == -EACCES || rc == -EPROTO || rc == -EPROTONOSUPPORT || rc == -ENOMEM)
+      return rc;
+    if (r->redirect == REDIRECT_MOVED && r->redirects < 16)
+      continue;
     if (lmp_now_ns() + backoff * 1000000 >= end)
       return rc;
     sleep_ms(backoff);
@@ -432,6 +608,7 @@ static int open_redis(lmp_broker_t *b)
 err:
   free(r->user);
   free(r->pass);
+  free(r->own_seeds);
   free(r);
   b->conn = NULL;
   return rc;
@@ -455,6 +632,7 @@ static void close_redis(lmp_broker_t *b)
   free(r->putdue);
   free(r->user);
   free(r->pass);
+  free(r->own_seeds);
   free(r);
   b->conn = NULL;
 }
@@ -1803,6 +1981,9 @@ static int notify_fd_redis(lmp_broker_t *b, const char *caller)
   n->w.db = r->db;
   n->w.user = r->user;
   n->w.pass = r->pass;
+  n->w.cluster = r->cluster;
+  n->w.seeds = r->seeds;
+  n->w.nseeds = r->nseeds;
   snprintf(n->w.kstream, sizeof n->w.kstream, "%s", r->kstream);
   snprintf(n->key, sizeof n->key, "%s:c:%s", r->kstream, caller);
   r->wake = n;
@@ -1847,7 +2028,7 @@ static int notify_reset_redis(lmp_broker_t *b)
 }
 
 const lmp__broker_engine_t lmp__broker_redis = {
-    .scheme = "redis",
+    .schemes = "redis redis+cluster",
     .open = open_redis,
     .close = close_redis,
     .fileno = fileno_redis,
