@@ -75,7 +75,7 @@ describe_redis("lmp.Pool on a Redis Cluster", function()
   setup(function()
     local addrs = {}
     for i = 1, 3 do
-      nodes[i] = harness.server("--cluster-enabled yes --cluster-config-file nodes.conf --appendonly no")
+      nodes[i] = harness.server("--appendonly no", true)
       addrs[i] = "127.0.0.1:" .. nodes[i].port
     end
     local out = sh("redis-cli --cluster create " .. table.concat(addrs, " ") .. " --cluster-yes 2>&1")
@@ -157,10 +157,16 @@ describe_redis("lmp.Pool on a Redis Cluster", function()
   end)
 
   it("says which URL to use for a cluster node or a standalone server", function()
-    local ok, e = pcall(lmp.Pool, {broker = "redis://127.0.0.1:" .. nodes[1].port .. "/0", secret = SECRET})
+    local curl = "redis://127.0.0.1:" .. nodes[1].port .. "/0"
+    local why = "the broker at 127.0.0.1:" .. nodes[1].port .. " is a Redis Cluster node: name its nodes as "
+                .. "redis+cluster://host:port,host:port/"
+    local ok, e = pcall(lmp.Pool, {broker = curl, secret = SECRET})
     assert.is_false(ok)
     assert.are.equal("broker", e.kind)
-    assert.matches("is a Redis Cluster node: name its nodes as redis%+cluster://", e.message)
+    assert.matches(why, e.message, 1, true)
+    -- a worker too, at once (timeout only ends one that would serve the node for ever)
+    local out = sh("timeout 60 env LMP_SECRET=x " .. support.lmp_bin .. " worker " .. curl .. "; echo rc=$?")
+    assert.matches(why .. "\nrc=1", out, 1, true)
     local plain = harness.server()
     ok, e = pcall(lmp.Pool, {broker = "redis+cluster://127.0.0.1:" .. plain.port .. "/", secret = SECRET})
     assert.is_false(ok)
@@ -174,6 +180,21 @@ describe_redis("lmp.Pool on a Redis Cluster", function()
       assert.is_false(ok, bad)
       assert.matches("bad broker URL", e.message)
     end
+  end)
+
+  it("runs the guide's Redis Cluster sample", function()
+    local sample
+    for _, x in ipairs(support.samples("docs/guide.md")) do
+      if x.code:match("^%-%- with a Redis Cluster") then sample = x.code end
+    end
+    assert.is_string(sample, "docs/guide.md has no Redis Cluster sample")
+    start_worker("mail", {secret = "s3cret"})
+    start_worker("thumbs", {secret = "s3cret"})
+    local code = sample:gsub("127%.0%.0%.1:7000,127%.0%.0%.1:7001", "127.0.0.1:" .. seeds())
+    local out, rc = support.run(code)
+    assert.are.equal(0, rc, out)
+    local ok, missing = support.printed_as_shown(sample, out)
+    assert(ok, "the sample did not print: " .. tostring(missing) .. "\n" .. out)
   end)
 
   it("leaks no globals", function()

@@ -851,64 +851,6 @@ describe_redis("lmp.Pool on a Redis broker", function()
     end
   end)
 
-  it("refuses a Redis Cluster node at once, saying why", function()
-    local dir = sh("mktemp -d"):match("%S+")
-    -- below the ephemeral range (32768 on), where a connection of this run
-    -- may hold the port or its cluster bus port (port + 10000)
-    local port
-    for _ = 1, 50 do
-      local p = math.random(20000, 22700)
-      if not sh(string.format("ss -tan 2>/dev/null | grep -E ':(%d|%d) '", p, p + 10000)):match("%S") then
-        port = p
-        break
-      end
-    end
-    assert.is_truthy(port, "no free port pair")
-    sh(string.format("redis-server --port %d --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file %s/nodes.conf "
-                     .. "--save '' --dir %s --daemonize yes --pidfile %s/redis.pid --logfile %s/redis.log",
-                     port, dir, dir, dir, dir))
-    finally(function()
-      sh("redis-cli -p " .. port .. " shutdown nosave")
-      sh("rm -rf " .. dir)
-    end)
-    assert.is_truthy(support.eventually(function() return sh("redis-cli -p " .. port .. " ping"):match("PONG") end),
-                     "the cluster node did not start: " .. readfile(dir .. "/redis.log"))
-    -- one node serving every slot: lmp's keys are all reachable there
-    assert.matches("OK", sh("redis-cli -p " .. port .. " CLUSTER ADDSLOTSRANGE 0 16383"))
-    assert.is_truthy(support.eventually(function()
-      return sh("redis-cli -p " .. port .. " CLUSTER INFO"):match("cluster_state:ok")
-    end))
-    local curl = "redis://127.0.0.1:" .. port .. "/0"
-    local why = "the broker at 127.0.0.1:" .. port .. " is a Redis Cluster node; lmp's broker needs a "
-                .. "standalone Redis (or Sentinel-managed primary) for now"
-    local ok, e = pcall(lmp.Pool, {broker = curl, secret = SECRET})
-    assert.is_false(ok)
-    assert.are.equal("broker", e.kind)
-    assert.matches(why, e.message, 1, true)
-    -- (timeout only ends a worker that would serve the node for ever)
-    local out = sh("timeout 60 env LMP_SECRET=x " .. support.lmp_bin .. " worker " .. curl .. "; echo rc=$?")
-    assert.matches(why .. "\nrc=1", out, 1, true)
-  end)
-
-  -- The IPv6 loopback, where the machine has one (/proc/net/if_inet6 lists
-  -- ::1 on lo).
-  local has_ipv6 = readfile("/proc/net/if_inet6"):match(string.rep("0", 31) .. "1 [^\n]* lo\n") ~= nil
-  local it6 = has_ipv6 and it or function(name) pending(name .. ": this machine has no IPv6 loopback") end
-  it6("reaches the broker at an IPv6 address in brackets", function()
-    local q = new_queue()
-    local url6 = "redis://[::1]:" .. redis.port .. "/0"
-    local w = start_worker(q, {url = url6})
-    local p = lmp.Pool{broker = url6, queue = q, secret = SECRET}
-    assert.are.same({1, 4, 9}, p:map(function(x) return x * x end, {1, 2, 3}))
-    assert.are.equal(1, #p:stats().workers)
-    p:terminate()
-    local ok, e = pcall(lmp.Pool, {broker = "redis://[::1:" .. redis.port .. "/0", queue = q, secret = SECRET})
-    assert.is_false(ok)
-    assert.matches("bad IPv6 address", e.message)
-    kill(w)
-    assert.is_true(exited(w))
-  end)
-
   it("rejects bad command lines", function()
     local out = sh("env LMP_SECRET=x " .. support.lmp_bin .. " -e \"os.exit(require('lmp.worker').main({'--bogus'}))\"; echo rc=$?")
     assert.matches("unknown option %-%-bogus", out)
