@@ -47,6 +47,8 @@ local rows = {
   {"broker_rt", "11 broker round trip (vs Celery)", "lower", ref = "celery"},
   -- network round trips on a task's critical path (lmp only)
   {"broker_rtt", "11 broker round trips per task, 2 ms each way", "lower", {lmp_max = 2, text = "lmp <=2"}},
+  -- a Redis Cluster: three queues on three masters against the same on one
+  {"broker_cluster", "11 broker, 3 queues on 3 cluster masters (vs 1 master)", "higher", ref = "one"},
   -- lmp against itself: the same program on a small /dev/shm and on this one
   {"shm_64m", "12 1 GiB Queue + 256 MiB Array, 64 MiB /dev/shm (vs normal)", "higher",
    ref = "normal", refname = "shm_normal"},

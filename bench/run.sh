@@ -40,7 +40,7 @@ cd "$root"
 
 ALL="apply_rt apply_async queue_small queue_1k queue_1m pipe_rt map cpu_proc cpu_pool \
 start_fork start_spawn start_forkserver lock_uncontended lock_contended value_add value_add_contended \
-array codec broker_tput broker_rt broker_rtt shm_normal shm_64m shm_8m"
+array codec broker_tput broker_rt broker_rtt broker_cluster shm_normal shm_64m shm_8m"
 smoke=0
 case ${BENCH_SMOKE:-0} in 0 | '') ;; *) smoke=1 ;; esac
 rounds=1
@@ -216,7 +216,7 @@ for name in $names; do
     else
       run "$name" lmp "$LMP" "bench/lua/$group.lua" "$name"
     fi
-    if [ "$group" = shm ] || [ "$name" = broker_rtt ]; then
+    if [ "$group" = shm ] || [ "$name" = broker_rtt ] || [ "$name" = broker_cluster ]; then
       : # lmp only: no Python twin
     elif [ $have_python = 1 ]; then
       run "$name" python "$PYTHON" "bench/py/bench_$group.py" "$name"
@@ -232,6 +232,8 @@ for name in $names; do
         skip "$name (celery)" "$PYTHON not found"
       fi ;;
     esac
+    # the cluster's reference: the same queues on one master
+    [ "$name" = broker_cluster ] && run "$name" one "$LMP" bench/lua/broker.lua broker_cluster one
     # the CPU ceiling: the same loop in plain processes of the interpreter
     [ "$name" = cpu_proc ] && run "$name" plain "$LMP" bench/lua/cpu.lua cpu_plain
     if [ "$name" = pipe_rt ]; then

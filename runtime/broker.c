@@ -55,6 +55,8 @@ static const lmp__broker_engine_t *const engines[] = {&lmp__broker_redis, NULL};
 int lmp__broker_fail(lmp_broker_t *b, int code, const char *fmt, ...)
 {
   va_list ap;
+  if (b == NULL) /* a check made for its answer alone */
+    return code;
   va_start(ap, fmt);
   vsnprintf(b->err, sizeof b->err, fmt, ap);
   va_end(ap);
@@ -213,13 +215,15 @@ int lmp_broker_open(const lmp_broker_config_t *cfg, lmp_broker_t **out, char *er
     return -EINVAL;
   }
   const lmp__broker_engine_t *e = NULL;
+  size_t len = (size_t)(colon - cfg->url);
   for (int i = 0; engines[i]; i++)
-    if (strlen(engines[i]->scheme) == (size_t)(colon - cfg->url) &&
-        strncmp(engines[i]->scheme, cfg->url, (size_t)(colon - cfg->url)) == 0)
-      e = engines[i];
+    for (const char *w = engines[i]->schemes; *w; w += strcspn(w, " "), w += *w == ' ')
+      if (strcspn(w, " ") == len && strncmp(w, cfg->url, len) == 0)
+        e = engines[i];
   if (e == NULL) {
     if (errmsg)
-      snprintf(errmsg, errlen, "unsupported broker URL '%s' (supported: redis://)", shown);
+      snprintf(errmsg, errlen,
+               "unsupported broker URL '%s' (supported: redis://, redis+cluster://)", shown);
     return -EINVAL;
   }
   b = calloc(1, sizeof *b);

@@ -15,7 +15,7 @@
 #include "lmp/broker.h"
 
 typedef struct lmp__broker_engine {
-  const char *scheme; /* "redis" */
+  const char *schemes; /* the URL schemes it serves, separated by spaces */
   int (*open)(lmp_broker_t *b);
   void (*close)(lmp_broker_t *b);
   int (*fileno)(const lmp_broker_t *b);
@@ -70,7 +70,7 @@ struct lmp_broker {
   lmp__lease_t *lease;
 };
 
-/* Record a failure's text; returns code. */
+/* Record a failure's text (b NULL: nowhere); returns code. */
 int lmp__broker_fail(lmp_broker_t *b, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* Where a URL's password is (its length, 0 if none; its offset in *off),

@@ -1,24 +1,26 @@
 /*
  * broker_redis.c -- the broker on Redis Streams, through hiredis 0.14.
  *
- * Keys (all under "lmp:", so an ACL user can be limited to ~lmp:*):
- *   lmp:q:<queue>         the task stream, read through consumer group "lmp"
- *   lmp:q:<queue>:dead    dead-lettered tasks with their history
- *   lmp:q:<queue>:vt      the queue's visibility timeout in ms (the smallest asked)
- *   lmp:q:<queue>:epoch   the queue's identity, made anew with its group
- *   lmp:q:<queue>:delayed tasks held until they are due (a sorted set of the
- *                         messages by due time, wall ms; see promote_redis)
- *   lmp:c:<caller>        the results a caller has yet to collect (a stream;
- *                         see results_redis for how it is read), kept the
- *                         result_ttl its tasks carry
- *   lmp:c:<caller>:n      how many tasks the caller has put (see state_redis)
- *   lmp:c:<caller>:t:<k>  replay records: bit i is set once the task of
- *                         seq k*65536+i has been handed to a worker
- *   lmp:c:<caller>:lo     every task of a seq below this is settled
- *   lmp:w:<consumer>      a live worker's heartbeat (a hash that expires)
- *   lmp:workers:<queue>   who has sent heartbeats, scored by expiry time
+ * Keys (all under "lmp:", so an ACL user can be limited to ~lmp:*; every key
+ * of a queue is tagged "{<queue>}" so that a Redis Cluster keeps them in one
+ * hash slot, where the scripts and transactions that span them can run):
+ *   lmp:{<queue>}           the task stream, read through consumer group "lmp"
+ *   lmp:{<queue>}:dead      dead-lettered tasks with their history
+ *   lmp:{<queue>}:vt        the queue's visibility timeout in ms (the smallest asked)
+ *   lmp:{<queue>}:epoch     the queue's identity, made anew with its group
+ *   lmp:{<queue>}:delayed   tasks held until they are due (a sorted set of the
+ *                           messages by due time, wall ms; see promote_redis)
+ *   lmp:{<queue>}:c:<caller>  the results a caller has yet to collect (a
+ *                           stream; see results_redis for how it is read),
+ *                           kept the result_ttl its tasks carry
+ *   ...:c:<caller>:n        how many tasks the caller has put (see state_redis)
+ *   ...:c:<caller>:t:<k>    replay records: bit i is set once the task of
+ *                           seq k*65536+i has been handed to a worker
+ *   ...:c:<caller>:lo       every task of a seq below this is settled
+ *   lmp:{<queue>}:w:<consumer>  a live worker's heartbeat (a hash that expires)
+ *   lmp:{<queue>}:workers   who has sent heartbeats, scored by expiry time
  * A caller that ends (settle_redis, final) deletes its own keys but
- * lmp:c:<caller>:lo, which lives as long as one of its tasks could be
+ * ...:c:<caller>:lo, which lives as long as one of its tasks could be
  * replayed (their expiry).
  *
  * A stream entry carries the signed message (m), the deliveries of earlier
@@ -60,6 +62,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,12 +96,20 @@ typedef struct rconn {
   char host[256];
   int port, db;
   char *user, *pass;
-  int fresh;          /* a new connection: own pending entries first */
+  int fresh; /* a new connection: own pending entries first */
+  /* Redis Cluster (redis+cluster://): the URL's nodes, "host:port,...",
+   * owned by the broker's main connection; the node tried when the one in
+   * use fails; and what the last redirection said (see cluster_string) */
+  const char *seeds;
+  char *own_seeds;
+  int cluster, nseeds, seed, redirect, redirects;
+  char to_host[256];
+  int to_port;
   int64_t sock_ms;    /* the socket timeout set */
   int64_t next_sweep; /* wall ms of the next sweep of vanished consumers; -1: not allowed */
-  char kstream[300], kdead[310], kdelayed[320], kworkers[320], kself[200], kcount[320];
+  char kstream[300], kdead[310], kdelayed[320], kworkers[320], kself[480], kcount[480];
   /* results: the caller's stream and the last id read from it */
-  char rkey[300], rlast[48];
+  char rkey[480], rlast[48];
   int owed;          /* replies to commands sent without waiting (see read_results) */
   uint64_t lo_chunk; /* replay records below this chunk are deleted */
   /* a take in flight: replies due (waiter, script), whether a waiter went
@@ -121,7 +132,7 @@ typedef struct notifier {
   struct rconn w; /* its own connection, parked in XREAD on the results */
   int armed, refused;
   int64_t next_try; /* no connection attempt before this (monotonic ns) */
-  char key[310];
+  char key[480];
 } notifier;
 
 /* === connection === */
@@ -155,12 +166,60 @@ static int url_decode(char *s)
   return 0;
 }
 
-/* redis://[[user]:pass@]host[:port][/db]; host may be an IPv6 address in [] */
+/* host[:port] (n bytes of text; host may be an IPv6 address in []) into
+ * host and *port, which keeps its default when the text has none. */
+static int parse_hostport(lmp_broker_t *b, const char *shown, const char *text, size_t n,
+                          char *host, size_t hostlen, int *port)
+{
+  char buf[250];
+  if (n == 0 || n >= sizeof buf)
+    return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (no host)", shown);
+  memcpy(buf, text, n);
+  buf[n] = 0;
+  char *h = buf, *colon = strrchr(buf, ':');
+  if (*h == '[') { /* an IPv6 address: [::1] or [::1]:port */
+    char *close = strchr(h, ']');
+    if (close == NULL || close == h + 1 || (close[1] && close[1] != ':'))
+      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (bad IPv6 address)", shown);
+    *close = 0;
+    colon = close[1] ? close + 1 : NULL;
+    h++;
+  }
+  if (colon) {
+    char *end;
+    long v = strtol(colon + 1, &end, 10);
+    if (*end || v <= 0 || v > 65535)
+      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (bad port)", shown);
+    *port = (int)v;
+    *colon = 0;
+  }
+  if (*h == 0)
+    return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (no host)", shown);
+  snprintf(host, hostlen, "%s", h);
+  return 0;
+}
+
+/* The i-th node of a cluster URL's list into r->host and r->port. */
+static void use_seed(rconn *r, int i)
+{
+  const char *p = r->seeds;
+  for (int k = 0; k < i; k++)
+    p = strchr(p, ',') + 1;
+  size_t n = strcspn(p, ",");
+  r->port = 6379;
+  r->seed = i;
+  parse_hostport(NULL, "", p, n, r->host, sizeof r->host, &r->port);
+}
+
+/* redis://[[user]:pass@]host[:port][/db], or
+ * redis+cluster://[[user]:pass@]host[:port],host[:port].../ (a Redis
+ * Cluster, found through any of its nodes; database 0 only) */
 static int parse_url(lmp_broker_t *b, rconn *r)
 {
-  const char *p = b->url + strlen("redis://"), *at, *slash;
-  char hostport[250], shown[200];
+  const char *p = strstr(b->url, "://") + 3, *at, *slash;
+  char shown[200];
   lmp__broker_url_shown(b->url, shown, sizeof shown);
+  r->cluster = strncmp(b->url, "redis+cluster://", 16) == 0;
   r->port = 6379;
   r->db = 0;
   slash = strchr(p, '/');
@@ -185,42 +244,134 @@ static int parse_url(lmp_broker_t *b, rconn *r)
     p = at + 1;
   }
   size_t n = slash ? (size_t)(slash - p) : strlen(p);
-  if (n == 0 || n >= sizeof hostport)
-    return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (no host)", shown);
-  memcpy(hostport, p, n);
-  hostport[n] = 0;
-  char *host = hostport, *colon = strrchr(hostport, ':');
-  if (*host == '[') { /* an IPv6 address: [::1] or [::1]:port */
-    char *close = strchr(host, ']');
-    if (close == NULL || close == host + 1 || (close[1] && close[1] != ':'))
-      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (bad IPv6 address)", shown);
-    *close = 0;
-    colon = close[1] ? close + 1 : NULL;
-    host++;
+  if (r->cluster) {
+    char *seeds = strndup(p, n);
+    if (seeds == NULL)
+      return -ENOMEM;
+    r->seeds = r->own_seeds = seeds;
+    for (const char *q = seeds;; q++) { /* each node well formed */
+      size_t k = strcspn(q, ",");
+      char host[256];
+      int port = 6379;
+      int rc = parse_hostport(b, shown, q, k, host, sizeof host, &port);
+      if (rc < 0)
+        return rc;
+      r->nseeds++;
+      q += k;
+      if (*q == 0)
+        break;
+    }
+    use_seed(r, 0);
+  } else {
+    int rc = parse_hostport(b, shown, p, n, r->host, sizeof r->host, &r->port);
+    if (rc < 0)
+      return rc;
   }
-  if (colon) {
-    char *end;
-    long port = strtol(colon + 1, &end, 10);
-    if (*end || port <= 0 || port > 65535)
-      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (bad port)", shown);
-    r->port = (int)port;
-    *colon = 0;
-  }
-  snprintf(r->host, sizeof r->host, "%s", host);
   if (slash && slash[1]) {
     char *end;
     long db = strtol(slash + 1, &end, 10);
     if (*end || db < 0 || db > 100000)
       return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (bad database number)", shown);
+    if (db && r->cluster)
+      return lmp__broker_fail(b, -EINVAL,
+                              "bad broker URL '%s' (a Redis Cluster has database 0 only)", shown);
     r->db = (int)db;
   }
   return 0;
 }
 
+/* === Redis Cluster ===
+ *
+ * Every key of a queue carries its hash tag, so the queue lives in one
+ * slot and one node serves all of a connection's commands: the broker
+ * talks to that node alone, and a reply that says the slot is elsewhere
+ * (MOVED), or is moving (ASK, TRYAGAIN) or unserved (CLUSTERDOWN), is
+ * taken as a lost connection.  Every operation already survives one: it
+ * is made again on a new connection, and nothing it did is lost or done
+ * twice that a reconnection would not lose or do twice.  The new
+ * connection goes where MOVED said, or after a short wait to the same
+ * node; a node that cannot be reached gives way to the next of the URL's.
+ * The redirection is seen in the reply reader (cluster_string), before any
+ * call site: it fails the read, so each site takes its usual path.
+ */
+enum { REDIRECT_NONE, REDIRECT_MOVED, REDIRECT_WAIT };
+
+static redisReplyObjectFunctions cluster_fn;
+static void *(*plain_string)(const redisReadTask *, char *, size_t);
+static pthread_once_t cluster_once = PTHREAD_ONCE_INIT;
+static const redisReplyObjectFunctions *plain_fn;
+
+static int redirection(rconn *r, const char *s, size_t n)
+{
+  if (n > 6 && strncmp(s, "MOVED ", 6) == 0) {
+    const char *addr = strchr(s + 6, ' ');
+    if (addr == NULL)
+      return 0;
+    addr++;
+    r->to_port = 6379;
+    if (parse_hostport(NULL, "", addr, n - (size_t)(addr - s), r->to_host, sizeof r->to_host,
+                       &r->to_port) < 0)
+      return 0;
+    r->redirect = REDIRECT_MOVED;
+    return 1;
+  }
+  /* a script finds the caller's keys gone before the slot has moved */
+  if (strncmp(s, "ASK ", 4) == 0 || strncmp(s, "TRYAGAIN", 8) == 0 ||
+      strncmp(s, "CLUSTERDOWN", 11) == 0 || memmem(s, n, "non local key", 13)) {
+    r->redirect = REDIRECT_WAIT;
+    return 1;
+  }
+  return 0;
+}
+
+static void *cluster_string(const redisReadTask *t, char *s, size_t n)
+{
+  if (t->type == REDIS_REPLY_ERROR && t->parent == NULL && t->privdata &&
+      redirection(t->privdata, s, n))
+    return NULL; /* the reader fails; the connection is taken for lost */
+  return plain_string(t, s, n);
+}
+
+static void cluster_init(void)
+{
+  cluster_fn = *plain_fn;
+  plain_string = plain_fn->createString;
+  cluster_fn.createString = cluster_string;
+}
+
+/* A new connection of a cluster broker reads redirections. */
+static void cluster_reader(rconn *r)
+{
+  plain_fn = r->c->reader->fn;
+  pthread_once(&cluster_once, cluster_init);
+  r->c->reader->fn = &cluster_fn;
+  r->c->reader->privdata = r;
+}
+
+/* Where the next connection goes, and how long to wait first (ms). */
+static int64_t cluster_next(rconn *r, int failed)
+{
+  int64_t wait = 0;
+  if (r->redirect == REDIRECT_MOVED && r->redirects < 16) {
+    snprintf(r->host, sizeof r->host, "%s", r->to_host);
+    r->port = r->to_port;
+    r->redirects++;
+  } else if (r->redirect == REDIRECT_WAIT) {
+    wait = 20;
+  } else if (failed && r->nseeds > 0) {
+    use_seed(r, (r->seed + 1) % r->nseeds);
+  }
+  r->redirect = REDIRECT_NONE;
+  return wait;
+}
+
 static void drop(rconn *r)
 {
-  if (r->c)
+  if (r->c) {
+    if (r->c->reader->fn == &cluster_fn)
+      r->c->reader->fn = (redisReplyObjectFunctions *)plain_fn;
     redisFree(r->c);
+  }
   r->c = NULL;
   r->owed = 0;
 }
@@ -251,9 +402,17 @@ static int transient(const redisReply *rep)
 /* An I/O failure of the context: its text into b->err, the context gone. */
 static int io_error(lmp_broker_t *b, rconn *r, const char *what)
 {
-  int rc = lmp__broker_fail(b, -ECONNRESET, "%s: %s (redis at %s:%d)", what,
-                            r->c && r->c->errstr[0] ? r->c->errstr : "connection lost", r->host,
-                            r->port);
+  int rc;
+  if (r->redirect == REDIRECT_MOVED)
+    rc = lmp__broker_fail(b, -ECONNRESET, "%s: the queue's slot moved to %s:%d (redis at %s:%d)",
+                          what, r->to_host, r->to_port, r->host, r->port);
+  else if (r->redirect == REDIRECT_WAIT)
+    rc = lmp__broker_fail(b, -ECONNRESET, "%s: the queue's slot is moving (redis at %s:%d)", what,
+                          r->host, r->port);
+  else
+    rc = lmp__broker_fail(b, -ECONNRESET, "%s: %s (redis at %s:%d)", what,
+                          r->c && r->c->errstr[0] ? r->c->errstr : "connection lost", r->host,
+                          r->port);
   drop(r);
   return rc;
 }
@@ -274,6 +433,8 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
   if (r->c->err)
     return io_error(b, r, "cannot reach the broker");
   fcntl(r->c->fd, F_SETFD, FD_CLOEXEC); /* hiredis leaves it to children that exec */
+  if (r->cluster)
+    cluster_reader(r);
   r->sock_ms = sock_timeout(b);
   redisSetTimeout(r->c, tv_ms(r->sock_ms));
   redisEnableKeepAlive(r->c);
@@ -291,19 +452,22 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
     }
     freeReplyObject(rep);
   }
-  /* A Redis Cluster node takes the connection, then refuses each MULTI
-   * across slots (CROSSSLOT): refuse it here.  A user whose ACL denies INFO
-   * gets an error reply, taken for a standalone server. */
+  /* A cluster node where a standalone server was named (or the reverse)
+   * would answer the wrong way: say which URL to use.  A user whose ACL
+   * denies INFO gets an error reply, taken for what the URL says. */
   rep = redisCommand(r->c, "INFO cluster");
   if (rep == NULL)
     return io_error(b, r, "INFO");
-  int cluster = rep->type == REDIS_REPLY_STRING && strstr(rep->str, "cluster_enabled:1");
+  int cluster =
+      rep->type == REDIS_REPLY_STRING ? strstr(rep->str, "cluster_enabled:1") != NULL : r->cluster;
   freeReplyObject(rep);
-  if (cluster) {
+  if (cluster != r->cluster) {
     drop(r);
     return lmp__broker_fail(b, -EPROTONOSUPPORT,
-                            "the broker at %s:%d is a Redis Cluster node; lmp's broker needs a "
-                            "standalone Redis (or Sentinel-managed primary) for now",
+                            cluster ? "the broker at %s:%d is a Redis Cluster node: name its "
+                                      "nodes as redis+cluster://host:port,host:port/"
+                                    : "the broker at %s:%d is not a Redis Cluster node: name it "
+                                      "as redis://host:port/db",
                             r->host, r->port);
   }
   if (r->db) {
@@ -368,11 +532,25 @@ static int ensure(lmp_broker_t *b, rconn *r, int64_t window_ms)
   }
   drop(r);
   int64_t end = lmp_now_ns() + window_ms * 1000000, backoff = 50;
-  for (;;) {
+  for (int failed = 0;; failed = 1) {
+    if (r->cluster) {
+      int moved = r->redirect == REDIRECT_MOVED;
+      int64_t wait = cluster_next(r, failed);
+      if (wait)
+        sleep_ms(wait);
+      if (moved)
+        failed = 0; /* straight to where the slot went */
+    }
     int64_t left = (end - lmp_now_ns()) / 1000000;
     int rc = connect_once(b, r, left < 1000 ? (left > 100 ? left : 100) : 1000);
-    if (rc == 0 || rc == -EACCES || rc == -EPROTO || rc == -EPROTONOSUPPORT || rc == -ENOMEM)
+    if (rc == 0) {
+      r->redirects = 0;
       return rc;
+    }
+    if (rc == -EACCES || rc == -EPROTO || rc == -EPROTONOSUPPORT || rc == -ENOMEM)
+      return rc;
+    if (r->redirect == REDIRECT_MOVED && r->redirects < 16)
+      continue;
     if (lmp_now_ns() + backoff * 1000000 >= end)
       return rc;
     sleep_ms(backoff);
@@ -416,12 +594,13 @@ static int open_redis(lmp_broker_t *b)
   int rc = parse_url(b, r);
   if (rc < 0)
     goto err;
-  snprintf(r->kstream, sizeof r->kstream, "lmp:q:%s", b->cfg.queue);
-  snprintf(r->kdead, sizeof r->kdead, "lmp:q:%s:dead", b->cfg.queue);
-  snprintf(r->kdelayed, sizeof r->kdelayed, "lmp:q:%s:delayed", b->cfg.queue);
-  snprintf(r->kworkers, sizeof r->kworkers, "lmp:workers:%s", b->cfg.queue);
-  snprintf(r->kself, sizeof r->kself, "lmp:w:%s", b->consumer);
-  snprintf(r->kcount, sizeof r->kcount, "lmp:c:%s:n", b->consumer);
+  /* every key of the queue, its callers' and workers' too, in one hash slot */
+  snprintf(r->kstream, sizeof r->kstream, "lmp:{%s}", b->cfg.queue);
+  snprintf(r->kdead, sizeof r->kdead, "%s:dead", r->kstream);
+  snprintf(r->kdelayed, sizeof r->kdelayed, "%s:delayed", r->kstream);
+  snprintf(r->kworkers, sizeof r->kworkers, "%s:workers", r->kstream);
+  snprintf(r->kself, sizeof r->kself, "%s:w:%s", r->kstream, b->consumer);
+  snprintf(r->kcount, sizeof r->kcount, "%s:c:%s:n", r->kstream, b->consumer);
   rc = ensure(b, r, b->cfg.connect_timeout);
   if (rc < 0)
     goto err;
@@ -429,6 +608,7 @@ static int open_redis(lmp_broker_t *b)
 err:
   free(r->user);
   free(r->pass);
+  free(r->own_seeds);
   free(r);
   b->conn = NULL;
   return rc;
@@ -452,6 +632,7 @@ static void close_redis(lmp_broker_t *b)
   free(r->putdue);
   free(r->user);
   free(r->pass);
+  free(r->own_seeds);
   free(r);
   b->conn = NULL;
 }
@@ -662,8 +843,8 @@ static int copy_results(lmp_broker_t *b, redisReply *rep, lmp_broker_batch_t *ou
 /* Point the reader at a caller's stream (from its start when it is another). */
 static void results_key(rconn *r, const char *caller)
 {
-  char key[300];
-  snprintf(key, sizeof key, "lmp:c:%s", caller);
+  char key[sizeof r->rkey];
+  snprintf(key, sizeof key, "%s:c:%s", r->kstream, caller);
   if (strcmp(r->rkey, key) != 0) {
     snprintf(r->rkey, sizeof r->rkey, "%s", key);
     snprintf(r->rlast, sizeof r->rlast, "0-0");
@@ -784,13 +965,13 @@ static int settle_redis(lmp_broker_t *b, const char *caller, uint64_t lo, int fi
   uint64_t upto = final && lo > 0 ? (lo - 1) / CHUNK + 1 : lo / CHUNK;
   if (expires_ms <= 0)
     expires_ms = DAY_MS;
-  redisAppendCommand(r->c, "SET lmp:c:%s:lo %llu PX %lld", caller, (unsigned long long)lo,
-                     (long long)expires_ms);
+  redisAppendCommand(r->c, "SET %s:c:%s:lo %llu PX %lld", r->kstream, caller,
+                     (unsigned long long)lo, (long long)expires_ms);
   n++;
   for (uint64_t k = r->lo_chunk; k < upto; k++, n++)
-    redisAppendCommand(r->c, "UNLINK lmp:c:%s:t:%llu", caller, (unsigned long long)k);
+    redisAppendCommand(r->c, "UNLINK %s:c:%s:t:%llu", r->kstream, caller, (unsigned long long)k);
   if (final) {
-    redisAppendCommand(r->c, "UNLINK lmp:c:%s lmp:c:%s:n", caller, caller);
+    redisAppendCommand(r->c, "UNLINK %s:c:%s %s:c:%s:n", r->kstream, caller, r->kstream, caller);
     n++;
   }
   for (int i = 0; i < n; i++) {
@@ -864,10 +1045,10 @@ static const char TAKE_SCRIPT[] =
     "  if not (caller and seq) then return true end\n"
     "  local lo = los[caller]\n"
     "  if lo == nil then\n"
-    "    lo = tonumber(redis.call('GET', 'lmp:c:' .. caller .. ':lo')) or 0\n"
+    "    lo = tonumber(redis.call('GET', s .. ':c:' .. caller .. ':lo')) or 0\n"
     "    los[caller] = lo\n"
     "  end\n"
-    "  local k = 'lmp:c:' .. caller .. ':t:' .. math.floor(seq / " STR(CHUNK) ")\n"
+    "  local k = s .. ':c:' .. caller .. ':t:' .. math.floor(seq / " STR(CHUNK) ")\n"
     "  if seq < lo or redis.call('SETBIT', k, seq % " STR(CHUNK) ", 1) == 1 then\n"
     "    redis.call('XACK', s, g, e[1])\n"
     "    redis.call('XDEL', s, e[1])\n"
@@ -923,7 +1104,8 @@ static int append_unmark(rconn *r, const char *data, size_t len)
   if (*end)
     return 0;
   *dot = 0;
-  redisAppendCommand(r->c, "SETBIT lmp:c:%s:t:%llu %llu 0", id, seq / CHUNK, seq % CHUNK);
+  redisAppendCommand(r->c, "SETBIT %s:c:%s:t:%llu %llu 0", r->kstream, id, seq / CHUNK,
+                     seq % CHUNK);
   return 1;
 }
 
@@ -1137,8 +1319,8 @@ static int take_redis(lmp_broker_t *b, int max, int64_t block_ms, lmp_broker_bat
  * enough).  The number of commands appended. */
 static int append_result(lmp_broker_t *b, rconn *r, const lmp_broker_done_t *d, int expire)
 {
-  char ckey[300], ttl[24];
-  snprintf(ckey, sizeof ckey, "lmp:c:%s", d->caller);
+  char ckey[480], ttl[24];
+  snprintf(ckey, sizeof ckey, "%s:c:%s", r->kstream, d->caller);
   snprintf(ttl, sizeof ttl, "%lld", (long long)(d->ttl_ms > 0 ? d->ttl_ms : b->cfg.result_ttl));
   const char *add[5] = {"XADD", ckey, "*", "r", d->data};
   size_t addl[5] = {4, strlen(ckey), 1, 1, d->len};
@@ -1555,7 +1737,7 @@ static int reclaim_redis(lmp_broker_t *b, int64_t idle_ms, int max, lmp_broker_b
   return got;
 }
 
-/* lmp:q:<queue>:vt holds the smallest visibility timeout asked for; it
+/* lmp:{<queue>}:vt holds the smallest visibility timeout asked for; it
  * expires a day after the last producer that asked for it opened. */
 static int set_visibility_redis(lmp_broker_t *b, int64_t ms)
 {
@@ -1668,7 +1850,7 @@ static int workers_redis(lmp_broker_t *b, lmp_broker_batch_t *out)
   if (names->type != REDIS_REPLY_ARRAY)
     return reply_error(b, names, "ZRANGE");
   for (size_t i = 0; i < names->elements; i++)
-    redisAppendCommand(r->c, "HMGET lmp:w:%s info running", names->element[i]->str);
+    redisAppendCommand(r->c, "HMGET %s:w:%s info running", r->kstream, names->element[i]->str);
   int n = 0;
   for (size_t i = 0; i < names->elements; i++) {
     void *x = NULL;
@@ -1799,8 +1981,11 @@ static int notify_fd_redis(lmp_broker_t *b, const char *caller)
   n->w.db = r->db;
   n->w.user = r->user;
   n->w.pass = r->pass;
+  n->w.cluster = r->cluster;
+  n->w.seeds = r->seeds;
+  n->w.nseeds = r->nseeds;
   snprintf(n->w.kstream, sizeof n->w.kstream, "%s", r->kstream);
-  snprintf(n->key, sizeof n->key, "lmp:c:%s", caller);
+  snprintf(n->key, sizeof n->key, "%s:c:%s", r->kstream, caller);
   r->wake = n;
   notifier_arm(b, n);
   return n->epfd;
@@ -1843,7 +2028,7 @@ static int notify_reset_redis(lmp_broker_t *b)
 }
 
 const lmp__broker_engine_t lmp__broker_redis = {
-    .scheme = "redis",
+    .schemes = "redis redis+cluster",
     .open = open_redis,
     .close = close_redis,
     .fileno = fileno_redis,

@@ -386,12 +386,12 @@ describe_net("lmp.Pool on a Redis broker across machines", function()
     local p = pool(q)
     local r = p:apply_async(function() return "untouched" end)
     p:poll() -- sent; no worker yet
-    assert.matches("%d+%-%d+", eval(TAMPER, "lmp:q:" .. q))
+    assert.matches("%d+%-%d+", eval(TAMPER, "lmp:{" .. q .. "}"))
     worker(2, q, "A", {processes = 1})
     local ok, e = pcall(r.get, r, 10)
     assert.is_false(ok, "no answer within 10 s")
     assert.are.equal("dead_letter", e.kind, tostring(e))
-    assert.are.equal(1, xlen("lmp:q:" .. q .. ":dead"))
+    assert.are.equal(1, xlen("lmp:{" .. q .. "}:dead"))
   end)
 
   it("raises an lmp.Error of kind 'broker' from stats() while Redis is unreachable", function()
@@ -447,7 +447,9 @@ describe_net("lmp.Pool on a Redis broker across machines", function()
     -- refuses a replay of its tasks, until they would have expired
     local foreign = {}
     for _, k in ipairs(left) do
-      if not k:match("^lmp:q:") and not k:match("^lmp:workers:") and k ~= "lmp:c:" .. p._caller .. ":lo" then
+      local ours = "lmp:{" .. q .. "}"
+      local of_queue = k:find(ours, 1, true) == 1 and k:find(ours .. ":c:", 1, true) ~= 1
+      if not of_queue and k ~= ours .. ":c:" .. p._caller .. ":lo" then
         foreign[#foreign + 1] = k
       end
     end
@@ -470,7 +472,7 @@ describe_net("lmp.Pool on a Redis broker across machines", function()
     -- as its tasks may (Pool option expires), as docs/guide.md says
     local checked, over = {}, {}
     for k in pairs(lmp_keys()) do
-      if k == "lmp:c:" .. p._caller then
+      if k == "lmp:{" .. q .. "}:c:" .. p._caller then
         local ttl = tonumber(cli("PTTL " .. k):match("%-?%d+"))
         if ttl ~= -2 then -- -2: gone meanwhile
           checked[#checked + 1] = k .. " " .. ttl
@@ -491,21 +493,21 @@ describe_net("lmp.Pool on a Redis broker across machines", function()
     local r = p:apply_async(append_line, {path})
     p:poll() -- sent; no worker yet
     local cap = "netspec:cap:" .. q
-    assert.matches("%d+%-%d+", eval(CAPTURE, "lmp:q:" .. q, cap))
+    assert.matches("%d+%-%d+", eval(CAPTURE, "lmp:{" .. q .. "}", cap))
     worker(2, q, "A", {processes = 1})
     assert.are.equal("done", r:get(20))
-    for _ = 1, 4 do eval(REPLAY, "lmp:q:" .. q, cap) end
+    for _ = 1, 4 do eval(REPLAY, "lmp:{" .. q .. "}", cap) end
     -- the worker runs one process, in order: once the marker is done, the
     -- copies before it have been taken
     assert.are.equal("marker", p:apply(function() return "marker" end))
-    support.eventually(function() return xlen("lmp:q:" .. q) == 0 end, 15)
+    support.eventually(function() return xlen("lmp:{" .. q .. "}") == 0 end, 15)
     assert.are.equal(1, lines_of(path), "runs of the task")
     -- the same entry in another queue's stream
     worker(3, other, "B", {processes = 1})
     local po = pool(other)
-    eval(REPLAY, "lmp:q:" .. other, cap)
+    eval(REPLAY, "lmp:{" .. other .. "}", cap)
     assert.are.equal("marker", po:apply(function() return "marker" end))
-    support.eventually(function() return xlen("lmp:q:" .. other) == 0 end, 15)
+    support.eventually(function() return xlen("lmp:{" .. other .. "}") == 0 end, 15)
     assert.are.equal(1, lines_of(path), "runs of the task")
     cli("DEL " .. cap)
   end)
@@ -514,7 +516,7 @@ describe_net("lmp.Pool on a Redis broker across machines", function()
   it("serves an apply at once after 10 junk entries", function()
     local q = new_queue()
     worker(2, q, "A", {processes = 1})
-    for _ = 1, 10 do cli("XADD lmp:q:" .. q .. " '*' m garbage d 0") end
+    for _ = 1, 10 do cli("XADD lmp:{" .. q .. "} '*' m garbage d 0") end
     local p = pool(q)
     -- refusing an entry costs a few Redis commands: 5 s is far more than
     -- ten of them take on a loaded machine, and far less than a worker that

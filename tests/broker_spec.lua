@@ -209,7 +209,7 @@ describe_redis("lmp.Pool on a Redis broker", function()
     lmp.sleep(0.3)
     kill(w, "INT") -- ... and stops at once
     assert.is_true(exited(w))
-    cli("DEL lmp:q:" .. q .. ":delayed")
+    cli("DEL lmp:{" .. q .. "}:delayed")
     assert.is_false(long:successful())
   end)
 
@@ -385,7 +385,7 @@ describe_redis("lmp.Pool on a Redis broker", function()
     local w = start_worker(q)
     local p = pool(q)
     assert.are.equal(100000, #p:apply(function() return string.rep("x", 100000) end))
-    local key = "lmp:c:" .. p._caller
+    local key = "lmp:{" .. q .. "}:c:" .. p._caller
     assert.is_truthy(support.eventually(function() return cli("XLEN " .. key):match("^0") end, 5),
                      "entries left: " .. cli("XLEN " .. key))
     assert.are.equal(3, p:apply(function() return 3 end)) -- the connection still in step
@@ -467,7 +467,7 @@ describe_redis("lmp.Pool on a Redis broker", function()
     assert.are.equal("dead_letter", e.kind)
     assert.are.equal(3, e.deliveries)
     assert.matches("3 deliveries", e.message)
-    assert.matches("1", cli("XLEN lmp:q:" .. q .. ":dead"))
+    assert.matches("1", cli("XLEN lmp:{" .. q .. "}:dead"))
     -- the worker goes on
     assert.are.equal(1, p:apply(function() return 1 end))
     p:terminate()
@@ -544,11 +544,11 @@ describe_redis("lmp.Pool on a Redis broker", function()
         io.open(mark, "w"):close()
       end), a = require("lmp.core").broker.encode({}), n = 0}, "task", q)
     local hex = forged:gsub(".", function(c) return string.format("\\x%02x", c:byte()) end)
-    sh(string.format("printf '%s' | redis-cli -p %d -x XADD lmp:q:%s '*' d 0 m", hex, redis.port, q))
-    cli("XADD lmp:q:" .. q .. " '*' m garbage d 0")
+    sh(string.format("printf '%s' | redis-cli -p %d -x XADD lmp:{%s} '*' d 0 m", hex, redis.port, q))
+    cli("XADD lmp:{" .. q .. "} '*' m garbage d 0")
     local t0 = lmp.time()
-    while not cli("XLEN lmp:q:" .. q .. ":dead"):match("^2") and lmp.time() - t0 < 10 do lmp.sleep(0.1) end
-    assert.matches("^2", cli("XLEN lmp:q:" .. q .. ":dead"))
+    while not cli("XLEN lmp:{" .. q .. "}:dead"):match("^2") and lmp.time() - t0 < 10 do lmp.sleep(0.1) end
+    assert.matches("^2", cli("XLEN lmp:{" .. q .. "}:dead"))
     assert.is_nil(io.open(mark))
     assert.matches("bad signature", readfile(log))
     -- and genuine work still runs
@@ -590,14 +590,14 @@ describe_redis("lmp.Pool on a Redis broker", function()
     local r = p:apply_async(function() return "late" end, nil, {countdown = 0.2})
     p:poll() -- sent
     lmp.sleep(1)
-    assert.matches("^1", cli("ZCARD lmp:q:" .. q .. ":delayed"))
-    assert.matches("^0", cli("XLEN lmp:q:" .. q))
+    assert.matches("^1", cli("ZCARD lmp:{" .. q .. "}:delayed"))
+    assert.matches("^0", cli("XLEN lmp:{" .. q .. "}"))
     redis:stop()
     assert.is_true(redis:start())
-    assert.matches("^1", cli("ZCARD lmp:q:" .. q .. ":delayed"))
+    assert.matches("^1", cli("ZCARD lmp:{" .. q .. "}:delayed"))
     local w = start_worker(q)
     assert.are.equal("late", r:get(20))
-    assert.matches("^0", cli("ZCARD lmp:q:" .. q .. ":delayed"))
+    assert.matches("^0", cli("ZCARD lmp:{" .. q .. "}:delayed"))
     p:terminate()
     kill(w)
     assert.is_true(exited(w))
@@ -729,7 +729,7 @@ describe_redis("lmp.Pool on a Redis broker", function()
 
   it("removes the consumers of workers that stopped or vanished", function()
     local q = new_queue()
-    local function consumers() return cli("XINFO CONSUMERS lmp:q:" .. q .. " lmp") end
+    local function consumers() return cli("XINFO CONSUMERS lmp:{" .. q .. "} lmp") end
     local w1 = start_worker(q, {processes = 1})
     local w2 = start_worker(q, {processes = 1})
     local p = pool(q, {visibility_timeout = 1})
@@ -849,64 +849,6 @@ describe_redis("lmp.Pool on a Redis broker", function()
       assert.matches("stopped", readfile(log))
       assert.is_nil(readfile(log):find("secretpw", 1, true))
     end
-  end)
-
-  it("refuses a Redis Cluster node at once, saying why", function()
-    local dir = sh("mktemp -d"):match("%S+")
-    -- below the ephemeral range (32768 on), where a connection of this run
-    -- may hold the port or its cluster bus port (port + 10000)
-    local port
-    for _ = 1, 50 do
-      local p = math.random(20000, 22700)
-      if not sh(string.format("ss -tan 2>/dev/null | grep -E ':(%d|%d) '", p, p + 10000)):match("%S") then
-        port = p
-        break
-      end
-    end
-    assert.is_truthy(port, "no free port pair")
-    sh(string.format("redis-server --port %d --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file %s/nodes.conf "
-                     .. "--save '' --dir %s --daemonize yes --pidfile %s/redis.pid --logfile %s/redis.log",
-                     port, dir, dir, dir, dir))
-    finally(function()
-      sh("redis-cli -p " .. port .. " shutdown nosave")
-      sh("rm -rf " .. dir)
-    end)
-    assert.is_truthy(support.eventually(function() return sh("redis-cli -p " .. port .. " ping"):match("PONG") end),
-                     "the cluster node did not start: " .. readfile(dir .. "/redis.log"))
-    -- one node serving every slot: lmp's keys are all reachable there
-    assert.matches("OK", sh("redis-cli -p " .. port .. " CLUSTER ADDSLOTSRANGE 0 16383"))
-    assert.is_truthy(support.eventually(function()
-      return sh("redis-cli -p " .. port .. " CLUSTER INFO"):match("cluster_state:ok")
-    end))
-    local curl = "redis://127.0.0.1:" .. port .. "/0"
-    local why = "the broker at 127.0.0.1:" .. port .. " is a Redis Cluster node; lmp's broker needs a "
-                .. "standalone Redis (or Sentinel-managed primary) for now"
-    local ok, e = pcall(lmp.Pool, {broker = curl, secret = SECRET})
-    assert.is_false(ok)
-    assert.are.equal("broker", e.kind)
-    assert.matches(why, e.message, 1, true)
-    -- (timeout only ends a worker that would serve the node for ever)
-    local out = sh("timeout 60 env LMP_SECRET=x " .. support.lmp_bin .. " worker " .. curl .. "; echo rc=$?")
-    assert.matches(why .. "\nrc=1", out, 1, true)
-  end)
-
-  -- The IPv6 loopback, where the machine has one (/proc/net/if_inet6 lists
-  -- ::1 on lo).
-  local has_ipv6 = readfile("/proc/net/if_inet6"):match(string.rep("0", 31) .. "1 [^\n]* lo\n") ~= nil
-  local it6 = has_ipv6 and it or function(name) pending(name .. ": this machine has no IPv6 loopback") end
-  it6("reaches the broker at an IPv6 address in brackets", function()
-    local q = new_queue()
-    local url6 = "redis://[::1]:" .. redis.port .. "/0"
-    local w = start_worker(q, {url = url6})
-    local p = lmp.Pool{broker = url6, queue = q, secret = SECRET}
-    assert.are.same({1, 4, 9}, p:map(function(x) return x * x end, {1, 2, 3}))
-    assert.are.equal(1, #p:stats().workers)
-    p:terminate()
-    local ok, e = pcall(lmp.Pool, {broker = "redis://[::1:" .. redis.port .. "/0", queue = q, secret = SECRET})
-    assert.is_false(ok)
-    assert.matches("bad IPv6 address", e.message)
-    kill(w)
-    assert.is_true(exited(w))
   end)
 
   it("rejects bad command lines", function()

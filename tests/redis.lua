@@ -33,14 +33,15 @@ end
 
 local function ping(port) return sh("redis-cli -p " .. port .. " ping 2>&1"):match("PONG") ~= nil end
 
--- A port nobody listens on, from a random start.
-function M.free_port()
+-- A port nobody listens on, from a random start; with cluster, one below
+-- the ephemeral range (32768 on), where no connection of this run holds
+-- it or its cluster bus port (port + 10000).
+function M.free_port(cluster)
   math.randomseed(os.time() + lmp.current_process().pid + math.floor(lmp.time() * 1e6) % 100000)
+  local function used(p) return sh("ss -tan 2>/dev/null | grep -c ':" .. p .. " '"):match("^[1-9]") end
   for _ = 1, 50 do
-    local p = math.random(20000, 60000)
-    if not ping(p) and not sh("ss -ltn 2>/dev/null | grep -c ':" .. p .. " '"):match("^[1-9]") then
-      return p
-    end
+    local p = cluster and math.random(20000, 22700) or math.random(20000, 60000)
+    if not ping(p) and not used(p) and not (cluster and used(p + 10000)) then return p end
   end
   error("no free port")
 end
@@ -84,11 +85,13 @@ end
 
 local servers, workers, logs = {}, {}, {}
 
--- A started server (extra redis-server words in args), or an error.
-function M.server(args)
+-- A started server (extra redis-server words in args), or an error; with
+-- cluster, a Redis Cluster node (not yet joined to others).
+function M.server(args, cluster)
+  if cluster then args = "--cluster-enabled yes --cluster-config-file nodes.conf " .. (args or "") end
   local s = setmetatable({dir = sh("mktemp -d"):match("%S+"), args = args}, Server)
   for _ = 1, 3 do -- another program may take the port first
-    s.port = M.free_port()
+    s.port = M.free_port(cluster)
     if s:start() then
       servers[#servers + 1] = s
       return s

@@ -15,10 +15,16 @@
 --                over 2 x 2 ms, the proxy's own wake-ups included).
 --                Caller -> Redis -> worker -> Redis -> caller is 2 at best.
 --                BENCH_DELAY_MS sets the proxy's delay (default 2).
+--   broker_cluster  a Redis Cluster of three masters started here: three
+--                queues, each with one worker of one process and a caller
+--                process putting 5k trivial tasks by apply_async, all at
+--                once; total tasks per second, median of 3, with the
+--                three queues on three masters, or on one with a second
+--                argument "one" (impl "one", bench/run.sh's reference).
 -- The redis-server is BENCH_REDIS_PORT's (bench/run.sh starts one for the
 -- broker workloads) or, without it, one started here on a free port.  The
 -- proxy is BENCH_DELAYPROXY (bench/run.sh builds it), else BUILD/bench/delayproxy.
--- Usage: lmp bench/lua/broker.lua broker_tput|broker_rt|broker_rtt
+-- Usage: lmp bench/lua/broker.lua broker_tput|broker_rt|broker_rtt|broker_cluster [one]
 local b = dofile((arg[0]:match("^(.*/)") or "./") .. "common.lua")
 local lmp = require "lmp"
 
@@ -45,6 +51,97 @@ if name == "broker_rtt" and not io.open(proxy_bin) then
   return
 end
 
+local secret = "bench-secret"
+
+-- A Redis Cluster of three masters on loopback, three queues on it, and
+-- the tasks/s of three callers at once, each on its own queue.
+local function cluster_bench()
+  local dir = sh("mktemp -d"):match("%S+")
+  local ports, pids = {}, {}
+  local function used(p) return sh("ss -tan | grep -c ':" .. p .. " '"):match("^[1-9]") end
+  while #ports < 3 do
+    local p = math.random(20000, 22700) -- its bus port (+10000) under the ephemeral range
+    if not used(p) and not used(p + 10000) then
+      sh(string.format("mkdir -p %s/%d && cd %s/%d && redis-server --port %d --bind 127.0.0.1 --cluster-enabled yes "
+                       .. "--save '' --appendonly no --daemonize yes --logfile log", dir, p, dir, p, p))
+      lmp.sleep(0.2)
+      if sh("redis-cli -p " .. p .. " ping"):match("PONG") then ports[#ports + 1] = p end
+    end
+  end
+  local addrs = {}
+  for i, p in ipairs(ports) do addrs[i] = "127.0.0.1:" .. p end
+  sh("redis-cli --cluster create " .. table.concat(addrs, " ") .. " --cluster-yes")
+  for _ = 1, 100 do
+    if sh("redis-cli -p " .. ports[3] .. " cluster info"):match("cluster_state:ok") then break end
+    lmp.sleep(0.1)
+  end
+  local url = "redis+cluster://" .. addrs[1] .. "," .. addrs[2] .. "/"
+  local function node_of(q)
+    local slot = tonumber(sh("redis-cli -p " .. ports[1] .. " cluster keyslot 'lmp:{" .. q .. "}'"):match("%d+"))
+    return slot <= 5460 and 1 or slot <= 10922 and 2 or 3
+  end
+  -- queues named until each wanted master has one
+  local function queues_on(masters)
+    local out, i = {}, 0
+    for k, m in ipairs(masters) do
+      repeat
+        i = i + 1
+        out[k] = "bench" .. lmp.current_process().pid .. "-" .. i
+      until node_of(out[k]) == m
+    end
+    return out
+  end
+  local impl = arg[2] == "one" and "one" or "lmp"
+  local qs = queues_on(impl == "one" and {1, 1, 1} or {1, 2, 3})
+  for _, q in ipairs(qs) do
+    local code = string.format("os.exit(require('lmp.worker').main({%q, '--queue', %q, '--processes', '1'}))",
+                               url, q)
+    pids[#pids + 1] = sh(string.format("env LMP_SECRET=%s %s -e %q > /dev/null 2>&1 & echo $!", secret, exe, code))
+                        :match("%d+")
+  end
+  local n = b.size(5000, 50)
+  local function run()
+    local go, out = lmp.Event(), lmp.Queue()
+    local ps = {}
+    for i, q in ipairs(qs) do
+      ps[i] = lmp.Process(function()
+        local pool = lmp.Pool{broker = url, queue = q, secret = secret}
+        for k = 1, 50 do pool:apply(function(x) return x end, k) end -- workers up and warm
+        out:put("ready")
+        go:wait()
+        local t0 = lmp.time()
+        local rs = {}
+        for k = 1, n do rs[k] = pool:apply_async(function(x) return x end, {k}) end
+        for k = 1, n do assert(rs[k]:get(60) == k) end
+        out:put({t0, lmp.time()})
+        pool:terminate()
+      end)
+      ps[i]:start()
+    end
+    for _ = 1, #qs do assert(out:get(60) == "ready") end
+    go:set()
+    local first, last = math.huge, 0
+    for _ = 1, #qs do
+      local t = out:get(120)
+      first, last = math.min(first, t[1]), math.max(last, t[2])
+    end
+    for _, p in ipairs(ps) do p:join() end
+    return #qs * n / (last - first)
+  end
+  local samples = {}
+  for r = 1, b.smoke and 1 or 3 do samples[r] = run() end
+  b.emit(name, unit, samples, {queues = 3, masters = impl == "one" and 1 or 3, tasks_per_queue = n}, impl)
+  for _, pid in ipairs(pids) do os.execute("kill -TERM " .. pid) end
+  lmp.sleep(0.3)
+  for _, p in ipairs(ports) do sh("redis-cli -p " .. p .. " shutdown nosave") end
+  sh("rm -rf " .. dir)
+end
+
+if name == "broker_cluster" then
+  cluster_bench()
+  return
+end
+
 local port, dir = tonumber(os.getenv("BENCH_REDIS_PORT") or ""), nil
 if not port then
   dir = sh("mktemp -d"):match("%S+")
@@ -57,7 +154,6 @@ if not port then
   end
   if not port then error("cannot start redis-server") end
 end
-local secret = "bench-secret"
 local pids, queues = {}, {}
 
 local function url_of(p) return "redis://127.0.0.1:" .. p .. "/0" end
