@@ -113,6 +113,9 @@ typedef struct rconn {
   int64_t *putdue; /* 0, or when a held task is due (wall ms) */
   int nput, capput;
   struct notifier *wake; /* a producer's, once an event loop asked for it */
+
+  struct sentinels *sent; /* redis+sentinel://: whom to ask for the master (else NULL) */
+  unsigned gen, wrote;    /* connections made; that of the oldest write not waited for */
 } rconn;
 
 /* A producer's descriptor for event loops (see notify_fd_redis). */
@@ -155,6 +158,25 @@ static int url_decode(char *s)
   return 0;
 }
 
+/* The credentials [user]:pass or pass, from p up to `at`, into r. */
+static void parse_cred(rconn *r, const char *p, const char *at)
+{
+  char *cred = strndup(p, (size_t)(at - p)), *colon = strchr(cred, ':');
+  if (colon) {
+    *colon = 0;
+    r->pass = strdup(colon + 1);
+    url_decode(r->pass);
+    if (*cred)
+      r->user = cred;
+    else
+      free(cred);
+  } else {
+    r->pass = cred; /* redis://password@host */
+  }
+  if (r->user)
+    url_decode(r->user);
+}
+
 /* redis://[[user]:pass@]host[:port][/db]; host may be an IPv6 address in [] */
 static int parse_url(lmp_broker_t *b, rconn *r)
 {
@@ -168,20 +190,7 @@ static int parse_url(lmp_broker_t *b, rconn *r)
   if (at && slash && at > slash)
     at = NULL;
   if (at) {
-    char *cred = strndup(p, (size_t)(at - p)), *colon = strchr(cred, ':');
-    if (colon) {
-      *colon = 0;
-      r->pass = strdup(colon + 1);
-      url_decode(r->pass);
-      if (*cred)
-        r->user = cred;
-      else
-        free(cred);
-    } else {
-      r->pass = cred; /* redis://password@host */
-    }
-    if (r->user)
-      url_decode(r->user);
+    parse_cred(r, p, at);
     p = at + 1;
   }
   size_t n = slash ? (size_t)(slash - p) : strlen(p);
@@ -265,9 +274,211 @@ static int64_t sock_timeout(const lmp_broker_t *b)
   return b->patience_ms < SOCKET_TIMEOUT_MS ? SHORT_TIMEOUT_MS : SOCKET_TIMEOUT_MS;
 }
 
+/* === sentinels === */
+
+/*
+ * redis+sentinel://[[user]:pass@]s1[:26379],...,sN/master[/db]: the data
+ * node is whichever the sentinels name master of `master`.  Each connection
+ * (connect_once) first asks them (resolve_master), each in turn from the
+ * last one that answered, then checks that the node named is a master
+ * (check_role): a sentinel that has not heard of a failover yet, or a master
+ * demoted since, fails the attempt with -EAGAIN and ensure asks again after
+ * its backoff.  A lost connection is made anew the same way, so every
+ * connection (the caller's, its notifier's, a worker's two, the lease
+ * keeper's) follows a failover.  The URL's password is the data node's;
+ * the sentinels are asked without one.
+ */
+#define SENTINEL_PORT 26379
+#define MAX_SENTINELS 16
+
+typedef struct sentinels {
+  int n, cur; /* how many; the one to ask first */
+  char host[MAX_SENTINELS][256];
+  int port[MAX_SENTINELS];
+  char master[128];
+} sentinels;
+
+/* host[:port] or [v6][:port], n bytes at s, into host and *port (which
+ * keeps its default without a port); 0, or the URL's fault in words. */
+static const char *parse_hostport(const char *s, size_t n, char *host, size_t hostlen, int *port)
+{
+  char buf[256];
+  if (n == 0 || n >= sizeof buf || n >= hostlen)
+    return "no host";
+  memcpy(buf, s, n);
+  buf[n] = 0;
+  char *h = buf, *colon = strrchr(buf, ':');
+  if (*h == '[') {
+    char *close = strchr(h, ']');
+    if (close == NULL || close == h + 1 || (close[1] && close[1] != ':'))
+      return "bad IPv6 address";
+    *close = 0;
+    colon = close[1] ? close + 1 : NULL;
+    h++;
+  }
+  if (colon) {
+    char *end;
+    long p = strtol(colon + 1, &end, 10);
+    if (*end || p <= 0 || p > 65535)
+      return "bad port";
+    *port = (int)p;
+    *colon = 0;
+  }
+  if (*h == 0)
+    return "no host";
+  snprintf(host, hostlen, "%s", h);
+  return NULL;
+}
+
+/* redis+sentinel://[[user]:pass@]s1[:port],s2.../master[/db] into r. */
+static int parse_sentinel_url(lmp_broker_t *b, rconn *r)
+{
+  const char *p = b->url + strlen("redis+sentinel://"), *at, *slash, *why = NULL;
+  char shown[200];
+  lmp__broker_url_shown(b->url, shown, sizeof shown);
+  if (strncmp(b->url, "redis+sentinel://", strlen("redis+sentinel://")) != 0)
+    return lmp__broker_fail(
+        b, -EINVAL, "unsupported broker URL '%s' (supported: redis://, redis+sentinel://)", shown);
+  sentinels *s = r->sent = calloc(1, sizeof *s);
+  if (s == NULL)
+    return -ENOMEM;
+  slash = strchr(p, '/');
+  at = strrchr(p, '@');
+  if (at && slash && at > slash)
+    at = NULL;
+  if (at) {
+    parse_cred(r, p, at);
+    p = at + 1;
+  }
+  if (strchr(p, '?'))
+    return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (no options are supported)", shown);
+  const char *end = slash ? slash : p + strlen(p);
+  if (end == p)
+    return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (no sentinel host)", shown);
+  while (p <= end && why == NULL) {
+    const char *comma = memchr(p, ',', (size_t)(end - p));
+    const char *stop = comma ? comma : end;
+    if (s->n == MAX_SENTINELS)
+      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (more than %d sentinels)", shown,
+                              MAX_SENTINELS);
+    s->port[s->n] = SENTINEL_PORT;
+    why = parse_hostport(p, (size_t)(stop - p), s->host[s->n], sizeof s->host[0], &s->port[s->n]);
+    s->n++;
+    p = stop + 1;
+  }
+  if (why)
+    return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (%s)", shown, why);
+  const char *name = slash ? slash + 1 : "", *dbs = strchr(name, '/');
+  size_t namelen = dbs ? (size_t)(dbs - name) : strlen(name);
+  if (namelen == 0 || namelen >= sizeof s->master)
+    return lmp__broker_fail(b, -EINVAL,
+                            "bad broker URL '%s' (no master name: "
+                            "redis+sentinel://host[:26379],.../master[/db])",
+                            shown);
+  memcpy(s->master, name, namelen);
+  if (dbs && dbs[1]) {
+    char *e;
+    long db = strtol(dbs + 1, &e, 10);
+    if (*e || db < 0 || db > 100000)
+      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (bad database number)", shown);
+    r->db = (int)db;
+  }
+  snprintf(r->host, sizeof r->host, "%s", s->host[0]); /* until a sentinel names the master */
+  r->port = s->port[0];
+  return 0;
+}
+
+/* One sentinel's answer for the master's address, into r: 0; 1 when it
+ * knows no master of that name; -1 when it gave no usable answer (why). */
+static int ask_sentinel(sentinels *s, int i, rconn *r, int64_t timeout_ms, char *why, size_t whylen)
+{
+  redisContext *c = redisConnectWithTimeout(s->host[i], s->port[i], tv_ms(timeout_ms));
+  redisReply *rep = NULL;
+  int rc = -1;
+  if (c == NULL) {
+    snprintf(why, whylen, "cannot allocate a redis context");
+    return -1;
+  }
+  if (!c->err) {
+    fcntl(c->fd, F_SETFD, FD_CLOEXEC);
+    redisSetTimeout(c, tv_ms(timeout_ms));
+    rep = redisCommand(c, "SENTINEL get-master-addr-by-name %s", s->master);
+  }
+  if (rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
+      rep->element[0]->type == REDIS_REPLY_STRING && rep->element[1]->type == REDIS_REPLY_STRING) {
+    snprintf(r->host, sizeof r->host, "%s", rep->element[0]->str);
+    r->port = atoi(rep->element[1]->str);
+    rc = 0;
+  } else {
+    rc = rep && rep->type == REDIS_REPLY_NIL ? 1 : -1;
+    snprintf(why, whylen, "sentinel %s:%d: %s", s->host[i], s->port[i],
+             c->err                           ? c->errstr
+             : rep == NULL                    ? "no answer"
+             : rep->type == REDIS_REPLY_NIL   ? "no master of that name"
+             : rep->type == REDIS_REPLY_ERROR ? rep->str
+                                              : "unexpected reply");
+  }
+  freeReplyObject(rep);
+  redisFree(c);
+  return rc;
+}
+
+/* Ask the sentinels where the master is (see above); 0, -EPROTO when none
+ * knows the name (and none was unreachable), -ECONNREFUSED when none
+ * answered with an address. */
+static int resolve_master(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
+{
+  sentinels *s = r->sent;
+  char why[300] = "";
+  int unknown = 0;
+  for (int k = 0; k < s->n; k++) {
+    int i = (s->cur + k) % s->n;
+    int rc = ask_sentinel(s, i, r, timeout_ms, why, sizeof why);
+    if (rc == 0) {
+      s->cur = i;
+      return 0;
+    }
+    unknown += rc == 1;
+  }
+  if (unknown > 0)
+    return lmp__broker_fail(b, -EPROTO, "no sentinel knows a master named '%s' (%d of %d asked)",
+                            s->master, unknown, s->n);
+  return lmp__broker_fail(b, -ECONNREFUSED,
+                          "cannot reach the broker: no sentinel named the master of '%s' (%d "
+                          "asked; last %s)",
+                          s->master, s->n, why);
+}
+
+/* Whether the node the sentinels named is a master (ROLE): 0, or -EAGAIN
+ * (the connection dropped) when it is not, or not yet.  A user whose ACL
+ * denies ROLE gets an error reply, taken for a master. */
+static int check_role(lmp_broker_t *b, rconn *r)
+{
+  redisReply *rep = redisCommand(r->c, "ROLE");
+  if (rep == NULL)
+    return io_error(b, r, "ROLE");
+  char role[32] = "master";
+  if (rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
+      rep->element[0]->type == REDIS_REPLY_STRING)
+    snprintf(role, sizeof role, "%s", rep->element[0]->str);
+  freeReplyObject(rep);
+  if (strcmp(role, "master") == 0)
+    return 0;
+  drop(r);
+  return lmp__broker_fail(b, -EAGAIN,
+                          "the sentinels named %s:%d master of '%s', but it is a %s (a failover "
+                          "under way); asking again",
+                          r->host, r->port, r->sent->master, role);
+}
+
 static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
 {
   redisReply *rep;
+  if (r->sent) {
+    int rc = resolve_master(b, r, timeout_ms);
+    if (rc < 0)
+      return rc;
+  }
   r->c = redisConnectWithTimeout(r->host, r->port, tv_ms(timeout_ms));
   if (r->c == NULL)
     return lmp__broker_fail(b, -ENOMEM, "cannot allocate a redis context");
@@ -290,6 +501,11 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
       return rc < 0 ? -EACCES : rc;
     }
     freeReplyObject(rep);
+  }
+  if (r->sent) {
+    int rc = check_role(b, r);
+    if (rc < 0)
+      return rc;
   }
   /* A Redis Cluster node takes the connection, then refuses each MULTI
    * across slots (CROSSSLOT): refuse it here.  A user whose ACL denies INFO
@@ -342,6 +558,7 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
     freeReplyObject(rep);
   }
   r->fresh = 1;
+  r->gen++;
   r->tdue = 0;
   r->tlast[0] = 0;
   return 0;
@@ -413,7 +630,7 @@ static int open_redis(lmp_broker_t *b)
   if (r == NULL)
     return -ENOMEM;
   b->conn = r;
-  int rc = parse_url(b, r);
+  int rc = strncmp(b->url, "redis+", 6) == 0 ? parse_sentinel_url(b, r) : parse_url(b, r);
   if (rc < 0)
     goto err;
   snprintf(r->kstream, sizeof r->kstream, "lmp:q:%s", b->cfg.queue);
@@ -429,6 +646,7 @@ static int open_redis(lmp_broker_t *b)
 err:
   free(r->user);
   free(r->pass);
+  free(r->sent);
   free(r);
   b->conn = NULL;
   return rc;
@@ -452,6 +670,7 @@ static void close_redis(lmp_broker_t *b)
   free(r->putdue);
   free(r->user);
   free(r->pass);
+  free(r->sent);
   free(r);
   b->conn = NULL;
 }
@@ -460,6 +679,64 @@ static int fileno_redis(const lmp_broker_t *b)
 {
   const rconn *r = b->conn;
   return r && r->c && !r->c->err ? r->c->fd : -1;
+}
+
+/* === replication === */
+
+/* This connection wrote: replicate_redis has something to wait for. */
+static void written(rconn *r)
+{
+  if (r->wrote == 0)
+    r->wrote = r->gen;
+}
+
+/*
+ * Flush, then WAIT until `replicas` replicas hold every write made so far:
+ * the number that do (Redis counts a client's writes on its connection, so
+ * writes made on a connection since lost cannot be waited for: that is
+ * -ECONNRESET, as they may be lost with their server).
+ */
+static int replicate_redis(lmp_broker_t *b, int replicas, int64_t timeout_ms)
+{
+  rconn *r = b->conn;
+  int rc = b->e->flush(b);
+  if (rc < 0)
+    return rc;
+  unsigned wrote = r->wrote;
+  r->wrote = 0;
+  if (wrote == 0)
+    return replicas; /* nothing written since the last wait */
+  rc = ensure(b, r, b->patience_ms);
+  if (rc < 0)
+    return rc;
+  if (wrote != r->gen)
+    return lmp__broker_fail(b, -ECONNRESET,
+                            "the connection to the broker was lost after the writes: a replica "
+                            "may not have them");
+  redisReply *rep = redisCommand(r->c, "WAIT %d %lld", replicas, (long long)timeout_ms);
+  if (rep == NULL)
+    return io_error(b, r, "WAIT");
+  if (rep->type != REDIS_REPLY_INTEGER)
+    return reply_error(b, rep, "WAIT");
+  rc = rep->integer > INT32_MAX ? INT32_MAX : (int)rep->integer;
+  freeReplyObject(rep);
+  if (rc < replicas)
+    lmp__broker_fail(b, 0, "WAIT %d %lld: %d replicas acknowledged the writes in time", replicas,
+                     (long long)timeout_ms, rc);
+  return rc;
+}
+
+/* The server connected to (host:port), "" when none is. */
+static int server_redis(const lmp_broker_t *b, char *out, size_t n)
+{
+  const rconn *r = b->conn;
+  if (r == NULL || r->c == NULL || r->c->err)
+    snprintf(out, n, "%s", "");
+  else if (strchr(r->host, ':'))
+    snprintf(out, n, "[%s]:%d", r->host, r->port);
+  else
+    snprintf(out, n, "%s:%d", r->host, r->port);
+  return 0;
 }
 
 /* === entries === */
@@ -598,6 +875,8 @@ static int read_puts(lmp_broker_t *b, rconn *r, int n)
   }
   for (int i = 0; i < r->nput; i++)
     free(r->puts[i]);
+  if (r->nput > 0)
+    written(r);
   r->nput = 0;
   return bad;
 }
@@ -1243,6 +1522,8 @@ static int transact(lmp_broker_t *b, builder build, const void *arg, const char 
         continue;
       return -ECONNRESET;
     }
+    if (!bad)
+      written(r);
     return bad ? -EPROTO : 0;
   }
 }
@@ -1799,6 +2080,7 @@ static int notify_fd_redis(lmp_broker_t *b, const char *caller)
   n->w.db = r->db;
   n->w.user = r->user;
   n->w.pass = r->pass;
+  n->w.sent = r->sent;
   snprintf(n->w.kstream, sizeof n->w.kstream, "%s", r->kstream);
   snprintf(n->key, sizeof n->key, "lmp:c:%s", caller);
   r->wake = n;
@@ -1870,4 +2152,6 @@ const lmp__broker_engine_t lmp__broker_redis = {
     .unregister = unregister_redis,
     .notify_fd = notify_fd_redis,
     .notify_reset = notify_reset_redis,
+    .replicate = replicate_redis,
+    .server = server_redis,
 };
