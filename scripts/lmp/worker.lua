@@ -47,7 +47,9 @@ local TAG_APPLY, TAG_MAP, TAG_STARMAP = tags.apply, tags.map, tags.starmap
 local usage = [[
 usage: lmp worker [URL] [--queue NAME] [--processes N] [options]
        lmp worker --status [URL] [--queue NAME]
-  URL                    redis://[user:password@]host:port/db; without it,
+  URL                    redis://[user:password@]host:port/db (or
+                         redis+sentinel://[user:password@]s1:26379,s2/master/db,
+                         following the sentinels' master); without it,
                          the first line of --url-file, or LMP_BROKER_URL
                          (a password given here is hidden from ps)
   --url-file PATH        read the URL from the first line of PATH
