@@ -290,6 +290,30 @@ static int conn_state(lua_State *L)
   return 2;
 }
 
+/* conn:replicate(replicas, timeout_s) -> how many replicas hold this
+ * connection's writes [, why fewer] (see lmp_broker_replicate) */
+static int conn_replicate(lua_State *L)
+{
+  lconn *c = checkconn(L);
+  int replicas = (int)luaL_checkinteger(L, 2);
+  int rc = lmp_broker_replicate(c->b, replicas, (int64_t)(luaL_checknumber(L, 3) * 1000));
+  if (rc < 0)
+    return fail(L, c, rc);
+  lua_pushinteger(L, rc);
+  if (rc >= replicas)
+    return 1;
+  lua_pushstring(L, lmp_broker_errmsg(c->b));
+  return 2;
+}
+
+/* conn:server() -> "host:port" of the server connected to, "" if none */
+static int conn_server(lua_State *L)
+{
+  char at[300];
+  lua_pushstring(L, lmp_broker_server(checkconn(L)->b, at, sizeof at));
+  return 1;
+}
+
 /* conn:settle(caller, lo, final, expires_s) */
 static int conn_settle(lua_State *L)
 {
@@ -629,6 +653,8 @@ static const luaL_Reg conn_methods[] = {
     {"take_cancel", conn_take_cancel},
     {"patience", conn_patience},
     {"state", conn_state},
+    {"replicate", conn_replicate},
+    {"server", conn_server},
     {"settle", conn_settle},
     {"reclaim", conn_reclaim},
     {"complete", conn_complete},

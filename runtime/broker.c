@@ -222,8 +222,10 @@ int lmp_broker_open(const lmp_broker_config_t *cfg, lmp_broker_t **out, char *er
         e = engines[i];
   if (e == NULL) {
     if (errmsg)
-      snprintf(errmsg, errlen,
-               "unsupported broker URL '%s' (supported: redis://, redis+cluster://)", shown);
+      snprintf(
+          errmsg, errlen,
+          "unsupported broker URL '%s' (supported: redis://, redis+cluster://, redis+sentinel://)",
+          shown);
     return -EINVAL;
   }
   b = calloc(1, sizeof *b);
@@ -375,6 +377,17 @@ int lmp_broker_bury(lmp_broker_t *b, const lmp_broker_msg_t *m, const char *reas
                     const lmp_broker_done_t *result)
 {
   GUARDED(b->e->bury(b, m, reason, result));
+}
+
+int lmp_broker_replicate(lmp_broker_t *b, int replicas, int64_t timeout_ms)
+{
+  GUARDED(b->e->replicate(b, replicas, timeout_ms));
+}
+
+const char *lmp_broker_server(const lmp_broker_t *b, char *out, size_t n)
+{
+  b->e->server(b, out, n);
+  return out;
 }
 
 int lmp_broker_renew(lmp_broker_t *b, const char *const *ids, int n)

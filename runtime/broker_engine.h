@@ -44,6 +44,8 @@ typedef struct lmp__broker_engine {
   int (*unregister)(lmp_broker_t *b);
   int (*notify_fd)(lmp_broker_t *b, const char *caller);
   int (*notify_reset)(lmp_broker_t *b);
+  int (*replicate)(lmp_broker_t *b, int replicas, int64_t timeout_ms);
+  int (*server)(const lmp_broker_t *b, char *out, size_t n);
 } lmp__broker_engine_t;
 
 typedef struct lmp__lease {

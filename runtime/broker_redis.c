@@ -100,9 +100,8 @@ typedef struct rconn {
   /* Redis Cluster (redis+cluster://): the URL's nodes, "host:port,...",
    * owned by the broker's main connection; the node tried when the one in
    * use fails; and what the last redirection said (see cluster_string) */
-  const char *seeds;
-  char *own_seeds;
-  int cluster, nseeds, seed, redirect, redirects;
+  struct nodelist *seeds;
+  int cluster, redirect, redirects;
   char to_host[256];
   int to_port;
   int64_t sock_ms;    /* the socket timeout set */
@@ -124,6 +123,9 @@ typedef struct rconn {
   int64_t *putdue; /* 0, or when a held task is due (wall ms) */
   int nput, capput;
   struct notifier *wake; /* a producer's, once an event loop asked for it */
+
+  struct nodelist *sent; /* redis+sentinel://: whom to ask for the master (else NULL) */
+  unsigned gen, wrote;   /* connections made; that of the oldest write not waited for */
 } rconn;
 
 /* A producer's descriptor for event loops (see notify_fd_redis). */
@@ -166,54 +168,104 @@ static int url_decode(char *s)
   return 0;
 }
 
-/* host[:port] (n bytes of text; host may be an IPv6 address in []) into
- * host and *port, which keeps its default when the text has none. */
-static int parse_hostport(lmp_broker_t *b, const char *shown, const char *text, size_t n,
-                          char *host, size_t hostlen, int *port)
+/* host[:port] or [v6][:port], n bytes at s, into host and *port (which
+ * keeps its default without a port); 0, or the URL's fault in words. */
+static const char *parse_hostport(const char *s, size_t n, char *host, size_t hostlen, int *port)
 {
-  char buf[250];
-  if (n == 0 || n >= sizeof buf)
-    return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (no host)", shown);
-  memcpy(buf, text, n);
+  char buf[256];
+  if (n == 0 || n >= sizeof buf || n >= hostlen)
+    return "no host";
+  memcpy(buf, s, n);
   buf[n] = 0;
   char *h = buf, *colon = strrchr(buf, ':');
-  if (*h == '[') { /* an IPv6 address: [::1] or [::1]:port */
+  if (*h == '[') {
     char *close = strchr(h, ']');
     if (close == NULL || close == h + 1 || (close[1] && close[1] != ':'))
-      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (bad IPv6 address)", shown);
+      return "bad IPv6 address";
     *close = 0;
     colon = close[1] ? close + 1 : NULL;
     h++;
   }
   if (colon) {
     char *end;
-    long v = strtol(colon + 1, &end, 10);
-    if (*end || v <= 0 || v > 65535)
-      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (bad port)", shown);
-    *port = (int)v;
+    long p = strtol(colon + 1, &end, 10);
+    if (*end || p <= 0 || p > 65535)
+      return "bad port";
+    *port = (int)p;
     *colon = 0;
   }
   if (*h == 0)
-    return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (no host)", shown);
+    return "no host";
   snprintf(host, hostlen, "%s", h);
+  return NULL;
+}
+
+/* The nodes a URL names, host[:port],host[:port],... (the sentinels of
+ * redis+sentinel://, the cluster nodes of redis+cluster://). */
+#define MAX_NODES 16
+
+typedef struct nodelist {
+  int n, cur; /* how many; the one to ask first */
+  char host[MAX_NODES][256];
+  int port[MAX_NODES];
+  char master[128]; /* redis+sentinel://: the master's name */
+} nodelist;
+
+/* The nodes from p to end, each port dflt unless given, into a new list
+ * (*out); 0 or the URL's fault as -EINVAL, in b's error. */
+static int parse_nodes(lmp_broker_t *b, const char *shown, const char *p, const char *end, int dflt,
+                       const char *what, nodelist **out)
+{
+  nodelist *l = *out = calloc(1, sizeof *l);
+  if (l == NULL)
+    return -ENOMEM;
+  if (end == p)
+    return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (no %s host)", shown, what);
+  for (const char *why = NULL; p <= end; p++) {
+    const char *comma = memchr(p, ',', (size_t)(end - p)), *stop = comma ? comma : end;
+    if (l->n == MAX_NODES)
+      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (more than %d %s hosts)", shown,
+                              MAX_NODES, what);
+    l->port[l->n] = dflt;
+    why = parse_hostport(p, (size_t)(stop - p), l->host[l->n], sizeof l->host[0], &l->port[l->n]);
+    if (why)
+      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (%s)", shown, why);
+    l->n++;
+    p = stop;
+  }
   return 0;
 }
 
-/* The i-th node of a cluster URL's list into r->host and r->port. */
-static void use_seed(rconn *r, int i)
+/* The credentials [user]:pass or pass, from p up to `at`, into r. */
+static void parse_cred(rconn *r, const char *p, const char *at)
 {
-  const char *p = r->seeds;
-  for (int k = 0; k < i; k++)
-    p = strchr(p, ',') + 1;
-  size_t n = strcspn(p, ",");
-  r->port = 6379;
-  r->seed = i;
-  parse_hostport(NULL, "", p, n, r->host, sizeof r->host, &r->port);
+  char *cred = strndup(p, (size_t)(at - p)), *colon = strchr(cred, ':');
+  if (colon) {
+    *colon = 0;
+    r->pass = strdup(colon + 1);
+    url_decode(r->pass);
+    if (*cred)
+      r->user = cred;
+    else
+      free(cred);
+  } else {
+    r->pass = cred; /* redis://password@host */
+  }
+  if (r->user)
+    url_decode(r->user);
 }
 
-/* redis://[[user]:pass@]host[:port][/db], or
- * redis+cluster://[[user]:pass@]host[:port],host[:port].../ (a Redis
- * Cluster, found through any of its nodes; database 0 only) */
+/* The i-th node of a cluster URL's into r->host and r->port. */
+static void use_seed(rconn *r, int i)
+{
+  r->seeds->cur = i;
+  snprintf(r->host, sizeof r->host, "%s", r->seeds->host[i]);
+  r->port = r->seeds->port[i];
+}
+
+/* redis://[[user]:pass@]host[:port][/db] (host may be an IPv6 address in
+ * []), or redis+cluster://[[user]:pass@]host[:port],host[:port].../ (a
+ * Redis Cluster, found through any of its nodes; database 0 only) */
 static int parse_url(lmp_broker_t *b, rconn *r)
 {
   const char *p = strstr(b->url, "://") + 3, *at, *slash;
@@ -227,45 +279,19 @@ static int parse_url(lmp_broker_t *b, rconn *r)
   if (at && slash && at > slash)
     at = NULL;
   if (at) {
-    char *cred = strndup(p, (size_t)(at - p)), *colon = strchr(cred, ':');
-    if (colon) {
-      *colon = 0;
-      r->pass = strdup(colon + 1);
-      url_decode(r->pass);
-      if (*cred)
-        r->user = cred;
-      else
-        free(cred);
-    } else {
-      r->pass = cred; /* redis://password@host */
-    }
-    if (r->user)
-      url_decode(r->user);
+    parse_cred(r, p, at);
     p = at + 1;
   }
   size_t n = slash ? (size_t)(slash - p) : strlen(p);
   if (r->cluster) {
-    char *seeds = strndup(p, n);
-    if (seeds == NULL)
-      return -ENOMEM;
-    r->seeds = r->own_seeds = seeds;
-    for (const char *q = seeds;; q++) { /* each node well formed */
-      size_t k = strcspn(q, ",");
-      char host[256];
-      int port = 6379;
-      int rc = parse_hostport(b, shown, q, k, host, sizeof host, &port);
-      if (rc < 0)
-        return rc;
-      r->nseeds++;
-      q += k;
-      if (*q == 0)
-        break;
-    }
-    use_seed(r, 0);
-  } else {
-    int rc = parse_hostport(b, shown, p, n, r->host, sizeof r->host, &r->port);
+    int rc = parse_nodes(b, shown, p, p + n, 6379, "cluster", &r->seeds);
     if (rc < 0)
       return rc;
+    use_seed(r, 0);
+  } else {
+    const char *why = parse_hostport(p, n, r->host, sizeof r->host, &r->port);
+    if (why)
+      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (%s)", shown, why);
   }
   if (slash && slash[1]) {
     char *end;
@@ -309,8 +335,7 @@ static int redirection(rconn *r, const char *s, size_t n)
       return 0;
     addr++;
     r->to_port = 6379;
-    if (parse_hostport(NULL, "", addr, n - (size_t)(addr - s), r->to_host, sizeof r->to_host,
-                       &r->to_port) < 0)
+    if (parse_hostport(addr, n - (size_t)(addr - s), r->to_host, sizeof r->to_host, &r->to_port))
       return 0;
     r->redirect = REDIRECT_MOVED;
     return 1;
@@ -358,8 +383,8 @@ static int64_t cluster_next(rconn *r, int failed)
     r->redirects++;
   } else if (r->redirect == REDIRECT_WAIT) {
     wait = 20;
-  } else if (failed && r->nseeds > 0) {
-    use_seed(r, (r->seed + 1) % r->nseeds);
+  } else if (failed && r->seeds) {
+    use_seed(r, (r->seeds->cur + 1) % r->seeds->n);
   }
   r->redirect = REDIRECT_NONE;
   return wait;
@@ -424,9 +449,154 @@ static int64_t sock_timeout(const lmp_broker_t *b)
   return b->patience_ms < SOCKET_TIMEOUT_MS ? SHORT_TIMEOUT_MS : SOCKET_TIMEOUT_MS;
 }
 
+/* === sentinels === */
+
+/*
+ * redis+sentinel://[[user]:pass@]s1[:26379],...,sN/master[/db]: the data
+ * node is whichever the sentinels name master of `master`.  Each connection
+ * (connect_once) first asks them (resolve_master), each in turn from the
+ * last one that answered, then checks that the node named is a master
+ * (check_role): a sentinel that has not heard of a failover yet, or a master
+ * demoted since, fails the attempt with -EAGAIN and ensure asks again after
+ * its backoff.  A lost connection is made anew the same way, so every
+ * connection (the caller's, its notifier's, a worker's two, the lease
+ * keeper's) follows a failover.  The URL's password is the data node's;
+ * the sentinels are asked without one.
+ */
+#define SENTINEL_PORT 26379
+
+/* redis+sentinel://[[user]:pass@]s1[:port],s2.../master[/db] into r. */
+static int parse_sentinel_url(lmp_broker_t *b, rconn *r)
+{
+  const char *p = b->url + strlen("redis+sentinel://"), *at, *slash;
+  char shown[200];
+  lmp__broker_url_shown(b->url, shown, sizeof shown);
+  slash = strchr(p, '/');
+  at = strrchr(p, '@');
+  if (at && slash && at > slash)
+    at = NULL;
+  if (at) {
+    parse_cred(r, p, at);
+    p = at + 1;
+  }
+  if (strchr(p, '?'))
+    return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (no options are supported)", shown);
+  int rc =
+      parse_nodes(b, shown, p, slash ? slash : p + strlen(p), SENTINEL_PORT, "sentinel", &r->sent);
+  if (rc < 0)
+    return rc;
+  nodelist *s = r->sent;
+  const char *name = slash ? slash + 1 : "", *dbs = strchr(name, '/');
+  size_t namelen = dbs ? (size_t)(dbs - name) : strlen(name);
+  if (namelen == 0 || namelen >= sizeof s->master)
+    return lmp__broker_fail(b, -EINVAL,
+                            "bad broker URL '%s' (no master name: "
+                            "redis+sentinel://host[:26379],.../master[/db])",
+                            shown);
+  memcpy(s->master, name, namelen);
+  if (dbs && dbs[1]) {
+    char *e;
+    long db = strtol(dbs + 1, &e, 10);
+    if (*e || db < 0 || db > 100000)
+      return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (bad database number)", shown);
+    r->db = (int)db;
+  }
+  snprintf(r->host, sizeof r->host, "%s", s->host[0]); /* until a sentinel names the master */
+  r->port = s->port[0];
+  return 0;
+}
+
+/* One sentinel's answer for the master's address, into r: 0; 1 when it
+ * knows no master of that name; -1 when it gave no usable answer (why). */
+static int ask_sentinel(nodelist *s, int i, rconn *r, int64_t timeout_ms, char *why, size_t whylen)
+{
+  redisContext *c = redisConnectWithTimeout(s->host[i], s->port[i], tv_ms(timeout_ms));
+  redisReply *rep = NULL;
+  int rc = -1;
+  if (c == NULL) {
+    snprintf(why, whylen, "cannot allocate a redis context");
+    return -1;
+  }
+  if (!c->err) {
+    fcntl(c->fd, F_SETFD, FD_CLOEXEC);
+    redisSetTimeout(c, tv_ms(timeout_ms));
+    rep = redisCommand(c, "SENTINEL get-master-addr-by-name %s", s->master);
+  }
+  if (rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
+      rep->element[0]->type == REDIS_REPLY_STRING && rep->element[1]->type == REDIS_REPLY_STRING) {
+    snprintf(r->host, sizeof r->host, "%s", rep->element[0]->str);
+    r->port = atoi(rep->element[1]->str);
+    rc = 0;
+  } else {
+    rc = rep && rep->type == REDIS_REPLY_NIL ? 1 : -1;
+    snprintf(why, whylen, "sentinel %s:%d: %s", s->host[i], s->port[i],
+             c->err                           ? c->errstr
+             : rep == NULL                    ? "no answer"
+             : rep->type == REDIS_REPLY_NIL   ? "no master of that name"
+             : rep->type == REDIS_REPLY_ERROR ? rep->str
+                                              : "unexpected reply");
+  }
+  freeReplyObject(rep);
+  redisFree(c);
+  return rc;
+}
+
+/* Ask the sentinels where the master is (see above); 0, -EPROTO when none
+ * knows the name (and none was unreachable), -ECONNREFUSED when none
+ * answered with an address. */
+static int resolve_master(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
+{
+  nodelist *s = r->sent;
+  char why[300] = "";
+  int unknown = 0;
+  for (int k = 0; k < s->n; k++) {
+    int i = (s->cur + k) % s->n;
+    int rc = ask_sentinel(s, i, r, timeout_ms, why, sizeof why);
+    if (rc == 0) {
+      s->cur = i;
+      return 0;
+    }
+    unknown += rc == 1;
+  }
+  if (unknown > 0)
+    return lmp__broker_fail(b, -EPROTO, "no sentinel knows a master named '%s' (%d of %d asked)",
+                            s->master, unknown, s->n);
+  return lmp__broker_fail(b, -ECONNREFUSED,
+                          "cannot reach the broker: no sentinel named the master of '%s' (%d "
+                          "asked; last %s)",
+                          s->master, s->n, why);
+}
+
+/* Whether the node the sentinels named is a master (ROLE): 0, or -EAGAIN
+ * (the connection dropped) when it is not, or not yet.  A user whose ACL
+ * denies ROLE gets an error reply, taken for a master. */
+static int check_role(lmp_broker_t *b, rconn *r)
+{
+  redisReply *rep = redisCommand(r->c, "ROLE");
+  if (rep == NULL)
+    return io_error(b, r, "ROLE");
+  char role[32] = "master";
+  if (rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
+      rep->element[0]->type == REDIS_REPLY_STRING)
+    snprintf(role, sizeof role, "%s", rep->element[0]->str);
+  freeReplyObject(rep);
+  if (strcmp(role, "master") == 0)
+    return 0;
+  drop(r);
+  return lmp__broker_fail(b, -EAGAIN,
+                          "the sentinels named %s:%d master of '%s', but it is a %s (a failover "
+                          "under way); asking again",
+                          r->host, r->port, r->sent->master, role);
+}
+
 static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
 {
   redisReply *rep;
+  if (r->sent) {
+    int rc = resolve_master(b, r, timeout_ms);
+    if (rc < 0)
+      return rc;
+  }
   r->c = redisConnectWithTimeout(r->host, r->port, tv_ms(timeout_ms));
   if (r->c == NULL)
     return lmp__broker_fail(b, -ENOMEM, "cannot allocate a redis context");
@@ -451,6 +621,11 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
       return rc < 0 ? -EACCES : rc;
     }
     freeReplyObject(rep);
+  }
+  if (r->sent) {
+    int rc = check_role(b, r);
+    if (rc < 0)
+      return rc;
   }
   /* A cluster node where a standalone server was named (or the reverse)
    * would answer the wrong way: say which URL to use.  A user whose ACL
@@ -506,6 +681,7 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
     freeReplyObject(rep);
   }
   r->fresh = 1;
+  r->gen++;
   r->tdue = 0;
   r->tlast[0] = 0;
   return 0;
@@ -591,7 +767,8 @@ static int open_redis(lmp_broker_t *b)
   if (r == NULL)
     return -ENOMEM;
   b->conn = r;
-  int rc = parse_url(b, r);
+  int rc =
+      strncmp(b->url, "redis+sentinel://", 17) == 0 ? parse_sentinel_url(b, r) : parse_url(b, r);
   if (rc < 0)
     goto err;
   /* every key of the queue, its callers' and workers' too, in one hash slot */
@@ -608,7 +785,8 @@ static int open_redis(lmp_broker_t *b)
 err:
   free(r->user);
   free(r->pass);
-  free(r->own_seeds);
+  free(r->seeds);
+  free(r->sent);
   free(r);
   b->conn = NULL;
   return rc;
@@ -632,7 +810,8 @@ static void close_redis(lmp_broker_t *b)
   free(r->putdue);
   free(r->user);
   free(r->pass);
-  free(r->own_seeds);
+  free(r->seeds);
+  free(r->sent);
   free(r);
   b->conn = NULL;
 }
@@ -641,6 +820,64 @@ static int fileno_redis(const lmp_broker_t *b)
 {
   const rconn *r = b->conn;
   return r && r->c && !r->c->err ? r->c->fd : -1;
+}
+
+/* === replication === */
+
+/* This connection wrote: replicate_redis has something to wait for. */
+static void written(rconn *r)
+{
+  if (r->wrote == 0)
+    r->wrote = r->gen;
+}
+
+/*
+ * Flush, then WAIT until `replicas` replicas hold every write made so far:
+ * the number that do (Redis counts a client's writes on its connection, so
+ * writes made on a connection since lost cannot be waited for: that is
+ * -ECONNRESET, as they may be lost with their server).
+ */
+static int replicate_redis(lmp_broker_t *b, int replicas, int64_t timeout_ms)
+{
+  rconn *r = b->conn;
+  int rc = b->e->flush(b);
+  if (rc < 0)
+    return rc;
+  unsigned wrote = r->wrote;
+  r->wrote = 0;
+  if (wrote == 0)
+    return replicas; /* nothing written since the last wait */
+  rc = ensure(b, r, b->patience_ms);
+  if (rc < 0)
+    return rc;
+  if (wrote != r->gen)
+    return lmp__broker_fail(b, -ECONNRESET,
+                            "the connection to the broker was lost after the writes: a replica "
+                            "may not have them");
+  redisReply *rep = redisCommand(r->c, "WAIT %d %lld", replicas, (long long)timeout_ms);
+  if (rep == NULL)
+    return io_error(b, r, "WAIT");
+  if (rep->type != REDIS_REPLY_INTEGER)
+    return reply_error(b, rep, "WAIT");
+  rc = rep->integer > INT32_MAX ? INT32_MAX : (int)rep->integer;
+  freeReplyObject(rep);
+  if (rc < replicas)
+    lmp__broker_fail(b, 0, "WAIT %d %lld: %d replicas acknowledged the writes in time", replicas,
+                     (long long)timeout_ms, rc);
+  return rc;
+}
+
+/* The server connected to (host:port), "" when none is. */
+static int server_redis(const lmp_broker_t *b, char *out, size_t n)
+{
+  const rconn *r = b->conn;
+  if (r == NULL || r->c == NULL || r->c->err)
+    snprintf(out, n, "%s", "");
+  else if (strchr(r->host, ':'))
+    snprintf(out, n, "[%s]:%d", r->host, r->port);
+  else
+    snprintf(out, n, "%s:%d", r->host, r->port);
+  return 0;
 }
 
 /* === entries === */
@@ -779,6 +1016,8 @@ static int read_puts(lmp_broker_t *b, rconn *r, int n)
   }
   for (int i = 0; i < r->nput; i++)
     free(r->puts[i]);
+  if (r->nput > 0)
+    written(r);
   r->nput = 0;
   return bad;
 }
@@ -1425,6 +1664,8 @@ static int transact(lmp_broker_t *b, builder build, const void *arg, const char 
         continue;
       return -ECONNRESET;
     }
+    if (!bad)
+      written(r);
     return bad ? -EPROTO : 0;
   }
 }
@@ -1983,7 +2224,7 @@ static int notify_fd_redis(lmp_broker_t *b, const char *caller)
   n->w.pass = r->pass;
   n->w.cluster = r->cluster;
   n->w.seeds = r->seeds;
-  n->w.nseeds = r->nseeds;
+  n->w.sent = r->sent;
   snprintf(n->w.kstream, sizeof n->w.kstream, "%s", r->kstream);
   snprintf(n->key, sizeof n->key, "%s:c:%s", r->kstream, caller);
   r->wake = n;
@@ -2028,7 +2269,7 @@ static int notify_reset_redis(lmp_broker_t *b)
 }
 
 const lmp__broker_engine_t lmp__broker_redis = {
-    .schemes = "redis redis+cluster",
+    .schemes = "redis redis+cluster redis+sentinel",
     .open = open_redis,
     .close = close_redis,
     .fileno = fileno_redis,
@@ -2055,4 +2296,6 @@ const lmp__broker_engine_t lmp__broker_redis = {
     .unregister = unregister_redis,
     .notify_fd = notify_fd_redis,
     .notify_reset = notify_reset_redis,
+    .replicate = replicate_redis,
+    .server = server_redis,
 };

@@ -6,7 +6,8 @@
 --
 --   local redis = dofile("tests/redis.lua")
 --   local srv = redis.server()            -- started, or error with its log
---   srv:url(db), srv:cli("PING"), srv:stop(), srv:start(), srv:close()
+--   srv:url(db), srv:cli("PING"), srv:stop(), srv:start(), srv:close(), srv:kill()
+--   local sen = redis.sentinel(srv.port, "mymaster") -- a sentinel of srv, quorum 2
 --   local pid, log = redis.worker{url =, queue =, secret =, processes =,
 --                                 args = {...}, command =, env =, limits =}
 local support = dofile("tests/support.lua")
@@ -51,6 +52,14 @@ Server.__index = Server
 
 -- Start (again, on the same port and directory); whether it answers.
 function Server:start()
+  if self.sentinel then
+    sh(string.format("redis-server %s --sentinel", self.sentinel))
+    for _ = 1, 200 do
+      if ping(self.port) then return true end
+      lmp.sleep(0.05)
+    end
+    return false
+  end
   -- "-::1": the IPv6 loopback too, where the machine has one
   local cmd = string.format("redis-server --port %d --bind '127.0.0.1 -::1' --save '' --appendonly yes "
                             .. "--appendfsync always --dir %s --daemonize yes --pidfile %s/redis.pid "
@@ -66,6 +75,16 @@ end
 
 function Server:stop()
   sh("redis-cli -p " .. self.port .. " shutdown 2>&1")
+  for _ = 1, 100 do
+    if not ping(self.port) then return end
+    lmp.sleep(0.05)
+  end
+end
+
+-- SIGKILL: gone at once, with whatever it had not written or replicated.
+function Server:kill()
+  local pid = tonumber(readfile(self.dir .. "/redis.pid"):match("%d+"))
+  if pid then support.kill(pid, "KILL") end
   for _ = 1, 100 do
     if not ping(self.port) then return end
     lmp.sleep(0.05)
@@ -100,6 +119,30 @@ function M.server(args, cluster)
   local log = s:log()
   sh("rm -rf " .. shq(s.dir))
   error("redis-server did not start: " .. log)
+end
+
+-- A started sentinel (redis-server --sentinel) of the master `name` at
+-- 127.0.0.1:master_port: quorum 2, down after 1 s; or an error.  It
+-- rewrites its own configuration file, in its directory.
+function M.sentinel(master_port, name)
+  local s = setmetatable({dir = sh("mktemp -d"):match("%S+")}, Server)
+  s.sentinel = s.dir .. "/sentinel.conf"
+  for _ = 1, 3 do
+    s.port = M.free_port()
+    local f = assert(io.open(s.sentinel, "w"))
+    f:write(string.format("port %d\nbind 127.0.0.1\ndaemonize yes\ndir %s\npidfile %s/redis.pid\n"
+                          .. "logfile %s/redis.log\nsentinel monitor %s 127.0.0.1 %d 2\n"
+                          .. "sentinel down-after-milliseconds %s 1000\nsentinel failover-timeout %s 5000\n",
+                          s.port, s.dir, s.dir, s.dir, name, master_port, name, name))
+    f:close()
+    if s:start() then
+      servers[#servers + 1] = s
+      return s
+    end
+  end
+  local log = s:log()
+  sh("rm -rf " .. shq(s.dir))
+  error("redis-server --sentinel did not start: " .. log)
 end
 
 -- Start `lmp worker` in the background: its pid and its log file.  It runs

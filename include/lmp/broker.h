@@ -45,7 +45,8 @@
 typedef struct lmp_broker lmp_broker_t;
 
 typedef struct lmp_broker_config {
-  const char *url;         /* redis://[user:pass@]host[:port][/db] */
+  const char *url;         /* redis://[user:pass@]host[:port][/db], or
+                              redis+sentinel://[user:pass@]s1[:26379],s2.../master[/db] */
   const char *queue;       /* queue name; NULL: "default" */
   const char *consumer;    /* this client's name; NULL: host:pid:random */
   int64_t connect_timeout; /* ms to reach the engine at open; <= 0: 5000 */
@@ -103,6 +104,15 @@ LMP_API const char *lmp_broker_consumer(const lmp_broker_t *b);
  * turns readable. */
 LMP_API int lmp_broker_notify_fd(lmp_broker_t *b, const char *caller);
 LMP_API int lmp_broker_notify_reset(lmp_broker_t *b);
+/* Send what is buffered, then wait up to timeout_ms until `replicas`
+ * replicas of the server hold everything this connection wrote (Redis
+ * WAIT): the number that do (below `replicas`: not in time), or -errno
+ * (-ECONNRESET when the connection was made anew since the writes, so they
+ * may be lost with the server that took them). */
+LMP_API int lmp_broker_replicate(lmp_broker_t *b, int replicas, int64_t timeout_ms);
+/* The server connected to now, "host:port" ("" when none), written to out:
+ * with redis+sentinel:// it changes when the connection follows a failover. */
+LMP_API const char *lmp_broker_server(const lmp_broker_t *b, char *out, size_t n);
 
 /* === producer === */
 

@@ -19,6 +19,13 @@
 -- or a queue made anew, means the broker lost them, and they fail with kind
 -- "broker".
 --
+-- A durable task (option durable) counts only once a replica of the broker
+-- holds it: before the pool reads results it sends what is buffered and asks
+-- Redis to WAIT for one replica (up to connect_timeout); durable tasks that
+-- no replica acknowledged in time fail with kind "broker" (they may still
+-- run; their results are dropped).  Their workers WAIT likewise before
+-- counting their results done.
+--
 -- Submissions are buffered and sent in one pipelined batch when 512 are
 -- waiting and whenever the pool waits for results (get, wait, join, poll,
 -- imap's iterator), so a loop of apply_async costs one round trip per batch.
@@ -181,11 +188,26 @@ local function check_state(pool, t)
   end
 end
 
+-- The durable tasks sent since the last look: a replica must hold them
+-- (WAIT 1), or they fail.
+local function replicate(pool)
+  local ids = pool._unwaited
+  if #ids == 0 then return end
+  pool._unwaited = {}
+  local n, why = pool._conn:replicate(1, pool._wait)
+  if n and n >= 1 then return end
+  local e = lmp.Error("broker", string.format(
+    "broker pool: no replica of the broker acknowledged %d durable tasks within %g s (%s); they may "
+    .. "still run, their results are dropped", #ids, pool._wait, tostring(why)))
+  for i = 1, #ids do settle(pool, ids[i], "error", e) end
+end
+
 -- Take what has arrived (waiting until the deadline for the first) and
 -- settle it; "timeout" when nothing came and the deadline has passed.
 local function dispatch(pool, deadline)
   local conn = pool._conn
   if pool._wakefd then conn:notify_reset() end -- before reading: no wake-up lost
+  replicate(pool)
   local t = now()
   check_state(pool, t)
   -- wait no longer than the next check
@@ -233,6 +255,12 @@ local function submit(pool, tag, fr, args, n, opts)
   local body = {v = core.lua_version, c = pool._caller, t = tag, f = fr,
                 a = core.encode(args, "args"), n = n, vt = pool._vt, md = pool._md, rt = pool._rt}
   local countdown, eta = opts and opts.countdown, opts and opts.eta
+  local durable = opts and opts.durable
+  if durable == nil then durable = pool._durable end
+  if durable then
+    body.du = pool._wait -- the worker waits as long for a replica of the result
+    pool._unwaited[#pool._unwaited + 1] = id
+  end
   local start = eta or os.time() + (countdown or 0) -- the expiry runs from when it may start
   local ok, err = pool._conn:put(core.seal(pool._secret, "T", id, body, "task", pool._queue,
                                            math.ceil(start) + pool._expires), countdown, eta)
@@ -290,6 +318,9 @@ local function check_submit(opts, i, fname)
   if countdown ~= nil and eta ~= nil then
     argerror(i, fname, "options 'countdown' and 'eta' exclude each other")
   end
+  if opts.durable ~= nil and type(opts.durable) ~= "boolean" then
+    argerror(i, fname, "option 'durable' must be a boolean")
+  end
 end
 
 result.new{
@@ -300,7 +331,7 @@ result.new{
     if first then list = table.move(list, first, first + count - 1, 1, {}) end
     return submit(pool, tag, fr, list, count, opts)
   end,
-  submit_keys = {countdown = true, eta = true},
+  submit_keys = {countdown = true, eta = true, durable = true},
   check_submit = check_submit,
   countdown = true, -- a retry is held by the broker until due
   encode_fn = encode_fn,
@@ -451,7 +482,8 @@ end
 -- === the constructor ===
 
 local pool_keys = {broker = true, queue = true, visibility_timeout = true, max_deliveries = true,
-                   secret = true, connect_timeout = true, result_ttl = true, expires = true}
+                   secret = true, connect_timeout = true, result_ttl = true, expires = true,
+                   durable = true}
 for k in pairs(result.retry_keys) do pool_keys[k] = true end
 
 local function field(o, name, ok, msg)
@@ -473,7 +505,7 @@ end
 
 --- lmp.Pool{broker = "redis://[user:pass@]host:port/db", queue = "default",
 ---          visibility_timeout = 30, max_deliveries = 5, secret = "...",
----          connect_timeout = 5, result_ttl = 3600, expires = 86400,
+---          connect_timeout = 5, result_ttl = 3600, expires = 86400, durable = false,
 ---          retries = 0, retry_backoff = 1, retry_backoff_max = 600}
 function M.Pool(o, ...)
   if select("#", ...) > 0 then argerror(2, "Pool", "no arguments expected after the options table") end
@@ -486,6 +518,7 @@ function M.Pool(o, ...)
   field(o, "connect_timeout", positive, "must be a positive number")
   field(o, "result_ttl", positive, "must be a positive number")
   field(o, "expires", positive, "must be a positive number")
+  field(o, "durable", function(v) return type(v) == "boolean" end, "must be a boolean")
   if o.broker then checkcstring(o.broker, 1, "Pool", "field 'broker'") end
   if o.queue then checkcstring(o.queue, 1, "Pool", "field 'queue'") end
   result.check_retry(o, 1, "Pool", "field")
@@ -505,6 +538,7 @@ function M.Pool(o, ...)
                        _vt = vt, _md = tointeger(o.max_deliveries) or 5, _rt = o.result_ttl or 3600,
                        _expires = math.ceil(o.expires or 86400), _epoch = epoch, _base = -count,
                        _next_check = t + vt, _next_settle = t + SETTLE_EVERY, _lo = 0, _procs_at = 0,
+                       _durable = o.durable, _unwaited = {}, _wait = o.connect_timeout or 5,
                        _retry = result.retry_defaults(o)},
                       Pool)
 end

@@ -48,6 +48,8 @@ local usage = [[
 usage: lmp worker [URL] [--queue NAME] [--processes N] [options]
        lmp worker --status [URL] [--queue NAME]
   URL                    redis://[user:password@]host:port/db, or
+                         redis+sentinel://[user:password@]s1:26379,s2/master/db
+                         (following the sentinels' master), or
                          redis+cluster://host:port,host:port/; without it,
                          the first line of --url-file, or LMP_BROKER_URL
                          (a password given here is hidden from ps)
@@ -240,6 +242,7 @@ end
 function Worker:complete(t, sealed, ok)
   local b = self.batch
   b[#b + 1] = {t.msg.id, t.id, t.caller, sealed, ok, t.rt}
+  if t.du then self.durable = math.max(self.durable or 0, t.du) end
   self:forget(t, true)
   self.finished = self.finished + 1
 end
@@ -280,10 +283,31 @@ function Worker:flush()
   end
   self:back()
   self.batch = {}
+  self:replicate()
   for i = 1, #b do
     self.conn:lease_del(b[i][1])
     if b[i][5] then self.ndone = self.ndone + 1 else self.nfailed = self.nfailed + 1 end
   end
+end
+
+-- Results of durable tasks count once a replica holds them (WAIT 1, as
+-- long as their caller waits for its tasks); one that none acknowledged is
+-- said (a failover before it replicates makes the task run again).
+function Worker:replicate()
+  local wait = self.durable
+  if not wait then return end
+  self.durable = nil
+  local n, why = self.conn:replicate(1, wait)
+  if not n or n < 1 then say("no replica acknowledged the results of durable tasks: %s", why) end
+end
+
+-- The server the broker's connection reached: said when it moves (a
+-- sentinel failover).
+function Worker:follow()
+  local at = self.conn:server()
+  if at == "" or at == self.at then return end
+  if self.at then say("following the broker's failover: its master is now %s", at) end
+  self.at = at
 end
 
 -- A dead-letter notice for the caller of an entry this worker could not
@@ -417,7 +441,7 @@ function Worker:handle(msg)
   end
   self.refusing = nil
   local md = tointeger(body.md) or self.md
-  local t = {msg = msg, id = id, caller = body.c, md = md, rt = tonumber(body.rt)}
+  local t = {msg = msg, id = id, caller = body.c, md = md, rt = tonumber(body.rt), du = tonumber(body.du)}
   if msg.deliveries > md then
     -- the last delivery never came back (its worker vanished)
     self:redeliver(msg, "out of deliveries, the last one lost with its worker", t, md, msg.deliveries - 1)
@@ -556,6 +580,7 @@ function Worker:serve()
     end
     if t - last_tick >= TICK then
       self:measure(t)
+      self:follow()
       if not self.draining then
         self:give_back(t)
         self:promote()
