@@ -60,6 +60,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -265,6 +266,38 @@ static int64_t sock_timeout(const lmp_broker_t *b)
   return b->patience_ms < SOCKET_TIMEOUT_MS ? SHORT_TIMEOUT_MS : SOCKET_TIMEOUT_MS;
 }
 
+/* The I/O on a context, in one place: hiredis formats the commands into
+ * c->obuf and parses the replies in c->reader, and these move the bytes. */
+static int rc_get_reply(rconn *r, void **rep)
+{
+  return redisGetReply(r->c, rep);
+}
+
+static void *rc_command(rconn *r, const char *fmt, ...)
+{
+  va_list ap;
+  va_start(ap, fmt);
+  void *rep = redisvCommand(r->c, fmt, ap);
+  va_end(ap);
+  return rep;
+}
+
+static void *rc_command_argv(rconn *r, int argc, const char **argv, const size_t *argvlen)
+{
+  return redisCommandArgv(r->c, argc, argv, argvlen);
+}
+
+/* Read what has come (after a poll said so) into the reader. */
+static int rc_buffer_read(rconn *r)
+{
+  return redisBufferRead(r->c);
+}
+
+static int rc_buffer_write(rconn *r, int *done)
+{
+  return redisBufferWrite(r->c, done);
+}
+
 static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
 {
   redisReply *rep;
@@ -279,9 +312,9 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
   redisEnableKeepAlive(r->c);
   if (r->pass) {
     if (r->user)
-      rep = redisCommand(r->c, "AUTH %s %s", r->user, r->pass);
+      rep = rc_command(r, "AUTH %s %s", r->user, r->pass);
     else
-      rep = redisCommand(r->c, "AUTH %s", r->pass);
+      rep = rc_command(r, "AUTH %s", r->pass);
     if (rep == NULL)
       return io_error(b, r, "AUTH");
     if (rep->type == REDIS_REPLY_ERROR) {
@@ -294,7 +327,7 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
   /* A Redis Cluster node takes the connection, then refuses each MULTI
    * across slots (CROSSSLOT): refuse it here.  A user whose ACL denies INFO
    * gets an error reply, taken for a standalone server. */
-  rep = redisCommand(r->c, "INFO cluster");
+  rep = rc_command(r, "INFO cluster");
   if (rep == NULL)
     return io_error(b, r, "INFO");
   int cluster = rep->type == REDIS_REPLY_STRING && strstr(rep->str, "cluster_enabled:1");
@@ -307,7 +340,7 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
                             r->host, r->port);
   }
   if (r->db) {
-    rep = redisCommand(r->c, "SELECT %d", r->db);
+    rep = rc_command(r, "SELECT %d", r->db);
     if (rep == NULL)
       return io_error(b, r, "SELECT");
     if (rep->type == REDIS_REPLY_ERROR) {
@@ -317,7 +350,7 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
     }
     freeReplyObject(rep);
   }
-  rep = redisCommand(r->c, "XGROUP CREATE %s " GROUP " 0 MKSTREAM", r->kstream);
+  rep = rc_command(r, "XGROUP CREATE %s " GROUP " 0 MKSTREAM", r->kstream);
   if (rep == NULL)
     return io_error(b, r, "XGROUP CREATE");
   if (transient(rep)) {
@@ -335,8 +368,8 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
   freeReplyObject(rep);
   if (made) {
     /* A new group: a new queue, whatever was there before (see state_redis). */
-    rep = redisCommand(r->c, "SET %s:epoch %llx.%x", r->kstream, (unsigned long long)lmp_now_ns(),
-                       (unsigned)getpid());
+    rep = rc_command(r, "SET %s:epoch %llx.%x", r->kstream, (unsigned long long)lmp_now_ns(),
+                     (unsigned)getpid());
     if (rep == NULL)
       return io_error(b, r, "SET");
     freeReplyObject(rep);
@@ -352,7 +385,7 @@ static int ensure(lmp_broker_t *b, rconn *r, int64_t window_ms)
 {
   while (r->owed > 0 && r->c && !r->c->err) {
     void *rep = NULL;
-    if (redisGetReply(r->c, &rep) != REDIS_OK || rep == NULL) {
+    if (rc_get_reply(r, &rep) != REDIS_OK || rep == NULL) {
       drop(r); /* reconnected below */
       break;
     }
@@ -387,7 +420,7 @@ static int read_replies(lmp_broker_t *b, rconn *r, redisReply **reps, int n, con
 {
   for (int i = 0; i < n; i++) {
     void *rep = NULL;
-    if (redisGetReply(r->c, &rep) != REDIS_OK || rep == NULL) {
+    if (rc_get_reply(r, &rep) != REDIS_OK || rep == NULL) {
       for (int k = 0; k < i; k++)
         freeReplyObject(reps[k]);
       return io_error(b, r, what);
@@ -402,7 +435,7 @@ static int send_all(lmp_broker_t *b, rconn *r, const char *what)
 {
   int done = 0;
   while (!done)
-    if (redisBufferWrite(r->c, &done) != REDIS_OK)
+    if (rc_buffer_write(r, &done) != REDIS_OK)
       return io_error(b, r, what);
   return 0;
 }
@@ -589,7 +622,7 @@ static int read_puts(lmp_broker_t *b, rconn *r, int n)
   int bad = 0;
   for (int i = 0; i < n; i++) {
     void *rep = NULL;
-    if (redisGetReply(r->c, &rep) != REDIS_OK || rep == NULL)
+    if (rc_get_reply(r, &rep) != REDIS_OK || rep == NULL)
       return io_error(b, r, "XADD");
     redisReply *x = rep;
     if (x->type == REDIS_REPLY_ERROR && !bad)
@@ -795,7 +828,7 @@ static int settle_redis(lmp_broker_t *b, const char *caller, uint64_t lo, int fi
   }
   for (int i = 0; i < n; i++) {
     void *rep = NULL;
-    if (redisGetReply(r->c, &rep) != REDIS_OK || rep == NULL)
+    if (rc_get_reply(r, &rep) != REDIS_OK || rep == NULL)
       return io_error(b, r, "settling");
     redisReply *x = rep;
     if (x->type == REDIS_REPLY_ERROR && rc == 0)
@@ -815,8 +848,8 @@ static int settle_redis(lmp_broker_t *b, const char *caller, uint64_t lo, int fi
  * index `from` on (their deliveries gain the stream's count). */
 static int own_counts(lmp_broker_t *b, rconn *r, lmp_broker_batch_t *out, int from)
 {
-  redisReply *rep = redisCommand(r->c, "XPENDING %s " GROUP " - + %d %s", r->kstream,
-                                 out->n - from + 16, b->consumer);
+  redisReply *rep =
+      rc_command(r, "XPENDING %s " GROUP " - + %d %s", r->kstream, out->n - from + 16, b->consumer);
   if (rep == NULL)
     return io_error(b, r, "XPENDING");
   if (rep->type != REDIS_REPLY_ARRAY)
@@ -935,13 +968,13 @@ static int next_reply(lmp_broker_t *b, rconn *r, int wait, redisReply **out)
   if (redisGetReplyFromReader(r->c, &rep) != REDIS_OK)
     return io_error(b, r, "XREADGROUP");
   if (rep == NULL && wait) {
-    if (redisGetReply(r->c, &rep) != REDIS_OK || rep == NULL)
+    if (rc_get_reply(r, &rep) != REDIS_OK || rep == NULL)
       return io_error(b, r, "XREADGROUP");
   } else if (rep == NULL) {
     struct pollfd pfd = {r->c->fd, POLLIN, 0};
     if (poll(&pfd, 1, 0) <= 0)
       return 0;
-    if (redisBufferRead(r->c) != REDIS_OK || redisGetReplyFromReader(r->c, &rep) != REDIS_OK)
+    if (rc_buffer_read(r) != REDIS_OK || redisGetReplyFromReader(r->c, &rep) != REDIS_OK)
       return io_error(b, r, "XREADGROUP");
     if (rep == NULL)
       return 0;
@@ -954,8 +987,8 @@ static int next_reply(lmp_broker_t *b, rconn *r, int wait, redisReply **out)
  * whose replies the broken connection swallowed), into r->stash. */
 static int take_own(lmp_broker_t *b, rconn *r, int max)
 {
-  redisReply *rep = redisCommand(r->c, "XREADGROUP GROUP " GROUP " %s COUNT %d STREAMS %s 0",
-                                 b->consumer, max, r->kstream);
+  redisReply *rep = rc_command(r, "XREADGROUP GROUP " GROUP " %s COUNT %d STREAMS %s 0",
+                               b->consumer, max, r->kstream);
   if (rep == NULL)
     return io_error(b, r, "XREADGROUP");
   if (rep->type == REDIS_REPLY_ERROR)
@@ -1222,7 +1255,7 @@ static int transact(lmp_broker_t *b, builder build, const void *arg, const char 
     int total = n + 2, bad = 0;
     for (int i = 0; i < total; i++) {
       void *rep = NULL;
-      if (redisGetReply(r->c, &rep) != REDIS_OK || rep == NULL) {
+      if (rc_get_reply(r, &rep) != REDIS_OK || rep == NULL) {
         bad = -1;
         break;
       }
@@ -1378,7 +1411,7 @@ static int renew_redis(lmp_broker_t *b, const char *const *ids, int n)
   for (int i = 0; i < n; i++)
     argv_push(&a, ids[i]);
   argv_push(&a, "JUSTID");
-  redisReply *rep = redisCommandArgv(r->c, a.n, a.v, a.len);
+  redisReply *rep = rc_command_argv(r, a.n, a.v, a.len);
   argv_free(&a);
   if (rep == NULL)
     return io_error(b, r, "XCLAIM");
@@ -1418,7 +1451,7 @@ static int promote_redis(lmp_broker_t *b, int max)
     return rc;
   snprintf(count, sizeof count, "%d", max);
   redisReply *rep =
-      redisCommand(r->c, "EVAL %s 2 %s %s %s", PROMOTE_SCRIPT, r->kstream, r->kdelayed, count);
+      rc_command(r, "EVAL %s 2 %s %s %s", PROMOTE_SCRIPT, r->kstream, r->kdelayed, count);
   if (rep == NULL)
     return io_error(b, r, "promoting held tasks");
   if (rep->type != REDIS_REPLY_INTEGER)
@@ -1432,14 +1465,14 @@ static int promote_redis(lmp_broker_t *b, int max)
  * -1 refused (an ACL without the command: stop trying). */
 static int drop_consumer(rconn *r, const char *name)
 {
-  redisReply *rep = redisCommand(r->c, "XPENDING %s " GROUP " - + 1 %s", r->kstream, name);
+  redisReply *rep = rc_command(r, "XPENDING %s " GROUP " - + 1 %s", r->kstream, name);
   int empty = rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 0;
   int refused = rep && rep->type == REDIS_REPLY_ERROR;
   if (rep)
     freeReplyObject(rep);
   if (!empty)
     return refused ? -1 : 0;
-  rep = redisCommand(r->c, "XGROUP DELCONSUMER %s " GROUP " %s", r->kstream, name);
+  rep = rc_command(r, "XGROUP DELCONSUMER %s " GROUP " %s", r->kstream, name);
   int rc = rep == NULL ? 0 : rep->type == REDIS_REPLY_ERROR ? -1 : 1;
   if (rep)
     freeReplyObject(rep);
@@ -1465,7 +1498,7 @@ static void drop_vanished(lmp_broker_t *b, rconn *r, int64_t vt_ms)
     return;
   r->next_sweep = now + SWEEP_EVERY_MS;
   int64_t idle_min = 4 * vt_ms > SWEEP_IDLE_MS ? 4 * vt_ms : SWEEP_IDLE_MS;
-  redisReply *rep = redisCommand(r->c, "XINFO CONSUMERS %s " GROUP, r->kstream);
+  redisReply *rep = rc_command(r, "XINFO CONSUMERS %s " GROUP, r->kstream);
   if (rep == NULL || rep->type != REDIS_REPLY_ARRAY) {
     if (rep && rep->type == REDIS_REPLY_ERROR)
       r->next_sweep = -1;
@@ -1500,8 +1533,8 @@ static int reclaim_redis(lmp_broker_t *b, int64_t idle_ms, int max, lmp_broker_b
   drop_vanished(b, r, idle_ms);
   if (r->c == NULL || r->c->err)
     return io_error(b, r, "XINFO");
-  redisReply *rep = redisCommand(r->c, "XPENDING %s " GROUP " IDLE %lld - + %d", r->kstream,
-                                 (long long)idle_ms, max > 0 ? max : 1);
+  redisReply *rep = rc_command(r, "XPENDING %s " GROUP " IDLE %lld - + %d", r->kstream,
+                               (long long)idle_ms, max > 0 ? max : 1);
   if (rep == NULL)
     return io_error(b, r, "XPENDING");
   if (rep->type != REDIS_REPLY_ARRAY)
@@ -1531,7 +1564,7 @@ static int reclaim_redis(lmp_broker_t *b, int64_t idle_ms, int max, lmp_broker_b
     argv_push(&a, e->element[0]->str);
     counts[k++] = (uint32_t)e->element[3]->integer;
   }
-  redisReply *cl = k ? redisCommandArgv(r->c, a.n, a.v, a.len) : NULL;
+  redisReply *cl = k ? rc_command_argv(r, a.n, a.v, a.len) : NULL;
   int got = 0;
   if (k && cl == NULL) {
     got = io_error(b, r, "XCLAIM");
@@ -1566,7 +1599,7 @@ static int set_visibility_redis(lmp_broker_t *b, int64_t ms)
     return rc;
   if (cur > 0 && cur < ms)
     ms = cur;
-  redisReply *rep = redisCommand(r->c, "SET %s:vt %lld PX 86400000", r->kstream, (long long)ms);
+  redisReply *rep = rc_command(r, "SET %s:vt %lld PX 86400000", r->kstream, (long long)ms);
   if (rep == NULL)
     return io_error(b, r, "SET");
   if (rep->type == REDIS_REPLY_ERROR)
@@ -1581,7 +1614,7 @@ static int get_visibility_redis(lmp_broker_t *b, int64_t *ms)
   int rc = ensure(b, r, b->patience_ms);
   if (rc < 0)
     return rc;
-  redisReply *rep = redisCommand(r->c, "GET %s:vt", r->kstream);
+  redisReply *rep = rc_command(r, "GET %s:vt", r->kstream);
   if (rep == NULL)
     return io_error(b, r, "GET");
   if (rep->type == REDIS_REPLY_ERROR)
@@ -1672,7 +1705,7 @@ static int workers_redis(lmp_broker_t *b, lmp_broker_batch_t *out)
   int n = 0;
   for (size_t i = 0; i < names->elements; i++) {
     void *x = NULL;
-    if (redisGetReply(r->c, &x) != REDIS_OK || x == NULL) {
+    if (rc_get_reply(r, &x) != REDIS_OK || x == NULL) {
       freeReplyObject(names);
       return io_error(b, r, "HMGET");
     }
@@ -1820,7 +1853,7 @@ static int notify_reset_redis(lmp_broker_t *b)
     if (poll(&pfd, 1, 0) <= 0)
       return 0; /* still parked: nothing came */
     void *rep = NULL;
-    if (redisBufferRead(n->w.c) != REDIS_OK || redisGetReplyFromReader(n->w.c, &rep) != REDIS_OK) {
+    if (rc_buffer_read(&n->w) != REDIS_OK || redisGetReplyFromReader(n->w.c, &rep) != REDIS_OK) {
       drop(&n->w); /* closing the socket takes it out of the epoll set */
     } else if (rep == NULL) {
       return 0; /* part of the reply */
