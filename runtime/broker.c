@@ -61,18 +61,39 @@ int lmp__broker_fail(lmp_broker_t *b, int code, const char *fmt, ...)
   return code;
 }
 
+/* The query of a broker URL (rediss://...?ca=PATH&...): its '?', or NULL.
+ * It is the first '?' after the credentials, which end at the last '@'
+ * before the first '/' (a password may hold '?' and '@', a path in the
+ * query '/' and '@'). */
+const char *lmp__broker_url_query(const char *url)
+{
+  const char *p = url ? strstr(url, "://") : NULL, *at = NULL;
+  if (p == NULL)
+    return NULL;
+  p += 3;
+  for (const char *s = p; *s && *s != '/'; s++)
+    if (*s == '@')
+      at = s;
+  return strchr(at ? at + 1 : p, '?');
+}
+
 /* The password of a broker URL, scheme://[user]:PASSWORD@host... or
  * scheme://PASSWORD@host...: its length (0 if none) and its offset in *off.
- * It runs from the credentials' first ':' (or their start) to the URL's last
- * '@', wider than the parser reads it when the URL is malformed (a '/' in the
- * password), so that no part of a password is ever shown. */
+ * It runs from the credentials' first ':' (or their start) to the last '@'
+ * before the URL's query (else its last '@'), wider than the parser reads it
+ * when the URL is malformed (a '/' in the password), so that no part of a
+ * password is ever shown. */
 size_t lmp__broker_url_password(const char *url, size_t *off)
 {
-  const char *p = url ? strstr(url, "://") : NULL;
+  const char *p = url ? strstr(url, "://") : NULL, *q = lmp__broker_url_query(url), *at = NULL;
   if (p == NULL)
     return 0;
   p += 3;
-  const char *at = strrchr(p, '@');
+  for (const char *s = p; q && s < q; s++)
+    if (*s == '@')
+      at = s;
+  if (at == NULL)
+    at = strrchr(p, '@');
   if (at == NULL)
     return 0;
   const char *colon = memchr(p, ':', (size_t)(at - p));
@@ -196,6 +217,12 @@ static void make_consumer(char *out, size_t n)
   snprintf(out, n, "%s:%d:%02x%02x%02x%02x", host, (int)getpid(), r[0], r[1], r[2], r[3]);
 }
 
+/* Whether the URL's scheme, its first n bytes, is `scheme` (may be NULL). */
+static int scheme_is(const char *scheme, const char *url, size_t n)
+{
+  return scheme && strlen(scheme) == n && strncmp(scheme, url, n) == 0;
+}
+
 int lmp_broker_open(const lmp_broker_config_t *cfg, lmp_broker_t **out, char *errmsg, size_t errlen)
 {
   lmp_broker_t *b;
@@ -214,12 +241,13 @@ int lmp_broker_open(const lmp_broker_config_t *cfg, lmp_broker_t **out, char *er
   }
   const lmp__broker_engine_t *e = NULL;
   for (int i = 0; engines[i]; i++)
-    if (strlen(engines[i]->scheme) == (size_t)(colon - cfg->url) &&
-        strncmp(engines[i]->scheme, cfg->url, (size_t)(colon - cfg->url)) == 0)
+    if (scheme_is(engines[i]->scheme, cfg->url, (size_t)(colon - cfg->url)) ||
+        scheme_is(engines[i]->scheme_tls, cfg->url, (size_t)(colon - cfg->url)))
       e = engines[i];
   if (e == NULL) {
     if (errmsg)
-      snprintf(errmsg, errlen, "unsupported broker URL '%s' (supported: redis://)", shown);
+      snprintf(errmsg, errlen, "unsupported broker URL '%s' (supported: redis://, rediss://)",
+               shown);
     return -EINVAL;
   }
   b = calloc(1, sizeof *b);
