@@ -571,14 +571,14 @@ err:
  * connection closed at once may have reached a TLS port. */
 static int hello_error(lmp_broker_t *b, rconn *r, const char *what)
 {
-  int rc;
-  if (r->ssl && r->c->err == REDIS_ERR_OTHER) {
-    rc = lmp__broker_fail(b, -EACCES,
+  int rc, closed = r->c->err == REDIS_ERR_EOF || (r->c->err == REDIS_ERR_IO && errno == ECONNRESET);
+  if (r->ssl && (r->c->err == REDIS_ERR_OTHER || closed)) {
+    /* its alert, or (when our write met the closed socket first) a reset */
+    rc = lmp__broker_fail(b, closed ? -ECONNRESET : -EACCES,
                           "redis at %s:%d refused the TLS connection (%s): does it want a client "
                           "certificate (cert= and key=) it trusts?",
                           r->host, r->port, r->c->errstr);
-  } else if (r->ssl == NULL &&
-             (r->c->err == REDIS_ERR_EOF || (r->c->err == REDIS_ERR_IO && errno == ECONNRESET))) {
+  } else if (r->ssl == NULL && closed) {
     rc = lmp__broker_fail(b, -ECONNRESET,
                           "%s: %s (redis at %s:%d; it may be a TLS port: use rediss://)", what,
                           r->c->errstr, r->host, r->port);
