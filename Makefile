@@ -6,8 +6,8 @@
 #                   links, SONAME liblmp-broker.so.0; needs liblmp.so.0), and
 #                   build/liblmp-lua.a (bindings, runtime and broker in one
 #                   archive, for C programs that embed Lua).  The broker (lmp/broker.h) is a library
-#                   of its own so that liblmp does not bring hiredis and
-#                   libcrypto into programs that do not use it; lmp.so and
+#                   of its own so that liblmp does not bring hiredis,
+#                   libssl and libcrypto into programs that do not use it; lmp.so and
 #                   the lmp executable carry both.
 #   make test       C tests, layer check and busted specs; one summary line
 #   make deps       install what is missing on Debian 12 (apt-get, as root)
@@ -53,9 +53,11 @@ LUA_LIBS       := $(if $(LUA_PC),$(shell $(PKG) --libs $(LUA_PC)),-llua5.4)
 MSGPACK_CFLAGS := $(if $(MSGPACK_PC),$(shell $(PKG) --cflags $(MSGPACK_PC)),)
 MSGPACK_LIBS   := $(if $(MSGPACK_PC),$(shell $(PKG) --libs $(MSGPACK_PC)),-lmsgpackc)
 READLINE_LIBS  := $(shell $(PKG) --libs readline 2>/dev/null || echo -lreadline)
-# The broker (runtime/broker*.c): hiredis for Redis, libcrypto for HMAC.
+# The broker (runtime/broker*.c): hiredis for Redis, libssl for rediss://,
+# libcrypto for HMAC.
 HIREDIS_CFLAGS := $(shell $(PKG) --cflags hiredis 2>/dev/null)
 BROKER_LIBS    := $(shell $(PKG) --libs hiredis 2>/dev/null || echo -lhiredis) \
+                  $(shell $(PKG) --libs libssl 2>/dev/null || echo -lssl) \
                   $(shell $(PKG) --libs libcrypto 2>/dev/null || echo -lcrypto)
 
 ifeq ($(ASAN),1)
@@ -78,7 +80,7 @@ endif
 LDFLAGS += $(LDSAN) -pthread
 
 # The runtime, and its broker (runtime/broker*.c), which alone needs
-# hiredis and libcrypto.
+# hiredis, libssl and libcrypto.
 BROKER_SRC := $(sort $(wildcard runtime/broker*.c))
 BROKER_OBJ := $(BROKER_SRC:%.c=$(B)/%.o)
 RT_SRC  := $(sort $(filter-out $(BROKER_SRC),$(wildcard runtime/*.c)))
@@ -262,7 +264,7 @@ $(B)/examples:
 	mkdir -p $@
 
 # pkg-config: lmp is the C runtime; lmp-broker adds the broker (hiredis,
-# libcrypto); lmp-lua adds the bindings for Lua hosts.
+# libssl, libcrypto); lmp-lua adds the bindings for Lua hosts.
 define LMP_PC
 prefix=$(PREFIX)
 libdir=$(LIBDIR)

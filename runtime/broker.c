@@ -63,18 +63,39 @@ int lmp__broker_fail(lmp_broker_t *b, int code, const char *fmt, ...)
   return code;
 }
 
+/* The query of a broker URL (rediss://...?ca=PATH&...): its '?', or NULL.
+ * It is the first '?' after the credentials, which end at the last '@'
+ * before the first '/' (a password may hold '?' and '@', a path in the
+ * query '/' and '@'). */
+const char *lmp__broker_url_query(const char *url)
+{
+  const char *p = url ? strstr(url, "://") : NULL, *at = NULL;
+  if (p == NULL)
+    return NULL;
+  p += 3;
+  for (const char *s = p; *s && *s != '/'; s++)
+    if (*s == '@')
+      at = s;
+  return strchr(at ? at + 1 : p, '?');
+}
+
 /* The password of a broker URL, scheme://[user]:PASSWORD@host... or
  * scheme://PASSWORD@host...: its length (0 if none) and its offset in *off.
- * It runs from the credentials' first ':' (or their start) to the URL's last
- * '@', wider than the parser reads it when the URL is malformed (a '/' in the
- * password), so that no part of a password is ever shown. */
+ * It runs from the credentials' first ':' (or their start) to the last '@'
+ * before the URL's query (else its last '@'), wider than the parser reads it
+ * when the URL is malformed (a '/' in the password), so that no part of a
+ * password is ever shown. */
 size_t lmp__broker_url_password(const char *url, size_t *off)
 {
-  const char *p = url ? strstr(url, "://") : NULL;
+  const char *p = url ? strstr(url, "://") : NULL, *q = lmp__broker_url_query(url), *at = NULL;
   if (p == NULL)
     return 0;
   p += 3;
-  const char *at = strrchr(p, '@');
+  for (const char *s = p; q && s < q; s++)
+    if (*s == '@')
+      at = s;
+  if (at == NULL)
+    at = strrchr(p, '@');
   if (at == NULL)
     return 0;
   const char *colon = memchr(p, ':', (size_t)(at - p));
@@ -222,10 +243,10 @@ int lmp_broker_open(const lmp_broker_config_t *cfg, lmp_broker_t **out, char *er
         e = engines[i];
   if (e == NULL) {
     if (errmsg)
-      snprintf(
-          errmsg, errlen,
-          "unsupported broker URL '%s' (supported: redis://, redis+cluster://, redis+sentinel://)",
-          shown);
+      snprintf(errmsg, errlen,
+               "unsupported broker URL '%s' (supported: redis://, rediss://, redis+cluster://, "
+               "redis+sentinel://)",
+               shown);
     return -EINVAL;
   }
   b = calloc(1, sizeof *b);

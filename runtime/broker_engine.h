@@ -77,6 +77,8 @@ int lmp__broker_fail(lmp_broker_t *b, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* Where a URL's password is (its length, 0 if none; its offset in *off),
  * and the URL with it shown as "***": messages never print a password. */
+/* Where the query of a URL (rediss://...?ca=PATH) begins: its '?', or NULL. */
+const char *lmp__broker_url_query(const char *url);
 size_t lmp__broker_url_password(const char *url, size_t *off);
 void lmp__broker_url_shown(const char *url, char *out, size_t n);
 /* A new slot at the end of the batch (zeroed), or NULL. */

@@ -61,8 +61,10 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,6 +75,9 @@
 #include <unistd.h>
 
 #include <hiredis/hiredis.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include "broker_engine.h"
 #include "internal.h"
@@ -123,9 +128,12 @@ typedef struct rconn {
   int64_t *putdue; /* 0, or when a held task is due (wall ms) */
   int nput, capput;
   struct notifier *wake; /* a producer's, once an event loop asked for it */
-
   struct nodelist *sent; /* redis+sentinel://: whom to ask for the master (else NULL) */
   unsigned gen, wrote;   /* connections made; that of the oldest write not waited for */
+  /* rediss://: the broker's TLS context (the notifier's connection borrows
+   * it) and this connection's session; NULL on redis:// */
+  SSL_CTX *tls;
+  SSL *ssl;
 } rconn;
 
 /* A producer's descriptor for event loops (see notify_fd_redis). */
@@ -263,14 +271,24 @@ static void use_seed(rconn *r, int i)
   r->port = r->seeds->port[i];
 }
 
+static int tls_params(lmp_broker_t *b, rconn *r, const char *q);
+
 /* redis://[[user]:pass@]host[:port][/db] (host may be an IPv6 address in
- * []), or redis+cluster://[[user]:pass@]host[:port],host[:port].../ (a
- * Redis Cluster, found through any of its nodes; database 0 only) */
+ * []); rediss://...[?ca=...], the same over TLS (see tls_params); or
+ * redis+cluster://[[user]:pass@]host[:port],host[:port].../ (a Redis
+ * Cluster, found through any of its nodes; database 0 only) */
 static int parse_url(lmp_broker_t *b, rconn *r)
 {
-  const char *p = strstr(b->url, "://") + 3, *at, *slash;
-  char shown[200];
+  const char *p = strstr(b->url, "://") + 3, *at, *slash, *q = lmp__broker_url_query(b->url);
+  char shown[200], base[1024];
   lmp__broker_url_shown(b->url, shown, sizeof shown);
+  if (q && (size_t)(q - p) >= sizeof base)
+    return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (too long)", shown);
+  if (q) { /* the rest reads the URL up to its query */
+    memcpy(base, p, (size_t)(q - p));
+    base[q - p] = 0;
+    p = base;
+  }
   r->cluster = strncmp(b->url, "redis+cluster://", 16) == 0;
   r->port = 6379;
   r->db = 0;
@@ -303,7 +321,7 @@ static int parse_url(lmp_broker_t *b, rconn *r)
                               "bad broker URL '%s' (a Redis Cluster has database 0 only)", shown);
     r->db = (int)db;
   }
-  return 0;
+  return tls_params(b, r, q);
 }
 
 /* === Redis Cluster ===
@@ -392,6 +410,9 @@ static int64_t cluster_next(rconn *r, int failed)
 
 static void drop(rconn *r)
 {
+  if (r->ssl)
+    SSL_free(r->ssl); /* the socket is hiredis's to close */
+  r->ssl = NULL;
   if (r->c) {
     if (r->c->reader->fn == &cluster_fn)
       r->c->reader->fn = (redisReplyObjectFunctions *)plain_fn;
@@ -448,6 +469,8 @@ static int64_t sock_timeout(const lmp_broker_t *b)
 {
   return b->patience_ms < SOCKET_TIMEOUT_MS ? SHORT_TIMEOUT_MS : SOCKET_TIMEOUT_MS;
 }
+
+static void *rc_command(rconn *r, const char *fmt, ...); /* see TLS below */
 
 /* === sentinels === */
 
@@ -572,7 +595,7 @@ static int resolve_master(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
  * denies ROLE gets an error reply, taken for a master. */
 static int check_role(lmp_broker_t *b, rconn *r)
 {
-  redisReply *rep = redisCommand(r->c, "ROLE");
+  redisReply *rep = rc_command(r, "ROLE");
   if (rep == NULL)
     return io_error(b, r, "ROLE");
   char role[32] = "master";
@@ -589,6 +612,352 @@ static int check_role(lmp_broker_t *b, rconn *r)
                           r->host, r->port, r->sent->master, role);
 }
 
+/* === TLS ===
+ *
+ * rediss:// connections.  hiredis 0.14 has no TLS, so it keeps what it does
+ * without I/O (formatting commands into c->obuf, parsing replies in
+ * c->reader) and OpenSSL moves the bytes: after hiredis's TCP connect the
+ * socket turns nonblocking, SSL_connect checks the server's certificate
+ * against the CA and the URL's host (also sent as SNI), and the rc_*
+ * wrappers read and write through SSL, waiting in poll for the socket
+ * timeout.  Every read drains what SSL has decrypted into the reader, so
+ * no reply waits inside SSL where a poll on the descriptor (the worker's,
+ * the notifier's) cannot see it.  The SSL_CTX, with the CA and the client
+ * certificate, is made once per broker object and shared with its
+ * notifier's connection.
+ */
+
+/* The reason of OpenSSL's last error, then its queue cleared. */
+static const char *tls_reason(void)
+{
+  const char *s = ERR_reason_error_string(ERR_peek_last_error());
+  ERR_clear_error();
+  return s ? s : "unknown error";
+}
+
+/* The TLS context of the broker's connections (r->tls), from the files of
+ * the CA (NULL: the system's), of the client certificate and its key. */
+static int tls_context(lmp_broker_t *b, rconn *r, const char *ca, const char *cert, const char *key)
+{
+  const char *what[3] = {"CA", "certificate", "key"}, *path[3] = {ca, cert, key}, *bad = NULL;
+  int i;
+  if ((cert == NULL) != (key == NULL))
+    return lmp__broker_fail(b, -EINVAL,
+                            "a TLS client certificate goes with its key: give both cert= and "
+                            "key= (or LMP_REDIS_CERT and LMP_REDIS_KEY)");
+  for (i = 0; i < 3; i++) {
+    FILE *f = path[i] ? fopen(path[i], "r") : NULL;
+    if (path[i] && f == NULL)
+      return lmp__broker_fail(b, -errno, "cannot read the TLS %s file '%s': %s", what[i], path[i],
+                              strerror(errno));
+    if (f)
+      fclose(f);
+  }
+  ERR_clear_error();
+  r->tls = SSL_CTX_new(TLS_client_method());
+  if (r->tls == NULL)
+    return lmp__broker_fail(b, -ENOMEM, "cannot make a TLS context: %s", tls_reason());
+  SSL_CTX_set_min_proto_version(r->tls, TLS1_2_VERSION);
+  SSL_CTX_set_verify(r->tls, SSL_VERIFY_PEER, NULL);
+  SSL_CTX_set_mode(r->tls, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  SSL_CTX_set_default_passwd_cb(r->tls, NULL);
+  SSL_CTX_set_default_passwd_cb_userdata(r->tls, NULL);
+  if (ca ? SSL_CTX_load_verify_locations(r->tls, ca, NULL) != 1
+         : SSL_CTX_set_default_verify_paths(r->tls) != 1)
+    i = 0, bad = "holds no usable certificate";
+  else if (cert && SSL_CTX_use_certificate_chain_file(r->tls, cert) != 1)
+    i = 1, bad = "holds no usable certificate";
+  else if (key && SSL_CTX_use_PrivateKey_file(r->tls, key, SSL_FILETYPE_PEM) != 1)
+    i = 2, bad = "holds no usable key (an unencrypted PEM key is needed)";
+  else if (key && SSL_CTX_check_private_key(r->tls) != 1)
+    i = 2, bad = "does not match the certificate";
+  if (bad == NULL)
+    return 0;
+  int rc = lmp__broker_fail(b, -EINVAL, "the TLS %s file '%s' %s (%s)", what[i],
+                            path[i] ? path[i] : "of the system", bad, tls_reason());
+  SSL_CTX_free(r->tls);
+  r->tls = NULL;
+  return rc;
+}
+
+/* The TLS parameters of a rediss:// URL, its query q (from its '?', or
+ * NULL): ca=, cert=, key=, else LMP_REDIS_CA, LMP_REDIS_CERT and
+ * LMP_REDIS_KEY; a redis:// URL takes none. */
+static int tls_params(lmp_broker_t *b, rconn *r, const char *q)
+{
+  const char *names[3] = {"ca", "cert", "key"};
+  const char *env[3] = {getenv("LMP_REDIS_CA"), getenv("LMP_REDIS_CERT"), getenv("LMP_REDIS_KEY")};
+  char shown[200], *v[3] = {NULL, NULL, NULL}, *query = NULL, *save = NULL;
+  int rc = 0;
+  lmp__broker_url_shown(b->url, shown, sizeof shown);
+  if (strncmp(b->url, "rediss://", 9) != 0)
+    return q ? lmp__broker_fail(b, -EINVAL,
+                                "bad broker URL '%s' (ca=, cert= and key= need rediss://)", shown)
+             : 0;
+  if (q && (query = strdup(q + 1)) == NULL)
+    return -ENOMEM;
+  for (char *kv = query ? strtok_r(query, "&", &save) : NULL; kv; kv = strtok_r(NULL, "&", &save)) {
+    char *eq = strchr(kv, '=');
+    int i = 0;
+    if (eq)
+      for (*eq = 0; i < 3 && strcmp(kv, names[i]) != 0; i++)
+        ;
+    if (eq == NULL || i == 3) {
+      rc = lmp__broker_fail(b, -EINVAL,
+                            "bad broker URL '%s' (unknown parameter '%s'; rediss:// takes ca=, "
+                            "cert= and key=)",
+                            shown, kv);
+      goto out;
+    }
+    free(v[i]);
+    if ((v[i] = strdup(eq + 1)) == NULL) {
+      rc = -ENOMEM;
+      goto out;
+    }
+    url_decode(v[i]);
+  }
+  for (int i = 0; i < 3; i++)
+    if (v[i] == NULL && env[i] && *env[i] && (v[i] = strdup(env[i])) == NULL)
+      rc = -ENOMEM;
+  if (rc == 0)
+    rc = tls_context(b, r, v[0], v[1], v[2]);
+out:
+  free(query);
+  for (int i = 0; i < 3; i++)
+    free(v[i]);
+  return rc;
+}
+
+/* Wait until the socket is ready for what SSL wants (err, from
+ * SSL_get_error), up to ms: 0, -ETIMEDOUT or -errno. */
+static int tls_wait(int fd, int err, int64_t ms)
+{
+  struct pollfd pfd = {fd, err == SSL_ERROR_WANT_WRITE ? POLLOUT : POLLIN, 0};
+  int64_t end = lmp_now_ns() + ms * 1000000;
+  for (;;) {
+    int64_t left = (end - lmp_now_ns()) / 1000000;
+    int n = poll(&pfd, 1, left > 0 ? (int)left : 0);
+    if (n > 0)
+      return 0;
+    if (n == 0)
+      return -ETIMEDOUT;
+    if (errno != EINTR)
+      return -errno;
+  }
+}
+
+/* A failed SSL_read or SSL_write (its return ret, or wait's failure): the
+ * context's err and errstr set as hiredis sets them; REDIS_ERR. */
+static int tls_fail(rconn *r, int ret, int wait)
+{
+  redisContext *c = r->c;
+  int e = wait ? SSL_ERROR_NONE : SSL_get_error(r->ssl, ret), syserr = errno;
+  unsigned long last = ERR_peek_last_error();
+  c->err = REDIS_ERR_IO;
+  if (wait) /* as hiredis says a socket timeout */
+    snprintf(c->errstr, sizeof c->errstr, "%s", strerror(wait == -ETIMEDOUT ? EAGAIN : -wait));
+  else if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && syserr == 0) ||
+           ERR_GET_REASON(last) == SSL_R_UNEXPECTED_EOF_WHILE_READING)
+    c->err = REDIS_ERR_EOF, snprintf(c->errstr, sizeof c->errstr, "Server closed the connection");
+  else if (e == SSL_ERROR_SYSCALL)
+    snprintf(c->errstr, sizeof c->errstr, "%s", strerror(syserr));
+  else /* refused by the server (an alert) or broken */
+    c->err = REDIS_ERR_OTHER, snprintf(c->errstr, sizeof c->errstr, "TLS: %s", tls_reason());
+  ERR_clear_error();
+  errno = syserr;
+  return REDIS_ERR;
+}
+
+/* Read into the reader: when `wait`, until something comes (within the
+ * socket timeout); then whatever SSL holds decrypted. */
+static int tls_read(rconn *r, int wait)
+{
+  char buf[16384];
+  if (r->c->err)
+    return REDIS_ERR;
+  for (;;) {
+    ERR_clear_error();
+    int n = SSL_read(r->ssl, buf, sizeof buf);
+    if (n > 0) {
+      if (redisReaderFeed(r->c->reader, buf, (size_t)n) != REDIS_OK) {
+        r->c->err = r->c->reader->err;
+        snprintf(r->c->errstr, sizeof r->c->errstr, "%s", r->c->reader->errstr);
+        return REDIS_ERR;
+      }
+      if (SSL_pending(r->ssl) > 0)
+        continue;
+      return REDIS_OK;
+    }
+    int e = SSL_get_error(r->ssl, n), w;
+    if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+      return tls_fail(r, n, 0);
+    if (!wait)
+      return REDIS_OK;
+    if ((w = tls_wait(r->c->fd, e, r->sock_ms)) < 0)
+      return tls_fail(r, n, w);
+  }
+}
+
+/* Write out c->obuf. */
+static int tls_write(rconn *r)
+{
+  redisContext *c = r->c;
+  size_t len = sdslen(c->obuf), off = 0;
+  if (c->err)
+    return REDIS_ERR;
+  while (off < len) {
+    ERR_clear_error();
+    int n = SSL_write(r->ssl, c->obuf + off, len - off > INT_MAX ? INT_MAX : (int)(len - off));
+    if (n > 0) {
+      off += (size_t)n;
+      continue;
+    }
+    int e = SSL_get_error(r->ssl, n), w;
+    if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+      return tls_fail(r, n, 0);
+    if ((w = tls_wait(c->fd, e, r->sock_ms)) < 0)
+      return tls_fail(r, n, w);
+  }
+  sdsclear(c->obuf);
+  return REDIS_OK;
+}
+
+/* redisGetReply over TLS. */
+static int tls_get_reply(rconn *r, void **rep)
+{
+  void *aux = NULL;
+  if (redisGetReplyFromReader(r->c, &aux) != REDIS_OK)
+    return REDIS_ERR;
+  if (aux == NULL && tls_write(r) != REDIS_OK)
+    return REDIS_ERR;
+  while (aux == NULL)
+    if (tls_read(r, 1) != REDIS_OK || redisGetReplyFromReader(r->c, &aux) != REDIS_OK)
+      return REDIS_ERR;
+  *rep = aux;
+  return REDIS_OK;
+}
+
+/* The TLS handshake on the connected socket, within ms. */
+static int tls_start(lmp_broker_t *b, rconn *r, int64_t ms)
+{
+  int fd = r->c->fd, rc;
+  int64_t end = lmp_now_ns() + ms * 1000000;
+  ERR_clear_error();
+  if ((r->ssl = SSL_new(r->tls)) == NULL || SSL_set_fd(r->ssl, fd) != 1) {
+    rc = lmp__broker_fail(b, -ENOMEM, "cannot start TLS: %s", tls_reason());
+    goto err;
+  }
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  /* the certificate must be for the URL's host: an IP address or a name
+   * (a name also goes as SNI) */
+  if (X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(r->ssl), r->host) != 1 &&
+      (SSL_set_tlsext_host_name(r->ssl, r->host) != 1 || SSL_set1_host(r->ssl, r->host) != 1)) {
+    rc = lmp__broker_fail(b, -EINVAL, "cannot check TLS certificates for host '%s': %s", r->host,
+                          tls_reason());
+    goto err;
+  }
+  for (;;) {
+    int n = SSL_connect(r->ssl), e = SSL_get_error(r->ssl, n), syserr = errno;
+    if (n == 1)
+      return 0;
+    long v = SSL_get_verify_result(r->ssl);
+    if ((e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) &&
+        tls_wait(fd, e, (end - lmp_now_ns()) / 1000000) == 0)
+      continue;
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+      rc = lmp__broker_fail(b, -ETIMEDOUT,
+                            "no TLS handshake from redis at %s:%d within %lld ms (is it a plain "
+                            "redis:// port?)",
+                            r->host, r->port, (long long)ms);
+    else if (v == X509_V_ERR_HOSTNAME_MISMATCH || v == X509_V_ERR_IP_ADDRESS_MISMATCH)
+      rc = lmp__broker_fail(b, -EPROTO,
+                            "TLS: certificate verify failed: %s (the certificate of redis at %s:%d "
+                            "is not for '%s')",
+                            X509_verify_cert_error_string(v), r->host, r->port, r->host);
+    else if (v != X509_V_OK)
+      rc = lmp__broker_fail(b, -EPROTO, "TLS: certificate verify failed: %s (redis at %s:%d)",
+                            X509_verify_cert_error_string(v), r->host, r->port);
+    else if (e == SSL_ERROR_SSL)
+      rc = lmp__broker_fail(b, -EPROTO, "TLS handshake with redis at %s:%d failed: %s", r->host,
+                            r->port, tls_reason());
+    else
+      rc = lmp__broker_fail(b, -ECONNRESET, "TLS handshake with redis at %s:%d failed: %s", r->host,
+                            r->port, syserr ? strerror(syserr) : "connection closed");
+    goto err;
+  }
+err:
+  ERR_clear_error();
+  drop(r);
+  return rc;
+}
+
+/* The first command on a new connection failed: a TLS server that refuses
+ * the client (no certificate, or one it does not trust) is final; a plain
+ * connection closed at once may have reached a TLS port. */
+static int hello_error(lmp_broker_t *b, rconn *r, const char *what)
+{
+  int rc, closed = r->c->err == REDIS_ERR_EOF || (r->c->err == REDIS_ERR_IO && errno == ECONNRESET);
+  if (r->ssl && (r->c->err == REDIS_ERR_OTHER || closed)) {
+    /* its alert, or (when our write met the closed socket first) a reset */
+    rc = lmp__broker_fail(b, closed ? -ECONNRESET : -EACCES,
+                          "redis at %s:%d refused the TLS connection (%s): does it want a client "
+                          "certificate (cert= and key=) it trusts?",
+                          r->host, r->port, r->c->errstr);
+  } else if (r->ssl == NULL && closed) {
+    rc = lmp__broker_fail(b, -ECONNRESET,
+                          "%s: %s (redis at %s:%d; it may be a TLS port: use rediss://)", what,
+                          r->c->errstr, r->host, r->port);
+  } else {
+    return io_error(b, r, what);
+  }
+  drop(r);
+  return rc;
+}
+
+/* The I/O on a context, in one place: hiredis formats the commands into
+ * c->obuf and parses the replies in c->reader, and these move the bytes. */
+static int rc_get_reply(rconn *r, void **rep)
+{
+  return r->ssl ? tls_get_reply(r, rep) : redisGetReply(r->c, rep);
+}
+
+static void *rc_command(rconn *r, const char *fmt, ...)
+{
+  va_list ap;
+  va_start(ap, fmt);
+  void *rep = NULL;
+  if (r->ssl == NULL)
+    rep = redisvCommand(r->c, fmt, ap);
+  else if (redisvAppendCommand(r->c, fmt, ap) != REDIS_OK || tls_get_reply(r, &rep) != REDIS_OK)
+    rep = NULL;
+  va_end(ap);
+  return rep;
+}
+
+static void *rc_command_argv(rconn *r, int argc, const char **argv, const size_t *argvlen)
+{
+  void *rep = NULL;
+  if (r->ssl == NULL)
+    return redisCommandArgv(r->c, argc, argv, argvlen);
+  if (redisAppendCommandArgv(r->c, argc, argv, argvlen) != REDIS_OK ||
+      tls_get_reply(r, &rep) != REDIS_OK)
+    return NULL;
+  return rep;
+}
+
+/* Read what has come (after a poll said so) into the reader. */
+static int rc_buffer_read(rconn *r)
+{
+  return r->ssl ? tls_read(r, 0) : redisBufferRead(r->c);
+}
+
+static int rc_buffer_write(rconn *r, int *done)
+{
+  if (r->ssl)
+    return *done = 1, tls_write(r);
+  return redisBufferWrite(r->c, done);
+}
+
 static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
 {
   redisReply *rep;
@@ -603,6 +972,11 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
   if (r->c->err)
     return io_error(b, r, "cannot reach the broker");
   fcntl(r->c->fd, F_SETFD, FD_CLOEXEC); /* hiredis leaves it to children that exec */
+  if (r->tls) {
+    int rc = tls_start(b, r, timeout_ms);
+    if (rc < 0)
+      return rc;
+  }
   if (r->cluster)
     cluster_reader(r);
   r->sock_ms = sock_timeout(b);
@@ -610,11 +984,11 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
   redisEnableKeepAlive(r->c);
   if (r->pass) {
     if (r->user)
-      rep = redisCommand(r->c, "AUTH %s %s", r->user, r->pass);
+      rep = rc_command(r, "AUTH %s %s", r->user, r->pass);
     else
-      rep = redisCommand(r->c, "AUTH %s", r->pass);
+      rep = rc_command(r, "AUTH %s", r->pass);
     if (rep == NULL)
-      return io_error(b, r, "AUTH");
+      return hello_error(b, r, "AUTH");
     if (rep->type == REDIS_REPLY_ERROR) {
       int rc = reply_error(b, rep, "broker refused AUTH");
       drop(r);
@@ -630,9 +1004,9 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
   /* A cluster node where a standalone server was named (or the reverse)
    * would answer the wrong way: say which URL to use.  A user whose ACL
    * denies INFO gets an error reply, taken for what the URL says. */
-  rep = redisCommand(r->c, "INFO cluster");
+  rep = rc_command(r, "INFO cluster");
   if (rep == NULL)
-    return io_error(b, r, "INFO");
+    return hello_error(b, r, "INFO");
   int cluster =
       rep->type == REDIS_REPLY_STRING ? strstr(rep->str, "cluster_enabled:1") != NULL : r->cluster;
   freeReplyObject(rep);
@@ -646,7 +1020,7 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
                             r->host, r->port);
   }
   if (r->db) {
-    rep = redisCommand(r->c, "SELECT %d", r->db);
+    rep = rc_command(r, "SELECT %d", r->db);
     if (rep == NULL)
       return io_error(b, r, "SELECT");
     if (rep->type == REDIS_REPLY_ERROR) {
@@ -656,7 +1030,7 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
     }
     freeReplyObject(rep);
   }
-  rep = redisCommand(r->c, "XGROUP CREATE %s " GROUP " 0 MKSTREAM", r->kstream);
+  rep = rc_command(r, "XGROUP CREATE %s " GROUP " 0 MKSTREAM", r->kstream);
   if (rep == NULL)
     return io_error(b, r, "XGROUP CREATE");
   if (transient(rep)) {
@@ -674,8 +1048,8 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
   freeReplyObject(rep);
   if (made) {
     /* A new group: a new queue, whatever was there before (see state_redis). */
-    rep = redisCommand(r->c, "SET %s:epoch %llx.%x", r->kstream, (unsigned long long)lmp_now_ns(),
-                       (unsigned)getpid());
+    rep = rc_command(r, "SET %s:epoch %llx.%x", r->kstream, (unsigned long long)lmp_now_ns(),
+                     (unsigned)getpid());
     if (rep == NULL)
       return io_error(b, r, "SET");
     freeReplyObject(rep);
@@ -692,7 +1066,7 @@ static int ensure(lmp_broker_t *b, rconn *r, int64_t window_ms)
 {
   while (r->owed > 0 && r->c && !r->c->err) {
     void *rep = NULL;
-    if (redisGetReply(r->c, &rep) != REDIS_OK || rep == NULL) {
+    if (rc_get_reply(r, &rep) != REDIS_OK || rep == NULL) {
       drop(r); /* reconnected below */
       break;
     }
@@ -741,7 +1115,7 @@ static int read_replies(lmp_broker_t *b, rconn *r, redisReply **reps, int n, con
 {
   for (int i = 0; i < n; i++) {
     void *rep = NULL;
-    if (redisGetReply(r->c, &rep) != REDIS_OK || rep == NULL) {
+    if (rc_get_reply(r, &rep) != REDIS_OK || rep == NULL) {
       for (int k = 0; k < i; k++)
         freeReplyObject(reps[k]);
       return io_error(b, r, what);
@@ -756,7 +1130,7 @@ static int send_all(lmp_broker_t *b, rconn *r, const char *what)
 {
   int done = 0;
   while (!done)
-    if (redisBufferWrite(r->c, &done) != REDIS_OK)
+    if (rc_buffer_write(r, &done) != REDIS_OK)
       return io_error(b, r, what);
   return 0;
 }
@@ -783,6 +1157,7 @@ static int open_redis(lmp_broker_t *b)
     goto err;
   return 0;
 err:
+  SSL_CTX_free(r->tls);
   free(r->user);
   free(r->pass);
   free(r->seeds);
@@ -808,6 +1183,7 @@ static void close_redis(lmp_broker_t *b)
   free(r->puts);
   free(r->putlen);
   free(r->putdue);
+  SSL_CTX_free(r->tls);
   free(r->user);
   free(r->pass);
   free(r->seeds);
@@ -854,7 +1230,7 @@ static int replicate_redis(lmp_broker_t *b, int replicas, int64_t timeout_ms)
     return lmp__broker_fail(b, -ECONNRESET,
                             "the connection to the broker was lost after the writes: a replica "
                             "may not have them");
-  redisReply *rep = redisCommand(r->c, "WAIT %d %lld", replicas, (long long)timeout_ms);
+  redisReply *rep = rc_command(r, "WAIT %d %lld", replicas, (long long)timeout_ms);
   if (rep == NULL)
     return io_error(b, r, "WAIT");
   if (rep->type != REDIS_REPLY_INTEGER)
@@ -1007,7 +1383,7 @@ static int read_puts(lmp_broker_t *b, rconn *r, int n)
   int bad = 0;
   for (int i = 0; i < n; i++) {
     void *rep = NULL;
-    if (redisGetReply(r->c, &rep) != REDIS_OK || rep == NULL)
+    if (rc_get_reply(r, &rep) != REDIS_OK || rep == NULL)
       return io_error(b, r, "XADD");
     redisReply *x = rep;
     if (x->type == REDIS_REPLY_ERROR && !bad)
@@ -1215,7 +1591,7 @@ static int settle_redis(lmp_broker_t *b, const char *caller, uint64_t lo, int fi
   }
   for (int i = 0; i < n; i++) {
     void *rep = NULL;
-    if (redisGetReply(r->c, &rep) != REDIS_OK || rep == NULL)
+    if (rc_get_reply(r, &rep) != REDIS_OK || rep == NULL)
       return io_error(b, r, "settling");
     redisReply *x = rep;
     if (x->type == REDIS_REPLY_ERROR && rc == 0)
@@ -1235,8 +1611,8 @@ static int settle_redis(lmp_broker_t *b, const char *caller, uint64_t lo, int fi
  * index `from` on (their deliveries gain the stream's count). */
 static int own_counts(lmp_broker_t *b, rconn *r, lmp_broker_batch_t *out, int from)
 {
-  redisReply *rep = redisCommand(r->c, "XPENDING %s " GROUP " - + %d %s", r->kstream,
-                                 out->n - from + 16, b->consumer);
+  redisReply *rep =
+      rc_command(r, "XPENDING %s " GROUP " - + %d %s", r->kstream, out->n - from + 16, b->consumer);
   if (rep == NULL)
     return io_error(b, r, "XPENDING");
   if (rep->type != REDIS_REPLY_ARRAY)
@@ -1356,13 +1732,13 @@ static int next_reply(lmp_broker_t *b, rconn *r, int wait, redisReply **out)
   if (redisGetReplyFromReader(r->c, &rep) != REDIS_OK)
     return io_error(b, r, "XREADGROUP");
   if (rep == NULL && wait) {
-    if (redisGetReply(r->c, &rep) != REDIS_OK || rep == NULL)
+    if (rc_get_reply(r, &rep) != REDIS_OK || rep == NULL)
       return io_error(b, r, "XREADGROUP");
   } else if (rep == NULL) {
     struct pollfd pfd = {r->c->fd, POLLIN, 0};
     if (poll(&pfd, 1, 0) <= 0)
       return 0;
-    if (redisBufferRead(r->c) != REDIS_OK || redisGetReplyFromReader(r->c, &rep) != REDIS_OK)
+    if (rc_buffer_read(r) != REDIS_OK || redisGetReplyFromReader(r->c, &rep) != REDIS_OK)
       return io_error(b, r, "XREADGROUP");
     if (rep == NULL)
       return 0;
@@ -1375,8 +1751,8 @@ static int next_reply(lmp_broker_t *b, rconn *r, int wait, redisReply **out)
  * whose replies the broken connection swallowed), into r->stash. */
 static int take_own(lmp_broker_t *b, rconn *r, int max)
 {
-  redisReply *rep = redisCommand(r->c, "XREADGROUP GROUP " GROUP " %s COUNT %d STREAMS %s 0",
-                                 b->consumer, max, r->kstream);
+  redisReply *rep = rc_command(r, "XREADGROUP GROUP " GROUP " %s COUNT %d STREAMS %s 0",
+                               b->consumer, max, r->kstream);
   if (rep == NULL)
     return io_error(b, r, "XREADGROUP");
   if (rep->type == REDIS_REPLY_ERROR)
@@ -1643,7 +2019,7 @@ static int transact(lmp_broker_t *b, builder build, const void *arg, const char 
     int total = n + 2, bad = 0;
     for (int i = 0; i < total; i++) {
       void *rep = NULL;
-      if (redisGetReply(r->c, &rep) != REDIS_OK || rep == NULL) {
+      if (rc_get_reply(r, &rep) != REDIS_OK || rep == NULL) {
         bad = -1;
         break;
       }
@@ -1801,7 +2177,7 @@ static int renew_redis(lmp_broker_t *b, const char *const *ids, int n)
   for (int i = 0; i < n; i++)
     argv_push(&a, ids[i]);
   argv_push(&a, "JUSTID");
-  redisReply *rep = redisCommandArgv(r->c, a.n, a.v, a.len);
+  redisReply *rep = rc_command_argv(r, a.n, a.v, a.len);
   argv_free(&a);
   if (rep == NULL)
     return io_error(b, r, "XCLAIM");
@@ -1841,7 +2217,7 @@ static int promote_redis(lmp_broker_t *b, int max)
     return rc;
   snprintf(count, sizeof count, "%d", max);
   redisReply *rep =
-      redisCommand(r->c, "EVAL %s 2 %s %s %s", PROMOTE_SCRIPT, r->kstream, r->kdelayed, count);
+      rc_command(r, "EVAL %s 2 %s %s %s", PROMOTE_SCRIPT, r->kstream, r->kdelayed, count);
   if (rep == NULL)
     return io_error(b, r, "promoting held tasks");
   if (rep->type != REDIS_REPLY_INTEGER)
@@ -1855,14 +2231,14 @@ static int promote_redis(lmp_broker_t *b, int max)
  * -1 refused (an ACL without the command: stop trying). */
 static int drop_consumer(rconn *r, const char *name)
 {
-  redisReply *rep = redisCommand(r->c, "XPENDING %s " GROUP " - + 1 %s", r->kstream, name);
+  redisReply *rep = rc_command(r, "XPENDING %s " GROUP " - + 1 %s", r->kstream, name);
   int empty = rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 0;
   int refused = rep && rep->type == REDIS_REPLY_ERROR;
   if (rep)
     freeReplyObject(rep);
   if (!empty)
     return refused ? -1 : 0;
-  rep = redisCommand(r->c, "XGROUP DELCONSUMER %s " GROUP " %s", r->kstream, name);
+  rep = rc_command(r, "XGROUP DELCONSUMER %s " GROUP " %s", r->kstream, name);
   int rc = rep == NULL ? 0 : rep->type == REDIS_REPLY_ERROR ? -1 : 1;
   if (rep)
     freeReplyObject(rep);
@@ -1888,7 +2264,7 @@ static void drop_vanished(lmp_broker_t *b, rconn *r, int64_t vt_ms)
     return;
   r->next_sweep = now + SWEEP_EVERY_MS;
   int64_t idle_min = 4 * vt_ms > SWEEP_IDLE_MS ? 4 * vt_ms : SWEEP_IDLE_MS;
-  redisReply *rep = redisCommand(r->c, "XINFO CONSUMERS %s " GROUP, r->kstream);
+  redisReply *rep = rc_command(r, "XINFO CONSUMERS %s " GROUP, r->kstream);
   if (rep == NULL || rep->type != REDIS_REPLY_ARRAY) {
     if (rep && rep->type == REDIS_REPLY_ERROR)
       r->next_sweep = -1;
@@ -1923,8 +2299,8 @@ static int reclaim_redis(lmp_broker_t *b, int64_t idle_ms, int max, lmp_broker_b
   drop_vanished(b, r, idle_ms);
   if (r->c == NULL || r->c->err)
     return io_error(b, r, "XINFO");
-  redisReply *rep = redisCommand(r->c, "XPENDING %s " GROUP " IDLE %lld - + %d", r->kstream,
-                                 (long long)idle_ms, max > 0 ? max : 1);
+  redisReply *rep = rc_command(r, "XPENDING %s " GROUP " IDLE %lld - + %d", r->kstream,
+                               (long long)idle_ms, max > 0 ? max : 1);
   if (rep == NULL)
     return io_error(b, r, "XPENDING");
   if (rep->type != REDIS_REPLY_ARRAY)
@@ -1954,7 +2330,7 @@ static int reclaim_redis(lmp_broker_t *b, int64_t idle_ms, int max, lmp_broker_b
     argv_push(&a, e->element[0]->str);
     counts[k++] = (uint32_t)e->element[3]->integer;
   }
-  redisReply *cl = k ? redisCommandArgv(r->c, a.n, a.v, a.len) : NULL;
+  redisReply *cl = k ? rc_command_argv(r, a.n, a.v, a.len) : NULL;
   int got = 0;
   if (k && cl == NULL) {
     got = io_error(b, r, "XCLAIM");
@@ -1989,7 +2365,7 @@ static int set_visibility_redis(lmp_broker_t *b, int64_t ms)
     return rc;
   if (cur > 0 && cur < ms)
     ms = cur;
-  redisReply *rep = redisCommand(r->c, "SET %s:vt %lld PX 86400000", r->kstream, (long long)ms);
+  redisReply *rep = rc_command(r, "SET %s:vt %lld PX 86400000", r->kstream, (long long)ms);
   if (rep == NULL)
     return io_error(b, r, "SET");
   if (rep->type == REDIS_REPLY_ERROR)
@@ -2004,7 +2380,7 @@ static int get_visibility_redis(lmp_broker_t *b, int64_t *ms)
   int rc = ensure(b, r, b->patience_ms);
   if (rc < 0)
     return rc;
-  redisReply *rep = redisCommand(r->c, "GET %s:vt", r->kstream);
+  redisReply *rep = rc_command(r, "GET %s:vt", r->kstream);
   if (rep == NULL)
     return io_error(b, r, "GET");
   if (rep->type == REDIS_REPLY_ERROR)
@@ -2095,7 +2471,7 @@ static int workers_redis(lmp_broker_t *b, lmp_broker_batch_t *out)
   int n = 0;
   for (size_t i = 0; i < names->elements; i++) {
     void *x = NULL;
-    if (redisGetReply(r->c, &x) != REDIS_OK || x == NULL) {
+    if (rc_get_reply(r, &x) != REDIS_OK || x == NULL) {
       freeReplyObject(names);
       return io_error(b, r, "HMGET");
     }
@@ -2225,6 +2601,7 @@ static int notify_fd_redis(lmp_broker_t *b, const char *caller)
   n->w.cluster = r->cluster;
   n->w.seeds = r->seeds;
   n->w.sent = r->sent;
+  n->w.tls = r->tls;
   snprintf(n->w.kstream, sizeof n->w.kstream, "%s", r->kstream);
   snprintf(n->key, sizeof n->key, "%s:c:%s", r->kstream, caller);
   r->wake = n;
@@ -2246,7 +2623,7 @@ static int notify_reset_redis(lmp_broker_t *b)
     if (poll(&pfd, 1, 0) <= 0)
       return 0; /* still parked: nothing came */
     void *rep = NULL;
-    if (redisBufferRead(n->w.c) != REDIS_OK || redisGetReplyFromReader(n->w.c, &rep) != REDIS_OK) {
+    if (rc_buffer_read(&n->w) != REDIS_OK || redisGetReplyFromReader(n->w.c, &rep) != REDIS_OK) {
       drop(&n->w); /* closing the socket takes it out of the epoll set */
     } else if (rep == NULL) {
       return 0; /* part of the reply */
@@ -2269,7 +2646,7 @@ static int notify_reset_redis(lmp_broker_t *b)
 }
 
 const lmp__broker_engine_t lmp__broker_redis = {
-    .schemes = "redis redis+cluster redis+sentinel",
+    .schemes = "redis rediss redis+cluster redis+sentinel",
     .open = open_redis,
     .close = close_redis,
     .fileno = fileno_redis,

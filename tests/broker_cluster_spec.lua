@@ -75,7 +75,7 @@ describe_redis("lmp.Pool on a Redis Cluster", function()
   setup(function()
     local addrs = {}
     for i = 1, 3 do
-      nodes[i] = harness.server("--appendonly no", true)
+      nodes[i] = harness.server("--appendonly no", {cluster = true})
       addrs[i] = "127.0.0.1:" .. nodes[i].port
     end
     local out = sh("redis-cli --cluster create " .. table.concat(addrs, " ") .. " --cluster-yes 2>&1")

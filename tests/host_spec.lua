@@ -91,13 +91,15 @@ describe("make install", function()
   end)
 
   -- The broker is a library of its own: liblmp needs neither hiredis nor
-  -- libcrypto, and liblmp-broker asks for liblmp.
+  -- libssl nor libcrypto, and liblmp-broker asks for liblmp.
   it("links the broker's libraries into liblmp-broker.so only", function()
     local runtime = sh("readelf -d " .. prefix .. "/lib/liblmp.so")
     assert.is_nil(runtime:match("NEEDED[^\n]*hiredis"), runtime)
     assert.is_nil(runtime:match("NEEDED[^\n]*libcrypto"), runtime)
+    assert.is_nil(runtime:match("NEEDED[^\n]*libssl"), runtime)
     local broker = sh("readelf -d " .. prefix .. "/lib/liblmp-broker.so")
     assert.matches("NEEDED[^\n]*%[liblmp%.so%.0%]", broker)
+    assert.matches("NEEDED[^\n]*%[libssl%.so", broker)
     assert.matches("NEEDED[^\n]*hiredis", broker)
   end)
 
@@ -154,11 +156,12 @@ describe("make install", function()
     out, code = sh(exe)
     assert.are.equal(0, code, out)
     assert.matches("sum of squares 1..100 = 338350", out, 1, true)
-    -- A program that does not use the broker loads neither hiredis nor libcrypto.
+    -- A program that does not use the broker loads neither hiredis nor libssl nor libcrypto.
     out = sh("ldd " .. exe)
     assert.matches("liblmp%.so%.0 => " .. prefix, out)
     assert.is_nil(out:match("hiredis"), out)
     assert.is_nil(out:match("libcrypto"), out)
+    assert.is_nil(out:match("libssl"), out)
   end)
 
   it("builds a broker C program with pkg-config lmp-broker", function()

@@ -7,6 +7,9 @@
 --   local redis = dofile("tests/redis.lua")
 --   local srv = redis.server()            -- started, or error with its log
 --   srv:url(db), srv:cli("PING"), srv:stop(), srv:start(), srv:close(), srv:kill()
+--   redis.server(args, {cluster = true})  -- a Redis Cluster node, not yet joined
+--   redis.server(args, {ca =, cert =, key =}) -- TLS only, on srv.port (its
+--                                         -- files; redis-cli shows cert too)
 --   local sen = redis.sentinel(srv.port, "mymaster") -- a sentinel of srv, quorum 2
 --   local pid, log = redis.worker{url =, queue =, secret =, processes =,
 --                                 args = {...}, command =, env =, limits =}
@@ -32,7 +35,10 @@ local function readfile(path)
   return s
 end
 
-local function ping(port) return sh("redis-cli -p " .. port .. " ping 2>&1"):match("PONG") ~= nil end
+-- tls: redis-cli's words for a TLS server, or nil
+local function ping(port, tls)
+  return sh("redis-cli -p " .. port .. (tls or "") .. " ping 2>&1"):match("PONG") ~= nil
+end
 
 -- A port nobody listens on, from a random start; with cluster, one below
 -- the ephemeral range (32768 on), where no connection of this run holds
@@ -61,22 +67,28 @@ function Server:start()
     return false
   end
   -- "-::1": the IPv6 loopback too, where the machine has one
-  local cmd = string.format("redis-server --port %d --bind '127.0.0.1 -::1' --save '' --appendonly yes "
+  local port = "--port " .. self.port
+  if self.tls then
+    port = string.format("--port 0 --tls-port %d --tls-cert-file %s --tls-key-file %s --tls-ca-cert-file %s "
+                         .. "--tls-auth-clients optional", self.port, shq(self.tls.cert), shq(self.tls.key),
+                         shq(self.tls.ca))
+  end
+  local cmd = string.format("redis-server %s --bind '127.0.0.1 -::1' --save '' --appendonly yes "
                             .. "--appendfsync always --dir %s --daemonize yes --pidfile %s/redis.pid "
-                            .. "--logfile %s/redis.log %s", self.port, self.dir, self.dir, self.dir,
+                            .. "--logfile %s/redis.log %s", port, self.dir, self.dir, self.dir,
                             self.args or "")
   sh(cmd)
   for _ = 1, 200 do
-    if ping(self.port) then return true end
+    if ping(self.port, self.tlscli) then return true end
     lmp.sleep(0.05)
   end
   return false
 end
 
 function Server:stop()
-  sh("redis-cli -p " .. self.port .. " shutdown 2>&1")
+  sh("redis-cli -p " .. self.port .. (self.tlscli or "") .. " shutdown 2>&1")
   for _ = 1, 100 do
-    if not ping(self.port) then return end
+    if not ping(self.port, self.tlscli) then return end
     lmp.sleep(0.05)
   end
 end
@@ -91,9 +103,12 @@ function Server:kill()
   end
 end
 
-function Server:cli(args) return sh("redis-cli -p " .. self.port .. " " .. args) end
+function Server:cli(args) return sh("redis-cli -p " .. self.port .. (self.tlscli or "") .. " " .. args) end
 
-function Server:url(db) return "redis://127.0.0.1:" .. self.port .. "/" .. (db or 0) end
+function Server:url(db)
+  if self.tls then return "rediss://127.0.0.1:" .. self.port .. "/" .. (db or 0) .. "?ca=" .. self.tls.ca end
+  return "redis://127.0.0.1:" .. self.port .. "/" .. (db or 0)
+end
 
 function Server:log() return readfile(self.dir .. "/redis.log") end
 
@@ -105,10 +120,16 @@ end
 local servers, workers, logs = {}, {}, {}
 
 -- A started server (extra redis-server words in args), or an error; with
--- cluster, a Redis Cluster node (not yet joined to others).
-function M.server(args, cluster)
+-- opts: cluster, a Redis Cluster node (not yet joined to others); or
+-- ca, cert and key (PEM files): it listens for TLS alone.
+function M.server(args, opts)
+  opts = opts or {}
+  local cluster, tls = opts.cluster, opts.ca and opts
   if cluster then args = "--cluster-enabled yes --cluster-config-file nodes.conf " .. (args or "") end
-  local s = setmetatable({dir = sh("mktemp -d"):match("%S+"), args = args}, Server)
+  local s = setmetatable({dir = sh("mktemp -d"):match("%S+"), args = args, tls = tls}, Server)
+  if tls then
+    s.tlscli = string.format(" --tls --cacert %s --cert %s --key %s", shq(tls.ca), shq(tls.cert), shq(tls.key))
+  end
   for _ = 1, 3 do -- another program may take the port first
     s.port = M.free_port(cluster)
     if s:start() then

@@ -52,7 +52,8 @@ usage: lmp worker [URL] [--queue NAME] [--processes N] [options]
                          (following the sentinels' master), or
                          redis+cluster://host:port,host:port/; without it,
                          the first line of --url-file, or LMP_BROKER_URL
-                         (a password given here is hidden from ps)
+                         (a password given here is hidden from ps);
+                         rediss://...db?ca=PATH[&cert=PATH&key=PATH] for TLS
   --url-file PATH        read the URL from the first line of PATH
   --queue NAME           queue to serve (default "default")
   --processes N          local pool size (default: number of CPUs)
