@@ -120,6 +120,7 @@ typedef struct rconn {
   unsigned levels;       /* levels > 0 in use, as the last take saw them (bit p) */
   int extended;          /* the last take saw levels or a rate limit: the waiter only waits */
   int tpeek;             /* the waiter in flight is such a one */
+  int tgot;              /* the last take brought tasks: the next one does not wait */
   char plast[LMP_BROKER_PRIORITIES][48]; /* each level's last delivered id */
   int64_t hold_until;                    /* monotonic ns: the bucket has no token before this */
 } rconn;
@@ -1227,7 +1228,9 @@ static int take_send_redis(lmp_broker_t *b, int max, int64_t block_ms)
     block_ms = MAX_BLOCK_MS;
   /* The waiter: one entry, handed to this consumer alone (no other
    * waiting worker wakes for it), checked by the script that follows. */
-  r->twake = block_ms > 0 && r->tlast[0];
+  /* a take right after one that brought tasks finds more, or finds the
+   * queue's levels (a waiter that takes would take from level 0 alone) */
+  r->twake = block_ms > 0 && r->tlast[0] && !r->tgot;
   r->tpeek = r->twake && (r->extended || b->rate > 0);
   if (r->tpeek)
     append_wait(r, block_ms);
@@ -1361,6 +1364,7 @@ static int take_reply(lmp_broker_t *b, rconn *r, lmp_broker_batch_t *out, int wa
     }
     lmp_broker_batch_clear(&r->waited);
     freeReplyObject(rep);
+    r->tgot = n > 0;
     return n;
   }
   return 0;
