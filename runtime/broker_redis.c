@@ -120,7 +120,6 @@ typedef struct rconn {
   unsigned levels;       /* levels > 0 in use, as the last take saw them (bit p) */
   int extended;          /* the last take saw levels or a rate limit: the waiter only waits */
   int tpeek;             /* the waiter in flight is such a one */
-  int tgot;              /* the last take brought tasks: the next one does not wait */
   char plast[LMP_BROKER_PRIORITIES][48]; /* each level's last delivered id */
   int64_t hold_until;                    /* monotonic ns: the bucket has no token before this */
 } rconn;
@@ -966,7 +965,9 @@ static int own_counts(lmp_broker_t *b, rconn *r, lmp_broker_batch_t *out, int fr
  * unchecked: a forged header can only get its own entry dropped or
  * delivered, and a delivered one is verified by the worker.  A replay is
  * acknowledged and deleted.  The levels in use are read from the highest
- * down, at most the bucket's tokens in all.  Returns the group's last
+ * down, at most the bucket's tokens in all; when the waiter (which knew of
+ * no levels) took from level 0 while there were levels, as many more, to
+ * be delivered ahead of its entry.  Returns the group's last
  * delivered id (for a queue with levels or a rate limit: {that id, ms until
  * the next token or 0, then each level and its stream's last delivered
  * id}), the ids of the waiter's entries dropped as replays, then the
@@ -1017,11 +1018,12 @@ static const char TAKE_SCRIPT[] =
     "  end\n"
     "  return '0-0'\n"
     "end\n"
-    "local dropped = {}\n"
+    "local dropped, waited = {}, 0\n"
     "if ARGV[5] ~= '' then\n"
     "  for _, p in ipairs(redis.call('XPENDING', KEYS[1], g, '(' .. ARGV[5], '+', 16, ARGV[2])) do\n"
     "    local e = p[4] == 1 and redis.call('XRANGE', KEYS[1], p[1], p[1])[1]\n"
-    "    if e and not fresh(KEYS[1], e) then dropped[#dropped + 1] = p[1] end\n"
+    "    if e and fresh(KEYS[1], e) then waited = waited + 1\n"
+    "    elseif e then dropped[#dropped + 1] = p[1] end\n"
     "  end\n"
     "end\n"
     "local levels = {}\n"
@@ -1032,6 +1034,7 @@ static const char TAKE_SCRIPT[] =
     "table.sort(levels, function(a, b) return a > b end)\n"
     "levels[#levels + 1] = 0\n"
     "local want, rate, burst, tokens, now = tonumber(ARGV[3]), tonumber(ARGV[6]), tonumber(ARGV[7])\n"
+    "if #levels > 1 then want = want + waited end\n"
     "if rate then\n"
     "  local t = redis.call('TIME')\n"
     "  now = t[1] * 1000 + t[2] / 1000\n"
@@ -1228,9 +1231,7 @@ static int take_send_redis(lmp_broker_t *b, int max, int64_t block_ms)
     block_ms = MAX_BLOCK_MS;
   /* The waiter: one entry, handed to this consumer alone (no other
    * waiting worker wakes for it), checked by the script that follows. */
-  /* a take right after one that brought tasks finds more, or finds the
-   * queue's levels (a waiter that takes would take from level 0 alone) */
-  r->twake = block_ms > 0 && r->tlast[0] && !r->tgot;
+  r->twake = block_ms > 0 && r->tlast[0];
   r->tpeek = r->twake && (r->extended || b->rate > 0);
   if (r->tpeek)
     append_wait(r, block_ms);
@@ -1272,6 +1273,30 @@ static int move_entries(lmp_broker_batch_t *from, const redisReply *skip, lmp_br
     n++;
   }
   lmp_broker_batch_clear(from);
+  return n;
+}
+
+/* The entries of the take script's reply of levels above 0 (above) or of
+ * level 0 (!above) into out, their ids tagged with their level; the count,
+ * or -errno. */
+static int add_levels(lmp_broker_t *b, redisReply *rep, lmp_broker_batch_t *out, int above)
+{
+  int n = 0;
+  for (size_t i = 2; i < rep->elements; i++) {
+    redisReply *e = rep->element[i];
+    int level = e->type == REDIS_REPLY_ARRAY && e->elements >= 3 &&
+                        e->element[2]->type == REDIS_REPLY_INTEGER
+                    ? (int)e->element[2]->integer
+                    : 0;
+    if ((level > 0) != above)
+      continue;
+    int k = add_entry(out, e, 1);
+    if (k < 0)
+      return lmp__broker_fail(b, k, "unexpected stream entry in the reply");
+    if (k == 0)
+      tag_level(&out->msg[out->n - 1], level);
+    n += k == 0;
+  }
   return n;
 }
 
@@ -1353,18 +1378,15 @@ static int take_reply(lmp_broker_t *b, rconn *r, lmp_broker_batch_t *out, int wa
     if (rep->type == REDIS_REPLY_ARRAY && rep->elements >= 2) {
       redisReply *last = rep->element[0], *dropped = rep->element[1];
       take_info(r, last);
-      n = move_entries(&r->waited, dropped, out);
-      for (size_t i = 2; i < rep->elements && n >= 0; i++) {
-        redisReply *e = rep->element[i];
-        int k = add_entry(out, e, 1);
-        n = k < 0 ? lmp__broker_fail(b, k, "unexpected stream entry in the reply") : n + (k == 0);
-        if (k == 0 && e->elements >= 3 && e->element[2]->type == REDIS_REPLY_INTEGER)
-          tag_level(&out->msg[out->n - 1], (int)e->element[2]->integer);
-      }
+      /* the levels above 0 first, then the waiter's entry, then level 0 */
+      n = add_levels(b, rep, out, 1);
+      int w = move_entries(&r->waited, dropped, out);
+      n = n < 0 ? n : w < 0 ? w : n + w;
+      int z = n < 0 ? 0 : add_levels(b, rep, out, 0);
+      n = n < 0 ? n : z < 0 ? z : n + z;
     }
     lmp_broker_batch_clear(&r->waited);
     freeReplyObject(rep);
-    r->tgot = n > 0;
     return n;
   }
   return 0;

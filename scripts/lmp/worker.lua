@@ -63,7 +63,7 @@ usage: lmp worker [URL] [--queue NAME] [--processes N] [options]
   --max-age S            refuse tasks signed longer ago (default 86400)
   --task-timeout S       kill a task running longer (kind "timeout")
   --rate-limit N/s       start at most N tasks a second (or N/m, N/h) across
-                         all the queue's workers (give every worker the same)
+                         all the queue's workers (give each the same rate)
   --secret-file PATH     the shared secret (default: LMP_SECRET)
 By default a worker holds, besides a task for each free process, about 20 ms
 of work at the rate its tasks finish (at most 256 per process): tiny tasks
