@@ -1196,8 +1196,8 @@ static void append_take(lmp_broker_t *b, rconn *r, const char *count, const char
     snprintf(burst, sizeof burst, "%.17g", b->burst);
   }
   /* 12 keys: the stream, the levels, the bucket, the streams of levels 1..9 */
-  const char *argv[3 + 3 + (LMP_BROKER_PRIORITIES - 1) + 7] = {
-      "EVAL", TAKE_SCRIPT, "12", r->kstream, r->kprios, r->krate};
+  const char *argv[3 + 3 + (LMP_BROKER_PRIORITIES - 1) + 7] = {"EVAL",     TAKE_SCRIPT, "12",
+                                                               r->kstream, r->kprios,   r->krate};
   size_t lens[sizeof argv / sizeof *argv];
   int n = 6;
   for (int p = 1; p < LMP_BROKER_PRIORITIES; p++)
