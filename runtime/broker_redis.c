@@ -423,8 +423,9 @@ static int send_all(lmp_broker_t *b, rconn *r, const char *what)
  * through the same group; priority 0 stays in the queue's stream, so a queue
  * whose producers never give a priority works as it always did.  A producer
  * announces a level before its first task there: the group is made and the
- * level added to the set <stream>:prios.  The take script reads the set and
- * the streams from the highest level down in one atomic step, so a take
+ * level added to the hash <stream>:prios (a field a level).  The take
+ * script reads the hash and the streams from the highest level down in one
+ * atomic step, so a take
  * never hands out a task while one of a higher level waits.  Such a queue's
  * waiter cannot be an XREADGROUP (over several streams it would take an
  * entry from each): it is an XREAD from each level's last delivered id,
@@ -475,17 +476,15 @@ static void tag_level(lmp_broker_msg_t *m, int level)
 /* The levels > 0 the queue's producers announced (bit p), or -errno. */
 static int known_levels(lmp_broker_t *b, rconn *r)
 {
-  redisReply *rep = redisCommand(r->c, "SMEMBERS %s", r->kprios);
+  redisReply *rep = redisCommand(r->c, "HMGET %s 1 2 3 4 5 6 7 8 9", r->kprios);
   if (rep == NULL)
-    return io_error(b, r, "SMEMBERS");
+    return io_error(b, r, "HMGET");
   if (rep->type != REDIS_REPLY_ARRAY)
-    return reply_error(b, rep, "SMEMBERS");
+    return reply_error(b, rep, "HMGET");
   int levels = 0;
-  for (size_t i = 0; i < rep->elements; i++) {
-    int p = rep->element[i]->type == REDIS_REPLY_STRING ? atoi(rep->element[i]->str) : 0;
-    if (p > 0 && p < LMP_BROKER_PRIORITIES)
-      levels |= 1 << p;
-  }
+  for (size_t i = 0; i < rep->elements && i + 1 < LMP_BROKER_PRIORITIES; i++)
+    if (rep->element[i]->type == REDIS_REPLY_STRING)
+      levels |= 1 << (i + 1);
   freeReplyObject(rep);
   return levels;
 }
@@ -502,7 +501,7 @@ static int append_announce(rconn *r)
       continue;
     r->announced |= 1u << p;
     redisAppendCommand(r->c, "XGROUP CREATE %s " GROUP " 0 MKSTREAM", r->klevel[p]);
-    redisAppendCommand(r->c, "SADD %s %d", r->kprios, p);
+    redisAppendCommand(r->c, "HSET %s %d 1", r->kprios, p);
     n += 2;
   }
   return n;
@@ -1027,11 +1026,10 @@ static const char TAKE_SCRIPT[] =
     "  end\n"
     "end\n"
     "local levels = {}\n"
-    "for _, p in ipairs(redis.call('SMEMBERS', KEYS[2])) do\n"
-    "  p = tonumber(p)\n"
-    "  if p and p >= 1 and p <= 9 then levels[#levels + 1] = p end\n"
+    "local hs = redis.call('HMGET', KEYS[2], '1', '2', '3', '4', '5', '6', '7', '8', '9')\n"
+    "for p = 9, 1, -1 do\n"
+    "  if hs[p] then levels[#levels + 1] = p end\n"
     "end\n"
-    "table.sort(levels, function(a, b) return a > b end)\n"
     "levels[#levels + 1] = 0\n"
     "local want, rate, burst, tokens, now = tonumber(ARGV[3]), tonumber(ARGV[6]), tonumber(ARGV[7])\n"
     "if #levels > 1 then want = want + waited end\n"
