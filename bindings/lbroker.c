@@ -143,21 +143,21 @@ static int conn_notify_reset(lua_State *L)
   return ok_or_fail(L, c, lmp_broker_notify_reset(c->b));
 }
 
-/* conn:put(msg [, countdown [, eta]]): held countdown seconds from now, or
- * until eta (seconds since the epoch), when either is given */
+/* conn:put(msg [, countdown [, eta [, priority]]]): held countdown seconds
+ * from now, or until eta (seconds since the epoch), when either is given;
+ * at priority 0..9 (default 0) */
 static int conn_put(lua_State *L)
 {
   lconn *c = checkconn(L);
   size_t n;
   const char *s = luaL_checklstring(L, 2, &n);
+  int64_t due = 0;
+  int prio = (int)luaL_optinteger(L, 5, 0);
   if (!lua_isnoneornil(L, 4))
-    return ok_or_fail(L, c,
-                      lmp_broker_put_at(c->b, s, n, (int64_t)(luaL_checknumber(L, 4) * 1000)));
-  if (!lua_isnoneornil(L, 3))
-    return ok_or_fail(
-        L, c,
-        lmp_broker_put_at(c->b, s, n, lmp__wall_ms() + (int64_t)(luaL_checknumber(L, 3) * 1000)));
-  return ok_or_fail(L, c, lmp_broker_put(c->b, s, n));
+    due = (int64_t)(luaL_checknumber(L, 4) * 1000);
+  else if (!lua_isnoneornil(L, 3))
+    due = lmp__wall_ms() + (int64_t)(luaL_checknumber(L, 3) * 1000);
+  return ok_or_fail(L, c, lmp_broker_put_priority(c->b, s, n, due, prio));
 }
 
 /* conn:promote(max) -> how many held tasks were due and are now queued */
@@ -266,6 +266,14 @@ static int conn_take_cancel(lua_State *L)
 {
   lmp_broker_take_cancel(checkconn(L)->b);
   return 0;
+}
+
+/* conn:rate_limit(per_s): cap this connection's takes by the queue's token
+ * bucket (0: no cap) */
+static int conn_rate_limit(lua_State *L)
+{
+  lconn *c = checkconn(L);
+  return ok_or_fail(L, c, lmp_broker_set_rate_limit(c->b, luaL_checknumber(L, 2), 0));
 }
 
 /* conn:patience(seconds): how long an operation reconnects before failing */
@@ -652,6 +660,7 @@ static const luaL_Reg conn_methods[] = {
     {"take_recv", conn_take_recv},
     {"take_cancel", conn_take_cancel},
     {"patience", conn_patience},
+    {"rate_limit", conn_rate_limit},
     {"state", conn_state},
     {"replicate", conn_replicate},
     {"server", conn_server},

@@ -326,7 +326,25 @@ int lmp_broker_put(lmp_broker_t *b, const void *msg, size_t len)
 
 int lmp_broker_put_at(lmp_broker_t *b, const void *msg, size_t len, int64_t due_ms)
 {
-  GUARDED(b->e->put(b, msg, len, due_ms > lmp__wall_ms() ? due_ms : 0));
+  return lmp_broker_put_priority(b, msg, len, due_ms, 0);
+}
+
+int lmp_broker_put_priority(lmp_broker_t *b, const void *msg, size_t len, int64_t due_ms,
+                            int priority)
+{
+  if (priority < 0 || priority >= LMP_BROKER_PRIORITIES)
+    return lmp__broker_fail(b, -EINVAL, "priority %d is not in 0..%d", priority,
+                            LMP_BROKER_PRIORITIES - 1);
+  GUARDED(b->e->put(b, msg, len, due_ms > lmp__wall_ms() ? due_ms : 0, priority));
+}
+
+int lmp_broker_set_rate_limit(lmp_broker_t *b, double per_s, double burst)
+{
+  if (!(per_s >= 0) || per_s > 1e9 || !(burst < 1e12))
+    return lmp__broker_fail(b, -EINVAL, "bad rate limit %g/s", per_s);
+  b->rate = per_s / 1000;
+  b->burst = burst >= 1 ? burst : per_s / 10 > 1 ? per_s / 10 : 1;
+  return 0;
 }
 
 int lmp_broker_promote(lmp_broker_t *b, int max)

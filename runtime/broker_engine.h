@@ -19,7 +19,7 @@ typedef struct lmp__broker_engine {
   int (*open)(lmp_broker_t *b);
   void (*close)(lmp_broker_t *b);
   int (*fileno)(const lmp_broker_t *b);
-  int (*put)(lmp_broker_t *b, const void *msg, size_t len, int64_t due_ms);
+  int (*put)(lmp_broker_t *b, const void *msg, size_t len, int64_t due_ms, int priority);
   int (*promote)(lmp_broker_t *b, int max);
   int (*flush)(lmp_broker_t *b);
   int (*results)(lmp_broker_t *b, const char *caller, int max, int64_t deadline,
@@ -69,6 +69,7 @@ struct lmp_broker {
   char consumer[160];
   char err[256];
   int64_t patience_ms; /* reconnecting, before an operation fails */
+  double rate, burst;  /* takes per ms and the bucket's size (lmp_broker_set_rate_limit); 0: none */
   lmp__lease_t *lease;
 };
 

@@ -134,6 +134,15 @@ typedef struct rconn {
    * it) and this connection's session; NULL on redis:// */
   SSL_CTX *tls;
   SSL *ssl;
+  /* priorities and the rate limit (see "priorities" below) */
+  char klevel[LMP_BROKER_PRIORITIES][312], kprios[320], krate[320], khold[320];
+  unsigned char *putlvl; /* each put's priority */
+  unsigned announced;    /* levels this producer announced on this connection (bit p) */
+  unsigned levels;       /* levels > 0 in use, as the last take saw them (bit p) */
+  int extended;          /* the last take saw levels or a rate limit: the waiter only waits */
+  int tpeek;             /* the waiter in flight is such a one */
+  char plast[LMP_BROKER_PRIORITIES][48]; /* each level's last delivered id */
+  int64_t hold_until;                    /* monotonic ns: the bucket has no token before this */
 } rconn;
 
 /* A producer's descriptor for event loops (see notify_fd_redis). */
@@ -1058,6 +1067,7 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
   r->gen++;
   r->tdue = 0;
   r->tlast[0] = 0;
+  r->announced = 0;
   return 0;
 }
 
@@ -1135,6 +1145,96 @@ static int send_all(lmp_broker_t *b, rconn *r, const char *what)
   return 0;
 }
 
+/* === priorities ===
+ *
+ * A task of priority p > 0 goes to a stream of its own, <stream>:p<p>, read
+ * through the same group; priority 0 stays in the queue's stream, so a queue
+ * whose producers never give a priority works as it always did.  A producer
+ * announces a level before its first task there: the group is made and the
+ * level added to the hash <stream>:prios (a field a level).  The take
+ * script reads the hash and the streams from the highest level down in one
+ * atomic step, so a take
+ * never hands out a task while one of a higher level waits.  Such a queue's
+ * waiter cannot be an XREADGROUP (over several streams it would take an
+ * entry from each): it is an XREAD from each level's last delivered id,
+ * which takes nothing and returns as soon as any level has an entry
+ * undelivered, and the script behind it takes.  Every waiting consumer
+ * wakes for an entry then, and all but one find nothing: the price of
+ * priorities, paid only by queues that use them.  A delivery's id carries
+ * its level ("<p>:<entry id>") for complete, release, renew and bury.
+ *
+ * The rate limit is a token bucket, the hash <stream>:rate (tokens n at
+ * server time t), refilled and spent by the take script; a take finds at
+ * most the tokens there are, and the script says when the next is due.  A
+ * consumer held back waits that long at the server (an XREAD BLOCK on
+ * <stream>:hold, which nobody writes), so it neither spins nor takes late.
+ */
+
+static void level_keys(rconn *r)
+{
+  for (int p = 1; p < LMP_BROKER_PRIORITIES; p++)
+    snprintf(r->klevel[p], sizeof r->klevel[p], "%s:p%d", r->kstream, p);
+  snprintf(r->klevel[0], sizeof r->klevel[0], "%s", r->kstream);
+  snprintf(r->kprios, sizeof r->kprios, "%s:prios", r->kstream);
+  snprintf(r->krate, sizeof r->krate, "%s:rate", r->kstream);
+  snprintf(r->khold, sizeof r->khold, "%s:hold", r->kstream);
+}
+
+/* The level of a delivery's id, and the stream entry's id in it. */
+static int level_of(const char *id, const char **entry)
+{
+  if (id[0] >= '1' && id[0] <= '9' && id[1] == ':') {
+    *entry = id + 2;
+    return id[0] - '0';
+  }
+  *entry = id;
+  return 0;
+}
+
+static void tag_level(lmp_broker_msg_t *m, int level)
+{
+  size_t n = strlen(m->id);
+  if (level <= 0 || level >= LMP_BROKER_PRIORITIES || n + 2 >= sizeof m->id)
+    return; /* stream ids are far shorter */
+  memmove(m->id + 2, m->id, n + 1);
+  m->id[0] = (char)('0' + level);
+  m->id[1] = ':';
+}
+
+/* The levels > 0 the queue's producers announced (bit p), or -errno. */
+static int known_levels(lmp_broker_t *b, rconn *r)
+{
+  redisReply *rep = rc_command(r, "HMGET %s 1 2 3 4 5 6 7 8 9", r->kprios);
+  if (rep == NULL)
+    return io_error(b, r, "HMGET");
+  if (rep->type != REDIS_REPLY_ARRAY)
+    return reply_error(b, rep, "HMGET");
+  int levels = 0;
+  for (size_t i = 0; i < rep->elements && i + 1 < LMP_BROKER_PRIORITIES; i++)
+    if (rep->element[i]->type == REDIS_REPLY_STRING)
+      levels |= 1 << (i + 1);
+  freeReplyObject(rep);
+  return levels;
+}
+
+/* Announce the levels of the puts that this connection has not: the
+ * level's group (made with its stream), then the level in the set; the
+ * number of commands appended (a BUSYGROUP reply is no error). */
+static int append_announce(rconn *r)
+{
+  int n = 0;
+  for (int i = 0; i < r->nput; i++) {
+    int p = r->putlvl[i];
+    if (p == 0 || (r->announced & 1u << p))
+      continue;
+    r->announced |= 1u << p;
+    redisAppendCommand(r->c, "XGROUP CREATE %s " GROUP " 0 MKSTREAM", r->klevel[p]);
+    redisAppendCommand(r->c, "HSET %s %d 1", r->kprios, p);
+    n += 2;
+  }
+  return n;
+}
+
 static int open_redis(lmp_broker_t *b)
 {
   rconn *r = calloc(1, sizeof *r);
@@ -1152,6 +1252,7 @@ static int open_redis(lmp_broker_t *b)
   snprintf(r->kworkers, sizeof r->kworkers, "%s:workers", r->kstream);
   snprintf(r->kself, sizeof r->kself, "%s:w:%s", r->kstream, b->consumer);
   snprintf(r->kcount, sizeof r->kcount, "%s:c:%s:n", r->kstream, b->consumer);
+  level_keys(r);
   rc = ensure(b, r, b->cfg.connect_timeout);
   if (rc < 0)
     goto err;
@@ -1184,6 +1285,7 @@ static void close_redis(lmp_broker_t *b)
   free(r->putlen);
   free(r->putdue);
   SSL_CTX_free(r->tls);
+  free(r->putlvl);
   free(r->user);
   free(r->pass);
   free(r->seeds);
@@ -1319,7 +1421,7 @@ static int add_entries(lmp_broker_t *b, redisReply *list, lmp_broker_batch_t *ou
 
 /* === producer === */
 
-static int put_redis(lmp_broker_t *b, const void *msg, size_t len, int64_t due_ms)
+static int put_redis(lmp_broker_t *b, const void *msg, size_t len, int64_t due_ms, int priority)
 {
   rconn *r = b->conn;
   if (r->nput == r->capput) {
@@ -1336,12 +1438,24 @@ static int put_redis(lmp_broker_t *b, const void *msg, size_t len, int64_t due_m
     if (d == NULL)
       return -ENOMEM;
     r->putdue = d;
+    unsigned char *lv = realloc(r->putlvl, (size_t)cap);
+    if (lv == NULL)
+      return -ENOMEM;
+    r->putlvl = lv;
     r->capput = cap;
   }
-  char *copy = malloc(len ? len : 1);
+  /* a held task of a priority: its level in front, for the promote script */
+  size_t pre = due_ms > 0 && priority > 0 ? 3 : 0;
+  char *copy = malloc(len + pre + 1);
   if (copy == NULL)
     return -ENOMEM;
-  memcpy(copy, msg, len);
+  if (pre) {
+    memcpy(copy, "\377P", 2);
+    copy[2] = (char)('0' + priority);
+  }
+  memcpy(copy + pre, msg, len);
+  len += pre;
+  r->putlvl[r->nput] = (unsigned char)priority;
   r->puts[r->nput] = copy;
   r->putdue[r->nput] = due_ms;
   r->putlen[r->nput++] = len;
@@ -1357,6 +1471,7 @@ static int append_puts(rconn *r)
 {
   if (r->nput == 0)
     return 0;
+  int announced = append_announce(r);
   for (int i = 0; i < r->nput; i++) {
     if (r->putdue[i] > 0) { /* held: the member is the message itself, unique */
       char due[24];
@@ -1366,13 +1481,14 @@ static int append_puts(rconn *r)
       redisAppendCommandArgv(r->c, 4, argv, lens);
       continue;
     }
-    const char *argv[7] = {"XADD", r->kstream, "*", "m", r->puts[i], "d", "0"};
-    size_t lens[7] = {4, strlen(r->kstream), 1, 1, r->putlen[i], 1, 1};
+    const char *key = r->klevel[r->putlvl[i]];
+    const char *argv[7] = {"XADD", key, "*", "m", r->puts[i], "d", "0"};
+    size_t lens[7] = {4, strlen(key), 1, 1, r->putlen[i], 1, 1};
     redisAppendCommandArgv(r->c, 7, argv, lens);
   }
   redisAppendCommand(r->c, "INCRBY %s %d", r->kcount, r->nput);
   redisAppendCommand(r->c, "PEXPIRE %s %lld", r->kcount, DAY_MS);
-  return r->nput + 2;
+  return announced + r->nput + 2;
 }
 
 /* Read the n replies of append_puts: 0 (the puts are done with), -EPROTO
@@ -1386,7 +1502,7 @@ static int read_puts(lmp_broker_t *b, rconn *r, int n)
     if (rc_get_reply(r, &rep) != REDIS_OK || rep == NULL)
       return io_error(b, r, "XADD");
     redisReply *x = rep;
-    if (x->type == REDIS_REPLY_ERROR && !bad)
+    if (x->type == REDIS_REPLY_ERROR && !bad && strncmp(x->str, "BUSYGROUP", 9) != 0)
       bad = lmp__broker_fail(b, -EPROTO, "XADD: %s", x->str);
     freeReplyObject(rep);
   }
@@ -1631,24 +1747,32 @@ static int own_counts(lmp_broker_t *b, rconn *r, lmp_broker_batch_t *out, int fr
 
 /*
  * The take: new entries for this consumer, each task's replay record set
- * in the same step.  KEYS[1] the stream; ARGV: group, consumer, count, the
- * expiry of a record whose task has none (wall ms), and the group's last
- * delivered id before a waiting XREADGROUP that came just ahead of this
- * script ("" without one): the entry that waiter handed this consumer is
- * the one of its pending entries past that id still on its first delivery
- * (reclaimed entries are past their first), and it is checked here as if
- * the script had read it.  A task id is read from the message's header
- * (broker.c: 'L' 2 kind idlen id stamp expires ...), unchecked: a forged
- * header can only get its own entry dropped or delivered, and a delivered
- * one is verified by the worker.  A replay is acknowledged and deleted.
- * Returns the group's last delivered id, the ids of the waiter's entries
- * dropped as replays, then the entries to deliver.
+ * in the same step.  KEYS: the stream, the set of levels in use, the rate
+ * limit's bucket, the streams of levels 1..9 (see "priorities"); ARGV:
+ * group, consumer, count, the expiry of a record whose task has none (wall
+ * ms), the group's last delivered id before a waiting XREADGROUP that came
+ * just ahead of this script ("" without one), the rate limit (tokens a ms,
+ * "" without) and the bucket's size.  The entry that waiter handed this
+ * consumer is the one of its pending entries past that id still on its
+ * first delivery (reclaimed entries are past their first), and it is
+ * checked here as if the script had read it.  A task id is read from the
+ * message's header (broker.c: 'L' 2 kind idlen id stamp expires ...),
+ * unchecked: a forged header can only get its own entry dropped or
+ * delivered, and a delivered one is verified by the worker.  A replay is
+ * acknowledged and deleted.  The levels in use are read from the highest
+ * down, at most the bucket's tokens in all; when the waiter (which knew of
+ * no levels) took from level 0 while there were levels, as many more, to
+ * be delivered ahead of its entry.  Returns the group's last
+ * delivered id (for a queue with levels or a rate limit: {that id, ms until
+ * the next token or 0, then each level and its stream's last delivered
+ * id}), the ids of the waiter's entries dropped as replays, then the
+ * entries to deliver ({id, fields, level} for a level above 0).
  */
 /* clang-format off */
 static const char TAKE_SCRIPT[] =
-    "local s, g = KEYS[1], ARGV[1]\n"
+    "local g = ARGV[1]\n"
     "local los, ttl = {}, {}\n"
-    "local function fresh(e)\n"
+    "local function fresh(s, e)\n"
     "  local f, m = e[2], nil\n"
     "  for i = 1, #f, 2 do if f[i] == 'm' then m = f[i + 1] end end\n"
     "  if not (m and #m >= 53 and string.byte(m, 1) == 76 and string.byte(m, 2) == 2) then\n"
@@ -1677,27 +1801,79 @@ static const char TAKE_SCRIPT[] =
     "  end\n"
     "  return true\n"
     "end\n"
-    "local dropped = {}\n"
+    "local function last(s)\n"
+    "  local xs = redis.pcall('XINFO', 'GROUPS', s)\n"
+    "  for _, x in ipairs(xs.err and {} or xs) do\n"
+    "    local name, id\n"
+    "    for i = 1, #x, 2 do\n"
+    "      if x[i] == 'name' then name = x[i + 1] end\n"
+    "      if x[i] == 'last-delivered-id' then id = x[i + 1] end\n"
+    "    end\n"
+    "    if name == g then return id end\n"
+    "  end\n"
+    "  return '0-0'\n"
+    "end\n"
+    "local dropped, waited = {}, 0\n"
     "if ARGV[5] ~= '' then\n"
-    "  for _, p in ipairs(redis.call('XPENDING', s, g, '(' .. ARGV[5], '+', 16, ARGV[2])) do\n"
-    "    local e = p[4] == 1 and redis.call('XRANGE', s, p[1], p[1])[1]\n"
-    "    if e and not fresh(e) then dropped[#dropped + 1] = p[1] end\n"
+    "  for _, p in ipairs(redis.call('XPENDING', KEYS[1], g, '(' .. ARGV[5], '+', 16, ARGV[2])) do\n"
+    "    local e = p[4] == 1 and redis.call('XRANGE', KEYS[1], p[1], p[1])[1]\n"
+    "    if e and fresh(KEYS[1], e) then waited = waited + 1\n"
+    "    elseif e then dropped[#dropped + 1] = p[1] end\n"
     "  end\n"
     "end\n"
-    "local out = {'0-0', dropped}\n"
-    "local r = ARGV[3] ~= '0' and\n"
-    "  redis.call('XREADGROUP', 'GROUP', g, ARGV[2], 'COUNT', ARGV[3], 'STREAMS', s, '>')\n"
-    "for _, e in ipairs(r and r[1][2] or {}) do\n"
-    "  if fresh(e) then out[#out + 1] = e end\n"
+    "local levels = {}\n"
+    "local hs = redis.call('HMGET', KEYS[2], '1', '2', '3', '4', '5', '6', '7', '8', '9')\n"
+    "for p = 9, 1, -1 do\n"
+    "  if hs[p] then levels[#levels + 1] = p end\n"
     "end\n"
-    "for _, x in ipairs(redis.call('XINFO', 'GROUPS', s)) do\n"
-    "  local name, last\n"
-    "  for i = 1, #x, 2 do\n"
-    "    if x[i] == 'name' then name = x[i + 1] end\n"
-    "    if x[i] == 'last-delivered-id' then last = x[i + 1] end\n"
+    "levels[#levels + 1] = 0\n"
+    "local want, rate, burst, tokens, now = tonumber(ARGV[3]), tonumber(ARGV[6]), tonumber(ARGV[7])\n"
+    "if #levels > 1 then want = want + waited end\n"
+    "if rate then\n"
+    "  local t = redis.call('TIME')\n"
+    "  now = t[1] * 1000 + t[2] / 1000\n"
+    "  local b = redis.call('HMGET', KEYS[3], 'n', 't')\n"
+    "  tokens = tonumber(b[1])\n"
+    "  tokens = tokens and math.min(burst, tokens + math.max(0, now - tonumber(b[2])) * rate) or burst\n"
+    "  want = math.min(want, math.floor(tokens))\n"
+    "end\n"
+    "local out, got = {'0-0', dropped}, 0\n"
+    "for _, p in ipairs(levels) do\n"
+    "  if got >= want then break end\n"
+    "  local s, r = p == 0 and KEYS[1] or KEYS[3 + p]\n"
+    "  local read = {'XREADGROUP', 'GROUP', g, ARGV[2], 'COUNT', want - got, 'STREAMS', s, '>'}\n"
+    "  if p == 0 then\n"
+    "    r = redis.call(unpack(read))\n"
+    "  else\n"
+    "    r = redis.pcall(unpack(read))\n"
+    "    if type(r) == 'table' and r.err then\n"
+    "      redis.call('XGROUP', 'CREATE', s, g, '0', 'MKSTREAM')\n"
+    "      r = redis.call(unpack(read))\n"
+    "    end\n"
     "  end\n"
-    "  if name == g then out[1] = last end\n"
+    "  for _, e in ipairs(r and r[1][2] or {}) do\n"
+    "    if fresh(s, e) then\n"
+    "      got = got + 1\n"
+    "      if p > 0 then e[3] = p end\n"
+    "      out[#out + 1] = e\n"
+    "    end\n"
+    "  end\n"
     "end\n"
+    "if not rate and #levels == 1 then\n"
+    "  out[1] = last(KEYS[1])\n"
+    "  return out\n"
+    "end\n"
+    "local info = {last(KEYS[1]), 0}\n"
+    "if rate then\n"
+    "  tokens = tokens - got\n"
+    "  redis.call('HSET', KEYS[3], 'n', tostring(tokens), 't', tostring(now))\n"
+    "  redis.call('PEXPIRE', KEYS[3], math.ceil(burst / rate) + 1000)\n"
+    "  if tokens < 1 then info[2] = math.ceil((1 - tokens) / rate) end\n"
+    "end\n"
+    "for _, p in ipairs(levels) do\n"
+    "  if p > 0 then info[#info + 1] = p; info[#info + 1] = last(KEYS[3 + p]) end\n"
+    "end\n"
+    "out[1] = info\n"
     "return out\n";
 /* clang-format on */
 
@@ -1774,6 +1950,62 @@ static int take_own(lmp_broker_t *b, rconn *r, int max)
   return n;
 }
 
+/* The waiter of a queue with levels or a rate limit, which takes nothing:
+ * while the bucket is empty it sleeps until the next token is due; else it
+ * answers as soon as a level's stream has an entry its group has not
+ * delivered. */
+static void append_wait(rconn *r, int64_t block_ms)
+{
+  int64_t held = (r->hold_until - lmp_now_ns() + 999999) / 1000000;
+  if (held > 0) {
+    redisAppendCommand(r->c, "XREAD BLOCK %lld STREAMS %s $",
+                       (long long)(held < block_ms ? held : block_ms), r->khold);
+    return;
+  }
+  char ms[24];
+  const char *argv[6 + 2 * LMP_BROKER_PRIORITIES] = {"XREAD", "COUNT", "1", "BLOCK", ms, "STREAMS"};
+  int n = 6, k = 0;
+  const char *ids[LMP_BROKER_PRIORITIES];
+  snprintf(ms, sizeof ms, "%lld", (long long)block_ms);
+  for (int p = LMP_BROKER_PRIORITIES - 1; p > 0; p--)
+    if (r->levels & 1u << p) {
+      argv[n++] = r->klevel[p];
+      ids[k++] = r->plast[p];
+    }
+  argv[n++] = r->kstream;
+  ids[k++] = r->tlast;
+  for (int i = 0; i < k; i++)
+    argv[n++] = ids[i];
+  size_t lens[6 + 2 * LMP_BROKER_PRIORITIES];
+  for (int i = 0; i < n; i++)
+    lens[i] = strlen(argv[i]);
+  redisAppendCommandArgv(r->c, n, argv, lens);
+}
+
+/* The take script's EVAL (its keys and arguments: see TAKE_SCRIPT). */
+static void append_take(lmp_broker_t *b, rconn *r, const char *count, const char *expiry)
+{
+  char rate[32] = "", burst[32] = "";
+  if (b->rate > 0) {
+    snprintf(rate, sizeof rate, "%.17g", b->rate);
+    snprintf(burst, sizeof burst, "%.17g", b->burst);
+  }
+  /* 12 keys: the stream, the levels, the bucket, the streams of levels 1..9 */
+  const char *argv[3 + 3 + (LMP_BROKER_PRIORITIES - 1) + 7] = {"EVAL",     TAKE_SCRIPT, "12",
+                                                               r->kstream, r->kprios,   r->krate};
+  size_t lens[sizeof argv / sizeof *argv];
+  int n = 6;
+  for (int p = 1; p < LMP_BROKER_PRIORITIES; p++)
+    argv[n++] = r->klevel[p];
+  const char *args[] = {GROUP, b->consumer, count, expiry, r->twake && !r->tpeek ? r->tlast : "",
+                        rate,  burst};
+  for (int i = 0; i < 7; i++)
+    argv[n++] = args[i];
+  for (int i = 0; i < n; i++)
+    lens[i] = strlen(argv[i]);
+  redisAppendCommandArgv(r->c, n, argv, lens);
+}
+
 static int take_send_redis(lmp_broker_t *b, int max, int64_t block_ms)
 {
   rconn *r = b->conn;
@@ -1795,18 +2027,16 @@ static int take_send_redis(lmp_broker_t *b, int max, int64_t block_ms)
   /* The waiter: one entry, handed to this consumer alone (no other
    * waiting worker wakes for it), checked by the script that follows. */
   r->twake = block_ms > 0 && r->tlast[0];
-  if (r->twake)
+  r->tpeek = r->twake && (r->extended || b->rate > 0);
+  if (r->tpeek)
+    append_wait(r, block_ms);
+  else if (r->twake)
     redisAppendCommand(r->c, "XREADGROUP GROUP " GROUP " %s COUNT 1 BLOCK %lld STREAMS %s >",
                        b->consumer, (long long)block_ms, r->kstream);
-  snprintf(count, sizeof count, "%d", max - r->twake); /* the waiter's one counts */
+  /* the waiter's one counts */
+  snprintf(count, sizeof count, "%d", max - (r->twake && !r->tpeek));
   snprintf(expiry, sizeof expiry, "%lld", (long long)(lmp__wall_ms() + DAY_MS));
-  const char *argv[] = {"EVAL",     TAKE_SCRIPT, "1",
-                        r->kstream, GROUP,       b->consumer,
-                        count,      expiry,      r->twake ? r->tlast : ""};
-  size_t lens[9];
-  for (int i = 0; i < 9; i++)
-    lens[i] = strlen(argv[i]);
-  redisAppendCommandArgv(r->c, 9, argv, lens);
+  append_take(b, r, count, expiry);
   r->tdue = r->twake + 1;
   rc = send_all(b, r, "XREADGROUP");
   if (rc < 0)
@@ -1841,6 +2071,58 @@ static int move_entries(lmp_broker_batch_t *from, const redisReply *skip, lmp_br
   return n;
 }
 
+/* The entries of the take script's reply of levels above 0 (above) or of
+ * level 0 (!above) into out, their ids tagged with their level; the count,
+ * or -errno. */
+static int add_levels(lmp_broker_t *b, redisReply *rep, lmp_broker_batch_t *out, int above)
+{
+  int n = 0;
+  for (size_t i = 2; i < rep->elements; i++) {
+    redisReply *e = rep->element[i];
+    int level = e->type == REDIS_REPLY_ARRAY && e->elements >= 3 &&
+                        e->element[2]->type == REDIS_REPLY_INTEGER
+                    ? (int)e->element[2]->integer
+                    : 0;
+    if ((level > 0) != above)
+      continue;
+    int k = add_entry(out, e, 1);
+    if (k < 0)
+      return lmp__broker_fail(b, k, "unexpected stream entry in the reply");
+    if (k == 0)
+      tag_level(&out->msg[out->n - 1], level);
+    n += k == 0;
+  }
+  return n;
+}
+
+/* The first word of the take script's reply: the group's last delivered
+ * id, or for a queue with levels or a rate limit {that id, ms until the
+ * next token, level, its last delivered id, ...}. */
+static void take_info(rconn *r, const redisReply *x)
+{
+  if (x->type == REDIS_REPLY_STRING) {
+    snprintf(r->tlast, sizeof r->tlast, "%s", x->str);
+    r->extended = 0;
+    r->levels = 0;
+    return;
+  }
+  if (x->type != REDIS_REPLY_ARRAY || x->elements < 2 || x->element[0]->type != REDIS_REPLY_STRING)
+    return;
+  snprintf(r->tlast, sizeof r->tlast, "%s", x->element[0]->str);
+  int64_t wait = x->element[1]->type == REDIS_REPLY_INTEGER ? x->element[1]->integer : 0;
+  r->hold_until = wait > 0 ? lmp_now_ns() + wait * 1000000 : 0;
+  r->extended = 1;
+  r->levels = 0;
+  for (size_t i = 2; i + 1 < x->elements; i += 2) {
+    redisReply *p = x->element[i], *id = x->element[i + 1];
+    if (p->type != REDIS_REPLY_INTEGER || p->integer <= 0 || p->integer >= LMP_BROKER_PRIORITIES ||
+        id->type != REDIS_REPLY_STRING)
+      continue;
+    r->levels |= 1u << p->integer;
+    snprintf(r->plast[p->integer], sizeof r->plast[0], "%s", id->str);
+  }
+}
+
 static int take_reply(lmp_broker_t *b, rconn *r, lmp_broker_batch_t *out, int wait)
 {
   if (r->stash.n > 0)
@@ -1853,7 +2135,16 @@ static int take_reply(lmp_broker_t *b, rconn *r, lmp_broker_batch_t *out, int wa
         r->tdue = 0;
       return rc < 0 ? rc : -EAGAIN;
     }
-    if (r->tdue-- == 2) { /* the waiter: its entry waits for the script's word */
+    if (r->tdue-- == 2 && r->tpeek) { /* a waiter that took nothing */
+      if (rep->type == REDIS_REPLY_ERROR) {
+        r->tdue = 0;
+        drop(r);
+        return reply_error(b, rep, "XREAD");
+      }
+      freeReplyObject(rep);
+      continue;
+    }
+    if (r->tdue == 1) { /* the waiter: its entry waits for the script's word */
       int n = 0;
       if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 1 && rep->element[0]->elements == 2)
         n = add_entries(b, rep->element[0]->element[1], &r->waited, 1);
@@ -1881,13 +2172,13 @@ static int take_reply(lmp_broker_t *b, rconn *r, lmp_broker_batch_t *out, int wa
     int n = 0;
     if (rep->type == REDIS_REPLY_ARRAY && rep->elements >= 2) {
       redisReply *last = rep->element[0], *dropped = rep->element[1];
-      if (last->type == REDIS_REPLY_STRING)
-        snprintf(r->tlast, sizeof r->tlast, "%s", last->str);
-      n = move_entries(&r->waited, dropped, out);
-      for (size_t i = 2; i < rep->elements && n >= 0; i++) {
-        int k = add_entry(out, rep->element[i], 1);
-        n = k < 0 ? lmp__broker_fail(b, k, "unexpected stream entry in the reply") : n + (k == 0);
-      }
+      take_info(r, last);
+      /* the levels above 0 first, then the waiter's entry, then level 0 */
+      n = add_levels(b, rep, out, 1);
+      int w = move_entries(&r->waited, dropped, out);
+      n = n < 0 ? n : w < 0 ? w : n + w;
+      int z = n < 0 ? 0 : add_levels(b, rep, out, 0);
+      n = n < 0 ? n : z < 0 ? z : n + z;
     }
     lmp_broker_batch_clear(&r->waited);
     freeReplyObject(rep);
@@ -1978,26 +2269,37 @@ static void argv_free(argvec *a)
   free(a->len);
 }
 
-/* XACK and XDEL of ids; the number of commands (2). */
+/* XACK and XDEL of ids, in the stream of each one's level; the number of
+ * commands (2 a level). */
 static int append_ackdel(rconn *r, const char *const *ids, int n)
 {
   argvec a;
+  int cmds = 0;
   if (argv_init(&a, n + 3) < 0)
     return -ENOMEM;
-  argv_push(&a, "XACK");
-  argv_push(&a, r->kstream);
-  argv_push(&a, GROUP);
-  for (int i = 0; i < n; i++)
-    argv_push(&a, ids[i]);
-  redisAppendCommandArgv(r->c, a.n, a.v, a.len);
-  /* XDEL stream id...: the same ids behind two other words. */
-  a.v[1] = "XDEL";
-  a.len[1] = 4;
-  a.v[2] = r->kstream;
-  a.len[2] = strlen(r->kstream);
-  redisAppendCommandArgv(r->c, a.n - 1, a.v + 1, a.len + 1);
+  for (int p = 0; p < LMP_BROKER_PRIORITIES; p++) {
+    a.n = 0;
+    argv_push(&a, "XACK");
+    argv_push(&a, r->klevel[p]);
+    argv_push(&a, GROUP);
+    for (int i = 0; i < n; i++) {
+      const char *entry;
+      if (level_of(ids[i], &entry) == p)
+        argv_push(&a, entry);
+    }
+    if (a.n == 3)
+      continue;
+    redisAppendCommandArgv(r->c, a.n, a.v, a.len);
+    /* XDEL stream id...: the same ids behind two other words. */
+    a.v[1] = "XDEL";
+    a.len[1] = 4;
+    a.v[2] = r->klevel[p];
+    a.len[2] = strlen(r->klevel[p]);
+    redisAppendCommandArgv(r->c, a.n - 1, a.v + 1, a.len + 1);
+    cmds += 2;
+  }
   argv_free(&a);
-  return 2;
+  return cmds;
 }
 
 /* Run MULTI, the `build` appends, EXEC: one atomic step.  Retried after a
@@ -2088,10 +2390,17 @@ typedef struct move_arg {
  * promote script reads it back). */
 static char *pack_held(const lmp_broker_msg_t *m, uint32_t count, const char *h, size_t *len)
 {
-  size_t hl = strlen(h);
-  char *p = malloc(10 + hl + m->len);
+  size_t hl = strlen(h), pre = 0;
+  const char *entry;
+  int level = level_of(m->id, &entry);
+  char *p = malloc(3 + 10 + hl + m->len);
   if (p == NULL)
     return NULL;
+  if (level > 0) { /* its level in front, as put_redis does */
+    memcpy(p, "\377P", 2);
+    p[2] = (char)('0' + level);
+    p += pre = 3;
+  }
   p[0] = (char)0xff;
   p[1] = 'L';
   for (int i = 0; i < 4; i++) {
@@ -2100,8 +2409,8 @@ static char *pack_held(const lmp_broker_msg_t *m, uint32_t count, const char *h,
   }
   memcpy(p + 10, h, hl);
   memcpy(p + 10 + hl, m->data, m->len);
-  *len = 10 + hl + m->len;
-  return p;
+  *len = pre + 10 + hl + m->len;
+  return p - pre;
 }
 
 /* XADD the task to dest with its count and history, then ack and delete. */
@@ -2139,7 +2448,7 @@ static int build_move(lmp_broker_t *b, rconn *r, const void *arg)
   cmds++;
   if (a->result)
     cmds += append_result(b, r, a->result, 1);
-  if (strcmp(a->dest, r->kstream) == 0) /* a new delivery: lift the replay record */
+  if (a->dest != r->kdead) /* a new delivery: lift the replay record */
     cmds += append_unmark(r, a->m->data, a->m->len);
   const char *ids[1] = {a->m->id};
   return cmds + append_ackdel(r, ids, 1);
@@ -2149,7 +2458,8 @@ static int release_redis(lmp_broker_t *b, const lmp_broker_msg_t *m, const char 
                          int64_t delay_ms)
 {
   rconn *r = b->conn;
-  move_arg a = {m,    reason,        r->kstream,
+  const char *entry;
+  move_arg a = {m,    reason,        r->klevel[level_of(m->id, &entry)],
                 NULL, m->deliveries, delay_ms > 0 ? lmp__wall_ms() + delay_ms : 0};
   return transact(b, build_move, &a, "releasing a task");
 }
@@ -2171,20 +2481,27 @@ static int renew_redis(lmp_broker_t *b, const char *const *ids, int n)
   argvec a;
   if (argv_init(&a, n + 6) < 0)
     return -ENOMEM;
-  const char *head[] = {"XCLAIM", r->kstream, GROUP, b->consumer, "0"};
-  for (int i = 0; i < 5; i++)
-    argv_push(&a, head[i]);
-  for (int i = 0; i < n; i++)
-    argv_push(&a, ids[i]);
-  argv_push(&a, "JUSTID");
-  redisReply *rep = rc_command_argv(r, a.n, a.v, a.len);
+  for (int p = 0; p < LMP_BROKER_PRIORITIES && rc == 0; p++) { /* each level's stream */
+    const char *head[] = {"XCLAIM", r->klevel[p], GROUP, b->consumer, "0"}, *entry;
+    a.n = 0;
+    for (int i = 0; i < 5; i++)
+      argv_push(&a, head[i]);
+    for (int i = 0; i < n; i++)
+      if (level_of(ids[i], &entry) == p)
+        argv_push(&a, entry);
+    if (a.n == 5)
+      continue;
+    argv_push(&a, "JUSTID");
+    redisReply *rep = rc_command_argv(r, a.n, a.v, a.len);
+    if (rep == NULL)
+      rc = io_error(b, r, "XCLAIM");
+    else if (rep->type == REDIS_REPLY_ERROR)
+      rc = reply_error(b, rep, "XCLAIM");
+    else
+      freeReplyObject(rep);
+  }
   argv_free(&a);
-  if (rep == NULL)
-    return io_error(b, r, "XCLAIM");
-  if (rep->type == REDIS_REPLY_ERROR)
-    return reply_error(b, rep, "XCLAIM");
-  freeReplyObject(rep);
-  return 0;
+  return rc;
 }
 
 /* Move the held tasks that are due into the stream: read, added and
@@ -2194,17 +2511,21 @@ static const char PROMOTE_SCRIPT[] =
     "local t = redis.call('TIME')\n"
     "local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
     "local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, ARGV[1])\n"
-    "for _, x in ipairs(due) do\n"
+    "for _, z in ipairs(due) do\n"
+    "  local s, x = KEYS[1], z\n"
+    "  if string.byte(x, 1) == 255 and string.byte(x, 2) == 80 and #x >= 3 then\n"
+    "    s, x = KEYS[2 + string.byte(x, 3) - 48] or KEYS[1], string.sub(x, 4)\n"
+    "  end\n"
     "  if string.byte(x, 1) == 255 and string.byte(x, 2) == 76 and #x >= 10 then\n"
     "    local d, hl = 0, 0\n"
     "    for i = 3, 6 do d = d * 256 + string.byte(x, i) end\n"
     "    for i = 7, 10 do hl = hl * 256 + string.byte(x, i) end\n"
     "    local h, m = string.sub(x, 11, 10 + hl), string.sub(x, 11 + hl)\n"
-    "    redis.call('XADD', KEYS[1], '*', 'm', m, 'd', d, 'h', h)\n"
+    "    redis.call('XADD', s, '*', 'm', m, 'd', d, 'h', h)\n"
     "  else\n"
-    "    redis.call('XADD', KEYS[1], '*', 'm', x, 'd', '0')\n"
+    "    redis.call('XADD', s, '*', 'm', x, 'd', '0')\n"
     "  end\n"
-    "  redis.call('ZREM', KEYS[2], x)\n"
+    "  redis.call('ZREM', KEYS[2], z)\n"
     "end\n"
     "return #due\n";
 
@@ -2216,8 +2537,17 @@ static int promote_redis(lmp_broker_t *b, int max)
   if (rc < 0)
     return rc;
   snprintf(count, sizeof count, "%d", max);
-  redisReply *rep =
-      rc_command(r, "EVAL %s 2 %s %s %s", PROMOTE_SCRIPT, r->kstream, r->kdelayed, count);
+  /* KEYS: the stream, the held tasks, the streams of levels 1..9 */
+  const char *argv[3 + 2 + LMP_BROKER_PRIORITIES - 1 + 1] = {"EVAL", PROMOTE_SCRIPT, "11",
+                                                             r->kstream, r->kdelayed};
+  size_t lens[sizeof argv / sizeof *argv];
+  int k = 5;
+  for (int p = 1; p < LMP_BROKER_PRIORITIES; p++)
+    argv[k++] = r->klevel[p];
+  argv[k++] = count;
+  for (int i = 0; i < k; i++)
+    lens[i] = strlen(argv[i]);
+  redisReply *rep = rc_command_argv(r, k, argv, lens);
   if (rep == NULL)
     return io_error(b, r, "promoting held tasks");
   if (rep->type != REDIS_REPLY_INTEGER)
@@ -2290,16 +2620,11 @@ static void drop_vanished(lmp_broker_t *b, rconn *r, int64_t vt_ms)
   freeReplyObject(rep);
 }
 
-static int reclaim_redis(lmp_broker_t *b, int64_t idle_ms, int max, lmp_broker_batch_t *out)
+/* Claim the lapsed entries of one level's stream. */
+static int reclaim_level(lmp_broker_t *b, rconn *r, int level, int64_t idle_ms, int max,
+                         lmp_broker_batch_t *out)
 {
-  rconn *r = b->conn;
-  int rc = ensure(b, r, b->patience_ms);
-  if (rc < 0)
-    return rc;
-  drop_vanished(b, r, idle_ms);
-  if (r->c == NULL || r->c->err)
-    return io_error(b, r, "XINFO");
-  redisReply *rep = rc_command(r, "XPENDING %s " GROUP " IDLE %lld - + %d", r->kstream,
+  redisReply *rep = rc_command(r, "XPENDING %s " GROUP " IDLE %lld - + %d", r->klevel[level],
                                (long long)idle_ms, max > 0 ? max : 1);
   if (rep == NULL)
     return io_error(b, r, "XPENDING");
@@ -2319,7 +2644,7 @@ static int reclaim_redis(lmp_broker_t *b, int64_t idle_ms, int max, lmp_broker_b
     freeReplyObject(rep);
     return -ENOMEM;
   }
-  const char *head[] = {"XCLAIM", r->kstream, GROUP, b->consumer, idle};
+  const char *head[] = {"XCLAIM", r->klevel[level], GROUP, b->consumer, idle};
   for (int i = 0; i < 5; i++)
     argv_push(&a, head[i]);
   int k = 0;
@@ -2345,12 +2670,38 @@ static int reclaim_redis(lmp_broker_t *b, int64_t idle_ms, int max, lmp_broker_b
       for (int i = 0; i < k; i++)
         if (strcmp(out->msg[m].id, a.v[5 + i]) == 0)
           out->msg[m].deliveries += counts[i];
+    for (int m = from; got > 0 && m < out->n; m++)
+      tag_level(&out->msg[m], level);
   }
   if (cl)
     freeReplyObject(cl);
   argv_free(&a);
   free(counts);
   freeReplyObject(rep);
+  return got;
+}
+
+/* Claim lapsed entries from every level in use, the highest first. */
+static int reclaim_redis(lmp_broker_t *b, int64_t idle_ms, int max, lmp_broker_batch_t *out)
+{
+  rconn *r = b->conn;
+  int rc = ensure(b, r, b->patience_ms);
+  if (rc < 0)
+    return rc;
+  drop_vanished(b, r, idle_ms);
+  if (r->c == NULL || r->c->err)
+    return io_error(b, r, "XINFO");
+  int levels = known_levels(b, r) | 1, got = 0;
+  if (levels < 0)
+    return levels;
+  for (int p = LMP_BROKER_PRIORITIES - 1; p >= 0 && got < max; p--) {
+    if (!(levels & 1 << p))
+      continue;
+    rc = reclaim_level(b, r, p, idle_ms, max - got, out);
+    if (rc < 0)
+      return rc;
+    got += rc;
+  }
   return got;
 }
 
@@ -2395,8 +2746,38 @@ static int64_t integer_or(const redisReply *rep, int64_t dflt)
   return rep->type == REDIS_REPLY_INTEGER ? rep->integer : dflt;
 }
 
+/* Add the waiting and taken tasks of the levels above 0 to c. */
+static int count_levels(lmp_broker_t *b, rconn *r, lmp_broker_counts_t *c)
+{
+  int levels = known_levels(b, r);
+  if (levels <= 0)
+    return levels;
+  int n = 0;
+  for (int p = 1; p < LMP_BROKER_PRIORITIES; p++)
+    if (levels & 1 << p) {
+      redisAppendCommand(r->c, "XLEN %s", r->klevel[p]);
+      redisAppendCommand(r->c, "XPENDING %s " GROUP, r->klevel[p]);
+      n += 2;
+    }
+  redisReply *reps[2 * LMP_BROKER_PRIORITIES];
+  int rc = read_replies(b, r, reps, n, "counting");
+  if (rc < 0)
+    return rc;
+  for (int i = 0; i < n; i += 2) {
+    int64_t entries = integer_or(reps[i], 0), taken = 0;
+    if (reps[i + 1]->type == REDIS_REPLY_ARRAY && reps[i + 1]->elements >= 1)
+      taken = integer_or(reps[i + 1]->element[0], 0);
+    c->taken += taken;
+    c->waiting += entries > taken ? entries - taken : 0;
+    freeReplyObject(reps[i]);
+    freeReplyObject(reps[i + 1]);
+  }
+  return 0;
+}
+
 /* The stream's entries less those taken (its group's pending count, from
- * the summary form of XPENDING), the held and the dead, in one round trip. */
+ * the summary form of XPENDING), the held and the dead, in one round trip;
+ * then the same of the levels above 0. */
 static int counts_redis(lmp_broker_t *b, lmp_broker_counts_t *c)
 {
   rconn *r = b->conn;
@@ -2421,7 +2802,7 @@ static int counts_redis(lmp_broker_t *b, lmp_broker_counts_t *c)
   c->dead = integer_or(reps[3], -1);
   for (int i = 0; i < 4; i++)
     freeReplyObject(reps[i]);
-  return 0;
+  return entries < 0 ? 0 : count_levels(b, r, c);
 }
 
 /* === registry === */

@@ -55,7 +55,8 @@ typedef struct lmp_broker_config {
 
 /* One delivered message.  The batch owns the bytes. */
 typedef struct lmp_broker_msg {
-  char id[64]; /* the engine's id of this delivery (stream entry id) */
+  char id[64]; /* the engine's id of this delivery: the stream entry id, with
+                  "<p>:" in front for a task of priority p > 0 */
   char *data;  /* the message as it was put */
   size_t len;
   uint32_t deliveries; /* deliveries so far, this one included */
@@ -121,6 +122,12 @@ LMP_API int lmp_broker_put(lmp_broker_t *b, const void *msg, size_t len);
  * epoch) and then queued, exactly once, by whichever consumer promotes it
  * first; a due_ms already past queues it at once. */
 LMP_API int lmp_broker_put_at(lmp_broker_t *b, const void *msg, size_t len, int64_t due_ms);
+/* Either of them at a priority, 0..LMP_BROKER_PRIORITIES-1 (-EINVAL
+ * otherwise; due_ms 0: now): a consumer takes no task of a lower priority
+ * while one of a higher waits (puts without one are priority 0). */
+#define LMP_BROKER_PRIORITIES 10
+LMP_API int lmp_broker_put_priority(lmp_broker_t *b, const void *msg, size_t len, int64_t due_ms,
+                                    int priority);
 LMP_API int lmp_broker_flush(lmp_broker_t *b);
 /* Results addressed to `caller`: up to max, waiting until the deadline
  * (absolute, monotonic ns) for the first.  The count, 0 at the deadline.
@@ -158,6 +165,15 @@ LMP_API int lmp_broker_take(lmp_broker_t *b, int max, int64_t block_ms, lmp_brok
 LMP_API int lmp_broker_take_send(lmp_broker_t *b, int max, int64_t block_ms);
 LMP_API int lmp_broker_take_recv(lmp_broker_t *b, lmp_broker_batch_t *out);
 LMP_API void lmp_broker_take_cancel(lmp_broker_t *b);
+/* Cap this consumer's takes by the queue's token bucket, kept by the
+ * engine and shared by every consumer that sets a cap: per_s tokens a
+ * second (0: no cap), holding at most burst (< 1: one, or a tenth of a
+ * second's worth when that is more).  A take finds at most the tokens
+ * there are; while none are, it waits (up to its block_ms) until the next
+ * is due.  The bucket fills at the rate of the consumer that takes from
+ * it, so consumers of one queue should give the same cap; one that sets
+ * none is not held back.  Reclaimed tasks take no token. */
+LMP_API int lmp_broker_set_rate_limit(lmp_broker_t *b, double per_s, double burst);
 LMP_API int lmp_broker_complete(lmp_broker_t *b, const lmp_broker_done_t *done, int n);
 /* Put a delivered task back at once for any consumer; it keeps its count
  * (m->deliveries).  A NULL reason adds no line to its history. */

@@ -247,7 +247,7 @@ local function check_running(pool, fname)
 end
 
 -- Seal and queue one task (held until its countdown or eta, if opts has
--- one); returns its id.
+-- one; at opts' priority, else the pool's); returns its id.
 local function submit(pool, tag, fr, args, n, opts)
   local seq = pool._seq + 1
   pool._seq = seq
@@ -263,7 +263,8 @@ local function submit(pool, tag, fr, args, n, opts)
   end
   local start = eta or os.time() + (countdown or 0) -- the expiry runs from when it may start
   local ok, err = pool._conn:put(core.seal(pool._secret, "T", id, body, "task", pool._queue,
-                                           math.ceil(start) + pool._expires), countdown, eta)
+                                           math.ceil(start) + pool._expires), countdown, eta,
+                                 opts and opts.priority or pool._priority)
   if not ok then error(lmp.Error("broker", "broker pool: " .. tostring(err)), 0) end
   pool._inflight = pool._inflight + 1
   return id
@@ -306,7 +307,14 @@ local function tick(pool)
 end
 
 -- AsyncResult, apply, map and imap: lmp.result's, over the broker.
--- Delayed tasks: {countdown = seconds} or {eta = seconds since the epoch}.
+-- A priority: an integer 0..9, higher first.
+local function is_priority(v)
+  local p = type(v) == "number" and tointeger(v)
+  return p and p >= 0 and p <= 9
+end
+
+-- Delayed tasks: {countdown = seconds} or {eta = seconds since the epoch};
+-- {priority = 0..9}.
 local function check_submit(opts, i, fname)
   local countdown, eta = opts.countdown, opts.eta
   if countdown ~= nil and (type(countdown) ~= "number" or countdown < 0 or countdown ~= countdown) then
@@ -321,6 +329,9 @@ local function check_submit(opts, i, fname)
   if opts.durable ~= nil and type(opts.durable) ~= "boolean" then
     argerror(i, fname, "option 'durable' must be a boolean")
   end
+  if opts.priority ~= nil and not is_priority(opts.priority) then
+    argerror(i, fname, "option 'priority' must be an integer from 0 to 9")
+  end
 end
 
 result.new{
@@ -331,7 +342,7 @@ result.new{
     if first then list = table.move(list, first, first + count - 1, 1, {}) end
     return submit(pool, tag, fr, list, count, opts)
   end,
-  submit_keys = {countdown = true, eta = true, durable = true},
+  submit_keys = {countdown = true, eta = true, durable = true, priority = true},
   check_submit = check_submit,
   countdown = true, -- a retry is held by the broker until due
   encode_fn = encode_fn,
@@ -483,7 +494,7 @@ end
 
 local pool_keys = {broker = true, queue = true, visibility_timeout = true, max_deliveries = true,
                    secret = true, connect_timeout = true, result_ttl = true, expires = true,
-                   durable = true}
+                   durable = true, priority = true}
 for k in pairs(result.retry_keys) do pool_keys[k] = true end
 
 local function field(o, name, ok, msg)
@@ -506,7 +517,7 @@ end
 --- lmp.Pool{broker = "redis://[user:pass@]host:port/db", queue = "default",
 ---          visibility_timeout = 30, max_deliveries = 5, secret = "...",
 ---          connect_timeout = 5, result_ttl = 3600, expires = 86400, durable = false,
----          retries = 0, retry_backoff = 1, retry_backoff_max = 600}
+---          priority = 0, retries = 0, retry_backoff = 1, retry_backoff_max = 600}
 function M.Pool(o, ...)
   if select("#", ...) > 0 then argerror(2, "Pool", "no arguments expected after the options table") end
   checkoptions(o, 1, "Pool", pool_keys)
@@ -519,6 +530,7 @@ function M.Pool(o, ...)
   field(o, "result_ttl", positive, "must be a positive number")
   field(o, "expires", positive, "must be a positive number")
   field(o, "durable", function(v) return type(v) == "boolean" end, "must be a boolean")
+  field(o, "priority", is_priority, "must be an integer from 0 to 9")
   if o.broker then checkcstring(o.broker, 1, "Pool", "field 'broker'") end
   if o.queue then checkcstring(o.queue, 1, "Pool", "field 'queue'") end
   result.check_retry(o, 1, "Pool", "field")
@@ -539,7 +551,7 @@ function M.Pool(o, ...)
                        _expires = math.ceil(o.expires or 86400), _epoch = epoch, _base = -count,
                        _next_check = t + vt, _next_settle = t + SETTLE_EVERY, _lo = 0, _procs_at = 0,
                        _durable = o.durable, _unwaited = {}, _wait = o.connect_timeout or 5,
-                       _retry = result.retry_defaults(o)},
+                       _retry = result.retry_defaults(o), _priority = tointeger(o.priority) or 0},
                       Pool)
 end
 

@@ -66,6 +66,8 @@ usage: lmp worker [URL] [--queue NAME] [--processes N] [options]
                          pool's max_deliveries instead
   --max-age S            refuse tasks signed longer ago (default 86400)
   --task-timeout S       kill a task running longer (kind "timeout")
+  --rate-limit N/s       start at most N tasks a second (or N/m, N/h) across
+                         all the queue's workers (give each the same rate)
   --secret-file PATH     the shared secret (default: LMP_SECRET)
 By default a worker holds, besides a task for each free process, about 20 ms
 of work at the rate its tasks finish (at most 256 per process): tiny tasks
@@ -85,9 +87,18 @@ end
 local flags = {["--queue"] = "queue", ["--processes"] = "processes", ["--prefetch"] = "prefetch",
                ["--visibility-timeout"] = "vt", ["--max-deliveries"] = "md", ["--max-age"] = "max_age",
                ["--task-timeout"] = "task_timeout", ["--secret-file"] = "secret_file",
-               ["--url-file"] = "url_file"}
+               ["--url-file"] = "url_file", ["--rate-limit"] = "rate_limit"}
 local numeric = {processes = "int", prefetch = "int", vt = "num", md = "int", max_age = "num",
                  task_timeout = "num"}
+
+-- "N/s", "N/m" or "N/h" -> tasks a second, N a positive number.
+local PER = {s = 1, m = 60, h = 3600}
+local function rate_limit(s)
+  local n, unit = s:match("^(%d*%.?%d+)/([smh])$")
+  n = tonumber(n)
+  if not n or n <= 0 then return nil end
+  return n / PER[unit]
+end
 
 local function parse(argv)
   local o = {queue = "default"}
@@ -113,6 +124,9 @@ local function parse(argv)
           return nil, "option " .. name .. " needs a positive " .. (numeric[key] == "int" and "integer" or "number")
         end
         val = numeric[key] == "int" and tointeger(n) or n
+      elseif key == "rate_limit" then
+        val = rate_limit(val)
+        if not val then return nil, "option " .. name .. " needs a rate such as 10/s, 30/m or 100/h" end
       end
       o[key] = val
     elseif a:sub(1, 1) == "-" then
@@ -626,6 +640,7 @@ local function serve(o)
   end
   conn:patience(PATIENCE)
   tconn:patience(PATIENCE)
+  if o.rate_limit then assert(tconn:rate_limit(o.rate_limit)) end
   local n = o.processes or lmp.cpu_count()
   local pool = pcore.new(n, 0, o.task_timeout or 0, nil, nil, 0, nil)
   core.catch_signals()
