@@ -15,7 +15,8 @@
  *   lmp:c:<caller>:t:<k>  replay records: bit i is set once the task of
  *                         seq k*65536+i has been handed to a worker
  *   lmp:c:<caller>:lo     every task of a seq below this is settled
- *   lmp:w:<consumer>      a live worker's heartbeat (a hash that expires)
+ *   lmp:w:<consumer>      a live worker's heartbeat (a hash that expires: its
+ *                         info, running ids and when it was sent)
  *   lmp:workers:<queue>   who has sent heartbeats, scored by expiry time
  * A caller that ends (settle_redis, final) deletes its own keys but
  * lmp:c:<caller>:lo, which lives as long as one of its tasks could be
