@@ -465,6 +465,60 @@ static int conn_workers(lua_State *L)
   return 1;
 }
 
+/* Pushes a worker of conn:queues(), its heartbeat's age from now_ms. */
+static void push_worker(lua_State *L, const lmp_broker_worker_t *w, int64_t now_ms)
+{
+  lua_createtable(L, 0, 4);
+  lua_pushstring(L, w->name);
+  lua_setfield(L, -2, "name");
+  lua_pushstring(L, w->info);
+  lua_setfield(L, -2, "info");
+  lua_pushstring(L, w->running);
+  lua_setfield(L, -2, "running");
+  if (w->seen_ms > 0) {
+    lua_pushnumber(L, (lua_Number)(now_ms > w->seen_ms ? now_ms - w->seen_ms : 0) / 1000);
+    lua_setfield(L, -2, "heartbeat_age");
+  }
+}
+
+/* conn:queues([name]) -> {{name =, waiting =, taken =, delayed =, dead =,
+ * workers = {{name =, info =, running =, heartbeat_age =}...}}...}, the
+ * queue `name` or every queue on the server (see lmp_broker_queues) */
+static int conn_queues(lua_State *L)
+{
+  lconn *c = checkconn(L);
+  const char *only = luaL_optstring(L, 2, NULL);
+  lmp_broker_queues_t qs;
+  int rc = lmp_broker_queues(c->b, only, &qs);
+  if (rc < 0)
+    return fail(L, c, rc);
+  int64_t now = lmp__wall_ms();
+  lua_createtable(L, qs.n, 0);
+  for (int i = 0; i < qs.n; i++) {
+    const lmp_broker_queue_t *q = &qs.q[i];
+    lua_createtable(L, 0, 6);
+    lua_pushstring(L, q->name);
+    lua_setfield(L, -2, "name");
+    lua_pushinteger(L, q->counts.waiting);
+    lua_setfield(L, -2, "waiting");
+    lua_pushinteger(L, q->counts.taken);
+    lua_setfield(L, -2, "taken");
+    lua_pushinteger(L, q->counts.delayed);
+    lua_setfield(L, -2, "delayed");
+    lua_pushinteger(L, q->counts.dead);
+    lua_setfield(L, -2, "dead");
+    lua_createtable(L, q->nworkers, 0);
+    for (int k = 0; k < q->nworkers; k++) {
+      push_worker(L, &q->workers[k], now);
+      lua_rawseti(L, -2, k + 1);
+    }
+    lua_setfield(L, -2, "workers");
+    lua_rawseti(L, -2, i + 1);
+  }
+  lmp_broker_queues_free(&qs);
+  return 1;
+}
+
 static int conn_lease_start(lua_State *L)
 {
   lconn *c = checkconn(L);
@@ -672,6 +726,7 @@ static const luaL_Reg conn_methods[] = {
     {"counts", conn_counts},
     {"visibility", conn_visibility},
     {"workers", conn_workers},
+    {"queues", conn_queues},
     {"lease_start", conn_lease_start},
     {"lease_add", conn_lease_add},
     {"lease_del", conn_lease_del},

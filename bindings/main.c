@@ -54,7 +54,11 @@ static const char usage[] = "usage: lmp [options] [script [args]]\n"
                             "       lmp top [PID] [--once] [--interval S]\n"
                             "  list this user's running lmp programs, or show PID's pools live\n"
                             "  (workers, state, task age, CPU%, RSS, throughput, queue; q quits);\n"
-                            "  --once prints one plain-text snapshot\n";
+                            "  --once prints one plain-text snapshot\n"
+                            "\n"
+                            "       lmp top --broker [BROKER_URL] [--once] [--interval S]\n"
+                            "  every queue of a broker (waiting, running, delayed, dead, tasks/s)\n"
+                            "  and its workers, live; the URL as for lmp worker\n";
 
 static const char *progname = "lmp";
 
@@ -309,9 +313,9 @@ static void runsubcommand(lua_State *L, int argc, char **argv)
     lua_pushinteger(L, lua_toboolean(L, -1) ? EXIT_SUCCESS : EXIT_FAILURE);
 }
 
-/* `lmp worker redis://user:PASSWORD@host...`: other users read command
- * lines (ps, /proc/PID/cmdline show the memory of argv, and of the children
- * forked with it).  So each argument holding a password is copied for the
+/* `lmp worker redis://user:PASSWORD@host...` (and `lmp top --broker ...`):
+ * other users read command lines (ps, /proc/PID/cmdline show the memory of
+ * argv, and of the children forked with it).  So each argument holding a password is copied for the
  * program and the password's bytes in argv are overwritten, before anything
  * else runs. */
 static void hide_passwords(int argc, char **argv)
@@ -384,7 +388,7 @@ ok:
 
 int main(int argc, char **argv)
 {
-  if (argc > 1 && strcmp(argv[1], "worker") == 0)
+  if (argc > 1 && (strcmp(argv[1], "worker") == 0 || strcmp(argv[1], "top") == 0))
     hide_passwords(argc, argv);
   lmpb_set_executable("/proc/self/exe");
   lua_State *L = luaL_newstate();

@@ -477,6 +477,30 @@ int lmp_broker_unregister(lmp_broker_t *b)
   GUARDED(b->e->unregister(b));
 }
 
+int lmp_broker_queues(lmp_broker_t *b, const char *only, lmp_broker_queues_t *out)
+{
+  out->q = NULL;
+  out->n = 0;
+  GUARDED(b->e->queues(b, only, out));
+}
+
+void lmp_broker_queues_free(lmp_broker_queues_t *q)
+{
+  for (int i = 0; q->q && i < q->n; i++) {
+    lmp_broker_queue_t *x = &q->q[i];
+    for (int k = 0; x->workers && k < x->nworkers; k++) {
+      free(x->workers[k].name);
+      free(x->workers[k].info);
+      free(x->workers[k].running);
+    }
+    free(x->workers);
+    free(x->name);
+  }
+  free(q->q);
+  q->q = NULL;
+  q->n = 0;
+}
+
 int lmp_broker_notify_fd(lmp_broker_t *b, const char *caller)
 {
   GUARDED(b->e->notify_fd(b, caller));

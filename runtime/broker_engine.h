@@ -41,6 +41,7 @@ typedef struct lmp__broker_engine {
   int (*counts)(lmp_broker_t *b, lmp_broker_counts_t *c);
   int (*heartbeat)(lmp_broker_t *b, const char *info, const char *running, int64_t ttl_ms);
   int (*workers)(lmp_broker_t *b, lmp_broker_batch_t *out);
+  int (*queues)(lmp_broker_t *b, const char *only, lmp_broker_queues_t *out);
   int (*unregister)(lmp_broker_t *b);
   int (*notify_fd)(lmp_broker_t *b, const char *caller);
   int (*notify_reset)(lmp_broker_t *b);

@@ -17,7 +17,8 @@
  *   ...:c:<caller>:t:<k>    replay records: bit i is set once the task of
  *                           seq k*65536+i has been handed to a worker
  *   ...:c:<caller>:lo       every task of a seq below this is settled
- *   lmp:{<queue>}:w:<consumer>  a live worker's heartbeat (a hash that expires)
+ *   lmp:{<queue>}:w:<consumer>  a live worker's heartbeat (a hash that expires:
+ *                           its info, running ids and when it was sent)
  *   lmp:{<queue>}:workers   who has sent heartbeats, scored by expiry time
  * A caller that ends (settle_redis, final) deletes its own keys but
  * ...:c:<caller>:lo, which lives as long as one of its tasks could be
@@ -1039,6 +1040,8 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
     }
     freeReplyObject(rep);
   }
+  if (b->cfg.queue[0] == 0) /* an observer (see queues_redis): no queue to make */
+    goto ready;
   rep = rc_command(r, "XGROUP CREATE %s " GROUP " 0 MKSTREAM", r->kstream);
   if (rep == NULL)
     return io_error(b, r, "XGROUP CREATE");
@@ -1063,6 +1066,7 @@ static int connect_once(lmp_broker_t *b, rconn *r, int64_t timeout_ms)
       return io_error(b, r, "SET");
     freeReplyObject(rep);
   }
+ready:
   r->fresh = 1;
   r->gen++;
   r->tdue = 0;
@@ -1175,7 +1179,7 @@ static void level_keys(rconn *r)
   for (int p = 1; p < LMP_BROKER_PRIORITIES; p++)
     snprintf(r->klevel[p], sizeof r->klevel[p], "%s:p%d", r->kstream, p);
   snprintf(r->klevel[0], sizeof r->klevel[0], "%s", r->kstream);
-  snprintf(r->kprios, sizeof r->kprios, "%s:prios", r->kstream);
+  snprintf(r->kprios, sizeof r->kprios, "%s:prios", r->kstream); /* as LEVELS_ASKED */
   snprintf(r->krate, sizeof r->krate, "%s:rate", r->kstream);
   snprintf(r->khold, sizeof r->khold, "%s:hold", r->kstream);
 }
@@ -1202,17 +1206,27 @@ static void tag_level(lmp_broker_msg_t *m, int level)
 }
 
 /* The levels > 0 the queue's producers announced (bit p), or -errno. */
+#define LEVELS_ASKED "HMGET %s:prios 1 2 3 4 5 6 7 8 9"
+
+/* The levels a reply to LEVELS_ASKED names (bit p), 0 for no array. */
+static int levels_of(const redisReply *rep)
+{
+  int levels = 0;
+  for (size_t i = 0;
+       rep->type == REDIS_REPLY_ARRAY && i < rep->elements && i + 1 < LMP_BROKER_PRIORITIES; i++)
+    if (rep->element[i]->type == REDIS_REPLY_STRING)
+      levels |= 1 << (i + 1);
+  return levels;
+}
+
 static int known_levels(lmp_broker_t *b, rconn *r)
 {
-  redisReply *rep = rc_command(r, "HMGET %s 1 2 3 4 5 6 7 8 9", r->kprios);
+  redisReply *rep = rc_command(r, LEVELS_ASKED, r->kstream);
   if (rep == NULL)
     return io_error(b, r, "HMGET");
   if (rep->type != REDIS_REPLY_ARRAY)
     return reply_error(b, rep, "HMGET");
-  int levels = 0;
-  for (size_t i = 0; i < rep->elements && i + 1 < LMP_BROKER_PRIORITIES; i++)
-    if (rep->element[i]->type == REDIS_REPLY_STRING)
-      levels |= 1 << (i + 1);
+  int levels = levels_of(rep);
   freeReplyObject(rep);
   return levels;
 }
@@ -2746,17 +2760,18 @@ static int64_t integer_or(const redisReply *rep, int64_t dflt)
   return rep->type == REDIS_REPLY_INTEGER ? rep->integer : dflt;
 }
 
-/* Add the waiting and taken tasks of the levels above 0 to c. */
-static int count_levels(lmp_broker_t *b, rconn *r, lmp_broker_counts_t *c)
+/* Add the waiting and taken tasks of the levels above 0 of the queue
+ * whose stream is `stream` to c (levels: which, bit p, or -errno). */
+static int count_levels(lmp_broker_t *b, rconn *r, const char *stream, int levels,
+                        lmp_broker_counts_t *c)
 {
-  int levels = known_levels(b, r);
   if (levels <= 0)
     return levels;
   int n = 0;
   for (int p = 1; p < LMP_BROKER_PRIORITIES; p++)
     if (levels & 1 << p) {
-      redisAppendCommand(r->c, "XLEN %s", r->klevel[p]);
-      redisAppendCommand(r->c, "XPENDING %s " GROUP, r->klevel[p]);
+      redisAppendCommand(r->c, "XLEN %s:p%d", stream, p); /* as level_keys */
+      redisAppendCommand(r->c, "XPENDING %s:p%d " GROUP, stream, p);
       n += 2;
     }
   redisReply *reps[2 * LMP_BROKER_PRIORITIES];
@@ -2775,23 +2790,20 @@ static int count_levels(lmp_broker_t *b, rconn *r, lmp_broker_counts_t *c)
   return 0;
 }
 
-/* The stream's entries less those taken (its group's pending count, from
- * the summary form of XPENDING), the held and the dead, in one round trip;
- * then the same of the levels above 0. */
-static int counts_redis(lmp_broker_t *b, lmp_broker_counts_t *c)
+#define COUNT_REPLIES 4
+
+/* The commands that count a queue (its stream, held and dead keys) ... */
+static void append_counts(rconn *r, const char *stream, const char *delayed, const char *dead)
 {
-  rconn *r = b->conn;
-  redisReply *reps[4] = {NULL, NULL, NULL, NULL};
-  int rc = ensure(b, r, b->cfg.connect_timeout);
-  if (rc < 0)
-    return rc;
-  redisAppendCommand(r->c, "XLEN %s", r->kstream);
-  redisAppendCommand(r->c, "XPENDING %s " GROUP, r->kstream);
-  redisAppendCommand(r->c, "ZCARD %s", r->kdelayed);
-  redisAppendCommand(r->c, "XLEN %s", r->kdead);
-  rc = read_replies(b, r, reps, 4, "counting");
-  if (rc < 0)
-    return rc;
+  redisAppendCommand(r->c, "XLEN %s", stream);
+  redisAppendCommand(r->c, "XPENDING %s " GROUP, stream);
+  redisAppendCommand(r->c, "ZCARD %s", delayed);
+  redisAppendCommand(r->c, "XLEN %s", dead);
+}
+
+/* ... and their COUNT_REPLIES replies read into c (the replies are kept). */
+static void read_counts(redisReply *const *reps, lmp_broker_counts_t *c)
+{
   int64_t entries = integer_or(reps[0], -1);
   /* no group (a queue never served): nothing taken */
   c->taken = reps[1]->type == REDIS_REPLY_ARRAY && reps[1]->elements >= 1
@@ -2800,9 +2812,26 @@ static int counts_redis(lmp_broker_t *b, lmp_broker_counts_t *c)
   c->waiting = entries < 0 ? -1 : entries > c->taken ? entries - c->taken : 0;
   c->delayed = integer_or(reps[2], -1);
   c->dead = integer_or(reps[3], -1);
-  for (int i = 0; i < 4; i++)
+}
+
+/* The stream's entries less those taken (its group's pending count, from
+ * the summary form of XPENDING), the held and the dead, in one round trip;
+ * then the same of the levels above 0. */
+static int counts_redis(lmp_broker_t *b, lmp_broker_counts_t *c)
+{
+  rconn *r = b->conn;
+  redisReply *reps[COUNT_REPLIES] = {NULL};
+  int rc = ensure(b, r, b->cfg.connect_timeout);
+  if (rc < 0)
+    return rc;
+  append_counts(r, r->kstream, r->kdelayed, r->kdead);
+  rc = read_replies(b, r, reps, COUNT_REPLIES, "counting");
+  if (rc < 0)
+    return rc;
+  read_counts(reps, c);
+  for (int i = 0; i < COUNT_REPLIES; i++)
     freeReplyObject(reps[i]);
-  return entries < 0 ? 0 : count_levels(b, r, c);
+  return c->waiting < 0 ? 0 : count_levels(b, r, r->kstream, known_levels(b, r), c);
 }
 
 /* === registry === */
@@ -2815,8 +2844,8 @@ static int heartbeat_redis(lmp_broker_t *b, const char *info, const char *runnin
   if (rc < 0)
     return rc;
   long long exp = (long long)(lmp__wall_ms() + ttl_ms);
-  redisAppendCommand(r->c, "HSET %s info %s running %s queue %s", r->kself, info, running,
-                     b->cfg.queue);
+  redisAppendCommand(r->c, "HSET %s info %s running %s queue %s at %lld", r->kself, info, running,
+                     b->cfg.queue, (long long)lmp__wall_ms());
   redisAppendCommand(r->c, "PEXPIRE %s %lld", r->kself, (long long)ttl_ms);
   redisAppendCommand(r->c, "ZADD %s %lld %s", r->kworkers, exp, b->consumer);
   rc = read_replies(b, r, reps, 3, "heartbeat");
@@ -2894,6 +2923,260 @@ static int unregister_redis(lmp_broker_t *b)
   freeReplyObject(reps[1]);
   drop_consumer(r, b->consumer); /* kept while it has entries: a reclaim takes those */
   return 0;
+}
+
+/* === the overview ===
+ *
+ * queues_redis: every queue on the server (or one), each with its counts
+ * and live workers, for `lmp top --broker` and a broker pool's stats().
+ * The queues are found by their epoch keys: every queue has one from the
+ * moment its group is made, whoever made it and whatever version of lmp,
+ * and nothing else has a string key of that name (a set of queue names kept
+ * by their makers would cost every connection a write, and miss the queues
+ * made before it).  SCAN walks the database's keys, a thousand a round trip;
+ * then one pipeline counts every queue and reads its workers' names, and a
+ * second reads every worker's heartbeat, however many queues there are.
+ * Nothing is written: lapsed heartbeats are skipped, not removed, and an
+ * observer (a broker opened with queue "") makes no queue of its own.
+ *
+ * Another queue's keys are this connection's with the name swapped: each
+ * holds the queue's name once, in its hash tag, at the same offset
+ * (queue_at), so key names are still made in open_redis alone.
+ */
+
+#define WORKER_FIELDS 3 /* info running at */
+
+/* Where the queue's name is in each of its keys (after "lmp:{"). */
+static size_t queue_at(const rconn *r)
+{
+  return (size_t)(strchr(r->kstream, '{') - r->kstream) + 1;
+}
+
+/* own, a key of this connection holding the name `len` bytes long at `at`,
+ * with `name` in its place. */
+static void swap_name(char *out, size_t n, const char *own, size_t at, size_t len, const char *name)
+{
+  snprintf(out, n, "%.*s%s%s", (int)at, own, name, own + at + len);
+}
+
+static int by_name(const void *a, const void *b)
+{
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The queues' names, sorted and without repeats (SCAN may return a key
+ * twice), into names (the caller frees them): their count, or -errno. */
+static int scan_queues(lmp_broker_t *b, rconn *r, char ***names)
+{
+  size_t qlen = strlen(b->cfg.queue), at = queue_at(r);
+  const char *rest = r->kstream + at + qlen;
+  char match[400], cursor[32] = "0";
+  snprintf(match, sizeof match, "%.*s*%s:epoch", (int)at, r->kstream, rest);
+  size_t tail = strlen(rest) + strlen(":epoch");
+  char **v = NULL;
+  int n = 0, cap = 0, rc = 0;
+  do {
+    redisReply *rep = rc_command(r, "SCAN %s MATCH %s COUNT 1000 TYPE string", cursor, match);
+    if (rep == NULL) {
+      rc = io_error(b, r, "SCAN");
+      goto err;
+    }
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
+        rep->element[0]->type != REDIS_REPLY_STRING || rep->element[1]->type != REDIS_REPLY_ARRAY) {
+      rc = reply_error(b, rep, "SCAN");
+      goto err;
+    }
+    snprintf(cursor, sizeof cursor, "%s", rep->element[0]->str);
+    redisReply *keys = rep->element[1];
+    for (size_t i = 0; i < keys->elements && rc == 0; i++) {
+      redisReply *k = keys->element[i];
+      if (k->type != REDIS_REPLY_STRING || k->len <= at + tail)
+        continue;
+      if (n == cap) {
+        char **nv = realloc(v, sizeof *v * (size_t)(cap = cap ? 2 * cap : 16));
+        if (nv == NULL) {
+          rc = -ENOMEM;
+          break;
+        }
+        v = nv;
+      }
+      if ((v[n] = strndup(k->str + at, k->len - at - tail)) == NULL)
+        rc = -ENOMEM;
+      else
+        n++;
+    }
+    freeReplyObject(rep);
+  } while (rc == 0 && strcmp(cursor, "0") != 0);
+  if (rc < 0)
+    goto err;
+  qsort(v, (size_t)n, sizeof *v, by_name);
+  int m = 0;
+  for (int i = 0; i < n; i++) {
+    if (m > 0 && strcmp(v[m - 1], v[i]) == 0)
+      free(v[i]);
+    else
+      v[m++] = v[i];
+  }
+  *names = v;
+  return m;
+err:
+  for (int i = 0; i < n; i++)
+    free(v[i]);
+  free(v);
+  return rc < 0 ? rc : -ENOMEM;
+}
+
+/* A queue's counts and its live workers' names, for each of out's queues:
+ * one pipeline.  The names go to each worker's name. */
+static int read_queues(lmp_broker_t *b, rconn *r, lmp_broker_queues_t *out)
+{
+  size_t qlen = strlen(b->cfg.queue), at = queue_at(r);
+  int per = COUNT_REPLIES + 2, n = out->n, rc = 0;
+  redisReply **reps = calloc((size_t)(per * n) + 1, sizeof *reps);
+  if (reps == NULL)
+    return -ENOMEM;
+  for (int i = 0; i < n; i++) {
+    char stream[sizeof r->kstream + 256], delayed[sizeof r->kdelayed + 256],
+        dead[sizeof r->kdead + 256], workers[sizeof r->kworkers + 256];
+    const char *name = out->q[i].name;
+    swap_name(stream, sizeof stream, r->kstream, at, qlen, name);
+    swap_name(delayed, sizeof delayed, r->kdelayed, at, qlen, name);
+    swap_name(dead, sizeof dead, r->kdead, at, qlen, name);
+    swap_name(workers, sizeof workers, r->kworkers, at, qlen, name);
+    append_counts(r, stream, delayed, dead);
+    redisAppendCommand(r->c, "ZRANGEBYSCORE %s %lld +inf", workers, (long long)lmp__wall_ms());
+    redisAppendCommand(r->c, LEVELS_ASKED, stream);
+  }
+  rc = read_replies(b, r, reps, per * n, "counting the queues");
+  if (rc < 0) {
+    free(reps);
+    return rc;
+  }
+  for (int i = 0; i < n && rc == 0; i++) {
+    lmp_broker_queue_t *q = &out->q[i];
+    redisReply *names = reps[i * per + COUNT_REPLIES];
+    read_counts(reps + i * per, &q->counts);
+    int levels = levels_of(reps[i * per + COUNT_REPLIES + 1]);
+    if (levels && q->counts.waiting >= 0) { /* a round trip for a queue with priorities */
+      char stream[sizeof r->kstream + 256];
+      swap_name(stream, sizeof stream, r->kstream, at, qlen, q->name);
+      if ((rc = count_levels(b, r, stream, levels, &q->counts)) < 0)
+        break;
+    }
+    if (names->type != REDIS_REPLY_ARRAY) {
+      rc = lmp__broker_fail(b, -EPROTO, "ZRANGEBYSCORE: %s",
+                            names->type == REDIS_REPLY_ERROR ? names->str : "unexpected reply");
+      break;
+    }
+    if (names->elements == 0)
+      continue;
+    q->workers = calloc(names->elements, sizeof *q->workers);
+    if (q->workers == NULL) {
+      rc = -ENOMEM;
+      break;
+    }
+    for (size_t k = 0; k < names->elements; k++) {
+      if (names->element[k]->type != REDIS_REPLY_STRING)
+        continue;
+      if ((q->workers[q->nworkers].name = strdup(names->element[k]->str)) == NULL) {
+        rc = -ENOMEM;
+        break;
+      }
+      q->nworkers++;
+    }
+  }
+  for (int i = 0; i < per * n; i++)
+    freeReplyObject(reps[i]);
+  free(reps);
+  return rc;
+}
+
+static char *reply_str(const redisReply *x)
+{
+  return x->type == REDIS_REPLY_STRING ? strndup(x->str, x->len) : strdup("");
+}
+
+/* Every worker's heartbeat: one pipeline.  A worker whose heartbeat lapsed
+ * meanwhile keeps an empty info. */
+static int read_heartbeats(lmp_broker_t *b, rconn *r, lmp_broker_queues_t *out)
+{
+  size_t qlen = strlen(b->cfg.queue), at = queue_at(r);
+  int total = 0, rc = 0;
+  for (int i = 0; i < out->n; i++)
+    total += out->q[i].nworkers;
+  if (total == 0)
+    return 0;
+  redisReply **reps = calloc((size_t)total, sizeof *reps);
+  if (reps == NULL)
+    return -ENOMEM;
+  for (int i = 0; i < out->n; i++) {
+    for (int k = 0; k < out->q[i].nworkers; k++) {
+      char stream[sizeof r->kstream + 256], key[sizeof stream + 256];
+      swap_name(stream, sizeof stream, r->kstream, at, qlen, out->q[i].name);
+      snprintf(key, sizeof key, "%s:w:%s", stream, out->q[i].workers[k].name); /* as r->kself */
+      redisAppendCommand(r->c, "HMGET %s info running at", key);
+    }
+  }
+  rc = read_replies(b, r, reps, total, "HMGET");
+  if (rc < 0) {
+    free(reps);
+    return rc;
+  }
+  int j = 0;
+  for (int i = 0; i < out->n; i++) {
+    for (int k = 0; k < out->q[i].nworkers; k++, j++) {
+      lmp_broker_worker_t *w = &out->q[i].workers[k];
+      redisReply *h = reps[j];
+      int ok = h->type == REDIS_REPLY_ARRAY && h->elements == WORKER_FIELDS;
+      w->info = ok ? reply_str(h->element[0]) : strdup("");
+      w->running = ok ? reply_str(h->element[1]) : strdup("");
+      w->seen_ms = ok && h->element[2]->type == REDIS_REPLY_STRING
+                       ? strtoll(h->element[2]->str, NULL, 10)
+                       : 0;
+      if (w->info == NULL || w->running == NULL)
+        rc = -ENOMEM;
+    }
+  }
+  for (int i = 0; i < total; i++)
+    freeReplyObject(reps[i]);
+  free(reps);
+  return rc;
+}
+
+static int queues_redis(lmp_broker_t *b, const char *only, lmp_broker_queues_t *out)
+{
+  rconn *r = b->conn;
+  char **names = NULL;
+  int rc = ensure(b, r, b->cfg.connect_timeout);
+  if (rc < 0)
+    return rc;
+  int n = 1;
+  if (only == NULL)
+    n = scan_queues(b, r, &names);
+  else if ((names = malloc(sizeof *names)) == NULL || (names[0] = strdup(only)) == NULL)
+    n = -ENOMEM;
+  if (n < 0) {
+    free(names);
+    return n;
+  }
+  out->q = n ? calloc((size_t)n, sizeof *out->q) : NULL;
+  if (n && out->q == NULL) {
+    for (int i = 0; i < n; i++)
+      free(names[i]);
+    free(names);
+    return -ENOMEM;
+  }
+  for (int i = 0; i < n; i++)
+    out->q[i].name = names[i];
+  out->n = n;
+  free(names);
+  if (n > 0 && (rc = read_queues(b, r, out)) == 0)
+    rc = read_heartbeats(b, r, out);
+  if (rc < 0) {
+    lmp_broker_queues_free(out);
+    return rc;
+  }
+  return n;
 }
 
 /* === the notifier ===
@@ -3051,6 +3334,7 @@ const lmp__broker_engine_t lmp__broker_redis = {
     .counts = counts_redis,
     .heartbeat = heartbeat_redis,
     .workers = workers_redis,
+    .queues = queues_redis,
     .unregister = unregister_redis,
     .notify_fd = notify_fd_redis,
     .notify_reset = notify_reset_redis,

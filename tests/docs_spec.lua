@@ -204,6 +204,9 @@ describe("docs/lmp.1", function()
     for flag in support.shell(support.lmp_bin .. " worker --help"):gmatch("\n  (%-%-[%w-]+)") do
       assert.matches(flag:gsub("%-", "\\-"), man, 1, true)
     end
+    for flag in support.shell(support.lmp_bin .. " top --help"):gmatch("%-%-[%w-]+") do
+      assert.matches(flag:gsub("%-", "\\-"), man, 1, true)
+    end
   end)
 end)
 

@@ -15,7 +15,8 @@
  *              one atomic step), release them for redelivery, bury them in
  *              the dead-letter queue, renew leases, reclaim the tasks of
  *              consumers whose leases lapsed
- *   registry   heartbeats of live workers, for `lmp worker --status`
+ *   registry   heartbeats of live workers, for `lmp worker --status`, and
+ *              every queue's counts and workers, for `lmp top --broker`
  *
  * Messages are signed with HMAC-SHA256 (OpenSSL) over version, kind, task
  * id, timestamp, expiry, queue and payload; lmp_broker_verify checks the tag
@@ -212,6 +213,36 @@ LMP_API int lmp_broker_heartbeat(lmp_broker_t *b, const char *info, int64_t ttl_
 /* Live workers: id is the consumer name, data its last info. */
 LMP_API int lmp_broker_workers(lmp_broker_t *b, lmp_broker_batch_t *out);
 LMP_API int lmp_broker_unregister(lmp_broker_t *b);
+
+/* A live worker as its last heartbeat shows it. */
+typedef struct lmp_broker_worker {
+  char *name;      /* its consumer name, host:pid:random */
+  char *info;      /* its heartbeat's text (counters, up to 8 running ids) */
+  char *running;   /* the ids it holds leases on, one a line */
+  int64_t seen_ms; /* wall ms of that heartbeat; 0 if the worker does not say */
+} lmp_broker_worker_t;
+
+/* A queue with its counts and its live workers. */
+typedef struct lmp_broker_queue {
+  char *name;
+  lmp_broker_counts_t counts;
+  lmp_broker_worker_t *workers;
+  int nworkers;
+} lmp_broker_queue_t;
+
+typedef struct lmp_broker_queues {
+  lmp_broker_queue_t *q; /* sorted by name */
+  int n;
+} lmp_broker_queues_t;
+
+/* The queue `only`, or (NULL) every queue on the server, with its counts
+ * and live workers, for a live view (`lmp top --broker`): the number of
+ * queues, or -errno.  The engine writes nothing, and a broker opened with
+ * queue "" (an observer) makes no queue of its own, so looking leaves the
+ * server as it was.  Whatever *out held is not freed: give it zeroed, or
+ * freed by lmp_broker_queues_free. */
+LMP_API int lmp_broker_queues(lmp_broker_t *b, const char *only, lmp_broker_queues_t *out);
+LMP_API void lmp_broker_queues_free(lmp_broker_queues_t *q);
 
 /* === the lease keeper === */
 

@@ -86,14 +86,34 @@ local function rate(pool)
   return dt > 0 and (pool._done + pool._failed - first[2]) / dt or 0
 end
 
--- A worker of the queue as its heartbeat (Worker:info) describes it.
+-- A worker of the queue as its heartbeat (Worker:info) describes it: its
+-- host from its consumer name (host:pid:random), the ids of up to 8 of its
+-- running tasks ("..." after them if it runs more).
 local function worker_entry(w)
   local info = w.info
   local function count(key) return tointeger(tonumber(info:match("%f[%w]" .. key .. "=(%d+)"))) end
   local running = count("running") or 0
+  local tasks = {}
+  for id in (info:match("%f[%w]tasks=(%S+)") or ""):gmatch("[^,]+") do tasks[#tasks + 1] = id end
   return {pid = count("pid"), done = count("done") or 0, failed = count("failed") or 0,
           state = info:match(" draining") and "exiting" or running > 0 and "busy" or "idle",
-          name = w.name, processes = count("processes"), running = running, info = info}
+          name = w.name, processes = count("processes"), running = running, info = info,
+          host = w.name:match("^(.+):%d+:%x+$") or w.name, tasks = tasks, heartbeat_age = w.heartbeat_age}
+end
+M.worker_entry = worker_entry
+
+--- A queue as conn:queues() gives it, as pool:stats() and `lmp top
+--- --broker` show it: name, waiting, running (its workers' running tasks),
+--- delayed, dead, taken and its workers (worker_entry, by name).
+function M.queue_entry(q)
+  local workers, running = {}, 0
+  for i, w in ipairs(q.workers) do
+    workers[i] = worker_entry(w)
+    running = running + workers[i].running
+  end
+  table.sort(workers, function(a, b) return a.name < b.name end)
+  return {name = q.name, waiting = q.waiting, running = running, delayed = q.delayed, dead = q.dead,
+          taken = q.taken, workers = workers}
 end
 
 local function broker_error(err)
@@ -465,19 +485,13 @@ end
 --- broker does not tell one caller's tasks from another's.
 function Pool:stats()
   checkself(self, Pool, "stats")
-  local waiting, dead, _, delayed = self._conn:counts()
-  if not waiting then broker_error(dead) end
-  local list, err = self._conn:workers()
+  local list, err = self._conn:queues(self._queue)
   if not list then broker_error(err) end
-  local workers, running = {}, 0
-  for i, w in ipairs(list) do
-    workers[i] = worker_entry(w)
-    running = running + workers[i].running
-  end
-  return {queued = waiting, running = running, done = self._done,
-          failed = self._failed, restarts = 0, recycled = 0, rate = rate(self), workers = workers,
+  local q = M.queue_entry(list[1])
+  return {queued = q.waiting, running = q.running, done = self._done,
+          failed = self._failed, restarts = 0, recycled = 0, rate = rate(self), workers = q.workers,
           broker = core.url_shown(self._url), queue = self._queue, inflight = self._inflight, submitted = self._seq,
-          refused = self._refused, waiting = waiting, delayed = delayed, dead = dead}
+          refused = self._refused, waiting = q.waiting, delayed = q.delayed, dead = q.dead}
 end
 
 function Pool:__close()

@@ -159,6 +159,8 @@ local function broker_url(o)
   return nil, "a broker URL is needed (an argument, --url-file or LMP_BROKER_URL)"
 end
 
+M.broker_url = broker_url
+
 local function read_secret(o)
   if o.secret_file then
     local f, err = io.open(o.secret_file)
