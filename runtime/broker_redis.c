@@ -254,9 +254,13 @@ static int parse_nodes(lmp_broker_t *b, const char *shown, const char *p, const 
   return 0;
 }
 
-/* The credentials [user]:pass or pass, from p up to `at`, into r. */
-static void parse_cred(rconn *r, const char *p, const char *at)
+/* The credentials of a URL's rest p, [user]:pass@ or pass@ before its
+ * path, into r: p past them. */
+static const char *parse_cred(rconn *r, const char *p)
 {
+  const char *slash = strchr(p, '/'), *at = strrchr(p, '@');
+  if (at == NULL || (slash && at > slash))
+    return p;
   char *cred = strndup(p, (size_t)(at - p)), *colon = strchr(cred, ':');
   if (colon) {
     *colon = 0;
@@ -271,6 +275,7 @@ static void parse_cred(rconn *r, const char *p, const char *at)
   }
   if (r->user)
     url_decode(r->user);
+  return at + 1;
 }
 
 /* The i-th node of a cluster URL's into r->host and r->port. */
@@ -289,7 +294,7 @@ static int tls_params(lmp_broker_t *b, rconn *r, const char *q);
  * Cluster, found through any of its nodes; database 0 only) */
 static int parse_url(lmp_broker_t *b, rconn *r)
 {
-  const char *p = strstr(b->url, "://") + 3, *at, *slash, *q = lmp__broker_url_query(b->url);
+  const char *p = strstr(b->url, "://") + 3, *slash, *q = lmp__broker_url_query(b->url);
   char shown[200], base[1024];
   lmp__broker_url_shown(b->url, shown, sizeof shown);
   if (q && (size_t)(q - p) >= sizeof base)
@@ -302,14 +307,8 @@ static int parse_url(lmp_broker_t *b, rconn *r)
   r->cluster = strncmp(b->url, "redis+cluster://", 16) == 0;
   r->port = 6379;
   r->db = 0;
+  p = parse_cred(r, p);
   slash = strchr(p, '/');
-  at = strrchr(p, '@');
-  if (at && slash && at > slash)
-    at = NULL;
-  if (at) {
-    parse_cred(r, p, at);
-    p = at + 1;
-  }
   size_t n = slash ? (size_t)(slash - p) : strlen(p);
   if (r->cluster) {
     int rc = parse_nodes(b, shown, p, p + n, 6379, "cluster", &r->seeds);
@@ -501,17 +500,11 @@ static void *rc_command(rconn *r, const char *fmt, ...); /* see TLS below */
 /* redis+sentinel://[[user]:pass@]s1[:port],s2.../master[/db] into r. */
 static int parse_sentinel_url(lmp_broker_t *b, rconn *r)
 {
-  const char *p = b->url + strlen("redis+sentinel://"), *at, *slash;
+  const char *p = b->url + strlen("redis+sentinel://"), *slash;
   char shown[200];
   lmp__broker_url_shown(b->url, shown, sizeof shown);
+  p = parse_cred(r, p);
   slash = strchr(p, '/');
-  at = strrchr(p, '@');
-  if (at && slash && at > slash)
-    at = NULL;
-  if (at) {
-    parse_cred(r, p, at);
-    p = at + 1;
-  }
   if (strchr(p, '?'))
     return lmp__broker_fail(b, -EINVAL, "bad broker URL '%s' (no options are supported)", shown);
   int rc =
