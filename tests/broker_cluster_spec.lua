@@ -61,15 +61,9 @@ local function start_worker(queue, opts)
   return harness.worker(o)
 end
 
-local function pool(queue, extra)
-  local o = {broker = url(), queue = queue, secret = SECRET}
-  for k, v in pairs(extra or {}) do o[k] = v end
-  return lmp.Pool(o)
-end
+local function pool(queue, extra) return harness.pool({broker = url(), queue = queue, secret = SECRET}, extra) end
 
-local describe_redis = harness.available and describe or function(name)
-  describe(name, function() pending(harness.why) end)
-end
+local describe_redis = harness.describer(describe, pending)
 
 describe_redis("lmp.Pool on a Redis Cluster", function()
   setup(function()
@@ -191,10 +185,7 @@ describe_redis("lmp.Pool on a Redis Cluster", function()
     start_worker("mail", {secret = "s3cret"})
     start_worker("thumbs", {secret = "s3cret"})
     local code = sample:gsub("127%.0%.0%.1:7000,127%.0%.0%.1:7001", "127.0.0.1:" .. seeds())
-    local out, rc = support.run(code)
-    assert.are.equal(0, rc, out)
-    local ok, missing = support.printed_as_shown(sample, out)
-    assert(ok, "the sample did not print: " .. tostring(missing) .. "\n" .. out)
+    support.check_sample(sample, code)
   end)
 
   it("leaks no globals", function()

@@ -19,11 +19,7 @@ local function start_worker(queue, opts)
   return harness.worker(o)
 end
 
-local function pool(queue, extra)
-  local o = {broker = redis:url(0), queue = queue, secret = SECRET}
-  for k, v in pairs(extra or {}) do o[k] = v end
-  return lmp.Pool(o)
-end
+local function pool(queue, extra) return harness.pool({broker = redis:url(0), queue = queue, secret = SECRET}, extra) end
 
 -- A task that appends its tag and the time it started to a file.
 local function record(tag, path)
@@ -44,9 +40,7 @@ local function records(path)
   return tags, times
 end
 
-local describe_redis = harness.available and describe or function(name)
-  describe(name, function() pending(harness.why) end)
-end
+local describe_redis = harness.describer(describe, pending)
 
 describe_redis("priorities and rate limits on a Redis broker", function()
   setup(function() redis = harness.server() end)

@@ -15,11 +15,7 @@ local function new_queue()
   return "retry" .. nqueue
 end
 
-local function pool(queue, extra)
-  local o = {broker = redis:url(0), queue = queue, secret = SECRET}
-  for k, v in pairs(extra or {}) do o[k] = v end
-  return lmp.Pool(o)
-end
+local function pool(queue, extra) return harness.pool({broker = redis:url(0), queue = queue, secret = SECRET}, extra) end
 
 local function start_worker(queue, args)
   return harness.worker{url = redis:url(0), queue = queue, secret = SECRET, args = args}
@@ -44,9 +40,7 @@ local function count(path)
   return n
 end
 
-local describe_redis = harness.available and describe or function(name)
-  describe(name, function() pending(harness.why) end)
-end
+local describe_redis = harness.describer(describe, pending)
 
 describe_redis("lmp.Pool{broker = ...} retries", function()
   setup(function() redis = harness.server() end)

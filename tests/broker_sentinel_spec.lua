@@ -10,23 +10,9 @@ local SECRET = "spec-secret"
 local harness = dofile("tests/redis.lua")
 local free_port = harness.free_port
 
-local function readfile(path)
-  local f = io.open(path)
-  if not f then return "" end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local readfile = support.readfile
 
--- Waits up to secs until fn() is true; whether it became so.
-local function eventually(fn, secs)
-  local deadline = lmp.time() + (secs or 10)
-  repeat
-    if fn() then return true end
-    lmp.sleep(0.1)
-  until lmp.time() > deadline
-  return fn()
-end
+local eventually = support.eventually
 
 -- A master, its replica and three sentinels of it named `name`; the URL
 -- lists a port where no sentinel listens first (asked in turn, it is
@@ -48,11 +34,7 @@ local function topology(name)
   return t
 end
 
-local function pool(url, queue, extra)
-  local o = {broker = url, queue = queue, secret = SECRET}
-  for k, v in pairs(extra or {}) do o[k] = v end
-  return lmp.Pool(o)
-end
+local function pool(url, queue, extra) return harness.pool({broker = url, queue = queue, secret = SECRET}, extra) end
 
 -- The error lmp.Pool{broker = url} raises.
 local function open_error(url, extra)
@@ -61,9 +43,7 @@ local function open_error(url, extra)
   return e
 end
 
-local describe_redis = harness.available and describe or function(name)
-  describe(name, function() pending(harness.why) end)
-end
+local describe_redis = harness.describer(describe, pending)
 
 describe_redis("lmp.Pool on Redis Sentinel", function()
   local topo
@@ -155,10 +135,7 @@ describe_redis("lmp.Pool on Redis Sentinel", function()
         harness.worker{url = topo.url, queue = "default", secret = "s3cret"}
         local code = sample.code
         for k = 1, 3 do code = code:gsub("sentinel%-" .. k .. ":26379", "127.0.0.1:" .. topo[k].port) end
-        local out, rc = support.run(code)
-        assert.are.equal(0, rc, out)
-        local ok, missing = support.printed_as_shown(sample.code, out)
-        assert(ok, "sample " .. i .. " did not print: " .. tostring(missing) .. "\n" .. out)
+        support.check_sample(sample.code, code)
       end)
     end
   end

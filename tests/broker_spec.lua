@@ -9,13 +9,7 @@ local SECRET = "spec-secret"
 
 local sh, kill, range = support.shell, support.kill, support.range
 
-local function readfile(path)
-  local f = io.open(path)
-  if not f then return "" end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local readfile = support.readfile
 
 local harness = dofile("tests/redis.lua")
 local redis -- the server of this file's tests (setup)
@@ -63,15 +57,9 @@ local function readable(fd, secs) return lmp._poll_fds({fd}, secs) > 0 end
 -- The non-empty lines of a file.
 local function lines(path) return support.lines(readfile(path)) end
 
-local function pool(queue, extra)
-  local o = {broker = url(), queue = queue, secret = SECRET}
-  for k, v in pairs(extra or {}) do o[k] = v end
-  return lmp.Pool(o)
-end
+local function pool(queue, extra) return harness.pool({broker = url(), queue = queue, secret = SECRET}, extra) end
 
-local describe_redis = harness.available and describe or function(name)
-  describe(name, function() pending(harness.why) end)
-end
+local describe_redis = harness.describer(describe, pending)
 
 describe_redis("lmp.Pool on a Redis broker", function()
   setup(function() redis = harness.server() end)
@@ -877,11 +865,9 @@ describe_redis("lmp.Pool on a Redis broker", function()
         local ws = {}
         for k = 1, 2 do ws[k] = start_worker(queue, {secret = "s3cret", args = args}) end
         local code = sample.code:gsub("redis://redis%-host:6379", "redis://127.0.0.1:" .. redis.port)
-        local out, rc = support.run(code)
+        local ok, err = pcall(support.check_sample, sample.code, code)
         for _, w in ipairs(ws) do kill(w, "KILL") end
-        assert.are.equal(0, rc, out)
-        local ok, missing = support.printed_as_shown(sample.code, out)
-        assert(ok, "sample " .. i .. " did not print: " .. tostring(missing) .. "\n" .. out)
+        assert(ok, err)
       end)
     end
   end

@@ -12,13 +12,7 @@ local sh, kill = support.shell, support.kill
 local harness = dofile("tests/redis.lua")
 local shq = harness.shq
 
-local function readfile(path)
-  local f = io.open(path)
-  if not f then return "" end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local readfile = support.readfile
 
 local dir       -- the certificates
 local tls       -- the server's files, for harness.server
@@ -79,9 +73,7 @@ local function refused(url, extra)
   return e.message
 end
 
-local describe_redis = harness.available and describe or function(name)
-  describe(name, function() pending(harness.why) end)
-end
+local describe_redis = harness.describer(describe, pending)
 
 describe_redis("lmp.Pool on a TLS Redis (rediss://)", function()
   setup(function()
@@ -236,11 +228,9 @@ describe_redis("lmp.Pool on a TLS Redis (rediss://)", function()
         for k = 1, 2 do ws[k] = worker("default", tls_url(srv), {secret = "s3cret"}) end
         local code = sample.code:gsub("redis%-host:6380", "127.0.0.1:" .. srv.port)
                                 :gsub("/etc/lmp/ca%.pem", tls.ca)
-        local out, rc = support.run(code)
+        local ok, err = pcall(support.check_sample, sample.code, code)
         for _, w in ipairs(ws) do kill(w, "KILL") end
-        assert.are.equal(0, rc, out)
-        local ok, missing = support.printed_as_shown(sample.code, out)
-        assert(ok, "sample " .. i .. " did not print: " .. tostring(missing) .. "\n" .. out)
+        assert(ok, err)
       end)
     end
   end

@@ -34,11 +34,7 @@ local function stop(pid)
   assert.is_true(support.all_dead({pid}, 10))
 end
 
-local function pool(url, queue, extra)
-  local o = {broker = url, queue = queue, secret = SECRET}
-  for k, v in pairs(extra or {}) do o[k] = v end
-  return lmp.Pool(o)
-end
+local function pool(url, queue, extra) return harness.pool({broker = url, queue = queue, secret = SECRET}, extra) end
 
 -- `lmp top ARGS` with its output and exit status.
 local function top(args, env)
@@ -56,9 +52,7 @@ end
 
 local function long() require("lmp").sleep(20) end
 
-local describe_redis = harness.available and describe or function(name)
-  describe(name, function() pending(harness.why) end)
-end
+local describe_redis = harness.describer(describe, pending)
 
 describe_redis("lmp top --broker", function()
   setup(function() redis = harness.server() end)

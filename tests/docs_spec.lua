@@ -231,10 +231,7 @@ for _, page in ipairs({{"docs/guide.md", 10}, {"docs/from-python.md", 10}}) do
           assert(load(block, "=sample " .. i))
           return
         end
-        local out, code = support.run(block)
-        assert.are.equal(0, code, out)
-        local ok, missing = support.printed_as_shown(block, out)
-        assert(ok, "sample " .. i .. " did not print: " .. tostring(missing) .. "\n" .. out)
+        support.check_sample(block)
       end)
     end
   end)

@@ -23,17 +23,25 @@ local M = {}
 M.available = sh("command -v redis-server"):match("%S") ~= nil and sh("command -v redis-cli"):match("%S") ~= nil
 M.why = "redis-server is not installed (apt-get install redis-server)"
 
+-- The describe of a spec over Redis: busted's own (passed in, as a spec's
+-- environment has it), or one whose test is pending with the reason when
+-- redis-server is missing.
+function M.describer(describe, pending)
+  if M.available then return describe end
+  return function(name) describe(name, function() pending(M.why) end) end
+end
+
+-- lmp.Pool(o), with extra's fields added to o.
+function M.pool(o, extra)
+  for k, v in pairs(extra or {}) do o[k] = v end
+  return lmp.Pool(o)
+end
+
 -- A word for sh.
 local function shq(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 M.shq = shq
 
-local function readfile(path)
-  local f = io.open(path)
-  if not f then return "" end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local readfile = support.readfile
 
 -- tls: redis-cli's words for a TLS server, or nil
 local function ping(port, tls)
@@ -119,6 +127,21 @@ end
 
 local servers, workers, logs = {}, {}, {}
 
+-- s started, on a port of its own (`place` picks it and writes what the
+-- server reads), kept for cleanup; or an error with what it logged.
+local function started(s, what, place)
+  for _ = 1, 3 do -- another program may take the port first
+    place()
+    if s:start() then
+      servers[#servers + 1] = s
+      return s
+    end
+  end
+  local log = s:log()
+  sh("rm -rf " .. shq(s.dir))
+  error(what .. " did not start: " .. log)
+end
+
 -- A started server (extra redis-server words in args), or an error; with
 -- opts: cluster, a Redis Cluster node (not yet joined to others); or
 -- ca, cert and key (PEM files): it listens for TLS alone.
@@ -130,16 +153,7 @@ function M.server(args, opts)
   if tls then
     s.tlscli = string.format(" --tls --cacert %s --cert %s --key %s", shq(tls.ca), shq(tls.cert), shq(tls.key))
   end
-  for _ = 1, 3 do -- another program may take the port first
-    s.port = M.free_port(cluster)
-    if s:start() then
-      servers[#servers + 1] = s
-      return s
-    end
-  end
-  local log = s:log()
-  sh("rm -rf " .. shq(s.dir))
-  error("redis-server did not start: " .. log)
+  return started(s, "redis-server", function() s.port = M.free_port(cluster) end)
 end
 
 -- A started sentinel (redis-server --sentinel) of the master `name` at
@@ -148,7 +162,7 @@ end
 function M.sentinel(master_port, name)
   local s = setmetatable({dir = sh("mktemp -d"):match("%S+")}, Server)
   s.sentinel = s.dir .. "/sentinel.conf"
-  for _ = 1, 3 do
+  return started(s, "redis-server --sentinel", function()
     s.port = M.free_port()
     local f = assert(io.open(s.sentinel, "w"))
     f:write(string.format("port %d\nbind 127.0.0.1\ndaemonize yes\ndir %s\npidfile %s/redis.pid\n"
@@ -156,14 +170,7 @@ function M.sentinel(master_port, name)
                           .. "sentinel down-after-milliseconds %s 1000\nsentinel failover-timeout %s 5000\n",
                           s.port, s.dir, s.dir, s.dir, name, master_port, name, name))
     f:close()
-    if s:start() then
-      servers[#servers + 1] = s
-      return s
-    end
-  end
-  local log = s:log()
-  sh("rm -rf " .. shq(s.dir))
-  error("redis-server --sentinel did not start: " .. log)
+  end)
 end
 
 -- Start `lmp worker` in the background: its pid and its log file.  It runs

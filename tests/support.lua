@@ -319,6 +319,15 @@ function M.read(path)
   return s
 end
 
+-- The contents of a file, "" when there is none.
+function M.readfile(path)
+  local f = io.open(path)
+  if not f then return "" end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
 -- The non-empty lines of s.
 -- The ```lua samples of a page of docs, each {code =, title =} (title:
 -- the heading of its section), in order.
@@ -332,18 +341,24 @@ function M.samples(path)
   return out
 end
 
--- Whether out printed, in order, the values the "--> " comments of a
--- sample show (runs of spaces alike; other lines may come between).
-function M.printed_as_shown(code, out)
+-- Run code (a sample of docs, or it as changed to run here: shown is the
+-- sample as the docs show it) under the lmp command: it must exit 0 and
+-- print, in order, the values the "--> " comments of shown show (runs of
+-- spaces alike; other lines may come between).  What it printed.
+function M.check_sample(shown, code)
+  local luassert = luassert()
+  local out, rc = M.run(code or shown)
+  luassert.are.equal(0, rc, out)
   local expected = {}
-  for value in code:gmatch("%-%-> ([^\n]*)") do
+  for value in shown:gmatch("%-%-> ([^\n]*)") do
     expected[#expected + 1] = (value:gsub("%s+", " "):gsub(" $", ""))
   end
   local n = 1
   for line in out:gmatch("[^\n]+") do
     if (line:gsub("%s+", " "):gsub(" $", "")) == expected[n] then n = n + 1 end
   end
-  return n > #expected, expected[n]
+  luassert(n > #expected, "the sample did not print: " .. tostring(expected[n]) .. "\n" .. out)
+  return out
 end
 
 function M.lines(s)
