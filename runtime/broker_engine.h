@@ -44,6 +44,9 @@ typedef struct lmp__broker_engine {
   int (*unregister)(lmp_broker_t *b);
   int (*notify_fd)(lmp_broker_t *b, const char *caller);
   int (*notify_reset)(lmp_broker_t *b);
+  int (*revoke)(lmp_broker_t *b, const char *const *ids, const int64_t *expires_ms, int n,
+                int terminate, int *before);
+  int (*revoked)(lmp_broker_t *b, int64_t *gen, lmp_broker_batch_t *out);
 } lmp__broker_engine_t;
 
 typedef struct lmp__lease {
