@@ -250,6 +250,21 @@ describe_redis("revoking tasks of a broker pool", function()
     ex:shutdown()
   end)
 
+  it("a cancel the broker never answers fails the result with kind 'broker'", function()
+    local srv = harness.server()
+    local p = lmp.Pool{broker = srv:url(0), queue = new_queue(), secret = SECRET}
+    local res = p:apply_async(function() return 1 end)
+    p:poll()
+    srv:stop()
+    p._conn:patience(0.2) -- give up reconnecting soon
+    local e = support.raised(res.cancel, res)
+    assert.are.equal("broker", e.kind)
+    assert.is_true(res:ready()) -- not left waiting for a result that may never come
+    assert.are.equal("broker", support.raised(res.get, res).kind)
+    assert.are.equal(0, p._inflight)
+    p:terminate()
+  end)
+
   it("a revoked task reclaimed from a vanished worker does not run", function()
     local q = new_queue()
     local p = pool(q)

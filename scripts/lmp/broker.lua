@@ -264,7 +264,13 @@ local function revoke(pool, ts, terminate)
     at[#ids] = (pool._due[id] or t) + pool._expires -- the latest it could be delivered
   end
   local before, err = pool._conn:revoke(ids, at, terminate)
-  if not before then broker_error(err) end
+  if not before then
+    -- Revoked or not, nobody can tell: the results fail rather than wait
+    -- for what may never come.
+    local e = lmp.Error("broker", "broker pool: cannot revoke: " .. tostring(err))
+    for i = 1, #ids do settle(pool, ids[i], "error", e) end
+    error(e, 0)
+  end
   local any = terminate
   for i = 1, #ids do any = any or before[i] end
   if not any then return false end
