@@ -334,6 +334,63 @@ static int conn_settle(lua_State *L)
                     lmp_broker_settle(c->b, caller, lo > 0 ? (uint64_t)lo : 0, final, expires));
 }
 
+/* conn:revoke(ids, expires_s, terminate) -> {before...}: per task id,
+ * true if no worker had been handed it (see lmp_broker_revoke); each task
+ * can be delivered until expires_s[i] (seconds since the epoch). */
+static int conn_revoke(lua_State *L)
+{
+  lconn *c = checkconn(L);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  int terminate = lua_toboolean(L, 4);
+  int n = (int)luaL_len(L, 2);
+  if (n <= 0) {
+    lua_newtable(L);
+    return 1;
+  }
+  /* the arrays live in a userdata, the ids in the table */
+  size_t each = sizeof(const char *) + sizeof(int64_t) + sizeof(int);
+  char *mem = lua_newuserdatauv(L, each * (size_t)n, 0);
+  const char **ids = (const char **)mem;
+  int64_t *at = (int64_t *)(mem + sizeof *ids * (size_t)n);
+  int *before = (int *)(mem + (sizeof *ids + sizeof *at) * (size_t)n);
+  for (int i = 0; i < n; i++) {
+    lua_geti(L, 2, i + 1);
+    ids[i] = luaL_checkstring(L, -1);
+    lua_pop(L, 1);
+    lua_geti(L, 3, i + 1);
+    at[i] = (int64_t)(luaL_checknumber(L, -1) * 1000);
+    lua_pop(L, 1);
+  }
+  int rc = lmp_broker_revoke(c->b, ids, at, n, terminate, before);
+  if (rc < 0)
+    return fail(L, c, rc);
+  lua_createtable(L, n, 0);
+  for (int i = 0; i < n; i++) {
+    lua_pushboolean(L, before[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  return 1;
+}
+
+/* conn:revoked(gen) -> false (nothing changed since gen), or the new gen
+ * and the live revocations {"cancel <id>" | "terminate <id>"...} */
+static int conn_revoked(lua_State *L)
+{
+  lconn *c = checkconn(L);
+  int64_t gen = (int64_t)luaL_checkinteger(L, 2);
+  int rc = lmp_broker_revoked(c->b, &gen, &c->batch);
+  if (rc <= 0) {
+    if (rc < 0)
+      return push_batch(L, c, rc, 0);
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  lua_pushinteger(L, gen);
+  push_batch(L, c, rc, 0);
+  return 2;
+}
+
 /* A message table at idx back into a lmp_broker_msg_t (borrowing strings). */
 static void tomsg(lua_State *L, int idx, lmp_broker_msg_t *m)
 {
@@ -719,6 +776,8 @@ static const luaL_Reg conn_methods[] = {
     {"replicate", conn_replicate},
     {"server", conn_server},
     {"settle", conn_settle},
+    {"revoke", conn_revoke},
+    {"revoked", conn_revoked},
     {"reclaim", conn_reclaim},
     {"complete", conn_complete},
     {"release", conn_release},

@@ -352,6 +352,19 @@ int lmp_broker_promote(lmp_broker_t *b, int max)
   GUARDED(b->e->promote(b, max > 0 ? max : 1));
 }
 
+int lmp_broker_revoke(lmp_broker_t *b, const char *const *ids, const int64_t *expires_ms, int n,
+                      int terminate, int *before)
+{
+  if (n <= 0)
+    return 0;
+  GUARDED(b->e->revoke(b, ids, expires_ms, n, terminate, before));
+}
+
+int lmp_broker_revoked(lmp_broker_t *b, int64_t *gen, lmp_broker_batch_t *out)
+{
+  GUARDED(b->e->revoked(b, gen, out));
+}
+
 int lmp_broker_flush(lmp_broker_t *b)
 {
   GUARDED(b->e->flush(b));

@@ -47,6 +47,9 @@ typedef struct lmp__broker_engine {
   int (*notify_reset)(lmp_broker_t *b);
   int (*replicate)(lmp_broker_t *b, int replicas, int64_t timeout_ms);
   int (*server)(const lmp_broker_t *b, char *out, size_t n);
+  int (*revoke)(lmp_broker_t *b, const char *const *ids, const int64_t *expires_ms, int n,
+                int terminate, int *before);
+  int (*revoked)(lmp_broker_t *b, int64_t *gen, lmp_broker_batch_t *out);
 } lmp__broker_engine_t;
 
 typedef struct lmp__lease {

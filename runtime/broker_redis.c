@@ -10,6 +10,9 @@
  *   lmp:{<queue>}:epoch     the queue's identity, made anew with its group
  *   lmp:{<queue>}:delayed   tasks held until they are due (a sorted set of the
  *                           messages by due time, wall ms; see promote_redis)
+ *   lmp:{<queue>}:revoked   revocations of tasks already handed out, by expiry
+ *                           (a sorted set), and :revoked:n their count (see
+ *                           revoke_redis)
  *   lmp:{<queue>}:c:<caller>  the results a caller has yet to collect (a
  *                           stream; see results_redis for how it is read),
  *                           kept the result_ttl its tasks carry
@@ -144,6 +147,8 @@ typedef struct rconn {
   int tpeek;             /* the waiter in flight is such a one */
   char plast[LMP_BROKER_PRIORITIES][48]; /* each level's last delivered id */
   int64_t hold_until;                    /* monotonic ns: the bucket has no token before this */
+  int64_t rev_count;                     /* the queue's count of revocations, read by promote */
+  int rev_known;                         /* ... and not yet looked at by revoked_redis */
 } rconn;
 
 /* A producer's descriptor for event loops (see notify_fd_redis). */
@@ -2554,9 +2559,17 @@ static int promote_redis(lmp_broker_t *b, int max)
   argv[k++] = count;
   for (int i = 0; i < k; i++)
     lens[i] = strlen(argv[i]);
-  redisReply *rep = rc_command_argv(r, k, argv, lens);
-  if (rep == NULL)
-    return io_error(b, r, "promoting held tasks");
+  redisAppendCommandArgv(r->c, k, argv, lens);
+  /* the count of revocations comes along (see revoked_redis) */
+  redisAppendCommand(r->c, "GET %s:revoked:n", r->kstream);
+  redisReply *reps[2] = {NULL, NULL};
+  rc = read_replies(b, r, reps, 2, "promoting held tasks");
+  if (rc < 0)
+    return rc;
+  redisReply *rep = reps[0];
+  r->rev_count = reps[1]->type == REDIS_REPLY_STRING ? strtoll(reps[1]->str, NULL, 10) : 0;
+  r->rev_known = reps[1]->type != REDIS_REPLY_ERROR;
+  freeReplyObject(reps[1]);
   if (rep->type != REDIS_REPLY_INTEGER)
     return reply_error(b, rep, "promoting held tasks");
   int n = (int)rep->integer;
@@ -2825,6 +2838,168 @@ static int counts_redis(lmp_broker_t *b, lmp_broker_counts_t *c)
   for (int i = 0; i < COUNT_REPLIES; i++)
     freeReplyObject(reps[i]);
   return c->waiting < 0 ? 0 : count_levels(b, r, r->kstream, known_levels(b, r), c);
+}
+
+/* === revocation ===
+ *
+ * A task no consumer has been handed is revoked by setting its replay
+ * record, as a take would: every entry of it, waiting or held, is then
+ * dropped at take like a replay, and the caller knows at once that it will
+ * never run.  One already handed out (its record set) may be running, held
+ * unstarted by a worker's prefetch, or back in the stream (a worker gave it
+ * back, or its lease lapsed): its revocation is recorded in
+ * <queue>:revoked, members "cancel <id>" or "terminate <id>" scored by the
+ * task's expiry, and <queue>:revoked:n counts them.  Consumers read the
+ * count with every promote (ten times a second) and fetch the set only
+ * when it changed, so a queue that never revokes costs them nothing more.
+ */
+
+/* KEYS: the set, its count, then each task's replay record; ARGV[1]
+ * "cancel" or "terminate", then per task its bit, its expiry (wall ms) and
+ * its id.  Per task: 1 if revoked before any consumer had it, 0 if recorded.
+ * A record made here expires with its task (a take may set it later). */
+/* clang-format off */
+static const char REVOKE_SCRIPT[] =
+    "local t = redis.call('TIME')\n"
+    "local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
+    "local function keep(k, at)\n"
+    "  local left = redis.call('PTTL', k)\n"
+    "  if left < 0 or now + left < at then redis.call('PEXPIREAT', k, at) end\n"
+    "end\n"
+    "local out, last = {}, 0\n"
+    "for i = 3, #KEYS do\n"
+    "  local a = 3 * (i - 3) + 1\n"
+    "  local at = tonumber(ARGV[a + 2])\n"
+    "  if redis.call('SETBIT', KEYS[i], ARGV[a + 1], 1) == 0 then\n"
+    "    out[#out + 1] = 1\n"
+    "    keep(KEYS[i], at)\n"
+    "  else\n"
+    "    out[#out + 1] = 0\n"
+    "    redis.call('ZADD', KEYS[1], at, ARGV[1] .. ' ' .. ARGV[a + 3])\n"
+    "    if at > last then last = at end\n"
+    "  end\n"
+    "end\n"
+    "if last > 0 then\n"
+    "  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)\n"
+    "  redis.call('INCR', KEYS[2])\n"
+    "  keep(KEYS[1], last)\n"
+    "  keep(KEYS[2], last)\n"
+    "end\n"
+    "return out\n";
+
+/* KEYS: the set, its count; ARGV[1] the count the consumer has seen.
+ * Returns the count, then, if it differs, the live revocations. */
+static const char REVOKED_SCRIPT[] =
+    "local n = redis.call('GET', KEYS[2]) or '0'\n"
+    "if n == ARGV[1] then return {n} end\n"
+    "local t = redis.call('TIME')\n"
+    "local out = redis.call('ZRANGEBYSCORE', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000), '+inf')\n"
+    "table.insert(out, 1, n)\n"
+    "return out\n";
+/* clang-format on */
+
+typedef struct revoke_slot {
+  char key[600], bit[24], at[24];
+} revoke_slot;
+
+/* See lmp_broker_revoke.  Not retried after a lost connection: a second
+ * run would find the records set by the first and answer wrongly. */
+static int revoke_redis(lmp_broker_t *b, const char *const *ids, const int64_t *expires_ms, int n,
+                        int terminate, int *before)
+{
+  rconn *r = b->conn;
+  char kset[320], kcount[330], nkeys[16];
+  snprintf(kset, sizeof kset, "%s:revoked", r->kstream);
+  snprintf(kcount, sizeof kcount, "%s:revoked:n", r->kstream);
+  snprintf(nkeys, sizeof nkeys, "%d", n + 2);
+  revoke_slot *s = calloc((size_t)n, sizeof *s);
+  argvec a;
+  if (s == NULL || argv_init(&a, 6 + 4 * n) < 0) {
+    free(s);
+    return -ENOMEM;
+  }
+  int rc = 0;
+  const char *head[] = {"EVAL", REVOKE_SCRIPT, nkeys, kset, kcount};
+  for (int i = 0; i < 5; i++)
+    argv_push(&a, head[i]);
+  for (int i = 0; i < n && rc == 0; i++) {
+    const char *dot = strrchr(ids[i], '.');
+    char *end;
+    unsigned long long seq = dot && dot > ids[i] && dot[1] ? strtoull(dot + 1, &end, 10) : 0;
+    if (dot == NULL || dot == ids[i] || dot[1] == 0 || *end)
+      rc = lmp__broker_fail(b, -EINVAL, "cannot revoke '%s': not a task id", ids[i]);
+    snprintf(s[i].key, sizeof s[i].key, "%s:c:%.*s:t:%llu", r->kstream,
+             (int)(dot ? dot - ids[i] : 0), ids[i], seq / CHUNK); /* as the take script's */
+    snprintf(s[i].bit, sizeof s[i].bit, "%llu", seq % CHUNK);
+    snprintf(s[i].at, sizeof s[i].at, "%lld", (long long)expires_ms[i]);
+    argv_push(&a, s[i].key);
+  }
+  argv_push(&a, terminate ? "terminate" : "cancel");
+  for (int i = 0; i < n; i++) {
+    argv_push(&a, s[i].bit);
+    argv_push(&a, s[i].at);
+    argv_push(&a, ids[i]);
+  }
+  if (rc == 0)
+    rc = ensure(b, r, b->patience_ms);
+  if (rc < 0)
+    goto out;
+  redisReply *rep = rc_command_argv(r, a.n, a.v, a.len);
+  if (rep == NULL) {
+    rc = io_error(b, r, "revoking tasks");
+  } else if (rep->type != REDIS_REPLY_ARRAY || rep->elements != (size_t)n) {
+    rc = reply_error(b, rep, "revoking tasks");
+  } else {
+    for (int i = 0; i < n; i++)
+      before[i] = rep->element[i]->type == REDIS_REPLY_INTEGER && rep->element[i]->integer == 1;
+    freeReplyObject(rep);
+  }
+out:
+  argv_free(&a);
+  free(s);
+  return rc;
+}
+
+/* See lmp_broker_revoked. */
+static int revoked_redis(lmp_broker_t *b, int64_t *gen, lmp_broker_batch_t *out)
+{
+  rconn *r = b->conn;
+  int known = r->rev_known;
+  r->rev_known = 0;
+  if (known && r->rev_count == *gen)
+    return 0;
+  int rc = ensure(b, r, b->patience_ms);
+  if (rc < 0)
+    return rc;
+  char kset[320], kcount[330];
+  snprintf(kset, sizeof kset, "%s:revoked", r->kstream);
+  snprintf(kcount, sizeof kcount, "%s:revoked:n", r->kstream);
+  redisReply *rep =
+      rc_command(r, "EVAL %s 2 %s %s %lld", REVOKED_SCRIPT, kset, kcount, (long long)*gen);
+  if (rep == NULL)
+    return io_error(b, r, "reading revocations");
+  if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 1 ||
+      rep->element[0]->type != REDIS_REPLY_STRING)
+    return reply_error(b, rep, "reading revocations");
+  int64_t n = strtoll(rep->element[0]->str, NULL, 10);
+  rc = n != *gen;
+  for (size_t i = 1; i < rep->elements && rc > 0; i++) {
+    redisReply *e = rep->element[i];
+    lmp_broker_msg_t *m = e->type == REDIS_REPLY_STRING ? lmp__broker_push(out) : NULL;
+    if (e->type != REDIS_REPLY_STRING)
+      continue;
+    if (m == NULL || (m->data = malloc(e->len + 1)) == NULL) {
+      rc = -ENOMEM;
+      break;
+    }
+    memcpy(m->data, e->str, e->len);
+    m->data[e->len] = 0;
+    m->len = e->len;
+  }
+  freeReplyObject(rep);
+  if (rc > 0)
+    *gen = n;
+  return rc;
 }
 
 /* === registry === */
@@ -3333,4 +3508,6 @@ const lmp__broker_engine_t lmp__broker_redis = {
     .notify_reset = notify_reset_redis,
     .replicate = replicate_redis,
     .server = server_redis,
+    .revoke = revoke_redis,
+    .revoked = revoked_redis,
 };

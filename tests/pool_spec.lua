@@ -797,6 +797,33 @@ describe("lmp.Pool lifecycle", function()
     assert.are.same({1, 2}, m3:get())
   end)
 
+  it("cancel{terminate = true} stops a running task: its worker is killed and replaced", function()
+    local pool <close>, gate, long = held_pool()
+    local pid = support.pids(pool)[1]
+    assert.is_false(long:cancel()) -- running
+    local queued = pool:apply_async(function() return "queued" end)
+    assert.is_true(long:cancel{terminate = true})
+    assert.is_true(long:cancelled())
+    assert.is_true(long:cancel{terminate = true}) -- still cancelled
+    assert.are.equal("cancelled", select(2, pcall(long.get, long)).kind)
+    assert.is_true(support.all_dead({pid}))
+    assert.are.equal("queued", queued:get(10)) -- on the worker that replaced it
+    assert.are_not.equal(pid, support.pids(pool)[1])
+    assert.is_false(queued:cancel{terminate = true}) -- finished
+    assert.is_false(queued:cancelled())
+    gate:set()
+    local m = pool:map_async(function(x) require("lmp").sleep(30) return x end, range(4), {chunksize = 1})
+    assert.is_true(eventually(function() return m:running() end))
+    assert.is_true(m:cancel{terminate = true})
+    assert.are.equal("cancelled", select(2, pcall(m.get, m)).kind)
+    assert.are.equal(3, pool:apply(function(x) return x end, 3))
+    assert.matches("bad argument #1 to 'cancel' %(table expected, got number%)", raised(m.cancel, m, 5))
+    assert.matches("bad argument #1 to 'cancel' %(unknown option 'terminat'%)",
+                   raised(m.cancel, m, {terminat = true}))
+    assert.matches("bad argument #1 to 'cancel' %(option 'terminate' must be a boolean%)",
+                   raised(m.cancel, m, {terminate = 1}))
+  end)
+
   it("workers keep busy while the parent computes without calling lmp", function()
     local pool <close> = lmp.Pool(2)
     local count = lmp.Value("int64", 0)

@@ -150,6 +150,18 @@ LMP_API int lmp_broker_state(lmp_broker_t *b, int64_t *count, char *epoch, size_
 LMP_API int lmp_broker_settle(lmp_broker_t *b, const char *caller, uint64_t lo, int final,
                               int64_t expires_ms);
 
+/* Revoke n tasks of this producer (ids "<caller>.<seq>"; task i can be
+ * delivered until expires_ms[i], wall ms), in one atomic step.  before[i]
+ * is 1 when no consumer had been handed task i: none ever will (every entry
+ * of it, waiting or held, is dropped at take, as a replay is).  It is 0 when
+ * one had: the revocation is recorded among the queue's revocations
+ * (lmp_broker_revoked) until the task expires, for the consumer that holds
+ * it, or is handed it again, to act on: skip it if it has not started it,
+ * and with `terminate`, stop it if it has.  -EINVAL for an id of another
+ * form. */
+LMP_API int lmp_broker_revoke(lmp_broker_t *b, const char *const *ids, const int64_t *expires_ms,
+                              int n, int terminate, int *before);
+
 /* === consumer === */
 
 /* Take up to max tasks, waiting up to block_ms for the first.  After a
@@ -191,6 +203,13 @@ LMP_API int lmp_broker_renew(lmp_broker_t *b, const char *const *ids, int n);
 /* Queue up to max held tasks that are due (by the broker's clock), each
  * once whoever else promotes at the same time; the number queued. */
 LMP_API int lmp_broker_promote(lmp_broker_t *b, int max);
+/* The queue's revocations of tasks already handed out (lmp_broker_revoke):
+ * when they changed since *gen (-1 at first), the live ones into out (data
+ * "cancel <task id>" or "terminate <task id>"), *gen updated, and 1; 0 when
+ * nothing changed.  Their count comes along with every promote, so a
+ * consumer that promotes before each look pays a round trip here only when
+ * a revocation was made. */
+LMP_API int lmp_broker_revoked(lmp_broker_t *b, int64_t *gen, lmp_broker_batch_t *out);
 /* Claim up to max tasks whose lease lapsed more than idle_ms ago. */
 LMP_API int lmp_broker_reclaim(lmp_broker_t *b, int64_t idle_ms, int max, lmp_broker_batch_t *out);
 /* The queue's visibility timeout: the smallest any producer asked for in

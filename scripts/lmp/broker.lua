@@ -26,6 +26,16 @@
 -- run; their results are dropped).  Their workers WAIT likewise before
 -- counting their results done.
 --
+-- Revoking (AsyncResult:cancel): a task no worker has been handed is
+-- withdrawn in the same atomic step that tells so (runtime/broker_redis.c's
+-- revoke marks it as handed out, so every take drops it): cancel() is true
+-- and the result fails "cancelled" at once.  A task a worker has is
+-- recorded among the queue's revocations, which workers look at ten times a
+-- second: one that holds it unstarted skips it, and with terminate stops it
+-- where it runs; its result, "cancelled", comes from there.  Whether it had
+-- started cannot be known here without asking the worker, so a plain
+-- cancel() of such a task is false; with terminate it is true at once.
+--
 -- Submissions are buffered and sent in one pipelined batch when 512 are
 -- waiting and whenever the pool waits for results (get, wait, join, poll,
 -- imap's iterator), so a loop of apply_async costs one round trip per batch.
@@ -131,6 +141,7 @@ local function settle(pool, id, how, v)
   if h == nil then return end
   pool._pending[id] = nil
   pool._inflight = pool._inflight - 1
+  pool._due[id] = nil
   if how == "ok" then pool._done = pool._done + 1 else pool._failed = pool._failed + 1 end
   h:_settle(how, v)
 end
@@ -287,7 +298,39 @@ local function submit(pool, tag, fr, args, n, opts)
                                  opts and opts.priority or pool._priority)
   if not ok then error(lmp.Error("broker", "broker pool: " .. tostring(err)), 0) end
   pool._inflight = pool._inflight + 1
+  if countdown or eta then pool._due[id] = math.ceil(start) end -- for revoke's expiry
   return id
+end
+
+-- Revoke the tasks ts (a set of ids) in one round trip (see the header):
+-- true if the result they make is cancelled now, which is when one of them
+-- no worker had been handed, or with terminate.  The tasks withdrawn leave
+-- the pending ones; a result still to come for another is dropped.
+local function revoke(pool, ts, terminate)
+  local ids, at, t = {}, {}, os.time()
+  for id in pairs(ts) do
+    ids[#ids + 1] = id
+    at[#ids] = (pool._due[id] or t) + pool._expires -- the latest it could be delivered
+  end
+  local before, err = pool._conn:revoke(ids, at, terminate)
+  if not before then
+    -- Revoked or not, nobody can tell: the results fail rather than wait
+    -- for what may never come.
+    local e = lmp.Error("broker", "broker pool: cannot revoke: " .. tostring(err))
+    for i = 1, #ids do settle(pool, ids[i], "error", e) end
+    error(e, 0)
+  end
+  local any = terminate
+  for i = 1, #ids do any = any or before[i] end
+  if not any then return false end
+  for i = 1, #ids do
+    local id = ids[i]
+    if (terminate or before[i]) and pool._pending[id] ~= nil then
+      pool._pending[id], pool._due[id] = nil, nil
+      pool._inflight = pool._inflight - 1
+    end
+  end
+  return true
 end
 
 -- How many processes serve the queue, as the workers' heartbeats say
@@ -366,9 +409,11 @@ result.new{
   check_submit = check_submit,
   countdown = true, -- a retry is held by the broker until due
   encode_fn = encode_fn,
-  -- A task sent cannot be taken back: its result is still awaited (so
-  -- stats, poll and join count it), and dropped when it comes.
+  -- A failed map's other chunks, an imap left early: their results are
+  -- still awaited (so stats, poll and join count them), and dropped when
+  -- they come.
   cancel = function() return false end,
+  revoke = revoke,
   -- The notifier's descriptor (see Pool:fileno); without one a cqueues
   -- controller looks again every TICK seconds.
   pollfd = notifier,
@@ -559,7 +604,7 @@ function M.Pool(o, ...)
   if not count then error(lmp.Error("broker", "Pool: " .. tostring(epoch)), 0) end
   local t = now()
   return setmetatable({_conn = conn, _url = o.broker, _queue = queue, _secret = secret,
-                       _caller = conn:consumer(), _seq = 0, _pending = {}, _inflight = 0,
+                       _caller = conn:consumer(), _seq = 0, _pending = {}, _due = {}, _inflight = 0,
                        _refused = 0, _done = 0, _failed = 0, _rs = {{t, 0}}, _cbq = result.new_queue(), _state = "run",
                        _vt = vt, _md = tointeger(o.max_deliveries) or 5, _rt = o.result_ttl or 3600,
                        _expires = math.ceil(o.expires or 86400), _epoch = epoch, _base = -count,

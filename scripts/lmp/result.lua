@@ -32,7 +32,14 @@
 --                              will still come (it is then ignored)
 --   state(pool, t)             "queued", "running"...; absent when the
 --                              backend cannot tell (then no result can be
---                              cancelled and none is said to be running)
+--                              cancelled, unless it has revoke, and none
+--                              is said to be running)
+--   stop(pool, t)              optional: cancel the unit t, or stop it
+--                              where it runs: true if it will not finish
+--   revoke(pool, ts, terminate)   optional, for a backend without state:
+--                              AsyncResult:cancel of the units ts (a set);
+--                              true if the result is cancelled (the units
+--                              withdrawn are dropped from pool._pending)
 --   pollfd(pool), tick(pool)   AsyncResult:pollfd() and, while pending,
 --                              AsyncResult:timeout() (tick optional)
 --   default_chunksize(pool, n), window(pool), new_values(n), isatty(fd)
@@ -473,17 +480,22 @@ function M.new(B)
     return false
   end
 
-  --- Cancel a task no worker has been handed yet: true if cancelled (it
-  --- then fails with kind "cancelled" and never runs), false otherwise (a
-  --- task on a broker cannot be taken back once sent).
-  function AsyncResult:cancel()
-    checkself(self, AsyncResult, "cancel")
-    if self._done or not unit_state then return self._cancelled == true end
-    local pool = self._pool
-    local ts = units(self)
+  -- Withdraw the units ts of a pool whose backend tells their state:
+  -- true if the result is cancelled.
+  local function withdraw(pool, ts, terminate)
     local one = next(ts)
-    if one == nil then return false end
-    if next(ts, one) == nil then
+    if terminate then
+      -- Whatever runs is stopped (its worker killed and replaced); not
+      -- cancelled if all of it had finished already.
+      local any = false
+      for t in pairs(ts) do
+        if stop_unit(pool, t) then
+          pool._pending[t] = nil
+          any = true
+        end
+      end
+      return any
+    elseif next(ts, one) == nil then
       -- One task: cancelled if no worker has taken it, in the parent's
       -- backlog or in the ring (the core decides, atomically).
       local st = unit_state(pool, one)
@@ -501,6 +513,34 @@ function M.new(B)
         cancel_unit(pool, t)
         pool._pending[t] = nil
       end
+    end
+    return true
+  end
+
+  local cancel_keys = {terminate = true}
+
+  --- Cancel a task no worker has started: true if cancelled (it then
+  --- fails with kind "cancelled" and never runs), false otherwise.  With
+  --- {terminate = true} a running task is stopped too (its worker is
+  --- killed and replaced), and the result fails "cancelled" at once.
+  function AsyncResult:cancel(opts)
+    checkself(self, AsyncResult, "cancel")
+    local terminate = false
+    if opts ~= nil then
+      checkoptions(opts, 1, "cancel", cancel_keys)
+      terminate = opts.terminate
+      if terminate ~= nil and type(terminate) ~= "boolean" then
+        argerror(1, "cancel", "option 'terminate' must be a boolean")
+      end
+    end
+    if self._done then return self._cancelled == true end
+    local pool = self._pool
+    local ts = units(self)
+    if next(ts) == nil then return false end
+    if B.revoke then
+      if not B.revoke(pool, ts, terminate == true) then return false end
+    elseif not unit_state or not withdraw(pool, ts, terminate) then
+      return false
     end
     self._tickets = nil
     self._cancelled = true

@@ -30,6 +30,14 @@
 -- caller gets an lmp.Error of kind "dead_letter".  The tasks of workers that
 -- vanished are reclaimed once idle for the visibility timeout.
 --
+-- A task its caller revoked after a worker was handed it (lmp.broker's
+-- cancel) is in the queue's revocations, which the worker fetches when
+-- their count changes (the count comes with each tick's promote): a task
+-- held here that no local process has started is dropped, with terminate a
+-- running one is stopped (its process killed, and replaced by the local
+-- pool), and a revoked task handed here again (given back, reclaimed) is
+-- not run; each time its caller gets a "cancelled" result.
+--
 -- Signals: SIGTERM or a first SIGINT drains (running tasks finish, no new
 -- ones are taken, then the worker exits 0); a second SIGINT stops at once,
 -- putting the running tasks back for other workers (exit 130).
@@ -436,6 +444,35 @@ function Worker:collect(deadline)
   end
 end
 
+local function revoked_error(t)
+  return lmp.Error("cancelled", "task " .. t.id .. " was revoked")
+end
+
+-- The queue's revocations, when they changed: kept for the entries to
+-- come, and the tasks held here that they name are dropped (not started)
+-- or stopped (terminate).
+function Worker:revocations()
+  local gen, list = self.conn:revoked(self.revgen)
+  if gen == nil then return self:cut(list) end
+  if gen == false then return end
+  self.revgen = gen
+  local revoked = {}
+  for i = 1, #list do
+    local how, id = list[i]:match("^(%a+) (.+)$")
+    if id and revoked[id] ~= "terminate" then revoked[id] = how end
+  end
+  self.revoked = revoked
+  local pool = self.pool
+  for _, t in pairs(self.running) do
+    local how = revoked[t.id]
+    if how and t.local_id and self.tasks[t.local_id] == t
+       and (pool:cancel(t.local_id) or how == "terminate" and pool:stop(t.local_id)) then
+      self.tasks[t.local_id] = nil
+      self:publish(t, "error", revoked_error(t))
+    end
+  end
+end
+
 -- One delivered entry: checked, then run, redelivered or dead-lettered.
 function Worker:handle(msg)
   if self.running[msg.id] then return end -- our own, read again after a reconnection
@@ -467,6 +504,7 @@ function Worker:handle(msg)
   self.running[msg.id] = t
   self.nrunning = self.nrunning + 1
   self.conn:lease_add(msg.id)
+  if self.revoked[id] then return self:publish(t, "error", revoked_error(t)) end
   self:run(t, body)
 end
 
@@ -602,6 +640,7 @@ function Worker:serve()
         self:give_back(t)
         self:promote()
       end
+      self:revocations()
       last_tick = t
       if t - (self.info_at or 0) > 0.5 then
         self.info_at = t
@@ -652,7 +691,7 @@ local function serve(o)
                           vt = o.vt or 30, md = o.md or 5, max_age = o.max_age or 86400,
                           running = {}, nrunning = 0, ndone = 0, nfailed = 0, nrefused = 0,
                           batch = {}, tasks = {}, next_reclaim = 0, rate = 0,
-                          rate_at = t, finished = 0},
+                          rate_at = t, finished = 0, revoked = {}, revgen = -1},
                          Worker)
   local ok, lerr = conn:lease_start(0.25, 5)
   if not ok then
@@ -660,6 +699,7 @@ local function serve(o)
     return 1
   end
   conn:lease_info(w:info())
+  w:revocations()
   say("serving queue %s at %s as %s with %d processes", o.queue, core.url_shown(o.url),
       conn:consumer(), n)
   local rc = w:serve()
