@@ -83,9 +83,7 @@ local function cancelled_error(res)
   assert.are.equal("cancelled", e.kind)
 end
 
-local describe_redis = harness.available and describe or function(name)
-  describe(name, function() pending(harness.why) end)
-end
+local describe_redis = harness.describer(describe, pending)
 
 describe_redis("revoking tasks of a broker pool", function()
   setup(function() redis = harness.server() end)
