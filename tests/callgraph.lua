@@ -188,13 +188,13 @@ tap(#up == 0, "call graph: nothing in runtime/ or include/ reaches up into bindi
 -- circle among runtime/*.o fails, whatever its width.
 local allowed = {
   -- An engine reports back to the broker object that drives it (its error
-  -- text, the messages it read, the signed layout it peeks at for task ids,
-  -- a URL as logs show it): the two are one object split by transport
-  -- (runtime/broker_engine.h).
+  -- text, the messages and queues it read, the signed layout it peeks at for
+  -- task ids, a URL as logs show it and its query): the two are one object
+  -- split by transport (runtime/broker_engine.h).
   {files = {"runtime/broker.c", "runtime/broker_redis.c"}, from = "runtime/broker_redis.c",
    to = "runtime/broker.c", calls = {"lmp__broker_fail", "lmp__broker_push", "lmp__wall_ms",
                                       "lmp__broker_url_shown", "lmp_broker_batch_clear", "lmp_broker_batch_free",
-                                      "lmp_broker_peek"}},
+                                      "lmp_broker_peek", "lmp__broker_url_query", "lmp_broker_queues_free"}},
   -- A segment call made before anyone started the runtime starts it
   -- (lmp/segment.h, lmp/runtime.h): the root is above segments and gives
   -- them their prefix, and this lazy start is the one call back up.

@@ -332,11 +332,22 @@ end
 -- The ```lua samples of a page of docs, each {code =, title =} (title:
 -- the heading of its section), in order.
 function M.samples(path)
-  local text, out = M.read(path), {}
-  for pos, block in text:gmatch("()```lua\n(.-)```") do
-    local title
-    for t in text:sub(1, pos):gmatch("\n#+ ([^\n]+)") do title = t end
-    out[#out + 1] = {code = block, title = title or block:match("[^\n]*")}
+  local out, title, block, indent, fence = {}, nil, nil, "", false
+  for line in (M.read(path) .. "\n"):gmatch("([^\n]*)\n") do
+    if block then
+      if line:match("^%s*```") then
+        out[#out + 1] = {code = table.concat(block, "\n") .. "\n", title = title or block[1]}
+        block = nil
+      else
+        block[#block + 1] = line:sub(1, #indent) == indent and line:sub(#indent + 1) or line
+      end
+    elseif line:match("^%s*```lua") then
+      block, indent = {}, line:match("^(%s*)")
+    elseif line:match("^%s*```") then
+      fence = not fence
+    elseif not fence and line:match("^#+ ") then
+      title = line:match("^#+ (.*)")
+    end
   end
   return out
 end
