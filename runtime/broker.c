@@ -245,7 +245,7 @@ int lmp_broker_open(const lmp_broker_config_t *cfg, lmp_broker_t **out, char *er
     if (errmsg)
       snprintf(errmsg, errlen,
                "unsupported broker URL '%s' (supported: redis://, rediss://, redis+cluster://, "
-               "redis+sentinel://)",
+               "rediss+cluster://, redis+sentinel://)",
                shown);
     return -EINVAL;
   }

@@ -294,9 +294,10 @@ static void use_seed(rconn *r, int i)
 static int tls_params(lmp_broker_t *b, rconn *r, const char *q);
 
 /* redis://[[user]:pass@]host[:port][/db] (host may be an IPv6 address in
- * []); rediss://...[?ca=...], the same over TLS (see tls_params); or
- * redis+cluster://[[user]:pass@]host[:port],host[:port].../ (a Redis
- * Cluster, found through any of its nodes; database 0 only) */
+ * []); or redis+cluster://[[user]:pass@]host[:port],host[:port].../ (a
+ * Redis Cluster, found through any of its nodes; database 0 only); each
+ * over TLS as rediss:// and rediss+cluster://, ...[?ca=...] (see
+ * tls_params). */
 static int parse_url(lmp_broker_t *b, rconn *r)
 {
   const char *p = strstr(b->url, "://") + 3, *slash, *q = lmp__broker_url_query(b->url);
@@ -309,7 +310,8 @@ static int parse_url(lmp_broker_t *b, rconn *r)
     base[q - p] = 0;
     p = base;
   }
-  r->cluster = strncmp(b->url, "redis+cluster://", 16) == 0;
+  r->cluster =
+      strncmp(b->url, "redis+cluster://", 16) == 0 || strncmp(b->url, "rediss+cluster://", 17) == 0;
   r->port = 6379;
   r->db = 0;
   p = parse_cred(r, p);
@@ -698,7 +700,7 @@ static int tls_params(lmp_broker_t *b, rconn *r, const char *q)
   char shown[200], *v[3] = {NULL, NULL, NULL}, *query = NULL, *save = NULL;
   int rc = 0;
   lmp__broker_url_shown(b->url, shown, sizeof shown);
-  if (strncmp(b->url, "rediss://", 9) != 0)
+  if (strncmp(b->url, "rediss", 6) != 0) /* rediss:// or rediss+cluster:// */
     return q ? lmp__broker_fail(b, -EINVAL,
                                 "bad broker URL '%s' (ca=, cert= and key= need rediss://)", shown)
              : 0;
@@ -3478,7 +3480,7 @@ static int notify_reset_redis(lmp_broker_t *b)
 }
 
 const lmp__broker_engine_t lmp__broker_redis = {
-    .schemes = "redis rediss redis+cluster redis+sentinel",
+    .schemes = "redis rediss redis+cluster rediss+cluster redis+sentinel",
     .open = open_redis,
     .close = close_redis,
     .fileno = fileno_redis,

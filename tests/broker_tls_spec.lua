@@ -235,6 +235,40 @@ describe_redis("lmp.Pool on a TLS Redis (rediss://)", function()
     end
   end
 
+  it("reaches a Redis Cluster over TLS (rediss+cluster://), following MOVED to another node", function()
+    local nodes, addrs = {}, {}
+    for i = 1, 3 do
+      nodes[i] = harness.server("--tls-cluster yes --tls-replication yes --appendonly no",
+                                {cluster = true, ca = tls.ca, cert = tls.cert, key = tls.key})
+      addrs[i] = "127.0.0.1:" .. nodes[i].port
+    end
+    local out = sh("redis-cli" .. nodes[1].tlscli .. " --cluster create " .. table.concat(addrs, " ")
+                   .. " --cluster-yes 2>&1")
+    assert(out:match("All 16384 slots covered"), out)
+    assert(support.eventually(function()
+      for _, n in ipairs(nodes) do
+        if not n:cli("CLUSTER INFO"):match("cluster_state:ok") then return false end
+      end
+      return true
+    end, 20), "the cluster did not come up")
+    -- a queue on the third master, which the URL does not name
+    local q
+    for i = 1, 1000 do
+      q = "tlsc" .. i
+      if tonumber(nodes[1]:cli("CLUSTER KEYSLOT 'lmp:{" .. q .. "}'"):match("%d+")) >= 10923 then break end
+    end
+    local url = "rediss+cluster://" .. addrs[1] .. "," .. addrs[2] .. "/?ca=" .. tls.ca
+    worker(q, url)
+    local p = lmp.Pool{broker = url, queue = q, secret = SECRET}
+    assert.are.same({1, 4, 9}, p:map(function(x) return x * x end, {1, 2, 3}))
+    p:terminate()
+    assert.matches("lmp:{" .. q .. "}", nodes[3]:cli("--scan --pattern 'lmp:*'"))
+    -- without the CA, the first node already fails the check
+    local ok, e = pcall(lmp.Pool, {broker = "rediss+cluster://" .. addrs[1] .. "/", queue = q, secret = SECRET})
+    assert.is_false(ok)
+    assert.matches("certificate verify failed", e.message)
+  end)
+
   it("leaks no globals", function()
     assert.are.same({}, support.new_globals())
   end)

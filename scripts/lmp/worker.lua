@@ -58,7 +58,8 @@ usage: lmp worker [URL] [--queue NAME] [--processes N] [options]
   URL                    redis://[user:password@]host:port/db, or
                          redis+sentinel://[user:password@]s1:26379,s2/master/db
                          (following the sentinels' master), or
-                         redis+cluster://host:port,host:port/; without it,
+                         redis+cluster://host:port,host:port/ (rediss+cluster://
+                         over TLS); without it,
                          the first line of --url-file, or LMP_BROKER_URL
                          (a password given here is hidden from ps);
                          rediss://...db?ca=PATH[&cert=PATH&key=PATH] for TLS
