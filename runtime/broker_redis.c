@@ -139,7 +139,7 @@ typedef struct rconn {
   SSL_CTX *tls;
   SSL *ssl;
   /* priorities and the rate limit (see "priorities" below) */
-  char klevel[LMP_BROKER_PRIORITIES][312], kprios[320], krate[320], khold[320];
+  char klevel[LMP_BROKER_PRIORITIES][320], kprios[320], krate[320], khold[320];
   unsigned char *putlvl; /* each put's priority */
   unsigned announced;    /* levels this producer announced on this connection (bit p) */
   unsigned levels;       /* levels > 0 in use, as the last take saw them (bit p) */
