@@ -3179,7 +3179,8 @@ static int scan_queues(lmp_broker_t *b, rconn *r, char ***names)
   } while (rc == 0 && strcmp(cursor, "0") != 0);
   if (rc < 0)
     goto err;
-  qsort(v, (size_t)n, sizeof *v, by_name);
+  if (n > 1) /* (qsort takes no NULL, even for nothing) */
+    qsort(v, (size_t)n, sizeof *v, by_name);
   int m = 0;
   for (int i = 0; i < n; i++) {
     if (m > 0 && strcmp(v[m - 1], v[i]) == 0)
