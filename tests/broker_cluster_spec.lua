@@ -67,19 +67,7 @@ local describe_redis = harness.describer(describe, pending)
 
 describe_redis("lmp.Pool on a Redis Cluster", function()
   setup(function()
-    local addrs = {}
-    for i = 1, 3 do
-      nodes[i] = harness.server("--appendonly no", {cluster = true})
-      addrs[i] = "127.0.0.1:" .. nodes[i].port
-    end
-    local out = sh("redis-cli --cluster create " .. table.concat(addrs, " ") .. " --cluster-yes 2>&1")
-    assert(out:match("All 16384 slots covered"), out)
-    assert(support.eventually(function()
-      for _, n in ipairs(nodes) do
-        if not n:cli("CLUSTER INFO"):match("cluster_state:ok") then return false end
-      end
-      return true
-    end, 20), "the cluster did not come up")
+    nodes = harness.cluster(3, "--appendonly no")
   end)
 
   teardown(harness.cleanup)

@@ -236,21 +236,8 @@ describe_redis("lmp.Pool on a TLS Redis (rediss://)", function()
   end
 
   it("reaches a Redis Cluster over TLS (rediss+cluster://), following MOVED to another node", function()
-    local nodes, addrs = {}, {}
-    for i = 1, 3 do
-      nodes[i] = harness.server("--tls-cluster yes --tls-replication yes --appendonly no",
-                                {cluster = true, ca = tls.ca, cert = tls.cert, key = tls.key})
-      addrs[i] = "127.0.0.1:" .. nodes[i].port
-    end
-    local out = sh("redis-cli" .. nodes[1].tlscli .. " --cluster create " .. table.concat(addrs, " ")
-                   .. " --cluster-yes 2>&1")
-    assert(out:match("All 16384 slots covered"), out)
-    assert(support.eventually(function()
-      for _, n in ipairs(nodes) do
-        if not n:cli("CLUSTER INFO"):match("cluster_state:ok") then return false end
-      end
-      return true
-    end, 20), "the cluster did not come up")
+    local nodes, addrs = harness.cluster(3, "--tls-cluster yes --tls-replication yes --appendonly no",
+                                         {ca = tls.ca, cert = tls.cert, key = tls.key})
     -- a queue on the third master, which the URL does not name
     local q
     for i = 1, 1000 do

@@ -8,6 +8,7 @@
 --   local srv = redis.server()            -- started, or error with its log
 --   srv:url(db), srv:cli("PING"), srv:stop(), srv:start(), srv:close(), srv:kill()
 --   redis.server(args, {cluster = true})  -- a Redis Cluster node, not yet joined
+--   local nodes, addrs = redis.cluster(3, args, opts) -- 3 masters, joined and up
 --   redis.server(args, {ca =, cert =, key =}) -- TLS only, on srv.port (its
 --                                         -- files; redis-cli shows cert too)
 --   local sen = redis.sentinel(srv.port, "mymaster") -- a sentinel of srv, quorum 2
@@ -154,6 +155,28 @@ function M.server(args, opts)
     s.tlscli = string.format(" --tls --cacert %s --cert %s --key %s", shq(tls.ca), shq(tls.cert), shq(tls.key))
   end
   return started(s, "redis-server", function() s.port = M.free_port(cluster) end)
+end
+
+-- n cluster nodes (redis.server(args, opts) with cluster = true) joined
+-- into one Redis Cluster of n masters, the slots split in their order, up
+-- and serving; or an error.
+function M.cluster(n, args, opts)
+  local nodes, addrs, o = {}, {}, {cluster = true}
+  for k, v in pairs(opts or {}) do o[k] = v end
+  for i = 1, n do
+    nodes[i] = M.server(args, o)
+    addrs[i] = "127.0.0.1:" .. nodes[i].port
+  end
+  local out = sh("redis-cli" .. (nodes[1].tlscli or "") .. " --cluster create " .. table.concat(addrs, " ")
+                 .. " --cluster-yes 2>&1")
+  assert(out:match("All 16384 slots covered"), out)
+  assert(support.eventually(function()
+    for _, node in ipairs(nodes) do
+      if not node:cli("CLUSTER INFO"):match("cluster_state:ok") then return false end
+    end
+    return true
+  end, 20), "the cluster did not come up")
+  return nodes, addrs
 end
 
 -- A started sentinel (redis-server --sentinel) of the master `name` at
