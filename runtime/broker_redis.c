@@ -2768,6 +2768,24 @@ static int64_t integer_or(const redisReply *rep, int64_t dflt)
   return rep->type == REDIS_REPLY_INTEGER ? rep->integer : dflt;
 }
 
+/* A stream's count commands (XLEN, XPENDING's summary) ... */
+static void append_stream_counts(rconn *r, const char *stream)
+{
+  redisAppendCommand(r->c, "XLEN %s", stream);
+  redisAppendCommand(r->c, "XPENDING %s " GROUP, stream);
+}
+
+/* ... and from their two replies its entries not yet taken (-1 without a
+ * count) and those taken (0 without a group: a stream never served). */
+static void stream_counts(redisReply *const *reps, int64_t *waiting, int64_t *taken)
+{
+  int64_t entries = integer_or(reps[0], -1);
+  *taken = reps[1]->type == REDIS_REPLY_ARRAY && reps[1]->elements >= 1
+               ? integer_or(reps[1]->element[0], 0)
+               : 0;
+  *waiting = entries < 0 ? -1 : entries > *taken ? entries - *taken : 0;
+}
+
 /* Add the waiting and taken tasks of the levels above 0 of the queue
  * whose stream is `stream` to c (levels: which, bit p, or -errno). */
 static int count_levels(lmp_broker_t *b, rconn *r, const char *stream, int levels,
@@ -2778,8 +2796,9 @@ static int count_levels(lmp_broker_t *b, rconn *r, const char *stream, int level
   int n = 0;
   for (int p = 1; p < LMP_BROKER_PRIORITIES; p++)
     if (levels & 1 << p) {
-      redisAppendCommand(r->c, "XLEN %s:p%d", stream, p); /* as level_keys */
-      redisAppendCommand(r->c, "XPENDING %s:p%d " GROUP, stream, p);
+      char key[sizeof r->klevel[0] + 256];
+      snprintf(key, sizeof key, "%s:p%d", stream, p); /* as level_keys */
+      append_stream_counts(r, key);
       n += 2;
     }
   redisReply *reps[2 * LMP_BROKER_PRIORITIES];
@@ -2787,44 +2806,41 @@ static int count_levels(lmp_broker_t *b, rconn *r, const char *stream, int level
   if (rc < 0)
     return rc;
   for (int i = 0; i < n; i += 2) {
-    int64_t entries = integer_or(reps[i], 0), taken = 0;
-    if (reps[i + 1]->type == REDIS_REPLY_ARRAY && reps[i + 1]->elements >= 1)
-      taken = integer_or(reps[i + 1]->element[0], 0);
+    int64_t waiting, taken;
+    stream_counts(reps + i, &waiting, &taken);
     c->taken += taken;
-    c->waiting += entries > taken ? entries - taken : 0;
+    c->waiting += waiting > 0 ? waiting : 0;
     freeReplyObject(reps[i]);
     freeReplyObject(reps[i + 1]);
   }
   return 0;
 }
 
-#define COUNT_REPLIES 4
+#define COUNT_REPLIES 5
 
-/* The commands that count a queue (its stream, held and dead keys) ... */
+/* The commands that count a queue (its stream, held and dead keys, and
+ * which levels it uses) ... */
 static void append_counts(rconn *r, const char *stream, const char *delayed, const char *dead)
 {
-  redisAppendCommand(r->c, "XLEN %s", stream);
-  redisAppendCommand(r->c, "XPENDING %s " GROUP, stream);
+  append_stream_counts(r, stream);
   redisAppendCommand(r->c, "ZCARD %s", delayed);
   redisAppendCommand(r->c, "XLEN %s", dead);
+  redisAppendCommand(r->c, LEVELS_ASKED, stream);
 }
 
-/* ... and their COUNT_REPLIES replies read into c (the replies are kept). */
-static void read_counts(redisReply *const *reps, lmp_broker_counts_t *c)
+/* ... and their COUNT_REPLIES replies read into c (the replies are kept):
+ * the levels above 0 it uses (bit p), counted by count_levels. */
+static int read_counts(redisReply *const *reps, lmp_broker_counts_t *c)
 {
-  int64_t entries = integer_or(reps[0], -1);
-  /* no group (a queue never served): nothing taken */
-  c->taken = reps[1]->type == REDIS_REPLY_ARRAY && reps[1]->elements >= 1
-                 ? integer_or(reps[1]->element[0], 0)
-                 : 0;
-  c->waiting = entries < 0 ? -1 : entries > c->taken ? entries - c->taken : 0;
+  stream_counts(reps, &c->waiting, &c->taken);
   c->delayed = integer_or(reps[2], -1);
   c->dead = integer_or(reps[3], -1);
+  return levels_of(reps[4]);
 }
 
 /* The stream's entries less those taken (its group's pending count, from
  * the summary form of XPENDING), the held and the dead, in one round trip;
- * then the same of the levels above 0. */
+ * then the same of the levels above 0, if the queue has any, in another. */
 static int counts_redis(lmp_broker_t *b, lmp_broker_counts_t *c)
 {
   rconn *r = b->conn;
@@ -2836,10 +2852,10 @@ static int counts_redis(lmp_broker_t *b, lmp_broker_counts_t *c)
   rc = read_replies(b, r, reps, COUNT_REPLIES, "counting");
   if (rc < 0)
     return rc;
-  read_counts(reps, c);
+  int levels = read_counts(reps, c);
   for (int i = 0; i < COUNT_REPLIES; i++)
     freeReplyObject(reps[i]);
-  return c->waiting < 0 ? 0 : count_levels(b, r, r->kstream, known_levels(b, r), c);
+  return c->waiting < 0 ? 0 : count_levels(b, r, r->kstream, levels, c);
 }
 
 /* === revocation ===
@@ -3202,7 +3218,7 @@ err:
 static int read_queues(lmp_broker_t *b, rconn *r, lmp_broker_queues_t *out)
 {
   size_t qlen = strlen(b->cfg.queue), at = queue_at(r);
-  int per = COUNT_REPLIES + 2, n = out->n, rc = 0;
+  int per = COUNT_REPLIES + 1, n = out->n, rc = 0;
   redisReply **reps = calloc((size_t)(per * n) + 1, sizeof *reps);
   if (reps == NULL)
     return -ENOMEM;
@@ -3216,7 +3232,6 @@ static int read_queues(lmp_broker_t *b, rconn *r, lmp_broker_queues_t *out)
     swap_name(workers, sizeof workers, r->kworkers, at, qlen, name);
     append_counts(r, stream, delayed, dead);
     redisAppendCommand(r->c, "ZRANGEBYSCORE %s %lld +inf", workers, (long long)lmp__wall_ms());
-    redisAppendCommand(r->c, LEVELS_ASKED, stream);
   }
   rc = read_replies(b, r, reps, per * n, "counting the queues");
   if (rc < 0) {
@@ -3226,8 +3241,7 @@ static int read_queues(lmp_broker_t *b, rconn *r, lmp_broker_queues_t *out)
   for (int i = 0; i < n && rc == 0; i++) {
     lmp_broker_queue_t *q = &out->q[i];
     redisReply *names = reps[i * per + COUNT_REPLIES];
-    read_counts(reps + i * per, &q->counts);
-    int levels = levels_of(reps[i * per + COUNT_REPLIES + 1]);
+    int levels = read_counts(reps + i * per, &q->counts);
     if (levels && q->counts.waiting >= 0) { /* a round trip for a queue with priorities */
       char stream[sizeof r->kstream + 256];
       swap_name(stream, sizeof stream, r->kstream, at, qlen, q->name);
