@@ -412,6 +412,18 @@ describe("lmp codec: registered classes", function()
     assert.matches("table with unregistered metatable$", (errmsg(ser, setmetatable({}, Old))))
   end)
 
+  it("sends a metatable by name from its registration until its name moves on", function()
+    local A, B = {}, {}
+    assert.are_not.equal(A, rt(A)) -- not registered yet: a copy
+    lmp.register("codec_spec.Moving", A)
+    assert.are.equal(A, rt(A))
+    assert.are.equal(A, rt({A})[1])
+    lmp.register("codec_spec.Moving", B)
+    assert.are_not.equal(A, rt(A)) -- a plain table again
+    assert.are.equal(B, rt(B))
+    assert.matches("table with unregistered metatable$", (errmsg(ser, setmetatable({}, A))))
+  end)
+
   it("sends a registered metatable itself by name, wherever it sits", function()
     lmp.register("codec_spec.Point", Point)
     local function new(x, y) return setmetatable({x = x, y = y}, Point) end

@@ -92,6 +92,10 @@ static const char K_CLASSLOAD; /* the Lua side's loader of lmp's own classes */
 static const char K_CFUNCS;  /* C function -> "module\0field" (weak keys, a cache) */
 static const char K_DUMPS;   /* Lua function -> its bytecode (weak keys, a cache) */
 
+/* Bumped by every lmp.register (in any state of the process): a codec
+ * rebuilds its set of registered metatables when this moved. */
+static unsigned class_epoch = 1;
+
 /* Push the registry table at `key`, creating it when missing. */
 static void registry_table(lua_State *L, const void *key, const char *mode)
 {
@@ -248,6 +252,8 @@ typedef struct codec {
   lmp_buf_t scratch; /* a handle's identity, as its hook writes it */
   idmap objs;        /* table, function or userdata address -> id */
   idmap upvals;      /* lua_upvalueid -> function id << 8 | upvalue number */
+  idmap mts;         /* the registered metatables (keys of K_BYMT), as of... */
+  unsigned mts_epoch; /* ...this value of class_epoch (0: never built) */
   holder enc, dec;
   lua_Integer nrefs; /* decode: refs[1..nrefs] may hold objects */
 } codec;             /* uservalue 1: the decoder's refs table */
@@ -259,6 +265,7 @@ static int codec_gc(lua_State *L)
   lmp_buf_free(&c->scratch);
   idmap_free(&c->objs);
   idmap_free(&c->upvals);
+  idmap_free(&c->mts);
   return 0;
 }
 
@@ -639,12 +646,14 @@ static void enc_newid(enc *e, const void *p)
     enc_nomem(e);
 }
 
-/* Entering a container at `depth`: its children sit one level deeper. */
+/* Entering a container at `depth`: its children sit one level deeper.  A
+ * level takes at most 8 stack slots, and every level enters here: room for
+ * four levels is made at every fourth. */
 static void enc_enter(enc *e, int depth)
 {
   if (depth >= CODEC_MAXDEPTH)
     enc_fail(e, depth, "nested deeper than 200 levels");
-  if (!lua_checkstack(e->L, 8))
+  if ((depth & 3) == 0 && !lua_checkstack(e->L, 4 * 8))
     enc_fail(e, depth, "the Lua stack is exhausted");
 }
 
@@ -814,11 +823,15 @@ static void enc_class(enc *e, int idx, int depth)
   enc_close(e, at, depth);
 }
 
-/* The table at idx if it is a registered metatable: its name as METATABLE;
- * 0 if it is not one. */
-static int enc_metatable(enc *e, int idx, int depth)
+/* The table at idx (address p) if it is a registered metatable: its name
+ * as METATABLE; 0 if it is not one.  Most tables are not: the codec's own
+ * set of those addresses answers that without asking the registry. */
+static int enc_metatable(enc *e, int idx, const void *p, int depth)
 {
   lua_State *L = e->L;
+  uint64_t unused;
+  if (!idmap_get(&e->c->mts, p, &unused))
+    return 0;
   lua_pushvalue(L, idx);
   if (lua_rawget(L, e->bymt) != LUA_TSTRING) {
     lua_pop(L, 1);
@@ -851,7 +864,7 @@ static void enc_table(enc *e, int idx, int depth)
   }
   e->nextid++;
   enc_enter(e, depth);
-  if (enc_metatable(e, idx, depth))
+  if (enc_metatable(e, idx, p, depth))
     return;
   if (lua_getmetatable(e->L, idx)) {
     enc_class(e, idx, depth);
@@ -1157,6 +1170,30 @@ static void enc_value(enc *e, int idx, int depth)
     enc_object(e, idx, type, depth);
 }
 
+/* Bring the codec's set of registered metatables up to date with the
+ * registry's (at e->bymt): a registered metatable stays anchored there, so
+ * its address cannot be reused while it is in the set, and lmp.register
+ * moves class_epoch, so a replaced one leaves the set before the next
+ * message. */
+static void enc_sync_classes(enc *e)
+{
+  lua_State *L = e->L;
+  codec *c = e->c;
+  unsigned epoch = __atomic_load_n(&class_epoch, __ATOMIC_RELAXED);
+  if (c->mts_epoch == epoch)
+    return;
+  idmap_clear(&c->mts);
+  lua_pushnil(L);
+  while (lua_next(L, e->bymt)) {
+    lua_pop(L, 1);
+    if (idmap_put(&c->mts, lua_topointer(L, -1), 1) < 0) {
+      c->mts_epoch = 0;
+      enc_nomem(e);
+    }
+  }
+  c->mts_epoch = epoch;
+}
+
 static const lmp_buf_t *encode(lua_State *L, int idx, const char *what, int remote)
 {
   enc e;
@@ -1178,6 +1215,7 @@ static const lmp_buf_t *encode(lua_State *L, int idx, const char *what, int remo
     enc_fail(&e, 0, "the Lua stack is exhausted");
   registry_table(L, &K_BYMT, NULL);
   e.bymt = lua_gettop(L);
+  enc_sync_classes(&e);
   enc_value(&e, idx, 0);
   lua_pop(L, 1);
   e.c->enc.busy = 0;
@@ -1243,11 +1281,12 @@ static uint64_t dec_be(dec *d, int n)
   return v;
 }
 
+/* As enc_enter: room for four levels of 8 slots at every fourth. */
 static void dec_enter(dec *d, const unsigned char *at)
 {
   if (++d->depth > CODEC_MAXDEPTH)
     dec_fail(d, at, "nested deeper than 200 levels");
-  if (!lua_checkstack(d->L, 8))
+  if ((d->depth & 3) == 1 && !lua_checkstack(d->L, 4 * 8))
     dec_fail(d, at, "Lua stack exhausted");
 }
 
@@ -1839,6 +1878,8 @@ void lmpb_register_class(lua_State *L, const char *name, int mt_idx)
   } else {
     lua_pop(L, 1);
   }
+  if (__atomic_add_fetch(&class_epoch, 1, __ATOMIC_RELAXED) == 0) /* 0: never built */
+    __atomic_add_fetch(&class_epoch, 1, __ATOMIC_RELAXED);
   lua_pushstring(L, name);
   lua_pushvalue(L, mt_idx);
   lua_rawset(L, byname);
