@@ -181,6 +181,22 @@ describe("lmp codec: tables", function()
     assert.are.same(big, rt(big))
   end)
 
+  it("reads every string key as sent, message after message", function()
+    -- keys of one length that differ in a byte, the empty key, NUL bytes,
+    -- the longest short key and one past it, and more keys than messages
+    -- usually repeat
+    local t = {[""] = 0, ["a\0b"] = 1, ["a\0c"] = 2, [string.rep("k", 31)] = 3,
+      [string.rep("k", 32)] = 4, ab = 5, ba = 6, aab = 7, aba = 8, baa = 9}
+    for i = 1, 500 do t["key" .. i] = i end
+    for _ = 1, 3 do
+      assert.are.same(t, rt(t))
+      assert.are.same({x = {ab = 1}, y = {ba = 2}}, rt({x = {ab = 1}, y = {ba = 2}}))
+    end
+    local keys = {}
+    for k in pairs(rt(t)) do keys[#keys + 1] = k end
+    assert.are.equal(count(t), #keys)
+  end)
+
   it("accepts tables as keys", function()
     local k = {1}
     local r = rt({[k] = "v", other = k})

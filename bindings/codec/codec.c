@@ -239,6 +239,22 @@ static int idmap_get_or_put(idmap *m, const void *key, uint64_t val_new, uint64_
 
 /* === codec state === */
 
+/*
+ * The decoder's cache of map keys.  A stream of messages repeats its keys,
+ * and each would otherwise be hashed and looked up in Lua's string table
+ * again: a key of at most KEYMAXLEN bytes is kept in slot h (a hash of its
+ * bytes) as a Lua string, anchored at [h + 1] in the codec's second
+ * uservalue, with its bytes' address here; a key met again is pushed from
+ * there.  The cache lasts as long as the codec (a few short strings).
+ */
+#define KEYCACHE 128 /* a power of two */
+#define KEYMAXLEN 31 /* a fixstr */
+
+typedef struct keyslot {
+  const char *s; /* the Lua string's bytes, or NULL */
+  size_t len;
+} keyslot;
+
 /* Who holds one side of a codec: lets a mark left behind by a call that a
  * Lua error cut short be told apart from a call still under way. */
 typedef struct holder {
@@ -256,7 +272,8 @@ typedef struct codec {
   unsigned mts_epoch; /* ...this value of class_epoch (0: never built) */
   holder enc, dec;
   lua_Integer nrefs; /* decode: refs[1..nrefs] may hold objects */
-} codec;             /* uservalue 1: the decoder's refs table */
+  keyslot keys[KEYCACHE];
+} codec; /* uservalue 1: the decoder's refs table; 2: its keys' strings */
 
 static int codec_gc(lua_State *L)
 {
@@ -275,7 +292,7 @@ static codec *codec_push(lua_State *L, const void *key)
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, key) == LUA_TUSERDATA)
     return lua_touserdata(L, -1);
   lua_pop(L, 1);
-  codec *c = lua_newuserdatauv(L, sizeof *c, 1);
+  codec *c = lua_newuserdatauv(L, sizeof *c, 2);
   memset(c, 0, sizeof *c);
   if (luaL_newmetatable(L, CODEC_MT)) {
     lua_pushcfunction(L, codec_gc);
@@ -284,6 +301,8 @@ static codec *codec_push(lua_State *L, const void *key)
   lua_setmetatable(L, -2);
   lua_createtable(L, 16, 0);
   lua_setiuservalue(L, -2, 1);
+  lua_createtable(L, KEYCACHE, 0);
+  lua_setiuservalue(L, -2, 2);
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, key);
   return c;
@@ -1239,6 +1258,7 @@ typedef struct dec {
   const unsigned char *base, *p, *end; /* end: of the message or of an ext */
   codec *c;                            /* NULL while decoding a message that is one plain value */
   int refs;                            /* stack index of the table of numbered objects */
+  int keys;                            /* stack index of the key cache's strings, or 0 */
   int depth;
   int trusted;
   uint64_t presize; /* table slots still to preallocate (see dec_newtable) */
@@ -1386,6 +1406,32 @@ static int dec_newtable(dec *d, const unsigned char *at, uint64_t n, int ismap)
   return lua_gettop(d->L);
 }
 
+/* Push the key that comes next, a fixstr of 1..KEYMAXLEN bytes (the
+ * caller checked its tag), through the key cache. */
+static void dec_key(dec *d)
+{
+  lua_State *L = d->L;
+  size_t n = *d->p & 0x1f;
+  dec_need(d, 1 + n);
+  const unsigned char *p = d->p + 1;
+  uint32_t h = (uint32_t)n;
+  h = h * 31 + p[0];
+  h = h * 31 + p[n - 1];
+  h = h * 31 + p[n >> 1];
+  h = (h * 0x9e3779b1u) >> 20 & (KEYCACHE - 1);
+  keyslot *k = &d->c->keys[h];
+  d->p = p + n;
+  if (k->len == n && k->s && memcmp(k->s, p, n) == 0) {
+    lua_rawgeti(L, d->keys, (lua_Integer)h + 1);
+    return;
+  }
+  const char *s = lua_pushlstring(L, (const char *)p, n);
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, d->keys, (lua_Integer)h + 1);
+  k->s = s;
+  k->len = n;
+}
+
 static void dec_fill(dec *d, int t, uint64_t n, int ismap)
 {
   lua_State *L = d->L;
@@ -1396,7 +1442,13 @@ static void dec_fill(dec *d, int t, uint64_t n, int ismap)
       continue;
     }
     const unsigned char *at = d->p;
-    int k = dec_value(d);
+    int k;
+    if (at < d->end && *at > 0xa0 && *at <= 0xa0 + KEYMAXLEN) {
+      dec_key(d);
+      k = LUA_TSTRING;
+    } else {
+      k = dec_value(d);
+    }
     if (k == DEC_OTHER)
       k = lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) != lua_tonumber(L, -1)
               ? DEC_OTHER
@@ -1823,7 +1875,7 @@ void lmpb_decode(lua_State *L, const char *data, size_t len, int trusted)
   d.base = d.p = (const unsigned char *)data;
   d.end = d.base + len;
   d.c = NULL;
-  d.refs = d.depth = 0;
+  d.refs = d.keys = d.depth = 0;
   d.trusted = trusted;
   d.presize = len;
   if (!lua_checkstack(L, 8))
@@ -1838,6 +1890,8 @@ void lmpb_decode(lua_State *L, const char *data, size_t len, int trusted)
   int ud = lua_gettop(L);
   lua_getiuservalue(L, ud, 1);
   d.refs = ud + 1;
+  lua_getiuservalue(L, ud, 2);
+  d.keys = ud + 2;
   refs_clear(L, d.c, ud, d.refs); /* what a failed decode left behind */
   dec_value(&d);
   if (d.p != d.end)
