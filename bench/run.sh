@@ -27,9 +27,13 @@
 # Celery (impl "celery") on one loopback redis-server; broker_rtt (lmp only)
 # puts bench/c/delayproxy between Redis and its clients.
 #
+# The codec runs a third time under lua-cjson (impl "cjson"): the same table
+# through cjson.encode and cjson.decode, n/a without the module.
+#
 # PYTHON (default python3) and CC (default cc) may be overridden.  A full run
-# installs python3 through scripts/setup-debian.sh when it is missing, and
-# Celery and RQ (its bench-brokers group) when a broker workload is asked for.
+# installs python3 through scripts/setup-debian.sh when it is missing,
+# Celery and RQ (its bench-brokers group) when a broker workload is asked
+# for, and lua-cjson (bench-lua) for the codec.
 set -e
 
 B=${1:-build}
@@ -93,6 +97,14 @@ case " $names " in
   if [ $smoke = 0 ] && ! /usr/bin/python3 -c 'import celery, rq, redis' >/dev/null 2>&1; then
     sh scripts/setup-debian.sh bench-brokers ||
       echo "bench: could not install Celery and RQ: their side is n/a" >&2
+  fi ;;
+esac
+
+case " $names " in
+*" codec "*)
+  if [ $smoke = 0 ] && ! "$LMP" -e 'require "cjson"' >/dev/null 2>&1; then
+    sh scripts/setup-debian.sh bench-lua ||
+      echo "bench: could not install lua-cjson: its side is n/a" >&2
   fi ;;
 esac
 
@@ -232,6 +244,8 @@ for name in $names; do
         skip "$name (celery)" "$PYTHON not found"
       fi ;;
     esac
+    # the codec's Lua reference: lua-cjson under the same interpreter
+    [ "$name" = codec ] && run "$name" cjson "$LMP" bench/lua/codec.lua codec cjson
     # the cluster's reference: the same queues on one master
     [ "$name" = broker_cluster ] && run "$name" one "$LMP" bench/lua/broker.lua broker_cluster one
     # the CPU ceiling: the same loop in plain processes of the interpreter

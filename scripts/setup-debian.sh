@@ -9,12 +9,14 @@
 # the real server the embedding tests run lmp in.
 # A named group stands for several packages: bench-brokers is the task
 # queues the broker benchmarks measure lmp against (Celery and RQ on
-# Redis), which a full bench/run.sh installs.
+# Redis), which a full bench/run.sh installs; bench-lua is the Lua codec
+# the codec benchmark sets lmp's beside (lua-cjson), installed the same way.
 set -e
 extra=""
 for a in "$@"; do
   case $a in
   bench-brokers) extra="$extra python3 python3-celery python3-rq python3-redis" ;;
+  bench-lua) extra="$extra lua-cjson" ;;
   *) extra="$extra $a" ;;
   esac
 done

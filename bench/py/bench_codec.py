@@ -2,7 +2,8 @@
 # structure bench/lua/codec.lua builds (the same records, strings, numbers,
 # booleans, lists and dicts), in a loop of about half a second.  The figure
 # is MB/s of pickled bytes through one dumps and one loads, median of 5;
-# round trips per second are beside it (the ratio is taken on those).
+# round trips per second are beside it (the ratio is taken on those), and
+# dumps and loads timed apart (encode_per_s, decode_per_s).
 # The default protocol is used, as multiprocessing does.
 # Usage: python3 bench/py/bench_codec.py codec
 import pickle
@@ -42,7 +43,7 @@ def main():
                 return max(1, k * 10)
 
     k = 1 if b.smoke else calibrate(0.5)
-    per_s = []
+    per_s, enc_s, dec_s = [], [], []
 
     def run(_):
         t0 = b.now()
@@ -50,11 +51,19 @@ def main():
             pickle.loads(pickle.dumps(doc))
         t = b.now() - t0
         per_s.append(k / t)
+        t0 = b.now()
+        for _ in range(k):
+            pickle.dumps(doc)
+        enc_s.append(k / (b.now() - t0))
+        t0 = b.now()
+        for _ in range(k):
+            pickle.loads(s)
+        dec_s.append(k / (b.now() - t0))
         return k * size / t / 1e6
     samples = b.repeat(5, run)
     b.emit(name, "MB/s", samples, encoded_bytes=size, round_trips=k,
-           per_s=b.median(per_s))
-
+           per_s=b.median(per_s), encode_per_s=b.median(enc_s),
+           decode_per_s=b.median(dec_s))
 
 if __name__ == "__main__":
     main()
