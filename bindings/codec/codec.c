@@ -1161,8 +1161,9 @@ static void enc_userdata(enc *e, int idx, int depth)
 }
 
 /* Tables, functions, userdata, and what cannot be sent: kept out of
- * enc_value, which runs for every value and stays small. */
-static void enc_object(enc *e, int idx, int type, int depth)
+ * enc_value, which runs for every value and stays small (inlined there,
+ * their registers would be saved and restored for every number). */
+__attribute__((noinline)) static void enc_object(enc *e, int idx, int type, int depth)
 {
   switch (type) {
   case LUA_TTABLE:
