@@ -534,6 +534,26 @@ describe("lmp codec: wire format", function()
     assert.are.equal(300, r[600][1])
   end)
 
+  it("reads a reference in every ext form another writer may use", function()
+    -- {t, t, {}} with t = {}: the second element REF 2 (the outer table is 1)
+    for _, ref in ipairs({
+      "\xd4\x01\x02",                 -- fixext 1
+      "\xd5\x01\xcc\x02",             -- fixext 2, uint 8
+      "\xc7\x01\x01\x02",             -- ext 8
+      "\xc8\x00\x01\x01\x02",         -- ext 16
+      "\xc9\x00\x00\x00\x01\x01\x02", -- ext 32
+    }) do
+      local r = des("\x93\x90" .. ref .. "\x90")
+      assert.are.equal(r[1], r[2])
+      assert.are_not.equal(r[1], r[3])
+    end
+    -- a cycle, the reference as the last byte but one
+    local r = des("\x91\xc8\x00\x01\x01\x01")
+    assert.are.equal(r, r[1])
+    -- and a message that only looks like one in a string still decodes
+    assert.are.same({"\xd4\x01", {}}, des(ser({"\xd4\x01", {}})))
+  end)
+
   it("tags lmp's kinds with ext types 2 to 8", function()
     local n = 0
     local function inc() n = n + 1 end

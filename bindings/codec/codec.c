@@ -1260,6 +1260,7 @@ typedef struct dec {
   codec *c;                            /* NULL while decoding a message that is one plain value */
   int refs;                            /* stack index of the table of numbered objects */
   int keys;                            /* stack index of the key cache's strings, or 0 */
+  int numbered;                        /* objects are numbered: REFs may follow */
   int depth;
   int trusted;
   uint64_t presize; /* table slots still to preallocate (see dec_newtable) */
@@ -1314,6 +1315,8 @@ static void dec_enter(dec *d, const unsigned char *at)
 /* Number the object on top of the stack. */
 static void dec_newref(dec *d)
 {
+  if (!d->numbered)
+    return;
   lua_pushvalue(d->L, -1);
   lua_rawseti(d->L, d->refs, ++d->c->nrefs);
 }
@@ -1849,6 +1852,30 @@ static int holds_objects(unsigned c)
          (c >= 0xdc && c <= 0xdf);
 }
 
+/*
+ * Can the message refer to an object met earlier in it?  Only a REF, or an
+ * UPVALUE naming an earlier function, does: an ext of type EXT_REF or
+ * EXT_UPVALUE, whose type byte sits 1 byte after a fixext tag, 2 after ext
+ * 8, 3 after ext 16, 5 after ext 32.  Where no such byte follows such a tag
+ * there is no reference, and the decoder numbers nothing; a match inside a
+ * string or a number only costs the numbering.
+ */
+static int may_refer(const unsigned char *p, size_t len)
+{
+  static const unsigned char types[] = {EXT_REF, EXT_UPVALUE};
+  for (size_t t = 0; t < sizeof types; t++) {
+    const unsigned char *q = p, *end = p + len;
+    while ((q = memchr(q, types[t], (size_t)(end - q))) != NULL) {
+      size_t at = (size_t)(q - p);
+      if ((at >= 1 && q[-1] >= 0xd4 && q[-1] <= 0xd8) || (at >= 2 && q[-2] == 0xc7) ||
+          (at >= 3 && q[-3] == 0xc8) || (at >= 5 && q[-5] == 0xc9))
+        return 1;
+      q++;
+    }
+  }
+  return 0;
+}
+
 /* Empty the refs table (at `refs`, of the codec at `ud`): cleared in place
  * while small, else replaced by a new one sized for as many objects (a
  * stream of messages tends to repeat its shape), which costs less than
@@ -1876,7 +1903,7 @@ void lmpb_decode(lua_State *L, const char *data, size_t len, int trusted)
   d.base = d.p = (const unsigned char *)data;
   d.end = d.base + len;
   d.c = NULL;
-  d.refs = d.keys = d.depth = 0;
+  d.refs = d.keys = d.depth = d.numbered = 0;
   d.trusted = trusted;
   d.presize = len;
   if (!lua_checkstack(L, 8))
@@ -1894,6 +1921,7 @@ void lmpb_decode(lua_State *L, const char *data, size_t len, int trusted)
   lua_getiuservalue(L, ud, 2);
   d.keys = ud + 2;
   refs_clear(L, d.c, ud, d.refs); /* what a failed decode left behind */
+  d.numbered = may_refer(d.base, len);
   dec_value(&d);
   if (d.p != d.end)
     dec_fail(&d, d.p, "trailing bytes");
