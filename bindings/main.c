@@ -21,6 +21,7 @@
  * does not list them.
  */
 #include <limits.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -386,6 +387,98 @@ ok:
   return 1;
 }
 
+/* === the state's allocator ===
+ *
+ * Lua allocates and frees small blocks at a high rate (tables, their
+ * parts, closures, strings) and, unlike malloc, tells the allocator each
+ * block's size when freeing it.  The lmp executable keeps the blocks Lua
+ * frees, up to 256 bytes, on a free list of their size class (16 bytes
+ * apart) and hands them out again, so the common allocation is a pop and
+ * the common free a push.  Each list keeps at most CACHE_BYTES; past that,
+ * and for larger blocks, malloc and free serve as usual, and every block
+ * is a malloc block, whichever path made it (the state itself comes from
+ * luaL_newstate's allocator, for its panic and warning functions, and is
+ * handed to this one at once).  A block goes on a list only if malloc says
+ * it holds the list's whole class size: it may have come from malloc at a
+ * smaller size.  Sanitizer builds keep no lists, so that every use of
+ * freed memory is still seen. */
+#define SMALL_MAX 256
+#define CLASSES (SMALL_MAX / 16)
+#define CACHE_BYTES (256 * 1024)
+
+#if defined(__SANITIZE_ADDRESS__)
+#define KEEP_BLOCKS 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define KEEP_BLOCKS 0
+#endif
+#endif
+#ifndef KEEP_BLOCKS
+#define KEEP_BLOCKS 1
+#endif
+
+struct blocks {
+  void *head[CLASSES];
+  size_t kept[CLASSES]; /* blocks on each list */
+};
+
+static struct blocks blocks;
+
+static size_t class_of(size_t n)
+{
+  return (n - 1) / 16;
+}
+
+static void *block_new(size_t n)
+{
+  if (KEEP_BLOCKS && n <= SMALL_MAX) {
+    size_t c = class_of(n);
+    void *b = blocks.head[c];
+    if (b != NULL) {
+      blocks.head[c] = *(void **)b;
+      blocks.kept[c]--;
+      return b;
+    }
+    return malloc((c + 1) * 16);
+  }
+  return malloc(n);
+}
+
+static void block_free(void *p, size_t n)
+{
+  if (KEEP_BLOCKS && n <= SMALL_MAX) {
+    size_t c = class_of(n);
+    if (blocks.kept[c] < CACHE_BYTES / ((c + 1) * 16) && malloc_usable_size(p) >= (c + 1) * 16) {
+      *(void **)p = blocks.head[c];
+      blocks.head[c] = p;
+      blocks.kept[c]++;
+      return;
+    }
+  }
+  free(p);
+}
+
+static void *allocate(void *ud, void *p, size_t osize, size_t nsize)
+{
+  (void)ud;
+  if (p == NULL) /* osize is then the kind of object, not a size */
+    return nsize == 0 ? NULL : block_new(nsize);
+  if (nsize == 0) {
+    block_free(p, osize);
+    return NULL;
+  }
+  if (osize > SMALL_MAX && nsize > SMALL_MAX)
+    return realloc(p, nsize);
+  if (nsize <= osize)
+    return p; /* shrunk in place: a smaller class when it is freed */
+  void *q = block_new(nsize);
+  if (q != NULL) {
+    memcpy(q, p, osize);
+    block_free(p, osize);
+  }
+  return q;
+}
+
 int main(int argc, char **argv)
 {
   if (argc > 1 && (strcmp(argv[1], "worker") == 0 || strcmp(argv[1], "top") == 0))
@@ -396,6 +489,7 @@ int main(int argc, char **argv)
     fprintf(stderr, "%s: cannot create state: not enough memory\n", progname);
     return EXIT_FAILURE;
   }
+  lua_setallocf(L, allocate, NULL); /* lauxlib's blocks so far are malloc's too */
   lua_pushcfunction(L, pmain);
   lua_pushinteger(L, argc);
   lua_pushlightuserdata(L, argv);

@@ -91,6 +91,44 @@ describe("the lmp command", function()
     assert.matches("status 2", support.shell(bin .. " top --nope; echo status $?"))
   end)
 
+  it("keeps every block's contents through churn of small and large blocks", function()
+    -- The executable's allocator reuses the small blocks Lua frees; strings
+    -- and tables of every size around its classes must read back intact
+    -- after rounds of growth, shrinking and collection, in a child too.
+    local out, code = support.run([[
+      local lmp = require "lmp"
+      local function churn(seed)
+        local keep = {}
+        for round = 1, 30 do
+          local t = {}
+          for n = 1, 300 do
+            t[n] = string.rep(string.char(65 + (n + round + seed) % 26), n)
+            local a = {}
+            for i = 1, n % 40 do a[i] = i * round end
+            t[-n] = a
+          end
+          for n = 1, 300, 7 do t[n], t[-n] = nil, nil end
+          collectgarbage()
+          for n = 1, 300 do
+            local s, a = t[n], t[-n]
+            if s and s ~= string.rep(string.char(65 + (n + round + seed) % 26), n) then return "string " .. n end
+            for i = 1, a and n % 40 or 0 do
+              if a[i] ~= i * round then return "table " .. n end
+            end
+          end
+          keep[round % 3] = t
+        end
+        return "intact"
+      end
+      local p = lmp.Process(function() os.exit(churn(1) == "intact" and 0 or 3) end)
+      p:start(); p:join()
+      print(churn(0), p.exitcode)
+      warn("@on"); warn("still warns")
+    ]])
+    assert.are.equal(0, code)
+    assert.are.equal("intact\t0\nLua warning: still warns\n", out)
+  end)
+
   it("exits with the status os.exit gives", function()
     assert.matches("status 3", support.shell(bin .. " -e 'os.exit(3)'; echo status $?"))
   end)
