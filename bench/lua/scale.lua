@@ -76,49 +76,71 @@ local function batch(pool, ev, submit, collect, tasks)
 end
 
 -- apply_async: per task, the parent's submit and collect and the worker's
--- run, in seconds, median of REPS batches of n tasks whose argument is `arg`
--- (fn run on it).
+-- run, in seconds, for one batch of n tasks whose argument is `arg` (fn
+-- runs on it).
 local function apply_costs(pool, ev, n, fn, arg)
-  local s, g, w = {}, {}, {}
-  for r = 1, b.smoke and 1 or REPS do
-    local res
-    local ts, tg, tw = batch(pool, ev, function()
-      res = {}
-      for i = 1, n do res[i] = pool:apply_async(fn, {arg or i}) end
-      return res
-    end, function()
-      for i = 1, n do res[i]:get() end
-    end, n)
-    s[r], g[r], w[r] = ts / n, tg / n, (tw / (n + 1))
-  end
-  return best(s), best(g), best(w)
+  local res
+  local ts, tg, tw = batch(pool, ev, function()
+    res = {}
+    for i = 1, n do res[i] = pool:apply_async(fn, {arg or i}) end
+    return res
+  end, function()
+    for i = 1, n do res[i]:get() end
+  end, n)
+  return ts / n, tg / n, tw / (n + 1)
 end
 
 -- map_async at one chunk size: per chunk, the three sides (seconds).
 local function map_costs(pool, ev, xs, size)
   local chunks = (#xs + size - 1) // size
-  local s, g, w = {}, {}, {}
-  for r = 1, b.smoke and 1 or REPS do
-    local ts, tg, tw = batch(pool, ev, function()
-      return pool:map_async(square, xs, size)
-    end, function(job)
-      local out = job:get()
-      assert(#out == #xs and out[#xs] == #xs * #xs, "map returned a wrong result")
-    end, chunks)
-    s[r], g[r], w[r] = ts / chunks, tg / chunks, tw / chunks
-  end
-  return best(s), best(g), best(w)
+  local ts, tg, tw = batch(pool, ev, function()
+    return pool:map_async(square, xs, size)
+  end, function(job)
+    local out = job:get()
+    assert(#out == #xs and out[#xs] == #xs * #xs, "map returned a wrong result")
+  end, chunks)
+  return ts / chunks, tg / chunks, tw / chunks
 end
 
--- Least squares of y = a + b * x.
-local function fit(xs, ys)
-  local n, sx, sy, sxx, sxy = #xs, 0, 0, 0, 0
-  for i = 1, n do
-    sx, sy = sx + xs[i], sy + ys[i]
-    sxx, sxy = sxx + xs[i] * xs[i], sxy + xs[i] * ys[i]
+-- Each repeat measures every input once, so that a burst of other work
+-- on the machine spoils one repeat of each rather than every repeat of
+-- one; the best of each is kept.  fns[k]() returns several figures.
+local function interleaved(fns)
+  local got = {}
+  for _ = 1, b.smoke and 1 or REPS do
+    for k, fn in ipairs(fns) do
+      local r = table.pack(fn())
+      got[k] = got[k] or {}
+      for i = 1, r.n do
+        got[k][i] = got[k][i] or {}
+        table.insert(got[k][i], r[i])
+      end
+    end
   end
-  local slope = (n * sxy - sx * sy) / (n * sxx - sx * sx)
-  return (sy - slope * sx) / n, slope
+  local out = {}
+  for k = 1, #fns do
+    out[k] = {}
+    for i, xs in ipairs(got[k]) do out[k][i] = best(xs) end
+  end
+  return out
+end
+
+-- t(chunk) = a + b * chunksize from per-chunk times at several sizes,
+-- fitted per item (t / size = b + a / size, least squares) so that the
+-- small chunks, where a shows, weigh as much as the large ones; neither
+-- cost is below zero.
+local function fit(sizes, ts)
+  local n, sx, sy, sxx, sxy = #sizes, 0, 0, 0, 0
+  for i = 1, n do
+    local x, y = 1 / sizes[i], ts[i] / sizes[i]
+    sx, sy = sx + x, sy + y
+    sxx, sxy = sxx + x * x, sxy + x * y
+  end
+  local a = (n * sxy - sx * sy) / (n * sxx - sx * sx)
+  local bi = (sy - a * sx) / n
+  if a < 0 then a, bi = 0, sy / n end
+  if bi < 0 then a, bi = sxy / sxx, 0 end
+  return a, bi
 end
 
 local function ints(n)
@@ -135,22 +157,29 @@ do
   pool:map(square, {1, 2, 3, 4})
   for i = 1, 20 do pool:apply(task, i) end
   local batch_n = b.size(2000, 20) -- fits the task ring: no backlog
-  in_.s, in_.g, in_.w = apply_costs(pool, ev, batch_n, task)
   local big = string.rep("x", 65536)
-  local sb, gb, wb = apply_costs(pool, ev, b.size(200, 5), length, big)
-  in_.s_byte, in_.w_byte = (sb - in_.s) / #big, (wb - in_.w) / #big
-  in_.g_big = gb
   -- map: at most 2000 chunks (the ring's share), at most 200k items
   local sizes = b.smoke and {2, 20} or {10, 100, 1000, 10000}
-  local cs, ss, gs, ws = {}, {}, {}, {}
-  for i, size in ipairs(sizes) do
+  local fns = {
+    function() return apply_costs(pool, ev, batch_n, task) end,
+    function() return apply_costs(pool, ev, b.size(200, 5), length, big) end,
+  }
+  for _, size in ipairs(sizes) do
     local xs = ints(math.min(b.size(200000, 200), 2000 * size))
-    cs[i] = size
-    ss[i], gs[i], ws[i] = map_costs(pool, ev, xs, size)
+    fns[#fns + 1] = function() return map_costs(pool, ev, xs, size) end
   end
-  in_.as, in_.bs = fit(cs, ss)
-  in_.ag, in_.bg = fit(cs, gs)
-  in_.aw, in_.bw = fit(cs, ws)
+  local got = interleaved(fns)
+  in_.s, in_.g, in_.w = table.unpack(got[1])
+  local sb, gb, wb = table.unpack(got[2])
+  in_.s_byte, in_.w_byte = (sb - in_.s) / #big, (wb - in_.w) / #big
+  in_.g_big = gb
+  local ss, gs, ws = {}, {}, {}
+  for i = 1, #sizes do
+    ss[i], gs[i], ws[i] = table.unpack(got[2 + i])
+  end
+  in_.as, in_.bs = fit(sizes, ss)
+  in_.ag, in_.bg = fit(sizes, gs)
+  in_.aw, in_.bw = fit(sizes, ws)
   in_.map_sizes = sizes
   pool:close()
   pool:join()
@@ -365,6 +394,13 @@ local out = {
   apply_saturation_10us = saturation(nil, 1e-5), apply_saturation_1ms = saturation(nil, 1e-3),
   map_saturation_10us = saturation(1000, 1e-5), map_saturation_1ms = saturation(1000, 1e-3),
 }
+-- a 64 KiB argument: what each side costs per task, where a 1 ms task
+-- saturates the parent, and the rate at which the parent then moves bytes
+local big_p = in_.s + 65536 * in_.s_byte + in_.g_big
+local big_w = in_.w + 65536 * in_.w_byte
+out.apply_64k_parent_ns, out.apply_64k_worker_ns = big_p * 1e9, big_w * 1e9
+out.apply_64k_saturation_1ms = (big_w + 1e-3) / big_p
+out.apply_64k_parent_gbs = 65536 / big_p / 1e9
 for _, c in ipairs(check) do
   local function put(k, v) out[string.format("check%d_%s", c.n, k)] = v end
   put("cores", c.cores); put("map", c.map); put("map_model", c.map_model); put("map_error", c.map_model / c.map - 1)
@@ -390,6 +426,9 @@ say("  map          parent: submit %.0f/chunk + %.1f/item, collect %.0f/chunk + 
 say("  ring         Queue put+get %.0f ns in one process; %.3g msgs/s child -> parent\n",
   in_.q_pair * 1e9, in_.ring)
 say("  memory       copy %.2f GB/s one process, %.2f GB/s two at once\n", in_.mem1, in_.mem2)
+say("  64 KiB args  parent %.0f, worker %.0f per task: a 1 ms task saturates the parent at %.0f workers,\n"
+  .. "               which then moves %.2f GB/s of arguments\n", big_p * 1e9, big_w * 1e9,
+  out.apply_64k_saturation_1ms, out.apply_64k_parent_gbs)
 say("  parent bound map %.3g items/s, apply_async %.3g tasks/s; saturated from %.2f and %.2f workers\n",
   out.parent_map_items_per_s, out.parent_apply_tasks_per_s, out.map_saturation, out.apply_saturation)
 say("check: best of %d, model on the CPUs the run had (of %d), model/measured - 1;\n"

@@ -80,13 +80,21 @@ def costs(pool, run, count):
     return min(ps), min(ws)
 
 
-def fit(xs, ys):
+def fit(sizes, ts):
+    # t(chunk) = a + b * chunksize, fitted per item as scale.lua does
+    xs = [1 / c for c in sizes]
+    ys = [t / c for t, c in zip(ts, sizes)]
     n = len(xs)
     sx, sy = sum(xs), sum(ys)
     sxx = sum(x * x for x in xs)
     sxy = sum(x * y for x, y in zip(xs, ys))
-    slope = (n * sxy - sx * sy) / (n * sxx - sx * sx)
-    return (sy - slope * sx) / n, slope
+    a = (n * sxy - sx * sy) / (n * sxx - sx * sx)
+    bi = (sy - a * sx) / n
+    if a < 0:
+        a, bi = 0.0, sy / n
+    if bi < 0:
+        a, bi = sxy / sxx, 0.0
+    return a, bi
 
 
 def main():
