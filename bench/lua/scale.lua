@@ -3,7 +3,8 @@
 -- apply_async on 1, 2, 4 and 8 workers, in one run.  bench/README.md ("How
 -- it scales past two cores") gives the model and reads its output.
 --
--- Inputs (medians of repeats; Pool(1) unless said):
+-- Inputs (Pool(1) unless said; each the best of 5 repeats, every input
+-- measured once per repeat):
 --   apply_async  the parent's submit loop per task (s) and, once every
 --                reply is in the reply ring, its get loop per result (g);
 --                the worker's own cost per task (w), timed inside the
@@ -19,9 +20,11 @@
 --                (messages/s), what a task or a reply goes through.
 --   memory       copying an 8 MiB string (s:sub(2)): GB/s in one process,
 --                and the total of two processes copying at once.
+--   CPUs         a CPU loop in one process and in one per CPU at once: how
+--                many CPUs the run gets on a machine other work shares.
 -- Check: map(x*x) over 200k integers with the default chunksize and 20k
 -- trivial apply_async tasks, on Pool(1), (2), (4) and (8), against what
--- the model predicts from the inputs on this machine's cores.
+-- the model predicts from the inputs on the CPUs the run had.
 -- The line's value is the worker count at which map(x*x) saturates the
 -- parent; every input and prediction is a field.  The same as a table on
 -- stderr.
@@ -30,7 +33,7 @@ local lmp = require "lmp"
 local b = dofile((arg[0]:match("^(.*/)") or "./") .. "common.lua")
 
 local name = arg[1] or "scale"
-local now, median = b.now, b.median
+local now = b.now
 local REPS = 5
 -- Noise on a shared machine only ever slows a run down: each figure is the
 -- best of REPS repeats (the least time, the highest rate), the closest to
@@ -180,7 +183,6 @@ do
   in_.as, in_.bs = fit(sizes, ss)
   in_.ag, in_.bg = fit(sizes, gs)
   in_.aw, in_.bw = fit(sizes, ws)
-  in_.map_sizes = sizes
   pool:close()
   pool:join()
 end
