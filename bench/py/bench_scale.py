@@ -218,7 +218,7 @@ def main():
         say("  %7d  %12.4g  %6.2f  %6.1f | %13.4g  %6.2f  %6.1f\n"
             % (n, r["map"], r["map_speedup_10us"], r["map_speedup_1ms"], r["apply"],
                r["apply_speedup_10us"], r["apply_speedup_1ms"]))
-    b.emit(name, "workers", [out["map_saturation"]], **out)
+    b.emit(name, "workers", [out["map_saturation_10us"]], **out)
 
 
 if __name__ == "__main__":
