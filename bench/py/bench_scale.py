@@ -10,7 +10,9 @@
 # 10, 100, 1000 and 10000).  Neither side spins while it waits, so a
 # worker's CPU time is its cost too: a task returns the worker's own
 # process_time before and after the batch.  Pool(1) throughout; each figure
-# is the best of 3 (noise only slows a run down).
+# is the best of 3 (noise only slows a run down).  The pipe the tasks go
+# through is a SimpleQueue (a pipe and a lock): its rate is that of small
+# integers put by a child and got by the parent.
 # Usage: python3 bench/py/bench_scale.py scale
 import multiprocessing as mp
 import os
@@ -64,6 +66,27 @@ def cpu_share(ctx):
     for p in procs:
         p.join()
     return max(1.0, min(b.ncpu, b.ncpu * one / allt))
+
+
+def _producer(go, q, n):
+    go.get()
+    for i in range(n):
+        q.put(i)
+
+
+def ring_rate(ctx):
+    # messages/s through a SimpleQueue, from a child to the parent
+    n = b.size(100000, 500)
+    go, q = ctx.SimpleQueue(), ctx.SimpleQueue()
+    p = ctx.Process(target=_producer, args=(go, q, n))
+    p.start()
+    t0 = b.now()
+    go.put(True)
+    for _ in range(n):
+        q.get()
+    rate = n / (b.now() - t0)
+    p.join()
+    return rate
 
 
 def costs(pool, run, count):
@@ -123,6 +146,7 @@ def main():
             ws.append(w)
         inp["ap"], inp["bp"] = fit(cs, ps)
         inp["aw"], inp["bw"] = fit(cs, ws)
+    inp["ring"] = max(ring_rate(ctx) for _ in range(1 if b.smoke else REPS))
 
     # The model of scale.lua, with the parent's cost all on one side: the
     # GIL runs its threads one at a time.
@@ -133,13 +157,13 @@ def main():
         W = k * inp["aw"] + items * (inp["bw"] + x)
         first = inp["ap"] + size * inp["bp"]
         last = P + inp["aw"] + size * (inp["bw"] + x)
-        T = max(P, W / n + first, last, (P + W) / cores)
+        T = max(P, W / n + first, last, (P + W) / cores, k / inp["ring"])
         return items / T, T
 
     def model_apply(n, tasks, cores, x=0.0):
         P = tasks * inp["p"]
         W = tasks * (inp["w"] + x)
-        T = max(P, W / n + inp["p"], (P + W) / cores)
+        T = max(P, W / n + inp["p"], (P + W) / cores, tasks / inp["ring"])
         return tasks / T, T
 
     def saturation(size, x=0.0):
@@ -176,7 +200,7 @@ def main():
         "apply_parent_ns": inp["p"] * 1e9, "apply_worker_ns": inp["w"] * 1e9,
         "map_parent_chunk_ns": inp["ap"] * 1e9, "map_parent_item_ns": inp["bp"] * 1e9,
         "map_worker_chunk_ns": inp["aw"] * 1e9, "map_worker_item_ns": inp["bw"] * 1e9,
-        "parent_map_items_per_s": 1 / inp["bp"], "parent_apply_tasks_per_s": 1 / inp["p"],
+        "ring_msgs_per_s": inp["ring"], "parent_map_items_per_s": 1 / inp["bp"], "parent_apply_tasks_per_s": 1 / inp["p"],
         "map_saturation": saturation(1000), "apply_saturation": saturation(None),
         "apply_saturation_10us": saturation(None, 1e-5), "apply_saturation_1ms": saturation(None, 1e-3),
         "map_saturation_10us": saturation(1000, 1e-5), "map_saturation_1ms": saturation(1000, 1e-3),
@@ -203,6 +227,7 @@ def main():
         % (inp["p"] * 1e9, inp["w"] * 1e9))
     say("  map          parent %.0f/chunk + %.1f/item; worker %.0f/chunk + %.1f/item\n"
         % (inp["ap"] * 1e9, inp["bp"] * 1e9, inp["aw"] * 1e9, inp["bw"] * 1e9))
+    say("  ring         %.3g msgs/s through a SimpleQueue, child -> parent\n" % inp["ring"])
     say("  parent bound map %.3g items/s, apply_async %.3g tasks/s; saturated from %.2f and %.2f workers\n"
         % (out["parent_map_items_per_s"], out["parent_apply_tasks_per_s"], out["map_saturation"],
            out["apply_saturation"]))
