@@ -9,8 +9,9 @@
 # and per chunk and item for map (fitted as a + b * chunksize at chunk sizes
 # 10, 100, 1000 and 10000).  Neither side spins while it waits, so a
 # worker's CPU time is its cost too: a task returns the worker's own
-# process_time before and after the batch.  Pool(1) throughout; each figure
-# is the best of 3 (noise only slows a run down).  The pipe the tasks go
+# process_time before and after the batch.  Pool(1) throughout; each input
+# is the best of 5 repeats, each repeat measuring every input once, and each
+# figure of the check the best of 3 (noise only slows a run down).  The pipe the tasks go
 # through is a SimpleQueue (a pipe and a lock): its rate is that of small
 # integers put by a child and got by the parent.
 # Usage: python3 bench/py/bench_scale.py scale
@@ -20,7 +21,8 @@ import time
 
 import common as b
 
-REPS = 3
+REPS = 3  # the check's
+INPUT_REPS = 5
 
 
 def task(x):
@@ -90,17 +92,23 @@ def ring_rate(ctx):
 
 
 def costs(pool, run, count):
-    # parent CPU and worker CPU per unit (task or chunk) of run(), best of REPS
-    ps, ws = [], []
-    for _ in range(1 if b.smoke else REPS):
-        w0 = pool.apply(cpu)
-        p0 = time.process_time()
-        run()
-        p1 = time.process_time()
-        w1 = pool.apply(cpu)
-        ps.append((p1 - p0) / count)
-        ws.append((w1 - w0) / count)
-    return min(ps), min(ws)
+    # parent CPU and worker CPU per unit (task or chunk) of one run()
+    w0 = pool.apply(cpu)
+    p0 = time.process_time()
+    run()
+    p1 = time.process_time()
+    w1 = pool.apply(cpu)
+    return (p1 - p0) / count, (w1 - w0) / count
+
+
+def interleaved(fns):
+    # each repeat measures every input once, as scale.lua does; the best
+    # of each
+    got = [[] for _ in fns]
+    for _ in range(1 if b.smoke else INPUT_REPS):
+        for k, fn in enumerate(fns):
+            got[k].append(fn())
+    return [tuple(min(xs) for xs in zip(*g)) for g in got]
 
 
 def fit(sizes, ts):
@@ -134,18 +142,19 @@ def main():
             res = [pool.apply_async(task, (i,)) for i in range(nb)]
             for r in res:
                 r.get()
-        inp["p"], inp["w"] = costs(pool, apply_batch, nb)
         sizes = [2, 20] if b.smoke else [10, 100, 1000, 10000]
-        cs, ps, ws = [], [], []
-        for size in sizes:
+        fns = [lambda: costs(pool, apply_batch, nb)]
+        # The lists are made for each run, not kept: the parent's cost per
+        # task grows with its live heap, which its cyclic GC walks.
+        def map_run(size):
             xs = list(range(1, min(b.size(200000, 200), 2000 * size) + 1))
-            chunks = (len(xs) + size - 1) // size
-            p, w = costs(pool, lambda: pool.map(square, xs, size), chunks)
-            cs.append(size)
-            ps.append(p)
-            ws.append(w)
-        inp["ap"], inp["bp"] = fit(cs, ps)
-        inp["aw"], inp["bw"] = fit(cs, ws)
+            return costs(pool, lambda: pool.map(square, xs, size), (len(xs) + size - 1) // size)
+        for size in sizes:
+            fns.append(lambda size=size: map_run(size))
+        got = interleaved(fns)
+        inp["p"], inp["w"] = got[0]
+        inp["ap"], inp["bp"] = fit(sizes, [g[0] for g in got[1:]])
+        inp["aw"], inp["bw"] = fit(sizes, [g[1] for g in got[1:]])
     inp["ring"] = max(ring_rate(ctx) for _ in range(1 if b.smoke else REPS))
 
     # The model of scale.lua, with the parent's cost all on one side: the
@@ -172,7 +181,6 @@ def main():
         return (inp["w"] + x) / inp["p"]
 
     items, tasks = b.size(200000, 1000), b.size(20000, 100)
-    xs = list(range(1, items + 1))
     check = []
     for n in ([1, 2] if b.smoke else [1, 2, 4, 8]):
         mr, ar = [], []
@@ -181,10 +189,12 @@ def main():
             for i in range(4 * n):
                 pool.apply(task, (i,))
             for _ in range(1 if b.smoke else REPS):
+                xs = list(range(1, items + 1))
                 t0 = b.now()
                 r = pool.map(square, xs)
                 mr.append(items / (b.now() - t0))
                 assert len(r) == items and r[-1] == items * items
+                del xs, r  # apply_async runs with the heap it would have alone
                 t0 = b.now()
                 res = [pool.apply_async(task, (i,)) for i in range(tasks)]
                 for i, x in enumerate(res):
