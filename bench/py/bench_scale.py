@@ -15,6 +15,7 @@
 # through is a SimpleQueue (a pipe and a lock): its rate is that of small
 # integers put by a child and got by the parent.
 # Usage: python3 bench/py/bench_scale.py scale
+import math
 import multiprocessing as mp
 import os
 import time
@@ -111,6 +112,11 @@ def interleaved(fns):
     return [tuple(min(xs) for xs in zip(*g)) for g in got]
 
 
+def per(a, b_):
+    # a / b_, infinite when b_ is not positive (a fit at smoke size can be 0)
+    return a / b_ if b_ > 0 else math.inf
+
+
 def fit(sizes, ts):
     # t(chunk) = a + b * chunksize, fitted per item as scale.lua does
     xs = [1 / c for c in sizes]
@@ -177,8 +183,8 @@ def main():
 
     def saturation(size, x=0.0):
         if size:
-            return (inp["aw"] / size + inp["bw"] + x) / (inp["ap"] / size + inp["bp"])
-        return (inp["w"] + x) / inp["p"]
+            return per(inp["aw"] / size + inp["bw"] + x, inp["ap"] / size + inp["bp"])
+        return per(inp["w"] + x, inp["p"])
 
     items, tasks = b.size(200000, 1000), b.size(20000, 100)
     check = []
@@ -210,7 +216,8 @@ def main():
         "apply_parent_ns": inp["p"] * 1e9, "apply_worker_ns": inp["w"] * 1e9,
         "map_parent_chunk_ns": inp["ap"] * 1e9, "map_parent_item_ns": inp["bp"] * 1e9,
         "map_worker_chunk_ns": inp["aw"] * 1e9, "map_worker_item_ns": inp["bw"] * 1e9,
-        "ring_msgs_per_s": inp["ring"], "parent_map_items_per_s": 1 / inp["bp"], "parent_apply_tasks_per_s": 1 / inp["p"],
+        "ring_msgs_per_s": inp["ring"], "parent_map_items_per_s": per(1, inp["bp"]),
+        "parent_apply_tasks_per_s": per(1, inp["p"]),
         "map_saturation": saturation(1000), "apply_saturation": saturation(None),
         "apply_saturation_10us": saturation(None, 1e-5), "apply_saturation_1ms": saturation(None, 1e-3),
         "map_saturation_10us": saturation(1000, 1e-5), "map_saturation_1ms": saturation(1000, 1e-3),
