@@ -29,6 +29,14 @@ local rows = {
   -- the ceiling: the same loop in plain processes of the same interpreter
   {"cpu_proc", "6 CPU speedup, Processes vs plain", "higher", ref = "plain"},
   {"cpu_pool", "6 CPU speedup, Pool vs plain", "higher", ref = "plain", refname = "cpu_proc"},
+  -- the scaling model (bench/README.md): the worker count from which the
+  -- parent is the bound for tasks of 10 us and 1 ms, from the costs
+  -- measured in the run
+  {"scale", "13 Pool workers until the parent saturates, map 10 us", "higher"},
+  {"scale", "13 Pool workers until the parent saturates, apply_async 10 us", "higher",
+   show = "apply_saturation_10us"},
+  {"scale", "13 Pool workers until the parent saturates, apply_async 1 ms", "higher",
+   show = "apply_saturation_1ms"},
   {"start_fork", "7 start+join, fork", "lower", {lmp_max = 0.5}},
   {"start_spawn", "7 start+join, spawn", "lower"},
   {"start_forkserver", "7 start+join, forkserver", "lower"},

@@ -42,7 +42,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 B=$(cd "$B" 2>/dev/null && pwd) || { echo "bench: no build directory $B (run make)" >&2; exit 2; }
 cd "$root"
 
-ALL="apply_rt apply_async queue_small queue_1k queue_1m pipe_rt map cpu_proc cpu_pool \
+ALL="apply_rt apply_async queue_small queue_1k queue_1m pipe_rt map cpu_proc cpu_pool scale \
 start_fork start_spawn start_forkserver lock_uncontended lock_contended value_add value_add_contended \
 array codec broker_tput broker_rt broker_rtt broker_cluster shm_normal shm_64m shm_8m"
 smoke=0
