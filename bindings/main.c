@@ -21,7 +21,6 @@
  * does not list them.
  */
 #include <limits.h>
-#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -396,12 +395,10 @@ ok:
  * apart) and hands them out again, so the common allocation is a pop and
  * the common free a push.  Each list keeps at most CACHE_BYTES; past that,
  * and for larger blocks, malloc and free serve as usual, and every block
- * is a malloc block, whichever path made it (the state itself comes from
- * luaL_newstate's allocator, for its panic and warning functions, and is
- * handed to this one at once).  A block goes on a list only if malloc says
- * it holds the list's whole class size: it may have come from malloc at a
- * smaller size.  Sanitizer builds keep no lists, so that every use of
- * freed memory is still seen. */
+ * is a malloc block, whichever path made it: a small one is made at its
+ * whole class size.  Sanitizer builds keep no lists, so that every use of
+ * freed memory is still seen.  A state not made by luaL_newstate needs its
+ * panic and warning functions of its own: they behave as lauxlib's. */
 #define SMALL_MAX 256
 #define CLASSES (SMALL_MAX / 16)
 #define CACHE_BYTES (256 * 1024)
@@ -448,7 +445,7 @@ static void block_free(void *p, size_t n)
 {
   if (KEEP_BLOCKS && n <= SMALL_MAX) {
     size_t c = class_of(n);
-    if (blocks.kept[c] < CACHE_BYTES / ((c + 1) * 16) && malloc_usable_size(p) >= (c + 1) * 16) {
+    if (blocks.kept[c] < CACHE_BYTES / ((c + 1) * 16)) {
       *(void **)p = blocks.head[c];
       blocks.head[c] = p;
       blocks.kept[c]++;
@@ -479,17 +476,50 @@ static void *allocate(void *ud, void *p, size_t osize, size_t nsize)
   return q;
 }
 
+static int panic(lua_State *L)
+{
+  const char *msg =
+      lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "error object is not a string";
+  fprintf(stderr, "%s: PANIC: unprotected error in call to Lua API (%s)\n", progname, msg);
+  fflush(stderr);
+  return 0; /* lua_error aborts */
+}
+
+/* warn(): off until "@on", back off at "@off"; a message in several parts
+ * (tocont) is one line. */
+static struct {
+  int on, midline;
+} warnings;
+
+static void warning(void *ud, const char *msg, int tocont)
+{
+  (void)ud;
+  if (!warnings.midline && msg[0] == '@') { /* a control message */
+    if (strcmp(msg + 1, "on") == 0)
+      warnings.on = 1;
+    else if (strcmp(msg + 1, "off") == 0)
+      warnings.on = 0;
+    return;
+  }
+  if (!warnings.on)
+    return;
+  fprintf(stderr, "%s%s%s", warnings.midline ? "" : "Lua warning: ", msg, tocont ? "" : "\n");
+  fflush(stderr);
+  warnings.midline = tocont;
+}
+
 int main(int argc, char **argv)
 {
   if (argc > 1 && (strcmp(argv[1], "worker") == 0 || strcmp(argv[1], "top") == 0))
     hide_passwords(argc, argv);
   lmpb_set_executable("/proc/self/exe");
-  lua_State *L = luaL_newstate();
+  lua_State *L = lua_newstate(allocate, NULL);
   if (L == NULL) {
     fprintf(stderr, "%s: cannot create state: not enough memory\n", progname);
     return EXIT_FAILURE;
   }
-  lua_setallocf(L, allocate, NULL); /* lauxlib's blocks so far are malloc's too */
+  lua_atpanic(L, panic);
+  lua_setwarnf(L, warning, NULL);
   lua_pushcfunction(L, pmain);
   lua_pushinteger(L, argc);
   lua_pushlightuserdata(L, argv);
