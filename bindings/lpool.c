@@ -83,9 +83,18 @@ static pid_t self_pid(void)
   return *pid_page;
 }
 
+/* The core's methods have its metatable as their upvalue: comparing it is
+ * cheaper than luaL_checkudata's look-up by name, and these run per task. */
 static lpool *checkcore(lua_State *L)
 {
-  lpool *lp = luaL_checkudata(L, 1, CORE_MT);
+  lpool *lp = lua_touserdata(L, 1);
+  int ok = lp && lua_getmetatable(L, 1);
+  if (ok) {
+    ok = lua_rawequal(L, -1, lua_upvalueindex(1));
+    lua_pop(L, 1);
+  }
+  if (!ok)
+    lp = luaL_checkudata(L, 1, CORE_MT); /* raises, worded as lauxlib words it */
   if (lp->owner != self_pid())
     luaL_argerror(L, 1, "pool belongs to another process");
   if (!lp->pool)
@@ -393,25 +402,9 @@ static void push_failure(lua_State *L, const lmp_pool_event_t *ev)
   lua_setfield(L, -2, "exitcode");
 }
 
-/* c:wait([deadline [, raw]]) -> id, how, value | nil, "timeout" | nil, "closed".
- * deadline is absolute, in lmp.time() seconds; nil waits forever.
- * how: "ok", "error" (value is an lmp.Error), "partial" ({values,
- * errors}), or "broken" (id 0, value the initializer's lmp.Error).  With
- * raw, the value of a worker's reply is its bytes, undecoded (a string);
- * an error no worker wrote (a timeout, a worker lost) is still an lmp.Error. */
-static int core_wait(lua_State *L)
+/* Push what event ev says, as c:wait returns it. */
+static int push_event(lua_State *L, lmp_pool_event_t ev, int raw)
 {
-  lpool *lp = checkcore(L);
-  int64_t deadline = LMP_FOREVER;
-  if (!lua_isnoneornil(L, 2)) {
-    lua_Number d = luaL_checknumber(L, 2) * 1e9;
-    deadline = d <= 0 ? 0 : d >= 9e18 ? LMP_FOREVER : (int64_t)d;
-  }
-  int raw = lua_toboolean(L, 3);
-  lmp_pool_event_t ev;
-  int rc = lmp_pool_wait(lp->pool, &ev, deadline);
-  if (rc < 0)
-    return lmpb_result(L, "wait", rc, "timeout");
   lua_Integer first;
   int sink = ev.id && take_sink(L, (lua_Integer)ev.id, &first);
   int top = lua_gettop(L), nres = 3, prof = 0;
@@ -460,6 +453,43 @@ static int core_wait(lua_State *L)
     push_failure(L, &ev);
   }
   return 3;
+}
+
+/* c:wait([deadline [, raw]]) -> id, how, value | nil, "timeout" | nil, "closed".
+ * deadline is absolute, in lmp.time() seconds; nil waits forever.
+ * how: "ok", "error" (value is an lmp.Error), "partial" ({values,
+ * errors}), or "broken" (id 0, value the initializer's lmp.Error).  With
+ * raw, the value of a worker's reply is its bytes, undecoded (a string);
+ * an error no worker wrote (a timeout, a worker lost) is still an lmp.Error. */
+static int core_wait(lua_State *L)
+{
+  lpool *lp = checkcore(L);
+  int64_t deadline = LMP_FOREVER;
+  if (!lua_isnoneornil(L, 2)) {
+    lua_Number d = luaL_checknumber(L, 2) * 1e9;
+    deadline = d <= 0 ? 0 : d >= 9e18 ? LMP_FOREVER : (int64_t)d;
+  }
+  int raw = lua_toboolean(L, 3);
+  lmp_pool_event_t ev;
+  int rc = lmp_pool_wait(lp->pool, &ev, deadline);
+  if (rc < 0)
+    return lmpb_result(L, "wait", rc, "timeout");
+  return push_event(L, ev, raw);
+}
+
+/* c:take([raw]) -> what wait returns, or nothing when no event is ready
+ * now: the events that have arrived, drained without waiting. */
+static int core_take(lua_State *L)
+{
+  lpool *lp = checkcore(L);
+  int raw = lua_toboolean(L, 2);
+  lmp_pool_event_t ev;
+  int rc = lmp_pool_take(lp->pool, &ev);
+  if (rc < 0)
+    return lmpb_rterror(L, "take", rc);
+  if (rc == 0)
+    return 0;
+  return push_event(L, ev, raw);
 }
 
 /* Withdraw task t by `how` (cancel or stop); its sink goes with it. */
@@ -774,7 +804,7 @@ static int l_counters(lua_State *L)
 /* === lmp.Pool === */
 
 static const luaL_Reg core_methods[] = {
-    {"submit", core_submit}, {"forward", core_forward}, {"wait", core_wait},
+    {"submit", core_submit}, {"forward", core_forward}, {"wait", core_wait}, {"take", core_take},
     {"cancel", core_cancel}, {"stop", core_stop},
     {"state", core_state},   {"close", core_close},
     {"terminate", core_terminate}, {"fileno", core_fileno},
@@ -806,7 +836,9 @@ static int open_core(lua_State *L)
 int lmpb_pool_open(lua_State *L)
 {
   if (luaL_newmetatable(L, CORE_MT)) {
-    luaL_newlib(L, core_methods);
+    luaL_newlibtable(L, core_methods);
+    lua_pushvalue(L, -2);
+    luaL_setfuncs(L, core_methods, 1); /* the metatable, for checkcore */
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, core_gc);
     lua_setfield(L, -2, "__gc");

@@ -114,6 +114,26 @@ describe("lmp.Pool", function()
     assert.are.same({1, 2, 3}, seen.map)
   end)
 
+  it("a get delivers every result that has arrived; their callbacks run in order", function()
+    local pool <close> = lmp.Pool(1) -- one worker: replies come in submission order
+    local order, rs = {}, {}
+    for i = 1, 20 do
+      rs[i] = pool:apply_async(function(x) return x end, {i},
+                               {callback = function(v) order[#order + 1] = v end})
+    end
+    assert.is_true(eventually(function() return pool:stats().done == 20 end))
+    for i = 1, 20 do assert.is_false(rs[i]:ready()) end -- nothing delivers without a call
+    assert.are.equal(1, rs[1]:get())
+    for i = 1, 20 do assert.is_true(rs[i]:ready()) end
+    assert.are.same(range(20), order)
+    assert.are.equal(20, rs[20]:get())
+    -- poll counts every result it delivers, however many come at once
+    for i = 1, 5 do rs[i] = pool:apply_async(function(x) return x end, {i}) end
+    assert.is_true(eventually(function() return pool:stats().done == 25 end))
+    assert.are.equal(5, pool:poll())
+    for i = 1, 5 do assert.are.equal(i, rs[i]:get()) end
+  end)
+
   it("a callback that raises propagates from the call, and the others still run", function()
     local ran = 0
     pool:apply_async(function() return 1 end, nil, {callback = function() error("cb failed") end})

@@ -731,6 +731,7 @@ function M.new(B)
     local res = setmetatable({_pool = pool, _t = t, _cb = cb, _eb = eb, _done = false, _ok = false, _value = false},
                              AsyncResult)
     pool._pending[t] = res
+    if opts == nil and (pool._retry or NO_RETRY).retries == 0 then return res end -- no retry plan
     local plan = plan_of(pool, opts)
     if plan then
       res._plan, res._fn, res._args, res._n, res._opts = plan, fn, args, n, opts
