@@ -170,8 +170,8 @@ static void push_fnrecs(lua_State *L, int remote)
 
 /* Push the record of the function at idx, or with remote its encoding for
  * a broker task (handles refused): from the cache, or built (and cached
- * when it can be reused). */
-static void push_fnrec(lua_State *L, int idx, int remote)
+ * when it can be reused).  Whether it can be. */
+static int push_fnrec(lua_State *L, int idx, int remote)
 {
   idx = lua_absindex(L, idx);
   int keep = reusable(L, idx);
@@ -180,7 +180,7 @@ static void push_fnrec(lua_State *L, int idx, int remote)
     lua_pushvalue(L, idx);
     if (lua_rawget(L, -2) == LUA_TSTRING) {
       lua_remove(L, -2);
-      return;
+      return keep;
     }
     lua_pop(L, 2);
   }
@@ -208,6 +208,7 @@ static void push_fnrec(lua_State *L, int idx, int remote)
     lua_rawset(L, -3);
     lua_pop(L, 1);
   }
+  return keep;
 }
 
 /* core.encode_fn(fn [, remote]) -> function record (a string); with
@@ -287,8 +288,22 @@ static int core_submit(lua_State *L)
   lua_Integer tag = luaL_checkinteger(L, 2);
   size_t fnlen;
   if (lua_type(L, 3) != LUA_TSTRING) {
-    luaL_argcheck(L, iscallable(L, 3), 3, "function expected");
-    push_fnrec(L, 3, 0);
+    /* The pool's last reusable function and its record (user values 2 and
+     * 3): a stream of tasks of one function finds it there. */
+    lua_getiuservalue(L, 1, 2);
+    int same = lua_rawequal(L, -1, 3);
+    lua_pop(L, 1);
+    if (same) {
+      lua_getiuservalue(L, 1, 3);
+    } else {
+      luaL_argcheck(L, iscallable(L, 3), 3, "function expected");
+      if (push_fnrec(L, 3, 0)) {
+        lua_pushvalue(L, 3);
+        lua_setiuservalue(L, 1, 2);
+        lua_pushvalue(L, -1);
+        lua_setiuservalue(L, 1, 3);
+      }
+    }
     lua_replace(L, 3);
   }
   const char *fr = lua_tolstring(L, 3, &fnlen);
@@ -717,7 +732,7 @@ static int l_new(lua_State *L)
   luaL_argcheck(L, n >= 1 && n <= MAX_PROCESSES, 1, "processes must be between 1 and 4096");
   luaL_argcheck(L, max >= 0 && max <= UINT32_MAX, 2, "bad maxtasksperchild");
   luaL_argcheck(L, timeout >= 0 && timeout < 9e9, 3, "bad task_timeout");
-  lpool *lp = lua_newuserdatauv(L, sizeof *lp, 1);
+  lpool *lp = lua_newuserdatauv(L, sizeof *lp, 3);
   memset(lp, 0, sizeof *lp);
   lua_newtable(L);
   lua_setiuservalue(L, -2, 1); /* destinations of replies, by task id */
