@@ -278,6 +278,54 @@ static const lmp_buf_t *encode_slice(lua_State *L, int list, lua_Integer first, 
   return lmpb_encode(L, -1, "list");
 }
 
+/* Replace the function at idx (a function, or its record already) by its
+ * record.  The pool's last reusable function and its record are kept in
+ * the core's user values 2 and 3: a stream of tasks of one function finds
+ * it there. */
+static void fnrec_at(lua_State *L, int core, int idx)
+{
+  if (lua_type(L, idx) == LUA_TSTRING)
+    return;
+  lua_getiuservalue(L, core, 2);
+  int same = lua_rawequal(L, -1, idx);
+  lua_pop(L, 1);
+  if (same) {
+    lua_getiuservalue(L, core, 3);
+  } else {
+    luaL_argcheck(L, iscallable(L, idx), idx, "function expected");
+    if (push_fnrec(L, idx, 0)) {
+      lua_pushvalue(L, idx);
+      lua_setiuservalue(L, core, 2);
+      lua_pushvalue(L, -1);
+      lua_setiuservalue(L, core, 3);
+    }
+  }
+  lua_replace(L, idx);
+}
+
+/* Hand a task to the pool: the record at fr, the value at val (items
+ * first.. of it with slice); its id, or raises. */
+static uint64_t submit_task(lua_State *L, lpool *lp, lua_Integer tag, int fr, int val,
+                            lua_Integer count, lua_Integer first, int slice)
+{
+  size_t fnlen;
+  const char *f = lua_tolstring(L, fr, &fnlen);
+  const lmp_buf_t *b = &lp->buf;
+  if (!lua_istable(L, val) || lmpb_plain_pack_list(L, val, first, count, &lp->buf) < 0) {
+    if (slice)
+      b = encode_slice(L, val, first, count);
+    else
+      b = lmpb_encode(L, val, tag == TAG_APPLY ? "args" : "list");
+  }
+  uint32_t n = (uint32_t)count;
+  struct iovec iov[3] = {{(void *)f, fnlen}, {&n, 4}, {b->data, b->len}};
+  uint64_t id;
+  int rc = lmp_pool_submit(lp->pool, (uint32_t)tag, iov, 3, &id);
+  if (rc < 0)
+    lmpb_rterror(L, "submit", rc);
+  return id;
+}
+
 /* c:submit(tag, fn, value, count [, first [, dest]]) -> id.  fn is a
  * function or its record (encode_fn).  With first, the items are
  * value[first .. first+count-1]; with dest, a reply that is a list of plain
@@ -286,27 +334,7 @@ static int core_submit(lua_State *L)
 {
   lpool *lp = checkcore(L);
   lua_Integer tag = luaL_checkinteger(L, 2);
-  size_t fnlen;
-  if (lua_type(L, 3) != LUA_TSTRING) {
-    /* The pool's last reusable function and its record (user values 2 and
-     * 3): a stream of tasks of one function finds it there. */
-    lua_getiuservalue(L, 1, 2);
-    int same = lua_rawequal(L, -1, 3);
-    lua_pop(L, 1);
-    if (same) {
-      lua_getiuservalue(L, 1, 3);
-    } else {
-      luaL_argcheck(L, iscallable(L, 3), 3, "function expected");
-      if (push_fnrec(L, 3, 0)) {
-        lua_pushvalue(L, 3);
-        lua_setiuservalue(L, 1, 2);
-        lua_pushvalue(L, -1);
-        lua_setiuservalue(L, 1, 3);
-      }
-    }
-    lua_replace(L, 3);
-  }
-  const char *fr = lua_tolstring(L, 3, &fnlen);
+  fnrec_at(L, 1, 3);
   luaL_checkany(L, 4);
   lua_Integer count = luaL_checkinteger(L, 5);
   luaL_argcheck(L, count >= 0 && count <= UINT32_MAX, 5, "bad count");
@@ -315,19 +343,7 @@ static int core_submit(lua_State *L)
   if (sink)
     luaL_checktype(L, 7, LUA_TTABLE);
   lua_settop(L, 7);
-  const lmp_buf_t *b = &lp->buf;
-  if (!lua_istable(L, 4) || lmpb_plain_pack_list(L, 4, first, count, &lp->buf) < 0) {
-    if (slice)
-      b = encode_slice(L, 4, first, count);
-    else
-      b = lmpb_encode(L, 4, tag == TAG_APPLY ? "args" : "list");
-  }
-  uint32_t n = (uint32_t)count;
-  struct iovec iov[3] = {{(void *)fr, fnlen}, {&n, 4}, {b->data, b->len}};
-  uint64_t id;
-  int rc = lmp_pool_submit(lp->pool, (uint32_t)tag, iov, 3, &id);
-  if (rc < 0)
-    return lmpb_rterror(L, "submit", rc);
+  uint64_t id = submit_task(L, lp, tag, 3, 4, count, first, slice);
   if (sink) {
     lua_getiuservalue(L, 1, 1);
     lua_pushvalue(L, 7);
@@ -337,6 +353,113 @@ static int core_submit(lua_State *L)
     lua_pop(L, 1);
   }
   lua_pushinteger(L, (lua_Integer)id);
+  return 1;
+}
+
+/*
+ * apply(pool, fn [, args [, n]]) -> AsyncResult, or nothing: the common
+ * apply_async made whole here, for lmp.result (B.fast_apply): a running
+ * pool without retries, a Lua function, a list without metatable or field
+ * n (or nothing; n: its count, when the caller knows it), no lmp.profile
+ * under way.  Anything else returns nothing and lmp.result does it all.
+ * The result is lmp.result's AsyncResult for an apply task, made as its
+ * submit_apply makes one and filed in pool._pending under its ticket.
+ */
+enum { /* fast_apply's upvalues: the classes, then the field names it uses */
+  UV_POOL = 1, UV_RESULT, UV_PROFILES, UV_CORE_MT, UV_NO_ARGS,
+  UV_STATE, UV_RUN, UV_RETRY, UV_RETRIES, UV_C, UV_PENDING, UV_N,
+  UV_POOLF, UV_T, UV_DONE, UV_OK, UV_VALUE, UV_COUNT = UV_VALUE
+};
+static const char *const fast_names[] = {"_state", "run", "_retry", "retries", "_c", "_pending", "n",
+                                         "_pool", "_t", "_done", "_ok", "_value"};
+
+/* Push t[upvalue k] (t a table at index t, its field raw). */
+static int uvget(lua_State *L, int t, int k)
+{
+  lua_pushvalue(L, lua_upvalueindex(k));
+  return lua_rawget(L, t);
+}
+
+static void uvset_false(lua_State *L, int k)
+{
+  lua_pushvalue(L, lua_upvalueindex(k));
+  lua_pushboolean(L, 0);
+  lua_rawset(L, -3);
+}
+
+static int fast_apply(lua_State *L)
+{
+  lua_settop(L, 4);
+  if (lua_type(L, 1) != LUA_TTABLE || lua_type(L, 2) != LUA_TFUNCTION || !lua_getmetatable(L, 1))
+    return 0;
+  int ok = lua_rawequal(L, -1, lua_upvalueindex(UV_POOL));
+  lua_pop(L, 1);
+  int t = lua_type(L, 3);
+  if (!ok || lua_rawlen(L, lua_upvalueindex(UV_PROFILES)) > 0 || (t != LUA_TNIL && t != LUA_TTABLE))
+    return 0;
+  lua_Integer n = 0;
+  if (t == LUA_TTABLE) {
+    if (lua_getmetatable(L, 3))
+      return 0;
+    if (lua_isinteger(L, 4)) {
+      n = lua_tointeger(L, 4);
+    } else {
+      if (uvget(L, 3, UV_N) != LUA_TNIL)
+        return 0;
+      lua_pop(L, 1);
+      n = (lua_Integer)lua_rawlen(L, 3);
+    }
+    if (n < 0 || n > UINT32_MAX)
+      return 0;
+  } else {
+    lua_pushvalue(L, lua_upvalueindex(UV_NO_ARGS));
+    lua_replace(L, 3);
+  }
+  uvget(L, 1, UV_STATE); /* 5 */
+  uvget(L, 1, UV_RETRY); /* 6 */
+  uvget(L, 1, UV_C);     /* 7 */
+  if (!lua_rawequal(L, 5, lua_upvalueindex(UV_RUN)) || !lua_istable(L, 6) ||
+      uvget(L, 6, UV_RETRIES) != LUA_TNUMBER || lua_tointeger(L, -1) != 0 || !lua_getmetatable(L, 7))
+    return 0;
+  ok = lua_rawequal(L, -1, lua_upvalueindex(UV_CORE_MT));
+  lua_pop(L, 2);
+  lpool *lp = lua_touserdata(L, 7);
+  if (!ok || lp->owner != self_pid() || !lp->pool)
+    return 0;
+  lp->L = L;
+  fnrec_at(L, 7, 2);
+  uint64_t id = submit_task(L, lp, TAG_APPLY, 2, 3, n, 1, 0);
+  lua_createtable(L, 0, 5);
+  lua_pushvalue(L, lua_upvalueindex(UV_POOLF));
+  lua_pushvalue(L, 1);
+  lua_rawset(L, -3);
+  lua_pushvalue(L, lua_upvalueindex(UV_T));
+  lua_pushinteger(L, (lua_Integer)id);
+  lua_rawset(L, -3);
+  uvset_false(L, UV_DONE);
+  uvset_false(L, UV_OK);
+  uvset_false(L, UV_VALUE);
+  lua_pushvalue(L, lua_upvalueindex(UV_RESULT));
+  lua_setmetatable(L, -2);
+  uvget(L, 1, UV_PENDING);
+  lua_pushvalue(L, -2);
+  lua_rawseti(L, -2, (lua_Integer)id);
+  lua_pop(L, 1);
+  return 1;
+}
+
+/* core.fast_apply(Pool, AsyncResult, profiles) -> apply (see fast_apply) */
+static int l_fast_apply(lua_State *L)
+{
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  lua_settop(L, 3);
+  luaL_getmetatable(L, CORE_MT);
+  lua_newtable(L);
+  for (size_t i = 0; i < sizeof fast_names / sizeof *fast_names; i++)
+    lua_pushstring(L, fast_names[i]);
+  lua_pushcclosure(L, fast_apply, UV_COUNT);
   return 1;
 }
 
@@ -828,7 +951,7 @@ static const luaL_Reg core_methods[] = {
 };
 
 static const luaL_Reg core_funcs[] = {
-    {"new", l_new},     {"encode_fn", l_encode_fn}, {"isatty", l_isatty},
+    {"new", l_new},     {"encode_fn", l_encode_fn}, {"isatty", l_isatty}, {"fast_apply", l_fast_apply},
     {"table", l_table}, {"counters", l_counters},   {NULL, NULL},
 };
 

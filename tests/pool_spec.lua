@@ -77,6 +77,28 @@ describe("lmp.Pool", function()
     assert.are.equal(7, pool:apply_async(function() return 7 end):get())
   end)
 
+  it("passes the arguments whole, whatever the list, and makes the same AsyncResult", function()
+    local function count(...) return select("#", ...) end
+    assert.are.equal(0, pool:apply_async(count):get())
+    assert.are.equal(0, pool:apply_async(count, {}):get())
+    assert.are.equal(3, pool:apply_async(count, {1, 2, 3}):get())
+    assert.are.equal(3, pool:apply_async(count, {n = 3, 1}):get()) -- n counts the trailing nils
+    assert.are.equal(0, pool:apply(count))
+    assert.are.equal(1, pool:apply(count, nil))
+    assert.are.equal(3, pool:apply(count, 1, nil, nil))
+    local plain = pool:apply_async(count, {1})
+    local with_opts = pool:apply_async(count, {1}, {callback = function() end})
+    assert.are.equal(getmetatable(with_opts), getmetatable(plain))
+    assert.matches("^lmp.AsyncResult%(", tostring(plain))
+    assert.are.equal(1, plain:get())
+    assert.are.equal(1, with_opts:get())
+    -- what cannot be sent fails the call, whichever way it was made
+    local co = coroutine.create(function() end)
+    assert.has_error(function() pool:apply_async(count, {co}) end)
+    assert.has_error(function() pool:apply(count, co) end)
+    assert.are.equal(1, pool:apply(count, 1)) -- and the pool goes on
+  end)
+
   it("runs callbacks only inside lmp calls, in the parent", function()
     local got, errs = {}, {}
     local me = lmp.current_process().pid

@@ -146,6 +146,7 @@ do
       return pool._c:submit(tag, fr, list, count, first, values)
     end,
     encode_fn = core.encode_fn,
+    fast_apply = function(P, AsyncResult) return core.fast_apply(P, AsyncResult, profiling) end,
     cancel = function(pool, t) return pool._c:cancel(t) end,
     stop = function(pool, t) return pool._c:stop(t) end,
     state = function(pool, t) return pool._c:state(t) end,
