@@ -50,6 +50,7 @@ typedef struct lpool {
   int init_ref;  /* registry: {fn, args, n}, or LUA_NOREF */
   lmp_buf_t buf; /* lists of plain values, packed */
   const char *method; /* the start method: "fork", "spawn", "forkserver" */
+  lua_Integer sinks;  /* destinations of replies kept (user value 1) */
   int start_err;      /* registry: why the last hooked start failed, or LUA_NOREF */
 } lpool;
 
@@ -351,6 +352,7 @@ static int core_submit(lua_State *L)
     lua_pushinteger(L, first);
     lua_rawseti(L, -2, -(lua_Integer)id);
     lua_pop(L, 1);
+    lp->sinks++;
   }
   lua_pushinteger(L, (lua_Integer)id);
   return 1;
@@ -492,8 +494,10 @@ static int core_forward(lua_State *L)
 
 /* Push the destination of task id's reply (and forget it): 1, or 0 if it
  * has none. */
-static int take_sink(lua_State *L, lua_Integer id, lua_Integer *first)
+static int take_sink(lua_State *L, lpool *lp, lua_Integer id, lua_Integer *first)
 {
+  if (lp->sinks == 0)
+    return 0;
   lua_getiuservalue(L, 1, 1);
   if (lua_rawgeti(L, -1, id) != LUA_TTABLE) {
     lua_pop(L, 2);
@@ -507,6 +511,7 @@ static int take_sink(lua_State *L, lua_Integer id, lua_Integer *first)
   lua_pushnil(L);
   lua_rawseti(L, -3, -id);
   lua_remove(L, -2);
+  lp->sinks--;
   return 1;
 }
 
@@ -541,10 +546,10 @@ static void push_failure(lua_State *L, const lmp_pool_event_t *ev)
 }
 
 /* Push what event ev says, as c:wait returns it. */
-static int push_event(lua_State *L, lmp_pool_event_t ev, int raw)
+static int push_event(lua_State *L, lpool *lp, lmp_pool_event_t ev, int raw)
 {
   lua_Integer first;
-  int sink = ev.id && take_sink(L, (lua_Integer)ev.id, &first);
+  int sink = ev.id && take_sink(L, lp, (lua_Integer)ev.id, &first);
   int top = lua_gettop(L), nres = 3, prof = 0;
   if (ev.type == LMP_POOL_DONE && (ev.status & ST_PROFILED)) { /* the samples go fourth */
     uint32_t plen = 0;
@@ -612,7 +617,7 @@ static int core_wait(lua_State *L)
   int rc = lmp_pool_wait(lp->pool, &ev, deadline);
   if (rc < 0)
     return lmpb_result(L, "wait", rc, "timeout");
-  return push_event(L, ev, raw);
+  return push_event(L, lp, ev, raw);
 }
 
 /* c:take([raw]) -> what wait returns, or nothing when no event is ready
@@ -627,7 +632,7 @@ static int core_take(lua_State *L)
     return lmpb_rterror(L, "take", rc);
   if (rc == 0)
     return 0;
-  return push_event(L, ev, raw);
+  return push_event(L, lp, ev, raw);
 }
 
 /* Withdraw task t by `how` (cancel or stop); its sink goes with it. */
@@ -636,7 +641,7 @@ static int withdraw(lua_State *L, int (*how)(lmp_pool_t *, uint64_t))
   lpool *lp = checkcore(L);
   lua_Integer id = luaL_checkinteger(L, 2), first;
   int done = how(lp->pool, (uint64_t)id);
-  if (done && take_sink(L, id, &first))
+  if (done && take_sink(L, lp, id, &first))
     lua_pop(L, 1);
   lua_pushboolean(L, done);
   return 1;
@@ -674,9 +679,11 @@ static int core_close(lua_State *L)
 
 static int core_terminate(lua_State *L)
 {
-  lmp_pool_terminate(checkcore(L)->pool);
+  lpool *lp = checkcore(L);
+  lmp_pool_terminate(lp->pool);
   lua_newtable(L);
   lua_setiuservalue(L, 1, 1); /* no reply will come: forget the destinations */
+  lp->sinks = 0;
   return 0;
 }
 

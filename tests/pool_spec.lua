@@ -154,6 +154,17 @@ describe("lmp.Pool", function()
     assert.is_true(eventually(function() return pool:stats().done == 25 end))
     assert.are.equal(5, pool:poll())
     for i = 1, 5 do assert.are.equal(i, rs[i]:get()) end
+    -- a callback that raises leaves the ones after it queued: a get, even of
+    -- a result already settled, runs them first
+    local seen = {}
+    local a = pool:apply_async(function() return 1 end, nil, {callback = function() error("cb a") end})
+    local b = pool:apply_async(function() return 2 end, nil, {callback = function(v) seen[#seen + 1] = v end})
+    assert.is_true(eventually(function() return pool:stats().done == 27 end))
+    assert.has_error(function() a:get() end, nil)
+    assert.is_true(b:ready())
+    assert.are.same({}, seen)
+    assert.are.equal(2, b:get())
+    assert.are.same({2}, seen)
   end)
 
   it("a callback that raises propagates from the call, and the others still run", function()

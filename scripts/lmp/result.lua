@@ -431,7 +431,9 @@ function M.new(B)
 
   --- The value, nil and "timeout", or raises the task's lmp.Error.
   function AsyncResult:get(timeout)
-    if not waitfor(self, timeout, "get") then return nil, "timeout" end
+    if timeout ~= nil or getmetatable(self) ~= AsyncResult or not self._done or self._pool._cbq.t > 0 then
+      if not waitfor(self, timeout, "get") then return nil, "timeout" end
+    end
     if self._ok then return self._value end
     error(self._value, 0)
   end
