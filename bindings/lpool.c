@@ -620,19 +620,49 @@ static int core_wait(lua_State *L)
   return push_event(L, lp, ev, raw);
 }
 
-/* c:take([raw]) -> what wait returns, or nothing when no event is ready
- * now: the events that have arrived, drained without waiting. */
-static int core_take(lua_State *L)
+/* c:drain(pending, max) -> n [, id, how, value [, samples]]: the events
+ * that are ready now, taken without waiting.  A plain reply (a task's
+ * result, no samples) is settled here as the pool's dispatch settles one:
+ * its handler in pending is dropped from it and handler:_settle(how,
+ * value) called.  Stops after max of them, when none is ready, or at the
+ * first other event (an error, a profiled reply, the pool broken), which
+ * comes back after the count for the caller to settle. */
+static int core_drain(lua_State *L)
 {
   lpool *lp = checkcore(L);
-  int raw = lua_toboolean(L, 2);
-  lmp_pool_event_t ev;
-  int rc = lmp_pool_take(lp->pool, &ev);
-  if (rc < 0)
-    return lmpb_rterror(L, "take", rc);
-  if (rc == 0)
-    return 0;
-  return push_event(L, lp, ev, raw);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_Integer max = luaL_checkinteger(L, 3);
+  lua_settop(L, 3);
+  lua_Integer n = 0;
+  while (n < max) {
+    lmp_pool_event_t ev;
+    int rc = lmp_pool_take(lp->pool, &ev);
+    if (rc < 0)
+      return lmpb_rterror(L, "take", rc);
+    if (rc == 0)
+      break;
+    int plain = ev.type == LMP_POOL_DONE && ev.status == ST_OK;
+    int k = push_event(L, lp, ev, 0);
+    if (!plain) {
+      lua_pushinteger(L, n);
+      lua_insert(L, -k - 1);
+      return k + 1;
+    }
+    int top = lua_gettop(L); /* id, how, value */
+    if (lua_rawgeti(L, 2, lua_tointeger(L, top - 2)) != LUA_TNIL) {
+      lua_pushnil(L);
+      lua_rawseti(L, 2, lua_tointeger(L, top - 2));
+      lua_getfield(L, -1, "_settle");
+      lua_insert(L, -2);
+      lua_pushvalue(L, top - 1);
+      lua_pushvalue(L, top);
+      lua_call(L, 3, 0);
+    }
+    lua_settop(L, 3);
+    n++;
+  }
+  lua_pushinteger(L, n);
+  return 1;
 }
 
 /* Withdraw task t by `how` (cancel or stop); its sink goes with it. */
@@ -949,7 +979,7 @@ static int l_counters(lua_State *L)
 /* === lmp.Pool === */
 
 static const luaL_Reg core_methods[] = {
-    {"submit", core_submit}, {"forward", core_forward}, {"wait", core_wait}, {"take", core_take},
+    {"submit", core_submit}, {"forward", core_forward}, {"wait", core_wait}, {"drain", core_drain},
     {"cancel", core_cancel}, {"stop", core_stop},
     {"state", core_state},   {"close", core_close},
     {"terminate", core_terminate}, {"fileno", core_fileno},

@@ -139,19 +139,29 @@ describe("lmp.Pool", function()
   it("a get delivers every result that has arrived; their callbacks run in order", function()
     local pool <close> = lmp.Pool(1) -- one worker: replies come in submission order
     local order, rs = {}, {}
+    local expected = range(20)
+    expected[7] = "task"
     for i = 1, 20 do
-      rs[i] = pool:apply_async(function(x) return x end, {i},
-                               {callback = function(v) order[#order + 1] = v end})
+      rs[i] = pool:apply_async(function(x)
+        if x == 7 then error("seven") end
+        return x
+      end, {i}, {callback = function(v) order[#order + 1] = v end,
+                 error_callback = function(e) order[#order + 1] = e.kind end})
     end
-    assert.is_true(eventually(function() return pool:stats().done == 20 end))
+    local m = pool:map_async(function(x) return 2 * x end, {1, 2, 3}, 1)
+    assert.is_true(eventually(function() return pool:stats().done + pool:stats().failed == 23 end))
     for i = 1, 20 do assert.is_false(rs[i]:ready()) end -- nothing delivers without a call
+    assert.is_false(m:ready())
     assert.are.equal(1, rs[1]:get())
     for i = 1, 20 do assert.is_true(rs[i]:ready()) end
-    assert.are.same(range(20), order)
+    assert.is_true(m:ready())
+    assert.are.same(expected, order)
     assert.are.equal(20, rs[20]:get())
+    assert.matches("seven", raised(rs[7].get, rs[7]).message)
+    assert.are.same({2, 4, 6}, m:get())
     -- poll counts every result it delivers, however many come at once
     for i = 1, 5 do rs[i] = pool:apply_async(function(x) return x end, {i}) end
-    assert.is_true(eventually(function() return pool:stats().done == 25 end))
+    assert.is_true(eventually(function() return pool:stats().done + pool:stats().failed == 28 end))
     assert.are.equal(5, pool:poll())
     for i = 1, 5 do assert.are.equal(i, rs[i]:get()) end
     -- a callback that raises leaves the ones after it queued: a get, even of
@@ -159,7 +169,7 @@ describe("lmp.Pool", function()
     local seen = {}
     local a = pool:apply_async(function() return 1 end, nil, {callback = function() error("cb a") end})
     local b = pool:apply_async(function() return 2 end, nil, {callback = function(v) seen[#seen + 1] = v end})
-    assert.is_true(eventually(function() return pool:stats().done == 27 end))
+    assert.is_true(eventually(function() return pool:stats().done + pool:stats().failed == 30 end))
     assert.has_error(function() a:get() end, nil)
     assert.is_true(b:ready())
     assert.are.same({}, seen)

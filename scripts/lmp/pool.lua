@@ -97,9 +97,12 @@ do
     end
     if t ~= nil and how ~= "broken" then
       settle(pool, t, how, v, samples)
-      local n = 1
+      local n, pending = 1, pool._pending
       while n <= DRAIN do
-        t, how, v, samples = c:take()
+        -- the core settles plain replies itself, and hands back any other event
+        local k
+        k, t, how, v, samples = c:drain(pending, DRAIN - n + 1)
+        n = n + k
         if t == nil then break end
         if how == "broken" then
           broken(pool, v)
