@@ -19,6 +19,12 @@
  * result table; a worker (lworker.c) reads a chunk's items one by one as it
  * runs them and packs each result as it comes.  Anything else goes through
  * the codec.
+ *
+ * The parent's part of the commonest task is kept out of Lua: an
+ * apply_async with no options is made whole here (fast_apply: checks,
+ * encoding, submission, its AsyncResult filed in pool._pending), and the
+ * replies that have arrived are taken together and settled here
+ * (core:drain), each by its handler's _settle, the one piece of Lua left.
  */
 #include <errno.h>
 #include <signal.h>
@@ -361,8 +367,8 @@ static int core_submit(lua_State *L)
 /*
  * apply(pool, fn [, args [, n]]) -> AsyncResult, or nothing: the common
  * apply_async made whole here, for lmp.result (B.fast_apply): a running
- * pool without retries, a Lua function, a list without metatable or field
- * n (or nothing; n: its count, when the caller knows it), no lmp.profile
+ * pool without retries, a function, a list without metatable or field n
+ * (or nothing; n: its count, when the caller knows it), no lmp.profile
  * under way.  Anything else returns nothing and lmp.result does it all.
  * The result is lmp.result's AsyncResult for an apply task, made as its
  * submit_apply makes one and filed in pool._pending under its ticket.
