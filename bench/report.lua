@@ -10,14 +10,17 @@
 -- arguments (date, python, kernel, ...) go into the JSON's "run" object.
 -- Each row below names a workload, which way is better, and its target;
 -- ref names the reference (Python unless said: "c", the raw C ping-pong;
--- "plain", plain interpreter processes) and refname its workload when that
--- is another one; show, a field of the lines to show and compare instead
--- of their value, in `unit` when the row gives one.  The ratio column is
+-- "plain", plain interpreter processes; "lanes", LuaLanes; "celery";
+-- "cjson", lua-cjson) and refname its workload when that is another one;
+-- show, a field of the lines to show and compare instead of their value,
+-- in `unit` when the row gives one.  The ratio column is
 -- oriented so that > 1 means lmp is better.
 
 local rows = {
   {"apply_rt", "1 apply round trip", "lower", {ratio = 10}},
   {"apply_async", "2 apply_async, 20k tasks", "higher", {ratio = 10}},
+  -- and LuaLanes (lanes.gen workers on a linda), measured in the same run
+  {"apply_async", "2 apply_async vs LuaLanes", "higher", {ratio = 1.5}, ref = "lanes"},
   {"queue_small", "3 Queue, 100k small msgs", "higher", {ratio = 10}},
   {"queue_1k", "3 Queue, 1 KiB msgs", "higher"},
   {"queue_1m", "3 Queue, 1 MiB msgs", "higher"},
@@ -347,7 +350,7 @@ if runinfo.against then
 end
 
 local ref_tags = {c = " (C)", plain = " (plain)", normal = " (normal)", celery = " (Celery)",
-  cjson = " (cjson)"}
+  cjson = " (cjson)", lanes = " (Lanes)"}
 local out_rows, table_rows = {}, {}
 local n_met, n_targets = 0, 0
 for _, row in ipairs(rows) do

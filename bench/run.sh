@@ -23,6 +23,11 @@
 #       shows new/old ratios (> 1: the new build is better) with a check
 #       that each is at least 0.95.  results.json is left alone.
 #
+# apply_async also runs against LuaLanes (impl "lanes", bench/lua/lanes.lua
+# under lua5.4) when one is found: BENCH_LANES=DIR, the directory holding
+# lanes.lua and lanes_core.so, or `require "lanes"` working in lua5.4 as
+# installed; otherwise its line says n/a.
+#
 # The broker workloads run lmp's broker against RQ (impl "python") and
 # Celery (impl "celery") on one loopback redis-server; broker_rtt (lmp only)
 # puts bench/c/delayproxy between Redis and its clients.
@@ -234,6 +239,18 @@ for name in $names; do
       run "$name" python "$PYTHON" "bench/py/bench_$group.py" "$name"
     else
       skip "$name (python)" "$PYTHON not found"
+    fi
+    # apply_async's other reference: LuaLanes, found (never built) through
+    # BENCH_LANES=DIR (its lanes.lua and lanes_core.so) or as lua5.4 finds it
+    if [ "$name" = apply_async ]; then
+      if ! command -v lua5.4 >/dev/null 2>&1; then
+        skip "$name (lanes)" "lua5.4 not found"
+      elif [ -n "${BENCH_LANES:-}" ]; then
+        run "$name" lanes env LUA_PATH="$BENCH_LANES/?.lua;;" LUA_CPATH="$BENCH_LANES/?.so;;" \
+          lua5.4 bench/lua/lanes.lua "$name"
+      else
+        run "$name" lanes lua5.4 bench/lua/lanes.lua "$name"
+      fi
     fi
     # the broker's other reference: Celery on the same redis-server
     case $name in

@@ -19,6 +19,12 @@
  * result table; a worker (lworker.c) reads a chunk's items one by one as it
  * runs them and packs each result as it comes.  Anything else goes through
  * the codec.
+ *
+ * The parent's part of the commonest task is kept out of Lua: an
+ * apply_async with no options is made whole here (fast_apply: checks,
+ * encoding, submission, its AsyncResult filed in pool._pending), and the
+ * replies that have arrived are taken together and settled here
+ * (core:drain), each by its handler's _settle, the one piece of Lua left.
  */
 #include <errno.h>
 #include <signal.h>
@@ -50,6 +56,7 @@ typedef struct lpool {
   int init_ref;  /* registry: {fn, args, n}, or LUA_NOREF */
   lmp_buf_t buf; /* lists of plain values, packed */
   const char *method; /* the start method: "fork", "spawn", "forkserver" */
+  lua_Integer sinks;  /* destinations of replies kept (user value 1) */
   int start_err;      /* registry: why the last hooked start failed, or LUA_NOREF */
 } lpool;
 
@@ -83,9 +90,18 @@ static pid_t self_pid(void)
   return *pid_page;
 }
 
+/* The core's methods have its metatable as their upvalue: comparing it is
+ * cheaper than luaL_checkudata's look-up by name, and these run per task. */
 static lpool *checkcore(lua_State *L)
 {
-  lpool *lp = luaL_checkudata(L, 1, CORE_MT);
+  lpool *lp = lua_touserdata(L, 1);
+  int ok = lp && lua_getmetatable(L, 1);
+  if (ok) {
+    ok = lua_rawequal(L, -1, lua_upvalueindex(1));
+    lua_pop(L, 1);
+  }
+  if (!ok)
+    lp = luaL_checkudata(L, 1, CORE_MT); /* raises, worded as lauxlib words it */
   if (lp->owner != self_pid())
     luaL_argerror(L, 1, "pool belongs to another process");
   if (!lp->pool)
@@ -161,8 +177,8 @@ static void push_fnrecs(lua_State *L, int remote)
 
 /* Push the record of the function at idx, or with remote its encoding for
  * a broker task (handles refused): from the cache, or built (and cached
- * when it can be reused). */
-static void push_fnrec(lua_State *L, int idx, int remote)
+ * when it can be reused).  Whether it can be. */
+static int push_fnrec(lua_State *L, int idx, int remote)
 {
   idx = lua_absindex(L, idx);
   int keep = reusable(L, idx);
@@ -171,7 +187,7 @@ static void push_fnrec(lua_State *L, int idx, int remote)
     lua_pushvalue(L, idx);
     if (lua_rawget(L, -2) == LUA_TSTRING) {
       lua_remove(L, -2);
-      return;
+      return keep;
     }
     lua_pop(L, 2);
   }
@@ -199,6 +215,7 @@ static void push_fnrec(lua_State *L, int idx, int remote)
     lua_rawset(L, -3);
     lua_pop(L, 1);
   }
+  return keep;
 }
 
 /* core.encode_fn(fn [, remote]) -> function record (a string); with
@@ -268,6 +285,54 @@ static const lmp_buf_t *encode_slice(lua_State *L, int list, lua_Integer first, 
   return lmpb_encode(L, -1, "list");
 }
 
+/* Replace the function at idx (a function, or its record already) by its
+ * record.  The pool's last reusable function and its record are kept in
+ * the core's user values 2 and 3: a stream of tasks of one function finds
+ * it there. */
+static void fnrec_at(lua_State *L, int core, int idx)
+{
+  if (lua_type(L, idx) == LUA_TSTRING)
+    return;
+  lua_getiuservalue(L, core, 2);
+  int same = lua_rawequal(L, -1, idx);
+  lua_pop(L, 1);
+  if (same) {
+    lua_getiuservalue(L, core, 3);
+  } else {
+    luaL_argcheck(L, iscallable(L, idx), idx, "function expected");
+    if (push_fnrec(L, idx, 0)) {
+      lua_pushvalue(L, idx);
+      lua_setiuservalue(L, core, 2);
+      lua_pushvalue(L, -1);
+      lua_setiuservalue(L, core, 3);
+    }
+  }
+  lua_replace(L, idx);
+}
+
+/* Hand a task to the pool: the record at fr, the value at val (items
+ * first.. of it with slice); its id, or raises. */
+static uint64_t submit_task(lua_State *L, lpool *lp, lua_Integer tag, int fr, int val,
+                            lua_Integer count, lua_Integer first, int slice)
+{
+  size_t fnlen;
+  const char *f = lua_tolstring(L, fr, &fnlen);
+  const lmp_buf_t *b = &lp->buf;
+  if (!lua_istable(L, val) || lmpb_plain_pack_list(L, val, first, count, &lp->buf) < 0) {
+    if (slice)
+      b = encode_slice(L, val, first, count);
+    else
+      b = lmpb_encode(L, val, tag == TAG_APPLY ? "args" : "list");
+  }
+  uint32_t n = (uint32_t)count;
+  struct iovec iov[3] = {{(void *)f, fnlen}, {&n, 4}, {b->data, b->len}};
+  uint64_t id;
+  int rc = lmp_pool_submit(lp->pool, (uint32_t)tag, iov, 3, &id);
+  if (rc < 0)
+    lmpb_rterror(L, "submit", rc);
+  return id;
+}
+
 /* c:submit(tag, fn, value, count [, first [, dest]]) -> id.  fn is a
  * function or its record (encode_fn).  With first, the items are
  * value[first .. first+count-1]; with dest, a reply that is a list of plain
@@ -276,13 +341,7 @@ static int core_submit(lua_State *L)
 {
   lpool *lp = checkcore(L);
   lua_Integer tag = luaL_checkinteger(L, 2);
-  size_t fnlen;
-  if (lua_type(L, 3) != LUA_TSTRING) {
-    luaL_argcheck(L, iscallable(L, 3), 3, "function expected");
-    push_fnrec(L, 3, 0);
-    lua_replace(L, 3);
-  }
-  const char *fr = lua_tolstring(L, 3, &fnlen);
+  fnrec_at(L, 1, 3);
   luaL_checkany(L, 4);
   lua_Integer count = luaL_checkinteger(L, 5);
   luaL_argcheck(L, count >= 0 && count <= UINT32_MAX, 5, "bad count");
@@ -291,19 +350,7 @@ static int core_submit(lua_State *L)
   if (sink)
     luaL_checktype(L, 7, LUA_TTABLE);
   lua_settop(L, 7);
-  const lmp_buf_t *b = &lp->buf;
-  if (!lua_istable(L, 4) || lmpb_plain_pack_list(L, 4, first, count, &lp->buf) < 0) {
-    if (slice)
-      b = encode_slice(L, 4, first, count);
-    else
-      b = lmpb_encode(L, 4, tag == TAG_APPLY ? "args" : "list");
-  }
-  uint32_t n = (uint32_t)count;
-  struct iovec iov[3] = {{(void *)fr, fnlen}, {&n, 4}, {b->data, b->len}};
-  uint64_t id;
-  int rc = lmp_pool_submit(lp->pool, (uint32_t)tag, iov, 3, &id);
-  if (rc < 0)
-    return lmpb_rterror(L, "submit", rc);
+  uint64_t id = submit_task(L, lp, tag, 3, 4, count, first, slice);
   if (sink) {
     lua_getiuservalue(L, 1, 1);
     lua_pushvalue(L, 7);
@@ -311,8 +358,116 @@ static int core_submit(lua_State *L)
     lua_pushinteger(L, first);
     lua_rawseti(L, -2, -(lua_Integer)id);
     lua_pop(L, 1);
+    lp->sinks++;
   }
   lua_pushinteger(L, (lua_Integer)id);
+  return 1;
+}
+
+/*
+ * apply(pool, fn [, args [, n]]) -> AsyncResult, or nothing: the common
+ * apply_async made whole here, for lmp.result (B.fast_apply): a running
+ * pool without retries, a function, a list without metatable or field n
+ * (or nothing; n: its count, when the caller knows it), no lmp.profile
+ * under way.  Anything else returns nothing and lmp.result does it all.
+ * The result is lmp.result's AsyncResult for an apply task, made as its
+ * submit_apply makes one and filed in pool._pending under its ticket.
+ */
+enum { /* fast_apply's upvalues: the classes, then the field names it uses */
+  UV_POOL = 1, UV_RESULT, UV_PROFILES, UV_CORE_MT, UV_NO_ARGS,
+  UV_STATE, UV_RUN, UV_RETRY, UV_RETRIES, UV_C, UV_PENDING, UV_N,
+  UV_POOLF, UV_T, UV_DONE, UV_OK, UV_VALUE, UV_COUNT = UV_VALUE
+};
+static const char *const fast_names[] = {"_state", "run", "_retry", "retries", "_c", "_pending", "n",
+                                         "_pool", "_t", "_done", "_ok", "_value"};
+
+/* Push t[upvalue k] (t a table at index t, its field raw). */
+static int uvget(lua_State *L, int t, int k)
+{
+  lua_pushvalue(L, lua_upvalueindex(k));
+  return lua_rawget(L, t);
+}
+
+static void uvset_false(lua_State *L, int k)
+{
+  lua_pushvalue(L, lua_upvalueindex(k));
+  lua_pushboolean(L, 0);
+  lua_rawset(L, -3);
+}
+
+static int fast_apply(lua_State *L)
+{
+  lua_settop(L, 4);
+  if (lua_type(L, 1) != LUA_TTABLE || lua_type(L, 2) != LUA_TFUNCTION || !lua_getmetatable(L, 1))
+    return 0;
+  int ok = lua_rawequal(L, -1, lua_upvalueindex(UV_POOL));
+  lua_pop(L, 1);
+  int t = lua_type(L, 3);
+  if (!ok || lua_rawlen(L, lua_upvalueindex(UV_PROFILES)) > 0 || (t != LUA_TNIL && t != LUA_TTABLE))
+    return 0;
+  lua_Integer n = 0;
+  if (t == LUA_TTABLE) {
+    if (lua_getmetatable(L, 3))
+      return 0;
+    if (lua_isinteger(L, 4)) {
+      n = lua_tointeger(L, 4);
+    } else {
+      if (uvget(L, 3, UV_N) != LUA_TNIL)
+        return 0;
+      lua_pop(L, 1);
+      n = (lua_Integer)lua_rawlen(L, 3);
+    }
+    if (n < 0 || n > UINT32_MAX)
+      return 0;
+  } else {
+    lua_pushvalue(L, lua_upvalueindex(UV_NO_ARGS));
+    lua_replace(L, 3);
+  }
+  uvget(L, 1, UV_STATE); /* 5 */
+  uvget(L, 1, UV_RETRY); /* 6 */
+  uvget(L, 1, UV_C);     /* 7 */
+  if (!lua_rawequal(L, 5, lua_upvalueindex(UV_RUN)) || !lua_istable(L, 6) ||
+      uvget(L, 6, UV_RETRIES) != LUA_TNUMBER || lua_tointeger(L, -1) != 0 || !lua_getmetatable(L, 7))
+    return 0;
+  ok = lua_rawequal(L, -1, lua_upvalueindex(UV_CORE_MT));
+  lua_pop(L, 2);
+  lpool *lp = lua_touserdata(L, 7);
+  if (!ok || lp->owner != self_pid() || !lp->pool)
+    return 0;
+  lp->L = L;
+  fnrec_at(L, 7, 2);
+  uint64_t id = submit_task(L, lp, TAG_APPLY, 2, 3, n, 1, 0);
+  lua_createtable(L, 0, 5);
+  lua_pushvalue(L, lua_upvalueindex(UV_POOLF));
+  lua_pushvalue(L, 1);
+  lua_rawset(L, -3);
+  lua_pushvalue(L, lua_upvalueindex(UV_T));
+  lua_pushinteger(L, (lua_Integer)id);
+  lua_rawset(L, -3);
+  uvset_false(L, UV_DONE);
+  uvset_false(L, UV_OK);
+  uvset_false(L, UV_VALUE);
+  lua_pushvalue(L, lua_upvalueindex(UV_RESULT));
+  lua_setmetatable(L, -2);
+  uvget(L, 1, UV_PENDING);
+  lua_pushvalue(L, -2);
+  lua_rawseti(L, -2, (lua_Integer)id);
+  lua_pop(L, 1);
+  return 1;
+}
+
+/* core.fast_apply(Pool, AsyncResult, profiles) -> apply (see fast_apply) */
+static int l_fast_apply(lua_State *L)
+{
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  lua_settop(L, 3);
+  luaL_getmetatable(L, CORE_MT);
+  lua_newtable(L);
+  for (size_t i = 0; i < sizeof fast_names / sizeof *fast_names; i++)
+    lua_pushstring(L, fast_names[i]);
+  lua_pushcclosure(L, fast_apply, UV_COUNT);
   return 1;
 }
 
@@ -345,8 +500,10 @@ static int core_forward(lua_State *L)
 
 /* Push the destination of task id's reply (and forget it): 1, or 0 if it
  * has none. */
-static int take_sink(lua_State *L, lua_Integer id, lua_Integer *first)
+static int take_sink(lua_State *L, lpool *lp, lua_Integer id, lua_Integer *first)
 {
+  if (lp->sinks == 0)
+    return 0;
   lua_getiuservalue(L, 1, 1);
   if (lua_rawgeti(L, -1, id) != LUA_TTABLE) {
     lua_pop(L, 2);
@@ -360,6 +517,7 @@ static int take_sink(lua_State *L, lua_Integer id, lua_Integer *first)
   lua_pushnil(L);
   lua_rawseti(L, -3, -id);
   lua_remove(L, -2);
+  lp->sinks--;
   return 1;
 }
 
@@ -393,27 +551,11 @@ static void push_failure(lua_State *L, const lmp_pool_event_t *ev)
   lua_setfield(L, -2, "exitcode");
 }
 
-/* c:wait([deadline [, raw]]) -> id, how, value | nil, "timeout" | nil, "closed".
- * deadline is absolute, in lmp.time() seconds; nil waits forever.
- * how: "ok", "error" (value is an lmp.Error), "partial" ({values,
- * errors}), or "broken" (id 0, value the initializer's lmp.Error).  With
- * raw, the value of a worker's reply is its bytes, undecoded (a string);
- * an error no worker wrote (a timeout, a worker lost) is still an lmp.Error. */
-static int core_wait(lua_State *L)
+/* Push what event ev says, as c:wait returns it. */
+static int push_event(lua_State *L, lpool *lp, lmp_pool_event_t ev, int raw)
 {
-  lpool *lp = checkcore(L);
-  int64_t deadline = LMP_FOREVER;
-  if (!lua_isnoneornil(L, 2)) {
-    lua_Number d = luaL_checknumber(L, 2) * 1e9;
-    deadline = d <= 0 ? 0 : d >= 9e18 ? LMP_FOREVER : (int64_t)d;
-  }
-  int raw = lua_toboolean(L, 3);
-  lmp_pool_event_t ev;
-  int rc = lmp_pool_wait(lp->pool, &ev, deadline);
-  if (rc < 0)
-    return lmpb_result(L, "wait", rc, "timeout");
   lua_Integer first;
-  int sink = ev.id && take_sink(L, (lua_Integer)ev.id, &first);
+  int sink = ev.id && take_sink(L, lp, (lua_Integer)ev.id, &first);
   int top = lua_gettop(L), nres = 3, prof = 0;
   if (ev.type == LMP_POOL_DONE && (ev.status & ST_PROFILED)) { /* the samples go fourth */
     uint32_t plen = 0;
@@ -462,13 +604,80 @@ static int core_wait(lua_State *L)
   return 3;
 }
 
+/* c:wait([deadline [, raw]]) -> id, how, value | nil, "timeout" | nil, "closed".
+ * deadline is absolute, in lmp.time() seconds; nil waits forever.
+ * how: "ok", "error" (value is an lmp.Error), "partial" ({values,
+ * errors}), or "broken" (id 0, value the initializer's lmp.Error).  With
+ * raw, the value of a worker's reply is its bytes, undecoded (a string);
+ * an error no worker wrote (a timeout, a worker lost) is still an lmp.Error. */
+static int core_wait(lua_State *L)
+{
+  lpool *lp = checkcore(L);
+  int64_t deadline = LMP_FOREVER;
+  if (!lua_isnoneornil(L, 2)) {
+    lua_Number d = luaL_checknumber(L, 2) * 1e9;
+    deadline = d <= 0 ? 0 : d >= 9e18 ? LMP_FOREVER : (int64_t)d;
+  }
+  int raw = lua_toboolean(L, 3);
+  lmp_pool_event_t ev;
+  int rc = lmp_pool_wait(lp->pool, &ev, deadline);
+  if (rc < 0)
+    return lmpb_result(L, "wait", rc, "timeout");
+  return push_event(L, lp, ev, raw);
+}
+
+/* c:drain(pending, max) -> n [, id, how, value [, samples]]: the events
+ * that are ready now, taken without waiting.  A plain reply (a task's
+ * result, no samples) is settled here as the pool's dispatch settles one:
+ * its handler in pending is dropped from it and handler:_settle(how,
+ * value) called.  Stops after max of them, when none is ready, or at the
+ * first other event (an error, a profiled reply, the pool broken), which
+ * comes back after the count for the caller to settle. */
+static int core_drain(lua_State *L)
+{
+  lpool *lp = checkcore(L);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_Integer max = luaL_checkinteger(L, 3);
+  lua_settop(L, 3);
+  lua_Integer n = 0;
+  while (n < max) {
+    lmp_pool_event_t ev;
+    int rc = lmp_pool_take(lp->pool, &ev);
+    if (rc < 0)
+      return lmpb_rterror(L, "take", rc);
+    if (rc == 0)
+      break;
+    int plain = ev.type == LMP_POOL_DONE && ev.status == ST_OK;
+    int k = push_event(L, lp, ev, 0);
+    if (!plain) {
+      lua_pushinteger(L, n);
+      lua_insert(L, -k - 1);
+      return k + 1;
+    }
+    int top = lua_gettop(L); /* id, how, value */
+    if (lua_rawgeti(L, 2, lua_tointeger(L, top - 2)) != LUA_TNIL) {
+      lua_pushnil(L);
+      lua_rawseti(L, 2, lua_tointeger(L, top - 2));
+      lua_getfield(L, -1, "_settle");
+      lua_insert(L, -2);
+      lua_pushvalue(L, top - 1);
+      lua_pushvalue(L, top);
+      lua_call(L, 3, 0);
+    }
+    lua_settop(L, 3);
+    n++;
+  }
+  lua_pushinteger(L, n);
+  return 1;
+}
+
 /* Withdraw task t by `how` (cancel or stop); its sink goes with it. */
 static int withdraw(lua_State *L, int (*how)(lmp_pool_t *, uint64_t))
 {
   lpool *lp = checkcore(L);
   lua_Integer id = luaL_checkinteger(L, 2), first;
   int done = how(lp->pool, (uint64_t)id);
-  if (done && take_sink(L, id, &first))
+  if (done && take_sink(L, lp, id, &first))
     lua_pop(L, 1);
   lua_pushboolean(L, done);
   return 1;
@@ -506,9 +715,11 @@ static int core_close(lua_State *L)
 
 static int core_terminate(lua_State *L)
 {
-  lmp_pool_terminate(checkcore(L)->pool);
+  lpool *lp = checkcore(L);
+  lmp_pool_terminate(lp->pool);
   lua_newtable(L);
   lua_setiuservalue(L, 1, 1); /* no reply will come: forget the destinations */
+  lp->sinks = 0;
   return 0;
 }
 
@@ -687,7 +898,7 @@ static int l_new(lua_State *L)
   luaL_argcheck(L, n >= 1 && n <= MAX_PROCESSES, 1, "processes must be between 1 and 4096");
   luaL_argcheck(L, max >= 0 && max <= UINT32_MAX, 2, "bad maxtasksperchild");
   luaL_argcheck(L, timeout >= 0 && timeout < 9e9, 3, "bad task_timeout");
-  lpool *lp = lua_newuserdatauv(L, sizeof *lp, 1);
+  lpool *lp = lua_newuserdatauv(L, sizeof *lp, 3);
   memset(lp, 0, sizeof *lp);
   lua_newtable(L);
   lua_setiuservalue(L, -2, 1); /* destinations of replies, by task id */
@@ -774,7 +985,7 @@ static int l_counters(lua_State *L)
 /* === lmp.Pool === */
 
 static const luaL_Reg core_methods[] = {
-    {"submit", core_submit}, {"forward", core_forward}, {"wait", core_wait},
+    {"submit", core_submit}, {"forward", core_forward}, {"wait", core_wait}, {"drain", core_drain},
     {"cancel", core_cancel}, {"stop", core_stop},
     {"state", core_state},   {"close", core_close},
     {"terminate", core_terminate}, {"fileno", core_fileno},
@@ -783,7 +994,7 @@ static const luaL_Reg core_methods[] = {
 };
 
 static const luaL_Reg core_funcs[] = {
-    {"new", l_new},     {"encode_fn", l_encode_fn}, {"isatty", l_isatty},
+    {"new", l_new},     {"encode_fn", l_encode_fn}, {"isatty", l_isatty}, {"fast_apply", l_fast_apply},
     {"table", l_table}, {"counters", l_counters},   {NULL, NULL},
 };
 
@@ -806,7 +1017,9 @@ static int open_core(lua_State *L)
 int lmpb_pool_open(lua_State *L)
 {
   if (luaL_newmetatable(L, CORE_MT)) {
-    luaL_newlib(L, core_methods);
+    luaL_newlibtable(L, core_methods);
+    lua_pushvalue(L, -2);
+    luaL_setfuncs(L, core_methods, 1); /* the metatable, for checkcore */
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, core_gc);
     lua_setfield(L, -2, "__gc");

@@ -1209,6 +1209,19 @@ int lmp_pool_wait(lmp_pool_t *p, lmp_pool_event_t *ev, int64_t deadline)
   }
 }
 
+int lmp_pool_take(lmp_pool_t *p, lmp_pool_event_t *ev)
+{
+  if (pop_event(p, ev))
+    return 1;
+  if (p->terminated || p->broken)
+    return 0;
+  feed(p);
+  int rc = take_reply(p, ev);
+  if (rc != 0 && p->nvd)
+    check_verdicts(p);
+  return rc;
+}
+
 /* === the parent's API === */
 
 int lmp_pool_submit(lmp_pool_t *p, uint32_t tag, const struct iovec *iov, int iovcnt, uint64_t *id)

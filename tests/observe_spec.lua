@@ -203,6 +203,13 @@ describe("the profiler", function()
     assert.is_nil(debug.gethook())
     -- outside lmp.profile, no task is profiled: no hook in the worker
     assert.is_nil(pool:apply(function() return debug.gethook() end))
+    -- inside, every task is, the plainest apply_async and apply included
+    local function hooked() return debug.gethook() ~= nil end
+    local _, async, sync = lmp.profile(function()
+      return pool:apply_async(hooked):get(), pool:apply(hooked)
+    end)
+    assert.is_true(async)
+    assert.is_true(sync)
   end)
 
   it("sees pool tasks after package.loaded is reset, as busted's insulation does", function()

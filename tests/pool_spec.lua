@@ -77,6 +77,28 @@ describe("lmp.Pool", function()
     assert.are.equal(7, pool:apply_async(function() return 7 end):get())
   end)
 
+  it("passes the arguments whole, whatever the list, and makes the same AsyncResult", function()
+    local function count(...) return select("#", ...) end
+    assert.are.equal(0, pool:apply_async(count):get())
+    assert.are.equal(0, pool:apply_async(count, {}):get())
+    assert.are.equal(3, pool:apply_async(count, {1, 2, 3}):get())
+    assert.are.equal(3, pool:apply_async(count, {n = 3, 1}):get()) -- n counts the trailing nils
+    assert.are.equal(0, pool:apply(count))
+    assert.are.equal(1, pool:apply(count, nil))
+    assert.are.equal(3, pool:apply(count, 1, nil, nil))
+    local plain = pool:apply_async(count, {1})
+    local with_opts = pool:apply_async(count, {1}, {callback = function() end})
+    assert.are.equal(getmetatable(with_opts), getmetatable(plain))
+    assert.matches("^lmp.AsyncResult%(", tostring(plain))
+    assert.are.equal(1, plain:get())
+    assert.are.equal(1, with_opts:get())
+    -- what cannot be sent fails the call, whichever way it was made
+    local co = coroutine.create(function() end)
+    assert.has_error(function() pool:apply_async(count, {co}) end)
+    assert.has_error(function() pool:apply(count, co) end)
+    assert.are.equal(1, pool:apply(count, 1)) -- and the pool goes on
+  end)
+
   it("runs callbacks only inside lmp calls, in the parent", function()
     local got, errs = {}, {}
     local me = lmp.current_process().pid
@@ -112,6 +134,47 @@ describe("lmp.Pool", function()
     pool:join()
     assert.is_true(c:ready())
     assert.are.same({1, 2, 3}, seen.map)
+  end)
+
+  it("a get delivers every result that has arrived; their callbacks run in order", function()
+    local pool <close> = lmp.Pool(1) -- one worker: replies come in submission order
+    local order, rs = {}, {}
+    local expected = range(20)
+    expected[7] = "task"
+    for i = 1, 20 do
+      rs[i] = pool:apply_async(function(x)
+        if x == 7 then error("seven") end
+        return x
+      end, {i}, {callback = function(v) order[#order + 1] = v end,
+                 error_callback = function(e) order[#order + 1] = e.kind end})
+    end
+    local m = pool:map_async(function(x) return 2 * x end, {1, 2, 3}, 1)
+    assert.is_true(eventually(function() return pool:stats().done + pool:stats().failed == 23 end))
+    for i = 1, 20 do assert.is_false(rs[i]:ready()) end -- nothing delivers without a call
+    assert.is_false(m:ready())
+    assert.are.equal(1, rs[1]:get())
+    for i = 1, 20 do assert.is_true(rs[i]:ready()) end
+    assert.is_true(m:ready())
+    assert.are.same(expected, order)
+    assert.are.equal(20, rs[20]:get())
+    assert.matches("seven", raised(rs[7].get, rs[7]).message)
+    assert.are.same({2, 4, 6}, m:get())
+    -- poll counts every result it delivers, however many come at once
+    for i = 1, 5 do rs[i] = pool:apply_async(function(x) return x end, {i}) end
+    assert.is_true(eventually(function() return pool:stats().done + pool:stats().failed == 28 end))
+    assert.are.equal(5, pool:poll())
+    for i = 1, 5 do assert.are.equal(i, rs[i]:get()) end
+    -- a callback that raises leaves the ones after it queued: a get, even of
+    -- a result already settled, runs them first
+    local seen = {}
+    local a = pool:apply_async(function() return 1 end, nil, {callback = function() error("cb a") end})
+    local b = pool:apply_async(function() return 2 end, nil, {callback = function(v) seen[#seen + 1] = v end})
+    assert.is_true(eventually(function() return pool:stats().done + pool:stats().failed == 30 end))
+    assert.has_error(function() a:get() end, nil)
+    assert.is_true(b:ready())
+    assert.are.same({}, seen)
+    assert.are.equal(2, b:get())
+    assert.are.same({2}, seen)
   end)
 
   it("a callback that raises propagates from the call, and the others still run", function()

@@ -124,6 +124,14 @@ typedef struct lmp_pool_event {
  * still waits for: those tasks will have no event.
  */
 LMP_API int lmp_pool_wait(lmp_pool_t *p, lmp_pool_event_t *ev, int64_t deadline);
+/*
+ * The next event if one is ready now (a reply in the ring, or one the pool
+ * already holds), without waiting and without a system call: 1 with *ev set,
+ * 0 if none is ready, or a negative errno.  For draining what has arrived
+ * after an lmp_pool_wait; it does not look for deaths, timeouts or the end
+ * (lmp_pool_wait does), nor reset the descriptor of lmp_pool_fd.
+ */
+LMP_API int lmp_pool_take(lmp_pool_t *p, lmp_pool_event_t *ev);
 
 /* No more submissions; workers exit once every queued task is taken.
  * lmp_pool_wait returns -EPIPE when they all have. */

@@ -7,8 +7,9 @@
 -- module's, over lmp and the pool core (lmp.core.pool).
 --
 -- AsyncResult, apply, map and imap are lmp.result's, over this backend:
--- every submitted unit has a ticket of the core, and dispatch() takes one
--- event from the core and settles its handler.  A unit held for a retry
+-- every submitted unit has a ticket of the core, and dispatch() takes an
+-- event from the core and settles its handler, then those of the events
+-- that have arrived meanwhile.  A unit held for a retry
 -- (lmp.result's retries) is submitted by the dispatch that runs once it is
 -- due, and no dispatch waits past that time.
 local lmp = require "lmp"
@@ -53,32 +54,65 @@ do
 
   local R -- lmp.result's class, made below
 
-  -- Take one event and settle its handler; nil, or "timeout" / "closed".
+  -- Settle the handler of task t's event.
+  local function settle(pool, t, how, v, samples)
+    local pending = pool._pending
+    local h = pending[t]
+    if samples then take_samples(h, samples) end
+    if h ~= nil then
+      pending[t] = nil
+      if how ~= "ok" and how ~= "stored" then hint(how, v) end
+      h:_settle(how, v)
+    end
+  end
+
+  -- The initializer failed: the pool is broken, whatever is pending fails.
+  local function broken(pool, v)
+    pool._broken = v
+    if pool._state == "run" then pool._state = "broken" end
+    settle_all(pool, v)
+    run_callbacks(pool)
+  end
+
+  local DRAIN = 256 -- events settled per dispatch at most, after the first
+
+  -- Take one event, waiting until deadline (nil: for ever), and settle its
+  -- handler, then those of the events that have arrived meanwhile (up to
+  -- DRAIN of them, without waiting): nil and the number of events, or
+  -- "timeout" / "closed".
   local function dispatch(pool, deadline)
-    local wake = R.release(pool)
+    local wake = pool._held_due and R.release(pool)
     if pool._close_due and next(pool._pending) == nil then
       -- closed while retries could still come: the core closes once none can
       pool._close_due = nil
       pool._c:close()
     end
     if wake and deadline and wake >= deadline then wake = nil end
-    local t, how, v, samples = pool._c:wait(wake or deadline)
+    local c = pool._c
+    local t, how, v, samples = c:wait(wake or deadline)
     if wake and t == nil and how == "timeout" then
       -- woken to submit a held unit
       run_callbacks(pool)
-      return nil
+      return nil, 0
     end
     if t ~= nil and how ~= "broken" then
-      local pending = pool._pending
-      local h = pending[t]
-      if samples then take_samples(h, samples) end
-      if h ~= nil then
-        pending[t] = nil
-        if how ~= "ok" and how ~= "stored" then hint(how, v) end
-        h:_settle(how, v)
+      settle(pool, t, how, v, samples)
+      local n, pending = 1, pool._pending
+      while n <= DRAIN do
+        -- the core settles plain replies itself, and hands back any other event
+        local k
+        k, t, how, v, samples = c:drain(pending, DRAIN - n + 1)
+        n = n + k
+        if t == nil then break end
+        if how == "broken" then
+          broken(pool, v)
+          return nil, n
+        end
+        settle(pool, t, how, v, samples)
+        n = n + 1
       end
       if pool._cbq.t > 0 then run_callbacks(pool) end
-      return nil
+      return nil, n
     end
     if t == nil then
       if how == "closed" then
@@ -88,11 +122,8 @@ do
       run_callbacks(pool)
       return how
     end
-    pool._broken = v
-    if pool._state == "run" then pool._state = "broken" end
-    settle_all(pool, v)
-    run_callbacks(pool)
-    return nil
+    broken(pool, v)
+    return nil, 0
   end
 
   -- The tag of a call's tasks: profiled when the call asks for it (it then
@@ -118,6 +149,7 @@ do
       return pool._c:submit(tag, fr, list, count, first, values)
     end,
     encode_fn = core.encode_fn,
+    fast_apply = function(P, AsyncResult) return core.fast_apply(P, AsyncResult, profiling) end,
     cancel = function(pool, t) return pool._c:cancel(t) end,
     stop = function(pool, t) return pool._c:stop(t) end,
     state = function(pool, t) return pool._c:state(t) end,
@@ -173,8 +205,11 @@ do
     checkself(self, Pool, "poll")
     run_callbacks(self)
     local n = 0
-    while dispatch(self, 0) == nil do n = n + 1 end
-    return n
+    while true do
+      local r, k = dispatch(self, 0)
+      if r ~= nil then return n end
+      n = n + k
+    end
   end
 
   --- A descriptor that turns readable when results may be waiting; poll()

@@ -49,6 +49,11 @@
 --                              failed chunk for the map, for its k-th item i
 --   countdown                  true if submissions take opts.countdown (the
 --                              broker then holds a retry until it is due)
+--   fast_apply(Pool, AsyncResult) -> apply   optional: apply(pool, fn, args
+--                              [, n]) makes the common apply_async whole (the
+--                              AsyncResult as submit_apply below makes it,
+--                              in pool._pending) or returns nothing when the
+--                              call is not the common one
 --
 -- Retries: a unit (an apply task, a map's chunk) that fails with an error of
 -- kind "task", "timeout" or "worker_lost" is sent again, up to `retries`
@@ -426,7 +431,9 @@ function M.new(B)
 
   --- The value, nil and "timeout", or raises the task's lmp.Error.
   function AsyncResult:get(timeout)
-    if not waitfor(self, timeout, "get") then return nil, "timeout" end
+    if timeout ~= nil or getmetatable(self) ~= AsyncResult or not self._done or self._pool._cbq.t > 0 then
+      if not waitfor(self, timeout, "get") then return nil, "timeout" end
+    end
     if self._ok then return self._value end
     error(self._value, 0)
   end
@@ -731,6 +738,7 @@ function M.new(B)
     local res = setmetatable({_pool = pool, _t = t, _cb = cb, _eb = eb, _done = false, _ok = false, _value = false},
                              AsyncResult)
     pool._pending[t] = res
+    if opts == nil and (pool._retry or NO_RETRY).retries == 0 then return res end -- no retry plan
     local plan = plan_of(pool, opts)
     if plan then
       res._plan, res._fn, res._args, res._n, res._opts = plan, fn, args, n, opts
@@ -750,15 +758,28 @@ function M.new(B)
     self._t = t
   end
 
+  -- The common call (a running pool, a function, a list, no options),
+  -- made by the backend in one go when it can.
+  local fast_apply = B.fast_apply and B.fast_apply(Pool, AsyncResult)
+
   --- pool:apply(fn, ...) -> the result; raises the task's lmp.Error.
   function Pool:apply(fn, ...)
+    local args, n = {...}, select("#", ...)
+    if fast_apply then
+      local res = fast_apply(self, fn, args, n)
+      if res then return sync_get(res) end
+    end
     if getmetatable(self) ~= Pool or self._state ~= "run" then check_running(self, "apply") end
     if type(fn) ~= "function" then checkcallable(fn, 1, "apply") end
-    return sync_get(submit_apply(self, fn, {...}, select("#", ...)))
+    return sync_get(submit_apply(self, fn, args, n))
   end
 
   --- pool:apply_async(fn [, args [, {callback =, error_callback =}]]) -> AsyncResult
   function Pool:apply_async(fn, args, opts)
+    if opts == nil and fast_apply then
+      local res = fast_apply(self, fn, args)
+      if res then return res end
+    end
     if getmetatable(self) ~= Pool or self._state ~= "run" then check_running(self, "apply_async") end
     if type(fn) ~= "function" then checkcallable(fn, 1, "apply_async") end
     if args ~= nil and type(args) ~= "table" then typeerror(2, "apply_async", "table", args) end

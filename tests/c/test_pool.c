@@ -286,6 +286,40 @@ TEST(replies)
   lmp_pool_free(p);
 }
 
+/* lmp_pool_take drains what has arrived without waiting: with every reply
+ * in, one wait and then takes deliver them all; with none, it returns 0. */
+TEST(take_drains)
+{
+  lmp_pool_t *p = make(2, 0, 0, NULL);
+  enum { N = 200 };
+  static int seen[N];
+  lmp_pool_event_t ev;
+  CHECK_EQ(lmp_pool_take(p, &ev), 0);
+  uint64_t first = submit(p, T_ECHO, "x", 1);
+  for (int i = 1; i < N; i++)
+    submit(p, T_ECHO, "x", 1);
+  lmp_pool_stats_t st;
+  for (int tries = 0; tries < 10000; tries++) { /* every reply written */
+    lmp_pool_stats(p, &st);
+    if (st.done == N)
+      break;
+    lmp_test_sleep_ms(1);
+  }
+  CHECK_EQ(st.done, N);
+  int got = 0;
+  ev = next(p);
+  for (int rc = 1; rc == 1; rc = lmp_pool_take(p, &ev)) {
+    CHECK_EQ(ev.type, LMP_POOL_DONE);
+    int k = (int)(ev.id - first);
+    CHECK(k >= 0 && k < N && !seen[k]);
+    seen[k] = 1;
+    got++;
+  }
+  CHECK_EQ(got, N);
+  CHECK_EQ(lmp_pool_take(p, &ev), 0);
+  lmp_pool_free(p);
+}
+
 /* SIGKILL from outside, os.exit-like exit and a self-kill mid-task: that
  * task fails with the pid, the others complete, the worker is replaced. */
 TEST(worker_lost)
@@ -814,6 +848,7 @@ TEST(bad_config)
 
 TEST_LIST = {
     TEST_ENTRY(replies),
+    TEST_ENTRY(take_drains),
     TEST_ENTRY_T(worker_lost, 30),
     TEST_ENTRY_T(deaths_among_many, 60),
     TEST_ENTRY_T(task_timeout, 30),
