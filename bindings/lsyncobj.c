@@ -163,6 +163,26 @@ static lsync *checksync(lua_State *L, int mask, const char *expected)
   return s;
 }
 
+/* The open handle at argument 1 when its metatable is that of kind a or
+ * kind b, else NULL: checksync's fast path, for a method called with no
+ * argument but its handle.  One metatable read and two pointer comparisons
+ * instead of kindof's search; the metatable is left on the stack (methods
+ * return their results from the top), which saves popping it.  On NULL the
+ * stack is as it was, for checksync to raise its usual error. */
+static lsync *fastsync(lua_State *L, int a, int b)
+{
+  lsync *s = lua_touserdata(L, 1);
+  if (s == NULL || !lua_getmetatable(L, 1))
+    return NULL;
+  const void *mt = lua_topointer(L, -1);
+  if ((mt == lua_topointer(L, lua_upvalueindex(a + 1)) ||
+       mt == lua_topointer(L, lua_upvalueindex(b + 1))) &&
+      s->sh != NULL)
+    return s;
+  lua_settop(L, 1);
+  return NULL;
+}
+
 /* The Lock or RLock handle at idx, or NULL (for functions without the
  * metatables as upvalues: kindof cannot serve there). */
 static lsync *tolock(lua_State *L, int idx)
@@ -233,15 +253,24 @@ static int release_error(lua_State *L, lmp_lock_t *l)
 /* acquire([timeout]) -> true | false | true, "owner_died" */
 static int lock_acquire(lua_State *L)
 {
-  lsync *s = checksync(L, LOCKS | K(COND), "lmp.Lock");
+  lsync *s;
+  if (lua_gettop(L) == 1 && (s = fastsync(L, LOCK, RLOCK)) != NULL)
+    return push_acquired(L, lmp_lock_acquire(&s->sh->u.lock, LMP_FOREVER));
+  s = checksync(L, LOCKS | K(COND), "lmp.Lock");
   int64_t deadline = lmpb_optdeadline(L, 2);
   return push_acquired(L, lmp_lock_acquire(lockof(L, 1, s), deadline));
 }
 
 static int lock_release(lua_State *L)
 {
-  lsync *s = checksync(L, LOCKS | K(COND), "lmp.Lock");
-  lmp_lock_t *l = lockof(L, 1, s);
+  lsync *s;
+  lmp_lock_t *l;
+  if (lua_gettop(L) == 1 && (s = fastsync(L, LOCK, RLOCK)) != NULL) {
+    l = &s->sh->u.lock;
+  } else {
+    s = checksync(L, LOCKS | K(COND), "lmp.Lock");
+    l = lockof(L, 1, s);
+  }
   return lmp_lock_release(l) == 0 ? 0 : release_error(L, l);
 }
 
@@ -825,21 +854,13 @@ DECODER(barrier_decode, BARRIER)
 /* === registration === */
 
 static const luaL_Reg lock_methods[] = {
-    {"acquire", lock_acquire},
-    {"release", lock_release},
-    {"locked", lock_locked},
-    {"with", sync_with},
-    {"close", sync_closel},
-    {NULL, NULL},
+    {"acquire", lock_acquire}, {"release", lock_release}, {"locked", lock_locked},
+    {"with", sync_with},       {"close", sync_closel},    {NULL, NULL},
 };
 
 static const luaL_Reg sem_methods[] = {
-    {"acquire", sem_acquire},
-    {"release", sem_release},
-    {"get_value", sem_get_value},
-    {"with", sync_with},
-    {"close", sync_closel},
-    {NULL, NULL},
+    {"acquire", sem_acquire}, {"release", sem_release}, {"get_value", sem_get_value},
+    {"with", sync_with},      {"close", sync_closel},   {NULL, NULL},
 };
 
 static const luaL_Reg event_methods[] = {
@@ -848,11 +869,9 @@ static const luaL_Reg event_methods[] = {
 };
 
 static const luaL_Reg cond_methods[] = {
-    {"acquire", lock_acquire}, {"release", lock_release},
-    {"wait", cond_wait},       {"wait_for", cond_wait_for},
-    {"notify", cond_notify},   {"notify_all", cond_notify_all},
-    {"with", sync_with},       {"close", sync_closel},
-    {NULL, NULL},
+    {"acquire", lock_acquire},   {"release", lock_release}, {"wait", cond_wait},
+    {"wait_for", cond_wait_for}, {"notify", cond_notify},   {"notify_all", cond_notify_all},
+    {"with", sync_with},         {"close", sync_closel},    {NULL, NULL},
 };
 
 static const luaL_Reg barrier_methods[] = {
