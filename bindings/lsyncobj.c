@@ -30,6 +30,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include "lmp/segment.h"
@@ -70,6 +71,7 @@ struct shared {
 /* === handles === */
 
 typedef struct lsync {
+  uintptr_t tag;  /* while open: its own address ^ tag_key (see checksync) */
   lmp_seg_t *seg; /* NULL before it is made and after close */
   struct shared *sh;
   int kind;
@@ -87,12 +89,25 @@ static lsync *newsync(lua_State *L, int kind)
   return s;
 }
 
+/* A key drawn once per process: an open handle's tag is its address
+ * xor'ed with it, a value no other userdata holds by chance. */
+static uintptr_t tag_key;
+
 /* Give s the segment, its reference included. */
 static int sync_open(lsync *s, lmp_seg_t *seg)
 {
   s->seg = seg;
   s->sh = lmp_seg_data(seg);
+  s->tag = (uintptr_t)s ^ tag_key;
   return 0;
+}
+
+/* Back to the closed state (the segment's reference is the caller's). */
+static void sync_unopen(lsync *s)
+{
+  s->tag = 0;
+  s->seg = NULL;
+  s->sh = NULL;
 }
 
 static void sync_close(lsync *s)
@@ -103,9 +118,9 @@ static void sync_close(lsync *s)
    * it: hand it on as a dying holder would. */
   if ((s->kind == LOCK || s->kind == RLOCK) && lmp_seg_local(s->seg) == 1)
     lmp_lock_abandon(&s->sh->u.lock);
-  lmp_seg_release(s->seg);
-  s->seg = NULL;
-  s->sh = NULL;
+  lmp_seg_t *seg = s->seg;
+  sync_unopen(s);
+  lmp_seg_release(seg);
 }
 
 /* A new object of `kind` with `extra` bytes after it; raises on failure. */
@@ -151,8 +166,8 @@ static lsync *tosync(lua_State *L)
   return lua_touserdata(L, 1);
 }
 
-/* The handle at argument 1, one of the kinds in `mask`. */
-static lsync *checksync(lua_State *L, int mask, const char *expected)
+/* checksync by the metatable, raising its errors. */
+static lsync *checksync_mt(lua_State *L, int mask, const char *expected)
 {
   int k = kindof(L, 1);
   if (k < 0 || !(mask & K(k)))
@@ -163,24 +178,21 @@ static lsync *checksync(lua_State *L, int mask, const char *expected)
   return s;
 }
 
-/* The open handle at argument 1 when its metatable is that of kind a or
- * kind b, else NULL: checksync's fast path, for a method called with no
- * argument but its handle.  One metatable read and two pointer comparisons
- * instead of kindof's search; the metatable is left on the stack (methods
- * return their results from the top), which saves popping it.  On NULL the
- * stack is as it was, for checksync to raise its usual error. */
-static lsync *fastsync(lua_State *L, int a, int b)
+/* The handle at argument 1, one of the kinds in `mask`.  An open handle
+ * is known by its tag first, which costs two API calls where kindof's
+ * metatable search costs many (as much as the lock operation itself).
+ * The tag is read only from a full userdata of an lsync's size, so the read
+ * stays in bounds whatever the argument; it matches only while the handle
+ * is open (sync_unopen clears it before the memory can be freed and reused)
+ * and holds a per-process key no Lua code can read.  Anything else, closed
+ * handles included, goes through the metatable and its errors. */
+static inline lsync *checksync(lua_State *L, int mask, const char *expected)
 {
   lsync *s = lua_touserdata(L, 1);
-  if (s == NULL || !lua_getmetatable(L, 1))
-    return NULL;
-  const void *mt = lua_topointer(L, -1);
-  if ((mt == lua_topointer(L, lua_upvalueindex(a + 1)) ||
-       mt == lua_topointer(L, lua_upvalueindex(b + 1))) &&
-      s->sh != NULL)
+  if (s != NULL && lua_rawlen(L, 1) == sizeof *s && s->tag == ((uintptr_t)s ^ tag_key) &&
+      (mask & K(s->kind)))
     return s;
-  lua_settop(L, 1);
-  return NULL;
+  return checksync_mt(L, mask, expected);
 }
 
 /* The Lock or RLock handle at idx, or NULL (for functions without the
@@ -228,6 +240,10 @@ static int expired(int64_t deadline)
 
 static int push_acquired(lua_State *L, int rc)
 {
+  if (rc == 0) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
   if (rc == -EDEADLK)
     return luaL_error(L, "acquire would deadlock: this process already holds the lock "
                          "(give a timeout, or use an RLock)");
@@ -236,8 +252,6 @@ static int push_acquired(lua_State *L, int rc)
   if (rc < 0 && rc != -EOWNERDEAD)
     return lmpb_result(L, "acquire", rc, NULL);
   lua_pushboolean(L, 1);
-  if (rc == 0)
-    return 1;
   lua_pushliteral(L, "owner_died");
   return 2;
 }
@@ -253,24 +267,15 @@ static int release_error(lua_State *L, lmp_lock_t *l)
 /* acquire([timeout]) -> true | false | true, "owner_died" */
 static int lock_acquire(lua_State *L)
 {
-  lsync *s;
-  if (lua_gettop(L) == 1 && (s = fastsync(L, LOCK, RLOCK)) != NULL)
-    return push_acquired(L, lmp_lock_acquire(&s->sh->u.lock, LMP_FOREVER));
-  s = checksync(L, LOCKS | K(COND), "lmp.Lock");
-  int64_t deadline = lmpb_optdeadline(L, 2);
+  lsync *s = checksync(L, LOCKS | K(COND), "lmp.Lock");
+  int64_t deadline = lua_gettop(L) < 2 ? LMP_FOREVER : lmpb_optdeadline(L, 2);
   return push_acquired(L, lmp_lock_acquire(lockof(L, 1, s), deadline));
 }
 
 static int lock_release(lua_State *L)
 {
-  lsync *s;
-  lmp_lock_t *l;
-  if (lua_gettop(L) == 1 && (s = fastsync(L, LOCK, RLOCK)) != NULL) {
-    l = &s->sh->u.lock;
-  } else {
-    s = checksync(L, LOCKS | K(COND), "lmp.Lock");
-    l = lockof(L, 1, s);
-  }
+  lsync *s = checksync(L, LOCKS | K(COND), "lmp.Lock");
+  lmp_lock_t *l = lockof(L, 1, s);
   return lmp_lock_release(l) == 0 ? 0 : release_error(L, l);
 }
 
@@ -803,8 +808,7 @@ static int attach(lsync *s, const char *data, size_t len, int mask)
       !(mask & K(sh->kind)) ||
       (sh->kind == BARRIER && lmp_seg_size(seg) - sizeof *sh < sh->action_len)) {
     lmp_seg_release(seg); /* not ours to touch */
-    s->seg = NULL;
-    s->sh = NULL;
+    sync_unopen(s);
     return -EINVAL;
   }
   return 0;
@@ -854,13 +858,21 @@ DECODER(barrier_decode, BARRIER)
 /* === registration === */
 
 static const luaL_Reg lock_methods[] = {
-    {"acquire", lock_acquire}, {"release", lock_release}, {"locked", lock_locked},
-    {"with", sync_with},       {"close", sync_closel},    {NULL, NULL},
+    {"acquire", lock_acquire},
+    {"release", lock_release},
+    {"locked", lock_locked},
+    {"with", sync_with},
+    {"close", sync_closel},
+    {NULL, NULL},
 };
 
 static const luaL_Reg sem_methods[] = {
-    {"acquire", sem_acquire}, {"release", sem_release}, {"get_value", sem_get_value},
-    {"with", sync_with},      {"close", sync_closel},   {NULL, NULL},
+    {"acquire", sem_acquire},
+    {"release", sem_release},
+    {"get_value", sem_get_value},
+    {"with", sync_with},
+    {"close", sync_closel},
+    {NULL, NULL},
 };
 
 static const luaL_Reg event_methods[] = {
@@ -869,9 +881,11 @@ static const luaL_Reg event_methods[] = {
 };
 
 static const luaL_Reg cond_methods[] = {
-    {"acquire", lock_acquire},   {"release", lock_release}, {"wait", cond_wait},
-    {"wait_for", cond_wait_for}, {"notify", cond_notify},   {"notify_all", cond_notify_all},
-    {"with", sync_with},         {"close", sync_closel},    {NULL, NULL},
+    {"acquire", lock_acquire}, {"release", lock_release},
+    {"wait", cond_wait},       {"wait_for", cond_wait_for},
+    {"notify", cond_notify},   {"notify_all", cond_notify_all},
+    {"with", sync_with},       {"close", sync_closel},
+    {NULL, NULL},
 };
 
 static const luaL_Reg barrier_methods[] = {
@@ -933,6 +947,10 @@ int lmpb_sync_open(lua_State *L)
   };
   const luaL_Reg *methods[] = {lock_methods,  lock_methods, sem_methods,    sem_methods,
                                event_methods, cond_methods, barrier_methods};
+  uintptr_t key = 0, none = 0;
+  if (getrandom(&key, sizeof key, 0) != (ssize_t)sizeof key)
+    key = (uintptr_t)lmp_now_ns() * 0x9e3779b97f4a7c15u ^ (uintptr_t)&key;
+  __atomic_compare_exchange_n(&tag_key, &none, key | 1, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
   int first = lua_gettop(L) + 1;
   for (int k = 0; k < NKINDS; k++)
     luaL_newmetatable(L, mtnames[k]);
