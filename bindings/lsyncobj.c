@@ -291,7 +291,7 @@ static int lock_locked(lua_State *L)
 static int sem_acquire(lua_State *L)
 {
   lsync *s = checksync(L, SEMS, "lmp.Semaphore");
-  int64_t deadline = lmpb_optdeadline(L, 2);
+  int64_t deadline = lua_gettop(L) < 2 ? LMP_FOREVER : lmpb_optdeadline(L, 2);
   int rc = lmp_sem_acquire(&s->sh->u.sem, deadline);
   if (rc < 0)
     return lmpb_result(L, "acquire", rc, NULL);
@@ -315,7 +315,7 @@ static int sem_give(lua_State *L, lsync *s, lua_Integer n)
 static int sem_release(lua_State *L)
 {
   lsync *s = checksync(L, SEMS, "lmp.Semaphore");
-  lua_Integer n = luaL_optinteger(L, 2, 1);
+  lua_Integer n = lua_gettop(L) < 2 ? 1 : luaL_optinteger(L, 2, 1);
   luaL_argcheck(L, n >= 1 && n <= LMP_SEM_VALUE_MAX, 2, "n must be between 1 and 2147483647");
   return sem_give(L, s, n);
 }
