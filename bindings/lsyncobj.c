@@ -30,7 +30,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <unistd.h>
 
 #include "lmp/segment.h"
@@ -71,7 +70,7 @@ struct shared {
 /* === handles === */
 
 typedef struct lsync {
-  uintptr_t tag;  /* while open: its own address ^ tag_key (see checksync) */
+  uintptr_t tag;  /* while open: lmpb_tag(itself, mtnames) (lmpaux.h) */
   lmp_seg_t *seg; /* NULL before it is made and after close */
   struct shared *sh;
   int kind;
@@ -89,16 +88,12 @@ static lsync *newsync(lua_State *L, int kind)
   return s;
 }
 
-/* A key drawn once per process: an open handle's tag is its address
- * xor'ed with it, a value no other userdata holds by chance. */
-static uintptr_t tag_key;
-
 /* Give s the segment, its reference included. */
 static int sync_open(lsync *s, lmp_seg_t *seg)
 {
   s->seg = seg;
   s->sh = lmp_seg_data(seg);
-  s->tag = (uintptr_t)s ^ tag_key;
+  s->tag = lmpb_tag(s, mtnames);
   return 0;
 }
 
@@ -179,18 +174,15 @@ static lsync *checksync_mt(lua_State *L, int mask, const char *expected)
 }
 
 /* The handle at argument 1, one of the kinds in `mask`.  An open handle
- * is known by its tag first, which costs two API calls where kindof's
- * metatable search costs many (as much as the lock operation itself).
- * The tag is read only from a full userdata of an lsync's size, so the read
- * stays in bounds whatever the argument; it matches only while the handle
- * is open (sync_unopen clears it before the memory can be freed and reused)
- * and holds a per-process key no Lua code can read.  Anything else, closed
- * handles included, goes through the metatable and its errors. */
+ * is known by its tag first (lmpaux.h), which costs two API calls where
+ * kindof's metatable search costs as much as the lock operation itself;
+ * the tag is there only while the handle is open (sync_unopen clears it).
+ * Anything else, closed handles included, goes through the metatable and
+ * its errors. */
 static inline lsync *checksync(lua_State *L, int mask, const char *expected)
 {
-  lsync *s = lua_touserdata(L, 1);
-  if (s != NULL && lua_rawlen(L, 1) == sizeof *s && s->tag == ((uintptr_t)s ^ tag_key) &&
-      (mask & K(s->kind)))
+  lsync *s = lmpb_totagged(L, 1, sizeof *s, mtnames);
+  if (s != NULL && (mask & K(s->kind)))
     return s;
   return checksync_mt(L, mask, expected);
 }
@@ -947,10 +939,7 @@ int lmpb_sync_open(lua_State *L)
   };
   const luaL_Reg *methods[] = {lock_methods,  lock_methods, sem_methods,    sem_methods,
                                event_methods, cond_methods, barrier_methods};
-  uintptr_t key = 0, none = 0;
-  if (getrandom(&key, sizeof key, 0) != (ssize_t)sizeof key)
-    key = (uintptr_t)lmp_now_ns() * 0x9e3779b97f4a7c15u ^ (uintptr_t)&key;
-  __atomic_compare_exchange_n(&tag_key, &none, key | 1, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+  lmpb_tag_init();
   int first = lua_gettop(L) + 1;
   for (int k = 0; k < NKINDS; k++)
     luaL_newmetatable(L, mtnames[k]);
