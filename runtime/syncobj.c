@@ -153,8 +153,8 @@ void lmp_lock_destroy(lmp_lock_t *l)
   lmp_mutex_destroy(&l->m);
 }
 
-/* The caller (thread tid) has just locked the mutex (rc 0 or -EOWNERDEAD):
- * record it. */
+/* The caller (thread tid: self_tid has set my_pid too) has just locked the
+ * mutex (rc 0 or -EOWNERDEAD): record it. */
 static int took(lmp_lock_t *l, int rc, pid_t tid)
 {
   if (l->abandoned) {
