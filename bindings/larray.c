@@ -46,11 +46,14 @@
 #include "lmpaux.h"
 #include "lmpb.h"
 
-#define VALUE_MT "lmp.Value"
-#define ARRAY_MT "lmp.Array"
-#define LOCK_MT "lmp.ValueLock"
+/* Arrays, not literals: their addresses are the classes of the handle
+ * tags (lmpaux.h). */
+static const char VALUE_MT[] = "lmp.Value";
+static const char ARRAY_MT[] = "lmp.Array";
+static const char LOCK_MT[] = "lmp.ValueLock";
 
 typedef struct larray {
+  uintptr_t tag;  /* lmpb_tag(itself, its metatable's name) until closed */
   lmp_array_t *a; /* NULL once closed */
 } larray;
 
@@ -60,8 +63,27 @@ static larray *new_larray(lua_State *L, const char *mt)
 {
   larray *u = lua_newuserdatauv(L, sizeof *u, 0);
   u->a = NULL;
+  u->tag = 0;
   luaL_setmetatable(L, mt);
+  u->tag = lmpb_tag(u, mt);
   return u;
+}
+
+/* The open handle of metatable mt at idx, known by its tag; or NULL (then
+ * luaL_checkudata decides). */
+static larray *toopen(lua_State *L, int idx, const char *mt)
+{
+  larray *u = lmpb_totagged(L, idx, sizeof *u, mt);
+  return u != NULL && u->a != NULL ? u : NULL;
+}
+
+/* close(), and __gc: the handle is closed for good. */
+static void drop(larray *u)
+{
+  u->tag = 0;
+  if (u->a)
+    lmp_array_free(u->a);
+  u->a = NULL;
 }
 
 /* Push a new lmp.Array handle, closed, and return where its array goes:
@@ -226,7 +248,10 @@ int lmpb_closed_index(lua_State *L)
 
 static lmp_array_t *check_open(lua_State *L, int idx, const char *mt)
 {
-  larray *u = luaL_checkudata(L, idx, mt);
+  larray *u = toopen(L, idx, mt);
+  if (u != NULL)
+    return u->a;
+  u = luaL_checkudata(L, idx, mt);
   if (u->a == NULL)
     lmpb_closed(L, mt);
   return u->a;
@@ -360,9 +385,7 @@ static int obj_close(lua_State *L)
   larray *u = toarray(L, 1);
   if (u == NULL)
     return luaL_typeerror(L, 1, "lmp.Array or lmp.Value");
-  if (u->a)
-    lmp_array_free(u->a);
-  u->a = NULL;
+  drop(u);
   return 0;
 }
 
@@ -437,10 +460,13 @@ static int obj_tostring(lua_State *L)
 
 static int value_index(lua_State *L)
 {
-  larray *u = luaL_checkudata(L, 1, VALUE_MT);
-  if (u->a == NULL && lmpb_closed_index(L))
-    return 1;
-  lmp_array_t *a = checkvalue(L);
+  larray *u = toopen(L, 1, VALUE_MT);
+  if (u == NULL) {
+    u = luaL_checkudata(L, 1, VALUE_MT);
+    if (u->a == NULL && lmpb_closed_index(L))
+      return 1;
+  }
+  lmp_array_t *a = u->a ? u->a : checkvalue(L);
   const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "";
   if (strcmp(k, "value") == 0) {
     push_elem(L, lmp_array_type(a), lmp_array_load(a, 0));
@@ -618,7 +644,9 @@ static int lock_acquire(lua_State *L)
 {
   lmp_lock_t *l = checklock(L);
   int64_t deadline;
-  if (lua_isboolean(L, 2)) {
+  if (lua_gettop(L) < 2) {
+    deadline = LMP_FOREVER;
+  } else if (lua_isboolean(L, 2)) {
     int blocking = lua_toboolean(L, 2);
     luaL_argcheck(L, blocking || lua_isnoneornil(L, 3), 3,
                   "a timeout makes no sense for a non-blocking acquire");
@@ -675,10 +703,7 @@ static int lock_close(lua_State *L)
 /* close(), and __gc: drop this handle; again does nothing. */
 static int lock_free(lua_State *L)
 {
-  larray *u = luaL_checkudata(L, 1, LOCK_MT);
-  if (u->a)
-    lmp_array_free(u->a);
-  u->a = NULL;
+  drop(luaL_checkudata(L, 1, LOCK_MT));
   return 0;
 }
 
@@ -892,6 +917,7 @@ int lmpb_array_open(lua_State *L)
     {"RawArray", rawarray_new},
     {NULL, NULL},
   };
+  lmpb_tag_init();
   lmpb_newclass(L, VALUE_MT, value_meta, value_methods);
   lmpb_newclass(L, ARRAY_MT, array_meta, array_methods);
   lmpb_newclass(L, LOCK_MT, lock_meta, lock_methods);

@@ -19,6 +19,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include "lmp/common.h"
@@ -52,6 +53,21 @@ void lmpb_checkoptions(lua_State *L, int idx, const char *const known[])
       luaL_argerror(L, idx, lua_pushfstring(L, "unknown option '%s'", key));
     }
   }
+}
+
+uintptr_t lmpb_tag_key;
+
+/* Once per process (again does nothing; a second key drawn at the same
+ * time is dropped). */
+void lmpb_tag_init(void)
+{
+  uintptr_t key = 0, none = 0;
+  if (__atomic_load_n(&lmpb_tag_key, __ATOMIC_RELAXED) != 0)
+    return;
+  if (getrandom(&key, sizeof key, 0) != (ssize_t)sizeof key)
+    key = (uintptr_t)lmp_now_ns() * (uintptr_t)0x9e3779b97f4a7c15u ^ (uintptr_t)&key;
+  __atomic_compare_exchange_n(&lmpb_tag_key, &none, key | 1, 0, __ATOMIC_RELAXED,
+                              __ATOMIC_RELAXED);
 }
 
 int lmpb_closed(lua_State *L, const char *tname)

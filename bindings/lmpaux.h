@@ -34,6 +34,28 @@ int lmpb_method(lua_State *L, const char *tname);
  * the one wording for every object used after close(), as liolib words a
  * closed file. */
 int lmpb_closed(lua_State *L, const char *tname);
+/* Handle tags.  A method knows its handle by two API calls (lua_touserdata,
+ * lua_rawlen) where a metatable check costs many: a handle keeps in its
+ * first field lmpb_tag(itself, its class), which is read only from a full
+ * userdata of the handle's size (so the read stays in bounds whatever the
+ * argument) and cleared before the handle's memory can be freed and reused.
+ * The per-process key (lmpb_tag_init draws it) is never visible to Lua, so
+ * no other userdata holds the value but by a 2^-64 chance.  A value without
+ * the tag goes the slow way, through the metatable and its errors. */
+extern uintptr_t lmpb_tag_key;
+void lmpb_tag_init(void);
+static inline uintptr_t lmpb_tag(const void *handle, const void *class_)
+{
+  return (uintptr_t)handle ^ (uintptr_t)class_ ^ lmpb_tag_key;
+}
+/* The tagged handle of `size` bytes and class `class_` at idx, or NULL. */
+static inline void *lmpb_totagged(lua_State *L, int idx, size_t size, const void *class_)
+{
+  uintptr_t *u = lua_touserdata(L, idx);
+  if (u != NULL && lua_rawlen(L, idx) == size && *u == lmpb_tag(u, class_))
+    return u;
+  return NULL;
+}
 
 /* === messages === */
 

@@ -70,6 +70,7 @@ struct shared {
 /* === handles === */
 
 typedef struct lsync {
+  uintptr_t tag;  /* while open: lmpb_tag(itself, mtnames) (lmpaux.h) */
   lmp_seg_t *seg; /* NULL before it is made and after close */
   struct shared *sh;
   int kind;
@@ -92,7 +93,16 @@ static int sync_open(lsync *s, lmp_seg_t *seg)
 {
   s->seg = seg;
   s->sh = lmp_seg_data(seg);
+  s->tag = lmpb_tag(s, mtnames);
   return 0;
+}
+
+/* Back to the closed state (the segment's reference is the caller's). */
+static void sync_unopen(lsync *s)
+{
+  s->tag = 0;
+  s->seg = NULL;
+  s->sh = NULL;
 }
 
 static void sync_close(lsync *s)
@@ -103,9 +113,9 @@ static void sync_close(lsync *s)
    * it: hand it on as a dying holder would. */
   if ((s->kind == LOCK || s->kind == RLOCK) && lmp_seg_local(s->seg) == 1)
     lmp_lock_abandon(&s->sh->u.lock);
-  lmp_seg_release(s->seg);
-  s->seg = NULL;
-  s->sh = NULL;
+  lmp_seg_t *seg = s->seg;
+  sync_unopen(s);
+  lmp_seg_release(seg);
 }
 
 /* A new object of `kind` with `extra` bytes after it; raises on failure. */
@@ -151,8 +161,8 @@ static lsync *tosync(lua_State *L)
   return lua_touserdata(L, 1);
 }
 
-/* The handle at argument 1, one of the kinds in `mask`. */
-static lsync *checksync(lua_State *L, int mask, const char *expected)
+/* checksync by the metatable, raising its errors. */
+static lsync *checksync_mt(lua_State *L, int mask, const char *expected)
 {
   int k = kindof(L, 1);
   if (k < 0 || !(mask & K(k)))
@@ -161,6 +171,20 @@ static lsync *checksync(lua_State *L, int mask, const char *expected)
   if (s->sh == NULL)
     lmpb_closed(L, mtnames[k]);
   return s;
+}
+
+/* The handle at argument 1, one of the kinds in `mask`.  An open handle
+ * is known by its tag first (lmpaux.h), which costs two API calls where
+ * kindof's metatable search costs as much as the lock operation itself;
+ * the tag is there only while the handle is open (sync_unopen clears it).
+ * Anything else, closed handles included, goes through the metatable and
+ * its errors. */
+static inline lsync *checksync(lua_State *L, int mask, const char *expected)
+{
+  lsync *s = lmpb_totagged(L, 1, sizeof *s, mtnames);
+  if (s != NULL && (mask & K(s->kind)))
+    return s;
+  return checksync_mt(L, mask, expected);
 }
 
 /* The Lock or RLock handle at idx, or NULL (for functions without the
@@ -208,6 +232,10 @@ static int expired(int64_t deadline)
 
 static int push_acquired(lua_State *L, int rc)
 {
+  if (rc == 0) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
   if (rc == -EDEADLK)
     return luaL_error(L, "acquire would deadlock: this process already holds the lock "
                          "(give a timeout, or use an RLock)");
@@ -216,8 +244,6 @@ static int push_acquired(lua_State *L, int rc)
   if (rc < 0 && rc != -EOWNERDEAD)
     return lmpb_result(L, "acquire", rc, NULL);
   lua_pushboolean(L, 1);
-  if (rc == 0)
-    return 1;
   lua_pushliteral(L, "owner_died");
   return 2;
 }
@@ -234,7 +260,7 @@ static int release_error(lua_State *L, lmp_lock_t *l)
 static int lock_acquire(lua_State *L)
 {
   lsync *s = checksync(L, LOCKS | K(COND), "lmp.Lock");
-  int64_t deadline = lmpb_optdeadline(L, 2);
+  int64_t deadline = lua_gettop(L) < 2 ? LMP_FOREVER : lmpb_optdeadline(L, 2);
   return push_acquired(L, lmp_lock_acquire(lockof(L, 1, s), deadline));
 }
 
@@ -257,7 +283,7 @@ static int lock_locked(lua_State *L)
 static int sem_acquire(lua_State *L)
 {
   lsync *s = checksync(L, SEMS, "lmp.Semaphore");
-  int64_t deadline = lmpb_optdeadline(L, 2);
+  int64_t deadline = lua_gettop(L) < 2 ? LMP_FOREVER : lmpb_optdeadline(L, 2);
   int rc = lmp_sem_acquire(&s->sh->u.sem, deadline);
   if (rc < 0)
     return lmpb_result(L, "acquire", rc, NULL);
@@ -281,7 +307,7 @@ static int sem_give(lua_State *L, lsync *s, lua_Integer n)
 static int sem_release(lua_State *L)
 {
   lsync *s = checksync(L, SEMS, "lmp.Semaphore");
-  lua_Integer n = luaL_optinteger(L, 2, 1);
+  lua_Integer n = lua_gettop(L) < 2 ? 1 : luaL_optinteger(L, 2, 1);
   luaL_argcheck(L, n >= 1 && n <= LMP_SEM_VALUE_MAX, 2, "n must be between 1 and 2147483647");
   return sem_give(L, s, n);
 }
@@ -774,8 +800,7 @@ static int attach(lsync *s, const char *data, size_t len, int mask)
       !(mask & K(sh->kind)) ||
       (sh->kind == BARRIER && lmp_seg_size(seg) - sizeof *sh < sh->action_len)) {
     lmp_seg_release(seg); /* not ours to touch */
-    s->seg = NULL;
-    s->sh = NULL;
+    sync_unopen(s);
     return -EINVAL;
   }
   return 0;
@@ -914,6 +939,7 @@ int lmpb_sync_open(lua_State *L)
   };
   const luaL_Reg *methods[] = {lock_methods,  lock_methods, sem_methods,    sem_methods,
                                event_methods, cond_methods, barrier_methods};
+  lmpb_tag_init();
   int first = lua_gettop(L) + 1;
   for (int k = 0; k < NKINDS; k++)
     luaL_newmetatable(L, mtnames[k]);

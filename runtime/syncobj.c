@@ -97,12 +97,6 @@ static pid_t self_tid(void)
   return my_tid;
 }
 
-static pid_t self_pid(void)
-{
-  self_tid();
-  return my_pid;
-}
-
 static int expired(int64_t deadline)
 {
   return deadline != LMP_FOREVER && lmp_now_ns() >= deadline;
@@ -159,15 +153,17 @@ void lmp_lock_destroy(lmp_lock_t *l)
   lmp_mutex_destroy(&l->m);
 }
 
-/* The caller has just locked the mutex (rc 0 or -EOWNERDEAD): record it. */
-static int took(lmp_lock_t *l, int rc)
+/* The caller (thread tid: self_tid has set my_pid too) has just locked the
+ * mutex (rc 0 or -EOWNERDEAD): record it. */
+static int took(lmp_lock_t *l, int rc, pid_t tid)
 {
-  if (l->abandoned)
+  if (l->abandoned) {
     rc = -EOWNERDEAD;
-  l->abandoned = 0;
+    l->abandoned = 0;
+  }
   l->count = 1;
-  l->owner_pid = self_pid();
-  STORE(&l->owner, self_tid());
+  l->owner_pid = my_pid;
+  STORE(&l->owner, tid);
   return rc;
 }
 
@@ -201,12 +197,13 @@ static int held(lmp_lock_t *l)
 
 int lmp_lock_acquire(lmp_lock_t *l, int64_t deadline)
 {
+  pid_t tid = self_tid();
   int rc;
 
-  if (LOAD(&l->owner) == self_tid()) {
+  if (LOAD(&l->owner) == tid) {
     rc = lmp_mutex_trylock(&l->m);
     if (rc == 0 || rc == -EOWNERDEAD)
-      return took(l, rc); /* a dead thread's id, not ours */
+      return took(l, rc, tid); /* a dead thread's id, not ours */
     if (rc != -EBUSY)
       return rc;
     if (l->recursive) {
@@ -221,8 +218,11 @@ int lmp_lock_acquire(lmp_lock_t *l, int64_t deadline)
     sleep_until(deadline);
     return -ETIMEDOUT;
   }
-  rc = lmp_mutex_lock_intr(&l->m, deadline);
-  return rc == 0 || rc == -EOWNERDEAD ? took(l, rc) : rc;
+  /* A free lock is the common case: one trylock, no spin set up. */
+  rc = lmp_mutex_trylock(&l->m);
+  if (rc == -EBUSY)
+    rc = lmp_mutex_lock_intr(&l->m, deadline);
+  return rc == 0 || rc == -EOWNERDEAD ? took(l, rc, tid) : rc;
 }
 
 int lmp_lock_release(lmp_lock_t *l)

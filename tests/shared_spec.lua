@@ -85,6 +85,25 @@ describe("lmp.Value", function()
       "bad argument #1 to 'add' (number has no integer representation)")
   end)
 
+  it("methods refuse a handle of another class, or another userdata", function()
+    local v, a = lmp.Value("int64", 0), lmp.Array("int64", 2)
+    local l = v:get_lock()
+    local cases = {
+      {function() v.add(a, 1) end, "bad argument #1 to 'add' (lmp.Value expected, got lmp.Array)"},
+      {function() v.add(l, 1) end, "bad argument #1 to 'add' (lmp.Value expected, got lmp.ValueLock)"},
+      {function() v.add(lmp.Lock(), 1) end, "bad argument #1 to 'add' (lmp.Value expected, got lmp.Lock)"},
+      {function() v.add(io.stdout, 1) end, "bad argument #1 to 'add' (lmp.Value expected, got FILE*)"},
+      {function() a.add(v, 1, 1) end, "bad argument #1 to 'add' (lmp.Array expected, got lmp.Value)"},
+      {function() l.acquire(v) end, "bad argument #1 to 'acquire' (lmp.ValueLock expected, got lmp.Value)"},
+      {function() l.release(lmp.Lock()) end,
+        "bad argument #1 to 'release' (lmp.ValueLock expected, got lmp.Lock)"},
+    }
+    for _, case in ipairs(cases) do
+      assert.has_error(case[1], case[2])
+    end
+    assert.are.equal(0, v.value)
+  end)
+
   it("rejects bad constructor arguments", function()
     assert.has_error(function() lmp.Value() end,
       "bad argument #1 to 'Value' (string expected, got no value)")

@@ -188,6 +188,20 @@ describe("lmp.Lock", function()
     l:release()
   end)
 
+  it("is taken over with owner_died by acquire() without a timeout", function()
+    for _, make in ipairs({lmp.Lock, lmp.RLock}) do
+      local l = make()
+      local p = holder(l)
+      p:kill()
+      assert.is_true(p:join(10))
+      assert.are.same({true, "owner_died"}, {l:acquire()})
+      l:release()
+      assert.are.same({true}, {l:acquire()})
+      l:release()
+      assert.is_false(l:locked())
+    end
+  end)
+
   it("wakes a process already waiting when the holder is killed", function()
     local l, out = lmp.Lock(), lmp.Queue()
     local h = holder(l)
@@ -808,7 +822,21 @@ describe("sync handles", function()
 
   it("reject bad arguments", function()
     local l, s, c, b = lmp.Lock(), lmp.Semaphore(), lmp.Condition(), lmp.Barrier(2)
+    local r, e = lmp.RLock(), lmp.Event()
     local cases = {
+      -- a method given a handle of another kind, or another userdata
+      {function() l.acquire(s) end, "bad argument #1 to 'acquire' (lmp.Lock expected, got lmp.Semaphore)"},
+      {function() l.release(e) end, "bad argument #1 to 'release' (lmp.Lock expected, got lmp.Event)"},
+      {function() r.release(b) end, "bad argument #1 to 'release' (lmp.Lock expected, got lmp.Barrier)"},
+      {function() l.locked(c) end, "bad argument #1 to 'locked' (lmp.Lock expected, got lmp.Condition)"},
+      {function() l.acquire(io.stdout) end, "bad argument #1 to 'acquire' (lmp.Lock expected, got FILE*)"},
+      {function() l.release(lmp.Value("int64", 0)) end,
+        "bad argument #1 to 'release' (lmp.Lock expected, got lmp.Value)"},
+      {function() l.release() end, "bad argument #1 to 'release' (lmp.Lock expected, got no value)"},
+      {function() s.acquire(l) end, "bad argument #1 to 'acquire' (lmp.Semaphore expected, got lmp.Lock)"},
+      {function() s.release(r) end, "bad argument #1 to 'release' (lmp.Semaphore expected, got lmp.RLock)"},
+      {function() e.is_set(l) end, "bad argument #1 to 'is_set' (lmp.Event expected, got lmp.Lock)"},
+      {function() e.is_set("x") end, "bad argument #1 to 'is_set' (lmp.Event expected, got string)"},
       {function() l:acquire("x") end, "bad argument #1 to 'acquire' (number expected, got string)"},
       {function() l:acquire(-1) end,
         "bad argument #1 to 'acquire' (timeout must be a non-negative number)"},

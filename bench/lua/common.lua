@@ -103,15 +103,22 @@ function M.pool(name, unit, n)
 end
 
 -- Operations per second, median of 5: op(obj, n) does n operations on obj.
--- solo: this process, n in a row after a warm-up.  contended: two child
--- processes doing n each on one object made by make(), timed from the go
--- to the last finish, total per second; check(obj, total) runs after.
-function M.solo(obj, op, n)
+-- solo: this process, n in a row after a warm-up; beside(i), if given, runs
+-- before sample i (a reference measured under the same conditions).
+-- solo1: one such sample.  contended: two child processes doing n each on
+-- one object made by make(), timed from the go to the last finish, total
+-- per second; check(obj, total) runs after.
+function M.solo1(obj, op, n)
+  local t0 = M.now()
+  op(obj, n)
+  return n / (M.now() - t0)
+end
+
+function M.solo(obj, op, n, beside)
   op(obj, 1000)
-  return M.repeat_(5, function()
-    local t0 = M.now()
-    op(obj, n)
-    return n / (M.now() - t0)
+  return M.repeat_(5, function(i)
+    if beside then beside(i) end
+    return M.solo1(obj, op, n)
   end)
 end
 
