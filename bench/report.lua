@@ -47,8 +47,8 @@ local rows = {
   -- the same loop on a Lock-shaped object whose methods do nothing
   {"lock_uncontended", "8 Lock pairs vs the Lua call floor", "higher",
    {ratio = 1 / 1.5, text = "lmp >=floor/1.5"}, ref = "floor", reffield = "floor_pairs_s"},
-  {"sem_uncontended", "8 Semaphore pairs, uncontended", "higher", {ratio = 1.5}},
-  {"event_is_set", "8 Event:is_set", "higher", {ratio = 1.5}},
+  {"lock_semaphore", "8 Semaphore pairs, uncontended", "higher", {ratio = 1.5}},
+  {"lock_event", "8 Event:is_set", "higher", {ratio = 1.5}},
   {"lock_contended", "8 Lock pairs, 2 processes", "higher"},
   {"value_add", "8 Value:add, 1 process", "higher"},
   {"value_add_contended", "8 Value:add, 2 processes", "higher"},

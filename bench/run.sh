@@ -48,7 +48,7 @@ B=$(cd "$B" 2>/dev/null && pwd) || { echo "bench: no build directory $B (run mak
 cd "$root"
 
 ALL="apply_rt apply_async queue_small queue_1k queue_1m pipe_rt map cpu_proc cpu_pool scale \
-start_fork start_spawn start_forkserver lock_uncontended lock_contended sem_uncontended event_is_set value_add value_add_contended \
+start_fork start_spawn start_forkserver lock_uncontended lock_contended lock_semaphore lock_event value_add value_add_contended \
 array codec broker_tput broker_rt broker_rtt broker_cluster shm_normal shm_64m shm_8m"
 smoke=0
 case ${BENCH_SMOKE:-0} in 0 | '') ;; *) smoke=1 ;; esac

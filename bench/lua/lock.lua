@@ -1,4 +1,5 @@
--- bench/lua/lock.lua -- lmp.Lock acquire/release pairs per second.
+-- bench/lua/lock.lua -- the sync objects' calls per second: lmp.Lock
+-- acquire/release pairs, and Semaphore pairs and Event:is_set beside them.
 --   lock_uncontended  one process, N pairs in a row; beside it, sample for
 --                     sample, the same loop on an object shaped like a Lock
 --                     whose methods do nothing (a table whose metatable's
@@ -6,8 +7,11 @@
 --                     the two method calls alone, emitted as floor_pairs_s
 --   lock_contended    2 child processes doing N pairs each on one Lock,
 --                     timed from the go to the last finish; total pairs/s
+--   lock_semaphore    one process, N sem:acquire(); sem:release() pairs in
+--                     a row on a Semaphore(1)
+--   lock_event        one process, N e:is_set() in a row on a clear Event
 -- Median of 5 runs.
--- Usage: lmp bench/lua/lock.lua lock_uncontended|lock_contended
+-- Usage: lmp bench/lua/lock.lua lock_uncontended|lock_contended|lock_semaphore|lock_event
 local lmp = require "lmp"
 local b = dofile((arg[0]:match("^(.*/)") or "./") .. "common.lua")
 
@@ -24,8 +28,14 @@ local function pairs_(lock, n)
   end
 end
 
+local function calls(e, n)
+  for _ = 1, n do
+    e:is_set()
+  end
+end
+
 local samples, n
-local extra = {}
+local unit, extra = "pairs/s", {}
 if name == "lock_uncontended" then
   n = b.size(1000000, 1000)
   local floor = setmetatable({}, {__index = {acquire = function() end, release = function() end}})
@@ -35,8 +45,15 @@ if name == "lock_uncontended" then
 elseif name == "lock_contended" then
   n = b.size(200000, 1000)
   samples = b.contended(lmp.Lock, pairs_, n)
+elseif name == "lock_semaphore" then
+  n = b.size(1000000, 1000)
+  samples = b.solo(lmp.Semaphore(1), pairs_, n)
+elseif name == "lock_event" then
+  n = b.size(1000000, 1000)
+  samples = b.solo(lmp.Event(), calls, n)
+  unit = "calls/s"
 else
   error("unknown workload " .. tostring(name))
 end
-extra.pairs = n
-b.emit(name, "pairs/s", samples, extra)
+extra[unit == "pairs/s" and "pairs" or "calls"] = n
+b.emit(name, unit, samples, extra)
