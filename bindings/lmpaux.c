@@ -66,8 +66,7 @@ void lmpb_tag_init(void)
     return;
   if (getrandom(&key, sizeof key, 0) != (ssize_t)sizeof key)
     key = (uintptr_t)lmp_now_ns() * (uintptr_t)0x9e3779b97f4a7c15u ^ (uintptr_t)&key;
-  __atomic_compare_exchange_n(&lmpb_tag_key, &none, key | 1, 0, __ATOMIC_RELAXED,
-                              __ATOMIC_RELAXED);
+  __atomic_compare_exchange_n(&lmpb_tag_key, &none, key | 1, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
 }
 
 int lmpb_closed(lua_State *L, const char *tname)

@@ -427,7 +427,8 @@ static int fast_apply(lua_State *L)
   uvget(L, 1, UV_RETRY); /* 6 */
   uvget(L, 1, UV_C);     /* 7 */
   if (!lua_rawequal(L, 5, lua_upvalueindex(UV_RUN)) || !lua_istable(L, 6) ||
-      uvget(L, 6, UV_RETRIES) != LUA_TNUMBER || lua_tointeger(L, -1) != 0 || !lua_getmetatable(L, 7))
+      uvget(L, 6, UV_RETRIES) != LUA_TNUMBER || lua_tointeger(L, -1) != 0 ||
+      !lua_getmetatable(L, 7))
     return 0;
   ok = lua_rawequal(L, -1, lua_upvalueindex(UV_CORE_MT));
   lua_pop(L, 2);

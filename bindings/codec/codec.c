@@ -21,8 +21,9 @@
  * The decoder creates each object before decoding what it contains and
  * numbers it the same way, so shared references and cycles (a table holding
  * itself, a local recursive function that is its own upvalue) arrive as they
- * left; a message with no reference in it (may_refer) is not numbered.  Upvalues shared by closures of one message stay shared
- * (lua_upvalueid on the way out, lua_upvaluejoin on the way in).
+ * left; a message with no reference in it (may_refer) is not numbered.
+ * Upvalues shared by closures of one message stay shared (lua_upvalueid on
+ * the way out, lua_upvaluejoin on the way in).
  *
  * Kinds.  An upvalue named _ENV, and the global table wherever it appears,
  * travel as GLOBALS and bind to the receiver's globals.  A C function travels
