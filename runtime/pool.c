@@ -1153,6 +1153,18 @@ static int ended(lmp_pool_t *p)
   return p->spawn_error;
 }
 
+/* Move backlog to the ring (feed), read one reply if there is one
+ * (take_reply), and fail the tasks of deaths whose replies have now all
+ * been read (check_verdicts). */
+static int take_ready(lmp_pool_t *p, lmp_pool_event_t *ev)
+{
+  feed(p);
+  int rc = take_reply(p, ev);
+  if (rc != 0 && p->nvd)
+    check_verdicts(p);
+  return rc;
+}
+
 int lmp_pool_wait(lmp_pool_t *p, lmp_pool_event_t *ev, int64_t deadline)
 {
   int rc;
@@ -1164,10 +1176,7 @@ int lmp_pool_wait(lmp_pool_t *p, lmp_pool_event_t *ev, int64_t deadline)
       quiet(p);
       return -EPIPE;
     }
-    feed(p);
-    if ((rc = take_reply(p, ev)) != 0) {
-      if (p->nvd)
-        check_verdicts(p);
+    if ((rc = take_ready(p, ev)) != 0) {
       if (waiting && rc > 0)
         p->spin_ns = adapt_spin(p->spin_ns, lmp_now_ns() - waiting);
       return rc < 0 ? rc : 0;
@@ -1215,11 +1224,7 @@ int lmp_pool_take(lmp_pool_t *p, lmp_pool_event_t *ev)
     return 1;
   if (p->terminated || p->broken)
     return 0;
-  feed(p);
-  int rc = take_reply(p, ev);
-  if (rc != 0 && p->nvd)
-    check_verdicts(p);
-  return rc;
+  return take_ready(p, ev);
 }
 
 /* === the parent's API === */
