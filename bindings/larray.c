@@ -644,9 +644,7 @@ static int lock_acquire(lua_State *L)
 {
   lmp_lock_t *l = checklock(L);
   int64_t deadline;
-  if (lua_gettop(L) < 2) {
-    deadline = LMP_FOREVER;
-  } else if (lua_isboolean(L, 2)) {
+  if (lua_isboolean(L, 2)) {
     int blocking = lua_toboolean(L, 2);
     luaL_argcheck(L, blocking || lua_isnoneornil(L, 3), 3,
                   "a timeout makes no sense for a non-blocking acquire");

@@ -29,7 +29,7 @@
 
 /* === arguments and messages === */
 
-int64_t lmpb_optdeadline(lua_State *L, int arg)
+int64_t lmpb_checkdeadline(lua_State *L, int arg)
 {
   if (lua_isnoneornil(L, arg))
     return LMP_FOREVER;

@@ -16,14 +16,22 @@
 #include <lua.h>
 #include <stdint.h>
 
+#include "lmp/common.h"
+
 /* === arguments === */
 
 /* The string at idx, for C: one with a NUL byte inside would be cut short
  * there (and name another object), so it is a bad argument `arg`, "<what>
  * contains a NUL byte".  NULL if the value is not a string or a number. */
 const char *lmpb_checkcstring(lua_State *L, int idx, int arg, const char *what);
-/* Timeout argument: nil blocks forever, a number of seconds otherwise. */
-int64_t lmpb_optdeadline(lua_State *L, int arg);
+/* Timeout argument: absent or nil blocks forever, a number of seconds
+ * otherwise.  An absent one is told by the argument count alone, inline:
+ * blocking calls without a timeout are hot paths (a Lock's acquire). */
+int64_t lmpb_checkdeadline(lua_State *L, int arg);
+static inline int64_t lmpb_optdeadline(lua_State *L, int arg)
+{
+  return lua_gettop(L) < arg ? LMP_FOREVER : lmpb_checkdeadline(L, arg);
+}
 /* Raise `bad argument #1 to 'fname' (unknown option 'key')` for a key of the
  * table at `idx` that is not in the NULL-terminated `known` list. */
 void lmpb_checkoptions(lua_State *L, int idx, const char *const known[]);

@@ -260,7 +260,7 @@ static int release_error(lua_State *L, lmp_lock_t *l)
 static int lock_acquire(lua_State *L)
 {
   lsync *s = checksync(L, LOCKS | K(COND), "lmp.Lock");
-  int64_t deadline = lua_gettop(L) < 2 ? LMP_FOREVER : lmpb_optdeadline(L, 2);
+  int64_t deadline = lmpb_optdeadline(L, 2);
   return push_acquired(L, lmp_lock_acquire(lockof(L, 1, s), deadline));
 }
 
@@ -283,7 +283,7 @@ static int lock_locked(lua_State *L)
 static int sem_acquire(lua_State *L)
 {
   lsync *s = checksync(L, SEMS, "lmp.Semaphore");
-  int64_t deadline = lua_gettop(L) < 2 ? LMP_FOREVER : lmpb_optdeadline(L, 2);
+  int64_t deadline = lmpb_optdeadline(L, 2);
   int rc = lmp_sem_acquire(&s->sh->u.sem, deadline);
   if (rc < 0)
     return lmpb_result(L, "acquire", rc, NULL);
