@@ -14,6 +14,14 @@ M.smoke = (os.getenv("BENCH_SMOKE") or "") ~= "" and os.getenv("BENCH_SMOKE") ~=
 M.now = lmp.time
 M.ncpu = lmp.cpu_count()
 
+-- The pure CPU loop of the CPU-bound workloads (cpu.lua, scale.lua), the
+-- same in bench/py/common.py: n turns of s = (s + i*i) % 1000003.
+function M.work(n)
+  local s = 0
+  for i = 1, n do s = (s + i * i) % 1000003 end
+  return s
+end
+
 -- full size, or the smoke size
 function M.size(full, tiny)
   return M.smoke and tiny or full

@@ -18,12 +18,6 @@ local b = dofile((arg[0]:match("^(.*/)") or "./") .. "common.lua")
 local name = arg[1]
 local W = b.size(50000000, 20000)
 
-local function work(n)
-  local s = 0
-  for i = 1, n do s = (s + i * i) % 1000003 end
-  return s
-end
-
 -- seconds to run `parts` parts of W / parts on `nproc` Processes
 local function run_procs(nproc, parts)
   local q = lmp.Queue()
@@ -33,7 +27,7 @@ local function run_procs(nproc, parts)
     local mine = parts // nproc + (k <= parts % nproc and 1 or 0)
     procs[k] = lmp.Process(function()
       local s = 0
-      for _ = 1, mine do s = s + work(W // parts) end
+      for _ = 1, mine do s = s + b.work(W // parts) end
       q:put(s)
     end)
     procs[k]:start()
@@ -85,15 +79,15 @@ elseif name == "cpu_pool" then
   local one <close> = b.pool(name, "x", 1)
   if not one then return end
   local all <close> = lmp.Pool(b.ncpu)
-  one:map(work, {1})
-  all:map(work, {1, 1})
+  one:map(b.work, {1})
+  all:map(b.work, {1, 1})
   t1s, tns = {}, {}
   samples = b.repeat_(5, function(i)
     local t0 = b.now()
-    one:map(work, parts, 1)
+    one:map(b.work, parts, 1)
     t1s[i] = b.now() - t0
     t0 = b.now()
-    all:map(work, parts, 1)
+    all:map(b.work, parts, 1)
     tns[i] = b.now() - t0
     return t1s[i] / tns[i]
   end)

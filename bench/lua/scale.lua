@@ -252,23 +252,18 @@ end
 -- the machine's share: a CPU loop in one process, then in one per CPU at
 -- once; the CPUs this run gets are cpu_count * t(one) / t(all), less than
 -- cpu_count while other work shares the machine
-local function spin(n)
-  local s = 0
-  for i = 1, n do s = (s + i * i) % 1000003 end
-  return s
-end
 
 local function cpu_share()
   local n = b.size(2000000, 10000)
   local t0 = now()
-  spin(n)
+  b.work(n)
   local one = now() - t0
   local go, done = lmp.Queue(), lmp.Queue()
   local procs = {}
   for k = 1, b.ncpu do
     procs[k] = lmp.Process(function()
       go:get()
-      done:put(spin(n))
+      done:put(b.work(n))
     end)
     procs[k]:start()
   end

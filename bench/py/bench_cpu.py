@@ -13,17 +13,10 @@ import common as b
 W = b.size(50000000, 20000)
 
 
-def work(n):
-    s = 0
-    for i in range(1, n + 1):
-        s = (s + i * i) % 1000003
-    return s
-
-
 def worker(q, mine, n):
     s = 0
     for _ in range(mine):
-        s += work(n)
+        s += b.work(n)
     q.put(s)
 
 
@@ -57,15 +50,15 @@ def main():
     elif name == "cpu_pool":
         parts = [W // (4 * b.ncpu)] * (4 * b.ncpu)
         with ctx.Pool(1) as one, ctx.Pool(b.ncpu) as every:
-            one.map(work, [1])
-            every.map(work, [1, 1])
+            one.map(b.work, [1])
+            every.map(b.work, [1, 1])
 
             def run(_):
                 t0 = b.now()
-                one.map(work, parts, 1)
+                one.map(b.work, parts, 1)
                 t1s.append(b.now() - t0)
                 t0 = b.now()
-                every.map(work, parts, 1)
+                every.map(b.work, parts, 1)
                 tns.append(b.now() - t0)
                 return t1s[-1] / tns[-1]
             samples = b.repeat(5, run)

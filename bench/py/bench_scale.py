@@ -38,23 +38,16 @@ def cpu():
     return time.process_time()
 
 
-def spin(n):
-    s = 0
-    for i in range(1, n + 1):
-        s = (s + i * i) % 1000003
-    return s
-
-
 def _spinner(go, done, n):
     go.get()
-    done.put(spin(n))
+    done.put(b.work(n))
 
 
 def cpu_share(ctx):
     # the CPUs this run gets: ncpu * t(one loop) / t(one loop per CPU at once)
     n = b.size(300000, 2000)
     t0 = b.now()
-    spin(n)
+    b.work(n)
     one = b.now() - t0
     go, done = ctx.Queue(), ctx.Queue()
     procs = [ctx.Process(target=_spinner, args=(go, done, n)) for _ in range(b.ncpu)]

@@ -18,6 +18,15 @@ now = time.perf_counter
 ncpu = os.cpu_count() or 1
 
 
+def work(n):
+    # the pure CPU loop of the CPU-bound workloads (bench_cpu, bench_scale),
+    # the same in bench/lua/common.lua
+    s = 0
+    for i in range(1, n + 1):
+        s = (s + i * i) % 1000003
+    return s
+
+
 def size(full, tiny):
     return tiny if smoke else full
 
